@@ -1,0 +1,2 @@
+//! L0.
+#![cfg_attr(not(test), no_std)]

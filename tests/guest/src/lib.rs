@@ -1,0 +1,2 @@
+//! Scenario guest.
+#![cfg_attr(not(test), no_std)]
