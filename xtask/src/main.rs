@@ -1,1 +1,117 @@
-fn main() {}
+//! `cargo xtask`: build, image, run, test.
+//!
+//! - `cargo xtask build`              the L0 and scenario-guest images
+//! - `cargo xtask run [--qemu] [--scenario NAME] [--timeout SECS]`
+//!                                    boot L0 + a cloud VM, stream both serial lines
+//! - `cargo xtask test`               host unit tests, then every Bochs scenario
+//! - `cargo xtask test host`          host unit tests only
+//! - `cargo xtask test scenario NAME` one scenario
+//! - `cargo xtask deps`               install what the above need (as root)
+
+mod build;
+mod deps;
+mod emulator;
+mod scenario;
+
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use emulator::{Emulator, Verdict};
+
+const USAGE: &str = "usage: cargo xtask <build | run [--qemu] [--scenario NAME] [--timeout SECS] | test [host | scenario NAME] | deps>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["build"] => deps::ensure(&[]).and_then(|_| build::images()).map(|i| {
+            println!("{}\n{}", i.l0.display(), i.guest.display());
+        }),
+        ["run", rest @ ..] => run(rest),
+        ["test"] => test_host().and_then(|_| test_scenarios(None)),
+        ["test", "host"] => test_host(),
+        ["test", "scenario", name] => test_scenarios(Some(name)),
+        ["deps"] => deps::ensure(&[]),
+        _ => Err(USAGE.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test_host() -> Result<(), String> {
+    println!("== host tests");
+    let ok = Command::new(env!("CARGO"))
+        .current_dir(build::root())
+        .args(["test", "--workspace", "--quiet"])
+        .env_remove("RUSTFLAGS")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok { Ok(()) } else { Err("host tests failed".into()) }
+}
+
+fn test_scenarios(only: Option<&str>) -> Result<(), String> {
+    deps::ensure(&[])?;
+    let images = build::images()?;
+    let list = match only {
+        Some(name) => vec![scenario::find(name).ok_or_else(|| format!("no scenario named {name}"))?],
+        None => scenario::all(),
+    };
+    let mut failed = Vec::new();
+    for s in &list {
+        print!("== scenario {} ... ", s.name);
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let o = scenario::run(s, &images, Emulator::Bochs)?;
+        println!("{} ({:.1} s)", if o.passed { "ok" } else { "FAILED" }, o.elapsed.as_secs_f64());
+        if !o.passed {
+            failed.push(format!("{}: {}", s.name, o.reason));
+        }
+    }
+    if failed.is_empty() {
+        println!("all {} scenario(s) passed", list.len());
+        Ok(())
+    } else {
+        Err(format!("{} scenario(s) failed:\n  {}", failed.len(), failed.join("\n  ")))
+    }
+}
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let mut emu = Emulator::Bochs;
+    let mut name = "boot";
+    let mut limit = Duration::from_secs(300);
+    let mut it = args.iter();
+    while let Some(&a) = it.next() {
+        match a {
+            "--qemu" => emu = Emulator::Qemu,
+            "--scenario" => name = it.next().ok_or(USAGE)?,
+            "--timeout" => {
+                limit = Duration::from_secs(it.next().and_then(|s| s.parse().ok()).ok_or("--timeout needs seconds")?)
+            }
+            _ => return Err(USAGE.into()),
+        }
+    }
+    if emu == Emulator::Qemu {
+        emulator::qemu_nested_vmx().map_err(|e| format!("cannot run under QEMU/KVM: {e}; use Bochs (`cargo xtask run`)"))?;
+    }
+    deps::ensure(&[])?;
+    let images = build::images()?;
+    let s = scenario::find(name).ok_or_else(|| format!("no scenario named {name}"))?;
+    let dir = scenario::scenario_dir(name).join("run");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let iso = dir.join("boot.iso");
+    build::iso(&iso, &images.l0, s.l0_cmdline, &(s.modules)(&images))?;
+    println!("xtask: booting {} in {emu:?} (limit {} s); COM2 = L0's management line, COM1 = the cloud VM", iso.display(), limit.as_secs());
+    let r = emulator::run(emu, &dir, &iso, 512, limit, true, |_, _| Verdict::Continue)?;
+    println!(
+        "xtask: {} after {:.1} s; logs in {}",
+        if r.timed_out { "stopped at the wall-clock limit" } else { "the emulator exited" },
+        r.elapsed.as_secs_f64(),
+        dir.display()
+    );
+    Ok(())
+}

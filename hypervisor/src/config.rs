@@ -1,0 +1,175 @@
+//! L0's command line and the roles of its boot modules.
+//!
+//! L0: `serial=com2 loglevel=info l0_mem=32M`.
+//! Modules say what they are with their first word:
+//! - `l1=multiboot [ARGS]`: the cloud VM's kernel, a multiboot (v1) image,
+//!   started with ARGS as its command line;
+//! - `l1.module [ARGS]`: a module handed on to that kernel with ARGS.
+
+use core::fmt;
+
+use boot::cmdline::{parse_number, parse_size, split_first, words};
+
+/// Where L0's management line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SerialChoice {
+    Port(u16),
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub serial: SerialChoice,
+    pub log_level: log::LevelFilter,
+    /// Bytes of pool for L0's own use, besides its image and module copies.
+    pub l0_mem: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { serial: SerialChoice::Port(COM2), log_level: log::LevelFilter::Info, l0_mem: 32 << 20 }
+    }
+}
+
+pub const COM1: u16 = 0x3f8;
+pub const COM2: u16 = 0x2f8;
+pub const COM3: u16 = 0x3e8;
+pub const COM4: u16 = 0x2e8;
+
+/// A command-line problem, with the offending word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError<'a> {
+    BadValue { key: &'a str, value: &'a str, expected: &'static str },
+    MissingValue(&'a str),
+    UnknownKey(&'a str),
+}
+
+impl fmt::Display for ConfigError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadValue { key, value, expected } => write!(f, "`{key}={value}`: expected {expected}"),
+            Self::MissingValue(k) => write!(f, "`{k}` needs a value (`{k}=...`)"),
+            Self::UnknownKey(k) => write!(f, "unknown option `{k}` (known: serial, loglevel, l0_mem)"),
+        }
+    }
+}
+
+/// Minimum pool for L0's own use: heap, VMCS, EPT tables.
+const MIN_L0_MEM: u64 = 8 << 20;
+
+/// Parses L0's command line. Every problem is collected, so the operator
+/// sees all of them at once; the returned config holds the valid parts.
+pub fn parse<'a>(cmdline: &'a str, mut problem: impl FnMut(ConfigError<'a>)) -> Config {
+    let mut c = Config::default();
+    for w in words(cmdline) {
+        let Some(value) = w.value else {
+            problem(ConfigError::MissingValue(w.key));
+            continue;
+        };
+        let bad = |expected| ConfigError::BadValue { key: w.key, value, expected };
+        match w.key {
+            "serial" => match parse_serial(value) {
+                Some(s) => c.serial = s,
+                None => problem(bad("com1..com4, an I/O port like 0x2f8, or none")),
+            },
+            "loglevel" => match value.parse() {
+                Ok(l) => c.log_level = l,
+                Err(_) => problem(bad("off, error, warn, info, debug or trace")),
+            },
+            "l0_mem" => match parse_size(value) {
+                Ok(n) if n >= MIN_L0_MEM => c.l0_mem = n.next_multiple_of(2 << 20),
+                _ => problem(bad("a size of at least 8M, like 32M")),
+            },
+            _ => problem(ConfigError::UnknownKey(w.key)),
+        }
+    }
+    c
+}
+
+fn parse_serial(v: &str) -> Option<SerialChoice> {
+    Some(SerialChoice::Port(match v {
+        "none" => return Some(SerialChoice::None),
+        "com1" => COM1,
+        "com2" => COM2,
+        "com3" => COM3,
+        "com4" => COM4,
+        _ => parse_number(v).ok().filter(|&p| p > 0 && p <= 0xfff8)? as u16,
+    }))
+}
+
+/// What a boot module is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleRole<'a> {
+    /// The cloud VM's multiboot kernel and its command line.
+    L1Multiboot(&'a str),
+    /// A module for the cloud VM's kernel, with its command line.
+    L1Module(&'a str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownModule<'a>(pub &'a str);
+
+impl fmt::Display for UnknownModule<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "module command line starts with `{}`; expected `l1=multiboot` or `l1.module`", self.0)
+    }
+}
+
+pub fn module_role(cmdline: &str) -> Result<ModuleRole<'_>, UnknownModule<'_>> {
+    let (first, rest) = split_first(cmdline);
+    match first {
+        "l1=multiboot" => Ok(ModuleRole::L1Multiboot(rest)),
+        "l1.module" => Ok(ModuleRole::L1Module(rest)),
+        _ => Err(UnknownModule(first)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(s: &str) -> (Config, Vec<ConfigError<'_>>) {
+        let mut errs = Vec::new();
+        let c = parse(s, |e| errs.push(e));
+        (c, errs)
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(parse_all(""), (Config::default(), vec![]));
+        assert_eq!(Config::default().serial, SerialChoice::Port(0x2f8));
+    }
+
+    #[test]
+    fn parses_every_option() {
+        let (c, e) = parse_all("serial=com1 loglevel=debug l0_mem=64M");
+        assert!(e.is_empty());
+        assert_eq!(c, Config { serial: SerialChoice::Port(0x3f8), log_level: log::LevelFilter::Debug, l0_mem: 64 << 20 });
+        assert_eq!(parse_all("serial=0x3e8").0.serial, SerialChoice::Port(0x3e8));
+        assert_eq!(parse_all("serial=none").0.serial, SerialChoice::None);
+        assert_eq!(parse_all("l0_mem=9M").0.l0_mem, 10 << 20);
+    }
+
+    #[test]
+    fn reports_every_problem_and_keeps_the_rest() {
+        let (c, e) = parse_all("serial=com9 loglevel=loud l0_mem=1M verbose foo=1 serial=com3");
+        assert_eq!(c.serial, SerialChoice::Port(COM3));
+        assert_eq!(c.l0_mem, 32 << 20);
+        assert_eq!(e.len(), 5);
+        assert!(matches!(e[0], ConfigError::BadValue { key: "serial", value: "com9", .. }));
+        assert!(matches!(e[1], ConfigError::BadValue { key: "loglevel", .. }));
+        assert!(matches!(e[2], ConfigError::BadValue { key: "l0_mem", .. }));
+        assert_eq!(e[3], ConfigError::MissingValue("verbose"));
+        assert_eq!(e[4], ConfigError::UnknownKey("foo"));
+        assert!(e[4].to_string().contains("unknown option `foo`"));
+    }
+
+    #[test]
+    fn module_roles() {
+        assert_eq!(module_role("l1=multiboot test=boot x"), Ok(ModuleRole::L1Multiboot("test=boot x")));
+        assert_eq!(module_role("l1=multiboot"), Ok(ModuleRole::L1Multiboot("")));
+        assert_eq!(module_role("l1.module env"), Ok(ModuleRole::L1Module("env")));
+        assert_eq!(module_role(""), Err(UnknownModule("")));
+        assert_eq!(module_role("initrd"), Err(UnknownModule("initrd")));
+    }
+}

@@ -1,0 +1,672 @@
+//! Boot to cloud VM: everything from the multiboot2 entry to the first
+//! VM entry, in order. The decisions are made by the host-tested modules;
+//! this file carries them out on the machine.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use boot::memmap::{Range, RangeSet};
+use boot::multiboot2::{self, BootInfo, MemoryRegion};
+use log::{error, info, warn};
+
+use crate::arch::cpu::{self, cpuid};
+use crate::arch::run::{self, GuestRegs};
+use crate::arch::tables::{self, ExceptionFrame};
+use crate::arch::vmx as vmxi;
+use crate::config::{self, ModuleRole, SerialChoice};
+use crate::guest_mem::{GuestMemory, L1Ram};
+use crate::logger;
+use crate::mm::frames::{FrameAllocator, FRAME};
+use crate::mm::layout::{l1_memory_map, FirmwareMemory};
+use crate::mm::paging::{self, Ia32e, PageAttr, PageSize, TableMemory};
+use crate::vcpu::{self, cpuid::CpuidContext, msr, report, setup, ExitStats, Outcome, Platform, ShutdownWatch, Vcpu};
+use crate::vmx::caps::{self, VmxCaps};
+use crate::vmx::exit::{event_type, InterruptionInfo};
+use crate::vmx::{ept, CurrentVmcs, Field as F, Vmcs};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
+const EFER: u32 = 0xc000_0080;
+const EFER_NXE: u64 = 1 << 11;
+const PAT: u32 = 0x277;
+const CR0_WP: u64 = 1 << 16;
+const CR4_OSXSAVE: u64 = 1 << 18;
+const L1_VPID: u16 = 1;
+
+extern "C" {
+    static __l0_boot_start: u8;
+    static __l0_image_start: u8;
+    static __l0_text_end: u8;
+    static __l0_rodata_end: u8;
+    static __l0_stack_guard: u8;
+    static __l0_image_end: u8;
+}
+
+fn sym(s: &u8) -> u64 {
+    s as *const u8 as u64
+}
+
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+static FRAMES: spin::Mutex<Option<FrameAllocator>> = spin::Mutex::new(None);
+
+/// Set by the NMI handler when an NMI arrives while L0 runs; delivered to L1.
+static NMI_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Stops L0 with a message on the management line.
+fn fatal(args: core::fmt::Arguments) -> ! {
+    error!("L0 FATAL: {args}");
+    logger::drain();
+    cpu::halt_forever()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    match info.location() {
+        Some(l) => logger::emergency(format_args!("\nL0 PANIC at {}:{}: {}\n", l.file(), l.line(), info.message())),
+        None => logger::emergency(format_args!("\nL0 PANIC: {}\n", info.message())),
+    }
+    logger::drain();
+    cpu::halt_forever()
+}
+
+const EXCEPTION_NAMES: [&str; 32] = [
+    "#DE divide error", "#DB debug", "NMI", "#BP breakpoint", "#OF overflow", "#BR bound range", "#UD invalid opcode",
+    "#NM device not available", "#DF double fault", "coprocessor overrun", "#TS invalid TSS", "#NP segment not present",
+    "#SS stack fault", "#GP general protection", "#PF page fault", "reserved 15", "#MF x87 error", "#AC alignment check",
+    "#MC machine check", "#XM SIMD error", "#VE virtualization exception", "#CP control protection", "reserved 22",
+    "reserved 23", "reserved 24", "reserved 25", "reserved 26", "reserved 27", "#HV", "#VC", "#SX", "reserved 31",
+];
+
+/// Every exception L0 takes itself. An NMI is the guest's: it is queued
+/// for L1. Anything else is an L0 bug: reported, then L0 stops.
+#[no_mangle]
+extern "C" fn handle_exception(f: &mut ExceptionFrame) {
+    if f.vector == 2 {
+        NMI_PENDING.store(true, Ordering::Relaxed);
+        return;
+    }
+    let guard = sym(unsafe { &__l0_stack_guard });
+    let cr2 = cpu::read_cr2();
+    logger::emergency(format_args!(
+        "\nL0 PANIC: exception {} ({}) error {:#x} at RIP {:#x} RSP {:#x} CR2 {:#x}{}\n  RAX {:#x} RBX {:#x} RCX {:#x} RDX {:#x} RSI {:#x} RDI {:#x} RBP {:#x}\n",
+        f.vector,
+        EXCEPTION_NAMES[f.vector as usize & 31],
+        f.error_code,
+        f.rip,
+        f.rsp,
+        cr2,
+        if (guard..guard + FRAME).contains(&cr2) || f.vector == 8 { " (stack overflow?)" } else { "" },
+        f.rax,
+        f.rbx,
+        f.rcx,
+        f.rdx,
+        f.rsi,
+        f.rdi,
+        f.rbp
+    ));
+    logger::drain();
+    cpu::halt_forever()
+}
+
+/// A boot module copied into L0's pool.
+struct Module {
+    data: &'static [u8],
+    cmdline: String,
+}
+
+/// Page tables and EPT tables live in pool frames, reached through the
+/// identity map.
+struct PoolTables;
+
+impl TableMemory for PoolTables {
+    fn alloc_table(&mut self) -> Option<u64> {
+        let f = FRAMES.lock().as_mut()?.alloc().ok()?;
+        // SAFETY: a fresh pool frame, identity-mapped, owned by L0 alone.
+        unsafe { core::ptr::write_bytes(f as *mut u8, 0, FRAME as usize) };
+        Some(f)
+    }
+    fn table(&mut self, phys: u64) -> &mut [u64; 512] {
+        // SAFETY: callers pass frames from alloc_table (pool, identity-mapped).
+        unsafe { &mut *(phys as *mut [u64; 512]) }
+    }
+}
+
+fn alloc_frames(n: usize, what: &str) -> u64 {
+    let r = FRAMES.lock().as_mut().map(|f| f.alloc_contiguous(n, FRAME));
+    match r {
+        Some(Ok(a)) => {
+            // SAFETY: fresh pool frames, identity-mapped.
+            unsafe { core::ptr::write_bytes(a as *mut u8, 0, n * FRAME as usize) };
+            a
+        }
+        Some(Err(e)) => fatal(format_args!("{what}: {e}; raise l0_mem=")),
+        None => fatal(format_args!("{what}: no frame allocator")),
+    }
+}
+
+/// FNV-1a over L0's code and read-only data: what no one may change.
+fn image_checksum() -> u64 {
+    let (start, end) = (sym(unsafe { &__l0_image_start }), sym(unsafe { &__l0_rodata_end }));
+    // SAFETY: the range is L0's mapped, immutable image.
+    let bytes = unsafe { core::slice::from_raw_parts(start as *const u8, (end - start) as usize) };
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+struct Hardware {
+    tables: PoolTables,
+    mem: L1Ram,
+    checksum: u64,
+    xcr0_supported: u64,
+}
+
+impl Platform for Hardware {
+    type Tables = PoolTables;
+    type Mem = L1Ram;
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        cpuid(leaf, subleaf)
+    }
+    fn xcr0_supported(&self) -> u64 {
+        self.xcr0_supported
+    }
+    fn set_xcr0(&mut self, value: u64) {
+        // SAFETY: validated against CPUID by the caller; L0 itself keeps no
+        // extended state.
+        unsafe { cpu::xsetbv(0, value) }
+    }
+    fn wbinvd(&mut self) {
+        cpu::wbinvd()
+    }
+    fn flush_vpid(&mut self, vpid: u16) {
+        // SAFETY: VMX root; single-context INVVPID is supported (checked at boot).
+        if let Err(e) = unsafe { vmxi::invvpid(1, vpid, 0) } {
+            warn!("INVVPID failed: {e}");
+        }
+    }
+    fn port_out(&mut self, port: u16, value: u8) {
+        // SAFETY: only the shutdown port, on L1's behalf.
+        unsafe { cpu::outb(port, value) }
+    }
+    fn port_in(&mut self, port: u16) -> u8 {
+        // SAFETY: as port_out.
+        unsafe { cpu::inb(port) }
+    }
+    fn tables(&mut self) -> &mut PoolTables {
+        &mut self.tables
+    }
+    fn mem(&mut self) -> &mut L1Ram {
+        &mut self.mem
+    }
+    fn l0_intact(&self) -> bool {
+        image_checksum() == self.checksum
+    }
+}
+
+/// What L0 needs of the CPU, with a plain message for what is missing.
+struct CpuFeatures {
+    maxphyaddr: u8,
+    gib_pages: bool,
+    xsave: bool,
+    mtrr: bool,
+}
+
+fn check_cpu() -> Result<CpuFeatures, &'static str> {
+    let [_, _, c1, d1] = cpuid(1, 0);
+    if c1 & (1 << 5) == 0 {
+        return Err("this CPU has no VMX (Intel VT-x), or a hypervisor below hides it: L0 needs VT-x with EPT and unrestricted guest");
+    }
+    let max_ext = cpuid(0x8000_0000, 0)[0];
+    let [_, _, _, d81] = cpuid(0x8000_0001, 0);
+    if d81 & (1 << 20) == 0 {
+        return Err("this CPU has no NX (execute-disable) bit");
+    }
+    let maxphyaddr = if max_ext >= 0x8000_0008 { cpuid(0x8000_0008, 0)[0] as u8 } else { 36 };
+    Ok(CpuFeatures { maxphyaddr, gib_pages: d81 & (1 << 26) != 0, xsave: c1 & (1 << 26) != 0, mtrr: d1 & (1 << 12) != 0 })
+}
+
+fn check_vmx(c: &VmxCaps) -> Result<(), &'static str> {
+    use caps::secondary as s;
+    if !c.allows(caps::Control::Primary, caps::primary::ACTIVATE_SECONDARY) {
+        return Err("VMX without secondary controls: L0 needs EPT and unrestricted guest");
+    }
+    if !c.allows(caps::Control::Secondary, s::ENABLE_EPT) {
+        return Err("VMX without EPT");
+    }
+    if !c.allows(caps::Control::Secondary, s::UNRESTRICTED_GUEST) {
+        return Err("VMX without unrestricted guest");
+    }
+    let e = c.ept_vpid;
+    if e & (1 << 6) == 0 || e & (1 << 14) == 0 {
+        return Err("EPT without 4-level tables or write-back memory type");
+    }
+    if (c.basic >> 44) & 0x1fff > 4096 || c.basic & (1 << 48) != 0 {
+        return Err("VMX regions larger than 4 KiB or limited to 32-bit addresses");
+    }
+    Ok(())
+}
+
+fn enable_vmx(c: &VmxCaps, cpu: &CpuFeatures) -> Result<(), &'static str> {
+    // SAFETY: CPUID reported VMX, so IA32_FEATURE_CONTROL exists.
+    let fc = unsafe { cpu::rdmsr(caps::IA32_FEATURE_CONTROL) };
+    if fc & caps::FEATURE_CONTROL_LOCKED != 0 {
+        if fc & caps::FEATURE_CONTROL_VMX_OUTSIDE_SMX == 0 {
+            return Err("VMX is disabled by the firmware (IA32_FEATURE_CONTROL locked without VMX): enable VT-x in the BIOS setup");
+        }
+    } else {
+        // SAFETY: unlocked: enabling VMX and locking is what firmware would do.
+        unsafe {
+            cpu::wrmsr(caps::IA32_FEATURE_CONTROL, fc | caps::FEATURE_CONTROL_LOCKED | caps::FEATURE_CONTROL_VMX_OUTSIDE_SMX)
+        };
+    }
+    let mut cr4 = cpu::read_cr4() | crate::vcpu::cr::CR4_VMXE;
+    if cpu.xsave {
+        // L0 executes the guest's XSETBV for it.
+        cr4 |= CR4_OSXSAVE;
+    }
+    // SAFETY: the fixed bits are what VMX operation requires; NE, PE, PG
+    // and VMXE are compatible with how L0 runs.
+    unsafe {
+        cpu::write_cr0(c.fix_cr0(cpu::read_cr0()));
+        cpu::write_cr4(c.fix_cr4(cr4));
+    }
+    let region = alloc_frames(1, "VMXON region");
+    // SAFETY: a fresh, zeroed pool frame.
+    unsafe { (region as *mut u32).write(c.revision()) };
+    // SAFETY: CR0/CR4 fixed, feature control on, region aligned with the revision.
+    unsafe { vmxi::vmxon(region) }.map_err(|_| "VMXON failed")
+}
+
+/// The management line and log, from the command line.
+fn start_logging(bi: &BootInfo) {
+    let cfg = config::parse(bi.cmdline(), |_| {});
+    if let SerialChoice::Port(p) = cfg.serial {
+        logger::init_serial(p);
+    }
+    logger::init_log(cfg.log_level);
+}
+
+pub fn start(magic: u32, info_addr: u64) -> ! {
+    // SAFETY: first thing on the boot CPU.
+    unsafe { tables::init() };
+    if let Err(e) = multiboot2::check_entry(magic, info_addr) {
+        early_fatal(format_args!("{e}"));
+    }
+    // SAFETY: the loader's pointer, below 4 GiB, identity-mapped by the entry code.
+    let total = unsafe { multiboot2::total_size_at(info_addr as *const u8) };
+    // SAFETY: the structure is `total` bytes long (bounded by parse).
+    let bytes = unsafe { core::slice::from_raw_parts(info_addr as *const u8, (total as usize).min(multiboot2::MAX_TOTAL_SIZE as usize)) };
+    let bi = match BootInfo::parse(bytes) {
+        Ok(b) => b,
+        Err(e) => early_fatal(format_args!("{e}")),
+    };
+    start_logging(&bi);
+    info!("L0 cloud hypervisor {VERSION} (booted by {})", if bi.loader_name().is_empty() { "?" } else { bi.loader_name() });
+    let cfg = config::parse(bi.cmdline(), |e| warn!("command line: {e}"));
+
+    let cpu = check_cpu().unwrap_or_else(|e| fatal(format_args!("{e}")));
+    // SAFETY: VMX present.
+    let vcaps = unsafe { VmxCaps::read() };
+    check_vmx(&vcaps).unwrap_or_else(|e| fatal(format_args!("{e}")));
+
+    // Memory: L0's pool at the top of RAM, clear of everything the loader placed.
+    let fw = FirmwareMemory::new(bi.memory_map()).unwrap_or_else(|e| fatal(format_args!("memory map: {e}")));
+    let boot_start = sym(unsafe { &__l0_boot_start });
+    let image = Range::new(sym(unsafe { &__l0_image_start }) - KERNEL_VMA, sym(unsafe { &__l0_image_end }) - KERNEL_VMA);
+    let mut occupied = RangeSet::new();
+    let mut loader_ranges = Vec::<Range>::new();
+    let info_range = Range::new(info_addr, info_addr + total as u64);
+    let _ = occupied.insert(Range::new(boot_start, image.end));
+    let _ = occupied.insert(info_range);
+    let mut modules_size = 0;
+    for m in bi.modules() {
+        let r = Range::new(m.start as u64, m.end as u64);
+        let _ = occupied.insert(r);
+        modules_size += r.grow_to_pages().len();
+    }
+    let pool_size = (cfg.l0_mem + modules_size + image.len()).next_multiple_of(2 << 20);
+    let pool = fw.choose_pool(pool_size, &occupied).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    init_pool(pool, cfg.l0_mem / 4);
+    info!("memory: {} MiB of RAM; L0 pool {pool} ({} MiB)", fw.ram.total() >> 20, pool.len() >> 20);
+
+    // Copy out everything still needed from the loader's memory.
+    let firmware_map: Vec<MemoryRegion> = bi.memory_map().collect();
+    let modules: Vec<Module> = bi
+        .modules()
+        .map(|m| {
+            let len = (m.end - m.start) as usize;
+            let at = alloc_frames(len.div_ceil(FRAME as usize).max(1), "module copy");
+            // SAFETY: source is the loader's module (identity-mapped, below
+            // 4 GiB), destination fresh pool frames of at least `len` bytes.
+            unsafe { core::ptr::copy_nonoverlapping(m.start as u64 as *const u8, at as *mut u8, len) };
+            loader_ranges.push(Range::new(m.start as u64, m.end as u64));
+            // SAFETY: just written, never freed.
+            Module { data: unsafe { core::slice::from_raw_parts(at as *const u8, len) }, cmdline: m.cmdline.into() }
+        })
+        .collect();
+    let loader_name_ok = !bi.loader_name().is_empty();
+
+    relocate(&fw, image, &cpu);
+    // The old image, the boot information and the modules become L1's:
+    // nothing of L0 may remain there.
+    let old_image = Range::new(boot_start, image.end);
+    for r in [old_image, info_range].into_iter().chain(loader_ranges) {
+        let r = r.grow_to_pages();
+        // SAFETY: identity-mapped RAM L0 no longer uses (copied above).
+        unsafe { core::ptr::write_bytes(r.start as *mut u8, 0, r.len() as usize) };
+    }
+    let checksum = image_checksum();
+    info!("L0 relocated to the pool; low memory cleared for the cloud VM{}", if loader_name_ok { "" } else { " (loader gave no name)" });
+
+    enable_vmx(&vcaps, &cpu).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    info!(
+        "VMX on: VMCS revision {:#x}, EPT {}, VPID {}",
+        vcaps.revision(),
+        if cpu.gib_pages && vcaps.ept_vpid & (1 << 17) != 0 { "with 1 GiB pages" } else { "with 2 MiB pages" },
+        if vpid_usable(&vcaps) { "on" } else { "off" }
+    );
+
+    let mut hw = Hardware {
+        tables: PoolTables,
+        // SAFETY: L1's RAM is everything usable but the pool; identity-mapped.
+        mem: unsafe { L1Ram::new(l1_ram(&fw, pool)) },
+        checksum,
+        xcr0_supported: if cpu.xsave { let [a, _, _, d] = cpuid(0xd, 0); (d as u64) << 32 | a as u64 } else { 0 },
+    };
+    let mut vcpu = build_l1(&fw, pool, &firmware_map, &modules, &vcaps, &cpu, &mut hw);
+    run_l1(&mut vcpu, &mut hw)
+}
+
+/// A boot-information error before the log exists: straight to COM2.
+fn early_fatal(args: core::fmt::Arguments) -> ! {
+    let mut s = heapless_line::Line::new();
+    let _ = s.write_fmt(format_args!("L0 FATAL: {args}\n"));
+    logger::early_print(s.as_str());
+    cpu::halt_forever()
+}
+
+/// A fixed-size line buffer for messages before the heap exists.
+mod heapless_line {
+    pub struct Line {
+        buf: [u8; 256],
+        len: usize,
+    }
+    impl Line {
+        pub fn new() -> Self {
+            Line { buf: [0; 256], len: 0 }
+        }
+        pub fn as_str(&self) -> &str {
+            core::str::from_utf8(&self.buf[..self.len]).unwrap_or("L0 FATAL: (unprintable)\n")
+        }
+    }
+    impl core::fmt::Write for Line {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            let n = s.len().min(self.buf.len() - self.len);
+            self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+            self.len += n;
+            Ok(())
+        }
+    }
+}
+
+/// Frame allocator and heap over the pool.
+fn init_pool(pool: Range, heap_size: u64) {
+    let frames = (pool.len() / FRAME) as usize;
+    let words = FrameAllocator::bitmap_words(frames);
+    let bitmap_frames = (words * 8).div_ceil(FRAME as usize);
+    // SAFETY: the pool is free RAM below 4 GiB (identity-mapped by the entry
+    // code) that nothing else uses; the bitmap takes its first frames.
+    let bits = unsafe { core::slice::from_raw_parts_mut(pool.start as *mut u64, words) };
+    let mut fa = FrameAllocator::new(pool.start, frames, bits);
+    fa.reserve(pool.start, bitmap_frames);
+    let heap = fa
+        .alloc_contiguous((heap_size / FRAME) as usize, FRAME)
+        .unwrap_or_else(|e| fatal(format_args!("heap: {e}")));
+    *FRAMES.lock() = Some(fa);
+    // SAFETY: `heap` is ours alone and identity-mapped.
+    unsafe { HEAP.lock().init(heap as *mut u8, heap_size as usize) };
+}
+
+/// Builds L0's own page tables — RAM identity-mapped non-executable, the
+/// image in the top 2 GiB with per-section rights and a stack guard — then
+/// copies the image into the pool and switches to them in one step.
+fn relocate(fw: &FirmwareMemory, image: Range, cpu: &CpuFeatures) {
+    let mut t = PoolTables;
+    let root = t.alloc_table().unwrap_or_else(|| fatal(format_args!("page tables: pool exhausted")));
+    let max = if cpu.gib_pages { PageSize::Size1G } else { PageSize::Size2M };
+    let rw = PageAttr { writable: true, executable: false };
+    for r in fw.ram.iter() {
+        paging::map(&mut t, &Ia32e, root, r.start, r.start, r.len(), rw, max)
+            .unwrap_or_else(|e| fatal(format_args!("identity map: {e}")));
+    }
+    let pages = (image.len() / FRAME) as usize;
+    let dest = alloc_frames(pages, "image copy");
+    let va = |s: &u8| sym(s);
+    let (start, text_end, ro_end, guard, end) = unsafe {
+        (va(&__l0_image_start), va(&__l0_text_end), va(&__l0_rodata_end), va(&__l0_stack_guard), va(&__l0_image_end))
+    };
+    let sections = [
+        (start, text_end, PageAttr { writable: false, executable: true }),
+        (text_end, ro_end, PageAttr { writable: false, executable: false }),
+        (ro_end, guard, rw),
+        (guard + FRAME, end, rw),
+    ];
+    for (a, b, attr) in sections {
+        paging::map(&mut t, &Ia32e, root, a, dest + (a - start), b - a, attr, PageSize::Size4K)
+            .unwrap_or_else(|e| fatal(format_args!("image map: {e}")));
+    }
+    // SAFETY: NX is supported (checked); WP makes read-only pages binding in ring 0.
+    unsafe {
+        cpu::wrmsr(EFER, cpu::rdmsr(EFER) | EFER_NXE);
+        cpu::write_cr0(cpu::read_cr0() | CR0_WP);
+    }
+    // SAFETY: the new tables map the image at the same virtual addresses,
+    // backed by `dest`; the copy and the switch happen in one asm block
+    // that touches no memory in between, so the copied stack is current.
+    unsafe {
+        core::arch::asm!(
+            "rep movsb",
+            "mov cr3, {root}",
+            root = in(reg) root,
+            inout("rcx") image.len() => _,
+            inout("rsi") start => _,
+            inout("rdi") dest => _,
+            options(nostack)
+        );
+    }
+}
+
+fn l1_ram(fw: &FirmwareMemory, pool: Range) -> RangeSet {
+    let mut ram = fw.ram.clone();
+    let _ = ram.remove(pool);
+    ram
+}
+
+fn vpid_usable(c: &VmxCaps) -> bool {
+    // INVVPID with the single-context type (bits 32 and 41).
+    c.allows(caps::Control::Secondary, caps::secondary::ENABLE_VPID) && c.ept_vpid & (1 << 32) != 0 && c.ept_vpid & (1 << 41) != 0
+}
+
+fn build_l1(
+    fw: &FirmwareMemory,
+    pool: Range,
+    firmware_map: &[MemoryRegion],
+    modules: &[Module],
+    vcaps: &VmxCaps,
+    cpu: &CpuFeatures,
+    hw: &mut Hardware,
+) -> Vcpu {
+    // Which module is what.
+    let mut kernel = None;
+    let mut l1_modules = Vec::new();
+    for (i, m) in modules.iter().enumerate() {
+        match config::module_role(&m.cmdline) {
+            Ok(ModuleRole::L1Multiboot(args)) if kernel.is_none() => kernel = Some((m, args)),
+            Ok(ModuleRole::L1Multiboot(_)) => fatal(format_args!("module {i}: a second `l1=multiboot` kernel")),
+            Ok(ModuleRole::L1Module(args)) => l1_modules.push(boot::loader::ModuleImage { data: m.data, cmdline: args }),
+            Err(e) => fatal(format_args!("module {i}: {e}")),
+        }
+    }
+    let Some((kernel, kernel_args)) = kernel else {
+        fatal(format_args!(
+            "no cloud VM kernel: add `module2 /path/kernel l1=multiboot [args]` to the GRUB entry"
+        ))
+    };
+
+    // Load L1.
+    let l1_map = l1_memory_map(firmware_map.iter().copied(), pool);
+    let plan = boot::loader::multiboot::plan(kernel.data, kernel_args, &l1_modules, &l1_map)
+        .unwrap_or_else(|e| fatal(format_args!("cloud VM kernel: {e}")));
+    for w in &plan.writes {
+        let r = match w {
+            boot::loader::Write::Bytes { gpa, data } => hw.mem.write(*gpa, data),
+            boot::loader::Write::Zero { gpa, len } => hw.mem.zero(*gpa, *len),
+        };
+        r.unwrap_or_else(|e| fatal(format_args!("loading the cloud VM: {e}")));
+    }
+
+    // EPT01: identity except the pool; L0's frames resolve to a scratch page.
+    let mut l0 = RangeSet::new();
+    let _ = l0.insert(pool);
+    let regions = fw.ept_regions(&l0).unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
+    let sink = alloc_frames(1, "scratch page");
+    // SAFETY: a fresh pool frame: all ones, like reads of absent memory.
+    unsafe { core::ptr::write_bytes(sink as *mut u8, 0xff, FRAME as usize) };
+    let max = if cpu.gib_pages && vcaps.ept_vpid & (1 << 17) != 0 {
+        PageSize::Size1G
+    } else if vcaps.ept_vpid & (1 << 16) != 0 {
+        PageSize::Size2M
+    } else {
+        PageSize::Size4K
+    };
+    let ept01 = vcpu::ept01::Ept01::build(&mut hw.tables, &regions, l0, fw.ept_limit(), sink, max)
+        .unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
+
+    // Bitmaps: L0's UART and the emulator's shutdown port; the MSRs L0 keeps.
+    let mgmt_port = logger::serial_base();
+    let mut io = msr::IoBitmaps::new();
+    if let Some(base) = mgmt_port {
+        for p in base..base + 8 {
+            io.intercept(p);
+        }
+    }
+    io.intercept(vcpu::SHUTDOWN_PORT);
+    let io_pages = alloc_frames(2, "I/O bitmaps");
+    let msr_page = alloc_frames(1, "MSR bitmap");
+    // SAFETY: fresh pool frames of the right sizes.
+    unsafe {
+        core::ptr::copy_nonoverlapping(io.0.as_ptr(), io_pages as *mut u8, 8192);
+        core::ptr::copy_nonoverlapping(msr::l1_msr_bitmap().0.as_ptr(), msr_page as *mut u8, 4096);
+    }
+
+    // VMCS01.
+    let vpid = vpid_usable(vcaps);
+    let controls = setup::l1_controls(vcaps, vpid).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    let policy = setup::l1_cr_policy(vcaps, false);
+    let vmcs = alloc_frames(1, "VMCS01");
+    // SAFETY: fresh frame; revision id first; VMCLEAR then VMPTRLD make it current.
+    unsafe {
+        (vmcs as *mut u32).write(vcaps.revision());
+        vmxi::vmclear(vmcs).unwrap_or_else(|e| fatal(format_args!("VMCLEAR: {e}")));
+        vmxi::vmptrld(vmcs).unwrap_or_else(|e| fatal(format_args!("VMPTRLD: {e}")));
+    }
+    // SAFETY: VMCS01 is current.
+    let mut v = unsafe { CurrentVmcs::new() };
+    let host = setup::HostState {
+        cr0: cpu::read_cr0(),
+        cr3: cpu::read_cr3(),
+        cr4: cpu::read_cr4(),
+        cs: tables::CODE_SELECTOR,
+        ds: tables::DATA_SELECTOR,
+        tr: tables::TSS_SELECTOR,
+        tr_base: tables::tss_base(),
+        gdtr_base: cpu::gdt_base(),
+        idtr_base: cpu::idt_base(),
+        // SAFETY: EFER and PAT exist on every CPU with VMX.
+        efer: unsafe { cpu::rdmsr(EFER) },
+        pat: unsafe { cpu::rdmsr(PAT) },
+        rip: run::exit_entry_point(),
+    };
+    setup::write_host_state(&mut v, &host);
+    let pages = setup::ControlPages {
+        io_bitmap_a: io_pages,
+        io_bitmap_b: io_pages + FRAME,
+        msr_bitmap: msr_page,
+        eptp: ept::eptp(ept01.root, false),
+        vpid: L1_VPID,
+    };
+    setup::write_controls(&mut v, &controls, &pages, &policy);
+    let mut regs = GuestRegs::default();
+    for (reg, value) in setup::write_entry_state(&mut v, &plan.entry, &policy) {
+        regs.gpr[reg] = value;
+    }
+    let mtrr = if cpu.mtrr {
+        // SAFETY: MTRRs exist (CPUID.1:EDX[12]); only the ones MTRRCAP lists are read.
+        let cap = unsafe { cpu::rdmsr(msr::IA32_MTRRCAP) };
+        msr::MtrrShadow::capture(cap, cpu.maxphyaddr, |m| unsafe { cpu::rdmsr(m) })
+    } else {
+        msr::MtrrShadow::capture(0, cpu.maxphyaddr, |_| 0)
+    };
+    let boot::loader::Entry::Multiboot { eip, .. } = plan.entry;
+    info!(
+        "starting the cloud VM: multiboot kernel at {eip:#x}, {} module(s), {} MiB of RAM",
+        l1_modules.len(),
+        hw.mem.ranges().total() >> 20
+    );
+    use caps::secondary as s;
+    Vcpu {
+        regs,
+        launched: false,
+        policy,
+        cpuid: CpuidContext {
+            guest_cr4: 0,
+            vmx: false,
+            rdtscp: controls.has_secondary(s::ENABLE_RDTSCP),
+            invpcid: controls.has_secondary(s::ENABLE_INVPCID),
+            xsaves: controls.has_secondary(s::ENABLE_XSAVES),
+            abi_version: 0x0001_0000,
+        },
+        mtrr,
+        vpid: if vpid { L1_VPID } else { 0 },
+        maxphyaddr: cpu.maxphyaddr,
+        ept: ept01,
+        mgmt_port,
+        shutdown: ShutdownWatch::default(),
+        stats: ExitStats { by_reason: [0; 80] },
+        last_l0_touch: "",
+    }
+}
+
+/// Delivers an NMI that arrived while L0 ran, when L1 can take it.
+fn deliver_pending_nmi(v: &mut impl Vmcs) {
+    const BLOCKING_BY_NMI: u64 = 1 << 3;
+    if NMI_PENDING.load(Ordering::Relaxed)
+        && v.read(F::GUEST_INTERRUPTIBILITY_INFO) & BLOCKING_BY_NMI == 0
+        && v.read(F::VM_ENTRY_INTR_INFO_FIELD) & InterruptionInfo::VALID as u64 == 0
+    {
+        NMI_PENDING.store(false, Ordering::Relaxed);
+        v.write(F::VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo::new(2, event_type::NMI, false).0 as u64);
+    }
+}
+
+fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
+    // SAFETY: VMCS01 stays current from here on.
+    let mut v = unsafe { CurrentVmcs::new() };
+    loop {
+        deliver_pending_nmi(&mut v);
+        // SAFETY: VMCS01 is complete: host state brings us back to l0_vmx_exit.
+        if let Err(e) = unsafe { run::run(&mut vcpu.regs, vcpu.launched) } {
+            let mut s = String::new();
+            let _ = report::guest_state(&mut s, &v, &vcpu.regs);
+            fatal(format_args!("VM entry to the cloud VM failed: {e}\n{s}"));
+        }
+        vcpu.launched = true;
+        if let Outcome::Stop(stop) = vcpu.handle_exit(&mut v, hw) {
+            let mut s = String::new();
+            let _ = report::guest_state(&mut s, &v, &vcpu.regs);
+            fatal(format_args!("{stop}\n{s}  {}", vcpu.stats));
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! What CPUID tells the cloud VM: the host's answer, minus what L0 does not
+//! emulate or let L1 use, plus the hypervisor leaves that name L0.
+
+/// "L0Hypervisor" in EBX, ECX, EDX of leaf 0x4000_0000.
+pub const SIGNATURE: [u32; 3] = [
+    u32::from_le_bytes(*b"L0Hy"),
+    u32::from_le_bytes(*b"perv"),
+    u32::from_le_bytes(*b"isor"),
+];
+pub const HYPERVISOR_BASE: u32 = 0x4000_0000;
+/// Highest hypervisor leaf L0 answers.
+pub const HYPERVISOR_MAX: u32 = 0x4000_0001;
+
+/// The guest state and L0 choices CPUID answers depend on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuidContext {
+    /// The CR4 the guest sees (OSXSAVE and PKE are reflected).
+    pub guest_cr4: u64,
+    /// Whether VMX is offered to the guest.
+    pub vmx: bool,
+    /// Whether the VMCS enables RDTSCP / INVPCID / XSAVES for the guest
+    /// (without the control these instructions #UD, so CPUID must not
+    /// claim them).
+    pub rdtscp: bool,
+    pub invpcid: bool,
+    pub xsaves: bool,
+    /// Value of leaf 0x4000_0001 EAX: the ultracall ABI version.
+    pub abi_version: u32,
+}
+
+const CR4_OSXSAVE: u64 = 1 << 18;
+const CR4_PKE: u64 = 1 << 22;
+
+fn set(reg: &mut u32, bit: u32, on: bool) {
+    if on {
+        *reg |= 1 << bit;
+    } else {
+        *reg &= !(1 << bit);
+    }
+}
+
+/// Whether L0 answers this leaf itself, without asking the CPU.
+pub fn is_synthetic(leaf: u32) -> bool {
+    (HYPERVISOR_BASE..0x5000_0000).contains(&leaf)
+}
+
+/// The guest's view of CPUID(`leaf`, `subleaf`), given the CPU's answer `raw`.
+pub fn guest_view(leaf: u32, subleaf: u32, raw: [u32; 4], ctx: &CpuidContext) -> [u32; 4] {
+    let [mut a, mut b, mut c, mut d] = raw;
+    match leaf {
+        1 => {
+            set(&mut c, 5, ctx.vmx); // VMX
+            set(&mut c, 6, false); // SMX: GETSEC is not emulated
+            set(&mut c, 27, ctx.guest_cr4 & CR4_OSXSAVE != 0);
+            set(&mut c, 31, true); // running under a hypervisor
+        }
+        7 if subleaf == 0 => {
+            set(&mut b, 2, false); // SGX
+            let invpcid = b & (1 << 10) != 0 && ctx.invpcid;
+            set(&mut b, 10, invpcid);
+            set(&mut b, 25, false); // Intel PT
+            set(&mut c, 4, ctx.guest_cr4 & CR4_PKE != 0); // OSPKE
+            set(&mut c, 5, false); // WAITPKG: needs a VMX control L0 does not set
+            let rdpid = c & (1 << 22) != 0 && ctx.rdtscp;
+            set(&mut c, 22, rdpid);
+        }
+        0xd if subleaf == 1 => {
+            let xsaves = a & (1 << 3) != 0 && ctx.xsaves;
+            set(&mut a, 3, xsaves);
+        }
+        0x12 | 0x14 => [a, b, c, d] = [0; 4], // SGX and PT leaves
+        0x8000_0001 => {
+            let rdtscp = d & (1 << 27) != 0 && ctx.rdtscp;
+            set(&mut d, 27, rdtscp);
+        }
+        HYPERVISOR_BASE => [a, b, c, d] = [HYPERVISOR_MAX, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
+        0x4000_0001 => [a, b, c, d] = [ctx.abi_version, 0, 0, 0],
+        l if is_synthetic(l) => [a, b, c, d] = [0; 4],
+        _ => {}
+    }
+    [a, b, c, d]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> CpuidContext {
+        CpuidContext { guest_cr4: 0, vmx: false, rdtscp: true, invpcid: true, xsaves: false, abi_version: 0x1_0000 }
+    }
+
+    #[test]
+    fn signature_leaf() {
+        let r = guest_view(HYPERVISOR_BASE, 0, [0x4000_0001, 0x4b4d564b, 0x564b4d56, 0x4d], &ctx());
+        let mut sig = Vec::new();
+        for w in &r[1..] {
+            sig.extend_from_slice(&w.to_le_bytes());
+        }
+        assert_eq!(&sig, b"L0Hypervisor");
+        assert_eq!(r[0], HYPERVISOR_MAX);
+        assert_eq!(guest_view(0x4000_0001, 0, [9; 4], &ctx()), [0x1_0000, 0, 0, 0]);
+        // A KVM underneath does not shine through.
+        assert_eq!(guest_view(0x4000_0100, 0, [1, 2, 3, 4], &ctx()), [0; 4]);
+        assert!(is_synthetic(0x4000_0100) && !is_synthetic(0x8000_0000));
+    }
+
+    #[test]
+    fn leaf1_flags() {
+        let raw = [0x50654, 0x800, (1 << 5) | (1 << 6) | (1 << 26), 0];
+        let r = guest_view(1, 0, raw, &ctx());
+        assert_eq!(r[2] & (1 << 5), 0, "VMX hidden");
+        assert_eq!(r[2] & (1 << 6), 0, "SMX hidden");
+        assert_ne!(r[2] & (1 << 31), 0, "hypervisor bit");
+        assert_eq!(r[2] & (1 << 27), 0, "OSXSAVE follows the guest's CR4");
+        let with = CpuidContext { guest_cr4: CR4_OSXSAVE, vmx: true, ..ctx() };
+        let r = guest_view(1, 0, raw, &with);
+        assert_ne!(r[2] & (1 << 27), 0);
+        assert_ne!(r[2] & (1 << 5), 0);
+        assert_eq!(r[0], 0x50654);
+    }
+
+    #[test]
+    fn features_follow_vmcs_controls() {
+        let raw7 = [0, (1 << 2) | (1 << 10) | (1 << 25), (1 << 5) | (1 << 22), 0];
+        let none = CpuidContext { rdtscp: false, invpcid: false, ..ctx() };
+        let r = guest_view(7, 0, raw7, &none);
+        assert_eq!(r[1], 0);
+        assert_eq!(r[2], 0);
+        let r = guest_view(7, 0, raw7, &ctx());
+        assert_eq!(r[1], 1 << 10);
+        assert_eq!(r[2], 1 << 22);
+        assert_eq!(guest_view(7, 1, raw7, &none), raw7, "only subleaf 0 is filtered");
+        assert_eq!(guest_view(0x8000_0001, 0, [0, 0, 0, 1 << 27], &none)[3], 0);
+        assert_eq!(guest_view(0xd, 1, [0xf, 0, 0, 0], &ctx())[0], 0x7);
+        assert_eq!(guest_view(0x12, 0, [1, 2, 3, 4], &ctx()), [0; 4]);
+    }
+}

@@ -1,0 +1,142 @@
+//! EPT01: the cloud VM's guest-physical space, identity-mapped except
+//! L0's frames.
+//!
+//! An access to an unmapped address gets defined behaviour instead of a
+//! crash: L0's frames are backed by one scratch page that starts out as all
+//! ones (what reads of absent memory return) and holds only what L1 itself
+//! writes there, so L1 never sees a byte of L0; other unmapped addresses
+//! beyond the firmware map are MMIO space and mapped uncacheable.
+
+use alloc::vec::Vec;
+
+use boot::memmap::{Range, RangeSet};
+
+use crate::mm::layout::MemType;
+use crate::mm::paging::{map, MapError, PageSize, TableMemory};
+use crate::vmx::ept::{Ept, EptAttr, RWX};
+
+pub struct Ept01 {
+    pub root: u64,
+    /// The scratch page behind L0's frames.
+    pub sink: u64,
+    /// L0's frames: never mapped to themselves.
+    pub l0: RangeSet,
+    /// Everything below is mapped from the start.
+    pub limit: u64,
+    /// Accesses to L0's frames so far.
+    pub l0_touches: u64,
+}
+
+/// What an EPT violation on L1 led to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// L1 touched L0's memory: now backed by the scratch page.
+    L0Frame,
+    /// MMIO beyond the initial map: now mapped uncacheable.
+    Mmio,
+}
+
+impl Ept01 {
+    /// Builds the map from `regions` (sorted, disjoint; gaps are L0's).
+    pub fn build<M: TableMemory>(
+        mem: &mut M,
+        regions: &[(Range, MemType)],
+        l0: RangeSet,
+        limit: u64,
+        sink: u64,
+        max_page: PageSize,
+    ) -> Result<Self, MapError> {
+        let root = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+        for &(r, mem_type) in regions {
+            map(mem, &Ept, root, r.start, r.start, r.len(), EptAttr { perms: RWX, mem_type }, max_page)?;
+        }
+        Ok(Ept01 { root, sink, l0, limit, l0_touches: 0 })
+    }
+
+    /// Resolves a violation at `gpa`. The caller knows the entry was not
+    /// present: every mapping EPT01 makes allows everything.
+    pub fn resolve<M: TableMemory>(&mut self, mem: &mut M, gpa: u64) -> Result<Violation, MapError> {
+        let page = gpa & !0xfff;
+        if self.l0.contains(page) || page < self.limit {
+            // Below the limit only L0's frames are unmapped.
+            self.l0_touches += 1;
+            let a = EptAttr { perms: RWX, mem_type: MemType::WriteBack };
+            map(mem, &Ept, self.root, page, self.sink, 0x1000, a, PageSize::Size4K)?;
+            Ok(Violation::L0Frame)
+        } else {
+            let a = EptAttr { perms: RWX, mem_type: MemType::Uncacheable };
+            map(mem, &Ept, self.root, page, page, 0x1000, a, PageSize::Size4K)?;
+            Ok(Violation::Mmio)
+        }
+    }
+}
+
+/// The regions of `[0, limit)` left out of `regions`: what EPT01 leaves
+/// unmapped at first.
+pub fn unmapped(regions: &[(Range, MemType)], limit: u64) -> Vec<Range> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (r, _) in regions {
+        if r.start > at {
+            out.push(Range::new(at, r.start));
+        }
+        at = at.max(r.end);
+    }
+    if at < limit {
+        out.push(Range::new(at, limit));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mm::paging::{tests::FakeTables, translate};
+
+    fn setup() -> (FakeTables, Ept01) {
+        let mut m = FakeTables::default();
+        let pool = Range::new(0x1de0_0000, 0x1fe0_0000);
+        let regions = [
+            (Range::new(0, 0x1de0_0000), MemType::WriteBack),
+            (Range::new(0x1fe0_0000, 0x2000_0000), MemType::WriteBack),
+            (Range::new(0x2000_0000, 1 << 32), MemType::Uncacheable),
+        ];
+        let mut l0 = RangeSet::new();
+        l0.insert(pool).unwrap();
+        assert_eq!(unmapped(&regions, 1 << 32), vec![pool]);
+        let e = Ept01::build(&mut m, &regions, l0, 1 << 32, 0x1de0_5000, PageSize::Size1G).unwrap();
+        (m, e)
+    }
+
+    #[test]
+    fn identity_except_l0() {
+        let (mut m, e) = setup();
+        assert_eq!(translate(&mut m, &Ept, e.root, 0x1234_5678).unwrap().pa, 0x1234_5678);
+        assert_eq!(translate(&mut m, &Ept, e.root, 0xfee0_0000).unwrap().entry & 0x38, 0, "MMIO is UC");
+        assert!(translate(&mut m, &Ept, e.root, 0x1de0_0000).is_none());
+        assert!(translate(&mut m, &Ept, e.root, 0x1fdf_f000).is_none());
+        assert!(translate(&mut m, &Ept, e.root, 0x1 << 32).is_none());
+    }
+
+    #[test]
+    fn l0_frames_resolve_to_the_sink_never_to_themselves() {
+        let (mut m, mut e) = setup();
+        assert_eq!(e.resolve(&mut m, 0x1de0_0123), Ok(Violation::L0Frame));
+        assert_eq!(e.resolve(&mut m, 0x1f00_0000), Ok(Violation::L0Frame));
+        for gpa in [0x1de0_0000u64, 0x1f00_0000] {
+            let l = translate(&mut m, &Ept, e.root, gpa).unwrap();
+            assert_eq!(l.pa, 0x1de0_5000);
+        }
+        assert_eq!(e.l0_touches, 2);
+        // Still unmapped elsewhere in the pool.
+        assert!(translate(&mut m, &Ept, e.root, 0x1e00_0000).is_none());
+    }
+
+    #[test]
+    fn high_mmio_resolves_identity_uncached() {
+        let (mut m, mut e) = setup();
+        assert_eq!(e.resolve(&mut m, 0xfd_0000_0010), Ok(Violation::Mmio));
+        let l = translate(&mut m, &Ept, e.root, 0xfd_0000_0010).unwrap();
+        assert_eq!((l.pa, l.entry & 0x38), (0xfd_0000_0010, 0));
+    }
+}

@@ -1,0 +1,502 @@
+//! The cloud VM's virtual CPU: VMCS01 and one handler per exit reason.
+//!
+//! Handlers work on the [`Vmcs`] trait and a [`Platform`] for the few things
+//! that touch hardware, so the whole dispatch runs on the host in tests.
+
+use core::fmt;
+
+use crate::arch::run::GuestRegs;
+use crate::guest_mem::GuestMemory;
+use crate::mm::paging::TableMemory;
+use crate::vmx::exit::{event_type, reason, reason_name, CrAccess, EptViolation, ExitReason, InterruptionInfo, IoAccess};
+use crate::vmx::{caps, Field as F, Vmcs};
+
+pub mod cpuid;
+pub mod cr;
+pub mod ept01;
+pub mod msr;
+pub mod report;
+pub mod setup;
+
+use cr::{CrPolicy, CrState, GeneralProtection};
+use ept01::{Ept01, Violation};
+use msr::MtrrShadow;
+
+/// The hardware operations exit handlers need.
+pub trait Platform {
+    type Tables: TableMemory;
+    type Mem: GuestMemory;
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// XCR0 bits the CPU supports (CPUID.(EAX=0xD,ECX=0):EDX:EAX).
+    fn xcr0_supported(&self) -> u64;
+    fn set_xcr0(&mut self, value: u64);
+    fn wbinvd(&mut self);
+    /// Drops the TLB entries tagged with `vpid`.
+    fn flush_vpid(&mut self, vpid: u16);
+    fn port_out(&mut self, port: u16, value: u8);
+    fn port_in(&mut self, port: u16) -> u8;
+    fn tables(&mut self) -> &mut Self::Tables;
+    fn mem(&mut self) -> &mut Self::Mem;
+    /// Re-checks L0's code and read-only data against the boot-time checksum.
+    fn l0_intact(&self) -> bool;
+}
+
+/// Why L1 cannot go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    TripleFault,
+    /// VM entry failed with an exit reason that has bit 31 set.
+    EntryFailure(ExitReason),
+    /// An exit L0 never asked for.
+    Unexpected(ExitReason),
+    /// L0 could not carry out what the exit needed.
+    Internal(&'static str),
+}
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stop::TripleFault => write!(f, "the cloud VM triple-faulted"),
+            Stop::EntryFailure(r) => write!(f, "VM entry failed: {}", reason_name(r.basic())),
+            Stop::Unexpected(r) => write!(f, "unexpected VM exit {} ({})", r.basic(), reason_name(r.basic())),
+            Stop::Internal(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Resume,
+    Stop(Stop),
+}
+
+/// Exit counts by basic reason.
+#[derive(Clone, Debug)]
+pub struct ExitStats {
+    pub by_reason: [u64; 80],
+}
+
+impl ExitStats {
+    pub fn total(&self) -> u64 {
+        self.by_reason.iter().sum()
+    }
+}
+
+impl fmt::Display for ExitStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} exits", self.total())?;
+        for (r, &n) in self.by_reason.iter().enumerate().filter(|(_, &n)| n > 0) {
+            write!(f, ", {} {n}", reason_name(r as u16))?;
+        }
+        Ok(())
+    }
+}
+
+/// Bochs's shutdown port: the string "Shutdown" written to it ends the
+/// emulator. L0 holds a matching prefix back to log its final report first.
+pub const SHUTDOWN_PORT: u16 = 0x8900;
+const SHUTDOWN: &[u8] = b"Shutdown";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownWatch {
+    matched: usize,
+}
+
+/// What to do with a byte written to the shutdown port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownFeed {
+    /// Part of "Shutdown" so far: hold it.
+    Hold,
+    /// Not a shutdown: pass on the bytes held so far, then `byte` (None when
+    /// `byte` starts a new match and is held).
+    Forward { held: &'static [u8], byte: Option<u8> },
+    /// The whole word: report, then pass "Shutdown" on.
+    Shutdown,
+}
+
+impl ShutdownWatch {
+    pub fn feed(&mut self, b: u8) -> ShutdownFeed {
+        if b == SHUTDOWN[self.matched] {
+            self.matched += 1;
+            if self.matched < SHUTDOWN.len() {
+                return ShutdownFeed::Hold;
+            }
+            self.matched = 0;
+            return ShutdownFeed::Shutdown;
+        }
+        let held = &SHUTDOWN[..self.matched];
+        // A mismatch that is itself an 'S' starts over.
+        self.matched = usize::from(b == SHUTDOWN[0]);
+        ShutdownFeed::Forward { held, byte: (self.matched == 0).then_some(b) }
+    }
+}
+
+/// The cloud VM's CPU.
+pub struct Vcpu {
+    pub regs: GuestRegs,
+    pub launched: bool,
+    pub policy: CrPolicy,
+    pub cpuid: cpuid::CpuidContext,
+    pub mtrr: MtrrShadow,
+    /// The guest's VPID, 0 if VPIDs are not used.
+    pub vpid: u16,
+    pub maxphyaddr: u8,
+    pub ept: Ept01,
+    /// L0's management UART: 8 ports from here.
+    pub mgmt_port: Option<u16>,
+    pub shutdown: ShutdownWatch,
+    pub stats: ExitStats,
+    /// The kind of L1's last access to L0's memory, for the log.
+    pub last_l0_touch: &'static str,
+}
+
+const CR0_TS: u64 = 1 << 3;
+const AR_L: u64 = 1 << 13;
+const INTERRUPTIBILITY_STI_MOVSS: u64 = 3;
+const ACTIVITY_HLT: u64 = 1;
+
+/// The CR state the guest sees, from the VMCS.
+pub fn read_cr_state(v: &impl Vmcs) -> CrState {
+    let view = |real: F, shadow: F, mask: F| (v.read(real) & !v.read(mask)) | (v.read(shadow) & v.read(mask));
+    CrState {
+        cr0: view(F::GUEST_CR0, F::CR0_READ_SHADOW, F::CR0_GUEST_HOST_MASK),
+        cr3: v.read(F::GUEST_CR3),
+        cr4: view(F::GUEST_CR4, F::CR4_READ_SHADOW, F::CR4_GUEST_HOST_MASK),
+        efer: v.read(F::GUEST_IA32_EFER),
+        cs_long: v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0,
+    }
+}
+
+/// Writes `s` back: real registers, read shadows, EFER and the IA-32e entry control.
+pub fn write_cr_state(v: &mut impl Vmcs, s: &CrState, p: &CrPolicy) {
+    v.write(F::GUEST_CR0, s.cr0_actual(p));
+    v.write(F::CR0_READ_SHADOW, s.cr0);
+    v.write(F::GUEST_CR3, s.cr3);
+    v.write(F::GUEST_CR4, s.cr4_actual(p));
+    v.write(F::CR4_READ_SHADOW, s.cr4);
+    v.write(F::GUEST_IA32_EFER, s.efer);
+    if s.ia32e() {
+        v.set_bits(F::VM_ENTRY_CONTROLS, caps::entry::IA32E_MODE_GUEST as u64);
+    } else {
+        v.clear_bits(F::VM_ENTRY_CONTROLS, caps::entry::IA32E_MODE_GUEST as u64);
+    }
+}
+
+/// Queues a hardware exception for the next VM entry.
+pub fn inject_exception(v: &mut impl Vmcs, vector: u8, error_code: Option<u32>) {
+    // In real mode exceptions push no error code (SDM 26.2.1.3).
+    let protected = v.read(F::GUEST_CR0) & cr::CR0_PE != 0;
+    let code = error_code.filter(|_| protected);
+    v.write(F::VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo::new(vector, event_type::HARDWARE_EXCEPTION, code.is_some()).0 as u64);
+    if let Some(c) = code {
+        v.write(F::VM_ENTRY_EXCEPTION_ERROR_CODE, c as u64);
+    }
+}
+
+const UD: u8 = 6;
+const GP: u8 = 13;
+
+/// Moves past the instruction that exited, as executing it would.
+pub fn skip_instruction(v: &mut impl Vmcs) {
+    let rip = v.read(F::GUEST_RIP).wrapping_add(v.read(F::VM_EXIT_INSTRUCTION_LEN));
+    v.write(F::GUEST_RIP, rip);
+    let i = v.read(F::GUEST_INTERRUPTIBILITY_INFO);
+    if i & INTERRUPTIBILITY_STI_MOVSS != 0 {
+        v.write(F::GUEST_INTERRUPTIBILITY_INFO, i & !INTERRUPTIBILITY_STI_MOVSS);
+    }
+}
+
+impl Vcpu {
+    fn gpr(&self, v: &impl Vmcs, n: u8) -> u64 {
+        if n as usize == GuestRegs::RSP {
+            v.read(F::GUEST_RSP)
+        } else {
+            self.regs.gpr[n as usize]
+        }
+    }
+
+    fn set_gpr(&mut self, v: &mut impl Vmcs, n: u8, value: u64) {
+        if n as usize == GuestRegs::RSP {
+            v.write(F::GUEST_RSP, value);
+        } else {
+            self.regs.gpr[n as usize] = value;
+        }
+    }
+
+    fn set_edx_eax(&mut self, value: u64) {
+        self.regs.gpr[GuestRegs::RAX] = value & 0xffff_ffff;
+        self.regs.gpr[GuestRegs::RDX] = value >> 32;
+    }
+
+    fn edx_eax(&self) -> u64 {
+        (self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff) << 32 | (self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff)
+    }
+
+    /// Handles the exit that just happened.
+    pub fn handle_exit<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P) -> Outcome {
+        let r = ExitReason(v.read(F::VM_EXIT_REASON) as u32);
+        if let Some(n) = self.stats.by_reason.get_mut(r.basic() as usize) {
+            *n += 1;
+        }
+        if r.entry_failed() {
+            return Outcome::Stop(Stop::EntryFailure(r));
+        }
+        match r.basic() {
+            reason::CPUID => self.cpuid(v, p),
+            reason::IO_INSTRUCTION => return self.io(v, p, r),
+            reason::RDMSR => self.rdmsr(v),
+            reason::WRMSR => self.wrmsr(v),
+            reason::CR_ACCESS => return self.cr_access(v, p, r),
+            reason::XSETBV => self.xsetbv(v, p),
+            reason::INVD => {
+                // Dropping dirty lines could lose L0's data: write them back.
+                p.wbinvd();
+                skip_instruction(v);
+            }
+            reason::HLT => {
+                skip_instruction(v);
+                v.write(F::GUEST_ACTIVITY_STATE, ACTIVITY_HLT);
+            }
+            reason::EPT_VIOLATION => return self.ept_violation(v, p),
+            reason::TRIPLE_FAULT => return Outcome::Stop(Stop::TripleFault),
+            // VMX is not offered to L1 (yet), nor SMX; VMCALL without an
+            // ultracall is what it is on a bare CPU outside VMX: #UD.
+            reason::VMCALL
+            | reason::VMCLEAR
+            | reason::VMLAUNCH
+            | reason::VMPTRLD
+            | reason::VMPTRST
+            | reason::VMREAD
+            | reason::VMRESUME
+            | reason::VMWRITE
+            | reason::VMXOFF
+            | reason::VMXON
+            | reason::INVEPT
+            | reason::INVVPID
+            | reason::VMFUNC
+            | reason::GETSEC => inject_exception(v, UD, None),
+            reason::EPT_MISCONFIG => return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT01 (an L0 bug)")),
+            _ => return Outcome::Stop(Stop::Unexpected(r)),
+        }
+        Outcome::Resume
+    }
+
+    fn cpuid<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P) {
+        let leaf = self.regs.gpr[GuestRegs::RAX] as u32;
+        let sub = self.regs.gpr[GuestRegs::RCX] as u32;
+        let raw = if cpuid::is_synthetic(leaf) { [0; 4] } else { p.cpuid(leaf, sub) };
+        self.cpuid.guest_cr4 = read_cr_state(v).cr4;
+        let out = cpuid::guest_view(leaf, sub, raw, &self.cpuid);
+        for (reg, val) in [GuestRegs::RAX, GuestRegs::RBX, GuestRegs::RCX, GuestRegs::RDX].into_iter().zip(out) {
+            self.regs.gpr[reg] = val as u64;
+        }
+        skip_instruction(v);
+    }
+
+    fn owns_port(&self, io: &IoAccess) -> bool {
+        self.mgmt_port.is_some_and(|base| {
+            let (a, b) = (io.port as u32, io.port as u32 + io.size as u32);
+            let base = base as u32;
+            a < base + 8 && base < b
+        })
+    }
+
+    fn io<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P, r: ExitReason) -> Outcome {
+        let io = IoAccess::decode(v.read(F::EXIT_QUALIFICATION));
+        let mask = (1u64 << (8 * io.size as u32)) - 1;
+        if io.string {
+            // String I/O to L0's ports: no effect (documented in docs/).
+            log::warn!("L1 string I/O to port {:#x} ignored", io.port);
+            if io.rep {
+                self.regs.gpr[GuestRegs::RCX] = 0;
+            }
+        } else if self.owns_port(&io) {
+            // The management line is L0's: to L1 it is an absent device.
+            if io.is_in {
+                let rax = &mut self.regs.gpr[GuestRegs::RAX];
+                *rax = (*rax & !mask) | mask;
+            }
+        } else if io.port == SHUTDOWN_PORT {
+            if io.is_in {
+                let value = p.port_in(io.port) as u64;
+                let rax = &mut self.regs.gpr[GuestRegs::RAX];
+                *rax = (*rax & !mask) | value;
+            } else {
+                let value = self.regs.gpr[GuestRegs::RAX];
+                for i in 0..io.size {
+                    self.shutdown_byte(p, (value >> (8 * i)) as u8);
+                }
+            }
+        } else {
+            return Outcome::Stop(Stop::Unexpected(r));
+        }
+        skip_instruction(v);
+        Outcome::Resume
+    }
+
+    fn shutdown_byte<P: Platform>(&mut self, p: &mut P, b: u8) {
+        match self.shutdown.feed(b) {
+            ShutdownFeed::Hold => {}
+            ShutdownFeed::Forward { held, byte } => {
+                for &h in held.iter().chain(&byte) {
+                    p.port_out(SHUTDOWN_PORT, h);
+                }
+            }
+            ShutdownFeed::Shutdown => {
+                log::info!("cloud VM requested shutdown: {}", self.stats);
+                log::info!("L1 touched L0 memory {} times", self.ept.l0_touches);
+                if p.l0_intact() {
+                    log::info!("L0 integrity OK");
+                } else {
+                    log::error!("L0 FATAL: L0 code or read-only data changed while L1 ran");
+                }
+                crate::logger::drain();
+                for &c in SHUTDOWN {
+                    p.port_out(SHUTDOWN_PORT, c);
+                }
+            }
+        }
+    }
+
+    fn rdmsr<V: Vmcs>(&mut self, v: &mut V) {
+        let m = self.regs.gpr[GuestRegs::RCX] as u32;
+        match msr::read(m, self.cpuid.vmx, &self.mtrr) {
+            Ok(value) => {
+                self.set_edx_eax(value);
+                skip_instruction(v);
+            }
+            Err(_) => inject_exception(v, GP, Some(0)),
+        }
+    }
+
+    fn wrmsr<V: Vmcs>(&mut self, v: &mut V) {
+        let m = self.regs.gpr[GuestRegs::RCX] as u32;
+        match msr::write(m, self.edx_eax(), &mut self.mtrr) {
+            Ok(msr::WriteOutcome::Done) => skip_instruction(v),
+            Ok(msr::WriteOutcome::Ignored) => {
+                log::info!("L1 wrote MSR {m:#x}: ignored");
+                skip_instruction(v);
+            }
+            Err(_) => inject_exception(v, GP, Some(0)),
+        }
+    }
+
+    fn cr_access<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P, r: ExitReason) -> Outcome {
+        let mut s = read_cr_state(v);
+        // Outside 64-bit code MOV CR uses 32-bit operands.
+        let width = if s.ia32e() && s.cs_long { u64::MAX } else { 0xffff_ffff };
+        let result = match CrAccess::decode(v.read(F::EXIT_QUALIFICATION)) {
+            CrAccess::MovToCr { cr: 0, gpr } => cr::write_cr0(&mut s, self.gpr(v, gpr) & width),
+            CrAccess::MovToCr { cr: 3, gpr } => cr::write_cr3(&mut s, self.gpr(v, gpr) & width, self.maxphyaddr),
+            CrAccess::MovToCr { cr: 4, gpr } => cr::write_cr4(&mut s, self.gpr(v, gpr) & width, &self.policy),
+            CrAccess::MovFromCr { cr: 3, gpr } => {
+                let value = s.cr3;
+                self.set_gpr(v, gpr, value);
+                skip_instruction(v);
+                return Outcome::Resume;
+            }
+            CrAccess::Clts => {
+                let value = s.cr0 & !CR0_TS;
+                cr::write_cr0(&mut s, value)
+            }
+            // LMSW loads CR0[3:0] but cannot clear PE.
+            CrAccess::Lmsw { source } => {
+                let value = (s.cr0 & !0xe) | (source as u64 & 0xf);
+                cr::write_cr0(&mut s, value)
+            }
+            _ => return Outcome::Stop(Stop::Unexpected(r)),
+        };
+        let effects = match result {
+            Ok(e) => e,
+            Err(GeneralProtection) => {
+                inject_exception(v, GP, Some(0));
+                return Outcome::Resume;
+            }
+        };
+        if effects.load_pdptes {
+            let mut raw = [0u8; 32];
+            let mut pdptes = [0u64; 4];
+            if p.mem().read(s.cr3 & 0xffff_ffe0, &mut raw).is_err() {
+                inject_exception(v, GP, Some(0));
+                return Outcome::Resume;
+            }
+            for (i, e) in pdptes.iter_mut().enumerate() {
+                *e = u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap());
+            }
+            if cr::check_pdptes(&pdptes, self.maxphyaddr).is_err() {
+                inject_exception(v, GP, Some(0));
+                return Outcome::Resume;
+            }
+            for (f, e) in [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3].into_iter().zip(pdptes) {
+                v.write(f, e);
+            }
+        }
+        write_cr_state(v, &s, &self.policy);
+        if effects.flush_tlb && self.vpid != 0 {
+            p.flush_vpid(self.vpid);
+        }
+        skip_instruction(v);
+        Outcome::Resume
+    }
+
+    fn xsetbv<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P) {
+        let cpl = (v.read(F::GUEST_SS_AR_BYTES) >> 5) & 3;
+        let value = self.edx_eax();
+        if read_cr_state(v).cr4 & (1 << 18) == 0 {
+            return inject_exception(v, UD, None);
+        }
+        let ok = cpl == 0
+            && self.regs.gpr[GuestRegs::RCX] as u32 == 0
+            && xcr0_valid(value, p.xcr0_supported());
+        if !ok {
+            return inject_exception(v, GP, Some(0));
+        }
+        p.set_xcr0(value);
+        skip_instruction(v);
+    }
+
+    fn ept_violation<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P) -> Outcome {
+        let gpa = v.read(F::GUEST_PHYSICAL_ADDRESS);
+        let q = EptViolation::decode(v.read(F::EXIT_QUALIFICATION));
+        if q.allowed != 0 {
+            // Everything EPT01 maps allows everything: L0 bug.
+            return Outcome::Stop(Stop::Internal("EPT violation on a present EPT01 entry"));
+        }
+        match self.ept.resolve(p.tables(), gpa) {
+            Ok(Violation::L0Frame) => {
+                let n = self.ept.l0_touches;
+                let kind = if q.write { "wrote" } else if q.fetch { "fetched from" } else { "read" };
+                // Rate-limited: the first few, powers of two, and each change of kind.
+                if n <= 8 || n.is_power_of_two() || kind != self.last_l0_touch {
+                    log::warn!(
+                        "L1 {kind} L0 memory at {gpa:#x} (RIP {:#x}); backed by a scratch page ({n} so far)",
+                        v.read(F::GUEST_RIP)
+                    );
+                }
+                self.last_l0_touch = kind;
+                Outcome::Resume
+            }
+            Ok(Violation::Mmio) => {
+                log::info!("L1 touched {gpa:#x} beyond the memory map: mapped as MMIO");
+                Outcome::Resume
+            }
+            Err(_) => Outcome::Stop(Stop::Internal("out of memory for EPT01 tables")),
+        }
+    }
+}
+
+/// Whether XSETBV may load `value` into XCR0 (SDM Vol. 1 13.3).
+pub fn xcr0_valid(value: u64, supported: u64) -> bool {
+    let x87 = value & 1 != 0;
+    let sse = value & 2 != 0;
+    let avx = value & 4 != 0;
+    let mpx = (value >> 3) & 3;
+    let avx512 = (value >> 5) & 7;
+    x87 && value & !supported == 0
+        && (!avx || sse)
+        && (mpx == 0 || mpx == 3)
+        && (avx512 == 0 || (avx512 == 7 && avx))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,14 @@
+//! The scenarios, by name.
+
+use crate::mb1::{Identity, Info};
+
+mod boot;
+mod ept_guard;
+
+pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
+    match name {
+        "boot" => boot::run(magic, mbi),
+        "ept-guard" => ept_guard::run(mbi),
+        _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
+    }
+}
