@@ -28,6 +28,10 @@ pub mod status;
 pub mod tag;
 pub mod version;
 
+#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
+pub mod cli;
+#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
+pub mod client;
 
 pub use blob::{BlobHeader, DEVICE_CLASS_DEVICE_SET, DEVICE_CLASS_UART16550A};
 pub use call::{CallerLevel, InRegs, Op, OutRegs, Request, Response, MAX_BUFFER_LEN, ULTRACALL_MAGIC};
