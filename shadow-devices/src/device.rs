@@ -125,22 +125,47 @@ mod tests {
 
     #[test]
     fn port_range_offsets() {
-        let r = PortRange { base: 0x3f8, count: 8 };
+        let r = PortRange {
+            base: 0x3f8,
+            count: 8,
+        };
         assert_eq!(r.offset(0x3f8), Some(0));
         assert_eq!(r.offset(0x3ff), Some(7));
         assert_eq!(r.offset(0x400), None);
         assert_eq!(r.offset(0x3f7), None);
         assert_eq!(r.offset(0), None);
-        let top = PortRange { base: 0xfffc, count: 8 };
+        let top = PortRange {
+            base: 0xfffc,
+            count: 8,
+        };
         assert_eq!(top.offset(0xffff), Some(3));
     }
 
     #[test]
     fn port_range_overlap() {
-        let a = PortRange { base: 0x3f8, count: 8 };
-        assert!(a.overlaps(&PortRange { base: 0x3ff, count: 1 }));
-        assert!(!a.overlaps(&PortRange { base: 0x400, count: 8 }));
-        assert!(!a.overlaps(&PortRange { base: 0x2f8, count: 8 }));
-        assert!(PortRange { base: 0xfff8, count: 8 }.overlaps(&PortRange { base: 0xffff, count: 1 }));
+        let a = PortRange {
+            base: 0x3f8,
+            count: 8,
+        };
+        assert!(a.overlaps(&PortRange {
+            base: 0x3ff,
+            count: 1
+        }));
+        assert!(!a.overlaps(&PortRange {
+            base: 0x400,
+            count: 8
+        }));
+        assert!(!a.overlaps(&PortRange {
+            base: 0x2f8,
+            count: 8
+        }));
+        assert!(PortRange {
+            base: 0xfff8,
+            count: 8
+        }
+        .overlaps(&PortRange {
+            base: 0xffff,
+            count: 1
+        }));
     }
 }

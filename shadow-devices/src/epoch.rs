@@ -61,7 +61,13 @@ impl EpochLedger {
 
     /// Records a committed save.
     pub fn record_save(&mut self, tag: &VmTag, epoch: u64) {
-        self.entries.insert(*tag, Entry { high: epoch, own_save_pending: true });
+        self.entries.insert(
+            *tag,
+            Entry {
+                high: epoch,
+                own_save_pending: true,
+            },
+        );
     }
 
     /// Would a blob for `tag` with `epoch` be accepted?
@@ -70,13 +76,22 @@ impl EpochLedger {
             None => Ok(()),
             Some(e) if epoch > e.high => Ok(()),
             Some(e) if epoch == e.high && e.own_save_pending => Ok(()),
-            Some(e) => Err(Error::Replayed { epoch, high: e.high }),
+            Some(e) => Err(Error::Replayed {
+                epoch,
+                high: e.high,
+            }),
         }
     }
 
     /// Records a completed restore; its epoch is consumed.
     pub fn record_restore(&mut self, tag: &VmTag, epoch: u64) {
-        self.entries.insert(*tag, Entry { high: epoch, own_save_pending: false });
+        self.entries.insert(
+            *tag,
+            Entry {
+                high: epoch,
+                own_save_pending: false,
+            },
+        );
     }
 
     /// Number of tags remembered.
@@ -113,8 +128,14 @@ mod tests {
         let mut l = EpochLedger::new();
         assert_eq!(l.check_restore(&t(), 3), Ok(()));
         l.record_restore(&t(), 3);
-        assert_eq!(l.check_restore(&t(), 3), Err(Error::Replayed { epoch: 3, high: 3 }));
-        assert_eq!(l.check_restore(&t(), 2), Err(Error::Replayed { epoch: 2, high: 3 }));
+        assert_eq!(
+            l.check_restore(&t(), 3),
+            Err(Error::Replayed { epoch: 3, high: 3 })
+        );
+        assert_eq!(
+            l.check_restore(&t(), 2),
+            Err(Error::Replayed { epoch: 2, high: 3 })
+        );
         assert_eq!(l.check_restore(&t(), 4), Ok(()));
     }
 
@@ -123,9 +144,15 @@ mod tests {
         let mut l = EpochLedger::new();
         l.record_save(&t(), 5);
         assert_eq!(l.check_restore(&t(), 5), Ok(()));
-        assert_eq!(l.check_restore(&t(), 4), Err(Error::Replayed { epoch: 4, high: 5 }));
+        assert_eq!(
+            l.check_restore(&t(), 4),
+            Err(Error::Replayed { epoch: 4, high: 5 })
+        );
         l.record_restore(&t(), 5);
-        assert_eq!(l.check_restore(&t(), 5), Err(Error::Replayed { epoch: 5, high: 5 }));
+        assert_eq!(
+            l.check_restore(&t(), 5),
+            Err(Error::Replayed { epoch: 5, high: 5 })
+        );
     }
 
     #[test]

@@ -145,7 +145,9 @@ impl fmt::Display for Error {
             Error::TagAlreadySet => f.write_str("VM already holds a different tag"),
             Error::Frozen => f.write_str("devices are frozen (already saved)"),
             Error::StaleSave => f.write_str("prepared save no longer matches"),
-            Error::BufferTooSmall { needed } => write!(f, "buffer too small: {needed} bytes needed"),
+            Error::BufferTooSmall { needed } => {
+                write!(f, "buffer too small: {needed} bytes needed")
+            }
         }
     }
 }

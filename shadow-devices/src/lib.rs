@@ -9,7 +9,7 @@
 //!   and the operator-side [`Console`];
 //! - [`registry`]: device sets keyed by L0's VM identity, VM tags, and the
 //!   two-phase save / all-or-nothing restore flows;
-//! - [`seal`]: AES-256-GCM sealing with the header of
+//! - [`mod@seal`]: AES-256-GCM sealing with the header of
 //!   [`ultracall_abi::blob`] as associated data;
 //! - [`epoch`]: the per-tag epoch ledger behind "a blob restores once".
 //!

@@ -48,7 +48,10 @@ pub type DeviceFactory = fn() -> Vec<Box<dyn ShadowDevice>>;
 
 /// The default factory: UARTs at COM1..COM4 (0x3F8/4, 0x2F8/3, 0x3E8/4, 0x2E8/3).
 pub fn pc_uarts() -> Vec<Box<dyn ShadowDevice>> {
-    ComPort::ALL.iter().map(|p| Box::new(p.uart()) as Box<dyn ShadowDevice>).collect()
+    ComPort::ALL
+        .iter()
+        .map(|p| Box::new(p.uart()) as Box<dyn ShadowDevice>)
+        .collect()
 }
 
 /// One VM's shadow devices and their migration state.
@@ -71,7 +74,11 @@ impl core::fmt::Debug for VmDevices {
 impl VmDevices {
     /// A device set (as a factory builds it).
     pub fn new(devices: Vec<Box<dyn ShadowDevice>>) -> VmDevices {
-        VmDevices { devices, tag: None, frozen: false }
+        VmDevices {
+            devices,
+            tag: None,
+            frozen: false,
+        }
     }
 
     /// The VM's tag, once registered.
@@ -97,7 +104,10 @@ impl VmDevices {
 
     /// The device claiming `port`.
     pub fn device_at(&mut self, port: u16) -> Option<&mut (dyn ShadowDevice + 'static)> {
-        self.devices.iter_mut().find(|d| d.ports().contains(port)).map(|d| &mut **d)
+        self.devices
+            .iter_mut()
+            .find(|d| d.ports().contains(port))
+            .map(|d| &mut **d)
     }
 
     /// True when a device claims `port` (L0 traps exactly these ports).
@@ -117,7 +127,9 @@ impl VmDevices {
     /// while frozen.
     pub fn io_write(&mut self, port: u16, value: u8) -> bool {
         let frozen = self.frozen;
-        let Some(dev) = self.device_at(port) else { return false };
+        let Some(dev) = self.device_at(port) else {
+            return false;
+        };
         if !frozen {
             dev.io_write(port, value);
         }
@@ -220,7 +232,9 @@ impl VmDevices {
         }
         let backups: Vec<Vec<u8>> = self.devices.iter().map(|d| d.save_state()).collect();
         for (i, state) in states.iter().enumerate() {
-            let Some(dev) = self.devices.get_mut(i) else { break };
+            let Some(dev) = self.devices.get_mut(i) else {
+                break;
+            };
             if let Err(e) = dev.restore_state(state) {
                 // Validation passed, so this is a device bug; still leave
                 // every device as it was.
@@ -302,13 +316,18 @@ impl<K: Ord + Copy> Default for Registry<K> {
 impl<K: Ord + Copy> Registry<K> {
     /// An empty registry whose VMs get devices from `factory`.
     pub fn new(factory: DeviceFactory) -> Registry<K> {
-        Registry { vms: BTreeMap::new(), factory }
+        Registry {
+            vms: BTreeMap::new(),
+            factory,
+        }
     }
 
     /// The VM's devices, created on first access.
     pub fn vm(&mut self, key: K) -> &mut VmDevices {
         let factory = self.factory;
-        self.vms.entry(key).or_insert_with(|| VmDevices::new(factory()))
+        self.vms
+            .entry(key)
+            .or_insert_with(|| VmDevices::new(factory()))
     }
 
     /// The VM's devices, if it exists.
@@ -348,7 +367,10 @@ impl<K: Ord + Copy> Registry<K> {
 
     /// The VM holding `tag`.
     pub fn find_by_tag(&self, tag: &VmTag) -> Option<K> {
-        self.vms.iter().find(|(_, v)| v.tag.as_ref() == Some(tag)).map(|(k, _)| *k)
+        self.vms
+            .iter()
+            .find(|(_, v)| v.tag.as_ref() == Some(tag))
+            .map(|(k, _)| *k)
     }
 
     /// Binds `tag` to the VM (created if new). Idempotent for the same
@@ -394,13 +416,23 @@ impl<K: Ord + Copy> Registry<K> {
         let epoch = ledger.next_save_epoch(tag)?;
         let plaintext = vm.save_set();
         let blob = seal::seal(key, DEVICE_CLASS_DEVICE_SET, tag, epoch, &plaintext, nonces)?;
-        Ok(PreparedSave { vm: vm_key, tag: *tag, epoch, plaintext, blob })
+        Ok(PreparedSave {
+            vm: vm_key,
+            tag: *tag,
+            epoch,
+            plaintext,
+            blob,
+        })
     }
 
     /// Phase 2 of save, after the blob reached the caller: freezes the
     /// devices and records the epoch. Refuses ([`Error::StaleSave`]) if the
     /// VM, its tag, its devices or the ledger changed since phase 1.
-    pub fn commit_save(&mut self, prepared: PreparedSave<K>, ledger: &mut EpochLedger) -> Result<(), Error> {
+    pub fn commit_save(
+        &mut self,
+        prepared: PreparedSave<K>,
+        ledger: &mut EpochLedger,
+    ) -> Result<(), Error> {
         if ledger.next_save_epoch(&prepared.tag) != Ok(prepared.epoch) {
             return Err(Error::StaleSave);
         }
@@ -428,7 +460,10 @@ impl<K: Ord + Copy> Registry<K> {
         vm.restore_set(&opened.plaintext)?;
         vm.frozen = false;
         ledger.record_restore(tag, opened.header.epoch);
-        Ok(Restored { vm: vm_key, epoch: opened.header.epoch })
+        Ok(Restored {
+            vm: vm_key,
+            epoch: opened.header.epoch,
+        })
     }
 
     /// Encodes the VM list ([`ultracall_abi::list`]) into `out`; `vm_id`
@@ -437,7 +472,11 @@ impl<K: Ord + Copy> Registry<K> {
     pub fn encode_list(&self, vm_id: impl Fn(&K) -> u64, out: &mut [u8]) -> Result<usize, Error> {
         let mut enc = ListEncoder::new(out);
         for (k, vm) in &self.vms {
-            let info = VmInfo { vm_id: vm_id(k), tag: vm.tag, frozen: vm.frozen };
+            let info = VmInfo {
+                vm_id: vm_id(k),
+                tag: vm.tag,
+                frozen: vm.frozen,
+            };
             enc.push_vm(&info, &vm.device_infos());
         }
         enc.finish().map_err(|e| match e {
@@ -544,26 +583,40 @@ mod tests {
         src.register_tag(7, tag("web")).unwrap();
         src.io_write(7, 0x3f8 + SCR as u16, 0xAB);
 
-        let prepared = src.prepare_save(&tag("web"), &key, &src_ledger, &mut nonces).unwrap();
+        let prepared = src
+            .prepare_save(&tag("web"), &key, &src_ledger, &mut nonces)
+            .unwrap();
         assert_eq!(prepared.epoch(), 1);
         assert!(!src.get(&7).unwrap().is_frozen(), "prepare changes nothing");
         let blob = prepared.blob().to_vec();
         src.commit_save(prepared, &mut src_ledger).unwrap();
         assert!(src.get(&7).unwrap().is_frozen());
-        assert_eq!(src.io_read(7, 0x3f8 + SCR as u16), Some(0xFF), "frozen reads float");
         assert_eq!(
-            src.prepare_save(&tag("web"), &key, &src_ledger, &mut nonces).err(),
+            src.io_read(7, 0x3f8 + SCR as u16),
+            Some(0xFF),
+            "frozen reads float"
+        );
+        assert_eq!(
+            src.prepare_save(&tag("web"), &key, &src_ledger, &mut nonces)
+                .err(),
             Some(Error::Frozen)
         );
 
         let mut dst: Registry<u64> = Registry::default();
-        assert_eq!(dst.restore_sealed(&tag("web"), &key, &mut dst_ledger, &blob).err(), Some(Error::UnknownTag));
+        assert_eq!(
+            dst.restore_sealed(&tag("web"), &key, &mut dst_ledger, &blob)
+                .err(),
+            Some(Error::UnknownTag)
+        );
         dst.register_tag(100, tag("web")).unwrap();
-        let restored = dst.restore_sealed(&tag("web"), &key, &mut dst_ledger, &blob).unwrap();
+        let restored = dst
+            .restore_sealed(&tag("web"), &key, &mut dst_ledger, &blob)
+            .unwrap();
         assert_eq!(restored, Restored { vm: 100, epoch: 1 });
         assert_eq!(dst.io_read(100, 0x3f8 + SCR as u16), Some(0xAB));
         assert_eq!(
-            dst.restore_sealed(&tag("web"), &key, &mut dst_ledger, &blob).err(),
+            dst.restore_sealed(&tag("web"), &key, &mut dst_ledger, &blob)
+                .err(),
             Some(Error::Replayed { epoch: 1, high: 1 })
         );
     }
@@ -575,7 +628,9 @@ mod tests {
         let mut ledger = EpochLedger::new();
         let mut r: Registry<u32> = Registry::default();
         r.register_tag(1, tag("vm")).unwrap();
-        let prepared = r.prepare_save(&tag("vm"), &key, &ledger, &mut nonces).unwrap();
+        let prepared = r
+            .prepare_save(&tag("vm"), &key, &ledger, &mut nonces)
+            .unwrap();
         r.io_write(1, 0x3f8 + SCR as u16, 1); // the guest ran in between
         assert_eq!(r.commit_save(prepared, &mut ledger), Err(Error::StaleSave));
         assert!(!r.get(&1).unwrap().is_frozen());
@@ -589,7 +644,9 @@ mod tests {
         let mut ledger = EpochLedger::new();
         let mut src: Registry<u32> = Registry::default();
         src.register_tag(1, tag("vm")).unwrap();
-        let p = src.prepare_save(&tag("vm"), &key, &ledger, &mut nonces).unwrap();
+        let p = src
+            .prepare_save(&tag("vm"), &key, &ledger, &mut nonces)
+            .unwrap();
         let mut blob = p.blob().to_vec();
         let last = blob.len() - 1;
         blob[last] ^= 0x80;
@@ -598,7 +655,11 @@ mod tests {
         dst.register_tag(2, tag("vm")).unwrap();
         dst.io_write(2, 0x3f8 + SCR as u16, 0x42);
         let before = dst.get(&2).unwrap().save_set();
-        assert_eq!(dst.restore_sealed(&tag("vm"), &key, &mut ledger, &blob).err(), Some(Error::AuthFailed));
+        assert_eq!(
+            dst.restore_sealed(&tag("vm"), &key, &mut ledger, &blob)
+                .err(),
+            Some(Error::AuthFailed)
+        );
         assert_eq!(dst.get(&2).unwrap().save_set(), before);
         assert!(ledger.is_empty());
     }
@@ -625,11 +686,17 @@ mod tests {
         assert_eq!(vm.restore_set(&b), Err(Error::StateVersion { found: 2 }));
         let mut b = good.clone();
         b[4] = 1;
-        assert_eq!(vm.restore_set(&b), Err(Error::StateField("device set reserved field")));
+        assert_eq!(
+            vm.restore_set(&b),
+            Err(Error::StateField("device set reserved field"))
+        );
         let mut b = good.clone();
         b.push(0);
         assert_eq!(vm.restore_set(&b), Err(Error::StateTrailingBytes));
-        assert_eq!(vm.restore_set(&good[..good.len() - 1]), Err(Error::StateTruncated));
+        assert_eq!(
+            vm.restore_set(&good[..good.len() - 1]),
+            Err(Error::StateTruncated)
+        );
         let mut b = good;
         b[10] = 0xf9; // first device's port base
         assert_eq!(vm.restore_set(&b), Err(Error::DeviceMismatch));

@@ -35,8 +35,8 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use ultracall_abi::blob::{
-    BlobHeader, BLOB_AUTH_TAG_LEN, BLOB_FORMAT_VERSION, BLOB_HEADER_LEN, BLOB_KEY_ID_LEN, BLOB_NONCE_LEN,
-    MAX_BLOB_PAYLOAD_LEN,
+    BlobHeader, BLOB_AUTH_TAG_LEN, BLOB_FORMAT_VERSION, BLOB_HEADER_LEN, BLOB_KEY_ID_LEN,
+    BLOB_NONCE_LEN, MAX_BLOB_PAYLOAD_LEN,
 };
 use ultracall_abi::VmTag;
 
@@ -64,7 +64,10 @@ impl SealKey {
         Aes256::new(key.into()).encrypt_block(&mut block);
         let mut key_id = [0u8; BLOB_KEY_ID_LEN];
         key_id.copy_from_slice(&block[..BLOB_KEY_ID_LEN]);
-        SealKey { cipher: Aes256Gcm::new(key.into()), key_id }
+        SealKey {
+            cipher: Aes256Gcm::new(key.into()),
+            key_id,
+        }
     }
 
     /// The public key id written into every blob.
@@ -108,7 +111,10 @@ pub struct CounterNonce<R> {
 impl<R: RandomSource> CounterNonce<R> {
     /// Starts at counter 0.
     pub fn new(random: R) -> CounterNonce<R> {
-        CounterNonce { next: Some(0), random }
+        CounterNonce {
+            next: Some(0),
+            random,
+        }
     }
 }
 
@@ -154,7 +160,11 @@ pub fn seal(
     blob.extend_from_slice(plaintext);
     let auth = key
         .cipher
-        .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut blob[BLOB_HEADER_LEN..])
+        .encrypt_in_place_detached(
+            Nonce::from_slice(&nonce),
+            &aad,
+            &mut blob[BLOB_HEADER_LEN..],
+        )
         .map_err(|_| Error::PayloadTooLarge)?;
     blob.extend_from_slice(&auth);
     Ok(blob)
@@ -204,10 +214,17 @@ pub fn open(
     let (ciphertext, auth) = rest.split_at(rest.len() - BLOB_AUTH_TAG_LEN);
     let mut plaintext = ciphertext.to_vec();
     key.cipher
-        .decrypt_in_place_detached(Nonce::from_slice(&header.nonce), aad, &mut plaintext, Tag::from_slice(auth))
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&header.nonce),
+            aad,
+            &mut plaintext,
+            Tag::from_slice(auth),
+        )
         .map_err(|_| Error::AuthFailed)?;
     if header.device_class != expected_class {
-        return Err(Error::BlobClass { found: header.device_class });
+        return Err(Error::BlobClass {
+            found: header.device_class,
+        });
     }
     if header.vm_tag != *expected_tag {
         return Err(Error::WrongTag);
@@ -242,7 +259,15 @@ mod tests {
         })
     }
     fn blob() -> Vec<u8> {
-        seal(&key(), CLASS, &tag(), 3, b"device state bytes", &mut nonces()).unwrap()
+        seal(
+            &key(),
+            CLASS,
+            &tag(),
+            3,
+            b"device state bytes",
+            &mut nonces(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -270,7 +295,13 @@ mod tests {
 
     #[test]
     fn wrong_key() {
-        let e = open(&SealKey::new(&[8u8; 32]), CLASS, &tag(), &EpochLedger::new(), &blob());
+        let e = open(
+            &SealKey::new(&[8u8; 32]),
+            CLASS,
+            &tag(),
+            &EpochLedger::new(),
+            &blob(),
+        );
         assert_eq!(e, Err(Error::WrongKey));
     }
 
@@ -278,10 +309,23 @@ mod tests {
     fn flipped_bit_in_authenticated_data_or_ciphertext_fails_auth() {
         let good = blob();
         // epoch, nonce, ciphertext, GCM tag
-        for at in [24, 31, 32, 43, BLOB_HEADER_LEN, good.len() - 17, good.len() - 16, good.len() - 1] {
+        for at in [
+            24,
+            31,
+            32,
+            43,
+            BLOB_HEADER_LEN,
+            good.len() - 17,
+            good.len() - 16,
+            good.len() - 1,
+        ] {
             let mut b = good.clone();
             b[at] ^= 0x01;
-            assert_eq!(open(&key(), CLASS, &tag(), &EpochLedger::new(), &b), Err(Error::AuthFailed), "byte {at}");
+            assert_eq!(
+                open(&key(), CLASS, &tag(), &EpochLedger::new(), &b),
+                Err(Error::AuthFailed),
+                "byte {at}"
+            );
         }
     }
 
@@ -290,10 +334,22 @@ mod tests {
         let good = blob();
         let mut b = good.clone();
         b[48] = b'x'; // "xeb-1": valid charset, other tag
-        assert_eq!(open(&key(), CLASS, &VmTag::new(b"xeb-1").unwrap(), &EpochLedger::new(), &b), Err(Error::AuthFailed));
+        assert_eq!(
+            open(
+                &key(),
+                CLASS,
+                &VmTag::new(b"xeb-1").unwrap(),
+                &EpochLedger::new(),
+                &b
+            ),
+            Err(Error::AuthFailed)
+        );
         let mut b = good;
         b[6] ^= 1;
-        assert_eq!(open(&key(), CLASS, &tag(), &EpochLedger::new(), &b), Err(Error::AuthFailed));
+        assert_eq!(
+            open(&key(), CLASS, &tag(), &EpochLedger::new(), &b),
+            Err(Error::AuthFailed)
+        );
     }
 
     #[test]
@@ -312,36 +368,54 @@ mod tests {
     fn trailing_bytes() {
         let mut b = blob();
         b.push(0);
-        assert!(matches!(open(&key(), CLASS, &tag(), &EpochLedger::new(), &b), Err(Error::BlobMalformed(_))));
+        assert!(matches!(
+            open(&key(), CLASS, &tag(), &EpochLedger::new(), &b),
+            Err(Error::BlobMalformed(_))
+        ));
     }
 
     #[test]
     fn bad_magic_and_version() {
         let mut b = blob();
         b[0] = 0;
-        assert_eq!(open(&key(), CLASS, &tag(), &EpochLedger::new(), &b), Err(Error::BlobMalformed("magic")));
+        assert_eq!(
+            open(&key(), CLASS, &tag(), &EpochLedger::new(), &b),
+            Err(Error::BlobMalformed("magic"))
+        );
         let mut b = blob();
         b[4] = 9;
-        assert_eq!(open(&key(), CLASS, &tag(), &EpochLedger::new(), &b), Err(Error::BlobVersion { found: 9 }));
+        assert_eq!(
+            open(&key(), CLASS, &tag(), &EpochLedger::new(), &b),
+            Err(Error::BlobVersion { found: 9 })
+        );
     }
 
     #[test]
     fn authentic_blob_of_another_tag_is_wrong_tag() {
         let other = VmTag::new(b"db-2").unwrap();
-        assert_eq!(open(&key(), CLASS, &other, &EpochLedger::new(), &blob()), Err(Error::WrongTag));
+        assert_eq!(
+            open(&key(), CLASS, &other, &EpochLedger::new(), &blob()),
+            Err(Error::WrongTag)
+        );
     }
 
     #[test]
     fn authentic_blob_of_another_class() {
         let b = seal(&key(), 0x0001, &tag(), 1, b"x", &mut nonces()).unwrap();
-        assert_eq!(open(&key(), CLASS, &tag(), &EpochLedger::new(), &b), Err(Error::BlobClass { found: 1 }));
+        assert_eq!(
+            open(&key(), CLASS, &tag(), &EpochLedger::new(), &b),
+            Err(Error::BlobClass { found: 1 })
+        );
     }
 
     #[test]
     fn replayed_epoch() {
         let mut ledger = EpochLedger::new();
         ledger.record_restore(&tag(), 3);
-        assert_eq!(open(&key(), CLASS, &tag(), &ledger, &blob()), Err(Error::Replayed { epoch: 3, high: 3 }));
+        assert_eq!(
+            open(&key(), CLASS, &tag(), &ledger, &blob()),
+            Err(Error::Replayed { epoch: 3, high: 3 })
+        );
     }
 
     #[test]
@@ -364,7 +438,10 @@ mod tests {
 
     #[test]
     fn nonce_counter_exhaustion_is_an_error() {
-        let mut n = CounterNonce { next: Some(u32::MAX), random: |_: &mut [u8]| true };
+        let mut n = CounterNonce {
+            next: Some(u32::MAX),
+            random: |_: &mut [u8]| true,
+        };
         assert!(n.next_nonce().is_ok());
         assert_eq!(n.next_nonce(), Err(Error::NonceExhausted));
     }
@@ -382,7 +459,10 @@ mod tests {
     #[test]
     fn oversized_payload_is_refused() {
         let big = vec![0u8; MAX_BLOB_PAYLOAD_LEN + 1];
-        assert_eq!(seal(&key(), CLASS, &tag(), 1, &big, &mut nonces()), Err(Error::PayloadTooLarge));
+        assert_eq!(
+            seal(&key(), CLASS, &tag(), 1, &big, &mut nonces()),
+            Err(Error::PayloadTooLarge)
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ fn drain(u: &mut Uart16550) -> Vec<u8> {
 fn absent_operator_keeps_the_newest_output_and_counts_drops() {
     let mut u = linux_like();
     for i in 0..(OUTPUT_CAPACITY + 10) {
-        assert!(polite_write(&mut u, i as u8, 1), "never blocks without an operator");
+        assert!(
+            polite_write(&mut u, i as u8, 1),
+            "never blocks without an operator"
+        );
     }
     assert_eq!(u.output_dropped(), 10);
     let out = drain(&mut u);
@@ -156,13 +159,20 @@ fn linux_like_driver_gets_each_keystroke_promptly() {
     let mut got = Vec::new();
     for &key in b"root\n" {
         u.push_input(&[key]);
-        assert!(u.take_irq_edge(), "one keystroke, one edge, trigger 14 notwithstanding");
+        assert!(
+            u.take_irq_edge(),
+            "one keystroke, one edge, trigger 14 notwithstanding"
+        );
         let iir = u.read(IIR);
         assert_eq!(iir & IIR_NO_INT, 0);
         while u.read(LSR) & LSR_DR != 0 {
             got.push(u.read(RBR));
         }
-        assert_eq!(u.read(IIR) & IIR_NO_INT, IIR_NO_INT, "handler leaves no cause behind");
+        assert_eq!(
+            u.read(IIR) & IIR_NO_INT,
+            IIR_NO_INT,
+            "handler leaves no cause behind"
+        );
         assert!(!u.irq_line());
     }
     assert_eq!(got, b"root\n");

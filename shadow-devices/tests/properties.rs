@@ -5,7 +5,9 @@
 use proptest::prelude::*;
 
 use shadow_devices::uart16550::UartState;
-use shadow_devices::{open, seal, ComPort, CounterNonce, EpochLedger, Error, Registry, SealKey, Uart16550};
+use shadow_devices::{
+    open, seal, ComPort, CounterNonce, EpochLedger, Error, Registry, SealKey, Uart16550,
+};
 use ultracall_abi::{VmTag, DEVICE_CLASS_UART16550A};
 
 #[derive(Clone, Debug)]

@@ -183,7 +183,11 @@ fn in_16450_mode_the_receiver_holds_one_byte_and_refills_from_input() {
     assert_eq!(u.read(RBR), b'x');
     assert_eq!(u.read(RBR), b'y');
     assert_eq!(u.read(RBR), b'z');
-    assert_eq!(u.read(LSR) & (LSR_DR | LSR_OE), 0, "fed as drained: no overrun");
+    assert_eq!(
+        u.read(LSR) & (LSR_DR | LSR_OE),
+        0,
+        "fed as drained: no overrun"
+    );
 }
 
 #[test]
@@ -242,7 +246,11 @@ fn fcr_tx_reset_discards_held_bytes_and_sets_thre() {
     assert_eq!(u.read(LSR) & LSR_THRE, 0);
     u.write(FCR, FCR_ENABLE | FCR_CLEAR_TX);
     assert_eq!(u.read(LSR) & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
-    assert_eq!(output(&mut u), vec![b'.'; 4096], "the discarded byte never arrives");
+    assert_eq!(
+        output(&mut u),
+        vec![b'.'; 4096],
+        "the discarded byte never arrives"
+    );
     assert!(output(&mut u).is_empty());
 }
 
@@ -275,10 +283,18 @@ fn rx_trigger_levels_are_1_4_8_14() {
         u.write(IER, IER_RDA);
         if level > 1 {
             u.push_input(&vec![b'x'; level - 1]);
-            assert_eq!(u.read(IIR), IIR_FIFO_ENABLED | IIR_TIMEOUT, "level {level}: below trigger");
+            assert_eq!(
+                u.read(IIR),
+                IIR_FIFO_ENABLED | IIR_TIMEOUT,
+                "level {level}: below trigger"
+            );
         }
         u.push_input(b"y");
-        assert_eq!(u.read(IIR), IIR_FIFO_ENABLED | IIR_RDA, "level {level}: at trigger");
+        assert_eq!(
+            u.read(IIR),
+            IIR_FIFO_ENABLED | IIR_RDA,
+            "level {level}: at trigger"
+        );
     }
 }
 
@@ -332,7 +348,11 @@ fn interrupt_priority_is_line_status_then_data_then_thre_then_modem() {
         u.read(RBR);
     }
     assert_eq!(u.read(IIR), IIR_FIFO_ENABLED | IIR_THRE);
-    assert_eq!(u.read(IIR), IIR_FIFO_ENABLED | IIR_MS, "reading IIR cleared THRE");
+    assert_eq!(
+        u.read(IIR),
+        IIR_FIFO_ENABLED | IIR_MS,
+        "reading IIR cleared THRE"
+    );
     u.read(MSR);
     assert_eq!(u.read(IIR), IIR_FIFO_ENABLED | IIR_NO_INT);
 }
@@ -342,9 +362,17 @@ fn reading_iir_clears_thre_only_when_iir_reports_it() {
     let mut u = fifo_uart(0);
     u.write(IER, IER_RDA | IER_THRE);
     u.push_input(b"a");
-    assert_eq!(u.read(IIR), IIR_FIFO_ENABLED | IIR_RDA, "data outranks THRE");
+    assert_eq!(
+        u.read(IIR),
+        IIR_FIFO_ENABLED | IIR_RDA,
+        "data outranks THRE"
+    );
     u.read(RBR);
-    assert_eq!(u.read(IIR), IIR_FIFO_ENABLED | IIR_THRE, "THRE survived the first IIR read");
+    assert_eq!(
+        u.read(IIR),
+        IIR_FIFO_ENABLED | IIR_THRE,
+        "THRE survived the first IIR read"
+    );
     assert_eq!(u.read(IIR), IIR_FIFO_ENABLED | IIR_NO_INT);
 }
 
@@ -385,7 +413,11 @@ fn thr_write_clears_the_thre_interrupt_until_the_byte_is_accepted() {
     assert_eq!(u.read(IIR), IIR_FIFO_ENABLED | IIR_NO_INT);
     let mut one = [0u8; 1];
     u.pull_output(&mut one);
-    assert_eq!(u.read(IIR), IIR_FIFO_ENABLED | IIR_THRE, "byte accepted: THR empty again");
+    assert_eq!(
+        u.read(IIR),
+        IIR_FIFO_ENABLED | IIR_THRE,
+        "byte accepted: THR empty again"
+    );
 }
 
 #[test]
@@ -442,7 +474,11 @@ fn irq_line_is_gated_in_loopback() {
     assert!(u.irq_line());
     u.write(MCR, MCR_OUT2 | MCR_LOOP);
     assert!(!u.irq_line(), "loopback forces the OUT pins inactive");
-    assert_eq!(u.read(IIR), IIR_FIFO_ENABLED | IIR_THRE, "INTR itself still works");
+    assert_eq!(
+        u.read(IIR),
+        IIR_FIFO_ENABLED | IIR_THRE,
+        "INTR itself still works"
+    );
 }
 
 #[test]
@@ -521,7 +557,11 @@ fn loopback_disconnects_the_receiver_from_operator_input() {
     u.push_input(b"typed");
     assert_eq!(u.read(LSR) & LSR_DR, 0);
     u.write(MCR, 0);
-    assert_eq!(u.read(RBR), b't', "input waits on the wire until loopback ends");
+    assert_eq!(
+        u.read(RBR),
+        b't',
+        "input waits on the wire until loopback ends"
+    );
 }
 
 // ---------------------------------------------------------------- a Linux-like probe

@@ -109,7 +109,9 @@ impl BlobHeader {
         }
         let format_version = le_u16(h, OFF_VERSION);
         if format_version != BLOB_FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion { found: format_version });
+            return Err(Error::UnsupportedVersion {
+                found: format_version,
+            });
         }
         if le_u32(h, OFF_FLAGS) != 0 || le_u32(h, OFF_RESERVED) != 0 {
             return Err(Error::Malformed("blob header reserved field"));
@@ -185,7 +187,10 @@ mod tests {
 
     #[test]
     fn short_input_is_truncated() {
-        assert_eq!(BlobHeader::decode(&header().encode()[..79]), Err(Error::Truncated));
+        assert_eq!(
+            BlobHeader::decode(&header().encode()[..79]),
+            Err(Error::Truncated)
+        );
     }
 
     #[test]
@@ -199,7 +204,10 @@ mod tests {
     fn other_version() {
         let mut b = header().encode();
         b[4] = 2;
-        assert_eq!(BlobHeader::decode(&b), Err(Error::UnsupportedVersion { found: 2 }));
+        assert_eq!(
+            BlobHeader::decode(&b),
+            Err(Error::UnsupportedVersion { found: 2 })
+        );
     }
 
     #[test]
@@ -207,7 +215,10 @@ mod tests {
         for at in [8, 11, 44, 47] {
             let mut b = header().encode();
             b[at] = 1;
-            assert!(matches!(BlobHeader::decode(&b), Err(Error::Malformed(_))), "offset {at}");
+            assert!(
+                matches!(BlobHeader::decode(&b), Err(Error::Malformed(_))),
+                "offset {at}"
+            );
         }
     }
 
@@ -217,7 +228,10 @@ mod tests {
         h.payload_len = MAX_BLOB_PAYLOAD_LEN as u32;
         assert!(BlobHeader::decode(&h.encode()).is_ok());
         h.payload_len += 1;
-        assert!(matches!(BlobHeader::decode(&h.encode()), Err(Error::Malformed(_))));
+        assert!(matches!(
+            BlobHeader::decode(&h.encode()),
+            Err(Error::Malformed(_))
+        ));
     }
 
     #[test]

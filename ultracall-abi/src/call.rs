@@ -108,8 +108,13 @@ pub enum Op {
 
 impl Op {
     /// Every operation.
-    pub const ALL: &'static [Op] =
-        &[Op::Ping, Op::RegisterTag, Op::SaveDevices, Op::RestoreDevices, Op::ListVms];
+    pub const ALL: &'static [Op] = &[
+        Op::Ping,
+        Op::RegisterTag,
+        Op::SaveDevices,
+        Op::RestoreDevices,
+        Op::ListVms,
+    ];
 
     /// Decodes RCX.
     pub const fn from_raw(raw: u64) -> Option<Op> {
@@ -218,7 +223,12 @@ pub struct Request {
 impl Request {
     /// A request in this crate's ABI version.
     pub fn new(op: Op, buffer: GuestBuffer, tag: Option<VmTag>) -> Request {
-        Request { op, version: ABI_VERSION, buffer, tag }
+        Request {
+            op,
+            version: ABI_VERSION,
+            buffer,
+            tag,
+        }
     }
 
     /// The registers a caller loads before `vmcall`.
@@ -277,15 +287,26 @@ impl InRegs {
                 if self.rdi > MAX_BUFFER_LEN as u64 {
                     return Err(Status::BufferTooLarge);
                 }
-                GuestBuffer { va: self.rsi, len: self.rdi }
+                GuestBuffer {
+                    va: self.rsi,
+                    len: self.rdi,
+                }
             }
         };
         let tag = if op.takes_tag() {
-            Some(VmTag::from_regs([self.r8, self.r9, self.r10, self.r11]).map_err(|_| Status::TagInvalid)?)
+            Some(
+                VmTag::from_regs([self.r8, self.r9, self.r10, self.r11])
+                    .map_err(|_| Status::TagInvalid)?,
+            )
         } else {
             None
         };
-        Ok(Request { op, version, buffer, tag })
+        Ok(Request {
+            op,
+            version,
+            buffer,
+            tag,
+        })
     }
 }
 
@@ -305,17 +326,32 @@ pub struct Response {
 impl Response {
     /// Success with a length and a value.
     pub fn ok(len: u64, value: u64) -> Response {
-        Response { status: Status::Ok, len, l0_version: ABI_VERSION, value }
+        Response {
+            status: Status::Ok,
+            len,
+            l0_version: ABI_VERSION,
+            value,
+        }
     }
 
     /// A failure (RCX and RSI zero).
     pub fn error(status: Status) -> Response {
-        Response { status, len: 0, l0_version: ABI_VERSION, value: 0 }
+        Response {
+            status,
+            len: 0,
+            l0_version: ABI_VERSION,
+            value: 0,
+        }
     }
 
     /// `BUFFER_TOO_SMALL` telling the caller how many bytes to retry with.
     pub fn too_small(needed: u64) -> Response {
-        Response { status: Status::BufferTooSmall, len: needed, l0_version: ABI_VERSION, value: 0 }
+        Response {
+            status: Status::BufferTooSmall,
+            len: needed,
+            l0_version: ABI_VERSION,
+            value: 0,
+        }
     }
 
     /// The registers L0 writes back.
@@ -342,8 +378,14 @@ impl OutRegs {
     /// was not answered by a compatible L0.
     pub fn decode(&self) -> Result<Response, Error> {
         let status = Status::from_raw(self.rax).ok_or(Error::UnknownStatus(self.rax))?;
-        let l0_version = AbiVersion::from_reg(self.rdx).ok_or(Error::Malformed("RDX (L0 version)"))?;
-        Ok(Response { status, len: self.rcx, l0_version, value: self.rsi })
+        let l0_version =
+            AbiVersion::from_reg(self.rdx).ok_or(Error::Malformed("RDX (L0 version)"))?;
+        Ok(Response {
+            status,
+            len: self.rcx,
+            l0_version,
+            value: self.rsi,
+        })
     }
 }
 
@@ -382,7 +424,14 @@ mod tests {
 
     #[test]
     fn request_round_trips_through_registers() {
-        let req = Request::new(Op::SaveDevices, GuestBuffer { va: 0x7fff_0000_1000, len: 4096 }, Some(tag()));
+        let req = Request::new(
+            Op::SaveDevices,
+            GuestBuffer {
+                va: 0x7fff_0000_1000,
+                len: 4096,
+            },
+            Some(tag()),
+        );
         let regs = req.to_regs();
         assert_eq!(regs.rax, ULTRACALL_MAGIC);
         assert_eq!(regs.rcx, 3);
@@ -400,7 +449,15 @@ mod tests {
 
     #[test]
     fn decode_rejects_other_major_but_ping_answers() {
-        let mut regs = Request::new(Op::ListVms, GuestBuffer { va: 0x1000, len: 16 }, None).to_regs();
+        let mut regs = Request::new(
+            Op::ListVms,
+            GuestBuffer {
+                va: 0x1000,
+                len: 16,
+            },
+            None,
+        )
+        .to_regs();
         regs.rdx = u64::from(AbiVersion { major: 2, minor: 0 }.to_raw());
         assert_eq!(regs.decode(CallerLevel::L1), Err(Status::BadVersion));
         regs.rcx = Op::Ping.raw();
@@ -409,7 +466,15 @@ mod tests {
 
     #[test]
     fn decode_checks_permission() {
-        let regs = Request::new(Op::RestoreDevices, GuestBuffer { va: 0x1000, len: 16 }, Some(tag())).to_regs();
+        let regs = Request::new(
+            Op::RestoreDevices,
+            GuestBuffer {
+                va: 0x1000,
+                len: 16,
+            },
+            Some(tag()),
+        )
+        .to_regs();
         assert_eq!(regs.decode(CallerLevel::L2), Err(Status::NotPermitted));
         let regs = Request::new(Op::RegisterTag, GuestBuffer::default(), Some(tag())).to_regs();
         assert_eq!(regs.decode(CallerLevel::L1), Err(Status::NotPermitted));
@@ -417,7 +482,14 @@ mod tests {
 
     #[test]
     fn decode_limits_buffer_length() {
-        let ok = Request::new(Op::ListVms, GuestBuffer { va: 0x1000, len: MAX_BUFFER_LEN as u64 }, None);
+        let ok = Request::new(
+            Op::ListVms,
+            GuestBuffer {
+                va: 0x1000,
+                len: MAX_BUFFER_LEN as u64,
+            },
+            None,
+        );
         assert!(ok.to_regs().decode(CallerLevel::L1).is_ok());
         let mut regs = ok.to_regs();
         regs.rdi += 1;
@@ -436,7 +508,10 @@ mod tests {
         let mut regs = Request::new(Op::Ping, GuestBuffer::default(), None).to_regs();
         regs.rsi = 0x1234;
         regs.rdi = u64::MAX;
-        assert_eq!(regs.decode(CallerLevel::L1).unwrap().buffer, GuestBuffer::default());
+        assert_eq!(
+            regs.decode(CallerLevel::L1).unwrap().buffer,
+            GuestBuffer::default()
+        );
     }
 
     #[test]
@@ -449,7 +524,11 @@ mod tests {
 
     #[test]
     fn response_round_trips_through_registers() {
-        for r in [Response::ok(80, 7), Response::error(Status::BlobReplayed), Response::too_small(9000)] {
+        for r in [
+            Response::ok(80, 7),
+            Response::error(Status::BlobReplayed),
+            Response::too_small(9000),
+        ] {
             assert_eq!(r.to_regs().decode(), Ok(r));
         }
         assert_eq!(Response::too_small(9000).to_regs().rcx, 9000);
@@ -457,13 +536,19 @@ mod tests {
 
     #[test]
     fn response_decode_rejects_non_status() {
-        let regs = OutRegs { rax: 0x1_0000, ..OutRegs::default() };
+        let regs = OutRegs {
+            rax: 0x1_0000,
+            ..OutRegs::default()
+        };
         assert_eq!(regs.decode(), Err(Error::UnknownStatus(0x1_0000)));
     }
 
     #[test]
     fn into_result_maps_failures() {
-        assert_eq!(Response::error(Status::UnknownTag).into_result(), Err(Error::Status(Status::UnknownTag)));
+        assert_eq!(
+            Response::error(Status::UnknownTag).into_result(),
+            Err(Error::Status(Status::UnknownTag))
+        );
         assert!(Response::ok(0, 0).into_result().is_ok());
     }
 }

@@ -74,7 +74,9 @@ pub fn exit_code(err: &Error) -> u8 {
             | Status::StateRejected
             | Status::Internal => EXIT_L0_ERROR,
         },
-        Error::UnknownStatus(_) | Error::Malformed(_) | Error::BufferTooSmall { .. } => EXIT_L0_ERROR,
+        Error::UnknownStatus(_) | Error::Malformed(_) | Error::BufferTooSmall { .. } => {
+            EXIT_L0_ERROR
+        }
         Error::Truncated | Error::BadMagic | Error::UnsupportedVersion { .. } => EXIT_BLOB_TAMPERED,
     }
 }
@@ -198,7 +200,10 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
             let mut file = None;
             let mut it = rest.into_iter();
             while let Some(arg) = it.next() {
-                let s = arg.to_str().ok_or_else(|| format!("unexpected argument {arg:?}"))?.to_owned();
+                let s = arg
+                    .to_str()
+                    .ok_or_else(|| format!("unexpected argument {arg:?}"))?
+                    .to_owned();
                 let (key, inline) = match s.split_once('=') {
                     Some((k, v)) if k.starts_with("--") => (k.to_owned(), Some(OsString::from(v))),
                     _ => (s.clone(), None),
@@ -223,7 +228,11 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
             let (Some(tag), Some(file)) = (tag, file) else {
                 return Err(usage);
             };
-            Ok(if cmd == "save" { Command::Save { tag, out: file } } else { Command::Restore { tag, input: file } })
+            Ok(if cmd == "save" {
+                Command::Save { tag, out: file }
+            } else {
+                Command::Restore { tag, input: file }
+            })
         }
         other => Err(format!("unknown command '{other}' (try --help)")),
     }
@@ -252,15 +261,29 @@ fn class_name(class: u16) -> String {
 
 /// Formats a decoded list as documented in [`HELP`].
 pub fn format_list(view: &ListView<'_>, out: &mut dyn Write) -> io::Result<()> {
-    writeln!(out, "#vm_id\ttag\tstate\tclass\tport\tirq\toperator\tbytes_in\tbytes_out")?;
+    writeln!(
+        out,
+        "#vm_id\ttag\tstate\tclass\tport\tirq\toperator\tbytes_in\tbytes_out"
+    )?;
     for vm in view.vms() {
-        let tag = vm.info.tag.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+        let tag = vm
+            .info
+            .tag
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into());
         let state = if vm.info.frozen { "frozen" } else { "live" };
         let mut any = false;
         for d in vm.devices() {
             any = true;
-            let irq = d.isa_irq.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
-            let op = if d.operator_attached { "attached" } else { "absent" };
+            let irq = d
+                .isa_irq
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into());
+            let op = if d.operator_attached {
+                "attached"
+            } else {
+                "absent"
+            };
             writeln!(
                 out,
                 "{}\t{tag}\t{state}\t{}\t{:#x}\t{irq}\t{op}\t{}\t{}",
@@ -288,7 +311,10 @@ fn read_blob(input: &Stream) -> Result<Vec<u8>, Failure> {
     }
     .map_err(|e| local("reading the blob", e))?;
     if blob.len() > MAX_BUFFER_LEN {
-        return Err(Failure(EXIT_LOCAL, format!("blob file larger than {MAX_BUFFER_LEN} bytes")));
+        return Err(Failure(
+            EXIT_LOCAL,
+            format!("blob file larger than {MAX_BUFFER_LEN} bytes"),
+        ));
     }
     Ok(blob)
 }
@@ -307,7 +333,10 @@ impl BlobSink {
         let tmp = match target {
             Stream::Std => None,
             Stream::Path(p) => {
-                let mut name = p.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "blob".into());
+                let mut name = p
+                    .file_name()
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_else(|| "blob".into());
                 name.push(format!(".ultracall-tmp.{}", std::process::id()));
                 let tmp_path = p.with_file_name(name);
                 let f = fs::OpenOptions::new()
@@ -318,13 +347,19 @@ impl BlobSink {
                 Some((tmp_path, f))
             }
         };
-        Ok(BlobSink { target: target.clone(), tmp })
+        Ok(BlobSink {
+            target: target.clone(),
+            tmp,
+        })
     }
 
     fn commit(mut self, blob: &[u8]) -> io::Result<()> {
         match (&self.target, self.tmp.take()) {
             (Stream::Path(p), Some((tmp_path, mut f))) => {
-                let r = f.write_all(blob).and_then(|_| f.sync_all()).and_then(|_| fs::rename(&tmp_path, p));
+                let r = f
+                    .write_all(blob)
+                    .and_then(|_| f.sync_all())
+                    .and_then(|_| fs::rename(&tmp_path, p));
                 if r.is_err() {
                     let _ = fs::remove_file(&tmp_path);
                 }
@@ -347,11 +382,19 @@ impl Drop for BlobSink {
 }
 
 fn run_inner(cmd: Command, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Failure> {
-    let say = |out: &mut dyn Write, msg: String| writeln!(out, "{msg}").map_err(|e| local("writing output", e));
+    let say = |out: &mut dyn Write, msg: String| {
+        writeln!(out, "{msg}").map_err(|e| local("writing output", e))
+    };
     match cmd {
         Command::Help => return say(out, HELP.trim_end().to_owned()),
         Command::Version => {
-            return say(out, format!("ultracall {} (ultracall ABI {ABI_VERSION})", env!("CARGO_PKG_VERSION")))
+            return say(
+                out,
+                format!(
+                    "ultracall {} (ultracall ABI {ABI_VERSION})",
+                    env!("CARGO_PKG_VERSION")
+                ),
+            )
         }
         _ => {}
     }
@@ -367,7 +410,10 @@ fn run_inner(cmd: Command, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
                 Some(CallerLevel::L2) => "L2 (user VM)",
                 None => "unknown",
             };
-            say(out, format!("L0 ABI {}; caller level {level}", p.l0_version))
+            say(
+                out,
+                format!("L0 ABI {}; caller level {level}", p.l0_version),
+            )
         }
         Command::Tag(tag) => {
             let id = client.register_tag(&tag)?;
@@ -398,7 +444,8 @@ fn run_inner(cmd: Command, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
             let blob = read_blob(&input)?;
             // A quick local look at the header gives a precise message for
             // the common mistakes; L0 checks everything again.
-            let header = BlobHeader::decode(&blob).map_err(|e| Failure(EXIT_BLOB_TAMPERED, format!("not a sealed blob: {e}")))?;
+            let header = BlobHeader::decode(&blob)
+                .map_err(|e| Failure(EXIT_BLOB_TAMPERED, format!("not a sealed blob: {e}")))?;
             if header.vm_tag != tag {
                 return Err(Failure(
                     EXIT_BLOB_WRONG_TAG,
@@ -460,14 +507,23 @@ mod tests {
         assert_eq!(parse_args(args(&["list"])), Ok(Command::List));
         assert_eq!(parse_args(args(&["--help"])), Ok(Command::Help));
         assert_eq!(parse_args(args(&["-V"])), Ok(Command::Version));
-        assert_eq!(parse_args(args(&["tag", "vm-1"])), Ok(Command::Tag(tag("vm-1"))));
+        assert_eq!(
+            parse_args(args(&["tag", "vm-1"])),
+            Ok(Command::Tag(tag("vm-1")))
+        );
         assert_eq!(
             parse_args(args(&["save", "--tag", "vm-1", "--out", "/tmp/b"])),
-            Ok(Command::Save { tag: tag("vm-1"), out: Stream::Path("/tmp/b".into()) })
+            Ok(Command::Save {
+                tag: tag("vm-1"),
+                out: Stream::Path("/tmp/b".into())
+            })
         );
         assert_eq!(
             parse_args(args(&["restore", "--in=-", "--tag=vm-1"])),
-            Ok(Command::Restore { tag: tag("vm-1"), input: Stream::Std })
+            Ok(Command::Restore {
+                tag: tag("vm-1"),
+                input: Stream::Std
+            })
         );
     }
 
@@ -492,19 +548,39 @@ mod tests {
 
     #[test]
     fn exit_codes_distinguish_blob_failures() {
-        let codes: Vec<u8> = [Status::BlobAuthFailed, Status::BlobWrongKey, Status::BlobWrongTag, Status::BlobReplayed]
-            .iter()
-            .map(|&s| exit_code(&Error::Status(s)))
-            .collect();
-        assert_eq!(codes, vec![EXIT_BLOB_TAMPERED, EXIT_BLOB_WRONG_KEY, EXIT_BLOB_WRONG_TAG, EXIT_BLOB_REPLAYED]);
+        let codes: Vec<u8> = [
+            Status::BlobAuthFailed,
+            Status::BlobWrongKey,
+            Status::BlobWrongTag,
+            Status::BlobReplayed,
+        ]
+        .iter()
+        .map(|&s| exit_code(&Error::Status(s)))
+        .collect();
+        assert_eq!(
+            codes,
+            vec![
+                EXIT_BLOB_TAMPERED,
+                EXIT_BLOB_WRONG_KEY,
+                EXIT_BLOB_WRONG_TAG,
+                EXIT_BLOB_REPLAYED
+            ]
+        );
         assert_eq!(exit_code(&Error::NoHypervisor), EXIT_NOT_UNDER_L0);
-        assert_eq!(exit_code(&Error::OtherHypervisor { signature: [0; 12] }), EXIT_NOT_UNDER_L0);
+        assert_eq!(
+            exit_code(&Error::OtherHypervisor { signature: [0; 12] }),
+            EXIT_NOT_UNDER_L0
+        );
     }
 
     #[test]
     fn help_documents_every_exit_code() {
         for code in 0..=EXIT_L0_ERROR {
-            assert!(HELP.lines().any(|l| l.trim_start().starts_with(&format!("{code} "))), "exit code {code}");
+            assert!(
+                HELP.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{code} "))),
+                "exit code {code}"
+            );
         }
     }
 
@@ -513,7 +589,11 @@ mod tests {
         let mut buf = vec![0u8; 1024];
         let mut enc = ListEncoder::new(&mut buf);
         enc.push_vm(
-            &VmInfo { vm_id: 3, tag: Some(tag("web")), frozen: false },
+            &VmInfo {
+                vm_id: 3,
+                tag: Some(tag("web")),
+                frozen: false,
+            },
             &[DeviceInfo {
                 class: DEVICE_CLASS_UART16550A,
                 port_base: 0x3f8,
@@ -524,13 +604,23 @@ mod tests {
                 bytes_out: 6,
             }],
         );
-        enc.push_vm(&VmInfo { vm_id: 4, tag: None, frozen: true }, &[]);
+        enc.push_vm(
+            &VmInfo {
+                vm_id: 4,
+                tag: None,
+                frozen: true,
+            },
+            &[],
+        );
         let n = enc.finish().unwrap();
         let mut out = Vec::new();
         format_list(&ListView::parse(&buf[..n]).unwrap(), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[1], "3\tweb\tlive\tuart16550a\t0x3f8\t4\tattached\t5\t6");
+        assert_eq!(
+            lines[1],
+            "3\tweb\tlive\tuart16550a\t0x3f8\t4\tattached\t5\t6"
+        );
         assert_eq!(lines[2], "4\t-\tfrozen\t-\t-\t-\t-\t-\t-");
     }
 }

@@ -18,7 +18,9 @@
 use core::ffi::c_void;
 use core::ptr::NonNull;
 
-use crate::call::{CallerLevel, GuestBuffer, InRegs, Op, OutRegs, Request, Response, MAX_BUFFER_LEN};
+use crate::call::{
+    CallerLevel, GuestBuffer, InRegs, Op, OutRegs, Request, Response, MAX_BUFFER_LEN,
+};
 use crate::cpuid::{self, CpuidRegs};
 use crate::error::Error;
 use crate::status::Status;
@@ -38,7 +40,14 @@ mod sys {
     pub const MAP_FAILED: *mut c_void = !0usize as *mut c_void;
 
     extern "C" {
-        pub fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: i64) -> *mut c_void;
+        pub fn mmap(
+            addr: *mut c_void,
+            len: usize,
+            prot: c_int,
+            flags: c_int,
+            fd: c_int,
+            off: i64,
+        ) -> *mut c_void;
         pub fn munmap(addr: *mut c_void, len: usize) -> c_int;
         pub fn mlock(addr: *const c_void, len: usize) -> c_int;
         pub fn munlock(addr: *const c_void, len: usize) -> c_int;
@@ -78,10 +87,16 @@ impl LockedBuffer {
             )
         };
         if p == sys::MAP_FAILED {
-            return Err(Error::Os { call: "mmap", errno: last_errno() });
+            return Err(Error::Os {
+                call: "mmap",
+                errno: last_errno(),
+            });
         }
         let Some(ptr) = NonNull::new(p.cast::<u8>()) else {
-            return Err(Error::Os { call: "mmap", errno: 0 });
+            return Err(Error::Os {
+                call: "mmap",
+                errno: 0,
+            });
         };
         for off in (0..map_len).step_by(PAGE) {
             // SAFETY: `off < map_len` and the mapping is readable and writable.
@@ -93,7 +108,10 @@ impl LockedBuffer {
             let errno = last_errno();
             // SAFETY: unmapping our own mapping, not used afterwards.
             unsafe { sys::munmap(p, map_len) };
-            return Err(Error::Os { call: "mlock", errno });
+            return Err(Error::Os {
+                call: "mlock",
+                errno,
+            });
         }
         Ok(LockedBuffer { ptr, len, map_len })
     }
@@ -126,7 +144,10 @@ impl LockedBuffer {
     }
 
     fn guest_buffer(&self) -> GuestBuffer {
-        GuestBuffer { va: self.va(), len: self.len as u64 }
+        GuestBuffer {
+            va: self.va(),
+            len: self.len as u64,
+        }
     }
 }
 
@@ -145,7 +166,12 @@ fn host_cpuid(leaf: u32) -> CpuidRegs {
     // SAFETY: CPUID exists on every x86-64 CPU and only reads.
     #[allow(unused_unsafe)]
     let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, 0) };
-    CpuidRegs { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+    CpuidRegs {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
 }
 
 /// Issues the ultracall.
@@ -210,7 +236,10 @@ impl Client {
     pub fn detect() -> Result<Client, Error> {
         let l0_version = cpuid::detect(host_cpuid)?;
         if !ABI_VERSION.compatible_with(l0_version) {
-            return Err(Error::VersionMismatch { ours: ABI_VERSION, l0: l0_version });
+            return Err(Error::VersionMismatch {
+                ours: ABI_VERSION,
+                l0: l0_version,
+            });
         }
         Ok(Client { l0_version })
     }
@@ -225,15 +254,23 @@ impl Client {
         // a LockedBuffer borrowed by the caller across this call.
         let resp = unsafe { vmcall(&req.to_regs()) }.decode()?;
         if resp.status == Status::BadVersion {
-            return Err(Error::VersionMismatch { ours: ABI_VERSION, l0: resp.l0_version });
+            return Err(Error::VersionMismatch {
+                ours: ABI_VERSION,
+                l0: resp.l0_version,
+            });
         }
         Ok(resp)
     }
 
     /// `ping`: L0's version and the caller's level. Allowed from anywhere.
     pub fn ping(&self) -> Result<PingInfo, Error> {
-        let resp = self.call(&Request::new(Op::Ping, GuestBuffer::default(), None))?.into_result()?;
-        Ok(PingInfo { l0_version: resp.l0_version, level: CallerLevel::from_raw(resp.value) })
+        let resp = self
+            .call(&Request::new(Op::Ping, GuestBuffer::default(), None))?
+            .into_result()?;
+        Ok(PingInfo {
+            l0_version: resp.l0_version,
+            level: CallerLevel::from_raw(resp.value),
+        })
     }
 
     /// `tag`: registers the calling VM (L2) under `tag`; returns L0's VM id.
@@ -245,7 +282,10 @@ impl Client {
     /// `save`: seals and freezes the devices of the VM holding `tag` (L1 only).
     pub fn save(&self, tag: &VmTag) -> Result<SavedBlob, Error> {
         let (blob, resp) = self.call_out(Op::SaveDevices, Some(*tag), SAVE_INITIAL_LEN)?;
-        Ok(SavedBlob { blob, epoch: resp.value })
+        Ok(SavedBlob {
+            blob,
+            epoch: resp.value,
+        })
     }
 
     /// `restore`: restores the devices of the VM holding `tag` from a blob
@@ -256,8 +296,13 @@ impl Client {
         }
         let mut buf = LockedBuffer::new(blob.len().max(1))?;
         buf.as_mut_slice()[..blob.len()].copy_from_slice(blob);
-        let gb = GuestBuffer { va: buf.va(), len: blob.len() as u64 };
-        let resp = self.call(&Request::new(Op::RestoreDevices, gb, Some(*tag)))?.into_result()?;
+        let gb = GuestBuffer {
+            va: buf.va(),
+            len: blob.len() as u64,
+        };
+        let resp = self
+            .call(&Request::new(Op::RestoreDevices, gb, Some(*tag)))?
+            .into_result()?;
         drop(buf);
         Ok(resp.value)
     }
@@ -270,7 +315,12 @@ impl Client {
     /// A call where L0 writes the buffer: retries once with the size L0
     /// asks for on `BUFFER_TOO_SMALL` (the state may grow in between, so
     /// a few rounds are allowed).
-    fn call_out(&self, op: Op, tag: Option<VmTag>, initial: usize) -> Result<(Vec<u8>, Response), Error> {
+    fn call_out(
+        &self,
+        op: Op,
+        tag: Option<VmTag>,
+        initial: usize,
+    ) -> Result<(Vec<u8>, Response), Error> {
         let mut size = initial;
         for _ in 0..4 {
             let buf = LockedBuffer::new(size)?;
@@ -279,10 +329,9 @@ impl Client {
             match resp.status {
                 Status::Ok => {
                     let n = usize::try_from(resp.len).unwrap_or(usize::MAX);
-                    let bytes = buf
-                        .as_slice()
-                        .get(..n)
-                        .ok_or(Error::Malformed("L0 reported more bytes than the buffer holds"))?;
+                    let bytes = buf.as_slice().get(..n).ok_or(Error::Malformed(
+                        "L0 reported more bytes than the buffer holds",
+                    ))?;
                     return Ok((bytes.to_vec(), resp));
                 }
                 Status::BufferTooSmall => {
@@ -326,7 +375,10 @@ mod tests {
         s[..4].copy_from_slice(&v.ebx.to_le_bytes());
         s[4..8].copy_from_slice(&v.edx.to_le_bytes());
         s[8..].copy_from_slice(&v.ecx.to_le_bytes());
-        assert!(s.iter().all(|b| b.is_ascii_graphic() || *b == b' '), "{s:?}");
+        assert!(
+            s.iter().all(|b| b.is_ascii_graphic() || *b == b' '),
+            "{s:?}"
+        );
     }
 
     #[test]

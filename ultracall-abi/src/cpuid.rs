@@ -56,7 +56,12 @@ pub const fn l0_leaf(leaf: u32) -> Option<CpuidRegs> {
             ecx: HV_SIGNATURE_ECX,
             edx: HV_SIGNATURE_EDX,
         }),
-        HV_VERSION_LEAF => Some(CpuidRegs { eax: ABI_VERSION.to_raw(), ebx: 0, ecx: 0, edx: 0 }),
+        HV_VERSION_LEAF => Some(CpuidRegs {
+            eax: ABI_VERSION.to_raw(),
+            ebx: 0,
+            ecx: 0,
+            edx: 0,
+        }),
         _ => None,
     }
 }
@@ -84,7 +89,9 @@ pub fn detect(mut cpuid: impl FnMut(u32) -> CpuidRegs) -> Result<AbiVersion, Err
         return Err(Error::OtherHypervisor { signature });
     }
     if vendor.eax < HV_VERSION_LEAF {
-        return Err(Error::Malformed("L0's highest hypervisor leaf is below 0x40000001"));
+        return Err(Error::Malformed(
+            "L0's highest hypervisor leaf is below 0x40000001",
+        ));
     }
     Ok(AbiVersion::from_raw(cpuid(HV_VERSION_LEAF).eax))
 }
@@ -93,10 +100,16 @@ pub fn detect(mut cpuid: impl FnMut(u32) -> CpuidRegs) -> Result<AbiVersion, Err
 mod tests {
     use super::*;
 
-    fn machine(features_ecx: u32, hv: impl Fn(u32) -> Option<CpuidRegs>) -> impl FnMut(u32) -> CpuidRegs {
+    fn machine(
+        features_ecx: u32,
+        hv: impl Fn(u32) -> Option<CpuidRegs>,
+    ) -> impl FnMut(u32) -> CpuidRegs {
         move |leaf| {
             if leaf == CPUID_FEATURES_LEAF {
-                CpuidRegs { ecx: features_ecx, ..CpuidRegs::default() }
+                CpuidRegs {
+                    ecx: features_ecx,
+                    ..CpuidRegs::default()
+                }
             } else {
                 hv(leaf).unwrap_or_default()
             }
@@ -133,17 +146,24 @@ mod tests {
             })
         };
         let cpu = machine(CPUID_FEATURES_ECX_HYPERVISOR, kvm);
-        assert_eq!(detect(cpu), Err(Error::OtherHypervisor { signature: *b"KVMKVMKVM\0\0\0" }));
+        assert_eq!(
+            detect(cpu),
+            Err(Error::OtherHypervisor {
+                signature: *b"KVMKVMKVM\0\0\0"
+            })
+        );
     }
 
     #[test]
     fn l0_with_short_leaf_range_is_malformed() {
-        let short = |leaf| l0_leaf(leaf).map(|mut r| {
-            if leaf == HV_VENDOR_LEAF {
-                r.eax = HV_VENDOR_LEAF;
-            }
-            r
-        });
+        let short = |leaf| {
+            l0_leaf(leaf).map(|mut r| {
+                if leaf == HV_VENDOR_LEAF {
+                    r.eax = HV_VENDOR_LEAF;
+                }
+                r
+            })
+        };
         let cpu = machine(CPUID_FEATURES_ECX_HYPERVISOR, short);
         assert!(matches!(detect(cpu), Err(Error::Malformed(_))));
     }
@@ -152,7 +172,10 @@ mod tests {
     fn reports_a_newer_l0_version_without_judging_it() {
         let newer = |leaf| {
             if leaf == HV_VERSION_LEAF {
-                Some(CpuidRegs { eax: AbiVersion { major: 7, minor: 2 }.to_raw(), ..CpuidRegs::default() })
+                Some(CpuidRegs {
+                    eax: AbiVersion { major: 7, minor: 2 }.to_raw(),
+                    ..CpuidRegs::default()
+                })
             } else {
                 l0_leaf(leaf)
             }

@@ -32,7 +32,7 @@ pub enum Error {
     },
     /// A field is out of range or inconsistent; names the field.
     Malformed(&'static str),
-    /// CPUID.1:ECX[31] is clear: not running under any hypervisor.
+    /// CPUID.1:ECX bit 31 is clear: not running under any hypervisor.
     NoHypervisor,
     /// A hypervisor is present but it is not L0; its 12-byte CPUID signature.
     OtherHypervisor {
@@ -85,7 +85,10 @@ impl fmt::Display for Error {
                 f.write_str("\"")
             }
             Error::VersionMismatch { ours, l0 } => {
-                write!(f, "ABI version mismatch: this tool speaks {ours}, L0 speaks {l0}")
+                write!(
+                    f,
+                    "ABI version mismatch: this tool speaks {ours}, L0 speaks {l0}"
+                )
             }
             Error::Status(s) => write!(f, "L0 refused: {} ({})", s.name(), s.description()),
             Error::UnknownStatus(raw) => write!(f, "vmcall returned unknown status {raw:#x}"),
@@ -100,7 +103,9 @@ mod tests {
 
     #[test]
     fn other_hypervisor_signature_is_escaped() {
-        let e = Error::OtherHypervisor { signature: *b"KVMKVMKVM\0\0\0" };
+        let e = Error::OtherHypervisor {
+            signature: *b"KVMKVMKVM\0\0\0",
+        };
         assert_eq!(
             e.to_string(),
             "not running under L0: hypervisor signature \"KVMKVMKVM\\x00\\x00\\x00\""

@@ -34,7 +34,9 @@ pub mod cli;
 pub mod client;
 
 pub use blob::{BlobHeader, DEVICE_CLASS_DEVICE_SET, DEVICE_CLASS_UART16550A};
-pub use call::{CallerLevel, InRegs, Op, OutRegs, Request, Response, MAX_BUFFER_LEN, ULTRACALL_MAGIC};
+pub use call::{
+    CallerLevel, InRegs, Op, OutRegs, Request, Response, MAX_BUFFER_LEN, ULTRACALL_MAGIC,
+};
 pub use error::Error;
 pub use status::Status;
 pub use tag::{VmTag, MAX_TAG_LEN};

@@ -111,7 +111,12 @@ pub struct ListEncoder<'a> {
 impl<'a> ListEncoder<'a> {
     /// Starts a list in `out`.
     pub fn new(out: &'a mut [u8]) -> ListEncoder<'a> {
-        ListEncoder { out, len: LIST_HEADER_LEN, vm_count: 0, error: None }
+        ListEncoder {
+            out,
+            len: LIST_HEADER_LEN,
+            vm_count: 0,
+            error: None,
+        }
     }
 
     /// Appends a VM and its devices.
@@ -153,7 +158,11 @@ impl<'a> ListEncoder<'a> {
             rec[2..4].copy_from_slice(&d.port_base.to_le_bytes());
             rec[4..6].copy_from_slice(&d.port_count.to_le_bytes());
             rec[6] = d.isa_irq.unwrap_or(NO_IRQ);
-            rec[7] = if d.operator_attached { DEVICE_FLAG_OPERATOR_ATTACHED } else { 0 };
+            rec[7] = if d.operator_attached {
+                DEVICE_FLAG_OPERATOR_ATTACHED
+            } else {
+                0
+            };
             rec[8..16].copy_from_slice(&d.bytes_in.to_le_bytes());
             rec[16..24].copy_from_slice(&d.bytes_out.to_le_bytes());
             put(self.out, pos, &rec);
@@ -175,7 +184,8 @@ impl<'a> ListEncoder<'a> {
         if self.len > self.out.len() {
             return Err(Error::BufferTooSmall { needed: self.len });
         }
-        let total = u32::try_from(self.len).map_err(|_| Error::Malformed("list length overflow"))?;
+        let total =
+            u32::try_from(self.len).map_err(|_| Error::Malformed("list length overflow"))?;
         let mut h = [0u8; LIST_HEADER_LEN];
         h[0..4].copy_from_slice(&LIST_MAGIC);
         h[4..6].copy_from_slice(&LIST_FORMAT_MAJOR.to_le_bytes());
@@ -190,13 +200,19 @@ impl<'a> ListEncoder<'a> {
 }
 
 fn rd_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 fn rd_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 fn rd_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// A validated list; iterating it cannot fail.
@@ -255,7 +271,12 @@ impl<'a> ListView<'a> {
         if pos != body.len() {
             return Err(Error::Malformed("list has bytes after its last record"));
         }
-        Ok(ListView { body, vm_count, vm_rec, dev_rec })
+        Ok(ListView {
+            body,
+            vm_count,
+            vm_rec,
+            dev_rec,
+        })
     }
 
     /// Number of VMs.
@@ -270,7 +291,13 @@ impl<'a> ListView<'a> {
 
     /// The VMs in L0's order.
     pub fn vms(&self) -> VmIter<'a> {
-        VmIter { body: self.body, pos: 0, left: self.vm_count, vm_rec: self.vm_rec, dev_rec: self.dev_rec }
+        VmIter {
+            body: self.body,
+            pos: 0,
+            left: self.vm_count,
+            vm_rec: self.vm_rec,
+            dev_rec: self.dev_rec,
+        }
     }
 }
 
@@ -280,7 +307,9 @@ fn parse_tag(rec: &[u8]) -> Result<Option<VmTag>, Error> {
     if padded == [0u8; MAX_TAG_LEN] {
         return Ok(None);
     }
-    VmTag::from_padded(&padded).map(Some).map_err(|_| Error::Malformed("list VM tag"))
+    VmTag::from_padded(&padded)
+        .map(Some)
+        .map_err(|_| Error::Malformed("list VM tag"))
 }
 
 /// Iterator over a validated list's VMs.
@@ -306,7 +335,9 @@ impl<'a> Iterator for VmIter<'a> {
 
     fn next(&mut self) -> Option<VmEntry<'a>> {
         self.left = self.left.checked_sub(1)?;
-        let rec = self.body.get(self.pos..self.pos.checked_add(self.vm_rec)?)?;
+        let rec = self
+            .body
+            .get(self.pos..self.pos.checked_add(self.vm_rec)?)?;
         let count = usize::from(rd_u16(rec, 12)?);
         let dev_start = self.pos + self.vm_rec;
         let dev_end = dev_start.checked_add(count.checked_mul(self.dev_rec)?)?;
@@ -317,14 +348,21 @@ impl<'a> Iterator for VmIter<'a> {
             tag: parse_tag(rec).ok()?,
             frozen: rd_u32(rec, 8)? & VM_FLAG_FROZEN != 0,
         };
-        Some(VmEntry { info, devices, dev_rec: self.dev_rec })
+        Some(VmEntry {
+            info,
+            devices,
+            dev_rec: self.dev_rec,
+        })
     }
 }
 
 impl<'a> VmEntry<'a> {
     /// The VM's devices.
     pub fn devices(&self) -> DeviceIter<'a> {
-        DeviceIter { bytes: self.devices, dev_rec: self.dev_rec }
+        DeviceIter {
+            bytes: self.devices,
+            dev_rec: self.dev_rec,
+        }
     }
 }
 
@@ -375,13 +413,31 @@ mod tests {
     fn sample() -> Vec<(VmInfo, Vec<DeviceInfo>)> {
         vec![
             (
-                VmInfo { vm_id: 1, tag: Some(VmTag::new(b"web-1").unwrap()), frozen: false },
+                VmInfo {
+                    vm_id: 1,
+                    tag: Some(VmTag::new(b"web-1").unwrap()),
+                    frozen: false,
+                },
                 vec![uart(0x3f8, 4, 10, 20), uart(0x2f8, 3, 0, 5)],
             ),
-            (VmInfo { vm_id: 2, tag: None, frozen: true }, vec![]),
             (
-                VmInfo { vm_id: u64::MAX, tag: Some(VmTag::new(&[b'z'; 32]).unwrap()), frozen: true },
-                vec![DeviceInfo { isa_irq: None, ..uart(0x3e8, 4, u64::MAX, 1) }],
+                VmInfo {
+                    vm_id: 2,
+                    tag: None,
+                    frozen: true,
+                },
+                vec![],
+            ),
+            (
+                VmInfo {
+                    vm_id: u64::MAX,
+                    tag: Some(VmTag::new(&[b'z'; 32]).unwrap()),
+                    frozen: true,
+                },
+                vec![DeviceInfo {
+                    isa_irq: None,
+                    ..uart(0x3e8, 4, u64::MAX, 1)
+                }],
             ),
         ]
     }
@@ -396,7 +452,10 @@ mod tests {
 
     fn decode(bytes: &[u8]) -> Result<Vec<(VmInfo, Vec<DeviceInfo>)>, Error> {
         let view = ListView::parse(bytes)?;
-        Ok(view.vms().map(|v| (v.info, v.devices().collect())).collect())
+        Ok(view
+            .vms()
+            .map(|v| (v.info, v.devices().collect()))
+            .collect())
     }
 
     #[test]
@@ -422,7 +481,10 @@ mod tests {
     fn too_small_buffer_reports_needed_and_writes_nothing_partial() {
         let vms = sample();
         let mut small = vec![0xAAu8; 100];
-        assert_eq!(encode(&vms, &mut small), Err(Error::BufferTooSmall { needed: 240 }));
+        assert_eq!(
+            encode(&vms, &mut small),
+            Err(Error::BufferTooSmall { needed: 240 })
+        );
         // The header is never written into a too-small buffer, so the
         // partial bytes cannot be mistaken for a list.
         assert!(ListView::parse(&small).is_err());
@@ -467,13 +529,22 @@ mod tests {
         vm[48..56].copy_from_slice(b"newfield");
         b.extend_from_slice(&vm);
         let mut dev = vec![0xEEu8; 32];
-        dev[0..24].copy_from_slice(&[1, 0, 0xf8, 3, 8, 0, 4, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+        dev[0..24].copy_from_slice(&[
+            1, 0, 0xf8, 3, 8, 0, 4, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0,
+        ]);
         b.extend_from_slice(&dev);
         let total = b.len() as u32;
         b[16..20].copy_from_slice(&total.to_le_bytes());
         let got = decode(&b).unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].0, VmInfo { vm_id: 9, tag: Some(tag), frozen: true });
+        assert_eq!(
+            got[0].0,
+            VmInfo {
+                vm_id: 9,
+                tag: Some(tag),
+                frozen: true
+            }
+        );
         assert_eq!(got[0].1[0].bytes_in, 1);
         assert_eq!(got[0].1[0].bytes_out, 2);
     }
@@ -486,13 +557,19 @@ mod tests {
         let good = buf[..n].to_vec();
 
         assert_eq!(ListView::parse(&good[..23]).err(), Some(Error::Truncated));
-        assert_eq!(ListView::parse(&good[..n - 1]).err(), Some(Error::Truncated));
+        assert_eq!(
+            ListView::parse(&good[..n - 1]).err(),
+            Some(Error::Truncated)
+        );
         let mut b = good.clone();
         b[0] = b'X';
         assert_eq!(ListView::parse(&b).err(), Some(Error::BadMagic));
         let mut b = good.clone();
         b[4] = 2;
-        assert_eq!(ListView::parse(&b).err(), Some(Error::UnsupportedVersion { found: 2 }));
+        assert_eq!(
+            ListView::parse(&b).err(),
+            Some(Error::UnsupportedVersion { found: 2 })
+        );
         let mut b = good.clone();
         b[6] = 20;
         assert!(matches!(ListView::parse(&b), Err(Error::Malformed(_))));
@@ -520,25 +597,46 @@ mod tests {
     }
 
     fn arb_device() -> impl Strategy<Value = DeviceInfo> {
-        (any::<u16>(), any::<u16>(), any::<u16>(), any::<Option<u8>>(), any::<bool>(), any::<u64>(), any::<u64>())
-            .prop_map(|(class, port_base, port_count, irq, op, bytes_in, bytes_out)| DeviceInfo {
-                class,
-                port_base,
-                port_count,
-                isa_irq: irq.filter(|&i| i != NO_IRQ),
-                operator_attached: op,
-                bytes_in,
-                bytes_out,
-            })
+        (
+            any::<u16>(),
+            any::<u16>(),
+            any::<u16>(),
+            any::<Option<u8>>(),
+            any::<bool>(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(class, port_base, port_count, irq, op, bytes_in, bytes_out)| DeviceInfo {
+                    class,
+                    port_base,
+                    port_count,
+                    isa_irq: irq.filter(|&i| i != NO_IRQ),
+                    operator_attached: op,
+                    bytes_in,
+                    bytes_out,
+                },
+            )
     }
 
     fn arb_vm() -> impl Strategy<Value = (VmInfo, Vec<DeviceInfo>)> {
         let tag = proptest::option::of("[a-z0-9][a-z0-9._-]{0,31}");
-        (any::<u64>(), tag, any::<bool>(), proptest::collection::vec(arb_device(), 0..6)).prop_map(
-            |(vm_id, tag, frozen, devs)| {
-                (VmInfo { vm_id, tag: tag.map(|t| VmTag::new(t.as_bytes()).unwrap()), frozen }, devs)
-            },
+        (
+            any::<u64>(),
+            tag,
+            any::<bool>(),
+            proptest::collection::vec(arb_device(), 0..6),
         )
+            .prop_map(|(vm_id, tag, frozen, devs)| {
+                (
+                    VmInfo {
+                        vm_id,
+                        tag: tag.map(|t| VmTag::new(t.as_bytes()).unwrap()),
+                        frozen,
+                    },
+                    devs,
+                )
+            })
     }
 
     proptest! {

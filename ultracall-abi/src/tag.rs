@@ -80,7 +80,10 @@ impl VmTag {
 
     /// Length in bytes (1..=32).
     pub fn len(&self) -> usize {
-        self.bytes.iter().position(|&b| b == 0).unwrap_or(MAX_TAG_LEN)
+        self.bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(MAX_TAG_LEN)
     }
 
     /// Always false: a tag has at least one byte. Present for API symmetry.
@@ -133,7 +136,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_bytes_and_bad_first_byte() {
-        for bad in [&b"a b"[..], b"a/b", b"a\0b", b"\xffab", b"-ab", b".ab", b"_ab", b"a:b"] {
+        for bad in [
+            &b"a b"[..],
+            b"a/b",
+            b"a\0b",
+            b"\xffab",
+            b"-ab",
+            b".ab",
+            b"_ab",
+            b"a:b",
+        ] {
             assert_eq!(VmTag::new(bad), Err(Error::TagInvalid), "{bad:?}");
         }
     }
@@ -156,12 +168,18 @@ mod tests {
         assert_eq!(regs[3], u64::from_le_bytes(*b"yz012345"));
         assert_eq!(VmTag::from_regs(regs), Ok(t));
         let short = VmTag::new(b"vm1").unwrap();
-        assert_eq!(short.to_regs(), [u64::from_le_bytes(*b"vm1\0\0\0\0\0"), 0, 0, 0]);
+        assert_eq!(
+            short.to_regs(),
+            [u64::from_le_bytes(*b"vm1\0\0\0\0\0"), 0, 0, 0]
+        );
         assert_eq!(VmTag::from_regs(short.to_regs()), Ok(short));
     }
 
     #[test]
     fn register_form_rejects_garbage_after_nul() {
-        assert_eq!(VmTag::from_regs([u64::from_le_bytes(*b"vm1\0\0\0\0\0"), 0, 1, 0]), Err(Error::TagInvalid));
+        assert_eq!(
+            VmTag::from_regs([u64::from_le_bytes(*b"vm1\0\0\0\0\0"), 0, 1, 0]),
+            Err(Error::TagInvalid)
+        );
     }
 }

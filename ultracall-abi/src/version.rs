@@ -33,7 +33,10 @@ impl AbiVersion {
 
     /// Unpacks `major << 16 | minor`.
     pub const fn from_raw(raw: u32) -> Self {
-        AbiVersion { major: (raw >> 16) as u16, minor: raw as u16 }
+        AbiVersion {
+            major: (raw >> 16) as u16,
+            minor: raw as u16,
+        }
     }
 
     /// Decodes a version passed in a 64-bit register: the upper 32 bits must
@@ -63,14 +66,20 @@ mod tests {
 
     #[test]
     fn raw_round_trip() {
-        let v = AbiVersion { major: 0x1234, minor: 0xfedc };
+        let v = AbiVersion {
+            major: 0x1234,
+            minor: 0xfedc,
+        };
         assert_eq!(v.to_raw(), 0x1234_fedc);
         assert_eq!(AbiVersion::from_raw(v.to_raw()), v);
     }
 
     #[test]
     fn register_form_rejects_upper_bits() {
-        assert_eq!(AbiVersion::from_reg(0x0001_0002), Some(AbiVersion { major: 1, minor: 2 }));
+        assert_eq!(
+            AbiVersion::from_reg(0x0001_0002),
+            Some(AbiVersion { major: 1, minor: 2 })
+        );
         assert_eq!(AbiVersion::from_reg(1 << 32 | 0x0001_0000), None);
     }
 

@@ -9,7 +9,10 @@ use ultracall_abi::client::Client;
 use ultracall_abi::Error;
 
 fn ultracall(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ultracall")).args(args).output().expect("spawn ultracall")
+    Command::new(env!("CARGO_BIN_EXE_ultracall"))
+        .args(args)
+        .output()
+        .expect("spawn ultracall")
 }
 
 fn under_l0() -> bool {
@@ -23,8 +26,15 @@ fn under_l0() -> bool {
 fn assert_not_under_l0(out: &Output) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     // `code()` is None when a signal (SIGILL) killed the process.
-    assert_eq!(out.status.code(), Some(i32::from(EXIT_NOT_UNDER_L0)), "stderr: {stderr}");
-    assert!(stderr.starts_with("ultracall: error: not running under L0"), "stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(EXIT_NOT_UNDER_L0)),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.starts_with("ultracall: error: not running under L0"),
+        "stderr: {stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(out.stdout.is_empty());
 }
@@ -66,7 +76,12 @@ fn help_exits_zero_and_lists_exit_codes() {
 
 #[test]
 fn usage_errors_exit_one() {
-    for args in [&[][..], &["bogus"], &["tag", "no spaces allowed"], &["save", "--tag", "x"]] {
+    for args in [
+        &[][..],
+        &["bogus"],
+        &["tag", "no spaces allowed"],
+        &["save", "--tag", "x"],
+    ] {
         let out = ultracall(args);
         assert_eq!(out.status.code(), Some(i32::from(EXIT_USAGE)), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).starts_with("ultracall: error: "));

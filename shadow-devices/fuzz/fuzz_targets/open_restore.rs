@@ -6,7 +6,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use shadow_devices::uart16550::UartState;
-use shadow_devices::{open, seal, ComPort, CounterNonce, EpochLedger, Registry, SealKey, Uart16550};
+use shadow_devices::{
+    open, seal, ComPort, CounterNonce, EpochLedger, Registry, SealKey, Uart16550,
+};
 use ultracall_abi::blob::BlobHeader;
 use ultracall_abi::list::ListView;
 use ultracall_abi::{VmTag, DEVICE_CLASS_DEVICE_SET, DEVICE_CLASS_UART16550A};
@@ -31,7 +33,9 @@ fn tag() -> VmTag {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, data)) = data.split_first() else { return };
+    let Some((&which, data)) = data.split_first() else {
+        return;
+    };
     match which % 6 {
         0 => {
             let mut u = busy_uart();
@@ -44,7 +48,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         1 => {
-            let _ = open(&key(), DEVICE_CLASS_UART16550A, &tag(), &EpochLedger::new(), data);
+            let _ = open(
+                &key(),
+                DEVICE_CLASS_UART16550A,
+                &tag(),
+                &EpochLedger::new(),
+                data,
+            );
         }
         2 => {
             let mut r: Registry<u8> = Registry::default();
@@ -69,12 +79,16 @@ fuzz_target!(|data: &[u8]| {
                 b.fill(7);
                 true
             });
-            let Ok(blob) = seal(&key(), DEVICE_CLASS_DEVICE_SET, &tag(), 1, data, &mut n) else { return };
+            let Ok(blob) = seal(&key(), DEVICE_CLASS_DEVICE_SET, &tag(), 1, data, &mut n) else {
+                return;
+            };
             let mut r: Registry<u8> = Registry::default();
             r.register_tag(0, tag()).expect("fresh registry");
             let before = r.vm(0).save_set();
             let mut ledger = EpochLedger::new();
-            if r.restore_sealed(&tag(), &key(), &mut ledger, &blob).is_err() {
+            if r.restore_sealed(&tag(), &key(), &mut ledger, &blob)
+                .is_err()
+            {
                 assert_eq!(r.vm(0).save_set(), before);
                 assert!(ledger.is_empty());
             }

@@ -20,7 +20,11 @@ pub struct Fifo {
 
 impl Default for Fifo {
     fn default() -> Self {
-        Fifo { buf: [0; FIFO_DEPTH], head: 0, len: 0 }
+        Fifo {
+            buf: [0; FIFO_DEPTH],
+            head: 0,
+            len: 0,
+        }
     }
 }
 
@@ -75,7 +79,9 @@ impl Fifo {
 
     /// Contents, oldest first.
     pub fn to_vec(&self) -> Vec<u8> {
-        (0..self.len).map(|i| self.buf[(self.head + i) % FIFO_DEPTH]).collect()
+        (0..self.len)
+            .map(|i| self.buf[(self.head + i) % FIFO_DEPTH])
+            .collect()
     }
 
     /// Builds a FIFO from contents, oldest first (at most 16 bytes are kept;
@@ -99,14 +105,21 @@ pub struct ByteRing {
 
 impl core::fmt::Debug for ByteRing {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ByteRing").field("capacity", &self.buf.len()).field("len", &self.len).finish()
+        f.debug_struct("ByteRing")
+            .field("capacity", &self.buf.len())
+            .field("len", &self.len)
+            .finish()
     }
 }
 
 impl ByteRing {
     /// An empty ring of `capacity` bytes.
     pub fn new(capacity: usize) -> ByteRing {
-        ByteRing { buf: vec![0u8; capacity].into_boxed_slice(), head: 0, len: 0 }
+        ByteRing {
+            buf: vec![0u8; capacity].into_boxed_slice(),
+            head: 0,
+            len: 0,
+        }
     }
 
     /// Capacity in bytes.

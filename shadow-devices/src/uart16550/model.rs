@@ -229,7 +229,10 @@ impl Uart16550 {
 
     fn char_timeout(&self) -> bool {
         let more_coming = !self.loopback() && !self.input.is_empty();
-        self.fifo_enabled() && !self.rx.is_empty() && self.rx.len() < self.trigger_level() && !more_coming
+        self.fifo_enabled()
+            && !self.rx.is_empty()
+            && self.rx.len() < self.trigger_level()
+            && !more_coming
     }
 
     /// The highest-priority enabled interrupt cause, as its IIR code.
@@ -345,7 +348,11 @@ impl Uart16550 {
                 if cause == Some(IIR_THRE) {
                     self.thre_pending = false;
                 }
-                let fifo = if self.fifo_enabled() { IIR_FIFO_ENABLED } else { 0 };
+                let fifo = if self.fifo_enabled() {
+                    IIR_FIFO_ENABLED
+                } else {
+                    0
+                };
                 cause.unwrap_or(IIR_NO_INT) | fifo
             }
             LCR => self.lcr,
@@ -534,7 +541,10 @@ impl Uart16550 {
 
     /// Traffic counters.
     pub fn traffic(&self) -> Traffic {
-        Traffic { bytes_in: self.bytes_in, bytes_out: self.bytes_out }
+        Traffic {
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+        }
     }
 }
 
@@ -567,7 +577,10 @@ impl ShadowDevice for Uart16550 {
         ultracall_abi::DEVICE_CLASS_UART16550A
     }
     fn ports(&self) -> PortRange {
-        PortRange { base: self.base, count: PORT_COUNT }
+        PortRange {
+            base: self.base,
+            count: PORT_COUNT,
+        }
     }
     fn isa_irq(&self) -> Option<u8> {
         Some(self.irq)

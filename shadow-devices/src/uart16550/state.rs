@@ -124,7 +124,8 @@ fn fifo_field(r: &mut Reader<'_>, len: usize, field: &'static str) -> Result<Vec
 impl UartState {
     /// Encodes (always decodable: the model only produces valid states).
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(UART_STATE_FIXED_LEN + self.output.len() + self.input.len());
+        let mut w =
+            Writer::with_capacity(UART_STATE_FIXED_LEN + self.output.len() + self.input.len());
         w.u16(UART_STATE_VERSION);
         for b in [
             self.ier,
@@ -194,12 +195,24 @@ impl UartState {
 
         check(ier & !IER_MASK == 0, "IER reserved bits")?;
         check(mcr & !MCR_MASK == 0, "MCR reserved bits")?;
-        check(fcr & !FCR_STORED_MASK == 0, "FCR reserved or self-clearing bits")?;
-        check(fcr & FCR_ENABLE != 0 || fcr == 0, "FCR bits without FIFO enable")?;
+        check(
+            fcr & !FCR_STORED_MASK == 0,
+            "FCR reserved or self-clearing bits",
+        )?;
+        check(
+            fcr & FCR_ENABLE != 0 || fcr == 0,
+            "FCR bits without FIFO enable",
+        )?;
         check(lsr_sticky & !LSR_OE == 0, "LSR bits other than OE")?;
         check(msr_deltas & !MSR_DELTA_MASK == 0, "MSR delta reserved bits")?;
-        check(modem_inputs & !MSR_LINES_MASK == 0, "modem input reserved bits")?;
-        check(flags & !(FLAG_THRE_PENDING | FLAG_OPERATOR) == 0, "flags reserved bits")?;
+        check(
+            modem_inputs & !MSR_LINES_MASK == 0,
+            "modem input reserved bits",
+        )?;
+        check(
+            flags & !(FLAG_THRE_PENDING | FLAG_OPERATOR) == 0,
+            "flags reserved bits",
+        )?;
         let capacity = if fcr & FCR_ENABLE != 0 { FIFO_DEPTH } else { 1 };
         check(rx_len <= capacity, "RX FIFO length")?;
         check(tx_len <= capacity, "TX FIFO length")?;
@@ -220,12 +233,18 @@ impl UartState {
         let thre_pending = flags & FLAG_THRE_PENDING != 0;
         let operator_attached = flags & FLAG_OPERATOR != 0;
         let loopback = mcr & MCR_LOOP != 0;
-        check(!loopback || tx.is_empty(), "TX FIFO holds bytes in loopback")?;
+        check(
+            !loopback || tx.is_empty(),
+            "TX FIFO holds bytes in loopback",
+        )?;
         check(
             tx.is_empty() || (operator_attached && output_len == OUTPUT_CAPACITY && !thre_pending),
             "TX FIFO holds bytes without backpressure",
         )?;
-        check(loopback || input.is_empty() || rx_len == capacity, "input queued while RX FIFO has room")?;
+        check(
+            loopback || input.is_empty() || rx_len == capacity,
+            "input queued while RX FIFO has room",
+        )?;
 
         Ok(UartState {
             ier,
@@ -405,7 +424,11 @@ mod tests {
     fn rejects_truncation_anywhere() {
         let full = busy_uart().save_state();
         for cut in 0..full.len() {
-            assert_eq!(UartState::decode(&full[..cut]), Err(Error::StateTruncated), "cut at {cut}");
+            assert_eq!(
+                UartState::decode(&full[..cut]),
+                Err(Error::StateTruncated),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -418,16 +441,31 @@ mod tests {
     fn rejects_reserved_register_bits() {
         rejects(|b| b[2] |= 0x10, Error::StateField("IER reserved bits"));
         rejects(|b| b[4] |= 0x20, Error::StateField("MCR reserved bits"));
-        rejects(|b| b[5] |= 0x02, Error::StateField("FCR reserved or self-clearing bits"));
-        rejects(|b| b[6] = LSR_FE, Error::StateField("LSR bits other than OE"));
-        rejects(|b| b[7] = 0x10, Error::StateField("MSR delta reserved bits"));
-        rejects(|b| b[8] = 0x01, Error::StateField("modem input reserved bits"));
+        rejects(
+            |b| b[5] |= 0x02,
+            Error::StateField("FCR reserved or self-clearing bits"),
+        );
+        rejects(
+            |b| b[6] = LSR_FE,
+            Error::StateField("LSR bits other than OE"),
+        );
+        rejects(
+            |b| b[7] = 0x10,
+            Error::StateField("MSR delta reserved bits"),
+        );
+        rejects(
+            |b| b[8] = 0x01,
+            Error::StateField("modem input reserved bits"),
+        );
         rejects(|b| b[13] = 0x04, Error::StateField("flags reserved bits"));
     }
 
     #[test]
     fn rejects_fcr_bits_without_enable() {
-        rejects(|b| b[5] = 0x80, Error::StateField("FCR bits without FIFO enable"));
+        rejects(
+            |b| b[5] = 0x80,
+            Error::StateField("FCR bits without FIFO enable"),
+        );
     }
 
     #[test]
@@ -440,8 +478,14 @@ mod tests {
 
     #[test]
     fn rejects_ring_lengths_over_capacity() {
-        rejects(|b| b[80..84].copy_from_slice(&4097u32.to_le_bytes()), Error::StateField("output backlog length"));
-        rejects(|b| b[84..88].copy_from_slice(&1025u32.to_le_bytes()), Error::StateField("input queue length"));
+        rejects(
+            |b| b[80..84].copy_from_slice(&4097u32.to_le_bytes()),
+            Error::StateField("output backlog length"),
+        );
+        rejects(
+            |b| b[84..88].copy_from_slice(&1025u32.to_le_bytes()),
+            Error::StateField("input queue length"),
+        );
     }
 
     #[test]
@@ -460,9 +504,17 @@ mod tests {
         let mut b = u.save_state();
         b[15] = 1;
         b[32] = b'x';
-        assert_eq!(UartState::decode(&b), Err(Error::StateField("TX FIFO holds bytes without backpressure")));
+        assert_eq!(
+            UartState::decode(&b),
+            Err(Error::StateField(
+                "TX FIFO holds bytes without backpressure"
+            ))
+        );
         // TX bytes held in loopback.
         b[4] = MCR_LOOP;
-        assert_eq!(UartState::decode(&b), Err(Error::StateField("TX FIFO holds bytes in loopback")));
+        assert_eq!(
+            UartState::decode(&b),
+            Err(Error::StateField("TX FIFO holds bytes in loopback"))
+        );
     }
 }

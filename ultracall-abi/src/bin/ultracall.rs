@@ -4,5 +4,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    ExitCode::from(ultracall_abi::cli::main_with_args(std::env::args_os().skip(1)))
+    ExitCode::from(ultracall_abi::cli::main_with_args(
+        std::env::args_os().skip(1),
+    ))
 }
