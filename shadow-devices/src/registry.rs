@@ -1,0 +1,727 @@
+//! The registry: every VM's shadow devices, keyed by L0's VM identity.
+//!
+//! `K` is whatever L0 uses to name a VM (`Ord + Copy`). A VM's device set
+//! is created on first access from a [`DeviceFactory`] (by default the
+//! four PC UARTs), so L0 never has to pre-register VMs; unknown keys in
+//! read-only queries return `None`, never panic.
+//!
+//! It also carries the per-VM facts the ultracalls need — the VM tag
+//! (unique across VMs, set once) and the *frozen* flag (set by a committed
+//! save: the state has left, so the devices stop changing) — and the
+//! save/restore flows that tie device state, sealing and the epoch ledger
+//! together:
+//!
+//! - save is two-phase. [`Registry::prepare_save`] seals without changing
+//!   anything; L0 copies the blob to the caller; only then
+//!   [`Registry::commit_save`] freezes the devices and records the epoch.
+//!   A buffer too small or a copy fault therefore costs nothing. Hold the
+//!   registry lock from prepare to commit.
+//! - [`Registry::restore_sealed`] opens, validates every device state,
+//!   applies them all, then consumes the epoch and thaws the VM; on any
+//!   error nothing changed.
+//!
+//! Device-set state (the sealed payload, class
+//! [`ultracall_abi::DEVICE_CLASS_DEVICE_SET`]), format version 1, LE:
+//! `u16 version, u16 device count, u32 reserved (0)`, then per device
+//! `u16 class, u16 first port, u32 state length, state bytes`, in the
+//! order of the VM's devices.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use ultracall_abi::list::{DeviceInfo, ListEncoder, VmInfo};
+use ultracall_abi::{VmTag, DEVICE_CLASS_DEVICE_SET};
+
+use crate::device::ShadowDevice;
+use crate::epoch::EpochLedger;
+use crate::error::Error;
+use crate::seal::{self, NonceSource, SealKey};
+use crate::uart16550::ComPort;
+use crate::wire::{Reader, Writer};
+
+/// The device-set state format version.
+pub const DEVICE_SET_VERSION: u16 = 1;
+
+/// Builds a new VM's devices.
+pub type DeviceFactory = fn() -> Vec<Box<dyn ShadowDevice>>;
+
+/// The default factory: UARTs at COM1..COM4 (0x3F8/4, 0x2F8/3, 0x3E8/4, 0x2E8/3).
+pub fn pc_uarts() -> Vec<Box<dyn ShadowDevice>> {
+    ComPort::ALL
+        .iter()
+        .map(|p| Box::new(p.uart()) as Box<dyn ShadowDevice>)
+        .collect()
+}
+
+/// One VM's shadow devices and their migration state.
+pub struct VmDevices {
+    devices: Vec<Box<dyn ShadowDevice>>,
+    tag: Option<VmTag>,
+    frozen: bool,
+}
+
+impl core::fmt::Debug for VmDevices {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VmDevices")
+            .field("devices", &self.devices.len())
+            .field("tag", &self.tag)
+            .field("frozen", &self.frozen)
+            .finish()
+    }
+}
+
+impl VmDevices {
+    /// A device set (as a factory builds it).
+    pub fn new(devices: Vec<Box<dyn ShadowDevice>>) -> VmDevices {
+        VmDevices {
+            devices,
+            tag: None,
+            frozen: false,
+        }
+    }
+
+    /// The VM's tag, once registered.
+    pub fn tag(&self) -> Option<VmTag> {
+        self.tag
+    }
+
+    /// True after a committed save, until a restore.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// The devices.
+    pub fn devices(&self) -> &[Box<dyn ShadowDevice>] {
+        &self.devices
+    }
+
+    /// The devices, mutable (consoles, reset). Port I/O should go through
+    /// [`VmDevices::io_read`]/[`VmDevices::io_write`], which honour freezing.
+    pub fn devices_mut(&mut self) -> &mut [Box<dyn ShadowDevice>] {
+        &mut self.devices
+    }
+
+    /// The device claiming `port`.
+    pub fn device_at(&mut self, port: u16) -> Option<&mut (dyn ShadowDevice + 'static)> {
+        self.devices
+            .iter_mut()
+            .find(|d| d.ports().contains(port))
+            .map(|d| &mut **d)
+    }
+
+    /// True when a device claims `port` (L0 traps exactly these ports).
+    pub fn claims(&self, port: u16) -> bool {
+        self.devices.iter().any(|d| d.ports().contains(port))
+    }
+
+    /// A one-byte guest read; `None` if no device claims the port. A frozen
+    /// VM reads 0xFF without side effects: its state has been sealed away.
+    pub fn io_read(&mut self, port: u16) -> Option<u8> {
+        let frozen = self.frozen;
+        let dev = self.device_at(port)?;
+        Some(if frozen { 0xFF } else { dev.io_read(port) })
+    }
+
+    /// A one-byte guest write; false if no device claims the port. Dropped
+    /// while frozen.
+    pub fn io_write(&mut self, port: u16, value: u8) -> bool {
+        let frozen = self.frozen;
+        let Some(dev) = self.device_at(port) else {
+            return false;
+        };
+        if !frozen {
+            dev.io_write(port, value);
+        }
+        true
+    }
+
+    /// ISA IRQs (bit n = IRQ n, n < 16) with a rising edge since the last
+    /// call; L0 posts each once.
+    pub fn take_irq_edges(&mut self) -> u16 {
+        let mut edges = 0u16;
+        for d in &mut self.devices {
+            if d.take_irq_edge() {
+                if let Some(irq) = d.isa_irq().filter(|&i| i < 16) {
+                    edges |= 1 << irq;
+                }
+            }
+        }
+        edges
+    }
+
+    /// ISA IRQ levels (bit n = IRQ n), the OR of the devices sharing a line.
+    pub fn irq_levels(&self) -> u16 {
+        let mut levels = 0u16;
+        for d in &self.devices {
+            if d.irq_line() {
+                if let Some(irq) = d.isa_irq().filter(|&i| i < 16) {
+                    levels |= 1 << irq;
+                }
+            }
+        }
+        levels
+    }
+
+    /// Resets every device (the guest's platform reset).
+    pub fn reset(&mut self) {
+        for d in &mut self.devices {
+            d.reset();
+        }
+    }
+
+    /// The device-set state (every device's state).
+    pub fn save_set(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(64);
+        w.u16(DEVICE_SET_VERSION);
+        w.u16(u16::try_from(self.devices.len()).unwrap_or(u16::MAX));
+        w.u32(0);
+        for d in &self.devices {
+            let state = d.save_state();
+            w.u16(d.class());
+            w.u16(d.ports().base);
+            w.u32(u32::try_from(state.len()).unwrap_or(u32::MAX));
+            w.bytes(&state);
+        }
+        w.buf
+    }
+
+    /// Splits a device-set state into per-device states after checking the
+    /// framing and that it describes exactly these devices.
+    fn split_set<'a>(&self, bytes: &'a [u8]) -> Result<Vec<&'a [u8]>, Error> {
+        let mut r = Reader::new(bytes);
+        let version = r.u16()?;
+        if version != DEVICE_SET_VERSION {
+            return Err(Error::StateVersion { found: version });
+        }
+        let count = usize::from(r.u16()?);
+        if r.u32()? != 0 {
+            return Err(Error::StateField("device set reserved field"));
+        }
+        if count != self.devices.len() {
+            return Err(Error::DeviceMismatch);
+        }
+        let mut states = Vec::with_capacity(count);
+        for d in &self.devices {
+            let class = r.u16()?;
+            let base = r.u16()?;
+            let len = r.u32()? as usize;
+            if class != d.class() || base != d.ports().base {
+                return Err(Error::DeviceMismatch);
+            }
+            states.push(r.take(len)?);
+        }
+        r.finish()?;
+        Ok(states)
+    }
+
+    /// Checks a device-set state without applying it.
+    pub fn validate_set(&self, bytes: &[u8]) -> Result<(), Error> {
+        let states = self.split_set(bytes)?;
+        for (d, s) in self.devices.iter().zip(&states) {
+            d.validate_state(s)?;
+        }
+        Ok(())
+    }
+
+    /// Restores every device, all or nothing.
+    pub fn restore_set(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let states = self.split_set(bytes)?;
+        for (d, s) in self.devices.iter().zip(&states) {
+            d.validate_state(s)?;
+        }
+        let backups: Vec<Vec<u8>> = self.devices.iter().map(|d| d.save_state()).collect();
+        for (i, state) in states.iter().enumerate() {
+            let Some(dev) = self.devices.get_mut(i) else {
+                break;
+            };
+            if let Err(e) = dev.restore_state(state) {
+                // Validation passed, so this is a device bug; still leave
+                // every device as it was.
+                for (d, b) in self.devices.iter_mut().zip(&backups).take(i) {
+                    let _ = d.restore_state(b);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The devices as listed.
+    pub fn device_infos(&self) -> Vec<DeviceInfo> {
+        self.devices
+            .iter()
+            .map(|d| {
+                let t = d.traffic();
+                DeviceInfo {
+                    class: d.class(),
+                    port_base: d.ports().base,
+                    port_count: d.ports().count,
+                    isa_irq: d.isa_irq(),
+                    operator_attached: d.console_ref().is_some_and(|c| c.operator_attached()),
+                    bytes_in: t.bytes_in,
+                    bytes_out: t.bytes_out,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A sealed save waiting for L0 to deliver it (see the module docs).
+#[derive(Debug)]
+pub struct PreparedSave<K> {
+    vm: K,
+    tag: VmTag,
+    epoch: u64,
+    plaintext: Vec<u8>,
+    blob: Vec<u8>,
+}
+
+impl<K: Copy> PreparedSave<K> {
+    /// The VM saved.
+    pub fn vm(&self) -> K {
+        self.vm
+    }
+    /// The blob's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    /// The blob to copy to the caller.
+    pub fn blob(&self) -> &[u8] {
+        &self.blob
+    }
+}
+
+/// What a successful restore did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Restored<K> {
+    /// The VM restored.
+    pub vm: K,
+    /// The blob's epoch (now consumed).
+    pub epoch: u64,
+}
+
+/// Shadow devices of every VM, keyed by `K`.
+pub struct Registry<K> {
+    vms: BTreeMap<K, VmDevices>,
+    factory: DeviceFactory,
+}
+
+impl<K: Ord + Copy> Default for Registry<K> {
+    fn default() -> Self {
+        Registry::new(pc_uarts)
+    }
+}
+
+impl<K: Ord + Copy> Registry<K> {
+    /// An empty registry whose VMs get devices from `factory`.
+    pub fn new(factory: DeviceFactory) -> Registry<K> {
+        Registry {
+            vms: BTreeMap::new(),
+            factory,
+        }
+    }
+
+    /// The VM's devices, created on first access.
+    pub fn vm(&mut self, key: K) -> &mut VmDevices {
+        let factory = self.factory;
+        self.vms
+            .entry(key)
+            .or_insert_with(|| VmDevices::new(factory()))
+    }
+
+    /// The VM's devices, if it exists.
+    pub fn get(&self, key: &K) -> Option<&VmDevices> {
+        self.vms.get(key)
+    }
+
+    /// The VM's devices, mutable, if it exists.
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut VmDevices> {
+        self.vms.get_mut(key)
+    }
+
+    /// Forgets a VM (it was destroyed); its tag becomes free.
+    pub fn remove(&mut self, key: &K) -> Option<VmDevices> {
+        self.vms.remove(key)
+    }
+
+    /// VMs in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &VmDevices)> {
+        self.vms.iter()
+    }
+
+    /// VMs in key order, mutable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut VmDevices)> {
+        self.vms.iter_mut()
+    }
+
+    /// Number of VMs.
+    pub fn len(&self) -> usize {
+        self.vms.len()
+    }
+
+    /// True when there is no VM.
+    pub fn is_empty(&self) -> bool {
+        self.vms.is_empty()
+    }
+
+    /// The VM holding `tag`.
+    pub fn find_by_tag(&self, tag: &VmTag) -> Option<K> {
+        self.vms
+            .iter()
+            .find(|(_, v)| v.tag.as_ref() == Some(tag))
+            .map(|(k, _)| *k)
+    }
+
+    /// Binds `tag` to the VM (created if new). Idempotent for the same
+    /// tag; a VM's tag is set once.
+    pub fn register_tag(&mut self, key: K, tag: VmTag) -> Result<(), Error> {
+        match self.find_by_tag(&tag) {
+            Some(holder) if holder == key => return Ok(()),
+            Some(_) => return Err(Error::TagInUse),
+            None => {}
+        }
+        let vm = self.vm(key);
+        if vm.tag.is_some() {
+            return Err(Error::TagAlreadySet);
+        }
+        vm.tag = Some(tag);
+        Ok(())
+    }
+
+    /// Guest read of `port` in VM `key` (device set created on first access).
+    pub fn io_read(&mut self, key: K, port: u16) -> Option<u8> {
+        self.vm(key).io_read(port)
+    }
+
+    /// Guest write of `port` in VM `key`.
+    pub fn io_write(&mut self, key: K, port: u16, value: u8) -> bool {
+        self.vm(key).io_write(port, value)
+    }
+
+    /// Phase 1 of save: seals the devices of the VM holding `tag` with the
+    /// next epoch. Changes nothing but the nonce source.
+    pub fn prepare_save(
+        &self,
+        tag: &VmTag,
+        key: &SealKey,
+        ledger: &EpochLedger,
+        nonces: &mut dyn NonceSource,
+    ) -> Result<PreparedSave<K>, Error> {
+        let vm_key = self.find_by_tag(tag).ok_or(Error::UnknownTag)?;
+        let vm = self.vms.get(&vm_key).ok_or(Error::UnknownTag)?;
+        if vm.frozen {
+            return Err(Error::Frozen);
+        }
+        let epoch = ledger.next_save_epoch(tag)?;
+        let plaintext = vm.save_set();
+        let blob = seal::seal(key, DEVICE_CLASS_DEVICE_SET, tag, epoch, &plaintext, nonces)?;
+        Ok(PreparedSave {
+            vm: vm_key,
+            tag: *tag,
+            epoch,
+            plaintext,
+            blob,
+        })
+    }
+
+    /// Phase 2 of save, after the blob reached the caller: freezes the
+    /// devices and records the epoch. Refuses ([`Error::StaleSave`]) if the
+    /// VM, its tag, its devices or the ledger changed since phase 1.
+    pub fn commit_save(
+        &mut self,
+        prepared: PreparedSave<K>,
+        ledger: &mut EpochLedger,
+    ) -> Result<(), Error> {
+        if ledger.next_save_epoch(&prepared.tag) != Ok(prepared.epoch) {
+            return Err(Error::StaleSave);
+        }
+        let vm = self.vms.get_mut(&prepared.vm).ok_or(Error::StaleSave)?;
+        if vm.tag != Some(prepared.tag) || vm.frozen || vm.save_set() != prepared.plaintext {
+            return Err(Error::StaleSave);
+        }
+        vm.frozen = true;
+        ledger.record_save(&prepared.tag, prepared.epoch);
+        Ok(())
+    }
+
+    /// Restores the devices of the VM holding `tag` from a blob; consumes
+    /// the blob's epoch and thaws the VM. All or nothing.
+    pub fn restore_sealed(
+        &mut self,
+        tag: &VmTag,
+        key: &SealKey,
+        ledger: &mut EpochLedger,
+        blob: &[u8],
+    ) -> Result<Restored<K>, Error> {
+        let vm_key = self.find_by_tag(tag).ok_or(Error::UnknownTag)?;
+        let opened = seal::open(key, DEVICE_CLASS_DEVICE_SET, tag, ledger, blob)?;
+        let vm = self.vms.get_mut(&vm_key).ok_or(Error::UnknownTag)?;
+        vm.restore_set(&opened.plaintext)?;
+        vm.frozen = false;
+        ledger.record_restore(tag, opened.header.epoch);
+        Ok(Restored {
+            vm: vm_key,
+            epoch: opened.header.epoch,
+        })
+    }
+
+    /// Encodes the VM list ([`ultracall_abi::list`]) into `out`; `vm_id`
+    /// gives each VM's identity number. Returns the length, or
+    /// [`Error::BufferTooSmall`] with the length needed.
+    pub fn encode_list(&self, vm_id: impl Fn(&K) -> u64, out: &mut [u8]) -> Result<usize, Error> {
+        let mut enc = ListEncoder::new(out);
+        for (k, vm) in &self.vms {
+            let info = VmInfo {
+                vm_id: vm_id(k),
+                tag: vm.tag,
+                frozen: vm.frozen,
+            };
+            enc.push_vm(&info, &vm.device_infos());
+        }
+        enc.finish().map_err(|e| match e {
+            ultracall_abi::Error::BufferTooSmall { needed } => Error::BufferTooSmall { needed },
+            _ => Error::PayloadTooLarge,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seal::CounterNonce;
+    use crate::uart16550::registers::*;
+    use ultracall_abi::list::ListView;
+
+    fn tag(s: &str) -> VmTag {
+        VmTag::new(s.as_bytes()).unwrap()
+    }
+
+    fn rng() -> impl FnMut(&mut [u8]) -> bool {
+        let mut x = 88172645463325252u64;
+        move |buf: &mut [u8]| {
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn device_set_created_on_first_access_with_four_uarts() {
+        let mut r: Registry<u32> = Registry::default();
+        assert!(r.get(&1).is_none());
+        assert_eq!(r.io_read(1, 0x3f8 + LSR as u16), Some(LSR_THRE | LSR_TEMT));
+        let vm = r.get(&1).unwrap();
+        let ports: Vec<u16> = vm.devices().iter().map(|d| d.ports().base).collect();
+        assert_eq!(ports, [0x3f8, 0x2f8, 0x3e8, 0x2e8]);
+        let irqs: Vec<Option<u8>> = vm.devices().iter().map(|d| d.isa_irq()).collect();
+        assert_eq!(irqs, [Some(4), Some(3), Some(4), Some(3)]);
+    }
+
+    #[test]
+    fn unclaimed_ports_are_not_handled() {
+        let mut r: Registry<u32> = Registry::default();
+        assert_eq!(r.io_read(1, 0x60), None);
+        assert!(!r.io_write(1, 0x60, 0));
+        assert!(r.io_write(1, 0x2ff, 0x55));
+        assert_eq!(r.io_read(1, 0x2ff), Some(0x55));
+    }
+
+    #[test]
+    fn unknown_keys_never_panic_and_remove_forgets() {
+        let mut r: Registry<u32> = Registry::default();
+        assert!(r.get_mut(&9).is_none());
+        assert!(r.remove(&9).is_none());
+        r.vm(9);
+        assert_eq!(r.len(), 1);
+        assert!(r.remove(&9).is_some());
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn iterates_in_key_order() {
+        let mut r: Registry<u32> = Registry::default();
+        for k in [5, 1, 3] {
+            r.vm(k);
+        }
+        assert_eq!(r.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [1, 3, 5]);
+    }
+
+    #[test]
+    fn tags_are_unique_and_set_once() {
+        let mut r: Registry<u32> = Registry::default();
+        r.register_tag(1, tag("a")).unwrap();
+        assert_eq!(r.register_tag(1, tag("a")), Ok(()));
+        assert_eq!(r.register_tag(2, tag("a")), Err(Error::TagInUse));
+        assert_eq!(r.register_tag(1, tag("b")), Err(Error::TagAlreadySet));
+        assert_eq!(r.find_by_tag(&tag("a")), Some(1));
+        r.remove(&1);
+        assert_eq!(r.register_tag(2, tag("a")), Ok(()));
+    }
+
+    #[test]
+    fn edges_are_reported_per_isa_irq() {
+        let mut r: Registry<u32> = Registry::default();
+        let vm = r.vm(1);
+        vm.io_write(0x2f8 + MCR as u16, MCR_OUT2);
+        vm.io_write(0x2f8 + IER as u16, IER_THRE);
+        assert_eq!(vm.irq_levels(), 1 << 3);
+        assert_eq!(vm.take_irq_edges(), 1 << 3);
+        assert_eq!(vm.take_irq_edges(), 0);
+    }
+
+    #[test]
+    fn two_phase_save_then_restore_elsewhere() {
+        let key = SealKey::new(&[1; 32]);
+        let mut nonces = CounterNonce::new(rng());
+        let (mut src_ledger, mut dst_ledger) = (EpochLedger::new(), EpochLedger::new());
+        let mut src: Registry<u32> = Registry::default();
+        src.register_tag(7, tag("web")).unwrap();
+        src.io_write(7, 0x3f8 + SCR as u16, 0xAB);
+
+        let prepared = src
+            .prepare_save(&tag("web"), &key, &src_ledger, &mut nonces)
+            .unwrap();
+        assert_eq!(prepared.epoch(), 1);
+        assert!(!src.get(&7).unwrap().is_frozen(), "prepare changes nothing");
+        let blob = prepared.blob().to_vec();
+        src.commit_save(prepared, &mut src_ledger).unwrap();
+        assert!(src.get(&7).unwrap().is_frozen());
+        assert_eq!(
+            src.io_read(7, 0x3f8 + SCR as u16),
+            Some(0xFF),
+            "frozen reads float"
+        );
+        assert_eq!(
+            src.prepare_save(&tag("web"), &key, &src_ledger, &mut nonces)
+                .err(),
+            Some(Error::Frozen)
+        );
+
+        let mut dst: Registry<u64> = Registry::default();
+        assert_eq!(
+            dst.restore_sealed(&tag("web"), &key, &mut dst_ledger, &blob)
+                .err(),
+            Some(Error::UnknownTag)
+        );
+        dst.register_tag(100, tag("web")).unwrap();
+        let restored = dst
+            .restore_sealed(&tag("web"), &key, &mut dst_ledger, &blob)
+            .unwrap();
+        assert_eq!(restored, Restored { vm: 100, epoch: 1 });
+        assert_eq!(dst.io_read(100, 0x3f8 + SCR as u16), Some(0xAB));
+        assert_eq!(
+            dst.restore_sealed(&tag("web"), &key, &mut dst_ledger, &blob)
+                .err(),
+            Some(Error::Replayed { epoch: 1, high: 1 })
+        );
+    }
+
+    #[test]
+    fn commit_refuses_a_stale_save() {
+        let key = SealKey::new(&[1; 32]);
+        let mut nonces = CounterNonce::new(rng());
+        let mut ledger = EpochLedger::new();
+        let mut r: Registry<u32> = Registry::default();
+        r.register_tag(1, tag("vm")).unwrap();
+        let prepared = r
+            .prepare_save(&tag("vm"), &key, &ledger, &mut nonces)
+            .unwrap();
+        r.io_write(1, 0x3f8 + SCR as u16, 1); // the guest ran in between
+        assert_eq!(r.commit_save(prepared, &mut ledger), Err(Error::StaleSave));
+        assert!(!r.get(&1).unwrap().is_frozen());
+        assert_eq!(ledger.high_water(&tag("vm")), None);
+    }
+
+    #[test]
+    fn failed_restore_changes_nothing() {
+        let key = SealKey::new(&[1; 32]);
+        let mut nonces = CounterNonce::new(rng());
+        let mut ledger = EpochLedger::new();
+        let mut src: Registry<u32> = Registry::default();
+        src.register_tag(1, tag("vm")).unwrap();
+        let p = src
+            .prepare_save(&tag("vm"), &key, &ledger, &mut nonces)
+            .unwrap();
+        let mut blob = p.blob().to_vec();
+        let last = blob.len() - 1;
+        blob[last] ^= 0x80;
+
+        let mut dst: Registry<u32> = Registry::default();
+        dst.register_tag(2, tag("vm")).unwrap();
+        dst.io_write(2, 0x3f8 + SCR as u16, 0x42);
+        let before = dst.get(&2).unwrap().save_set();
+        assert_eq!(
+            dst.restore_sealed(&tag("vm"), &key, &mut ledger, &blob)
+                .err(),
+            Some(Error::AuthFailed)
+        );
+        assert_eq!(dst.get(&2).unwrap().save_set(), before);
+        assert!(ledger.is_empty());
+    }
+
+    #[test]
+    fn device_mismatch_is_detected() {
+        fn one_uart() -> Vec<Box<dyn ShadowDevice>> {
+            alloc::vec![Box::new(ComPort::Com1.uart()) as Box<dyn ShadowDevice>]
+        }
+        let four: Registry<u32> = Registry::default();
+        let mut r4 = four;
+        let set = r4.vm(1).save_set();
+        let mut r1: Registry<u32> = Registry::new(one_uart);
+        assert_eq!(r1.vm(1).restore_set(&set), Err(Error::DeviceMismatch));
+    }
+
+    #[test]
+    fn set_framing_errors() {
+        let mut r: Registry<u32> = Registry::default();
+        let vm = r.vm(1);
+        let good = vm.save_set();
+        let mut b = good.clone();
+        b[0] = 2;
+        assert_eq!(vm.restore_set(&b), Err(Error::StateVersion { found: 2 }));
+        let mut b = good.clone();
+        b[4] = 1;
+        assert_eq!(
+            vm.restore_set(&b),
+            Err(Error::StateField("device set reserved field"))
+        );
+        let mut b = good.clone();
+        b.push(0);
+        assert_eq!(vm.restore_set(&b), Err(Error::StateTrailingBytes));
+        assert_eq!(
+            vm.restore_set(&good[..good.len() - 1]),
+            Err(Error::StateTruncated)
+        );
+        let mut b = good;
+        b[10] = 0xf9; // first device's port base
+        assert_eq!(vm.restore_set(&b), Err(Error::DeviceMismatch));
+    }
+
+    #[test]
+    fn list_encodes_every_vm() {
+        let mut r: Registry<u32> = Registry::default();
+        r.register_tag(2, tag("b")).unwrap();
+        r.vm(1).io_write(0x3f8, b'x');
+        let mut buf = [0u8; 16];
+        let needed = match r.encode_list(|k| u64::from(*k) * 10, &mut buf) {
+            Err(Error::BufferTooSmall { needed }) => needed,
+            other => panic!("{other:?}"),
+        };
+        let mut buf = alloc::vec![0u8; needed];
+        let n = r.encode_list(|k| u64::from(*k) * 10, &mut buf).unwrap();
+        assert_eq!(n, needed);
+        let view = ListView::parse(&buf).unwrap();
+        let vms: Vec<_> = view.vms().collect();
+        assert_eq!(vms.len(), 2);
+        assert_eq!(vms[0].info.vm_id, 10);
+        assert_eq!(vms[0].info.tag, None);
+        assert_eq!(vms[0].devices().next().unwrap().bytes_out, 1);
+        assert_eq!(vms[1].info.tag, Some(tag("b")));
+        assert_eq!(vms[1].devices().count(), 4);
+    }
+}
