@@ -13,6 +13,7 @@ pub mod config;
 pub mod guest_mem;
 pub mod logger;
 pub mod mm;
+pub mod nested;
 #[cfg(target_os = "none")]
 pub mod start;
 pub mod vcpu;

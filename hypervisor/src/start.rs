@@ -133,6 +133,11 @@ impl TableMemory for PoolTables {
         // SAFETY: callers pass frames from alloc_table (pool, identity-mapped).
         unsafe { &mut *(phys as *mut [u64; 512]) }
     }
+    fn free_table(&mut self, phys: u64) {
+        if let Some(Err(e)) = FRAMES.lock().as_mut().map(|f| f.free(phys, 1)) {
+            panic!("{e}");
+        }
+    }
 }
 
 fn alloc_frames(n: usize, what: &str) -> u64 {

@@ -29,6 +29,8 @@ pub trait TableMemory {
     fn alloc_table(&mut self) -> Option<u64>;
     /// The table at `phys`.
     fn table(&mut self, phys: u64) -> &mut [u64; 512];
+    /// Returns a table no longer referenced.
+    fn free_table(&mut self, phys: u64);
 }
 
 /// How entries of one table format are spelled.
@@ -213,6 +215,7 @@ pub mod tests {
     pub struct FakeTables {
         pub tables: BTreeMap<u64, Box<[u64; 512]>>,
         pub limit: Option<usize>,
+        next: u64,
     }
 
     impl FakeTables {
@@ -226,12 +229,16 @@ pub mod tests {
             if self.limit.is_some_and(|l| self.tables.len() >= l) {
                 return None;
             }
-            let phys = 0x100_0000 + 0x1000 * self.tables.len() as u64;
+            self.next += 1;
+            let phys = 0x100_0000 + 0x1000 * self.next;
             self.tables.insert(phys, Box::new([0; 512]));
             Some(phys)
         }
         fn table(&mut self, phys: u64) -> &mut [u64; 512] {
             self.tables.get_mut(&phys).expect("no table there")
+        }
+        fn free_table(&mut self, phys: u64) {
+            self.tables.remove(&phys).expect("freeing a table twice");
         }
     }
 

@@ -6,6 +6,8 @@
 
 use core::fmt;
 
+pub mod walk;
+
 use boot::memmap::{Range, RangeSet};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +28,8 @@ pub trait GuestMemory {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError>;
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError>;
     fn zero(&mut self, gpa: u64, len: u64) -> Result<(), MemError>;
+    /// Whether `[gpa, gpa + len)` is all RAM of this guest.
+    fn is_ram(&self, gpa: u64, len: u64) -> bool;
 
     fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
         let mut b = [0; 8];
@@ -61,6 +65,9 @@ impl L1Ram {
 }
 
 impl GuestMemory for L1Ram {
+    fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        self.check(gpa, len).is_ok()
+    }
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.check(gpa, buf.len() as u64)?;
         // SAFETY: checked to lie in identity-mapped L1 RAM; a guest may change
@@ -107,6 +114,9 @@ pub mod fake {
     }
 
     impl GuestMemory for VecMemory {
+        fn is_ram(&self, gpa: u64, len: u64) -> bool {
+            self.slot(gpa, len as usize).is_ok()
+        }
         fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
             let o = self.slot(gpa, buf.len())?;
             buf.copy_from_slice(&self.bytes[o..o + buf.len()]);

@@ -1,0 +1,418 @@
+//! VMXON, VMXOFF, VMCLEAR, VMPTRLD, VMPTRST, VMREAD, VMWRITE, INVEPT and
+//! INVVPID executed by L1 (SDM Vol. 3C chapter 31, each instruction's
+//! "Operation"). Each handler starts with the checks common to VMX
+//! instructions and ends in one [`Outcome`]; RFLAGS conventions are applied
+//! in one place ([`rflags_after`]).
+
+use alloc::boxed::Box;
+
+use super::caps::NestedCaps;
+use super::operand::{Fault, GuestCtx, InstrInfo, GP};
+use super::vmcs12::{Vmcs12, REGION_BYTES};
+use crate::guest_mem::walk::{self, Access, PagingRegs, WalkError};
+use crate::guest_mem::GuestMemory;
+use crate::vmx::caps::{primary, secondary, Control};
+use crate::vmx::exit::reason;
+use crate::vmx::Field;
+
+const UD: u8 = 6;
+
+/// VM-instruction error numbers (SDM 31.4).
+pub mod err {
+    pub const VMCLEAR_INVALID_ADDRESS: u32 = 2;
+    pub const VMCLEAR_VMXON_POINTER: u32 = 3;
+    pub const VMLAUNCH_NONCLEAR: u32 = 4;
+    pub const VMRESUME_NONLAUNCHED: u32 = 5;
+    pub const ENTRY_INVALID_CONTROL: u32 = 7;
+    pub const ENTRY_INVALID_HOST_STATE: u32 = 8;
+    pub const VMPTRLD_INVALID_ADDRESS: u32 = 9;
+    pub const VMPTRLD_VMXON_POINTER: u32 = 10;
+    pub const VMPTRLD_WRONG_REVISION: u32 = 11;
+    pub const VMXON_IN_VMX_ROOT: u32 = 15;
+    pub const ENTRY_BLOCKED_BY_MOV_SS: u32 = 26;
+    pub const INVALID_INVEPT_INVVPID_OPERAND: u32 = 28;
+}
+
+/// What the instruction did, for the caller to apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Succeed,
+    FailInvalid,
+    FailValid(u32),
+    /// Raise this exception in L1; the instruction does not complete.
+    Fault(Fault),
+    /// #PF at this linear address with this error code.
+    PageFault { address: u64, error_code: u32 },
+}
+
+/// RFLAGS after a VMX instruction (SDM 31.2): CF, PF, AF, ZF, SF, OF
+/// cleared, then CF for VMfailInvalid or ZF for VMfailValid.
+pub fn rflags_after(rflags: u64, o: Outcome) -> u64 {
+    let cleared = rflags & !(1 | 1 << 2 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 11);
+    match o {
+        Outcome::FailInvalid => cleared | 1,
+        Outcome::FailValid(_) => cleared | 1 << 6,
+        _ => cleared,
+    }
+}
+
+/// L1's state as a VMX instruction sees it.
+pub struct L1State {
+    pub ctx: GuestCtx,
+    pub paging: PagingRegs,
+    pub cr0: u64,
+    pub cr4: u64,
+    pub rflags: u64,
+    pub cpl: u8,
+    pub info: InstrInfo,
+    pub qualification: u64,
+}
+
+impl L1State {
+    fn operand_bytes(&self) -> usize {
+        if self.ctx.long_mode { 8 } else { 4 }
+    }
+    fn access(&self) -> Access {
+        Access { write: false, fetch: false, user: self.cpl == 3, ac: self.rflags & (1 << 18) != 0 }
+    }
+}
+
+/// L1's VMX state.
+pub struct VmxState {
+    pub caps: NestedCaps,
+    /// The VMXON region, while L1 is in VMX operation.
+    pub vmxon: Option<u64>,
+    /// The current VMCS12 pointer, and its cached contents.
+    pub current: Option<u64>,
+    pub vmcs12: Box<Vmcs12>,
+    pub maxphyaddr: u8,
+}
+
+/// A request the instruction makes of L0's nested machinery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalidate {
+    None,
+    /// Drop EPT02s derived from this EPTP12 (single context) or all.
+    Ept(Option<u64>),
+    /// Flush L2 translations tagged with this VPID12 (or all).
+    Vpid(Option<u16>),
+}
+
+fn walk_fault(f: walk::VirtFault) -> Outcome {
+    let address = f.address;
+    match f.error {
+        WalkError::PageFault { error_code } => Outcome::PageFault { address, error_code },
+        // Paging structures outside L1's RAM: L1 sees a reserved-bit fault.
+        WalkError::TableNotRam { .. } => Outcome::PageFault { address, error_code: walk::pfec::PRESENT | walk::pfec::RSVD },
+    }
+}
+
+impl VmxState {
+    pub fn new(caps: NestedCaps, maxphyaddr: u8) -> Self {
+        VmxState { caps, vmxon: None, current: None, vmcs12: Box::default(), maxphyaddr }
+    }
+
+    /// VMfailValid needs a current VMCS to hold the error; without one the
+    /// failure is VMfailInvalid (SDM 31.2, "VMfail").
+    fn fail(&mut self, error: u32) -> Outcome {
+        match self.current {
+            Some(_) => {
+                self.vmcs12.set(Field::VM_INSTRUCTION_ERROR, error as u64);
+                Outcome::FailValid(error)
+            }
+            None => Outcome::FailInvalid,
+        }
+    }
+
+    /// Checks every VMX instruction but VMXON makes first.
+    fn common_checks(&self, s: &L1State) -> Result<(), Outcome> {
+        let ud = Outcome::Fault(Fault { vector: UD, error_code: 0 });
+        let compat = s.paging.efer & (1 << 10) != 0 && !s.ctx.long_mode;
+        if self.vmxon.is_none() || s.cr0 & 1 == 0 || s.rflags & (1 << 17) != 0 || compat {
+            return Err(ud);
+        }
+        if s.cpl > 0 {
+            return Err(Outcome::Fault(Fault { vector: GP, error_code: 0 }));
+        }
+        Ok(())
+    }
+
+    fn read_mem<M: GuestMemory>(&self, s: &L1State, mem: &M, buf: &mut [u8]) -> Result<(), Outcome> {
+        let la = s.ctx.linear_address(s.info, s.qualification, buf.len() as u64, false).map_err(Outcome::Fault)?;
+        walk::read_virt(mem, &s.paging, la, buf, s.access()).map_err(walk_fault)
+    }
+
+    fn write_mem<M: GuestMemory>(&self, s: &L1State, mem: &mut M, data: &[u8]) -> Result<(), Outcome> {
+        let la = s.ctx.linear_address(s.info, s.qualification, data.len() as u64, true).map_err(Outcome::Fault)?;
+        walk::write_virt(mem, &s.paging, la, data, s.access()).map_err(walk_fault)
+    }
+
+    /// The 64-bit physical-address operand of VMXON/VMPTRLD/VMCLEAR.
+    fn pointer_operand<M: GuestMemory>(&self, s: &L1State, mem: &M) -> Result<u64, Outcome> {
+        let mut b = [0u8; 8];
+        self.read_mem(s, mem, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// A VMCS or VMXON pointer is usable: 4 KiB aligned, within MAXPHYADDR,
+    /// and (L0's rule) a page of L1's RAM.
+    fn pointer_ok<M: GuestMemory>(&self, mem: &M, p: u64) -> bool {
+        p & 0xfff == 0 && p >> self.maxphyaddr == 0 && mem.is_ram(p, 4096)
+    }
+
+    fn read_revision<M: GuestMemory>(mem: &M, p: u64) -> u32 {
+        let mut b = [0u8; 4];
+        mem.read(p, &mut b).map(|_| u32::from_le_bytes(b)).unwrap_or(u32::MAX)
+    }
+
+    /// Writes the cached VMCS12 back into L1's region.
+    pub fn flush_current<M: GuestMemory>(&mut self, mem: &mut M) {
+        if let Some(p) = self.current {
+            // The pointer was checked to be L1 RAM when it was loaded.
+            let _ = mem.write(p, &self.vmcs12.to_region());
+        }
+    }
+
+    pub fn vmxon<M: GuestMemory>(&mut self, s: &L1State, mem: &mut M) -> Outcome {
+        let ud = Outcome::Fault(Fault { vector: UD, error_code: 0 });
+        let gp = Outcome::Fault(Fault { vector: GP, error_code: 0 });
+        let compat = s.paging.efer & (1 << 10) != 0 && !s.ctx.long_mode;
+        if s.cr4 & (1 << 13) == 0 || s.cr0 & 1 == 0 || s.rflags & (1 << 17) != 0 || compat {
+            return ud;
+        }
+        if self.vmxon.is_some() {
+            if s.cpl > 0 {
+                return gp;
+            }
+            return self.fail(err::VMXON_IN_VMX_ROOT);
+        }
+        let c = &self.caps;
+        let cr0_ok = s.cr0 & c.cr0_fixed0 == c.cr0_fixed0 && s.cr0 & !c.cr0_fixed1 == 0;
+        let cr4_ok = s.cr4 & c.cr4_fixed0 == c.cr4_fixed0 && s.cr4 & !c.cr4_fixed1 == 0;
+        if s.cpl > 0 || !cr0_ok || !cr4_ok {
+            return gp;
+        }
+        let p = match self.pointer_operand(s, mem) {
+            Ok(p) => p,
+            Err(o) => return o,
+        };
+        if !self.pointer_ok(mem, p) || Self::read_revision(mem, p) != self.caps.basic as u32 & 0x7fff_ffff {
+            return Outcome::FailInvalid;
+        }
+        self.vmxon = Some(p);
+        self.current = None;
+        Outcome::Succeed
+    }
+
+    pub fn vmxoff<M: GuestMemory>(&mut self, s: &L1State, mem: &mut M) -> Outcome {
+        if let Err(o) = self.common_checks(s) {
+            return o;
+        }
+        self.flush_current(mem);
+        self.vmxon = None;
+        self.current = None;
+        Outcome::Succeed
+    }
+
+    pub fn vmptrld<M: GuestMemory>(&mut self, s: &L1State, mem: &mut M) -> Outcome {
+        if let Err(o) = self.common_checks(s) {
+            return o;
+        }
+        let p = match self.pointer_operand(s, mem) {
+            Ok(p) => p,
+            Err(o) => return o,
+        };
+        if !self.pointer_ok(mem, p) {
+            return self.fail(err::VMPTRLD_INVALID_ADDRESS);
+        }
+        if Some(p) == self.vmxon {
+            return self.fail(err::VMPTRLD_VMXON_POINTER);
+        }
+        // Bit 31 (shadow VMCS) must be 0: VMCS shadowing is not offered.
+        if Self::read_revision(mem, p) != self.caps.basic as u32 & 0x7fff_ffff {
+            return self.fail(err::VMPTRLD_WRONG_REVISION);
+        }
+        if self.current != Some(p) {
+            self.flush_current(mem);
+            let mut region = [0u8; REGION_BYTES];
+            if mem.read(p, &mut region).is_err() {
+                return self.fail(err::VMPTRLD_INVALID_ADDRESS);
+            }
+            *self.vmcs12 = Vmcs12::from_region(&region);
+            self.current = Some(p);
+        }
+        Outcome::Succeed
+    }
+
+    pub fn vmptrst<M: GuestMemory>(&mut self, s: &L1State, mem: &mut M) -> Outcome {
+        if let Err(o) = self.common_checks(s) {
+            return o;
+        }
+        let p = self.current.unwrap_or(u64::MAX);
+        match self.write_mem(s, mem, &p.to_le_bytes()) {
+            Ok(()) => Outcome::Succeed,
+            Err(o) => o,
+        }
+    }
+
+    pub fn vmclear<M: GuestMemory>(&mut self, s: &L1State, mem: &mut M) -> Outcome {
+        if let Err(o) = self.common_checks(s) {
+            return o;
+        }
+        let p = match self.pointer_operand(s, mem) {
+            Ok(p) => p,
+            Err(o) => return o,
+        };
+        if !self.pointer_ok(mem, p) {
+            return self.fail(err::VMCLEAR_INVALID_ADDRESS);
+        }
+        if Some(p) == self.vmxon {
+            return self.fail(err::VMCLEAR_VMXON_POINTER);
+        }
+        if self.current == Some(p) {
+            self.vmcs12.launched = false;
+            self.flush_current(mem);
+            self.current = None;
+        } else {
+            let mut region = [0u8; REGION_BYTES];
+            if mem.read(p, &mut region).is_ok() {
+                let mut v = Vmcs12::from_region(&region);
+                v.launched = false;
+                let _ = mem.write(p, &v.to_region());
+            }
+        }
+        Outcome::Succeed
+    }
+
+    /// VMREAD: `gpr` are L1's registers (the destination may be one).
+    pub fn vmread<M: GuestMemory>(&mut self, s: &L1State, mem: &mut M, gpr: &mut [u64; 16]) -> Outcome {
+        if let Err(o) = self.common_checks(s) {
+            return o;
+        }
+        if self.current.is_none() {
+            return Outcome::FailInvalid;
+        }
+        let field = gpr[s.info.reg2() as usize] as u32;
+        let value = match self.vmcs12.vmread(field, s.ctx.long_mode) {
+            Ok(v) => v,
+            Err(e) => return self.fail(e),
+        };
+        if s.info.is_register() {
+            gpr[s.info.reg1() as usize] = value;
+            Outcome::Succeed
+        } else {
+            let n = s.operand_bytes();
+            match self.write_mem(s, mem, &value.to_le_bytes()[..n]) {
+                Ok(()) => Outcome::Succeed,
+                Err(o) => o,
+            }
+        }
+    }
+
+    pub fn vmwrite<M: GuestMemory>(&mut self, s: &L1State, mem: &M, gpr: &[u64; 16]) -> Outcome {
+        if let Err(o) = self.common_checks(s) {
+            return o;
+        }
+        if self.current.is_none() {
+            return Outcome::FailInvalid;
+        }
+        let value = if s.info.is_register() {
+            gpr[s.info.reg1() as usize]
+        } else {
+            let mut b = [0u8; 8];
+            let n = s.operand_bytes();
+            if let Err(o) = self.read_mem(s, mem, &mut b[..n]) {
+                return o;
+            }
+            u64::from_le_bytes(b)
+        };
+        let field = gpr[s.info.reg2() as usize] as u32;
+        let any = self.caps.misc & (1 << 29) != 0;
+        match self.vmcs12.vmwrite(field, value, s.ctx.long_mode, any) {
+            Ok(()) => Outcome::Succeed,
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// INVEPT (SDM 31.3): returns the outcome and what to invalidate.
+    pub fn invept<M: GuestMemory>(&mut self, s: &L1State, mem: &M, gpr: &[u64; 16]) -> (Outcome, Invalidate) {
+        let c = &self.caps;
+        if !c.allows(Control::Primary, primary::ACTIVATE_SECONDARY)
+            || !c.allows(Control::Secondary, secondary::ENABLE_EPT)
+            || c.ept_vpid & (1 << 20) == 0
+        {
+            return (Outcome::Fault(Fault { vector: UD, error_code: 0 }), Invalidate::None);
+        }
+        if let Err(o) = self.common_checks(s) {
+            return (o, Invalidate::None);
+        }
+        let kind = if s.ctx.long_mode { gpr[s.info.reg2() as usize] } else { gpr[s.info.reg2() as usize] & 0xffff_ffff };
+        let mut d = [0u8; 16];
+        if let Err(o) = self.read_mem(s, mem, &mut d) {
+            return (o, Invalidate::None);
+        }
+        let eptp = u64::from_le_bytes(d[..8].try_into().unwrap());
+        match kind {
+            1 if self.caps.ept_vpid & (1 << 25) != 0 => {
+                if !super::ept12::eptp_valid(eptp, &self.caps, self.maxphyaddr) {
+                    return (self.fail(err::INVALID_INVEPT_INVVPID_OPERAND), Invalidate::None);
+                }
+                (Outcome::Succeed, Invalidate::Ept(Some(eptp)))
+            }
+            2 if self.caps.ept_vpid & (1 << 26) != 0 => (Outcome::Succeed, Invalidate::Ept(None)),
+            _ => (self.fail(err::INVALID_INVEPT_INVVPID_OPERAND), Invalidate::None),
+        }
+    }
+
+    /// INVVPID (SDM 31.3).
+    pub fn invvpid<M: GuestMemory>(&mut self, s: &L1State, mem: &M, gpr: &[u64; 16]) -> (Outcome, Invalidate) {
+        let c = &self.caps;
+        if !c.allows(Control::Primary, primary::ACTIVATE_SECONDARY)
+            || !c.allows(Control::Secondary, secondary::ENABLE_VPID)
+            || c.ept_vpid & (1 << 32) == 0
+        {
+            return (Outcome::Fault(Fault { vector: UD, error_code: 0 }), Invalidate::None);
+        }
+        if let Err(o) = self.common_checks(s) {
+            return (o, Invalidate::None);
+        }
+        let kind = if s.ctx.long_mode { gpr[s.info.reg2() as usize] } else { gpr[s.info.reg2() as usize] & 0xffff_ffff };
+        let mut d = [0u8; 16];
+        if let Err(o) = self.read_mem(s, mem, &mut d) {
+            return (o, Invalidate::None);
+        }
+        let low = u64::from_le_bytes(d[..8].try_into().unwrap());
+        let addr = u64::from_le_bytes(d[8..].try_into().unwrap());
+        let vpid = low as u16;
+        let supported = kind < 4 && self.caps.ept_vpid & (1 << (40 + kind)) != 0;
+        let bad = low >> 16 != 0
+            || !supported
+            || (kind != 2 && vpid == 0)
+            || (kind == 0 && !s.ctx.is_canonical(addr));
+        if bad {
+            return (self.fail(err::INVALID_INVEPT_INVVPID_OPERAND), Invalidate::None);
+        }
+        (Outcome::Succeed, Invalidate::Vpid(if kind == 2 { None } else { Some(vpid) }))
+    }
+}
+
+/// Exit reasons of the instructions handled here.
+pub fn is_vmx_instruction(r: u16) -> bool {
+    matches!(
+        r,
+        reason::VMCLEAR
+            | reason::VMLAUNCH
+            | reason::VMPTRLD
+            | reason::VMPTRST
+            | reason::VMREAD
+            | reason::VMRESUME
+            | reason::VMWRITE
+            | reason::VMXOFF
+            | reason::VMXON
+            | reason::INVEPT
+            | reason::INVVPID
+    )
+}
+
+#[cfg(test)]
+mod tests;
