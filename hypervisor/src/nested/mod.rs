@@ -5,8 +5,11 @@
 //! and reflection, EPT12 walking and the EPT02 cache.
 
 pub mod caps;
+pub mod checks;
 pub mod ept02;
 pub mod ept12;
 pub mod instr;
 pub mod operand;
 pub mod vmcs12;
+#[cfg(test)]
+pub mod testutil;

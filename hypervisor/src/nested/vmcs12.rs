@@ -117,6 +117,18 @@ impl Vmcs12 {
         self.fields[slot(f as u32).expect("every table field has a slot")] = v & f.mask();
     }
 
+    #[cfg(test)]
+    pub fn set_bits_for_test(&mut self, f: Field, bits: u64) {
+        let v = self.get(f);
+        self.set(f, v | bits);
+    }
+
+    #[cfg(test)]
+    pub fn clear_bits_for_test(&mut self, f: Field, bits: u64) {
+        let v = self.get(f);
+        self.set(f, v & !bits);
+    }
+
     /// VMREAD by L1 (SDM 31.3, VMREAD): `long_mode` is whether L1 runs
     /// 64-bit code (operands are 64 bits there, 32 bits otherwise).
     pub fn vmread(&self, enc: u32, long_mode: bool) -> Result<u64, u32> {

@@ -1,0 +1,167 @@
+//! Each check fails for the bad field it names, and the baseline passes.
+
+use super::*;
+use crate::nested::testutil::{caps, valid_vmcs12};
+
+fn run(v: &Vmcs12) -> Result<(), EntryFailure> {
+    let c = caps();
+    let ram = |a: u64, len: u64| a + len <= 0x1000_0000;
+    let rev = |a: u64| (a == 0x40_0000).then_some(crate::nested::caps::VMCS12_REVISION);
+    let ctx = CheckCtx { caps: &c, maxphyaddr: 39, l1_long_mode: true, is_l1_ram: &ram, read_revision: &rev };
+    check_controls(v, &ctx)?;
+    check_host_state(v, &ctx)?;
+    check_guest_state(v, &ctx)
+}
+
+fn with(f: F, value: u64) -> Vmcs12 {
+    let mut v = valid_vmcs12();
+    v.set(f, value);
+    v
+}
+
+fn error_of(r: Result<(), EntryFailure>) -> Option<(u32, u64)> {
+    match r {
+        Ok(()) => None,
+        Err(EntryFailure::Fail { error, .. }) => Some((error, 0)),
+        Err(EntryFailure::GuestState { qualification, .. }) => Some((33, qualification)),
+    }
+}
+
+#[test]
+fn baseline_passes() {
+    assert_eq!(run(&valid_vmcs12()), Ok(()));
+}
+
+#[test]
+fn control_failures() {
+    let base = valid_vmcs12();
+    let cases = [
+        ("reserved pin bit", F::PIN_BASED_VM_EXEC_CONTROL, base.get(F::PIN_BASED_VM_EXEC_CONTROL) | 1 << 7),
+        ("default1 pin bit cleared", F::PIN_BASED_VM_EXEC_CONTROL, 0),
+        ("I/O bitmap misaligned", F::IO_BITMAP_A, 0x30_0800),
+        ("I/O bitmap not L1 RAM", F::IO_BITMAP_B, 0x2000_0000),
+        ("MSR bitmap beyond MAXPHYADDR", F::MSR_BITMAP, 1 << 40),
+        ("VPID 0", F::VIRTUAL_PROCESSOR_ID, 0),
+        ("bad EPTP", F::EPT_POINTER, 0x31_0000 | 6 | 2 << 3),
+        ("CR3 target count", F::CR3_TARGET_COUNT, 5),
+        ("MSR load count huge", F::VM_ENTRY_MSR_LOAD_COUNT, 513),
+        ("entry event: reserved type", F::VM_ENTRY_INTR_INFO_FIELD, 0x8000_0100),
+        ("entry event: NMI not vector 2", F::VM_ENTRY_INTR_INFO_FIELD, 0x8000_0203),
+        ("entry event: #GP without error code in protected mode", F::VM_ENTRY_INTR_INFO_FIELD, 0x8000_030d),
+        ("entry event: #UD with an error code", F::VM_ENTRY_INTR_INFO_FIELD, 0x8000_0b06),
+    ];
+    for (what, f, value) in cases {
+        assert_eq!(error_of(run(&with(f, value))), Some((7, 0)), "{what}");
+    }
+    // A software interrupt longer than an instruction can be (Bochs allows
+    // length 0: IA32_VMX_MISC[30]).
+    let mut v = with(F::VM_ENTRY_INTR_INFO_FIELD, 0x8000_0480);
+    v.set(F::VM_ENTRY_INSTRUCTION_LEN, 16);
+    assert_eq!(error_of(run(&v)), Some((7, 0)));
+    // Unrestricted guest needs EPT.
+    let mut v = valid_vmcs12();
+    v.set(F::SECONDARY_VM_EXEC_CONTROL, secondary::UNRESTRICTED_GUEST as u64);
+    assert_eq!(error_of(run(&v)), Some((7, 0)));
+    // Save preemption timer without the timer.
+    let mut v = valid_vmcs12();
+    v.set_bits_for_test(F::VM_EXIT_CONTROLS, exit::SAVE_PREEMPTION_TIMER as u64);
+    assert_eq!(error_of(run(&v)), Some((7, 0)));
+    // Virtual NMIs need NMI exiting.
+    let mut v = valid_vmcs12();
+    v.set_bits_for_test(F::PIN_BASED_VM_EXEC_CONTROL, pin::VIRTUAL_NMIS as u64);
+    assert_eq!(error_of(run(&v)), Some((7, 0)));
+    // Valid injections pass.
+    for info in [0x8000_0b0du64, 0x8000_0306, 0x8000_0030, 0x8000_0202] {
+        let mut v = with(F::VM_ENTRY_INTR_INFO_FIELD, info);
+        v.set(F::GUEST_RFLAGS, 0x202);
+        assert_eq!(run(&v), Ok(()), "{info:#x}");
+    }
+}
+
+#[test]
+fn host_state_failures() {
+    let cases = [
+        ("CR0 without PG", F::HOST_CR0, 0x0005_0033),
+        ("CR4 without VMXE", F::HOST_CR4, 0x20),
+        ("CS selector 0", F::HOST_CS_SELECTOR, 0),
+        ("TR selector 0", F::HOST_TR_SELECTOR, 0),
+        ("selector with RPL", F::HOST_DS_SELECTOR, 0x13),
+        ("non-canonical RIP", F::HOST_RIP, 0x0000_8000_0000_0000),
+        ("non-canonical GS base", F::HOST_GS_BASE, 0x0001_0000_0000_0000),
+        ("EFER LMA clear with a 64-bit host", F::HOST_IA32_EFER, 0x100),
+        ("bad PAT type", F::HOST_IA32_PAT, 0x0007_0406_0007_0402),
+        ("CR3 beyond MAXPHYADDR", F::HOST_CR3, 1 << 40),
+    ];
+    for (what, f, value) in cases {
+        assert_eq!(error_of(run(&with(f, value))), Some((8, 0)), "{what}");
+    }
+    // A 32-bit host while L1 runs 64-bit code.
+    let mut v = valid_vmcs12();
+    v.clear_bits_for_test(F::VM_EXIT_CONTROLS, exit::HOST_ADDRESS_SPACE_SIZE as u64);
+    v.set(F::HOST_IA32_EFER, 0);
+    assert_eq!(error_of(run(&v)), Some((8, 0)));
+}
+
+#[test]
+fn guest_state_failures() {
+    let cases = [
+        ("PG without PE", F::GUEST_CR0, 0x8000_0030),
+        ("CR0.NE clear", F::GUEST_CR0, 0x11),
+        ("CR4.VMXE clear", F::GUEST_CR4, 0),
+        ("RFLAGS bit 1 clear", F::GUEST_RFLAGS, 0),
+        ("RFLAGS reserved bit 3", F::GUEST_RFLAGS, 0xa),
+        ("RIP above 4 GiB in 32-bit mode", F::GUEST_RIP, 1 << 32),
+        ("activity state shutdown", F::GUEST_ACTIVITY_STATE, 2),
+        ("STI and MOV SS blocking", F::GUEST_INTERRUPTIBILITY_INFO, 3),
+        ("STI blocking with IF clear", F::GUEST_INTERRUPTIBILITY_INFO, 1),
+        ("CS type data read-only", F::GUEST_CS_AR_BYTES, 0xc091),
+        ("CS not present", F::GUEST_CS_AR_BYTES, 0xc01b),
+        ("TR unusable", F::GUEST_TR_AR_BYTES, 0x1_008b),
+        ("TR not busy", F::GUEST_TR_AR_BYTES, 0x89),
+        ("limit needs G", F::GUEST_DS_LIMIT, 0x0010_0000),
+        ("GDTR limit above 16 bits", F::GUEST_GDTR_LIMIT, 0x1_0000),
+        ("pending debug reserved", F::GUEST_PENDING_DBG_EXCEPTIONS, 1 << 20),
+        ("LMA without IA-32e entry", F::GUEST_IA32_EFER, 0x500),
+    ];
+    for (what, f, value) in cases {
+        assert_eq!(error_of(run(&with(f, value))), Some((33, 0)), "{what}");
+    }
+    assert_eq!(error_of(run(&with(F::VMCS_LINK_POINTER, 0x12_3000))), Some((33, 4)), "link pointer, wrong revision");
+    assert_eq!(error_of(run(&with(F::VMCS_LINK_POINTER, 0x40_0008))), Some((33, 4)), "link pointer misaligned");
+    assert_eq!(run(&with(F::VMCS_LINK_POINTER, 0x40_0000)), Ok(()), "a valid VMCS as link pointer");
+    // HLT activity state is supported (with SS.DPL 0).
+    assert_eq!(run(&with(F::GUEST_ACTIVITY_STATE, 1)), Ok(()));
+    // Real mode with unrestricted guest.
+    let mut v = with(F::GUEST_CR0, 0x30);
+    v.set(F::GUEST_CS_AR_BYTES, 0x9b);
+    v.set(F::GUEST_CS_LIMIT, 0xffff);
+    for f in [F::GUEST_SS_AR_BYTES, F::GUEST_DS_AR_BYTES, F::GUEST_ES_AR_BYTES] {
+        v.set(f, 0x93);
+    }
+    for f in [F::GUEST_SS_LIMIT, F::GUEST_DS_LIMIT, F::GUEST_ES_LIMIT] {
+        v.set(f, 0xffff);
+    }
+    assert_eq!(run(&v), Ok(()), "real mode");
+    // PAE paging with EPT: PDPTE reserved bits fail with qualification 2.
+    let mut v = with(F::GUEST_CR0, 0x8000_0031);
+    v.set(F::GUEST_CR4, 0x2020);
+    v.set(F::GUEST_PDPTE1, 0x5000 | 1 | 1 << 5);
+    assert_eq!(error_of(run(&v)), Some((33, 2)));
+}
+
+#[test]
+fn long_mode_guest() {
+    let mut v = valid_vmcs12();
+    v.set_bits_for_test(F::VM_ENTRY_CONTROLS, entry::IA32E_MODE_GUEST as u64);
+    v.set(F::GUEST_CR0, 0x8000_0031);
+    v.set(F::GUEST_CR4, 0x2020);
+    v.set(F::GUEST_IA32_EFER, 0x500);
+    v.set(F::GUEST_CS_AR_BYTES, 0xa09b);
+    v.set(F::GUEST_RIP, 0xffff_ffff_8000_0000);
+    assert_eq!(run(&v), Ok(()));
+    v.set(F::GUEST_RIP, 0x0000_8000_0000_0000);
+    assert_eq!(error_of(run(&v)), Some((33, 0)), "non-canonical RIP");
+    v.set(F::GUEST_RIP, 0x1000);
+    v.set(F::GUEST_CR4, 0x2000);
+    assert_eq!(error_of(run(&v)), Some((33, 0)), "IA-32e without PAE");
+}
