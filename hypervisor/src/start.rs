@@ -21,6 +21,7 @@ use crate::logger;
 use crate::mm::frames::{FrameAllocator, FRAME};
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
 use crate::mm::paging::{self, Ia32e, PageAttr, PageSize, TableMemory};
+use crate::nested::{self, Level, Nested, VmcsSet, Vmcs02Pages};
 use crate::vcpu::{self, cpuid::CpuidContext, msr, report, setup, ExitStats, Outcome, Platform, ShutdownWatch, Vcpu};
 use crate::vmx::caps::{self, VmxCaps};
 use crate::vmx::exit::{event_type, InterruptionInfo};
@@ -88,6 +89,13 @@ extern "C" fn handle_exception(f: &mut ExceptionFrame) {
     if f.vector == 2 {
         NMI_PENDING.store(true, Ordering::Relaxed);
         return;
+    }
+    if f.vector == 13 {
+        if let Some(resume) = cpu::msr_fixup(f.rip) {
+            f.r8 = 1;
+            f.rip = resume;
+            return;
+        }
     }
     let guard = sym(unsafe { &__l0_stack_guard });
     let cr2 = cpu::read_cr2();
@@ -207,6 +215,55 @@ impl Platform for Hardware {
     }
     fn l0_intact(&self) -> bool {
         image_checksum() == self.checksum
+    }
+    fn page(&mut self, phys: u64) -> &mut [u64; 512] {
+        // SAFETY: callers pass L0's bitmap pages (pool frames, identity-mapped).
+        unsafe { &mut *(phys as *mut [u64; 512]) }
+    }
+    fn read_msr(&mut self, msr: u32) -> Option<u64> {
+        cpu::rdmsr_safe(msr)
+    }
+    fn write_msr(&mut self, msr: u32, value: u64) -> bool {
+        // SAFETY: the MSRs L0 runs on (EFER, PAT, FS/GS base, ...) are
+        // switched by the VMCS and never reach here (msr_lists::home).
+        unsafe { cpu::wrmsr_safe(msr, value) }
+    }
+    fn invept_all(&mut self) {
+        // SAFETY: VMX root; all-context INVEPT is supported (checked at boot).
+        if let Err(e) = unsafe { vmxi::invept(2, 0) } {
+            warn!("INVEPT failed: {e}");
+        }
+    }
+    fn set_cr2(&mut self, value: u64) {
+        // SAFETY: CR2 is the guest's; L0 takes no page faults.
+        unsafe { cpu::write_cr2(value) }
+    }
+}
+
+/// VMCS01 and VMCS02; VMPTRLD switches between them.
+struct HwVmcsSet {
+    phys: [u64; 2],
+    cur: Level,
+    v: CurrentVmcs,
+}
+
+impl VmcsSet for HwVmcsSet {
+    type V = CurrentVmcs;
+    fn current(&mut self) -> &mut CurrentVmcs {
+        &mut self.v
+    }
+    fn select(&mut self, which: Level) {
+        if which != self.cur {
+            let p = self.phys[which as usize];
+            // SAFETY: both are L0's VMCS regions, set up at boot.
+            if let Err(e) = unsafe { vmxi::vmptrld(p) } {
+                fatal(format_args!("VMPTRLD {p:#x}: {e}"));
+            }
+            self.cur = which;
+        }
+    }
+    fn selected(&self) -> Level {
+        self.cur
     }
 }
 
@@ -560,25 +617,38 @@ fn build_l1(
     io.intercept(vcpu::SHUTDOWN_PORT);
     let io_pages = alloc_frames(2, "I/O bitmaps");
     let msr_page = alloc_frames(1, "MSR bitmap");
+    // VMCS02's bitmaps: L0's ports for L2 (the same as for L1), all ones,
+    // and pages for the merge with L1's.
+    let nested_pages = Vmcs02Pages {
+        io_l0: alloc_frames(2, "I/O bitmaps"),
+        io_all: alloc_frames(2, "I/O bitmaps"),
+        io_merged: alloc_frames(2, "I/O bitmaps"),
+        msr_merged: alloc_frames(1, "MSR bitmap"),
+    };
     // SAFETY: fresh pool frames of the right sizes.
     unsafe {
         core::ptr::copy_nonoverlapping(io.0.as_ptr(), io_pages as *mut u8, 8192);
+        core::ptr::copy_nonoverlapping(io.0.as_ptr(), nested_pages.io_l0 as *mut u8, 8192);
+        core::ptr::write_bytes(nested_pages.io_all as *mut u8, 0xff, 8192);
         core::ptr::copy_nonoverlapping(msr::l1_msr_bitmap().0.as_ptr(), msr_page as *mut u8, 4096);
     }
 
-    // VMCS01.
+    // VMCS01, and VMCS02 for L2 (one, rebuilt at every nested entry).
     let vpid = vpid_usable(vcaps);
+    let offer_vmx = nested_vmx_possible(vcaps);
     let controls = setup::l1_controls(vcaps, vpid).unwrap_or_else(|e| fatal(format_args!("{e}")));
-    let policy = setup::l1_cr_policy(vcaps, false);
+    let policy = setup::l1_cr_policy(vcaps, offer_vmx);
     let vmcs = alloc_frames(1, "VMCS01");
-    // SAFETY: fresh frame; revision id first; VMCLEAR then VMPTRLD make it current.
+    let vmcs02 = alloc_frames(1, "VMCS02");
+    // SAFETY: fresh frames; revision id first; VMCLEAR puts them in the
+    // clear state; VMCS01 ends up current.
     unsafe {
-        (vmcs as *mut u32).write(vcaps.revision());
-        vmxi::vmclear(vmcs).unwrap_or_else(|e| fatal(format_args!("VMCLEAR: {e}")));
-        vmxi::vmptrld(vmcs).unwrap_or_else(|e| fatal(format_args!("VMPTRLD: {e}")));
+        for f in [vmcs, vmcs02] {
+            (f as *mut u32).write(vcaps.revision());
+            vmxi::vmclear(f).unwrap_or_else(|e| fatal(format_args!("VMCLEAR: {e}")));
+        }
+        vmxi::vmptrld(vmcs02).unwrap_or_else(|e| fatal(format_args!("VMPTRLD: {e}")));
     }
-    // SAFETY: VMCS01 is current.
-    let mut v = unsafe { CurrentVmcs::new() };
     let host = setup::HostState {
         cr0: cpu::read_cr0(),
         cr3: cpu::read_cr3(),
@@ -594,12 +664,18 @@ fn build_l1(
         pat: unsafe { cpu::rdmsr(PAT) },
         rip: run::exit_entry_point(),
     };
+    // SAFETY: VMCS02 is current; its host state never changes.
+    setup::write_host_state(&mut unsafe { CurrentVmcs::new() }, &host);
+    // SAFETY: VMCS01 is L0's, cleared above.
+    unsafe { vmxi::vmptrld(vmcs).unwrap_or_else(|e| fatal(format_args!("VMPTRLD: {e}"))) };
+    // SAFETY: VMCS01 is current.
+    let mut v = unsafe { CurrentVmcs::new() };
     setup::write_host_state(&mut v, &host);
     let pages = setup::ControlPages {
         io_bitmap_a: io_pages,
         io_bitmap_b: io_pages + FRAME,
         msr_bitmap: msr_page,
-        eptp: ept::eptp(ept01.root, false),
+        eptp: pages_eptp(&ept01),
         vpid: L1_VPID,
     };
     setup::write_controls(&mut v, &controls, &pages, &policy);
@@ -615,10 +691,14 @@ fn build_l1(
         msr::MtrrShadow::capture(0, cpu.maxphyaddr, |_| 0)
     };
     let boot::loader::Entry::Multiboot { eip, .. } = plan.entry;
+    let eptp01 = pages_eptp(&ept01);
+    let l0_frames = ept01.l0.clone();
+    let ncaps = nested::caps::NestedCaps::new(vcaps);
     info!(
-        "starting the cloud VM: multiboot kernel at {eip:#x}, {} module(s), {} MiB of RAM",
+        "starting the cloud VM: multiboot kernel at {eip:#x}, {} module(s), {} MiB of RAM, nested VMX {}",
         l1_modules.len(),
-        hw.mem.ranges().total() >> 20
+        hw.mem.ranges().total() >> 20,
+        if offer_vmx { "offered" } else { "not possible on this CPU" }
     );
     use caps::secondary as s;
     Vcpu {
@@ -627,7 +707,7 @@ fn build_l1(
         policy,
         cpuid: CpuidContext {
             guest_cr4: 0,
-            vmx: false,
+            vmx: offer_vmx,
             rdtscp: controls.has_secondary(s::ENABLE_RDTSCP),
             invpcid: controls.has_secondary(s::ENABLE_INVPCID),
             xsaves: controls.has_secondary(s::ENABLE_XSAVES),
@@ -640,8 +720,24 @@ fn build_l1(
         mgmt_port,
         shutdown: ShutdownWatch::default(),
         stats: ExitStats { by_reason: [0; 80] },
+        l2_stats: ExitStats { by_reason: [0; 80] },
         last_l0_touch: "",
+        host_caps: *vcaps,
+        eptp01,
+        msr_bitmap01: msr_page,
+        nested: Nested::new(ncaps, cpu.maxphyaddr, nested_pages, l0_frames),
+        vmcs_phys: [vmcs, vmcs02],
     }
+}
+
+fn pages_eptp(e: &vcpu::ept01::Ept01) -> u64 {
+    ept::eptp(e.root, false)
+}
+
+/// Nested VMX needs true controls (to clear CR3 exiting for L2) and
+/// all-context INVEPT (to drop EPT02s).
+fn nested_vmx_possible(c: &VmxCaps) -> bool {
+    c.basic & (1 << 55) != 0 && c.ept_vpid & (1 << 20) != 0 && c.ept_vpid & (1 << 26) != 0
 }
 
 /// Delivers an NMI that arrived while L0 ran, when L1 can take it.
@@ -657,21 +753,40 @@ fn deliver_pending_nmi(v: &mut impl Vmcs) {
 }
 
 fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
-    // SAFETY: VMCS01 stays current from here on.
-    let mut v = unsafe { CurrentVmcs::new() };
+    // SAFETY: VMCS01 is current; from here on only HwVmcsSet switches.
+    let mut vs = HwVmcsSet { phys: vcpu.vmcs_phys, cur: Level::L1, v: unsafe { CurrentVmcs::new() } };
     loop {
-        deliver_pending_nmi(&mut v);
-        // SAFETY: VMCS01 is complete: host state brings us back to l0_vmx_exit.
-        if let Err(e) = unsafe { run::run(&mut vcpu.regs, vcpu.launched) } {
-            let mut s = String::new();
-            let _ = report::guest_state(&mut s, &v, &vcpu.regs);
-            fatal(format_args!("VM entry to the cloud VM failed: {e}\n{s}"));
+        let in_l2 = vcpu.nested.in_l2;
+        if !in_l2 {
+            deliver_pending_nmi(vs.current());
         }
-        vcpu.launched = true;
-        if let Outcome::Stop(stop) = vcpu.handle_exit(&mut v, hw) {
+        let launched = if in_l2 { vcpu.nested.vmcs02_launched } else { vcpu.launched };
+        // SAFETY: the current VMCS is complete: host state brings us back to l0_vmx_exit.
+        let outcome = match unsafe { run::run(&mut vcpu.regs, launched) } {
+            Ok(()) => {
+                if in_l2 {
+                    vcpu.nested.vmcs02_launched = true;
+                } else {
+                    vcpu.launched = true;
+                }
+                vcpu.handle_exit(&mut vs, hw)
+            }
+            Err(e) if in_l2 => vcpu.vmcs02_entry_failed(&mut vs, hw, e),
+            Err(e) => {
+                let mut s = String::new();
+                let _ = report::guest_state(&mut s, vs.current(), &vcpu.regs);
+                fatal(format_args!("VM entry to the cloud VM failed: {e}\n{s}"));
+            }
+        };
+        if let Outcome::Stop(stop) = outcome {
             let mut s = String::new();
-            let _ = report::guest_state(&mut s, &v, &vcpu.regs);
-            fatal(format_args!("{stop}\n{s}  {}", vcpu.stats));
+            let _ = report::guest_state(&mut s, vs.current(), &vcpu.regs);
+            fatal(format_args!(
+                "{stop} ({})\n{s}  L1: {}\n  L2: {}",
+                if vcpu.nested.in_l2 { "in L2" } else { "in L1" },
+                vcpu.stats,
+                vcpu.l2_stats
+            ));
         }
     }
 }

@@ -194,3 +194,82 @@ pub unsafe fn load_idt(base: u64, limit: u16) {
     // SAFETY: guaranteed by the caller.
     unsafe { asm!("lidt [{}]", in(reg) &p, options(readonly, nostack, preserves_flags)) };
 }
+
+// RDMSR/WRMSR that may #GP: L0's exception handler sees the fault at the
+// `_insn` label, sets R8 = 1 and resumes at `_resume` (see
+// [`msr_fixup`]). Used for MSRs a guest names (VM-entry/exit MSR lists).
+core::arch::global_asm!(
+    r#"
+    .section .text
+    .global l0_rdmsr_safe
+l0_rdmsr_safe:
+    mov ecx, edi
+    xor r8d, r8d
+    .global l0_rdmsr_insn
+l0_rdmsr_insn:
+    rdmsr
+    .global l0_rdmsr_resume
+l0_rdmsr_resume:
+    shl rdx, 32
+    or rax, rdx
+    mov [rsi], rax
+    mov eax, r8d
+    ret
+
+    .global l0_wrmsr_safe
+l0_wrmsr_safe:
+    mov ecx, edi
+    mov eax, esi
+    mov rdx, rsi
+    shr rdx, 32
+    xor r8d, r8d
+    .global l0_wrmsr_insn
+l0_wrmsr_insn:
+    wrmsr
+    .global l0_wrmsr_resume
+l0_wrmsr_resume:
+    mov eax, r8d
+    ret
+"#
+);
+
+extern "C" {
+    fn l0_rdmsr_safe(msr: u32, out: *mut u64) -> u32;
+    fn l0_wrmsr_safe(msr: u32, value: u64) -> u32;
+    static l0_rdmsr_insn: u8;
+    static l0_rdmsr_resume: u8;
+    static l0_wrmsr_insn: u8;
+    static l0_wrmsr_resume: u8;
+}
+
+/// RDMSR that returns None instead of faulting.
+pub fn rdmsr_safe(msr: u32) -> Option<u64> {
+    let mut v = 0;
+    // SAFETY: a #GP at the RDMSR is recovered by msr_fixup; the MSR is read
+    // on a guest's behalf and has no side effects on L0.
+    (unsafe { l0_rdmsr_safe(msr, &mut v) } == 0).then_some(v)
+}
+
+/// WRMSR that returns false instead of faulting.
+///
+/// # Safety
+/// The MSR must not be one L0 depends on (EFER, PAT, FS/GS base, ...).
+pub unsafe fn wrmsr_safe(msr: u32, value: u64) -> bool {
+    // SAFETY: guaranteed by the caller; a #GP is recovered by msr_fixup.
+    unsafe { l0_wrmsr_safe(msr, value) == 0 }
+}
+
+/// For the #GP handler: where to resume if `rip` is a safe MSR access.
+pub fn msr_fixup(rip: u64) -> Option<u64> {
+    let at = |s: &u8| s as *const u8 as u64;
+    // SAFETY: only the addresses of the labels are taken.
+    unsafe {
+        if rip == at(&l0_rdmsr_insn) {
+            Some(at(&l0_rdmsr_resume))
+        } else if rip == at(&l0_wrmsr_insn) {
+            Some(at(&l0_wrmsr_resume))
+        } else {
+            None
+        }
+    }
+}

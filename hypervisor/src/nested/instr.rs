@@ -114,6 +114,10 @@ impl VmxState {
 
     /// VMfailValid needs a current VMCS to hold the error; without one the
     /// failure is VMfailInvalid (SDM 31.2, "VMfail").
+    pub fn fail_with(&mut self, error: u32) -> Outcome {
+        self.fail(error)
+    }
+
     fn fail(&mut self, error: u32) -> Outcome {
         match self.current {
             Some(_) => {
@@ -125,7 +129,7 @@ impl VmxState {
     }
 
     /// Checks every VMX instruction but VMXON makes first.
-    fn common_checks(&self, s: &L1State) -> Result<(), Outcome> {
+    pub fn common_checks(&self, s: &L1State) -> Result<(), Outcome> {
         let ud = Outcome::Fault(Fault { vector: UD, error_code: 0 });
         let compat = s.paging.efer & (1 << 10) != 0 && !s.ctx.long_mode;
         if self.vmxon.is_none() || s.cr0 & 1 == 0 || s.rflags & (1 << 17) != 0 || compat {
@@ -292,7 +296,9 @@ impl VmxState {
         if self.current.is_none() {
             return Outcome::FailInvalid;
         }
-        let field = gpr[s.info.reg2() as usize] as u32;
+        let Some(field) = field_operand(s, gpr) else {
+            return self.fail(super::vmcs12::ERR_UNSUPPORTED_FIELD);
+        };
         let value = match self.vmcs12.vmread(field, s.ctx.long_mode) {
             Ok(v) => v,
             Err(e) => return self.fail(e),
@@ -326,7 +332,9 @@ impl VmxState {
             }
             u64::from_le_bytes(b)
         };
-        let field = gpr[s.info.reg2() as usize] as u32;
+        let Some(field) = field_operand(s, gpr) else {
+            return self.fail(super::vmcs12::ERR_UNSUPPORTED_FIELD);
+        };
         let any = self.caps.misc & (1 << 29) != 0;
         match self.vmcs12.vmwrite(field, value, s.ctx.long_mode, any) {
             Ok(()) => Outcome::Succeed,
@@ -394,6 +402,16 @@ impl VmxState {
         }
         (Outcome::Succeed, Invalidate::Vpid(if kind == 2 { None } else { Some(vpid) }))
     }
+}
+
+/// The field encoding of VMREAD/VMWRITE: the whole register in 64-bit
+/// mode, where bits 63:32 set name no field (SDM 25.11.2).
+fn field_operand(s: &L1State, gpr: &[u64; 16]) -> Option<u32> {
+    let r = gpr[s.info.reg2() as usize];
+    if s.ctx.long_mode && r >> 32 != 0 {
+        return None;
+    }
+    Some(r as u32)
 }
 
 /// Exit reasons of the instructions handled here.

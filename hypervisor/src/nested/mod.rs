@@ -2,14 +2,140 @@
 //! cloud VM runs its own VMs (L2). One file per concern, after KVM's
 //! families: capability MSRs, the software VMCS12, instruction operands,
 //! the VMX instructions, VM-entry checks, VMCS02 preparation, exit routing
-//! and reflection, EPT12 walking and the EPT02 cache.
+//! and reflection, EPT12 walking and the EPT02 cache. This file ties them
+//! to the vCPU: VMLAUNCH/VMRESUME, exits from L2, INVEPT/INVVPID effects.
+
+use boot::memmap::RangeSet;
 
 pub mod caps;
 pub mod checks;
 pub mod ept02;
 pub mod ept12;
 pub mod instr;
+pub mod msr_lists;
 pub mod operand;
+pub mod prepare;
+pub mod reflect;
 pub mod vmcs12;
+
 #[cfg(test)]
 pub mod testutil;
+
+use ept02::Ept02Cache;
+use instr::VmxState;
+
+/// Which VMCS is current.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// VMCS01: L1 runs.
+    L1,
+    /// VMCS02: L2 runs.
+    L2,
+}
+
+/// The two VMCSs of the vCPU; only the current one can be accessed.
+pub trait VmcsSet {
+    type V: crate::vmx::Vmcs;
+    fn current(&mut self) -> &mut Self::V;
+    /// Makes `which` current (VMPTRLD).
+    fn select(&mut self, which: Level);
+    fn selected(&self) -> Level;
+}
+
+/// L1's VPIDs for L2 mapped to L0's, which must not collide with L1's own.
+pub struct VpidMap {
+    map: [(u16, u16); VPID_SLOTS],
+    used: usize,
+    next_victim: usize,
+}
+
+const VPID_SLOTS: usize = 16;
+/// L1 runs with VPID 1; L2s without a VPID of their own use this one.
+pub const VPID_UNTAGGED_L2: u16 = 2;
+const FIRST_VPID02: u16 = 3;
+
+impl Default for VpidMap {
+    fn default() -> Self {
+        VpidMap { map: [(0, 0); VPID_SLOTS], used: 0, next_victim: 0 }
+    }
+}
+
+impl VpidMap {
+    /// VPID02 for `vpid12`, and whether it was taken from another VPID12
+    /// (its translations must then be flushed before use).
+    pub fn get(&mut self, vpid12: u16) -> (u16, bool) {
+        if let Some(&(_, v02)) = self.map[..self.used].iter().find(|(v12, _)| *v12 == vpid12) {
+            return (v02, false);
+        }
+        if self.used < VPID_SLOTS {
+            let v02 = FIRST_VPID02 + self.used as u16;
+            self.map[self.used] = (vpid12, v02);
+            self.used += 1;
+            return (v02, false);
+        }
+        let slot = self.next_victim;
+        self.next_victim = (self.next_victim + 1) % VPID_SLOTS;
+        let v02 = self.map[slot].1;
+        self.map[slot] = (vpid12, v02);
+        (v02, true)
+    }
+
+    pub fn lookup(&self, vpid12: u16) -> Option<u16> {
+        self.map[..self.used].iter().find(|(v12, _)| *v12 == vpid12).map(|&(_, v02)| v02)
+    }
+
+    /// Every VPID02 in use, for an all-context flush.
+    pub fn all(&self) -> impl Iterator<Item = u16> + '_ {
+        self.map[..self.used].iter().map(|&(_, v02)| v02).chain([VPID_UNTAGGED_L2])
+    }
+}
+
+/// Pool pages behind VMCS02's bitmaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vmcs02Pages {
+    /// Two pages: L0's ports or'ed with L1's bitmaps.
+    pub io_merged: u64,
+    /// Two pages of all ones (L1 asked for unconditional I/O exiting).
+    pub io_all: u64,
+    /// Two pages: the ports L0 itself needs from L2.
+    pub io_l0: u64,
+    /// L0's MSR bitmap or'ed with L1's.
+    pub msr_merged: u64,
+}
+
+/// L1's nested-VMX state beyond the VMX instructions.
+pub struct Nested {
+    pub vmx: VmxState,
+    pub ept02: Ept02Cache,
+    pub vpids: VpidMap,
+    pub in_l2: bool,
+    pub vmcs02_launched: bool,
+    pub pages: Vmcs02Pages,
+    /// L0's own frames: an EPT12 leaf pointing there is L1's misconfiguration.
+    pub l0_frames: RangeSet,
+    /// Exits from L2 that L0 handled itself / reflected to L1.
+    pub handled_in_l0: u64,
+    pub reflected: u64,
+    /// L1's CR3 when it entered L2, to see whether its host state changes it.
+    pub l1_cr3_at_entry: u64,
+    /// VMCS12's launch state before the entry in progress.
+    pub entry_was_launched: bool,
+}
+
+impl Nested {
+    pub fn new(caps: caps::NestedCaps, maxphyaddr: u8, pages: Vmcs02Pages, l0_frames: RangeSet) -> Self {
+        Nested {
+            vmx: VmxState::new(caps, maxphyaddr),
+            ept02: Ept02Cache::default(),
+            vpids: VpidMap::default(),
+            in_l2: false,
+            vmcs02_launched: false,
+            pages,
+            l0_frames,
+            handled_in_l0: 0,
+            reflected: 0,
+            l1_cr3_at_entry: 0,
+            entry_was_launched: false,
+        }
+    }
+}

@@ -9,14 +9,18 @@ use crate::arch::run::GuestRegs;
 use crate::guest_mem::GuestMemory;
 use crate::mm::paging::TableMemory;
 use crate::vmx::exit::{event_type, reason, reason_name, CrAccess, EptViolation, ExitReason, InterruptionInfo, IoAccess};
+use crate::nested::{Nested, VmcsSet};
+use crate::vmx::caps::VmxCaps;
 use crate::vmx::{caps, Field as F, Vmcs};
 
 pub mod cpuid;
 pub mod cr;
 pub mod ept01;
+mod l2;
 pub mod msr;
 pub mod report;
 pub mod setup;
+mod vmx_instr;
 
 use cr::{CrPolicy, CrState, GeneralProtection};
 use ept01::{Ept01, Violation};
@@ -37,8 +41,18 @@ pub trait Platform {
     fn port_in(&mut self, port: u16) -> u8;
     fn tables(&mut self) -> &mut Self::Tables;
     fn mem(&mut self) -> &mut Self::Mem;
+    /// A page of L0's pool (bitmaps), by physical address.
+    fn page(&mut self, phys: u64) -> &mut [u64; 512];
     /// Re-checks L0's code and read-only data against the boot-time checksum.
     fn l0_intact(&self) -> bool;
+    /// RDMSR/WRMSR of a real MSR on a guest's behalf; None/false if the CPU
+    /// refuses it (#GP).
+    fn read_msr(&mut self, msr: u32) -> Option<u64>;
+    fn write_msr(&mut self, msr: u32, value: u64) -> bool;
+    /// Drops every EPT-derived translation (INVEPT all-context).
+    fn invept_all(&mut self);
+    /// CR2 for a #PF L0 injects (L0 itself never changes CR2 otherwise).
+    fn set_cr2(&mut self, value: u64);
 }
 
 /// Why L1 cannot go on.
@@ -145,9 +159,19 @@ pub struct Vcpu {
     /// L0's management UART: 8 ports from here.
     pub mgmt_port: Option<u16>,
     pub shutdown: ShutdownWatch,
+    /// Exits of L1, and of L2.
     pub stats: ExitStats,
+    pub l2_stats: ExitStats,
     /// The kind of L1's last access to L0's memory, for the log.
     pub last_l0_touch: &'static str,
+    /// The CPU's VMX capabilities (for fitting VMCS02's controls).
+    pub host_caps: VmxCaps,
+    pub eptp01: u64,
+    /// L0's MSR bitmap for L1 (a pool page), merged into VMCS02's.
+    pub msr_bitmap01: u64,
+    pub nested: Nested,
+    /// VMCS01 and VMCS02 regions.
+    pub vmcs_phys: [u64; 2],
 }
 
 const CR0_TS: u64 = 1 << 3;
@@ -232,15 +256,23 @@ impl Vcpu {
         (self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff) << 32 | (self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff)
     }
 
-    /// Handles the exit that just happened.
-    pub fn handle_exit<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P) -> Outcome {
-        let r = ExitReason(v.read(F::VM_EXIT_REASON) as u32);
-        if let Some(n) = self.stats.by_reason.get_mut(r.basic() as usize) {
+    /// Handles the exit that just happened on the current VMCS.
+    pub fn handle_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Outcome {
+        let r = ExitReason(vs.current().read(F::VM_EXIT_REASON) as u32);
+        let stats = if self.nested.in_l2 { &mut self.l2_stats } else { &mut self.stats };
+        if let Some(n) = stats.by_reason.get_mut(r.basic() as usize) {
             *n += 1;
+        }
+        if self.nested.in_l2 {
+            return self.l2_exit(vs, p);
         }
         if r.entry_failed() {
             return Outcome::Stop(Stop::EntryFailure(r));
         }
+        if crate::nested::instr::is_vmx_instruction(r.basic()) && self.cpuid.vmx {
+            return self.l1_vmx_instruction(vs, p, r.basic());
+        }
+        let v = vs.current();
         match r.basic() {
             reason::CPUID => self.cpuid(v, p),
             reason::IO_INSTRUCTION => return self.io(v, p, r),
@@ -257,10 +289,15 @@ impl Vcpu {
                 skip_instruction(v);
                 v.write(F::GUEST_ACTIVITY_STATE, ACTIVITY_HLT);
             }
-            reason::EPT_VIOLATION => return self.ept_violation(v, p),
+            reason::EPT_VIOLATION => {
+                let o = self.ept_violation(v, p);
+                let (info, err, len) = (v.read(F::IDT_VECTORING_INFO_FIELD), v.read(F::IDT_VECTORING_ERROR_CODE), v.read(F::VM_EXIT_INSTRUCTION_LEN));
+                l2::reinject_interrupted_event(v, info as u32, err as u32, len as u32);
+                return o;
+            }
             reason::TRIPLE_FAULT => return Outcome::Stop(Stop::TripleFault),
-            // VMX is not offered to L1 (yet), nor SMX; VMCALL without an
-            // ultracall is what it is on a bare CPU outside VMX: #UD.
+            // VMX when not offered, SMX, VMFUNC, and VMCALL without an
+            // ultracall: #UD, as on a CPU without them.
             reason::VMCALL
             | reason::VMCLEAR
             | reason::VMLAUNCH
@@ -279,6 +316,17 @@ impl Vcpu {
             _ => return Outcome::Stop(Stop::Unexpected(r)),
         }
         Outcome::Resume
+    }
+
+    /// RDMSR of an MSR L0 emulates.
+    fn read_l0_msr(&self, m: u32) -> Result<u64, msr::MsrFault> {
+        if msr::VMX_MSRS.contains(&m) {
+            return match self.cpuid.vmx {
+                true => self.nested.vmx.caps.msr(m).ok_or(msr::MsrFault),
+                false => Err(msr::MsrFault),
+            };
+        }
+        msr::read(m, self.cpuid.vmx, &self.mtrr)
     }
 
     fn cpuid<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P) {
@@ -360,7 +408,7 @@ impl Vcpu {
 
     fn rdmsr<V: Vmcs>(&mut self, v: &mut V) {
         let m = self.regs.gpr[GuestRegs::RCX] as u32;
-        match msr::read(m, self.cpuid.vmx, &self.mtrr) {
+        match self.read_l0_msr(m) {
             Ok(value) => {
                 self.set_edx_eax(value);
                 skip_instruction(v);

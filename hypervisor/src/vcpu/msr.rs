@@ -88,6 +88,11 @@ impl Default for IoBitmaps {
     }
 }
 
+/// Whether L0 emulates this MSR for its guests (it never reaches the CPU).
+pub fn emulated_by_l0(msr: u32) -> bool {
+    msr == IA32_FEATURE_CONTROL || msr == IA32_BIOS_UPDT_TRIG || VMX_MSRS.contains(&msr) || is_mtrr(msr)
+}
+
 fn is_mtrr(msr: u32) -> bool {
     matches!(msr, 0x200..=0x20f | IA32_MTRR_FIX64K_00000 | IA32_MTRR_FIX16K_80000 | IA32_MTRR_FIX16K_A0000
         | IA32_MTRR_FIX4K_C0000..=IA32_MTRR_FIX4K_F8000 | IA32_MTRR_DEF_TYPE)

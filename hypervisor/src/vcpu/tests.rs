@@ -6,16 +6,61 @@ use crate::mm::paging::tests::FakeTables;
 use crate::mm::paging::{translate, PageSize};
 use crate::vmx::ept::Ept;
 use crate::vmx::fake::FakeVmcs;
+use crate::nested::{Level, Nested, Vmcs02Pages};
 use boot::memmap::{Range, RangeSet};
+use std::collections::BTreeMap;
 
-struct FakePlatform {
-    tables: FakeTables,
-    mem: VecMemory,
-    xcr0: u64,
-    out: Vec<(u16, u8)>,
-    flushed: Vec<u16>,
-    wbinvd: u32,
-    intact: bool,
+pub struct FakePlatform {
+    pub tables: FakeTables,
+    pub mem: VecMemory,
+    pub xcr0: u64,
+    pub out: Vec<(u16, u8)>,
+    pub flushed: Vec<u16>,
+    pub wbinvd: u32,
+    pub intact: bool,
+    pub pages: BTreeMap<u64, Box<[u64; 512]>>,
+    pub msrs: BTreeMap<u32, u64>,
+    pub inept_all: u32,
+    pub cr2: u64,
+}
+
+/// VMCS01 and VMCS02 as two fake VMCSs; derefs to the current one.
+pub struct FakeSet {
+    pub v01: FakeVmcs,
+    pub v02: FakeVmcs,
+    pub cur: Level,
+}
+
+impl VmcsSet for FakeSet {
+    type V = FakeVmcs;
+    fn current(&mut self) -> &mut FakeVmcs {
+        match self.cur {
+            Level::L1 => &mut self.v01,
+            Level::L2 => &mut self.v02,
+        }
+    }
+    fn select(&mut self, which: Level) {
+        self.cur = which;
+    }
+    fn selected(&self) -> Level {
+        self.cur
+    }
+}
+
+impl std::ops::Deref for FakeSet {
+    type Target = FakeVmcs;
+    fn deref(&self) -> &FakeVmcs {
+        match self.cur {
+            Level::L1 => &self.v01,
+            Level::L2 => &self.v02,
+        }
+    }
+}
+
+impl std::ops::DerefMut for FakeSet {
+    fn deref_mut(&mut self) -> &mut FakeVmcs {
+        self.current()
+    }
 }
 
 impl Platform for FakePlatform {
@@ -55,11 +100,34 @@ impl Platform for FakePlatform {
     fn l0_intact(&self) -> bool {
         self.intact
     }
+    fn page(&mut self, phys: u64) -> &mut [u64; 512] {
+        self.pages.entry(phys).or_insert_with(|| Box::new([0; 512]))
+    }
+    fn read_msr(&mut self, msr: u32) -> Option<u64> {
+        self.msrs.get(&msr).copied()
+    }
+    fn write_msr(&mut self, msr: u32, value: u64) -> bool {
+        match self.msrs.get_mut(&msr) {
+            Some(m) => {
+                *m = value;
+                true
+            }
+            None => false,
+        }
+    }
+    fn invept_all(&mut self) {
+        self.inept_all += 1;
+    }
+    fn set_cr2(&mut self, value: u64) {
+        self.cr2 = value;
+    }
 }
 
 const POOL: Range = Range::new(0x1de0_0000, 0x1fe0_0000);
 
-fn setup() -> (Vcpu, FakeVmcs, FakePlatform) {
+pub const PAGES: Vmcs02Pages = Vmcs02Pages { io_merged: 0x7000_0000, io_all: 0x7000_2000, io_l0: 0x7000_4000, msr_merged: 0x7000_6000 };
+
+pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
     let mut tables = FakeTables::default();
     let mut l0 = RangeSet::new();
     l0.insert(POOL).unwrap();
@@ -78,7 +146,13 @@ fn setup() -> (Vcpu, FakeVmcs, FakePlatform) {
         mgmt_port: Some(0x2f8),
         shutdown: ShutdownWatch::default(),
         stats: ExitStats { by_reason: [0; 80] },
+        l2_stats: ExitStats { by_reason: [0; 80] },
         last_l0_touch: "",
+        host_caps: crate::nested::caps::tests::bochs(),
+        eptp01: crate::vmx::ept::eptp(0, false),
+        msr_bitmap01: 0x7000_8000,
+        nested: Nested::new(crate::nested::testutil::caps(), 39, PAGES, RangeSet::new()),
+        vmcs_phys: [0x7100_0000, 0x7100_1000],
     };
     let mut v = FakeVmcs::default();
     setup::write_entry_state(&mut v, &boot::loader::Entry::Multiboot { eip: 0x10_0000, ebx: 0 }, &policy);
@@ -92,8 +166,12 @@ fn setup() -> (Vcpu, FakeVmcs, FakePlatform) {
         flushed: vec![],
         wbinvd: 0,
         intact: true,
+        pages: BTreeMap::new(),
+        msrs: BTreeMap::new(),
+        inept_all: 0,
+        cr2: 0,
     };
-    (vcpu, v, p)
+    (vcpu, FakeSet { v01: v, v02: FakeVmcs::default(), cur: Level::L1 }, p)
 }
 
 fn exit(v: &mut FakeVmcs, reason: u16, qualification: u64, len: u64) {
@@ -311,4 +389,166 @@ fn invd_writes_back_and_hlt_halts() {
     c.handle_exit(&mut v, &mut p);
     assert_eq!(v.read(F::GUEST_ACTIVITY_STATE), 1);
     assert_eq!(v.read(F::GUEST_INTERRUPTIBILITY_INFO), 0, "STI blocking ends with the instruction");
+}
+
+mod nested {
+    //! L1 runs an L2 through the whole dispatch: entry, reflected and
+    //! L0-handled exits, EPT02 fills, entry failures.
+    use super::*;
+    use crate::nested::testutil::{valid_vmcs12, EPT12_ROOT, IO_A};
+    use crate::vmx::ept::{Ept, RWX};
+
+    const L2_PAGE: u64 = 0x50_0000;
+
+    fn put(m: &mut VecMemory, a: u64, v: u64) {
+        m.write(a, &v.to_le_bytes()).unwrap();
+    }
+
+    /// L1 in 64-bit mode, in VMX operation with a valid current VMCS12
+    /// whose EPT12 maps L2 page 0x1000 to L1 page 0x50_0000.
+    fn l1_in_vmx() -> (Vcpu, FakeSet, FakePlatform) {
+        let (mut c, mut v, mut p) = setup();
+        p.mem = VecMemory::new(0, 0x100_0000);
+        c.cpuid.vmx = true;
+        c.policy.cr4_allowed |= cr::CR4_VMXE;
+        c.nested.vmx.vmxon = Some(0x10_0000);
+        c.nested.vmx.current = Some(0x10_1000);
+        *c.nested.vmx.vmcs12 = valid_vmcs12();
+        put(&mut p.mem, EPT12_ROOT, (EPT12_ROOT + 0x1000) | 7);
+        put(&mut p.mem, EPT12_ROOT + 0x1000, (EPT12_ROOT + 0x2000) | 7);
+        put(&mut p.mem, EPT12_ROOT + 0x2000, (EPT12_ROOT + 0x3000) | 7);
+        put(&mut p.mem, EPT12_ROOT + 0x3000 + 8, L2_PAGE | 7 | 6 << 3);
+        v.write(F::GUEST_CR0, 0x8005_0033);
+        v.write(F::CR0_READ_SHADOW, 0x8005_0033);
+        v.write(F::GUEST_CR4, 0x2020);
+        v.write(F::CR4_READ_SHADOW, 0x2020);
+        v.write(F::GUEST_IA32_EFER, 0xd00);
+        v.write(F::GUEST_CS_AR_BYTES, 0xa09b);
+        v.write(F::GUEST_SS_AR_BYTES, 0xc093);
+        v.write(F::GUEST_RIP, 0x20_0000);
+        (c, v, p)
+    }
+
+    fn launch(c: &mut Vcpu, v: &mut FakeSet, p: &mut FakePlatform, reason_: u16) -> Outcome {
+        exit(v, reason_, 0, 3);
+        c.handle_exit(v, p)
+    }
+
+    #[test]
+    fn launch_reflect_resume() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        assert_eq!(launch(&mut c, &mut v, &mut p, reason::VMLAUNCH), Outcome::Resume);
+        assert!(c.nested.in_l2 && v.cur == Level::L2);
+        assert!(c.nested.vmx.vmcs12.launched);
+        assert_eq!(v.v02.read(F::GUEST_RIP), 0x1000);
+        assert_eq!(v.v02.read(F::VIRTUAL_PROCESSOR_ID), 3, "L1's VPID 1 mapped to L0's 3");
+        let eptp02 = v.v02.read(F::EPT_POINTER);
+        assert_ne!(eptp02 & !0xfff, EPT12_ROOT, "a shadow, not L1's table");
+
+        // L2's CPUID goes to L1.
+        exit(&mut v, reason::CPUID, 0, 2);
+        v.v02.write(F::GUEST_RSP, 0x7000);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(!c.nested.in_l2 && v.cur == Level::L1);
+        let v12 = &c.nested.vmx.vmcs12;
+        assert_eq!((v12.get(F::VM_EXIT_REASON), v12.get(F::GUEST_RIP), v12.get(F::GUEST_RSP)), (10, 0x1000, 0x7000));
+        assert_eq!(v12.get(F::VM_EXIT_INSTRUCTION_LEN), 2);
+        assert_eq!((v.v01.read(F::GUEST_RIP), v.v01.read(F::GUEST_RSP)), (0x10_1234, 0x20_0000), "L1 at its host RIP/RSP");
+
+        // VMLAUNCH of a launched VMCS fails; VMRESUME enters again.
+        let rip = v.v01.read(F::GUEST_RIP);
+        assert_eq!(launch(&mut c, &mut v, &mut p, reason::VMLAUNCH), Outcome::Resume);
+        assert_eq!(v.v01.read(F::GUEST_RFLAGS) & 0x41, 0x40, "VMfailValid");
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_INSTRUCTION_ERROR), 4);
+        assert_eq!(v.v01.read(F::GUEST_RIP), rip + 3);
+        assert_eq!(launch(&mut c, &mut v, &mut p, reason::VMRESUME), Outcome::Resume);
+        assert!(c.nested.in_l2);
+        assert_eq!(v.v02.read(F::EPT_POINTER), eptp02, "the same shadow for the same EPT12");
+    }
+
+    #[test]
+    fn ept02_fills_and_reflects() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        let root02 = v.v02.read(F::EPT_POINTER) & !0xfff;
+        // Mapped by EPT12: L0 fills EPT02 and L2 goes on.
+        exit(&mut v, reason::EPT_VIOLATION, 0x181, 0);
+        v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x1010);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(c.nested.in_l2);
+        let l = translate(&mut p.tables, &Ept, root02, 0x1010).unwrap();
+        assert_eq!((l.pa, l.entry & RWX), (L2_PAGE + 0x10, RWX));
+        // Not mapped by EPT12: L1 gets the violation with EPT12's rights.
+        exit(&mut v, reason::EPT_VIOLATION, 0x182, 0);
+        v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x9000);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(!c.nested.in_l2);
+        let v12 = &c.nested.vmx.vmcs12;
+        assert_eq!((v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION), v12.get(F::GUEST_PHYSICAL_ADDRESS)), (48, 0x182, 0x9000));
+    }
+
+    #[test]
+    fn ept12_pointing_at_l0_is_a_misconfiguration() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        c.ept.l0.insert(Range::new(L2_PAGE, L2_PAGE + 0x1000)).unwrap();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        exit(&mut v, reason::EPT_VIOLATION, 0x181, 0);
+        v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x1000);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 49);
+        assert!(!c.nested.in_l2);
+    }
+
+    #[test]
+    fn guest_state_failure_exits_to_l1() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        c.nested.vmx.vmcs12.set(F::GUEST_RFLAGS, 0);
+        assert_eq!(launch(&mut c, &mut v, &mut p, reason::VMLAUNCH), Outcome::Resume);
+        assert!(!c.nested.in_l2);
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 0x8000_0021);
+        assert!(!c.nested.vmx.vmcs12.launched, "a failed entry does not launch");
+        assert_eq!(v.v01.read(F::GUEST_RIP), 0x10_1234);
+        // A control failure is VMfailValid(7) instead.
+        c.nested.vmx.vmcs12.set(F::GUEST_RFLAGS, 2);
+        c.nested.vmx.vmcs12.set(F::VIRTUAL_PROCESSOR_ID, 0);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_INSTRUCTION_ERROR), 7);
+    }
+
+    #[test]
+    fn l2_io_routing() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        p.mem.write(IO_A + 0x3f8 / 8, &[1]).unwrap();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        // L0's management port: L0 answers, L1 never sees it.
+        c.regs.gpr[GuestRegs::RAX] = 0;
+        exit(&mut v, reason::IO_INSTRUCTION, 0x02f8_0008, 1);
+        v.v02.write(F::GUEST_RIP, 0x1000);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(c.nested.in_l2);
+        assert_eq!(c.regs.gpr[GuestRegs::RAX], 0xff);
+        assert_eq!(v.v02.read(F::GUEST_RIP), 0x1001);
+        // A port in L1's bitmap: reflected.
+        exit(&mut v, reason::IO_INSTRUCTION, 0x03f8_0000, 1);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2);
+        assert_eq!(c.nested.vmx.vmcs12.get(F::EXIT_QUALIFICATION), 0x03f8_0000);
+        // The merged bitmap VMCS02 used has both.
+        let merged = p.page(PAGES.io_merged);
+        assert_ne!(merged[0x3f8 / 64] & (1 << (0x3f8 % 64)), 0);
+    }
+
+    #[test]
+    fn vmx_capability_msrs_when_offered() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        c.regs.gpr[GuestRegs::RCX] = 0x480;
+        exit(&mut v, reason::RDMSR, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(injected(&v), None);
+        assert_eq!(c.regs.gpr[GuestRegs::RAX], crate::nested::caps::VMCS12_REVISION as u64);
+        c.regs.gpr[GuestRegs::RCX] = 0x3a;
+        exit(&mut v, reason::RDMSR, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(c.regs.gpr[GuestRegs::RAX], 5, "locked, VMX outside SMX");
+    }
 }

@@ -144,6 +144,9 @@ fn vmread_vmwrite_register_and_memory() {
     // Field errors.
     g[1] = 0x6c3e;
     assert_eq!(x.vmread(&reg, &mut m, &mut g), Outcome::FailValid(12));
+    g[1] = 1 << 32 | Field::GUEST_RIP as u64;
+    assert_eq!(x.vmread(&reg, &mut m, &mut g), Outcome::FailValid(12), "bits 63:32 of the encoding");
+    assert_eq!(x.vmwrite(&reg, &m, &g), Outcome::FailValid(12));
     // MISC[29] is advertised: read-only fields are writable.
     g[1] = Field::VM_EXIT_REASON as u64;
     assert_eq!(x.vmwrite(&reg, &m, &g), Outcome::Succeed);

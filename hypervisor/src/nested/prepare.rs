@@ -1,0 +1,294 @@
+//! VMCS02 from VMCS12 (KVM's prepare_vmcs02): L2's guest state as L1 set
+//! it, L0's host state, L1's controls plus what L0 needs, L1's structures
+//! (identity-mapped L1 addresses are host addresses) and L0's EPT02/VPID02.
+
+use super::vmcs12::Vmcs12;
+use crate::vcpu::cr::CrPolicy;
+use crate::vmx::caps::{entry, exit, primary, secondary, Control, VmxCaps};
+use crate::vmx::{Field as F, Vmcs};
+
+/// Guest-state fields copied from VMCS12 to VMCS02 unchanged.
+const GUEST_COPY: &[F] = &[
+    F::GUEST_ES_SELECTOR,
+    F::GUEST_CS_SELECTOR,
+    F::GUEST_SS_SELECTOR,
+    F::GUEST_DS_SELECTOR,
+    F::GUEST_FS_SELECTOR,
+    F::GUEST_GS_SELECTOR,
+    F::GUEST_LDTR_SELECTOR,
+    F::GUEST_TR_SELECTOR,
+    F::GUEST_ES_LIMIT,
+    F::GUEST_CS_LIMIT,
+    F::GUEST_SS_LIMIT,
+    F::GUEST_DS_LIMIT,
+    F::GUEST_FS_LIMIT,
+    F::GUEST_GS_LIMIT,
+    F::GUEST_LDTR_LIMIT,
+    F::GUEST_TR_LIMIT,
+    F::GUEST_GDTR_LIMIT,
+    F::GUEST_IDTR_LIMIT,
+    F::GUEST_ES_AR_BYTES,
+    F::GUEST_CS_AR_BYTES,
+    F::GUEST_SS_AR_BYTES,
+    F::GUEST_DS_AR_BYTES,
+    F::GUEST_FS_AR_BYTES,
+    F::GUEST_GS_AR_BYTES,
+    F::GUEST_LDTR_AR_BYTES,
+    F::GUEST_TR_AR_BYTES,
+    F::GUEST_ES_BASE,
+    F::GUEST_CS_BASE,
+    F::GUEST_SS_BASE,
+    F::GUEST_DS_BASE,
+    F::GUEST_FS_BASE,
+    F::GUEST_GS_BASE,
+    F::GUEST_LDTR_BASE,
+    F::GUEST_TR_BASE,
+    F::GUEST_GDTR_BASE,
+    F::GUEST_IDTR_BASE,
+    F::GUEST_CR3,
+    F::GUEST_RSP,
+    F::GUEST_RIP,
+    F::GUEST_RFLAGS,
+    F::GUEST_INTERRUPTIBILITY_INFO,
+    F::GUEST_ACTIVITY_STATE,
+    F::GUEST_PENDING_DBG_EXCEPTIONS,
+    F::GUEST_SYSENTER_CS,
+    F::GUEST_SYSENTER_ESP,
+    F::GUEST_SYSENTER_EIP,
+    F::GUEST_PDPTE0,
+    F::GUEST_PDPTE1,
+    F::GUEST_PDPTE2,
+    F::GUEST_PDPTE3,
+    F::VMX_PREEMPTION_TIMER_VALUE,
+    F::GUEST_INTR_STATUS,
+];
+
+/// Control fields copied unchanged (they mean the same to hardware).
+const CONTROL_COPY: &[F] = &[
+    F::EXCEPTION_BITMAP,
+    F::PAGE_FAULT_ERROR_CODE_MASK,
+    F::PAGE_FAULT_ERROR_CODE_MATCH,
+    F::CR3_TARGET_COUNT,
+    F::CR3_TARGET_VALUE0,
+    F::CR3_TARGET_VALUE1,
+    F::CR3_TARGET_VALUE2,
+    F::CR3_TARGET_VALUE3,
+    F::VM_ENTRY_INTR_INFO_FIELD,
+    F::VM_ENTRY_EXCEPTION_ERROR_CODE,
+    F::VM_ENTRY_INSTRUCTION_LEN,
+    F::TPR_THRESHOLD,
+    F::VIRTUAL_APIC_PAGE_ADDR,
+    F::APIC_ACCESS_ADDR,
+    F::EOI_EXIT_BITMAP0,
+    F::EOI_EXIT_BITMAP1,
+    F::EOI_EXIT_BITMAP2,
+    F::EOI_EXIT_BITMAP3,
+    F::PLE_GAP,
+    F::PLE_WINDOW,
+    F::XSS_EXIT_BITMAP,
+];
+
+/// What L0 contributes to VMCS02.
+pub struct L0Part<'a> {
+    pub caps: &'a VmxCaps,
+    pub cr_policy: &'a CrPolicy,
+    /// EPTP02: the shadow for EPT12, or EPT01 when L1 does not use EPT.
+    pub eptp: u64,
+    /// VPID02, 0 for none.
+    pub vpid: u16,
+    pub io_bitmap_a: u64,
+    pub io_bitmap_b: u64,
+    pub msr_bitmap: u64,
+    /// L1's state where L2 inherits it (no load control in VMCS12).
+    pub l1_efer: u64,
+    pub l1_pat: u64,
+    pub l1_debugctl: u64,
+    pub l1_dr7: u64,
+}
+
+/// The VMCS02 controls: L1's, with L0's bitmaps and EPT/VPID always on,
+/// unconditional I/O exiting replaced by the bitmaps, and guest EFER, PAT
+/// and debug state always switched by hardware.
+pub fn controls02(v12: &Vmcs12, l0: &L0Part) -> (u32, u32, u32, u32, u32) {
+    let fit = |c: Control, want: u32| {
+        let msr = match c {
+            Control::Pin => l0.caps.pin,
+            Control::Primary => l0.caps.primary,
+            Control::Secondary => l0.caps.secondary,
+            Control::Exit => l0.caps.exit,
+            Control::Entry => l0.caps.entry,
+        };
+        (want | msr as u32) & (msr >> 32) as u32
+    };
+    let pin = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
+    let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    let s12 = if p12 & primary::ACTIVATE_SECONDARY != 0 { v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
+    let p02 = (p12 & !primary::UNCONDITIONAL_IO_EXITING) | primary::USE_IO_BITMAPS | primary::USE_MSR_BITMAPS | primary::ACTIVATE_SECONDARY;
+    let mut s02 = s12 | secondary::ENABLE_EPT;
+    if l0.vpid != 0 {
+        s02 |= secondary::ENABLE_VPID;
+    } else {
+        s02 &= !secondary::ENABLE_VPID;
+    }
+    let x12 = v12.get(F::VM_EXIT_CONTROLS) as u32;
+    let x02 = (x12 & (exit::ACK_INTERRUPT_ON_EXIT | exit::SAVE_PREEMPTION_TIMER))
+        | exit::HOST_ADDRESS_SPACE_SIZE
+        | exit::SAVE_EFER
+        | exit::LOAD_EFER
+        | exit::SAVE_PAT
+        | exit::LOAD_PAT
+        | exit::SAVE_DEBUG_CONTROLS;
+    let e12 = v12.get(F::VM_ENTRY_CONTROLS) as u32;
+    let e02 = (e12 & entry::IA32E_MODE_GUEST) | entry::LOAD_EFER | entry::LOAD_PAT | entry::LOAD_DEBUG_CONTROLS;
+    (
+        fit(Control::Pin, pin),
+        fit(Control::Primary, p02),
+        fit(Control::Secondary, s02),
+        fit(Control::Exit, x02),
+        fit(Control::Entry, e02),
+    )
+}
+
+/// L2's EFER when VMCS12 does not load it: L1's, with LMA/LME following
+/// the "IA-32e mode guest" control (SDM 26.3.2.1).
+fn efer02(v12: &Vmcs12, l0: &L0Part) -> u64 {
+    let e12 = v12.get(F::VM_ENTRY_CONTROLS) as u32;
+    if e12 & entry::LOAD_EFER != 0 {
+        return v12.get(F::GUEST_IA32_EFER);
+    }
+    let lm = 1 << 8 | 1 << 10;
+    let mut efer = l0.l1_efer & !lm;
+    if e12 & entry::IA32E_MODE_GUEST != 0 {
+        efer |= lm;
+    }
+    efer
+}
+
+/// Writes all of VMCS02 except the host state, which never changes.
+pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part) {
+    for &f in GUEST_COPY.iter().chain(CONTROL_COPY) {
+        v02.write(f, v12.get(f));
+    }
+    let (pin, p, s, x, e) = controls02(v12, l0);
+    v02.write(F::PIN_BASED_VM_EXEC_CONTROL, pin as u64);
+    v02.write(F::CPU_BASED_VM_EXEC_CONTROL, p as u64);
+    v02.write(F::SECONDARY_VM_EXEC_CONTROL, s as u64);
+    v02.write(F::VM_EXIT_CONTROLS, x as u64);
+    v02.write(F::VM_ENTRY_CONTROLS, e as u64);
+    // Lists are carried out by L0 in software.
+    v02.write(F::VM_EXIT_MSR_STORE_COUNT, 0);
+    v02.write(F::VM_EXIT_MSR_LOAD_COUNT, 0);
+    v02.write(F::VM_ENTRY_MSR_LOAD_COUNT, 0);
+    v02.write(F::IO_BITMAP_A, l0.io_bitmap_a);
+    v02.write(F::IO_BITMAP_B, l0.io_bitmap_b);
+    v02.write(F::MSR_BITMAP, l0.msr_bitmap);
+    v02.write(F::EPT_POINTER, l0.eptp);
+    if l0.vpid != 0 {
+        v02.write(F::VIRTUAL_PROCESSOR_ID, l0.vpid as u64);
+    }
+    let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    v02.write(F::TSC_OFFSET, if p12 & primary::USE_TSC_OFFSETTING != 0 { v12.get(F::TSC_OFFSET) } else { 0 });
+    v02.write(F::VMCS_LINK_POINTER, u64::MAX);
+
+    // CR0/CR4: L1's masks plus the bits VMX forces; for bits only L0
+    // masks, L2 reads its real value.
+    for (real, mask, shadow, forced) in [
+        (F::GUEST_CR0, F::CR0_GUEST_HOST_MASK, F::CR0_READ_SHADOW, l0.cr_policy.cr0_forced),
+        (F::GUEST_CR4, F::CR4_GUEST_HOST_MASK, F::CR4_READ_SHADOW, l0.cr_policy.cr4_forced),
+    ] {
+        let m12 = v12.get(mask);
+        let value = v12.get(real);
+        v02.write(real, value | forced);
+        v02.write(mask, m12 | forced);
+        v02.write(shadow, (v12.get(shadow) & m12) | (value & !m12));
+    }
+    let e12 = v12.get(F::VM_ENTRY_CONTROLS) as u32;
+    v02.write(F::GUEST_IA32_EFER, efer02(v12, l0));
+    v02.write(F::GUEST_IA32_PAT, if e12 & entry::LOAD_PAT != 0 { v12.get(F::GUEST_IA32_PAT) } else { l0.l1_pat });
+    let load_debug = e12 & entry::LOAD_DEBUG_CONTROLS != 0;
+    v02.write(F::GUEST_DR7, if load_debug { v12.get(F::GUEST_DR7) } else { l0.l1_dr7 });
+    v02.write(F::GUEST_IA32_DEBUGCTL, if load_debug { v12.get(F::GUEST_IA32_DEBUGCTL) } else { l0.l1_debugctl });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nested::caps::tests::bochs;
+    use crate::nested::testutil::valid_vmcs12;
+    use crate::vmx::fake::FakeVmcs;
+
+    fn l0part<'a>(caps: &'a VmxCaps, policy: &'a CrPolicy) -> L0Part<'a> {
+        L0Part {
+            caps,
+            cr_policy: policy,
+            eptp: 0x7700_0000 | 0x1e,
+            vpid: 5,
+            io_bitmap_a: 0x7800_0000,
+            io_bitmap_b: 0x7800_1000,
+            msr_bitmap: 0x7800_2000,
+            l1_efer: 0xd01,
+            l1_pat: 0x0606_0606_0606_0606,
+            l1_debugctl: 0,
+            l1_dr7: 0x400,
+        }
+    }
+
+    const POLICY: CrPolicy = CrPolicy { cr0_forced: 0x20, cr4_forced: 0x2000, cr4_allowed: 0x37_07ff };
+
+    #[test]
+    fn guest_state_and_l0_structures() {
+        let caps = bochs();
+        let l0 = l0part(&caps, &POLICY);
+        let mut v12 = valid_vmcs12();
+        v12.set(F::CR0_GUEST_HOST_MASK, 0x8);
+        v12.set(F::CR0_READ_SHADOW, 0x8);
+        let mut v02 = FakeVmcs::default();
+        write_vmcs02(&mut v02, &v12, &l0);
+        assert_eq!(v02.read(F::GUEST_RIP), 0x1000);
+        assert_eq!(v02.read(F::GUEST_CS_AR_BYTES), 0xc09b);
+        assert_eq!(v02.read(F::EPT_POINTER), 0x7700_001e);
+        assert_eq!(v02.read(F::VIRTUAL_PROCESSOR_ID), 5);
+        assert_eq!(v02.read(F::MSR_BITMAP), 0x7800_2000);
+        assert_eq!(v02.read(F::VMCS_LINK_POINTER), u64::MAX);
+        // CR0: L1's mask (TS) and VMX's NE; NE reads as L2's real value.
+        assert_eq!(v02.read(F::CR0_GUEST_HOST_MASK), 0x28);
+        assert_eq!(v02.read(F::CR0_READ_SHADOW), 0x8 | 0x31);
+        assert_eq!(v02.read(F::GUEST_IA32_EFER), 0, "VMCS12 loads EFER (0)");
+        assert_eq!(v02.read(F::VM_ENTRY_MSR_LOAD_COUNT), 0);
+    }
+
+    #[test]
+    fn controls_keep_l1s_and_add_l0s() {
+        let caps = bochs();
+        let l0 = l0part(&caps, &POLICY);
+        let mut v12 = valid_vmcs12();
+        let p = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) | primary::UNCONDITIONAL_IO_EXITING as u64;
+        v12.set(F::CPU_BASED_VM_EXEC_CONTROL, p & !(primary::USE_IO_BITMAPS as u64));
+        let (_, p02, s02, x02, e02) = controls02(&v12, &l0);
+        assert_eq!(p02 & primary::UNCONDITIONAL_IO_EXITING, 0, "replaced by bitmaps");
+        assert_ne!(p02 & primary::USE_IO_BITMAPS, 0);
+        assert_ne!(p02 & primary::HLT_EXITING, 0, "L1's HLT exiting kept");
+        assert_ne!(s02 & secondary::ENABLE_EPT, 0);
+        assert_ne!(s02 & secondary::UNRESTRICTED_GUEST, 0);
+        assert_ne!(x02 & exit::HOST_ADDRESS_SPACE_SIZE, 0);
+        assert_eq!(e02 & entry::IA32E_MODE_GUEST, 0);
+        // No VPID02: the control is off even if L1 asked.
+        let no_vpid = L0Part { vpid: 0, ..l0part(&caps, &POLICY) };
+        assert_eq!(controls02(&v12, &no_vpid).2 & secondary::ENABLE_VPID, 0);
+    }
+
+    #[test]
+    fn inherited_efer_follows_ia32e_control() {
+        let caps = bochs();
+        let l0 = l0part(&caps, &POLICY);
+        let mut v12 = valid_vmcs12();
+        v12.set(F::VM_ENTRY_CONTROLS, (v12.get(F::VM_ENTRY_CONTROLS) & !(entry::LOAD_EFER as u64)) | entry::IA32E_MODE_GUEST as u64);
+        let mut v02 = FakeVmcs::default();
+        write_vmcs02(&mut v02, &v12, &l0);
+        assert_eq!(v02.read(F::GUEST_IA32_EFER), 0xd01);
+        v12.set(F::VM_ENTRY_CONTROLS, v12.get(F::VM_ENTRY_CONTROLS) & !(entry::IA32E_MODE_GUEST as u64));
+        write_vmcs02(&mut v02, &v12, &l0);
+        assert_eq!(v02.read(F::GUEST_IA32_EFER), 0x801);
+        assert_eq!(v02.read(F::GUEST_IA32_PAT), 0x0007_0406_0007_0406, "VMCS12 loads PAT");
+    }
+}

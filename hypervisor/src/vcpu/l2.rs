@@ -1,0 +1,454 @@
+//! Entering L2 (L1's VMLAUNCH/VMRESUME) and every exit while L2 runs:
+//! handled by L0 when L1 did not ask for it, reflected to L1 otherwise.
+
+use alloc::vec::Vec;
+
+use super::vmx_instr::{apply, l1_state};
+use super::{inject_exception, Outcome, Platform, Stop, Vcpu, SHUTDOWN_PORT};
+use crate::arch::run::GuestRegs;
+use crate::guest_mem::GuestMemory;
+use crate::nested::checks::{self, CheckCtx, EntryFailure};
+use crate::nested::ept12::{self, EptAccess, Ept12Fault};
+use crate::nested::instr::{err, Outcome as Instr};
+use crate::nested::msr_lists::{self, Home};
+use crate::nested::prepare::{self, L0Part};
+use crate::nested::reflect::{self, ExitInfo};
+use crate::nested::{ept02, Level, VmcsSet, VPID_UNTAGGED_L2};
+use crate::vmx::caps::{primary, secondary};
+use crate::vmx::exit::{reason, CrAccess, InterruptionInfo, IoAccess};
+use crate::vmx::{ept, Field as F, Vmcs};
+
+const GP: u8 = 13;
+
+/// Re-queues an event whose delivery the exit interrupted, when L0 handled
+/// the exit itself (SDM 28.2.4: IDT-vectoring information).
+pub fn reinject_interrupted_event(v: &mut impl Vmcs, idt_info: u32, idt_error: u32, instr_len: u32) {
+    if idt_info & (1 << 31) == 0 {
+        return;
+    }
+    // Bit 12 is undefined in IDT-vectoring information and reserved on entry.
+    v.write(F::VM_ENTRY_INTR_INFO_FIELD, (idt_info & !(1 << 12)) as u64);
+    if idt_info & (1 << 11) != 0 {
+        v.write(F::VM_ENTRY_EXCEPTION_ERROR_CODE, idt_error as u64);
+    }
+    v.write(F::VM_ENTRY_INSTRUCTION_LEN, instr_len as u64);
+}
+
+impl Vcpu {
+    fn v12_secondary(&self) -> u32 {
+        let v12 = &self.nested.vmx.vmcs12;
+        if v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & primary::ACTIVATE_SECONDARY != 0 {
+            v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
+        } else {
+            0
+        }
+    }
+
+    /// VMLAUNCH or VMRESUME by L1 (SDM 27.1-27.3).
+    pub(super) fn nested_entry<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, launch: bool) -> Outcome {
+        let v = vs.current();
+        let s = l1_state(v, &self.regs, self.maxphyaddr);
+        let x = &mut self.nested.vmx;
+        if let Err(o) = x.common_checks(&s) {
+            apply(v, p, o);
+            return Outcome::Resume;
+        }
+        if x.current.is_none() {
+            apply(v, p, Instr::FailInvalid);
+            return Outcome::Resume;
+        }
+        let fail = if v.read(F::GUEST_INTERRUPTIBILITY_INFO) & 2 != 0 {
+            Some(err::ENTRY_BLOCKED_BY_MOV_SS)
+        } else if launch && x.vmcs12.launched {
+            Some(err::VMLAUNCH_NONCLEAR)
+        } else if !launch && !x.vmcs12.launched {
+            Some(err::VMRESUME_NONLAUNCHED)
+        } else {
+            None
+        };
+        if let Some(e) = fail {
+            let o = x.fail_with(e);
+            apply(v, p, o);
+            return Outcome::Resume;
+        }
+        let l1_long = s.paging.efer & (1 << 10) != 0;
+        let result = {
+            let mem = p.mem();
+            let is_ram = |a: u64, len: u64| mem.is_ram(a, len);
+            let rev = |a: u64| {
+                let mut b = [0u8; 4];
+                mem.read(a, &mut b).ok().map(|_| u32::from_le_bytes(b))
+            };
+            let ctx = CheckCtx { caps: &x.caps, maxphyaddr: self.maxphyaddr, l1_long_mode: l1_long, is_l1_ram: &is_ram, read_revision: &rev };
+            checks::check_controls(&x.vmcs12, &ctx)
+                .and_then(|_| checks::check_host_state(&x.vmcs12, &ctx))
+                .and_then(|_| checks::check_guest_state(&x.vmcs12, &ctx))
+        };
+        match result {
+            Ok(()) => {}
+            Err(EntryFailure::Fail { error, check }) => {
+                log::info!("L1 VM entry fails with error {error}: {check}");
+                let o = x.fail_with(error);
+                apply(v, p, o);
+                return Outcome::Resume;
+            }
+            Err(EntryFailure::GuestState { qualification, check }) => {
+                log::info!("L1 VM entry fails on guest state (qualification {qualification}): {check}");
+                return self.entry_failure_exit(vs, p, reason::INVALID_GUEST_STATE as u32, qualification);
+            }
+        }
+
+        // The entry happens: build VMCS02.
+        let s12 = self.v12_secondary();
+        let v12 = &self.nested.vmx.vmcs12;
+        let eptp02 = if s12 & secondary::ENABLE_EPT != 0 {
+            match self.nested.ept02.root_for(p.tables(), v12.get(F::EPT_POINTER)) {
+                Ok((root, evicted)) => {
+                    if evicted {
+                        p.invept_all();
+                    }
+                    ept::eptp(root, false)
+                }
+                Err(_) => return Outcome::Stop(Stop::Internal("out of memory for EPT02 tables")),
+            }
+        } else {
+            self.eptp01
+        };
+        let vpid02 = if s12 & secondary::ENABLE_VPID != 0 {
+            let (v02, stolen) = self.nested.vpids.get(v12.get(F::VIRTUAL_PROCESSOR_ID) as u16);
+            if stolen {
+                p.flush_vpid(v02);
+            }
+            v02
+        } else {
+            // Without a VPID of its own, L2's translations do not survive
+            // a transition (SDM 28.5.5, 26.3.2.5).
+            p.flush_vpid(VPID_UNTAGGED_L2);
+            VPID_UNTAGGED_L2
+        };
+        let (io_a, msr_bitmap) = self.prepare_bitmaps(p);
+        let v01 = vs.current();
+        let l1_efer = v01.read(F::GUEST_IA32_EFER);
+        let l1_pat = v01.read(F::GUEST_IA32_PAT);
+        let l1_debugctl = v01.read(F::GUEST_IA32_DEBUGCTL);
+        let l1_dr7 = v01.read(F::GUEST_DR7);
+        self.nested.l1_cr3_at_entry = v01.read(F::GUEST_CR3);
+        let l0 = L0Part {
+            caps: &self.host_caps,
+            cr_policy: &self.policy,
+            eptp: eptp02,
+            vpid: if self.vpid != 0 { vpid02 } else { 0 },
+            io_bitmap_a: io_a,
+            io_bitmap_b: io_a + 4096,
+            msr_bitmap,
+            l1_efer,
+            l1_pat,
+            l1_debugctl,
+            l1_dr7,
+        };
+        vs.select(Level::L2);
+        prepare::write_vmcs02(vs.current(), &self.nested.vmx.vmcs12, &l0);
+
+        // The VM-entry MSR-load list (SDM 27.4).
+        let v12 = &self.nested.vmx.vmcs12;
+        let (count, addr) = (v12.get(F::VM_ENTRY_MSR_LOAD_COUNT), v12.get(F::VM_ENTRY_MSR_LOAD_ADDR));
+        if count > 0 {
+            if let Err(index) = self.load_msr_list(vs, p, addr, count) {
+                vs.select(Level::L1);
+                return self.entry_failure_exit(vs, p, reason::MSR_LOADING as u32, index);
+            }
+        }
+        self.nested.entry_was_launched = self.nested.vmx.vmcs12.launched;
+        self.nested.vmx.vmcs12.launched = true;
+        self.nested.in_l2 = true;
+        Outcome::Resume
+    }
+
+    /// The hardware refused to enter VMCS02 (VMfailValid/Invalid) although
+    /// L0's checks passed: L1's VMLAUNCH/VMRESUME fails the same way.
+    pub fn vmcs02_entry_failed<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: crate::vmx::VmxError) -> Outcome {
+        log::warn!("hardware VM entry into VMCS02 failed ({e}) after L0's checks passed");
+        self.nested.in_l2 = false;
+        self.nested.vmx.vmcs12.launched = self.nested.entry_was_launched;
+        vs.select(Level::L1);
+        let error = match e {
+            crate::vmx::VmxError::FailValid(n) => n,
+            crate::vmx::VmxError::FailInvalid => err::ENTRY_INVALID_CONTROL,
+        };
+        let o = self.nested.vmx.fail_with(error);
+        apply(vs.current(), p, o);
+        Outcome::Resume
+    }
+
+    /// VMCS02's I/O and MSR bitmaps: L1's or'ed with L0's.
+    fn prepare_bitmaps<P: Platform>(&mut self, p: &mut P) -> (u64, u64) {
+        let v12 = &self.nested.vmx.vmcs12;
+        let pages = self.nested.pages;
+        let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+        let io = if p12 & primary::USE_IO_BITMAPS != 0 {
+            for (i, a) in [v12.get(F::IO_BITMAP_A), v12.get(F::IO_BITMAP_B)].into_iter().enumerate() {
+                self.merge_page(p, pages.io_l0 + 4096 * i as u64, a, pages.io_merged + 4096 * i as u64);
+            }
+            pages.io_merged
+        } else if p12 & primary::UNCONDITIONAL_IO_EXITING != 0 {
+            pages.io_all
+        } else {
+            pages.io_l0
+        };
+        if p12 & primary::USE_MSR_BITMAPS != 0 {
+            self.merge_page(p, self.msr_bitmap01, v12.get(F::MSR_BITMAP), pages.msr_merged);
+        } else {
+            p.page(pages.msr_merged).fill(u64::MAX);
+        }
+        (io, pages.msr_merged)
+    }
+
+    /// `out` = L0's page `l0` | L1's page at `gpa1`.
+    fn merge_page<P: Platform>(&self, p: &mut P, l0: u64, gpa1: u64, out: u64) {
+        let mut l1 = [0u8; 4096];
+        // Checked at entry to be L1 RAM; all ones if that changed meanwhile.
+        if p.mem().read(gpa1, &mut l1).is_err() {
+            l1.fill(0xff);
+        }
+        let l0_copy = *p.page(l0);
+        let dst = p.page(out);
+        for (i, w) in dst.iter_mut().enumerate() {
+            *w = l0_copy[i] | u64::from_le_bytes(l1[8 * i..8 * i + 8].try_into().unwrap());
+        }
+    }
+
+    /// Applies a VM-entry (or VM-exit) MSR-load list to the current VMCS
+    /// and the CPU; Err(1-based index) names the entry that failed.
+    fn load_msr_list<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, addr: u64, count: u64) -> Result<(), u64> {
+        let list = msr_lists::read_list(p.mem(), addr, count).ok_or(1u64)?;
+        for (i, e) in list.iter().enumerate() {
+            let bad = (i + 1) as u64;
+            match msr_lists::loadable(e) {
+                Some(Home::Vmcs(f)) => vs.current().write(f, e.data),
+                Some(Home::Msr) => {
+                    if !self.write_msr_for_guest(p, e.index, e.data) {
+                        return Err(bad);
+                    }
+                }
+                None => return Err(bad),
+            }
+        }
+        Ok(())
+    }
+
+    /// WRMSR on the guest's behalf: L0's emulated MSRs, else the CPU's.
+    fn write_msr_for_guest<P: Platform>(&mut self, p: &mut P, msr: u32, value: u64) -> bool {
+        if super::msr::emulated_by_l0(msr) {
+            return super::msr::write(msr, value, &mut self.mtrr).is_ok();
+        }
+        p.write_msr(msr, value)
+    }
+
+    fn read_msr_for_guest<P: Platform>(&mut self, p: &mut P, msr: u32) -> Option<u64> {
+        if super::msr::emulated_by_l0(msr) {
+            return self.read_l0_msr(msr).ok();
+        }
+        p.read_msr(msr)
+    }
+
+    /// A VM-entry failure exit to L1 (SDM 27.8): exit reason with bit 31,
+    /// qualification, and L1's host state; L2 never ran.
+    fn entry_failure_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, basic: u32, qualification: u64) -> Outcome {
+        let v12 = &mut self.nested.vmx.vmcs12;
+        v12.set(F::VM_EXIT_REASON, (basic | 1 << 31) as u64);
+        v12.set(F::EXIT_QUALIFICATION, qualification);
+        self.load_l1_host(vs, p)
+    }
+
+    /// L1's state from VMCS12's host area, with the exit MSR-load list.
+    fn load_l1_host<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Outcome {
+        debug_assert_eq!(vs.selected(), Level::L1);
+        self.nested.in_l2 = false;
+        let cr = reflect::load_host_state(&self.nested.vmx.vmcs12, vs.current(), &self.policy);
+        if cr.cr0 & (1 << 31) != 0 && cr.cr4 & (1 << 5) != 0 && cr.efer & (1 << 10) == 0 {
+            let mut raw = [0u8; 32];
+            if p.mem().read(cr.cr3 & 0xffff_ffe0, &mut raw).is_err() {
+                return self.vmx_abort("PDPTEs of the host CR3 are not L1 RAM");
+            }
+            for (i, f) in [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3].into_iter().enumerate() {
+                vs.current().write(f, u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap()));
+            }
+        }
+        let v12 = &self.nested.vmx.vmcs12;
+        let (count, addr) = (v12.get(F::VM_EXIT_MSR_LOAD_COUNT), v12.get(F::VM_EXIT_MSR_LOAD_ADDR));
+        if count > 0 && self.load_msr_list(vs, p, addr, count).is_err() {
+            return self.vmx_abort("the VM-exit MSR-load list failed");
+        }
+        // Without a VPID for L2, exits flush L1's translations (SDM 28.5.5);
+        // a new CR3 from the host state is a new address space for L1 too.
+        if self.vpid != 0 && (self.v12_secondary() & secondary::ENABLE_VPID == 0 || cr.cr3 != self.nested.l1_cr3_at_entry) {
+            p.flush_vpid(self.vpid);
+        }
+        Outcome::Resume
+    }
+
+    /// SDM 28.7: a VMX abort shuts the logical processor (L1) down.
+    fn vmx_abort(&mut self, why: &'static str) -> Outcome {
+        log::error!("VMX abort of the cloud VM: {why}");
+        Outcome::Stop(Stop::Internal("VMX abort: the cloud VM's VM exit could not load its host state"))
+    }
+
+    /// Reflects the exit `e` to L1: L2's state into VMCS12, L1's loaded.
+    fn reflect<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) -> Outcome {
+        self.nested.reflected += 1;
+        reflect::sync_vmcs12(vs.current(), &mut self.nested.vmx.vmcs12, e, &self.policy);
+        // The VM-exit MSR-store list: L2's values (SDM 28.4).
+        let v12 = &self.nested.vmx.vmcs12;
+        let (count, addr) = (v12.get(F::VM_EXIT_MSR_STORE_COUNT), v12.get(F::VM_EXIT_MSR_STORE_ADDR));
+        if count > 0 {
+            let Some(list) = msr_lists::read_list(p.mem(), addr, count) else {
+                return self.vmx_abort("the VM-exit MSR-store list is not L1 RAM");
+            };
+            let mut values = Vec::with_capacity(list.len());
+            for e in &list {
+                let value = match msr_lists::home(e.index, false) {
+                    Some(_) if e.reserved != 0 => None,
+                    Some(Home::Vmcs(f)) => Some(vs.current().read(f)),
+                    Some(Home::Msr) => self.read_msr_for_guest(p, e.index),
+                    None => None,
+                };
+                match value {
+                    Some(v) => values.push(v),
+                    None => return self.vmx_abort("the VM-exit MSR-store list names an MSR that cannot be stored"),
+                }
+            }
+            for (i, v) in values.into_iter().enumerate() {
+                if p.mem().write(addr + 16 * i as u64 + 8, &v.to_le_bytes()).is_err() {
+                    return self.vmx_abort("the VM-exit MSR-store list is not L1 RAM");
+                }
+            }
+        }
+        vs.select(Level::L1);
+        self.load_l1_host(vs, p)
+    }
+
+    /// Every exit while L2 runs.
+    pub(super) fn l2_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Outcome {
+        let e = ExitInfo::read(vs.current());
+        if e.reason & (1 << 31) != 0 {
+            // The hardware refused VMCS02's guest state although L0's checks
+            // passed: L1 sees the failure its VMCS12 earned.
+            log::warn!(
+                "hardware rejected VMCS02 (exit reason {:#x}, qualification {:#x}) that passed L0's checks",
+                e.reason,
+                e.qualification
+            );
+            self.nested.vmx.vmcs12.launched = false;
+            vs.select(Level::L1);
+            return self.entry_failure_exit(vs, p, e.reason & 0xffff, e.qualification);
+        }
+        let basic = e.basic();
+        let l1_wants = match basic {
+            reason::EPT_VIOLATION => return self.l2_ept_violation(vs, p, &e),
+            reason::EPT_MISCONFIG => return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT02 (an L0 bug)")),
+            reason::IO_INSTRUCTION => {
+                let io = IoAccess::decode(e.qualification);
+                let l0_port = self.owns_port(&io);
+                let wants = !l0_port && reflect::l1_wants_io(&self.nested.vmx.vmcs12, p.mem(), &io);
+                if !wants && !l0_port && io.port != SHUTDOWN_PORT {
+                    log::warn!("L2 I/O exit on port {:#x} that neither L0 nor L1 asked for", io.port);
+                }
+                wants
+            }
+            reason::RDMSR | reason::WRMSR => {
+                let msr = self.regs.gpr[GuestRegs::RCX] as u32;
+                reflect::l1_wants_msr(&self.nested.vmx.vmcs12, p.mem(), msr, basic == reason::WRMSR)
+            }
+            reason::CR_ACCESS => {
+                let access = CrAccess::decode(e.qualification);
+                let value = match access {
+                    CrAccess::MovToCr { gpr, .. } if gpr as usize == GuestRegs::RSP => vs.current().read(F::GUEST_RSP),
+                    CrAccess::MovToCr { gpr, .. } => self.regs.gpr[gpr as usize],
+                    _ => 0,
+                };
+                if !reflect::l1_wants_cr(&self.nested.vmx.vmcs12, access, value) {
+                    // Only a bit VMX fixes to 1 that L1 does not mask can
+                    // make this exit: L2 tried to clear it, as hardware would
+                    // refuse with #GP.
+                    self.nested.handled_in_l0 += 1;
+                    inject_exception(vs.current(), GP, Some(0));
+                    return Outcome::Resume;
+                }
+                true
+            }
+            reason::EXCEPTION_NMI => {
+                reflect::l1_wants_exception(&self.nested.vmx.vmcs12, InterruptionInfo(e.intr_info), e.intr_error)
+            }
+            _ => reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic),
+        };
+        if l1_wants {
+            return self.reflect(vs, p, &e);
+        }
+        self.nested.handled_in_l0 += 1;
+        // L0's own business with L2: its ports and emulated MSRs, as for L1.
+        let outcome = match basic {
+            reason::IO_INSTRUCTION => self.io(vs.current(), p, crate::vmx::exit::ExitReason(e.reason)),
+            reason::RDMSR => {
+                self.rdmsr(vs.current());
+                Outcome::Resume
+            }
+            reason::WRMSR => {
+                self.wrmsr(vs.current());
+                Outcome::Resume
+            }
+            reason::EXCEPTION_NMI => {
+                // Exception bitmap02 is L1's: L1 always wants these.
+                Outcome::Stop(Stop::Internal("an L2 exception exit L1 did not ask for"))
+            }
+            _ => {
+                log::warn!("L2 exit {} ({}) that L1 did not ask for: reflected anyway", basic, crate::vmx::exit::reason_name(basic));
+                return self.reflect(vs, p, &e);
+            }
+        };
+        reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
+        outcome
+    }
+
+    /// An EPT violation while L2 runs: fill EPT02 from EPT12, or reflect.
+    fn l2_ept_violation<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) -> Outcome {
+        if self.v12_secondary() & secondary::ENABLE_EPT == 0 {
+            // EPT02 is EPT01: L2 touched what L1 itself cannot.
+            self.nested.handled_in_l0 += 1;
+            let o = self.ept_violation(vs.current(), p);
+            reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
+            return o;
+        }
+        let eptp12 = self.nested.vmx.vmcs12.get(F::EPT_POINTER);
+        let access = EptAccess(e.qualification & 7);
+        let walk = ept12::walk(p.mem(), eptp12, e.guest_physical, access, &self.nested.vmx.caps, self.maxphyaddr);
+        match walk {
+            Ok(leaf) => {
+                let page1 = leaf.gpa & !0xfff;
+                if self.ept.l0.contains(page1) {
+                    // Never map L0's frames, whatever EPT12 says.
+                    log::warn!("EPT12 maps L2 {:#x} to {page1:#x}, which is not L1's: reflected as a misconfiguration", e.guest_physical);
+                    let m = ExitInfo { reason: reason::EPT_MISCONFIG as u32, qualification: 0, ..*e };
+                    return self.reflect(vs, p, &m);
+                }
+                let uncached = !p.mem().is_ram(page1, 4096);
+                let root02 = vs.current().read(F::EPT_POINTER) & crate::mm::paging::ADDR_MASK;
+                let entry = ept02::leaf(page1, leaf.perms, leaf.mem_type, leaf.ignore_pat, uncached);
+                if ept02::set_leaf(p.tables(), root02, e.guest_physical & !0xfff, entry).is_err() {
+                    return Outcome::Stop(Stop::Internal("out of memory for EPT02 tables"));
+                }
+                self.nested.handled_in_l0 += 1;
+                reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
+                Outcome::Resume
+            }
+            Err(Ept12Fault::Violation { allowed }) => {
+                let q = (e.qualification & !0x38) | allowed << 3;
+                let r = ExitInfo { qualification: q, ..*e };
+                self.reflect(vs, p, &r)
+            }
+            Err(Ept12Fault::Misconfig | Ept12Fault::TableNotRam) => {
+                let m = ExitInfo { reason: reason::EPT_MISCONFIG as u32, qualification: 0, ..*e };
+                self.reflect(vs, p, &m)
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! L1's VMX instructions, on the vCPU: operands from VMCS01 and L1's page
+//! tables, outcomes applied as the CPU would (RFLAGS, RIP, exceptions).
+
+use super::{inject_exception, read_cr_state, skip_instruction, Outcome as ExitOutcome, Platform, Vcpu};
+use crate::arch::run::GuestRegs;
+use crate::guest_mem::walk::PagingRegs;
+use crate::nested::instr::{self, Invalidate, L1State, Outcome};
+use crate::nested::operand::{GuestCtx, InstrInfo, Segment};
+use crate::nested::{Level, VmcsSet};
+use crate::vmx::exit::reason;
+use crate::vmx::{Field as F, Vmcs};
+
+const AR_L: u64 = 1 << 13;
+
+/// L1's state for a VMX instruction that just exited (VMCS01 current).
+pub fn l1_state(v: &impl Vmcs, regs: &GuestRegs, maxphyaddr: u8) -> L1State {
+    let cr = read_cr_state(v);
+    let mut gpr = regs.gpr;
+    gpr[GuestRegs::RSP] = v.read(F::GUEST_RSP);
+    let seg = |b, l, a| Segment { base: v.read(b), limit: v.read(l) as u32, ar: v.read(a) as u32 };
+    let segs = [
+        seg(F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES),
+        seg(F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES),
+        seg(F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES),
+        seg(F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES),
+        seg(F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES),
+        seg(F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES),
+    ];
+    let long_mode = cr.efer & (1 << 10) != 0 && v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0;
+    L1State {
+        ctx: GuestCtx { gpr, segs, long_mode, la57: cr.cr4 & (1 << 12) != 0 },
+        paging: PagingRegs {
+            cr0: cr.cr0,
+            cr3: cr.cr3,
+            cr4: cr.cr4,
+            efer: cr.efer,
+            pdptes: [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3].map(|f| v.read(f)),
+            maxphyaddr,
+        },
+        cr0: cr.cr0,
+        cr4: cr.cr4,
+        rflags: v.read(F::GUEST_RFLAGS),
+        cpl: ((v.read(F::GUEST_SS_AR_BYTES) >> 5) & 3) as u8,
+        info: InstrInfo(v.read(F::VMX_INSTRUCTION_INFO) as u32),
+        qualification: v.read(F::EXIT_QUALIFICATION),
+    }
+}
+
+/// Applies an instruction outcome to L1 (VMCS01 current).
+pub fn apply<P: Platform>(v: &mut impl Vmcs, p: &mut P, o: Outcome) {
+    match o {
+        Outcome::Succeed | Outcome::FailInvalid | Outcome::FailValid(_) => {
+            let rf = instr::rflags_after(v.read(F::GUEST_RFLAGS), o);
+            v.write(F::GUEST_RFLAGS, rf);
+            skip_instruction(v);
+        }
+        Outcome::Fault(f) => {
+            let code = matches!(f.vector, 12 | 13).then_some(f.error_code);
+            inject_exception(v, f.vector, code);
+        }
+        Outcome::PageFault { address, error_code } => {
+            p.set_cr2(address);
+            inject_exception(v, 14, Some(error_code));
+        }
+    }
+}
+
+impl Vcpu {
+    /// A VMX instruction executed by L1.
+    pub(super) fn l1_vmx_instruction<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, basic: u16) -> ExitOutcome {
+        if basic == reason::VMLAUNCH || basic == reason::VMRESUME {
+            return self.nested_entry(vs, p, basic == reason::VMLAUNCH);
+        }
+        let v = vs.current();
+        let s = l1_state(v, &self.regs, self.maxphyaddr);
+        let mut gpr = s.ctx.gpr;
+        let x = &mut self.nested.vmx;
+        let mem = p.mem();
+        let (o, inv) = match basic {
+            reason::VMXON => (x.vmxon(&s, mem), Invalidate::None),
+            reason::VMXOFF => (x.vmxoff(&s, mem), Invalidate::None),
+            reason::VMPTRLD => (x.vmptrld(&s, mem), Invalidate::None),
+            reason::VMPTRST => (x.vmptrst(&s, mem), Invalidate::None),
+            reason::VMCLEAR => (x.vmclear(&s, mem), Invalidate::None),
+            reason::VMREAD => (x.vmread(&s, mem, &mut gpr), Invalidate::None),
+            reason::VMWRITE => (x.vmwrite(&s, mem, &gpr), Invalidate::None),
+            reason::INVEPT => x.invept(&s, mem, &gpr),
+            reason::INVVPID => x.invvpid(&s, mem, &gpr),
+            _ => unreachable!("not a VMX instruction: {basic}"),
+        };
+        if basic == reason::VMREAD && o == Outcome::Succeed {
+            for (i, &g) in gpr.iter().enumerate() {
+                if i == GuestRegs::RSP {
+                    v.write(F::GUEST_RSP, g);
+                } else {
+                    self.regs.gpr[i] = g;
+                }
+            }
+        }
+        match inv {
+            Invalidate::None => {}
+            Invalidate::Ept(which) => {
+                if self.nested.ept02.invalidate(p.tables(), which) {
+                    p.invept_all();
+                }
+            }
+            Invalidate::Vpid(Some(v12)) => {
+                if let Some(v02) = self.nested.vpids.lookup(v12) {
+                    p.flush_vpid(v02);
+                }
+            }
+            Invalidate::Vpid(None) => {
+                for v02 in self.nested.vpids.all() {
+                    p.flush_vpid(v02);
+                }
+            }
+        }
+        if let Outcome::FailValid(e) = o {
+            log::debug!("L1 {}: VMfailValid({e})", crate::vmx::exit::reason_name(basic));
+        }
+        debug_assert_eq!(vs.selected(), Level::L1);
+        apply(vs.current(), p, o);
+        ExitOutcome::Resume
+    }
+}
