@@ -104,6 +104,9 @@ pub enum ModuleRole<'a> {
     L1Multiboot(&'a str),
     /// A module for the cloud VM's kernel, with its command line.
     L1Module(&'a str),
+    /// The 32-byte sealing key for shadow-device state (raw, or 64 hex
+    /// digits); L0 reads it and wipes the module.
+    L0Key,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +114,7 @@ pub struct UnknownModule<'a>(pub &'a str);
 
 impl fmt::Display for UnknownModule<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "module command line starts with `{}`; expected `l1=multiboot` or `l1.module`", self.0)
+        write!(f, "module command line starts with `{}`; expected `l1=multiboot`, `l1.module` or `l0.key`", self.0)
     }
 }
 
@@ -120,6 +123,7 @@ pub fn module_role(cmdline: &str) -> Result<ModuleRole<'_>, UnknownModule<'_>> {
     match first {
         "l1=multiboot" => Ok(ModuleRole::L1Multiboot(rest)),
         "l1.module" => Ok(ModuleRole::L1Module(rest)),
+        "l0.key" => Ok(ModuleRole::L0Key),
         _ => Err(UnknownModule(first)),
     }
 }
@@ -169,7 +173,50 @@ mod tests {
         assert_eq!(module_role("l1=multiboot test=boot x"), Ok(ModuleRole::L1Multiboot("test=boot x")));
         assert_eq!(module_role("l1=multiboot"), Ok(ModuleRole::L1Multiboot("")));
         assert_eq!(module_role("l1.module env"), Ok(ModuleRole::L1Module("env")));
+        assert_eq!(module_role("l0.key"), Ok(ModuleRole::L0Key));
         assert_eq!(module_role(""), Err(UnknownModule("")));
         assert_eq!(module_role("initrd"), Err(UnknownModule("initrd")));
+    }
+}
+
+/// Why a key module was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadKey(pub usize);
+
+impl fmt::Display for BadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key module has {} bytes: expected 32 raw bytes or 64 hex digits", self.0)
+    }
+}
+
+/// The sealing key from an `l0.key` module: 32 raw bytes, or 64 hex digits
+/// (surrounding whitespace allowed).
+pub fn parse_key(data: &[u8]) -> Result<[u8; 32], BadKey> {
+    if data.len() == 32 {
+        return Ok(data.try_into().unwrap());
+    }
+    let text = core::str::from_utf8(data).map_err(|_| BadKey(data.len()))?.trim();
+    if text.len() != 64 {
+        return Err(BadKey(data.len()));
+    }
+    let mut key = [0u8; 32];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| BadKey(data.len()))?;
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert_eq!(parse_key(&[7; 32]), Ok([7; 32]));
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
+        let k = parse_key(hex.as_bytes()).unwrap();
+        assert_eq!((k[0], k[1], k[31]), (0x00, 0x11, 0xff));
+        assert_eq!(parse_key(b"short"), Err(BadKey(5)));
+        assert_eq!(parse_key(&[b'z'; 64]), Err(BadKey(64)));
     }
 }

@@ -53,6 +53,27 @@ pub fn serial_base() -> Option<u16> {
     l.port.as_ref().map(|_| l.base)
 }
 
+/// A whole line (a protocol frame) on the management line.
+pub fn send_line(line: &str) {
+    let _ = LINE.lock().write_str(line);
+}
+
+/// Bytes the operator sent, without waiting: up to `buf.len()`, while the
+/// receiver has data (LSR.DR).
+pub fn recv(buf: &mut [u8]) -> usize {
+    let l = LINE.lock();
+    if l.port.is_none() {
+        return 0;
+    }
+    let mut n = 0;
+    // SAFETY: L0's own UART; LSR first, RBR only when data is ready.
+    while n < buf.len() && unsafe { cpu::inb(l.base + 5) } & 1 != 0 {
+        buf[n] = unsafe { cpu::inb(l.base) };
+        n += 1;
+    }
+    n
+}
+
 /// Waits until the UART has sent everything (LSR.TEMT): emulators drop
 /// what is still in the transmitter when they stop.
 pub fn drain() {

@@ -238,6 +238,21 @@ impl Platform for Hardware {
         // SAFETY: CR2 is the guest's; L0 takes no page faults.
         unsafe { cpu::write_cr2(value) }
     }
+    fn mgmt_rx(&mut self, buf: &mut [u8]) -> usize {
+        logger::recv(buf)
+    }
+    fn mgmt_send(&mut self, line: &str) {
+        logger::send_line(line);
+    }
+}
+
+/// Random bytes for nonces: RDSEED, else RDRAND; false if the CPU has neither.
+fn hw_random(buf: &mut [u8]) -> bool {
+    for chunk in buf.chunks_mut(8) {
+        let Some(v) = cpu::rdseed64().or_else(cpu::rdrand64) else { return false };
+        chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
+    }
+    true
 }
 
 /// VMCS01 and VMCS02; VMPTRLD switches between them.
@@ -392,6 +407,8 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     let pool = fw.choose_pool(pool_size, &occupied).unwrap_or_else(|e| fatal(format_args!("{e}")));
     init_pool(pool, cfg.l0_mem / 4);
     info!("memory: {} MiB of RAM; L0 pool {pool} ({} MiB)", fw.ram.total() >> 20, pool.len() >> 20);
+    // The heap exists from here: the operator's console can learn who talks.
+    logger::send_line(&shadow_devices::mgmt::frame(format_args!("hello l0 {VERSION} abi {}", ultracall_abi::ABI_VERSION)));
 
     // Copy out everything still needed from the loader's memory.
     let firmware_map: Vec<MemoryRegion> = bi.memory_map().collect();
@@ -563,8 +580,14 @@ fn build_l1(
     // Which module is what.
     let mut kernel = None;
     let mut l1_modules = Vec::new();
+    let mut key = None;
     for (i, m) in modules.iter().enumerate() {
         match config::module_role(&m.cmdline) {
+            Ok(ModuleRole::L0Key) => {
+                key = Some(config::parse_key(m.data).unwrap_or_else(|e| fatal(format_args!("module {i}: {e}"))));
+                // SAFETY: the module copy is L0's; nothing else refers to it now.
+                unsafe { core::ptr::write_bytes(m.data.as_ptr() as *mut u8, 0, m.data.len()) };
+            }
             Ok(ModuleRole::L1Multiboot(args)) if kernel.is_none() => kernel = Some((m, args)),
             Ok(ModuleRole::L1Multiboot(_)) => fatal(format_args!("module {i}: a second `l1=multiboot` kernel")),
             Ok(ModuleRole::L1Module(args)) => l1_modules.push(boot::loader::ModuleImage { data: m.data, cmdline: args }),
@@ -606,6 +629,7 @@ fn build_l1(
     let ept01 = vcpu::ept01::Ept01::build(&mut hw.tables, &regions, l0, fw.ept_limit(), sink, max)
         .unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
 
+    info!("shadow devices: sealing key {}", if key.is_some() { "provisioned" } else { "absent (save/restore refused)" });
     // Bitmaps: L0's UART and the emulator's shutdown port; the MSRs L0 keeps.
     let mgmt_port = logger::serial_base();
     let mut io = msr::IoBitmaps::new();
@@ -628,7 +652,7 @@ fn build_l1(
     // SAFETY: fresh pool frames of the right sizes.
     unsafe {
         core::ptr::copy_nonoverlapping(io.0.as_ptr(), io_pages as *mut u8, 8192);
-        core::ptr::copy_nonoverlapping(io.0.as_ptr(), nested_pages.io_l0 as *mut u8, 8192);
+        core::ptr::copy_nonoverlapping(l2_io_bitmap().0.as_ptr(), nested_pages.io_l0 as *mut u8, 8192);
         core::ptr::write_bytes(nested_pages.io_all as *mut u8, 0xff, 8192);
         core::ptr::copy_nonoverlapping(msr::l1_msr_bitmap().0.as_ptr(), msr_page as *mut u8, 4096);
     }
@@ -636,7 +660,9 @@ fn build_l1(
     // VMCS01, and VMCS02 for L2 (one, rebuilt at every nested entry).
     let vpid = vpid_usable(vcaps);
     let offer_vmx = nested_vmx_possible(vcaps);
-    let controls = setup::l1_controls(vcaps, vpid).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    let timer = vcaps.allows(caps::Control::Pin, caps::pin::PREEMPTION_TIMER);
+    let l0_timer = timer.then(|| POLL_TICKS >> (vcaps.misc & 0x1f));
+    let controls = setup::l1_controls(vcaps, vpid, timer).unwrap_or_else(|e| fatal(format_args!("{e}")));
     let policy = setup::l1_cr_policy(vcaps, offer_vmx);
     let vmcs = alloc_frames(1, "VMCS01");
     let vmcs02 = alloc_frames(1, "VMCS02");
@@ -679,6 +705,10 @@ fn build_l1(
         vpid: L1_VPID,
     };
     setup::write_controls(&mut v, &controls, &pages, &policy);
+    if let Some(t) = l0_timer {
+        // Not saved on exit: reloaded at every entry (SDM 26.7.4).
+        v.write(F::VMX_PREEMPTION_TIMER_VALUE, t);
+    }
     let mut regs = GuestRegs::default();
     for (reg, value) in setup::write_entry_state(&mut v, &plan.entry, &policy) {
         regs.gpr[reg] = value;
@@ -727,7 +757,26 @@ fn build_l1(
         msr_bitmap01: msr_page,
         nested: Nested::new(ncaps, cpu.maxphyaddr, nested_pages, l0_frames),
         vmcs_phys: [vmcs, vmcs02],
+        shadow: crate::shadow::Shadow::new(key, hw_random),
+        l0_timer,
+        window_requested: false,
     }
+}
+
+/// TSC ticks between L0's visits to the management line while a guest runs.
+const POLL_TICKS: u64 = 1 << 23;
+
+/// The ports L0 takes from every L2, whatever L1's bitmaps say: the user
+/// VMs' COM1-COM4 (their shadow UARTs) and the emulator's shutdown port.
+fn l2_io_bitmap() -> msr::IoBitmaps {
+    let mut io = msr::IoBitmaps::new();
+    for base in crate::shadow::COM_PORTS {
+        for p in base..base + 8 {
+            io.intercept(p);
+        }
+    }
+    io.intercept(vcpu::SHUTDOWN_PORT);
+    io
 }
 
 fn pages_eptp(e: &vcpu::ept01::Ept01) -> u64 {
@@ -755,10 +804,12 @@ fn deliver_pending_nmi(v: &mut impl Vmcs) {
 fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
     // SAFETY: VMCS01 is current; from here on only HwVmcsSet switches.
     let mut vs = HwVmcsSet { phys: vcpu.vmcs_phys, cur: Level::L1, v: unsafe { CurrentVmcs::new() } };
+    let mut last_poll = cpu::rdtsc();
     loop {
         let in_l2 = vcpu.nested.in_l2;
         if !in_l2 {
             deliver_pending_nmi(vs.current());
+            vcpu.before_l1_entry(vs.current());
         }
         let launched = if in_l2 { vcpu.nested.vmcs02_launched } else { vcpu.launched };
         // SAFETY: the current VMCS is complete: host state brings us back to l0_vmx_exit.
@@ -769,7 +820,15 @@ fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
                 } else {
                     vcpu.launched = true;
                 }
-                vcpu.handle_exit(&mut vs, hw)
+                let o = vcpu.handle_exit(&mut vs, hw);
+                // Exits too frequent for the preemption timer to fire still
+                // let L0 serve the management line.
+                let now = cpu::rdtsc();
+                if now.wrapping_sub(last_poll) > POLL_TICKS {
+                    last_poll = now;
+                    vcpu.poll_console(hw);
+                }
+                o
             }
             Err(e) if in_l2 => vcpu.vmcs02_entry_failed(&mut vs, hw, e),
             Err(e) => {

@@ -78,6 +78,8 @@ pub enum Error {
     Frozen,
     /// A prepared save no longer matches the registry or ledger.
     StaleSave,
+    /// L0 was booted without a sealing key: it cannot save or restore.
+    NoKey,
     /// The output buffer is too small; `needed` bytes would fit.
     BufferTooSmall {
         /// Bytes needed.
@@ -113,6 +115,7 @@ impl Error {
             Error::TagAlreadySet => Status::TagAlreadySet,
             Error::Frozen => Status::DeviceFrozen,
             Error::BufferTooSmall { .. } => Status::BufferTooSmall,
+            Error::NoKey => Status::NoKey,
         }
     }
 }
@@ -138,6 +141,7 @@ impl fmt::Display for Error {
             Error::PayloadTooLarge => f.write_str("state too large for a sealed blob"),
             Error::NonceExhausted => f.write_str("nonce counter exhausted; rotate the key"),
             Error::RandomUnavailable => f.write_str("random source failed"),
+            Error::NoKey => f.write_str("L0 has no sealing key (boot it with a key module)"),
             Error::EpochExhausted => f.write_str("epoch counter exhausted for this tag"),
             Error::UnknownVm => f.write_str("unknown VM"),
             Error::UnknownTag => f.write_str("no VM holds this tag"),

@@ -23,6 +23,7 @@ extern crate alloc;
 pub mod device;
 pub mod epoch;
 pub mod error;
+pub mod mgmt;
 pub mod registry;
 pub mod seal;
 pub mod uart16550;

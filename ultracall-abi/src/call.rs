@@ -104,6 +104,16 @@ pub enum Op {
     /// L1 only. In: buffer (L0 writes). Writes the VM list
     /// ([`crate::list`]). Out: RCX = bytes written, RSI = number of VMs.
     ListVms = 5,
+    /// L1 only (since 1.1). In: RSI = vector (32..=255), or 0 to turn the
+    /// relay off. From then on, a rising edge of a user VM's shadow-device
+    /// interrupt makes L0 raise this external-interrupt vector in L1; the
+    /// interrupt carries no data.
+    SetIrqRelay = 6,
+    /// L1 only (since 1.1). Takes the interrupt edges L0 has pending for one
+    /// user VM. Out: RCX = a VMCS pointer L1 uses for that VM, RSI = the
+    /// ISA IRQ lines with a new edge (bit n = IRQ n), RDI = the lines'
+    /// current levels. `NO_DEVICE` when nothing is pending.
+    TakeIrqs = 7,
 }
 
 impl Op {
@@ -114,6 +124,8 @@ impl Op {
         Op::SaveDevices,
         Op::RestoreDevices,
         Op::ListVms,
+        Op::SetIrqRelay,
+        Op::TakeIrqs,
     ];
 
     /// Decodes RCX.
@@ -124,6 +136,8 @@ impl Op {
             3 => Some(Op::SaveDevices),
             4 => Some(Op::RestoreDevices),
             5 => Some(Op::ListVms),
+            6 => Some(Op::SetIrqRelay),
+            7 => Some(Op::TakeIrqs),
             _ => None,
         }
     }
@@ -141,12 +155,17 @@ impl Op {
             Op::SaveDevices => "save",
             Op::RestoreDevices => "restore",
             Op::ListVms => "list",
+            Op::SetIrqRelay => "irq-relay",
+            Op::TakeIrqs => "take-irqs",
         }
     }
 
     /// The ABI minor (of major 1) that introduced the operation.
     pub const fn since_minor(self) -> u16 {
-        0
+        match self {
+            Op::SetIrqRelay | Op::TakeIrqs => 1,
+            _ => 0,
+        }
     }
 
     /// Who may call it.
@@ -154,7 +173,9 @@ impl Op {
         match self {
             Op::Ping => true,
             Op::RegisterTag => matches!(level, CallerLevel::L2),
-            Op::SaveDevices | Op::RestoreDevices | Op::ListVms => matches!(level, CallerLevel::L1),
+            Op::SaveDevices | Op::RestoreDevices | Op::ListVms | Op::SetIrqRelay | Op::TakeIrqs => {
+                matches!(level, CallerLevel::L1)
+            }
         }
     }
 
@@ -166,7 +187,7 @@ impl Op {
     /// How the buffer is used.
     pub const fn buffer_use(self) -> BufferUse {
         match self {
-            Op::Ping | Op::RegisterTag => BufferUse::None,
+            Op::Ping | Op::RegisterTag | Op::SetIrqRelay | Op::TakeIrqs => BufferUse::None,
             Op::RestoreDevices => BufferUse::L0Reads,
             Op::SaveDevices | Op::ListVms => BufferUse::L0Writes,
         }
@@ -409,7 +430,7 @@ mod tests {
             assert_eq!(Op::from_raw(op.raw()), Some(op));
         }
         assert_eq!(Op::from_raw(0), None);
-        assert_eq!(Op::from_raw(6), None);
+        assert_eq!(Op::from_raw(8), None);
     }
 
     #[test]
@@ -417,9 +438,19 @@ mod tests {
         use CallerLevel::*;
         assert!(Op::Ping.allowed_from(L1) && Op::Ping.allowed_from(L2));
         assert!(!Op::RegisterTag.allowed_from(L1) && Op::RegisterTag.allowed_from(L2));
-        for op in [Op::SaveDevices, Op::RestoreDevices, Op::ListVms] {
+        for op in [Op::SaveDevices, Op::RestoreDevices, Op::ListVms, Op::SetIrqRelay, Op::TakeIrqs] {
             assert!(op.allowed_from(L1) && !op.allowed_from(L2), "{op:?}");
         }
+    }
+
+    #[test]
+    fn relay_ops_need_minor_1() {
+        let regs = Request::new(Op::TakeIrqs, GuestBuffer::default(), None).to_regs();
+        assert_eq!(regs.decode(CallerLevel::L1).map(|r| r.op), Ok(Op::TakeIrqs));
+        let old_l0 = AbiVersion { major: 1, minor: 0 };
+        assert_eq!(regs.decode_for(CallerLevel::L1, old_l0), Err(Status::UnknownOp));
+        assert_eq!(Op::SetIrqRelay.since_minor(), 1);
+        assert_eq!(Op::ListVms.since_minor(), 0);
     }
 
     #[test]
@@ -435,7 +466,7 @@ mod tests {
         let regs = req.to_regs();
         assert_eq!(regs.rax, ULTRACALL_MAGIC);
         assert_eq!(regs.rcx, 3);
-        assert_eq!(regs.rdx, 0x0001_0000);
+        assert_eq!(regs.rdx, u64::from(ABI_VERSION.to_raw()));
         assert_eq!(regs.decode(CallerLevel::L1), Ok(req));
     }
 

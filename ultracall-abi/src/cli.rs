@@ -72,6 +72,8 @@ pub fn exit_code(err: &Error) -> u8 {
             | Status::BufferTooSmall
             | Status::BufferTooLarge
             | Status::StateRejected
+            | Status::NoKey
+            | Status::InvalidArgument
             | Status::Internal => EXIT_L0_ERROR,
         },
         Error::UnknownStatus(_) | Error::Malformed(_) | Error::BufferTooSmall { .. } => {

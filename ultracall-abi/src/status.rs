@@ -83,6 +83,10 @@ statuses! {
     StateRejected = 19, "STATE_REJECTED", "authentic blob with unacceptable device state";
     /// L0 hit an internal limit or error; nothing changed.
     Internal = 20, "INTERNAL", "internal error in L0";
+    /// L0 was booted without a sealing key, so it cannot save or restore (since 1.1).
+    NoKey = 21, "NO_KEY", "L0 has no sealing key";
+    /// A register argument is out of range, e.g. a relay vector below 32 (since 1.1).
+    InvalidArgument = 22, "INVALID_ARGUMENT", "argument out of range";
 }
 
 impl Status {

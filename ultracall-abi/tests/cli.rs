@@ -92,5 +92,5 @@ fn usage_errors_exit_one() {
 fn version_names_the_abi() {
     let out = ultracall(&["--version"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ultracall ABI 1.0"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ultracall ABI 1.1"));
 }

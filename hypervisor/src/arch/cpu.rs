@@ -273,3 +273,29 @@ pub fn msr_fixup(rip: u64) -> Option<u64> {
         }
     }
 }
+
+/// RDSEED, if the CPU has it (CPUID.7.0:EBX[18]) and it succeeds in a few tries.
+pub fn rdseed64() -> Option<u64> {
+    if cpuid(7, 0)[1] & (1 << 18) == 0 {
+        return None;
+    }
+    (0..10).find_map(|_| {
+        let (v, ok): (u64, u8);
+        // SAFETY: RDSEED exists (checked); CF says whether it delivered.
+        unsafe { asm!("rdseed {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack)) };
+        (ok != 0).then_some(v)
+    })
+}
+
+/// RDRAND, if the CPU has it (CPUID.1:ECX[30]).
+pub fn rdrand64() -> Option<u64> {
+    if cpuid(1, 0)[2] & (1 << 30) == 0 {
+        return None;
+    }
+    (0..10).find_map(|_| {
+        let (v, ok): (u64, u8);
+        // SAFETY: RDRAND exists (checked); CF says whether it delivered.
+        unsafe { asm!("rdrand {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack)) };
+        (ok != 0).then_some(v)
+    })
+}

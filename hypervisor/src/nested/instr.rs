@@ -86,6 +86,8 @@ pub struct VmxState {
     pub current: Option<u64>,
     pub vmcs12: Box<Vmcs12>,
     pub maxphyaddr: u8,
+    /// The pointer the last successful VMCLEAR cleared.
+    pub cleared: Option<u64>,
 }
 
 /// A request the instruction makes of L0's nested machinery.
@@ -109,7 +111,7 @@ fn walk_fault(f: walk::VirtFault) -> Outcome {
 
 impl VmxState {
     pub fn new(caps: NestedCaps, maxphyaddr: u8) -> Self {
-        VmxState { caps, vmxon: None, current: None, vmcs12: Box::default(), maxphyaddr }
+        VmxState { caps, vmxon: None, current: None, vmcs12: Box::default(), maxphyaddr, cleared: None }
     }
 
     /// VMfailValid needs a current VMCS to hold the error; without one the
@@ -273,6 +275,7 @@ impl VmxState {
         if Some(p) == self.vmxon {
             return self.fail(err::VMCLEAR_VMXON_POINTER);
         }
+        self.cleared = Some(p);
         if self.current == Some(p) {
             self.vmcs12.launched = false;
             self.flush_current(mem);

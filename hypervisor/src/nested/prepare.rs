@@ -104,6 +104,8 @@ pub struct L0Part<'a> {
     pub l1_pat: u64,
     pub l1_debugctl: u64,
     pub l1_dr7: u64,
+    /// L0's own VMX-preemption timer value, used when L1 does not time L2.
+    pub l0_timer: Option<u64>,
 }
 
 /// The VMCS02 controls: L1's, with L0's bitmaps and EPT/VPID always on,
@@ -120,7 +122,10 @@ pub fn controls02(v12: &Vmcs12, l0: &L0Part) -> (u32, u32, u32, u32, u32) {
         };
         (want | msr as u32) & (msr >> 32) as u32
     };
-    let pin = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
+    let mut pin = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
+    if l0.l0_timer.is_some() {
+        pin |= crate::vmx::caps::pin::PREEMPTION_TIMER;
+    }
     let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
     let s12 = if p12 & primary::ACTIVATE_SECONDARY != 0 { v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
     let p02 = (p12 & !primary::UNCONDITIONAL_IO_EXITING) | primary::USE_IO_BITMAPS | primary::USE_MSR_BITMAPS | primary::ACTIVATE_SECONDARY;
@@ -189,6 +194,10 @@ pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part) {
     let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
     v02.write(F::TSC_OFFSET, if p12 & primary::USE_TSC_OFFSETTING != 0 { v12.get(F::TSC_OFFSET) } else { 0 });
     v02.write(F::VMCS_LINK_POINTER, u64::MAX);
+    let l1_timer = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & crate::vmx::caps::pin::PREEMPTION_TIMER != 0;
+    if let (false, Some(t)) = (l1_timer, l0.l0_timer) {
+        v02.write(F::VMX_PREEMPTION_TIMER_VALUE, t);
+    }
 
     // CR0/CR4: L1's masks plus the bits VMX forces; for bits only L0
     // masks, L2 reads its real value.
@@ -230,6 +239,7 @@ mod tests {
             l1_pat: 0x0606_0606_0606_0606,
             l1_debugctl: 0,
             l1_dr7: 0x400,
+            l0_timer: None,
         }
     }
 

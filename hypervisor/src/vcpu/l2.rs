@@ -16,6 +16,7 @@ use crate::nested::reflect::{self, ExitInfo};
 use crate::nested::{ept02, Level, VmcsSet, VPID_UNTAGGED_L2};
 use crate::vmx::caps::{primary, secondary};
 use crate::vmx::exit::{reason, CrAccess, InterruptionInfo, IoAccess};
+
 use crate::vmx::{ept, Field as F, Vmcs};
 
 const GP: u8 = 13;
@@ -127,6 +128,10 @@ impl Vcpu {
             VPID_UNTAGGED_L2
         };
         let (io_a, msr_bitmap) = self.prepare_bitmaps(p);
+        if let Some(vmcs12) = self.nested.vmx.current {
+            let eptp12 = self.eptp12();
+            self.shadow.ids.note_entry(vmcs12, eptp12);
+        }
         let v01 = vs.current();
         let l1_efer = v01.read(F::GUEST_IA32_EFER);
         let l1_pat = v01.read(F::GUEST_IA32_PAT);
@@ -145,6 +150,7 @@ impl Vcpu {
             l1_pat,
             l1_debugctl,
             l1_dr7,
+            l0_timer: self.l0_timer,
         };
         vs.select(Level::L2);
         prepare::write_vmcs02(vs.current(), &self.nested.vmx.vmcs12, &l0);
@@ -348,12 +354,30 @@ impl Vcpu {
             reason::EPT_MISCONFIG => return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT02 (an L0 bug)")),
             reason::IO_INSTRUCTION => {
                 let io = IoAccess::decode(e.qualification);
+                if super::com::touches_com(io.port, io.size) {
+                    // A user VM's serial ports are L0's, whatever L1 asked.
+                    self.nested.handled_in_l0 += 1;
+                    let o = self.l2_com_io(vs, p, &e, io);
+                    return self.after_l0_handled_l2_exit(vs, p, o);
+                }
                 let l0_port = self.owns_port(&io);
                 let wants = !l0_port && reflect::l1_wants_io(&self.nested.vmx.vmcs12, p.mem(), &io);
                 if !wants && !l0_port && io.port != SHUTDOWN_PORT {
                     log::warn!("L2 I/O exit on port {:#x} that neither L0 nor L1 asked for", io.port);
                 }
                 wants
+            }
+            reason::VMCALL if self.is_ultracall() => {
+                // Ultracalls bypass the guest hypervisor.
+                self.nested.handled_in_l0 += 1;
+                self.ultracall(vs, p, ultracall_abi::CallerLevel::L2);
+                return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
+            }
+            reason::PREEMPTION_TIMER if !reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic) => {
+                // L0's own timer: serve the management line, L2 goes on.
+                self.nested.handled_in_l0 += 1;
+                self.poll_console(p);
+                return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
             }
             reason::RDMSR | reason::WRMSR => {
                 let msr = self.regs.gpr[GuestRegs::RCX] as u32;
@@ -406,7 +430,39 @@ impl Vcpu {
             }
         };
         reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
-        outcome
+        self.after_l0_handled_l2_exit(vs, p, outcome)
+    }
+
+    /// After L0 handled an L2 exit itself: if a relay interrupt is owed and
+    /// L1 takes external interrupts while L2 runs, L1 gets that exit now,
+    /// as a device interrupt for L1 would cause (SDM 26.2, 28.2.2).
+    fn after_l0_handled_l2_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, o: Outcome) -> Outcome {
+        use crate::vmx::caps::{exit, pin};
+        if o != Outcome::Resume || !self.nested.in_l2 || !self.shadow.irq_pending() {
+            return o;
+        }
+        let v12 = &self.nested.vmx.vmcs12;
+        if v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::EXTERNAL_INTERRUPT_EXITING == 0 {
+            return o; // delivered when L1 runs next
+        }
+        // A pending event injection must not be lost: it is still in
+        // VMCS02's entry field; the exit reports it as IDT-vectoring info.
+        let v = vs.current();
+        let pending_event = v.read(F::VM_ENTRY_INTR_INFO_FIELD) as u32;
+        let mut e = ExitInfo { reason: reason::EXTERNAL_INTERRUPT as u32, ..Default::default() };
+        if pending_event & (1 << 31) != 0 {
+            e.idt_info = pending_event;
+            e.idt_error = v.read(F::VM_ENTRY_EXCEPTION_ERROR_CODE) as u32;
+            e.instr_len = v.read(F::VM_ENTRY_INSTRUCTION_LEN) as u32;
+            v.write(F::VM_ENTRY_INTR_INFO_FIELD, 0);
+        }
+        if v12.get(F::VM_EXIT_CONTROLS) as u32 & exit::ACK_INTERRUPT_ON_EXIT != 0 {
+            // Acknowledged on exit: the vector travels in the exit information.
+            let vector = self.shadow.relay_vector.unwrap_or(0);
+            e.intr_info = InterruptionInfo::new(vector, crate::vmx::exit::event_type::EXTERNAL_INTERRUPT, false).0;
+            self.shadow.relay_delivered();
+        }
+        self.reflect(vs, p, &e)
     }
 
     /// An EPT violation while L2 runs: fill EPT02 from EPT12, or reflect.

@@ -13,6 +13,7 @@ use crate::nested::{Nested, VmcsSet};
 use crate::vmx::caps::VmxCaps;
 use crate::vmx::{caps, Field as F, Vmcs};
 
+mod com;
 pub mod cpuid;
 pub mod cr;
 pub mod ept01;
@@ -20,6 +21,7 @@ mod l2;
 pub mod msr;
 pub mod report;
 pub mod setup;
+mod ultracall;
 mod vmx_instr;
 
 use cr::{CrPolicy, CrState, GeneralProtection};
@@ -53,6 +55,10 @@ pub trait Platform {
     fn invept_all(&mut self);
     /// CR2 for a #PF L0 injects (L0 itself never changes CR2 otherwise).
     fn set_cr2(&mut self, value: u64);
+    /// Bytes the operator sent on the management line (non-blocking).
+    fn mgmt_rx(&mut self, buf: &mut [u8]) -> usize;
+    /// A protocol frame (one line) to the operator.
+    fn mgmt_send(&mut self, line: &str);
 }
 
 /// Why L1 cannot go on.
@@ -172,6 +178,12 @@ pub struct Vcpu {
     pub nested: Nested,
     /// VMCS01 and VMCS02 regions.
     pub vmcs_phys: [u64; 2],
+    pub shadow: crate::shadow::Shadow,
+    /// VMX-preemption timer value that brings L0 back to serve the
+    /// management line while a guest runs without exits (None: no timer).
+    pub l0_timer: Option<u64>,
+    /// L0 asked for an interrupt window in VMCS01 (to deliver the relay).
+    pub window_requested: bool,
 }
 
 const CR0_TS: u64 = 1 << 3;
@@ -296,6 +308,13 @@ impl Vcpu {
                 return o;
             }
             reason::TRIPLE_FAULT => return Outcome::Stop(Stop::TripleFault),
+            reason::VMCALL if self.is_ultracall() => self.ultracall(vs, p, ultracall_abi::CallerLevel::L1),
+            reason::PREEMPTION_TIMER => self.poll_console(p),
+            reason::INTERRUPT_WINDOW => {
+                // Opened for the relay interrupt, delivered before the entry.
+                v.clear_bits(F::CPU_BASED_VM_EXEC_CONTROL, caps::primary::INTERRUPT_WINDOW_EXITING as u64);
+                self.window_requested = false;
+            }
             // VMX when not offered, SMX, VMFUNC, and VMCALL without an
             // ultracall: #UD, as on a CPU without them.
             reason::VMCALL
@@ -316,6 +335,48 @@ impl Vcpu {
             _ => return Outcome::Stop(Stop::Unexpected(r)),
         }
         Outcome::Resume
+    }
+
+    /// Serves the management line: operator commands in, console output out.
+    pub fn poll_console<P: Platform>(&mut self, p: &mut P) {
+        let mut buf = [0u8; 64];
+        loop {
+            let n = p.mgmt_rx(&mut buf);
+            if n == 0 {
+                break;
+            }
+            for f in self.shadow.feed(&buf[..n]) {
+                p.mgmt_send(&f);
+            }
+        }
+        for f in self.shadow.pump() {
+            p.mgmt_send(&f);
+        }
+    }
+
+    /// What L0 does before each VM entry into L1: raise the relay
+    /// interrupt when edges are pending and L1 can take an interrupt, or
+    /// ask for the window in which it can.
+    pub fn before_l1_entry(&mut self, v: &mut impl Vmcs) {
+        if !self.shadow.irq_pending() {
+            return;
+        }
+        let Some(vector) = self.shadow.relay_vector else { return };
+        let can = v.read(F::GUEST_RFLAGS) & (1 << 9) != 0
+            && v.read(F::GUEST_INTERRUPTIBILITY_INFO) & 3 == 0
+            && v.read(F::VM_ENTRY_INTR_INFO_FIELD) & InterruptionInfo::VALID as u64 == 0;
+        if can {
+            // An external interrupt that no interrupt controller delivered:
+            // L1's relay must not EOI it (docs/shadow-devices.md).
+            v.write(F::VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo::new(vector, event_type::EXTERNAL_INTERRUPT, false).0 as u64);
+            if v.read(F::GUEST_ACTIVITY_STATE) == ACTIVITY_HLT {
+                v.write(F::GUEST_ACTIVITY_STATE, 0);
+            }
+            self.shadow.relay_delivered();
+        } else if !self.window_requested {
+            v.set_bits(F::CPU_BASED_VM_EXEC_CONTROL, caps::primary::INTERRUPT_WINDOW_EXITING as u64);
+            self.window_requested = true;
+        }
     }
 
     /// RDMSR of an MSR L0 emulates.

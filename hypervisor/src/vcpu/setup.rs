@@ -67,14 +67,16 @@ impl L1Controls {
 /// The controls for L1: pass-through of devices and interrupts, EPT with
 /// unrestricted guest, bitmaps for the few ports and MSRs L0 keeps, and
 /// guest-state save/load of EFER, PAT and debug controls.
-pub fn l1_controls(c: &VmxCaps, vpid: bool) -> Result<L1Controls, ControlError> {
+/// With `timer`, the VMX-preemption timer brings L0 back regularly (to serve
+/// the management line) however long L1 runs without exiting.
+pub fn l1_controls(c: &VmxCaps, vpid: bool, timer: bool) -> Result<L1Controls, ControlError> {
     use caps::{entry, exit, primary as p, secondary as s};
     let mut secondary_required = s::ENABLE_EPT | s::UNRESTRICTED_GUEST;
     if vpid {
         secondary_required |= s::ENABLE_VPID;
     }
     Ok(L1Controls {
-        pin: c.adjust(Control::Pin, 0, 0)?,
+        pin: c.adjust(Control::Pin, if timer { caps::pin::PREEMPTION_TIMER } else { 0 }, 0)?,
         primary: c.adjust(Control::Primary, p::USE_IO_BITMAPS | p::USE_MSR_BITMAPS | p::ACTIVATE_SECONDARY, 0)?,
         // RDTSCP, INVPCID and XSAVES #UD in the guest unless enabled.
         secondary: c.adjust(
@@ -224,8 +226,9 @@ mod tests {
 
     #[test]
     fn l1_controls_on_bochs() {
-        let c = l1_controls(&caps(), true).unwrap();
+        let c = l1_controls(&caps(), true, false).unwrap();
         assert_eq!(c.pin, 0x16, "no interrupt or NMI exiting: L1 owns them");
+        assert_eq!(l1_controls(&caps(), true, true).unwrap().pin, 0x56);
         assert_eq!(c.primary & caps::primary::HLT_EXITING, 0);
         assert_eq!(c.primary & (caps::primary::CR3_LOAD_EXITING | caps::primary::CR3_STORE_EXITING), 0);
         assert!(c.has_secondary(caps::secondary::ENABLE_EPT | caps::secondary::UNRESTRICTED_GUEST | caps::secondary::ENABLE_VPID));
@@ -234,7 +237,7 @@ mod tests {
         let mut no_ug = caps();
         no_ug.secondary &= !((caps::secondary::UNRESTRICTED_GUEST as u64) << 32);
         assert_eq!(
-            l1_controls(&no_ug, true).unwrap_err(),
+            l1_controls(&no_ug, true, false).unwrap_err(),
             ControlError { control: Control::Secondary, missing: caps::secondary::UNRESTRICTED_GUEST }
         );
     }
@@ -259,7 +262,7 @@ mod tests {
 
     #[test]
     fn controls_are_written() {
-        let c = l1_controls(&caps(), true).unwrap();
+        let c = l1_controls(&caps(), true, false).unwrap();
         let pages = ControlPages { io_bitmap_a: 0x1000, io_bitmap_b: 0x2000, msr_bitmap: 0x3000, eptp: 0x401e, vpid: 1 };
         let mut v = FakeVmcs::default();
         write_controls(&mut v, &c, &pages, &l1_cr_policy(&caps(), false));

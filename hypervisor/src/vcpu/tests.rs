@@ -22,6 +22,9 @@ pub struct FakePlatform {
     pub msrs: BTreeMap<u32, u64>,
     pub inept_all: u32,
     pub cr2: u64,
+    /// What the operator sends, and what L0 sent back.
+    pub mgmt_in: Vec<u8>,
+    pub mgmt_out: Vec<String>,
 }
 
 /// VMCS01 and VMCS02 as two fake VMCSs; derefs to the current one.
@@ -121,6 +124,15 @@ impl Platform for FakePlatform {
     fn set_cr2(&mut self, value: u64) {
         self.cr2 = value;
     }
+    fn mgmt_rx(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.mgmt_in.len());
+        buf[..n].copy_from_slice(&self.mgmt_in[..n]);
+        self.mgmt_in.drain(..n);
+        n
+    }
+    fn mgmt_send(&mut self, line: &str) {
+        self.mgmt_out.push(line.to_string());
+    }
 }
 
 const POOL: Range = Range::new(0x1de0_0000, 0x1fe0_0000);
@@ -153,6 +165,12 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         msr_bitmap01: 0x7000_8000,
         nested: Nested::new(crate::nested::testutil::caps(), 39, PAGES, RangeSet::new()),
         vmcs_phys: [0x7100_0000, 0x7100_1000],
+        shadow: crate::shadow::Shadow::new(Some([1; 32]), |b| {
+            b.fill(0x42);
+            true
+        }),
+        l0_timer: None,
+        window_requested: false,
     };
     let mut v = FakeVmcs::default();
     setup::write_entry_state(&mut v, &boot::loader::Entry::Multiboot { eip: 0x10_0000, ebx: 0 }, &policy);
@@ -170,6 +188,8 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         msrs: BTreeMap::new(),
         inept_all: 0,
         cr2: 0,
+        mgmt_in: Vec::new(),
+        mgmt_out: Vec::new(),
     };
     (vcpu, FakeSet { v01: v, v02: FakeVmcs::default(), cur: Level::L1 }, p)
 }
@@ -518,24 +538,36 @@ mod nested {
     #[test]
     fn l2_io_routing() {
         let (mut c, mut v, mut p) = l1_in_vmx();
+        // L1 traps port 0x80 and (uselessly) COM1 for its L2.
+        p.mem.write(IO_A + 0x80 / 8, &[1]).unwrap();
         p.mem.write(IO_A + 0x3f8 / 8, &[1]).unwrap();
         launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
-        // L0's management port: L0 answers, L1 never sees it.
-        c.regs.gpr[GuestRegs::RAX] = 0;
-        exit(&mut v, reason::IO_INSTRUCTION, 0x02f8_0008, 1);
+        // COM1 is the user VM's shadow UART in L0, whatever L1 asked.
+        c.regs.gpr[GuestRegs::RAX] = b'x' as u64;
+        exit(&mut v, reason::IO_INSTRUCTION, 0x03f8_0000, 1); // out dx, al
         v.v02.write(F::GUEST_RIP, 0x1000);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-        assert!(c.nested.in_l2);
-        assert_eq!(c.regs.gpr[GuestRegs::RAX], 0xff);
+        assert!(c.nested.in_l2, "L1 never sees it");
         assert_eq!(v.v02.read(F::GUEST_RIP), 0x1001);
+        c.regs.gpr[GuestRegs::RAX] = 0x1234_5600;
+        exit(&mut v, reason::IO_INSTRUCTION, 0x03fd_0008, 1); // in al, dx: LSR
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(c.regs.gpr[GuestRegs::RAX] & !0xff, 0x1234_5600);
+        assert_eq!(c.regs.gpr[GuestRegs::RAX] & 0x60, 0x60, "THRE and TEMT: the byte left");
+        assert_eq!(c.shadow.vm_count(), 1);
+        // L0's management port (COM2 for L0) is this VM's COM2, not L0's.
+        exit(&mut v, reason::IO_INSTRUCTION, 0x02fb_0000, 1);
+        c.regs.gpr[GuestRegs::RAX] = 0x03;
+        c.handle_exit(&mut v, &mut p);
+        assert!(c.nested.in_l2);
         // A port in L1's bitmap: reflected.
-        exit(&mut v, reason::IO_INSTRUCTION, 0x03f8_0000, 1);
+        exit(&mut v, reason::IO_INSTRUCTION, 0x0080_0000, 1);
         c.handle_exit(&mut v, &mut p);
         assert!(!c.nested.in_l2);
-        assert_eq!(c.nested.vmx.vmcs12.get(F::EXIT_QUALIFICATION), 0x03f8_0000);
+        assert_eq!(c.nested.vmx.vmcs12.get(F::EXIT_QUALIFICATION), 0x0080_0000);
         // The merged bitmap VMCS02 used has both.
         let merged = p.page(PAGES.io_merged);
-        assert_ne!(merged[0x3f8 / 64] & (1 << (0x3f8 % 64)), 0);
+        assert_ne!(merged[0x80 / 64] & (1 << (0x80 % 64)), 0);
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl Vcpu {
         let mut gpr = s.ctx.gpr;
         let x = &mut self.nested.vmx;
         let mem = p.mem();
+        x.cleared = None;
         let (o, inv) = match basic {
             reason::VMXON => (x.vmxon(&s, mem), Invalidate::None),
             reason::VMXOFF => (x.vmxoff(&s, mem), Invalidate::None),
@@ -88,6 +89,17 @@ impl Vcpu {
             reason::INVVPID => x.invvpid(&s, mem, &gpr),
             _ => unreachable!("not a VMX instruction: {basic}"),
         };
+        if o == Outcome::Succeed {
+            // The end of a user VM (shadow/identity.rs, rule 3).
+            let frames = match (basic, x.cleared.take()) {
+                (reason::VMCLEAR, Some(ptr)) => self.shadow.vmclear(ptr),
+                (reason::VMXOFF, _) => self.shadow.vmxoff(),
+                _ => alloc::vec::Vec::new(),
+            };
+            for f in frames {
+                p.mgmt_send(&f);
+            }
+        }
         if basic == reason::VMREAD && o == Outcome::Succeed {
             for (i, &g) in gpr.iter().enumerate() {
                 if i == GuestRegs::RSP {

@@ -1,0 +1,320 @@
+//! Shadow devices in L0: each user VM's COM1-COM4 are 16550A models in L0
+//! (`shadow_devices`), never L1's. This module keeps them per VM
+//! ([`identity`]), serves the operator's console on L0's management line
+//! (`shadow_devices::mgmt`), collects interrupt edges for L1's relay, and
+//! carries out save/restore for the migration manager.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use shadow_devices::epoch::EpochLedger;
+use shadow_devices::mgmt::{self, Command, Target};
+use shadow_devices::registry::{PreparedSave, Registry, Restored};
+use shadow_devices::seal::{CounterNonce, SealKey};
+use shadow_devices::Error;
+use ultracall_abi::VmTag;
+
+pub mod identity;
+
+use identity::{Identities, VmId};
+
+/// Random bytes for nonces (RDSEED/RDRAND on hardware).
+pub type RandomFn = fn(&mut [u8]) -> bool;
+
+/// The COM port bases every user VM has.
+pub const COM_PORTS: [u16; 4] = [0x3f8, 0x2f8, 0x3e8, 0x2e8];
+
+/// Whether `port` is one of a user VM's COM1-COM4 registers.
+pub fn is_com_port(port: u16) -> bool {
+    COM_PORTS.iter().any(|&b| (b..b + 8).contains(&port))
+}
+
+/// What the operator's console follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub vm: VmId,
+    pub port: u16,
+}
+
+pub struct Shadow {
+    pub ids: Identities,
+    pub devices: Registry<VmId>,
+    key: Option<SealKey>,
+    ledger: EpochLedger,
+    nonces: CounterNonce<RandomFn>,
+    /// L1's relay vector (ABI op SetIrqRelay).
+    pub relay_vector: Option<u8>,
+    /// Interrupt edges L1 has not taken yet, per VM.
+    pending: BTreeMap<VmId, u16>,
+    /// A relay interrupt for the pending edges reached L1.
+    announced: bool,
+    pub session: Option<Session>,
+    rx_line: Vec<u8>,
+    /// Bytes of console input not yet accepted by the attached device.
+    input_backlog: Vec<u8>,
+}
+
+/// Frames to send to the operator.
+pub type Frames = Vec<String>;
+
+impl Shadow {
+    pub fn new(key: Option<[u8; 32]>, random: RandomFn) -> Self {
+        Shadow {
+            ids: Identities::new(),
+            devices: Registry::default(),
+            key: key.map(|k| SealKey::new(&k)),
+            ledger: EpochLedger::new(),
+            nonces: CounterNonce::new(random),
+            relay_vector: None,
+            pending: BTreeMap::new(),
+            announced: false,
+            session: None,
+            rx_line: Vec::new(),
+            input_backlog: Vec::new(),
+        }
+    }
+
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// A one-byte access by VM `vm` to a COM port; `None` for a write.
+    pub fn io(&mut self, vm: VmId, port: u16, write: Option<u8>) -> u8 {
+        let v = self.devices.vm(vm);
+        let r = match write {
+            Some(b) => {
+                v.io_write(port, b);
+                0
+            }
+            None => v.io_read(port).unwrap_or(0xff),
+        };
+        let edges = v.take_irq_edges();
+        if edges != 0 {
+            *self.pending.entry(vm).or_insert(0) |= edges;
+        }
+        r
+    }
+
+    /// Whether the VM's devices were saved away (their I/O is held).
+    pub fn frozen(&self, vm: VmId) -> bool {
+        self.devices.get(&vm).is_some_and(|d| d.is_frozen())
+    }
+
+    /// Whether L1 is owed a relay interrupt: edges are pending that no
+    /// relay interrupt has announced yet. L1's handler takes them all with
+    /// TakeIrqs; new edges after that announce themselves again.
+    pub fn irq_pending(&self) -> bool {
+        self.relay_vector.is_some() && !self.pending.is_empty() && !self.announced
+    }
+
+    /// The relay interrupt reached L1.
+    pub fn relay_delivered(&mut self) {
+        self.announced = true;
+    }
+
+    /// TakeIrqs: one VM's new edges (and their VMCS pointer, and levels).
+    pub fn take_irqs(&mut self) -> Option<(u64, u16, u16)> {
+        // L1 is draining: edges from now on need a new announcement.
+        self.announced = false;
+        while let Some((&vm, &edges)) = self.pending.iter().next() {
+            self.pending.remove(&vm);
+            let (Some(vmcs), Some(devs)) = (self.ids.vmcs_of(vm), self.devices.get(&vm)) else {
+                continue; // the VM ended meanwhile
+            };
+            return Some((vmcs, edges, devs.irq_levels()));
+        }
+        None
+    }
+
+    /// The VM of an L2 exit, creating its identity on first use.
+    pub fn identify(&mut self, vmcs12: u64, eptp12: Option<u64>) -> Option<VmId> {
+        let vm = self.ids.identify(vmcs12, eptp12)?;
+        self.devices.vm(vm);
+        Some(vm)
+    }
+
+    /// L1 VMCLEARed a VMCS12: if that ended a VM, its devices go too.
+    pub fn vmclear(&mut self, vmcs12: u64) -> Frames {
+        match self.ids.vmclear(vmcs12) {
+            Some(vm) => self.drop_vm(vm),
+            None => Vec::new(),
+        }
+    }
+
+    /// L1 left VMX operation.
+    pub fn vmxoff(&mut self) -> Frames {
+        self.ids.clear_all().into_iter().flat_map(|vm| self.drop_vm(vm)).collect()
+    }
+
+    fn drop_vm(&mut self, vm: VmId) -> Frames {
+        self.devices.remove(&vm);
+        self.pending.remove(&vm);
+        log::info!("user VM {vm} ended");
+        let mut out = alloc::vec![mgmt::frame(format_args!("gone {vm}"))];
+        if self.session.is_some_and(|s| s.vm == vm) {
+            self.session = None;
+            out.push(mgmt::frame(format_args!("detached {vm} the VM ended")));
+        }
+        out
+    }
+
+    pub fn register_tag(&mut self, vm: VmId, tag: VmTag) -> Result<(), Error> {
+        self.devices.vm(vm);
+        self.devices.register_tag(vm, tag)
+    }
+
+    pub fn list(&self, out: &mut [u8]) -> Result<usize, Error> {
+        self.devices.encode_list(|&id| id, out)
+    }
+
+    pub fn vm_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Save phase 1 (see `Registry::prepare_save`).
+    pub fn prepare_save(&mut self, tag: &VmTag) -> Result<PreparedSave<VmId>, Error> {
+        let key = self.key.as_ref().ok_or(Error::NoKey)?;
+        self.devices.prepare_save(tag, key, &self.ledger, &mut self.nonces)
+    }
+
+    pub fn commit_save(&mut self, p: PreparedSave<VmId>) -> Result<(), Error> {
+        self.devices.commit_save(p, &mut self.ledger)
+    }
+
+    pub fn restore(&mut self, tag: &VmTag, blob: &[u8]) -> Result<Restored<VmId>, Error> {
+        let key = self.key.as_ref().ok_or(Error::NoKey)?;
+        self.devices.restore_sealed(tag, key, &mut self.ledger, blob)
+    }
+
+    /// Bytes from the management line: complete lines are commands.
+    pub fn feed(&mut self, bytes: &[u8]) -> Frames {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if b == b'\n' {
+                let line = core::mem::take(&mut self.rx_line);
+                if let Ok(line) = core::str::from_utf8(&line) {
+                    out.extend(self.line(line));
+                }
+            } else if self.rx_line.len() < mgmt::MAX_LINE {
+                self.rx_line.push(b);
+            }
+        }
+        out
+    }
+
+    fn line(&mut self, line: &str) -> Frames {
+        let body = match mgmt::parse_frame(line) {
+            Ok(b) => b,
+            Err(mgmt::FrameError::NotAFrame) => return Vec::new(),
+            Err(e) => return alloc::vec![mgmt::frame(format_args!("err frame: {e:?}"))],
+        };
+        match mgmt::parse_command(body) {
+            Ok(c) => self.command(c),
+            Err(e) => alloc::vec![mgmt::frame(format_args!("err {e}"))],
+        }
+    }
+
+    fn command(&mut self, c: Command) -> Frames {
+        let mut out = Vec::new();
+        match c {
+            Command::Ping => out.push(mgmt::frame(format_args!("pong"))),
+            Command::List => {
+                for (id, vm) in self.devices.iter() {
+                    let infos = vm.device_infos();
+                    let (bin, bout) = infos.iter().fold((0, 0), |(i, o), d| (i + d.bytes_in, o + d.bytes_out));
+                    let ports: Vec<String> = infos.iter().map(|d| alloc::format!("{:x}", d.port_base)).collect();
+                    let tag = vm.tag();
+                    out.push(mgmt::frame(format_args!(
+                        "vm {id} tag={} frozen={} ports={} in={bin} out={bout}",
+                        tag.as_ref().map_or("-", |t| t.as_str()),
+                        vm.is_frozen() as u8,
+                        ports.join(",")
+                    )));
+                }
+                out.push(mgmt::frame(format_args!("end-list {}", self.devices.len())));
+            }
+            Command::Attach { target, port } => {
+                let vm = match target {
+                    Target::Id(id) => self.devices.get(&id).map(|_| id),
+                    Target::Tag(t) => VmTag::new(t.as_bytes()).ok().and_then(|t| self.devices.find_by_tag(&t)),
+                };
+                let port = port.unwrap_or(COM_PORTS[0]);
+                match vm {
+                    Some(vm) if COM_PORTS.contains(&port) => {
+                        out.extend(self.detach("attached elsewhere"));
+                        self.session = Some(Session { vm, port });
+                        self.input_backlog.clear();
+                        if let Some(c) = self.devices.vm(vm).device_at(port).and_then(|d| d.console()) {
+                            c.set_operator_attached(true);
+                        }
+                        out.push(mgmt::frame(format_args!("attached {vm} {port:x}")));
+                        // The backlog follows at the next pump.
+                    }
+                    Some(_) => out.push(mgmt::frame(format_args!("err no COM port {port:#x}"))),
+                    None => out.push(mgmt::frame(format_args!("err no such VM"))),
+                }
+            }
+            Command::Detach => out.extend(self.detach("operator detached")),
+            Command::Input(bytes) => match self.session {
+                Some(_) => {
+                    self.input_backlog.extend_from_slice(&bytes);
+                    out.extend(self.pump());
+                }
+                None => out.push(mgmt::frame(format_args!("err not attached"))),
+            },
+        }
+        out
+    }
+
+    fn detach(&mut self, why: &str) -> Frames {
+        match self.session.take() {
+            Some(s) => {
+                if let Some(c) = self.devices.get_mut(&s.vm).and_then(|v| v.device_at(s.port)).and_then(|d| d.console()) {
+                    c.set_operator_attached(false);
+                }
+                alloc::vec![mgmt::frame(format_args!("detached {} {why}", s.vm))]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Moves console bytes both ways for the attached port: the guest's
+    /// output to the operator (at most `mgmt::OUT_CHUNK` per frame, a few
+    /// frames per call), the operator's input into the device as it takes it.
+    pub fn pump(&mut self) -> Frames {
+        let mut out = Vec::new();
+        let Some(s) = self.session else { return out };
+        let Some(vm) = self.devices.get_mut(&s.vm) else {
+            self.session = None;
+            return out;
+        };
+        let mut edges = 0;
+        if let Some(d) = vm.device_at(s.port) {
+            if let Some(c) = d.console() {
+                if !self.input_backlog.is_empty() {
+                    let n = c.push_input(&self.input_backlog);
+                    self.input_backlog.drain(..n);
+                }
+                let mut buf = [0u8; mgmt::OUT_CHUNK];
+                for _ in 0..4 {
+                    let n = c.pull_output(&mut buf);
+                    if n == 0 {
+                        break;
+                    }
+                    out.push(mgmt::frame(format_args!("out {} {:x} {}", s.vm, s.port, mgmt::hex(&buf[..n]))));
+                }
+            }
+            // Pulling output frees the transmitter and input fills the
+            // receiver: both can raise the UART's interrupt.
+            edges = vm.take_irq_edges();
+        }
+        if edges != 0 {
+            *self.pending.entry(s.vm).or_insert(0) |= edges;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

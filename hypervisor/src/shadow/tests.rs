@@ -1,0 +1,122 @@
+//! The shadow state: devices per VM, the operator's console, the relay's
+//! pending edges, save and restore.
+
+use super::*;
+use shadow_devices::mgmt::{parse_event, parse_frame, Event};
+
+fn rng(buf: &mut [u8]) -> bool {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = i as u8 ^ 0x5a;
+    }
+    true
+}
+
+fn shadow() -> Shadow {
+    Shadow::new(Some([7; 32]), rng)
+}
+
+fn send(s: &mut Shadow, body: &str) -> Vec<Event> {
+    let f = mgmt::frame(format_args!("{body}"));
+    s.feed(f.as_bytes()).iter().map(|l| parse_event(parse_frame(l).unwrap()).unwrap()).collect()
+}
+
+fn events(frames: Frames) -> Vec<Event> {
+    frames.iter().map(|l| parse_event(parse_frame(l).unwrap()).unwrap()).collect()
+}
+
+/// The guest prints `text` on COM1 the way a driver does: THR writes.
+fn print(s: &mut Shadow, vm: VmId, text: &[u8]) {
+    for &b in text {
+        s.io(vm, 0x3f8, Some(b));
+    }
+}
+
+#[test]
+fn devices_per_vm_and_console_output() {
+    let mut s = shadow();
+    let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
+    let b = s.identify(0x2000, Some(0x20_0000)).unwrap();
+    print(&mut s, a, b"from a\n");
+    print(&mut s, b, b"from b\n");
+    let list = send(&mut s, "list");
+    assert_eq!(list.len(), 3);
+    assert!(matches!(list[2], Event::EndList { count: 2 }));
+    assert_eq!(send(&mut s, "attach 1"), vec![Event::Attached { id: a, port: 0x3f8 }]);
+    // The backlog arrives at the next pump, and only VM a's.
+    assert_eq!(events(s.pump()), vec![Event::Out { id: a, port: 0x3f8, bytes: b"from a\n".to_vec() }]);
+    print(&mut s, a, b"more");
+    assert_eq!(events(s.pump()), vec![Event::Out { id: a, port: 0x3f8, bytes: b"more".to_vec() }]);
+    assert_eq!(events(s.pump()), vec![]);
+}
+
+#[test]
+fn operator_input_reaches_the_guest_and_raises_edges() {
+    let mut s = shadow();
+    let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
+    // The guest driver: enable the RX interrupt and OUT2.
+    s.io(a, 0x3f9, Some(0x01));
+    s.io(a, 0x3fc, Some(0x08));
+    send(&mut s, "attach 1 0x3f8");
+    assert!(!s.irq_pending(), "no relay registered yet");
+    s.relay_vector = Some(0xec);
+    send(&mut s, &alloc::format!("in {}", mgmt::hex(b"ls\r")));
+    assert!(s.irq_pending());
+    let (vmcs, edges, levels) = s.take_irqs().unwrap();
+    assert_eq!((vmcs, edges & (1 << 4), levels & (1 << 4)), (0x1000, 1 << 4, 1 << 4));
+    assert_eq!(s.take_irqs(), None);
+    // The guest reads what was typed.
+    let got: Vec<u8> = (0..3).map(|_| s.io(a, 0x3f8, None)).collect();
+    assert_eq!(got, b"ls\r");
+}
+
+#[test]
+fn console_errors_are_answered() {
+    let mut s = shadow();
+    assert_eq!(send(&mut s, "attach 9"), vec![Event::Error("no such VM".into())]);
+    assert_eq!(send(&mut s, "in 41"), vec![Event::Error("not attached".into())]);
+    assert!(matches!(&send(&mut s, "reboot")[0], Event::Error(_)));
+    assert_eq!(send(&mut s, "ping"), vec![Event::Pong]);
+    // A damaged frame is reported, not executed.
+    let damaged = mgmt::frame(format_args!("list")).replace("list", "lisT");
+    assert!(matches!(&events(s.feed(damaged.as_bytes()))[0], Event::Error(_)));
+    // Log text from the other direction is ignored.
+    assert!(s.feed(b"L0 INFO  something\n").is_empty());
+}
+
+#[test]
+fn vm_end_drops_devices_and_detaches() {
+    let mut s = shadow();
+    let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
+    send(&mut s, "attach 1");
+    let f = events(s.vmclear(0x1000));
+    assert_eq!(f, vec![Event::Gone { id: a }, Event::Detached { id: a, reason: "the VM ended".into() }]);
+    assert_eq!(s.vm_count(), 0);
+    assert!(s.session.is_none());
+}
+
+#[test]
+fn save_restore_through_the_registry() {
+    let mut s = shadow();
+    let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
+    let tag = VmTag::new(b"web-1").unwrap();
+    s.register_tag(a, tag).unwrap();
+    print(&mut s, a, b"before migration");
+    let p = s.prepare_save(&tag).unwrap();
+    let blob = p.blob().to_vec();
+    s.commit_save(p).unwrap();
+    assert!(s.frozen(a));
+    // The VM ends here; a new one takes the tag on the destination.
+    s.vmclear(0x1000);
+    let b = s.identify(0x3000, Some(0x30_0000)).unwrap();
+    s.register_tag(b, tag).unwrap();
+    s.restore(&tag, &blob).unwrap();
+    send(&mut s, "attach web-1");
+    assert_eq!(events(s.pump()), vec![Event::Out { id: b, port: 0x3f8, bytes: b"before migration".to_vec() }]);
+    // The same blob does not open twice.
+    assert_eq!(s.restore(&tag, &blob).unwrap_err().status(), ultracall_abi::Status::BlobReplayed);
+    // Without a key, nothing is sealed.
+    let mut nokey = Shadow::new(None, rng);
+    let c = nokey.identify(0x1000, Some(0x10_0000)).unwrap();
+    nokey.register_tag(c, tag).unwrap();
+    assert_eq!(nokey.prepare_save(&tag).unwrap_err(), Error::NoKey);
+}

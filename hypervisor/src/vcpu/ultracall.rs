@@ -1,0 +1,172 @@
+//! Ultracalls: `vmcall` with the magic in RAX, from L1 or L2, answered by L0
+//! in registers (docs/ultracall-abi.md). Buffers are guest-virtual: L0
+//! walks the caller's page tables (L1's; buffers are L1-only), then EPT01
+//! (identity for L1's RAM), page by page; anything that is not L1 RAM,
+//! non-canonical or unmapped is refused and nothing changes.
+
+use alloc::vec;
+
+use ultracall_abi::{CallerLevel, InRegs, Op, Request, Response, Status};
+
+use super::vmx_instr::l1_state;
+use super::{skip_instruction, Platform, Vcpu};
+use crate::arch::run::GuestRegs;
+use crate::guest_mem::walk::{self, pfec, Access, WalkError};
+use crate::nested::VmcsSet;
+
+const R8: usize = 8;
+
+fn in_regs(g: &GuestRegs) -> InRegs {
+    InRegs {
+        rax: g.gpr[GuestRegs::RAX],
+        rcx: g.gpr[GuestRegs::RCX],
+        rdx: g.gpr[GuestRegs::RDX],
+        rsi: g.gpr[GuestRegs::RSI],
+        rdi: g.gpr[GuestRegs::RDI],
+        r8: g.gpr[R8],
+        r9: g.gpr[R8 + 1],
+        r10: g.gpr[R8 + 2],
+        r11: g.gpr[R8 + 3],
+    }
+}
+
+/// The status for a buffer the walk refused.
+fn buffer_status(f: walk::VirtFault) -> Status {
+    match f.error {
+        WalkError::PageFault { error_code } if error_code & pfec::PRESENT != 0 && error_code & pfec::WRITE != 0 => {
+            Status::BufferNotWritable
+        }
+        _ => Status::BufferFault,
+    }
+}
+
+impl Vcpu {
+    /// Whether RAX holds the ultracall magic.
+    pub fn is_ultracall(&self) -> bool {
+        in_regs(&self.regs).is_ultracall()
+    }
+
+    /// Answers the ultracall on the current VMCS (VMCS01 for L1, VMCS02
+    /// for L2) and moves past the `vmcall`.
+    pub(super) fn ultracall<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, level: CallerLevel) {
+        let regs = in_regs(&self.regs);
+        let mut rdi = None;
+        let resp = match regs.decode(level) {
+            Err(status) => Response::error(status),
+            Ok(req) => self.ultracall_op(vs, p, level, &req, regs.rsi, &mut rdi),
+        };
+        if resp.status != Status::Ok {
+            log::debug!("ultracall {} from L{} -> {}", regs.rcx, level as u8, resp.status.name());
+        }
+        let out = resp.to_regs();
+        self.regs.gpr[GuestRegs::RAX] = out.rax;
+        self.regs.gpr[GuestRegs::RCX] = out.rcx;
+        self.regs.gpr[GuestRegs::RDX] = out.rdx;
+        self.regs.gpr[GuestRegs::RSI] = out.rsi;
+        if let Some(v) = rdi {
+            self.regs.gpr[GuestRegs::RDI] = v;
+        }
+        skip_instruction(vs.current());
+    }
+
+    fn ultracall_op<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        level: CallerLevel,
+        req: &Request,
+        raw_rsi: u64,
+        rdi: &mut Option<u64>,
+    ) -> Response {
+        let s = l1_state(vs.current(), &self.regs, self.maxphyaddr);
+        let access = Access { write: false, fetch: false, user: s.cpl == 3, ac: s.rflags & (1 << 18) != 0 };
+        let buf = req.buffer;
+        if buf.len > 0 && (!s.ctx.is_canonical(buf.va) || !s.ctx.is_canonical(buf.va.wrapping_add(buf.len - 1))) {
+            return Response::error(Status::BufferFault);
+        }
+        match req.op {
+            Op::Ping => Response::ok(0, level as u64),
+            Op::RegisterTag => {
+                let Some(vm) = self.current_l2_vm() else {
+                    return Response::error(Status::Internal);
+                };
+                match self.shadow.register_tag(vm, req.tag.unwrap()) {
+                    Ok(()) => {
+                        log::info!("user VM {vm} registered tag {}", req.tag.unwrap().as_str());
+                        Response::ok(0, vm)
+                    }
+                    Err(e) => Response::error(e.status()),
+                }
+            }
+            Op::ListVms => {
+                let mut out = vec![0u8; buf.len as usize];
+                match self.shadow.list(&mut out) {
+                    Ok(n) => match walk::write_virt(p.mem(), &s.paging, buf.va, &out[..n], access) {
+                        Ok(()) => Response::ok(n as u64, self.shadow.vm_count() as u64),
+                        Err(f) => Response::error(buffer_status(f)),
+                    },
+                    Err(shadow_devices::Error::BufferTooSmall { needed }) => Response::too_small(needed as u64),
+                    Err(e) => Response::error(e.status()),
+                }
+            }
+            Op::SaveDevices => {
+                let tag = req.tag.unwrap();
+                let prepared = match self.shadow.prepare_save(&tag) {
+                    Ok(x) => x,
+                    Err(e) => return Response::error(e.status()),
+                };
+                let blob = prepared.blob();
+                if (blob.len() as u64) > buf.len {
+                    return Response::too_small(blob.len() as u64);
+                }
+                if let Err(f) = walk::write_virt(p.mem(), &s.paging, buf.va, blob, access) {
+                    return Response::error(buffer_status(f));
+                }
+                let (len, epoch) = (blob.len() as u64, prepared.epoch());
+                match self.shadow.commit_save(prepared) {
+                    Ok(()) => {
+                        log::info!("devices of {} saved (epoch {epoch}, {len} bytes) and frozen", tag.as_str());
+                        Response::ok(len, epoch)
+                    }
+                    Err(e) => Response::error(e.status()),
+                }
+            }
+            Op::RestoreDevices => {
+                let mut blob = vec![0u8; buf.len as usize];
+                if let Err(f) = walk::read_virt(p.mem(), &s.paging, buf.va, &mut blob, access) {
+                    return Response::error(buffer_status(f));
+                }
+                let tag = req.tag.unwrap();
+                match self.shadow.restore(&tag, &blob) {
+                    Ok(r) => {
+                        log::info!("devices of {} restored (epoch {})", tag.as_str(), r.epoch);
+                        Response::ok(buf.len, r.epoch)
+                    }
+                    Err(e) => {
+                        log::warn!("restore for {} refused: {e}", tag.as_str());
+                        Response::error(e.status())
+                    }
+                }
+            }
+            Op::SetIrqRelay => match raw_rsi {
+                0 => {
+                    self.shadow.relay_vector = None;
+                    Response::ok(0, 0)
+                }
+                32..=255 => {
+                    self.shadow.relay_vector = Some(raw_rsi as u8);
+                    log::info!("L1 relays shadow-device interrupts on vector {raw_rsi:#x}");
+                    Response::ok(0, raw_rsi)
+                }
+                _ => Response::error(Status::InvalidArgument),
+            },
+            Op::TakeIrqs => match self.shadow.take_irqs() {
+                Some((vmcs, edges, levels)) => {
+                    *rdi = Some(levels as u64);
+                    Response::ok(vmcs, edges as u64)
+                }
+                None => Response::error(Status::NoDevice),
+            },
+        }
+    }
+}

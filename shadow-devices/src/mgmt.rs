@@ -1,0 +1,254 @@
+//! The management-line protocol between L0 and the operator's console tool
+//! (docs/console-protocol.md). One definition for both ends: L0 encodes
+//! frames and parses commands, `cargo xtask console` does the reverse.
+//!
+//! The line also carries L0's human-readable log (`L0 INFO ...`), so the
+//! protocol is line-based: a frame is one ASCII line `@<body> #<xx>` where
+//! `xx` is the two-digit hex sum (mod 256) of the bytes of `@<body>`. Lines
+//! that do not start with `@` are log text. Payload bytes travel as hex.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::{self, Write};
+
+/// Longest line either side accepts (a 512-byte payload in hex plus fields).
+pub const MAX_LINE: usize = 1200;
+/// Console bytes per `@out` frame.
+pub const OUT_CHUNK: usize = 256;
+
+fn sum(bytes: &[u8]) -> u8 {
+    bytes.iter().fold(0u8, |a, &b| a.wrapping_add(b))
+}
+
+/// `@body #xx\n`.
+pub fn frame(body: fmt::Arguments) -> String {
+    let mut s = String::from("@");
+    let _ = s.write_fmt(body);
+    let c = sum(s.as_bytes());
+    let _ = writeln!(s, " #{c:02x}");
+    s
+}
+
+/// Why a line is not a usable frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// Log text, not a frame.
+    NotAFrame,
+    /// The checksum is missing or wrong: the line was damaged.
+    BadChecksum,
+    /// Longer than [`MAX_LINE`].
+    TooLong,
+}
+
+/// The body of a frame line (without `@`, checksum or newline).
+pub fn parse_frame(line: &str) -> Result<&str, FrameError> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if !line.starts_with('@') {
+        return Err(FrameError::NotAFrame);
+    }
+    if line.len() > MAX_LINE {
+        return Err(FrameError::TooLong);
+    }
+    let (head, tail) = line.rsplit_once(" #").ok_or(FrameError::BadChecksum)?;
+    let c = u8::from_str_radix(tail, 16).map_err(|_| FrameError::BadChecksum)?;
+    if tail.len() != 2 || sum(head.as_bytes()) != c {
+        return Err(FrameError::BadChecksum);
+    }
+    Ok(&head[1..])
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Bytes of a hex string, None if malformed.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// Which VM an operator means: L0's number or the VM's tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// L0's number of the VM.
+    Id(u64),
+    /// The tag the VM registered.
+    Tag(&'a str),
+}
+
+/// Operator → L0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `@list`: every VM.
+    List,
+    /// `@attach <id|tag> [port]`: follow one COM port of a VM (default COM1).
+    Attach {
+        /// The VM.
+        target: Target<'a>,
+        /// Its COM port base.
+        port: Option<u16>,
+    },
+    /// `@detach`.
+    Detach,
+    /// `@in <hex>`: bytes typed into the attached port.
+    Input(Vec<u8>),
+    /// `@ping`: L0 answers `@pong`.
+    Ping,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A command L0 cannot carry out as written.
+pub enum CommandError {
+    /// Not one of the verbs.
+    Unknown,
+    /// A verb with arguments of the wrong number or form.
+    BadArgument,
+}
+
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unknown => write!(f, "unknown command (list, attach, detach, in, ping)"),
+            Self::BadArgument => write!(f, "bad argument"),
+        }
+    }
+}
+
+fn number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// Decodes a frame body the operator sent.
+pub fn parse_command(body: &str) -> Result<Command<'_>, CommandError> {
+    let mut words = body.split_ascii_whitespace();
+    let verb = words.next().ok_or(CommandError::Unknown)?;
+    let args: Vec<&str> = words.collect();
+    match (verb, args.as_slice()) {
+        ("list", []) => Ok(Command::List),
+        ("detach", []) => Ok(Command::Detach),
+        ("ping", []) => Ok(Command::Ping),
+        ("in", [h]) => unhex(h).map(Command::Input).ok_or(CommandError::BadArgument),
+        ("attach", [t, rest @ ..]) if rest.len() <= 1 => {
+            let target = match t.parse::<u64>() {
+                Ok(id) => Target::Id(id),
+                Err(_) => Target::Tag(t),
+            };
+            let port = match rest.first() {
+                Some(p) => Some(number(p).filter(|&p| p <= 0xffff).ok_or(CommandError::BadArgument)? as u16),
+                None => None,
+            };
+            Ok(Command::Attach { target, port })
+        }
+        ("list" | "detach" | "ping" | "in" | "attach", _) => Err(CommandError::BadArgument),
+        _ => Err(CommandError::Unknown),
+    }
+}
+
+/// L0 → operator, as the console tool decodes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(missing_docs)] // Each variant is the frame of the same name (docs/console-protocol.md).
+pub enum Event {
+    Hello { version: String },
+    Vm { id: u64, tag: Option<String>, frozen: bool, bytes_in: u64, bytes_out: u64 },
+    EndList { count: u64 },
+    Attached { id: u64, port: u16 },
+    Detached { id: u64, reason: String },
+    Out { id: u64, port: u16, bytes: Vec<u8> },
+    Dropped { id: u64, port: u16, count: u64 },
+    Gone { id: u64 },
+    Pong,
+    Error(String),
+}
+
+fn kv<'a>(args: &[&'a str], key: &str) -> Option<&'a str> {
+    args.iter().find_map(|a| a.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Decodes a frame body L0 sent.
+pub fn parse_event(body: &str) -> Option<Event> {
+    let mut words = body.split_ascii_whitespace();
+    let verb = words.next()?;
+    let args: Vec<&str> = words.collect();
+    let id = || args.first().and_then(|s| s.parse().ok());
+    let port = |i: usize| args.get(i).and_then(|s| u16::from_str_radix(s.trim_start_matches("0x"), 16).ok());
+    Some(match verb {
+        "hello" => Event::Hello { version: args.join(" ") },
+        "vm" => Event::Vm {
+            id: id()?,
+            tag: kv(&args, "tag").filter(|t| *t != "-").map(String::from),
+            frozen: kv(&args, "frozen")? == "1",
+            bytes_in: kv(&args, "in")?.parse().ok()?,
+            bytes_out: kv(&args, "out")?.parse().ok()?,
+        },
+        "end-list" => Event::EndList { count: id()? },
+        "attached" => Event::Attached { id: id()?, port: port(1)? },
+        "detached" => Event::Detached { id: id()?, reason: args[1..].join(" ") },
+        "out" => Event::Out { id: id()?, port: port(1)?, bytes: unhex(args.get(2)?)? },
+        "dropped" => Event::Dropped { id: id()?, port: port(1)?, count: args.get(2)?.parse().ok()? },
+        "gone" => Event::Gone { id: id()? },
+        "pong" => Event::Pong,
+        "err" => Event::Error(args.join(" ")),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_detect_corruption() {
+        let f = frame(format_args!("out 3 3f8 {}", hex(b"hi\n")));
+        assert!(f.ends_with('\n') && f.starts_with("@out 3 3f8 68690a #"));
+        assert_eq!(parse_frame(&f), Ok("out 3 3f8 68690a"));
+        let bad = f.replacen("3f8", "3f9", 1);
+        assert_eq!(parse_frame(&bad), Err(FrameError::BadChecksum));
+        assert_eq!(parse_frame("L0 INFO  hello"), Err(FrameError::NotAFrame));
+        assert_eq!(parse_frame("@list"), Err(FrameError::BadChecksum));
+        assert_eq!(parse_frame(&"@x".repeat(MAX_LINE)), Err(FrameError::TooLong));
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(parse_command("list"), Ok(Command::List));
+        assert_eq!(parse_command("attach 3"), Ok(Command::Attach { target: Target::Id(3), port: None }));
+        assert_eq!(
+            parse_command("attach web-1 0x2f8"),
+            Ok(Command::Attach { target: Target::Tag("web-1"), port: Some(0x2f8) })
+        );
+        assert_eq!(parse_command("in 6869"), Ok(Command::Input(b"hi".to_vec())));
+        assert_eq!(parse_command("in 686"), Err(CommandError::BadArgument));
+        assert_eq!(parse_command("attach"), Err(CommandError::BadArgument));
+        assert_eq!(parse_command("attach a 0x10000"), Err(CommandError::BadArgument));
+        assert_eq!(parse_command("reboot"), Err(CommandError::Unknown));
+    }
+
+    #[test]
+    fn events() {
+        let e = parse_event("vm 2 tag=alpha frozen=0 ports=3f8,2f8 in=4 out=100").unwrap();
+        assert_eq!(e, Event::Vm { id: 2, tag: Some("alpha".into()), frozen: false, bytes_in: 4, bytes_out: 100 });
+        assert_eq!(parse_event("out 2 3f8 4142"), Some(Event::Out { id: 2, port: 0x3f8, bytes: b"AB".to_vec() }));
+        assert_eq!(parse_event("attached 2 2f8"), Some(Event::Attached { id: 2, port: 0x2f8 }));
+        assert_eq!(parse_event("vm x"), None);
+        assert_eq!(parse_event("gone 9"), Some(Event::Gone { id: 9 }));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for s in ["@", "@ #", "@ #zz", "@a #61", "@out", "@out 1", "@out 1 zz zz", "@attach 1 2 3 #00"] {
+            let _ = parse_frame(s).map(|b| (parse_command(b), parse_event(b)));
+            let _ = parse_command(&s[1..]);
+            let _ = parse_event(&s[1..]);
+        }
+    }
+}
