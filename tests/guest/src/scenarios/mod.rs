@@ -4,11 +4,13 @@ use crate::mb1::{Identity, Info};
 
 mod boot;
 mod ept_guard;
+mod nested_basic;
 
 pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
     match name {
         "boot" => boot::run(magic, mbi),
         "ept-guard" => ept_guard::run(mbi),
+        "nested-basic" => nested_basic::run(),
         _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
     }
 }
