@@ -5,12 +5,14 @@ use crate::mb1::{Identity, Info};
 mod boot;
 mod ept_guard;
 mod nested_basic;
+mod nested_vmx_instr;
 
 pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
     match name {
         "boot" => boot::run(magic, mbi),
         "ept-guard" => ept_guard::run(mbi),
         "nested-basic" => nested_basic::run(),
+        "nested-vmx-instr" => nested_vmx_instr::run(),
         _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
     }
 }
