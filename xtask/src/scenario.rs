@@ -136,6 +136,7 @@ pub fn all() -> Vec<Scenario> {
     ];
     // The test hypervisor (tests/guest/src/hv): nested-VMX checks.
     v.extend(nested!("nested-vmx-instr", 60, L0_NESTED_VMX));
+    v.extend(nested!("nested-entry-checks", 60, L0_NESTED_VMX));
     v.extend(nested!("nested-basic", 60, L0_NESTED_VMX));
     v
 }

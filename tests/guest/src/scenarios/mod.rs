@@ -5,6 +5,7 @@ use crate::mb1::{Identity, Info};
 mod boot;
 mod ept_guard;
 mod nested_basic;
+mod nested_entry;
 mod nested_vmx_instr;
 
 pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
@@ -12,6 +13,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "boot" => boot::run(magic, mbi),
         "ept-guard" => ept_guard::run(mbi),
         "nested-basic" => nested_basic::run(),
+        "nested-entry-checks" => nested_entry::run(),
         "nested-vmx-instr" => nested_vmx_instr::run(),
         _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
     }
