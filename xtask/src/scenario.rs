@@ -138,6 +138,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(nested!("nested-vmx-instr", 60, L0_NESTED_VMX));
     v.extend(nested!("nested-entry-checks", 60, L0_NESTED_VMX));
     v.extend(nested!("nested-basic", 60, L0_NESTED_VMX));
+    v.extend(nested!("nested-exits", 60, L0_NESTED_VMX));
     v
 }
 
@@ -162,6 +163,11 @@ pub fn in_order(log: &str, markers: &[&str]) -> bool {
         }
         None => false,
     })
+}
+
+/// Whether the scenario guest printed its final `TEST <name> PASS|FAIL` line.
+pub fn verdict_printed(com1: &str) -> bool {
+    com1.lines().any(|l| l.starts_with("TEST ") && (l.contains(" PASS") || l.contains(" FAIL")))
 }
 
 /// The first forbidden marker in either log.
@@ -190,9 +196,16 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
     // Once everything expected is there, give the guest a moment to shut
     // the emulator down itself, then stop it.
     let mut done_at: Option<std::time::Instant> = None;
+    let mut bad_at: Option<std::time::Instant> = None;
     let run = emulator::run(emu, &dir, &iso, 512, s.limit, false, |c1, c2| {
+        // A failure marker fails the run, but a guest that goes on checking
+        // gets to print the rest of its checks and its verdict first.
         if forbidden(s, c1, c2).is_some() {
-            return Verdict::Stop;
+            let t = *bad_at.get_or_insert_with(std::time::Instant::now);
+            if verdict_printed(c1) || t.elapsed() > Duration::from_secs(5) {
+                return Verdict::Stop;
+            }
+            return Verdict::Continue;
         }
         if in_order(c1, s.com1) && in_order(c2, s.com2) {
             let t = *done_at.get_or_insert_with(std::time::Instant::now);
@@ -239,6 +252,13 @@ mod tests {
         assert!(!in_order("a\nb\nc\n", &["c", "a"]));
         assert!(in_order("anything", &[]));
         assert!(!in_order("a", &["a", "a"]));
+    }
+
+    #[test]
+    fn verdict_line() {
+        assert!(!verdict_printed("TEST x START\nCHECK a FAIL b\n"));
+        assert!(verdict_printed("TEST x START\nTEST x FAIL (1 of 2 checks failed)\n"));
+        assert!(verdict_printed("TEST x PASS (2 checks)\n"));
     }
 
     #[test]

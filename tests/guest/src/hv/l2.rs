@@ -283,6 +283,11 @@ l2_counter:
     vmcall
     jmp l2_counter
 
+    .global l2_cli_spin
+l2_cli_spin:
+    cli
+    jmp l2_spin
+
     .global l2_spin
 l2_spin:
     inc ecx

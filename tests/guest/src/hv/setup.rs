@@ -338,3 +338,47 @@ pub fn start(c: &mut Checks, names: &[&str]) -> Option<Hv> {
     }
     Some(hv)
 }
+
+impl Hv {
+    /// [`Hv::vm`] on VMCS A; a set-up failure fails `check`.
+    pub fn fresh(&self, c: &mut Checks, check: &str, rip: u64) -> Option<Vm> {
+        match self.vm(pg::VMCS_A, rip) {
+            Ok(vm) => Some(vm),
+            Err(m) => {
+                c.check(check, false, format_args!("setting up the VMCS: {}", m.as_str()));
+                None
+            }
+        }
+    }
+
+    /// Turns on L2 paging (32-bit, through `l2::PD`) in the current VMCS
+    /// when L2 runs unpaged; paged modes already page.
+    pub fn page_l2(&self) {
+        if self.mode == Mode::Unpaged {
+            let _ = vmx::vmwrite(GUEST_CR0, vmx::rd(GUEST_CR0) | 1 << 31 | 1);
+            let _ = vmx::vmwrite(GUEST_CR3, l2::phys(self.mode, l2::PD));
+        }
+    }
+}
+
+/// Enters `vm`; the first exit must be `reason` with qualification `qual`
+/// at `rip` with instruction length `len` (an exception exit has no
+/// length: pass the instruction's own, L1 skips it); after L1 skips the
+/// instruction, L2 must reach its VMCALL.
+pub fn exit_then_vmcall(vm: &mut Vm, reason: u32, qual: u64, rip: u64, len: u64) -> (bool, Msg, Option<super::vm::Exit>) {
+    let e = vm.enter();
+    let Some(x) = e.exit().copied() else { return (false, msg!("{e}"), None) };
+    let exc = reason == super::fields::reason::EXCEPTION_NMI;
+    if x.reason != reason || x.qual != qual || x.rip != rip || (!exc && x.len != len) {
+        return (false, msg!("{x} (want reason {reason:#x} qual {qual:#x} rip {rip:#x} len {len})"), Some(x));
+    }
+    let n = vm.enter_at(x.rip + len);
+    (n.is(super::fields::reason::VMCALL), msg!("{x}; then {n}"), Some(x))
+}
+
+/// Enters `vm` and expects no exit before L2's VMCALL at `vmcall_rip`.
+pub fn no_exit(vm: &mut Vm, vmcall_rip: u64) -> (bool, Msg) {
+    let e = vm.enter();
+    let ok = e.exit().is_some_and(|x| x.is(super::fields::reason::VMCALL) && x.rip == vmcall_rip);
+    (ok, msg!("{e} (want only the VMCALL at {vmcall_rip:#x})"))
+}
