@@ -139,6 +139,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(nested!("nested-entry-checks", 60, L0_NESTED_VMX));
     v.extend(nested!("nested-basic", 60, L0_NESTED_VMX));
     v.extend(nested!("nested-exits", 60, L0_NESTED_VMX));
+    v.extend(nested!("nested-ept", 60, L0_NESTED_VMX));
     v
 }
 

@@ -28,7 +28,7 @@ pub mod pg {
     pub const L2_FIRST: usize = 10;
     pub const L2_PAGES: usize = 18;
     pub const EPT_POOL: usize = L2_FIRST + L2_PAGES;
-    pub const EPT_POOL_PAGES: usize = 64;
+    pub const EPT_POOL_PAGES: usize = 112;
     pub const COUNT: usize = EPT_POOL + EPT_POOL_PAGES;
 }
 

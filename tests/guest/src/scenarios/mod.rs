@@ -6,6 +6,7 @@ mod boot;
 mod ept_guard;
 mod nested_basic;
 mod nested_entry;
+mod nested_ept;
 mod nested_exits;
 mod nested_vmx_instr;
 
@@ -15,6 +16,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "ept-guard" => ept_guard::run(mbi),
         "nested-basic" => nested_basic::run(),
         "nested-entry-checks" => nested_entry::run(),
+        "nested-ept" => nested_ept::run(),
         "nested-exits" => nested_exits::run(),
         "nested-vmx-instr" => nested_vmx_instr::run(),
         _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
