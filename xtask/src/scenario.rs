@@ -82,6 +82,24 @@ macro_rules! nested {
     };
 }
 
+/// A native-only run of a nested scenario with extra guest arguments:
+/// `l2=paged` / `l2=noept` make the test hypervisor use its fallbacks for
+/// capabilities without unrestricted guest / without EPT (what a stricter
+/// L0 whitelist would leave), so they are exercised on Bochs too.
+macro_rules! fallback {
+    ($name:literal, $variant:literal, $secs:expr) => {
+        Scenario {
+            name: concat!($name, "-", $variant, "-native"),
+            boot: Boot::Native { args: concat!("test=", $name, " l2=", $variant) },
+            limit: Duration::from_secs($secs),
+            com1: &[concat!("TEST ", $name, " START"), concat!("forced by the command line"), concat!("TEST ", $name, " PASS")],
+            com2: &[],
+            forbidden: NATIVE_HEALTHY,
+            enabled_in_ci: true,
+        }
+    };
+}
+
 /// Whether L0 offers nested VMX yet. Flip to `true` when it does: the L0
 /// variants of the nested scenarios then run in `cargo xtask test`.
 const L0_NESTED_VMX: bool = false;
@@ -140,6 +158,18 @@ pub fn all() -> Vec<Scenario> {
     v.extend(nested!("nested-basic", 60, L0_NESTED_VMX));
     v.extend(nested!("nested-exits", 60, L0_NESTED_VMX));
     v.extend(nested!("nested-ept", 60, L0_NESTED_VMX));
+    for variant in [
+        fallback!("nested-basic", "paged", 60),
+        fallback!("nested-exits", "paged", 60),
+        fallback!("nested-ept", "paged", 60),
+        fallback!("nested-basic", "noept", 60),
+        fallback!("nested-exits", "noept", 60),
+    ] {
+        v.push(variant);
+    }
+    // Measurements (`cargo xtask bench`); the native run also smoke-tests
+    // the bench code in CI, asserting only that its loops complete.
+    v.extend(nested!("nested-bench", 120, L0_NESTED_VMX));
     v
 }
 
@@ -269,6 +299,9 @@ mod tests {
             assert!(s.com2.is_empty(), "{}: no L0, no COM2 markers", s.name);
             assert!(s.enabled_in_ci, "{}: native scenarios must pass now", s.name);
             let base = s.name.strip_suffix("-native").expect("native scenarios end in -native");
+            if base.ends_with("-paged") || base.ends_with("-noept") {
+                continue; // native-only fallback variants
+            }
             let l0 = all.iter().find(|t| t.name == base).expect("each native scenario has an L0 variant");
             assert!(!l0.native() && l0.com1 == s.com1);
         }

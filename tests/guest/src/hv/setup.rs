@@ -1,6 +1,7 @@
 //! The test hypervisor's per-scenario state and its set-up.
 
 use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::check::Checks;
 use crate::io::cpuid;
@@ -13,6 +14,20 @@ use super::vm::Vm;
 use super::vmcs::{self, Controls};
 use super::vmx::{self, VmFail, VmResult};
 use super::cpu;
+
+static FORCED_MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Applies `l2=paged` (EPT without unrestricted guest: L2 pages) or
+/// `l2=noept` (no EPT: L2's page tables map it onto L1's pages) from the
+/// command line; anything else keeps the mode the capabilities allow.
+pub fn force_l2_mode(arg: Option<&str>) {
+    let v = match arg {
+        Some("paged") => 1,
+        Some("noept") => 2,
+        _ => 0,
+    };
+    FORCED_MODE.store(v, Ordering::Relaxed);
+}
 
 /// What runs below this guest, as CPUID tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,14 +204,21 @@ impl Hv {
             caps.ept_vpid,
             caps.maxphyaddr
         );
-        let mode = if caps.unrestricted_guest() {
+        let by_caps = if caps.unrestricted_guest() {
             Mode::Unpaged
         } else if caps.ept() {
             Mode::PagedEpt
         } else {
             Mode::PagedNoEpt
         };
-        crate::println!("guest: L2 runs {mode:?}");
+        // `l2=paged` / `l2=noept` on the command line try the fallbacks on
+        // a machine that would not need them.
+        let mode = match (FORCED_MODE.load(Ordering::Relaxed), by_caps) {
+            (1, Mode::Unpaged) => Mode::PagedEpt,
+            (2, _) => Mode::PagedNoEpt,
+            _ => by_caps,
+        };
+        crate::println!("guest: L2 runs {mode:?}{}", if mode != by_caps { " (forced by the command line)" } else { "" });
         cpu::install_gdt();
         cpu::mask_pic();
         l2::setup(mode);
@@ -288,7 +310,11 @@ impl Hv {
 
     /// Sets and clears bits of a control field of the current VMCS, fitted
     /// to the capabilities; true if the result has exactly what was asked.
+    /// Setting a secondary control also activates the secondary controls.
     pub fn ctl(&self, field: u32, set: u32, clear: u32) -> bool {
+        if field == PROC2_CONTROLS && set != 0 && !self.ctl(PROC_CONTROLS, proc::SECONDARY, 0) {
+            return false;
+        }
         let cap = self.ctl_caps(field);
         let cur = vmx::rd(field) as u32;
         let v = cap.adjust((cur | set) & !clear);

@@ -280,6 +280,20 @@ impl Vm {
         }
     }
 
+    /// VM entry without reading any exit information (for measurements):
+    /// `Ok` once L2 has exited again.
+    pub fn enter_raw(&mut self) -> VmResult {
+        // SAFETY: as in `enter`.
+        match unsafe { hv_enter(&mut self.regs, !self.launched as u64) } {
+            0 => {
+                self.launched = true;
+                Ok(())
+            }
+            1 => Err(VmFail::Invalid),
+            _ => Err(VmFail::Valid(rd(VM_INSTRUCTION_ERROR) as u32)),
+        }
+    }
+
     /// Advances L2's RIP past the instruction that exited (exit
     /// instruction length, SDM 28.2.5) and enters again.
     pub fn skip_and_enter(&mut self, exit: &Exit) -> Entry {
