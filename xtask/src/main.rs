@@ -1,14 +1,14 @@
 //! `cargo xtask`: build, image, run, test.
 //!
-//! - `cargo xtask build`              the L0 and scenario-guest images
-//! - `cargo xtask run [--qemu] [--scenario NAME] [--timeout SECS]`
-//!                                    boot L0 + a cloud VM, stream both serial lines
-//! - `cargo xtask test`               host unit tests, then every Bochs scenario enabled in CI
-//! - `cargo xtask test host`          host unit tests only
-//! - `cargo xtask test scenario NAME` one scenario (enabled in CI or not)
-//! - `cargo xtask test list`          the scenarios, and which run in CI
-//! - `cargo xtask bench`              nested-VMX round-trip costs, natively and under L0
-//! - `cargo xtask deps`               install what the above need (as root)
+//! - `cargo xtask build`: the L0 and scenario-guest images
+//! - `cargo xtask run [--qemu] [--scenario NAME] [--timeout SECS]`: boot L0 +
+//!   a cloud VM (or a native scenario), stream both serial lines
+//! - `cargo xtask test`: host unit tests, then every Bochs scenario enabled in CI
+//! - `cargo xtask test host`: host unit tests only
+//! - `cargo xtask test scenario NAME`: one scenario (enabled in CI or not)
+//! - `cargo xtask test list`: the scenarios, and which run in CI
+//! - `cargo xtask bench`: nested-VMX round-trip costs, natively and under L0
+//! - `cargo xtask deps`: install what the above need (as root)
 
 mod build;
 mod deps;

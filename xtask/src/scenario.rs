@@ -92,7 +92,7 @@ macro_rules! fallback {
             name: concat!($name, "-", $variant, "-native"),
             boot: Boot::Native { args: concat!("test=", $name, " l2=", $variant) },
             limit: Duration::from_secs($secs),
-            com1: &[concat!("TEST ", $name, " START"), concat!("forced by the command line"), concat!("TEST ", $name, " PASS")],
+            com1: &[concat!("TEST ", $name, " START"), "forced by the command line", concat!("TEST ", $name, " PASS")],
             com2: &[],
             forbidden: NATIVE_HEALTHY,
             enabled_in_ci: true,

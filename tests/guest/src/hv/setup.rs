@@ -277,6 +277,9 @@ impl Hv {
 
     /// Initializes VMCS `page` (a `pg::VMCS_*`), makes it current and fills
     /// it for an L2 that starts at `rip` with the default controls.
+    // The error is a formatted line for a CHECK, once per set-up: its size
+    // does not matter.
+    #[allow(clippy::result_large_err)]
     pub fn vm(&self, page: usize, rip: u64) -> Result<Vm, Msg> {
         let pa = mem::page(page);
         vmcs::init_region(&self.caps, pa).map_err(|e| msg!("VMCLEAR: {e:?}"))?;

@@ -301,6 +301,12 @@ impl Vm {
         self.enter()
     }
 
+    /// Sets L2's RIP in the current VMCS (for the next entry).
+    pub fn at(&mut self, rip: u64) -> &mut Vm {
+        let _ = vmx::vmwrite(GUEST_RIP, rip);
+        self
+    }
+
     /// Sets RIP and enters.
     pub fn enter_at(&mut self, rip: u64) -> Entry {
         let _ = vmx::vmwrite(GUEST_RIP, rip);

@@ -51,6 +51,7 @@ pub fn run() {
 }
 
 /// A fresh, valid VMCS A for L2 at its VMCALL, changed by `tweak`, entered.
+#[allow(clippy::result_large_err)] // see Hv::vm
 fn attempt(hv: &Hv, tweak: impl FnOnce(&Hv)) -> Result<Entry, crate::hv::Msg> {
     let mut vm = hv.vm(pg::VMCS_A, l2!(l2_vmcall))?;
     tweak(hv);

@@ -93,8 +93,7 @@ fn mappings(c: &mut Checks, hv: &mut Hv) {
         let read = vm.regs.rax as u32;
         vm.regs.rsi = T[1] + 12;
         vm.regs.rdi = 0xabcd_0004;
-        let _ = vmwrite(GUEST_RIP, l2!(l2_write));
-        let (w_ok, wm) = no_exit(&mut vm, l2!(l2_write) + 2);
+        let (w_ok, wm) = no_exit(vm.at(l2!(l2_write)), l2!(l2_write) + 2);
         let (landed, elsewhere) = (mem::rd32(backing(T[5]) + 12), mem::rd32(backing(T[1]) + 12));
         c.check(
             "ept-4k-read-write",
@@ -111,18 +110,18 @@ fn mappings(c: &mut Checks, hv: &mut Hv) {
     mem::wr32(backing(lo), 0x2000_0010);
     mem::wr32(backing(hi), 0x2000_fff0);
     if let Some((mut vm, e)) = ept_vm(c, hv, "ept-2m-read-write", l2!(l2_read), &[]) {
-        let leaf = e.leaf(&hv.tables, BIG).map(|p| mem::rd64(p)).unwrap_or(0);
+        let leaf = e.leaf(&hv.tables, BIG).map(mem::rd64).unwrap_or(0);
         let mut reads = [0u32; 2];
         let mut ok = leaf & ept::LARGE != 0;
         for (i, a) in [lo, hi].into_iter().enumerate() {
             vm.regs.rsi = a;
-            let (r, _) = no_exit(vm_at(&mut vm, l2!(l2_read)), l2!(l2_read) + 2);
+            let (r, _) = no_exit(vm.at(l2!(l2_read)), l2!(l2_read) + 2);
             reads[i] = vm.regs.rax as u32;
             ok &= r;
         }
         vm.regs.rsi = hi + 4;
         vm.regs.rdi = 0x2222_0004;
-        let (w, _) = no_exit(vm_at(&mut vm, l2!(l2_write)), l2!(l2_write) + 2);
+        let (w, _) = no_exit(vm.at(l2!(l2_write)), l2!(l2_write) + 2);
         let landed = mem::rd32(backing(hi + 4));
         c.check(
             "ept-2m-read-write",
@@ -130,11 +129,6 @@ fn mappings(c: &mut Checks, hv: &mut Hv) {
             format_args!("leaf {leaf:#x}; L2 read {:#x} and {:#x}, its write landed as {landed:#x}", reads[0], reads[1]),
         );
     }
-}
-
-fn vm_at(vm: &mut Vm, rip: u64) -> &mut Vm {
-    let _ = vmwrite(GUEST_RIP, rip);
-    vm
 }
 
 /// Exit 48 with `qual`, guest-physical `gpa`, guest-linear `gla`.

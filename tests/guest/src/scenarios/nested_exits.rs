@@ -265,7 +265,7 @@ fn msr_bitmap_checks(c: &mut Checks, hv: &Hv) {
             format_args!("{}, ECX {:#x} EDX:EAX {:#x}:{:#x}, MSR still {now:#x}", m.as_str(), r.rcx, r.rdx, r.rax),
         );
         vm.regs.rcx = cpu::IA32_KERNEL_GS_BASE as u64;
-        let (ok, m) = no_exit(&mut vm.at(l2!(l2_rdmsr)), l2!(l2_rdmsr) + 2);
+        let (ok, m) = no_exit(vm.at(l2!(l2_rdmsr)), l2!(l2_rdmsr) + 2);
         let read = (vm.regs.rdx as u32 as u64) << 32 | vm.regs.rax as u32 as u64;
         c.check("msr-bitmap-read-miss-high", ok && read == 0x0000_1234_5678_9000, format_args!("{}, L2 read {read:#x}", m.as_str()));
     }
@@ -283,7 +283,7 @@ fn msr_bitmap_checks(c: &mut Checks, hv: &Hv) {
         let (w_ok, wm) = no_exit(&mut vm, l2!(l2_wrmsr) + 2);
         let saved_cs = rd(GUEST_SYSENTER_CS);
         vm.regs.rcx = cpu::IA32_SYSENTER_ESP as u64;
-        let (r_ok, rm) = no_exit(&mut vm.at(l2!(l2_rdmsr)), l2!(l2_rdmsr) + 2);
+        let (r_ok, rm) = no_exit(vm.at(l2!(l2_rdmsr)), l2!(l2_rdmsr) + 2);
         let esp = vm.regs.rax as u32;
         c.check(
             "msr-bitmap-miss",
@@ -297,17 +297,6 @@ fn msr_bitmap_checks(c: &mut Checks, hv: &Hv) {
         vm.regs.rcx = 0x3000;
         let (ok, m, _) = exit_then_vmcall(&mut vm, reason::RDMSR, 0, l2!(l2_rdmsr), 2);
         c.check("msr-outside-ranges-exit", ok && vm.regs.rcx == 0x3000, format_args!("{}", m.as_str()));
-    }
-}
-
-trait At {
-    /// Sets L2's RIP in the current VMCS.
-    fn at(&mut self, rip: u64) -> &mut Self;
-}
-impl At for Vm {
-    fn at(&mut self, rip: u64) -> &mut Vm {
-        let _ = vmwrite(GUEST_RIP, rip);
-        self
     }
 }
 
