@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             for s in scenario::all() {
                 let how = if s.native() { "native" } else { "under L0" };
                 let ci = if s.enabled_in_ci { "in CI" } else { "not in CI yet" };
-                println!("{:24} {how:9} {ci}", s.name);
+                println!("{:28} {how:9} {ci}", s.name);
             }
             Ok(())
         }
