@@ -118,7 +118,7 @@ impl Ept {
     }
 }
 
-/// Exit qualification of an EPT violation (SDM 28.2.1, Table 28-7), bits 0-8.
+/// Exit qualification of an EPT violation (SDM 28.2.1), bits 0-8.
 pub fn violation_qual(access: u64, allowed: u64, linear_valid: bool, translated: bool) -> u64 {
     access | allowed << 3 | (linear_valid as u64) << 7 | ((linear_valid && translated) as u64) << 8
 }

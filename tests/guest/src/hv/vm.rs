@@ -1,6 +1,6 @@
 //! Entering L2 and coming back: the VMLAUNCH/VMRESUME trampoline, L2's
 //! general registers (VM entries and exits load only RSP, RIP and RFLAGS,
-//! SDM 26.3.2 and 28.5), and the exit information.
+//! SDM 27.3.2 and 28.5), and the exit information.
 
 use core::fmt;
 

@@ -156,7 +156,7 @@ fn preemption_timer(c: &mut Checks, hv: &Hv) {
     );
 }
 
-/// RDTSC exiting (SDM 26.1.3, reason 16) and TSC offsetting (SDM 26.6.5:
+/// RDTSC exiting (SDM 26.1.3, reason 16) and TSC offsetting (SDM 26.3, RDTSC:
 /// L2 reads the TSC plus the offset).
 fn rdtsc(c: &mut Checks, hv: &Hv) {
     if let Some(mut vm) = fresh(c, hv, "rdtsc-exit", l2!(l2_rdtsc)) {
@@ -305,7 +305,7 @@ fn host_state(c: &mut Checks, hv: &mut Hv) {
     c.check("host-state-restored", ok, format_args!("{e}; {}", bad.as_str()));
 }
 
-/// The VM-entry MSR-load list loads L2's value (SDM 26.4), the VM-exit
+/// The VM-entry MSR-load list loads L2's value (SDM 27.4), the VM-exit
 /// MSR-store list saves L2's value and the VM-exit MSR-load list loads
 /// L1's (SDM 28.4, 28.6). IA32_KERNEL_GS_BASE, passed through to L2 by a
 /// zero MSR bitmap.

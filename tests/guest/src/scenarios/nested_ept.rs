@@ -1,6 +1,6 @@
 //! `nested-ept`: EPT12 as L1 builds it (SDM Vol. 3C 29.3): 4 KiB and 2 MiB
 //! leaves onto L1 pages of L1's choosing, EPT violations with their exit
-//! qualification and addresses (28.2.1 Table 28-7), permission changes
+//! qualification and addresses (28.2.1), permission changes
 //! after INVEPT, misconfigurations (29.3.3.1), accessed/dirty flags
 //! (29.3.5); VPID with each INVVPID type (29.4); two L2s with their own
 //! EPT12 and registers, alternating.
@@ -292,7 +292,7 @@ fn ad_bits(c: &mut Checks, hv: &mut Hv) {
 /// L2 pages, and EPT12 does not map the page table its walk needs: the
 /// violation is on the paging-structure access, so the qualification has
 /// "linear address valid" (7) but not "translated access" (8), and the
-/// guest-physical address is the PTE's (28.2.1 Table 28-7).
+/// guest-physical address is the PTE's (28.2.1).
 fn paging_structure(c: &mut Checks, hv: &mut Hv) {
     let Some((mut vm, e)) = ept_vm(c, hv, "ept-paging-structure-violation", l2!(l2_read), &[]) else { return };
     hv.page_l2();

@@ -75,7 +75,7 @@ pub fn run() {
 
 // ---------------------------------------------------------------- I/O
 
-/// Exit qualification for I/O instructions (SDM 28.2.1, Table 28-5).
+/// Exit qualification for I/O instructions (SDM 28.2.1).
 fn io_qual(port: u16, size: u64, input: bool, string: bool, rep: bool, imm: bool) -> u64 {
     (size - 1) | (input as u64) << 3 | (string as u64) << 4 | (rep as u64) << 5 | (imm as u64) << 6 | (port as u64) << 16
 }
@@ -302,7 +302,7 @@ fn msr_bitmap_checks(c: &mut Checks, hv: &Hv) {
 
 // ---------------------------------------------------------------- CRs
 
-/// Exit qualification for control-register accesses (28.2.1, Table 28-3).
+/// Exit qualification for control-register accesses (28.2.1).
 fn cr_qual(cr: u64, access: u64, gpr: u64) -> u64 {
     cr | access << 4 | gpr << 8
 }

@@ -1,7 +1,7 @@
 //! `nested-vmx-instr`: the VMX instructions' own semantics, as L1 sees
 //! them: #UD outside VMX operation, VMfailInvalid without a current VMCS,
 //! VMfailValid with the VM-instruction error number otherwise (SDM Vol. 3C
-//! 31.2-31.4, each instruction's pseudocode in 32.3), VMREAD/VMWRITE
+//! 31.2-31.4, each instruction's pseudocode in 31.3), VMREAD/VMWRITE
 //! widths (25.11.2, Appendix B), VMPTRST, launch state.
 
 use crate::check::Checks;
@@ -235,7 +235,7 @@ fn checks(c: &mut Checks, hv: &Hv) {
     launch_state(c, hv);
 
     // INVEPT/INVVPID with a type the capabilities do not list: error 28
-    // (SDM 32.3 INVEPT/INVVPID). Needs a current VMCS for VMfailValid.
+    // (SDM 31.3 INVEPT/INVVPID). Needs a current VMCS for VMfailValid.
     let _ = vmcs::init_region(caps, s).map(|_| vmptrld_at(s));
     if caps.invept() {
         let bad = (0..4).find(|&t| !caps.invept_type(t)).unwrap_or(3);
@@ -280,7 +280,7 @@ fn checks(c: &mut Checks, hv: &Hv) {
     c.check("vmx-insn-after-vmxoff-ud", after.iter().all(|v| *v == Some(UD)), format_args!("VMPTRLD, VMREAD, VMPTRST, VMXOFF: {after:?}"));
 }
 
-/// Launch state (SDM 25.1, 32.3 VMLAUNCH/VMRESUME/VMCLEAR): VMLAUNCH needs
+/// Launch state (SDM 25.1, 31.3 VMLAUNCH/VMRESUME/VMCLEAR): VMLAUNCH needs
 /// a clear VMCS (error 4), VMRESUME a launched one (error 5), VMCLEAR
 /// makes it clear again; VMCLEAR of the current VMCS leaves none current.
 fn launch_state(c: &mut Checks, hv: &Hv) {
