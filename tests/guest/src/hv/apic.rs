@@ -31,6 +31,7 @@ pub fn usable() -> Result<(), &'static str> {
         return Err("no local APIC (CPUID.1:EDX[9] clear)");
     }
     let mut base = 0;
+    // SAFETY: reading IA32_APIC_BASE; a fault is caught and reported.
     if crate::faults::expect_fault(2, || base = unsafe { cpu::rdmsr(IA32_APIC_BASE) }).is_some() {
         return Err("IA32_APIC_BASE faults");
     }

@@ -156,6 +156,8 @@ impl Hv {
         // SDM 24.7: VMXON needs IA32_FEATURE_CONTROL locked with bit 2
         // (VMX outside SMX). Lock it ourselves if the firmware did not.
         let mut fc = 0;
+        // SAFETY (the MSR accesses below): IA32_FEATURE_CONTROL and the VMX
+        // capability MSRs; a fault is caught and turned into a failed check.
         let fault = crate::faults::expect_fault(2, || fc = unsafe { cpu::rdmsr(caps::IA32_FEATURE_CONTROL) });
         if fault.is_none() && fc & 1 == 0 {
             let _ = crate::faults::expect_fault(2, || unsafe { cpu::wrmsr(caps::IA32_FEATURE_CONTROL, fc | 5) });
@@ -169,6 +171,7 @@ impl Hv {
         let caps = Caps::read(
             |m| {
                 let mut v = 0;
+                // SAFETY: as above.
                 if crate::faults::expect_fault(2, || v = unsafe { cpu::rdmsr(m) }).is_some() {
                     bad_msr.get_or_insert(m);
                 }

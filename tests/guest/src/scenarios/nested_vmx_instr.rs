@@ -81,6 +81,26 @@ fn vmclear_at(pa: u64) -> Result<VmResult, u8> {
     guarded(LEN_VMCLEAR, || unsafe { vmx::vmclear(pa) })
 }
 
+/// CR0 writes of this scenario change only NE and FIXED0 bits.
+fn write_cr0(v: u64) {
+    // SAFETY: L1 stays in long mode with paging; NE only changes how x87
+    // errors are reported and this guest uses no x87.
+    unsafe { cpu::set_cr0(v) }
+}
+
+/// CR4 writes of this scenario change only VMXE and FIXED0 bits.
+fn write_cr4(v: u64) {
+    // SAFETY: VMXE (outside VMX operation) and the FIXED0 bits do not
+    // change how L1 runs.
+    unsafe { cpu::set_cr4(v) }
+}
+
+fn vmxoff() -> VmResult {
+    // SAFETY: leaving VMX operation is the point of the checks that call
+    // this; nothing afterwards needs VMX until the next VMXON.
+    unsafe { vmx::vmxoff() }
+}
+
 fn valid(n: u32) -> Result<VmResult, u8> {
     Ok(Err(VmFail::Valid(n)))
 }
@@ -95,35 +115,32 @@ fn checks(c: &mut Checks, hv: &Hv) {
     mem::zero_page(vmxon);
     mem::wr32(vmxon, caps.revision());
 
-    // SAFETY (CR writes in this function): FIXED0 bits of CR0 (NE) and
-    // CR4.VMXE are harmless for L1 in long mode; CR0.NE only changes how
-    // x87 errors are reported, and this guest uses no x87.
-    unsafe { cpu::set_cr0(cpu::cr0() | caps.cr0_fixed0) };
-    unsafe { cpu::set_cr4(cpu::cr4() & !(1 << 13)) };
+    write_cr0(cpu::cr0() | caps.cr0_fixed0);
+    write_cr4(cpu::cr4() & !(1 << 13));
     // VMXON: "IF ... CR4.VMXE = 0 ... THEN #UD".
     let r = vmxon_at(vmxon);
     c.check("vmxon-without-cr4-vmxe-ud", r == Err(UD), format_args!("{r:?}"));
 
-    unsafe { cpu::set_cr4(cpu::cr4() | caps.cr4_fixed0 | 1 << 13) };
+    write_cr4(cpu::cr4() | caps.cr4_fixed0 | 1 << 13);
     // Outside VMX operation every other VMX instruction is #UD.
     let outside = [
         vmptrld_at(s).err(),
         guarded(LEN_VMREAD, || vmread(GUEST_RIP).is_ok()).err(),
-        guarded(LEN_VMCLEAR, || unsafe { vmx::vmclear(s) }.is_ok()).err(),
+        vmclear_at(s).err(),
         guarded(LEN_VMPTRST, vmx::vmptrst).err(),
-        guarded(LEN_VMXOFF, || unsafe { vmx::vmxoff() }.is_ok()).err(),
+        guarded(LEN_VMXOFF, vmxoff).err(),
     ];
     c.check("vmx-insn-outside-vmx-ud", outside.iter().all(|v| *v == Some(UD)), format_args!("VMPTRLD, VMREAD, VMCLEAR, VMPTRST, VMXOFF: {outside:?}"));
 
     // VMXON: CR0 must satisfy IA32_VMX_CR0_FIXED0 (NE), else #GP(0).
     if caps.cr0_fixed0 & (1 << 5) != 0 {
         let cr0 = cpu::cr0();
-        unsafe { cpu::set_cr0(cr0 & !(1 << 5)) };
+        write_cr0(cr0 & !(1 << 5));
         let r = vmxon_at(vmxon);
-        unsafe { cpu::set_cr0(cr0) };
+        write_cr0(cr0);
         if r == OK {
-            // Do not leave VMX operation entered by mistake.
-            let _ = unsafe { vmx::vmxoff() };
+            // Do not stay in VMX operation entered by mistake.
+            let _ = vmxoff();
         }
         c.check("vmxon-cr0-ne-clear-gp", r == Err(GP), format_args!("{r:?}"));
     } else {
@@ -269,13 +286,13 @@ fn checks(c: &mut Checks, hv: &Hv) {
     }
 
     // VMXOFF leaves VMX operation: the instructions are #UD again.
-    let r = guarded(LEN_VMXOFF, || unsafe { vmx::vmxoff() });
+    let r = guarded(LEN_VMXOFF, vmxoff);
     c.check("vmxoff", r == OK, format_args!("{r:?}"));
     let after = [
         vmptrld_at(s).err(),
         guarded(LEN_VMREAD, || vmread(GUEST_RIP).is_ok()).err(),
         guarded(LEN_VMPTRST, vmx::vmptrst).err(),
-        guarded(LEN_VMXOFF, || unsafe { vmx::vmxoff() }.is_ok()).err(),
+        guarded(LEN_VMXOFF, vmxoff).err(),
     ];
     c.check("vmx-insn-after-vmxoff-ud", after.iter().all(|v| *v == Some(UD)), format_args!("VMPTRLD, VMREAD, VMPTRST, VMXOFF: {after:?}"));
 }
