@@ -73,3 +73,34 @@ pub fn eoi() {
 pub fn pending(vector: u8) -> bool {
     read(IRR + 0x10 * (vector as u64 / 32)) & (1 << (vector % 32)) != 0
 }
+
+/// A one-shot LAPIC timer that ends an L2 halt the check expected to end
+/// otherwise (an HLT exit, the preemption timer): with external-interrupt
+/// exiting it turns a hang into an exit with reason 1. Dropping it stops
+/// the timer and lets L1 take an interrupt left pending.
+pub struct Watchdog(bool);
+
+impl Watchdog {
+    /// Arms it for `count` timer ticks, if the LAPIC can be used.
+    pub fn arm(count: u32) -> Watchdog {
+        if usable().is_err() {
+            return Watchdog(false);
+        }
+        enable();
+        oneshot(crate::faults::TIMER_VECTOR, count);
+        Watchdog(true)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if self.0 {
+            stop();
+            if pending(crate::faults::TIMER_VECTOR) {
+                // SAFETY: L1's IDT has the timer vector (it counts and EOIs);
+                // one instruction window.
+                unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+            }
+        }
+    }
+}

@@ -9,8 +9,12 @@ use crate::hv::fields::*;
 use crate::hv::mem::{self, pg};
 use crate::hv::vm::Regs;
 use crate::hv::vmx::{rd, vmwrite};
-use crate::hv::{cpu, l0_alive, start, Hv};
+use crate::hv::{apic, cpu, l0_alive, start, Hv};
 use crate::l2;
+
+/// LAPIC-timer ticks before a halted L2 is woken if nothing else does
+/// (about half a second of Bochs time).
+const WATCHDOG: u32 = 50_000_000;
 
 const CHECKS: &[&str] = &[
     "vmxon",
@@ -99,6 +103,11 @@ fn hlt_exit(c: &mut Checks, hv: &Hv) {
     if !hv.ctl(PROC_CONTROLS, proc::HLT_EXITING, 0) {
         return c.skip("hlt-exit", format_args!("HLT exiting cannot be set"));
     }
+    // Should the HLT not exit, the LAPIC timer ends the halt (exit 1).
+    // L2 gets IF = 1: Bochs keeps interrupts masked for an L2 entered with
+    // IF = 0 (see nested-exits), and a halt with them masked never ends.
+    let _ = vmwrite(GUEST_RFLAGS, 0x202);
+    let _watchdog = apic::Watchdog::arm(WATCHDOG);
     let e = vm.enter();
     let first = e.exit().copied().filter(|x| x.is(reason::HLT) && x.len == 1 && x.rip == l2!(l2_hlt));
     let second = first.map(|x| vm.skip_and_enter(&x));
@@ -120,7 +129,10 @@ fn hlt_no_exit_timer(c: &mut Checks, hv: &Hv) {
     hv.ctl(PROC_CONTROLS, 0, proc::HLT_EXITING);
     hv.ctl(PIN_CONTROLS, pin::PREEMPTION_TIMER, 0);
     let _ = vmwrite(PREEMPTION_TIMER_VALUE, 2000);
+    let _ = vmwrite(GUEST_RFLAGS, 0x202);
+    let watchdog = apic::Watchdog::arm(WATCHDOG);
     let e = vm.enter();
+    drop(watchdog);
     let activity = rd(GUEST_ACTIVITY_STATE);
     let first = e.exit().copied().filter(|x| x.is(reason::PREEMPTION_TIMER) && x.rip == l2!(l2_hlt) + 1);
     let _ = vmwrite(GUEST_ACTIVITY_STATE, 0);
