@@ -153,7 +153,12 @@ fn bench() -> Result<(), String> {
         let _ = std::io::Write::flush(&mut std::io::stdout());
         let o = scenario::run(&s, &images, Emulator::Bochs)?;
         let figures = bench_figures(&o.com1);
-        let status = if o.passed { "ok".to_string() } else { format!("FAILED: {}", o.reason) };
+        let first_fail = o.com1.lines().find(|l| l.starts_with("CHECK ") && l.contains(" FAIL "));
+        let status = match (o.passed, first_fail) {
+            (true, _) => "ok".to_string(),
+            (false, Some(l)) => format!("FAILED: {} (first: {})", o.reason, l.trim_end()),
+            (false, None) => format!("FAILED: {}", o.reason),
+        };
         println!("{status} ({:.1} s)", o.elapsed.as_secs_f64());
         columns.push((label, o.passed, status, figures));
     }
