@@ -61,31 +61,53 @@ impl IsoModule {
     }
 }
 
-/// Makes a GRUB ISO that boots L0 with `l0_cmdline` and the modules.
-pub fn iso(out: &Path, l0: &Path, l0_cmdline: &str, modules: &[IsoModule]) -> Result<(), String> {
+/// What GRUB boots from an ISO.
+pub enum IsoBoot<'a> {
+    /// L0 (multiboot2) with its command line and modules (the cloud VM first).
+    L0 { l0: &'a Path, cmdline: &'a str, modules: &'a [IsoModule] },
+    /// A multiboot (v1) kernel booted directly, with no L0 below it: the
+    /// scenario guest on the emulator's own VMX ("native" scenarios).
+    Native { kernel: &'a Path, cmdline: &'a str },
+}
+
+/// Makes a GRUB ISO that boots `boot`.
+pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
     let stage = out.with_extension("d");
     let _ = fs::remove_dir_all(&stage);
     fs::create_dir_all(stage.join("boot/grub")).map_err(|e| e.to_string())?;
-    fs::copy(l0, stage.join("boot/l0")).map_err(|e| format!("{}: {e}", l0.display()))?;
     let mut cfg = String::from(
-        "set timeout=0\nserial --unit=1 --speed=115200\nterminal_input serial\nterminal_output serial\n\
-         menuentry \"L0 cloud hypervisor\" {\n",
+        "set timeout=0\nserial --unit=1 --speed=115200\nterminal_input serial\nterminal_output serial\n",
     );
-    cfg += &format!("  multiboot2 /boot/l0 {l0_cmdline}\n");
-    for (i, m) in modules.iter().enumerate() {
-        let name = match &m.payload {
-            Payload::File(f) => {
-                let name = format!("m{i}-{}", f.file_name().unwrap().to_string_lossy());
-                fs::copy(f, stage.join("boot").join(&name)).map_err(|e| format!("{}: {e}", f.display()))?;
-                name
+    match boot {
+        IsoBoot::L0 { l0, cmdline, modules } => {
+            fs::copy(l0, stage.join("boot/l0")).map_err(|e| format!("{}: {e}", l0.display()))?;
+            cfg += "menuentry \"L0 cloud hypervisor\" {\n";
+            cfg += &format!("  multiboot2 /boot/l0 {cmdline}\n");
+            for (i, m) in modules.iter().enumerate() {
+                let name = match &m.payload {
+                    Payload::File(f) => {
+                        let name = format!("m{i}-{}", f.file_name().unwrap().to_string_lossy());
+                        fs::copy(f, stage.join("boot").join(&name)).map_err(|e| format!("{}: {e}", f.display()))?;
+                        name
+                    }
+                    Payload::Inline(n, bytes) => {
+                        let name = format!("m{i}-{n}");
+                        fs::write(stage.join("boot").join(&name), bytes).map_err(|e| e.to_string())?;
+                        name
+                    }
+                };
+                cfg += &format!("  module2 /boot/{name} {}\n", m.cmdline);
             }
-            Payload::Inline(n, bytes) => {
-                let name = format!("m{i}-{n}");
-                fs::write(stage.join("boot").join(&name), bytes).map_err(|e| e.to_string())?;
-                name
-            }
-        };
-        cfg += &format!("  module2 /boot/{name} {}\n", m.cmdline);
+        }
+        IsoBoot::Native { kernel, cmdline } => {
+            let name = kernel.file_name().unwrap().to_string_lossy().into_owned();
+            fs::copy(kernel, stage.join("boot").join(&name)).map_err(|e| format!("{}: {e}", kernel.display()))?;
+            // GRUB 2's `multiboot` loads ELF64 multiboot (v1) kernels by
+            // their physical addresses and passes "path args" as the
+            // command line.
+            cfg += "menuentry \"scenario guest, native\" {\n";
+            cfg += &format!("  multiboot /boot/{name} {cmdline}\n");
+        }
     }
     cfg += "  boot\n}\n";
     fs::write(stage.join("boot/grub/grub.cfg"), cfg).map_err(|e| e.to_string())?;
@@ -94,7 +116,7 @@ pub fn iso(out: &Path, l0: &Path, l0_cmdline: &str, modules: &[IsoModule]) -> Re
         .arg("-o")
         .arg(out)
         .args(["--fonts=", "--locales=", "--themes="])
-        .arg("--install-modules=normal multiboot2 serial terminal iso9660 biosdisk part_msdos")
+        .arg("--install-modules=normal multiboot multiboot2 serial terminal iso9660 biosdisk part_msdos")
         .arg(&stage)
         .output()
         .map_err(|e| format!("grub-mkrescue: {e}"))?;

@@ -1,12 +1,14 @@
 //! `cargo xtask`: build, image, run, test.
 //!
-//! - `cargo xtask build`              the L0 and scenario-guest images
-//! - `cargo xtask run [--qemu] [--scenario NAME] [--timeout SECS]`
-//!                                    boot L0 + a cloud VM, stream both serial lines
-//! - `cargo xtask test`               host unit tests, then every Bochs scenario
-//! - `cargo xtask test host`          host unit tests only
-//! - `cargo xtask test scenario NAME` one scenario
-//! - `cargo xtask deps`               install what the above need (as root)
+//! - `cargo xtask build`: the L0 and scenario-guest images
+//! - `cargo xtask run [--qemu] [--scenario NAME] [--timeout SECS]`: boot L0 +
+//!   a cloud VM (or a native scenario), stream both serial lines
+//! - `cargo xtask test`: host unit tests, then every Bochs scenario enabled in CI
+//! - `cargo xtask test host`: host unit tests only
+//! - `cargo xtask test scenario NAME`: one scenario (enabled in CI or not)
+//! - `cargo xtask test list`: the scenarios, and which run in CI
+//! - `cargo xtask bench`: nested-VMX round-trip costs, natively and under L0
+//! - `cargo xtask deps`: install what the above need (as root)
 
 mod build;
 mod deps;
@@ -18,7 +20,8 @@ use std::time::Duration;
 
 use emulator::{Emulator, Verdict};
 
-const USAGE: &str = "usage: cargo xtask <build | run [--qemu] [--scenario NAME] [--timeout SECS] | test [host | scenario NAME] | deps>";
+const USAGE: &str =
+    "usage: cargo xtask <build | run [--qemu] [--scenario NAME] [--timeout SECS] | test [host | list | scenario NAME] | bench | deps>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,6 +34,15 @@ fn main() -> ExitCode {
         ["test"] => test_host().and_then(|_| test_scenarios(None)),
         ["test", "host"] => test_host(),
         ["test", "scenario", name] => test_scenarios(Some(name)),
+        ["test", "list"] => {
+            for s in scenario::all() {
+                let how = if s.native() { "native" } else { "under L0" };
+                let ci = if s.enabled_in_ci { "in CI" } else { "not in CI yet" };
+                println!("{:28} {how:9} {ci}", s.name);
+            }
+            Ok(())
+        }
+        ["bench"] => bench(),
         ["deps"] => deps::ensure(&[]),
         _ => Err(USAGE.into()),
     };
@@ -60,7 +72,7 @@ fn test_scenarios(only: Option<&str>) -> Result<(), String> {
     let images = build::images()?;
     let list = match only {
         Some(name) => vec![scenario::find(name).ok_or_else(|| format!("no scenario named {name}"))?],
-        None => scenario::all(),
+        None => scenario::all().into_iter().filter(|s| s.enabled_in_ci).collect(),
     };
     let mut failed = Vec::new();
     for s in &list {
@@ -104,8 +116,9 @@ fn run(args: &[&str]) -> Result<(), String> {
     let dir = scenario::scenario_dir(name).join("run");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let iso = dir.join("boot.iso");
-    build::iso(&iso, &images.l0, s.l0_cmdline, &(s.modules)(&images))?;
-    println!("xtask: booting {} in {emu:?} (limit {} s); COM2 = L0's management line, COM1 = the cloud VM", iso.display(), limit.as_secs());
+    scenario::make_iso(&s, &images, &iso)?;
+    let what = if s.native() { "no L0 (native), COM1 = the scenario guest" } else { "COM2 = L0's management line, COM1 = the cloud VM" };
+    println!("xtask: booting {} in {emu:?} (limit {} s); {what}", iso.display(), limit.as_secs());
     let r = emulator::run(emu, &dir, &iso, 512, limit, true, |_, _| Verdict::Continue)?;
     println!(
         "xtask: {} after {:.1} s; logs in {}",
@@ -114,4 +127,80 @@ fn run(args: &[&str]) -> Result<(), String> {
         dir.display()
     );
     Ok(())
+}
+
+/// `BENCH <name> <ticks>` lines of a run's COM1.
+fn bench_figures(com1: &str) -> Vec<(String, String)> {
+    com1.lines()
+        .filter_map(|l| {
+            let mut w = l.trim_end_matches('\r').strip_prefix("BENCH ")?.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Runs the bench scenario natively (Bochs's VMX below the test
+/// hypervisor) and under L0, and prints the guest-TSC ticks per operation
+/// side by side. A failed run is reported as such, with what it printed.
+fn bench() -> Result<(), String> {
+    deps::ensure(&[])?;
+    let images = build::images()?;
+    let runs = [("native (Bochs VMX)", "nested-bench-native"), ("under L0", "nested-bench")];
+    let mut columns = Vec::new();
+    for (label, name) in runs {
+        let s = scenario::find(name).ok_or_else(|| format!("no scenario named {name}"))?;
+        print!("== bench {label} ({name}) ... ");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let o = scenario::run(&s, &images, Emulator::Bochs)?;
+        let figures = bench_figures(&o.com1);
+        let first_fail = o.com1.lines().find(|l| l.starts_with("CHECK ") && l.contains(" FAIL "));
+        let status = match (o.passed, first_fail) {
+            (true, _) => "ok".to_string(),
+            (false, Some(l)) => format!("FAILED: {} (first: {})", o.reason, l.trim_end()),
+            (false, None) => format!("FAILED: {}", o.reason),
+        };
+        println!("{status} ({:.1} s)", o.elapsed.as_secs_f64());
+        columns.push((label, o.passed, status, figures));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for (_, _, _, f) in &columns {
+        for (n, _) in f {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+    }
+    println!();
+    print!("{:28}", "guest-TSC ticks per op");
+    for (label, ..) in &columns {
+        print!(" {label:>20}");
+    }
+    println!();
+    for n in &names {
+        print!("{n:28}");
+        for (_, _, _, f) in &columns {
+            let v = f.iter().find(|(m, _)| m == n).map_or("-", |(_, v)| v.as_str());
+            print!(" {v:>20}");
+        }
+        println!();
+    }
+    for (label, passed, status, f) in &columns {
+        if !passed {
+            println!("note: the run {label} did not pass ({status}); {} figure(s) from it", f.len());
+        }
+    }
+    if columns.first().is_some_and(|c| c.1) {
+        Ok(())
+    } else {
+        Err("the native bench run failed".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_bench_lines() {
+        let f = super::bench_figures("x\r\nBENCH l1-cpuid 123\r\nBENCH l2-cpuid-roundtrip 4567\nBENCH broken\n");
+        assert_eq!(f, vec![("l1-cpuid".into(), "123".into()), ("l2-cpuid-roundtrip".into(), "4567".into())]);
+    }
 }

@@ -4,40 +4,111 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::build::{Images, IsoModule};
+use crate::build::{Images, IsoBoot, IsoModule};
 use crate::emulator::{self, Emulator, Verdict};
 
 pub struct Scenario {
     pub name: &'static str,
-    pub l0_cmdline: &'static str,
-    pub modules: fn(&Images) -> Vec<IsoModule>,
+    pub boot: Boot,
     pub limit: Duration,
     /// Markers on COM1 (the cloud VM's console), in order.
     pub com1: &'static [&'static str],
-    /// Markers on COM2 (L0's management line), in order.
+    /// Markers on COM2 (L0's management line), in order. Empty for native
+    /// scenarios: no L0 is there to write them.
     pub com2: &'static [&'static str],
     /// Markers that fail the scenario wherever they appear.
     pub forbidden: &'static [&'static str],
+    /// Whether plain `cargo xtask test` runs it. `false` for scenarios that
+    /// cannot pass yet (the L0 variants of the nested-VMX scenarios, until
+    /// L0 offers VMX to L1); `cargo xtask test scenario NAME` runs any.
+    pub enabled_in_ci: bool,
+}
+
+/// How GRUB starts a scenario.
+pub enum Boot {
+    /// L0 (multiboot2) with this command line, the cloud VM and its modules.
+    L0 { cmdline: &'static str, modules: fn(&Images) -> Vec<IsoModule> },
+    /// The scenario guest alone (multiboot v1) with these arguments: the
+    /// emulator's own VMX is the hypervisor below it ("native").
+    Native { args: &'static str },
+}
+
+impl Scenario {
+    pub fn native(&self) -> bool {
+        matches!(self.boot, Boot::Native { .. })
+    }
 }
 
 /// Failure markers of every scenario that expects L0 and L1 to be healthy.
 const HEALTHY: &[&str] = &["FAIL", "L0 FATAL", "L0 PANIC", "GUEST panic", "GUEST exception", "L0 WARN  command line"];
+/// The same for a guest that runs without L0.
+const NATIVE_HEALTHY: &[&str] = &["FAIL", "GUEST panic", "GUEST exception"];
+/// What L0 says around a healthy cloud VM run.
+const L0_RUNS_GUEST: &[&str] = &["starting the cloud VM", "L0 integrity OK"];
 
-fn guest(cmdline: &'static str) -> fn(&Images) -> Vec<IsoModule> {
-    // One function per command line: fn pointers cannot capture.
-    match cmdline {
-        "boot" => |i| vec![IsoModule::file(&i.guest, "l1=multiboot test=boot")],
-        "ept-guard" => |i| vec![IsoModule::file(&i.guest, "l1=multiboot test=ept-guard")],
-        _ => unreachable!(),
-    }
+/// The cloud VM module: the scenario guest with `l1=multiboot test=NAME`.
+/// (A macro: fn pointers cannot capture the name.)
+macro_rules! guest {
+    ($name:literal) => {
+        |i: &Images| vec![IsoModule::file(&i.guest, concat!("l1=multiboot test=", $name))]
+    };
 }
 
+/// A guest scenario of the test hypervisor twice: `NAME-native` (booted
+/// directly by GRUB, checked against Bochs's VMX, in CI) and `NAME` (booted
+/// by L0, enabled in CI once L0 offers nested VMX).
+macro_rules! nested {
+    ($name:literal, $secs:expr, $l0_in_ci:expr) => {
+        [
+            Scenario {
+                name: concat!($name, "-native"),
+                boot: Boot::Native { args: concat!("test=", $name) },
+                limit: Duration::from_secs($secs),
+                com1: &[concat!("TEST ", $name, " START"), concat!("TEST ", $name, " PASS")],
+                com2: &[],
+                forbidden: NATIVE_HEALTHY,
+                enabled_in_ci: true,
+            },
+            Scenario {
+                name: $name,
+                boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: guest!($name) },
+                limit: Duration::from_secs($secs * 3),
+                com1: &[concat!("TEST ", $name, " START"), concat!("TEST ", $name, " PASS")],
+                com2: L0_RUNS_GUEST,
+                forbidden: HEALTHY,
+                enabled_in_ci: $l0_in_ci,
+            },
+        ]
+    };
+}
+
+/// A native-only run of a nested scenario with extra guest arguments:
+/// `l2=paged` / `l2=noept` make the test hypervisor use its fallbacks for
+/// capabilities without unrestricted guest / without EPT (what a stricter
+/// L0 whitelist would leave), so they are exercised on Bochs too.
+macro_rules! fallback {
+    ($name:literal, $variant:literal, $secs:expr) => {
+        Scenario {
+            name: concat!($name, "-", $variant, "-native"),
+            boot: Boot::Native { args: concat!("test=", $name, " l2=", $variant) },
+            limit: Duration::from_secs($secs),
+            com1: &[concat!("TEST ", $name, " START"), "forced by the command line", concat!("TEST ", $name, " PASS")],
+            com2: &[],
+            forbidden: NATIVE_HEALTHY,
+            enabled_in_ci: true,
+        }
+    };
+}
+
+/// Whether L0 offers nested VMX yet. Flip to `true` when it does: the L0
+/// variants of the nested scenarios then run in `cargo xtask test`.
+const L0_NESTED_VMX: bool = false;
+
 pub fn all() -> Vec<Scenario> {
-    vec![
+    let mut v = vec![
         Scenario {
             name: "boot",
-            l0_cmdline: "serial=com2 loglevel=info",
-            modules: guest("boot"),
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: guest!("boot") },
             limit: Duration::from_secs(60),
             com1: &["TEST boot START", "CHECK cpuid-signature ok", "CHECK low-memory-is-l1s ok", "TEST boot PASS"],
             com2: &[
@@ -49,11 +120,11 @@ pub fn all() -> Vec<Scenario> {
                 "L0 integrity OK",
             ],
             forbidden: HEALTHY,
+            enabled_in_ci: true,
         },
         Scenario {
             name: "ept-guard",
-            l0_cmdline: "serial=com2 loglevel=info",
-            modules: guest("ept-guard"),
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: guest!("ept-guard") },
             limit: Duration::from_secs(120),
             com1: &[
                 "TEST ept-guard START",
@@ -65,18 +136,52 @@ pub fn all() -> Vec<Scenario> {
             ],
             com2: &["starting the cloud VM", "L1 read L0 memory", "L1 wrote L0 memory", "L0 integrity OK"],
             forbidden: HEALTHY,
+            enabled_in_ci: true,
         },
         Scenario {
             // A module that is not a kernel: L0 says so and stops.
             name: "bad-kernel",
-            l0_cmdline: "serial=com2",
-            modules: |_| vec![IsoModule::inline("not-a-kernel.txt", b"This is a text file, not a kernel.\n", "l1=multiboot")],
+            boot: Boot::L0 {
+                cmdline: "serial=com2",
+                modules: |_| vec![IsoModule::inline("not-a-kernel.txt", b"This is a text file, not a kernel.\n", "l1=multiboot")],
+            },
             limit: Duration::from_secs(60),
             com1: &[],
             com2: &["L0 FATAL: cloud VM kernel: no multiboot header"],
             forbidden: &["L0 PANIC", "starting the cloud VM"],
+            enabled_in_ci: true,
         },
-    ]
+    ];
+    // The test hypervisor (tests/guest/src/hv): nested-VMX checks.
+    v.extend(nested!("nested-vmx-instr", 60, L0_NESTED_VMX));
+    v.extend(nested!("nested-entry-checks", 60, L0_NESTED_VMX));
+    v.extend(nested!("nested-basic", 60, L0_NESTED_VMX));
+    v.extend(nested!("nested-exits", 60, L0_NESTED_VMX));
+    v.extend(nested!("nested-ept", 60, L0_NESTED_VMX));
+    for variant in [
+        fallback!("nested-basic", "paged", 60),
+        fallback!("nested-exits", "paged", 60),
+        fallback!("nested-ept", "paged", 60),
+        fallback!("nested-basic", "noept", 60),
+        fallback!("nested-exits", "noept", 60),
+    ] {
+        v.push(variant);
+    }
+    // Measurements (`cargo xtask bench`); the native run also smoke-tests
+    // the bench code in CI, asserting only that its loops complete.
+    v.extend(nested!("nested-bench", 120, L0_NESTED_VMX));
+    v
+}
+
+/// Builds the ISO that boots `s`.
+pub fn make_iso(s: &Scenario, images: &Images, iso: &std::path::Path) -> Result<(), String> {
+    match &s.boot {
+        Boot::L0 { cmdline, modules } => {
+            let mods = modules(images);
+            crate::build::iso(iso, IsoBoot::L0 { l0: &images.l0, cmdline, modules: &mods })
+        }
+        Boot::Native { args } => crate::build::iso(iso, IsoBoot::Native { kernel: &images.guest, cmdline: args }),
+    }
 }
 
 /// Whether `markers` all appear in `log` in this order.
@@ -91,6 +196,11 @@ pub fn in_order(log: &str, markers: &[&str]) -> bool {
     })
 }
 
+/// Whether the scenario guest printed its final `TEST <name> PASS|FAIL` line.
+pub fn verdict_printed(com1: &str) -> bool {
+    com1.lines().any(|l| l.starts_with("TEST ") && (l.contains(" PASS") || l.contains(" FAIL")))
+}
+
 /// The first forbidden marker in either log.
 pub fn forbidden(s: &Scenario, com1: &str, com2: &str) -> Option<&'static str> {
     s.forbidden.iter().copied().find(|m| com1.contains(m) || com2.contains(m))
@@ -100,6 +210,8 @@ pub struct Outcome {
     pub passed: bool,
     pub reason: String,
     pub elapsed: Duration,
+    /// The cloud VM's serial output (COM1).
+    pub com1: String,
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -111,13 +223,20 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
     let dir = crate::build::target_dir().join("scenarios").join(s.name);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let iso = dir.join("boot.iso");
-    crate::build::iso(&iso, &images.l0, s.l0_cmdline, &(s.modules)(images))?;
+    make_iso(s, images, &iso)?;
     // Once everything expected is there, give the guest a moment to shut
     // the emulator down itself, then stop it.
     let mut done_at: Option<std::time::Instant> = None;
+    let mut bad_at: Option<std::time::Instant> = None;
     let run = emulator::run(emu, &dir, &iso, 512, s.limit, false, |c1, c2| {
+        // A failure marker fails the run, but a guest that goes on checking
+        // gets to print the rest of its checks and its verdict first.
         if forbidden(s, c1, c2).is_some() {
-            return Verdict::Stop;
+            let t = *bad_at.get_or_insert_with(std::time::Instant::now);
+            if verdict_printed(c1) || t.elapsed() > Duration::from_secs(5) {
+                return Verdict::Stop;
+            }
+            return Verdict::Continue;
         }
         if in_order(c1, s.com1) && in_order(c2, s.com2) {
             let t = *done_at.get_or_insert_with(std::time::Instant::now);
@@ -143,7 +262,7 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         eprintln!("---- COM2 (L0), last lines:\n{}", tail(&run.com2, 60));
         eprintln!("---- {}/bochs.log, last lines:\n{}", dir.display(), tail(&run.emulator_log(), 30));
     }
-    Ok(Outcome { passed, reason, elapsed: run.elapsed })
+    Ok(Outcome { passed, reason, elapsed: run.elapsed, com1: run.com1 })
 }
 
 pub fn find(name: &str) -> Option<Scenario> {
@@ -164,6 +283,28 @@ mod tests {
         assert!(!in_order("a\nb\nc\n", &["c", "a"]));
         assert!(in_order("anything", &[]));
         assert!(!in_order("a", &["a", "a"]));
+    }
+
+    #[test]
+    fn verdict_line() {
+        assert!(!verdict_printed("TEST x START\nCHECK a FAIL b\n"));
+        assert!(verdict_printed("TEST x START\nTEST x FAIL (1 of 2 checks failed)\n"));
+        assert!(verdict_printed("TEST x PASS (2 checks)\n"));
+    }
+
+    #[test]
+    fn native_variants_pair_with_l0_variants() {
+        let all = all();
+        for s in all.iter().filter(|s| s.native()) {
+            assert!(s.com2.is_empty(), "{}: no L0, no COM2 markers", s.name);
+            assert!(s.enabled_in_ci, "{}: native scenarios must pass now", s.name);
+            let base = s.name.strip_suffix("-native").expect("native scenarios end in -native");
+            if base.ends_with("-paged") || base.ends_with("-noept") {
+                continue; // native-only fallback variants
+            }
+            let l0 = all.iter().find(|t| t.name == base).expect("each native scenario has an L0 variant");
+            assert!(!l0.native() && l0.com1 == s.com1);
+        }
     }
 
     #[test]

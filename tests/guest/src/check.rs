@@ -25,6 +25,13 @@ impl Checks {
         }
     }
 
+    /// A check the capabilities (or the environment) rule out: it counts
+    /// as passed and says why it did not run.
+    pub fn skip(&mut self, name: &str, why: fmt::Arguments) {
+        self.run += 1;
+        crate::println!("CHECK {name} ok skipped: {why}");
+    }
+
     /// Prints the verdict.
     pub fn finish(self) {
         if self.failed == 0 && self.run > 0 {

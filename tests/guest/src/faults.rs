@@ -11,7 +11,44 @@ static ARMED: AtomicU64 = AtomicU64::new(0);
 /// Last vector taken while armed, + 1 (0 = none).
 static TAKEN: AtomicU64 = AtomicU64::new(0);
 
-static mut IDT: [[u64; 2]; 32] = [[0; 2]; 32];
+/// 256 gates: the boot stubs for exceptions, the test hypervisor's timer
+/// vector and the APIC spurious vector (VM exits set the IDTR limit to
+/// 0xffff, SDM 28.5.2, so every vector must land somewhere defined).
+static mut IDT: [[u64; 2]; 256] = [[0; 2]; 256];
+
+/// The vector of the LAPIC timer the external-interrupt checks use.
+pub const TIMER_VECTOR: u8 = 0x30;
+/// How many times L1 took [`TIMER_VECTOR`].
+pub static TIMER_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+// The timer vector counts and signals end-of-interrupt to the xAPIC; the
+// spurious vector (0xff) needs no EOI.
+core::arch::global_asm!(
+    r#"
+    .section .text
+    .global l1_timer_stub
+l1_timer_stub:
+    push rax
+    lock inc qword ptr [rip + {taken}]
+    mov rax, 0xfee000b0
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
+    .global l1_spurious_stub
+l1_spurious_stub:
+    iretq
+"#,
+    taken = sym TIMER_TAKEN,
+);
+
+extern "C" {
+    fn l1_timer_stub();
+    fn l1_spurious_stub();
+}
+
+fn gate(handler: u64) -> [u64; 2] {
+    [(handler & 0xffff) | 0x08 << 16 | 0x8e << 40 | (handler >> 16 & 0xffff) << 48, handler >> 32]
+}
 
 #[repr(C, packed)]
 struct Pointer {
@@ -23,8 +60,10 @@ pub fn init() {
     // SAFETY: single CPU, set once before any fault can be expected.
     unsafe {
         let idt = &mut *core::ptr::addr_of_mut!(IDT);
-        *idt = boot::exceptions::idt(0x08, |_| 0);
-        let p = Pointer { limit: 32 * 16 - 1, base: idt.as_ptr() as u64 };
+        idt[..32].copy_from_slice(&boot::exceptions::idt(0x08, |_| 0));
+        idt[TIMER_VECTOR as usize] = gate(l1_timer_stub as *const () as u64);
+        idt[0xff] = gate(l1_spurious_stub as *const () as u64);
+        let p = Pointer { limit: 256 * 16 - 1, base: idt.as_ptr() as u64 };
         core::arch::asm!("lidt [{}]", in(reg) &p, options(readonly, nostack));
     }
 }

@@ -7,6 +7,7 @@
 pub mod check;
 #[cfg(target_os = "none")]
 pub mod faults;
+pub mod hv;
 pub mod io;
 pub mod mb1;
 #[cfg(target_os = "none")]

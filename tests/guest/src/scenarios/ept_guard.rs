@@ -59,7 +59,7 @@ pub fn run(mbi: &Info<Identity>) {
             // SAFETY: as above.
             let v = unsafe { core::ptr::read_volatile((p + 8 * i) as *const u64) };
             let page = v ^ PATTERN;
-            let ours = v & PATTERN == PATTERN && page % 4096 == 0 && ranges.iter().any(|r| (r.0..r.1).contains(&page));
+            let ours = v & PATTERN == PATTERN && page.is_multiple_of(4096) && ranges.iter().any(|r| (r.0..r.1).contains(&page));
             if !ours {
                 not_ours += 1;
             }

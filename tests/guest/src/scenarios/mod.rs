@@ -4,11 +4,24 @@ use crate::mb1::{Identity, Info};
 
 mod boot;
 mod ept_guard;
+mod nested_basic;
+mod nested_bench;
+mod nested_entry;
+mod nested_ept;
+mod nested_exits;
+mod nested_vmx_instr;
 
 pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
+    crate::hv::force_l2_mode(crate::mb1::arg(mbi.cmdline(), "l2"));
     match name {
         "boot" => boot::run(magic, mbi),
         "ept-guard" => ept_guard::run(mbi),
+        "nested-basic" => nested_basic::run(),
+        "nested-bench" => nested_bench::run(),
+        "nested-entry-checks" => nested_entry::run(),
+        "nested-ept" => nested_ept::run(),
+        "nested-exits" => nested_exits::run(),
+        "nested-vmx-instr" => nested_vmx_instr::run(),
         _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
     }
 }

@@ -1,0 +1,94 @@
+//! The test hypervisor's memory: static page-aligned arrays in .bss (the
+//! guest is identity-mapped, so an address here is also the physical
+//! address the processor and EPT12 see). Every access goes through the
+//! bounds-checked volatile helpers below: L2 and the processor change this
+//! memory behind the compiler's back.
+
+use core::ptr::addr_of;
+
+pub const PAGE: u64 = 4096;
+pub const BIG: u64 = 2 << 20;
+
+/// Page indices in the pool.
+pub mod pg {
+    pub const VMXON: usize = 0;
+    /// Four VMCS regions: A, B (the second L2), S (scratch), X (spare).
+    pub const VMCS_A: usize = 1;
+    pub const VMCS_B: usize = 2;
+    pub const VMCS_S: usize = 3;
+    pub const VMCS_X: usize = 4;
+    pub const MSR_BITMAP: usize = 5;
+    pub const IO_A: usize = 6;
+    pub const IO_B: usize = 7;
+    /// Entry MSR-load list at 0, exit MSR-store at 0x400, exit MSR-load at 0x800.
+    pub const MSR_LISTS: usize = 8;
+    /// A copy of L1's PML4 to serve as the host CR3 (so its load is visible).
+    pub const HOST_PML4: usize = 9;
+    /// L2's memory, in L2 layout order (see `l2::LAYOUT`).
+    pub const L2_FIRST: usize = 10;
+    pub const L2_PAGES: usize = 18;
+    pub const EPT_POOL: usize = L2_FIRST + L2_PAGES;
+    pub const EPT_POOL_PAGES: usize = 112;
+    pub const COUNT: usize = EPT_POOL + EPT_POOL_PAGES;
+}
+
+#[repr(C, align(4096))]
+struct Pool([[u8; PAGE as usize]; pg::COUNT]);
+
+/// L2's 2 MiB page (an EPT12 2 MiB leaf needs a 2 MiB-aligned L1 frame).
+#[repr(C, align(2097152))]
+struct Big([u8; BIG as usize]);
+
+static mut POOL: Pool = Pool([[0; PAGE as usize]; pg::COUNT]);
+static mut BIG_PAGE: Big = Big([0; BIG as usize]);
+
+/// The physical address of pool page `i`.
+pub fn page(i: usize) -> u64 {
+    assert!(i < pg::COUNT);
+    addr_of!(POOL) as u64 + i as u64 * PAGE
+}
+
+/// The physical address of the 2 MiB page.
+pub fn big() -> u64 {
+    addr_of!(BIG_PAGE) as u64
+}
+
+fn owned(pa: u64, len: u64) -> bool {
+    let (p, b) = (addr_of!(POOL) as u64, addr_of!(BIG_PAGE) as u64);
+    (pa >= p && pa + len <= p + pg::COUNT as u64 * PAGE) || (pa >= b && pa + len <= b + BIG)
+}
+
+macro_rules! accessors {
+    ($rd:ident, $wr:ident, $t:ty) => {
+        pub fn $rd(pa: u64) -> $t {
+            assert!(owned(pa, core::mem::size_of::<$t>() as u64), "{pa:#x} is not test-hypervisor memory");
+            // SAFETY: inside our own static arrays (checked above), aligned by the callers' layouts.
+            unsafe { core::ptr::read_volatile(pa as *const $t) }
+        }
+        pub fn $wr(pa: u64, v: $t) {
+            assert!(owned(pa, core::mem::size_of::<$t>() as u64), "{pa:#x} is not test-hypervisor memory");
+            // SAFETY: as above.
+            unsafe { core::ptr::write_volatile(pa as *mut $t, v) }
+        }
+    };
+}
+accessors!(rd8, wr8, u8);
+accessors!(rd32, wr32, u32);
+accessors!(rd64, wr64, u64);
+
+pub fn fill(pa: u64, len: u64, byte: u8) {
+    assert!(owned(pa, len));
+    // SAFETY: inside our own static arrays (checked above).
+    unsafe { core::ptr::write_bytes(pa as *mut u8, byte, len as usize) };
+}
+
+pub fn zero_page(pa: u64) {
+    fill(pa, PAGE, 0);
+}
+
+pub fn copy_in(pa: u64, src: &[u8]) {
+    assert!(owned(pa, src.len() as u64));
+    // SAFETY: inside our own static arrays (checked above); `src` is
+    // image data, not overlapping.
+    unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), pa as *mut u8, src.len()) };
+}
