@@ -82,27 +82,43 @@ macro_rules! nested {
     };
 }
 
-/// A native-only run of a nested scenario with extra guest arguments:
+/// A nested scenario with extra guest arguments, natively and under L0:
 /// `l2=paged` / `l2=noept` make the test hypervisor use its fallbacks for
-/// capabilities without unrestricted guest / without EPT (what a stricter
-/// L0 whitelist would leave), so they are exercised on Bochs too.
+/// capabilities without unrestricted guest / without EPT, so both paths of
+/// L0 (EPT02 shadows, and EPT01 serving an L2 without EPT12) are exercised.
 macro_rules! fallback {
     ($name:literal, $variant:literal, $secs:expr) => {
-        Scenario {
-            name: concat!($name, "-", $variant, "-native"),
-            boot: Boot::Native { args: concat!("test=", $name, " l2=", $variant) },
-            limit: Duration::from_secs($secs),
-            com1: &[concat!("TEST ", $name, " START"), "forced by the command line", concat!("TEST ", $name, " PASS")],
-            com2: &[],
-            forbidden: NATIVE_HEALTHY,
-            enabled_in_ci: true,
-        }
+        [
+            Scenario {
+                name: concat!($name, "-", $variant, "-native"),
+                boot: Boot::Native { args: concat!("test=", $name, " l2=", $variant) },
+                limit: Duration::from_secs($secs),
+                com1: &[concat!("TEST ", $name, " START"), "forced by the command line", concat!("TEST ", $name, " PASS")],
+                com2: &[],
+                forbidden: NATIVE_HEALTHY,
+                enabled_in_ci: true,
+            },
+            Scenario {
+                name: concat!($name, "-", $variant),
+                boot: Boot::L0 {
+                    cmdline: "serial=com2 loglevel=info",
+                    modules: |i: &Images| {
+                        vec![IsoModule::file(&i.guest, concat!("l1=multiboot test=", $name, " l2=", $variant))]
+                    },
+                },
+                limit: Duration::from_secs($secs * 3),
+                com1: &[concat!("TEST ", $name, " START"), "forced by the command line", concat!("TEST ", $name, " PASS")],
+                com2: L0_RUNS_GUEST,
+                forbidden: HEALTHY,
+                enabled_in_ci: L0_NESTED_VMX,
+            },
+        ]
     };
 }
 
 /// Whether L0 offers nested VMX yet. Flip to `true` when it does: the L0
 /// variants of the nested scenarios then run in `cargo xtask test`.
-const L0_NESTED_VMX: bool = false;
+const L0_NESTED_VMX: bool = true;
 
 pub fn all() -> Vec<Scenario> {
     let mut v = vec![
@@ -165,7 +181,7 @@ pub fn all() -> Vec<Scenario> {
         fallback!("nested-basic", "noept", 60),
         fallback!("nested-exits", "noept", 60),
     ] {
-        v.push(variant);
+        v.extend(variant);
     }
     // Measurements (`cargo xtask bench`); the native run also smoke-tests
     // the bench code in CI, asserting only that its loops complete.

@@ -169,9 +169,11 @@ fn io_bitmap_checks(c: &mut Checks, hv: &Hv) {
         let (ok, m, _) = exit_then_vmcall(&mut vm, reason::IO, io_qual(0xffff, 2, false, false, false, false), l2!(l2_out_dx), 2);
         c.check("io-bitmap-wrap", ok, format_args!("{}", m.as_str()));
     }
-    // A clear bit lets L2 reach L1's port: COM1's scratch register keeps
-    // what L2 wrote, L2 reads it back, and so does L1 afterwards.
-    const SCRATCH: u16 = 0x3ff;
+    // A clear bit lets L2 reach L1's port: a DMA page register (channel 3,
+    // unused) keeps what L2 wrote, L2 reads it back, and so does L1
+    // afterwards. Not a COM port: under L0 those are always the user VM's
+    // shadow UARTs, never L1's.
+    const SCRATCH: u16 = 0x82;
     for (name, uncond) in [("io-bitmap-miss", false), ("io-bitmaps-override-unconditional", true)] {
         let Some(mut vm) = hv.fresh(c, name, l2!(l2_out_in_dx)) else { continue };
         io_bitmaps(hv, &[0xe0, 0x9000]);
@@ -180,7 +182,7 @@ fn io_bitmap_checks(c: &mut Checks, hv: &Hv) {
             continue;
         }
         let value = if uncond { 0xa5 } else { 0x5a };
-        // SAFETY: COM1's scratch register has no effect on the UART.
+        // SAFETY: the page register of an unused DMA channel.
         unsafe { crate::io::outb(SCRATCH, 0) };
         vm.regs.rdx = SCRATCH as u64;
         vm.regs.rax = value;
