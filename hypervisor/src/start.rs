@@ -199,13 +199,14 @@ impl Platform for Hardware {
             warn!("INVVPID failed: {e}");
         }
     }
-    fn port_out(&mut self, port: u16, value: u8) {
-        // SAFETY: only the shutdown port, on L1's behalf.
-        unsafe { cpu::outb(port, value) }
+    fn io_out(&mut self, port: u16, size: u8, value: u32) {
+        // SAFETY: a port the guest may reach on its own (its I/O would go
+        // there natively); never L0's management UART (handled before).
+        unsafe { cpu::out_sized(port, size, value) }
     }
-    fn port_in(&mut self, port: u16) -> u8 {
-        // SAFETY: as port_out.
-        unsafe { cpu::inb(port) }
+    fn io_in(&mut self, port: u16, size: u8) -> u32 {
+        // SAFETY: as io_out.
+        unsafe { cpu::in_sized(port, size) }
     }
     fn tables(&mut self) -> &mut PoolTables {
         &mut self.tables
@@ -646,14 +647,14 @@ fn build_l1(
     let nested_pages = Vmcs02Pages {
         io_l0: alloc_frames(2, "I/O bitmaps"),
         io_all: alloc_frames(2, "I/O bitmaps"),
-        io_merged: alloc_frames(2, "I/O bitmaps"),
-        msr_merged: alloc_frames(1, "MSR bitmap"),
+        msr02: alloc_frames(1, "MSR bitmap"),
     };
     // SAFETY: fresh pool frames of the right sizes.
     unsafe {
         core::ptr::copy_nonoverlapping(io.0.as_ptr(), io_pages as *mut u8, 8192);
         core::ptr::copy_nonoverlapping(l2_io_bitmap().0.as_ptr(), nested_pages.io_l0 as *mut u8, 8192);
         core::ptr::write_bytes(nested_pages.io_all as *mut u8, 0xff, 8192);
+        core::ptr::write_bytes(nested_pages.msr02 as *mut u8, 0xff, 4096);
         core::ptr::copy_nonoverlapping(msr::l1_msr_bitmap().0.as_ptr(), msr_page as *mut u8, 4096);
     }
 
@@ -749,8 +750,8 @@ fn build_l1(
         ept: ept01,
         mgmt_port,
         shutdown: ShutdownWatch::default(),
-        stats: ExitStats { by_reason: [0; 80] },
-        l2_stats: ExitStats { by_reason: [0; 80] },
+        stats: ExitStats::default(),
+        l2_stats: ExitStats::default(),
         last_l0_touch: "",
         host_caps: *vcaps,
         eptp01,
@@ -820,7 +821,14 @@ fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
                 } else {
                     vcpu.launched = true;
                 }
+                // Cost accounting per exit reason (the shutdown report shows it).
+                let basic = vs.current().read(F::VM_EXIT_REASON) as usize & 0xffff;
+                let t0 = cpu::rdtsc();
                 let o = vcpu.handle_exit(&mut vs, hw);
+                let stats = if in_l2 { &mut vcpu.l2_stats } else { &mut vcpu.stats };
+                if let Some(t) = stats.ticks_by_reason.get_mut(basic) {
+                    *t += cpu::rdtsc().wrapping_sub(t0);
+                }
                 // Exits too frequent for the preemption timer to fire still
                 // let L0 serve the management line.
                 let now = cpu::rdtsc();

@@ -95,6 +95,46 @@ pub unsafe fn inb(port: u16) -> u8 {
     v
 }
 
+/// OUT of 1, 2 or 4 bytes.
+///
+/// # Safety
+/// See [`outb`].
+pub unsafe fn out_sized(port: u16, size: u8, v: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        match size {
+            1 => asm!("out dx, al", in("dx") port, in("al") v as u8, options(nomem, nostack, preserves_flags)),
+            2 => asm!("out dx, ax", in("dx") port, in("ax") v as u16, options(nomem, nostack, preserves_flags)),
+            _ => asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags)),
+        }
+    }
+}
+
+/// IN of 1, 2 or 4 bytes.
+///
+/// # Safety
+/// See [`outb`].
+pub unsafe fn in_sized(port: u16, size: u8) -> u32 {
+    let v: u32;
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        match size {
+            1 => {
+                let b: u8;
+                asm!("in al, dx", in("dx") port, out("al") b, options(nomem, nostack, preserves_flags));
+                v = b as u32;
+            }
+            2 => {
+                let w: u16;
+                asm!("in ax, dx", in("dx") port, out("ax") w, options(nomem, nostack, preserves_flags));
+                v = w as u32;
+            }
+            _ => asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)),
+        }
+    }
+    v
+}
+
 /// Writes back and invalidates all caches (L0 never drops dirty lines: a
 /// guest's INVD is carried out as this).
 pub fn wbinvd() {

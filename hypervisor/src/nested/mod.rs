@@ -91,16 +91,20 @@ impl VpidMap {
 }
 
 /// Pool pages behind VMCS02's bitmaps.
+///
+/// VMCS02 never merges L1's bitmaps wholesale (12 KiB at every entry):
+/// when L1 uses I/O bitmaps or unconditional I/O exiting, every L2 port
+/// access exits and L0 either reflects it (L1's bitmap bit is read then) or
+/// carries it out for L2; MSRs likewise, except a short list of frequent
+/// ones that pass through when L1 lets them (KVM does the same).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Vmcs02Pages {
-    /// Two pages: L0's ports or'ed with L1's bitmaps.
-    pub io_merged: u64,
-    /// Two pages of all ones (L1 asked for unconditional I/O exiting).
+    /// Two pages of all ones.
     pub io_all: u64,
-    /// Two pages: the ports L0 itself needs from L2.
+    /// Two pages: the ports L0 itself needs from L2 (when L1 passes all through).
     pub io_l0: u64,
-    /// L0's MSR bitmap or'ed with L1's.
-    pub msr_merged: u64,
+    /// All ones, but for the pass-through MSRs L1 allows.
+    pub msr02: u64,
 }
 
 /// L1's nested-VMX state beyond the VMX instructions.
@@ -120,6 +124,8 @@ pub struct Nested {
     pub l1_cr3_at_entry: u64,
     /// VMCS12's launch state before the entry in progress.
     pub entry_was_launched: bool,
+    /// The VMCS12 whose guest state VMCS02 holds.
+    pub vmcs02_holds: Option<u64>,
 }
 
 impl Nested {
@@ -136,6 +142,7 @@ impl Nested {
             reflected: 0,
             l1_cr3_at_entry: 0,
             entry_was_launched: false,
+            vmcs02_holds: None,
         }
     }
 }

@@ -169,10 +169,14 @@ fn efer02(v12: &Vmcs12, l0: &L0Part) -> u64 {
     efer
 }
 
-/// Writes all of VMCS02 except the host state, which never changes.
+/// Writes VMCS02 (its host state never changes): the fields copied from
+/// VMCS12 only where L1 wrote them since VMCS02 last held this VMCS12's
+/// values (`Vmcs12::is_dirty`), and everything L0 derives.
 pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part) {
     for &f in GUEST_COPY.iter().chain(CONTROL_COPY) {
-        v02.write(f, v12.get(f));
+        if v12.is_dirty(f) {
+            v02.write(f, v12.get(f));
+        }
     }
     let (pin, p, s, x, e) = controls02(v12, l0);
     v02.write(F::PIN_BASED_VM_EXEC_CONTROL, pin as u64);

@@ -64,6 +64,9 @@ pub struct Vmcs12 {
     pub abort: u32,
     pub launched: bool,
     fields: [u64; FIELDS],
+    /// Fields L1 wrote since VMCS02 last took this VMCS12's values: only
+    /// those need writing into VMCS02 at the next entry.
+    dirty: [u64; FIELDS.div_ceil(64)],
 }
 
 impl core::fmt::Debug for Vmcs12 {
@@ -74,7 +77,7 @@ impl core::fmt::Debug for Vmcs12 {
 
 impl Default for Vmcs12 {
     fn default() -> Self {
-        Vmcs12 { revision: VMCS12_REVISION, abort: 0, launched: false, fields: [0; FIELDS] }
+        Vmcs12 { revision: VMCS12_REVISION, abort: 0, launched: false, fields: [0; FIELDS], dirty: [u64::MAX; FIELDS.div_ceil(64)] }
     }
 }
 
@@ -84,7 +87,7 @@ impl Vmcs12 {
     pub fn from_region(b: &[u8; REGION_BYTES]) -> Self {
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         let ours = u32_at(12) == MAGIC;
-        let mut v = Vmcs12 { revision: u32_at(0), abort: u32_at(4), launched: ours && u32_at(8) == 1, fields: [0; FIELDS] };
+        let mut v = Vmcs12 { revision: u32_at(0), launched: ours && u32_at(8) == 1, abort: u32_at(4), ..Default::default() };
         if ours {
             for (i, f) in v.fields.iter_mut().enumerate() {
                 let o = HEADER + 8 * i;
@@ -105,6 +108,22 @@ impl Vmcs12 {
             b[o..o + 8].copy_from_slice(&f.to_le_bytes());
         }
         b
+    }
+
+    /// Whether L1 wrote `f` since [`Vmcs12::clean`].
+    pub fn is_dirty(&self, f: Field) -> bool {
+        let s = slot(f as u32).expect("every table field has a slot");
+        self.dirty[s / 64] & (1 << (s % 64)) != 0
+    }
+
+    /// VMCS02 now holds every field: nothing is dirty.
+    pub fn clean(&mut self) {
+        self.dirty = [0; FIELDS.div_ceil(64)];
+    }
+
+    /// Everything must be written again (VMCS02 served another VMCS12).
+    pub fn make_dirty(&mut self) {
+        self.dirty = [u64::MAX; FIELDS.div_ceil(64)];
     }
 
     /// Reads a field (L0's own access).
@@ -154,6 +173,7 @@ impl Vmcs12 {
         }
         let value = if long_mode { value } else { value & 0xffff_ffff };
         let f = Field::ALL[full];
+        self.dirty[full / 64] |= 1 << (full % 64);
         self.fields[full] = if e.is_high() {
             (self.fields[full] & 0xffff_ffff) | (value & 0xffff_ffff) << 32
         } else if e.width() == Width::Bits64 && !long_mode {
@@ -232,12 +252,30 @@ mod tests {
     }
 
     #[test]
+    fn dirty_tracking() {
+        let mut v = Vmcs12::default();
+        v.clean();
+        assert!(!v.is_dirty(F::GUEST_RIP));
+        v.vmwrite(F::GUEST_RIP as u32, 5, true, false).unwrap();
+        assert!(v.is_dirty(F::GUEST_RIP) && !v.is_dirty(F::GUEST_RSP));
+        v.set(F::GUEST_RSP, 1);
+        assert!(!v.is_dirty(F::GUEST_RSP), "L0's own writes mirror VMCS02");
+        v.make_dirty();
+        assert!(v.is_dirty(F::GUEST_RSP));
+    }
+
+    #[test]
     fn region_round_trip() {
         let mut v = Vmcs12 { launched: true, ..Default::default() };
         v.set(F::GUEST_RIP, 0xffff_8000_0000_1234);
         v.set(F::VIRTUAL_PROCESSOR_ID, 7);
         let r = v.to_region();
-        assert_eq!(Vmcs12::from_region(&r), v);
+        let mut back = Vmcs12::from_region(&r);
+        assert!(back.is_dirty(F::GUEST_RIP), "a loaded VMCS12 is all dirty");
+        back.clean();
+        let mut v = v;
+        v.clean();
+        assert_eq!(back, v);
         // A region L0 never wrote: clear, fields zero, revision as L1 put it.
         let mut fresh = [0u8; REGION_BYTES];
         fresh[0..4].copy_from_slice(&0x8000_4c30u32.to_le_bytes());

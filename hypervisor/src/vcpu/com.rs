@@ -1,6 +1,7 @@
-//! A user VM's COM1-COM4 accesses, which always exit to L0 whatever L1's
-//! I/O bitmaps say: IN/OUT of every size and INS/OUTS (with REP), served by
-//! that VM's shadow UARTs. L1 never sees the exit, the data or the port.
+//! L2 port I/O that L0 carries out: a user VM's COM1-COM4 accesses, which
+//! always exit to L0 whatever L1's I/O bitmaps say and are served by that
+//! VM's shadow UARTs (L1 never sees the exit, the data or the port), and
+//! accesses L1 lets through. IN/OUT of every size and INS/OUTS with REP.
 
 use super::{inject_exception, skip_instruction, Outcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
@@ -87,6 +88,15 @@ impl<M: GuestMemory> GuestMemory for L2Memory<'_, M> {
     }
 }
 
+/// Where an L2 port access goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ports {
+    /// The user VM's shadow COM ports (None: a VM L0 could not track).
+    Shadow(Option<u64>),
+    /// The machine's ports, as L2 would reach them natively.
+    Hardware,
+}
+
 /// Iterations of a REP string instruction done per exit; the rest re-executes.
 const REP_BATCH: u64 = 512;
 
@@ -120,6 +130,24 @@ impl Vcpu {
         }
     }
 
+    fn port_read<P: Platform>(&mut self, p: &mut P, to: Ports, port: u16, size: u8) -> u32 {
+        match to {
+            Ports::Hardware => p.io_in(port, size),
+            Ports::Shadow(vm) => (0..size as u32).fold(0, |v, i| v | (self.com_byte(vm, port.wrapping_add(i as u16), None) as u32) << (8 * i)),
+        }
+    }
+
+    fn port_write<P: Platform>(&mut self, p: &mut P, to: Ports, port: u16, size: u8, value: u32) {
+        match to {
+            Ports::Hardware => p.io_out(port, size, value),
+            Ports::Shadow(vm) => {
+                for i in 0..size as u32 {
+                    self.com_byte(vm, port.wrapping_add(i as u16), Some((value >> (8 * i)) as u8));
+                }
+            }
+        }
+    }
+
     /// L2 accessed a COM port (VMCS02 current).
     pub(super) fn l2_com_io<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo, io: IoAccess) -> Outcome {
         let vm = self.current_l2_vm();
@@ -131,38 +159,43 @@ impl Vcpu {
             // thaws the devices or the VM ends.
             return Outcome::Resume;
         }
-        let done = if io.string { self.com_string(vs, p, e, io, vm) } else { self.com_in_out(io, vm) };
-        if done {
-            skip_instruction(vs.current());
-        }
+        let o = self.l2_port_io(vs, p, e, io, Ports::Shadow(vm));
         for f in self.shadow.pump() {
             p.mgmt_send(&f);
+        }
+        o
+    }
+
+    /// L2's access to a port neither L0 nor L1 wants: carried out as L2
+    /// would have done natively (L0 had to trap it to ask L1's bitmaps).
+    pub(super) fn l2_passthrough_io<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo, io: IoAccess) -> Outcome {
+        self.l2_port_io(vs, p, e, io, Ports::Hardware)
+    }
+
+    fn l2_port_io<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo, io: IoAccess, to: Ports) -> Outcome {
+        let done = if io.string {
+            self.string_io(vs, p, e, io, to)
+        } else {
+            let rax = self.regs.gpr[GuestRegs::RAX];
+            if io.is_in {
+                let value = self.port_read(p, to, io.port, io.size) as u64;
+                // IN AL/AX keep the rest of RAX; IN EAX zero-extends.
+                let mask = (1u64 << (8 * io.size as u32)) - 1;
+                self.regs.gpr[GuestRegs::RAX] = if io.size == 4 { value } else { (rax & !mask) | value };
+            } else {
+                self.port_write(p, to, io.port, io.size, rax as u32);
+            }
+            true
+        };
+        if done {
+            skip_instruction(vs.current());
         }
         Outcome::Resume
     }
 
-    fn com_in_out(&mut self, io: IoAccess, vm: Option<u64>) -> bool {
-        let rax = self.regs.gpr[GuestRegs::RAX];
-        let mut value = 0u64;
-        for i in 0..io.size as u64 {
-            let port = io.port.wrapping_add(i as u16);
-            if io.is_in {
-                value |= (self.com_byte(vm, port, None) as u64) << (8 * i);
-            } else {
-                self.com_byte(vm, port, Some((rax >> (8 * i)) as u8));
-            }
-        }
-        if io.is_in {
-            // IN AL/AX keep the rest of RAX; IN EAX zero-extends.
-            let mask = (1u64 << (8 * io.size as u32)) - 1;
-            self.regs.gpr[GuestRegs::RAX] = if io.size == 4 { value } else { (rax & !mask) | value };
-        }
-        true
-    }
-
     /// INS/OUTS: returns whether the instruction completed (a REP with
     /// iterations left re-executes).
-    fn com_string<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo, io: IoAccess, vm: Option<u64>) -> bool {
+    fn string_io<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo, io: IoAccess, to: Ports) -> bool {
         let v = vs.current();
         let info = InstrInfo(e.instr_info);
         let cs_l = v.read(F::GUEST_CS_AR_BYTES) & (1 << 13) != 0;
@@ -196,20 +229,19 @@ impl Vcpu {
         while n < count_total.min(REP_BATCH) {
             let offset = self.regs.gpr[reg] & amask;
             let la = seg_base.wrapping_add(offset) & if long { u64::MAX } else { 0xffff_ffff };
-            let mut bytes = [0u8; 4];
             let size = io.size as usize;
-            let mut mem = L2Memory { l1: p.mem(), eptp12, caps: &caps, maxphyaddr: self.maxphyaddr };
             let r = if io.is_in {
-                for (i, b) in bytes[..size].iter_mut().enumerate() {
-                    *b = self.com_byte(vm, io.port.wrapping_add(i as u16), None);
-                }
+                let bytes = self.port_read(p, to, io.port, io.size).to_le_bytes();
+                let mut mem = L2Memory { l1: p.mem(), eptp12, caps: &caps, maxphyaddr: self.maxphyaddr };
                 walk::write_virt(&mut mem, &paging, la, &bytes[..size], access)
             } else {
-                walk::read_virt(&mem, &paging, la, &mut bytes[..size], access).inspect(|_| {
-                    for (i, &b) in bytes[..size].iter().enumerate() {
-                        self.com_byte(vm, io.port.wrapping_add(i as u16), Some(b));
-                    }
-                })
+                let mut bytes = [0u8; 4];
+                let mem = L2Memory { l1: p.mem(), eptp12, caps: &caps, maxphyaddr: self.maxphyaddr };
+                let r = walk::read_virt(&mem, &paging, la, &mut bytes[..size], access);
+                if r.is_ok() {
+                    self.port_write(p, to, io.port, io.size, u32::from_le_bytes(bytes));
+                }
+                r
             };
             if let Err(f) = r {
                 // The string operand is not mapped: #PF (or, past EPT12, #GP).

@@ -21,6 +21,22 @@ use crate::vmx::{ept, Field as F, Vmcs};
 
 const GP: u8 = 13;
 
+/// MSRs an L2 may touch without exiting when L1 lets it: frequent in a
+/// Linux guest, switched by VMCS02 or harmless to share (none is one L0
+/// emulates). (msr, write)
+const PASS_THROUGH_MSRS: &[(u32, bool)] = &[
+    (0xc000_0100, false), // FS_BASE: a VMCS02 guest field
+    (0xc000_0100, true),
+    (0xc000_0101, false), // GS_BASE: likewise
+    (0xc000_0101, true),
+    (0xc000_0102, false), // KERNEL_GS_BASE
+    (0xc000_0102, true),
+    (0xc000_0103, false), // TSC_AUX
+    (0x48, false),        // SPEC_CTRL
+    (0x48, true),
+    (0x49, true),         // PRED_CMD
+];
+
 /// Re-queues an event whose delivery the exit interrupted, when L0 handled
 /// the exit itself (SDM 28.2.4: IDT-vectoring information).
 pub fn reinject_interrupted_event(v: &mut impl Vmcs, idt_info: u32, idt_error: u32, instr_len: u32) {
@@ -153,7 +169,14 @@ impl Vcpu {
             l0_timer: self.l0_timer,
         };
         vs.select(Level::L2);
+        let vmcs12_ptr = self.nested.vmx.current;
+        if self.nested.vmcs02_holds != vmcs12_ptr {
+            // VMCS02 holds another VMCS12's state (or none).
+            self.nested.vmx.vmcs12.make_dirty();
+        }
         prepare::write_vmcs02(vs.current(), &self.nested.vmx.vmcs12, &l0);
+        self.nested.vmx.vmcs12.clean();
+        self.nested.vmcs02_holds = vmcs12_ptr;
 
         // The VM-entry MSR-load list (SDM 27.4).
         let v12 = &self.nested.vmx.vmcs12;
@@ -186,41 +209,42 @@ impl Vcpu {
         Outcome::Resume
     }
 
-    /// VMCS02's I/O and MSR bitmaps: L1's or'ed with L0's.
+    /// VMCS02's I/O and MSR bitmaps (see `Vmcs02Pages`).
     fn prepare_bitmaps<P: Platform>(&mut self, p: &mut P) -> (u64, u64) {
         let v12 = &self.nested.vmx.vmcs12;
         let pages = self.nested.pages;
         let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-        let io = if p12 & primary::USE_IO_BITMAPS != 0 {
-            for (i, a) in [v12.get(F::IO_BITMAP_A), v12.get(F::IO_BITMAP_B)].into_iter().enumerate() {
-                self.merge_page(p, pages.io_l0 + 4096 * i as u64, a, pages.io_merged + 4096 * i as u64);
-            }
-            pages.io_merged
-        } else if p12 & primary::UNCONDITIONAL_IO_EXITING != 0 {
+        let io = if p12 & (primary::USE_IO_BITMAPS | primary::UNCONDITIONAL_IO_EXITING) != 0 {
             pages.io_all
         } else {
             pages.io_l0
         };
-        if p12 & primary::USE_MSR_BITMAPS != 0 {
-            self.merge_page(p, self.msr_bitmap01, v12.get(F::MSR_BITMAP), pages.msr_merged);
-        } else {
-            p.page(pages.msr_merged).fill(u64::MAX);
+        // The x2APIC range follows L1's bitmap as is: with "virtualize
+        // x2APIC mode" the hardware virtualizes what L1 does not intercept.
+        let l1_bitmap = (p12 & primary::USE_MSR_BITMAPS != 0).then(|| v12.get(F::MSR_BITMAP));
+        for half in [0usize, 2048] {
+            let mut bytes = [0xffu8; 32];
+            if let Some(b) = l1_bitmap {
+                if p.mem().read(b + (half + 0x100) as u64, &mut bytes).is_err() {
+                    bytes = [0xff; 32];
+                }
+            }
+            let page = p.page(pages.msr02);
+            for (i, chunk) in bytes.chunks(8).enumerate() {
+                page[(half + 0x100) / 8 + i] = u64::from_le_bytes(chunk.try_into().unwrap());
+            }
         }
-        (io, pages.msr_merged)
-    }
-
-    /// `out` = L0's page `l0` | L1's page at `gpa1`.
-    fn merge_page<P: Platform>(&self, p: &mut P, l0: u64, gpa1: u64, out: u64) {
-        let mut l1 = [0u8; 4096];
-        // Checked at entry to be L1 RAM; all ones if that changed meanwhile.
-        if p.mem().read(gpa1, &mut l1).is_err() {
-            l1.fill(0xff);
+        for &(msr, write) in PASS_THROUGH_MSRS {
+            let l1 = reflect::l1_wants_msr(v12, p.mem(), msr, write);
+            let bit = if write { 2048 * 8 } else { 0 } + match msr {
+                0..=0x1fff => msr as usize,
+                _ => 1024 * 8 + (msr - 0xc000_0000) as usize,
+            };
+            let page = p.page(pages.msr02);
+            let (w, b) = (bit / 64, bit % 64);
+            if l1 { page[w] |= 1 << b } else { page[w] &= !(1 << b) }
         }
-        let l0_copy = *p.page(l0);
-        let dst = p.page(out);
-        for (i, w) in dst.iter_mut().enumerate() {
-            *w = l0_copy[i] | u64::from_le_bytes(l1[8 * i..8 * i + 8].try_into().unwrap());
-        }
+        (io, pages.msr02)
     }
 
     /// Applies a VM-entry (or VM-exit) MSR-load list to the current VMCS
@@ -360,12 +384,16 @@ impl Vcpu {
                     let o = self.l2_com_io(vs, p, &e, io);
                     return self.after_l0_handled_l2_exit(vs, p, o);
                 }
-                let l0_port = self.owns_port(&io);
-                let wants = !l0_port && reflect::l1_wants_io(&self.nested.vmx.vmcs12, p.mem(), &io);
-                if !wants && !l0_port && io.port != SHUTDOWN_PORT {
-                    log::warn!("L2 I/O exit on port {:#x} that neither L0 nor L1 asked for", io.port);
+                if reflect::l1_wants_io(&self.nested.vmx.vmcs12, p.mem(), &io) {
+                    true
+                } else if io.port == SHUTDOWN_PORT {
+                    false
+                } else {
+                    // Neither asked: the port is L2's as L1 left it.
+                    self.nested.handled_in_l0 += 1;
+                    let o = self.l2_passthrough_io(vs, p, &e, io);
+                    return self.after_l0_handled_l2_exit(vs, p, o);
                 }
-                wants
             }
             reason::VMCALL if self.is_ultracall() => {
                 // Ultracalls bypass the guest hypervisor.
@@ -412,14 +440,7 @@ impl Vcpu {
         // L0's own business with L2: its ports and emulated MSRs, as for L1.
         let outcome = match basic {
             reason::IO_INSTRUCTION => self.io(vs.current(), p, crate::vmx::exit::ExitReason(e.reason)),
-            reason::RDMSR => {
-                self.rdmsr(vs.current());
-                Outcome::Resume
-            }
-            reason::WRMSR => {
-                self.wrmsr(vs.current());
-                Outcome::Resume
-            }
+            reason::RDMSR | reason::WRMSR => self.l2_msr(vs, p, basic == reason::WRMSR),
             reason::EXCEPTION_NMI => {
                 // Exception bitmap02 is L1's: L1 always wants these.
                 Outcome::Stop(Stop::Internal("an L2 exception exit L1 did not ask for"))
@@ -463,6 +484,47 @@ impl Vcpu {
             self.shadow.relay_delivered();
         }
         self.reflect(vs, p, &e)
+    }
+
+    /// RDMSR/WRMSR of L2 that L1 let through: L0's emulated MSRs as L1
+    /// sees them, VMCS02's guest fields for MSRs it switches, else the CPU.
+    fn l2_msr<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, write: bool) -> Outcome {
+        let msr = self.regs.gpr[GuestRegs::RCX] as u32;
+        if super::msr::emulated_by_l0(msr) {
+            if write { self.wrmsr(vs.current()) } else { self.rdmsr(vs.current()) }
+            return Outcome::Resume;
+        }
+        let value = (self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff) << 32 | (self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff);
+        let ok = match (msr_lists::home(msr, false), write) {
+            (Some(Home::Vmcs(f)), true) => {
+                vs.current().write(f, value);
+                true
+            }
+            (Some(Home::Vmcs(f)), false) => {
+                let v = vs.current().read(f);
+                self.regs.gpr[GuestRegs::RAX] = v & 0xffff_ffff;
+                self.regs.gpr[GuestRegs::RDX] = v >> 32;
+                true
+            }
+            (Some(Home::Msr), true) => p.write_msr(msr, value),
+            (Some(Home::Msr), false) => match p.read_msr(msr) {
+                Some(v) => {
+                    self.regs.gpr[GuestRegs::RAX] = v & 0xffff_ffff;
+                    self.regs.gpr[GuestRegs::RDX] = v >> 32;
+                    true
+                }
+                None => false,
+            },
+            // x2APIC, SMM and microcode MSRs: L1 owns the real ones; L2 may
+            // only reach them through L1.
+            (None, _) => false,
+        };
+        if ok {
+            super::skip_instruction(vs.current());
+        } else {
+            inject_exception(vs.current(), GP, Some(0));
+        }
+        Outcome::Resume
     }
 
     /// An EPT violation while L2 runs: fill EPT02 from EPT12, or reflect.

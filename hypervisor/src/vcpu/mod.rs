@@ -39,8 +39,9 @@ pub trait Platform {
     fn wbinvd(&mut self);
     /// Drops the TLB entries tagged with `vpid`.
     fn flush_vpid(&mut self, vpid: u16);
-    fn port_out(&mut self, port: u16, value: u8);
-    fn port_in(&mut self, port: u16) -> u8;
+    /// Port I/O on a guest's behalf (1, 2 or 4 bytes).
+    fn io_out(&mut self, port: u16, size: u8, value: u32);
+    fn io_in(&mut self, port: u16, size: u8) -> u32;
     fn tables(&mut self) -> &mut Self::Tables;
     fn mem(&mut self) -> &mut Self::Mem;
     /// A page of L0's pool (bitmaps), by physical address.
@@ -90,10 +91,17 @@ pub enum Outcome {
     Stop(Stop),
 }
 
-/// Exit counts by basic reason.
+/// Exit counts by basic reason, and the TSC ticks L0 spent handling them.
 #[derive(Clone, Debug)]
 pub struct ExitStats {
     pub by_reason: [u64; 80],
+    pub ticks_by_reason: [u64; 80],
+}
+
+impl Default for ExitStats {
+    fn default() -> Self {
+        ExitStats { by_reason: [0; 80], ticks_by_reason: [0; 80] }
+    }
 }
 
 impl ExitStats {
@@ -106,7 +114,7 @@ impl fmt::Display for ExitStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} exits", self.total())?;
         for (r, &n) in self.by_reason.iter().enumerate().filter(|(_, &n)| n > 0) {
-            write!(f, ", {} {n}", reason_name(r as u16))?;
+            write!(f, ", {} {n} (~{} ticks)", reason_name(r as u16), self.ticks_by_reason[r] / n)?;
         }
         Ok(())
     }
@@ -427,7 +435,7 @@ impl Vcpu {
             }
         } else if io.port == SHUTDOWN_PORT {
             if io.is_in {
-                let value = p.port_in(io.port) as u64;
+                let value = p.io_in(io.port, io.size) as u64;
                 let rax = &mut self.regs.gpr[GuestRegs::RAX];
                 *rax = (*rax & !mask) | value;
             } else {
@@ -448,11 +456,19 @@ impl Vcpu {
             ShutdownFeed::Hold => {}
             ShutdownFeed::Forward { held, byte } => {
                 for &h in held.iter().chain(&byte) {
-                    p.port_out(SHUTDOWN_PORT, h);
+                    p.io_out(SHUTDOWN_PORT, 1, h as u32);
                 }
             }
             ShutdownFeed::Shutdown => {
-                log::info!("cloud VM requested shutdown: {}", self.stats);
+                log::info!("cloud VM requested shutdown: L1 {}", self.stats);
+                if self.l2_stats.total() > 0 {
+                    log::info!(
+                        "L2: {}; {} handled in L0, {} reflected to L1",
+                        self.l2_stats,
+                        self.nested.handled_in_l0,
+                        self.nested.reflected
+                    );
+                }
                 log::info!("L1 touched L0 memory {} times", self.ept.l0_touches);
                 if p.l0_intact() {
                     log::info!("L0 integrity OK");
@@ -461,7 +477,7 @@ impl Vcpu {
                 }
                 crate::logger::drain();
                 for &c in SHUTDOWN {
-                    p.port_out(SHUTDOWN_PORT, c);
+                    p.io_out(SHUTDOWN_PORT, 1, c as u32);
                 }
             }
         }

@@ -88,11 +88,13 @@ impl Platform for FakePlatform {
     fn flush_vpid(&mut self, vpid: u16) {
         self.flushed.push(vpid);
     }
-    fn port_out(&mut self, port: u16, value: u8) {
-        self.out.push((port, value));
+    fn io_out(&mut self, port: u16, size: u8, value: u32) {
+        for i in 0..size {
+            self.out.push((port + i as u16, (value >> (8 * i)) as u8));
+        }
     }
-    fn port_in(&mut self, _port: u16) -> u8 {
-        0x5a
+    fn io_in(&mut self, _port: u16, size: u8) -> u32 {
+        0x5a5a_5a5a & ((1u64 << (8 * size)) - 1) as u32
     }
     fn tables(&mut self) -> &mut FakeTables {
         &mut self.tables
@@ -137,7 +139,7 @@ impl Platform for FakePlatform {
 
 const POOL: Range = Range::new(0x1de0_0000, 0x1fe0_0000);
 
-pub const PAGES: Vmcs02Pages = Vmcs02Pages { io_merged: 0x7000_0000, io_all: 0x7000_2000, io_l0: 0x7000_4000, msr_merged: 0x7000_6000 };
+pub const PAGES: Vmcs02Pages = Vmcs02Pages { io_all: 0x7000_2000, io_l0: 0x7000_4000, msr02: 0x7000_6000 };
 
 pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
     let mut tables = FakeTables::default();
@@ -157,8 +159,8 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         ept,
         mgmt_port: Some(0x2f8),
         shutdown: ShutdownWatch::default(),
-        stats: ExitStats { by_reason: [0; 80] },
-        l2_stats: ExitStats { by_reason: [0; 80] },
+        stats: ExitStats::default(),
+        l2_stats: ExitStats::default(),
         last_l0_touch: "",
         host_caps: crate::nested::caps::tests::bochs(),
         eptp01: crate::vmx::ept::eptp(0, false),
@@ -565,9 +567,42 @@ mod nested {
         c.handle_exit(&mut v, &mut p);
         assert!(!c.nested.in_l2);
         assert_eq!(c.nested.vmx.vmcs12.get(F::EXIT_QUALIFICATION), 0x0080_0000);
-        // The merged bitmap VMCS02 used has both.
-        let merged = p.page(PAGES.io_merged);
-        assert_ne!(merged[0x80 / 64] & (1 << (0x80 % 64)), 0);
+        // With L1's bitmaps in use, VMCS02 traps every port; a port L1
+        // lets through is carried out by L0 for L2.
+        assert_eq!(v.v02.read(F::IO_BITMAP_A), PAGES.io_all);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        exit(&mut v, reason::IO_INSTRUCTION, 0x0070_0000, 1); // out 0x70, al
+        c.regs.gpr[GuestRegs::RAX] = 0x8f;
+        c.handle_exit(&mut v, &mut p);
+        assert!(c.nested.in_l2);
+        assert_eq!(p.out.last(), Some(&(0x70, 0x8f)));
+    }
+
+    #[test]
+    fn l2_msrs_l1_lets_through() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        p.msrs.insert(0xc000_0102, 7);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        // KERNEL_GS_BASE passes through (L1's bitmap is clear): not even an exit.
+        let bit = 1024 * 8 + 0x102;
+        assert_eq!(p.page(PAGES.msr02)[bit / 64] & (1 << (bit % 64)), 0);
+        // An MSR outside the list exits; L0 carries it out on the CPU...
+        c.regs.gpr[GuestRegs::RCX] = 0xc000_0102;
+        exit(&mut v, reason::RDMSR, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!((c.regs.gpr[GuestRegs::RAX], c.nested.in_l2), (7, true));
+        // ...or in VMCS02 for one the VMCS switches...
+        c.regs.gpr[GuestRegs::RCX] = 0x175;
+        c.regs.gpr[GuestRegs::RAX] = 0x1234;
+        c.regs.gpr[GuestRegs::RDX] = 0;
+        exit(&mut v, reason::WRMSR, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(v.v02.read(F::GUEST_SYSENTER_ESP), 0x1234);
+        // ...and an MSR the CPU lacks is #GP in L2.
+        c.regs.gpr[GuestRegs::RCX] = 0x1234;
+        exit(&mut v, reason::RDMSR, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(injected(&v), Some((13, Some(0))));
     }
 
     #[test]
