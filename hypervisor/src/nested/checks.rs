@@ -132,8 +132,16 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     cc!(!caps.control_ok(Control::Entry, entryc), control);
     let n = v.get(F::VM_ENTRY_MSR_LOAD_COUNT);
     cc!(n > 512 || (n > 0 && !c.addr_ok(v.get(F::VM_ENTRY_MSR_LOAD_ADDR), 16, 16 * n)), control);
+    check_entry_event(v, c)
+}
+
+/// SDM 27.2.1.3: the event to inject on VM entry.
+pub fn check_entry_event(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
+    let caps = c.caps;
     let info = v.get(F::VM_ENTRY_INTR_INFO_FIELD) as u32;
     if info & (1 << 31) != 0 {
+        let proc1 = v.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+        let proc2 = if proc1 & primary::ACTIVATE_SECONDARY != 0 { v.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
         let vector = info as u8;
         let kind = ((info >> 8) & 7) as u8;
         let mtf = caps.allows(Control::Primary, primary::MONITOR_TRAP_FLAG);
@@ -326,6 +334,36 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     cc!(!c.canonical(v.get(F::GUEST_GDTR_BASE)) || !c.canonical(v.get(F::GUEST_IDTR_BASE)), guest);
     cc!(v.get(F::GUEST_GDTR_LIMIT) >> 16 != 0 || v.get(F::GUEST_IDTR_LIMIT) >> 16 != 0, guest);
 
+    check_volatile_guest_state(v, c)?;
+    let link_ptr = v.get(F::VMCS_LINK_POINTER);
+    if link_ptr != u64::MAX {
+        cc!(link_ptr & 0xfff != 0 || link_ptr >> c.maxphyaddr != 0, link);
+        cc!((c.read_revision)(link_ptr) != Some(caps.basic as u32 & 0x7fff_ffff), link);
+    }
+
+    // 27.3.1.6 PDPTEs for PAE paging with EPT.
+    let pae = cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && !ia32e;
+    if pae && proc2 & secondary::ENABLE_EPT != 0 {
+        for f in [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3] {
+            let e = v.get(f);
+            cc!(e & 1 != 0 && (e & 0x1e6 != 0 || e >> c.maxphyaddr != 0), pdpte);
+        }
+    }
+    Ok(())
+}
+
+/// SDM 27.3.1.4-27.3.1.5: the guest state a VMRESUME after an exit
+/// typically changes (RIP, RSP, RFLAGS, interruptibility, activity,
+/// pending debug exceptions), with the entry event.
+pub fn check_volatile_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
+    let caps = c.caps;
+    let ia32e = v.get(F::VM_ENTRY_CONTROLS) as u32 & entry::IA32E_MODE_GUEST != 0;
+    let cr0 = v.get(F::GUEST_CR0);
+    let cs_ar = v.get(F::GUEST_CS_AR_BYTES);
+    let ss_ar = v.get(F::GUEST_SS_AR_BYTES);
+    let rflags = v.get(F::GUEST_RFLAGS);
+    let v86 = rflags & (1 << 17) != 0;
+
     // 27.3.1.4 RIP and RFLAGS.
     let rip = v.get(F::GUEST_RIP);
     if ia32e && cs_ar & AR_L != 0 {
@@ -357,21 +395,43 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     }
     let pending = v.get(F::GUEST_PENDING_DBG_EXCEPTIONS);
     cc!(pending & !(0xf | 1 << 12 | 1 << 14 | 1 << 16) != 0, guest);
-    let link_ptr = v.get(F::VMCS_LINK_POINTER);
-    if link_ptr != u64::MAX {
-        cc!(link_ptr & 0xfff != 0 || link_ptr >> c.maxphyaddr != 0, link);
-        cc!((c.read_revision)(link_ptr) != Some(caps.basic as u32 & 0x7fff_ffff), link);
-    }
-
-    // 27.3.1.6 PDPTEs for PAE paging with EPT.
-    let pae = cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && !ia32e;
-    if pae && proc2 & secondary::ENABLE_EPT != 0 {
-        for f in [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3] {
-            let e = v.get(f);
-            cc!(e & 1 != 0 && (e & 0x1e6 != 0 || e >> c.maxphyaddr != 0), pdpte);
-        }
-    }
     Ok(())
+}
+
+/// Fields whose changes alone need only [`check_entry_event`] and
+/// [`check_volatile_guest_state`]: a VMCS12 that passed every check at its
+/// last entry, with L1 having written nothing else since, cannot fail any
+/// other check (the rest of its guest state was saved by the hardware on
+/// the exit, or is as it was).
+pub const VOLATILE: &[F] = &[
+    F::GUEST_RIP,
+    F::GUEST_RSP,
+    F::GUEST_RFLAGS,
+    F::GUEST_INTERRUPTIBILITY_INFO,
+    F::GUEST_ACTIVITY_STATE,
+    F::GUEST_PENDING_DBG_EXCEPTIONS,
+    F::VM_ENTRY_INTR_INFO_FIELD,
+    F::VM_ENTRY_EXCEPTION_ERROR_CODE,
+    F::VM_ENTRY_INSTRUCTION_LEN,
+    F::VMX_PREEMPTION_TIMER_VALUE,
+    // Exit information (writable with IA32_VMX_MISC[29]) is never checked.
+    F::VM_EXIT_REASON,
+    F::EXIT_QUALIFICATION,
+    F::VM_EXIT_INSTRUCTION_LEN,
+    F::VMX_INSTRUCTION_INFO,
+    F::VM_EXIT_INTR_INFO,
+    F::VM_EXIT_INTR_ERROR_CODE,
+    F::IDT_VECTORING_INFO_FIELD,
+    F::IDT_VECTORING_ERROR_CODE,
+    F::GUEST_LINEAR_ADDRESS,
+    F::GUEST_PHYSICAL_ADDRESS,
+    F::VM_INSTRUCTION_ERROR,
+];
+
+/// The checks for a VMRESUME whose VMCS12 only changed in [`VOLATILE`].
+pub fn check_light(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
+    check_entry_event(v, c)?;
+    check_volatile_guest_state(v, c)
 }
 
 #[cfg(test)]

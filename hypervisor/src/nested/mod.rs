@@ -126,6 +126,10 @@ pub struct Nested {
     pub entry_was_launched: bool,
     /// The VMCS12 whose guest state VMCS02 holds.
     pub vmcs02_holds: Option<u64>,
+    /// What VMCS02 holds of the fields L0 derives.
+    pub derived: prepare::Derived,
+    /// L1's mode (IA-32e) when a VMCS12 last passed the full checks.
+    pub checked_l1_long: Option<bool>,
 }
 
 impl Nested {
@@ -143,6 +147,8 @@ impl Nested {
             l1_cr3_at_entry: 0,
             entry_was_launched: false,
             vmcs02_holds: None,
+            derived: prepare::Derived::default(),
+            checked_l1_long: None,
         }
     }
 }

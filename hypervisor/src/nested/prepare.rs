@@ -2,7 +2,7 @@
 //! it, L0's host state, L1's controls plus what L0 needs, L1's structures
 //! (identity-mapped L1 addresses are host addresses) and L0's EPT02/VPID02.
 
-use super::vmcs12::Vmcs12;
+use super::vmcs12::{self, Vmcs12};
 use crate::vcpu::cr::CrPolicy;
 use crate::vmx::caps::{entry, exit, primary, secondary, Control, VmxCaps};
 use crate::vmx::{Field as F, Vmcs};
@@ -88,6 +88,56 @@ const CONTROL_COPY: &[F] = &[
     F::XSS_EXIT_BITMAP,
 ];
 
+/// The fields copied from VMCS12, as a slot mask.
+const COPY_MASK: [u64; vmcs12::WORDS] = {
+    let a = vmcs12::slot_mask(GUEST_COPY);
+    let b = vmcs12::slot_mask(CONTROL_COPY);
+    let mut m = [0; vmcs12::WORDS];
+    let mut i = 0;
+    while i < m.len() {
+        m[i] = a[i] | b[i];
+        i += 1;
+    }
+    m
+};
+
+/// VMCS02 fields that L0 derives and the hardware never changes: written
+/// only when their value changes (`Derived` remembers them).
+const DERIVED: [F; 18] = [
+    F::PIN_BASED_VM_EXEC_CONTROL,
+    F::CPU_BASED_VM_EXEC_CONTROL,
+    F::SECONDARY_VM_EXEC_CONTROL,
+    F::VM_EXIT_CONTROLS,
+    F::VM_EXIT_MSR_STORE_COUNT,
+    F::VM_EXIT_MSR_LOAD_COUNT,
+    F::VM_ENTRY_MSR_LOAD_COUNT,
+    F::IO_BITMAP_A,
+    F::IO_BITMAP_B,
+    F::MSR_BITMAP,
+    F::EPT_POINTER,
+    F::VIRTUAL_PROCESSOR_ID,
+    F::TSC_OFFSET,
+    F::VMCS_LINK_POINTER,
+    F::CR0_GUEST_HOST_MASK,
+    F::CR4_GUEST_HOST_MASK,
+    F::CR0_READ_SHADOW,
+    F::CR4_READ_SHADOW,
+];
+
+/// What VMCS02 holds of [`DERIVED`] (None: unknown).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Derived([Option<u64>; 18]);
+
+impl Derived {
+    fn put(&mut self, v02: &mut impl Vmcs, f: F, value: u64) {
+        let i = DERIVED.iter().position(|&d| d == f).expect("a derived field");
+        if self.0[i] != Some(value) {
+            v02.write(f, value);
+            self.0[i] = Some(value);
+        }
+    }
+}
+
 /// What L0 contributes to VMCS02.
 pub struct L0Part<'a> {
     pub caps: &'a VmxCaps,
@@ -171,33 +221,32 @@ fn efer02(v12: &Vmcs12, l0: &L0Part) -> u64 {
 
 /// Writes VMCS02 (its host state never changes): the fields copied from
 /// VMCS12 only where L1 wrote them since VMCS02 last held this VMCS12's
-/// values (`Vmcs12::is_dirty`), and everything L0 derives.
-pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part) {
-    for &f in GUEST_COPY.iter().chain(CONTROL_COPY) {
-        if v12.is_dirty(f) {
-            v02.write(f, v12.get(f));
-        }
+/// values (`Vmcs12::is_dirty`), the derived ones only when they change.
+pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part, d: &mut Derived) {
+    for f in v12.dirty_in(&COPY_MASK) {
+        v02.write(f, v12.get(f));
     }
     let (pin, p, s, x, e) = controls02(v12, l0);
-    v02.write(F::PIN_BASED_VM_EXEC_CONTROL, pin as u64);
-    v02.write(F::CPU_BASED_VM_EXEC_CONTROL, p as u64);
-    v02.write(F::SECONDARY_VM_EXEC_CONTROL, s as u64);
-    v02.write(F::VM_EXIT_CONTROLS, x as u64);
+    d.put(v02, F::PIN_BASED_VM_EXEC_CONTROL, pin as u64);
+    d.put(v02, F::CPU_BASED_VM_EXEC_CONTROL, p as u64);
+    d.put(v02, F::SECONDARY_VM_EXEC_CONTROL, s as u64);
+    d.put(v02, F::VM_EXIT_CONTROLS, x as u64);
+    // The hardware updates "IA-32e mode guest" on exits: always written.
     v02.write(F::VM_ENTRY_CONTROLS, e as u64);
     // Lists are carried out by L0 in software.
-    v02.write(F::VM_EXIT_MSR_STORE_COUNT, 0);
-    v02.write(F::VM_EXIT_MSR_LOAD_COUNT, 0);
-    v02.write(F::VM_ENTRY_MSR_LOAD_COUNT, 0);
-    v02.write(F::IO_BITMAP_A, l0.io_bitmap_a);
-    v02.write(F::IO_BITMAP_B, l0.io_bitmap_b);
-    v02.write(F::MSR_BITMAP, l0.msr_bitmap);
-    v02.write(F::EPT_POINTER, l0.eptp);
+    d.put(v02, F::VM_EXIT_MSR_STORE_COUNT, 0);
+    d.put(v02, F::VM_EXIT_MSR_LOAD_COUNT, 0);
+    d.put(v02, F::VM_ENTRY_MSR_LOAD_COUNT, 0);
+    d.put(v02, F::IO_BITMAP_A, l0.io_bitmap_a);
+    d.put(v02, F::IO_BITMAP_B, l0.io_bitmap_b);
+    d.put(v02, F::MSR_BITMAP, l0.msr_bitmap);
+    d.put(v02, F::EPT_POINTER, l0.eptp);
     if l0.vpid != 0 {
-        v02.write(F::VIRTUAL_PROCESSOR_ID, l0.vpid as u64);
+        d.put(v02, F::VIRTUAL_PROCESSOR_ID, l0.vpid as u64);
     }
     let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    v02.write(F::TSC_OFFSET, if p12 & primary::USE_TSC_OFFSETTING != 0 { v12.get(F::TSC_OFFSET) } else { 0 });
-    v02.write(F::VMCS_LINK_POINTER, u64::MAX);
+    d.put(v02, F::TSC_OFFSET, if p12 & primary::USE_TSC_OFFSETTING != 0 { v12.get(F::TSC_OFFSET) } else { 0 });
+    d.put(v02, F::VMCS_LINK_POINTER, u64::MAX);
     let l1_timer = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & crate::vmx::caps::pin::PREEMPTION_TIMER != 0;
     if let (false, Some(t)) = (l1_timer, l0.l0_timer) {
         v02.write(F::VMX_PREEMPTION_TIMER_VALUE, t);
@@ -212,8 +261,8 @@ pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part) {
         let m12 = v12.get(mask);
         let value = v12.get(real);
         v02.write(real, value | forced);
-        v02.write(mask, m12 | forced);
-        v02.write(shadow, (v12.get(shadow) & m12) | (value & !m12));
+        d.put(v02, mask, m12 | forced);
+        d.put(v02, shadow, (v12.get(shadow) & m12) | (value & !m12));
     }
     let e12 = v12.get(F::VM_ENTRY_CONTROLS) as u32;
     v02.write(F::GUEST_IA32_EFER, efer02(v12, l0));
@@ -257,7 +306,7 @@ mod tests {
         v12.set(F::CR0_GUEST_HOST_MASK, 0x8);
         v12.set(F::CR0_READ_SHADOW, 0x8);
         let mut v02 = FakeVmcs::default();
-        write_vmcs02(&mut v02, &v12, &l0);
+        write_vmcs02(&mut v02, &v12, &l0, &mut Derived::default());
         assert_eq!(v02.read(F::GUEST_RIP), 0x1000);
         assert_eq!(v02.read(F::GUEST_CS_AR_BYTES), 0xc09b);
         assert_eq!(v02.read(F::EPT_POINTER), 0x7700_001e);
@@ -298,10 +347,10 @@ mod tests {
         let mut v12 = valid_vmcs12();
         v12.set(F::VM_ENTRY_CONTROLS, (v12.get(F::VM_ENTRY_CONTROLS) & !(entry::LOAD_EFER as u64)) | entry::IA32E_MODE_GUEST as u64);
         let mut v02 = FakeVmcs::default();
-        write_vmcs02(&mut v02, &v12, &l0);
+        write_vmcs02(&mut v02, &v12, &l0, &mut Derived::default());
         assert_eq!(v02.read(F::GUEST_IA32_EFER), 0xd01);
         v12.set(F::VM_ENTRY_CONTROLS, v12.get(F::VM_ENTRY_CONTROLS) & !(entry::IA32E_MODE_GUEST as u64));
-        write_vmcs02(&mut v02, &v12, &l0);
+        write_vmcs02(&mut v02, &v12, &l0, &mut Derived::default());
         assert_eq!(v02.read(F::GUEST_IA32_EFER), 0x801);
         assert_eq!(v02.read(F::GUEST_IA32_PAT), 0x0007_0406_0007_0406, "VMCS12 loads PAT");
     }

@@ -42,6 +42,21 @@ const SLOTS: [u8; 1024] = {
 
 const _: () = assert!(FIELDS < 255 && REGION_BYTES <= 4096);
 
+/// Words of a bitset over the slots.
+pub const WORDS: usize = FIELDS.div_ceil(64);
+
+/// The bitset of `fields`' slots (for masks over [`Vmcs12::is_dirty`]).
+pub const fn slot_mask(fields: &[Field]) -> [u64; WORDS] {
+    let mut m = [0u64; WORDS];
+    let mut i = 0;
+    while i < fields.len() {
+        let s = SLOTS[key(fields[i] as u32)] as usize;
+        m[s / 64] |= 1 << (s % 64);
+        i += 1;
+    }
+    m
+}
+
 /// The slot of a full (not "high") encoding that L0 supports.
 fn slot(enc: u32) -> Option<usize> {
     if enc & 0xffff_9001 != 0 || (enc >> 1) & 0x1ff >= 64 {
@@ -66,7 +81,7 @@ pub struct Vmcs12 {
     fields: [u64; FIELDS],
     /// Fields L1 wrote since VMCS02 last took this VMCS12's values: only
     /// those need writing into VMCS02 at the next entry.
-    dirty: [u64; FIELDS.div_ceil(64)],
+    dirty: [u64; WORDS],
 }
 
 impl core::fmt::Debug for Vmcs12 {
@@ -77,7 +92,7 @@ impl core::fmt::Debug for Vmcs12 {
 
 impl Default for Vmcs12 {
     fn default() -> Self {
-        Vmcs12 { revision: VMCS12_REVISION, abort: 0, launched: false, fields: [0; FIELDS], dirty: [u64::MAX; FIELDS.div_ceil(64)] }
+        Vmcs12 { revision: VMCS12_REVISION, abort: 0, launched: false, fields: [0; FIELDS], dirty: [u64::MAX; WORDS] }
     }
 }
 
@@ -118,12 +133,32 @@ impl Vmcs12 {
 
     /// VMCS02 now holds every field: nothing is dirty.
     pub fn clean(&mut self) {
-        self.dirty = [0; FIELDS.div_ceil(64)];
+        self.dirty = [0; WORDS];
     }
 
     /// Everything must be written again (VMCS02 served another VMCS12).
     pub fn make_dirty(&mut self) {
-        self.dirty = [u64::MAX; FIELDS.div_ceil(64)];
+        self.dirty = [u64::MAX; WORDS];
+    }
+
+    /// Whether every dirty field is in `mask` (a [`slot_mask`]).
+    pub fn dirty_only_in(&self, mask: &[u64; WORDS]) -> bool {
+        self.dirty.iter().zip(mask).all(|(d, m)| d & !m == 0)
+    }
+
+    /// The dirty fields within `mask`.
+    pub fn dirty_in<'a>(&'a self, mask: &'a [u64; WORDS]) -> impl Iterator<Item = Field> + 'a {
+        // Visits set bits only: usually a handful of the ~170 fields.
+        (0..WORDS).flat_map(move |w| {
+            let mut bits = self.dirty[w] & mask[w];
+            core::iter::from_fn(move || {
+                let b = bits.trailing_zeros() as usize;
+                (bits != 0).then(|| {
+                    bits &= bits - 1;
+                    Field::ALL[w * 64 + b]
+                })
+            })
+        })
     }
 
     /// Reads a field (L0's own access).

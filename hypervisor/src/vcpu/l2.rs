@@ -21,6 +21,8 @@ use crate::vmx::{ept, Field as F, Vmcs};
 
 const GP: u8 = 13;
 
+const VOLATILE_MASK: [u64; crate::nested::vmcs12::WORDS] = crate::nested::vmcs12::slot_mask(checks::VOLATILE);
+
 /// MSRs an L2 may touch without exiting when L1 lets it: frequent in a
 /// Linux guest, switched by VMCS02 or harmless to share (none is one L0
 /// emulates). (msr, write)
@@ -97,9 +99,20 @@ impl Vcpu {
                 mem.read(a, &mut b).ok().map(|_| u32::from_le_bytes(b))
             };
             let ctx = CheckCtx { caps: &x.caps, maxphyaddr: self.maxphyaddr, l1_long_mode: l1_long, is_l1_ram: &is_ram, read_revision: &rev };
-            checks::check_controls(&x.vmcs12, &ctx)
-                .and_then(|_| checks::check_host_state(&x.vmcs12, &ctx))
-                .and_then(|_| checks::check_guest_state(&x.vmcs12, &ctx))
+            // A VMRESUME of the VMCS12 VMCS02 holds, which passed every
+            // check at its last entry and since changed only in what an
+            // exit handler changes, needs only the checks of those fields.
+            let light = !launch
+                && self.nested.vmcs02_holds == x.current
+                && self.nested.checked_l1_long == Some(l1_long)
+                && x.vmcs12.dirty_only_in(&VOLATILE_MASK);
+            if light {
+                checks::check_light(&x.vmcs12, &ctx)
+            } else {
+                checks::check_controls(&x.vmcs12, &ctx)
+                    .and_then(|_| checks::check_host_state(&x.vmcs12, &ctx))
+                    .and_then(|_| checks::check_guest_state(&x.vmcs12, &ctx))
+            }
         };
         match result {
             Ok(()) => {}
@@ -115,6 +128,7 @@ impl Vcpu {
             }
         }
 
+        self.nested.checked_l1_long = Some(l1_long);
         // The entry happens: build VMCS02.
         let s12 = self.v12_secondary();
         let v12 = &self.nested.vmx.vmcs12;
@@ -174,7 +188,10 @@ impl Vcpu {
             // VMCS02 holds another VMCS12's state (or none).
             self.nested.vmx.vmcs12.make_dirty();
         }
-        prepare::write_vmcs02(vs.current(), &self.nested.vmx.vmcs12, &l0);
+        if self.nested.vmcs02_holds.is_none() {
+            self.nested.derived = prepare::Derived::default();
+        }
+        prepare::write_vmcs02(vs.current(), &self.nested.vmx.vmcs12, &l0, &mut self.nested.derived);
         self.nested.vmx.vmcs12.clean();
         self.nested.vmcs02_holds = vmcs12_ptr;
 
