@@ -256,9 +256,9 @@ fn hw_random(buf: &mut [u8]) -> bool {
     true
 }
 
-/// VMCS01 and VMCS02; VMPTRLD switches between them.
+/// VMCS01, VMCS02 and the shadow VMCS; VMPTRLD switches between them.
 struct HwVmcsSet {
-    phys: [u64; 2],
+    phys: [u64; 3],
     cur: Level,
     v: CurrentVmcs,
 }
@@ -442,10 +442,11 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
 
     enable_vmx(&vcaps, &cpu).unwrap_or_else(|e| fatal(format_args!("{e}")));
     info!(
-        "VMX on: VMCS revision {:#x}, EPT {}, VPID {}",
+        "VMX on: VMCS revision {:#x}, EPT {}, VPID {}, VMCS shadowing {}",
         vcaps.revision(),
         if cpu.gib_pages && vcaps.ept_vpid & (1 << 17) != 0 { "with 1 GiB pages" } else { "with 2 MiB pages" },
-        if vpid_usable(&vcaps) { "on" } else { "off" }
+        if vpid_usable(&vcaps) { "on" } else { "off" },
+        if vcaps.allows(caps::Control::Secondary, caps::secondary::VMCS_SHADOWING) { "available" } else { "absent" }
     );
 
     let mut hw = Hardware {
@@ -664,14 +665,19 @@ fn build_l1(
     let timer = vcaps.allows(caps::Control::Pin, caps::pin::PREEMPTION_TIMER);
     let l0_timer = timer.then(|| POLL_TICKS >> (vcaps.misc & 0x1f));
     let controls = setup::l1_controls(vcaps, vpid, timer).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    // L1's VMREAD/VMWRITE of the fields a guest hypervisor uses at every
+    // exit go to a shadow VMCS without exiting (nested/shadow_vmcs.rs);
+    // the control is on while L1 is in VMX operation.
+    let shadowing = offer_vmx && vcaps.allows(caps::Control::Secondary, caps::secondary::VMCS_SHADOWING);
     let policy = setup::l1_cr_policy(vcaps, offer_vmx);
     let vmcs = alloc_frames(1, "VMCS01");
     let vmcs02 = alloc_frames(1, "VMCS02");
-    // SAFETY: fresh frames; revision id first; VMCLEAR puts them in the
-    // clear state; VMCS01 ends up current.
+    let shadow = alloc_frames(1, "shadow VMCS");
+    // SAFETY: fresh frames; revision id first (bit 31 marks the shadow
+    // VMCS); VMCLEAR puts them in the clear state; VMCS01 ends up current.
     unsafe {
-        for f in [vmcs, vmcs02] {
-            (f as *mut u32).write(vcaps.revision());
+        for (f, indicator) in [(vmcs, 0), (vmcs02, 0), (shadow, 1u32 << 31)] {
+            (f as *mut u32).write(vcaps.revision() | indicator);
             vmxi::vmclear(f).unwrap_or_else(|e| fatal(format_args!("VMCLEAR: {e}")));
         }
         vmxi::vmptrld(vmcs02).unwrap_or_else(|e| fatal(format_args!("VMPTRLD: {e}")));
@@ -706,6 +712,17 @@ fn build_l1(
         vpid: L1_VPID,
     };
     setup::write_controls(&mut v, &controls, &pages, &policy);
+    if shadowing {
+        let (read, write) = nested::shadow_vmcs::bitmaps();
+        let (rp, wp) = (alloc_frames(1, "VMREAD bitmap"), alloc_frames(1, "VMWRITE bitmap"));
+        // SAFETY: fresh pool frames.
+        unsafe {
+            core::ptr::copy_nonoverlapping(read.as_ptr(), rp as *mut u8, 4096);
+            core::ptr::copy_nonoverlapping(write.as_ptr(), wp as *mut u8, 4096);
+        }
+        v.write(F::VMREAD_BITMAP, rp);
+        v.write(F::VMWRITE_BITMAP, wp);
+    }
     if let Some(t) = l0_timer {
         // Not saved on exit: reloaded at every entry (SDM 26.7.4).
         v.write(F::VMX_PREEMPTION_TIMER_VALUE, t);
@@ -756,8 +773,8 @@ fn build_l1(
         host_caps: *vcaps,
         eptp01,
         msr_bitmap01: msr_page,
-        nested: Nested::new(ncaps, cpu.maxphyaddr, nested_pages, l0_frames),
-        vmcs_phys: [vmcs, vmcs02],
+        nested: Nested { shadowing, ..Nested::new(ncaps, cpu.maxphyaddr, nested_pages, l0_frames) },
+        vmcs_phys: [vmcs, vmcs02, shadow],
         shadow: crate::shadow::Shadow::new(key, hw_random),
         l0_timer,
         window_requested: false,

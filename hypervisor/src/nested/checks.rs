@@ -414,6 +414,8 @@ pub const VOLATILE: &[F] = &[
     F::VM_ENTRY_EXCEPTION_ERROR_CODE,
     F::VM_ENTRY_INSTRUCTION_LEN,
     F::VMX_PREEMPTION_TIMER_VALUE,
+    // No check applies to the host RSP.
+    F::HOST_RSP,
     // Exit information (writable with IA32_VMX_MISC[29]) is never checked.
     F::VM_EXIT_REASON,
     F::EXIT_QUALIFICATION,

@@ -16,6 +16,7 @@ pub mod msr_lists;
 pub mod operand;
 pub mod prepare;
 pub mod reflect;
+pub mod shadow_vmcs;
 pub mod vmcs12;
 
 #[cfg(test)]
@@ -31,6 +32,8 @@ pub enum Level {
     L1,
     /// VMCS02: L2 runs.
     L2,
+    /// The shadow VMCS behind L1's VMREAD/VMWRITE (never run).
+    Shadow,
 }
 
 /// The two VMCSs of the vCPU; only the current one can be accessed.
@@ -130,6 +133,13 @@ pub struct Nested {
     pub derived: prepare::Derived,
     /// L1's mode (IA-32e) when a VMCS12 last passed the full checks.
     pub checked_l1_long: Option<bool>,
+    /// Whether VMCS01 uses VMCS shadowing for L1's VMREAD/VMWRITE, and
+    /// whether its link pointer currently names the shadow VMCS.
+    pub shadowing: bool,
+    pub shadow_linked: bool,
+    /// The VMCS12 the shadow VMCS mirrors, and what it holds.
+    pub shadow_holds: Option<u64>,
+    pub shadow_cache: shadow_vmcs::ShadowCache,
 }
 
 impl Nested {
@@ -149,6 +159,10 @@ impl Nested {
             vmcs02_holds: None,
             derived: prepare::Derived::default(),
             checked_l1_long: None,
+            shadowing: false,
+            shadow_linked: false,
+            shadow_holds: None,
+            shadow_cache: shadow_vmcs::ShadowCache::default(),
         }
     }
 }

@@ -141,6 +141,14 @@ impl Vmcs12 {
         self.dirty = [u64::MAX; WORDS];
     }
 
+    /// Writes a field as L1 would (marking it dirty), for values L1 wrote
+    /// through the shadow VMCS.
+    pub fn set_dirty(&mut self, f: Field, v: u64) {
+        let s = slot(f as u32).expect("every table field has a slot");
+        self.fields[s] = v & f.mask();
+        self.dirty[s / 64] |= 1 << (s % 64);
+    }
+
     /// Whether every dirty field is in `mask` (a [`slot_mask`]).
     pub fn dirty_only_in(&self, mask: &[u64; WORDS]) -> bool {
         self.dirty.iter().zip(mask).all(|(d, m)| d & !m == 0)

@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 
-use super::vmx_instr::{apply, l1_state};
+use super::vmx_instr::{apply, l1_mode};
 use super::{inject_exception, Outcome, Platform, Stop, Vcpu, SHUTDOWN_PORT};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::GuestMemory;
@@ -66,7 +66,7 @@ impl Vcpu {
     /// VMLAUNCH or VMRESUME by L1 (SDM 27.1-27.3).
     pub(super) fn nested_entry<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, launch: bool) -> Outcome {
         let v = vs.current();
-        let s = l1_state(v, &self.regs, self.maxphyaddr);
+        let s = l1_mode(v);
         let x = &mut self.nested.vmx;
         if let Err(o) = x.common_checks(&s) {
             apply(v, p, o);
@@ -76,6 +76,10 @@ impl Vcpu {
             apply(v, p, Instr::FailInvalid);
             return Outcome::Resume;
         }
+        // What L1 wrote through the shadow VMCS counts from here.
+        self.sync_from_shadow(vs);
+        let v = vs.current();
+        let x = &mut self.nested.vmx;
         let fail = if v.read(F::GUEST_INTERRUPTIBILITY_INFO) & 2 != 0 {
             Some(err::ENTRY_BLOCKED_BY_MOV_SS)
         } else if launch && x.vmcs12.launched {
@@ -87,7 +91,8 @@ impl Vcpu {
         };
         if let Some(e) = fail {
             let o = x.fail_with(e);
-            apply(v, p, o);
+            self.field_to_shadow(vs, F::VM_INSTRUCTION_ERROR);
+            apply(vs.current(), p, o);
             return Outcome::Resume;
         }
         let l1_long = s.paging.efer & (1 << 10) != 0;
@@ -119,7 +124,8 @@ impl Vcpu {
             Err(EntryFailure::Fail { error, check }) => {
                 log::info!("L1 VM entry fails with error {error}: {check}");
                 let o = x.fail_with(error);
-                apply(v, p, o);
+                self.field_to_shadow(vs, F::VM_INSTRUCTION_ERROR);
+                apply(vs.current(), p, o);
                 return Outcome::Resume;
             }
             Err(EntryFailure::GuestState { qualification, check }) => {
@@ -222,6 +228,7 @@ impl Vcpu {
             crate::vmx::VmxError::FailInvalid => err::ENTRY_INVALID_CONTROL,
         };
         let o = self.nested.vmx.fail_with(error);
+        self.field_to_shadow(vs, F::VM_INSTRUCTION_ERROR);
         apply(vs.current(), p, o);
         Outcome::Resume
     }
@@ -326,6 +333,8 @@ impl Vcpu {
         if count > 0 && self.load_msr_list(vs, p, addr, count).is_err() {
             return self.vmx_abort("the VM-exit MSR-load list failed");
         }
+        // L1 reads the exit through the shadow VMCS.
+        self.sync_to_shadow(vs);
         // Without a VPID for L2, exits flush L1's translations (SDM 28.5.5);
         // a new CR3 from the host state is a new address space for L1 too.
         if self.vpid != 0 && (self.v12_secondary() & secondary::ENABLE_VPID == 0 || cr.cr3 != self.nested.l1_cr3_at_entry) {

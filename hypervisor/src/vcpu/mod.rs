@@ -184,8 +184,8 @@ pub struct Vcpu {
     /// L0's MSR bitmap for L1 (a pool page), merged into VMCS02's.
     pub msr_bitmap01: u64,
     pub nested: Nested,
-    /// VMCS01 and VMCS02 regions.
-    pub vmcs_phys: [u64; 2],
+    /// VMCS01, VMCS02 and shadow-VMCS regions.
+    pub vmcs_phys: [u64; 3],
     pub shadow: crate::shadow::Shadow,
     /// VMX-preemption timer value that brings L0 back to serve the
     /// management line while a guest runs without exits (None: no timer).

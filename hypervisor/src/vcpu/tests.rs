@@ -31,6 +31,7 @@ pub struct FakePlatform {
 pub struct FakeSet {
     pub v01: FakeVmcs,
     pub v02: FakeVmcs,
+    pub sh: FakeVmcs,
     pub cur: Level,
 }
 
@@ -40,6 +41,7 @@ impl VmcsSet for FakeSet {
         match self.cur {
             Level::L1 => &mut self.v01,
             Level::L2 => &mut self.v02,
+            Level::Shadow => &mut self.sh,
         }
     }
     fn select(&mut self, which: Level) {
@@ -56,6 +58,7 @@ impl std::ops::Deref for FakeSet {
         match self.cur {
             Level::L1 => &self.v01,
             Level::L2 => &self.v02,
+            Level::Shadow => &self.sh,
         }
     }
 }
@@ -166,7 +169,7 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         eptp01: crate::vmx::ept::eptp(0, false),
         msr_bitmap01: 0x7000_8000,
         nested: Nested::new(crate::nested::testutil::caps(), 39, PAGES, RangeSet::new()),
-        vmcs_phys: [0x7100_0000, 0x7100_1000],
+        vmcs_phys: [0x7100_0000, 0x7100_1000, 0x7100_2000],
         shadow: crate::shadow::Shadow::new(Some([1; 32]), |b| {
             b.fill(0x42);
             true
@@ -193,7 +196,7 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         mgmt_in: Vec::new(),
         mgmt_out: Vec::new(),
     };
-    (vcpu, FakeSet { v01: v, v02: FakeVmcs::default(), cur: Level::L1 }, p)
+    (vcpu, FakeSet { v01: v, v02: FakeVmcs::default(), sh: FakeVmcs::default(), cur: Level::L1 }, p)
 }
 
 fn exit(v: &mut FakeVmcs, reason: u16, qualification: u64, len: u64) {
@@ -617,5 +620,59 @@ mod nested {
         exit(&mut v, reason::RDMSR, 0, 2);
         c.handle_exit(&mut v, &mut p);
         assert_eq!(c.regs.gpr[GuestRegs::RAX], 5, "locked, VMX outside SMX");
+    }
+}
+
+mod shadowing {
+    //! VMCS shadowing: L1's direct VMREAD/VMWRITE meet L0's VMCS12.
+    use super::*;
+
+    #[test]
+    fn shadow_follows_vmcs12_and_l1_writes_reach_vmcs02() {
+        let (mut c, mut v, mut p) = setup();
+        p.mem = VecMemory::new(0, 0x100_0000);
+        c.cpuid.vmx = true;
+        c.nested.shadowing = true;
+        c.nested.vmx.vmxon = Some(0x10_0000);
+        c.nested.vmx.current = Some(0x10_1000);
+        *c.nested.vmx.vmcs12 = crate::nested::testutil::valid_vmcs12();
+        for (f, x) in [(F::GUEST_CR0, 0x8005_0033), (F::CR0_READ_SHADOW, 0x8005_0033), (F::GUEST_CR4, 0x2020), (F::CR4_READ_SHADOW, 0x2020), (F::GUEST_IA32_EFER, 0xd00), (F::GUEST_CS_AR_BYTES, 0xa09b), (F::GUEST_SS_AR_BYTES, 0xc093)] {
+            v.v01.write(f, x);
+        }
+        // L0 syncs the shadow when VMCS12 changes (here: after an entry failure
+        // report is not needed; a VMLAUNCH then an exit).
+        exit(&mut v, reason::VMLAUNCH, 0, 3);
+        c.handle_exit(&mut v, &mut p);
+        assert!(c.nested.in_l2);
+        exit(&mut v, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2);
+        assert_eq!(v.v01.read(F::VMCS_LINK_POINTER), 0x7100_2000, "VMCS01 links the shadow");
+        assert_eq!(v.sh.read(F::VM_EXIT_REASON), 10, "L1 reads the exit without exiting");
+        assert_eq!(v.sh.read(F::GUEST_RIP), 0x1000);
+        // L1 advances L2's RIP through the shadow, then VMRESUMEs.
+        v.sh.write(F::GUEST_RIP, 0x1002);
+        exit(&mut v, reason::VMRESUME, 0, 3);
+        c.handle_exit(&mut v, &mut p);
+        assert!(c.nested.in_l2);
+        assert_eq!(v.v02.read(F::GUEST_RIP), 0x1002);
+        // VMCLEAR of the current VMCS: the link is cut.
+        exit(&mut v, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        c.regs.gpr[GuestRegs::RAX] = 0x20_0000;
+        p.mem.write(0x20_0000, &0x10_1000u64.to_le_bytes()).unwrap();
+        for (f, x) in [(F::VMX_INSTRUCTION_INFO, (3 << 15 | 2 << 7 | 1 << 22) as u64), (F::EXIT_QUALIFICATION, 0)] {
+            v.v01.write(f, x);
+        }
+        // L1 paging for the operand: identity 2 MiB pages at 0x1000.
+        p.mem.write(0x1000, &(0x2000u64 | 3).to_le_bytes()).unwrap();
+        p.mem.write(0x2000, &(0x3000u64 | 3).to_le_bytes()).unwrap();
+        p.mem.write(0x3000 + 8, &(0x20_0000u64 | 0x83).to_le_bytes()).unwrap();
+        v.v01.write(F::GUEST_CR3, 0x1000);
+        exit(&mut v, reason::VMCLEAR, 0, 3);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(injected(&v), None);
+        assert_eq!(c.nested.vmx.current, None);
+        assert_eq!(v.v01.read(F::VMCS_LINK_POINTER), u64::MAX);
     }
 }

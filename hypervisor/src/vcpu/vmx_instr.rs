@@ -46,6 +46,23 @@ pub fn l1_state(v: &impl Vmcs, regs: &GuestRegs, maxphyaddr: u8) -> L1State {
     }
 }
 
+/// What the checks common to VMX instructions need, for VMLAUNCH and
+/// VMRESUME, which have no operands (cheaper than [`l1_state`]).
+pub fn l1_mode(v: &impl Vmcs) -> L1State {
+    let cr = read_cr_state(v);
+    let long_mode = cr.efer & (1 << 10) != 0 && v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0;
+    L1State {
+        ctx: GuestCtx { long_mode, ..Default::default() },
+        paging: PagingRegs { cr0: cr.cr0, cr3: cr.cr3, cr4: cr.cr4, efer: cr.efer, pdptes: [0; 4], maxphyaddr: 0 },
+        cr0: cr.cr0,
+        cr4: cr.cr4,
+        rflags: v.read(F::GUEST_RFLAGS),
+        cpl: ((v.read(F::GUEST_SS_AR_BYTES) >> 5) & 3) as u8,
+        info: InstrInfo(0),
+        qualification: 0,
+    }
+}
+
 /// Applies an instruction outcome to L1 (VMCS01 current).
 pub fn apply<P: Platform>(v: &mut impl Vmcs, p: &mut P, o: Outcome) {
     match o {
@@ -66,10 +83,60 @@ pub fn apply<P: Platform>(v: &mut impl Vmcs, p: &mut P, o: Outcome) {
 }
 
 impl Vcpu {
+    /// L1's direct VMWRITEs (through the shadow VMCS) into VMCS12, before
+    /// L0 uses or moves VMCS12. VMCS01 is current before and after.
+    pub(super) fn sync_from_shadow<S: VmcsSet>(&mut self, vs: &mut S) {
+        if self.nested.shadow_linked {
+            vs.select(Level::Shadow);
+            crate::nested::shadow_vmcs::from_shadow(vs.current(), &mut self.nested.vmx.vmcs12, &mut self.nested.shadow_cache);
+            vs.select(Level::L1);
+        }
+    }
+
+    /// VMCS12 into the shadow VMCS (or the link cut when L1 has no current
+    /// VMCS), after L0 changed VMCS12. VMCS01 is current before and after.
+    pub(super) fn sync_to_shadow<S: VmcsSet>(&mut self, vs: &mut S) {
+        if !self.nested.shadowing {
+            return;
+        }
+        let linked = self.nested.vmx.current.is_some();
+        if linked {
+            if self.nested.shadow_holds != self.nested.vmx.current {
+                // The shadow holds another VMCS12's values.
+                self.nested.shadow_cache = Default::default();
+                self.nested.shadow_holds = self.nested.vmx.current;
+            }
+            vs.select(Level::Shadow);
+            crate::nested::shadow_vmcs::to_shadow(&self.nested.vmx.vmcs12, vs.current(), &mut self.nested.shadow_cache);
+            vs.select(Level::L1);
+        }
+        if linked != self.nested.shadow_linked {
+            let link = if linked { self.vmcs_phys[2] } else { u64::MAX };
+            vs.current().write(F::VMCS_LINK_POINTER, link);
+            self.nested.shadow_linked = linked;
+        }
+    }
+
+    /// One field of VMCS12 into the shadow VMCS, if it is linked.
+    pub(super) fn field_to_shadow<S: VmcsSet>(&mut self, vs: &mut S, f: F) {
+        if self.nested.shadow_linked {
+            vs.select(Level::Shadow);
+            crate::nested::shadow_vmcs::field_to_shadow(&self.nested.vmx.vmcs12, vs.current(), f, &mut self.nested.shadow_cache);
+            vs.select(Level::L1);
+        }
+    }
+
     /// A VMX instruction executed by L1.
     pub(super) fn l1_vmx_instruction<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, basic: u16) -> ExitOutcome {
         if basic == reason::VMLAUNCH || basic == reason::VMRESUME {
             return self.nested_entry(vs, p, basic == reason::VMLAUNCH);
+        }
+        // VMCS12 is about to be flushed or replaced: take L1's shadow writes
+        // first. (VMREAD/VMWRITE that exit name fields the shadow does not
+        // hold, so they need no sync.)
+        let moves_vmcs12 = matches!(basic, reason::VMPTRLD | reason::VMCLEAR | reason::VMXOFF);
+        if moves_vmcs12 {
+            self.sync_from_shadow(vs);
         }
         let v = vs.current();
         let s = l1_state(v, &self.regs, self.maxphyaddr);
@@ -131,6 +198,29 @@ impl Vcpu {
             log::debug!("L1 {}: VMfailValid({e})", crate::vmx::exit::reason_name(basic));
         }
         debug_assert_eq!(vs.selected(), Level::L1);
+        if matches!(basic, reason::VMXON | reason::VMXOFF) && o == Outcome::Succeed {
+            // Outside VMX operation L1's VMREAD/VMWRITE must #UD, which only
+            // an exit to L0 can give: shadowing is on from VMXON to VMXOFF.
+            let on = self.nested.shadowing && self.nested.vmx.vmxon.is_some();
+            let bit = crate::vmx::caps::secondary::VMCS_SHADOWING as u64;
+            if on {
+                vs.current().set_bits(F::SECONDARY_VM_EXEC_CONTROL, bit);
+            } else {
+                vs.current().clear_bits(F::SECONDARY_VM_EXEC_CONTROL, bit);
+            }
+        }
+        if moves_vmcs12 && o == Outcome::Succeed {
+            self.sync_to_shadow(vs);
+        } else if let Outcome::FailValid(_) = o {
+            self.field_to_shadow(vs, F::VM_INSTRUCTION_ERROR);
+        } else if basic == reason::VMWRITE && o == Outcome::Succeed {
+            // An exit-information field L1 wrote (IA32_VMX_MISC[29]).
+            if let Some(f) = crate::vmx::Field::from_encoding(gpr[s.info.reg2() as usize] as u32 & !1) {
+                if crate::nested::shadow_vmcs::is_shadowed(f) {
+                    self.field_to_shadow(vs, f);
+                }
+            }
+        }
         apply(vs.current(), p, o);
         ExitOutcome::Resume
     }

@@ -1,0 +1,169 @@
+//! VMCS shadowing for L1's VMREAD/VMWRITE (SDM Vol. 3C 25.10, 25.6.15):
+//! the fields L1 touches at every exit of its L2 live in a hardware shadow
+//! VMCS linked from VMCS01, so L1 reads and writes them without exiting.
+//! VMCS12 stays the master copy; L0 copies between the two at the points
+//! where either side needs the other's values.
+
+use super::vmcs12::Vmcs12;
+use crate::vmx::{Field as F, Vmcs};
+
+/// Fields L1 reads and writes through the shadow (what an exit handler
+/// of a guest hypervisor typically touches).
+pub const READ_WRITE: &[F] = &[
+    F::GUEST_RIP,
+    F::GUEST_RSP,
+    F::GUEST_RFLAGS,
+    F::GUEST_CR0,
+    F::GUEST_CR3,
+    F::GUEST_CR4,
+    F::GUEST_INTERRUPTIBILITY_INFO,
+    F::GUEST_ACTIVITY_STATE,
+    F::GUEST_CS_SELECTOR,
+    F::GUEST_CS_AR_BYTES,
+    F::GUEST_SS_AR_BYTES,
+    F::GUEST_CS_BASE,
+    F::GUEST_DS_BASE,
+    F::GUEST_ES_BASE,
+    F::GUEST_FS_BASE,
+    F::GUEST_GS_BASE,
+    F::GUEST_SS_BASE,
+    F::CR0_READ_SHADOW,
+    F::CR4_READ_SHADOW,
+    F::VM_ENTRY_INTR_INFO_FIELD,
+    F::VM_ENTRY_EXCEPTION_ERROR_CODE,
+    F::VM_ENTRY_INSTRUCTION_LEN,
+    F::TPR_THRESHOLD,
+    // A guest hypervisor's entry code writes its stack pointer before
+    // every entry (KVM does when it changed, the test hypervisor always).
+    F::HOST_RSP,
+];
+
+/// Fields L1 only reads through the shadow (exit information); its
+/// VMWRITEs of them still exit, so L0 applies IA32_VMX_MISC[29] as offered.
+pub const READ_ONLY: &[F] = &[
+    F::VM_EXIT_REASON,
+    F::EXIT_QUALIFICATION,
+    F::VM_EXIT_INSTRUCTION_LEN,
+    F::VMX_INSTRUCTION_INFO,
+    F::VM_EXIT_INTR_INFO,
+    F::VM_EXIT_INTR_ERROR_CODE,
+    F::IDT_VECTORING_INFO_FIELD,
+    F::IDT_VECTORING_ERROR_CODE,
+    F::GUEST_LINEAR_ADDRESS,
+    F::GUEST_PHYSICAL_ADDRESS,
+    F::VM_INSTRUCTION_ERROR,
+];
+
+/// The VMREAD and VMWRITE bitmaps: bit n (n = encoding bits 14:0) set
+/// means "exit" (SDM 25.6.15). Both halves of a 64-bit field are shadowed.
+pub fn bitmaps() -> ([u8; 4096], [u8; 4096]) {
+    let mut read = [0xffu8; 4096];
+    let mut write = [0xffu8; 4096];
+    let clear = |m: &mut [u8; 4096], f: F| {
+        let enc = f as usize & 0x7fff;
+        for e in [enc, enc | 1] {
+            if e == enc || f.width() == crate::vmx::fields::Width::Bits64 {
+                m[e / 8] &= !(1 << (e % 8));
+            }
+        }
+    };
+    for &f in READ_WRITE {
+        clear(&mut read, f);
+        clear(&mut write, f);
+    }
+    for &f in READ_ONLY {
+        clear(&mut read, f);
+    }
+    (read, write)
+}
+
+/// Whether L1 can VMREAD `f` without exiting (so L0 keeps the shadow's
+/// copy of it current when L0 changes it).
+pub fn is_shadowed(f: F) -> bool {
+    READ_WRITE.contains(&f) || READ_ONLY.contains(&f)
+}
+
+/// Writes one field of VMCS12 into the shadow.
+pub fn field_to_shadow(v12: &Vmcs12, sh: &mut impl Vmcs, f: F, cache: &mut ShadowCache) {
+    let v = v12.get(f);
+    sh.write(f, v);
+    if let Some(i) = READ_WRITE.iter().chain(READ_ONLY).position(|&x| x == f) {
+        cache.0[i] = Some(v);
+    }
+}
+
+/// What the shadow VMCS holds, so only changed fields are written.
+#[derive(Clone, Copy, Debug)]
+pub struct ShadowCache([Option<u64>; 36]);
+
+impl Default for ShadowCache {
+    fn default() -> Self {
+        ShadowCache([None; 36])
+    }
+}
+
+const _: () = assert!(READ_WRITE.len() + READ_ONLY.len() <= 36);
+
+/// VMCS12 → shadow: everything L1 may read directly that changed since
+/// the last copy (`cache` forgets everything when another VMCS12 is linked).
+pub fn to_shadow(v12: &Vmcs12, sh: &mut impl Vmcs, cache: &mut ShadowCache) {
+    for (i, &f) in READ_WRITE.iter().chain(READ_ONLY).enumerate() {
+        let v = v12.get(f);
+        if cache.0[i] != Some(v) {
+            sh.write(f, v);
+            cache.0[i] = Some(v);
+        }
+    }
+}
+
+/// Shadow → VMCS12: what L1 may have written directly; changed fields
+/// become dirty for VMCS02 (and the cache learns the shadow's values).
+pub fn from_shadow(sh: &impl Vmcs, v12: &mut Vmcs12, cache: &mut ShadowCache) {
+    for (i, &f) in READ_WRITE.iter().enumerate() {
+        let v = sh.read(f);
+        cache.0[i] = Some(v);
+        if v != v12.get(f) {
+            v12.set_dirty(f, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmx::fake::FakeVmcs;
+
+    #[test]
+    fn bitmaps_let_through_exactly_the_shadowed_fields() {
+        let (r, w) = bitmaps();
+        let bit = |m: &[u8; 4096], e: u32| m[(e as usize & 0x7fff) / 8] & (1 << (e % 8)) != 0;
+        assert!(!bit(&r, F::GUEST_RIP as u32) && !bit(&w, F::GUEST_RIP as u32));
+        assert!(!bit(&r, F::VM_EXIT_REASON as u32) && bit(&w, F::VM_EXIT_REASON as u32));
+        assert!(!bit(&r, F::GUEST_PHYSICAL_ADDRESS as u32 | 1), "the high half of a 64-bit field");
+        assert!(bit(&r, F::EPT_POINTER as u32) && bit(&w, F::EPT_POINTER as u32));
+        assert!(bit(&r, F::GUEST_RIP as u32 | 1), "natural-width fields have no high half");
+    }
+
+    #[test]
+    fn copies_both_ways_and_marks_changes_dirty() {
+        let mut v12 = Vmcs12::default();
+        v12.set(F::GUEST_RIP, 0x1000);
+        v12.set(F::VM_EXIT_REASON, 10);
+        v12.clean();
+        let mut sh = FakeVmcs::default();
+        let mut cache = ShadowCache::default();
+        to_shadow(&v12, &mut sh, &mut cache);
+        assert_eq!((sh.read(F::GUEST_RIP), sh.read(F::VM_EXIT_REASON)), (0x1000, 10));
+        sh.write(F::GUEST_RIP, 0x1002);
+        from_shadow(&sh, &mut v12, &mut cache);
+        assert_eq!(v12.get(F::GUEST_RIP), 0x1002);
+        assert!(v12.is_dirty(F::GUEST_RIP) && !v12.is_dirty(F::GUEST_RSP));
+        // Only changes are written back.
+        sh.write(F::VM_EXIT_REASON, 77);
+        to_shadow(&v12, &mut sh, &mut cache);
+        assert_eq!(sh.read(F::VM_EXIT_REASON), 77, "unchanged in VMCS12: not rewritten");
+        v12.set(F::VM_EXIT_REASON, 12);
+        to_shadow(&v12, &mut sh, &mut cache);
+        assert_eq!(sh.read(F::VM_EXIT_REASON), 12);
+    }
+}
