@@ -5,6 +5,9 @@
 //! - `l1=multiboot [ARGS]`: the cloud VM's kernel, a multiboot (v1) image,
 //!   started with ARGS as its command line;
 //! - `l1.module [ARGS]`: a module handed on to that kernel with ARGS.
+//! - `l1=linux [ARGS]`: the cloud VM's kernel, a Linux bzImage started by
+//!   the 64-bit boot protocol with ARGS as its command line;
+//! - `l1.initrd`: that kernel's initrd (at most one).
 
 use core::fmt;
 
@@ -104,6 +107,10 @@ pub enum ModuleRole<'a> {
     L1Multiboot(&'a str),
     /// A module for the cloud VM's kernel, with its command line.
     L1Module(&'a str),
+    /// The cloud VM's Linux bzImage and its command line.
+    L1Linux(&'a str),
+    /// The initrd of that Linux kernel.
+    L1Initrd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +118,7 @@ pub struct UnknownModule<'a>(pub &'a str);
 
 impl fmt::Display for UnknownModule<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "module command line starts with `{}`; expected `l1=multiboot` or `l1.module`", self.0)
+        write!(f, "module command line starts with `{}`; expected `l1=multiboot`, `l1=linux`, `l1.module` or `l1.initrd`", self.0)
     }
 }
 
@@ -120,6 +127,9 @@ pub fn module_role(cmdline: &str) -> Result<ModuleRole<'_>, UnknownModule<'_>> {
     match first {
         "l1=multiboot" => Ok(ModuleRole::L1Multiboot(rest)),
         "l1.module" => Ok(ModuleRole::L1Module(rest)),
+        "l1=linux" => Ok(ModuleRole::L1Linux(rest)),
+        // An initrd has no arguments; anything after the word is ignored.
+        "l1.initrd" => Ok(ModuleRole::L1Initrd),
         _ => Err(UnknownModule(first)),
     }
 }
@@ -171,5 +181,12 @@ mod tests {
         assert_eq!(module_role("l1.module env"), Ok(ModuleRole::L1Module("env")));
         assert_eq!(module_role(""), Err(UnknownModule("")));
         assert_eq!(module_role("initrd"), Err(UnknownModule("initrd")));
+        assert_eq!(
+            module_role("l1=linux console=ttyS0,115200 l0test=boot"),
+            Ok(ModuleRole::L1Linux("console=ttyS0,115200 l0test=boot"))
+        );
+        assert_eq!(module_role("l1.initrd"), Ok(ModuleRole::L1Initrd));
+        assert_eq!(module_role("l1=linuxx"), Err(UnknownModule("l1=linuxx")));
+        assert!(UnknownModule("x").to_string().contains("l1=linux"));
     }
 }
