@@ -7,10 +7,12 @@
 //! - `cargo xtask test host`          host unit tests only
 //! - `cargo xtask test scenario NAME` one scenario
 //! - `cargo xtask deps`               install what the above need (as root)
+//! - `cargo xtask linux`              build (or find cached) the Linux cloud VM's kernel and initramfs
 
 mod build;
 mod deps;
 mod emulator;
+mod linux;
 mod scenario;
 
 use std::process::{Command, ExitCode};
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use emulator::{Emulator, Verdict};
 
-const USAGE: &str = "usage: cargo xtask <build | run [--qemu] [--scenario NAME] [--timeout SECS] | test [host | scenario NAME] | deps>";
+const USAGE: &str = "usage: cargo xtask <build | run [--qemu] [--scenario NAME] [--timeout SECS] | test [host | scenario NAME] | deps | linux>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         ["test", "host"] => test_host(),
         ["test", "scenario", name] => test_scenarios(Some(name)),
         ["deps"] => deps::ensure(&[]),
+        ["linux"] => linux_images(),
         _ => Err(USAGE.into()),
     };
     match result {
@@ -41,6 +44,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Builds (or finds cached) the Linux cloud VM's kernel and initramfs.
+fn linux_images() -> Result<(), String> {
+    let k = linux::kernel::ensure()?;
+    let i = linux::initramfs::ensure(&k.bz_image)?;
+    println!("kernel    {} (cache key {}, config {})", k.bz_image.display(), k.key, k.config.display());
+    println!("L1 initrd {}", i.l1.display());
+    println!("L2 initrd {}", i.l2.display());
+    Ok(())
 }
 
 fn test_host() -> Result<(), String> {

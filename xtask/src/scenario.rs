@@ -79,6 +79,51 @@ pub fn all() -> Vec<Scenario> {
     ]
 }
 
+/// Failure markers of the Linux scenarios: L0 stopping, L1's kernel
+/// panicking, its init or the clock probe reporting a failure.
+const LINUX_HEALTHY: &[&str] = &["L0 FATAL", "L0 PANIC", "L0 WARN  command line", "Kernel panic", "CLOCK FAIL", "L1INIT FAIL"];
+
+/// Linux cloud VM scenarios (docs/linux-l1.md). They build the lean kernel
+/// and initramfs on first use (cached under ~/.cache/l0-hypervisor).
+pub fn linux() -> Vec<Scenario> {
+    let m = crate::linux::run_marker();
+    let leak = |v: Vec<String>| -> &'static [&'static str] {
+        Box::leak(v.into_iter().map(|s| &*Box::leak(s.into_boxed_str())).collect::<Vec<_>>().into_boxed_slice())
+    };
+    vec![
+        Scenario {
+            // L1 Linux reaches init with KVM (EPT, VPID) and a clock that
+            // agrees with the PIT and with L0's TSC within 5 %.
+            name: "linux-l1-boot",
+            l0_cmdline: "serial=com2 loglevel=info",
+            modules: |_| crate::linux::scenario_modules("boot"),
+            limit: Duration::from_secs(300),
+            com1: &["L1INIT ok", "KVM ept=Y vpid=Y", "CLOCK ok", "L1DONE"],
+            com2: &["TSC:", "starting the cloud VM: Linux bzImage", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: LINUX_HEALTHY,
+        },
+        Scenario {
+            // QEMU/KVM in L1 runs two L2 Linux VMs at once; each prints the
+            // run's marker on its ttyS0 and powers off; QEMU exits 0.
+            name: "linux-l2",
+            l0_cmdline: "serial=com2 loglevel=info",
+            modules: |_| crate::linux::scenario_modules("l2"),
+            limit: Duration::from_secs(900),
+            com1: leak(vec![
+                "L1INIT ok".into(),
+                "KVM ept=Y vpid=Y".into(),
+                format!("vm1| L2 {m}-vm1 ok"),
+                "QEMU vm1 exit=0".into(),
+                format!("vm2| L2 {m}-vm2 ok"),
+                "QEMU vm2 exit=0".into(),
+                "L1DONE".into(),
+            ]),
+            com2: &["starting the cloud VM: Linux bzImage", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: LINUX_HEALTHY,
+        },
+    ]
+}
+
 /// Whether `markers` all appear in `log` in this order.
 pub fn in_order(log: &str, markers: &[&str]) -> bool {
     let mut rest = log;
@@ -147,7 +192,7 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
 }
 
 pub fn find(name: &str) -> Option<Scenario> {
-    all().into_iter().find(|s| s.name == name)
+    all().into_iter().chain(linux()).find(|s| s.name == name)
 }
 
 pub fn scenario_dir(name: &str) -> PathBuf {
