@@ -116,10 +116,36 @@ pub fn linux() -> Vec<Scenario> {
                 "QEMU vm1 exit=0".into(),
                 format!("vm2| L2 {m}-vm2 ok"),
                 "QEMU vm2 exit=0".into(),
+                "L2 concurrent=yes".into(),
                 "L1DONE".into(),
             ]),
             com2: &["starting the cloud VM: Linux bzImage", "cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: LINUX_HEALTHY,
+        },
+        Scenario {
+            // A module that is no bzImage: L0 says so and stops.
+            name: "linux-bad-kernel",
+            l0_cmdline: "serial=com2",
+            modules: |_| vec![IsoModule::inline("not-a-bzimage.txt", b"This is a text file, not a kernel.\n", "l1=linux console=ttyS0")],
+            limit: Duration::from_secs(60),
+            com1: &[],
+            com2: &["L0 FATAL: cloud VM kernel: not a Linux bzImage"],
+            forbidden: &["L0 PANIC", "starting the cloud VM"],
+        },
+        Scenario {
+            // The real kernel with an initrd that is no archive.
+            name: "linux-bad-initrd",
+            l0_cmdline: "serial=com2",
+            modules: |_| {
+                let mut m = crate::linux::scenario_modules("boot");
+                m.truncate(1);
+                m.push(IsoModule::inline("garbage.img", b"garbage, not a cpio archive", "l1.initrd"));
+                m
+            },
+            limit: Duration::from_secs(60),
+            com1: &[],
+            com2: &["L0 FATAL: cloud VM kernel: the initrd is neither a cpio archive"],
+            forbidden: &["L0 PANIC", "starting the cloud VM"],
         },
     ]
 }
@@ -213,9 +239,10 @@ mod tests {
 
     #[test]
     fn scenario_names_are_unique() {
-        let mut names: Vec<_> = all().iter().map(|s| s.name).collect();
+        let mut names: Vec<_> = all().iter().chain(&linux()).map(|s| s.name).collect();
+        let n = names.len();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), all().len());
+        assert_eq!(names.len(), n);
     }
 }
