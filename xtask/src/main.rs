@@ -77,6 +77,11 @@ fn test_scenarios(only: Option<&str>) -> Result<(), String> {
         // kernel and initramfs first: ~5 min once, seconds afterwards.
         None => scenario::all().into_iter().chain(scenario::linux()).collect(),
     };
+    if list.iter().any(|s| s.name.starts_with("linux")) {
+        // Kernel and initramfs before the first Linux scenario, so a build
+        // problem is reported as such (and its log is not mid-line).
+        linux::images()?;
+    }
     let mut failed = Vec::new();
     for s in &list {
         print!("== scenario {} ... ", s.name);
