@@ -5,6 +5,9 @@
 //! - `l1=multiboot [ARGS]`: the cloud VM's kernel, a multiboot (v1) image,
 //!   started with ARGS as its command line;
 //! - `l1.module [ARGS]`: a module handed on to that kernel with ARGS.
+//! - `l1=linux [ARGS]`: the cloud VM's kernel, a Linux bzImage started by
+//!   the 64-bit boot protocol with ARGS as its command line;
+//! - `l1.initrd`: that kernel's initrd (at most one).
 
 use core::fmt;
 
@@ -104,6 +107,10 @@ pub enum ModuleRole<'a> {
     L1Multiboot(&'a str),
     /// A module for the cloud VM's kernel, with its command line.
     L1Module(&'a str),
+    /// The cloud VM's Linux bzImage and its command line.
+    L1Linux(&'a str),
+    /// The initrd of that Linux kernel.
+    L1Initrd,
     /// The 32-byte sealing key for shadow-device state (raw, or 64 hex
     /// digits); L0 reads it and wipes the module.
     L0Key,
@@ -114,7 +121,11 @@ pub struct UnknownModule<'a>(pub &'a str);
 
 impl fmt::Display for UnknownModule<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "module command line starts with `{}`; expected `l1=multiboot`, `l1.module` or `l0.key`", self.0)
+        write!(
+            f,
+            "module command line starts with `{}`; expected `l1=multiboot`, `l1=linux`, `l1.module`, `l1.initrd` or `l0.key`",
+            self.0
+        )
     }
 }
 
@@ -123,6 +134,9 @@ pub fn module_role(cmdline: &str) -> Result<ModuleRole<'_>, UnknownModule<'_>> {
     match first {
         "l1=multiboot" => Ok(ModuleRole::L1Multiboot(rest)),
         "l1.module" => Ok(ModuleRole::L1Module(rest)),
+        "l1=linux" => Ok(ModuleRole::L1Linux(rest)),
+        // An initrd has no arguments; anything after the word is ignored.
+        "l1.initrd" => Ok(ModuleRole::L1Initrd),
         "l0.key" => Ok(ModuleRole::L0Key),
         _ => Err(UnknownModule(first)),
     }
@@ -176,6 +190,13 @@ mod tests {
         assert_eq!(module_role("l0.key"), Ok(ModuleRole::L0Key));
         assert_eq!(module_role(""), Err(UnknownModule("")));
         assert_eq!(module_role("initrd"), Err(UnknownModule("initrd")));
+        assert_eq!(
+            module_role("l1=linux console=ttyS0,115200 l0test=boot"),
+            Ok(ModuleRole::L1Linux("console=ttyS0,115200 l0test=boot"))
+        );
+        assert_eq!(module_role("l1.initrd"), Ok(ModuleRole::L1Initrd));
+        assert_eq!(module_role("l1=linuxx"), Err(UnknownModule("l1=linuxx")));
+        assert!(UnknownModule("x").to_string().contains("l1=linux"));
     }
 }
 

@@ -427,6 +427,9 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         })
         .collect();
     let loader_name_ok = !bi.loader_name().is_empty();
+    // The ACPI RSDP GRUB copied, for a Linux L1 (the boot information is
+    // cleared below).
+    let rsdp: Option<Vec<u8>> = bi.rsdp().map(|r| r.to_vec());
 
     relocate(&fw, image, &cpu);
     // The old image, the boot information and the modules become L1's:
@@ -456,7 +459,13 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         checksum,
         xcr0_supported: if cpu.xsave { let [a, _, _, d] = cpuid(0xd, 0); (d as u64) << 32 | a as u64 } else { 0 },
     };
-    let mut vcpu = build_l1(&fw, pool, &firmware_map, &modules, &vcaps, &cpu, &mut hw);
+    // L1 is told the TSC frequency L0 measures here (CPUID 0x15/0x16).
+    let tsc_hz = crate::arch::tsc::calibrate();
+    match tsc_hz {
+        Some(hz) => info!("TSC: {hz} Hz ({}.{:03} MHz), measured against the PIT", hz / 1_000_000, hz / 1000 % 1000),
+        None => warn!("TSC: the PIT did not answer; the cloud VM gets the CPU's own CPUID 0x15/0x16"),
+    }
+    let mut vcpu = build_l1(&fw, pool, &firmware_map, &modules, rsdp.as_deref(), tsc_hz, &vcaps, &cpu, &mut hw);
     run_l1(&mut vcpu, &mut hw)
 }
 
@@ -570,42 +579,98 @@ fn vpid_usable(c: &VmxCaps) -> bool {
     c.allows(caps::Control::Secondary, caps::secondary::ENABLE_VPID) && c.ept_vpid & (1 << 32) != 0 && c.ept_vpid & (1 << 41) != 0
 }
 
+/// What the `l1=` module is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KernelKind {
+    Multiboot,
+    Linux,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn build_l1(
     fw: &FirmwareMemory,
     pool: Range,
     firmware_map: &[MemoryRegion],
     modules: &[Module],
+    rsdp: Option<&[u8]>,
+    tsc_hz: Option<u64>,
     vcaps: &VmxCaps,
     cpu: &CpuFeatures,
     hw: &mut Hardware,
 ) -> Vcpu {
     // Which module is what.
-    let mut kernel = None;
+    let mut kernel: Option<(&Module, &str, KernelKind)> = None;
+    let mut initrd: Option<&Module> = None;
     let mut l1_modules = Vec::new();
     let mut key = None;
     for (i, m) in modules.iter().enumerate() {
-        match config::module_role(&m.cmdline) {
-            Ok(ModuleRole::L0Key) => {
+        let (args, kind) = match config::module_role(&m.cmdline) {
+            Ok(ModuleRole::L0Key) if key.is_none() => {
                 key = Some(config::parse_key(m.data).unwrap_or_else(|e| fatal(format_args!("module {i}: {e}"))));
                 // SAFETY: the module copy is L0's; nothing else refers to it now.
                 unsafe { core::ptr::write_bytes(m.data.as_ptr() as *mut u8, 0, m.data.len()) };
+                continue;
             }
-            Ok(ModuleRole::L1Multiboot(args)) if kernel.is_none() => kernel = Some((m, args)),
-            Ok(ModuleRole::L1Multiboot(_)) => fatal(format_args!("module {i}: a second `l1=multiboot` kernel")),
-            Ok(ModuleRole::L1Module(args)) => l1_modules.push(boot::loader::ModuleImage { data: m.data, cmdline: args }),
+            Ok(ModuleRole::L0Key) => fatal(format_args!("module {i}: a second `l0.key`")),
+            Ok(ModuleRole::L1Multiboot(args)) => (args, KernelKind::Multiboot),
+            Ok(ModuleRole::L1Linux(args)) => (args, KernelKind::Linux),
+            Ok(ModuleRole::L1Module(args)) => {
+                l1_modules.push(boot::loader::ModuleImage { data: m.data, cmdline: args });
+                continue;
+            }
+            Ok(ModuleRole::L1Initrd) if initrd.is_none() => {
+                initrd = Some(m);
+                continue;
+            }
+            Ok(ModuleRole::L1Initrd) => fatal(format_args!("module {i}: a second `l1.initrd`")),
             Err(e) => fatal(format_args!("module {i}: {e}")),
+        };
+        if kernel.is_some() {
+            fatal(format_args!("module {i}: a second cloud VM kernel (`l1=multiboot` or `l1=linux`); give exactly one"));
         }
+        kernel = Some((m, args, kind));
     }
-    let Some((kernel, kernel_args)) = kernel else {
+    let Some((kernel, kernel_args, kind)) = kernel else {
         fatal(format_args!(
-            "no cloud VM kernel: add `module2 /path/kernel l1=multiboot [args]` to the GRUB entry"
+            "no cloud VM kernel: add `module2 /path/kernel l1=multiboot [args]` or `module2 /path/bzImage l1=linux [args]` to the GRUB entry"
         ))
     };
+    match kind {
+        KernelKind::Linux if !l1_modules.is_empty() => {
+            fatal(format_args!("`l1.module` is for multiboot kernels; a Linux kernel takes one `l1.initrd`"))
+        }
+        KernelKind::Multiboot if initrd.is_some() => {
+            fatal(format_args!("`l1.initrd` is for Linux kernels (`l1=linux`); a multiboot kernel takes `l1.module`s"))
+        }
+        _ => {}
+    }
 
     // Load L1.
     let l1_map = l1_memory_map(firmware_map.iter().copied(), pool);
-    let plan = boot::loader::multiboot::plan(kernel.data, kernel_args, &l1_modules, &l1_map)
-        .unwrap_or_else(|e| fatal(format_args!("cloud VM kernel: {e}")));
+    let (plan, started) = match kind {
+        KernelKind::Multiboot => {
+            let plan = boot::loader::multiboot::plan(kernel.data, kernel_args, &l1_modules, &l1_map)
+                .unwrap_or_else(|e| fatal(format_args!("cloud VM kernel: {e}")));
+            let boot::loader::Entry::Multiboot { eip, .. } = plan.entry else { unreachable!() };
+            let mut s = String::new();
+            let _ = write!(s, "multiboot kernel at {eip:#x}, {} module(s)", l1_modules.len());
+            (plan, s)
+        }
+        KernelKind::Linux => {
+            let (plan, at) =
+                boot::loader::linux::plan(kernel.data, kernel_args, initrd.map(|m| m.data), rsdp, &l1_map)
+                    .unwrap_or_else(|e| fatal(format_args!("cloud VM kernel: {e}")));
+            let mut s = String::new();
+            let _ = write!(s, "Linux bzImage at {}, boot_params at {:#x}", at.kernel, at.boot_block.start);
+            match at.initrd {
+                Some(r) => {
+                    let _ = write!(s, ", initrd {r} ({} KiB)", r.len() >> 10);
+                }
+                None => s.push_str(", no initrd"),
+            }
+            (plan, s)
+        }
+    };
     for w in &plan.writes {
         let r = match w {
             boot::loader::Write::Bytes { gpa, data } => hw.mem.write(*gpa, data),
@@ -738,13 +803,11 @@ fn build_l1(
     } else {
         msr::MtrrShadow::capture(0, cpu.maxphyaddr, |_| 0)
     };
-    let boot::loader::Entry::Multiboot { eip, .. } = plan.entry;
     let eptp01 = pages_eptp(&ept01);
     let l0_frames = ept01.l0.clone();
     let ncaps = nested::caps::NestedCaps::new(vcaps);
     info!(
-        "starting the cloud VM: multiboot kernel at {eip:#x}, {} module(s), {} MiB of RAM, nested VMX {}",
-        l1_modules.len(),
+        "starting the cloud VM: {started}, {} MiB of RAM, nested VMX {}",
         hw.mem.ranges().total() >> 20,
         if offer_vmx { "offered" } else { "not possible on this CPU" }
     );
@@ -760,6 +823,7 @@ fn build_l1(
             invpcid: controls.has_secondary(s::ENABLE_INVPCID),
             xsaves: controls.has_secondary(s::ENABLE_XSAVES),
             abi_version: 0x0001_0000,
+            tsc_hz: tsc_hz.unwrap_or(0),
         },
         mtrr,
         vpid: if vpid { L1_VPID } else { 0 },

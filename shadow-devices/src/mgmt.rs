@@ -88,16 +88,23 @@ pub enum Target<'a> {
 pub enum Command<'a> {
     /// `@list`: every VM.
     List,
-    /// `@attach <id|tag> [port]`: follow one COM port of a VM (default COM1).
+    /// `@attach <id|tag> [port]`: follow one COM port of a VM (default
+    /// COM1) besides those already followed; typed input goes to it.
     Attach {
         /// The VM.
         target: Target<'a>,
         /// Its COM port base.
         port: Option<u16>,
     },
-    /// `@detach`.
-    Detach,
-    /// `@in <hex>`: bytes typed into the attached port.
+    /// `@detach [<id|tag> [port]]`: stop following one port, every port
+    /// of one VM, or (no arguments) everything.
+    Detach {
+        /// The VM, or every followed VM.
+        target: Option<Target<'a>>,
+        /// One port of it, or all of them.
+        port: Option<u16>,
+    },
+    /// `@in <hex>`: bytes typed into the port attached last.
     Input(Vec<u8>),
     /// `@ping`: L0 answers `@pong`.
     Ping,
@@ -128,6 +135,20 @@ fn number(s: &str) -> Option<u64> {
     }
 }
 
+fn target(s: &str) -> Target<'_> {
+    match s.parse::<u64>() {
+        Ok(id) => Target::Id(id),
+        Err(_) => Target::Tag(s),
+    }
+}
+
+fn port(s: Option<&&str>) -> Result<Option<u16>, CommandError> {
+    match s {
+        Some(p) => Ok(Some(number(p).filter(|&p| p <= 0xffff).ok_or(CommandError::BadArgument)? as u16)),
+        None => Ok(None),
+    }
+}
+
 /// Decodes a frame body the operator sent.
 pub fn parse_command(body: &str) -> Result<Command<'_>, CommandError> {
     let mut words = body.split_ascii_whitespace();
@@ -135,20 +156,11 @@ pub fn parse_command(body: &str) -> Result<Command<'_>, CommandError> {
     let args: Vec<&str> = words.collect();
     match (verb, args.as_slice()) {
         ("list", []) => Ok(Command::List),
-        ("detach", []) => Ok(Command::Detach),
+        ("detach", []) => Ok(Command::Detach { target: None, port: None }),
+        ("detach", [t, rest @ ..]) if rest.len() <= 1 => Ok(Command::Detach { target: Some(target(t)), port: port(rest.first())? }),
         ("ping", []) => Ok(Command::Ping),
         ("in", [h]) => unhex(h).map(Command::Input).ok_or(CommandError::BadArgument),
-        ("attach", [t, rest @ ..]) if rest.len() <= 1 => {
-            let target = match t.parse::<u64>() {
-                Ok(id) => Target::Id(id),
-                Err(_) => Target::Tag(t),
-            };
-            let port = match rest.first() {
-                Some(p) => Some(number(p).filter(|&p| p <= 0xffff).ok_or(CommandError::BadArgument)? as u16),
-                None => None,
-            };
-            Ok(Command::Attach { target, port })
-        }
+        ("attach", [t, rest @ ..]) if rest.len() <= 1 => Ok(Command::Attach { target: target(t), port: port(rest.first())? }),
         ("list" | "detach" | "ping" | "in" | "attach", _) => Err(CommandError::BadArgument),
         _ => Err(CommandError::Unknown),
     }
@@ -162,7 +174,7 @@ pub enum Event {
     Vm { id: u64, tag: Option<String>, frozen: bool, bytes_in: u64, bytes_out: u64 },
     EndList { count: u64 },
     Attached { id: u64, port: u16 },
-    Detached { id: u64, reason: String },
+    Detached { id: u64, port: u16, reason: String },
     Out { id: u64, port: u16, bytes: Vec<u8> },
     Dropped { id: u64, port: u16, count: u64 },
     Gone { id: u64 },
@@ -192,7 +204,7 @@ pub fn parse_event(body: &str) -> Option<Event> {
         },
         "end-list" => Event::EndList { count: id()? },
         "attached" => Event::Attached { id: id()?, port: port(1)? },
-        "detached" => Event::Detached { id: id()?, reason: args[1..].join(" ") },
+        "detached" => Event::Detached { id: id()?, port: port(1)?, reason: args[2..].join(" ") },
         "out" => Event::Out { id: id()?, port: port(1)?, bytes: unhex(args.get(2)?)? },
         "dropped" => Event::Dropped { id: id()?, port: port(1)?, count: args.get(2)?.parse().ok()? },
         "gone" => Event::Gone { id: id()? },
@@ -226,6 +238,10 @@ mod tests {
             parse_command("attach web-1 0x2f8"),
             Ok(Command::Attach { target: Target::Tag("web-1"), port: Some(0x2f8) })
         );
+        assert_eq!(parse_command("detach"), Ok(Command::Detach { target: None, port: None }));
+        assert_eq!(parse_command("detach web-1"), Ok(Command::Detach { target: Some(Target::Tag("web-1")), port: None }));
+        assert_eq!(parse_command("detach 2 760"), Ok(Command::Detach { target: Some(Target::Id(2)), port: Some(760) }));
+        assert_eq!(parse_command("detach 2 3f8"), Err(CommandError::BadArgument));
         assert_eq!(parse_command("in 6869"), Ok(Command::Input(b"hi".to_vec())));
         assert_eq!(parse_command("in 686"), Err(CommandError::BadArgument));
         assert_eq!(parse_command("attach"), Err(CommandError::BadArgument));
@@ -239,13 +255,17 @@ mod tests {
         assert_eq!(e, Event::Vm { id: 2, tag: Some("alpha".into()), frozen: false, bytes_in: 4, bytes_out: 100 });
         assert_eq!(parse_event("out 2 3f8 4142"), Some(Event::Out { id: 2, port: 0x3f8, bytes: b"AB".to_vec() }));
         assert_eq!(parse_event("attached 2 2f8"), Some(Event::Attached { id: 2, port: 0x2f8 }));
+        assert_eq!(
+            parse_event("detached 2 2f8 the VM ended"),
+            Some(Event::Detached { id: 2, port: 0x2f8, reason: "the VM ended".into() })
+        );
         assert_eq!(parse_event("vm x"), None);
         assert_eq!(parse_event("gone 9"), Some(Event::Gone { id: 9 }));
     }
 
     #[test]
     fn garbage_never_panics() {
-        for s in ["@", "@ #", "@ #zz", "@a #61", "@out", "@out 1", "@out 1 zz zz", "@attach 1 2 3 #00"] {
+        for s in ["@", "@ #", "@ #zz", "@a #61", "@out", "@out 1", "@out 1 zz zz", "@attach 1 2 3 #00", "@detached", "@detached 1"] {
             let _ = parse_frame(s).map(|b| (parse_command(b), parse_event(b)));
             let _ = parse_command(&s[1..]);
             let _ = parse_event(&s[1..]);

@@ -13,6 +13,7 @@ use crate::elf::ElfError;
 use crate::memmap::{CapacityExceeded, Range, RangeSet};
 use crate::multiboot2::{MemoryRegion, MEMORY_AVAILABLE};
 
+pub mod linux;
 pub mod multiboot;
 
 /// A module handed on to L1, with the command line GRUB gave it (its
@@ -47,6 +48,11 @@ pub enum Entry {
     /// mode, paging off, flat 4 GiB code and data segments, interrupts off,
     /// EAX = 0x2badb002, EBX = the information structure.
     Multiboot { eip: u32, ebx: u32 },
+    /// Linux 64-bit boot protocol state (boot.rst, "64-bit Boot Protocol"):
+    /// long mode with paging through `cr3` (identity over the kernel, zero
+    /// page and command line), a GDT at `gdt_base` with __BOOT_CS 0x10 and
+    /// __BOOT_DS 0x18, interrupts off, RSI = the zero page.
+    Linux { rip: u64, rsi: u64, rsp: u64, cr3: u64, gdt_base: u64, gdt_limit: u16 },
 }
 
 /// Everything needed to start L1.

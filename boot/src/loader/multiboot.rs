@@ -296,7 +296,7 @@ mod tests {
             ModuleImage { data: &[7u8; 5000], cmdline: "" },
         ];
         let plan = plan(&img, "test=boot", &mods, &l1_map()).unwrap();
-        let Entry::Multiboot { eip, ebx } = plan.entry;
+        let Entry::Multiboot { eip, ebx } = plan.entry else { panic!("not a multiboot entry") };
         assert_eq!(eip, 0x10_0000);
         // Kernel bytes and its bss.
         assert!(matches!(&plan.writes[0], Write::Bytes { gpa: 0x10_0000, data } if data.ends_with(b"KERNEL")));

@@ -6,4 +6,5 @@ pub mod cpu;
 pub mod run;
 #[cfg(target_os = "none")]
 pub mod tables;
+pub mod tsc;
 pub mod vmx;

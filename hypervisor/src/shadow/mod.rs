@@ -30,12 +30,16 @@ pub fn is_com_port(port: u16) -> bool {
     COM_PORTS.iter().any(|&b| (b..b + 8).contains(&port))
 }
 
-/// What the operator's console follows.
+/// A COM port the operator's console follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Session {
     pub vm: VmId,
     pub port: u16,
 }
+
+/// How many ports the console follows at once: the line is ~11 KB/s, a
+/// few busy consoles fill it.
+pub const MAX_SESSIONS: usize = 8;
 
 pub struct Shadow {
     pub ids: Identities,
@@ -49,10 +53,13 @@ pub struct Shadow {
     pending: BTreeMap<VmId, u16>,
     /// A relay interrupt for the pending edges reached L1.
     announced: bool,
-    pub session: Option<Session>,
+    /// The ports the console follows; the last one attached takes input.
+    pub sessions: Vec<Session>,
     rx_line: Vec<u8>,
-    /// Bytes of console input not yet accepted by the attached device.
+    /// Bytes of console input not yet accepted by the input port's device.
     input_backlog: Vec<u8>,
+    /// Frames L0 sends unasked (a VM appeared, registered a tag, ended).
+    notices: Frames,
 }
 
 /// Frames to send to the operator.
@@ -69,9 +76,10 @@ impl Shadow {
             relay_vector: None,
             pending: BTreeMap::new(),
             announced: false,
-            session: None,
+            sessions: Vec::new(),
             rx_line: Vec::new(),
             input_backlog: Vec::new(),
+            notices: Vec::new(),
         }
     }
 
@@ -130,8 +138,27 @@ impl Shadow {
     /// The VM of an L2 exit, creating its identity on first use.
     pub fn identify(&mut self, vmcs12: u64, eptp12: Option<u64>) -> Option<VmId> {
         let vm = self.ids.identify(vmcs12, eptp12)?;
-        self.devices.vm(vm);
+        if self.devices.get(&vm).is_none() {
+            self.devices.vm(vm);
+            self.notices.push(self.vm_frame(vm));
+        }
         Some(vm)
+    }
+
+    /// `@vm ...` for one VM (the `list` answer, and the notice when a VM
+    /// appears or registers its tag).
+    fn vm_frame(&self, id: VmId) -> String {
+        let Some(vm) = self.devices.get(&id) else { return mgmt::frame(format_args!("gone {id}")) };
+        let infos = vm.device_infos();
+        let (bin, bout) = infos.iter().fold((0, 0), |(i, o), d| (i + d.bytes_in, o + d.bytes_out));
+        let ports: Vec<String> = infos.iter().map(|d| alloc::format!("{:x}", d.port_base)).collect();
+        let tag = vm.tag();
+        mgmt::frame(format_args!(
+            "vm {id} tag={} frozen={} ports={} in={bin} out={bout}",
+            tag.as_ref().map_or("-", |t| t.as_str()),
+            vm.is_frozen() as u8,
+            ports.join(",")
+        ))
     }
 
     /// L1 VMCLEARed a VMCS12: if that ended a VM, its devices go too.
@@ -152,16 +179,15 @@ impl Shadow {
         self.pending.remove(&vm);
         log::info!("user VM {vm} ended");
         let mut out = alloc::vec![mgmt::frame(format_args!("gone {vm}"))];
-        if self.session.is_some_and(|s| s.vm == vm) {
-            self.session = None;
-            out.push(mgmt::frame(format_args!("detached {vm} the VM ended")));
-        }
+        out.extend(self.detach(|s| s.vm == vm, "the VM ended"));
         out
     }
 
     pub fn register_tag(&mut self, vm: VmId, tag: VmTag) -> Result<(), Error> {
         self.devices.vm(vm);
-        self.devices.register_tag(vm, tag)
+        self.devices.register_tag(vm, tag)?;
+        self.notices.push(self.vm_frame(vm));
+        Ok(())
     }
 
     pub fn list(&self, out: &mut [u8]) -> Result<usize, Error> {
@@ -220,43 +246,48 @@ impl Shadow {
         match c {
             Command::Ping => out.push(mgmt::frame(format_args!("pong"))),
             Command::List => {
-                for (id, vm) in self.devices.iter() {
-                    let infos = vm.device_infos();
-                    let (bin, bout) = infos.iter().fold((0, 0), |(i, o), d| (i + d.bytes_in, o + d.bytes_out));
-                    let ports: Vec<String> = infos.iter().map(|d| alloc::format!("{:x}", d.port_base)).collect();
-                    let tag = vm.tag();
-                    out.push(mgmt::frame(format_args!(
-                        "vm {id} tag={} frozen={} ports={} in={bin} out={bout}",
-                        tag.as_ref().map_or("-", |t| t.as_str()),
-                        vm.is_frozen() as u8,
-                        ports.join(",")
-                    )));
-                }
+                out.extend(self.devices.iter().map(|(&id, _)| self.vm_frame(id)));
                 out.push(mgmt::frame(format_args!("end-list {}", self.devices.len())));
             }
             Command::Attach { target, port } => {
-                let vm = match target {
-                    Target::Id(id) => self.devices.get(&id).map(|_| id),
-                    Target::Tag(t) => VmTag::new(t.as_bytes()).ok().and_then(|t| self.devices.find_by_tag(&t)),
-                };
                 let port = port.unwrap_or(COM_PORTS[0]);
-                match vm {
-                    Some(vm) if COM_PORTS.contains(&port) => {
-                        out.extend(self.detach("attached elsewhere"));
-                        self.session = Some(Session { vm, port });
-                        self.input_backlog.clear();
-                        if let Some(c) = self.devices.vm(vm).device_at(port).and_then(|d| d.console()) {
-                            c.set_operator_attached(true);
+                match self.find(target) {
+                    Some(_) if !COM_PORTS.contains(&port) => out.push(mgmt::frame(format_args!("err no COM port {port:#x}"))),
+                    Some(vm) => {
+                        let s = Session { vm, port };
+                        if !self.sessions.contains(&s) {
+                            if self.sessions.len() == MAX_SESSIONS {
+                                out.push(mgmt::frame(format_args!("err {MAX_SESSIONS} ports followed already; detach one")));
+                                return out;
+                            }
+                            if let Some(c) = self.devices.vm(vm).device_at(port).and_then(|d| d.console()) {
+                                c.set_operator_attached(true);
+                            }
                         }
+                        // The newest session takes input; typed-ahead bytes
+                        // for the previous one are not redirected.
+                        self.sessions.retain(|&o| o != s);
+                        self.sessions.push(s);
+                        self.input_backlog.clear();
                         out.push(mgmt::frame(format_args!("attached {vm} {port:x}")));
                         // The backlog follows at the next pump.
                     }
-                    Some(_) => out.push(mgmt::frame(format_args!("err no COM port {port:#x}"))),
                     None => out.push(mgmt::frame(format_args!("err no such VM"))),
                 }
             }
-            Command::Detach => out.extend(self.detach("operator detached")),
-            Command::Input(bytes) => match self.session {
+            Command::Detach { target, port } => {
+                let vm = match target.map(|t| self.find(t)) {
+                    Some(None) => return alloc::vec![mgmt::frame(format_args!("err no such VM"))],
+                    Some(vm) => vm,
+                    None => None,
+                };
+                let f = self.detach(|s| vm.is_none_or(|v| v == s.vm) && port.is_none_or(|p| p == s.port), "operator detached");
+                if f.is_empty() {
+                    out.push(mgmt::frame(format_args!("err not attached")));
+                }
+                out.extend(f);
+            }
+            Command::Input(bytes) => match self.sessions.last() {
                 Some(_) => {
                     self.input_backlog.extend_from_slice(&bytes);
                     out.extend(self.pump());
@@ -267,32 +298,48 @@ impl Shadow {
         out
     }
 
-    fn detach(&mut self, why: &str) -> Frames {
-        match self.session.take() {
-            Some(s) => {
-                if let Some(c) = self.devices.get_mut(&s.vm).and_then(|v| v.device_at(s.port)).and_then(|d| d.console()) {
-                    c.set_operator_attached(false);
-                }
-                alloc::vec![mgmt::frame(format_args!("detached {} {why}", s.vm))]
-            }
-            None => Vec::new(),
+    fn find(&self, t: Target) -> Option<VmId> {
+        match t {
+            Target::Id(id) => self.devices.get(&id).map(|_| id),
+            Target::Tag(t) => VmTag::new(t.as_bytes()).ok().and_then(|t| self.devices.find_by_tag(&t)),
         }
+    }
+
+    /// Ends the sessions `which` selects.
+    fn detach(&mut self, which: impl Fn(&Session) -> bool, why: &str) -> Frames {
+        let mut out = Vec::new();
+        let input = self.sessions.last().copied();
+        let mut i = 0;
+        while i < self.sessions.len() {
+            let s = self.sessions[i];
+            if !which(&s) {
+                i += 1;
+                continue;
+            }
+            self.sessions.remove(i);
+            if let Some(c) = self.devices.get_mut(&s.vm).and_then(|v| v.device_at(s.port)).and_then(|d| d.console()) {
+                c.set_operator_attached(false);
+            }
+            out.push(mgmt::frame(format_args!("detached {} {:x} {why}", s.vm, s.port)));
+        }
+        if self.sessions.last().copied() != input {
+            self.input_backlog.clear();
+        }
+        out
     }
 
     /// Moves console bytes both ways for the attached port: the guest's
     /// output to the operator (at most `mgmt::OUT_CHUNK` per frame, a few
     /// frames per call), the operator's input into the device as it takes it.
     pub fn pump(&mut self) -> Frames {
-        let mut out = Vec::new();
-        let Some(s) = self.session else { return out };
-        let Some(vm) = self.devices.get_mut(&s.vm) else {
-            self.session = None;
-            return out;
-        };
-        let mut edges = 0;
-        if let Some(d) = vm.device_at(s.port) {
-            if let Some(c) = d.console() {
-                if !self.input_backlog.is_empty() {
+        let mut out = core::mem::take(&mut self.notices);
+        let input = self.sessions.last().copied();
+        // Sessions of VMs that ended without a VMCLEAR/VMXOFF notice.
+        self.sessions.retain(|s| self.devices.get(&s.vm).is_some());
+        for s in self.sessions.clone() {
+            let Some(vm) = self.devices.get_mut(&s.vm) else { continue };
+            if let Some(c) = vm.device_at(s.port).and_then(|d| d.console()) {
+                if Some(s) == input && !self.input_backlog.is_empty() {
                     let n = c.push_input(&self.input_backlog);
                     self.input_backlog.drain(..n);
                 }
@@ -307,10 +354,10 @@ impl Shadow {
             }
             // Pulling output frees the transmitter and input fills the
             // receiver: both can raise the UART's interrupt.
-            edges = vm.take_irq_edges();
-        }
-        if edges != 0 {
-            *self.pending.entry(s.vm).or_insert(0) |= edges;
+            let edges = vm.take_irq_edges();
+            if edges != 0 {
+                *self.pending.entry(s.vm).or_insert(0) |= edges;
+            }
         }
         out
     }

@@ -36,6 +36,7 @@ fn devices_per_vm_and_console_output() {
     let mut s = shadow();
     let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
     let b = s.identify(0x2000, Some(0x20_0000)).unwrap();
+    assert_eq!(events(s.pump()).len(), 2, "two VMs announced");
     print(&mut s, a, b"from a\n");
     print(&mut s, b, b"from b\n");
     let list = send(&mut s, "list");
@@ -89,9 +90,66 @@ fn vm_end_drops_devices_and_detaches() {
     let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
     send(&mut s, "attach 1");
     let f = events(s.vmclear(0x1000));
-    assert_eq!(f, vec![Event::Gone { id: a }, Event::Detached { id: a, reason: "the VM ended".into() }]);
+    assert_eq!(f, vec![Event::Gone { id: a }, Event::Detached { id: a, port: 0x3f8, reason: "the VM ended".into() }]);
     assert_eq!(s.vm_count(), 0);
-    assert!(s.session.is_none());
+    assert!(s.sessions.is_empty());
+}
+
+#[test]
+fn new_vms_and_tags_are_announced() {
+    let mut s = shadow();
+    let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
+    s.identify(0x1000, Some(0x10_0000)).unwrap();
+    let vm = |tag: Option<&str>| Event::Vm { id: a, tag: tag.map(Into::into), frozen: false, bytes_in: 0, bytes_out: 0 };
+    assert_eq!(events(s.pump()), vec![vm(None)], "once, at the first exit");
+    s.register_tag(a, VmTag::new(b"web-1").unwrap()).unwrap();
+    assert_eq!(events(s.pump()), vec![vm(Some("web-1"))]);
+    assert_eq!(events(s.pump()), vec![]);
+}
+
+#[test]
+fn several_ports_followed_input_to_the_last() {
+    let mut s = shadow();
+    let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
+    let b = s.identify(0x2000, Some(0x20_0000)).unwrap();
+    s.pump();
+    print(&mut s, a, b"A");
+    print(&mut s, b, b"B");
+    assert_eq!(send(&mut s, "attach 1"), vec![Event::Attached { id: a, port: 0x3f8 }]);
+    assert_eq!(send(&mut s, "attach 2"), vec![Event::Attached { id: b, port: 0x3f8 }]);
+    let out = events(s.pump());
+    assert!(out.contains(&Event::Out { id: a, port: 0x3f8, bytes: b"A".to_vec() }), "{out:?}");
+    assert!(out.contains(&Event::Out { id: b, port: 0x3f8, bytes: b"B".to_vec() }), "{out:?}");
+    // Input goes to VM b (attached last), until VM a is attached again.
+    send(&mut s, &alloc::format!("in {}", mgmt::hex(b"x")));
+    assert_eq!(s.io(b, 0x3f8, None), b'x');
+    assert_eq!(send(&mut s, "attach 1"), vec![Event::Attached { id: a, port: 0x3f8 }]);
+    send(&mut s, &alloc::format!("in {}", mgmt::hex(b"y")));
+    assert_eq!(s.io(a, 0x3f8, None), b'y');
+    // Detach one, then the rest; a second detach has nothing to do.
+    assert_eq!(send(&mut s, "detach 1"), vec![Event::Detached { id: a, port: 0x3f8, reason: "operator detached".into() }]);
+    assert_eq!(send(&mut s, "in 41"), vec![], "input now goes to VM b");
+    assert_eq!(send(&mut s, "detach"), vec![Event::Detached { id: b, port: 0x3f8, reason: "operator detached".into() }]);
+    assert_eq!(send(&mut s, "detach"), vec![Event::Error("not attached".into())]);
+    assert_eq!(send(&mut s, "detach 7"), vec![Event::Error("no such VM".into())]);
+    assert_eq!(send(&mut s, "attach 1 0x2e8"), vec![Event::Attached { id: a, port: 0x2e8 }]);
+    assert_eq!(send(&mut s, "attach 1 0x2e9"), vec![Event::Error("no COM port 0x2e9".into())]);
+}
+
+#[test]
+fn followed_ports_are_bounded() {
+    let mut s = shadow();
+    for i in 0..3 {
+        s.identify(0x1000 * (i + 1), Some(0x10_0000 * (i + 1))).unwrap();
+    }
+    for i in 0..MAX_SESSIONS {
+        let (vm, port) = (1 + i / 4, COM_PORTS[i % 4]);
+        assert_eq!(send(&mut s, &alloc::format!("attach {vm} {port:#x}")), vec![Event::Attached { id: vm as u64, port }]);
+    }
+    assert!(matches!(&send(&mut s, "attach 3")[..], [Event::Error(_)]));
+    // Re-attaching a followed port only moves the input to it.
+    assert_eq!(send(&mut s, "attach 1"), vec![Event::Attached { id: 1, port: 0x3f8 }]);
+    assert_eq!(s.sessions.len(), MAX_SESSIONS);
 }
 
 #[test]
@@ -110,6 +168,7 @@ fn save_restore_through_the_registry() {
     let b = s.identify(0x3000, Some(0x30_0000)).unwrap();
     s.register_tag(b, tag).unwrap();
     s.restore(&tag, &blob).unwrap();
+    s.pump();
     send(&mut s, "attach web-1");
     assert_eq!(events(s.pump()), vec![Event::Out { id: b, port: 0x3f8, bytes: b"before migration".to_vec() }]);
     // The same blob does not open twice.

@@ -26,6 +26,9 @@ pub struct CpuidContext {
     pub xsaves: bool,
     /// Value of leaf 0x4000_0001 EAX: the ultracall ABI version.
     pub abi_version: u32,
+    /// The TSC frequency L0 measured against the PIT (Hz); 0 = not
+    /// measured, leaves 0x15/0x16 pass through.
+    pub tsc_hz: u64,
 }
 
 const CR4_OSXSAVE: u64 = 1 << 18;
@@ -69,6 +72,13 @@ pub fn guest_view(leaf: u32, subleaf: u32, raw: [u32; 4], ctx: &CpuidContext) ->
             set(&mut a, 3, xsaves);
         }
         0x12 | 0x14 => [a, b, c, d] = [0; 4], // SGX and PT leaves
+        0x15 if ctx.tsc_hz != 0 && !tsc_leaf_agrees(raw, ctx.tsc_hz) => [a, b, c, d] = tsc_leaf(ctx.tsc_hz),
+        0x16 if ctx.tsc_hz != 0 => {
+            // Base and maximum MHz; Linux's cpu_khz_from_cpuid reads EAX
+            // and trusts the TSC (leaf 0x15) over it if they disagree.
+            let mhz = ((ctx.tsc_hz + 500_000) / 1_000_000) as u32;
+            [a, b] = [mhz, mhz.max(b)];
+        }
         0x8000_0001 => {
             let rdtscp = d & (1 << 27) != 0 && ctx.rdtscp;
             set(&mut d, 27, rdtscp);
@@ -81,12 +91,78 @@ pub fn guest_view(leaf: u32, subleaf: u32, raw: [u32; 4], ctx: &CpuidContext) ->
     [a, b, c, d]
 }
 
+/// Whether the CPU's leaf 0x15 (EAX = denominator, EBX = numerator,
+/// ECX = crystal Hz) already names `hz`, within 1 %: then real hardware
+/// speaks and L1 gets its answer unchanged, crystal and all.
+fn tsc_leaf_agrees(raw: [u32; 4], hz: u64) -> bool {
+    let [den, num, crystal, _] = raw;
+    if den == 0 || num == 0 || crystal == 0 {
+        return false;
+    }
+    let claimed = crystal as u64 * num as u64 / den as u64;
+    claimed.abs_diff(hz) * 100 <= hz
+}
+
+/// Leaf 0x15 naming `hz`: crystal = TSC (ratio 1/1), or for a TSC above
+/// 4.29 GHz a crystal of hz/k with ratio k/1. A nonzero crystal is what
+/// makes Linux 6.1 (native_calibrate_tsc) take the frequency as known and
+/// skip its own calibration. Linux also sets its local APIC timer period
+/// from the crystal; that matters only without the TSC-deadline timer,
+/// and on Bochs the APIC timer runs at the TSC's rate, as this claims.
+fn tsc_leaf(hz: u64) -> [u32; 4] {
+    let k = hz.div_ceil(u32::MAX as u64).max(1);
+    [1, k as u32, (hz / k) as u32, 0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ctx() -> CpuidContext {
-        CpuidContext { guest_cr4: 0, vmx: false, rdtscp: true, invpcid: true, xsaves: false, abi_version: 0x1_0000 }
+        CpuidContext { guest_cr4: 0, vmx: false, rdtscp: true, invpcid: true, xsaves: false, abi_version: 0x1_0000, tsc_hz: 0 }
+    }
+
+    /// Linux 6.1's native_calibrate_tsc, for an Intel CPU with max leaf >= 0x16.
+    fn linux_tsc_khz(l15: [u32; 4], l16: [u32; 4]) -> u64 {
+        let [den, num, ecx, _] = l15;
+        if den == 0 || num == 0 {
+            return 0;
+        }
+        let mut crystal_khz = ecx as u64 / 1000;
+        if crystal_khz == 0 {
+            crystal_khz = l16[0] as u64 * 1000 * den as u64 / num as u64;
+        }
+        crystal_khz * num as u64 / den as u64
+    }
+
+    #[test]
+    fn tsc_leaves_name_the_measured_frequency() {
+        // Bochs skylake_x: 0x15 claims a 3.5 GHz TSC (a ratio, no crystal),
+        // 0x16 3500 MHz; L0 measured 100 MHz.
+        let raw15 = [2, 292, 0, 0];
+        let raw16 = [3500, 3500, 100, 0];
+        assert!(linux_tsc_khz(raw15, raw16) > 3_400_000, "what Linux would believe unaided");
+        let bochs = CpuidContext { tsc_hz: 99_998_765, ..ctx() };
+        let l15 = guest_view(0x15, 0, raw15, &bochs);
+        let l16 = guest_view(0x16, 0, raw16, &bochs);
+        assert_eq!(l15, [1, 1, 99_998_765, 0]);
+        assert_eq!(l16, [100, 3500, 100, 0]);
+        assert_eq!(linux_tsc_khz(l15, l16), 99_998);
+        // Unmeasured: the CPU's answer.
+        assert_eq!(guest_view(0x15, 0, raw15, &ctx()), raw15);
+        assert_eq!(guest_view(0x16, 0, raw16, &ctx()), raw16);
+        // A CPU that reports its crystal truthfully keeps its answer.
+        let real = [2, 250, 24_000_000, 0];
+        let ctx3 = CpuidContext { tsc_hz: 3_000_100_000, ..ctx() };
+        assert_eq!(guest_view(0x15, 0, real, &ctx3), real);
+        // One that is 10 % off does not.
+        let ctx33 = CpuidContext { tsc_hz: 3_300_000_000, ..ctx() };
+        assert_eq!(linux_tsc_khz(guest_view(0x15, 0, real, &ctx33), [0; 4]), 3_300_000);
+        // Above 4.29 GHz the crystal is a fraction of the TSC.
+        let fast = CpuidContext { tsc_hz: 5_000_000_000, ..ctx() };
+        let l = guest_view(0x15, 0, [0; 4], &fast);
+        assert_eq!(l, [1, 2, 2_500_000_000, 0]);
+        assert_eq!(linux_tsc_khz(l, [0; 4]), 5_000_000);
     }
 
     #[test]

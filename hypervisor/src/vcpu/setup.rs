@@ -3,7 +3,7 @@
 
 use boot::loader::Entry;
 
-use super::cr::{CrPolicy, CrState, CR0_ET, CR0_NE, CR0_PE, CR4_SMXE, CR4_VMXE};
+use super::cr::{CrPolicy, CrState, CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_PAE, CR4_SMXE, CR4_VMXE, EFER_LMA, EFER_LME};
 use crate::vmx::caps::{self, Control, ControlError, VmxCaps};
 use crate::vmx::{Field as F, Vmcs};
 
@@ -150,25 +150,69 @@ const AR_DATA32: u64 = 0xc093;
 const AR_TSS_BUSY: u64 = 0x8b;
 const AR_UNUSABLE: u64 = 1 << 16;
 
-/// Writes L1's first guest state for `entry`; returns its GPRs (RAX, RBX).
+const AR_CODE64: u64 = 0xa09b;
+const EFER_NXE: u64 = 1 << 11;
+
+/// Writes L1's first guest state for `entry`; returns the GPRs it sets
+/// (index into `GuestRegs::gpr`, value).
 pub fn write_entry_state(v: &mut impl Vmcs, entry: &Entry, policy: &CrPolicy) -> [(usize, u64); 2] {
-    let Entry::Multiboot { eip, ebx } = *entry;
-    let cr = CrState { cr0: CR0_PE | CR0_ET, ..Default::default() };
+    match *entry {
+        Entry::Multiboot { eip, ebx } => write_multiboot_state(v, eip, ebx, policy),
+        Entry::Linux { rip, rsi, rsp, cr3, gdt_base, gdt_limit } => {
+            write_linux_state(v, LinuxEntry { rip, rsi, rsp, cr3, gdt_base, gdt_limit }, policy)
+        }
+    }
+}
+
+/// The "IA-32e mode guest" entry control must equal the guest's EFER.LMA;
+/// after the first exit the CPU keeps it in step.
+fn set_ia32e_entry(v: &mut impl Vmcs, on: bool) {
+    let bit = caps::entry::IA32E_MODE_GUEST as u64;
+    let ctl = v.read(F::VM_ENTRY_CONTROLS);
+    v.write(F::VM_ENTRY_CONTROLS, if on { ctl | bit } else { ctl & !bit });
+}
+
+struct LinuxEntry {
+    rip: u64,
+    rsi: u64,
+    rsp: u64,
+    cr3: u64,
+    gdt_base: u64,
+    gdt_limit: u16,
+}
+
+/// Linux's 64-bit entry (boot.rst): long mode, paging on through the
+/// loader's identity map, __BOOT_CS (0x10) 64-bit code and __BOOT_DS (0x18)
+/// flat data from the loader's GDT, interrupts off, RSI = boot_params.
+/// EFER.NXE is on, as firmware leaves it: page-table entries with NX set
+/// are then valid rather than reserved-bit faults.
+fn write_linux_state(v: &mut impl Vmcs, e: LinuxEntry, policy: &CrPolicy) -> [(usize, u64); 2] {
+    let cr = CrState { cr0: CR0_PE | CR0_ET | CR0_PG, cr4: CR4_PAE, ..Default::default() };
     v.write(F::GUEST_CR0, cr.cr0_actual(policy));
     v.write(F::CR0_READ_SHADOW, cr.cr0);
-    v.write(F::GUEST_CR3, 0);
+    v.write(F::GUEST_CR3, e.cr3);
     v.write(F::GUEST_CR4, cr.cr4_actual(policy));
     v.write(F::CR4_READ_SHADOW, cr.cr4);
-    // GRUB's selectors: 0x10 code, 0x18 data.
+    v.write(F::GUEST_IA32_EFER, EFER_LME | EFER_LMA | EFER_NXE);
+    set_ia32e_entry(v, true);
     let segs = [
-        (F::GUEST_CS_SELECTOR, F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES, 0x10, AR_CODE32),
+        (F::GUEST_CS_SELECTOR, F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES, 0x10, AR_CODE64),
         (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES, 0x18, AR_DATA32),
         (F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES, 0x18, AR_DATA32),
         (F::GUEST_ES_SELECTOR, F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES, 0x18, AR_DATA32),
         (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES, 0x18, AR_DATA32),
         (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES, 0x18, AR_DATA32),
     ];
-    for (sel, base, limit, ar, s, a) in segs {
+    write_common(v, &segs, e.gdt_base, e.gdt_limit, e.rip, e.rsp);
+    [(6, e.rsi), (0, 0)]
+}
+
+type SegRow = (F, F, F, F, u64, u64);
+
+/// Segments, TR, LDTR, descriptor tables, RIP/RSP/RFLAGS and the MSRs and
+/// state fields both entries set the same way.
+fn write_common(v: &mut impl Vmcs, segs: &[SegRow], gdt_base: u64, gdt_limit: u16, rip: u64, rsp: u64) {
+    for &(sel, base, limit, ar, s, a) in segs {
         v.write(sel, s);
         v.write(base, 0);
         v.write(limit, 0xffff_ffff);
@@ -182,16 +226,15 @@ pub fn write_entry_state(v: &mut impl Vmcs, entry: &Entry, policy: &CrPolicy) ->
     v.write(F::GUEST_LDTR_BASE, 0);
     v.write(F::GUEST_LDTR_LIMIT, 0);
     v.write(F::GUEST_LDTR_AR_BYTES, AR_UNUSABLE);
-    v.write(F::GUEST_GDTR_BASE, 0);
-    v.write(F::GUEST_GDTR_LIMIT, 0);
+    v.write(F::GUEST_GDTR_BASE, gdt_base);
+    v.write(F::GUEST_GDTR_LIMIT, gdt_limit as u64);
     v.write(F::GUEST_IDTR_BASE, 0);
     v.write(F::GUEST_IDTR_LIMIT, 0);
-    v.write(F::GUEST_RIP, eip as u64);
-    v.write(F::GUEST_RSP, 0);
+    v.write(F::GUEST_RIP, rip);
+    v.write(F::GUEST_RSP, rsp);
     v.write(F::GUEST_RFLAGS, 0x2);
     v.write(F::GUEST_DR7, 0x400);
     v.write(F::GUEST_IA32_DEBUGCTL, 0);
-    v.write(F::GUEST_IA32_EFER, 0);
     v.write(F::GUEST_IA32_PAT, 0x0007_0406_0007_0406); // the power-on value
     v.write(F::GUEST_SYSENTER_CS, 0);
     v.write(F::GUEST_SYSENTER_ESP, 0);
@@ -199,6 +242,27 @@ pub fn write_entry_state(v: &mut impl Vmcs, entry: &Entry, policy: &CrPolicy) ->
     v.write(F::GUEST_INTERRUPTIBILITY_INFO, 0);
     v.write(F::GUEST_ACTIVITY_STATE, 0);
     v.write(F::GUEST_PENDING_DBG_EXCEPTIONS, 0);
+}
+
+fn write_multiboot_state(v: &mut impl Vmcs, eip: u32, ebx: u32, policy: &CrPolicy) -> [(usize, u64); 2] {
+    let cr = CrState { cr0: CR0_PE | CR0_ET, ..Default::default() };
+    v.write(F::GUEST_CR0, cr.cr0_actual(policy));
+    v.write(F::CR0_READ_SHADOW, cr.cr0);
+    v.write(F::GUEST_CR3, 0);
+    v.write(F::GUEST_CR4, cr.cr4_actual(policy));
+    v.write(F::CR4_READ_SHADOW, cr.cr4);
+    v.write(F::GUEST_IA32_EFER, 0);
+    set_ia32e_entry(v, false);
+    // GRUB's selectors: 0x10 code, 0x18 data.
+    let segs = [
+        (F::GUEST_CS_SELECTOR, F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES, 0x10, AR_CODE32),
+        (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES, 0x18, AR_DATA32),
+        (F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES, 0x18, AR_DATA32),
+        (F::GUEST_ES_SELECTOR, F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES, 0x18, AR_DATA32),
+        (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES, 0x18, AR_DATA32),
+        (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES, 0x18, AR_DATA32),
+    ];
+    write_common(v, &segs, 0, 0, eip as u64, 0);
     [(0, boot::loader::multiboot::BOOTLOADER_MAGIC as u64), (3, ebx as u64)]
 }
 
@@ -258,6 +322,35 @@ mod tests {
         assert_eq!(v.read(F::GUEST_CS_AR_BYTES), 0xc09b);
         assert_eq!(v.read(F::GUEST_LDTR_AR_BYTES), 1 << 16);
         assert_eq!(v.read(F::GUEST_RFLAGS), 2);
+    }
+
+    #[test]
+    fn linux_entry_state() {
+        let policy = l1_cr_policy(&caps(), true);
+        let mut v = FakeVmcs::default();
+        let c = l1_controls(&caps(), true, false).unwrap();
+        v.write(F::VM_ENTRY_CONTROLS, c.entry as u64);
+        let e = Entry::Linux { rip: 0x100_0200, rsi: 0x10_0000, rsp: 0x10_9000, cr3: 0x10_1000, gdt_base: 0x10_7000, gdt_limit: 31 };
+        let regs = write_entry_state(&mut v, &e, &policy);
+        assert_eq!(regs, [(6, 0x10_0000), (0, 0)]);
+        assert_eq!(v.read(F::GUEST_CR0), 0x8000_0031, "PE, ET, NE (forced), PG");
+        assert_eq!(v.read(F::CR0_READ_SHADOW), 0x8000_0011);
+        assert_eq!(v.read(F::GUEST_CR4), 0x2020, "PAE and the forced VMXE");
+        assert_eq!(v.read(F::CR4_READ_SHADOW), 0x20);
+        assert_eq!(v.read(F::GUEST_CR3), 0x10_1000);
+        assert_eq!(v.read(F::GUEST_IA32_EFER), 0xd00, "LME, LMA, NXE");
+        assert_ne!(v.read(F::VM_ENTRY_CONTROLS) & caps::entry::IA32E_MODE_GUEST as u64, 0);
+        assert_eq!(v.read(F::GUEST_CS_SELECTOR), 0x10);
+        assert_eq!(v.read(F::GUEST_CS_AR_BYTES), 0xa09b, "L set, D clear");
+        assert_eq!(v.read(F::GUEST_DS_SELECTOR), 0x18);
+        assert_eq!(v.read(F::GUEST_SS_AR_BYTES), 0xc093);
+        assert_eq!((v.read(F::GUEST_GDTR_BASE), v.read(F::GUEST_GDTR_LIMIT)), (0x10_7000, 31));
+        assert_eq!((v.read(F::GUEST_RIP), v.read(F::GUEST_RSP)), (0x100_0200, 0x10_9000));
+        assert_eq!(v.read(F::GUEST_RFLAGS), 2, "interrupts off");
+        // A multiboot entry afterwards clears the control again.
+        write_entry_state(&mut v, &Entry::Multiboot { eip: 0x10_0000, ebx: 0 }, &policy);
+        assert_eq!(v.read(F::VM_ENTRY_CONTROLS) & caps::entry::IA32E_MODE_GUEST as u64, 0);
+        assert_eq!(v.read(F::GUEST_IA32_EFER), 0);
     }
 
     #[test]
