@@ -1,13 +1,18 @@
 //! Running an ISO headless in Bochs (or QEMU/KVM) with a wall-clock limit,
-//! COM1 and COM2 captured to files, the emulator in its own process group.
+//! the emulator in its own process group. COM1 goes to a file; COM2 (L0's
+//! management line) is a TCP connection to us: we copy it to `com2.log`
+//! and follow every user VM's console on it (`console.log`).
 
 use std::fs;
 use std::io::Write;
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+use crate::console::{Follower, Input, MgmtLine, Received};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Emulator {
@@ -26,6 +31,10 @@ pub struct Run {
     pub dir: PathBuf,
     pub com1: String,
     pub com2: String,
+    /// The user VMs' consoles as followed on the management line.
+    pub console: String,
+    /// Scenario input whose trigger never appeared.
+    pub untyped: Vec<Input>,
     pub elapsed: Duration,
     pub timed_out: bool,
 }
@@ -36,7 +45,14 @@ impl Run {
     }
 }
 
-fn bochsrc(iso: &Path, memory_mib: u32) -> String {
+/// What the judge sees: the three logs so far.
+pub struct Logs<'a> {
+    pub com1: &'a str,
+    pub com2: &'a str,
+    pub console: &'a str,
+}
+
+fn bochsrc(iso: &Path, memory_mib: u32, com2_port: u16) -> String {
     format!(
         "config_interface: textconfig\n\
          display_library: rfb, options=\"timeout=0\"\n\
@@ -53,7 +69,7 @@ fn bochsrc(iso: &Path, memory_mib: u32) -> String {
          info: action=ignore\n\
          debug: action=ignore\n\
          com1: enabled=1, mode=file, dev=com1.log\n\
-         com2: enabled=1, mode=file, dev=com2.log\n\
+         com2: enabled=1, mode=socket-client, dev=127.0.0.1:{com2_port}\n\
          log: bochs.log\n\
          sound: driver=dummy\n",
         iso.display()
@@ -79,10 +95,10 @@ pub fn qemu_nested_vmx() -> Result<(), String> {
     Ok(())
 }
 
-fn spawn(emu: Emulator, dir: &Path, iso: &Path, memory_mib: u32) -> Result<Child, String> {
+fn spawn(emu: Emulator, dir: &Path, iso: &Path, memory_mib: u32, com2_port: u16) -> Result<Child, String> {
     let mut cmd = match emu {
         Emulator::Bochs => {
-            fs::write(dir.join("bochsrc"), bochsrc(iso, memory_mib)).map_err(|e| e.to_string())?;
+            fs::write(dir.join("bochsrc"), bochsrc(iso, memory_mib, com2_port)).map_err(|e| e.to_string())?;
             // Debian's Bochs has the internal debugger: tell it to run and quit.
             fs::write(dir.join("dbg.rc"), "continue\nquit\n").map_err(|e| e.to_string())?;
             let mut c = Command::new("bochs-bin");
@@ -95,7 +111,8 @@ fn spawn(emu: Emulator, dir: &Path, iso: &Path, memory_mib: u32) -> Result<Child
                 .arg(memory_mib.to_string())
                 .arg("-cdrom")
                 .arg(iso)
-                .args(["-display", "none", "-no-reboot", "-serial", "file:com1.log", "-serial", "file:com2.log"])
+                .args(["-display", "none", "-no-reboot", "-serial", "file:com1.log", "-serial"])
+                .arg(format!("tcp:127.0.0.1:{com2_port}"))
                 // The guest's "Shutdown" on port 0x8900 ends QEMU as it ends Bochs.
                 .args(["-device", "isa-debug-exit,iobase=0x8900,iosize=1"]);
             c
@@ -146,7 +163,32 @@ impl Streamer {
     }
 }
 
-/// Runs `iso` until `judge` says stop, the emulator exits, or `limit` passes.
+/// Waits for the emulator to connect its COM2.
+fn accept(listener: &TcpListener, child: &mut Child, dir: &Path) -> Result<TcpStream, String> {
+    let start = Instant::now();
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("accepting the emulator's COM2 connection: {e}")),
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) || start.elapsed() > Duration::from_secs(30) {
+            kill_group(child);
+            let err = fs::read_to_string(dir.join("emulator.err")).unwrap_or_default();
+            return Err(format!("the emulator never connected its COM2 (see {}/bochs.log): {}", dir.display(), err.trim()));
+        }
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `iso` until `judge` says stop, the emulator exits, or `limit`
+/// passes, following user VMs' consoles and typing `inputs` on the way.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     emu: Emulator,
     dir: &Path,
@@ -154,26 +196,42 @@ pub fn run(
     memory_mib: u32,
     limit: Duration,
     stream: bool,
-    mut judge: impl FnMut(&str, &str) -> Verdict,
+    inputs: &[Input],
+    mut judge: impl FnMut(&Logs) -> Verdict,
 ) -> Result<Run, String> {
     fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let mut child = spawn(emu, dir, iso, memory_mib)?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("a port for COM2: {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let mut child = spawn(emu, dir, iso, memory_mib, port)?;
     let start = Instant::now();
+    let log = fs::File::create(dir.join("com2.log")).map_err(|e| e.to_string())?;
+    let mut line = MgmtLine::new(accept(&listener, &mut child, dir)?, Some(log));
+    let mut follower = Follower::new(inputs);
     let mut streams = (Streamer { printed: 0, prefix: "COM1 | " }, Streamer { printed: 0, prefix: "" });
     let read = |name: &str| String::from_utf8_lossy(&fs::read(dir.join(name)).unwrap_or_default()).into_owned();
     let mut timed_out = false;
+    let mut send_failed = None;
     loop {
         sleep(Duration::from_millis(100));
-        let (c1, c2) = (read("com1.log"), read("com2.log"));
+        for r in line.poll() {
+            if let Received::Event(e) = r {
+                for c in follower.event(&e) {
+                    if let Err(e) = line.send(&c) {
+                        send_failed.get_or_insert(format!("sending `{c}` to L0: {e}"));
+                    }
+                }
+            }
+        }
+        let c1 = read("com1.log");
         if stream {
-            streams.1.show(&c2);
+            streams.1.show(&line.text);
             streams.0.show(&c1);
         }
         let exited = matches!(child.try_wait(), Ok(Some(_)));
         if exited {
             break;
         }
-        if judge(&c1, &c2) == Verdict::Stop {
+        if judge(&Logs { com1: &c1, com2: &line.text, console: &follower.transcript }) == Verdict::Stop {
             kill_group(&mut child);
             break;
         }
@@ -183,12 +241,31 @@ pub fn run(
             break;
         }
     }
-    let (com1, com2) = (read("com1.log"), read("com2.log"));
+    // What the emulator wrote before it went.
+    for r in line.poll() {
+        if let Received::Event(e) = r {
+            follower.event(&e);
+        }
+    }
+    follower.finish();
+    if let Some(e) = send_failed {
+        follower.transcript.push_str(&format!("harness: {e}\n"));
+    }
+    let _ = fs::write(dir.join("console.log"), &follower.transcript);
+    let (com1, com2) = (read("com1.log"), line.text.clone());
     if stream {
         // Flush a last line that has no newline yet.
         let whole = |s: &str| if s.ends_with('\n') { s.to_string() } else { format!("{s}\n") };
         streams.1.show(&whole(&com2));
         streams.0.show(&whole(&com1));
     }
-    Ok(Run { dir: dir.to_path_buf(), com1, com2, elapsed: start.elapsed(), timed_out })
+    Ok(Run {
+        dir: dir.to_path_buf(),
+        com1,
+        com2,
+        console: follower.transcript.clone(),
+        untyped: follower.untyped().to_vec(),
+        elapsed: start.elapsed(),
+        timed_out,
+    })
 }

@@ -12,6 +12,7 @@
 //! - `cargo xtask linux`: build (or find cached) the Linux cloud VM's kernel and initramfs
 
 mod build;
+mod console;
 mod deps;
 mod emulator;
 mod linux;
@@ -139,7 +140,7 @@ fn run(args: &[&str]) -> Result<(), String> {
     scenario::make_iso(&s, &images, &iso)?;
     let what = if s.native() { "no L0 (native), COM1 = the scenario guest" } else { "COM2 = L0's management line, COM1 = the cloud VM" };
     println!("xtask: booting {} in {emu:?} (limit {} s); {what}", iso.display(), limit.as_secs());
-    let r = emulator::run(emu, &dir, &iso, 512, limit, true, |_, _| Verdict::Continue)?;
+    let r = emulator::run(emu, &dir, &iso, 512, limit, true, &[], |_| Verdict::Continue)?;
     println!(
         "xtask: {} after {:.1} s; logs in {}",
         if r.timed_out { "stopped at the wall-clock limit" } else { "the emulator exited" },

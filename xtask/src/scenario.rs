@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::build::{Images, IsoBoot, IsoModule};
-use crate::emulator::{self, Emulator, Verdict};
+use crate::console::Input;
+use crate::emulator::{self, Emulator, Logs, Verdict};
 
 pub struct Scenario {
     pub name: &'static str,
@@ -22,7 +23,19 @@ pub struct Scenario {
     /// cannot pass yet (the L0 variants of the nested-VMX scenarios, until
     /// L0 offers VMX to L1); `cargo xtask test scenario NAME` runs any.
     pub enabled_in_ci: bool,
+    /// What the user VMs' consoles, followed on L0's management line, must
+    /// show; and what the operator types there.
+    pub console: ConsoleCheck,
 }
+
+pub struct ConsoleCheck {
+    /// Text that must appear in the transcript (`console.log`), any order.
+    pub expect: &'static [&'static str],
+    /// Operator input typed when its trigger appears.
+    pub typed: &'static [Input],
+}
+
+pub const NO_CONSOLE: ConsoleCheck = ConsoleCheck { expect: &[], typed: &[] };
 
 /// How GRUB starts a scenario.
 pub enum Boot {
@@ -67,6 +80,7 @@ macro_rules! nested {
                 com1: &[concat!("TEST ", $name, " START"), concat!("TEST ", $name, " PASS")],
                 com2: &[],
                 forbidden: NATIVE_HEALTHY,
+                console: NO_CONSOLE,
                 enabled_in_ci: true,
             },
             Scenario {
@@ -76,6 +90,7 @@ macro_rules! nested {
                 com1: &[concat!("TEST ", $name, " START"), concat!("TEST ", $name, " PASS")],
                 com2: L0_RUNS_GUEST,
                 forbidden: HEALTHY,
+                console: NO_CONSOLE,
                 enabled_in_ci: $l0_in_ci,
             },
         ]
@@ -96,6 +111,7 @@ macro_rules! fallback {
                 com1: &[concat!("TEST ", $name, " START"), "forced by the command line", concat!("TEST ", $name, " PASS")],
                 com2: &[],
                 forbidden: NATIVE_HEALTHY,
+                console: NO_CONSOLE,
                 enabled_in_ci: true,
             },
             Scenario {
@@ -110,6 +126,7 @@ macro_rules! fallback {
                 com1: &[concat!("TEST ", $name, " START"), "forced by the command line", concat!("TEST ", $name, " PASS")],
                 com2: L0_RUNS_GUEST,
                 forbidden: HEALTHY,
+                console: NO_CONSOLE,
                 enabled_in_ci: L0_NESTED_VMX,
             },
         ]
@@ -136,6 +153,7 @@ pub fn all() -> Vec<Scenario> {
                 "L0 integrity OK",
             ],
             forbidden: HEALTHY,
+            console: NO_CONSOLE,
             enabled_in_ci: true,
         },
         Scenario {
@@ -152,6 +170,7 @@ pub fn all() -> Vec<Scenario> {
             ],
             com2: &["starting the cloud VM", "L1 read L0 memory", "L1 wrote L0 memory", "L0 integrity OK"],
             forbidden: HEALTHY,
+            console: NO_CONSOLE,
             enabled_in_ci: true,
         },
         Scenario {
@@ -165,6 +184,7 @@ pub fn all() -> Vec<Scenario> {
             com1: &[],
             com2: &["L0 FATAL: cloud VM kernel: no multiboot header"],
             forbidden: &["L0 PANIC", "starting the cloud VM"],
+            console: NO_CONSOLE,
             enabled_in_ci: true,
         },
     ];
@@ -224,12 +244,14 @@ pub fn linux() -> Vec<Scenario> {
             com1: &["L1INIT ok", "KVM ept=Y vpid=Y", "CLOCK ok", "L1DONE"],
             com2: &["TSC:", "starting the cloud VM: Linux bzImage", "cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: LINUX_HEALTHY,
+            console: NO_CONSOLE,
             enabled_in_ci: true,
         },
         Scenario {
             // QEMU/KVM in L1 runs two L2 Linux VMs at once; each prints the
             // run's marker on its ttyS0 and powers off; QEMU exits 0. The
-            // markers go to L0's shadow UARTs: L1 (COM1) must never see them.
+            // markers go to L0's shadow UARTs, and from there to the
+            // operator's console: L1 (COM1) must never see them.
             name: "linux-l2",
             boot: Boot::L0 {
                 cmdline: "serial=com2 loglevel=info",
@@ -239,6 +261,7 @@ pub fn linux() -> Vec<Scenario> {
             com1: &["L1INIT ok", "KVM ept=Y vpid=Y", "QEMU vm1 exit=0", "QEMU vm2 exit=0", "L2 concurrent=yes", "L1DONE"],
             com2: &["starting the cloud VM: Linux bzImage", "user VM", "ended", "user VM", "ended", "cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: leak([LINUX_HEALTHY.iter().map(|s| s.to_string()).collect(), vec![format!("L2 {m}-vm1"), format!("L2 {m}-vm2")]].concat()),
+            console: ConsoleCheck { expect: leak(vec![format!("L2 {m}-vm1 ok"), format!("L2 {m}-vm2 ok")]), typed: &[] },
             enabled_in_ci: true,
         },
         Scenario {
@@ -252,6 +275,7 @@ pub fn linux() -> Vec<Scenario> {
             com1: &[],
             com2: &["L0 FATAL: cloud VM kernel: not a Linux bzImage"],
             forbidden: &["L0 PANIC", "starting the cloud VM"],
+            console: NO_CONSOLE,
             enabled_in_ci: true,
         },
         Scenario {
@@ -270,6 +294,7 @@ pub fn linux() -> Vec<Scenario> {
             com1: &[],
             com2: &["L0 FATAL: cloud VM kernel: the initrd is neither a cpio archive"],
             forbidden: &["L0 PANIC", "starting the cloud VM"],
+            console: NO_CONSOLE,
             enabled_in_ci: true,
         },
     ]
@@ -290,6 +315,11 @@ pub fn in_order(log: &str, markers: &[&str]) -> bool {
 /// Whether the scenario guest printed its final `TEST <name> PASS|FAIL` line.
 pub fn verdict_printed(com1: &str) -> bool {
     com1.lines().any(|l| l.starts_with("TEST ") && (l.contains(" PASS") || l.contains(" FAIL")))
+}
+
+/// The first expected console text missing from the transcript.
+pub fn console_lacks(s: &Scenario, console: &str) -> Option<&'static str> {
+    s.console.expect.iter().copied().find(|m| !console.contains(m))
 }
 
 /// The first forbidden marker in either log.
@@ -319,7 +349,8 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
     // the emulator down itself, then stop it.
     let mut done_at: Option<std::time::Instant> = None;
     let mut bad_at: Option<std::time::Instant> = None;
-    let run = emulator::run(emu, &dir, &iso, 512, s.limit, false, |c1, c2| {
+    let run = emulator::run(emu, &dir, &iso, 512, s.limit, false, s.console.typed, |l: &Logs| {
+        let (c1, c2) = (l.com1, l.com2);
         // A failure marker fails the run, but a guest that goes on checking
         // gets to print the rest of its checks and its verdict first.
         if forbidden(s, c1, c2).is_some() {
@@ -329,7 +360,7 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
             }
             return Verdict::Continue;
         }
-        if in_order(c1, s.com1) && in_order(c2, s.com2) {
+        if in_order(c1, s.com1) && in_order(c2, s.com2) && console_lacks(s, l.console).is_none() {
             let t = *done_at.get_or_insert_with(std::time::Instant::now);
             if t.elapsed() > Duration::from_secs(1) {
                 return Verdict::Stop;
@@ -343,6 +374,10 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         format!("COM1 lacks (in order) {:?}", s.com1)
     } else if !in_order(&run.com2, s.com2) {
         format!("COM2 lacks (in order) {:?}", s.com2)
+    } else if let Some(m) = console_lacks(s, &run.console) {
+        format!("the user VMs' consoles (console.log) lack {m:?}")
+    } else if let Some(i) = run.untyped.first() {
+        format!("the consoles never showed {:?}, so {:?} was not typed", i.after, i.text)
     } else {
         String::new()
     };
@@ -351,6 +386,9 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         eprintln!("---- {} failed: {reason}{}", s.name, if run.timed_out { " (wall-clock limit reached)" } else { "" });
         eprintln!("---- COM1 (cloud VM), last lines:\n{}", tail(&run.com1, 40));
         eprintln!("---- COM2 (L0), last lines:\n{}", tail(&run.com2, 60));
+        if !run.console.is_empty() {
+            eprintln!("---- user VM consoles (console.log), last lines:\n{}", tail(&run.console, 30));
+        }
         eprintln!("---- {}/bochs.log, last lines:\n{}", dir.display(), tail(&run.emulator_log(), 30));
     }
     Ok(Outcome { passed, reason, elapsed: run.elapsed, com1: run.com1 })

@@ -1,0 +1,274 @@
+//! The operator's end of L0's management line (docs/console-protocol.md):
+//! the scenario harness follows every user VM's console through it, and
+//! `cargo xtask console` / `cargo xtask run --console` let a person use it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
+
+use shadow_devices::mgmt::{self, Event};
+
+/// What arrived on the line, one line at a time.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    /// L0's log text (not a frame).
+    Log(String),
+    /// A frame from L0.
+    Event(Event),
+    /// A frame damaged on the line, or one this tool does not know.
+    Bad(String),
+}
+
+/// The management line over any non-blocking byte stream (a TCP
+/// connection to the emulator's serial port, or a real serial device).
+pub struct MgmtLine<S> {
+    io: S,
+    /// Everything received is copied here (the run's `com2.log`).
+    log: Option<File>,
+    /// Everything received, as text.
+    pub text: String,
+    partial: Vec<u8>,
+    closed: bool,
+}
+
+impl<S: Read + Write> MgmtLine<S> {
+    pub fn new(io: S, log: Option<File>) -> Self {
+        MgmtLine { io, log, text: String::new(), partial: Vec::new(), closed: false }
+    }
+
+    /// Whether the other end closed the line.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Reads what is there (without blocking) and returns the whole lines.
+    pub fn poll(&mut self) -> Vec<Received> {
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            match self.io.read(&mut buf) {
+                Ok(0) => {
+                    self.closed = true;
+                    break;
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break, // WouldBlock, or the emulator went away
+            }
+        }
+        if got.is_empty() {
+            return Vec::new();
+        }
+        if let Some(f) = &mut self.log {
+            let _ = f.write_all(&got);
+            let _ = f.flush();
+        }
+        self.text.push_str(&String::from_utf8_lossy(&got));
+        self.partial.extend_from_slice(&got);
+        let mut out = Vec::new();
+        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            let line = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string();
+            out.push(classify(&line));
+        }
+        out
+    }
+
+    /// Sends one command frame.
+    pub fn send(&mut self, body: &str) -> io::Result<()> {
+        let f = mgmt::frame(format_args!("{body}"));
+        let mut rest = f.as_bytes();
+        // The stream is non-blocking: a full socket buffer is waited out.
+        while !rest.is_empty() {
+            match self.io.write(rest) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.io.flush()
+    }
+}
+
+fn classify(line: &str) -> Received {
+    // The log and frames share the line; a frame may follow log text that
+    // had no newline yet (a boot message cut short), so look for `@`.
+    match mgmt::parse_frame(line) {
+        Ok(body) => match mgmt::parse_event(body) {
+            Some(e) => Received::Event(e),
+            None => Received::Bad(format!("unknown frame: {line}")),
+        },
+        Err(mgmt::FrameError::NotAFrame) => Received::Log(line.to_string()),
+        Err(e) => Received::Bad(format!("{e:?}: {line}")),
+    }
+}
+
+/// Operator input a scenario types: when the transcript shows `after`
+/// (past the previous input), attach `target` (a VM number or tag) and
+/// type `text`.
+#[derive(Clone, Copy, Debug)]
+pub struct Input {
+    pub after: &'static str,
+    pub target: &'static str,
+    pub text: &'static str,
+}
+
+/// Follows every user VM's COM1 from the moment L0 announces it, keeping
+/// a transcript: `vm<N>| <line>` per line of output, and what happened.
+pub struct Follower {
+    pub transcript: String,
+    inputs: Vec<Input>,
+    /// Transcript offset past which the next input's trigger is looked for.
+    mark: usize,
+    followed: BTreeSet<u64>,
+    lines: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Follower {
+    pub fn new(inputs: &[Input]) -> Self {
+        Follower { transcript: String::new(), inputs: inputs.to_vec(), mark: 0, followed: BTreeSet::new(), lines: BTreeMap::new() }
+    }
+
+    fn note(&mut self, s: std::fmt::Arguments) {
+        self.transcript.push_str(&s.to_string());
+        self.transcript.push('\n');
+    }
+
+    /// Takes one event; returns the commands to send.
+    pub fn event(&mut self, e: &Event) -> Vec<String> {
+        let mut cmds = Vec::new();
+        match e {
+            Event::Vm { id, tag, .. } => {
+                if self.followed.insert(*id) {
+                    self.note(format_args!("vm {id} appeared"));
+                    cmds.push(format!("attach {id}"));
+                }
+                if let Some(t) = tag {
+                    self.note(format_args!("vm {id} tag={t}"));
+                }
+            }
+            Event::Out { id, bytes, .. } => {
+                let buf = self.lines.entry(*id).or_default();
+                buf.extend_from_slice(bytes);
+                let mut done = Vec::new();
+                while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                    let l: Vec<u8> = buf.drain(..=i).collect();
+                    done.push(String::from_utf8_lossy(&l).trim_end_matches(['\r', '\n']).to_string());
+                }
+                for l in done {
+                    self.note(format_args!("vm{id}| {l}"));
+                }
+            }
+            Event::Gone { id } => {
+                self.flush(*id);
+                self.followed.remove(id);
+                self.note(format_args!("vm {id} gone"));
+            }
+            Event::Dropped { id, count, .. } => self.note(format_args!("vm {id} dropped {count} bytes")),
+            Event::Error(m) => self.note(format_args!("L0 err {m}")),
+            Event::Hello { .. } | Event::EndList { .. } | Event::Attached { .. } | Event::Detached { .. } | Event::Pong => {}
+        }
+        cmds.extend(self.due_input());
+        cmds
+    }
+
+    /// A partial line, as it stands (at the end, or when the VM goes).
+    fn flush(&mut self, id: u64) {
+        if let Some(l) = self.lines.remove(&id).filter(|l| !l.is_empty()) {
+            let l = String::from_utf8_lossy(&l).to_string();
+            self.note(format_args!("vm{id}| {l}"));
+        }
+    }
+
+    pub fn finish(&mut self) {
+        let ids: Vec<u64> = self.lines.keys().copied().collect();
+        for id in ids {
+            self.flush(id);
+        }
+    }
+
+    /// Input whose trigger appeared; also looks at the unfinished lines, as
+    /// a prompt has no newline.
+    fn due_input(&mut self) -> Vec<String> {
+        let Some(next) = self.inputs.first().copied() else { return Vec::new() };
+        let pending: String = self.lines.values().map(|l| String::from_utf8_lossy(l).to_string() + "\n").collect();
+        let seen = self.transcript[self.mark..].contains(next.after) || pending.contains(next.after);
+        if !seen {
+            return Vec::new();
+        }
+        self.inputs.remove(0);
+        self.mark = self.transcript.len();
+        self.note(format_args!("typed into {}: {:?}", next.target, next.text));
+        vec![format!("attach {}", next.target), format!("in {}", mgmt::hex(next.text.as_bytes()))]
+    }
+
+    /// Inputs whose trigger never appeared.
+    pub fn untyped(&self) -> &[Input] {
+        &self.inputs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Loop {
+        rx: io::Cursor<Vec<u8>>,
+        tx: Vec<u8>,
+    }
+    impl Read for Loop {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            match self.rx.read(b)? {
+                0 => Err(ErrorKind::WouldBlock.into()),
+                n => Ok(n),
+            }
+        }
+    }
+    impl Write for Loop {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.tx.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn frame(body: &str) -> String {
+        mgmt::frame(format_args!("{body}"))
+    }
+
+    #[test]
+    fn line_splits_log_and_frames() {
+        let mut text = String::from("L0 INFO  hi\n");
+        text += &frame("pong");
+        text += &frame("pong").replace("pong", "pang");
+        text += "partial";
+        let mut l = MgmtLine::new(Loop { rx: io::Cursor::new(text.into_bytes()), tx: Vec::new() }, None);
+        let got = l.poll();
+        assert_eq!(got[0], Received::Log("L0 INFO  hi".into()));
+        assert_eq!(got[1], Received::Event(Event::Pong));
+        assert!(matches!(got[2], Received::Bad(_)));
+        assert_eq!(got.len(), 3, "the partial line waits");
+        l.send("list").unwrap();
+        assert_eq!(String::from_utf8(l.io.tx.clone()).unwrap(), frame("list"));
+    }
+
+    #[test]
+    fn follower_attaches_transcribes_and_types() {
+        let mut f = Follower::new(&[Input { after: "login:", target: "web", text: "root\r" }]);
+        let vm = |id, tag: Option<&str>| Event::Vm { id, tag: tag.map(Into::into), frozen: false, bytes_in: 0, bytes_out: 0 };
+        assert_eq!(f.event(&vm(3, None)), vec!["attach 3".to_string()]);
+        assert_eq!(f.event(&vm(3, Some("web"))), Vec::<String>::new(), "followed already");
+        assert!(f.event(&Event::Out { id: 3, port: 0x3f8, bytes: b"hello\r\nweb log".to_vec() }).is_empty());
+        let cmds = f.event(&Event::Out { id: 3, port: 0x3f8, bytes: b"in:".to_vec() });
+        assert_eq!(cmds, vec!["attach web".to_string(), format!("in {}", mgmt::hex(b"root\r"))]);
+        f.event(&Event::Gone { id: 3 });
+        assert!(f.untyped().is_empty());
+        assert!(f.transcript.contains("vm3| hello\n"));
+        assert!(f.transcript.contains("vm3| web login:\nvm 3 gone\n"));
+    }
+}
