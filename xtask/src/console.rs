@@ -106,6 +106,49 @@ fn classify(line: &str) -> Received {
     }
 }
 
+/// The other end of the management line in a run: the harness's
+/// [`Follower`], or a person's [`crate::operator::Operator`].
+pub trait LineUser {
+    /// One line from L0; returns the commands to send.
+    fn received(&mut self, r: Received) -> Vec<String>;
+    /// Called every few tens of milliseconds: commands of its own.
+    fn tick(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Whether the user wants the run to end.
+    fn quit(&self) -> bool {
+        false
+    }
+    /// What the user VMs' consoles showed, for the judge.
+    fn transcript(&self) -> &str;
+    /// The run is over.
+    fn finish(&mut self) {}
+}
+
+/// Moves what is there between the line and its user.
+pub fn serve<S: Read + Write>(line: &mut MgmtLine<S>, user: &mut dyn LineUser) {
+    let mut cmds = user.tick();
+    for r in line.poll() {
+        cmds.extend(user.received(r));
+    }
+    for c in cmds {
+        if let Err(e) = line.send(&c) {
+            user.received(Received::Bad(format!("sending `{c}` to L0: {e}")));
+        }
+    }
+}
+
+static RAW_TERMINAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The line end for the terminal: a raw terminal needs the carriage return.
+pub fn newline() -> &'static str {
+    if RAW_TERMINAL.load(std::sync::atomic::Ordering::Relaxed) { "\r\n" } else { "\n" }
+}
+
+pub fn set_raw_terminal(raw: bool) {
+    RAW_TERMINAL.store(raw, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Operator input a scenario types: when the transcript shows `after`
 /// (past the previous input), attach `target` (a VM number or tag) and
 /// type `text`.
@@ -183,7 +226,7 @@ impl Follower {
         }
     }
 
-    pub fn finish(&mut self) {
+    fn flush_all(&mut self) {
         let ids: Vec<u64> = self.lines.keys().copied().collect();
         for id in ids {
             self.flush(id);
@@ -208,6 +251,25 @@ impl Follower {
     /// Inputs whose trigger never appeared.
     pub fn untyped(&self) -> &[Input] {
         &self.inputs
+    }
+}
+
+impl LineUser for Follower {
+    fn received(&mut self, r: Received) -> Vec<String> {
+        match r {
+            Received::Event(e) => self.event(&e),
+            Received::Bad(m) => {
+                self.note(format_args!("harness: {m}"));
+                Vec::new()
+            }
+            Received::Log(_) => Vec::new(),
+        }
+    }
+    fn transcript(&self) -> &str {
+        &self.transcript
+    }
+    fn finish(&mut self) {
+        self.flush_all()
     }
 }
 

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::console::{Follower, Input, MgmtLine, Received};
+use crate::console::{LineUser, MgmtLine};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Emulator {
@@ -31,10 +31,6 @@ pub struct Run {
     pub dir: PathBuf,
     pub com1: String,
     pub com2: String,
-    /// The user VMs' consoles as followed on the management line.
-    pub console: String,
-    /// Scenario input whose trigger never appeared.
-    pub untyped: Vec<Input>,
     pub elapsed: Duration,
     pub timed_out: bool,
 }
@@ -156,7 +152,7 @@ impl Streamer {
         if let Some(end) = new.rfind('\n') {
             let mut out = std::io::stdout().lock();
             for line in new[..end].split('\n') {
-                let _ = writeln!(out, "{}{}", self.prefix, line.trim_end_matches('\r'));
+                let _ = write!(out, "{}{}{}", self.prefix, line.trim_end_matches('\r'), crate::console::newline());
             }
             self.printed += end + 1;
         }
@@ -186,8 +182,8 @@ fn accept(listener: &TcpListener, child: &mut Child, dir: &Path) -> Result<TcpSt
     }
 }
 
-/// Runs `iso` until `judge` says stop, the emulator exits, or `limit`
-/// passes, following user VMs' consoles and typing `inputs` on the way.
+/// Runs `iso` until `judge` says stop, the emulator exits, `user` quits,
+/// or `limit` passes; `user` is the other end of L0's management line.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     emu: Emulator,
@@ -195,8 +191,8 @@ pub fn run(
     iso: &Path,
     memory_mib: u32,
     limit: Duration,
-    stream: bool,
-    inputs: &[Input],
+    stream_com1: bool,
+    user: &mut dyn LineUser,
     mut judge: impl FnMut(&Logs) -> Verdict,
 ) -> Result<Run, String> {
     fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -206,66 +202,44 @@ pub fn run(
     let start = Instant::now();
     let log = fs::File::create(dir.join("com2.log")).map_err(|e| e.to_string())?;
     let mut line = MgmtLine::new(accept(&listener, &mut child, dir)?, Some(log));
-    let mut follower = Follower::new(inputs);
-    let mut streams = (Streamer { printed: 0, prefix: "COM1 | " }, Streamer { printed: 0, prefix: "" });
+    let mut com1 = Streamer { printed: 0, prefix: "COM1 | " };
     let read = |name: &str| String::from_utf8_lossy(&fs::read(dir.join(name)).unwrap_or_default()).into_owned();
     let mut timed_out = false;
-    let mut send_failed = None;
+    let mut last_judged = Instant::now();
     loop {
-        sleep(Duration::from_millis(100));
-        for r in line.poll() {
-            if let Received::Event(e) = r {
-                for c in follower.event(&e) {
-                    if let Err(e) = line.send(&c) {
-                        send_failed.get_or_insert(format!("sending `{c}` to L0: {e}"));
-                    }
-                }
-            }
-        }
-        let c1 = read("com1.log");
-        if stream {
-            streams.1.show(&line.text);
-            streams.0.show(&c1);
-        }
+        // Short steps for a person typing; the logs are judged at 10 Hz.
+        sleep(Duration::from_millis(20));
+        crate::console::serve(&mut line, user);
         let exited = matches!(child.try_wait(), Ok(Some(_)));
-        if exited {
+        if exited || user.quit() {
             break;
         }
-        if judge(&Logs { com1: &c1, com2: &line.text, console: &follower.transcript }) == Verdict::Stop {
-            kill_group(&mut child);
+        if last_judged.elapsed() < Duration::from_millis(100) {
+            continue;
+        }
+        last_judged = Instant::now();
+        let c1 = read("com1.log");
+        if stream_com1 {
+            com1.show(&c1);
+        }
+        if judge(&Logs { com1: &c1, com2: &line.text, console: user.transcript() }) == Verdict::Stop {
             break;
         }
         if start.elapsed() > limit {
             timed_out = true;
-            kill_group(&mut child);
             break;
         }
     }
+    if !matches!(child.try_wait(), Ok(Some(_))) {
+        kill_group(&mut child);
+    }
     // What the emulator wrote before it went.
-    for r in line.poll() {
-        if let Received::Event(e) = r {
-            follower.event(&e);
-        }
-    }
-    follower.finish();
-    if let Some(e) = send_failed {
-        follower.transcript.push_str(&format!("harness: {e}\n"));
-    }
-    let _ = fs::write(dir.join("console.log"), &follower.transcript);
-    let (com1, com2) = (read("com1.log"), line.text.clone());
-    if stream {
+    crate::console::serve(&mut line, user);
+    user.finish();
+    let com1_text = read("com1.log");
+    if stream_com1 {
         // Flush a last line that has no newline yet.
-        let whole = |s: &str| if s.ends_with('\n') { s.to_string() } else { format!("{s}\n") };
-        streams.1.show(&whole(&com2));
-        streams.0.show(&whole(&com1));
+        com1.show(&if com1_text.ends_with('\n') { com1_text.clone() } else { format!("{com1_text}\n") });
     }
-    Ok(Run {
-        dir: dir.to_path_buf(),
-        com1,
-        com2,
-        console: follower.transcript.clone(),
-        untyped: follower.untyped().to_vec(),
-        elapsed: start.elapsed(),
-        timed_out,
-    })
+    Ok(Run { dir: dir.to_path_buf(), com1: com1_text, com2: line.text.clone(), elapsed: start.elapsed(), timed_out })
 }

@@ -9,6 +9,8 @@
 //! - `cargo xtask test list`: the scenarios, and which run in CI
 //! - `cargo xtask bench`: nested-VMX round-trip costs, natively and under L0
 //! - `cargo xtask deps`: install what the above need (as root)
+//! - `cargo xtask console --tcp HOST:PORT | --serial DEVICE`: the operator's
+//!   console on L0's management line (docs/console-protocol.md)
 //! - `cargo xtask linux`: build (or find cached) the Linux cloud VM's kernel and initramfs
 
 mod build;
@@ -16,6 +18,7 @@ mod console;
 mod deps;
 mod emulator;
 mod linux;
+mod operator;
 mod scenario;
 
 use std::process::{Command, ExitCode};
@@ -24,7 +27,7 @@ use std::time::Duration;
 use emulator::{Emulator, Verdict};
 
 const USAGE: &str =
-    "usage: cargo xtask <build | run [--qemu] [--scenario NAME] [--timeout SECS] | test [host | list | scenario NAME] | bench | deps | linux>";
+    "usage: cargo xtask <build | run [--qemu] [--scenario NAME] [--timeout SECS] | test [host | list | scenario NAME] | bench | console (--tcp HOST:PORT | --serial DEVICE) | deps | linux>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         }
         ["bench"] => bench(),
         ["deps"] => deps::ensure(&[]),
+        ["console", rest @ ..] => console(rest),
         ["linux"] => linux_images(),
         _ => Err(USAGE.into()),
     };
@@ -140,14 +144,81 @@ fn run(args: &[&str]) -> Result<(), String> {
     scenario::make_iso(&s, &images, &iso)?;
     let what = if s.native() { "no L0 (native), COM1 = the scenario guest" } else { "COM2 = L0's management line, COM1 = the cloud VM" };
     println!("xtask: booting {} in {emu:?} (limit {} s); {what}", iso.display(), limit.as_secs());
-    let r = emulator::run(emu, &dir, &iso, 512, limit, true, &[], |_| Verdict::Continue)?;
+    let mut operator = operator::Operator::new(true);
+    let r = emulator::run(emu, &dir, &iso, 512, limit, true, &mut operator, |_| Verdict::Continue)?;
+    let failure = operator.failure().map(String::from);
+    let quit = console::LineUser::quit(&operator);
+    drop(operator); // the terminal back to normal before the summary
     println!(
         "xtask: {} after {:.1} s; logs in {}",
-        if r.timed_out { "stopped at the wall-clock limit" } else { "the emulator exited" },
+        if r.timed_out {
+            "stopped at the wall-clock limit"
+        } else if failure.is_some() || quit {
+            "stopped by the console"
+        } else {
+            "the emulator exited"
+        },
         r.elapsed.as_secs_f64(),
         dir.display()
     );
-    Ok(())
+    match failure {
+        Some(f) => Err(format!("console script: {f}")),
+        None => Ok(()),
+    }
+}
+
+/// `cargo xtask console`: the operator's console on a management line
+/// that is already there — QEMU's `-serial tcp::PORT,server`, or a host's
+/// serial port cabled to L0's management port.
+fn console(args: &[&str]) -> Result<(), String> {
+    use std::time::Duration;
+    let mut operator = operator::Operator::new(false);
+    let result = match args {
+        ["--tcp", addr] => {
+            let s = std::net::TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+            s.set_nonblocking(true).map_err(|e| e.to_string())?;
+            console_loop(console::MgmtLine::new(s, None), &mut operator)
+        }
+        ["--serial", dev] => {
+            // 115200 8N1, raw: what L0 programs on its management port.
+            let ok = Command::new("stty")
+                .args(["-F", dev, "115200", "raw", "-echo", "cs8", "-cstopb", "-parenb", "clocal"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(format!("cannot set up {dev} (stty failed)"));
+            }
+            use std::os::unix::fs::OpenOptionsExt;
+            const O_NONBLOCK: i32 = 0o4000;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(O_NONBLOCK)
+                .open(dev)
+                .map_err(|e| format!("opening {dev}: {e}"))?;
+            console_loop(console::MgmtLine::new(f, None), &mut operator)
+        }
+        _ => Err(USAGE.into()),
+    };
+    fn console_loop<S: std::io::Read + std::io::Write>(
+        mut line: console::MgmtLine<S>,
+        op: &mut operator::Operator,
+    ) -> Result<(), String> {
+        // Ask for the list at once: a console opened late sees who is there.
+        let _ = line.send("list");
+        while !console::LineUser::quit(op) && !line.closed() {
+            console::serve(&mut line, op);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+    let failure = operator.failure().map(String::from);
+    drop(operator);
+    result?;
+    match failure {
+        Some(f) => Err(format!("console script: {f}")),
+        None => Ok(()),
+    }
 }
 
 /// `BENCH <name> <ticks>` lines of a run's COM1.

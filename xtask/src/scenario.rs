@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::build::{Images, IsoBoot, IsoModule};
-use crate::console::Input;
+use crate::console::{Follower, Input};
 use crate::emulator::{self, Emulator, Logs, Verdict};
 
 pub struct Scenario {
@@ -349,7 +349,8 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
     // the emulator down itself, then stop it.
     let mut done_at: Option<std::time::Instant> = None;
     let mut bad_at: Option<std::time::Instant> = None;
-    let run = emulator::run(emu, &dir, &iso, 512, s.limit, false, s.console.typed, |l: &Logs| {
+    let mut follower = Follower::new(s.console.typed);
+    let run = emulator::run(emu, &dir, &iso, 512, s.limit, false, &mut follower, |l: &Logs| {
         let (c1, c2) = (l.com1, l.com2);
         // A failure marker fails the run, but a guest that goes on checking
         // gets to print the rest of its checks and its verdict first.
@@ -368,15 +369,16 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         }
         Verdict::Continue
     })?;
+    let _ = std::fs::write(dir.join("console.log"), &follower.transcript);
     let reason = if let Some(m) = forbidden(s, &run.com1, &run.com2) {
         format!("failure marker \"{m}\" appeared")
     } else if !in_order(&run.com1, s.com1) {
         format!("COM1 lacks (in order) {:?}", s.com1)
     } else if !in_order(&run.com2, s.com2) {
         format!("COM2 lacks (in order) {:?}", s.com2)
-    } else if let Some(m) = console_lacks(s, &run.console) {
+    } else if let Some(m) = console_lacks(s, &follower.transcript) {
         format!("the user VMs' consoles (console.log) lack {m:?}")
-    } else if let Some(i) = run.untyped.first() {
+    } else if let Some(i) = follower.untyped().first() {
         format!("the consoles never showed {:?}, so {:?} was not typed", i.after, i.text)
     } else {
         String::new()
@@ -386,8 +388,8 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         eprintln!("---- {} failed: {reason}{}", s.name, if run.timed_out { " (wall-clock limit reached)" } else { "" });
         eprintln!("---- COM1 (cloud VM), last lines:\n{}", tail(&run.com1, 40));
         eprintln!("---- COM2 (L0), last lines:\n{}", tail(&run.com2, 60));
-        if !run.console.is_empty() {
-            eprintln!("---- user VM consoles (console.log), last lines:\n{}", tail(&run.console, 30));
+        if !follower.transcript.is_empty() {
+            eprintln!("---- user VM consoles (console.log), last lines:\n{}", tail(&follower.transcript, 30));
         }
         eprintln!("---- {}/bochs.log, last lines:\n{}", dir.display(), tail(&run.emulator_log(), 30));
     }

@@ -213,6 +213,11 @@ impl Shadow {
         self.devices.restore_sealed(tag, key, &mut self.ledger, blob)
     }
 
+    /// Whether a command line has begun but not ended.
+    pub fn mid_line(&self) -> bool {
+        !self.rx_line.is_empty()
+    }
+
     /// Bytes from the management line: complete lines are commands.
     pub fn feed(&mut self, bytes: &[u8]) -> Frames {
         let mut out = Vec::new();

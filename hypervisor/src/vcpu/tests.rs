@@ -175,6 +175,7 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
             true
         }),
         l0_timer: None,
+        poll_ticks: 1 << 20,
         window_requested: false,
     };
     let mut v = FakeVmcs::default();
