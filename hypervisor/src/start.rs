@@ -245,6 +245,26 @@ impl Platform for Hardware {
     fn mgmt_send(&mut self, line: &str) {
         logger::send_line(line);
     }
+    fn send_ipi(&mut self, dest: u32, vector: u8) -> bool {
+        report_apic(crate::arch::apic::send_ipi(dest, vector))
+    }
+    fn apic_eoi(&mut self) -> bool {
+        report_apic(crate::arch::apic::eoi())
+    }
+}
+
+/// Logs (once) why L0 cannot use L1's local APIC.
+fn report_apic(r: Result<(), crate::arch::apic::ApicError>) -> bool {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            if !SAID.swap(true, Ordering::Relaxed) {
+                log::warn!("cannot use L1's local APIC for posted-interrupt notifications: {e:?}");
+            }
+            false
+        }
+    }
 }
 
 /// Random bytes for nonces: RDSEED, else RDRAND; false if the CPU has neither.
@@ -526,10 +546,18 @@ fn relocate(fw: &FirmwareMemory, image: Range, cpu: &CpuFeatures) {
     let mut t = PoolTables;
     let root = t.alloc_table().unwrap_or_else(|| fatal(format_args!("page tables: pool exhausted")));
     let max = if cpu.gib_pages { PageSize::Size1G } else { PageSize::Size2M };
-    let rw = PageAttr { writable: true, executable: false };
+    let rw = PageAttr { writable: true, executable: false, uncached: false };
     for r in fw.ram.iter() {
         paging::map(&mut t, &Ia32e, root, r.start, r.start, r.len(), rw, max)
             .unwrap_or_else(|e| fatal(format_args!("identity map: {e}")));
+    }
+    // The local APIC's register page, for posted-interrupt notifications.
+    let apic = crate::arch::apic::base();
+    if !fw.ram.contains(apic) {
+        let mmio = PageAttr { writable: true, executable: false, uncached: true };
+        paging::map(&mut t, &Ia32e, root, apic, apic, FRAME, mmio, PageSize::Size4K)
+            .unwrap_or_else(|e| fatal(format_args!("APIC map: {e}")));
+        crate::arch::apic::set_mapped(apic);
     }
     let pages = (image.len() / FRAME) as usize;
     let dest = alloc_frames(pages, "image copy");
@@ -538,8 +566,8 @@ fn relocate(fw: &FirmwareMemory, image: Range, cpu: &CpuFeatures) {
         (va(&__l0_image_start), va(&__l0_text_end), va(&__l0_rodata_end), va(&__l0_stack_guard), va(&__l0_image_end))
     };
     let sections = [
-        (start, text_end, PageAttr { writable: false, executable: true }),
-        (text_end, ro_end, PageAttr { writable: false, executable: false }),
+        (start, text_end, PageAttr { writable: false, executable: true, uncached: false }),
+        (text_end, ro_end, PageAttr { writable: false, executable: false, uncached: false }),
         (ro_end, guard, rw),
         (guard + FRAME, end, rw),
     ];
@@ -926,7 +954,7 @@ fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
                 let now = cpu::rdtsc();
                 if now.wrapping_sub(last_poll) > vcpu.poll_ticks {
                     last_poll = now;
-                    vcpu.poll_console(hw);
+                    vcpu.poll_console(&mut vs, hw);
                 }
                 o
             }

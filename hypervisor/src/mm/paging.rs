@@ -174,10 +174,14 @@ pub struct Ia32e;
 pub struct PageAttr {
     pub writable: bool,
     pub executable: bool,
+    /// Uncacheable (PCD|PWT): memory-mapped device registers.
+    pub uncached: bool,
 }
 
 pub const PTE_PRESENT: u64 = 1 << 0;
 pub const PTE_WRITABLE: u64 = 1 << 1;
+pub const PTE_PWT: u64 = 1 << 3;
+pub const PTE_PCD: u64 = 1 << 4;
 pub const PTE_LARGE: u64 = 1 << 7;
 pub const PTE_GLOBAL: u64 = 1 << 8;
 pub const PTE_NX: u64 = 1 << 63;
@@ -197,6 +201,9 @@ impl Format for Ia32e {
         }
         if !a.executable {
             e |= PTE_NX;
+        }
+        if a.uncached {
+            e |= PTE_PWT | PTE_PCD;
         }
         e
     }
@@ -242,7 +249,7 @@ pub mod tests {
         }
     }
 
-    const RW: PageAttr = PageAttr { writable: true, executable: false };
+    const RW: PageAttr = PageAttr { writable: true, executable: false, uncached: false };
 
     #[test]
     fn picks_largest_pages_alignment_allows() {

@@ -16,6 +16,15 @@ pub const VMCS12_REVISION: u32 = 0x4c30;
 
 /// Controls L0 emulates for L2, per control word.
 const PIN: u32 = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::VIRTUAL_NMIS | pin::PREEMPTION_TIMER;
+/// Controls L0 emulates in software whether or not the CPU has them:
+/// posted-interrupt processing and IPI virtualization (nested/posted.rs),
+/// on top of the CPU's virtual-interrupt delivery.
+const PIN_SOFT: u32 = pin::POSTED_INTERRUPTS;
+const PRIMARY_SOFT: u32 = primary::ACTIVATE_TERTIARY;
+/// IA32_VMX_PROCBASED_CTLS3 bits L0 emulates: IPI virtualization.
+pub const TERTIARY_IPI_VIRT: u64 = 1 << 4;
+/// The tertiary-controls capability MSR (SDM A.3.4).
+pub const IA32_VMX_PROCBASED_CTLS3: u32 = 0x492;
 const PRIMARY: u32 = primary::INTERRUPT_WINDOW_EXITING
     | primary::USE_TSC_OFFSETTING
     | primary::HLT_EXITING
@@ -100,6 +109,8 @@ pub struct NestedCaps {
     pub cr4_fixed1: u64,
     pub vmcs_enum: u64,
     pub ept_vpid: u64,
+    /// Tertiary controls that may be 1 (the MSR has no must-be-one half).
+    pub tertiary: u64,
 }
 
 /// A control MSR as L1 sees it: the CPU's must-be-one bits, and as
@@ -121,14 +132,20 @@ impl NestedCaps {
         let max_index = Field::ALL.iter().map(|f| f.encoding().index()).max().unwrap_or(0);
         let misc_keep = 0x1f | 1 << 5 | 1 << 30; // preemption-timer rate, LMA store, zero-length injection
         let cr3_targets = ((host.misc >> 16) & 0x1ff).min(4);
+        // The software posting needs the CPU's virtual-interrupt delivery
+        // (and APIC-register virtualization, for IPIs) below it.
+        let host_may2 = (host.secondary >> 32) as u32;
+        let vid = host_may2 & (secondary::VIRTUAL_INTERRUPT_DELIVERY | secondary::APIC_REGISTER_VIRT)
+            == secondary::VIRTUAL_INTERRUPT_DELIVERY | secondary::APIC_REGISTER_VIRT;
+        let soft = |word: u64, bits: u32| if vid { word | (bits as u64) << 32 } else { word };
         NestedCaps {
             basic: VMCS12_REVISION as u64
                 | 4096 << 32
                 | 6 << 50
                 | host.basic & (1 << 54) // INS/OUTS instruction information
                 | 1 << 55,
-            pin: ctl(host.pin, PIN),
-            primary: ctl(host.primary, PRIMARY),
+            pin: soft(ctl(host.pin, PIN), PIN_SOFT),
+            primary: soft(ctl(host.primary, PRIMARY), PRIMARY_SOFT),
             secondary: ctl(host.secondary, SECONDARY),
             exit: ctl(host.exit, EXIT),
             entry: ctl(host.entry, ENTRY),
@@ -140,6 +157,7 @@ impl NestedCaps {
             cr4_fixed1: host.cr4_fixed1 & !CR4_HIDDEN,
             vmcs_enum: (max_index as u64) << 1,
             ept_vpid: host.ept_vpid & EPT_VPID,
+            tertiary: if vid { TERTIARY_IPI_VIRT } else { 0 },
         }
     }
 
@@ -164,6 +182,7 @@ impl NestedCaps {
             IA32_VMX_VMCS_ENUM => self.vmcs_enum,
             IA32_VMX_PROCBASED_CTLS2 if has_secondary => self.secondary,
             IA32_VMX_EPT_VPID_CAP if has_ept_vpid => self.ept_vpid,
+            IA32_VMX_PROCBASED_CTLS3 if (self.primary >> 32) & primary::ACTIVATE_TERTIARY as u64 != 0 => self.tertiary,
             IA32_VMX_TRUE_PINBASED_CTLS => self.pin,
             IA32_VMX_TRUE_PROCBASED_CTLS => self.primary,
             IA32_VMX_TRUE_EXIT_CTLS => self.exit,
@@ -226,8 +245,16 @@ pub mod tests {
         assert_eq!(n.basic as u32, VMCS12_REVISION);
         assert_ne!(n.basic & (1 << 55), 0, "true controls");
         assert_eq!((n.basic >> 32) & 0x1fff, 4096);
-        // Posted interrupts (pin bit 7) are not offered although Bochs has it.
-        assert!(!n.allows(Control::Pin, pin::POSTED_INTERRUPTS));
+        // Posted interrupts and IPI virtualization: Bochs has neither, L0
+        // emulates both on top of its virtual-interrupt delivery.
+        assert!(n.allows(Control::Pin, pin::POSTED_INTERRUPTS));
+        assert!(n.allows(Control::Primary, primary::ACTIVATE_TERTIARY));
+        assert_eq!(n.tertiary, TERTIARY_IPI_VIRT);
+        let mut no_vid = bochs();
+        no_vid.secondary &= !((secondary::VIRTUAL_INTERRUPT_DELIVERY as u64) << 32);
+        let m = NestedCaps::new(&no_vid);
+        assert!(!m.allows(Control::Pin, pin::POSTED_INTERRUPTS));
+        assert_eq!(m.msr(IA32_VMX_PROCBASED_CTLS3), None);
         assert!(n.allows(Control::Pin, pin::PREEMPTION_TIMER));
         // VMCS shadowing, PML, EPT-violation #VE, TSC scaling, VMFUNC: hidden.
         for bit in [secondary::VMCS_SHADOWING, secondary::ENABLE_PML, secondary::EPT_VIOLATION_VE, secondary::TSC_SCALING, secondary::ENABLE_VMFUNC] {
@@ -251,7 +278,7 @@ pub mod tests {
         assert_eq!(n.msr(0x48e).unwrap() as u32 & 0x18000, 0);
         assert!(n.msr(0x48b).is_some() && n.msr(0x48c).is_some());
         assert_eq!(n.msr(0x491), None, "no VM functions");
-        assert_eq!(n.msr(0x492), None);
+        assert_eq!(n.msr(0x492), Some(TERTIARY_IPI_VIRT));
     }
 
     #[test]
@@ -259,7 +286,8 @@ pub mod tests {
         let n = NestedCaps::new(&bochs());
         assert!(n.control_ok(Control::Pin, 0x16));
         assert!(!n.control_ok(Control::Pin, 0x14), "default1 bit clear");
-        assert!(!n.control_ok(Control::Pin, 0x16 | pin::POSTED_INTERRUPTS));
+        assert!(n.control_ok(Control::Pin, 0x16 | pin::POSTED_INTERRUPTS));
+        assert!(!n.control_ok(Control::Pin, 0x16 | 1 << 8));
         assert!(n.control_ok(Control::Primary, 0x0400_6172 | primary::USE_IO_BITMAPS));
         assert!(n.control_ok(Control::Secondary, 0));
         assert!(n.unrestricted());

@@ -110,6 +110,20 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         cc!(proc2 & (secondary::VIRTUALIZE_X2APIC | secondary::APIC_REGISTER_VIRT | secondary::VIRTUAL_INTERRUPT_DELIVERY) != 0, control);
     }
     cc!(proc2 & secondary::VIRTUALIZE_X2APIC != 0 && proc2 & secondary::VIRTUALIZE_APIC_ACCESSES != 0, control);
+    if pinc & pin::POSTED_INTERRUPTS != 0 {
+        cc!(proc2 & secondary::VIRTUAL_INTERRUPT_DELIVERY == 0, control);
+        cc!(exitc & exit::ACK_INTERRUPT_ON_EXIT == 0, control);
+        cc!(v.get(F::POSTED_INTR_NV) & !0xff != 0, control);
+        let desc = v.get(F::POSTED_INTR_DESC_ADDR);
+        cc!(desc % 64 != 0 || desc >> c.maxphyaddr != 0, control);
+    }
+    let proc3 = if proc1 & primary::ACTIVATE_TERTIARY != 0 { v.get(F::TERTIARY_VM_EXEC_CONTROL) } else { 0 };
+    cc!(proc3 & !caps.tertiary != 0, control);
+    if proc3 & super::caps::TERTIARY_IPI_VIRT != 0 {
+        cc!(!tpr_shadow, control);
+        let table = v.get(F::PID_POINTER_TABLE);
+        cc!(table % 8 != 0 || table >> c.maxphyaddr != 0, control);
+    }
     cc!(proc2 & secondary::VIRTUAL_INTERRUPT_DELIVERY != 0 && pinc & pin::EXTERNAL_INTERRUPT_EXITING == 0, control);
     cc!(pinc & pin::NMI_EXITING == 0 && pinc & pin::VIRTUAL_NMIS != 0, control);
     cc!(pinc & pin::VIRTUAL_NMIS == 0 && proc1 & primary::NMI_WINDOW_EXITING != 0, control);

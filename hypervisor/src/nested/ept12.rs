@@ -133,6 +133,45 @@ pub fn walk<M: GuestMemory>(
     unreachable!()
 }
 
+/// L2's physical memory as L0 reads it: through EPT12 into L1's RAM
+/// (read-only; for decoding an L2 instruction on its way to L1).
+pub struct L2View<'a, M> {
+    pub mem: &'a M,
+    pub eptp12: u64,
+    pub caps: &'a NestedCaps,
+    pub maxphyaddr: u8,
+}
+
+impl<M: GuestMemory> L2View<'_, M> {
+    fn page(&self, gpa2: u64) -> Result<u64, crate::guest_mem::MemError> {
+        let not = crate::guest_mem::MemError::NotRam { gpa: gpa2, len: 1 };
+        let leaf = walk(self.mem, self.eptp12, gpa2, EptAccess(R), self.caps, self.maxphyaddr).map_err(|_| not)?;
+        Ok(leaf.gpa)
+    }
+}
+
+impl<M: GuestMemory> GuestMemory for L2View<'_, M> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), crate::guest_mem::MemError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let a = gpa + done as u64;
+            let n = ((4096 - (a & 0xfff)) as usize).min(buf.len() - done);
+            self.mem.read(self.page(a)?, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), crate::guest_mem::MemError> {
+        Err(crate::guest_mem::MemError::NotRam { gpa, len: data.len() as u64 })
+    }
+    fn zero(&mut self, gpa: u64, len: u64) -> Result<(), crate::guest_mem::MemError> {
+        Err(crate::guest_mem::MemError::NotRam { gpa, len })
+    }
+    fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        len > 0 && (gpa & !0xfff..gpa + len).step_by(4096).all(|a| self.page(a).is_ok())
+    }
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;

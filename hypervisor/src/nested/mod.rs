@@ -14,6 +14,7 @@ pub mod ept12;
 pub mod instr;
 pub mod msr_lists;
 pub mod operand;
+pub mod posted;
 pub mod prepare;
 pub mod reflect;
 pub mod shadow_vmcs;

@@ -172,13 +172,15 @@ pub fn controls02(v12: &Vmcs12, l0: &L0Part) -> (u32, u32, u32, u32, u32) {
         };
         (want | msr as u32) & (msr >> 32) as u32
     };
-    let mut pin = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
+    // Posted-interrupt processing and IPI virtualization are L0's, in
+    // software (nested/posted.rs), even on a CPU that has them.
+    let mut pin = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & !crate::vmx::caps::pin::POSTED_INTERRUPTS;
     if l0.l0_timer.is_some() {
         pin |= crate::vmx::caps::pin::PREEMPTION_TIMER;
     }
     let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
     let s12 = if p12 & primary::ACTIVATE_SECONDARY != 0 { v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
-    let p02 = (p12 & !primary::UNCONDITIONAL_IO_EXITING) | primary::USE_IO_BITMAPS | primary::USE_MSR_BITMAPS | primary::ACTIVATE_SECONDARY;
+    let p02 = (p12 & !(primary::UNCONDITIONAL_IO_EXITING | primary::ACTIVATE_TERTIARY)) | primary::USE_IO_BITMAPS | primary::USE_MSR_BITMAPS | primary::ACTIVATE_SECONDARY;
     let mut s02 = s12 | secondary::ENABLE_EPT;
     if l0.vpid != 0 {
         s02 |= secondary::ENABLE_VPID;

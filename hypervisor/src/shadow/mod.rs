@@ -16,8 +16,20 @@ use shadow_devices::Error;
 use ultracall_abi::VmTag;
 
 pub mod identity;
+pub mod ioapic;
 
 use identity::{Identities, VmId};
+use ioapic::IoApic;
+
+/// Where L0 posts a user VM's interrupts when its guest hypervisor runs it
+/// with posted interrupts (KVM with APICv): VMCS12's descriptor and
+/// notification vector, and its virtual-APIC page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PiRoute {
+    pub desc: u64,
+    pub nv: u8,
+    pub vapic: u64,
+}
 
 /// Random bytes for nonces (RDSEED/RDRAND on hardware).
 pub type RandomFn = fn(&mut [u8]) -> bool;
@@ -60,6 +72,10 @@ pub struct Shadow {
     input_backlog: Vec<u8>,
     /// Frames L0 sends unasked (a VM appeared, registered a tag, ended).
     notices: Frames,
+    /// Posted-interrupt routes by VMCS12 (recorded at each VM entry).
+    pi_routes: BTreeMap<u64, PiRoute>,
+    /// What each VM programmed into its IOAPIC.
+    ioapics: BTreeMap<VmId, IoApic>,
 }
 
 /// Frames to send to the operator.
@@ -80,6 +96,8 @@ impl Shadow {
             rx_line: Vec::new(),
             input_backlog: Vec::new(),
             notices: Vec::new(),
+            pi_routes: BTreeMap::new(),
+            ioapics: BTreeMap::new(),
         }
     }
 
@@ -135,6 +153,49 @@ impl Shadow {
         None
     }
 
+    /// Records (or forgets) the posted-interrupt route of a VMCS12.
+    pub fn set_pi_route(&mut self, vmcs12: u64, route: Option<PiRoute>) {
+        match route {
+            Some(r) => self.pi_routes.insert(vmcs12, r),
+            None => self.pi_routes.remove(&vmcs12),
+        };
+    }
+
+    /// The route of VM `vm` (through the VMCS12 it ran with last).
+    pub fn pi_route_of(&self, vm: VmId) -> Option<PiRoute> {
+        self.pi_routes.get(&self.ids.vmcs_of(vm)?).copied()
+    }
+
+    /// L2 wrote its IOAPIC (`offset` in the page).
+    pub fn ioapic_write(&mut self, vm: VmId, offset: u64, value: u32) {
+        self.ioapics.entry(vm).or_default().write(offset, value);
+    }
+
+    /// L2 reset itself: its IOAPIC starts over.
+    pub fn ioapic_reset(&mut self, vm: VmId) {
+        self.ioapics.remove(&vm);
+    }
+
+    /// The vector the VM's IOAPIC gives `pin`, if it routes.
+    pub fn ioapic_vector(&self, vm: VmId, pin: u8) -> Option<u8> {
+        self.ioapics.get(&vm)?.vector(pin)
+    }
+
+    /// Every VM with interrupt edges not yet delivered, and the edges.
+    pub fn edges(&self) -> Vec<(VmId, u16)> {
+        self.pending.iter().map(|(&vm, &e)| (vm, e)).collect()
+    }
+
+    /// Edges delivered by other means than L1's relay.
+    pub fn take_edges(&mut self, vm: VmId, mask: u16) {
+        if let Some(e) = self.pending.get_mut(&vm) {
+            *e &= !mask;
+            if *e == 0 {
+                self.pending.remove(&vm);
+            }
+        }
+    }
+
     /// The VM of an L2 exit, creating its identity on first use.
     pub fn identify(&mut self, vmcs12: u64, eptp12: Option<u64>) -> Option<VmId> {
         let vm = self.ids.identify(vmcs12, eptp12)?;
@@ -163,6 +224,7 @@ impl Shadow {
 
     /// L1 VMCLEARed a VMCS12: if that ended a VM, its devices go too.
     pub fn vmclear(&mut self, vmcs12: u64) -> Frames {
+        self.pi_routes.remove(&vmcs12);
         match self.ids.vmclear(vmcs12) {
             Some(vm) => self.drop_vm(vm),
             None => Vec::new(),
@@ -171,12 +233,14 @@ impl Shadow {
 
     /// L1 left VMX operation.
     pub fn vmxoff(&mut self) -> Frames {
+        self.pi_routes.clear();
         self.ids.clear_all().into_iter().flat_map(|vm| self.drop_vm(vm)).collect()
     }
 
     fn drop_vm(&mut self, vm: VmId) -> Frames {
         self.devices.remove(&vm);
         self.pending.remove(&vm);
+        self.ioapics.remove(&vm);
         log::info!("user VM {vm} ended");
         let mut out = alloc::vec![mgmt::frame(format_args!("gone {vm}"))];
         out.extend(self.detach(|s| s.vm == vm, "the VM ended"));

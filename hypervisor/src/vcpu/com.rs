@@ -163,6 +163,7 @@ impl Vcpu {
         for f in self.shadow.pump() {
             p.mgmt_send(&f);
         }
+        self.route_shadow_irqs(vs, p);
         o
     }
 

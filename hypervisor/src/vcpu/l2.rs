@@ -213,6 +213,7 @@ impl Vcpu {
         self.nested.entry_was_launched = self.nested.vmx.vmcs12.launched;
         self.nested.vmx.vmcs12.launched = true;
         self.nested.in_l2 = true;
+        self.apicv_at_entry(vs, p);
         Outcome::Resume
     }
 
@@ -258,6 +259,12 @@ impl Vcpu {
                 page[(half + 0x100) / 8 + i] = u64::from_le_bytes(chunk.try_into().unwrap());
             }
         }
+        if self.ipiv12() && self.v12_secondary() & secondary::VIRTUALIZE_X2APIC != 0 {
+            // L0 does IPI virtualization: ICR writes must reach it.
+            let bit = 2048 * 8 + super::apicv::X2APIC_ICR as usize;
+            p.page(pages.msr02)[bit / 64] |= 1 << (bit % 64);
+        }
+        let v12 = &self.nested.vmx.vmcs12;
         for &(msr, write) in PASS_THROUGH_MSRS {
             let l1 = reflect::l1_wants_msr(v12, p.mem(), msr, write);
             let bit = if write { 2048 * 8 } else { 0 } + match msr {
@@ -350,7 +357,7 @@ impl Vcpu {
     }
 
     /// Reflects the exit `e` to L1: L2's state into VMCS12, L1's loaded.
-    fn reflect<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) -> Outcome {
+    pub(super) fn reflect<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) -> Outcome {
         self.nested.reflected += 1;
         reflect::sync_vmcs12(vs.current(), &mut self.nested.vmx.vmcs12, e, &self.policy);
         // The VM-exit MSR-store list: L2's values (SDM 28.4).
@@ -430,12 +437,40 @@ impl Vcpu {
             reason::PREEMPTION_TIMER if !reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic) => {
                 // L0's own timer: serve the management line, L2 goes on.
                 self.nested.handled_in_l0 += 1;
-                self.poll_console(p);
+                self.poll_console(vs, p);
                 return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
             }
             reason::RDMSR | reason::WRMSR => {
                 let msr = self.regs.gpr[GuestRegs::RCX] as u32;
-                reflect::l1_wants_msr(&self.nested.vmx.vmcs12, p.mem(), msr, basic == reason::WRMSR)
+                let write = basic == reason::WRMSR;
+                let l1 = reflect::l1_wants_msr(&self.nested.vmx.vmcs12, p.mem(), msr, write);
+                if !l1 && write && msr == super::apicv::X2APIC_ICR {
+                    if let Some(o) = self.l2_x2apic_icr(vs, p) {
+                        self.nested.handled_in_l0 += 1;
+                        return self.after_l0_handled_l2_exit(vs, p, o);
+                    }
+                }
+                l1
+            }
+            reason::EXTERNAL_INTERRUPT => {
+                if let Some(o) = self.l2_notification(vs, p, &e) {
+                    self.nested.handled_in_l0 += 1;
+                    return self.after_l0_handled_l2_exit(vs, p, o);
+                }
+                reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic)
+            }
+            reason::APIC_WRITE => {
+                if let Some(o) = self.l2_apic_write(vs, p, &e) {
+                    return o;
+                }
+                reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic)
+            }
+            reason::TRIPLE_FAULT => {
+                // L2 resets: the IOAPIC it programmed is gone with it.
+                if let Some(vm) = self.current_l2_vm() {
+                    self.shadow.ioapic_reset(vm);
+                }
+                true
             }
             reason::CR_ACCESS => {
                 let access = CrAccess::decode(e.qualification);
@@ -585,11 +620,14 @@ impl Vcpu {
                 Outcome::Resume
             }
             Err(Ept12Fault::Violation { allowed }) => {
+                self.watch_ioapic(vs, p, e);
                 let q = (e.qualification & !0x38) | allowed << 3;
                 let r = ExitInfo { qualification: q, ..*e };
                 self.reflect(vs, p, &r)
             }
             Err(Ept12Fault::Misconfig | Ept12Fault::TableNotRam) => {
+                // KVM marks MMIO pages with misconfigured entries.
+                self.watch_ioapic(vs, p, e);
                 let m = ExitInfo { reason: reason::EPT_MISCONFIG as u32, qualification: 0, ..*e };
                 self.reflect(vs, p, &m)
             }

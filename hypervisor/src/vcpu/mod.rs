@@ -13,9 +13,11 @@ use crate::nested::{Nested, VmcsSet};
 use crate::vmx::caps::VmxCaps;
 use crate::vmx::{caps, Field as F, Vmcs};
 
+mod apicv;
 mod com;
 pub mod cpuid;
 pub mod cr;
+pub mod decode;
 pub mod ept01;
 mod l2;
 pub mod msr;
@@ -67,6 +69,11 @@ pub trait Platform {
     fn mgmt_rx(&mut self, buf: &mut [u8]) -> usize;
     /// A protocol frame (one line) to the operator.
     fn mgmt_send(&mut self, line: &str);
+    /// A fixed IPI through L1's local APIC (`dest` as a posted-interrupt
+    /// descriptor's NDST); false if L1's APIC cannot take it.
+    fn send_ipi(&mut self, dest: u32, vector: u8) -> bool;
+    /// EOI to L1's local APIC for an interrupt L0 consumed.
+    fn apic_eoi(&mut self) -> bool;
 }
 
 /// Why L1 cannot go on.
@@ -301,6 +308,10 @@ impl Vcpu {
         if crate::nested::instr::is_vmx_instruction(r.basic()) && self.cpuid.vmx {
             return self.l1_vmx_instruction(vs, p, r.basic());
         }
+        if r.basic() == reason::PREEMPTION_TIMER {
+            self.poll_console(vs, p);
+            return Outcome::Resume;
+        }
         let v = vs.current();
         match r.basic() {
             reason::CPUID => self.cpuid(v, p),
@@ -326,7 +337,6 @@ impl Vcpu {
             }
             reason::TRIPLE_FAULT => return Outcome::Stop(Stop::TripleFault),
             reason::VMCALL if self.is_ultracall() => self.ultracall(vs, p, ultracall_abi::CallerLevel::L1),
-            reason::PREEMPTION_TIMER => self.poll_console(p),
             reason::INTERRUPT_WINDOW => {
                 // Opened for the relay interrupt, delivered before the entry.
                 v.clear_bits(F::CPU_BASED_VM_EXEC_CONTROL, caps::primary::INTERRUPT_WINDOW_EXITING as u64);
@@ -355,7 +365,7 @@ impl Vcpu {
     }
 
     /// Serves the management line: operator commands in, console output out.
-    pub fn poll_console<P: Platform>(&mut self, p: &mut P) {
+    pub fn poll_console<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
         // A command arrives at the line's pace, a byte every ~87 µs at
         // 115200 baud, and a UART holds only 16: once a command has begun,
         // L0 stays until its line is complete or the line falls quiet for
@@ -384,6 +394,7 @@ impl Vcpu {
         for f in self.shadow.pump() {
             p.mgmt_send(&f);
         }
+        self.route_shadow_irqs(vs, p);
     }
 
     /// What L0 does before each VM entry into L1: raise the relay

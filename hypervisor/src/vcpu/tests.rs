@@ -25,6 +25,9 @@ pub struct FakePlatform {
     /// What the operator sends, and what L0 sent back.
     pub mgmt_in: Vec<u8>,
     pub mgmt_out: Vec<String>,
+    /// IPIs sent (dest, vector) and EOIs written.
+    pub ipis: Vec<(u32, u8)>,
+    pub eois: u32,
 }
 
 /// VMCS01 and VMCS02 as two fake VMCSs; derefs to the current one.
@@ -138,6 +141,14 @@ impl Platform for FakePlatform {
     fn mgmt_send(&mut self, line: &str) {
         self.mgmt_out.push(line.to_string());
     }
+    fn send_ipi(&mut self, dest: u32, vector: u8) -> bool {
+        self.ipis.push((dest, vector));
+        true
+    }
+    fn apic_eoi(&mut self) -> bool {
+        self.eois += 1;
+        true
+    }
 }
 
 const POOL: Range = Range::new(0x1de0_0000, 0x1fe0_0000);
@@ -196,6 +207,8 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         cr2: 0,
         mgmt_in: Vec::new(),
         mgmt_out: Vec::new(),
+        ipis: Vec::new(),
+        eois: 0,
     };
     (vcpu, FakeSet { v01: v, v02: FakeVmcs::default(), sh: FakeVmcs::default(), cur: Level::L1 }, p)
 }

@@ -92,6 +92,7 @@ vmcs_fields! {
     VIRTUAL_PROCESSOR_ID = 0x0000,
     POSTED_INTR_NV = 0x0002,
     EPTP_INDEX = 0x0004,
+    LAST_PID_POINTER_INDEX = 0x0008,
     // 16-bit guest state
     GUEST_ES_SELECTOR = 0x0800,
     GUEST_CS_SELECTOR = 0x0802,

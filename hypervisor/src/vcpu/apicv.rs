@@ -1,0 +1,247 @@
+//! L2's APIC virtualization where L0 completes the CPU in software
+//! (nested/posted.rs), and the route of a shadow UART's interrupt into an
+//! L2 whose guest hypervisor uses posted interrupts (KVM with APICv):
+//! L0 learns the vector from L2's IOAPIC programming and posts it, as a
+//! VT-d device would. docs/shadow-devices.md tells the whole story.
+
+use super::decode;
+use super::l2::reinject_interrupted_event;
+use super::{skip_instruction, Outcome, Platform, Vcpu};
+use crate::arch::run::GuestRegs;
+use crate::guest_mem::walk::{self, Access, PagingRegs};
+use crate::guest_mem::GuestMemory;
+use crate::nested::caps::TERTIARY_IPI_VIRT;
+use crate::nested::ept12::L2View;
+use crate::nested::posted::{self, Ipi, Posted};
+use crate::nested::reflect::ExitInfo;
+use crate::nested::{Level, VmcsSet};
+use crate::shadow::ioapic::{IOAPIC_BASE, IOWIN};
+use crate::shadow::PiRoute;
+use crate::vmx::caps::{pin, primary, secondary};
+use crate::vmx::exit::{reason, InterruptionInfo};
+use crate::vmx::{Field as F, Vmcs};
+
+const ACTIVITY_HLT: u64 = 1;
+const RFLAGS_IF: u64 = 1 << 9;
+/// The x2APIC ICR.
+pub const X2APIC_ICR: u32 = 0x830;
+/// The UART pins: IRQ 3 (COM2, COM4) and IRQ 4 (COM1, COM3).
+const COM_PINS: [u8; 2] = [3, 4];
+
+impl Vcpu {
+    /// The current VMCS12's posted-interrupt route, if it processes posted
+    /// interrupts.
+    pub(super) fn pi12(&self) -> Option<PiRoute> {
+        let v12 = &self.nested.vmx.vmcs12;
+        if v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::POSTED_INTERRUPTS == 0 {
+            return None;
+        }
+        Some(PiRoute {
+            desc: v12.get(F::POSTED_INTR_DESC_ADDR),
+            nv: v12.get(F::POSTED_INTR_NV) as u8,
+            vapic: v12.get(F::VIRTUAL_APIC_PAGE_ADDR),
+        })
+    }
+
+    /// Whether the current VMCS12 uses IPI virtualization.
+    pub(super) fn ipiv12(&self) -> bool {
+        let v12 = &self.nested.vmx.vmcs12;
+        v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & primary::ACTIVATE_TERTIARY != 0
+            && v12.get(F::TERTIARY_VM_EXEC_CONTROL) & TERTIARY_IPI_VIRT != 0
+    }
+
+    /// At a nested VM entry, VMCS02 current: remember where this VMCS12's
+    /// interrupts are posted, and process a notification that is
+    /// outstanding, as the CPU would had it arrived just now.
+    pub(super) fn apicv_at_entry<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
+        let Some(vmcs12) = self.nested.vmx.current else { return };
+        let route = self.pi12();
+        self.shadow.set_pi_route(vmcs12, route);
+        if let Some(r) = route {
+            if posted::outstanding(p.mem(), r.desc) {
+                self.process_into_l2(vs, p, r);
+            }
+        }
+    }
+
+    /// Posted-interrupt processing for the running L2 (VMCS02 current):
+    /// PIR into VIRR, RVI raised. A halted L2 that takes interrupts wakes
+    /// (L1 does not intercept its HLT, e.g. QEMU's `-overcommit cpu-pm=on`).
+    fn process_into_l2<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, r: PiRoute) {
+        match posted::process(p.mem(), r.desc, r.vapic) {
+            Ok(Some(vector)) => {
+                let v02 = vs.current();
+                let status = v02.read(F::GUEST_INTR_STATUS);
+                v02.write(F::GUEST_INTR_STATUS, posted::raise_rvi(status, vector));
+                if v02.read(F::GUEST_ACTIVITY_STATE) == ACTIVITY_HLT && v02.read(F::GUEST_RFLAGS) & RFLAGS_IF != 0 {
+                    v02.write(F::GUEST_ACTIVITY_STATE, 0);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("posted interrupts of VMCS12: {e} (descriptor {:#x}, virtual APIC {:#x})", r.desc, r.vapic),
+        }
+    }
+
+    /// An external-interrupt exit from L2 with VMCS12's notification
+    /// vector: the CPU would have processed the posting without exiting
+    /// (SDM 30.6), so L0 does, and L2 goes on.
+    pub(super) fn l2_notification<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) -> Option<Outcome> {
+        let r = self.pi12()?;
+        let info = InterruptionInfo(e.intr_info);
+        if e.basic() != reason::EXTERNAL_INTERRUPT || !info.valid() || info.vector() != r.nv {
+            return None;
+        }
+        // Acknowledged on exit; the CPU would EOI the notification itself.
+        p.apic_eoi();
+        self.process_into_l2(vs, p, r);
+        reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
+        Some(Outcome::Resume)
+    }
+
+    /// Posts `vector` in the descriptor at `desc` and notifies like the
+    /// CPU (IPI virtualization) or a VT-d device: straight into L2 when the
+    /// descriptor is the running L2's, else the notification vector to L1.
+    fn post<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, desc: u64, vector: u8) {
+        match posted::post(p.mem(), desc, vector) {
+            Ok(Posted::Queued) => {}
+            Ok(Posted::Notify { nv, ndst }) => {
+                let running = self.nested.in_l2 && vs.selected() == Level::L2;
+                match self.pi12().filter(|r| running && r.desc == desc && r.nv == nv) {
+                    Some(r) => self.process_into_l2(vs, p, r),
+                    None => {
+                        p.send_ipi(ndst, nv);
+                    }
+                }
+            }
+            Err(e) => log::warn!("posting vector {vector:#x}: descriptor {desc:#x}: {e}"),
+        }
+    }
+
+    /// Delivers the shadow devices' interrupt edges of VMs whose guest
+    /// hypervisor runs them with posted interrupts; the other VMs' edges
+    /// stay for L1's relay (ultracall SetIrqRelay).
+    pub(super) fn route_shadow_irqs<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
+        for (vm, edges) in self.shadow.edges() {
+            let Some(route) = self.shadow.pi_route_of(vm) else { continue };
+            let mut taken = 0;
+            for pin in COM_PINS {
+                if edges & 1 << pin == 0 {
+                    continue;
+                }
+                // A masked or unprogrammed edge-triggered pin drops the
+                // edge, as the IOAPIC does.
+                taken |= 1 << pin;
+                if let Some(vector) = self.shadow.ioapic_vector(vm, pin) {
+                    self.post(vs, p, route.desc, vector);
+                }
+            }
+            self.shadow.take_edges(vm, taken);
+        }
+    }
+
+    /// An L2 write to an address EPT12 does not map, on its way to L1:
+    /// if it is the IOAPIC's, learn what L2 programs there.
+    pub(super) fn watch_ioapic<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) {
+        const WRITE: u64 = 1 << 1;
+        let offset = e.guest_physical.wrapping_sub(IOAPIC_BASE);
+        if e.qualification & WRITE == 0 || offset > IOWIN || offset % 0x10 != 0 {
+            return;
+        }
+        let Some(eptp12) = self.eptp12() else { return };
+        let v02 = vs.current();
+        let paging = PagingRegs {
+            cr0: v02.read(F::GUEST_CR0),
+            cr3: v02.read(F::GUEST_CR3),
+            cr4: v02.read(F::GUEST_CR4),
+            efer: v02.read(F::GUEST_IA32_EFER),
+            pdptes: [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3].map(|f| v02.read(f)),
+            maxphyaddr: self.maxphyaddr,
+        };
+        let rip = v02.read(F::GUEST_CS_BASE).wrapping_add(v02.read(F::GUEST_RIP));
+        let rsp = v02.read(F::GUEST_RSP);
+        let view = L2View { mem: p.mem(), eptp12, caps: &self.nested.vmx.caps, maxphyaddr: self.maxphyaddr };
+        let mut insn = [0u8; 15];
+        // Up to the end of RIP's page and beyond if the instruction
+        // crosses it; a shorter read is enough for short instructions.
+        let got = (1..=15).rev().find(|&n| walk::read_virt(&view, &paging, rip, &mut insn[..n], Access { fetch: true, ..Default::default() }).is_ok());
+        let Some(n) = got else { return };
+        let regs = self.regs.gpr;
+        let reg = |i: usize| if i == GuestRegs::RSP { rsp } else { regs[i] };
+        let Some(store) = decode::mov_store(&insn[..n], reg) else {
+            log::warn!("L2 wrote its IOAPIC with an instruction L0 does not decode ({:02x?})", &insn[..n.min(4)]);
+            return;
+        };
+        if store.size == 4 {
+            if let Some(vm) = self.current_l2_vm() {
+                self.shadow.ioapic_write(vm, offset, store.value as u32);
+            }
+        }
+    }
+
+    /// L2's write of its x2APIC ICR when VMCS12 virtualizes IPIs: what the
+    /// CPU does with IPI virtualization (SDM 30.1.6, 30.5). Returns None
+    /// when L0 does not emulate it (L1 then gets the exit as before).
+    pub(super) fn l2_x2apic_icr<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Option<Outcome> {
+        if !self.ipiv12() || self.v12_secondary_bits() & secondary::VIRTUALIZE_X2APIC == 0 {
+            return None;
+        }
+        let vapic = self.nested.vmx.vmcs12.get(F::VIRTUAL_APIC_PAGE_ADDR);
+        let icr = (self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff) << 32 | (self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff);
+        let mem = p.mem();
+        if mem.write(vapic + posted::ICR_LO, &(icr as u32).to_le_bytes()).is_err()
+            || mem.write(vapic + posted::ICR_HI, &((icr >> 32) as u32).to_le_bytes()).is_err()
+        {
+            return None;
+        }
+        // WRMSR is virtualized like a trap: it completes, then the rest.
+        skip_instruction(vs.current());
+        Some(self.virtualize_ipi(vs, p, icr, true))
+    }
+
+    /// An APIC-write exit from L2 (xAPIC, APIC-register virtualization):
+    /// a write of ICR low is IPI-virtualized when VMCS12 asks for it.
+    pub(super) fn l2_apic_write<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) -> Option<Outcome> {
+        if !self.ipiv12() || e.qualification & 0xfff != posted::ICR_LO {
+            return None;
+        }
+        let vapic = self.nested.vmx.vmcs12.get(F::VIRTUAL_APIC_PAGE_ADDR);
+        let mem = p.mem();
+        let (lo, hi) = (mem.read_u64(vapic + posted::ICR_LO).ok()?, mem.read_u64(vapic + posted::ICR_HI).ok()?);
+        let icr = (hi & 0xffff_ffff) << 32 | (lo & 0xffff_ffff);
+        Some(self.virtualize_ipi(vs, p, icr, false))
+    }
+
+    fn virtualize_ipi<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, icr: u64, x2apic: bool) -> Outcome {
+        let v12 = &self.nested.vmx.vmcs12;
+        let (table, last) = (v12.get(F::PID_POINTER_TABLE), v12.get(F::LAST_PID_POINTER_INDEX) as u16);
+        let vapic = v12.get(F::VIRTUAL_APIC_PAGE_ADDR);
+        match posted::ipi(p.mem(), icr, x2apic, table, last) {
+            Ipi::Post { desc, vector } => {
+                self.post(vs, p, desc, vector);
+                Outcome::Resume
+            }
+            Ipi::SelfIpi { vector } => {
+                if posted::set_virr(p.mem(), vapic, vector).is_ok() {
+                    let v02 = vs.current();
+                    let status = v02.read(F::GUEST_INTR_STATUS);
+                    v02.write(F::GUEST_INTR_STATUS, posted::raise_rvi(status, vector));
+                }
+                Outcome::Resume
+            }
+            Ipi::ApicWriteExit => {
+                // Trap-like: RIP is already past the write.
+                let e = ExitInfo { reason: reason::APIC_WRITE as u32, qualification: posted::ICR_LO, ..Default::default() };
+                self.reflect(vs, p, &e)
+            }
+        }
+    }
+
+    fn v12_secondary_bits(&self) -> u32 {
+        let v12 = &self.nested.vmx.vmcs12;
+        if v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & primary::ACTIVATE_SECONDARY != 0 {
+            v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
+        } else {
+            0
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Just enough of an x86 decoder to read the value of an MMIO store: MOV
+//! to memory from a register or an immediate (opcodes 88, 89, C6, C7), as
+//! compilers emit for `writel()`/`writeb()`. L0 uses it to follow L2's
+//! IOAPIC programming on its way to L1 (shadow/ioapic.rs); anything else
+//! is "not understood" and L0 simply does not learn from it.
+
+/// The stored value and its width in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Store {
+    pub value: u64,
+    pub size: u8,
+}
+
+/// Decodes the instruction at the start of `insn` (64-bit mode) and
+/// returns what it stores; `reg(n)` gives general register n (0 = RAX ...
+/// 15 = R15).
+pub fn mov_store(insn: &[u8], reg: impl Fn(usize) -> u64) -> Option<Store> {
+    let mut i = 0;
+    let mut opsize16 = false;
+    let mut rex = 0u8;
+    // Legacy prefixes (segment overrides and 0x66), then at most one REX.
+    while let Some(&b) = insn.get(i) {
+        match b {
+            0x66 => opsize16 = true,
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 => {}
+            _ => break,
+        }
+        i += 1;
+    }
+    if let Some(&b) = insn.get(i) {
+        if b & 0xf0 == 0x40 {
+            rex = b;
+            i += 1;
+        }
+    }
+    let op = *insn.get(i)?;
+    i += 1;
+    let modrm = *insn.get(i)?;
+    i += 1;
+    let (md, r, rm) = (modrm >> 6, (modrm >> 3) & 7, modrm & 7);
+    if md == 3 {
+        return None; // a register destination: not a store
+    }
+    let size = match op {
+        0x88 | 0xc6 => 1,
+        0x89 | 0xc7 if rex & 8 != 0 => 8,
+        0x89 | 0xc7 if opsize16 => 2,
+        0x89 | 0xc7 => 4,
+        _ => return None,
+    };
+    // Skip the addressing bytes to reach an immediate.
+    if rm == 4 {
+        let sib = *insn.get(i)?;
+        i += 1;
+        if md == 0 && sib & 7 == 5 {
+            i += 4;
+        }
+    }
+    i += match (md, rm) {
+        (0, 5) => 4, // RIP-relative disp32
+        (0, _) => 0,
+        (1, _) => 1,
+        _ => 4,
+    };
+    let mask = if size == 8 { u64::MAX } else { (1u64 << (8 * size)) - 1 };
+    let value = match op {
+        0x88 | 0x89 => {
+            let n = (r | (rex & 4) << 1) as usize;
+            if size == 1 && rex == 0 && (4..8).contains(&n) {
+                reg(n - 4) >> 8 // AH, CH, DH, BH
+            } else {
+                reg(n)
+            }
+        }
+        _ if r != 0 => return None, // C6/C7 with reg != 0 is not MOV
+        _ => {
+            let imm = match size {
+                1 => *insn.get(i)? as u64,
+                2 => u16::from_le_bytes(insn.get(i..i + 2)?.try_into().ok()?) as u64,
+                // A 64-bit store sign-extends its 32-bit immediate.
+                8 => i32::from_le_bytes(insn.get(i..i + 4)?.try_into().ok()?) as i64 as u64,
+                _ => u32::from_le_bytes(insn.get(i..i + 4)?.try_into().ok()?) as u64,
+            };
+            imm
+        }
+    };
+    Some(Store { value: value & mask, size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs(n: usize) -> u64 {
+        0x1111_1111_0000_0000 | (n as u64 * 0x0101) | 0x8000
+    }
+
+    #[test]
+    fn register_stores() {
+        // mov %esi,(%rax)
+        assert_eq!(mov_store(&[0x89, 0x30], regs), Some(Store { value: regs(6) & 0xffff_ffff, size: 4 }));
+        // mov %r9d,0x10(%rdx)
+        assert_eq!(mov_store(&[0x44, 0x89, 0x4a, 0x10], regs), Some(Store { value: regs(9) & 0xffff_ffff, size: 4 }));
+        // mov %rax,(%rcx)  (REX.W)
+        assert_eq!(mov_store(&[0x48, 0x89, 0x01], regs), Some(Store { value: regs(0), size: 8 }));
+        // mov %ax,(%rbx)
+        assert_eq!(mov_store(&[0x66, 0x89, 0x03], regs).unwrap().size, 2);
+        // mov %ah,(%rdi) and, with REX, %spl
+        assert_eq!(mov_store(&[0x88, 0x27], regs), Some(Store { value: (regs(0) >> 8) & 0xff, size: 1 }));
+        assert_eq!(mov_store(&[0x40, 0x88, 0x27], regs), Some(Store { value: regs(4) & 0xff, size: 1 }));
+        // mov %edx,0x10(%rax,%rcx,4): SIB with disp8
+        assert_eq!(mov_store(&[0x89, 0x54, 0x88, 0x10], regs).unwrap().value, regs(2) & 0xffff_ffff);
+    }
+
+    #[test]
+    fn immediate_stores() {
+        // movl $0x24,(%rax)
+        assert_eq!(mov_store(&[0xc7, 0x00, 0x24, 0, 0, 0], regs), Some(Store { value: 0x24, size: 4 }));
+        // movl $0x10018,0x10(%rdx)  disp8 then imm32
+        assert_eq!(mov_store(&[0xc7, 0x42, 0x10, 0x18, 0x00, 0x01, 0x00], regs).unwrap().value, 0x10018);
+        // movl $1,0x12345678(%rip)
+        assert_eq!(mov_store(&[0xc7, 0x05, 0x78, 0x56, 0x34, 0x12, 1, 0, 0, 0], regs).unwrap().value, 1);
+        // movl $7,(,%rax,1)-style SIB with base 5 and mod 0: disp32
+        assert_eq!(mov_store(&[0xc7, 0x04, 0x05, 0, 0, 0xc0, 0xfe, 7, 0, 0, 0], regs).unwrap().value, 7);
+        // movb $0x5a,(%rcx)
+        assert_eq!(mov_store(&[0xc6, 0x01, 0x5a], regs), Some(Store { value: 0x5a, size: 1 }));
+        // movq $-1,(%rax) sign-extends
+        assert_eq!(mov_store(&[0x48, 0xc7, 0x00, 0xff, 0xff, 0xff, 0xff], regs).unwrap().value, u64::MAX);
+    }
+
+    #[test]
+    fn everything_else_is_not_understood() {
+        assert_eq!(mov_store(&[0x89, 0xc0], regs), None, "register to register");
+        assert_eq!(mov_store(&[0x8b, 0x00], regs), None, "a load");
+        assert_eq!(mov_store(&[0xc7, 0x08, 1, 0, 0, 0], regs), None, "C7 /1");
+        assert_eq!(mov_store(&[0xc7, 0x00, 1], regs), None, "truncated");
+        assert_eq!(mov_store(&[], regs), None);
+        assert_eq!(mov_store(&[0x66, 0x66, 0x66], regs), None);
+    }
+}
