@@ -232,9 +232,23 @@ pub struct Client {
 }
 
 impl Client {
-    /// Detects L0 via CPUID and checks the ABI major.
+    /// Detects L0 via CPUID and checks the ABI major. Inside a user VM,
+    /// CPUID is the guest hypervisor's: under KVM, whose answer to an
+    /// unknown hypercall is an error value in RAX (never a fault), L0 is
+    /// found by a Ping ultracall instead (`cpuid::probe_by_ping`).
     pub fn detect() -> Result<Client, Error> {
-        let l0_version = cpuid::detect(host_cpuid)?;
+        let l0_version = match cpuid::detect(host_cpuid) {
+            Err(Error::OtherHypervisor { signature }) if cpuid::probe_by_ping(&signature) => {
+                let req = Request::new(Op::Ping, GuestBuffer::default(), None);
+                // SAFETY: KVM answers a `vmcall` it does not know with an
+                // error in RAX; L0 below it answers the Ping. No buffer.
+                match unsafe { vmcall(&req.to_regs()) }.decode() {
+                    Ok(r) if r.status == Status::Ok => r.l0_version,
+                    _ => return Err(Error::OtherHypervisor { signature }),
+                }
+            }
+            other => other?,
+        };
         if !ABI_VERSION.compatible_with(l0_version) {
             return Err(Error::VersionMismatch {
                 ours: ABI_VERSION,

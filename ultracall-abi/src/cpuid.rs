@@ -96,6 +96,18 @@ pub fn detect(mut cpuid: impl FnMut(u32) -> CpuidRegs) -> Result<AbiVersion, Err
     Ok(AbiVersion::from_raw(cpuid(HV_VERSION_LEAF).eax))
 }
 
+/// KVM's CPUID signature.
+pub const KVM_SIGNATURE: [u8; 12] = *b"KVMKVMKVM\0\0\0";
+
+/// Whether a guest that sees hypervisor `signature` in CPUID may look for
+/// L0 below it with a Ping ultracall: only under KVM, which returns
+/// -KVM_ENOSYS (or -KVM_EPERM from user mode) in RAX for a hypercall it
+/// does not know, so the probe cannot fault. That is how a user VM run by
+/// Linux/KVM in the cloud VM finds L0.
+pub fn probe_by_ping(signature: &[u8; 12]) -> bool {
+    *signature == KVM_SIGNATURE
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +126,13 @@ mod tests {
                 hv(leaf).unwrap_or_default()
             }
         }
+    }
+
+    #[test]
+    fn only_kvm_is_probed() {
+        assert!(probe_by_ping(b"KVMKVMKVM\0\0\0"));
+        assert!(!probe_by_ping(b"Microsoft Hv"));
+        assert!(!probe_by_ping(b"VMwareVMware"));
     }
 
     #[test]

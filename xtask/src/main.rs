@@ -119,15 +119,17 @@ fn test_scenarios(only: Option<&str>) -> Result<(), String> {
 
 fn run(args: &[&str]) -> Result<(), String> {
     let mut emu = Emulator::Bochs;
-    let mut name = "boot";
-    let mut limit = Duration::from_secs(300);
+    // The demo: L0, Linux/KVM as the cloud VM, two Linux user VMs with
+    // shells, and the operator's console attached to them.
+    let mut name = "demo";
+    let mut limit = None;
     let mut it = args.iter();
     while let Some(&a) = it.next() {
         match a {
             "--qemu" => emu = Emulator::Qemu,
             "--scenario" => name = it.next().ok_or(USAGE)?,
             "--timeout" => {
-                limit = Duration::from_secs(it.next().and_then(|s| s.parse().ok()).ok_or("--timeout needs seconds")?)
+                limit = Some(Duration::from_secs(it.next().and_then(|s| s.parse().ok()).ok_or("--timeout needs seconds")?))
             }
             _ => return Err(USAGE.into()),
         }
@@ -138,6 +140,7 @@ fn run(args: &[&str]) -> Result<(), String> {
     deps::ensure(&[])?;
     let images = build::images()?;
     let s = scenario::find(name).ok_or_else(|| format!("no scenario named {name}"))?;
+    let limit = limit.unwrap_or(s.limit);
     let dir = scenario::scenario_dir(name).join("run");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let iso = dir.join("boot.iso");

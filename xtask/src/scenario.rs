@@ -258,11 +258,61 @@ pub fn linux() -> Vec<Scenario> {
                 modules: |_| crate::linux::scenario_modules("l2"),
             },
             limit: Duration::from_secs(900),
-            com1: &["L1INIT ok", "KVM ept=Y vpid=Y", "QEMU vm1 exit=0", "QEMU vm2 exit=0", "L2 concurrent=yes", "L1DONE"],
+            com1: &[
+                "L1INIT ok",
+                "KVM ept=Y vpid=Y unrestricted_guest=Y nested=Y apicv=Y ipiv=Y",
+                "QEMU vm1 exit=0 ",
+                "console-bytes=0",
+                "QEMU vm2 exit=0 ",
+                "console-bytes=0",
+                "L2 concurrent=yes",
+                "L1DONE",
+            ],
             com2: &["starting the cloud VM: Linux bzImage", "user VM", "ended", "user VM", "ended", "cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: leak([LINUX_HEALTHY.iter().map(|s| s.to_string()).collect(), vec![format!("L2 {m}-vm1"), format!("L2 {m}-vm2")]].concat()),
             console: ConsoleCheck { expect: leak(vec![format!("L2 {m}-vm1 ok"), format!("L2 {m}-vm2 ok")]), typed: &[] },
             enabled_in_ci: true,
+        },
+        Scenario {
+            // The operator uses a shell in a Linux user VM run by QEMU/KVM:
+            // the VM registers its tag by ultracall, keystrokes reach it by
+            // the UART's interrupt (posted by L0, waking the vCPU that KVM
+            // halted), output comes back, ttyS0's IRQ 4 counts up in L2,
+            // and QEMU's own serial file stays empty.
+            name: "linux-shadow-input",
+            boot: Boot::L0 {
+                cmdline: "serial=com2 loglevel=info",
+                modules: |_| crate::linux::scenario_modules("shell"),
+            },
+            limit: Duration::from_secs(600),
+            com1: &["L1INIT ok", "apicv=Y ipiv=Y", "L1 starting alpha", "QEMU alpha exit=0 console-bytes=0", "L1DONE"],
+            com2: &["starting the cloud VM: Linux bzImage", "user VM 1 registered tag alpha", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: LINUX_HEALTHY,
+            enabled_in_ci: true,
+            console: ConsoleCheck {
+                expect: &["vm 1 tag=alpha", "shadow-42-ok", "irq4-count-ok"],
+                typed: &[
+                    Input { after: "alpha# ", target: "alpha", text: "echo shadow-$((6*7))-ok\r" },
+                    Input {
+                        after: "shadow-42-ok",
+                        target: "alpha",
+                        text: "awk '/ttyS0/ { if ($2 > 20) print \"irq4\" \"-count-ok\" }' /proc/interrupts\r",
+                    },
+                    Input { after: "irq4-count-ok", target: "alpha", text: "exit\r" },
+                ],
+            },
+        },
+        Scenario {
+            // `cargo xtask run`'s demo: two Linux user VMs with shells, the
+            // operator's console attached. Interactive: not a test.
+            name: "demo",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| crate::linux::scenario_modules("demo") },
+            limit: Duration::from_secs(3600),
+            com1: &["L1DONE"],
+            com2: &[],
+            forbidden: LINUX_HEALTHY,
+            enabled_in_ci: false,
+            console: NO_CONSOLE,
         },
         Scenario {
             // A module that is no bzImage: L0 says so and stops.

@@ -236,9 +236,12 @@ pub fn ensure(kernel: &Path) -> Result<Initramfs, String> {
     let t0 = Instant::now();
     let tests = root().join("tests/linux");
 
+    // The guest tool both levels use: tags from L2, save/restore from L1.
+    let ultracall = static_tool(&["-p", "ultracall-abi", "--features", "std", "--bin", "ultracall"], "ultracall")?;
     let mut l2 = Archive::default();
     add_busybox(&mut l2)?;
     l2.add("init", file(read(&tests.join("init-l2"))?, true));
+    l2.add("bin/ultracall", file(read(&ultracall)?, true));
     let l2_path = cached_lz4("l2", &l2.to_bytes())?;
 
     let mut l1 = Archive::default();
@@ -246,7 +249,6 @@ pub fn ensure(kernel: &Path) -> Result<Initramfs, String> {
     l1.add("init", file(read(&tests.join("init"))?, true));
     let probe = static_tool(&["--manifest-path", "tests/linux/probe/Cargo.toml"], "l1-probe")?;
     l1.add("bin/probe", file(read(&probe)?, true));
-    let ultracall = static_tool(&["-p", "ultracall-abi", "--features", "std", "--bin", "ultracall"], "ultracall")?;
     l1.add("bin/ultracall", file(read(&ultracall)?, true));
     l1.add(QEMU, file(read(Path::new(QEMU))?, true));
     let libs = ldd(QEMU)?;
