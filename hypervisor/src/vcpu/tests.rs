@@ -595,6 +595,114 @@ mod nested {
         assert_eq!(p.out.last(), Some(&(0x70, 0x8f)));
     }
 
+    const DESC: u64 = 0x60_0000;
+    const VAPIC: u64 = 0x61_0000;
+
+    /// L2 launched by an L1 that uses posted interrupts (KVM with APICv).
+    fn l2_with_posted_interrupts() -> (Vcpu, FakeSet, FakePlatform) {
+        use crate::vmx::caps::{exit as x, pin, primary as pr, secondary as s2};
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        let v12 = &mut c.nested.vmx.vmcs12;
+        v12.set(F::PIN_BASED_VM_EXEC_CONTROL, v12.get(F::PIN_BASED_VM_EXEC_CONTROL) | (pin::EXTERNAL_INTERRUPT_EXITING | pin::POSTED_INTERRUPTS) as u64);
+        v12.set(F::CPU_BASED_VM_EXEC_CONTROL, v12.get(F::CPU_BASED_VM_EXEC_CONTROL) | pr::USE_TPR_SHADOW as u64);
+        v12.set(F::SECONDARY_VM_EXEC_CONTROL, v12.get(F::SECONDARY_VM_EXEC_CONTROL) | s2::VIRTUAL_INTERRUPT_DELIVERY as u64);
+        v12.set(F::VM_EXIT_CONTROLS, v12.get(F::VM_EXIT_CONTROLS) | x::ACK_INTERRUPT_ON_EXIT as u64);
+        v12.set(F::VIRTUAL_APIC_PAGE_ADDR, VAPIC);
+        v12.set(F::POSTED_INTR_NV, 0xf2);
+        v12.set(F::POSTED_INTR_DESC_ADDR, DESC);
+        p.mem.write(DESC + 34, &[0xf2]).unwrap();
+        p.mem.write(DESC + 36, &0x0100u32.to_le_bytes()).unwrap();
+        assert_eq!(launch(&mut c, &mut v, &mut p, reason::VMLAUNCH), Outcome::Resume);
+        assert!(c.nested.in_l2);
+        (c, v, p)
+    }
+
+    /// A shadow UART's interrupt reaches an L2 that L1 runs with posted
+    /// interrupts: L0 learns the vector from L2's IOAPIC writes, posts it,
+    /// and processes the posting itself while L2 runs or notifies L1.
+    #[test]
+    fn posted_shadow_interrupt() {
+        let (mut c, mut v, mut p) = l2_with_posted_interrupts();
+        // L2 programs IOAPIC pin 4 with `mov %esi,(%rax)` (paging off: the
+        // instruction is at L2 0x1000, L1 0x50_0000); each write goes to L1.
+        p.mem.write(L2_PAGE, &[0x89, 0x30]).unwrap();
+        for (gpa, value) in [(0xfec0_0000u64, 0x18u64), (0xfec0_0010, 0x24)] {
+            c.regs.gpr[GuestRegs::RSI] = value;
+            exit(&mut v, reason::EPT_VIOLATION, 0x182, 0);
+            v.v02.write(F::GUEST_PHYSICAL_ADDRESS, gpa);
+            v.v02.write(F::GUEST_RIP, 0x1000);
+            c.handle_exit(&mut v, &mut p);
+            assert!(!c.nested.in_l2, "KVM emulates the IOAPIC");
+            launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        }
+        // L2's 8250 driver: THR-empty interrupt on, OUT2. The edge is
+        // posted and, L2 being the one running, processed at once.
+        v.v02.write(F::GUEST_INTR_STATUS, 0);
+        for (port, value) in [(0x3f9u32, 0x02u64), (0x3fc, 0x08)] {
+            c.regs.gpr[GuestRegs::RAX] = value;
+            exit(&mut v, reason::IO_INSTRUCTION, (port as u64) << 16, 1);
+            c.handle_exit(&mut v, &mut p);
+        }
+        assert!(c.nested.in_l2);
+        assert_eq!(v.v02.read(F::GUEST_INTR_STATUS) & 0xff, 0x24, "RVI");
+        let mut irr = [0u8; 4];
+        p.mem.read(VAPIC + 0x210, &mut irr).unwrap();
+        assert_eq!(u32::from_le_bytes(irr), 1 << 4, "vector 0x24 in VIRR");
+        assert!(p.ipis.is_empty());
+        // Now L1 runs (L2's CPUID exits to it) when the operator types:
+        // the descriptor gets the vector and L1's APIC the notification.
+        exit(&mut v, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2);
+        c.shadow.io(1, 0x3f9, Some(0x01)); // received-data interrupt on
+        c.shadow.take_edges(1, u16::MAX);
+        for cmd in ["attach 1", "in 41"] {
+            p.mgmt_in.extend_from_slice(shadow_devices::mgmt::frame(format_args!("{cmd}")).as_bytes());
+        }
+        c.poll_console(&mut v, &mut p);
+        assert_eq!(p.ipis, vec![(0x100, 0xf2)]);
+        // VMRESUME processes the outstanding notification.
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert_eq!(v.v02.read(F::GUEST_INTR_STATUS) & 0xff, 0x24);
+        let mut d = [0u8; 33];
+        p.mem.read(DESC, &mut d).unwrap();
+        assert!(d.iter().all(|&b| b == 0), "PIR and ON cleared");
+    }
+
+    /// IPI virtualization: L2's write of ICR (xAPIC: an APIC-write exit)
+    /// to a destination in the PID-pointer table is posted there; any
+    /// other IPI goes to L1 as the APIC-write exit.
+    #[test]
+    fn ipi_virtualization() {
+        use crate::vmx::caps::primary as pr;
+        const TABLE: u64 = 0x62_0000;
+        let (mut c, mut v, mut p) = l2_with_posted_interrupts();
+        let v12 = &mut c.nested.vmx.vmcs12;
+        v12.set(F::CPU_BASED_VM_EXEC_CONTROL, v12.get(F::CPU_BASED_VM_EXEC_CONTROL) | pr::ACTIVATE_TERTIARY as u64);
+        v12.set(F::TERTIARY_VM_EXEC_CONTROL, crate::nested::caps::TERTIARY_IPI_VIRT);
+        v12.set(F::PID_POINTER_TABLE, TABLE);
+        v12.set(F::LAST_PID_POINTER_INDEX, 1);
+        p.mem.write(TABLE + 8, &(DESC | 1).to_le_bytes()).unwrap();
+        // A fixed IPI, vector 0x41, to APIC 1 (ICR high bits 31:24).
+        p.mem.write(VAPIC + 0x310, &(1u32 << 24).to_le_bytes()).unwrap();
+        p.mem.write(VAPIC + 0x300, &0x41u32.to_le_bytes()).unwrap();
+        exit(&mut v, reason::APIC_WRITE, 0x300, 0);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(c.nested.in_l2, "virtualized: L1 sees nothing");
+        // APIC 1 is this very L2's descriptor: posted and processed at once.
+        let mut irr = [0u8; 4];
+        p.mem.read(VAPIC + 0x220, &mut irr).unwrap();
+        assert_eq!(u32::from_le_bytes(irr), 1 << 1, "vector 0x41 in VIRR");
+        assert_eq!(v.v02.read(F::GUEST_INTR_STATUS) & 0xff, 0x41);
+        // To APIC 2 (no entry): L1 gets the APIC-write exit.
+        p.mem.write(VAPIC + 0x310, &(2u32 << 24).to_le_bytes()).unwrap();
+        exit(&mut v, reason::APIC_WRITE, 0x300, 0);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2);
+        let v12 = &c.nested.vmx.vmcs12;
+        assert_eq!((v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION)), (56, 0x300));
+    }
+
     #[test]
     fn l2_msrs_l1_lets_through() {
         let (mut c, mut v, mut p) = l1_in_vmx();
