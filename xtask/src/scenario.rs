@@ -303,6 +303,23 @@ pub fn linux() -> Vec<Scenario> {
             },
         },
         Scenario {
+            // 50 KVM VMs created and destroyed one after another: each
+            // writes COM1 (L0's shadow UART: KVM never sees the port) and
+            // halts; L0 sees each VM come and go and ends with none.
+            name: "linux-vm-churn",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| crate::linux::scenario_modules("churn") },
+            limit: Duration::from_secs(600),
+            com1: &["L1INIT ok", "CHURN ok 50", "CHURN vms-left=0", "L1DONE"],
+            com2: &["starting the cloud VM: Linux bzImage", "user VM 50 ended", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: leak(
+                [LINUX_HEALTHY.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["CHURN FAIL".into(), "user VM 51 ".into()]].concat(),
+            ),
+            enabled_in_ci: true,
+            // Each VM lives for less than the harness needs to attach, so
+            // its byte dies with it; its coming and going is announced.
+            console: ConsoleCheck { expect: &["vm 1 appeared", "vm 1 gone", "vm 50 appeared", "vm 50 gone"], typed: &[] },
+        },
+        Scenario {
             // `cargo xtask run`'s demo: two Linux user VMs with shells, the
             // operator's console attached. Interactive: not a test.
             name: "demo",

@@ -7,6 +7,11 @@
 //! `probe shutdown`: writes "Shutdown" to Bochs's port 0x8900, which L0
 //! watches (it reports and checks its integrity, then passes it on).
 //!
+//! `probe kvm-churn N`: creates and destroys N KVM VMs one after another
+//! through /dev/kvm, each a real-mode guest that writes one byte to COM1
+//! and halts (`CHURN ok N` when all halted and none showed KVM the port:
+//! L0 takes it). L0 must see each VM come and go without leaking.
+//!
 //! Port access from user space needs root and CONFIG_X86_IOPL_IOPERM.
 
 use std::arch::asm;
@@ -118,12 +123,142 @@ fn shutdown() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+mod kvm {
+    //! Just enough of the KVM API (include/uapi/linux/kvm.h) for a
+    //! real-mode guest: ioctl numbers, kvm_regs, kvm_sregs, kvm_run.
+    use std::arch::asm;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    const SYS_IOCTL: usize = 16;
+    const SYS_MMAP: usize = 9;
+    const SYS_MUNMAP: usize = 11;
+    pub const CREATE_VM: usize = 0xae01;
+    pub const GET_VCPU_MMAP_SIZE: usize = 0xae04;
+    pub const CREATE_VCPU: usize = 0xae41;
+    pub const SET_USER_MEMORY_REGION: usize = 0x4020_ae46;
+    pub const RUN: usize = 0xae80;
+    pub const SET_REGS: usize = 0x4090_ae82;
+    pub const GET_SREGS: usize = 0x8138_ae83;
+    pub const SET_SREGS: usize = 0x4138_ae84;
+    pub const EXIT_IO: u32 = 2;
+    pub const EXIT_HLT: u32 = 5;
+
+    fn syscall6(nr: usize, a: [usize; 6]) -> isize {
+        let ret: isize;
+        // SAFETY: the callers pass valid fds and pointers to live buffers
+        // of the sizes the ioctl/mmap contracts name.
+        unsafe {
+            asm!("syscall", inlateout("rax") nr as isize => ret, in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
+                 in("r10") a[3], in("r8") a[4], in("r9") a[5], lateout("rcx") _, lateout("r11") _, options(nostack));
+        }
+        ret
+    }
+
+    pub fn ioctl(fd: &impl AsRawFd, req: usize, arg: usize) -> Result<usize, String> {
+        let r = syscall6(SYS_IOCTL, [fd.as_raw_fd() as usize, req, arg, 0, 0, 0]);
+        if r < 0 { Err(format!("ioctl {req:#x}: errno {}", -r)) } else { Ok(r as usize) }
+    }
+
+    pub fn fd(raw: usize) -> OwnedFd {
+        // SAFETY: a descriptor KVM just returned to us, owned from here on.
+        unsafe { OwnedFd::from_raw_fd(raw as i32) }
+    }
+
+    /// An anonymous (or, with `fd`, shared file) mapping, unmapped on drop.
+    pub struct Map {
+        pub ptr: *mut u8,
+        pub len: usize,
+    }
+
+    impl Map {
+        pub fn new(len: usize, shared: Option<&OwnedFd>) -> Result<Map, String> {
+            const PROT_RW: usize = 3;
+            let (flags, f) = match shared {
+                Some(f) => (0x01, f.as_raw_fd() as usize), // MAP_SHARED
+                None => (0x02 | 0x20, usize::MAX),         // MAP_PRIVATE | MAP_ANONYMOUS
+            };
+            let r = syscall6(SYS_MMAP, [0, len, PROT_RW, flags, f, 0]);
+            if r < 0 { Err(format!("mmap: errno {}", -r)) } else { Ok(Map { ptr: r as *mut u8, len }) }
+        }
+    }
+
+    impl Drop for Map {
+        fn drop(&mut self) {
+            syscall6(SYS_MUNMAP, [self.ptr as usize, self.len, 0, 0, 0, 0]);
+        }
+    }
+}
+
+/// One KVM VM from creation to destruction; the exit reason of its run.
+fn one_vm(dev: &std::fs::File, i: u32) -> Result<u32, String> {
+    let vm = kvm::fd(kvm::ioctl(dev, kvm::CREATE_VM, 0)?);
+    let mem = kvm::Map::new(0x10000, None)?;
+    // mov dx, 0x3f8; mov al, 'a' + i % 26; out dx, al; hlt
+    let code = [0xba, 0xf8, 0x03, 0xb0, b'a' + (i % 26) as u8, 0xee, 0xf4];
+    // SAFETY: `mem` is our fresh 64 KiB mapping.
+    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), mem.ptr.add(0x1000), code.len()) };
+    let region: [u64; 4] = [0, 0, 0x10000, mem.ptr as u64]; // slot 0, flags 0, gpa 0, size, host address
+    kvm::ioctl(&vm, kvm::SET_USER_MEMORY_REGION, region.as_ptr() as usize)?;
+    let vcpu = kvm::fd(kvm::ioctl(&vm, kvm::CREATE_VCPU, 0)?);
+    let run_len = kvm::ioctl(dev, kvm::GET_VCPU_MMAP_SIZE, 0)?;
+    let run = kvm::Map::new(run_len, Some(&vcpu))?;
+    // Real mode at 0:0x1000: CS base and selector 0 (kvm_sregs: CS first).
+    let mut sregs = [0u8; 312];
+    kvm::ioctl(&vcpu, kvm::GET_SREGS, sregs.as_mut_ptr() as usize)?;
+    sregs[0..8].fill(0);
+    sregs[12..14].fill(0);
+    kvm::ioctl(&vcpu, kvm::SET_SREGS, sregs.as_ptr() as usize)?;
+    let mut regs = [0u64; 18];
+    regs[16] = 0x1000; // RIP
+    regs[17] = 2; // RFLAGS
+    kvm::ioctl(&vcpu, kvm::SET_REGS, regs.as_ptr() as usize)?;
+    kvm::ioctl(&vcpu, kvm::RUN, 0)?;
+    // SAFETY: kvm_run's exit_reason is the u32 at offset 8 of the mapping.
+    let reason = unsafe { std::ptr::read_volatile(run.ptr.add(8) as *const u32) };
+    drop(run);
+    drop(vcpu);
+    drop(mem);
+    drop(vm);
+    Ok(reason)
+}
+
+fn kvm_churn(n: u32) -> ExitCode {
+    let dev = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(f) => f,
+        Err(e) => {
+            println!("CHURN FAIL /dev/kvm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for i in 0..n {
+        match one_vm(&dev, i) {
+            Ok(kvm::EXIT_HLT) => {}
+            Ok(kvm::EXIT_IO) => {
+                println!("CHURN FAIL vm {i}: KVM saw the COM1 write (L0 did not take the port)");
+                return ExitCode::FAILURE;
+            }
+            Ok(r) => {
+                println!("CHURN FAIL vm {i}: exit reason {r}, expected HLT");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                println!("CHURN FAIL vm {i}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("CHURN ok {n}");
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
         Some("clock") => clock(),
         Some("shutdown") => shutdown(),
+        Some("kvm-churn") => kvm_churn(args.next().and_then(|n| n.parse().ok()).unwrap_or(50)),
         _ => {
-            eprintln!("usage: probe clock | probe shutdown");
+            eprintln!("usage: probe clock | probe shutdown | probe kvm-churn [N]");
             ExitCode::from(2)
         }
     }

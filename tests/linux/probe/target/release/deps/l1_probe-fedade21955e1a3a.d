@@ -1,0 +1,5 @@
+/work/main/tests/linux/probe/target/release/deps/l1_probe-fedade21955e1a3a.d: src/main.rs
+
+/work/main/tests/linux/probe/target/release/deps/l1_probe-fedade21955e1a3a: src/main.rs
+
+src/main.rs:

@@ -1,0 +1,1 @@
+/work/main/tests/linux/probe/target/release/l1-probe: /work/main/tests/linux/probe/src/main.rs
