@@ -931,6 +931,8 @@ fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
         if !in_l2 {
             deliver_pending_nmi(vs.current());
             vcpu.before_l1_entry(vs.current());
+        } else {
+            vcpu.before_l2_entry(vs.current(), &mut hw.mem);
         }
         let launched = if in_l2 { vcpu.nested.vmcs02_launched } else { vcpu.launched };
         // SAFETY: the current VMCS is complete: host state brings us back to l0_vmx_exit.

@@ -2,7 +2,7 @@
 //! the scenario harness follows every user VM's console through it, and
 //! `cargo xtask console` / `cargo xtask run --console` let a person use it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 
@@ -149,9 +149,11 @@ pub fn set_raw_terminal(raw: bool) {
     RAW_TERMINAL.store(raw, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Operator input a scenario types: when the transcript shows `after`
-/// (past the previous input), attach `target` (a VM number or tag) and
-/// type `text`.
+/// Operator input a scenario types into one VM: when that VM's own
+/// output (and its events, such as `tag=NAME`) since the previous input to
+/// it shows `after`, attach `target` (a VM number or tag) and type `text`
+/// (nothing for an empty text: attaching alone replays the backlog).
+/// Inputs to one target go in order; different targets are independent.
 #[derive(Clone, Copy, Debug)]
 pub struct Input {
     pub after: &'static str,
@@ -159,20 +161,47 @@ pub struct Input {
     pub text: &'static str,
 }
 
-/// Follows every user VM's COM1 from the moment L0 announces it, keeping
-/// a transcript: `vm<N>| <line>` per line of output, and what happened.
+/// The inputs for one target and how far its VM's text was looked at.
+struct Queue {
+    target: &'static str,
+    inputs: VecDeque<Input>,
+    mark: usize,
+}
+
+/// Keeps a transcript of the user VMs' consoles (`vm<N>| <line>` per line
+/// of output, and what happened) and types the scenario's input. With
+/// `follow_all`, every VM is attached the moment L0 announces it;
+/// otherwise only the targets of inputs are (so a VM can print without
+/// the management line's pace).
 pub struct Follower {
     pub transcript: String,
-    inputs: Vec<Input>,
-    /// Transcript offset past which the next input's trigger is looked for.
-    mark: usize,
+    follow_all: bool,
+    queues: Vec<Queue>,
+    tags: BTreeMap<String, u64>,
+    /// Each VM's own text: its raw output and its events.
+    own: BTreeMap<u64, String>,
     followed: BTreeSet<u64>,
     lines: BTreeMap<u64, Vec<u8>>,
 }
 
 impl Follower {
-    pub fn new(inputs: &[Input]) -> Self {
-        Follower { transcript: String::new(), inputs: inputs.to_vec(), mark: 0, followed: BTreeSet::new(), lines: BTreeMap::new() }
+    pub fn new(inputs: &[Input], follow_all: bool) -> Self {
+        let mut queues: Vec<Queue> = Vec::new();
+        for i in inputs {
+            match queues.iter_mut().find(|q| q.target == i.target) {
+                Some(q) => q.inputs.push_back(*i),
+                None => queues.push(Queue { target: i.target, inputs: VecDeque::from([*i]), mark: 0 }),
+            }
+        }
+        Follower {
+            transcript: String::new(),
+            follow_all,
+            queues,
+            tags: BTreeMap::new(),
+            own: BTreeMap::new(),
+            followed: BTreeSet::new(),
+            lines: BTreeMap::new(),
+        }
     }
 
     fn note(&mut self, s: std::fmt::Arguments) {
@@ -187,15 +216,23 @@ impl Follower {
             Event::Vm { id, tag, .. } => {
                 if self.followed.insert(*id) {
                     self.note(format_args!("vm {id} appeared"));
-                    cmds.push(format!("attach {id}"));
+                    if self.follow_all {
+                        cmds.push(format!("attach {id}"));
+                    }
                 }
                 if let Some(t) = tag {
-                    self.note(format_args!("vm {id} tag={t}"));
+                    if self.tags.insert(t.clone(), *id).is_none() {
+                        self.note(format_args!("vm {id} tag={t}"));
+                        self.own.entry(*id).or_default().push_str(&format!("\ntag={t}\n"));
+                    }
                 }
             }
             Event::Out { id, bytes, .. } => {
+                // NULs (a guest flooding its port with zeros) say nothing.
+                let bytes: Vec<u8> = bytes.iter().copied().filter(|&b| b != 0).collect();
+                self.own.entry(*id).or_default().push_str(&String::from_utf8_lossy(&bytes));
                 let buf = self.lines.entry(*id).or_default();
-                buf.extend_from_slice(bytes);
+                buf.extend_from_slice(&bytes);
                 let mut done = Vec::new();
                 while let Some(i) = buf.iter().position(|&b| b == b'\n') {
                     let l: Vec<u8> = buf.drain(..=i).collect();
@@ -233,24 +270,38 @@ impl Follower {
         }
     }
 
-    /// Input whose trigger appeared; also looks at the unfinished lines, as
-    /// a prompt has no newline.
+    /// Inputs whose trigger appeared in their VM's text.
     fn due_input(&mut self) -> Vec<String> {
-        let Some(next) = self.inputs.first().copied() else { return Vec::new() };
-        let pending: String = self.lines.values().map(|l| String::from_utf8_lossy(l).to_string() + "\n").collect();
-        let seen = self.transcript[self.mark..].contains(next.after) || pending.contains(next.after);
-        if !seen {
-            return Vec::new();
+        let mut cmds = Vec::new();
+        let mut typed = Vec::new();
+        for q in &mut self.queues {
+            let vm = q.target.parse::<u64>().ok().or_else(|| self.tags.get(q.target).copied());
+            let Some(text) = vm.and_then(|v| self.own.get(&v)) else { continue };
+            while let Some(next) = q.inputs.front().copied() {
+                if !text[q.mark.min(text.len())..].contains(next.after) {
+                    break;
+                }
+                q.inputs.pop_front();
+                q.mark = text.len();
+                cmds.push(format!("attach {}", next.target));
+                if !next.text.is_empty() {
+                    cmds.push(format!("in {}", mgmt::hex(next.text.as_bytes())));
+                }
+                typed.push(next);
+            }
         }
-        self.inputs.remove(0);
-        self.mark = self.transcript.len();
-        self.note(format_args!("typed into {}: {:?}", next.target, next.text));
-        vec![format!("attach {}", next.target), format!("in {}", mgmt::hex(next.text.as_bytes()))]
+        for t in typed {
+            match t.text {
+                "" => self.note(format_args!("attached to {}", t.target)),
+                text => self.note(format_args!("typed into {}: {text:?}", t.target)),
+            }
+        }
+        cmds
     }
 
     /// Inputs whose trigger never appeared.
-    pub fn untyped(&self) -> &[Input] {
-        &self.inputs
+    pub fn untyped(&self) -> Vec<Input> {
+        self.queues.iter().flat_map(|q| q.inputs.iter().copied()).collect()
     }
 }
 
@@ -321,10 +372,10 @@ mod tests {
 
     #[test]
     fn follower_attaches_transcribes_and_types() {
-        let mut f = Follower::new(&[Input { after: "login:", target: "web", text: "root\r" }]);
+        let mut f = Follower::new(&[Input { after: "login:", target: "web", text: "root\r" }], true);
         let vm = |id, tag: Option<&str>| Event::Vm { id, tag: tag.map(Into::into), frozen: false, bytes_in: 0, bytes_out: 0 };
         assert_eq!(f.event(&vm(3, None)), vec!["attach 3".to_string()]);
-        assert_eq!(f.event(&vm(3, Some("web"))), Vec::<String>::new(), "followed already");
+        assert_eq!(f.event(&vm(3, Some("web"))), Vec::<String>::new(), "followed already; the trigger is not there yet");
         assert!(f.event(&Event::Out { id: 3, port: 0x3f8, bytes: b"hello\r\nweb log".to_vec() }).is_empty());
         let cmds = f.event(&Event::Out { id: 3, port: 0x3f8, bytes: b"in:".to_vec() });
         assert_eq!(cmds, vec!["attach web".to_string(), format!("in {}", mgmt::hex(b"root\r"))]);
@@ -332,5 +383,26 @@ mod tests {
         assert!(f.untyped().is_empty());
         assert!(f.transcript.contains("vm3| hello\n"));
         assert!(f.transcript.contains("vm3| web login:\nvm 3 gone\n"));
+    }
+
+    #[test]
+    fn inputs_per_vm_are_independent_and_in_order() {
+        let inputs = [
+            Input { after: "tag=a", target: "a", text: "" },
+            Input { after: "a# ", target: "a", text: "one\r" },
+            Input { after: "a# ", target: "a", text: "two\r" },
+            Input { after: "b# ", target: "b", text: "x\r" },
+        ];
+        let mut f = Follower::new(&inputs, false);
+        let vm = |id, tag: Option<&str>| Event::Vm { id, tag: tag.map(Into::into), frozen: false, bytes_in: 0, bytes_out: 0 };
+        let out = |id, b: &[u8]| Event::Out { id, port: 0x3f8, bytes: b.to_vec() };
+        assert!(f.event(&vm(1, None)).is_empty(), "not following every VM");
+        assert!(f.event(&vm(2, Some("b"))).is_empty());
+        assert_eq!(f.event(&out(2, b"b# ")), vec!["attach b".to_string(), format!("in {}", mgmt::hex(b"x\r"))]);
+        assert_eq!(f.event(&vm(1, Some("a"))), vec!["attach a".to_string()], "attach only");
+        assert_eq!(f.event(&out(1, b"a# ")).len(), 2);
+        assert!(f.event(&out(1, b"one\r\n")).is_empty(), "the same prompt again is needed");
+        assert_eq!(f.event(&out(1, b"a# ")).len(), 2);
+        assert!(f.untyped().is_empty());
     }
 }

@@ -132,6 +132,8 @@ pub struct Nested {
     pub vmcs02_holds: Option<u64>,
     /// What VMCS02 holds of the fields L0 derives.
     pub derived: prepare::Derived,
+    /// L0 asked VMCS02 for L2's interrupt window (vcpu/apicv.rs).
+    pub window02: bool,
     /// L1's mode (IA-32e) when a VMCS12 last passed the full checks.
     pub checked_l1_long: Option<bool>,
     /// Whether VMCS01 uses VMCS shadowing for L1's VMREAD/VMWRITE, and
@@ -159,6 +161,7 @@ impl Nested {
             entry_was_launched: false,
             vmcs02_holds: None,
             derived: prepare::Derived::default(),
+            window02: false,
             checked_l1_long: None,
             shadowing: false,
             shadow_linked: false,

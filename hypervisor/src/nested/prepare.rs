@@ -129,7 +129,7 @@ const DERIVED: [F; 18] = [
 pub struct Derived([Option<u64>; 18]);
 
 impl Derived {
-    fn put(&mut self, v02: &mut impl Vmcs, f: F, value: u64) {
+    pub fn put(&mut self, v02: &mut impl Vmcs, f: F, value: u64) {
         let i = DERIVED.iter().position(|&d| d == f).expect("a derived field");
         if self.0[i] != Some(value) {
             v02.write(f, value);
@@ -156,6 +156,8 @@ pub struct L0Part<'a> {
     pub l1_dr7: u64,
     /// L0's own VMX-preemption timer value, used when L1 does not time L2.
     pub l0_timer: Option<u64>,
+    /// L0 waits for L2's interrupt window (to deliver a virtual interrupt).
+    pub window: bool,
 }
 
 /// The VMCS02 controls: L1's, with L0's bitmaps and EPT/VPID always on,
@@ -180,7 +182,8 @@ pub fn controls02(v12: &Vmcs12, l0: &L0Part) -> (u32, u32, u32, u32, u32) {
     }
     let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
     let s12 = if p12 & primary::ACTIVATE_SECONDARY != 0 { v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
-    let p02 = (p12 & !(primary::UNCONDITIONAL_IO_EXITING | primary::ACTIVATE_TERTIARY)) | primary::USE_IO_BITMAPS | primary::USE_MSR_BITMAPS | primary::ACTIVATE_SECONDARY;
+    let window = if l0.window { primary::INTERRUPT_WINDOW_EXITING } else { 0 };
+    let p02 = (p12 & !(primary::UNCONDITIONAL_IO_EXITING | primary::ACTIVATE_TERTIARY)) | window | primary::USE_IO_BITMAPS | primary::USE_MSR_BITMAPS | primary::ACTIVATE_SECONDARY;
     let mut s02 = s12 | secondary::ENABLE_EPT;
     if l0.vpid != 0 {
         s02 |= secondary::ENABLE_VPID;
@@ -295,6 +298,7 @@ mod tests {
             l1_debugctl: 0,
             l1_dr7: 0x400,
             l0_timer: None,
+            window: false,
         }
     }
 

@@ -236,6 +236,80 @@ impl Vcpu {
         }
     }
 
+    /// Sets or clears L0's request for L2's interrupt window in VMCS02.
+    pub(super) fn set_window02(&mut self, v02: &mut impl Vmcs, on: bool) {
+        if self.nested.window02 == on {
+            return;
+        }
+        self.nested.window02 = on;
+        let bit = primary::INTERRUPT_WINDOW_EXITING as u64;
+        let l1_wants = self.nested.vmx.vmcs12.get(F::CPU_BASED_VM_EXEC_CONTROL) & bit != 0;
+        let p = v02.read(F::CPU_BASED_VM_EXEC_CONTROL);
+        let p = if on || l1_wants { p | bit } else { p & !bit };
+        self.nested.derived.put(v02, F::CPU_BASED_VM_EXEC_CONTROL, p);
+    }
+
+    /// Before every VM entry into L2 (VMCS02 current): evaluation and
+    /// delivery of a pending virtual interrupt, as SDM 27.3.2.5 and 30.2
+    /// have the CPU do at VM entry. L0 does it in software because Bochs
+    /// 2.7's VM entry does not evaluate pending virtual interrupts (it
+    /// only does on EOI, TPR and self-IPI virtualization), so an interrupt
+    /// KVM or L0 put in RVI would wait for L2's next EOI. The result is the
+    /// CPU's: VISR and SVI set, VPPR raised, the vector out of VIRR and RVI,
+    /// and the interrupt delivered through L2's IDT (injected as an
+    /// external interrupt). When L2 cannot take it yet, L0 waits for its
+    /// interrupt window.
+    pub fn before_l2_entry<V: Vmcs, M: GuestMemory>(&mut self, v: &mut V, mem: &mut M) {
+        const VID: u64 = secondary::VIRTUAL_INTERRUPT_DELIVERY as u64;
+        const PPR: u64 = 0xa0;
+        const VISR: u64 = 0x100;
+        const VIRR: u64 = 0x200;
+        if v.read(F::SECONDARY_VM_EXEC_CONTROL) & VID == 0 {
+            return;
+        }
+        let status = v.read(F::GUEST_INTR_STATUS);
+        let rvi = status as u8;
+        let vapic = v.read(F::VIRTUAL_APIC_PAGE_ADDR);
+        let read32 = |mem: &M, a: u64| {
+            let mut b = [0u8; 4];
+            mem.read(a, &mut b).map(|_| u32::from_le_bytes(b))
+        };
+        let Ok(ppr) = read32(mem, vapic + PPR) else { return };
+        // Not recognized while L1 itself waits for the window (30.2.1).
+        let l1_window = self.nested.vmx.vmcs12.get(F::CPU_BASED_VM_EXEC_CONTROL) & primary::INTERRUPT_WINDOW_EXITING as u64 != 0;
+        if rvi >> 4 <= (ppr as u8) >> 4 || l1_window {
+            self.set_window02(v, false);
+            return;
+        }
+        let activity = v.read(F::GUEST_ACTIVITY_STATE);
+        let takes = v.read(F::GUEST_RFLAGS) & RFLAGS_IF != 0
+            && v.read(F::GUEST_INTERRUPTIBILITY_INFO) & 3 == 0
+            && v.read(F::VM_ENTRY_INTR_INFO_FIELD) & InterruptionInfo::VALID as u64 == 0
+            && (activity == 0 || activity == ACTIVITY_HLT);
+        if !takes {
+            self.set_window02(v, true);
+            return;
+        }
+        self.set_window02(v, false);
+        let (word, bit) = (16 * (rvi / 32) as u64, 1u32 << (rvi % 32));
+        let (Ok(isr), Ok(irr)) = (read32(mem, vapic + VISR + word), read32(mem, vapic + VIRR + word)) else { return };
+        let ok = mem.write(vapic + VISR + word, &(isr | bit).to_le_bytes()).is_ok()
+            && mem.write(vapic + VIRR + word, &(irr & !bit).to_le_bytes()).is_ok()
+            && mem.write(vapic + PPR, &((rvi & 0xf0) as u32).to_le_bytes()).is_ok();
+        if !ok {
+            return;
+        }
+        let next = (0..8u64)
+            .rev()
+            .find_map(|i| read32(mem, vapic + VIRR + 16 * i).ok().filter(|&w| w != 0).map(|w| (32 * i as u32 + 31 - w.leading_zeros()) as u64))
+            .unwrap_or(0);
+        v.write(F::GUEST_INTR_STATUS, (rvi as u64) << 8 | next);
+        v.write(F::VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo::new(rvi, crate::vmx::exit::event_type::EXTERNAL_INTERRUPT, false).0 as u64);
+        if activity == ACTIVITY_HLT {
+            v.write(F::GUEST_ACTIVITY_STATE, 0);
+        }
+    }
+
     fn v12_secondary_bits(&self) -> u32 {
         let v12 = &self.nested.vmx.vmcs12;
         if v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & primary::ACTIVATE_SECONDARY != 0 {

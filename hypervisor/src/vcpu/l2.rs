@@ -187,7 +187,10 @@ impl Vcpu {
             l1_debugctl,
             l1_dr7,
             l0_timer: self.l0_timer,
+            // A new entry re-evaluates L2's virtual interrupts from scratch.
+            window: false,
         };
+        self.nested.window02 = false;
         vs.select(Level::L2);
         let vmcs12_ptr = self.nested.vmx.current;
         if self.nested.vmcs02_holds != vmcs12_ptr {
@@ -458,6 +461,13 @@ impl Vcpu {
                     return self.after_l0_handled_l2_exit(vs, p, o);
                 }
                 reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic)
+            }
+            reason::INTERRUPT_WINDOW if !reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic) => {
+                // L0's own window: the virtual interrupt it waited to
+                // deliver goes in at the next entry (before_l2_entry).
+                self.set_window02(vs.current(), false);
+                self.nested.handled_in_l0 += 1;
+                return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
             }
             reason::APIC_WRITE => {
                 if let Some(o) = self.l2_apic_write(vs, p, &e) {

@@ -669,6 +669,39 @@ mod nested {
         assert!(d.iter().all(|&b| b == 0), "PIR and ON cleared");
     }
 
+    /// L0 delivers the virtual interrupt RVI names at entry into L2 (the
+    /// CPU below may not), or waits for L2's interrupt window.
+    #[test]
+    fn virtual_interrupt_delivered_at_l2_entry() {
+        use crate::vmx::caps::primary as pr;
+        let (mut c, mut v, mut p) = l2_with_posted_interrupts();
+        p.mem.write(VAPIC + 0x210, &(1u32 << 4 | 1 << 1).to_le_bytes()).unwrap(); // 0x24 and 0x21 pending
+        v.v02.write(F::GUEST_INTR_STATUS, 0x24);
+        v.v02.write(F::GUEST_RFLAGS, 0x2);
+        c.before_l2_entry(&mut v.v02, &mut p.mem);
+        assert_eq!(v.v02.read(F::VM_ENTRY_INTR_INFO_FIELD), 0, "IF=0: not yet");
+        assert_ne!(v.v02.read(F::CPU_BASED_VM_EXEC_CONTROL) & pr::INTERRUPT_WINDOW_EXITING as u64, 0, "L0 waits for the window");
+        // The window exit is L0's (L1 did not ask for it).
+        exit(&mut v, reason::INTERRUPT_WINDOW, 0, 0);
+        v.v02.write(F::GUEST_RFLAGS, 0x202);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(c.nested.in_l2);
+        assert_eq!(v.v02.read(F::CPU_BASED_VM_EXEC_CONTROL) & pr::INTERRUPT_WINDOW_EXITING as u64, 0);
+        c.before_l2_entry(&mut v.v02, &mut p.mem);
+        assert_eq!(v.v02.read(F::VM_ENTRY_INTR_INFO_FIELD), 0x8000_0024, "external interrupt 0x24");
+        assert_eq!(v.v02.read(F::GUEST_INTR_STATUS), 0x2421, "SVI 0x24, RVI the next one");
+        let rd = |m: &VecMemory, a| {
+            let mut b = [0u8; 4];
+            m.read(a, &mut b).unwrap();
+            u32::from_le_bytes(b)
+        };
+        assert_eq!((rd(&p.mem, VAPIC + 0x110), rd(&p.mem, VAPIC + 0x210), rd(&p.mem, VAPIC + 0xa0)), (1 << 4, 1 << 1, 0x20));
+        // 0x21 is below the new priority: nothing more until L2's EOI.
+        v.v02.write(F::VM_ENTRY_INTR_INFO_FIELD, 0);
+        c.before_l2_entry(&mut v.v02, &mut p.mem);
+        assert_eq!(v.v02.read(F::VM_ENTRY_INTR_INFO_FIELD), 0);
+    }
+
     /// IPI virtualization: L2's write of ICR (xAPIC: an APIC-write exit)
     /// to a destination in the PID-pointer table is posted there; any
     /// other IPI goes to L1 as the APIC-write exit.
