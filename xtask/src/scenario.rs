@@ -67,6 +67,37 @@ macro_rules! guest {
     };
 }
 
+/// The sealing key of the scenarios that save and restore: an `l0.key`
+/// module (64 hex digits), the only way L0 takes a key.
+const TEST_KEY: &[u8] = b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n";
+
+/// The cloud VM module plus the sealing key.
+macro_rules! guest_with_key {
+    ($name:literal) => {
+        |i: &Images| {
+            vec![IsoModule::file(&i.guest, concat!("l1=multiboot test=", $name)), IsoModule::inline("l0.key", TEST_KEY, "l0.key")]
+        }
+    };
+}
+
+/// A test-hypervisor scenario about L0's shadow devices and ultracalls.
+/// Only under L0 (natively Bochs's VMX hands L1 every COM access of its
+/// L2s and nobody answers ultracalls), so there is no -native variant.
+macro_rules! l0_only {
+    ($name:literal, $secs:expr, $modules:expr, $console:expr) => {
+        Scenario {
+            name: $name,
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: $modules },
+            limit: Duration::from_secs($secs),
+            com1: &[concat!("TEST ", $name, " START"), concat!("TEST ", $name, " PASS")],
+            com2: L0_RUNS_GUEST,
+            forbidden: HEALTHY,
+            console: $console,
+            enabled_in_ci: true,
+        }
+    };
+}
+
 /// A guest scenario of the test hypervisor twice: `NAME-native` (booted
 /// directly by GRUB, checked against Bochs's VMX, in CI) and `NAME` (booted
 /// by L0, enabled in CI once L0 offers nested VMX).
@@ -206,6 +237,29 @@ pub fn all() -> Vec<Scenario> {
     // Measurements (`cargo xtask bench`); the native run also smoke-tests
     // the bench code in CI, asserting only that its loops complete.
     v.extend(nested!("nested-bench", 120, L0_NESTED_VMX));
+    // Shadow devices and ultracalls, with 64-bit L2s (docs/testing.md).
+    v.push(l0_only!(
+        "shadow-console",
+        120,
+        guest!("shadow-console"),
+        ConsoleCheck {
+            // Each VM's lines on its own console (L0 numbers them in the
+            // order they first touch a COM port: A, then B).
+            expect: &[
+                "vm 1 tag=console-a",
+                "vm 2 tag=console-b",
+                "vm1| shadow-console A line 1",
+                "vm1| shadow-A-",
+                "vm1| shadow-console A line 2",
+                "vm1| shadow-console A line 3",
+                "vm2| shadow-console B line 1",
+                "vm2| shadow-B-",
+                "vm2| shadow-console B line 2",
+                "vm2| shadow-console B line 3",
+            ],
+            typed: &[],
+        }
+    ));
     v
 }
 

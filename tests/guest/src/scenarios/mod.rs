@@ -10,6 +10,8 @@ mod nested_entry;
 mod nested_ept;
 mod nested_exits;
 mod nested_vmx_instr;
+mod shadow;
+mod shadow_console;
 
 pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
     crate::hv::force_l2_mode(crate::mb1::arg(mbi.cmdline(), "l2"));
@@ -22,6 +24,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "nested-ept" => nested_ept::run(),
         "nested-exits" => nested_exits::run(),
         "nested-vmx-instr" => nested_vmx_instr::run(),
+        "shadow-console" => shadow_console::run_scenario(),
         _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
     }
 }
