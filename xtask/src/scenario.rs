@@ -260,6 +260,18 @@ pub fn all() -> Vec<Scenario> {
             typed: &[],
         }
     ));
+    v.push(l0_only!(
+        "shadow-input",
+        120,
+        guest!("shadow-input"),
+        ConsoleCheck {
+            expect: &["vm 1 tag=input-1", "vm1| echo: hello-L2", "vm1| echo: second-L2"],
+            typed: &[
+                Input { after: "shadow-input ready>", target: "input-1", text: "hello-L2\r" },
+                Input { after: "shadow-input again>", target: "input-1", text: "second-L2\r" },
+            ],
+        }
+    ));
     v
 }
 

@@ -12,6 +12,7 @@ mod nested_exits;
 mod nested_vmx_instr;
 mod shadow;
 mod shadow_console;
+mod shadow_input;
 
 pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
     crate::hv::force_l2_mode(crate::mb1::arg(mbi.cmdline(), "l2"));
@@ -25,6 +26,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "nested-exits" => nested_exits::run(),
         "nested-vmx-instr" => nested_vmx_instr::run(),
         "shadow-console" => shadow_console::run_scenario(),
+        "shadow-input" => shadow_input::run_scenario(),
         _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
     }
 }
