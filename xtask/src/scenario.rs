@@ -272,6 +272,24 @@ pub fn all() -> Vec<Scenario> {
             ],
         }
     ));
+    v.push(l0_only!(
+        "ultracall-save-restore",
+        120,
+        guest_with_key!("ultracall-save-restore"),
+        ConsoleCheck {
+            // A is vm 1, B vm 2, A' vm 3: A's text before the save, A''s
+            // after the restore, with the input A left unread.
+            expect: &[
+                "vm 1 tag=alpha",
+                "vm1| alpha: before save, type now>",
+                "vm 2 tag=beta",
+                "vm2| beta: standing by",
+                "vm 3 tag=alpha",
+                "vm3| alpha: after restore, got: migrate-me",
+            ],
+            typed: &[Input { after: "alpha: before save, type now>", target: "alpha", text: "migrate-me" }],
+        }
+    ));
     v
 }
 

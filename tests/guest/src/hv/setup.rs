@@ -108,6 +108,12 @@ impl Msg {
     }
 }
 
+impl core::fmt::Display for Msg {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Default for Msg {
     fn default() -> Self {
         Msg::new()

@@ -13,6 +13,7 @@ mod nested_vmx_instr;
 mod shadow;
 mod shadow_console;
 mod shadow_input;
+mod ucall_save_restore;
 
 pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
     crate::hv::force_l2_mode(crate::mb1::arg(mbi.cmdline(), "l2"));
@@ -27,6 +28,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "nested-vmx-instr" => nested_vmx_instr::run(),
         "shadow-console" => shadow_console::run_scenario(),
         "shadow-input" => shadow_input::run_scenario(),
+        "ultracall-save-restore" => ucall_save_restore::run_scenario(),
         _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
     }
 }

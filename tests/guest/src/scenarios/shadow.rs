@@ -142,7 +142,7 @@ impl core::fmt::Display for Stop {
             Stop::Done => write!(f, "done"),
             Stop::Yield => write!(f, "yielded"),
             Stop::Exception(v) => write!(f, "exception {v} in L2"),
-            Stop::Exit(x) => write!(f, "unexpected {x}"),
+            Stop::Exit(x) => write!(f, "{x}"),
             Stop::Failed(e) => write!(f, "{e}"),
         }
     }
