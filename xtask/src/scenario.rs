@@ -290,6 +290,7 @@ pub fn all() -> Vec<Scenario> {
             typed: &[Input { after: "alpha: before save, type now>", target: "alpha", text: "migrate-me" }],
         }
     ));
+    v.push(l0_only!("ultracall-fuzz", 300, guest_with_key!("ultracall-fuzz"), NO_CONSOLE));
     v
 }
 

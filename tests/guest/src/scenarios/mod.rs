@@ -13,6 +13,7 @@ mod nested_vmx_instr;
 mod shadow;
 mod shadow_console;
 mod shadow_input;
+mod ucall_fuzz;
 mod ucall_save_restore;
 
 pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
@@ -29,6 +30,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "shadow-console" => shadow_console::run_scenario(),
         "shadow-input" => shadow_input::run_scenario(),
         "ultracall-save-restore" => ucall_save_restore::run_scenario(),
+        "ultracall-fuzz" => ucall_fuzz::run_scenario(),
         _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
     }
 }
