@@ -158,24 +158,41 @@ pub fn list_len(vms: u64) -> u64 {
     24 + vms * (48 + 4 * 24)
 }
 
-/// What L0 holds that decides the answers.
-#[derive(Clone, Debug)]
-pub struct Model {
-    /// The fuzzed L2's tag (registered before the fuzzing starts).
+/// One user VM L0 knows, with the epoch ledger of its tag.
+#[derive(Clone, Copy, Debug)]
+pub struct VmModel {
     pub tag: [u8; 32],
-    /// L0's number for that VM.
-    pub vm_id: u64,
-    /// VMs L0 knows.
-    pub vms: u64,
+    /// L0's number for the VM.
+    pub id: u64,
     pub frozen: bool,
-    /// The epoch ledger for the tag: highest epoch issued or accepted,
-    /// and whether it was issued by a save here and not consumed since.
+    /// The highest epoch issued or accepted for the tag, and whether it
+    /// was issued by a save here and not consumed since.
     pub high: u64,
     pub own_pending: bool,
-    /// The sealed size of the VM's devices (learned from a size query).
+}
+
+impl VmModel {
+    pub fn new(name: &[u8], id: u64) -> VmModel {
+        let mut tag = [0u8; 32];
+        tag[..name.len()].copy_from_slice(name);
+        VmModel { tag, id, frozen: false, high: 0, own_pending: false }
+    }
+
+    fn restorable(&self, epoch: u64) -> bool {
+        epoch > self.high || (epoch == self.high && self.own_pending)
+    }
+}
+
+/// What L0 holds that decides the answers: two user VMs, the fuzzing
+/// one (`vms[0]`, whose L2 issues the L2 calls) and a bystander with a
+/// tag of its own, both with four idle UARTs (so one sealed size).
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub vms: [VmModel; 2],
+    /// The sealed size of either VM's devices (learned by a size query).
     pub blob_len: u64,
-    /// The epoch of the blob L1 holds, if any.
-    pub blob_epoch: Option<u64>,
+    /// The blob L1 holds: whose, and its epoch.
+    pub blob: Option<(usize, u64)>,
 }
 
 /// The answer and what RCX and RSI must then hold (None: not checked).
@@ -200,12 +217,14 @@ fn too_small(needed: u64) -> Answer {
 }
 
 impl Model {
-    pub fn new(tag: [u8; 32], vm_id: u64, vms: u64, blob_len: u64) -> Model {
-        Model { tag, vm_id, vms, frozen: false, high: 0, own_pending: false, blob_len, blob_epoch: None }
+    pub fn new(vms: [VmModel; 2], blob_len: u64) -> Model {
+        Model { vms, blob_len, blob: None }
     }
 
-    fn restorable(&self, epoch: u64) -> bool {
-        epoch > self.high || (epoch == self.high && self.own_pending)
+    /// The VM holding the tag in R8..R11.
+    fn holder(&self, r: &[u64; 9]) -> Option<usize> {
+        let t = tag_of(r)?;
+        self.vms.iter().position(|v| v.tag == t)
     }
 
     /// The answer to `c` from `level`; None when it is no ultracall (RAX
@@ -223,12 +242,17 @@ impl Model {
     fn op_answer(&self, level: Level, op: Op, c: &Call) -> Answer {
         let r = &c.regs;
         let len = r[RDI];
-        let unmapped = len > 0 && c.buf != Buf::NonCanonical && !matches!(c.buf, Buf::Good { .. });
-        let same_tag = tag_of(r) == Some(self.tag);
+        let unmapped = len > 0 && c.buf == Buf::Unmapped;
+        let holder = self.holder(r);
+        let n_vms = self.vms.len() as u64;
         match op {
             Op::Ping => ok(0, level as u64),
-            Op::RegisterTag if same_tag => ok(0, self.vm_id),
-            Op::RegisterTag => is(Status::TagAlreadySet),
+            // From the fuzzing L2, which registered vms[0]'s tag.
+            Op::RegisterTag => match holder {
+                Some(0) => ok(0, self.vms[0].id),
+                Some(_) => is(Status::TagInUse),
+                None => is(Status::TagAlreadySet),
+            },
             Op::SetIrqRelay => match r[RSI] {
                 0 => ok(0, 0),
                 32..=255 => ok(0, r[RSI]),
@@ -236,45 +260,47 @@ impl Model {
             },
             Op::TakeIrqs => is(Status::NoDevice),
             Op::ListVms => {
-                let n = list_len(self.vms);
+                let n = list_len(n_vms);
                 if len < n {
                     too_small(n)
                 } else if unmapped {
                     is(Status::BufferFault)
                 } else {
-                    ok(n, self.vms)
+                    ok(n, n_vms)
                 }
             }
             Op::SaveDevices => {
-                if !same_tag {
-                    is(Status::UnknownTag)
-                } else if self.frozen {
+                let Some(v) = holder.map(|i| &self.vms[i]) else { return is(Status::UnknownTag) };
+                if v.frozen {
                     is(Status::DeviceFrozen)
                 } else if len < self.blob_len {
                     too_small(self.blob_len)
                 } else if unmapped {
                     is(Status::BufferFault)
                 } else {
-                    ok(self.blob_len, self.high + 1)
+                    ok(self.blob_len, v.high + 1)
                 }
             }
             Op::RestoreDevices => {
                 if unmapped {
                     return is(Status::BufferFault);
                 }
-                if !same_tag {
-                    return is(Status::UnknownTag);
-                }
+                let Some(dest) = holder else { return is(Status::UnknownTag) };
                 // L1 stages the content at the buffer and L0 reads `len`
                 // bytes: the generator makes `len` the content's own
                 // length (or 0). Without a blob L1 stages garbage.
-                let held = self.blob_epoch.is_some() && matches!(c.buf, Buf::Good { .. });
+                let held = self.blob.filter(|_| matches!(c.buf, Buf::Good { .. }));
                 match (c.content, held) {
-                    (Content::Blob, true) if len == self.blob_len => {
-                        let e = self.blob_epoch.unwrap_or(0);
-                        if self.restorable(e) { ok(len, e) } else { is(Status::BlobReplayed) }
+                    (Content::Blob, Some((owner, e))) if len == self.blob_len => {
+                        if owner != dest {
+                            is(Status::BlobWrongTag)
+                        } else if self.vms[dest].restorable(e) {
+                            ok(len, e)
+                        } else {
+                            is(Status::BlobReplayed)
+                        }
                     }
-                    (Content::Flipped(bit), true) if len == self.blob_len => match bit / 8 {
+                    (Content::Flipped(bit), Some(_)) if len == self.blob_len => match bit / 8 {
                         // magic, version, flags, payload length, reserved
                         0..=5 | 8..=15 | 44..=47 => is(Status::BlobMalformed),
                         16..=23 => is(Status::BlobWrongKey),
@@ -295,19 +321,21 @@ impl Model {
         if status != Status::Ok || prefix(level, &c.regs).is_err() {
             return;
         }
+        let Some(i) = self.holder(&c.regs) else { return };
+        let v = &mut self.vms[i];
         match c.regs[RCX] {
             3 => {
-                self.high += 1;
-                self.own_pending = true;
-                self.frozen = true;
-                self.blob_epoch = Some(self.high);
+                v.high += 1;
+                v.own_pending = true;
+                v.frozen = true;
+                self.blob = Some((i, v.high));
             }
             4 => {
-                if let Some(e) = self.blob_epoch {
-                    self.high = e;
+                if let Some((_, e)) = self.blob {
+                    v.high = e;
                 }
-                self.own_pending = false;
-                self.frozen = false;
+                v.own_pending = false;
+                v.frozen = false;
             }
             _ => {}
         }
@@ -340,10 +368,11 @@ fn pick_version(rng: &mut Rng) -> u64 {
 
 const TAG_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789.-_";
 
-fn pick_tag(rng: &mut Rng, own: &[u8; 32]) -> [u64; 4] {
+fn pick_tag(rng: &mut Rng, m: &Model) -> [u64; 4] {
     let mut t = [0u8; 32];
-    match rng.below(8) {
-        0 | 1 => t = *own,
+    match rng.below(9) {
+        0 | 1 => t = m.vms[0].tag,
+        7 => t = m.vms[1].tag,
         2 => {
             let n = 1 + rng.below(32) as usize;
             for (i, b) in t[..n].iter_mut().enumerate() {
@@ -390,7 +419,7 @@ pub fn gen(rng: &mut Rng, level: Level, m: &Model, base: u64) -> Call {
     };
     r[RCX] = pick_op(rng);
     r[RDX] = pick_version(rng);
-    let t = pick_tag(rng, &m.tag);
+    let t = pick_tag(rng, m);
     r[R8..R8 + 4].copy_from_slice(&t);
     let buf = match rng.below(10) {
         0 => Buf::Unmapped,
@@ -412,7 +441,7 @@ pub fn gen(rng: &mut Rng, level: Level, m: &Model, base: u64) -> Call {
         1 => MAX_BUFFER_LEN as u64 + 1 + rng.below(1 << 20),
         2 if !restore => rng.next(),
         3 if !restore => m.blob_len.saturating_sub(1 + rng.below(8)),
-        4 if !restore => list_len(m.vms) - 1,
+        4 if !restore => list_len(m.vms.len() as u64) - 1,
         _ if restore => match content {
             Content::Truncated(n) => n as u64,
             Content::Extended => m.blob_len + 1,
@@ -453,9 +482,7 @@ mod tests {
     }
 
     fn model() -> Model {
-        let mut t = [0u8; 32];
-        t[..7].copy_from_slice(b"fuzz-l2");
-        Model::new(t, 3, 1, 500)
+        Model::new([VmModel::new(b"fuzz-l2", 3), VmModel::new(b"bystander", 4)], 500)
     }
 
     /// The oracle's decoding agrees with the ABI crate's on every field
@@ -523,14 +550,22 @@ mod tests {
         c.regs[RCX] = 2;
         assert_eq!(m.answer(Level::L1, &c).unwrap().expect, Expect::Is(Status::NotPermitted));
         assert_eq!(m.answer(Level::L2, &c).unwrap(), ok(0, 3));
+        // The bystander's tag: in use for REGISTER_TAG, the wrong tag for
+        // the fuzzing VM's blob.
+        c.regs[R8..].copy_from_slice(&[u64::from_le_bytes(*b"bystande"), u64::from(b'r'), 0, 0]);
+        assert_eq!(m.answer(Level::L2, &c).unwrap().expect, Expect::Is(Status::TagInUse));
+        c.regs[RCX] = 4;
+        c.buf = Buf::Good { off: 0 };
+        c.content = Content::Blob;
+        assert_eq!(m.answer(Level::L1, &c).unwrap().expect, Expect::Is(Status::BlobWrongTag));
     }
 
     #[test]
     fn the_generator_covers_every_outcome() {
         let mut rng = Rng::new(0x5eed);
         let mut m = model();
-        m.blob_epoch = Some(0);
-        m.own_pending = true;
+        m.blob = Some((0, 0));
+        m.vms[0].own_pending = true;
         let mut seen = std::collections::HashSet::new();
         for i in 0..50_000 {
             let level = if i % 3 == 0 { Level::L2 } else { Level::L1 };
@@ -550,7 +585,9 @@ mod tests {
             Status::BufferTooLarge,
             Status::UnknownTag,
             Status::TagAlreadySet,
+            Status::TagInUse,
             Status::TagInvalid,
+            Status::BlobWrongTag,
             Status::BlobMalformed,
             Status::BlobWrongKey,
             Status::BlobAuthFailed,

@@ -3,7 +3,8 @@
 //! operation number and unknown ones, other ABI versions, buffers that
 //! are good, unmapped, non-canonical, too small or too large, valid and
 //! invalid tags, genuine, tampered, truncated and garbage blobs — and
-//! each answer is checked against `ucall_model`: the status (always one
+//! each answer is checked against `ucall_model` (which also knows a
+//! second, bystander VM whose tag the calls name): the status (always one
 //! the ABI defines), RCX and RSI, RDX = L0's version, and every register
 //! L0 must preserve (RFLAGS too, for L1). The caller rules are part of
 //! the model: SAVE/RESTORE/LIST/SetIrqRelay/TakeIrqs from L2 and
@@ -22,7 +23,7 @@ use crate::hv::ucall::{self, Gprs};
 use crate::hv::vm::Vm;
 use crate::hv::vmx::vmwrite;
 use crate::hv::{l0_alive, start, Hv, Msg};
-use crate::ucall_model::{gen, Answer, Buf, Call, Content, Expect, Level, Model, Rng, BUF_SPAN, R8, RAX, RCX, RDI, RDX, RSI};
+use crate::ucall_model::{gen, Answer, Buf, Call, Content, Expect, Level, Model, Rng, VmModel, BUF_SPAN, R8, RAX, RCX, RDI, RDX, RSI};
 use crate::{l2x, msg};
 
 use super::shadow::{blob_buf, io_buf, list_vms, run, skip, st, va, Row, Spy, Stop};
@@ -42,8 +43,30 @@ const CHECKS: &[&str] = &[
     "l0-state-consistent",
 ];
 
+/// Statuses the run must have seen.
+const REACHED: &[Status] = &[
+    Status::Ok,
+    Status::UnknownOp,
+    Status::BadVersion,
+    Status::NotPermitted,
+    Status::BufferFault,
+    Status::BufferTooSmall,
+    Status::BufferTooLarge,
+    Status::UnknownTag,
+    Status::TagInUse,
+    Status::TagAlreadySet,
+    Status::TagInvalid,
+    Status::DeviceFrozen,
+    Status::NoDevice,
+    Status::BlobMalformed,
+    Status::BlobAuthFailed,
+    Status::BlobWrongTag,
+    Status::BlobReplayed,
+    Status::InvalidArgument,
+];
+
 const SEED: u64 = 0x5eed_0f_1a_b0_0c;
-const ROUNDS: usize = 24;
+const ROUNDS: usize = 48;
 const L1_BATCH: usize = 64;
 const L2_BATCH: usize = FUZZ_ENTRIES;
 
@@ -85,25 +108,40 @@ impl Tally {
 fn body(c: &mut Checks, hv: &mut Hv) {
     crate::println!("guest: fuzz seed {SEED:#x}, {ROUNDS} rounds of {L1_BATCH} L1 and {L2_BATCH} L2 calls");
     let tag = ucall::tag("fuzz-l2");
-    let p = Params { letter: b'F', tag: b"fuzz-l2", uart: UART_POLLED, chunk: 0 };
     let mut spy = Spy::new();
-    let mut vm = match hv.vm64(0, pg::VMCS_A, l2x!(l2x_tag_only), &p) {
-        Ok((vm, _)) => vm,
-        Err(m) => {
-            for n in &CHECKS[1..] {
-                c.check(n, false, format_args!("setting up the VM: {}", m.as_str()));
+    // The fuzzing VM, and a bystander whose tag the calls also name.
+    let mut vms = [None, None];
+    for (i, (name, page)) in [("fuzz-l2", pg::VMCS_A), ("bystander", pg::VMCS_B)].into_iter().enumerate() {
+        let p = Params { letter: b'F', tag: name.as_bytes(), uart: UART_POLLED, chunk: 0 };
+        match hv.vm64(i, page, l2x!(l2x_tag_only), &p) {
+            Ok((mut vm, _)) => {
+                let s = super::shadow::run_to_end(&mut vm, i, &mut spy);
+                vms[i] = Some((vm, s));
             }
-            return;
+            Err(m) => {
+                for n in &CHECKS[1..] {
+                    c.check(n, false, format_args!("setting up {name}: {}", m.as_str()));
+                }
+                return;
+            }
         }
-    };
-    let s = super::shadow::run_to_end(&mut vm, 0, &mut spy);
+    }
+    let [Some((mut vm, s0)), Some((_, s1))] = vms else { return };
     let (t_st, vm_id) = (l2x::rd(0, l2x::D_TAG_STATUS), l2x::rd(0, l2x::D_TAG_ID));
-    c.check("fuzz-vm", matches!(s, Stop::Done) && t_st == 0, format_args!("{s}; fuzz-l2 {} as vm {vm_id}", st(t_st)));
+    let (b_st, b_id) = (l2x::rd(1, l2x::D_TAG_STATUS), l2x::rd(1, l2x::D_TAG_ID));
+    c.check(
+        "fuzz-vm",
+        matches!((s0, s1), (Stop::Done, Stop::Done)) && t_st == 0 && b_st == 0,
+        format_args!("{s0}, {s1}; fuzz-l2 {} as vm {vm_id}, bystander {} as vm {b_id}", st(t_st), st(b_st)),
+    );
     let o = ucall::save(&tag, 0, 0);
-    c.check("size-query", o.is(Status::BufferTooSmall) && o.rcx > 96, format_args!("{}: {} bytes", st(o.rax), o.rcx));
-    let mut padded = [0u8; 32];
-    padded[..7].copy_from_slice(b"fuzz-l2");
-    let mut m = Model::new(padded, vm_id, 1, o.rcx);
+    let ob = ucall::save(&ucall::tag("bystander"), 0, 0);
+    c.check(
+        "size-query",
+        o.is(Status::BufferTooSmall) && o.rcx > 96 && ob.is(Status::BufferTooSmall) && ob.rcx == o.rcx,
+        format_args!("{}: {} bytes; the bystander's {}: {} bytes", st(o.rax), o.rcx, st(ob.rax), ob.rcx),
+    );
+    let mut m = Model::new([VmModel::new(b"fuzz-l2", vm_id), VmModel::new(b"bystander", b_id)], o.rcx);
 
     let mut rng = Rng::new(SEED);
     let (mut t1, mut t2) = (Tally::default(), Tally::default());
@@ -145,17 +183,32 @@ fn body(c: &mut Checks, hv: &mut Hv) {
         t1.forbidden > 0 && t1.denied == t1.forbidden && t2.forbidden > 0 && t2.denied == t2.forbidden,
         format_args!("L1 refused {} of {} REGISTER_TAGs; L2 refused {} of {} L1-only calls", t1.denied, t1.forbidden, t2.denied, t2.forbidden),
     );
+    // The seeded run reaches every status a fuzzed call can get here
+    // (not: a read-only buffer, an internal limit, no key, a rejected state).
+    let missing = REACHED.iter().filter(|s| seen & 1 << s.raw() == 0).fold(msg!(""), |mut m, s| {
+        let _ = core::fmt::Write::write_fmt(&mut m, format_args!(" {}", st(s.raw())));
+        m
+    });
     let names = (0..64).filter(|b| seen & 1 << b != 0).count();
-    c.check("statuses-seen", names >= 16, format_args!("{names} different statuses (bits {seen:#x})"));
+    c.check("statuses-seen", missing.as_str().is_empty(), format_args!("{names} different statuses (bits {seen:#x}); missing:{}", missing.as_str()));
 
     let mut rows = [Row::default(); 8];
     let relay = ucall::set_irq_relay(0);
     let listed = list_vms(&mut rows);
-    let ok = matches!(listed, Ok(1)) && rows[0].tag == Some(tag) && rows[0].frozen == m.frozen && rows[0].id == vm_id && relay.is(Status::Ok);
+    let agrees = |i: usize| rows[..2].iter().any(|r| r.id == m.vms[i].id && r.frozen == m.vms[i].frozen && r.tag.is_some_and(|t| t.padded() == &m.vms[i].tag));
     c.check(
         "l0-state-consistent",
-        ok,
-        format_args!("{}; the model says frozen {}, epoch {}; relay off: {}", super::shadow::ShowRow(listed.ok().filter(|&n| n > 0).map(|_| rows[0])), m.frozen, m.high, st(relay.rax)),
+        matches!(listed, Ok(2)) && agrees(0) && agrees(1) && relay.is(Status::Ok),
+        format_args!(
+            "{}; {}; the model says frozen {}/{}, epochs {}/{}; relay off: {}",
+            super::shadow::ShowRow(Some(rows[0])),
+            super::shadow::ShowRow(Some(rows[1])),
+            m.vms[0].frozen,
+            m.vms[1].frozen,
+            m.vms[0].high,
+            m.vms[1].high,
+            st(relay.rax)
+        ),
     );
 }
 
@@ -235,7 +288,7 @@ fn stage(rng: &mut Rng, m: &Model, call: &Call) {
     let Buf::Good { off } = call.buf else { return };
     let (buf, off) = (io_buf(), off as usize);
     let blob = &blob_buf()[..m.blob_len as usize];
-    let held = m.blob_epoch.is_some();
+    let held = m.blob.is_some();
     let len = (call.regs[RDI] as usize).min(BUF_SPAN as usize - off);
     match call.content {
         Content::Blob | Content::Flipped(_) | Content::Truncated(_) | Content::Extended if held => {
