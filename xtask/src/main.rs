@@ -7,7 +7,8 @@
 //! - `cargo xtask test host`: host unit tests only
 //! - `cargo xtask test scenario NAME`: one scenario (enabled in CI or not)
 //! - `cargo xtask test list`: the scenarios, and which run in CI
-//! - `cargo xtask bench`: nested-VMX round-trip costs, natively and under L0
+//! - `cargo xtask bench`: nested-VMX round-trip costs, natively and under L0;
+//!   the shadow devices' and ultracalls' costs under L0
 //! - `cargo xtask deps`: install what the above need (as root)
 //! - `cargo xtask console --tcp HOST:PORT | --serial DEVICE`: the operator's
 //!   console on L0's management line (docs/console-protocol.md)
@@ -232,12 +233,17 @@ fn bench_figures(com1: &str) -> Vec<(String, String)> {
 }
 
 /// Runs the bench scenario natively (Bochs's VMX below the test
-/// hypervisor) and under L0, and prints the guest-TSC ticks per operation
+/// hypervisor) and under L0, and the shadow-path bench under L0 (it has
+/// no native counterpart), and prints the guest-TSC ticks per operation
 /// side by side. A failed run is reported as such, with what it printed.
 fn bench() -> Result<(), String> {
     deps::ensure(&[])?;
     let images = build::images()?;
-    let runs = [("native (Bochs VMX)", "nested-bench-native"), ("under L0", "nested-bench")];
+    let runs = [
+        ("native (Bochs VMX)", "nested-bench-native"),
+        ("under L0", "nested-bench"),
+        ("shadow path (L0)", "shadow-bench"),
+    ];
     let mut columns = Vec::new();
     for (label, name) in runs {
         let s = scenario::find(name).ok_or_else(|| format!("no scenario named {name}"))?;

@@ -291,6 +291,9 @@ pub fn all() -> Vec<Scenario> {
         }
     ));
     v.push(l0_only!("ultracall-fuzz", 300, guest_with_key!("ultracall-fuzz"), NO_CONSOLE));
+    // Measurements of the shadow path (`cargo xtask bench`); in CI it
+    // asserts only that its loops complete.
+    v.push(l0_only!("shadow-bench", 120, guest_with_key!("shadow-bench"), NO_CONSOLE));
     v
 }
 

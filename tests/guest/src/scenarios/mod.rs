@@ -11,6 +11,7 @@ mod nested_ept;
 mod nested_exits;
 mod nested_vmx_instr;
 mod shadow;
+mod shadow_bench;
 mod shadow_console;
 mod shadow_input;
 mod ucall_fuzz;
@@ -27,6 +28,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "nested-ept" => nested_ept::run(),
         "nested-exits" => nested_exits::run(),
         "nested-vmx-instr" => nested_vmx_instr::run(),
+        "shadow-bench" => shadow_bench::run_scenario(),
         "shadow-console" => shadow_console::run_scenario(),
         "shadow-input" => shadow_input::run_scenario(),
         "ultracall-save-restore" => ucall_save_restore::run_scenario(),
