@@ -527,6 +527,20 @@ mod tests {
     }
 
     #[test]
+    fn shadow_scenarios_are_l0_only_and_in_ci() {
+        let all = all();
+        for name in ["shadow-console", "shadow-input", "ultracall-save-restore", "ultracall-fuzz", "shadow-bench"] {
+            let s = all.iter().find(|s| s.name == name).expect(name);
+            assert!(!s.native() && s.enabled_in_ci, "{name}");
+            assert!(!all.iter().any(|t| t.name == format!("{name}-native")), "{name} cannot pass natively");
+            let Boot::L0 { modules, .. } = &s.boot else { unreachable!() };
+            let images = Images { l0: "l0".into(), guest: "guest".into() };
+            let keyed = modules(&images).iter().any(|m| m.cmdline == "l0.key");
+            assert_eq!(keyed, !name.starts_with("shadow-c") && name != "shadow-input", "{name}: key module");
+        }
+    }
+
+    #[test]
     fn scenario_names_are_unique() {
         let mut names: Vec<_> = all().iter().chain(&linux()).map(|s| s.name).collect();
         let n = names.len();
