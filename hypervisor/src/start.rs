@@ -251,6 +251,12 @@ impl Platform for Hardware {
     fn apic_eoi(&mut self) -> bool {
         report_apic(crate::arch::apic::eoi())
     }
+    fn apic_state(&mut self) -> String {
+        match crate::arch::apic::state() {
+            Ok(s) => s,
+            Err(e) => alloc::format!("{e:?}"),
+        }
+    }
 }
 
 /// Logs (once) why L0 cannot use L1's local APIC.
@@ -945,9 +951,11 @@ fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
                 }
                 // Cost accounting per exit reason (the shutdown report shows it).
                 let basic = vs.current().read(F::VM_EXIT_REASON) as usize & 0xffff;
+                let rip = vs.current().read(F::GUEST_RIP);
                 let t0 = cpu::rdtsc();
                 let o = vcpu.handle_exit(&mut vs, hw);
                 let stats = if in_l2 { &mut vcpu.l2_stats } else { &mut vcpu.stats };
+                stats.record(basic as u16, rip);
                 if let Some(t) = stats.ticks_by_reason.get_mut(basic) {
                     *t += cpu::rdtsc().wrapping_sub(t0);
                 }

@@ -108,6 +108,9 @@ pub enum Command<'a> {
     Input(Vec<u8>),
     /// `@ping`: L0 answers `@pong`.
     Ping,
+    /// `@stats`: L0 answers with its exit statistics (`stats` events), to
+    /// see what a machine that seems stuck is doing.
+    Stats,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,7 +125,7 @@ pub enum CommandError {
 impl fmt::Display for CommandError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Unknown => write!(f, "unknown command (list, attach, detach, in, ping)"),
+            Self::Unknown => write!(f, "unknown command (list, attach, detach, in, ping, stats)"),
             Self::BadArgument => write!(f, "bad argument"),
         }
     }
@@ -159,9 +162,10 @@ pub fn parse_command(body: &str) -> Result<Command<'_>, CommandError> {
         ("detach", []) => Ok(Command::Detach { target: None, port: None }),
         ("detach", [t, rest @ ..]) if rest.len() <= 1 => Ok(Command::Detach { target: Some(target(t)), port: port(rest.first())? }),
         ("ping", []) => Ok(Command::Ping),
+        ("stats", []) => Ok(Command::Stats),
         ("in", [h]) => unhex(h).map(Command::Input).ok_or(CommandError::BadArgument),
         ("attach", [t, rest @ ..]) if rest.len() <= 1 => Ok(Command::Attach { target: target(t), port: port(rest.first())? }),
-        ("list" | "detach" | "ping" | "in" | "attach", _) => Err(CommandError::BadArgument),
+        ("list" | "detach" | "ping" | "stats" | "in" | "attach", _) => Err(CommandError::BadArgument),
         _ => Err(CommandError::Unknown),
     }
 }
@@ -178,6 +182,11 @@ pub enum Event {
     Out { id: u64, port: u16, bytes: Vec<u8> },
     Dropped { id: u64, port: u16, count: u64 },
     Gone { id: u64 },
+    /// A restore for `tag` (of VM `id`, if one holds the tag) succeeded
+    /// (`ok`) or was refused; `detail` is the epoch or the reason.
+    Restore { id: Option<u64>, tag: String, ok: bool, detail: String },
+    /// One line of L0's answer to `stats`.
+    Stats(String),
     Pong,
     Error(String),
 }
@@ -208,6 +217,17 @@ pub fn parse_event(body: &str) -> Option<Event> {
         "out" => Event::Out { id: id()?, port: port(1)?, bytes: unhex(args.get(2)?)? },
         "dropped" => Event::Dropped { id: id()?, port: port(1)?, count: args.get(2)?.parse().ok()? },
         "gone" => Event::Gone { id: id()? },
+        "restore" => Event::Restore {
+            id: id(),
+            tag: String::from(*args.get(1)?),
+            ok: match *args.get(2)? {
+                "ok" => true,
+                "refused" => false,
+                _ => return None,
+            },
+            detail: args[3..].join(" "),
+        },
+        "stats" => Event::Stats(args.join(" ")),
         "pong" => Event::Pong,
         "err" => Event::Error(args.join(" ")),
         _ => return None,
@@ -233,6 +253,8 @@ mod tests {
     #[test]
     fn commands() {
         assert_eq!(parse_command("list"), Ok(Command::List));
+        assert_eq!(parse_command("stats"), Ok(Command::Stats));
+        assert_eq!(parse_command("stats 1"), Err(CommandError::BadArgument));
         assert_eq!(parse_command("attach 3"), Ok(Command::Attach { target: Target::Id(3), port: None }));
         assert_eq!(
             parse_command("attach web-1 0x2f8"),
@@ -255,6 +277,15 @@ mod tests {
         assert_eq!(e, Event::Vm { id: 2, tag: Some("alpha".into()), frozen: false, bytes_in: 4, bytes_out: 100 });
         assert_eq!(parse_event("out 2 3f8 4142"), Some(Event::Out { id: 2, port: 0x3f8, bytes: b"AB".to_vec() }));
         assert_eq!(parse_event("attached 2 2f8"), Some(Event::Attached { id: 2, port: 0x2f8 }));
+        assert_eq!(
+            parse_event("restore 4 alpha ok epoch=1"),
+            Some(Event::Restore { id: Some(4), tag: "alpha".into(), ok: true, detail: "epoch=1".into() })
+        );
+        assert_eq!(
+            parse_event("restore - beta refused the blob was sealed for another VM"),
+            Some(Event::Restore { id: None, tag: "beta".into(), ok: false, detail: "the blob was sealed for another VM".into() })
+        );
+        assert_eq!(parse_event("restore 4 alpha maybe"), None);
         assert_eq!(
             parse_event("detached 2 2f8 the VM ended"),
             Some(Event::Detached { id: 2, port: 0x2f8, reason: "the VM ended".into() })

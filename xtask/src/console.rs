@@ -154,6 +154,9 @@ pub fn set_raw_terminal(raw: bool) {
 /// it shows `after`, attach `target` (a VM number or tag) and type `text`
 /// (nothing for an empty text: attaching alone replays the backlog).
 /// Inputs to one target go in order; different targets are independent.
+/// An [`Input`] text that detaches the target instead of typing.
+pub const DETACH: &str = "\0detach";
+
 #[derive(Clone, Copy, Debug)]
 pub struct Input {
     pub after: &'static str,
@@ -221,7 +224,9 @@ impl Follower {
                     }
                 }
                 if let Some(t) = tag {
-                    if self.tags.insert(t.clone(), *id).is_none() {
+                    // A tag moves to a new VM when the old one is gone (a
+                    // restore after migration): report each binding once.
+                    if self.tags.insert(t.clone(), *id) != Some(*id) {
                         self.note(format_args!("vm {id} tag={t}"));
                         self.own.entry(*id).or_default().push_str(&format!("\ntag={t}\n"));
                     }
@@ -245,11 +250,19 @@ impl Follower {
             Event::Gone { id } => {
                 self.flush(*id);
                 self.followed.remove(id);
+                self.tags.retain(|_, v| v != id);
                 self.note(format_args!("vm {id} gone"));
             }
             Event::Dropped { id, count, .. } => self.note(format_args!("vm {id} dropped {count} bytes")),
+            Event::Restore { id, tag, ok, detail } => {
+                let what = if *ok { "restored" } else { "restore-refused" };
+                self.note(format_args!("{tag} {what} {detail}"));
+                if let Some(id) = id {
+                    self.own.entry(*id).or_default().push_str(&format!("\n{what}\n"));
+                }
+            }
             Event::Error(m) => self.note(format_args!("L0 err {m}")),
-            Event::Hello { .. } | Event::EndList { .. } | Event::Attached { .. } | Event::Detached { .. } | Event::Pong => {}
+            Event::Hello { .. } | Event::Stats(_) | Event::EndList { .. } | Event::Attached { .. } | Event::Detached { .. } | Event::Pong => {}
         }
         cmds.extend(self.due_input());
         cmds
@@ -283,9 +296,13 @@ impl Follower {
                 }
                 q.inputs.pop_front();
                 q.mark = text.len();
-                cmds.push(format!("attach {}", next.target));
-                if !next.text.is_empty() {
-                    cmds.push(format!("in {}", mgmt::hex(next.text.as_bytes())));
+                if next.text == DETACH {
+                    cmds.push(format!("detach {}", next.target));
+                } else {
+                    cmds.push(format!("attach {}", next.target));
+                    if !next.text.is_empty() {
+                        cmds.push(format!("in {}", mgmt::hex(next.text.as_bytes())));
+                    }
                 }
                 typed.push(next);
             }
@@ -293,6 +310,7 @@ impl Follower {
         for t in typed {
             match t.text {
                 "" => self.note(format_args!("attached to {}", t.target)),
+                DETACH => self.note(format_args!("detached from {}", t.target)),
                 text => self.note(format_args!("typed into {}: {text:?}", t.target)),
             }
         }

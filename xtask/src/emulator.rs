@@ -48,7 +48,17 @@ pub struct Logs<'a> {
     pub console: &'a str,
 }
 
-fn bochsrc(iso: &Path, memory_mib: u32, com2_port: u16) -> String {
+fn bochsrc(iso: &Path, memory_mib: u32, com2_port: u16, disk: bool) -> String {
+    // The migration disk (docs/testing.md) on the secondary channel; the
+    // cloud VM drives it by polled PIO, so its IRQ is never raised.
+    let disk = match disk {
+        true => format!(
+            "ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\n\
+             ata1-master: type=disk, path=disk.img, mode=flat, cylinders={}, heads=16, spt=63\n",
+            crate::scenario::DISK_CYLINDERS
+        ),
+        false => String::new(),
+    };
     format!(
         "config_interface: textconfig\n\
          display_library: rfb, options=\"timeout=0\"\n\
@@ -66,6 +76,7 @@ fn bochsrc(iso: &Path, memory_mib: u32, com2_port: u16) -> String {
          debug: action=ignore\n\
          com1: enabled=1, mode=file, dev=com1.log\n\
          com2: enabled=1, mode=socket-client, dev=127.0.0.1:{com2_port}\n\
+         {disk}\
          log: bochs.log\n\
          sound: driver=dummy\n",
         iso.display()
@@ -92,9 +103,11 @@ pub fn qemu_nested_vmx() -> Result<(), String> {
 }
 
 fn spawn(emu: Emulator, dir: &Path, iso: &Path, memory_mib: u32, com2_port: u16) -> Result<Child, String> {
+    let disk = dir.join("disk.img").exists();
     let mut cmd = match emu {
         Emulator::Bochs => {
-            fs::write(dir.join("bochsrc"), bochsrc(iso, memory_mib, com2_port)).map_err(|e| e.to_string())?;
+            let rc = bochsrc(iso, memory_mib, com2_port, disk);
+            fs::write(dir.join("bochsrc"), rc).map_err(|e| e.to_string())?;
             // Debian's Bochs has the internal debugger: tell it to run and quit.
             fs::write(dir.join("dbg.rc"), "continue\nquit\n").map_err(|e| e.to_string())?;
             let mut c = Command::new("bochs-bin");
@@ -105,12 +118,17 @@ fn spawn(emu: Emulator, dir: &Path, iso: &Path, memory_mib: u32, com2_port: u16)
             let mut c = Command::new("qemu-system-x86_64");
             c.args(["-enable-kvm", "-cpu", "host,+vmx", "-m"])
                 .arg(memory_mib.to_string())
-                .arg("-cdrom")
-                .arg(iso)
+                // The ISO on the primary master, the migration disk (if
+                // any) on the secondary master, as under Bochs.
+                .arg("-drive")
+                .arg(format!("file={},media=cdrom,if=ide,index=0", iso.display()))
                 .args(["-display", "none", "-no-reboot", "-serial", "file:com1.log", "-serial"])
                 .arg(format!("tcp:127.0.0.1:{com2_port}"))
                 // The guest's "Shutdown" on port 0x8900 ends QEMU as it ends Bochs.
                 .args(["-device", "isa-debug-exit,iobase=0x8900,iosize=1"]);
+            if disk {
+                c.args(["-drive", "file=disk.img,format=raw,if=ide,index=2"]);
+            }
             c
         }
     };
@@ -182,6 +200,8 @@ fn accept(listener: &TcpListener, child: &mut Child, dir: &Path) -> Result<TcpSt
     }
 }
 
+const STALL: Duration = Duration::from_secs(45);
+
 /// Runs `iso` until `judge` says stop, the emulator exits, `user` quits,
 /// or `limit` passes; `user` is the other end of L0's management line.
 #[allow(clippy::too_many_arguments)]
@@ -206,6 +226,9 @@ pub fn run(
     let read = |name: &str| String::from_utf8_lossy(&fs::read(dir.join(name)).unwrap_or_default()).into_owned();
     let mut timed_out = false;
     let mut last_judged = Instant::now();
+    // A run whose logs stand still is asked what it is doing: L0's
+    // `stats` answer lands in com2.log.
+    let (mut progress, mut seen) = (Instant::now(), (0, 0));
     loop {
         // Short steps for a person typing; the logs are judged at 10 Hz.
         sleep(Duration::from_millis(20));
@@ -221,6 +244,13 @@ pub fn run(
         let c1 = read("com1.log");
         if stream_com1 {
             com1.show(&c1);
+        }
+        if (c1.len(), line.text.len()) != seen {
+            (progress, seen) = (Instant::now(), (c1.len(), line.text.len()));
+        } else if progress.elapsed() > STALL && !stream_com1 {
+            eprintln!("xtask: no output for {} s; asking L0 for its stats (com2.log)", STALL.as_secs());
+            let _ = line.send("stats");
+            progress = Instant::now();
         }
         if judge(&Logs { com1: &c1, com2: &line.text, console: user.transcript() }) == Verdict::Stop {
             break;

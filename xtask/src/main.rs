@@ -5,9 +5,10 @@
 //!   a cloud VM (or a native scenario), stream both serial lines
 //! - `cargo xtask test`: host unit tests, then every Bochs scenario enabled in CI
 //! - `cargo xtask test host`: host unit tests only
-//! - `cargo xtask test scenario NAME`: one scenario (enabled in CI or not)
+//! - `cargo xtask test scenario NAME...`: these scenarios (enabled in CI or not)
 //! - `cargo xtask test list`: the scenarios, and which run in CI
-//! - `cargo xtask bench`: nested-VMX round-trip costs, natively and under L0
+//! - `cargo xtask bench`: nested-VMX round-trip costs, natively and under L0;
+//!   the shadow devices' and ultracalls' costs under L0
 //! - `cargo xtask deps`: install what the above need (as root)
 //! - `cargo xtask console --tcp HOST:PORT | --serial DEVICE`: the operator's
 //!   console on L0's management line (docs/console-protocol.md)
@@ -27,7 +28,7 @@ use std::time::Duration;
 use emulator::{Emulator, Verdict};
 
 const USAGE: &str =
-    "usage: cargo xtask <build | run [--qemu] [--scenario NAME] [--timeout SECS] | test [host | list | scenario NAME] | bench | console (--tcp HOST:PORT | --serial DEVICE) | deps | linux>";
+    "usage: cargo xtask <build | run [--qemu] [--scenario NAME] [--timeout SECS] | test [host | list | scenario NAME...] | bench | console (--tcp HOST:PORT | --serial DEVICE) | deps | linux>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
         ["run", rest @ ..] => run(rest),
         ["test"] => test_host().and_then(|_| test_scenarios(None)),
         ["test", "host"] => test_host(),
-        ["test", "scenario", name] => test_scenarios(Some(name)),
+        ["test", "scenario", names @ ..] if !names.is_empty() => test_scenarios(Some(names)),
         ["test", "list"] => {
             for s in scenario::all().into_iter().chain(scenario::linux()) {
                 let how = if s.native() { "native" } else { "under L0" };
@@ -85,11 +86,14 @@ fn test_host() -> Result<(), String> {
     if ok { Ok(()) } else { Err("host tests failed".into()) }
 }
 
-fn test_scenarios(only: Option<&str>) -> Result<(), String> {
+fn test_scenarios(only: Option<&[&str]>) -> Result<(), String> {
     deps::ensure(&[])?;
     let images = build::images()?;
-    let list = match only {
-        Some(name) => vec![scenario::find(name).ok_or_else(|| format!("no scenario named {name}"))?],
+    let list: Vec<_> = match only {
+        Some(names) => names
+            .iter()
+            .map(|n| scenario::find(n).ok_or_else(|| format!("no scenario named {n}")))
+            .collect::<Result<_, _>>()?,
         // The Linux scenarios build (or take from the cache) the lean
         // kernel and initramfs first: ~5 min once, seconds afterwards.
         None => scenario::all().into_iter().chain(scenario::linux()).filter(|s| s.enabled_in_ci).collect(),
@@ -235,12 +239,17 @@ fn bench_figures(com1: &str) -> Vec<(String, String)> {
 }
 
 /// Runs the bench scenario natively (Bochs's VMX below the test
-/// hypervisor) and under L0, and prints the guest-TSC ticks per operation
+/// hypervisor) and under L0, and the shadow-path bench under L0 (it has
+/// no native counterpart), and prints the guest-TSC ticks per operation
 /// side by side. A failed run is reported as such, with what it printed.
 fn bench() -> Result<(), String> {
     deps::ensure(&[])?;
     let images = build::images()?;
-    let runs = [("native (Bochs VMX)", "nested-bench-native"), ("under L0", "nested-bench")];
+    let runs = [
+        ("native (Bochs VMX)", "nested-bench-native"),
+        ("under L0", "nested-bench"),
+        ("shadow path (L0)", "shadow-bench"),
+    ];
     let mut columns = Vec::new();
     for (label, name) in runs {
         let s = scenario::find(name).ok_or_else(|| format!("no scenario named {name}"))?;

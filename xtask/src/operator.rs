@@ -162,6 +162,7 @@ impl Operator {
             }
             ["detach" | "d"] => vec!["detach".into()],
             ["ping"] => vec!["ping".into()],
+            ["stats"] => vec!["stats".into()],
             ["quit" | "q"] => {
                 self.quit = true;
                 Vec::new()
@@ -323,6 +324,14 @@ impl LineUser for Operator {
                     self.vms.remove(&id);
                     self.say(&format!("vm {id} ended"));
                 }
+                Event::Restore { id, tag, ok, detail } => {
+                    let vm = id.map_or("no VM".to_string(), |i| format!("vm {i}"));
+                    match ok {
+                        true => self.say(&format!("console of {tag} ({vm}) restored from a migration ({detail})")),
+                        false => self.say(&format!("restore of {tag}'s console ({vm}) refused: {detail}; it starts fresh")),
+                    }
+                }
+                Event::Stats(l) => self.say(&format!("L0 stats: {l}")),
                 Event::Pong => self.say("pong"),
                 Event::Error(m) => self.say(&format!("L0: {m}")),
             },

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::build::{Images, IsoBoot, IsoModule};
-use crate::console::{Follower, Input};
+use crate::console::{Follower, Input, DETACH};
 use crate::emulator::{self, Emulator, Logs, Verdict};
 
 pub struct Scenario {
@@ -26,7 +26,24 @@ pub struct Scenario {
     /// What the user VMs' consoles, followed on L0's management line, must
     /// show; and what the operator types there.
     pub console: ConsoleCheck,
+    /// A raw disk on the secondary ATA channel (`disk.img` in the
+    /// scenario's directory): the channel between two hosts.
+    pub disk: Disk,
 }
+
+pub enum Disk {
+    None,
+    /// A blank disk, kept after the run for the scenarios that read it.
+    Blank,
+    /// A copy of the disk another scenario left (run first if this
+    /// process has not run it yet).
+    From(&'static str),
+}
+
+/// A blank disk's size: 260 cylinders of 16 heads x 63 sectors (Bochs
+/// takes a flat image's geometry from the configuration).
+pub const DISK_CYLINDERS: u64 = 260;
+pub const DISK_BYTES: u64 = DISK_CYLINDERS * 16 * 63 * 512;
 
 pub struct ConsoleCheck {
     /// Text that must appear in the transcript (`console.log`), any order.
@@ -69,6 +86,38 @@ macro_rules! guest {
     };
 }
 
+/// The sealing key of the scenarios that save and restore: an `l0.key`
+/// module (64 hex digits), the only way L0 takes a key.
+const TEST_KEY: &[u8] = b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n";
+
+/// The cloud VM module plus the sealing key.
+macro_rules! guest_with_key {
+    ($name:literal) => {
+        |i: &Images| {
+            vec![IsoModule::file(&i.guest, concat!("l1=multiboot test=", $name)), IsoModule::inline("l0.key", TEST_KEY, "l0.key")]
+        }
+    };
+}
+
+/// A test-hypervisor scenario about L0's shadow devices and ultracalls.
+/// Only under L0 (natively Bochs's VMX hands L1 every COM access of its
+/// L2s and nobody answers ultracalls), so there is no -native variant.
+macro_rules! l0_only {
+    ($name:literal, $secs:expr, $modules:expr, $console:expr) => {
+        Scenario {
+            name: $name,
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: $modules },
+            limit: Duration::from_secs($secs),
+            com1: &[concat!("TEST ", $name, " START"), concat!("TEST ", $name, " PASS")],
+            com2: L0_RUNS_GUEST,
+            forbidden: HEALTHY,
+            console: $console,
+            enabled_in_ci: true,
+            disk: Disk::None,
+        }
+    };
+}
+
 /// A guest scenario of the test hypervisor twice: `NAME-native` (booted
 /// directly by GRUB, checked against Bochs's VMX, in CI) and `NAME` (booted
 /// by L0, enabled in CI once L0 offers nested VMX).
@@ -84,6 +133,7 @@ macro_rules! nested {
                 forbidden: NATIVE_HEALTHY,
                 console: NO_CONSOLE,
                 enabled_in_ci: true,
+                disk: Disk::None,
             },
             Scenario {
                 name: $name,
@@ -94,6 +144,7 @@ macro_rules! nested {
                 forbidden: HEALTHY,
                 console: NO_CONSOLE,
                 enabled_in_ci: $l0_in_ci,
+                disk: Disk::None,
             },
         ]
     };
@@ -115,6 +166,7 @@ macro_rules! fallback {
                 forbidden: NATIVE_HEALTHY,
                 console: NO_CONSOLE,
                 enabled_in_ci: true,
+                disk: Disk::None,
             },
             Scenario {
                 name: concat!($name, "-", $variant),
@@ -130,6 +182,7 @@ macro_rules! fallback {
                 forbidden: HEALTHY,
                 console: NO_CONSOLE,
                 enabled_in_ci: L0_NESTED_VMX,
+                disk: Disk::None,
             },
         ]
     };
@@ -157,6 +210,7 @@ pub fn all() -> Vec<Scenario> {
             forbidden: HEALTHY,
             console: NO_CONSOLE,
             enabled_in_ci: true,
+            disk: Disk::None,
         },
         Scenario {
             name: "ept-guard",
@@ -174,6 +228,7 @@ pub fn all() -> Vec<Scenario> {
             forbidden: HEALTHY,
             console: NO_CONSOLE,
             enabled_in_ci: true,
+            disk: Disk::None,
         },
         Scenario {
             // A module that is not a kernel: L0 says so and stops.
@@ -188,6 +243,7 @@ pub fn all() -> Vec<Scenario> {
             forbidden: &["L0 PANIC", "starting the cloud VM"],
             console: NO_CONSOLE,
             enabled_in_ci: true,
+            disk: Disk::None,
         },
     ];
     // The test hypervisor (tests/guest/src/hv): nested-VMX checks.
@@ -208,6 +264,66 @@ pub fn all() -> Vec<Scenario> {
     // Measurements (`cargo xtask bench`); the native run also smoke-tests
     // the bench code in CI, asserting only that its loops complete.
     v.extend(nested!("nested-bench", 120, L0_NESTED_VMX));
+    // Shadow devices and ultracalls, with 64-bit L2s (docs/testing.md).
+    v.push(l0_only!(
+        "shadow-console",
+        120,
+        guest!("shadow-console"),
+        ConsoleCheck {
+            // Each VM's lines on its own console (L0 numbers them in the
+            // order they first touch a COM port: A, then B).
+            expect: &[
+                "vm 1 tag=console-a",
+                "vm 2 tag=console-b",
+                "vm1| shadow-console A line 1",
+                "vm1| shadow-A-",
+                "vm1| shadow-console A line 2",
+                "vm1| shadow-console A line 3",
+                "vm2| shadow-console B line 1",
+                "vm2| shadow-B-",
+                "vm2| shadow-console B line 2",
+                "vm2| shadow-console B line 3",
+            ],
+            typed: &[],
+            follow_all: true,
+        }
+    ));
+    v.push(l0_only!(
+        "shadow-input",
+        120,
+        guest!("shadow-input"),
+        ConsoleCheck {
+            expect: &["vm 1 tag=input-1", "vm1| echo: hello-L2", "vm1| echo: second-L2"],
+            typed: &[
+                Input { after: "shadow-input ready>", target: "input-1", text: "hello-L2\r" },
+                Input { after: "shadow-input again>", target: "input-1", text: "second-L2\r" },
+            ],
+            follow_all: true,
+        }
+    ));
+    v.push(l0_only!(
+        "ultracall-save-restore",
+        120,
+        guest_with_key!("ultracall-save-restore"),
+        ConsoleCheck {
+            // A is vm 1, B vm 2, A' vm 3: A's text before the save, A''s
+            // after the restore, with the input A left unread.
+            expect: &[
+                "vm 1 tag=alpha",
+                "vm1| alpha: before save, type now>",
+                "vm 2 tag=beta",
+                "vm2| beta: standing by",
+                "vm 3 tag=alpha",
+                "vm3| alpha: after restore, got: migrate-me",
+            ],
+            typed: &[Input { after: "alpha: before save, type now>", target: "alpha", text: "migrate-me" }],
+            follow_all: true,
+        }
+    ));
+    v.push(l0_only!("ultracall-fuzz", 300, guest_with_key!("ultracall-fuzz"), NO_CONSOLE));
+    // Measurements of the shadow path (`cargo xtask bench`); in CI it
+    // asserts only that its loops complete.
+    v.push(l0_only!("shadow-bench", 120, guest_with_key!("shadow-bench"), NO_CONSOLE));
     v
 }
 
@@ -226,12 +342,33 @@ pub fn make_iso(s: &Scenario, images: &Images, iso: &std::path::Path) -> Result<
 /// panicking, its init or the clock probe reporting a failure.
 const LINUX_HEALTHY: &[&str] = &["L0 FATAL", "L0 PANIC", "L0 WARN  command line", "Kernel panic", "CLOCK FAIL", "L1INIT FAIL"];
 
+fn leak_str(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// Another host's key (`migrate-other-key`).
+const OTHER_KEY: &[u8] = b"f0e1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff\n";
+
+/// The Linux cloud VM for a migration host, provisioned with `key`.
+fn migrate_modules(test: &str, key: &'static [u8]) -> Vec<IsoModule> {
+    let mut v = crate::linux::scenario_modules(test);
+    v.push(IsoModule::inline("l0.key", key, "l0.key"));
+    v
+}
+
+fn migrate_forbidden() -> Vec<String> {
+    [LINUX_HEALTHY, &["MIGRATE FAIL", "DISK FAIL", "exit=1 "]].concat().iter().map(|s| s.to_string()).collect()
+}
+
 /// Linux cloud VM scenarios (docs/linux-l1.md). They build the lean kernel
 /// and initramfs on first use (cached under ~/.cache/l0-hypervisor).
 pub fn linux() -> Vec<Scenario> {
     let m = crate::linux::run_marker();
-    let leak = |v: Vec<String>| -> &'static [&'static str] {
-        Box::leak(v.into_iter().map(|s| &*Box::leak(s.into_boxed_str())).collect::<Vec<_>>().into_boxed_slice())
+    // What the operator types: not on L1's command line, unlike `m`.
+    let cm: String = format!("c{}", m.chars().rev().collect::<String>());
+    let leak = |v: Vec<String>| -> &'static [&'static str] { Box::leak(v.into_iter().map(leak_str).collect::<Vec<_>>().into_boxed_slice()) };
+    let leak_inputs = |v: Vec<(&'static str, String)>| -> &'static [Input] {
+        Box::leak(v.into_iter().map(|(after, text)| Input { after, target: "alpha", text: leak_str(text) }).collect::<Vec<_>>().into_boxed_slice())
     };
     vec![
         Scenario {
@@ -248,6 +385,7 @@ pub fn linux() -> Vec<Scenario> {
             forbidden: LINUX_HEALTHY,
             console: NO_CONSOLE,
             enabled_in_ci: true,
+            disk: Disk::None,
         },
         Scenario {
             // QEMU/KVM in L1 runs two L2 Linux VMs at once; each prints the
@@ -274,6 +412,7 @@ pub fn linux() -> Vec<Scenario> {
             forbidden: leak([LINUX_HEALTHY.iter().map(|s| s.to_string()).collect(), vec![format!("L2 {m}-vm1"), format!("L2 {m}-vm2")]].concat()),
             console: ConsoleCheck { expect: leak(vec![format!("L2 {m}-vm1 ok"), format!("L2 {m}-vm2 ok")]), typed: &[], follow_all: true },
             enabled_in_ci: true,
+            disk: Disk::None,
         },
         Scenario {
             // The operator uses shells in two Linux user VMs run by QEMU/KVM,
@@ -297,6 +436,7 @@ pub fn linux() -> Vec<Scenario> {
                 [LINUX_HEALTHY.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["exit=1 ".into()]].concat(),
             ),
             enabled_in_ci: true,
+            disk: Disk::None,
             console: ConsoleCheck {
                 expect: &["alpha-42-ok", "irq4-count-ok", "beta-42-ok", "flood-irqs-ok", "flood-irq-warnings=0"],
                 typed: &[
@@ -328,9 +468,114 @@ pub fn linux() -> Vec<Scenario> {
                 [LINUX_HEALTHY.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["CHURN FAIL".into(), "user VM 51 ".into()]].concat(),
             ),
             enabled_in_ci: true,
+            disk: Disk::None,
             // Each VM lives for less than the harness needs to attach, so
             // its byte dies with it; its coming and going is announced.
             console: ConsoleCheck { expect: &["vm 1 appeared", "vm 1 gone", "vm 50 appeared", "vm 50 gone"], typed: &[], follow_all: true },
+        },
+        // Migration between two hosts (docs/operations.md): host A runs
+        // "alpha" with the operator's shell in it and migrates it to a
+        // disk; host B resumes it from there and restores its console
+        // after refusing a tampered blob, alpha's blob for "beta" and a
+        // replay; host C holds another key and refuses the blob. The
+        // console marker is typed by the operator only: L1's console
+        // never shows it.
+        Scenario {
+            name: "migrate-source",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| migrate_modules("migrate-src", TEST_KEY) },
+            limit: Duration::from_secs(900),
+            com1: &[
+                "L1INIT ok",
+                "L1 starting alpha (host A)",
+                "MIGRATE qemu Migration status: completed",
+                "MIGRATE saved alpha",
+                "QEMU alpha exit=0 console-bytes=0",
+                "MIGRATE stream",
+                "DISK put 2 files",
+                "L1DONE",
+            ],
+            com2: &["starting the cloud VM: Linux bzImage", "registered tag alpha", "devices of alpha saved", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: leak([migrate_forbidden(), vec![cm.clone()]].concat()),
+            enabled_in_ci: false,
+            console: ConsoleCheck {
+                expect: leak(vec![format!("A-said-42-{cm}"), "detached from alpha".into()]),
+                typed: leak_inputs(vec![
+                    ("tag=alpha", String::new()),
+                    // A shell variable and $$: on host B the same shell
+                    // knows them. The late line is written while nobody
+                    // follows the console: it travels as backlog.
+                    ("alpha# ", format!("p=$$ m={cm}; echo A-said-$((6*7))-$m; (sleep 2; echo A-late-$((6*7))-$m) &\r")),
+                    ("A-said-42-", DETACH.into()),
+                ]),
+                follow_all: false,
+            },
+            disk: Disk::Blank,
+        },
+        Scenario {
+            name: "migrate-two-hosts",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| migrate_modules("migrate-dst", TEST_KEY) },
+            limit: Duration::from_secs(900),
+            com1: &[
+                "L1INIT ok",
+                "DISK got 2 files",
+                "L1 starting beta and the incoming alpha (host B)",
+                "MIGRATE tampered: ultracall: error: L0 refused: BLOB_AUTH_FAILED",
+                "MIGRATE as-beta: ultracall: error: L0 refused: BLOB_WRONG_TAG",
+                "MIGRATE restore: restored alpha",
+                "MIGRATE again: ultracall: error: L0 refused: BLOB_REPLAYED",
+                "MIGRATE states alpha=live beta=live",
+                "QEMU alpha exit=0 console-bytes=0",
+                "console-bytes=0",
+                "L1DONE",
+            ],
+            com2: &[
+                "starting the cloud VM: Linux bzImage",
+                "restore for alpha refused",
+                "restore for beta refused",
+                "devices of alpha restored",
+                "restore for alpha refused",
+                "cloud VM requested shutdown",
+                "L0 integrity OK",
+            ],
+            forbidden: leak([migrate_forbidden(), vec![cm.clone()]].concat()),
+            enabled_in_ci: false,
+            console: ConsoleCheck {
+                expect: leak(vec![
+                    "alpha restore-refused".into(),
+                    "alpha restored epoch=1".into(),
+                    format!("A-late-42-{cm}"),
+                    format!("same-shell-{cm}-42"),
+                ]),
+                typed: leak_inputs(vec![
+                    ("tag=alpha", String::new()),
+                    ("restored", "[ \"$p\" = \"$$\" ] && echo same-shell-$m-$((6*7))\r".into()),
+                    (leak_str(format!("same-shell-{cm}-42")), "exit\r".into()),
+                ]),
+                follow_all: false,
+            },
+            disk: Disk::From("migrate-source"),
+        },
+        Scenario {
+            name: "migrate-other-key",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| migrate_modules("migrate-dst", OTHER_KEY) },
+            limit: Duration::from_secs(900),
+            com1: &[
+                "L1INIT ok",
+                "DISK got 2 files",
+                "MIGRATE restore: ultracall: error: L0 refused: BLOB_WRONG_KEY",
+                "MIGRATE states alpha=live beta=live",
+                "QEMU alpha exit=0 console-bytes=0",
+                "L1DONE",
+            ],
+            com2: &["starting the cloud VM: Linux bzImage", "restore for alpha refused", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: leak([migrate_forbidden(), vec![cm.clone(), "devices of alpha restored".into()]].concat()),
+            enabled_in_ci: false,
+            console: ConsoleCheck {
+                expect: &["alpha restore-refused blob was sealed under a different key"],
+                typed: &[Input { after: "tag=alpha", target: "alpha", text: "" }],
+                follow_all: false,
+            },
+            disk: Disk::From("migrate-source"),
         },
         Scenario {
             // `cargo xtask run`'s demo: two Linux user VMs with shells, the
@@ -342,6 +587,7 @@ pub fn linux() -> Vec<Scenario> {
             com2: &[],
             forbidden: LINUX_HEALTHY,
             enabled_in_ci: false,
+            disk: Disk::None,
             console: NO_CONSOLE,
         },
         Scenario {
@@ -357,6 +603,7 @@ pub fn linux() -> Vec<Scenario> {
             forbidden: &["L0 PANIC", "starting the cloud VM"],
             console: NO_CONSOLE,
             enabled_in_ci: true,
+            disk: Disk::None,
         },
         Scenario {
             // The real kernel with an initrd that is no archive.
@@ -376,6 +623,7 @@ pub fn linux() -> Vec<Scenario> {
             forbidden: &["L0 PANIC", "starting the cloud VM"],
             console: NO_CONSOLE,
             enabled_in_ci: true,
+            disk: Disk::None,
         },
     ]
 }
@@ -423,6 +671,7 @@ fn tail(s: &str, lines: usize) -> String {
 pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, String> {
     let dir = crate::build::target_dir().join("scenarios").join(s.name);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    prepare_disk(s, images, emu, &dir)?;
     let iso = dir.join("boot.iso");
     make_iso(s, images, &iso)?;
     // Once everything expected is there, give the guest a moment to shut
@@ -464,6 +713,9 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         String::new()
     };
     let passed = reason.is_empty();
+    if passed {
+        PASSED.lock().unwrap().push(s.name);
+    }
     if !passed {
         eprintln!("---- {} failed: {reason}{}", s.name, if run.timed_out { " (wall-clock limit reached)" } else { "" });
         eprintln!("---- COM1 (cloud VM), last lines:\n{}", tail(&run.com1, 40));
@@ -474,6 +726,30 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         eprintln!("---- {}/bochs.log, last lines:\n{}", dir.display(), tail(&run.emulator_log(), 30));
     }
     Ok(Outcome { passed, reason, elapsed: run.elapsed, com1: run.com1 })
+}
+
+/// The scenarios that passed in this process (whose disks are fresh).
+static PASSED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+/// `disk.img` in `dir` as `s` wants it (none, blank, or another's copy).
+fn prepare_disk(s: &Scenario, images: &Images, emu: Emulator, dir: &std::path::Path) -> Result<(), String> {
+    let img = dir.join("disk.img");
+    let _ = std::fs::remove_file(&img);
+    match s.disk {
+        Disk::None => Ok(()),
+        Disk::Blank => std::fs::File::create(&img).and_then(|f| f.set_len(DISK_BYTES)).map_err(|e| format!("{}: {e}", img.display())),
+        Disk::From(source) => {
+            if !PASSED.lock().unwrap().contains(&source) {
+                let src = find(source).ok_or_else(|| format!("{}: no scenario named {source}", s.name))?;
+                println!("(first {source}) ");
+                let o = run(&src, images, emu)?;
+                if !o.passed {
+                    return Err(format!("{} needs {source}'s disk, and {source} failed: {}", s.name, o.reason));
+                }
+            }
+            std::fs::copy(scenario_dir(source).join("disk.img"), &img).map(|_| ()).map_err(|e| format!("{source}'s disk: {e}"))
+        }
+    }
 }
 
 pub fn find(name: &str) -> Option<Scenario> {
@@ -515,6 +791,20 @@ mod tests {
             }
             let l0 = all.iter().find(|t| t.name == base).expect("each native scenario has an L0 variant");
             assert!(!l0.native() && l0.com1 == s.com1);
+        }
+    }
+
+    #[test]
+    fn shadow_scenarios_are_l0_only_and_in_ci() {
+        let all = all();
+        for name in ["shadow-console", "shadow-input", "ultracall-save-restore", "ultracall-fuzz", "shadow-bench"] {
+            let s = all.iter().find(|s| s.name == name).expect(name);
+            assert!(!s.native() && s.enabled_in_ci, "{name}");
+            assert!(!all.iter().any(|t| t.name == format!("{name}-native")), "{name} cannot pass natively");
+            let Boot::L0 { modules, .. } = &s.boot else { unreachable!() };
+            let images = Images { l0: "l0".into(), guest: "guest".into() };
+            let keyed = modules(&images).iter().any(|m| m.cmdline == "l0.key");
+            assert_eq!(keyed, !name.starts_with("shadow-c") && name != "shadow-input", "{name}: key module");
         }
     }
 

@@ -91,3 +91,37 @@ pub fn eoi() -> Result<(), ApicError> {
     }
     Ok(())
 }
+
+/// L1's local APIC registers that say why interrupts may not arrive: TPR,
+/// PPR, the highest vectors in service and requested, the timer (LVT,
+/// initial and current count, TSC deadline). For diagnostics only.
+pub fn state() -> Result<alloc::string::String, ApicError> {
+    let m = mode()?;
+    let reg = |off: u64| -> u64 {
+        match m {
+            // SAFETY: reads of x2APIC registers (MSR 0x800 + offset/16).
+            Mode::X2 => unsafe { cpu::rdmsr(0x800 + (off >> 4) as u32) },
+            // SAFETY: the register page is mapped uncached (set_mapped).
+            Mode::X(pa) => unsafe { core::ptr::read_volatile((pa + off) as *const u32) as u64 },
+        }
+    };
+    let top = |base: u64| (0..8u64).rev().find_map(|i| match reg(base + 16 * i) as u32 {
+        0 => None,
+        w => Some(32 * i as u32 + 31 - w.leading_zeros()),
+    });
+    // SAFETY: IA32_TSC_DEADLINE exists where the APIC timer offers it;
+    // Bochs's Skylake model has it.
+    let deadline = unsafe { cpu::rdmsr(0x6e0) };
+    Ok(alloc::format!(
+        "{} tpr={:#x} ppr={:#x} isr-top={:x?} irr-top={:x?} lvt-timer={:#x} init={:#x} cur={:#x} deadline={deadline:#x} tsc={:#x}",
+        if matches!(m, Mode::X2) { "x2apic" } else { "xapic" },
+        reg(0x80),
+        reg(0xa0),
+        top(0x100),
+        top(0x200),
+        reg(0x320),
+        reg(0x380),
+        reg(0x390),
+        cpu::rdtsc()
+    ))
+}

@@ -79,10 +79,6 @@ const CONTROL_COPY: &[F] = &[
     F::TPR_THRESHOLD,
     F::VIRTUAL_APIC_PAGE_ADDR,
     F::APIC_ACCESS_ADDR,
-    F::EOI_EXIT_BITMAP0,
-    F::EOI_EXIT_BITMAP1,
-    F::EOI_EXIT_BITMAP2,
-    F::EOI_EXIT_BITMAP3,
     F::PLE_GAP,
     F::PLE_WINDOW,
     F::XSS_EXIT_BITMAP,
@@ -103,7 +99,7 @@ const COPY_MASK: [u64; vmcs12::WORDS] = {
 
 /// VMCS02 fields that L0 derives and the hardware never changes: written
 /// only when their value changes (`Derived` remembers them).
-const DERIVED: [F; 18] = [
+const DERIVED: [F; 22] = [
     F::PIN_BASED_VM_EXEC_CONTROL,
     F::CPU_BASED_VM_EXEC_CONTROL,
     F::SECONDARY_VM_EXEC_CONTROL,
@@ -122,11 +118,15 @@ const DERIVED: [F; 18] = [
     F::CR4_GUEST_HOST_MASK,
     F::CR0_READ_SHADOW,
     F::CR4_READ_SHADOW,
+    F::EOI_EXIT_BITMAP0,
+    F::EOI_EXIT_BITMAP1,
+    F::EOI_EXIT_BITMAP2,
+    F::EOI_EXIT_BITMAP3,
 ];
 
 /// What VMCS02 holds of [`DERIVED`] (None: unknown).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Derived([Option<u64>; 18]);
+pub struct Derived([Option<u64>; 22]);
 
 impl Derived {
     pub fn put(&mut self, v02: &mut impl Vmcs, f: F, value: u64) {
@@ -191,7 +191,15 @@ pub fn controls02(v12: &Vmcs12, l0: &L0Part) -> (u32, u32, u32, u32, u32) {
         s02 &= !secondary::ENABLE_VPID;
     }
     let x12 = v12.get(F::VM_EXIT_CONTROLS) as u32;
+    // L1's VMX-preemption timer counts while L2 runs, across the exits L0
+    // handles itself: VMCS02 saves what is left at every exit, so L0's
+    // resume goes on counting instead of reloading L1's full value (a VM
+    // whose exits L0 keeps, as a frozen one retrying its COM access, would
+    // never see L1's timer fire).
+    let l1_timer = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & crate::vmx::caps::pin::PREEMPTION_TIMER != 0;
+    let save_timer = if l1_timer { exit::SAVE_PREEMPTION_TIMER } else { 0 };
     let x02 = (x12 & (exit::ACK_INTERRUPT_ON_EXIT | exit::SAVE_PREEMPTION_TIMER))
+        | save_timer
         | exit::HOST_ADDRESS_SPACE_SIZE
         | exit::SAVE_EFER
         | exit::LOAD_EFER
@@ -249,12 +257,27 @@ pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part, d: &mut Deri
     if l0.vpid != 0 {
         d.put(v02, F::VIRTUAL_PROCESSOR_ID, l0.vpid as u64);
     }
+    // Every virtualized EOI exits to L0, which evaluates pending virtual
+    // interrupts itself (vcpu/apicv.rs `before_l2_entry`): Bochs 2.7
+    // delivers a virtual interrupt it found pending at an EOI even while
+    // L2 has IF = 0, as soon as any interrupt for L1 arrives (its
+    // InterruptAcknowledge tests the event pending, not unmasked). The
+    // exits L1 asked for are still L1's (reflect.rs).
+    if s & secondary::VIRTUAL_INTERRUPT_DELIVERY != 0 {
+        for f in [F::EOI_EXIT_BITMAP0, F::EOI_EXIT_BITMAP1, F::EOI_EXIT_BITMAP2, F::EOI_EXIT_BITMAP3] {
+            d.put(v02, f, u64::MAX);
+        }
+    }
     let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
     d.put(v02, F::TSC_OFFSET, if p12 & primary::USE_TSC_OFFSETTING != 0 { v12.get(F::TSC_OFFSET) } else { 0 });
     d.put(v02, F::VMCS_LINK_POINTER, u64::MAX);
     let l1_timer = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & crate::vmx::caps::pin::PREEMPTION_TIMER != 0;
-    if let (false, Some(t)) = (l1_timer, l0.l0_timer) {
-        v02.write(F::VMX_PREEMPTION_TIMER_VALUE, t);
+    match (l1_timer, l0.l0_timer) {
+        // Each of L1's entries starts L1's timer afresh (SDM 27.7.4);
+        // VMCS02 holds what was left of the previous run.
+        (true, _) => v02.write(F::VMX_PREEMPTION_TIMER_VALUE, v12.get(F::VMX_PREEMPTION_TIMER_VALUE)),
+        (false, Some(t)) => v02.write(F::VMX_PREEMPTION_TIMER_VALUE, t),
+        (false, None) => {}
     }
 
     // CR0/CR4: L1's masks plus the bits VMX forces; for bits only L0
@@ -344,6 +367,36 @@ mod tests {
         // No VPID02: the control is off even if L1 asked.
         let no_vpid = L0Part { vpid: 0, ..l0part(&caps, &POLICY) };
         assert_eq!(controls02(&v12, &no_vpid).2 & secondary::ENABLE_VPID, 0);
+    }
+
+    /// L1's timer keeps counting across exits L0 handles (VMCS02 saves
+    /// what is left) and restarts from VMCS12 at each of L1's entries.
+    #[test]
+    fn l1_preemption_timer_survives_exits_l0_handles() {
+        use crate::vmx::caps::pin;
+        let caps = bochs();
+        let l0 = L0Part { l0_timer: Some(0x4000), ..l0part(&caps, &POLICY) };
+        let mut v12 = valid_vmcs12();
+        let (_, _, _, x02, _) = controls02(&v12, &l0);
+        assert_eq!(x02 & exit::SAVE_PREEMPTION_TIMER, 0, "L0's own timer restarts at each resume");
+        let mut v02 = FakeVmcs::default();
+        write_vmcs02(&mut v02, &v12, &l0, &mut Derived::default());
+        assert_eq!(v02.read(F::VMX_PREEMPTION_TIMER_VALUE), 0x4000);
+
+        v12.set(F::PIN_BASED_VM_EXEC_CONTROL, v12.get(F::PIN_BASED_VM_EXEC_CONTROL) | pin::PREEMPTION_TIMER as u64);
+        v12.set(F::VMX_PREEMPTION_TIMER_VALUE, 5000);
+        let (pin02, _, _, x02, _) = controls02(&v12, &l0);
+        assert_ne!(pin02 & pin::PREEMPTION_TIMER, 0);
+        assert_ne!(x02 & exit::SAVE_PREEMPTION_TIMER, 0, "L1 did not ask to save, L0 does");
+        let mut d = Derived::default();
+        write_vmcs02(&mut v02, &v12, &l0, &mut d);
+        assert_eq!(v02.read(F::VMX_PREEMPTION_TIMER_VALUE), 5000);
+        // The hardware saved what was left at an exit; L1 enters again
+        // without writing the field: the timer starts from L1's value.
+        v02.write(F::VMX_PREEMPTION_TIMER_VALUE, 17);
+        v12.clean();
+        write_vmcs02(&mut v02, &v12, &l0, &mut d);
+        assert_eq!(v02.read(F::VMX_PREEMPTION_TIMER_VALUE), 5000);
     }
 
     #[test]

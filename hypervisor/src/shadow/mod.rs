@@ -72,6 +72,8 @@ pub struct Shadow {
     input_backlog: Vec<u8>,
     /// Frames L0 sends unasked (a VM appeared, registered a tag, ended).
     notices: Frames,
+    /// The operator asked for `stats`.
+    pub stats_wanted: bool,
     /// Posted-interrupt routes by VMCS12 (recorded at each VM entry).
     pi_routes: BTreeMap<u64, PiRoute>,
     /// What each VM programmed into its IOAPIC.
@@ -96,6 +98,7 @@ impl Shadow {
             rx_line: Vec::new(),
             input_backlog: Vec::new(),
             notices: Vec::new(),
+            stats_wanted: false,
             pi_routes: BTreeMap::new(),
             ioapics: BTreeMap::new(),
         }
@@ -272,9 +275,23 @@ impl Shadow {
         self.devices.commit_save(p, &mut self.ledger)
     }
 
+    /// Restores the devices of the VM holding `tag`. The operator hears
+    /// the outcome either way (`restore` event): after a refusal the VM
+    /// keeps the devices it had, and the console says why.
     pub fn restore(&mut self, tag: &VmTag, blob: &[u8]) -> Result<Restored<VmId>, Error> {
-        let key = self.key.as_ref().ok_or(Error::NoKey)?;
-        self.devices.restore_sealed(tag, key, &mut self.ledger, blob)
+        let r = match self.key.as_ref() {
+            Some(key) => self.devices.restore_sealed(tag, key, &mut self.ledger, blob),
+            None => Err(Error::NoKey),
+        };
+        let t = tag.as_str();
+        self.notices.push(match &r {
+            Ok(ok) => mgmt::frame(format_args!("restore {} {t} ok epoch={}", ok.vm, ok.epoch)),
+            Err(e) => match self.devices.find_by_tag(tag) {
+                Some(vm) => mgmt::frame(format_args!("restore {vm} {t} refused {e}")),
+                None => mgmt::frame(format_args!("restore - {t} refused {e}")),
+            },
+        });
+        r
     }
 
     /// Whether a command line has begun but not ended.
@@ -314,6 +331,8 @@ impl Shadow {
         let mut out = Vec::new();
         match c {
             Command::Ping => out.push(mgmt::frame(format_args!("pong"))),
+            // The vCPU holds the statistics: it answers after this line.
+            Command::Stats => self.stats_wanted = true,
             Command::List => {
                 out.extend(self.devices.iter().map(|(&id, _)| self.vm_frame(id)));
                 out.push(mgmt::frame(format_args!("end-list {}", self.devices.len())));

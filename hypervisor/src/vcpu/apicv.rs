@@ -25,6 +25,8 @@ const ACTIVITY_HLT: u64 = 1;
 const RFLAGS_IF: u64 = 1 << 9;
 /// The x2APIC ICR.
 pub const X2APIC_ICR: u32 = 0x830;
+pub const X2APIC_TPR: u32 = 0x808;
+pub const X2APIC_SELF_IPI: u32 = 0x83f;
 /// The UART pins: IRQ 3 (COM2, COM4) and IRQ 4 (COM1, COM3).
 const COM_PINS: [u8; 2] = [3, 4];
 
@@ -198,6 +200,37 @@ impl Vcpu {
         Some(self.virtualize_ipi(vs, p, icr, true))
     }
 
+    /// L2's write of its x2APIC TPR or SELF IPI register with virtual-
+    /// interrupt delivery (SDM 30.5): the virtual-APIC page updated as the
+    /// CPU would (VTPR; or the vector requested in VIRR and RVI), the
+    /// evaluation of pending virtual interrupts left to `before_l2_entry`.
+    pub(super) fn l2_x2apic_virtual_write<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, msr: u32) -> Option<Outcome> {
+        let vapic = self.nested.vmx.vmcs12.get(F::VIRTUAL_APIC_PAGE_ADDR);
+        let value = self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff;
+        if self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff != 0 || value > 0xff {
+            // Reserved bits: the CPU's virtualization raises #GP(0) in L2.
+            super::inject_exception(vs.current(), 13, Some(0));
+            return Some(Outcome::Resume);
+        }
+        let mem = p.mem();
+        match msr {
+            X2APIC_TPR => mem.write(vapic + 0x80, &(value as u32).to_le_bytes()).ok()?,
+            _ => {
+                let vector = value as u8;
+                let word = vapic + 0x200 + 16 * (vector / 32) as u64;
+                let mut b = [0u8; 4];
+                mem.read(word, &mut b).ok()?;
+                let irr = u32::from_le_bytes(b) | 1 << (vector % 32);
+                mem.write(word, &irr.to_le_bytes()).ok()?;
+                let v02 = vs.current();
+                let status = v02.read(F::GUEST_INTR_STATUS);
+                v02.write(F::GUEST_INTR_STATUS, posted::raise_rvi(status, vector));
+            }
+        }
+        skip_instruction(vs.current());
+        Some(Outcome::Resume)
+    }
+
     /// An APIC-write exit from L2 (xAPIC, APIC-register virtualization):
     /// a write of ICR low is IPI-virtualized when VMCS12 asks for it.
     pub(super) fn l2_apic_write<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) -> Option<Outcome> {
@@ -274,7 +307,13 @@ impl Vcpu {
             let mut b = [0u8; 4];
             mem.read(a, &mut b).map(|_| u32::from_le_bytes(b))
         };
-        let Ok(ppr) = read32(mem, vapic + PPR) else { return };
+        // PPR virtualization (SDM 30.1.3), as the CPU does at VM entry:
+        // VPPR from VTPR and SVI.
+        let (Ok(vtpr), svi) = (read32(mem, vapic + 0x80), (status >> 8) as u8) else { return };
+        let ppr = if (vtpr as u8) >> 4 >= svi >> 4 { vtpr & 0xff } else { (svi & 0xf0) as u32 };
+        if mem.write(vapic + PPR, &ppr.to_le_bytes()).is_err() {
+            return;
+        }
         // Not recognized while L1 itself waits for the window (30.2.1).
         let l1_window = self.nested.vmx.vmcs12.get(F::CPU_BASED_VM_EXEC_CONTROL) & primary::INTERRUPT_WINDOW_EXITING as u64 != 0;
         if rvi >> 4 <= (ppr as u8) >> 4 || l1_window {

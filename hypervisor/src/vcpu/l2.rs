@@ -267,6 +267,17 @@ impl Vcpu {
             let bit = 2048 * 8 + super::apicv::X2APIC_ICR as usize;
             p.page(pages.msr02)[bit / 64] |= 1 << (bit % 64);
         }
+        if self.v12_secondary() & (secondary::VIRTUALIZE_X2APIC | secondary::VIRTUAL_INTERRUPT_DELIVERY)
+            == secondary::VIRTUALIZE_X2APIC | secondary::VIRTUAL_INTERRUPT_DELIVERY
+        {
+            // TPR and self-IPI virtualization evaluate pending virtual
+            // interrupts, which Bochs may then deliver with IF = 0 (see
+            // prepare.rs on EOIs): L0 virtualizes these writes itself.
+            for msr in [super::apicv::X2APIC_TPR, super::apicv::X2APIC_SELF_IPI] {
+                let bit = 2048 * 8 + msr as usize;
+                p.page(pages.msr02)[bit / 64] |= 1 << (bit % 64);
+            }
+        }
         let v12 = &self.nested.vmx.vmcs12;
         for &(msr, write) in PASS_THROUGH_MSRS {
             let l1 = reflect::l1_wants_msr(v12, p.mem(), msr, write);
@@ -453,7 +464,25 @@ impl Vcpu {
                         return self.after_l0_handled_l2_exit(vs, p, o);
                     }
                 }
+                if !l1 && write && matches!(msr, super::apicv::X2APIC_TPR | super::apicv::X2APIC_SELF_IPI) {
+                    if let Some(o) = self.l2_x2apic_virtual_write(vs, p, msr) {
+                        self.nested.handled_in_l0 += 1;
+                        return self.after_l0_handled_l2_exit(vs, p, o);
+                    }
+                }
                 l1
+            }
+            reason::VIRTUALIZED_EOI => {
+                // VMCS02 makes every EOI exit (prepare.rs); L1 gets those
+                // its EOI-exit bitmap names. The EOI itself is done (SDM
+                // 30.1.4); the evaluation it skipped is before_l2_entry's.
+                let vector = e.qualification & 0xff;
+                let bitmap = [F::EOI_EXIT_BITMAP0, F::EOI_EXIT_BITMAP1, F::EOI_EXIT_BITMAP2, F::EOI_EXIT_BITMAP3][vector as usize / 64];
+                if self.nested.vmx.vmcs12.get(bitmap) & 1 << (vector % 64) == 0 {
+                    self.nested.handled_in_l0 += 1;
+                    return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
+                }
+                true
             }
             reason::EXTERNAL_INTERRUPT => {
                 if let Some(o) = self.l2_notification(vs, p, &e) {

@@ -3,6 +3,8 @@
 //! Handlers work on the [`Vmcs`] trait and a [`Platform`] for the few things
 //! that touch hardware, so the whole dispatch runs on the host in tests.
 
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 use crate::arch::run::GuestRegs;
@@ -74,6 +76,10 @@ pub trait Platform {
     fn send_ipi(&mut self, dest: u32, vector: u8) -> bool;
     /// EOI to L1's local APIC for an interrupt L0 consumed.
     fn apic_eoi(&mut self) -> bool;
+    /// L1's local APIC as the `stats` command shows it (diagnostics).
+    fn apic_state(&mut self) -> String {
+        String::from("-")
+    }
 }
 
 /// Why L1 cannot go on.
@@ -105,22 +111,42 @@ pub enum Outcome {
     Stop(Stop),
 }
 
-/// Exit counts by basic reason, and the TSC ticks L0 spent handling them.
+/// Exit counts by basic reason, the TSC ticks L0 spent handling them, and
+/// the last few exits (reason, guest RIP) for the `stats` command.
 #[derive(Clone, Debug)]
 pub struct ExitStats {
     pub by_reason: [u64; 80],
     pub ticks_by_reason: [u64; 80],
+    recent: [(u16, u64); RECENT],
+    next: usize,
 }
+
+const RECENT: usize = 8;
 
 impl Default for ExitStats {
     fn default() -> Self {
-        ExitStats { by_reason: [0; 80], ticks_by_reason: [0; 80] }
+        ExitStats { by_reason: [0; 80], ticks_by_reason: [0; 80], recent: [(0, 0); RECENT], next: 0 }
     }
 }
 
 impl ExitStats {
     pub fn total(&self) -> u64 {
         self.by_reason.iter().sum()
+    }
+
+    pub fn record(&mut self, reason: u16, rip: u64) {
+        self.recent[self.next % RECENT] = (reason, rip);
+        self.next = self.next.wrapping_add(1);
+    }
+
+    /// The recent exits, oldest first: `REASON@RIP ...`.
+    pub fn recent(&self) -> String {
+        let n = self.next.min(RECENT);
+        (self.next - n..self.next)
+            .map(|i| self.recent[i % RECENT])
+            .map(|(r, rip)| alloc::format!("{}@{rip:#x}", reason_name(r)))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -390,6 +416,57 @@ impl Vcpu {
                 break;
             }
             core::hint::spin_loop();
+        }
+        if core::mem::take(&mut self.shadow.stats_wanted) {
+            let l2 = if self.nested.in_l2 { "in L2" } else { "in L1" };
+            let v = vs.current();
+            let v12 = &self.nested.vmx.vmcs12;
+            let vapic = match self.nested.vmx.current.is_some() {
+                true => {
+                    let a = v12.get(F::VIRTUAL_APIC_PAGE_ADDR);
+                    let mut b = [0u8; 4];
+                    let mut reg = |off: u64| p.mem().read(a + off, &mut b).map(|_| u32::from_le_bytes(b)).unwrap_or(u32::MAX);
+                    let top = |base: u64, reg: &mut dyn FnMut(u64) -> u32| {
+                        (0..8u64).rev().find_map(|i| match reg(base + 16 * i) {
+                            0 => None,
+                            w => Some(32 * i as u32 + 31 - w.leading_zeros()),
+                        })
+                    };
+                    let (isr, irr) = (top(0x100, &mut reg), top(0x200, &mut reg));
+                    alloc::format!(
+                        "; VMCS12 rip={:#x} rflags={:#x} intr-state={:#x} intr-status={:#x} timer={:#x} pin={:#x} vapic tpr={:#x} ppr={:#x} isr-top={isr:x?} irr-top={irr:x?}",
+                        v12.get(F::GUEST_RIP),
+                        v12.get(F::GUEST_RFLAGS),
+                        v12.get(F::GUEST_INTERRUPTIBILITY_INFO),
+                        v12.get(F::GUEST_INTR_STATUS),
+                        v12.get(F::VMX_PREEMPTION_TIMER_VALUE),
+                        v12.get(F::PIN_BASED_VM_EXEC_CONTROL),
+                        reg(0x80),
+                        reg(0xa0)
+                    )
+                }
+                false => String::new(),
+            };
+            let now = alloc::format!(
+                "rip={:#x} rflags={:#x} intr-state={:#x} activity={} entry-event={:#x} intr-status={:#x} timer={:#x}{vapic}; L1 APIC {}",
+                v.read(F::GUEST_RIP),
+                v.read(F::GUEST_RFLAGS),
+                v.read(F::GUEST_INTERRUPTIBILITY_INFO),
+                v.read(F::GUEST_ACTIVITY_STATE),
+                v.read(F::VM_ENTRY_INTR_INFO_FIELD),
+                if self.nested.in_l2 { v.read(F::GUEST_INTR_STATUS) } else { 0 },
+                v.read(F::VMX_PREEMPTION_TIMER_VALUE),
+                p.apic_state()
+            );
+            for f in [
+                mgmt::frame(format_args!("stats now {l2}, {} user VMs: {now}", self.shadow.vm_count())),
+                mgmt::frame(format_args!("stats l1 {}", self.stats)),
+                mgmt::frame(format_args!("stats l1-recent {}", self.stats.recent())),
+                mgmt::frame(format_args!("stats l2 {}", self.l2_stats)),
+                mgmt::frame(format_args!("stats l2-recent {}", self.l2_stats.recent())),
+            ] {
+                p.mgmt_send(&f);
+            }
         }
         for f in self.shadow.pump() {
             p.mgmt_send(&f);

@@ -702,6 +702,55 @@ mod nested {
         assert_eq!(v.v02.read(F::VM_ENTRY_INTR_INFO_FIELD), 0);
     }
 
+    /// Every virtualized EOI of L2 exits (Bochs 2.7 would deliver what an
+    /// EOI leaves pending even with IF = 0): L0 resumes L2 unless L1's
+    /// EOI-exit bitmap names the vector; then L1 gets the exit.
+    #[test]
+    fn eoi_exits_are_l0s_unless_l1_asked() {
+        let (mut c, mut v, mut p) = l2_with_posted_interrupts();
+        assert_eq!(v.v02.read(F::EOI_EXIT_BITMAP1), u64::MAX, "every EOI exits to L0");
+        exit(&mut v, reason::VIRTUALIZED_EOI, 0x41, 0);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(c.nested.in_l2, "L1 did not ask for EOI exits of 0x41");
+        c.nested.vmx.vmcs12.set(F::EOI_EXIT_BITMAP1, 1 << 1);
+        exit(&mut v, reason::VIRTUALIZED_EOI, 0x41, 0);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(!c.nested.in_l2, "0x41 is in L1's EOI-exit bitmap");
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), reason::VIRTUALIZED_EOI as u64);
+        assert_eq!(c.nested.vmx.vmcs12.get(F::EXIT_QUALIFICATION), 0x41);
+    }
+
+    /// A self-IPI through the virtualized x2APIC: L0 puts the vector in
+    /// VIRR and RVI; it is delivered at the next entry if L2 takes it.
+    #[test]
+    fn x2apic_self_ipi_virtualized_by_l0() {
+        use crate::vmx::caps::secondary as s2;
+        let (mut c, mut v, mut p) = l2_with_posted_interrupts();
+        let v12 = &mut c.nested.vmx.vmcs12;
+        v12.set(F::SECONDARY_VM_EXEC_CONTROL, v12.get(F::SECONDARY_VM_EXEC_CONTROL) | s2::VIRTUALIZE_X2APIC as u64);
+        c.regs.gpr[GuestRegs::RCX] = 0x83f;
+        c.regs.gpr[GuestRegs::RAX] = 0x62;
+        c.regs.gpr[GuestRegs::RDX] = 0;
+        v.v02.write(F::GUEST_RIP, 0x1000);
+        exit(&mut v, reason::WRMSR, 0, 2);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(c.nested.in_l2);
+        assert_eq!(v.v02.read(F::GUEST_RIP), 0x1002);
+        let mut b = [0u8; 4];
+        p.mem.read(VAPIC + 0x230, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 1 << 2, "VIRR bit 0x62");
+        assert_eq!(v.v02.read(F::GUEST_INTR_STATUS) & 0xff, 0x62, "RVI");
+        v.v02.write(F::GUEST_RFLAGS, 0x202);
+        c.before_l2_entry(&mut v.v02, &mut p.mem);
+        assert_eq!(v.v02.read(F::VM_ENTRY_INTR_INFO_FIELD), 0x8000_0062);
+        // A reserved bit: #GP(0) in L2.
+        c.regs.gpr[GuestRegs::RAX] = 0x162;
+        v.v02.write(F::VM_ENTRY_INTR_INFO_FIELD, 0);
+        exit(&mut v, reason::WRMSR, 0, 2);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert_eq!(injected(&v.v02), Some((13, Some(0))));
+    }
+
     /// IPI virtualization: L2's write of ICR (xAPIC: an APIC-write exit)
     /// to a destination in the PID-pointer table is posted there; any
     /// other IPI goes to L1 as the APIC-write exit.

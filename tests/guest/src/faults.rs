@@ -21,8 +21,15 @@ pub const TIMER_VECTOR: u8 = 0x30;
 /// How many times L1 took [`TIMER_VECTOR`].
 pub static TIMER_TAKEN: AtomicU64 = AtomicU64::new(0);
 
+/// The vector L1 asks L0 to relay shadow-device interrupts on
+/// (SetIrqRelay), and how many times L1 took it through its IDT.
+pub const RELAY_VECTOR: u8 = 0x50;
+pub static RELAY_TAKEN: AtomicU64 = AtomicU64::new(0);
+
 // The timer vector counts and signals end-of-interrupt to the xAPIC; the
-// spurious vector (0xff) needs no EOI.
+// spurious vector (0xff) needs no EOI. Nor does the relay: L0 injects it
+// at VM entry, no interrupt controller delivered it, and an EOI would
+// retire whatever the local APIC has in service (docs/shadow-devices.md).
 core::arch::global_asm!(
     r#"
     .section .text
@@ -37,13 +44,19 @@ l1_timer_stub:
     .global l1_spurious_stub
 l1_spurious_stub:
     iretq
+    .global l1_relay_stub
+l1_relay_stub:
+    lock inc qword ptr [rip + {relay}]
+    iretq
 "#,
     taken = sym TIMER_TAKEN,
+    relay = sym RELAY_TAKEN,
 );
 
 extern "C" {
     fn l1_timer_stub();
     fn l1_spurious_stub();
+    fn l1_relay_stub();
 }
 
 fn gate(handler: u64) -> [u64; 2] {
@@ -63,6 +76,7 @@ pub fn init() {
         idt[..32].copy_from_slice(&boot::exceptions::idt(0x08, |_| 0));
         idt[TIMER_VECTOR as usize] = gate(l1_timer_stub as *const () as u64);
         idt[0xff] = gate(l1_spurious_stub as *const () as u64);
+        idt[RELAY_VECTOR as usize] = gate(l1_relay_stub as *const () as u64);
         let p = Pointer { limit: 256 * 16 - 1, base: idt.as_ptr() as u64 };
         core::arch::asm!("lidt [{}]", in(reg) &p, options(readonly, nostack));
     }

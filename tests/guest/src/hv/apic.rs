@@ -9,6 +9,7 @@ const IA32_APIC_BASE: u32 = 0x1b;
 pub const BASE: u64 = 0xfee0_0000;
 const EOI: u64 = 0xb0;
 const SVR: u64 = 0xf0;
+const ISR: u64 = 0x100;
 const IRR: u64 = 0x200;
 const LVT_TIMER: u64 = 0x320;
 const INITIAL_COUNT: u64 = 0x380;
@@ -72,6 +73,11 @@ pub fn eoi() {
 /// Whether `vector` is pending in the IRR.
 pub fn pending(vector: u8) -> bool {
     read(IRR + 0x10 * (vector as u64 / 32)) & (1 << (vector % 32)) != 0
+}
+
+/// Whether `vector` is in service (delivered by the APIC, not yet EOIed).
+pub fn in_service(vector: u8) -> bool {
+    read(ISR + 0x10 * (vector as u64 / 32)) & (1 << (vector % 32)) != 0
 }
 
 /// A one-shot LAPIC timer that ends an L2 halt the check expected to end

@@ -150,6 +150,7 @@ pub mod pin {
 
 /// Primary processor-based VM-execution controls (SDM 25.6.2).
 pub mod proc {
+    pub const INTR_WINDOW_EXITING: u32 = 1 << 2;
     pub const TSC_OFFSETTING: u32 = 1 << 3;
     pub const HLT_EXITING: u32 = 1 << 7;
     pub const RDTSC_EXITING: u32 = 1 << 12;
@@ -191,6 +192,7 @@ pub mod reason {
     pub const EXCEPTION_NMI: u32 = 0;
     pub const EXTERNAL_INTERRUPT: u32 = 1;
     pub const TRIPLE_FAULT: u32 = 2;
+    pub const INTERRUPT_WINDOW: u32 = 7;
     pub const CPUID: u32 = 10;
     pub const HLT: u32 = 12;
     pub const RDTSC: u32 = 16;

@@ -29,7 +29,12 @@ pub mod pg {
     pub const L2_PAGES: usize = 18;
     pub const EPT_POOL: usize = L2_FIRST + L2_PAGES;
     pub const EPT_POOL_PAGES: usize = 112;
-    pub const COUNT: usize = EPT_POOL + EPT_POOL_PAGES;
+    /// The 64-bit L2s' memory (`l2x`): `X_SLOTS` slots of `X_SLOT_PAGES`
+    /// pages each, one slot per user VM, so no two VMs share a page.
+    pub const X_FIRST: usize = EPT_POOL + EPT_POOL_PAGES;
+    pub const X_SLOT_PAGES: usize = 10;
+    pub const X_SLOTS: usize = 3;
+    pub const COUNT: usize = X_FIRST + X_SLOTS * X_SLOT_PAGES;
 }
 
 #[repr(C, align(4096))]
@@ -51,6 +56,14 @@ pub fn page(i: usize) -> u64 {
 /// The physical address of the 2 MiB page.
 pub fn big() -> u64 {
     addr_of!(BIG_PAGE) as u64
+}
+
+/// Address ranges L2s own (their pages and the 2 MiB page): whatever an
+/// L2 wrote lives there, so L1's own memory is everything else.
+pub fn l2_ranges() -> [(u64, u64); 3] {
+    let l2 = page(pg::L2_FIRST);
+    let x = page(pg::X_FIRST);
+    [(l2, l2 + pg::L2_PAGES as u64 * PAGE), (x, x + (pg::X_SLOTS * pg::X_SLOT_PAGES) as u64 * PAGE), (big(), big() + BIG)]
 }
 
 fn owned(pa: u64, len: u64) -> bool {

@@ -17,9 +17,13 @@ pub mod fields;
 #[cfg(target_os = "none")]
 pub mod l2;
 #[cfg(target_os = "none")]
+pub mod l2x;
+#[cfg(target_os = "none")]
 pub mod mem;
 #[cfg(target_os = "none")]
 mod setup;
+#[cfg(target_os = "none")]
+pub mod ucall;
 #[cfg(target_os = "none")]
 pub mod vm;
 #[cfg(target_os = "none")]

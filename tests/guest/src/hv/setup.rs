@@ -108,6 +108,12 @@ impl Msg {
     }
 }
 
+impl core::fmt::Display for Msg {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Default for Msg {
     fn default() -> Self {
         Msg::new()
@@ -271,6 +277,41 @@ impl Hv {
             }
         }
         e
+    }
+
+    /// A 64-bit L2 (`l2x`) in `slot` on VMCS `page`, starting at `rip`:
+    /// the slot laid out with `p`, a new EPT12 of its own mapping the
+    /// slot's pages (so each VM has its own EPT root), the default
+    /// controls with the IA-32e mode guest entry control. The VMCS is
+    /// left current. Needs EPT.
+    #[allow(clippy::result_large_err)]
+    pub fn vm64(&mut self, slot: usize, page: usize, rip: u64, p: &super::l2x::Params) -> Result<(Vm, Ept), Msg> {
+        use super::l2x;
+        if !self.mode.ept() {
+            return Err(msg!("the 64-bit L2s need EPT (mode {:?})", self.mode));
+        }
+        if !self.caps.entry.can_set(entry::IA32E_MODE_GUEST) {
+            return Err(msg!("the IA-32e mode guest entry control is not offered"));
+        }
+        l2x::setup(slot, p);
+        let mut e = Ept::new(&mut self.tables, self.caps.ept_memtype());
+        for &a in l2x::LAYOUT.iter() {
+            e.map(&mut self.tables, a, l2x::backing(slot, a), Size::K4, ept::RWX);
+        }
+        let pa = mem::page(page);
+        vmcs::init_region(&self.caps, pa).map_err(|e| msg!("VMCLEAR: {e:?}"))?;
+        let vm = Vm::new(pa);
+        vm.load().map_err(|e| msg!("VMPTRLD: {e:?}"))?;
+        let mut ctls = self.ctls;
+        ctls.entry |= entry::IA32E_MODE_GUEST;
+        let fill = || -> Result<(), (u32, VmFail)> {
+            vmcs::write_host_state(&self.caps, cpu::cr3())?;
+            vmcs::write_guest_state64(&self.caps, rip)?;
+            vmcs::write_controls(&self.caps, &ctls)?;
+            vmcs::w(EPT_POINTER, e.eptp(false))
+        };
+        fill().map_err(|(f, e)| msg!("VMWRITE {f:#x}: {e:?}"))?;
+        Ok((vm, e))
     }
 
     /// The standard EPTP (A/D flags off).

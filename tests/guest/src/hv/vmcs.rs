@@ -129,6 +129,68 @@ pub fn write_guest_state(caps: &Caps, mode: Mode, rip: u64) -> Result<(), (u32, 
     Ok(())
 }
 
+/// The guest-state area of a 64-bit L2 (`l2x`, SDM 25.4, checked per
+/// 27.3.1): IA-32e mode with paging through its own 4-level tables, a
+/// 64-bit code segment, flat data segments, a busy 64-bit TSS, LDTR
+/// unusable, no events blocked. The caller sets the IA-32e mode guest
+/// entry control; EFER.LME|LMA come from the EFER field when the entry
+/// loads it, else from that control (27.3.2.1).
+pub fn write_guest_state64(caps: &Caps, rip: u64) -> Result<(), (u32, VmFail)> {
+    use super::l2x;
+    // PE, ET, NE, PG (26.3.1.1: IA-32e mode needs PG, and so PAE).
+    w(GUEST_CR0, (0x8000_0031 | caps.cr0_fixed0) & caps.cr0_fixed1)?;
+    w(GUEST_CR3, l2x::PML4)?;
+    w(GUEST_CR4, (1 << 5 | caps.cr4_fixed0) & caps.cr4_fixed1)?;
+    w(GUEST_DR7, 0x400)?;
+    let segs = [
+        (GUEST_ES_SEL, GUEST_ES_BASE, GUEST_ES_LIMIT, GUEST_ES_AR),
+        (GUEST_SS_SEL, GUEST_SS_BASE, GUEST_SS_LIMIT, GUEST_SS_AR),
+        (GUEST_DS_SEL, GUEST_DS_BASE, GUEST_DS_LIMIT, GUEST_DS_AR),
+        (GUEST_FS_SEL, GUEST_FS_BASE, GUEST_FS_LIMIT, GUEST_FS_AR),
+        (GUEST_GS_SEL, GUEST_GS_BASE, GUEST_GS_LIMIT, GUEST_GS_AR),
+    ];
+    for (sel, base, limit, ar) in segs {
+        w(sel, l2x::DATA_SEL)?;
+        w(base, 0)?;
+        w(limit, 0xffff_ffff)?;
+        w(ar, 0xc093)?;
+    }
+    w(GUEST_CS_SEL, l2x::CODE_SEL)?;
+    w(GUEST_CS_BASE, 0)?;
+    w(GUEST_CS_LIMIT, 0xffff_ffff)?;
+    w(GUEST_CS_AR, 0xa09b)?; // code, execute/read, accessed, L=1, D=0, 4 KiB granular
+    w(GUEST_LDTR_SEL, 0)?;
+    w(GUEST_LDTR_BASE, 0)?;
+    w(GUEST_LDTR_LIMIT, 0)?;
+    w(GUEST_LDTR_AR, 0x1_0000)?;
+    w(GUEST_TR_SEL, l2x::TSS_SEL)?;
+    w(GUEST_TR_BASE, l2x::TSS)?;
+    w(GUEST_TR_LIMIT, 0x67)?;
+    w(GUEST_TR_AR, 0x8b)?; // busy 64-bit TSS (type 11), present
+    w(GUEST_GDTR_BASE, l2x::GDT)?;
+    w(GUEST_GDTR_LIMIT, l2x::GDT_LIMIT)?;
+    w(GUEST_IDTR_BASE, l2x::IDT)?;
+    w(GUEST_IDTR_LIMIT, l2x::IDT_ENTRIES * 16 - 1)?;
+    w(GUEST_RSP, l2x::STACK_TOP)?;
+    w(GUEST_RIP, rip)?;
+    w(GUEST_RFLAGS, 0x2)?;
+    w(GUEST_INTERRUPTIBILITY, 0)?;
+    w(GUEST_ACTIVITY_STATE, 0)?;
+    w(GUEST_PENDING_DBG, 0)?;
+    w(VMCS_LINK_POINTER, u64::MAX)?;
+    w(GUEST_IA32_DEBUGCTL, 0)?;
+    w(GUEST_SYSENTER_CS, 0)?;
+    w(GUEST_SYSENTER_ESP, 0)?;
+    w(GUEST_SYSENTER_EIP, 0)?;
+    if caps.entry.can_set(entry::LOAD_EFER) {
+        w(GUEST_IA32_EFER, 1 << 8 | 1 << 10)?; // LME | LMA
+    }
+    if caps.entry.can_set(entry::LOAD_PAT) {
+        w(GUEST_IA32_PAT, 0x0007_0406_0007_0406)?;
+    }
+    Ok(())
+}
+
 /// The controls every L2 starts with: external interrupts and NMIs exit
 /// (nothing reaches L2 behind L1's back), HLT exits, all port I/O exits
 /// (unconditional I/O exiting), every MSR access exits (no bitmaps), EPT

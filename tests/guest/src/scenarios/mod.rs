@@ -10,6 +10,12 @@ mod nested_entry;
 mod nested_ept;
 mod nested_exits;
 mod nested_vmx_instr;
+mod shadow;
+mod shadow_bench;
+mod shadow_console;
+mod shadow_input;
+mod ucall_fuzz;
+mod ucall_save_restore;
 
 pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
     crate::hv::force_l2_mode(crate::mb1::arg(mbi.cmdline(), "l2"));
@@ -22,6 +28,11 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "nested-ept" => nested_ept::run(),
         "nested-exits" => nested_exits::run(),
         "nested-vmx-instr" => nested_vmx_instr::run(),
+        "shadow-bench" => shadow_bench::run_scenario(),
+        "shadow-console" => shadow_console::run_scenario(),
+        "shadow-input" => shadow_input::run_scenario(),
+        "ultracall-save-restore" => ucall_save_restore::run_scenario(),
+        "ultracall-fuzz" => ucall_fuzz::run_scenario(),
         _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
     }
 }

@@ -12,7 +12,12 @@
 //! and halts (`CHURN ok N` when all halted and none showed KVM the port:
 //! L0 takes it). L0 must see each VM come and go without leaking.
 //!
+//! `probe disk-put FILE...` / `probe disk-get DIR`: files to and from the
+//! raw disk that carries a migration between two hosts (disk.rs).
+//!
 //! Port access from user space needs root and CONFIG_X86_IOPL_IOPERM.
+
+mod disk;
 
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, _rdtsc};
@@ -256,9 +261,21 @@ fn main() -> ExitCode {
     match args.next().as_deref() {
         Some("clock") => clock(),
         Some("shutdown") => shutdown(),
+        Some(c @ ("disk-put" | "disk-get")) => {
+            let rest: Vec<String> = args.collect();
+            let r = match (c, rest.as_slice()) {
+                ("disk-get", [dir]) => disk::get(dir),
+                ("disk-get", _) => Err("usage: probe disk-get DIR".into()),
+                _ => disk::put(&rest),
+            };
+            r.map(|_| ExitCode::SUCCESS).unwrap_or_else(|e| {
+                println!("DISK FAIL: {e}");
+                ExitCode::FAILURE
+            })
+        }
         Some("kvm-churn") => kvm_churn(args.next().and_then(|n| n.parse().ok()).unwrap_or(50)),
         _ => {
-            eprintln!("usage: probe clock | probe shutdown | probe kvm-churn [N]");
+            eprintln!("usage: probe clock | probe shutdown | probe kvm-churn [N] | probe disk-put FILE... | probe disk-get DIR");
             ExitCode::from(2)
         }
     }
