@@ -1,6 +1,6 @@
 //! L0's command line and the roles of its boot modules.
 //!
-//! L0: `serial=com2 loglevel=info l0_mem=32M`.
+//! L0: `serial=com2 loglevel=info l0_mem=32M shadow=on`.
 //! Modules say what they are with their first word:
 //! - `l1=multiboot [ARGS]`: the cloud VM's kernel, a multiboot (v1) image,
 //!   started with ARGS as its command line;
@@ -26,11 +26,15 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// Bytes of pool for L0's own use, besides its image and module copies.
     pub l0_mem: u64,
+    /// Whether user VMs' COM ports are L0's shadow UARTs (`shadow=on`, the
+    /// product) or left to the guest hypervisor (`shadow=off`: the
+    /// baseline `cargo xtask bench` compares with).
+    pub shadow: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { serial: SerialChoice::Port(COM2), log_level: log::LevelFilter::Info, l0_mem: 32 << 20 }
+        Config { serial: SerialChoice::Port(COM2), log_level: log::LevelFilter::Info, l0_mem: 32 << 20, shadow: true }
     }
 }
 
@@ -52,7 +56,7 @@ impl fmt::Display for ConfigError<'_> {
         match self {
             Self::BadValue { key, value, expected } => write!(f, "`{key}={value}`: expected {expected}"),
             Self::MissingValue(k) => write!(f, "`{k}` needs a value (`{k}=...`)"),
-            Self::UnknownKey(k) => write!(f, "unknown option `{k}` (known: serial, loglevel, l0_mem)"),
+            Self::UnknownKey(k) => write!(f, "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow)"),
         }
     }
 }
@@ -82,6 +86,11 @@ pub fn parse<'a>(cmdline: &'a str, mut problem: impl FnMut(ConfigError<'a>)) -> 
             "l0_mem" => match parse_size(value) {
                 Ok(n) if n >= MIN_L0_MEM => c.l0_mem = n.next_multiple_of(2 << 20),
                 _ => problem(bad("a size of at least 8M, like 32M")),
+            },
+            "shadow" => match value {
+                "on" => c.shadow = true,
+                "off" => c.shadow = false,
+                _ => problem(bad("on or off")),
             },
             _ => problem(ConfigError::UnknownKey(w.key)),
         }
@@ -162,7 +171,9 @@ mod tests {
     fn parses_every_option() {
         let (c, e) = parse_all("serial=com1 loglevel=debug l0_mem=64M");
         assert!(e.is_empty());
-        assert_eq!(c, Config { serial: SerialChoice::Port(0x3f8), log_level: log::LevelFilter::Debug, l0_mem: 64 << 20 });
+        assert_eq!(c, Config { serial: SerialChoice::Port(0x3f8), log_level: log::LevelFilter::Debug, l0_mem: 64 << 20, shadow: true });
+        assert!(!parse_all("shadow=off").0.shadow);
+        assert_eq!(parse_all("shadow=maybe").1.len(), 1);
         assert_eq!(parse_all("serial=0x3e8").0.serial, SerialChoice::Port(0x3e8));
         assert_eq!(parse_all("serial=none").0.serial, SerialChoice::None);
         assert_eq!(parse_all("l0_mem=9M").0.l0_mem, 10 << 20);

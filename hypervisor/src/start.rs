@@ -492,6 +492,10 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         None => warn!("TSC: the PIT did not answer; the cloud VM gets the CPU's own CPUID 0x15/0x16"),
     }
     let mut vcpu = build_l1(&fw, pool, &firmware_map, &modules, rsdp.as_deref(), tsc_hz, &vcaps, &cpu, &mut hw);
+    vcpu.shadow.intercept_com = cfg.shadow;
+    if !cfg.shadow {
+        warn!("shadow=off: user VMs' COM ports go to the guest hypervisor (a baseline for measurements, not the product)");
+    }
     run_l1(&mut vcpu, &mut hw)
 }
 

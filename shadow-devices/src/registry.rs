@@ -21,10 +21,14 @@
 //!   error nothing changed.
 //!
 //! Device-set state (the sealed payload, class
-//! [`ultracall_abi::DEVICE_CLASS_DEVICE_SET`]), format version 1, LE:
-//! `u16 version, u16 device count, u32 reserved (0)`, then per device
+//! [`ultracall_abi::DEVICE_CLASS_DEVICE_SET`]), format version 2, LE:
+//! `u16 version, u16 device count, u32 platform length`, then per device
 //! `u16 class, u16 first port, u32 state length, state bytes`, in the
-//! order of the VM's devices.
+//! order of the VM's devices, then the platform bytes: what the hypervisor
+//! keeps about the VM's wiring of the devices (L0: the interrupt routes
+//! the VM programmed into its IOAPIC), opaque here, at most
+//! [`MAX_PLATFORM_STATE`] bytes. Version 1 (no platform bytes, that field
+//! reserved 0) is still read.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -41,7 +45,10 @@ use crate::uart16550::ComPort;
 use crate::wire::{Reader, Writer};
 
 /// The device-set state format version.
-pub const DEVICE_SET_VERSION: u16 = 1;
+pub const DEVICE_SET_VERSION: u16 = 2;
+
+/// The largest platform state a device set carries.
+pub const MAX_PLATFORM_STATE: usize = 512;
 
 /// Builds a new VM's devices.
 pub type DeviceFactory = fn() -> Vec<Box<dyn ShadowDevice>>;
@@ -59,6 +66,7 @@ pub struct VmDevices {
     devices: Vec<Box<dyn ShadowDevice>>,
     tag: Option<VmTag>,
     frozen: bool,
+    platform: Vec<u8>,
 }
 
 impl core::fmt::Debug for VmDevices {
@@ -78,6 +86,7 @@ impl VmDevices {
             devices,
             tag: None,
             frozen: false,
+            platform: Vec::new(),
         }
     }
 
@@ -170,12 +179,28 @@ impl VmDevices {
         }
     }
 
-    /// The device-set state (every device's state).
+    /// The hypervisor's state about this VM's platform that travels with
+    /// the devices (see the module docs).
+    pub fn platform(&self) -> &[u8] {
+        &self.platform
+    }
+
+    /// Sets the platform state; refused beyond [`MAX_PLATFORM_STATE`].
+    pub fn set_platform(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if bytes.len() > MAX_PLATFORM_STATE {
+            return Err(Error::StateField("platform state length"));
+        }
+        self.platform.clear();
+        self.platform.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The device-set state (every device's state, then the platform's).
     pub fn save_set(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(64);
         w.u16(DEVICE_SET_VERSION);
         w.u16(u16::try_from(self.devices.len()).unwrap_or(u16::MAX));
-        w.u32(0);
+        w.u32(self.platform.len() as u32);
         for d in &self.devices {
             let state = d.save_state();
             w.u16(d.class());
@@ -183,20 +208,26 @@ impl VmDevices {
             w.u32(u32::try_from(state.len()).unwrap_or(u32::MAX));
             w.bytes(&state);
         }
+        w.bytes(&self.platform);
         w.buf
     }
 
-    /// Splits a device-set state into per-device states after checking the
-    /// framing and that it describes exactly these devices.
-    fn split_set<'a>(&self, bytes: &'a [u8]) -> Result<Vec<&'a [u8]>, Error> {
+    /// Splits a device-set state into per-device states and the platform
+    /// state after checking the framing and that it describes exactly
+    /// these devices.
+    fn split_set<'a>(&self, bytes: &'a [u8]) -> Result<(Vec<&'a [u8]>, &'a [u8]), Error> {
         let mut r = Reader::new(bytes);
         let version = r.u16()?;
-        if version != DEVICE_SET_VERSION {
+        if version != DEVICE_SET_VERSION && version != 1 {
             return Err(Error::StateVersion { found: version });
         }
         let count = usize::from(r.u16()?);
-        if r.u32()? != 0 {
+        let platform_len = r.u32()? as usize;
+        if version == 1 && platform_len != 0 {
             return Err(Error::StateField("device set reserved field"));
+        }
+        if platform_len > MAX_PLATFORM_STATE {
+            return Err(Error::StateField("platform state length"));
         }
         if count != self.devices.len() {
             return Err(Error::DeviceMismatch);
@@ -211,13 +242,14 @@ impl VmDevices {
             }
             states.push(r.take(len)?);
         }
+        let platform = r.take(platform_len)?;
         r.finish()?;
-        Ok(states)
+        Ok((states, platform))
     }
 
     /// Checks a device-set state without applying it.
     pub fn validate_set(&self, bytes: &[u8]) -> Result<(), Error> {
-        let states = self.split_set(bytes)?;
+        let (states, _) = self.split_set(bytes)?;
         for (d, s) in self.devices.iter().zip(&states) {
             d.validate_state(s)?;
         }
@@ -226,7 +258,8 @@ impl VmDevices {
 
     /// Restores every device, all or nothing.
     pub fn restore_set(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        let states = self.split_set(bytes)?;
+        let (states, platform) = self.split_set(bytes)?;
+        let platform = platform.to_vec();
         for (d, s) in self.devices.iter().zip(&states) {
             d.validate_state(s)?;
         }
@@ -244,6 +277,7 @@ impl VmDevices {
                 return Err(e);
             }
         }
+        self.platform = platform;
         Ok(())
     }
 
@@ -677,19 +711,46 @@ mod tests {
     }
 
     #[test]
+    fn platform_state_travels_with_the_devices() {
+        let mut a: Registry<u32> = Registry::default();
+        let mut b: Registry<u32> = Registry::default();
+        a.vm(1).set_platform(b"routes").unwrap();
+        assert!(a.vm(1).set_platform(&[0; MAX_PLATFORM_STATE + 1]).is_err());
+        assert_eq!(a.vm(1).platform(), b"routes", "a refused platform state changes nothing");
+        let set = a.vm(1).save_set();
+        b.vm(2).restore_set(&set).unwrap();
+        assert_eq!(b.vm(2).platform(), b"routes");
+        // A version-1 set (no platform field) still restores, platform empty.
+        let mut v1 = Registry::<u32>::default().vm(3).save_set();
+        v1[0] = 1;
+        b.vm(2).restore_set(&v1).unwrap();
+        assert_eq!(b.vm(2).platform(), b"");
+    }
+
+    #[test]
     fn set_framing_errors() {
         let mut r: Registry<u32> = Registry::default();
         let vm = r.vm(1);
         let good = vm.save_set();
         let mut b = good.clone();
-        b[0] = 2;
-        assert_eq!(vm.restore_set(&b), Err(Error::StateVersion { found: 2 }));
+        b[0] = 3;
+        assert_eq!(vm.restore_set(&b), Err(Error::StateVersion { found: 3 }));
         let mut b = good.clone();
+        b[0] = 1;
         b[4] = 1;
         assert_eq!(
             vm.restore_set(&b),
             Err(Error::StateField("device set reserved field"))
         );
+        let mut b = good.clone();
+        b[4..8].copy_from_slice(&(MAX_PLATFORM_STATE as u32 + 1).to_le_bytes());
+        assert_eq!(
+            vm.restore_set(&b),
+            Err(Error::StateField("platform state length"))
+        );
+        let mut b = good.clone();
+        b[4] = 1; // one platform byte announced, none there
+        assert_eq!(vm.restore_set(&b), Err(Error::StateTruncated));
         let mut b = good.clone();
         b.push(0);
         assert_eq!(vm.restore_set(&b), Err(Error::StateTrailingBytes));

@@ -92,6 +92,7 @@ USAGE:
     ultracall tag NAME                          (in a user VM) register this VM as NAME
     ultracall save --tag NAME --out FILE        (in the cloud VM) seal NAME's devices into FILE
     ultracall restore --tag NAME --in FILE      (in the cloud VM) restore NAME's devices from FILE
+              [--force]                         (send a blob whose header names another tag: L0 decides)
     ultracall list                              (in the cloud VM) list the VMs L0 knows
     ultracall --help | --version
 
@@ -147,12 +148,14 @@ pub enum Command {
         /// Destination.
         out: Stream,
     },
-    /// `restore --tag NAME --in FILE`.
+    /// `restore --tag NAME --in FILE [--force]`.
     Restore {
         /// VM tag.
         tag: VmTag,
         /// Source.
         input: Stream,
+        /// Send the blob even if its header names another tag.
+        force: bool,
     },
     /// `list`.
     List,
@@ -200,12 +203,17 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
             let file_opt = if cmd == "save" { "--out" } else { "--in" };
             let mut tag = None;
             let mut file = None;
+            let mut force = false;
             let mut it = rest.into_iter();
             while let Some(arg) = it.next() {
                 let s = arg
                     .to_str()
                     .ok_or_else(|| format!("unexpected argument {arg:?}"))?
                     .to_owned();
+                if cmd == "restore" && s == "--force" && !force {
+                    force = true;
+                    continue;
+                }
                 let (key, inline) = match s.split_once('=') {
                     Some((k, v)) if k.starts_with("--") => (k.to_owned(), Some(OsString::from(v))),
                     _ => (s.clone(), None),
@@ -233,7 +241,7 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
             Ok(if cmd == "save" {
                 Command::Save { tag, out: file }
             } else {
-                Command::Restore { tag, input: file }
+                Command::Restore { tag, input: file, force }
             })
         }
         other => Err(format!("unknown command '{other}' (try --help)")),
@@ -434,7 +442,7 @@ fn run_inner(cmd: Command, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
                     ),
                 )
             })?;
-            let msg = format!("saved {tag}: {len} bytes, epoch {}", saved.epoch);
+            let msg = format!("saved {tag}: {len} bytes, epoch {} ({} TSC ticks in L0)", saved.epoch, client.last_call_ticks());
             // Keep stdout clean when it carries the blob.
             if target == Stream::Std {
                 say(err, msg)
@@ -442,20 +450,20 @@ fn run_inner(cmd: Command, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
                 say(out, msg)
             }
         }
-        Command::Restore { tag, input } => {
+        Command::Restore { tag, input, force } => {
             let blob = read_blob(&input)?;
             // A quick local look at the header gives a precise message for
             // the common mistakes; L0 checks everything again.
             let header = BlobHeader::decode(&blob)
                 .map_err(|e| Failure(EXIT_BLOB_TAMPERED, format!("not a sealed blob: {e}")))?;
-            if header.vm_tag != tag {
+            if header.vm_tag != tag && !force {
                 return Err(Failure(
                     EXIT_BLOB_WRONG_TAG,
                     format!("blob belongs to VM tag {}, not {tag}", header.vm_tag),
                 ));
             }
             let epoch = client.restore(&tag, &blob)?;
-            say(out, format!("restored {tag}: epoch {epoch}"))
+            say(out, format!("restored {tag}: epoch {epoch} ({} TSC ticks in L0)", client.last_call_ticks()))
         }
         Command::List => {
             let bytes = client.list()?;
@@ -524,9 +532,20 @@ mod tests {
             parse_args(args(&["restore", "--in=-", "--tag=vm-1"])),
             Ok(Command::Restore {
                 tag: tag("vm-1"),
-                input: Stream::Std
+                input: Stream::Std,
+                force: false
             })
         );
+        assert_eq!(
+            parse_args(args(&["restore", "--force", "--in=-", "--tag=vm-1"])),
+            Ok(Command::Restore {
+                tag: tag("vm-1"),
+                input: Stream::Std,
+                force: true
+            })
+        );
+        assert!(parse_args(args(&["save", "--force", "--out=-", "--tag=vm-1"])).is_err());
+        assert!(parse_args(args(&["restore", "--force", "--force", "--in=-", "--tag=vm-1"])).is_err());
     }
 
     #[test]

@@ -229,6 +229,8 @@ const LIST_INITIAL_LEN: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct Client {
     l0_version: AbiVersion,
+    /// TSC ticks the last VMCALL took, as this vCPU saw them.
+    last_ticks: core::cell::Cell<u64>,
 }
 
 impl Client {
@@ -255,7 +257,7 @@ impl Client {
                 l0: l0_version,
             });
         }
-        Ok(Client { l0_version })
+        Ok(Client { l0_version, last_ticks: core::cell::Cell::new(0) })
     }
 
     /// L0's ABI version as CPUID reported it.
@@ -263,10 +265,24 @@ impl Client {
         self.l0_version
     }
 
+    /// The guest-TSC ticks the last ultracall took (the VMCALL alone: what
+    /// L0 spent on it, plus the exit and entry).
+    pub fn last_call_ticks(&self) -> u64 {
+        self.last_ticks.get()
+    }
+
     fn call(&self, req: &Request) -> Result<Response, Error> {
+        fn tsc() -> u64 {
+            // SAFETY: RDTSC has no side effects (CR4.TSD is clear for Linux
+            // user space).
+            unsafe { core::arch::x86_64::_rdtsc() }
+        }
         // SAFETY: `self` exists only after detection; the buffer, if any, is
         // a LockedBuffer borrowed by the caller across this call.
-        let resp = unsafe { vmcall(&req.to_regs()) }.decode()?;
+        let t0 = tsc();
+        let regs = unsafe { vmcall(&req.to_regs()) };
+        self.last_ticks.set(tsc().wrapping_sub(t0));
+        let resp = regs.decode()?;
         if resp.status == Status::BadVersion {
             return Err(Error::VersionMismatch {
                 ours: ABI_VERSION,

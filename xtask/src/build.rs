@@ -68,6 +68,9 @@ pub enum IsoBoot<'a> {
     /// A multiboot (v1) kernel booted directly, with no L0 below it: the
     /// scenario guest on the emulator's own VMX ("native" scenarios).
     Native { kernel: &'a Path, cmdline: &'a str },
+    /// A Linux bzImage and initrd booted directly (the peer bottom of
+    /// `cargo xtask bench`: Linux/KVM where L0 would be).
+    Linux { kernel: &'a Path, initrd: &'a Path, cmdline: &'a str },
 }
 
 /// Makes a GRUB ISO that boots `boot`.
@@ -108,6 +111,12 @@ pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
             cfg += "menuentry \"scenario guest, native\" {\n";
             cfg += &format!("  multiboot /boot/{name} {cmdline}\n");
         }
+        IsoBoot::Linux { kernel, initrd, cmdline } => {
+            fs::copy(kernel, stage.join("boot/bzImage")).map_err(|e| format!("{}: {e}", kernel.display()))?;
+            fs::copy(initrd, stage.join("boot/initrd")).map_err(|e| format!("{}: {e}", initrd.display()))?;
+            cfg += "menuentry \"Linux/KVM, directly\" {\n";
+            cfg += &format!("  linux /boot/bzImage {cmdline}\n  initrd /boot/initrd\n");
+        }
     }
     cfg += "  boot\n}\n";
     fs::write(stage.join("boot/grub/grub.cfg"), cfg).map_err(|e| e.to_string())?;
@@ -116,7 +125,7 @@ pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
         .arg("-o")
         .arg(out)
         .args(["--fonts=", "--locales=", "--themes="])
-        .arg("--install-modules=normal multiboot multiboot2 serial terminal iso9660 biosdisk part_msdos")
+        .arg("--install-modules=normal multiboot multiboot2 linux serial terminal iso9660 biosdisk part_msdos")
         .arg(&stage)
         .output()
         .map_err(|e| format!("grub-mkrescue: {e}"))?;

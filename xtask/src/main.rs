@@ -1,7 +1,7 @@
 //! `cargo xtask`: build, image, run, test.
 //!
 //! - `cargo xtask build`: the L0 and scenario-guest images
-//! - `cargo xtask run [--qemu] [--scenario NAME] [--timeout SECS]`: boot L0 +
+//! - `cargo xtask run [--qemu] [--linux | --scenario NAME] [--timeout SECS]`: boot L0 +
 //!   a cloud VM (or a native scenario), stream both serial lines
 //! - `cargo xtask test`: host unit tests, then every Bochs scenario enabled in CI
 //! - `cargo xtask test host`: host unit tests only
@@ -28,7 +28,7 @@ use std::time::Duration;
 use emulator::{Emulator, Verdict};
 
 const USAGE: &str =
-    "usage: cargo xtask <build | run [--qemu] [--scenario NAME] [--timeout SECS] | test [host | list | scenario NAME...] | bench | console (--tcp HOST:PORT | --serial DEVICE) | deps | linux>";
+    "usage: cargo xtask <build | run [--qemu] [--linux | --scenario NAME] [--timeout SECS] | test [host | list | scenario NAME...] | bench | console (--tcp HOST:PORT | --serial DEVICE) | deps | linux>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -131,6 +131,8 @@ fn run(args: &[&str]) -> Result<(), String> {
     while let Some(&a) = it.next() {
         match a {
             "--qemu" => emu = Emulator::Qemu,
+            // The default: L0, the Linux/KVM cloud VM, two Linux user VMs.
+            "--linux" => name = "demo",
             "--scenario" => name = it.next().ok_or(USAGE)?,
             "--timeout" => {
                 limit = Some(Duration::from_secs(it.next().and_then(|s| s.parse().ok()).ok_or("--timeout needs seconds")?))
@@ -249,6 +251,12 @@ fn bench() -> Result<(), String> {
         ("native (Bochs VMX)", "nested-bench-native"),
         ("under L0", "nested-bench"),
         ("shadow path (L0)", "shadow-bench"),
+        ("Linux L2, shadow UART", "linux-serial-bench"),
+        ("Linux L2, QEMU UART", "linux-serial-bench-qemu"),
+        ("peer: Linux/KVM bottom", "linux-peer-bench"),
+        ("peer: L0 bottom", "linux-peer-bench-l0"),
+        ("migration, host A", "migrate-source"),
+        ("migration, host B", "migrate-two-hosts"),
     ];
     let mut columns = Vec::new();
     for (label, name) in runs {
@@ -256,7 +264,13 @@ fn bench() -> Result<(), String> {
         print!("== bench {label} ({name}) ... ");
         let _ = std::io::Write::flush(&mut std::io::stdout());
         let o = scenario::run(&s, &images, Emulator::Bochs)?;
-        let figures = bench_figures(&o.com1);
+        // Figures a user VM printed reach the operator's console.
+        let console = std::fs::read_to_string(scenario::scenario_dir(name).join("console.log")).unwrap_or_default();
+        let mut figures = bench_figures(&o.com1);
+        figures.extend(bench_figures(&console.lines().filter_map(|l| l.split_once("| ").map(|(_, r)| r)).collect::<Vec<_>>().join("\n")));
+        if let Some(hz) = o.com1.lines().find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("cpuid_tsc_hz="))) {
+            figures.push(("l1-tsc-hz".into(), hz.to_string()));
+        }
         let first_fail = o.com1.lines().find(|l| l.starts_with("CHECK ") && l.contains(" FAIL "));
         let status = match (o.passed, first_fail) {
             (true, _) => "ok".to_string(),
@@ -292,6 +306,32 @@ fn bench() -> Result<(), String> {
         if !passed {
             println!("note: the run {label} did not pass ({status}); {} figure(s) from it", f.len());
         }
+    }
+    // Ratios across runs (issue goals: shadow >= 10x cheaper per byte than
+    // QEMU's UART; the shadow state < 0.1 % of the migration downtime).
+    let fig = |col: &str, name: &str| -> Option<f64> {
+        let (_, _, _, f) = columns.iter().find(|c| c.0 == col)?;
+        f.iter().find(|(n, _)| n == name)?.1.parse().ok()
+    };
+    println!();
+    for name in ["l2-serial-us-per-byte-1", "l2-serial-us-per-byte-bulk"] {
+        if let (Some(shadow), Some(qemu)) = (fig("Linux L2, shadow UART", name), fig("Linux L2, QEMU UART", name)) {
+            println!("{name}: shadow {shadow} us, QEMU {qemu} us: shadow {:.1}x cheaper", qemu / shadow.max(1.0));
+        }
+    }
+    if let (Some(save), Some(down), Some(hz)) =
+        (fig("migration, host A", "linux-save-ticks"), fig("migration, host A", "qemu-downtime-ms"), fig("migration, host A", "l1-tsc-hz"))
+    {
+        let save_ms = save / hz * 1e3;
+        println!("save from the Linux manager: {save} ticks = {save_ms:.2} ms; QEMU's downtime {down} ms: the shadow state is {:.2} % of it", 100.0 * save_ms / down.max(1.0));
+    }
+    for name in ["l2-qemu-start-to-exit-ticks", "l2-cpuid-ticks", "l2-port-io-ticks"] {
+        if let (Some(peer), Some(ours)) = (fig("peer: Linux/KVM bottom", name), fig("peer: L0 bottom", name)) {
+            println!("{name}: L0 {ours}, peer {peer}: L0/peer = {:.2}", ours / peer.max(1.0));
+        }
+    }
+    if let (Some(restore), Some(hz)) = (fig("migration, host B", "linux-restore-ticks"), fig("migration, host A", "l1-tsc-hz")) {
+        println!("restore from the Linux manager: {restore} ticks = {:.2} ms", restore / hz * 1e3);
     }
     if columns.first().is_some_and(|c| c.1) {
         Ok(())

@@ -63,6 +63,9 @@ pub enum Boot {
     /// The scenario guest alone (multiboot v1) with these arguments: the
     /// emulator's own VMX is the hypervisor below it ("native").
     Native { args: &'static str },
+    /// The peer bottom (`cargo xtask bench`): Linux/KVM booted directly,
+    /// running the cloud VM (`l0test=TEST`) under QEMU with nested VMX.
+    Peer { test: &'static str },
 }
 
 impl Scenario {
@@ -335,6 +338,11 @@ pub fn make_iso(s: &Scenario, images: &Images, iso: &std::path::Path) -> Result<
             crate::build::iso(iso, IsoBoot::L0 { l0: &images.l0, cmdline, modules: &mods })
         }
         Boot::Native { args } => crate::build::iso(iso, IsoBoot::Native { kernel: &images.guest, cmdline: args }),
+        Boot::Peer { test } => {
+            let li = crate::linux::images()?;
+            let cmdline = format!("console=ttyS0,115200 panic=0 l0test={test} l0marker={}", crate::linux::run_marker());
+            crate::build::iso(iso, IsoBoot::Linux { kernel: &li.kernel, initrd: &li.peer, cmdline: &cmdline })
+        }
     }
 }
 
@@ -357,7 +365,7 @@ fn migrate_modules(test: &str, key: &'static [u8]) -> Vec<IsoModule> {
 }
 
 fn migrate_forbidden() -> Vec<String> {
-    [LINUX_HEALTHY, &["MIGRATE FAIL", "DISK FAIL", "exit=1 "]].concat().iter().map(|s| s.to_string()).collect()
+    [LINUX_HEALTHY, &["MIGRATE FAIL", "DISK FAIL", "SPY LEAK", "SPY FAIL", "exit=1 "]].concat().iter().map(|s| s.to_string()).collect()
 }
 
 /// Linux cloud VM scenarios (docs/linux-l1.md). They build the lean kernel
@@ -456,6 +464,20 @@ pub fn linux() -> Vec<Scenario> {
             },
         },
         Scenario {
+            // A static program in a Linux L2 loops over CPUID, port I/O to
+            // port 0x80, MMIO to its IOAPIC and page faults for 30 s of its
+            // time while the timer interrupts; its counts must check out.
+            name: "linux-l2-stress",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| crate::linux::scenario_modules("stress") },
+            limit: Duration::from_secs(900),
+            com1: &["L1INIT ok", "L1 starting stress", "QEMU stress exit=0 console-bytes=0", "L1DONE"],
+            com2: &["starting the cloud VM: Linux bzImage", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: LINUX_HEALTHY,
+            enabled_in_ci: true,
+            console: ConsoleCheck { expect: &["STRESS cpuid=", " ok"], typed: &[], follow_all: true },
+            disk: Disk::None,
+        },
+        Scenario {
             // 50 KVM VMs created and destroyed one after another: each
             // writes COM1 (L0's shadow UART: KVM never sees the port) and
             // halts; L0 sees each VM come and go and ends with none.
@@ -487,8 +509,11 @@ pub fn linux() -> Vec<Scenario> {
             com1: &[
                 "L1INIT ok",
                 "L1 starting alpha (host A)",
+                "SPY clean",
+                "SPY control: the marker is in a user VM's RAM",
                 "MIGRATE qemu Migration status: completed",
                 "MIGRATE saved alpha",
+                "SPY clean",
                 "QEMU alpha exit=0 console-bytes=0",
                 "MIGRATE stream",
                 "DISK put 2 files",
@@ -496,7 +521,7 @@ pub fn linux() -> Vec<Scenario> {
             ],
             com2: &["starting the cloud VM: Linux bzImage", "registered tag alpha", "devices of alpha saved", "cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: leak([migrate_forbidden(), vec![cm.clone()]].concat()),
-            enabled_in_ci: false,
+            enabled_in_ci: true,
             console: ConsoleCheck {
                 expect: leak(vec![format!("A-said-42-{cm}"), "detached from alpha".into()]),
                 typed: leak_inputs(vec![
@@ -505,7 +530,7 @@ pub fn linux() -> Vec<Scenario> {
                     // knows them. The late line is written while nobody
                     // follows the console: it travels as backlog.
                     ("alpha# ", format!("p=$$ m={cm}; echo A-said-$((6*7))-$m; (sleep 2; echo A-late-$((6*7))-$m) &\r")),
-                    ("A-said-42-", DETACH.into()),
+                    (leak_str(format!("A-said-42-{cm}")), DETACH.into()),
                 ]),
                 follow_all: false,
             },
@@ -525,6 +550,7 @@ pub fn linux() -> Vec<Scenario> {
                 "MIGRATE again: ultracall: error: L0 refused: BLOB_REPLAYED",
                 "MIGRATE states alpha=live beta=live",
                 "QEMU alpha exit=0 console-bytes=0",
+                "SPY clean",
                 "console-bytes=0",
                 "L1DONE",
             ],
@@ -538,7 +564,7 @@ pub fn linux() -> Vec<Scenario> {
                 "L0 integrity OK",
             ],
             forbidden: leak([migrate_forbidden(), vec![cm.clone()]].concat()),
-            enabled_in_ci: false,
+            enabled_in_ci: true,
             console: ConsoleCheck {
                 expect: leak(vec![
                     "alpha restore-refused".into(),
@@ -569,13 +595,68 @@ pub fn linux() -> Vec<Scenario> {
             ],
             com2: &["starting the cloud VM: Linux bzImage", "restore for alpha refused", "cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: leak([migrate_forbidden(), vec![cm.clone(), "devices of alpha restored".into()]].concat()),
-            enabled_in_ci: false,
+            enabled_in_ci: true,
             console: ConsoleCheck {
-                expect: &["alpha restore-refused blob was sealed under a different key"],
+                expect: &["alpha restore-refused sealed blob was sealed under a different key"],
                 typed: &[Input { after: "tag=alpha", target: "alpha", text: "" }],
                 follow_all: false,
             },
             disk: Disk::From("migrate-source"),
+        },
+        // The peer benchmark (`cargo xtask bench`, issue 7): the same cloud
+        // VM and user-VM workload on L0 and on the peer bottom, Linux/KVM
+        // booted directly by the emulator; figures from the cloud VM's and
+        // the user VM's own TSCs.
+        Scenario {
+            name: "linux-peer-bench-l0",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| crate::linux::scenario_modules("peer-bench") },
+            limit: Duration::from_secs(900),
+            com1: &["L1INIT ok", "QEMU bench exit=0", "BENCH l2-qemu-start-to-exit-ticks ", "L1DONE"],
+            com2: &["cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: LINUX_HEALTHY,
+            enabled_in_ci: false,
+            console: ConsoleCheck { expect: &["BENCH l2-cpuid-ticks ", "BENCH l2-port-io-ticks "], typed: &[], follow_all: true },
+            disk: Disk::None,
+        },
+        Scenario {
+            name: "linux-peer-bench",
+            boot: Boot::Peer { test: "peer-bench" },
+            limit: Duration::from_secs(1800),
+            com1: &["PEER host up", "L1INIT ok", "BENCH l2-qemu-start-to-exit-ticks ", "BENCH l2-cpuid-ticks ", "BENCH l2-port-io-ticks ", "PEER cloud VM ended"],
+            com2: &[],
+            forbidden: &["Kernel panic"],
+            enabled_in_ci: false,
+            console: NO_CONSOLE,
+            disk: Disk::None,
+        },
+        // Serial cost from a Linux user VM (`cargo xtask bench`): through
+        // L0's shadow UART, and with L0 booted `shadow=off` through QEMU's
+        // emulated 16550 (its file then holds the output).
+        Scenario {
+            name: "linux-serial-bench",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| crate::linux::scenario_modules("serial-bench") },
+            limit: Duration::from_secs(900),
+            com1: &["L1INIT ok", "QEMU bench exit=0 console-bytes=0", "L1DONE"],
+            com2: &["registered tag bench", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: LINUX_HEALTHY,
+            enabled_in_ci: false,
+            console: ConsoleCheck {
+                expect: &["BENCH l2-serial-us-per-byte-1 ", "BENCH l2-serial-us-per-byte-bulk "],
+                typed: &[Input { after: "tag=bench", target: "bench", text: "" }],
+                follow_all: false,
+            },
+            disk: Disk::None,
+        },
+        Scenario {
+            name: "linux-serial-bench-qemu",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info shadow=off", modules: |_| crate::linux::scenario_modules("serial-bench") },
+            limit: Duration::from_secs(1800),
+            com1: &["L1INIT ok", "QEMU bench exit=0", "BENCH l2-serial-us-per-byte-1 ", "BENCH l2-serial-us-per-byte-bulk ", "L1DONE"],
+            com2: &["shadow=off", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: LINUX_HEALTHY,
+            enabled_in_ci: false,
+            console: NO_CONSOLE,
+            disk: Disk::None,
         },
         Scenario {
             // `cargo xtask run`'s demo: two Linux user VMs with shells, the
@@ -679,7 +760,9 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
     let mut done_at: Option<std::time::Instant> = None;
     let mut bad_at: Option<std::time::Instant> = None;
     let mut follower = Follower::new(s.console.typed, s.console.follow_all);
-    let run = emulator::run(emu, &dir, &iso, 512, s.limit, false, &mut follower, |l: &Logs| {
+    // The peer host holds the cloud VM in its own RAM.
+    let memory_mib = if matches!(s.boot, Boot::Peer { .. }) { 1024 } else { 512 };
+    let run = emulator::run(emu, &dir, &iso, memory_mib, s.limit, false, &mut follower, |l: &Logs| {
         let (c1, c2) = (l.com1, l.com2);
         // A failure marker fails the run, but a guest that goes on checking
         // gets to print the rest of its checks and its verdict first.
@@ -735,17 +818,21 @@ static PASSED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::
 fn prepare_disk(s: &Scenario, images: &Images, emu: Emulator, dir: &std::path::Path) -> Result<(), String> {
     let img = dir.join("disk.img");
     let _ = std::fs::remove_file(&img);
+    // Bochs locks an image it opens; a killed run leaves the lock behind.
+    let _ = std::fs::remove_file(dir.join("disk.img.lock"));
     match s.disk {
         Disk::None => Ok(()),
         Disk::Blank => std::fs::File::create(&img).and_then(|f| f.set_len(DISK_BYTES)).map_err(|e| format!("{}: {e}", img.display())),
         Disk::From(source) => {
             if !PASSED.lock().unwrap().contains(&source) {
                 let src = find(source).ok_or_else(|| format!("{}: no scenario named {source}", s.name))?;
-                println!("(first {source}) ");
+                print!("(first {source}: ");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
                 let o = run(&src, images, emu)?;
                 if !o.passed {
                     return Err(format!("{} needs {source}'s disk, and {source} failed: {}", s.name, o.reason));
                 }
+                print!("ok, {:.1} s) ", o.elapsed.as_secs_f64());
             }
             std::fs::copy(scenario_dir(source).join("disk.img"), &img).map(|_| ()).map_err(|e| format!("{source}'s disk: {e}"))
         }

@@ -48,6 +48,40 @@ impl IoApic {
         }
     }
 
+    /// The programmed entries as they travel in a sealed blob's platform
+    /// state (the VM's devices migrate; its IOAPIC, KVM's, migrates with
+    /// QEMU, so the destination L0 never sees the writes): "IOA1", the
+    /// written-pin mask (u32 LE), then each written pin's entry (u64 LE).
+    pub fn encode(&self) -> alloc::vec::Vec<u8> {
+        let mut v = alloc::vec::Vec::with_capacity(8 + 8 * PINS);
+        v.extend_from_slice(b"IOA1");
+        v.extend_from_slice(&self.written.to_le_bytes());
+        for pin in 0..PINS {
+            if self.written & 1 << pin != 0 {
+                v.extend_from_slice(&self.redir[pin].to_le_bytes());
+            }
+        }
+        v
+    }
+
+    /// The inverse of `encode`; None for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<IoApic> {
+        let rest = bytes.strip_prefix(b"IOA1")?;
+        let written = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+        if written >> PINS != 0 {
+            return None;
+        }
+        let mut entries = rest[4..].chunks_exact(8);
+        if entries.len() != written.count_ones() as usize || !entries.remainder().is_empty() {
+            return None;
+        }
+        let mut a = IoApic { written, ..Default::default() };
+        for pin in (0..PINS).filter(|p| written & 1 << p != 0) {
+            a.redir[pin] = u64::from_le_bytes(entries.next()?.try_into().ok()?);
+        }
+        Some(a)
+    }
+
     /// The vector `pin` raises, if its entry routes an edge at all.
     pub fn vector(&self, pin: u8) -> Option<u8> {
         let pin = pin as usize;
@@ -72,6 +106,19 @@ mod tests {
         a.write(IOWIN, low);
         a.write(IOREGSEL, 0x11 + 2 * pin as u32);
         a.write(IOWIN, high);
+    }
+
+    #[test]
+    fn routes_survive_encoding() {
+        let mut a = IoApic::default();
+        program(&mut a, 4, 0x24, 0);
+        program(&mut a, 3, 0x1_0023, 0);
+        let b = IoApic::decode(&a.encode()).unwrap();
+        assert_eq!((b.vector(4), b.vector(3), b.redir, b.written), (Some(0x24), None, a.redir, a.written));
+        let e = a.encode();
+        assert!(IoApic::decode(&e[..e.len() - 1]).is_none());
+        assert!(IoApic::decode(b"IOA1\x00\x00\x00\x01").is_none(), "pin 24 does not exist");
+        assert!(IoApic::decode(b"junk").is_none());
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct Shadow {
     notices: Frames,
     /// The operator asked for `stats`.
     pub stats_wanted: bool,
+    /// User VMs' COM accesses are L0's (off: `shadow=off`, a baseline).
+    pub intercept_com: bool,
     /// Posted-interrupt routes by VMCS12 (recorded at each VM entry).
     pi_routes: BTreeMap<u64, PiRoute>,
     /// What each VM programmed into its IOAPIC.
@@ -99,6 +101,7 @@ impl Shadow {
             input_backlog: Vec::new(),
             notices: Vec::new(),
             stats_wanted: false,
+            intercept_com: true,
             pi_routes: BTreeMap::new(),
             ioapics: BTreeMap::new(),
         }
@@ -171,12 +174,17 @@ impl Shadow {
 
     /// L2 wrote its IOAPIC (`offset` in the page).
     pub fn ioapic_write(&mut self, vm: VmId, offset: u64, value: u32) {
-        self.ioapics.entry(vm).or_default().write(offset, value);
+        let io = self.ioapics.entry(vm).or_default();
+        io.write(offset, value);
+        // The routes travel with the devices (a sealed blob's platform state).
+        let bytes = io.encode();
+        let _ = self.devices.vm(vm).set_platform(&bytes);
     }
 
     /// L2 reset itself: its IOAPIC starts over.
     pub fn ioapic_reset(&mut self, vm: VmId) {
         self.ioapics.remove(&vm);
+        let _ = self.devices.vm(vm).set_platform(&[]);
     }
 
     /// The vector the VM's IOAPIC gives `pin`, if it routes.
@@ -250,11 +258,16 @@ impl Shadow {
         out
     }
 
-    pub fn register_tag(&mut self, vm: VmId, tag: VmTag) -> Result<(), Error> {
-        self.devices.vm(vm);
+    /// Binds `tag` to `vm`. Ok(true) when it is new; the same tag again is
+    /// Ok(false) and says nothing (an agent may repeat it: a migrated VM is
+    /// new to the destination's L0).
+    pub fn register_tag(&mut self, vm: VmId, tag: VmTag) -> Result<bool, Error> {
+        if self.devices.vm(vm).tag() == Some(tag) {
+            return Ok(false);
+        }
         self.devices.register_tag(vm, tag)?;
         self.notices.push(self.vm_frame(vm));
-        Ok(())
+        Ok(true)
     }
 
     pub fn list(&self, out: &mut [u8]) -> Result<usize, Error> {
@@ -283,6 +296,13 @@ impl Shadow {
             Some(key) => self.devices.restore_sealed(tag, key, &mut self.ledger, blob),
             None => Err(Error::NoKey),
         };
+        if let Ok(ok) = &r {
+            // The routes the VM programmed on the source host.
+            match self.devices.get(&ok.vm).and_then(|d| IoApic::decode(d.platform())) {
+                Some(io) => self.ioapics.insert(ok.vm, io),
+                None => self.ioapics.remove(&ok.vm),
+            };
+        }
         let t = tag.as_str();
         self.notices.push(match &r {
             Ok(ok) => mgmt::frame(format_args!("restore {} {t} ok epoch={}", ok.vm, ok.epoch)),

@@ -425,7 +425,7 @@ impl Vcpu {
             reason::EPT_MISCONFIG => return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT02 (an L0 bug)")),
             reason::IO_INSTRUCTION => {
                 let io = IoAccess::decode(e.qualification);
-                if super::com::touches_com(io.port, io.size) {
+                if self.shadow.intercept_com && super::com::touches_com(io.port, io.size) {
                     // A user VM's serial ports are L0's, whatever L1 asked.
                     self.nested.handled_in_l0 += 1;
                     let o = self.l2_com_io(vs, p, &e, io);

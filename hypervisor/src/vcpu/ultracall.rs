@@ -91,8 +91,10 @@ impl Vcpu {
                     return Response::error(Status::Internal);
                 };
                 match self.shadow.register_tag(vm, req.tag.unwrap()) {
-                    Ok(()) => {
-                        log::info!("user VM {vm} registered tag {}", req.tag.unwrap().as_str());
+                    Ok(new) => {
+                        if new {
+                            log::info!("user VM {vm} registered tag {}", req.tag.unwrap().as_str());
+                        }
                         Response::ok(0, vm)
                     }
                     Err(e) => Response::error(e.status()),

@@ -13,7 +13,7 @@ pub enum Node {
 }
 
 /// Paths (without a leading slash) to what they are.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Archive {
     nodes: BTreeMap<String, Node>,
 }

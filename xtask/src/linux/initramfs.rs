@@ -42,6 +42,10 @@ pub const L2_MACHINE: &[&str] = &["-M", "microvm", "-bios", "qboot.rom", "-nodef
 pub struct Initramfs {
     pub l1: PathBuf,
     pub l2: PathBuf,
+    /// The peer host's (`cargo xtask bench`): the L1 archive with
+    /// tests/linux/init-peer as init and the cloud VM's kernel and
+    /// initramfs under /peer, which it runs with QEMU/KVM.
+    pub peer: PathBuf,
 }
 
 fn read(p: &Path) -> Result<Vec<u8>, String> {
@@ -242,12 +246,14 @@ pub fn ensure(kernel: &Path) -> Result<Initramfs, String> {
     add_busybox(&mut l2)?;
     l2.add("init", file(read(&tests.join("init-l2"))?, true));
     l2.add("bin/ultracall", file(read(&ultracall)?, true));
+    // The probes (`probe stress` runs in L2; the rest in L1).
+    let probe = static_tool(&["--manifest-path", "tests/linux/probe/Cargo.toml"], "l1-probe")?;
+    l2.add("bin/probe", file(read(&probe)?, true));
     let l2_path = cached_lz4("l2", &l2.to_bytes())?;
 
     let mut l1 = Archive::default();
     add_busybox(&mut l1)?;
     l1.add("init", file(read(&tests.join("init"))?, true));
-    let probe = static_tool(&["--manifest-path", "tests/linux/probe/Cargo.toml"], "l1-probe")?;
     l1.add("bin/probe", file(read(&probe)?, true));
     l1.add("bin/ultracall", file(read(&ultracall)?, true));
     l1.add(QEMU, file(read(Path::new(QEMU))?, true));
@@ -265,8 +271,13 @@ pub fn ensure(kernel: &Path) -> Result<Initramfs, String> {
     l1.add("l2/initrd", file(read(&l2_path)?, false));
     log(&format!("L1 initramfs: QEMU with {} libraries, firmware {}", libs.len(), names.join(", ")));
     let l1_path = cached_lz4("l1", &l1.to_bytes())?;
+    let mut peer = l1.clone();
+    peer.add("init", file(read(&tests.join("init-peer"))?, true));
+    peer.add("peer/bzImage", file(read(kernel)?, false));
+    peer.add("peer/l1.initrd", file(read(&l1_path)?, false));
+    let peer_path = cached_lz4("peer", &peer.to_bytes())?;
     log(&format!("initramfs ready in {:.1} s", t0.elapsed().as_secs_f64()));
-    Ok(Initramfs { l1: l1_path, l2: l2_path })
+    Ok(Initramfs { l1: l1_path, l2: l2_path, peer: peer_path })
 }
 
 #[cfg(test)]

@@ -61,6 +61,8 @@ pub fn sha256_hex(data: &[u8]) -> Result<String, String> {
 pub struct LinuxImages {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
+    /// The peer host's initramfs (see `initramfs::Initramfs::peer`).
+    pub peer: PathBuf,
 }
 
 static IMAGES: std::sync::OnceLock<Result<LinuxImages, String>> = std::sync::OnceLock::new();
@@ -71,7 +73,7 @@ pub fn images() -> Result<&'static LinuxImages, String> {
         .get_or_init(|| {
             let k = kernel::ensure()?;
             let i = initramfs::ensure(&k.bz_image)?;
-            Ok(LinuxImages { kernel: k.bz_image, initramfs: i.l1 })
+            Ok(LinuxImages { kernel: k.bz_image, initramfs: i.l1, peer: i.peer })
         })
         .as_ref()
         .map_err(Clone::clone)

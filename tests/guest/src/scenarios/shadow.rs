@@ -30,6 +30,19 @@ pub struct Spy {
     pub ucall_exits: u32,
 }
 
+/// The frame of every L0-only shadow scenario: start the test hypervisor
+/// with the scenario's `checks`, run `body`, check that L0 still answers,
+/// print the verdict.
+pub fn scenario(name: &'static &'static str, checks: &[&str], body: fn(&mut crate::check::Checks, &mut crate::hv::Hv)) {
+    crate::set_current_test(name);
+    let mut c = crate::check::Checks::new(name);
+    if let Some(mut hv) = crate::hv::start(&mut c, checks) {
+        body(&mut c, &mut hv);
+    }
+    crate::hv::l0_alive(&mut c);
+    c.finish();
+}
+
 pub fn is_com_port(port: u16) -> bool {
     [0x3f8u16, 0x2f8, 0x3e8, 0x2e8].iter().any(|&b| (b..b + 8).contains(&port))
 }

@@ -23,7 +23,7 @@ use crate::check::Checks;
 use crate::hv::l2x::{self, Params, UART_POLLED};
 use crate::hv::mem::pg;
 use crate::hv::ucall;
-use crate::hv::{cpu, l0_alive, start, Hv};
+use crate::hv::{cpu, Hv};
 use crate::l2x;
 
 use super::shadow::{blob_buf, io_buf, listed, run_to_end, st, va, ShowRow, Spy, Stop};
@@ -38,13 +38,7 @@ const ATTACH_WAIT: u64 = 3_000_000_000;
 
 pub fn run_scenario() {
     static NAME: &str = "shadow-bench";
-    crate::set_current_test(&NAME);
-    let mut c = Checks::new(NAME);
-    if let Some(mut hv) = start(&mut c, CHECKS) {
-        body(&mut c, &mut hv);
-    }
-    l0_alive(&mut c);
-    c.finish();
+    super::shadow::scenario(&NAME, CHECKS, body);
 }
 
 fn body(c: &mut Checks, hv: &mut Hv) {

@@ -15,7 +15,6 @@ use crate::hv::l2x::{self, Params, UART_POLLED};
 use crate::hv::mem::pg;
 use crate::hv::ucall;
 use crate::hv::vm::Vm;
-use crate::hv::{l0_alive, start};
 use crate::l2x;
 use crate::spy::secret_at;
 
@@ -40,13 +39,7 @@ const OUT: u64 = 3 * 25 + l2x::LINE_LEN;
 
 pub fn run_scenario() {
     static NAME: &str = "shadow-console";
-    crate::set_current_test(&NAME);
-    let mut c = Checks::new(NAME);
-    if let Some(mut hv) = start(&mut c, CHECKS) {
-        body(&mut c, &mut hv);
-    }
-    l0_alive(&mut c);
-    c.finish();
+    super::shadow::scenario(&NAME, CHECKS, body);
 }
 
 fn body(c: &mut Checks, hv: &mut crate::hv::Hv) {

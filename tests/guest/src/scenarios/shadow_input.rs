@@ -25,7 +25,7 @@ use crate::hv::mem::pg;
 use crate::hv::ucall;
 use crate::hv::vm::Vm;
 use crate::hv::vmx::{rd, vmwrite};
-use crate::hv::{apic, cpu, l0_alive, start, Hv};
+use crate::hv::{apic, cpu, Hv};
 use crate::l2x;
 use crate::spy::{mask, masked_at};
 
@@ -62,13 +62,7 @@ const WATCHDOG: u32 = 50_000_000;
 
 pub fn run_scenario() {
     static NAME: &str = "shadow-input";
-    crate::set_current_test(&NAME);
-    let mut c = Checks::new(NAME);
-    if let Some(mut hv) = start(&mut c, CHECKS) {
-        body(&mut c, &mut hv);
-    }
-    l0_alive(&mut c);
-    c.finish();
+    super::shadow::scenario(&NAME, CHECKS, body);
 }
 
 /// What L1's relay service saw.

@@ -22,7 +22,7 @@ use crate::hv::mem::{self, pg};
 use crate::hv::ucall::{self, Gprs};
 use crate::hv::vm::Vm;
 use crate::hv::vmx::vmwrite;
-use crate::hv::{l0_alive, start, Hv, Msg};
+use crate::hv::{Hv, Msg};
 use crate::ucall_model::{gen, Answer, Buf, Call, Content, Expect, Level, Model, Rng, VmModel, BUF_SPAN, R8, RAX, RCX, RDI, RDX, RSI};
 use crate::{l2x, msg};
 
@@ -72,13 +72,7 @@ const L2_BATCH: usize = FUZZ_ENTRIES;
 
 pub fn run_scenario() {
     static NAME: &str = "ultracall-fuzz";
-    crate::set_current_test(&NAME);
-    let mut c = Checks::new(NAME);
-    if let Some(mut hv) = start(&mut c, CHECKS) {
-        body(&mut c, &mut hv);
-    }
-    l0_alive(&mut c);
-    c.finish();
+    super::shadow::scenario(&NAME, CHECKS, body);
 }
 
 /// Tallies of one caller level.

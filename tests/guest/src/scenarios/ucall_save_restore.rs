@@ -26,7 +26,7 @@ use crate::hv::mem::pg;
 use crate::hv::ucall::{self, Out};
 use crate::hv::vm::Vm;
 use crate::hv::vmx::{self, vmwrite};
-use crate::hv::{cpu, l0_alive, start, Hv};
+use crate::hv::{cpu, Hv};
 use crate::spy::{mask, masked_at};
 use crate::ucall_model::UNMAPPED_BASE;
 use crate::{l2x, msg};
@@ -79,13 +79,7 @@ const NON_CANONICAL: u64 = 0x8000_0000_0000_0000;
 
 pub fn run_scenario() {
     static NAME: &str = "ultracall-save-restore";
-    crate::set_current_test(&NAME);
-    let mut c = Checks::new(NAME);
-    if let Some(mut hv) = start(&mut c, CHECKS) {
-        body(&mut c, &mut hv);
-    }
-    l0_alive(&mut c);
-    c.finish();
+    super::shadow::scenario(&NAME, CHECKS, body);
 }
 
 fn fail_rest(c: &mut Checks, from: &str, why: core::fmt::Arguments) {

@@ -12,12 +12,24 @@
 //! and halts (`CHURN ok N` when all halted and none showed KVM the port:
 //! L0 takes it). L0 must see each VM come and go without leaking.
 //!
+//! `probe stress SECS` (in a user VM): CPUID, port I/O, MMIO, page faults
+//! and timer interrupts for SECS seconds, counts checked (stress.rs).
+//!
+//! `probe tsc`, `probe cpuid-bench N`, `probe io-bench N`: the TSC, and
+//! the mean guest-TSC ticks of a CPUID or of an OUT to port 0x80 (the
+//! peer benchmark, in a user VM).
+//!
+//! `probe spy [FILE...]`: the provider's view searched for the operator's
+//! console marker (spy.rs).
+//!
 //! `probe disk-put FILE...` / `probe disk-get DIR`: files to and from the
 //! raw disk that carries a migration between two hosts (disk.rs).
 //!
 //! Port access from user space needs root and CONFIG_X86_IOPL_IOPERM.
 
 mod disk;
+mod spy;
+mod stress;
 
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, _rdtsc};
@@ -38,6 +50,17 @@ fn syscall3(nr: usize, a: usize, b: usize, c: usize) -> isize {
     unsafe {
         asm!("syscall", inlateout("rax") nr as isize => ret, in("rdi") a, in("rsi") b, in("rdx") c,
              lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    ret
+}
+
+fn syscall6(nr: usize, a: [usize; 6]) -> isize {
+    let ret: isize;
+    // SAFETY: the callers pass valid fds and pointers to live buffers of
+    // the sizes the ioctl/mmap/munmap contracts name.
+    unsafe {
+        asm!("syscall", inlateout("rax") nr as isize => ret, in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
+             in("r10") a[3], in("r8") a[4], in("r9") a[5], lateout("rcx") _, lateout("r11") _, options(nostack));
     }
     ret
 }
@@ -131,7 +154,6 @@ fn shutdown() -> ExitCode {
 mod kvm {
     //! Just enough of the KVM API (include/uapi/linux/kvm.h) for a
     //! real-mode guest: ioctl numbers, kvm_regs, kvm_sregs, kvm_run.
-    use std::arch::asm;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     const SYS_IOCTL: usize = 16;
@@ -148,16 +170,7 @@ mod kvm {
     pub const EXIT_IO: u32 = 2;
     pub const EXIT_HLT: u32 = 5;
 
-    fn syscall6(nr: usize, a: [usize; 6]) -> isize {
-        let ret: isize;
-        // SAFETY: the callers pass valid fds and pointers to live buffers
-        // of the sizes the ioctl/mmap contracts name.
-        unsafe {
-            asm!("syscall", inlateout("rax") nr as isize => ret, in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
-                 in("r10") a[3], in("r8") a[4], in("r9") a[5], lateout("rcx") _, lateout("r11") _, options(nostack));
-        }
-        ret
-    }
+    use super::syscall6;
 
     pub fn ioctl(fd: &impl AsRawFd, req: usize, arg: usize) -> Result<usize, String> {
         let r = syscall6(SYS_IOCTL, [fd.as_raw_fd() as usize, req, arg, 0, 0, 0]);
@@ -273,9 +286,54 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             })
         }
+        Some("stress") => match stress::stress(args.next().and_then(|n| n.parse().ok()).unwrap_or(30)) {
+            Ok(counts) => {
+                println!("STRESS {counts} ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("STRESS FAIL: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("tsc") => {
+            // SAFETY: RDTSC has no side effects.
+            println!("{}", unsafe { _rdtsc() });
+            ExitCode::SUCCESS
+        }
+        Some(b @ ("cpuid-bench" | "io-bench")) => {
+            // Guest-TSC ticks per exit to the guest hypervisor (CPUID) or
+            // to its device model (OUT to port 0x80), mean over N.
+            let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(2000).max(1);
+            if b == "io-bench" && syscall3(SYS_IOPERM, 0x80, 1, 1) != 0 {
+                println!("BENCH FAIL: ioperm refused");
+                return ExitCode::FAILURE;
+            }
+            // SAFETY: as above.
+            let t0 = unsafe { _rdtsc() };
+            for i in 0..n {
+                if b == "io-bench" {
+                    outb(0x80, i as u8);
+                } else {
+                    std::hint::black_box(__cpuid(0));
+                }
+            }
+            // SAFETY: as above.
+            let t = unsafe { _rdtsc() } - t0;
+            println!("BENCH l2-{}-ticks {}", if b == "io-bench" { "port-io" } else { "cpuid" }, t / n);
+            ExitCode::SUCCESS
+        }
+        Some("spy") => {
+            let files: Vec<String> = args.collect();
+            let ok = match files.as_slice() {
+                [c] if c == "--control" => spy::control(),
+                _ => spy::spy(&files),
+            };
+            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
         Some("kvm-churn") => kvm_churn(args.next().and_then(|n| n.parse().ok()).unwrap_or(50)),
         _ => {
-            eprintln!("usage: probe clock | probe shutdown | probe kvm-churn [N] | probe disk-put FILE... | probe disk-get DIR");
+            eprintln!("usage: probe clock | probe shutdown | probe kvm-churn [N] | probe disk-put FILE... | probe disk-get DIR | probe spy [FILE...] | probe stress [SECS]");
             ExitCode::from(2)
         }
     }
