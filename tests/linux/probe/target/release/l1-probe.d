@@ -1,1 +1,0 @@
-/work/main/tests/linux/probe/target/release/l1-probe: /work/main/tests/linux/probe/src/disk.rs /work/main/tests/linux/probe/src/main.rs /work/main/tests/linux/probe/src/spy.rs /work/main/tests/linux/probe/src/stress.rs
