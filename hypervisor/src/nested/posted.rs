@@ -86,6 +86,15 @@ pub fn process(mem: &mut impl GuestMemory, desc: u64, vapic: u64) -> Result<Opti
     Ok(Some(highest))
 }
 
+/// The highest vector set in a 256-bit APIC register (ISR, IRR, TMR, or
+/// their virtual-APIC and PIR copies), given its eight 32-bit words.
+pub fn highest_vector(mut word: impl FnMut(usize) -> u32) -> Option<u8> {
+    (0..8).rev().find_map(|i| match word(i) {
+        0 => None,
+        w => Some((32 * i as u32 + 31 - w.leading_zeros()) as u8),
+    })
+}
+
 /// The guest-interrupt-status field with RVI raised to at least `vector`.
 pub fn raise_rvi(intr_status: u64, vector: u8) -> u64 {
     let rvi = (intr_status & 0xff).max(vector as u64);

@@ -338,10 +338,7 @@ impl Vcpu {
         if !ok {
             return;
         }
-        let next = (0..8u64)
-            .rev()
-            .find_map(|i| read32(mem, vapic + VIRR + 16 * i).ok().filter(|&w| w != 0).map(|w| (32 * i as u32 + 31 - w.leading_zeros()) as u64))
-            .unwrap_or(0);
+        let next = crate::nested::posted::highest_vector(|i| read32(mem, vapic + VIRR + 16 * i as u64).unwrap_or(0)).unwrap_or(0) as u64;
         v.write(F::GUEST_INTR_STATUS, (rvi as u64) << 8 | next);
         v.write(F::VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo::new(rvi, crate::vmx::exit::event_type::EXTERNAL_INTERRUPT, false).0 as u64);
         if activity == ACTIVITY_HLT {

@@ -426,13 +426,8 @@ impl Vcpu {
                     let a = v12.get(F::VIRTUAL_APIC_PAGE_ADDR);
                     let mut b = [0u8; 4];
                     let mut reg = |off: u64| p.mem().read(a + off, &mut b).map(|_| u32::from_le_bytes(b)).unwrap_or(u32::MAX);
-                    let top = |base: u64, reg: &mut dyn FnMut(u64) -> u32| {
-                        (0..8u64).rev().find_map(|i| match reg(base + 16 * i) {
-                            0 => None,
-                            w => Some(32 * i as u32 + 31 - w.leading_zeros()),
-                        })
-                    };
-                    let (isr, irr) = (top(0x100, &mut reg), top(0x200, &mut reg));
+                    let mut top = |base: u64| crate::nested::posted::highest_vector(|i| reg(base + 16 * i as u64));
+                    let (isr, irr) = (top(0x100), top(0x200));
                     alloc::format!(
                         "; VMCS12 rip={:#x} rflags={:#x} intr-state={:#x} intr-status={:#x} timer={:#x} pin={:#x} vapic tpr={:#x} ppr={:#x} isr-top={isr:x?} irr-top={irr:x?}",
                         v12.get(F::GUEST_RIP),
