@@ -13,8 +13,14 @@ pub struct Word<'a> {
 /// Iterates over the words of `s`.
 pub fn words(s: &str) -> impl Iterator<Item = Word<'_>> {
     s.split_ascii_whitespace().map(|w| match w.split_once('=') {
-        Some((key, value)) => Word { key, value: Some(value) },
-        None => Word { key: w, value: None },
+        Some((key, value)) => Word {
+            key,
+            value: Some(value),
+        },
+        None => Word {
+            key: w,
+            value: None,
+        },
     })
 }
 
@@ -34,7 +40,10 @@ pub struct BadNumber;
 
 impl fmt::Display for BadNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "not a number (decimal, 0x-hex, with an optional K/M/G suffix)")
+        write!(
+            f,
+            "not a number (decimal, 0x-hex, with an optional K/M/G suffix)"
+        )
     }
 }
 
@@ -69,17 +78,35 @@ mod tests {
         assert_eq!(
             w,
             [
-                Word { key: "serial", value: Some("com2") },
-                Word { key: "quiet", value: None },
-                Word { key: "l0_mem", value: Some("32M") }
+                Word {
+                    key: "serial",
+                    value: Some("com2")
+                },
+                Word {
+                    key: "quiet",
+                    value: None
+                },
+                Word {
+                    key: "l0_mem",
+                    value: Some("32M")
+                }
             ]
         );
-        assert_eq!(words("a=b=c").next(), Some(Word { key: "a", value: Some("b=c") }));
+        assert_eq!(
+            words("a=b=c").next(),
+            Some(Word {
+                key: "a",
+                value: Some("b=c")
+            })
+        );
     }
 
     #[test]
     fn first_word() {
-        assert_eq!(split_first(" l1=multiboot  test=boot x"), ("l1=multiboot", "test=boot x"));
+        assert_eq!(
+            split_first(" l1=multiboot  test=boot x"),
+            ("l1=multiboot", "test=boot x")
+        );
         assert_eq!(split_first("l1.module"), ("l1.module", ""));
         assert_eq!(split_first(""), ("", ""));
     }

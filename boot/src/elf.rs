@@ -8,11 +8,16 @@ use core::fmt;
 pub enum ElfError {
     NotElf,
     /// Not little-endian x86 / x86-64 of a class we know.
-    Unsupported { class: u8, machine: u16 },
+    Unsupported {
+        class: u8,
+        machine: u16,
+    },
     /// Header or program header table out of bounds.
     Truncated,
     /// A segment's file range is outside the image or memsz < filesz.
-    BadSegment { index: usize },
+    BadSegment {
+        index: usize,
+    },
     /// No PT_LOAD segment.
     NothingToLoad,
 }
@@ -22,7 +27,10 @@ impl fmt::Display for ElfError {
         match *self {
             Self::NotElf => write!(f, "not an ELF image"),
             Self::Unsupported { class, machine } => {
-                write!(f, "ELF class {class} machine {machine} is not little-endian x86/x86-64")
+                write!(
+                    f,
+                    "ELF class {class} machine {machine} is not little-endian x86/x86-64"
+                )
             }
             Self::Truncated => write!(f, "ELF headers run past the end of the image"),
             Self::BadSegment { index } => write!(f, "ELF program header {index} is inconsistent"),
@@ -57,7 +65,9 @@ const EM_386: u16 = 3;
 const EM_X86_64: u16 = 62;
 
 fn rd<const N: usize>(b: &[u8], off: usize) -> Result<[u8; N], ElfError> {
-    b.get(off..off + N).and_then(|s| s.try_into().ok()).ok_or(ElfError::Truncated)
+    b.get(off..off + N)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(ElfError::Truncated)
 }
 fn u16_at(b: &[u8], off: usize) -> Result<u16, ElfError> {
     rd::<2>(b, off).map(u16::from_le_bytes)
@@ -83,19 +93,38 @@ impl<'a> Elf<'a> {
             _ => return Err(ElfError::Unsupported { class, machine }),
         };
         let (entry, phoff, phentsize, phnum) = if is64 {
-            (u64_at(image, 24)?, u64_at(image, 32)?, u16_at(image, 54)?, u16_at(image, 56)?)
+            (
+                u64_at(image, 24)?,
+                u64_at(image, 32)?,
+                u16_at(image, 54)?,
+                u16_at(image, 56)?,
+            )
         } else {
-            (u32_at(image, 24)? as u64, u32_at(image, 28)? as u64, u16_at(image, 42)?, u16_at(image, 44)?)
+            (
+                u32_at(image, 24)? as u64,
+                u32_at(image, 28)? as u64,
+                u16_at(image, 42)?,
+                u16_at(image, 44)?,
+            )
         };
         let min_ent = if is64 { 56 } else { 32 };
         if (phentsize as usize) < min_ent {
             return Err(ElfError::Truncated);
         }
-        let table_end = (phnum as u64).checked_mul(phentsize as u64).and_then(|n| n.checked_add(phoff));
+        let table_end = (phnum as u64)
+            .checked_mul(phentsize as u64)
+            .and_then(|n| n.checked_add(phoff));
         if table_end.is_none_or(|e| e > image.len() as u64) {
             return Err(ElfError::Truncated);
         }
-        let elf = Elf { image, is64, entry, phoff: phoff as usize, phentsize: phentsize as usize, phnum: phnum as usize };
+        let elf = Elf {
+            image,
+            is64,
+            entry,
+            phoff: phoff as usize,
+            phentsize: phentsize as usize,
+            phnum: phnum as usize,
+        };
         let mut any = false;
         for (index, seg) in elf.raw_segments().enumerate() {
             let Some(seg) = seg? else { continue };
@@ -220,12 +249,18 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_elf64_segments_and_entry() {
-        let img = elf64(0xffff_8000_0100_0010, &[(0x100_0000, 0xffff_8000_0100_0000, b"code", 0x2000)]);
+        let img = elf64(
+            0xffff_8000_0100_0010,
+            &[(0x100_0000, 0xffff_8000_0100_0000, b"code", 0x2000)],
+        );
         let elf = Elf::parse(&img).unwrap();
         assert!(elf.is64());
         let s: Vec<_> = elf.segments().collect();
         assert_eq!(s.len(), 1);
-        assert_eq!((s[0].paddr, s[0].filesz, s[0].memsz), (0x100_0000, 4, 0x2000));
+        assert_eq!(
+            (s[0].paddr, s[0].filesz, s[0].memsz),
+            (0x100_0000, 4, 0x2000)
+        );
         assert_eq!(elf.physical_entry(), 0x100_0010);
     }
 
@@ -242,11 +277,20 @@ pub(crate) mod tests {
         assert_eq!(Elf::parse(b"MZ").unwrap_err(), ElfError::NotElf);
         let mut img = elf64(0, &[(0x1000, 0x1000, b"x", 1)]);
         img[18] = 40; // ARM
-        assert!(matches!(Elf::parse(&img).unwrap_err(), ElfError::Unsupported { .. }));
+        assert!(matches!(
+            Elf::parse(&img).unwrap_err(),
+            ElfError::Unsupported { .. }
+        ));
         let img = elf64(0, &[(0x1000, 0x1000, b"x", 0)]);
-        assert_eq!(Elf::parse(&img).unwrap_err(), ElfError::BadSegment { index: 0 });
+        assert_eq!(
+            Elf::parse(&img).unwrap_err(),
+            ElfError::BadSegment { index: 0 }
+        );
         let img = elf64(0, &[(0x1000, 0x1000, b"xyz", 3)]);
-        assert_eq!(Elf::parse(&img[..img.len() - 1]).unwrap_err(), ElfError::BadSegment { index: 0 });
+        assert_eq!(
+            Elf::parse(&img[..img.len() - 1]).unwrap_err(),
+            ElfError::BadSegment { index: 0 }
+        );
         assert_eq!(Elf::parse(&img[..70]).unwrap_err(), ElfError::Truncated);
         let img = elf64(0, &[]);
         assert_eq!(Elf::parse(&img).unwrap_err(), ElfError::NothingToLoad);
@@ -254,7 +298,13 @@ pub(crate) mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        let img = elf64(0x1000, &[(0x1000, 0x1000, b"hello", 0x10), (0x3000, 0x3000, b"", 0x10)]);
+        let img = elf64(
+            0x1000,
+            &[
+                (0x1000, 0x1000, b"hello", 0x10),
+                (0x3000, 0x3000, b"", 0x10),
+            ],
+        );
         let mut x = 0xdead_beefu32;
         for _ in 0..5000 {
             let mut c = img.clone();

@@ -31,13 +31,23 @@ pub struct ExceptionFrame {
     pub ss: u64,
 }
 
-
 /// The IDT of 32 interrupt gates to the stubs, with the IST index each
 /// vector uses.
-pub fn idt_gates(stubs: &[u64; 32], code_selector: u16, ist: impl Fn(usize) -> u64) -> [[u64; 2]; 32] {
+pub fn idt_gates(
+    stubs: &[u64; 32],
+    code_selector: u16,
+    ist: impl Fn(usize) -> u64,
+) -> [[u64; 2]; 32] {
     core::array::from_fn(|v| {
         let h = stubs[v];
-        [(h & 0xffff) | (code_selector as u64) << 16 | ist(v) << 32 | 0x8e << 40 | (h >> 16 & 0xffff) << 48, h >> 32]
+        [
+            (h & 0xffff)
+                | (code_selector as u64) << 16
+                | ist(v) << 32
+                | 0x8e << 40
+                | (h >> 16 & 0xffff) << 48,
+            h >> 32,
+        ]
     })
 }
 
@@ -50,7 +60,11 @@ extern "C" {
 #[cfg(target_os = "none")]
 pub fn idt(code_selector: u16, ist: impl Fn(usize) -> u64) -> [[u64; 2]; 32] {
     // SAFETY: the table is defined below with 32 entries and never written.
-    idt_gates(unsafe { &*core::ptr::addr_of!(boot_exception_stubs) }, code_selector, ist)
+    idt_gates(
+        unsafe { &*core::ptr::addr_of!(boot_exception_stubs) },
+        code_selector,
+        ist,
+    )
 }
 
 #[cfg(target_os = "none")]

@@ -37,7 +37,10 @@ impl Range {
     pub fn shrink_to_pages(&self) -> Range {
         let start = self.start.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
         let end = self.end & !(PAGE_SIZE - 1);
-        Range { start, end: end.max(start) }
+        Range {
+            start,
+            end: end.max(start),
+        }
     }
     /// The smallest page-aligned range covering this one.
     pub fn grow_to_pages(&self) -> Range {
@@ -87,7 +90,10 @@ impl fmt::Debug for RangeSet {
 
 impl RangeSet {
     pub const fn new() -> Self {
-        RangeSet { ranges: [Range::new(0, 0); CAPACITY], len: 0 }
+        RangeSet {
+            ranges: [Range::new(0, 0); CAPACITY],
+            len: 0,
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Range> + '_ {
@@ -105,7 +111,11 @@ impl RangeSet {
 
     /// The highest address in the set plus one (0 if empty).
     pub fn end(&self) -> u64 {
-        if self.len == 0 { 0 } else { self.ranges[self.len - 1].end }
+        if self.len == 0 {
+            0
+        } else {
+            self.ranges[self.len - 1].end
+        }
     }
 
     /// Adds `r`, merging with neighbours it touches.
@@ -125,7 +135,10 @@ impl RangeSet {
             self.ranges[first] = r;
             self.len += 1;
         } else {
-            let merged = Range::new(r.start.min(self.ranges[first].start), r.end.max(self.ranges[last - 1].end));
+            let merged = Range::new(
+                r.start.min(self.ranges[first].start),
+                r.end.max(self.ranges[last - 1].end),
+            );
             self.ranges[first] = merged;
             self.ranges.copy_within(last..self.len, first + 1);
             self.len -= last - first - 1;
@@ -271,11 +284,23 @@ mod tests {
     #[test]
     fn find_fits() {
         let s = set(&[(0x1000, 0x5000), (0x10000, 0x20000)]);
-        assert_eq!(s.find_lowest(0x2000, 0x2000, 0), Some(Range::new(0x2000, 0x4000)));
-        assert_eq!(s.find_lowest(0x5000, 0x1000, 0), Some(Range::new(0x10000, 0x15000)));
+        assert_eq!(
+            s.find_lowest(0x2000, 0x2000, 0),
+            Some(Range::new(0x2000, 0x4000))
+        );
+        assert_eq!(
+            s.find_lowest(0x5000, 0x1000, 0),
+            Some(Range::new(0x10000, 0x15000))
+        );
         assert_eq!(s.find_lowest(0x1000, 0x1000, 0x1f800), None);
-        assert_eq!(s.find_highest(0x3000, 0x1000, u64::MAX), Some(Range::new(0x1d000, 0x20000)));
-        assert_eq!(s.find_highest(0x3000, 0x1000, 0x10000), Some(Range::new(0x2000, 0x5000)));
+        assert_eq!(
+            s.find_highest(0x3000, 0x1000, u64::MAX),
+            Some(Range::new(0x1d000, 0x20000))
+        );
+        assert_eq!(
+            s.find_highest(0x3000, 0x1000, 0x10000),
+            Some(Range::new(0x2000, 0x5000))
+        );
         assert_eq!(s.find_highest(0x20000, 0x1000, u64::MAX), None);
     }
 
@@ -292,9 +317,15 @@ mod tests {
 
     #[test]
     fn page_rounding() {
-        assert_eq!(Range::new(0x1001, 0x3fff).shrink_to_pages(), Range::new(0x2000, 0x3000));
+        assert_eq!(
+            Range::new(0x1001, 0x3fff).shrink_to_pages(),
+            Range::new(0x2000, 0x3000)
+        );
         assert!(Range::new(0x1001, 0x1fff).shrink_to_pages().is_empty());
-        assert_eq!(Range::new(0x1001, 0x3001).grow_to_pages(), Range::new(0x1000, 0x4000));
+        assert_eq!(
+            Range::new(0x1001, 0x3001).grow_to_pages(),
+            Range::new(0x1000, 0x4000)
+        );
     }
 
     #[test]
@@ -323,7 +354,10 @@ mod tests {
                 assert_eq!(s.contains(i as u64), m, "addr {i}");
             }
             let v = list(&s);
-            assert!(v.windows(2).all(|w| w[0].1 < w[1].0), "not disjoint/non-adjacent: {v:?}");
+            assert!(
+                v.windows(2).all(|w| w[0].1 < w[1].0),
+                "not disjoint/non-adjacent: {v:?}"
+            );
         }
     }
 }

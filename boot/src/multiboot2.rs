@@ -114,7 +114,10 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 }
 
 fn c_str(bytes: &[u8], tag: u32) -> Result<&str, ParseError> {
-    let nul = bytes.iter().position(|&c| c == 0).ok_or(ParseError::BadString { tag })?;
+    let nul = bytes
+        .iter()
+        .position(|&c| c == 0)
+        .ok_or(ParseError::BadString { tag })?;
     core::str::from_utf8(&bytes[..nul]).map_err(|_| ParseError::BadString { tag })
 }
 
@@ -150,7 +153,13 @@ impl<'a> BootInfo<'a> {
             return Err(ParseError::BadTotalSize(total));
         }
         let bytes = &bytes[..total as usize];
-        let mut info = BootInfo { bytes, cmdline: "", loader_name: "", mmap: (0, 0, 0), rsdp: None };
+        let mut info = BootInfo {
+            bytes,
+            cmdline: "",
+            loader_name: "",
+            mmap: (0, 0, 0),
+            rsdp: None,
+        };
         let mut have_mmap = false;
         let mut off = 8usize;
         loop {
@@ -159,7 +168,11 @@ impl<'a> BootInfo<'a> {
             }
             let tag = u32_at(bytes, off);
             let size = u32_at(bytes, off + 4);
-            let bad = ParseError::BadTag { offset: off, tag, size };
+            let bad = ParseError::BadTag {
+                offset: off,
+                tag,
+                size,
+            };
             let end = off.checked_add(size as usize).ok_or(bad)?;
             if size < 8 || end > bytes.len() {
                 return Err(bad);
@@ -190,7 +203,8 @@ impl<'a> BootInfo<'a> {
                     }
                     let entry_size = u32_at(body, 0);
                     let entries = body.len() - 8;
-                    if entry_size < 24 || entry_size % 8 != 0 || entries % entry_size as usize != 0 {
+                    if entry_size < 24 || entry_size % 8 != 0 || entries % entry_size as usize != 0
+                    {
                         return Err(ParseError::BadMemoryMap { entry_size });
                     }
                     info.mmap = (off + 16, entries / entry_size as usize, entry_size as usize);
@@ -239,7 +253,11 @@ impl<'a> BootInfo<'a> {
         let bytes = self.bytes;
         (0..count).map(move |i| {
             let e = first + i * size;
-            MemoryRegion { base: u64_at(bytes, e), len: u64_at(bytes, e + 8), kind: u32_at(bytes, e + 16) }
+            MemoryRegion {
+                base: u64_at(bytes, e),
+                len: u64_at(bytes, e + 8),
+                kind: u32_at(bytes, e + 16),
+            }
         })
     }
 
@@ -259,7 +277,11 @@ impl<'a> BootInfo<'a> {
                 let body = &bytes[here + 8..here + size];
                 // Validated in parse().
                 let cmdline = c_str(&body[8..], tag).unwrap_or("");
-                return Some(Module { start: u32_at(body, 0), end: u32_at(body, 4), cmdline });
+                return Some(Module {
+                    start: u32_at(body, 0),
+                    end: u32_at(body, 4),
+                    cmdline,
+                });
             }
         })
     }
@@ -278,7 +300,8 @@ pub(crate) mod tests {
     impl Builder {
         pub fn tag(mut self, tag: u32, body: &[u8]) -> Self {
             self.tags.extend_from_slice(&tag.to_le_bytes());
-            self.tags.extend_from_slice(&(8 + body.len() as u32).to_le_bytes());
+            self.tags
+                .extend_from_slice(&(8 + body.len() as u32).to_le_bytes());
             self.tags.extend_from_slice(body);
             while self.tags.len() % 8 != 0 {
                 self.tags.push(0);
@@ -321,7 +344,11 @@ pub(crate) mod tests {
     }
 
     pub fn bochs_map() -> [(u64, u64, u32); 3] {
-        [(0, 0x9f000, 1), (0x9f000, 0x1000, 2), (0x10_0000, 0x1fef_0000, 1)]
+        [
+            (0, 0x9f000, 1),
+            (0x9f000, 0x1000, 2),
+            (0x10_0000, 0x1fef_0000, 1),
+        ]
     }
 
     #[test]
@@ -336,24 +363,44 @@ pub(crate) mod tests {
         assert_eq!(info.cmdline(), "serial=com2 loglevel=debug");
         let mods: Vec<_> = info.modules().collect();
         assert_eq!(mods.len(), 2);
-        assert_eq!(mods[0], Module { start: 0x20_0000, end: 0x20_1234, cmdline: "l1=multiboot test=boot" });
+        assert_eq!(
+            mods[0],
+            Module {
+                start: 0x20_0000,
+                end: 0x20_1234,
+                cmdline: "l1=multiboot test=boot"
+            }
+        );
         assert_eq!(mods[1].cmdline, "l1.module");
         let map: Vec<_> = info.memory_map().collect();
         assert_eq!(map.len(), 3);
-        assert_eq!(map[2], MemoryRegion { base: 0x10_0000, len: 0x1fef_0000, kind: 1 });
+        assert_eq!(
+            map[2],
+            MemoryRegion {
+                base: 0x10_0000,
+                len: 0x1fef_0000,
+                kind: 1
+            }
+        );
     }
 
     #[test]
     fn missing_memory_map_is_an_error() {
         let b = Builder::default().cmdline("x").build();
-        assert_eq!(BootInfo::parse(&b).unwrap_err(), ParseError::MissingMemoryMap);
+        assert_eq!(
+            BootInfo::parse(&b).unwrap_err(),
+            ParseError::MissingMemoryMap
+        );
     }
 
     #[test]
     fn truncated_structure_is_an_error() {
         let b = Builder::default().mmap(&bochs_map()).build();
         // total_size says more than the slice holds.
-        assert_eq!(BootInfo::parse(&b[..b.len() - 8]).unwrap_err(), ParseError::BadTotalSize(b.len() as u32));
+        assert_eq!(
+            BootInfo::parse(&b[..b.len() - 8]).unwrap_err(),
+            ParseError::BadTotalSize(b.len() as u32)
+        );
         // No end tag within total_size.
         let mut c = b.clone();
         let n = (c.len() - 8) as u32;
@@ -365,22 +412,50 @@ pub(crate) mod tests {
     fn tag_running_past_the_end_is_an_error() {
         let mut b = Builder::default().cmdline("abc").mmap(&bochs_map()).build();
         b[12..16].copy_from_slice(&0x1000u32.to_le_bytes()); // cmdline tag size
-        assert!(matches!(BootInfo::parse(&b).unwrap_err(), ParseError::BadTag { offset: 8, tag: 1, .. }));
+        assert!(matches!(
+            BootInfo::parse(&b).unwrap_err(),
+            ParseError::BadTag {
+                offset: 8,
+                tag: 1,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn unterminated_string_is_an_error() {
         // The padding after a tag is not part of it: "abc" needs its own NUL.
-        let b = Builder::default().tag(TAG_CMDLINE, b"abc").mmap(&bochs_map()).build();
-        assert_eq!(BootInfo::parse(&b).unwrap_err(), ParseError::BadString { tag: 1 });
-        let b = Builder::default().tag(TAG_CMDLINE, b"ab\xffc\0").mmap(&bochs_map()).build();
-        assert_eq!(BootInfo::parse(&b).unwrap_err(), ParseError::BadString { tag: 1 });
+        let b = Builder::default()
+            .tag(TAG_CMDLINE, b"abc")
+            .mmap(&bochs_map())
+            .build();
+        assert_eq!(
+            BootInfo::parse(&b).unwrap_err(),
+            ParseError::BadString { tag: 1 }
+        );
+        let b = Builder::default()
+            .tag(TAG_CMDLINE, b"ab\xffc\0")
+            .mmap(&bochs_map())
+            .build();
+        assert_eq!(
+            BootInfo::parse(&b).unwrap_err(),
+            ParseError::BadString { tag: 1 }
+        );
     }
 
     #[test]
     fn module_ending_before_start_is_an_error() {
-        let b = Builder::default().module(0x3000, 0x2000, "m").mmap(&bochs_map()).build();
-        assert_eq!(BootInfo::parse(&b).unwrap_err(), ParseError::BadModule { start: 0x3000, end: 0x2000 });
+        let b = Builder::default()
+            .module(0x3000, 0x2000, "m")
+            .mmap(&bochs_map())
+            .build();
+        assert_eq!(
+            BootInfo::parse(&b).unwrap_err(),
+            ParseError::BadModule {
+                start: 0x3000,
+                end: 0x2000
+            }
+        );
     }
 
     #[test]
@@ -390,21 +465,37 @@ pub(crate) mod tests {
         body.extend_from_slice(&0u32.to_le_bytes());
         body.extend_from_slice(&[0; 20]);
         let b = Builder::default().tag(TAG_MMAP, &body).build();
-        assert_eq!(BootInfo::parse(&b).unwrap_err(), ParseError::BadMemoryMap { entry_size: 20 });
+        assert_eq!(
+            BootInfo::parse(&b).unwrap_err(),
+            ParseError::BadMemoryMap { entry_size: 20 }
+        );
     }
 
     #[test]
     fn entry_checks() {
         assert!(check_entry(BOOTLOADER_MAGIC, 0x10000).is_ok());
-        assert_eq!(check_entry(0x2badb002, 0x10000), Err(ParseError::BadMagic(0x2badb002)));
-        assert_eq!(check_entry(BOOTLOADER_MAGIC, 0x10004), Err(ParseError::BadPointer(0x10004)));
-        assert_eq!(check_entry(BOOTLOADER_MAGIC, 0), Err(ParseError::BadPointer(0)));
+        assert_eq!(
+            check_entry(0x2badb002, 0x10000),
+            Err(ParseError::BadMagic(0x2badb002))
+        );
+        assert_eq!(
+            check_entry(BOOTLOADER_MAGIC, 0x10004),
+            Err(ParseError::BadPointer(0x10004))
+        );
+        assert_eq!(
+            check_entry(BOOTLOADER_MAGIC, 0),
+            Err(ParseError::BadPointer(0))
+        );
     }
 
     #[test]
     fn garbage_never_panics() {
         // A cheap deterministic fuzz: every prefix and many byte flips of a valid structure.
-        let b = Builder::default().cmdline("a=b").module(1, 2, "m").mmap(&bochs_map()).build();
+        let b = Builder::default()
+            .cmdline("a=b")
+            .module(1, 2, "m")
+            .mmap(&bochs_map())
+            .build();
         for n in 0..b.len() {
             let _ = BootInfo::parse(&b[..n]);
         }

@@ -34,7 +34,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { serial: SerialChoice::Port(COM2), log_level: log::LevelFilter::Info, l0_mem: 32 << 20, shadow: true }
+        Config {
+            serial: SerialChoice::Port(COM2),
+            log_level: log::LevelFilter::Info,
+            l0_mem: 32 << 20,
+            shadow: true,
+        }
     }
 }
 
@@ -46,7 +51,11 @@ pub const COM4: u16 = 0x2e8;
 /// A command-line problem, with the offending word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigError<'a> {
-    BadValue { key: &'a str, value: &'a str, expected: &'static str },
+    BadValue {
+        key: &'a str,
+        value: &'a str,
+        expected: &'static str,
+    },
     MissingValue(&'a str),
     UnknownKey(&'a str),
 }
@@ -54,9 +63,16 @@ pub enum ConfigError<'a> {
 impl fmt::Display for ConfigError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::BadValue { key, value, expected } => write!(f, "`{key}={value}`: expected {expected}"),
+            Self::BadValue {
+                key,
+                value,
+                expected,
+            } => write!(f, "`{key}={value}`: expected {expected}"),
             Self::MissingValue(k) => write!(f, "`{k}` needs a value (`{k}=...`)"),
-            Self::UnknownKey(k) => write!(f, "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow)"),
+            Self::UnknownKey(k) => write!(
+                f,
+                "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow)"
+            ),
         }
     }
 }
@@ -73,7 +89,11 @@ pub fn parse<'a>(cmdline: &'a str, mut problem: impl FnMut(ConfigError<'a>)) -> 
             problem(ConfigError::MissingValue(w.key));
             continue;
         };
-        let bad = |expected| ConfigError::BadValue { key: w.key, value, expected };
+        let bad = |expected| ConfigError::BadValue {
+            key: w.key,
+            value,
+            expected,
+        };
         match w.key {
             "serial" => match parse_serial(value) {
                 Some(s) => c.serial = s,
@@ -171,10 +191,21 @@ mod tests {
     fn parses_every_option() {
         let (c, e) = parse_all("serial=com1 loglevel=debug l0_mem=64M");
         assert!(e.is_empty());
-        assert_eq!(c, Config { serial: SerialChoice::Port(0x3f8), log_level: log::LevelFilter::Debug, l0_mem: 64 << 20, shadow: true });
+        assert_eq!(
+            c,
+            Config {
+                serial: SerialChoice::Port(0x3f8),
+                log_level: log::LevelFilter::Debug,
+                l0_mem: 64 << 20,
+                shadow: true
+            }
+        );
         assert!(!parse_all("shadow=off").0.shadow);
         assert_eq!(parse_all("shadow=maybe").1.len(), 1);
-        assert_eq!(parse_all("serial=0x3e8").0.serial, SerialChoice::Port(0x3e8));
+        assert_eq!(
+            parse_all("serial=0x3e8").0.serial,
+            SerialChoice::Port(0x3e8)
+        );
         assert_eq!(parse_all("serial=none").0.serial, SerialChoice::None);
         assert_eq!(parse_all("l0_mem=9M").0.l0_mem, 10 << 20);
     }
@@ -185,8 +216,21 @@ mod tests {
         assert_eq!(c.serial, SerialChoice::Port(COM3));
         assert_eq!(c.l0_mem, 32 << 20);
         assert_eq!(e.len(), 5);
-        assert!(matches!(e[0], ConfigError::BadValue { key: "serial", value: "com9", .. }));
-        assert!(matches!(e[1], ConfigError::BadValue { key: "loglevel", .. }));
+        assert!(matches!(
+            e[0],
+            ConfigError::BadValue {
+                key: "serial",
+                value: "com9",
+                ..
+            }
+        ));
+        assert!(matches!(
+            e[1],
+            ConfigError::BadValue {
+                key: "loglevel",
+                ..
+            }
+        ));
         assert!(matches!(e[2], ConfigError::BadValue { key: "l0_mem", .. }));
         assert_eq!(e[3], ConfigError::MissingValue("verbose"));
         assert_eq!(e[4], ConfigError::UnknownKey("foo"));
@@ -195,9 +239,15 @@ mod tests {
 
     #[test]
     fn module_roles() {
-        assert_eq!(module_role("l1=multiboot test=boot x"), Ok(ModuleRole::L1Multiboot("test=boot x")));
+        assert_eq!(
+            module_role("l1=multiboot test=boot x"),
+            Ok(ModuleRole::L1Multiboot("test=boot x"))
+        );
         assert_eq!(module_role("l1=multiboot"), Ok(ModuleRole::L1Multiboot("")));
-        assert_eq!(module_role("l1.module env"), Ok(ModuleRole::L1Module("env")));
+        assert_eq!(
+            module_role("l1.module env"),
+            Ok(ModuleRole::L1Module("env"))
+        );
         assert_eq!(module_role("l0.key"), Ok(ModuleRole::L0Key));
         assert_eq!(module_role(""), Err(UnknownModule("")));
         assert_eq!(module_role("initrd"), Err(UnknownModule("initrd")));
@@ -217,7 +267,11 @@ pub struct BadKey(pub usize);
 
 impl fmt::Display for BadKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "key module has {} bytes: expected 32 raw bytes or 64 hex digits", self.0)
+        write!(
+            f,
+            "key module has {} bytes: expected 32 raw bytes or 64 hex digits",
+            self.0
+        )
     }
 }
 
@@ -227,7 +281,9 @@ pub fn parse_key(data: &[u8]) -> Result<[u8; 32], BadKey> {
     if data.len() == 32 {
         return Ok(data.try_into().unwrap());
     }
-    let text = core::str::from_utf8(data).map_err(|_| BadKey(data.len()))?.trim();
+    let text = core::str::from_utf8(data)
+        .map_err(|_| BadKey(data.len()))?
+        .trim();
     if text.len() != 64 {
         return Err(BadKey(data.len()));
     }

@@ -15,7 +15,10 @@ struct Line {
     base: u16,
 }
 
-static LINE: Mutex<Line> = Mutex::new(Line { port: None, base: 0 });
+static LINE: Mutex<Line> = Mutex::new(Line {
+    port: None,
+    base: 0,
+});
 
 impl Write for Line {
     fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -44,7 +47,10 @@ pub fn init_serial(base: u16) {
         cpu::outb(base + 1, 0);
         cpu::outb(base + 4, 0x03);
     }
-    *LINE.lock() = Line { port: Some(port), base };
+    *LINE.lock() = Line {
+        port: Some(port),
+        base,
+    };
 }
 
 /// The management port's base, if one is in use.

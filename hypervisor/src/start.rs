@@ -21,8 +21,11 @@ use crate::logger;
 use crate::mm::frames::{FrameAllocator, FRAME};
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
 use crate::mm::paging::{self, Ia32e, PageAttr, PageSize, TableMemory};
-use crate::nested::{self, Level, Nested, VmcsSet, Vmcs02Pages};
-use crate::vcpu::{self, cpuid::CpuidContext, msr, report, setup, ExitStats, Outcome, Platform, ShutdownWatch, Vcpu};
+use crate::nested::{self, Level, Nested, Vmcs02Pages, VmcsSet};
+use crate::vcpu::{
+    self, cpuid::CpuidContext, msr, report, setup, ExitStats, Outcome, Platform, ShutdownWatch,
+    Vcpu,
+};
 use crate::vmx::caps::{self, VmxCaps};
 use crate::vmx::exit::{event_type, InterruptionInfo};
 use crate::vmx::{ept, CurrentVmcs, Field as F, Vmcs};
@@ -67,7 +70,12 @@ fn fatal(args: core::fmt::Arguments) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     match info.location() {
-        Some(l) => logger::emergency(format_args!("\nL0 PANIC at {}:{}: {}\n", l.file(), l.line(), info.message())),
+        Some(l) => logger::emergency(format_args!(
+            "\nL0 PANIC at {}:{}: {}\n",
+            l.file(),
+            l.line(),
+            info.message()
+        )),
         None => logger::emergency(format_args!("\nL0 PANIC: {}\n", info.message())),
     }
     logger::drain();
@@ -75,11 +83,38 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 }
 
 const EXCEPTION_NAMES: [&str; 32] = [
-    "#DE divide error", "#DB debug", "NMI", "#BP breakpoint", "#OF overflow", "#BR bound range", "#UD invalid opcode",
-    "#NM device not available", "#DF double fault", "coprocessor overrun", "#TS invalid TSS", "#NP segment not present",
-    "#SS stack fault", "#GP general protection", "#PF page fault", "reserved 15", "#MF x87 error", "#AC alignment check",
-    "#MC machine check", "#XM SIMD error", "#VE virtualization exception", "#CP control protection", "reserved 22",
-    "reserved 23", "reserved 24", "reserved 25", "reserved 26", "reserved 27", "#HV", "#VC", "#SX", "reserved 31",
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound range",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved 15",
+    "#MF x87 error",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD error",
+    "#VE virtualization exception",
+    "#CP control protection",
+    "reserved 22",
+    "reserved 23",
+    "reserved 24",
+    "reserved 25",
+    "reserved 26",
+    "reserved 27",
+    "#HV",
+    "#VC",
+    "#SX",
+    "reserved 31",
 ];
 
 /// Every exception L0 takes itself. An NMI is the guest's: it is queued
@@ -163,10 +198,15 @@ fn alloc_frames(n: usize, what: &str) -> u64 {
 
 /// FNV-1a over L0's code and read-only data: what no one may change.
 fn image_checksum() -> u64 {
-    let (start, end) = (sym(unsafe { &__l0_image_start }), sym(unsafe { &__l0_rodata_end }));
+    let (start, end) = (
+        sym(unsafe { &__l0_image_start }),
+        sym(unsafe { &__l0_rodata_end }),
+    );
     // SAFETY: the range is L0's mapped, immutable image.
     let bytes = unsafe { core::slice::from_raw_parts(start as *const u8, (end - start) as usize) };
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 struct Hardware {
@@ -276,7 +316,9 @@ fn report_apic(r: Result<(), crate::arch::apic::ApicError>) -> bool {
 /// Random bytes for nonces: RDSEED, else RDRAND; false if the CPU has neither.
 fn hw_random(buf: &mut [u8]) -> bool {
     for chunk in buf.chunks_mut(8) {
-        let Some(v) = cpu::rdseed64().or_else(cpu::rdrand64) else { return false };
+        let Some(v) = cpu::rdseed64().or_else(cpu::rdrand64) else {
+            return false;
+        };
         chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
     }
     true
@@ -327,8 +369,17 @@ fn check_cpu() -> Result<CpuFeatures, &'static str> {
     if d81 & (1 << 20) == 0 {
         return Err("this CPU has no NX (execute-disable) bit");
     }
-    let maxphyaddr = if max_ext >= 0x8000_0008 { cpuid(0x8000_0008, 0)[0] as u8 } else { 36 };
-    Ok(CpuFeatures { maxphyaddr, gib_pages: d81 & (1 << 26) != 0, xsave: c1 & (1 << 26) != 0, mtrr: d1 & (1 << 12) != 0 })
+    let maxphyaddr = if max_ext >= 0x8000_0008 {
+        cpuid(0x8000_0008, 0)[0] as u8
+    } else {
+        36
+    };
+    Ok(CpuFeatures {
+        maxphyaddr,
+        gib_pages: d81 & (1 << 26) != 0,
+        xsave: c1 & (1 << 26) != 0,
+        mtrr: d1 & (1 << 12) != 0,
+    })
 }
 
 fn check_vmx(c: &VmxCaps) -> Result<(), &'static str> {
@@ -362,7 +413,10 @@ fn enable_vmx(c: &VmxCaps, cpu: &CpuFeatures) -> Result<(), &'static str> {
     } else {
         // SAFETY: unlocked: enabling VMX and locking is what firmware would do.
         unsafe {
-            cpu::wrmsr(caps::IA32_FEATURE_CONTROL, fc | caps::FEATURE_CONTROL_LOCKED | caps::FEATURE_CONTROL_VMX_OUTSIDE_SMX)
+            cpu::wrmsr(
+                caps::IA32_FEATURE_CONTROL,
+                fc | caps::FEATURE_CONTROL_LOCKED | caps::FEATURE_CONTROL_VMX_OUTSIDE_SMX,
+            )
         };
     }
     let mut cr4 = cpu::read_cr4() | crate::vcpu::cr::CR4_VMXE;
@@ -401,13 +455,25 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     // SAFETY: the loader's pointer, below 4 GiB, identity-mapped by the entry code.
     let total = unsafe { multiboot2::total_size_at(info_addr as *const u8) };
     // SAFETY: the structure is `total` bytes long (bounded by parse).
-    let bytes = unsafe { core::slice::from_raw_parts(info_addr as *const u8, (total as usize).min(multiboot2::MAX_TOTAL_SIZE as usize)) };
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            info_addr as *const u8,
+            (total as usize).min(multiboot2::MAX_TOTAL_SIZE as usize),
+        )
+    };
     let bi = match BootInfo::parse(bytes) {
         Ok(b) => b,
         Err(e) => early_fatal(format_args!("{e}")),
     };
     start_logging(&bi);
-    info!("L0 cloud hypervisor {VERSION} (booted by {})", if bi.loader_name().is_empty() { "?" } else { bi.loader_name() });
+    info!(
+        "L0 cloud hypervisor {VERSION} (booted by {})",
+        if bi.loader_name().is_empty() {
+            "?"
+        } else {
+            bi.loader_name()
+        }
+    );
     let cfg = config::parse(bi.cmdline(), |e| warn!("command line: {e}"));
 
     let cpu = check_cpu().unwrap_or_else(|e| fatal(format_args!("{e}")));
@@ -416,9 +482,13 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     check_vmx(&vcaps).unwrap_or_else(|e| fatal(format_args!("{e}")));
 
     // Memory: L0's pool at the top of RAM, clear of everything the loader placed.
-    let fw = FirmwareMemory::new(bi.memory_map()).unwrap_or_else(|e| fatal(format_args!("memory map: {e}")));
+    let fw = FirmwareMemory::new(bi.memory_map())
+        .unwrap_or_else(|e| fatal(format_args!("memory map: {e}")));
     let boot_start = sym(unsafe { &__l0_boot_start });
-    let image = Range::new(sym(unsafe { &__l0_image_start }) - KERNEL_VMA, sym(unsafe { &__l0_image_end }) - KERNEL_VMA);
+    let image = Range::new(
+        sym(unsafe { &__l0_image_start }) - KERNEL_VMA,
+        sym(unsafe { &__l0_image_end }) - KERNEL_VMA,
+    );
     let mut occupied = RangeSet::new();
     let mut loader_ranges = Vec::<Range>::new();
     let info_range = Range::new(info_addr, info_addr + total as u64);
@@ -431,11 +501,20 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         modules_size += r.grow_to_pages().len();
     }
     let pool_size = (cfg.l0_mem + modules_size + image.len()).next_multiple_of(2 << 20);
-    let pool = fw.choose_pool(pool_size, &occupied).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    let pool = fw
+        .choose_pool(pool_size, &occupied)
+        .unwrap_or_else(|e| fatal(format_args!("{e}")));
     init_pool(pool, cfg.l0_mem / 4);
-    info!("memory: {} MiB of RAM; L0 pool {pool} ({} MiB)", fw.ram.total() >> 20, pool.len() >> 20);
+    info!(
+        "memory: {} MiB of RAM; L0 pool {pool} ({} MiB)",
+        fw.ram.total() >> 20,
+        pool.len() >> 20
+    );
     // The heap exists from here: the operator's console can learn who talks.
-    logger::send_line(&shadow_devices::mgmt::frame(format_args!("hello l0 {VERSION} abi {}", ultracall_abi::ABI_VERSION)));
+    logger::send_line(&shadow_devices::mgmt::frame(format_args!(
+        "hello l0 {VERSION} abi {}",
+        ultracall_abi::ABI_VERSION
+    )));
 
     // Copy out everything still needed from the loader's memory.
     let firmware_map: Vec<MemoryRegion> = bi.memory_map().collect();
@@ -446,10 +525,15 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             let at = alloc_frames(len.div_ceil(FRAME as usize).max(1), "module copy");
             // SAFETY: source is the loader's module (identity-mapped, below
             // 4 GiB), destination fresh pool frames of at least `len` bytes.
-            unsafe { core::ptr::copy_nonoverlapping(m.start as u64 as *const u8, at as *mut u8, len) };
+            unsafe {
+                core::ptr::copy_nonoverlapping(m.start as u64 as *const u8, at as *mut u8, len)
+            };
             loader_ranges.push(Range::new(m.start as u64, m.end as u64));
             // SAFETY: just written, never freed.
-            Module { data: unsafe { core::slice::from_raw_parts(at as *const u8, len) }, cmdline: m.cmdline.into() }
+            Module {
+                data: unsafe { core::slice::from_raw_parts(at as *const u8, len) },
+                cmdline: m.cmdline.into(),
+            }
         })
         .collect();
     let loader_name_ok = !bi.loader_name().is_empty();
@@ -467,15 +551,30 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         unsafe { core::ptr::write_bytes(r.start as *mut u8, 0, r.len() as usize) };
     }
     let checksum = image_checksum();
-    info!("L0 relocated to the pool; low memory cleared for the cloud VM{}", if loader_name_ok { "" } else { " (loader gave no name)" });
+    info!(
+        "L0 relocated to the pool; low memory cleared for the cloud VM{}",
+        if loader_name_ok {
+            ""
+        } else {
+            " (loader gave no name)"
+        }
+    );
 
     enable_vmx(&vcaps, &cpu).unwrap_or_else(|e| fatal(format_args!("{e}")));
     info!(
         "VMX on: VMCS revision {:#x}, EPT {}, VPID {}, VMCS shadowing {}",
         vcaps.revision(),
-        if cpu.gib_pages && vcaps.ept_vpid & (1 << 17) != 0 { "with 1 GiB pages" } else { "with 2 MiB pages" },
+        if cpu.gib_pages && vcaps.ept_vpid & (1 << 17) != 0 {
+            "with 1 GiB pages"
+        } else {
+            "with 2 MiB pages"
+        },
         if vpid_usable(&vcaps) { "on" } else { "off" },
-        if vcaps.allows(caps::Control::Secondary, caps::secondary::VMCS_SHADOWING) { "available" } else { "absent" }
+        if vcaps.allows(caps::Control::Secondary, caps::secondary::VMCS_SHADOWING) {
+            "available"
+        } else {
+            "absent"
+        }
     );
 
     let mut hw = Hardware {
@@ -483,15 +582,36 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         // SAFETY: L1's RAM is everything usable but the pool; identity-mapped.
         mem: unsafe { L1Ram::new(l1_ram(&fw, pool)) },
         checksum,
-        xcr0_supported: if cpu.xsave { let [a, _, _, d] = cpuid(0xd, 0); (d as u64) << 32 | a as u64 } else { 0 },
+        xcr0_supported: if cpu.xsave {
+            let [a, _, _, d] = cpuid(0xd, 0);
+            (d as u64) << 32 | a as u64
+        } else {
+            0
+        },
     };
     // L1 is told the TSC frequency L0 measures here (CPUID 0x15/0x16).
     let tsc_hz = crate::arch::tsc::calibrate();
     match tsc_hz {
-        Some(hz) => info!("TSC: {hz} Hz ({}.{:03} MHz), measured against the PIT", hz / 1_000_000, hz / 1000 % 1000),
-        None => warn!("TSC: the PIT did not answer; the cloud VM gets the CPU's own CPUID 0x15/0x16"),
+        Some(hz) => info!(
+            "TSC: {hz} Hz ({}.{:03} MHz), measured against the PIT",
+            hz / 1_000_000,
+            hz / 1000 % 1000
+        ),
+        None => {
+            warn!("TSC: the PIT did not answer; the cloud VM gets the CPU's own CPUID 0x15/0x16")
+        }
     }
-    let mut vcpu = build_l1(&fw, pool, &firmware_map, &modules, rsdp.as_deref(), tsc_hz, &vcaps, &cpu, &mut hw);
+    let mut vcpu = build_l1(
+        &fw,
+        pool,
+        &firmware_map,
+        &modules,
+        rsdp.as_deref(),
+        tsc_hz,
+        &vcaps,
+        &cpu,
+        &mut hw,
+    );
     vcpu.shadow.intercept_com = cfg.shadow;
     if !cfg.shadow {
         warn!("shadow=off: user VMs' COM ports go to the guest hypervisor (a baseline for measurements, not the product)");
@@ -515,7 +635,10 @@ mod heapless_line {
     }
     impl Line {
         pub fn new() -> Self {
-            Line { buf: [0; 256], len: 0 }
+            Line {
+                buf: [0; 256],
+                len: 0,
+            }
         }
         pub fn as_str(&self) -> &str {
             core::str::from_utf8(&self.buf[..self.len]).unwrap_or("L0 FATAL: (unprintable)\n")
@@ -554,9 +677,19 @@ fn init_pool(pool: Range, heap_size: u64) {
 /// copies the image into the pool and switches to them in one step.
 fn relocate(fw: &FirmwareMemory, image: Range, cpu: &CpuFeatures) {
     let mut t = PoolTables;
-    let root = t.alloc_table().unwrap_or_else(|| fatal(format_args!("page tables: pool exhausted")));
-    let max = if cpu.gib_pages { PageSize::Size1G } else { PageSize::Size2M };
-    let rw = PageAttr { writable: true, executable: false, uncached: false };
+    let root = t
+        .alloc_table()
+        .unwrap_or_else(|| fatal(format_args!("page tables: pool exhausted")));
+    let max = if cpu.gib_pages {
+        PageSize::Size1G
+    } else {
+        PageSize::Size2M
+    };
+    let rw = PageAttr {
+        writable: true,
+        executable: false,
+        uncached: false,
+    };
     for r in fw.ram.iter() {
         paging::map(&mut t, &Ia32e, root, r.start, r.start, r.len(), rw, max)
             .unwrap_or_else(|e| fatal(format_args!("identity map: {e}")));
@@ -564,26 +697,70 @@ fn relocate(fw: &FirmwareMemory, image: Range, cpu: &CpuFeatures) {
     // The local APIC's register page, for posted-interrupt notifications.
     let apic = crate::arch::apic::base();
     if !fw.ram.contains(apic) {
-        let mmio = PageAttr { writable: true, executable: false, uncached: true };
-        paging::map(&mut t, &Ia32e, root, apic, apic, FRAME, mmio, PageSize::Size4K)
-            .unwrap_or_else(|e| fatal(format_args!("APIC map: {e}")));
+        let mmio = PageAttr {
+            writable: true,
+            executable: false,
+            uncached: true,
+        };
+        paging::map(
+            &mut t,
+            &Ia32e,
+            root,
+            apic,
+            apic,
+            FRAME,
+            mmio,
+            PageSize::Size4K,
+        )
+        .unwrap_or_else(|e| fatal(format_args!("APIC map: {e}")));
         crate::arch::apic::set_mapped(apic);
     }
     let pages = (image.len() / FRAME) as usize;
     let dest = alloc_frames(pages, "image copy");
     let va = |s: &u8| sym(s);
     let (start, text_end, ro_end, guard, end) = unsafe {
-        (va(&__l0_image_start), va(&__l0_text_end), va(&__l0_rodata_end), va(&__l0_stack_guard), va(&__l0_image_end))
+        (
+            va(&__l0_image_start),
+            va(&__l0_text_end),
+            va(&__l0_rodata_end),
+            va(&__l0_stack_guard),
+            va(&__l0_image_end),
+        )
     };
     let sections = [
-        (start, text_end, PageAttr { writable: false, executable: true, uncached: false }),
-        (text_end, ro_end, PageAttr { writable: false, executable: false, uncached: false }),
+        (
+            start,
+            text_end,
+            PageAttr {
+                writable: false,
+                executable: true,
+                uncached: false,
+            },
+        ),
+        (
+            text_end,
+            ro_end,
+            PageAttr {
+                writable: false,
+                executable: false,
+                uncached: false,
+            },
+        ),
         (ro_end, guard, rw),
         (guard + FRAME, end, rw),
     ];
     for (a, b, attr) in sections {
-        paging::map(&mut t, &Ia32e, root, a, dest + (a - start), b - a, attr, PageSize::Size4K)
-            .unwrap_or_else(|e| fatal(format_args!("image map: {e}")));
+        paging::map(
+            &mut t,
+            &Ia32e,
+            root,
+            a,
+            dest + (a - start),
+            b - a,
+            attr,
+            PageSize::Size4K,
+        )
+        .unwrap_or_else(|e| fatal(format_args!("image map: {e}")));
     }
     // SAFETY: NX is supported (checked); WP makes read-only pages binding in ring 0.
     unsafe {
@@ -614,7 +791,9 @@ fn l1_ram(fw: &FirmwareMemory, pool: Range) -> RangeSet {
 
 fn vpid_usable(c: &VmxCaps) -> bool {
     // INVVPID with the single-context type (bits 32 and 41).
-    c.allows(caps::Control::Secondary, caps::secondary::ENABLE_VPID) && c.ept_vpid & (1 << 32) != 0 && c.ept_vpid & (1 << 41) != 0
+    c.allows(caps::Control::Secondary, caps::secondary::ENABLE_VPID)
+        && c.ept_vpid & (1 << 32) != 0
+        && c.ept_vpid & (1 << 41) != 0
 }
 
 /// What the `l1=` module is.
@@ -644,7 +823,10 @@ fn build_l1(
     for (i, m) in modules.iter().enumerate() {
         let (args, kind) = match config::module_role(&m.cmdline) {
             Ok(ModuleRole::L0Key) if key.is_none() => {
-                key = Some(config::parse_key(m.data).unwrap_or_else(|e| fatal(format_args!("module {i}: {e}"))));
+                key = Some(
+                    config::parse_key(m.data)
+                        .unwrap_or_else(|e| fatal(format_args!("module {i}: {e}"))),
+                );
                 // SAFETY: the module copy is L0's; nothing else refers to it now.
                 unsafe { core::ptr::write_bytes(m.data.as_ptr() as *mut u8, 0, m.data.len()) };
                 continue;
@@ -653,7 +835,10 @@ fn build_l1(
             Ok(ModuleRole::L1Multiboot(args)) => (args, KernelKind::Multiboot),
             Ok(ModuleRole::L1Linux(args)) => (args, KernelKind::Linux),
             Ok(ModuleRole::L1Module(args)) => {
-                l1_modules.push(boot::loader::ModuleImage { data: m.data, cmdline: args });
+                l1_modules.push(boot::loader::ModuleImage {
+                    data: m.data,
+                    cmdline: args,
+                });
                 continue;
             }
             Ok(ModuleRole::L1Initrd) if initrd.is_none() => {
@@ -674,12 +859,12 @@ fn build_l1(
         ))
     };
     match kind {
-        KernelKind::Linux if !l1_modules.is_empty() => {
-            fatal(format_args!("`l1.module` is for multiboot kernels; a Linux kernel takes one `l1.initrd`"))
-        }
-        KernelKind::Multiboot if initrd.is_some() => {
-            fatal(format_args!("`l1.initrd` is for Linux kernels (`l1=linux`); a multiboot kernel takes `l1.module`s"))
-        }
+        KernelKind::Linux if !l1_modules.is_empty() => fatal(format_args!(
+            "`l1.module` is for multiboot kernels; a Linux kernel takes one `l1.initrd`"
+        )),
+        KernelKind::Multiboot if initrd.is_some() => fatal(format_args!(
+            "`l1.initrd` is for Linux kernels (`l1=linux`); a multiboot kernel takes `l1.module`s"
+        )),
         _ => {}
     }
 
@@ -687,19 +872,35 @@ fn build_l1(
     let l1_map = l1_memory_map(firmware_map.iter().copied(), pool);
     let (plan, started) = match kind {
         KernelKind::Multiboot => {
-            let plan = boot::loader::multiboot::plan(kernel.data, kernel_args, &l1_modules, &l1_map)
-                .unwrap_or_else(|e| fatal(format_args!("cloud VM kernel: {e}")));
-            let boot::loader::Entry::Multiboot { eip, .. } = plan.entry else { unreachable!() };
+            let plan =
+                boot::loader::multiboot::plan(kernel.data, kernel_args, &l1_modules, &l1_map)
+                    .unwrap_or_else(|e| fatal(format_args!("cloud VM kernel: {e}")));
+            let boot::loader::Entry::Multiboot { eip, .. } = plan.entry else {
+                unreachable!()
+            };
             let mut s = String::new();
-            let _ = write!(s, "multiboot kernel at {eip:#x}, {} module(s)", l1_modules.len());
+            let _ = write!(
+                s,
+                "multiboot kernel at {eip:#x}, {} module(s)",
+                l1_modules.len()
+            );
             (plan, s)
         }
         KernelKind::Linux => {
-            let (plan, at) =
-                boot::loader::linux::plan(kernel.data, kernel_args, initrd.map(|m| m.data), rsdp, &l1_map)
-                    .unwrap_or_else(|e| fatal(format_args!("cloud VM kernel: {e}")));
+            let (plan, at) = boot::loader::linux::plan(
+                kernel.data,
+                kernel_args,
+                initrd.map(|m| m.data),
+                rsdp,
+                &l1_map,
+            )
+            .unwrap_or_else(|e| fatal(format_args!("cloud VM kernel: {e}")));
             let mut s = String::new();
-            let _ = write!(s, "Linux bzImage at {}, boot_params at {:#x}", at.kernel, at.boot_block.start);
+            let _ = write!(
+                s,
+                "Linux bzImage at {}, boot_params at {:#x}",
+                at.kernel, at.boot_block.start
+            );
             match at.initrd {
                 Some(r) => {
                     let _ = write!(s, ", initrd {r} ({} KiB)", r.len() >> 10);
@@ -720,7 +921,9 @@ fn build_l1(
     // EPT01: identity except the pool; L0's frames resolve to a scratch page.
     let mut l0 = RangeSet::new();
     let _ = l0.insert(pool);
-    let regions = fw.ept_regions(&l0).unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
+    let regions = fw
+        .ept_regions(&l0)
+        .unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
     let sink = alloc_frames(1, "scratch page");
     // SAFETY: a fresh pool frame: all ones, like reads of absent memory.
     unsafe { core::ptr::write_bytes(sink as *mut u8, 0xff, FRAME as usize) };
@@ -734,7 +937,14 @@ fn build_l1(
     let ept01 = vcpu::ept01::Ept01::build(&mut hw.tables, &regions, l0, fw.ept_limit(), sink, max)
         .unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
 
-    info!("shadow devices: sealing key {}", if key.is_some() { "provisioned" } else { "absent (save/restore refused)" });
+    info!(
+        "shadow devices: sealing key {}",
+        if key.is_some() {
+            "provisioned"
+        } else {
+            "absent (save/restore refused)"
+        }
+    );
     // Bitmaps: L0's UART and the emulator's shutdown port; the MSRs L0 keeps.
     let mgmt_port = logger::serial_base();
     let mut io = msr::IoBitmaps::new();
@@ -756,7 +966,11 @@ fn build_l1(
     // SAFETY: fresh pool frames of the right sizes.
     unsafe {
         core::ptr::copy_nonoverlapping(io.0.as_ptr(), io_pages as *mut u8, 8192);
-        core::ptr::copy_nonoverlapping(l2_io_bitmap().0.as_ptr(), nested_pages.io_l0 as *mut u8, 8192);
+        core::ptr::copy_nonoverlapping(
+            l2_io_bitmap().0.as_ptr(),
+            nested_pages.io_l0 as *mut u8,
+            8192,
+        );
         core::ptr::write_bytes(nested_pages.io_all as *mut u8, 0xff, 8192);
         core::ptr::write_bytes(nested_pages.msr02 as *mut u8, 0xff, 4096);
         core::ptr::copy_nonoverlapping(msr::l1_msr_bitmap().0.as_ptr(), msr_page as *mut u8, 4096);
@@ -768,11 +982,13 @@ fn build_l1(
     let timer = vcaps.allows(caps::Control::Pin, caps::pin::PREEMPTION_TIMER);
     let poll_ticks = poll_ticks(tsc_hz);
     let l0_timer = timer.then(|| poll_ticks >> (vcaps.misc & 0x1f));
-    let controls = setup::l1_controls(vcaps, vpid, timer).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    let controls =
+        setup::l1_controls(vcaps, vpid, timer).unwrap_or_else(|e| fatal(format_args!("{e}")));
     // L1's VMREAD/VMWRITE of the fields a guest hypervisor uses at every
     // exit go to a shadow VMCS without exiting (nested/shadow_vmcs.rs);
     // the control is on while L1 is in VMX operation.
-    let shadowing = offer_vmx && vcaps.allows(caps::Control::Secondary, caps::secondary::VMCS_SHADOWING);
+    let shadowing =
+        offer_vmx && vcaps.allows(caps::Control::Secondary, caps::secondary::VMCS_SHADOWING);
     let policy = setup::l1_cr_policy(vcaps, offer_vmx);
     let vmcs = alloc_frames(1, "VMCS01");
     let vmcs02 = alloc_frames(1, "VMCS02");
@@ -818,7 +1034,10 @@ fn build_l1(
     setup::write_controls(&mut v, &controls, &pages, &policy);
     if shadowing {
         let (read, write) = nested::shadow_vmcs::bitmaps();
-        let (rp, wp) = (alloc_frames(1, "VMREAD bitmap"), alloc_frames(1, "VMWRITE bitmap"));
+        let (rp, wp) = (
+            alloc_frames(1, "VMREAD bitmap"),
+            alloc_frames(1, "VMWRITE bitmap"),
+        );
         // SAFETY: fresh pool frames.
         unsafe {
             core::ptr::copy_nonoverlapping(read.as_ptr(), rp as *mut u8, 4096);
@@ -848,7 +1067,11 @@ fn build_l1(
     info!(
         "starting the cloud VM: {started}, {} MiB of RAM, nested VMX {}",
         hw.mem.ranges().total() >> 20,
-        if offer_vmx { "offered" } else { "not possible on this CPU" }
+        if offer_vmx {
+            "offered"
+        } else {
+            "not possible on this CPU"
+        }
     );
     use caps::secondary as s;
     Vcpu {
@@ -876,7 +1099,10 @@ fn build_l1(
         host_caps: *vcaps,
         eptp01,
         msr_bitmap01: msr_page,
-        nested: Nested { shadowing, ..Nested::new(ncaps, cpu.maxphyaddr, nested_pages, l0_frames) },
+        nested: Nested {
+            shadowing,
+            ..Nested::new(ncaps, cpu.maxphyaddr, nested_pages, l0_frames)
+        },
         vmcs_phys: [vmcs, vmcs02, shadow],
         shadow: crate::shadow::Shadow::new(key, hw_random),
         l0_timer,
@@ -928,13 +1154,20 @@ fn deliver_pending_nmi(v: &mut impl Vmcs) {
         && v.read(F::VM_ENTRY_INTR_INFO_FIELD) & InterruptionInfo::VALID as u64 == 0
     {
         NMI_PENDING.store(false, Ordering::Relaxed);
-        v.write(F::VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo::new(2, event_type::NMI, false).0 as u64);
+        v.write(
+            F::VM_ENTRY_INTR_INFO_FIELD,
+            InterruptionInfo::new(2, event_type::NMI, false).0 as u64,
+        );
     }
 }
 
 fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
     // SAFETY: VMCS01 is current; from here on only HwVmcsSet switches.
-    let mut vs = HwVmcsSet { phys: vcpu.vmcs_phys, cur: Level::L1, v: unsafe { CurrentVmcs::new() } };
+    let mut vs = HwVmcsSet {
+        phys: vcpu.vmcs_phys,
+        cur: Level::L1,
+        v: unsafe { CurrentVmcs::new() },
+    };
     let mut last_poll = cpu::rdtsc();
     loop {
         let in_l2 = vcpu.nested.in_l2;
@@ -944,7 +1177,11 @@ fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
         } else {
             vcpu.before_l2_entry(vs.current(), &mut hw.mem);
         }
-        let launched = if in_l2 { vcpu.nested.vmcs02_launched } else { vcpu.launched };
+        let launched = if in_l2 {
+            vcpu.nested.vmcs02_launched
+        } else {
+            vcpu.launched
+        };
         // SAFETY: the current VMCS is complete: host state brings us back to l0_vmx_exit.
         let outcome = match unsafe { run::run(&mut vcpu.regs, launched) } {
             Ok(()) => {
@@ -958,7 +1195,11 @@ fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
                 let rip = vs.current().read(F::GUEST_RIP);
                 let t0 = cpu::rdtsc();
                 let o = vcpu.handle_exit(&mut vs, hw);
-                let stats = if in_l2 { &mut vcpu.l2_stats } else { &mut vcpu.stats };
+                let stats = if in_l2 {
+                    &mut vcpu.l2_stats
+                } else {
+                    &mut vcpu.stats
+                };
                 stats.record(basic as u16, rip);
                 if let Some(t) = stats.ticks_by_reason.get_mut(basic) {
                     *t += cpu::rdtsc().wrapping_sub(t0);

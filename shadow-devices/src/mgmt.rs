@@ -71,7 +71,10 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Which VM an operator means: L0's number or the VM's tag.
@@ -147,7 +150,11 @@ fn target(s: &str) -> Target<'_> {
 
 fn port(s: Option<&&str>) -> Result<Option<u16>, CommandError> {
     match s {
-        Some(p) => Ok(Some(number(p).filter(|&p| p <= 0xffff).ok_or(CommandError::BadArgument)? as u16)),
+        Some(p) => Ok(Some(
+            number(p)
+                .filter(|&p| p <= 0xffff)
+                .ok_or(CommandError::BadArgument)? as u16,
+        )),
         None => Ok(None),
     }
 }
@@ -159,13 +166,26 @@ pub fn parse_command(body: &str) -> Result<Command<'_>, CommandError> {
     let args: Vec<&str> = words.collect();
     match (verb, args.as_slice()) {
         ("list", []) => Ok(Command::List),
-        ("detach", []) => Ok(Command::Detach { target: None, port: None }),
-        ("detach", [t, rest @ ..]) if rest.len() <= 1 => Ok(Command::Detach { target: Some(target(t)), port: port(rest.first())? }),
+        ("detach", []) => Ok(Command::Detach {
+            target: None,
+            port: None,
+        }),
+        ("detach", [t, rest @ ..]) if rest.len() <= 1 => Ok(Command::Detach {
+            target: Some(target(t)),
+            port: port(rest.first())?,
+        }),
         ("ping", []) => Ok(Command::Ping),
         ("stats", []) => Ok(Command::Stats),
-        ("in", [h]) => unhex(h).map(Command::Input).ok_or(CommandError::BadArgument),
-        ("attach", [t, rest @ ..]) if rest.len() <= 1 => Ok(Command::Attach { target: target(t), port: port(rest.first())? }),
-        ("list" | "detach" | "ping" | "stats" | "in" | "attach", _) => Err(CommandError::BadArgument),
+        ("in", [h]) => unhex(h)
+            .map(Command::Input)
+            .ok_or(CommandError::BadArgument),
+        ("attach", [t, rest @ ..]) if rest.len() <= 1 => Ok(Command::Attach {
+            target: target(t),
+            port: port(rest.first())?,
+        }),
+        ("list" | "detach" | "ping" | "stats" | "in" | "attach", _) => {
+            Err(CommandError::BadArgument)
+        }
         _ => Err(CommandError::Unknown),
     }
 }
@@ -174,17 +194,49 @@ pub fn parse_command(body: &str) -> Result<Command<'_>, CommandError> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(missing_docs)] // Each variant is the frame of the same name (docs/console-protocol.md).
 pub enum Event {
-    Hello { version: String },
-    Vm { id: u64, tag: Option<String>, frozen: bool, bytes_in: u64, bytes_out: u64 },
-    EndList { count: u64 },
-    Attached { id: u64, port: u16 },
-    Detached { id: u64, port: u16, reason: String },
-    Out { id: u64, port: u16, bytes: Vec<u8> },
-    Dropped { id: u64, port: u16, count: u64 },
-    Gone { id: u64 },
+    Hello {
+        version: String,
+    },
+    Vm {
+        id: u64,
+        tag: Option<String>,
+        frozen: bool,
+        bytes_in: u64,
+        bytes_out: u64,
+    },
+    EndList {
+        count: u64,
+    },
+    Attached {
+        id: u64,
+        port: u16,
+    },
+    Detached {
+        id: u64,
+        port: u16,
+        reason: String,
+    },
+    Out {
+        id: u64,
+        port: u16,
+        bytes: Vec<u8>,
+    },
+    Dropped {
+        id: u64,
+        port: u16,
+        count: u64,
+    },
+    Gone {
+        id: u64,
+    },
     /// A restore for `tag` (of VM `id`, if one holds the tag) succeeded
     /// (`ok`) or was refused; `detail` is the epoch or the reason.
-    Restore { id: Option<u64>, tag: String, ok: bool, detail: String },
+    Restore {
+        id: Option<u64>,
+        tag: String,
+        ok: bool,
+        detail: String,
+    },
     /// One line of L0's answer to `stats`.
     Stats(String),
     Pong,
@@ -192,7 +244,8 @@ pub enum Event {
 }
 
 fn kv<'a>(args: &[&'a str], key: &str) -> Option<&'a str> {
-    args.iter().find_map(|a| a.strip_prefix(key)?.strip_prefix('='))
+    args.iter()
+        .find_map(|a| a.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Decodes a frame body L0 sent.
@@ -201,9 +254,14 @@ pub fn parse_event(body: &str) -> Option<Event> {
     let verb = words.next()?;
     let args: Vec<&str> = words.collect();
     let id = || args.first().and_then(|s| s.parse().ok());
-    let port = |i: usize| args.get(i).and_then(|s| u16::from_str_radix(s.trim_start_matches("0x"), 16).ok());
+    let port = |i: usize| {
+        args.get(i)
+            .and_then(|s| u16::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+    };
     Some(match verb {
-        "hello" => Event::Hello { version: args.join(" ") },
+        "hello" => Event::Hello {
+            version: args.join(" "),
+        },
         "vm" => Event::Vm {
             id: id()?,
             tag: kv(&args, "tag").filter(|t| *t != "-").map(String::from),
@@ -212,10 +270,25 @@ pub fn parse_event(body: &str) -> Option<Event> {
             bytes_out: kv(&args, "out")?.parse().ok()?,
         },
         "end-list" => Event::EndList { count: id()? },
-        "attached" => Event::Attached { id: id()?, port: port(1)? },
-        "detached" => Event::Detached { id: id()?, port: port(1)?, reason: args[2..].join(" ") },
-        "out" => Event::Out { id: id()?, port: port(1)?, bytes: unhex(args.get(2)?)? },
-        "dropped" => Event::Dropped { id: id()?, port: port(1)?, count: args.get(2)?.parse().ok()? },
+        "attached" => Event::Attached {
+            id: id()?,
+            port: port(1)?,
+        },
+        "detached" => Event::Detached {
+            id: id()?,
+            port: port(1)?,
+            reason: args[2..].join(" "),
+        },
+        "out" => Event::Out {
+            id: id()?,
+            port: port(1)?,
+            bytes: unhex(args.get(2)?)?,
+        },
+        "dropped" => Event::Dropped {
+            id: id()?,
+            port: port(1)?,
+            count: args.get(2)?.parse().ok()?,
+        },
         "gone" => Event::Gone { id: id()? },
         "restore" => Event::Restore {
             id: id(),
@@ -247,7 +320,10 @@ mod tests {
         assert_eq!(parse_frame(&bad), Err(FrameError::BadChecksum));
         assert_eq!(parse_frame("L0 INFO  hello"), Err(FrameError::NotAFrame));
         assert_eq!(parse_frame("@list"), Err(FrameError::BadChecksum));
-        assert_eq!(parse_frame(&"@x".repeat(MAX_LINE)), Err(FrameError::TooLong));
+        assert_eq!(
+            parse_frame(&"@x".repeat(MAX_LINE)),
+            Err(FrameError::TooLong)
+        );
     }
 
     #[test]
@@ -255,40 +331,106 @@ mod tests {
         assert_eq!(parse_command("list"), Ok(Command::List));
         assert_eq!(parse_command("stats"), Ok(Command::Stats));
         assert_eq!(parse_command("stats 1"), Err(CommandError::BadArgument));
-        assert_eq!(parse_command("attach 3"), Ok(Command::Attach { target: Target::Id(3), port: None }));
+        assert_eq!(
+            parse_command("attach 3"),
+            Ok(Command::Attach {
+                target: Target::Id(3),
+                port: None
+            })
+        );
         assert_eq!(
             parse_command("attach web-1 0x2f8"),
-            Ok(Command::Attach { target: Target::Tag("web-1"), port: Some(0x2f8) })
+            Ok(Command::Attach {
+                target: Target::Tag("web-1"),
+                port: Some(0x2f8)
+            })
         );
-        assert_eq!(parse_command("detach"), Ok(Command::Detach { target: None, port: None }));
-        assert_eq!(parse_command("detach web-1"), Ok(Command::Detach { target: Some(Target::Tag("web-1")), port: None }));
-        assert_eq!(parse_command("detach 2 760"), Ok(Command::Detach { target: Some(Target::Id(2)), port: Some(760) }));
-        assert_eq!(parse_command("detach 2 3f8"), Err(CommandError::BadArgument));
+        assert_eq!(
+            parse_command("detach"),
+            Ok(Command::Detach {
+                target: None,
+                port: None
+            })
+        );
+        assert_eq!(
+            parse_command("detach web-1"),
+            Ok(Command::Detach {
+                target: Some(Target::Tag("web-1")),
+                port: None
+            })
+        );
+        assert_eq!(
+            parse_command("detach 2 760"),
+            Ok(Command::Detach {
+                target: Some(Target::Id(2)),
+                port: Some(760)
+            })
+        );
+        assert_eq!(
+            parse_command("detach 2 3f8"),
+            Err(CommandError::BadArgument)
+        );
         assert_eq!(parse_command("in 6869"), Ok(Command::Input(b"hi".to_vec())));
         assert_eq!(parse_command("in 686"), Err(CommandError::BadArgument));
         assert_eq!(parse_command("attach"), Err(CommandError::BadArgument));
-        assert_eq!(parse_command("attach a 0x10000"), Err(CommandError::BadArgument));
+        assert_eq!(
+            parse_command("attach a 0x10000"),
+            Err(CommandError::BadArgument)
+        );
         assert_eq!(parse_command("reboot"), Err(CommandError::Unknown));
     }
 
     #[test]
     fn events() {
         let e = parse_event("vm 2 tag=alpha frozen=0 ports=3f8,2f8 in=4 out=100").unwrap();
-        assert_eq!(e, Event::Vm { id: 2, tag: Some("alpha".into()), frozen: false, bytes_in: 4, bytes_out: 100 });
-        assert_eq!(parse_event("out 2 3f8 4142"), Some(Event::Out { id: 2, port: 0x3f8, bytes: b"AB".to_vec() }));
-        assert_eq!(parse_event("attached 2 2f8"), Some(Event::Attached { id: 2, port: 0x2f8 }));
+        assert_eq!(
+            e,
+            Event::Vm {
+                id: 2,
+                tag: Some("alpha".into()),
+                frozen: false,
+                bytes_in: 4,
+                bytes_out: 100
+            }
+        );
+        assert_eq!(
+            parse_event("out 2 3f8 4142"),
+            Some(Event::Out {
+                id: 2,
+                port: 0x3f8,
+                bytes: b"AB".to_vec()
+            })
+        );
+        assert_eq!(
+            parse_event("attached 2 2f8"),
+            Some(Event::Attached { id: 2, port: 0x2f8 })
+        );
         assert_eq!(
             parse_event("restore 4 alpha ok epoch=1"),
-            Some(Event::Restore { id: Some(4), tag: "alpha".into(), ok: true, detail: "epoch=1".into() })
+            Some(Event::Restore {
+                id: Some(4),
+                tag: "alpha".into(),
+                ok: true,
+                detail: "epoch=1".into()
+            })
         );
         assert_eq!(
             parse_event("restore - beta refused the blob was sealed for another VM"),
-            Some(Event::Restore { id: None, tag: "beta".into(), ok: false, detail: "the blob was sealed for another VM".into() })
+            Some(Event::Restore {
+                id: None,
+                tag: "beta".into(),
+                ok: false,
+                detail: "the blob was sealed for another VM".into()
+            })
         );
         assert_eq!(parse_event("restore 4 alpha maybe"), None);
         assert_eq!(
             parse_event("detached 2 2f8 the VM ended"),
-            Some(Event::Detached { id: 2, port: 0x2f8, reason: "the VM ended".into() })
+            Some(Event::Detached {
+                id: 2,
+                port: 0x2f8,
+                reason: "the VM ended".into()
+            })
         );
         assert_eq!(parse_event("vm x"), None);
         assert_eq!(parse_event("gone 9"), Some(Event::Gone { id: 9 }));
@@ -296,7 +438,18 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        for s in ["@", "@ #", "@ #zz", "@a #61", "@out", "@out 1", "@out 1 zz zz", "@attach 1 2 3 #00", "@detached", "@detached 1"] {
+        for s in [
+            "@",
+            "@ #",
+            "@ #zz",
+            "@a #61",
+            "@out",
+            "@out 1",
+            "@out 1 zz zz",
+            "@attach 1 2 3 #00",
+            "@detached",
+            "@detached 1",
+        ] {
             let _ = parse_frame(s).map(|b| (parse_command(b), parse_event(b)));
             let _ = parse_command(&s[1..]);
             let _ = parse_event(&s[1..]);

@@ -716,7 +716,11 @@ mod tests {
         let mut b: Registry<u32> = Registry::default();
         a.vm(1).set_platform(b"routes").unwrap();
         assert!(a.vm(1).set_platform(&[0; MAX_PLATFORM_STATE + 1]).is_err());
-        assert_eq!(a.vm(1).platform(), b"routes", "a refused platform state changes nothing");
+        assert_eq!(
+            a.vm(1).platform(),
+            b"routes",
+            "a refused platform state changes nothing"
+        );
         let set = a.vm(1).save_set();
         b.vm(2).restore_set(&set).unwrap();
         assert_eq!(b.vm(2).platform(), b"routes");

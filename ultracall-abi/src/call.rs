@@ -438,7 +438,13 @@ mod tests {
         use CallerLevel::*;
         assert!(Op::Ping.allowed_from(L1) && Op::Ping.allowed_from(L2));
         assert!(!Op::RegisterTag.allowed_from(L1) && Op::RegisterTag.allowed_from(L2));
-        for op in [Op::SaveDevices, Op::RestoreDevices, Op::ListVms, Op::SetIrqRelay, Op::TakeIrqs] {
+        for op in [
+            Op::SaveDevices,
+            Op::RestoreDevices,
+            Op::ListVms,
+            Op::SetIrqRelay,
+            Op::TakeIrqs,
+        ] {
             assert!(op.allowed_from(L1) && !op.allowed_from(L2), "{op:?}");
         }
     }
@@ -448,7 +454,10 @@ mod tests {
         let regs = Request::new(Op::TakeIrqs, GuestBuffer::default(), None).to_regs();
         assert_eq!(regs.decode(CallerLevel::L1).map(|r| r.op), Ok(Op::TakeIrqs));
         let old_l0 = AbiVersion { major: 1, minor: 0 };
-        assert_eq!(regs.decode_for(CallerLevel::L1, old_l0), Err(Status::UnknownOp));
+        assert_eq!(
+            regs.decode_for(CallerLevel::L1, old_l0),
+            Err(Status::UnknownOp)
+        );
         assert_eq!(Op::SetIrqRelay.since_minor(), 1);
         assert_eq!(Op::ListVms.since_minor(), 0);
     }

@@ -241,7 +241,11 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
             Ok(if cmd == "save" {
                 Command::Save { tag, out: file }
             } else {
-                Command::Restore { tag, input: file, force }
+                Command::Restore {
+                    tag,
+                    input: file,
+                    force,
+                }
             })
         }
         other => Err(format!("unknown command '{other}' (try --help)")),
@@ -442,7 +446,11 @@ fn run_inner(cmd: Command, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
                     ),
                 )
             })?;
-            let msg = format!("saved {tag}: {len} bytes, epoch {} ({} TSC ticks in L0)", saved.epoch, client.last_call_ticks());
+            let msg = format!(
+                "saved {tag}: {len} bytes, epoch {} ({} TSC ticks in L0)",
+                saved.epoch,
+                client.last_call_ticks()
+            );
             // Keep stdout clean when it carries the blob.
             if target == Stream::Std {
                 say(err, msg)
@@ -463,7 +471,13 @@ fn run_inner(cmd: Command, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
                 ));
             }
             let epoch = client.restore(&tag, &blob)?;
-            say(out, format!("restored {tag}: epoch {epoch} ({} TSC ticks in L0)", client.last_call_ticks()))
+            say(
+                out,
+                format!(
+                    "restored {tag}: epoch {epoch} ({} TSC ticks in L0)",
+                    client.last_call_ticks()
+                ),
+            )
         }
         Command::List => {
             let bytes = client.list()?;
@@ -545,7 +559,14 @@ mod tests {
             })
         );
         assert!(parse_args(args(&["save", "--force", "--out=-", "--tag=vm-1"])).is_err());
-        assert!(parse_args(args(&["restore", "--force", "--force", "--in=-", "--tag=vm-1"])).is_err());
+        assert!(parse_args(args(&[
+            "restore",
+            "--force",
+            "--force",
+            "--in=-",
+            "--tag=vm-1"
+        ]))
+        .is_err());
     }
 
     #[test]

@@ -257,7 +257,10 @@ impl Client {
                 l0: l0_version,
             });
         }
-        Ok(Client { l0_version, last_ticks: core::cell::Cell::new(0) })
+        Ok(Client {
+            l0_version,
+            last_ticks: core::cell::Cell::new(0),
+        })
     }
 
     /// L0's ABI version as CPUID reported it.

@@ -5,11 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 /// The images, built for x86_64-unknown-none in release mode.
@@ -22,7 +27,14 @@ fn cargo_build(package: &str) -> Result<(), String> {
     // Separate invocations: each image has its own entry header and features.
     let status = Command::new(env!("CARGO"))
         .current_dir(root())
-        .args(["build", "--release", "--target", "x86_64-unknown-none", "-p", package])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "x86_64-unknown-none",
+            "-p",
+            package,
+        ])
         // RUSTFLAGS would replace the target flags in .cargo/config.toml.
         .env_remove("RUSTFLAGS")
         .status()
@@ -37,7 +49,10 @@ pub fn images() -> Result<Images, String> {
     cargo_build("hypervisor")?;
     cargo_build("test-guest")?;
     let dir = target_dir().join("x86_64-unknown-none/release");
-    Ok(Images { l0: dir.join("l0"), guest: dir.join("test-guest") })
+    Ok(Images {
+        l0: dir.join("l0"),
+        guest: dir.join("test-guest"),
+    })
 }
 
 /// What a module holds.
@@ -54,23 +69,37 @@ pub struct IsoModule {
 
 impl IsoModule {
     pub fn file(path: &Path, cmdline: &str) -> Self {
-        IsoModule { payload: Payload::File(path.to_path_buf()), cmdline: cmdline.into() }
+        IsoModule {
+            payload: Payload::File(path.to_path_buf()),
+            cmdline: cmdline.into(),
+        }
     }
     pub fn inline(name: &'static str, bytes: &'static [u8], cmdline: &str) -> Self {
-        IsoModule { payload: Payload::Inline(name, bytes), cmdline: cmdline.into() }
+        IsoModule {
+            payload: Payload::Inline(name, bytes),
+            cmdline: cmdline.into(),
+        }
     }
 }
 
 /// What GRUB boots from an ISO.
 pub enum IsoBoot<'a> {
     /// L0 (multiboot2) with its command line and modules (the cloud VM first).
-    L0 { l0: &'a Path, cmdline: &'a str, modules: &'a [IsoModule] },
+    L0 {
+        l0: &'a Path,
+        cmdline: &'a str,
+        modules: &'a [IsoModule],
+    },
     /// A multiboot (v1) kernel booted directly, with no L0 below it: the
     /// scenario guest on the emulator's own VMX ("native" scenarios).
     Native { kernel: &'a Path, cmdline: &'a str },
     /// A Linux bzImage and initrd booted directly (the peer bottom of
     /// `cargo xtask bench`: Linux/KVM where L0 would be).
-    Linux { kernel: &'a Path, initrd: &'a Path, cmdline: &'a str },
+    Linux {
+        kernel: &'a Path,
+        initrd: &'a Path,
+        cmdline: &'a str,
+    },
 }
 
 /// Makes a GRUB ISO that boots `boot`.
@@ -82,7 +111,11 @@ pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
         "set timeout=0\nserial --unit=1 --speed=115200\nterminal_input serial\nterminal_output serial\n",
     );
     match boot {
-        IsoBoot::L0 { l0, cmdline, modules } => {
+        IsoBoot::L0 {
+            l0,
+            cmdline,
+            modules,
+        } => {
             fs::copy(l0, stage.join("boot/l0")).map_err(|e| format!("{}: {e}", l0.display()))?;
             cfg += "menuentry \"L0 cloud hypervisor\" {\n";
             cfg += &format!("  multiboot2 /boot/l0 {cmdline}\n");
@@ -90,12 +123,14 @@ pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
                 let name = match &m.payload {
                     Payload::File(f) => {
                         let name = format!("m{i}-{}", f.file_name().unwrap().to_string_lossy());
-                        fs::copy(f, stage.join("boot").join(&name)).map_err(|e| format!("{}: {e}", f.display()))?;
+                        fs::copy(f, stage.join("boot").join(&name))
+                            .map_err(|e| format!("{}: {e}", f.display()))?;
                         name
                     }
                     Payload::Inline(n, bytes) => {
                         let name = format!("m{i}-{n}");
-                        fs::write(stage.join("boot").join(&name), bytes).map_err(|e| e.to_string())?;
+                        fs::write(stage.join("boot").join(&name), bytes)
+                            .map_err(|e| e.to_string())?;
                         name
                     }
                 };
@@ -104,16 +139,23 @@ pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
         }
         IsoBoot::Native { kernel, cmdline } => {
             let name = kernel.file_name().unwrap().to_string_lossy().into_owned();
-            fs::copy(kernel, stage.join("boot").join(&name)).map_err(|e| format!("{}: {e}", kernel.display()))?;
+            fs::copy(kernel, stage.join("boot").join(&name))
+                .map_err(|e| format!("{}: {e}", kernel.display()))?;
             // GRUB 2's `multiboot` loads ELF64 multiboot (v1) kernels by
             // their physical addresses and passes "path args" as the
             // command line.
             cfg += "menuentry \"scenario guest, native\" {\n";
             cfg += &format!("  multiboot /boot/{name} {cmdline}\n");
         }
-        IsoBoot::Linux { kernel, initrd, cmdline } => {
-            fs::copy(kernel, stage.join("boot/bzImage")).map_err(|e| format!("{}: {e}", kernel.display()))?;
-            fs::copy(initrd, stage.join("boot/initrd")).map_err(|e| format!("{}: {e}", initrd.display()))?;
+        IsoBoot::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            fs::copy(kernel, stage.join("boot/bzImage"))
+                .map_err(|e| format!("{}: {e}", kernel.display()))?;
+            fs::copy(initrd, stage.join("boot/initrd"))
+                .map_err(|e| format!("{}: {e}", initrd.display()))?;
             cfg += "menuentry \"Linux/KVM, directly\" {\n";
             cfg += &format!("  linux /boot/bzImage {cmdline}\n  initrd /boot/initrd\n");
         }
@@ -130,7 +172,10 @@ pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
         .output()
         .map_err(|e| format!("grub-mkrescue: {e}"))?;
     if !o.status.success() {
-        return Err(format!("grub-mkrescue failed:\n{}", String::from_utf8_lossy(&o.stderr)));
+        return Err(format!(
+            "grub-mkrescue failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
     }
     Ok(())
 }

@@ -33,7 +33,13 @@ pub struct MgmtLine<S> {
 
 impl<S: Read + Write> MgmtLine<S> {
     pub fn new(io: S, log: Option<File>) -> Self {
-        MgmtLine { io, log, text: String::new(), partial: Vec::new(), closed: false }
+        MgmtLine {
+            io,
+            log,
+            text: String::new(),
+            partial: Vec::new(),
+            closed: false,
+        }
     }
 
     /// Whether the other end closed the line.
@@ -68,7 +74,9 @@ impl<S: Read + Write> MgmtLine<S> {
         let mut out = Vec::new();
         while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=i).collect();
-            let line = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string();
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
             out.push(classify(&line));
         }
         out
@@ -142,7 +150,11 @@ static RAW_TERMINAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 
 /// The line end for the terminal: a raw terminal needs the carriage return.
 pub fn newline() -> &'static str {
-    if RAW_TERMINAL.load(std::sync::atomic::Ordering::Relaxed) { "\r\n" } else { "\n" }
+    if RAW_TERMINAL.load(std::sync::atomic::Ordering::Relaxed) {
+        "\r\n"
+    } else {
+        "\n"
+    }
 }
 
 pub fn set_raw_terminal(raw: bool) {
@@ -193,7 +205,11 @@ impl Follower {
         for i in inputs {
             match queues.iter_mut().find(|q| q.target == i.target) {
                 Some(q) => q.inputs.push_back(*i),
-                None => queues.push(Queue { target: i.target, inputs: VecDeque::from([*i]), mark: 0 }),
+                None => queues.push(Queue {
+                    target: i.target,
+                    inputs: VecDeque::from([*i]),
+                    mark: 0,
+                }),
             }
         }
         Follower {
@@ -228,20 +244,30 @@ impl Follower {
                     // restore after migration): report each binding once.
                     if self.tags.insert(t.clone(), *id) != Some(*id) {
                         self.note(format_args!("vm {id} tag={t}"));
-                        self.own.entry(*id).or_default().push_str(&format!("\ntag={t}\n"));
+                        self.own
+                            .entry(*id)
+                            .or_default()
+                            .push_str(&format!("\ntag={t}\n"));
                     }
                 }
             }
             Event::Out { id, bytes, .. } => {
                 // NULs (a guest flooding its port with zeros) say nothing.
                 let bytes: Vec<u8> = bytes.iter().copied().filter(|&b| b != 0).collect();
-                self.own.entry(*id).or_default().push_str(&String::from_utf8_lossy(&bytes));
+                self.own
+                    .entry(*id)
+                    .or_default()
+                    .push_str(&String::from_utf8_lossy(&bytes));
                 let buf = self.lines.entry(*id).or_default();
                 buf.extend_from_slice(&bytes);
                 let mut done = Vec::new();
                 while let Some(i) = buf.iter().position(|&b| b == b'\n') {
                     let l: Vec<u8> = buf.drain(..=i).collect();
-                    done.push(String::from_utf8_lossy(&l).trim_end_matches(['\r', '\n']).to_string());
+                    done.push(
+                        String::from_utf8_lossy(&l)
+                            .trim_end_matches(['\r', '\n'])
+                            .to_string(),
+                    );
                 }
                 for l in done {
                     self.note(format_args!("vm{id}| {l}"));
@@ -253,16 +279,31 @@ impl Follower {
                 self.tags.retain(|_, v| v != id);
                 self.note(format_args!("vm {id} gone"));
             }
-            Event::Dropped { id, count, .. } => self.note(format_args!("vm {id} dropped {count} bytes")),
-            Event::Restore { id, tag, ok, detail } => {
+            Event::Dropped { id, count, .. } => {
+                self.note(format_args!("vm {id} dropped {count} bytes"))
+            }
+            Event::Restore {
+                id,
+                tag,
+                ok,
+                detail,
+            } => {
                 let what = if *ok { "restored" } else { "restore-refused" };
                 self.note(format_args!("{tag} {what} {detail}"));
                 if let Some(id) = id {
-                    self.own.entry(*id).or_default().push_str(&format!("\n{what}\n"));
+                    self.own
+                        .entry(*id)
+                        .or_default()
+                        .push_str(&format!("\n{what}\n"));
                 }
             }
             Event::Error(m) => self.note(format_args!("L0 err {m}")),
-            Event::Hello { .. } | Event::Stats(_) | Event::EndList { .. } | Event::Attached { .. } | Event::Detached { .. } | Event::Pong => {}
+            Event::Hello { .. }
+            | Event::Stats(_)
+            | Event::EndList { .. }
+            | Event::Attached { .. }
+            | Event::Detached { .. }
+            | Event::Pong => {}
         }
         cmds.extend(self.due_input());
         cmds
@@ -288,8 +329,14 @@ impl Follower {
         let mut cmds = Vec::new();
         let mut typed = Vec::new();
         for q in &mut self.queues {
-            let vm = q.target.parse::<u64>().ok().or_else(|| self.tags.get(q.target).copied());
-            let Some(text) = vm.and_then(|v| self.own.get(&v)) else { continue };
+            let vm = q
+                .target
+                .parse::<u64>()
+                .ok()
+                .or_else(|| self.tags.get(q.target).copied());
+            let Some(text) = vm.and_then(|v| self.own.get(&v)) else {
+                continue;
+            };
             while let Some(next) = q.inputs.front().copied() {
                 if !text[q.mark.min(text.len())..].contains(next.after) {
                     break;
@@ -319,7 +366,10 @@ impl Follower {
 
     /// Inputs whose trigger never appeared.
     pub fn untyped(&self) -> Vec<Input> {
-        self.queues.iter().flat_map(|q| q.inputs.iter().copied()).collect()
+        self.queues
+            .iter()
+            .flat_map(|q| q.inputs.iter().copied())
+            .collect()
     }
 }
 
@@ -378,7 +428,13 @@ mod tests {
         text += &frame("pong");
         text += &frame("pong").replace("pong", "pang");
         text += "partial";
-        let mut l = MgmtLine::new(Loop { rx: io::Cursor::new(text.into_bytes()), tx: Vec::new() }, None);
+        let mut l = MgmtLine::new(
+            Loop {
+                rx: io::Cursor::new(text.into_bytes()),
+                tx: Vec::new(),
+            },
+            None,
+        );
         let got = l.poll();
         assert_eq!(got[0], Received::Log("L0 INFO  hi".into()));
         assert_eq!(got[1], Received::Event(Event::Pong));
@@ -390,13 +446,46 @@ mod tests {
 
     #[test]
     fn follower_attaches_transcribes_and_types() {
-        let mut f = Follower::new(&[Input { after: "login:", target: "web", text: "root\r" }], true);
-        let vm = |id, tag: Option<&str>| Event::Vm { id, tag: tag.map(Into::into), frozen: false, bytes_in: 0, bytes_out: 0 };
+        let mut f = Follower::new(
+            &[Input {
+                after: "login:",
+                target: "web",
+                text: "root\r",
+            }],
+            true,
+        );
+        let vm = |id, tag: Option<&str>| Event::Vm {
+            id,
+            tag: tag.map(Into::into),
+            frozen: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
         assert_eq!(f.event(&vm(3, None)), vec!["attach 3".to_string()]);
-        assert_eq!(f.event(&vm(3, Some("web"))), Vec::<String>::new(), "followed already; the trigger is not there yet");
-        assert!(f.event(&Event::Out { id: 3, port: 0x3f8, bytes: b"hello\r\nweb log".to_vec() }).is_empty());
-        let cmds = f.event(&Event::Out { id: 3, port: 0x3f8, bytes: b"in:".to_vec() });
-        assert_eq!(cmds, vec!["attach web".to_string(), format!("in {}", mgmt::hex(b"root\r"))]);
+        assert_eq!(
+            f.event(&vm(3, Some("web"))),
+            Vec::<String>::new(),
+            "followed already; the trigger is not there yet"
+        );
+        assert!(f
+            .event(&Event::Out {
+                id: 3,
+                port: 0x3f8,
+                bytes: b"hello\r\nweb log".to_vec()
+            })
+            .is_empty());
+        let cmds = f.event(&Event::Out {
+            id: 3,
+            port: 0x3f8,
+            bytes: b"in:".to_vec(),
+        });
+        assert_eq!(
+            cmds,
+            vec![
+                "attach web".to_string(),
+                format!("in {}", mgmt::hex(b"root\r"))
+            ]
+        );
         f.event(&Event::Gone { id: 3 });
         assert!(f.untyped().is_empty());
         assert!(f.transcript.contains("vm3| hello\n"));
@@ -406,20 +495,56 @@ mod tests {
     #[test]
     fn inputs_per_vm_are_independent_and_in_order() {
         let inputs = [
-            Input { after: "tag=a", target: "a", text: "" },
-            Input { after: "a# ", target: "a", text: "one\r" },
-            Input { after: "a# ", target: "a", text: "two\r" },
-            Input { after: "b# ", target: "b", text: "x\r" },
+            Input {
+                after: "tag=a",
+                target: "a",
+                text: "",
+            },
+            Input {
+                after: "a# ",
+                target: "a",
+                text: "one\r",
+            },
+            Input {
+                after: "a# ",
+                target: "a",
+                text: "two\r",
+            },
+            Input {
+                after: "b# ",
+                target: "b",
+                text: "x\r",
+            },
         ];
         let mut f = Follower::new(&inputs, false);
-        let vm = |id, tag: Option<&str>| Event::Vm { id, tag: tag.map(Into::into), frozen: false, bytes_in: 0, bytes_out: 0 };
-        let out = |id, b: &[u8]| Event::Out { id, port: 0x3f8, bytes: b.to_vec() };
+        let vm = |id, tag: Option<&str>| Event::Vm {
+            id,
+            tag: tag.map(Into::into),
+            frozen: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        };
+        let out = |id, b: &[u8]| Event::Out {
+            id,
+            port: 0x3f8,
+            bytes: b.to_vec(),
+        };
         assert!(f.event(&vm(1, None)).is_empty(), "not following every VM");
         assert!(f.event(&vm(2, Some("b"))).is_empty());
-        assert_eq!(f.event(&out(2, b"b# ")), vec!["attach b".to_string(), format!("in {}", mgmt::hex(b"x\r"))]);
-        assert_eq!(f.event(&vm(1, Some("a"))), vec!["attach a".to_string()], "attach only");
+        assert_eq!(
+            f.event(&out(2, b"b# ")),
+            vec!["attach b".to_string(), format!("in {}", mgmt::hex(b"x\r"))]
+        );
+        assert_eq!(
+            f.event(&vm(1, Some("a"))),
+            vec!["attach a".to_string()],
+            "attach only"
+        );
         assert_eq!(f.event(&out(1, b"a# ")).len(), 2);
-        assert!(f.event(&out(1, b"one\r\n")).is_empty(), "the same prompt again is needed");
+        assert!(
+            f.event(&out(1, b"one\r\n")).is_empty(),
+            "the same prompt again is needed"
+        );
         assert_eq!(f.event(&out(1, b"a# ")).len(), 2);
         assert!(f.untyped().is_empty());
     }

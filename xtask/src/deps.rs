@@ -16,20 +16,30 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// Makes sure `packages` (plus the image tools) are installed.
 pub fn ensure(extra: &[(&str, &str)]) -> Result<(), String> {
-    let missing: Vec<&str> =
-        PACKAGES.iter().chain(extra).filter(|(_, f)| !Path::new(f).exists()).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .chain(extra)
+        .filter(|(_, f)| !Path::new(f).exists())
+        .map(|(p, _)| *p)
+        .collect();
     ensure_rust_target()?;
     if missing.is_empty() {
         return Ok(());
     }
     let list = missing.join(" ");
     if !is_root() {
-        return Err(format!("missing Debian packages; install them with:\n  sudo apt-get install -y {list}"));
+        return Err(format!(
+            "missing Debian packages; install them with:\n  sudo apt-get install -y {list}"
+        ));
     }
     eprintln!("xtask: installing {list}");
     let update = Command::new("apt-get").args(["update", "-qq"]).status();
@@ -50,14 +60,27 @@ pub fn ensure(extra: &[(&str, &str)]) -> Result<(), String> {
 }
 
 fn ensure_rust_target() -> Result<(), String> {
-    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     match out {
-        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "x86_64-unknown-none") => Ok(()),
+        Ok(o)
+            if String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "x86_64-unknown-none") =>
+        {
+            Ok(())
+        }
         Ok(_) => {
-            let ok = Command::new("rustup").args(["target", "add", "x86_64-unknown-none"]).status();
+            let ok = Command::new("rustup")
+                .args(["target", "add", "x86_64-unknown-none"])
+                .status();
             match ok {
                 Ok(s) if s.success() => Ok(()),
-                _ => Err("could not add the rust target: run `rustup target add x86_64-unknown-none`".into()),
+                _ => Err(
+                    "could not add the rust target: run `rustup target add x86_64-unknown-none`"
+                        .into(),
+                ),
             }
         }
         // No rustup: trust the toolchain to have it (cargo will say if not).

@@ -89,20 +89,36 @@ pub fn qemu_nested_vmx() -> Result<(), String> {
         return Err("no /dev/kvm on this host".into());
     }
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    if !cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx")) {
+    if !cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx"))
+    {
         return Err("this host's CPU shows no vmx flag (not Intel VT-x, or KVM's nested VMX is off above us)".into());
     }
     let nested = fs::read_to_string("/sys/module/kvm_intel/parameters/nested").unwrap_or_default();
     if !matches!(nested.trim(), "Y" | "1") {
-        return Err("kvm_intel is not loaded with nested=1 (see /sys/module/kvm_intel/parameters/nested)".into());
+        return Err(
+            "kvm_intel is not loaded with nested=1 (see /sys/module/kvm_intel/parameters/nested)"
+                .into(),
+        );
     }
-    if Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         return Err("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into());
     }
     Ok(())
 }
 
-fn spawn(emu: Emulator, dir: &Path, iso: &Path, memory_mib: u32, com2_port: u16) -> Result<Child, String> {
+fn spawn(
+    emu: Emulator,
+    dir: &Path,
+    iso: &Path,
+    memory_mib: u32,
+    com2_port: u16,
+) -> Result<Child, String> {
     let disk = dir.join("disk.img").exists();
     let mut cmd = match emu {
         Emulator::Bochs => {
@@ -122,7 +138,14 @@ fn spawn(emu: Emulator, dir: &Path, iso: &Path, memory_mib: u32, com2_port: u16)
                 // any) on the secondary master, as under Bochs.
                 .arg("-drive")
                 .arg(format!("file={},media=cdrom,if=ide,index=0", iso.display()))
-                .args(["-display", "none", "-no-reboot", "-serial", "file:com1.log", "-serial"])
+                .args([
+                    "-display",
+                    "none",
+                    "-no-reboot",
+                    "-serial",
+                    "file:com1.log",
+                    "-serial",
+                ])
                 .arg(format!("tcp:127.0.0.1:{com2_port}"))
                 // The guest's "Shutdown" on port 0x8900 ends QEMU as it ends Bochs.
                 .args(["-device", "isa-debug-exit,iobase=0x8900,iosize=1"]);
@@ -170,7 +193,13 @@ impl Streamer {
         if let Some(end) = new.rfind('\n') {
             let mut out = std::io::stdout().lock();
             for line in new[..end].split('\n') {
-                let _ = write!(out, "{}{}{}", self.prefix, line.trim_end_matches('\r'), crate::console::newline());
+                let _ = write!(
+                    out,
+                    "{}{}{}",
+                    self.prefix,
+                    line.trim_end_matches('\r'),
+                    crate::console::newline()
+                );
             }
             self.printed += end + 1;
         }
@@ -194,7 +223,11 @@ fn accept(listener: &TcpListener, child: &mut Child, dir: &Path) -> Result<TcpSt
         if matches!(child.try_wait(), Ok(Some(_))) || start.elapsed() > Duration::from_secs(30) {
             kill_group(child);
             let err = fs::read_to_string(dir.join("emulator.err")).unwrap_or_default();
-            return Err(format!("the emulator never connected its COM2 (see {}/bochs.log): {}", dir.display(), err.trim()));
+            return Err(format!(
+                "the emulator never connected its COM2 (see {}/bochs.log): {}",
+                dir.display(),
+                err.trim()
+            ));
         }
         sleep(Duration::from_millis(20));
     }
@@ -222,8 +255,13 @@ pub fn run(
     let start = Instant::now();
     let log = fs::File::create(dir.join("com2.log")).map_err(|e| e.to_string())?;
     let mut line = MgmtLine::new(accept(&listener, &mut child, dir)?, Some(log));
-    let mut com1 = Streamer { printed: 0, prefix: "COM1 | " };
-    let read = |name: &str| String::from_utf8_lossy(&fs::read(dir.join(name)).unwrap_or_default()).into_owned();
+    let mut com1 = Streamer {
+        printed: 0,
+        prefix: "COM1 | ",
+    };
+    let read = |name: &str| {
+        String::from_utf8_lossy(&fs::read(dir.join(name)).unwrap_or_default()).into_owned()
+    };
     let mut timed_out = false;
     let mut last_judged = Instant::now();
     // A run whose logs stand still is asked what it is doing: L0's
@@ -248,11 +286,19 @@ pub fn run(
         if (c1.len(), line.text.len()) != seen {
             (progress, seen) = (Instant::now(), (c1.len(), line.text.len()));
         } else if progress.elapsed() > STALL && !stream_com1 {
-            eprintln!("xtask: no output for {} s; asking L0 for its stats (com2.log)", STALL.as_secs());
+            eprintln!(
+                "xtask: no output for {} s; asking L0 for its stats (com2.log)",
+                STALL.as_secs()
+            );
             let _ = line.send("stats");
             progress = Instant::now();
         }
-        if judge(&Logs { com1: &c1, com2: &line.text, console: user.transcript() }) == Verdict::Stop {
+        if judge(&Logs {
+            com1: &c1,
+            com2: &line.text,
+            console: user.transcript(),
+        }) == Verdict::Stop
+        {
             break;
         }
         if start.elapsed() > limit {
@@ -269,7 +315,17 @@ pub fn run(
     let com1_text = read("com1.log");
     if stream_com1 {
         // Flush a last line that has no newline yet.
-        com1.show(&if com1_text.ends_with('\n') { com1_text.clone() } else { format!("{com1_text}\n") });
+        com1.show(&if com1_text.ends_with('\n') {
+            com1_text.clone()
+        } else {
+            format!("{com1_text}\n")
+        });
     }
-    Ok(Run { dir: dir.to_path_buf(), com1: com1_text, com2: line.text.clone(), elapsed: start.elapsed(), timed_out })
+    Ok(Run {
+        dir: dir.to_path_buf(),
+        com1: com1_text,
+        com2: line.text.clone(),
+        elapsed: start.elapsed(),
+        timed_out,
+    })
 }

@@ -44,7 +44,11 @@ fn main() -> ExitCode {
         ["test", "list"] => {
             for s in scenario::all().into_iter().chain(scenario::linux()) {
                 let how = if s.native() { "native" } else { "under L0" };
-                let ci = if s.enabled_in_ci { "in CI" } else { "not in CI yet" };
+                let ci = if s.enabled_in_ci {
+                    "in CI"
+                } else {
+                    "not in CI yet"
+                };
                 println!("{:28} {how:9} {ci}", s.name);
             }
             Ok(())
@@ -68,7 +72,12 @@ fn main() -> ExitCode {
 fn linux_images() -> Result<(), String> {
     let k = linux::kernel::ensure()?;
     let i = linux::initramfs::ensure(&k.bz_image)?;
-    println!("kernel    {} (cache key {}, config {})", k.bz_image.display(), k.key, k.config.display());
+    println!(
+        "kernel    {} (cache key {}, config {})",
+        k.bz_image.display(),
+        k.key,
+        k.config.display()
+    );
     println!("L1 initrd {}", i.l1.display());
     println!("L2 initrd {}", i.l2.display());
     Ok(())
@@ -83,7 +92,11 @@ fn test_host() -> Result<(), String> {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if ok { Ok(()) } else { Err("host tests failed".into()) }
+    if ok {
+        Ok(())
+    } else {
+        Err("host tests failed".into())
+    }
 }
 
 fn test_scenarios(only: Option<&[&str]>) -> Result<(), String> {
@@ -96,7 +109,11 @@ fn test_scenarios(only: Option<&[&str]>) -> Result<(), String> {
             .collect::<Result<_, _>>()?,
         // The Linux scenarios build (or take from the cache) the lean
         // kernel and initramfs first: ~5 min once, seconds afterwards.
-        None => scenario::all().into_iter().chain(scenario::linux()).filter(|s| s.enabled_in_ci).collect(),
+        None => scenario::all()
+            .into_iter()
+            .chain(scenario::linux())
+            .filter(|s| s.enabled_in_ci)
+            .collect(),
     };
     if list.iter().any(|s| s.name.starts_with("linux")) {
         // Kernel and initramfs before the first Linux scenario, so a build
@@ -108,7 +125,11 @@ fn test_scenarios(only: Option<&[&str]>) -> Result<(), String> {
         print!("== scenario {} ... ", s.name);
         let _ = std::io::Write::flush(&mut std::io::stdout());
         let o = scenario::run(s, &images, Emulator::Bochs)?;
-        println!("{} ({:.1} s)", if o.passed { "ok" } else { "FAILED" }, o.elapsed.as_secs_f64());
+        println!(
+            "{} ({:.1} s)",
+            if o.passed { "ok" } else { "FAILED" },
+            o.elapsed.as_secs_f64()
+        );
         if !o.passed {
             failed.push(format!("{}: {}", s.name, o.reason));
         }
@@ -117,7 +138,11 @@ fn test_scenarios(only: Option<&[&str]>) -> Result<(), String> {
         println!("all {} scenario(s) passed", list.len());
         Ok(())
     } else {
-        Err(format!("{} scenario(s) failed:\n  {}", failed.len(), failed.join("\n  ")))
+        Err(format!(
+            "{} scenario(s) failed:\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        ))
     }
 }
 
@@ -135,13 +160,19 @@ fn run(args: &[&str]) -> Result<(), String> {
             "--linux" => name = "demo",
             "--scenario" => name = it.next().ok_or(USAGE)?,
             "--timeout" => {
-                limit = Some(Duration::from_secs(it.next().and_then(|s| s.parse().ok()).ok_or("--timeout needs seconds")?))
+                limit = Some(Duration::from_secs(
+                    it.next()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or("--timeout needs seconds")?,
+                ))
             }
             _ => return Err(USAGE.into()),
         }
     }
     if emu == Emulator::Qemu {
-        emulator::qemu_nested_vmx().map_err(|e| format!("cannot run under QEMU/KVM: {e}; use Bochs (`cargo xtask run`)"))?;
+        emulator::qemu_nested_vmx().map_err(|e| {
+            format!("cannot run under QEMU/KVM: {e}; use Bochs (`cargo xtask run`)")
+        })?;
     }
     deps::ensure(&[])?;
     let images = build::images()?;
@@ -151,10 +182,20 @@ fn run(args: &[&str]) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let iso = dir.join("boot.iso");
     scenario::make_iso(&s, &images, &iso)?;
-    let what = if s.native() { "no L0 (native), COM1 = the scenario guest" } else { "COM2 = L0's management line, COM1 = the cloud VM" };
-    println!("xtask: booting {} in {emu:?} (limit {} s); {what}", iso.display(), limit.as_secs());
+    let what = if s.native() {
+        "no L0 (native), COM1 = the scenario guest"
+    } else {
+        "COM2 = L0's management line, COM1 = the cloud VM"
+    };
+    println!(
+        "xtask: booting {} in {emu:?} (limit {} s); {what}",
+        iso.display(),
+        limit.as_secs()
+    );
     let mut operator = operator::Operator::new(true);
-    let r = emulator::run(emu, &dir, &iso, 512, limit, true, &mut operator, |_| Verdict::Continue)?;
+    let r = emulator::run(emu, &dir, &iso, 512, limit, true, &mut operator, |_| {
+        Verdict::Continue
+    })?;
     let failure = operator.failure().map(String::from);
     let quit = console::LineUser::quit(&operator);
     drop(operator); // the terminal back to normal before the summary
@@ -184,14 +225,17 @@ fn console(args: &[&str]) -> Result<(), String> {
     let mut operator = operator::Operator::new(false);
     let result = match args {
         ["--tcp", addr] => {
-            let s = std::net::TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+            let s = std::net::TcpStream::connect(addr)
+                .map_err(|e| format!("connecting to {addr}: {e}"))?;
             s.set_nonblocking(true).map_err(|e| e.to_string())?;
             console_loop(console::MgmtLine::new(s, None), &mut operator)
         }
         ["--serial", dev] => {
             // 115200 8N1, raw: what L0 programs on its management port.
             let ok = Command::new("stty")
-                .args(["-F", dev, "115200", "raw", "-echo", "cs8", "-cstopb", "-parenb", "clocal"])
+                .args([
+                    "-F", dev, "115200", "raw", "-echo", "cs8", "-cstopb", "-parenb", "clocal",
+                ])
                 .status()
                 .is_ok_and(|s| s.success());
             if !ok {
@@ -234,7 +278,10 @@ fn console(args: &[&str]) -> Result<(), String> {
 fn bench_figures(com1: &str) -> Vec<(String, String)> {
     com1.lines()
         .filter_map(|l| {
-            let mut w = l.trim_end_matches('\r').strip_prefix("BENCH ")?.split_whitespace();
+            let mut w = l
+                .trim_end_matches('\r')
+                .strip_prefix("BENCH ")?
+                .split_whitespace();
             Some((w.next()?.to_string(), w.next()?.to_string()))
         })
         .collect()
@@ -265,13 +312,26 @@ fn bench() -> Result<(), String> {
         let _ = std::io::Write::flush(&mut std::io::stdout());
         let o = scenario::run(&s, &images, Emulator::Bochs)?;
         // Figures a user VM printed reach the operator's console.
-        let console = std::fs::read_to_string(scenario::scenario_dir(name).join("console.log")).unwrap_or_default();
+        let console = std::fs::read_to_string(scenario::scenario_dir(name).join("console.log"))
+            .unwrap_or_default();
         let mut figures = bench_figures(&o.com1);
-        figures.extend(bench_figures(&console.lines().filter_map(|l| l.split_once("| ").map(|(_, r)| r)).collect::<Vec<_>>().join("\n")));
-        if let Some(hz) = o.com1.lines().find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("cpuid_tsc_hz="))) {
+        figures.extend(bench_figures(
+            &console
+                .lines()
+                .filter_map(|l| l.split_once("| ").map(|(_, r)| r))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ));
+        if let Some(hz) = o.com1.lines().find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("cpuid_tsc_hz="))
+        }) {
             figures.push(("l1-tsc-hz".into(), hz.to_string()));
         }
-        let first_fail = o.com1.lines().find(|l| l.starts_with("CHECK ") && l.contains(" FAIL "));
+        let first_fail = o
+            .com1
+            .lines()
+            .find(|l| l.starts_with("CHECK ") && l.contains(" FAIL "));
         let status = match (o.passed, first_fail) {
             (true, _) => "ok".to_string(),
             (false, Some(l)) => format!("FAILED: {} (first: {})", o.reason, l.trim_end()),
@@ -297,14 +357,20 @@ fn bench() -> Result<(), String> {
     for n in &names {
         print!("{n:28}");
         for (_, _, _, f) in &columns {
-            let v = f.iter().find(|(m, _)| m == n).map_or("-", |(_, v)| v.as_str());
+            let v = f
+                .iter()
+                .find(|(m, _)| m == n)
+                .map_or("-", |(_, v)| v.as_str());
             print!(" {v:>20}");
         }
         println!();
     }
     for (label, passed, status, f) in &columns {
         if !passed {
-            println!("note: the run {label} did not pass ({status}); {} figure(s) from it", f.len());
+            println!(
+                "note: the run {label} did not pass ({status}); {} figure(s) from it",
+                f.len()
+            );
         }
     }
     // Ratios across runs (issue goals: shadow >= 10x cheaper per byte than
@@ -315,23 +381,47 @@ fn bench() -> Result<(), String> {
     };
     println!();
     for name in ["l2-serial-us-per-byte-1", "l2-serial-us-per-byte-bulk"] {
-        if let (Some(shadow), Some(qemu)) = (fig("Linux L2, shadow UART", name), fig("Linux L2, QEMU UART", name)) {
-            println!("{name}: shadow {shadow} us, QEMU {qemu} us: shadow {:.1}x cheaper", qemu / shadow.max(1.0));
+        if let (Some(shadow), Some(qemu)) = (
+            fig("Linux L2, shadow UART", name),
+            fig("Linux L2, QEMU UART", name),
+        ) {
+            println!(
+                "{name}: shadow {shadow} us, QEMU {qemu} us: shadow {:.1}x cheaper",
+                qemu / shadow.max(1.0)
+            );
         }
     }
-    if let (Some(save), Some(down), Some(hz)) =
-        (fig("migration, host A", "linux-save-ticks"), fig("migration, host A", "qemu-downtime-ms"), fig("migration, host A", "l1-tsc-hz"))
-    {
+    if let (Some(save), Some(down), Some(hz)) = (
+        fig("migration, host A", "linux-save-ticks"),
+        fig("migration, host A", "qemu-downtime-ms"),
+        fig("migration, host A", "l1-tsc-hz"),
+    ) {
         let save_ms = save / hz * 1e3;
         println!("save from the Linux manager: {save} ticks = {save_ms:.2} ms; QEMU's downtime {down} ms: the shadow state is {:.2} % of it", 100.0 * save_ms / down.max(1.0));
     }
-    for name in ["l2-qemu-start-to-exit-ticks", "l2-cpuid-ticks", "l2-port-io-ticks"] {
-        if let (Some(peer), Some(ours)) = (fig("peer: Linux/KVM bottom", name), fig("peer: L0 bottom", name)) {
-            println!("{name}: L0 {ours}, peer {peer}: L0/peer = {:.2}", ours / peer.max(1.0));
+    for name in [
+        "l2-qemu-start-to-exit-ticks",
+        "l2-cpuid-ticks",
+        "l2-port-io-ticks",
+    ] {
+        if let (Some(peer), Some(ours)) = (
+            fig("peer: Linux/KVM bottom", name),
+            fig("peer: L0 bottom", name),
+        ) {
+            println!(
+                "{name}: L0 {ours}, peer {peer}: L0/peer = {:.2}",
+                ours / peer.max(1.0)
+            );
         }
     }
-    if let (Some(restore), Some(hz)) = (fig("migration, host B", "linux-restore-ticks"), fig("migration, host A", "l1-tsc-hz")) {
-        println!("restore from the Linux manager: {restore} ticks = {:.2} ms", restore / hz * 1e3);
+    if let (Some(restore), Some(hz)) = (
+        fig("migration, host B", "linux-restore-ticks"),
+        fig("migration, host A", "l1-tsc-hz"),
+    ) {
+        println!(
+            "restore from the Linux manager: {restore} ticks = {:.2} ms",
+            restore / hz * 1e3
+        );
     }
     if columns.first().is_some_and(|c| c.1) {
         Ok(())
@@ -344,7 +434,15 @@ fn bench() -> Result<(), String> {
 mod tests {
     #[test]
     fn parses_bench_lines() {
-        let f = super::bench_figures("x\r\nBENCH l1-cpuid 123\r\nBENCH l2-cpuid-roundtrip 4567\nBENCH broken\n");
-        assert_eq!(f, vec![("l1-cpuid".into(), "123".into()), ("l2-cpuid-roundtrip".into(), "4567".into())]);
+        let f = super::bench_figures(
+            "x\r\nBENCH l1-cpuid 123\r\nBENCH l2-cpuid-roundtrip 4567\nBENCH broken\n",
+        );
+        assert_eq!(
+            f,
+            vec![
+                ("l1-cpuid".into(), "123".into()),
+                ("l2-cpuid-roundtrip".into(), "4567".into())
+            ]
+        );
     }
 }

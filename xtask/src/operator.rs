@@ -52,8 +52,14 @@ struct RawTerminal {
 }
 
 fn stty(args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("stty").args(args).stdin(std::process::Stdio::inherit()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = std::process::Command::new("stty")
+        .args(args)
+        .stdin(std::process::Stdio::inherit())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 impl RawTerminal {
@@ -87,7 +93,11 @@ impl Operator {
                 }
             }
         });
-        let raw = if interactive { RawTerminal::enter() } else { None };
+        let raw = if interactive {
+            RawTerminal::enter()
+        } else {
+            None
+        };
         let o = Operator {
             keys,
             keys_done: false,
@@ -151,7 +161,12 @@ impl Operator {
             ["attach" | "a", t, p] => self.attach(t, Some(p)),
             ["next" | "n"] => {
                 let cur = self.attached.map(|a| a.0);
-                let next = self.vms.keys().copied().find(|&id| Some(id) > cur).or_else(|| self.vms.keys().copied().next());
+                let next = self
+                    .vms
+                    .keys()
+                    .copied()
+                    .find(|&id| Some(id) > cur)
+                    .or_else(|| self.vms.keys().copied().next());
                 match next {
                     Some(id) => self.attach(&id.to_string(), None),
                     None => {
@@ -169,7 +184,11 @@ impl Operator {
             }
             ["ctrl-c"] => vec![format!("in {}", mgmt::hex(&[3]))],
             ["wait", ..] => {
-                let text = line.trim_start().trim_start_matches("wait").trim().to_string();
+                let text = line
+                    .trim_start()
+                    .trim_start_matches("wait")
+                    .trim()
+                    .to_string();
                 self.waiting = Some((text, Instant::now()));
                 Vec::new()
             }
@@ -228,7 +247,10 @@ impl Operator {
             }
             return Vec::new();
         }
-        bytes.chunks(mgmt::OUT_CHUNK).map(|c| format!("in {}", mgmt::hex(c))).collect()
+        bytes
+            .chunks(mgmt::OUT_CHUNK)
+            .map(|c| format!("in {}", mgmt::hex(c)))
+            .collect()
     }
 
     /// The next script lines, up to the first wait.
@@ -279,62 +301,81 @@ impl LineUser for Operator {
             Received::Log(l) if self.show_log => self.print(&format!("{l}{}", newline())),
             Received::Log(_) => {}
             Received::Bad(m) => self.say(&format!("console: {m}")),
-            Received::Event(e) => match e {
-                Event::Out { id, port, bytes } if self.attached == Some((id, port)) => {
-                    self.seen.push_str(&String::from_utf8_lossy(&bytes));
-                    // Keep what a script may still wait for, within reason.
-                    if self.seen.len() > 1 << 16 {
-                        let cut = self.seen.len() - (1 << 15);
-                        let cut = (cut..self.seen.len()).find(|&i| self.seen.is_char_boundary(i)).unwrap_or(0);
-                        self.seen.drain(..cut);
+            Received::Event(e) => {
+                match e {
+                    Event::Out { id, port, bytes } if self.attached == Some((id, port)) => {
+                        self.seen.push_str(&String::from_utf8_lossy(&bytes));
+                        // Keep what a script may still wait for, within reason.
+                        if self.seen.len() > 1 << 16 {
+                            let cut = self.seen.len() - (1 << 15);
+                            let cut = (cut..self.seen.len())
+                                .find(|&i| self.seen.is_char_boundary(i))
+                                .unwrap_or(0);
+                            self.seen.drain(..cut);
+                        }
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(&bytes);
+                        let _ = out.flush();
                     }
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&bytes);
-                    let _ = out.flush();
-                }
-                Event::Out { .. } => {}
-                Event::Hello { version } => {
-                    self.l0_ready = true;
-                    self.say(&format!("L0 {version}"));
-                }
-                Event::Vm { id, tag, frozen, bytes_in, bytes_out } => {
-                    let new = !self.vms.contains_key(&id);
-                    self.vms.insert(id, tag.clone());
-                    let tag = tag.unwrap_or_else(|| "-".into());
-                    self.say(&format!("vm {id} tag={tag} frozen={frozen} in={bytes_in} out={bytes_out}"));
-                    // The first VM that appears is attached at once.
-                    if new && self.attached.is_none() && self.interactive {
-                        cmds.extend(self.attach(&id.to_string(), None));
+                    Event::Out { .. } => {}
+                    Event::Hello { version } => {
+                        self.l0_ready = true;
+                        self.say(&format!("L0 {version}"));
                     }
-                }
-                Event::EndList { count } => self.say(&format!("{count} VM(s)")),
-                Event::Attached { id, port } => {
-                    self.attached = Some((id, port));
-                    self.seen.clear();
-                    self.say(&format!("attached to vm {id} port {port:#x}"));
-                }
-                Event::Detached { id, port, reason } => {
-                    if self.attached == Some((id, port)) {
-                        self.attached = None;
+                    Event::Vm {
+                        id,
+                        tag,
+                        frozen,
+                        bytes_in,
+                        bytes_out,
+                    } => {
+                        let new = !self.vms.contains_key(&id);
+                        self.vms.insert(id, tag.clone());
+                        let tag = tag.unwrap_or_else(|| "-".into());
+                        self.say(&format!(
+                            "vm {id} tag={tag} frozen={frozen} in={bytes_in} out={bytes_out}"
+                        ));
+                        // The first VM that appears is attached at once.
+                        if new && self.attached.is_none() && self.interactive {
+                            cmds.extend(self.attach(&id.to_string(), None));
+                        }
                     }
-                    self.say(&format!("detached from vm {id} port {port:#x}: {reason}"));
-                }
-                Event::Dropped { id, count, .. } => self.say(&format!("vm {id}: {count} bytes of output were lost")),
-                Event::Gone { id } => {
-                    self.vms.remove(&id);
-                    self.say(&format!("vm {id} ended"));
-                }
-                Event::Restore { id, tag, ok, detail } => {
-                    let vm = id.map_or("no VM".to_string(), |i| format!("vm {i}"));
-                    match ok {
+                    Event::EndList { count } => self.say(&format!("{count} VM(s)")),
+                    Event::Attached { id, port } => {
+                        self.attached = Some((id, port));
+                        self.seen.clear();
+                        self.say(&format!("attached to vm {id} port {port:#x}"));
+                    }
+                    Event::Detached { id, port, reason } => {
+                        if self.attached == Some((id, port)) {
+                            self.attached = None;
+                        }
+                        self.say(&format!("detached from vm {id} port {port:#x}: {reason}"));
+                    }
+                    Event::Dropped { id, count, .. } => {
+                        self.say(&format!("vm {id}: {count} bytes of output were lost"))
+                    }
+                    Event::Gone { id } => {
+                        self.vms.remove(&id);
+                        self.say(&format!("vm {id} ended"));
+                    }
+                    Event::Restore {
+                        id,
+                        tag,
+                        ok,
+                        detail,
+                    } => {
+                        let vm = id.map_or("no VM".to_string(), |i| format!("vm {i}"));
+                        match ok {
                         true => self.say(&format!("console of {tag} ({vm}) restored from a migration ({detail})")),
                         false => self.say(&format!("restore of {tag}'s console ({vm}) refused: {detail}; it starts fresh")),
                     }
+                    }
+                    Event::Stats(l) => self.say(&format!("L0 stats: {l}")),
+                    Event::Pong => self.say("pong"),
+                    Event::Error(m) => self.say(&format!("L0: {m}")),
                 }
-                Event::Stats(l) => self.say(&format!("L0 stats: {l}")),
-                Event::Pong => self.say("pong"),
-                Event::Error(m) => self.say(&format!("L0: {m}")),
-            },
+            }
         }
         cmds
     }
@@ -349,14 +390,19 @@ impl LineUser for Operator {
                     // Whole lines become script lines.
                     while let Some(i) = self.typed.iter().position(|&b| b == b'\n') {
                         let l: Vec<u8> = self.typed.drain(..=i).collect();
-                        self.script.push(String::from_utf8_lossy(&l).trim_end_matches(['\r', '\n']).to_string());
+                        self.script.push(
+                            String::from_utf8_lossy(&l)
+                                .trim_end_matches(['\r', '\n'])
+                                .to_string(),
+                        );
                         self.had_script = true;
                     }
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     if !self.keys_done && !self.typed.is_empty() && !self.interactive {
-                        let rest = String::from_utf8_lossy(&std::mem::take(&mut self.typed)).to_string();
+                        let rest =
+                            String::from_utf8_lossy(&std::mem::take(&mut self.typed)).to_string();
                         self.script.push(rest);
                         self.had_script = true;
                     }

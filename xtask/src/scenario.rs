@@ -54,12 +54,19 @@ pub struct ConsoleCheck {
     pub follow_all: bool,
 }
 
-pub const NO_CONSOLE: ConsoleCheck = ConsoleCheck { expect: &[], typed: &[], follow_all: true };
+pub const NO_CONSOLE: ConsoleCheck = ConsoleCheck {
+    expect: &[],
+    typed: &[],
+    follow_all: true,
+};
 
 /// How GRUB starts a scenario.
 pub enum Boot {
     /// L0 (multiboot2) with this command line, the cloud VM and its modules.
-    L0 { cmdline: &'static str, modules: fn(&Images) -> Vec<IsoModule> },
+    L0 {
+        cmdline: &'static str,
+        modules: fn(&Images) -> Vec<IsoModule>,
+    },
     /// The scenario guest alone (multiboot v1) with these arguments: the
     /// emulator's own VMX is the hypervisor below it ("native").
     Native { args: &'static str },
@@ -75,7 +82,14 @@ impl Scenario {
 }
 
 /// Failure markers of every scenario that expects L0 and L1 to be healthy.
-const HEALTHY: &[&str] = &["FAIL", "L0 FATAL", "L0 PANIC", "GUEST panic", "GUEST exception", "L0 WARN  command line"];
+const HEALTHY: &[&str] = &[
+    "FAIL",
+    "L0 FATAL",
+    "L0 PANIC",
+    "GUEST panic",
+    "GUEST exception",
+    "L0 WARN  command line",
+];
 /// The same for a guest that runs without L0.
 const NATIVE_HEALTHY: &[&str] = &["FAIL", "GUEST panic", "GUEST exception"];
 /// What L0 says around a healthy cloud VM run.
@@ -85,7 +99,12 @@ const L0_RUNS_GUEST: &[&str] = &["starting the cloud VM", "L0 integrity OK"];
 /// (A macro: fn pointers cannot capture the name.)
 macro_rules! guest {
     ($name:literal) => {
-        |i: &Images| vec![IsoModule::file(&i.guest, concat!("l1=multiboot test=", $name))]
+        |i: &Images| {
+            vec![IsoModule::file(
+                &i.guest,
+                concat!("l1=multiboot test=", $name),
+            )]
+        }
     };
 }
 
@@ -97,7 +116,10 @@ const TEST_KEY: &[u8] = b"000102030405060708090a0b0c0d0e0f101112131415161718191a
 macro_rules! guest_with_key {
     ($name:literal) => {
         |i: &Images| {
-            vec![IsoModule::file(&i.guest, concat!("l1=multiboot test=", $name)), IsoModule::inline("l0.key", TEST_KEY, "l0.key")]
+            vec![
+                IsoModule::file(&i.guest, concat!("l1=multiboot test=", $name)),
+                IsoModule::inline("l0.key", TEST_KEY, "l0.key"),
+            ]
         }
     };
 }
@@ -109,9 +131,15 @@ macro_rules! l0_only {
     ($name:literal, $secs:expr, $modules:expr, $console:expr) => {
         Scenario {
             name: $name,
-            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: $modules },
+            boot: Boot::L0 {
+                cmdline: "serial=com2 loglevel=info",
+                modules: $modules,
+            },
             limit: Duration::from_secs($secs),
-            com1: &[concat!("TEST ", $name, " START"), concat!("TEST ", $name, " PASS")],
+            com1: &[
+                concat!("TEST ", $name, " START"),
+                concat!("TEST ", $name, " PASS"),
+            ],
             com2: L0_RUNS_GUEST,
             forbidden: HEALTHY,
             console: $console,
@@ -129,9 +157,14 @@ macro_rules! nested {
         [
             Scenario {
                 name: concat!($name, "-native"),
-                boot: Boot::Native { args: concat!("test=", $name) },
+                boot: Boot::Native {
+                    args: concat!("test=", $name),
+                },
                 limit: Duration::from_secs($secs),
-                com1: &[concat!("TEST ", $name, " START"), concat!("TEST ", $name, " PASS")],
+                com1: &[
+                    concat!("TEST ", $name, " START"),
+                    concat!("TEST ", $name, " PASS"),
+                ],
                 com2: &[],
                 forbidden: NATIVE_HEALTHY,
                 console: NO_CONSOLE,
@@ -140,9 +173,15 @@ macro_rules! nested {
             },
             Scenario {
                 name: $name,
-                boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: guest!($name) },
+                boot: Boot::L0 {
+                    cmdline: "serial=com2 loglevel=info",
+                    modules: guest!($name),
+                },
                 limit: Duration::from_secs($secs * 3),
-                com1: &[concat!("TEST ", $name, " START"), concat!("TEST ", $name, " PASS")],
+                com1: &[
+                    concat!("TEST ", $name, " START"),
+                    concat!("TEST ", $name, " PASS"),
+                ],
                 com2: L0_RUNS_GUEST,
                 forbidden: HEALTHY,
                 console: NO_CONSOLE,
@@ -162,9 +201,15 @@ macro_rules! fallback {
         [
             Scenario {
                 name: concat!($name, "-", $variant, "-native"),
-                boot: Boot::Native { args: concat!("test=", $name, " l2=", $variant) },
+                boot: Boot::Native {
+                    args: concat!("test=", $name, " l2=", $variant),
+                },
                 limit: Duration::from_secs($secs),
-                com1: &[concat!("TEST ", $name, " START"), "forced by the command line", concat!("TEST ", $name, " PASS")],
+                com1: &[
+                    concat!("TEST ", $name, " START"),
+                    "forced by the command line",
+                    concat!("TEST ", $name, " PASS"),
+                ],
                 com2: &[],
                 forbidden: NATIVE_HEALTHY,
                 console: NO_CONSOLE,
@@ -176,11 +221,18 @@ macro_rules! fallback {
                 boot: Boot::L0 {
                     cmdline: "serial=com2 loglevel=info",
                     modules: |i: &Images| {
-                        vec![IsoModule::file(&i.guest, concat!("l1=multiboot test=", $name, " l2=", $variant))]
+                        vec![IsoModule::file(
+                            &i.guest,
+                            concat!("l1=multiboot test=", $name, " l2=", $variant),
+                        )]
                     },
                 },
                 limit: Duration::from_secs($secs * 3),
-                com1: &[concat!("TEST ", $name, " START"), "forced by the command line", concat!("TEST ", $name, " PASS")],
+                com1: &[
+                    concat!("TEST ", $name, " START"),
+                    "forced by the command line",
+                    concat!("TEST ", $name, " PASS"),
+                ],
                 com2: L0_RUNS_GUEST,
                 forbidden: HEALTHY,
                 console: NO_CONSOLE,
@@ -199,9 +251,17 @@ pub fn all() -> Vec<Scenario> {
     let mut v = vec![
         Scenario {
             name: "boot",
-            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: guest!("boot") },
+            boot: Boot::L0 {
+                cmdline: "serial=com2 loglevel=info",
+                modules: guest!("boot"),
+            },
             limit: Duration::from_secs(60),
-            com1: &["TEST boot START", "CHECK cpuid-signature ok", "CHECK low-memory-is-l1s ok", "TEST boot PASS"],
+            com1: &[
+                "TEST boot START",
+                "CHECK cpuid-signature ok",
+                "CHECK low-memory-is-l1s ok",
+                "TEST boot PASS",
+            ],
             com2: &[
                 "L0 cloud hypervisor",
                 "L0 relocated to the pool",
@@ -217,7 +277,10 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "ept-guard",
-            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: guest!("ept-guard") },
+            boot: Boot::L0 {
+                cmdline: "serial=com2 loglevel=info",
+                modules: guest!("ept-guard"),
+            },
             limit: Duration::from_secs(120),
             com1: &[
                 "TEST ept-guard START",
@@ -227,7 +290,12 @@ pub fn all() -> Vec<Scenario> {
                 "CHECK l0-alive ok",
                 "TEST ept-guard PASS",
             ],
-            com2: &["starting the cloud VM", "L1 read L0 memory", "L1 wrote L0 memory", "L0 integrity OK"],
+            com2: &[
+                "starting the cloud VM",
+                "L1 read L0 memory",
+                "L1 wrote L0 memory",
+                "L0 integrity OK",
+            ],
             forbidden: HEALTHY,
             console: NO_CONSOLE,
             enabled_in_ci: true,
@@ -238,7 +306,13 @@ pub fn all() -> Vec<Scenario> {
             name: "bad-kernel",
             boot: Boot::L0 {
                 cmdline: "serial=com2",
-                modules: |_| vec![IsoModule::inline("not-a-kernel.txt", b"This is a text file, not a kernel.\n", "l1=multiboot")],
+                modules: |_| {
+                    vec![IsoModule::inline(
+                        "not-a-kernel.txt",
+                        b"This is a text file, not a kernel.\n",
+                        "l1=multiboot",
+                    )]
+                },
             },
             limit: Duration::from_secs(60),
             com1: &[],
@@ -296,10 +370,22 @@ pub fn all() -> Vec<Scenario> {
         120,
         guest!("shadow-input"),
         ConsoleCheck {
-            expect: &["vm 1 tag=input-1", "vm1| echo: hello-L2", "vm1| echo: second-L2"],
+            expect: &[
+                "vm 1 tag=input-1",
+                "vm1| echo: hello-L2",
+                "vm1| echo: second-L2"
+            ],
             typed: &[
-                Input { after: "shadow-input ready>", target: "input-1", text: "hello-L2\r" },
-                Input { after: "shadow-input again>", target: "input-1", text: "second-L2\r" },
+                Input {
+                    after: "shadow-input ready>",
+                    target: "input-1",
+                    text: "hello-L2\r"
+                },
+                Input {
+                    after: "shadow-input again>",
+                    target: "input-1",
+                    text: "second-L2\r"
+                },
             ],
             follow_all: true,
         }
@@ -319,14 +405,28 @@ pub fn all() -> Vec<Scenario> {
                 "vm 3 tag=alpha",
                 "vm3| alpha: after restore, got: migrate-me",
             ],
-            typed: &[Input { after: "alpha: before save, type now>", target: "alpha", text: "migrate-me" }],
+            typed: &[Input {
+                after: "alpha: before save, type now>",
+                target: "alpha",
+                text: "migrate-me"
+            }],
             follow_all: true,
         }
     ));
-    v.push(l0_only!("ultracall-fuzz", 300, guest_with_key!("ultracall-fuzz"), NO_CONSOLE));
+    v.push(l0_only!(
+        "ultracall-fuzz",
+        300,
+        guest_with_key!("ultracall-fuzz"),
+        NO_CONSOLE
+    ));
     // Measurements of the shadow path (`cargo xtask bench`); in CI it
     // asserts only that its loops complete.
-    v.push(l0_only!("shadow-bench", 120, guest_with_key!("shadow-bench"), NO_CONSOLE));
+    v.push(l0_only!(
+        "shadow-bench",
+        120,
+        guest_with_key!("shadow-bench"),
+        NO_CONSOLE
+    ));
     v
 }
 
@@ -335,20 +435,50 @@ pub fn make_iso(s: &Scenario, images: &Images, iso: &std::path::Path) -> Result<
     match &s.boot {
         Boot::L0 { cmdline, modules } => {
             let mods = modules(images);
-            crate::build::iso(iso, IsoBoot::L0 { l0: &images.l0, cmdline, modules: &mods })
+            crate::build::iso(
+                iso,
+                IsoBoot::L0 {
+                    l0: &images.l0,
+                    cmdline,
+                    modules: &mods,
+                },
+            )
         }
-        Boot::Native { args } => crate::build::iso(iso, IsoBoot::Native { kernel: &images.guest, cmdline: args }),
+        Boot::Native { args } => crate::build::iso(
+            iso,
+            IsoBoot::Native {
+                kernel: &images.guest,
+                cmdline: args,
+            },
+        ),
         Boot::Peer { test } => {
             let li = crate::linux::images()?;
-            let cmdline = format!("console=ttyS0,115200 panic=0 l0test={test} l0marker={}", crate::linux::run_marker());
-            crate::build::iso(iso, IsoBoot::Linux { kernel: &li.kernel, initrd: &li.peer, cmdline: &cmdline })
+            let cmdline = format!(
+                "console=ttyS0,115200 panic=0 l0test={test} l0marker={}",
+                crate::linux::run_marker()
+            );
+            crate::build::iso(
+                iso,
+                IsoBoot::Linux {
+                    kernel: &li.kernel,
+                    initrd: &li.peer,
+                    cmdline: &cmdline,
+                },
+            )
         }
     }
 }
 
 /// Failure markers of the Linux scenarios: L0 stopping, L1's kernel
 /// panicking, its init or the clock probe reporting a failure.
-const LINUX_HEALTHY: &[&str] = &["L0 FATAL", "L0 PANIC", "L0 WARN  command line", "Kernel panic", "CLOCK FAIL", "L1INIT FAIL"];
+const LINUX_HEALTHY: &[&str] = &[
+    "L0 FATAL",
+    "L0 PANIC",
+    "L0 WARN  command line",
+    "Kernel panic",
+    "CLOCK FAIL",
+    "L1INIT FAIL",
+];
 
 fn leak_str(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
@@ -365,7 +495,20 @@ fn migrate_modules(test: &str, key: &'static [u8]) -> Vec<IsoModule> {
 }
 
 fn migrate_forbidden() -> Vec<String> {
-    [LINUX_HEALTHY, &["MIGRATE FAIL", "DISK FAIL", "SPY LEAK", "SPY FAIL", "exit=1 "]].concat().iter().map(|s| s.to_string()).collect()
+    [
+        LINUX_HEALTHY,
+        &[
+            "MIGRATE FAIL",
+            "DISK FAIL",
+            "SPY LEAK",
+            "SPY FAIL",
+            "exit=1 ",
+        ],
+    ]
+    .concat()
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Linux cloud VM scenarios (docs/linux-l1.md). They build the lean kernel
@@ -374,9 +517,25 @@ pub fn linux() -> Vec<Scenario> {
     let m = crate::linux::run_marker();
     // What the operator types: not on L1's command line, unlike `m`.
     let cm: String = format!("c{}", m.chars().rev().collect::<String>());
-    let leak = |v: Vec<String>| -> &'static [&'static str] { Box::leak(v.into_iter().map(leak_str).collect::<Vec<_>>().into_boxed_slice()) };
+    let leak = |v: Vec<String>| -> &'static [&'static str] {
+        Box::leak(
+            v.into_iter()
+                .map(leak_str)
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        )
+    };
     let leak_inputs = |v: Vec<(&'static str, String)>| -> &'static [Input] {
-        Box::leak(v.into_iter().map(|(after, text)| Input { after, target: "alpha", text: leak_str(text) }).collect::<Vec<_>>().into_boxed_slice())
+        Box::leak(
+            v.into_iter()
+                .map(|(after, text)| Input {
+                    after,
+                    target: "alpha",
+                    text: leak_str(text),
+                })
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        )
     };
     vec![
         Scenario {
@@ -723,17 +882,25 @@ pub fn in_order(log: &str, markers: &[&str]) -> bool {
 
 /// Whether the scenario guest printed its final `TEST <name> PASS|FAIL` line.
 pub fn verdict_printed(com1: &str) -> bool {
-    com1.lines().any(|l| l.starts_with("TEST ") && (l.contains(" PASS") || l.contains(" FAIL")))
+    com1.lines()
+        .any(|l| l.starts_with("TEST ") && (l.contains(" PASS") || l.contains(" FAIL")))
 }
 
 /// The first expected console text missing from the transcript.
 pub fn console_lacks(s: &Scenario, console: &str) -> Option<&'static str> {
-    s.console.expect.iter().copied().find(|m| !console.contains(m))
+    s.console
+        .expect
+        .iter()
+        .copied()
+        .find(|m| !console.contains(m))
 }
 
 /// The first forbidden marker in either log.
 pub fn forbidden(s: &Scenario, com1: &str, com2: &str) -> Option<&'static str> {
-    s.forbidden.iter().copied().find(|m| com1.contains(m) || com2.contains(m))
+    s.forbidden
+        .iter()
+        .copied()
+        .find(|m| com1.contains(m) || com2.contains(m))
 }
 
 pub struct Outcome {
@@ -761,26 +928,40 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
     let mut bad_at: Option<std::time::Instant> = None;
     let mut follower = Follower::new(s.console.typed, s.console.follow_all);
     // The peer host holds the cloud VM in its own RAM.
-    let memory_mib = if matches!(s.boot, Boot::Peer { .. }) { 1024 } else { 512 };
-    let run = emulator::run(emu, &dir, &iso, memory_mib, s.limit, false, &mut follower, |l: &Logs| {
-        let (c1, c2) = (l.com1, l.com2);
-        // A failure marker fails the run, but a guest that goes on checking
-        // gets to print the rest of its checks and its verdict first.
-        if forbidden(s, c1, c2).is_some() {
-            let t = *bad_at.get_or_insert_with(std::time::Instant::now);
-            if verdict_printed(c1) || t.elapsed() > Duration::from_secs(5) {
-                return Verdict::Stop;
+    let memory_mib = if matches!(s.boot, Boot::Peer { .. }) {
+        1024
+    } else {
+        512
+    };
+    let run = emulator::run(
+        emu,
+        &dir,
+        &iso,
+        memory_mib,
+        s.limit,
+        false,
+        &mut follower,
+        |l: &Logs| {
+            let (c1, c2) = (l.com1, l.com2);
+            // A failure marker fails the run, but a guest that goes on checking
+            // gets to print the rest of its checks and its verdict first.
+            if forbidden(s, c1, c2).is_some() {
+                let t = *bad_at.get_or_insert_with(std::time::Instant::now);
+                if verdict_printed(c1) || t.elapsed() > Duration::from_secs(5) {
+                    return Verdict::Stop;
+                }
+                return Verdict::Continue;
             }
-            return Verdict::Continue;
-        }
-        if in_order(c1, s.com1) && in_order(c2, s.com2) && console_lacks(s, l.console).is_none() {
-            let t = *done_at.get_or_insert_with(std::time::Instant::now);
-            if t.elapsed() > Duration::from_secs(1) {
-                return Verdict::Stop;
+            if in_order(c1, s.com1) && in_order(c2, s.com2) && console_lacks(s, l.console).is_none()
+            {
+                let t = *done_at.get_or_insert_with(std::time::Instant::now);
+                if t.elapsed() > Duration::from_secs(1) {
+                    return Verdict::Stop;
+                }
             }
-        }
-        Verdict::Continue
-    })?;
+            Verdict::Continue
+        },
+    )?;
     let _ = std::fs::write(dir.join("console.log"), &follower.transcript);
     let reason = if let Some(m) = forbidden(s, &run.com1, &run.com2) {
         format!("failure marker \"{m}\" appeared")
@@ -791,7 +972,10 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
     } else if let Some(m) = console_lacks(s, &follower.transcript) {
         format!("the user VMs' consoles (console.log) lack {m:?}")
     } else if let Some(i) = follower.untyped().first() {
-        format!("the consoles never showed {:?}, so {:?} was not typed", i.after, i.text)
+        format!(
+            "the consoles never showed {:?}, so {:?} was not typed",
+            i.after, i.text
+        )
     } else {
         String::new()
     };
@@ -800,41 +984,74 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         PASSED.lock().unwrap().push(s.name);
     }
     if !passed {
-        eprintln!("---- {} failed: {reason}{}", s.name, if run.timed_out { " (wall-clock limit reached)" } else { "" });
+        eprintln!(
+            "---- {} failed: {reason}{}",
+            s.name,
+            if run.timed_out {
+                " (wall-clock limit reached)"
+            } else {
+                ""
+            }
+        );
         eprintln!("---- COM1 (cloud VM), last lines:\n{}", tail(&run.com1, 40));
         eprintln!("---- COM2 (L0), last lines:\n{}", tail(&run.com2, 60));
         if !follower.transcript.is_empty() {
-            eprintln!("---- user VM consoles (console.log), last lines:\n{}", tail(&follower.transcript, 30));
+            eprintln!(
+                "---- user VM consoles (console.log), last lines:\n{}",
+                tail(&follower.transcript, 30)
+            );
         }
-        eprintln!("---- {}/bochs.log, last lines:\n{}", dir.display(), tail(&run.emulator_log(), 30));
+        eprintln!(
+            "---- {}/bochs.log, last lines:\n{}",
+            dir.display(),
+            tail(&run.emulator_log(), 30)
+        );
     }
-    Ok(Outcome { passed, reason, elapsed: run.elapsed, com1: run.com1 })
+    Ok(Outcome {
+        passed,
+        reason,
+        elapsed: run.elapsed,
+        com1: run.com1,
+    })
 }
 
 /// The scenarios that passed in this process (whose disks are fresh).
 static PASSED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
 
 /// `disk.img` in `dir` as `s` wants it (none, blank, or another's copy).
-fn prepare_disk(s: &Scenario, images: &Images, emu: Emulator, dir: &std::path::Path) -> Result<(), String> {
+fn prepare_disk(
+    s: &Scenario,
+    images: &Images,
+    emu: Emulator,
+    dir: &std::path::Path,
+) -> Result<(), String> {
     let img = dir.join("disk.img");
     let _ = std::fs::remove_file(&img);
     // Bochs locks an image it opens; a killed run leaves the lock behind.
     let _ = std::fs::remove_file(dir.join("disk.img.lock"));
     match s.disk {
         Disk::None => Ok(()),
-        Disk::Blank => std::fs::File::create(&img).and_then(|f| f.set_len(DISK_BYTES)).map_err(|e| format!("{}: {e}", img.display())),
+        Disk::Blank => std::fs::File::create(&img)
+            .and_then(|f| f.set_len(DISK_BYTES))
+            .map_err(|e| format!("{}: {e}", img.display())),
         Disk::From(source) => {
             if !PASSED.lock().unwrap().contains(&source) {
-                let src = find(source).ok_or_else(|| format!("{}: no scenario named {source}", s.name))?;
+                let src = find(source)
+                    .ok_or_else(|| format!("{}: no scenario named {source}", s.name))?;
                 print!("(first {source}: ");
                 let _ = std::io::Write::flush(&mut std::io::stdout());
                 let o = run(&src, images, emu)?;
                 if !o.passed {
-                    return Err(format!("{} needs {source}'s disk, and {source} failed: {}", s.name, o.reason));
+                    return Err(format!(
+                        "{} needs {source}'s disk, and {source} failed: {}",
+                        s.name, o.reason
+                    ));
                 }
                 print!("ok, {:.1} s) ", o.elapsed.as_secs_f64());
             }
-            std::fs::copy(scenario_dir(source).join("disk.img"), &img).map(|_| ()).map_err(|e| format!("{source}'s disk: {e}"))
+            std::fs::copy(scenario_dir(source).join("disk.img"), &img)
+                .map(|_| ())
+                .map_err(|e| format!("{source}'s disk: {e}"))
         }
     }
 }
@@ -862,7 +1079,9 @@ mod tests {
     #[test]
     fn verdict_line() {
         assert!(!verdict_printed("TEST x START\nCHECK a FAIL b\n"));
-        assert!(verdict_printed("TEST x START\nTEST x FAIL (1 of 2 checks failed)\n"));
+        assert!(verdict_printed(
+            "TEST x START\nTEST x FAIL (1 of 2 checks failed)\n"
+        ));
         assert!(verdict_printed("TEST x PASS (2 checks)\n"));
     }
 
@@ -871,12 +1090,22 @@ mod tests {
         let all = all();
         for s in all.iter().filter(|s| s.native()) {
             assert!(s.com2.is_empty(), "{}: no L0, no COM2 markers", s.name);
-            assert!(s.enabled_in_ci, "{}: native scenarios must pass now", s.name);
-            let base = s.name.strip_suffix("-native").expect("native scenarios end in -native");
+            assert!(
+                s.enabled_in_ci,
+                "{}: native scenarios must pass now",
+                s.name
+            );
+            let base = s
+                .name
+                .strip_suffix("-native")
+                .expect("native scenarios end in -native");
             if base.ends_with("-paged") || base.ends_with("-noept") {
                 continue; // native-only fallback variants
             }
-            let l0 = all.iter().find(|t| t.name == base).expect("each native scenario has an L0 variant");
+            let l0 = all
+                .iter()
+                .find(|t| t.name == base)
+                .expect("each native scenario has an L0 variant");
             assert!(!l0.native() && l0.com1 == s.com1);
         }
     }
@@ -884,14 +1113,32 @@ mod tests {
     #[test]
     fn shadow_scenarios_are_l0_only_and_in_ci() {
         let all = all();
-        for name in ["shadow-console", "shadow-input", "ultracall-save-restore", "ultracall-fuzz", "shadow-bench"] {
+        for name in [
+            "shadow-console",
+            "shadow-input",
+            "ultracall-save-restore",
+            "ultracall-fuzz",
+            "shadow-bench",
+        ] {
             let s = all.iter().find(|s| s.name == name).expect(name);
             assert!(!s.native() && s.enabled_in_ci, "{name}");
-            assert!(!all.iter().any(|t| t.name == format!("{name}-native")), "{name} cannot pass natively");
-            let Boot::L0 { modules, .. } = &s.boot else { unreachable!() };
-            let images = Images { l0: "l0".into(), guest: "guest".into() };
+            assert!(
+                !all.iter().any(|t| t.name == format!("{name}-native")),
+                "{name} cannot pass natively"
+            );
+            let Boot::L0 { modules, .. } = &s.boot else {
+                unreachable!()
+            };
+            let images = Images {
+                l0: "l0".into(),
+                guest: "guest".into(),
+            };
             let keyed = modules(&images).iter().any(|m| m.cmdline == "l0.key");
-            assert_eq!(keyed, !name.starts_with("shadow-c") && name != "shadow-input", "{name}: key module");
+            assert_eq!(
+                keyed,
+                !name.starts_with("shadow-c") && name != "shadow-input",
+                "{name}: key module"
+            );
         }
     }
 

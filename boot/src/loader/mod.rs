@@ -52,7 +52,14 @@ pub enum Entry {
     /// long mode with paging through `cr3` (identity over the kernel, zero
     /// page and command line), a GDT at `gdt_base` with __BOOT_CS 0x10 and
     /// __BOOT_DS 0x18, interrupts off, RSI = the zero page.
-    Linux { rip: u64, rsi: u64, rsp: u64, cr3: u64, gdt_base: u64, gdt_limit: u16 },
+    Linux {
+        rip: u64,
+        rsi: u64,
+        rsp: u64,
+        cr3: u64,
+        gdt_base: u64,
+        gdt_limit: u16,
+    },
 }
 
 /// Everything needed to start L1.
@@ -75,7 +82,10 @@ pub enum LoadError {
     /// A kernel segment lies outside the RAM L1 may use.
     SegmentNotRam(Range),
     /// Nowhere to put this many bytes in L1's RAM below 4 GiB.
-    NoRoom { what: &'static str, size: u64 },
+    NoRoom {
+        what: &'static str,
+        size: u64,
+    },
     /// The memory map is too fragmented.
     Capacity,
 }
@@ -95,12 +105,27 @@ impl From<CapacityExceeded> for LoadError {
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NoMultibootHeader => write!(f, "no multiboot header (magic 0x1badb002 with a valid checksum) in the first 8 KiB"),
-            Self::UnsupportedFlags(bits) => write!(f, "multiboot header requires flag bits {bits:#x} that L0 does not support"),
-            Self::BadAddressFields => write!(f, "multiboot header address fields are inconsistent with the image"),
+            Self::NoMultibootHeader => write!(
+                f,
+                "no multiboot header (magic 0x1badb002 with a valid checksum) in the first 8 KiB"
+            ),
+            Self::UnsupportedFlags(bits) => write!(
+                f,
+                "multiboot header requires flag bits {bits:#x} that L0 does not support"
+            ),
+            Self::BadAddressFields => write!(
+                f,
+                "multiboot header address fields are inconsistent with the image"
+            ),
             Self::Elf(e) => write!(f, "{e}"),
-            Self::SegmentNotRam(r) => write!(f, "kernel segment {r} is not RAM that L1 may use (L0 owns it, or it is not RAM)"),
-            Self::NoRoom { what, size } => write!(f, "no room for {what} ({size} bytes) in L1's RAM below 4 GiB"),
+            Self::SegmentNotRam(r) => write!(
+                f,
+                "kernel segment {r} is not RAM that L1 may use (L0 owns it, or it is not RAM)"
+            ),
+            Self::NoRoom { what, size } => write!(
+                f,
+                "no room for {what} ({size} bytes) in L1's RAM below 4 GiB"
+            ),
             Self::Capacity => write!(f, "memory map too fragmented"),
         }
     }

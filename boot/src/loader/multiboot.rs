@@ -58,9 +58,11 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
 pub fn find_header(image: &[u8]) -> Result<Header, LoadError> {
     let limit = image.len().min(SEARCH_LEN);
     for offset in (0..limit.saturating_sub(11)).step_by(4) {
-        let (Some(magic), Some(flags), Some(sum)) =
-            (u32_at(image, offset), u32_at(image, offset + 4), u32_at(image, offset + 8))
-        else {
+        let (Some(magic), Some(flags), Some(sum)) = (
+            u32_at(image, offset),
+            u32_at(image, offset + 4),
+            u32_at(image, offset + 8),
+        ) else {
             break;
         };
         if magic != HEADER_MAGIC || magic.wrapping_add(flags).wrapping_add(sum) != 0 {
@@ -79,33 +81,61 @@ pub fn find_header(image: &[u8]) -> Result<Header, LoadError> {
         } else {
             None
         };
-        return Ok(Header { offset, flags, aout });
+        return Ok(Header {
+            offset,
+            flags,
+            aout,
+        });
     }
     Err(LoadError::NoMultibootHeader)
 }
 
 /// Kernel segments as (destination, file bytes, total size) and the entry.
-fn kernel_segments<'a>(image: &'a [u8], header: &Header) -> Result<(Vec<(u64, &'a [u8], u64)>, u64), LoadError> {
+fn kernel_segments<'a>(
+    image: &'a [u8],
+    header: &Header,
+) -> Result<(Vec<(u64, &'a [u8], u64)>, u64), LoadError> {
     if let Some([header_addr, load_addr, load_end, bss_end, entry]) = header.aout {
-        let back = header_addr.checked_sub(load_addr).ok_or(LoadError::BadAddressFields)?;
-        let file_start = (header.offset as u64).checked_sub(back as u64).ok_or(LoadError::BadAddressFields)? as usize;
+        let back = header_addr
+            .checked_sub(load_addr)
+            .ok_or(LoadError::BadAddressFields)?;
+        let file_start = (header.offset as u64)
+            .checked_sub(back as u64)
+            .ok_or(LoadError::BadAddressFields)? as usize;
         let file_len = if load_end == 0 {
             image.len() - file_start
         } else {
-            load_end.checked_sub(load_addr).ok_or(LoadError::BadAddressFields)? as usize
+            load_end
+                .checked_sub(load_addr)
+                .ok_or(LoadError::BadAddressFields)? as usize
         };
-        let bytes = image.get(file_start..file_start + file_len).ok_or(LoadError::BadAddressFields)?;
-        let mem_end = if bss_end == 0 { load_addr as u64 + file_len as u64 } else { bss_end as u64 };
+        let bytes = image
+            .get(file_start..file_start + file_len)
+            .ok_or(LoadError::BadAddressFields)?;
+        let mem_end = if bss_end == 0 {
+            load_addr as u64 + file_len as u64
+        } else {
+            bss_end as u64
+        };
         if mem_end < load_addr as u64 + file_len as u64 {
             return Err(LoadError::BadAddressFields);
         }
-        Ok((alloc::vec![(load_addr as u64, bytes, mem_end - load_addr as u64)], entry as u64))
+        Ok((
+            alloc::vec![(load_addr as u64, bytes, mem_end - load_addr as u64)],
+            entry as u64,
+        ))
     } else {
         let elf = Elf::parse(image)?;
         let segs = elf
             .segments()
             .filter(|s| s.memsz > 0)
-            .map(|s| (s.paddr, &image[s.offset as usize..(s.offset + s.filesz) as usize], s.memsz))
+            .map(|s| {
+                (
+                    s.paddr,
+                    &image[s.offset as usize..(s.offset + s.filesz) as usize],
+                    s.memsz,
+                )
+            })
             .collect();
         Ok((segs, elf.physical_entry()))
     }
@@ -139,14 +169,23 @@ pub fn plan<'a>(
     let mut writes = Vec::new();
     let mut kernel_end = 0;
     for &(dest, bytes, memsz) in &segments {
-        let r = Range::new(dest, dest.checked_add(memsz).ok_or(LoadError::BadAddressFields)?);
+        let r = Range::new(
+            dest,
+            dest.checked_add(memsz).ok_or(LoadError::BadAddressFields)?,
+        );
         if !ram.contains_range(r) || r.end > FOUR_GIB || !free.contains_range(r) {
             return Err(LoadError::SegmentNotRam(r));
         }
         free.remove(r.grow_to_pages())?;
-        writes.push(Write::Bytes { gpa: dest, data: Cow::Borrowed(bytes) });
+        writes.push(Write::Bytes {
+            gpa: dest,
+            data: Cow::Borrowed(bytes),
+        });
         if memsz > bytes.len() as u64 {
-            writes.push(Write::Zero { gpa: dest + bytes.len() as u64, len: memsz - bytes.len() as u64 });
+            writes.push(Write::Zero {
+                gpa: dest + bytes.len() as u64,
+                len: memsz - bytes.len() as u64,
+            });
         }
         kernel_end = kernel_end.max(r.end);
     }
@@ -158,7 +197,10 @@ pub fn plan<'a>(
     let mut mods = Vec::new();
     for m in modules {
         let at = place(&mut free, m.data.len() as u64, cursor, "a module")?;
-        writes.push(Write::Bytes { gpa: at, data: Cow::Borrowed(m.data) });
+        writes.push(Write::Bytes {
+            gpa: at,
+            data: Cow::Borrowed(m.data),
+        });
         mods.push((at, at + m.data.len() as u64, m.cmdline));
         cursor = at + m.data.len() as u64;
     }
@@ -184,7 +226,10 @@ pub fn plan<'a>(
     let mut info = alloc::vec![0u8; total];
     let mut put = |off: usize, v: u32| info[off..off + 4].copy_from_slice(&v.to_le_bytes());
     let (lower, upper) = lower_upper_kib(&ram);
-    put(0, INFO_MEMORY | INFO_CMDLINE | INFO_MODS | INFO_MMAP | INFO_LOADER_NAME);
+    put(
+        0,
+        INFO_MEMORY | INFO_CMDLINE | INFO_MODS | INFO_MMAP | INFO_LOADER_NAME,
+    );
     put(4, lower);
     put(8, upper);
     put(16, addr(strings_off + cmdline_off));
@@ -207,16 +252,31 @@ pub fn plan<'a>(
         info[o + 20..o + 24].copy_from_slice(&r.kind.to_le_bytes());
     }
     info[strings_off..].copy_from_slice(&strings);
-    writes.push(Write::Bytes { gpa: base, data: Cow::Owned(info) });
+    writes.push(Write::Bytes {
+        gpa: base,
+        data: Cow::Owned(info),
+    });
 
-    Ok(LoadPlan { writes, entry: Entry::Multiboot { eip: entry as u32, ebx: base as u32 } })
+    Ok(LoadPlan {
+        writes,
+        entry: Entry::Multiboot {
+            eip: entry as u32,
+            ebx: base as u32,
+        },
+    })
 }
 
 /// mem_lower: KiB of RAM from address 0 (at most 640); mem_upper: KiB of RAM
 /// contiguous from 1 MiB.
 fn lower_upper_kib(ram: &RangeSet) -> (u32, u32) {
-    let lower = ram.iter().find(|r| r.start == 0).map_or(0, |r| r.end.min(0xa_0000) / 1024);
-    let upper = ram.iter().find(|r| r.contains(0x10_0000)).map_or(0, |r| (r.end - 0x10_0000) / 1024);
+    let lower = ram
+        .iter()
+        .find(|r| r.start == 0)
+        .map_or(0, |r| r.end.min(0xa_0000) / 1024);
+    let upper = ram
+        .iter()
+        .find(|r| r.contains(0x10_0000))
+        .map_or(0, |r| (r.end - 0x10_0000) / 1024);
     (lower as u32, upper.min(u32::MAX as u64) as u32)
 }
 
@@ -243,10 +303,26 @@ mod tests {
     /// What L0 tells L1 on a 512 MiB Bochs machine, with L0's pool at the top.
     fn l1_map() -> Vec<MemoryRegion> {
         vec![
-            MemoryRegion { base: 0, len: 0x9f000, kind: 1 },
-            MemoryRegion { base: 0x9f000, len: 0x1000, kind: 2 },
-            MemoryRegion { base: 0x10_0000, len: 0x1bf0_0000, kind: 1 },
-            MemoryRegion { base: 0x1c00_0000, len: 0x3ff_0000, kind: 2 },
+            MemoryRegion {
+                base: 0,
+                len: 0x9f000,
+                kind: 1,
+            },
+            MemoryRegion {
+                base: 0x9f000,
+                len: 0x1000,
+                kind: 2,
+            },
+            MemoryRegion {
+                base: 0x10_0000,
+                len: 0x1bf0_0000,
+                kind: 1,
+            },
+            MemoryRegion {
+                base: 0x1c00_0000,
+                len: 0x3ff_0000,
+                kind: 2,
+            },
         ]
     }
 
@@ -266,14 +342,25 @@ mod tests {
     }
 
     fn read_str(plan: &LoadPlan, gpa: u64) -> String {
-        (gpa..).map(|a| read_u8(plan, a)).take_while(|&c| c != 0).map(char::from).collect()
+        (gpa..)
+            .map(|a| read_u8(plan, a))
+            .take_while(|&c| c != 0)
+            .map(char::from)
+            .collect()
     }
 
     #[test]
     fn finds_header_and_rejects_bad_ones() {
         let mut img = vec![0u8; 64];
         img.extend_from_slice(&header(3));
-        assert_eq!(find_header(&img).unwrap(), Header { offset: 64, flags: 3, aout: None });
+        assert_eq!(
+            find_header(&img).unwrap(),
+            Header {
+                offset: 64,
+                flags: 3,
+                aout: None
+            }
+        );
         let mut bad = vec![0u8; 64];
         let mut h = header(3);
         h[8] ^= 1;
@@ -281,9 +368,18 @@ mod tests {
         assert_eq!(find_header(&bad).unwrap_err(), LoadError::NoMultibootHeader);
         let mut late = vec![0u8; 8192];
         late.extend_from_slice(&header(3));
-        assert_eq!(find_header(&late).unwrap_err(), LoadError::NoMultibootHeader);
-        assert_eq!(find_header(&header(4)).unwrap_err(), LoadError::UnsupportedFlags(4));
-        assert_eq!(find_header(&header(0x8003)).unwrap_err(), LoadError::UnsupportedFlags(0x8000));
+        assert_eq!(
+            find_header(&late).unwrap_err(),
+            LoadError::NoMultibootHeader
+        );
+        assert_eq!(
+            find_header(&header(4)).unwrap_err(),
+            LoadError::UnsupportedFlags(4)
+        );
+        assert_eq!(
+            find_header(&header(0x8003)).unwrap_err(),
+            LoadError::UnsupportedFlags(0x8000)
+        );
         // Flags above bit 15 other than the kludge are optional.
         assert!(find_header(&header(0x2_0003)).is_ok());
     }
@@ -292,28 +388,52 @@ mod tests {
     fn loads_elf_kernel_modules_and_info() {
         let img = kernel();
         let mods = [
-            ModuleImage { data: b"first module", cmdline: "one arg" },
-            ModuleImage { data: &[7u8; 5000], cmdline: "" },
+            ModuleImage {
+                data: b"first module",
+                cmdline: "one arg",
+            },
+            ModuleImage {
+                data: &[7u8; 5000],
+                cmdline: "",
+            },
         ];
         let plan = plan(&img, "test=boot", &mods, &l1_map()).unwrap();
-        let Entry::Multiboot { eip, ebx } = plan.entry else { panic!("not a multiboot entry") };
+        let Entry::Multiboot { eip, ebx } = plan.entry else {
+            panic!("not a multiboot entry")
+        };
         assert_eq!(eip, 0x10_0000);
         // Kernel bytes and its bss.
-        assert!(matches!(&plan.writes[0], Write::Bytes { gpa: 0x10_0000, data } if data.ends_with(b"KERNEL")));
-        assert!(matches!(plan.writes[1], Write::Zero { gpa, len } if gpa == 0x10_0000 + 18 && len == 0x3000 - 18));
+        assert!(
+            matches!(&plan.writes[0], Write::Bytes { gpa: 0x10_0000, data } if data.ends_with(b"KERNEL"))
+        );
+        assert!(
+            matches!(plan.writes[1], Write::Zero { gpa, len } if gpa == 0x10_0000 + 18 && len == 0x3000 - 18)
+        );
         // Modules page-aligned after the kernel, then the info structure.
         let info = ebx as u64;
         assert_eq!(read_u32(&plan, info) & 0x24d, 0x24d);
         assert_eq!(read_u32(&plan, info + 4), 0x9f000 / 1024);
         assert_eq!(read_u32(&plan, info + 8), (0x1c00_0000 - 0x10_0000) / 1024);
-        assert_eq!(read_str(&plan, read_u32(&plan, info + 16) as u64), "test=boot");
-        assert_eq!(read_str(&plan, read_u32(&plan, info + 64) as u64), LOADER_NAME);
+        assert_eq!(
+            read_str(&plan, read_u32(&plan, info + 16) as u64),
+            "test=boot"
+        );
+        assert_eq!(
+            read_str(&plan, read_u32(&plan, info + 64) as u64),
+            LOADER_NAME
+        );
         assert_eq!(read_u32(&plan, info + 20), 2);
         let mods_addr = read_u32(&plan, info + 24) as u64;
         let m0 = (read_u32(&plan, mods_addr), read_u32(&plan, mods_addr + 4));
         assert_eq!(m0, (0x10_3000, 0x10_3000 + 12));
-        assert_eq!(read_str(&plan, read_u32(&plan, mods_addr + 8) as u64), "one arg");
-        let m1 = (read_u32(&plan, mods_addr + 16), read_u32(&plan, mods_addr + 20));
+        assert_eq!(
+            read_str(&plan, read_u32(&plan, mods_addr + 8) as u64),
+            "one arg"
+        );
+        let m1 = (
+            read_u32(&plan, mods_addr + 16),
+            read_u32(&plan, mods_addr + 20),
+        );
         assert_eq!(m1, (0x10_4000, 0x10_4000 + 5000));
         assert!(info >= 0x10_6000);
         // The memory map, as given.
@@ -336,7 +456,10 @@ mod tests {
         code.extend_from_slice(&[0x90; 16]);
         let img = elf32(0xc040_0010, &[(0x40_0000, 0xc040_0000, &code, 0x1000)]);
         let plan = plan(&img, "", &[], &l1_map()).unwrap();
-        assert!(matches!(plan.entry, Entry::Multiboot { eip: 0x40_0010, .. }));
+        assert!(matches!(
+            plan.entry,
+            Entry::Multiboot { eip: 0x40_0010, .. }
+        ));
     }
 
     #[test]
@@ -349,9 +472,20 @@ mod tests {
         }
         img.resize(0x40, 0xf4);
         let plan = plan(&img, "", &[], &l1_map()).unwrap();
-        assert!(matches!(&plan.writes[0], Write::Bytes { gpa: 0x20_0000, data } if data.len() == 0x40));
-        assert_eq!(plan.writes[1], Write::Zero { gpa: 0x20_0040, len: 0x2000 - 0x40 });
-        assert!(matches!(plan.entry, Entry::Multiboot { eip: 0x20_0020, .. }));
+        assert!(
+            matches!(&plan.writes[0], Write::Bytes { gpa: 0x20_0000, data } if data.len() == 0x40)
+        );
+        assert_eq!(
+            plan.writes[1],
+            Write::Zero {
+                gpa: 0x20_0040,
+                len: 0x2000 - 0x40
+            }
+        );
+        assert!(matches!(
+            plan.entry,
+            Entry::Multiboot { eip: 0x20_0020, .. }
+        ));
         // load_addr above header_addr is inconsistent.
         let mut bad = header(0x1_0003);
         for v in [0x20_0000u32, 0x20_1000, 0, 0, 0x20_0020] {
@@ -370,21 +504,55 @@ mod tests {
         code.push(0);
         // Into L0's pool at the top.
         let img = elf64(0x1c00_0000, &[(0x1c00_0000, 0x1c00_0000, &code, 0x1000)]);
-        assert_eq!(plan_err(&img), LoadError::SegmentNotRam(Range::new(0x1c00_0000, 0x1c00_1000)));
+        assert_eq!(
+            plan_err(&img),
+            LoadError::SegmentNotRam(Range::new(0x1c00_0000, 0x1c00_1000))
+        );
         // Straddling the EBDA hole.
         let img = elf64(0x9e000, &[(0x9e000, 0x9e000, &code, 0x2000)]);
-        assert_eq!(plan_err(&img), LoadError::SegmentNotRam(Range::new(0x9e000, 0xa0000)));
+        assert_eq!(
+            plan_err(&img),
+            LoadError::SegmentNotRam(Range::new(0x9e000, 0xa0000))
+        );
         // Two segments on top of each other.
-        let img = elf64(0x20_0000, &[(0x20_0000, 0x20_0000, &code, 0x1000), (0x20_0800, 0x20_0800, b"", 0x10)]);
-        assert_eq!(plan_err(&img), LoadError::SegmentNotRam(Range::new(0x20_0800, 0x20_0810)));
+        let img = elf64(
+            0x20_0000,
+            &[
+                (0x20_0000, 0x20_0000, &code, 0x1000),
+                (0x20_0800, 0x20_0800, b"", 0x10),
+            ],
+        );
+        assert_eq!(
+            plan_err(&img),
+            LoadError::SegmentNotRam(Range::new(0x20_0800, 0x20_0810))
+        );
     }
 
     #[test]
     fn reports_no_room_for_modules() {
-        let small = [MemoryRegion { base: 0x10_0000, len: 0x4000, kind: 1 }];
+        let small = [MemoryRegion {
+            base: 0x10_0000,
+            len: 0x4000,
+            kind: 1,
+        }];
         let img = kernel();
         let big = vec![0u8; 0x2000];
-        let e = plan(&img, "", &[ModuleImage { data: &big, cmdline: "" }], &small).unwrap_err();
-        assert_eq!(e, LoadError::NoRoom { what: "a module", size: 0x2000 });
+        let e = plan(
+            &img,
+            "",
+            &[ModuleImage {
+                data: &big,
+                cmdline: "",
+            }],
+            &small,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            LoadError::NoRoom {
+                what: "a module",
+                size: 0x2000
+            }
+        );
     }
 }

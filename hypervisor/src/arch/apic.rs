@@ -105,7 +105,8 @@ pub fn state() -> Result<alloc::string::String, ApicError> {
             Mode::X(pa) => unsafe { core::ptr::read_volatile((pa + off) as *const u32) as u64 },
         }
     };
-    let top = |base: u64| crate::nested::posted::highest_vector(|i| reg(base + 16 * i as u64) as u32);
+    let top =
+        |base: u64| crate::nested::posted::highest_vector(|i| reg(base + 16 * i as u64) as u32);
     // SAFETY: IA32_TSC_DEADLINE exists where the APIC timer offers it;
     // Bochs's Skylake model has it.
     let deadline = unsafe { cpu::rdmsr(0x6e0) };

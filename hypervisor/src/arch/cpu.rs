@@ -16,7 +16,9 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
 pub unsafe fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: the caller guarantees the MSR exists.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (hi as u64) << 32 | lo as u64
 }
 
@@ -57,7 +59,9 @@ control_register!(read_cr4, write_cr4, "cr4");
 pub fn xgetbv0() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: L0 only calls this when CR4.OSXSAVE is set (checked by the caller's CPUID test).
-    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (hi as u64) << 32 | lo as u64
 }
 
@@ -75,7 +79,9 @@ pub unsafe fn xsetbv(xcr: u32, value: u64) {
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDTSC is allowed at CPL 0.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (hi as u64) << 32 | lo as u64
 }
 
@@ -83,7 +89,9 @@ pub fn rdtsc() -> u64 {
 /// Port I/O reaches hardware; the port must be one L0 owns or means to touch.
 pub unsafe fn outb(port: u16, v: u8) {
     // SAFETY: guaranteed by the caller.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// # Safety
@@ -91,7 +99,9 @@ pub unsafe fn outb(port: u16, v: u8) {
 pub unsafe fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: guaranteed by the caller.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -103,9 +113,15 @@ pub unsafe fn out_sized(port: u16, size: u8, v: u32) {
     // SAFETY: guaranteed by the caller.
     unsafe {
         match size {
-            1 => asm!("out dx, al", in("dx") port, in("al") v as u8, options(nomem, nostack, preserves_flags)),
-            2 => asm!("out dx, ax", in("dx") port, in("ax") v as u16, options(nomem, nostack, preserves_flags)),
-            _ => asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags)),
+            1 => {
+                asm!("out dx, al", in("dx") port, in("al") v as u8, options(nomem, nostack, preserves_flags))
+            }
+            2 => {
+                asm!("out dx, ax", in("dx") port, in("ax") v as u16, options(nomem, nostack, preserves_flags))
+            }
+            _ => {
+                asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags))
+            }
         }
     }
 }
@@ -129,7 +145,9 @@ pub unsafe fn in_sized(port: u16, size: u8) -> u32 {
                 asm!("in ax, dx", in("dx") port, out("ax") w, options(nomem, nostack, preserves_flags));
                 v = w as u32;
             }
-            _ => asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)),
+            _ => {
+                asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+            }
         }
     }
     v
@@ -322,7 +340,9 @@ pub fn rdseed64() -> Option<u64> {
     (0..10).find_map(|_| {
         let (v, ok): (u64, u8);
         // SAFETY: RDSEED exists (checked); CF says whether it delivered.
-        unsafe { asm!("rdseed {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack)) };
+        unsafe {
+            asm!("rdseed {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack))
+        };
         (ok != 0).then_some(v)
     })
 }
@@ -335,7 +355,9 @@ pub fn rdrand64() -> Option<u64> {
     (0..10).find_map(|_| {
         let (v, ok): (u64, u8);
         // SAFETY: RDRAND exists (checked); CF says whether it delivered.
-        unsafe { asm!("rdrand {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack)) };
+        unsafe {
+            asm!("rdrand {}", "setc {}", out(reg) v, out(reg_byte) ok, options(nomem, nostack))
+        };
         (ok != 0).then_some(v)
     })
 }

@@ -129,6 +129,8 @@ pub unsafe fn run(regs: &mut GuestRegs, launched: bool) -> Result<(), VmxError> 
         0 => Ok(()),
         1 => Err(VmxError::FailInvalid),
         // SAFETY: VMfailValid leaves a current VMCS.
-        _ => Err(VmxError::FailValid(unsafe { super::vmx::vmread(0x4400) }.unwrap_or(0) as u32)),
+        _ => Err(VmxError::FailValid(
+            unsafe { super::vmx::vmread(0x4400) }.unwrap_or(0) as u32,
+        )),
     }
 }

@@ -40,7 +40,6 @@ static mut TSS: Tss = Tss {
 static mut GDT: [u64; 5] = [0; 5];
 static mut IDT: [[u64; 2]; 32] = [[0; 2]; 32];
 
-
 fn stack_top(s: *mut Stack) -> u64 {
     s as u64 + size_of::<Stack>() as u64
 }
@@ -51,7 +50,13 @@ fn stack_top(s: *mut Stack) -> u64 {
 /// Call once, on the boot CPU, before anything relies on the tables.
 pub unsafe fn init() {
     // SAFETY: single-threaded boot; nothing else references these statics yet.
-    let (tss, gdt, idt) = unsafe { (&mut *addr_of_mut!(TSS), &mut *addr_of_mut!(GDT), &mut *addr_of_mut!(IDT)) };
+    let (tss, gdt, idt) = unsafe {
+        (
+            &mut *addr_of_mut!(TSS),
+            &mut *addr_of_mut!(GDT),
+            &mut *addr_of_mut!(IDT),
+        )
+    };
     tss.ist[0] = stack_top(addr_of_mut!(DOUBLE_FAULT_STACK));
     tss.ist[1] = stack_top(addr_of_mut!(NMI_STACK));
     let tss_base = tss_base();
@@ -60,7 +65,11 @@ pub unsafe fn init() {
         0,
         0x00af_9a00_0000_ffff, // 64-bit code, present, DPL 0
         0x00cf_9200_0000_ffff, // data, present, writable
-        (limit & 0xffff) | (tss_base & 0xff_ffff) << 16 | 0x89 << 40 | ((limit >> 16) & 0xf) << 48 | (tss_base >> 24 & 0xff) << 56,
+        (limit & 0xffff)
+            | (tss_base & 0xff_ffff) << 16
+            | 0x89 << 40
+            | ((limit >> 16) & 0xf) << 48
+            | (tss_base >> 24 & 0xff) << 56,
         tss_base >> 32,
     ];
     // NMI and double fault on their own stacks.
@@ -71,8 +80,17 @@ pub unsafe fn init() {
     });
     // SAFETY: the tables are 'static and well-formed; selectors match them.
     unsafe {
-        cpu::load_gdt(gdt.as_ptr() as u64, (size_of::<[u64; 5]>() - 1) as u16, CODE_SELECTOR, DATA_SELECTOR, TSS_SELECTOR);
-        cpu::load_idt(idt.as_ptr() as u64, (size_of::<[[u64; 2]; 32]>() - 1) as u16);
+        cpu::load_gdt(
+            gdt.as_ptr() as u64,
+            (size_of::<[u64; 5]>() - 1) as u16,
+            CODE_SELECTOR,
+            DATA_SELECTOR,
+            TSS_SELECTOR,
+        );
+        cpu::load_idt(
+            idt.as_ptr() as u64,
+            (size_of::<[[u64; 2]; 32]>() - 1) as u16,
+        );
     }
 }
 
@@ -80,6 +98,5 @@ pub unsafe fn init() {
 pub fn tss_base() -> u64 {
     addr_of!(TSS) as u64
 }
-
 
 pub use boot::exceptions::ExceptionFrame;

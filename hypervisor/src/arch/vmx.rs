@@ -12,7 +12,9 @@ fn result(cf: u8, zf: u8) -> Result<(), VmxError> {
         Err(VmxError::FailInvalid)
     } else if zf != 0 {
         // SAFETY: ZF=1 means there is a current VMCS holding the error number.
-        Err(VmxError::FailValid(unsafe { vmread(0x4400) }.unwrap_or(0) as u32))
+        Err(VmxError::FailValid(
+            unsafe { vmread(0x4400) }.unwrap_or(0) as u32
+        ))
     } else {
         Ok(())
     }
@@ -51,7 +53,9 @@ vmx_mem_op!(/// Makes the VMCS at `phys` current.
 pub unsafe fn vmxoff() -> Result<(), VmxError> {
     let (cf, zf): (u8, u8);
     // SAFETY: guaranteed by the caller.
-    unsafe { asm!("vmxoff", "setc {}", "setz {}", out(reg_byte) cf, out(reg_byte) zf, options(nostack)) };
+    unsafe {
+        asm!("vmxoff", "setc {}", "setz {}", out(reg_byte) cf, out(reg_byte) zf, options(nostack))
+    };
     result(cf, zf)
 }
 

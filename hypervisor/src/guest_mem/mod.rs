@@ -101,10 +101,16 @@ pub mod fake {
 
     impl VecMemory {
         pub fn new(base: u64, len: usize) -> Self {
-            VecMemory { base, bytes: vec![0; len] }
+            VecMemory {
+                base,
+                bytes: vec![0; len],
+            }
         }
         fn slot(&self, gpa: u64, len: usize) -> Result<usize, MemError> {
-            let err = MemError::NotRam { gpa, len: len as u64 };
+            let err = MemError::NotRam {
+                gpa,
+                len: len as u64,
+            };
             let off = gpa.checked_sub(self.base).ok_or(err)? as usize;
             match off.checked_add(len) {
                 Some(end) if end <= self.bytes.len() => Ok(off),

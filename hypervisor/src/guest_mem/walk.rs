@@ -96,7 +96,8 @@ pub fn mode(r: &PagingRegs) -> Mode {
 fn read_entry(mem: &impl GuestMemory, gpa: u64, wide: bool) -> Result<u64, WalkError> {
     let mut b = [0u8; 8];
     let n = if wide { 8 } else { 4 };
-    mem.read(gpa, &mut b[..n]).map_err(|_| WalkError::TableNotRam { gpa })?;
+    mem.read(gpa, &mut b[..n])
+        .map_err(|_| WalkError::TableNotRam { gpa })?;
     Ok(u64::from_le_bytes(b))
 }
 
@@ -109,17 +110,34 @@ pub struct Translation {
 }
 
 /// Translates `gva` for `access`.
-pub fn translate(mem: &impl GuestMemory, r: &PagingRegs, gva: u64, a: Access) -> Result<Translation, WalkError> {
+pub fn translate(
+    mem: &impl GuestMemory,
+    r: &PagingRegs,
+    gva: u64,
+    a: Access,
+) -> Result<Translation, WalkError> {
     let m = mode(r);
     if m == Mode::Off {
-        return Ok(Translation { gpa: gva & 0xffff_ffff, page_remaining: 0x1000 - (gva & 0xfff) });
+        return Ok(Translation {
+            gpa: gva & 0xffff_ffff,
+            page_remaining: 0x1000 - (gva & 0xfff),
+        });
     }
     let addr_mask = ((1u64 << r.maxphyaddr) - 1) & !0xfff;
     let nxe = r.efer & EFER_NXE != 0;
     // Reserved bits in 64-bit entries: above MAXPHYADDR, and XD without NXE.
-    let rsvd_hi = !((1u64 << r.maxphyaddr) - 1) & !XD & 0x000f_ffff_ffff_ffff | if nxe { 0 } else { XD };
-    let base_code = if a.write { pfec::WRITE } else { 0 } | if a.user { pfec::USER } else { 0 } | if a.fetch && (nxe || r.cr4 & CR4_SMEP != 0) { pfec::FETCH } else { 0 };
-    let fault = |extra: u32| WalkError::PageFault { error_code: base_code | extra };
+    let rsvd_hi =
+        !((1u64 << r.maxphyaddr) - 1) & !XD & 0x000f_ffff_ffff_ffff | if nxe { 0 } else { XD };
+    let base_code = if a.write { pfec::WRITE } else { 0 }
+        | if a.user { pfec::USER } else { 0 }
+        | if a.fetch && (nxe || r.cr4 & CR4_SMEP != 0) {
+            pfec::FETCH
+        } else {
+            0
+        };
+    let fault = |extra: u32| WalkError::PageFault {
+        error_code: base_code | extra,
+    };
 
     // Accumulated rights along the walk: writable, user, executable.
     let (mut w, mut u, mut x) = (true, true, true);
@@ -140,7 +158,11 @@ pub fn translate(mem: &impl GuestMemory, r: &PagingRegs, gva: u64, a: Access) ->
         Mode::Off => unreachable!(),
     };
     for level in (1..=levels).rev() {
-        let (shift, idx_mask) = if wide { (12 + 9 * (level - 1), 0x1ff) } else { (12 + 10 * (level - 1), 0x3ff) };
+        let (shift, idx_mask) = if wide {
+            (12 + 9 * (level - 1), 0x1ff)
+        } else {
+            (12 + 10 * (level - 1), 0x3ff)
+        };
         let esize = if wide { 8 } else { 4 };
         let e = read_entry(mem, table + ((gva >> shift) & idx_mask) * esize, wide)?;
         if e & P == 0 {
@@ -174,7 +196,10 @@ pub fn translate(mem: &impl GuestMemory, r: &PagingRegs, gva: u64, a: Access) ->
             };
             check_rights(r, a, w, u, x).map_err(|_| fault(pfec::PRESENT))?;
             let off = gva & (page - 1);
-            return Ok(Translation { gpa: base + off, page_remaining: page - off });
+            return Ok(Translation {
+                gpa: base + off,
+                page_remaining: page - off,
+            });
         }
         table = if wide { e & addr_mask } else { e & 0xffff_f000 };
     }
@@ -211,14 +236,23 @@ pub struct VirtFault {
 }
 
 /// Reads `buf.len()` bytes at `gva`, page by page.
-pub fn read_virt(mem: &impl GuestMemory, r: &PagingRegs, gva: u64, buf: &mut [u8], a: Access) -> Result<(), VirtFault> {
+pub fn read_virt(
+    mem: &impl GuestMemory,
+    r: &PagingRegs,
+    gva: u64,
+    buf: &mut [u8],
+    a: Access,
+) -> Result<(), VirtFault> {
     let mut done = 0;
     while done < buf.len() {
         let at = gva.wrapping_add(done as u64);
         let t = translate(mem, r, at, a).map_err(|error| VirtFault { error, address: at })?;
         let n = (t.page_remaining as usize).min(buf.len() - done);
         mem.read(t.gpa, &mut buf[done..done + n])
-            .map_err(|_| VirtFault { error: WalkError::TableNotRam { gpa: t.gpa }, address: at })?;
+            .map_err(|_| VirtFault {
+                error: WalkError::TableNotRam { gpa: t.gpa },
+                address: at,
+            })?;
         done += n;
     }
     Ok(())
@@ -226,7 +260,13 @@ pub fn read_virt(mem: &impl GuestMemory, r: &PagingRegs, gva: u64, buf: &mut [u8
 
 /// Writes `data` at `gva`, page by page. Every page is translated and
 /// checked before the first byte is written: a fault leaves memory unchanged.
-pub fn write_virt(mem: &mut impl GuestMemory, r: &PagingRegs, gva: u64, data: &[u8], a: Access) -> Result<(), VirtFault> {
+pub fn write_virt(
+    mem: &mut impl GuestMemory,
+    r: &PagingRegs,
+    gva: u64,
+    data: &[u8],
+    a: Access,
+) -> Result<(), VirtFault> {
     let a = Access { write: true, ..a };
     for write in [false, true] {
         let mut done = 0;
@@ -234,9 +274,13 @@ pub fn write_virt(mem: &mut impl GuestMemory, r: &PagingRegs, gva: u64, data: &[
             let at = gva.wrapping_add(done as u64);
             let t = translate(mem, r, at, a).map_err(|error| VirtFault { error, address: at })?;
             let n = (t.page_remaining as usize).min(data.len() - done);
-            let not_ram = VirtFault { error: WalkError::TableNotRam { gpa: t.gpa }, address: at };
+            let not_ram = VirtFault {
+                error: WalkError::TableNotRam { gpa: t.gpa },
+                address: at,
+            };
             if write {
-                mem.write(t.gpa, &data[done..done + n]).map_err(|_| not_ram)?;
+                mem.write(t.gpa, &data[done..done + n])
+                    .map_err(|_| not_ram)?;
             } else if !mem.is_ram(t.gpa, n as u64) {
                 return Err(not_ram);
             }
@@ -251,7 +295,12 @@ mod tests {
     use super::*;
     use crate::guest_mem::fake::VecMemory;
 
-    const SUP_READ: Access = Access { write: false, fetch: false, user: false, ac: false };
+    const SUP_READ: Access = Access {
+        write: false,
+        fetch: false,
+        user: false,
+        ac: false,
+    };
 
     fn put(m: &mut VecMemory, gpa: u64, v: u64) {
         m.write(gpa, &v.to_le_bytes()).unwrap();
@@ -284,36 +333,85 @@ mod tests {
         let (m, r) = four_level();
         assert_eq!(mode(&r), Mode::Level4);
         let t = translate(&m, &r, 0x40_0123, SUP_READ).unwrap();
-        assert_eq!(t, Translation { gpa: 0x20_0123, page_remaining: 0x1000 - 0x123 });
+        assert_eq!(
+            t,
+            Translation {
+                gpa: 0x20_0123,
+                page_remaining: 0x1000 - 0x123
+            }
+        );
         let t = translate(&m, &r, 0x8012_3456, SUP_READ).unwrap();
         assert_eq!(t.gpa, 0x72_3456);
         assert_eq!(t.page_remaining, 0x20_0000 - 0x12_3456);
-        assert_eq!(translate(&m, &r, 0x40_2000, SUP_READ), Err(WalkError::PageFault { error_code: 0 }));
+        assert_eq!(
+            translate(&m, &r, 0x40_2000, SUP_READ),
+            Err(WalkError::PageFault { error_code: 0 })
+        );
     }
 
     #[test]
     fn rights() {
         let (m, r) = four_level();
-        let user_read = Access { user: true, ..SUP_READ };
-        let user_write = Access { user: true, write: true, ..SUP_READ };
-        assert_eq!(translate(&m, &r, 0x40_0000, user_read), Err(WalkError::PageFault { error_code: pfec::PRESENT | pfec::USER }));
+        let user_read = Access {
+            user: true,
+            ..SUP_READ
+        };
+        let user_write = Access {
+            user: true,
+            write: true,
+            ..SUP_READ
+        };
+        assert_eq!(
+            translate(&m, &r, 0x40_0000, user_read),
+            Err(WalkError::PageFault {
+                error_code: pfec::PRESENT | pfec::USER
+            })
+        );
         assert!(translate(&m, &r, 0x40_1000, user_read).is_ok());
         assert_eq!(
             translate(&m, &r, 0x40_1000, user_write),
-            Err(WalkError::PageFault { error_code: pfec::PRESENT | pfec::USER | pfec::WRITE })
+            Err(WalkError::PageFault {
+                error_code: pfec::PRESENT | pfec::USER | pfec::WRITE
+            })
         );
         // Supervisor write to a read-only page: faults only with CR0.WP.
-        let sup_write = Access { write: true, ..SUP_READ };
+        let sup_write = Access {
+            write: true,
+            ..SUP_READ
+        };
         assert!(translate(&m, &r, 0x40_1000, sup_write).is_err());
-        let no_wp = PagingRegs { cr0: r.cr0 & !CR0_WP, ..r };
+        let no_wp = PagingRegs {
+            cr0: r.cr0 & !CR0_WP,
+            ..r
+        };
         assert!(translate(&m, &no_wp, 0x40_1000, sup_write).is_ok());
         // No-execute.
-        let fetch = Access { fetch: true, ..SUP_READ };
-        assert_eq!(translate(&m, &r, 0x40_1000, fetch), Err(WalkError::PageFault { error_code: pfec::PRESENT | pfec::FETCH }));
+        let fetch = Access {
+            fetch: true,
+            ..SUP_READ
+        };
+        assert_eq!(
+            translate(&m, &r, 0x40_1000, fetch),
+            Err(WalkError::PageFault {
+                error_code: pfec::PRESENT | pfec::FETCH
+            })
+        );
         // SMAP: supervisor data access to a user page, unless RFLAGS.AC.
-        let smap = PagingRegs { cr4: r.cr4 | CR4_SMAP, ..r };
+        let smap = PagingRegs {
+            cr4: r.cr4 | CR4_SMAP,
+            ..r
+        };
         assert!(translate(&m, &smap, 0x40_1000, SUP_READ).is_err());
-        assert!(translate(&m, &smap, 0x40_1000, Access { ac: true, ..SUP_READ }).is_ok());
+        assert!(translate(
+            &m,
+            &smap,
+            0x40_1000,
+            Access {
+                ac: true,
+                ..SUP_READ
+            }
+        )
+        .is_ok());
     }
 
     #[test]
@@ -322,12 +420,19 @@ mod tests {
         put(&mut m, 0x4000 + 16, (1 << 45) | 0x30_0000 | P); // beyond MAXPHYADDR 39
         assert_eq!(
             translate(&m, &r, 0x40_2000, SUP_READ),
-            Err(WalkError::PageFault { error_code: pfec::PRESENT | pfec::RSVD })
+            Err(WalkError::PageFault {
+                error_code: pfec::PRESENT | pfec::RSVD
+            })
         );
-        let no_nx = PagingRegs { efer: r.efer & !EFER_NXE, ..r };
+        let no_nx = PagingRegs {
+            efer: r.efer & !EFER_NXE,
+            ..r
+        };
         assert_eq!(
             translate(&m, &no_nx, 0x40_1000, SUP_READ),
-            Err(WalkError::PageFault { error_code: pfec::PRESENT | pfec::RSVD })
+            Err(WalkError::PageFault {
+                error_code: pfec::PRESENT | pfec::RSVD
+            })
         );
     }
 
@@ -335,9 +440,16 @@ mod tests {
     fn five_level() {
         let (mut m, r) = four_level();
         put(&mut m, 0x9000, 0x1000 | P | RW | US); // PML5[0] -> the PML4
-        let r5 = PagingRegs { cr3: 0x9000, cr4: r.cr4 | CR4_LA57, ..r };
+        let r5 = PagingRegs {
+            cr3: 0x9000,
+            cr4: r.cr4 | CR4_LA57,
+            ..r
+        };
         assert_eq!(mode(&r5), Mode::Level5);
-        assert_eq!(translate(&m, &r5, 0x40_0123, SUP_READ).unwrap().gpa, 0x20_0123);
+        assert_eq!(
+            translate(&m, &r5, 0x40_0123, SUP_READ).unwrap().gpa,
+            0x20_0123
+        );
     }
 
     #[test]
@@ -347,7 +459,11 @@ mod tests {
         let t = translate(&m, &r, 0xc123_4567, SUP_READ).unwrap();
         assert_eq!(t.gpa, 0x4123_4567);
         // Low address bits of a 1 GiB page set: reserved.
-        put(&mut m, 0x2000 + 3 * 8, 0x4000_0000 | 0x20_0000 | P | RW | PS);
+        put(
+            &mut m,
+            0x2000 + 3 * 8,
+            0x4000_0000 | 0x20_0000 | P | RW | PS,
+        );
         assert!(translate(&m, &r, 0xc000_0000, SUP_READ).is_err());
     }
 
@@ -357,32 +473,70 @@ mod tests {
         // PAE: PDPTE[1] -> PD at 0x3000, PD[0] -> PT at 0x4000, PT[5] -> 0x80_5000.
         put(&mut m, 0x3000, 0x4000 | P | RW);
         put(&mut m, 0x4000 + 5 * 8, 0x80_5000 | P | RW);
-        let r = PagingRegs { cr0: CR0_PG | 1, cr3: 0x2000, cr4: CR4_PAE, efer: 0, pdptes: [0, 0x3000 | P, 0, 0], maxphyaddr: 36 };
+        let r = PagingRegs {
+            cr0: CR0_PG | 1,
+            cr3: 0x2000,
+            cr4: CR4_PAE,
+            efer: 0,
+            pdptes: [0, 0x3000 | P, 0, 0],
+            maxphyaddr: 36,
+        };
         assert_eq!(mode(&r), Mode::Pae);
-        assert_eq!(translate(&m, &r, 0x4000_5010, SUP_READ).unwrap().gpa, 0x80_5010);
+        assert_eq!(
+            translate(&m, &r, 0x4000_5010, SUP_READ).unwrap().gpa,
+            0x80_5010
+        );
         assert!(translate(&m, &r, 0x0000_5010, SUP_READ).is_err());
         // 32-bit paging with a 4 MiB page and a 4 KiB page.
         let mut m = VecMemory::new(0, 0x100_0000);
-        m.write(0x1000 + 4, &((0x0040_0000u32 | 0x83).to_le_bytes())).unwrap(); // PDE[1]: 4 MiB
-        m.write(0x1000 + 8, &((0x5000u32 | 3).to_le_bytes())).unwrap(); // PDE[2] -> PT
-        m.write(0x5000 + 4, &((0x9000u32 | 3).to_le_bytes())).unwrap();
-        let r = PagingRegs { cr0: CR0_PG | 1, cr3: 0x1000, cr4: CR4_PSE, efer: 0, pdptes: [0; 4], maxphyaddr: 36 };
-        assert_eq!(translate(&m, &r, 0x0045_6789, SUP_READ).unwrap().gpa, 0x45_6789);
-        assert_eq!(translate(&m, &r, 0x0080_1abc, SUP_READ).unwrap().gpa, 0x9abc);
+        m.write(0x1000 + 4, &((0x0040_0000u32 | 0x83).to_le_bytes()))
+            .unwrap(); // PDE[1]: 4 MiB
+        m.write(0x1000 + 8, &((0x5000u32 | 3).to_le_bytes()))
+            .unwrap(); // PDE[2] -> PT
+        m.write(0x5000 + 4, &((0x9000u32 | 3).to_le_bytes()))
+            .unwrap();
+        let r = PagingRegs {
+            cr0: CR0_PG | 1,
+            cr3: 0x1000,
+            cr4: CR4_PSE,
+            efer: 0,
+            pdptes: [0; 4],
+            maxphyaddr: 36,
+        };
+        assert_eq!(
+            translate(&m, &r, 0x0045_6789, SUP_READ).unwrap().gpa,
+            0x45_6789
+        );
+        assert_eq!(
+            translate(&m, &r, 0x0080_1abc, SUP_READ).unwrap().gpa,
+            0x9abc
+        );
     }
 
     #[test]
     fn paging_off_is_identity() {
         let m = VecMemory::new(0, 0x1000);
-        let r = PagingRegs { cr0: 1, ..Default::default() };
-        assert_eq!(translate(&m, &r, 0x1234_5678, SUP_READ).unwrap().gpa, 0x1234_5678);
+        let r = PagingRegs {
+            cr0: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            translate(&m, &r, 0x1234_5678, SUP_READ).unwrap().gpa,
+            0x1234_5678
+        );
     }
 
     #[test]
     fn tables_outside_ram() {
         let (m, r) = four_level();
-        let far = PagingRegs { cr3: 0x4000_0000, ..r };
-        assert_eq!(translate(&m, &far, 0, SUP_READ), Err(WalkError::TableNotRam { gpa: 0x4000_0000 }));
+        let far = PagingRegs {
+            cr3: 0x4000_0000,
+            ..r
+        };
+        assert_eq!(
+            translate(&m, &far, 0, SUP_READ),
+            Err(WalkError::TableNotRam { gpa: 0x4000_0000 })
+        );
     }
 
     #[test]

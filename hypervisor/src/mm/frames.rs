@@ -19,7 +19,9 @@ pub enum FrameError {
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Exhausted { frames } => write!(f, "L0's pool has no {frames} free contiguous frames"),
+            Self::Exhausted { frames } => {
+                write!(f, "L0's pool has no {frames} free contiguous frames")
+            }
             Self::BadFree(a) => write!(f, "freeing {a:#x}, which is not an allocated pool frame"),
         }
     }
@@ -49,7 +51,13 @@ impl FrameAllocator {
         for i in frames..bits.len() * 64 {
             bits[i / 64] |= 1 << (i % 64);
         }
-        FrameAllocator { base, frames, bits, free: frames, hint: 0 }
+        FrameAllocator {
+            base,
+            frames,
+            bits,
+            free: frames,
+            hint: 0,
+        }
     }
 
     pub fn base(&self) -> u64 {
@@ -155,7 +163,9 @@ mod tests {
         got.sort();
         got.dedup();
         assert_eq!(got.len(), 100);
-        assert!(got.iter().all(|&f| (0x1000_0000..0x1000_0000 + 100 * FRAME).contains(&f)));
+        assert!(got
+            .iter()
+            .all(|&f| (0x1000_0000..0x1000_0000 + 100 * FRAME).contains(&f)));
         assert_eq!(a.free_frames(), 0);
     }
 
@@ -179,7 +189,10 @@ mod tests {
         assert!(r > x);
         let r2 = a.alloc_contiguous(3, FRAME).unwrap();
         assert_eq!(r2, x + FRAME);
-        assert_eq!(a.alloc_contiguous(2000, FRAME), Err(FrameError::Exhausted { frames: 2000 }));
+        assert_eq!(
+            a.alloc_contiguous(2000, FRAME),
+            Err(FrameError::Exhausted { frames: 2000 })
+        );
         assert_eq!(a.free_frames(), 1024 - 20);
     }
 

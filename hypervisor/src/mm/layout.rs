@@ -26,7 +26,10 @@ pub enum MemType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayoutError {
     /// No free RAM below 4 GiB for a pool this large.
-    NoRoomForPool { size: u64, largest: u64 },
+    NoRoomForPool {
+        size: u64,
+        largest: u64,
+    },
     Capacity,
 }
 
@@ -89,10 +92,16 @@ impl FirmwareMemory {
         for r in occupied.iter() {
             free.remove(r.grow_to_pages())?;
         }
-        free.find_highest(size, POOL_ALIGN, FOUR_GIB).ok_or_else(|| LayoutError::NoRoomForPool {
-            size,
-            largest: free.iter().filter(|r| r.start < FOUR_GIB).map(|r| r.end.min(FOUR_GIB) - r.start).max().unwrap_or(0),
-        })
+        free.find_highest(size, POOL_ALIGN, FOUR_GIB)
+            .ok_or_else(|| LayoutError::NoRoomForPool {
+                size,
+                largest: free
+                    .iter()
+                    .filter(|r| r.start < FOUR_GIB)
+                    .map(|r| r.end.min(FOUR_GIB) - r.start)
+                    .max()
+                    .unwrap_or(0),
+            })
     }
 
     /// The address range EPT01 covers: all of RAM and the 32-bit MMIO hole,
@@ -134,13 +143,24 @@ pub fn l1_memory_map(map: impl Iterator<Item = MemoryRegion>, pool: Range) -> Ve
     let mut out = Vec::new();
     for r in map {
         let whole = Range::new(r.base, r.base.saturating_add(r.len));
-        for piece in [Range::new(whole.start, whole.end.min(pool.start)), Range::new(whole.start.max(pool.end), whole.end)] {
+        for piece in [
+            Range::new(whole.start, whole.end.min(pool.start)),
+            Range::new(whole.start.max(pool.end), whole.end),
+        ] {
             if !piece.is_empty() {
-                out.push(MemoryRegion { base: piece.start, len: piece.len(), kind: r.kind });
+                out.push(MemoryRegion {
+                    base: piece.start,
+                    len: piece.len(),
+                    kind: r.kind,
+                });
             }
         }
     }
-    out.push(MemoryRegion { base: pool.start, len: pool.len(), kind: 2 });
+    out.push(MemoryRegion {
+        base: pool.start,
+        len: pool.len(),
+        kind: 2,
+    });
     out.sort_by_key(|r| r.base);
     out
 }
@@ -151,12 +171,36 @@ mod tests {
 
     fn bochs() -> Vec<MemoryRegion> {
         vec![
-            MemoryRegion { base: 0, len: 0x9f000, kind: 1 },
-            MemoryRegion { base: 0x9f000, len: 0x1000, kind: 2 },
-            MemoryRegion { base: 0xe8000, len: 0x18000, kind: 2 },
-            MemoryRegion { base: 0x10_0000, len: 0x1fef_0000, kind: 1 },
-            MemoryRegion { base: 0x1fff_0000, len: 0x1_0000, kind: 3 },
-            MemoryRegion { base: 0xfffc_0000, len: 0x4_0000, kind: 2 },
+            MemoryRegion {
+                base: 0,
+                len: 0x9f000,
+                kind: 1,
+            },
+            MemoryRegion {
+                base: 0x9f000,
+                len: 0x1000,
+                kind: 2,
+            },
+            MemoryRegion {
+                base: 0xe8000,
+                len: 0x18000,
+                kind: 2,
+            },
+            MemoryRegion {
+                base: 0x10_0000,
+                len: 0x1fef_0000,
+                kind: 1,
+            },
+            MemoryRegion {
+                base: 0x1fff_0000,
+                len: 0x1_0000,
+                kind: 3,
+            },
+            MemoryRegion {
+                base: 0xfffc_0000,
+                len: 0x4_0000,
+                kind: 2,
+            },
         ]
     }
 
@@ -179,13 +223,19 @@ mod tests {
         let pool = fw.choose_pool(32 << 20, &occupied).unwrap();
         assert_eq!(pool.end, 0x1f00_0000);
         let e = fw.choose_pool(1 << 30, &RangeSet::new()).unwrap_err();
-        assert!(matches!(e, LayoutError::NoRoomForPool { size, largest } if size == 1 << 30 && largest == 0x1fef_0000));
+        assert!(
+            matches!(e, LayoutError::NoRoomForPool { size, largest } if size == 1 << 30 && largest == 0x1fef_0000)
+        );
     }
 
     #[test]
     fn conflicting_entries_are_not_ram() {
         let mut m = bochs();
-        m.push(MemoryRegion { base: 0x800_0000, len: 0x1000, kind: 2 });
+        m.push(MemoryRegion {
+            base: 0x800_0000,
+            len: 0x1000,
+            kind: 2,
+        });
         let fw = FirmwareMemory::new(m.into_iter()).unwrap();
         assert!(!fw.ram.contains(0x800_0000));
         assert!(fw.ram.contains(0x7ff_f000));
@@ -210,7 +260,10 @@ mod tests {
         }
         let mut expect = set(&[(0, 1 << 32)]);
         expect.remove(pool).unwrap();
-        assert_eq!(covered.iter().collect::<Vec<_>>(), expect.iter().collect::<Vec<_>>());
+        assert_eq!(
+            covered.iter().collect::<Vec<_>>(),
+            expect.iter().collect::<Vec<_>>()
+        );
         let kind_at = |a: u64| regions.iter().find(|(r, _)| r.contains(a)).map(|x| x.1);
         assert_eq!(kind_at(0x1000), Some(MemType::WriteBack));
         assert_eq!(kind_at(0x9f000), Some(MemType::Uncacheable));
@@ -225,9 +278,21 @@ mod tests {
         let pool = Range::new(0x1de0_0000, 0x1fe0_0000);
         let m = l1_memory_map(bochs().into_iter(), pool);
         assert!(m.windows(2).all(|w| w[0].base + w[0].len <= w[1].base));
-        assert!(m.contains(&MemoryRegion { base: 0x10_0000, len: 0x1de0_0000 - 0x10_0000, kind: 1 }));
-        assert!(m.contains(&MemoryRegion { base: 0x1de0_0000, len: 0x200_0000, kind: 2 }));
-        assert!(m.contains(&MemoryRegion { base: 0x1fe0_0000, len: 0x1fff_0000 - 0x1fe0_0000, kind: 1 }));
+        assert!(m.contains(&MemoryRegion {
+            base: 0x10_0000,
+            len: 0x1de0_0000 - 0x10_0000,
+            kind: 1
+        }));
+        assert!(m.contains(&MemoryRegion {
+            base: 0x1de0_0000,
+            len: 0x200_0000,
+            kind: 2
+        }));
+        assert!(m.contains(&MemoryRegion {
+            base: 0x1fe0_0000,
+            len: 0x1fff_0000 - 0x1fe0_0000,
+            kind: 1
+        }));
         let usable: u64 = m.iter().filter(|r| r.kind == 1).map(|r| r.len).sum();
         assert_eq!(usable, 0x9f000 + 0x1fef_0000 - 0x200_0000);
     }

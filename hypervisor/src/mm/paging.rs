@@ -144,7 +144,12 @@ fn map_one<M: TableMemory, F: Format>(
 }
 
 /// Walks the tables for `va`.
-pub fn translate<M: TableMemory, F: Format>(mem: &mut M, fmt: &F, root: u64, va: u64) -> Option<Leaf> {
+pub fn translate<M: TableMemory, F: Format>(
+    mem: &mut M,
+    fmt: &F,
+    root: u64,
+    va: u64,
+) -> Option<Leaf> {
     let mut table = root;
     for level in (1..=4).rev() {
         let e = mem.table(table)[index(va, level)];
@@ -159,7 +164,11 @@ pub fn translate<M: TableMemory, F: Format>(mem: &mut M, fmt: &F, root: u64, va:
         };
         if let Some(size) = size {
             let base = e & ADDR_MASK & !(size.bytes() - 1);
-            return Some(Leaf { entry: e, size, pa: base + (va & (size.bytes() - 1)) });
+            return Some(Leaf {
+                entry: e,
+                size,
+                pa: base + (va & (size.bytes() - 1)),
+            });
         }
         table = e & ADDR_MASK;
     }
@@ -249,14 +258,28 @@ pub mod tests {
         }
     }
 
-    const RW: PageAttr = PageAttr { writable: true, executable: false, uncached: false };
+    const RW: PageAttr = PageAttr {
+        writable: true,
+        executable: false,
+        uncached: false,
+    };
 
     #[test]
     fn picks_largest_pages_alignment_allows() {
         let mut m = FakeTables::default();
         let root = m.new_root();
         // 4K..2M in 4K pages, 2M..1G in 2M pages, 1G..2G one 1G page, then 4K tail.
-        map(&mut m, &Ia32e, root, 0x1000, 0x1000, (2 << 30) + 0x1000 - 0x1000, RW, PageSize::Size1G).unwrap();
+        map(
+            &mut m,
+            &Ia32e,
+            root,
+            0x1000,
+            0x1000,
+            (2 << 30) + 0x1000 - 0x1000,
+            RW,
+            PageSize::Size1G,
+        )
+        .unwrap();
         let l = translate(&mut m, &Ia32e, root, 0x5123).unwrap();
         assert_eq!((l.size, l.pa), (PageSize::Size4K, 0x5123));
         let l = translate(&mut m, &Ia32e, root, 0x40_0123).unwrap();
@@ -275,7 +298,17 @@ pub mod tests {
         let mut m = FakeTables::default();
         let root = m.new_root();
         let va = 0xffff_ffff_8010_0000;
-        map(&mut m, &Ia32e, root, va, 0x1c00_0000, 0x40_0000, RW, PageSize::Size4K).unwrap();
+        map(
+            &mut m,
+            &Ia32e,
+            root,
+            va,
+            0x1c00_0000,
+            0x40_0000,
+            RW,
+            PageSize::Size4K,
+        )
+        .unwrap();
         let l = translate(&mut m, &Ia32e, root, va + 0x20_0010).unwrap();
         assert_eq!((l.size, l.pa), (PageSize::Size4K, 0x1c20_0010));
     }
@@ -285,14 +318,44 @@ pub mod tests {
         let mut m = FakeTables::default();
         let root = m.new_root();
         map(&mut m, &Ia32e, root, 0, 0, 0x20_0000, RW, PageSize::Size2M).unwrap();
-        assert_eq!(map(&mut m, &Ia32e, root, 0x1000, 0, 0x1000, RW, PageSize::Size4K), Err(MapError::AlreadyMapped(0x1000)));
-        assert_eq!(map(&mut m, &Ia32e, root, 0x20_0800, 0, 0x1000, RW, PageSize::Size4K), Err(MapError::Misaligned(0x20_0800)));
+        assert_eq!(
+            map(
+                &mut m,
+                &Ia32e,
+                root,
+                0x1000,
+                0,
+                0x1000,
+                RW,
+                PageSize::Size4K
+            ),
+            Err(MapError::AlreadyMapped(0x1000))
+        );
+        assert_eq!(
+            map(
+                &mut m,
+                &Ia32e,
+                root,
+                0x20_0800,
+                0,
+                0x1000,
+                RW,
+                PageSize::Size4K
+            ),
+            Err(MapError::Misaligned(0x20_0800))
+        );
     }
 
     #[test]
     fn reports_out_of_memory() {
-        let mut m = FakeTables { limit: Some(3), ..Default::default() };
+        let mut m = FakeTables {
+            limit: Some(3),
+            ..Default::default()
+        };
         let root = m.new_root();
-        assert_eq!(map(&mut m, &Ia32e, root, 0, 0, 0x1000, RW, PageSize::Size4K), Err(MapError::OutOfMemory));
+        assert_eq!(
+            map(&mut m, &Ia32e, root, 0, 0, 0x1000, RW, PageSize::Size4K),
+            Err(MapError::OutOfMemory)
+        );
     }
 }

@@ -4,10 +4,11 @@
 
 use crate::vmx::caps::{entry, exit, pin, primary, secondary, Control, VmxCaps};
 use crate::vmx::caps::{
-    IA32_VMX_BASIC, IA32_VMX_CR0_FIXED0, IA32_VMX_CR0_FIXED1, IA32_VMX_CR4_FIXED0, IA32_VMX_CR4_FIXED1,
-    IA32_VMX_ENTRY_CTLS, IA32_VMX_EPT_VPID_CAP, IA32_VMX_EXIT_CTLS, IA32_VMX_MISC, IA32_VMX_PINBASED_CTLS,
-    IA32_VMX_PROCBASED_CTLS, IA32_VMX_PROCBASED_CTLS2, IA32_VMX_TRUE_ENTRY_CTLS, IA32_VMX_TRUE_EXIT_CTLS,
-    IA32_VMX_TRUE_PINBASED_CTLS, IA32_VMX_TRUE_PROCBASED_CTLS, IA32_VMX_VMCS_ENUM,
+    IA32_VMX_BASIC, IA32_VMX_CR0_FIXED0, IA32_VMX_CR0_FIXED1, IA32_VMX_CR4_FIXED0,
+    IA32_VMX_CR4_FIXED1, IA32_VMX_ENTRY_CTLS, IA32_VMX_EPT_VPID_CAP, IA32_VMX_EXIT_CTLS,
+    IA32_VMX_MISC, IA32_VMX_PINBASED_CTLS, IA32_VMX_PROCBASED_CTLS, IA32_VMX_PROCBASED_CTLS2,
+    IA32_VMX_TRUE_ENTRY_CTLS, IA32_VMX_TRUE_EXIT_CTLS, IA32_VMX_TRUE_PINBASED_CTLS,
+    IA32_VMX_TRUE_PROCBASED_CTLS, IA32_VMX_VMCS_ENUM,
 };
 use crate::vmx::fields::Field;
 
@@ -15,7 +16,8 @@ use crate::vmx::fields::Field;
 pub const VMCS12_REVISION: u32 = 0x4c30;
 
 /// Controls L0 emulates for L2, per control word.
-const PIN: u32 = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::VIRTUAL_NMIS | pin::PREEMPTION_TIMER;
+const PIN: u32 =
+    pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::VIRTUAL_NMIS | pin::PREEMPTION_TIMER;
 /// Controls L0 emulates in software whether or not the CPU has them:
 /// posted-interrupt processing and IPI virtualization (nested/posted.rs),
 /// on top of the CPU's virtual-interrupt delivery.
@@ -69,7 +71,8 @@ const EXIT: u32 = exit::SAVE_DEBUG_CONTROLS
     | exit::SAVE_EFER
     | exit::LOAD_EFER
     | exit::SAVE_PREEMPTION_TIMER;
-const ENTRY: u32 = entry::LOAD_DEBUG_CONTROLS | entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
+const ENTRY: u32 =
+    entry::LOAD_DEBUG_CONTROLS | entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
 
 /// EPT/VPID capabilities L0 emulates (SDM A.10): execute-only, 4-level
 /// walks, UC and WB, 2 MiB and 1 GiB pages, INVEPT single/all-context,
@@ -129,15 +132,26 @@ const DEFAULT1_ENTRY: u32 = 0x11ff;
 
 impl NestedCaps {
     pub fn new(host: &VmxCaps) -> Self {
-        let max_index = Field::ALL.iter().map(|f| f.encoding().index()).max().unwrap_or(0);
+        let max_index = Field::ALL
+            .iter()
+            .map(|f| f.encoding().index())
+            .max()
+            .unwrap_or(0);
         let misc_keep = 0x1f | 1 << 5 | 1 << 30; // preemption-timer rate, LMA store, zero-length injection
         let cr3_targets = ((host.misc >> 16) & 0x1ff).min(4);
         // The software posting needs the CPU's virtual-interrupt delivery
         // (and APIC-register virtualization, for IPIs) below it.
         let host_may2 = (host.secondary >> 32) as u32;
-        let vid = host_may2 & (secondary::VIRTUAL_INTERRUPT_DELIVERY | secondary::APIC_REGISTER_VIRT)
+        let vid = host_may2
+            & (secondary::VIRTUAL_INTERRUPT_DELIVERY | secondary::APIC_REGISTER_VIRT)
             == secondary::VIRTUAL_INTERRUPT_DELIVERY | secondary::APIC_REGISTER_VIRT;
-        let soft = |word: u64, bits: u32| if vid { word | (bits as u64) << 32 } else { word };
+        let soft = |word: u64, bits: u32| {
+            if vid {
+                word | (bits as u64) << 32
+            } else {
+                word
+            }
+        };
         NestedCaps {
             basic: VMCS12_REVISION as u64
                 | 4096 << 32
@@ -167,7 +181,8 @@ impl NestedCaps {
         let with_default1 = |v: u64, d: u32| v | d as u64 | (d as u64) << 32;
         let has_secondary = (self.primary >> 32) & primary::ACTIVATE_SECONDARY as u64 != 0;
         let has_ept_vpid = has_secondary
-            && (self.secondary >> 32) & (secondary::ENABLE_EPT | secondary::ENABLE_VPID) as u64 != 0;
+            && (self.secondary >> 32) & (secondary::ENABLE_EPT | secondary::ENABLE_VPID) as u64
+                != 0;
         Some(match msr {
             IA32_VMX_BASIC => self.basic,
             IA32_VMX_PINBASED_CTLS => with_default1(self.pin, DEFAULT1_PIN),
@@ -182,7 +197,11 @@ impl NestedCaps {
             IA32_VMX_VMCS_ENUM => self.vmcs_enum,
             IA32_VMX_PROCBASED_CTLS2 if has_secondary => self.secondary,
             IA32_VMX_EPT_VPID_CAP if has_ept_vpid => self.ept_vpid,
-            IA32_VMX_PROCBASED_CTLS3 if (self.primary >> 32) & primary::ACTIVATE_TERTIARY as u64 != 0 => self.tertiary,
+            IA32_VMX_PROCBASED_CTLS3
+                if (self.primary >> 32) & primary::ACTIVATE_TERTIARY as u64 != 0 =>
+            {
+                self.tertiary
+            }
             IA32_VMX_TRUE_PINBASED_CTLS => self.pin,
             IA32_VMX_TRUE_PROCBASED_CTLS => self.primary,
             IA32_VMX_TRUE_EXIT_CTLS => self.exit,
@@ -257,10 +276,19 @@ pub mod tests {
         assert_eq!(m.msr(IA32_VMX_PROCBASED_CTLS3), None);
         assert!(n.allows(Control::Pin, pin::PREEMPTION_TIMER));
         // VMCS shadowing, PML, EPT-violation #VE, TSC scaling, VMFUNC: hidden.
-        for bit in [secondary::VMCS_SHADOWING, secondary::ENABLE_PML, secondary::EPT_VIOLATION_VE, secondary::TSC_SCALING, secondary::ENABLE_VMFUNC] {
+        for bit in [
+            secondary::VMCS_SHADOWING,
+            secondary::ENABLE_PML,
+            secondary::EPT_VIOLATION_VE,
+            secondary::TSC_SCALING,
+            secondary::ENABLE_VMFUNC,
+        ] {
             assert!(!n.allows(Control::Secondary, bit), "{bit:#x}");
         }
-        assert!(n.allows(Control::Secondary, secondary::ENABLE_EPT | secondary::UNRESTRICTED_GUEST | secondary::ENABLE_VPID));
+        assert!(n.allows(
+            Control::Secondary,
+            secondary::ENABLE_EPT | secondary::UNRESTRICTED_GUEST | secondary::ENABLE_VPID
+        ));
         assert_eq!(n.ept_vpid & (1 << 21), 0, "no EPT A/D");
         assert_ne!(n.ept_vpid & (1 << 25 | 1 << 26), 0);
         assert_eq!(n.misc & (1 << 29), 1 << 29);
@@ -297,6 +325,8 @@ pub mod tests {
     fn enum_covers_the_table() {
         let n = NestedCaps::new(&bochs());
         let max = (n.vmcs_enum >> 1) & 0x1ff;
-        assert!(Field::ALL.iter().all(|f| f.encoding().index() as u64 <= max));
+        assert!(Field::ALL
+            .iter()
+            .all(|f| f.encoding().index() as u64 <= max));
     }
 }

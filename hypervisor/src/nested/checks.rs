@@ -17,7 +17,10 @@ pub enum EntryFailure {
     /// VMfailValid with this error number (7: controls, 8: host state).
     Fail { error: u32, check: &'static str },
     /// VM-entry failure exit: basic reason 33 (guest state) with this qualification.
-    GuestState { qualification: u64, check: &'static str },
+    GuestState {
+        qualification: u64,
+        check: &'static str,
+    },
 }
 
 macro_rules! cc {
@@ -35,13 +38,22 @@ fn host(check: &'static str) -> EntryFailure {
     EntryFailure::Fail { error: 8, check }
 }
 fn guest(check: &'static str) -> EntryFailure {
-    EntryFailure::GuestState { qualification: 0, check }
+    EntryFailure::GuestState {
+        qualification: 0,
+        check,
+    }
 }
 fn link(check: &'static str) -> EntryFailure {
-    EntryFailure::GuestState { qualification: 4, check }
+    EntryFailure::GuestState {
+        qualification: 4,
+        check,
+    }
 }
 fn pdpte(check: &'static str) -> EntryFailure {
-    EntryFailure::GuestState { qualification: 2, check }
+    EntryFailure::GuestState {
+        qualification: 2,
+        check,
+    }
 }
 
 /// What the checks need to know beyond VMCS12.
@@ -87,14 +99,24 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     let caps = c.caps;
     let pinc = v.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
     let proc1 = v.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    let proc2 = if proc1 & primary::ACTIVATE_SECONDARY != 0 { v.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
+    let proc2 = if proc1 & primary::ACTIVATE_SECONDARY != 0 {
+        v.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
+    } else {
+        0
+    };
     let exitc = v.get(F::VM_EXIT_CONTROLS) as u32;
     let entryc = v.get(F::VM_ENTRY_CONTROLS) as u32;
 
     cc!(!caps.control_ok(Control::Pin, pinc), control);
     cc!(!caps.control_ok(Control::Primary, proc1), control);
-    cc!(proc1 & primary::ACTIVATE_SECONDARY != 0 && !caps.control_ok(Control::Secondary, proc2), control);
-    cc!(v.get(F::CR3_TARGET_COUNT) > (caps.misc >> 16) & 0x1ff, control);
+    cc!(
+        proc1 & primary::ACTIVATE_SECONDARY != 0 && !caps.control_ok(Control::Secondary, proc2),
+        control
+    );
+    cc!(
+        v.get(F::CR3_TARGET_COUNT) > (caps.misc >> 16) & 0x1ff,
+        control
+    );
     if proc1 & primary::USE_IO_BITMAPS != 0 {
         cc!(!c.addr_ok(v.get(F::IO_BITMAP_A), 4096, 4096), control);
         cc!(!c.addr_ok(v.get(F::IO_BITMAP_B), 4096, 4096), control);
@@ -104,12 +126,30 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     }
     let tpr_shadow = proc1 & primary::USE_TPR_SHADOW != 0;
     if tpr_shadow {
-        cc!(!c.addr_ok(v.get(F::VIRTUAL_APIC_PAGE_ADDR), 4096, 4096), control);
-        cc!(proc2 & secondary::VIRTUAL_INTERRUPT_DELIVERY == 0 && v.get(F::TPR_THRESHOLD) & !0xf != 0, control);
+        cc!(
+            !c.addr_ok(v.get(F::VIRTUAL_APIC_PAGE_ADDR), 4096, 4096),
+            control
+        );
+        cc!(
+            proc2 & secondary::VIRTUAL_INTERRUPT_DELIVERY == 0
+                && v.get(F::TPR_THRESHOLD) & !0xf != 0,
+            control
+        );
     } else {
-        cc!(proc2 & (secondary::VIRTUALIZE_X2APIC | secondary::APIC_REGISTER_VIRT | secondary::VIRTUAL_INTERRUPT_DELIVERY) != 0, control);
+        cc!(
+            proc2
+                & (secondary::VIRTUALIZE_X2APIC
+                    | secondary::APIC_REGISTER_VIRT
+                    | secondary::VIRTUAL_INTERRUPT_DELIVERY)
+                != 0,
+            control
+        );
     }
-    cc!(proc2 & secondary::VIRTUALIZE_X2APIC != 0 && proc2 & secondary::VIRTUALIZE_APIC_ACCESSES != 0, control);
+    cc!(
+        proc2 & secondary::VIRTUALIZE_X2APIC != 0
+            && proc2 & secondary::VIRTUALIZE_APIC_ACCESSES != 0,
+        control
+    );
     if pinc & pin::POSTED_INTERRUPTS != 0 {
         cc!(proc2 & secondary::VIRTUAL_INTERRUPT_DELIVERY == 0, control);
         cc!(exitc & exit::ACK_INTERRUPT_ON_EXIT == 0, control);
@@ -117,35 +157,71 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         let desc = v.get(F::POSTED_INTR_DESC_ADDR);
         cc!(desc % 64 != 0 || desc >> c.maxphyaddr != 0, control);
     }
-    let proc3 = if proc1 & primary::ACTIVATE_TERTIARY != 0 { v.get(F::TERTIARY_VM_EXEC_CONTROL) } else { 0 };
+    let proc3 = if proc1 & primary::ACTIVATE_TERTIARY != 0 {
+        v.get(F::TERTIARY_VM_EXEC_CONTROL)
+    } else {
+        0
+    };
     cc!(proc3 & !caps.tertiary != 0, control);
     if proc3 & super::caps::TERTIARY_IPI_VIRT != 0 {
         cc!(!tpr_shadow, control);
         let table = v.get(F::PID_POINTER_TABLE);
         cc!(table % 8 != 0 || table >> c.maxphyaddr != 0, control);
     }
-    cc!(proc2 & secondary::VIRTUAL_INTERRUPT_DELIVERY != 0 && pinc & pin::EXTERNAL_INTERRUPT_EXITING == 0, control);
-    cc!(pinc & pin::NMI_EXITING == 0 && pinc & pin::VIRTUAL_NMIS != 0, control);
-    cc!(pinc & pin::VIRTUAL_NMIS == 0 && proc1 & primary::NMI_WINDOW_EXITING != 0, control);
+    cc!(
+        proc2 & secondary::VIRTUAL_INTERRUPT_DELIVERY != 0
+            && pinc & pin::EXTERNAL_INTERRUPT_EXITING == 0,
+        control
+    );
+    cc!(
+        pinc & pin::NMI_EXITING == 0 && pinc & pin::VIRTUAL_NMIS != 0,
+        control
+    );
+    cc!(
+        pinc & pin::VIRTUAL_NMIS == 0 && proc1 & primary::NMI_WINDOW_EXITING != 0,
+        control
+    );
     if proc2 & secondary::VIRTUALIZE_APIC_ACCESSES != 0 {
         cc!(!c.addr_ok(v.get(F::APIC_ACCESS_ADDR), 4096, 4096), control);
     }
-    cc!(proc2 & secondary::ENABLE_VPID != 0 && v.get(F::VIRTUAL_PROCESSOR_ID) == 0, control);
-    cc!(proc2 & secondary::ENABLE_EPT != 0 && !eptp_valid(v.get(F::EPT_POINTER), caps, c.maxphyaddr), control);
-    cc!(proc2 & secondary::UNRESTRICTED_GUEST != 0 && proc2 & secondary::ENABLE_EPT == 0, control);
+    cc!(
+        proc2 & secondary::ENABLE_VPID != 0 && v.get(F::VIRTUAL_PROCESSOR_ID) == 0,
+        control
+    );
+    cc!(
+        proc2 & secondary::ENABLE_EPT != 0
+            && !eptp_valid(v.get(F::EPT_POINTER), caps, c.maxphyaddr),
+        control
+    );
+    cc!(
+        proc2 & secondary::UNRESTRICTED_GUEST != 0 && proc2 & secondary::ENABLE_EPT == 0,
+        control
+    );
 
     // VM-exit controls (SDM 27.2.1.2).
     cc!(!caps.control_ok(Control::Exit, exitc), control);
-    cc!(pinc & pin::PREEMPTION_TIMER == 0 && exitc & exit::SAVE_PREEMPTION_TIMER != 0, control);
-    for (count, addr) in [(F::VM_EXIT_MSR_STORE_COUNT, F::VM_EXIT_MSR_STORE_ADDR), (F::VM_EXIT_MSR_LOAD_COUNT, F::VM_EXIT_MSR_LOAD_ADDR)] {
+    cc!(
+        pinc & pin::PREEMPTION_TIMER == 0 && exitc & exit::SAVE_PREEMPTION_TIMER != 0,
+        control
+    );
+    for (count, addr) in [
+        (F::VM_EXIT_MSR_STORE_COUNT, F::VM_EXIT_MSR_STORE_ADDR),
+        (F::VM_EXIT_MSR_LOAD_COUNT, F::VM_EXIT_MSR_LOAD_ADDR),
+    ] {
         let n = v.get(count);
-        cc!(n > 512 || (n > 0 && !c.addr_ok(v.get(addr), 16, 16 * n)), control);
+        cc!(
+            n > 512 || (n > 0 && !c.addr_ok(v.get(addr), 16, 16 * n)),
+            control
+        );
     }
 
     // VM-entry controls (SDM 27.2.1.3).
     cc!(!caps.control_ok(Control::Entry, entryc), control);
     let n = v.get(F::VM_ENTRY_MSR_LOAD_COUNT);
-    cc!(n > 512 || (n > 0 && !c.addr_ok(v.get(F::VM_ENTRY_MSR_LOAD_ADDR), 16, 16 * n)), control);
+    cc!(
+        n > 512 || (n > 0 && !c.addr_ok(v.get(F::VM_ENTRY_MSR_LOAD_ADDR), 16, 16 * n)),
+        control
+    );
     check_entry_event(v, c)
 }
 
@@ -155,22 +231,39 @@ pub fn check_entry_event(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     let info = v.get(F::VM_ENTRY_INTR_INFO_FIELD) as u32;
     if info & (1 << 31) != 0 {
         let proc1 = v.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-        let proc2 = if proc1 & primary::ACTIVATE_SECONDARY != 0 { v.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
+        let proc2 = if proc1 & primary::ACTIVATE_SECONDARY != 0 {
+            v.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
+        } else {
+            0
+        };
         let vector = info as u8;
         let kind = ((info >> 8) & 7) as u8;
         let mtf = caps.allows(Control::Primary, primary::MONITOR_TRAP_FLAG);
         cc!(kind == 1, control);
         cc!(kind == event_type::OTHER && (!mtf || vector != 0), control);
         cc!(kind == event_type::NMI && vector != 2, control);
-        cc!(kind == event_type::HARDWARE_EXCEPTION && vector > 31, control);
+        cc!(
+            kind == event_type::HARDWARE_EXCEPTION && vector > 31,
+            control
+        );
         let protected = v.get(F::GUEST_CR0) & 1 != 0;
         let unrestricted = proc2 & secondary::UNRESTRICTED_GUEST != 0;
-        let wants_code = kind == event_type::HARDWARE_EXCEPTION && error_code_vector(vector) && (protected || !unrestricted);
+        let wants_code = kind == event_type::HARDWARE_EXCEPTION
+            && error_code_vector(vector)
+            && (protected || !unrestricted);
         let has_code = info & (1 << 11) != 0;
         cc!(has_code != wants_code, control);
         cc!(info & 0x7fff_f000 != 0, control);
-        cc!(has_code && v.get(F::VM_ENTRY_EXCEPTION_ERROR_CODE) & 0xffff_8000 != 0, control);
-        if matches!(kind, event_type::SOFTWARE_INTERRUPT | event_type::PRIV_SOFTWARE_EXCEPTION | event_type::SOFTWARE_EXCEPTION) {
+        cc!(
+            has_code && v.get(F::VM_ENTRY_EXCEPTION_ERROR_CODE) & 0xffff_8000 != 0,
+            control
+        );
+        if matches!(
+            kind,
+            event_type::SOFTWARE_INTERRUPT
+                | event_type::PRIV_SOFTWARE_EXCEPTION
+                | event_type::SOFTWARE_EXCEPTION
+        ) {
             let len = v.get(F::VM_ENTRY_INSTRUCTION_LEN);
             let zero_ok = caps.misc & (1 << 30) != 0;
             cc!(len > 15 || (len == 0 && !zero_ok), control);
@@ -185,24 +278,54 @@ pub fn check_host_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     let exitc = v.get(F::VM_EXIT_CONTROLS) as u32;
     let cr0 = v.get(F::HOST_CR0);
     let cr4 = v.get(F::HOST_CR4);
-    cc!(cr0 & caps.cr0_fixed0 != caps.cr0_fixed0 || cr0 & !caps.cr0_fixed1 != 0, host);
-    cc!(cr4 & caps.cr4_fixed0 != caps.cr4_fixed0 || cr4 & !caps.cr4_fixed1 != 0, host);
+    cc!(
+        cr0 & caps.cr0_fixed0 != caps.cr0_fixed0 || cr0 & !caps.cr0_fixed1 != 0,
+        host
+    );
+    cc!(
+        cr4 & caps.cr4_fixed0 != caps.cr4_fixed0 || cr4 & !caps.cr4_fixed1 != 0,
+        host
+    );
     cc!(v.get(F::HOST_CR3) >> c.maxphyaddr != 0, host);
-    cc!(!c.canonical(v.get(F::HOST_IA32_SYSENTER_ESP)) || !c.canonical(v.get(F::HOST_IA32_SYSENTER_EIP)), host);
-    cc!(exitc & exit::LOAD_PAT != 0 && !pat_ok(v.get(F::HOST_IA32_PAT)), host);
+    cc!(
+        !c.canonical(v.get(F::HOST_IA32_SYSENTER_ESP))
+            || !c.canonical(v.get(F::HOST_IA32_SYSENTER_EIP)),
+        host
+    );
+    cc!(
+        exitc & exit::LOAD_PAT != 0 && !pat_ok(v.get(F::HOST_IA32_PAT)),
+        host
+    );
     let long = exitc & exit::HOST_ADDRESS_SPACE_SIZE != 0;
     if exitc & exit::LOAD_EFER != 0 {
         let efer = v.get(F::HOST_IA32_EFER);
         cc!(efer & !EFER_VALID != 0, host);
-        cc!((efer & EFER_LMA != 0) != long || (efer & EFER_LME != 0) != long, host);
+        cc!(
+            (efer & EFER_LMA != 0) != long || (efer & EFER_LME != 0) != long,
+            host
+        );
     }
-    for f in [F::HOST_ES_SELECTOR, F::HOST_CS_SELECTOR, F::HOST_SS_SELECTOR, F::HOST_DS_SELECTOR, F::HOST_FS_SELECTOR, F::HOST_GS_SELECTOR, F::HOST_TR_SELECTOR] {
+    for f in [
+        F::HOST_ES_SELECTOR,
+        F::HOST_CS_SELECTOR,
+        F::HOST_SS_SELECTOR,
+        F::HOST_DS_SELECTOR,
+        F::HOST_FS_SELECTOR,
+        F::HOST_GS_SELECTOR,
+        F::HOST_TR_SELECTOR,
+    ] {
         cc!(v.get(f) & 7 != 0, host);
     }
     cc!(v.get(F::HOST_CS_SELECTOR) == 0, host);
     cc!(v.get(F::HOST_TR_SELECTOR) == 0, host);
     cc!(!long && v.get(F::HOST_SS_SELECTOR) == 0, host);
-    for f in [F::HOST_FS_BASE, F::HOST_GS_BASE, F::HOST_GDTR_BASE, F::HOST_IDTR_BASE, F::HOST_TR_BASE] {
+    for f in [
+        F::HOST_FS_BASE,
+        F::HOST_GS_BASE,
+        F::HOST_GDTR_BASE,
+        F::HOST_IDTR_BASE,
+        F::HOST_TR_BASE,
+    ] {
         cc!(!c.canonical(v.get(f)), host);
     }
     // SDM 27.2.3: the host address-space size follows L1's mode now.
@@ -211,7 +334,10 @@ pub fn check_host_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         cc!(cr4 & (1 << 5) == 0, host);
         cc!(!c.canonical(v.get(F::HOST_RIP)), host);
     } else {
-        cc!(v.get(F::VM_ENTRY_CONTROLS) as u32 & entry::IA32E_MODE_GUEST != 0, host);
+        cc!(
+            v.get(F::VM_ENTRY_CONTROLS) as u32 & entry::IA32E_MODE_GUEST != 0,
+            host
+        );
         cc!(cr4 & (1 << 17) != 0, host);
         cc!(v.get(F::HOST_RIP) >> 32 != 0, host);
     }
@@ -242,7 +368,11 @@ fn granularity_ok(limit: u64, ar: u64) -> bool {
 pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     let caps = c.caps;
     let proc1 = v.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    let proc2 = if proc1 & primary::ACTIVATE_SECONDARY != 0 { v.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
+    let proc2 = if proc1 & primary::ACTIVATE_SECONDARY != 0 {
+        v.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
+    } else {
+        0
+    };
     let entryc = v.get(F::VM_ENTRY_CONTROLS) as u32;
     let unrestricted = proc2 & secondary::UNRESTRICTED_GUEST != 0;
     let ia32e = entryc & entry::IA32E_MODE_GUEST != 0;
@@ -250,10 +380,17 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     // 27.3.1.1 control registers, debug registers, MSRs.
     let cr0 = v.get(F::GUEST_CR0);
     let cr4 = v.get(F::GUEST_CR4);
-    let fixed0 = if unrestricted { caps.cr0_fixed0 & !(1 | 1 << 31) } else { caps.cr0_fixed0 };
+    let fixed0 = if unrestricted {
+        caps.cr0_fixed0 & !(1 | 1 << 31)
+    } else {
+        caps.cr0_fixed0
+    };
     cc!(cr0 & fixed0 != fixed0 || cr0 & !caps.cr0_fixed1 != 0, guest);
     cc!(cr0 & (1 << 31) != 0 && cr0 & 1 == 0, guest);
-    cc!(cr4 & caps.cr4_fixed0 != caps.cr4_fixed0 || cr4 & !caps.cr4_fixed1 != 0, guest);
+    cc!(
+        cr4 & caps.cr4_fixed0 != caps.cr4_fixed0 || cr4 & !caps.cr4_fixed1 != 0,
+        guest
+    );
     if entryc & entry::LOAD_DEBUG_CONTROLS != 0 {
         cc!(v.get(F::GUEST_DR7) >> 32 != 0, guest);
     }
@@ -263,13 +400,22 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         cc!(cr4 & (1 << 17) != 0, guest);
     }
     cc!(v.get(F::GUEST_CR3) >> c.maxphyaddr != 0, guest);
-    cc!(!c.canonical(v.get(F::GUEST_SYSENTER_ESP)) || !c.canonical(v.get(F::GUEST_SYSENTER_EIP)), guest);
-    cc!(entryc & entry::LOAD_PAT != 0 && !pat_ok(v.get(F::GUEST_IA32_PAT)), guest);
+    cc!(
+        !c.canonical(v.get(F::GUEST_SYSENTER_ESP)) || !c.canonical(v.get(F::GUEST_SYSENTER_EIP)),
+        guest
+    );
+    cc!(
+        entryc & entry::LOAD_PAT != 0 && !pat_ok(v.get(F::GUEST_IA32_PAT)),
+        guest
+    );
     if entryc & entry::LOAD_EFER != 0 {
         let efer = v.get(F::GUEST_IA32_EFER);
         cc!(efer & !EFER_VALID != 0, guest);
         cc!((efer & EFER_LMA != 0) != ia32e, guest);
-        cc!(cr0 & (1 << 31) != 0 && (efer & EFER_LMA != 0) != (efer & EFER_LME != 0), guest);
+        cc!(
+            cr0 & (1 << 31) != 0 && (efer & EFER_LMA != 0) != (efer & EFER_LME != 0),
+            guest
+        );
     }
 
     // 27.3.1.2 segment registers.
@@ -280,25 +426,69 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     let (cs_ar, ss_ar) = (v.get(F::GUEST_CS_AR_BYTES), v.get(F::GUEST_SS_AR_BYTES));
     cc!(sel(F::GUEST_TR_SELECTOR) & 4 != 0, guest);
     let ldtr_ar = v.get(F::GUEST_LDTR_AR_BYTES);
-    cc!(ldtr_ar & AR_UNUSABLE == 0 && sel(F::GUEST_LDTR_SELECTOR) & 4 != 0, guest);
+    cc!(
+        ldtr_ar & AR_UNUSABLE == 0 && sel(F::GUEST_LDTR_SELECTOR) & 4 != 0,
+        guest
+    );
     cc!(!v86 && !unrestricted && ss_sel & 3 != cs_sel & 3, guest);
     let data_segs = [
-        (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES),
-        (F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES),
-        (F::GUEST_ES_SELECTOR, F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES),
-        (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES),
-        (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES),
+        (
+            F::GUEST_SS_SELECTOR,
+            F::GUEST_SS_BASE,
+            F::GUEST_SS_LIMIT,
+            F::GUEST_SS_AR_BYTES,
+        ),
+        (
+            F::GUEST_DS_SELECTOR,
+            F::GUEST_DS_BASE,
+            F::GUEST_DS_LIMIT,
+            F::GUEST_DS_AR_BYTES,
+        ),
+        (
+            F::GUEST_ES_SELECTOR,
+            F::GUEST_ES_BASE,
+            F::GUEST_ES_LIMIT,
+            F::GUEST_ES_AR_BYTES,
+        ),
+        (
+            F::GUEST_FS_SELECTOR,
+            F::GUEST_FS_BASE,
+            F::GUEST_FS_LIMIT,
+            F::GUEST_FS_AR_BYTES,
+        ),
+        (
+            F::GUEST_GS_SELECTOR,
+            F::GUEST_GS_BASE,
+            F::GUEST_GS_LIMIT,
+            F::GUEST_GS_AR_BYTES,
+        ),
     ];
     if v86 {
-        let all = [(F::GUEST_CS_SELECTOR, F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES)].into_iter().chain(data_segs);
+        let all = [(
+            F::GUEST_CS_SELECTOR,
+            F::GUEST_CS_BASE,
+            F::GUEST_CS_LIMIT,
+            F::GUEST_CS_AR_BYTES,
+        )]
+        .into_iter()
+        .chain(data_segs);
         for (s, b, l, a) in all {
-            cc!(v.get(b) != v.get(s) << 4 || v.get(l) != 0xffff || v.get(a) != 0xf3, guest);
+            cc!(
+                v.get(b) != v.get(s) << 4 || v.get(l) != 0xffff || v.get(a) != 0xf3,
+                guest
+            );
         }
     } else {
         // CS.
         let cs_type = cs_ar & AR_TYPE;
-        cc!(!matches!(cs_type, 9 | 11 | 13 | 15) && !(unrestricted && cs_type == 3), guest);
-        cc!(cs_ar & AR_S == 0 || cs_ar & AR_P == 0 || cs_ar & AR_RESERVED != 0, guest);
+        cc!(
+            !matches!(cs_type, 9 | 11 | 13 | 15) && !(unrestricted && cs_type == 3),
+            guest
+        );
+        cc!(
+            cs_ar & AR_S == 0 || cs_ar & AR_P == 0 || cs_ar & AR_RESERVED != 0,
+            guest
+        );
         cc!(cs_type == 3 && dpl(cs_ar) != 0, guest);
         cc!(matches!(cs_type, 9 | 11) && dpl(cs_ar) != dpl(ss_ar), guest);
         cc!(matches!(cs_type, 13 | 15) && dpl(cs_ar) > dpl(ss_ar), guest);
@@ -318,8 +508,17 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
             }
             cc!(ar & 1 == 0, guest);
             cc!(ar & (1 << 3) != 0 && ar & 2 == 0, guest);
-            cc!(ar & AR_S == 0 || ar & AR_P == 0 || ar & AR_RESERVED != 0, guest);
-            cc!(!unrestricted && ar & AR_TYPE <= 11 && s != F::GUEST_SS_SELECTOR && dpl(ar) < v.get(s) & 3, guest);
+            cc!(
+                ar & AR_S == 0 || ar & AR_P == 0 || ar & AR_RESERVED != 0,
+                guest
+            );
+            cc!(
+                !unrestricted
+                    && ar & AR_TYPE <= 11
+                    && s != F::GUEST_SS_SELECTOR
+                    && dpl(ar) < v.get(s) & 3,
+                guest
+            );
             cc!(!granularity_ok(v.get(l), ar), guest);
         }
     }
@@ -327,40 +526,76 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     for f in [F::GUEST_TR_BASE, F::GUEST_FS_BASE, F::GUEST_GS_BASE] {
         cc!(!c.canonical(v.get(f)), guest);
     }
-    cc!(ldtr_ar & AR_UNUSABLE == 0 && !c.canonical(v.get(F::GUEST_LDTR_BASE)), guest);
+    cc!(
+        ldtr_ar & AR_UNUSABLE == 0 && !c.canonical(v.get(F::GUEST_LDTR_BASE)),
+        guest
+    );
     cc!(v.get(F::GUEST_CS_BASE) >> 32 != 0, guest);
-    for (b, a) in [(F::GUEST_SS_BASE, F::GUEST_SS_AR_BYTES), (F::GUEST_DS_BASE, F::GUEST_DS_AR_BYTES), (F::GUEST_ES_BASE, F::GUEST_ES_AR_BYTES)] {
+    for (b, a) in [
+        (F::GUEST_SS_BASE, F::GUEST_SS_AR_BYTES),
+        (F::GUEST_DS_BASE, F::GUEST_DS_AR_BYTES),
+        (F::GUEST_ES_BASE, F::GUEST_ES_AR_BYTES),
+    ] {
         cc!(v.get(a) & AR_UNUSABLE == 0 && v.get(b) >> 32 != 0, guest);
     }
     // TR.
     let tr_ar = v.get(F::GUEST_TR_AR_BYTES);
     let tr_type = tr_ar & AR_TYPE;
     cc!(tr_type != 11 && !(tr_type == 3 && !ia32e), guest);
-    cc!(tr_ar & AR_S != 0 || tr_ar & AR_P == 0 || tr_ar & AR_RESERVED != 0 || tr_ar & AR_UNUSABLE != 0, guest);
+    cc!(
+        tr_ar & AR_S != 0
+            || tr_ar & AR_P == 0
+            || tr_ar & AR_RESERVED != 0
+            || tr_ar & AR_UNUSABLE != 0,
+        guest
+    );
     cc!(!granularity_ok(v.get(F::GUEST_TR_LIMIT), tr_ar), guest);
     // LDTR.
     if ldtr_ar & AR_UNUSABLE == 0 {
-        cc!(ldtr_ar & AR_TYPE != 2 || ldtr_ar & AR_S != 0 || ldtr_ar & AR_P == 0 || ldtr_ar & AR_RESERVED != 0, guest);
+        cc!(
+            ldtr_ar & AR_TYPE != 2
+                || ldtr_ar & AR_S != 0
+                || ldtr_ar & AR_P == 0
+                || ldtr_ar & AR_RESERVED != 0,
+            guest
+        );
         cc!(!granularity_ok(v.get(F::GUEST_LDTR_LIMIT), ldtr_ar), guest);
     }
 
     // 27.3.1.3 descriptor tables.
-    cc!(!c.canonical(v.get(F::GUEST_GDTR_BASE)) || !c.canonical(v.get(F::GUEST_IDTR_BASE)), guest);
-    cc!(v.get(F::GUEST_GDTR_LIMIT) >> 16 != 0 || v.get(F::GUEST_IDTR_LIMIT) >> 16 != 0, guest);
+    cc!(
+        !c.canonical(v.get(F::GUEST_GDTR_BASE)) || !c.canonical(v.get(F::GUEST_IDTR_BASE)),
+        guest
+    );
+    cc!(
+        v.get(F::GUEST_GDTR_LIMIT) >> 16 != 0 || v.get(F::GUEST_IDTR_LIMIT) >> 16 != 0,
+        guest
+    );
 
     check_volatile_guest_state(v, c)?;
     let link_ptr = v.get(F::VMCS_LINK_POINTER);
     if link_ptr != u64::MAX {
         cc!(link_ptr & 0xfff != 0 || link_ptr >> c.maxphyaddr != 0, link);
-        cc!((c.read_revision)(link_ptr) != Some(caps.basic as u32 & 0x7fff_ffff), link);
+        cc!(
+            (c.read_revision)(link_ptr) != Some(caps.basic as u32 & 0x7fff_ffff),
+            link
+        );
     }
 
     // 27.3.1.6 PDPTEs for PAE paging with EPT.
     let pae = cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && !ia32e;
     if pae && proc2 & secondary::ENABLE_EPT != 0 {
-        for f in [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3] {
+        for f in [
+            F::GUEST_PDPTE0,
+            F::GUEST_PDPTE1,
+            F::GUEST_PDPTE2,
+            F::GUEST_PDPTE3,
+        ] {
             let e = v.get(f);
-            cc!(e & 1 != 0 && (e & 0x1e6 != 0 || e >> c.maxphyaddr != 0), pdpte);
+            cc!(
+                e & 1 != 0 && (e & 0x1e6 != 0 || e >> c.maxphyaddr != 0),
+                pdpte
+            );
         }
     }
     Ok(())
@@ -385,11 +620,17 @@ pub fn check_volatile_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryF
     } else {
         cc!(rip >> 32 != 0, guest);
     }
-    cc!(rflags & (0xffff_ffff_ffc0_0000 | 1 << 15 | 1 << 5 | 1 << 3) != 0 || rflags & 2 == 0, guest);
+    cc!(
+        rflags & (0xffff_ffff_ffc0_0000 | 1 << 15 | 1 << 5 | 1 << 3) != 0 || rflags & 2 == 0,
+        guest
+    );
     cc!((ia32e || cr0 & 1 == 0) && v86, guest);
     let intr = v.get(F::VM_ENTRY_INTR_INFO_FIELD) as u32;
     let event = (intr & (1 << 31) != 0).then_some(((intr >> 8) & 7) as u8);
-    cc!(event == Some(event_type::EXTERNAL_INTERRUPT) && rflags & (1 << 9) == 0, guest);
+    cc!(
+        event == Some(event_type::EXTERNAL_INTERRUPT) && rflags & (1 << 9) == 0,
+        guest
+    );
 
     // 27.3.1.5 non-register state.
     let activity = v.get(F::GUEST_ACTIVITY_STATE);
@@ -400,7 +641,10 @@ pub fn check_volatile_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryF
     cc!(istate & !0xf != 0, guest);
     cc!(istate & 3 == 3, guest);
     cc!(rflags & (1 << 9) == 0 && istate & 1 != 0, guest);
-    cc!(event == Some(event_type::EXTERNAL_INTERRUPT) && istate & 3 != 0, guest);
+    cc!(
+        event == Some(event_type::EXTERNAL_INTERRUPT) && istate & 3 != 0,
+        guest
+    );
     cc!(event == Some(event_type::NMI) && istate & 2 != 0, guest);
     cc!(istate & 4 != 0, guest);
     let pinc = v.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;

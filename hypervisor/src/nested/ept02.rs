@@ -40,7 +40,11 @@ fn free_tree<M: TableMemory>(mem: &mut M, table: u64, level: usize) {
 impl Ept02Cache {
     /// The shadow root for `eptp12`, created (evicting the least recently
     /// used one if full) when absent. Returns (root, whether one was evicted).
-    pub fn root_for<M: TableMemory>(&mut self, mem: &mut M, eptp12: u64) -> Result<(u64, bool), MapError> {
+    pub fn root_for<M: TableMemory>(
+        &mut self,
+        mem: &mut M,
+        eptp12: u64,
+    ) -> Result<(u64, bool), MapError> {
         self.clock += 1;
         let root12 = eptp12 & ADDR_MASK;
         if let Some(e) = self.entries.iter_mut().find(|e| e.root12 == root12) {
@@ -49,13 +53,22 @@ impl Ept02Cache {
         }
         let mut evicted = false;
         if self.entries.len() == CAPACITY {
-            let (i, _) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.last_use).unwrap();
+            let (i, _) = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_use)
+                .unwrap();
             let old = self.entries.swap_remove(i);
             free_tree(mem, old.root02, 4);
             evicted = true;
         }
         let root02 = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
-        self.entries.push(Entry { root12, root02, last_use: self.clock });
+        self.entries.push(Entry {
+            root12,
+            root02,
+            last_use: self.clock,
+        });
         Ok((root02, evicted))
     }
 
@@ -88,7 +101,12 @@ impl Ept02Cache {
 /// Sets the 4 KiB leaf for `gpa2` in the shadow rooted at `root02`,
 /// creating tables as needed and replacing an older leaf (permissions may
 /// have grown since it was filled).
-pub fn set_leaf<M: TableMemory>(mem: &mut M, root02: u64, gpa2: u64, leaf: u64) -> Result<(), MapError> {
+pub fn set_leaf<M: TableMemory>(
+    mem: &mut M,
+    root02: u64,
+    gpa2: u64,
+    leaf: u64,
+) -> Result<(), MapError> {
     let mut table = root02;
     for level in (2..=4).rev() {
         let i = ((gpa2 >> (12 + 9 * (level - 1))) & 0x1ff) as usize;
@@ -124,7 +142,11 @@ mod tests {
         let mut m = FakeTables::default();
         let mut c = Ept02Cache::default();
         let (a, _) = c.root_for(&mut m, 0x1000 | 0x1e).unwrap();
-        assert_eq!(c.root_for(&mut m, 0x1000 | 0x18).unwrap(), (a, false), "same EPT12 root");
+        assert_eq!(
+            c.root_for(&mut m, 0x1000 | 0x18).unwrap(),
+            (a, false),
+            "same EPT12 root"
+        );
         set_leaf(&mut m, a, 0x5000, 0x9000 | 7 | 6 << 3).unwrap();
         let tables_with_a = m.tables.len();
         assert_eq!(tables_with_a, 4);
@@ -150,9 +172,15 @@ mod tests {
         let mut m = FakeTables::default();
         let root = m.alloc_table().unwrap();
         set_leaf(&mut m, root, 0x20_3000, leaf(0x7000, 1, 6, false, false)).unwrap();
-        assert_eq!(translate(&mut m, &Ept, root, 0x20_3010).unwrap().entry, 0x7000 | 1 | 6 << 3);
+        assert_eq!(
+            translate(&mut m, &Ept, root, 0x20_3010).unwrap().entry,
+            0x7000 | 1 | 6 << 3
+        );
         set_leaf(&mut m, root, 0x20_3000, leaf(0x7000, 3, 6, true, false)).unwrap();
-        assert_eq!(translate(&mut m, &Ept, root, 0x20_3010).unwrap().entry, 0x7000 | 3 | 6 << 3 | 1 << 6);
+        assert_eq!(
+            translate(&mut m, &Ept, root, 0x20_3010).unwrap().entry,
+            0x7000 | 3 | 6 << 3 | 1 << 6
+        );
         assert_eq!(leaf(0xfee0_0000, 3, 6, false, true), 0xfee0_0000 | 3);
     }
 }

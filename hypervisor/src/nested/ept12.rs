@@ -15,7 +15,8 @@ const LARGE: u64 = 1 << 7;
 /// allow, a 4-level walk, no A/D flags (not offered), no reserved bits.
 pub fn eptp_valid(eptp: u64, caps: &NestedCaps, maxphyaddr: u8) -> bool {
     let mt = eptp & 7;
-    let mt_ok = (mt == 0 && caps.ept_vpid & (1 << 8) != 0) || (mt == 6 && caps.ept_vpid & (1 << 14) != 0);
+    let mt_ok =
+        (mt == 0 && caps.ept_vpid & (1 << 8) != 0) || (mt == 6 && caps.ept_vpid & (1 << 14) != 0);
     let walk_ok = (eptp >> 3) & 7 == 3;
     let reserved = eptp & 0xfc0 != 0 || eptp >> maxphyaddr != 0;
     mt_ok && walk_ok && !reserved
@@ -39,7 +40,9 @@ pub struct Leaf12 {
 pub enum Ept12Fault {
     /// EPT violation; `allowed` is the AND of bits 2:0 of the entries walked
     /// (qualification bits 5:3).
-    Violation { allowed: u64 },
+    Violation {
+        allowed: u64,
+    },
     Misconfig,
     /// An EPT12 table is not L1 RAM: L1's misconfiguration.
     TableNotRam,
@@ -101,7 +104,9 @@ pub fn walk<M: GuestMemory>(
     let mut allowed = R | W | X;
     for level in (1..=4).rev() {
         let idx = (gpa2 >> (12 + 9 * (level - 1))) & 0x1ff;
-        let e = mem.read_u64(table + 8 * idx).map_err(|_| Ept12Fault::TableNotRam)?;
+        let e = mem
+            .read_u64(table + 8 * idx)
+            .map_err(|_| Ept12Fault::TableNotRam)?;
         let rwx = e & 7;
         allowed &= rwx;
         if rwx == 0 {
@@ -145,7 +150,15 @@ pub struct L2View<'a, M> {
 impl<M: GuestMemory> L2View<'_, M> {
     fn page(&self, gpa2: u64) -> Result<u64, crate::guest_mem::MemError> {
         let not = crate::guest_mem::MemError::NotRam { gpa: gpa2, len: 1 };
-        let leaf = walk(self.mem, self.eptp12, gpa2, EptAccess(R), self.caps, self.maxphyaddr).map_err(|_| not)?;
+        let leaf = walk(
+            self.mem,
+            self.eptp12,
+            gpa2,
+            EptAccess(R),
+            self.caps,
+            self.maxphyaddr,
+        )
+        .map_err(|_| not)?;
         Ok(leaf.gpa)
     }
 }
@@ -162,13 +175,19 @@ impl<M: GuestMemory> GuestMemory for L2View<'_, M> {
         Ok(())
     }
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), crate::guest_mem::MemError> {
-        Err(crate::guest_mem::MemError::NotRam { gpa, len: data.len() as u64 })
+        Err(crate::guest_mem::MemError::NotRam {
+            gpa,
+            len: data.len() as u64,
+        })
     }
     fn zero(&mut self, gpa: u64, len: u64) -> Result<(), crate::guest_mem::MemError> {
         Err(crate::guest_mem::MemError::NotRam { gpa, len })
     }
     fn is_ram(&self, gpa: u64, len: u64) -> bool {
-        len > 0 && (gpa & !0xfff..gpa + len).step_by(4096).all(|a| self.page(a).is_ok())
+        len > 0
+            && (gpa & !0xfff..gpa + len)
+                .step_by(4096)
+                .all(|a| self.page(a).is_ok())
     }
 }
 
@@ -205,7 +224,10 @@ pub mod tests {
         let m = ept12();
         let c = caps();
         let l = walk(&m, EPTP, 0x123, EptAccess(W), &c, 39).unwrap();
-        assert_eq!((l.gpa, l.size, l.perms, l.mem_type), (0x10_0123, PageSize::Size4K, 7, 6));
+        assert_eq!(
+            (l.gpa, l.size, l.perms, l.mem_type),
+            (0x10_0123, PageSize::Size4K, 7, 6)
+        );
         let l = walk(&m, EPTP, 0x2f_0010, EptAccess(R), &c, 39).unwrap();
         assert_eq!((l.gpa, l.size, l.perms), (0x4f_0010, PageSize::Size2M, R));
     }
@@ -214,10 +236,22 @@ pub mod tests {
     fn violations_carry_the_and_of_permissions() {
         let m = ept12();
         let c = caps();
-        assert_eq!(walk(&m, EPTP, 0x1000, EptAccess(R), &c, 39), Err(Ept12Fault::Violation { allowed: 0 }));
-        assert_eq!(walk(&m, EPTP, 0x20_0000, EptAccess(W), &c, 39), Err(Ept12Fault::Violation { allowed: R }));
-        assert_eq!(walk(&m, EPTP, 0x20_0000, EptAccess(X), &c, 39), Err(Ept12Fault::Violation { allowed: R }));
-        assert_eq!(walk(&m, EPTP, 0x4000_0000, EptAccess(R), &c, 39), Err(Ept12Fault::Violation { allowed: 0 }));
+        assert_eq!(
+            walk(&m, EPTP, 0x1000, EptAccess(R), &c, 39),
+            Err(Ept12Fault::Violation { allowed: 0 })
+        );
+        assert_eq!(
+            walk(&m, EPTP, 0x20_0000, EptAccess(W), &c, 39),
+            Err(Ept12Fault::Violation { allowed: R })
+        );
+        assert_eq!(
+            walk(&m, EPTP, 0x20_0000, EptAccess(X), &c, 39),
+            Err(Ept12Fault::Violation { allowed: R })
+        );
+        assert_eq!(
+            walk(&m, EPTP, 0x4000_0000, EptAccess(R), &c, 39),
+            Err(Ept12Fault::Violation { allowed: 0 })
+        );
     }
 
     #[test]
@@ -225,21 +259,39 @@ pub mod tests {
         let c = caps();
         let mut m = ept12();
         put(&mut m, 0x4000 + 8, 0x11_0000 | W | 6 << 3); // write without read
-        assert_eq!(walk(&m, EPTP, 0x1000, EptAccess(R), &c, 39), Err(Ept12Fault::Misconfig));
+        assert_eq!(
+            walk(&m, EPTP, 0x1000, EptAccess(R), &c, 39),
+            Err(Ept12Fault::Misconfig)
+        );
         put(&mut m, 0x4000 + 8, 0x11_0000 | 7 | 2 << 3); // memory type 2
-        assert_eq!(walk(&m, EPTP, 0x1000, EptAccess(R), &c, 39), Err(Ept12Fault::Misconfig));
+        assert_eq!(
+            walk(&m, EPTP, 0x1000, EptAccess(R), &c, 39),
+            Err(Ept12Fault::Misconfig)
+        );
         put(&mut m, 0x4000 + 8, (1 << 40) | 7 | 6 << 3); // beyond MAXPHYADDR
-        assert_eq!(walk(&m, EPTP, 0x1000, EptAccess(R), &c, 39), Err(Ept12Fault::Misconfig));
+        assert_eq!(
+            walk(&m, EPTP, 0x1000, EptAccess(R), &c, 39),
+            Err(Ept12Fault::Misconfig)
+        );
         put(&mut m, 0x3000 + 8, 0x40_1000 | R | 6 << 3 | LARGE); // misaligned 2M page
-        assert_eq!(walk(&m, EPTP, 0x20_0000, EptAccess(R), &c, 39), Err(Ept12Fault::Misconfig));
+        assert_eq!(
+            walk(&m, EPTP, 0x20_0000, EptAccess(R), &c, 39),
+            Err(Ept12Fault::Misconfig)
+        );
         put(&mut m, 0x1000, 0x2000 | 7 | LARGE); // large PML4E
-        assert_eq!(walk(&m, EPTP, 0, EptAccess(R), &c, 39), Err(Ept12Fault::Misconfig));
+        assert_eq!(
+            walk(&m, EPTP, 0, EptAccess(R), &c, 39),
+            Err(Ept12Fault::Misconfig)
+        );
     }
 
     #[test]
     fn tables_outside_l1_ram() {
         let m = ept12();
-        assert_eq!(walk(&m, 0x4000_0000 | 0x1e, 0, EptAccess(R), &caps(), 39), Err(Ept12Fault::TableNotRam));
+        assert_eq!(
+            walk(&m, 0x4000_0000 | 0x1e, 0, EptAccess(R), &caps(), 39),
+            Err(Ept12Fault::TableNotRam)
+        );
     }
 
     #[test]
@@ -247,8 +299,14 @@ pub mod tests {
         let c = caps();
         assert!(eptp_valid(EPTP, &c, 39));
         assert!(eptp_valid(0x1000 | 3 << 3, &c, 39), "UC");
-        assert!(!eptp_valid(0x1000 | 1 | 3 << 3, &c, 39), "WC is not an EPTP type");
-        assert!(!eptp_valid(0x1000 | 6 | 4 << 3, &c, 39), "5-level walk not offered");
+        assert!(
+            !eptp_valid(0x1000 | 1 | 3 << 3, &c, 39),
+            "WC is not an EPTP type"
+        );
+        assert!(
+            !eptp_valid(0x1000 | 6 | 4 << 3, &c, 39),
+            "5-level walk not offered"
+        );
         assert!(!eptp_valid(EPTP | 1 << 6, &c, 39), "A/D not offered");
         assert!(!eptp_valid(EPTP | 1 << 40, &c, 39));
     }

@@ -42,7 +42,10 @@ pub enum Outcome {
     /// Raise this exception in L1; the instruction does not complete.
     Fault(Fault),
     /// #PF at this linear address with this error code.
-    PageFault { address: u64, error_code: u32 },
+    PageFault {
+        address: u64,
+        error_code: u32,
+    },
 }
 
 /// RFLAGS after a VMX instruction (SDM 31.2): CF, PF, AF, ZF, SF, OF
@@ -70,10 +73,19 @@ pub struct L1State {
 
 impl L1State {
     fn operand_bytes(&self) -> usize {
-        if self.ctx.long_mode { 8 } else { 4 }
+        if self.ctx.long_mode {
+            8
+        } else {
+            4
+        }
     }
     fn access(&self) -> Access {
-        Access { write: false, fetch: false, user: self.cpl == 3, ac: self.rflags & (1 << 18) != 0 }
+        Access {
+            write: false,
+            fetch: false,
+            user: self.cpl == 3,
+            ac: self.rflags & (1 << 18) != 0,
+        }
     }
 }
 
@@ -103,15 +115,28 @@ pub enum Invalidate {
 fn walk_fault(f: walk::VirtFault) -> Outcome {
     let address = f.address;
     match f.error {
-        WalkError::PageFault { error_code } => Outcome::PageFault { address, error_code },
+        WalkError::PageFault { error_code } => Outcome::PageFault {
+            address,
+            error_code,
+        },
         // Paging structures outside L1's RAM: L1 sees a reserved-bit fault.
-        WalkError::TableNotRam { .. } => Outcome::PageFault { address, error_code: walk::pfec::PRESENT | walk::pfec::RSVD },
+        WalkError::TableNotRam { .. } => Outcome::PageFault {
+            address,
+            error_code: walk::pfec::PRESENT | walk::pfec::RSVD,
+        },
     }
 }
 
 impl VmxState {
     pub fn new(caps: NestedCaps, maxphyaddr: u8) -> Self {
-        VmxState { caps, vmxon: None, current: None, vmcs12: Box::default(), maxphyaddr, cleared: None }
+        VmxState {
+            caps,
+            vmxon: None,
+            current: None,
+            vmcs12: Box::default(),
+            maxphyaddr,
+            cleared: None,
+        }
     }
 
     /// VMfailValid needs a current VMCS to hold the error; without one the
@@ -132,24 +157,46 @@ impl VmxState {
 
     /// Checks every VMX instruction but VMXON makes first.
     pub fn common_checks(&self, s: &L1State) -> Result<(), Outcome> {
-        let ud = Outcome::Fault(Fault { vector: UD, error_code: 0 });
+        let ud = Outcome::Fault(Fault {
+            vector: UD,
+            error_code: 0,
+        });
         let compat = s.paging.efer & (1 << 10) != 0 && !s.ctx.long_mode;
         if self.vmxon.is_none() || s.cr0 & 1 == 0 || s.rflags & (1 << 17) != 0 || compat {
             return Err(ud);
         }
         if s.cpl > 0 {
-            return Err(Outcome::Fault(Fault { vector: GP, error_code: 0 }));
+            return Err(Outcome::Fault(Fault {
+                vector: GP,
+                error_code: 0,
+            }));
         }
         Ok(())
     }
 
-    fn read_mem<M: GuestMemory>(&self, s: &L1State, mem: &M, buf: &mut [u8]) -> Result<(), Outcome> {
-        let la = s.ctx.linear_address(s.info, s.qualification, buf.len() as u64, false).map_err(Outcome::Fault)?;
+    fn read_mem<M: GuestMemory>(
+        &self,
+        s: &L1State,
+        mem: &M,
+        buf: &mut [u8],
+    ) -> Result<(), Outcome> {
+        let la = s
+            .ctx
+            .linear_address(s.info, s.qualification, buf.len() as u64, false)
+            .map_err(Outcome::Fault)?;
         walk::read_virt(mem, &s.paging, la, buf, s.access()).map_err(walk_fault)
     }
 
-    fn write_mem<M: GuestMemory>(&self, s: &L1State, mem: &mut M, data: &[u8]) -> Result<(), Outcome> {
-        let la = s.ctx.linear_address(s.info, s.qualification, data.len() as u64, true).map_err(Outcome::Fault)?;
+    fn write_mem<M: GuestMemory>(
+        &self,
+        s: &L1State,
+        mem: &mut M,
+        data: &[u8],
+    ) -> Result<(), Outcome> {
+        let la = s
+            .ctx
+            .linear_address(s.info, s.qualification, data.len() as u64, true)
+            .map_err(Outcome::Fault)?;
         walk::write_virt(mem, &s.paging, la, data, s.access()).map_err(walk_fault)
     }
 
@@ -168,7 +215,9 @@ impl VmxState {
 
     fn read_revision<M: GuestMemory>(mem: &M, p: u64) -> u32 {
         let mut b = [0u8; 4];
-        mem.read(p, &mut b).map(|_| u32::from_le_bytes(b)).unwrap_or(u32::MAX)
+        mem.read(p, &mut b)
+            .map(|_| u32::from_le_bytes(b))
+            .unwrap_or(u32::MAX)
     }
 
     /// Writes the cached VMCS12 back into L1's region.
@@ -180,8 +229,14 @@ impl VmxState {
     }
 
     pub fn vmxon<M: GuestMemory>(&mut self, s: &L1State, mem: &mut M) -> Outcome {
-        let ud = Outcome::Fault(Fault { vector: UD, error_code: 0 });
-        let gp = Outcome::Fault(Fault { vector: GP, error_code: 0 });
+        let ud = Outcome::Fault(Fault {
+            vector: UD,
+            error_code: 0,
+        });
+        let gp = Outcome::Fault(Fault {
+            vector: GP,
+            error_code: 0,
+        });
         let compat = s.paging.efer & (1 << 10) != 0 && !s.ctx.long_mode;
         if s.cr4 & (1 << 13) == 0 || s.cr0 & 1 == 0 || s.rflags & (1 << 17) != 0 || compat {
             return ud;
@@ -202,7 +257,9 @@ impl VmxState {
             Ok(p) => p,
             Err(o) => return o,
         };
-        if !self.pointer_ok(mem, p) || Self::read_revision(mem, p) != self.caps.basic as u32 & 0x7fff_ffff {
+        if !self.pointer_ok(mem, p)
+            || Self::read_revision(mem, p) != self.caps.basic as u32 & 0x7fff_ffff
+        {
             return Outcome::FailInvalid;
         }
         self.vmxon = Some(p);
@@ -292,7 +349,12 @@ impl VmxState {
     }
 
     /// VMREAD: `gpr` are L1's registers (the destination may be one).
-    pub fn vmread<M: GuestMemory>(&mut self, s: &L1State, mem: &mut M, gpr: &mut [u64; 16]) -> Outcome {
+    pub fn vmread<M: GuestMemory>(
+        &mut self,
+        s: &L1State,
+        mem: &mut M,
+        gpr: &mut [u64; 16],
+    ) -> Outcome {
         if let Err(o) = self.common_checks(s) {
             return o;
         }
@@ -346,18 +408,33 @@ impl VmxState {
     }
 
     /// INVEPT (SDM 31.3): returns the outcome and what to invalidate.
-    pub fn invept<M: GuestMemory>(&mut self, s: &L1State, mem: &M, gpr: &[u64; 16]) -> (Outcome, Invalidate) {
+    pub fn invept<M: GuestMemory>(
+        &mut self,
+        s: &L1State,
+        mem: &M,
+        gpr: &[u64; 16],
+    ) -> (Outcome, Invalidate) {
         let c = &self.caps;
         if !c.allows(Control::Primary, primary::ACTIVATE_SECONDARY)
             || !c.allows(Control::Secondary, secondary::ENABLE_EPT)
             || c.ept_vpid & (1 << 20) == 0
         {
-            return (Outcome::Fault(Fault { vector: UD, error_code: 0 }), Invalidate::None);
+            return (
+                Outcome::Fault(Fault {
+                    vector: UD,
+                    error_code: 0,
+                }),
+                Invalidate::None,
+            );
         }
         if let Err(o) = self.common_checks(s) {
             return (o, Invalidate::None);
         }
-        let kind = if s.ctx.long_mode { gpr[s.info.reg2() as usize] } else { gpr[s.info.reg2() as usize] & 0xffff_ffff };
+        let kind = if s.ctx.long_mode {
+            gpr[s.info.reg2() as usize]
+        } else {
+            gpr[s.info.reg2() as usize] & 0xffff_ffff
+        };
         let mut d = [0u8; 16];
         if let Err(o) = self.read_mem(s, mem, &mut d) {
             return (o, Invalidate::None);
@@ -366,28 +443,49 @@ impl VmxState {
         match kind {
             1 if self.caps.ept_vpid & (1 << 25) != 0 => {
                 if !super::ept12::eptp_valid(eptp, &self.caps, self.maxphyaddr) {
-                    return (self.fail(err::INVALID_INVEPT_INVVPID_OPERAND), Invalidate::None);
+                    return (
+                        self.fail(err::INVALID_INVEPT_INVVPID_OPERAND),
+                        Invalidate::None,
+                    );
                 }
                 (Outcome::Succeed, Invalidate::Ept(Some(eptp)))
             }
             2 if self.caps.ept_vpid & (1 << 26) != 0 => (Outcome::Succeed, Invalidate::Ept(None)),
-            _ => (self.fail(err::INVALID_INVEPT_INVVPID_OPERAND), Invalidate::None),
+            _ => (
+                self.fail(err::INVALID_INVEPT_INVVPID_OPERAND),
+                Invalidate::None,
+            ),
         }
     }
 
     /// INVVPID (SDM 31.3).
-    pub fn invvpid<M: GuestMemory>(&mut self, s: &L1State, mem: &M, gpr: &[u64; 16]) -> (Outcome, Invalidate) {
+    pub fn invvpid<M: GuestMemory>(
+        &mut self,
+        s: &L1State,
+        mem: &M,
+        gpr: &[u64; 16],
+    ) -> (Outcome, Invalidate) {
         let c = &self.caps;
         if !c.allows(Control::Primary, primary::ACTIVATE_SECONDARY)
             || !c.allows(Control::Secondary, secondary::ENABLE_VPID)
             || c.ept_vpid & (1 << 32) == 0
         {
-            return (Outcome::Fault(Fault { vector: UD, error_code: 0 }), Invalidate::None);
+            return (
+                Outcome::Fault(Fault {
+                    vector: UD,
+                    error_code: 0,
+                }),
+                Invalidate::None,
+            );
         }
         if let Err(o) = self.common_checks(s) {
             return (o, Invalidate::None);
         }
-        let kind = if s.ctx.long_mode { gpr[s.info.reg2() as usize] } else { gpr[s.info.reg2() as usize] & 0xffff_ffff };
+        let kind = if s.ctx.long_mode {
+            gpr[s.info.reg2() as usize]
+        } else {
+            gpr[s.info.reg2() as usize] & 0xffff_ffff
+        };
         let mut d = [0u8; 16];
         if let Err(o) = self.read_mem(s, mem, &mut d) {
             return (o, Invalidate::None);
@@ -401,9 +499,15 @@ impl VmxState {
             || (kind != 2 && vpid == 0)
             || (kind == 0 && !s.ctx.is_canonical(addr));
         if bad {
-            return (self.fail(err::INVALID_INVEPT_INVVPID_OPERAND), Invalidate::None);
+            return (
+                self.fail(err::INVALID_INVEPT_INVVPID_OPERAND),
+                Invalidate::None,
+            );
         }
-        (Outcome::Succeed, Invalidate::Vpid(if kind == 2 { None } else { Some(vpid) }))
+        (
+            Outcome::Succeed,
+            Invalidate::Vpid(if kind == 2 { None } else { Some(vpid) }),
+        )
     }
 }
 

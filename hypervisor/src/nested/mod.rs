@@ -60,7 +60,11 @@ const FIRST_VPID02: u16 = 3;
 
 impl Default for VpidMap {
     fn default() -> Self {
-        VpidMap { map: [(0, 0); VPID_SLOTS], used: 0, next_victim: 0 }
+        VpidMap {
+            map: [(0, 0); VPID_SLOTS],
+            used: 0,
+            next_victim: 0,
+        }
     }
 }
 
@@ -85,12 +89,18 @@ impl VpidMap {
     }
 
     pub fn lookup(&self, vpid12: u16) -> Option<u16> {
-        self.map[..self.used].iter().find(|(v12, _)| *v12 == vpid12).map(|&(_, v02)| v02)
+        self.map[..self.used]
+            .iter()
+            .find(|(v12, _)| *v12 == vpid12)
+            .map(|&(_, v02)| v02)
     }
 
     /// Every VPID02 in use, for an all-context flush.
     pub fn all(&self) -> impl Iterator<Item = u16> + '_ {
-        self.map[..self.used].iter().map(|&(_, v02)| v02).chain([VPID_UNTAGGED_L2])
+        self.map[..self.used]
+            .iter()
+            .map(|&(_, v02)| v02)
+            .chain([VPID_UNTAGGED_L2])
     }
 }
 
@@ -146,7 +156,12 @@ pub struct Nested {
 }
 
 impl Nested {
-    pub fn new(caps: caps::NestedCaps, maxphyaddr: u8, pages: Vmcs02Pages, l0_frames: RangeSet) -> Self {
+    pub fn new(
+        caps: caps::NestedCaps,
+        maxphyaddr: u8,
+        pages: Vmcs02Pages,
+        l0_frames: RangeSet,
+    ) -> Self {
         Nested {
             vmx: VmxState::new(caps, maxphyaddr),
             ept02: Ept02Cache::default(),

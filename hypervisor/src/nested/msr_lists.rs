@@ -82,11 +82,18 @@ mod tests {
 
     #[test]
     fn homes() {
-        assert_eq!(home(0xc000_0080, true), Some(Home::Vmcs(Field::GUEST_IA32_EFER)));
+        assert_eq!(
+            home(0xc000_0080, true),
+            Some(Home::Vmcs(Field::GUEST_IA32_EFER))
+        );
         assert_eq!(home(0xc000_0103, true), Some(Home::Msr));
         assert_eq!(home(0x808, true), None, "x2APIC");
         assert_eq!(home(0xc000_0100, true), None, "FS base may not be loaded");
-        assert_eq!(home(0xc000_0100, false), Some(Home::Vmcs(Field::GUEST_FS_BASE)), "but may be stored");
+        assert_eq!(
+            home(0xc000_0100, false),
+            Some(Home::Vmcs(Field::GUEST_FS_BASE)),
+            "but may be stored"
+        );
         assert_eq!(home(0x9b, false), None);
     }
 
@@ -98,7 +105,14 @@ mod tests {
         m.write(0x1010, &0x174u32.to_le_bytes()).unwrap();
         m.write(0x1014, &1u32.to_le_bytes()).unwrap();
         let l = read_list(&m, 0x1000, 2).unwrap();
-        assert_eq!(l[0], MsrEntry { index: 0xc000_0103, reserved: 0, data: 7 });
+        assert_eq!(
+            l[0],
+            MsrEntry {
+                index: 0xc000_0103,
+                reserved: 0,
+                data: 7
+            }
+        );
         assert_eq!(loadable(&l[0]), Some(Home::Msr));
         assert_eq!(loadable(&l[1]), None, "reserved bits");
         assert_eq!(read_list(&m, 0x1ff0, 2), None, "runs off L1's RAM");

@@ -83,7 +83,10 @@ pub const SS_FAULT: u8 = 12;
 
 impl GuestCtx {
     fn fault(&self, seg: usize) -> Fault {
-        Fault { vector: if seg == SS { SS_FAULT } else { GP }, error_code: 0 }
+        Fault {
+            vector: if seg == SS { SS_FAULT } else { GP },
+            error_code: 0,
+        }
     }
 
     pub fn is_canonical(&self, a: u64) -> bool {
@@ -93,9 +96,23 @@ impl GuestCtx {
     }
 
     /// The linear address of a memory operand of `size` bytes.
-    pub fn linear_address(&self, info: InstrInfo, displacement: u64, size: u64, write: bool) -> Result<u64, Fault> {
-        let asize = if self.long_mode { info.address_bytes() } else { info.address_bytes().min(4) };
-        let amask = if asize == 8 { u64::MAX } else { (1u64 << (8 * asize)) - 1 };
+    pub fn linear_address(
+        &self,
+        info: InstrInfo,
+        displacement: u64,
+        size: u64,
+        write: bool,
+    ) -> Result<u64, Fault> {
+        let asize = if self.long_mode {
+            info.address_bytes()
+        } else {
+            info.address_bytes().min(4)
+        };
+        let amask = if asize == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * asize)) - 1
+        };
         let mut ea = displacement;
         if let Some(b) = info.base() {
             ea = ea.wrapping_add(self.gpr[b as usize]);
@@ -126,7 +143,11 @@ impl GuestCtx {
         let last = ea.wrapping_add(size - 1);
         let expand_down = !code && s.ar & (1 << 2) != 0;
         let ok = if expand_down {
-            let top = if s.ar & (1 << 14) != 0 { 0xffff_ffff } else { 0xffff };
+            let top = if s.ar & (1 << 14) != 0 {
+                0xffff_ffff
+            } else {
+                0xffff
+            };
             ea > s.limit as u64 && last <= top && last >= ea
         } else {
             last <= s.limit as u64 && last >= ea
@@ -156,7 +177,10 @@ mod tests {
     }
 
     fn long() -> GuestCtx {
-        let mut g = GuestCtx { long_mode: true, ..Default::default() };
+        let mut g = GuestCtx {
+            long_mode: true,
+            ..Default::default()
+        };
         g.gpr[3] = 0x1000; // rbx
         g.gpr[6] = 0x10; // rsi
         g.segs[GS].base = 0xffff_8000_0000_0000;
@@ -171,53 +195,111 @@ mod tests {
         assert!(i.is_register());
         assert_eq!((i.reg1(), i.reg2(), i.address_bytes()), (5, 7, 8));
         let m = info(3, 2, 3, Some(6), Some(3));
-        assert_eq!((m.scale(), m.index(), m.base(), m.segment()), (8, Some(6), Some(3), 3));
+        assert_eq!(
+            (m.scale(), m.index(), m.base(), m.segment()),
+            (8, Some(6), Some(3), 3)
+        );
     }
 
     #[test]
     fn long_mode_addresses() {
         let g = long();
         // [rbx + rsi*8 + 0x20] in DS: segment base ignored.
-        assert_eq!(g.linear_address(info(3, 2, 3, Some(6), Some(3)), 0x20, 8, false), Ok(0x10a0));
+        assert_eq!(
+            g.linear_address(info(3, 2, 3, Some(6), Some(3)), 0x20, 8, false),
+            Ok(0x10a0)
+        );
         // gs:[rbx]: GS base counts.
-        assert_eq!(g.linear_address(info(0, 2, 5, None, Some(3)), 0, 8, false), Ok(0xffff_8000_0000_1000));
+        assert_eq!(
+            g.linear_address(info(0, 2, 5, None, Some(3)), 0, 8, false),
+            Ok(0xffff_8000_0000_1000)
+        );
         // Negative displacement wraps.
-        assert_eq!(g.linear_address(info(0, 2, 3, None, Some(3)), (-0x10i64) as u64, 8, false), Ok(0xff0));
+        assert_eq!(
+            g.linear_address(info(0, 2, 3, None, Some(3)), (-0x10i64) as u64, 8, false),
+            Ok(0xff0)
+        );
         // 32-bit address size (67h) truncates the effective address.
         let mut h = long();
         h.gpr[3] = 0x1_0000_1000;
-        assert_eq!(h.linear_address(info(0, 1, 3, None, Some(3)), 0, 8, false), Ok(0x1000));
+        assert_eq!(
+            h.linear_address(info(0, 1, 3, None, Some(3)), 0, 8, false),
+            Ok(0x1000)
+        );
     }
 
     #[test]
     fn non_canonical_faults() {
         let mut g = long();
         g.gpr[3] = 0x0000_8000_0000_0000;
-        assert_eq!(g.linear_address(info(0, 2, 3, None, Some(3)), 0, 8, false), Err(Fault { vector: GP, error_code: 0 }));
-        assert_eq!(g.linear_address(info(0, 2, SS as u32, None, Some(3)), 0, 8, false), Err(Fault { vector: SS_FAULT, error_code: 0 }));
+        assert_eq!(
+            g.linear_address(info(0, 2, 3, None, Some(3)), 0, 8, false),
+            Err(Fault {
+                vector: GP,
+                error_code: 0
+            })
+        );
+        assert_eq!(
+            g.linear_address(info(0, 2, SS as u32, None, Some(3)), 0, 8, false),
+            Err(Fault {
+                vector: SS_FAULT,
+                error_code: 0
+            })
+        );
         g.gpr[3] = 0x0000_7fff_ffff_fffc;
-        assert!(g.linear_address(info(0, 2, 3, None, Some(3)), 0, 8, false).is_err(), "operand crosses the hole");
+        assert!(
+            g.linear_address(info(0, 2, 3, None, Some(3)), 0, 8, false)
+                .is_err(),
+            "operand crosses the hole"
+        );
         g.la57 = true;
-        assert!(g.linear_address(info(0, 2, 3, None, Some(3)), 0, 8, false).is_ok());
+        assert!(g
+            .linear_address(info(0, 2, 3, None, Some(3)), 0, 8, false)
+            .is_ok());
     }
 
     #[test]
     fn protected_mode_segments() {
         let mut g = GuestCtx::default();
         g.gpr[0] = 0xff8;
-        g.segs[3] = Segment { base: 0x10_0000, limit: 0xfff, ar: 0x93 };
-        assert_eq!(g.linear_address(info(0, 1, 3, None, Some(0)), 0, 8, false), Ok(0x10_0ff8));
-        assert!(g.linear_address(info(0, 1, 3, None, Some(0)), 4, 8, false).is_err(), "beyond the limit");
+        g.segs[3] = Segment {
+            base: 0x10_0000,
+            limit: 0xfff,
+            ar: 0x93,
+        };
+        assert_eq!(
+            g.linear_address(info(0, 1, 3, None, Some(0)), 0, 8, false),
+            Ok(0x10_0ff8)
+        );
+        assert!(
+            g.linear_address(info(0, 1, 3, None, Some(0)), 4, 8, false)
+                .is_err(),
+            "beyond the limit"
+        );
         // Read-only data segment: write faults, read works.
         g.segs[3].ar = 0x91;
-        assert!(g.linear_address(info(0, 1, 3, None, Some(0)), 0, 8, true).is_err());
-        assert!(g.linear_address(info(0, 1, 3, None, Some(0)), 0, 8, false).is_ok());
+        assert!(g
+            .linear_address(info(0, 1, 3, None, Some(0)), 0, 8, true)
+            .is_err());
+        assert!(g
+            .linear_address(info(0, 1, 3, None, Some(0)), 0, 8, false)
+            .is_ok());
         // Unusable segment.
         g.segs[3].ar = AR_UNUSABLE;
-        assert!(g.linear_address(info(0, 1, 3, None, Some(0)), 0, 8, false).is_err());
+        assert!(g
+            .linear_address(info(0, 1, 3, None, Some(0)), 0, 8, false)
+            .is_err());
         // Expand-down: offsets above the limit are valid.
-        g.segs[3] = Segment { base: 0, limit: 0xfff, ar: 0x4097 };
-        assert!(g.linear_address(info(0, 1, 3, None, Some(0)), 0x10, 8, false).is_ok());
-        assert!(g.linear_address(info(0, 1, 3, None, Some(0)), 0, 8, false).is_err());
+        g.segs[3] = Segment {
+            base: 0,
+            limit: 0xfff,
+            ar: 0x4097,
+        };
+        assert!(g
+            .linear_address(info(0, 1, 3, None, Some(0)), 0x10, 8, false)
+            .is_ok());
+        assert!(g
+            .linear_address(info(0, 1, 3, None, Some(0)), 0, 8, false)
+            .is_err());
     }
 }

@@ -54,7 +54,10 @@ pub fn post(mem: &mut impl GuestMemory, desc: u64, vector: u8) -> Result<Posted,
     mem.read(desc + NV, &mut nv)?;
     let mut ndst = [0u8; 4];
     mem.read(desc + NDST, &mut ndst)?;
-    Ok(Posted::Notify { nv: nv[0], ndst: u32::from_le_bytes(ndst) })
+    Ok(Posted::Notify {
+        nv: nv[0],
+        ndst: u32::from_le_bytes(ndst),
+    })
 }
 
 /// Posted-interrupt processing (SDM 30.6 steps 3-5), as when the
@@ -104,14 +107,16 @@ pub fn raise_rvi(intr_status: u64, vector: u8) -> u64 {
 /// Whether a notification is outstanding (ON).
 pub fn outstanding(mem: &impl GuestMemory, desc: u64) -> bool {
     let mut c = [0u8];
-    mem.read(desc + CONTROL, &mut c).is_ok_and(|_| c[0] & ON != 0)
+    mem.read(desc + CONTROL, &mut c)
+        .is_ok_and(|_| c[0] & ON != 0)
 }
 
 /// Whether a descriptor has anything for L2: ON, or PIR bits L1 has not
 /// yet moved (a posting while SN was set).
 pub fn pending(mem: &impl GuestMemory, desc: u64) -> bool {
     let mut d = [0u8; 33];
-    mem.read(desc, &mut d).is_ok_and(|_| d.iter().any(|&b| b != 0))
+    mem.read(desc, &mut d)
+        .is_ok_and(|_| d.iter().any(|&b| b != 0))
 }
 
 /// What a write of ICR means under IPI virtualization (SDM 30.1.6).
@@ -147,7 +152,10 @@ pub fn ipi(mem: &impl GuestMemory, icr: u64, x2apic: bool, table: u64, last_inde
         return Ipi::ApicWriteExit;
     }
     match mem.read_u64(table + 8 * dest) {
-        Ok(e) if e & 1 != 0 => Ipi::Post { desc: e & !0x3f & 0x000f_ffff_ffff_ffff, vector },
+        Ok(e) if e & 1 != 0 => Ipi::Post {
+            desc: e & !0x3f & 0x000f_ffff_ffff_ffff,
+            vector,
+        },
         _ => Ipi::ApicWriteExit,
     }
 }
@@ -157,7 +165,10 @@ pub fn set_virr(mem: &mut impl GuestMemory, vapic: u64, vector: u8) -> Result<()
     let at = vapic + VIRR + 16 * (vector / 32) as u64;
     let mut irr = [0u8; 4];
     mem.read(at, &mut irr)?;
-    mem.write(at, &(u32::from_le_bytes(irr) | 1 << (vector % 32)).to_le_bytes())
+    mem.write(
+        at,
+        &(u32::from_le_bytes(irr) | 1 << (vector % 32)).to_le_bytes(),
+    )
 }
 
 #[cfg(test)]
@@ -185,14 +196,35 @@ mod tests {
     #[test]
     fn posting_notifies_once_then_queues() {
         let mut m = mem();
-        assert_eq!(post(&mut m, DESC, 0x24).unwrap(), Posted::Notify { nv: 0xf2, ndst: 0x100 });
-        assert_eq!(post(&mut m, DESC, 0x31).unwrap(), Posted::Queued, "ON outstanding");
+        assert_eq!(
+            post(&mut m, DESC, 0x24).unwrap(),
+            Posted::Notify {
+                nv: 0xf2,
+                ndst: 0x100
+            }
+        );
+        assert_eq!(
+            post(&mut m, DESC, 0x31).unwrap(),
+            Posted::Queued,
+            "ON outstanding"
+        );
         assert!(pending(&m, DESC));
         assert_eq!(process(&mut m, DESC, VAPIC).unwrap(), Some(0x31));
-        assert_eq!(irr_word(&m, 1), 1 << 4 | 1 << 17, "0x24 and 0x31 in VIRR word 1");
+        assert_eq!(
+            irr_word(&m, 1),
+            1 << 4 | 1 << 17,
+            "0x24 and 0x31 in VIRR word 1"
+        );
         assert!(!pending(&m, DESC), "PIR cleared, ON cleared");
         assert_eq!(process(&mut m, DESC, VAPIC).unwrap(), None);
-        assert_eq!(post(&mut m, DESC, 0x24).unwrap(), Posted::Notify { nv: 0xf2, ndst: 0x100 }, "ON armed again");
+        assert_eq!(
+            post(&mut m, DESC, 0x24).unwrap(),
+            Posted::Notify {
+                nv: 0xf2,
+                ndst: 0x100
+            },
+            "ON armed again"
+        );
     }
 
     #[test]
@@ -217,15 +249,55 @@ mod tests {
         let mut m = mem();
         m.write(TABLE + 8, &(DESC | 1).to_le_bytes()).unwrap();
         let fixed = |v: u64, dest: u64| dest << 56 | v;
-        assert_eq!(ipi(&m, fixed(0x40, 1), false, TABLE, 3), Ipi::Post { desc: DESC, vector: 0x40 });
-        assert_eq!(ipi(&m, 0x1_0000_0040, true, TABLE, 3), Ipi::Post { desc: DESC, vector: 0x40 }, "x2APIC: dest in bits 63:32");
-        assert_eq!(ipi(&m, fixed(0x40, 2), false, TABLE, 3), Ipi::ApicWriteExit, "invalid entry");
-        assert_eq!(ipi(&m, fixed(0x40, 4), false, TABLE, 3), Ipi::ApicWriteExit, "beyond the last index");
-        assert_eq!(ipi(&m, fixed(0x40, 1) | 1 << 11, false, TABLE, 3), Ipi::ApicWriteExit, "logical");
-        assert_eq!(ipi(&m, fixed(0x40, 1) | 4 << 8, false, TABLE, 3), Ipi::ApicWriteExit, "NMI");
-        assert_eq!(ipi(&m, 0x4_0040, false, TABLE, 3), Ipi::SelfIpi { vector: 0x40 });
-        assert_eq!(ipi(&m, 0x8_0040, false, TABLE, 3), Ipi::ApicWriteExit, "all including self");
-        assert_eq!(ipi(&m, fixed(0x0f, 1), false, TABLE, 3), Ipi::ApicWriteExit, "illegal vector");
+        assert_eq!(
+            ipi(&m, fixed(0x40, 1), false, TABLE, 3),
+            Ipi::Post {
+                desc: DESC,
+                vector: 0x40
+            }
+        );
+        assert_eq!(
+            ipi(&m, 0x1_0000_0040, true, TABLE, 3),
+            Ipi::Post {
+                desc: DESC,
+                vector: 0x40
+            },
+            "x2APIC: dest in bits 63:32"
+        );
+        assert_eq!(
+            ipi(&m, fixed(0x40, 2), false, TABLE, 3),
+            Ipi::ApicWriteExit,
+            "invalid entry"
+        );
+        assert_eq!(
+            ipi(&m, fixed(0x40, 4), false, TABLE, 3),
+            Ipi::ApicWriteExit,
+            "beyond the last index"
+        );
+        assert_eq!(
+            ipi(&m, fixed(0x40, 1) | 1 << 11, false, TABLE, 3),
+            Ipi::ApicWriteExit,
+            "logical"
+        );
+        assert_eq!(
+            ipi(&m, fixed(0x40, 1) | 4 << 8, false, TABLE, 3),
+            Ipi::ApicWriteExit,
+            "NMI"
+        );
+        assert_eq!(
+            ipi(&m, 0x4_0040, false, TABLE, 3),
+            Ipi::SelfIpi { vector: 0x40 }
+        );
+        assert_eq!(
+            ipi(&m, 0x8_0040, false, TABLE, 3),
+            Ipi::ApicWriteExit,
+            "all including self"
+        );
+        assert_eq!(
+            ipi(&m, fixed(0x0f, 1), false, TABLE, 3),
+            Ipi::ApicWriteExit,
+            "illegal vector"
+        );
         set_virr(&mut m, VAPIC, 0x40).unwrap();
         assert_eq!(irr_word(&m, 2), 1);
     }
@@ -235,6 +307,9 @@ mod tests {
         let mut m = mem();
         assert!(post(&mut m, 0x10_0000, 0x24).is_err());
         assert!(process(&mut m, 0x10_0000, VAPIC).is_err());
-        assert_eq!(ipi(&m, 1 << 56 | 0x40, false, 0x10_0000, 3), Ipi::ApicWriteExit);
+        assert_eq!(
+            ipi(&m, 1 << 56 | 0x40, false, 0x10_0000, 3),
+            Ipi::ApicWriteExit
+        );
     }
 }

@@ -130,7 +130,10 @@ pub struct Derived([Option<u64>; 22]);
 
 impl Derived {
     pub fn put(&mut self, v02: &mut impl Vmcs, f: F, value: u64) {
-        let i = DERIVED.iter().position(|&d| d == f).expect("a derived field");
+        let i = DERIVED
+            .iter()
+            .position(|&d| d == f)
+            .expect("a derived field");
         if self.0[i] != Some(value) {
             v02.write(f, value);
             self.0[i] = Some(value);
@@ -176,14 +179,27 @@ pub fn controls02(v12: &Vmcs12, l0: &L0Part) -> (u32, u32, u32, u32, u32) {
     };
     // Posted-interrupt processing and IPI virtualization are L0's, in
     // software (nested/posted.rs), even on a CPU that has them.
-    let mut pin = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & !crate::vmx::caps::pin::POSTED_INTERRUPTS;
+    let mut pin =
+        v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & !crate::vmx::caps::pin::POSTED_INTERRUPTS;
     if l0.l0_timer.is_some() {
         pin |= crate::vmx::caps::pin::PREEMPTION_TIMER;
     }
     let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    let s12 = if p12 & primary::ACTIVATE_SECONDARY != 0 { v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
-    let window = if l0.window { primary::INTERRUPT_WINDOW_EXITING } else { 0 };
-    let p02 = (p12 & !(primary::UNCONDITIONAL_IO_EXITING | primary::ACTIVATE_TERTIARY)) | window | primary::USE_IO_BITMAPS | primary::USE_MSR_BITMAPS | primary::ACTIVATE_SECONDARY;
+    let s12 = if p12 & primary::ACTIVATE_SECONDARY != 0 {
+        v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
+    } else {
+        0
+    };
+    let window = if l0.window {
+        primary::INTERRUPT_WINDOW_EXITING
+    } else {
+        0
+    };
+    let p02 = (p12 & !(primary::UNCONDITIONAL_IO_EXITING | primary::ACTIVATE_TERTIARY))
+        | window
+        | primary::USE_IO_BITMAPS
+        | primary::USE_MSR_BITMAPS
+        | primary::ACTIVATE_SECONDARY;
     let mut s02 = s12 | secondary::ENABLE_EPT;
     if l0.vpid != 0 {
         s02 |= secondary::ENABLE_VPID;
@@ -196,8 +212,13 @@ pub fn controls02(v12: &Vmcs12, l0: &L0Part) -> (u32, u32, u32, u32, u32) {
     // resume goes on counting instead of reloading L1's full value (a VM
     // whose exits L0 keeps, as a frozen one retrying its COM access, would
     // never see L1's timer fire).
-    let l1_timer = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & crate::vmx::caps::pin::PREEMPTION_TIMER != 0;
-    let save_timer = if l1_timer { exit::SAVE_PREEMPTION_TIMER } else { 0 };
+    let l1_timer =
+        v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & crate::vmx::caps::pin::PREEMPTION_TIMER != 0;
+    let save_timer = if l1_timer {
+        exit::SAVE_PREEMPTION_TIMER
+    } else {
+        0
+    };
     let x02 = (x12 & (exit::ACK_INTERRUPT_ON_EXIT | exit::SAVE_PREEMPTION_TIMER))
         | save_timer
         | exit::HOST_ADDRESS_SPACE_SIZE
@@ -207,7 +228,10 @@ pub fn controls02(v12: &Vmcs12, l0: &L0Part) -> (u32, u32, u32, u32, u32) {
         | exit::LOAD_PAT
         | exit::SAVE_DEBUG_CONTROLS;
     let e12 = v12.get(F::VM_ENTRY_CONTROLS) as u32;
-    let e02 = (e12 & entry::IA32E_MODE_GUEST) | entry::LOAD_EFER | entry::LOAD_PAT | entry::LOAD_DEBUG_CONTROLS;
+    let e02 = (e12 & entry::IA32E_MODE_GUEST)
+        | entry::LOAD_EFER
+        | entry::LOAD_PAT
+        | entry::LOAD_DEBUG_CONTROLS;
     (
         fit(Control::Pin, pin),
         fit(Control::Primary, p02),
@@ -264,18 +288,35 @@ pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part, d: &mut Deri
     // InterruptAcknowledge tests the event pending, not unmasked). The
     // exits L1 asked for are still L1's (reflect.rs).
     if s & secondary::VIRTUAL_INTERRUPT_DELIVERY != 0 {
-        for f in [F::EOI_EXIT_BITMAP0, F::EOI_EXIT_BITMAP1, F::EOI_EXIT_BITMAP2, F::EOI_EXIT_BITMAP3] {
+        for f in [
+            F::EOI_EXIT_BITMAP0,
+            F::EOI_EXIT_BITMAP1,
+            F::EOI_EXIT_BITMAP2,
+            F::EOI_EXIT_BITMAP3,
+        ] {
             d.put(v02, f, u64::MAX);
         }
     }
     let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    d.put(v02, F::TSC_OFFSET, if p12 & primary::USE_TSC_OFFSETTING != 0 { v12.get(F::TSC_OFFSET) } else { 0 });
+    d.put(
+        v02,
+        F::TSC_OFFSET,
+        if p12 & primary::USE_TSC_OFFSETTING != 0 {
+            v12.get(F::TSC_OFFSET)
+        } else {
+            0
+        },
+    );
     d.put(v02, F::VMCS_LINK_POINTER, u64::MAX);
-    let l1_timer = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & crate::vmx::caps::pin::PREEMPTION_TIMER != 0;
+    let l1_timer =
+        v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & crate::vmx::caps::pin::PREEMPTION_TIMER != 0;
     match (l1_timer, l0.l0_timer) {
         // Each of L1's entries starts L1's timer afresh (SDM 27.7.4);
         // VMCS02 holds what was left of the previous run.
-        (true, _) => v02.write(F::VMX_PREEMPTION_TIMER_VALUE, v12.get(F::VMX_PREEMPTION_TIMER_VALUE)),
+        (true, _) => v02.write(
+            F::VMX_PREEMPTION_TIMER_VALUE,
+            v12.get(F::VMX_PREEMPTION_TIMER_VALUE),
+        ),
         (false, Some(t)) => v02.write(F::VMX_PREEMPTION_TIMER_VALUE, t),
         (false, None) => {}
     }
@@ -283,8 +324,18 @@ pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part, d: &mut Deri
     // CR0/CR4: L1's masks plus the bits VMX forces; for bits only L0
     // masks, L2 reads its real value.
     for (real, mask, shadow, forced) in [
-        (F::GUEST_CR0, F::CR0_GUEST_HOST_MASK, F::CR0_READ_SHADOW, l0.cr_policy.cr0_forced),
-        (F::GUEST_CR4, F::CR4_GUEST_HOST_MASK, F::CR4_READ_SHADOW, l0.cr_policy.cr4_forced),
+        (
+            F::GUEST_CR0,
+            F::CR0_GUEST_HOST_MASK,
+            F::CR0_READ_SHADOW,
+            l0.cr_policy.cr0_forced,
+        ),
+        (
+            F::GUEST_CR4,
+            F::CR4_GUEST_HOST_MASK,
+            F::CR4_READ_SHADOW,
+            l0.cr_policy.cr4_forced,
+        ),
     ] {
         let m12 = v12.get(mask);
         let value = v12.get(real);
@@ -294,10 +345,31 @@ pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part, d: &mut Deri
     }
     let e12 = v12.get(F::VM_ENTRY_CONTROLS) as u32;
     v02.write(F::GUEST_IA32_EFER, efer02(v12, l0));
-    v02.write(F::GUEST_IA32_PAT, if e12 & entry::LOAD_PAT != 0 { v12.get(F::GUEST_IA32_PAT) } else { l0.l1_pat });
+    v02.write(
+        F::GUEST_IA32_PAT,
+        if e12 & entry::LOAD_PAT != 0 {
+            v12.get(F::GUEST_IA32_PAT)
+        } else {
+            l0.l1_pat
+        },
+    );
     let load_debug = e12 & entry::LOAD_DEBUG_CONTROLS != 0;
-    v02.write(F::GUEST_DR7, if load_debug { v12.get(F::GUEST_DR7) } else { l0.l1_dr7 });
-    v02.write(F::GUEST_IA32_DEBUGCTL, if load_debug { v12.get(F::GUEST_IA32_DEBUGCTL) } else { l0.l1_debugctl });
+    v02.write(
+        F::GUEST_DR7,
+        if load_debug {
+            v12.get(F::GUEST_DR7)
+        } else {
+            l0.l1_dr7
+        },
+    );
+    v02.write(
+        F::GUEST_IA32_DEBUGCTL,
+        if load_debug {
+            v12.get(F::GUEST_IA32_DEBUGCTL)
+        } else {
+            l0.l1_debugctl
+        },
+    );
 }
 
 #[cfg(test)]
@@ -325,7 +397,11 @@ mod tests {
         }
     }
 
-    const POLICY: CrPolicy = CrPolicy { cr0_forced: 0x20, cr4_forced: 0x2000, cr4_allowed: 0x37_07ff };
+    const POLICY: CrPolicy = CrPolicy {
+        cr0_forced: 0x20,
+        cr4_forced: 0x2000,
+        cr4_allowed: 0x37_07ff,
+    };
 
     #[test]
     fn guest_state_and_l0_structures() {
@@ -355,9 +431,16 @@ mod tests {
         let l0 = l0part(&caps, &POLICY);
         let mut v12 = valid_vmcs12();
         let p = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) | primary::UNCONDITIONAL_IO_EXITING as u64;
-        v12.set(F::CPU_BASED_VM_EXEC_CONTROL, p & !(primary::USE_IO_BITMAPS as u64));
+        v12.set(
+            F::CPU_BASED_VM_EXEC_CONTROL,
+            p & !(primary::USE_IO_BITMAPS as u64),
+        );
         let (_, p02, s02, x02, e02) = controls02(&v12, &l0);
-        assert_eq!(p02 & primary::UNCONDITIONAL_IO_EXITING, 0, "replaced by bitmaps");
+        assert_eq!(
+            p02 & primary::UNCONDITIONAL_IO_EXITING,
+            0,
+            "replaced by bitmaps"
+        );
         assert_ne!(p02 & primary::USE_IO_BITMAPS, 0);
         assert_ne!(p02 & primary::HLT_EXITING, 0, "L1's HLT exiting kept");
         assert_ne!(s02 & secondary::ENABLE_EPT, 0);
@@ -365,7 +448,10 @@ mod tests {
         assert_ne!(x02 & exit::HOST_ADDRESS_SPACE_SIZE, 0);
         assert_eq!(e02 & entry::IA32E_MODE_GUEST, 0);
         // No VPID02: the control is off even if L1 asked.
-        let no_vpid = L0Part { vpid: 0, ..l0part(&caps, &POLICY) };
+        let no_vpid = L0Part {
+            vpid: 0,
+            ..l0part(&caps, &POLICY)
+        };
         assert_eq!(controls02(&v12, &no_vpid).2 & secondary::ENABLE_VPID, 0);
     }
 
@@ -375,19 +461,33 @@ mod tests {
     fn l1_preemption_timer_survives_exits_l0_handles() {
         use crate::vmx::caps::pin;
         let caps = bochs();
-        let l0 = L0Part { l0_timer: Some(0x4000), ..l0part(&caps, &POLICY) };
+        let l0 = L0Part {
+            l0_timer: Some(0x4000),
+            ..l0part(&caps, &POLICY)
+        };
         let mut v12 = valid_vmcs12();
         let (_, _, _, x02, _) = controls02(&v12, &l0);
-        assert_eq!(x02 & exit::SAVE_PREEMPTION_TIMER, 0, "L0's own timer restarts at each resume");
+        assert_eq!(
+            x02 & exit::SAVE_PREEMPTION_TIMER,
+            0,
+            "L0's own timer restarts at each resume"
+        );
         let mut v02 = FakeVmcs::default();
         write_vmcs02(&mut v02, &v12, &l0, &mut Derived::default());
         assert_eq!(v02.read(F::VMX_PREEMPTION_TIMER_VALUE), 0x4000);
 
-        v12.set(F::PIN_BASED_VM_EXEC_CONTROL, v12.get(F::PIN_BASED_VM_EXEC_CONTROL) | pin::PREEMPTION_TIMER as u64);
+        v12.set(
+            F::PIN_BASED_VM_EXEC_CONTROL,
+            v12.get(F::PIN_BASED_VM_EXEC_CONTROL) | pin::PREEMPTION_TIMER as u64,
+        );
         v12.set(F::VMX_PREEMPTION_TIMER_VALUE, 5000);
         let (pin02, _, _, x02, _) = controls02(&v12, &l0);
         assert_ne!(pin02 & pin::PREEMPTION_TIMER, 0);
-        assert_ne!(x02 & exit::SAVE_PREEMPTION_TIMER, 0, "L1 did not ask to save, L0 does");
+        assert_ne!(
+            x02 & exit::SAVE_PREEMPTION_TIMER,
+            0,
+            "L1 did not ask to save, L0 does"
+        );
         let mut d = Derived::default();
         write_vmcs02(&mut v02, &v12, &l0, &mut d);
         assert_eq!(v02.read(F::VMX_PREEMPTION_TIMER_VALUE), 5000);
@@ -404,13 +504,24 @@ mod tests {
         let caps = bochs();
         let l0 = l0part(&caps, &POLICY);
         let mut v12 = valid_vmcs12();
-        v12.set(F::VM_ENTRY_CONTROLS, (v12.get(F::VM_ENTRY_CONTROLS) & !(entry::LOAD_EFER as u64)) | entry::IA32E_MODE_GUEST as u64);
+        v12.set(
+            F::VM_ENTRY_CONTROLS,
+            (v12.get(F::VM_ENTRY_CONTROLS) & !(entry::LOAD_EFER as u64))
+                | entry::IA32E_MODE_GUEST as u64,
+        );
         let mut v02 = FakeVmcs::default();
         write_vmcs02(&mut v02, &v12, &l0, &mut Derived::default());
         assert_eq!(v02.read(F::GUEST_IA32_EFER), 0xd01);
-        v12.set(F::VM_ENTRY_CONTROLS, v12.get(F::VM_ENTRY_CONTROLS) & !(entry::IA32E_MODE_GUEST as u64));
+        v12.set(
+            F::VM_ENTRY_CONTROLS,
+            v12.get(F::VM_ENTRY_CONTROLS) & !(entry::IA32E_MODE_GUEST as u64),
+        );
         write_vmcs02(&mut v02, &v12, &l0, &mut Derived::default());
         assert_eq!(v02.read(F::GUEST_IA32_EFER), 0x801);
-        assert_eq!(v02.read(F::GUEST_IA32_PAT), 0x0007_0406_0007_0406, "VMCS12 loads PAT");
+        assert_eq!(
+            v02.read(F::GUEST_IA32_PAT),
+            0x0007_0406_0007_0406,
+            "VMCS12 loads PAT"
+        );
     }
 }

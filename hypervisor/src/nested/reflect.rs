@@ -59,7 +59,9 @@ fn bit_set<M: GuestMemory>(mem: &M, bitmap: u64, bit: u64) -> bool {
     let mut b = [0u8; 1];
     // A bitmap that is not readable L1 RAM (checked at entry, so only if L1
     // changed its memory map under us) counts as "exit".
-    mem.read(bitmap + bit / 8, &mut b).map(|_| b[0] & (1 << (bit % 8)) != 0).unwrap_or(true)
+    mem.read(bitmap + bit / 8, &mut b)
+        .map(|_| b[0] & (1 << (bit % 8)) != 0)
+        .unwrap_or(true)
 }
 
 /// Whether L1's I/O controls make this access exit (SDM 26.1.3).
@@ -98,12 +100,19 @@ pub fn l1_wants_cr(v12: &Vmcs12, access: CrAccess, value: u64) -> bool {
     let (m0, s0) = (v12.get(F::CR0_GUEST_HOST_MASK), v12.get(F::CR0_READ_SHADOW));
     match access {
         CrAccess::MovToCr { cr: 0, .. } => (value ^ s0) & m0 != 0,
-        CrAccess::MovToCr { cr: 4, .. } => (value ^ v12.get(F::CR4_READ_SHADOW)) & v12.get(F::CR4_GUEST_HOST_MASK) != 0,
+        CrAccess::MovToCr { cr: 4, .. } => {
+            (value ^ v12.get(F::CR4_READ_SHADOW)) & v12.get(F::CR4_GUEST_HOST_MASK) != 0
+        }
         CrAccess::MovToCr { cr: 3, .. } => {
             if p & primary::CR3_LOAD_EXITING == 0 {
                 return false;
             }
-            let targets = [F::CR3_TARGET_VALUE0, F::CR3_TARGET_VALUE1, F::CR3_TARGET_VALUE2, F::CR3_TARGET_VALUE3];
+            let targets = [
+                F::CR3_TARGET_VALUE0,
+                F::CR3_TARGET_VALUE1,
+                F::CR3_TARGET_VALUE2,
+                F::CR3_TARGET_VALUE3,
+            ];
             let n = (v12.get(F::CR3_TARGET_COUNT) as usize).min(4);
             !targets[..n].iter().any(|&t| v12.get(t) == value)
         }
@@ -143,7 +152,11 @@ pub fn l1_wants_exception(v12: &Vmcs12, info: InterruptionInfo, error_code: u32)
 pub fn l1_wants_by_controls(v12: &Vmcs12, basic: u16) -> bool {
     let pinc = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
     let p = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    let s = if p & primary::ACTIVATE_SECONDARY != 0 { v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
+    let s = if p & primary::ACTIVATE_SECONDARY != 0 {
+        v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
+    } else {
+        0
+    };
     match basic {
         reason::EXTERNAL_INTERRUPT => pinc & pin::EXTERNAL_INTERRUPT_EXITING != 0,
         reason::PREEMPTION_TIMER => pinc & pin::PREEMPTION_TIMER != 0,
@@ -226,8 +239,16 @@ pub fn sync_vmcs12(v02: &impl Vmcs, v12: &mut Vmcs12, exit_info: &ExitInfo, cr_p
     }
     // L2's control registers: real values, except that bits only L0 forces
     // are whatever L1 put there (they are fixed to 1 for L1 too).
-    v12.set(F::GUEST_CR0, v02.read(F::GUEST_CR0) & !cr_policy.cr0_forced | v12.get(F::GUEST_CR0) & cr_policy.cr0_forced);
-    v12.set(F::GUEST_CR4, v02.read(F::GUEST_CR4) & !cr_policy.cr4_forced | v12.get(F::GUEST_CR4) & cr_policy.cr4_forced);
+    v12.set(
+        F::GUEST_CR0,
+        v02.read(F::GUEST_CR0) & !cr_policy.cr0_forced
+            | v12.get(F::GUEST_CR0) & cr_policy.cr0_forced,
+    );
+    v12.set(
+        F::GUEST_CR4,
+        v02.read(F::GUEST_CR4) & !cr_policy.cr4_forced
+            | v12.get(F::GUEST_CR4) & cr_policy.cr4_forced,
+    );
     let x12 = v12.get(F::VM_EXIT_CONTROLS) as u32;
     if x12 & exit::SAVE_DEBUG_CONTROLS != 0 {
         v12.set(F::GUEST_DR7, v02.read(F::GUEST_DR7));
@@ -240,18 +261,30 @@ pub fn sync_vmcs12(v02: &impl Vmcs, v12: &mut Vmcs12, exit_info: &ExitInfo, cr_p
         v12.set(F::GUEST_IA32_EFER, v02.read(F::GUEST_IA32_EFER));
     }
     if x12 & exit::SAVE_PREEMPTION_TIMER != 0 {
-        v12.set(F::VMX_PREEMPTION_TIMER_VALUE, v02.read(F::VMX_PREEMPTION_TIMER_VALUE));
+        v12.set(
+            F::VMX_PREEMPTION_TIMER_VALUE,
+            v02.read(F::VMX_PREEMPTION_TIMER_VALUE),
+        );
     }
     let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    let ept12 = p12 & primary::ACTIVATE_SECONDARY != 0 && v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 & secondary::ENABLE_EPT != 0;
+    let ept12 = p12 & primary::ACTIVATE_SECONDARY != 0
+        && v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 & secondary::ENABLE_EPT != 0;
     if ept12 {
-        for f in [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3] {
+        for f in [
+            F::GUEST_PDPTE0,
+            F::GUEST_PDPTE1,
+            F::GUEST_PDPTE2,
+            F::GUEST_PDPTE3,
+        ] {
             v12.set(f, v02.read(f));
         }
     }
     // "IA-32e mode guest" follows L2's EFER.LMA (SDM 28.2).
     let lma = v02.read(F::VM_ENTRY_CONTROLS) & entry::IA32E_MODE_GUEST as u64;
-    v12.set(F::VM_ENTRY_CONTROLS, v12.get(F::VM_ENTRY_CONTROLS) & !(entry::IA32E_MODE_GUEST as u64) | lma);
+    v12.set(
+        F::VM_ENTRY_CONTROLS,
+        v12.get(F::VM_ENTRY_CONTROLS) & !(entry::IA32E_MODE_GUEST as u64) | lma,
+    );
     write_exit_info(v12, exit_info);
 }
 
@@ -278,7 +311,11 @@ pub fn write_exit_info(v12: &mut Vmcs12, e: &ExitInfo) {
 
 /// Loads L1's state from VMCS12's host-state area into VMCS01 (SDM 28.5).
 /// Returns L1's CR state so the caller can reload PDPTEs if needed.
-pub fn load_host_state(v12: &Vmcs12, v01: &mut impl Vmcs, cr_policy: &CrPolicy) -> crate::vcpu::cr::CrState {
+pub fn load_host_state(
+    v12: &Vmcs12,
+    v01: &mut impl Vmcs,
+    cr_policy: &CrPolicy,
+) -> crate::vcpu::cr::CrState {
     let x12 = v12.get(F::VM_EXIT_CONTROLS) as u32;
     let long = x12 & exit::HOST_ADDRESS_SPACE_SIZE != 0;
     let lm = 1u64 << 8 | 1 << 10;
@@ -286,7 +323,11 @@ pub fn load_host_state(v12: &Vmcs12, v01: &mut impl Vmcs, cr_policy: &CrPolicy) 
         v12.get(F::HOST_IA32_EFER)
     } else {
         let old = v01.read(F::GUEST_IA32_EFER) & !lm;
-        if long { old | lm } else { old }
+        if long {
+            old | lm
+        } else {
+            old
+        }
     };
     let cr = crate::vcpu::cr::CrState {
         cr0: v12.get(F::HOST_CR0),
@@ -311,11 +352,46 @@ pub fn load_host_state(v12: &Vmcs12, v01: &mut impl Vmcs, cr_policy: &CrPolicy) 
     v01.write(F::GUEST_CS_LIMIT, 0xffff_ffff);
     v01.write(F::GUEST_CS_AR_BYTES, cs_ar);
     for (sel, base, limit, ar, hsel, hbase) in [
-        (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES, F::HOST_SS_SELECTOR, None),
-        (F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES, F::HOST_DS_SELECTOR, None),
-        (F::GUEST_ES_SELECTOR, F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES, F::HOST_ES_SELECTOR, None),
-        (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES, F::HOST_FS_SELECTOR, Some(F::HOST_FS_BASE)),
-        (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES, F::HOST_GS_SELECTOR, Some(F::HOST_GS_BASE)),
+        (
+            F::GUEST_SS_SELECTOR,
+            F::GUEST_SS_BASE,
+            F::GUEST_SS_LIMIT,
+            F::GUEST_SS_AR_BYTES,
+            F::HOST_SS_SELECTOR,
+            None,
+        ),
+        (
+            F::GUEST_DS_SELECTOR,
+            F::GUEST_DS_BASE,
+            F::GUEST_DS_LIMIT,
+            F::GUEST_DS_AR_BYTES,
+            F::HOST_DS_SELECTOR,
+            None,
+        ),
+        (
+            F::GUEST_ES_SELECTOR,
+            F::GUEST_ES_BASE,
+            F::GUEST_ES_LIMIT,
+            F::GUEST_ES_AR_BYTES,
+            F::HOST_ES_SELECTOR,
+            None,
+        ),
+        (
+            F::GUEST_FS_SELECTOR,
+            F::GUEST_FS_BASE,
+            F::GUEST_FS_LIMIT,
+            F::GUEST_FS_AR_BYTES,
+            F::HOST_FS_SELECTOR,
+            Some(F::HOST_FS_BASE),
+        ),
+        (
+            F::GUEST_GS_SELECTOR,
+            F::GUEST_GS_BASE,
+            F::GUEST_GS_LIMIT,
+            F::GUEST_GS_AR_BYTES,
+            F::HOST_GS_SELECTOR,
+            Some(F::HOST_GS_BASE),
+        ),
     ] {
         let s = v12.get(hsel);
         v01.write(sel, s);
@@ -355,36 +431,59 @@ mod tests {
     use crate::nested::testutil::{valid_vmcs12, IO_A, MSR_BITMAP};
     use crate::vmx::fake::FakeVmcs;
 
-    const POLICY: CrPolicy = CrPolicy { cr0_forced: 0x20, cr4_forced: 0x2000, cr4_allowed: 0x37_07ff };
+    const POLICY: CrPolicy = CrPolicy {
+        cr0_forced: 0x20,
+        cr4_forced: 0x2000,
+        cr4_allowed: 0x37_07ff,
+    };
 
     #[test]
     fn io_routing_follows_l1_bitmaps() {
         let mut m = VecMemory::new(0, 0x40_0000);
         m.write(IO_A + 0x3f8 / 8, &[1]).unwrap(); // port 0x3f8
         let v = valid_vmcs12();
-        let io = |port, size| IoAccess { port, size, is_in: false, string: false, rep: false };
+        let io = |port, size| IoAccess {
+            port,
+            size,
+            is_in: false,
+            string: false,
+            rep: false,
+        };
         assert!(l1_wants_io(&v, &m, &io(0x3f8, 1)));
         assert!(!l1_wants_io(&v, &m, &io(0x3f9, 1)));
-        assert!(l1_wants_io(&v, &m, &io(0x3f6, 4)), "a wide access touching the trapped port");
+        assert!(
+            l1_wants_io(&v, &m, &io(0x3f6, 4)),
+            "a wide access touching the trapped port"
+        );
         let mut u = valid_vmcs12();
         let p = u.get(F::CPU_BASED_VM_EXEC_CONTROL) & !(primary::USE_IO_BITMAPS as u64);
-        u.set(F::CPU_BASED_VM_EXEC_CONTROL, p | primary::UNCONDITIONAL_IO_EXITING as u64);
+        u.set(
+            F::CPU_BASED_VM_EXEC_CONTROL,
+            p | primary::UNCONDITIONAL_IO_EXITING as u64,
+        );
         assert!(l1_wants_io(&u, &m, &io(0x80, 1)));
         u.set(F::CPU_BASED_VM_EXEC_CONTROL, p);
-        assert!(!l1_wants_io(&u, &m, &io(0x80, 1)), "neither: L2 owns the port");
+        assert!(
+            !l1_wants_io(&u, &m, &io(0x80, 1)),
+            "neither: L2 owns the port"
+        );
     }
 
     #[test]
     fn msr_routing_follows_l1_bitmap() {
         let mut m = VecMemory::new(0, 0x40_0000);
-        m.write(MSR_BITMAP + 0x174 / 8, &[1 << (0x174 % 8)]).unwrap(); // read of SYSENTER_CS
+        m.write(MSR_BITMAP + 0x174 / 8, &[1 << (0x174 % 8)])
+            .unwrap(); // read of SYSENTER_CS
         m.write(MSR_BITMAP + 3072 + 0x80 / 8, &[1]).unwrap(); // write of EFER
         let v = valid_vmcs12();
         assert!(l1_wants_msr(&v, &m, 0x174, false));
         assert!(!l1_wants_msr(&v, &m, 0x174, true));
         assert!(l1_wants_msr(&v, &m, 0xc000_0080, true));
         assert!(!l1_wants_msr(&v, &m, 0xc000_0080, false));
-        assert!(l1_wants_msr(&v, &m, 0x4000_0000, false), "outside both ranges");
+        assert!(
+            l1_wants_msr(&v, &m, 0x4000_0000, false),
+            "outside both ranges"
+        );
     }
 
     #[test]
@@ -393,17 +492,38 @@ mod tests {
         v.set(F::CR0_GUEST_HOST_MASK, 0x8000_0001);
         v.set(F::CR0_READ_SHADOW, 0x8000_0001);
         let to_cr0 = CrAccess::MovToCr { cr: 0, gpr: 0 };
-        assert!(!l1_wants_cr(&v, to_cr0, 0x8000_0031), "masked bits as in the shadow");
-        assert!(l1_wants_cr(&v, to_cr0, 0x31), "clears PG against the shadow");
-        assert!(!l1_wants_cr(&v, CrAccess::MovToCr { cr: 3, gpr: 0 }, 0x1000), "no CR3-load exiting");
-        v.set(F::CPU_BASED_VM_EXEC_CONTROL, v.get(F::CPU_BASED_VM_EXEC_CONTROL) | primary::CR3_LOAD_EXITING as u64);
+        assert!(
+            !l1_wants_cr(&v, to_cr0, 0x8000_0031),
+            "masked bits as in the shadow"
+        );
+        assert!(
+            l1_wants_cr(&v, to_cr0, 0x31),
+            "clears PG against the shadow"
+        );
+        assert!(
+            !l1_wants_cr(&v, CrAccess::MovToCr { cr: 3, gpr: 0 }, 0x1000),
+            "no CR3-load exiting"
+        );
+        v.set(
+            F::CPU_BASED_VM_EXEC_CONTROL,
+            v.get(F::CPU_BASED_VM_EXEC_CONTROL) | primary::CR3_LOAD_EXITING as u64,
+        );
         v.set(F::CR3_TARGET_COUNT, 1);
         v.set(F::CR3_TARGET_VALUE0, 0x1000);
-        assert!(!l1_wants_cr(&v, CrAccess::MovToCr { cr: 3, gpr: 0 }, 0x1000), "a CR3 target");
+        assert!(
+            !l1_wants_cr(&v, CrAccess::MovToCr { cr: 3, gpr: 0 }, 0x1000),
+            "a CR3 target"
+        );
         assert!(l1_wants_cr(&v, CrAccess::MovToCr { cr: 3, gpr: 0 }, 0x2000));
-        assert!(!l1_wants_cr(&v, CrAccess::Lmsw { source: 1 }, 0), "PE already set in the shadow");
+        assert!(
+            !l1_wants_cr(&v, CrAccess::Lmsw { source: 1 }, 0),
+            "PE already set in the shadow"
+        );
         v.set(F::CR0_READ_SHADOW, 0);
-        assert!(l1_wants_cr(&v, CrAccess::Lmsw { source: 1 }, 0), "LMSW setting a masked PE");
+        assert!(
+            l1_wants_cr(&v, CrAccess::Lmsw { source: 1 }, 0),
+            "LMSW setting a masked PE"
+        );
     }
 
     #[test]
@@ -416,7 +536,10 @@ mod tests {
         assert!(l1_wants_exception(&v, pf, 3), "write faults match");
         assert!(!l1_wants_exception(&v, pf, 1));
         v.set(F::EXCEPTION_BITMAP, 0);
-        assert!(!l1_wants_exception(&v, pf, 3), "bit 14 clear inverts: matching #PF do not exit");
+        assert!(
+            !l1_wants_exception(&v, pf, 3),
+            "bit 14 clear inverts: matching #PF do not exit"
+        );
         assert!(l1_wants_exception(&v, pf, 1));
         let ud = InterruptionInfo::new(6, event_type::HARDWARE_EXCEPTION, false);
         assert!(!l1_wants_exception(&v, ud, 0));
@@ -433,11 +556,28 @@ mod tests {
         v02.write(F::GUEST_RSP, 0x7ff0);
         v02.write(F::GUEST_CR0, 0x31);
         v02.write(F::GUEST_IA32_EFER, 0);
-        let e = ExitInfo { reason: 10, instr_len: 2, ..Default::default() };
+        let e = ExitInfo {
+            reason: 10,
+            instr_len: 2,
+            ..Default::default()
+        };
         sync_vmcs12(&v02, &mut v12, &e, &POLICY);
-        assert_eq!((v12.get(F::GUEST_RIP), v12.get(F::GUEST_RSP)), (0x1002, 0x7ff0));
-        assert_eq!((v12.get(F::VM_EXIT_REASON), v12.get(F::VM_EXIT_INSTRUCTION_LEN)), (10, 2));
-        assert_eq!(v12.get(F::VM_ENTRY_INTR_INFO_FIELD), 0x30, "valid bit cleared");
+        assert_eq!(
+            (v12.get(F::GUEST_RIP), v12.get(F::GUEST_RSP)),
+            (0x1002, 0x7ff0)
+        );
+        assert_eq!(
+            (
+                v12.get(F::VM_EXIT_REASON),
+                v12.get(F::VM_EXIT_INSTRUCTION_LEN)
+            ),
+            (10, 2)
+        );
+        assert_eq!(
+            v12.get(F::VM_ENTRY_INTR_INFO_FIELD),
+            0x30,
+            "valid bit cleared"
+        );
         let mut v01 = FakeVmcs::default();
         v01.write(F::CR0_GUEST_HOST_MASK, 0x20);
         let cr = load_host_state(&v12, &mut v01, &POLICY);
@@ -446,9 +586,16 @@ mod tests {
         assert_eq!(v01.read(F::GUEST_RFLAGS), 2);
         assert_eq!(v01.read(F::GUEST_CS_AR_BYTES), 0xa09b);
         assert_eq!(v01.read(F::GUEST_TR_LIMIT), 0x67);
-        assert_eq!(v01.read(F::GUEST_FS_AR_BYTES) & 0x1_0000, 0x1_0000, "null FS unusable");
+        assert_eq!(
+            v01.read(F::GUEST_FS_AR_BYTES) & 0x1_0000,
+            0x1_0000,
+            "null FS unusable"
+        );
         assert_eq!(v01.read(F::GUEST_IA32_EFER), 0xd00);
-        assert_ne!(v01.read(F::VM_ENTRY_CONTROLS) & entry::IA32E_MODE_GUEST as u64, 0);
+        assert_ne!(
+            v01.read(F::VM_ENTRY_CONTROLS) & entry::IA32E_MODE_GUEST as u64,
+            0
+        );
         assert_eq!((cr.cr0, cr.cr3), (0x8005_0033, 0x1000));
         assert_eq!(v01.read(F::GUEST_CR0), 0x8005_0033);
     }

@@ -139,9 +139,15 @@ mod tests {
         let bit = |m: &[u8; 4096], e: u32| m[(e as usize & 0x7fff) / 8] & (1 << (e % 8)) != 0;
         assert!(!bit(&r, F::GUEST_RIP as u32) && !bit(&w, F::GUEST_RIP as u32));
         assert!(!bit(&r, F::VM_EXIT_REASON as u32) && bit(&w, F::VM_EXIT_REASON as u32));
-        assert!(!bit(&r, F::GUEST_PHYSICAL_ADDRESS as u32 | 1), "the high half of a 64-bit field");
+        assert!(
+            !bit(&r, F::GUEST_PHYSICAL_ADDRESS as u32 | 1),
+            "the high half of a 64-bit field"
+        );
         assert!(bit(&r, F::EPT_POINTER as u32) && bit(&w, F::EPT_POINTER as u32));
-        assert!(bit(&r, F::GUEST_RIP as u32 | 1), "natural-width fields have no high half");
+        assert!(
+            bit(&r, F::GUEST_RIP as u32 | 1),
+            "natural-width fields have no high half"
+        );
     }
 
     #[test]
@@ -153,7 +159,10 @@ mod tests {
         let mut sh = FakeVmcs::default();
         let mut cache = ShadowCache::default();
         to_shadow(&v12, &mut sh, &mut cache);
-        assert_eq!((sh.read(F::GUEST_RIP), sh.read(F::VM_EXIT_REASON)), (0x1000, 10));
+        assert_eq!(
+            (sh.read(F::GUEST_RIP), sh.read(F::VM_EXIT_REASON)),
+            (0x1000, 10)
+        );
         sh.write(F::GUEST_RIP, 0x1002);
         from_shadow(&sh, &mut v12, &mut cache);
         assert_eq!(v12.get(F::GUEST_RIP), 0x1002);
@@ -161,7 +170,11 @@ mod tests {
         // Only changes are written back.
         sh.write(F::VM_EXIT_REASON, 77);
         to_shadow(&v12, &mut sh, &mut cache);
-        assert_eq!(sh.read(F::VM_EXIT_REASON), 77, "unchanged in VMCS12: not rewritten");
+        assert_eq!(
+            sh.read(F::VM_EXIT_REASON),
+            77,
+            "unchanged in VMCS12: not rewritten"
+        );
         v12.set(F::VM_EXIT_REASON, 12);
         to_shadow(&v12, &mut sh, &mut cache);
         assert_eq!(sh.read(F::VM_EXIT_REASON), 12);

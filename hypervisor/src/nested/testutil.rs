@@ -23,11 +23,36 @@ pub fn valid_vmcs12() -> Vmcs12 {
     v.set(F::PIN_BASED_VM_EXEC_CONTROL, fit(c.pin, 0));
     v.set(
         F::CPU_BASED_VM_EXEC_CONTROL,
-        fit(c.primary, primary::USE_IO_BITMAPS | primary::USE_MSR_BITMAPS | primary::ACTIVATE_SECONDARY | primary::HLT_EXITING),
+        fit(
+            c.primary,
+            primary::USE_IO_BITMAPS
+                | primary::USE_MSR_BITMAPS
+                | primary::ACTIVATE_SECONDARY
+                | primary::HLT_EXITING,
+        ),
     );
-    v.set(F::SECONDARY_VM_EXEC_CONTROL, fit(c.secondary, secondary::ENABLE_EPT | secondary::UNRESTRICTED_GUEST | secondary::ENABLE_VPID));
-    v.set(F::VM_EXIT_CONTROLS, fit(c.exit, exit::HOST_ADDRESS_SPACE_SIZE | exit::SAVE_EFER | exit::LOAD_EFER | exit::SAVE_PAT | exit::LOAD_PAT));
-    v.set(F::VM_ENTRY_CONTROLS, fit(c.entry, entry::LOAD_EFER | entry::LOAD_PAT));
+    v.set(
+        F::SECONDARY_VM_EXEC_CONTROL,
+        fit(
+            c.secondary,
+            secondary::ENABLE_EPT | secondary::UNRESTRICTED_GUEST | secondary::ENABLE_VPID,
+        ),
+    );
+    v.set(
+        F::VM_EXIT_CONTROLS,
+        fit(
+            c.exit,
+            exit::HOST_ADDRESS_SPACE_SIZE
+                | exit::SAVE_EFER
+                | exit::LOAD_EFER
+                | exit::SAVE_PAT
+                | exit::LOAD_PAT,
+        ),
+    );
+    v.set(
+        F::VM_ENTRY_CONTROLS,
+        fit(c.entry, entry::LOAD_EFER | entry::LOAD_PAT),
+    );
     v.set(F::IO_BITMAP_A, IO_A);
     v.set(F::IO_BITMAP_B, IO_B);
     v.set(F::MSR_BITMAP, MSR_BITMAP);
@@ -55,12 +80,54 @@ pub fn valid_vmcs12() -> Vmcs12 {
     v.set(F::GUEST_CR4, 0x2000);
     v.set(F::CR0_READ_SHADOW, 0x11);
     for (s, b, l, a, sel, ar) in [
-        (F::GUEST_CS_SELECTOR, F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES, 0x08, 0xc09b),
-        (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES, 0x10, 0xc093),
-        (F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES, 0x10, 0xc093),
-        (F::GUEST_ES_SELECTOR, F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES, 0x10, 0xc093),
-        (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES, 0, 0x1_0000),
-        (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES, 0, 0x1_0000),
+        (
+            F::GUEST_CS_SELECTOR,
+            F::GUEST_CS_BASE,
+            F::GUEST_CS_LIMIT,
+            F::GUEST_CS_AR_BYTES,
+            0x08,
+            0xc09b,
+        ),
+        (
+            F::GUEST_SS_SELECTOR,
+            F::GUEST_SS_BASE,
+            F::GUEST_SS_LIMIT,
+            F::GUEST_SS_AR_BYTES,
+            0x10,
+            0xc093,
+        ),
+        (
+            F::GUEST_DS_SELECTOR,
+            F::GUEST_DS_BASE,
+            F::GUEST_DS_LIMIT,
+            F::GUEST_DS_AR_BYTES,
+            0x10,
+            0xc093,
+        ),
+        (
+            F::GUEST_ES_SELECTOR,
+            F::GUEST_ES_BASE,
+            F::GUEST_ES_LIMIT,
+            F::GUEST_ES_AR_BYTES,
+            0x10,
+            0xc093,
+        ),
+        (
+            F::GUEST_FS_SELECTOR,
+            F::GUEST_FS_BASE,
+            F::GUEST_FS_LIMIT,
+            F::GUEST_FS_AR_BYTES,
+            0,
+            0x1_0000,
+        ),
+        (
+            F::GUEST_GS_SELECTOR,
+            F::GUEST_GS_BASE,
+            F::GUEST_GS_LIMIT,
+            F::GUEST_GS_AR_BYTES,
+            0,
+            0x1_0000,
+        ),
     ] {
         v.set(s, sel);
         v.set(b, 0);

@@ -86,13 +86,23 @@ pub struct Vmcs12 {
 
 impl core::fmt::Debug for Vmcs12 {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Vmcs12 {{ revision: {:#x}, launched: {} }}", self.revision, self.launched)
+        write!(
+            f,
+            "Vmcs12 {{ revision: {:#x}, launched: {} }}",
+            self.revision, self.launched
+        )
     }
 }
 
 impl Default for Vmcs12 {
     fn default() -> Self {
-        Vmcs12 { revision: VMCS12_REVISION, abort: 0, launched: false, fields: [0; FIELDS], dirty: [u64::MAX; WORDS] }
+        Vmcs12 {
+            revision: VMCS12_REVISION,
+            abort: 0,
+            launched: false,
+            fields: [0; FIELDS],
+            dirty: [u64::MAX; WORDS],
+        }
     }
 }
 
@@ -102,7 +112,12 @@ impl Vmcs12 {
     pub fn from_region(b: &[u8; REGION_BYTES]) -> Self {
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         let ours = u32_at(12) == MAGIC;
-        let mut v = Vmcs12 { revision: u32_at(0), launched: ours && u32_at(8) == 1, abort: u32_at(4), ..Default::default() };
+        let mut v = Vmcs12 {
+            revision: u32_at(0),
+            launched: ours && u32_at(8) == 1,
+            abort: u32_at(4),
+            ..Default::default()
+        };
         if ours {
             for (i, f) in v.fields.iter_mut().enumerate() {
                 let o = HEADER + 8 * i;
@@ -205,7 +220,13 @@ impl Vmcs12 {
     }
 
     /// VMWRITE by L1; `any_field` is IA32_VMX_MISC[29] as advertised.
-    pub fn vmwrite(&mut self, enc: u32, value: u64, long_mode: bool, any_field: bool) -> Result<(), u32> {
+    pub fn vmwrite(
+        &mut self,
+        enc: u32,
+        value: u64,
+        long_mode: bool,
+        any_field: bool,
+    ) -> Result<(), u32> {
         let e = Encoding(enc);
         if !e.is_well_formed() {
             return Err(ERR_UNSUPPORTED_FIELD);
@@ -214,7 +235,11 @@ impl Vmcs12 {
         if e.field_type() == FieldType::ReadOnly && !any_field {
             return Err(ERR_READ_ONLY_FIELD);
         }
-        let value = if long_mode { value } else { value & 0xffff_ffff };
+        let value = if long_mode {
+            value
+        } else {
+            value & 0xffff_ffff
+        };
         let f = Field::ALL[full];
         self.dirty[full / 64] |= 1 << (full % 64);
         self.fields[full] = if e.is_high() {
@@ -237,7 +262,8 @@ impl Vmcs for Vmcs12 {
         self.vmread(encoding, true).map_err(VmxError::FailValid)
     }
     fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmxError> {
-        self.vmwrite(encoding, value, true, true).map_err(VmxError::FailValid)
+        self.vmwrite(encoding, value, true, true)
+            .map_err(VmxError::FailValid)
     }
 }
 
@@ -263,23 +289,29 @@ mod tests {
     fn vmread_vmwrite_widths() {
         let mut v = Vmcs12::default();
         // 16-bit field keeps 16 bits.
-        v.vmwrite(F::GUEST_CS_SELECTOR as u32, 0x1_2345, true, false).unwrap();
+        v.vmwrite(F::GUEST_CS_SELECTOR as u32, 0x1_2345, true, false)
+            .unwrap();
         assert_eq!(v.vmread(F::GUEST_CS_SELECTOR as u32, true), Ok(0x2345));
         // 32-bit field.
-        v.vmwrite(F::GUEST_CS_LIMIT as u32, 0x1_ffff_ffff, true, false).unwrap();
+        v.vmwrite(F::GUEST_CS_LIMIT as u32, 0x1_ffff_ffff, true, false)
+            .unwrap();
         assert_eq!(v.get(F::GUEST_CS_LIMIT), 0xffff_ffff);
         // 64-bit field: full and high halves.
-        v.vmwrite(F::EPT_POINTER as u32, 0x1234_5678_9abc_def0, true, false).unwrap();
+        v.vmwrite(F::EPT_POINTER as u32, 0x1234_5678_9abc_def0, true, false)
+            .unwrap();
         assert_eq!(v.vmread(F::EPT_POINTER as u32 | 1, true), Ok(0x1234_5678));
-        v.vmwrite(F::EPT_POINTER as u32 | 1, 0xaaaa_bbbb_cccc, true, false).unwrap();
+        v.vmwrite(F::EPT_POINTER as u32 | 1, 0xaaaa_bbbb_cccc, true, false)
+            .unwrap();
         assert_eq!(v.get(F::EPT_POINTER), 0xbbbb_cccc_9abc_def0);
         // Natural width outside 64-bit mode: 32 bits in and out.
-        v.vmwrite(F::GUEST_RIP as u32, 0xffff_ffff_8000_1000, false, false).unwrap();
+        v.vmwrite(F::GUEST_RIP as u32, 0xffff_ffff_8000_1000, false, false)
+            .unwrap();
         assert_eq!(v.get(F::GUEST_RIP), 0x8000_1000);
         v.set(F::GUEST_RIP, 0x1_0000_2000);
         assert_eq!(v.vmread(F::GUEST_RIP as u32, false), Ok(0x2000));
         // A 64-bit field written in full from 32-bit code: high half cleared.
-        v.vmwrite(F::EPT_POINTER as u32, 0x5000, false, false).unwrap();
+        v.vmwrite(F::EPT_POINTER as u32, 0x5000, false, false)
+            .unwrap();
         assert_eq!(v.get(F::EPT_POINTER), 0x5000);
     }
 
@@ -287,9 +319,20 @@ mod tests {
     fn vmread_vmwrite_errors() {
         let mut v = Vmcs12::default();
         assert_eq!(v.vmread(0x6c3e, true), Err(ERR_UNSUPPORTED_FIELD));
-        assert_eq!(v.vmread(F::GUEST_RIP as u32 | 1, true), Err(ERR_UNSUPPORTED_FIELD), "high of natural");
-        assert_eq!(v.vmread(0x1_0000 | F::GUEST_RIP as u32, true), Err(ERR_UNSUPPORTED_FIELD), "reserved bits");
-        assert_eq!(v.vmwrite(F::VM_EXIT_REASON as u32, 1, true, false), Err(ERR_READ_ONLY_FIELD));
+        assert_eq!(
+            v.vmread(F::GUEST_RIP as u32 | 1, true),
+            Err(ERR_UNSUPPORTED_FIELD),
+            "high of natural"
+        );
+        assert_eq!(
+            v.vmread(0x1_0000 | F::GUEST_RIP as u32, true),
+            Err(ERR_UNSUPPORTED_FIELD),
+            "reserved bits"
+        );
+        assert_eq!(
+            v.vmwrite(F::VM_EXIT_REASON as u32, 1, true, false),
+            Err(ERR_READ_ONLY_FIELD)
+        );
         assert_eq!(v.vmwrite(F::VM_EXIT_REASON as u32, 1, true, true), Ok(()));
         assert_eq!(v.get(F::VM_EXIT_REASON), 1);
     }
@@ -309,7 +352,10 @@ mod tests {
 
     #[test]
     fn region_round_trip() {
-        let mut v = Vmcs12 { launched: true, ..Default::default() };
+        let mut v = Vmcs12 {
+            launched: true,
+            ..Default::default()
+        };
         v.set(F::GUEST_RIP, 0xffff_8000_0000_1234);
         v.set(F::VIRTUAL_PROCESSOR_ID, 7);
         let r = v.to_region();
@@ -324,7 +370,10 @@ mod tests {
         fresh[0..4].copy_from_slice(&0x8000_4c30u32.to_le_bytes());
         fresh[8] = 1;
         let f = Vmcs12::from_region(&fresh);
-        assert_eq!((f.revision, f.launched, f.get(F::GUEST_RIP)), (0x8000_4c30, false, 0));
+        assert_eq!(
+            (f.revision, f.launched, f.get(F::GUEST_RIP)),
+            (0x8000_4c30, false, 0)
+        );
     }
 
     #[test]

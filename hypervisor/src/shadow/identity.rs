@@ -45,7 +45,10 @@ fn root(eptp: u64) -> u64 {
 
 impl Identities {
     pub fn new() -> Self {
-        Identities { next: 1, ..Default::default() }
+        Identities {
+            next: 1,
+            ..Default::default()
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -68,7 +71,13 @@ impl Identities {
         }
         let id = self.next;
         self.next += 1;
-        self.vms.insert(id, Vm { eptp: eptp.map(root), vmcs: Vec::new() });
+        self.vms.insert(
+            id,
+            Vm {
+                eptp: eptp.map(root),
+                vmcs: Vec::new(),
+            },
+        );
         if let Some(e) = eptp {
             self.by_eptp.insert(root(e), id);
         }
@@ -245,7 +254,9 @@ mod tests {
     fn limits() {
         let mut ids = Identities::new();
         for i in 0..MAX_VMS as u64 {
-            assert!(ids.identify(i * 0x1000, Some(0x1000_0000 + i * 0x1000)).is_some());
+            assert!(ids
+                .identify(i * 0x1000, Some(0x1000_0000 + i * 0x1000))
+                .is_some());
         }
         assert_eq!(ids.identify(0xfff_f000, Some(0x2000_0000)), None);
         let a = ids.identify(0, Some(0x1000_0000)).unwrap();

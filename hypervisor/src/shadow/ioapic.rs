@@ -31,7 +31,9 @@ impl IoApic {
         match offset {
             IOREGSEL => self.sel = value as u8,
             IOWIN => {
-                let Some(reg) = (self.sel as usize).checked_sub(0x10) else { return };
+                let Some(reg) = (self.sel as usize).checked_sub(0x10) else {
+                    return;
+                };
                 let pin = reg / 2;
                 if pin >= PINS {
                     return;
@@ -75,7 +77,10 @@ impl IoApic {
         if entries.len() != written.count_ones() as usize || !entries.remainder().is_empty() {
             return None;
         }
-        let mut a = IoApic { written, ..Default::default() };
+        let mut a = IoApic {
+            written,
+            ..Default::default()
+        };
         for pin in (0..PINS).filter(|p| written & 1 << p != 0) {
             a.redir[pin] = u64::from_le_bytes(entries.next()?.try_into().ok()?);
         }
@@ -114,10 +119,16 @@ mod tests {
         program(&mut a, 4, 0x24, 0);
         program(&mut a, 3, 0x1_0023, 0);
         let b = IoApic::decode(&a.encode()).unwrap();
-        assert_eq!((b.vector(4), b.vector(3), b.redir, b.written), (Some(0x24), None, a.redir, a.written));
+        assert_eq!(
+            (b.vector(4), b.vector(3), b.redir, b.written),
+            (Some(0x24), None, a.redir, a.written)
+        );
         let e = a.encode();
         assert!(IoApic::decode(&e[..e.len() - 1]).is_none());
-        assert!(IoApic::decode(b"IOA1\x00\x00\x00\x01").is_none(), "pin 24 does not exist");
+        assert!(
+            IoApic::decode(b"IOA1\x00\x00\x00\x01").is_none(),
+            "pin 24 does not exist"
+        );
         assert!(IoApic::decode(b"junk").is_none());
     }
 

@@ -220,10 +220,17 @@ impl Shadow {
     /// `@vm ...` for one VM (the `list` answer, and the notice when a VM
     /// appears or registers its tag).
     fn vm_frame(&self, id: VmId) -> String {
-        let Some(vm) = self.devices.get(&id) else { return mgmt::frame(format_args!("gone {id}")) };
+        let Some(vm) = self.devices.get(&id) else {
+            return mgmt::frame(format_args!("gone {id}"));
+        };
         let infos = vm.device_infos();
-        let (bin, bout) = infos.iter().fold((0, 0), |(i, o), d| (i + d.bytes_in, o + d.bytes_out));
-        let ports: Vec<String> = infos.iter().map(|d| alloc::format!("{:x}", d.port_base)).collect();
+        let (bin, bout) = infos
+            .iter()
+            .fold((0, 0), |(i, o), d| (i + d.bytes_in, o + d.bytes_out));
+        let ports: Vec<String> = infos
+            .iter()
+            .map(|d| alloc::format!("{:x}", d.port_base))
+            .collect();
         let tag = vm.tag();
         mgmt::frame(format_args!(
             "vm {id} tag={} frozen={} ports={} in={bin} out={bout}",
@@ -245,7 +252,11 @@ impl Shadow {
     /// L1 left VMX operation.
     pub fn vmxoff(&mut self) -> Frames {
         self.pi_routes.clear();
-        self.ids.clear_all().into_iter().flat_map(|vm| self.drop_vm(vm)).collect()
+        self.ids
+            .clear_all()
+            .into_iter()
+            .flat_map(|vm| self.drop_vm(vm))
+            .collect()
     }
 
     fn drop_vm(&mut self, vm: VmId) -> Frames {
@@ -281,7 +292,8 @@ impl Shadow {
     /// Save phase 1 (see `Registry::prepare_save`).
     pub fn prepare_save(&mut self, tag: &VmTag) -> Result<PreparedSave<VmId>, Error> {
         let key = self.key.as_ref().ok_or(Error::NoKey)?;
-        self.devices.prepare_save(tag, key, &self.ledger, &mut self.nonces)
+        self.devices
+            .prepare_save(tag, key, &self.ledger, &mut self.nonces)
     }
 
     pub fn commit_save(&mut self, p: PreparedSave<VmId>) -> Result<(), Error> {
@@ -293,12 +305,18 @@ impl Shadow {
     /// keeps the devices it had, and the console says why.
     pub fn restore(&mut self, tag: &VmTag, blob: &[u8]) -> Result<Restored<VmId>, Error> {
         let r = match self.key.as_ref() {
-            Some(key) => self.devices.restore_sealed(tag, key, &mut self.ledger, blob),
+            Some(key) => self
+                .devices
+                .restore_sealed(tag, key, &mut self.ledger, blob),
             None => Err(Error::NoKey),
         };
         if let Ok(ok) = &r {
             // The routes the VM programmed on the source host.
-            match self.devices.get(&ok.vm).and_then(|d| IoApic::decode(d.platform())) {
+            match self
+                .devices
+                .get(&ok.vm)
+                .and_then(|d| IoApic::decode(d.platform()))
+            {
                 Some(io) => self.ioapics.insert(ok.vm, io),
                 None => self.ioapics.remove(&ok.vm),
             };
@@ -360,15 +378,24 @@ impl Shadow {
             Command::Attach { target, port } => {
                 let port = port.unwrap_or(COM_PORTS[0]);
                 match self.find(target) {
-                    Some(_) if !COM_PORTS.contains(&port) => out.push(mgmt::frame(format_args!("err no COM port {port:#x}"))),
+                    Some(_) if !COM_PORTS.contains(&port) => {
+                        out.push(mgmt::frame(format_args!("err no COM port {port:#x}")))
+                    }
                     Some(vm) => {
                         let s = Session { vm, port };
                         if !self.sessions.contains(&s) {
                             if self.sessions.len() == MAX_SESSIONS {
-                                out.push(mgmt::frame(format_args!("err {MAX_SESSIONS} ports followed already; detach one")));
+                                out.push(mgmt::frame(format_args!(
+                                    "err {MAX_SESSIONS} ports followed already; detach one"
+                                )));
                                 return out;
                             }
-                            if let Some(c) = self.devices.vm(vm).device_at(port).and_then(|d| d.console()) {
+                            if let Some(c) = self
+                                .devices
+                                .vm(vm)
+                                .device_at(port)
+                                .and_then(|d| d.console())
+                            {
                                 c.set_operator_attached(true);
                             }
                         }
@@ -389,7 +416,10 @@ impl Shadow {
                     Some(vm) => vm,
                     None => None,
                 };
-                let f = self.detach(|s| vm.is_none_or(|v| v == s.vm) && port.is_none_or(|p| p == s.port), "operator detached");
+                let f = self.detach(
+                    |s| vm.is_none_or(|v| v == s.vm) && port.is_none_or(|p| p == s.port),
+                    "operator detached",
+                );
                 if f.is_empty() {
                     out.push(mgmt::frame(format_args!("err not attached")));
                 }
@@ -409,7 +439,9 @@ impl Shadow {
     fn find(&self, t: Target) -> Option<VmId> {
         match t {
             Target::Id(id) => self.devices.get(&id).map(|_| id),
-            Target::Tag(t) => VmTag::new(t.as_bytes()).ok().and_then(|t| self.devices.find_by_tag(&t)),
+            Target::Tag(t) => VmTag::new(t.as_bytes())
+                .ok()
+                .and_then(|t| self.devices.find_by_tag(&t)),
         }
     }
 
@@ -425,10 +457,18 @@ impl Shadow {
                 continue;
             }
             self.sessions.remove(i);
-            if let Some(c) = self.devices.get_mut(&s.vm).and_then(|v| v.device_at(s.port)).and_then(|d| d.console()) {
+            if let Some(c) = self
+                .devices
+                .get_mut(&s.vm)
+                .and_then(|v| v.device_at(s.port))
+                .and_then(|d| d.console())
+            {
                 c.set_operator_attached(false);
             }
-            out.push(mgmt::frame(format_args!("detached {} {:x} {why}", s.vm, s.port)));
+            out.push(mgmt::frame(format_args!(
+                "detached {} {:x} {why}",
+                s.vm, s.port
+            )));
         }
         if self.sessions.last().copied() != input {
             self.input_backlog.clear();
@@ -445,7 +485,9 @@ impl Shadow {
         // Sessions of VMs that ended without a VMCLEAR/VMXOFF notice.
         self.sessions.retain(|s| self.devices.get(&s.vm).is_some());
         for s in self.sessions.clone() {
-            let Some(vm) = self.devices.get_mut(&s.vm) else { continue };
+            let Some(vm) = self.devices.get_mut(&s.vm) else {
+                continue;
+            };
             if let Some(c) = vm.device_at(s.port).and_then(|d| d.console()) {
                 if Some(s) == input && !self.input_backlog.is_empty() {
                     let n = c.push_input(&self.input_backlog);
@@ -457,7 +499,12 @@ impl Shadow {
                     if n == 0 {
                         break;
                     }
-                    out.push(mgmt::frame(format_args!("out {} {:x} {}", s.vm, s.port, mgmt::hex(&buf[..n]))));
+                    out.push(mgmt::frame(format_args!(
+                        "out {} {:x} {}",
+                        s.vm,
+                        s.port,
+                        mgmt::hex(&buf[..n])
+                    )));
                 }
             }
             // Pulling output frees the transmitter and input fills the

@@ -17,11 +17,17 @@ fn shadow() -> Shadow {
 
 fn send(s: &mut Shadow, body: &str) -> Vec<Event> {
     let f = mgmt::frame(format_args!("{body}"));
-    s.feed(f.as_bytes()).iter().map(|l| parse_event(parse_frame(l).unwrap()).unwrap()).collect()
+    s.feed(f.as_bytes())
+        .iter()
+        .map(|l| parse_event(parse_frame(l).unwrap()).unwrap())
+        .collect()
 }
 
 fn events(frames: Frames) -> Vec<Event> {
-    frames.iter().map(|l| parse_event(parse_frame(l).unwrap()).unwrap()).collect()
+    frames
+        .iter()
+        .map(|l| parse_event(parse_frame(l).unwrap()).unwrap())
+        .collect()
 }
 
 /// The guest prints `text` on COM1 the way a driver does: THR writes.
@@ -42,11 +48,28 @@ fn devices_per_vm_and_console_output() {
     let list = send(&mut s, "list");
     assert_eq!(list.len(), 3);
     assert!(matches!(list[2], Event::EndList { count: 2 }));
-    assert_eq!(send(&mut s, "attach 1"), vec![Event::Attached { id: a, port: 0x3f8 }]);
+    assert_eq!(
+        send(&mut s, "attach 1"),
+        vec![Event::Attached { id: a, port: 0x3f8 }]
+    );
     // The backlog arrives at the next pump, and only VM a's.
-    assert_eq!(events(s.pump()), vec![Event::Out { id: a, port: 0x3f8, bytes: b"from a\n".to_vec() }]);
+    assert_eq!(
+        events(s.pump()),
+        vec![Event::Out {
+            id: a,
+            port: 0x3f8,
+            bytes: b"from a\n".to_vec()
+        }]
+    );
     print(&mut s, a, b"more");
-    assert_eq!(events(s.pump()), vec![Event::Out { id: a, port: 0x3f8, bytes: b"more".to_vec() }]);
+    assert_eq!(
+        events(s.pump()),
+        vec![Event::Out {
+            id: a,
+            port: 0x3f8,
+            bytes: b"more".to_vec()
+        }]
+    );
     assert_eq!(events(s.pump()), vec![]);
 }
 
@@ -63,7 +86,10 @@ fn operator_input_reaches_the_guest_and_raises_edges() {
     send(&mut s, &alloc::format!("in {}", mgmt::hex(b"ls\r")));
     assert!(s.irq_pending());
     let (vmcs, edges, levels) = s.take_irqs().unwrap();
-    assert_eq!((vmcs, edges & (1 << 4), levels & (1 << 4)), (0x1000, 1 << 4, 1 << 4));
+    assert_eq!(
+        (vmcs, edges & (1 << 4), levels & (1 << 4)),
+        (0x1000, 1 << 4, 1 << 4)
+    );
     assert_eq!(s.take_irqs(), None);
     // The guest reads what was typed.
     let got: Vec<u8> = (0..3).map(|_| s.io(a, 0x3f8, None)).collect();
@@ -73,13 +99,22 @@ fn operator_input_reaches_the_guest_and_raises_edges() {
 #[test]
 fn console_errors_are_answered() {
     let mut s = shadow();
-    assert_eq!(send(&mut s, "attach 9"), vec![Event::Error("no such VM".into())]);
-    assert_eq!(send(&mut s, "in 41"), vec![Event::Error("not attached".into())]);
+    assert_eq!(
+        send(&mut s, "attach 9"),
+        vec![Event::Error("no such VM".into())]
+    );
+    assert_eq!(
+        send(&mut s, "in 41"),
+        vec![Event::Error("not attached".into())]
+    );
     assert!(matches!(&send(&mut s, "reboot")[0], Event::Error(_)));
     assert_eq!(send(&mut s, "ping"), vec![Event::Pong]);
     // A damaged frame is reported, not executed.
     let damaged = mgmt::frame(format_args!("list")).replace("list", "lisT");
-    assert!(matches!(&events(s.feed(damaged.as_bytes()))[0], Event::Error(_)));
+    assert!(matches!(
+        &events(s.feed(damaged.as_bytes()))[0],
+        Event::Error(_)
+    ));
     // Log text from the other direction is ignored.
     assert!(s.feed(b"L0 INFO  something\n").is_empty());
 }
@@ -90,7 +125,17 @@ fn vm_end_drops_devices_and_detaches() {
     let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
     send(&mut s, "attach 1");
     let f = events(s.vmclear(0x1000));
-    assert_eq!(f, vec![Event::Gone { id: a }, Event::Detached { id: a, port: 0x3f8, reason: "the VM ended".into() }]);
+    assert_eq!(
+        f,
+        vec![
+            Event::Gone { id: a },
+            Event::Detached {
+                id: a,
+                port: 0x3f8,
+                reason: "the VM ended".into()
+            }
+        ]
+    );
     assert_eq!(s.vm_count(), 0);
     assert!(s.sessions.is_empty());
 }
@@ -100,7 +145,13 @@ fn new_vms_and_tags_are_announced() {
     let mut s = shadow();
     let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
     s.identify(0x1000, Some(0x10_0000)).unwrap();
-    let vm = |tag: Option<&str>| Event::Vm { id: a, tag: tag.map(Into::into), frozen: false, bytes_in: 0, bytes_out: 0 };
+    let vm = |tag: Option<&str>| Event::Vm {
+        id: a,
+        tag: tag.map(Into::into),
+        frozen: false,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
     assert_eq!(events(s.pump()), vec![vm(None)], "once, at the first exit");
     s.register_tag(a, VmTag::new(b"web-1").unwrap()).unwrap();
     assert_eq!(events(s.pump()), vec![vm(Some("web-1"))]);
@@ -115,40 +166,99 @@ fn several_ports_followed_input_to_the_last() {
     s.pump();
     print(&mut s, a, b"A");
     print(&mut s, b, b"B");
-    assert_eq!(send(&mut s, "attach 1"), vec![Event::Attached { id: a, port: 0x3f8 }]);
-    assert_eq!(send(&mut s, "attach 2"), vec![Event::Attached { id: b, port: 0x3f8 }]);
+    assert_eq!(
+        send(&mut s, "attach 1"),
+        vec![Event::Attached { id: a, port: 0x3f8 }]
+    );
+    assert_eq!(
+        send(&mut s, "attach 2"),
+        vec![Event::Attached { id: b, port: 0x3f8 }]
+    );
     let out = events(s.pump());
-    assert!(out.contains(&Event::Out { id: a, port: 0x3f8, bytes: b"A".to_vec() }), "{out:?}");
-    assert!(out.contains(&Event::Out { id: b, port: 0x3f8, bytes: b"B".to_vec() }), "{out:?}");
+    assert!(
+        out.contains(&Event::Out {
+            id: a,
+            port: 0x3f8,
+            bytes: b"A".to_vec()
+        }),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&Event::Out {
+            id: b,
+            port: 0x3f8,
+            bytes: b"B".to_vec()
+        }),
+        "{out:?}"
+    );
     // Input goes to VM b (attached last), until VM a is attached again.
     send(&mut s, &alloc::format!("in {}", mgmt::hex(b"x")));
     assert_eq!(s.io(b, 0x3f8, None), b'x');
-    assert_eq!(send(&mut s, "attach 1"), vec![Event::Attached { id: a, port: 0x3f8 }]);
+    assert_eq!(
+        send(&mut s, "attach 1"),
+        vec![Event::Attached { id: a, port: 0x3f8 }]
+    );
     send(&mut s, &alloc::format!("in {}", mgmt::hex(b"y")));
     assert_eq!(s.io(a, 0x3f8, None), b'y');
     // Detach one, then the rest; a second detach has nothing to do.
-    assert_eq!(send(&mut s, "detach 1"), vec![Event::Detached { id: a, port: 0x3f8, reason: "operator detached".into() }]);
+    assert_eq!(
+        send(&mut s, "detach 1"),
+        vec![Event::Detached {
+            id: a,
+            port: 0x3f8,
+            reason: "operator detached".into()
+        }]
+    );
     assert_eq!(send(&mut s, "in 41"), vec![], "input now goes to VM b");
-    assert_eq!(send(&mut s, "detach"), vec![Event::Detached { id: b, port: 0x3f8, reason: "operator detached".into() }]);
-    assert_eq!(send(&mut s, "detach"), vec![Event::Error("not attached".into())]);
-    assert_eq!(send(&mut s, "detach 7"), vec![Event::Error("no such VM".into())]);
-    assert_eq!(send(&mut s, "attach 1 0x2e8"), vec![Event::Attached { id: a, port: 0x2e8 }]);
-    assert_eq!(send(&mut s, "attach 1 0x2e9"), vec![Event::Error("no COM port 0x2e9".into())]);
+    assert_eq!(
+        send(&mut s, "detach"),
+        vec![Event::Detached {
+            id: b,
+            port: 0x3f8,
+            reason: "operator detached".into()
+        }]
+    );
+    assert_eq!(
+        send(&mut s, "detach"),
+        vec![Event::Error("not attached".into())]
+    );
+    assert_eq!(
+        send(&mut s, "detach 7"),
+        vec![Event::Error("no such VM".into())]
+    );
+    assert_eq!(
+        send(&mut s, "attach 1 0x2e8"),
+        vec![Event::Attached { id: a, port: 0x2e8 }]
+    );
+    assert_eq!(
+        send(&mut s, "attach 1 0x2e9"),
+        vec![Event::Error("no COM port 0x2e9".into())]
+    );
 }
 
 #[test]
 fn followed_ports_are_bounded() {
     let mut s = shadow();
     for i in 0..3 {
-        s.identify(0x1000 * (i + 1), Some(0x10_0000 * (i + 1))).unwrap();
+        s.identify(0x1000 * (i + 1), Some(0x10_0000 * (i + 1)))
+            .unwrap();
     }
     for i in 0..MAX_SESSIONS {
         let (vm, port) = (1 + i / 4, COM_PORTS[i % 4]);
-        assert_eq!(send(&mut s, &alloc::format!("attach {vm} {port:#x}")), vec![Event::Attached { id: vm as u64, port }]);
+        assert_eq!(
+            send(&mut s, &alloc::format!("attach {vm} {port:#x}")),
+            vec![Event::Attached {
+                id: vm as u64,
+                port
+            }]
+        );
     }
     assert!(matches!(&send(&mut s, "attach 3")[..], [Event::Error(_)]));
     // Re-attaching a followed port only moves the input to it.
-    assert_eq!(send(&mut s, "attach 1"), vec![Event::Attached { id: 1, port: 0x3f8 }]);
+    assert_eq!(
+        send(&mut s, "attach 1"),
+        vec![Event::Attached { id: 1, port: 0x3f8 }]
+    );
     assert_eq!(s.sessions.len(), MAX_SESSIONS);
 }
 
@@ -170,9 +280,19 @@ fn save_restore_through_the_registry() {
     s.restore(&tag, &blob).unwrap();
     s.pump();
     send(&mut s, "attach web-1");
-    assert_eq!(events(s.pump()), vec![Event::Out { id: b, port: 0x3f8, bytes: b"before migration".to_vec() }]);
+    assert_eq!(
+        events(s.pump()),
+        vec![Event::Out {
+            id: b,
+            port: 0x3f8,
+            bytes: b"before migration".to_vec()
+        }]
+    );
     // The same blob does not open twice.
-    assert_eq!(s.restore(&tag, &blob).unwrap_err().status(), ultracall_abi::Status::BlobReplayed);
+    assert_eq!(
+        s.restore(&tag, &blob).unwrap_err().status(),
+        ultracall_abi::Status::BlobReplayed
+    );
     // Without a key, nothing is sealed.
     let mut nokey = Shadow::new(None, rng);
     let c = nokey.identify(0x1000, Some(0x10_0000)).unwrap();

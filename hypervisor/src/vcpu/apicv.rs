@@ -56,7 +56,9 @@ impl Vcpu {
     /// interrupts are posted, and process a notification that is
     /// outstanding, as the CPU would had it arrived just now.
     pub(super) fn apicv_at_entry<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
-        let Some(vmcs12) = self.nested.vmx.current else { return };
+        let Some(vmcs12) = self.nested.vmx.current else {
+            return;
+        };
         let route = self.pi12();
         self.shadow.set_pi_route(vmcs12, route);
         if let Some(r) = route {
@@ -75,19 +77,30 @@ impl Vcpu {
                 let v02 = vs.current();
                 let status = v02.read(F::GUEST_INTR_STATUS);
                 v02.write(F::GUEST_INTR_STATUS, posted::raise_rvi(status, vector));
-                if v02.read(F::GUEST_ACTIVITY_STATE) == ACTIVITY_HLT && v02.read(F::GUEST_RFLAGS) & RFLAGS_IF != 0 {
+                if v02.read(F::GUEST_ACTIVITY_STATE) == ACTIVITY_HLT
+                    && v02.read(F::GUEST_RFLAGS) & RFLAGS_IF != 0
+                {
                     v02.write(F::GUEST_ACTIVITY_STATE, 0);
                 }
             }
             Ok(None) => {}
-            Err(e) => log::warn!("posted interrupts of VMCS12: {e} (descriptor {:#x}, virtual APIC {:#x})", r.desc, r.vapic),
+            Err(e) => log::warn!(
+                "posted interrupts of VMCS12: {e} (descriptor {:#x}, virtual APIC {:#x})",
+                r.desc,
+                r.vapic
+            ),
         }
     }
 
     /// An external-interrupt exit from L2 with VMCS12's notification
     /// vector: the CPU would have processed the posting without exiting
     /// (SDM 30.6), so L0 does, and L2 goes on.
-    pub(super) fn l2_notification<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) -> Option<Outcome> {
+    pub(super) fn l2_notification<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        e: &ExitInfo,
+    ) -> Option<Outcome> {
         let r = self.pi12()?;
         let info = InterruptionInfo(e.intr_info);
         if e.basic() != reason::EXTERNAL_INTERRUPT || !info.valid() || info.vector() != r.nv {
@@ -108,7 +121,10 @@ impl Vcpu {
             Ok(Posted::Queued) => {}
             Ok(Posted::Notify { nv, ndst }) => {
                 let running = self.nested.in_l2 && vs.selected() == Level::L2;
-                match self.pi12().filter(|r| running && r.desc == desc && r.nv == nv) {
+                match self
+                    .pi12()
+                    .filter(|r| running && r.desc == desc && r.nv == nv)
+                {
                     Some(r) => self.process_into_l2(vs, p, r),
                     None => {
                         p.send_ipi(ndst, nv);
@@ -124,7 +140,9 @@ impl Vcpu {
     /// stay for L1's relay (ultracall SetIrqRelay).
     pub(super) fn route_shadow_irqs<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
         for (vm, edges) in self.shadow.edges() {
-            let Some(route) = self.shadow.pi_route_of(vm) else { continue };
+            let Some(route) = self.shadow.pi_route_of(vm) else {
+                continue;
+            };
             let mut taken = 0;
             for pin in COM_PINS {
                 if edges & 1 << pin == 0 {
@@ -143,7 +161,12 @@ impl Vcpu {
 
     /// An L2 write to an address EPT12 does not map, on its way to L1:
     /// if it is the IOAPIC's, learn what L2 programs there.
-    pub(super) fn watch_ioapic<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) {
+    pub(super) fn watch_ioapic<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        e: &ExitInfo,
+    ) {
         const WRITE: u64 = 1 << 1;
         let offset = e.guest_physical.wrapping_sub(IOAPIC_BASE);
         if e.qualification & WRITE == 0 || offset > IOWIN || offset % 0x10 != 0 {
@@ -156,21 +179,49 @@ impl Vcpu {
             cr3: v02.read(F::GUEST_CR3),
             cr4: v02.read(F::GUEST_CR4),
             efer: v02.read(F::GUEST_IA32_EFER),
-            pdptes: [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3].map(|f| v02.read(f)),
+            pdptes: [
+                F::GUEST_PDPTE0,
+                F::GUEST_PDPTE1,
+                F::GUEST_PDPTE2,
+                F::GUEST_PDPTE3,
+            ]
+            .map(|f| v02.read(f)),
             maxphyaddr: self.maxphyaddr,
         };
-        let rip = v02.read(F::GUEST_CS_BASE).wrapping_add(v02.read(F::GUEST_RIP));
+        let rip = v02
+            .read(F::GUEST_CS_BASE)
+            .wrapping_add(v02.read(F::GUEST_RIP));
         let rsp = v02.read(F::GUEST_RSP);
-        let view = L2View { mem: p.mem(), eptp12, caps: &self.nested.vmx.caps, maxphyaddr: self.maxphyaddr };
+        let view = L2View {
+            mem: p.mem(),
+            eptp12,
+            caps: &self.nested.vmx.caps,
+            maxphyaddr: self.maxphyaddr,
+        };
         let mut insn = [0u8; 15];
         // Up to the end of RIP's page and beyond if the instruction
         // crosses it; a shorter read is enough for short instructions.
-        let got = (1..=15).rev().find(|&n| walk::read_virt(&view, &paging, rip, &mut insn[..n], Access { fetch: true, ..Default::default() }).is_ok());
+        let got = (1..=15).rev().find(|&n| {
+            walk::read_virt(
+                &view,
+                &paging,
+                rip,
+                &mut insn[..n],
+                Access {
+                    fetch: true,
+                    ..Default::default()
+                },
+            )
+            .is_ok()
+        });
         let Some(n) = got else { return };
         let regs = self.regs.gpr;
         let reg = |i: usize| if i == GuestRegs::RSP { rsp } else { regs[i] };
         let Some(store) = decode::mov_store(&insn[..n], reg) else {
-            log::warn!("L2 wrote its IOAPIC with an instruction L0 does not decode ({:02x?})", &insn[..n.min(4)]);
+            log::warn!(
+                "L2 wrote its IOAPIC with an instruction L0 does not decode ({:02x?})",
+                &insn[..n.min(4)]
+            );
             return;
         };
         if store.size == 4 {
@@ -183,15 +234,24 @@ impl Vcpu {
     /// L2's write of its x2APIC ICR when VMCS12 virtualizes IPIs: what the
     /// CPU does with IPI virtualization (SDM 30.1.6, 30.5). Returns None
     /// when L0 does not emulate it (L1 then gets the exit as before).
-    pub(super) fn l2_x2apic_icr<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Option<Outcome> {
+    pub(super) fn l2_x2apic_icr<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+    ) -> Option<Outcome> {
         if !self.ipiv12() || self.v12_secondary_bits() & secondary::VIRTUALIZE_X2APIC == 0 {
             return None;
         }
         let vapic = self.nested.vmx.vmcs12.get(F::VIRTUAL_APIC_PAGE_ADDR);
-        let icr = (self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff) << 32 | (self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff);
+        let icr = (self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff) << 32
+            | (self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff);
         let mem = p.mem();
-        if mem.write(vapic + posted::ICR_LO, &(icr as u32).to_le_bytes()).is_err()
-            || mem.write(vapic + posted::ICR_HI, &((icr >> 32) as u32).to_le_bytes()).is_err()
+        if mem
+            .write(vapic + posted::ICR_LO, &(icr as u32).to_le_bytes())
+            .is_err()
+            || mem
+                .write(vapic + posted::ICR_HI, &((icr >> 32) as u32).to_le_bytes())
+                .is_err()
         {
             return None;
         }
@@ -204,7 +264,12 @@ impl Vcpu {
     /// interrupt delivery (SDM 30.5): the virtual-APIC page updated as the
     /// CPU would (VTPR; or the vector requested in VIRR and RVI), the
     /// evaluation of pending virtual interrupts left to `before_l2_entry`.
-    pub(super) fn l2_x2apic_virtual_write<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, msr: u32) -> Option<Outcome> {
+    pub(super) fn l2_x2apic_virtual_write<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        msr: u32,
+    ) -> Option<Outcome> {
         let vapic = self.nested.vmx.vmcs12.get(F::VIRTUAL_APIC_PAGE_ADDR);
         let value = self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff;
         if self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff != 0 || value > 0xff {
@@ -214,7 +279,9 @@ impl Vcpu {
         }
         let mem = p.mem();
         match msr {
-            X2APIC_TPR => mem.write(vapic + 0x80, &(value as u32).to_le_bytes()).ok()?,
+            X2APIC_TPR => mem
+                .write(vapic + 0x80, &(value as u32).to_le_bytes())
+                .ok()?,
             _ => {
                 let vector = value as u8;
                 let word = vapic + 0x200 + 16 * (vector / 32) as u64;
@@ -233,20 +300,37 @@ impl Vcpu {
 
     /// An APIC-write exit from L2 (xAPIC, APIC-register virtualization):
     /// a write of ICR low is IPI-virtualized when VMCS12 asks for it.
-    pub(super) fn l2_apic_write<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) -> Option<Outcome> {
+    pub(super) fn l2_apic_write<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        e: &ExitInfo,
+    ) -> Option<Outcome> {
         if !self.ipiv12() || e.qualification & 0xfff != posted::ICR_LO {
             return None;
         }
         let vapic = self.nested.vmx.vmcs12.get(F::VIRTUAL_APIC_PAGE_ADDR);
         let mem = p.mem();
-        let (lo, hi) = (mem.read_u64(vapic + posted::ICR_LO).ok()?, mem.read_u64(vapic + posted::ICR_HI).ok()?);
+        let (lo, hi) = (
+            mem.read_u64(vapic + posted::ICR_LO).ok()?,
+            mem.read_u64(vapic + posted::ICR_HI).ok()?,
+        );
         let icr = (hi & 0xffff_ffff) << 32 | (lo & 0xffff_ffff);
         Some(self.virtualize_ipi(vs, p, icr, false))
     }
 
-    fn virtualize_ipi<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, icr: u64, x2apic: bool) -> Outcome {
+    fn virtualize_ipi<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        icr: u64,
+        x2apic: bool,
+    ) -> Outcome {
         let v12 = &self.nested.vmx.vmcs12;
-        let (table, last) = (v12.get(F::PID_POINTER_TABLE), v12.get(F::LAST_PID_POINTER_INDEX) as u16);
+        let (table, last) = (
+            v12.get(F::PID_POINTER_TABLE),
+            v12.get(F::LAST_PID_POINTER_INDEX) as u16,
+        );
         let vapic = v12.get(F::VIRTUAL_APIC_PAGE_ADDR);
         match posted::ipi(p.mem(), icr, x2apic, table, last) {
             Ipi::Post { desc, vector } => {
@@ -263,7 +347,11 @@ impl Vcpu {
             }
             Ipi::ApicWriteExit => {
                 // Trap-like: RIP is already past the write.
-                let e = ExitInfo { reason: reason::APIC_WRITE as u32, qualification: posted::ICR_LO, ..Default::default() };
+                let e = ExitInfo {
+                    reason: reason::APIC_WRITE as u32,
+                    qualification: posted::ICR_LO,
+                    ..Default::default()
+                };
                 self.reflect(vs, p, &e)
             }
         }
@@ -279,7 +367,9 @@ impl Vcpu {
         let l1_wants = self.nested.vmx.vmcs12.get(F::CPU_BASED_VM_EXEC_CONTROL) & bit != 0;
         let p = v02.read(F::CPU_BASED_VM_EXEC_CONTROL);
         let p = if on || l1_wants { p | bit } else { p & !bit };
-        self.nested.derived.put(v02, F::CPU_BASED_VM_EXEC_CONTROL, p);
+        self.nested
+            .derived
+            .put(v02, F::CPU_BASED_VM_EXEC_CONTROL, p);
     }
 
     /// Before every VM entry into L2 (VMCS02 current): evaluation and
@@ -309,13 +399,21 @@ impl Vcpu {
         };
         // PPR virtualization (SDM 30.1.3), as the CPU does at VM entry:
         // VPPR from VTPR and SVI.
-        let (Ok(vtpr), svi) = (read32(mem, vapic + 0x80), (status >> 8) as u8) else { return };
-        let ppr = if (vtpr as u8) >> 4 >= svi >> 4 { vtpr & 0xff } else { (svi & 0xf0) as u32 };
+        let (Ok(vtpr), svi) = (read32(mem, vapic + 0x80), (status >> 8) as u8) else {
+            return;
+        };
+        let ppr = if (vtpr as u8) >> 4 >= svi >> 4 {
+            vtpr & 0xff
+        } else {
+            (svi & 0xf0) as u32
+        };
         if mem.write(vapic + PPR, &ppr.to_le_bytes()).is_err() {
             return;
         }
         // Not recognized while L1 itself waits for the window (30.2.1).
-        let l1_window = self.nested.vmx.vmcs12.get(F::CPU_BASED_VM_EXEC_CONTROL) & primary::INTERRUPT_WINDOW_EXITING as u64 != 0;
+        let l1_window = self.nested.vmx.vmcs12.get(F::CPU_BASED_VM_EXEC_CONTROL)
+            & primary::INTERRUPT_WINDOW_EXITING as u64
+            != 0;
         if rvi >> 4 <= (ppr as u8) >> 4 || l1_window {
             self.set_window02(v, false);
             return;
@@ -331,16 +429,34 @@ impl Vcpu {
         }
         self.set_window02(v, false);
         let (word, bit) = (16 * (rvi / 32) as u64, 1u32 << (rvi % 32));
-        let (Ok(isr), Ok(irr)) = (read32(mem, vapic + VISR + word), read32(mem, vapic + VIRR + word)) else { return };
-        let ok = mem.write(vapic + VISR + word, &(isr | bit).to_le_bytes()).is_ok()
-            && mem.write(vapic + VIRR + word, &(irr & !bit).to_le_bytes()).is_ok()
-            && mem.write(vapic + PPR, &((rvi & 0xf0) as u32).to_le_bytes()).is_ok();
+        let (Ok(isr), Ok(irr)) = (
+            read32(mem, vapic + VISR + word),
+            read32(mem, vapic + VIRR + word),
+        ) else {
+            return;
+        };
+        let ok = mem
+            .write(vapic + VISR + word, &(isr | bit).to_le_bytes())
+            .is_ok()
+            && mem
+                .write(vapic + VIRR + word, &(irr & !bit).to_le_bytes())
+                .is_ok()
+            && mem
+                .write(vapic + PPR, &((rvi & 0xf0) as u32).to_le_bytes())
+                .is_ok();
         if !ok {
             return;
         }
-        let next = crate::nested::posted::highest_vector(|i| read32(mem, vapic + VIRR + 16 * i as u64).unwrap_or(0)).unwrap_or(0) as u64;
+        let next = crate::nested::posted::highest_vector(|i| {
+            read32(mem, vapic + VIRR + 16 * i as u64).unwrap_or(0)
+        })
+        .unwrap_or(0) as u64;
         v.write(F::GUEST_INTR_STATUS, (rvi as u64) << 8 | next);
-        v.write(F::VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo::new(rvi, crate::vmx::exit::event_type::EXTERNAL_INTERRUPT, false).0 as u64);
+        v.write(
+            F::VM_ENTRY_INTR_INFO_FIELD,
+            InterruptionInfo::new(rvi, crate::vmx::exit::event_type::EXTERNAL_INTERRUPT, false).0
+                as u64,
+        );
         if activity == ACTIVITY_HLT {
             v.write(F::GUEST_ACTIVITY_STATE, 0);
         }

@@ -25,14 +25,22 @@ pub struct L2Memory<'a, M: GuestMemory> {
 
 impl<M: GuestMemory> L2Memory<'_, M> {
     fn translate(&self, gpa2: u64, write: bool) -> Result<u64, MemError> {
-        let Some(eptp) = self.eptp12 else { return Ok(gpa2) };
+        let Some(eptp) = self.eptp12 else {
+            return Ok(gpa2);
+        };
         let access = EptAccess(if write { 2 } else { 1 });
         ept12::walk(&*self.l1, eptp, gpa2, access, self.caps, self.maxphyaddr)
             .map(|l| l.gpa)
             .map_err(|_| MemError::NotRam { gpa: gpa2, len: 1 })
     }
 
-    fn each_page(&self, gpa2: u64, len: usize, write: bool, mut f: impl FnMut(u64, usize, usize) -> Result<(), MemError>) -> Result<(), MemError> {
+    fn each_page(
+        &self,
+        gpa2: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(u64, usize, usize) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
         let mut done = 0;
         while done < len {
             let a = gpa2 + done as u64;
@@ -54,7 +62,10 @@ impl<M: GuestMemory> GuestMemory for L2Memory<'_, M> {
                 count += 1;
                 Ok(())
             } else {
-                Err(MemError::NotRam { gpa, len: buf.len() as u64 })
+                Err(MemError::NotRam {
+                    gpa,
+                    len: buf.len() as u64,
+                })
             }
         })?;
         for &(g1, off, n) in &pieces[..count] {
@@ -71,7 +82,10 @@ impl<M: GuestMemory> GuestMemory for L2Memory<'_, M> {
                 count += 1;
                 Ok(())
             } else {
-                Err(MemError::NotRam { gpa, len: data.len() as u64 })
+                Err(MemError::NotRam {
+                    gpa,
+                    len: data.len() as u64,
+                })
             }
         })?;
         for &(g1, off, n) in &pieces[..count] {
@@ -83,8 +97,14 @@ impl<M: GuestMemory> GuestMemory for L2Memory<'_, M> {
         self.write(gpa, &alloc::vec![0; len as usize])
     }
     fn is_ram(&self, gpa: u64, len: u64) -> bool {
-        self.each_page(gpa, len as usize, false, |g1, _, n| if self.l1.is_ram(g1, n as u64) { Ok(()) } else { Err(MemError::NotRam { gpa, len }) })
-            .is_ok()
+        self.each_page(gpa, len as usize, false, |g1, _, n| {
+            if self.l1.is_ram(g1, n as u64) {
+                Ok(())
+            } else {
+                Err(MemError::NotRam { gpa, len })
+            }
+        })
+        .is_ok()
     }
 }
 
@@ -117,7 +137,11 @@ impl Vcpu {
         use crate::vmx::caps::{primary, secondary};
         let v12 = &self.nested.vmx.vmcs12;
         let p = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-        let s = if p & primary::ACTIVATE_SECONDARY != 0 { v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
+        let s = if p & primary::ACTIVATE_SECONDARY != 0 {
+            v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
+        } else {
+            0
+        };
         (s & secondary::ENABLE_EPT != 0).then(|| v12.get(F::EPT_POINTER))
     }
 
@@ -133,7 +157,9 @@ impl Vcpu {
     fn port_read<P: Platform>(&mut self, p: &mut P, to: Ports, port: u16, size: u8) -> u32 {
         match to {
             Ports::Hardware => p.io_in(port, size),
-            Ports::Shadow(vm) => (0..size as u32).fold(0, |v, i| v | (self.com_byte(vm, port.wrapping_add(i as u16), None) as u32) << (8 * i)),
+            Ports::Shadow(vm) => (0..size as u32).fold(0, |v, i| {
+                v | (self.com_byte(vm, port.wrapping_add(i as u16), None) as u32) << (8 * i)
+            }),
         }
     }
 
@@ -142,14 +168,24 @@ impl Vcpu {
             Ports::Hardware => p.io_out(port, size, value),
             Ports::Shadow(vm) => {
                 for i in 0..size as u32 {
-                    self.com_byte(vm, port.wrapping_add(i as u16), Some((value >> (8 * i)) as u8));
+                    self.com_byte(
+                        vm,
+                        port.wrapping_add(i as u16),
+                        Some((value >> (8 * i)) as u8),
+                    );
                 }
             }
         }
     }
 
     /// L2 accessed a COM port (VMCS02 current).
-    pub(super) fn l2_com_io<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo, io: IoAccess) -> Outcome {
+    pub(super) fn l2_com_io<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        e: &ExitInfo,
+        io: IoAccess,
+    ) -> Outcome {
         let vm = self.current_l2_vm();
         if vm.is_none() {
             log::warn!("too many user VMs: a new VM's COM ports stay absent");
@@ -169,11 +205,24 @@ impl Vcpu {
 
     /// L2's access to a port neither L0 nor L1 wants: carried out as L2
     /// would have done natively (L0 had to trap it to ask L1's bitmaps).
-    pub(super) fn l2_passthrough_io<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo, io: IoAccess) -> Outcome {
+    pub(super) fn l2_passthrough_io<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        e: &ExitInfo,
+        io: IoAccess,
+    ) -> Outcome {
         self.l2_port_io(vs, p, e, io, Ports::Hardware)
     }
 
-    fn l2_port_io<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo, io: IoAccess, to: Ports) -> Outcome {
+    fn l2_port_io<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        e: &ExitInfo,
+        io: IoAccess,
+        to: Ports,
+    ) -> Outcome {
         let done = if io.string {
             self.string_io(vs, p, e, io, to)
         } else {
@@ -182,7 +231,11 @@ impl Vcpu {
                 let value = self.port_read(p, to, io.port, io.size) as u64;
                 // IN AL/AX keep the rest of RAX; IN EAX zero-extends.
                 let mask = (1u64 << (8 * io.size as u32)) - 1;
-                self.regs.gpr[GuestRegs::RAX] = if io.size == 4 { value } else { (rax & !mask) | value };
+                self.regs.gpr[GuestRegs::RAX] = if io.size == 4 {
+                    value
+                } else {
+                    (rax & !mask) | value
+                };
             } else {
                 self.port_write(p, to, io.port, io.size, rax as u32);
             }
@@ -196,21 +249,49 @@ impl Vcpu {
 
     /// INS/OUTS: returns whether the instruction completed (a REP with
     /// iterations left re-executes).
-    fn string_io<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo, io: IoAccess, to: Ports) -> bool {
+    fn string_io<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        e: &ExitInfo,
+        io: IoAccess,
+        to: Ports,
+    ) -> bool {
         let v = vs.current();
         let info = InstrInfo(e.instr_info);
         let cs_l = v.read(F::GUEST_CS_AR_BYTES) & (1 << 13) != 0;
         let efer = v.read(F::GUEST_IA32_EFER);
         let long = efer & (1 << 10) != 0 && cs_l;
-        let asize = if long { info.address_bytes() } else { info.address_bytes().min(4) };
-        let amask = if asize == 8 { u64::MAX } else { (1u64 << (8 * asize)) - 1 };
+        let asize = if long {
+            info.address_bytes()
+        } else {
+            info.address_bytes().min(4)
+        };
+        let amask = if asize == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * asize)) - 1
+        };
         let down = v.read(F::GUEST_RFLAGS) & (1 << 10) != 0;
         let (reg, seg_base) = if io.is_in {
-            (GuestRegs::RDI, if long { 0 } else { v.read(F::GUEST_ES_BASE) })
+            (
+                GuestRegs::RDI,
+                if long { 0 } else { v.read(F::GUEST_ES_BASE) },
+            )
         } else {
-            let seg = [F::GUEST_ES_BASE, F::GUEST_CS_BASE, F::GUEST_SS_BASE, F::GUEST_DS_BASE, F::GUEST_FS_BASE, F::GUEST_GS_BASE]
-                [info.segment().min(5)];
-            let base = if long && !matches!(info.segment(), 4 | 5) { 0 } else { v.read(seg) };
+            let seg = [
+                F::GUEST_ES_BASE,
+                F::GUEST_CS_BASE,
+                F::GUEST_SS_BASE,
+                F::GUEST_DS_BASE,
+                F::GUEST_FS_BASE,
+                F::GUEST_GS_BASE,
+            ][info.segment().min(5)];
+            let base = if long && !matches!(info.segment(), 4 | 5) {
+                0
+            } else {
+                v.read(seg)
+            };
             (GuestRegs::RSI, base)
         };
         let paging = PagingRegs {
@@ -218,11 +299,26 @@ impl Vcpu {
             cr3: v.read(F::GUEST_CR3),
             cr4: v.read(F::GUEST_CR4),
             efer,
-            pdptes: [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3].map(|f| v.read(f)),
+            pdptes: [
+                F::GUEST_PDPTE0,
+                F::GUEST_PDPTE1,
+                F::GUEST_PDPTE2,
+                F::GUEST_PDPTE3,
+            ]
+            .map(|f| v.read(f)),
             maxphyaddr: self.maxphyaddr,
         };
-        let access = Access { write: io.is_in, fetch: false, user: (v.read(F::GUEST_SS_AR_BYTES) >> 5) & 3 == 3, ac: false };
-        let count_total = if io.rep { self.regs.gpr[GuestRegs::RCX] & amask } else { 1 };
+        let access = Access {
+            write: io.is_in,
+            fetch: false,
+            user: (v.read(F::GUEST_SS_AR_BYTES) >> 5) & 3 == 3,
+            ac: false,
+        };
+        let count_total = if io.rep {
+            self.regs.gpr[GuestRegs::RCX] & amask
+        } else {
+            1
+        };
         let step = io.size as u64;
         let eptp12 = self.eptp12();
         let caps = self.nested.vmx.caps;
@@ -233,11 +329,21 @@ impl Vcpu {
             let size = io.size as usize;
             let r = if io.is_in {
                 let bytes = self.port_read(p, to, io.port, io.size).to_le_bytes();
-                let mut mem = L2Memory { l1: p.mem(), eptp12, caps: &caps, maxphyaddr: self.maxphyaddr };
+                let mut mem = L2Memory {
+                    l1: p.mem(),
+                    eptp12,
+                    caps: &caps,
+                    maxphyaddr: self.maxphyaddr,
+                };
                 walk::write_virt(&mut mem, &paging, la, &bytes[..size], access)
             } else {
                 let mut bytes = [0u8; 4];
-                let mem = L2Memory { l1: p.mem(), eptp12, caps: &caps, maxphyaddr: self.maxphyaddr };
+                let mem = L2Memory {
+                    l1: p.mem(),
+                    eptp12,
+                    caps: &caps,
+                    maxphyaddr: self.maxphyaddr,
+                };
                 let r = walk::read_virt(&mem, &paging, la, &mut bytes[..size], access);
                 if r.is_ok() {
                     self.port_write(p, to, io.port, io.size, u32::from_le_bytes(bytes));
@@ -246,17 +352,27 @@ impl Vcpu {
             };
             if let Err(f) = r {
                 // The string operand is not mapped: #PF (or, past EPT12, #GP).
-                log::info!("L2 string I/O on port {:#x} faulted at {:#x}", io.port, f.address);
+                log::info!(
+                    "L2 string I/O on port {:#x} faulted at {:#x}",
+                    io.port,
+                    f.address
+                );
                 match f.error {
                     walk::WalkError::PageFault { error_code } => {
                         p.set_cr2(f.address);
                         inject_exception(vs.current(), 14, Some(error_code));
                     }
-                    walk::WalkError::TableNotRam { .. } => inject_exception(vs.current(), 13, Some(0)),
+                    walk::WalkError::TableNotRam { .. } => {
+                        inject_exception(vs.current(), 13, Some(0))
+                    }
                 }
                 return false;
             }
-            let next = if down { offset.wrapping_sub(step) } else { offset.wrapping_add(step) };
+            let next = if down {
+                offset.wrapping_sub(step)
+            } else {
+                offset.wrapping_add(step)
+            };
             self.regs.gpr[reg] = (self.regs.gpr[reg] & !amask) | (next & amask);
             n += 1;
             if io.rep {

@@ -72,7 +72,9 @@ pub fn guest_view(leaf: u32, subleaf: u32, raw: [u32; 4], ctx: &CpuidContext) ->
             set(&mut a, 3, xsaves);
         }
         0x12 | 0x14 => [a, b, c, d] = [0; 4], // SGX and PT leaves
-        0x15 if ctx.tsc_hz != 0 && !tsc_leaf_agrees(raw, ctx.tsc_hz) => [a, b, c, d] = tsc_leaf(ctx.tsc_hz),
+        0x15 if ctx.tsc_hz != 0 && !tsc_leaf_agrees(raw, ctx.tsc_hz) => {
+            [a, b, c, d] = tsc_leaf(ctx.tsc_hz)
+        }
         0x16 if ctx.tsc_hz != 0 => {
             // Base and maximum MHz; Linux's cpu_khz_from_cpuid reads EAX
             // and trusts the TSC (leaf 0x15) over it if they disagree.
@@ -83,7 +85,9 @@ pub fn guest_view(leaf: u32, subleaf: u32, raw: [u32; 4], ctx: &CpuidContext) ->
             let rdtscp = d & (1 << 27) != 0 && ctx.rdtscp;
             set(&mut d, 27, rdtscp);
         }
-        HYPERVISOR_BASE => [a, b, c, d] = [HYPERVISOR_MAX, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]],
+        HYPERVISOR_BASE => {
+            [a, b, c, d] = [HYPERVISOR_MAX, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]]
+        }
         0x4000_0001 => [a, b, c, d] = [ctx.abi_version, 0, 0, 0],
         l if is_synthetic(l) => [a, b, c, d] = [0; 4],
         _ => {}
@@ -119,7 +123,15 @@ mod tests {
     use super::*;
 
     fn ctx() -> CpuidContext {
-        CpuidContext { guest_cr4: 0, vmx: false, rdtscp: true, invpcid: true, xsaves: false, abi_version: 0x1_0000, tsc_hz: 0 }
+        CpuidContext {
+            guest_cr4: 0,
+            vmx: false,
+            rdtscp: true,
+            invpcid: true,
+            xsaves: false,
+            abi_version: 0x1_0000,
+            tsc_hz: 0,
+        }
     }
 
     /// Linux 6.1's native_calibrate_tsc, for an Intel CPU with max leaf >= 0x16.
@@ -141,8 +153,14 @@ mod tests {
         // 0x16 3500 MHz; L0 measured 100 MHz.
         let raw15 = [2, 292, 0, 0];
         let raw16 = [3500, 3500, 100, 0];
-        assert!(linux_tsc_khz(raw15, raw16) > 3_400_000, "what Linux would believe unaided");
-        let bochs = CpuidContext { tsc_hz: 99_998_765, ..ctx() };
+        assert!(
+            linux_tsc_khz(raw15, raw16) > 3_400_000,
+            "what Linux would believe unaided"
+        );
+        let bochs = CpuidContext {
+            tsc_hz: 99_998_765,
+            ..ctx()
+        };
         let l15 = guest_view(0x15, 0, raw15, &bochs);
         let l16 = guest_view(0x16, 0, raw16, &bochs);
         assert_eq!(l15, [1, 1, 99_998_765, 0]);
@@ -153,13 +171,25 @@ mod tests {
         assert_eq!(guest_view(0x16, 0, raw16, &ctx()), raw16);
         // A CPU that reports its crystal truthfully keeps its answer.
         let real = [2, 250, 24_000_000, 0];
-        let ctx3 = CpuidContext { tsc_hz: 3_000_100_000, ..ctx() };
+        let ctx3 = CpuidContext {
+            tsc_hz: 3_000_100_000,
+            ..ctx()
+        };
         assert_eq!(guest_view(0x15, 0, real, &ctx3), real);
         // One that is 10 % off does not.
-        let ctx33 = CpuidContext { tsc_hz: 3_300_000_000, ..ctx() };
-        assert_eq!(linux_tsc_khz(guest_view(0x15, 0, real, &ctx33), [0; 4]), 3_300_000);
+        let ctx33 = CpuidContext {
+            tsc_hz: 3_300_000_000,
+            ..ctx()
+        };
+        assert_eq!(
+            linux_tsc_khz(guest_view(0x15, 0, real, &ctx33), [0; 4]),
+            3_300_000
+        );
         // Above 4.29 GHz the crystal is a fraction of the TSC.
-        let fast = CpuidContext { tsc_hz: 5_000_000_000, ..ctx() };
+        let fast = CpuidContext {
+            tsc_hz: 5_000_000_000,
+            ..ctx()
+        };
         let l = guest_view(0x15, 0, [0; 4], &fast);
         assert_eq!(l, [1, 2, 2_500_000_000, 0]);
         assert_eq!(linux_tsc_khz(l, [0; 4]), 5_000_000);
@@ -167,14 +197,22 @@ mod tests {
 
     #[test]
     fn signature_leaf() {
-        let r = guest_view(HYPERVISOR_BASE, 0, [0x4000_0001, 0x4b4d564b, 0x564b4d56, 0x4d], &ctx());
+        let r = guest_view(
+            HYPERVISOR_BASE,
+            0,
+            [0x4000_0001, 0x4b4d564b, 0x564b4d56, 0x4d],
+            &ctx(),
+        );
         let mut sig = Vec::new();
         for w in &r[1..] {
             sig.extend_from_slice(&w.to_le_bytes());
         }
         assert_eq!(&sig, b"L0Hypervisor");
         assert_eq!(r[0], HYPERVISOR_MAX);
-        assert_eq!(guest_view(0x4000_0001, 0, [9; 4], &ctx()), [0x1_0000, 0, 0, 0]);
+        assert_eq!(
+            guest_view(0x4000_0001, 0, [9; 4], &ctx()),
+            [0x1_0000, 0, 0, 0]
+        );
         // A KVM underneath does not shine through.
         assert_eq!(guest_view(0x4000_0100, 0, [1, 2, 3, 4], &ctx()), [0; 4]);
         assert!(is_synthetic(0x4000_0100) && !is_synthetic(0x8000_0000));
@@ -188,7 +226,11 @@ mod tests {
         assert_eq!(r[2] & (1 << 6), 0, "SMX hidden");
         assert_ne!(r[2] & (1 << 31), 0, "hypervisor bit");
         assert_eq!(r[2] & (1 << 27), 0, "OSXSAVE follows the guest's CR4");
-        let with = CpuidContext { guest_cr4: CR4_OSXSAVE, vmx: true, ..ctx() };
+        let with = CpuidContext {
+            guest_cr4: CR4_OSXSAVE,
+            vmx: true,
+            ..ctx()
+        };
         let r = guest_view(1, 0, raw, &with);
         assert_ne!(r[2] & (1 << 27), 0);
         assert_ne!(r[2] & (1 << 5), 0);
@@ -198,14 +240,22 @@ mod tests {
     #[test]
     fn features_follow_vmcs_controls() {
         let raw7 = [0, (1 << 2) | (1 << 10) | (1 << 25), (1 << 5) | (1 << 22), 0];
-        let none = CpuidContext { rdtscp: false, invpcid: false, ..ctx() };
+        let none = CpuidContext {
+            rdtscp: false,
+            invpcid: false,
+            ..ctx()
+        };
         let r = guest_view(7, 0, raw7, &none);
         assert_eq!(r[1], 0);
         assert_eq!(r[2], 0);
         let r = guest_view(7, 0, raw7, &ctx());
         assert_eq!(r[1], 1 << 10);
         assert_eq!(r[2], 1 << 22);
-        assert_eq!(guest_view(7, 1, raw7, &none), raw7, "only subleaf 0 is filtered");
+        assert_eq!(
+            guest_view(7, 1, raw7, &none),
+            raw7,
+            "only subleaf 0 is filtered"
+        );
         assert_eq!(guest_view(0x8000_0001, 0, [0, 0, 0, 1 << 27], &none)[3], 0);
         assert_eq!(guest_view(0xd, 1, [0xf, 0, 0, 0], &ctx())[0], 0x7);
         assert_eq!(guest_view(0x12, 0, [1, 2, 3, 4], &ctx()), [0; 4]);

@@ -108,7 +108,10 @@ pub fn write_cr0(s: &mut CrState, value: u64) -> Result<Effects, GeneralProtecti
         s.efer &= !EFER_LMA;
     }
     let paging_changed = (old.cr0 ^ new) & (CR0_PG | CR0_PE | 1 << 16) != 0; // PG, PE, WP
-    Ok(Effects { load_pdptes: pae_paging(s) && paging_changed, flush_tlb: paging_changed })
+    Ok(Effects {
+        load_pdptes: pae_paging(s) && paging_changed,
+        flush_tlb: paging_changed,
+    })
 }
 
 /// MOV to CR4.
@@ -137,16 +140,27 @@ pub fn write_cr4(s: &mut CrState, value: u64, p: &CrPolicy) -> Result<Effects, G
 }
 
 /// MOV to CR3 (only when CR3-load exiting is on; not for L1 today).
-pub fn write_cr3(s: &mut CrState, value: u64, maxphyaddr: u8) -> Result<Effects, GeneralProtection> {
+pub fn write_cr3(
+    s: &mut CrState,
+    value: u64,
+    maxphyaddr: u8,
+) -> Result<Effects, GeneralProtection> {
     let long = s.efer & EFER_LMA != 0;
     // Bit 63 (with PCIDE) asks not to flush; it is not part of CR3.
     let no_flush = long && s.cr4 & CR4_PCIDE != 0 && value & (1 << 63) != 0;
-    let v = if long { value & !(1 << 63) } else { value & 0xffff_ffff };
+    let v = if long {
+        value & !(1 << 63)
+    } else {
+        value & 0xffff_ffff
+    };
     if long && v >> maxphyaddr != 0 {
         return Err(GeneralProtection);
     }
     s.cr3 = v;
-    Ok(Effects { load_pdptes: pae_paging(s), flush_tlb: !no_flush })
+    Ok(Effects {
+        load_pdptes: pae_paging(s),
+        flush_tlb: !no_flush,
+    })
 }
 
 /// Validates four PDPTEs for PAE paging (SDM Vol. 3A 4.4.1): a present
@@ -163,16 +177,29 @@ pub fn check_pdptes(pdptes: &[u64; 4], maxphyaddr: u8) -> Result<(), GeneralProt
 mod tests {
     use super::*;
 
-    const P: CrPolicy = CrPolicy { cr0_forced: CR0_NE, cr4_forced: CR4_VMXE, cr4_allowed: 0x37_27ff & !CR4_VMXE & !CR4_SMXE };
+    const P: CrPolicy = CrPolicy {
+        cr0_forced: CR0_NE,
+        cr4_forced: CR4_VMXE,
+        cr4_allowed: 0x37_27ff & !CR4_VMXE & !CR4_SMXE,
+    };
 
     fn real_mode() -> CrState {
-        CrState { cr0: 0x10, ..Default::default() }
+        CrState {
+            cr0: 0x10,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn protected_then_long_mode() {
         let mut s = real_mode();
-        assert_eq!(write_cr0(&mut s, 0x11), Ok(Effects { load_pdptes: false, flush_tlb: true }));
+        assert_eq!(
+            write_cr0(&mut s, 0x11),
+            Ok(Effects {
+                load_pdptes: false,
+                flush_tlb: true
+            })
+        );
         write_cr4(&mut s, CR4_PAE, &P).unwrap();
         s.efer = EFER_LME;
         let e = write_cr0(&mut s, 0x8000_0011).unwrap();
@@ -184,7 +211,11 @@ mod tests {
 
     #[test]
     fn pae_paging_loads_pdptes() {
-        let mut s = CrState { cr0: 0x11, cr4: CR4_PAE, ..Default::default() };
+        let mut s = CrState {
+            cr0: 0x11,
+            cr4: CR4_PAE,
+            ..Default::default()
+        };
         let e = write_cr0(&mut s, 0x8000_0011).unwrap();
         assert!(e.load_pdptes && !s.ia32e());
         let e = write_cr4(&mut s, CR4_PAE | CR4_PGE, &P).unwrap();
@@ -195,14 +226,32 @@ mod tests {
     fn cr0_faults() {
         let mut s = real_mode();
         assert_eq!(write_cr0(&mut s, 1 << 32), Err(GeneralProtection));
-        assert_eq!(write_cr0(&mut s, CR0_PG), Err(GeneralProtection), "PG without PE");
-        assert_eq!(write_cr0(&mut s, CR0_NW | CR0_PE), Err(GeneralProtection), "NW without CD");
+        assert_eq!(
+            write_cr0(&mut s, CR0_PG),
+            Err(GeneralProtection),
+            "PG without PE"
+        );
+        assert_eq!(
+            write_cr0(&mut s, CR0_NW | CR0_PE),
+            Err(GeneralProtection),
+            "NW without CD"
+        );
         s.efer = EFER_LME;
         s.cr0 = 0x11;
-        assert_eq!(write_cr0(&mut s, 0x8000_0011), Err(GeneralProtection), "long mode without PAE");
+        assert_eq!(
+            write_cr0(&mut s, 0x8000_0011),
+            Err(GeneralProtection),
+            "long mode without PAE"
+        );
         assert_eq!(s.cr0, 0x11, "state unchanged on #GP");
         // Leaving paging from 64-bit code.
-        let mut l = CrState { cr0: 0x8000_0011, cr4: CR4_PAE, efer: EFER_LME | EFER_LMA, cs_long: true, cr3: 0 };
+        let mut l = CrState {
+            cr0: 0x8000_0011,
+            cr4: CR4_PAE,
+            efer: EFER_LME | EFER_LMA,
+            cs_long: true,
+            cr3: 0,
+        };
         assert_eq!(write_cr0(&mut l, 0x11), Err(GeneralProtection));
         l.cs_long = false;
         write_cr0(&mut l, 0x11).unwrap();
@@ -221,32 +270,89 @@ mod tests {
     #[test]
     fn cr4_faults() {
         let mut s = real_mode();
-        assert_eq!(write_cr4(&mut s, CR4_VMXE, &P), Err(GeneralProtection), "VMX not offered");
-        assert_eq!(write_cr4(&mut s, 1 << 23, &P), Err(GeneralProtection), "reserved bit");
-        assert_eq!(write_cr4(&mut s, CR4_PCIDE, &P), Err(GeneralProtection), "PCIDE outside long mode");
-        let mut l = CrState { cr0: 0x8000_0011, cr4: CR4_PAE, efer: EFER_LME | EFER_LMA, cs_long: true, cr3: 0x1000 };
-        assert_eq!(write_cr4(&mut l, 0, &P), Err(GeneralProtection), "clearing PAE in long mode");
-        assert_eq!(write_cr4(&mut l, CR4_PAE | CR4_LA57, &P), Err(GeneralProtection));
-        assert_eq!(write_cr4(&mut l, CR4_PAE | CR4_PCIDE, &P), Ok(Effects { load_pdptes: false, flush_tlb: true }));
+        assert_eq!(
+            write_cr4(&mut s, CR4_VMXE, &P),
+            Err(GeneralProtection),
+            "VMX not offered"
+        );
+        assert_eq!(
+            write_cr4(&mut s, 1 << 23, &P),
+            Err(GeneralProtection),
+            "reserved bit"
+        );
+        assert_eq!(
+            write_cr4(&mut s, CR4_PCIDE, &P),
+            Err(GeneralProtection),
+            "PCIDE outside long mode"
+        );
+        let mut l = CrState {
+            cr0: 0x8000_0011,
+            cr4: CR4_PAE,
+            efer: EFER_LME | EFER_LMA,
+            cs_long: true,
+            cr3: 0x1000,
+        };
+        assert_eq!(
+            write_cr4(&mut l, 0, &P),
+            Err(GeneralProtection),
+            "clearing PAE in long mode"
+        );
+        assert_eq!(
+            write_cr4(&mut l, CR4_PAE | CR4_LA57, &P),
+            Err(GeneralProtection)
+        );
+        assert_eq!(
+            write_cr4(&mut l, CR4_PAE | CR4_PCIDE, &P),
+            Ok(Effects {
+                load_pdptes: false,
+                flush_tlb: true
+            })
+        );
         l.cr4 = CR4_PAE;
         l.cr3 = 0x1001;
-        assert_eq!(write_cr4(&mut l, CR4_PAE | CR4_PCIDE, &P), Err(GeneralProtection), "PCID bits in CR3");
+        assert_eq!(
+            write_cr4(&mut l, CR4_PAE | CR4_PCIDE, &P),
+            Err(GeneralProtection),
+            "PCID bits in CR3"
+        );
     }
 
     #[test]
     fn cr3_writes() {
-        let mut s = CrState { cr0: 0x8000_0011, cr4: CR4_PAE | CR4_PCIDE, efer: EFER_LME | EFER_LMA, cs_long: true, cr3: 0 };
-        assert_eq!(write_cr3(&mut s, 1 << 63 | 0x5000, 39), Ok(Effects { load_pdptes: false, flush_tlb: false }));
+        let mut s = CrState {
+            cr0: 0x8000_0011,
+            cr4: CR4_PAE | CR4_PCIDE,
+            efer: EFER_LME | EFER_LMA,
+            cs_long: true,
+            cr3: 0,
+        };
+        assert_eq!(
+            write_cr3(&mut s, 1 << 63 | 0x5000, 39),
+            Ok(Effects {
+                load_pdptes: false,
+                flush_tlb: false
+            })
+        );
         assert_eq!(s.cr3, 0x5000);
         assert_eq!(write_cr3(&mut s, 1 << 45, 39), Err(GeneralProtection));
-        let mut p = CrState { cr0: 0x8000_0011, cr4: CR4_PAE, ..Default::default() };
-        assert_eq!(write_cr3(&mut p, 0x1_2345_6000, 39).unwrap().load_pdptes, true);
+        let mut p = CrState {
+            cr0: 0x8000_0011,
+            cr4: CR4_PAE,
+            ..Default::default()
+        };
+        assert_eq!(
+            write_cr3(&mut p, 0x1_2345_6000, 39).unwrap().load_pdptes,
+            true
+        );
         assert_eq!(p.cr3, 0x2345_6000);
     }
 
     #[test]
     fn pdpte_checks() {
-        assert!(check_pdptes(&[0x1001, 0, 0x2001, 0x3000 | 0x1e6], 39).is_ok(), "not-present entries are not checked");
+        assert!(
+            check_pdptes(&[0x1001, 0, 0x2001, 0x3000 | 0x1e6], 39).is_ok(),
+            "not-present entries are not checked"
+        );
         assert!(check_pdptes(&[0x1001 | 0x2, 0, 0, 0], 39).is_err());
         assert!(check_pdptes(&[(1 << 40) | 1, 0, 0, 0], 39).is_err());
     }

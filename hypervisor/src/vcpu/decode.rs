@@ -62,7 +62,11 @@ pub fn mov_store(insn: &[u8], reg: impl Fn(usize) -> u64) -> Option<Store> {
         (1, _) => 1,
         _ => 4,
     };
-    let mask = if size == 8 { u64::MAX } else { (1u64 << (8 * size)) - 1 };
+    let mask = if size == 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * size)) - 1
+    };
     let value = match op {
         0x88 | 0x89 => {
             let n = (r | (rex & 4) << 1) as usize;
@@ -84,7 +88,10 @@ pub fn mov_store(insn: &[u8], reg: impl Fn(usize) -> u64) -> Option<Store> {
             imm
         }
     };
-    Some(Store { value: value & mask, size })
+    Some(Store {
+        value: value & mask,
+        size,
+    })
 }
 
 #[cfg(test)]
@@ -98,34 +105,99 @@ mod tests {
     #[test]
     fn register_stores() {
         // mov %esi,(%rax)
-        assert_eq!(mov_store(&[0x89, 0x30], regs), Some(Store { value: regs(6) & 0xffff_ffff, size: 4 }));
+        assert_eq!(
+            mov_store(&[0x89, 0x30], regs),
+            Some(Store {
+                value: regs(6) & 0xffff_ffff,
+                size: 4
+            })
+        );
         // mov %r9d,0x10(%rdx)
-        assert_eq!(mov_store(&[0x44, 0x89, 0x4a, 0x10], regs), Some(Store { value: regs(9) & 0xffff_ffff, size: 4 }));
+        assert_eq!(
+            mov_store(&[0x44, 0x89, 0x4a, 0x10], regs),
+            Some(Store {
+                value: regs(9) & 0xffff_ffff,
+                size: 4
+            })
+        );
         // mov %rax,(%rcx)  (REX.W)
-        assert_eq!(mov_store(&[0x48, 0x89, 0x01], regs), Some(Store { value: regs(0), size: 8 }));
+        assert_eq!(
+            mov_store(&[0x48, 0x89, 0x01], regs),
+            Some(Store {
+                value: regs(0),
+                size: 8
+            })
+        );
         // mov %ax,(%rbx)
         assert_eq!(mov_store(&[0x66, 0x89, 0x03], regs).unwrap().size, 2);
         // mov %ah,(%rdi) and, with REX, %spl
-        assert_eq!(mov_store(&[0x88, 0x27], regs), Some(Store { value: (regs(0) >> 8) & 0xff, size: 1 }));
-        assert_eq!(mov_store(&[0x40, 0x88, 0x27], regs), Some(Store { value: regs(4) & 0xff, size: 1 }));
+        assert_eq!(
+            mov_store(&[0x88, 0x27], regs),
+            Some(Store {
+                value: (regs(0) >> 8) & 0xff,
+                size: 1
+            })
+        );
+        assert_eq!(
+            mov_store(&[0x40, 0x88, 0x27], regs),
+            Some(Store {
+                value: regs(4) & 0xff,
+                size: 1
+            })
+        );
         // mov %edx,0x10(%rax,%rcx,4): SIB with disp8
-        assert_eq!(mov_store(&[0x89, 0x54, 0x88, 0x10], regs).unwrap().value, regs(2) & 0xffff_ffff);
+        assert_eq!(
+            mov_store(&[0x89, 0x54, 0x88, 0x10], regs).unwrap().value,
+            regs(2) & 0xffff_ffff
+        );
     }
 
     #[test]
     fn immediate_stores() {
         // movl $0x24,(%rax)
-        assert_eq!(mov_store(&[0xc7, 0x00, 0x24, 0, 0, 0], regs), Some(Store { value: 0x24, size: 4 }));
+        assert_eq!(
+            mov_store(&[0xc7, 0x00, 0x24, 0, 0, 0], regs),
+            Some(Store {
+                value: 0x24,
+                size: 4
+            })
+        );
         // movl $0x10018,0x10(%rdx)  disp8 then imm32
-        assert_eq!(mov_store(&[0xc7, 0x42, 0x10, 0x18, 0x00, 0x01, 0x00], regs).unwrap().value, 0x10018);
+        assert_eq!(
+            mov_store(&[0xc7, 0x42, 0x10, 0x18, 0x00, 0x01, 0x00], regs)
+                .unwrap()
+                .value,
+            0x10018
+        );
         // movl $1,0x12345678(%rip)
-        assert_eq!(mov_store(&[0xc7, 0x05, 0x78, 0x56, 0x34, 0x12, 1, 0, 0, 0], regs).unwrap().value, 1);
+        assert_eq!(
+            mov_store(&[0xc7, 0x05, 0x78, 0x56, 0x34, 0x12, 1, 0, 0, 0], regs)
+                .unwrap()
+                .value,
+            1
+        );
         // movl $7,(,%rax,1)-style SIB with base 5 and mod 0: disp32
-        assert_eq!(mov_store(&[0xc7, 0x04, 0x05, 0, 0, 0xc0, 0xfe, 7, 0, 0, 0], regs).unwrap().value, 7);
+        assert_eq!(
+            mov_store(&[0xc7, 0x04, 0x05, 0, 0, 0xc0, 0xfe, 7, 0, 0, 0], regs)
+                .unwrap()
+                .value,
+            7
+        );
         // movb $0x5a,(%rcx)
-        assert_eq!(mov_store(&[0xc6, 0x01, 0x5a], regs), Some(Store { value: 0x5a, size: 1 }));
+        assert_eq!(
+            mov_store(&[0xc6, 0x01, 0x5a], regs),
+            Some(Store {
+                value: 0x5a,
+                size: 1
+            })
+        );
         // movq $-1,(%rax) sign-extends
-        assert_eq!(mov_store(&[0x48, 0xc7, 0x00, 0xff, 0xff, 0xff, 0xff], regs).unwrap().value, u64::MAX);
+        assert_eq!(
+            mov_store(&[0x48, 0xc7, 0x00, 0xff, 0xff, 0xff, 0xff], regs)
+                .unwrap()
+                .value,
+            u64::MAX
+        );
     }
 
     #[test]

@@ -48,24 +48,70 @@ impl Ept01 {
     ) -> Result<Self, MapError> {
         let root = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
         for &(r, mem_type) in regions {
-            map(mem, &Ept, root, r.start, r.start, r.len(), EptAttr { perms: RWX, mem_type }, max_page)?;
+            map(
+                mem,
+                &Ept,
+                root,
+                r.start,
+                r.start,
+                r.len(),
+                EptAttr {
+                    perms: RWX,
+                    mem_type,
+                },
+                max_page,
+            )?;
         }
-        Ok(Ept01 { root, sink, l0, limit, l0_touches: 0 })
+        Ok(Ept01 {
+            root,
+            sink,
+            l0,
+            limit,
+            l0_touches: 0,
+        })
     }
 
     /// Resolves a violation at `gpa`. The caller knows the entry was not
     /// present: every mapping EPT01 makes allows everything.
-    pub fn resolve<M: TableMemory>(&mut self, mem: &mut M, gpa: u64) -> Result<Violation, MapError> {
+    pub fn resolve<M: TableMemory>(
+        &mut self,
+        mem: &mut M,
+        gpa: u64,
+    ) -> Result<Violation, MapError> {
         let page = gpa & !0xfff;
         if self.l0.contains(page) || page < self.limit {
             // Below the limit only L0's frames are unmapped.
             self.l0_touches += 1;
-            let a = EptAttr { perms: RWX, mem_type: MemType::WriteBack };
-            map(mem, &Ept, self.root, page, self.sink, 0x1000, a, PageSize::Size4K)?;
+            let a = EptAttr {
+                perms: RWX,
+                mem_type: MemType::WriteBack,
+            };
+            map(
+                mem,
+                &Ept,
+                self.root,
+                page,
+                self.sink,
+                0x1000,
+                a,
+                PageSize::Size4K,
+            )?;
             Ok(Violation::L0Frame)
         } else {
-            let a = EptAttr { perms: RWX, mem_type: MemType::Uncacheable };
-            map(mem, &Ept, self.root, page, page, 0x1000, a, PageSize::Size4K)?;
+            let a = EptAttr {
+                perms: RWX,
+                mem_type: MemType::Uncacheable,
+            };
+            map(
+                mem,
+                &Ept,
+                self.root,
+                page,
+                page,
+                0x1000,
+                a,
+                PageSize::Size4K,
+            )?;
             Ok(Violation::Mmio)
         }
     }
@@ -111,8 +157,15 @@ mod tests {
     #[test]
     fn identity_except_l0() {
         let (mut m, e) = setup();
-        assert_eq!(translate(&mut m, &Ept, e.root, 0x1234_5678).unwrap().pa, 0x1234_5678);
-        assert_eq!(translate(&mut m, &Ept, e.root, 0xfee0_0000).unwrap().entry & 0x38, 0, "MMIO is UC");
+        assert_eq!(
+            translate(&mut m, &Ept, e.root, 0x1234_5678).unwrap().pa,
+            0x1234_5678
+        );
+        assert_eq!(
+            translate(&mut m, &Ept, e.root, 0xfee0_0000).unwrap().entry & 0x38,
+            0,
+            "MMIO is UC"
+        );
         assert!(translate(&mut m, &Ept, e.root, 0x1de0_0000).is_none());
         assert!(translate(&mut m, &Ept, e.root, 0x1fdf_f000).is_none());
         assert!(translate(&mut m, &Ept, e.root, 0x1 << 32).is_none());

@@ -8,7 +8,7 @@ use super::{inject_exception, Outcome, Platform, Stop, Vcpu, SHUTDOWN_PORT};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::GuestMemory;
 use crate::nested::checks::{self, CheckCtx, EntryFailure};
-use crate::nested::ept12::{self, EptAccess, Ept12Fault};
+use crate::nested::ept12::{self, Ept12Fault, EptAccess};
 use crate::nested::instr::{err, Outcome as Instr};
 use crate::nested::msr_lists::{self, Home};
 use crate::nested::prepare::{self, L0Part};
@@ -21,7 +21,8 @@ use crate::vmx::{ept, Field as F, Vmcs};
 
 const GP: u8 = 13;
 
-const VOLATILE_MASK: [u64; crate::nested::vmcs12::WORDS] = crate::nested::vmcs12::slot_mask(checks::VOLATILE);
+const VOLATILE_MASK: [u64; crate::nested::vmcs12::WORDS] =
+    crate::nested::vmcs12::slot_mask(checks::VOLATILE);
 
 /// MSRs an L2 may touch without exiting when L1 lets it: frequent in a
 /// Linux guest, switched by VMCS02 or harmless to share (none is one L0
@@ -36,12 +37,17 @@ const PASS_THROUGH_MSRS: &[(u32, bool)] = &[
     (0xc000_0103, false), // TSC_AUX
     (0x48, false),        // SPEC_CTRL
     (0x48, true),
-    (0x49, true),         // PRED_CMD
+    (0x49, true), // PRED_CMD
 ];
 
 /// Re-queues an event whose delivery the exit interrupted, when L0 handled
 /// the exit itself (SDM 28.2.4: IDT-vectoring information).
-pub fn reinject_interrupted_event(v: &mut impl Vmcs, idt_info: u32, idt_error: u32, instr_len: u32) {
+pub fn reinject_interrupted_event(
+    v: &mut impl Vmcs,
+    idt_info: u32,
+    idt_error: u32,
+    instr_len: u32,
+) {
     if idt_info & (1 << 31) == 0 {
         return;
     }
@@ -64,7 +70,12 @@ impl Vcpu {
     }
 
     /// VMLAUNCH or VMRESUME by L1 (SDM 27.1-27.3).
-    pub(super) fn nested_entry<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, launch: bool) -> Outcome {
+    pub(super) fn nested_entry<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        launch: bool,
+    ) -> Outcome {
         let v = vs.current();
         let s = l1_mode(v);
         let x = &mut self.nested.vmx;
@@ -103,7 +114,13 @@ impl Vcpu {
                 let mut b = [0u8; 4];
                 mem.read(a, &mut b).ok().map(|_| u32::from_le_bytes(b))
             };
-            let ctx = CheckCtx { caps: &x.caps, maxphyaddr: self.maxphyaddr, l1_long_mode: l1_long, is_l1_ram: &is_ram, read_revision: &rev };
+            let ctx = CheckCtx {
+                caps: &x.caps,
+                maxphyaddr: self.maxphyaddr,
+                l1_long_mode: l1_long,
+                is_l1_ram: &is_ram,
+                read_revision: &rev,
+            };
             // A VMRESUME of the VMCS12 VMCS02 holds, which passed every
             // check at its last entry and since changed only in what an
             // exit handler changes, needs only the checks of those fields.
@@ -128,9 +145,19 @@ impl Vcpu {
                 apply(vs.current(), p, o);
                 return Outcome::Resume;
             }
-            Err(EntryFailure::GuestState { qualification, check }) => {
-                log::info!("L1 VM entry fails on guest state (qualification {qualification}): {check}");
-                return self.entry_failure_exit(vs, p, reason::INVALID_GUEST_STATE as u32, qualification);
+            Err(EntryFailure::GuestState {
+                qualification,
+                check,
+            }) => {
+                log::info!(
+                    "L1 VM entry fails on guest state (qualification {qualification}): {check}"
+                );
+                return self.entry_failure_exit(
+                    vs,
+                    p,
+                    reason::INVALID_GUEST_STATE as u32,
+                    qualification,
+                );
             }
         }
 
@@ -139,7 +166,11 @@ impl Vcpu {
         let s12 = self.v12_secondary();
         let v12 = &self.nested.vmx.vmcs12;
         let eptp02 = if s12 & secondary::ENABLE_EPT != 0 {
-            match self.nested.ept02.root_for(p.tables(), v12.get(F::EPT_POINTER)) {
+            match self
+                .nested
+                .ept02
+                .root_for(p.tables(), v12.get(F::EPT_POINTER))
+            {
                 Ok((root, evicted)) => {
                     if evicted {
                         p.invept_all();
@@ -152,7 +183,10 @@ impl Vcpu {
             self.eptp01
         };
         let vpid02 = if s12 & secondary::ENABLE_VPID != 0 {
-            let (v02, stolen) = self.nested.vpids.get(v12.get(F::VIRTUAL_PROCESSOR_ID) as u16);
+            let (v02, stolen) = self
+                .nested
+                .vpids
+                .get(v12.get(F::VIRTUAL_PROCESSOR_ID) as u16);
             if stolen {
                 p.flush_vpid(v02);
             }
@@ -200,13 +234,21 @@ impl Vcpu {
         if self.nested.vmcs02_holds.is_none() {
             self.nested.derived = prepare::Derived::default();
         }
-        prepare::write_vmcs02(vs.current(), &self.nested.vmx.vmcs12, &l0, &mut self.nested.derived);
+        prepare::write_vmcs02(
+            vs.current(),
+            &self.nested.vmx.vmcs12,
+            &l0,
+            &mut self.nested.derived,
+        );
         self.nested.vmx.vmcs12.clean();
         self.nested.vmcs02_holds = vmcs12_ptr;
 
         // The VM-entry MSR-load list (SDM 27.4).
         let v12 = &self.nested.vmx.vmcs12;
-        let (count, addr) = (v12.get(F::VM_ENTRY_MSR_LOAD_COUNT), v12.get(F::VM_ENTRY_MSR_LOAD_ADDR));
+        let (count, addr) = (
+            v12.get(F::VM_ENTRY_MSR_LOAD_COUNT),
+            v12.get(F::VM_ENTRY_MSR_LOAD_ADDR),
+        );
         if count > 0 {
             if let Err(index) = self.load_msr_list(vs, p, addr, count) {
                 vs.select(Level::L1);
@@ -222,7 +264,12 @@ impl Vcpu {
 
     /// The hardware refused to enter VMCS02 (VMfailValid/Invalid) although
     /// L0's checks passed: L1's VMLAUNCH/VMRESUME fails the same way.
-    pub fn vmcs02_entry_failed<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: crate::vmx::VmxError) -> Outcome {
+    pub fn vmcs02_entry_failed<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        e: crate::vmx::VmxError,
+    ) -> Outcome {
         log::warn!("hardware VM entry into VMCS02 failed ({e}) after L0's checks passed");
         self.nested.in_l2 = false;
         self.nested.vmx.vmcs12.launched = self.nested.entry_was_launched;
@@ -267,7 +314,8 @@ impl Vcpu {
             let bit = 2048 * 8 + super::apicv::X2APIC_ICR as usize;
             p.page(pages.msr02)[bit / 64] |= 1 << (bit % 64);
         }
-        if self.v12_secondary() & (secondary::VIRTUALIZE_X2APIC | secondary::VIRTUAL_INTERRUPT_DELIVERY)
+        if self.v12_secondary()
+            & (secondary::VIRTUALIZE_X2APIC | secondary::VIRTUAL_INTERRUPT_DELIVERY)
             == secondary::VIRTUALIZE_X2APIC | secondary::VIRTUAL_INTERRUPT_DELIVERY
         {
             // TPR and self-IPI virtualization evaluate pending virtual
@@ -281,20 +329,31 @@ impl Vcpu {
         let v12 = &self.nested.vmx.vmcs12;
         for &(msr, write) in PASS_THROUGH_MSRS {
             let l1 = reflect::l1_wants_msr(v12, p.mem(), msr, write);
-            let bit = if write { 2048 * 8 } else { 0 } + match msr {
-                0..=0x1fff => msr as usize,
-                _ => 1024 * 8 + (msr - 0xc000_0000) as usize,
-            };
+            let bit = if write { 2048 * 8 } else { 0 }
+                + match msr {
+                    0..=0x1fff => msr as usize,
+                    _ => 1024 * 8 + (msr - 0xc000_0000) as usize,
+                };
             let page = p.page(pages.msr02);
             let (w, b) = (bit / 64, bit % 64);
-            if l1 { page[w] |= 1 << b } else { page[w] &= !(1 << b) }
+            if l1 {
+                page[w] |= 1 << b
+            } else {
+                page[w] &= !(1 << b)
+            }
         }
         (io, pages.msr02)
     }
 
     /// Applies a VM-entry (or VM-exit) MSR-load list to the current VMCS
     /// and the CPU; Err(1-based index) names the entry that failed.
-    fn load_msr_list<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, addr: u64, count: u64) -> Result<(), u64> {
+    fn load_msr_list<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        addr: u64,
+        count: u64,
+    ) -> Result<(), u64> {
         let list = msr_lists::read_list(p.mem(), addr, count).ok_or(1u64)?;
         for (i, e) in list.iter().enumerate() {
             let bad = (i + 1) as u64;
@@ -328,7 +387,13 @@ impl Vcpu {
 
     /// A VM-entry failure exit to L1 (SDM 27.8): exit reason with bit 31,
     /// qualification, and L1's host state; L2 never ran.
-    fn entry_failure_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, basic: u32, qualification: u64) -> Outcome {
+    fn entry_failure_exit<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        basic: u32,
+        qualification: u64,
+    ) -> Outcome {
         let v12 = &mut self.nested.vmx.vmcs12;
         v12.set(F::VM_EXIT_REASON, (basic | 1 << 31) as u64);
         v12.set(F::EXIT_QUALIFICATION, qualification);
@@ -345,12 +410,26 @@ impl Vcpu {
             if p.mem().read(cr.cr3 & 0xffff_ffe0, &mut raw).is_err() {
                 return self.vmx_abort("PDPTEs of the host CR3 are not L1 RAM");
             }
-            for (i, f) in [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3].into_iter().enumerate() {
-                vs.current().write(f, u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap()));
+            for (i, f) in [
+                F::GUEST_PDPTE0,
+                F::GUEST_PDPTE1,
+                F::GUEST_PDPTE2,
+                F::GUEST_PDPTE3,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                vs.current().write(
+                    f,
+                    u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap()),
+                );
             }
         }
         let v12 = &self.nested.vmx.vmcs12;
-        let (count, addr) = (v12.get(F::VM_EXIT_MSR_LOAD_COUNT), v12.get(F::VM_EXIT_MSR_LOAD_ADDR));
+        let (count, addr) = (
+            v12.get(F::VM_EXIT_MSR_LOAD_COUNT),
+            v12.get(F::VM_EXIT_MSR_LOAD_ADDR),
+        );
         if count > 0 && self.load_msr_list(vs, p, addr, count).is_err() {
             return self.vmx_abort("the VM-exit MSR-load list failed");
         }
@@ -358,7 +437,10 @@ impl Vcpu {
         self.sync_to_shadow(vs);
         // Without a VPID for L2, exits flush L1's translations (SDM 28.5.5);
         // a new CR3 from the host state is a new address space for L1 too.
-        if self.vpid != 0 && (self.v12_secondary() & secondary::ENABLE_VPID == 0 || cr.cr3 != self.nested.l1_cr3_at_entry) {
+        if self.vpid != 0
+            && (self.v12_secondary() & secondary::ENABLE_VPID == 0
+                || cr.cr3 != self.nested.l1_cr3_at_entry)
+        {
             p.flush_vpid(self.vpid);
         }
         Outcome::Resume
@@ -367,16 +449,26 @@ impl Vcpu {
     /// SDM 28.7: a VMX abort shuts the logical processor (L1) down.
     fn vmx_abort(&mut self, why: &'static str) -> Outcome {
         log::error!("VMX abort of the cloud VM: {why}");
-        Outcome::Stop(Stop::Internal("VMX abort: the cloud VM's VM exit could not load its host state"))
+        Outcome::Stop(Stop::Internal(
+            "VMX abort: the cloud VM's VM exit could not load its host state",
+        ))
     }
 
     /// Reflects the exit `e` to L1: L2's state into VMCS12, L1's loaded.
-    pub(super) fn reflect<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) -> Outcome {
+    pub(super) fn reflect<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        e: &ExitInfo,
+    ) -> Outcome {
         self.nested.reflected += 1;
         reflect::sync_vmcs12(vs.current(), &mut self.nested.vmx.vmcs12, e, &self.policy);
         // The VM-exit MSR-store list: L2's values (SDM 28.4).
         let v12 = &self.nested.vmx.vmcs12;
-        let (count, addr) = (v12.get(F::VM_EXIT_MSR_STORE_COUNT), v12.get(F::VM_EXIT_MSR_STORE_ADDR));
+        let (count, addr) = (
+            v12.get(F::VM_EXIT_MSR_STORE_COUNT),
+            v12.get(F::VM_EXIT_MSR_STORE_ADDR),
+        );
         if count > 0 {
             let Some(list) = msr_lists::read_list(p.mem(), addr, count) else {
                 return self.vmx_abort("the VM-exit MSR-store list is not L1 RAM");
@@ -391,11 +483,18 @@ impl Vcpu {
                 };
                 match value {
                     Some(v) => values.push(v),
-                    None => return self.vmx_abort("the VM-exit MSR-store list names an MSR that cannot be stored"),
+                    None => {
+                        return self.vmx_abort(
+                            "the VM-exit MSR-store list names an MSR that cannot be stored",
+                        )
+                    }
                 }
             }
             for (i, v) in values.into_iter().enumerate() {
-                if p.mem().write(addr + 16 * i as u64 + 8, &v.to_le_bytes()).is_err() {
+                if p.mem()
+                    .write(addr + 16 * i as u64 + 8, &v.to_le_bytes())
+                    .is_err()
+                {
                     return self.vmx_abort("the VM-exit MSR-store list is not L1 RAM");
                 }
             }
@@ -422,7 +521,9 @@ impl Vcpu {
         let basic = e.basic();
         let l1_wants = match basic {
             reason::EPT_VIOLATION => return self.l2_ept_violation(vs, p, &e),
-            reason::EPT_MISCONFIG => return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT02 (an L0 bug)")),
+            reason::EPT_MISCONFIG => {
+                return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT02 (an L0 bug)"))
+            }
             reason::IO_INSTRUCTION => {
                 let io = IoAccess::decode(e.qualification);
                 if self.shadow.intercept_com && super::com::touches_com(io.port, io.size) {
@@ -448,7 +549,9 @@ impl Vcpu {
                 self.ultracall(vs, p, ultracall_abi::CallerLevel::L2);
                 return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
             }
-            reason::PREEMPTION_TIMER if !reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic) => {
+            reason::PREEMPTION_TIMER
+                if !reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic) =>
+            {
                 // L0's own timer: serve the management line, L2 goes on.
                 self.nested.handled_in_l0 += 1;
                 self.poll_console(vs, p);
@@ -464,7 +567,13 @@ impl Vcpu {
                         return self.after_l0_handled_l2_exit(vs, p, o);
                     }
                 }
-                if !l1 && write && matches!(msr, super::apicv::X2APIC_TPR | super::apicv::X2APIC_SELF_IPI) {
+                if !l1
+                    && write
+                    && matches!(
+                        msr,
+                        super::apicv::X2APIC_TPR | super::apicv::X2APIC_SELF_IPI
+                    )
+                {
                     if let Some(o) = self.l2_x2apic_virtual_write(vs, p, msr) {
                         self.nested.handled_in_l0 += 1;
                         return self.after_l0_handled_l2_exit(vs, p, o);
@@ -477,7 +586,12 @@ impl Vcpu {
                 // its EOI-exit bitmap names. The EOI itself is done (SDM
                 // 30.1.4); the evaluation it skipped is before_l2_entry's.
                 let vector = e.qualification & 0xff;
-                let bitmap = [F::EOI_EXIT_BITMAP0, F::EOI_EXIT_BITMAP1, F::EOI_EXIT_BITMAP2, F::EOI_EXIT_BITMAP3][vector as usize / 64];
+                let bitmap = [
+                    F::EOI_EXIT_BITMAP0,
+                    F::EOI_EXIT_BITMAP1,
+                    F::EOI_EXIT_BITMAP2,
+                    F::EOI_EXIT_BITMAP3,
+                ][vector as usize / 64];
                 if self.nested.vmx.vmcs12.get(bitmap) & 1 << (vector % 64) == 0 {
                     self.nested.handled_in_l0 += 1;
                     return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
@@ -491,7 +605,9 @@ impl Vcpu {
                 }
                 reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic)
             }
-            reason::INTERRUPT_WINDOW if !reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic) => {
+            reason::INTERRUPT_WINDOW
+                if !reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic) =>
+            {
                 // L0's own window: the virtual interrupt it waited to
                 // deliver goes in at the next entry (before_l2_entry).
                 self.set_window02(vs.current(), false);
@@ -514,7 +630,9 @@ impl Vcpu {
             reason::CR_ACCESS => {
                 let access = CrAccess::decode(e.qualification);
                 let value = match access {
-                    CrAccess::MovToCr { gpr, .. } if gpr as usize == GuestRegs::RSP => vs.current().read(F::GUEST_RSP),
+                    CrAccess::MovToCr { gpr, .. } if gpr as usize == GuestRegs::RSP => {
+                        vs.current().read(F::GUEST_RSP)
+                    }
                     CrAccess::MovToCr { gpr, .. } => self.regs.gpr[gpr as usize],
                     _ => 0,
                 };
@@ -528,9 +646,11 @@ impl Vcpu {
                 }
                 true
             }
-            reason::EXCEPTION_NMI => {
-                reflect::l1_wants_exception(&self.nested.vmx.vmcs12, InterruptionInfo(e.intr_info), e.intr_error)
-            }
+            reason::EXCEPTION_NMI => reflect::l1_wants_exception(
+                &self.nested.vmx.vmcs12,
+                InterruptionInfo(e.intr_info),
+                e.intr_error,
+            ),
             _ => reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic),
         };
         if l1_wants {
@@ -539,14 +659,20 @@ impl Vcpu {
         self.nested.handled_in_l0 += 1;
         // L0's own business with L2: its ports and emulated MSRs, as for L1.
         let outcome = match basic {
-            reason::IO_INSTRUCTION => self.io(vs.current(), p, crate::vmx::exit::ExitReason(e.reason)),
+            reason::IO_INSTRUCTION => {
+                self.io(vs.current(), p, crate::vmx::exit::ExitReason(e.reason))
+            }
             reason::RDMSR | reason::WRMSR => self.l2_msr(vs, p, basic == reason::WRMSR),
             reason::EXCEPTION_NMI => {
                 // Exception bitmap02 is L1's: L1 always wants these.
                 Outcome::Stop(Stop::Internal("an L2 exception exit L1 did not ask for"))
             }
             _ => {
-                log::warn!("L2 exit {} ({}) that L1 did not ask for: reflected anyway", basic, crate::vmx::exit::reason_name(basic));
+                log::warn!(
+                    "L2 exit {} ({}) that L1 did not ask for: reflected anyway",
+                    basic,
+                    crate::vmx::exit::reason_name(basic)
+                );
                 return self.reflect(vs, p, &e);
             }
         };
@@ -557,7 +683,12 @@ impl Vcpu {
     /// After L0 handled an L2 exit itself: if a relay interrupt is owed and
     /// L1 takes external interrupts while L2 runs, L1 gets that exit now,
     /// as a device interrupt for L1 would cause (SDM 26.2, 28.2.2).
-    fn after_l0_handled_l2_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, o: Outcome) -> Outcome {
+    fn after_l0_handled_l2_exit<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        o: Outcome,
+    ) -> Outcome {
         use crate::vmx::caps::{exit, pin};
         if o != Outcome::Resume || !self.nested.in_l2 || !self.shadow.irq_pending() {
             return o;
@@ -570,7 +701,10 @@ impl Vcpu {
         // VMCS02's entry field; the exit reports it as IDT-vectoring info.
         let v = vs.current();
         let pending_event = v.read(F::VM_ENTRY_INTR_INFO_FIELD) as u32;
-        let mut e = ExitInfo { reason: reason::EXTERNAL_INTERRUPT as u32, ..Default::default() };
+        let mut e = ExitInfo {
+            reason: reason::EXTERNAL_INTERRUPT as u32,
+            ..Default::default()
+        };
         if pending_event & (1 << 31) != 0 {
             e.idt_info = pending_event;
             e.idt_error = v.read(F::VM_ENTRY_EXCEPTION_ERROR_CODE) as u32;
@@ -580,7 +714,12 @@ impl Vcpu {
         if v12.get(F::VM_EXIT_CONTROLS) as u32 & exit::ACK_INTERRUPT_ON_EXIT != 0 {
             // Acknowledged on exit: the vector travels in the exit information.
             let vector = self.shadow.relay_vector.unwrap_or(0);
-            e.intr_info = InterruptionInfo::new(vector, crate::vmx::exit::event_type::EXTERNAL_INTERRUPT, false).0;
+            e.intr_info = InterruptionInfo::new(
+                vector,
+                crate::vmx::exit::event_type::EXTERNAL_INTERRUPT,
+                false,
+            )
+            .0;
             self.shadow.relay_delivered();
         }
         self.reflect(vs, p, &e)
@@ -591,10 +730,15 @@ impl Vcpu {
     fn l2_msr<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, write: bool) -> Outcome {
         let msr = self.regs.gpr[GuestRegs::RCX] as u32;
         if super::msr::emulated_by_l0(msr) {
-            if write { self.wrmsr(vs.current()) } else { self.rdmsr(vs.current()) }
+            if write {
+                self.wrmsr(vs.current())
+            } else {
+                self.rdmsr(vs.current())
+            }
             return Outcome::Resume;
         }
-        let value = (self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff) << 32 | (self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff);
+        let value = (self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff) << 32
+            | (self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff);
         let ok = match (msr_lists::home(msr, false), write) {
             (Some(Home::Vmcs(f)), true) => {
                 vs.current().write(f, value);
@@ -628,7 +772,12 @@ impl Vcpu {
     }
 
     /// An EPT violation while L2 runs: fill EPT02 from EPT12, or reflect.
-    fn l2_ept_violation<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, e: &ExitInfo) -> Outcome {
+    fn l2_ept_violation<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        e: &ExitInfo,
+    ) -> Outcome {
         if self.v12_secondary() & secondary::ENABLE_EPT == 0 {
             // EPT02 is EPT01: L2 touched what L1 itself cannot.
             self.nested.handled_in_l0 += 1;
@@ -638,19 +787,31 @@ impl Vcpu {
         }
         let eptp12 = self.nested.vmx.vmcs12.get(F::EPT_POINTER);
         let access = EptAccess(e.qualification & 7);
-        let walk = ept12::walk(p.mem(), eptp12, e.guest_physical, access, &self.nested.vmx.caps, self.maxphyaddr);
+        let walk = ept12::walk(
+            p.mem(),
+            eptp12,
+            e.guest_physical,
+            access,
+            &self.nested.vmx.caps,
+            self.maxphyaddr,
+        );
         match walk {
             Ok(leaf) => {
                 let page1 = leaf.gpa & !0xfff;
                 if self.ept.l0.contains(page1) {
                     // Never map L0's frames, whatever EPT12 says.
                     log::warn!("EPT12 maps L2 {:#x} to {page1:#x}, which is not L1's: reflected as a misconfiguration", e.guest_physical);
-                    let m = ExitInfo { reason: reason::EPT_MISCONFIG as u32, qualification: 0, ..*e };
+                    let m = ExitInfo {
+                        reason: reason::EPT_MISCONFIG as u32,
+                        qualification: 0,
+                        ..*e
+                    };
                     return self.reflect(vs, p, &m);
                 }
                 let uncached = !p.mem().is_ram(page1, 4096);
                 let root02 = vs.current().read(F::EPT_POINTER) & crate::mm::paging::ADDR_MASK;
-                let entry = ept02::leaf(page1, leaf.perms, leaf.mem_type, leaf.ignore_pat, uncached);
+                let entry =
+                    ept02::leaf(page1, leaf.perms, leaf.mem_type, leaf.ignore_pat, uncached);
                 if ept02::set_leaf(p.tables(), root02, e.guest_physical & !0xfff, entry).is_err() {
                     return Outcome::Stop(Stop::Internal("out of memory for EPT02 tables"));
                 }
@@ -661,13 +822,20 @@ impl Vcpu {
             Err(Ept12Fault::Violation { allowed }) => {
                 self.watch_ioapic(vs, p, e);
                 let q = (e.qualification & !0x38) | allowed << 3;
-                let r = ExitInfo { qualification: q, ..*e };
+                let r = ExitInfo {
+                    qualification: q,
+                    ..*e
+                };
                 self.reflect(vs, p, &r)
             }
             Err(Ept12Fault::Misconfig | Ept12Fault::TableNotRam) => {
                 // KVM marks MMIO pages with misconfigured entries.
                 self.watch_ioapic(vs, p, e);
-                let m = ExitInfo { reason: reason::EPT_MISCONFIG as u32, qualification: 0, ..*e };
+                let m = ExitInfo {
+                    reason: reason::EPT_MISCONFIG as u32,
+                    qualification: 0,
+                    ..*e
+                };
                 self.reflect(vs, p, &m)
             }
         }

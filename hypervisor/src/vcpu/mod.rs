@@ -10,9 +10,11 @@ use core::fmt;
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::GuestMemory;
 use crate::mm::paging::TableMemory;
-use crate::vmx::exit::{event_type, reason, reason_name, CrAccess, EptViolation, ExitReason, InterruptionInfo, IoAccess};
 use crate::nested::{Nested, VmcsSet};
 use crate::vmx::caps::VmxCaps;
+use crate::vmx::exit::{
+    event_type, reason, reason_name, CrAccess, EptViolation, ExitReason, InterruptionInfo, IoAccess,
+};
 use crate::vmx::{caps, Field as F, Vmcs};
 
 mod apicv;
@@ -36,7 +38,11 @@ use shadow_devices::mgmt;
 /// TSC ticks per byte on the management line (115200 baud, 10 bits a
 /// byte); a guess for a 3 GHz TSC when the frequency is unknown.
 pub fn mgmt_byte_ticks(tsc_hz: u64) -> u64 {
-    if tsc_hz == 0 { 3_000_000_000 / 11_520 } else { tsc_hz / 11_520 }
+    if tsc_hz == 0 {
+        3_000_000_000 / 11_520
+    } else {
+        tsc_hz / 11_520
+    }
 }
 
 /// The hardware operations exit handlers need.
@@ -99,7 +105,12 @@ impl fmt::Display for Stop {
         match self {
             Stop::TripleFault => write!(f, "the cloud VM triple-faulted"),
             Stop::EntryFailure(r) => write!(f, "VM entry failed: {}", reason_name(r.basic())),
-            Stop::Unexpected(r) => write!(f, "unexpected VM exit {} ({})", r.basic(), reason_name(r.basic())),
+            Stop::Unexpected(r) => write!(
+                f,
+                "unexpected VM exit {} ({})",
+                r.basic(),
+                reason_name(r.basic())
+            ),
             Stop::Internal(m) => write!(f, "{m}"),
         }
     }
@@ -125,7 +136,12 @@ const RECENT: usize = 8;
 
 impl Default for ExitStats {
     fn default() -> Self {
-        ExitStats { by_reason: [0; 80], ticks_by_reason: [0; 80], recent: [(0, 0); RECENT], next: 0 }
+        ExitStats {
+            by_reason: [0; 80],
+            ticks_by_reason: [0; 80],
+            recent: [(0, 0); RECENT],
+            next: 0,
+        }
     }
 }
 
@@ -154,7 +170,12 @@ impl fmt::Display for ExitStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} exits", self.total())?;
         for (r, &n) in self.by_reason.iter().enumerate().filter(|(_, &n)| n > 0) {
-            write!(f, ", {} {n} (~{} ticks)", reason_name(r as u16), self.ticks_by_reason[r] / n)?;
+            write!(
+                f,
+                ", {} {n} (~{} ticks)",
+                reason_name(r as u16),
+                self.ticks_by_reason[r] / n
+            )?;
         }
         Ok(())
     }
@@ -177,7 +198,10 @@ pub enum ShutdownFeed {
     Hold,
     /// Not a shutdown: pass on the bytes held so far, then `byte` (None when
     /// `byte` starts a new match and is held).
-    Forward { held: &'static [u8], byte: Option<u8> },
+    Forward {
+        held: &'static [u8],
+        byte: Option<u8>,
+    },
     /// The whole word: report, then pass "Shutdown" on.
     Shutdown,
 }
@@ -195,7 +219,10 @@ impl ShutdownWatch {
         let held = &SHUTDOWN[..self.matched];
         // A mismatch that is itself an 'S' starts over.
         self.matched = usize::from(b == SHUTDOWN[0]);
-        ShutdownFeed::Forward { held, byte: (self.matched == 0).then_some(b) }
+        ShutdownFeed::Forward {
+            held,
+            byte: (self.matched == 0).then_some(b),
+        }
     }
 }
 
@@ -243,7 +270,9 @@ const ACTIVITY_HLT: u64 = 1;
 
 /// The CR state the guest sees, from the VMCS.
 pub fn read_cr_state(v: &impl Vmcs) -> CrState {
-    let view = |real: F, shadow: F, mask: F| (v.read(real) & !v.read(mask)) | (v.read(shadow) & v.read(mask));
+    let view = |real: F, shadow: F, mask: F| {
+        (v.read(real) & !v.read(mask)) | (v.read(shadow) & v.read(mask))
+    };
     CrState {
         cr0: view(F::GUEST_CR0, F::CR0_READ_SHADOW, F::CR0_GUEST_HOST_MASK),
         cr3: v.read(F::GUEST_CR3),
@@ -273,7 +302,10 @@ pub fn inject_exception(v: &mut impl Vmcs, vector: u8, error_code: Option<u32>) 
     // In real mode exceptions push no error code (SDM 26.2.1.3).
     let protected = v.read(F::GUEST_CR0) & cr::CR0_PE != 0;
     let code = error_code.filter(|_| protected);
-    v.write(F::VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo::new(vector, event_type::HARDWARE_EXCEPTION, code.is_some()).0 as u64);
+    v.write(
+        F::VM_ENTRY_INTR_INFO_FIELD,
+        InterruptionInfo::new(vector, event_type::HARDWARE_EXCEPTION, code.is_some()).0 as u64,
+    );
     if let Some(c) = code {
         v.write(F::VM_ENTRY_EXCEPTION_ERROR_CODE, c as u64);
     }
@@ -284,11 +316,16 @@ const GP: u8 = 13;
 
 /// Moves past the instruction that exited, as executing it would.
 pub fn skip_instruction(v: &mut impl Vmcs) {
-    let rip = v.read(F::GUEST_RIP).wrapping_add(v.read(F::VM_EXIT_INSTRUCTION_LEN));
+    let rip = v
+        .read(F::GUEST_RIP)
+        .wrapping_add(v.read(F::VM_EXIT_INSTRUCTION_LEN));
     v.write(F::GUEST_RIP, rip);
     let i = v.read(F::GUEST_INTERRUPTIBILITY_INFO);
     if i & INTERRUPTIBILITY_STI_MOVSS != 0 {
-        v.write(F::GUEST_INTERRUPTIBILITY_INFO, i & !INTERRUPTIBILITY_STI_MOVSS);
+        v.write(
+            F::GUEST_INTERRUPTIBILITY_INFO,
+            i & !INTERRUPTIBILITY_STI_MOVSS,
+        );
     }
 }
 
@@ -315,13 +352,18 @@ impl Vcpu {
     }
 
     fn edx_eax(&self) -> u64 {
-        (self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff) << 32 | (self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff)
+        (self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff) << 32
+            | (self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff)
     }
 
     /// Handles the exit that just happened on the current VMCS.
     pub fn handle_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Outcome {
         let r = ExitReason(vs.current().read(F::VM_EXIT_REASON) as u32);
-        let stats = if self.nested.in_l2 { &mut self.l2_stats } else { &mut self.stats };
+        let stats = if self.nested.in_l2 {
+            &mut self.l2_stats
+        } else {
+            &mut self.stats
+        };
         if let Some(n) = stats.by_reason.get_mut(r.basic() as usize) {
             *n += 1;
         }
@@ -357,15 +399,24 @@ impl Vcpu {
             }
             reason::EPT_VIOLATION => {
                 let o = self.ept_violation(v, p);
-                let (info, err, len) = (v.read(F::IDT_VECTORING_INFO_FIELD), v.read(F::IDT_VECTORING_ERROR_CODE), v.read(F::VM_EXIT_INSTRUCTION_LEN));
+                let (info, err, len) = (
+                    v.read(F::IDT_VECTORING_INFO_FIELD),
+                    v.read(F::IDT_VECTORING_ERROR_CODE),
+                    v.read(F::VM_EXIT_INSTRUCTION_LEN),
+                );
                 l2::reinject_interrupted_event(v, info as u32, err as u32, len as u32);
                 return o;
             }
             reason::TRIPLE_FAULT => return Outcome::Stop(Stop::TripleFault),
-            reason::VMCALL if self.is_ultracall() => self.ultracall(vs, p, ultracall_abi::CallerLevel::L1),
+            reason::VMCALL if self.is_ultracall() => {
+                self.ultracall(vs, p, ultracall_abi::CallerLevel::L1)
+            }
             reason::INTERRUPT_WINDOW => {
                 // Opened for the relay interrupt, delivered before the entry.
-                v.clear_bits(F::CPU_BASED_VM_EXEC_CONTROL, caps::primary::INTERRUPT_WINDOW_EXITING as u64);
+                v.clear_bits(
+                    F::CPU_BASED_VM_EXEC_CONTROL,
+                    caps::primary::INTERRUPT_WINDOW_EXITING as u64,
+                );
                 self.window_requested = false;
             }
             // VMX when not offered, SMX, VMFUNC, and VMCALL without an
@@ -384,7 +435,9 @@ impl Vcpu {
             | reason::INVVPID
             | reason::VMFUNC
             | reason::GETSEC => inject_exception(v, UD, None),
-            reason::EPT_MISCONFIG => return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT01 (an L0 bug)")),
+            reason::EPT_MISCONFIG => {
+                return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT01 (an L0 bug)"))
+            }
             _ => return Outcome::Stop(Stop::Unexpected(r)),
         }
         Outcome::Resume
@@ -412,7 +465,10 @@ impl Vcpu {
                 continue;
             }
             let midline = self.shadow.mid_line();
-            if !midline || now.wrapping_sub(last) > 8 * byte || now.wrapping_sub(start) > 2 * mgmt::MAX_LINE as u64 * byte {
+            if !midline
+                || now.wrapping_sub(last) > 8 * byte
+                || now.wrapping_sub(start) > 2 * mgmt::MAX_LINE as u64 * byte
+            {
                 break;
             }
             core::hint::spin_loop();
@@ -425,8 +481,15 @@ impl Vcpu {
                 true => {
                     let a = v12.get(F::VIRTUAL_APIC_PAGE_ADDR);
                     let mut b = [0u8; 4];
-                    let mut reg = |off: u64| p.mem().read(a + off, &mut b).map(|_| u32::from_le_bytes(b)).unwrap_or(u32::MAX);
-                    let mut top = |base: u64| crate::nested::posted::highest_vector(|i| reg(base + 16 * i as u64));
+                    let mut reg = |off: u64| {
+                        p.mem()
+                            .read(a + off, &mut b)
+                            .map(|_| u32::from_le_bytes(b))
+                            .unwrap_or(u32::MAX)
+                    };
+                    let mut top = |base: u64| {
+                        crate::nested::posted::highest_vector(|i| reg(base + 16 * i as u64))
+                    };
                     let (isr, irr) = (top(0x100), top(0x200));
                     alloc::format!(
                         "; VMCS12 rip={:#x} rflags={:#x} intr-state={:#x} intr-status={:#x} timer={:#x} pin={:#x} vapic tpr={:#x} ppr={:#x} isr-top={isr:x?} irr-top={irr:x?}",
@@ -454,7 +517,10 @@ impl Vcpu {
                 p.apic_state()
             );
             for f in [
-                mgmt::frame(format_args!("stats now {l2}, {} user VMs: {now}", self.shadow.vm_count())),
+                mgmt::frame(format_args!(
+                    "stats now {l2}, {} user VMs: {now}",
+                    self.shadow.vm_count()
+                )),
                 mgmt::frame(format_args!("stats l1 {}", self.stats)),
                 mgmt::frame(format_args!("stats l1-recent {}", self.stats.recent())),
                 mgmt::frame(format_args!("stats l2 {}", self.l2_stats)),
@@ -476,20 +542,28 @@ impl Vcpu {
         if !self.shadow.irq_pending() {
             return;
         }
-        let Some(vector) = self.shadow.relay_vector else { return };
+        let Some(vector) = self.shadow.relay_vector else {
+            return;
+        };
         let can = v.read(F::GUEST_RFLAGS) & (1 << 9) != 0
             && v.read(F::GUEST_INTERRUPTIBILITY_INFO) & 3 == 0
             && v.read(F::VM_ENTRY_INTR_INFO_FIELD) & InterruptionInfo::VALID as u64 == 0;
         if can {
             // An external interrupt that no interrupt controller delivered:
             // L1's relay must not EOI it (docs/shadow-devices.md).
-            v.write(F::VM_ENTRY_INTR_INFO_FIELD, InterruptionInfo::new(vector, event_type::EXTERNAL_INTERRUPT, false).0 as u64);
+            v.write(
+                F::VM_ENTRY_INTR_INFO_FIELD,
+                InterruptionInfo::new(vector, event_type::EXTERNAL_INTERRUPT, false).0 as u64,
+            );
             if v.read(F::GUEST_ACTIVITY_STATE) == ACTIVITY_HLT {
                 v.write(F::GUEST_ACTIVITY_STATE, 0);
             }
             self.shadow.relay_delivered();
         } else if !self.window_requested {
-            v.set_bits(F::CPU_BASED_VM_EXEC_CONTROL, caps::primary::INTERRUPT_WINDOW_EXITING as u64);
+            v.set_bits(
+                F::CPU_BASED_VM_EXEC_CONTROL,
+                caps::primary::INTERRUPT_WINDOW_EXITING as u64,
+            );
             self.window_requested = true;
         }
     }
@@ -508,10 +582,22 @@ impl Vcpu {
     fn cpuid<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P) {
         let leaf = self.regs.gpr[GuestRegs::RAX] as u32;
         let sub = self.regs.gpr[GuestRegs::RCX] as u32;
-        let raw = if cpuid::is_synthetic(leaf) { [0; 4] } else { p.cpuid(leaf, sub) };
+        let raw = if cpuid::is_synthetic(leaf) {
+            [0; 4]
+        } else {
+            p.cpuid(leaf, sub)
+        };
         self.cpuid.guest_cr4 = read_cr_state(v).cr4;
         let out = cpuid::guest_view(leaf, sub, raw, &self.cpuid);
-        for (reg, val) in [GuestRegs::RAX, GuestRegs::RBX, GuestRegs::RCX, GuestRegs::RDX].into_iter().zip(out) {
+        for (reg, val) in [
+            GuestRegs::RAX,
+            GuestRegs::RBX,
+            GuestRegs::RCX,
+            GuestRegs::RDX,
+        ]
+        .into_iter()
+        .zip(out)
+        {
             self.regs.gpr[reg] = val as u64;
         }
         skip_instruction(v);
@@ -616,11 +702,19 @@ impl Vcpu {
     fn cr_access<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P, r: ExitReason) -> Outcome {
         let mut s = read_cr_state(v);
         // Outside 64-bit code MOV CR uses 32-bit operands.
-        let width = if s.ia32e() && s.cs_long { u64::MAX } else { 0xffff_ffff };
+        let width = if s.ia32e() && s.cs_long {
+            u64::MAX
+        } else {
+            0xffff_ffff
+        };
         let result = match CrAccess::decode(v.read(F::EXIT_QUALIFICATION)) {
             CrAccess::MovToCr { cr: 0, gpr } => cr::write_cr0(&mut s, self.gpr(v, gpr) & width),
-            CrAccess::MovToCr { cr: 3, gpr } => cr::write_cr3(&mut s, self.gpr(v, gpr) & width, self.maxphyaddr),
-            CrAccess::MovToCr { cr: 4, gpr } => cr::write_cr4(&mut s, self.gpr(v, gpr) & width, &self.policy),
+            CrAccess::MovToCr { cr: 3, gpr } => {
+                cr::write_cr3(&mut s, self.gpr(v, gpr) & width, self.maxphyaddr)
+            }
+            CrAccess::MovToCr { cr: 4, gpr } => {
+                cr::write_cr4(&mut s, self.gpr(v, gpr) & width, &self.policy)
+            }
             CrAccess::MovFromCr { cr: 3, gpr } => {
                 let value = s.cr3;
                 self.set_gpr(v, gpr, value);
@@ -659,7 +753,15 @@ impl Vcpu {
                 inject_exception(v, GP, Some(0));
                 return Outcome::Resume;
             }
-            for (f, e) in [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3].into_iter().zip(pdptes) {
+            for (f, e) in [
+                F::GUEST_PDPTE0,
+                F::GUEST_PDPTE1,
+                F::GUEST_PDPTE2,
+                F::GUEST_PDPTE3,
+            ]
+            .into_iter()
+            .zip(pdptes)
+            {
                 v.write(f, e);
             }
         }
@@ -697,7 +799,13 @@ impl Vcpu {
         match self.ept.resolve(p.tables(), gpa) {
             Ok(Violation::L0Frame) => {
                 let n = self.ept.l0_touches;
-                let kind = if q.write { "wrote" } else if q.fetch { "fetched from" } else { "read" };
+                let kind = if q.write {
+                    "wrote"
+                } else if q.fetch {
+                    "fetched from"
+                } else {
+                    "read"
+                };
                 // Rate-limited: the first few, powers of two, and each change of kind.
                 if n <= 8 || n.is_power_of_two() || kind != self.last_l0_touch {
                     log::warn!(

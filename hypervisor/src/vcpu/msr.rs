@@ -6,7 +6,9 @@
 //! types, SDM Vol. 3C 29.3.7.2, but the real ones govern L0's accesses,
 //! so L1 gets a shadow copy), and the microcode-update trigger.
 
-use crate::vmx::caps::{FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_VMX_OUTSIDE_SMX, IA32_FEATURE_CONTROL};
+use crate::vmx::caps::{
+    FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_VMX_OUTSIDE_SMX, IA32_FEATURE_CONTROL,
+};
 
 pub const IA32_BIOS_UPDT_TRIG: u32 = 0x79;
 pub const IA32_MTRRCAP: u32 = 0xfe;
@@ -90,7 +92,10 @@ impl Default for IoBitmaps {
 
 /// Whether L0 emulates this MSR for its guests (it never reaches the CPU).
 pub fn emulated_by_l0(msr: u32) -> bool {
-    msr == IA32_FEATURE_CONTROL || msr == IA32_BIOS_UPDT_TRIG || VMX_MSRS.contains(&msr) || is_mtrr(msr)
+    msr == IA32_FEATURE_CONTROL
+        || msr == IA32_BIOS_UPDT_TRIG
+        || VMX_MSRS.contains(&msr)
+        || is_mtrr(msr)
 }
 
 fn is_mtrr(msr: u32) -> bool {
@@ -105,7 +110,12 @@ pub fn l1_msr_bitmap() -> MsrBitmap {
     for m in VMX_MSRS {
         b.intercept(m, true, true);
     }
-    for m in (0x200..=0x20f).chain([IA32_MTRR_FIX64K_00000, IA32_MTRR_FIX16K_80000, IA32_MTRR_FIX16K_A0000])
+    for m in (0x200..=0x20f)
+        .chain([
+            IA32_MTRR_FIX64K_00000,
+            IA32_MTRR_FIX16K_80000,
+            IA32_MTRR_FIX16K_A0000,
+        ])
         .chain(IA32_MTRR_FIX4K_C0000..=IA32_MTRR_FIX4K_F8000)
         .chain([IA32_MTRR_DEF_TYPE])
     {
@@ -137,7 +147,9 @@ fn fixed_index(msr: u32) -> Option<usize> {
         IA32_MTRR_FIX64K_00000 => Some(0),
         IA32_MTRR_FIX16K_80000 => Some(1),
         IA32_MTRR_FIX16K_A0000 => Some(2),
-        IA32_MTRR_FIX4K_C0000..=IA32_MTRR_FIX4K_F8000 => Some(3 + (msr - IA32_MTRR_FIX4K_C0000) as usize),
+        IA32_MTRR_FIX4K_C0000..=IA32_MTRR_FIX4K_F8000 => {
+            Some(3 + (msr - IA32_MTRR_FIX4K_C0000) as usize)
+        }
         _ => None,
     }
 }
@@ -150,7 +162,13 @@ impl MtrrShadow {
     /// Starts from the values `read` returns for the real MSRs.
     pub fn capture(mtrrcap: u64, maxphyaddr: u8, mut read: impl FnMut(u32) -> u64) -> Self {
         let vcnt = (mtrrcap as u32 & 0xff).min(8);
-        let mut s = MtrrShadow { variable: [0; 16], fixed: [0; 11], def_type: read(IA32_MTRR_DEF_TYPE), vcnt, maxphyaddr };
+        let mut s = MtrrShadow {
+            variable: [0; 16],
+            fixed: [0; 11],
+            def_type: read(IA32_MTRR_DEF_TYPE),
+            vcnt,
+            maxphyaddr,
+        };
         for i in 0..2 * vcnt as usize {
             s.variable[i] = read(IA32_MTRR_PHYSBASE0 + i as u32);
         }
@@ -174,7 +192,9 @@ impl MtrrShadow {
         }
         match msr {
             IA32_MTRR_DEF_TYPE => Ok(self.def_type),
-            0x200..=0x20f if msr - 0x200 < 2 * self.vcnt => Ok(self.variable[(msr - 0x200) as usize]),
+            0x200..=0x20f if msr - 0x200 < 2 * self.vcnt => {
+                Ok(self.variable[(msr - 0x200) as usize])
+            }
             _ => Err(MsrFault),
         }
     }
@@ -192,7 +212,11 @@ impl MtrrShadow {
             IA32_MTRR_DEF_TYPE if v & !0xcff == 0 && valid_type(v & 0xff) => self.def_type = v,
             0x200..=0x20f if msr - 0x200 < 2 * self.vcnt => {
                 let is_base = msr % 2 == 0;
-                let reserved = if is_base { phys_mask | 0xf00 } else { phys_mask | 0x7ff };
+                let reserved = if is_base {
+                    phys_mask | 0xf00
+                } else {
+                    phys_mask | 0x7ff
+                };
                 if v & reserved != 0 || (is_base && !valid_type(v & 0xff)) {
                     return Err(MsrFault);
                 }
@@ -208,9 +232,12 @@ impl MtrrShadow {
 pub fn read(msr: u32, vmx_offered: bool, mtrr: &MtrrShadow) -> Result<u64, MsrFault> {
     match msr {
         // Locked: L1 cannot change it; VMX outside SMX only if offered.
-        IA32_FEATURE_CONTROL => {
-            Ok(FEATURE_CONTROL_LOCKED | if vmx_offered { FEATURE_CONTROL_VMX_OUTSIDE_SMX } else { 0 })
-        }
+        IA32_FEATURE_CONTROL => Ok(FEATURE_CONTROL_LOCKED
+            | if vmx_offered {
+                FEATURE_CONTROL_VMX_OUTSIDE_SMX
+            } else {
+                0
+            }),
         m if is_mtrr(m) => mtrr.read(m),
         // Capability MSRs of a VMX L0 does not offer do not exist.
         _ => Err(MsrFault),
@@ -239,7 +266,11 @@ mod tests {
     use super::*;
 
     fn shadow() -> MtrrShadow {
-        MtrrShadow::capture(0x508, 39, |m| if m == IA32_MTRR_DEF_TYPE { 0xc06 } else { 0 })
+        MtrrShadow::capture(
+            0x508,
+            39,
+            |m| if m == IA32_MTRR_DEF_TYPE { 0xc06 } else { 0 },
+        )
     }
 
     #[test]
@@ -251,7 +282,10 @@ mod tests {
         assert!(!b.intercepts(IA32_EFER, false) && !b.intercepts(IA32_EFER, true));
         assert!(b.intercepts(0x79, true) && !b.intercepts(0x79, false));
         assert!(b.intercepts(0x2ff, true) && !b.intercepts(0xfe, false));
-        assert!(b.intercepts(0x4000_0000, false), "outside both ranges always exits");
+        assert!(
+            b.intercepts(0x4000_0000, false),
+            "outside both ranges always exits"
+        );
         // Byte positions: read-low bit 0x3a at byte 7, write-high for 0xc0000080 at 3072 + 16.
         let mut x = MsrBitmap::new();
         x.intercept(0xc000_0080, false, true);
@@ -266,7 +300,10 @@ mod tests {
         io.intercept(0x2f8);
         io.intercept(0x8900);
         assert!(io.intercepts(0x2f8, 1));
-        assert!(io.intercepts(0x2f6, 4), "a wide access touching a trapped port");
+        assert!(
+            io.intercepts(0x2f6, 4),
+            "a wide access touching a trapped port"
+        );
         assert!(!io.intercepts(0x2f9, 1));
         assert!(io.intercepts(0x8900, 2));
         assert_eq!(io.0[0x1000 + (0x8900 - 0x8000) / 8], 1);
@@ -292,8 +329,16 @@ mod tests {
         write(0x200, 0x8000_0006, &mut m).unwrap();
         write(0x201, 0x7f_f000_0800, &mut m).unwrap();
         assert_eq!(m.read(0x201), Ok(0x7f_f000_0800));
-        assert_eq!(write(0x200, 0x8000_0002, &mut m), Err(MsrFault), "type 2 is reserved");
-        assert_eq!(write(0x200, 1 << 40, &mut m), Err(MsrFault), "above MAXPHYADDR");
+        assert_eq!(
+            write(0x200, 0x8000_0002, &mut m),
+            Err(MsrFault),
+            "type 2 is reserved"
+        );
+        assert_eq!(
+            write(0x200, 1 << 40, &mut m),
+            Err(MsrFault),
+            "above MAXPHYADDR"
+        );
         assert_eq!(write(0x210, 0, &mut m), Err(MsrFault), "only 8 pairs");
         assert_eq!(write(0x250, 0x0606_0606_0606_0607, &mut m), Err(MsrFault));
         write(0x250, 0x0606_0606_0606_0606, &mut m).unwrap();

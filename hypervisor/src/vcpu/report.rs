@@ -15,7 +15,11 @@ pub fn guest_state(out: &mut impl Write, v: &impl Vmcs, regs: &GuestRegs) -> fmt
         out,
         "  exit reason {:#x} ({}{}), qualification {:#x}, instruction length {}",
         reason.0,
-        if reason.entry_failed() { "entry failure: " } else { "" },
+        if reason.entry_failed() {
+            "entry failure: "
+        } else {
+            ""
+        },
         reason_name(reason.basic()),
         r(F::EXIT_QUALIFICATION),
         r(F::VM_EXIT_INSTRUCTION_LEN)
@@ -29,7 +33,13 @@ pub fn guest_state(out: &mut impl Write, v: &impl Vmcs, regs: &GuestRegs) -> fmt
         r(F::VM_EXIT_INTR_ERROR_CODE),
         r(F::IDT_VECTORING_INFO_FIELD)
     )?;
-    writeln!(out, "  RIP {:#018x} RSP {:#018x} RFLAGS {:#x}", r(F::GUEST_RIP), r(F::GUEST_RSP), r(F::GUEST_RFLAGS))?;
+    writeln!(
+        out,
+        "  RIP {:#018x} RSP {:#018x} RFLAGS {:#x}",
+        r(F::GUEST_RIP),
+        r(F::GUEST_RSP),
+        r(F::GUEST_RFLAGS)
+    )?;
     writeln!(
         out,
         "  CR0 {:#x} (shadow {:#x}) CR3 {:#x} CR4 {:#x} (shadow {:#x}) EFER {:#x}",
@@ -41,12 +51,43 @@ pub fn guest_state(out: &mut impl Write, v: &impl Vmcs, regs: &GuestRegs) -> fmt
         r(F::GUEST_IA32_EFER)
     )?;
     for (name, sel, base, limit, ar) in [
-        ("CS", F::GUEST_CS_SELECTOR, F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES),
-        ("SS", F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES),
-        ("DS", F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES),
-        ("TR", F::GUEST_TR_SELECTOR, F::GUEST_TR_BASE, F::GUEST_TR_LIMIT, F::GUEST_TR_AR_BYTES),
+        (
+            "CS",
+            F::GUEST_CS_SELECTOR,
+            F::GUEST_CS_BASE,
+            F::GUEST_CS_LIMIT,
+            F::GUEST_CS_AR_BYTES,
+        ),
+        (
+            "SS",
+            F::GUEST_SS_SELECTOR,
+            F::GUEST_SS_BASE,
+            F::GUEST_SS_LIMIT,
+            F::GUEST_SS_AR_BYTES,
+        ),
+        (
+            "DS",
+            F::GUEST_DS_SELECTOR,
+            F::GUEST_DS_BASE,
+            F::GUEST_DS_LIMIT,
+            F::GUEST_DS_AR_BYTES,
+        ),
+        (
+            "TR",
+            F::GUEST_TR_SELECTOR,
+            F::GUEST_TR_BASE,
+            F::GUEST_TR_LIMIT,
+            F::GUEST_TR_AR_BYTES,
+        ),
     ] {
-        writeln!(out, "  {name} {:#06x} base {:#x} limit {:#x} ar {:#x}", r(sel), r(base), r(limit), r(ar))?;
+        writeln!(
+            out,
+            "  {name} {:#06x} base {:#x} limit {:#x} ar {:#x}",
+            r(sel),
+            r(base),
+            r(limit),
+            r(ar)
+        )?;
     }
     writeln!(
         out,
@@ -58,8 +99,10 @@ pub fn guest_state(out: &mut impl Write, v: &impl Vmcs, regs: &GuestRegs) -> fmt
         r(F::GUEST_INTERRUPTIBILITY_INFO),
         r(F::GUEST_ACTIVITY_STATE)
     )?;
-    const NAMES: [&str; 16] =
-        ["RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15"];
+    const NAMES: [&str; 16] = [
+        "RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI", "R8", "R9", "R10", "R11", "R12",
+        "R13", "R14", "R15",
+    ];
     for row in NAMES.chunks(4).zip(regs.gpr.chunks(4)) {
         write!(out, " ")?;
         for (n, val) in row.0.iter().zip(row.1) {
@@ -89,11 +132,17 @@ mod tests {
         v.write(F::GUEST_RSP, 0x8888);
         let mut s = String::new();
         guest_state(&mut s, &v, &regs).unwrap();
-        assert!(s.contains("entry failure: VM entry failure: invalid guest state"), "{s}");
+        assert!(
+            s.contains("entry failure: VM entry failure: invalid guest state"),
+            "{s}"
+        );
         assert!(s.contains("RIP 0x0000000000100000"));
         assert!(s.contains("CR0 0x31"));
         assert!(s.contains("RBX 0x0000000000009000"));
         assert!(s.contains("RSP 0x0000000000008888"));
-        assert!(!s.contains("4444"), "RSP comes from the VMCS, not the GPR array");
+        assert!(
+            !s.contains("4444"),
+            "RSP comes from the VMCS, not the GPR array"
+        );
     }
 }

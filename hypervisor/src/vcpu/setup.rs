@@ -3,7 +3,10 @@
 
 use boot::loader::Entry;
 
-use super::cr::{CrPolicy, CrState, CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_PAE, CR4_SMXE, CR4_VMXE, EFER_LMA, EFER_LME};
+use super::cr::{
+    CrPolicy, CrState, CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_PAE, CR4_SMXE, CR4_VMXE, EFER_LMA,
+    EFER_LME,
+};
 use crate::vmx::caps::{self, Control, ControlError, VmxCaps};
 use crate::vmx::{Field as F, Vmcs};
 
@@ -29,7 +32,11 @@ pub fn write_host_state(v: &mut impl Vmcs, h: &HostState) {
     v.write(F::HOST_CR3, h.cr3);
     v.write(F::HOST_CR4, h.cr4);
     v.write(F::HOST_CS_SELECTOR, h.cs as u64);
-    for f in [F::HOST_SS_SELECTOR, F::HOST_DS_SELECTOR, F::HOST_ES_SELECTOR] {
+    for f in [
+        F::HOST_SS_SELECTOR,
+        F::HOST_DS_SELECTOR,
+        F::HOST_ES_SELECTOR,
+    ] {
         v.write(f, h.ds as u64);
     }
     v.write(F::HOST_FS_SELECTOR, 0);
@@ -76,8 +83,20 @@ pub fn l1_controls(c: &VmxCaps, vpid: bool, timer: bool) -> Result<L1Controls, C
         secondary_required |= s::ENABLE_VPID;
     }
     Ok(L1Controls {
-        pin: c.adjust(Control::Pin, if timer { caps::pin::PREEMPTION_TIMER } else { 0 }, 0)?,
-        primary: c.adjust(Control::Primary, p::USE_IO_BITMAPS | p::USE_MSR_BITMAPS | p::ACTIVATE_SECONDARY, 0)?,
+        pin: c.adjust(
+            Control::Pin,
+            if timer {
+                caps::pin::PREEMPTION_TIMER
+            } else {
+                0
+            },
+            0,
+        )?,
+        primary: c.adjust(
+            Control::Primary,
+            p::USE_IO_BITMAPS | p::USE_MSR_BITMAPS | p::ACTIVATE_SECONDARY,
+            0,
+        )?,
         // RDTSCP, INVPCID and XSAVES #UD in the guest unless enabled.
         secondary: c.adjust(
             Control::Secondary,
@@ -86,10 +105,18 @@ pub fn l1_controls(c: &VmxCaps, vpid: bool, timer: bool) -> Result<L1Controls, C
         )?,
         exit: c.adjust(
             Control::Exit,
-            exit::HOST_ADDRESS_SPACE_SIZE | exit::SAVE_PAT | exit::LOAD_PAT | exit::SAVE_EFER | exit::LOAD_EFER,
+            exit::HOST_ADDRESS_SPACE_SIZE
+                | exit::SAVE_PAT
+                | exit::LOAD_PAT
+                | exit::SAVE_EFER
+                | exit::LOAD_EFER,
             exit::SAVE_DEBUG_CONTROLS,
         )?,
-        entry: c.adjust(Control::Entry, entry::LOAD_PAT | entry::LOAD_EFER, entry::LOAD_DEBUG_CONTROLS)?,
+        entry: c.adjust(
+            Control::Entry,
+            entry::LOAD_PAT | entry::LOAD_EFER,
+            entry::LOAD_DEBUG_CONTROLS,
+        )?,
     })
 }
 
@@ -103,7 +130,12 @@ pub struct ControlPages {
     pub vpid: u16,
 }
 
-pub fn write_controls(v: &mut impl Vmcs, ctl: &L1Controls, pages: &ControlPages, policy: &CrPolicy) {
+pub fn write_controls(
+    v: &mut impl Vmcs,
+    ctl: &L1Controls,
+    pages: &ControlPages,
+    policy: &CrPolicy,
+) {
     v.write(F::PIN_BASED_VM_EXEC_CONTROL, ctl.pin as u64);
     v.write(F::CPU_BASED_VM_EXEC_CONTROL, ctl.primary as u64);
     v.write(F::SECONDARY_VM_EXEC_CONTROL, ctl.secondary as u64);
@@ -141,7 +173,11 @@ pub fn l1_cr_policy(c: &VmxCaps, offer_vmx: bool) -> CrPolicy {
     if !offer_vmx {
         cr4_allowed &= !CR4_VMXE;
     }
-    CrPolicy { cr0_forced, cr4_forced, cr4_allowed }
+    CrPolicy {
+        cr0_forced,
+        cr4_forced,
+        cr4_allowed,
+    }
 }
 
 /// Flat segment access rights (SDM 25.4.1): G, D/B, P, S, type.
@@ -158,9 +194,25 @@ const EFER_NXE: u64 = 1 << 11;
 pub fn write_entry_state(v: &mut impl Vmcs, entry: &Entry, policy: &CrPolicy) -> [(usize, u64); 2] {
     match *entry {
         Entry::Multiboot { eip, ebx } => write_multiboot_state(v, eip, ebx, policy),
-        Entry::Linux { rip, rsi, rsp, cr3, gdt_base, gdt_limit } => {
-            write_linux_state(v, LinuxEntry { rip, rsi, rsp, cr3, gdt_base, gdt_limit }, policy)
-        }
+        Entry::Linux {
+            rip,
+            rsi,
+            rsp,
+            cr3,
+            gdt_base,
+            gdt_limit,
+        } => write_linux_state(
+            v,
+            LinuxEntry {
+                rip,
+                rsi,
+                rsp,
+                cr3,
+                gdt_base,
+                gdt_limit,
+            },
+            policy,
+        ),
     }
 }
 
@@ -169,7 +221,10 @@ pub fn write_entry_state(v: &mut impl Vmcs, entry: &Entry, policy: &CrPolicy) ->
 fn set_ia32e_entry(v: &mut impl Vmcs, on: bool) {
     let bit = caps::entry::IA32E_MODE_GUEST as u64;
     let ctl = v.read(F::VM_ENTRY_CONTROLS);
-    v.write(F::VM_ENTRY_CONTROLS, if on { ctl | bit } else { ctl & !bit });
+    v.write(
+        F::VM_ENTRY_CONTROLS,
+        if on { ctl | bit } else { ctl & !bit },
+    );
 }
 
 struct LinuxEntry {
@@ -187,7 +242,11 @@ struct LinuxEntry {
 /// EFER.NXE is on, as firmware leaves it: page-table entries with NX set
 /// are then valid rather than reserved-bit faults.
 fn write_linux_state(v: &mut impl Vmcs, e: LinuxEntry, policy: &CrPolicy) -> [(usize, u64); 2] {
-    let cr = CrState { cr0: CR0_PE | CR0_ET | CR0_PG, cr4: CR4_PAE, ..Default::default() };
+    let cr = CrState {
+        cr0: CR0_PE | CR0_ET | CR0_PG,
+        cr4: CR4_PAE,
+        ..Default::default()
+    };
     v.write(F::GUEST_CR0, cr.cr0_actual(policy));
     v.write(F::CR0_READ_SHADOW, cr.cr0);
     v.write(F::GUEST_CR3, e.cr3);
@@ -196,12 +255,54 @@ fn write_linux_state(v: &mut impl Vmcs, e: LinuxEntry, policy: &CrPolicy) -> [(u
     v.write(F::GUEST_IA32_EFER, EFER_LME | EFER_LMA | EFER_NXE);
     set_ia32e_entry(v, true);
     let segs = [
-        (F::GUEST_CS_SELECTOR, F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES, 0x10, AR_CODE64),
-        (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES, 0x18, AR_DATA32),
-        (F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES, 0x18, AR_DATA32),
-        (F::GUEST_ES_SELECTOR, F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES, 0x18, AR_DATA32),
-        (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES, 0x18, AR_DATA32),
-        (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES, 0x18, AR_DATA32),
+        (
+            F::GUEST_CS_SELECTOR,
+            F::GUEST_CS_BASE,
+            F::GUEST_CS_LIMIT,
+            F::GUEST_CS_AR_BYTES,
+            0x10,
+            AR_CODE64,
+        ),
+        (
+            F::GUEST_SS_SELECTOR,
+            F::GUEST_SS_BASE,
+            F::GUEST_SS_LIMIT,
+            F::GUEST_SS_AR_BYTES,
+            0x18,
+            AR_DATA32,
+        ),
+        (
+            F::GUEST_DS_SELECTOR,
+            F::GUEST_DS_BASE,
+            F::GUEST_DS_LIMIT,
+            F::GUEST_DS_AR_BYTES,
+            0x18,
+            AR_DATA32,
+        ),
+        (
+            F::GUEST_ES_SELECTOR,
+            F::GUEST_ES_BASE,
+            F::GUEST_ES_LIMIT,
+            F::GUEST_ES_AR_BYTES,
+            0x18,
+            AR_DATA32,
+        ),
+        (
+            F::GUEST_FS_SELECTOR,
+            F::GUEST_FS_BASE,
+            F::GUEST_FS_LIMIT,
+            F::GUEST_FS_AR_BYTES,
+            0x18,
+            AR_DATA32,
+        ),
+        (
+            F::GUEST_GS_SELECTOR,
+            F::GUEST_GS_BASE,
+            F::GUEST_GS_LIMIT,
+            F::GUEST_GS_AR_BYTES,
+            0x18,
+            AR_DATA32,
+        ),
     ];
     write_common(v, &segs, e.gdt_base, e.gdt_limit, e.rip, e.rsp);
     [(6, e.rsi), (0, 0)]
@@ -211,7 +312,14 @@ type SegRow = (F, F, F, F, u64, u64);
 
 /// Segments, TR, LDTR, descriptor tables, RIP/RSP/RFLAGS and the MSRs and
 /// state fields both entries set the same way.
-fn write_common(v: &mut impl Vmcs, segs: &[SegRow], gdt_base: u64, gdt_limit: u16, rip: u64, rsp: u64) {
+fn write_common(
+    v: &mut impl Vmcs,
+    segs: &[SegRow],
+    gdt_base: u64,
+    gdt_limit: u16,
+    rip: u64,
+    rsp: u64,
+) {
     for &(sel, base, limit, ar, s, a) in segs {
         v.write(sel, s);
         v.write(base, 0);
@@ -244,8 +352,16 @@ fn write_common(v: &mut impl Vmcs, segs: &[SegRow], gdt_base: u64, gdt_limit: u1
     v.write(F::GUEST_PENDING_DBG_EXCEPTIONS, 0);
 }
 
-fn write_multiboot_state(v: &mut impl Vmcs, eip: u32, ebx: u32, policy: &CrPolicy) -> [(usize, u64); 2] {
-    let cr = CrState { cr0: CR0_PE | CR0_ET, ..Default::default() };
+fn write_multiboot_state(
+    v: &mut impl Vmcs,
+    eip: u32,
+    ebx: u32,
+    policy: &CrPolicy,
+) -> [(usize, u64); 2] {
+    let cr = CrState {
+        cr0: CR0_PE | CR0_ET,
+        ..Default::default()
+    };
     v.write(F::GUEST_CR0, cr.cr0_actual(policy));
     v.write(F::CR0_READ_SHADOW, cr.cr0);
     v.write(F::GUEST_CR3, 0);
@@ -255,15 +371,60 @@ fn write_multiboot_state(v: &mut impl Vmcs, eip: u32, ebx: u32, policy: &CrPolic
     set_ia32e_entry(v, false);
     // GRUB's selectors: 0x10 code, 0x18 data.
     let segs = [
-        (F::GUEST_CS_SELECTOR, F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES, 0x10, AR_CODE32),
-        (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES, 0x18, AR_DATA32),
-        (F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES, 0x18, AR_DATA32),
-        (F::GUEST_ES_SELECTOR, F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES, 0x18, AR_DATA32),
-        (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES, 0x18, AR_DATA32),
-        (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES, 0x18, AR_DATA32),
+        (
+            F::GUEST_CS_SELECTOR,
+            F::GUEST_CS_BASE,
+            F::GUEST_CS_LIMIT,
+            F::GUEST_CS_AR_BYTES,
+            0x10,
+            AR_CODE32,
+        ),
+        (
+            F::GUEST_SS_SELECTOR,
+            F::GUEST_SS_BASE,
+            F::GUEST_SS_LIMIT,
+            F::GUEST_SS_AR_BYTES,
+            0x18,
+            AR_DATA32,
+        ),
+        (
+            F::GUEST_DS_SELECTOR,
+            F::GUEST_DS_BASE,
+            F::GUEST_DS_LIMIT,
+            F::GUEST_DS_AR_BYTES,
+            0x18,
+            AR_DATA32,
+        ),
+        (
+            F::GUEST_ES_SELECTOR,
+            F::GUEST_ES_BASE,
+            F::GUEST_ES_LIMIT,
+            F::GUEST_ES_AR_BYTES,
+            0x18,
+            AR_DATA32,
+        ),
+        (
+            F::GUEST_FS_SELECTOR,
+            F::GUEST_FS_BASE,
+            F::GUEST_FS_LIMIT,
+            F::GUEST_FS_AR_BYTES,
+            0x18,
+            AR_DATA32,
+        ),
+        (
+            F::GUEST_GS_SELECTOR,
+            F::GUEST_GS_BASE,
+            F::GUEST_GS_LIMIT,
+            F::GUEST_GS_AR_BYTES,
+            0x18,
+            AR_DATA32,
+        ),
     ];
     write_common(v, &segs, 0, 0, eip as u64, 0);
-    [(0, boot::loader::multiboot::BOOTLOADER_MAGIC as u64), (3, ebx as u64)]
+    [
+        (0, boot::loader::multiboot::BOOTLOADER_MAGIC as u64),
+        (3, ebx as u64),
+    ]
 }
 
 #[cfg(test)]
@@ -294,15 +455,25 @@ mod tests {
         assert_eq!(c.pin, 0x16, "no interrupt or NMI exiting: L1 owns them");
         assert_eq!(l1_controls(&caps(), true, true).unwrap().pin, 0x56);
         assert_eq!(c.primary & caps::primary::HLT_EXITING, 0);
-        assert_eq!(c.primary & (caps::primary::CR3_LOAD_EXITING | caps::primary::CR3_STORE_EXITING), 0);
-        assert!(c.has_secondary(caps::secondary::ENABLE_EPT | caps::secondary::UNRESTRICTED_GUEST | caps::secondary::ENABLE_VPID));
+        assert_eq!(
+            c.primary & (caps::primary::CR3_LOAD_EXITING | caps::primary::CR3_STORE_EXITING),
+            0
+        );
+        assert!(c.has_secondary(
+            caps::secondary::ENABLE_EPT
+                | caps::secondary::UNRESTRICTED_GUEST
+                | caps::secondary::ENABLE_VPID
+        ));
         assert!(c.has_secondary(caps::secondary::ENABLE_RDTSCP | caps::secondary::ENABLE_XSAVES));
         assert_ne!(c.exit & caps::exit::LOAD_EFER, 0);
         let mut no_ug = caps();
         no_ug.secondary &= !((caps::secondary::UNRESTRICTED_GUEST as u64) << 32);
         assert_eq!(
             l1_controls(&no_ug, true, false).unwrap_err(),
-            ControlError { control: Control::Secondary, missing: caps::secondary::UNRESTRICTED_GUEST }
+            ControlError {
+                control: Control::Secondary,
+                missing: caps::secondary::UNRESTRICTED_GUEST
+            }
         );
     }
 
@@ -312,7 +483,14 @@ mod tests {
         assert_eq!(policy.cr0_forced, CR0_NE);
         assert_eq!(policy.cr4_allowed & (CR4_VMXE | CR4_SMXE), 0);
         let mut v = FakeVmcs::default();
-        let regs = write_entry_state(&mut v, &Entry::Multiboot { eip: 0x10_0000, ebx: 0x9000 }, &policy);
+        let regs = write_entry_state(
+            &mut v,
+            &Entry::Multiboot {
+                eip: 0x10_0000,
+                ebx: 0x9000,
+            },
+            &policy,
+        );
         assert_eq!(regs, [(0, 0x2bad_b002), (3, 0x9000)]);
         assert_eq!(v.read(F::GUEST_CR0), 0x31);
         assert_eq!(v.read(F::CR0_READ_SHADOW), 0x11);
@@ -330,7 +508,14 @@ mod tests {
         let mut v = FakeVmcs::default();
         let c = l1_controls(&caps(), true, false).unwrap();
         v.write(F::VM_ENTRY_CONTROLS, c.entry as u64);
-        let e = Entry::Linux { rip: 0x100_0200, rsi: 0x10_0000, rsp: 0x10_9000, cr3: 0x10_1000, gdt_base: 0x10_7000, gdt_limit: 31 };
+        let e = Entry::Linux {
+            rip: 0x100_0200,
+            rsi: 0x10_0000,
+            rsp: 0x10_9000,
+            cr3: 0x10_1000,
+            gdt_base: 0x10_7000,
+            gdt_limit: 31,
+        };
         let regs = write_entry_state(&mut v, &e, &policy);
         assert_eq!(regs, [(6, 0x10_0000), (0, 0)]);
         assert_eq!(v.read(F::GUEST_CR0), 0x8000_0031, "PE, ET, NE (forced), PG");
@@ -339,24 +524,49 @@ mod tests {
         assert_eq!(v.read(F::CR4_READ_SHADOW), 0x20);
         assert_eq!(v.read(F::GUEST_CR3), 0x10_1000);
         assert_eq!(v.read(F::GUEST_IA32_EFER), 0xd00, "LME, LMA, NXE");
-        assert_ne!(v.read(F::VM_ENTRY_CONTROLS) & caps::entry::IA32E_MODE_GUEST as u64, 0);
+        assert_ne!(
+            v.read(F::VM_ENTRY_CONTROLS) & caps::entry::IA32E_MODE_GUEST as u64,
+            0
+        );
         assert_eq!(v.read(F::GUEST_CS_SELECTOR), 0x10);
         assert_eq!(v.read(F::GUEST_CS_AR_BYTES), 0xa09b, "L set, D clear");
         assert_eq!(v.read(F::GUEST_DS_SELECTOR), 0x18);
         assert_eq!(v.read(F::GUEST_SS_AR_BYTES), 0xc093);
-        assert_eq!((v.read(F::GUEST_GDTR_BASE), v.read(F::GUEST_GDTR_LIMIT)), (0x10_7000, 31));
-        assert_eq!((v.read(F::GUEST_RIP), v.read(F::GUEST_RSP)), (0x100_0200, 0x10_9000));
+        assert_eq!(
+            (v.read(F::GUEST_GDTR_BASE), v.read(F::GUEST_GDTR_LIMIT)),
+            (0x10_7000, 31)
+        );
+        assert_eq!(
+            (v.read(F::GUEST_RIP), v.read(F::GUEST_RSP)),
+            (0x100_0200, 0x10_9000)
+        );
         assert_eq!(v.read(F::GUEST_RFLAGS), 2, "interrupts off");
         // A multiboot entry afterwards clears the control again.
-        write_entry_state(&mut v, &Entry::Multiboot { eip: 0x10_0000, ebx: 0 }, &policy);
-        assert_eq!(v.read(F::VM_ENTRY_CONTROLS) & caps::entry::IA32E_MODE_GUEST as u64, 0);
+        write_entry_state(
+            &mut v,
+            &Entry::Multiboot {
+                eip: 0x10_0000,
+                ebx: 0,
+            },
+            &policy,
+        );
+        assert_eq!(
+            v.read(F::VM_ENTRY_CONTROLS) & caps::entry::IA32E_MODE_GUEST as u64,
+            0
+        );
         assert_eq!(v.read(F::GUEST_IA32_EFER), 0);
     }
 
     #[test]
     fn controls_are_written() {
         let c = l1_controls(&caps(), true, false).unwrap();
-        let pages = ControlPages { io_bitmap_a: 0x1000, io_bitmap_b: 0x2000, msr_bitmap: 0x3000, eptp: 0x401e, vpid: 1 };
+        let pages = ControlPages {
+            io_bitmap_a: 0x1000,
+            io_bitmap_b: 0x2000,
+            msr_bitmap: 0x3000,
+            eptp: 0x401e,
+            vpid: 1,
+        };
         let mut v = FakeVmcs::default();
         write_controls(&mut v, &c, &pages, &l1_cr_policy(&caps(), false));
         assert_eq!(v.read(F::EPT_POINTER), 0x401e);

@@ -4,9 +4,9 @@ use super::*;
 use crate::guest_mem::fake::VecMemory;
 use crate::mm::paging::tests::FakeTables;
 use crate::mm::paging::{translate, PageSize};
+use crate::nested::{Level, Nested, Vmcs02Pages};
 use crate::vmx::ept::Ept;
 use crate::vmx::fake::FakeVmcs;
-use crate::nested::{Level, Nested, Vmcs02Pages};
 use boot::memmap::{Range, RangeSet};
 use std::collections::BTreeMap;
 
@@ -153,20 +153,42 @@ impl Platform for FakePlatform {
 
 const POOL: Range = Range::new(0x1de0_0000, 0x1fe0_0000);
 
-pub const PAGES: Vmcs02Pages = Vmcs02Pages { io_all: 0x7000_2000, io_l0: 0x7000_4000, msr02: 0x7000_6000 };
+pub const PAGES: Vmcs02Pages = Vmcs02Pages {
+    io_all: 0x7000_2000,
+    io_l0: 0x7000_4000,
+    msr02: 0x7000_6000,
+};
 
 pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
     let mut tables = FakeTables::default();
     let mut l0 = RangeSet::new();
     l0.insert(POOL).unwrap();
-    let regions = [(Range::new(0, POOL.start), crate::mm::layout::MemType::WriteBack)];
-    let ept = Ept01::build(&mut tables, &regions, l0, POOL.end, POOL.start, PageSize::Size2M).unwrap();
-    let policy = CrPolicy { cr0_forced: cr::CR0_NE, cr4_forced: cr::CR4_VMXE, cr4_allowed: 0x37_27ff & !0x6000 };
+    let regions = [(
+        Range::new(0, POOL.start),
+        crate::mm::layout::MemType::WriteBack,
+    )];
+    let ept = Ept01::build(
+        &mut tables,
+        &regions,
+        l0,
+        POOL.end,
+        POOL.start,
+        PageSize::Size2M,
+    )
+    .unwrap();
+    let policy = CrPolicy {
+        cr0_forced: cr::CR0_NE,
+        cr4_forced: cr::CR4_VMXE,
+        cr4_allowed: 0x37_27ff & !0x6000,
+    };
     let vcpu = Vcpu {
         regs: GuestRegs::default(),
         launched: true,
         policy,
-        cpuid: cpuid::CpuidContext { abi_version: 0x1_0000, ..Default::default() },
+        cpuid: cpuid::CpuidContext {
+            abi_version: 0x1_0000,
+            ..Default::default()
+        },
         mtrr: MtrrShadow::capture(0x508, 39, |_| 0),
         vpid: 1,
         maxphyaddr: 39,
@@ -190,7 +212,14 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         window_requested: false,
     };
     let mut v = FakeVmcs::default();
-    setup::write_entry_state(&mut v, &boot::loader::Entry::Multiboot { eip: 0x10_0000, ebx: 0 }, &policy);
+    setup::write_entry_state(
+        &mut v,
+        &boot::loader::Entry::Multiboot {
+            eip: 0x10_0000,
+            ebx: 0,
+        },
+        &policy,
+    );
     v.write(F::CR0_GUEST_HOST_MASK, policy.cr0_forced);
     v.write(F::CR4_GUEST_HOST_MASK, policy.cr4_forced);
     let p = FakePlatform {
@@ -210,7 +239,16 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         ipis: Vec::new(),
         eois: 0,
     };
-    (vcpu, FakeSet { v01: v, v02: FakeVmcs::default(), sh: FakeVmcs::default(), cur: Level::L1 }, p)
+    (
+        vcpu,
+        FakeSet {
+            v01: v,
+            v02: FakeVmcs::default(),
+            sh: FakeVmcs::default(),
+            cur: Level::L1,
+        },
+        p,
+    )
 }
 
 fn exit(v: &mut FakeVmcs, reason: u16, qualification: u64, len: u64) {
@@ -222,7 +260,13 @@ fn exit(v: &mut FakeVmcs, reason: u16, qualification: u64, len: u64) {
 
 fn injected(v: &FakeVmcs) -> Option<(u8, Option<u64>)> {
     let i = InterruptionInfo(v.read(F::VM_ENTRY_INTR_INFO_FIELD) as u32);
-    i.valid().then(|| (i.vector(), i.has_error_code().then(|| v.read(F::VM_ENTRY_EXCEPTION_ERROR_CODE))))
+    i.valid().then(|| {
+        (
+            i.vector(),
+            i.has_error_code()
+                .then(|| v.read(F::VM_ENTRY_EXCEPTION_ERROR_CODE)),
+        )
+    })
 }
 
 #[test]
@@ -231,8 +275,14 @@ fn cpuid_answers_and_advances() {
     c.regs.gpr[GuestRegs::RAX] = 0x4000_0000;
     exit(&mut v, reason::CPUID, 0, 2);
     assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-    assert_eq!(c.regs.gpr[GuestRegs::RBX], u32::from_le_bytes(*b"L0Hy") as u64);
-    assert_eq!(c.regs.gpr[GuestRegs::RDX], u32::from_le_bytes(*b"isor") as u64);
+    assert_eq!(
+        c.regs.gpr[GuestRegs::RBX],
+        u32::from_le_bytes(*b"L0Hy") as u64
+    );
+    assert_eq!(
+        c.regs.gpr[GuestRegs::RDX],
+        u32::from_le_bytes(*b"isor") as u64
+    );
     assert_eq!(v.read(F::GUEST_RIP), 0x10_0002);
     c.regs.gpr[GuestRegs::RAX] = 1;
     assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
@@ -253,7 +303,10 @@ fn management_port_is_an_absent_device() {
     assert!(p.out.is_empty(), "nothing reaches L0's UART");
     // An untrapped port exiting is L0's mistake, not resumed blindly.
     exit(&mut v, reason::IO_INSTRUCTION, 0x0060_0000, 1);
-    assert!(matches!(c.handle_exit(&mut v, &mut p), Outcome::Stop(Stop::Unexpected(_))));
+    assert!(matches!(
+        c.handle_exit(&mut v, &mut p),
+        Outcome::Stop(Stop::Unexpected(_))
+    ));
 }
 
 #[test]
@@ -264,10 +317,14 @@ fn shutdown_port_holds_the_word_then_passes_it() {
         exit(&mut v, reason::IO_INSTRUCTION, 0x8900_0000, 1);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
     }
-    let sent: Vec<u8> = p.out.iter().map(|&(port, b)| {
-        assert_eq!(port, 0x8900);
-        b
-    }).collect();
+    let sent: Vec<u8> = p
+        .out
+        .iter()
+        .map(|&(port, b)| {
+            assert_eq!(port, 0x8900);
+            b
+        })
+        .collect();
     assert_eq!(sent, b"SSxShutdown");
 }
 
@@ -276,9 +333,27 @@ fn shutdown_watch_sequences() {
     let mut w = ShutdownWatch::default();
     assert_eq!(w.feed(b'S'), ShutdownFeed::Hold);
     assert_eq!(w.feed(b'h'), ShutdownFeed::Hold);
-    assert_eq!(w.feed(b'S'), ShutdownFeed::Forward { held: b"Sh", byte: None });
-    assert_eq!(w.feed(b'!'), ShutdownFeed::Forward { held: b"S", byte: Some(b'!') });
-    assert_eq!(w.feed(0), ShutdownFeed::Forward { held: b"", byte: Some(0) });
+    assert_eq!(
+        w.feed(b'S'),
+        ShutdownFeed::Forward {
+            held: b"Sh",
+            byte: None
+        }
+    );
+    assert_eq!(
+        w.feed(b'!'),
+        ShutdownFeed::Forward {
+            held: b"S",
+            byte: Some(b'!')
+        }
+    );
+    assert_eq!(
+        w.feed(0),
+        ShutdownFeed::Forward {
+            held: b"",
+            byte: Some(0)
+        }
+    );
     for &b in b"Shutdow" {
         assert_eq!(w.feed(b), ShutdownFeed::Hold);
     }
@@ -291,14 +366,21 @@ fn msrs() {
     c.regs.gpr[GuestRegs::RCX] = 0x3a;
     exit(&mut v, reason::RDMSR, 0, 2);
     c.handle_exit(&mut v, &mut p);
-    assert_eq!((c.regs.gpr[GuestRegs::RAX], c.regs.gpr[GuestRegs::RDX]), (1, 0));
+    assert_eq!(
+        (c.regs.gpr[GuestRegs::RAX], c.regs.gpr[GuestRegs::RDX]),
+        (1, 0)
+    );
     assert_eq!(injected(&v), None);
     c.regs.gpr[GuestRegs::RCX] = 0x480;
     exit(&mut v, reason::RDMSR, 0, 2);
     let rip = v.read(F::GUEST_RIP);
     c.handle_exit(&mut v, &mut p);
     assert_eq!(injected(&v), Some((13, Some(0))));
-    assert_eq!(v.read(F::GUEST_RIP), rip, "a faulting RDMSR does not advance");
+    assert_eq!(
+        v.read(F::GUEST_RIP),
+        rip,
+        "a faulting RDMSR does not advance"
+    );
     c.regs.gpr[GuestRegs::RCX] = 0x2ff;
     c.regs.gpr[GuestRegs::RAX] = 0x806;
     exit(&mut v, reason::WRMSR, 0, 2);
@@ -321,7 +403,10 @@ fn cr_writes() {
     exit(&mut v, reason::CR_ACCESS, 0x300, 3);
     c.handle_exit(&mut v, &mut p);
     assert_eq!(injected(&v), None);
-    assert_eq!((v.read(F::GUEST_CR0), v.read(F::CR0_READ_SHADOW)), (0x31, 0x31));
+    assert_eq!(
+        (v.read(F::GUEST_CR0), v.read(F::CR0_READ_SHADOW)),
+        (0x31, 0x31)
+    );
     // PAE paging: PDPTEs come from guest memory at CR3.
     p.mem.write(0x5000, &0x7001u64.to_le_bytes()).unwrap();
     v.write(F::GUEST_CR3, 0x5000);
@@ -352,7 +437,13 @@ fn long_mode_entry_sets_the_entry_control() {
 
 #[test]
 fn vmx_instructions_and_vmcall_raise_ud() {
-    for r in [reason::VMXON, reason::VMCALL, reason::VMREAD, reason::INVEPT, reason::GETSEC] {
+    for r in [
+        reason::VMXON,
+        reason::VMCALL,
+        reason::VMREAD,
+        reason::INVEPT,
+        reason::GETSEC,
+    ] {
         let (mut c, mut v, mut p) = setup();
         exit(&mut v, r, 0, 3);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
@@ -402,19 +493,31 @@ fn l0_memory_access_is_backed_by_the_scratch_page() {
     assert_eq!(c.ept.l0_touches, 1);
     // A violation on a present entry is not L1's doing.
     exit(&mut v, reason::EPT_VIOLATION, 0x2 | (1 << 3), 0);
-    assert!(matches!(c.handle_exit(&mut v, &mut p), Outcome::Stop(Stop::Internal(_))));
+    assert!(matches!(
+        c.handle_exit(&mut v, &mut p),
+        Outcome::Stop(Stop::Internal(_))
+    ));
 }
 
 #[test]
 fn fatal_exits_stop() {
     let (mut c, mut v, mut p) = setup();
     exit(&mut v, reason::TRIPLE_FAULT, 0, 0);
-    assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Stop(Stop::TripleFault));
+    assert_eq!(
+        c.handle_exit(&mut v, &mut p),
+        Outcome::Stop(Stop::TripleFault)
+    );
     exit(&mut v, reason::INVALID_GUEST_STATE, 0, 0);
     v.write(F::VM_EXIT_REASON, 0x8000_0021);
-    assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Stop(Stop::EntryFailure(ExitReason(0x8000_0021))));
+    assert_eq!(
+        c.handle_exit(&mut v, &mut p),
+        Outcome::Stop(Stop::EntryFailure(ExitReason(0x8000_0021)))
+    );
     exit(&mut v, reason::EXTERNAL_INTERRUPT, 0, 0);
-    assert!(matches!(c.handle_exit(&mut v, &mut p), Outcome::Stop(Stop::Unexpected(_))));
+    assert!(matches!(
+        c.handle_exit(&mut v, &mut p),
+        Outcome::Stop(Stop::Unexpected(_))
+    ));
 }
 
 #[test]
@@ -427,7 +530,11 @@ fn invd_writes_back_and_hlt_halts() {
     v.write(F::GUEST_INTERRUPTIBILITY_INFO, 1);
     c.handle_exit(&mut v, &mut p);
     assert_eq!(v.read(F::GUEST_ACTIVITY_STATE), 1);
-    assert_eq!(v.read(F::GUEST_INTERRUPTIBILITY_INFO), 0, "STI blocking ends with the instruction");
+    assert_eq!(
+        v.read(F::GUEST_INTERRUPTIBILITY_INFO),
+        0,
+        "STI blocking ends with the instruction"
+    );
 }
 
 mod nested {
@@ -476,11 +583,18 @@ mod nested {
     #[test]
     fn launch_reflect_resume() {
         let (mut c, mut v, mut p) = l1_in_vmx();
-        assert_eq!(launch(&mut c, &mut v, &mut p, reason::VMLAUNCH), Outcome::Resume);
+        assert_eq!(
+            launch(&mut c, &mut v, &mut p, reason::VMLAUNCH),
+            Outcome::Resume
+        );
         assert!(c.nested.in_l2 && v.cur == Level::L2);
         assert!(c.nested.vmx.vmcs12.launched);
         assert_eq!(v.v02.read(F::GUEST_RIP), 0x1000);
-        assert_eq!(v.v02.read(F::VIRTUAL_PROCESSOR_ID), 3, "L1's VPID 1 mapped to L0's 3");
+        assert_eq!(
+            v.v02.read(F::VIRTUAL_PROCESSOR_ID),
+            3,
+            "L1's VPID 1 mapped to L0's 3"
+        );
         let eptp02 = v.v02.read(F::EPT_POINTER);
         assert_ne!(eptp02 & !0xfff, EPT12_ROOT, "a shadow, not L1's table");
 
@@ -490,19 +604,40 @@ mod nested {
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
         assert!(!c.nested.in_l2 && v.cur == Level::L1);
         let v12 = &c.nested.vmx.vmcs12;
-        assert_eq!((v12.get(F::VM_EXIT_REASON), v12.get(F::GUEST_RIP), v12.get(F::GUEST_RSP)), (10, 0x1000, 0x7000));
+        assert_eq!(
+            (
+                v12.get(F::VM_EXIT_REASON),
+                v12.get(F::GUEST_RIP),
+                v12.get(F::GUEST_RSP)
+            ),
+            (10, 0x1000, 0x7000)
+        );
         assert_eq!(v12.get(F::VM_EXIT_INSTRUCTION_LEN), 2);
-        assert_eq!((v.v01.read(F::GUEST_RIP), v.v01.read(F::GUEST_RSP)), (0x10_1234, 0x20_0000), "L1 at its host RIP/RSP");
+        assert_eq!(
+            (v.v01.read(F::GUEST_RIP), v.v01.read(F::GUEST_RSP)),
+            (0x10_1234, 0x20_0000),
+            "L1 at its host RIP/RSP"
+        );
 
         // VMLAUNCH of a launched VMCS fails; VMRESUME enters again.
         let rip = v.v01.read(F::GUEST_RIP);
-        assert_eq!(launch(&mut c, &mut v, &mut p, reason::VMLAUNCH), Outcome::Resume);
+        assert_eq!(
+            launch(&mut c, &mut v, &mut p, reason::VMLAUNCH),
+            Outcome::Resume
+        );
         assert_eq!(v.v01.read(F::GUEST_RFLAGS) & 0x41, 0x40, "VMfailValid");
         assert_eq!(c.nested.vmx.vmcs12.get(F::VM_INSTRUCTION_ERROR), 4);
         assert_eq!(v.v01.read(F::GUEST_RIP), rip + 3);
-        assert_eq!(launch(&mut c, &mut v, &mut p, reason::VMRESUME), Outcome::Resume);
+        assert_eq!(
+            launch(&mut c, &mut v, &mut p, reason::VMRESUME),
+            Outcome::Resume
+        );
         assert!(c.nested.in_l2);
-        assert_eq!(v.v02.read(F::EPT_POINTER), eptp02, "the same shadow for the same EPT12");
+        assert_eq!(
+            v.v02.read(F::EPT_POINTER),
+            eptp02,
+            "the same shadow for the same EPT12"
+        );
     }
 
     #[test]
@@ -523,13 +658,23 @@ mod nested {
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
         assert!(!c.nested.in_l2);
         let v12 = &c.nested.vmx.vmcs12;
-        assert_eq!((v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION), v12.get(F::GUEST_PHYSICAL_ADDRESS)), (48, 0x182, 0x9000));
+        assert_eq!(
+            (
+                v12.get(F::VM_EXIT_REASON),
+                v12.get(F::EXIT_QUALIFICATION),
+                v12.get(F::GUEST_PHYSICAL_ADDRESS)
+            ),
+            (48, 0x182, 0x9000)
+        );
     }
 
     #[test]
     fn ept12_pointing_at_l0_is_a_misconfiguration() {
         let (mut c, mut v, mut p) = l1_in_vmx();
-        c.ept.l0.insert(Range::new(L2_PAGE, L2_PAGE + 0x1000)).unwrap();
+        c.ept
+            .l0
+            .insert(Range::new(L2_PAGE, L2_PAGE + 0x1000))
+            .unwrap();
         launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
         exit(&mut v, reason::EPT_VIOLATION, 0x181, 0);
         v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x1000);
@@ -542,10 +687,16 @@ mod nested {
     fn guest_state_failure_exits_to_l1() {
         let (mut c, mut v, mut p) = l1_in_vmx();
         c.nested.vmx.vmcs12.set(F::GUEST_RFLAGS, 0);
-        assert_eq!(launch(&mut c, &mut v, &mut p, reason::VMLAUNCH), Outcome::Resume);
+        assert_eq!(
+            launch(&mut c, &mut v, &mut p, reason::VMLAUNCH),
+            Outcome::Resume
+        );
         assert!(!c.nested.in_l2);
         assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 0x8000_0021);
-        assert!(!c.nested.vmx.vmcs12.launched, "a failed entry does not launch");
+        assert!(
+            !c.nested.vmx.vmcs12.launched,
+            "a failed entry does not launch"
+        );
         assert_eq!(v.v01.read(F::GUEST_RIP), 0x10_1234);
         // A control failure is VMfailValid(7) instead.
         c.nested.vmx.vmcs12.set(F::GUEST_RFLAGS, 2);
@@ -572,7 +723,11 @@ mod nested {
         exit(&mut v, reason::IO_INSTRUCTION, 0x03fd_0008, 1); // in al, dx: LSR
         c.handle_exit(&mut v, &mut p);
         assert_eq!(c.regs.gpr[GuestRegs::RAX] & !0xff, 0x1234_5600);
-        assert_eq!(c.regs.gpr[GuestRegs::RAX] & 0x60, 0x60, "THRE and TEMT: the byte left");
+        assert_eq!(
+            c.regs.gpr[GuestRegs::RAX] & 0x60,
+            0x60,
+            "THRE and TEMT: the byte left"
+        );
         assert_eq!(c.shadow.vm_count(), 1);
         // L0's management port (COM2 for L0) is this VM's COM2, not L0's.
         exit(&mut v, reason::IO_INSTRUCTION, 0x02fb_0000, 1);
@@ -603,16 +758,32 @@ mod nested {
         use crate::vmx::caps::{exit as x, pin, primary as pr, secondary as s2};
         let (mut c, mut v, mut p) = l1_in_vmx();
         let v12 = &mut c.nested.vmx.vmcs12;
-        v12.set(F::PIN_BASED_VM_EXEC_CONTROL, v12.get(F::PIN_BASED_VM_EXEC_CONTROL) | (pin::EXTERNAL_INTERRUPT_EXITING | pin::POSTED_INTERRUPTS) as u64);
-        v12.set(F::CPU_BASED_VM_EXEC_CONTROL, v12.get(F::CPU_BASED_VM_EXEC_CONTROL) | pr::USE_TPR_SHADOW as u64);
-        v12.set(F::SECONDARY_VM_EXEC_CONTROL, v12.get(F::SECONDARY_VM_EXEC_CONTROL) | s2::VIRTUAL_INTERRUPT_DELIVERY as u64);
-        v12.set(F::VM_EXIT_CONTROLS, v12.get(F::VM_EXIT_CONTROLS) | x::ACK_INTERRUPT_ON_EXIT as u64);
+        v12.set(
+            F::PIN_BASED_VM_EXEC_CONTROL,
+            v12.get(F::PIN_BASED_VM_EXEC_CONTROL)
+                | (pin::EXTERNAL_INTERRUPT_EXITING | pin::POSTED_INTERRUPTS) as u64,
+        );
+        v12.set(
+            F::CPU_BASED_VM_EXEC_CONTROL,
+            v12.get(F::CPU_BASED_VM_EXEC_CONTROL) | pr::USE_TPR_SHADOW as u64,
+        );
+        v12.set(
+            F::SECONDARY_VM_EXEC_CONTROL,
+            v12.get(F::SECONDARY_VM_EXEC_CONTROL) | s2::VIRTUAL_INTERRUPT_DELIVERY as u64,
+        );
+        v12.set(
+            F::VM_EXIT_CONTROLS,
+            v12.get(F::VM_EXIT_CONTROLS) | x::ACK_INTERRUPT_ON_EXIT as u64,
+        );
         v12.set(F::VIRTUAL_APIC_PAGE_ADDR, VAPIC);
         v12.set(F::POSTED_INTR_NV, 0xf2);
         v12.set(F::POSTED_INTR_DESC_ADDR, DESC);
         p.mem.write(DESC + 34, &[0xf2]).unwrap();
         p.mem.write(DESC + 36, &0x0100u32.to_le_bytes()).unwrap();
-        assert_eq!(launch(&mut c, &mut v, &mut p, reason::VMLAUNCH), Outcome::Resume);
+        assert_eq!(
+            launch(&mut c, &mut v, &mut p, reason::VMLAUNCH),
+            Outcome::Resume
+        );
         assert!(c.nested.in_l2);
         (c, v, p)
     }
@@ -657,7 +828,8 @@ mod nested {
         c.shadow.io(1, 0x3f9, Some(0x01)); // received-data interrupt on
         c.shadow.take_edges(1, u16::MAX);
         for cmd in ["attach 1", "in 41"] {
-            p.mgmt_in.extend_from_slice(shadow_devices::mgmt::frame(format_args!("{cmd}")).as_bytes());
+            p.mgmt_in
+                .extend_from_slice(shadow_devices::mgmt::frame(format_args!("{cmd}")).as_bytes());
         }
         c.poll_console(&mut v, &mut p);
         assert_eq!(p.ipis, vec![(0x100, 0xf2)]);
@@ -675,27 +847,51 @@ mod nested {
     fn virtual_interrupt_delivered_at_l2_entry() {
         use crate::vmx::caps::primary as pr;
         let (mut c, mut v, mut p) = l2_with_posted_interrupts();
-        p.mem.write(VAPIC + 0x210, &(1u32 << 4 | 1 << 1).to_le_bytes()).unwrap(); // 0x24 and 0x21 pending
+        p.mem
+            .write(VAPIC + 0x210, &(1u32 << 4 | 1 << 1).to_le_bytes())
+            .unwrap(); // 0x24 and 0x21 pending
         v.v02.write(F::GUEST_INTR_STATUS, 0x24);
         v.v02.write(F::GUEST_RFLAGS, 0x2);
         c.before_l2_entry(&mut v.v02, &mut p.mem);
         assert_eq!(v.v02.read(F::VM_ENTRY_INTR_INFO_FIELD), 0, "IF=0: not yet");
-        assert_ne!(v.v02.read(F::CPU_BASED_VM_EXEC_CONTROL) & pr::INTERRUPT_WINDOW_EXITING as u64, 0, "L0 waits for the window");
+        assert_ne!(
+            v.v02.read(F::CPU_BASED_VM_EXEC_CONTROL) & pr::INTERRUPT_WINDOW_EXITING as u64,
+            0,
+            "L0 waits for the window"
+        );
         // The window exit is L0's (L1 did not ask for it).
         exit(&mut v, reason::INTERRUPT_WINDOW, 0, 0);
         v.v02.write(F::GUEST_RFLAGS, 0x202);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
         assert!(c.nested.in_l2);
-        assert_eq!(v.v02.read(F::CPU_BASED_VM_EXEC_CONTROL) & pr::INTERRUPT_WINDOW_EXITING as u64, 0);
+        assert_eq!(
+            v.v02.read(F::CPU_BASED_VM_EXEC_CONTROL) & pr::INTERRUPT_WINDOW_EXITING as u64,
+            0
+        );
         c.before_l2_entry(&mut v.v02, &mut p.mem);
-        assert_eq!(v.v02.read(F::VM_ENTRY_INTR_INFO_FIELD), 0x8000_0024, "external interrupt 0x24");
-        assert_eq!(v.v02.read(F::GUEST_INTR_STATUS), 0x2421, "SVI 0x24, RVI the next one");
+        assert_eq!(
+            v.v02.read(F::VM_ENTRY_INTR_INFO_FIELD),
+            0x8000_0024,
+            "external interrupt 0x24"
+        );
+        assert_eq!(
+            v.v02.read(F::GUEST_INTR_STATUS),
+            0x2421,
+            "SVI 0x24, RVI the next one"
+        );
         let rd = |m: &VecMemory, a| {
             let mut b = [0u8; 4];
             m.read(a, &mut b).unwrap();
             u32::from_le_bytes(b)
         };
-        assert_eq!((rd(&p.mem, VAPIC + 0x110), rd(&p.mem, VAPIC + 0x210), rd(&p.mem, VAPIC + 0xa0)), (1 << 4, 1 << 1, 0x20));
+        assert_eq!(
+            (
+                rd(&p.mem, VAPIC + 0x110),
+                rd(&p.mem, VAPIC + 0x210),
+                rd(&p.mem, VAPIC + 0xa0)
+            ),
+            (1 << 4, 1 << 1, 0x20)
+        );
         // 0x21 is below the new priority: nothing more until L2's EOI.
         v.v02.write(F::VM_ENTRY_INTR_INFO_FIELD, 0);
         c.before_l2_entry(&mut v.v02, &mut p.mem);
@@ -708,7 +904,11 @@ mod nested {
     #[test]
     fn eoi_exits_are_l0s_unless_l1_asked() {
         let (mut c, mut v, mut p) = l2_with_posted_interrupts();
-        assert_eq!(v.v02.read(F::EOI_EXIT_BITMAP1), u64::MAX, "every EOI exits to L0");
+        assert_eq!(
+            v.v02.read(F::EOI_EXIT_BITMAP1),
+            u64::MAX,
+            "every EOI exits to L0"
+        );
         exit(&mut v, reason::VIRTUALIZED_EOI, 0x41, 0);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
         assert!(c.nested.in_l2, "L1 did not ask for EOI exits of 0x41");
@@ -716,7 +916,10 @@ mod nested {
         exit(&mut v, reason::VIRTUALIZED_EOI, 0x41, 0);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
         assert!(!c.nested.in_l2, "0x41 is in L1's EOI-exit bitmap");
-        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), reason::VIRTUALIZED_EOI as u64);
+        assert_eq!(
+            c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON),
+            reason::VIRTUALIZED_EOI as u64
+        );
         assert_eq!(c.nested.vmx.vmcs12.get(F::EXIT_QUALIFICATION), 0x41);
     }
 
@@ -727,7 +930,10 @@ mod nested {
         use crate::vmx::caps::secondary as s2;
         let (mut c, mut v, mut p) = l2_with_posted_interrupts();
         let v12 = &mut c.nested.vmx.vmcs12;
-        v12.set(F::SECONDARY_VM_EXEC_CONTROL, v12.get(F::SECONDARY_VM_EXEC_CONTROL) | s2::VIRTUALIZE_X2APIC as u64);
+        v12.set(
+            F::SECONDARY_VM_EXEC_CONTROL,
+            v12.get(F::SECONDARY_VM_EXEC_CONTROL) | s2::VIRTUALIZE_X2APIC as u64,
+        );
         c.regs.gpr[GuestRegs::RCX] = 0x83f;
         c.regs.gpr[GuestRegs::RAX] = 0x62;
         c.regs.gpr[GuestRegs::RDX] = 0;
@@ -760,13 +966,21 @@ mod nested {
         const TABLE: u64 = 0x62_0000;
         let (mut c, mut v, mut p) = l2_with_posted_interrupts();
         let v12 = &mut c.nested.vmx.vmcs12;
-        v12.set(F::CPU_BASED_VM_EXEC_CONTROL, v12.get(F::CPU_BASED_VM_EXEC_CONTROL) | pr::ACTIVATE_TERTIARY as u64);
-        v12.set(F::TERTIARY_VM_EXEC_CONTROL, crate::nested::caps::TERTIARY_IPI_VIRT);
+        v12.set(
+            F::CPU_BASED_VM_EXEC_CONTROL,
+            v12.get(F::CPU_BASED_VM_EXEC_CONTROL) | pr::ACTIVATE_TERTIARY as u64,
+        );
+        v12.set(
+            F::TERTIARY_VM_EXEC_CONTROL,
+            crate::nested::caps::TERTIARY_IPI_VIRT,
+        );
         v12.set(F::PID_POINTER_TABLE, TABLE);
         v12.set(F::LAST_PID_POINTER_INDEX, 1);
         p.mem.write(TABLE + 8, &(DESC | 1).to_le_bytes()).unwrap();
         // A fixed IPI, vector 0x41, to APIC 1 (ICR high bits 31:24).
-        p.mem.write(VAPIC + 0x310, &(1u32 << 24).to_le_bytes()).unwrap();
+        p.mem
+            .write(VAPIC + 0x310, &(1u32 << 24).to_le_bytes())
+            .unwrap();
         p.mem.write(VAPIC + 0x300, &0x41u32.to_le_bytes()).unwrap();
         exit(&mut v, reason::APIC_WRITE, 0x300, 0);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
@@ -777,12 +991,17 @@ mod nested {
         assert_eq!(u32::from_le_bytes(irr), 1 << 1, "vector 0x41 in VIRR");
         assert_eq!(v.v02.read(F::GUEST_INTR_STATUS) & 0xff, 0x41);
         // To APIC 2 (no entry): L1 gets the APIC-write exit.
-        p.mem.write(VAPIC + 0x310, &(2u32 << 24).to_le_bytes()).unwrap();
+        p.mem
+            .write(VAPIC + 0x310, &(2u32 << 24).to_le_bytes())
+            .unwrap();
         exit(&mut v, reason::APIC_WRITE, 0x300, 0);
         c.handle_exit(&mut v, &mut p);
         assert!(!c.nested.in_l2);
         let v12 = &c.nested.vmx.vmcs12;
-        assert_eq!((v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION)), (56, 0x300));
+        assert_eq!(
+            (v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION)),
+            (56, 0x300)
+        );
     }
 
     #[test]
@@ -819,7 +1038,10 @@ mod nested {
         exit(&mut v, reason::RDMSR, 0, 2);
         c.handle_exit(&mut v, &mut p);
         assert_eq!(injected(&v), None);
-        assert_eq!(c.regs.gpr[GuestRegs::RAX], crate::nested::caps::VMCS12_REVISION as u64);
+        assert_eq!(
+            c.regs.gpr[GuestRegs::RAX],
+            crate::nested::caps::VMCS12_REVISION as u64
+        );
         c.regs.gpr[GuestRegs::RCX] = 0x3a;
         exit(&mut v, reason::RDMSR, 0, 2);
         c.handle_exit(&mut v, &mut p);
@@ -840,7 +1062,15 @@ mod shadowing {
         c.nested.vmx.vmxon = Some(0x10_0000);
         c.nested.vmx.current = Some(0x10_1000);
         *c.nested.vmx.vmcs12 = crate::nested::testutil::valid_vmcs12();
-        for (f, x) in [(F::GUEST_CR0, 0x8005_0033), (F::CR0_READ_SHADOW, 0x8005_0033), (F::GUEST_CR4, 0x2020), (F::CR4_READ_SHADOW, 0x2020), (F::GUEST_IA32_EFER, 0xd00), (F::GUEST_CS_AR_BYTES, 0xa09b), (F::GUEST_SS_AR_BYTES, 0xc093)] {
+        for (f, x) in [
+            (F::GUEST_CR0, 0x8005_0033),
+            (F::CR0_READ_SHADOW, 0x8005_0033),
+            (F::GUEST_CR4, 0x2020),
+            (F::CR4_READ_SHADOW, 0x2020),
+            (F::GUEST_IA32_EFER, 0xd00),
+            (F::GUEST_CS_AR_BYTES, 0xa09b),
+            (F::GUEST_SS_AR_BYTES, 0xc093),
+        ] {
             v.v01.write(f, x);
         }
         // L0 syncs the shadow when VMCS12 changes (here: after an entry failure
@@ -851,8 +1081,16 @@ mod shadowing {
         exit(&mut v, reason::CPUID, 0, 2);
         c.handle_exit(&mut v, &mut p);
         assert!(!c.nested.in_l2);
-        assert_eq!(v.v01.read(F::VMCS_LINK_POINTER), 0x7100_2000, "VMCS01 links the shadow");
-        assert_eq!(v.sh.read(F::VM_EXIT_REASON), 10, "L1 reads the exit without exiting");
+        assert_eq!(
+            v.v01.read(F::VMCS_LINK_POINTER),
+            0x7100_2000,
+            "VMCS01 links the shadow"
+        );
+        assert_eq!(
+            v.sh.read(F::VM_EXIT_REASON),
+            10,
+            "L1 reads the exit without exiting"
+        );
         assert_eq!(v.sh.read(F::GUEST_RIP), 0x1000);
         // L1 advances L2's RIP through the shadow, then VMRESUMEs.
         v.sh.write(F::GUEST_RIP, 0x1002);
@@ -865,13 +1103,18 @@ mod shadowing {
         c.handle_exit(&mut v, &mut p);
         c.regs.gpr[GuestRegs::RAX] = 0x20_0000;
         p.mem.write(0x20_0000, &0x10_1000u64.to_le_bytes()).unwrap();
-        for (f, x) in [(F::VMX_INSTRUCTION_INFO, (3 << 15 | 2 << 7 | 1 << 22) as u64), (F::EXIT_QUALIFICATION, 0)] {
+        for (f, x) in [
+            (F::VMX_INSTRUCTION_INFO, (3 << 15 | 2 << 7 | 1 << 22) as u64),
+            (F::EXIT_QUALIFICATION, 0),
+        ] {
             v.v01.write(f, x);
         }
         // L1 paging for the operand: identity 2 MiB pages at 0x1000.
         p.mem.write(0x1000, &(0x2000u64 | 3).to_le_bytes()).unwrap();
         p.mem.write(0x2000, &(0x3000u64 | 3).to_le_bytes()).unwrap();
-        p.mem.write(0x3000 + 8, &(0x20_0000u64 | 0x83).to_le_bytes()).unwrap();
+        p.mem
+            .write(0x3000 + 8, &(0x20_0000u64 | 0x83).to_le_bytes())
+            .unwrap();
         v.v01.write(F::GUEST_CR3, 0x1000);
         exit(&mut v, reason::VMCLEAR, 0, 3);
         c.handle_exit(&mut v, &mut p);

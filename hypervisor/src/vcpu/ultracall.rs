@@ -33,7 +33,9 @@ fn in_regs(g: &GuestRegs) -> InRegs {
 /// The status for a buffer the walk refused.
 fn buffer_status(f: walk::VirtFault) -> Status {
     match f.error {
-        WalkError::PageFault { error_code } if error_code & pfec::PRESENT != 0 && error_code & pfec::WRITE != 0 => {
+        WalkError::PageFault { error_code }
+            if error_code & pfec::PRESENT != 0 && error_code & pfec::WRITE != 0 =>
+        {
             Status::BufferNotWritable
         }
         _ => Status::BufferFault,
@@ -48,7 +50,12 @@ impl Vcpu {
 
     /// Answers the ultracall on the current VMCS (VMCS01 for L1, VMCS02
     /// for L2) and moves past the `vmcall`.
-    pub(super) fn ultracall<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, level: CallerLevel) {
+    pub(super) fn ultracall<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        level: CallerLevel,
+    ) {
         let regs = in_regs(&self.regs);
         let mut rdi = None;
         let resp = match regs.decode(level) {
@@ -56,7 +63,12 @@ impl Vcpu {
             Ok(req) => self.ultracall_op(vs, p, level, &req, regs.rsi, &mut rdi),
         };
         if resp.status != Status::Ok {
-            log::debug!("ultracall {} from L{} -> {}", regs.rcx, level as u8, resp.status.name());
+            log::debug!(
+                "ultracall {} from L{} -> {}",
+                regs.rcx,
+                level as u8,
+                resp.status.name()
+            );
         }
         let out = resp.to_regs();
         self.regs.gpr[GuestRegs::RAX] = out.rax;
@@ -79,9 +91,17 @@ impl Vcpu {
         rdi: &mut Option<u64>,
     ) -> Response {
         let s = l1_state(vs.current(), &self.regs, self.maxphyaddr);
-        let access = Access { write: false, fetch: false, user: s.cpl == 3, ac: s.rflags & (1 << 18) != 0 };
+        let access = Access {
+            write: false,
+            fetch: false,
+            user: s.cpl == 3,
+            ac: s.rflags & (1 << 18) != 0,
+        };
         let buf = req.buffer;
-        if buf.len > 0 && (!s.ctx.is_canonical(buf.va) || !s.ctx.is_canonical(buf.va.wrapping_add(buf.len - 1))) {
+        if buf.len > 0
+            && (!s.ctx.is_canonical(buf.va)
+                || !s.ctx.is_canonical(buf.va.wrapping_add(buf.len - 1)))
+        {
             return Response::error(Status::BufferFault);
         }
         match req.op {
@@ -103,11 +123,15 @@ impl Vcpu {
             Op::ListVms => {
                 let mut out = vec![0u8; buf.len as usize];
                 match self.shadow.list(&mut out) {
-                    Ok(n) => match walk::write_virt(p.mem(), &s.paging, buf.va, &out[..n], access) {
-                        Ok(()) => Response::ok(n as u64, self.shadow.vm_count() as u64),
-                        Err(f) => Response::error(buffer_status(f)),
-                    },
-                    Err(shadow_devices::Error::BufferTooSmall { needed }) => Response::too_small(needed as u64),
+                    Ok(n) => {
+                        match walk::write_virt(p.mem(), &s.paging, buf.va, &out[..n], access) {
+                            Ok(()) => Response::ok(n as u64, self.shadow.vm_count() as u64),
+                            Err(f) => Response::error(buffer_status(f)),
+                        }
+                    }
+                    Err(shadow_devices::Error::BufferTooSmall { needed }) => {
+                        Response::too_small(needed as u64)
+                    }
                     Err(e) => Response::error(e.status()),
                 }
             }
@@ -127,7 +151,10 @@ impl Vcpu {
                 let (len, epoch) = (blob.len() as u64, prepared.epoch());
                 match self.shadow.commit_save(prepared) {
                     Ok(()) => {
-                        log::info!("devices of {} saved (epoch {epoch}, {len} bytes) and frozen", tag.as_str());
+                        log::info!(
+                            "devices of {} saved (epoch {epoch}, {len} bytes) and frozen",
+                            tag.as_str()
+                        );
                         Response::ok(len, epoch)
                     }
                     Err(e) => Response::error(e.status()),

@@ -1,7 +1,9 @@
 //! L1's VMX instructions, on the vCPU: operands from VMCS01 and L1's page
 //! tables, outcomes applied as the CPU would (RFLAGS, RIP, exceptions).
 
-use super::{inject_exception, read_cr_state, skip_instruction, Outcome as ExitOutcome, Platform, Vcpu};
+use super::{
+    inject_exception, read_cr_state, skip_instruction, Outcome as ExitOutcome, Platform, Vcpu,
+};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::PagingRegs;
 use crate::nested::instr::{self, Invalidate, L1State, Outcome};
@@ -17,7 +19,11 @@ pub fn l1_state(v: &impl Vmcs, regs: &GuestRegs, maxphyaddr: u8) -> L1State {
     let cr = read_cr_state(v);
     let mut gpr = regs.gpr;
     gpr[GuestRegs::RSP] = v.read(F::GUEST_RSP);
-    let seg = |b, l, a| Segment { base: v.read(b), limit: v.read(l) as u32, ar: v.read(a) as u32 };
+    let seg = |b, l, a| Segment {
+        base: v.read(b),
+        limit: v.read(l) as u32,
+        ar: v.read(a) as u32,
+    };
     let segs = [
         seg(F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES),
         seg(F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES),
@@ -28,13 +34,24 @@ pub fn l1_state(v: &impl Vmcs, regs: &GuestRegs, maxphyaddr: u8) -> L1State {
     ];
     let long_mode = cr.efer & (1 << 10) != 0 && v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0;
     L1State {
-        ctx: GuestCtx { gpr, segs, long_mode, la57: cr.cr4 & (1 << 12) != 0 },
+        ctx: GuestCtx {
+            gpr,
+            segs,
+            long_mode,
+            la57: cr.cr4 & (1 << 12) != 0,
+        },
         paging: PagingRegs {
             cr0: cr.cr0,
             cr3: cr.cr3,
             cr4: cr.cr4,
             efer: cr.efer,
-            pdptes: [F::GUEST_PDPTE0, F::GUEST_PDPTE1, F::GUEST_PDPTE2, F::GUEST_PDPTE3].map(|f| v.read(f)),
+            pdptes: [
+                F::GUEST_PDPTE0,
+                F::GUEST_PDPTE1,
+                F::GUEST_PDPTE2,
+                F::GUEST_PDPTE3,
+            ]
+            .map(|f| v.read(f)),
             maxphyaddr,
         },
         cr0: cr.cr0,
@@ -52,8 +69,18 @@ pub fn l1_mode(v: &impl Vmcs) -> L1State {
     let cr = read_cr_state(v);
     let long_mode = cr.efer & (1 << 10) != 0 && v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0;
     L1State {
-        ctx: GuestCtx { long_mode, ..Default::default() },
-        paging: PagingRegs { cr0: cr.cr0, cr3: cr.cr3, cr4: cr.cr4, efer: cr.efer, pdptes: [0; 4], maxphyaddr: 0 },
+        ctx: GuestCtx {
+            long_mode,
+            ..Default::default()
+        },
+        paging: PagingRegs {
+            cr0: cr.cr0,
+            cr3: cr.cr3,
+            cr4: cr.cr4,
+            efer: cr.efer,
+            pdptes: [0; 4],
+            maxphyaddr: 0,
+        },
         cr0: cr.cr0,
         cr4: cr.cr4,
         rflags: v.read(F::GUEST_RFLAGS),
@@ -75,7 +102,10 @@ pub fn apply<P: Platform>(v: &mut impl Vmcs, p: &mut P, o: Outcome) {
             let code = matches!(f.vector, 12 | 13).then_some(f.error_code);
             inject_exception(v, f.vector, code);
         }
-        Outcome::PageFault { address, error_code } => {
+        Outcome::PageFault {
+            address,
+            error_code,
+        } => {
             p.set_cr2(address);
             inject_exception(v, 14, Some(error_code));
         }
@@ -88,7 +118,11 @@ impl Vcpu {
     pub(super) fn sync_from_shadow<S: VmcsSet>(&mut self, vs: &mut S) {
         if self.nested.shadow_linked {
             vs.select(Level::Shadow);
-            crate::nested::shadow_vmcs::from_shadow(vs.current(), &mut self.nested.vmx.vmcs12, &mut self.nested.shadow_cache);
+            crate::nested::shadow_vmcs::from_shadow(
+                vs.current(),
+                &mut self.nested.vmx.vmcs12,
+                &mut self.nested.shadow_cache,
+            );
             vs.select(Level::L1);
         }
     }
@@ -107,7 +141,11 @@ impl Vcpu {
                 self.nested.shadow_holds = self.nested.vmx.current;
             }
             vs.select(Level::Shadow);
-            crate::nested::shadow_vmcs::to_shadow(&self.nested.vmx.vmcs12, vs.current(), &mut self.nested.shadow_cache);
+            crate::nested::shadow_vmcs::to_shadow(
+                &self.nested.vmx.vmcs12,
+                vs.current(),
+                &mut self.nested.shadow_cache,
+            );
             vs.select(Level::L1);
         }
         if linked != self.nested.shadow_linked {
@@ -121,13 +159,23 @@ impl Vcpu {
     pub(super) fn field_to_shadow<S: VmcsSet>(&mut self, vs: &mut S, f: F) {
         if self.nested.shadow_linked {
             vs.select(Level::Shadow);
-            crate::nested::shadow_vmcs::field_to_shadow(&self.nested.vmx.vmcs12, vs.current(), f, &mut self.nested.shadow_cache);
+            crate::nested::shadow_vmcs::field_to_shadow(
+                &self.nested.vmx.vmcs12,
+                vs.current(),
+                f,
+                &mut self.nested.shadow_cache,
+            );
             vs.select(Level::L1);
         }
     }
 
     /// A VMX instruction executed by L1.
-    pub(super) fn l1_vmx_instruction<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, basic: u16) -> ExitOutcome {
+    pub(super) fn l1_vmx_instruction<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        basic: u16,
+    ) -> ExitOutcome {
         if basic == reason::VMLAUNCH || basic == reason::VMRESUME {
             return self.nested_entry(vs, p, basic == reason::VMLAUNCH);
         }
@@ -195,7 +243,10 @@ impl Vcpu {
             }
         }
         if let Outcome::FailValid(e) = o {
-            log::debug!("L1 {}: VMfailValid({e})", crate::vmx::exit::reason_name(basic));
+            log::debug!(
+                "L1 {}: VMfailValid({e})",
+                crate::vmx::exit::reason_name(basic)
+            );
         }
         debug_assert_eq!(vs.selected(), Level::L1);
         if matches!(basic, reason::VMXON | reason::VMXOFF) && o == Outcome::Succeed {
@@ -215,7 +266,9 @@ impl Vcpu {
             self.field_to_shadow(vs, F::VM_INSTRUCTION_ERROR);
         } else if basic == reason::VMWRITE && o == Outcome::Succeed {
             // An exit-information field L1 wrote (IA32_VMX_MISC[29]).
-            if let Some(f) = crate::vmx::Field::from_encoding(gpr[s.info.reg2() as usize] as u32 & !1) {
+            if let Some(f) =
+                crate::vmx::Field::from_encoding(gpr[s.info.reg2() as usize] as u32 & !1)
+            {
                 if crate::nested::shadow_vmcs::is_shadowed(f) {
                     self.field_to_shadow(vs, f);
                 }

@@ -48,7 +48,11 @@ pub struct ControlError {
 
 impl fmt::Display for ControlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} VM-execution controls: the CPU cannot set bits {:#x} that L0 needs", self.control, self.missing)
+        write!(
+            f,
+            "{:?} VM-execution controls: the CPU cannot set bits {:#x} that L0 needs",
+            self.control, self.missing
+        )
     }
 }
 
@@ -81,23 +85,47 @@ impl VmxCaps {
         unsafe {
             let basic = rdmsr(IA32_VMX_BASIC);
             let t = basic & (1 << 55) != 0;
-            let primary = rdmsr(if t { IA32_VMX_TRUE_PROCBASED_CTLS } else { IA32_VMX_PROCBASED_CTLS });
+            let primary = rdmsr(if t {
+                IA32_VMX_TRUE_PROCBASED_CTLS
+            } else {
+                IA32_VMX_PROCBASED_CTLS
+            });
             let has_secondary = primary >> 32 & (1 << 31) != 0;
-            let secondary = if has_secondary { rdmsr(IA32_VMX_PROCBASED_CTLS2) } else { 0 };
+            let secondary = if has_secondary {
+                rdmsr(IA32_VMX_PROCBASED_CTLS2)
+            } else {
+                0
+            };
             let has_ept_vpid = secondary >> 32 & ((1 << 1) | (1 << 5)) != 0;
             VmxCaps {
                 basic,
-                pin: rdmsr(if t { IA32_VMX_TRUE_PINBASED_CTLS } else { IA32_VMX_PINBASED_CTLS }),
+                pin: rdmsr(if t {
+                    IA32_VMX_TRUE_PINBASED_CTLS
+                } else {
+                    IA32_VMX_PINBASED_CTLS
+                }),
                 primary,
                 secondary,
-                exit: rdmsr(if t { IA32_VMX_TRUE_EXIT_CTLS } else { IA32_VMX_EXIT_CTLS }),
-                entry: rdmsr(if t { IA32_VMX_TRUE_ENTRY_CTLS } else { IA32_VMX_ENTRY_CTLS }),
+                exit: rdmsr(if t {
+                    IA32_VMX_TRUE_EXIT_CTLS
+                } else {
+                    IA32_VMX_EXIT_CTLS
+                }),
+                entry: rdmsr(if t {
+                    IA32_VMX_TRUE_ENTRY_CTLS
+                } else {
+                    IA32_VMX_ENTRY_CTLS
+                }),
                 misc: rdmsr(IA32_VMX_MISC),
                 cr0_fixed0: rdmsr(IA32_VMX_CR0_FIXED0),
                 cr0_fixed1: rdmsr(IA32_VMX_CR0_FIXED1),
                 cr4_fixed0: rdmsr(IA32_VMX_CR4_FIXED0),
                 cr4_fixed1: rdmsr(IA32_VMX_CR4_FIXED1),
-                ept_vpid: if has_ept_vpid { rdmsr(IA32_VMX_EPT_VPID_CAP) } else { 0 },
+                ept_vpid: if has_ept_vpid {
+                    rdmsr(IA32_VMX_EPT_VPID_CAP)
+                } else {
+                    0
+                },
             }
         }
     }
@@ -128,7 +156,10 @@ impl VmxCaps {
         let msr = self.msr(c);
         let (must, may) = (msr as u32, (msr >> 32) as u32);
         if required & !may != 0 {
-            return Err(ControlError { control: c, missing: required & !may });
+            return Err(ControlError {
+                control: c,
+                missing: required & !may,
+            });
         }
         Ok((required | (optional & may)) | must)
     }
@@ -258,7 +289,13 @@ mod tests {
         assert_eq!(c.adjust(Control::Pin, pin::PREEMPTION_TIMER, 0), Ok(0x56));
         // Optional bits the CPU lacks are dropped, required ones fail.
         assert_eq!(c.adjust(Control::Pin, 0, 1 << 8), Ok(0x16));
-        assert_eq!(c.adjust(Control::Pin, 1 << 8, 0), Err(ControlError { control: Control::Pin, missing: 1 << 8 }));
+        assert_eq!(
+            c.adjust(Control::Pin, 1 << 8, 0),
+            Err(ControlError {
+                control: Control::Pin,
+                missing: 1 << 8
+            })
+        );
     }
 
     #[test]
@@ -266,8 +303,17 @@ mod tests {
         // With the true primary MSR (allowed-0 = 0x04006172) CR3 load/store
         // exiting (bits 15, 16) are not forced on.
         let c = bochs_skylake();
-        let v = c.adjust(Control::Primary, primary::USE_IO_BITMAPS | primary::ACTIVATE_SECONDARY, 0).unwrap();
-        assert_eq!(v & (primary::CR3_LOAD_EXITING | primary::CR3_STORE_EXITING), 0);
+        let v = c
+            .adjust(
+                Control::Primary,
+                primary::USE_IO_BITMAPS | primary::ACTIVATE_SECONDARY,
+                0,
+            )
+            .unwrap();
+        assert_eq!(
+            v & (primary::CR3_LOAD_EXITING | primary::CR3_STORE_EXITING),
+            0
+        );
         assert_eq!(c.revision(), 0x2b);
     }
 
@@ -282,7 +328,10 @@ mod tests {
     #[test]
     fn allows() {
         let c = bochs_skylake();
-        assert!(c.allows(Control::Secondary, secondary::ENABLE_EPT | secondary::UNRESTRICTED_GUEST));
+        assert!(c.allows(
+            Control::Secondary,
+            secondary::ENABLE_EPT | secondary::UNRESTRICTED_GUEST
+        ));
         assert!(!c.allows(Control::Secondary, secondary::ENABLE_USER_WAIT_PAUSE));
     }
 }

@@ -53,10 +53,26 @@ mod tests {
     fn leaves_carry_type_and_permissions() {
         let mut m = FakeTables::default();
         let root = m.new_root();
-        let wb = EptAttr { perms: RWX, mem_type: MemType::WriteBack };
-        let uc = EptAttr { perms: READ | WRITE, mem_type: MemType::Uncacheable };
+        let wb = EptAttr {
+            perms: RWX,
+            mem_type: MemType::WriteBack,
+        };
+        let uc = EptAttr {
+            perms: READ | WRITE,
+            mem_type: MemType::Uncacheable,
+        };
         map(&mut m, &Ept, root, 0, 0, 0x40_0000, wb, PageSize::Size1G).unwrap();
-        map(&mut m, &Ept, root, 0xfee0_0000, 0xfee0_0000, 0x1000, uc, PageSize::Size1G).unwrap();
+        map(
+            &mut m,
+            &Ept,
+            root,
+            0xfee0_0000,
+            0xfee0_0000,
+            0x1000,
+            uc,
+            PageSize::Size1G,
+        )
+        .unwrap();
         let l = translate(&mut m, &Ept, root, 0x20_1234).unwrap();
         assert_eq!(l.entry, 0x20_0000 | 0x7 | 6 << 3 | LARGE);
         assert_eq!(l.pa, 0x20_1234);

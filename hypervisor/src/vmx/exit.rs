@@ -172,7 +172,9 @@ impl CrAccess {
             0 => CrAccess::MovToCr { cr, gpr },
             1 => CrAccess::MovFromCr { cr, gpr },
             2 => CrAccess::Clts,
-            _ => CrAccess::Lmsw { source: (q >> 16) as u16 },
+            _ => CrAccess::Lmsw {
+                source: (q >> 16) as u16,
+            },
         }
     }
 }
@@ -253,7 +255,12 @@ impl InterruptionInfo {
 
     /// An event to inject.
     pub fn new(vector: u8, kind: u8, error_code: bool) -> Self {
-        InterruptionInfo(Self::VALID | (kind as u32) << 8 | vector as u32 | if error_code { Self::ERROR_CODE } else { 0 })
+        InterruptionInfo(
+            Self::VALID
+                | (kind as u32) << 8
+                | vector as u32
+                | if error_code { Self::ERROR_CODE } else { 0 },
+        )
     }
     pub fn valid(self) -> bool {
         self.0 & Self::VALID != 0
@@ -283,7 +290,10 @@ mod tests {
         let r = ExitReason(0x8000_0021);
         assert!(r.entry_failed());
         assert_eq!(r.basic(), reason::INVALID_GUEST_STATE);
-        assert_eq!(reason_name(r.basic()), "VM entry failure: invalid guest state");
+        assert_eq!(
+            reason_name(r.basic()),
+            "VM entry failure: invalid guest state"
+        );
         assert!(!ExitReason(10).entry_failed());
         assert_eq!(reason_name(200), "unknown");
     }
@@ -291,19 +301,49 @@ mod tests {
     #[test]
     fn cr_access() {
         // mov cr0, rax / mov rbx, cr4 / clts / lmsw 0x1f
-        assert_eq!(CrAccess::decode(0x0000), CrAccess::MovToCr { cr: 0, gpr: 0 });
-        assert_eq!(CrAccess::decode(0x0314), CrAccess::MovFromCr { cr: 4, gpr: 3 });
+        assert_eq!(
+            CrAccess::decode(0x0000),
+            CrAccess::MovToCr { cr: 0, gpr: 0 }
+        );
+        assert_eq!(
+            CrAccess::decode(0x0314),
+            CrAccess::MovFromCr { cr: 4, gpr: 3 }
+        );
         assert_eq!(CrAccess::decode(0x0020), CrAccess::Clts);
-        assert_eq!(CrAccess::decode(0x001f_0030), CrAccess::Lmsw { source: 0x1f });
-        assert_eq!(CrAccess::decode(0x0f03), CrAccess::MovToCr { cr: 3, gpr: 15 });
+        assert_eq!(
+            CrAccess::decode(0x001f_0030),
+            CrAccess::Lmsw { source: 0x1f }
+        );
+        assert_eq!(
+            CrAccess::decode(0x0f03),
+            CrAccess::MovToCr { cr: 3, gpr: 15 }
+        );
     }
 
     #[test]
     fn io_access() {
         // out dx, al to 0x3f8
-        assert_eq!(IoAccess::decode(0x03f8_0000), IoAccess { port: 0x3f8, size: 1, is_in: false, string: false, rep: false });
+        assert_eq!(
+            IoAccess::decode(0x03f8_0000),
+            IoAccess {
+                port: 0x3f8,
+                size: 1,
+                is_in: false,
+                string: false,
+                rep: false
+            }
+        );
         // rep insd from 0x2f8
-        assert_eq!(IoAccess::decode(0x02f8_0033 | 8), IoAccess { port: 0x2f8, size: 4, is_in: true, string: true, rep: true });
+        assert_eq!(
+            IoAccess::decode(0x02f8_0033 | 8),
+            IoAccess {
+                port: 0x2f8,
+                size: 4,
+                is_in: true,
+                string: true,
+                rep: true
+            }
+        );
         assert_eq!(IoAccess::decode(0x8900_0001).size, 2);
     }
 

@@ -308,13 +308,25 @@ mod tests {
     #[test]
     fn decodes_encoding_bits() {
         let e = Field::GUEST_RIP.encoding();
-        assert_eq!((e.width(), e.field_type(), e.index()), (Width::Natural, FieldType::Guest, 0xf));
+        assert_eq!(
+            (e.width(), e.field_type(), e.index()),
+            (Width::Natural, FieldType::Guest, 0xf)
+        );
         let e = Field::VM_EXIT_REASON.encoding();
-        assert_eq!((e.width(), e.field_type()), (Width::Bits32, FieldType::ReadOnly));
+        assert_eq!(
+            (e.width(), e.field_type()),
+            (Width::Bits32, FieldType::ReadOnly)
+        );
         let e = Field::EPT_POINTER.encoding();
-        assert_eq!((e.width(), e.field_type()), (Width::Bits64, FieldType::Control));
+        assert_eq!(
+            (e.width(), e.field_type()),
+            (Width::Bits64, FieldType::Control)
+        );
         let e = Field::HOST_TR_SELECTOR.encoding();
-        assert_eq!((e.width(), e.field_type()), (Width::Bits16, FieldType::Host));
+        assert_eq!(
+            (e.width(), e.field_type()),
+            (Width::Bits16, FieldType::Host)
+        );
     }
 
     #[test]

@@ -70,11 +70,13 @@ pub trait Vmcs {
 
     /// Reads a field L0 knows exists; failing is an L0 bug.
     fn read(&self, f: Field) -> u64 {
-        self.read_raw(f as u32).unwrap_or_else(|e| panic!("VMREAD {f}: {e}"))
+        self.read_raw(f as u32)
+            .unwrap_or_else(|e| panic!("VMREAD {f}: {e}"))
     }
     /// Writes a field L0 knows exists; failing is an L0 bug.
     fn write(&mut self, f: Field, v: u64) {
-        self.write_raw(f as u32, v).unwrap_or_else(|e| panic!("VMWRITE {f} = {v:#x}: {e}"))
+        self.write_raw(f as u32, v)
+            .unwrap_or_else(|e| panic!("VMWRITE {f} = {v:#x}: {e}"))
     }
     fn set_bits(&mut self, f: Field, bits: u64) {
         let v = self.read(f);

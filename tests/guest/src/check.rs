@@ -12,7 +12,11 @@ pub struct Checks {
 impl Checks {
     pub fn new(test: &'static str) -> Self {
         crate::println!("TEST {test} START");
-        Checks { test, failed: 0, run: 0 }
+        Checks {
+            test,
+            failed: 0,
+            run: 0,
+        }
     }
 
     pub fn check(&mut self, name: &str, ok: bool, detail: fmt::Arguments) {
@@ -37,7 +41,12 @@ impl Checks {
         if self.failed == 0 && self.run > 0 {
             crate::println!("TEST {} PASS ({} checks)", self.test, self.run);
         } else {
-            crate::println!("TEST {} FAIL ({} of {} checks failed)", self.test, self.failed, self.run);
+            crate::println!(
+                "TEST {} FAIL ({} of {} checks failed)",
+                self.test,
+                self.failed,
+                self.run
+            );
         }
     }
 }

@@ -60,7 +60,10 @@ extern "C" {
 }
 
 fn gate(handler: u64) -> [u64; 2] {
-    [(handler & 0xffff) | 0x08 << 16 | 0x8e << 40 | (handler >> 16 & 0xffff) << 48, handler >> 32]
+    [
+        (handler & 0xffff) | 0x08 << 16 | 0x8e << 40 | (handler >> 16 & 0xffff) << 48,
+        handler >> 32,
+    ]
 }
 
 #[repr(C, packed)]
@@ -77,7 +80,10 @@ pub fn init() {
         idt[TIMER_VECTOR as usize] = gate(l1_timer_stub as *const () as u64);
         idt[0xff] = gate(l1_spurious_stub as *const () as u64);
         idt[RELAY_VECTOR as usize] = gate(l1_relay_stub as *const () as u64);
-        let p = Pointer { limit: 256 * 16 - 1, base: idt.as_ptr() as u64 };
+        let p = Pointer {
+            limit: 256 * 16 - 1,
+            base: idt.as_ptr() as u64,
+        };
         core::arch::asm!("lidt [{}]", in(reg) &p, options(readonly, nostack));
     }
 }
@@ -103,7 +109,16 @@ extern "C" fn handle_exception(f: &mut ExceptionFrame) {
         f.rip += len;
         return;
     }
-    crate::println!("GUEST exception {} error {:#x} at RIP {:#x}", f.vector, f.error_code, f.rip);
-    crate::println!("TEST {} FAIL unexpected exception {}", crate::current_test(), f.vector);
+    crate::println!(
+        "GUEST exception {} error {:#x} at RIP {:#x}",
+        f.vector,
+        f.error_code,
+        f.rip
+    );
+    crate::println!(
+        "TEST {} FAIL unexpected exception {}",
+        crate::current_test(),
+        f.vector
+    );
     crate::io::shutdown();
 }

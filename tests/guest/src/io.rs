@@ -11,7 +11,9 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
 /// Port I/O reaches (virtual) hardware.
 pub unsafe fn outb(port: u16, v: u8) {
     // SAFETY: guaranteed by the caller.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// # Safety
@@ -19,7 +21,9 @@ pub unsafe fn outb(port: u16, v: u8) {
 pub unsafe fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: guaranteed by the caller.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -40,7 +44,9 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
 /// As [`rdmsr`].
 pub unsafe fn wrmsr(msr: u32, v: u64) {
     // SAFETY: guaranteed by the caller.
-    unsafe { asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nostack)) };
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nostack))
+    };
 }
 
 pub fn read_cr4() -> u64 {

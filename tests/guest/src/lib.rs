@@ -24,7 +24,11 @@ static CURRENT: AtomicPtr<&'static str> = AtomicPtr::new(core::ptr::null_mut());
 pub fn current_test() -> &'static str {
     let p = CURRENT.load(Ordering::Relaxed);
     // SAFETY: only ever set to a leaked 'static reference.
-    if p.is_null() { "?" } else { unsafe { *p } }
+    if p.is_null() {
+        "?"
+    } else {
+        unsafe { *p }
+    }
 }
 
 pub fn set_current_test(name: &'static &'static str) {

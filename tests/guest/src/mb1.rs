@@ -57,7 +57,11 @@ impl<'a, P: Phys> Info<'a, P> {
     }
     /// The memory map (flag bit 6).
     pub fn memory_map(&self) -> impl Iterator<Item = MapEntry> + 'a {
-        let (len, addr) = if self.flags() & (1 << 6) != 0 { (self.field(44), self.field(48)) } else { (0, 0) };
+        let (len, addr) = if self.flags() & (1 << 6) != 0 {
+            (self.field(44), self.field(48))
+        } else {
+            (0, 0)
+        };
         let b = self.mem.bytes(addr as u64, len as usize);
         let mut off = 0usize;
         core::iter::from_fn(move || {
@@ -78,7 +82,9 @@ impl<'a, P: Phys> Info<'a, P> {
 
 /// The value of `key=` in a command line.
 pub fn arg<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_ascii_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    cmdline
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 #[cfg(test)]
@@ -96,14 +102,18 @@ mod tests {
     #[test]
     fn reads_cmdline_and_map() {
         let mut m = vec![0u8; 0x1000];
-        let put = |m: &mut Vec<u8>, off: usize, v: u32| m[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        let put =
+            |m: &mut Vec<u8>, off: usize, v: u32| m[off..off + 4].copy_from_slice(&v.to_le_bytes());
         put(&mut m, 0x100, (1 << 2) | (1 << 6) | 1);
         put(&mut m, 0x108, 0x1234);
         put(&mut m, 0x110, 0x200);
         m[0x200..0x20c].copy_from_slice(b"test=boot x\0");
         put(&mut m, 0x100 + 44, 48);
         put(&mut m, 0x100 + 48, 0x300);
-        for (i, (base, len, kind)) in [(0u64, 0x9f000u64, 1u32), (0x10_0000, 0x100_0000, 2)].into_iter().enumerate() {
+        for (i, (base, len, kind)) in [(0u64, 0x9f000u64, 1u32), (0x10_0000, 0x100_0000, 2)]
+            .into_iter()
+            .enumerate()
+        {
             let o = 0x300 + 24 * i;
             put(&mut m, o, 20);
             m[o + 4..o + 12].copy_from_slice(&base.to_le_bytes());
@@ -117,6 +127,20 @@ mod tests {
         assert_eq!(arg(info.cmdline(), "tes"), None);
         assert_eq!(info.mem_upper_kib(), Some(0x1234));
         let map: Vec<_> = info.memory_map().collect();
-        assert_eq!(map, vec![MapEntry { base: 0, len: 0x9f000, kind: 1 }, MapEntry { base: 0x10_0000, len: 0x100_0000, kind: 2 }]);
+        assert_eq!(
+            map,
+            vec![
+                MapEntry {
+                    base: 0,
+                    len: 0x9f000,
+                    kind: 1
+                },
+                MapEntry {
+                    base: 0x10_0000,
+                    len: 0x100_0000,
+                    kind: 2
+                }
+            ]
+        );
     }
 }

@@ -11,10 +11,17 @@ pub const SECRET_LEN: usize = 7 + 1 + 1 + 16;
 
 /// Whether a console secret starts at `b[0]`; its letter if so.
 pub fn secret_at(b: &[u8]) -> Option<u8> {
-    if b.len() < SECRET_LEN || &b[..7] != SECRET_PREFIX || !matches!(b[7], b'A' | b'B') || b[8] != b'-' {
+    if b.len() < SECRET_LEN
+        || &b[..7] != SECRET_PREFIX
+        || !matches!(b[7], b'A' | b'B')
+        || b[8] != b'-'
+    {
         return None;
     }
-    b[9..SECRET_LEN].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')).then_some(b[7])
+    b[9..SECRET_LEN]
+        .iter()
+        .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        .then_some(b[7])
 }
 
 /// Text kept XOR-ed with [`MASK`], so the image never holds it in clear.
@@ -46,7 +53,8 @@ mod tests {
 
     #[test]
     fn secrets_by_shape() {
-        let s = b"xxshadow-A-0123456789abcdef\r\nshadow-B-0123456789abcdeZ shadow-C-0123456789abcdef";
+        let s =
+            b"xxshadow-A-0123456789abcdef\r\nshadow-B-0123456789abcdeZ shadow-C-0123456789abcdef";
         assert_eq!(count(s, |b| secret_at(b).is_some()), 1);
         assert_eq!(secret_at(&s[2..]), Some(b'A'));
         assert_eq!(secret_at(b"shadow-console A line 1"), None);

@@ -109,7 +109,9 @@ pub fn tag_of(regs: &[u64; 9]) -> Option<[u8; 32]> {
     let ok = len > 0
         && t[len..].iter().all(|&b| b == 0)
         && t[0].is_ascii_alphanumeric()
-        && t[1..len].iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && t[1..len]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     ok.then_some(t)
 }
 
@@ -134,7 +136,10 @@ pub fn prefix(level: Level, r: &[u64; 9]) -> Result<Op, Status> {
     if op != Op::Ping && !major_ok {
         return Err(Status::BadVersion);
     }
-    let l1_only = matches!(op, Op::SaveDevices | Op::RestoreDevices | Op::ListVms | Op::SetIrqRelay | Op::TakeIrqs);
+    let l1_only = matches!(
+        op,
+        Op::SaveDevices | Op::RestoreDevices | Op::ListVms | Op::SetIrqRelay | Op::TakeIrqs
+    );
     match (op, level) {
         (Op::RegisterTag, Level::L1) => return Err(Status::NotPermitted),
         (_, Level::L2) if l1_only => return Err(Status::NotPermitted),
@@ -147,7 +152,8 @@ pub fn prefix(level: Level, r: &[u64; 9]) -> Result<Op, Status> {
     if matches!(op, Op::RegisterTag | Op::SaveDevices | Op::RestoreDevices) && tag_of(r).is_none() {
         return Err(Status::TagInvalid);
     }
-    if buffered && r[RDI] > 0 && (!canonical(r[RSI]) || !canonical(r[RSI].wrapping_add(r[RDI] - 1))) {
+    if buffered && r[RDI] > 0 && (!canonical(r[RSI]) || !canonical(r[RSI].wrapping_add(r[RDI] - 1)))
+    {
         return Err(Status::BufferFault);
     }
     Ok(op)
@@ -175,7 +181,13 @@ impl VmModel {
     pub fn new(name: &[u8], id: u64) -> VmModel {
         let mut tag = [0u8; 32];
         tag[..name.len()].copy_from_slice(name);
-        VmModel { tag, id, frozen: false, high: 0, own_pending: false }
+        VmModel {
+            tag,
+            id,
+            frozen: false,
+            high: 0,
+            own_pending: false,
+        }
     }
 
     fn restorable(&self, epoch: u64) -> bool {
@@ -205,20 +217,36 @@ pub struct Answer {
 
 fn is(s: Status) -> Answer {
     let zero = Some(0);
-    Answer { expect: Expect::Is(s), rcx: zero, rsi: zero }
+    Answer {
+        expect: Expect::Is(s),
+        rcx: zero,
+        rsi: zero,
+    }
 }
 
 fn ok(rcx: u64, rsi: u64) -> Answer {
-    Answer { expect: Expect::Is(Status::Ok), rcx: Some(rcx), rsi: Some(rsi) }
+    Answer {
+        expect: Expect::Is(Status::Ok),
+        rcx: Some(rcx),
+        rsi: Some(rsi),
+    }
 }
 
 fn too_small(needed: u64) -> Answer {
-    Answer { expect: Expect::Is(Status::BufferTooSmall), rcx: Some(needed), rsi: Some(0) }
+    Answer {
+        expect: Expect::Is(Status::BufferTooSmall),
+        rcx: Some(needed),
+        rsi: Some(0),
+    }
 }
 
 impl Model {
     pub fn new(vms: [VmModel; 2], blob_len: u64) -> Model {
-        Model { vms, blob_len, blob: None }
+        Model {
+            vms,
+            blob_len,
+            blob: None,
+        }
     }
 
     /// The VM holding the tag in R8..R11.
@@ -270,7 +298,9 @@ impl Model {
                 }
             }
             Op::SaveDevices => {
-                let Some(v) = holder.map(|i| &self.vms[i]) else { return is(Status::UnknownTag) };
+                let Some(v) = holder.map(|i| &self.vms[i]) else {
+                    return is(Status::UnknownTag);
+                };
                 if v.frozen {
                     is(Status::DeviceFrozen)
                 } else if len < self.blob_len {
@@ -285,7 +315,9 @@ impl Model {
                 if unmapped {
                     return is(Status::BufferFault);
                 }
-                let Some(dest) = holder else { return is(Status::UnknownTag) };
+                let Some(dest) = holder else {
+                    return is(Status::UnknownTag);
+                };
                 // L1 stages the content at the buffer and L0 reads `len`
                 // bytes: the generator makes `len` the content's own
                 // length (or 0). Without a blob L1 stages garbage.
@@ -305,7 +337,11 @@ impl Model {
                         0..=5 | 8..=15 | 44..=47 => is(Status::BlobMalformed),
                         16..=23 => is(Status::BlobWrongKey),
                         // the tag: an invalid one fails decoding, a valid one authentication
-                        48..=79 => Answer { expect: Expect::OneOf(&[Status::BlobMalformed, Status::BlobAuthFailed]), rcx: Some(0), rsi: Some(0) },
+                        48..=79 => Answer {
+                            expect: Expect::OneOf(&[Status::BlobMalformed, Status::BlobAuthFailed]),
+                            rcx: Some(0),
+                            rsi: Some(0),
+                        },
                         // class (authenticated first), epoch, nonce, ciphertext, GCM tag
                         _ => is(Status::BlobAuthFailed),
                     },
@@ -321,7 +357,9 @@ impl Model {
         if status != Status::Ok || prefix(level, &c.regs).is_err() {
             return;
         }
-        let Some(i) = self.holder(&c.regs) else { return };
+        let Some(i) = self.holder(&c.regs) else {
+            return;
+        };
         let v = &mut self.vms[i];
         match c.regs[RCX] {
             3 => {
@@ -413,7 +451,12 @@ pub fn gen(rng: &mut Rng, level: Level, m: &Model, base: u64) -> Call {
     let mut r = [0u64; 9];
     r[RAX] = if level == Level::L2 && rng.pct(6) {
         // Not an ultracall: L0 reflects it to L1.
-        [0, ULTRACALL_MAGIC ^ 1, ULTRACALL_MAGIC & 0xffff_ffff, rng.next()][rng.below(4) as usize]
+        [
+            0,
+            ULTRACALL_MAGIC ^ 1,
+            ULTRACALL_MAGIC & 0xffff_ffff,
+            rng.next(),
+        ][rng.below(4) as usize]
     } else {
         ULTRACALL_MAGIC
     };
@@ -424,7 +467,9 @@ pub fn gen(rng: &mut Rng, level: Level, m: &Model, base: u64) -> Call {
     let buf = match rng.below(10) {
         0 => Buf::Unmapped,
         1 => Buf::NonCanonical,
-        _ => Buf::Good { off: rng.below(MAX_GOOD_OFF / 8) * 8 },
+        _ => Buf::Good {
+            off: rng.below(MAX_GOOD_OFF / 8) * 8,
+        },
     };
     let content = match rng.below(6) {
         0 => Content::Garbage,
@@ -469,7 +514,11 @@ pub fn gen(rng: &mut Rng, level: Level, m: &Model, base: u64) -> Call {
             _ => 32 + rng.below(224),
         };
     }
-    Call { regs: r, buf, content }
+    Call {
+        regs: r,
+        buf,
+        content,
+    }
 }
 
 #[cfg(test)]
@@ -478,11 +527,24 @@ mod tests {
     use ultracall_abi::{CallerLevel, InRegs};
 
     fn in_regs(r: &[u64; 9]) -> InRegs {
-        InRegs { rax: r[0], rcx: r[1], rdx: r[2], rsi: r[3], rdi: r[4], r8: r[5], r9: r[6], r10: r[7], r11: r[8] }
+        InRegs {
+            rax: r[0],
+            rcx: r[1],
+            rdx: r[2],
+            rsi: r[3],
+            rdi: r[4],
+            r8: r[5],
+            r9: r[6],
+            r10: r[7],
+            r11: r[8],
+        }
     }
 
     fn model() -> Model {
-        Model::new([VmModel::new(b"fuzz-l2", 3), VmModel::new(b"bystander", 4)], 500)
+        Model::new(
+            [VmModel::new(b"fuzz-l2", 3), VmModel::new(b"bystander", 4)],
+            500,
+        )
     }
 
     /// The oracle's decoding agrees with the ABI crate's on every field
@@ -492,7 +554,12 @@ mod tests {
         let mut rng = Rng::new(7);
         let m = model();
         for i in 0..20_000 {
-            let c = gen(&mut rng, if i % 2 == 0 { Level::L1 } else { Level::L2 }, &m, 0x30_0000);
+            let c = gen(
+                &mut rng,
+                if i % 2 == 0 { Level::L1 } else { Level::L2 },
+                &m,
+                0x30_0000,
+            );
             if c.regs[RAX] != ULTRACALL_MAGIC {
                 continue;
             }
@@ -535,29 +602,57 @@ mod tests {
         c.regs[RDI] = 500;
         assert_eq!(m.answer(Level::L1, &c).unwrap(), ok(500, 1));
         m.apply(Level::L1, &c, Status::Ok);
-        assert_eq!(m.answer(Level::L1, &c).unwrap().expect, Expect::Is(Status::DeviceFrozen));
+        assert_eq!(
+            m.answer(Level::L1, &c).unwrap().expect,
+            Expect::Is(Status::DeviceFrozen)
+        );
         c.regs[RCX] = 4;
         c.content = Content::Blob;
-        assert_eq!(m.answer(Level::L1, &c).unwrap(), ok(500, 1), "the source may roll back once");
+        assert_eq!(
+            m.answer(Level::L1, &c).unwrap(),
+            ok(500, 1),
+            "the source may roll back once"
+        );
         m.apply(Level::L1, &c, Status::Ok);
-        assert_eq!(m.answer(Level::L1, &c).unwrap().expect, Expect::Is(Status::BlobReplayed));
+        assert_eq!(
+            m.answer(Level::L1, &c).unwrap().expect,
+            Expect::Is(Status::BlobReplayed)
+        );
         c.content = Content::Flipped(24 * 8 + 3);
-        assert_eq!(m.answer(Level::L1, &c).unwrap().expect, Expect::Is(Status::BlobAuthFailed));
+        assert_eq!(
+            m.answer(Level::L1, &c).unwrap().expect,
+            Expect::Is(Status::BlobAuthFailed)
+        );
         c.content = Content::Flipped(17 * 8);
-        assert_eq!(m.answer(Level::L1, &c).unwrap().expect, Expect::Is(Status::BlobWrongKey));
+        assert_eq!(
+            m.answer(Level::L1, &c).unwrap().expect,
+            Expect::Is(Status::BlobWrongKey)
+        );
         c.buf = Buf::Unmapped;
-        assert_eq!(m.answer(Level::L1, &c).unwrap().expect, Expect::Is(Status::BufferFault));
+        assert_eq!(
+            m.answer(Level::L1, &c).unwrap().expect,
+            Expect::Is(Status::BufferFault)
+        );
         c.regs[RCX] = 2;
-        assert_eq!(m.answer(Level::L1, &c).unwrap().expect, Expect::Is(Status::NotPermitted));
+        assert_eq!(
+            m.answer(Level::L1, &c).unwrap().expect,
+            Expect::Is(Status::NotPermitted)
+        );
         assert_eq!(m.answer(Level::L2, &c).unwrap(), ok(0, 3));
         // The bystander's tag: in use for REGISTER_TAG, the wrong tag for
         // the fuzzing VM's blob.
         c.regs[R8..].copy_from_slice(&[u64::from_le_bytes(*b"bystande"), u64::from(b'r'), 0, 0]);
-        assert_eq!(m.answer(Level::L2, &c).unwrap().expect, Expect::Is(Status::TagInUse));
+        assert_eq!(
+            m.answer(Level::L2, &c).unwrap().expect,
+            Expect::Is(Status::TagInUse)
+        );
         c.regs[RCX] = 4;
         c.buf = Buf::Good { off: 0 };
         c.content = Content::Blob;
-        assert_eq!(m.answer(Level::L1, &c).unwrap().expect, Expect::Is(Status::BlobWrongTag));
+        assert_eq!(
+            m.answer(Level::L1, &c).unwrap().expect,
+            Expect::Is(Status::BlobWrongTag)
+        );
     }
 
     #[test]
@@ -570,7 +665,9 @@ mod tests {
         for i in 0..50_000 {
             let level = if i % 3 == 0 { Level::L2 } else { Level::L1 };
             let c = gen(&mut rng, level, &m, 0x30_0000);
-            let Some(a) = m.answer(level, &c) else { continue };
+            let Some(a) = m.answer(level, &c) else {
+                continue;
+            };
             if let Expect::Is(s) = a.expect {
                 seen.insert(s);
             }

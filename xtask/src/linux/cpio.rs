@@ -23,7 +23,13 @@ impl Archive {
     pub fn add(&mut self, path: &str, node: Node) {
         let path = path.trim_start_matches('/').to_string();
         let mut parent = String::new();
-        for part in path.split('/').collect::<Vec<_>>().split_last().map(|(_, p)| p).unwrap_or(&[]) {
+        for part in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map(|(_, p)| p)
+            .unwrap_or(&[])
+        {
             if !parent.is_empty() {
                 parent.push('/');
             }
@@ -43,7 +49,9 @@ impl Archive {
         for (ino, (path, node)) in self.nodes.iter().enumerate() {
             let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match node {
                 Node::Dir => (0o040755, &[], (0, 0)),
-                Node::File { data, exec } => (if *exec { 0o100755 } else { 0o100644 }, data, (0, 0)),
+                Node::File { data, exec } => {
+                    (if *exec { 0o100755 } else { 0o100644 }, data, (0, 0))
+                }
                 Node::Symlink(target) => (0o120777, target.as_bytes(), (0, 0)),
                 Node::CharDev { major, minor } => (0o020600, &[], (*major, *minor)),
             };
@@ -61,10 +69,32 @@ fn pad4(out: &mut Vec<u8>) {
     }
 }
 
-fn record(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, rdev: (u32, u32), name: &str, data: &[u8]) {
+fn record(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    rdev: (u32, u32),
+    name: &str,
+    data: &[u8],
+) {
     // magic, ino, mode, uid, gid, nlink, mtime, filesize, devmajor,
     // devminor, rdevmajor, rdevminor, namesize (with NUL), check.
-    let fields = [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+    let fields = [
+        ino,
+        mode,
+        0,
+        0,
+        nlink,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0,
+    ];
     out.extend_from_slice(b"070701");
     for f in fields {
         out.extend_from_slice(format!("{f:08x}").as_bytes());
@@ -83,7 +113,13 @@ mod tests {
     #[test]
     fn newc_records_with_parents_and_padding() {
         let mut a = Archive::default();
-        a.add("/bin/busybox", Node::File { data: b"ELF".to_vec(), exec: true });
+        a.add(
+            "/bin/busybox",
+            Node::File {
+                data: b"ELF".to_vec(),
+                exec: true,
+            },
+        );
         a.add("bin/sh", Node::Symlink("busybox".into()));
         let b = a.to_bytes();
         // "bin" comes first (a directory created for its children).

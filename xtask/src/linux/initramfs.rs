@@ -37,7 +37,16 @@ const FIRMWARE_DIRS: &[&str] = &["/usr/share/qemu", "/usr/share/seabios", "/usr/
 
 /// The QEMU options of an L2 that decide which firmware it loads; the
 /// same as in tests/linux/init.
-pub const L2_MACHINE: &[&str] = &["-M", "microvm", "-bios", "qboot.rom", "-nodefaults", "-no-user-config", "-m", "96"];
+pub const L2_MACHINE: &[&str] = &[
+    "-M",
+    "microvm",
+    "-bios",
+    "qboot.rom",
+    "-nodefaults",
+    "-no-user-config",
+    "-m",
+    "96",
+];
 
 pub struct Initramfs {
     pub l1: PathBuf,
@@ -59,11 +68,21 @@ fn file(data: Vec<u8>, exec: bool) -> Node {
 /// busybox at /bin/busybox with a symlink for each applet it lists.
 fn add_busybox(a: &mut Archive) -> Result<(), String> {
     a.add("bin/busybox", file(read(Path::new("/bin/busybox"))?, true));
-    let o = Command::new("/bin/busybox").arg("--list-full").output().map_err(|e| format!("busybox: {e}"))?;
-    for applet in String::from_utf8_lossy(&o.stdout).lines().map(str::trim).filter(|l| !l.is_empty()) {
+    let o = Command::new("/bin/busybox")
+        .arg("--list-full")
+        .output()
+        .map_err(|e| format!("busybox: {e}"))?;
+    for applet in String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
         if !a.contains(applet) {
             let depth = applet.matches('/').count();
-            a.add(applet, Node::Symlink(format!("{}bin/busybox", "../".repeat(depth))));
+            a.add(
+                applet,
+                Node::Symlink(format!("{}bin/busybox", "../".repeat(depth))),
+            );
         }
     }
     for d in ["proc", "sys", "dev", "tmp", "root", "etc"] {
@@ -79,11 +98,21 @@ fn static_tool(args: &[&str], bin: &str) -> Result<PathBuf, String> {
     let dir = target_dir().join("linux-tools");
     let status = Command::new(env!("CARGO"))
         .current_dir(root())
-        .args(["build", "--quiet", "--release", "--target", "x86_64-unknown-linux-gnu", "--target-dir"])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--target-dir",
+        ])
         .arg(&dir)
         .args(args)
         .env_remove("RUSTFLAGS")
-        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        )
         .status()
         .map_err(|e| format!("cargo: {e}"))?;
     if !status.success() {
@@ -94,7 +123,10 @@ fn static_tool(args: &[&str], bin: &str) -> Result<PathBuf, String> {
 
 /// Shared objects `ldd` lists for `binary`, the dynamic loader included.
 fn ldd(binary: &str) -> Result<Vec<String>, String> {
-    let o = Command::new("ldd").arg(binary).output().map_err(|e| format!("ldd: {e}"))?;
+    let o = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(|e| format!("ldd: {e}"))?;
     if !o.status.success() {
         return Err(format!("ldd {binary} failed"));
     }
@@ -119,7 +151,8 @@ pub fn missing_files(stderr: &str) -> Vec<String> {
     let mut out = Vec::new();
     for line in stderr.lines() {
         let l = line.to_ascii_lowercase();
-        if !(l.contains("could not") || l.contains("failed to find") || l.contains("no such file")) {
+        if !(l.contains("could not") || l.contains("failed to find") || l.contains("no such file"))
+        {
             continue;
         }
         for q in ['\'', '"'] {
@@ -145,13 +178,25 @@ fn qemu_firmware(kernel: &Path, initrd: &Path) -> Result<Vec<(String, Vec<u8>)>,
     fs::create_dir_all(dir.join(QEMU_DATA)).map_err(|e| e.to_string())?;
     let moddir = dir.join(QEMU_MODULES);
     fs::create_dir_all(moddir.parent().unwrap()).map_err(|e| e.to_string())?;
-    std::os::unix::fs::symlink(Path::new("/").join(QEMU_MODULES), &moddir).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(Path::new("/").join(QEMU_MODULES), &moddir)
+        .map_err(|e| e.to_string())?;
     let qemu = dir.join("usr/bin/qemu-system-x86_64");
     fs::copy(QEMU, &qemu).map_err(|e| format!("{QEMU}: {e}"))?;
     let mut found = Vec::new();
     for _ in 0..16 {
         let mut child = Command::new(&qemu)
-            .args(["-accel", "tcg", "-S", "-display", "none", "-monitor", "none", "-serial", "null", "-no-reboot"])
+            .args([
+                "-accel",
+                "tcg",
+                "-S",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-serial",
+                "null",
+                "-no-reboot",
+            ])
             .args(L2_MACHINE)
             .arg("-kernel")
             .arg(kernel)
@@ -183,16 +228,23 @@ fn qemu_firmware(kernel: &Path, initrd: &Path) -> Result<Vec<(String, Vec<u8>)>,
         use std::io::Read;
         let _ = child.stderr.take().unwrap().read_to_string(&mut err);
         let names = missing_files(&err);
-        let new: Vec<String> = names.into_iter().filter(|n| !found.iter().any(|(f, _)| f == n)).collect();
+        let new: Vec<String> = names
+            .into_iter()
+            .filter(|n| !found.iter().any(|(f, _)| f == n))
+            .collect();
         if new.is_empty() {
-            return Err(format!("QEMU does not start with the L2 options and names no missing file:\n{err}"));
+            return Err(format!(
+                "QEMU does not start with the L2 options and names no missing file:\n{err}"
+            ));
         }
         for name in new {
             let src = FIRMWARE_DIRS
                 .iter()
                 .map(|d| Path::new(d).join(&name))
                 .find(|p| p.exists())
-                .ok_or_else(|| format!("QEMU wants {name}, which no Debian package here provides"))?;
+                .ok_or_else(|| {
+                    format!("QEMU wants {name}, which no Debian package here provides")
+                })?;
             let data = read(&src)?;
             fs::write(dir.join(QEMU_DATA).join(&name), &data).map_err(|e| e.to_string())?;
             found.push((name, data));
@@ -209,7 +261,10 @@ fn cached_lz4(what: &str, archive: &[u8]) -> Result<PathBuf, String> {
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let out = dir.join(format!("{what}-{hash}.cpio.lz4"));
     if out.exists() {
-        log(&format!("{what} initramfs {hash}: cached ({} KiB)", fs::metadata(&out).map(|m| m.len()).unwrap_or(0) / 1024));
+        log(&format!(
+            "{what} initramfs {hash}: cached ({} KiB)",
+            fs::metadata(&out).map(|m| m.len()).unwrap_or(0) / 1024
+        ));
         return Ok(out);
     }
     let tmp = out.with_extension("tmp");
@@ -241,13 +296,26 @@ pub fn ensure(kernel: &Path) -> Result<Initramfs, String> {
     let tests = root().join("tests/linux");
 
     // The guest tool both levels use: tags from L2, save/restore from L1.
-    let ultracall = static_tool(&["-p", "ultracall-abi", "--features", "std", "--bin", "ultracall"], "ultracall")?;
+    let ultracall = static_tool(
+        &[
+            "-p",
+            "ultracall-abi",
+            "--features",
+            "std",
+            "--bin",
+            "ultracall",
+        ],
+        "ultracall",
+    )?;
     let mut l2 = Archive::default();
     add_busybox(&mut l2)?;
     l2.add("init", file(read(&tests.join("init-l2"))?, true));
     l2.add("bin/ultracall", file(read(&ultracall)?, true));
     // The probes (`probe stress` runs in L2; the rest in L1).
-    let probe = static_tool(&["--manifest-path", "tests/linux/probe/Cargo.toml"], "l1-probe")?;
+    let probe = static_tool(
+        &["--manifest-path", "tests/linux/probe/Cargo.toml"],
+        "l1-probe",
+    )?;
     l2.add("bin/probe", file(read(&probe)?, true));
     let l2_path = cached_lz4("l2", &l2.to_bytes())?;
 
@@ -269,15 +337,26 @@ pub fn ensure(kernel: &Path) -> Result<Initramfs, String> {
     }
     l1.add("l2/bzImage", file(read(kernel)?, false));
     l1.add("l2/initrd", file(read(&l2_path)?, false));
-    log(&format!("L1 initramfs: QEMU with {} libraries, firmware {}", libs.len(), names.join(", ")));
+    log(&format!(
+        "L1 initramfs: QEMU with {} libraries, firmware {}",
+        libs.len(),
+        names.join(", ")
+    ));
     let l1_path = cached_lz4("l1", &l1.to_bytes())?;
     let mut peer = l1.clone();
     peer.add("init", file(read(&tests.join("init-peer"))?, true));
     peer.add("peer/bzImage", file(read(kernel)?, false));
     peer.add("peer/l1.initrd", file(read(&l1_path)?, false));
     let peer_path = cached_lz4("peer", &peer.to_bytes())?;
-    log(&format!("initramfs ready in {:.1} s", t0.elapsed().as_secs_f64()));
-    Ok(Initramfs { l1: l1_path, l2: l2_path, peer: peer_path })
+    log(&format!(
+        "initramfs ready in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(Initramfs {
+        l1: l1_path,
+        l2: l2_path,
+        peer: peer_path,
+    })
 }
 
 #[cfg(test)]
@@ -290,7 +369,10 @@ mod tests {
                    qemu: could not load PC BIOS 'qboot.rom'\n\
                    qemu-system-x86_64: failed to find romfile \"vgabios-stdvga.bin\"\n\
                    qemu-system-x86_64: -m 96: something else 'x'\n";
-        assert_eq!(missing_files(err), vec!["linuxboot_dma.bin", "qboot.rom", "vgabios-stdvga.bin"]);
+        assert_eq!(
+            missing_files(err),
+            vec!["linuxboot_dma.bin", "qboot.rom", "vgabios-stdvga.bin"]
+        );
         assert!(missing_files("could not load '/abs/path'").is_empty());
     }
 }

@@ -48,9 +48,18 @@ pub fn sha256_hex(data: &[u8]) -> Result<String, String> {
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("sha256sum: {e}"))?;
-    child.stdin.take().unwrap().write_all(data).map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(data)
+        .map_err(|e| e.to_string())?;
     let o = child.wait_with_output().map_err(|e| e.to_string())?;
-    let hex = String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or("").to_string();
+    let hex = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
     if hex.len() != 64 {
         return Err("sha256sum gave no digest".into());
     }
@@ -73,7 +82,11 @@ pub fn images() -> Result<&'static LinuxImages, String> {
         .get_or_init(|| {
             let k = kernel::ensure()?;
             let i = initramfs::ensure(&k.bz_image)?;
-            Ok(LinuxImages { kernel: k.bz_image, initramfs: i.l1, peer: i.peer })
+            Ok(LinuxImages {
+                kernel: k.bz_image,
+                initramfs: i.l1,
+                peer: i.peer,
+            })
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -85,10 +98,14 @@ pub fn run_marker() -> &'static str {
     static MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     MARKER.get_or_init(|| {
         let mut b = [0u8; 6];
-        match std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)) {
+        match std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        {
             Ok(()) => {}
             Err(_) => {
-                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 b.copy_from_slice(&t.as_nanos().to_le_bytes()[..6]);
             }
         }
@@ -104,6 +121,12 @@ pub fn scenario_modules(test: &str) -> Vec<crate::build::IsoModule> {
         eprintln!("xtask: building the Linux cloud VM failed: {e}");
         std::process::exit(1)
     });
-    let cmdline = format!("l1=linux console=ttyS0,115200 panic=0 l0test={test} l0marker={}", run_marker());
-    vec![crate::build::IsoModule::file(&li.kernel, &cmdline), crate::build::IsoModule::file(&li.initramfs, "l1.initrd")]
+    let cmdline = format!(
+        "l1=linux console=ttyS0,115200 panic=0 l0test={test} l0marker={}",
+        run_marker()
+    );
+    vec![
+        crate::build::IsoModule::file(&li.kernel, &cmdline),
+        crate::build::IsoModule::file(&li.initramfs, "l1.initrd"),
+    ]
 }

@@ -7,7 +7,13 @@ fn run(v: &Vmcs12) -> Result<(), EntryFailure> {
     let c = caps();
     let ram = |a: u64, len: u64| a + len <= 0x1000_0000;
     let rev = |a: u64| (a == 0x40_0000).then_some(crate::nested::caps::VMCS12_REVISION);
-    let ctx = CheckCtx { caps: &c, maxphyaddr: 39, l1_long_mode: true, is_l1_ram: &ram, read_revision: &rev };
+    let ctx = CheckCtx {
+        caps: &c,
+        maxphyaddr: 39,
+        l1_long_mode: true,
+        is_l1_ram: &ram,
+        read_revision: &rev,
+    };
     check_controls(v, &ctx)?;
     check_host_state(v, &ctx)?;
     check_guest_state(v, &ctx)
@@ -36,7 +42,11 @@ fn baseline_passes() {
 fn control_failures() {
     let base = valid_vmcs12();
     let cases = [
-        ("reserved pin bit", F::PIN_BASED_VM_EXEC_CONTROL, base.get(F::PIN_BASED_VM_EXEC_CONTROL) | 1 << 7),
+        (
+            "reserved pin bit",
+            F::PIN_BASED_VM_EXEC_CONTROL,
+            base.get(F::PIN_BASED_VM_EXEC_CONTROL) | 1 << 7,
+        ),
         ("default1 pin bit cleared", F::PIN_BASED_VM_EXEC_CONTROL, 0),
         ("I/O bitmap misaligned", F::IO_BITMAP_A, 0x30_0800),
         ("I/O bitmap not L1 RAM", F::IO_BITMAP_B, 0x2000_0000),
@@ -45,10 +55,26 @@ fn control_failures() {
         ("bad EPTP", F::EPT_POINTER, 0x31_0000 | 6 | 2 << 3),
         ("CR3 target count", F::CR3_TARGET_COUNT, 5),
         ("MSR load count huge", F::VM_ENTRY_MSR_LOAD_COUNT, 513),
-        ("entry event: reserved type", F::VM_ENTRY_INTR_INFO_FIELD, 0x8000_0100),
-        ("entry event: NMI not vector 2", F::VM_ENTRY_INTR_INFO_FIELD, 0x8000_0203),
-        ("entry event: #GP without error code in protected mode", F::VM_ENTRY_INTR_INFO_FIELD, 0x8000_030d),
-        ("entry event: #UD with an error code", F::VM_ENTRY_INTR_INFO_FIELD, 0x8000_0b06),
+        (
+            "entry event: reserved type",
+            F::VM_ENTRY_INTR_INFO_FIELD,
+            0x8000_0100,
+        ),
+        (
+            "entry event: NMI not vector 2",
+            F::VM_ENTRY_INTR_INFO_FIELD,
+            0x8000_0203,
+        ),
+        (
+            "entry event: #GP without error code in protected mode",
+            F::VM_ENTRY_INTR_INFO_FIELD,
+            0x8000_030d,
+        ),
+        (
+            "entry event: #UD with an error code",
+            F::VM_ENTRY_INTR_INFO_FIELD,
+            0x8000_0b06,
+        ),
     ];
     for (what, f, value) in cases {
         assert_eq!(error_of(run(&with(f, value))), Some((7, 0)), "{what}");
@@ -60,7 +86,10 @@ fn control_failures() {
     assert_eq!(error_of(run(&v)), Some((7, 0)));
     // Unrestricted guest needs EPT.
     let mut v = valid_vmcs12();
-    v.set(F::SECONDARY_VM_EXEC_CONTROL, secondary::UNRESTRICTED_GUEST as u64);
+    v.set(
+        F::SECONDARY_VM_EXEC_CONTROL,
+        secondary::UNRESTRICTED_GUEST as u64,
+    );
     assert_eq!(error_of(run(&v)), Some((7, 0)));
     // Save preemption timer without the timer.
     let mut v = valid_vmcs12();
@@ -87,8 +116,16 @@ fn host_state_failures() {
         ("TR selector 0", F::HOST_TR_SELECTOR, 0),
         ("selector with RPL", F::HOST_DS_SELECTOR, 0x13),
         ("non-canonical RIP", F::HOST_RIP, 0x0000_8000_0000_0000),
-        ("non-canonical GS base", F::HOST_GS_BASE, 0x0001_0000_0000_0000),
-        ("EFER LMA clear with a 64-bit host", F::HOST_IA32_EFER, 0x100),
+        (
+            "non-canonical GS base",
+            F::HOST_GS_BASE,
+            0x0001_0000_0000_0000,
+        ),
+        (
+            "EFER LMA clear with a 64-bit host",
+            F::HOST_IA32_EFER,
+            0x100,
+        ),
         ("bad PAT type", F::HOST_IA32_PAT, 0x0007_0406_0007_0402),
         ("CR3 beyond MAXPHYADDR", F::HOST_CR3, 1 << 40),
     ];
@@ -113,29 +150,53 @@ fn guest_state_failures() {
         ("RIP above 4 GiB in 32-bit mode", F::GUEST_RIP, 1 << 32),
         ("activity state shutdown", F::GUEST_ACTIVITY_STATE, 2),
         ("STI and MOV SS blocking", F::GUEST_INTERRUPTIBILITY_INFO, 3),
-        ("STI blocking with IF clear", F::GUEST_INTERRUPTIBILITY_INFO, 1),
+        (
+            "STI blocking with IF clear",
+            F::GUEST_INTERRUPTIBILITY_INFO,
+            1,
+        ),
         ("CS type data read-only", F::GUEST_CS_AR_BYTES, 0xc091),
         ("CS not present", F::GUEST_CS_AR_BYTES, 0xc01b),
         ("TR unusable", F::GUEST_TR_AR_BYTES, 0x1_008b),
         ("TR not busy", F::GUEST_TR_AR_BYTES, 0x89),
         ("limit needs G", F::GUEST_DS_LIMIT, 0x0010_0000),
         ("GDTR limit above 16 bits", F::GUEST_GDTR_LIMIT, 0x1_0000),
-        ("pending debug reserved", F::GUEST_PENDING_DBG_EXCEPTIONS, 1 << 20),
+        (
+            "pending debug reserved",
+            F::GUEST_PENDING_DBG_EXCEPTIONS,
+            1 << 20,
+        ),
         ("LMA without IA-32e entry", F::GUEST_IA32_EFER, 0x500),
     ];
     for (what, f, value) in cases {
         assert_eq!(error_of(run(&with(f, value))), Some((33, 0)), "{what}");
     }
-    assert_eq!(error_of(run(&with(F::VMCS_LINK_POINTER, 0x12_3000))), Some((33, 4)), "link pointer, wrong revision");
-    assert_eq!(error_of(run(&with(F::VMCS_LINK_POINTER, 0x40_0008))), Some((33, 4)), "link pointer misaligned");
-    assert_eq!(run(&with(F::VMCS_LINK_POINTER, 0x40_0000)), Ok(()), "a valid VMCS as link pointer");
+    assert_eq!(
+        error_of(run(&with(F::VMCS_LINK_POINTER, 0x12_3000))),
+        Some((33, 4)),
+        "link pointer, wrong revision"
+    );
+    assert_eq!(
+        error_of(run(&with(F::VMCS_LINK_POINTER, 0x40_0008))),
+        Some((33, 4)),
+        "link pointer misaligned"
+    );
+    assert_eq!(
+        run(&with(F::VMCS_LINK_POINTER, 0x40_0000)),
+        Ok(()),
+        "a valid VMCS as link pointer"
+    );
     // HLT activity state is supported (with SS.DPL 0).
     assert_eq!(run(&with(F::GUEST_ACTIVITY_STATE, 1)), Ok(()));
     // Real mode with unrestricted guest.
     let mut v = with(F::GUEST_CR0, 0x30);
     v.set(F::GUEST_CS_AR_BYTES, 0x9b);
     v.set(F::GUEST_CS_LIMIT, 0xffff);
-    for f in [F::GUEST_SS_AR_BYTES, F::GUEST_DS_AR_BYTES, F::GUEST_ES_AR_BYTES] {
+    for f in [
+        F::GUEST_SS_AR_BYTES,
+        F::GUEST_DS_AR_BYTES,
+        F::GUEST_ES_AR_BYTES,
+    ] {
         v.set(f, 0x93);
     }
     for f in [F::GUEST_SS_LIMIT, F::GUEST_DS_LIMIT, F::GUEST_ES_LIMIT] {

@@ -25,11 +25,25 @@ fn l1() -> (VmxState, VecMemory, L1State) {
         m.write(r, &VMCS12_REVISION.to_le_bytes()).unwrap();
     }
     let caps = NestedCaps::new(&bochs());
-    let mut ctx = GuestCtx { long_mode: true, ..Default::default() };
-    ctx.segs = [Segment { base: 0, limit: 0xffff_ffff, ar: 0xa09b }; 6];
+    let mut ctx = GuestCtx {
+        long_mode: true,
+        ..Default::default()
+    };
+    ctx.segs = [Segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        ar: 0xa09b,
+    }; 6];
     let s = L1State {
         ctx,
-        paging: PagingRegs { cr0: 0x8005_0033, cr3: 0x1000, cr4: 0x2020, efer: 0xd00, pdptes: [0; 4], maxphyaddr: 39 },
+        paging: PagingRegs {
+            cr0: 0x8005_0033,
+            cr3: 0x1000,
+            cr4: 0x2020,
+            efer: 0xd00,
+            pdptes: [0; 4],
+            maxphyaddr: 39,
+        },
         cr0: 0x8005_0033,
         cr4: 0x2020,
         rflags: 0x2,
@@ -58,11 +72,17 @@ fn load(x: &mut VmxState, m: &mut VecMemory, s: &mut L1State, p: u64) -> Outcome
 }
 
 fn ud() -> Outcome {
-    Outcome::Fault(Fault { vector: 6, error_code: 0 })
+    Outcome::Fault(Fault {
+        vector: 6,
+        error_code: 0,
+    })
 }
 
 fn gp() -> Outcome {
-    Outcome::Fault(Fault { vector: 13, error_code: 0 })
+    Outcome::Fault(Fault {
+        vector: 13,
+        error_code: 0,
+    })
 }
 
 #[test]
@@ -73,7 +93,10 @@ fn vmxon_checks() {
     assert_eq!(x.vmxon(&no_vmxe, &mut m), ud(), "CR4.VMXE clear");
     let user = L1State { cpl: 3, ..s };
     assert_eq!(x.vmxon(&user, &mut m), gp());
-    let no_ne = L1State { cr0: s.cr0 & !0x20, ..s };
+    let no_ne = L1State {
+        cr0: s.cr0 & !0x20,
+        ..s
+    };
     assert_eq!(x.vmxon(&no_ne, &mut m), gp(), "CR0 fixed bits");
     operand(&mut m, &mut s, VMXON_REGION + 8);
     assert_eq!(x.vmxon(&s, &mut m), Outcome::FailInvalid, "misaligned");
@@ -84,9 +107,19 @@ fn vmxon_checks() {
     assert_eq!(x.vmxon(&s, &mut m), Outcome::FailInvalid, "wrong revision");
     assert!(x.vmxon.is_none());
     on(&mut x, &mut m, &mut s);
-    assert_eq!(x.vmxon(&s, &mut m), Outcome::FailInvalid, "again, no current VMCS");
+    assert_eq!(
+        x.vmxon(&s, &mut m),
+        Outcome::FailInvalid,
+        "again, no current VMCS"
+    );
     // Compatibility mode: #UD.
-    let compat = L1State { ctx: GuestCtx { long_mode: false, ..s.ctx }, ..s };
+    let compat = L1State {
+        ctx: GuestCtx {
+            long_mode: false,
+            ..s.ctx
+        },
+        ..s
+    };
     assert_eq!(x.vmxon(&compat, &mut m), ud());
 }
 
@@ -104,14 +137,33 @@ fn instructions_outside_vmx_operation_ud() {
 fn vmptrld_errors() {
     let (mut x, mut m, mut s) = l1();
     on(&mut x, &mut m, &mut s);
-    assert_eq!(load(&mut x, &mut m, &mut s, VMCS_A + 0x10), Outcome::FailInvalid, "no current VMCS yet");
+    assert_eq!(
+        load(&mut x, &mut m, &mut s, VMCS_A + 0x10),
+        Outcome::FailInvalid,
+        "no current VMCS yet"
+    );
     assert_eq!(load(&mut x, &mut m, &mut s, VMCS_A), Outcome::Succeed);
-    assert_eq!(load(&mut x, &mut m, &mut s, VMCS_B + 0x10), Outcome::FailValid(9));
+    assert_eq!(
+        load(&mut x, &mut m, &mut s, VMCS_B + 0x10),
+        Outcome::FailValid(9)
+    );
     assert_eq!(x.vmcs12.get(Field::VM_INSTRUCTION_ERROR), 9);
-    assert_eq!(load(&mut x, &mut m, &mut s, 1 << 40), Outcome::FailValid(9), "beyond MAXPHYADDR");
-    assert_eq!(load(&mut x, &mut m, &mut s, VMXON_REGION), Outcome::FailValid(10));
-    m.write(VMCS_B, &(VMCS12_REVISION | 1 << 31).to_le_bytes()).unwrap();
-    assert_eq!(load(&mut x, &mut m, &mut s, VMCS_B), Outcome::FailValid(11), "shadow indicator");
+    assert_eq!(
+        load(&mut x, &mut m, &mut s, 1 << 40),
+        Outcome::FailValid(9),
+        "beyond MAXPHYADDR"
+    );
+    assert_eq!(
+        load(&mut x, &mut m, &mut s, VMXON_REGION),
+        Outcome::FailValid(10)
+    );
+    m.write(VMCS_B, &(VMCS12_REVISION | 1 << 31).to_le_bytes())
+        .unwrap();
+    assert_eq!(
+        load(&mut x, &mut m, &mut s, VMCS_B),
+        Outcome::FailValid(11),
+        "shadow indicator"
+    );
     operand(&mut m, &mut s, VMXON_REGION);
     assert_eq!(x.vmxon(&s, &mut m), Outcome::FailValid(15));
     assert_eq!(x.current, Some(VMCS_A));
@@ -122,10 +174,17 @@ fn vmread_vmwrite_register_and_memory() {
     let (mut x, mut m, mut s) = l1();
     on(&mut x, &mut m, &mut s);
     let mut g = [0u64; 16];
-    let reg = L1State { info: InstrInfo(1 << 10 | 2 << 3 | 1 << 28), ..s };
+    let reg = L1State {
+        info: InstrInfo(1 << 10 | 2 << 3 | 1 << 28),
+        ..s
+    };
     g[1] = Field::GUEST_RIP as u64;
     g[2] = 0x1234;
-    assert_eq!(x.vmwrite(&reg, &m, &g), Outcome::FailInvalid, "no current VMCS");
+    assert_eq!(
+        x.vmwrite(&reg, &m, &g),
+        Outcome::FailInvalid,
+        "no current VMCS"
+    );
     load(&mut x, &mut m, &mut s, VMCS_A);
     assert_eq!(x.vmwrite(&reg, &m, &g), Outcome::Succeed);
     g[2] = 0;
@@ -135,7 +194,10 @@ fn vmread_vmwrite_register_and_memory() {
     g[0] = OPERAND;
     m.write(OPERAND, &0x5678u64.to_le_bytes()).unwrap();
     g[1] = Field::GUEST_RSP as u64;
-    let mem = L1State { ctx: GuestCtx { gpr: g, ..s.ctx }, ..s };
+    let mem = L1State {
+        ctx: GuestCtx { gpr: g, ..s.ctx },
+        ..s
+    };
     assert_eq!(x.vmwrite(&mem, &m, &g), Outcome::Succeed);
     assert_eq!(x.vmcs12.get(Field::GUEST_RSP), 0x5678);
     g[1] = Field::GUEST_RIP as u64;
@@ -145,7 +207,11 @@ fn vmread_vmwrite_register_and_memory() {
     g[1] = 0x6c3e;
     assert_eq!(x.vmread(&reg, &mut m, &mut g), Outcome::FailValid(12));
     g[1] = 1 << 32 | Field::GUEST_RIP as u64;
-    assert_eq!(x.vmread(&reg, &mut m, &mut g), Outcome::FailValid(12), "bits 63:32 of the encoding");
+    assert_eq!(
+        x.vmread(&reg, &mut m, &mut g),
+        Outcome::FailValid(12),
+        "bits 63:32 of the encoding"
+    );
     assert_eq!(x.vmwrite(&reg, &m, &g), Outcome::FailValid(12));
     // MISC[29] is advertised: read-only fields are writable.
     g[1] = Field::VM_EXIT_REASON as u64;
@@ -162,13 +228,19 @@ fn vmcs12_survives_switching() {
     load(&mut x, &mut m, &mut s, VMCS_B);
     assert_eq!(x.vmcs12.get(Field::GUEST_RIP), 0);
     load(&mut x, &mut m, &mut s, VMCS_A);
-    assert_eq!((x.vmcs12.get(Field::GUEST_RIP), x.vmcs12.launched), (0xaaaa, true));
+    assert_eq!(
+        (x.vmcs12.get(Field::GUEST_RIP), x.vmcs12.launched),
+        (0xaaaa, true)
+    );
     // VMCLEAR of the current one: launch state clear, no current VMCS.
     operand(&mut m, &mut s, VMCS_A);
     assert_eq!(x.vmclear(&s, &mut m), Outcome::Succeed);
     assert_eq!(x.current, None);
     load(&mut x, &mut m, &mut s, VMCS_A);
-    assert_eq!((x.vmcs12.get(Field::GUEST_RIP), x.vmcs12.launched), (0xaaaa, false));
+    assert_eq!(
+        (x.vmcs12.get(Field::GUEST_RIP), x.vmcs12.launched),
+        (0xaaaa, false)
+    );
 }
 
 #[test]
@@ -176,7 +248,11 @@ fn vmclear_errors_and_vmptrst() {
     let (mut x, mut m, mut s) = l1();
     on(&mut x, &mut m, &mut s);
     operand(&mut m, &mut s, VMXON_REGION);
-    assert_eq!(x.vmclear(&s, &mut m), Outcome::FailInvalid, "no current VMCS to hold error 3");
+    assert_eq!(
+        x.vmclear(&s, &mut m),
+        Outcome::FailInvalid,
+        "no current VMCS to hold error 3"
+    );
     load(&mut x, &mut m, &mut s, VMCS_A);
     operand(&mut m, &mut s, VMXON_REGION);
     assert_eq!(x.vmclear(&s, &mut m), Outcome::FailValid(3));
@@ -191,13 +267,25 @@ fn vmclear_errors_and_vmptrst() {
 fn operand_faults() {
     let (mut x, mut m, mut s) = l1();
     s.ctx.gpr[0] = 0x4000_0000; // not mapped by L1's tables
-    assert_eq!(x.vmxon(&s, &mut m), Outcome::PageFault { address: 0x4000_0000, error_code: 0 });
+    assert_eq!(
+        x.vmxon(&s, &mut m),
+        Outcome::PageFault {
+            address: 0x4000_0000,
+            error_code: 0
+        }
+    );
     s.ctx.gpr[0] = 0x0000_8000_0000_0000;
     assert_eq!(x.vmxon(&s, &mut m), gp(), "non-canonical");
     on(&mut x, &mut m, &mut s);
     // 8 bytes straddling the end of L1's mapping: the fault is on the second page.
     s.ctx.gpr[0] = 0xff_fffc;
-    assert_eq!(x.vmptrst(&s, &mut m), Outcome::PageFault { address: 0x100_0000, error_code: 2 });
+    assert_eq!(
+        x.vmptrst(&s, &mut m),
+        Outcome::PageFault {
+            address: 0x100_0000,
+            error_code: 2
+        }
+    );
 }
 
 #[test]
@@ -207,34 +295,65 @@ fn invept_and_invvpid() {
     load(&mut x, &mut m, &mut s, VMCS_A);
     let mut g = [0u64; 16];
     g[0] = OPERAND;
-    let st = L1State { ctx: GuestCtx { gpr: g, ..s.ctx }, ..s };
+    let st = L1State {
+        ctx: GuestCtx { gpr: g, ..s.ctx },
+        ..s
+    };
     // INVEPT single-context with a valid EPTP.
     m.write(OPERAND, &(0x5000u64 | 0x1e).to_le_bytes()).unwrap();
     g[1] = 1;
-    assert_eq!(x.invept(&st, &m, &g), (Outcome::Succeed, Invalidate::Ept(Some(0x501e))));
+    assert_eq!(
+        x.invept(&st, &m, &g),
+        (Outcome::Succeed, Invalidate::Ept(Some(0x501e)))
+    );
     m.write(OPERAND, &(0x5000u64 | 0x1f).to_le_bytes()).unwrap();
-    assert_eq!(x.invept(&st, &m, &g).0, Outcome::FailValid(28), "bad memory type");
+    assert_eq!(
+        x.invept(&st, &m, &g).0,
+        Outcome::FailValid(28),
+        "bad memory type"
+    );
     g[1] = 2;
-    assert_eq!(x.invept(&st, &m, &g), (Outcome::Succeed, Invalidate::Ept(None)));
+    assert_eq!(
+        x.invept(&st, &m, &g),
+        (Outcome::Succeed, Invalidate::Ept(None))
+    );
     g[1] = 3;
     assert_eq!(x.invept(&st, &m, &g).0, Outcome::FailValid(28));
     // INVVPID.
     m.write(OPERAND, &5u64.to_le_bytes()).unwrap();
     m.write(OPERAND + 8, &0x1000u64.to_le_bytes()).unwrap();
-    for (kind, inv) in [(0, Invalidate::Vpid(Some(5))), (1, Invalidate::Vpid(Some(5))), (2, Invalidate::Vpid(None)), (3, Invalidate::Vpid(Some(5)))] {
+    for (kind, inv) in [
+        (0, Invalidate::Vpid(Some(5))),
+        (1, Invalidate::Vpid(Some(5))),
+        (2, Invalidate::Vpid(None)),
+        (3, Invalidate::Vpid(Some(5))),
+    ] {
         g[1] = kind;
-        assert_eq!(x.invvpid(&st, &m, &g), (Outcome::Succeed, inv), "type {kind}");
+        assert_eq!(
+            x.invvpid(&st, &m, &g),
+            (Outcome::Succeed, inv),
+            "type {kind}"
+        );
     }
     m.write(OPERAND, &0u64.to_le_bytes()).unwrap();
     g[1] = 1;
     assert_eq!(x.invvpid(&st, &m, &g).0, Outcome::FailValid(28), "VPID 0");
     m.write(OPERAND, &(1u64 << 16 | 5).to_le_bytes()).unwrap();
     g[1] = 2;
-    assert_eq!(x.invvpid(&st, &m, &g).0, Outcome::FailValid(28), "reserved bits");
+    assert_eq!(
+        x.invvpid(&st, &m, &g).0,
+        Outcome::FailValid(28),
+        "reserved bits"
+    );
     m.write(OPERAND, &5u64.to_le_bytes()).unwrap();
-    m.write(OPERAND + 8, &0x0000_8000_0000_0000u64.to_le_bytes()).unwrap();
+    m.write(OPERAND + 8, &0x0000_8000_0000_0000u64.to_le_bytes())
+        .unwrap();
     g[1] = 0;
-    assert_eq!(x.invvpid(&st, &m, &g).0, Outcome::FailValid(28), "non-canonical address");
+    assert_eq!(
+        x.invvpid(&st, &m, &g).0,
+        Outcome::FailValid(28),
+        "non-canonical address"
+    );
 }
 
 #[test]

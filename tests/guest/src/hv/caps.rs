@@ -34,7 +34,10 @@ pub struct Ctl {
 
 impl Ctl {
     pub fn from_msr(v: u64) -> Self {
-        Ctl { must1: v as u32, may1: (v >> 32) as u32 }
+        Ctl {
+            must1: v as u32,
+            may1: (v >> 32) as u32,
+        }
     }
     /// The value to program: what we want, plus what must be 1, minus what
     /// may not be 1 (SDM A.3.1 "(wanted | allowed-0) & allowed-1").
@@ -85,13 +88,26 @@ impl Caps {
         let basic = rdmsr(IA32_VMX_BASIC);
         let tru = basic & (1 << 55) != 0;
         let pick = |normal, truemsr| if tru { truemsr } else { normal };
-        let proc = Ctl::from_msr(rdmsr(pick(IA32_VMX_PROCBASED_CTLS, IA32_VMX_TRUE_PROCBASED_CTLS)));
-        let proc2 = if proc.can_set(proc::SECONDARY) { Ctl::from_msr(rdmsr(IA32_VMX_PROCBASED_CTLS2)) } else { Ctl::default() };
-        let ept_vpid =
-            if proc2.can_set(proc2::EPT) || proc2.can_set(proc2::VPID) { rdmsr(IA32_VMX_EPT_VPID_CAP) } else { 0 };
+        let proc = Ctl::from_msr(rdmsr(pick(
+            IA32_VMX_PROCBASED_CTLS,
+            IA32_VMX_TRUE_PROCBASED_CTLS,
+        )));
+        let proc2 = if proc.can_set(proc::SECONDARY) {
+            Ctl::from_msr(rdmsr(IA32_VMX_PROCBASED_CTLS2))
+        } else {
+            Ctl::default()
+        };
+        let ept_vpid = if proc2.can_set(proc2::EPT) || proc2.can_set(proc2::VPID) {
+            rdmsr(IA32_VMX_EPT_VPID_CAP)
+        } else {
+            0
+        };
         Caps {
             basic,
-            pin: Ctl::from_msr(rdmsr(pick(IA32_VMX_PINBASED_CTLS, IA32_VMX_TRUE_PINBASED_CTLS))),
+            pin: Ctl::from_msr(rdmsr(pick(
+                IA32_VMX_PINBASED_CTLS,
+                IA32_VMX_TRUE_PINBASED_CTLS,
+            ))),
             proc,
             proc2,
             exit: Ctl::from_msr(rdmsr(pick(IA32_VMX_EXIT_CTLS, IA32_VMX_TRUE_EXIT_CTLS))),
@@ -169,7 +185,11 @@ impl Caps {
     }
     /// The EPT memory type for our mappings: write-back when offered.
     pub fn ept_memtype(&self) -> u64 {
-        if self.ept_wb() { 6 } else { 0 }
+        if self.ept_wb() {
+            6
+        } else {
+            0
+        }
     }
     /// MISC bits 4:0: the preemption timer counts once per 2^rate TSC ticks.
     pub fn preemption_timer_rate(&self) -> u32 {
@@ -205,7 +225,11 @@ impl Caps {
     /// Physical addresses must be below 2^maxphyaddr; the VMXON/VMCS
     /// pointers are limited to 32 bits when IA32_VMX_BASIC[48] is set.
     pub fn phys_limit(&self) -> u64 {
-        let bits = if self.basic & (1 << 48) != 0 { 32 } else { self.maxphyaddr };
+        let bits = if self.basic & (1 << 48) != 0 {
+            32
+        } else {
+            self.maxphyaddr
+        };
         1u64 << bits
     }
 }
@@ -267,7 +291,16 @@ mod tests {
 
     #[test]
     fn no_secondary_means_no_ept() {
-        let c = Caps::read(|m| if m == 0x482 || m == 0x48e { 0x7fff_fffe_0401_e172 } else { bochs(m) }, 40);
+        let c = Caps::read(
+            |m| {
+                if m == 0x482 || m == 0x48e {
+                    0x7fff_fffe_0401_e172
+                } else {
+                    bochs(m)
+                }
+            },
+            40,
+        );
         assert!(!c.secondary() && !c.ept() && !c.vpid() && c.ept_vpid == 0);
     }
 }

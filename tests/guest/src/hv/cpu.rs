@@ -123,7 +123,9 @@ pub fn sidt() -> (u16, u64) {
 pub fn lsl(sel: u16) -> Option<u32> {
     let (v, ok): (u32, u8);
     // SAFETY: LSL only reads the descriptor table.
-    unsafe { asm!("lsl {:e}, {:e}", "setz {}", out(reg) v, in(reg) sel as u32, out(reg_byte) ok, options(nostack)) };
+    unsafe {
+        asm!("lsl {:e}, {:e}", "setz {}", out(reg) v, in(reg) sel as u32, out(reg_byte) ok, options(nostack))
+    };
     (ok != 0).then_some(v)
 }
 
@@ -153,9 +155,19 @@ pub fn install_gdt() {
     // are loaded. The far return reloads CS with the same code descriptor.
     unsafe {
         let gdt = &mut *addr_of_mut!(GDT);
-        gdt.0 = [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff, lo, tss >> 32, 0];
+        gdt.0 = [
+            0,
+            0x00af_9a00_0000_ffff,
+            0x00cf_9200_0000_ffff,
+            lo,
+            tss >> 32,
+            0,
+        ];
         (*addr_of_mut!(TSS)).0[102] = 104; // I/O map base: no bitmap
-        let p = DescPtr { limit: 6 * 8 - 1, base: gdt.0.as_ptr() as u64 };
+        let p = DescPtr {
+            limit: 6 * 8 - 1,
+            base: gdt.0.as_ptr() as u64,
+        };
         asm!(
             "lgdt [{p}]",
             "push {cs}",
@@ -189,5 +201,9 @@ pub fn mask_pic() {
 /// CPUID.80000008H:EAX[7:0], or 36 when the leaf is absent.
 pub fn maxphyaddr() -> u32 {
     let [max, ..] = crate::io::cpuid(0x8000_0000, 0);
-    if max >= 0x8000_0008 { crate::io::cpuid(0x8000_0008, 0)[0] & 0xff } else { 36 }
+    if max >= 0x8000_0008 {
+        crate::io::cpuid(0x8000_0008, 0)[0] & 0xff
+    } else {
+        36
+    }
 }

@@ -39,7 +39,10 @@ fn index(gpa: u64, level: u32) -> u64 {
 impl Ept {
     /// An empty hierarchy whose leaves get memory type `memtype` (6 = WB).
     pub fn new(t: &mut impl Tables, memtype: u64) -> Ept {
-        Ept { root: t.alloc(), memtype }
+        Ept {
+            root: t.alloc(),
+            memtype,
+        }
     }
 
     /// The EPT pointer (SDM 25.6.11): memory type of the structures,
@@ -60,7 +63,10 @@ impl Ept {
                 t.write(e, n | RWX);
                 n
             } else {
-                assert!(v & LARGE == 0 || l == 4, "EPT: {gpa:#x} is inside a large page");
+                assert!(
+                    v & LARGE == 0 || l == 4,
+                    "EPT: {gpa:#x} is inside a large page"
+                );
                 v & ADDR
             };
         }

@@ -100,14 +100,21 @@ pub fn backing(a: u64) -> u64 {
     if (BIG..BIG + mem::BIG).contains(&a) {
         return mem::big() + (a - BIG);
     }
-    let i = LAYOUT.iter().position(|&p| p == a & !(PAGE - 1)).unwrap_or_else(|| panic!("{a:#x} is not in L2's layout"));
+    let i = LAYOUT
+        .iter()
+        .position(|&p| p == a & !(PAGE - 1))
+        .unwrap_or_else(|| panic!("{a:#x} is not in L2's layout"));
     mem::page(pg::L2_FIRST + i) + (a & (PAGE - 1))
 }
 
 /// What L2's page tables hold for L2 address `a`: the L2-physical address
 /// (identity under EPT12) or, without EPT, the L1 page itself.
 pub fn phys(mode: Mode, a: u64) -> u64 {
-    if mode.ept() { a } else { backing(a) }
+    if mode.ept() {
+        a
+    } else {
+        backing(a)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -416,7 +423,10 @@ pub fn setup(mode: Mode) {
 
     // GDT: null, flat 32-bit code, flat data, busy 32-bit TSS.
     let tss_desc = 0x67 | (TSS & 0xff_ffff) << 16 | 0x8b << 40 | (TSS >> 24 & 0xff) << 56;
-    for (i, d) in [0, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff, tss_desc].into_iter().enumerate() {
+    for (i, d) in [0, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff, tss_desc]
+        .into_iter()
+        .enumerate()
+    {
         mem::wr64(backing(GDT + 8 * i as u64), d);
     }
     let gates = [
@@ -436,11 +446,17 @@ pub fn setup(mode: Mode) {
     mem::wr32(backing(PD), (phys(mode, PT_LOW) | P_RW) as u32);
     mem::wr32(backing(PD + 4), (phys(mode, PT_WIN) | P_RW) as u32);
     for &a in LAYOUT.iter() {
-        mem::wr32(backing(PT_LOW + 4 * (a >> 12)), (phys(mode, a) | P_RW) as u32);
+        mem::wr32(
+            backing(PT_LOW + 4 * (a >> 12)),
+            (phys(mode, a) | P_RW) as u32,
+        );
     }
     for i in 0..512 {
         let a = BIG + i * PAGE;
-        mem::wr32(backing(PT_LOW + 4 * (a >> 12)), (phys(mode, a) | P_RW) as u32);
+        mem::wr32(
+            backing(PT_LOW + 4 * (a >> 12)),
+            (phys(mode, a) | P_RW) as u32,
+        );
     }
     set_window(mode, 0, Some(TEST));
 }

@@ -41,7 +41,9 @@ pub const PDPT: u64 = 0x9000;
 pub const PD: u64 = 0xa000;
 
 /// The slot's pages in pool order (`pg::X_FIRST + slot * X_SLOT_PAGES + i`).
-pub const LAYOUT: [u64; pg::X_SLOT_PAGES] = [0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000, 0x8000, 0x9000, 0xa000];
+pub const LAYOUT: [u64; pg::X_SLOT_PAGES] = [
+    0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000, 0x7000, 0x8000, 0x9000, 0xa000,
+];
 
 pub const CODE_SEL: u64 = 0x08;
 pub const DATA_SEL: u64 = 0x10;
@@ -67,7 +69,10 @@ pub const FUZZ_ENTRIES: usize = 32;
 /// Fuzz entry: inputs RAX, RCX, RDX, RSI, RDI, R8-R11 at words 0-8;
 /// outputs at words 16-30 in [`OUT_REGS`] order.
 pub const FUZZ_OUT: usize = 16;
-pub const OUT_REGS: [&str; 15] = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+pub const OUT_REGS: [&str; 15] = [
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+    "r15",
+];
 
 // Data page fields.
 pub const D_LETTER: u64 = 0x00;
@@ -784,7 +789,10 @@ macro_rules! l2x {
 /// The L1 page behind L2 address `a` of `slot`.
 pub fn backing(slot: usize, a: u64) -> u64 {
     assert!(slot < pg::X_SLOTS);
-    let i = LAYOUT.iter().position(|&p| p == a & !(PAGE - 1)).unwrap_or_else(|| panic!("{a:#x} is not in the 64-bit L2 layout"));
+    let i = LAYOUT
+        .iter()
+        .position(|&p| p == a & !(PAGE - 1))
+        .unwrap_or_else(|| panic!("{a:#x} is not in the 64-bit L2 layout"));
     mem::page(pg::X_FIRST + slot * pg::X_SLOT_PAGES + i) + (a & (PAGE - 1))
 }
 
@@ -807,7 +815,10 @@ pub fn rd8(slot: usize, off: u64) -> u8 {
 
 /// A 64-bit interrupt gate (SDM Vol. 3A 6.14.1): DPL 0, present, IST 0.
 fn gate(handler: u64) -> [u64; 2] {
-    [(handler & 0xffff) | CODE_SEL << 16 | 0x8e00 << 32 | (handler & 0xffff_0000) << 32, handler >> 32]
+    [
+        (handler & 0xffff) | CODE_SEL << 16 | 0x8e00 << 32 | (handler & 0xffff_0000) << 32,
+        handler >> 32,
+    ]
 }
 
 /// What an L2 program needs before it runs.
@@ -842,7 +853,16 @@ pub fn setup(slot: usize, p: &Params) {
     }
     // GDT: null, 64-bit code (L=1, D=0), data, busy 64-bit TSS (16 bytes).
     let tss_lo = 0x67 | (TSS & 0xff_ffff) << 16 | 0x8b << 40 | (TSS >> 24 & 0xff) << 56;
-    for (i, d) in [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, tss_lo, TSS >> 32].into_iter().enumerate() {
+    for (i, d) in [
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        tss_lo,
+        TSS >> 32,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         mem::wr64(backing(slot, GDT + 8 * i as u64), d);
     }
     let gates = [

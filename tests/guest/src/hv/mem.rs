@@ -63,7 +63,11 @@ pub fn big() -> u64 {
 pub fn l2_ranges() -> [(u64, u64); 3] {
     let l2 = page(pg::L2_FIRST);
     let x = page(pg::X_FIRST);
-    [(l2, l2 + pg::L2_PAGES as u64 * PAGE), (x, x + (pg::X_SLOTS * pg::X_SLOT_PAGES) as u64 * PAGE), (big(), big() + BIG)]
+    [
+        (l2, l2 + pg::L2_PAGES as u64 * PAGE),
+        (x, x + (pg::X_SLOTS * pg::X_SLOT_PAGES) as u64 * PAGE),
+        (big(), big() + BIG),
+    ]
 }
 
 fn owned(pa: u64, len: u64) -> bool {
@@ -74,12 +78,18 @@ fn owned(pa: u64, len: u64) -> bool {
 macro_rules! accessors {
     ($rd:ident, $wr:ident, $t:ty) => {
         pub fn $rd(pa: u64) -> $t {
-            assert!(owned(pa, core::mem::size_of::<$t>() as u64), "{pa:#x} is not test-hypervisor memory");
+            assert!(
+                owned(pa, core::mem::size_of::<$t>() as u64),
+                "{pa:#x} is not test-hypervisor memory"
+            );
             // SAFETY: inside our own static arrays (checked above), aligned by the callers' layouts.
             unsafe { core::ptr::read_volatile(pa as *const $t) }
         }
         pub fn $wr(pa: u64, v: $t) {
-            assert!(owned(pa, core::mem::size_of::<$t>() as u64), "{pa:#x} is not test-hypervisor memory");
+            assert!(
+                owned(pa, core::mem::size_of::<$t>() as u64),
+                "{pa:#x} is not test-hypervisor memory"
+            );
             // SAFETY: as above.
             unsafe { core::ptr::write_volatile(pa as *mut $t, v) }
         }

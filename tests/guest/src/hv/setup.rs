@@ -3,9 +3,8 @@
 use core::fmt::Write as _;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use crate::check::Checks;
-use crate::io::cpuid;
 use super::caps::{self, Caps};
+use super::cpu;
 use super::ept::{self, Ept, Size, Tables};
 use super::fields::*;
 use super::l2::{self, Mode};
@@ -13,7 +12,8 @@ use super::mem::{self, pg};
 use super::vm::Vm;
 use super::vmcs::{self, Controls};
 use super::vmx::{self, VmFail, VmResult};
-use super::cpu;
+use crate::check::Checks;
+use crate::io::cpuid;
 
 static FORCED_MODE: AtomicU8 = AtomicU8::new(0);
 
@@ -49,14 +49,22 @@ pub fn below() -> Below {
     sig[..4].copy_from_slice(&b.to_le_bytes());
     sig[4..8].copy_from_slice(&c.to_le_bytes());
     sig[8..].copy_from_slice(&d.to_le_bytes());
-    if &sig == b"L0Hypervisor" { Below::L0 } else { Below::Other }
+    if &sig == b"L0Hypervisor" {
+        Below::L0
+    } else {
+        Below::Other
+    }
 }
 
 /// A check that only means something under L0: skipped natively.
 pub fn l0_alive(c: &mut Checks) {
     if below() == Below::L0 {
         let [_, b, _, _] = cpuid(0x4000_0000, 0);
-        c.check("l0-alive", b == u32::from_le_bytes(*b"L0Hy"), format_args!("leaf 0x40000000 EBX {b:#x}"));
+        c.check(
+            "l0-alive",
+            b == u32::from_le_bytes(*b"L0Hy"),
+            format_args!("leaf 0x40000000 EBX {b:#x}"),
+        );
     } else {
         c.skip("l0-alive", format_args!("running natively, no L0 below"));
     }
@@ -101,7 +109,10 @@ pub struct Msg {
 
 impl Msg {
     pub fn new() -> Msg {
-        Msg { buf: [0; 192], len: 0 }
+        Msg {
+            buf: [0; 192],
+            len: 0,
+        }
     }
     pub fn as_str(&self) -> &str {
         core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
@@ -146,9 +157,13 @@ impl Hv {
     /// lays out L2's memory. Does not set CR4.VMXE.
     pub fn prepare(c: &mut Checks, names: &[&str]) -> Option<Hv> {
         match below() {
-            Below::L0 => crate::println!("guest: running under L0 (\"L0Hypervisor\" at CPUID 0x40000000)"),
+            Below::L0 => {
+                crate::println!("guest: running under L0 (\"L0Hypervisor\" at CPUID 0x40000000)")
+            }
             Below::Other => crate::println!("guest: running under a hypervisor that is not L0"),
-            Below::Native => crate::println!("guest: no hypervisor bit in CPUID.1:ECX[31]: running natively"),
+            Below::Native => {
+                crate::println!("guest: no hypervisor bit in CPUID.1:ECX[31]: running natively")
+            }
         }
         let fail_all = |c: &mut Checks, why: &str| {
             for n in names {
@@ -164,13 +179,22 @@ impl Hv {
         let mut fc = 0;
         // SAFETY (the MSR accesses below): IA32_FEATURE_CONTROL and the VMX
         // capability MSRs; a fault is caught and turned into a failed check.
-        let fault = crate::faults::expect_fault(2, || fc = unsafe { cpu::rdmsr(caps::IA32_FEATURE_CONTROL) });
+        let fault = crate::faults::expect_fault(2, || {
+            fc = unsafe { cpu::rdmsr(caps::IA32_FEATURE_CONTROL) }
+        });
         if fault.is_none() && fc & 1 == 0 {
-            let _ = crate::faults::expect_fault(2, || unsafe { cpu::wrmsr(caps::IA32_FEATURE_CONTROL, fc | 5) });
-            let _ = crate::faults::expect_fault(2, || fc = unsafe { cpu::rdmsr(caps::IA32_FEATURE_CONTROL) });
+            let _ = crate::faults::expect_fault(2, || unsafe {
+                cpu::wrmsr(caps::IA32_FEATURE_CONTROL, fc | 5)
+            });
+            let _ = crate::faults::expect_fault(2, || {
+                fc = unsafe { cpu::rdmsr(caps::IA32_FEATURE_CONTROL) }
+            });
         }
         if fault.is_some() || fc & 5 != 5 {
-            fail_all(c, msg!("VMX not offered: IA32_FEATURE_CONTROL {fc:#x} (fault {fault:?})").as_str());
+            fail_all(
+                c,
+                msg!("VMX not offered: IA32_FEATURE_CONTROL {fc:#x} (fault {fault:?})").as_str(),
+            );
             return None;
         }
         let mut bad_msr = None;
@@ -186,7 +210,10 @@ impl Hv {
             cpu::maxphyaddr(),
         );
         if let Some(m) = bad_msr {
-            fail_all(c, msg!("VMX not offered: capability MSR {m:#x} faults").as_str());
+            fail_all(
+                c,
+                msg!("VMX not offered: capability MSR {m:#x} faults").as_str(),
+            );
             return None;
         }
         crate::println!(
@@ -227,12 +254,25 @@ impl Hv {
             (2, _) => Mode::PagedNoEpt,
             _ => by_caps,
         };
-        crate::println!("guest: L2 runs {mode:?}{}", if mode != by_caps { " (forced by the command line)" } else { "" });
+        crate::println!(
+            "guest: L2 runs {mode:?}{}",
+            if mode != by_caps {
+                " (forced by the command line)"
+            } else {
+                ""
+            }
+        );
         cpu::install_gdt();
         cpu::mask_pic();
         l2::setup(mode);
         let ctls = vmcs::default_controls(&caps, mode);
-        let mut hv = Hv { caps, mode, tables: PoolTables { next: 0 }, ept: None, ctls };
+        let mut hv = Hv {
+            caps,
+            mode,
+            tables: PoolTables { next: 0 },
+            ept: None,
+            ctls,
+        };
         if mode.ept() {
             let e = hv.new_ept(&[]);
             hv.ept = Some(e);
@@ -266,14 +306,23 @@ impl Hv {
     pub fn new_ept(&mut self, overrides: &[(u64, u64)]) -> Ept {
         let mut e = Ept::new(&mut self.tables, self.caps.ept_memtype());
         for &a in l2::LAYOUT.iter() {
-            let hpa = overrides.iter().find(|o| o.0 == a).map_or(l2::backing(a), |o| o.1);
+            let hpa = overrides
+                .iter()
+                .find(|o| o.0 == a)
+                .map_or(l2::backing(a), |o| o.1);
             e.map(&mut self.tables, a, hpa, Size::K4, ept::RWX);
         }
         if self.caps.ept_2m() {
             e.map(&mut self.tables, l2::BIG, mem::big(), Size::M2, ept::RWX);
         } else {
             for i in 0..512 {
-                e.map(&mut self.tables, l2::BIG + i * mem::PAGE, mem::big() + i * mem::PAGE, Size::K4, ept::RWX);
+                e.map(
+                    &mut self.tables,
+                    l2::BIG + i * mem::PAGE,
+                    mem::big() + i * mem::PAGE,
+                    Size::K4,
+                    ept::RWX,
+                );
             }
         }
         e
@@ -285,7 +334,13 @@ impl Hv {
     /// controls with the IA-32e mode guest entry control. The VMCS is
     /// left current. Needs EPT.
     #[allow(clippy::result_large_err)]
-    pub fn vm64(&mut self, slot: usize, page: usize, rip: u64, p: &super::l2x::Params) -> Result<(Vm, Ept), Msg> {
+    pub fn vm64(
+        &mut self,
+        slot: usize,
+        page: usize,
+        rip: u64,
+        p: &super::l2x::Params,
+    ) -> Result<(Vm, Ept), Msg> {
         use super::l2x;
         if !self.mode.ept() {
             return Err(msg!("the 64-bit L2s need EPT (mode {:?})", self.mode));
@@ -296,7 +351,13 @@ impl Hv {
         l2x::setup(slot, p);
         let mut e = Ept::new(&mut self.tables, self.caps.ept_memtype());
         for &a in l2x::LAYOUT.iter() {
-            e.map(&mut self.tables, a, l2x::backing(slot, a), Size::K4, ept::RWX);
+            e.map(
+                &mut self.tables,
+                a,
+                l2x::backing(slot, a),
+                Size::K4,
+                ept::RWX,
+            );
         }
         let pa = mem::page(page);
         vmcs::init_region(&self.caps, pa).map_err(|e| msg!("VMCLEAR: {e:?}"))?;
@@ -329,7 +390,8 @@ impl Hv {
         vmcs::init_region(&self.caps, pa).map_err(|e| msg!("VMCLEAR: {e:?}"))?;
         let vm = Vm::new(pa);
         vm.load().map_err(|e| msg!("VMPTRLD: {e:?}"))?;
-        self.fill(rip).map_err(|(f, e)| msg!("VMWRITE {f:#x}: {e:?}"))?;
+        self.fill(rip)
+            .map_err(|(f, e)| msg!("VMWRITE {f:#x}: {e:?}"))?;
         Ok(vm)
     }
 
@@ -418,7 +480,11 @@ impl Hv {
         match self.vm(pg::VMCS_A, rip) {
             Ok(vm) => Some(vm),
             Err(m) => {
-                c.check(check, false, format_args!("setting up the VMCS: {}", m.as_str()));
+                c.check(
+                    check,
+                    false,
+                    format_args!("setting up the VMCS: {}", m.as_str()),
+                );
                 None
             }
         }
@@ -438,20 +504,38 @@ impl Hv {
 /// at `rip` with instruction length `len` (an exception exit has no
 /// length: pass the instruction's own, L1 skips it); after L1 skips the
 /// instruction, L2 must reach its VMCALL.
-pub fn exit_then_vmcall(vm: &mut Vm, reason: u32, qual: u64, rip: u64, len: u64) -> (bool, Msg, Option<super::vm::Exit>) {
+pub fn exit_then_vmcall(
+    vm: &mut Vm,
+    reason: u32,
+    qual: u64,
+    rip: u64,
+    len: u64,
+) -> (bool, Msg, Option<super::vm::Exit>) {
     let e = vm.enter();
-    let Some(x) = e.exit().copied() else { return (false, msg!("{e}"), None) };
+    let Some(x) = e.exit().copied() else {
+        return (false, msg!("{e}"), None);
+    };
     let exc = reason == super::fields::reason::EXCEPTION_NMI;
     if x.reason != reason || x.qual != qual || x.rip != rip || (!exc && x.len != len) {
-        return (false, msg!("{x} (want reason {reason:#x} qual {qual:#x} rip {rip:#x} len {len})"), Some(x));
+        return (
+            false,
+            msg!("{x} (want reason {reason:#x} qual {qual:#x} rip {rip:#x} len {len})"),
+            Some(x),
+        );
     }
     let n = vm.enter_at(x.rip + len);
-    (n.is(super::fields::reason::VMCALL), msg!("{x}; then {n}"), Some(x))
+    (
+        n.is(super::fields::reason::VMCALL),
+        msg!("{x}; then {n}"),
+        Some(x),
+    )
 }
 
 /// Enters `vm` and expects no exit before L2's VMCALL at `vmcall_rip`.
 pub fn no_exit(vm: &mut Vm, vmcall_rip: u64) -> (bool, Msg) {
     let e = vm.enter();
-    let ok = e.exit().is_some_and(|x| x.is(super::fields::reason::VMCALL) && x.rip == vmcall_rip);
+    let ok = e
+        .exit()
+        .is_some_and(|x| x.is(super::fields::reason::VMCALL) && x.rip == vmcall_rip);
     (ok, msg!("{e} (want only the VMCALL at {vmcall_rip:#x})"))
 }

@@ -24,7 +24,10 @@ pub const RDI: usize = 5;
 pub const RBP: usize = 6;
 pub const R8: usize = 7;
 pub const R15: usize = 14;
-pub const NAMES: [&str; 15] = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
+pub const NAMES: [&str; 15] = [
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+    "r15",
+];
 
 // l1_ucall(g: *mut Gprs): saves the callee-saved registers, loads every
 // register from *g (RDI last), records RFLAGS, executes VMCALL, records
@@ -135,7 +138,13 @@ pub fn regs(op: u64, va: u64, len: u64, tag: Option<&VmTag>) -> Gprs {
 }
 
 fn out(g: &Gprs) -> Out {
-    Out { rax: g.r[RAX], rcx: g.r[RCX], rdx: g.r[RDX], rsi: g.r[RSI], rdi: g.r[RDI] }
+    Out {
+        rax: g.r[RAX],
+        rcx: g.r[RCX],
+        rdx: g.r[RDX],
+        rsi: g.r[RSI],
+        rdi: g.r[RDI],
+    }
 }
 
 /// An ultracall with the usual registers.

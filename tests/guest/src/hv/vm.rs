@@ -201,9 +201,17 @@ impl Exit {
 
 impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "exit reason {:#x} qual {:#x} rip {:#x} len {}", self.reason, self.qual, self.rip, self.len)?;
+        write!(
+            f,
+            "exit reason {:#x} qual {:#x} rip {:#x} len {}",
+            self.reason, self.qual, self.rip, self.len
+        )?;
         if self.intr_info & intr::VALID != 0 {
-            write!(f, " intr-info {:#x} error {:#x}", self.intr_info, self.intr_error)?;
+            write!(
+                f,
+                " intr-info {:#x} error {:#x}",
+                self.intr_info, self.intr_error
+            )?;
         }
         Ok(())
     }
@@ -248,7 +256,11 @@ pub struct Vm {
 
 impl Vm {
     pub fn new(vmcs: u64) -> Vm {
-        Vm { vmcs, regs: Regs::default(), launched: false }
+        Vm {
+            vmcs,
+            regs: Regs::default(),
+            launched: false,
+        }
     }
 
     /// Makes this VM's VMCS current.

@@ -77,7 +77,14 @@ pub fn guest_cr4(caps: &Caps) -> u64 {
 /// GDT/IDT, a busy 32-bit TSS, LDTR unusable, no events blocked.
 pub fn write_guest_state(caps: &Caps, mode: Mode, rip: u64) -> Result<(), (u32, VmFail)> {
     w(GUEST_CR0, guest_cr0(caps, mode))?;
-    w(GUEST_CR3, if mode == Mode::Unpaged { 0 } else { l2::phys(mode, l2::PD) })?;
+    w(
+        GUEST_CR3,
+        if mode == Mode::Unpaged {
+            0
+        } else {
+            l2::phys(mode, l2::PD)
+        },
+    )?;
     w(GUEST_CR4, guest_cr4(caps))?;
     w(GUEST_DR7, 0x400)?;
     let segs = [

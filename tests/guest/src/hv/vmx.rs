@@ -42,7 +42,9 @@ fn decode(rflags: u64) -> VmResult {
     } else if rflags & ZF != 0 {
         // A current VMCS exists (that is what VMfailValid means): its
         // error field says why.
-        Err(VmFail::Valid(vmread(VM_INSTRUCTION_ERROR).unwrap_or(u64::MAX) as u32))
+        Err(VmFail::Valid(
+            vmread(VM_INSTRUCTION_ERROR).unwrap_or(u64::MAX) as u32,
+        ))
     } else {
         Ok(())
     }
@@ -69,7 +71,9 @@ pub fn guarded<T>(len: u64, f: impl FnOnce() -> T) -> Result<T, u8> {
 pub unsafe fn vmxon(pa: u64) -> VmResult {
     let f: u64;
     // SAFETY: guaranteed by the caller; the operand is read from our stack.
-    unsafe { asm!("test rsp, rsp", "vmxon qword ptr [rax]", "pushfq", "pop {f}", in("rax") &pa, f = out(reg) f) };
+    unsafe {
+        asm!("test rsp, rsp", "vmxon qword ptr [rax]", "pushfq", "pop {f}", in("rax") &pa, f = out(reg) f)
+    };
     decode(f)
 }
 
@@ -91,7 +95,9 @@ pub unsafe fn vmxoff() -> VmResult {
 pub unsafe fn vmptrld(pa: u64) -> VmResult {
     let f: u64;
     // SAFETY: guaranteed by the caller.
-    unsafe { asm!("test rsp, rsp", "vmptrld qword ptr [rax]", "pushfq", "pop {f}", in("rax") &pa, f = out(reg) f) };
+    unsafe {
+        asm!("test rsp, rsp", "vmptrld qword ptr [rax]", "pushfq", "pop {f}", in("rax") &pa, f = out(reg) f)
+    };
     decode(f)
 }
 
@@ -102,7 +108,9 @@ pub unsafe fn vmptrld(pa: u64) -> VmResult {
 pub unsafe fn vmclear(pa: u64) -> VmResult {
     let f: u64;
     // SAFETY: guaranteed by the caller.
-    unsafe { asm!("test rsp, rsp", "vmclear qword ptr [rax]", "pushfq", "pop {f}", in("rax") &pa, f = out(reg) f) };
+    unsafe {
+        asm!("test rsp, rsp", "vmclear qword ptr [rax]", "pushfq", "pop {f}", in("rax") &pa, f = out(reg) f)
+    };
     decode(f)
 }
 
@@ -119,7 +127,9 @@ pub fn vmptrst() -> u64 {
 pub fn vmread(field: u32) -> Result<u64, VmFail> {
     let (v, f): (u64, u64);
     // SAFETY: VMREAD only reads the current VMCS.
-    unsafe { asm!("test rsp, rsp", "vmread rcx, rax", "pushfq", "pop {f}", in("rax") field as u64, out("rcx") v, f = out(reg) f) };
+    unsafe {
+        asm!("test rsp, rsp", "vmread rcx, rax", "pushfq", "pop {f}", in("rax") field as u64, out("rcx") v, f = out(reg) f)
+    };
     decode(f).map(|_| v)
 }
 
@@ -127,7 +137,9 @@ pub fn vmread(field: u32) -> Result<u64, VmFail> {
 pub fn vmread_raw(field: u64) -> Result<u64, VmFail> {
     let (v, f): (u64, u64);
     // SAFETY: as [`vmread`].
-    unsafe { asm!("test rsp, rsp", "vmread rcx, rax", "pushfq", "pop {f}", in("rax") field, out("rcx") v, f = out(reg) f) };
+    unsafe {
+        asm!("test rsp, rsp", "vmread rcx, rax", "pushfq", "pop {f}", in("rax") field, out("rcx") v, f = out(reg) f)
+    };
     decode(f).map(|_| v)
 }
 
@@ -136,7 +148,9 @@ pub fn vmwrite(field: u32, value: u64) -> VmResult {
     let f: u64;
     // SAFETY: VMWRITE only changes the current VMCS, whose memory the
     // caller handed to the processor with VMPTRLD.
-    unsafe { asm!("test rsp, rsp", "vmwrite rax, rcx", "pushfq", "pop {f}", in("rax") field as u64, in("rcx") value, f = out(reg) f) };
+    unsafe {
+        asm!("test rsp, rsp", "vmwrite rax, rcx", "pushfq", "pop {f}", in("rax") field as u64, in("rcx") value, f = out(reg) f)
+    };
     decode(f)
 }
 
@@ -145,7 +159,9 @@ pub fn invept(kind: u64, eptp: u64) -> VmResult {
     let desc: [u64; 2] = [eptp, 0];
     let f: u64;
     // SAFETY: invalidates cached EPT translations only.
-    unsafe { asm!("test rsp, rsp", "invept rax, xmmword ptr [rcx]", "pushfq", "pop {f}", in("rax") kind, in("rcx") &desc, f = out(reg) f) };
+    unsafe {
+        asm!("test rsp, rsp", "invept rax, xmmword ptr [rcx]", "pushfq", "pop {f}", in("rax") kind, in("rcx") &desc, f = out(reg) f)
+    };
     decode(f)
 }
 
@@ -154,7 +170,9 @@ pub fn invvpid(kind: u64, vpid: u16, addr: u64) -> VmResult {
     let desc: [u64; 2] = [vpid as u64, addr];
     let f: u64;
     // SAFETY: invalidates cached linear translations only.
-    unsafe { asm!("test rsp, rsp", "invvpid rax, xmmword ptr [rcx]", "pushfq", "pop {f}", in("rax") kind, in("rcx") &desc, f = out(reg) f) };
+    unsafe {
+        asm!("test rsp, rsp", "invvpid rax, xmmword ptr [rcx]", "pushfq", "pop {f}", in("rax") kind, in("rcx") &desc, f = out(reg) f)
+    };
     decode(f)
 }
 

@@ -3,7 +3,7 @@
 
 use crate::check::Checks;
 use crate::faults::expect_fault;
-use crate::io::{cpuid, rdmsr, read_cr4, wrmsr, write_cr4};
+use crate::io::{cpuid, rdmsr, read_cr4, write_cr4, wrmsr};
 use crate::mb1::{arg, Identity, Info};
 
 const GP: u8 = 13;
@@ -13,11 +13,23 @@ pub fn run(magic: u32, mbi: &Info<Identity>) {
     crate::set_current_test(&NAME);
     let mut c = Checks::new(NAME);
 
-    c.check("multiboot-magic", magic == 0x2bad_b002, format_args!("{magic:#x}"));
-    c.check("cmdline", arg(mbi.cmdline(), "test") == Some("boot"), format_args!("\"{}\"", mbi.cmdline()));
+    c.check(
+        "multiboot-magic",
+        magic == 0x2bad_b002,
+        format_args!("{magic:#x}"),
+    );
+    c.check(
+        "cmdline",
+        arg(mbi.cmdline(), "test") == Some("boot"),
+        format_args!("\"{}\"", mbi.cmdline()),
+    );
 
     let [_, _, ecx, _] = cpuid(1, 0);
-    c.check("cpuid-hypervisor-bit", ecx & (1 << 31) != 0, format_args!("CPUID.1:ECX={ecx:#x}"));
+    c.check(
+        "cpuid-hypervisor-bit",
+        ecx & (1 << 31) != 0,
+        format_args!("CPUID.1:ECX={ecx:#x}"),
+    );
     let [max, b, cc, d] = cpuid(0x4000_0000, 0);
     let mut sig = [0u8; 12];
     sig[..4].copy_from_slice(&b.to_le_bytes());
@@ -26,15 +38,26 @@ pub fn run(magic: u32, mbi: &Info<Identity>) {
     c.check(
         "cpuid-signature",
         &sig == b"L0Hypervisor" && max >= 0x4000_0001,
-        format_args!("\"{}\" max leaf {max:#x}", core::str::from_utf8(&sig).unwrap_or("?")),
+        format_args!(
+            "\"{}\" max leaf {max:#x}",
+            core::str::from_utf8(&sig).unwrap_or("?")
+        ),
     );
 
     // IA32_FEATURE_CONTROL is locked, so writing it faults.
     let mut fc = 0;
     let read_fault = expect_fault(2, || fc = unsafe { rdmsr(0x3a) });
-    c.check("feature-control-locked", read_fault.is_none() && fc & 1 == 1, format_args!("{fc:#x}"));
+    c.check(
+        "feature-control-locked",
+        read_fault.is_none() && fc & 1 == 1,
+        format_args!("{fc:#x}"),
+    );
     let write_fault = expect_fault(2, || unsafe { wrmsr(0x3a, fc) });
-    c.check("feature-control-write-faults", write_fault == Some(GP), format_args!("{write_fault:?}"));
+    c.check(
+        "feature-control-write-faults",
+        write_fault == Some(GP),
+        format_args!("{write_fault:?}"),
+    );
 
     // VMX as CPUID says: absent means CR4.VMXE and the VMX MSRs fault.
     let vmx = ecx & (1 << 5) != 0;
@@ -44,7 +67,11 @@ pub fn run(magic: u32, mbi: &Info<Identity>) {
         unsafe { rdmsr(0x480) };
     });
     if vmx {
-        c.check("vmx-consistent", fc & 4 != 0 && basic.is_none(), format_args!("VMX offered"));
+        c.check(
+            "vmx-consistent",
+            fc & 4 != 0 && basic.is_none(),
+            format_args!("VMX offered"),
+        );
         if vmxe.is_none() {
             // SAFETY: restores the CR4 the guest ran with.
             unsafe { write_cr4(cr4) };
@@ -63,11 +90,17 @@ pub fn run(magic: u32, mbi: &Info<Identity>) {
     let w = expect_fault(2, || unsafe { wrmsr(0x2ff, def) });
     let mut again = 0;
     expect_fault(2, || again = unsafe { rdmsr(0x2ff) });
-    c.check("mtrr-shadow", r.is_none() && w.is_none() && again == def, format_args!("MTRR_DEF_TYPE {def:#x}"));
+    c.check(
+        "mtrr-shadow",
+        r.is_none() && w.is_none() && again == def,
+        format_args!("MTRR_DEF_TYPE {def:#x}"),
+    );
 
     // Low memory is the cloud VM's: RAM from 1 MiB on, L0 only at the top.
     let upper = mbi.mem_upper_kib().unwrap_or(0);
-    let at_1m = mbi.memory_map().find(|e| e.base <= 0x10_0000 && 0x10_0000 < e.base + e.len);
+    let at_1m = mbi
+        .memory_map()
+        .find(|e| e.base <= 0x10_0000 && 0x10_0000 < e.base + e.len);
     c.check(
         "low-memory-is-l1s",
         at_1m.is_some_and(|e| e.kind == 1) && upper >= 64 * 1024,

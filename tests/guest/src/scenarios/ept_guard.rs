@@ -24,7 +24,11 @@ pub fn run(mbi: &Info<Identity>) {
     }
     let ranges = &ranges[..n];
     let total: u64 = ranges.iter().map(|r| r.1 - r.0).sum();
-    c.check("l0-range-listed", n >= 1 && total >= 8 << 20, format_args!("{n} range(s), {} MiB", total >> 20));
+    c.check(
+        "l0-range-listed",
+        n >= 1 && total >= 8 << 20,
+        format_args!("{n} range(s), {} MiB", total >> 20),
+    );
 
     let pages = || ranges.iter().flat_map(|&(a, b)| (a..b).step_by(4096));
     let half = pages().count() / 2;
@@ -43,7 +47,11 @@ pub fn run(mbi: &Info<Identity>) {
             }
         }
     }
-    c.check("read-all-ones", foreign == 0 && count > 0, format_args!("{count} pages read first, {foreign} words not all-ones"));
+    c.check(
+        "read-all-ones",
+        foreign == 0 && count > 0,
+        format_args!("{count} pages read first, {foreign} words not all-ones"),
+    );
 
     // Write every word of every frame (the second half for the first time),
     // then read: only what we wrote comes back.
@@ -59,16 +67,26 @@ pub fn run(mbi: &Info<Identity>) {
             // SAFETY: as above.
             let v = unsafe { core::ptr::read_volatile((p + 8 * i) as *const u64) };
             let page = v ^ PATTERN;
-            let ours = v & PATTERN == PATTERN && page.is_multiple_of(4096) && ranges.iter().any(|r| (r.0..r.1).contains(&page));
+            let ours = v & PATTERN == PATTERN
+                && page.is_multiple_of(4096)
+                && ranges.iter().any(|r| (r.0..r.1).contains(&page));
             if !ours {
                 not_ours += 1;
             }
         }
     }
-    c.check("read-back-only-own-data", not_ours == 0, format_args!("{not_ours} words not written by this guest"));
+    c.check(
+        "read-back-only-own-data",
+        not_ours == 0,
+        format_args!("{not_ours} words not written by this guest"),
+    );
 
     // L0 still answers.
     let [_, b, _, _] = cpuid(0x4000_0000, 0);
-    c.check("l0-alive", b == u32::from_le_bytes(*b"L0Hy"), format_args!("EBX {b:#x}"));
+    c.check(
+        "l0-alive",
+        b == u32::from_le_bytes(*b"L0Hy"),
+        format_args!("EBX {b:#x}"),
+    );
     c.finish();
 }

@@ -56,7 +56,11 @@ fn fresh(c: &mut Checks, hv: &Hv, check: &str, rip: u64) -> Option<crate::hv::vm
     match hv.vm(pg::VMCS_A, rip) {
         Ok(vm) => Some(vm),
         Err(m) => {
-            c.check(check, false, format_args!("setting up the VMCS: {}", m.as_str()));
+            c.check(
+                check,
+                false,
+                format_args!("setting up the VMCS: {}", m.as_str()),
+            );
             None
         }
     }
@@ -67,39 +71,83 @@ fn fresh(c: &mut Checks, hv: &Hv, check: &str, rip: u64) -> Option<crate::hv::vm
 /// job, and under L0 L0's): L2 inverts seven registers and VMCALLs, which
 /// exits unconditionally (SDM 26.1.2) with instruction length 3.
 fn l2_runs(c: &mut Checks, hv: &Hv) {
-    let Some(mut vm) = fresh(c, hv, "l2-runs", l2!(l2_regs)) else { return };
-    let input = Regs { rax: 0x1111_1111, rbx: 0x2222_2222, rcx: 0x3333_3333, rdx: 0x4444_4444, rsi: 0x5555_5555, rdi: 0x6666_6666, rbp: 0x7777_7777, ..Regs::default() };
+    let Some(mut vm) = fresh(c, hv, "l2-runs", l2!(l2_regs)) else {
+        return;
+    };
+    let input = Regs {
+        rax: 0x1111_1111,
+        rbx: 0x2222_2222,
+        rcx: 0x3333_3333,
+        rdx: 0x4444_4444,
+        rsi: 0x5555_5555,
+        rdi: 0x6666_6666,
+        rbp: 0x7777_7777,
+        ..Regs::default()
+    };
     vm.regs = input;
     let e = vm.enter();
     let r = vm.regs;
     let lo = |v: u64| v as u32;
-    let inverted = [(r.rax, input.rax), (r.rbx, input.rbx), (r.rcx, input.rcx), (r.rdx, input.rdx), (r.rsi, input.rsi), (r.rdi, input.rdi), (r.rbp, input.rbp)]
-        .iter()
-        .all(|&(out, inp)| lo(out) == !lo(inp));
-    let ok = e.is(reason::VMCALL) && e.exit().is_some_and(|x| x.len == 3 && x.rip == l2!(l2_regs) + 14) && inverted;
-    c.check("l2-runs", ok, format_args!("{e}, eax {:#x} ebp {:#x}", r.rax, r.rbp));
+    let inverted = [
+        (r.rax, input.rax),
+        (r.rbx, input.rbx),
+        (r.rcx, input.rcx),
+        (r.rdx, input.rdx),
+        (r.rsi, input.rsi),
+        (r.rdi, input.rdi),
+        (r.rbp, input.rbp),
+    ]
+    .iter()
+    .all(|&(out, inp)| lo(out) == !lo(inp));
+    let ok = e.is(reason::VMCALL)
+        && e.exit()
+            .is_some_and(|x| x.len == 3 && x.rip == l2!(l2_regs) + 14)
+        && inverted;
+    c.check(
+        "l2-runs",
+        ok,
+        format_args!("{e}, eax {:#x} ebp {:#x}", r.rax, r.rbp),
+    );
 }
 
 /// CPUID always exits (SDM 26.1.2): reason 10, length 2, RIP at the
 /// instruction; L1 supplies the results and skips it; L2 sees them.
 fn cpuid_exit(c: &mut Checks, hv: &Hv) {
-    let Some(mut vm) = fresh(c, hv, "cpuid-exit", l2!(l2_cpuid)) else { return };
+    let Some(mut vm) = fresh(c, hv, "cpuid-exit", l2!(l2_cpuid)) else {
+        return;
+    };
     vm.regs.rax = 0x4000_0000;
     let e = vm.enter();
-    let Some(x) = e.exit().copied().filter(|x| x.is(reason::CPUID) && x.len == 2 && x.rip == l2!(l2_cpuid)) else {
+    let Some(x) = e
+        .exit()
+        .copied()
+        .filter(|x| x.is(reason::CPUID) && x.len == 2 && x.rip == l2!(l2_cpuid))
+    else {
         return c.check("cpuid-exit", false, format_args!("first exit: {e}"));
     };
     let leaf = vm.regs.rax;
     vm.regs.rax = 0xc0ff_ee00;
     vm.regs.rbx = 0x0bad_cafe;
     let e = vm.skip_and_enter(&x);
-    let ok = leaf == 0x4000_0000 && e.is(reason::VMCALL) && vm.regs.rsi == 0xc0ff_ee00 && vm.regs.rdi == 0x0bad_cafe;
-    c.check("cpuid-exit", ok, format_args!("{x}, leaf {leaf:#x}; then {e}, L2 saw eax {:#x} ebx {:#x}", vm.regs.rsi, vm.regs.rdi));
+    let ok = leaf == 0x4000_0000
+        && e.is(reason::VMCALL)
+        && vm.regs.rsi == 0xc0ff_ee00
+        && vm.regs.rdi == 0x0bad_cafe;
+    c.check(
+        "cpuid-exit",
+        ok,
+        format_args!(
+            "{x}, leaf {leaf:#x}; then {e}, L2 saw eax {:#x} ebx {:#x}",
+            vm.regs.rsi, vm.regs.rdi
+        ),
+    );
 }
 
 /// HLT exiting (SDM 26.1.3): reason 12, length 1.
 fn hlt_exit(c: &mut Checks, hv: &Hv) {
-    let Some(mut vm) = fresh(c, hv, "hlt-exit", l2!(l2_hlt)) else { return };
+    let Some(mut vm) = fresh(c, hv, "hlt-exit", l2!(l2_hlt)) else {
+        return;
+    };
     if !hv.ctl(PROC_CONTROLS, proc::HLT_EXITING, 0) {
         return c.skip("hlt-exit", format_args!("HLT exiting cannot be set"));
     }
@@ -109,7 +157,10 @@ fn hlt_exit(c: &mut Checks, hv: &Hv) {
     let _ = vmwrite(GUEST_RFLAGS, 0x202);
     let _watchdog = apic::Watchdog::arm(WATCHDOG);
     let e = vm.enter();
-    let first = e.exit().copied().filter(|x| x.is(reason::HLT) && x.len == 1 && x.rip == l2!(l2_hlt));
+    let first = e
+        .exit()
+        .copied()
+        .filter(|x| x.is(reason::HLT) && x.len == 1 && x.rip == l2!(l2_hlt));
     let second = first.map(|x| vm.skip_and_enter(&x));
     let ok = first.is_some() && second.is_some_and(|s| s.is(reason::VMCALL));
     c.check("hlt-exit", ok, format_args!("{e}"));
@@ -120,12 +171,20 @@ fn hlt_exit(c: &mut Checks, hv: &Hv) {
 /// the HLT (SDM 26.5.1, 28.3.4). Resuming in the active state continues.
 fn hlt_no_exit_timer(c: &mut Checks, hv: &Hv) {
     if !hv.caps.preemption_timer() || !hv.caps.activity_hlt() {
-        return c.skip("hlt-no-exit-timer", format_args!("no preemption timer or no HLT activity state"));
+        return c.skip(
+            "hlt-no-exit-timer",
+            format_args!("no preemption timer or no HLT activity state"),
+        );
     }
     if !hv.caps.proc.can_clear(proc::HLT_EXITING) {
-        return c.skip("hlt-no-exit-timer", format_args!("HLT exiting cannot be cleared"));
+        return c.skip(
+            "hlt-no-exit-timer",
+            format_args!("HLT exiting cannot be cleared"),
+        );
     }
-    let Some(mut vm) = fresh(c, hv, "hlt-no-exit-timer", l2!(l2_hlt)) else { return };
+    let Some(mut vm) = fresh(c, hv, "hlt-no-exit-timer", l2!(l2_hlt)) else {
+        return;
+    };
     hv.ctl(PROC_CONTROLS, 0, proc::HLT_EXITING);
     hv.ctl(PIN_CONTROLS, pin::PREEMPTION_TIMER, 0);
     let _ = vmwrite(PREEMPTION_TIMER_VALUE, 2000);
@@ -134,12 +193,19 @@ fn hlt_no_exit_timer(c: &mut Checks, hv: &Hv) {
     let e = vm.enter();
     drop(watchdog);
     let activity = rd(GUEST_ACTIVITY_STATE);
-    let first = e.exit().copied().filter(|x| x.is(reason::PREEMPTION_TIMER) && x.rip == l2!(l2_hlt) + 1);
+    let first = e
+        .exit()
+        .copied()
+        .filter(|x| x.is(reason::PREEMPTION_TIMER) && x.rip == l2!(l2_hlt) + 1);
     let _ = vmwrite(GUEST_ACTIVITY_STATE, 0);
     hv.ctl(PIN_CONTROLS, 0, pin::PREEMPTION_TIMER);
     let second = first.map(|_| vm.enter());
     let ok = first.is_some() && activity == 1 && second.is_some_and(|s| s.is(reason::VMCALL));
-    c.check("hlt-no-exit-timer", ok, format_args!("{e}, activity state {activity}"));
+    c.check(
+        "hlt-no-exit-timer",
+        ok,
+        format_args!("{e}, activity state {activity}"),
+    );
 }
 
 /// The preemption timer counts down from the VMCS value while L2 runs and
@@ -147,9 +213,14 @@ fn hlt_no_exit_timer(c: &mut Checks, hv: &Hv) {
 /// value" the field reads 0 after that exit (SDM 28.3.4).
 fn preemption_timer(c: &mut Checks, hv: &Hv) {
     if !hv.caps.preemption_timer() {
-        return c.skip("preemption-timer", format_args!("the preemption timer is not offered"));
+        return c.skip(
+            "preemption-timer",
+            format_args!("the preemption timer is not offered"),
+        );
     }
-    let Some(mut vm) = fresh(c, hv, "preemption-timer", l2!(l2_spin)) else { return };
+    let Some(mut vm) = fresh(c, hv, "preemption-timer", l2!(l2_spin)) else {
+        return;
+    };
     hv.ctl(PIN_CONTROLS, pin::PREEMPTION_TIMER, 0);
     let save = hv.ctl(EXIT_CONTROLS, exit::SAVE_PREEMPTION_TIMER, 0);
     let _ = vmwrite(PREEMPTION_TIMER_VALUE, 3000);
@@ -159,12 +230,21 @@ fn preemption_timer(c: &mut Checks, hv: &Hv) {
     let e = vm.enter();
     let left = rd(PREEMPTION_TIMER_VALUE);
     let spins = vm.regs.rcx;
-    let in_loop = e.exit().is_some_and(|x| (l2!(l2_spin)..l2!(l2_spin) + 8).contains(&x.rip));
-    let ok = e.is(reason::PREEMPTION_TIMER) && in_loop && spins > 0 && spins < BOUND && (!save || left == 0);
+    let in_loop = e
+        .exit()
+        .is_some_and(|x| (l2!(l2_spin)..l2!(l2_spin) + 8).contains(&x.rip));
+    let ok = e.is(reason::PREEMPTION_TIMER)
+        && in_loop
+        && spins > 0
+        && spins < BOUND
+        && (!save || left == 0);
     c.check(
         "preemption-timer",
         ok,
-        format_args!("{e}, L2 looped {spins} times, value after exit {left} (saved: {save}), rate 2^{}", hv.caps.preemption_timer_rate()),
+        format_args!(
+            "{e}, L2 looped {spins} times, value after exit {left} (saved: {save}), rate 2^{}",
+            hv.caps.preemption_timer_rate()
+        ),
     );
 }
 
@@ -174,7 +254,9 @@ fn rdtsc(c: &mut Checks, hv: &Hv) {
     if let Some(mut vm) = fresh(c, hv, "rdtsc-exit", l2!(l2_rdtsc)) {
         if hv.ctl(PROC_CONTROLS, proc::RDTSC_EXITING, 0) {
             let e = vm.enter();
-            let ok = e.exit().is_some_and(|x| x.is(reason::RDTSC) && x.len == 2 && x.rip == l2!(l2_rdtsc));
+            let ok = e
+                .exit()
+                .is_some_and(|x| x.is(reason::RDTSC) && x.len == 2 && x.rip == l2!(l2_rdtsc));
             c.check("rdtsc-exit", ok, format_args!("{e}"));
         } else {
             c.skip("rdtsc-exit", format_args!("RDTSC exiting cannot be set"));
@@ -183,7 +265,9 @@ fn rdtsc(c: &mut Checks, hv: &Hv) {
     if !hv.caps.proc.can_set(proc::TSC_OFFSETTING) || !hv.caps.proc.can_clear(proc::RDTSC_EXITING) {
         return c.skip("tsc-offset", format_args!("TSC offsetting not offered"));
     }
-    let Some(mut vm) = fresh(c, hv, "tsc-offset", l2!(l2_rdtsc)) else { return };
+    let Some(mut vm) = fresh(c, hv, "tsc-offset", l2!(l2_rdtsc)) else {
+        return;
+    };
     hv.ctl(PROC_CONTROLS, proc::TSC_OFFSETTING, proc::RDTSC_EXITING);
     const OFFSET: u64 = 1 << 50;
     let _ = vmwrite(TSC_OFFSET, OFFSET);
@@ -192,14 +276,20 @@ fn rdtsc(c: &mut Checks, hv: &Hv) {
     let after = cpu::rdtsc();
     let l2_tsc = (vm.regs.rdx as u32 as u64) << 32 | vm.regs.rax as u32 as u64;
     let ok = e.is(reason::VMCALL) && l2_tsc >= before + OFFSET && l2_tsc <= after + OFFSET;
-    c.check("tsc-offset", ok, format_args!("{e}, L1 TSC {before:#x}..{after:#x}, L2 read {l2_tsc:#x}"));
+    c.check(
+        "tsc-offset",
+        ok,
+        format_args!("{e}, L1 TSC {before:#x}..{after:#x}, L2 read {l2_tsc:#x}"),
+    );
 }
 
 /// VMX instructions in VMX non-root operation exit unconditionally (SDM
 /// 26.1.2): L2's VMXON (27), VMPTRLD (21), VMREAD (23) reach L1, never
 /// act on L1's VMX state.
 fn l2_vmx_insns(c: &mut Checks, hv: &Hv) {
-    let Some(mut vm) = fresh(c, hv, "l2-vmx-insns-exit", l2!(l2_vmx)) else { return };
+    let Some(mut vm) = fresh(c, hv, "l2-vmx-insns-exit", l2!(l2_vmx)) else {
+        return;
+    };
     vm.regs.rax = crate::hv::l2::TEST;
     vm.regs.rcx = VM_INSTRUCTION_ERROR as u64;
     let base = l2!(l2_vmx);
@@ -213,25 +303,48 @@ fn l2_vmx_insns(c: &mut Checks, hv: &Hv) {
         }
         e = vm.skip_and_enter(&x);
     }
-    let want = [(reason::VMXON, 0, 4), (reason::VMPTRLD, 4, 3), (reason::VMREAD, 7, 3), (reason::VMCALL, 10, 3)];
+    let want = [
+        (reason::VMXON, 0, 4),
+        (reason::VMPTRLD, 4, 3),
+        (reason::VMREAD, 7, 3),
+        (reason::VMCALL, 10, 3),
+    ];
     // L1's own current VMCS is untouched.
     let current = crate::hv::vmx::vmptrst();
     let ok = seen == want && current == vm.vmcs;
-    c.check("l2-vmx-insns-exit", ok, format_args!("(reason, offset, length): {seen:?}; L1's current VMCS {current:#x}"));
+    c.check(
+        "l2-vmx-insns-exit",
+        ok,
+        format_args!("(reason, offset, length): {seen:?}; L1's current VMCS {current:#x}"),
+    );
 }
 
 /// VMCS12 after an exit holds L2's RIP (at the VMCALL), RSP and RFLAGS as
 /// L2 left them (SDM 28.3.1-28.3.2), the exit reason and instruction
 /// length (SDM 28.2.1, 28.2.5).
 fn exit_state(c: &mut Checks, hv: &Hv) {
-    let Some(mut vm) = fresh(c, hv, "exit-state-l2", l2!(l2_state)) else { return };
+    let Some(mut vm) = fresh(c, hv, "exit-state-l2", l2!(l2_state)) else {
+        return;
+    };
     vm.regs.rbp = 0x4abc;
     let e = vm.enter();
     // mov esp, ebp (2) ; stc (1) ; std (1) ; vmcall
     let ok = e.exit().is_some_and(|x| {
-        x.reason == reason::VMCALL && x.rip == l2!(l2_state) + 4 && x.len == 3 && x.rsp == 0x4abc && x.rflags == 0x403
+        x.reason == reason::VMCALL
+            && x.rip == l2!(l2_state) + 4
+            && x.len == 3
+            && x.rsp == 0x4abc
+            && x.rflags == 0x403
     });
-    c.check("exit-state-l2", ok, format_args!("{e}, RSP {:#x} RFLAGS {:#x}", rd(GUEST_RSP), rd(GUEST_RFLAGS)));
+    c.check(
+        "exit-state-l2",
+        ok,
+        format_args!(
+            "{e}, RSP {:#x} RFLAGS {:#x}",
+            rd(GUEST_RSP),
+            rd(GUEST_RFLAGS)
+        ),
+    );
 }
 
 /// A VM exit loads L1's state from the host-state area (SDM 28.5): CR3,
@@ -239,7 +352,9 @@ fn exit_state(c: &mut Checks, hv: &Hv) {
 /// 0xffff, TR, RSP; RFLAGS is 0x2 and DR7 0x400 (28.5.1-28.5.3). Values
 /// differ from L1's before the entry so their loading is visible.
 fn host_state(c: &mut Checks, hv: &mut Hv) {
-    let Some(mut vm) = fresh(c, hv, "host-state-restored", l2!(l2_vmcall)) else { return };
+    let Some(mut vm) = fresh(c, hv, "host-state-restored", l2!(l2_vmcall)) else {
+        return;
+    };
     let cr3 = cpu::cr3();
     let copy = mem::page(pg::HOST_PML4);
     // SAFETY: CR3 points at L1's identity-mapped PML4 (boot page tables).
@@ -292,7 +407,10 @@ fn host_state(c: &mut Checks, hv: &mut Hv) {
     let mut bad = crate::hv::Msg::new();
     let mut want = |what: &str, got: u64, expect: u64| {
         if got != expect {
-            let _ = core::fmt::Write::write_fmt(&mut bad, format_args!("{what} {got:#x} (want {expect:#x}) "));
+            let _ = core::fmt::Write::write_fmt(
+                &mut bad,
+                format_args!("{what} {got:#x} (want {expect:#x}) "),
+            );
         }
     };
     want("CR3", got_cr3 & !0xfff, copy);
@@ -314,7 +432,11 @@ fn host_state(c: &mut Checks, hv: &mut Hv) {
     want("RSP", exit_rsp, host_rsp);
     want("RFLAGS", exit_rflags, 0x2);
     let ok = e.is(reason::VMCALL) && bad.as_str().is_empty();
-    c.check("host-state-restored", ok, format_args!("{e}; {}", bad.as_str()));
+    c.check(
+        "host-state-restored",
+        ok,
+        format_args!("{e}; {}", bad.as_str()),
+    );
 }
 
 /// The VM-entry MSR-load list loads L2's value (SDM 27.4), the VM-exit
@@ -323,9 +445,14 @@ fn host_state(c: &mut Checks, hv: &mut Hv) {
 /// zero MSR bitmap.
 fn msr_lists(c: &mut Checks, hv: &Hv) {
     if !hv.caps.proc.can_set(proc::USE_MSR_BITMAPS) {
-        return c.skip("msr-load-store-lists", format_args!("MSR bitmaps not offered"));
+        return c.skip(
+            "msr-load-store-lists",
+            format_args!("MSR bitmaps not offered"),
+        );
     }
-    let Some(mut vm) = fresh(c, hv, "msr-load-store-lists", l2!(l2_rdmsr)) else { return };
+    let Some(mut vm) = fresh(c, hv, "msr-load-store-lists", l2!(l2_rdmsr)) else {
+        return;
+    };
     const KGS: u32 = cpu::IA32_KERNEL_GS_BASE;
     let lists = mem::page(pg::MSR_LISTS);
     let bitmap = mem::page(pg::MSR_BITMAP);
@@ -335,7 +462,11 @@ fn msr_lists(c: &mut Checks, hv: &Hv) {
     let entry_val = 0x1111_2222_3333_0000u64 & 0x0000_7fff_ffff_f000;
     let l1_val = 0x0000_4444_5555_6000u64;
     let l2_val = 0x0000_0000_7777_8000u64;
-    for (list, value) in [(entry_load, entry_val), (exit_store, 0), (exit_load, l1_val)] {
+    for (list, value) in [
+        (entry_load, entry_val),
+        (exit_store, 0),
+        (exit_load, l1_val),
+    ] {
         mem::wr32(list, KGS);
         mem::wr64(list + 8, value);
     }

@@ -17,7 +17,13 @@ use crate::hv::{cpu, l0_alive, start};
 use crate::io::cpuid;
 use crate::l2;
 
-const CHECKS: &[&str] = &["vmxon", "l1-cpuid-loop", "l2-cpuid-loop", "l1-vmread-loop", "l1-vmwrite-loop"];
+const CHECKS: &[&str] = &[
+    "vmxon",
+    "l1-cpuid-loop",
+    "l2-cpuid-loop",
+    "l1-vmread-loop",
+    "l1-vmwrite-loop",
+];
 const N: u64 = 10_000;
 
 pub fn run() {
@@ -32,7 +38,11 @@ pub fn run() {
     let l1 = (cpu::rdtsc() - t0) / N;
     crate::println!("BENCH l1-cpuid {l1}");
     if let Some(hv) = start(&mut c, CHECKS) {
-        c.check("l1-cpuid-loop", sum != 0, format_args!("{N} CPUIDs, {l1} ticks each"));
+        c.check(
+            "l1-cpuid-loop",
+            sum != 0,
+            format_args!("{N} CPUIDs, {l1} ticks each"),
+        );
         l2_roundtrip(&mut c, &hv);
         vmcs_access(&mut c, &hv);
     }
@@ -41,14 +51,20 @@ pub fn run() {
 }
 
 fn l2_roundtrip(c: &mut Checks, hv: &crate::hv::Hv) {
-    let Some(mut vm) = hv.fresh(c, "l2-cpuid-loop", l2!(l2_cpuid_loop)) else { return };
+    let Some(mut vm) = hv.fresh(c, "l2-cpuid-loop", l2!(l2_cpuid_loop)) else {
+        return;
+    };
     vm.regs.rdi = N;
     let mut exits = 0u64;
     let mut last;
     let t0 = cpu::rdtsc();
     loop {
         if let Err(e) = vm.enter_raw() {
-            return c.check("l2-cpuid-loop", false, format_args!("entry failed after {exits} exits: {e:?}"));
+            return c.check(
+                "l2-cpuid-loop",
+                false,
+                format_args!("entry failed after {exits} exits: {e:?}"),
+            );
         }
         last = rd(EXIT_REASON) as u32;
         if last != reason::CPUID || exits > N {
@@ -80,7 +96,11 @@ fn vmcs_access(c: &mut Checks, _hv: &crate::hv::Hv) {
     }
     let r = (cpu::rdtsc() - t0) / N;
     crate::println!("BENCH l1-vmread {r}");
-    c.check("l1-vmread-loop", ok == N, format_args!("{ok} VMREADs, {r} ticks each"));
+    c.check(
+        "l1-vmread-loop",
+        ok == N,
+        format_args!("{ok} VMREADs, {r} ticks each"),
+    );
     let t0 = cpu::rdtsc();
     let mut ok = 0u64;
     for i in 0..N {
@@ -88,5 +108,9 @@ fn vmcs_access(c: &mut Checks, _hv: &crate::hv::Hv) {
     }
     let w = (cpu::rdtsc() - t0) / N;
     crate::println!("BENCH l1-vmwrite {w}");
-    c.check("l1-vmwrite-loop", ok == N, format_args!("{ok} VMWRITEs, {w} ticks each"));
+    c.check(
+        "l1-vmwrite-loop",
+        ok == N,
+        format_args!("{ok} VMWRITEs, {w} ticks each"),
+    );
 }

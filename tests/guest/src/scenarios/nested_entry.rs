@@ -60,12 +60,27 @@ fn attempt(hv: &Hv, tweak: impl FnOnce(&Hv)) -> Result<Entry, crate::hv::Msg> {
 
 fn vmfail(c: &mut Checks, name: &str, hv: &Hv, number: u32, tweak: impl FnOnce(&Hv)) {
     match attempt(hv, tweak) {
-        Ok(e) => c.check(name, matches!(e, Entry::Fail(VmFail::Valid(n)) if n == number), format_args!("{e} (want VMfailValid({number}))")),
-        Err(m) => c.check(name, false, format_args!("setting up the VMCS: {}", m.as_str())),
+        Ok(e) => c.check(
+            name,
+            matches!(e, Entry::Fail(VmFail::Valid(n)) if n == number),
+            format_args!("{e} (want VMfailValid({number}))"),
+        ),
+        Err(m) => c.check(
+            name,
+            false,
+            format_args!("setting up the VMCS: {}", m.as_str()),
+        ),
     }
 }
 
-fn entry_failure(c: &mut Checks, name: &str, hv: &Hv, reason: u32, qual: u64, tweak: impl FnOnce(&Hv)) {
+fn entry_failure(
+    c: &mut Checks,
+    name: &str,
+    hv: &Hv,
+    reason: u32,
+    qual: u64,
+    tweak: impl FnOnce(&Hv),
+) {
     let want = reason | reason::ENTRY_FAILURE;
     match attempt(hv, tweak) {
         Ok(e) => c.check(
@@ -73,7 +88,11 @@ fn entry_failure(c: &mut Checks, name: &str, hv: &Hv, reason: u32, qual: u64, tw
             e.exit().is_some_and(|x| x.reason == want && x.qual == qual),
             format_args!("{e} (want reason {want:#x} qualification {qual})"),
         ),
-        Err(m) => c.check(name, false, format_args!("setting up the VMCS: {}", m.as_str())),
+        Err(m) => c.check(
+            name,
+            false,
+            format_args!("setting up the VMCS: {}", m.as_str()),
+        ),
     }
 }
 
@@ -91,104 +110,221 @@ fn checks(c: &mut Checks, hv: &Hv) {
     // --- VM-execution, exit and entry control fields (SDM 27.2.1) ---
     // Reserved settings: a control bit whose allowed-1 setting is 0.
     match caps.pin.first_reserved_one() {
-        Some(bit) => vmfail(c, "ctl-reserved-one", hv, err::ENTRY_INVALID_CONTROLS, |_| {
-            w(PIN_CONTROLS, rd(PIN_CONTROLS) | bit as u64)
-        }),
-        None => c.skip("ctl-reserved-one", format_args!("every pin-based control may be 1")),
+        Some(bit) => vmfail(
+            c,
+            "ctl-reserved-one",
+            hv,
+            err::ENTRY_INVALID_CONTROLS,
+            |_| w(PIN_CONTROLS, rd(PIN_CONTROLS) | bit as u64),
+        ),
+        None => c.skip(
+            "ctl-reserved-one",
+            format_args!("every pin-based control may be 1"),
+        ),
     }
-    let required = [(PIN_CONTROLS, caps.pin), (PROC_CONTROLS, caps.proc), (EXIT_CONTROLS, caps.exit), (ENTRY_CONTROLS, caps.entry)]
-        .into_iter()
-        .find_map(|(f, ctl)| ctl.first_required_one().map(|b| (f, b)));
+    let required = [
+        (PIN_CONTROLS, caps.pin),
+        (PROC_CONTROLS, caps.proc),
+        (EXIT_CONTROLS, caps.exit),
+        (ENTRY_CONTROLS, caps.entry),
+    ]
+    .into_iter()
+    .find_map(|(f, ctl)| ctl.first_required_one().map(|b| (f, b)));
     match required {
-        Some((field, bit)) => vmfail(c, "ctl-required-one-cleared", hv, err::ENTRY_INVALID_CONTROLS, |_| {
-            w(field, rd(field) & !(bit as u64))
-        }),
-        None => c.skip("ctl-required-one-cleared", format_args!("no control must be 1")),
+        Some((field, bit)) => vmfail(
+            c,
+            "ctl-required-one-cleared",
+            hv,
+            err::ENTRY_INVALID_CONTROLS,
+            |_| w(field, rd(field) & !(bit as u64)),
+        ),
+        None => c.skip(
+            "ctl-required-one-cleared",
+            format_args!("no control must be 1"),
+        ),
     }
     // "If the unrestricted guest control is 1, the enable EPT control must be 1."
     if caps.unrestricted_guest() {
-        vmfail(c, "ctl-ug-without-ept", hv, err::ENTRY_INVALID_CONTROLS, |hv| {
-            hv.ctl(PROC2_CONTROLS, proc2::UNRESTRICTED_GUEST, 0);
-            w(PROC2_CONTROLS, rd(PROC2_CONTROLS) & !(proc2::EPT as u64));
-        });
+        vmfail(
+            c,
+            "ctl-ug-without-ept",
+            hv,
+            err::ENTRY_INVALID_CONTROLS,
+            |hv| {
+                hv.ctl(PROC2_CONTROLS, proc2::UNRESTRICTED_GUEST, 0);
+                w(PROC2_CONTROLS, rd(PROC2_CONTROLS) & !(proc2::EPT as u64));
+            },
+        );
     } else {
-        c.skip("ctl-ug-without-ept", format_args!("unrestricted guest not offered"));
+        c.skip(
+            "ctl-ug-without-ept",
+            format_args!("unrestricted guest not offered"),
+        );
     }
     // The EPTP memory type must be one IA32_VMX_EPT_VPID_CAP lists (UC, WB).
     if hv.mode.ept() {
-        vmfail(c, "ctl-bad-eptp", hv, err::ENTRY_INVALID_CONTROLS, |hv| w(EPT_POINTER, hv.eptp() & !7 | 7));
+        vmfail(c, "ctl-bad-eptp", hv, err::ENTRY_INVALID_CONTROLS, |hv| {
+            w(EPT_POINTER, hv.eptp() & !7 | 7)
+        });
     } else {
         c.skip("ctl-bad-eptp", format_args!("EPT not offered"));
     }
     // I/O-bitmap addresses must be 4 KiB aligned.
     if caps.proc.can_set(proc::USE_IO_BITMAPS) {
-        vmfail(c, "ctl-io-bitmap-misaligned", hv, err::ENTRY_INVALID_CONTROLS, |hv| {
-            hv.ctl(PROC_CONTROLS, proc::USE_IO_BITMAPS, 0);
-            w(IO_BITMAP_A, mem::page(pg::IO_A) | 0x10);
-            w(IO_BITMAP_B, mem::page(pg::IO_B));
-        });
+        vmfail(
+            c,
+            "ctl-io-bitmap-misaligned",
+            hv,
+            err::ENTRY_INVALID_CONTROLS,
+            |hv| {
+                hv.ctl(PROC_CONTROLS, proc::USE_IO_BITMAPS, 0);
+                w(IO_BITMAP_A, mem::page(pg::IO_A) | 0x10);
+                w(IO_BITMAP_B, mem::page(pg::IO_B));
+            },
+        );
     } else {
-        c.skip("ctl-io-bitmap-misaligned", format_args!("I/O bitmaps not offered"));
+        c.skip(
+            "ctl-io-bitmap-misaligned",
+            format_args!("I/O bitmaps not offered"),
+        );
     }
     // The CR3-target count may not exceed IA32_VMX_MISC[24:16].
-    vmfail(c, "ctl-cr3-target-count", hv, err::ENTRY_INVALID_CONTROLS, |hv| w(CR3_TARGET_COUNT, hv.caps.cr3_targets() as u64 + 1));
+    vmfail(
+        c,
+        "ctl-cr3-target-count",
+        hv,
+        err::ENTRY_INVALID_CONTROLS,
+        |hv| w(CR3_TARGET_COUNT, hv.caps.cr3_targets() as u64 + 1),
+    );
     // Event injection: interruption type 1 is reserved (27.2.1.3).
-    vmfail(c, "ctl-entry-intr-reserved-type", hv, err::ENTRY_INVALID_CONTROLS, |_| {
-        w(ENTRY_INTR_INFO, (intr::VALID | 1 << 8 | 0x20) as u64)
-    });
+    vmfail(
+        c,
+        "ctl-entry-intr-reserved-type",
+        hv,
+        err::ENTRY_INVALID_CONTROLS,
+        |_| w(ENTRY_INTR_INFO, (intr::VALID | 1 << 8 | 0x20) as u64),
+    );
     // "Save VMX-preemption timer value" needs the timer active (27.2.1.2).
     if caps.exit.can_set(exit::SAVE_PREEMPTION_TIMER) && caps.pin.can_clear(pin::PREEMPTION_TIMER) {
-        vmfail(c, "ctl-save-timer-without-timer", hv, err::ENTRY_INVALID_CONTROLS, |hv| {
-            hv.ctl(PIN_CONTROLS, 0, pin::PREEMPTION_TIMER);
-            w(EXIT_CONTROLS, rd(EXIT_CONTROLS) | exit::SAVE_PREEMPTION_TIMER as u64);
-        });
+        vmfail(
+            c,
+            "ctl-save-timer-without-timer",
+            hv,
+            err::ENTRY_INVALID_CONTROLS,
+            |hv| {
+                hv.ctl(PIN_CONTROLS, 0, pin::PREEMPTION_TIMER);
+                w(
+                    EXIT_CONTROLS,
+                    rd(EXIT_CONTROLS) | exit::SAVE_PREEMPTION_TIMER as u64,
+                );
+            },
+        );
     } else {
-        c.skip("ctl-save-timer-without-timer", format_args!("saving the preemption timer not offered"));
+        c.skip(
+            "ctl-save-timer-without-timer",
+            format_args!("saving the preemption timer not offered"),
+        );
     }
 
     // --- Host-state area (SDM 27.2.2, 27.2.3): VMfailValid 8 ---
     if caps.cr0_fixed0 & (1 << 5) != 0 {
-        vmfail(c, "host-cr0-fixed0", hv, err::ENTRY_INVALID_HOST, |_| w(HOST_CR0, rd(HOST_CR0) & !(1 << 5)));
+        vmfail(c, "host-cr0-fixed0", hv, err::ENTRY_INVALID_HOST, |_| {
+            w(HOST_CR0, rd(HOST_CR0) & !(1 << 5))
+        });
     } else {
-        c.skip("host-cr0-fixed0", format_args!("CR0.NE is not a FIXED0 bit here"));
+        c.skip(
+            "host-cr0-fixed0",
+            format_args!("CR0.NE is not a FIXED0 bit here"),
+        );
     }
-    vmfail(c, "host-cr4-vmxe", hv, err::ENTRY_INVALID_HOST, |_| w(HOST_CR4, rd(HOST_CR4) & !(1 << 13)));
-    vmfail(c, "host-rip-noncanonical", hv, err::ENTRY_INVALID_HOST, |_| w(HOST_RIP, 0x0000_8000_0000_0000));
-    vmfail(c, "host-tr-null", hv, err::ENTRY_INVALID_HOST, |_| w(HOST_TR_SEL, 0));
+    vmfail(c, "host-cr4-vmxe", hv, err::ENTRY_INVALID_HOST, |_| {
+        w(HOST_CR4, rd(HOST_CR4) & !(1 << 13))
+    });
+    vmfail(
+        c,
+        "host-rip-noncanonical",
+        hv,
+        err::ENTRY_INVALID_HOST,
+        |_| w(HOST_RIP, 0x0000_8000_0000_0000),
+    );
+    vmfail(c, "host-tr-null", hv, err::ENTRY_INVALID_HOST, |_| {
+        w(HOST_TR_SEL, 0)
+    });
 
     // --- Guest-state area (SDM 27.3.1): exit reason 33 | bit 31 ---
     // "If CR0.PG is 1, CR0.PE must be 1" (also with unrestricted guest).
-    entry_failure(c, "guest-cr0-pg-without-pe", hv, reason::INVALID_GUEST_STATE, 0, |_| {
-        w(GUEST_CR0, rd(GUEST_CR0) & !1 | 1 << 31)
-    });
+    entry_failure(
+        c,
+        "guest-cr0-pg-without-pe",
+        hv,
+        reason::INVALID_GUEST_STATE,
+        0,
+        |_| w(GUEST_CR0, rd(GUEST_CR0) & !1 | 1 << 31),
+    );
     // RFLAGS bit 1 is reserved and must be 1 (27.3.1.4).
-    entry_failure(c, "guest-rflags-bit1", hv, reason::INVALID_GUEST_STATE, 0, |_| w(GUEST_RFLAGS, 0));
+    entry_failure(
+        c,
+        "guest-rflags-bit1",
+        hv,
+        reason::INVALID_GUEST_STATE,
+        0,
+        |_| w(GUEST_RFLAGS, 0),
+    );
     // A VMCS link pointer other than all ones must be 4 KiB aligned and
     // point at a region with the revision identifier (27.3.1.5):
     // qualification 4 (27.8).
-    entry_failure(c, "guest-link-pointer-misaligned", hv, reason::INVALID_GUEST_STATE, 4, |_| {
-        w(VMCS_LINK_POINTER, mem::page(pg::VMCS_X) | 0x100)
-    });
-    entry_failure(c, "guest-link-pointer-revision", hv, reason::INVALID_GUEST_STATE, 4, |_| {
-        mem::zero_page(mem::page(pg::VMCS_X));
-        w(VMCS_LINK_POINTER, mem::page(pg::VMCS_X));
-    });
+    entry_failure(
+        c,
+        "guest-link-pointer-misaligned",
+        hv,
+        reason::INVALID_GUEST_STATE,
+        4,
+        |_| w(VMCS_LINK_POINTER, mem::page(pg::VMCS_X) | 0x100),
+    );
+    entry_failure(
+        c,
+        "guest-link-pointer-revision",
+        hv,
+        reason::INVALID_GUEST_STATE,
+        4,
+        |_| {
+            mem::zero_page(mem::page(pg::VMCS_X));
+            w(VMCS_LINK_POINTER, mem::page(pg::VMCS_X));
+        },
+    );
     // The activity state must be 0-3 (27.3.1.5).
-    entry_failure(c, "guest-activity-state", hv, reason::INVALID_GUEST_STATE, 0, |_| w(GUEST_ACTIVITY_STATE, 4));
+    entry_failure(
+        c,
+        "guest-activity-state",
+        hv,
+        reason::INVALID_GUEST_STATE,
+        0,
+        |_| w(GUEST_ACTIVITY_STATE, 4),
+    );
     // PAE paging with EPT: the PDPTEs come from the VMCS and a present one
     // with reserved bits fails the entry, qualification 2 (27.3.1.6, 27.8).
     if hv.mode.ept() {
-        entry_failure(c, "guest-pdpte-reserved", hv, reason::INVALID_GUEST_STATE, 2, |_| {
-            w(GUEST_CR0, rd(GUEST_CR0) | 1 | 1 << 31);
-            w(GUEST_CR4, rd(GUEST_CR4) | 1 << 5);
-            w(GUEST_CR3, crate::hv::l2::PD);
-            w(GUEST_PDPTE0, crate::hv::l2::PT_LOW | 1 | 1 << 5);
-            w(GUEST_PDPTE1, 0);
-            w(GUEST_PDPTE2, 0);
-            w(GUEST_PDPTE3, 0);
-        });
+        entry_failure(
+            c,
+            "guest-pdpte-reserved",
+            hv,
+            reason::INVALID_GUEST_STATE,
+            2,
+            |_| {
+                w(GUEST_CR0, rd(GUEST_CR0) | 1 | 1 << 31);
+                w(GUEST_CR4, rd(GUEST_CR4) | 1 << 5);
+                w(GUEST_CR3, crate::hv::l2::PD);
+                w(GUEST_PDPTE0, crate::hv::l2::PT_LOW | 1 | 1 << 5);
+                w(GUEST_PDPTE1, 0);
+                w(GUEST_PDPTE2, 0);
+                w(GUEST_PDPTE3, 0);
+            },
+        );
     } else {
-        c.skip("guest-pdpte-reserved", format_args!("EPT not offered (PDPTEs then come from guest memory)"));
+        c.skip(
+            "guest-pdpte-reserved",
+            format_args!("EPT not offered (PDPTEs then come from guest memory)"),
+        );
     }
 
     entry_failure_state(c, hv);
@@ -202,7 +338,13 @@ fn checks(c: &mut Checks, hv: &Hv) {
 fn entry_failure_state(c: &mut Checks, hv: &Hv) {
     let mut vm = match hv.vm(pg::VMCS_A, l2!(l2_vmcall)) {
         Ok(vm) => vm,
-        Err(m) => return c.check("entry-failure-host-state", false, format_args!("{}", m.as_str())),
+        Err(m) => {
+            return c.check(
+                "entry-failure-host-state",
+                false,
+                format_args!("{}", m.as_str()),
+            )
+        }
     };
     w(GUEST_RFLAGS, 0);
     let e = vm.enter();
@@ -217,7 +359,10 @@ fn entry_failure_state(c: &mut Checks, hv: &Hv) {
         && exit_rsp == host_rsp
         && exit_rflags == 2
         && !launched_flag
-        && matches!(resume, Entry::Fail(VmFail::Valid(err::VMRESUME_NONLAUNCHED)))
+        && matches!(
+            resume,
+            Entry::Fail(VmFail::Valid(err::VMRESUME_NONLAUNCHED))
+        )
         && relaunch.is(reason::VMCALL);
     c.check(
         "entry-failure-host-state",
@@ -233,7 +378,13 @@ fn msr_load(c: &mut Checks, hv: &Hv) {
     let list = mem::page(pg::MSR_LISTS);
     // SAFETY: KERNEL_GS_BASE is unused by this guest; restored below.
     let saved = unsafe { cpu::rdmsr(cpu::IA32_KERNEL_GS_BASE) };
-    for (name, second) in [("entry-msr-load-x2apic", 0x808u64), ("entry-msr-load-reserved", 1 << 32 | cpu::IA32_SYSENTER_CS as u64)] {
+    for (name, second) in [
+        ("entry-msr-load-x2apic", 0x808u64),
+        (
+            "entry-msr-load-reserved",
+            1 << 32 | cpu::IA32_SYSENTER_CS as u64,
+        ),
+    ] {
         mem::zero_page(list);
         mem::wr64(list, cpu::IA32_KERNEL_GS_BASE as u64);
         mem::wr64(list + 8, 0x1000);

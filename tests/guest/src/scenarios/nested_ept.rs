@@ -36,7 +36,16 @@ const CHECKS: &[&str] = &[
     "two-vms-alternate",
 ];
 
-const T: [u64; 8] = [TEST, TEST + PAGE, TEST + 2 * PAGE, TEST + 3 * PAGE, TEST + 4 * PAGE, TEST + 5 * PAGE, TEST + 6 * PAGE, TEST + 7 * PAGE];
+const T: [u64; 8] = [
+    TEST,
+    TEST + PAGE,
+    TEST + 2 * PAGE,
+    TEST + 3 * PAGE,
+    TEST + 4 * PAGE,
+    TEST + 5 * PAGE,
+    TEST + 6 * PAGE,
+    TEST + 7 * PAGE,
+];
 
 pub fn run() {
     static NAME: &str = "nested-ept";
@@ -62,7 +71,13 @@ pub fn run() {
 }
 
 /// A fresh VMCS A at `rip` using a new EPT12 with `overrides`.
-fn ept_vm(c: &mut Checks, hv: &mut Hv, name: &str, rip: u64, overrides: &[(u64, u64)]) -> Option<(Vm, Ept)> {
+fn ept_vm(
+    c: &mut Checks,
+    hv: &mut Hv,
+    name: &str,
+    rip: u64,
+    overrides: &[(u64, u64)],
+) -> Option<(Vm, Ept)> {
     let e = hv.new_ept(overrides);
     let vm = hv.fresh(c, name, rip)?;
     let _ = vmwrite(EPT_POINTER, e.eptp(false));
@@ -87,7 +102,13 @@ fn mappings(c: &mut Checks, hv: &mut Hv) {
     mem::wr32(backing(T[5]) + 8, planted);
     mem::wr32(backing(T[5]) + 12, 0);
     mem::wr32(backing(T[1]) + 12, 0);
-    if let Some((mut vm, _e)) = ept_vm(c, hv, "ept-4k-read-write", l2!(l2_read), &[(T[1], backing(T[5]))]) {
+    if let Some((mut vm, _e)) = ept_vm(
+        c,
+        hv,
+        "ept-4k-read-write",
+        l2!(l2_read),
+        &[(T[1], backing(T[5]))],
+    ) {
         vm.regs.rsi = T[1] + 8;
         let (r_ok, rm) = no_exit(&mut vm, l2!(l2_read) + 2);
         let read = vm.regs.rax as u32;
@@ -103,7 +124,10 @@ fn mappings(c: &mut Checks, hv: &mut Hv) {
     }
     // The 2 MiB leaf: both ends of the page.
     if !hv.caps.ept_2m() {
-        c.skip("ept-2m-read-write", format_args!("2 MiB EPT pages not offered"));
+        c.skip(
+            "ept-2m-read-write",
+            format_args!("2 MiB EPT pages not offered"),
+        );
         return;
     }
     let (lo, hi) = (BIG + 0x10, BIG + mem::BIG - 0x10);
@@ -126,18 +150,28 @@ fn mappings(c: &mut Checks, hv: &mut Hv) {
         c.check(
             "ept-2m-read-write",
             ok && w && reads == [0x2000_0010, 0x2000_fff0] && landed == 0x2222_0004,
-            format_args!("leaf {leaf:#x}; L2 read {:#x} and {:#x}, its write landed as {landed:#x}", reads[0], reads[1]),
+            format_args!(
+                "leaf {leaf:#x}; L2 read {:#x} and {:#x}, its write landed as {landed:#x}",
+                reads[0], reads[1]
+            ),
         );
     }
 }
 
 /// Exit 48 with `qual`, guest-physical `gpa`, guest-linear `gla`.
 fn is_violation(x: &Exit, qual: u64, gpa: u64, gla: u64) -> bool {
-    x.is(reason::EPT_VIOLATION) && x.qual & 0x1fff == qual && rd(GUEST_PHYSICAL_ADDRESS) == gpa && rd(GUEST_LINEAR_ADDRESS) == gla
+    x.is(reason::EPT_VIOLATION)
+        && x.qual & 0x1fff == qual
+        && rd(GUEST_PHYSICAL_ADDRESS) == gpa
+        && rd(GUEST_LINEAR_ADDRESS) == gla
 }
 
 fn violation_detail(x: &Exit) -> crate::hv::Msg {
-    msg!("{x}, guest-physical {:#x}, guest-linear {:#x}", rd(GUEST_PHYSICAL_ADDRESS), rd(GUEST_LINEAR_ADDRESS))
+    msg!(
+        "{x}, guest-physical {:#x}, guest-linear {:#x}",
+        rd(GUEST_PHYSICAL_ADDRESS),
+        rd(GUEST_LINEAR_ADDRESS)
+    )
 }
 
 /// L2 touches an L2-physical page EPT12 does not map (29.3.3.2): exit 48,
@@ -146,8 +180,13 @@ fn violation_detail(x: &Exit) -> crate::hv::Msg {
 /// translated address (8); guest-physical and guest-linear addresses.
 fn violations(c: &mut Checks, hv: &mut Hv) {
     let gpa = UNMAPPED + 0x24;
-    for (name, rip, access) in [("ept-violation-read", l2!(l2_read), R), ("ept-violation-write", l2!(l2_write), W)] {
-        let Some((mut vm, _e)) = ept_vm(c, hv, name, rip, &[]) else { continue };
+    for (name, rip, access) in [
+        ("ept-violation-read", l2!(l2_read), R),
+        ("ept-violation-write", l2!(l2_write), W),
+    ] {
+        let Some((mut vm, _e)) = ept_vm(c, hv, name, rip, &[]) else {
+            continue;
+        };
         let gla = linear_for(hv, gpa);
         vm.regs.rsi = gla;
         let e = vm.enter();
@@ -156,7 +195,14 @@ fn violations(c: &mut Checks, hv: &mut Hv) {
         let ok = is_violation(&x, want, gpa, gla) && x.rip == rip;
         let d = violation_detail(&x);
         let after = vm.enter_at(rip + 2);
-        c.check(name, ok && after.is(reason::VMCALL), format_args!("{} (want qualification {want:#x}, {gpa:#x}); then {after}", d.as_str()));
+        c.check(
+            name,
+            ok && after.is(reason::VMCALL),
+            format_args!(
+                "{} (want qualification {want:#x}, {gpa:#x}); then {after}",
+                d.as_str()
+            ),
+        );
     }
     if let Some((mut vm, _e)) = ept_vm(c, hv, "ept-violation-fetch", l2!(l2_jmp), &[]) {
         let gla = linear_for(hv, UNMAPPED);
@@ -167,7 +213,14 @@ fn violations(c: &mut Checks, hv: &mut Hv) {
         let ok = is_violation(&x, want, UNMAPPED, gla) && x.rip == gla;
         let d = violation_detail(&x);
         let after = vm.enter_at(l2!(l2_vmcall));
-        c.check("ept-violation-fetch", ok && after.is(reason::VMCALL), format_args!("{} (want qualification {want:#x}, RIP {gla:#x}); then {after}", d.as_str()));
+        c.check(
+            "ept-violation-fetch",
+            ok && after.is(reason::VMCALL),
+            format_args!(
+                "{} (want qualification {want:#x}, RIP {gla:#x}); then {after}",
+                d.as_str()
+            ),
+        );
     }
     // L1 maps the page (an EPT12 change, then INVEPT) and resumes: the
     // read L2 retries succeeds and sees L1's data.
@@ -177,12 +230,19 @@ fn violations(c: &mut Checks, hv: &mut Hv) {
         mem::wr32(backing(T[6]) + 0x24, 0x600d_0024);
         let first = vm.enter();
         e.map(&mut hv.tables, UNMAPPED, backing(T[6]), Size::K4, RWX);
-        let inv = if hv.caps.invept() { hv.invept(e.eptp(false)) } else { Ok(()) };
+        let inv = if hv.caps.invept() {
+            hv.invept(e.eptp(false))
+        } else {
+            Ok(())
+        };
         let second = vm.enter();
         let read = vm.regs.rax as u32;
         c.check(
             "ept-violation-resolved",
-            first.is(reason::EPT_VIOLATION) && inv.is_ok() && second.is(reason::VMCALL) && read == 0x600d_0024,
+            first.is(reason::EPT_VIOLATION)
+                && inv.is_ok()
+                && second.is(reason::VMCALL)
+                && read == 0x600d_0024,
             format_args!("{first}; INVEPT {inv:?}; {second}, L2 read {read:#x}"),
         );
     }
@@ -196,8 +256,12 @@ fn violations(c: &mut Checks, hv: &mut Hv) {
 fn permissions(c: &mut Checks, hv: &mut Hv) {
     let gpa = T[2] + 0x40;
     if !hv.caps.invept() {
-        c.skip("ept-readonly-after-invept", format_args!("INVEPT not offered"));
-    } else if let Some((mut vm, e)) = ept_vm(c, hv, "ept-readonly-after-invept", l2!(l2_write), &[]) {
+        c.skip(
+            "ept-readonly-after-invept",
+            format_args!("INVEPT not offered"),
+        );
+    } else if let Some((mut vm, e)) = ept_vm(c, hv, "ept-readonly-after-invept", l2!(l2_write), &[])
+    {
         let gla = linear_for(hv, gpa);
         vm.regs.rsi = gla;
         vm.regs.rdi = 1;
@@ -232,10 +296,17 @@ fn permissions(c: &mut Checks, hv: &mut Hv) {
         let x = ex.exit().copied().unwrap_or_default();
         let want = violation_qual(X, R | W, true, true);
         let d = violation_detail(&x);
-        c.check("ept-exec-disabled", is_violation(&x, want, T[3], gla) && x.rip == gla, format_args!("{} (want {want:#x})", d.as_str()));
+        c.check(
+            "ept-exec-disabled",
+            is_violation(&x, want, T[3], gla) && x.rip == gla,
+            format_args!("{} (want {want:#x})", d.as_str()),
+        );
     }
     if !hv.caps.ept_execute_only() {
-        c.skip("ept-execute-only", format_args!("execute-only EPT entries not offered"));
+        c.skip(
+            "ept-execute-only",
+            format_args!("execute-only EPT entries not offered"),
+        );
     } else if let Some((mut vm, e)) = ept_vm(c, hv, "ept-execute-only", l2!(l2_read), &[]) {
         e.set_perms(&mut hv.tables, T[4], X);
         let gla = linear_for(hv, T[4] + 8);
@@ -244,7 +315,11 @@ fn permissions(c: &mut Checks, hv: &mut Hv) {
         let x = ex.exit().copied().unwrap_or_default();
         let want = violation_qual(R, X, true, true);
         let d = violation_detail(&x);
-        c.check("ept-execute-only", is_violation(&x, want, T[4] + 8, gla), format_args!("{} (want {want:#x})", d.as_str()));
+        c.check(
+            "ept-execute-only",
+            is_violation(&x, want, T[4] + 8, gla),
+            format_args!("{} (want {want:#x})", d.as_str()),
+        );
     }
     if let Some((mut vm, e)) = ept_vm(c, hv, "ept-misconfig", l2!(l2_read), &[]) {
         e.set_perms(&mut hv.tables, T[4], W);
@@ -253,7 +328,11 @@ fn permissions(c: &mut Checks, hv: &mut Hv) {
         let ex = vm.enter();
         let x = ex.exit().copied().unwrap_or_default();
         let gpa_f = rd(GUEST_PHYSICAL_ADDRESS);
-        c.check("ept-misconfig", x.is(reason::EPT_MISCONFIG) && gpa_f == T[4] + 8, format_args!("{ex}, guest-physical {gpa_f:#x}"));
+        c.check(
+            "ept-misconfig",
+            x.is(reason::EPT_MISCONFIG) && gpa_f == T[4] + 8,
+            format_args!("{ex}, guest-physical {gpa_f:#x}"),
+        );
     }
 }
 
@@ -262,9 +341,14 @@ fn permissions(c: &mut Checks, hv: &mut Hv) {
 /// through (29.3.5). L1 reads them in its own memory.
 fn ad_bits(c: &mut Checks, hv: &mut Hv) {
     if !hv.caps.ept_ad() {
-        return c.skip("ept-ad-bits", format_args!("EPT accessed/dirty flags not offered"));
+        return c.skip(
+            "ept-ad-bits",
+            format_args!("EPT accessed/dirty flags not offered"),
+        );
     }
-    let Some((mut vm, e)) = ept_vm(c, hv, "ept-ad-bits", l2!(l2_read), &[]) else { return };
+    let Some((mut vm, e)) = ept_vm(c, hv, "ept-ad-bits", l2!(l2_read), &[]) else {
+        return;
+    };
     let _ = vmwrite(EPT_POINTER, e.eptp(true));
     let leaf = |hv: &Hv, a: u64| e.leaf(&hv.tables, a).map_or(0, mem::rd64);
     let before = (leaf(hv, T[0]), leaf(hv, T[1]));
@@ -285,7 +369,10 @@ fn ad_bits(c: &mut Checks, hv: &mut Hv) {
     c.check(
         "ept-ad-bits",
         ok,
-        format_args!("{r} / {w}; read leaf {:#x} -> {after_read:#x}, written leaf {:#x} -> {after_write:#x}", before.0, before.1),
+        format_args!(
+            "{r} / {w}; read leaf {:#x} -> {after_read:#x}, written leaf {:#x} -> {after_write:#x}",
+            before.0, before.1
+        ),
     );
 }
 
@@ -294,7 +381,10 @@ fn ad_bits(c: &mut Checks, hv: &mut Hv) {
 /// "linear address valid" (7) but not "translated access" (8), and the
 /// guest-physical address is the PTE's (28.2.1).
 fn paging_structure(c: &mut Checks, hv: &mut Hv) {
-    let Some((mut vm, e)) = ept_vm(c, hv, "ept-paging-structure-violation", l2!(l2_read), &[]) else { return };
+    let Some((mut vm, e)) = ept_vm(c, hv, "ept-paging-structure-violation", l2!(l2_read), &[])
+    else {
+        return;
+    };
     hv.page_l2();
     layout::set_window(hv.mode, 0, Some(T[0]));
     e.unmap(&mut hv.tables, layout::PT_WIN);
@@ -306,7 +396,11 @@ fn paging_structure(c: &mut Checks, hv: &mut Hv) {
     c.check(
         "ept-paging-structure-violation",
         is_violation(&x, want, layout::PT_WIN, WINDOW + 0x20),
-        format_args!("{} (want {want:#x} at the PTE {:#x})", d.as_str(), layout::PT_WIN),
+        format_args!(
+            "{} (want {want:#x} at the PTE {:#x})",
+            d.as_str(),
+            layout::PT_WIN
+        ),
     );
 }
 
@@ -330,7 +424,9 @@ fn vpid(c: &mut Checks, hv: &Hv) {
             c.skip(name, format_args!("INVVPID type {t} not offered"));
             continue;
         }
-        let Some(mut vm) = hv.fresh(c, name, l2!(l2_read2)) else { continue };
+        let Some(mut vm) = hv.fresh(c, name, l2!(l2_read2)) else {
+            continue;
+        };
         hv.page_l2();
         hv.ctl(PROC2_CONTROLS, proc2::VPID, 0);
         let _ = vmwrite(VPID, 1);
@@ -369,7 +465,13 @@ fn two_vms(c: &mut Checks, hv: &mut Hv) {
         let page = if i == 0 { pg::VMCS_A } else { pg::VMCS_B };
         let vm = match hv.vm(page, l2!(l2_counter)) {
             Ok(vm) => vm,
-            Err(m) => return c.check("two-vms-alternate", false, format_args!("setting up VMCS {i}: {}", m.as_str())),
+            Err(m) => {
+                return c.check(
+                    "two-vms-alternate",
+                    false,
+                    format_args!("setting up VMCS {i}: {}", m.as_str()),
+                )
+            }
         };
         if hv.mode.ept() {
             let e = hv.new_ept(&[(T[0], pages[i])]);
@@ -385,7 +487,9 @@ fn two_vms(c: &mut Checks, hv: &mut Hv) {
         }
         vms[i] = Some(vm);
     }
-    let [Some(mut a), Some(mut b)] = vms else { return };
+    let [Some(mut a), Some(mut b)] = vms else {
+        return;
+    };
     let mut bad = crate::hv::Msg::new();
     const ROUNDS: u32 = 4;
     for round in 1..=ROUNDS {
@@ -399,10 +503,16 @@ fn two_vms(c: &mut Checks, hv: &mut Hv) {
             }
             let e = vm.enter();
             let (eax, ebx, memv) = (vm.regs.rax as u32, vm.regs.rbx as u32, mem::rd32(pages[i]));
-            if !e.is(reason::VMCALL) || ebx != round || eax != marker[i] + round || memv != marker[i] + round {
+            if !e.is(reason::VMCALL)
+                || ebx != round
+                || eax != marker[i] + round
+                || memv != marker[i] + round
+            {
                 let _ = core::fmt::Write::write_fmt(
                     &mut bad,
-                    format_args!("round {round} VM {i}: {e}, EAX {eax:#x} EBX {ebx} memory {memv:#x}; "),
+                    format_args!(
+                        "round {round} VM {i}: {e}, EAX {eax:#x} EBX {ebx} memory {memv:#x}; "
+                    ),
                 );
             }
         }
@@ -410,6 +520,11 @@ fn two_vms(c: &mut Checks, hv: &mut Hv) {
     c.check(
         "two-vms-alternate",
         bad.as_str().is_empty(),
-        format_args!("{ROUNDS} rounds each, final memory {:#x} / {:#x}; {}", mem::rd32(pages[0]), mem::rd32(pages[1]), bad.as_str()),
+        format_args!(
+            "{ROUNDS} rounds each, final memory {:#x} / {:#x}; {}",
+            mem::rd32(pages[0]),
+            mem::rd32(pages[1]),
+            bad.as_str()
+        ),
     );
 }

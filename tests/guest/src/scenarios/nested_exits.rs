@@ -8,7 +8,9 @@
 use crate::check::Checks;
 use crate::faults::{TIMER_TAKEN, TIMER_VECTOR};
 use crate::hv::fields::*;
-use crate::hv::l2::{self as layout, clear_mailbox, mailbox, MB_COUNT, MB_CR2, MB_EIP, MB_ERROR, MB_VECTOR};
+use crate::hv::l2::{
+    self as layout, clear_mailbox, mailbox, MB_COUNT, MB_CR2, MB_EIP, MB_ERROR, MB_VECTOR,
+};
 use crate::hv::mem::{self, pg};
 use crate::hv::vm::Vm;
 use crate::hv::vmx::{rd, vmwrite};
@@ -77,7 +79,12 @@ pub fn run() {
 
 /// Exit qualification for I/O instructions (SDM 28.2.1).
 fn io_qual(port: u16, size: u64, input: bool, string: bool, rep: bool, imm: bool) -> u64 {
-    (size - 1) | (input as u64) << 3 | (string as u64) << 4 | (rep as u64) << 5 | (imm as u64) << 6 | (port as u64) << 16
+    (size - 1)
+        | (input as u64) << 3
+        | (string as u64) << 4
+        | (rep as u64) << 5
+        | (imm as u64) << 6
+        | (port as u64) << 16
 }
 
 /// Uses I/O bitmaps A and B with exactly `ports` set (SDM 25.6.4).
@@ -98,7 +105,15 @@ fn io_bitmaps(hv: &Hv, ports: &[u16]) -> bool {
 
 fn io(c: &mut Checks, hv: &Hv) {
     if !hv.caps.proc.can_set(proc::USE_IO_BITMAPS) {
-        for n in ["io-bitmap-hit-in-imm", "io-bitmap-hit-out-dx", "io-bitmap-hit-string-rep", "io-bitmap-straddle", "io-bitmap-wrap", "io-bitmap-miss", "io-bitmaps-override-unconditional"] {
+        for n in [
+            "io-bitmap-hit-in-imm",
+            "io-bitmap-hit-out-dx",
+            "io-bitmap-hit-string-rep",
+            "io-bitmap-straddle",
+            "io-bitmap-wrap",
+            "io-bitmap-miss",
+            "io-bitmaps-override-unconditional",
+        ] {
             c.skip(n, format_args!("I/O bitmaps not offered"));
         }
     } else {
@@ -109,10 +124,19 @@ fn io(c: &mut Checks, hv: &Hv) {
     if let Some(mut vm) = hv.fresh(c, "io-unconditional", l2!(l2_in_dx)) {
         if hv.ctl(PROC_CONTROLS, proc::UNCOND_IO_EXITING, proc::USE_IO_BITMAPS) {
             vm.regs.rdx = 0x80;
-            let (ok, m, _) = exit_then_vmcall(&mut vm, reason::IO, io_qual(0x80, 4, true, false, false, false), l2!(l2_in_dx), 1);
+            let (ok, m, _) = exit_then_vmcall(
+                &mut vm,
+                reason::IO,
+                io_qual(0x80, 4, true, false, false, false),
+                l2!(l2_in_dx),
+                1,
+            );
             c.check("io-unconditional", ok, format_args!("{}", m.as_str()));
         } else {
-            c.skip("io-unconditional", format_args!("unconditional I/O exiting cannot be set alone"));
+            c.skip(
+                "io-unconditional",
+                format_args!("unconditional I/O exiting cannot be set alone"),
+            );
         }
     }
 }
@@ -121,7 +145,13 @@ fn io_bitmap_checks(c: &mut Checks, hv: &Hv) {
     // Bitmap A: `in al, 0xe0` exits; immediate operand, input, 1 byte.
     if let Some(mut vm) = hv.fresh(c, "io-bitmap-hit-in-imm", l2!(l2_in_imm)) {
         io_bitmaps(hv, &[0xe0]);
-        let (ok, m, _) = exit_then_vmcall(&mut vm, reason::IO, io_qual(0xe0, 1, true, false, false, true), l2!(l2_in_imm), 2);
+        let (ok, m, _) = exit_then_vmcall(
+            &mut vm,
+            reason::IO,
+            io_qual(0xe0, 1, true, false, false, true),
+            l2!(l2_in_imm),
+            2,
+        );
         c.check("io-bitmap-hit-in-imm", ok, format_args!("{}", m.as_str()));
     }
     // Bitmap B: `out dx, ax` to 0x9000; DX operand, output, 2 bytes.
@@ -129,7 +159,13 @@ fn io_bitmap_checks(c: &mut Checks, hv: &Hv) {
         io_bitmaps(hv, &[0x9000]);
         vm.regs.rdx = 0x9000;
         vm.regs.rax = 0x1234;
-        let (ok, m, _) = exit_then_vmcall(&mut vm, reason::IO, io_qual(0x9000, 2, false, false, false, false), l2!(l2_out_dx), 2);
+        let (ok, m, _) = exit_then_vmcall(
+            &mut vm,
+            reason::IO,
+            io_qual(0x9000, 2, false, false, false, false),
+            l2!(l2_out_dx),
+            2,
+        );
         c.check("io-bitmap-hit-out-dx", ok, format_args!("{}", m.as_str()));
     }
     // `rep outsb`: string and REP bits, the guest-linear address of the
@@ -151,14 +187,27 @@ fn io_bitmap_checks(c: &mut Checks, hv: &Hv) {
             && gla == layout::TEST + 0x10
             && info_ok
             && vm.regs.rcx == 3;
-        c.check("io-bitmap-hit-string-rep", ok, format_args!("{e}, linear address {gla:#x}, instruction info {info:#x}, ECX {}", vm.regs.rcx));
+        c.check(
+            "io-bitmap-hit-string-rep",
+            ok,
+            format_args!(
+                "{e}, linear address {gla:#x}, instruction info {info:#x}, ECX {}",
+                vm.regs.rcx
+            ),
+        );
     }
     // An access exits if the bit of any port it touches is set: a 4-byte
     // IN at 0x7ffe covers 0x7ffe-0x8001, only 0x8000 (bitmap B) is set.
     if let Some(mut vm) = hv.fresh(c, "io-bitmap-straddle", l2!(l2_in_dx)) {
         io_bitmaps(hv, &[0x8000]);
         vm.regs.rdx = 0x7ffe;
-        let (ok, m, _) = exit_then_vmcall(&mut vm, reason::IO, io_qual(0x7ffe, 4, true, false, false, false), l2!(l2_in_dx), 1);
+        let (ok, m, _) = exit_then_vmcall(
+            &mut vm,
+            reason::IO,
+            io_qual(0x7ffe, 4, true, false, false, false),
+            l2!(l2_in_dx),
+            1,
+        );
         c.check("io-bitmap-straddle", ok, format_args!("{}", m.as_str()));
     }
     // An access that wraps around the port space (0xffff and 0x0000)
@@ -166,7 +215,13 @@ fn io_bitmap_checks(c: &mut Checks, hv: &Hv) {
     if let Some(mut vm) = hv.fresh(c, "io-bitmap-wrap", l2!(l2_out_dx)) {
         io_bitmaps(hv, &[]);
         vm.regs.rdx = 0xffff;
-        let (ok, m, _) = exit_then_vmcall(&mut vm, reason::IO, io_qual(0xffff, 2, false, false, false, false), l2!(l2_out_dx), 2);
+        let (ok, m, _) = exit_then_vmcall(
+            &mut vm,
+            reason::IO,
+            io_qual(0xffff, 2, false, false, false, false),
+            l2!(l2_out_dx),
+            2,
+        );
         c.check("io-bitmap-wrap", ok, format_args!("{}", m.as_str()));
     }
     // A clear bit lets L2 reach L1's port: a DMA page register (channel 3,
@@ -174,11 +229,25 @@ fn io_bitmap_checks(c: &mut Checks, hv: &Hv) {
     // afterwards. Not a COM port: under L0 those are always the user VM's
     // shadow UARTs, never L1's.
     const SCRATCH: u16 = 0x82;
-    for (name, uncond) in [("io-bitmap-miss", false), ("io-bitmaps-override-unconditional", true)] {
-        let Some(mut vm) = hv.fresh(c, name, l2!(l2_out_in_dx)) else { continue };
+    for (name, uncond) in [
+        ("io-bitmap-miss", false),
+        ("io-bitmaps-override-unconditional", true),
+    ] {
+        let Some(mut vm) = hv.fresh(c, name, l2!(l2_out_in_dx)) else {
+            continue;
+        };
         io_bitmaps(hv, &[0xe0, 0x9000]);
-        if uncond && !hv.ctl(PROC_CONTROLS, proc::UNCOND_IO_EXITING | proc::USE_IO_BITMAPS, 0) {
-            c.skip(name, format_args!("unconditional I/O exiting cannot be set with bitmaps"));
+        if uncond
+            && !hv.ctl(
+                PROC_CONTROLS,
+                proc::UNCOND_IO_EXITING | proc::USE_IO_BITMAPS,
+                0,
+            )
+        {
+            c.skip(
+                name,
+                format_args!("unconditional I/O exiting cannot be set with bitmaps"),
+            );
             continue;
         }
         let value = if uncond { 0xa5 } else { 0x5a };
@@ -193,7 +262,10 @@ fn io_bitmap_checks(c: &mut Checks, hv: &Hv) {
         c.check(
             name,
             ok && l2_read == value as u8 && l1_sees == value as u8,
-            format_args!("{}; L2 read back {l2_read:#x}, L1 reads {l1_sees:#x}", m.as_str()),
+            format_args!(
+                "{}; L2 read back {l2_read:#x}, L1 reads {l1_sees:#x}",
+                m.as_str()
+            ),
         );
     }
 }
@@ -203,7 +275,9 @@ fn io_bitmap_checks(c: &mut Checks, hv: &Hv) {
 /// Sets the MSR-bitmap bit for reads or writes of `msr` (SDM 25.6.9):
 /// read-low at 0, read-high at 1 KiB, write-low at 2 KiB, write-high at 3 KiB.
 fn msr_bit(write: bool, msr: u32) {
-    let base = mem::page(pg::MSR_BITMAP) + if write { 2048 } else { 0 } + if msr >= 0xc000_0000 { 1024 } else { 0 };
+    let base = mem::page(pg::MSR_BITMAP)
+        + if write { 2048 } else { 0 }
+        + if msr >= 0xc000_0000 { 1024 } else { 0 };
     let bit = (msr & 0x1fff) as u64;
     let byte = base + bit / 8;
     mem::wr8(byte, mem::rd8(byte) | 1 << (bit % 8));
@@ -217,7 +291,13 @@ fn msr_bitmaps(hv: &Hv) -> bool {
 
 fn msr(c: &mut Checks, hv: &Hv) {
     if !hv.caps.proc.can_set(proc::USE_MSR_BITMAPS) {
-        for n in ["msr-bitmap-read-hit", "msr-bitmap-write-hit-high", "msr-bitmap-read-miss-high", "msr-bitmap-miss", "msr-outside-ranges-exit"] {
+        for n in [
+            "msr-bitmap-read-hit",
+            "msr-bitmap-write-hit-high",
+            "msr-bitmap-read-miss-high",
+            "msr-bitmap-miss",
+            "msr-outside-ranges-exit",
+        ] {
             c.skip(n, format_args!("MSR bitmaps not offered"));
         }
     } else {
@@ -228,9 +308,16 @@ fn msr(c: &mut Checks, hv: &Hv) {
         if hv.ctl(PROC_CONTROLS, 0, proc::USE_MSR_BITMAPS) {
             vm.regs.rcx = cpu::IA32_SYSENTER_ESP as u64;
             let (ok, m, _) = exit_then_vmcall(&mut vm, reason::RDMSR, 0, l2!(l2_rdmsr), 2);
-            c.check("msr-no-bitmaps-exit", ok && vm.regs.rcx == cpu::IA32_SYSENTER_ESP as u64, format_args!("{}", m.as_str()));
+            c.check(
+                "msr-no-bitmaps-exit",
+                ok && vm.regs.rcx == cpu::IA32_SYSENTER_ESP as u64,
+                format_args!("{}", m.as_str()),
+            );
         } else {
-            c.skip("msr-no-bitmaps-exit", format_args!("MSR bitmaps cannot be turned off"));
+            c.skip(
+                "msr-no-bitmaps-exit",
+                format_args!("MSR bitmaps cannot be turned off"),
+            );
         }
     }
 }
@@ -242,7 +329,11 @@ fn msr_bitmap_checks(c: &mut Checks, hv: &Hv) {
         msr_bit(false, cpu::IA32_SYSENTER_CS);
         vm.regs.rcx = cpu::IA32_SYSENTER_CS as u64;
         let (ok, m, _) = exit_then_vmcall(&mut vm, reason::RDMSR, 0, l2!(l2_rdmsr), 2);
-        c.check("msr-bitmap-read-hit", ok && vm.regs.rcx == 0x174, format_args!("{}", m.as_str()));
+        c.check(
+            "msr-bitmap-read-hit",
+            ok && vm.regs.rcx == 0x174,
+            format_args!("{}", m.as_str()),
+        );
     }
     // Write bitmap, high range: WRMSR 0xc0000102 exits (reason 32) with
     // ECX and EDX:EAX as L2 set them; the read of the same MSR does not
@@ -263,13 +354,26 @@ fn msr_bitmap_checks(c: &mut Checks, hv: &Hv) {
         let now = unsafe { cpu::rdmsr(cpu::IA32_KERNEL_GS_BASE) };
         c.check(
             "msr-bitmap-write-hit-high",
-            ok && r.rcx == 0xc000_0102 && r.rax == 0x1111_2000 && r.rdx == 0x3333 && now == 0x0000_1234_5678_9000,
-            format_args!("{}, ECX {:#x} EDX:EAX {:#x}:{:#x}, MSR still {now:#x}", m.as_str(), r.rcx, r.rdx, r.rax),
+            ok && r.rcx == 0xc000_0102
+                && r.rax == 0x1111_2000
+                && r.rdx == 0x3333
+                && now == 0x0000_1234_5678_9000,
+            format_args!(
+                "{}, ECX {:#x} EDX:EAX {:#x}:{:#x}, MSR still {now:#x}",
+                m.as_str(),
+                r.rcx,
+                r.rdx,
+                r.rax
+            ),
         );
         vm.regs.rcx = cpu::IA32_KERNEL_GS_BASE as u64;
         let (ok, m) = no_exit(vm.at(l2!(l2_rdmsr)), l2!(l2_rdmsr) + 2);
         let read = (vm.regs.rdx as u32 as u64) << 32 | vm.regs.rax as u32 as u64;
-        c.check("msr-bitmap-read-miss-high", ok && read == 0x0000_1234_5678_9000, format_args!("{}, L2 read {read:#x}", m.as_str()));
+        c.check(
+            "msr-bitmap-read-miss-high",
+            ok && read == 0x0000_1234_5678_9000,
+            format_args!("{}, L2 read {read:#x}", m.as_str()),
+        );
     }
     // SAFETY: as above.
     unsafe { cpu::wrmsr(cpu::IA32_KERNEL_GS_BASE, saved) };
@@ -290,7 +394,11 @@ fn msr_bitmap_checks(c: &mut Checks, hv: &Hv) {
         c.check(
             "msr-bitmap-miss",
             w_ok && r_ok && saved_cs == 0x4321 && esp == 0x5555_6000,
-            format_args!("{} / {}; guest SYSENTER_CS field {saved_cs:#x}, L2 read SYSENTER_ESP {esp:#x}", wm.as_str(), rm.as_str()),
+            format_args!(
+                "{} / {}; guest SYSENTER_CS field {saved_cs:#x}, L2 read SYSENTER_ESP {esp:#x}",
+                wm.as_str(),
+                rm.as_str()
+            ),
         );
     }
     // MSRs outside 0-0x1fff and 0xc0000000-0xc0001fff always exit (25.6.9).
@@ -298,7 +406,11 @@ fn msr_bitmap_checks(c: &mut Checks, hv: &Hv) {
         msr_bitmaps(hv);
         vm.regs.rcx = 0x3000;
         let (ok, m, _) = exit_then_vmcall(&mut vm, reason::RDMSR, 0, l2!(l2_rdmsr), 2);
-        c.check("msr-outside-ranges-exit", ok && vm.regs.rcx == 0x3000, format_args!("{}", m.as_str()));
+        c.check(
+            "msr-outside-ranges-exit",
+            ok && vm.regs.rcx == 0x3000,
+            format_args!("{}", m.as_str()),
+        );
     }
 }
 
@@ -337,33 +449,69 @@ fn cr(c: &mut Checks, hv: &Hv) {
         c.check(
             "cr0-shadow-read",
             ok && seen & !CD_NW == (cr0 | TS) & !CD_NW,
-            format_args!("{}, L2 read {seen:#x} (want {:#x} apart from CD/NW; L1's CR0 {:#x})", m.as_str(), cr0 | TS, cpu::cr0()),
+            format_args!(
+                "{}, L2 read {seen:#x} (want {:#x} apart from CD/NW; L1's CR0 {:#x})",
+                m.as_str(),
+                cr0 | TS,
+                cpu::cr0()
+            ),
         );
     }
     // MOV to CR0 that agrees with the shadow on masked bits: no exit,
     // masked bits of the real CR0 unchanged (26.1.3).
-    if let Some((mut vm, cr0)) = cr0_setup(hv, c, "cr0-write-matching-shadow-no-exit", l2!(l2_write_cr0)) {
+    if let Some((mut vm, cr0)) = cr0_setup(
+        hv,
+        c,
+        "cr0-write-matching-shadow-no-exit",
+        l2!(l2_write_cr0),
+    ) {
         vm.regs.rbx = cr0 | TS;
         let (ok, m) = no_exit(&mut vm, l2!(l2_write_cr0) + 3);
         let real = rd(GUEST_CR0);
-        c.check("cr0-write-matching-shadow-no-exit", ok && real == cr0, format_args!("{}, guest CR0 {real:#x}", m.as_str()));
+        c.check(
+            "cr0-write-matching-shadow-no-exit",
+            ok && real == cr0,
+            format_args!("{}, guest CR0 {real:#x}", m.as_str()),
+        );
     }
     // ... and one that differs from the shadow exits: CR 0, MOV to CR, EBX.
-    if let Some((mut vm, cr0)) = cr0_setup(hv, c, "cr0-write-against-shadow-exits", l2!(l2_write_cr0)) {
+    if let Some((mut vm, cr0)) =
+        cr0_setup(hv, c, "cr0-write-against-shadow-exits", l2!(l2_write_cr0))
+    {
         vm.regs.rbx = cr0;
-        let (ok, m, _) = exit_then_vmcall(&mut vm, reason::CR_ACCESS, cr_qual(0, MOV_TO_CR, EBX), l2!(l2_write_cr0), 3);
-        c.check("cr0-write-against-shadow-exits", ok, format_args!("{}", m.as_str()));
+        let (ok, m, _) = exit_then_vmcall(
+            &mut vm,
+            reason::CR_ACCESS,
+            cr_qual(0, MOV_TO_CR, EBX),
+            l2!(l2_write_cr0),
+            3,
+        );
+        c.check(
+            "cr0-write-against-shadow-exits",
+            ok,
+            format_args!("{}", m.as_str()),
+        );
     }
     // A bit outside the mask (WP) changes without an exit.
     if let Some((mut vm, cr0)) = cr0_setup(hv, c, "cr0-unmasked-bit-no-exit", l2!(l2_write_cr0)) {
         vm.regs.rbx = cr0 | TS | WP;
         let (ok, m) = no_exit(&mut vm, l2!(l2_write_cr0) + 3);
         let real = rd(GUEST_CR0);
-        c.check("cr0-unmasked-bit-no-exit", ok && real == cr0 | WP, format_args!("{}, guest CR0 {real:#x}", m.as_str()));
+        c.check(
+            "cr0-unmasked-bit-no-exit",
+            ok && real == cr0 | WP,
+            format_args!("{}, guest CR0 {real:#x}", m.as_str()),
+        );
     }
     // CLTS exits when TS is set in both mask and shadow (26.1.3).
     if let Some((mut vm, _)) = cr0_setup(hv, c, "clts-exit", l2!(l2_clts)) {
-        let (ok, m, _) = exit_then_vmcall(&mut vm, reason::CR_ACCESS, cr_qual(0, CLTS, 0), l2!(l2_clts), 2);
+        let (ok, m, _) = exit_then_vmcall(
+            &mut vm,
+            reason::CR_ACCESS,
+            cr_qual(0, CLTS, 0),
+            l2!(l2_clts),
+            2,
+        );
         c.check("clts-exit", ok, format_args!("{}", m.as_str()));
     }
 
@@ -378,30 +526,57 @@ fn cr(c: &mut Checks, hv: &Hv) {
     if let Some((mut vm, cr4)) = cr4_setup(hv, c, "cr4-shadow-read", l2!(l2_read_cr4)) {
         let (ok, m) = no_exit(&mut vm, l2!(l2_read_cr4) + 3);
         let seen = vm.regs.rax as u32 as u64;
-        c.check("cr4-shadow-read", ok && seen == cr4 & !VMXE && cr4 & VMXE != 0, format_args!("{}, L2 read {seen:#x}, real {cr4:#x}", m.as_str()));
+        c.check(
+            "cr4-shadow-read",
+            ok && seen == cr4 & !VMXE && cr4 & VMXE != 0,
+            format_args!("{}, L2 read {seen:#x}, real {cr4:#x}", m.as_str()),
+        );
     }
     if let Some((mut vm, cr4)) = cr4_setup(hv, c, "cr4-write-matching-no-exit", l2!(l2_write_cr4)) {
         vm.regs.rbx = cr4 & !VMXE;
         let (ok, m) = no_exit(&mut vm, l2!(l2_write_cr4) + 3);
         let real = rd(GUEST_CR4);
-        c.check("cr4-write-matching-no-exit", ok && real == cr4, format_args!("{}, guest CR4 {real:#x}", m.as_str()));
+        c.check(
+            "cr4-write-matching-no-exit",
+            ok && real == cr4,
+            format_args!("{}, guest CR4 {real:#x}", m.as_str()),
+        );
     }
     if let Some((mut vm, cr4)) = cr4_setup(hv, c, "cr4-write-exits", l2!(l2_write_cr4)) {
         vm.regs.rbx = cr4;
-        let (ok, m, _) = exit_then_vmcall(&mut vm, reason::CR_ACCESS, cr_qual(4, MOV_TO_CR, EBX), l2!(l2_write_cr4), 3);
+        let (ok, m, _) = exit_then_vmcall(
+            &mut vm,
+            reason::CR_ACCESS,
+            cr_qual(4, MOV_TO_CR, EBX),
+            l2!(l2_write_cr4),
+            3,
+        );
         c.check("cr4-write-exits", ok, format_args!("{}", m.as_str()));
     }
 
     // CR3 (25.6.2, 26.1.3). Unpaged, L2 may load any CR3; paged, it
     // reloads its own.
-    let new_cr3 = if hv.mode == layout::Mode::Unpaged { 0x7000 } else { layout::phys(hv.mode, layout::PD) };
+    let new_cr3 = if hv.mode == layout::Mode::Unpaged {
+        0x7000
+    } else {
+        layout::phys(hv.mode, layout::PD)
+    };
     if let Some(mut vm) = hv.fresh(c, "cr3-load-exiting", l2!(l2_write_cr3)) {
         if hv.ctl(PROC_CONTROLS, proc::CR3_LOAD_EXITING, 0) {
             vm.regs.rbx = new_cr3;
-            let (ok, m, _) = exit_then_vmcall(&mut vm, reason::CR_ACCESS, cr_qual(3, MOV_TO_CR, EBX), l2!(l2_write_cr3), 3);
+            let (ok, m, _) = exit_then_vmcall(
+                &mut vm,
+                reason::CR_ACCESS,
+                cr_qual(3, MOV_TO_CR, EBX),
+                l2!(l2_write_cr3),
+                3,
+            );
             c.check("cr3-load-exiting", ok, format_args!("{}", m.as_str()));
         } else {
-            c.skip("cr3-load-exiting", format_args!("CR3-load exiting cannot be set"));
+            c.skip(
+                "cr3-load-exiting",
+                format_args!("CR3-load exiting cannot be set"),
+            );
         }
     }
     if let Some(mut vm) = hv.fresh(c, "cr3-load-no-exit", l2!(l2_write_cr3)) {
@@ -409,22 +584,41 @@ fn cr(c: &mut Checks, hv: &Hv) {
             vm.regs.rbx = new_cr3;
             let (ok, m) = no_exit(&mut vm, l2!(l2_write_cr3) + 3);
             let got = rd(GUEST_CR3);
-            c.check("cr3-load-no-exit", ok && got == new_cr3, format_args!("{}, guest CR3 {got:#x}", m.as_str()));
+            c.check(
+                "cr3-load-no-exit",
+                ok && got == new_cr3,
+                format_args!("{}, guest CR3 {got:#x}", m.as_str()),
+            );
         } else {
-            c.skip("cr3-load-no-exit", format_args!("CR3-load exiting cannot be cleared"));
+            c.skip(
+                "cr3-load-no-exit",
+                format_args!("CR3-load exiting cannot be cleared"),
+            );
         }
     }
     if let Some(mut vm) = hv.fresh(c, "cr3-store-exiting", l2!(l2_read_cr3)) {
         if hv.ctl(PROC_CONTROLS, proc::CR3_STORE_EXITING, 0) {
-            let (ok, m, _) = exit_then_vmcall(&mut vm, reason::CR_ACCESS, cr_qual(3, MOV_FROM_CR, EAX), l2!(l2_read_cr3), 3);
+            let (ok, m, _) = exit_then_vmcall(
+                &mut vm,
+                reason::CR_ACCESS,
+                cr_qual(3, MOV_FROM_CR, EAX),
+                l2!(l2_read_cr3),
+                3,
+            );
             c.check("cr3-store-exiting", ok, format_args!("{}", m.as_str()));
         } else {
-            c.skip("cr3-store-exiting", format_args!("CR3-store exiting cannot be set"));
+            c.skip(
+                "cr3-store-exiting",
+                format_args!("CR3-store exiting cannot be set"),
+            );
         }
     }
     // A MOV to CR3 of one of the CR3-target values does not exit.
     if hv.caps.cr3_targets() == 0 {
-        c.skip("cr3-target-no-exit", format_args!("no CR3-target values (IA32_VMX_MISC[24:16] = 0)"));
+        c.skip(
+            "cr3-target-no-exit",
+            format_args!("no CR3-target values (IA32_VMX_MISC[24:16] = 0)"),
+        );
     } else if let Some(mut vm) = hv.fresh(c, "cr3-target-no-exit", l2!(l2_write_cr3)) {
         if hv.ctl(PROC_CONTROLS, proc::CR3_LOAD_EXITING, 0) {
             let _ = vmwrite(CR3_TARGET_COUNT, 1);
@@ -433,7 +627,10 @@ fn cr(c: &mut Checks, hv: &Hv) {
             let (ok, m) = no_exit(&mut vm, l2!(l2_write_cr3) + 3);
             c.check("cr3-target-no-exit", ok, format_args!("{}", m.as_str()));
         } else {
-            c.skip("cr3-target-no-exit", format_args!("CR3-load exiting cannot be set"));
+            c.skip(
+                "cr3-target-no-exit",
+                format_args!("CR3-load exiting cannot be set"),
+            );
         }
     }
 }
@@ -453,17 +650,28 @@ fn exceptions(c: &mut Checks, hv: &Hv) {
         let _ = vmwrite(EXCEPTION_BITMAP, 1 << UD);
         let (ok, m, x) = exit_then_vmcall(&mut vm, reason::EXCEPTION_NMI, 0, l2!(l2_ud2), 2);
         let info = x.map_or(0, |x| x.intr_info);
-        c.check("exc-bitmap-ud", ok && info == HW_EXC | UD, format_args!("{}", m.as_str()));
+        c.check(
+            "exc-bitmap-ud",
+            ok && info == HW_EXC | UD,
+            format_args!("{}", m.as_str()),
+        );
     }
     // Without its bit, #UD is delivered through L2's IDT.
     if let Some(mut vm) = hv.fresh(c, "exc-not-in-bitmap-delivered", l2!(l2_ud2)) {
         clear_mailbox(2);
         let (ok, m) = no_exit(&mut vm, l2!(l2_ud2) + 2);
-        let (n, v, eip) = (mailbox(MB_COUNT), mailbox(MB_VECTOR), mailbox(MB_EIP) as u64);
+        let (n, v, eip) = (
+            mailbox(MB_COUNT),
+            mailbox(MB_VECTOR),
+            mailbox(MB_EIP) as u64,
+        );
         c.check(
             "exc-not-in-bitmap-delivered",
             ok && n == 1 && v == UD && eip == l2!(l2_ud2),
-            format_args!("{}; L2's handler ran {n} time(s): vector {v}, EIP {eip:#x}", m.as_str()),
+            format_args!(
+                "{}; L2's handler ran {n} time(s): vector {v}, EIP {eip:#x}",
+                m.as_str()
+            ),
         );
     }
     page_faults(c, hv);
@@ -476,30 +684,52 @@ fn exceptions(c: &mut Checks, hv: &Hv) {
 fn page_faults(c: &mut Checks, hv: &Hv) {
     let fault_at = layout::WINDOW + 0x1010;
     layout::set_window(hv.mode, 1, None);
-    let pf_vm = |c: &mut Checks, name: &str, rip: u64, bit14: bool, mask: u32, matchv: u32| -> Option<Vm> {
-        let mut vm = hv.fresh(c, name, rip)?;
-        hv.page_l2();
-        let _ = vmwrite(EXCEPTION_BITMAP, if bit14 { 1 << PF } else { 0 });
-        let _ = vmwrite(PF_ERROR_MASK, mask as u64);
-        let _ = vmwrite(PF_ERROR_MATCH, matchv as u64);
-        vm.regs.rsi = fault_at;
-        clear_mailbox(2);
-        Some(vm)
-    };
+    let pf_vm =
+        |c: &mut Checks, name: &str, rip: u64, bit14: bool, mask: u32, matchv: u32| -> Option<Vm> {
+            let mut vm = hv.fresh(c, name, rip)?;
+            hv.page_l2();
+            let _ = vmwrite(EXCEPTION_BITMAP, if bit14 { 1 << PF } else { 0 });
+            let _ = vmwrite(PF_ERROR_MASK, mask as u64);
+            let _ = vmwrite(PF_ERROR_MATCH, matchv as u64);
+            vm.regs.rsi = fault_at;
+            clear_mailbox(2);
+            Some(vm)
+        };
     let pf_exit = |x: Option<crate::hv::vm::Exit>, pfec: u32| {
-        x.is_some_and(|x| x.intr_info == HW_EXC | intr::ERROR_CODE | PF && x.intr_error == pfec && x.qual == fault_at)
+        x.is_some_and(|x| {
+            x.intr_info == HW_EXC | intr::ERROR_CODE | PF
+                && x.intr_error == pfec
+                && x.qual == fault_at
+        })
     };
     let delivered = |pfec: u32, rip: u64| {
-        mailbox(MB_COUNT) == 1 && mailbox(MB_VECTOR) == PF && mailbox(MB_ERROR) == pfec && mailbox(MB_CR2) as u64 == fault_at && mailbox(MB_EIP) as u64 == rip
+        mailbox(MB_COUNT) == 1
+            && mailbox(MB_VECTOR) == PF
+            && mailbox(MB_ERROR) == pfec
+            && mailbox(MB_CR2) as u64 == fault_at
+            && mailbox(MB_EIP) as u64 == rip
     };
-    let mb = || msg!("L2 handler count {} vector {} error {:#x} CR2 {:#x}", mailbox(MB_COUNT), mailbox(MB_VECTOR), mailbox(MB_ERROR), mailbox(MB_CR2));
+    let mb = || {
+        msg!(
+            "L2 handler count {} vector {} error {:#x} CR2 {:#x}",
+            mailbox(MB_COUNT),
+            mailbox(MB_VECTOR),
+            mailbox(MB_ERROR),
+            mailbox(MB_CR2)
+        )
+    };
 
     // Mask = match = 0 with bit 14 set: every #PF exits; the exit
     // qualification is the faulting linear address (28.2.1) and CR2 is
     // not written (26.2 footnote: no CR2 update on a #PF exit).
     if let Some(mut vm) = pf_vm(c, "pf-exit-all", l2!(l2_read), true, 0, 0) {
-        let (ok, m, x) = exit_then_vmcall(&mut vm, reason::EXCEPTION_NMI, fault_at, l2!(l2_read), 2);
-        c.check("pf-exit-all", ok && pf_exit(x, 0), format_args!("{}", m.as_str()));
+        let (ok, m, x) =
+            exit_then_vmcall(&mut vm, reason::EXCEPTION_NMI, fault_at, l2!(l2_read), 2);
+        c.check(
+            "pf-exit-all",
+            ok && pf_exit(x, 0),
+            format_args!("{}", m.as_str()),
+        );
     }
     // Bit 14 set, mask = match = W: the write fault exits, the read fault
     // goes to L2's handler.
@@ -508,17 +738,29 @@ fn page_faults(c: &mut Checks, hv: &Hv) {
         let read_delivered = delivered(0, l2!(l2_read));
         let mbr = mb();
         vm.regs.rsi = fault_at;
-        let (write_ok, wm, x) = exit_then_vmcall(vm.at(l2!(l2_write)), reason::EXCEPTION_NMI, fault_at, l2!(l2_write), 2);
+        let (write_ok, wm, x) = exit_then_vmcall(
+            vm.at(l2!(l2_write)),
+            reason::EXCEPTION_NMI,
+            fault_at,
+            l2!(l2_write),
+            2,
+        );
         c.check(
             "pf-mask-match-set",
             read_ok && read_delivered && write_ok && pf_exit(x, 2),
-            format_args!("read: {} ({}); write: {}", rm.as_str(), mbr.as_str(), wm.as_str()),
+            format_args!(
+                "read: {} ({}); write: {}",
+                rm.as_str(),
+                mbr.as_str(),
+                wm.as_str()
+            ),
         );
     }
     // Bit 14 clear, mask = match = W: the read fault (no match) exits,
     // the write fault (match) goes to L2's handler.
     if let Some(mut vm) = pf_vm(c, "pf-mask-match-clear", l2!(l2_read), false, 2, 2) {
-        let (read_ok, rm, x) = exit_then_vmcall(&mut vm, reason::EXCEPTION_NMI, fault_at, l2!(l2_read), 2);
+        let (read_ok, rm, x) =
+            exit_then_vmcall(&mut vm, reason::EXCEPTION_NMI, fault_at, l2!(l2_read), 2);
         let read_exit = pf_exit(x, 0);
         vm.regs.rsi = fault_at;
         clear_mailbox(2);
@@ -527,7 +769,12 @@ fn page_faults(c: &mut Checks, hv: &Hv) {
         c.check(
             "pf-mask-match-clear",
             read_ok && read_exit && write_ok && write_delivered,
-            format_args!("read: {}; write: {} ({})", rm.as_str(), wm.as_str(), mb().as_str()),
+            format_args!(
+                "read: {}; write: {} ({})",
+                rm.as_str(),
+                wm.as_str(),
+                mb().as_str()
+            ),
         );
     }
     // Reflecting a #PF exit the way a hypervisor does: L1 loads CR2 (the
@@ -561,7 +808,14 @@ fn page_faults(c: &mut Checks, hv: &Hv) {
 /// with the return address RIP + VM-entry instruction length for a
 /// software interrupt. Every VM exit clears the field's valid bit (25.8.3).
 fn injection(c: &mut Checks, hv: &Hv) {
-    let inject = |c: &mut Checks, name: &str, rip: u64, info: u32, error: u32, len: u64, rflags: u64| -> Option<(bool, crate::hv::Msg)> {
+    let inject = |c: &mut Checks,
+                  name: &str,
+                  rip: u64,
+                  info: u32,
+                  error: u32,
+                  len: u64,
+                  rflags: u64|
+     -> Option<(bool, crate::hv::Msg)> {
         let mut vm = hv.fresh(c, name, rip)?;
         clear_mailbox(0);
         let _ = vmwrite(ENTRY_INTR_INFO, info as u64);
@@ -570,21 +824,68 @@ fn injection(c: &mut Checks, hv: &Hv) {
         let _ = vmwrite(GUEST_RFLAGS, rflags);
         let e = vm.enter();
         let still = rd(ENTRY_INTR_INFO) as u32 & intr::VALID;
-        Some((e.is(reason::VMCALL) && still == 0, msg!("{e}, entry info valid bit after exit {still:#x}; {}", mailbox_line().as_str())))
+        Some((
+            e.is(reason::VMCALL) && still == 0,
+            msg!(
+                "{e}, entry info valid bit after exit {still:#x}; {}",
+                mailbox_line().as_str()
+            ),
+        ))
     };
-    let got = |v: u32, err: u32, eip: u64| mailbox(MB_COUNT) == 1 && mailbox(MB_VECTOR) == v && mailbox(MB_ERROR) == err && mailbox(MB_EIP) as u64 == eip;
+    let got = |v: u32, err: u32, eip: u64| {
+        mailbox(MB_COUNT) == 1
+            && mailbox(MB_VECTOR) == v
+            && mailbox(MB_ERROR) == err
+            && mailbox(MB_EIP) as u64 == eip
+    };
 
-    if let Some((ok, m)) = inject(c, "inject-gp-error-code", l2!(l2_vmcall), HW_EXC | intr::ERROR_CODE | GP, 0x1230, 0, 2) {
-        c.check("inject-gp-error-code", ok && got(GP, 0x1230, l2!(l2_vmcall)), format_args!("{}", m.as_str()));
+    if let Some((ok, m)) = inject(
+        c,
+        "inject-gp-error-code",
+        l2!(l2_vmcall),
+        HW_EXC | intr::ERROR_CODE | GP,
+        0x1230,
+        0,
+        2,
+    ) {
+        c.check(
+            "inject-gp-error-code",
+            ok && got(GP, 0x1230, l2!(l2_vmcall)),
+            format_args!("{}", m.as_str()),
+        );
     }
     // External interrupts need RFLAGS.IF = 1 to be injected (27.3.1.4).
-    if let Some((ok, m)) = inject(c, "inject-external", l2!(l2_vmcall), intr::VALID | intr::TYPE_EXTERNAL | 0x30, 0, 0, 0x202) {
-        c.check("inject-external", ok && got(0x30, u32::MAX, l2!(l2_vmcall)), format_args!("{}", m.as_str()));
+    if let Some((ok, m)) = inject(
+        c,
+        "inject-external",
+        l2!(l2_vmcall),
+        intr::VALID | intr::TYPE_EXTERNAL | 0x30,
+        0,
+        0,
+        0x202,
+    ) {
+        c.check(
+            "inject-external",
+            ok && got(0x30, u32::MAX, l2!(l2_vmcall)),
+            format_args!("{}", m.as_str()),
+        );
     }
     // INT 0x31 "executed" by the injection at the UD2: the handler returns
     // past it (length 2) to the VMCALL, never running the UD2.
-    if let Some((ok, m)) = inject(c, "inject-soft-int-length", l2!(l2_ud2), intr::VALID | intr::TYPE_SW_INTERRUPT | 0x31, 0, 2, 2) {
-        c.check("inject-soft-int-length", ok && got(0x31, u32::MAX, l2!(l2_ud2) + 2), format_args!("{}", m.as_str()));
+    if let Some((ok, m)) = inject(
+        c,
+        "inject-soft-int-length",
+        l2!(l2_ud2),
+        intr::VALID | intr::TYPE_SW_INTERRUPT | 0x31,
+        0,
+        2,
+        2,
+    ) {
+        c.check(
+            "inject-soft-int-length",
+            ok && got(0x31, u32::MAX, l2!(l2_ud2) + 2),
+            format_args!("{}", m.as_str()),
+        );
     }
 }
 
@@ -622,16 +923,28 @@ fn external_interrupts(c: &mut Checks, hv: &Hv) {
     apic::enable();
     const BOUND: u64 = 30_000_000;
     const COUNT: u32 = 20_000;
-    for (name, ack, cli) in [(NAMES[0], true, false), (NAMES[1], false, false), (NAMES[2], true, true)] {
+    for (name, ack, cli) in [
+        (NAMES[0], true, false),
+        (NAMES[1], false, false),
+        (NAMES[2], true, true),
+    ] {
         let entry = if cli { l2!(l2_cli_spin) } else { l2!(l2_spin) };
-        let Some(mut vm) = hv.fresh(c, name, entry) else { continue };
+        let Some(mut vm) = hv.fresh(c, name, entry) else {
+            continue;
+        };
         let acked = if ack {
             hv.ctl(EXIT_CONTROLS, exit::ACK_INTR_ON_EXIT, 0)
         } else {
             hv.ctl(EXIT_CONTROLS, 0, exit::ACK_INTR_ON_EXIT)
         };
         if !acked {
-            c.skip(name, format_args!("acknowledge interrupt on exit cannot be {}", if ack { "set" } else { "cleared" }));
+            c.skip(
+                name,
+                format_args!(
+                    "acknowledge interrupt on exit cannot be {}",
+                    if ack { "set" } else { "cleared" }
+                ),
+            );
             continue;
         }
         let _ = vmwrite(GUEST_RFLAGS, 0x202);
@@ -657,7 +970,11 @@ fn external_interrupts(c: &mut Checks, hv: &Hv) {
         }
         apic::stop();
         let if_at_exit = x.rflags & 0x200;
-        let info_ok = if ack { x.intr_info == intr::VALID | intr::TYPE_EXTERNAL | TIMER_VECTOR as u32 } else { x.intr_info & intr::VALID == 0 };
+        let info_ok = if ack {
+            x.intr_info == intr::VALID | intr::TYPE_EXTERNAL | TIMER_VECTOR as u32
+        } else {
+            x.intr_info & intr::VALID == 0
+        };
         let l1_ok = ack || (pending && taken == 1);
         let in_l2 = mailbox(MB_COUNT);
         c.check(

@@ -8,7 +8,10 @@ use crate::check::Checks;
 use crate::hv::fields::*;
 use crate::hv::mem::{self, pg};
 use crate::hv::vm::{Entry, Vm};
-use crate::hv::vmx::{self, guarded, vmread, vmwrite, VmFail, VmResult, LEN_INVEPT, LEN_VMCLEAR, LEN_VMPTRLD, LEN_VMPTRST, LEN_VMREAD, LEN_VMXOFF, LEN_VMXON};
+use crate::hv::vmx::{
+    self, guarded, vmread, vmwrite, VmFail, VmResult, LEN_INVEPT, LEN_VMCLEAR, LEN_VMPTRLD,
+    LEN_VMPTRST, LEN_VMREAD, LEN_VMXOFF, LEN_VMXON,
+};
 use crate::hv::{cpu, l0_alive, vmcs, Hv};
 use crate::l2;
 
@@ -119,7 +122,11 @@ fn checks(c: &mut Checks, hv: &Hv) {
     write_cr4(cpu::cr4() & !(1 << 13));
     // VMXON: "IF ... CR4.VMXE = 0 ... THEN #UD".
     let r = vmxon_at(vmxon);
-    c.check("vmxon-without-cr4-vmxe-ud", r == Err(UD), format_args!("{r:?}"));
+    c.check(
+        "vmxon-without-cr4-vmxe-ud",
+        r == Err(UD),
+        format_args!("{r:?}"),
+    );
 
     write_cr4(cpu::cr4() | caps.cr4_fixed0 | 1 << 13);
     // Outside VMX operation every other VMX instruction is #UD.
@@ -130,7 +137,11 @@ fn checks(c: &mut Checks, hv: &Hv) {
         guarded(LEN_VMPTRST, vmx::vmptrst).err(),
         guarded(LEN_VMXOFF, vmxoff).err(),
     ];
-    c.check("vmx-insn-outside-vmx-ud", outside.iter().all(|v| *v == Some(UD)), format_args!("VMPTRLD, VMREAD, VMCLEAR, VMPTRST, VMXOFF: {outside:?}"));
+    c.check(
+        "vmx-insn-outside-vmx-ud",
+        outside.iter().all(|v| *v == Some(UD)),
+        format_args!("VMPTRLD, VMREAD, VMCLEAR, VMPTRST, VMXOFF: {outside:?}"),
+    );
 
     // VMXON: CR0 must satisfy IA32_VMX_CR0_FIXED0 (NE), else #GP(0).
     if caps.cr0_fixed0 & (1 << 5) != 0 {
@@ -144,7 +155,10 @@ fn checks(c: &mut Checks, hv: &Hv) {
         }
         c.check("vmxon-cr0-ne-clear-gp", r == Err(GP), format_args!("{r:?}"));
     } else {
-        c.skip("vmxon-cr0-ne-clear-gp", format_args!("CR0.NE is not a FIXED0 bit here"));
+        c.skip(
+            "vmxon-cr0-ne-clear-gp",
+            format_args!("CR0.NE is not a FIXED0 bit here"),
+        );
     }
 
     // VMXON: VMfailInvalid for a bad region (no VMCS to report in).
@@ -155,7 +169,11 @@ fn checks(c: &mut Checks, hv: &Hv) {
     let r = vmxon_at(vmxon + 8);
     c.check("vmxon-misaligned", r == INVALID, format_args!("{r:?}"));
     let r = vmxon_at(vmxon | 1 << caps.maxphyaddr);
-    c.check("vmxon-beyond-maxphyaddr", r == INVALID, format_args!("{r:?} at {:#x}", vmxon | 1 << caps.maxphyaddr));
+    c.check(
+        "vmxon-beyond-maxphyaddr",
+        r == INVALID,
+        format_args!("{r:?} at {:#x}", vmxon | 1 << caps.maxphyaddr),
+    );
 
     let r = vmxon_at(vmxon);
     c.check("vmxon", r == OK, format_args!("{r:?}"));
@@ -172,59 +190,125 @@ fn checks(c: &mut Checks, hv: &Hv) {
     let p = vmx::vmptrst();
     c.check("vmptrst-none", p == u64::MAX, format_args!("{p:#x}"));
     let r = vmread(GUEST_RIP);
-    c.check("vmread-no-current-vmcs", r == Err(VmFail::Invalid), format_args!("{r:?}"));
+    c.check(
+        "vmread-no-current-vmcs",
+        r == Err(VmFail::Invalid),
+        format_args!("{r:?}"),
+    );
     let r = vmwrite(GUEST_RIP, 0);
-    c.check("vmwrite-no-current-vmcs", r == Err(VmFail::Invalid), format_args!("{r:?}"));
+    c.check(
+        "vmwrite-no-current-vmcs",
+        r == Err(VmFail::Invalid),
+        format_args!("{r:?}"),
+    );
     let mut nobody = Vm::new(s);
     let e = nobody.enter();
-    c.check("vmlaunch-no-current-vmcs", matches!(e, Entry::Fail(VmFail::Invalid)), format_args!("{e}"));
+    c.check(
+        "vmlaunch-no-current-vmcs",
+        matches!(e, Entry::Fail(VmFail::Invalid)),
+        format_args!("{e}"),
+    );
 
     // A current VMCS: errors are now reported in it.
     let r = vmcs::init_region(caps, s).map(|_| vmptrld_at(s));
     let p = vmx::vmptrst();
-    c.check("vmptrld-current", r == Ok(OK) && p == s, format_args!("{r:?}, VMPTRST {p:#x} (want {s:#x})"));
+    c.check(
+        "vmptrld-current",
+        r == Ok(OK) && p == s,
+        format_args!("{r:?}, VMPTRST {p:#x} (want {s:#x})"),
+    );
     let r = vmxon_at(vmxon);
-    c.check("vmxon-in-root-with-vmcs", r == valid(err::VMXON_IN_ROOT), format_args!("{r:?}"));
+    c.check(
+        "vmxon-in-root-with-vmcs",
+        r == valid(err::VMXON_IN_ROOT),
+        format_args!("{r:?}"),
+    );
 
     let r = vmptrld_at(x + 8);
-    c.check("vmptrld-misaligned", r == valid(err::VMPTRLD_INVALID_ADDR), format_args!("{r:?}"));
+    c.check(
+        "vmptrld-misaligned",
+        r == valid(err::VMPTRLD_INVALID_ADDR),
+        format_args!("{r:?}"),
+    );
     let r = vmptrld_at(x | 1 << caps.maxphyaddr);
-    c.check("vmptrld-beyond-maxphyaddr", r == valid(err::VMPTRLD_INVALID_ADDR), format_args!("{r:?}"));
+    c.check(
+        "vmptrld-beyond-maxphyaddr",
+        r == valid(err::VMPTRLD_INVALID_ADDR),
+        format_args!("{r:?}"),
+    );
     let r = vmptrld_at(vmxon);
-    c.check("vmptrld-vmxon-ptr", r == valid(err::VMPTRLD_VMXON_PTR), format_args!("{r:?}"));
+    c.check(
+        "vmptrld-vmxon-ptr",
+        r == valid(err::VMPTRLD_VMXON_PTR),
+        format_args!("{r:?}"),
+    );
     mem::zero_page(x);
     mem::wr32(x, caps.revision() ^ 1);
     let r = vmptrld_at(x);
-    c.check("vmptrld-bad-revision", r == valid(err::VMPTRLD_BAD_REVISION), format_args!("{r:?}"));
+    c.check(
+        "vmptrld-bad-revision",
+        r == valid(err::VMPTRLD_BAD_REVISION),
+        format_args!("{r:?}"),
+    );
     let p = vmx::vmptrst();
     if p != s {
-        crate::println!("guest: the current VMCS changed to {p:#x} after failed VMPTRLDs; reloading");
+        crate::println!(
+            "guest: the current VMCS changed to {p:#x} after failed VMPTRLDs; reloading"
+        );
         let _ = vmptrld_at(s);
     }
 
     let r = vmclear_at(x + 8);
-    c.check("vmclear-misaligned", r == valid(err::VMCLEAR_INVALID_ADDR), format_args!("{r:?}"));
+    c.check(
+        "vmclear-misaligned",
+        r == valid(err::VMCLEAR_INVALID_ADDR),
+        format_args!("{r:?}"),
+    );
     let r = vmclear_at(vmxon);
-    c.check("vmclear-vmxon-ptr", r == valid(err::VMCLEAR_VMXON_PTR), format_args!("{r:?}"));
+    c.check(
+        "vmclear-vmxon-ptr",
+        r == valid(err::VMCLEAR_VMXON_PTR),
+        format_args!("{r:?}"),
+    );
 
     // VMREAD/VMWRITE of a component that does not exist: error 12.
     const NO_FIELD: u32 = 0x7ffe; // natural-width host-state, index 0x1ff
     let r = vmread(NO_FIELD);
-    c.check("vmread-unsupported-field", r == Err(VmFail::Valid(err::UNSUPPORTED_FIELD)), format_args!("field {NO_FIELD:#x}: {r:?}"));
+    c.check(
+        "vmread-unsupported-field",
+        r == Err(VmFail::Valid(err::UNSUPPORTED_FIELD)),
+        format_args!("field {NO_FIELD:#x}: {r:?}"),
+    );
     let r = vmwrite(NO_FIELD, 0);
-    c.check("vmwrite-unsupported-field", r == Err(VmFail::Valid(err::UNSUPPORTED_FIELD)), format_args!("field {NO_FIELD:#x}: {r:?}"));
+    c.check(
+        "vmwrite-unsupported-field",
+        r == Err(VmFail::Valid(err::UNSUPPORTED_FIELD)),
+        format_args!("field {NO_FIELD:#x}: {r:?}"),
+    );
     // In 64-bit mode the encoding is the whole register: bits 63:32 set
     // name no component (SDM 25.11.2).
     let r = vmx::vmread_raw(1 << 32 | GUEST_RIP as u64);
-    c.check("vmread-field-bits-63-32", r == Err(VmFail::Valid(err::UNSUPPORTED_FIELD)), format_args!("{r:?}"));
+    c.check(
+        "vmread-field-bits-63-32",
+        r == Err(VmFail::Valid(err::UNSUPPORTED_FIELD)),
+        format_args!("{r:?}"),
+    );
 
     // A VM-exit information field: read-only unless IA32_VMX_MISC[29].
     let r = vmwrite(EXIT_REASON, 0x1234);
     if caps.vmwrite_exit_info() {
         let back = vmread(EXIT_REASON);
-        c.check("vmwrite-read-only-field", r.is_ok() && back == Ok(0x1234), format_args!("MISC[29] set: {r:?}, reads back {back:#x?}"));
+        c.check(
+            "vmwrite-read-only-field",
+            r.is_ok() && back == Ok(0x1234),
+            format_args!("MISC[29] set: {r:?}, reads back {back:#x?}"),
+        );
     } else {
-        c.check("vmwrite-read-only-field", r == Err(VmFail::Valid(err::VMWRITE_READ_ONLY)), format_args!("{r:?}"));
+        c.check(
+            "vmwrite-read-only-field",
+            r == Err(VmFail::Valid(err::VMWRITE_READ_ONLY)),
+            format_args!("{r:?}"),
+        );
     }
 
     // Widths (SDM 25.11.2): VMWRITE drops source bits beyond the field,
@@ -236,7 +320,11 @@ fn checks(c: &mut Checks, hv: &Hv) {
     let r = rw(GUEST_ES_LIMIT, 0x1_2345_6789);
     c.check("vmrw-32bit", r == Ok(0x2345_6789), format_args!("{r:#x?}"));
     let r = rw(VMCS_LINK_POINTER, 0x1122_3344_5566_7788);
-    c.check("vmrw-64bit", r == Ok(0x1122_3344_5566_7788), format_args!("{r:#x?}"));
+    c.check(
+        "vmrw-64bit",
+        r == Ok(0x1122_3344_5566_7788),
+        format_args!("{r:#x?}"),
+    );
     let high = vmread(VMCS_LINK_POINTER_HIGH);
     let w = vmwrite(VMCS_LINK_POINTER_HIGH, 0xaabb_ccdd);
     let full = vmread(VMCS_LINK_POINTER);
@@ -247,7 +335,11 @@ fn checks(c: &mut Checks, hv: &Hv) {
     );
     let _ = vmwrite(VMCS_LINK_POINTER, u64::MAX);
     let r = rw(GUEST_CR3, 0x1234_5678_9abc_d000);
-    c.check("vmrw-natural", r == Ok(0x1234_5678_9abc_d000), format_args!("{r:#x?}"));
+    c.check(
+        "vmrw-natural",
+        r == Ok(0x1234_5678_9abc_d000),
+        format_args!("{r:#x?}"),
+    );
 
     launch_state(c, hv);
 
@@ -257,27 +349,49 @@ fn checks(c: &mut Checks, hv: &Hv) {
     if caps.invept() {
         let bad = (0..4).find(|&t| !caps.invept_type(t)).unwrap_or(3);
         let r = guarded(LEN_INVEPT, || vmx::invept(bad, hv.eptp()));
-        c.check("invept-bad-type", r == valid(err::INVALID_INVEPT_INVVPID), format_args!("type {bad}: {r:?}"));
+        c.check(
+            "invept-bad-type",
+            r == valid(err::INVALID_INVEPT_INVVPID),
+            format_args!("type {bad}: {r:?}"),
+        );
     } else {
         c.skip("invept-bad-type", format_args!("INVEPT not offered"));
     }
     if caps.invvpid() {
         let r = guarded(LEN_INVEPT, || vmx::invvpid(4, 1, 0));
-        c.check("invvpid-bad-type", r == valid(err::INVALID_INVEPT_INVVPID), format_args!("type 4: {r:?}"));
+        c.check(
+            "invvpid-bad-type",
+            r == valid(err::INVALID_INVEPT_INVVPID),
+            format_args!("type 4: {r:?}"),
+        );
         // Types 0, 1, 3 with VPID 0: error 28.
         match [1, 0, 3].into_iter().find(|&t| caps.invvpid_type(t)) {
             Some(t) => {
                 let r = guarded(LEN_INVEPT, || vmx::invvpid(t, 0, 0));
-                c.check("invvpid-vpid0", r == valid(err::INVALID_INVEPT_INVVPID), format_args!("type {t}: {r:?}"));
+                c.check(
+                    "invvpid-vpid0",
+                    r == valid(err::INVALID_INVEPT_INVVPID),
+                    format_args!("type {t}: {r:?}"),
+                );
             }
-            None => c.skip("invvpid-vpid0", format_args!("only all-context INVVPID offered")),
+            None => c.skip(
+                "invvpid-vpid0",
+                format_args!("only all-context INVVPID offered"),
+            ),
         }
         // Individual-address with a non-canonical address: error 28.
         if caps.invvpid_type(0) {
             let r = guarded(LEN_INVEPT, || vmx::invvpid(0, 1, 0x0000_8000_0000_0000));
-            c.check("invvpid-noncanonical", r == valid(err::INVALID_INVEPT_INVVPID), format_args!("{r:?}"));
+            c.check(
+                "invvpid-noncanonical",
+                r == valid(err::INVALID_INVEPT_INVVPID),
+                format_args!("{r:?}"),
+            );
         } else {
-            c.skip("invvpid-noncanonical", format_args!("individual-address INVVPID not offered"));
+            c.skip(
+                "invvpid-noncanonical",
+                format_args!("individual-address INVVPID not offered"),
+            );
         }
     } else {
         for n in ["invvpid-bad-type", "invvpid-vpid0", "invvpid-noncanonical"] {
@@ -294,7 +408,11 @@ fn checks(c: &mut Checks, hv: &Hv) {
         guarded(LEN_VMPTRST, vmx::vmptrst).err(),
         guarded(LEN_VMXOFF, vmxoff).err(),
     ];
-    c.check("vmx-insn-after-vmxoff-ud", after.iter().all(|v| *v == Some(UD)), format_args!("VMPTRLD, VMREAD, VMPTRST, VMXOFF: {after:?}"));
+    c.check(
+        "vmx-insn-after-vmxoff-ud",
+        after.iter().all(|v| *v == Some(UD)),
+        format_args!("VMPTRLD, VMREAD, VMPTRST, VMXOFF: {after:?}"),
+    );
 }
 
 /// Launch state (SDM 25.1, 31.3 VMLAUNCH/VMRESUME/VMCLEAR): VMLAUNCH needs
@@ -304,8 +422,17 @@ fn launch_state(c: &mut Checks, hv: &Hv) {
     let mut vm = match hv.vm(pg::VMCS_A, l2!(l2_vmcall)) {
         Ok(vm) => vm,
         Err(m) => {
-            for n in ["vmlaunch-launched", "vmresume-clear", "vmclear-relaunch", "vmclear-current-invalidates"] {
-                c.check(n, false, format_args!("setting up the VMCS: {}", m.as_str()));
+            for n in [
+                "vmlaunch-launched",
+                "vmresume-clear",
+                "vmclear-relaunch",
+                "vmclear-current-invalidates",
+            ] {
+                c.check(
+                    n,
+                    false,
+                    format_args!("setting up the VMCS: {}", m.as_str()),
+                );
             }
             return;
         }
@@ -315,7 +442,8 @@ fn launch_state(c: &mut Checks, hv: &Hv) {
     let again = vm.enter();
     c.check(
         "vmlaunch-launched",
-        first.is(reason::VMCALL) && matches!(again, Entry::Fail(VmFail::Valid(err::VMLAUNCH_NONCLEAR))),
+        first.is(reason::VMCALL)
+            && matches!(again, Entry::Fail(VmFail::Valid(err::VMLAUNCH_NONCLEAR))),
         format_args!("first {first}, second VMLAUNCH {again}"),
     );
 
@@ -323,18 +451,31 @@ fn launch_state(c: &mut Checks, hv: &Hv) {
     let _ = vm.load();
     vm.launched = true;
     let e = vm.enter();
-    c.check("vmresume-clear", matches!(e, Entry::Fail(VmFail::Valid(err::VMRESUME_NONLAUNCHED))), format_args!("{e}"));
+    c.check(
+        "vmresume-clear",
+        matches!(e, Entry::Fail(VmFail::Valid(err::VMRESUME_NONLAUNCHED))),
+        format_args!("{e}"),
+    );
 
     // The VMCS keeps its contents across VMCLEAR/VMPTRLD: VMLAUNCH works.
     let _ = vmclear_at(vm.vmcs);
     let _ = vm.load();
     vm.launched = false;
     let e = vm.enter();
-    let resumed = if e.is(reason::VMCALL) { Some(vm.enter()) } else { None };
+    let resumed = if e.is(reason::VMCALL) {
+        Some(vm.enter())
+    } else {
+        None
+    };
     c.check(
         "vmclear-relaunch",
         e.is(reason::VMCALL) && resumed.is_some_and(|r| r.is(reason::VMCALL)),
-        format_args!("VMLAUNCH {e}, then VMRESUME {}", resumed.map_or(crate::msg!("-"), |r| crate::msg!("{r}")).as_str()),
+        format_args!(
+            "VMLAUNCH {e}, then VMRESUME {}",
+            resumed
+                .map_or(crate::msg!("-"), |r| crate::msg!("{r}"))
+                .as_str()
+        ),
     );
 
     let r = vmclear_at(vm.vmcs);

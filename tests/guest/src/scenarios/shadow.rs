@@ -33,7 +33,11 @@ pub struct Spy {
 /// The frame of every L0-only shadow scenario: start the test hypervisor
 /// with the scenario's `checks`, run `body`, check that L0 still answers,
 /// print the verdict.
-pub fn scenario(name: &'static &'static str, checks: &[&str], body: fn(&mut crate::check::Checks, &mut crate::hv::Hv)) {
+pub fn scenario(
+    name: &'static &'static str,
+    checks: &[&str],
+    body: fn(&mut crate::check::Checks, &mut crate::hv::Hv),
+) {
     crate::set_current_test(name);
     let mut c = crate::check::Checks::new(name);
     if let Some(mut hv) = crate::hv::start(&mut c, checks) {
@@ -44,12 +48,19 @@ pub fn scenario(name: &'static &'static str, checks: &[&str], body: fn(&mut crat
 }
 
 pub fn is_com_port(port: u16) -> bool {
-    [0x3f8u16, 0x2f8, 0x3e8, 0x2e8].iter().any(|&b| (b..b + 8).contains(&port))
+    [0x3f8u16, 0x2f8, 0x3e8, 0x2e8]
+        .iter()
+        .any(|&b| (b..b + 8).contains(&port))
 }
 
 impl Spy {
     pub const fn new() -> Spy {
-        Spy { by_reason: [0; 80], total: 0, com_io: 0, ucall_exits: 0 }
+        Spy {
+            by_reason: [0; 80],
+            total: 0,
+            com_io: 0,
+            ucall_exits: 0,
+        }
     }
 
     pub fn record(&mut self, x: &Exit) {
@@ -105,7 +116,9 @@ pub fn skip(x: &Exit) {
 pub fn run(vm: &mut Vm, slot: usize, spy: &mut Spy) -> Stop {
     for _ in 0..200_000 {
         let e = vm.enter();
-        let Some(x) = e.exit().copied() else { return Stop::Failed(e) };
+        let Some(x) = e.exit().copied() else {
+            return Stop::Failed(e);
+        };
         spy.record(&x);
         match x.basic() {
             reason::IO if is_com_port((x.qual >> 16) as u16) => {
@@ -174,7 +187,11 @@ struct Buffers {
     list: [u8; 4096],
 }
 
-static mut BUFFERS: Buffers = Buffers { io: [0; BUF_LEN], blob: [0; BUF_LEN], list: [0; 4096] };
+static mut BUFFERS: Buffers = Buffers {
+    io: [0; BUF_LEN],
+    blob: [0; BUF_LEN],
+    list: [0; 4096],
+};
 
 /// The buffer L1 passes to ultracalls (identity-mapped: VA = PA).
 pub fn io_buf() -> &'static mut [u8; BUF_LEN] {
@@ -217,10 +234,17 @@ pub fn list_vms(rows: &mut [Row; 8]) -> Result<usize, u64> {
     if !o.is(Status::Ok) {
         return Err(o.rax);
     }
-    let Ok(view) = ListView::parse(&b[..o.rcx.min(b.len() as u64) as usize]) else { return Err(u64::MAX) };
+    let Ok(view) = ListView::parse(&b[..o.rcx.min(b.len() as u64) as usize]) else {
+        return Err(u64::MAX);
+    };
     let mut n = 0;
     for vm in view.vms().take(rows.len()) {
-        let mut r = Row { id: vm.info.vm_id, tag: vm.info.tag, frozen: vm.info.frozen, ..Row::default() };
+        let mut r = Row {
+            id: vm.info.vm_id,
+            tag: vm.info.tag,
+            frozen: vm.info.frozen,
+            ..Row::default()
+        };
         if let Some(d) = vm.devices().find(|d| d.port_base == 0x3f8) {
             r.com1_in = d.bytes_in;
             r.com1_out = d.bytes_out;
@@ -236,7 +260,10 @@ pub fn list_vms(rows: &mut [Row; 8]) -> Result<usize, u64> {
 pub fn listed(tag: &VmTag) -> Result<Option<Row>, u64> {
     let mut rows = [Row::default(); 8];
     let n = list_vms(&mut rows)?;
-    Ok(rows[..n].iter().find(|r| r.tag.as_ref() == Some(tag)).copied())
+    Ok(rows[..n]
+        .iter()
+        .find(|r| r.tag.as_ref() == Some(tag))
+        .copied())
 }
 
 pub struct ShowRow(pub Option<Row>);

@@ -28,7 +28,15 @@ use crate::l2x;
 
 use super::shadow::{blob_buf, io_buf, listed, run_to_end, st, va, ShowRow, Spy, Stop};
 
-const CHECKS: &[&str] = &["vmxon", "bench-vm", "operator-attached", "l2-loops", "l1-ping-loop", "save-restore-loop", "l1-got-no-com-exit"];
+const CHECKS: &[&str] = &[
+    "vmxon",
+    "bench-vm",
+    "operator-attached",
+    "l2-loops",
+    "l1-ping-loop",
+    "save-restore-loop",
+    "l1-got-no-com-exit",
+];
 
 const TX_BYTES: u64 = 256;
 const READS: u64 = 2000;
@@ -44,7 +52,12 @@ pub fn run_scenario() {
 fn body(c: &mut Checks, hv: &mut Hv) {
     let tag = ucall::tag("bench");
     let mut spy = Spy::new();
-    let p = Params { letter: b'Z', tag: b"bench", uart: UART_POLLED, chunk: 0 };
+    let p = Params {
+        letter: b'Z',
+        tag: b"bench",
+        uart: UART_POLLED,
+        chunk: 0,
+    };
     let mut vm = match hv.vm64(0, pg::VMCS_A, l2x!(l2x_tag_only), &p) {
         Ok((vm, _)) => vm,
         Err(m) => {
@@ -55,7 +68,11 @@ fn body(c: &mut Checks, hv: &mut Hv) {
         }
     };
     let s = run_to_end(&mut vm, 0, &mut spy);
-    c.check("bench-vm", matches!(s, Stop::Done) && l2x::rd(0, l2x::D_TAG_STATUS) == 0, format_args!("{s}; tag bench: {}", st(l2x::rd(0, l2x::D_TAG_STATUS))));
+    c.check(
+        "bench-vm",
+        matches!(s, Stop::Done) && l2x::rd(0, l2x::D_TAG_STATUS) == 0,
+        format_args!("{s}; tag bench: {}", st(l2x::rd(0, l2x::D_TAG_STATUS))),
+    );
 
     // Measure with the output flowing to an operator, as it does in use:
     // wait until the harness's console follows the VM.
@@ -64,19 +81,33 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     while matches!(row, Ok(Some(r)) if !r.com1_attached) && cpu::rdtsc() < deadline {
         row = listed(&tag);
     }
-    c.check("operator-attached", matches!(row, Ok(Some(r)) if r.com1_attached), format_args!("{}", ShowRow(row.ok().flatten())));
+    c.check(
+        "operator-attached",
+        matches!(row, Ok(Some(r)) if r.com1_attached),
+        format_args!("{}", ShowRow(row.ok().flatten())),
+    );
 
     l2x::wr(0, l2x::D_N, TX_BYTES);
     l2x::wr(0, l2x::D_N2, READS.max(PINGS));
     let s = run_to_end(vm.at(l2x!(l2x_bench)), 0, &mut spy);
-    let (tx, scr, ping) = (l2x::rd(0, l2x::D_T_TX), l2x::rd(0, l2x::D_T_SCR), l2x::rd(0, l2x::D_T_PING));
+    let (tx, scr, ping) = (
+        l2x::rd(0, l2x::D_T_TX),
+        l2x::rd(0, l2x::D_T_SCR),
+        l2x::rd(0, l2x::D_T_PING),
+    );
     let done = matches!(s, Stop::Done) && l2x::rd(0, l2x::D_DONE) == 1;
     if done {
         crate::println!("BENCH l2-serial-byte {}", tx / TX_BYTES);
         crate::println!("BENCH l2-com-read {}", scr / READS);
         crate::println!("BENCH l2-ucall-ping {}", ping / PINGS);
     }
-    c.check("l2-loops", done, format_args!("{s}; {TX_BYTES} bytes in {tx} ticks, {READS} reads in {scr}, {PINGS} pings in {ping}"));
+    c.check(
+        "l2-loops",
+        done,
+        format_args!(
+            "{s}; {TX_BYTES} bytes in {tx} ticks, {READS} reads in {scr}, {PINGS} pings in {ping}"
+        ),
+    );
 
     let mut ok = 0;
     let t0 = cpu::rdtsc();
@@ -85,7 +116,11 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     }
     let t = (cpu::rdtsc() - t0) / PINGS;
     crate::println!("BENCH l1-ucall-ping {t}");
-    c.check("l1-ping-loop", ok == PINGS, format_args!("{ok} of {PINGS} pings answered, {t} ticks each"));
+    c.check(
+        "l1-ping-loop",
+        ok == PINGS,
+        format_args!("{ok} of {PINGS} pings answered, {t} ticks each"),
+    );
 
     let (buf, bva) = (io_buf(), va(io_buf()));
     let (mut save_ticks, mut restore_ticks, mut pairs, mut bad) = (0, 0, 0, None);
@@ -118,7 +153,14 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     c.check(
         "save-restore-loop",
         pairs == SEALS,
-        format_args!("{pairs} of {SEALS} save/restore pairs{}", why.as_ref().map_or("", |m| m.as_str())),
+        format_args!(
+            "{pairs} of {SEALS} save/restore pairs{}",
+            why.as_ref().map_or("", |m| m.as_str())
+        ),
     );
-    c.check("l1-got-no-com-exit", spy.com_io == 0, format_args!("{} COM exits; {}", spy.com_io, spy.summary().as_str()));
+    c.check(
+        "l1-got-no-com-exit",
+        spy.com_io == 0,
+        format_args!("{} COM exits; {}", spy.com_io, spy.summary().as_str()),
+    );
 }

@@ -44,23 +44,43 @@ pub fn run_scenario() {
 
 fn body(c: &mut Checks, hv: &mut crate::hv::Hv) {
     let mut vms: [Option<(Vm, u64)>; 2] = [None, None];
-    for (i, (letter, tag, page)) in [(b'A', "console-a", pg::VMCS_A), (b'B', "console-b", pg::VMCS_B)].into_iter().enumerate() {
-        let p = Params { letter, tag: tag.as_bytes(), uart: UART_POLLED, chunk: CHUNK };
+    for (i, (letter, tag, page)) in [
+        (b'A', "console-a", pg::VMCS_A),
+        (b'B', "console-b", pg::VMCS_B),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = Params {
+            letter,
+            tag: tag.as_bytes(),
+            uart: UART_POLLED,
+            chunk: CHUNK,
+        };
         match hv.vm64(i, page, l2x!(l2x_console), &p) {
             Ok((vm, e)) => vms[i] = Some((vm, e.root)),
             Err(m) => {
                 for n in &CHECKS[1..] {
-                    c.check(n, false, format_args!("setting up VM {}: {}", letter as char, m.as_str()));
+                    c.check(
+                        n,
+                        false,
+                        format_args!("setting up VM {}: {}", letter as char, m.as_str()),
+                    );
                 }
                 return;
             }
         }
     }
-    let [Some((mut a, ra)), Some((mut b, rb))] = vms else { return };
+    let [Some((mut a, ra)), Some((mut b, rb))] = vms else {
+        return;
+    };
     c.check(
         "two-vms",
         a.vmcs != b.vmcs && ra != rb,
-        format_args!("VMCS12 {:#x} / {:#x}, EPT12 roots {ra:#x} / {rb:#x}", a.vmcs, b.vmcs),
+        format_args!(
+            "VMCS12 {:#x} / {:#x}, EPT12 roots {ra:#x} / {rb:#x}",
+            a.vmcs, b.vmcs
+        ),
     );
 
     // Turns: A, B, A, B ... each runs until it has printed CHUNK bytes.
@@ -96,7 +116,13 @@ fn body(c: &mut Checks, hv: &mut crate::hv::Hv) {
     c.check(
         "tags-registered",
         sts == [0, 0] && ids[0] != ids[1] && ids[0] != 0 && ids[1] != 0,
-        format_args!("console-a: {} as vm {}, console-b: {} as vm {}", st(sts[0]), ids[0], st(sts[1]), ids[1]),
+        format_args!(
+            "console-a: {} as vm {}, console-b: {} as vm {}",
+            st(sts[0]),
+            ids[0],
+            st(sts[1]),
+            ids[1]
+        ),
     );
     let finished = [l2x::rd(0, l2x::D_DONE), l2x::rd(1, l2x::D_DONE)];
     let want = (OUT / CHUNK) as u32;
@@ -111,8 +137,16 @@ fn body(c: &mut Checks, hv: &mut crate::hv::Hv) {
             finished
         ),
     );
-    c.check("l1-got-no-com-exit", spy.com_io == 0, format_args!("{} COM exits; {}", spy.com_io, spy.summary().as_str()));
-    c.check("l1-got-no-ultracall-exit", spy.ucall_exits == 0, format_args!("{} ultracalls reached L1", spy.ucall_exits));
+    c.check(
+        "l1-got-no-com-exit",
+        spy.com_io == 0,
+        format_args!("{} COM exits; {}", spy.com_io, spy.summary().as_str()),
+    );
+    c.check(
+        "l1-got-no-ultracall-exit",
+        spy.ucall_exits == 0,
+        format_args!("{} ultracalls reached L1", spy.ucall_exits),
+    );
 
     let is_secret = |b: &[u8]| secret_at(b).is_some();
     let (hits, bytes) = scan_l1(&is_secret);
@@ -122,8 +156,15 @@ fn body(c: &mut Checks, hv: &mut crate::hv::Hv) {
         format_args!("{hits} copies of shadow-<A|B>-<16 hex> in {bytes} bytes of L1's image, data, .bss and stack"),
     );
     // The scan can find what is there: each VM's text is in its own memory.
-    let (in_a, in_b) = (scan_l2_data(0, &|b| secret_at(b) == Some(b'A')), scan_l2_data(1, &|b| secret_at(b) == Some(b'B')));
-    c.check("spy-finds-text-in-l2-memory", in_a == 1 && in_b == 1, format_args!("A's page holds {in_a}, B's {in_b}"));
+    let (in_a, in_b) = (
+        scan_l2_data(0, &|b| secret_at(b) == Some(b'A')),
+        scan_l2_data(1, &|b| secret_at(b) == Some(b'B')),
+    );
+    c.check(
+        "spy-finds-text-in-l2-memory",
+        in_a == 1 && in_b == 1,
+        format_args!("A's page holds {in_a}, B's {in_b}"),
+    );
 
     // L1 sees counters, never bytes.
     let mut rows = [Row::default(); 8];
@@ -133,24 +174,51 @@ fn body(c: &mut Checks, hv: &mut crate::hv::Hv) {
             let (ra, rb) = (find(ids[0]), find(ids[1]));
             let expect_out = OUT;
             let ok = n == 2
-                && ra.is_some_and(|r| r.tag.is_some_and(|t| t.as_str() == "console-a") && r.com1_out == expect_out && !r.frozen)
-                && rb.is_some_and(|r| r.tag.is_some_and(|t| t.as_str() == "console-b") && r.com1_out == expect_out && !r.frozen);
+                && ra.is_some_and(|r| {
+                    r.tag.is_some_and(|t| t.as_str() == "console-a")
+                        && r.com1_out == expect_out
+                        && !r.frozen
+                })
+                && rb.is_some_and(|r| {
+                    r.tag.is_some_and(|t| t.as_str() == "console-b")
+                        && r.com1_out == expect_out
+                        && !r.frozen
+                });
             c.check(
                 "list-shows-counts",
                 ok,
-                format_args!("{n} VMs; A: {}; B: {} (want {expect_out} bytes out each)", super::shadow::ShowRow(ra), super::shadow::ShowRow(rb)),
+                format_args!(
+                    "{n} VMs; A: {}; B: {} (want {expect_out} bytes out each)",
+                    super::shadow::ShowRow(ra),
+                    super::shadow::ShowRow(rb)
+                ),
             );
         }
-        Err(s) => c.check("list-shows-counts", false, format_args!("LIST_VMS: {}", st(s))),
+        Err(s) => c.check(
+            "list-shows-counts",
+            false,
+            format_args!("LIST_VMS: {}", st(s)),
+        ),
     }
 
     // Booted without an `l0.key` module: L0 cannot seal, and says so.
     let buf = super::shadow::io_buf();
-    let o = ucall::save(&ucall::tag("console-a"), super::shadow::va(buf), buf.len() as u64);
-    let frozen = super::shadow::listed(&ucall::tag("console-a")).ok().flatten().map(|r| r.frozen);
+    let o = ucall::save(
+        &ucall::tag("console-a"),
+        super::shadow::va(buf),
+        buf.len() as u64,
+    );
+    let frozen = super::shadow::listed(&ucall::tag("console-a"))
+        .ok()
+        .flatten()
+        .map(|r| r.frozen);
     c.check(
         "save-without-key",
         o.is(Status::NoKey) && o.rcx == 0 && frozen == Some(false),
-        format_args!("SAVE_DEVICES: {}, RCX {}; console-a frozen afterwards: {frozen:?}", st(o.rax), o.rcx),
+        format_args!(
+            "SAVE_DEVICES: {}, RCX {}; console-a frozen afterwards: {frozen:?}",
+            st(o.rax),
+            o.rcx
+        ),
     );
 }

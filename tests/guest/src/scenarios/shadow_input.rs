@@ -87,12 +87,29 @@ struct Relay {
 
 fn body(c: &mut Checks, hv: &mut Hv) {
     let o = ucall::set_irq_relay(5);
-    c.check("relay-bad-vector", o.is(Status::InvalidArgument), format_args!("SetIrqRelay(5): {}", st(o.rax)));
+    c.check(
+        "relay-bad-vector",
+        o.is(Status::InvalidArgument),
+        format_args!("SetIrqRelay(5): {}", st(o.rax)),
+    );
     let o = ucall::set_irq_relay(RELAY_VECTOR as u64);
-    c.check("relay-set", o.is(Status::Ok) && o.rsi == RELAY_VECTOR as u64, format_args!("SetIrqRelay({RELAY_VECTOR:#x}): {}, RSI {:#x}", st(o.rax), o.rsi));
+    c.check(
+        "relay-set",
+        o.is(Status::Ok) && o.rsi == RELAY_VECTOR as u64,
+        format_args!(
+            "SetIrqRelay({RELAY_VECTOR:#x}): {}, RSI {:#x}",
+            st(o.rax),
+            o.rsi
+        ),
+    );
 
     // Receive interrupts on (IER.ERBFI), OUT2 gates them onto IRQ 4.
-    let p = Params { letter: b'I', tag: b"input-1", uart: [0x01, 0x03, 0x0b, 0x07, 0x00, 0x01, 0x00], chunk: 0 };
+    let p = Params {
+        letter: b'I',
+        tag: b"input-1",
+        uart: [0x01, 0x03, 0x0b, 0x07, 0x00, 0x01, 0x00],
+        chunk: 0,
+    };
     let mut vm = match hv.vm64(0, pg::VMCS_A, l2x!(l2x_input), &p) {
         Ok((vm, _)) => vm,
         Err(m) => {
@@ -108,7 +125,14 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     if apic_ok {
         apic::enable();
     }
-    c.check("input-vm", true, format_args!("VMCS12 {:#x}; ack on exit {acked_exits}; local APIC usable {apic_ok}", vm.vmcs));
+    c.check(
+        "input-vm",
+        true,
+        format_args!(
+            "VMCS12 {:#x}; ack on exit {acked_exits}; local APIC usable {apic_ok}",
+            vm.vmcs
+        ),
+    );
 
     let mut spy = Spy::new();
     let mut r = Relay::default();
@@ -120,7 +144,9 @@ fn body(c: &mut Checks, hv: &mut Hv) {
                 // L2 waits for input: so does L1, until L0 relays.
                 skip(&x);
                 if !wait_relay(&mut r) {
-                    trouble = Some(crate::msg!("no relay within {RELAY_WAIT} ticks of L2's HLT"));
+                    trouble = Some(crate::msg!(
+                        "no relay within {RELAY_WAIT} ticks of L2's HLT"
+                    ));
                     break;
                 }
                 service(&mut vm, &mut r);
@@ -154,16 +180,40 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     }
     let idt = RELAY_TAKEN.load(Ordering::SeqCst);
     let why = trouble.as_ref().map_or("", |m| m.as_str());
-    c.check("relay-through-idt", idt >= 1, format_args!("L1's IDT took vector {RELAY_VECTOR:#x} {idt} time(s) {why}"));
+    c.check(
+        "relay-through-idt",
+        idt >= 1,
+        format_args!("L1's IDT took vector {RELAY_VECTOR:#x} {idt} time(s) {why}"),
+    );
     if acked_exits {
-        c.check("relay-as-acked-exit", r.acked >= 1, format_args!("{} external-interrupt exit(s) with vector {RELAY_VECTOR:#x}", r.acked));
+        c.check(
+            "relay-as-acked-exit",
+            r.acked >= 1,
+            format_args!(
+                "{} external-interrupt exit(s) with vector {RELAY_VECTOR:#x}",
+                r.acked
+            ),
+        );
     } else {
-        c.skip("relay-as-acked-exit", format_args!("acknowledge interrupt on exit not offered"));
+        c.skip(
+            "relay-as-acked-exit",
+            format_args!("acknowledge interrupt on exit not offered"),
+        );
     }
     if apic_ok {
-        c.check("relay-not-from-apic", r.in_apic == 0, format_args!("relay vector seen in the APIC's ISR/IRR {} time(s)", r.in_apic));
+        c.check(
+            "relay-not-from-apic",
+            r.in_apic == 0,
+            format_args!(
+                "relay vector seen in the APIC's ISR/IRR {} time(s)",
+                r.in_apic
+            ),
+        );
     } else {
-        c.skip("relay-not-from-apic", format_args!("the local APIC cannot be read here"));
+        c.skip(
+            "relay-not-from-apic",
+            format_args!("the local APIC cannot be read here"),
+        );
     }
     c.check(
         "take-irqs",
@@ -179,24 +229,45 @@ fn body(c: &mut Checks, hv: &mut Hv) {
         isr >= 2 && isr <= r.injected as u64 && matches!(iir & 0x0f, 0x04 | 0x0c),
         format_args!("L2's UART handler ran {isr} time(s), last IIR {iir:#x}"),
     );
-    let (done, timeout, rx) = (l2x::rd(0, l2x::D_DONE), l2x::rd(0, l2x::D_TIMEOUT), l2x::rd(0, l2x::D_RX_N));
+    let (done, timeout, rx) = (
+        l2x::rd(0, l2x::D_DONE),
+        l2x::rd(0, l2x::D_TIMEOUT),
+        l2x::rd(0, l2x::D_RX_N),
+    );
     c.check(
         "l2-echoed-both-lines",
         done == 1 && timeout == 0 && rx == TYPED,
         format_args!("done {done}, timed out {timeout}, received {rx} bytes (want {TYPED})"),
     );
-    c.check("l1-got-no-com-exit", spy.com_io == 0, format_args!("{} COM exits; {}", spy.com_io, spy.summary().as_str()));
+    c.check(
+        "l1-got-no-com-exit",
+        spy.com_io == 0,
+        format_args!("{} COM exits; {}", spy.com_io, spy.summary().as_str()),
+    );
     let (h1, bytes) = scan_l1(&|b| masked_at(b, &HELLO));
     let (h2, _) = scan_l1(&|b| masked_at(b, &SECOND));
     c.check(
         "l1-memory-holds-no-typed-text",
         h1 == 0 && h2 == 0,
-        format_args!("first line {h1} time(s), second {h2} time(s) in {bytes} bytes of L1's memory"),
+        format_args!(
+            "first line {h1} time(s), second {h2} time(s) in {bytes} bytes of L1's memory"
+        ),
     );
-    let (l1, l2) = (scan_l2_data(0, &|b| masked_at(b, &HELLO)), scan_l2_data(0, &|b| masked_at(b, &SECOND)));
-    c.check("spy-finds-typed-text-in-l2-memory", l1 == 1 && l2 == 1, format_args!("L2's page holds the first line {l1} time(s), the second {l2}"));
+    let (l1, l2) = (
+        scan_l2_data(0, &|b| masked_at(b, &HELLO)),
+        scan_l2_data(0, &|b| masked_at(b, &SECOND)),
+    );
+    c.check(
+        "spy-finds-typed-text-in-l2-memory",
+        l1 == 1 && l2 == 1,
+        format_args!("L2's page holds the first line {l1} time(s), the second {l2}"),
+    );
     let o = ucall::set_irq_relay(0);
-    c.check("relay-off", o.is(Status::Ok), format_args!("SetIrqRelay(0): {}", st(o.rax)));
+    c.check(
+        "relay-off",
+        o.is(Status::Ok),
+        format_args!("SetIrqRelay(0): {}", st(o.rax)),
+    );
 }
 
 /// Whether the relay vector is pending or in service in L1's local APIC:
@@ -255,7 +326,10 @@ fn inject(r: &mut Relay) {
     }
     let open = rd(GUEST_RFLAGS) & 1 << 9 != 0 && rd(GUEST_INTERRUPTIBILITY) & 3 == 0;
     if open {
-        let _ = vmwrite(ENTRY_INTR_INFO, (intr::VALID | intr::TYPE_EXTERNAL | UART_VECTOR as u32) as u64);
+        let _ = vmwrite(
+            ENTRY_INTR_INFO,
+            (intr::VALID | intr::TYPE_EXTERNAL | UART_VECTOR as u32) as u64,
+        );
         r.owed = false;
         r.injected += 1;
     } else {

@@ -23,7 +23,10 @@ use crate::hv::ucall::{self, Gprs};
 use crate::hv::vm::Vm;
 use crate::hv::vmx::vmwrite;
 use crate::hv::{Hv, Msg};
-use crate::ucall_model::{gen, Answer, Buf, Call, Content, Expect, Level, Model, Rng, VmModel, BUF_SPAN, R8, RAX, RCX, RDI, RDX, RSI};
+use crate::ucall_model::{
+    gen, Answer, Buf, Call, Content, Expect, Level, Model, Rng, VmModel, BUF_SPAN, R8, RAX, RCX,
+    RDI, RDX, RSI,
+};
 use crate::{l2x, msg};
 
 use super::shadow::{blob_buf, io_buf, list_vms, run, skip, st, va, Row, Spy, Stop};
@@ -100,13 +103,23 @@ impl Tally {
 }
 
 fn body(c: &mut Checks, hv: &mut Hv) {
-    crate::println!("guest: fuzz seed {SEED:#x}, {ROUNDS} rounds of {L1_BATCH} L1 and {L2_BATCH} L2 calls");
+    crate::println!(
+        "guest: fuzz seed {SEED:#x}, {ROUNDS} rounds of {L1_BATCH} L1 and {L2_BATCH} L2 calls"
+    );
     let tag = ucall::tag("fuzz-l2");
     let mut spy = Spy::new();
     // The fuzzing VM, and a bystander whose tag the calls also name.
     let mut vms = [None, None];
-    for (i, (name, page)) in [("fuzz-l2", pg::VMCS_A), ("bystander", pg::VMCS_B)].into_iter().enumerate() {
-        let p = Params { letter: b'F', tag: name.as_bytes(), uart: UART_POLLED, chunk: 0 };
+    for (i, (name, page)) in [("fuzz-l2", pg::VMCS_A), ("bystander", pg::VMCS_B)]
+        .into_iter()
+        .enumerate()
+    {
+        let p = Params {
+            letter: b'F',
+            tag: name.as_bytes(),
+            uart: UART_POLLED,
+            chunk: 0,
+        };
         match hv.vm64(i, page, l2x!(l2x_tag_only), &p) {
             Ok((mut vm, _)) => {
                 let s = super::shadow::run_to_end(&mut vm, i, &mut spy);
@@ -120,22 +133,43 @@ fn body(c: &mut Checks, hv: &mut Hv) {
             }
         }
     }
-    let [Some((mut vm, s0)), Some((_, s1))] = vms else { return };
+    let [Some((mut vm, s0)), Some((_, s1))] = vms else {
+        return;
+    };
     let (t_st, vm_id) = (l2x::rd(0, l2x::D_TAG_STATUS), l2x::rd(0, l2x::D_TAG_ID));
     let (b_st, b_id) = (l2x::rd(1, l2x::D_TAG_STATUS), l2x::rd(1, l2x::D_TAG_ID));
     c.check(
         "fuzz-vm",
         matches!((s0, s1), (Stop::Done, Stop::Done)) && t_st == 0 && b_st == 0,
-        format_args!("{s0}, {s1}; fuzz-l2 {} as vm {vm_id}, bystander {} as vm {b_id}", st(t_st), st(b_st)),
+        format_args!(
+            "{s0}, {s1}; fuzz-l2 {} as vm {vm_id}, bystander {} as vm {b_id}",
+            st(t_st),
+            st(b_st)
+        ),
     );
     let o = ucall::save(&tag, 0, 0);
     let ob = ucall::save(&ucall::tag("bystander"), 0, 0);
     c.check(
         "size-query",
-        o.is(Status::BufferTooSmall) && o.rcx > 96 && ob.is(Status::BufferTooSmall) && ob.rcx == o.rcx,
-        format_args!("{}: {} bytes; the bystander's {}: {} bytes", st(o.rax), o.rcx, st(ob.rax), ob.rcx),
+        o.is(Status::BufferTooSmall)
+            && o.rcx > 96
+            && ob.is(Status::BufferTooSmall)
+            && ob.rcx == o.rcx,
+        format_args!(
+            "{}: {} bytes; the bystander's {}: {} bytes",
+            st(o.rax),
+            o.rcx,
+            st(ob.rax),
+            ob.rcx
+        ),
     );
-    let mut m = Model::new([VmModel::new(b"fuzz-l2", vm_id), VmModel::new(b"bystander", b_id)], o.rcx);
+    let mut m = Model::new(
+        [
+            VmModel::new(b"fuzz-l2", vm_id),
+            VmModel::new(b"bystander", b_id),
+        ],
+        o.rcx,
+    );
 
     let mut rng = Rng::new(SEED);
     let (mut t1, mut t2) = (Tally::default(), Tally::default());
@@ -146,9 +180,18 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     for round in 0..ROUNDS {
         for i in 0..L1_BATCH {
             let call = gen(&mut rng, Level::L1, &m, va(io_buf()));
-            l1_call(&mut rng, &mut m, &call, round * L1_BATCH + i, &mut t1, &mut seen);
+            l1_call(
+                &mut rng,
+                &mut m,
+                &call,
+                round * L1_BATCH + i,
+                &mut t1,
+                &mut seen,
+            );
         }
-        match l2_batch(&mut rng, &mut m, &mut vm, &mut spy, round, &mut t2, &mut seen) {
+        match l2_batch(
+            &mut rng, &mut m, &mut vm, &mut spy, round, &mut t2, &mut seen,
+        ) {
             Ok(n) => {
                 reflected += n.0;
                 reflected_ok &= n.1;
@@ -161,7 +204,15 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     }
     report(c, "l1", &t1);
     let ud = l1_non_ultracalls(&mut rng);
-    c.check("l1-non-ultracall-ud", ud.is_none(), format_args!("16 vmcalls without the magic: {}", ud.as_ref().map_or("each #UD, registers kept", |m| m.as_str())));
+    c.check(
+        "l1-non-ultracall-ud",
+        ud.is_none(),
+        format_args!(
+            "16 vmcalls without the magic: {}",
+            ud.as_ref()
+                .map_or("each #UD, registers kept", |m| m.as_str())
+        ),
+    );
     let why = trouble.as_ref().map_or("", |m| m.as_str());
     if let Some(t) = &trouble {
         t2.wrong(msg!("{}", t.as_str()));
@@ -174,22 +225,44 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     );
     c.check(
         "caller-rules",
-        t1.forbidden > 0 && t1.denied == t1.forbidden && t2.forbidden > 0 && t2.denied == t2.forbidden,
-        format_args!("L1 refused {} of {} REGISTER_TAGs; L2 refused {} of {} L1-only calls", t1.denied, t1.forbidden, t2.denied, t2.forbidden),
+        t1.forbidden > 0
+            && t1.denied == t1.forbidden
+            && t2.forbidden > 0
+            && t2.denied == t2.forbidden,
+        format_args!(
+            "L1 refused {} of {} REGISTER_TAGs; L2 refused {} of {} L1-only calls",
+            t1.denied, t1.forbidden, t2.denied, t2.forbidden
+        ),
     );
     // The seeded run reaches every status a fuzzed call can get here
     // (not: a read-only buffer, an internal limit, no key, a rejected state).
-    let missing = REACHED.iter().filter(|s| seen & 1 << s.raw() == 0).fold(msg!(""), |mut m, s| {
-        let _ = core::fmt::Write::write_fmt(&mut m, format_args!(" {}", st(s.raw())));
-        m
-    });
+    let missing = REACHED
+        .iter()
+        .filter(|s| seen & 1 << s.raw() == 0)
+        .fold(msg!(""), |mut m, s| {
+            let _ = core::fmt::Write::write_fmt(&mut m, format_args!(" {}", st(s.raw())));
+            m
+        });
     let names = (0..64).filter(|b| seen & 1 << b != 0).count();
-    c.check("statuses-seen", missing.as_str().is_empty(), format_args!("{names} different statuses (bits {seen:#x}); missing:{}", missing.as_str()));
+    c.check(
+        "statuses-seen",
+        missing.as_str().is_empty(),
+        format_args!(
+            "{names} different statuses (bits {seen:#x}); missing:{}",
+            missing.as_str()
+        ),
+    );
 
     let mut rows = [Row::default(); 8];
     let relay = ucall::set_irq_relay(0);
     let listed = list_vms(&mut rows);
-    let agrees = |i: usize| rows[..2].iter().any(|r| r.id == m.vms[i].id && r.frozen == m.vms[i].frozen && r.tag.is_some_and(|t| t.padded() == &m.vms[i].tag));
+    let agrees = |i: usize| {
+        rows[..2].iter().any(|r| {
+            r.id == m.vms[i].id
+                && r.frozen == m.vms[i].frozen
+                && r.tag.is_some_and(|t| t.padded() == &m.vms[i].tag)
+        })
+    };
     c.check(
         "l0-state-consistent",
         matches!(listed, Ok(2)) && agrees(0) && agrees(1) && relay.is(Status::Ok),
@@ -208,14 +281,33 @@ fn body(c: &mut Checks, hv: &mut Hv) {
 
 fn report(c: &mut Checks, level: &str, t: &Tally) {
     c.check(
-        if level == "l1" { "l1-answers" } else { "l2-answers" },
+        if level == "l1" {
+            "l1-answers"
+        } else {
+            "l2-answers"
+        },
         t.wrong == 0 && t.calls > 0,
-        format_args!("{} calls, {} answered otherwise than modelled{}{}", t.calls, t.wrong, if t.wrong > 0 { "; first: " } else { "" }, t.first_wrong.as_ref().map_or("", |m| m.as_str())),
+        format_args!(
+            "{} calls, {} answered otherwise than modelled{}{}",
+            t.calls,
+            t.wrong,
+            if t.wrong > 0 { "; first: " } else { "" },
+            t.first_wrong.as_ref().map_or("", |m| m.as_str())
+        ),
     );
     c.check(
-        if level == "l1" { "l1-registers-preserved" } else { "l2-registers-preserved" },
+        if level == "l1" {
+            "l1-registers-preserved"
+        } else {
+            "l2-registers-preserved"
+        },
         t.clobbered == 0 && t.calls > 0,
-        format_args!("{} calls changed a register L0 must keep{}{}", t.clobbered, if t.clobbered > 0 { "; first: " } else { "" }, t.first_clobbered.as_ref().map_or("", |m| m.as_str())),
+        format_args!(
+            "{} calls changed a register L0 must keep{}{}",
+            t.clobbered,
+            if t.clobbered > 0 { "; first: " } else { "" },
+            t.first_clobbered.as_ref().map_or("", |m| m.as_str())
+        ),
     );
 }
 
@@ -243,7 +335,15 @@ fn show_expect(e: &Expect) -> Msg {
 }
 
 /// Compares an answer with the model's; true if as modelled.
-fn judge(level: Level, call: &Call, a: &Answer, out: [u64; 4], n: usize, t: &mut Tally, seen: &mut u64) -> Option<Status> {
+fn judge(
+    level: Level,
+    call: &Call,
+    a: &Answer,
+    out: [u64; 4],
+    n: usize,
+    t: &mut Tally,
+    seen: &mut u64,
+) -> Option<Status> {
     let [rax, rcx, rdx, rsi] = out;
     t.calls += 1;
     let status = Status::from_raw(rax);
@@ -307,7 +407,9 @@ fn stage(rng: &mut Rng, m: &Model, call: &Call) {
 }
 
 fn l1_call(rng: &mut Rng, m: &mut Model, call: &Call, n: usize, t: &mut Tally, seen: &mut u64) {
-    let Some(a) = m.answer(Level::L1, call) else { return };
+    let Some(a) = m.answer(Level::L1, call) else {
+        return;
+    };
     if call.regs[RCX] == Op::RestoreDevices.raw() {
         stage(rng, m, call);
     }
@@ -315,19 +417,61 @@ fn l1_call(rng: &mut Rng, m: &mut Model, call: &Call, n: usize, t: &mut Tally, s
     for (i, v) in g.r.iter_mut().enumerate() {
         *v = rng.next() ^ i as u64;
     }
-    let map = [(RAX, ucall::RAX), (RCX, ucall::RCX), (RDX, ucall::RDX), (RSI, ucall::RSI), (RDI, ucall::RDI)];
+    let map = [
+        (RAX, ucall::RAX),
+        (RCX, ucall::RCX),
+        (RDX, ucall::RDX),
+        (RSI, ucall::RSI),
+        (RDI, ucall::RDI),
+    ];
     for (from, to) in map {
         g.r[to] = call.regs[from];
     }
     g.r[ucall::R8..ucall::R8 + 4].copy_from_slice(&call.regs[R8..R8 + 4]);
     let before = g;
     ucall::raw(&mut g);
-    let status = judge(Level::L1, call, &a, [g.r[ucall::RAX], g.r[ucall::RCX], g.r[ucall::RDX], g.r[ucall::RSI]], n, t, seen);
-    let kept = [ucall::RBX, ucall::RDI, ucall::RBP, 7, 8, 9, 10, 11, 12, 13, 14];
+    let status = judge(
+        Level::L1,
+        call,
+        &a,
+        [
+            g.r[ucall::RAX],
+            g.r[ucall::RCX],
+            g.r[ucall::RDX],
+            g.r[ucall::RSI],
+        ],
+        n,
+        t,
+        seen,
+    );
+    let kept = [
+        ucall::RBX,
+        ucall::RDI,
+        ucall::RBP,
+        7,
+        8,
+        9,
+        10,
+        11,
+        12,
+        13,
+        14,
+    ];
     if let Some(&i) = kept.iter().find(|&&i| g.r[i] != before.r[i]) {
-        t.clobbered(msg!("#{n} op {:#x}: {} {:#x} -> {:#x}", call.regs[RCX], ucall::NAMES[i], before.r[i], g.r[i]));
+        t.clobbered(msg!(
+            "#{n} op {:#x}: {} {:#x} -> {:#x}",
+            call.regs[RCX],
+            ucall::NAMES[i],
+            before.r[i],
+            g.r[i]
+        ));
     } else if g.rflags_after != g.rflags_before {
-        t.clobbered(msg!("#{n} op {:#x}: RFLAGS {:#x} -> {:#x}", call.regs[RCX], g.rflags_before, g.rflags_after));
+        t.clobbered(msg!(
+            "#{n} op {:#x}: RFLAGS {:#x} -> {:#x}",
+            call.regs[RCX],
+            g.rflags_before,
+            g.rflags_after
+        ));
     }
     if let Some(s) = status {
         if s == Status::Ok && call.regs[RCX] == Op::SaveDevices.raw() {
@@ -352,7 +496,11 @@ fn l1_non_ultracalls(rng: &mut Rng) -> Option<Msg> {
         // The VMCALL in l1_ucall is 3 bytes (0f 01 c1).
         let fault = crate::faults::expect_fault(3, || ucall::raw(&mut g));
         if fault != Some(6) || g.r != before.r {
-            return Some(msg!("RAX {:#x}: fault {fault:?}, registers kept {}", before.r[ucall::RAX], g.r == before.r));
+            return Some(msg!(
+                "RAX {:#x}: fault {fault:?}, registers kept {}",
+                before.r[ucall::RAX],
+                g.r == before.r
+            ));
         }
     }
     None
@@ -365,7 +513,15 @@ fn table(i: usize, w: usize) -> u64 {
 /// One batch of L2 calls through `l2x_fuzz`; returns the calls reflected
 /// to L1 and whether each of them was a non-ultracall that reached L1
 /// with L2's registers intact.
-fn l2_batch(rng: &mut Rng, m: &mut Model, vm: &mut Vm, spy: &mut Spy, round: usize, t: &mut Tally, seen: &mut u64) -> Result<(u32, bool), Msg> {
+fn l2_batch(
+    rng: &mut Rng,
+    m: &mut Model,
+    vm: &mut Vm,
+    spy: &mut Spy,
+    round: usize,
+    t: &mut Tally,
+    seen: &mut u64,
+) -> Result<(u32, bool), Msg> {
     let mut calls = [None; L2_BATCH];
     for (i, slot) in calls.iter_mut().enumerate() {
         let call = gen(rng, Level::L2, m, va(io_buf()));
@@ -407,7 +563,15 @@ fn l2_batch(rng: &mut Rng, m: &mut Model, vm: &mut Vm, spy: &mut Spy, round: usi
             t.wrong(msg!("round {round} #{i}: an ultracall reached L1"));
         }
         let idx = |name: &str| OUT_REGS.iter().position(|r| *r == name).unwrap_or(0);
-        let status = judge(Level::L2, call, &a, [out(0), out(idx("rcx")), out(idx("rdx")), out(idx("rsi"))], round * L2_BATCH + i, t, seen);
+        let status = judge(
+            Level::L2,
+            call,
+            &a,
+            [out(0), out(idx("rcx")), out(idx("rdx")), out(idx("rsi"))],
+            round * L2_BATCH + i,
+            t,
+            seen,
+        );
         let mut kept: [(usize, u64); 11] = [(0, 0); 11];
         for (k, &(reg, v)) in SENTINELS.iter().enumerate() {
             kept[k] = (reg, v);
@@ -417,7 +581,12 @@ fn l2_batch(rng: &mut Rng, m: &mut Model, vm: &mut Vm, spy: &mut Spy, round: usi
             kept[6 + k] = (idx(name), call.regs[input]);
         }
         if let Some(&(reg, v)) = kept.iter().find(|&&(reg, v)| out(reg) != v) {
-            t.clobbered(msg!("round {round} #{i} op {:#x}: {} {v:#x} -> {:#x}", call.regs[RCX], OUT_REGS[reg], out(reg)));
+            t.clobbered(msg!(
+                "round {round} #{i} op {:#x}: {} {v:#x} -> {:#x}",
+                call.regs[RCX],
+                OUT_REGS[reg],
+                out(reg)
+            ));
         }
         if let Some(s) = status {
             m.apply(Level::L2, call, s);

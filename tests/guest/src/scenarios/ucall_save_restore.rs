@@ -83,7 +83,10 @@ pub fn run_scenario() {
 }
 
 fn fail_rest(c: &mut Checks, from: &str, why: core::fmt::Arguments) {
-    let i = CHECKS.iter().position(|n| *n == from).unwrap_or(CHECKS.len());
+    let i = CHECKS
+        .iter()
+        .position(|n| *n == from)
+        .unwrap_or(CHECKS.len());
     for n in &CHECKS[i..] {
         c.check(n, false, why);
     }
@@ -95,14 +98,23 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     let mut spy = Spy::new();
 
     // ---- VM A
-    let p = Params { letter: b'A', tag: b"alpha", uart: A_UART, chunk: 0 };
+    let p = Params {
+        letter: b'A',
+        tag: b"alpha",
+        uart: A_UART,
+        chunk: 0,
+    };
     let mut a = match hv.vm64(0, pg::VMCS_A, l2x!(l2x_sr_a), &p) {
         Ok((vm, _)) => vm,
         Err(m) => return fail_rest(c, "vm-a", format_args!("setting up A: {}", m.as_str())),
     };
     let s = run_to_end(&mut a, 0, &mut spy);
     let (a_st, a_id) = (l2x::rd(0, l2x::D_TAG_STATUS), l2x::rd(0, l2x::D_TAG_ID));
-    c.check("vm-a", matches!(s, Stop::Done) && a_st == 0, format_args!("A: {s}; registered alpha: {} as vm {a_id}", st(a_st)));
+    c.check(
+        "vm-a",
+        matches!(s, Stop::Done) && a_st == 0,
+        format_args!("A: {s}; registered alpha: {} as vm {a_id}", st(a_st)),
+    );
 
     // The operator's answer to A's prompt reaches A's receiver; A does
     // not read it.
@@ -114,7 +126,11 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     let Ok(Some(before)) = row else {
         return fail_rest(c, "input-arrived", format_args!("alpha: {}", show(row)));
     };
-    c.check("input-arrived", before.com1_in == TYPED.len() as u64, format_args!("{}", ShowRow(Some(before))));
+    c.check(
+        "input-arrived",
+        before.com1_in == TYPED.len() as u64,
+        format_args!("{}", ShowRow(Some(before))),
+    );
 
     // ---- refused saves change nothing
     let (buf, bva) = (io_buf(), va(io_buf()));
@@ -122,27 +138,62 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     c.check(
         "save-bad-version",
         o.is(Status::BadVersion) && o.rdx == ultracall_abi::ABI_VERSION.to_raw() as u64,
-        format_args!("caller 2.0: {}, L0's version in RDX {:#x}", st(o.rax), o.rdx),
+        format_args!(
+            "caller 2.0: {}, L0's version in RDX {:#x}",
+            st(o.rax),
+            o.rdx
+        ),
     );
-    let o = ucall::call_tag_regs(Op::SaveDevices, bva, buf.len() as u64, [u64::from_le_bytes(*b"-alpha\0\0"), 0, 0, 0]);
-    c.check("save-bad-tag", o.is(Status::TagInvalid), format_args!("tag \"-alpha\": {}", st(o.rax)));
+    let o = ucall::call_tag_regs(
+        Op::SaveDevices,
+        bva,
+        buf.len() as u64,
+        [u64::from_le_bytes(*b"-alpha\0\0"), 0, 0, 0],
+    );
+    c.check(
+        "save-bad-tag",
+        o.is(Status::TagInvalid),
+        format_args!("tag \"-alpha\": {}", st(o.rax)),
+    );
     let o = ucall::save(&ucall::tag("gamma"), bva, buf.len() as u64);
-    c.check("save-unknown-tag", o.is(Status::UnknownTag), format_args!("tag gamma: {}", st(o.rax)));
+    c.check(
+        "save-unknown-tag",
+        o.is(Status::UnknownTag),
+        format_args!("tag gamma: {}", st(o.rax)),
+    );
     let o = ucall::save(&alpha, bva, 0);
     let needed = o.rcx;
     c.check(
         "save-size-query",
-        o.is(Status::BufferTooSmall) && needed > (BLOB_HEADER_LEN + 16) as u64 && needed <= buf.len() as u64,
+        o.is(Status::BufferTooSmall)
+            && needed > (BLOB_HEADER_LEN + 16) as u64
+            && needed <= buf.len() as u64,
         format_args!("length 0: {}, RCX {needed}", st(o.rax)),
     );
     let o = ucall::save(&alpha, bva, needed - 1);
-    c.check("save-too-small", o.is(Status::BufferTooSmall) && o.rcx == needed, format_args!("{} bytes: {}, RCX {}", needed - 1, st(o.rax), o.rcx));
+    c.check(
+        "save-too-small",
+        o.is(Status::BufferTooSmall) && o.rcx == needed,
+        format_args!("{} bytes: {}, RCX {}", needed - 1, st(o.rax), o.rcx),
+    );
     let o = ucall::save(&alpha, UNMAPPED_BASE, needed);
-    c.check("save-unmapped", o.is(Status::BufferFault), format_args!("at {UNMAPPED_BASE:#x}: {}", st(o.rax)));
+    c.check(
+        "save-unmapped",
+        o.is(Status::BufferFault),
+        format_args!("at {UNMAPPED_BASE:#x}: {}", st(o.rax)),
+    );
     let o = ucall::save(&alpha, NON_CANONICAL, needed);
-    c.check("save-noncanonical", o.is(Status::BufferFault), format_args!("at {NON_CANONICAL:#x}: {}", st(o.rax)));
+    c.check(
+        "save-noncanonical",
+        o.is(Status::BufferFault),
+        format_args!("at {NON_CANONICAL:#x}: {}", st(o.rax)),
+    );
     let o = ucall::save(&alpha, bva, MAX_BUFFER_LEN as u64 + 1);
-    c.check("save-too-large", o.is(Status::BufferTooLarge), format_args!("1 MiB + 1: {}", st(o.rax)));
+    c.check(
+        "save-too-large",
+        o.is(Status::BufferTooLarge),
+        format_args!("1 MiB + 1: {}", st(o.rax)),
+    );
     let after = listed(&alpha);
     c.check(
         "failed-saves-changed-nothing",
@@ -154,11 +205,20 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     buf.fill(0);
     let o = ucall::save(&alpha, bva, buf.len() as u64);
     let len = o.rcx as usize;
-    let header_ok = len >= BLOB_HEADER_LEN && &buf[..4] == b"L0SB" && &buf[48..53] == b"alpha" && buf[53] == 0 && buf[24..32] == 1u64.to_le_bytes();
+    let header_ok = len >= BLOB_HEADER_LEN
+        && &buf[..4] == b"L0SB"
+        && &buf[48..53] == b"alpha"
+        && buf[53] == 0
+        && buf[24..32] == 1u64.to_le_bytes();
     c.check(
         "save",
         o.is(Status::Ok) && o.rcx == needed && o.rsi == 1 && header_ok,
-        format_args!("{}: {} bytes, epoch {}; header magic, tag and epoch {header_ok}", st(o.rax), o.rcx, o.rsi),
+        format_args!(
+            "{}: {} bytes, epoch {}; header magic, tag and epoch {header_ok}",
+            st(o.rax),
+            o.rcx,
+            o.rsi
+        ),
     );
     if !o.is(Status::Ok) || len > buf.len() {
         return fail_rest(c, "blob-is-sealed", format_args!("no blob"));
@@ -167,7 +227,11 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     blob.copy_from_slice(&buf[..len]);
     let typed = crate::spy::count(blob, |b| masked_at(b, &TYPED));
     let printed = crate::spy::count(blob, |b| b.starts_with(b"before save"));
-    c.check("blob-is-sealed", typed == 0 && printed == 0, format_args!("typed text {typed} time(s), A's output {printed} time(s) in the blob"));
+    c.check(
+        "blob-is-sealed",
+        typed == 0 && printed == 0,
+        format_args!("typed text {typed} time(s), A's output {printed} time(s) in the blob"),
+    );
     let o = ucall::save(&alpha, bva, buf.len() as u64);
     let now = listed(&alpha);
     c.check(
@@ -181,17 +245,34 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     // SAFETY: A's VMCS page, which L1 no longer runs.
     let r = unsafe { vmx::vmclear(a.vmcs) };
     let gone = listed(&alpha);
-    c.check("vmclear-ends-vm", r.is_ok() && matches!(gone, Ok(None)), format_args!("VMCLEAR {r:?}; alpha {}", show(gone)));
+    c.check(
+        "vmclear-ends-vm",
+        r.is_ok() && matches!(gone, Ok(None)),
+        format_args!("VMCLEAR {r:?}; alpha {}", show(gone)),
+    );
     let o = stage_and_restore(&alpha, None);
-    c.check("restore-unknown-tag", o.is(Status::UnknownTag), format_args!("nobody holds alpha: {}", st(o.rax)));
+    c.check(
+        "restore-unknown-tag",
+        o.is(Status::UnknownTag),
+        format_args!("nobody holds alpha: {}", st(o.rax)),
+    );
 
     // ---- VM B (beta) and A' (alpha again)
-    let p = Params { letter: b'B', tag: b"beta", uart: UART_POLLED, chunk: 0 };
+    let p = Params {
+        letter: b'B',
+        tag: b"beta",
+        uart: UART_POLLED,
+        chunk: 0,
+    };
     let b_row = match hv.vm64(1, pg::VMCS_B, l2x!(l2x_sr_b), &p) {
         Ok((mut b, _)) => {
             let s = run_to_end(&mut b, 1, &mut spy);
             let row = listed(&beta);
-            c.check("vm-b", matches!(s, Stop::Done) && matches!(row, Ok(Some(_))), format_args!("B: {s}; {}", show(row)));
+            c.check(
+                "vm-b",
+                matches!(s, Stop::Done) && matches!(row, Ok(Some(_))),
+                format_args!("B: {s}; {}", show(row)),
+            );
             row.ok().flatten()
         }
         Err(m) => {
@@ -199,7 +280,12 @@ fn body(c: &mut Checks, hv: &mut Hv) {
             None
         }
     };
-    let p = Params { letter: b'A', tag: b"alpha", uart: UART_POLLED, chunk: 0 };
+    let p = Params {
+        letter: b'A',
+        tag: b"alpha",
+        uart: UART_POLLED,
+        chunk: 0,
+    };
     let (mut a2, root2) = match hv.vm64(2, pg::VMCS_S, l2x!(l2x_tag_only), &p) {
         Ok((vm, e)) => (vm, e.root),
         Err(m) => return fail_rest(c, "vm-a2", format_args!("setting up A': {}", m.as_str())),
@@ -218,24 +304,45 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     let b_now = listed(&beta);
     c.check(
         "restore-wrong-tag",
-        o.is(Status::BlobWrongTag) && matches!((b_now, b_row), (Ok(Some(n)), Some(r)) if !n.frozen && same_counts(&n, &r)),
+        o.is(Status::BlobWrongTag)
+            && matches!((b_now, b_row), (Ok(Some(n)), Some(r)) if !n.frozen && same_counts(&n, &r)),
         format_args!("alpha's blob to beta: {}; beta {}", st(o.rax), show(b_now)),
     );
     let mut tampered = [0u64; 3];
-    for (i, bit) in [(BLOB_HEADER_LEN + 5) * 8 + 2, 24 * 8, (len - 1) * 8 + 7].into_iter().enumerate() {
+    for (i, bit) in [(BLOB_HEADER_LEN + 5) * 8 + 2, 24 * 8, (len - 1) * 8 + 7]
+        .into_iter()
+        .enumerate()
+    {
         tampered[i] = stage_and_restore(&alpha, Some(Edit::Flip(bit))).rax;
     }
     c.check(
         "restore-tampered",
         tampered.iter().all(|&s| s == Status::BlobAuthFailed.raw()),
-        format_args!("a bit flipped in the ciphertext: {}, the epoch: {}, the GCM tag: {}", st(tampered[0]), st(tampered[1]), st(tampered[2])),
+        format_args!(
+            "a bit flipped in the ciphertext: {}, the epoch: {}, the GCM tag: {}",
+            st(tampered[0]),
+            st(tampered[1]),
+            st(tampered[2])
+        ),
     );
     let o = stage_and_restore(&alpha, Some(Edit::Truncate));
-    c.check("restore-truncated", o.is(Status::BlobMalformed), format_args!("{} bytes: {}", len - 1, st(o.rax)));
+    c.check(
+        "restore-truncated",
+        o.is(Status::BlobMalformed),
+        format_args!("{} bytes: {}", len - 1, st(o.rax)),
+    );
     let o = ucall::restore(&alpha, UNMAPPED_BASE, len as u64);
-    c.check("restore-unmapped", o.is(Status::BufferFault), format_args!("at {UNMAPPED_BASE:#x}: {}", st(o.rax)));
+    c.check(
+        "restore-unmapped",
+        o.is(Status::BufferFault),
+        format_args!("at {UNMAPPED_BASE:#x}: {}", st(o.rax)),
+    );
     let o = ucall::restore(&alpha, NON_CANONICAL, len as u64);
-    c.check("restore-noncanonical", o.is(Status::BufferFault), format_args!("at {NON_CANONICAL:#x}: {}", st(o.rax)));
+    c.check(
+        "restore-noncanonical",
+        o.is(Status::BufferFault),
+        format_args!("at {NON_CANONICAL:#x}: {}", st(o.rax)),
+    );
     let still = listed(&alpha);
     c.check(
         "failed-restores-changed-nothing",
@@ -248,11 +355,26 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     let restored = listed(&alpha);
     c.check(
         "restore",
-        o.is(Status::Ok) && o.rcx == len as u64 && o.rsi == 1 && matches!(restored, Ok(Some(r)) if !r.frozen && same_counts(&r, &before)),
-        format_args!("{}: {} bytes, epoch {}; {} (A had in {} out {})", st(o.rax), o.rcx, o.rsi, show(restored), before.com1_in, before.com1_out),
+        o.is(Status::Ok)
+            && o.rcx == len as u64
+            && o.rsi == 1
+            && matches!(restored, Ok(Some(r)) if !r.frozen && same_counts(&r, &before)),
+        format_args!(
+            "{}: {} bytes, epoch {}; {} (A had in {} out {})",
+            st(o.rax),
+            o.rcx,
+            o.rsi,
+            show(restored),
+            before.com1_in,
+            before.com1_out
+        ),
     );
     let o = stage_and_restore(&alpha, None);
-    c.check("restore-replayed", o.is(Status::BlobReplayed), format_args!("the same blob again: {}", st(o.rax)));
+    c.check(
+        "restore-replayed",
+        o.is(Status::BlobReplayed),
+        format_args!("the same blob again: {}", st(o.rax)),
+    );
 
     // ---- A' carries on where A stopped
     let s = match a2.load() {
@@ -272,14 +394,21 @@ fn body(c: &mut Checks, hv: &mut Hv) {
         lsr & 1 != 0 && rx == TYPED.len() as u64,
         format_args!("LSR {lsr:#x} (data ready), {rx} bytes received"),
     );
-    c.check("l1-got-no-com-exit", spy.com_io == 0, format_args!("{} COM exits; {}", spy.com_io, spy.summary().as_str()));
+    c.check(
+        "l1-got-no-com-exit",
+        spy.com_io == 0,
+        format_args!("{} COM exits; {}", spy.com_io, spy.summary().as_str()),
+    );
 }
 
 /// With its devices frozen, A's next COM access is held: L1's
 /// VMX-preemption timer ends the run with L2 still at the OUT.
 fn held_io(c: &mut Checks, hv: &Hv, a: &mut Vm, spy: &mut Spy) {
     if !hv.caps.preemption_timer() {
-        return c.skip("frozen-io-held", format_args!("VMX-preemption timer not offered"));
+        return c.skip(
+            "frozen-io-held",
+            format_args!("VMX-preemption timer not offered"),
+        );
     }
     if let Err(e) = a.load() {
         return c.check("frozen-io-held", false, format_args!("VMPTRLD: {e:?}"));
@@ -287,7 +416,10 @@ fn held_io(c: &mut Checks, hv: &Hv, a: &mut Vm, spy: &mut Spy) {
     hv.ctl(PIN_CONTROLS, pin::PREEMPTION_TIMER, 0);
     // The timer counts only while L2 runs, about a tick per retry of the
     // held OUT (each one an exit to L0).
-    let _ = vmwrite(PREEMPTION_TIMER_VALUE, 5_000 >> hv.caps.preemption_timer_rate());
+    let _ = vmwrite(
+        PREEMPTION_TIMER_VALUE,
+        5_000 >> hv.caps.preemption_timer_rate(),
+    );
     // Should the timer never fire, L1's LAPIC timer ends the run instead
     // (an external-interrupt exit) and the check fails rather than hangs.
     // L2 runs with IF = 1: Bochs does not let an external interrupt exit
@@ -300,7 +432,14 @@ fn held_io(c: &mut Checks, hv: &Hv, a: &mut Vm, spy: &mut Spy) {
     let out = l2x!(l2x_held_out);
     let held = matches!(s, Stop::Exit(x) if x.is(reason::PREEMPTION_TIMER) && x.rip == out);
     let row = listed(&ucall::tag("alpha"));
-    c.check("frozen-io-held", held, format_args!("{s} (want the timer with RIP at the OUT, {out:#x}); {}", show(row)));
+    c.check(
+        "frozen-io-held",
+        held,
+        format_args!(
+            "{s} (want the timer with RIP at the OUT, {out:#x}); {}",
+            show(row)
+        ),
+    );
 }
 
 fn same_counts(a: &Row, b: &Row) -> bool {
