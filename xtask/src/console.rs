@@ -131,6 +131,10 @@ pub trait LineUser {
     fn transcript(&self) -> &str;
     /// The run is over.
     fn finish(&mut self) {}
+    /// What the user meant to do and did not, if anything.
+    fn unfinished(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Moves what is there between the line and its user.
@@ -389,6 +393,14 @@ impl LineUser for Follower {
     }
     fn finish(&mut self) {
         self.flush_all()
+    }
+    fn unfinished(&self) -> Option<String> {
+        self.untyped().first().map(|i| {
+            format!(
+                "the consoles never showed {:?}, so {:?} was not typed",
+                i.after, i.text
+            )
+        })
     }
 }
 

@@ -7,8 +7,10 @@
 //! shell); Ctrl-] opens a command prompt: `list`, `attach <vm|tag> [port]`,
 //! `next`, `detach`, `quit`. With stdin not a terminal, stdin is a script:
 //! `/command` lines as above, `/wait TEXT` (until the attached VM prints
-//! TEXT, 120 s at most), `/sleep MS`, and any other line is typed with a
-//! carriage return.
+//! TEXT, 120 s at most), `/wait-vm TAG` (until a VM with that tag is
+//! there, 600 s at most), `/sleep MS`, and any other line is typed with a
+//! carriage return. The scenario harness runs such scripts too
+//! ([`Operator::scripted`]).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
@@ -31,7 +33,7 @@ pub struct Operator {
     prompt: Option<String>,
     /// Script lines not yet run, and what the script waits for.
     script: Vec<String>,
-    waiting: Option<(String, Instant)>,
+    waiting: Option<(Wait, Instant)>,
     sleeping: Option<Instant>,
     attached: Option<(u64, u16)>,
     vms: BTreeMap<u64, Option<String>>,
@@ -43,7 +45,32 @@ pub struct Operator {
     quit: bool,
     failed: Option<String>,
     typed: Vec<u8>,
+    /// Everything shown to the operator (a scenario's `console.log`).
+    transcript: String,
+    /// Show it on stdout (not for a scenario's script).
+    echo: bool,
+    /// The script's end ends the session (not for a scenario: its run
+    /// goes on until the logs say it is over).
+    script_end_quits: bool,
     _raw: Option<RawTerminal>,
+}
+
+/// What a script waits for.
+enum Wait {
+    /// Text in the attached VM's output.
+    Text(String),
+    /// A VM with this tag.
+    Tag(String),
+}
+
+impl Wait {
+    fn limit(&self) -> Duration {
+        match self {
+            Wait::Text(_) => Duration::from_secs(120),
+            // User VMs boot in minutes under an emulator.
+            Wait::Tag(_) => Duration::from_secs(600),
+        }
+    }
 }
 
 /// The terminal in raw mode while it lives.
@@ -98,7 +125,7 @@ impl Operator {
         } else {
             None
         };
-        let o = Operator {
+        let mut o = Operator {
             keys,
             keys_done: false,
             had_script: false,
@@ -115,6 +142,9 @@ impl Operator {
             quit: false,
             failed: None,
             typed: Vec::new(),
+            transcript: String::new(),
+            echo: true,
+            script_end_quits: true,
             _raw: raw,
         };
         if interactive {
@@ -123,18 +153,62 @@ impl Operator {
         o
     }
 
+    /// An operator who types `script` (lines as on stdin) once L0 is up,
+    /// for a scenario: nothing goes to the terminal, everything shown is in
+    /// [`LineUser::transcript`], and a failed wait stops the run.
+    pub fn scripted(script: &str) -> Self {
+        let (tx, keys) = mpsc::channel();
+        let _ = tx.send(script.as_bytes().to_vec());
+        Operator {
+            keys,
+            keys_done: false,
+            had_script: false,
+            interactive: false,
+            prompt: None,
+            script: Vec::new(),
+            waiting: None,
+            sleeping: None,
+            attached: None,
+            vms: BTreeMap::new(),
+            seen: String::new(),
+            show_log: false,
+            l0_ready: false,
+            quit: false,
+            failed: None,
+            typed: Vec::new(),
+            transcript: String::new(),
+            echo: false,
+            script_end_quits: false,
+            _raw: None,
+        }
+    }
+
     /// Why a script failed, if it did.
     pub fn failure(&self) -> Option<&str> {
         self.failed.as_deref()
     }
 
-    fn print(&self, s: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(s.as_bytes());
-        let _ = out.flush();
+    fn print(&mut self, s: &str) {
+        self.show(s.as_bytes());
     }
 
-    fn say(&self, s: &str) {
+    fn show(&mut self, b: &[u8]) {
+        self.transcript.push_str(&String::from_utf8_lossy(b));
+        if self.transcript.len() > 1 << 22 {
+            // A console left open for days: keep the recent part.
+            let cut = (self.transcript.len() - (1 << 21)..self.transcript.len())
+                .find(|&i| self.transcript.is_char_boundary(i))
+                .unwrap_or(0);
+            self.transcript.drain(..cut);
+        }
+        if self.echo {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(b);
+            let _ = out.flush();
+        }
+    }
+
+    fn say(&mut self, s: &str) {
         self.print(&format!("{nl}[{s}]{nl}", nl = newline()));
     }
 
@@ -183,13 +257,17 @@ impl Operator {
                 Vec::new()
             }
             ["ctrl-c"] => vec![format!("in {}", mgmt::hex(&[3]))],
+            ["wait-vm", tag] => {
+                self.waiting = Some((Wait::Tag(tag.to_string()), Instant::now()));
+                Vec::new()
+            }
             ["wait", ..] => {
                 let text = line
                     .trim_start()
                     .trim_start_matches("wait")
                     .trim()
                     .to_string();
-                self.waiting = Some((text, Instant::now()));
+                self.waiting = Some((Wait::Text(text), Instant::now()));
                 Vec::new()
             }
             ["sleep", ms] => {
@@ -257,12 +335,29 @@ impl Operator {
     fn run_script(&mut self) -> Vec<String> {
         let mut cmds = Vec::new();
         loop {
-            if let Some((text, since)) = &self.waiting {
-                if self.seen.contains(text.as_str()) {
-                    self.seen.clear();
+            if let Some((wait, since)) = &self.waiting {
+                let there = match wait {
+                    Wait::Text(text) => self.seen.contains(text.as_str()),
+                    Wait::Tag(tag) => self
+                        .vms
+                        .values()
+                        .any(|t| t.as_deref() == Some(tag.as_str())),
+                };
+                if there {
+                    if let Wait::Text(_) = wait {
+                        self.seen.clear();
+                    }
                     self.waiting = None;
-                } else if since.elapsed() > Duration::from_secs(120) {
-                    self.failed = Some(format!("waited 120 s for {text:?}"));
+                } else if since.elapsed() > wait.limit() {
+                    self.failed = Some(match wait {
+                        Wait::Text(t) => format!(
+                            "waited {} s for {t:?} in the attached VM's output",
+                            wait.limit().as_secs()
+                        ),
+                        Wait::Tag(t) => {
+                            format!("waited {} s for a VM tagged {t:?}", wait.limit().as_secs())
+                        }
+                    });
                     self.quit = true;
                     return cmds;
                 } else {
@@ -276,7 +371,7 @@ impl Operator {
                 self.sleeping = None;
             }
             if self.script.is_empty() {
-                if self.keys_done && self.had_script {
+                if self.keys_done && self.had_script && self.script_end_quits {
                     self.quit = true;
                 }
                 return cmds;
@@ -313,9 +408,7 @@ impl LineUser for Operator {
                                 .unwrap_or(0);
                             self.seen.drain(..cut);
                         }
-                        let mut out = std::io::stdout().lock();
-                        let _ = out.write_all(&bytes);
-                        let _ = out.flush();
+                        self.show(&bytes);
                     }
                     Event::Out { .. } => {}
                     Event::Hello { version } => {
@@ -425,6 +518,120 @@ impl LineUser for Operator {
     }
 
     fn transcript(&self) -> &str {
-        ""
+        &self.transcript
+    }
+
+    fn unfinished(&self) -> Option<String> {
+        if let Some(f) = &self.failed {
+            return Some(format!("console script: {f}"));
+        }
+        match (&self.waiting, self.script.first()) {
+            (Some((Wait::Text(t), _)), _) => {
+                Some(format!("console script still waiting for {t:?}"))
+            }
+            (Some((Wait::Tag(t), _)), _) => Some(format!(
+                "console script still waiting for a VM tagged {t:?}"
+            )),
+            (None, Some(l)) => Some(format!("console script never ran {l:?}")),
+            (None, None) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(o: &mut Operator, e: Event) -> Vec<String> {
+        o.received(Received::Event(e))
+    }
+
+    #[test]
+    fn script_waits_for_l0_a_tag_and_text() {
+        let mut o =
+            Operator::scripted("/wait-vm web\n/list\n/attach web\n/wait web# \nls\x7f\n/ctrl-c\n");
+        assert!(o.tick().is_empty(), "nothing before L0's hello");
+        ev(
+            &mut o,
+            Event::Hello {
+                version: "1".into(),
+            },
+        );
+        assert!(o.tick().is_empty(), "no VM tagged web yet");
+        ev(
+            &mut o,
+            Event::Vm {
+                id: 4,
+                tag: None,
+                frozen: false,
+                bytes_in: 0,
+                bytes_out: 0,
+            },
+        );
+        assert!(o.tick().is_empty(), "untagged");
+        ev(
+            &mut o,
+            Event::Vm {
+                id: 4,
+                tag: Some("web".into()),
+                frozen: false,
+                bytes_in: 0,
+                bytes_out: 0,
+            },
+        );
+        assert_eq!(o.tick(), vec!["list".to_string(), "attach web".to_string()]);
+        ev(&mut o, Event::Attached { id: 4, port: 0x3f8 });
+        ev(
+            &mut o,
+            Event::Out {
+                id: 5,
+                port: 0x3f8,
+                bytes: b"web# ".to_vec(),
+            },
+        );
+        assert!(o.tick().is_empty(), "another VM's output");
+        assert!(o.unfinished().unwrap().contains("web#"));
+        ev(
+            &mut o,
+            Event::Out {
+                id: 4,
+                port: 0x3f8,
+                bytes: b"\r\nweb# ".to_vec(),
+            },
+        );
+        assert_eq!(
+            o.tick(),
+            vec![
+                format!("in {}", mgmt::hex(b"ls\x7f\r")),
+                format!("in {}", mgmt::hex(&[3]))
+            ]
+        );
+        assert_eq!(o.unfinished(), None);
+        assert!(!o.quit(), "a scenario's run goes on after the script");
+        assert!(o.transcript().contains("attached to vm 4 port 0x3f8"));
+        assert!(o.transcript().contains("\r\nweb# "));
+    }
+
+    #[test]
+    fn a_failed_wait_says_what_it_waited_for() {
+        let mut o = Operator::scripted("/wait never\nls\n");
+        ev(
+            &mut o,
+            Event::Hello {
+                version: "1".into(),
+            },
+        );
+        o.tick();
+        let since = &mut o.waiting.as_mut().unwrap().1;
+        let Some(earlier) = since.checked_sub(Duration::from_secs(121)) else {
+            return;
+        }; // a machine just booted
+        *since = earlier;
+        o.tick();
+        assert!(o.quit());
+        assert!(o
+            .unfinished()
+            .unwrap()
+            .contains("waited 120 s for \"never\""));
     }
 }

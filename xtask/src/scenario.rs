@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::build::{Images, IsoBoot, IsoModule};
-use crate::console::{Follower, Input, DETACH};
+use crate::console::{Follower, Input, LineUser, DETACH};
 use crate::emulator::{self, Emulator, Logs, Verdict};
+use crate::operator::Operator;
 
 pub struct Scenario {
     pub name: &'static str,
@@ -52,12 +53,16 @@ pub struct ConsoleCheck {
     pub typed: &'static [Input],
     /// Attach every VM as it appears (else only the inputs' targets).
     pub follow_all: bool,
+    /// Instead of `typed`: an operator runs this `cargo xtask console`
+    /// script (crate::operator), its transcript judged by `expect`.
+    pub script: Option<&'static str>,
 }
 
 pub const NO_CONSOLE: ConsoleCheck = ConsoleCheck {
     expect: &[],
     typed: &[],
     follow_all: true,
+    script: None,
 };
 
 /// How GRUB starts a scenario.
@@ -363,6 +368,7 @@ pub fn all() -> Vec<Scenario> {
             ],
             typed: &[],
             follow_all: true,
+            script: None,
         }
     ));
     v.push(l0_only!(
@@ -388,6 +394,7 @@ pub fn all() -> Vec<Scenario> {
                 },
             ],
             follow_all: true,
+            script: None,
         }
     ));
     v.push(l0_only!(
@@ -411,6 +418,7 @@ pub fn all() -> Vec<Scenario> {
                 text: "migrate-me"
             }],
             follow_all: true,
+            script: None,
         }
     ));
     v.push(l0_only!(
@@ -577,7 +585,7 @@ pub fn linux() -> Vec<Scenario> {
             ],
             com2: &["starting the cloud VM: Linux bzImage", "user VM", "ended", "user VM", "ended", "cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: leak([LINUX_HEALTHY.iter().map(|s| s.to_string()).collect(), vec![format!("L2 {m}-vm1"), format!("L2 {m}-vm2")]].concat()),
-            console: ConsoleCheck { expect: leak(vec![format!("L2 {m}-vm1 ok"), format!("L2 {m}-vm2 ok")]), typed: &[], follow_all: true },
+            console: ConsoleCheck { expect: leak(vec![format!("L2 {m}-vm1 ok"), format!("L2 {m}-vm2 ok")]), typed: &[], follow_all: true, script: None },
             enabled_in_ci: true,
             disk: Disk::None,
         },
@@ -620,6 +628,66 @@ pub fn linux() -> Vec<Scenario> {
                     Input { after: "tag=gamma", target: "gamma", text: "\r" },
                 ],
                 follow_all: false,
+            script: None,
+},
+        },
+        Scenario {
+            // `cargo xtask console` as an operator uses it, on the demo of
+            // `cargo xtask run` (two shells, "alpha" and "beta"): list the
+            // VMs by tag, attach alpha, edit a line (Ctrl-U, DEL), Ctrl-C
+            // a foreground job (the byte reaches the shell's tty: $? is
+            // 130), start a job that prints while the console is on beta,
+            // use beta, come back: alpha's backlog holds the line.
+            name: "linux-shadow-console",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| crate::linux::scenario_modules("demo") },
+            limit: Duration::from_secs(600),
+            com1: &["L1INIT ok", "L1 starting alpha and beta", "console-bytes=0", "console-bytes=0", "L1DONE"],
+            com2: &["starting the cloud VM: Linux bzImage", "registered tag", "registered tag", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: leak([LINUX_HEALTHY.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["exit=1 ".into()]].concat()),
+            enabled_in_ci: true,
+            disk: Disk::None,
+            console: ConsoleCheck {
+                expect: &[
+                    "tag=alpha",
+                    "tag=beta",
+                    "2 VM(s)",
+                    "edit-42-ok",
+                    "rc-130",
+                    "backlog-42",
+                    "beta-42-ok",
+                    "beta-42-slept",
+                ],
+                typed: &[],
+                follow_all: false,
+                script: Some(concat!(
+                    "/wait-vm alpha\n",
+                    "/wait-vm beta\n",
+                    "/list\n",
+                    "/attach alpha\n",
+                    "/wait alpha#\n",
+                    // Ctrl-U drops `false`, DEL the Z.
+                    "false\x15echo edit-$((6*7))Z\x7f-ok\n",
+                    "/wait edit-42-ok\n",
+                    "echo zz-$((6*7)); sleep 1000\n",
+                    "/wait zz-42\n",
+                    "/ctrl-c\n",
+                    "/wait alpha#\n",
+                    "echo rc-$?\n",
+                    "/wait rc-130\n",
+                    // Printed 4 s on, while the console is on beta (8 s).
+                    "(sleep 4; echo backlog-$((6*7))) &\n",
+                    "/wait alpha#\n",
+                    "/attach beta\n",
+                    "/wait beta#\n",
+                    "echo beta-$((6*7))-ok; sleep 8; echo beta-$((6*7))-slept\n",
+                    "/wait beta-42-slept\n",
+                    "/attach alpha\n",
+                    "/wait backlog-42\n",
+                    "exit\n",
+                    // Beta's prompt was seen already: no backlog to wait for.
+                    "/attach beta\n",
+                    "exit\n",
+                )),
             },
         },
         Scenario {
@@ -633,7 +701,7 @@ pub fn linux() -> Vec<Scenario> {
             com2: &["starting the cloud VM: Linux bzImage", "cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: LINUX_HEALTHY,
             enabled_in_ci: true,
-            console: ConsoleCheck { expect: &["STRESS cpuid=", " ok"], typed: &[], follow_all: true },
+            console: ConsoleCheck { expect: &["STRESS cpuid=", " ok"], typed: &[], follow_all: true, script: None },
             disk: Disk::None,
         },
         Scenario {
@@ -652,7 +720,7 @@ pub fn linux() -> Vec<Scenario> {
             disk: Disk::None,
             // Each VM lives for less than the harness needs to attach, so
             // its byte dies with it; its coming and going is announced.
-            console: ConsoleCheck { expect: &["vm 1 appeared", "vm 1 gone", "vm 50 appeared", "vm 50 gone"], typed: &[], follow_all: true },
+            console: ConsoleCheck { expect: &["vm 1 appeared", "vm 1 gone", "vm 50 appeared", "vm 50 gone"], typed: &[], follow_all: true, script: None },
         },
         // Migration between two hosts (docs/operations.md): host A runs
         // "alpha" with the operator's shell in it and migrates it to a
@@ -692,7 +760,8 @@ pub fn linux() -> Vec<Scenario> {
                     (leak_str(format!("A-said-42-{cm}")), DETACH.into()),
                 ]),
                 follow_all: false,
-            },
+            script: None,
+},
             disk: Disk::Blank,
         },
         Scenario {
@@ -737,7 +806,8 @@ pub fn linux() -> Vec<Scenario> {
                     (leak_str(format!("same-shell-{cm}-42")), "exit\r".into()),
                 ]),
                 follow_all: false,
-            },
+            script: None,
+},
             disk: Disk::From("migrate-source"),
         },
         Scenario {
@@ -759,7 +829,8 @@ pub fn linux() -> Vec<Scenario> {
                 expect: &["alpha restore-refused sealed blob was sealed under a different key"],
                 typed: &[Input { after: "tag=alpha", target: "alpha", text: "" }],
                 follow_all: false,
-            },
+            script: None,
+},
             disk: Disk::From("migrate-source"),
         },
         // The peer benchmark (`cargo xtask bench`, issue 7): the same cloud
@@ -774,7 +845,7 @@ pub fn linux() -> Vec<Scenario> {
             com2: &["cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: LINUX_HEALTHY,
             enabled_in_ci: false,
-            console: ConsoleCheck { expect: &["BENCH l2-cpuid-ticks ", "BENCH l2-port-io-ticks "], typed: &[], follow_all: true },
+            console: ConsoleCheck { expect: &["BENCH l2-cpuid-ticks ", "BENCH l2-port-io-ticks "], typed: &[], follow_all: true, script: None },
             disk: Disk::None,
         },
         Scenario {
@@ -803,7 +874,8 @@ pub fn linux() -> Vec<Scenario> {
                 expect: &["BENCH l2-serial-us-per-byte-1 ", "BENCH l2-serial-us-per-byte-bulk "],
                 typed: &[Input { after: "tag=bench", target: "bench", text: "" }],
                 follow_all: false,
-            },
+            script: None,
+},
             disk: Disk::None,
         },
         Scenario {
@@ -926,7 +998,10 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
     // the emulator down itself, then stop it.
     let mut done_at: Option<std::time::Instant> = None;
     let mut bad_at: Option<std::time::Instant> = None;
-    let mut follower = Follower::new(s.console.typed, s.console.follow_all);
+    let mut user: Box<dyn LineUser> = match s.console.script {
+        Some(script) => Box::new(Operator::scripted(script)),
+        None => Box::new(Follower::new(s.console.typed, s.console.follow_all)),
+    };
     // The peer host holds the cloud VM in its own RAM.
     let memory_mib = if matches!(s.boot, Boot::Peer { .. }) {
         1024
@@ -940,7 +1015,7 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         memory_mib,
         s.limit,
         false,
-        &mut follower,
+        &mut *user,
         |l: &Logs| {
             let (c1, c2) = (l.com1, l.com2);
             // A failure marker fails the run, but a guest that goes on checking
@@ -962,20 +1037,17 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
             Verdict::Continue
         },
     )?;
-    let _ = std::fs::write(dir.join("console.log"), &follower.transcript);
+    let _ = std::fs::write(dir.join("console.log"), user.transcript());
     let reason = if let Some(m) = forbidden(s, &run.com1, &run.com2) {
         format!("failure marker \"{m}\" appeared")
     } else if !in_order(&run.com1, s.com1) {
         format!("COM1 lacks (in order) {:?}", s.com1)
     } else if !in_order(&run.com2, s.com2) {
         format!("COM2 lacks (in order) {:?}", s.com2)
-    } else if let Some(m) = console_lacks(s, &follower.transcript) {
+    } else if let Some(m) = user.unfinished() {
+        m
+    } else if let Some(m) = console_lacks(s, user.transcript()) {
         format!("the user VMs' consoles (console.log) lack {m:?}")
-    } else if let Some(i) = follower.untyped().first() {
-        format!(
-            "the consoles never showed {:?}, so {:?} was not typed",
-            i.after, i.text
-        )
     } else {
         String::new()
     };
@@ -995,10 +1067,10 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         );
         eprintln!("---- COM1 (cloud VM), last lines:\n{}", tail(&run.com1, 40));
         eprintln!("---- COM2 (L0), last lines:\n{}", tail(&run.com2, 60));
-        if !follower.transcript.is_empty() {
+        if !user.transcript().is_empty() {
             eprintln!(
                 "---- user VM consoles (console.log), last lines:\n{}",
-                tail(&follower.transcript, 30)
+                tail(user.transcript(), 30)
             );
         }
         eprintln!(
