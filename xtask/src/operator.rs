@@ -294,7 +294,8 @@ impl Operator {
                         cmds.extend(self.command(&line));
                     }
                     0x7f | 0x08 => {
-                        if p.pop().is_some() {
+                        let erased = p.pop().is_some();
+                        if erased {
                             self.print("\x08 \x08");
                         }
                     }
