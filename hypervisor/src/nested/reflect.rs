@@ -3,7 +3,7 @@
 //! into VMCS12, then L1's state loaded from VMCS12's host-state area (SDM
 //! Vol. 3C 28.2-28.5).
 
-use super::vmcs12::Vmcs12;
+use super::vmcs12::{slots, Slot, Vmcs12};
 use crate::guest_mem::GuestMemory;
 use crate::vcpu::cr::CrPolicy;
 use crate::vmx::caps::{entry, exit, pin, primary, secondary};
@@ -185,7 +185,7 @@ pub fn l1_wants_by_controls(v12: &Vmcs12, basic: u16) -> bool {
 
 /// Saves L2's state and the exit information into VMCS12 (SDM 28.2-28.3).
 pub fn sync_vmcs12(v02: &impl Vmcs, v12: &mut Vmcs12, exit_info: &ExitInfo, cr_policy: &CrPolicy) {
-    const SAVED: &[F] = &[
+    const SAVED: &[Slot] = &slots([
         F::GUEST_ES_SELECTOR,
         F::GUEST_CS_SELECTOR,
         F::GUEST_SS_SELECTOR,
@@ -233,9 +233,9 @@ pub fn sync_vmcs12(v02: &impl Vmcs, v12: &mut Vmcs12, exit_info: &ExitInfo, cr_p
         F::GUEST_SYSENTER_ESP,
         F::GUEST_SYSENTER_EIP,
         F::GUEST_INTR_STATUS,
-    ];
-    for &f in SAVED {
-        v12.set(f, v02.read(f));
+    ]);
+    for &s in SAVED {
+        v12.set_at(s, v02.read(s.field));
     }
     // L2's control registers: real values, except that bits only L0 forces
     // are whatever L1 put there (they are fixed to 1 for L1 too).

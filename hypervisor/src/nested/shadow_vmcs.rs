@@ -4,7 +4,7 @@
 //! VMCS12 stays the master copy; L0 copies between the two at the points
 //! where either side needs the other's values.
 
-use super::vmcs12::Vmcs12;
+use super::vmcs12::{Slot, Vmcs12};
 use crate::vmx::{Field as F, Vmcs};
 
 /// Fields L1 reads and writes through the shadow (what an exit handler
@@ -33,6 +33,11 @@ pub const READ_WRITE: &[F] = &[
     F::VM_ENTRY_EXCEPTION_ERROR_CODE,
     F::VM_ENTRY_INSTRUCTION_LEN,
     F::TPR_THRESHOLD,
+    // KVM reads RVI/SVI after every exit of an L2 with virtual-interrupt
+    // delivery and writes them when it injects; it rearms the preemption
+    // timer before every entry (its hrtimer for L2's deadline).
+    F::GUEST_INTR_STATUS,
+    F::VMX_PREEMPTION_TIMER_VALUE,
     // A guest hypervisor's entry code writes its stack pointer before
     // every entry (KVM does when it changed, the test hypervisor always).
     F::HOST_RSP,
@@ -83,35 +88,51 @@ pub fn is_shadowed(f: F) -> bool {
     READ_WRITE.contains(&f) || READ_ONLY.contains(&f)
 }
 
+const SHADOWED_N: usize = READ_WRITE.len() + READ_ONLY.len();
+
+/// Every shadowed field, read-write ones first, with resolved slots (the
+/// copies below run at every exit and entry of L2).
+const SHADOWED: [Slot; SHADOWED_N] = {
+    let mut out = [Slot::of(READ_WRITE[0]); SHADOWED_N];
+    let mut i = 0;
+    while i < SHADOWED_N {
+        out[i] = Slot::of(if i < READ_WRITE.len() {
+            READ_WRITE[i]
+        } else {
+            READ_ONLY[i - READ_WRITE.len()]
+        });
+        i += 1;
+    }
+    out
+};
+
 /// Writes one field of VMCS12 into the shadow.
 pub fn field_to_shadow(v12: &Vmcs12, sh: &mut impl Vmcs, f: F, cache: &mut ShadowCache) {
     let v = v12.get(f);
     sh.write(f, v);
-    if let Some(i) = READ_WRITE.iter().chain(READ_ONLY).position(|&x| x == f) {
+    if let Some(i) = SHADOWED.iter().position(|s| s.field == f) {
         cache.0[i] = Some(v);
     }
 }
 
 /// What the shadow VMCS holds, so only changed fields are written.
 #[derive(Clone, Copy, Debug)]
-pub struct ShadowCache([Option<u64>; 36]);
+pub struct ShadowCache([Option<u64>; SHADOWED_N]);
 
 impl Default for ShadowCache {
     fn default() -> Self {
-        ShadowCache([None; 36])
+        ShadowCache([None; SHADOWED_N])
     }
 }
-
-const _: () = assert!(READ_WRITE.len() + READ_ONLY.len() <= 36);
 
 /// VMCS12 → shadow: everything L1 may read directly that changed since
 /// the last copy (`cache` forgets everything when another VMCS12 is linked).
 pub fn to_shadow(v12: &Vmcs12, sh: &mut impl Vmcs, cache: &mut ShadowCache) {
-    for (i, &f) in READ_WRITE.iter().chain(READ_ONLY).enumerate() {
-        let v = v12.get(f);
-        if cache.0[i] != Some(v) {
-            sh.write(f, v);
-            cache.0[i] = Some(v);
+    for (s, c) in SHADOWED.iter().zip(cache.0.iter_mut()) {
+        let v = v12.get_at(*s);
+        if *c != Some(v) {
+            sh.write(s.field, v);
+            *c = Some(v);
         }
     }
 }
@@ -119,11 +140,11 @@ pub fn to_shadow(v12: &Vmcs12, sh: &mut impl Vmcs, cache: &mut ShadowCache) {
 /// Shadow → VMCS12: what L1 may have written directly; changed fields
 /// become dirty for VMCS02 (and the cache learns the shadow's values).
 pub fn from_shadow(sh: &impl Vmcs, v12: &mut Vmcs12, cache: &mut ShadowCache) {
-    for (i, &f) in READ_WRITE.iter().enumerate() {
-        let v = sh.read(f);
-        cache.0[i] = Some(v);
-        if v != v12.get(f) {
-            v12.set_dirty(f, v);
+    for (s, c) in SHADOWED[..READ_WRITE.len()].iter().zip(cache.0.iter_mut()) {
+        let v = sh.read(s.field);
+        *c = Some(v);
+        if v != v12.get_at(*s) {
+            v12.set_dirty_at(*s, v);
         }
     }
 }

@@ -57,6 +57,44 @@ pub const fn slot_mask(fields: &[Field]) -> [u64; WORDS] {
     m
 }
 
+/// A field with its place in VMCS12 and its mask resolved at compile
+/// time: the lists L0 copies at every exit and entry go through these, so
+/// a copy costs a VMREAD/VMWRITE and a load or store (under an emulator
+/// every instruction counts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub field: Field,
+    index: u8,
+    mask: u64,
+}
+
+impl Slot {
+    pub const fn of(f: Field) -> Slot {
+        let index = SLOTS[key(f as u32)];
+        assert!(index != 0xff, "every table field has a slot");
+        Slot {
+            field: f,
+            index,
+            mask: f.mask(),
+        }
+    }
+}
+
+/// [`Slot::of`] each field.
+pub const fn slots<const N: usize>(fields: [Field; N]) -> [Slot; N] {
+    let mut out = [Slot {
+        field: fields[0],
+        index: 0,
+        mask: 0,
+    }; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = Slot::of(fields[i]);
+        i += 1;
+    }
+    out
+}
+
 /// The slot of a full (not "high") encoding that L0 supports.
 fn slot(enc: u32) -> Option<usize> {
     if enc & 0xffff_9001 != 0 || (enc >> 1) & 0x1ff >= 64 {
@@ -184,6 +222,26 @@ impl Vmcs12 {
         })
     }
 
+    /// Reads a field through its resolved slot.
+    #[inline]
+    pub fn get_at(&self, s: Slot) -> u64 {
+        self.fields[s.index as usize]
+    }
+
+    /// Writes a field through its resolved slot (as [`Vmcs12::set`]).
+    #[inline]
+    pub fn set_at(&mut self, s: Slot, v: u64) {
+        self.fields[s.index as usize] = v & s.mask;
+    }
+
+    /// As [`Vmcs12::set_dirty`], through the resolved slot.
+    #[inline]
+    pub fn set_dirty_at(&mut self, s: Slot, v: u64) {
+        let i = s.index as usize;
+        self.fields[i] = v & s.mask;
+        self.dirty[i / 64] |= 1 << (i % 64);
+    }
+
     /// Reads a field (L0's own access).
     pub fn get(&self, f: Field) -> u64 {
         self.fields[slot(f as u32).expect("every table field has a slot")]
@@ -271,6 +329,20 @@ impl Vmcs for Vmcs12 {
 mod tests {
     use super::*;
     use Field as F;
+
+    #[test]
+    fn resolved_slots_are_the_fields() {
+        const S: [Slot; 3] = slots([F::GUEST_RIP, F::GUEST_CS_SELECTOR, F::EPT_POINTER]);
+        let mut v = Vmcs12::default();
+        v.clean();
+        v.set_at(S[1], 0x1_2345);
+        assert_eq!(v.get(F::GUEST_CS_SELECTOR), 0x2345, "masked to the width");
+        v.set(F::GUEST_RIP, 7);
+        assert_eq!(v.get_at(S[0]), 7);
+        assert!(!v.is_dirty(F::EPT_POINTER));
+        v.set_dirty_at(S[2], 0x5000);
+        assert!(v.is_dirty(F::EPT_POINTER) && v.get(F::EPT_POINTER) == 0x5000);
+    }
 
     #[test]
     fn every_field_has_its_own_slot() {

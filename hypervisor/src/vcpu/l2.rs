@@ -40,6 +40,47 @@ const PASS_THROUGH_MSRS: &[(u32, bool)] = &[
     (0x49, true), // PRED_CMD
 ];
 
+/// The bit number of an MSR in a VMX MSR bitmap (SDM 25.6.9).
+const fn msr_bit(msr: u32, write: bool) -> usize {
+    (if write { 2048 * 8 } else { 0 })
+        + if msr <= 0x1fff {
+            msr as usize
+        } else {
+            1024 * 8 + (msr - 0xc000_0000) as usize
+        }
+}
+
+/// The words of MSR bitmap02 that follow L1's bitmap, with the bits of
+/// each that do: the x2APIC range (reads, then writes: 4 words each), then
+/// the words of the pass-through MSRs.
+const FROM_L1: [(u16, u64); 12] = {
+    let mut t = [(0u16, 0u64); 12];
+    let mut n = 0;
+    while n < 8 {
+        t[n] = ((msr_bit(0x800, n >= 4) / 64 + n % 4) as u16, u64::MAX);
+        n += 1;
+    }
+    let mut i = 0;
+    while i < PASS_THROUGH_MSRS.len() {
+        let bit = msr_bit(PASS_THROUGH_MSRS[i].0, PASS_THROUGH_MSRS[i].1);
+        let mut j = 8;
+        while j < n && t[j].0 as usize != bit / 64 {
+            j += 1;
+        }
+        if j == n {
+            t[n] = ((bit / 64) as u16, 0);
+            n += 1;
+        }
+        t[j].1 |= 1 << (bit % 64);
+        i += 1;
+    }
+    assert!(
+        n == 12,
+        "prepare_bitmaps reads the pass-through words one by one"
+    );
+    t
+};
+
 /// Re-queues an event whose delivery the exit interrupted, when L0 handled
 /// the exit itself (SDM 28.2.4: IDT-vectoring information).
 pub fn reinject_interrupted_event(
@@ -295,24 +336,36 @@ impl Vcpu {
             pages.io_l0
         };
         // The x2APIC range follows L1's bitmap as is: with "virtualize
-        // x2APIC mode" the hardware virtualizes what L1 does not intercept.
-        let l1_bitmap = (p12 & primary::USE_MSR_BITMAPS != 0).then(|| v12.get(F::MSR_BITMAP));
-        for half in [0usize, 2048] {
-            let mut bytes = [0xffu8; 32];
-            if let Some(b) = l1_bitmap {
-                if p.mem().read(b + (half + 0x100) as u64, &mut bytes).is_err() {
-                    bytes = [0xff; 32];
+        // x2APIC mode" the hardware virtualizes what L1 does not intercept;
+        // so do the pass-through MSRs. Everything else stays L0's.
+        let mut l1 = [u64::MAX; FROM_L1.len()];
+        if p12 & primary::USE_MSR_BITMAPS != 0 {
+            let b = v12.get(F::MSR_BITMAP);
+            let mem = p.mem();
+            // The x2APIC words, 4 in a row in each half, then one each.
+            for (k, chunk) in [(0, 4), (4, 4), (8, 1), (9, 1), (10, 1), (11, 1)] {
+                let mut bytes = [0xffu8; 32];
+                let bytes = &mut bytes[..8 * chunk];
+                if mem.read(b + 8 * FROM_L1[k].0 as u64, bytes).is_err() {
+                    bytes.fill(0xff); // not L1 RAM any more: exit
+                }
+                for (i, c) in bytes.chunks_exact(8).enumerate() {
+                    l1[k + i] = u64::from_le_bytes(c.try_into().unwrap());
                 }
             }
-            let page = p.page(pages.msr02);
-            for (i, chunk) in bytes.chunks(8).enumerate() {
-                page[(half + 0x100) / 8 + i] = u64::from_le_bytes(chunk.try_into().unwrap());
-            }
         }
+        let page = p.page(pages.msr02);
+        for (&(w, mask), v) in FROM_L1.iter().zip(l1) {
+            let w = w as usize;
+            page[w] = page[w] & !mask | v & mask;
+        }
+        let mut force = |msr: u32| {
+            let bit = 2048 * 8 + msr as usize;
+            page[bit / 64] |= 1 << (bit % 64);
+        };
         if self.ipiv12() && self.v12_secondary() & secondary::VIRTUALIZE_X2APIC != 0 {
             // L0 does IPI virtualization: ICR writes must reach it.
-            let bit = 2048 * 8 + super::apicv::X2APIC_ICR as usize;
-            p.page(pages.msr02)[bit / 64] |= 1 << (bit % 64);
+            force(super::apicv::X2APIC_ICR);
         }
         if self.v12_secondary()
             & (secondary::VIRTUALIZE_X2APIC | secondary::VIRTUAL_INTERRUPT_DELIVERY)
@@ -321,26 +374,8 @@ impl Vcpu {
             // TPR and self-IPI virtualization evaluate pending virtual
             // interrupts, which Bochs may then deliver with IF = 0 (see
             // prepare.rs on EOIs): L0 virtualizes these writes itself.
-            for msr in [super::apicv::X2APIC_TPR, super::apicv::X2APIC_SELF_IPI] {
-                let bit = 2048 * 8 + msr as usize;
-                p.page(pages.msr02)[bit / 64] |= 1 << (bit % 64);
-            }
-        }
-        let v12 = &self.nested.vmx.vmcs12;
-        for &(msr, write) in PASS_THROUGH_MSRS {
-            let l1 = reflect::l1_wants_msr(v12, p.mem(), msr, write);
-            let bit = if write { 2048 * 8 } else { 0 }
-                + match msr {
-                    0..=0x1fff => msr as usize,
-                    _ => 1024 * 8 + (msr - 0xc000_0000) as usize,
-                };
-            let page = p.page(pages.msr02);
-            let (w, b) = (bit / 64, bit % 64);
-            if l1 {
-                page[w] |= 1 << b
-            } else {
-                page[w] &= !(1 << b)
-            }
+            force(super::apicv::X2APIC_TPR);
+            force(super::apicv::X2APIC_SELF_IPI);
         }
         (io, pages.msr02)
     }

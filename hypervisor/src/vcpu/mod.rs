@@ -130,6 +130,9 @@ pub struct ExitStats {
     pub ticks_by_reason: [u64; 80],
     recent: [(u16, u64); RECENT],
     next: usize,
+    /// VMREAD/VMWRITE exits by field: what VMCS shadowing let through to
+    /// L0 (key: encoding, bit 31 set for VMWRITE).
+    pub vmcs_fields: alloc::collections::BTreeMap<u32, u64>,
 }
 
 const RECENT: usize = 8;
@@ -141,6 +144,7 @@ impl Default for ExitStats {
             ticks_by_reason: [0; 80],
             recent: [(0, 0); RECENT],
             next: 0,
+            vmcs_fields: alloc::collections::BTreeMap::new(),
         }
     }
 }
@@ -153,6 +157,25 @@ impl ExitStats {
     pub fn record(&mut self, reason: u16, rip: u64) {
         self.recent[self.next % RECENT] = (reason, rip);
         self.next = self.next.wrapping_add(1);
+    }
+
+    /// The fields of the most frequent VMREAD/VMWRITE exits:
+    /// `VMREAD:0x4402=n VMWRITE:0x6820=n ...`, most first.
+    pub fn vmcs_fields(&self) -> String {
+        let mut v: Vec<(u32, u64)> = self.vmcs_fields.iter().map(|(&k, &n)| (k, n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.iter()
+            .take(12)
+            .map(|&(k, n)| {
+                let op = if k & 1 << 31 != 0 {
+                    "VMWRITE"
+                } else {
+                    "VMREAD"
+                };
+                alloc::format!("{op}:{:#x}={n}", k & !(1 << 31))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// The recent exits, oldest first: `REASON@RIP ...`.
@@ -523,6 +546,10 @@ impl Vcpu {
                 )),
                 mgmt::frame(format_args!("stats l1 {}", self.stats)),
                 mgmt::frame(format_args!("stats l1-recent {}", self.stats.recent())),
+                mgmt::frame(format_args!(
+                    "stats l1-vmcs-exits {}",
+                    self.stats.vmcs_fields()
+                )),
                 mgmt::frame(format_args!("stats l2 {}", self.l2_stats)),
                 mgmt::frame(format_args!("stats l2-recent {}", self.l2_stats.recent())),
             ] {
@@ -654,6 +681,12 @@ impl Vcpu {
             }
             ShutdownFeed::Shutdown => {
                 log::info!("cloud VM requested shutdown: L1 {}", self.stats);
+                if !self.stats.vmcs_fields.is_empty() {
+                    log::info!(
+                        "L1 VMREAD/VMWRITE exits by field: {}",
+                        self.stats.vmcs_fields()
+                    );
+                }
                 if self.l2_stats.total() > 0 {
                     log::info!(
                         "L2: {}; {} handled in L0, {} reflected to L1",

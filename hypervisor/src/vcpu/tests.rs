@@ -1005,6 +1005,43 @@ mod nested {
     }
 
     #[test]
+    fn msr_bitmap02_takes_l1s_x2apic_and_pass_through_bits_only() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        let bitmap = crate::nested::testutil::MSR_BITMAP;
+        let set = |p: &mut FakePlatform, bit: usize| {
+            let a = bitmap + bit as u64 / 8;
+            let mut b = [0u8];
+            p.mem.read(a, &mut b).unwrap();
+            p.mem.write(a, &[b[0] | 1 << (bit % 8)]).unwrap();
+        };
+        set(&mut p, 0x80b); // read of x2APIC EOI: L1 intercepts
+        set(&mut p, 2048 * 8 + 0x48); // write of SPEC_CTRL
+        set(&mut p, 1024 * 8 + 0x101); // read of GS_BASE
+                                       // An MSR L0 keeps (set up with the page): L1's clear bit does not open it.
+        let l0_only = 0x1d9;
+        p.page(PAGES.msr02)[l0_only / 64] |= 1 << (l0_only % 64);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        let page = p.page(PAGES.msr02);
+        let bit = |b: usize| page[b / 64] & 1 << (b % 64) != 0;
+        assert!(bit(0x80b) && !bit(0x80c), "x2APIC reads as L1's bitmap");
+        assert!(
+            bit(2048 * 8 + 0x48) && !bit(0x48),
+            "SPEC_CTRL: writes exit, reads not"
+        );
+        assert!(bit(1024 * 8 + 0x101) && !bit(1024 * 8 + 0x100));
+        assert!(!bit(2048 * 8 + 1024 * 8 + 0x100), "FS_BASE writes pass");
+        assert!(bit(l0_only), "L0's own MSRs stay intercepted");
+        // The bitmap moved out of RAM: everything L1 could have asked exits.
+        c.nested.vmx.vmcs12.set(F::MSR_BITMAP, 0xffff_f000_0000);
+        exit(&mut v, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        exit(&mut v, reason::VMRESUME, 0, 3);
+        c.handle_exit(&mut v, &mut p);
+        let page = p.page(PAGES.msr02);
+        assert!(page[1024 * 8 / 64 + 4] & 0xf == 0xf && page[0x800 / 64] == u64::MAX);
+    }
+
+    #[test]
     fn l2_msrs_l1_lets_through() {
         let (mut c, mut v, mut p) = l1_in_vmx();
         p.msrs.insert(0xc000_0102, 7);

@@ -192,6 +192,12 @@ impl Vcpu {
         let x = &mut self.nested.vmx;
         let mem = p.mem();
         x.cleared = None;
+        if matches!(basic, reason::VMREAD | reason::VMWRITE) {
+            // Which fields get past the shadow bitmaps (the `stats` command).
+            let enc =
+                gpr[s.info.reg2() as usize] as u32 | u32::from(basic == reason::VMWRITE) << 31;
+            *self.stats.vmcs_fields.entry(enc).or_insert(0) += 1;
+        }
         let (o, inv) = match basic {
             reason::VMXON => (x.vmxon(&s, mem), Invalidate::None),
             reason::VMXOFF => (x.vmxoff(&s, mem), Invalidate::None),
