@@ -10,22 +10,68 @@ use uart_16550::SerialPort;
 
 use crate::arch::cpu;
 
+/// What L0 sends waits here while the UART is busy: L0 never stalls its
+/// guests for the line's 115200 baud (~87 µs a byte) unless this is full.
+/// The run loop moves bytes on at every VM exit ([`pump`]); fatal paths
+/// and the emulator's shutdown wait for all of it ([`drain`]).
+const TX_QUEUE: usize = 1 << 15;
+
 struct Line {
     port: Option<SerialPort>,
     base: u16,
+    /// Bytes the UART takes at once when its transmitter is empty: 16
+    /// with the 16550A's FIFO, 1 without.
+    fifo: usize,
+    queue: [u8; TX_QUEUE],
+    head: usize,
+    len: usize,
 }
 
 static LINE: Mutex<Line> = Mutex::new(Line {
     port: None,
     base: 0,
+    fifo: 1,
+    queue: [0; TX_QUEUE],
+    head: 0,
+    len: 0,
 });
+
+impl Line {
+    /// Hands queued bytes to the UART as far as it has room, without
+    /// waiting; whether the queue is empty.
+    fn pump(&mut self) -> bool {
+        if self.len == 0 || self.port.is_none() {
+            return self.len == 0;
+        }
+        // SAFETY: L0's own UART: LSR, then THR only when it is empty.
+        if unsafe { cpu::inb(self.base + 5) } & 0x20 != 0 {
+            for _ in 0..self.fifo.min(self.len) {
+                unsafe { cpu::outb(self.base, self.queue[self.head]) };
+                self.head = (self.head + 1) % TX_QUEUE;
+                self.len -= 1;
+            }
+        }
+        self.len == 0
+    }
+
+    fn push(&mut self, b: u8) {
+        while self.len == TX_QUEUE {
+            // Full: the line's pace is the only way on.
+            self.pump();
+            core::hint::spin_loop();
+        }
+        self.queue[(self.head + self.len) % TX_QUEUE] = b;
+        self.len += 1;
+    }
+}
 
 impl Write for Line {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        if let Some(p) = self.port.as_mut() {
+        if self.port.is_some() {
             for b in s.bytes() {
-                p.send_raw(b);
+                self.push(b);
             }
+            self.pump();
         }
         Ok(())
     }
@@ -38,19 +84,34 @@ pub fn init_serial(base: u16) {
     let mut port = unsafe { SerialPort::new(base) };
     port.init();
     // SAFETY: same port. Divisor 1 = 115200 baud; IER=0 and MCR without
-    // OUT2 keep the UART's interrupt off the (L1-owned) IRQ line.
-    unsafe {
+    // OUT2 keep the UART's interrupt off the (L1-owned) IRQ line. FIFOs
+    // on and cleared; IIR bits 7:6 say whether there are any (16550A).
+    let fifo = unsafe {
         cpu::outb(base + 3, 0x80);
         cpu::outb(base, 1);
         cpu::outb(base + 1, 0);
         cpu::outb(base + 3, 0x03);
         cpu::outb(base + 1, 0);
         cpu::outb(base + 4, 0x03);
-    }
-    *LINE.lock() = Line {
-        port: Some(port),
-        base,
+        cpu::outb(base + 2, 0x07);
+        if cpu::inb(base + 2) & 0xc0 == 0xc0 {
+            16
+        } else {
+            1
+        }
     };
+    let mut l = LINE.lock();
+    l.port = Some(port);
+    l.base = base;
+    l.fifo = fifo;
+}
+
+/// Moves queued output on to the UART if it has room (at every VM exit:
+/// cheap when nothing waits).
+pub fn pump() {
+    if let Some(mut l) = LINE.try_lock() {
+        l.pump();
+    }
 }
 
 /// The management port's base, if one is in use.
@@ -80,9 +141,12 @@ pub fn recv(buf: &mut [u8]) -> usize {
     n
 }
 
-/// Waits until the UART has sent everything (LSR.TEMT): emulators drop
-/// what is still in the transmitter when they stop.
+/// Waits until the queue and the UART have sent everything (LSR.TEMT):
+/// emulators drop what is still in the transmitter when they stop.
 pub fn drain() {
+    while !LINE.lock().pump() {
+        core::hint::spin_loop();
+    }
     if let Some(base) = serial_base() {
         // SAFETY: reading LSR of L0's own port.
         while unsafe { cpu::inb(base + 5) } & 0x40 == 0 {

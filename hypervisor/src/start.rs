@@ -1204,6 +1204,7 @@ fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
                 if let Some(t) = stats.ticks_by_reason.get_mut(basic) {
                     *t += cpu::rdtsc().wrapping_sub(t0);
                 }
+                logger::pump();
                 // Exits too frequent for the preemption timer to fire still
                 // let L0 serve the management line.
                 let now = cpu::rdtsc();

@@ -153,6 +153,8 @@ pub struct Nested {
     /// The VMCS12 the shadow VMCS mirrors, and what it holds.
     pub shadow_holds: Option<u64>,
     pub shadow_cache: shadow_vmcs::ShadowCache,
+    /// The user VM L2 is, once looked up in this stay in L2.
+    pub l2_vm: Option<u64>,
 }
 
 impl Nested {
@@ -182,6 +184,7 @@ impl Nested {
             shadow_linked: false,
             shadow_holds: None,
             shadow_cache: shadow_vmcs::ShadowCache::default(),
+            l2_vm: None,
         }
     }
 }

@@ -192,6 +192,11 @@ impl Shadow {
         self.ioapics.get(&vm)?.vector(pin)
     }
 
+    /// Whether any VM has interrupt edges not yet delivered.
+    pub fn has_edges(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Every VM with interrupt edges not yet delivered, and the edges.
     pub fn edges(&self) -> Vec<(VmId, u16)> {
         self.pending.iter().map(|(&vm, &e)| (vm, e)).collect()
@@ -484,7 +489,9 @@ impl Shadow {
         let input = self.sessions.last().copied();
         // Sessions of VMs that ended without a VMCLEAR/VMXOFF notice.
         self.sessions.retain(|s| self.devices.get(&s.vm).is_some());
-        for s in self.sessions.clone() {
+        // (By index: this runs at every COM access, and allocating costs.)
+        for i in 0..self.sessions.len() {
+            let s = self.sessions[i];
             let Some(vm) = self.devices.get_mut(&s.vm) else {
                 continue;
             };

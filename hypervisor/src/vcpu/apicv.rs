@@ -139,6 +139,9 @@ impl Vcpu {
     /// hypervisor runs them with posted interrupts; the other VMs' edges
     /// stay for L1's relay (ultracall SetIrqRelay).
     pub(super) fn route_shadow_irqs<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
+        if !self.shadow.has_edges() {
+            return; // the common case, at every COM access
+        }
         for (vm, edges) in self.shadow.edges() {
             let Some(route) = self.shadow.pi_route_of(vm) else {
                 continue;

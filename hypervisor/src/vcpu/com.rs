@@ -128,9 +128,16 @@ pub fn touches_com(port: u16, size: u8) -> bool {
 impl Vcpu {
     /// The user VM of the current L2, by VMCS12 and EPT12 (shadow/identity.rs).
     pub(super) fn current_l2_vm(&mut self) -> Option<u64> {
+        // Fixed from one entry into L2 to the next exit to L1 (identities
+        // change only by what L1 does): looked up once per entry.
+        if let Some(vm) = self.nested.l2_vm.filter(|_| self.nested.in_l2) {
+            return Some(vm);
+        }
         let vmcs12 = self.nested.vmx.current?;
         let eptp = self.eptp12();
-        self.shadow.identify(vmcs12, eptp)
+        let vm = self.shadow.identify(vmcs12, eptp);
+        self.nested.l2_vm = vm;
+        vm
     }
 
     pub(super) fn eptp12(&self) -> Option<u64> {

@@ -296,6 +296,7 @@ impl Vcpu {
                 return self.entry_failure_exit(vs, p, reason::MSR_LOADING as u32, index);
             }
         }
+        self.nested.l2_vm = None;
         self.nested.entry_was_launched = self.nested.vmx.vmcs12.launched;
         self.nested.vmx.vmcs12.launched = true;
         self.nested.in_l2 = true;
