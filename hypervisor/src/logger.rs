@@ -67,12 +67,24 @@ impl Line {
 
 impl Write for Line {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        if self.port.is_some() {
-            for b in s.bytes() {
-                self.push(b);
-            }
-            self.pump();
+        if self.port.is_none() {
+            return Ok(());
         }
+        let mut rest = s.as_bytes();
+        while !rest.is_empty() {
+            if self.len == TX_QUEUE {
+                self.push(rest[0]); // waits for room
+                rest = &rest[1..];
+                continue;
+            }
+            // As much as fits up to the end of the buffer, in one copy.
+            let tail = (self.head + self.len) % TX_QUEUE;
+            let n = rest.len().min(TX_QUEUE - self.len).min(TX_QUEUE - tail);
+            self.queue[tail..tail + n].copy_from_slice(&rest[..n]);
+            self.len += n;
+            rest = &rest[n..];
+        }
+        self.pump();
         Ok(())
     }
 }
@@ -163,7 +175,19 @@ impl log::Log for Logger {
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            let _ = writeln!(LINE.lock(), "L0 {:<5} {}", r.level(), r.args());
+            // The level as a literal: padding through the formatter costs
+            // more than the rest of a short line.
+            let level = match r.level() {
+                log::Level::Error => "L0 ERROR ",
+                log::Level::Warn => "L0 WARN  ",
+                log::Level::Info => "L0 INFO  ",
+                log::Level::Debug => "L0 DEBUG ",
+                log::Level::Trace => "L0 TRACE ",
+            };
+            let mut l = LINE.lock();
+            let _ = l.write_str(level);
+            let _ = l.write_fmt(*r.args());
+            let _ = l.write_str("\n");
         }
     }
     fn flush(&self) {}

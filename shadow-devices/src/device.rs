@@ -101,6 +101,11 @@ pub trait ShadowDevice: Send {
     fn take_irq_edge(&mut self) -> bool;
     /// Serialises the whole device state (versioned, little-endian).
     fn save_state(&self) -> Vec<u8>;
+    /// Appends what [`ShadowDevice::save_state`] returns to `out` (a
+    /// device may do it without a buffer of its own).
+    fn save_state_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.save_state());
+    }
     /// Checks a state without applying it.
     fn validate_state(&self, state: &[u8]) -> Result<(), Error>;
     /// Replaces the device state; on error the device is untouched.

@@ -23,6 +23,8 @@ extern crate alloc;
 pub mod device;
 pub mod epoch;
 pub mod error;
+#[cfg(target_arch = "x86_64")]
+pub mod gcm_ni;
 pub mod mgmt;
 pub mod registry;
 pub mod seal;
@@ -32,7 +34,7 @@ mod wire;
 pub use device::{Console, PortRange, ShadowDevice, Traffic};
 pub use epoch::EpochLedger;
 pub use error::Error;
-pub use registry::{pc_uarts, DeviceFactory, PreparedSave, Registry, Restored, VmDevices};
+pub use registry::{pc_uarts, DeviceFactory, PreparedSave, Registry, Restored, Saved, VmDevices};
 pub use seal::{open, seal, CounterNonce, NonceSource, Opened, RandomSource, SealKey, KEY_LEN};
 pub use uart16550::{ComPort, Uart16550, UartState, INPUT_CAPACITY, OUTPUT_CAPACITY};
 

@@ -197,16 +197,19 @@ impl VmDevices {
 
     /// The device-set state (every device's state, then the platform's).
     pub fn save_set(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(64);
+        // One buffer for everything (saves run under emulators too).
+        let mut w = Writer::with_capacity(1024 + self.platform.len());
         w.u16(DEVICE_SET_VERSION);
         w.u16(u16::try_from(self.devices.len()).unwrap_or(u16::MAX));
         w.u32(self.platform.len() as u32);
         for d in &self.devices {
-            let state = d.save_state();
             w.u16(d.class());
             w.u16(d.ports().base);
-            w.u32(u32::try_from(state.len()).unwrap_or(u32::MAX));
-            w.bytes(&state);
+            let at = w.buf.len();
+            w.u32(0);
+            d.save_state_into(&mut w.buf);
+            let len = u32::try_from(w.buf.len() - at - 4).unwrap_or(u32::MAX);
+            w.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
         }
         w.bytes(&self.platform);
         w.buf
@@ -324,6 +327,17 @@ impl<K: Copy> PreparedSave<K> {
     pub fn blob(&self) -> &[u8] {
         &self.blob
     }
+}
+
+/// What a successful [`Registry::save_with`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Saved<K> {
+    /// The VM saved (now frozen).
+    pub vm: K,
+    /// The blob's epoch.
+    pub epoch: u64,
+    /// The blob's length.
+    pub len: usize,
 }
 
 /// What a successful restore did.
@@ -477,6 +491,47 @@ impl<K: Ord + Copy> Registry<K> {
         vm.frozen = true;
         ledger.record_save(&prepared.tag, prepared.epoch);
         Ok(())
+    }
+
+    /// Both phases of save for a caller that holds the registry from the
+    /// seal to the freeze (L0, within one exit): seals, hands the blob to
+    /// `deliver`, and only if that takes it freezes the devices and
+    /// records the epoch. Nothing can change in between, so unlike
+    /// [`Registry::commit_save`] this need not serialize the devices a
+    /// second time to prove it. On `Err` from `deliver` nothing changed but
+    /// the nonce source.
+    pub fn save_with<E>(
+        &mut self,
+        tag: &VmTag,
+        key: &SealKey,
+        ledger: &mut EpochLedger,
+        nonces: &mut dyn NonceSource,
+        deliver: impl FnOnce(&[u8]) -> Result<(), E>,
+    ) -> Result<Result<Saved<K>, E>, Error> {
+        let vm_key = self.find_by_tag(tag).ok_or(Error::UnknownTag)?;
+        let vm = self.vms.get_mut(&vm_key).ok_or(Error::UnknownTag)?;
+        if vm.frozen {
+            return Err(Error::Frozen);
+        }
+        let epoch = ledger.next_save_epoch(tag)?;
+        let blob = seal::seal(
+            key,
+            DEVICE_CLASS_DEVICE_SET,
+            tag,
+            epoch,
+            &vm.save_set(),
+            nonces,
+        )?;
+        if let Err(e) = deliver(&blob) {
+            return Ok(Err(e));
+        }
+        vm.frozen = true;
+        ledger.record_save(tag, epoch);
+        Ok(Ok(Saved {
+            vm: vm_key,
+            epoch,
+            len: blob.len(),
+        }))
     }
 
     /// Restores the devices of the VM holding `tag` from a blob; consumes
@@ -669,6 +724,54 @@ mod tests {
         assert_eq!(r.commit_save(prepared, &mut ledger), Err(Error::StaleSave));
         assert!(!r.get(&1).unwrap().is_frozen());
         assert_eq!(ledger.high_water(&tag("vm")), None);
+    }
+
+    #[test]
+    fn save_with_freezes_only_when_the_blob_was_delivered() {
+        let key = SealKey::new(&[1; 32]);
+        let mut nonces = CounterNonce::new(rng());
+        let mut ledger = EpochLedger::new();
+        let mut r: Registry<u32> = Registry::default();
+        r.register_tag(1, tag("vm")).unwrap();
+        let refused = r
+            .save_with(&tag("vm"), &key, &mut ledger, &mut nonces, |_| {
+                Err("buffer fault")
+            })
+            .unwrap();
+        assert_eq!(refused, Err("buffer fault"));
+        assert!(!r.get(&1).unwrap().is_frozen());
+        assert_eq!(ledger.high_water(&tag("vm")), None);
+        let mut got = Vec::new();
+        let saved = r
+            .save_with(&tag("vm"), &key, &mut ledger, &mut nonces, |b| {
+                got = b.to_vec();
+                Ok::<(), ()>(())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!((saved.vm, saved.epoch, saved.len), (1, 1, got.len()));
+        assert!(r.get(&1).unwrap().is_frozen());
+        assert_eq!(ledger.high_water(&tag("vm")), Some(1));
+        assert_eq!(
+            r.save_with(
+                &tag("vm"),
+                &key,
+                &mut ledger,
+                &mut nonces,
+                |_| Ok::<(), ()>(())
+            )
+            .err(),
+            Some(Error::Frozen)
+        );
+        // The blob restores elsewhere like a two-phase one.
+        let mut dst: Registry<u32> = Registry::default();
+        dst.register_tag(2, tag("vm")).unwrap();
+        assert_eq!(
+            dst.restore_sealed(&tag("vm"), &key, &mut EpochLedger::new(), &got)
+                .unwrap()
+                .epoch,
+            1
+        );
     }
 
     #[test]

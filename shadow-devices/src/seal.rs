@@ -54,6 +54,11 @@ const KEY_ID_BLOCK: [u8; 16] = *b"L0-seal-keyid\0\0\0";
 #[derive(Clone)]
 pub struct SealKey {
     cipher: Aes256Gcm,
+    /// The same key for the CPU's AES and carry-less multiply, when the
+    /// caller asked for it and the CPU has them (same blobs, ~20x fewer
+    /// instructions).
+    #[cfg(target_arch = "x86_64")]
+    ni: Option<crate::gcm_ni::NiGcm>,
     key_id: [u8; BLOB_KEY_ID_LEN],
 }
 
@@ -66,8 +71,36 @@ impl SealKey {
         key_id.copy_from_slice(&block[..BLOB_KEY_ID_LEN]);
         SealKey {
             cipher: Aes256Gcm::new(key.into()),
+            #[cfg(target_arch = "x86_64")]
+            ni: None,
             key_id,
         }
+    }
+
+    /// As [`SealKey::new`], sealing and opening with AES-NI and PCLMULQDQ
+    /// if the CPU has them ([`SealKey::accelerated`] says whether).
+    ///
+    /// # Safety
+    /// SSE must be enabled (CR4.OSFXSR = 1). The code saves and restores
+    /// the vector registers it uses, so a hypervisor may call it with a
+    /// guest's vector state live.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    pub unsafe fn new_accelerated(key: &[u8; KEY_LEN]) -> SealKey {
+        let mut k = SealKey::new(key);
+        if crate::gcm_ni::cpu_supports() {
+            // SAFETY: the instructions exist; SSE is on (the caller).
+            k.ni = Some(unsafe { crate::gcm_ni::NiGcm::new(key) });
+        }
+        k
+    }
+
+    /// Whether this key seals with the CPU's AES instructions.
+    pub fn accelerated(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.ni.is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// The public key id written into every blob.
@@ -158,6 +191,12 @@ pub fn seal(
     let mut blob = Vec::with_capacity(header.sealed_len());
     blob.extend_from_slice(&aad);
     blob.extend_from_slice(plaintext);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(ni) = &key.ni {
+        let auth = ni.encrypt(&nonce, &aad, &mut blob[BLOB_HEADER_LEN..]);
+        blob.extend_from_slice(&auth);
+        return Ok(blob);
+    }
     let auth = key
         .cipher
         .encrypt_in_place_detached(
@@ -168,6 +207,22 @@ pub fn seal(
         .map_err(|_| Error::PayloadTooLarge)?;
     blob.extend_from_slice(&auth);
     Ok(blob)
+}
+
+fn decrypt(
+    key: &SealKey,
+    nonce: &[u8; BLOB_NONCE_LEN],
+    aad: &[u8],
+    buf: &mut [u8],
+    auth: &[u8],
+) -> Result<(), ()> {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(ni), Ok(auth)) = (&key.ni, auth.try_into()) {
+        return ni.decrypt(nonce, aad, buf, auth).map_err(|_| ());
+    }
+    key.cipher
+        .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf, Tag::from_slice(auth))
+        .map_err(|_| ())
 }
 
 /// An opened blob.
@@ -213,14 +268,7 @@ pub fn open(
     let (aad, rest) = blob.split_at(BLOB_HEADER_LEN);
     let (ciphertext, auth) = rest.split_at(rest.len() - BLOB_AUTH_TAG_LEN);
     let mut plaintext = ciphertext.to_vec();
-    key.cipher
-        .decrypt_in_place_detached(
-            Nonce::from_slice(&header.nonce),
-            aad,
-            &mut plaintext,
-            Tag::from_slice(auth),
-        )
-        .map_err(|_| Error::AuthFailed)?;
+    decrypt(key, &header.nonce, aad, &mut plaintext, auth).map_err(|_| Error::AuthFailed)?;
     if header.device_class != expected_class {
         return Err(Error::BlobClass {
             found: header.device_class,
@@ -278,6 +326,53 @@ mod tests {
         assert_eq!(o.plaintext, b"device state bytes");
         assert_eq!(o.header.epoch, 3);
         assert_eq!(o.header.vm_tag, tag());
+    }
+
+    #[test]
+    fn accelerated_and_software_keys_make_the_same_blobs() {
+        #[allow(unsafe_code)]
+        // SAFETY: the host OS enables SSE.
+        let fast = unsafe { SealKey::new_accelerated(&[7u8; 32]) };
+        assert!(fast.accelerated() && !key().accelerated());
+        let (a, b) = (
+            seal(
+                &fast,
+                CLASS,
+                &tag(),
+                3,
+                b"device state bytes",
+                &mut nonces(),
+            )
+            .unwrap(),
+            seal(
+                &key(),
+                CLASS,
+                &tag(),
+                3,
+                b"device state bytes",
+                &mut nonces(),
+            )
+            .unwrap(),
+        );
+        assert_eq!(a, b, "same nonces: same blob");
+        assert_eq!(
+            open(&key(), CLASS, &tag(), &EpochLedger::new(), &a)
+                .unwrap()
+                .plaintext,
+            b"device state bytes"
+        );
+        assert_eq!(
+            open(&fast, CLASS, &tag(), &EpochLedger::new(), &b)
+                .unwrap()
+                .plaintext,
+            b"device state bytes"
+        );
+        let mut bad = a.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            open(&fast, CLASS, &tag(), &EpochLedger::new(), &bad),
+            Err(Error::AuthFailed)
+        );
     }
 
     #[test]

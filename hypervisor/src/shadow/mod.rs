@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 
 use shadow_devices::epoch::EpochLedger;
 use shadow_devices::mgmt::{self, Command, Target};
-use shadow_devices::registry::{PreparedSave, Registry, Restored};
+use shadow_devices::registry::{Registry, Restored, Saved};
 use shadow_devices::seal::{CounterNonce, SealKey};
 use shadow_devices::Error;
 use ultracall_abi::VmTag;
@@ -86,11 +86,11 @@ pub struct Shadow {
 pub type Frames = Vec<String>;
 
 impl Shadow {
-    pub fn new(key: Option<[u8; 32]>, random: RandomFn) -> Self {
+    pub fn new(key: Option<SealKey>, random: RandomFn) -> Self {
         Shadow {
             ids: Identities::new(),
             devices: Registry::default(),
-            key: key.map(|k| SealKey::new(&k)),
+            key,
             ledger: EpochLedger::new(),
             nonces: CounterNonce::new(random),
             relay_vector: None,
@@ -294,15 +294,16 @@ impl Shadow {
         self.devices.len()
     }
 
-    /// Save phase 1 (see `Registry::prepare_save`).
-    pub fn prepare_save(&mut self, tag: &VmTag) -> Result<PreparedSave<VmId>, Error> {
+    /// Seals the devices of the VM holding `tag`, hands the blob to
+    /// `deliver` and freezes them once it took it (`Registry::save_with`).
+    pub fn save_with<E>(
+        &mut self,
+        tag: &VmTag,
+        deliver: impl FnOnce(&[u8]) -> Result<(), E>,
+    ) -> Result<Result<Saved<VmId>, E>, Error> {
         let key = self.key.as_ref().ok_or(Error::NoKey)?;
         self.devices
-            .prepare_save(tag, key, &self.ledger, &mut self.nonces)
-    }
-
-    pub fn commit_save(&mut self, p: PreparedSave<VmId>) -> Result<(), Error> {
-        self.devices.commit_save(p, &mut self.ledger)
+            .save_with(tag, key, &mut self.ledger, &mut self.nonces, deliver)
     }
 
     /// Restores the devices of the VM holding `tag`. The operator hears

@@ -12,7 +12,7 @@ fn rng(buf: &mut [u8]) -> bool {
 }
 
 fn shadow() -> Shadow {
-    Shadow::new(Some([7; 32]), rng)
+    Shadow::new(Some(SealKey::new(&[7; 32])), rng)
 }
 
 fn send(s: &mut Shadow, body: &str) -> Vec<Event> {
@@ -269,9 +269,13 @@ fn save_restore_through_the_registry() {
     let tag = VmTag::new(b"web-1").unwrap();
     s.register_tag(a, tag).unwrap();
     print(&mut s, a, b"before migration");
-    let p = s.prepare_save(&tag).unwrap();
-    let blob = p.blob().to_vec();
-    s.commit_save(p).unwrap();
+    let mut blob = Vec::new();
+    s.save_with(&tag, |b| {
+        blob = b.to_vec();
+        Ok::<(), ()>(())
+    })
+    .unwrap()
+    .unwrap();
     assert!(s.frozen(a));
     // The VM ends here; a new one takes the tag on the destination.
     s.vmclear(0x1000);
@@ -297,5 +301,8 @@ fn save_restore_through_the_registry() {
     let mut nokey = Shadow::new(None, rng);
     let c = nokey.identify(0x1000, Some(0x10_0000)).unwrap();
     nokey.register_tag(c, tag).unwrap();
-    assert_eq!(nokey.prepare_save(&tag).unwrap_err(), Error::NoKey);
+    assert_eq!(
+        nokey.save_with(&tag, |_| Ok::<(), ()>(())).unwrap_err(),
+        Error::NoKey
+    );
 }

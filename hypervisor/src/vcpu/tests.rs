@@ -203,7 +203,7 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         msr_bitmap01: 0x7000_8000,
         nested: Nested::new(crate::nested::testutil::caps(), 39, PAGES, RangeSet::new()),
         vmcs_phys: [0x7100_0000, 0x7100_1000, 0x7100_2000],
-        shadow: crate::shadow::Shadow::new(Some([1; 32]), |b| {
+        shadow: crate::shadow::Shadow::new(Some(shadow_devices::SealKey::new(&[1; 32])), |b| {
             b.fill(0x42);
             true
         }),

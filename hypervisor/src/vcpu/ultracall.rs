@@ -137,27 +137,26 @@ impl Vcpu {
             }
             Op::SaveDevices => {
                 let tag = req.tag.unwrap();
-                let prepared = match self.shadow.prepare_save(&tag) {
-                    Ok(x) => x,
-                    Err(e) => return Response::error(e.status()),
-                };
-                let blob = prepared.blob();
-                if (blob.len() as u64) > buf.len {
-                    return Response::too_small(blob.len() as u64);
-                }
-                if let Err(f) = walk::write_virt(p.mem(), &s.paging, buf.va, blob, access) {
-                    return Response::error(buffer_status(f));
-                }
-                let (len, epoch) = (blob.len() as u64, prepared.epoch());
-                match self.shadow.commit_save(prepared) {
-                    Ok(()) => {
-                        log::info!(
-                            "devices of {} saved (epoch {epoch}, {len} bytes) and frozen",
-                            tag.as_str()
-                        );
-                        Response::ok(len, epoch)
+                // The devices freeze only if the blob reached the buffer.
+                let deliver = |blob: &[u8]| {
+                    if blob.len() as u64 > buf.len {
+                        return Err(Response::too_small(blob.len() as u64));
                     }
+                    walk::write_virt(p.mem(), &s.paging, buf.va, blob, access)
+                        .map_err(|f| Response::error(buffer_status(f)))
+                };
+                match self.shadow.save_with(&tag, deliver) {
                     Err(e) => Response::error(e.status()),
+                    Ok(Err(refused)) => refused,
+                    Ok(Ok(saved)) => {
+                        log::info!(
+                            "devices of {} saved (epoch {}, {} bytes) and frozen",
+                            tag.as_str(),
+                            saved.epoch,
+                            saved.len
+                        );
+                        Response::ok(saved.len as u64, saved.epoch)
+                    }
                 }
             }
             Op::RestoreDevices => {

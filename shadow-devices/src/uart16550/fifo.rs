@@ -184,7 +184,12 @@ impl ByteRing {
 
     /// Contents, oldest first.
     pub fn to_vec(&self) -> Vec<u8> {
-        (0..self.len).map(|i| self.buf[self.slot(i)]).collect()
+        // Two slice copies, not a byte at a time (saves run under an emulator).
+        let first = (self.buf.len() - self.head).min(self.len);
+        let mut v = Vec::with_capacity(self.len);
+        v.extend_from_slice(&self.buf[self.head..self.head + first]);
+        v.extend_from_slice(&self.buf[..self.len - first]);
+        v
     }
 
     /// Empties the ring and refills it with `bytes` (truncated to capacity;

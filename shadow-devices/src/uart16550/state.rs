@@ -124,8 +124,16 @@ fn fifo_field(r: &mut Reader<'_>, len: usize, field: &'static str) -> Result<Vec
 impl UartState {
     /// Encodes (always decodable: the model only produces valid states).
     pub fn encode(&self) -> Vec<u8> {
-        let mut w =
-            Writer::with_capacity(UART_STATE_FIXED_LEN + self.output.len() + self.input.len());
+        let mut v = Vec::with_capacity(UART_STATE_FIXED_LEN + self.output.len() + self.input.len());
+        self.encode_into(&mut v);
+        v
+    }
+
+    /// Appends the encoding to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let mut w = Writer {
+            buf: core::mem::take(out),
+        };
         w.u16(UART_STATE_VERSION);
         for b in [
             self.ier,
@@ -168,7 +176,7 @@ impl UartState {
         w.u32(u32::try_from(self.input.len()).unwrap_or(u32::MAX));
         w.bytes(&self.output);
         w.bytes(&self.input);
-        w.buf
+        *out = w.buf;
     }
 
     /// Decodes and validates every field and invariant.
