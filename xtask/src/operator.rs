@@ -125,7 +125,35 @@ impl Operator {
         } else {
             None
         };
-        let mut o = Operator {
+        let mut o = Self::base(keys, interactive, booting, raw);
+        if interactive {
+            o.say("console: keys go to the attached VM; Ctrl-] for commands (list, attach, next, detach, quit)");
+        }
+        o
+    }
+
+    /// An operator who types `script` (lines as on stdin) once L0 is up,
+    /// for a scenario: nothing goes to the terminal, everything shown is in
+    /// [`LineUser::transcript`], and a failed wait stops the run.
+    pub fn scripted(script: &str) -> Self {
+        let (tx, keys) = mpsc::channel();
+        let _ = tx.send(script.as_bytes().to_vec());
+        Operator {
+            show_log: false,
+            l0_ready: false,
+            echo: false,
+            script_end_quits: false,
+            ..Self::base(keys, false, false, None)
+        }
+    }
+
+    fn base(
+        keys: Receiver<Vec<u8>>,
+        interactive: bool,
+        booting: bool,
+        raw: Option<RawTerminal>,
+    ) -> Self {
+        Operator {
             keys,
             keys_done: false,
             had_script: false,
@@ -146,40 +174,6 @@ impl Operator {
             echo: true,
             script_end_quits: true,
             _raw: raw,
-        };
-        if interactive {
-            o.say("console: keys go to the attached VM; Ctrl-] for commands (list, attach, next, detach, quit)");
-        }
-        o
-    }
-
-    /// An operator who types `script` (lines as on stdin) once L0 is up,
-    /// for a scenario: nothing goes to the terminal, everything shown is in
-    /// [`LineUser::transcript`], and a failed wait stops the run.
-    pub fn scripted(script: &str) -> Self {
-        let (tx, keys) = mpsc::channel();
-        let _ = tx.send(script.as_bytes().to_vec());
-        Operator {
-            keys,
-            keys_done: false,
-            had_script: false,
-            interactive: false,
-            prompt: None,
-            script: Vec::new(),
-            waiting: None,
-            sleeping: None,
-            attached: None,
-            vms: BTreeMap::new(),
-            seen: String::new(),
-            show_log: false,
-            l0_ready: false,
-            quit: false,
-            failed: None,
-            typed: Vec::new(),
-            transcript: String::new(),
-            echo: false,
-            script_end_quits: false,
-            _raw: None,
         }
     }
 
