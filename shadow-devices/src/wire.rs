@@ -18,16 +18,10 @@ impl Writer {
             buf: Vec::with_capacity(n),
         }
     }
-    pub(crate) fn u8(&mut self, v: u8) {
-        self.buf.push(v);
-    }
     pub(crate) fn u16(&mut self, v: u16) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
     pub(crate) fn u32(&mut self, v: u32) {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-    }
-    pub(crate) fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
     pub(crate) fn bytes(&mut self, b: &[u8]) {
@@ -86,10 +80,10 @@ mod tests {
     #[test]
     fn round_trip_and_truncation() {
         let mut w = Writer::with_capacity(15);
-        w.u8(1);
+        w.bytes(&[1]);
         w.u16(0x0203);
         w.u32(0x0405_0607);
-        w.u64(0x0809_0a0b_0c0d_0e0f);
+        w.bytes(&0x0809_0a0b_0c0d_0e0fu64.to_le_bytes());
         assert_eq!(w.buf, [1, 3, 2, 7, 6, 5, 4, 15, 14, 13, 12, 11, 10, 9, 8]);
         let mut r = Reader::new(&w.buf);
         assert_eq!(r.u8(), Ok(1));

@@ -66,6 +66,8 @@ pub struct Shadow {
     /// A relay interrupt for the pending edges reached L1.
     announced: bool,
     /// The ports the console follows; the last one attached takes input.
+    /// Saves not yet logged (tag, epoch, blob length).
+    pub saved_log: Vec<(VmTag, u64, usize)>,
     pub sessions: Vec<Session>,
     rx_line: Vec<u8>,
     /// Bytes of console input not yet accepted by the input port's device.
@@ -96,6 +98,7 @@ impl Shadow {
             relay_vector: None,
             pending: BTreeMap::new(),
             announced: false,
+            saved_log: Vec::new(),
             sessions: Vec::new(),
             rx_line: Vec::new(),
             input_backlog: Vec::new(),

@@ -496,6 +496,12 @@ impl Vcpu {
             }
             core::hint::spin_loop();
         }
+        for (tag, epoch, len) in core::mem::take(&mut self.shadow.saved_log) {
+            log::info!(
+                "devices of {} saved (epoch {epoch}, {len} bytes) and frozen",
+                tag.as_str()
+            );
+        }
         if core::mem::take(&mut self.shadow.stats_wanted) {
             let l2 = if self.nested.in_l2 { "in L2" } else { "in L1" };
             let v = vs.current();

@@ -149,12 +149,9 @@ impl Vcpu {
                     Err(e) => Response::error(e.status()),
                     Ok(Err(refused)) => refused,
                     Ok(Ok(saved)) => {
-                        log::info!(
-                            "devices of {} saved (epoch {}, {} bytes) and frozen",
-                            tag.as_str(),
-                            saved.epoch,
-                            saved.len
-                        );
+                        // Logged at L0's next visit to the line, not while
+                        // the VM's migration waits for this call.
+                        self.shadow.saved_log.push((tag, saved.epoch, saved.len));
                         Response::ok(saved.len as u64, saved.epoch)
                     }
                 }

@@ -50,7 +50,7 @@ use super::fifo::{ByteRing, Fifo};
 use super::model::{Uart16550, INPUT_CAPACITY, OUTPUT_CAPACITY};
 use super::registers::*;
 use crate::error::Error;
-use crate::wire::{Reader, Writer};
+use crate::wire::Reader;
 
 /// The state format version this code reads and writes.
 pub const UART_STATE_VERSION: u16 = 1;
@@ -129,13 +129,12 @@ impl UartState {
         v
     }
 
-    /// Appends the encoding to `out`.
+    /// Appends the encoding to `out`: the fixed part laid out in place,
+    /// then the rings (one copy each: saves run under emulators too).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let mut w = Writer {
-            buf: core::mem::take(out),
-        };
-        w.u16(UART_STATE_VERSION);
-        for b in [
+        let mut h = [0u8; UART_STATE_FIXED_LEN];
+        h[0..2].copy_from_slice(&UART_STATE_VERSION.to_le_bytes());
+        h[2..13].copy_from_slice(&[
             self.ier,
             self.lcr,
             self.mcr,
@@ -147,9 +146,7 @@ impl UartState {
             self.dll,
             self.dlm,
             self.rbr,
-        ] {
-            w.u8(b);
-        }
+        ]);
         let mut flags = 0;
         if self.thre_pending {
             flags |= FLAG_THRE_PENDING;
@@ -157,26 +154,37 @@ impl UartState {
         if self.operator_attached {
             flags |= FLAG_OPERATOR;
         }
-        w.u8(flags);
+        h[13] = flags;
         // FIFO contents come from 16-byte FIFOs; saturate rather than panic.
-        w.u8(u8::try_from(self.rx.len()).unwrap_or(u8::MAX));
-        w.u8(u8::try_from(self.tx.len()).unwrap_or(u8::MAX));
-        for fifo in [&self.rx, &self.tx] {
-            let mut raw = [0u8; FIFO_DEPTH];
-            for (dst, src) in raw.iter_mut().zip(fifo.iter()) {
-                *dst = *src;
-            }
-            w.bytes(&raw);
+        h[14] = u8::try_from(self.rx.len()).unwrap_or(u8::MAX);
+        h[15] = u8::try_from(self.tx.len()).unwrap_or(u8::MAX);
+        for (at, fifo) in [(16, &self.rx), (16 + FIFO_DEPTH, &self.tx)] {
+            let n = fifo.len().min(FIFO_DEPTH);
+            h[at..at + n].copy_from_slice(&fifo[..n]);
         }
-        w.u64(self.bytes_in);
-        w.u64(self.bytes_out);
-        w.u64(self.output_dropped);
-        w.u64(self.tx_overflow);
-        w.u32(u32::try_from(self.output.len()).unwrap_or(u32::MAX));
-        w.u32(u32::try_from(self.input.len()).unwrap_or(u32::MAX));
-        w.bytes(&self.output);
-        w.bytes(&self.input);
-        *out = w.buf;
+        let counters = [
+            self.bytes_in,
+            self.bytes_out,
+            self.output_dropped,
+            self.tx_overflow,
+        ];
+        for (i, c) in counters.iter().enumerate() {
+            h[48 + 8 * i..56 + 8 * i].copy_from_slice(&c.to_le_bytes());
+        }
+        h[80..84].copy_from_slice(
+            &u32::try_from(self.output.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
+        h[84..88].copy_from_slice(
+            &u32::try_from(self.input.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
+        out.reserve(h.len() + self.output.len() + self.input.len());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&self.output);
+        out.extend_from_slice(&self.input);
     }
 
     /// Decodes and validates every field and invariant.
