@@ -61,12 +61,22 @@ pub fn pc_uarts() -> Vec<Box<dyn ShadowDevice>> {
         .collect()
 }
 
+/// How many guest writes a device set remembers until its first restore.
+pub const JOURNAL_MAX: usize = 4096;
+
 /// One VM's shadow devices and their migration state.
 pub struct VmDevices {
     devices: Vec<Box<dyn ShadowDevice>>,
     tag: Option<VmTag>,
     frozen: bool,
     platform: Vec<u8>,
+    /// The guest's port writes (port, value) from the set's creation until
+    /// its first restore, while there are at most [`JOURNAL_MAX`]: a VM
+    /// resumed on another host writes to fresh devices until its manager
+    /// restores the sealed ones, and the restore replays these writes on
+    /// the restored state, so output written meanwhile is kept and the
+    /// driver's register writes (IER above all) still hold.
+    journal: Option<Vec<(u16, u8)>>,
 }
 
 impl core::fmt::Debug for VmDevices {
@@ -87,6 +97,7 @@ impl VmDevices {
             tag: None,
             frozen: false,
             platform: Vec::new(),
+            journal: Some(Vec::new()),
         }
     }
 
@@ -141,6 +152,11 @@ impl VmDevices {
         };
         if !frozen {
             dev.io_write(port, value);
+            match &mut self.journal {
+                Some(j) if j.len() < JOURNAL_MAX => j.push((port, value)),
+                Some(_) => self.journal = None, // too long: a restore replaces
+                None => {}
+            }
         }
         true
     }
@@ -259,7 +275,9 @@ impl VmDevices {
         Ok(())
     }
 
-    /// Restores every device, all or nothing.
+    /// Restores every device, all or nothing; then replays the guest's
+    /// writes since the set was made (its first restore only; see
+    /// [`JOURNAL_MAX`]).
     pub fn restore_set(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let (states, platform) = self.split_set(bytes)?;
         let platform = platform.to_vec();
@@ -281,6 +299,12 @@ impl VmDevices {
             }
         }
         self.platform = platform;
+        // What the guest wrote to the devices it had until now, on top.
+        for (port, value) in self.journal.take().unwrap_or_default() {
+            if let Some(d) = self.device_at(port) {
+                d.io_write(port, value);
+            }
+        }
         Ok(())
     }
 
@@ -799,6 +823,44 @@ mod tests {
         );
         assert_eq!(dst.get(&2).unwrap().save_set(), before);
         assert!(ledger.is_empty());
+    }
+
+    #[test]
+    fn restore_replays_what_the_vm_wrote_to_its_fresh_devices() {
+        let (thr, ier) = (0x3f8, 0x3f9);
+        let out = |r: &mut Registry<u32>, k: u32| {
+            let mut buf = [0u8; 64];
+            let c = r.vm(k).device_at(thr).and_then(|d| d.console()).unwrap();
+            let n = c.pull_output(&mut buf);
+            buf[..n].to_vec()
+        };
+        let mut a: Registry<u32> = Registry::default();
+        for &b in b"before " {
+            a.io_write(1, thr, b);
+        }
+        let set = a.vm(1).save_set();
+        // Host B: the resumed VM prints and enables the THR interrupt on
+        // the fresh UART before its manager restores the sealed one.
+        let mut b: Registry<u32> = Registry::default();
+        for &v in b"after" {
+            b.io_write(2, thr, v);
+        }
+        b.io_write(2, ier, 0x02);
+        b.vm(2).restore_set(&set).unwrap();
+        assert_eq!(out(&mut b, 2), b"before after");
+        assert_eq!(b.io_read(2, ier), Some(0x02), "the driver's IER stands");
+        // Only the first restore replays; a VM that wrote too much before
+        // it gets plain restores.
+        b.io_write(2, thr, b'x');
+        b.vm(2).restore_set(&set).unwrap();
+        assert_eq!(out(&mut b, 2), b"before ");
+        let mut c: Registry<u32> = Registry::default();
+        for _ in 0..=JOURNAL_MAX {
+            c.io_write(3, 0x3ff, 0); // the scratch register
+        }
+        c.io_write(3, thr, b'y');
+        c.vm(3).restore_set(&set).unwrap();
+        assert_eq!(out(&mut c, 3), b"before ");
     }
 
     #[test]
