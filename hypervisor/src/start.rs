@@ -1089,7 +1089,6 @@ fn build_l1(
             rdtscp: controls.has_secondary(s::ENABLE_RDTSCP),
             invpcid: controls.has_secondary(s::ENABLE_INVPCID),
             xsaves: controls.has_secondary(s::ENABLE_XSAVES),
-            abi_version: 0x0001_0000,
             tsc_hz: tsc_hz.unwrap_or(0),
         },
         mtrr,

@@ -51,7 +51,9 @@ pub const EXIT_L0_ERROR: u8 = 13;
 /// The exit code for an error.
 pub fn exit_code(err: &Error) -> u8 {
     match err {
-        Error::NoHypervisor | Error::OtherHypervisor { .. } => EXIT_NOT_UNDER_L0,
+        Error::NoHypervisor | Error::OtherHypervisor { .. } | Error::NotIntel { .. } => {
+            EXIT_NOT_UNDER_L0
+        }
         Error::VersionMismatch { .. } => EXIT_VERSION,
         Error::Os { .. } => EXIT_LOCAL,
         Error::TagInvalid => EXIT_USAGE,
@@ -106,7 +108,7 @@ line with '-' in the device columns), after a header line starting with '#':
 EXIT CODES:
     0   success
     1   usage error (bad arguments or invalid tag)
-    2   not running under L0 (no hypervisor, or another one); nothing attempted
+    2   not running under L0 (no hypervisor, another one, or not an Intel CPU); nothing attempted
     3   ABI version mismatch between this tool and L0
     4   local error (file I/O, mmap/mlock, blob file too large)
     5   not permitted from this level (save/restore/list need the cloud VM, tag a user VM)
@@ -611,6 +613,12 @@ mod tests {
         assert_eq!(exit_code(&Error::NoHypervisor), EXIT_NOT_UNDER_L0);
         assert_eq!(
             exit_code(&Error::OtherHypervisor { signature: [0; 12] }),
+            EXIT_NOT_UNDER_L0
+        );
+        assert_eq!(
+            exit_code(&Error::NotIntel {
+                vendor: *b"AuthenticAMD"
+            }),
             EXIT_NOT_UNDER_L0
         );
     }

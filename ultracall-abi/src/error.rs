@@ -39,6 +39,12 @@ pub enum Error {
         /// EBX, ECX, EDX of leaf 0x4000_0000 as bytes.
         signature: [u8; 12],
     },
+    /// L0's signature was seen, but on a CPU that is not Intel's: L0 runs
+    /// on VMX only, and there `vmcall` would fault, so nothing is issued.
+    NotIntel {
+        /// The vendor string of CPUID leaf 0.
+        vendor: [u8; 12],
+    },
     /// L0's ABI major differs from ours.
     VersionMismatch {
         /// What this client speaks.
@@ -74,15 +80,13 @@ impl fmt::Display for Error {
             Error::Malformed(field) => write!(f, "malformed field: {field}"),
             Error::NoHypervisor => f.write_str("not running under L0: no hypervisor present"),
             Error::OtherHypervisor { signature } => {
-                f.write_str("not running under L0: hypervisor signature \"")?;
-                for &b in &signature {
-                    if b.is_ascii_graphic() || b == b' ' {
-                        write!(f, "{}", b as char)?;
-                    } else {
-                        write!(f, "\\x{b:02x}")?;
-                    }
-                }
-                f.write_str("\"")
+                f.write_str("not running under L0: hypervisor signature ")?;
+                quoted(f, &signature)
+            }
+            Error::NotIntel { vendor } => {
+                f.write_str("not running under L0: L0's signature on a CPU of vendor ")?;
+                quoted(f, &vendor)?;
+                f.write_str(", but L0 runs only on Intel VMX")
             }
             Error::VersionMismatch { ours, l0 } => {
                 write!(
@@ -97,6 +101,19 @@ impl fmt::Display for Error {
     }
 }
 
+/// Twelve CPUID bytes in quotes, non-printable ones escaped.
+fn quoted(f: &mut fmt::Formatter<'_>, bytes: &[u8; 12]) -> fmt::Result {
+    f.write_str("\"")?;
+    for &b in bytes {
+        if b.is_ascii_graphic() || b == b' ' {
+            write!(f, "{}", b as char)?;
+        } else {
+            write!(f, "\\x{b:02x}")?;
+        }
+    }
+    f.write_str("\"")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +126,17 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "not running under L0: hypervisor signature \"KVMKVMKVM\\x00\\x00\\x00\""
+        );
+    }
+
+    #[test]
+    fn not_intel_names_the_vendor() {
+        let e = Error::NotIntel {
+            vendor: *b"AuthenticAMD",
+        };
+        assert_eq!(
+            e.to_string(),
+            "not running under L0: L0's signature on a CPU of vendor \"AuthenticAMD\", but L0 runs only on Intel VMX"
         );
     }
 

@@ -18,7 +18,7 @@ fn ultracall(args: &[&str]) -> Output {
 fn under_l0() -> bool {
     match Client::detect() {
         Ok(_) => true,
-        Err(Error::NoHypervisor | Error::OtherHypervisor { .. }) => false,
+        Err(Error::NoHypervisor | Error::OtherHypervisor { .. } | Error::NotIntel { .. }) => false,
         Err(e) => panic!("unexpected detection result: {e}"),
     }
 }

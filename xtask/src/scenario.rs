@@ -264,6 +264,7 @@ pub fn all() -> Vec<Scenario> {
             com1: &[
                 "TEST boot START",
                 "CHECK cpuid-signature ok",
+                "CHECK cpuid-detect ok",
                 "CHECK low-memory-is-l1s ok",
                 "TEST boot PASS",
             ],

@@ -1,15 +1,12 @@
 //! What CPUID tells the cloud VM: the host's answer, minus what L0 does not
-//! emulate or let L1 use, plus the hypervisor leaves that name L0.
+//! emulate or let L1 use, plus the hypervisor leaves that name L0
+//! (`ultracall_abi::cpuid::l0_leaf`: the standard vendor and version
+//! leaves, and the announcement leaf L0 also answers for user VMs).
 
-/// "L0Hypervisor" in EBX, ECX, EDX of leaf 0x4000_0000.
-pub const SIGNATURE: [u32; 3] = [
-    u32::from_le_bytes(*b"L0Hy"),
-    u32::from_le_bytes(*b"perv"),
-    u32::from_le_bytes(*b"isor"),
-];
-pub const HYPERVISOR_BASE: u32 = 0x4000_0000;
-/// Highest hypervisor leaf L0 answers.
-pub const HYPERVISOR_MAX: u32 = 0x4000_0001;
+use ultracall_abi::cpuid::{l0_leaf, HV_VENDOR_LEAF};
+
+/// The leaves the SDM leaves to hypervisors.
+const HYPERVISOR_RANGE: core::ops::Range<u32> = HV_VENDOR_LEAF..0x5000_0000;
 
 /// The guest state and L0 choices CPUID answers depend on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,8 +21,6 @@ pub struct CpuidContext {
     pub rdtscp: bool,
     pub invpcid: bool,
     pub xsaves: bool,
-    /// Value of leaf 0x4000_0001 EAX: the ultracall ABI version.
-    pub abi_version: u32,
     /// The TSC frequency L0 measured against the PIT (Hz); 0 = not
     /// measured, leaves 0x15/0x16 pass through.
     pub tsc_hz: u64,
@@ -44,7 +39,7 @@ fn set(reg: &mut u32, bit: u32, on: bool) {
 
 /// Whether L0 answers this leaf itself, without asking the CPU.
 pub fn is_synthetic(leaf: u32) -> bool {
-    (HYPERVISOR_BASE..0x5000_0000).contains(&leaf)
+    HYPERVISOR_RANGE.contains(&leaf)
 }
 
 /// The guest's view of CPUID(`leaf`, `subleaf`), given the CPU's answer `raw`.
@@ -85,11 +80,10 @@ pub fn guest_view(leaf: u32, subleaf: u32, raw: [u32; 4], ctx: &CpuidContext) ->
             let rdtscp = d & (1 << 27) != 0 && ctx.rdtscp;
             set(&mut d, 27, rdtscp);
         }
-        HYPERVISOR_BASE => {
-            [a, b, c, d] = [HYPERVISOR_MAX, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]]
+        l if is_synthetic(l) => {
+            let r = l0_leaf(l).unwrap_or_default();
+            [a, b, c, d] = [r.eax, r.ebx, r.ecx, r.edx]
         }
-        0x4000_0001 => [a, b, c, d] = [ctx.abi_version, 0, 0, 0],
-        l if is_synthetic(l) => [a, b, c, d] = [0; 4],
         _ => {}
     }
     [a, b, c, d]
@@ -129,7 +123,6 @@ mod tests {
             rdtscp: true,
             invpcid: true,
             xsaves: false,
-            abi_version: 0x1_0000,
             tsc_hz: 0,
         }
     }
@@ -196,9 +189,11 @@ mod tests {
     }
 
     #[test]
-    fn signature_leaf() {
+    fn signature_leaves() {
+        use ultracall_abi::cpuid::{detect, CpuidRegs, L0_LEAF};
+        use ultracall_abi::ABI_VERSION;
         let r = guest_view(
-            HYPERVISOR_BASE,
+            HV_VENDOR_LEAF,
             0,
             [0x4000_0001, 0x4b4d564b, 0x564b4d56, 0x4d],
             &ctx(),
@@ -208,11 +203,29 @@ mod tests {
             sig.extend_from_slice(&w.to_le_bytes());
         }
         assert_eq!(&sig, b"L0Hypervisor");
-        assert_eq!(r[0], HYPERVISOR_MAX);
+        assert_eq!(r[0], 0x4000_0001);
         assert_eq!(
             guest_view(0x4000_0001, 0, [9; 4], &ctx()),
-            [0x1_0000, 0, 0, 0]
+            [ABI_VERSION.to_raw(), 0, 0, 0]
         );
+        assert_eq!(
+            guest_view(L0_LEAF, 0, [9; 4], &ctx())[0],
+            ABI_VERSION.to_raw()
+        );
+        // The guest tools' detection finds L0 in what the cloud VM sees,
+        // on an Intel CPU (the only kind L0 runs on).
+        let intel = [
+            0x16,
+            u32::from_le_bytes(*b"Genu"),
+            u32::from_le_bytes(*b"ntel"),
+            u32::from_le_bytes(*b"ineI"),
+        ];
+        let seen = |leaf| {
+            let raw = if leaf == 0 { intel } else { [0; 4] };
+            let [eax, ebx, ecx, edx] = guest_view(leaf, 0, raw, &ctx());
+            CpuidRegs { eax, ebx, ecx, edx }
+        };
+        assert_eq!(detect(seen), Ok(ABI_VERSION));
         // A KVM underneath does not shine through.
         assert_eq!(guest_view(0x4000_0100, 0, [1, 2, 3, 4], &ctx()), [0; 4]);
         assert!(is_synthetic(0x4000_0100) && !is_synthetic(0x8000_0000));

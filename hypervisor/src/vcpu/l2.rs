@@ -579,6 +579,17 @@ impl Vcpu {
                     return self.after_l0_handled_l2_exit(vs, p, o);
                 }
             }
+            reason::CPUID
+                if ultracall_abi::cpuid::l0_answers_for_user_vms(
+                    self.regs.gpr[GuestRegs::RAX] as u32,
+                ) =>
+            {
+                // L0's announcement: a user VM finds L0 with CPUID alone,
+                // whatever the guest hypervisor (docs/ultracall-abi.md §1).
+                self.nested.handled_in_l0 += 1;
+                self.cpuid(vs.current(), p);
+                return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
+            }
             reason::VMCALL if self.is_ultracall() => {
                 // Ultracalls bypass the guest hypervisor.
                 self.nested.handled_in_l0 += 1;

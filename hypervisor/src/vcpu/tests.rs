@@ -185,10 +185,7 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         regs: GuestRegs::default(),
         launched: true,
         policy,
-        cpuid: cpuid::CpuidContext {
-            abi_version: 0x1_0000,
-            ..Default::default()
-        },
+        cpuid: cpuid::CpuidContext::default(),
         mtrr: MtrrShadow::capture(0x508, 39, |_| 0),
         vpid: 1,
         maxphyaddr: 39,
@@ -748,6 +745,36 @@ mod nested {
         c.handle_exit(&mut v, &mut p);
         assert!(c.nested.in_l2);
         assert_eq!(p.out.last(), Some(&(0x70, 0x8f)));
+    }
+
+    #[test]
+    fn l2_finds_l0_by_its_announcement_leaf_alone() {
+        use ultracall_abi::cpuid::{signature_of, CpuidRegs, L0_LEAF};
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        v.v02.write(F::GUEST_RIP, 0x1000);
+        c.regs.gpr[GuestRegs::RAX] = L0_LEAF as u64;
+        exit(&mut v, reason::CPUID, 0, 2);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(c.nested.in_l2, "L0 answers, L1 never sees the exit");
+        assert_eq!(v.v02.read(F::GUEST_RIP), 0x1002);
+        let [eax, ebx, ecx, edx] = [
+            GuestRegs::RAX,
+            GuestRegs::RBX,
+            GuestRegs::RCX,
+            GuestRegs::RDX,
+        ]
+        .map(|r| c.regs.gpr[r] as u32);
+        let r = CpuidRegs { eax, ebx, ecx, edx };
+        assert_eq!(&signature_of(r), b"L0Hypervisor");
+        assert_eq!(eax, ultracall_abi::ABI_VERSION.to_raw());
+        // Every other leaf, the standard hypervisor leaf included, is the
+        // guest hypervisor's to answer.
+        c.regs.gpr[GuestRegs::RAX] = 0x4000_0000;
+        exit(&mut v, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2);
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 10);
     }
 
     const DESC: u64 = 0x60_0000;

@@ -44,6 +44,17 @@ pub fn run(magic: u32, mbi: &Info<Identity>) {
         ),
     );
 
+    // The guest tools' own detection, on what L0 shows the cloud VM.
+    let found = ultracall_abi::cpuid::detect(|leaf| {
+        let [eax, ebx, ecx, edx] = cpuid(leaf, 0);
+        ultracall_abi::cpuid::CpuidRegs { eax, ebx, ecx, edx }
+    });
+    c.check(
+        "cpuid-detect",
+        found == Ok(ultracall_abi::ABI_VERSION),
+        format_args!("{found:?}"),
+    );
+
     // IA32_FEATURE_CONTROL is locked, so writing it faults.
     let mut fc = 0;
     let read_fault = expect_fault(2, || fc = unsafe { rdmsr(0x3a) });

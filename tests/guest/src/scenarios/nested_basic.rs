@@ -9,7 +9,7 @@ use crate::hv::fields::*;
 use crate::hv::mem::{self, pg};
 use crate::hv::vm::Regs;
 use crate::hv::vmx::{rd, vmwrite};
-use crate::hv::{apic, cpu, l0_alive, start, Hv};
+use crate::hv::{apic, below, cpu, l0_alive, start, Below, Hv};
 use crate::l2;
 
 /// LAPIC-timer ticks before a halted L2 is woken if nothing else does
@@ -20,6 +20,7 @@ const CHECKS: &[&str] = &[
     "vmxon",
     "l2-runs",
     "cpuid-exit",
+    "cpuid-l0-leaf",
     "hlt-exit",
     "hlt-no-exit-timer",
     "preemption-timer",
@@ -38,6 +39,7 @@ pub fn run() {
     if let Some(mut hv) = start(&mut c, CHECKS) {
         l2_runs(&mut c, &hv);
         cpuid_exit(&mut c, &hv);
+        cpuid_l0_leaf(&mut c, &hv);
         hlt_exit(&mut c, &hv);
         hlt_no_exit_timer(&mut c, &hv);
         preemption_timer(&mut c, &hv);
@@ -140,6 +142,33 @@ fn cpuid_exit(c: &mut Checks, hv: &Hv) {
             "{x}, leaf {leaf:#x}; then {e}, L2 saw eax {:#x} ebx {:#x}",
             vm.regs.rsi, vm.regs.rdi
         ),
+    );
+}
+
+/// L0's announcement leaf (docs/ultracall-abi.md §1): under L0, L0 answers
+/// it for L2 itself, so L1 sees no CPUID exit, only L2's VMCALL after it,
+/// and L2 holds the version and "L0Hy"; natively it exits to L1 like any
+/// other leaf.
+fn cpuid_l0_leaf(c: &mut Checks, hv: &Hv) {
+    use ultracall_abi::cpuid::{HV_SIGNATURE_EBX, L0_LEAF};
+    let Some(mut vm) = fresh(c, hv, "cpuid-l0-leaf", l2!(l2_cpuid)) else {
+        return;
+    };
+    vm.regs.rax = L0_LEAF as u64;
+    let e = vm.enter();
+    let (eax, ebx) = (vm.regs.rsi as u32, vm.regs.rdi as u32);
+    let ok = match below() {
+        Below::L0 => {
+            e.is(reason::VMCALL)
+                && eax == ultracall_abi::ABI_VERSION.to_raw()
+                && ebx == HV_SIGNATURE_EBX
+        }
+        _ => e.is(reason::CPUID),
+    };
+    c.check(
+        "cpuid-l0-leaf",
+        ok,
+        format_args!("below {:?}: {e}, L2 saw eax {eax:#x} ebx {ebx:#x}", below()),
     );
 }
 
