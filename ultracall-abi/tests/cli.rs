@@ -92,5 +92,6 @@ fn usage_errors_exit_one() {
 fn version_names_the_abi() {
     let out = ultracall(&["--version"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ultracall ABI 1.1"));
+    let want = format!("ultracall ABI {}", ultracall_abi::ABI_VERSION);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&want));
 }
