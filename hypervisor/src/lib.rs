@@ -14,6 +14,7 @@ pub mod guest_mem;
 pub mod logger;
 pub mod mm;
 pub mod nested;
+pub mod regs;
 pub mod shadow;
 #[cfg(target_os = "none")]
 pub mod start;

@@ -22,26 +22,21 @@ use crate::mm::frames::{FrameAllocator, FRAME};
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
 use crate::mm::paging::{self, Ia32e, PageAttr, PageSize, TableMemory};
 use crate::nested::{self, Level, Nested, Vmcs02Pages, VmcsSet};
+use crate::regs::{
+    CR0_EM, CR0_MP, CR0_TS, CR0_WP, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_VMXE, EFER_NXE,
+    IA32_EFER,
+};
 use crate::vcpu::{
     self, cpuid::CpuidContext, msr, report, setup, ExitStats, Outcome, Platform, ShutdownWatch,
     Vcpu,
 };
-use crate::vmx::caps::{self, VmxCaps};
+use crate::vmx::caps::{self, basic, ept_vpid, VmxCaps};
 use crate::vmx::exit::{event_type, InterruptionInfo};
 use crate::vmx::{ept, CurrentVmcs, Field as F, Vmcs};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
-const EFER: u32 = 0xc000_0080;
-const EFER_NXE: u64 = 1 << 11;
 const PAT: u32 = 0x277;
-const CR0_WP: u64 = 1 << 16;
-const CR4_OSXSAVE: u64 = 1 << 18;
-/// SSE on (FXSAVE/FXRSTOR and SIMD exceptions known): L0's sealing code
-/// uses AES-NI, saving and restoring the guest's vector registers itself.
-const CR4_OSFXSR_OSXMMEXCPT: u64 = 3 << 9;
-const CR0_MP: u64 = 1 << 1;
-const CR0_EM_TS: u64 = 3 << 2;
 const L1_VPID: u16 = 1;
 
 extern "C" {
@@ -399,10 +394,12 @@ fn check_vmx(c: &VmxCaps) -> Result<(), &'static str> {
         return Err("VMX without unrestricted guest");
     }
     let e = c.ept_vpid;
-    if e & (1 << 6) == 0 || e & (1 << 14) == 0 {
+    if e & ept_vpid::WALK_4_LEVELS == 0 || e & ept_vpid::MEMORY_TYPE_WB == 0 {
         return Err("EPT without 4-level tables or write-back memory type");
     }
-    if (c.basic >> 44) & 0x1fff > 4096 || c.basic & (1 << 48) != 0 {
+    if (c.basic >> basic::REGION_SIZE_SHIFT) & basic::REGION_SIZE_MASK > 4096
+        || c.basic & basic::PHYS_ADDR_32 != 0
+    {
         return Err("VMX regions larger than 4 KiB or limited to 32-bit addresses");
     }
     Ok(())
@@ -424,7 +421,9 @@ fn enable_vmx(c: &VmxCaps, cpu: &CpuFeatures) -> Result<(), &'static str> {
             )
         };
     }
-    let mut cr4 = cpu::read_cr4() | crate::vcpu::cr::CR4_VMXE | CR4_OSFXSR_OSXMMEXCPT;
+    // SSE on (FXSAVE/FXRSTOR and SIMD exceptions known): L0's sealing code
+    // uses AES-NI, saving and restoring the guest's vector registers itself.
+    let mut cr4 = cpu::read_cr4() | CR4_VMXE | CR4_OSFXSR | CR4_OSXMMEXCPT;
     if cpu.xsave {
         // L0 executes the guest's XSETBV for it.
         cr4 |= CR4_OSXSAVE;
@@ -432,7 +431,7 @@ fn enable_vmx(c: &VmxCaps, cpu: &CpuFeatures) -> Result<(), &'static str> {
     // SAFETY: the fixed bits are what VMX operation requires; NE, PE, PG
     // and VMXE are compatible with how L0 runs.
     unsafe {
-        cpu::write_cr0(c.fix_cr0(cpu::read_cr0() & !CR0_EM_TS | CR0_MP));
+        cpu::write_cr0(c.fix_cr0(cpu::read_cr0() & !(CR0_EM | CR0_TS) | CR0_MP));
         cpu::write_cr4(c.fix_cr4(cr4));
     }
     let region = alloc_frames(1, "VMXON region");
@@ -569,7 +568,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     info!(
         "VMX on: VMCS revision {:#x}, EPT {}, VPID {}, VMCS shadowing {}",
         vcaps.revision(),
-        if cpu.gib_pages && vcaps.ept_vpid & (1 << 17) != 0 {
+        if cpu.gib_pages && vcaps.ept_vpid & ept_vpid::PAGE_1G != 0 {
             "with 1 GiB pages"
         } else {
             "with 2 MiB pages"
@@ -769,7 +768,7 @@ fn relocate(fw: &FirmwareMemory, image: Range, cpu: &CpuFeatures) {
     }
     // SAFETY: NX is supported (checked); WP makes read-only pages binding in ring 0.
     unsafe {
-        cpu::wrmsr(EFER, cpu::rdmsr(EFER) | EFER_NXE);
+        cpu::wrmsr(IA32_EFER, cpu::rdmsr(IA32_EFER) | EFER_NXE);
         cpu::write_cr0(cpu::read_cr0() | CR0_WP);
     }
     // SAFETY: the new tables map the image at the same virtual addresses,
@@ -795,10 +794,10 @@ fn l1_ram(fw: &FirmwareMemory, pool: Range) -> RangeSet {
 }
 
 fn vpid_usable(c: &VmxCaps) -> bool {
-    // INVVPID with the single-context type (bits 32 and 41).
+    // INVVPID with the single-context type.
     c.allows(caps::Control::Secondary, caps::secondary::ENABLE_VPID)
-        && c.ept_vpid & (1 << 32) != 0
-        && c.ept_vpid & (1 << 41) != 0
+        && c.ept_vpid & ept_vpid::INVVPID != 0
+        && c.ept_vpid & ept_vpid::invvpid_type(1) != 0
 }
 
 /// What the `l1=` module is.
@@ -932,9 +931,9 @@ fn build_l1(
     let sink = alloc_frames(1, "scratch page");
     // SAFETY: a fresh pool frame: all ones, like reads of absent memory.
     unsafe { core::ptr::write_bytes(sink as *mut u8, 0xff, FRAME as usize) };
-    let max = if cpu.gib_pages && vcaps.ept_vpid & (1 << 17) != 0 {
+    let max = if cpu.gib_pages && vcaps.ept_vpid & ept_vpid::PAGE_1G != 0 {
         PageSize::Size1G
-    } else if vcaps.ept_vpid & (1 << 16) != 0 {
+    } else if vcaps.ept_vpid & ept_vpid::PAGE_2M != 0 {
         PageSize::Size2M
     } else {
         PageSize::Size4K
@@ -986,7 +985,7 @@ fn build_l1(
     let offer_vmx = nested_vmx_possible(vcaps);
     let timer = vcaps.allows(caps::Control::Pin, caps::pin::PREEMPTION_TIMER);
     let poll_ticks = poll_ticks(tsc_hz);
-    let l0_timer = timer.then(|| poll_ticks >> (vcaps.misc & 0x1f));
+    let l0_timer = timer.then(|| poll_ticks >> (vcaps.misc & caps::misc::TIMER_RATE));
     let controls =
         setup::l1_controls(vcaps, vpid, timer).unwrap_or_else(|e| fatal(format_args!("{e}")));
     // L1's VMREAD/VMWRITE of the fields a guest hypervisor uses at every
@@ -1018,7 +1017,7 @@ fn build_l1(
         gdtr_base: cpu::gdt_base(),
         idtr_base: cpu::idt_base(),
         // SAFETY: EFER and PAT exist on every CPU with VMX.
-        efer: unsafe { cpu::rdmsr(EFER) },
+        efer: unsafe { cpu::rdmsr(IA32_EFER) },
         pat: unsafe { cpu::rdmsr(PAT) },
         rip: run::exit_entry_point(),
     };
@@ -1165,7 +1164,9 @@ fn pages_eptp(e: &vcpu::ept01::Ept01) -> u64 {
 /// Nested VMX needs true controls (to clear CR3 exiting for L2) and
 /// all-context INVEPT (to drop EPT02s).
 fn nested_vmx_possible(c: &VmxCaps) -> bool {
-    c.basic & (1 << 55) != 0 && c.ept_vpid & (1 << 20) != 0 && c.ept_vpid & (1 << 26) != 0
+    c.basic & basic::TRUE_CONTROLS != 0
+        && c.ept_vpid & ept_vpid::INVEPT != 0
+        && c.ept_vpid & ept_vpid::INVEPT_ALL_CONTEXT != 0
 }
 
 /// Delivers an NMI that arrived while L0 ran, when L1 can take it.

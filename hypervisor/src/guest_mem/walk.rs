@@ -10,22 +10,15 @@
 //! which does set them; see docs/nested-vmx.md for this difference).
 
 use super::GuestMemory;
+use crate::regs::{
+    CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_NXE,
+};
 
 const P: u64 = 1 << 0;
 const RW: u64 = 1 << 1;
 const US: u64 = 1 << 2;
 const PS: u64 = 1 << 7;
 const XD: u64 = 1 << 63;
-
-const CR0_PG: u64 = 1 << 31;
-const CR0_WP: u64 = 1 << 16;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_LA57: u64 = 1 << 12;
-const CR4_SMEP: u64 = 1 << 20;
-const CR4_SMAP: u64 = 1 << 21;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
 
 /// Page-fault error code bits (SDM Vol. 3A 4.7).
 pub mod pfec {

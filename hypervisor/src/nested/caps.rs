@@ -2,7 +2,10 @@
 //! of what L0 emulates, intersected with what the CPU can do. Nothing is
 //! advertised that L0 does not emulate.
 
-use crate::vmx::caps::{entry, exit, pin, primary, secondary, Control, VmxCaps};
+use crate::regs::CR4_SMXE;
+use crate::vmx::caps::{
+    basic, entry, ept_vpid, exit, misc, pin, primary, secondary, Control, VmxCaps,
+};
 use crate::vmx::caps::{
     IA32_VMX_BASIC, IA32_VMX_CR0_FIXED0, IA32_VMX_CR0_FIXED1, IA32_VMX_CR4_FIXED0,
     IA32_VMX_CR4_FIXED1, IA32_VMX_ENTRY_CTLS, IA32_VMX_EPT_VPID_CAP, IA32_VMX_EXIT_CTLS,
@@ -78,23 +81,20 @@ const ENTRY: u32 =
 /// walks, UC and WB, 2 MiB and 1 GiB pages, INVEPT single/all-context,
 /// INVVPID of all four types. Not A/D flags (EPT02 would have to set them
 /// in EPT12).
-const EPT_VPID: u64 = 1 << 0
-    | 1 << 6
-    | 1 << 8
-    | 1 << 14
-    | 1 << 16
-    | 1 << 17
-    | 1 << 20
-    | 1 << 25
-    | 1 << 26
-    | 1 << 32
-    | 1 << 40
-    | 1 << 41
-    | 1 << 42
-    | 1 << 43;
+const EPT_VPID: u64 = ept_vpid::EXECUTE_ONLY
+    | ept_vpid::WALK_4_LEVELS
+    | ept_vpid::MEMORY_TYPE_UC
+    | ept_vpid::MEMORY_TYPE_WB
+    | ept_vpid::PAGE_2M
+    | ept_vpid::PAGE_1G
+    | ept_vpid::INVEPT
+    | ept_vpid::INVEPT_SINGLE_CONTEXT
+    | ept_vpid::INVEPT_ALL_CONTEXT
+    | ept_vpid::INVVPID
+    | ept_vpid::INVVPID_ALL_TYPES;
 
 /// CR4 bits L1 may not set in L2 either: SMX is hidden from L1.
-const CR4_HIDDEN: u64 = 1 << 14;
+const CR4_HIDDEN: u64 = CR4_SMXE;
 
 /// The capability values L1 sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,8 +137,8 @@ impl NestedCaps {
             .map(|f| f.encoding().index())
             .max()
             .unwrap_or(0);
-        let misc_keep = 0x1f | 1 << 5 | 1 << 30; // preemption-timer rate, LMA store, zero-length injection
-        let cr3_targets = ((host.misc >> 16) & 0x1ff).min(4);
+        let misc_keep = misc::TIMER_RATE | misc::STORE_LMA | misc::ZERO_LENGTH_INJECTION;
+        let cr3_targets = ((host.misc >> misc::CR3_TARGETS_SHIFT) & 0x1ff).min(4);
         // The software posting needs the CPU's virtual-interrupt delivery
         // (and APIC-register virtualization, for IPIs) below it.
         let host_may2 = (host.secondary >> 32) as u32;
@@ -154,17 +154,20 @@ impl NestedCaps {
         };
         NestedCaps {
             basic: VMCS12_REVISION as u64
-                | 4096 << 32
-                | 6 << 50
-                | host.basic & (1 << 54) // INS/OUTS instruction information
-                | 1 << 55,
+                | 4096 << basic::REGION_SIZE_SHIFT
+                | basic::MEMORY_TYPE_WB
+                | host.basic & basic::INS_OUTS_INFO
+                | basic::TRUE_CONTROLS,
             pin: soft(ctl(host.pin, PIN), PIN_SOFT),
             primary: soft(ctl(host.primary, PRIMARY), PRIMARY_SOFT),
             secondary: ctl(host.secondary, SECONDARY),
             exit: ctl(host.exit, EXIT),
             entry: ctl(host.entry, ENTRY),
-            // Activity state HLT only; VMWRITE to any field (bit 29).
-            misc: host.misc & misc_keep | 1 << 6 | cr3_targets << 16 | 1 << 29,
+            // Activity state HLT only; VMWRITE to any field.
+            misc: host.misc & misc_keep
+                | misc::ACTIVITY_HLT
+                | cr3_targets << misc::CR3_TARGETS_SHIFT
+                | misc::VMWRITE_ANY_FIELD,
             cr0_fixed0: host.cr0_fixed0,
             cr0_fixed1: host.cr0_fixed1,
             cr4_fixed0: host.cr4_fixed0,
@@ -262,7 +265,7 @@ pub mod tests {
     fn whitelist_hides_what_is_not_emulated() {
         let n = NestedCaps::new(&bochs());
         assert_eq!(n.basic as u32, VMCS12_REVISION);
-        assert_ne!(n.basic & (1 << 55), 0, "true controls");
+        assert_ne!(n.basic & basic::TRUE_CONTROLS, 0, "true controls");
         assert_eq!((n.basic >> 32) & 0x1fff, 4096);
         // Posted interrupts and IPI virtualization: Bochs has neither, L0
         // emulates both on top of its virtual-interrupt delivery.
@@ -289,12 +292,19 @@ pub mod tests {
             Control::Secondary,
             secondary::ENABLE_EPT | secondary::UNRESTRICTED_GUEST | secondary::ENABLE_VPID
         ));
-        assert_eq!(n.ept_vpid & (1 << 21), 0, "no EPT A/D");
-        assert_ne!(n.ept_vpid & (1 << 25 | 1 << 26), 0);
-        assert_eq!(n.misc & (1 << 29), 1 << 29);
-        assert_eq!(n.misc & (7 << 6), 1 << 6, "activity state HLT only");
+        assert_eq!(n.ept_vpid & ept_vpid::ACCESSED_DIRTY, 0, "no EPT A/D");
+        assert_ne!(
+            n.ept_vpid & (ept_vpid::INVEPT_SINGLE_CONTEXT | ept_vpid::INVEPT_ALL_CONTEXT),
+            0
+        );
+        assert_ne!(n.misc & misc::VMWRITE_ANY_FIELD, 0);
+        assert_eq!(
+            n.misc & misc::ACTIVITY_MASK,
+            misc::ACTIVITY_HLT,
+            "activity state HLT only"
+        );
         assert_eq!((n.misc >> 16) & 0x1ff, 4, "min(host, 4) CR3 targets");
-        assert_eq!(n.cr4_fixed1 & (1 << 14), 0, "SMXE hidden");
+        assert_eq!(n.cr4_fixed1 & CR4_SMXE, 0, "SMXE hidden");
     }
 
     #[test]

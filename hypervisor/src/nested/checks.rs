@@ -7,7 +7,11 @@
 use super::caps::NestedCaps;
 use super::ept12::eptp_valid;
 use super::vmcs12::Vmcs12;
-use crate::vmx::caps::{entry, exit, pin, primary, secondary, Control};
+use crate::regs::{
+    AR_DB, AR_DPL_SHIFT, AR_G, AR_L, AR_P, AR_S, AR_TYPE, AR_UNUSABLE, CR0_PE, CR0_PG, CR4_PAE,
+    EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE,
+};
+use crate::vmx::caps::{entry, exit, misc, pin, primary, secondary, Control};
 use crate::vmx::exit::event_type;
 use crate::vmx::Field as F;
 
@@ -83,10 +87,8 @@ fn pat_ok(pat: u64) -> bool {
     (0..8).all(|i| matches!((pat >> (8 * i)) & 0xff, 0 | 1 | 4 | 5 | 6 | 7))
 }
 
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
 /// EFER bits a guest may hold: SCE, LME, LMA, NXE, SVME(no), LMSLE(no), FFXSR(no).
-const EFER_VALID: u64 = 1 | EFER_LME | EFER_LMA | 1 << 11;
+const EFER_VALID: u64 = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;
 
 /// Exceptions that push an error code (SDM 27.2.1.3 lists them for the
 /// "deliver error code" rule).
@@ -114,7 +116,7 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         control
     );
     cc!(
-        v.get(F::CR3_TARGET_COUNT) > (caps.misc >> 16) & 0x1ff,
+        v.get(F::CR3_TARGET_COUNT) > (caps.misc >> misc::CR3_TARGETS_SHIFT) & 0x1ff,
         control
     );
     if proc1 & primary::USE_IO_BITMAPS != 0 {
@@ -265,7 +267,7 @@ pub fn check_entry_event(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
                 | event_type::SOFTWARE_EXCEPTION
         ) {
             let len = v.get(F::VM_ENTRY_INSTRUCTION_LEN);
-            let zero_ok = caps.misc & (1 << 30) != 0;
+            let zero_ok = caps.misc & misc::ZERO_LENGTH_INJECTION != 0;
             cc!(len > 15 || (len == 0 && !zero_ok), control);
         }
     }
@@ -345,14 +347,6 @@ pub fn check_host_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
 }
 
 // Access-rights bits (SDM 25.4.1).
-const AR_TYPE: u64 = 0xf;
-const AR_S: u64 = 1 << 4;
-const AR_DPL_SHIFT: u32 = 5;
-const AR_P: u64 = 1 << 7;
-const AR_L: u64 = 1 << 13;
-const AR_DB: u64 = 1 << 14;
-const AR_G: u64 = 1 << 15;
-const AR_UNUSABLE: u64 = 1 << 16;
 const AR_RESERVED: u64 = 0xf00 | 0xfffe_0000;
 
 fn dpl(ar: u64) -> u64 {
@@ -386,7 +380,7 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         caps.cr0_fixed0
     };
     cc!(cr0 & fixed0 != fixed0 || cr0 & !caps.cr0_fixed1 != 0, guest);
-    cc!(cr0 & (1 << 31) != 0 && cr0 & 1 == 0, guest);
+    cc!(cr0 & CR0_PG != 0 && cr0 & CR0_PE == 0, guest);
     cc!(
         cr4 & caps.cr4_fixed0 != caps.cr4_fixed0 || cr4 & !caps.cr4_fixed1 != 0,
         guest
@@ -413,7 +407,7 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         cc!(efer & !EFER_VALID != 0, guest);
         cc!((efer & EFER_LMA != 0) != ia32e, guest);
         cc!(
-            cr0 & (1 << 31) != 0 && (efer & EFER_LMA != 0) != (efer & EFER_LME != 0),
+            cr0 & CR0_PG != 0 && (efer & EFER_LMA != 0) != (efer & EFER_LME != 0),
             guest
         );
     }
@@ -583,7 +577,7 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     }
 
     // 27.3.1.6 PDPTEs for PAE paging with EPT.
-    let pae = cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && !ia32e;
+    let pae = cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && !ia32e;
     if pae && proc2 & secondary::ENABLE_EPT != 0 {
         for f in [
             F::GUEST_PDPTE0,
@@ -634,7 +628,8 @@ pub fn check_volatile_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryF
 
     // 27.3.1.5 non-register state.
     let activity = v.get(F::GUEST_ACTIVITY_STATE);
-    let supported_activity = activity == 0 || (activity == 1 && caps.misc & (1 << 6) != 0);
+    let supported_activity =
+        activity == 0 || (activity == 1 && caps.misc & misc::ACTIVITY_HLT != 0);
     cc!(!supported_activity, guest);
     cc!(activity == 1 && dpl(ss_ar) != 0, guest);
     let istate = v.get(F::GUEST_INTERRUPTIBILITY_INFO);

@@ -5,6 +5,7 @@
 use super::caps::NestedCaps;
 use crate::guest_mem::GuestMemory;
 use crate::mm::paging::PageSize;
+use crate::vmx::caps::ept_vpid;
 
 const R: u64 = 1;
 const W: u64 = 2;
@@ -15,8 +16,8 @@ const LARGE: u64 = 1 << 7;
 /// allow, a 4-level walk, no A/D flags (not offered), no reserved bits.
 pub fn eptp_valid(eptp: u64, caps: &NestedCaps, maxphyaddr: u8) -> bool {
     let mt = eptp & 7;
-    let mt_ok =
-        (mt == 0 && caps.ept_vpid & (1 << 8) != 0) || (mt == 6 && caps.ept_vpid & (1 << 14) != 0);
+    let mt_ok = (mt == 0 && caps.ept_vpid & ept_vpid::MEMORY_TYPE_UC != 0)
+        || (mt == 6 && caps.ept_vpid & ept_vpid::MEMORY_TYPE_WB != 0);
     let walk_ok = (eptp >> 3) & 7 == 3;
     let reserved = eptp & 0xfc0 != 0 || eptp >> maxphyaddr != 0;
     mt_ok && walk_ok && !reserved
@@ -68,8 +69,8 @@ fn misconfigured(e: u64, level: usize, caps: &NestedCaps, maxphyaddr: u8) -> boo
     let leaf = level == 1 || large;
     match level {
         4 if large => return true,
-        3 if large && caps.ept_vpid & (1 << 17) == 0 => return true,
-        2 if large && caps.ept_vpid & (1 << 16) == 0 => return true,
+        3 if large && caps.ept_vpid & ept_vpid::PAGE_1G == 0 => return true,
+        2 if large && caps.ept_vpid & ept_vpid::PAGE_2M == 0 => return true,
         _ => {}
     }
     if leaf {

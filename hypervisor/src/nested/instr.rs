@@ -11,7 +11,8 @@ use super::operand::{Fault, GuestCtx, InstrInfo, GP};
 use super::vmcs12::{Vmcs12, REGION_BYTES};
 use crate::guest_mem::walk::{self, Access, PagingRegs, WalkError};
 use crate::guest_mem::GuestMemory;
-use crate::vmx::caps::{primary, secondary, Control};
+use crate::regs::EFER_LMA;
+use crate::vmx::caps::{ept_vpid, misc, primary, secondary, Control};
 use crate::vmx::exit::reason;
 use crate::vmx::Field;
 
@@ -161,7 +162,7 @@ impl VmxState {
             vector: UD,
             error_code: 0,
         });
-        let compat = s.paging.efer & (1 << 10) != 0 && !s.ctx.long_mode;
+        let compat = s.paging.efer & EFER_LMA != 0 && !s.ctx.long_mode;
         if self.vmxon.is_none() || s.cr0 & 1 == 0 || s.rflags & (1 << 17) != 0 || compat {
             return Err(ud);
         }
@@ -237,7 +238,7 @@ impl VmxState {
             vector: GP,
             error_code: 0,
         });
-        let compat = s.paging.efer & (1 << 10) != 0 && !s.ctx.long_mode;
+        let compat = s.paging.efer & EFER_LMA != 0 && !s.ctx.long_mode;
         if s.cr4 & (1 << 13) == 0 || s.cr0 & 1 == 0 || s.rflags & (1 << 17) != 0 || compat {
             return ud;
         }
@@ -400,7 +401,7 @@ impl VmxState {
         let Some(field) = field_operand(s, gpr) else {
             return self.fail(super::vmcs12::ERR_UNSUPPORTED_FIELD);
         };
-        let any = self.caps.misc & (1 << 29) != 0;
+        let any = self.caps.misc & misc::VMWRITE_ANY_FIELD != 0;
         match self.vmcs12.vmwrite(field, value, s.ctx.long_mode, any) {
             Ok(()) => Outcome::Succeed,
             Err(e) => self.fail(e),
@@ -417,7 +418,7 @@ impl VmxState {
         let c = &self.caps;
         if !c.allows(Control::Primary, primary::ACTIVATE_SECONDARY)
             || !c.allows(Control::Secondary, secondary::ENABLE_EPT)
-            || c.ept_vpid & (1 << 20) == 0
+            || c.ept_vpid & ept_vpid::INVEPT == 0
         {
             return (
                 Outcome::Fault(Fault {
@@ -441,7 +442,7 @@ impl VmxState {
         }
         let eptp = u64::from_le_bytes(d[..8].try_into().unwrap());
         match kind {
-            1 if self.caps.ept_vpid & (1 << 25) != 0 => {
+            1 if self.caps.ept_vpid & ept_vpid::INVEPT_SINGLE_CONTEXT != 0 => {
                 if !super::ept12::eptp_valid(eptp, &self.caps, self.maxphyaddr) {
                     return (
                         self.fail(err::INVALID_INVEPT_INVVPID_OPERAND),
@@ -450,7 +451,9 @@ impl VmxState {
                 }
                 (Outcome::Succeed, Invalidate::Ept(Some(eptp)))
             }
-            2 if self.caps.ept_vpid & (1 << 26) != 0 => (Outcome::Succeed, Invalidate::Ept(None)),
+            2 if self.caps.ept_vpid & ept_vpid::INVEPT_ALL_CONTEXT != 0 => {
+                (Outcome::Succeed, Invalidate::Ept(None))
+            }
             _ => (
                 self.fail(err::INVALID_INVEPT_INVVPID_OPERAND),
                 Invalidate::None,
@@ -468,7 +471,7 @@ impl VmxState {
         let c = &self.caps;
         if !c.allows(Control::Primary, primary::ACTIVATE_SECONDARY)
             || !c.allows(Control::Secondary, secondary::ENABLE_VPID)
-            || c.ept_vpid & (1 << 32) == 0
+            || c.ept_vpid & ept_vpid::INVVPID == 0
         {
             return (
                 Outcome::Fault(Fault {
@@ -493,7 +496,7 @@ impl VmxState {
         let low = u64::from_le_bytes(d[..8].try_into().unwrap());
         let addr = u64::from_le_bytes(d[8..].try_into().unwrap());
         let vpid = low as u16;
-        let supported = kind < 4 && self.caps.ept_vpid & (1 << (40 + kind)) != 0;
+        let supported = kind < 4 && self.caps.ept_vpid & ept_vpid::invvpid_type(kind) != 0;
         let bad = low >> 16 != 0
             || !supported
             || (kind != 2 && vpid == 0)

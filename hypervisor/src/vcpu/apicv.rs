@@ -15,6 +15,7 @@ use crate::nested::ept12::L2View;
 use crate::nested::posted::{self, Ipi, Posted};
 use crate::nested::reflect::ExitInfo;
 use crate::nested::{Level, VmcsSet};
+use crate::regs::RFLAGS_IF;
 use crate::shadow::ioapic::{IOAPIC_BASE, IOWIN};
 use crate::shadow::PiRoute;
 use crate::vmx::caps::{pin, primary, secondary};
@@ -22,7 +23,6 @@ use crate::vmx::exit::{reason, InterruptionInfo};
 use crate::vmx::{Field as F, Vmcs};
 
 const ACTIVITY_HLT: u64 = 1;
-const RFLAGS_IF: u64 = 1 << 9;
 /// The x2APIC ICR.
 pub const X2APIC_ICR: u32 = 0x830;
 pub const X2APIC_TPR: u32 = 0x808;

@@ -11,6 +11,7 @@ use crate::nested::caps::NestedCaps;
 use crate::nested::ept12::{self, EptAccess};
 use crate::nested::operand::InstrInfo;
 use crate::nested::{reflect::ExitInfo, VmcsSet};
+use crate::regs::{EFER_LMA, RFLAGS_DF};
 use crate::shadow::is_com_port;
 use crate::vmx::exit::IoAccess;
 use crate::vmx::{Field as F, Vmcs};
@@ -268,7 +269,7 @@ impl Vcpu {
         let info = InstrInfo(e.instr_info);
         let cs_l = v.read(F::GUEST_CS_AR_BYTES) & (1 << 13) != 0;
         let efer = v.read(F::GUEST_IA32_EFER);
-        let long = efer & (1 << 10) != 0 && cs_l;
+        let long = efer & EFER_LMA != 0 && cs_l;
         let asize = if long {
             info.address_bytes()
         } else {
@@ -279,7 +280,7 @@ impl Vcpu {
         } else {
             (1u64 << (8 * asize)) - 1
         };
-        let down = v.read(F::GUEST_RFLAGS) & (1 << 10) != 0;
+        let down = v.read(F::GUEST_RFLAGS) & RFLAGS_DF != 0;
         let (reg, seg_base) = if io.is_in {
             (
                 GuestRegs::RDI,

@@ -3,6 +3,7 @@
 //! (`ultracall_abi::cpuid::l0_leaf`: the standard vendor and version
 //! leaves, and the announcement leaf L0 also answers for user VMs).
 
+use crate::regs::{CR4_OSXSAVE, CR4_PKE};
 use ultracall_abi::cpuid::{l0_leaf, HV_VENDOR_LEAF};
 
 /// The leaves the SDM leaves to hypervisors.
@@ -25,9 +26,6 @@ pub struct CpuidContext {
     /// measured, leaves 0x15/0x16 pass through.
     pub tsc_hz: u64,
 }
-
-const CR4_OSXSAVE: u64 = 1 << 18;
-const CR4_PKE: u64 = 1 << 22;
 
 fn set(reg: &mut u32, bit: u32, on: bool) {
     if on {

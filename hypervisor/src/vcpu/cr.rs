@@ -6,22 +6,10 @@
 //! from the read shadow in one of them. Then L0 carries out the whole write,
 //! with every check and side effect the CPU would have applied.
 
-pub const CR0_PE: u64 = 1 << 0;
-pub const CR0_ET: u64 = 1 << 4;
-pub const CR0_NE: u64 = 1 << 5;
-pub const CR0_NW: u64 = 1 << 29;
-pub const CR0_CD: u64 = 1 << 30;
-pub const CR0_PG: u64 = 1 << 31;
-pub const CR4_PSE: u64 = 1 << 4;
-pub const CR4_PAE: u64 = 1 << 5;
-pub const CR4_PGE: u64 = 1 << 7;
-pub const CR4_VMXE: u64 = 1 << 13;
-pub const CR4_SMXE: u64 = 1 << 14;
-pub const CR4_PCIDE: u64 = 1 << 17;
-pub const CR4_SMEP: u64 = 1 << 20;
-pub const CR4_LA57: u64 = 1 << 12;
-pub const EFER_LME: u64 = 1 << 8;
-pub const EFER_LMA: u64 = 1 << 10;
+use crate::regs::{
+    CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PSE,
+    CR4_SMEP, EFER_LMA, EFER_LME,
+};
 
 /// CR0 bits that exist (SDM 2.5); writes of other low bits are ignored.
 const CR0_DEFINED: u64 = 0xe005_003f;
@@ -176,6 +164,7 @@ pub fn check_pdptes(pdptes: &[u64; 4], maxphyaddr: u8) -> Result<(), GeneralProt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::regs::{CR0_NE, CR4_SMXE, CR4_VMXE};
 
     const P: CrPolicy = CrPolicy {
         cr0_forced: CR0_NE,

@@ -17,6 +17,7 @@ use crate::nested::{ept02, Level, VmcsSet, VPID_UNTAGGED_L2};
 use crate::vmx::caps::{primary, secondary};
 use crate::vmx::exit::{reason, CrAccess, InterruptionInfo, IoAccess};
 
+use crate::regs::{CR0_PG, CR4_PAE, EFER_LMA};
 use crate::vmx::{ept, Field as F, Vmcs};
 
 const GP: u8 = 13;
@@ -441,7 +442,7 @@ impl Vcpu {
         debug_assert_eq!(vs.selected(), Level::L1);
         self.nested.in_l2 = false;
         let cr = reflect::load_host_state(&self.nested.vmx.vmcs12, vs.current(), &self.policy);
-        if cr.cr0 & (1 << 31) != 0 && cr.cr4 & (1 << 5) != 0 && cr.efer & (1 << 10) == 0 {
+        if cr.cr0 & CR0_PG != 0 && cr.cr4 & CR4_PAE != 0 && cr.efer & EFER_LMA == 0 {
             let mut raw = [0u8; 32];
             if p.mem().read(cr.cr3 & 0xffff_ffe0, &mut raw).is_err() {
                 return self.vmx_abort("PDPTEs of the host CR3 are not L1 RAM");

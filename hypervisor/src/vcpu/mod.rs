@@ -30,6 +30,7 @@ pub mod setup;
 mod ultracall;
 mod vmx_instr;
 
+use crate::regs::{AR_L, CR0_PE, CR0_TS};
 use cr::{CrPolicy, CrState, GeneralProtection};
 use ept01::{Ept01, Violation};
 use msr::MtrrShadow;
@@ -286,8 +287,6 @@ pub struct Vcpu {
     pub window_requested: bool,
 }
 
-const CR0_TS: u64 = 1 << 3;
-const AR_L: u64 = 1 << 13;
 const INTERRUPTIBILITY_STI_MOVSS: u64 = 3;
 const ACTIVITY_HLT: u64 = 1;
 
@@ -323,7 +322,7 @@ pub fn write_cr_state(v: &mut impl Vmcs, s: &CrState, p: &CrPolicy) {
 /// Queues a hardware exception for the next VM entry.
 pub fn inject_exception(v: &mut impl Vmcs, vector: u8, error_code: Option<u32>) {
     // In real mode exceptions push no error code (SDM 26.2.1.3).
-    let protected = v.read(F::GUEST_CR0) & cr::CR0_PE != 0;
+    let protected = v.read(F::GUEST_CR0) & CR0_PE != 0;
     let code = error_code.filter(|_| protected);
     v.write(
         F::VM_ENTRY_INTR_INFO_FIELD,

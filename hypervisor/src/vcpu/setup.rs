@@ -3,9 +3,10 @@
 
 use boot::loader::Entry;
 
-use super::cr::{
-    CrPolicy, CrState, CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_PAE, CR4_SMXE, CR4_VMXE, EFER_LMA,
-    EFER_LME,
+use super::cr::{CrPolicy, CrState};
+use crate::regs::{
+    AR_UNUSABLE, CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_PAE, CR4_SMXE, CR4_VMXE, EFER_LMA, EFER_LME,
+    EFER_NXE,
 };
 use crate::vmx::caps::{self, Control, ControlError, VmxCaps};
 use crate::vmx::{Field as F, Vmcs};
@@ -184,10 +185,8 @@ pub fn l1_cr_policy(c: &VmxCaps, offer_vmx: bool) -> CrPolicy {
 const AR_CODE32: u64 = 0xc09b;
 const AR_DATA32: u64 = 0xc093;
 const AR_TSS_BUSY: u64 = 0x8b;
-const AR_UNUSABLE: u64 = 1 << 16;
 
 const AR_CODE64: u64 = 0xa09b;
-const EFER_NXE: u64 = 1 << 11;
 
 /// Writes L1's first guest state for `entry`; returns the GPRs it sets
 /// (index into `GuestRegs::gpr`, value).

@@ -177,8 +177,8 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
     )
     .unwrap();
     let policy = CrPolicy {
-        cr0_forced: cr::CR0_NE,
-        cr4_forced: cr::CR4_VMXE,
+        cr0_forced: crate::regs::CR0_NE,
+        cr4_forced: crate::regs::CR4_VMXE,
         cr4_allowed: 0x37_27ff & !0x6000,
     };
     let vcpu = Vcpu {
@@ -390,7 +390,7 @@ fn msrs() {
 fn cr_writes() {
     let (mut c, mut v, mut p) = setup();
     // mov cr4, rax with VMXE: VMX is not offered.
-    c.regs.gpr[GuestRegs::RAX] = cr::CR4_VMXE;
+    c.regs.gpr[GuestRegs::RAX] = crate::regs::CR4_VMXE;
     exit(&mut v, reason::CR_ACCESS, 0x04, 3);
     c.handle_exit(&mut v, &mut p);
     assert_eq!(injected(&v), Some((13, Some(0))));
@@ -423,12 +423,15 @@ fn cr_writes() {
 #[test]
 fn long_mode_entry_sets_the_entry_control() {
     let (mut c, mut v, mut p) = setup();
-    v.write(F::GUEST_CR4, cr::CR4_PAE | cr::CR4_VMXE);
-    v.write(F::GUEST_IA32_EFER, cr::EFER_LME);
+    v.write(F::GUEST_CR4, crate::regs::CR4_PAE | crate::regs::CR4_VMXE);
+    v.write(F::GUEST_IA32_EFER, crate::regs::EFER_LME);
     c.regs.gpr[GuestRegs::RAX] = 0x8000_0031;
     exit(&mut v, reason::CR_ACCESS, 0x00, 3);
     c.handle_exit(&mut v, &mut p);
-    assert_eq!(v.read(F::GUEST_IA32_EFER), cr::EFER_LME | cr::EFER_LMA);
+    assert_eq!(
+        v.read(F::GUEST_IA32_EFER),
+        crate::regs::EFER_LME | crate::regs::EFER_LMA
+    );
     assert_ne!(v.read(F::VM_ENTRY_CONTROLS) & (1 << 9), 0);
 }
 
@@ -465,7 +468,7 @@ fn xsetbv_checks() {
     c.regs.gpr[GuestRegs::RAX] = 3;
     c.handle_exit(&mut v, &mut p);
     assert_eq!(injected(&v), Some((6, None)), "CR4.OSXSAVE clear");
-    v.write(F::GUEST_CR4, (1 << 18) | cr::CR4_VMXE);
+    v.write(F::GUEST_CR4, (1 << 18) | crate::regs::CR4_VMXE);
     for bad in [2u64, 5, 0xf] {
         c.regs.gpr[GuestRegs::RAX] = bad;
         exit(&mut v, reason::XSETBV, 0, 3);
@@ -553,7 +556,7 @@ mod nested {
         let (mut c, mut v, mut p) = setup();
         p.mem = VecMemory::new(0, 0x100_0000);
         c.cpuid.vmx = true;
-        c.policy.cr4_allowed |= cr::CR4_VMXE;
+        c.policy.cr4_allowed |= crate::regs::CR4_VMXE;
         c.nested.vmx.vmxon = Some(0x10_0000);
         c.nested.vmx.current = Some(0x10_1000);
         *c.nested.vmx.vmcs12 = valid_vmcs12();

@@ -9,10 +9,9 @@ use crate::guest_mem::walk::PagingRegs;
 use crate::nested::instr::{self, Invalidate, L1State, Outcome};
 use crate::nested::operand::{GuestCtx, InstrInfo, Segment};
 use crate::nested::{Level, VmcsSet};
+use crate::regs::{AR_L, EFER_LMA};
 use crate::vmx::exit::reason;
 use crate::vmx::{Field as F, Vmcs};
-
-const AR_L: u64 = 1 << 13;
 
 /// L1's state for a VMX instruction that just exited (VMCS01 current).
 pub fn l1_state(v: &impl Vmcs, regs: &GuestRegs, maxphyaddr: u8) -> L1State {
@@ -32,7 +31,7 @@ pub fn l1_state(v: &impl Vmcs, regs: &GuestRegs, maxphyaddr: u8) -> L1State {
         seg(F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES),
         seg(F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES),
     ];
-    let long_mode = cr.efer & (1 << 10) != 0 && v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0;
+    let long_mode = cr.efer & EFER_LMA != 0 && v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0;
     L1State {
         ctx: GuestCtx {
             gpr,
@@ -67,7 +66,7 @@ pub fn l1_state(v: &impl Vmcs, regs: &GuestRegs, maxphyaddr: u8) -> L1State {
 /// VMRESUME, which have no operands (cheaper than [`l1_state`]).
 pub fn l1_mode(v: &impl Vmcs) -> L1State {
     let cr = read_cr_state(v);
-    let long_mode = cr.efer & (1 << 10) != 0 && v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0;
+    let long_mode = cr.efer & EFER_LMA != 0 && v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0;
     L1State {
         ctx: GuestCtx {
             long_mode,

@@ -84,19 +84,20 @@ impl VmxCaps {
         // read when the primary controls allow them.
         unsafe {
             let basic = rdmsr(IA32_VMX_BASIC);
-            let t = basic & (1 << 55) != 0;
+            let t = basic & basic::TRUE_CONTROLS != 0;
             let primary = rdmsr(if t {
                 IA32_VMX_TRUE_PROCBASED_CTLS
             } else {
                 IA32_VMX_PROCBASED_CTLS
             });
-            let has_secondary = primary >> 32 & (1 << 31) != 0;
+            let has_secondary = (primary >> 32) as u32 & primary::ACTIVATE_SECONDARY != 0;
             let secondary = if has_secondary {
                 rdmsr(IA32_VMX_PROCBASED_CTLS2)
             } else {
                 0
             };
-            let has_ept_vpid = secondary >> 32 & ((1 << 1) | (1 << 5)) != 0;
+            let has_ept_vpid =
+                (secondary >> 32) as u32 & (secondary::ENABLE_EPT | secondary::ENABLE_VPID) != 0;
             VmxCaps {
                 basic,
                 pin: rdmsr(if t {
@@ -234,6 +235,61 @@ pub mod secondary {
     pub const MODE_BASED_EPT_EXEC: u32 = 1 << 22;
     pub const TSC_SCALING: u32 = 1 << 25;
     pub const ENABLE_USER_WAIT_PAUSE: u32 = 1 << 26;
+}
+
+/// IA32_VMX_BASIC bits (SDM Vol. 3D A.1).
+pub mod basic {
+    /// Bits 44:32: bytes of the VMXON region and VMCS.
+    pub const REGION_SIZE_SHIFT: u32 = 32;
+    pub const REGION_SIZE_MASK: u64 = 0x1fff;
+    /// Physical addresses of VMX structures are limited to 32 bits.
+    pub const PHYS_ADDR_32: u64 = 1 << 48;
+    /// Bits 53:50: the memory type of VMCS accesses (6 = write-back).
+    pub const MEMORY_TYPE_SHIFT: u32 = 50;
+    pub const MEMORY_TYPE_WB: u64 = 6 << MEMORY_TYPE_SHIFT;
+    /// VM exits from INS/OUTS report instruction information.
+    pub const INS_OUTS_INFO: u64 = 1 << 54;
+    /// The TRUE_* control MSRs exist.
+    pub const TRUE_CONTROLS: u64 = 1 << 55;
+}
+
+/// IA32_VMX_MISC bits (SDM Vol. 3D A.6).
+pub mod misc {
+    /// Bits 4:0: the preemption timer counts at TSC >> this rate.
+    pub const TIMER_RATE: u64 = 0x1f;
+    /// EFER.LMA is stored into the "IA-32e mode guest" entry control on exits.
+    pub const STORE_LMA: u64 = 1 << 5;
+    /// Activity states: HLT (bit 6), shutdown (7), wait-for-SIPI (8).
+    pub const ACTIVITY_HLT: u64 = 1 << 6;
+    pub const ACTIVITY_MASK: u64 = 7 << 6;
+    /// Bits 24:16: how many CR3-target values.
+    pub const CR3_TARGETS_SHIFT: u32 = 16;
+    /// VMWRITE may write any field, the exit-information fields included.
+    pub const VMWRITE_ANY_FIELD: u64 = 1 << 29;
+    /// Injection of events with instruction length 0.
+    pub const ZERO_LENGTH_INJECTION: u64 = 1 << 30;
+}
+
+/// IA32_VMX_EPT_VPID_CAP bits (SDM Vol. 3D A.10).
+pub mod ept_vpid {
+    pub const EXECUTE_ONLY: u64 = 1 << 0;
+    pub const WALK_4_LEVELS: u64 = 1 << 6;
+    pub const MEMORY_TYPE_UC: u64 = 1 << 8;
+    pub const MEMORY_TYPE_WB: u64 = 1 << 14;
+    pub const PAGE_2M: u64 = 1 << 16;
+    pub const PAGE_1G: u64 = 1 << 17;
+    pub const INVEPT: u64 = 1 << 20;
+    pub const ACCESSED_DIRTY: u64 = 1 << 21;
+    pub const INVEPT_SINGLE_CONTEXT: u64 = 1 << 25;
+    pub const INVEPT_ALL_CONTEXT: u64 = 1 << 26;
+    pub const INVVPID: u64 = 1 << 32;
+    /// INVVPID type `t` (0 individual address, 1 single context, 2 all
+    /// context, 3 single context retaining globals) is bit 40 + t.
+    pub const fn invvpid_type(t: u64) -> u64 {
+        1 << (40 + t)
+    }
+    pub const INVVPID_ALL_TYPES: u64 =
+        invvpid_type(0) | invvpid_type(1) | invvpid_type(2) | invvpid_type(3);
 }
 
 /// VM-exit controls (SDM Vol. 3C 25.7.1).
