@@ -30,8 +30,9 @@ use crate::vcpu::{
     self, cpuid::CpuidContext, msr, report, setup, ExitStats, Outcome, Platform, ShutdownWatch,
     Vcpu,
 };
-use crate::vmx::caps::{self, basic, ept_vpid, VmxCaps};
+use crate::vmx::caps::{self, VmxCaps};
 use crate::vmx::exit::{event_type, InterruptionInfo};
+use crate::vmx::requirements;
 use crate::vmx::{ept, CurrentVmcs, Field as F, Vmcs};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -382,29 +383,6 @@ fn check_cpu() -> Result<CpuFeatures, &'static str> {
     })
 }
 
-fn check_vmx(c: &VmxCaps) -> Result<(), &'static str> {
-    use caps::secondary as s;
-    if !c.allows(caps::Control::Primary, caps::primary::ACTIVATE_SECONDARY) {
-        return Err("VMX without secondary controls: L0 needs EPT and unrestricted guest");
-    }
-    if !c.allows(caps::Control::Secondary, s::ENABLE_EPT) {
-        return Err("VMX without EPT");
-    }
-    if !c.allows(caps::Control::Secondary, s::UNRESTRICTED_GUEST) {
-        return Err("VMX without unrestricted guest");
-    }
-    let e = c.ept_vpid;
-    if e & ept_vpid::WALK_4_LEVELS == 0 || e & ept_vpid::MEMORY_TYPE_WB == 0 {
-        return Err("EPT without 4-level tables or write-back memory type");
-    }
-    if (c.basic >> basic::REGION_SIZE_SHIFT) & basic::REGION_SIZE_MASK > 4096
-        || c.basic & basic::PHYS_ADDR_32 != 0
-    {
-        return Err("VMX regions larger than 4 KiB or limited to 32-bit addresses");
-    }
-    Ok(())
-}
-
 fn enable_vmx(c: &VmxCaps, cpu: &CpuFeatures) -> Result<(), &'static str> {
     // SAFETY: CPUID reported VMX, so IA32_FEATURE_CONTROL exists.
     let fc = unsafe { cpu::rdmsr(caps::IA32_FEATURE_CONTROL) };
@@ -483,7 +461,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     let cpu = check_cpu().unwrap_or_else(|e| fatal(format_args!("{e}")));
     // SAFETY: VMX present.
     let vcaps = unsafe { VmxCaps::read() };
-    check_vmx(&vcaps).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    requirements::check(&vcaps).unwrap_or_else(|e| fatal(format_args!("{e}")));
 
     // Memory: L0's pool at the top of RAM, clear of everything the loader placed.
     let fw = FirmwareMemory::new(bi.memory_map())
@@ -568,12 +546,16 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     info!(
         "VMX on: VMCS revision {:#x}, EPT {}, VPID {}, VMCS shadowing {}",
         vcaps.revision(),
-        if cpu.gib_pages && vcaps.ept_vpid & ept_vpid::PAGE_1G != 0 {
-            "with 1 GiB pages"
-        } else {
-            "with 2 MiB pages"
+        match requirements::ept_page_size(&vcaps, cpu.gib_pages) {
+            PageSize::Size1G => "with 1 GiB pages",
+            PageSize::Size2M => "with 2 MiB pages",
+            PageSize::Size4K => "with 4 KiB pages",
         },
-        if vpid_usable(&vcaps) { "on" } else { "off" },
+        if requirements::vpid_usable(&vcaps) {
+            "on"
+        } else {
+            "off"
+        },
         if vcaps.allows(caps::Control::Secondary, caps::secondary::VMCS_SHADOWING) {
             "available"
         } else {
@@ -793,13 +775,6 @@ fn l1_ram(fw: &FirmwareMemory, pool: Range) -> RangeSet {
     ram
 }
 
-fn vpid_usable(c: &VmxCaps) -> bool {
-    // INVVPID with the single-context type.
-    c.allows(caps::Control::Secondary, caps::secondary::ENABLE_VPID)
-        && c.ept_vpid & ept_vpid::INVVPID != 0
-        && c.ept_vpid & ept_vpid::invvpid_type(1) != 0
-}
-
 /// What the `l1=` module is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum KernelKind {
@@ -931,13 +906,7 @@ fn build_l1(
     let sink = alloc_frames(1, "scratch page");
     // SAFETY: a fresh pool frame: all ones, like reads of absent memory.
     unsafe { core::ptr::write_bytes(sink as *mut u8, 0xff, FRAME as usize) };
-    let max = if cpu.gib_pages && vcaps.ept_vpid & ept_vpid::PAGE_1G != 0 {
-        PageSize::Size1G
-    } else if vcaps.ept_vpid & ept_vpid::PAGE_2M != 0 {
-        PageSize::Size2M
-    } else {
-        PageSize::Size4K
-    };
+    let max = requirements::ept_page_size(vcaps, cpu.gib_pages);
     let ept01 = vcpu::ept01::Ept01::build(&mut hw.tables, &regions, l0, fw.ept_limit(), sink, max)
         .unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
 
@@ -981,11 +950,11 @@ fn build_l1(
     }
 
     // VMCS01, and VMCS02 for L2 (one, rebuilt at every nested entry).
-    let vpid = vpid_usable(vcaps);
-    let offer_vmx = nested_vmx_possible(vcaps);
-    let timer = vcaps.allows(caps::Control::Pin, caps::pin::PREEMPTION_TIMER);
-    let poll_ticks = poll_ticks(tsc_hz);
-    let l0_timer = timer.then(|| poll_ticks >> (vcaps.misc & caps::misc::TIMER_RATE));
+    let vpid = requirements::vpid_usable(vcaps);
+    let offer_vmx = requirements::nested_vmx_possible(vcaps);
+    let poll_ticks = requirements::poll_ticks(tsc_hz);
+    let l0_timer = requirements::preemption_timer(vcaps, poll_ticks);
+    let timer = l0_timer.is_some();
     let controls =
         setup::l1_controls(vcaps, vpid, timer).unwrap_or_else(|e| fatal(format_args!("{e}")));
     // L1's VMREAD/VMWRITE of the fields a guest hypervisor uses at every
@@ -1137,13 +1106,6 @@ fn sealing_key(k: [u8; 32]) -> shadow_devices::SealKey {
     key
 }
 
-fn poll_ticks(tsc_hz: Option<u64>) -> u64 {
-    match tsc_hz {
-        Some(hz) if hz > 0 => hz / 500,
-        _ => 1 << 23,
-    }
-}
-
 /// The ports L0 takes from every L2, whatever L1's bitmaps say: the user
 /// VMs' COM1-COM4 (their shadow UARTs) and the emulator's shutdown port.
 fn l2_io_bitmap() -> msr::IoBitmaps {
@@ -1159,14 +1121,6 @@ fn l2_io_bitmap() -> msr::IoBitmaps {
 
 fn pages_eptp(e: &vcpu::ept01::Ept01) -> u64 {
     ept::eptp(e.root, false)
-}
-
-/// Nested VMX needs true controls (to clear CR3 exiting for L2) and
-/// all-context INVEPT (to drop EPT02s).
-fn nested_vmx_possible(c: &VmxCaps) -> bool {
-    c.basic & basic::TRUE_CONTROLS != 0
-        && c.ept_vpid & ept_vpid::INVEPT != 0
-        && c.ept_vpid & ept_vpid::INVEPT_ALL_CONTEXT != 0
 }
 
 /// Delivers an NMI that arrived while L0 ran, when L1 can take it.

@@ -241,25 +241,10 @@ impl NestedCaps {
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
 
-    pub fn bochs() -> VmxCaps {
-        VmxCaps {
-            basic: 0x00d8_1000_0000_002b,
-            pin: 0x7f_0000_0016,
-            primary: 0xf7f9_fffe_0400_6172,
-            secondary: 0x0217_7fff_0000_0000,
-            exit: 0x7f_ffff_0003_6dff,
-            entry: 0xffff_0000_11ff,
-            misc: 0x6004_01e0,
-            cr0_fixed0: 0x8000_0021,
-            cr0_fixed1: 0xffff_ffff,
-            cr4_fixed0: 0x2000,
-            cr4_fixed1: 0x37_27ff,
-            ept_vpid: 0xf01_0633_4141 | 1 << 21,
-        }
-    }
+    use crate::vmx::caps::tests::bochs_skylake as bochs;
 
     #[test]
     fn whitelist_hides_what_is_not_emulated() {

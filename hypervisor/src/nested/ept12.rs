@@ -196,7 +196,7 @@ impl<M: GuestMemory> GuestMemory for L2View<'_, M> {
 pub mod tests {
     use super::*;
     use crate::guest_mem::fake::VecMemory;
-    use crate::nested::caps::tests::bochs;
+    use crate::vmx::caps::tests::bochs_skylake as bochs;
 
     pub fn caps() -> NestedCaps {
         NestedCaps::new(&bochs())

@@ -375,8 +375,8 @@ pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part, d: &mut Deri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nested::caps::tests::bochs;
     use crate::nested::testutil::valid_vmcs12;
+    use crate::vmx::caps::tests::bochs_skylake as bochs;
     use crate::vmx::fake::FakeVmcs;
 
     fn l0part<'a>(caps: &'a VmxCaps, policy: &'a CrPolicy) -> L0Part<'a> {

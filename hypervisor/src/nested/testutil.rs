@@ -2,8 +2,9 @@
 //! build it: a 64-bit L1 host, a 32-bit flat protected-mode L2 with
 //! unrestricted guest and EPT, I/O and MSR bitmaps.
 
-use super::caps::{tests::bochs, NestedCaps};
+use super::caps::NestedCaps;
 use super::vmcs12::Vmcs12;
+use crate::vmx::caps::tests::bochs_skylake as bochs;
 use crate::vmx::caps::{entry, exit, primary, secondary};
 use crate::vmx::Field as F;
 

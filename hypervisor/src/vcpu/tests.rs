@@ -195,7 +195,7 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         stats: ExitStats::default(),
         l2_stats: ExitStats::default(),
         last_l0_touch: "",
-        host_caps: crate::nested::caps::tests::bochs(),
+        host_caps: crate::vmx::caps::tests::bochs_skylake(),
         eptp01: crate::vmx::ept::eptp(0, false),
         msr_bitmap01: 0x7000_8000,
         nested: Nested::new(crate::nested::testutil::caps(), 39, PAGES, RangeSet::new()),

@@ -316,10 +316,11 @@ pub mod entry {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
 
-    /// The values TESTBED.md recorded on Bochs corei7_skylake_x.
+    /// The values TESTBED.md recorded on Bochs corei7_skylake_x: every
+    /// host test that needs a real CPU's capabilities uses these.
     pub fn bochs_skylake() -> VmxCaps {
         VmxCaps {
             basic: 0x00d8_1000_0000_002b,

@@ -10,6 +10,7 @@ pub mod caps;
 pub mod ept;
 pub mod exit;
 pub mod fields;
+pub mod requirements;
 
 pub use fields::Field;
 

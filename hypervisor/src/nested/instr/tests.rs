@@ -2,9 +2,9 @@
 
 use super::*;
 use crate::guest_mem::fake::VecMemory;
-use crate::nested::caps::tests::bochs;
 use crate::nested::caps::VMCS12_REVISION;
 use crate::nested::operand::Segment;
+use crate::vmx::caps::tests::bochs_skylake as bochs;
 
 const VMXON_REGION: u64 = 0x10_0000;
 const VMCS_A: u64 = 0x10_1000;
