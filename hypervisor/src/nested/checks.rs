@@ -101,11 +101,7 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     let caps = c.caps;
     let pinc = v.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
     let proc1 = v.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    let proc2 = if proc1 & primary::ACTIVATE_SECONDARY != 0 {
-        v.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
-    } else {
-        0
-    };
+    let proc2 = v.secondary_controls();
     let exitc = v.get(F::VM_EXIT_CONTROLS) as u32;
     let entryc = v.get(F::VM_ENTRY_CONTROLS) as u32;
 
@@ -232,12 +228,7 @@ pub fn check_entry_event(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     let caps = c.caps;
     let info = v.get(F::VM_ENTRY_INTR_INFO_FIELD) as u32;
     if info & (1 << 31) != 0 {
-        let proc1 = v.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-        let proc2 = if proc1 & primary::ACTIVATE_SECONDARY != 0 {
-            v.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
-        } else {
-            0
-        };
+        let proc2 = v.secondary_controls();
         let vector = info as u8;
         let kind = ((info >> 8) & 7) as u8;
         let mtf = caps.allows(Control::Primary, primary::MONITOR_TRAP_FLAG);
@@ -361,12 +352,7 @@ fn granularity_ok(limit: u64, ar: u64) -> bool {
 /// SDM 27.3.1: guest-state area.
 pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     let caps = c.caps;
-    let proc1 = v.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    let proc2 = if proc1 & primary::ACTIVATE_SECONDARY != 0 {
-        v.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
-    } else {
-        0
-    };
+    let proc2 = v.secondary_controls();
     let entryc = v.get(F::VM_ENTRY_CONTROLS) as u32;
     let unrestricted = proc2 & secondary::UNRESTRICTED_GUEST != 0;
     let ia32e = entryc & entry::IA32E_MODE_GUEST != 0;

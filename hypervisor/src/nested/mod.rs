@@ -11,6 +11,7 @@ pub mod caps;
 pub mod checks;
 pub mod ept02;
 pub mod ept12;
+pub mod guest_state;
 pub mod instr;
 pub mod msr_lists;
 pub mod operand;

@@ -2,66 +2,32 @@
 //! it, L0's host state, L1's controls plus what L0 needs, L1's structures
 //! (identity-mapped L1 addresses are host addresses) and L0's EPT02/VPID02.
 
+use super::guest_state::GUEST_STATE;
 use super::vmcs12::{self, Vmcs12};
 use crate::vcpu::cr::CrPolicy;
 use crate::vmx::caps::{entry, exit, primary, secondary, Control, VmxCaps};
 use crate::vmx::{Field as F, Vmcs};
 
-/// Guest-state fields copied from VMCS12 to VMCS02 unchanged.
-const GUEST_COPY: &[F] = &[
-    F::GUEST_ES_SELECTOR,
-    F::GUEST_CS_SELECTOR,
-    F::GUEST_SS_SELECTOR,
-    F::GUEST_DS_SELECTOR,
-    F::GUEST_FS_SELECTOR,
-    F::GUEST_GS_SELECTOR,
-    F::GUEST_LDTR_SELECTOR,
-    F::GUEST_TR_SELECTOR,
-    F::GUEST_ES_LIMIT,
-    F::GUEST_CS_LIMIT,
-    F::GUEST_SS_LIMIT,
-    F::GUEST_DS_LIMIT,
-    F::GUEST_FS_LIMIT,
-    F::GUEST_GS_LIMIT,
-    F::GUEST_LDTR_LIMIT,
-    F::GUEST_TR_LIMIT,
-    F::GUEST_GDTR_LIMIT,
-    F::GUEST_IDTR_LIMIT,
-    F::GUEST_ES_AR_BYTES,
-    F::GUEST_CS_AR_BYTES,
-    F::GUEST_SS_AR_BYTES,
-    F::GUEST_DS_AR_BYTES,
-    F::GUEST_FS_AR_BYTES,
-    F::GUEST_GS_AR_BYTES,
-    F::GUEST_LDTR_AR_BYTES,
-    F::GUEST_TR_AR_BYTES,
-    F::GUEST_ES_BASE,
-    F::GUEST_CS_BASE,
-    F::GUEST_SS_BASE,
-    F::GUEST_DS_BASE,
-    F::GUEST_FS_BASE,
-    F::GUEST_GS_BASE,
-    F::GUEST_LDTR_BASE,
-    F::GUEST_TR_BASE,
-    F::GUEST_GDTR_BASE,
-    F::GUEST_IDTR_BASE,
-    F::GUEST_CR3,
-    F::GUEST_RSP,
-    F::GUEST_RIP,
-    F::GUEST_RFLAGS,
-    F::GUEST_INTERRUPTIBILITY_INFO,
-    F::GUEST_ACTIVITY_STATE,
-    F::GUEST_PENDING_DBG_EXCEPTIONS,
-    F::GUEST_SYSENTER_CS,
-    F::GUEST_SYSENTER_ESP,
-    F::GUEST_SYSENTER_EIP,
-    F::GUEST_PDPTE0,
-    F::GUEST_PDPTE1,
-    F::GUEST_PDPTE2,
-    F::GUEST_PDPTE3,
-    F::VMX_PREEMPTION_TIMER_VALUE,
-    F::GUEST_INTR_STATUS,
-];
+/// Guest-state fields copied from VMCS12 to VMCS02 unchanged: the shared
+/// list, the PDPTEs (VMCS02 needs them whenever L2 uses PAE paging under
+/// EPT) and the preemption timer (prepare_timer adjusts it afterwards).
+const GUEST_COPY: [u64; vmcs12::WORDS] = {
+    let a = vmcs12::slot_mask(&GUEST_STATE);
+    let b = vmcs12::slot_mask(&[
+        F::GUEST_PDPTE0,
+        F::GUEST_PDPTE1,
+        F::GUEST_PDPTE2,
+        F::GUEST_PDPTE3,
+        F::VMX_PREEMPTION_TIMER_VALUE,
+    ]);
+    let mut m = [0; vmcs12::WORDS];
+    let mut i = 0;
+    while i < m.len() {
+        m[i] = a[i] | b[i];
+        i += 1;
+    }
+    m
+};
 
 /// Control fields copied unchanged (they mean the same to hardware).
 const CONTROL_COPY: &[F] = &[
@@ -86,7 +52,7 @@ const CONTROL_COPY: &[F] = &[
 
 /// The fields copied from VMCS12, as a slot mask.
 const COPY_MASK: [u64; vmcs12::WORDS] = {
-    let a = vmcs12::slot_mask(GUEST_COPY);
+    let a = GUEST_COPY;
     let b = vmcs12::slot_mask(CONTROL_COPY);
     let mut m = [0; vmcs12::WORDS];
     let mut i = 0;
@@ -185,11 +151,7 @@ pub fn controls02(v12: &Vmcs12, l0: &L0Part) -> (u32, u32, u32, u32, u32) {
         pin |= crate::vmx::caps::pin::PREEMPTION_TIMER;
     }
     let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    let s12 = if p12 & primary::ACTIVATE_SECONDARY != 0 {
-        v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
-    } else {
-        0
-    };
+    let s12 = v12.secondary_controls();
     let window = if l0.window {
         primary::INTERRUPT_WINDOW_EXITING
     } else {

@@ -3,6 +3,7 @@
 //! into VMCS12, then L1's state loaded from VMCS12's host-state area (SDM
 //! Vol. 3C 28.2-28.5).
 
+use super::guest_state::GUEST_STATE;
 use super::vmcs12::{slots, Slot, Vmcs12};
 use crate::guest_mem::GuestMemory;
 use crate::vcpu::cr::CrPolicy;
@@ -152,11 +153,7 @@ pub fn l1_wants_exception(v12: &Vmcs12, info: InterruptionInfo, error_code: u32)
 pub fn l1_wants_by_controls(v12: &Vmcs12, basic: u16) -> bool {
     let pinc = v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
     let p = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    let s = if p & primary::ACTIVATE_SECONDARY != 0 {
-        v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
-    } else {
-        0
-    };
+    let s = v12.secondary_controls();
     match basic {
         reason::EXTERNAL_INTERRUPT => pinc & pin::EXTERNAL_INTERRUPT_EXITING != 0,
         reason::PREEMPTION_TIMER => pinc & pin::PREEMPTION_TIMER != 0,
@@ -185,56 +182,8 @@ pub fn l1_wants_by_controls(v12: &Vmcs12, basic: u16) -> bool {
 
 /// Saves L2's state and the exit information into VMCS12 (SDM 28.2-28.3).
 pub fn sync_vmcs12(v02: &impl Vmcs, v12: &mut Vmcs12, exit_info: &ExitInfo, cr_policy: &CrPolicy) {
-    const SAVED: &[Slot] = &slots([
-        F::GUEST_ES_SELECTOR,
-        F::GUEST_CS_SELECTOR,
-        F::GUEST_SS_SELECTOR,
-        F::GUEST_DS_SELECTOR,
-        F::GUEST_FS_SELECTOR,
-        F::GUEST_GS_SELECTOR,
-        F::GUEST_LDTR_SELECTOR,
-        F::GUEST_TR_SELECTOR,
-        F::GUEST_ES_LIMIT,
-        F::GUEST_CS_LIMIT,
-        F::GUEST_SS_LIMIT,
-        F::GUEST_DS_LIMIT,
-        F::GUEST_FS_LIMIT,
-        F::GUEST_GS_LIMIT,
-        F::GUEST_LDTR_LIMIT,
-        F::GUEST_TR_LIMIT,
-        F::GUEST_GDTR_LIMIT,
-        F::GUEST_IDTR_LIMIT,
-        F::GUEST_ES_AR_BYTES,
-        F::GUEST_CS_AR_BYTES,
-        F::GUEST_SS_AR_BYTES,
-        F::GUEST_DS_AR_BYTES,
-        F::GUEST_FS_AR_BYTES,
-        F::GUEST_GS_AR_BYTES,
-        F::GUEST_LDTR_AR_BYTES,
-        F::GUEST_TR_AR_BYTES,
-        F::GUEST_ES_BASE,
-        F::GUEST_CS_BASE,
-        F::GUEST_SS_BASE,
-        F::GUEST_DS_BASE,
-        F::GUEST_FS_BASE,
-        F::GUEST_GS_BASE,
-        F::GUEST_LDTR_BASE,
-        F::GUEST_TR_BASE,
-        F::GUEST_GDTR_BASE,
-        F::GUEST_IDTR_BASE,
-        F::GUEST_CR3,
-        F::GUEST_RSP,
-        F::GUEST_RIP,
-        F::GUEST_RFLAGS,
-        F::GUEST_INTERRUPTIBILITY_INFO,
-        F::GUEST_ACTIVITY_STATE,
-        F::GUEST_PENDING_DBG_EXCEPTIONS,
-        F::GUEST_SYSENTER_CS,
-        F::GUEST_SYSENTER_ESP,
-        F::GUEST_SYSENTER_EIP,
-        F::GUEST_INTR_STATUS,
-    ]);
-    for &s in SAVED {
+    const SAVED: [Slot; GUEST_STATE.len()] = slots(GUEST_STATE);
+    for &s in &SAVED {
         v12.set_at(s, v02.read(s.field));
     }
     // L2's control registers: real values, except that bits only L0 forces
@@ -266,9 +215,7 @@ pub fn sync_vmcs12(v02: &impl Vmcs, v12: &mut Vmcs12, exit_info: &ExitInfo, cr_p
             v02.read(F::VMX_PREEMPTION_TIMER_VALUE),
         );
     }
-    let p12 = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    let ept12 = p12 & primary::ACTIVATE_SECONDARY != 0
-        && v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 & secondary::ENABLE_EPT != 0;
+    let ept12 = v12.secondary_controls() & secondary::ENABLE_EPT != 0;
     if ept12 {
         for f in [
             F::GUEST_PDPTE0,

@@ -247,6 +247,17 @@ impl Vmcs12 {
         self.fields[slot(f as u32).expect("every table field has a slot")]
     }
 
+    /// The secondary processor-based controls in effect: the field, or 0
+    /// when the primary controls do not activate it (SDM 25.6.2).
+    pub fn secondary_controls(&self) -> u32 {
+        use crate::vmx::caps::primary::ACTIVATE_SECONDARY;
+        if self.get(Field::CPU_BASED_VM_EXEC_CONTROL) as u32 & ACTIVATE_SECONDARY != 0 {
+            self.get(Field::SECONDARY_VM_EXEC_CONTROL) as u32
+        } else {
+            0
+        }
+    }
+
     /// Writes a field, read-only ones included (L0 filling in exit information).
     pub fn set(&mut self, f: Field, v: u64) {
         self.fields[slot(f as u32).expect("every table field has a slot")] = v & f.mask();

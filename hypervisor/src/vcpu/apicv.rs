@@ -242,7 +242,9 @@ impl Vcpu {
         vs: &mut S,
         p: &mut P,
     ) -> Option<Outcome> {
-        if !self.ipiv12() || self.v12_secondary_bits() & secondary::VIRTUALIZE_X2APIC == 0 {
+        if !self.ipiv12()
+            || self.nested.vmx.vmcs12.secondary_controls() & secondary::VIRTUALIZE_X2APIC == 0
+        {
             return None;
         }
         let vapic = self.nested.vmx.vmcs12.get(F::VIRTUAL_APIC_PAGE_ADDR);
@@ -462,15 +464,6 @@ impl Vcpu {
         );
         if activity == ACTIVITY_HLT {
             v.write(F::GUEST_ACTIVITY_STATE, 0);
-        }
-    }
-
-    fn v12_secondary_bits(&self) -> u32 {
-        let v12 = &self.nested.vmx.vmcs12;
-        if v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & primary::ACTIVATE_SECONDARY != 0 {
-            v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
-        } else {
-            0
         }
     }
 }

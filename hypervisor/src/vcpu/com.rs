@@ -142,15 +142,9 @@ impl Vcpu {
     }
 
     pub(super) fn eptp12(&self) -> Option<u64> {
-        use crate::vmx::caps::{primary, secondary};
+        use crate::vmx::caps::secondary;
         let v12 = &self.nested.vmx.vmcs12;
-        let p = v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-        let s = if p & primary::ACTIVATE_SECONDARY != 0 {
-            v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
-        } else {
-            0
-        };
-        (s & secondary::ENABLE_EPT != 0).then(|| v12.get(F::EPT_POINTER))
+        (v12.secondary_controls() & secondary::ENABLE_EPT != 0).then(|| v12.get(F::EPT_POINTER))
     }
 
     /// One byte of a COM access; bytes of a wide access outside COM ports

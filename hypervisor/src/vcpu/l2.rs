@@ -102,15 +102,6 @@ pub fn reinject_interrupted_event(
 }
 
 impl Vcpu {
-    fn v12_secondary(&self) -> u32 {
-        let v12 = &self.nested.vmx.vmcs12;
-        if v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & primary::ACTIVATE_SECONDARY != 0 {
-            v12.get(F::SECONDARY_VM_EXEC_CONTROL) as u32
-        } else {
-            0
-        }
-    }
-
     /// VMLAUNCH or VMRESUME by L1 (SDM 27.1-27.3).
     pub(super) fn nested_entry<S: VmcsSet, P: Platform>(
         &mut self,
@@ -205,7 +196,7 @@ impl Vcpu {
 
         self.nested.checked_l1_long = Some(l1_long);
         // The entry happens: build VMCS02.
-        let s12 = self.v12_secondary();
+        let s12 = self.nested.vmx.vmcs12.secondary_controls();
         let v12 = &self.nested.vmx.vmcs12;
         let eptp02 = if s12 & secondary::ENABLE_EPT != 0 {
             match self
@@ -365,11 +356,13 @@ impl Vcpu {
             let bit = 2048 * 8 + msr as usize;
             page[bit / 64] |= 1 << (bit % 64);
         };
-        if self.ipiv12() && self.v12_secondary() & secondary::VIRTUALIZE_X2APIC != 0 {
+        if self.ipiv12()
+            && self.nested.vmx.vmcs12.secondary_controls() & secondary::VIRTUALIZE_X2APIC != 0
+        {
             // L0 does IPI virtualization: ICR writes must reach it.
             force(super::apicv::X2APIC_ICR);
         }
-        if self.v12_secondary()
+        if self.nested.vmx.vmcs12.secondary_controls()
             & (secondary::VIRTUALIZE_X2APIC | secondary::VIRTUAL_INTERRUPT_DELIVERY)
             == secondary::VIRTUALIZE_X2APIC | secondary::VIRTUAL_INTERRUPT_DELIVERY
         {
@@ -475,7 +468,7 @@ impl Vcpu {
         // Without a VPID for L2, exits flush L1's translations (SDM 28.5.5);
         // a new CR3 from the host state is a new address space for L1 too.
         if self.vpid != 0
-            && (self.v12_secondary() & secondary::ENABLE_VPID == 0
+            && (self.nested.vmx.vmcs12.secondary_controls() & secondary::ENABLE_VPID == 0
                 || cr.cr3 != self.nested.l1_cr3_at_entry)
         {
             p.flush_vpid(self.vpid);
@@ -826,7 +819,7 @@ impl Vcpu {
         p: &mut P,
         e: &ExitInfo,
     ) -> Outcome {
-        if self.v12_secondary() & secondary::ENABLE_EPT == 0 {
+        if self.nested.vmx.vmcs12.secondary_controls() & secondary::ENABLE_EPT == 0 {
             // EPT02 is EPT01: L2 touched what L1 itself cannot.
             self.nested.handled_in_l0 += 1;
             let o = self.ept_violation(vs.current(), p);

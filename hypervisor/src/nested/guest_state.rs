@@ -1,0 +1,57 @@
+//! L2's guest state that VM entry loads from VMCS12 and a reflected exit
+//! saves back unchanged (SDM Vol. 3C 25.4, 28.3): one list serves VMCS02
+//! preparation and the sync to VMCS12. CR0/CR4, DR7, the MSRs behind
+//! entry/exit controls, the PDPTEs and the preemption timer follow rules of
+//! their own and are not here.
+
+use crate::vmx::Field as F;
+
+pub const GUEST_STATE: [F; 47] = [
+    F::GUEST_ES_SELECTOR,
+    F::GUEST_CS_SELECTOR,
+    F::GUEST_SS_SELECTOR,
+    F::GUEST_DS_SELECTOR,
+    F::GUEST_FS_SELECTOR,
+    F::GUEST_GS_SELECTOR,
+    F::GUEST_LDTR_SELECTOR,
+    F::GUEST_TR_SELECTOR,
+    F::GUEST_ES_LIMIT,
+    F::GUEST_CS_LIMIT,
+    F::GUEST_SS_LIMIT,
+    F::GUEST_DS_LIMIT,
+    F::GUEST_FS_LIMIT,
+    F::GUEST_GS_LIMIT,
+    F::GUEST_LDTR_LIMIT,
+    F::GUEST_TR_LIMIT,
+    F::GUEST_GDTR_LIMIT,
+    F::GUEST_IDTR_LIMIT,
+    F::GUEST_ES_AR_BYTES,
+    F::GUEST_CS_AR_BYTES,
+    F::GUEST_SS_AR_BYTES,
+    F::GUEST_DS_AR_BYTES,
+    F::GUEST_FS_AR_BYTES,
+    F::GUEST_GS_AR_BYTES,
+    F::GUEST_LDTR_AR_BYTES,
+    F::GUEST_TR_AR_BYTES,
+    F::GUEST_ES_BASE,
+    F::GUEST_CS_BASE,
+    F::GUEST_SS_BASE,
+    F::GUEST_DS_BASE,
+    F::GUEST_FS_BASE,
+    F::GUEST_GS_BASE,
+    F::GUEST_LDTR_BASE,
+    F::GUEST_TR_BASE,
+    F::GUEST_GDTR_BASE,
+    F::GUEST_IDTR_BASE,
+    F::GUEST_CR3,
+    F::GUEST_RSP,
+    F::GUEST_RIP,
+    F::GUEST_RFLAGS,
+    F::GUEST_INTERRUPTIBILITY_INFO,
+    F::GUEST_ACTIVITY_STATE,
+    F::GUEST_PENDING_DBG_EXCEPTIONS,
+    F::GUEST_SYSENTER_CS,
+    F::GUEST_SYSENTER_ESP,
+    F::GUEST_SYSENTER_EIP,
+    F::GUEST_INTR_STATUS,
+];
