@@ -15,6 +15,7 @@ use crate::arch::cpu::{self, cpuid};
 use crate::arch::run::{self, GuestRegs};
 use crate::arch::tables::{self, ExceptionFrame};
 use crate::arch::vmx as vmxi;
+use crate::arch::vmx::CurrentVmcs;
 use crate::config::{self, ModuleRole, SerialChoice};
 use crate::guest_mem::{GuestMemory, L1Ram};
 use crate::logger;
@@ -33,7 +34,7 @@ use crate::vcpu::{
 use crate::vmx::caps::{self, VmxCaps};
 use crate::vmx::exit::{event_type, InterruptionInfo};
 use crate::vmx::requirements;
-use crate::vmx::{ept, CurrentVmcs, Field as F, Vmcs};
+use crate::vmx::{ept, Field as F, Vmcs};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;

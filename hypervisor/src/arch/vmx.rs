@@ -4,7 +4,7 @@
 
 use core::arch::asm;
 
-use crate::vmx::VmxError;
+use crate::vmx::{Vmcs, VmxError};
 
 /// Decodes RFLAGS.CF/ZF after a VMX instruction.
 fn result(cf: u8, zf: u8) -> Result<(), VmxError> {
@@ -128,4 +128,28 @@ pub unsafe fn invvpid(kind: u64, vpid: u16, addr: u64) -> Result<(), VmxError> {
              options(nostack))
     };
     result(cf, zf)
+}
+
+/// The CPU's current VMCS.
+pub struct CurrentVmcs {
+    _private: (),
+}
+
+impl CurrentVmcs {
+    /// # Safety
+    /// VMX root operation must be on and a VMCS current for as long as this lives.
+    pub unsafe fn new() -> Self {
+        CurrentVmcs { _private: () }
+    }
+}
+
+impl Vmcs for CurrentVmcs {
+    fn read_raw(&self, encoding: u32) -> Result<u64, VmxError> {
+        // SAFETY: a VMCS is current (constructor contract).
+        unsafe { vmread(encoding) }
+    }
+    fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmxError> {
+        // SAFETY: a VMCS is current; L0's writers keep host state intact.
+        unsafe { vmwrite(encoding, value) }
+    }
 }

@@ -4,8 +4,8 @@
 
 use super::guest_state::GUEST_STATE;
 use super::vmcs12::{self, Vmcs12};
-use crate::vcpu::cr::CrPolicy;
 use crate::vmx::caps::{entry, exit, primary, secondary, Control, VmxCaps};
+use crate::vmx::guest_cr::CrPolicy;
 use crate::vmx::{Field as F, Vmcs};
 
 /// Guest-state fields copied from VMCS12 to VMCS02 unchanged: the shared

@@ -6,9 +6,9 @@
 use super::guest_state::GUEST_STATE;
 use super::vmcs12::{slots, Slot, Vmcs12};
 use crate::guest_mem::GuestMemory;
-use crate::vcpu::cr::CrPolicy;
 use crate::vmx::caps::{entry, exit, pin, primary, secondary};
 use crate::vmx::exit::{event_type, reason, CrAccess, InterruptionInfo, IoAccess};
+use crate::vmx::guest_cr::{write_cr_state, CrPolicy, CrState};
 use crate::vmx::{Field as F, Vmcs};
 
 /// The exit-information fields of an exit, read once from VMCS02.
@@ -258,11 +258,7 @@ pub fn write_exit_info(v12: &mut Vmcs12, e: &ExitInfo) {
 
 /// Loads L1's state from VMCS12's host-state area into VMCS01 (SDM 28.5).
 /// Returns L1's CR state so the caller can reload PDPTEs if needed.
-pub fn load_host_state(
-    v12: &Vmcs12,
-    v01: &mut impl Vmcs,
-    cr_policy: &CrPolicy,
-) -> crate::vcpu::cr::CrState {
+pub fn load_host_state(v12: &Vmcs12, v01: &mut impl Vmcs, cr_policy: &CrPolicy) -> CrState {
     let x12 = v12.get(F::VM_EXIT_CONTROLS) as u32;
     let long = x12 & exit::HOST_ADDRESS_SPACE_SIZE != 0;
     let lm = 1u64 << 8 | 1 << 10;
@@ -276,14 +272,14 @@ pub fn load_host_state(
             old
         }
     };
-    let cr = crate::vcpu::cr::CrState {
+    let cr = CrState {
         cr0: v12.get(F::HOST_CR0),
         cr3: v12.get(F::HOST_CR3),
         cr4: v12.get(F::HOST_CR4),
         efer,
         cs_long: long,
     };
-    crate::vcpu::write_cr_state(v01, &cr, cr_policy);
+    write_cr_state(v01, &cr, cr_policy);
     if x12 & exit::LOAD_PAT != 0 {
         v01.write(F::GUEST_IA32_PAT, v12.get(F::HOST_IA32_PAT));
     }

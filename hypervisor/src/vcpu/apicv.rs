@@ -5,8 +5,7 @@
 //! VT-d device would. docs/shadow-devices.md tells the whole story.
 
 use super::decode;
-use super::l2::reinject_interrupted_event;
-use super::{skip_instruction, Outcome, Platform, Vcpu};
+use super::{Outcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::{self, Access, PagingRegs};
 use crate::guest_mem::GuestMemory;
@@ -20,6 +19,7 @@ use crate::shadow::ioapic::{IOAPIC_BASE, IOWIN};
 use crate::shadow::PiRoute;
 use crate::vmx::caps::{pin, primary, secondary};
 use crate::vmx::exit::{reason, InterruptionInfo};
+use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
 use crate::vmx::{Field as F, Vmcs};
 
 const ACTIVITY_HLT: u64 = 1;
@@ -279,7 +279,7 @@ impl Vcpu {
         let value = self.regs.gpr[GuestRegs::RAX] & 0xffff_ffff;
         if self.regs.gpr[GuestRegs::RDX] & 0xffff_ffff != 0 || value > 0xff {
             // Reserved bits: the CPU's virtualization raises #GP(0) in L2.
-            super::inject_exception(vs.current(), 13, Some(0));
+            inject_exception(vs.current(), 13, Some(0));
             return Some(Outcome::Resume);
         }
         let mem = p.mem();

@@ -3,7 +3,7 @@
 //! VM's shadow UARTs (L1 never sees the exit, the data or the port), and
 //! accesses L1 lets through. IN/OUT of every size and INS/OUTS with REP.
 
-use super::{inject_exception, skip_instruction, Outcome, Platform, Vcpu};
+use super::{Outcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::{self, Access, PagingRegs};
 use crate::guest_mem::{GuestMemory, MemError};
@@ -14,6 +14,7 @@ use crate::nested::{reflect::ExitInfo, VmcsSet};
 use crate::regs::{EFER_LMA, RFLAGS_DF};
 use crate::shadow::is_com_port;
 use crate::vmx::exit::IoAccess;
+use crate::vmx::inject::{inject_exception, skip_instruction};
 use crate::vmx::{Field as F, Vmcs};
 
 /// L2's guest-physical memory: through EPT12 (when L1 uses EPT) into L1's RAM.

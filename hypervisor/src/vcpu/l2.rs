@@ -4,7 +4,7 @@
 use alloc::vec::Vec;
 
 use super::vmx_instr::{apply, l1_mode};
-use super::{inject_exception, Outcome, Platform, Stop, Vcpu, SHUTDOWN_PORT};
+use super::{Outcome, Platform, Stop, Vcpu, SHUTDOWN_PORT};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::GuestMemory;
 use crate::nested::checks::{self, CheckCtx, EntryFailure};
@@ -16,6 +16,7 @@ use crate::nested::reflect::{self, ExitInfo};
 use crate::nested::{ept02, Level, VmcsSet, VPID_UNTAGGED_L2};
 use crate::vmx::caps::{primary, secondary};
 use crate::vmx::exit::{reason, CrAccess, InterruptionInfo, IoAccess};
+use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
 
 use crate::regs::{CR0_PG, CR4_PAE, EFER_LMA};
 use crate::vmx::{ept, Field as F, Vmcs};
@@ -81,25 +82,6 @@ const FROM_L1: [(u16, u64); 12] = {
     );
     t
 };
-
-/// Re-queues an event whose delivery the exit interrupted, when L0 handled
-/// the exit itself (SDM 28.2.4: IDT-vectoring information).
-pub fn reinject_interrupted_event(
-    v: &mut impl Vmcs,
-    idt_info: u32,
-    idt_error: u32,
-    instr_len: u32,
-) {
-    if idt_info & (1 << 31) == 0 {
-        return;
-    }
-    // Bit 12 is undefined in IDT-vectoring information and reserved on entry.
-    v.write(F::VM_ENTRY_INTR_INFO_FIELD, (idt_info & !(1 << 12)) as u64);
-    if idt_info & (1 << 11) != 0 {
-        v.write(F::VM_ENTRY_EXCEPTION_ERROR_CODE, idt_error as u64);
-    }
-    v.write(F::VM_ENTRY_INSTRUCTION_LEN, instr_len as u64);
-}
 
 impl Vcpu {
     /// VMLAUNCH or VMRESUME by L1 (SDM 27.1-27.3).
@@ -805,7 +787,7 @@ impl Vcpu {
             (None, _) => false,
         };
         if ok {
-            super::skip_instruction(vs.current());
+            skip_instruction(vs.current());
         } else {
             inject_exception(vs.current(), GP, Some(0));
         }

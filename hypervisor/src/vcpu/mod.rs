@@ -20,7 +20,6 @@ use crate::vmx::{caps, Field as F, Vmcs};
 mod apicv;
 mod com;
 pub mod cpuid;
-pub mod cr;
 pub mod decode;
 pub mod ept01;
 mod l2;
@@ -30,8 +29,11 @@ pub mod setup;
 mod ultracall;
 mod vmx_instr;
 
-use crate::regs::{AR_L, CR0_PE, CR0_TS};
-use cr::{CrPolicy, CrState, GeneralProtection};
+use crate::regs::{CR0_TS, CR4_OSXSAVE};
+use crate::vmx::guest_cr::{
+    self as cr, read_cr_state, write_cr_state, CrPolicy, GeneralProtection,
+};
+use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
 use ept01::{Ept01, Violation};
 use msr::MtrrShadow;
 use shadow_devices::mgmt;
@@ -287,69 +289,10 @@ pub struct Vcpu {
     pub window_requested: bool,
 }
 
-const INTERRUPTIBILITY_STI_MOVSS: u64 = 3;
 const ACTIVITY_HLT: u64 = 1;
-
-/// The CR state the guest sees, from the VMCS.
-pub fn read_cr_state(v: &impl Vmcs) -> CrState {
-    let view = |real: F, shadow: F, mask: F| {
-        (v.read(real) & !v.read(mask)) | (v.read(shadow) & v.read(mask))
-    };
-    CrState {
-        cr0: view(F::GUEST_CR0, F::CR0_READ_SHADOW, F::CR0_GUEST_HOST_MASK),
-        cr3: v.read(F::GUEST_CR3),
-        cr4: view(F::GUEST_CR4, F::CR4_READ_SHADOW, F::CR4_GUEST_HOST_MASK),
-        efer: v.read(F::GUEST_IA32_EFER),
-        cs_long: v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0,
-    }
-}
-
-/// Writes `s` back: real registers, read shadows, EFER and the IA-32e entry control.
-pub fn write_cr_state(v: &mut impl Vmcs, s: &CrState, p: &CrPolicy) {
-    v.write(F::GUEST_CR0, s.cr0_actual(p));
-    v.write(F::CR0_READ_SHADOW, s.cr0);
-    v.write(F::GUEST_CR3, s.cr3);
-    v.write(F::GUEST_CR4, s.cr4_actual(p));
-    v.write(F::CR4_READ_SHADOW, s.cr4);
-    v.write(F::GUEST_IA32_EFER, s.efer);
-    if s.ia32e() {
-        v.set_bits(F::VM_ENTRY_CONTROLS, caps::entry::IA32E_MODE_GUEST as u64);
-    } else {
-        v.clear_bits(F::VM_ENTRY_CONTROLS, caps::entry::IA32E_MODE_GUEST as u64);
-    }
-}
-
-/// Queues a hardware exception for the next VM entry.
-pub fn inject_exception(v: &mut impl Vmcs, vector: u8, error_code: Option<u32>) {
-    // In real mode exceptions push no error code (SDM 26.2.1.3).
-    let protected = v.read(F::GUEST_CR0) & CR0_PE != 0;
-    let code = error_code.filter(|_| protected);
-    v.write(
-        F::VM_ENTRY_INTR_INFO_FIELD,
-        InterruptionInfo::new(vector, event_type::HARDWARE_EXCEPTION, code.is_some()).0 as u64,
-    );
-    if let Some(c) = code {
-        v.write(F::VM_ENTRY_EXCEPTION_ERROR_CODE, c as u64);
-    }
-}
 
 const UD: u8 = 6;
 const GP: u8 = 13;
-
-/// Moves past the instruction that exited, as executing it would.
-pub fn skip_instruction(v: &mut impl Vmcs) {
-    let rip = v
-        .read(F::GUEST_RIP)
-        .wrapping_add(v.read(F::VM_EXIT_INSTRUCTION_LEN));
-    v.write(F::GUEST_RIP, rip);
-    let i = v.read(F::GUEST_INTERRUPTIBILITY_INFO);
-    if i & INTERRUPTIBILITY_STI_MOVSS != 0 {
-        v.write(
-            F::GUEST_INTERRUPTIBILITY_INFO,
-            i & !INTERRUPTIBILITY_STI_MOVSS,
-        );
-    }
-}
 
 impl Vcpu {
     fn gpr(&self, v: &impl Vmcs, n: u8) -> u64 {
@@ -426,7 +369,7 @@ impl Vcpu {
                     v.read(F::IDT_VECTORING_ERROR_CODE),
                     v.read(F::VM_EXIT_INSTRUCTION_LEN),
                 );
-                l2::reinject_interrupted_event(v, info as u32, err as u32, len as u32);
+                reinject_interrupted_event(v, info as u32, err as u32, len as u32);
                 return o;
             }
             reason::TRIPLE_FAULT => return Outcome::Stop(Stop::TripleFault),
@@ -814,7 +757,7 @@ impl Vcpu {
     fn xsetbv<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P) {
         let cpl = (v.read(F::GUEST_SS_AR_BYTES) >> 5) & 3;
         let value = self.edx_eax();
-        if read_cr_state(v).cr4 & (1 << 18) == 0 {
+        if read_cr_state(v).cr4 & CR4_OSXSAVE == 0 {
             return inject_exception(v, UD, None);
         }
         let ok = cpl == 0

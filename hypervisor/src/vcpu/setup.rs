@@ -3,12 +3,12 @@
 
 use boot::loader::Entry;
 
-use super::cr::{CrPolicy, CrState};
 use crate::regs::{
     AR_UNUSABLE, CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_PAE, CR4_SMXE, CR4_VMXE, EFER_LMA, EFER_LME,
     EFER_NXE,
 };
 use crate::vmx::caps::{self, Control, ControlError, VmxCaps};
+use crate::vmx::guest_cr::{CrPolicy, CrState};
 use crate::vmx::{Field as F, Vmcs};
 
 /// L0's own state to return to on every exit.

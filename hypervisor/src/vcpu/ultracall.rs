@@ -9,10 +9,11 @@ use alloc::vec;
 use ultracall_abi::{CallerLevel, InRegs, Op, Request, Response, Status};
 
 use super::vmx_instr::l1_state;
-use super::{skip_instruction, Platform, Vcpu};
+use super::{Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::{self, pfec, Access, WalkError};
 use crate::nested::VmcsSet;
+use crate::vmx::inject::skip_instruction;
 
 const R8: usize = 8;
 

@@ -1,9 +1,7 @@
 //! L1's VMX instructions, on the vCPU: operands from VMCS01 and L1's page
 //! tables, outcomes applied as the CPU would (RFLAGS, RIP, exceptions).
 
-use super::{
-    inject_exception, read_cr_state, skip_instruction, Outcome as ExitOutcome, Platform, Vcpu,
-};
+use super::{Outcome as ExitOutcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::PagingRegs;
 use crate::nested::instr::{self, Invalidate, L1State, Outcome};
@@ -11,6 +9,8 @@ use crate::nested::operand::{GuestCtx, InstrInfo, Segment};
 use crate::nested::{Level, VmcsSet};
 use crate::regs::{AR_L, EFER_LMA};
 use crate::vmx::exit::reason;
+use crate::vmx::guest_cr::read_cr_state;
+use crate::vmx::inject::{inject_exception, skip_instruction};
 use crate::vmx::{Field as F, Vmcs};
 
 /// L1's state for a VMX instruction that just exited (VMCS01 current).

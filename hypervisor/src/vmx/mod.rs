@@ -1,6 +1,6 @@
 //! VMX: VMCS access behind a trait, capability MSRs, exit decoding, EPT.
 //!
-//! [`Vmcs`] has one hardware implementation ([`CurrentVmcs`], the CPU's
+//! [`Vmcs`] has one hardware implementation (`arch::vmx::CurrentVmcs`, the CPU's
 //! current VMCS) and a map-backed fake for host tests; nested VMX adds the
 //! software VMCS12 as a third.
 
@@ -10,6 +10,8 @@ pub mod caps;
 pub mod ept;
 pub mod exit;
 pub mod fields;
+pub mod guest_cr;
+pub mod inject;
 pub mod requirements;
 
 pub use fields::Field;
@@ -86,30 +88,6 @@ pub trait Vmcs {
     fn clear_bits(&mut self, f: Field, bits: u64) {
         let v = self.read(f);
         self.write(f, v & !bits);
-    }
-}
-
-/// The CPU's current VMCS.
-pub struct CurrentVmcs {
-    _private: (),
-}
-
-impl CurrentVmcs {
-    /// # Safety
-    /// VMX root operation must be on and a VMCS current for as long as this lives.
-    pub unsafe fn new() -> Self {
-        CurrentVmcs { _private: () }
-    }
-}
-
-impl Vmcs for CurrentVmcs {
-    fn read_raw(&self, encoding: u32) -> Result<u64, VmxError> {
-        // SAFETY: a VMCS is current (constructor contract).
-        unsafe { crate::arch::vmx::vmread(encoding) }
-    }
-    fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmxError> {
-        // SAFETY: a VMCS is current; L0's writers keep host state intact.
-        unsafe { crate::arch::vmx::vmwrite(encoding, value) }
     }
 }
 

@@ -5,9 +5,16 @@
 //! in the guest/host masks, so a guest write exits only when it differs
 //! from the read shadow in one of them. Then L0 carries out the whole write,
 //! with every check and side effect the CPU would have applied.
+//!
+//! [`read_cr_state`] and [`write_cr_state`] move the state between a VMCS
+//! (real values, read shadows, guest/host masks) and [`CrState`]; both
+//! levels use them, L1's VMCS01 and the nested exit's load of L1's host
+//! state alike.
 
+use super::caps::entry;
+use super::{Field as F, Vmcs};
 use crate::regs::{
-    CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PSE,
+    AR_L, CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PSE,
     CR4_SMEP, EFER_LMA, EFER_LME,
 };
 
@@ -158,6 +165,35 @@ pub fn check_pdptes(pdptes: &[u64; 4], maxphyaddr: u8) -> Result<(), GeneralProt
     match pdptes.iter().any(|&e| e & 1 != 0 && e & reserved != 0) {
         true => Err(GeneralProtection),
         false => Ok(()),
+    }
+}
+
+/// The CR state the guest sees, from the VMCS.
+pub fn read_cr_state(v: &impl Vmcs) -> CrState {
+    let view = |real: F, shadow: F, mask: F| {
+        (v.read(real) & !v.read(mask)) | (v.read(shadow) & v.read(mask))
+    };
+    CrState {
+        cr0: view(F::GUEST_CR0, F::CR0_READ_SHADOW, F::CR0_GUEST_HOST_MASK),
+        cr3: v.read(F::GUEST_CR3),
+        cr4: view(F::GUEST_CR4, F::CR4_READ_SHADOW, F::CR4_GUEST_HOST_MASK),
+        efer: v.read(F::GUEST_IA32_EFER),
+        cs_long: v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0,
+    }
+}
+
+/// Writes `s` back: real registers, read shadows, EFER and the IA-32e entry control.
+pub fn write_cr_state(v: &mut impl Vmcs, s: &CrState, p: &CrPolicy) {
+    v.write(F::GUEST_CR0, s.cr0_actual(p));
+    v.write(F::CR0_READ_SHADOW, s.cr0);
+    v.write(F::GUEST_CR3, s.cr3);
+    v.write(F::GUEST_CR4, s.cr4_actual(p));
+    v.write(F::CR4_READ_SHADOW, s.cr4);
+    v.write(F::GUEST_IA32_EFER, s.efer);
+    if s.ia32e() {
+        v.set_bits(F::VM_ENTRY_CONTROLS, entry::IA32E_MODE_GUEST as u64);
+    } else {
+        v.clear_bits(F::VM_ENTRY_CONTROLS, entry::IA32E_MODE_GUEST as u64);
     }
 }
 
