@@ -13,7 +13,6 @@ use crate::guest_mem::walk::{self, Access, PagingRegs, WalkError};
 use crate::guest_mem::GuestMemory;
 use crate::regs::EFER_LMA;
 use crate::vmx::caps::{ept_vpid, misc, primary, secondary, Control};
-use crate::vmx::exit::reason;
 use crate::vmx::Field;
 
 const UD: u8 = 6;
@@ -522,24 +521,6 @@ fn field_operand(s: &L1State, gpr: &[u64; 16]) -> Option<u32> {
         return None;
     }
     Some(r as u32)
-}
-
-/// Exit reasons of the instructions handled here.
-pub fn is_vmx_instruction(r: u16) -> bool {
-    matches!(
-        r,
-        reason::VMCLEAR
-            | reason::VMLAUNCH
-            | reason::VMPTRLD
-            | reason::VMPTRST
-            | reason::VMREAD
-            | reason::VMRESUME
-            | reason::VMWRITE
-            | reason::VMXOFF
-            | reason::VMXON
-            | reason::INVEPT
-            | reason::INVVPID
-    )
 }
 
 #[cfg(test)]

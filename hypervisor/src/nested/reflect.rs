@@ -7,54 +7,9 @@ use super::guest_state::GUEST_STATE;
 use super::vmcs12::{slots, Slot, Vmcs12};
 use crate::guest_mem::GuestMemory;
 use crate::vmx::caps::{entry, exit, pin, primary, secondary};
-use crate::vmx::exit::{event_type, reason, CrAccess, InterruptionInfo, IoAccess};
+use crate::vmx::exit::{event_type, reason, CrAccess, ExitInfo, InterruptionInfo, IoAccess};
 use crate::vmx::guest_cr::{write_cr_state, CrPolicy, CrState};
 use crate::vmx::{Field as F, Vmcs};
-
-/// The exit-information fields of an exit, read once from VMCS02.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExitInfo {
-    pub reason: u32,
-    pub qualification: u64,
-    pub intr_info: u32,
-    pub intr_error: u32,
-    pub idt_info: u32,
-    pub idt_error: u32,
-    pub instr_len: u32,
-    pub instr_info: u32,
-    pub guest_linear: u64,
-    pub guest_physical: u64,
-    pub io_rcx: u64,
-    pub io_rsi: u64,
-    pub io_rdi: u64,
-    pub io_rip: u64,
-}
-
-impl ExitInfo {
-    pub fn read(v: &impl Vmcs) -> Self {
-        let r = |f| v.read(f);
-        ExitInfo {
-            reason: r(F::VM_EXIT_REASON) as u32,
-            qualification: r(F::EXIT_QUALIFICATION),
-            intr_info: r(F::VM_EXIT_INTR_INFO) as u32,
-            intr_error: r(F::VM_EXIT_INTR_ERROR_CODE) as u32,
-            idt_info: r(F::IDT_VECTORING_INFO_FIELD) as u32,
-            idt_error: r(F::IDT_VECTORING_ERROR_CODE) as u32,
-            instr_len: r(F::VM_EXIT_INSTRUCTION_LEN) as u32,
-            instr_info: r(F::VMX_INSTRUCTION_INFO) as u32,
-            guest_linear: r(F::GUEST_LINEAR_ADDRESS),
-            guest_physical: r(F::GUEST_PHYSICAL_ADDRESS),
-            io_rcx: r(F::IO_RCX),
-            io_rsi: r(F::IO_RSI),
-            io_rdi: r(F::IO_RDI),
-            io_rip: r(F::IO_RIP),
-        }
-    }
-
-    pub fn basic(&self) -> u16 {
-        self.reason as u16
-    }
-}
 
 fn bit_set<M: GuestMemory>(mem: &M, bitmap: u64, bit: u64) -> bool {
     let mut b = [0u8; 1];

@@ -12,13 +12,12 @@ use crate::guest_mem::GuestMemory;
 use crate::nested::caps::TERTIARY_IPI_VIRT;
 use crate::nested::ept12::L2View;
 use crate::nested::posted::{self, Ipi, Posted};
-use crate::nested::reflect::ExitInfo;
 use crate::nested::{Level, VmcsSet};
 use crate::regs::RFLAGS_IF;
 use crate::shadow::ioapic::{IOAPIC_BASE, IOWIN};
 use crate::shadow::PiRoute;
 use crate::vmx::caps::{pin, primary, secondary};
-use crate::vmx::exit::{reason, InterruptionInfo};
+use crate::vmx::exit::{reason, ExitInfo, InterruptionInfo};
 use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
 use crate::vmx::{Field as F, Vmcs};
 

@@ -10,10 +10,10 @@ use crate::guest_mem::{GuestMemory, MemError};
 use crate::nested::caps::NestedCaps;
 use crate::nested::ept12::{self, EptAccess};
 use crate::nested::operand::InstrInfo;
-use crate::nested::{reflect::ExitInfo, VmcsSet};
+use crate::nested::VmcsSet;
 use crate::regs::{EFER_LMA, RFLAGS_DF};
 use crate::shadow::is_com_port;
-use crate::vmx::exit::IoAccess;
+use crate::vmx::exit::{ExitInfo, IoAccess};
 use crate::vmx::inject::{inject_exception, skip_instruction};
 use crate::vmx::{Field as F, Vmcs};
 

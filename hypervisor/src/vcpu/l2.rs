@@ -12,10 +12,10 @@ use crate::nested::ept12::{self, Ept12Fault, EptAccess};
 use crate::nested::instr::{err, Outcome as Instr};
 use crate::nested::msr_lists::{self, Home};
 use crate::nested::prepare::{self, L0Part};
-use crate::nested::reflect::{self, ExitInfo};
+use crate::nested::reflect;
 use crate::nested::{ept02, Level, VmcsSet, VPID_UNTAGGED_L2};
 use crate::vmx::caps::{primary, secondary};
-use crate::vmx::exit::{reason, CrAccess, InterruptionInfo, IoAccess};
+use crate::vmx::exit::{reason, CrAccess, EptViolation, ExitInfo, InterruptionInfo, VmExit};
 use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
 
 use crate::regs::{CR0_PG, CR4_PAE, EFER_LMA};
@@ -82,6 +82,14 @@ const FROM_L1: [(u16, u64); 12] = {
     );
     t
 };
+
+/// Where an L2 exit goes once L0 has looked at it.
+enum L2Route {
+    /// L0 handled it; L2 goes on unless the outcome says otherwise.
+    Handled(Outcome),
+    /// L1 gets this exit (the hardware's, or one L0 synthesized).
+    Reflect(ExitInfo),
+}
 
 impl Vcpu {
     /// VMLAUNCH or VMRESUME by L1 (SDM 27.1-27.3).
@@ -515,143 +523,113 @@ impl Vcpu {
         self.load_l1_host(vs, p)
     }
 
-    /// Every exit while L2 runs.
+    /// Every exit while L2 runs, routed in KVM's order (nested.c): L0's own
+    /// business first, whatever L1 asked; then what L1's controls claim;
+    /// then what nobody claimed, which L0 carries out for L2 as the CPU
+    /// would have without L1's intercept. One epilogue for what L0 handled.
     pub(super) fn l2_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Outcome {
         let e = ExitInfo::read(vs.current());
-        if e.reason & (1 << 31) != 0 {
+        let gpr = &self.regs.gpr;
+        let exit = VmExit::decode(&e, gpr[GuestRegs::RAX], gpr[GuestRegs::RCX]);
+        if let VmExit::EntryFailed {
+            reason,
+            qualification,
+        } = exit
+        {
             // The hardware refused VMCS02's guest state although L0's checks
             // passed: L1 sees the failure its VMCS12 earned.
             log::warn!(
-                "hardware rejected VMCS02 (exit reason {:#x}, qualification {:#x}) that passed L0's checks",
-                e.reason,
-                e.qualification
+                "hardware rejected VMCS02 (exit reason {:#x}, qualification {qualification:#x}) that passed L0's checks",
+                e.reason
             );
             self.nested.vmx.vmcs12.launched = false;
             vs.select(Level::L1);
-            return self.entry_failure_exit(vs, p, e.reason & 0xffff, e.qualification);
+            return self.entry_failure_exit(vs, p, reason as u32, qualification);
         }
-        let basic = e.basic();
-        let l1_wants = match basic {
-            reason::EPT_VIOLATION => return self.l2_ept_violation(vs, p, &e),
-            reason::EPT_MISCONFIG => {
-                return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT02 (an L0 bug)"))
+        let route = match self.l0_wants_l2_exit(vs, p, exit, &e) {
+            Some(route) => route,
+            None if self.l1_wants_l2_exit(vs, p, exit, &e) => L2Route::Reflect(e),
+            None => self.l2_exit_unclaimed(vs, p, exit, &e),
+        };
+        match route {
+            L2Route::Reflect(info) => self.reflect(vs, p, &info),
+            L2Route::Handled(o) => self.after_l0_handled_l2_exit(vs, p, &e, o),
+        }
+    }
+
+    /// The L2 exits that are L0's whatever L1 asked (KVM's
+    /// nested_vmx_l0_wants_exit): EPT02, a user VM's serial ports, its
+    /// ultracalls and L0's CPUID leaf, L0's posted-interrupt notifications
+    /// and the IPIs L0 virtualizes.
+    fn l0_wants_l2_exit<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        exit: VmExit,
+        e: &ExitInfo,
+    ) -> Option<L2Route> {
+        let handled = match exit {
+            VmExit::EptViolation { access, gpa } => {
+                return Some(self.l2_ept_violation(vs, p, e, access, gpa));
             }
-            reason::IO_INSTRUCTION => {
-                let io = IoAccess::decode(e.qualification);
-                if self.shadow.intercept_com && super::com::touches_com(io.port, io.size) {
-                    // A user VM's serial ports are L0's, whatever L1 asked.
-                    self.nested.handled_in_l0 += 1;
-                    let o = self.l2_com_io(vs, p, &e, io);
-                    return self.after_l0_handled_l2_exit(vs, p, o);
-                }
-                if reflect::l1_wants_io(&self.nested.vmx.vmcs12, p.mem(), &io) {
-                    true
-                } else if io.port == SHUTDOWN_PORT {
-                    false
-                } else {
-                    // Neither asked: the port is L2's as L1 left it.
-                    self.nested.handled_in_l0 += 1;
-                    let o = self.l2_passthrough_io(vs, p, &e, io);
-                    return self.after_l0_handled_l2_exit(vs, p, o);
-                }
+            VmExit::EptMisconfig { .. } => {
+                Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT02 (an L0 bug)"))
             }
-            reason::CPUID
-                if ultracall_abi::cpuid::l0_answers_for_user_vms(
-                    self.regs.gpr[GuestRegs::RAX] as u32,
-                ) =>
+            VmExit::Io(io)
+                if self.shadow.intercept_com && super::com::touches_com(io.port, io.size) =>
             {
-                // L0's announcement: a user VM finds L0 with CPUID alone,
-                // whatever the guest hypervisor (docs/ultracall-abi.md §1).
-                self.nested.handled_in_l0 += 1;
+                self.l2_com_io(vs, p, e, io)
+            }
+            VmExit::Cpuid { leaf } if ultracall_abi::cpuid::l0_answers_for_user_vms(leaf) => {
+                // A user VM finds L0 with CPUID alone, whatever the guest
+                // hypervisor (docs/ultracall-abi.md §1).
                 self.cpuid(vs.current(), p);
-                return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
+                Outcome::Resume
             }
-            reason::VMCALL if self.is_ultracall() => {
-                // Ultracalls bypass the guest hypervisor.
-                self.nested.handled_in_l0 += 1;
+            VmExit::Vmcall if self.is_ultracall() => {
                 self.ultracall(vs, p, ultracall_abi::CallerLevel::L2);
-                return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
+                Outcome::Resume
             }
-            reason::PREEMPTION_TIMER
-                if !reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic) =>
-            {
-                // L0's own timer: serve the management line, L2 goes on.
-                self.nested.handled_in_l0 += 1;
-                self.poll_console(vs, p);
-                return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
-            }
-            reason::RDMSR | reason::WRMSR => {
-                let msr = self.regs.gpr[GuestRegs::RCX] as u32;
-                let write = basic == reason::WRMSR;
-                let l1 = reflect::l1_wants_msr(&self.nested.vmx.vmcs12, p.mem(), msr, write);
-                if !l1 && write && msr == super::apicv::X2APIC_ICR {
-                    if let Some(o) = self.l2_x2apic_icr(vs, p) {
-                        self.nested.handled_in_l0 += 1;
-                        return self.after_l0_handled_l2_exit(vs, p, o);
-                    }
+            VmExit::ExternalInterrupt { .. } => self.l2_notification(vs, p, e)?,
+            VmExit::ApicWrite { .. } => self.l2_apic_write(vs, p, e)?,
+            VmExit::TripleFault => {
+                // L2 resets: the IOAPIC it programmed is gone with it. L1
+                // still gets the exit.
+                if let Some(vm) = self.current_l2_vm() {
+                    self.shadow.ioapic_reset(vm);
                 }
-                if !l1
-                    && write
-                    && matches!(
-                        msr,
-                        super::apicv::X2APIC_TPR | super::apicv::X2APIC_SELF_IPI
-                    )
-                {
-                    if let Some(o) = self.l2_x2apic_virtual_write(vs, p, msr) {
-                        self.nested.handled_in_l0 += 1;
-                        return self.after_l0_handled_l2_exit(vs, p, o);
-                    }
-                }
-                l1
+                return None;
             }
-            reason::VIRTUALIZED_EOI => {
+            _ => return None,
+        };
+        Some(L2Route::Handled(handled))
+    }
+
+    /// Whether L1's controls, bitmaps and masks claim this exit (KVM's
+    /// nested_vmx_l1_wants_exit).
+    fn l1_wants_l2_exit<S: VmcsSet, P: Platform>(
+        &self,
+        vs: &mut S,
+        p: &mut P,
+        exit: VmExit,
+        e: &ExitInfo,
+    ) -> bool {
+        let v12 = &self.nested.vmx.vmcs12;
+        match exit {
+            VmExit::Io(io) => reflect::l1_wants_io(v12, p.mem(), &io),
+            VmExit::Msr { index, write } => reflect::l1_wants_msr(v12, p.mem(), index, write),
+            VmExit::VirtualizedEoi { vector } => {
                 // VMCS02 makes every EOI exit (prepare.rs); L1 gets those
-                // its EOI-exit bitmap names. The EOI itself is done (SDM
-                // 30.1.4); the evaluation it skipped is before_l2_entry's.
-                let vector = e.qualification & 0xff;
+                // its EOI-exit bitmap names.
                 let bitmap = [
                     F::EOI_EXIT_BITMAP0,
                     F::EOI_EXIT_BITMAP1,
                     F::EOI_EXIT_BITMAP2,
                     F::EOI_EXIT_BITMAP3,
                 ][vector as usize / 64];
-                if self.nested.vmx.vmcs12.get(bitmap) & 1 << (vector % 64) == 0 {
-                    self.nested.handled_in_l0 += 1;
-                    return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
-                }
-                true
+                v12.get(bitmap) & 1 << (vector % 64) != 0
             }
-            reason::EXTERNAL_INTERRUPT => {
-                if let Some(o) = self.l2_notification(vs, p, &e) {
-                    self.nested.handled_in_l0 += 1;
-                    return self.after_l0_handled_l2_exit(vs, p, o);
-                }
-                reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic)
-            }
-            reason::INTERRUPT_WINDOW
-                if !reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic) =>
-            {
-                // L0's own window: the virtual interrupt it waited to
-                // deliver goes in at the next entry (before_l2_entry).
-                self.set_window02(vs.current(), false);
-                self.nested.handled_in_l0 += 1;
-                return self.after_l0_handled_l2_exit(vs, p, Outcome::Resume);
-            }
-            reason::APIC_WRITE => {
-                if let Some(o) = self.l2_apic_write(vs, p, &e) {
-                    return o;
-                }
-                reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic)
-            }
-            reason::TRIPLE_FAULT => {
-                // L2 resets: the IOAPIC it programmed is gone with it.
-                if let Some(vm) = self.current_l2_vm() {
-                    self.shadow.ioapic_reset(vm);
-                }
-                true
-            }
-            reason::CR_ACCESS => {
-                let access = CrAccess::decode(e.qualification);
+            VmExit::Cr(access) => {
                 let value = match access {
                     CrAccess::MovToCr { gpr, .. } if gpr as usize == GuestRegs::RSP => {
                         vs.current().read(F::GUEST_RSP)
@@ -659,60 +637,101 @@ impl Vcpu {
                     CrAccess::MovToCr { gpr, .. } => self.regs.gpr[gpr as usize],
                     _ => 0,
                 };
-                if !reflect::l1_wants_cr(&self.nested.vmx.vmcs12, access, value) {
-                    // Only a bit VMX fixes to 1 that L1 does not mask can
-                    // make this exit: L2 tried to clear it, as hardware would
-                    // refuse with #GP.
-                    self.nested.handled_in_l0 += 1;
-                    inject_exception(vs.current(), GP, Some(0));
-                    return Outcome::Resume;
-                }
-                true
+                reflect::l1_wants_cr(v12, access, value)
             }
-            reason::EXCEPTION_NMI => reflect::l1_wants_exception(
-                &self.nested.vmx.vmcs12,
-                InterruptionInfo(e.intr_info),
-                e.intr_error,
-            ),
-            _ => reflect::l1_wants_by_controls(&self.nested.vmx.vmcs12, basic),
-        };
-        if l1_wants {
-            return self.reflect(vs, p, &e);
+            VmExit::Exception { info, error_code } => {
+                reflect::l1_wants_exception(v12, info, error_code)
+            }
+            _ => reflect::l1_wants_by_controls(v12, e.basic()),
         }
-        self.nested.handled_in_l0 += 1;
-        // L0's own business with L2: its ports and emulated MSRs, as for L1.
-        let outcome = match basic {
-            reason::IO_INSTRUCTION => {
-                self.io(vs.current(), p, crate::vmx::exit::ExitReason(e.reason))
+    }
+
+    /// An L2 exit neither L0 nor L1 claimed: VMCS02 exits where L1's VMCS12
+    /// would not have, and L0 does what the CPU would have done for L2.
+    fn l2_exit_unclaimed<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        exit: VmExit,
+        e: &ExitInfo,
+    ) -> L2Route {
+        use super::apicv::{X2APIC_ICR, X2APIC_SELF_IPI, X2APIC_TPR};
+        let o = match exit {
+            // L0's own port, unless L1 asked for it.
+            VmExit::Io(io) if io.port == SHUTDOWN_PORT => self.io(vs.current(), p, io),
+            // The port is L2's as L1 left it.
+            VmExit::Io(io) => self.l2_passthrough_io(vs, p, e, io),
+            VmExit::Msr {
+                index: X2APIC_ICR,
+                write: true,
+            } => match self.l2_x2apic_icr(vs, p) {
+                Some(o) => o,
+                None => self.l2_msr(vs, p, X2APIC_ICR, true),
+            },
+            VmExit::Msr {
+                index: msr @ (X2APIC_TPR | X2APIC_SELF_IPI),
+                write: true,
+            } => match self.l2_x2apic_virtual_write(vs, p, msr) {
+                Some(o) => o,
+                None => self.l2_msr(vs, p, msr, true),
+            },
+            // L0's emulated MSRs, as for L1.
+            VmExit::Msr { index, write } => self.l2_msr(vs, p, index, write),
+            VmExit::PreemptionTimer => {
+                // L0's own timer: serve the management line, L2 goes on.
+                self.poll_console(vs, p);
+                Outcome::Resume
             }
-            reason::RDMSR | reason::WRMSR => self.l2_msr(vs, p, basic == reason::WRMSR),
-            reason::EXCEPTION_NMI => {
+            VmExit::InterruptWindow => {
+                // L0's own window: the virtual interrupt it waited to
+                // deliver goes in at the next entry (before_l2_entry).
+                self.set_window02(vs.current(), false);
+                Outcome::Resume
+            }
+            // The EOI itself is done (SDM 30.1.4); the evaluation it
+            // skipped is before_l2_entry's.
+            VmExit::VirtualizedEoi { .. } => Outcome::Resume,
+            VmExit::Cr(_) => {
+                // Only a bit VMX fixes to 1 that L1 does not mask can make
+                // this exit: L2 tried to clear it, as hardware would refuse
+                // with #GP.
+                inject_exception(vs.current(), GP, Some(0));
+                Outcome::Resume
+            }
+            VmExit::Exception { .. } => {
                 // Exception bitmap02 is L1's: L1 always wants these.
                 Outcome::Stop(Stop::Internal("an L2 exception exit L1 did not ask for"))
             }
             _ => {
+                let basic = e.basic();
                 log::warn!(
                     "L2 exit {} ({}) that L1 did not ask for: reflected anyway",
                     basic,
                     crate::vmx::exit::reason_name(basic)
                 );
-                return self.reflect(vs, p, &e);
+                return L2Route::Reflect(*e);
             }
         };
-        reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
-        self.after_l0_handled_l2_exit(vs, p, outcome)
+        L2Route::Handled(o)
     }
 
-    /// After L0 handled an L2 exit itself: if a relay interrupt is owed and
+    /// After L0 handled an L2 exit itself: the interrupted event goes back
+    /// in, and if a relay interrupt is owed and
     /// L1 takes external interrupts while L2 runs, L1 gets that exit now,
     /// as a device interrupt for L1 would cause (SDM 26.2, 28.2.2).
     fn after_l0_handled_l2_exit<S: VmcsSet, P: Platform>(
         &mut self,
         vs: &mut S,
         p: &mut P,
+        e: &ExitInfo,
         o: Outcome,
     ) -> Outcome {
         use crate::vmx::caps::{exit, pin};
+        self.nested.handled_in_l0 += 1;
+        if self.nested.in_l2 {
+            // An event whose delivery the exit interrupted is delivered now.
+            reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
+        }
         if o != Outcome::Resume || !self.nested.in_l2 || !self.shadow.irq_pending() {
             return o;
         }
@@ -750,13 +769,18 @@ impl Vcpu {
 
     /// RDMSR/WRMSR of L2 that L1 let through: L0's emulated MSRs as L1
     /// sees them, VMCS02's guest fields for MSRs it switches, else the CPU.
-    fn l2_msr<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P, write: bool) -> Outcome {
-        let msr = self.regs.gpr[GuestRegs::RCX] as u32;
+    fn l2_msr<S: VmcsSet, P: Platform>(
+        &mut self,
+        vs: &mut S,
+        p: &mut P,
+        msr: u32,
+        write: bool,
+    ) -> Outcome {
         if super::msr::emulated_by_l0(msr) {
             if write {
-                self.wrmsr(vs.current())
+                self.wrmsr(vs.current(), msr)
             } else {
-                self.rdmsr(vs.current())
+                self.rdmsr(vs.current(), msr)
             }
             return Outcome::Resume;
         }
@@ -800,13 +824,12 @@ impl Vcpu {
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
-    ) -> Outcome {
+        violation: EptViolation,
+        gpa: u64,
+    ) -> L2Route {
         if self.nested.vmx.vmcs12.secondary_controls() & secondary::ENABLE_EPT == 0 {
             // EPT02 is EPT01: L2 touched what L1 itself cannot.
-            self.nested.handled_in_l0 += 1;
-            let o = self.ept_violation(vs.current(), p);
-            reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
-            return o;
+            return L2Route::Handled(self.ept_violation(vs.current(), p, violation, gpa));
         }
         let eptp12 = self.nested.vmx.vmcs12.get(F::EPT_POINTER);
         let access = EptAccess(e.qualification & 7);
@@ -829,37 +852,35 @@ impl Vcpu {
                         qualification: 0,
                         ..*e
                     };
-                    return self.reflect(vs, p, &m);
+                    return L2Route::Reflect(m);
                 }
                 let uncached = !p.mem().is_ram(page1, 4096);
                 let root02 = vs.current().read(F::EPT_POINTER) & crate::mm::paging::ADDR_MASK;
                 let entry =
                     ept02::leaf(page1, leaf.perms, leaf.mem_type, leaf.ignore_pat, uncached);
-                if ept02::set_leaf(p.tables(), root02, e.guest_physical & !0xfff, entry).is_err() {
-                    return Outcome::Stop(Stop::Internal("out of memory for EPT02 tables"));
-                }
-                self.nested.handled_in_l0 += 1;
-                reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
-                Outcome::Resume
+                L2Route::Handled(
+                    match ept02::set_leaf(p.tables(), root02, e.guest_physical & !0xfff, entry) {
+                        Ok(()) => Outcome::Resume,
+                        Err(_) => Outcome::Stop(Stop::Internal("out of memory for EPT02 tables")),
+                    },
+                )
             }
             Err(Ept12Fault::Violation { allowed }) => {
                 self.watch_ioapic(vs, p, e);
                 let q = (e.qualification & !0x38) | allowed << 3;
-                let r = ExitInfo {
+                L2Route::Reflect(ExitInfo {
                     qualification: q,
                     ..*e
-                };
-                self.reflect(vs, p, &r)
+                })
             }
             Err(Ept12Fault::Misconfig | Ept12Fault::TableNotRam) => {
                 // KVM marks MMIO pages with misconfigured entries.
                 self.watch_ioapic(vs, p, e);
-                let m = ExitInfo {
+                L2Route::Reflect(ExitInfo {
                     reason: reason::EPT_MISCONFIG as u32,
                     qualification: 0,
                     ..*e
-                };
-                self.reflect(vs, p, &m)
+                })
             }
         }
     }

@@ -13,7 +13,8 @@ use crate::mm::paging::TableMemory;
 use crate::nested::{Nested, VmcsSet};
 use crate::vmx::caps::VmxCaps;
 use crate::vmx::exit::{
-    event_type, reason, reason_name, CrAccess, EptViolation, ExitReason, InterruptionInfo, IoAccess,
+    event_type, reason, reason_name, CrAccess, EptViolation, ExitInfo, ExitReason,
+    InterruptionInfo, IoAccess, VmExit,
 };
 use crate::vmx::{caps, Field as F, Vmcs};
 
@@ -335,48 +336,47 @@ impl Vcpu {
         if self.nested.in_l2 {
             return self.l2_exit(vs, p);
         }
-        if r.entry_failed() {
-            return Outcome::Stop(Stop::EntryFailure(r));
-        }
-        if crate::nested::instr::is_vmx_instruction(r.basic()) && self.cpuid.vmx {
-            return self.l1_vmx_instruction(vs, p, r.basic());
-        }
-        if r.basic() == reason::PREEMPTION_TIMER {
-            self.poll_console(vs, p);
-            return Outcome::Resume;
-        }
+        let e = ExitInfo::read(vs.current());
+        let exit = VmExit::decode(
+            &e,
+            self.regs.gpr[GuestRegs::RAX],
+            self.regs.gpr[GuestRegs::RCX],
+        );
         let v = vs.current();
-        match r.basic() {
-            reason::CPUID => self.cpuid(v, p),
-            reason::IO_INSTRUCTION => return self.io(v, p, r),
-            reason::RDMSR => self.rdmsr(v),
-            reason::WRMSR => self.wrmsr(v),
-            reason::CR_ACCESS => return self.cr_access(v, p, r),
-            reason::XSETBV => self.xsetbv(v, p),
-            reason::INVD => {
+        match exit {
+            VmExit::EntryFailed { .. } => return Outcome::Stop(Stop::EntryFailure(r)),
+            VmExit::VmxInstruction(basic) if self.cpuid.vmx => {
+                return self.l1_vmx_instruction(vs, p, basic)
+            }
+            VmExit::PreemptionTimer => self.poll_console(vs, p),
+            VmExit::Cpuid { .. } => self.cpuid(v, p),
+            VmExit::Io(io) => return self.io(v, p, io),
+            VmExit::Msr {
+                index,
+                write: false,
+            } => self.rdmsr(v, index),
+            VmExit::Msr { index, write: true } => self.wrmsr(v, index),
+            VmExit::Cr(access) => return self.cr_access(v, p, access),
+            VmExit::Xsetbv => self.xsetbv(v, p),
+            VmExit::Invd => {
                 // Dropping dirty lines could lose L0's data: write them back.
                 p.wbinvd();
                 skip_instruction(v);
             }
-            reason::HLT => {
+            VmExit::Hlt => {
                 skip_instruction(v);
                 v.write(F::GUEST_ACTIVITY_STATE, ACTIVITY_HLT);
             }
-            reason::EPT_VIOLATION => {
-                let o = self.ept_violation(v, p);
-                let (info, err, len) = (
-                    v.read(F::IDT_VECTORING_INFO_FIELD),
-                    v.read(F::IDT_VECTORING_ERROR_CODE),
-                    v.read(F::VM_EXIT_INSTRUCTION_LEN),
-                );
-                reinject_interrupted_event(v, info as u32, err as u32, len as u32);
+            VmExit::EptViolation { access, gpa } => {
+                let o = self.ept_violation(v, p, access, gpa);
+                reinject_interrupted_event(v, e.idt_info, e.idt_error, e.instr_len);
                 return o;
             }
-            reason::TRIPLE_FAULT => return Outcome::Stop(Stop::TripleFault),
-            reason::VMCALL if self.is_ultracall() => {
+            VmExit::TripleFault => return Outcome::Stop(Stop::TripleFault),
+            VmExit::Vmcall if self.is_ultracall() => {
                 self.ultracall(vs, p, ultracall_abi::CallerLevel::L1)
             }
-            reason::INTERRUPT_WINDOW => {
+            VmExit::InterruptWindow => {
                 // Opened for the relay interrupt, delivered before the entry.
                 v.clear_bits(
                     F::CPU_BASED_VM_EXEC_CONTROL,
@@ -386,21 +386,10 @@ impl Vcpu {
             }
             // VMX when not offered, SMX, VMFUNC, and VMCALL without an
             // ultracall: #UD, as on a CPU without them.
-            reason::VMCALL
-            | reason::VMCLEAR
-            | reason::VMLAUNCH
-            | reason::VMPTRLD
-            | reason::VMPTRST
-            | reason::VMREAD
-            | reason::VMRESUME
-            | reason::VMWRITE
-            | reason::VMXOFF
-            | reason::VMXON
-            | reason::INVEPT
-            | reason::INVVPID
-            | reason::VMFUNC
-            | reason::GETSEC => inject_exception(v, UD, None),
-            reason::EPT_MISCONFIG => {
+            VmExit::Vmcall
+            | VmExit::VmxInstruction(_)
+            | VmExit::Other(reason::VMFUNC | reason::GETSEC) => inject_exception(v, UD, None),
+            VmExit::EptMisconfig { .. } => {
                 return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT01 (an L0 bug)"))
             }
             _ => return Outcome::Stop(Stop::Unexpected(r)),
@@ -586,8 +575,7 @@ impl Vcpu {
         })
     }
 
-    fn io<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P, r: ExitReason) -> Outcome {
-        let io = IoAccess::decode(v.read(F::EXIT_QUALIFICATION));
+    fn io<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P, io: IoAccess) -> Outcome {
         let mask = (1u64 << (8 * io.size as u32)) - 1;
         if io.string {
             // String I/O to L0's ports: no effect (documented in docs/).
@@ -613,6 +601,7 @@ impl Vcpu {
                 }
             }
         } else {
+            let r = ExitReason(reason::IO_INSTRUCTION as u32);
             return Outcome::Stop(Stop::Unexpected(r));
         }
         skip_instruction(v);
@@ -657,8 +646,7 @@ impl Vcpu {
         }
     }
 
-    fn rdmsr<V: Vmcs>(&mut self, v: &mut V) {
-        let m = self.regs.gpr[GuestRegs::RCX] as u32;
+    fn rdmsr<V: Vmcs>(&mut self, v: &mut V, m: u32) {
         match self.read_l0_msr(m) {
             Ok(value) => {
                 self.set_edx_eax(value);
@@ -668,8 +656,7 @@ impl Vcpu {
         }
     }
 
-    fn wrmsr<V: Vmcs>(&mut self, v: &mut V) {
-        let m = self.regs.gpr[GuestRegs::RCX] as u32;
+    fn wrmsr<V: Vmcs>(&mut self, v: &mut V, m: u32) {
         match msr::write(m, self.edx_eax(), &mut self.mtrr) {
             Ok(msr::WriteOutcome::Done) => skip_instruction(v),
             Ok(msr::WriteOutcome::Ignored) => {
@@ -680,7 +667,12 @@ impl Vcpu {
         }
     }
 
-    fn cr_access<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P, r: ExitReason) -> Outcome {
+    fn cr_access<V: Vmcs, P: Platform>(
+        &mut self,
+        v: &mut V,
+        p: &mut P,
+        access: CrAccess,
+    ) -> Outcome {
         let mut s = read_cr_state(v);
         // Outside 64-bit code MOV CR uses 32-bit operands.
         let width = if s.ia32e() && s.cs_long {
@@ -688,7 +680,7 @@ impl Vcpu {
         } else {
             0xffff_ffff
         };
-        let result = match CrAccess::decode(v.read(F::EXIT_QUALIFICATION)) {
+        let result = match access {
             CrAccess::MovToCr { cr: 0, gpr } => cr::write_cr0(&mut s, self.gpr(v, gpr) & width),
             CrAccess::MovToCr { cr: 3, gpr } => {
                 cr::write_cr3(&mut s, self.gpr(v, gpr) & width, self.maxphyaddr)
@@ -711,7 +703,10 @@ impl Vcpu {
                 let value = (s.cr0 & !0xe) | (source as u64 & 0xf);
                 cr::write_cr0(&mut s, value)
             }
-            _ => return Outcome::Stop(Stop::Unexpected(r)),
+            _ => {
+                let r = ExitReason(reason::CR_ACCESS as u32);
+                return Outcome::Stop(Stop::Unexpected(r));
+            }
         };
         let effects = match result {
             Ok(e) => e,
@@ -770,9 +765,13 @@ impl Vcpu {
         skip_instruction(v);
     }
 
-    fn ept_violation<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P) -> Outcome {
-        let gpa = v.read(F::GUEST_PHYSICAL_ADDRESS);
-        let q = EptViolation::decode(v.read(F::EXIT_QUALIFICATION));
+    fn ept_violation<V: Vmcs, P: Platform>(
+        &mut self,
+        v: &mut V,
+        p: &mut P,
+        q: EptViolation,
+        gpa: u64,
+    ) -> Outcome {
         if q.allowed != 0 {
             // Everything EPT01 maps allows everything: L0 bug.
             return Outcome::Stop(Stop::Internal("EPT violation on a present EPT01 entry"));

@@ -1,6 +1,8 @@
 //! VM-exit reasons and exit-qualification formats (SDM Vol. 3C, chapter 28
 //! and Appendix C), decoded by pure functions.
 
+use super::{Field as F, Vmcs};
+
 /// Basic exit reasons (SDM Vol. 3D, Appendix C).
 pub mod reason {
     pub const EXCEPTION_NMI: u16 = 0;
@@ -233,6 +235,174 @@ impl EptViolation {
     }
 }
 
+/// The exit-information fields of an exit, read once from the VMCS that
+/// exited (SDM Vol. 3C 25.9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub reason: u32,
+    pub qualification: u64,
+    pub intr_info: u32,
+    pub intr_error: u32,
+    pub idt_info: u32,
+    pub idt_error: u32,
+    pub instr_len: u32,
+    pub instr_info: u32,
+    pub guest_linear: u64,
+    pub guest_physical: u64,
+    pub io_rcx: u64,
+    pub io_rsi: u64,
+    pub io_rdi: u64,
+    pub io_rip: u64,
+}
+
+impl ExitInfo {
+    pub fn read(v: &impl Vmcs) -> Self {
+        let r = |f| v.read(f);
+        ExitInfo {
+            reason: r(F::VM_EXIT_REASON) as u32,
+            qualification: r(F::EXIT_QUALIFICATION),
+            intr_info: r(F::VM_EXIT_INTR_INFO) as u32,
+            intr_error: r(F::VM_EXIT_INTR_ERROR_CODE) as u32,
+            idt_info: r(F::IDT_VECTORING_INFO_FIELD) as u32,
+            idt_error: r(F::IDT_VECTORING_ERROR_CODE) as u32,
+            instr_len: r(F::VM_EXIT_INSTRUCTION_LEN) as u32,
+            instr_info: r(F::VMX_INSTRUCTION_INFO) as u32,
+            guest_linear: r(F::GUEST_LINEAR_ADDRESS),
+            guest_physical: r(F::GUEST_PHYSICAL_ADDRESS),
+            io_rcx: r(F::IO_RCX),
+            io_rsi: r(F::IO_RSI),
+            io_rdi: r(F::IO_RDI),
+            io_rip: r(F::IO_RIP),
+        }
+    }
+
+    pub fn basic(&self) -> u16 {
+        self.reason as u16
+    }
+}
+
+/// The VMX instructions (the exits L0 emulates for L1, or refuses with #UD
+/// when it does not offer VMX).
+pub const VMX_INSTRUCTIONS: [u16; 11] = [
+    reason::VMCLEAR,
+    reason::VMLAUNCH,
+    reason::VMPTRLD,
+    reason::VMPTRST,
+    reason::VMREAD,
+    reason::VMRESUME,
+    reason::VMWRITE,
+    reason::VMXOFF,
+    reason::VMXON,
+    reason::INVEPT,
+    reason::INVVPID,
+];
+
+/// One exit, decoded once: what L0's routing and handlers look at, with
+/// the qualification and the registers it names already read. Reasons
+/// L0 has no handler of its own for are `Other`: L1 gets them by its
+/// controls, and from L1 itself they are unexpected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    /// Bit 31 of the reason: the VM entry failed.
+    EntryFailed {
+        reason: u16,
+        qualification: u64,
+    },
+    Exception {
+        info: InterruptionInfo,
+        error_code: u32,
+    },
+    ExternalInterrupt {
+        info: InterruptionInfo,
+    },
+    TripleFault,
+    InterruptWindow,
+    /// CPUID with EAX = `leaf`.
+    Cpuid {
+        leaf: u32,
+    },
+    Hlt,
+    Invd,
+    Vmcall,
+    /// One of [`VMX_INSTRUCTIONS`].
+    VmxInstruction(u16),
+    Cr(CrAccess),
+    Io(IoAccess),
+    /// RDMSR or WRMSR of MSR `index` (ECX).
+    Msr {
+        index: u32,
+        write: bool,
+    },
+    Xsetbv,
+    EptViolation {
+        access: EptViolation,
+        gpa: u64,
+    },
+    EptMisconfig {
+        gpa: u64,
+    },
+    PreemptionTimer,
+    /// A trap-like APIC write at this offset of the virtual-APIC page.
+    ApicWrite {
+        offset: u16,
+    },
+    VirtualizedEoi {
+        vector: u8,
+    },
+    Other(u16),
+}
+
+impl VmExit {
+    /// Decodes `e`; `rax` and `rcx` are the guest's at the exit (CPUID's
+    /// leaf, the MSR index).
+    pub fn decode(e: &ExitInfo, rax: u64, rcx: u64) -> VmExit {
+        let r = ExitReason(e.reason);
+        if r.entry_failed() {
+            return VmExit::EntryFailed {
+                reason: r.basic(),
+                qualification: e.qualification,
+            };
+        }
+        let q = e.qualification;
+        match r.basic() {
+            reason::EXCEPTION_NMI => VmExit::Exception {
+                info: InterruptionInfo(e.intr_info),
+                error_code: e.intr_error,
+            },
+            reason::EXTERNAL_INTERRUPT => VmExit::ExternalInterrupt {
+                info: InterruptionInfo(e.intr_info),
+            },
+            reason::TRIPLE_FAULT => VmExit::TripleFault,
+            reason::INTERRUPT_WINDOW => VmExit::InterruptWindow,
+            reason::CPUID => VmExit::Cpuid { leaf: rax as u32 },
+            reason::HLT => VmExit::Hlt,
+            reason::INVD => VmExit::Invd,
+            reason::VMCALL => VmExit::Vmcall,
+            b if VMX_INSTRUCTIONS.contains(&b) => VmExit::VmxInstruction(b),
+            reason::CR_ACCESS => VmExit::Cr(CrAccess::decode(q)),
+            reason::IO_INSTRUCTION => VmExit::Io(IoAccess::decode(q)),
+            reason::RDMSR | reason::WRMSR => VmExit::Msr {
+                index: rcx as u32,
+                write: r.basic() == reason::WRMSR,
+            },
+            reason::XSETBV => VmExit::Xsetbv,
+            reason::EPT_VIOLATION => VmExit::EptViolation {
+                access: EptViolation::decode(q),
+                gpa: e.guest_physical,
+            },
+            reason::EPT_MISCONFIG => VmExit::EptMisconfig {
+                gpa: e.guest_physical,
+            },
+            reason::PREEMPTION_TIMER => VmExit::PreemptionTimer,
+            reason::APIC_WRITE => VmExit::ApicWrite {
+                offset: (q & 0xfff) as u16,
+            },
+            reason::VIRTUALIZED_EOI => VmExit::VirtualizedEoi { vector: q as u8 },
+            other => VmExit::Other(other),
+        }
+    }
+}
+
 /// Interruption-information format shared by the exit, IDT-vectoring and
 /// entry fields (SDM 25.8.3, 25.9.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,6 +466,76 @@ mod tests {
         );
         assert!(!ExitReason(10).entry_failed());
         assert_eq!(reason_name(200), "unknown");
+    }
+
+    #[test]
+    fn exits_decode_once_with_their_operands() {
+        let at = |reason: u16, qualification: u64| ExitInfo {
+            reason: reason as u32,
+            qualification,
+            guest_physical: 0x1234_5000,
+            intr_info: 0x8000_0b0e,
+            intr_error: 6,
+            ..Default::default()
+        };
+        let d = |e: ExitInfo| VmExit::decode(&e, 0x4000_0000, 0xc000_0080);
+        assert_eq!(
+            d(ExitInfo {
+                reason: 0x8000_0021,
+                qualification: 3,
+                ..Default::default()
+            }),
+            VmExit::EntryFailed {
+                reason: reason::INVALID_GUEST_STATE,
+                qualification: 3
+            }
+        );
+        assert_eq!(d(at(reason::CPUID, 0)), VmExit::Cpuid { leaf: 0x4000_0000 });
+        assert_eq!(
+            d(at(reason::WRMSR, 0)),
+            VmExit::Msr {
+                index: 0xc000_0080,
+                write: true
+            }
+        );
+        assert_eq!(
+            d(at(reason::RDMSR, 0)),
+            VmExit::Msr {
+                index: 0xc000_0080,
+                write: false
+            }
+        );
+        for r in VMX_INSTRUCTIONS {
+            assert_eq!(d(at(r, 0)), VmExit::VmxInstruction(r));
+        }
+        assert_eq!(
+            d(at(reason::IO_INSTRUCTION, 0x03f8_0008)),
+            VmExit::Io(IoAccess::decode(0x03f8_0008))
+        );
+        assert_eq!(
+            d(at(reason::EPT_VIOLATION, 0x182)),
+            VmExit::EptViolation {
+                access: EptViolation::decode(0x182),
+                gpa: 0x1234_5000
+            }
+        );
+        assert_eq!(
+            d(at(reason::EXCEPTION_NMI, 0)),
+            VmExit::Exception {
+                info: InterruptionInfo(0x8000_0b0e),
+                error_code: 6
+            }
+        );
+        assert_eq!(
+            d(at(reason::APIC_WRITE, 0x1300)),
+            VmExit::ApicWrite { offset: 0x300 }
+        );
+        assert_eq!(
+            d(at(reason::VIRTUALIZED_EOI, 0x41)),
+            VmExit::VirtualizedEoi { vector: 0x41 }
+        );
+        assert_eq!(d(at(reason::RDTSC, 0)), VmExit::Other(reason::RDTSC));
+        assert_eq!(d(at(200, 0)), VmExit::Other(200));
     }
 
     #[test]
