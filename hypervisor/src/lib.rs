@@ -12,6 +12,7 @@ pub mod arch;
 pub mod config;
 pub mod guest_mem;
 pub mod logger;
+pub mod machine;
 pub mod mm;
 pub mod nested;
 pub mod regs;

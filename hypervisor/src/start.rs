@@ -19,6 +19,9 @@ use crate::arch::vmx::CurrentVmcs;
 use crate::config::{self, ModuleRole, SerialChoice};
 use crate::guest_mem::{GuestMemory, L1Ram};
 use crate::logger;
+use crate::machine::ept01::Ept01;
+use crate::machine::shutdown::{ShutdownWatch, SHUTDOWN_PORT};
+use crate::machine::Machine;
 use crate::mm::frames::{FrameAllocator, FRAME};
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
 use crate::mm::paging::{self, Ia32e, PageAttr, PageSize, TableMemory};
@@ -27,10 +30,7 @@ use crate::regs::{
     CR0_EM, CR0_MP, CR0_TS, CR0_WP, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_VMXE, EFER_NXE,
     IA32_EFER,
 };
-use crate::vcpu::{
-    self, cpuid::CpuidContext, msr, report, setup, ExitStats, Outcome, Platform, ShutdownWatch,
-    Vcpu,
-};
+use crate::vcpu::{cpuid::CpuidContext, msr, report, setup, ExitStats, Outcome, Platform, Vcpu};
 use crate::vmx::caps::{self, VmxCaps};
 use crate::vmx::exit::{event_type, InterruptionInfo};
 use crate::vmx::requirements;
@@ -588,7 +588,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             warn!("TSC: the PIT did not answer; the cloud VM gets the CPU's own CPUID 0x15/0x16")
         }
     }
-    let mut vcpu = build_l1(
+    let (mut vcpu, mut machine) = build_l1(
         &fw,
         pool,
         &firmware_map,
@@ -599,11 +599,11 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         &cpu,
         &mut hw,
     );
-    vcpu.shadow.intercept_com = cfg.shadow;
+    machine.shadow.intercept_com = cfg.shadow;
     if !cfg.shadow {
         warn!("shadow=off: user VMs' COM ports go to the guest hypervisor (a baseline for measurements, not the product)");
     }
-    run_l1(&mut vcpu, &mut hw)
+    run_l1(&mut vcpu, &mut machine, &mut hw)
 }
 
 /// A boot-information error before the log exists: straight to COM2.
@@ -794,7 +794,7 @@ fn build_l1(
     vcaps: &VmxCaps,
     cpu: &CpuFeatures,
     hw: &mut Hardware,
-) -> Vcpu {
+) -> (Vcpu, Machine) {
     // Which module is what.
     let mut kernel: Option<(&Module, &str, KernelKind)> = None;
     let mut initrd: Option<&Module> = None;
@@ -908,7 +908,7 @@ fn build_l1(
     // SAFETY: a fresh pool frame: all ones, like reads of absent memory.
     unsafe { core::ptr::write_bytes(sink as *mut u8, 0xff, FRAME as usize) };
     let max = requirements::ept_page_size(vcaps, cpu.gib_pages);
-    let ept01 = vcpu::ept01::Ept01::build(&mut hw.tables, &regions, l0, fw.ept_limit(), sink, max)
+    let ept01 = Ept01::build(&mut hw.tables, &regions, l0, fw.ept_limit(), sink, max)
         .unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
 
     info!(
@@ -927,7 +927,7 @@ fn build_l1(
             io.intercept(p);
         }
     }
-    io.intercept(vcpu::SHUTDOWN_PORT);
+    io.intercept(SHUTDOWN_PORT);
     let io_pages = alloc_frames(2, "I/O bitmaps");
     let msr_page = alloc_frames(1, "MSR bitmap");
     // VMCS02's bitmaps: L0's ports for L2 (the same as for L1), all ones,
@@ -1048,7 +1048,7 @@ fn build_l1(
         }
     );
     use caps::secondary as s;
-    Vcpu {
+    let vcpu = Vcpu {
         regs,
         launched: false,
         policy,
@@ -1063,9 +1063,6 @@ fn build_l1(
         mtrr,
         vpid: if vpid { L1_VPID } else { 0 },
         maxphyaddr: cpu.maxphyaddr,
-        ept: ept01,
-        mgmt_port,
-        shutdown: ShutdownWatch::default(),
         stats: ExitStats::default(),
         l2_stats: ExitStats::default(),
         last_l0_touch: "",
@@ -1077,11 +1074,17 @@ fn build_l1(
             ..Nested::new(ncaps, cpu.maxphyaddr, nested_pages, l0_frames)
         },
         vmcs_phys: [vmcs, vmcs02, shadow],
-        shadow: crate::shadow::Shadow::new(key.map(sealing_key), hw_random),
         l0_timer,
         poll_ticks,
         window_requested: false,
-    }
+    };
+    let machine = Machine {
+        ept: ept01,
+        shadow: crate::shadow::Shadow::new(key.map(sealing_key), hw_random),
+        mgmt_port,
+        shutdown: ShutdownWatch::default(),
+    };
+    (vcpu, machine)
 }
 
 /// TSC ticks between L0's visits to the management line while a guest
@@ -1116,11 +1119,11 @@ fn l2_io_bitmap() -> msr::IoBitmaps {
             io.intercept(p);
         }
     }
-    io.intercept(vcpu::SHUTDOWN_PORT);
+    io.intercept(SHUTDOWN_PORT);
     io
 }
 
-fn pages_eptp(e: &vcpu::ept01::Ept01) -> u64 {
+fn pages_eptp(e: &Ept01) -> u64 {
     ept::eptp(e.root, false)
 }
 
@@ -1139,7 +1142,7 @@ fn deliver_pending_nmi(v: &mut impl Vmcs) {
     }
 }
 
-fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
+fn run_l1(vcpu: &mut Vcpu, m: &mut Machine, hw: &mut Hardware) -> ! {
     // SAFETY: VMCS01 is current; from here on only HwVmcsSet switches.
     let mut vs = HwVmcsSet {
         phys: vcpu.vmcs_phys,
@@ -1151,7 +1154,7 @@ fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
         let in_l2 = vcpu.nested.in_l2;
         if !in_l2 {
             deliver_pending_nmi(vs.current());
-            vcpu.before_l1_entry(vs.current());
+            vcpu.before_l1_entry(m, vs.current());
         } else {
             vcpu.before_l2_entry(vs.current(), &mut hw.mem);
         }
@@ -1172,7 +1175,7 @@ fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
                 let basic = vs.current().read(F::VM_EXIT_REASON) as usize & 0xffff;
                 let rip = vs.current().read(F::GUEST_RIP);
                 let t0 = cpu::rdtsc();
-                let o = vcpu.handle_exit(&mut vs, hw);
+                let o = vcpu.handle_exit(m, &mut vs, hw);
                 let stats = if in_l2 {
                     &mut vcpu.l2_stats
                 } else {
@@ -1188,7 +1191,7 @@ fn run_l1(vcpu: &mut Vcpu, hw: &mut Hardware) -> ! {
                 let now = cpu::rdtsc();
                 if now.wrapping_sub(last_poll) > vcpu.poll_ticks {
                     last_poll = now;
-                    vcpu.poll_console(&mut vs, hw);
+                    vcpu.poll_console(m, &mut vs, hw);
                 }
                 o
             }

@@ -9,6 +9,7 @@ use super::{Outcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::{self, Access, PagingRegs};
 use crate::guest_mem::GuestMemory;
+use crate::machine::Machine;
 use crate::nested::caps::TERTIARY_IPI_VIRT;
 use crate::nested::ept12::L2View;
 use crate::nested::posted::{self, Ipi, Posted};
@@ -54,12 +55,17 @@ impl Vcpu {
     /// At a nested VM entry, VMCS02 current: remember where this VMCS12's
     /// interrupts are posted, and process a notification that is
     /// outstanding, as the CPU would had it arrived just now.
-    pub(super) fn apicv_at_entry<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
+    pub(super) fn apicv_at_entry<S: VmcsSet, P: Platform>(
+        &mut self,
+        m: &mut Machine,
+        vs: &mut S,
+        p: &mut P,
+    ) {
         let Some(vmcs12) = self.nested.vmx.current else {
             return;
         };
         let route = self.pi12();
-        self.shadow.set_pi_route(vmcs12, route);
+        m.shadow.set_pi_route(vmcs12, route);
         if let Some(r) = route {
             if posted::outstanding(p.mem(), r.desc) {
                 self.process_into_l2(vs, p, r);
@@ -137,12 +143,17 @@ impl Vcpu {
     /// Delivers the shadow devices' interrupt edges of VMs whose guest
     /// hypervisor runs them with posted interrupts; the other VMs' edges
     /// stay for L1's relay (ultracall SetIrqRelay).
-    pub(super) fn route_shadow_irqs<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
-        if !self.shadow.has_edges() {
+    pub(super) fn route_shadow_irqs<S: VmcsSet, P: Platform>(
+        &mut self,
+        m: &mut Machine,
+        vs: &mut S,
+        p: &mut P,
+    ) {
+        if !m.shadow.has_edges() {
             return; // the common case, at every COM access
         }
-        for (vm, edges) in self.shadow.edges() {
-            let Some(route) = self.shadow.pi_route_of(vm) else {
+        for (vm, edges) in m.shadow.edges() {
+            let Some(route) = m.shadow.pi_route_of(vm) else {
                 continue;
             };
             let mut taken = 0;
@@ -153,11 +164,11 @@ impl Vcpu {
                 // A masked or unprogrammed edge-triggered pin drops the
                 // edge, as the IOAPIC does.
                 taken |= 1 << pin;
-                if let Some(vector) = self.shadow.ioapic_vector(vm, pin) {
+                if let Some(vector) = m.shadow.ioapic_vector(vm, pin) {
                     self.post(vs, p, route.desc, vector);
                 }
             }
-            self.shadow.take_edges(vm, taken);
+            m.shadow.take_edges(vm, taken);
         }
     }
 
@@ -165,6 +176,7 @@ impl Vcpu {
     /// if it is the IOAPIC's, learn what L2 programs there.
     pub(super) fn watch_ioapic<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
@@ -227,8 +239,8 @@ impl Vcpu {
             return;
         };
         if store.size == 4 {
-            if let Some(vm) = self.current_l2_vm() {
-                self.shadow.ioapic_write(vm, offset, store.value as u32);
+            if let Some(vm) = self.current_l2_vm(m) {
+                m.shadow.ioapic_write(vm, offset, store.value as u32);
             }
         }
     }

@@ -7,6 +7,7 @@ use super::{Outcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::{self, Access, PagingRegs};
 use crate::guest_mem::{GuestMemory, MemError};
+use crate::machine::Machine;
 use crate::nested::caps::NestedCaps;
 use crate::nested::ept12::{self, EptAccess};
 use crate::nested::operand::InstrInfo;
@@ -129,7 +130,7 @@ pub fn touches_com(port: u16, size: u8) -> bool {
 
 impl Vcpu {
     /// The user VM of the current L2, by VMCS12 and EPT12 (shadow/identity.rs).
-    pub(super) fn current_l2_vm(&mut self) -> Option<u64> {
+    pub(super) fn current_l2_vm(&mut self, m: &mut Machine) -> Option<u64> {
         // Fixed from one entry into L2 to the next exit to L1 (identities
         // change only by what L1 does): looked up once per entry.
         if let Some(vm) = self.nested.l2_vm.filter(|_| self.nested.in_l2) {
@@ -137,7 +138,7 @@ impl Vcpu {
         }
         let vmcs12 = self.nested.vmx.current?;
         let eptp = self.eptp12();
-        let vm = self.shadow.identify(vmcs12, eptp);
+        let vm = m.shadow.identify(vmcs12, eptp);
         self.nested.l2_vm = vm;
         vm
     }
@@ -150,28 +151,44 @@ impl Vcpu {
 
     /// One byte of a COM access; bytes of a wide access outside COM ports
     /// read as an undecoded bus (all ones) and writes to them are dropped.
-    fn com_byte(&mut self, vm: Option<u64>, port: u16, write: Option<u8>) -> u8 {
+    fn com_byte(&mut self, m: &mut Machine, vm: Option<u64>, port: u16, write: Option<u8>) -> u8 {
         match vm {
-            Some(vm) if is_com_port(port) => self.shadow.io(vm, port, write),
+            Some(vm) if is_com_port(port) => m.shadow.io(vm, port, write),
             _ => 0xff,
         }
     }
 
-    fn port_read<P: Platform>(&mut self, p: &mut P, to: Ports, port: u16, size: u8) -> u32 {
+    fn port_read<P: Platform>(
+        &mut self,
+        m: &mut Machine,
+        p: &mut P,
+        to: Ports,
+        port: u16,
+        size: u8,
+    ) -> u32 {
         match to {
             Ports::Hardware => p.io_in(port, size),
             Ports::Shadow(vm) => (0..size as u32).fold(0, |v, i| {
-                v | (self.com_byte(vm, port.wrapping_add(i as u16), None) as u32) << (8 * i)
+                v | (self.com_byte(m, vm, port.wrapping_add(i as u16), None) as u32) << (8 * i)
             }),
         }
     }
 
-    fn port_write<P: Platform>(&mut self, p: &mut P, to: Ports, port: u16, size: u8, value: u32) {
+    fn port_write<P: Platform>(
+        &mut self,
+        m: &mut Machine,
+        p: &mut P,
+        to: Ports,
+        port: u16,
+        size: u8,
+        value: u32,
+    ) {
         match to {
             Ports::Hardware => p.io_out(port, size, value),
             Ports::Shadow(vm) => {
                 for i in 0..size as u32 {
                     self.com_byte(
+                        m,
                         vm,
                         port.wrapping_add(i as u16),
                         Some((value >> (8 * i)) as u8),
@@ -184,25 +201,26 @@ impl Vcpu {
     /// L2 accessed a COM port (VMCS02 current).
     pub(super) fn l2_com_io<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
         io: IoAccess,
     ) -> Outcome {
-        let vm = self.current_l2_vm();
+        let vm = self.current_l2_vm(m);
         if vm.is_none() {
             log::warn!("too many user VMs: a new VM's COM ports stay absent");
         }
-        if vm.is_some_and(|vm| self.shadow.frozen(vm)) {
+        if vm.is_some_and(|vm| m.shadow.frozen(vm)) {
             // Saved away: the access is held (re-executed) until a restore
             // thaws the devices or the VM ends.
             return Outcome::Resume;
         }
-        let o = self.l2_port_io(vs, p, e, io, Ports::Shadow(vm));
-        for f in self.shadow.pump() {
+        let o = self.l2_port_io(m, vs, p, e, io, Ports::Shadow(vm));
+        for f in m.shadow.pump() {
             p.mgmt_send(&f);
         }
-        self.route_shadow_irqs(vs, p);
+        self.route_shadow_irqs(m, vs, p);
         o
     }
 
@@ -210,16 +228,18 @@ impl Vcpu {
     /// would have done natively (L0 had to trap it to ask L1's bitmaps).
     pub(super) fn l2_passthrough_io<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
         io: IoAccess,
     ) -> Outcome {
-        self.l2_port_io(vs, p, e, io, Ports::Hardware)
+        self.l2_port_io(m, vs, p, e, io, Ports::Hardware)
     }
 
     fn l2_port_io<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
@@ -227,11 +247,11 @@ impl Vcpu {
         to: Ports,
     ) -> Outcome {
         let done = if io.string {
-            self.string_io(vs, p, e, io, to)
+            self.string_io(m, vs, p, e, io, to)
         } else {
             let rax = self.regs.gpr[GuestRegs::RAX];
             if io.is_in {
-                let value = self.port_read(p, to, io.port, io.size) as u64;
+                let value = self.port_read(m, p, to, io.port, io.size) as u64;
                 // IN AL/AX keep the rest of RAX; IN EAX zero-extends.
                 let mask = (1u64 << (8 * io.size as u32)) - 1;
                 self.regs.gpr[GuestRegs::RAX] = if io.size == 4 {
@@ -240,7 +260,7 @@ impl Vcpu {
                     (rax & !mask) | value
                 };
             } else {
-                self.port_write(p, to, io.port, io.size, rax as u32);
+                self.port_write(m, p, to, io.port, io.size, rax as u32);
             }
             true
         };
@@ -254,6 +274,7 @@ impl Vcpu {
     /// iterations left re-executes).
     fn string_io<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
@@ -331,7 +352,7 @@ impl Vcpu {
             let la = seg_base.wrapping_add(offset) & if long { u64::MAX } else { 0xffff_ffff };
             let size = io.size as usize;
             let r = if io.is_in {
-                let bytes = self.port_read(p, to, io.port, io.size).to_le_bytes();
+                let bytes = self.port_read(m, p, to, io.port, io.size).to_le_bytes();
                 let mut mem = L2Memory {
                     l1: p.mem(),
                     eptp12,
@@ -349,7 +370,7 @@ impl Vcpu {
                 };
                 let r = walk::read_virt(&mem, &paging, la, &mut bytes[..size], access);
                 if r.is_ok() {
-                    self.port_write(p, to, io.port, io.size, u32::from_le_bytes(bytes));
+                    self.port_write(m, p, to, io.port, io.size, u32::from_le_bytes(bytes));
                 }
                 r
             };

@@ -7,6 +7,7 @@ use super::vmx_instr::{apply, l1_mode};
 use super::{Outcome, Platform, Stop, Vcpu, SHUTDOWN_PORT};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::GuestMemory;
+use crate::machine::Machine;
 use crate::nested::checks::{self, CheckCtx, EntryFailure};
 use crate::nested::ept12::{self, Ept12Fault, EptAccess};
 use crate::nested::instr::{err, Outcome as Instr};
@@ -95,6 +96,7 @@ impl Vcpu {
     /// VMLAUNCH or VMRESUME by L1 (SDM 27.1-27.3).
     pub(super) fn nested_entry<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         launch: bool,
@@ -223,7 +225,7 @@ impl Vcpu {
         let (io_a, msr_bitmap) = self.prepare_bitmaps(p);
         if let Some(vmcs12) = self.nested.vmx.current {
             let eptp12 = self.eptp12();
-            self.shadow.ids.note_entry(vmcs12, eptp12);
+            m.shadow.ids.note_entry(vmcs12, eptp12);
         }
         let v01 = vs.current();
         let l1_efer = v01.read(F::GUEST_IA32_EFER);
@@ -282,7 +284,7 @@ impl Vcpu {
         self.nested.entry_was_launched = self.nested.vmx.vmcs12.launched;
         self.nested.vmx.vmcs12.launched = true;
         self.nested.in_l2 = true;
-        self.apicv_at_entry(vs, p);
+        self.apicv_at_entry(m, vs, p);
         Outcome::Resume
     }
 
@@ -527,7 +529,12 @@ impl Vcpu {
     /// business first, whatever L1 asked; then what L1's controls claim;
     /// then what nobody claimed, which L0 carries out for L2 as the CPU
     /// would have without L1's intercept. One epilogue for what L0 handled.
-    pub(super) fn l2_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Outcome {
+    pub(super) fn l2_exit<S: VmcsSet, P: Platform>(
+        &mut self,
+        m: &mut Machine,
+        vs: &mut S,
+        p: &mut P,
+    ) -> Outcome {
         let e = ExitInfo::read(vs.current());
         let gpr = &self.regs.gpr;
         let exit = VmExit::decode(&e, gpr[GuestRegs::RAX], gpr[GuestRegs::RCX]);
@@ -546,14 +553,14 @@ impl Vcpu {
             vs.select(Level::L1);
             return self.entry_failure_exit(vs, p, reason as u32, qualification);
         }
-        let route = match self.l0_wants_l2_exit(vs, p, exit, &e) {
+        let route = match self.l0_wants_l2_exit(m, vs, p, exit, &e) {
             Some(route) => route,
             None if self.l1_wants_l2_exit(vs, p, exit, &e) => L2Route::Reflect(e),
-            None => self.l2_exit_unclaimed(vs, p, exit, &e),
+            None => self.l2_exit_unclaimed(m, vs, p, exit, &e),
         };
         match route {
             L2Route::Reflect(info) => self.reflect(vs, p, &info),
-            L2Route::Handled(o) => self.after_l0_handled_l2_exit(vs, p, &e, o),
+            L2Route::Handled(o) => self.after_l0_handled_l2_exit(m, vs, p, &e, o),
         }
     }
 
@@ -563,6 +570,7 @@ impl Vcpu {
     /// and the IPIs L0 virtualizes.
     fn l0_wants_l2_exit<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         exit: VmExit,
@@ -570,15 +578,15 @@ impl Vcpu {
     ) -> Option<L2Route> {
         let handled = match exit {
             VmExit::EptViolation { access, gpa } => {
-                return Some(self.l2_ept_violation(vs, p, e, access, gpa));
+                return Some(self.l2_ept_violation(m, vs, p, e, access, gpa));
             }
             VmExit::EptMisconfig { .. } => {
                 Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT02 (an L0 bug)"))
             }
             VmExit::Io(io)
-                if self.shadow.intercept_com && super::com::touches_com(io.port, io.size) =>
+                if m.shadow.intercept_com && super::com::touches_com(io.port, io.size) =>
             {
-                self.l2_com_io(vs, p, e, io)
+                self.l2_com_io(m, vs, p, e, io)
             }
             VmExit::Cpuid { leaf } if ultracall_abi::cpuid::l0_answers_for_user_vms(leaf) => {
                 // A user VM finds L0 with CPUID alone, whatever the guest
@@ -587,7 +595,7 @@ impl Vcpu {
                 Outcome::Resume
             }
             VmExit::Vmcall if self.is_ultracall() => {
-                self.ultracall(vs, p, ultracall_abi::CallerLevel::L2);
+                self.ultracall(m, vs, p, ultracall_abi::CallerLevel::L2);
                 Outcome::Resume
             }
             VmExit::ExternalInterrupt { .. } => self.l2_notification(vs, p, e)?,
@@ -595,8 +603,8 @@ impl Vcpu {
             VmExit::TripleFault => {
                 // L2 resets: the IOAPIC it programmed is gone with it. L1
                 // still gets the exit.
-                if let Some(vm) = self.current_l2_vm() {
-                    self.shadow.ioapic_reset(vm);
+                if let Some(vm) = self.current_l2_vm(m) {
+                    m.shadow.ioapic_reset(vm);
                 }
                 return None;
             }
@@ -650,6 +658,7 @@ impl Vcpu {
     /// would not have, and L0 does what the CPU would have done for L2.
     fn l2_exit_unclaimed<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         exit: VmExit,
@@ -658,9 +667,9 @@ impl Vcpu {
         use super::apicv::{X2APIC_ICR, X2APIC_SELF_IPI, X2APIC_TPR};
         let o = match exit {
             // L0's own port, unless L1 asked for it.
-            VmExit::Io(io) if io.port == SHUTDOWN_PORT => self.io(vs.current(), p, io),
+            VmExit::Io(io) if io.port == SHUTDOWN_PORT => self.io(m, vs.current(), p, io),
             // The port is L2's as L1 left it.
-            VmExit::Io(io) => self.l2_passthrough_io(vs, p, e, io),
+            VmExit::Io(io) => self.l2_passthrough_io(m, vs, p, e, io),
             VmExit::Msr {
                 index: X2APIC_ICR,
                 write: true,
@@ -679,7 +688,7 @@ impl Vcpu {
             VmExit::Msr { index, write } => self.l2_msr(vs, p, index, write),
             VmExit::PreemptionTimer => {
                 // L0's own timer: serve the management line, L2 goes on.
-                self.poll_console(vs, p);
+                self.poll_console(m, vs, p);
                 Outcome::Resume
             }
             VmExit::InterruptWindow => {
@@ -721,6 +730,7 @@ impl Vcpu {
     /// as a device interrupt for L1 would cause (SDM 26.2, 28.2.2).
     fn after_l0_handled_l2_exit<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
@@ -732,7 +742,7 @@ impl Vcpu {
             // An event whose delivery the exit interrupted is delivered now.
             reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
         }
-        if o != Outcome::Resume || !self.nested.in_l2 || !self.shadow.irq_pending() {
+        if o != Outcome::Resume || !self.nested.in_l2 || !m.shadow.irq_pending() {
             return o;
         }
         let v12 = &self.nested.vmx.vmcs12;
@@ -755,14 +765,14 @@ impl Vcpu {
         }
         if v12.get(F::VM_EXIT_CONTROLS) as u32 & exit::ACK_INTERRUPT_ON_EXIT != 0 {
             // Acknowledged on exit: the vector travels in the exit information.
-            let vector = self.shadow.relay_vector.unwrap_or(0);
+            let vector = m.shadow.relay_vector.unwrap_or(0);
             e.intr_info = InterruptionInfo::new(
                 vector,
                 crate::vmx::exit::event_type::EXTERNAL_INTERRUPT,
                 false,
             )
             .0;
-            self.shadow.relay_delivered();
+            m.shadow.relay_delivered();
         }
         self.reflect(vs, p, &e)
     }
@@ -821,6 +831,7 @@ impl Vcpu {
     /// An EPT violation while L2 runs: fill EPT02 from EPT12, or reflect.
     fn l2_ept_violation<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
@@ -829,7 +840,7 @@ impl Vcpu {
     ) -> L2Route {
         if self.nested.vmx.vmcs12.secondary_controls() & secondary::ENABLE_EPT == 0 {
             // EPT02 is EPT01: L2 touched what L1 itself cannot.
-            return L2Route::Handled(self.ept_violation(vs.current(), p, violation, gpa));
+            return L2Route::Handled(self.ept_violation(m, vs.current(), p, violation, gpa));
         }
         let eptp12 = self.nested.vmx.vmcs12.get(F::EPT_POINTER);
         let access = EptAccess(e.qualification & 7);
@@ -844,7 +855,7 @@ impl Vcpu {
         match walk {
             Ok(leaf) => {
                 let page1 = leaf.gpa & !0xfff;
-                if self.ept.l0.contains(page1) {
+                if m.ept.l0.contains(page1) {
                     // Never map L0's frames, whatever EPT12 says.
                     log::warn!("EPT12 maps L2 {:#x} to {page1:#x}, which is not L1's: reflected as a misconfiguration", e.guest_physical);
                     let m = ExitInfo {
@@ -866,7 +877,7 @@ impl Vcpu {
                 )
             }
             Err(Ept12Fault::Violation { allowed }) => {
-                self.watch_ioapic(vs, p, e);
+                self.watch_ioapic(m, vs, p, e);
                 let q = (e.qualification & !0x38) | allowed << 3;
                 L2Route::Reflect(ExitInfo {
                     qualification: q,
@@ -875,7 +886,7 @@ impl Vcpu {
             }
             Err(Ept12Fault::Misconfig | Ept12Fault::TableNotRam) => {
                 // KVM marks MMIO pages with misconfigured entries.
-                self.watch_ioapic(vs, p, e);
+                self.watch_ioapic(m, vs, p, e);
                 L2Route::Reflect(ExitInfo {
                     reason: reason::EPT_MISCONFIG as u32,
                     qualification: 0,

@@ -22,7 +22,6 @@ mod apicv;
 mod com;
 pub mod cpuid;
 pub mod decode;
-pub mod ept01;
 mod l2;
 pub mod msr;
 pub mod report;
@@ -30,12 +29,14 @@ pub mod setup;
 mod ultracall;
 mod vmx_instr;
 
+use crate::machine::ept01::Violation;
+use crate::machine::shutdown::{ShutdownFeed, SHUTDOWN, SHUTDOWN_PORT};
+use crate::machine::Machine;
 use crate::regs::{CR0_TS, CR4_OSXSAVE};
 use crate::vmx::guest_cr::{
     self as cr, read_cr_state, write_cr_state, CrPolicy, GeneralProtection,
 };
 use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
-use ept01::{Ept01, Violation};
 use msr::MtrrShadow;
 use shadow_devices::mgmt;
 
@@ -208,51 +209,6 @@ impl fmt::Display for ExitStats {
     }
 }
 
-/// Bochs's shutdown port: the string "Shutdown" written to it ends the
-/// emulator. L0 holds a matching prefix back to log its final report first.
-pub const SHUTDOWN_PORT: u16 = 0x8900;
-const SHUTDOWN: &[u8] = b"Shutdown";
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ShutdownWatch {
-    matched: usize,
-}
-
-/// What to do with a byte written to the shutdown port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShutdownFeed {
-    /// Part of "Shutdown" so far: hold it.
-    Hold,
-    /// Not a shutdown: pass on the bytes held so far, then `byte` (None when
-    /// `byte` starts a new match and is held).
-    Forward {
-        held: &'static [u8],
-        byte: Option<u8>,
-    },
-    /// The whole word: report, then pass "Shutdown" on.
-    Shutdown,
-}
-
-impl ShutdownWatch {
-    pub fn feed(&mut self, b: u8) -> ShutdownFeed {
-        if b == SHUTDOWN[self.matched] {
-            self.matched += 1;
-            if self.matched < SHUTDOWN.len() {
-                return ShutdownFeed::Hold;
-            }
-            self.matched = 0;
-            return ShutdownFeed::Shutdown;
-        }
-        let held = &SHUTDOWN[..self.matched];
-        // A mismatch that is itself an 'S' starts over.
-        self.matched = usize::from(b == SHUTDOWN[0]);
-        ShutdownFeed::Forward {
-            held,
-            byte: (self.matched == 0).then_some(b),
-        }
-    }
-}
-
 /// The cloud VM's CPU.
 pub struct Vcpu {
     pub regs: GuestRegs,
@@ -263,10 +219,6 @@ pub struct Vcpu {
     /// The guest's VPID, 0 if VPIDs are not used.
     pub vpid: u16,
     pub maxphyaddr: u8,
-    pub ept: Ept01,
-    /// L0's management UART: 8 ports from here.
-    pub mgmt_port: Option<u16>,
-    pub shutdown: ShutdownWatch,
     /// Exits of L1, and of L2.
     pub stats: ExitStats,
     pub l2_stats: ExitStats,
@@ -280,7 +232,6 @@ pub struct Vcpu {
     pub nested: Nested,
     /// VMCS01, VMCS02 and shadow-VMCS regions.
     pub vmcs_phys: [u64; 3],
-    pub shadow: crate::shadow::Shadow,
     /// VMX-preemption timer value that brings L0 back to serve the
     /// management line while a guest runs without exits (None: no timer).
     /// TSC ticks between L0's visits to the management line.
@@ -323,7 +274,12 @@ impl Vcpu {
     }
 
     /// Handles the exit that just happened on the current VMCS.
-    pub fn handle_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Outcome {
+    pub fn handle_exit<S: VmcsSet, P: Platform>(
+        &mut self,
+        m: &mut Machine,
+        vs: &mut S,
+        p: &mut P,
+    ) -> Outcome {
         let r = ExitReason(vs.current().read(F::VM_EXIT_REASON) as u32);
         let stats = if self.nested.in_l2 {
             &mut self.l2_stats
@@ -334,7 +290,7 @@ impl Vcpu {
             *n += 1;
         }
         if self.nested.in_l2 {
-            return self.l2_exit(vs, p);
+            return self.l2_exit(m, vs, p);
         }
         let e = ExitInfo::read(vs.current());
         let exit = VmExit::decode(
@@ -346,11 +302,11 @@ impl Vcpu {
         match exit {
             VmExit::EntryFailed { .. } => return Outcome::Stop(Stop::EntryFailure(r)),
             VmExit::VmxInstruction(basic) if self.cpuid.vmx => {
-                return self.l1_vmx_instruction(vs, p, basic)
+                return self.l1_vmx_instruction(m, vs, p, basic)
             }
-            VmExit::PreemptionTimer => self.poll_console(vs, p),
+            VmExit::PreemptionTimer => self.poll_console(m, vs, p),
             VmExit::Cpuid { .. } => self.cpuid(v, p),
-            VmExit::Io(io) => return self.io(v, p, io),
+            VmExit::Io(io) => return self.io(m, v, p, io),
             VmExit::Msr {
                 index,
                 write: false,
@@ -368,13 +324,13 @@ impl Vcpu {
                 v.write(F::GUEST_ACTIVITY_STATE, ACTIVITY_HLT);
             }
             VmExit::EptViolation { access, gpa } => {
-                let o = self.ept_violation(v, p, access, gpa);
+                let o = self.ept_violation(m, v, p, access, gpa);
                 reinject_interrupted_event(v, e.idt_info, e.idt_error, e.instr_len);
                 return o;
             }
             VmExit::TripleFault => return Outcome::Stop(Stop::TripleFault),
             VmExit::Vmcall if self.is_ultracall() => {
-                self.ultracall(vs, p, ultracall_abi::CallerLevel::L1)
+                self.ultracall(m, vs, p, ultracall_abi::CallerLevel::L1)
             }
             VmExit::InterruptWindow => {
                 // Opened for the relay interrupt, delivered before the entry.
@@ -398,7 +354,12 @@ impl Vcpu {
     }
 
     /// Serves the management line: operator commands in, console output out.
-    pub fn poll_console<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
+    pub fn poll_console<S: VmcsSet, P: Platform>(
+        &mut self,
+        m: &mut Machine,
+        vs: &mut S,
+        p: &mut P,
+    ) {
         // A command arrives at the line's pace, a byte every ~87 µs at
         // 115200 baud, and a UART holds only 16: once a command has begun,
         // L0 stays until its line is complete or the line falls quiet for
@@ -413,12 +374,12 @@ impl Vcpu {
             let now = crate::arch::cpu::rdtsc();
             if n > 0 {
                 last = now;
-                for f in self.shadow.feed(&buf[..n]) {
+                for f in m.shadow.feed(&buf[..n]) {
                     p.mgmt_send(&f);
                 }
                 continue;
             }
-            let midline = self.shadow.mid_line();
+            let midline = m.shadow.mid_line();
             if !midline
                 || now.wrapping_sub(last) > 8 * byte
                 || now.wrapping_sub(start) > 2 * mgmt::MAX_LINE as u64 * byte
@@ -427,13 +388,13 @@ impl Vcpu {
             }
             core::hint::spin_loop();
         }
-        for (tag, epoch, len) in core::mem::take(&mut self.shadow.saved_log) {
+        for (tag, epoch, len) in core::mem::take(&mut m.shadow.saved_log) {
             log::info!(
                 "devices of {} saved (epoch {epoch}, {len} bytes) and frozen",
                 tag.as_str()
             );
         }
-        if core::mem::take(&mut self.shadow.stats_wanted) {
+        if core::mem::take(&mut m.shadow.stats_wanted) {
             let l2 = if self.nested.in_l2 { "in L2" } else { "in L1" };
             let v = vs.current();
             let v12 = &self.nested.vmx.vmcs12;
@@ -479,7 +440,7 @@ impl Vcpu {
             for f in [
                 mgmt::frame(format_args!(
                     "stats now {l2}, {} user VMs: {now}",
-                    self.shadow.vm_count()
+                    m.shadow.vm_count()
                 )),
                 mgmt::frame(format_args!("stats l1 {}", self.stats)),
                 mgmt::frame(format_args!("stats l1-recent {}", self.stats.recent())),
@@ -493,20 +454,20 @@ impl Vcpu {
                 p.mgmt_send(&f);
             }
         }
-        for f in self.shadow.pump() {
+        for f in m.shadow.pump() {
             p.mgmt_send(&f);
         }
-        self.route_shadow_irqs(vs, p);
+        self.route_shadow_irqs(m, vs, p);
     }
 
     /// What L0 does before each VM entry into L1: raise the relay
     /// interrupt when edges are pending and L1 can take an interrupt, or
     /// ask for the window in which it can.
-    pub fn before_l1_entry(&mut self, v: &mut impl Vmcs) {
-        if !self.shadow.irq_pending() {
+    pub fn before_l1_entry(&mut self, m: &mut Machine, v: &mut impl Vmcs) {
+        if !m.shadow.irq_pending() {
             return;
         }
-        let Some(vector) = self.shadow.relay_vector else {
+        let Some(vector) = m.shadow.relay_vector else {
             return;
         };
         let can = v.read(F::GUEST_RFLAGS) & (1 << 9) != 0
@@ -522,7 +483,7 @@ impl Vcpu {
             if v.read(F::GUEST_ACTIVITY_STATE) == ACTIVITY_HLT {
                 v.write(F::GUEST_ACTIVITY_STATE, 0);
             }
-            self.shadow.relay_delivered();
+            m.shadow.relay_delivered();
         } else if !self.window_requested {
             v.set_bits(
                 F::CPU_BASED_VM_EXEC_CONTROL,
@@ -567,15 +528,21 @@ impl Vcpu {
         skip_instruction(v);
     }
 
-    fn owns_port(&self, io: &IoAccess) -> bool {
-        self.mgmt_port.is_some_and(|base| {
+    fn owns_port(&self, m: &Machine, io: &IoAccess) -> bool {
+        m.mgmt_port.is_some_and(|base| {
             let (a, b) = (io.port as u32, io.port as u32 + io.size as u32);
             let base = base as u32;
             a < base + 8 && base < b
         })
     }
 
-    fn io<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P, io: IoAccess) -> Outcome {
+    fn io<V: Vmcs, P: Platform>(
+        &mut self,
+        m: &mut Machine,
+        v: &mut V,
+        p: &mut P,
+        io: IoAccess,
+    ) -> Outcome {
         let mask = (1u64 << (8 * io.size as u32)) - 1;
         if io.string {
             // String I/O to L0's ports: no effect (documented in docs/).
@@ -583,7 +550,7 @@ impl Vcpu {
             if io.rep {
                 self.regs.gpr[GuestRegs::RCX] = 0;
             }
-        } else if self.owns_port(&io) {
+        } else if self.owns_port(m, &io) {
             // The management line is L0's: to L1 it is an absent device.
             if io.is_in {
                 let rax = &mut self.regs.gpr[GuestRegs::RAX];
@@ -597,7 +564,7 @@ impl Vcpu {
             } else {
                 let value = self.regs.gpr[GuestRegs::RAX];
                 for i in 0..io.size {
-                    self.shutdown_byte(p, (value >> (8 * i)) as u8);
+                    self.shutdown_byte(m, p, (value >> (8 * i)) as u8);
                 }
             }
         } else {
@@ -608,8 +575,8 @@ impl Vcpu {
         Outcome::Resume
     }
 
-    fn shutdown_byte<P: Platform>(&mut self, p: &mut P, b: u8) {
-        match self.shutdown.feed(b) {
+    fn shutdown_byte<P: Platform>(&mut self, m: &mut Machine, p: &mut P, b: u8) {
+        match m.shutdown.feed(b) {
             ShutdownFeed::Hold => {}
             ShutdownFeed::Forward { held, byte } => {
                 for &h in held.iter().chain(&byte) {
@@ -632,7 +599,7 @@ impl Vcpu {
                         self.nested.reflected
                     );
                 }
-                log::info!("L1 touched L0 memory {} times", self.ept.l0_touches);
+                log::info!("L1 touched L0 memory {} times", m.ept.l0_touches);
                 if p.l0_intact() {
                     log::info!("L0 integrity OK");
                 } else {
@@ -767,6 +734,7 @@ impl Vcpu {
 
     fn ept_violation<V: Vmcs, P: Platform>(
         &mut self,
+        m: &mut Machine,
         v: &mut V,
         p: &mut P,
         q: EptViolation,
@@ -776,9 +744,9 @@ impl Vcpu {
             // Everything EPT01 maps allows everything: L0 bug.
             return Outcome::Stop(Stop::Internal("EPT violation on a present EPT01 entry"));
         }
-        match self.ept.resolve(p.tables(), gpa) {
+        match m.ept.resolve(p.tables(), gpa) {
             Ok(Violation::L0Frame) => {
-                let n = self.ept.l0_touches;
+                let n = m.ept.l0_touches;
                 let kind = if q.write {
                     "wrote"
                 } else if q.fetch {

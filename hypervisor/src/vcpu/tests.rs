@@ -2,6 +2,8 @@
 
 use super::*;
 use crate::guest_mem::fake::VecMemory;
+use crate::machine::ept01::Ept01;
+use crate::machine::shutdown::{ShutdownFeed, ShutdownWatch};
 use crate::mm::paging::tests::FakeTables;
 use crate::mm::paging::{translate, PageSize};
 use crate::nested::{Level, Nested, Vmcs02Pages};
@@ -159,7 +161,35 @@ pub const PAGES: Vmcs02Pages = Vmcs02Pages {
     msr02: 0x7000_6000,
 };
 
-pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
+/// A vCPU with the machine it runs on, paired as start.rs pairs them.
+pub struct Cpu {
+    pub vcpu: Vcpu,
+    pub m: Machine,
+}
+
+impl core::ops::Deref for Cpu {
+    type Target = Vcpu;
+    fn deref(&self) -> &Vcpu {
+        &self.vcpu
+    }
+}
+
+impl core::ops::DerefMut for Cpu {
+    fn deref_mut(&mut self) -> &mut Vcpu {
+        &mut self.vcpu
+    }
+}
+
+impl Cpu {
+    pub fn handle_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Outcome {
+        self.vcpu.handle_exit(&mut self.m, vs, p)
+    }
+    pub fn poll_console<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
+        self.vcpu.poll_console(&mut self.m, vs, p)
+    }
+}
+
+pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
     let mut tables = FakeTables::default();
     let mut l0 = RangeSet::new();
     l0.insert(POOL).unwrap();
@@ -189,9 +219,6 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         mtrr: MtrrShadow::capture(0x508, 39, |_| 0),
         vpid: 1,
         maxphyaddr: 39,
-        ept,
-        mgmt_port: Some(0x2f8),
-        shutdown: ShutdownWatch::default(),
         stats: ExitStats::default(),
         l2_stats: ExitStats::default(),
         last_l0_touch: "",
@@ -200,10 +227,6 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         msr_bitmap01: 0x7000_8000,
         nested: Nested::new(crate::nested::testutil::caps(), 39, PAGES, RangeSet::new()),
         vmcs_phys: [0x7100_0000, 0x7100_1000, 0x7100_2000],
-        shadow: crate::shadow::Shadow::new(Some(shadow_devices::SealKey::new(&[1; 32])), |b| {
-            b.fill(0x42);
-            true
-        }),
         l0_timer: None,
         poll_ticks: 1 << 20,
         window_requested: false,
@@ -236,8 +259,17 @@ pub fn setup() -> (Vcpu, FakeSet, FakePlatform) {
         ipis: Vec::new(),
         eois: 0,
     };
+    let m = Machine {
+        ept,
+        shadow: crate::shadow::Shadow::new(Some(shadow_devices::SealKey::new(&[1; 32])), |b| {
+            b.fill(0x42);
+            true
+        }),
+        mgmt_port: Some(0x2f8),
+        shutdown: ShutdownWatch::default(),
+    };
     (
-        vcpu,
+        Cpu { vcpu, m },
         FakeSet {
             v01: v,
             v02: FakeVmcs::default(),
@@ -488,9 +520,9 @@ fn l0_memory_access_is_backed_by_the_scratch_page() {
     exit(&mut v, reason::EPT_VIOLATION, 0x182, 0);
     v.write(F::GUEST_PHYSICAL_ADDRESS, POOL.start + 0x1234);
     assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-    let l = translate(&mut p.tables, &Ept, c.ept.root, POOL.start + 0x1000).unwrap();
-    assert_eq!(l.pa, c.ept.sink);
-    assert_eq!(c.ept.l0_touches, 1);
+    let l = translate(&mut p.tables, &Ept, c.m.ept.root, POOL.start + 0x1000).unwrap();
+    assert_eq!(l.pa, c.m.ept.sink);
+    assert_eq!(c.m.ept.l0_touches, 1);
     // A violation on a present entry is not L1's doing.
     exit(&mut v, reason::EPT_VIOLATION, 0x2 | (1 << 3), 0);
     assert!(matches!(
@@ -552,7 +584,7 @@ mod nested {
 
     /// L1 in 64-bit mode, in VMX operation with a valid current VMCS12
     /// whose EPT12 maps L2 page 0x1000 to L1 page 0x50_0000.
-    fn l1_in_vmx() -> (Vcpu, FakeSet, FakePlatform) {
+    fn l1_in_vmx() -> (Cpu, FakeSet, FakePlatform) {
         let (mut c, mut v, mut p) = setup();
         p.mem = VecMemory::new(0, 0x100_0000);
         c.cpuid.vmx = true;
@@ -575,7 +607,7 @@ mod nested {
         (c, v, p)
     }
 
-    fn launch(c: &mut Vcpu, v: &mut FakeSet, p: &mut FakePlatform, reason_: u16) -> Outcome {
+    fn launch(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, reason_: u16) -> Outcome {
         exit(v, reason_, 0, 3);
         c.handle_exit(v, p)
     }
@@ -671,7 +703,7 @@ mod nested {
     #[test]
     fn ept12_pointing_at_l0_is_a_misconfiguration() {
         let (mut c, mut v, mut p) = l1_in_vmx();
-        c.ept
+        c.m.ept
             .l0
             .insert(Range::new(L2_PAGE, L2_PAGE + 0x1000))
             .unwrap();
@@ -728,7 +760,7 @@ mod nested {
             0x60,
             "THRE and TEMT: the byte left"
         );
-        assert_eq!(c.shadow.vm_count(), 1);
+        assert_eq!(c.m.shadow.vm_count(), 1);
         // L0's management port (COM2 for L0) is this VM's COM2, not L0's.
         exit(&mut v, reason::IO_INSTRUCTION, 0x02fb_0000, 1);
         c.regs.gpr[GuestRegs::RAX] = 0x03;
@@ -784,7 +816,7 @@ mod nested {
     const VAPIC: u64 = 0x61_0000;
 
     /// L2 launched by an L1 that uses posted interrupts (KVM with APICv).
-    fn l2_with_posted_interrupts() -> (Vcpu, FakeSet, FakePlatform) {
+    fn l2_with_posted_interrupts() -> (Cpu, FakeSet, FakePlatform) {
         use crate::vmx::caps::{exit as x, pin, primary as pr, secondary as s2};
         let (mut c, mut v, mut p) = l1_in_vmx();
         let v12 = &mut c.nested.vmx.vmcs12;
@@ -855,8 +887,8 @@ mod nested {
         exit(&mut v, reason::CPUID, 0, 2);
         c.handle_exit(&mut v, &mut p);
         assert!(!c.nested.in_l2);
-        c.shadow.io(1, 0x3f9, Some(0x01)); // received-data interrupt on
-        c.shadow.take_edges(1, u16::MAX);
+        c.m.shadow.io(1, 0x3f9, Some(0x01)); // received-data interrupt on
+        c.m.shadow.take_edges(1, u16::MAX);
         for cmd in ["attach 1", "in 41"] {
             p.mgmt_in
                 .extend_from_slice(shadow_devices::mgmt::frame(format_args!("{cmd}")).as_bytes());

@@ -12,6 +12,7 @@ use super::vmx_instr::l1_state;
 use super::{Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::{self, pfec, Access, WalkError};
+use crate::machine::Machine;
 use crate::nested::VmcsSet;
 use crate::vmx::inject::skip_instruction;
 
@@ -53,6 +54,7 @@ impl Vcpu {
     /// for L2) and moves past the `vmcall`.
     pub(super) fn ultracall<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         level: CallerLevel,
@@ -61,7 +63,7 @@ impl Vcpu {
         let mut rdi = None;
         let resp = match regs.decode(level) {
             Err(status) => Response::error(status),
-            Ok(req) => self.ultracall_op(vs, p, level, &req, regs.rsi, &mut rdi),
+            Ok(req) => self.ultracall_op(m, vs, p, level, &req, regs.rsi, &mut rdi),
         };
         if resp.status != Status::Ok {
             log::debug!(
@@ -84,6 +86,7 @@ impl Vcpu {
 
     fn ultracall_op<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         level: CallerLevel,
@@ -108,10 +111,10 @@ impl Vcpu {
         match req.op {
             Op::Ping => Response::ok(0, level as u64),
             Op::RegisterTag => {
-                let Some(vm) = self.current_l2_vm() else {
+                let Some(vm) = self.current_l2_vm(m) else {
                     return Response::error(Status::Internal);
                 };
-                match self.shadow.register_tag(vm, req.tag.unwrap()) {
+                match m.shadow.register_tag(vm, req.tag.unwrap()) {
                     Ok(new) => {
                         if new {
                             log::info!("user VM {vm} registered tag {}", req.tag.unwrap().as_str());
@@ -123,10 +126,10 @@ impl Vcpu {
             }
             Op::ListVms => {
                 let mut out = vec![0u8; buf.len as usize];
-                match self.shadow.list(&mut out) {
+                match m.shadow.list(&mut out) {
                     Ok(n) => {
                         match walk::write_virt(p.mem(), &s.paging, buf.va, &out[..n], access) {
-                            Ok(()) => Response::ok(n as u64, self.shadow.vm_count() as u64),
+                            Ok(()) => Response::ok(n as u64, m.shadow.vm_count() as u64),
                             Err(f) => Response::error(buffer_status(f)),
                         }
                     }
@@ -146,13 +149,13 @@ impl Vcpu {
                     walk::write_virt(p.mem(), &s.paging, buf.va, blob, access)
                         .map_err(|f| Response::error(buffer_status(f)))
                 };
-                match self.shadow.save_with(&tag, deliver) {
+                match m.shadow.save_with(&tag, deliver) {
                     Err(e) => Response::error(e.status()),
                     Ok(Err(refused)) => refused,
                     Ok(Ok(saved)) => {
                         // Logged at L0's next visit to the line, not while
                         // the VM's migration waits for this call.
-                        self.shadow.saved_log.push((tag, saved.epoch, saved.len));
+                        m.shadow.saved_log.push((tag, saved.epoch, saved.len));
                         Response::ok(saved.len as u64, saved.epoch)
                     }
                 }
@@ -163,7 +166,7 @@ impl Vcpu {
                     return Response::error(buffer_status(f));
                 }
                 let tag = req.tag.unwrap();
-                match self.shadow.restore(&tag, &blob) {
+                match m.shadow.restore(&tag, &blob) {
                     Ok(r) => {
                         log::info!("devices of {} restored (epoch {})", tag.as_str(), r.epoch);
                         Response::ok(buf.len, r.epoch)
@@ -176,17 +179,17 @@ impl Vcpu {
             }
             Op::SetIrqRelay => match raw_rsi {
                 0 => {
-                    self.shadow.relay_vector = None;
+                    m.shadow.relay_vector = None;
                     Response::ok(0, 0)
                 }
                 32..=255 => {
-                    self.shadow.relay_vector = Some(raw_rsi as u8);
+                    m.shadow.relay_vector = Some(raw_rsi as u8);
                     log::info!("L1 relays shadow-device interrupts on vector {raw_rsi:#x}");
                     Response::ok(0, raw_rsi)
                 }
                 _ => Response::error(Status::InvalidArgument),
             },
-            Op::TakeIrqs => match self.shadow.take_irqs() {
+            Op::TakeIrqs => match m.shadow.take_irqs() {
                 Some((vmcs, edges, levels)) => {
                     *rdi = Some(levels as u64);
                     Response::ok(vmcs, edges as u64)

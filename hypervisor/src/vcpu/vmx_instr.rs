@@ -4,6 +4,7 @@
 use super::{Outcome as ExitOutcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::PagingRegs;
+use crate::machine::Machine;
 use crate::nested::instr::{self, Invalidate, L1State, Outcome};
 use crate::nested::operand::{GuestCtx, InstrInfo, Segment};
 use crate::nested::{Level, VmcsSet};
@@ -171,12 +172,13 @@ impl Vcpu {
     /// A VMX instruction executed by L1.
     pub(super) fn l1_vmx_instruction<S: VmcsSet, P: Platform>(
         &mut self,
+        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         basic: u16,
     ) -> ExitOutcome {
         if basic == reason::VMLAUNCH || basic == reason::VMRESUME {
-            return self.nested_entry(vs, p, basic == reason::VMLAUNCH);
+            return self.nested_entry(m, vs, p, basic == reason::VMLAUNCH);
         }
         // VMCS12 is about to be flushed or replaced: take L1's shadow writes
         // first. (VMREAD/VMWRITE that exit name fields the shadow does not
@@ -212,8 +214,8 @@ impl Vcpu {
         if o == Outcome::Succeed {
             // The end of a user VM (shadow/identity.rs, rule 3).
             let frames = match (basic, x.cleared.take()) {
-                (reason::VMCLEAR, Some(ptr)) => self.shadow.vmclear(ptr),
-                (reason::VMXOFF, _) => self.shadow.vmxoff(),
+                (reason::VMCLEAR, Some(ptr)) => m.shadow.vmclear(ptr),
+                (reason::VMXOFF, _) => m.shadow.vmxoff(),
                 _ => alloc::vec::Vec::new(),
             };
             for f in frames {

@@ -1,0 +1,25 @@
+//! What every CPU of the host shares, as opposed to a CPU's own state
+//! (`vcpu::Vcpu` with its `nested::Nested`): the cloud VM's memory map
+//! (EPT01), the user VMs' shadow devices and identities with the sealing
+//! key and epoch ledger, the management line, and the shutdown watch.
+//!
+//! A CPU reaches it only through the `&mut Machine` its exit handler is
+//! given for the length of one exit; with several CPUs that borrow comes
+//! from a lock (docs/architecture.md).
+
+pub mod ept01;
+pub mod shutdown;
+
+use crate::shadow::Shadow;
+use ept01::Ept01;
+use shutdown::ShutdownWatch;
+
+pub struct Machine {
+    /// The cloud VM's guest-physical memory: identity, minus L0's frames.
+    pub ept: Ept01,
+    /// Shadow devices, VM identities, keys, console sessions.
+    pub shadow: Shadow,
+    /// L0's management UART: 8 ports from here.
+    pub mgmt_port: Option<u16>,
+    pub shutdown: ShutdownWatch,
+}
