@@ -10,6 +10,7 @@ extern crate alloc;
 
 pub mod arch;
 pub mod config;
+pub mod console;
 pub mod guest_mem;
 pub mod logger;
 pub mod machine;

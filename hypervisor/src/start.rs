@@ -17,6 +17,7 @@ use crate::arch::tables::{self, ExceptionFrame};
 use crate::arch::vmx as vmxi;
 use crate::arch::vmx::CurrentVmcs;
 use crate::config::{self, ModuleRole, SerialChoice};
+use crate::console::Console;
 use crate::guest_mem::{GuestMemory, L1Ram};
 use crate::logger;
 use crate::machine::ept01::Ept01;
@@ -1081,6 +1082,7 @@ fn build_l1(
     let machine = Machine {
         ept: ept01,
         shadow: crate::shadow::Shadow::new(key.map(sealing_key), hw_random),
+        console: Console::default(),
         mgmt_port,
         shutdown: ShutdownWatch::default(),
     };

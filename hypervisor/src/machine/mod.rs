@@ -1,7 +1,8 @@
 //! What every CPU of the host shares, as opposed to a CPU's own state
 //! (`vcpu::Vcpu` with its `nested::Nested`): the cloud VM's memory map
 //! (EPT01), the user VMs' shadow devices and identities with the sealing
-//! key and epoch ledger, the management line, and the shutdown watch.
+//! key and epoch ledger, the operator's console on the management line,
+//! and the shutdown watch.
 //!
 //! A CPU reaches it only through the `&mut Machine` its exit handler is
 //! given for the length of one exit; with several CPUs that borrow comes
@@ -10,6 +11,7 @@
 pub mod ept01;
 pub mod shutdown;
 
+use crate::console::Console;
 use crate::shadow::Shadow;
 use ept01::Ept01;
 use shutdown::ShutdownWatch;
@@ -17,8 +19,10 @@ use shutdown::ShutdownWatch;
 pub struct Machine {
     /// The cloud VM's guest-physical memory: identity, minus L0's frames.
     pub ept: Ept01,
-    /// Shadow devices, VM identities, keys, console sessions.
+    /// Shadow devices, VM identities, keys, interrupt edges.
     pub shadow: Shadow,
+    /// The operator's sessions and command line.
+    pub console: Console,
     /// L0's management UART: 8 ports from here.
     pub mgmt_port: Option<u16>,
     pub shutdown: ShutdownWatch,

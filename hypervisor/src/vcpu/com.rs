@@ -217,7 +217,7 @@ impl Vcpu {
             return Outcome::Resume;
         }
         let o = self.l2_port_io(m, vs, p, e, io, Ports::Shadow(vm));
-        for f in m.shadow.pump() {
+        for f in m.console.pump(&mut m.shadow) {
             p.mgmt_send(&f);
         }
         self.route_shadow_irqs(m, vs, p);

@@ -374,12 +374,12 @@ impl Vcpu {
             let now = crate::arch::cpu::rdtsc();
             if n > 0 {
                 last = now;
-                for f in m.shadow.feed(&buf[..n]) {
+                for f in m.console.feed(&mut m.shadow, &buf[..n]) {
                     p.mgmt_send(&f);
                 }
                 continue;
             }
-            let midline = m.shadow.mid_line();
+            let midline = m.console.mid_line();
             if !midline
                 || now.wrapping_sub(last) > 8 * byte
                 || now.wrapping_sub(start) > 2 * mgmt::MAX_LINE as u64 * byte
@@ -388,73 +388,12 @@ impl Vcpu {
             }
             core::hint::spin_loop();
         }
-        for (tag, epoch, len) in core::mem::take(&mut m.shadow.saved_log) {
-            log::info!(
-                "devices of {} saved (epoch {epoch}, {len} bytes) and frozen",
-                tag.as_str()
-            );
-        }
-        if core::mem::take(&mut m.shadow.stats_wanted) {
-            let l2 = if self.nested.in_l2 { "in L2" } else { "in L1" };
-            let v = vs.current();
-            let v12 = &self.nested.vmx.vmcs12;
-            let vapic = match self.nested.vmx.current.is_some() {
-                true => {
-                    let a = v12.get(F::VIRTUAL_APIC_PAGE_ADDR);
-                    let mut b = [0u8; 4];
-                    let mut reg = |off: u64| {
-                        p.mem()
-                            .read(a + off, &mut b)
-                            .map(|_| u32::from_le_bytes(b))
-                            .unwrap_or(u32::MAX)
-                    };
-                    let mut top = |base: u64| {
-                        crate::nested::posted::highest_vector(|i| reg(base + 16 * i as u64))
-                    };
-                    let (isr, irr) = (top(0x100), top(0x200));
-                    alloc::format!(
-                        "; VMCS12 rip={:#x} rflags={:#x} intr-state={:#x} intr-status={:#x} timer={:#x} pin={:#x} vapic tpr={:#x} ppr={:#x} isr-top={isr:x?} irr-top={irr:x?}",
-                        v12.get(F::GUEST_RIP),
-                        v12.get(F::GUEST_RFLAGS),
-                        v12.get(F::GUEST_INTERRUPTIBILITY_INFO),
-                        v12.get(F::GUEST_INTR_STATUS),
-                        v12.get(F::VMX_PREEMPTION_TIMER_VALUE),
-                        v12.get(F::PIN_BASED_VM_EXEC_CONTROL),
-                        reg(0x80),
-                        reg(0xa0)
-                    )
-                }
-                false => String::new(),
-            };
-            let now = alloc::format!(
-                "rip={:#x} rflags={:#x} intr-state={:#x} activity={} entry-event={:#x} intr-status={:#x} timer={:#x}{vapic}; L1 APIC {}",
-                v.read(F::GUEST_RIP),
-                v.read(F::GUEST_RFLAGS),
-                v.read(F::GUEST_INTERRUPTIBILITY_INFO),
-                v.read(F::GUEST_ACTIVITY_STATE),
-                v.read(F::VM_ENTRY_INTR_INFO_FIELD),
-                if self.nested.in_l2 { v.read(F::GUEST_INTR_STATUS) } else { 0 },
-                v.read(F::VMX_PREEMPTION_TIMER_VALUE),
-                p.apic_state()
-            );
-            for f in [
-                mgmt::frame(format_args!(
-                    "stats now {l2}, {} user VMs: {now}",
-                    m.shadow.vm_count()
-                )),
-                mgmt::frame(format_args!("stats l1 {}", self.stats)),
-                mgmt::frame(format_args!("stats l1-recent {}", self.stats.recent())),
-                mgmt::frame(format_args!(
-                    "stats l1-vmcs-exits {}",
-                    self.stats.vmcs_fields()
-                )),
-                mgmt::frame(format_args!("stats l2 {}", self.l2_stats)),
-                mgmt::frame(format_args!("stats l2-recent {}", self.l2_stats.recent())),
-            ] {
+        if m.console.take_stats_request() {
+            for f in self.stats_frames(m.shadow.vm_count(), vs.current(), p) {
                 p.mgmt_send(&f);
             }
         }
-        for f in m.shadow.pump() {
+        for f in m.console.pump(&mut m.shadow) {
             p.mgmt_send(&f);
         }
         self.route_shadow_irqs(m, vs, p);

@@ -1,7 +1,15 @@
 //! Guest state for the management line: printed on every fatal or
-//! unexpected exit so a failure says what went wrong.
+//! unexpected exit so a failure says what went wrong, and the answer to
+//! the operator's `stats`.
 
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt::{self, Write};
+
+use shadow_devices::mgmt;
+
+use super::{Platform, Vcpu};
+use crate::guest_mem::GuestMemory;
 
 use crate::arch::run::GuestRegs;
 use crate::vmx::exit::{reason_name, ExitReason};
@@ -144,5 +152,69 @@ mod tests {
             !s.contains("4444"),
             "RSP comes from the VMCS, not the GPR array"
         );
+    }
+}
+
+impl Vcpu {
+    /// The `stats` answer: where the vCPU is, L2's and L1's interrupt
+    /// state, and the exit counts of each level (docs/console-protocol.md).
+    pub(super) fn stats_frames<P: Platform>(
+        &self,
+        user_vms: usize,
+        v: &impl Vmcs,
+        p: &mut P,
+    ) -> Vec<String> {
+        let l2 = if self.nested.in_l2 { "in L2" } else { "in L1" };
+        let v12 = &self.nested.vmx.vmcs12;
+        let vapic = match self.nested.vmx.current.is_some() {
+            true => {
+                let a = v12.get(F::VIRTUAL_APIC_PAGE_ADDR);
+                let mut b = [0u8; 4];
+                let mut reg = |off: u64| {
+                    p.mem()
+                        .read(a + off, &mut b)
+                        .map(|_| u32::from_le_bytes(b))
+                        .unwrap_or(u32::MAX)
+                };
+                let mut top = |base: u64| {
+                    crate::nested::posted::highest_vector(|i| reg(base + 16 * i as u64))
+                };
+                let (isr, irr) = (top(0x100), top(0x200));
+                alloc::format!(
+                    "; VMCS12 rip={:#x} rflags={:#x} intr-state={:#x} intr-status={:#x} timer={:#x} pin={:#x} vapic tpr={:#x} ppr={:#x} isr-top={isr:x?} irr-top={irr:x?}",
+                    v12.get(F::GUEST_RIP),
+                    v12.get(F::GUEST_RFLAGS),
+                    v12.get(F::GUEST_INTERRUPTIBILITY_INFO),
+                    v12.get(F::GUEST_INTR_STATUS),
+                    v12.get(F::VMX_PREEMPTION_TIMER_VALUE),
+                    v12.get(F::PIN_BASED_VM_EXEC_CONTROL),
+                    reg(0x80),
+                    reg(0xa0)
+                )
+            }
+            false => String::new(),
+        };
+        let now = alloc::format!(
+            "rip={:#x} rflags={:#x} intr-state={:#x} activity={} entry-event={:#x} intr-status={:#x} timer={:#x}{vapic}; L1 APIC {}",
+            v.read(F::GUEST_RIP),
+            v.read(F::GUEST_RFLAGS),
+            v.read(F::GUEST_INTERRUPTIBILITY_INFO),
+            v.read(F::GUEST_ACTIVITY_STATE),
+            v.read(F::VM_ENTRY_INTR_INFO_FIELD),
+            if self.nested.in_l2 { v.read(F::GUEST_INTR_STATUS) } else { 0 },
+            v.read(F::VMX_PREEMPTION_TIMER_VALUE),
+            p.apic_state()
+        );
+        alloc::vec![
+            mgmt::frame(format_args!("stats now {l2}, {} user VMs: {now}", user_vms)),
+            mgmt::frame(format_args!("stats l1 {}", self.stats)),
+            mgmt::frame(format_args!("stats l1-recent {}", self.stats.recent())),
+            mgmt::frame(format_args!(
+                "stats l1-vmcs-exits {}",
+                self.stats.vmcs_fields()
+            )),
+            mgmt::frame(format_args!("stats l2 {}", self.l2_stats)),
+            mgmt::frame(format_args!("stats l2-recent {}", self.l2_stats.recent())),
+        ]
     }
 }

@@ -265,6 +265,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
             b.fill(0x42);
             true
         }),
+        console: crate::console::Console::default(),
         mgmt_port: Some(0x2f8),
         shutdown: ShutdownWatch::default(),
     };
@@ -318,6 +319,34 @@ fn cpuid_answers_and_advances() {
     assert_eq!(c.regs.gpr[GuestRegs::RCX] & (1 << 5), 0, "VMX hidden");
     assert_ne!(c.regs.gpr[GuestRegs::RCX] & (1 << 31), 0);
     assert_eq!(c.stats.by_reason[reason::CPUID as usize], 2);
+}
+
+#[test]
+fn stats_are_answered_on_the_management_line() {
+    let (mut c, mut v, mut p) = setup();
+    c.regs.gpr[GuestRegs::RAX] = 0;
+    exit(&mut v, reason::CPUID, 0, 2);
+    c.handle_exit(&mut v, &mut p);
+    let cmd = shadow_devices::mgmt::frame(format_args!("stats"));
+    p.mgmt_in.extend_from_slice(cmd.as_bytes());
+    c.poll_console(&mut v, &mut p);
+    let kinds: Vec<&str> = p
+        .mgmt_out
+        .iter()
+        .filter_map(|l| shadow_devices::mgmt::parse_frame(l).ok())
+        .filter_map(|b| b.strip_prefix("stats "))
+        .map(|b| b.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["now", "l1", "l1-recent", "l1-vmcs-exits", "l2", "l2-recent"]
+    );
+    assert!(
+        p.mgmt_out[0].contains("in L1, 0 user VMs"),
+        "{:?}",
+        p.mgmt_out
+    );
+    assert!(p.mgmt_out[1].contains("CPUID"), "{:?}", p.mgmt_out);
 }
 
 #[test]

@@ -155,7 +155,7 @@ impl Vcpu {
                     Ok(Ok(saved)) => {
                         // Logged at L0's next visit to the line, not while
                         // the VM's migration waits for this call.
-                        m.shadow.saved_log.push((tag, saved.epoch, saved.len));
+                        m.shadow.note_saved(tag, saved.epoch, saved.len);
                         Response::ok(saved.len as u64, saved.epoch)
                     }
                 }

@@ -213,12 +213,12 @@ impl Vcpu {
         };
         if o == Outcome::Succeed {
             // The end of a user VM (shadow/identity.rs, rule 3).
-            let frames = match (basic, x.cleared.take()) {
+            match (basic, x.cleared.take()) {
                 (reason::VMCLEAR, Some(ptr)) => m.shadow.vmclear(ptr),
                 (reason::VMXOFF, _) => m.shadow.vmxoff(),
-                _ => alloc::vec::Vec::new(),
-            };
-            for f in frames {
+                _ => {}
+            }
+            for f in m.console.notices(&mut m.shadow) {
                 p.mgmt_send(&f);
             }
         }

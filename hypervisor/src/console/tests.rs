@@ -1,8 +1,44 @@
-//! The shadow state: devices per VM, the operator's console, the relay's
-//! pending edges, save and restore.
+//! The console over real shadow devices: sessions, commands, output and
+//! input, notices; and the shadow state it follows: devices per VM, the
+//! relay's pending edges, save and restore.
 
 use super::*;
+use crate::shadow::COM_PORTS;
 use shadow_devices::mgmt::{parse_event, parse_frame, Event};
+use shadow_devices::seal::SealKey;
+use shadow_devices::Error;
+
+/// The registry and the console, as a Machine holds them.
+struct Host {
+    sh: Shadow,
+    con: Console,
+}
+
+impl core::ops::Deref for Host {
+    type Target = Shadow;
+    fn deref(&self) -> &Shadow {
+        &self.sh
+    }
+}
+
+impl core::ops::DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut Shadow {
+        &mut self.sh
+    }
+}
+
+impl Host {
+    fn feed(&mut self, bytes: &[u8]) -> Frames {
+        self.con.feed(&mut self.sh, bytes)
+    }
+    fn pump(&mut self) -> Frames {
+        self.con.pump(&mut self.sh)
+    }
+    fn vmclear(&mut self, vmcs12: u64) -> Frames {
+        self.sh.vmclear(vmcs12);
+        self.con.notices(&mut self.sh)
+    }
+}
 
 fn rng(buf: &mut [u8]) -> bool {
     for (i, b) in buf.iter_mut().enumerate() {
@@ -11,11 +47,14 @@ fn rng(buf: &mut [u8]) -> bool {
     true
 }
 
-fn shadow() -> Shadow {
-    Shadow::new(Some(SealKey::new(&[7; 32])), rng)
+fn shadow() -> Host {
+    Host {
+        sh: Shadow::new(Some(SealKey::new(&[7; 32])), rng),
+        con: Console::default(),
+    }
 }
 
-fn send(s: &mut Shadow, body: &str) -> Vec<Event> {
+fn send(s: &mut Host, body: &str) -> Vec<Event> {
     let f = mgmt::frame(format_args!("{body}"));
     s.feed(f.as_bytes())
         .iter()
@@ -31,7 +70,7 @@ fn events(frames: Frames) -> Vec<Event> {
 }
 
 /// The guest prints `text` on COM1 the way a driver does: THR writes.
-fn print(s: &mut Shadow, vm: VmId, text: &[u8]) {
+fn print(s: &mut Host, vm: VmId, text: &[u8]) {
     for &b in text {
         s.io(vm, 0x3f8, Some(b));
     }
@@ -137,7 +176,7 @@ fn vm_end_drops_devices_and_detaches() {
         ]
     );
     assert_eq!(s.vm_count(), 0);
-    assert!(s.sessions.is_empty());
+    assert!(s.con.sessions.is_empty());
 }
 
 #[test]
@@ -259,7 +298,7 @@ fn followed_ports_are_bounded() {
         send(&mut s, "attach 1"),
         vec![Event::Attached { id: 1, port: 0x3f8 }]
     );
-    assert_eq!(s.sessions.len(), MAX_SESSIONS);
+    assert_eq!(s.con.sessions.len(), MAX_SESSIONS);
 }
 
 #[test]

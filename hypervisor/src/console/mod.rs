@@ -1,0 +1,292 @@
+//! The operator's console on L0's management line (docs/console-protocol.md):
+//! command lines in (`shadow_devices::mgmt`), and out the followed ports'
+//! output, the answers, and the shadow devices' notices. It follows user
+//! VMs' ports through the shadow registry it is handed; it owns only the
+//! sessions and the line.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use shadow_devices::mgmt::{self, Command, Target};
+use ultracall_abi::VmTag;
+
+use crate::shadow::identity::VmId;
+use crate::shadow::{Notice, Shadow, COM_PORTS};
+
+/// Frames to send to the operator.
+pub type Frames = Vec<String>;
+
+/// A COM port the operator's console follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub vm: VmId,
+    pub port: u16,
+}
+
+/// How many ports the console follows at once: the line is ~11 KB/s, a
+/// few busy consoles fill it.
+pub const MAX_SESSIONS: usize = 8;
+
+#[derive(Default)]
+pub struct Console {
+    /// The ports the console follows; the last one attached takes input.
+    pub sessions: Vec<Session>,
+    rx_line: Vec<u8>,
+    /// Bytes of console input not yet accepted by the input port's device.
+    input_backlog: Vec<u8>,
+    /// The operator asked for `stats` (the vCPU answers: it holds them).
+    stats_wanted: bool,
+}
+
+impl Console {
+    /// Whether a command line has begun but not ended.
+    pub fn mid_line(&self) -> bool {
+        !self.rx_line.is_empty()
+    }
+
+    /// Whether `stats` was asked for since the last call.
+    pub fn take_stats_request(&mut self) -> bool {
+        core::mem::take(&mut self.stats_wanted)
+    }
+
+    /// Bytes from the management line: complete lines are commands.
+    pub fn feed(&mut self, sh: &mut Shadow, bytes: &[u8]) -> Frames {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if b == b'\n' {
+                let line = core::mem::take(&mut self.rx_line);
+                if let Ok(line) = core::str::from_utf8(&line) {
+                    out.extend(self.line(sh, line));
+                }
+            } else if self.rx_line.len() < mgmt::MAX_LINE {
+                self.rx_line.push(b);
+            }
+        }
+        out
+    }
+
+    fn line(&mut self, sh: &mut Shadow, line: &str) -> Frames {
+        let body = match mgmt::parse_frame(line) {
+            Ok(b) => b,
+            Err(mgmt::FrameError::NotAFrame) => return Vec::new(),
+            Err(e) => return alloc::vec![mgmt::frame(format_args!("err frame: {e:?}"))],
+        };
+        match mgmt::parse_command(body) {
+            Ok(c) => self.command(sh, c),
+            Err(e) => alloc::vec![mgmt::frame(format_args!("err {e}"))],
+        }
+    }
+
+    fn command(&mut self, sh: &mut Shadow, c: Command) -> Frames {
+        let mut out = Vec::new();
+        match c {
+            Command::Ping => out.push(mgmt::frame(format_args!("pong"))),
+            Command::Stats => self.stats_wanted = true,
+            Command::List => {
+                out.extend(sh.devices.iter().map(|(&id, _)| vm_frame(sh, id)));
+                out.push(mgmt::frame(format_args!("end-list {}", sh.devices.len())));
+            }
+            Command::Attach { target, port } => {
+                let port = port.unwrap_or(COM_PORTS[0]);
+                match find(sh, target) {
+                    Some(_) if !COM_PORTS.contains(&port) => {
+                        out.push(mgmt::frame(format_args!("err no COM port {port:#x}")))
+                    }
+                    Some(vm) => {
+                        let s = Session { vm, port };
+                        if !self.sessions.contains(&s) {
+                            if self.sessions.len() == MAX_SESSIONS {
+                                out.push(mgmt::frame(format_args!(
+                                    "err {MAX_SESSIONS} ports followed already; detach one"
+                                )));
+                                return out;
+                            }
+                            if let Some(c) =
+                                sh.devices.vm(vm).device_at(port).and_then(|d| d.console())
+                            {
+                                c.set_operator_attached(true);
+                            }
+                        }
+                        // The newest session takes input; typed-ahead bytes
+                        // for the previous one are not redirected.
+                        self.sessions.retain(|&o| o != s);
+                        self.sessions.push(s);
+                        self.input_backlog.clear();
+                        out.push(mgmt::frame(format_args!("attached {vm} {port:x}")));
+                        // The backlog follows at the next pump.
+                    }
+                    None => out.push(mgmt::frame(format_args!("err no such VM"))),
+                }
+            }
+            Command::Detach { target, port } => {
+                let vm = match target.map(|t| find(sh, t)) {
+                    Some(None) => return alloc::vec![mgmt::frame(format_args!("err no such VM"))],
+                    Some(vm) => vm,
+                    None => None,
+                };
+                let f = self.detach(
+                    sh,
+                    |s| vm.is_none_or(|v| v == s.vm) && port.is_none_or(|p| p == s.port),
+                    "operator detached",
+                );
+                if f.is_empty() {
+                    out.push(mgmt::frame(format_args!("err not attached")));
+                }
+                out.extend(f);
+            }
+            Command::Input(bytes) => match self.sessions.last() {
+                Some(_) => {
+                    self.input_backlog.extend_from_slice(&bytes);
+                    out.extend(self.pump(sh));
+                }
+                None => out.push(mgmt::frame(format_args!("err not attached"))),
+            },
+        }
+        out
+    }
+
+    /// Ends the sessions `which` selects.
+    fn detach(&mut self, sh: &mut Shadow, which: impl Fn(&Session) -> bool, why: &str) -> Frames {
+        let mut out = Vec::new();
+        let input = self.sessions.last().copied();
+        let mut i = 0;
+        while i < self.sessions.len() {
+            let s = self.sessions[i];
+            if !which(&s) {
+                i += 1;
+                continue;
+            }
+            self.sessions.remove(i);
+            if let Some(c) = sh
+                .devices
+                .get_mut(&s.vm)
+                .and_then(|v| v.device_at(s.port))
+                .and_then(|d| d.console())
+            {
+                c.set_operator_attached(false);
+            }
+            out.push(mgmt::frame(format_args!(
+                "detached {} {:x} {why}",
+                s.vm, s.port
+            )));
+        }
+        if self.sessions.last().copied() != input {
+            self.input_backlog.clear();
+        }
+        out
+    }
+
+    /// The shadow devices' notices as frames (a VM that ended also ends
+    /// its sessions); a save is logged, not framed.
+    pub fn notices(&mut self, sh: &mut Shadow) -> Frames {
+        let mut out = Vec::new();
+        for n in sh.take_notices() {
+            match n {
+                // (A VM that already ended has its Gone notice next.)
+                Notice::Vm(vm) if sh.devices.get(&vm).is_some() => out.push(vm_frame(sh, vm)),
+                Notice::Vm(_) => {}
+                Notice::Gone(vm) => {
+                    out.push(mgmt::frame(format_args!("gone {vm}")));
+                    out.extend(self.detach(sh, |s| s.vm == vm, "the VM ended"));
+                }
+                Notice::Restore { vm, tag, result } => {
+                    let t = tag.as_str();
+                    out.push(match (result, vm) {
+                        (Ok(epoch), Some(vm)) => {
+                            mgmt::frame(format_args!("restore {vm} {t} ok epoch={epoch}"))
+                        }
+                        (Ok(epoch), None) => {
+                            mgmt::frame(format_args!("restore - {t} ok epoch={epoch}"))
+                        }
+                        (Err(e), Some(vm)) => {
+                            mgmt::frame(format_args!("restore {vm} {t} refused {e}"))
+                        }
+                        (Err(e), None) => mgmt::frame(format_args!("restore - {t} refused {e}")),
+                    });
+                }
+                Notice::Saved { tag, epoch, len } => log::info!(
+                    "devices of {} saved (epoch {epoch}, {len} bytes) and frozen",
+                    tag.as_str()
+                ),
+            }
+        }
+        out
+    }
+
+    /// Moves console bytes both ways for the followed ports: the guests'
+    /// output to the operator (at most `mgmt::OUT_CHUNK` per frame, a few
+    /// frames per call), the operator's input into the device as it takes
+    /// it; the notices go first.
+    pub fn pump(&mut self, sh: &mut Shadow) -> Frames {
+        let mut out = self.notices(sh);
+        let input = self.sessions.last().copied();
+        // Sessions of VMs that ended without a VMCLEAR/VMXOFF notice.
+        self.sessions.retain(|s| sh.devices.get(&s.vm).is_some());
+        // (By index: this runs at every COM access, and allocating costs.)
+        for i in 0..self.sessions.len() {
+            let s = self.sessions[i];
+            let Some(vm) = sh.devices.get_mut(&s.vm) else {
+                continue;
+            };
+            if let Some(c) = vm.device_at(s.port).and_then(|d| d.console()) {
+                if Some(s) == input && !self.input_backlog.is_empty() {
+                    let n = c.push_input(&self.input_backlog);
+                    self.input_backlog.drain(..n);
+                }
+                let mut buf = [0u8; mgmt::OUT_CHUNK];
+                for _ in 0..4 {
+                    let n = c.pull_output(&mut buf);
+                    if n == 0 {
+                        break;
+                    }
+                    out.push(mgmt::frame(format_args!(
+                        "out {} {:x} {}",
+                        s.vm,
+                        s.port,
+                        mgmt::hex(&buf[..n])
+                    )));
+                }
+            }
+            // Pulling output frees the transmitter and input fills the
+            // receiver: both can raise the UART's interrupt.
+            let edges = vm.take_irq_edges();
+            sh.note_edges(s.vm, edges);
+        }
+        out
+    }
+}
+
+fn find(sh: &Shadow, t: Target) -> Option<VmId> {
+    match t {
+        Target::Id(id) => sh.devices.get(&id).map(|_| id),
+        Target::Tag(t) => VmTag::new(t.as_bytes())
+            .ok()
+            .and_then(|t| sh.devices.find_by_tag(&t)),
+    }
+}
+
+/// `@vm ...` for one VM (the `list` answer, and the notice when a VM
+/// appears or registers its tag).
+fn vm_frame(sh: &Shadow, id: VmId) -> String {
+    let Some(vm) = sh.devices.get(&id) else {
+        return mgmt::frame(format_args!("gone {id}"));
+    };
+    let infos = vm.device_infos();
+    let (bin, bout) = infos
+        .iter()
+        .fold((0, 0), |(i, o), d| (i + d.bytes_in, o + d.bytes_out));
+    let ports: Vec<String> = infos
+        .iter()
+        .map(|d| alloc::format!("{:x}", d.port_base))
+        .collect();
+    let tag = vm.tag();
+    mgmt::frame(format_args!(
+        "vm {id} tag={} frozen={} ports={} in={bin} out={bout}",
+        tag.as_ref().map_or("-", |t| t.as_str()),
+        vm.is_frozen() as u8,
+        ports.join(",")
+    ))
+}
+
+#[cfg(test)]
+mod tests;
