@@ -250,7 +250,7 @@ impl Console {
             // Pulling output frees the transmitter and input fills the
             // receiver: both can raise the UART's interrupt.
             let edges = vm.take_irq_edges();
-            sh.note_edges(s.vm, edges);
+            sh.irqs.note_edges(s.vm, edges);
         }
         out
     }

@@ -120,10 +120,10 @@ fn operator_input_reaches_the_guest_and_raises_edges() {
     s.io(a, 0x3f9, Some(0x01));
     s.io(a, 0x3fc, Some(0x08));
     send(&mut s, "attach 1 0x3f8");
-    assert!(!s.irq_pending(), "no relay registered yet");
-    s.relay_vector = Some(0xec);
+    assert!(!s.irqs.irq_pending(), "no relay registered yet");
+    s.irqs.relay_vector = Some(0xec);
     send(&mut s, &alloc::format!("in {}", mgmt::hex(b"ls\r")));
-    assert!(s.irq_pending());
+    assert!(s.irqs.irq_pending());
     let (vmcs, edges, levels) = s.take_irqs().unwrap();
     assert_eq!(
         (vmcs, edges & (1 << 4), levels & (1 << 4)),

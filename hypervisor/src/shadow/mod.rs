@@ -5,7 +5,6 @@
 //! manager. What the operator should hear of it (a VM appeared, ended,
 //! was restored) it leaves as [`Notice`]s for the console (`crate::console`).
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use shadow_devices::epoch::EpochLedger;
@@ -15,20 +14,12 @@ use shadow_devices::Error;
 use ultracall_abi::VmTag;
 
 pub mod identity;
+pub mod interrupts;
 pub mod ioapic;
 
 use identity::{Identities, VmId};
+use interrupts::Interrupts;
 use ioapic::IoApic;
-
-/// Where L0 posts a user VM's interrupts when its guest hypervisor runs it
-/// with posted interrupts (KVM with APICv): VMCS12's descriptor and
-/// notification vector, and its virtual-APIC page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PiRoute {
-    pub desc: u64,
-    pub nv: u8,
-    pub vapic: u64,
-}
 
 /// Random bytes for nonces (RDSEED/RDRAND on hardware).
 pub type RandomFn = fn(&mut [u8]) -> bool;
@@ -64,20 +55,12 @@ pub struct Shadow {
     key: Option<SealKey>,
     ledger: EpochLedger,
     nonces: CounterNonce<RandomFn>,
-    /// L1's relay vector (ABI op SetIrqRelay).
-    pub relay_vector: Option<u8>,
-    /// Interrupt edges L1 has not taken yet, per VM.
-    pending: BTreeMap<VmId, u16>,
-    /// A relay interrupt for the pending edges reached L1.
-    announced: bool,
+    /// Edges not yet delivered, the relay, routes and IOAPICs.
+    pub irqs: Interrupts,
     /// For the console, oldest first.
     notices: Vec<Notice>,
     /// User VMs' COM accesses are L0's (off: `shadow=off`, a baseline).
     pub intercept_com: bool,
-    /// Posted-interrupt routes by VMCS12 (recorded at each VM entry).
-    pi_routes: BTreeMap<u64, PiRoute>,
-    /// What each VM programmed into its IOAPIC.
-    ioapics: BTreeMap<VmId, IoApic>,
 }
 
 impl Shadow {
@@ -88,13 +71,9 @@ impl Shadow {
             key,
             ledger: EpochLedger::new(),
             nonces: CounterNonce::new(random),
-            relay_vector: None,
-            pending: BTreeMap::new(),
-            announced: false,
+            irqs: Interrupts::default(),
             notices: Vec::new(),
             intercept_com: true,
-            pi_routes: BTreeMap::new(),
-            ioapics: BTreeMap::new(),
         }
     }
 
@@ -113,16 +92,8 @@ impl Shadow {
             None => v.io_read(port).unwrap_or(0xff),
         };
         let edges = v.take_irq_edges();
-        self.note_edges(vm, edges);
+        self.irqs.note_edges(vm, edges);
         r
-    }
-
-    /// Interrupt edges a VM's devices raised (also when the console moved
-    /// bytes in or out of them).
-    pub fn note_edges(&mut self, vm: VmId, edges: u16) {
-        if edges != 0 {
-            *self.pending.entry(vm).or_insert(0) |= edges;
-        }
     }
 
     /// The notices since the last call, oldest first.
@@ -140,24 +111,9 @@ impl Shadow {
         self.devices.get(&vm).is_some_and(|d| d.is_frozen())
     }
 
-    /// Whether L1 is owed a relay interrupt: edges are pending that no
-    /// relay interrupt has announced yet. L1's handler takes them all with
-    /// TakeIrqs; new edges after that announce themselves again.
-    pub fn irq_pending(&self) -> bool {
-        self.relay_vector.is_some() && !self.pending.is_empty() && !self.announced
-    }
-
-    /// The relay interrupt reached L1.
-    pub fn relay_delivered(&mut self) {
-        self.announced = true;
-    }
-
     /// TakeIrqs: one VM's new edges (and their VMCS pointer, and levels).
     pub fn take_irqs(&mut self) -> Option<(u64, u16, u16)> {
-        // L1 is draining: edges from now on need a new announcement.
-        self.announced = false;
-        while let Some((&vm, &edges)) = self.pending.iter().next() {
-            self.pending.remove(&vm);
+        while let Some((vm, edges)) = self.irqs.take_next() {
             let (Some(vmcs), Some(devs)) = (self.ids.vmcs_of(vm), self.devices.get(&vm)) else {
                 continue; // the VM ended meanwhile
             };
@@ -166,57 +122,22 @@ impl Shadow {
         None
     }
 
-    /// Records (or forgets) the posted-interrupt route of a VMCS12.
-    pub fn set_pi_route(&mut self, vmcs12: u64, route: Option<PiRoute>) {
-        match route {
-            Some(r) => self.pi_routes.insert(vmcs12, r),
-            None => self.pi_routes.remove(&vmcs12),
-        };
-    }
-
-    /// The route of VM `vm` (through the VMCS12 it ran with last).
-    pub fn pi_route_of(&self, vm: VmId) -> Option<PiRoute> {
-        self.pi_routes.get(&self.ids.vmcs_of(vm)?).copied()
+    /// The posted-interrupt route of VM `vm` (through the VMCS12 it ran
+    /// with last).
+    pub fn pi_route_of(&self, vm: VmId) -> Option<interrupts::PiRoute> {
+        self.irqs.pi_route(self.ids.vmcs_of(vm)?)
     }
 
     /// L2 wrote its IOAPIC (`offset` in the page).
     pub fn ioapic_write(&mut self, vm: VmId, offset: u64, value: u32) {
-        let io = self.ioapics.entry(vm).or_default();
-        io.write(offset, value);
-        // The routes travel with the devices (a sealed blob's platform state).
-        let bytes = io.encode();
+        let bytes = self.irqs.ioapic_write(vm, offset, value);
         let _ = self.devices.vm(vm).set_platform(&bytes);
     }
 
     /// L2 reset itself: its IOAPIC starts over.
     pub fn ioapic_reset(&mut self, vm: VmId) {
-        self.ioapics.remove(&vm);
+        self.irqs.set_ioapic(vm, None);
         let _ = self.devices.vm(vm).set_platform(&[]);
-    }
-
-    /// The vector the VM's IOAPIC gives `pin`, if it routes.
-    pub fn ioapic_vector(&self, vm: VmId, pin: u8) -> Option<u8> {
-        self.ioapics.get(&vm)?.vector(pin)
-    }
-
-    /// Whether any VM has interrupt edges not yet delivered.
-    pub fn has_edges(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
-    /// Every VM with interrupt edges not yet delivered, and the edges.
-    pub fn edges(&self) -> Vec<(VmId, u16)> {
-        self.pending.iter().map(|(&vm, &e)| (vm, e)).collect()
-    }
-
-    /// Edges delivered by other means than L1's relay.
-    pub fn take_edges(&mut self, vm: VmId, mask: u16) {
-        if let Some(e) = self.pending.get_mut(&vm) {
-            *e &= !mask;
-            if *e == 0 {
-                self.pending.remove(&vm);
-            }
-        }
     }
 
     /// The VM of an L2 exit, creating its identity on first use.
@@ -231,7 +152,7 @@ impl Shadow {
 
     /// L1 VMCLEARed a VMCS12: if that ended a VM, its devices go too.
     pub fn vmclear(&mut self, vmcs12: u64) {
-        self.pi_routes.remove(&vmcs12);
+        self.irqs.forget_vmcs(vmcs12);
         if let Some(vm) = self.ids.vmclear(vmcs12) {
             self.drop_vm(vm);
         }
@@ -239,7 +160,7 @@ impl Shadow {
 
     /// L1 left VMX operation.
     pub fn vmxoff(&mut self) {
-        self.pi_routes.clear();
+        self.irqs.forget_all_routes();
         for vm in self.ids.clear_all() {
             self.drop_vm(vm);
         }
@@ -247,8 +168,7 @@ impl Shadow {
 
     fn drop_vm(&mut self, vm: VmId) {
         self.devices.remove(&vm);
-        self.pending.remove(&vm);
-        self.ioapics.remove(&vm);
+        self.irqs.forget_vm(vm);
         log::info!("user VM {vm} ended");
         self.notices.push(Notice::Gone(vm));
     }
@@ -297,14 +217,11 @@ impl Shadow {
         };
         if let Ok(ok) = &r {
             // The routes the VM programmed on the source host.
-            match self
+            let io = self
                 .devices
                 .get(&ok.vm)
-                .and_then(|d| IoApic::decode(d.platform()))
-            {
-                Some(io) => self.ioapics.insert(ok.vm, io),
-                None => self.ioapics.remove(&ok.vm),
-            };
+                .and_then(|d| IoApic::decode(d.platform()));
+            self.irqs.set_ioapic(ok.vm, io);
         }
         self.notices.push(Notice::Restore {
             vm: match &r {

@@ -15,8 +15,8 @@ use crate::nested::ept12::L2View;
 use crate::nested::posted::{self, Ipi, Posted};
 use crate::nested::{Level, VmcsSet};
 use crate::regs::RFLAGS_IF;
+use crate::shadow::interrupts::PiRoute;
 use crate::shadow::ioapic::{IOAPIC_BASE, IOWIN};
-use crate::shadow::PiRoute;
 use crate::vmx::caps::{pin, primary, secondary};
 use crate::vmx::exit::{reason, ExitInfo, InterruptionInfo};
 use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
@@ -65,7 +65,7 @@ impl Vcpu {
             return;
         };
         let route = self.pi12();
-        m.shadow.set_pi_route(vmcs12, route);
+        m.shadow.irqs.set_pi_route(vmcs12, route);
         if let Some(r) = route {
             if posted::outstanding(p.mem(), r.desc) {
                 self.process_into_l2(vs, p, r);
@@ -149,10 +149,10 @@ impl Vcpu {
         vs: &mut S,
         p: &mut P,
     ) {
-        if !m.shadow.has_edges() {
+        if !m.shadow.irqs.has_edges() {
             return; // the common case, at every COM access
         }
-        for (vm, edges) in m.shadow.edges() {
+        for (vm, edges) in m.shadow.irqs.edges() {
             let Some(route) = m.shadow.pi_route_of(vm) else {
                 continue;
             };
@@ -164,11 +164,11 @@ impl Vcpu {
                 // A masked or unprogrammed edge-triggered pin drops the
                 // edge, as the IOAPIC does.
                 taken |= 1 << pin;
-                if let Some(vector) = m.shadow.ioapic_vector(vm, pin) {
+                if let Some(vector) = m.shadow.irqs.ioapic_vector(vm, pin) {
                     self.post(vs, p, route.desc, vector);
                 }
             }
-            m.shadow.take_edges(vm, taken);
+            m.shadow.irqs.take_edges(vm, taken);
         }
     }
 

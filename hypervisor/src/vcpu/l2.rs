@@ -742,7 +742,7 @@ impl Vcpu {
             // An event whose delivery the exit interrupted is delivered now.
             reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
         }
-        if o != Outcome::Resume || !self.nested.in_l2 || !m.shadow.irq_pending() {
+        if o != Outcome::Resume || !self.nested.in_l2 || !m.shadow.irqs.irq_pending() {
             return o;
         }
         let v12 = &self.nested.vmx.vmcs12;
@@ -765,14 +765,14 @@ impl Vcpu {
         }
         if v12.get(F::VM_EXIT_CONTROLS) as u32 & exit::ACK_INTERRUPT_ON_EXIT != 0 {
             // Acknowledged on exit: the vector travels in the exit information.
-            let vector = m.shadow.relay_vector.unwrap_or(0);
+            let vector = m.shadow.irqs.relay_vector.unwrap_or(0);
             e.intr_info = InterruptionInfo::new(
                 vector,
                 crate::vmx::exit::event_type::EXTERNAL_INTERRUPT,
                 false,
             )
             .0;
-            m.shadow.relay_delivered();
+            m.shadow.irqs.relay_delivered();
         }
         self.reflect(vs, p, &e)
     }

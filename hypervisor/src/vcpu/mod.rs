@@ -403,10 +403,10 @@ impl Vcpu {
     /// interrupt when edges are pending and L1 can take an interrupt, or
     /// ask for the window in which it can.
     pub fn before_l1_entry(&mut self, m: &mut Machine, v: &mut impl Vmcs) {
-        if !m.shadow.irq_pending() {
+        if !m.shadow.irqs.irq_pending() {
             return;
         }
-        let Some(vector) = m.shadow.relay_vector else {
+        let Some(vector) = m.shadow.irqs.relay_vector else {
             return;
         };
         let can = v.read(F::GUEST_RFLAGS) & (1 << 9) != 0
@@ -422,7 +422,7 @@ impl Vcpu {
             if v.read(F::GUEST_ACTIVITY_STATE) == ACTIVITY_HLT {
                 v.write(F::GUEST_ACTIVITY_STATE, 0);
             }
-            m.shadow.relay_delivered();
+            m.shadow.irqs.relay_delivered();
         } else if !self.window_requested {
             v.set_bits(
                 F::CPU_BASED_VM_EXEC_CONTROL,

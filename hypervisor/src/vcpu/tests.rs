@@ -917,7 +917,7 @@ mod nested {
         c.handle_exit(&mut v, &mut p);
         assert!(!c.nested.in_l2);
         c.m.shadow.io(1, 0x3f9, Some(0x01)); // received-data interrupt on
-        c.m.shadow.take_edges(1, u16::MAX);
+        c.m.shadow.irqs.take_edges(1, u16::MAX);
         for cmd in ["attach 1", "in 41"] {
             p.mgmt_in
                 .extend_from_slice(shadow_devices::mgmt::frame(format_args!("{cmd}")).as_bytes());

@@ -179,11 +179,11 @@ impl Vcpu {
             }
             Op::SetIrqRelay => match raw_rsi {
                 0 => {
-                    m.shadow.relay_vector = None;
+                    m.shadow.irqs.relay_vector = None;
                     Response::ok(0, 0)
                 }
                 32..=255 => {
-                    m.shadow.relay_vector = Some(raw_rsi as u8);
+                    m.shadow.irqs.relay_vector = Some(raw_rsi as u8);
                     log::info!("L1 relays shadow-device interrupts on vector {raw_rsi:#x}");
                     Response::ok(0, raw_rsi)
                 }

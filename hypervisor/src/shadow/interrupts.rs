@@ -1,0 +1,134 @@
+//! The user VMs' interrupts on their way out of L0: the edges their shadow
+//! UARTs raised that nobody delivered yet, L1's relay vector, the routes
+//! to post them by (a VMCS12's posted-interrupt descriptor), and what each
+//! VM programmed into its IOAPIC (which vector a pin raises).
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use super::identity::VmId;
+use super::ioapic::IoApic;
+
+/// Where L0 posts a user VM's interrupts when its guest hypervisor runs it
+/// with posted interrupts (KVM with APICv): VMCS12's descriptor and
+/// notification vector, and its virtual-APIC page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PiRoute {
+    pub desc: u64,
+    pub nv: u8,
+    pub vapic: u64,
+}
+
+#[derive(Default)]
+pub struct Interrupts {
+    /// L1's relay vector (ABI op SetIrqRelay).
+    pub relay_vector: Option<u8>,
+    /// Interrupt edges not yet delivered, per VM.
+    pending: BTreeMap<VmId, u16>,
+    /// A relay interrupt for the pending edges reached L1.
+    announced: bool,
+    /// Posted-interrupt routes by VMCS12 (recorded at each VM entry).
+    pi_routes: BTreeMap<u64, PiRoute>,
+    /// What each VM programmed into its IOAPIC.
+    ioapics: BTreeMap<VmId, IoApic>,
+}
+
+impl Interrupts {
+    /// Edges a VM's devices raised.
+    pub fn note_edges(&mut self, vm: VmId, edges: u16) {
+        if edges != 0 {
+            *self.pending.entry(vm).or_insert(0) |= edges;
+        }
+    }
+
+    /// Whether L1 is owed a relay interrupt: edges are pending that no
+    /// relay interrupt has announced yet. L1's handler takes them all with
+    /// TakeIrqs; new edges after that announce themselves again.
+    pub fn irq_pending(&self) -> bool {
+        self.relay_vector.is_some() && !self.pending.is_empty() && !self.announced
+    }
+
+    /// The relay interrupt reached L1.
+    pub fn relay_delivered(&mut self) {
+        self.announced = true;
+    }
+
+    /// L1 drains (TakeIrqs): edges from now on need a new announcement.
+    /// The oldest VM's edges, taken.
+    pub fn take_next(&mut self) -> Option<(VmId, u16)> {
+        self.announced = false;
+        let (&vm, &edges) = self.pending.iter().next()?;
+        self.pending.remove(&vm);
+        Some((vm, edges))
+    }
+
+    /// Whether any VM has interrupt edges not yet delivered.
+    pub fn has_edges(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Every VM with interrupt edges not yet delivered, and the edges.
+    pub fn edges(&self) -> Vec<(VmId, u16)> {
+        self.pending.iter().map(|(&vm, &e)| (vm, e)).collect()
+    }
+
+    /// Edges delivered by other means than L1's relay.
+    pub fn take_edges(&mut self, vm: VmId, mask: u16) {
+        if let Some(e) = self.pending.get_mut(&vm) {
+            *e &= !mask;
+            if *e == 0 {
+                self.pending.remove(&vm);
+            }
+        }
+    }
+
+    /// Records (or forgets) the posted-interrupt route of a VMCS12.
+    pub fn set_pi_route(&mut self, vmcs12: u64, route: Option<PiRoute>) {
+        match route {
+            Some(r) => self.pi_routes.insert(vmcs12, r),
+            None => self.pi_routes.remove(&vmcs12),
+        };
+    }
+
+    /// The route recorded for a VMCS12.
+    pub fn pi_route(&self, vmcs12: u64) -> Option<PiRoute> {
+        self.pi_routes.get(&vmcs12).copied()
+    }
+
+    /// A VM's IOAPIC register write; returns its routes encoded (they
+    /// travel with the devices as a sealed blob's platform state).
+    pub fn ioapic_write(&mut self, vm: VmId, offset: u64, value: u32) -> Vec<u8> {
+        let io = self.ioapics.entry(vm).or_default();
+        io.write(offset, value);
+        io.encode()
+    }
+
+    /// The VM's IOAPIC as restored (or gone, `None`).
+    pub fn set_ioapic(&mut self, vm: VmId, io: Option<IoApic>) {
+        match io {
+            Some(io) => self.ioapics.insert(vm, io),
+            None => self.ioapics.remove(&vm),
+        };
+    }
+
+    /// The vector the VM's IOAPIC gives `pin`, if it routes.
+    pub fn ioapic_vector(&self, vm: VmId, pin: u8) -> Option<u8> {
+        self.ioapics.get(&vm)?.vector(pin)
+    }
+
+    /// A VMCS12 was cleared: its route goes.
+    pub fn forget_vmcs(&mut self, vmcs12: u64) {
+        self.pi_routes.remove(&vmcs12);
+    }
+
+    /// L1 left VMX operation: every route goes.
+    pub fn forget_all_routes(&mut self) {
+        self.pi_routes.clear();
+    }
+
+    /// A VM ended: its edges and IOAPIC go.
+    pub fn forget_vm(&mut self, vm: VmId) {
+        self.pending.remove(&vm);
+        self.ioapics.remove(&vm);
+    }
+}
