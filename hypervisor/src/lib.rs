@@ -12,6 +12,7 @@ pub mod arch;
 pub mod config;
 pub mod console;
 pub mod guest_mem;
+pub mod l1_plan;
 pub mod logger;
 pub mod machine;
 pub mod mm;

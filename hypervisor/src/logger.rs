@@ -46,6 +46,7 @@ impl Line {
         // SAFETY: L0's own UART: LSR, then THR only when it is empty.
         if unsafe { cpu::inb(self.base + 5) } & 0x20 != 0 {
             for _ in 0..self.fifo.min(self.len) {
+                // SAFETY: the transmitter FIFO has room (THRE above).
                 unsafe { cpu::outb(self.base, self.queue[self.head]) };
                 self.head = (self.head + 1) % TX_QUEUE;
                 self.len -= 1;
@@ -147,6 +148,7 @@ pub fn recv(buf: &mut [u8]) -> usize {
     let mut n = 0;
     // SAFETY: L0's own UART; LSR first, RBR only when data is ready.
     while n < buf.len() && unsafe { cpu::inb(l.base + 5) } & 1 != 0 {
+        // SAFETY: data ready (LSR bit 0).
         buf[n] = unsafe { cpu::inb(l.base) };
         n += 1;
     }

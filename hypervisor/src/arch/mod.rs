@@ -4,7 +4,21 @@
 
 #[cfg(target_os = "none")]
 pub mod apic;
+#[cfg(target_os = "none")]
+pub mod bringup;
 pub mod cpu;
+#[cfg(target_os = "none")]
+pub mod cpu_loop;
+#[cfg(target_os = "none")]
+pub mod fault;
+#[cfg(target_os = "none")]
+pub mod image;
+#[cfg(target_os = "none")]
+pub mod loader_memory;
+#[cfg(target_os = "none")]
+pub mod platform;
+#[cfg(target_os = "none")]
+pub mod pool;
 pub mod run;
 #[cfg(target_os = "none")]
 pub mod tables;

@@ -4,6 +4,8 @@
 
 use core::arch::asm;
 
+use crate::regs::{CR0_EM, CR0_MP, CR0_TS, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_VMXE};
+use crate::vmx::caps::{self, VmxCaps};
 use crate::vmx::{Vmcs, VmxError};
 
 /// Decodes RFLAGS.CF/ZF after a VMX instruction.
@@ -152,4 +154,46 @@ impl Vmcs for CurrentVmcs {
         // SAFETY: a VMCS is current; L0's writers keep host state intact.
         unsafe { vmwrite(encoding, value) }
     }
+}
+
+/// Enters VMX root operation: IA32_FEATURE_CONTROL as firmware should have
+/// left it, CR0/CR4 fixed for VMX (with SSE, and XSAVE when the CPU has
+/// it), then VMXON on `region`.
+///
+/// # Safety
+/// Once per CPU, at boot; `region` is a zeroed 4 KiB frame of L0's pool
+/// that nothing else uses from now on.
+pub unsafe fn enable(c: &VmxCaps, xsave: bool, region: u64) -> Result<(), &'static str> {
+    // SAFETY: CPUID reported VMX, so IA32_FEATURE_CONTROL exists.
+    let fc = unsafe { super::cpu::rdmsr(caps::IA32_FEATURE_CONTROL) };
+    if fc & caps::FEATURE_CONTROL_LOCKED != 0 {
+        if fc & caps::FEATURE_CONTROL_VMX_OUTSIDE_SMX == 0 {
+            return Err("VMX is disabled by the firmware (IA32_FEATURE_CONTROL locked without VMX): enable VT-x in the BIOS setup");
+        }
+    } else {
+        // SAFETY: unlocked: enabling VMX and locking is what firmware would do.
+        unsafe {
+            super::cpu::wrmsr(
+                caps::IA32_FEATURE_CONTROL,
+                fc | caps::FEATURE_CONTROL_LOCKED | caps::FEATURE_CONTROL_VMX_OUTSIDE_SMX,
+            )
+        };
+    }
+    // SSE on (FXSAVE/FXRSTOR and SIMD exceptions known): L0's sealing code
+    // uses AES-NI, saving and restoring the guest's vector registers itself.
+    let mut cr4 = super::cpu::read_cr4() | CR4_VMXE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    if xsave {
+        // L0 executes the guest's XSETBV for it.
+        cr4 |= CR4_OSXSAVE;
+    }
+    // SAFETY: the fixed bits are what VMX operation requires; NE, PE, PG
+    // and VMXE are compatible with how L0 runs.
+    unsafe {
+        super::cpu::write_cr0(c.fix_cr0(super::cpu::read_cr0() & !(CR0_EM | CR0_TS) | CR0_MP));
+        super::cpu::write_cr4(c.fix_cr4(cr4));
+    }
+    // SAFETY: a fresh, zeroed pool frame.
+    unsafe { (region as *mut u32).write(c.revision()) };
+    // SAFETY: CR0/CR4 fixed, feature control on, region aligned with the revision.
+    unsafe { vmxon(region) }.map_err(|_| "VMXON failed")
 }

@@ -1,0 +1,292 @@
+//! Bring-up of the cloud VM on one CPU: the privileged half of building it
+//! (pool frames, VMCS regions, VMCLEAR/VMPTRLD, the host state read from
+//! the CPU). What to build was decided by `l1_plan` and the host-tested
+//! modules it calls (`vmx::requirements`, `vcpu::setup`).
+
+use boot::memmap::{Range, RangeSet};
+use log::info;
+
+use super::cpu;
+use super::fault::fatal;
+use super::platform::{hw_random, Hardware};
+use super::pool::alloc_frames;
+use super::run::{self, GuestRegs};
+use super::tables;
+use super::vmx::{self as vmxi, CurrentVmcs};
+use crate::console::Console;
+use crate::guest_mem::GuestMemory;
+use crate::l1_plan::CloudVm;
+use crate::logger;
+use crate::machine::ept01::Ept01;
+use crate::machine::shutdown::{ShutdownWatch, SHUTDOWN_PORT};
+use crate::machine::Machine;
+use crate::mm::frames::FRAME;
+use crate::mm::layout::FirmwareMemory;
+use crate::nested::{self, Nested, Vmcs02Pages};
+use crate::regs::IA32_EFER;
+use crate::vcpu::{cpuid::CpuidContext, msr, setup, ExitStats, Vcpu};
+use crate::vmx::caps::{self, VmxCaps};
+use crate::vmx::requirements::{self, CpuFeatures};
+use crate::vmx::{ept, Field as F, Vmcs};
+
+const PAT: u32 = 0x277;
+const L1_VPID: u16 = 1;
+
+/// L1's RAM: everything usable but L0's pool.
+pub fn l1_ram(fw: &FirmwareMemory, pool: Range) -> RangeSet {
+    let mut ram = fw.ram.clone();
+    let _ = ram.remove(pool);
+    ram
+}
+
+/// Builds the cloud VM on this CPU from its plan: L1's memory written,
+/// EPT01, L0's bitmaps, VMCS01 (and VMCS02 and the shadow VMCS), the first
+/// guest state; returns the vCPU and the machine-wide part.
+#[allow(clippy::too_many_arguments)]
+pub fn cloud_vm(
+    fw: &FirmwareMemory,
+    pool: Range,
+    vm: &CloudVm,
+    key: Option<[u8; 32]>,
+    tsc_hz: Option<u64>,
+    vcaps: &VmxCaps,
+    cpu: &CpuFeatures,
+    hw: &mut Hardware,
+) -> (Vcpu, Machine) {
+    let (plan, started) = (&vm.load, &vm.started);
+    for w in &plan.writes {
+        let r = match w {
+            boot::loader::Write::Bytes { gpa, data } => hw.mem.write(*gpa, data),
+            boot::loader::Write::Zero { gpa, len } => hw.mem.zero(*gpa, *len),
+        };
+        r.unwrap_or_else(|e| fatal(format_args!("loading the cloud VM: {e}")));
+    }
+
+    // EPT01: identity except the pool; L0's frames resolve to a scratch page.
+    let mut l0 = RangeSet::new();
+    let _ = l0.insert(pool);
+    let regions = fw
+        .ept_regions(&l0)
+        .unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
+    let sink = alloc_frames(1, "scratch page");
+    // SAFETY: a fresh pool frame: all ones, like reads of absent memory.
+    unsafe { core::ptr::write_bytes(sink as *mut u8, 0xff, FRAME as usize) };
+    let max = requirements::ept_page_size(vcaps, cpu.gib_pages);
+    let ept01 = Ept01::build(&mut hw.tables, &regions, l0, fw.ept_limit(), sink, max)
+        .unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
+
+    info!(
+        "shadow devices: sealing key {}",
+        if key.is_some() {
+            "provisioned"
+        } else {
+            "absent (save/restore refused)"
+        }
+    );
+    // Bitmaps: L0's UART and the emulator's shutdown port; the MSRs L0 keeps.
+    let mgmt_port = logger::serial_base();
+    let mut io = msr::IoBitmaps::new();
+    if let Some(base) = mgmt_port {
+        for p in base..base + 8 {
+            io.intercept(p);
+        }
+    }
+    io.intercept(SHUTDOWN_PORT);
+    let io_pages = alloc_frames(2, "I/O bitmaps");
+    let msr_page = alloc_frames(1, "MSR bitmap");
+    // VMCS02's bitmaps: L0's ports for L2 (the same as for L1), all ones,
+    // and pages for the merge with L1's.
+    let nested_pages = Vmcs02Pages {
+        io_l0: alloc_frames(2, "I/O bitmaps"),
+        io_all: alloc_frames(2, "I/O bitmaps"),
+        msr02: alloc_frames(1, "MSR bitmap"),
+    };
+    // SAFETY: fresh pool frames of the right sizes.
+    unsafe {
+        core::ptr::copy_nonoverlapping(io.0.as_ptr(), io_pages as *mut u8, 8192);
+        core::ptr::copy_nonoverlapping(
+            l2_io_bitmap().0.as_ptr(),
+            nested_pages.io_l0 as *mut u8,
+            8192,
+        );
+        core::ptr::write_bytes(nested_pages.io_all as *mut u8, 0xff, 8192);
+        core::ptr::write_bytes(nested_pages.msr02 as *mut u8, 0xff, 4096);
+        core::ptr::copy_nonoverlapping(msr::l1_msr_bitmap().0.as_ptr(), msr_page as *mut u8, 4096);
+    }
+
+    // VMCS01, and VMCS02 for L2 (one, rebuilt at every nested entry).
+    let vpid = requirements::vpid_usable(vcaps);
+    let offer_vmx = requirements::nested_vmx_possible(vcaps);
+    let poll_ticks = requirements::poll_ticks(tsc_hz);
+    let l0_timer = requirements::preemption_timer(vcaps, poll_ticks);
+    let timer = l0_timer.is_some();
+    let controls =
+        setup::l1_controls(vcaps, vpid, timer).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    // L1's VMREAD/VMWRITE of the fields a guest hypervisor uses at every
+    // exit go to a shadow VMCS without exiting (nested/shadow_vmcs.rs);
+    // the control is on while L1 is in VMX operation.
+    let shadowing =
+        offer_vmx && vcaps.allows(caps::Control::Secondary, caps::secondary::VMCS_SHADOWING);
+    let policy = setup::l1_cr_policy(vcaps, offer_vmx);
+    let vmcs = alloc_frames(1, "VMCS01");
+    let vmcs02 = alloc_frames(1, "VMCS02");
+    let shadow = alloc_frames(1, "shadow VMCS");
+    // SAFETY: fresh frames; revision id first (bit 31 marks the shadow
+    // VMCS); VMCLEAR puts them in the clear state; VMCS01 ends up current.
+    unsafe {
+        for (f, indicator) in [(vmcs, 0), (vmcs02, 0), (shadow, 1u32 << 31)] {
+            (f as *mut u32).write(vcaps.revision() | indicator);
+            vmxi::vmclear(f).unwrap_or_else(|e| fatal(format_args!("VMCLEAR: {e}")));
+        }
+        vmxi::vmptrld(vmcs02).unwrap_or_else(|e| fatal(format_args!("VMPTRLD: {e}")));
+    }
+    let host = setup::HostState {
+        cr0: cpu::read_cr0(),
+        cr3: cpu::read_cr3(),
+        cr4: cpu::read_cr4(),
+        cs: tables::CODE_SELECTOR,
+        ds: tables::DATA_SELECTOR,
+        tr: tables::TSS_SELECTOR,
+        tr_base: tables::tss_base(),
+        gdtr_base: cpu::gdt_base(),
+        idtr_base: cpu::idt_base(),
+        // SAFETY: EFER and PAT exist on every CPU with VMX.
+        efer: unsafe { cpu::rdmsr(IA32_EFER) },
+        // SAFETY: as EFER.
+        pat: unsafe { cpu::rdmsr(PAT) },
+        rip: run::exit_entry_point(),
+    };
+    // SAFETY: VMCS02 is current; its host state never changes.
+    setup::write_host_state(&mut unsafe { CurrentVmcs::new() }, &host);
+    // SAFETY: VMCS01 is L0's, cleared above.
+    unsafe { vmxi::vmptrld(vmcs).unwrap_or_else(|e| fatal(format_args!("VMPTRLD: {e}"))) };
+    // SAFETY: VMCS01 is current.
+    let mut v = unsafe { CurrentVmcs::new() };
+    setup::write_host_state(&mut v, &host);
+    let pages = setup::ControlPages {
+        io_bitmap_a: io_pages,
+        io_bitmap_b: io_pages + FRAME,
+        msr_bitmap: msr_page,
+        eptp: pages_eptp(&ept01),
+        vpid: L1_VPID,
+    };
+    setup::write_controls(&mut v, &controls, &pages, &policy);
+    if shadowing {
+        let (read, write) = nested::shadow_vmcs::bitmaps();
+        let (rp, wp) = (
+            alloc_frames(1, "VMREAD bitmap"),
+            alloc_frames(1, "VMWRITE bitmap"),
+        );
+        // SAFETY: fresh pool frames.
+        unsafe {
+            core::ptr::copy_nonoverlapping(read.as_ptr(), rp as *mut u8, 4096);
+            core::ptr::copy_nonoverlapping(write.as_ptr(), wp as *mut u8, 4096);
+        }
+        v.write(F::VMREAD_BITMAP, rp);
+        v.write(F::VMWRITE_BITMAP, wp);
+    }
+    if let Some(t) = l0_timer {
+        // Not saved on exit: reloaded at every entry (SDM 26.7.4).
+        v.write(F::VMX_PREEMPTION_TIMER_VALUE, t);
+    }
+    let mut regs = GuestRegs::default();
+    for (reg, value) in setup::write_entry_state(&mut v, &plan.entry, &policy) {
+        regs.gpr[reg] = value;
+    }
+    let mtrr = if cpu.mtrr {
+        // SAFETY: MTRRs exist (CPUID.1:EDX[12]); only the ones MTRRCAP lists are read.
+        let cap = unsafe { cpu::rdmsr(msr::IA32_MTRRCAP) };
+        msr::MtrrShadow::capture(cap, cpu.maxphyaddr, |m| {
+            // SAFETY: one of the MTRRs MTRRCAP lists.
+            unsafe { cpu::rdmsr(m) }
+        })
+    } else {
+        msr::MtrrShadow::capture(0, cpu.maxphyaddr, |_| 0)
+    };
+    let eptp01 = pages_eptp(&ept01);
+    let l0_frames = ept01.l0.clone();
+    let ncaps = nested::caps::NestedCaps::new(vcaps);
+    info!(
+        "starting the cloud VM: {started}, {} MiB of RAM, nested VMX {}",
+        hw.mem.ranges().total() >> 20,
+        if offer_vmx {
+            "offered"
+        } else {
+            "not possible on this CPU"
+        }
+    );
+    use caps::secondary as s;
+    let vcpu = Vcpu {
+        regs,
+        launched: false,
+        policy,
+        cpuid: CpuidContext {
+            guest_cr4: 0,
+            vmx: offer_vmx,
+            rdtscp: controls.has_secondary(s::ENABLE_RDTSCP),
+            invpcid: controls.has_secondary(s::ENABLE_INVPCID),
+            xsaves: controls.has_secondary(s::ENABLE_XSAVES),
+            tsc_hz: tsc_hz.unwrap_or(0),
+        },
+        mtrr,
+        vpid: if vpid { L1_VPID } else { 0 },
+        maxphyaddr: cpu.maxphyaddr,
+        stats: ExitStats::default(),
+        l2_stats: ExitStats::default(),
+        last_l0_touch: "",
+        host_caps: *vcaps,
+        eptp01,
+        msr_bitmap01: msr_page,
+        nested: Nested {
+            shadowing,
+            ..Nested::new(ncaps, cpu.maxphyaddr, nested_pages, l0_frames)
+        },
+        vmcs_phys: [vmcs, vmcs02, shadow],
+        l0_timer,
+        poll_ticks,
+        window_requested: false,
+    };
+    let machine = Machine {
+        ept: ept01,
+        shadow: crate::shadow::Shadow::new(key.map(sealing_key), hw_random),
+        console: Console::default(),
+        mgmt_port,
+        shutdown: ShutdownWatch::default(),
+    };
+    (vcpu, machine)
+}
+
+/// The sealing key, on the CPU's AES and carry-less multiply when it has
+/// them (a save or restore then costs a few thousand instructions instead
+/// of ~80 000: under an emulator that is most of its time).
+fn sealing_key(k: [u8; 32]) -> shadow_devices::SealKey {
+    // SAFETY: CR4.OSFXSR is set (enable_vmx), and the code keeps the
+    // guests' vector registers as they were.
+    let key = unsafe { shadow_devices::SealKey::new_accelerated(&k) };
+    info!(
+        "sealing key provisioned; AES-256-GCM in {}",
+        if key.accelerated() {
+            "AES-NI and PCLMULQDQ"
+        } else {
+            "software"
+        }
+    );
+    key
+}
+
+/// The ports L0 takes from every L2, whatever L1's bitmaps say: the user
+/// VMs' COM1-COM4 (their shadow UARTs) and the emulator's shutdown port.
+fn l2_io_bitmap() -> msr::IoBitmaps {
+    let mut io = msr::IoBitmaps::new();
+    for base in crate::shadow::COM_PORTS {
+        for p in base..base + 8 {
+            io.intercept(p);
+        }
+    }
+    io.intercept(SHUTDOWN_PORT);
+    io
+}
+
+fn pages_eptp(e: &Ept01) -> u64 {
+    ept::eptp(e.root, false)
+}

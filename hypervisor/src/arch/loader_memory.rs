@@ -1,0 +1,83 @@
+//! What the boot loader left in memory: the multiboot2 information and the
+//! modules. L0 reads the information where it lies, copies the modules
+//! into its pool, and clears all of the loader's memory before L1 gets it.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use boot::memmap::Range;
+use boot::multiboot2::{self, BootInfo};
+
+use super::fault::early_fatal;
+use super::pool::alloc_frames;
+use crate::mm::frames::FRAME;
+
+/// The boot information at `addr` (checked against the entry's `magic`)
+/// and the range it occupies.
+pub fn boot_info(magic: u32, addr: u64) -> (BootInfo<'static>, Range) {
+    if let Err(e) = multiboot2::check_entry(magic, addr) {
+        early_fatal(format_args!("{e}"));
+    }
+    // SAFETY: the loader's pointer, below 4 GiB, identity-mapped by the entry code.
+    let total = unsafe { multiboot2::total_size_at(addr as *const u8) };
+    // SAFETY: the structure is `total` bytes long (bounded by parse), and
+    // L0 leaves it alone until it is cleared after the last read.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            addr as *const u8,
+            (total as usize).min(multiboot2::MAX_TOTAL_SIZE as usize),
+        )
+    };
+    match BootInfo::parse(bytes) {
+        Ok(b) => (b, Range::new(addr, addr + total as u64)),
+        Err(e) => early_fatal(format_args!("{e}")),
+    }
+}
+
+/// A boot module copied into L0's pool.
+pub struct PoolModule {
+    pub data: &'static [u8],
+    pub cmdline: String,
+    /// Where the loader had put it.
+    pub loaded_at: Range,
+}
+
+/// Copies every module into the pool.
+pub fn copy_modules(bi: &BootInfo) -> Vec<PoolModule> {
+    bi.modules()
+        .map(|m| {
+            let len = (m.end - m.start) as usize;
+            let at = alloc_frames(len.div_ceil(FRAME as usize).max(1), "module copy");
+            // SAFETY: source is the loader's module (identity-mapped, below
+            // 4 GiB), destination fresh pool frames of at least `len` bytes.
+            unsafe {
+                core::ptr::copy_nonoverlapping(m.start as u64 as *const u8, at as *mut u8, len)
+            };
+            PoolModule {
+                // SAFETY: just written, never freed.
+                data: unsafe { core::slice::from_raw_parts(at as *const u8, len) },
+                cmdline: m.cmdline.into(),
+                loaded_at: Range::new(m.start as u64, m.end as u64),
+            }
+        })
+        .collect()
+}
+
+/// Clears a module's copy (the sealing key, once read).
+pub fn wipe(m: &PoolModule) {
+    // SAFETY: the copy is L0's pool memory and nothing refers to it after this.
+    unsafe { core::ptr::write_bytes(m.data.as_ptr() as *mut u8, 0, m.data.len()) };
+}
+
+/// Zeroes RAM that L0 used to boot and gives up: it becomes L1's.
+///
+/// # Safety
+/// Nothing of L0 may be in `ranges` any more (the image was relocated, the
+/// boot information and modules read or copied).
+pub unsafe fn clear(ranges: impl IntoIterator<Item = Range>) {
+    for r in ranges {
+        let r = r.grow_to_pages();
+        // SAFETY: identity-mapped RAM L0 no longer uses (the caller).
+        unsafe { core::ptr::write_bytes(r.start as *mut u8, 0, r.len() as usize) };
+    }
+}
