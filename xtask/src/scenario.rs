@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::build::{Images, IsoBoot, IsoModule};
 use crate::console::{Follower, Input, LineUser, DETACH};
 use crate::emulator::{self, Emulator, Logs, Verdict};
+use crate::judge;
 use crate::operator::Operator;
 
 pub struct Scenario {
@@ -87,8 +88,8 @@ impl Scenario {
 }
 
 /// Failure markers of every scenario that expects L0 and L1 to be healthy.
+/// (The guest's own failures are its tests' verdicts: crate::verdict.)
 const HEALTHY: &[&str] = &[
-    "FAIL",
     "L0 FATAL",
     "L0 PANIC",
     "GUEST panic",
@@ -96,7 +97,7 @@ const HEALTHY: &[&str] = &[
     "L0 WARN  command line",
 ];
 /// The same for a guest that runs without L0.
-const NATIVE_HEALTHY: &[&str] = &["FAIL", "GUEST panic", "GUEST exception"];
+const NATIVE_HEALTHY: &[&str] = &["GUEST panic", "GUEST exception"];
 /// What L0 says around a healthy cloud VM run.
 const L0_RUNS_GUEST: &[&str] = &["starting the cloud VM", "L0 integrity OK"];
 
@@ -941,41 +942,6 @@ pub fn linux() -> Vec<Scenario> {
     ]
 }
 
-/// Whether `markers` all appear in `log` in this order.
-pub fn in_order(log: &str, markers: &[&str]) -> bool {
-    let mut rest = log;
-    markers.iter().all(|m| match rest.find(m) {
-        Some(i) => {
-            rest = &rest[i + m.len()..];
-            true
-        }
-        None => false,
-    })
-}
-
-/// Whether the scenario guest printed its final `TEST <name> PASS|FAIL` line.
-pub fn verdict_printed(com1: &str) -> bool {
-    com1.lines()
-        .any(|l| l.starts_with("TEST ") && (l.contains(" PASS") || l.contains(" FAIL")))
-}
-
-/// The first expected console text missing from the transcript.
-pub fn console_lacks(s: &Scenario, console: &str) -> Option<&'static str> {
-    s.console
-        .expect
-        .iter()
-        .copied()
-        .find(|m| !console.contains(m))
-}
-
-/// The first forbidden marker in either log.
-pub fn forbidden(s: &Scenario, com1: &str, com2: &str) -> Option<&'static str> {
-    s.forbidden
-        .iter()
-        .copied()
-        .find(|m| com1.contains(m) || com2.contains(m))
-}
-
 pub struct Outcome {
     pub passed: bool,
     pub reason: String,
@@ -1017,41 +983,31 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         s.limit,
         false,
         &mut *user,
-        |l: &Logs| {
-            let (c1, c2) = (l.com1, l.com2);
-            // A failure marker fails the run, but a guest that goes on checking
-            // gets to print the rest of its checks and its verdict first.
-            if forbidden(s, c1, c2).is_some() {
+        |l: &Logs| match judge::now(s, l) {
+            // A failed run stops, but a guest that goes on checking gets to
+            // print the rest of its checks and its verdict first.
+            judge::Now::Failed { settled } => {
                 let t = *bad_at.get_or_insert_with(std::time::Instant::now);
-                if verdict_printed(c1) || t.elapsed() > Duration::from_secs(5) {
+                if settled || t.elapsed() > Duration::from_secs(5) {
                     return Verdict::Stop;
                 }
-                return Verdict::Continue;
+                Verdict::Continue
             }
-            if in_order(c1, s.com1) && in_order(c2, s.com2) && console_lacks(s, l.console).is_none()
-            {
+            judge::Now::Passing => {
                 let t = *done_at.get_or_insert_with(std::time::Instant::now);
                 if t.elapsed() > Duration::from_secs(1) {
                     return Verdict::Stop;
                 }
+                Verdict::Continue
             }
-            Verdict::Continue
+            judge::Now::Undecided => Verdict::Continue,
         },
     )?;
     let _ = std::fs::write(dir.join("console.log"), user.transcript());
-    let reason = if let Some(m) = forbidden(s, &run.com1, &run.com2) {
-        format!("failure marker \"{m}\" appeared")
-    } else if !in_order(&run.com1, s.com1) {
-        format!("COM1 lacks (in order) {:?}", s.com1)
-    } else if !in_order(&run.com2, s.com2) {
-        format!("COM2 lacks (in order) {:?}", s.com2)
-    } else if let Some(m) = user.unfinished() {
-        m
-    } else if let Some(m) = console_lacks(s, user.transcript()) {
-        format!("the user VMs' consoles (console.log) lack {m:?}")
-    } else {
-        String::new()
-    };
+    let reason = judge::serial(s, &run.com1, &run.com2)
+        .or_else(|| user.unfinished())
+        .or_else(|| judge::console(&s.console, user.transcript()))
+        .unwrap_or_default();
     let passed = reason.is_empty();
     if passed {
         PASSED.lock().unwrap().push(s.name);
@@ -1140,23 +1096,6 @@ pub fn scenario_dir(name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn markers_in_order() {
-        assert!(in_order("a\nb\nc\n", &["a", "c"]));
-        assert!(!in_order("a\nb\nc\n", &["c", "a"]));
-        assert!(in_order("anything", &[]));
-        assert!(!in_order("a", &["a", "a"]));
-    }
-
-    #[test]
-    fn verdict_line() {
-        assert!(!verdict_printed("TEST x START\nCHECK a FAIL b\n"));
-        assert!(verdict_printed(
-            "TEST x START\nTEST x FAIL (1 of 2 checks failed)\n"
-        ));
-        assert!(verdict_printed("TEST x PASS (2 checks)\n"));
-    }
 
     #[test]
     fn native_variants_pair_with_l0_variants() {

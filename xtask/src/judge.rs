@@ -1,0 +1,148 @@
+//! Whether a run's logs pass its scenario: the scenario guest's tests by
+//! name (crate::verdict), the markers in order on COM1 and COM2, no failure
+//! marker, and the user VMs' console transcript (`console.log`).
+
+use crate::emulator::Logs;
+use crate::scenario::{ConsoleCheck, Scenario};
+use crate::verdict;
+
+/// Why the serial logs fail `s`, if they do.
+pub fn serial(s: &Scenario, com1: &str, com2: &str) -> Option<String> {
+    if let Some(m) = forbidden(s, com1, com2) {
+        return Some(format!("failure marker \"{m}\" appeared"));
+    }
+    let problems = tests(s, com1);
+    if !problems.is_empty() {
+        return Some(problems.join("\n"));
+    }
+    if !in_order(com1, s.com1) {
+        return Some(format!("COM1 lacks (in order) {:?}", s.com1));
+    }
+    if !in_order(com2, s.com2) {
+        return Some(format!("COM2 lacks (in order) {:?}", s.com2));
+    }
+    None
+}
+
+/// What is wrong with the tests a scenario's COM1 markers name. Scenarios
+/// that name none (the Linux ones) have their own markers, not tests.
+fn tests(s: &Scenario, com1: &str) -> Vec<String> {
+    let expected = verdict::expected(s.com1);
+    if expected.is_empty() {
+        return Vec::new();
+    }
+    verdict::parse(com1).problems(&expected)
+}
+
+/// Why the console transcript fails `c`, if it does.
+pub fn console(c: &ConsoleCheck, transcript: &str) -> Option<String> {
+    const WHERE: &str = "the user VMs' consoles (console.log)";
+    if let Some(m) = c.expect.iter().find(|m| !transcript.contains(*m)) {
+        return Some(format!("{WHERE} lack {m:?}"));
+    }
+    None
+}
+
+/// How a run stands while it goes on.
+pub enum Now {
+    Passing,
+    /// It cannot pass any more; `settled` once the guest has printed its
+    /// verdicts (until then it may still print the rest of its checks).
+    Failed {
+        settled: bool,
+    },
+    Undecided,
+}
+
+pub fn now(s: &Scenario, l: &Logs) -> Now {
+    let tests = verdict::parse(l.com1);
+    let expected = verdict::expected(s.com1);
+    if forbidden(s, l.com1, l.com2).is_some() || (!expected.is_empty() && tests.failing()) {
+        let settled = !expected.is_empty()
+            && tests.settled()
+            && expected
+                .iter()
+                .all(|n| tests.get(n).is_some_and(|t| t.ended.is_some()));
+        return Now::Failed { settled };
+    }
+    if serial(s, l.com1, l.com2).is_none() && console(&s.console, l.console).is_none() {
+        return Now::Passing;
+    }
+    Now::Undecided
+}
+
+/// Whether `markers` all appear in `log` in this order.
+pub fn in_order(log: &str, markers: &[&str]) -> bool {
+    first_out_of_order(log, markers).is_none()
+}
+
+/// The index of the first of `markers` not found after the ones before it.
+fn first_out_of_order(log: &str, markers: &[&str]) -> Option<usize> {
+    let mut rest = log;
+    for (i, m) in markers.iter().enumerate() {
+        match rest.find(m) {
+            Some(at) => rest = &rest[at + m.len()..],
+            None => return Some(i),
+        }
+    }
+    None
+}
+
+/// The first failure marker in either serial log.
+fn forbidden(s: &Scenario, com1: &str, com2: &str) -> Option<&'static str> {
+    s.forbidden
+        .iter()
+        .copied()
+        .find(|m| com1.contains(m) || com2.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_in_order() {
+        assert!(in_order("a\nb\nc\n", &["a", "c"]));
+        assert!(!in_order("a\nb\nc\n", &["c", "a"]));
+        assert!(in_order("anything", &[]));
+        assert!(!in_order("a", &["a", "a"]));
+        assert_eq!(first_out_of_order("a\nb\nc\n", &["b", "a"]), Some(1));
+    }
+
+    fn com2_of(s: &Scenario) -> String {
+        s.com2.join("\n")
+    }
+
+    #[test]
+    fn guest_scenarios_are_judged_by_test_name() {
+        let s = crate::scenario::find("nested-basic-native").unwrap();
+        let pass = "TEST nested-basic START\nCHECK a ok\nTEST nested-basic PASS (1 checks)\n";
+        assert_eq!(serial(&s, pass, ""), None);
+        let wrong = "TEST nested-exits START\nTEST nested-exits PASS (1 checks)\n";
+        assert_eq!(
+            serial(&s, wrong, "").unwrap(),
+            "test nested-basic never started (no \"TEST nested-basic START\" on COM1)"
+        );
+        let failed = "TEST nested-basic START\nCHECK a FAIL 3\nTEST nested-basic FAIL (1 of 1 checks failed)\n";
+        assert_eq!(
+            serial(&s, failed, "").unwrap(),
+            "test nested-basic failed: (1 of 1 checks failed)\n    CHECK a FAIL 3"
+        );
+        // Under L0 the same, with COM2's markers there.
+        let s = crate::scenario::find("boot").unwrap();
+        let cut = "TEST boot START\nCHECK cpuid-signature ok\n";
+        assert!(serial(&s, cut, &com2_of(&s))
+            .unwrap()
+            .contains("test boot started but printed no verdict"));
+    }
+
+    #[test]
+    fn linux_scenarios_have_no_tests_to_judge() {
+        let s = crate::scenario::linux()
+            .into_iter()
+            .find(|s| s.name == "linux-l1-boot")
+            .unwrap();
+        let com1 = "L1INIT ok\nKVM ept=Y vpid=Y\nCHECK x FAIL\nCLOCK ok\nL1DONE\n";
+        assert_eq!(serial(&s, com1, &com2_of(&s)), None);
+    }
+}
