@@ -37,10 +37,21 @@ fn tests(s: &Scenario, com1: &str) -> Vec<String> {
 /// Why the console transcript fails `c`, if it does.
 pub fn console(c: &ConsoleCheck, transcript: &str) -> Option<String> {
     const WHERE: &str = "the user VMs' consoles (console.log)";
+    if let Some(m) = c.forbidden.iter().find(|m| transcript.contains(*m)) {
+        return Some(format!("{WHERE} show {m:?}, which must not appear"));
+    }
     if let Some(m) = c.expect.iter().find(|m| !transcript.contains(*m)) {
         return Some(format!("{WHERE} lack {m:?}"));
     }
-    None
+    match first_out_of_order(transcript, c.ordered) {
+        Some(0) => Some(format!("{WHERE} lack {:?}", c.ordered[0])),
+        Some(i) => Some(format!(
+            "{WHERE} lack {:?} after {:?}",
+            c.ordered[i],
+            c.ordered[i - 1]
+        )),
+        None => None,
+    }
 }
 
 /// How a run stands while it goes on.
@@ -55,9 +66,16 @@ pub enum Now {
 }
 
 pub fn now(s: &Scenario, l: &Logs) -> Now {
-    let tests = verdict::parse(l.com1);
     let expected = verdict::expected(s.com1);
-    if forbidden(s, l.com1, l.com2).is_some() || (!expected.is_empty() && tests.failing()) {
+    // (Scenarios without tests skip the parse: Linux's COM1 is long.)
+    let tests = match expected.is_empty() {
+        true => verdict::Tests::default(),
+        false => verdict::parse(l.com1),
+    };
+    if forbidden(s, l.com1, l.com2).is_some()
+        || tests.failing()
+        || s.console.forbidden.iter().any(|m| l.console.contains(m))
+    {
         let settled = !expected.is_empty()
             && tests.settled()
             && expected
@@ -144,5 +162,79 @@ mod tests {
             .unwrap();
         let com1 = "L1INIT ok\nKVM ept=Y vpid=Y\nCHECK x FAIL\nCLOCK ok\nL1DONE\n";
         assert_eq!(serial(&s, com1, &com2_of(&s)), None);
+    }
+
+    fn check(ordered: &'static [&'static str], forbidden: &'static [&'static str]) -> ConsoleCheck {
+        ConsoleCheck {
+            ordered,
+            forbidden,
+            ..crate::scenario::NO_CONSOLE
+        }
+    }
+
+    #[test]
+    fn console_order_and_forbidden_lines() {
+        let c = check(&["beta-42-slept", "backlog-42"], &["A-late-42"]);
+        let good = "vm1| beta-42-ok\nvm1| beta-42-slept\nattached to alpha\nvm2| backlog-42\n";
+        assert_eq!(console(&c, good), None);
+        // The backlog line shown while the operator was on beta.
+        let early = "vm2| backlog-42\nvm1| beta-42-slept\n";
+        assert_eq!(
+            console(&c, early).unwrap(),
+            "the user VMs' consoles (console.log) lack \"backlog-42\" after \"beta-42-slept\""
+        );
+        assert_eq!(
+            console(&c, "vm1| nothing\n").unwrap(),
+            "the user VMs' consoles (console.log) lack \"beta-42-slept\""
+        );
+        let leaked = format!("{good}vm2| A-late-42-cx\n");
+        assert_eq!(
+            console(&c, &leaked).unwrap(),
+            "the user VMs' consoles (console.log) show \"A-late-42\", which must not appear"
+        );
+    }
+
+    #[test]
+    fn a_forbidden_console_line_fails_the_run_at_once() {
+        let s = crate::scenario::linux()
+            .into_iter()
+            .find(|s| s.name == "migrate-other-key")
+            .unwrap();
+        let logs = |console| Logs {
+            com1: "L1INIT ok\n",
+            com2: "",
+            console,
+        };
+        assert!(matches!(now(&s, &logs("vm 2 tag=alpha\n")), Now::Undecided));
+        assert!(matches!(
+            now(&s, &logs("vm2| A-late-42-cx\n")),
+            Now::Failed { settled: false }
+        ));
+    }
+
+    #[test]
+    fn shadow_console_wants_the_backlog_after_the_reattach() {
+        let s = crate::scenario::linux()
+            .into_iter()
+            .find(|s| s.name == "linux-shadow-console")
+            .unwrap();
+        let story = [
+            "[vm 1 tag=beta]",
+            "[vm 2 tag=alpha]",
+            "[2 VM(s)]",
+            "edit-42-ok",
+            "rc-130",
+            "beta-42-ok",
+            "beta-42-slept",
+            "[attached to vm 2 port 0x3f8]",
+            "alpha# backlog-42",
+        ];
+        assert_eq!(console(&s.console, &story.join("\n")), None);
+        // The background job's line shown on beta's console meanwhile.
+        let mut leaked = story;
+        leaked.swap(6, 8);
+        assert!(console(&s.console, &leaked.join("\n"))
+            .unwrap()
+            .ends_with("lack \"backlog-42\" after \"beta-42-slept\""));
     }
 }
