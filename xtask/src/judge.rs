@@ -6,8 +6,22 @@ use crate::emulator::Logs;
 use crate::scenario::{ConsoleCheck, Scenario};
 use crate::verdict;
 
+/// Why a finished run fails `s`, if it does; `unfinished` is what the
+/// operator meant to type and did not. What stops a run early (a failure
+/// marker, a forbidden console line) is named before what the early stop
+/// then left missing.
+pub fn run(s: &Scenario, l: &Logs, unfinished: Option<String>) -> Option<String> {
+    if let Some(m) = forbidden(s, l.com1, l.com2) {
+        return Some(format!("failure marker \"{m}\" appeared"));
+    }
+    console_forbidden(&s.console, l.console)
+        .or_else(|| serial(s, l.com1, l.com2))
+        .or(unfinished)
+        .or_else(|| console(&s.console, l.console))
+}
+
 /// Why the serial logs fail `s`, if they do.
-pub fn serial(s: &Scenario, com1: &str, com2: &str) -> Option<String> {
+fn serial(s: &Scenario, com1: &str, com2: &str) -> Option<String> {
     if let Some(m) = forbidden(s, com1, com2) {
         return Some(format!("failure marker \"{m}\" appeared"));
     }
@@ -34,11 +48,17 @@ fn tests(s: &Scenario, com1: &str) -> Vec<String> {
     verdict::parse(com1).problems(&expected)
 }
 
+const WHERE: &str = "the user VMs' consoles (console.log)";
+
+fn console_forbidden(c: &ConsoleCheck, transcript: &str) -> Option<String> {
+    let m = c.forbidden.iter().find(|m| transcript.contains(*m))?;
+    Some(format!("{WHERE} show {m:?}, which must not appear"))
+}
+
 /// Why the console transcript fails `c`, if it does.
-pub fn console(c: &ConsoleCheck, transcript: &str) -> Option<String> {
-    const WHERE: &str = "the user VMs' consoles (console.log)";
-    if let Some(m) = c.forbidden.iter().find(|m| transcript.contains(*m)) {
-        return Some(format!("{WHERE} show {m:?}, which must not appear"));
+fn console(c: &ConsoleCheck, transcript: &str) -> Option<String> {
+    if let Some(m) = console_forbidden(c, transcript) {
+        return Some(m);
     }
     if let Some(m) = c.expect.iter().find(|m| !transcript.contains(*m)) {
         return Some(format!("{WHERE} lack {m:?}"));
@@ -74,7 +94,7 @@ pub fn now(s: &Scenario, l: &Logs) -> Now {
     };
     if forbidden(s, l.com1, l.com2).is_some()
         || tests.failing()
-        || s.console.forbidden.iter().any(|m| l.console.contains(m))
+        || console_forbidden(&s.console, l.console).is_some()
     {
         let settled = !expected.is_empty()
             && tests.settled()
@@ -236,5 +256,23 @@ mod tests {
         assert!(console(&s.console, &leaked.join("\n"))
             .unwrap()
             .ends_with("lack \"backlog-42\" after \"beta-42-slept\""));
+    }
+
+    #[test]
+    fn a_forbidden_console_line_is_the_reason_given() {
+        let s = crate::scenario::linux()
+            .into_iter()
+            .find(|s| s.name == "migrate-other-key")
+            .unwrap();
+        // Stopped early: COM1 and COM2 lack their last markers too.
+        let l = Logs {
+            com1: "L1INIT ok\n",
+            com2: "",
+            console: "vm2| A-late-42-cx\n",
+        };
+        assert_eq!(
+            run(&s, &l, None).unwrap(),
+            "the user VMs' consoles (console.log) show \"A-late-42\", which must not appear"
+        );
     }
 }

@@ -1033,10 +1033,12 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         },
     )?;
     let _ = std::fs::write(dir.join("console.log"), user.transcript());
-    let reason = judge::serial(s, &run.com1, &run.com2)
-        .or_else(|| user.unfinished())
-        .or_else(|| judge::console(&s.console, user.transcript()))
-        .unwrap_or_default();
+    let logs = Logs {
+        com1: &run.com1,
+        com2: &run.com2,
+        console: user.transcript(),
+    };
+    let reason = judge::run(s, &logs, user.unfinished()).unwrap_or_default();
     let passed = reason.is_empty();
     if passed {
         PASSED.lock().unwrap().push(s.name);
