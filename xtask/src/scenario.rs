@@ -1186,6 +1186,30 @@ mod tests {
     }
 
     #[test]
+    fn guest_scenarios_name_the_test_they_run() {
+        // A "FAIL" is caught only through the test a scenario names
+        // (crate::verdict): a guest scenario naming none would pass it.
+        let images = Images {
+            l0: "l0".into(),
+            guest: "guest".into(),
+        };
+        for s in all() {
+            let args = match &s.boot {
+                Boot::Native { args } => args.to_string(),
+                Boot::L0 { modules, .. } => modules(&images)
+                    .iter()
+                    .map(|m| m.cmdline.clone())
+                    .find(|c| c.starts_with("l1=multiboot "))
+                    .unwrap_or_default(),
+                Boot::Peer { .. } => continue,
+            };
+            let test = args.split(' ').find_map(|a| a.strip_prefix("test="));
+            let expected = crate::verdict::expected(s.com1);
+            assert_eq!(expected, test.into_iter().collect::<Vec<_>>(), "{}", s.name);
+        }
+    }
+
+    #[test]
     fn scenario_names_are_unique() {
         let mut names: Vec<_> = all().iter().chain(&linux()).map(|s| s.name).collect();
         let n = names.len();
