@@ -18,9 +18,11 @@ mod build;
 mod console;
 mod deps;
 mod emulator;
+mod judge;
 mod linux;
 mod operator;
 mod scenario;
+mod verdict;
 
 use std::process::{Command, ExitCode};
 use std::time::Duration;
