@@ -18,7 +18,7 @@ use crate::guest_mem::GuestMemory;
 use crate::l1_plan::CloudVm;
 use crate::logger;
 use crate::machine::ept01::Ept01;
-use crate::machine::shutdown::{ShutdownWatch, SHUTDOWN_PORT};
+use crate::machine::shutdown::ShutdownWatch;
 use crate::machine::Machine;
 use crate::mm::frames::FRAME;
 use crate::mm::layout::FirmwareMemory;
@@ -85,13 +85,7 @@ pub fn cloud_vm(
     );
     // Bitmaps: L0's UART and the emulator's shutdown port; the MSRs L0 keeps.
     let mgmt_port = logger::serial_base();
-    let mut io = msr::IoBitmaps::new();
-    if let Some(base) = mgmt_port {
-        for p in base..base + 8 {
-            io.intercept(p);
-        }
-    }
-    io.intercept(SHUTDOWN_PORT);
+    let io = msr::l1_io_bitmap(mgmt_port);
     let io_pages = alloc_frames(2, "I/O bitmaps");
     let msr_page = alloc_frames(1, "MSR bitmap");
     // VMCS02's bitmaps: L0's ports for L2 (the same as for L1), all ones,
@@ -105,7 +99,7 @@ pub fn cloud_vm(
     unsafe {
         core::ptr::copy_nonoverlapping(io.0.as_ptr(), io_pages as *mut u8, 8192);
         core::ptr::copy_nonoverlapping(
-            l2_io_bitmap().0.as_ptr(),
+            msr::l2_io_bitmap().0.as_ptr(),
             nested_pages.io_l0 as *mut u8,
             8192,
         );
@@ -272,19 +266,6 @@ fn sealing_key(k: [u8; 32]) -> shadow_devices::SealKey {
         }
     );
     key
-}
-
-/// The ports L0 takes from every L2, whatever L1's bitmaps say: the user
-/// VMs' COM1-COM4 (their shadow UARTs) and the emulator's shutdown port.
-fn l2_io_bitmap() -> msr::IoBitmaps {
-    let mut io = msr::IoBitmaps::new();
-    for base in crate::shadow::COM_PORTS {
-        for p in base..base + 8 {
-            io.intercept(p);
-        }
-    }
-    io.intercept(SHUTDOWN_PORT);
-    io
 }
 
 fn pages_eptp(e: &Ept01) -> u64 {
