@@ -437,22 +437,75 @@ mod tests {
     }
 
     #[test]
-    fn garbage_never_panics() {
-        for s in [
-            "@",
-            "@ #",
-            "@ #zz",
-            "@a #61",
-            "@out",
-            "@out 1",
-            "@out 1 zz zz",
-            "@attach 1 2 3 #00",
-            "@detached",
-            "@detached 1",
+    fn garbage_is_refused_with_the_right_error() {
+        // Lines: log text is not a frame; a damaged or missing checksum is
+        // BadChecksum; an over-long line is TooLong.
+        let long = alloc::format!("@{} #00", "x".repeat(MAX_LINE));
+        for (line, want) in [
+            ("", FrameError::NotAFrame),
+            ("L0 INFO  hello", FrameError::NotAFrame),
+            (" @list #00", FrameError::NotAFrame),
+            ("@", FrameError::BadChecksum),
+            ("@ #", FrameError::BadChecksum),
+            ("@ #zz", FrameError::BadChecksum),
+            ("@list", FrameError::BadChecksum),
+            ("@list #", FrameError::BadChecksum),
+            ("@list #0", FrameError::BadChecksum),
+            ("@list #000", FrameError::BadChecksum),
+            (long.as_str(), FrameError::TooLong),
         ] {
-            let _ = parse_frame(s).map(|b| (parse_command(b), parse_event(b)));
-            let _ = parse_command(&s[1..]);
-            let _ = parse_event(&s[1..]);
+            assert_eq!(parse_frame(line), Err(want), "{line:?}");
+        }
+        let damaged = frame(format_args!("list")).replace("list", "lisT");
+        assert_eq!(parse_frame(&damaged), Err(FrameError::BadChecksum));
+        // Bodies as commands: an unknown verb, or a known one with the
+        // wrong arguments.
+        for (body, want) in [
+            ("", CommandError::Unknown),
+            ("   ", CommandError::Unknown),
+            ("reboot", CommandError::Unknown),
+            ("LIST", CommandError::Unknown),
+            ("out 1 3f8 41", CommandError::Unknown),
+            ("list extra", CommandError::BadArgument),
+            ("ping 1", CommandError::BadArgument),
+            ("stats now", CommandError::BadArgument),
+            ("attach", CommandError::BadArgument),
+            ("attach 1 2 3", CommandError::BadArgument),
+            ("attach 1 zz", CommandError::BadArgument),
+            ("detach 1 2 3", CommandError::BadArgument),
+            ("in", CommandError::BadArgument),
+            ("in zz", CommandError::BadArgument),
+            ("in 4", CommandError::BadArgument),
+            ("in 41 42", CommandError::BadArgument),
+        ] {
+            // Framed and checksummed, the body reaches the command parser.
+            let f = frame(format_args!("{body}"));
+            assert_eq!(parse_frame(&f), Ok(body), "{body:?}");
+            assert_eq!(parse_command(body).err(), Some(want), "{body:?}");
+        }
+        // Bodies as events: a verb the console does not know, or a known
+        // one with missing or malformed fields, is no event.
+        for body in [
+            "",
+            "nonsense 1 2",
+            "out",
+            "out 1",
+            "out 1 zz",
+            "out x 3f8 41",
+            "out 1 3f8 4",
+            "attached 1",
+            "attached one 3f8",
+            "detached",
+            "detached 1",
+            "dropped 1 3f8",
+            "dropped 1 3f8 many",
+            "vm 1 tag=a",
+            "vm 1 tag=a frozen=0 in=x out=0",
+            "end-list",
+            "gone",
+            "gone x",
+        ] {
+            assert_eq!(parse_event(body), None, "{body:?}");
         }
     }
 }
