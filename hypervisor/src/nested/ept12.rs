@@ -3,7 +3,7 @@
 //! misconfigurations, and the EPT-violation qualification L1 must get.
 
 use super::caps::NestedCaps;
-use crate::guest_mem::GuestMemory;
+use crate::guest_mem::{GuestMemory, MemError};
 use crate::mm::paging::PageSize;
 use crate::vmx::caps::ept_vpid;
 
@@ -139,56 +139,92 @@ pub fn walk<M: GuestMemory>(
     unreachable!()
 }
 
-/// L2's physical memory as L0 reads it: through EPT12 into L1's RAM
-/// (read-only; for decoding an L2 instruction on its way to L1).
-pub struct L2View<'a, M> {
-    pub mem: &'a M,
-    pub eptp12: u64,
+/// L2's physical memory as L0 reaches it: through EPT12 (when L1 uses
+/// EPT) into L1's RAM, with EPT12's read or write permission checked. An
+/// access is all or nothing: every page is translated before any byte
+/// moves.
+pub struct L2Memory<'a, M: GuestMemory> {
+    pub l1: &'a mut M,
+    /// L1's EPT pointer; `None`: L2's physical addresses are L1's.
+    pub eptp12: Option<u64>,
     pub caps: &'a NestedCaps,
     pub maxphyaddr: u8,
 }
 
-impl<M: GuestMemory> L2View<'_, M> {
-    fn page(&self, gpa2: u64) -> Result<u64, crate::guest_mem::MemError> {
-        let not = crate::guest_mem::MemError::NotRam { gpa: gpa2, len: 1 };
-        let leaf = walk(
-            self.mem,
-            self.eptp12,
-            gpa2,
-            EptAccess(R),
-            self.caps,
-            self.maxphyaddr,
-        )
-        .map_err(|_| not)?;
-        Ok(leaf.gpa)
+impl<M: GuestMemory> L2Memory<'_, M> {
+    fn translate(&self, gpa2: u64, write: bool) -> Result<u64, MemError> {
+        let Some(eptp) = self.eptp12 else {
+            return Ok(gpa2);
+        };
+        let access = EptAccess(if write { W } else { R });
+        walk(&*self.l1, eptp, gpa2, access, self.caps, self.maxphyaddr)
+            .map(|l| l.gpa)
+            .map_err(|_| MemError::NotRam { gpa: gpa2, len: 1 })
+    }
+
+    /// The L1 address of each page piece of `gpa2..+len` with its offset
+    /// and length, after checking that every piece translates (so that a
+    /// refused access has moved nothing). A piece within one page, the
+    /// usual case, is translated once.
+    fn pieces(
+        &self,
+        gpa2: u64,
+        len: usize,
+        write: bool,
+    ) -> Result<impl Iterator<Item = Result<(u64, usize, usize), MemError>> + '_, MemError> {
+        let split = move |done: usize| {
+            let a = gpa2 + done as u64;
+            (a, ((0x1000 - (a & 0xfff)) as usize).min(len - done))
+        };
+        if len > 0 && split(0).1 < len {
+            let mut done = 0;
+            while done < len {
+                let (a, n) = split(done);
+                self.translate(a, write)?;
+                done += n;
+            }
+        }
+        let mut done = 0;
+        Ok(core::iter::from_fn(move || {
+            (done < len).then(|| {
+                let (a, n) = split(done);
+                let off = done;
+                done += n;
+                self.translate(a, write).map(|g1| (g1, off, n))
+            })
+        }))
     }
 }
 
-impl<M: GuestMemory> GuestMemory for L2View<'_, M> {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), crate::guest_mem::MemError> {
+impl<M: GuestMemory> GuestMemory for L2Memory<'_, M> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        for piece in self.pieces(gpa, buf.len(), false)? {
+            let (g1, off, n) = piece?;
+            self.l1.read(g1, &mut buf[off..off + n])?;
+        }
+        Ok(())
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
         let mut done = 0;
-        while done < buf.len() {
+        // Checked whole first; then each page is translated as it is written.
+        drop(self.pieces(gpa, data.len(), true)?);
+        while done < data.len() {
             let a = gpa + done as u64;
-            let n = ((4096 - (a & 0xfff)) as usize).min(buf.len() - done);
-            self.mem.read(self.page(a)?, &mut buf[done..done + n])?;
+            let n = ((0x1000 - (a & 0xfff)) as usize).min(data.len() - done);
+            let g1 = self.translate(a, true)?;
+            self.l1.write(g1, &data[done..done + n])?;
             done += n;
         }
         Ok(())
     }
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), crate::guest_mem::MemError> {
-        Err(crate::guest_mem::MemError::NotRam {
-            gpa,
-            len: data.len() as u64,
-        })
-    }
-    fn zero(&mut self, gpa: u64, len: u64) -> Result<(), crate::guest_mem::MemError> {
-        Err(crate::guest_mem::MemError::NotRam { gpa, len })
+    fn zero(&mut self, gpa: u64, len: u64) -> Result<(), MemError> {
+        self.write(gpa, &alloc::vec![0; len as usize])
     }
     fn is_ram(&self, gpa: u64, len: u64) -> bool {
-        len > 0
-            && (gpa & !0xfff..gpa + len)
-                .step_by(4096)
-                .all(|a| self.page(a).is_ok())
+        let Ok(mut pieces) = self.pieces(gpa, len as usize, false) else {
+            return false;
+        };
+        len > 0 && pieces.all(|p| p.is_ok_and(|(g1, _, n)| self.l1.is_ram(g1, n as u64)))
     }
 }
 
@@ -219,6 +255,44 @@ pub mod tests {
     }
 
     const EPTP: u64 = 0x1000 | 6 | 3 << 3;
+
+    #[test]
+    fn l2_memory_is_all_or_nothing_through_ept12() {
+        let mut m = ept12();
+        let c = caps();
+        m.write(0x10_0ffe, b"ab").unwrap();
+        let mut l2 = L2Memory {
+            l1: &mut m,
+            eptp12: Some(EPTP),
+            caps: &c,
+            maxphyaddr: 39,
+        };
+        let mut b = [0u8; 2];
+        l2.read(0xffe, &mut b).unwrap();
+        assert_eq!(&b, b"ab");
+        // Crossing into L2 0x1000 (not mapped): refused, nothing written.
+        assert!(l2.write(0xffe, b"xyzw").is_err());
+        assert!(l2.read(0xffe, &mut [0u8; 4]).is_err());
+        assert!(!l2.is_ram(0xffe, 4) && l2.is_ram(0, 0x1000));
+        // The 2 MiB page is read-only for L2.
+        assert!(l2.write(0x20_0000, b"x").is_err());
+        l2.read(0x20_0010, &mut b).unwrap();
+        drop(l2);
+        assert_eq!(
+            m.read_u64(0x10_0ff8).unwrap() >> 48,
+            u64::from(u16::from_le_bytes(*b"ab"))
+        );
+        // Without EPT12, L2's addresses are L1's.
+        let mut flat = L2Memory {
+            l1: &mut m,
+            eptp12: None,
+            caps: &c,
+            maxphyaddr: 39,
+        };
+        flat.write(0x10_0ffe, b"cd").unwrap();
+        flat.read(0x10_0ffe, &mut b).unwrap();
+        assert_eq!(&b, b"cd");
+    }
 
     #[test]
     fn translates_4k_and_2m() {

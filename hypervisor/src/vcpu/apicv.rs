@@ -7,11 +7,11 @@
 use super::decode;
 use super::{Outcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
-use crate::guest_mem::walk::{self, Access, PagingRegs};
+use crate::guest_mem::walk::{self, Access};
 use crate::guest_mem::GuestMemory;
 use crate::machine::Machine;
 use crate::nested::caps::TERTIARY_IPI_VIRT;
-use crate::nested::ept12::L2View;
+use crate::nested::ept12::L2Memory;
 use crate::nested::posted::{self, Ipi, Posted};
 use crate::nested::{Level, VmcsSet};
 use crate::regs::RFLAGS_IF;
@@ -19,6 +19,7 @@ use crate::shadow::interrupts::PiRoute;
 use crate::shadow::ioapic::{IOAPIC_BASE, IOWIN};
 use crate::vmx::caps::{pin, primary, secondary};
 use crate::vmx::exit::{reason, ExitInfo, InterruptionInfo};
+use crate::vmx::guest_cr::paging_regs;
 use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
 use crate::vmx::{Field as F, Vmcs};
 
@@ -188,27 +189,14 @@ impl Vcpu {
         }
         let Some(eptp12) = self.eptp12() else { return };
         let v02 = vs.current();
-        let paging = PagingRegs {
-            cr0: v02.read(F::GUEST_CR0),
-            cr3: v02.read(F::GUEST_CR3),
-            cr4: v02.read(F::GUEST_CR4),
-            efer: v02.read(F::GUEST_IA32_EFER),
-            pdptes: [
-                F::GUEST_PDPTE0,
-                F::GUEST_PDPTE1,
-                F::GUEST_PDPTE2,
-                F::GUEST_PDPTE3,
-            ]
-            .map(|f| v02.read(f)),
-            maxphyaddr: self.maxphyaddr,
-        };
+        let paging = paging_regs(v02, self.maxphyaddr);
         let rip = v02
             .read(F::GUEST_CS_BASE)
             .wrapping_add(v02.read(F::GUEST_RIP));
         let rsp = v02.read(F::GUEST_RSP);
-        let view = L2View {
-            mem: p.mem(),
-            eptp12,
+        let view = L2Memory {
+            l1: p.mem(),
+            eptp12: Some(eptp12),
             caps: &self.nested.vmx.caps,
             maxphyaddr: self.maxphyaddr,
         };

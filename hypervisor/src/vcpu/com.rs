@@ -5,111 +5,17 @@
 
 use super::{Outcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
-use crate::guest_mem::walk::{self, Access, PagingRegs};
-use crate::guest_mem::{GuestMemory, MemError};
+use crate::guest_mem::walk::{self, Access};
 use crate::machine::Machine;
-use crate::nested::caps::NestedCaps;
-use crate::nested::ept12::{self, EptAccess};
+use crate::nested::ept12::L2Memory;
 use crate::nested::operand::InstrInfo;
 use crate::nested::VmcsSet;
 use crate::regs::{EFER_LMA, RFLAGS_DF};
 use crate::shadow::is_com_port;
 use crate::vmx::exit::{ExitInfo, IoAccess};
+use crate::vmx::guest_cr::paging_regs;
 use crate::vmx::inject::{inject_exception, skip_instruction};
 use crate::vmx::{Field as F, Vmcs};
-
-/// L2's guest-physical memory: through EPT12 (when L1 uses EPT) into L1's RAM.
-pub struct L2Memory<'a, M: GuestMemory> {
-    pub l1: &'a mut M,
-    pub eptp12: Option<u64>,
-    pub caps: &'a NestedCaps,
-    pub maxphyaddr: u8,
-}
-
-impl<M: GuestMemory> L2Memory<'_, M> {
-    fn translate(&self, gpa2: u64, write: bool) -> Result<u64, MemError> {
-        let Some(eptp) = self.eptp12 else {
-            return Ok(gpa2);
-        };
-        let access = EptAccess(if write { 2 } else { 1 });
-        ept12::walk(&*self.l1, eptp, gpa2, access, self.caps, self.maxphyaddr)
-            .map(|l| l.gpa)
-            .map_err(|_| MemError::NotRam { gpa: gpa2, len: 1 })
-    }
-
-    fn each_page(
-        &self,
-        gpa2: u64,
-        len: usize,
-        write: bool,
-        mut f: impl FnMut(u64, usize, usize) -> Result<(), MemError>,
-    ) -> Result<(), MemError> {
-        let mut done = 0;
-        while done < len {
-            let a = gpa2 + done as u64;
-            let n = ((0x1000 - (a & 0xfff)) as usize).min(len - done);
-            f(self.translate(a, write)?, done, n)?;
-            done += n;
-        }
-        Ok(())
-    }
-}
-
-impl<M: GuestMemory> GuestMemory for L2Memory<'_, M> {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let mut pieces = [(0u64, 0usize, 0usize); 2];
-        let mut count = 0;
-        self.each_page(gpa, buf.len(), false, |g1, off, n| {
-            if count < 2 {
-                pieces[count] = (g1, off, n);
-                count += 1;
-                Ok(())
-            } else {
-                Err(MemError::NotRam {
-                    gpa,
-                    len: buf.len() as u64,
-                })
-            }
-        })?;
-        for &(g1, off, n) in &pieces[..count] {
-            self.l1.read(g1, &mut buf[off..off + n])?;
-        }
-        Ok(())
-    }
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-        let mut pieces = [(0u64, 0usize, 0usize); 2];
-        let mut count = 0;
-        self.each_page(gpa, data.len(), true, |g1, off, n| {
-            if count < 2 {
-                pieces[count] = (g1, off, n);
-                count += 1;
-                Ok(())
-            } else {
-                Err(MemError::NotRam {
-                    gpa,
-                    len: data.len() as u64,
-                })
-            }
-        })?;
-        for &(g1, off, n) in &pieces[..count] {
-            self.l1.write(g1, &data[off..off + n])?;
-        }
-        Ok(())
-    }
-    fn zero(&mut self, gpa: u64, len: u64) -> Result<(), MemError> {
-        self.write(gpa, &alloc::vec![0; len as usize])
-    }
-    fn is_ram(&self, gpa: u64, len: u64) -> bool {
-        self.each_page(gpa, len as usize, false, |g1, _, n| {
-            if self.l1.is_ram(g1, n as u64) {
-                Ok(())
-            } else {
-                Err(MemError::NotRam { gpa, len })
-            }
-        })
-        .is_ok()
-    }
-}
 
 /// Where an L2 port access goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,20 +224,7 @@ impl Vcpu {
             };
             (GuestRegs::RSI, base)
         };
-        let paging = PagingRegs {
-            cr0: v.read(F::GUEST_CR0),
-            cr3: v.read(F::GUEST_CR3),
-            cr4: v.read(F::GUEST_CR4),
-            efer,
-            pdptes: [
-                F::GUEST_PDPTE0,
-                F::GUEST_PDPTE1,
-                F::GUEST_PDPTE2,
-                F::GUEST_PDPTE3,
-            ]
-            .map(|f| v.read(f)),
-            maxphyaddr: self.maxphyaddr,
-        };
+        let paging = paging_regs(v, self.maxphyaddr);
         let access = Access {
             write: io.is_in,
             fetch: false,

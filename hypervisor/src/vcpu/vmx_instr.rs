@@ -10,7 +10,7 @@ use crate::nested::operand::{GuestCtx, InstrInfo, Segment};
 use crate::nested::{Level, VmcsSet};
 use crate::regs::{AR_L, EFER_LMA};
 use crate::vmx::exit::reason;
-use crate::vmx::guest_cr::read_cr_state;
+use crate::vmx::guest_cr::{paging_regs, read_cr_state};
 use crate::vmx::inject::{inject_exception, skip_instruction};
 use crate::vmx::{Field as F, Vmcs};
 
@@ -40,20 +40,7 @@ pub fn l1_state(v: &impl Vmcs, regs: &GuestRegs, maxphyaddr: u8) -> L1State {
             long_mode,
             la57: cr.cr4 & (1 << 12) != 0,
         },
-        paging: PagingRegs {
-            cr0: cr.cr0,
-            cr3: cr.cr3,
-            cr4: cr.cr4,
-            efer: cr.efer,
-            pdptes: [
-                F::GUEST_PDPTE0,
-                F::GUEST_PDPTE1,
-                F::GUEST_PDPTE2,
-                F::GUEST_PDPTE3,
-            ]
-            .map(|f| v.read(f)),
-            maxphyaddr,
-        },
+        paging: paging_regs(v, maxphyaddr),
         cr0: cr.cr0,
         cr4: cr.cr4,
         rflags: v.read(F::GUEST_RFLAGS),

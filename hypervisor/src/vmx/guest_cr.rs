@@ -13,6 +13,7 @@
 
 use super::caps::entry;
 use super::{Field as F, Vmcs};
+use crate::guest_mem::walk::PagingRegs;
 use crate::regs::{
     AR_L, CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PSE,
     CR4_SMEP, EFER_LMA, EFER_LME,
@@ -194,6 +195,26 @@ pub fn write_cr_state(v: &mut impl Vmcs, s: &CrState, p: &CrPolicy) {
         v.set_bits(F::VM_ENTRY_CONTROLS, entry::IA32E_MODE_GUEST as u64);
     } else {
         v.clear_bits(F::VM_ENTRY_CONTROLS, entry::IA32E_MODE_GUEST as u64);
+    }
+}
+
+/// The registers the guest's paging runs on, as the VMCS holds them (the
+/// real CR0/CR4, not the read shadows: the bits VMX forces do not bear on
+/// paging), for walking its page tables.
+pub fn paging_regs(v: &impl Vmcs, maxphyaddr: u8) -> PagingRegs {
+    PagingRegs {
+        cr0: v.read(F::GUEST_CR0),
+        cr3: v.read(F::GUEST_CR3),
+        cr4: v.read(F::GUEST_CR4),
+        efer: v.read(F::GUEST_IA32_EFER),
+        pdptes: [
+            F::GUEST_PDPTE0,
+            F::GUEST_PDPTE1,
+            F::GUEST_PDPTE2,
+            F::GUEST_PDPTE3,
+        ]
+        .map(|f| v.read(f)),
+        maxphyaddr,
     }
 }
 
