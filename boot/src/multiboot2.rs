@@ -136,7 +136,7 @@ pub fn check_entry(magic: u32, info: u64) -> Result<(), ParseError> {
     if magic != BOOTLOADER_MAGIC {
         return Err(ParseError::BadMagic(magic));
     }
-    if info == 0 || info % 8 != 0 {
+    if info == 0 || !info.is_multiple_of(8) {
         return Err(ParseError::BadPointer(info));
     }
     Ok(())
@@ -149,7 +149,7 @@ impl<'a> BootInfo<'a> {
             return Err(ParseError::BadTotalSize(bytes.len() as u32));
         }
         let total = u32_at(bytes, 0);
-        if total < 16 || total > MAX_TOTAL_SIZE || total as usize > bytes.len() {
+        if !(16..=MAX_TOTAL_SIZE).contains(&total) || total as usize > bytes.len() {
             return Err(ParseError::BadTotalSize(total));
         }
         let bytes = &bytes[..total as usize];
@@ -203,19 +203,18 @@ impl<'a> BootInfo<'a> {
                     }
                     let entry_size = u32_at(body, 0);
                     let entries = body.len() - 8;
-                    if entry_size < 24 || entry_size % 8 != 0 || entries % entry_size as usize != 0
+                    if entry_size < 24 || !entry_size.is_multiple_of(8) || !entries.is_multiple_of(entry_size as usize)
                     {
                         return Err(ParseError::BadMemoryMap { entry_size });
                     }
                     info.mmap = (off + 16, entries / entry_size as usize, entry_size as usize);
                     have_mmap = true;
                 }
-                TAG_ACPI_OLD | TAG_ACPI_NEW => {
+                TAG_ACPI_OLD | TAG_ACPI_NEW
                     // Prefer the ACPI 2.0 RSDP when both are present.
-                    if tag == TAG_ACPI_NEW || info.rsdp.is_none() {
+                    if (tag == TAG_ACPI_NEW || info.rsdp.is_none()) => {
                         info.rsdp = Some(body);
                     }
-                }
                 _ => {} // Other tags (framebuffer, ELF sections, ...) are not used.
             }
             // Tags are padded to 8-byte alignment.
@@ -303,7 +302,7 @@ pub(crate) mod tests {
             self.tags
                 .extend_from_slice(&(8 + body.len() as u32).to_le_bytes());
             self.tags.extend_from_slice(body);
-            while self.tags.len() % 8 != 0 {
+            while !self.tags.len().is_multiple_of(8) {
                 self.tags.push(0);
             }
             self

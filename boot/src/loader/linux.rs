@@ -270,7 +270,7 @@ impl<'a> BzImage<'a> {
         }
         let pref_address = u64_at(image, PREF_ADDRESS);
         let relocatable = u8_at(image, RELOCATABLE_KERNEL) != 0;
-        if !relocatable && pref_address % PAGE_SIZE != 0 {
+        if !relocatable && !pref_address.is_multiple_of(PAGE_SIZE) {
             return Err(LinuxError::BadHeader("pref_address is not page-aligned"));
         }
         Ok(BzImage {
@@ -333,7 +333,7 @@ fn pages(n: u64) -> u64 {
 fn place_kernel(free: &RangeSet, bz: &BzImage) -> Result<Range, LinuxError> {
     let size = pages(bz.init_size);
     let at_pref = Range::new(bz.pref_address, bz.pref_address.saturating_add(size));
-    let pref_ok = bz.pref_address % bz.kernel_alignment == 0 || !bz.relocatable;
+    let pref_ok = bz.pref_address.is_multiple_of(bz.kernel_alignment) || !bz.relocatable;
     if pref_ok && at_pref.end <= FOUR_GIB && free.contains_range(at_pref) {
         return Ok(at_pref);
     }

@@ -45,7 +45,7 @@ impl FrameAllocator {
 
     /// An allocator over `frames` frames from `base`, all free.
     pub fn new(base: u64, frames: usize, bits: &'static mut [u64]) -> Self {
-        assert!(bits.len() >= Self::bitmap_words(frames) && base % FRAME == 0);
+        assert!(bits.len() >= Self::bitmap_words(frames) && base.is_multiple_of(FRAME));
         bits.fill(0);
         // Bits past the end are permanently "used".
         for i in frames..bits.len() * 64 {
@@ -131,7 +131,7 @@ impl FrameAllocator {
 
     /// Returns `n` frames from `addr`.
     pub fn free(&mut self, addr: u64, n: usize) -> Result<(), FrameError> {
-        if addr < self.base || addr % FRAME != 0 || addr + n as u64 * FRAME > self.end() {
+        if addr < self.base || !addr.is_multiple_of(FRAME) || addr + n as u64 * FRAME > self.end() {
             return Err(FrameError::BadFree(addr));
         }
         let first = ((addr - self.base) / FRAME) as usize;

@@ -102,7 +102,12 @@ pub fn map<M: TableMemory, F: Format>(
     while len > 0 {
         let size = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K]
             .into_iter()
-            .find(|s| *s <= max && va % s.bytes() == 0 && pa % s.bytes() == 0 && len >= s.bytes())
+            .find(|s| {
+                *s <= max
+                    && va.is_multiple_of(s.bytes())
+                    && pa.is_multiple_of(s.bytes())
+                    && len >= s.bytes()
+            })
             .unwrap_or(PageSize::Size4K);
         map_one(mem, fmt, root, va, pa, size, attr)?;
         va += size.bytes();

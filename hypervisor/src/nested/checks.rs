@@ -75,7 +75,7 @@ pub struct CheckCtx<'a> {
 
 impl CheckCtx<'_> {
     fn addr_ok(&self, a: u64, align: u64, len: u64) -> bool {
-        a % align == 0 && (a + len - 1) >> self.maxphyaddr == 0 && (self.is_l1_ram)(a, len)
+        a.is_multiple_of(align) && (a + len - 1) >> self.maxphyaddr == 0 && (self.is_l1_ram)(a, len)
     }
     fn canonical(&self, a: u64) -> bool {
         let top = a as i64 >> 47;
@@ -153,7 +153,10 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         cc!(exitc & exit::ACK_INTERRUPT_ON_EXIT == 0, control);
         cc!(v.get(F::POSTED_INTR_NV) & !0xff != 0, control);
         let desc = v.get(F::POSTED_INTR_DESC_ADDR);
-        cc!(desc % 64 != 0 || desc >> c.maxphyaddr != 0, control);
+        cc!(
+            !desc.is_multiple_of(64) || desc >> c.maxphyaddr != 0,
+            control
+        );
     }
     let proc3 = if proc1 & primary::ACTIVATE_TERTIARY != 0 {
         v.get(F::TERTIARY_VM_EXEC_CONTROL)
@@ -164,7 +167,10 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     if proc3 & super::caps::TERTIARY_IPI_VIRT != 0 {
         cc!(!tpr_shadow, control);
         let table = v.get(F::PID_POINTER_TABLE);
-        cc!(table % 8 != 0 || table >> c.maxphyaddr != 0, control);
+        cc!(
+            !table.is_multiple_of(8) || table >> c.maxphyaddr != 0,
+            control
+        );
     }
     cc!(
         proc2 & secondary::VIRTUAL_INTERRUPT_DELIVERY != 0

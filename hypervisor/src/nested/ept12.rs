@@ -207,7 +207,7 @@ impl<M: GuestMemory> GuestMemory for L2Memory<'_, M> {
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
         let mut done = 0;
         // Checked whole first; then each page is translated as it is written.
-        drop(self.pieces(gpa, data.len(), true)?);
+        let _ = self.pieces(gpa, data.len(), true)?;
         while done < data.len() {
             let a = gpa + done as u64;
             let n = ((0x1000 - (a & 0xfff)) as usize).min(data.len() - done);

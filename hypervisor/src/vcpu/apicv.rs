@@ -184,7 +184,7 @@ impl Vcpu {
     ) {
         const WRITE: u64 = 1 << 1;
         let offset = e.guest_physical.wrapping_sub(IOAPIC_BASE);
-        if e.qualification & WRITE == 0 || offset > IOWIN || offset % 0x10 != 0 {
+        if e.qualification & WRITE == 0 || offset > IOWIN || !offset.is_multiple_of(0x10) {
             return;
         }
         let Some(eptp12) = self.eptp12() else { return };

@@ -211,7 +211,7 @@ impl MtrrShadow {
         match msr {
             IA32_MTRR_DEF_TYPE if v & !0xcff == 0 && valid_type(v & 0xff) => self.def_type = v,
             0x200..=0x20f if msr - 0x200 < 2 * self.vcnt => {
-                let is_base = msr % 2 == 0;
+                let is_base = msr.is_multiple_of(2);
                 let reserved = if is_base {
                     phys_mask | 0xf00
                 } else {

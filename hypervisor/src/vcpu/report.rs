@@ -123,38 +123,6 @@ pub fn guest_state(out: &mut impl Write, v: &impl Vmcs, regs: &GuestRegs) -> fmt
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::vmx::fake::FakeVmcs;
-
-    #[test]
-    fn names_the_exit_and_the_state() {
-        let mut v = FakeVmcs::default();
-        v.write(F::VM_EXIT_REASON, 0x8000_0021);
-        v.write(F::GUEST_RIP, 0x10_0000);
-        v.write(F::GUEST_CR0, 0x31);
-        let mut regs = GuestRegs::default();
-        regs.gpr[GuestRegs::RBX] = 0x9000;
-        regs.gpr[GuestRegs::RSP] = 0x4444;
-        v.write(F::GUEST_RSP, 0x8888);
-        let mut s = String::new();
-        guest_state(&mut s, &v, &regs).unwrap();
-        assert!(
-            s.contains("entry failure: VM entry failure: invalid guest state"),
-            "{s}"
-        );
-        assert!(s.contains("RIP 0x0000000000100000"));
-        assert!(s.contains("CR0 0x31"));
-        assert!(s.contains("RBX 0x0000000000009000"));
-        assert!(s.contains("RSP 0x0000000000008888"));
-        assert!(
-            !s.contains("4444"),
-            "RSP comes from the VMCS, not the GPR array"
-        );
-    }
-}
-
 impl Vcpu {
     /// The `stats` answer: where the vCPU is, L2's and L1's interrupt
     /// state, and the exit counts of each level (docs/console-protocol.md).
@@ -216,5 +184,37 @@ impl Vcpu {
             mgmt::frame(format_args!("stats l2 {}", self.l2_stats)),
             mgmt::frame(format_args!("stats l2-recent {}", self.l2_stats.recent())),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmx::fake::FakeVmcs;
+
+    #[test]
+    fn names_the_exit_and_the_state() {
+        let mut v = FakeVmcs::default();
+        v.write(F::VM_EXIT_REASON, 0x8000_0021);
+        v.write(F::GUEST_RIP, 0x10_0000);
+        v.write(F::GUEST_CR0, 0x31);
+        let mut regs = GuestRegs::default();
+        regs.gpr[GuestRegs::RBX] = 0x9000;
+        regs.gpr[GuestRegs::RSP] = 0x4444;
+        v.write(F::GUEST_RSP, 0x8888);
+        let mut s = String::new();
+        guest_state(&mut s, &v, &regs).unwrap();
+        assert!(
+            s.contains("entry failure: VM entry failure: invalid guest state"),
+            "{s}"
+        );
+        assert!(s.contains("RIP 0x0000000000100000"));
+        assert!(s.contains("CR0 0x31"));
+        assert!(s.contains("RBX 0x0000000000009000"));
+        assert!(s.contains("RSP 0x0000000000008888"));
+        assert!(
+            !s.contains("4444"),
+            "RSP comes from the VMCS, not the GPR array"
+        );
     }
 }

@@ -386,10 +386,7 @@ mod tests {
             cr4: CR4_PAE,
             ..Default::default()
         };
-        assert_eq!(
-            write_cr3(&mut p, 0x1_2345_6000, 39).unwrap().load_pdptes,
-            true
-        );
+        assert!(write_cr3(&mut p, 0x1_2345_6000, 39).unwrap().load_pdptes);
         assert_eq!(p.cr3, 0x2345_6000);
     }
 
