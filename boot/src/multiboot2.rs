@@ -203,18 +203,19 @@ impl<'a> BootInfo<'a> {
                     }
                     let entry_size = u32_at(body, 0);
                     let entries = body.len() - 8;
-                    if entry_size < 24 || !entry_size.is_multiple_of(8) || !entries.is_multiple_of(entry_size as usize)
+                    if entry_size < 24
+                        || !entry_size.is_multiple_of(8)
+                        || !entries.is_multiple_of(entry_size as usize)
                     {
                         return Err(ParseError::BadMemoryMap { entry_size });
                     }
                     info.mmap = (off + 16, entries / entry_size as usize, entry_size as usize);
                     have_mmap = true;
                 }
-                TAG_ACPI_OLD | TAG_ACPI_NEW
-                    // Prefer the ACPI 2.0 RSDP when both are present.
-                    if (tag == TAG_ACPI_NEW || info.rsdp.is_none()) => {
-                        info.rsdp = Some(body);
-                    }
+                // Prefer the ACPI 2.0 RSDP when both are present.
+                TAG_ACPI_OLD | TAG_ACPI_NEW if tag == TAG_ACPI_NEW || info.rsdp.is_none() => {
+                    info.rsdp = Some(body);
+                }
                 _ => {} // Other tags (framebuffer, ELF sections, ...) are not used.
             }
             // Tags are padded to 8-byte alignment.
