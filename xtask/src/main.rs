@@ -22,6 +22,7 @@ mod judge;
 mod linux;
 mod operator;
 mod scenario;
+mod skips;
 mod verdict;
 
 use std::process::{Command, ExitCode};
@@ -123,6 +124,8 @@ fn test_scenarios(only: Option<&[&str]>) -> Result<(), String> {
         linux::images()?;
     }
     let mut failed = Vec::new();
+    // The guest's results of each run so far, for the native/L0 pairs.
+    let mut ran: Vec<(&str, bool, verdict::Tests)> = Vec::new();
     for s in &list {
         print!("== scenario {} ... ", s.name);
         let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -135,17 +138,52 @@ fn test_scenarios(only: Option<&[&str]>) -> Result<(), String> {
         if !o.passed {
             failed.push(format!("{}: {}", s.name, o.reason));
         }
+        if !verdict::expected(s.com1).is_empty() {
+            ran.push((s.name, o.passed, verdict::parse(&o.com1)));
+            if let Some(problem) = compare_skips(&ran) {
+                failed.push(problem);
+            }
+        }
+    }
+    // Pairs of which only one side ran: nothing to compare.
+    for (name, ..) in &ran {
+        let other = skips::partner(name);
+        let paired =
+            scenario::find(&other).is_some_and(|o| o.native() != name.ends_with("-native"));
+        if paired && !ran.iter().any(|r| r.0 == other) {
+            println!("   skips of {name} not compared: {other} did not run in this invocation");
+        }
     }
     if failed.is_empty() {
         println!("all {} scenario(s) passed", list.len());
         Ok(())
     } else {
         Err(format!(
-            "{} scenario(s) failed:\n  {}",
+            "{} scenario(s) or native/L0 pair(s) failed:\n  {}",
             failed.len(),
             failed.join("\n  ")
         ))
     }
+}
+
+/// Once the last run in `ran` completes a native/L0 pair, compares the
+/// checks each side skipped (crate::skips); why the pair fails, if it does.
+fn compare_skips(ran: &[(&str, bool, verdict::Tests)]) -> Option<String> {
+    let (name, passed, tests) = ran.last()?;
+    let other = skips::partner(name);
+    let (_, other_passed, other_tests) = ran.iter().find(|r| r.0 == other)?;
+    let (native, l0, native_tests, l0_tests) = match name.ends_with("-native") {
+        true => (*name, other.as_str(), tests, other_tests),
+        false => (other.as_str(), *name, other_tests, tests),
+    };
+    if !(*passed && *other_passed) {
+        println!("   skips of {l0} vs {native} not compared: a run failed");
+        return None;
+    }
+    let c = skips::compare(native_tests, l0_tests, skips::L0_ONLY_SKIPS);
+    println!("   skips of {l0} vs {native}: {}", c.summary());
+    c.problem(l0, native)
+        .map(|p| format!("{l0} / {native}: {p}"))
 }
 
 fn run(args: &[&str]) -> Result<(), String> {

@@ -22,6 +22,9 @@ pub struct Test {
     pub ended: Option<Ended>,
     /// Its `CHECK ... FAIL ...` lines.
     pub failed_checks: Vec<String>,
+    /// Its checks that did not run: `CHECK <check> ok skipped: <why>` as
+    /// (check, why), in order.
+    pub skipped: Vec<(String, String)>,
 }
 
 /// Every test COM1 mentions, in the order they first appear.
@@ -86,6 +89,13 @@ pub fn parse(com1: &str) -> Tests {
                 Some(i) => r.tests[i].failed_checks.push(line.to_string()),
                 None => r.stray_failed_checks.push(line.to_string()),
             },
+            (Some("CHECK"), Some(check), Some("ok")) => {
+                let rest = words.next().unwrap_or("");
+                if let (Some(why), Some(i)) = (rest.strip_prefix("skipped:"), running) {
+                    let why = why.trim().to_string();
+                    r.tests[i].skipped.push((check.to_string(), why));
+                }
+            }
             _ => {}
         }
     }
@@ -219,6 +229,27 @@ mod tests {
             (1, &Some(Ended::Passed { checks: 2 }))
         );
         assert!(r.problems(&["boot"]).is_empty() && r.settled() && !r.failing());
+        assert_eq!(t.skipped, [("b".to_string(), "no VMX".to_string())]);
+    }
+
+    #[test]
+    fn skipped_checks_by_test() {
+        let r = parse(
+            "CHECK early ok skipped: before any test\nTEST a START\nCHECK x ok 3\n\
+             CHECK y ok skipped: EPT A/D not offered\nCHECK z ok skipped:\n\
+             CHECK w ok not skipped: only at the start\nTEST a PASS (4 checks)\n\
+             TEST b START\nCHECK y ok fine\nTEST b PASS (1 checks)\n",
+        );
+        let a = r.get("a").unwrap();
+        assert_eq!(
+            a.skipped,
+            [
+                ("y".to_string(), "EPT A/D not offered".to_string()),
+                ("z".to_string(), String::new())
+            ]
+        );
+        assert!(r.get("b").unwrap().skipped.is_empty());
+        assert!(!r.failing());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! guest may change), and the move into the pool under L0's own page
 //! tables.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use boot::memmap::Range;
 
 use super::cpu;
@@ -59,6 +61,40 @@ pub fn checksum() -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+/// A page of L0's writable data (`.data`, in the pool with the rest of
+/// the image) that L0 never writes after the link: a witness that nothing
+/// from outside wrote L0's data while L1 ran. Atomics put it in `.data`
+/// (a plain immutable static would land in the checksummed `.rodata`).
+#[repr(C, align(4096))]
+struct Canary([AtomicU64; 512]);
+
+static DATA_CANARY: Canary = Canary(canary_words());
+
+/// Word `i` of the canary: distinct per word, neither all ones (the
+/// scratch page's first contents) nor anything a guest would write.
+const fn canary_word(i: usize) -> u64 {
+    (0x4c30_da7a_0000_0000 | i as u64).wrapping_mul(0x100_0000_01b3) ^ 0xcbf2_9ce4_8422_2325
+}
+
+const fn canary_words() -> [AtomicU64; 512] {
+    let mut w = [const { AtomicU64::new(0) }; 512];
+    let mut i = 0;
+    while i < 512 {
+        w[i] = AtomicU64::new(canary_word(i));
+        i += 1;
+    }
+    w
+}
+
+/// Whether L0's data canary still holds what the link put there.
+pub fn data_intact() -> bool {
+    DATA_CANARY
+        .0
+        .iter()
+        .enumerate()
+        .all(|(i, w)| w.load(Ordering::Relaxed) == canary_word(i))
 }
 
 /// Builds L0's own page tables — RAM identity-mapped non-executable, the

@@ -66,6 +66,9 @@ impl Platform for Hardware {
     fn l0_intact(&self) -> bool {
         super::image::checksum() == self.checksum
     }
+    fn l0_data_intact(&self) -> bool {
+        super::image::data_intact()
+    }
     fn page(&mut self, phys: u64) -> &mut [u64; 512] {
         // SAFETY: callers pass L0's bitmap pages (pool frames, identity-mapped).
         unsafe { &mut *(phys as *mut [u64; 512]) }

@@ -70,6 +70,9 @@ pub trait Platform {
     fn page(&mut self, phys: u64) -> &mut [u64; 512];
     /// Re-checks L0's code and read-only data against the boot-time checksum.
     fn l0_intact(&self) -> bool;
+    /// Re-checks a page of L0's writable data that L0 never writes (a
+    /// canary in `.data`) against what the link put there.
+    fn l0_data_intact(&self) -> bool;
     /// RDMSR/WRMSR of a real MSR on a guest's behalf; None/false if the CPU
     /// refuses it (#GP).
     fn read_msr(&mut self, msr: u32) -> Option<u64>;
@@ -543,6 +546,11 @@ impl Vcpu {
                     log::info!("L0 integrity OK");
                 } else {
                     log::error!("L0 FATAL: L0 code or read-only data changed while L1 ran");
+                }
+                if p.l0_data_intact() {
+                    log::info!("L0 data intact");
+                } else {
+                    log::error!("L0 FATAL: L0 data (its canary page) changed while L1 ran");
                 }
                 crate::logger::drain();
                 for &c in SHUTDOWN {

@@ -113,6 +113,9 @@ impl Platform for FakePlatform {
     fn l0_intact(&self) -> bool {
         self.intact
     }
+    fn l0_data_intact(&self) -> bool {
+        self.intact
+    }
     fn page(&mut self, phys: u64) -> &mut [u64; 512] {
         self.pages.entry(phys).or_insert_with(|| Box::new([0; 512]))
     }

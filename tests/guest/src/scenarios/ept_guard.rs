@@ -1,6 +1,9 @@
 //! `ept-guard`: the cloud VM reads and writes every frame L0 owns (the
-//! reserved range L0's memory map shows at the top of RAM) and never sees
-//! L0's data; L0 checks its own integrity when the guest shuts down.
+//! reserved range L0's memory map shows at the top of RAM) and sees
+//! exactly what L0 documents (docs/architecture.md, "Memory ownership"):
+//! all ones until it writes, then one scratch page shared by every pool
+//! address, holding what it last wrote anywhere there. L0 checks its code,
+//! read-only data and a canary page of its data when the guest shuts down.
 
 use crate::check::Checks;
 use crate::io::cpuid;
@@ -31,54 +34,103 @@ pub fn run(mbi: &Info<Identity>) {
     );
 
     let pages = || ranges.iter().flat_map(|&(a, b)| (a..b).step_by(4096));
-    let half = pages().count() / 2;
-    // The first half is read before anything is written: every byte reads
-    // as absent memory (all ones), nothing of L0. The second half is
-    // written first, below.
-    let mut foreign = 0u64;
-    let mut count = 0u64;
-    for p in pages().take(half) {
+    let read = |a: u64| {
+        // SAFETY: identity-mapped guest-physical address in L0's range;
+        // L0 backs it (with its scratch page).
+        unsafe { core::ptr::read_volatile(a as *const u64) }
+    };
+    let write = |a: u64, v: u64| {
+        // SAFETY: as `read`.
+        unsafe { core::ptr::write_volatile(a as *mut u64, v) }
+    };
+
+    // Every page is read before anything is written: every byte reads as
+    // absent memory (all ones), nothing of L0.
+    let (mut count, mut foreign) = (0u64, 0u64);
+    let mut first_foreign = None;
+    for p in pages() {
         count += 1;
-        for i in 0..512 {
-            // SAFETY: identity-mapped guest-physical address; L0 backs it.
-            let v = unsafe { core::ptr::read_volatile((p + 8 * i) as *const u64) };
+        for a in (p..p + 4096).step_by(8) {
+            let v = read(a);
             if v != u64::MAX {
                 foreign += 1;
+                first_foreign.get_or_insert((a, v));
             }
         }
     }
     c.check(
         "read-all-ones",
         foreign == 0 && count > 0,
-        format_args!("{count} pages read first, {foreign} words not all-ones"),
+        format_args!(
+            "all {count} pages read before any write, {foreign} words not all-ones{}",
+            First(first_foreign)
+        ),
     );
 
-    // Write every word of every frame (the second half for the first time),
-    // then read: only what we wrote comes back.
-    for p in pages() {
-        for i in 0..512 {
-            // SAFETY: as above.
-            unsafe { core::ptr::write_volatile((p + 8 * i) as *mut u64, PATTERN | p) };
-        }
-    }
-    let mut not_ours = 0u64;
-    for p in pages() {
-        for i in 0..512 {
-            // SAFETY: as above.
-            let v = unsafe { core::ptr::read_volatile((p + 8 * i) as *const u64) };
-            let page = v ^ PATTERN;
-            let ours = v & PATTERN == PATTERN
-                && page.is_multiple_of(4096)
-                && ranges.iter().any(|r| (r.0..r.1).contains(&page));
-            if !ours {
-                not_ours += 1;
+    // L0 documents one scratch page behind all its frames: a word written
+    // through one pool page is what every other pool page holds at that
+    // offset. (A mapping of the frames themselves reads back each page's
+    // own data; a scratch page per frame, the old contents.)
+    let first = pages().next().unwrap_or(0);
+    let last = pages().last().unwrap_or(0);
+    let middle = pages().nth((count / 2) as usize).unwrap_or(0);
+    let mut misses = 0;
+    for (k, (from, to)) in [
+        (first, last),
+        (last, middle),
+        (middle, first),
+        (last, first),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for off in [0u64, 8, 0x800, 0xff8] {
+            let v = PATTERN | 0xc0de_0000 | (k as u64) << 12 | off;
+            write(from + off, v);
+            if read(to + off) != v || read(from + off) != v {
+                misses += 1;
             }
         }
     }
     c.check(
-        "read-back-only-own-data",
-        not_ours == 0,
-        format_args!("{not_ours} words not written by this guest"),
+        "one-scratch-page",
+        misses == 0 && count > 0,
+        format_args!(
+            "{misses} of 16 words written through one pool page not seen through another \
+             ({first:#x}, {middle:#x}, {last:#x})"
+        ),
+    );
+
+    // Write every word of every page with its own address, in address
+    // order; then every page reads, at each offset, the last word written
+    // there anywhere: the last page's.
+    for p in pages() {
+        for a in (p..p + 4096).step_by(8) {
+            write(a, PATTERN | a);
+        }
+    }
+    let (mut wrong, mut own) = (0u64, 0u64);
+    let mut first_wrong = None;
+    for p in pages() {
+        for off in (0..4096).step_by(8) {
+            let v = read(p + off);
+            if v != PATTERN | (last + off) {
+                wrong += 1;
+                first_wrong.get_or_insert((p + off, v));
+                if v == PATTERN | (p + off) {
+                    own += 1;
+                }
+            }
+        }
+    }
+    c.check(
+        "read-back-last-write",
+        wrong == 0 && count > 0,
+        format_args!(
+            "{count} pages: {wrong} words differ from the last write at their offset \
+             ({own} read back their own write){}",
+            First(first_wrong)
+        ),
     );
 
     // L0 still answers.
@@ -89,4 +141,16 @@ pub fn run(mbi: &Info<Identity>) {
         format_args!("EBX {b:#x}"),
     );
     c.finish();
+}
+
+/// The first offending word, if any: ` (first at 0x...: 0x...)`.
+struct First(Option<(u64, u64)>);
+
+impl core::fmt::Display for First {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self.0 {
+            Some((a, v)) => write!(f, " (first at {a:#x}: {v:#x})"),
+            None => Ok(()),
+        }
+    }
 }
