@@ -180,6 +180,9 @@ impl Console {
     /// its sessions); a save is logged, not framed.
     pub fn notices(&mut self, sh: &mut Shadow) -> Frames {
         let mut out = Vec::new();
+        if !sh.has_notices() {
+            return out; // the usual case, at every COM access
+        }
         for n in sh.take_notices() {
             match n {
                 // (A VM that already ended has its Gone notice next.)

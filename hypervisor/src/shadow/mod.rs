@@ -96,6 +96,10 @@ impl Shadow {
         r
     }
 
+    pub fn has_notices(&self) -> bool {
+        !self.notices.is_empty()
+    }
+
     /// The notices since the last call, oldest first.
     pub fn take_notices(&mut self) -> Vec<Notice> {
         core::mem::take(&mut self.notices)

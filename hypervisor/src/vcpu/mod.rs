@@ -13,8 +13,8 @@ use crate::mm::paging::TableMemory;
 use crate::nested::{Nested, VmcsSet};
 use crate::vmx::caps::VmxCaps;
 use crate::vmx::exit::{
-    event_type, reason, reason_name, CrAccess, EptViolation, ExitInfo, ExitReason,
-    InterruptionInfo, IoAccess, VmExit,
+    event_type, reason, reason_name, CrAccess, EptViolation, ExitReason, InterruptionInfo,
+    IoAccess, VmExit,
 };
 use crate::vmx::{caps, Field as F, Vmcs};
 
@@ -295,13 +295,13 @@ impl Vcpu {
         if self.nested.in_l2 {
             return self.l2_exit(m, vs, p);
         }
-        let e = ExitInfo::read(vs.current());
-        let exit = VmExit::decode(
-            &e,
+        let v = vs.current();
+        let exit = VmExit::read(
+            v,
+            r,
             self.regs.gpr[GuestRegs::RAX],
             self.regs.gpr[GuestRegs::RCX],
         );
-        let v = vs.current();
         match exit {
             VmExit::EntryFailed { .. } => return Outcome::Stop(Stop::EntryFailure(r)),
             VmExit::VmxInstruction(basic) if self.cpuid.vmx => {
@@ -328,7 +328,12 @@ impl Vcpu {
             }
             VmExit::EptViolation { access, gpa } => {
                 let o = self.ept_violation(m, v, p, access, gpa);
-                reinject_interrupted_event(v, e.idt_info, e.idt_error, e.instr_len);
+                let (info, err, len) = (
+                    v.read(F::IDT_VECTORING_INFO_FIELD),
+                    v.read(F::IDT_VECTORING_ERROR_CODE),
+                    v.read(F::VM_EXIT_INSTRUCTION_LEN),
+                );
+                reinject_interrupted_event(v, info as u32, err as u32, len as u32);
                 return o;
             }
             VmExit::TripleFault => return Outcome::Stop(Stop::TripleFault),

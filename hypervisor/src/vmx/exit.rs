@@ -297,6 +297,21 @@ pub const VMX_INSTRUCTIONS: [u16; 11] = [
     reason::INVVPID,
 ];
 
+/// Whether `basic` is one of [`VMX_INSTRUCTIONS`]: a table lookup, as a
+/// guest hypervisor's every round trip passes here.
+pub fn is_vmx_instruction(basic: u16) -> bool {
+    const TABLE: [bool; 64] = {
+        let mut t = [false; 64];
+        let mut i = 0;
+        while i < VMX_INSTRUCTIONS.len() {
+            t[VMX_INSTRUCTIONS[i] as usize] = true;
+            i += 1;
+        }
+        t
+    };
+    TABLE.get(basic as usize).copied().unwrap_or(false)
+}
+
 /// One exit, decoded once: what L0's routing and handlers look at, with
 /// the qualification and the registers it names already read. Reasons
 /// L0 has no handler of its own for are `Other`: L1 gets them by its
@@ -356,21 +371,40 @@ impl VmExit {
     /// Decodes `e`; `rax` and `rcx` are the guest's at the exit (CPUID's
     /// leaf, the MSR index).
     pub fn decode(e: &ExitInfo, rax: u64, rcx: u64) -> VmExit {
-        let r = ExitReason(e.reason);
+        Self::decode_with(e.reason, rax, rcx, |f| match f {
+            F::EXIT_QUALIFICATION => e.qualification,
+            F::VM_EXIT_INTR_INFO => e.intr_info as u64,
+            F::VM_EXIT_INTR_ERROR_CODE => e.intr_error as u64,
+            _ => e.guest_physical,
+        })
+    }
+
+    /// Decodes the exit of `v` whose exit-reason field holds `reason`,
+    /// reading only the fields this reason has (an L1 exit needs no more;
+    /// an L2 exit reads [`ExitInfo`] whole, for reflecting it).
+    pub fn read(v: &impl Vmcs, reason: ExitReason, rax: u64, rcx: u64) -> VmExit {
+        Self::decode_with(reason.0, rax, rcx, |f| v.read(f))
+    }
+
+    /// The one decoder: `field` gives the exit qualification, the exit
+    /// interruption information and error code, and the guest-physical
+    /// address, when the reason has them.
+    fn decode_with(reason: u32, rax: u64, rcx: u64, field: impl Fn(F) -> u64) -> VmExit {
+        let r = ExitReason(reason);
+        let q = || field(F::EXIT_QUALIFICATION);
         if r.entry_failed() {
             return VmExit::EntryFailed {
                 reason: r.basic(),
-                qualification: e.qualification,
+                qualification: q(),
             };
         }
-        let q = e.qualification;
         match r.basic() {
             reason::EXCEPTION_NMI => VmExit::Exception {
-                info: InterruptionInfo(e.intr_info),
-                error_code: e.intr_error,
+                info: InterruptionInfo(field(F::VM_EXIT_INTR_INFO) as u32),
+                error_code: field(F::VM_EXIT_INTR_ERROR_CODE) as u32,
             },
             reason::EXTERNAL_INTERRUPT => VmExit::ExternalInterrupt {
-                info: InterruptionInfo(e.intr_info),
+                info: InterruptionInfo(field(F::VM_EXIT_INTR_INFO) as u32),
             },
             reason::TRIPLE_FAULT => VmExit::TripleFault,
             reason::INTERRUPT_WINDOW => VmExit::InterruptWindow,
@@ -378,26 +412,26 @@ impl VmExit {
             reason::HLT => VmExit::Hlt,
             reason::INVD => VmExit::Invd,
             reason::VMCALL => VmExit::Vmcall,
-            b if VMX_INSTRUCTIONS.contains(&b) => VmExit::VmxInstruction(b),
-            reason::CR_ACCESS => VmExit::Cr(CrAccess::decode(q)),
-            reason::IO_INSTRUCTION => VmExit::Io(IoAccess::decode(q)),
+            reason::CR_ACCESS => VmExit::Cr(CrAccess::decode(q())),
+            reason::IO_INSTRUCTION => VmExit::Io(IoAccess::decode(q())),
             reason::RDMSR | reason::WRMSR => VmExit::Msr {
                 index: rcx as u32,
                 write: r.basic() == reason::WRMSR,
             },
             reason::XSETBV => VmExit::Xsetbv,
             reason::EPT_VIOLATION => VmExit::EptViolation {
-                access: EptViolation::decode(q),
-                gpa: e.guest_physical,
+                access: EptViolation::decode(q()),
+                gpa: field(F::GUEST_PHYSICAL_ADDRESS),
             },
             reason::EPT_MISCONFIG => VmExit::EptMisconfig {
-                gpa: e.guest_physical,
+                gpa: field(F::GUEST_PHYSICAL_ADDRESS),
             },
             reason::PREEMPTION_TIMER => VmExit::PreemptionTimer,
             reason::APIC_WRITE => VmExit::ApicWrite {
-                offset: (q & 0xfff) as u16,
+                offset: (q() & 0xfff) as u16,
             },
-            reason::VIRTUALIZED_EOI => VmExit::VirtualizedEoi { vector: q as u8 },
+            reason::VIRTUALIZED_EOI => VmExit::VirtualizedEoi { vector: q() as u8 },
+            b if is_vmx_instruction(b) => VmExit::VmxInstruction(b),
             other => VmExit::Other(other),
         }
     }
@@ -535,6 +569,20 @@ mod tests {
             VmExit::VirtualizedEoi { vector: 0x41 }
         );
         assert_eq!(d(at(reason::RDTSC, 0)), VmExit::Other(reason::RDTSC));
+        // Read from a VMCS, the same exit.
+        let mut v = crate::vmx::fake::FakeVmcs::default();
+        for (f, x) in [
+            (F::VM_EXIT_REASON, reason::EPT_VIOLATION as u64),
+            (F::EXIT_QUALIFICATION, 0x182),
+            (F::GUEST_PHYSICAL_ADDRESS, 0x1234_5000),
+        ] {
+            v.write(f, x);
+        }
+        let e = ExitInfo::read(&v);
+        assert_eq!(
+            VmExit::read(&v, ExitReason(e.reason), 1, 2),
+            VmExit::decode(&e, 1, 2)
+        );
         assert_eq!(d(at(200, 0)), VmExit::Other(200));
     }
 
