@@ -6,9 +6,8 @@
 use core::fmt::{self, Write};
 
 use spin::Mutex;
-use uart_16550::SerialPort;
 
-use crate::arch::cpu;
+use crate::arch::uart::{self, Uart};
 
 /// What L0 sends waits here while the UART is busy: L0 never stalls its
 /// guests for the line's 115200 baud (~87 µs a byte) unless this is full.
@@ -17,8 +16,7 @@ use crate::arch::cpu;
 const TX_QUEUE: usize = 1 << 15;
 
 struct Line {
-    port: Option<SerialPort>,
-    base: u16,
+    port: Option<Uart>,
     /// Bytes the UART takes at once when its transmitter is empty: 16
     /// with the 16550A's FIFO, 1 without.
     fifo: usize,
@@ -29,7 +27,6 @@ struct Line {
 
 static LINE: Mutex<Line> = Mutex::new(Line {
     port: None,
-    base: 0,
     fifo: 1,
     queue: [0; TX_QUEUE],
     head: 0,
@@ -40,14 +37,12 @@ impl Line {
     /// Hands queued bytes to the UART as far as it has room, without
     /// waiting; whether the queue is empty.
     fn pump(&mut self) -> bool {
-        if self.len == 0 || self.port.is_none() {
+        let Some(port) = self.port else {
             return self.len == 0;
-        }
-        // SAFETY: L0's own UART: LSR, then THR only when it is empty.
-        if unsafe { cpu::inb(self.base + 5) } & 0x20 != 0 {
+        };
+        if self.len > 0 && port.can_send() {
             for _ in 0..self.fifo.min(self.len) {
-                // SAFETY: the transmitter FIFO has room (THRE above).
-                unsafe { cpu::outb(self.base, self.queue[self.head]) };
+                port.send(self.queue[self.head]);
                 self.head = (self.head + 1) % TX_QUEUE;
                 self.len -= 1;
             }
@@ -93,29 +88,10 @@ impl Write for Line {
 /// Takes the UART at `base` for the management line.
 pub fn init_serial(base: u16) {
     // SAFETY: the operator chose this port for L0 on the command line; L1
-    // is not running yet and never gets it (the I/O bitmap traps it).
-    let mut port = unsafe { SerialPort::new(base) };
-    port.init();
-    // SAFETY: same port. Divisor 1 = 115200 baud; IER=0 and MCR without
-    // OUT2 keep the UART's interrupt off the (L1-owned) IRQ line. FIFOs
-    // on and cleared; IIR bits 7:6 say whether there are any (16550A).
-    let fifo = unsafe {
-        cpu::outb(base + 3, 0x80);
-        cpu::outb(base, 1);
-        cpu::outb(base + 1, 0);
-        cpu::outb(base + 3, 0x03);
-        cpu::outb(base + 1, 0);
-        cpu::outb(base + 4, 0x03);
-        cpu::outb(base + 2, 0x07);
-        if cpu::inb(base + 2) & 0xc0 == 0xc0 {
-            16
-        } else {
-            1
-        }
-    };
+    // is not running yet and never gets it (the I/O bitmaps trap it).
+    let (port, fifo) = unsafe { Uart::init(base) };
     let mut l = LINE.lock();
     l.port = Some(port);
-    l.base = base;
     l.fifo = fifo;
 }
 
@@ -129,8 +105,7 @@ pub fn pump() {
 
 /// The management port's base, if one is in use.
 pub fn serial_base() -> Option<u16> {
-    let l = LINE.lock();
-    l.port.as_ref().map(|_| l.base)
+    LINE.lock().port.map(|p| p.base())
 }
 
 /// A whole line (a protocol frame) on the management line.
@@ -141,15 +116,15 @@ pub fn send_line(line: &str) {
 /// Bytes the operator sent, without waiting: up to `buf.len()`, while the
 /// receiver has data (LSR.DR).
 pub fn recv(buf: &mut [u8]) -> usize {
-    let l = LINE.lock();
-    if l.port.is_none() {
+    let Some(port) = LINE.lock().port else {
         return 0;
-    }
+    };
     let mut n = 0;
-    // SAFETY: L0's own UART; LSR first, RBR only when data is ready.
-    while n < buf.len() && unsafe { cpu::inb(l.base + 5) } & 1 != 0 {
-        // SAFETY: data ready (LSR bit 0).
-        buf[n] = unsafe { cpu::inb(l.base) };
+    while n < buf.len() {
+        match port.recv() {
+            Some(b) => buf[n] = b,
+            None => break,
+        }
         n += 1;
     }
     n
@@ -161,9 +136,9 @@ pub fn drain() {
     while !LINE.lock().pump() {
         core::hint::spin_loop();
     }
-    if let Some(base) = serial_base() {
-        // SAFETY: reading LSR of L0's own port.
-        while unsafe { cpu::inb(base + 5) } & 0x40 == 0 {
+    let port = LINE.lock().port;
+    if let Some(port) = port {
+        while !port.idle() {
             core::hint::spin_loop();
         }
     }
@@ -214,11 +189,5 @@ pub fn emergency(args: fmt::Arguments) {
 /// Raw bytes on the management line before logging is set up (bad boot
 /// information): to COM2, where the default management line is.
 pub fn early_print(s: &str) {
-    for b in s.bytes() {
-        // SAFETY: COM2's THR; polling LSR.THRE first. Nothing else owns it yet.
-        unsafe {
-            while cpu::inb(0x2f8 + 5) & 0x20 == 0 {}
-            cpu::outb(0x2f8, b);
-        }
-    }
+    uart::early_print(s)
 }

@@ -10,17 +10,17 @@ use boot::multiboot2::MemoryRegion;
 use log::{info, warn};
 
 use crate::arch::fault::fatal;
+use crate::arch::l1_ram::L1Ram;
 use crate::arch::loader_memory;
 use crate::arch::platform::Hardware;
 use crate::arch::pool::{self, alloc_frames, PoolTables};
 use crate::arch::{bringup, cpu, cpu_loop, image, tables, tsc, vmx as vmxi};
 use crate::config::{self, SerialChoice};
-use crate::guest_mem::L1Ram;
 use crate::l1_plan::{self, BootModule};
 use crate::logger;
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
 use crate::mm::paging::PageSize;
-use crate::vmx::caps::{self, VmxCaps};
+use crate::vmx::caps;
 use crate::vmx::requirements;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -44,7 +44,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     // The CPU: what L0 cannot run without.
     let cpu = requirements::cpu_features(cpu::cpuid).unwrap_or_else(|e| fatal(format_args!("{e}")));
     // SAFETY: CPUID reports VMX.
-    let vcaps = unsafe { VmxCaps::read() };
+    let vcaps = unsafe { vmxi::read_caps() };
     requirements::check(&vcaps).unwrap_or_else(|e| fatal(format_args!("{e}")));
 
     // Memory: L0's pool at the top of RAM, clear of everything the loader placed.

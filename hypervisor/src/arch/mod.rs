@@ -14,6 +14,8 @@ pub mod fault;
 #[cfg(target_os = "none")]
 pub mod image;
 #[cfg(target_os = "none")]
+pub mod l1_ram;
+#[cfg(target_os = "none")]
 pub mod loader_memory;
 #[cfg(target_os = "none")]
 pub mod platform;
@@ -23,4 +25,5 @@ pub mod run;
 #[cfg(target_os = "none")]
 pub mod tables;
 pub mod tsc;
+pub mod uart;
 pub mod vmx;

@@ -9,9 +9,9 @@ use log::warn;
 
 use super::cpu::{self, cpuid};
 use super::fault::fatal;
+use super::l1_ram::L1Ram;
 use super::pool::PoolTables;
 use super::vmx::{self as vmxi, CurrentVmcs};
-use crate::guest_mem::L1Ram;
 use crate::logger;
 use crate::nested::{Level, VmcsSet};
 use crate::vcpu::Platform;

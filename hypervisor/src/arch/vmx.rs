@@ -197,3 +197,61 @@ pub unsafe fn enable(c: &VmxCaps, xsave: bool, region: u64) -> Result<(), &'stat
     // SAFETY: CR0/CR4 fixed, feature control on, region aligned with the revision.
     unsafe { vmxon(region) }.map_err(|_| "VMXON failed")
 }
+
+/// The VMX capability MSRs, the TRUE_* variants where IA32_VMX_BASIC[55]
+/// says they exist.
+///
+/// # Safety
+/// CPUID must report VMX (the MSRs #GP otherwise).
+pub unsafe fn read_caps() -> VmxCaps {
+    // SAFETY: VMX present (caller); the secondary and EPT MSRs are only
+    // read when the primary controls allow them.
+    unsafe {
+        let basic = super::cpu::rdmsr(caps::IA32_VMX_BASIC);
+        let t = basic & caps::basic::TRUE_CONTROLS != 0;
+        let primary = super::cpu::rdmsr(if t {
+            caps::IA32_VMX_TRUE_PROCBASED_CTLS
+        } else {
+            caps::IA32_VMX_PROCBASED_CTLS
+        });
+        let has_secondary = (primary >> 32) as u32 & caps::primary::ACTIVATE_SECONDARY != 0;
+        let secondary = if has_secondary {
+            super::cpu::rdmsr(caps::IA32_VMX_PROCBASED_CTLS2)
+        } else {
+            0
+        };
+        let has_ept_vpid = (secondary >> 32) as u32
+            & (caps::secondary::ENABLE_EPT | caps::secondary::ENABLE_VPID)
+            != 0;
+        VmxCaps {
+            basic,
+            pin: super::cpu::rdmsr(if t {
+                caps::IA32_VMX_TRUE_PINBASED_CTLS
+            } else {
+                caps::IA32_VMX_PINBASED_CTLS
+            }),
+            primary,
+            secondary,
+            exit: super::cpu::rdmsr(if t {
+                caps::IA32_VMX_TRUE_EXIT_CTLS
+            } else {
+                caps::IA32_VMX_EXIT_CTLS
+            }),
+            entry: super::cpu::rdmsr(if t {
+                caps::IA32_VMX_TRUE_ENTRY_CTLS
+            } else {
+                caps::IA32_VMX_ENTRY_CTLS
+            }),
+            misc: super::cpu::rdmsr(caps::IA32_VMX_MISC),
+            cr0_fixed0: super::cpu::rdmsr(caps::IA32_VMX_CR0_FIXED0),
+            cr0_fixed1: super::cpu::rdmsr(caps::IA32_VMX_CR0_FIXED1),
+            cr4_fixed0: super::cpu::rdmsr(caps::IA32_VMX_CR4_FIXED0),
+            cr4_fixed1: super::cpu::rdmsr(caps::IA32_VMX_CR4_FIXED1),
+            ept_vpid: if has_ept_vpid {
+                super::cpu::rdmsr(caps::IA32_VMX_EPT_VPID_CAP)
+            } else {
+                0
+            },
+        }
+    }
+}

@@ -1,14 +1,13 @@
 //! Guest-physical memory as L0 reaches it.
 //!
 //! EPT01 maps L1's RAM identity, so an L1 guest-physical address is the host
-//! physical address; [`L1Ram`] only allows addresses inside L1's RAM, never
-//! L0's pool or MMIO. Host tests use [`fake::VecMemory`].
+//! physical address; the machine's implementation (`arch::l1_ram::L1Ram`)
+//! only allows addresses inside L1's RAM, never L0's pool or MMIO. Host
+//! tests use `fake::VecMemory`.
 
 use core::fmt;
 
 pub mod walk;
-
-use boot::memmap::{Range, RangeSet};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemError {
@@ -35,57 +34,6 @@ pub trait GuestMemory {
         let mut b = [0; 8];
         self.read(gpa, &mut b)?;
         Ok(u64::from_le_bytes(b))
-    }
-}
-
-/// The cloud VM's RAM.
-pub struct L1Ram {
-    ram: RangeSet,
-}
-
-impl L1Ram {
-    /// # Safety
-    /// `ram` must be RAM that L0 has identity-mapped and that belongs to L1
-    /// (no L0 data lives there).
-    pub unsafe fn new(ram: RangeSet) -> Self {
-        L1Ram { ram }
-    }
-
-    fn check(&self, gpa: u64, len: u64) -> Result<(), MemError> {
-        let end = gpa.checked_add(len).ok_or(MemError::NotRam { gpa, len })?;
-        match self.ram.contains_range(Range::new(gpa, end)) {
-            true => Ok(()),
-            false => Err(MemError::NotRam { gpa, len }),
-        }
-    }
-
-    pub fn ranges(&self) -> &RangeSet {
-        &self.ram
-    }
-}
-
-impl GuestMemory for L1Ram {
-    fn is_ram(&self, gpa: u64, len: u64) -> bool {
-        self.check(gpa, len).is_ok()
-    }
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        self.check(gpa, buf.len() as u64)?;
-        // SAFETY: checked to lie in identity-mapped L1 RAM; a guest may change
-        // it concurrently only on other CPUs, and L1 runs on this one.
-        unsafe { core::ptr::copy_nonoverlapping(gpa as *const u8, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
-    }
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-        self.check(gpa, data.len() as u64)?;
-        // SAFETY: as in read(); the range holds no L0 data.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), gpa as *mut u8, data.len()) };
-        Ok(())
-    }
-    fn zero(&mut self, gpa: u64, len: u64) -> Result<(), MemError> {
-        self.check(gpa, len)?;
-        // SAFETY: as in write().
-        unsafe { core::ptr::write_bytes(gpa as *mut u8, 0, len as usize) };
-        Ok(())
     }
 }
 

@@ -74,63 +74,6 @@ pub struct VmxCaps {
 }
 
 impl VmxCaps {
-    /// Reads the MSRs, preferring the TRUE_* variants (IA32_VMX_BASIC[55]).
-    ///
-    /// # Safety
-    /// CPUID must report VMX (the MSRs #GP otherwise).
-    pub unsafe fn read() -> Self {
-        use crate::arch::cpu::rdmsr;
-        // SAFETY: VMX present (caller); the secondary and EPT MSRs are only
-        // read when the primary controls allow them.
-        unsafe {
-            let basic = rdmsr(IA32_VMX_BASIC);
-            let t = basic & basic::TRUE_CONTROLS != 0;
-            let primary = rdmsr(if t {
-                IA32_VMX_TRUE_PROCBASED_CTLS
-            } else {
-                IA32_VMX_PROCBASED_CTLS
-            });
-            let has_secondary = (primary >> 32) as u32 & primary::ACTIVATE_SECONDARY != 0;
-            let secondary = if has_secondary {
-                rdmsr(IA32_VMX_PROCBASED_CTLS2)
-            } else {
-                0
-            };
-            let has_ept_vpid =
-                (secondary >> 32) as u32 & (secondary::ENABLE_EPT | secondary::ENABLE_VPID) != 0;
-            VmxCaps {
-                basic,
-                pin: rdmsr(if t {
-                    IA32_VMX_TRUE_PINBASED_CTLS
-                } else {
-                    IA32_VMX_PINBASED_CTLS
-                }),
-                primary,
-                secondary,
-                exit: rdmsr(if t {
-                    IA32_VMX_TRUE_EXIT_CTLS
-                } else {
-                    IA32_VMX_EXIT_CTLS
-                }),
-                entry: rdmsr(if t {
-                    IA32_VMX_TRUE_ENTRY_CTLS
-                } else {
-                    IA32_VMX_ENTRY_CTLS
-                }),
-                misc: rdmsr(IA32_VMX_MISC),
-                cr0_fixed0: rdmsr(IA32_VMX_CR0_FIXED0),
-                cr0_fixed1: rdmsr(IA32_VMX_CR0_FIXED1),
-                cr4_fixed0: rdmsr(IA32_VMX_CR4_FIXED0),
-                cr4_fixed1: rdmsr(IA32_VMX_CR4_FIXED1),
-                ept_vpid: if has_ept_vpid {
-                    rdmsr(IA32_VMX_EPT_VPID_CAP)
-                } else {
-                    0
-                },
-            }
-        }
-    }
-
     /// The VMCS revision identifier (bits 30:0 of IA32_VMX_BASIC).
     pub fn revision(&self) -> u32 {
         self.basic as u32 & 0x7fff_ffff

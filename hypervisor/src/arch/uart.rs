@@ -1,0 +1,97 @@
+//! L0's management UART, a 16550: its set-up and the register accesses the
+//! log queue needs. A [`Uart`] exists only for a port L0 owns, so its
+//! methods are safe.
+
+use uart_16550::SerialPort;
+
+use super::cpu;
+
+/// LSR bits: data ready, transmitter holding register empty, transmitter
+/// empty.
+const LSR_DR: u8 = 1 << 0;
+const LSR_THRE: u8 = 1 << 5;
+const LSR_TEMT: u8 = 1 << 6;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Uart {
+    base: u16,
+}
+
+impl Uart {
+    /// Sets the UART at `base` up for L0: 115200 8N1, interrupt output off
+    /// (the IRQ line belongs to L1's interrupt controller: L0 polls), FIFOs
+    /// on; returns it and how many bytes it takes at once (16 with the
+    /// 16550A's FIFO, else 1).
+    ///
+    /// # Safety
+    /// `base` is a 16550's, L0's alone: chosen by the operator for L0, and
+    /// trapped in every guest's I/O bitmap.
+    pub unsafe fn init(base: u16) -> (Uart, usize) {
+        // SAFETY: the caller's.
+        let mut port = unsafe { SerialPort::new(base) };
+        port.init();
+        // SAFETY: same port. Divisor 1 = 115200 baud; IER=0 and MCR without
+        // OUT2 keep the interrupt off the IRQ line. FIFOs on and cleared;
+        // IIR bits 7:6 say whether there are any (16550A).
+        let fifo = unsafe {
+            cpu::outb(base + 3, 0x80);
+            cpu::outb(base, 1);
+            cpu::outb(base + 1, 0);
+            cpu::outb(base + 3, 0x03);
+            cpu::outb(base + 1, 0);
+            cpu::outb(base + 4, 0x03);
+            cpu::outb(base + 2, 0x07);
+            if cpu::inb(base + 2) & 0xc0 == 0xc0 {
+                16
+            } else {
+                1
+            }
+        };
+        (Uart { base }, fifo)
+    }
+
+    pub fn base(&self) -> u16 {
+        self.base
+    }
+
+    fn lsr(&self) -> u8 {
+        // SAFETY: reading LSR of L0's own port has no side effect.
+        unsafe { cpu::inb(self.base + 5) }
+    }
+
+    /// The transmitter takes bytes (up to its FIFO's size).
+    pub fn can_send(&self) -> bool {
+        self.lsr() & LSR_THRE != 0
+    }
+
+    /// Hands one byte to the transmitter; call while [`Uart::can_send`]
+    /// said there is room.
+    pub fn send(&self, b: u8) {
+        // SAFETY: THR of L0's own port.
+        unsafe { cpu::outb(self.base, b) }
+    }
+
+    /// A received byte, if one is there.
+    pub fn recv(&self) -> Option<u8> {
+        // SAFETY: RBR of L0's own port, read only when data is ready.
+        (self.lsr() & LSR_DR != 0).then(|| unsafe { cpu::inb(self.base) })
+    }
+
+    /// Everything sent has left the transmitter.
+    pub fn idle(&self) -> bool {
+        self.lsr() & LSR_TEMT != 0
+    }
+}
+
+/// Raw bytes to COM2 before any UART is set up (bad boot information):
+/// where the default management line is.
+pub fn early_print(s: &str) {
+    const COM2: u16 = 0x2f8;
+    for b in s.bytes() {
+        // SAFETY: COM2's LSR then THR, polled; nothing else owns it yet.
+        unsafe {
+            while cpu::inb(COM2 + 5) & LSR_THRE == 0 {}
+            cpu::outb(COM2, b);
+        }
+    }
+}
