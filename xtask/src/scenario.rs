@@ -813,6 +813,7 @@ pub fn linux() -> Vec<Scenario> {
                 "L1INIT ok",
                 "DISK got 2 files",
                 "L1 starting beta and the incoming alpha (host B)",
+                "SPY control: the marker is in a user VM's RAM",
                 "MIGRATE tampered: ultracall: error: L0 refused: BLOB_AUTH_FAILED",
                 "MIGRATE as-beta: ultracall: error: L0 refused: BLOB_WRONG_TAG",
                 "MIGRATE restore: restored alpha",

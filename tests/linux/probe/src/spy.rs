@@ -11,10 +11,28 @@
 //! a user VM's RAM lies in L1 by construction and is out of scope
 //! (docs/threat-model.md). Kernel memory is not searched (the lean L1
 //! kernel has no /dev/mem or /proc/kcore).
+//!
+//! A search that could not look is no proof: a readable mapping it failed
+//! to read is `SPY FAIL`, naming it, and so is a search that covered less
+//! than [`MIN_SEARCHED`] or no QEMU process. A process that ended while
+//! the spy ran is counted and said, not searched.
 
 use std::io::{Read, Seek, SeekFrom};
 
 const GUEST_RAM_MIN: u64 = 64 << 20;
+/// What the provider's side holds of a running user VM's stack is far
+/// more (QEMU alone maps tens of MiB of libraries and heap): a search of
+/// less missed it.
+const MIN_SEARCHED: u64 = 4 << 20;
+
+/// What one process's search covered.
+struct Scan {
+    mappings: usize,
+    bytes: u64,
+    comm: String,
+    /// Readable mappings the read of /proc/PID/mem refused.
+    unreadable: Vec<String>,
+}
 
 fn marker() -> Option<Vec<u8>> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
@@ -27,13 +45,19 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     (0..hay.len().saturating_sub(n - 1)).any(|i| hay[i] == needle[0] && &hay[i..i + n] == needle)
 }
 
-/// (mappings, bytes) searched in `pid`, or where the marker was found:
-/// the mappings below 64 MiB, or (`guest_ram`) only those of 64 MiB or more.
-fn scan_process(pid: u32, needle: &[u8], guest_ram: bool) -> Result<(usize, u64), String> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| String::new())?;
-    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|_| String::new())?;
+/// What was searched in `pid` (`None`: the process is gone), or where the
+/// marker was found: the mappings below 64 MiB, or (`guest_ram`) only
+/// those of 64 MiB or more.
+fn scan_process(pid: u32, needle: &[u8], guest_ram: bool) -> Result<Option<Scan>, String> {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Ok(None);
+    };
+    let Ok(mut mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+        return Ok(None);
+    };
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let (mut n, mut bytes) = (0, 0u64);
+    let comm = comm.trim().to_string();
+    let (mut n, mut bytes, mut unreadable) = (0, 0u64, Vec::new());
     for line in maps.lines() {
         let mut w = line.split_whitespace();
         let (Some(range), Some(perms)) = (w.next(), w.next()) else { continue };
@@ -45,15 +69,24 @@ fn scan_process(pid: u32, needle: &[u8], guest_ram: bool) -> Result<(usize, u64)
         }
         let mut buf = vec![0u8; (b - a) as usize];
         if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
+            if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+                return Ok(None); // it ended meanwhile
+            }
+            unreadable.push(format!("{pid} ({comm}) {range} {perms} {name}"));
             continue;
         }
         if contains(&buf, needle) {
-            return Err(format!("process {pid} ({}) at {range} {name}", comm.trim()));
+            return Err(format!("process {pid} ({comm}) at {range} {name}"));
         }
         n += 1;
         bytes += b - a;
     }
-    Ok((n, bytes))
+    Ok(Some(Scan {
+        mappings: n,
+        bytes,
+        comm,
+        unreadable,
+    }))
 }
 
 /// The control: the same search over the user VMs' RAM mappings must find
@@ -67,7 +100,7 @@ pub fn control() -> bool {
     let me = std::process::id();
     let found = std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
         let pid = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok());
-        pid.is_some_and(|p| p != me && matches!(scan_process(p, &needle, true), Err(w) if !w.is_empty()))
+        pid.is_some_and(|p| p != me && scan_process(p, &needle, true).is_err())
     });
     match found {
         true => println!("SPY control: the marker is in a user VM's RAM (in L1 by construction), so the search works"),
@@ -90,29 +123,48 @@ pub fn spy(files: &[String]) -> bool {
         }
     }
     let me = std::process::id();
-    let (mut procs, mut maps, mut bytes) = (0, 0, 0u64);
+    let (mut procs, mut gone, mut maps, mut bytes, mut qemu) = (0, 0, 0, 0u64, false);
+    let mut unreadable = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         if pid == me {
             continue;
         }
         match scan_process(pid, &needle, false) {
-            Ok((n, b)) => {
+            Ok(Some(s)) => {
                 procs += 1;
-                maps += n;
-                bytes += b;
+                maps += s.mappings;
+                bytes += s.bytes;
+                qemu |= s.comm.starts_with("qemu") && s.bytes > 0;
+                unreadable.extend(s.unreadable);
             }
-            Err(w) if w.is_empty() => {} // a kernel thread, or gone
+            Ok(None) => gone += 1,
             Err(w) => leaks.push(w),
         }
     }
-    if leaks.is_empty() {
-        println!("SPY clean: {} files, {procs} processes ({maps} mappings, {} KiB) searched", files.len(), bytes >> 10);
+    for l in &leaks {
+        println!("SPY LEAK: the console marker is in {l}");
+    }
+    if !unreadable.is_empty() {
+        println!("SPY FAIL: {} readable mappings could not be read: {}", unreadable.len(), unreadable.join("; "));
+    }
+    let enough = bytes >= MIN_SEARCHED && qemu;
+    if !enough {
+        println!(
+            "SPY FAIL: searched {} KiB in {procs} processes{}: under the {} KiB floor, or no QEMU among them",
+            bytes >> 10,
+            if qemu { " (QEMU among them)" } else { "" },
+            MIN_SEARCHED >> 10
+        );
+    }
+    if leaks.is_empty() && unreadable.is_empty() && enough {
+        println!(
+            "SPY clean: {} files, {procs} processes ({maps} mappings, {} KiB, QEMU among them) searched, {gone} ended meanwhile",
+            files.len(),
+            bytes >> 10
+        );
         true
     } else {
-        for l in &leaks {
-            println!("SPY LEAK: the console marker is in {l}");
-        }
         false
     }
 }
