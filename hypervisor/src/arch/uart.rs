@@ -86,12 +86,10 @@ impl Uart {
 /// Raw bytes to COM2 before any UART is set up (bad boot information):
 /// where the default management line is.
 pub fn early_print(s: &str) {
-    const COM2: u16 = 0x2f8;
+    // Nothing else owns COM2 yet; it is used as the firmware left it.
+    let com2 = Uart { base: 0x2f8 };
     for b in s.bytes() {
-        // SAFETY: COM2's LSR then THR, polled; nothing else owns it yet.
-        unsafe {
-            while cpu::inb(COM2 + 5) & LSR_THRE == 0 {}
-            cpu::outb(COM2, b);
-        }
+        while !com2.can_send() {}
+        com2.send(b);
     }
 }

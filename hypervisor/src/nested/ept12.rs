@@ -162,58 +162,47 @@ impl<M: GuestMemory> L2Memory<'_, M> {
             .map_err(|_| MemError::NotRam { gpa: gpa2, len: 1 })
     }
 
-    /// The L1 address of each page piece of `gpa2..+len` with its offset
-    /// and length, after checking that every piece translates (so that a
-    /// refused access has moved nothing). A piece within one page, the
-    /// usual case, is translated once.
-    fn pieces(
-        &self,
-        gpa2: u64,
-        len: usize,
-        write: bool,
-    ) -> Result<impl Iterator<Item = Result<(u64, usize, usize), MemError>> + '_, MemError> {
-        let split = move |done: usize| {
-            let a = gpa2 + done as u64;
-            (a, ((0x1000 - (a & 0xfff)) as usize).min(len - done))
-        };
-        if len > 0 && split(0).1 < len {
-            let mut done = 0;
-            while done < len {
-                let (a, n) = split(done);
+    /// Checks that every page of `gpa2..+len` translates, so that a
+    /// refused access moves nothing; an access within one page, the usual
+    /// case, is checked by its one translation instead.
+    fn check_all(&self, gpa2: u64, len: usize, write: bool) -> Result<(), MemError> {
+        if page_pieces(gpa2, len).nth(1).is_some() {
+            for (a, _, _) in page_pieces(gpa2, len) {
                 self.translate(a, write)?;
-                done += n;
             }
         }
-        let mut done = 0;
-        Ok(core::iter::from_fn(move || {
-            (done < len).then(|| {
-                let (a, n) = split(done);
-                let off = done;
-                done += n;
-                self.translate(a, write).map(|g1| (g1, off, n))
-            })
-        }))
+        Ok(())
     }
+}
+
+/// `gpa..+len` cut at page boundaries: (address, offset in the access, length).
+fn page_pieces(gpa: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize)> {
+    let mut done = 0;
+    core::iter::from_fn(move || {
+        (done < len).then(|| {
+            let a = gpa + done as u64;
+            let n = ((0x1000 - (a & 0xfff)) as usize).min(len - done);
+            let piece = (a, done, n);
+            done += n;
+            piece
+        })
+    })
 }
 
 impl<M: GuestMemory> GuestMemory for L2Memory<'_, M> {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        for piece in self.pieces(gpa, buf.len(), false)? {
-            let (g1, off, n) = piece?;
-            self.l1.read(g1, &mut buf[off..off + n])?;
+        self.check_all(gpa, buf.len(), false)?;
+        for (a, off, n) in page_pieces(gpa, buf.len()) {
+            self.l1
+                .read(self.translate(a, false)?, &mut buf[off..off + n])?;
         }
         Ok(())
     }
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-        let mut done = 0;
-        // Checked whole first; then each page is translated as it is written.
-        let _ = self.pieces(gpa, data.len(), true)?;
-        while done < data.len() {
-            let a = gpa + done as u64;
-            let n = ((0x1000 - (a & 0xfff)) as usize).min(data.len() - done);
+        self.check_all(gpa, data.len(), true)?;
+        for (a, off, n) in page_pieces(gpa, data.len()) {
             let g1 = self.translate(a, true)?;
-            self.l1.write(g1, &data[done..done + n])?;
-            done += n;
+            self.l1.write(g1, &data[off..off + n])?;
         }
         Ok(())
     }
@@ -221,10 +210,11 @@ impl<M: GuestMemory> GuestMemory for L2Memory<'_, M> {
         self.write(gpa, &alloc::vec![0; len as usize])
     }
     fn is_ram(&self, gpa: u64, len: u64) -> bool {
-        let Ok(mut pieces) = self.pieces(gpa, len as usize, false) else {
-            return false;
-        };
-        len > 0 && pieces.all(|p| p.is_ok_and(|(g1, _, n)| self.l1.is_ram(g1, n as u64)))
+        len > 0
+            && page_pieces(gpa, len as usize).all(|(a, _, n)| {
+                self.translate(a, false)
+                    .is_ok_and(|g1| self.l1.is_ram(g1, n as u64))
+            })
     }
 }
 
