@@ -1,6 +1,6 @@
 //! L0's command line and the roles of its boot modules.
 //!
-//! L0: `serial=com2 loglevel=info l0_mem=32M shadow=on`.
+//! L0: `serial=com2 loglevel=info l0_mem=32M shadow=on cpus=N`.
 //! Modules say what they are with their first word:
 //! - `l1=multiboot [ARGS]`: the cloud VM's kernel, a multiboot (v1) image,
 //!   started with ARGS as its command line;
@@ -30,6 +30,9 @@ pub struct Config {
     /// product) or left to the guest hypervisor (`shadow=off`: the
     /// baseline `cargo xtask bench` compares with).
     pub shadow: bool,
+    /// At most this many CPUs, the boot CPU included (`cpus=N`; None: all
+    /// the firmware lists).
+    pub cpus: Option<u32>,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             log_level: log::LevelFilter::Info,
             l0_mem: 32 << 20,
             shadow: true,
+            cpus: None,
         }
     }
 }
@@ -71,7 +75,7 @@ impl fmt::Display for ConfigError<'_> {
             Self::MissingValue(k) => write!(f, "`{k}` needs a value (`{k}=...`)"),
             Self::UnknownKey(k) => write!(
                 f,
-                "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow)"
+                "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow, cpus)"
             ),
         }
     }
@@ -111,6 +115,10 @@ pub fn parse<'a>(cmdline: &'a str, mut problem: impl FnMut(ConfigError<'a>)) -> 
                 "on" => c.shadow = true,
                 "off" => c.shadow = false,
                 _ => problem(bad("on or off")),
+            },
+            "cpus" => match parse_number(value) {
+                Ok(n) if (1..=u32::MAX as u64).contains(&n) => c.cpus = Some(n as u32),
+                _ => problem(bad("a number of CPUs, at least 1")),
             },
             _ => problem(ConfigError::UnknownKey(w.key)),
         }
@@ -189,7 +197,7 @@ mod tests {
 
     #[test]
     fn parses_every_option() {
-        let (c, e) = parse_all("serial=com1 loglevel=debug l0_mem=64M");
+        let (c, e) = parse_all("serial=com1 loglevel=debug l0_mem=64M cpus=4");
         assert!(e.is_empty());
         assert_eq!(
             c,
@@ -197,7 +205,8 @@ mod tests {
                 serial: SerialChoice::Port(0x3f8),
                 log_level: log::LevelFilter::Debug,
                 l0_mem: 64 << 20,
-                shadow: true
+                shadow: true,
+                cpus: Some(4),
             }
         );
         assert!(!parse_all("shadow=off").0.shadow);
@@ -208,6 +217,14 @@ mod tests {
         );
         assert_eq!(parse_all("serial=none").0.serial, SerialChoice::None);
         assert_eq!(parse_all("l0_mem=9M").0.l0_mem, 10 << 20);
+        for bad in ["cpus=0", "cpus=many", "cpus=0x100000000"] {
+            let (c, e) = parse_all(bad);
+            assert_eq!(c.cpus, None, "{bad}");
+            assert!(
+                matches!(e[..], [ConfigError::BadValue { key: "cpus", .. }]),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -8,9 +8,11 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod arch;
 pub mod config;
 pub mod console;
+pub mod cpus;
 pub mod guest_mem;
 pub mod l1_plan;
 pub mod logger;

@@ -14,8 +14,9 @@ use crate::arch::l1_ram::L1Ram;
 use crate::arch::loader_memory;
 use crate::arch::platform::Hardware;
 use crate::arch::pool::{self, alloc_frames, PoolTables};
-use crate::arch::{bringup, cpu, cpu_loop, image, tables, tsc, vmx as vmxi};
+use crate::arch::{ap_boot, bringup, cpu, cpu_loop, image, tables, tsc, vmx as vmxi};
 use crate::config::{self, SerialChoice};
+use crate::cpus;
 use crate::l1_plan::{self, BootModule};
 use crate::logger;
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
@@ -81,6 +82,18 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     let firmware_map: Vec<MemoryRegion> = bi.memory_map().collect();
     let modules = loader_memory::copy_modules(&bi);
     let rsdp: Option<Vec<u8>> = bi.rsdp().map(|r| r.to_vec());
+    // The host's CPUs, while the firmware's tables are still mapped.
+    let listed = match rsdp.as_deref().map(loader_memory::firmware_cpus) {
+        Some(Ok(l)) => l,
+        Some(Err(e)) => {
+            warn!("ACPI: {e}; the boot CPU runs alone");
+            Vec::new()
+        }
+        None => {
+            info!("no ACPI tables from the loader: the boot CPU runs alone");
+            Vec::new()
+        }
+    };
     let loader_ranges: Vec<Range> = modules.iter().map(|m| m.loaded_at).collect();
     let named = !bi.loader_name().is_empty();
     image::relocate(&fw, image, cpu.gib_pages);
@@ -116,6 +129,28 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         }
     );
 
+    // The TSC's rate: for the AP start-up delays, and L1 is told it
+    // (CPUID 0x15/0x16).
+    let tsc_hz = tsc::calibrate();
+    match tsc_hz {
+        Some(hz) => info!(
+            "TSC: {hz} Hz ({}.{:03} MHz), measured against the PIT",
+            hz / 1_000_000,
+            hz / 1000 % 1000
+        ),
+        None => {
+            warn!("TSC: the PIT did not answer; the cloud VM gets the CPU's own CPUID 0x15/0x16")
+        }
+    }
+
+    // The other CPUs, into VMX root.
+    let host = cpus::plan(&listed, cpus::apic_id(cpu::cpuid), cfg.cpus);
+    let kind = cpus::CpuKind {
+        features: cpu,
+        vmx: vcaps,
+    };
+    let _aps = ap_boot::start_all(&host, kind, &fw.ram, tsc_hz);
+
     // The cloud VM: planned from the boot modules, then built.
     let booted: Vec<BootModule> = modules
         .iter()
@@ -143,18 +178,6 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             0
         },
     };
-    // L1 is told the TSC frequency L0 measures here (CPUID 0x15/0x16).
-    let tsc_hz = tsc::calibrate();
-    match tsc_hz {
-        Some(hz) => info!(
-            "TSC: {hz} Hz ({}.{:03} MHz), measured against the PIT",
-            hz / 1_000_000,
-            hz / 1000 % 1000
-        ),
-        None => {
-            warn!("TSC: the PIT did not answer; the cloud VM gets the CPU's own CPUID 0x15/0x16")
-        }
-    }
     let (mut vcpu, mut machine) =
         bringup::cloud_vm(&fw, pool_range, &vm, key, tsc_hz, &vcaps, &cpu, &mut hw);
     machine.shadow.intercept_com = cfg.shadow;

@@ -48,7 +48,15 @@ pub struct Logs<'a> {
     pub console: &'a str,
 }
 
-fn bochsrc(iso: &Path, memory_mib: u32, com2_port: u16, disk: bool) -> String {
+/// The emulated host's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostSize {
+    pub memory_mib: u32,
+    pub cpus: u32,
+}
+
+fn bochsrc(iso: &Path, size: HostSize, com2_port: u16, disk: bool) -> String {
+    let HostSize { memory_mib, cpus } = size;
     // The migration disk (docs/testing.md) on the secondary channel; the
     // cloud VM drives it by polled PIO, so its IRQ is never raised.
     let disk = match disk {
@@ -65,7 +73,7 @@ fn bochsrc(iso: &Path, memory_mib: u32, com2_port: u16, disk: bool) -> String {
          romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
          vgaromimage: file=/usr/share/vgabios/vgabios.bin\n\
          memory: guest={memory_mib}, host={memory_mib}\n\
-         cpu: model=corei7_skylake_x, count=1, ips=100000000, reset_on_triple_fault=0, ignore_bad_msrs=1\n\
+         cpu: model=corei7_skylake_x, count={cpus}, ips=100000000, reset_on_triple_fault=0, ignore_bad_msrs=1\n\
          clock: sync=none, time0=local\n\
          pci: enabled=1, chipset=i440fx\n\
          ata0-master: type=cdrom, path={}, status=inserted\n\
@@ -116,13 +124,13 @@ fn spawn(
     emu: Emulator,
     dir: &Path,
     iso: &Path,
-    memory_mib: u32,
+    size: HostSize,
     com2_port: u16,
 ) -> Result<Child, String> {
     let disk = dir.join("disk.img").exists();
     let mut cmd = match emu {
         Emulator::Bochs => {
-            let rc = bochsrc(iso, memory_mib, com2_port, disk);
+            let rc = bochsrc(iso, size, com2_port, disk);
             fs::write(dir.join("bochsrc"), rc).map_err(|e| e.to_string())?;
             // Debian's Bochs has the internal debugger: tell it to run and quit.
             fs::write(dir.join("dbg.rc"), "continue\nquit\n").map_err(|e| e.to_string())?;
@@ -133,7 +141,9 @@ fn spawn(
         Emulator::Qemu => {
             let mut c = Command::new("qemu-system-x86_64");
             c.args(["-enable-kvm", "-cpu", "host,+vmx", "-m"])
-                .arg(memory_mib.to_string())
+                .arg(size.memory_mib.to_string())
+                .arg("-smp")
+                .arg(size.cpus.to_string())
                 // The ISO on the primary master, the migration disk (if
                 // any) on the secondary master, as under Bochs.
                 .arg("-drive")
@@ -242,7 +252,7 @@ pub fn run(
     emu: Emulator,
     dir: &Path,
     iso: &Path,
-    memory_mib: u32,
+    size: HostSize,
     limit: Duration,
     stream_com1: bool,
     user: &mut dyn LineUser,
@@ -251,7 +261,7 @@ pub fn run(
     fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("a port for COM2: {e}"))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let mut child = spawn(emu, dir, iso, memory_mib, port)?;
+    let mut child = spawn(emu, dir, iso, size, port)?;
     let start = Instant::now();
     let log = fs::File::create(dir.join("com2.log")).map_err(|e| e.to_string())?;
     let mut line = MgmtLine::new(accept(&listener, &mut child, dir)?, Some(log));

@@ -233,7 +233,11 @@ fn run(args: &[&str]) -> Result<(), String> {
         limit.as_secs()
     );
     let mut operator = operator::Operator::new(true);
-    let r = emulator::run(emu, &dir, &iso, 512, limit, true, &mut operator, |_| {
+    let size = emulator::HostSize {
+        memory_mib: 512,
+        cpus: 1,
+    };
+    let r = emulator::run(emu, &dir, &iso, size, limit, true, &mut operator, |_| {
         Verdict::Continue
     })?;
     let failure = operator.failure().map(String::from);

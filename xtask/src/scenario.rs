@@ -31,6 +31,8 @@ pub struct Scenario {
     /// A raw disk on the secondary ATA channel (`disk.img` in the
     /// scenario's directory): the channel between two hosts.
     pub disk: Disk,
+    /// CPUs of the emulated host (Bochs `cpu: count=`, QEMU `-smp`).
+    pub cpus: u32,
 }
 
 pub enum Disk {
@@ -159,6 +161,7 @@ macro_rules! l0_only {
             console: $console,
             enabled_in_ci: true,
             disk: Disk::None,
+            cpus: 1,
         }
     };
 }
@@ -184,6 +187,7 @@ macro_rules! nested {
                 console: NO_CONSOLE,
                 enabled_in_ci: true,
                 disk: Disk::None,
+                cpus: 1,
             },
             Scenario {
                 name: $name,
@@ -201,6 +205,7 @@ macro_rules! nested {
                 console: NO_CONSOLE,
                 enabled_in_ci: $l0_in_ci,
                 disk: Disk::None,
+                cpus: 1,
             },
         ]
     };
@@ -229,6 +234,7 @@ macro_rules! fallback {
                 console: NO_CONSOLE,
                 enabled_in_ci: true,
                 disk: Disk::None,
+                cpus: 1,
             },
             Scenario {
                 name: concat!($name, "-", $variant),
@@ -252,6 +258,7 @@ macro_rules! fallback {
                 console: NO_CONSOLE,
                 enabled_in_ci: L0_NESTED_VMX,
                 disk: Disk::None,
+                cpus: 1,
             },
         ]
     };
@@ -290,6 +297,37 @@ pub fn all() -> Vec<Scenario> {
             console: NO_CONSOLE,
             enabled_in_ci: true,
             disk: Disk::None,
+            cpus: 1,
+        },
+        // The same on a host with two CPUs: L0 finds the second in the
+        // MADT and starts it into VMX root; the cloud VM runs as before.
+        Scenario {
+            name: "smp-boot",
+            boot: Boot::L0 {
+                cmdline: "serial=com2 loglevel=info",
+                modules: guest!("boot"),
+            },
+            limit: Duration::from_secs(60),
+            com1: &["TEST boot START", "TEST boot PASS"],
+            com2: &[
+                "VMX on",
+                "CPU APIC ID 0x1: in VMX root",
+                "CPUs: 2 of 2 in VMX root (boot CPU APIC ID 0x0)",
+                "starting the cloud VM",
+                "L0 integrity OK",
+                "L0 data intact",
+            ],
+            forbidden: &[
+                "L0 FATAL",
+                "L0 PANIC",
+                "GUEST panic",
+                "GUEST exception",
+                "L0 WARN",
+            ],
+            console: NO_CONSOLE,
+            enabled_in_ci: true,
+            disk: Disk::None,
+            cpus: 2,
         },
         Scenario {
             name: "ept-guard",
@@ -320,6 +358,7 @@ pub fn all() -> Vec<Scenario> {
             console: NO_CONSOLE,
             enabled_in_ci: true,
             disk: Disk::None,
+            cpus: 1,
         },
         Scenario {
             // A module that is not a kernel: L0 says so and stops.
@@ -341,6 +380,7 @@ pub fn all() -> Vec<Scenario> {
             console: NO_CONSOLE,
             enabled_in_ci: true,
             disk: Disk::None,
+            cpus: 1,
         },
     ];
     // The test hypervisor (tests/guest/src/hv): nested-VMX checks.
@@ -582,6 +622,7 @@ pub fn linux() -> Vec<Scenario> {
             console: NO_CONSOLE,
             enabled_in_ci: true,
             disk: Disk::None,
+            cpus: 1,
         },
         Scenario {
             // QEMU/KVM in L1 runs two L2 Linux VMs at once; each prints the
@@ -609,6 +650,7 @@ pub fn linux() -> Vec<Scenario> {
             console: ConsoleCheck { expect: leak(vec![format!("L2 {m}-vm1 ok"), format!("L2 {m}-vm2 ok")]), typed: &[], follow_all: true, ordered: &[], forbidden: &[], script: None },
             enabled_in_ci: true,
             disk: Disk::None,
+            cpus: 1,
         },
         Scenario {
             // The operator uses shells in two Linux user VMs run by QEMU/KVM,
@@ -633,6 +675,7 @@ pub fn linux() -> Vec<Scenario> {
             ),
             enabled_in_ci: true,
             disk: Disk::None,
+            cpus: 1,
             console: ConsoleCheck {
                 expect: &["alpha-42-ok", "irq4-count-ok", "beta-42-ok", "flood-irqs-ok", "flood-irq-warnings=0"],
                 typed: &[
@@ -669,6 +712,7 @@ pub fn linux() -> Vec<Scenario> {
             forbidden: leak([LINUX_HEALTHY.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["exit=1 ".into()]].concat()),
             enabled_in_ci: true,
             disk: Disk::None,
+            cpus: 1,
             console: ConsoleCheck {
                 // The tags come in either order.
                 expect: &["tag=alpha", "tag=beta"],
@@ -723,6 +767,7 @@ pub fn linux() -> Vec<Scenario> {
             enabled_in_ci: true,
             console: ConsoleCheck { expect: &["STRESS cpuid=", " ok"], typed: &[], follow_all: true, ordered: &[], forbidden: &[], script: None },
             disk: Disk::None,
+            cpus: 1,
         },
         Scenario {
             // 50 KVM VMs created and destroyed one after another: each
@@ -745,6 +790,7 @@ pub fn linux() -> Vec<Scenario> {
             ),
             enabled_in_ci: true,
             disk: Disk::None,
+            cpus: 1,
             // Each VM lives for less than the harness needs to attach, so
             // its byte dies with it; its coming and going is announced.
             console: ConsoleCheck {
@@ -804,6 +850,7 @@ pub fn linux() -> Vec<Scenario> {
             script: None,
 },
             disk: Disk::Blank,
+            cpus: 1,
         },
         Scenario {
             name: "migrate-two-hosts",
@@ -855,6 +902,7 @@ pub fn linux() -> Vec<Scenario> {
             script: None,
 },
             disk: Disk::From("migrate-source"),
+            cpus: 1,
         },
         Scenario {
             name: "migrate-other-key",
@@ -881,6 +929,7 @@ pub fn linux() -> Vec<Scenario> {
             script: None,
 },
             disk: Disk::From("migrate-source"),
+            cpus: 1,
         },
         // The peer benchmark (`cargo xtask bench`, issue 7): the same cloud
         // VM and user-VM workload on L0 and on the peer bottom, Linux/KVM
@@ -896,6 +945,7 @@ pub fn linux() -> Vec<Scenario> {
             enabled_in_ci: false,
             console: ConsoleCheck { expect: &["BENCH l2-cpuid-ticks ", "BENCH l2-port-io-ticks "], typed: &[], follow_all: true, ordered: &[], forbidden: &[], script: None },
             disk: Disk::None,
+            cpus: 1,
         },
         Scenario {
             name: "linux-peer-bench",
@@ -907,6 +957,7 @@ pub fn linux() -> Vec<Scenario> {
             enabled_in_ci: false,
             console: NO_CONSOLE,
             disk: Disk::None,
+            cpus: 1,
         },
         // Serial cost from a Linux user VM (`cargo xtask bench`): through
         // L0's shadow UART, and with L0 booted `shadow=off` through QEMU's
@@ -928,6 +979,7 @@ pub fn linux() -> Vec<Scenario> {
             script: None,
 },
             disk: Disk::None,
+            cpus: 1,
         },
         Scenario {
             name: "linux-serial-bench-qemu",
@@ -939,6 +991,7 @@ pub fn linux() -> Vec<Scenario> {
             enabled_in_ci: false,
             console: NO_CONSOLE,
             disk: Disk::None,
+            cpus: 1,
         },
         Scenario {
             // `cargo xtask run`'s demo: two Linux user VMs with shells, the
@@ -951,6 +1004,7 @@ pub fn linux() -> Vec<Scenario> {
             forbidden: LINUX_HEALTHY,
             enabled_in_ci: false,
             disk: Disk::None,
+            cpus: 1,
             console: NO_CONSOLE,
         },
         Scenario {
@@ -967,6 +1021,7 @@ pub fn linux() -> Vec<Scenario> {
             console: NO_CONSOLE,
             enabled_in_ci: true,
             disk: Disk::None,
+            cpus: 1,
         },
         Scenario {
             // The real kernel with an initrd that is no archive.
@@ -987,6 +1042,7 @@ pub fn linux() -> Vec<Scenario> {
             console: NO_CONSOLE,
             enabled_in_ci: true,
             disk: Disk::None,
+            cpus: 1,
         },
     ]
 }
@@ -1028,7 +1084,10 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         emu,
         &dir,
         &iso,
-        memory_mib,
+        emulator::HostSize {
+            memory_mib,
+            cpus: s.cpus,
+        },
         s.limit,
         false,
         &mut *user,

@@ -37,6 +37,8 @@ pub enum ApicError {
     Disabled,
     /// L1 moved the register page away from where L0 mapped it.
     Moved(u64),
+    /// An APIC ID above 254 cannot be named in xAPIC mode.
+    NeedsX2apic(u32),
 }
 
 enum Mode {
@@ -74,6 +76,49 @@ pub fn send_ipi(dest: u32, vector: u8) -> Result<(), ApicError> {
             unsafe {
                 core::ptr::write_volatile((pa + XAPIC_ICR_HI) as *mut u32, id << 24);
                 core::ptr::write_volatile((pa + XAPIC_ICR_LO) as *mut u32, vector as u32);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// INIT (level assert) to the CPU with APIC ID `apic_id`: it stops and
+/// waits for a start-up IPI.
+pub fn send_init(apic_id: u32) -> Result<(), ApicError> {
+    send_physical(apic_id, ICR_INIT)
+}
+
+/// A start-up IPI: the CPU with APIC ID `apic_id`, waiting after INIT,
+/// starts in real mode at `vector << 12`.
+pub fn send_startup(apic_id: u32, vector: u8) -> Result<(), ApicError> {
+    send_physical(apic_id, ICR_STARTUP | vector as u32)
+}
+
+const ICR_INIT: u32 = 0x4500;
+const ICR_STARTUP: u32 = 0x4600;
+const ICR_DELIVERY_PENDING: u32 = 1 << 12;
+
+/// An IPI to one CPU by physical APIC ID, low ICR word `low`; in xAPIC
+/// mode waits (boundedly) until the APIC took it.
+fn send_physical(apic_id: u32, low: u32) -> Result<(), ApicError> {
+    match mode()? {
+        // SAFETY: an ICR write in x2APIC mode; it only signals another CPU.
+        Mode::X2 => unsafe { cpu::wrmsr(X2APIC_ICR, (apic_id as u64) << 32 | low as u64) },
+        Mode::X(_) if apic_id > 0xfe => return Err(ApicError::NeedsX2apic(apic_id)),
+        Mode::X(pa) => {
+            // SAFETY: the register page is mapped uncached at its identity
+            // address (set_mapped); ICR high first, the low write sends;
+            // polling the delivery status only reads.
+            unsafe {
+                core::ptr::write_volatile((pa + XAPIC_ICR_HI) as *mut u32, apic_id << 24);
+                core::ptr::write_volatile((pa + XAPIC_ICR_LO) as *mut u32, low);
+                for _ in 0..1_000_000 {
+                    let icr = core::ptr::read_volatile((pa + XAPIC_ICR_LO) as *const u32);
+                    if icr & ICR_DELIVERY_PENDING == 0 {
+                        break;
+                    }
+                    core::hint::spin_loop();
+                }
             }
         }
     }

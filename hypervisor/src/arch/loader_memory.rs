@@ -81,3 +81,22 @@ pub unsafe fn clear(ranges: impl IntoIterator<Item = Range>) {
         unsafe { core::ptr::write_bytes(r.start as *mut u8, 0, r.len() as usize) };
     }
 }
+
+/// The firmware's CPU list (the MADT's enabled CPUs) through the RSDP the
+/// loader passed. Only while the entry code's identity map of the first
+/// 4 GiB is live (before `image::relocate`): ACPI tables are not RAM L0
+/// maps later. Tables above 4 GiB are refused as unreadable.
+pub fn firmware_cpus(
+    rsdp: &[u8],
+) -> Result<Vec<crate::acpi::madt::MadtCpu>, crate::acpi::AcpiError> {
+    let mut read = |addr: u64, buf: &mut [u8]| -> bool {
+        if addr.checked_add(buf.len() as u64).is_none_or(|end| end > 1 << 32) {
+            return false;
+        }
+        // SAFETY: below 4 GiB, identity-mapped by the entry code; reads only.
+        unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len()) };
+        true
+    };
+    let madt = crate::acpi::find(rsdp, &mut read, *b"APIC")?;
+    crate::acpi::madt::cpus(&madt)
+}

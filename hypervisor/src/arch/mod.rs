@@ -3,6 +3,8 @@
 //! `Vmcs` and guest-memory traits, so its logic runs on the host in tests.
 
 #[cfg(target_os = "none")]
+pub mod ap_boot;
+#[cfg(target_os = "none")]
 pub mod apic;
 #[cfg(target_os = "none")]
 pub mod bringup;

@@ -117,6 +117,24 @@ impl VmxCaps {
     pub fn fix_cr4(&self, cr4: u64) -> u64 {
         (cr4 | self.cr4_fixed0) & self.cr4_fixed1
     }
+
+    /// Every capability MSR value by name, for comparing two CPUs.
+    pub fn named(&self) -> [(&'static str, u64); 12] {
+        [
+            ("IA32_VMX_BASIC", self.basic),
+            ("pin-based controls", self.pin),
+            ("primary controls", self.primary),
+            ("secondary controls", self.secondary),
+            ("exit controls", self.exit),
+            ("entry controls", self.entry),
+            ("IA32_VMX_MISC", self.misc),
+            ("IA32_VMX_CR0_FIXED0", self.cr0_fixed0),
+            ("IA32_VMX_CR0_FIXED1", self.cr0_fixed1),
+            ("IA32_VMX_CR4_FIXED0", self.cr4_fixed0),
+            ("IA32_VMX_CR4_FIXED1", self.cr4_fixed1),
+            ("IA32_VMX_EPT_VPID_CAP", self.ept_vpid),
+        ]
+    }
 }
 
 /// Pin-based controls (SDM Vol. 3C 25.6.1).

@@ -1,0 +1,379 @@
+//! Starting the application processors (SDM Vol. 3A 9.4.4): each AP gets
+//! INIT, then start-up IPIs naming a page below 1 MiB where the trampoline
+//! below takes it from real mode to long mode on its own stack, into
+//! [`ap_main`]: its own GDT and TSS, the check that it is the boot CPU's
+//! kind (`cpus::compatible`), and VMX root operation with its own VMXON
+//! region. APs start one at a time; an AP that does not answer in time is
+//! sent INIT again (which holds it) and left out.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use boot::memmap::RangeSet;
+use log::{info, warn};
+
+use super::fault::fatal;
+use super::pool::{alloc_frames, PoolTables};
+use super::{apic, cpu, tables, vmx as vmxi};
+use crate::cpus::{self, CpuKind, HostCpus, Mismatch, TRAMPOLINE_SIZE};
+use crate::mm::frames::FRAME;
+use crate::mm::paging::{self, Ia32e, PageAttr, PageSize};
+use crate::vmx::requirements;
+
+/// Each AP's stack, with an unmapped guard below it, in its own slot of
+/// L0's address space (PML4 entry 508, clear of the image and identity map).
+const STACKS: u64 = 0xffff_fe00_0000_0000;
+const STACK_SIZE: u64 = 64 * 1024;
+const STACK_SLOT: u64 = 2 * STACK_SIZE;
+/// The double-fault and NMI stacks (no guard: they are used once).
+const IST_SIZE: u64 = 8 * 1024;
+
+/// Offsets in the trampoline's first page where the boot CPU leaves what
+/// one AP needs (`ap_tramp_params` in the asm below).
+const PARAM_CR3: usize = 0xf00;
+const PARAM_STACK: usize = 0xf08;
+const PARAM_ARG: usize = 0xf10;
+const PARAM_ENTRY: usize = 0xf18;
+
+// Real mode at `vector << 12` (CS = vector << 8, IP = 0) to protected
+// mode with a flat GDT, to long mode under temporary tables (pages 1-3 of
+// the trampoline: the first 2 MiB identity-mapped, L0's image through a
+// copy of L0's top PML4 entry), then to `ap_entry64` in L0's image, which
+// switches to L0's own tables and the AP's stack. EBX holds the
+// trampoline's base throughout: the code runs wherever it is copied.
+core::arch::global_asm!(
+    r#"
+    .pushsection .text.ap_trampoline, "ax"
+    .global ap_tramp_start
+    .global ap_tramp_end
+    .code16
+ap_tramp_start:
+    cli
+    cld
+    mov %cs, %ax
+    mov %ax, %ds
+    movzwl %ax, %ebx
+    shll $4, %ebx
+    leal (ap_tramp_gdt - ap_tramp_start)(%ebx), %eax
+    movl %eax, (ap_tramp_gdtr - ap_tramp_start + 2)
+    leal (ap_tramp_pm32 - ap_tramp_start)(%ebx), %eax
+    movl %eax, (ap_tramp_far32 - ap_tramp_start)
+    lgdtl (ap_tramp_gdtr - ap_tramp_start)
+    movl %cr0, %eax
+    orl $1, %eax
+    movl %eax, %cr0
+    ljmpl *(ap_tramp_far32 - ap_tramp_start)
+
+    .code32
+ap_tramp_pm32:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movl %cr4, %eax
+    orl $0x20, %eax                 # PAE
+    movl %eax, %cr4
+    leal 0x1000(%ebx), %eax
+    movl %eax, %cr3
+    movl $0xc0000080, %ecx          # IA32_EFER: LME and NXE (L0's tables use XD)
+    rdmsr
+    orl $0x900, %eax
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80010001, %eax           # PG, WP, PE
+    movl %eax, %cr0
+    leal (ap_tramp_lm64 - ap_tramp_start)(%ebx), %eax
+    movl %eax, (ap_tramp_far64 - ap_tramp_start)(%ebx)
+    ljmpl *(ap_tramp_far64 - ap_tramp_start)(%ebx)
+
+    .code64
+ap_tramp_lm64:
+    movl %ebx, %ebx
+    movq 0xf18(%rbx), %rax
+    jmp *%rax
+
+    .balign 8
+ap_tramp_gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff        # 0x08: 32-bit code
+    .quad 0x00cf92000000ffff        # 0x10: data
+    .quad 0x00af9a000000ffff        # 0x18: 64-bit code
+ap_tramp_gdtr:
+    .word 4 * 8 - 1
+    .long 0
+ap_tramp_far32:
+    .long 0
+    .word 0x08
+ap_tramp_far64:
+    .long 0
+    .word 0x18
+ap_tramp_end:
+    .popsection
+
+    .text
+    .global ap_entry64
+ap_entry64:
+    movq 0xf00(%rbx), %rax
+    movq %rax, %cr3
+    movq 0xf08(%rbx), %rsp
+    movq 0xf10(%rbx), %rdi
+    xorl %ebp, %ebp
+    call {main}
+    ud2
+"#,
+    main = sym ap_main,
+    options(att_syntax)
+);
+
+extern "C" {
+    static ap_tramp_start: u8;
+    static ap_tramp_end: u8;
+    fn ap_entry64();
+}
+
+/// Where an AP is, as it tells the boot CPU.
+const WAITING: u32 = 0;
+const RUNNING: u32 = 1;
+const IN_VMX_ROOT: u32 = 2;
+const FAILED: u32 = 3;
+
+/// Why an AP was left out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApFailure {
+    /// No answer to INIT-SIPI-SIPI in time.
+    NoAnswer,
+    /// The APIC cannot address it.
+    Apic(apic::ApicError),
+    /// It lacks what L0 requires.
+    Requirement(&'static str),
+    /// It is not the boot CPU's kind.
+    Mismatch(Mismatch),
+    Vmxon(&'static str),
+}
+
+impl core::fmt::Display for ApFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ApFailure::NoAnswer => write!(f, "no answer to INIT and start-up IPIs"),
+            ApFailure::Apic(e) => write!(f, "the APIC cannot reach it ({e:?})"),
+            ApFailure::Requirement(e) | ApFailure::Vmxon(e) => write!(f, "{e}"),
+            ApFailure::Mismatch(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// What the boot CPU and one AP share while it starts.
+struct Handoff {
+    apic_id: u32,
+    bsp: CpuKind,
+    state: AtomicU32,
+    failure: spin::Mutex<Option<ApFailure>>,
+}
+
+/// One started AP.
+pub struct StartedAp {
+    pub apic_id: u32,
+}
+
+/// A TSC rate for the start-up delays when the PIT gave none: high, so
+/// that the delays are at least what the SDM asks.
+const ASSUMED_TSC_HZ: u64 = 5_000_000_000;
+
+/// Starts every AP of `cpus` into VMX root, saying on the management line
+/// which CPUs run and which were left out, and why.
+pub fn start_all(
+    cpus: &HostCpus,
+    bsp: CpuKind,
+    ram: &RangeSet,
+    tsc_hz: Option<u64>,
+) -> Vec<StartedAp> {
+    if !cpus.bsp_listed && !cpus.aps.is_empty() {
+        warn!(
+            "the firmware's CPU list lacks the boot CPU (APIC ID {:#x})",
+            cpus.bsp
+        );
+    }
+    if cpus.capped > 0 {
+        info!("cpus=: {} more CPUs left unstarted", cpus.capped);
+    }
+    let (up, out) = match cpus::trampoline(ram) {
+        _ if cpus.aps.is_empty() => (Vec::new(), Vec::new()),
+        Some(at) => start_aps(cpus, bsp, at, tsc_hz.unwrap_or(ASSUMED_TSC_HZ)),
+        None => {
+            warn!("no usable RAM below 1 MiB for the AP start-up code: the boot CPU runs alone");
+            (Vec::new(), Vec::new())
+        }
+    };
+    for a in &up {
+        info!("CPU APIC ID {:#x}: in VMX root", a.apic_id);
+    }
+    for (id, why) in &out {
+        warn!("CPU APIC ID {id:#x} left out: {why}");
+    }
+    info!(
+        "CPUs: {} of {} in VMX root (boot CPU APIC ID {:#x})",
+        1 + up.len(),
+        cpus.total(),
+        cpus.bsp
+    );
+    up
+}
+
+/// Starts `cpus.aps` one after the other with the trampoline at `at`
+/// (`cpus::trampoline`, usable RAM L0 borrows and gives back as it was);
+/// returns the APs in VMX root and the ones left out with why.
+fn start_aps(
+    cpus: &HostCpus,
+    bsp: CpuKind,
+    at: u64,
+    tsc_hz: u64,
+) -> (Vec<StartedAp>, Vec<(u32, ApFailure)>) {
+    let (mut up, mut out) = (Vec::new(), Vec::new());
+    let len = TRAMPOLINE_SIZE as usize;
+    // SAFETY: `at` is usable RAM below 1 MiB, identity-mapped, that no one
+    // uses while L0 boots (the cloud VM is not built yet); saved here and
+    // restored below.
+    let area = unsafe { core::slice::from_raw_parts_mut(at as *mut u8, len) };
+    let saved = Vec::from(&area[..]);
+    install(area, at);
+    let us = |n: u64| n * tsc_hz / 1_000_000;
+    for (i, &id) in cpus.aps.iter().enumerate() {
+        let h: &'static Handoff = Box::leak(Box::new(Handoff {
+            apic_id: id,
+            bsp,
+            state: AtomicU32::new(WAITING),
+            failure: spin::Mutex::new(None),
+        }));
+        let put =
+            |area: &mut [u8], o: usize, v: u64| area[o..o + 8].copy_from_slice(&v.to_le_bytes());
+        put(area, PARAM_STACK, stack(i));
+        put(area, PARAM_ARG, h as *const Handoff as u64);
+        let answered = |h: &Handoff| h.state.load(Ordering::Acquire) != WAITING;
+        let sent = apic::send_init(id).and_then(|_| {
+            spin(us(10_000), || false);
+            apic::send_startup(id, (at >> 12) as u8)?;
+            if !spin(us(200), || answered(h)) {
+                apic::send_startup(id, (at >> 12) as u8)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = sent {
+            out.push((id, ApFailure::Apic(e)));
+            continue;
+        }
+        // Running: it finishes its checks and VMXON quickly; allow long.
+        spin(us(200_000), || answered(h));
+        spin(us(1_000_000), || {
+            h.state.load(Ordering::Acquire) >= IN_VMX_ROOT
+        });
+        match h.state.load(Ordering::Acquire) {
+            IN_VMX_ROOT => up.push(StartedAp { apic_id: id }),
+            FAILED => out.push((id, (*h.failure.lock()).unwrap_or(ApFailure::NoAnswer))),
+            _ => {
+                // Hold it: it must not run the trampoline for the next AP.
+                let _ = apic::send_init(id);
+                out.push((id, ApFailure::NoAnswer));
+            }
+        }
+    }
+    area.copy_from_slice(&saved);
+    (up, out)
+}
+
+/// Copies the trampoline to `at` and builds its temporary page tables.
+fn install(area: &mut [u8], at: u64) {
+    // SAFETY: linker symbols around the trampoline's bytes in L0's image.
+    let code = unsafe {
+        let start = &ap_tramp_start as *const u8;
+        let end = &ap_tramp_end as *const u8;
+        core::slice::from_raw_parts(start, end as usize - start as usize)
+    };
+    assert!(code.len() < PARAM_CR3, "the AP trampoline outgrew its page");
+    area.fill(0);
+    area[..code.len()].copy_from_slice(code);
+    let root = cpu::read_cr3() & !0xfff;
+    // SAFETY: L0's PML4, a pool frame, identity-mapped.
+    let top = unsafe { (root as *const u64).add(511).read() };
+    let page = |n: usize, entry: usize| n * FRAME as usize + entry * 8;
+    put(area, page(1, 0), (at + 0x2000) | 3); // PML4[0] -> PDPT
+    put(area, page(1, 511), top); // L0's image
+    put(area, page(2, 0), (at + 0x3000) | 3); // PDPT[0] -> PD
+    put(area, page(3, 0), 0x83); // 2 MiB at 0: present, writable, large
+    put(area, PARAM_CR3, root);
+    put(area, PARAM_ENTRY, ap_entry64 as *const () as u64);
+}
+
+fn put(area: &mut [u8], offset: usize, v: u64) {
+    area[offset..offset + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Maps AP `i`'s stack (pool frames) in its slot and returns its top.
+fn stack(i: usize) -> u64 {
+    let frames = alloc_frames((STACK_SIZE / FRAME) as usize, "AP stack");
+    let top = STACKS + (i as u64 + 1) * STACK_SLOT;
+    let rw = PageAttr {
+        writable: true,
+        executable: false,
+        uncached: false,
+    };
+    let root = cpu::read_cr3() & !0xfff;
+    paging::map(
+        &mut PoolTables,
+        &Ia32e,
+        root,
+        top - STACK_SIZE,
+        frames,
+        STACK_SIZE,
+        rw,
+        PageSize::Size4K,
+    )
+    .unwrap_or_else(|e| fatal(format_args!("AP stack: {e}")));
+    top
+}
+
+/// Spins until `done` or `ticks` TSC ticks passed; whether it is done.
+fn spin(ticks: u64, mut done: impl FnMut() -> bool) -> bool {
+    let t0 = cpu::rdtsc();
+    while cpu::rdtsc().wrapping_sub(t0) < ticks {
+        if done() {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    done()
+}
+
+/// An AP in L0's address space on its own stack.
+extern "C" fn ap_main(h: &'static Handoff) -> ! {
+    tables::init_ap(
+        alloc_frames((2 * IST_SIZE / FRAME) as usize, "AP IST stacks"),
+        IST_SIZE,
+    );
+    h.state.store(RUNNING, Ordering::Release);
+    let fail = |f: ApFailure| -> ! {
+        *h.failure.lock() = Some(f);
+        h.state.store(FAILED, Ordering::Release);
+        cpu::halt_forever()
+    };
+    let features =
+        requirements::cpu_features(cpu::cpuid).unwrap_or_else(|e| fail(ApFailure::Requirement(e)));
+    if cpus::apic_id(cpu::cpuid) != h.apic_id {
+        fail(ApFailure::Requirement(
+            "its APIC ID differs from the firmware's",
+        ));
+    }
+    // SAFETY: CPUID reports VMX (cpu_features checked).
+    let kind = CpuKind {
+        features,
+        vmx: unsafe { vmxi::read_caps() },
+    };
+    if let Err(m) = cpus::compatible(&h.bsp, &kind) {
+        fail(ApFailure::Mismatch(m));
+    }
+    // SAFETY: once on this CPU; the region is a fresh pool frame.
+    unsafe { vmxi::enable(&kind.vmx, features.xsave, alloc_frames(1, "VMXON region")) }
+        .unwrap_or_else(|e| fail(ApFailure::Vmxon(e)));
+    h.state.store(IN_VMX_ROOT, Ordering::Release);
+    cpu::halt_forever()
+}
