@@ -19,15 +19,18 @@ use crate::vmx::requirements::CpuFeatures;
 pub struct HostCpus {
     /// The boot CPU's APIC ID.
     pub bsp: u32,
-    /// The APs to start, in the firmware's order.
+    /// The APs that run the cloud VM, in the firmware's order.
     pub aps: Vec<u32>,
-    /// APs the firmware lists that `cpus=N` leaves out.
-    pub capped: usize,
+    /// The APs `cpus=N` leaves out: L0 still starts them, to hold them in
+    /// VMX root, where the cloud VM's INIT and start-up IPIs cannot run
+    /// code on them outside L0's control.
+    pub held: Vec<u32>,
     /// Whether the firmware's list names the boot CPU (it should).
     pub bsp_listed: bool,
 }
 
 impl HostCpus {
+    /// The CPUs that run the cloud VM.
     pub fn total(&self) -> usize {
         1 + self.aps.len()
     }
@@ -44,7 +47,7 @@ pub fn plan(listed: &[MadtCpu], bsp: u32, cap: Option<u32>) -> HostCpus {
     let keep = cap.map_or(aps.len(), |n| (n as usize).saturating_sub(1).min(aps.len()));
     HostCpus {
         bsp,
-        capped: aps.len() - keep,
+        held: aps[keep..].to_vec(),
         aps: aps[..keep].to_vec(),
         bsp_listed: listed.iter().any(|c| c.apic_id == bsp),
     }
@@ -72,6 +75,12 @@ pub fn trampoline(ram: &boot::memmap::RangeSet) -> Option<u64> {
     ram.find_highest(TRAMPOLINE_SIZE, 0x1000, 0x10_0000)
         .map(|r| r.start)
         .filter(|&a| a >= 0x1000)
+}
+
+/// Whether the cloud VM can run on APs: they start in the wait-for-SIPI
+/// activity state (vcpu/reset.rs), which VMX must support.
+pub fn l1_aps_possible(vmx: &VmxCaps) -> bool {
+    vmx.misc & crate::vmx::caps::misc::ACTIVITY_WAIT_FOR_SIPI != 0
 }
 
 /// What a CPU is: what L0 requires of it and its VMX.
@@ -138,7 +147,7 @@ mod tests {
     fn every_listed_cpu_but_the_boot_cpu() {
         let h = plan(&listed(&[0, 2, 4, 6]), 2, None);
         assert_eq!(h.aps, [0, 4, 6]);
-        assert_eq!((h.total(), h.capped, h.bsp_listed), (4, 0, true));
+        assert_eq!((h.total(), h.held.len(), h.bsp_listed), (4, 0, true));
         // No ACPI, or a list without the boot CPU: it still runs.
         let alone = plan(&[], 5, None);
         assert_eq!((alone.total(), alone.bsp_listed), (1, false));
@@ -150,7 +159,7 @@ mod tests {
         let ids: Vec<u32> = (0..300).collect();
         assert_eq!(plan(&listed(&ids), 0, Some(1)).aps, [] as [u32; 0]);
         let h = plan(&listed(&ids), 0, Some(2));
-        assert_eq!((h.aps.clone(), h.capped), (vec![1], 298));
+        assert_eq!((h.aps.clone(), h.held.len(), h.held[0]), (vec![1], 298, 2));
         assert_eq!(plan(&listed(&ids), 0, Some(1000)).total(), 300);
     }
 

@@ -3,6 +3,7 @@
 //! `mm::layout`, `vmx::requirements`, `l1_plan`); the privileged steps are
 //! in `arch`. This file is the sequence.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use boot::memmap::{Range, RangeSet};
@@ -19,6 +20,7 @@ use crate::config::{self, SerialChoice};
 use crate::cpus;
 use crate::l1_plan::{self, BootModule};
 use crate::logger;
+use crate::machine::Machine;
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
 use crate::mm::paging::PageSize;
 use crate::vmx::caps;
@@ -143,14 +145,6 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         }
     }
 
-    // The other CPUs, into VMX root.
-    let host = cpus::plan(&listed, cpus::apic_id(cpu::cpuid), cfg.cpus);
-    let kind = cpus::CpuKind {
-        features: cpu,
-        vmx: vcaps,
-    };
-    let _aps = ap_boot::start_all(&host, kind, &fw.ram, tsc_hz);
-
     // The cloud VM: planned from the boot modules, then built.
     let booted: Vec<BootModule> = modules
         .iter()
@@ -178,11 +172,34 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             0
         },
     };
-    let (mut vcpu, mut machine) =
+    let (mut vcpu, mut machine, template) =
         bringup::cloud_vm(&fw, pool_range, &vm, key, tsc_hz, &vcaps, &cpu, &mut hw);
     machine.shadow.intercept_com = cfg.shadow;
     if !cfg.shadow {
         warn!("shadow=off: user VMs' COM ports go to the guest hypervisor (a baseline for measurements, not the product)");
     }
-    cpu_loop::run(&mut vcpu, &mut machine, &mut hw)
+    // What every CPU shares, behind one lock (docs/architecture.md).
+    let machine: &'static spin::Mutex<Machine> = Box::leak(Box::new(spin::Mutex::new(machine)));
+
+    // The other CPUs: each runs a vCPU of the cloud VM, waiting for the
+    // start-up IPI of L1's own boot CPU.
+    let host = cpus::plan(&listed, cpus::apic_id(cpu::cpuid), cfg.cpus);
+    let kind = cpus::CpuKind {
+        features: cpu,
+        vmx: vcaps,
+    };
+    let share = cpus::l1_aps_possible(&vcaps).then(|| {
+        &*Box::leak(Box::new(ap_boot::ApShare {
+            machine,
+            template,
+            hw: hw.clone(),
+        }))
+    });
+    if share.is_none() && !host.aps.is_empty() {
+        warn!(
+            "VMX lacks the wait-for-SIPI activity state: the cloud VM runs on the boot CPU alone"
+        );
+    }
+    ap_boot::start_all(&host, kind, &fw.ram, tsc_hz, share);
+    cpu_loop::run(&mut vcpu, machine, &mut hw, true)
 }

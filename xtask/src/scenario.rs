@@ -311,9 +311,9 @@ pub fn all() -> Vec<Scenario> {
             com1: &["TEST boot START", "TEST boot PASS"],
             com2: &[
                 "VMX on",
-                "CPU APIC ID 0x1: in VMX root",
-                "CPUs: 2 of 2 in VMX root (boot CPU APIC ID 0x0)",
                 "starting the cloud VM",
+                "CPU APIC ID 0x1: runs the cloud VM",
+                "CPUs: 2 of 2 run the cloud VM (boot CPU APIC ID 0x0)",
                 "L0 integrity OK",
                 "L0 data intact",
             ],

@@ -76,14 +76,16 @@ fn table(
 ) -> Result<alloc::vec::Vec<u8>, AcpiError> {
     let mut h = [0u8; HEADER];
     mem.read(addr, &mut h)
-        .then_some(()).ok_or(AcpiError::Unreadable(addr))?;
+        .then_some(())
+        .ok_or(AcpiError::Unreadable(addr))?;
     let len = u32_at(&h, 4) as usize;
     if h[..4] != want || !(HEADER..=MAX_TABLE).contains(&len) {
         return Err(AcpiError::BadTable(want, addr));
     }
     let mut t = vec![0u8; len];
     mem.read(addr, &mut t)
-        .then_some(()).ok_or(AcpiError::Unreadable(addr))?;
+        .then_some(())
+        .ok_or(AcpiError::Unreadable(addr))?;
     if !checksum_ok(&t) {
         return Err(AcpiError::BadTable(want, addr));
     }
@@ -121,7 +123,8 @@ pub fn find(
         };
         let mut s = [0u8; 4];
         mem.read(addr, &mut s)
-            .then_some(()).ok_or(AcpiError::Unreadable(addr))?;
+            .then_some(())
+            .ok_or(AcpiError::Unreadable(addr))?;
         if s == want {
             return table(mem, addr, want);
         }

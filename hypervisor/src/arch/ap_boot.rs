@@ -2,9 +2,11 @@
 //! INIT, then start-up IPIs naming a page below 1 MiB where the trampoline
 //! below takes it from real mode to long mode on its own stack, into
 //! [`ap_main`]: its own GDT and TSS, the check that it is the boot CPU's
-//! kind (`cpus::compatible`), and VMX root operation with its own VMXON
-//! region. APs start one at a time; an AP that does not answer in time is
-//! sent INIT again (which holds it) and left out.
+//! kind (`cpus::compatible`), VMX root operation with its own VMXON
+//! region, then its vCPU of the cloud VM (waiting for the cloud VM's own
+//! start-up IPI) and the run loop. An AP L0 does not use is held in VMX
+//! root, where INIT is blocked. APs start one at a time; an AP that does
+//! not answer in time is sent INIT again (which stops it) and left out.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -13,10 +15,13 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use boot::memmap::RangeSet;
 use log::{info, warn};
 
+use super::bringup::{self, FirstState, VcpuTemplate};
 use super::fault::fatal;
+use super::platform::Hardware;
 use super::pool::{alloc_frames, PoolTables};
-use super::{apic, cpu, tables, vmx as vmxi};
+use super::{apic, cpu, cpu_loop, tables, vmx as vmxi};
 use crate::cpus::{self, CpuKind, HostCpus, Mismatch, TRAMPOLINE_SIZE};
+use crate::machine::Machine;
 use crate::mm::frames::FRAME;
 use crate::mm::paging::{self, Ia32e, PageAttr, PageSize};
 use crate::vmx::requirements;
@@ -138,6 +143,21 @@ const RUNNING: u32 = 1;
 const IN_VMX_ROOT: u32 = 2;
 const FAILED: u32 = 3;
 
+/// What the APs that run the cloud VM share: the machine-wide part behind
+/// its lock, how to build a vCPU, the hardware handle each CPU copies.
+pub struct ApShare {
+    pub machine: &'static spin::Mutex<Machine>,
+    pub template: VcpuTemplate,
+    pub hw: Hardware,
+}
+
+/// What an AP is started for.
+#[derive(Clone, Copy)]
+enum Job {
+    Run(&'static ApShare),
+    Hold,
+}
+
 /// Why an AP was left out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ApFailure {
@@ -166,6 +186,7 @@ impl core::fmt::Display for ApFailure {
 /// What the boot CPU and one AP share while it starts.
 struct Handoff {
     apic_id: u32,
+    job: Job,
     bsp: CpuKind,
     state: AtomicU32,
     failure: spin::Mutex<Option<ApFailure>>,
@@ -174,19 +195,24 @@ struct Handoff {
 /// One started AP.
 pub struct StartedAp {
     pub apic_id: u32,
+    /// Whether it runs the cloud VM (else it is held).
+    pub runs: bool,
 }
 
 /// A TSC rate for the start-up delays when the PIT gave none: high, so
 /// that the delays are at least what the SDM asks.
 const ASSUMED_TSC_HZ: u64 = 5_000_000_000;
 
-/// Starts every AP of `cpus` into VMX root, saying on the management line
-/// which CPUs run and which were left out, and why.
+/// Starts every AP of `cpus`: those in `cpus.aps` run the cloud VM (when
+/// `share` is given), the others are held in VMX root; says on the
+/// management line which CPUs run, which are held, which were left out
+/// and why.
 pub fn start_all(
     cpus: &HostCpus,
     bsp: CpuKind,
     ram: &RangeSet,
     tsc_hz: Option<u64>,
+    share: Option<&'static ApShare>,
 ) -> Vec<StartedAp> {
     if !cpus.bsp_listed && !cpus.aps.is_empty() {
         warn!(
@@ -194,37 +220,43 @@ pub fn start_all(
             cpus.bsp
         );
     }
-    if cpus.capped > 0 {
-        info!("cpus=: {} more CPUs left unstarted", cpus.capped);
-    }
+    let jobs: Vec<(u32, Job)> = cpus
+        .aps
+        .iter()
+        .map(|&id| (id, share.map_or(Job::Hold, Job::Run)))
+        .chain(cpus.held.iter().map(|&id| (id, Job::Hold)))
+        .collect();
     let (up, out) = match cpus::trampoline(ram) {
-        _ if cpus.aps.is_empty() => (Vec::new(), Vec::new()),
-        Some(at) => start_aps(cpus, bsp, at, tsc_hz.unwrap_or(ASSUMED_TSC_HZ)),
+        _ if jobs.is_empty() => (Vec::new(), Vec::new()),
+        Some(at) => start_aps(&jobs, bsp, at, tsc_hz.unwrap_or(ASSUMED_TSC_HZ)),
         None => {
             warn!("no usable RAM below 1 MiB for the AP start-up code: the boot CPU runs alone");
             (Vec::new(), Vec::new())
         }
     };
     for a in &up {
-        info!("CPU APIC ID {:#x}: in VMX root", a.apic_id);
+        match a.runs {
+            true => info!("CPU APIC ID {:#x}: runs the cloud VM", a.apic_id),
+            false => info!("CPU APIC ID {:#x}: held in VMX root", a.apic_id),
+        }
     }
     for (id, why) in &out {
         warn!("CPU APIC ID {id:#x} left out: {why}");
     }
     info!(
-        "CPUs: {} of {} in VMX root (boot CPU APIC ID {:#x})",
-        1 + up.len(),
-        cpus.total(),
+        "CPUs: {} of {} run the cloud VM (boot CPU APIC ID {:#x})",
+        1 + up.iter().filter(|a| a.runs).count(),
+        1 + jobs.len(),
         cpus.bsp
     );
     up
 }
 
-/// Starts `cpus.aps` one after the other with the trampoline at `at`
+/// Starts the APs of `jobs` one after the other with the trampoline at `at`
 /// (`cpus::trampoline`, usable RAM L0 borrows and gives back as it was);
 /// returns the APs in VMX root and the ones left out with why.
 fn start_aps(
-    cpus: &HostCpus,
+    jobs: &[(u32, Job)],
     bsp: CpuKind,
     at: u64,
     tsc_hz: u64,
@@ -238,9 +270,10 @@ fn start_aps(
     let saved = Vec::from(&area[..]);
     install(area, at);
     let us = |n: u64| n * tsc_hz / 1_000_000;
-    for (i, &id) in cpus.aps.iter().enumerate() {
+    for (i, &(id, job)) in jobs.iter().enumerate() {
         let h: &'static Handoff = Box::leak(Box::new(Handoff {
             apic_id: id,
+            job,
             bsp,
             state: AtomicU32::new(WAITING),
             failure: spin::Mutex::new(None),
@@ -268,7 +301,10 @@ fn start_aps(
             h.state.load(Ordering::Acquire) >= IN_VMX_ROOT
         });
         match h.state.load(Ordering::Acquire) {
-            IN_VMX_ROOT => up.push(StartedAp { apic_id: id }),
+            IN_VMX_ROOT => up.push(StartedAp {
+                apic_id: id,
+                runs: matches!(job, Job::Run(_)),
+            }),
             FAILED => out.push((id, (*h.failure.lock()).unwrap_or(ApFailure::NoAnswer))),
             _ => {
                 // Hold it: it must not run the trampoline for the next AP.
@@ -368,12 +404,20 @@ extern "C" fn ap_main(h: &'static Handoff) -> ! {
         features,
         vmx: unsafe { vmxi::read_caps() },
     };
-    if let Err(m) = cpus::compatible(&h.bsp, &kind) {
-        fail(ApFailure::Mismatch(m));
-    }
-    // SAFETY: once on this CPU; the region is a fresh pool frame.
+    let compatible = cpus::compatible(&h.bsp, &kind);
+    // SAFETY: once on this CPU; the region is a fresh pool frame. A CPU
+    // unfit to run the cloud VM still enters VMX root to be held there.
     unsafe { vmxi::enable(&kind.vmx, features.xsave, alloc_frames(1, "VMXON region")) }
         .unwrap_or_else(|e| fail(ApFailure::Vmxon(e)));
+    if let Err(m) = compatible {
+        fail(ApFailure::Mismatch(m));
+    }
+    let Job::Run(share) = h.job else {
+        h.state.store(IN_VMX_ROOT, Ordering::Release);
+        cpu::halt_forever()
+    };
+    let mut vcpu = bringup::vcpu(&share.template, FirstState::WaitForSipi);
+    let mut hw = share.hw.clone();
     h.state.store(IN_VMX_ROOT, Ordering::Release);
-    cpu::halt_forever()
+    cpu_loop::run(&mut vcpu, share.machine, &mut hw, false)
 }

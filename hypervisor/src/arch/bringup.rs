@@ -26,6 +26,7 @@ use crate::nested::{self, Nested, Vmcs02Pages};
 use crate::regs::IA32_EFER;
 use crate::vcpu::{cpuid::CpuidContext, msr, setup, ExitStats, Vcpu};
 use crate::vmx::caps::{self, VmxCaps};
+use crate::vmx::guest_cr::CrPolicy;
 use crate::vmx::requirements::{self, CpuFeatures};
 use crate::vmx::{ept, Field as F, Vmcs};
 
@@ -41,7 +42,8 @@ pub fn l1_ram(fw: &FirmwareMemory, pool: Range) -> RangeSet {
 
 /// Builds the cloud VM on this CPU from its plan: L1's memory written,
 /// EPT01, L0's bitmaps, VMCS01 (and VMCS02 and the shadow VMCS), the first
-/// guest state; returns the vCPU and the machine-wide part.
+/// guest state; returns the boot vCPU, the machine-wide part, and the
+/// template the other vCPUs are built from.
 #[allow(clippy::too_many_arguments)]
 pub fn cloud_vm(
     fw: &FirmwareMemory,
@@ -52,7 +54,7 @@ pub fn cloud_vm(
     vcaps: &VmxCaps,
     cpu: &CpuFeatures,
     hw: &mut Hardware,
-) -> (Vcpu, Machine) {
+) -> (Vcpu, Machine, VcpuTemplate) {
     let (plan, started) = (&vm.load, &vm.started);
     for w in &plan.writes {
         let r = match w {
@@ -83,53 +85,144 @@ pub fn cloud_vm(
             "absent (save/restore refused)"
         }
     );
-    // Bitmaps: L0's UART and the emulator's shutdown port; the MSRs L0 keeps.
+    // Bitmaps, one set for every vCPU: L0's UART and the emulator's
+    // shutdown port; the MSRs L0 keeps; for VMCS02, L0's ports for L2 (the
+    // same as for L1) and all ones.
     let mgmt_port = logger::serial_base();
     let io = msr::l1_io_bitmap(mgmt_port);
     let io_pages = alloc_frames(2, "I/O bitmaps");
     let msr_page = alloc_frames(1, "MSR bitmap");
-    // VMCS02's bitmaps: L0's ports for L2 (the same as for L1), all ones,
-    // and pages for the merge with L1's.
-    let nested_pages = Vmcs02Pages {
-        io_l0: alloc_frames(2, "I/O bitmaps"),
-        io_all: alloc_frames(2, "I/O bitmaps"),
-        msr02: alloc_frames(1, "MSR bitmap"),
-    };
+    let (io_l0, io_all) = (
+        alloc_frames(2, "I/O bitmaps"),
+        alloc_frames(2, "I/O bitmaps"),
+    );
     // SAFETY: fresh pool frames of the right sizes.
     unsafe {
         core::ptr::copy_nonoverlapping(io.0.as_ptr(), io_pages as *mut u8, 8192);
-        core::ptr::copy_nonoverlapping(
-            msr::l2_io_bitmap().0.as_ptr(),
-            nested_pages.io_l0 as *mut u8,
-            8192,
-        );
-        core::ptr::write_bytes(nested_pages.io_all as *mut u8, 0xff, 8192);
-        core::ptr::write_bytes(nested_pages.msr02 as *mut u8, 0xff, 4096);
+        core::ptr::copy_nonoverlapping(msr::l2_io_bitmap().0.as_ptr(), io_l0 as *mut u8, 8192);
+        core::ptr::write_bytes(io_all as *mut u8, 0xff, 8192);
         core::ptr::copy_nonoverlapping(msr::l1_msr_bitmap().0.as_ptr(), msr_page as *mut u8, 4096);
     }
 
-    // VMCS01, and VMCS02 for L2 (one, rebuilt at every nested entry).
     let vpid = requirements::vpid_usable(vcaps);
     let offer_vmx = requirements::nested_vmx_possible(vcaps);
     let poll_ticks = requirements::poll_ticks(tsc_hz);
     let l0_timer = requirements::preemption_timer(vcaps, poll_ticks);
-    let timer = l0_timer.is_some();
-    let controls =
-        setup::l1_controls(vcaps, vpid, timer).unwrap_or_else(|e| fatal(format_args!("{e}")));
+    let controls = setup::l1_controls(vcaps, vpid, l0_timer.is_some())
+        .unwrap_or_else(|e| fatal(format_args!("{e}")));
     // L1's VMREAD/VMWRITE of the fields a guest hypervisor uses at every
     // exit go to a shadow VMCS without exiting (nested/shadow_vmcs.rs);
     // the control is on while L1 is in VMX operation.
-    let shadowing =
-        offer_vmx && vcaps.allows(caps::Control::Secondary, caps::secondary::VMCS_SHADOWING);
-    let policy = setup::l1_cr_policy(vcaps, offer_vmx);
+    let shadow_bitmaps = (offer_vmx
+        && vcaps.allows(caps::Control::Secondary, caps::secondary::VMCS_SHADOWING))
+    .then(|| {
+        let (read, write) = nested::shadow_vmcs::bitmaps();
+        let (rp, wp) = (
+            alloc_frames(1, "VMREAD bitmap"),
+            alloc_frames(1, "VMWRITE bitmap"),
+        );
+        // SAFETY: fresh pool frames.
+        unsafe {
+            core::ptr::copy_nonoverlapping(read.as_ptr(), rp as *mut u8, 4096);
+            core::ptr::copy_nonoverlapping(write.as_ptr(), wp as *mut u8, 4096);
+        }
+        (rp, wp)
+    });
+    use caps::secondary as s;
+    let template = VcpuTemplate {
+        controls,
+        policy: setup::l1_cr_policy(vcaps, offer_vmx),
+        pages: setup::ControlPages {
+            io_bitmap_a: io_pages,
+            io_bitmap_b: io_pages + FRAME,
+            msr_bitmap: msr_page,
+            eptp: pages_eptp(&ept01),
+            vpid: L1_VPID,
+        },
+        vpid,
+        shadow_bitmaps,
+        l0_timer,
+        poll_ticks,
+        cpuid: CpuidContext {
+            guest_cr4: 0,
+            vmx: offer_vmx,
+            rdtscp: controls.has_secondary(s::ENABLE_RDTSCP),
+            invpcid: controls.has_secondary(s::ENABLE_INVPCID),
+            xsaves: controls.has_secondary(s::ENABLE_XSAVES),
+            tsc_hz: tsc_hz.unwrap_or(0),
+        },
+        cpu: *cpu,
+        vcaps: *vcaps,
+        vmcs02_io: (io_l0, io_all),
+        l0_frames: ept01.l0.clone(),
+    };
+    info!(
+        "starting the cloud VM: {started}, {} MiB of RAM, nested VMX {}",
+        hw.mem.ranges().total() >> 20,
+        if offer_vmx {
+            "offered"
+        } else {
+            "not possible on this CPU"
+        }
+    );
+    let vcpu = vcpu(&template, FirstState::Boot(&plan.entry));
+    let machine = Machine {
+        ept: ept01,
+        shadow: crate::shadow::Shadow::new(key.map(sealing_key), hw_random),
+        console: Console::default(),
+        mgmt_port,
+        shutdown: ShutdownWatch::default(),
+    };
+    (vcpu, machine, template)
+}
+
+/// What every vCPU of the cloud VM is built from, decided once on the boot
+/// CPU: its controls and L0's pages they point at (shared by all vCPUs:
+/// L0 never writes them after boot).
+#[derive(Clone)]
+pub struct VcpuTemplate {
+    controls: setup::L1Controls,
+    policy: CrPolicy,
+    pages: setup::ControlPages,
+    vpid: bool,
+    /// The VMREAD and VMWRITE bitmaps, when VMCS shadowing is used.
+    shadow_bitmaps: Option<(u64, u64)>,
+    /// The preemption timer that brings the boot CPU back to the
+    /// management line (the other CPUs run without it).
+    l0_timer: Option<u64>,
+    poll_ticks: u64,
+    cpuid: CpuidContext,
+    cpu: CpuFeatures,
+    vcaps: VmxCaps,
+    /// VMCS02's I/O bitmaps: L0's ports only, and all ones.
+    vmcs02_io: (u64, u64),
+    l0_frames: RangeSet,
+}
+
+/// How a vCPU starts.
+pub enum FirstState<'a> {
+    /// The boot vCPU, at the loaded kernel's entry.
+    Boot(&'a boot::loader::Entry),
+    /// An AP of the cloud VM: in the state after INIT, waiting for the
+    /// start-up IPI its guest sends (vcpu/reset.rs).
+    WaitForSipi,
+}
+
+/// Builds a vCPU of the cloud VM on this CPU: its VMCS01 (current on
+/// return), VMCS02 and shadow VMCS, with this CPU's host state.
+pub fn vcpu(t: &VcpuTemplate, first: FirstState) -> Vcpu {
+    let boot = matches!(first, FirstState::Boot(_));
     let vmcs = alloc_frames(1, "VMCS01");
     let vmcs02 = alloc_frames(1, "VMCS02");
     let shadow = alloc_frames(1, "shadow VMCS");
+    let msr02 = alloc_frames(1, "MSR bitmap");
+    // SAFETY: a fresh pool frame.
+    unsafe { core::ptr::write_bytes(msr02 as *mut u8, 0xff, 4096) };
     // SAFETY: fresh frames; revision id first (bit 31 marks the shadow
     // VMCS); VMCLEAR puts them in the clear state; VMCS01 ends up current.
     unsafe {
         for (f, indicator) in [(vmcs, 0), (vmcs02, 0), (shadow, 1u32 << 31)] {
-            (f as *mut u32).write(vcaps.revision() | indicator);
+            (f as *mut u32).write(t.vcaps.revision() | indicator);
             vmxi::vmclear(f).unwrap_or_else(|e| fatal(format_args!("VMCLEAR: {e}")));
         }
         vmxi::vmptrld(vmcs02).unwrap_or_else(|e| fatal(format_args!("VMPTRLD: {e}")));
@@ -157,97 +250,71 @@ pub fn cloud_vm(
     // SAFETY: VMCS01 is current.
     let mut v = unsafe { CurrentVmcs::new() };
     setup::write_host_state(&mut v, &host);
-    let pages = setup::ControlPages {
-        io_bitmap_a: io_pages,
-        io_bitmap_b: io_pages + FRAME,
-        msr_bitmap: msr_page,
-        eptp: pages_eptp(&ept01),
-        vpid: L1_VPID,
-    };
-    setup::write_controls(&mut v, &controls, &pages, &policy);
-    if shadowing {
-        let (read, write) = nested::shadow_vmcs::bitmaps();
-        let (rp, wp) = (
-            alloc_frames(1, "VMREAD bitmap"),
-            alloc_frames(1, "VMWRITE bitmap"),
-        );
-        // SAFETY: fresh pool frames.
-        unsafe {
-            core::ptr::copy_nonoverlapping(read.as_ptr(), rp as *mut u8, 4096);
-            core::ptr::copy_nonoverlapping(write.as_ptr(), wp as *mut u8, 4096);
-        }
+    let l0_timer = t.l0_timer.filter(|_| boot);
+    let mut controls = t.controls;
+    if !boot {
+        controls.pin &= !caps::pin::PREEMPTION_TIMER;
+    }
+    setup::write_controls(&mut v, &controls, &t.pages, &t.policy);
+    if let Some((rp, wp)) = t.shadow_bitmaps {
         v.write(F::VMREAD_BITMAP, rp);
         v.write(F::VMWRITE_BITMAP, wp);
     }
-    if let Some(t) = l0_timer {
+    if let Some(timer) = l0_timer {
         // Not saved on exit: reloaded at every entry (SDM 26.7.4).
-        v.write(F::VMX_PREEMPTION_TIMER_VALUE, t);
+        v.write(F::VMX_PREEMPTION_TIMER_VALUE, timer);
     }
     let mut regs = GuestRegs::default();
-    for (reg, value) in setup::write_entry_state(&mut v, &plan.entry, &policy) {
-        regs.gpr[reg] = value;
+    match first {
+        FirstState::Boot(entry) => {
+            for (reg, value) in setup::write_entry_state(&mut v, entry, &t.policy) {
+                regs.gpr[reg] = value;
+            }
+        }
+        FirstState::WaitForSipi => {
+            crate::vcpu::reset::write_init_state(&mut v, &t.policy);
+            regs.gpr[GuestRegs::RDX] = crate::vcpu::reset::init_rdx(cpu::cpuid);
+        }
     }
-    let mtrr = if cpu.mtrr {
+    let mtrr = if t.cpu.mtrr {
         // SAFETY: MTRRs exist (CPUID.1:EDX[12]); only the ones MTRRCAP lists are read.
         let cap = unsafe { cpu::rdmsr(msr::IA32_MTRRCAP) };
-        msr::MtrrShadow::capture(cap, cpu.maxphyaddr, |m| {
+        msr::MtrrShadow::capture(cap, t.cpu.maxphyaddr, |m| {
             // SAFETY: one of the MTRRs MTRRCAP lists.
             unsafe { cpu::rdmsr(m) }
         })
     } else {
-        msr::MtrrShadow::capture(0, cpu.maxphyaddr, |_| 0)
+        msr::MtrrShadow::capture(0, t.cpu.maxphyaddr, |_| 0)
     };
-    let eptp01 = pages_eptp(&ept01);
-    let l0_frames = ept01.l0.clone();
-    let ncaps = nested::caps::NestedCaps::new(vcaps);
-    info!(
-        "starting the cloud VM: {started}, {} MiB of RAM, nested VMX {}",
-        hw.mem.ranges().total() >> 20,
-        if offer_vmx {
-            "offered"
-        } else {
-            "not possible on this CPU"
-        }
-    );
-    use caps::secondary as s;
-    let vcpu = Vcpu {
+    let nested_pages = Vmcs02Pages {
+        io_l0: t.vmcs02_io.0,
+        io_all: t.vmcs02_io.1,
+        msr02,
+    };
+    let ncaps = nested::caps::NestedCaps::new(&t.vcaps);
+    Vcpu {
         regs,
         launched: false,
-        policy,
-        cpuid: CpuidContext {
-            guest_cr4: 0,
-            vmx: offer_vmx,
-            rdtscp: controls.has_secondary(s::ENABLE_RDTSCP),
-            invpcid: controls.has_secondary(s::ENABLE_INVPCID),
-            xsaves: controls.has_secondary(s::ENABLE_XSAVES),
-            tsc_hz: tsc_hz.unwrap_or(0),
-        },
+        policy: t.policy,
+        cpuid: t.cpuid,
         mtrr,
-        vpid: if vpid { L1_VPID } else { 0 },
-        maxphyaddr: cpu.maxphyaddr,
+        vpid: if t.vpid { L1_VPID } else { 0 },
+        maxphyaddr: t.cpu.maxphyaddr,
         stats: ExitStats::default(),
         l2_stats: ExitStats::default(),
         last_l0_touch: "",
-        host_caps: *vcaps,
-        eptp01,
-        msr_bitmap01: msr_page,
+        host_caps: t.vcaps,
+        eptp01: t.pages.eptp,
+        msr_bitmap01: t.pages.msr_bitmap,
         nested: Nested {
-            shadowing,
-            ..Nested::new(ncaps, cpu.maxphyaddr, nested_pages, l0_frames)
+            shadowing: t.shadow_bitmaps.is_some(),
+            ..Nested::new(ncaps, t.cpu.maxphyaddr, nested_pages, t.l0_frames.clone())
         },
         vmcs_phys: [vmcs, vmcs02, shadow],
         l0_timer,
-        poll_ticks,
+        poll_ticks: t.poll_ticks,
         window_requested: false,
-    };
-    let machine = Machine {
-        ept: ept01,
-        shadow: crate::shadow::Shadow::new(key.map(sealing_key), hw_random),
-        console: Console::default(),
-        mgmt_port,
-        shutdown: ShutdownWatch::default(),
-    };
-    (vcpu, machine)
+    }
 }
 
 /// The sealing key, on the CPU's AES and carry-less multiply when it has

@@ -11,19 +11,27 @@ use crate::nested::VmcsSet;
 use crate::vcpu::{report, Outcome, Vcpu};
 use crate::vmx::{Field as F, Vmcs};
 
-/// Runs the cloud VM on this CPU for good: before each entry the pending
-/// events, then VMLAUNCH/VMRESUME of L1 or L2, then the exit's handler with
-/// its cost accounted; a stop is fatal with the guest state in the report.
-pub fn run(vcpu: &mut Vcpu, m: &mut Machine, hw: &mut Hardware) -> ! {
+/// Runs a vCPU of the cloud VM on this CPU for good: before each entry the
+/// pending events, then VMLAUNCH/VMRESUME of L1 or L2, then the exit's
+/// handler with its cost accounted; a stop is fatal with the guest state
+/// in the report. The machine-wide part is locked for each exit's
+/// handling. One CPU, `serves_console`, owns the management line, the
+/// relay interrupt into L1 and NMIs that arrive while L0 runs.
+pub fn run(
+    vcpu: &mut Vcpu,
+    machine: &spin::Mutex<Machine>,
+    hw: &mut Hardware,
+    serves_console: bool,
+) -> ! {
     // SAFETY: VMCS01 is current; from here on only HwVmcsSet switches.
     let mut vs = unsafe { HwVmcsSet::new(vcpu.vmcs_phys) };
     let mut last_poll = cpu::rdtsc();
     loop {
         let in_l2 = vcpu.nested.in_l2;
-        if !in_l2 {
+        if !in_l2 && serves_console {
             deliver_pending_nmi(vs.current());
-            vcpu.before_l1_entry(m, vs.current());
-        } else {
+            vcpu.before_l1_entry(&mut machine.lock(), vs.current());
+        } else if in_l2 {
             vcpu.before_l2_entry(vs.current(), &mut hw.mem);
         }
         let launched = if in_l2 {
@@ -43,7 +51,7 @@ pub fn run(vcpu: &mut Vcpu, m: &mut Machine, hw: &mut Hardware) -> ! {
                 let basic = vs.current().read(F::VM_EXIT_REASON) as usize & 0xffff;
                 let rip = vs.current().read(F::GUEST_RIP);
                 let t0 = cpu::rdtsc();
-                let o = vcpu.handle_exit(m, &mut vs, hw);
+                let o = vcpu.handle_exit(&mut machine.lock(), &mut vs, hw);
                 let stats = if in_l2 {
                     &mut vcpu.l2_stats
                 } else {
@@ -57,9 +65,9 @@ pub fn run(vcpu: &mut Vcpu, m: &mut Machine, hw: &mut Hardware) -> ! {
                 // Exits too frequent for the preemption timer to fire still
                 // let L0 serve the management line.
                 let now = cpu::rdtsc();
-                if now.wrapping_sub(last_poll) > vcpu.poll_ticks {
+                if serves_console && now.wrapping_sub(last_poll) > vcpu.poll_ticks {
                     last_poll = now;
-                    vcpu.poll_console(m, &mut vs, hw);
+                    vcpu.poll_console(&mut machine.lock(), &mut vs, hw);
                 }
                 o
             }
@@ -67,15 +75,19 @@ pub fn run(vcpu: &mut Vcpu, m: &mut Machine, hw: &mut Hardware) -> ! {
             Err(e) => {
                 let mut s = String::new();
                 let _ = report::guest_state(&mut s, vs.current(), &vcpu.regs);
-                fatal(format_args!("VM entry to the cloud VM failed: {e}\n{s}"));
+                fatal(format_args!(
+                    "VM entry to the cloud VM failed on CPU APIC ID {:#x}: {e}\n{s}",
+                    crate::cpus::apic_id(cpu::cpuid)
+                ));
             }
         };
         if let Outcome::Stop(stop) = outcome {
             let mut s = String::new();
             let _ = report::guest_state(&mut s, vs.current(), &vcpu.regs);
             fatal(format_args!(
-                "{stop} ({})\n{s}  L1: {}\n  L2: {}",
+                "{stop} ({} on CPU APIC ID {:#x})\n{s}  L1: {}\n  L2: {}",
                 if vcpu.nested.in_l2 { "in L2" } else { "in L1" },
+                crate::cpus::apic_id(cpu::cpuid),
                 vcpu.stats,
                 vcpu.l2_stats
             ));

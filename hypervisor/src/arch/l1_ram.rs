@@ -6,6 +6,7 @@ use boot::memmap::{Range, RangeSet};
 use crate::guest_mem::{GuestMemory, MemError};
 
 /// The cloud VM's RAM.
+#[derive(Clone)]
 pub struct L1Ram {
     ram: RangeSet,
 }

@@ -90,7 +90,10 @@ pub fn firmware_cpus(
     rsdp: &[u8],
 ) -> Result<Vec<crate::acpi::madt::MadtCpu>, crate::acpi::AcpiError> {
     let mut read = |addr: u64, buf: &mut [u8]| -> bool {
-        if addr.checked_add(buf.len() as u64).is_none_or(|end| end > 1 << 32) {
+        if addr
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > 1 << 32)
+        {
             return false;
         }
         // SAFETY: below 4 GiB, identity-mapped by the entry code; reads only.

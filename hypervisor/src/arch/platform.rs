@@ -16,7 +16,9 @@ use crate::logger;
 use crate::nested::{Level, VmcsSet};
 use crate::vcpu::Platform;
 
-/// The machine as the exit handlers see it (`vcpu::Platform`).
+/// The machine as the exit handlers see it (`vcpu::Platform`); each CPU
+/// has its own copy.
+#[derive(Clone)]
 pub struct Hardware {
     pub tables: PoolTables,
     pub mem: L1Ram,

@@ -15,6 +15,7 @@ static FRAMES: spin::Mutex<Option<FrameAllocator>> = spin::Mutex::new(None);
 
 /// Page tables and EPT tables live in pool frames, reached through the
 /// identity map.
+#[derive(Clone, Copy)]
 pub struct PoolTables;
 
 impl TableMemory for PoolTables {

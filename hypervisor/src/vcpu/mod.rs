@@ -25,6 +25,7 @@ pub mod decode;
 mod l2;
 pub mod msr;
 pub mod report;
+pub mod reset;
 pub mod setup;
 mod ultracall;
 mod vmx_instr;
@@ -337,6 +338,8 @@ impl Vcpu {
                 return o;
             }
             VmExit::TripleFault => return Outcome::Stop(Stop::TripleFault),
+            VmExit::Init => return self.init_signal(v, reset::init_rdx(|l, s| p.cpuid(l, s))),
+            VmExit::Sipi { vector } => return self.sipi(v, vector),
             VmExit::Vmcall if self.is_ultracall() => {
                 self.ultracall(m, vs, p, ultracall_abi::CallerLevel::L1)
             }

@@ -601,6 +601,31 @@ fn invd_writes_back_and_hlt_halts() {
     );
 }
 
+#[test]
+fn init_then_sipi_starts_a_vcpu_and_a_vmx_root_vcpu_ignores_init() {
+    let (mut c, mut v, mut p) = setup();
+    c.vcpu.regs.gpr[GuestRegs::RAX] = 0x1234;
+    exit(&mut v, reason::INIT, 0, 0);
+    assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+    assert_eq!(v.read(F::GUEST_ACTIVITY_STATE), super::reset::WAIT_FOR_SIPI);
+    assert_eq!(c.vcpu.regs.gpr[GuestRegs::RAX], 0);
+    // A second SIPI once running is not reported by VMX; if one were, it
+    // would change nothing.
+    exit(&mut v, reason::SIPI, 0x9a, 0);
+    assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+    assert_eq!(v.read(F::GUEST_CS_BASE) + v.read(F::GUEST_RIP), 0x9_a000);
+    v.write(F::GUEST_RIP, 0x42);
+    exit(&mut v, reason::SIPI, 0x10, 0);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!(v.read(F::GUEST_RIP), 0x42);
+    // In VMX operation INIT is blocked.
+    c.vcpu.nested.vmx.vmxon = Some(0x5000);
+    exit(&mut v, reason::INIT, 0, 0);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!(v.read(F::GUEST_RIP), 0x42);
+    assert_eq!(v.read(F::GUEST_ACTIVITY_STATE), super::reset::ACTIVE);
+}
+
 mod nested {
     //! L1 runs an L2 through the whole dispatch: entry, reflected and
     //! L0-handled exits, EPT02 fills, entry failures.

@@ -331,6 +331,12 @@ pub enum VmExit {
         info: InterruptionInfo,
     },
     TripleFault,
+    /// An INIT signal arrived (always an exit in VMX non-root operation).
+    Init,
+    /// A start-up IPI arrived while the guest waited for one.
+    Sipi {
+        vector: u8,
+    },
     InterruptWindow,
     /// CPUID with EAX = `leaf`.
     Cpuid {
@@ -407,6 +413,8 @@ impl VmExit {
                 info: InterruptionInfo(field(F::VM_EXIT_INTR_INFO) as u32),
             },
             reason::TRIPLE_FAULT => VmExit::TripleFault,
+            reason::INIT => VmExit::Init,
+            reason::SIPI => VmExit::Sipi { vector: q() as u8 },
             reason::INTERRUPT_WINDOW => VmExit::InterruptWindow,
             reason::CPUID => VmExit::Cpuid { leaf: rax as u32 },
             reason::HLT => VmExit::Hlt,

@@ -1,0 +1,218 @@
+//! INIT and start-up IPIs for the cloud VM's vCPUs. L1 owns the local
+//! APICs, so its INIT and SIPI reach the physical CPUs, where VMX turns
+//! them into exits (SDM Vol. 3C 26.2, 27.4): INIT puts the vCPU into the
+//! state after INIT (SDM Vol. 3A Table 10-1) waiting for a SIPI, which
+//! starts it in real mode at the vector's page. The other vCPUs begin in
+//! that waiting state, so L1 starts its APs as it would on bare metal.
+
+use super::{Outcome, Vcpu};
+use crate::arch::run::GuestRegs;
+use crate::regs::{AR_UNUSABLE, CR0_CD, CR0_ET, CR0_NW};
+use crate::vmx::caps::entry::IA32E_MODE_GUEST;
+use crate::vmx::guest_cr::{CrPolicy, CrState};
+use crate::vmx::{Field as F, Vmcs};
+
+/// GUEST_ACTIVITY_STATE values (SDM Vol. 3C 25.4.2).
+pub const ACTIVE: u64 = 0;
+pub const WAIT_FOR_SIPI: u64 = 3;
+
+/// Real-mode data segment, and code (present, S, accessed, writable or readable).
+const AR_REAL_DATA: u64 = 0x93;
+const AR_REAL_CODE: u64 = 0x9b;
+const AR_TSS_BUSY_16: u64 = 0x83;
+
+/// (selector, base, limit, access rights) of the six segment registers.
+const SEGMENTS: [(F, F, F, F); 6] = [
+    (
+        F::GUEST_CS_SELECTOR,
+        F::GUEST_CS_BASE,
+        F::GUEST_CS_LIMIT,
+        F::GUEST_CS_AR_BYTES,
+    ),
+    (
+        F::GUEST_SS_SELECTOR,
+        F::GUEST_SS_BASE,
+        F::GUEST_SS_LIMIT,
+        F::GUEST_SS_AR_BYTES,
+    ),
+    (
+        F::GUEST_DS_SELECTOR,
+        F::GUEST_DS_BASE,
+        F::GUEST_DS_LIMIT,
+        F::GUEST_DS_AR_BYTES,
+    ),
+    (
+        F::GUEST_ES_SELECTOR,
+        F::GUEST_ES_BASE,
+        F::GUEST_ES_LIMIT,
+        F::GUEST_ES_AR_BYTES,
+    ),
+    (
+        F::GUEST_FS_SELECTOR,
+        F::GUEST_FS_BASE,
+        F::GUEST_FS_LIMIT,
+        F::GUEST_FS_AR_BYTES,
+    ),
+    (
+        F::GUEST_GS_SELECTOR,
+        F::GUEST_GS_BASE,
+        F::GUEST_GS_LIMIT,
+        F::GUEST_GS_AR_BYTES,
+    ),
+];
+
+/// RDX after INIT: the processor signature (CPUID.1:EAX).
+pub fn init_rdx(cpuid: impl Fn(u32, u32) -> [u32; 4]) -> u64 {
+    u64::from(cpuid(1, 0)[0])
+}
+
+/// The guest state after INIT, waiting for a SIPI: real mode, caches
+/// off, CS:IP = F000:FFF0 with CS base FFFF0000, flat 64 KiB segments,
+/// EFER 0 (so the IA-32e mode guest entry control off). Unrestricted
+/// guest lets VMX run it with PE and PG clear; CR0.NE and CR4.VMXE stay
+/// set underneath, hidden by the read shadows.
+pub fn write_init_state(v: &mut impl Vmcs, policy: &CrPolicy) {
+    let cr = CrState {
+        cr0: CR0_CD | CR0_NW | CR0_ET,
+        ..Default::default()
+    };
+    v.write(F::GUEST_CR0, cr.cr0_actual(policy));
+    v.write(F::CR0_READ_SHADOW, cr.cr0);
+    v.write(F::GUEST_CR3, 0);
+    v.write(F::GUEST_CR4, cr.cr4_actual(policy));
+    v.write(F::CR4_READ_SHADOW, 0);
+    v.write(F::GUEST_IA32_EFER, 0);
+    v.clear_bits(F::VM_ENTRY_CONTROLS, IA32E_MODE_GUEST as u64);
+    for (i, &(sel, base, limit, ar)) in SEGMENTS.iter().enumerate() {
+        let cs = i == 0;
+        v.write(sel, if cs { 0xf000 } else { 0 });
+        v.write(base, if cs { 0xffff_0000 } else { 0 });
+        v.write(limit, 0xffff);
+        v.write(ar, if cs { AR_REAL_CODE } else { AR_REAL_DATA });
+    }
+    v.write(F::GUEST_TR_SELECTOR, 0);
+    v.write(F::GUEST_TR_BASE, 0);
+    v.write(F::GUEST_TR_LIMIT, 0xffff);
+    v.write(F::GUEST_TR_AR_BYTES, AR_TSS_BUSY_16);
+    v.write(F::GUEST_LDTR_SELECTOR, 0);
+    v.write(F::GUEST_LDTR_BASE, 0);
+    v.write(F::GUEST_LDTR_LIMIT, 0xffff);
+    v.write(F::GUEST_LDTR_AR_BYTES, AR_UNUSABLE);
+    for (base, limit) in [
+        (F::GUEST_GDTR_BASE, F::GUEST_GDTR_LIMIT),
+        (F::GUEST_IDTR_BASE, F::GUEST_IDTR_LIMIT),
+    ] {
+        v.write(base, 0);
+        v.write(limit, 0xffff);
+    }
+    v.write(F::GUEST_RIP, 0xfff0);
+    v.write(F::GUEST_RSP, 0);
+    v.write(F::GUEST_RFLAGS, 0x2);
+    v.write(F::GUEST_DR7, 0x400);
+    v.write(F::GUEST_IA32_DEBUGCTL, 0);
+    v.write(F::GUEST_IA32_PAT, 0x0007_0406_0007_0406);
+    v.write(F::GUEST_SYSENTER_CS, 0);
+    v.write(F::GUEST_SYSENTER_ESP, 0);
+    v.write(F::GUEST_SYSENTER_EIP, 0);
+    v.write(F::GUEST_INTERRUPTIBILITY_INFO, 0);
+    v.write(F::GUEST_PENDING_DBG_EXCEPTIONS, 0);
+    v.write(F::VM_ENTRY_INTR_INFO_FIELD, 0);
+    v.write(F::GUEST_ACTIVITY_STATE, WAIT_FOR_SIPI);
+}
+
+/// A SIPI with `vector`: the waiting vCPU starts at `vector << 12` in
+/// real mode (CS = vector << 8, IP = 0).
+pub fn write_sipi_start(v: &mut impl Vmcs, vector: u8) {
+    v.write(F::GUEST_CS_SELECTOR, u64::from(vector) << 8);
+    v.write(F::GUEST_CS_BASE, u64::from(vector) << 12);
+    v.write(F::GUEST_RIP, 0);
+    v.write(F::GUEST_ACTIVITY_STATE, ACTIVE);
+}
+
+impl Vcpu {
+    /// INIT reached this CPU while L1 ran: the vCPU is reset and waits.
+    /// In VMX operation (after L1's VMXON) INIT is blocked (SDM Vol. 3C
+    /// 24.8): L0 drops it, where hardware would hold it until VMXOFF.
+    pub(super) fn init_signal(&mut self, v: &mut impl Vmcs, signature: u64) -> Outcome {
+        if self.nested.vmx.vmxon.is_some() {
+            return Outcome::Resume;
+        }
+        write_init_state(v, &self.policy);
+        self.regs = GuestRegs::default();
+        self.regs.gpr[GuestRegs::RDX] = signature;
+        self.cpuid.guest_cr4 = 0;
+        Outcome::Resume
+    }
+
+    /// A SIPI while the vCPU waits for one (the only time VMX reports it).
+    pub(super) fn sipi(&mut self, v: &mut impl Vmcs, vector: u8) -> Outcome {
+        if v.read(F::GUEST_ACTIVITY_STATE) == WAIT_FOR_SIPI {
+            write_sipi_start(v, vector);
+        }
+        Outcome::Resume
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nested::checks::{self, CheckCtx};
+    use crate::nested::testutil::{caps, valid_vmcs12};
+    use crate::nested::vmcs12::Vmcs12;
+    use crate::regs::{CR0_NE, CR4_VMXE};
+
+    fn policy() -> CrPolicy {
+        CrPolicy {
+            cr0_forced: CR0_NE,
+            cr4_forced: CR4_VMXE,
+            cr4_allowed: !0,
+        }
+    }
+
+    /// The SDM's entry checks of guest state (nested/checks.rs), as L1's
+    /// VMCS would meet them with unrestricted guest.
+    fn entry_checks(v: &Vmcs12) -> Result<(), checks::EntryFailure> {
+        let c = caps();
+        let ram = |a: u64, len: u64| a + len <= 0x1000_0000;
+        let rev = |_| None;
+        let ctx = CheckCtx {
+            caps: &c,
+            maxphyaddr: 39,
+            l1_long_mode: true,
+            is_l1_ram: &ram,
+            read_revision: &rev,
+        };
+        checks::check_guest_state(v, &ctx)?;
+        checks::check_volatile_guest_state(v, &ctx)
+    }
+
+    #[test]
+    fn after_init_a_vcpu_waits_in_real_mode_at_the_reset_vector() {
+        let mut v = valid_vmcs12();
+        v.set(
+            F::VM_ENTRY_CONTROLS,
+            v.get(F::VM_ENTRY_CONTROLS) | IA32E_MODE_GUEST as u64,
+        );
+        write_init_state(&mut v, &policy());
+        assert_eq!(v.get(F::GUEST_ACTIVITY_STATE), WAIT_FOR_SIPI);
+        assert_eq!(v.get(F::VM_ENTRY_CONTROLS) & IA32E_MODE_GUEST as u64, 0);
+        assert_eq!(v.get(F::GUEST_CS_BASE) + v.get(F::GUEST_RIP), 0xffff_fff0);
+        // The guest sees the reset CR0; VMX gets NE and VMXE underneath.
+        assert_eq!(v.get(F::CR0_READ_SHADOW), 0x6000_0010);
+        assert_eq!(v.get(F::GUEST_CR0), 0x6000_0030);
+        assert_eq!(v.get(F::GUEST_CR4), CR4_VMXE);
+        assert_eq!(init_rdx(|_, _| [0x0005_0654, 0, 0, 0]), 0x5_0654);
+    }
+
+    #[test]
+    fn a_sipi_starts_it_at_the_vector_page_in_a_state_vmx_accepts() {
+        let mut v = valid_vmcs12();
+        write_init_state(&mut v, &policy());
+        write_sipi_start(&mut v, 0x9a);
+        assert_eq!(v.get(F::GUEST_ACTIVITY_STATE), ACTIVE);
+        assert_eq!(v.get(F::GUEST_CS_SELECTOR), 0x9a00);
+        assert_eq!(v.get(F::GUEST_CS_BASE), 0x9_a000);
+        assert_eq!(v.get(F::GUEST_RIP), 0);
+        assert_eq!(entry_checks(&v), Ok(()));
+    }
+}
