@@ -22,7 +22,7 @@ use crate::machine::shutdown::ShutdownWatch;
 use crate::machine::Machine;
 use crate::mm::frames::FRAME;
 use crate::mm::layout::FirmwareMemory;
-use crate::nested::{self, Nested, Vmcs02Pages};
+use crate::nested::{self, HostVmx, Nested, Vmcs02Pages};
 use crate::regs::IA32_EFER;
 use crate::vcpu::{cpuid::CpuidContext, msr, setup, ExitStats, Vcpu};
 use crate::vmx::caps::{self, VmxCaps};
@@ -213,7 +213,6 @@ pub fn cloud_vm(
     let vcpu = Vcpu {
         regs,
         launched: false,
-        policy,
         cpuid: CpuidContext {
             guest_cr4: 0,
             vmx: offer_vmx,
@@ -223,20 +222,23 @@ pub fn cloud_vm(
             tsc_hz: tsc_hz.unwrap_or(0),
         },
         mtrr,
-        vpid: if vpid { L1_VPID } else { 0 },
-        maxphyaddr: cpu.maxphyaddr,
+        host: HostVmx {
+            caps: *vcaps,
+            policy,
+            eptp01,
+            msr_bitmap01: msr_page,
+            vmcs_phys: [vmcs, vmcs02, shadow],
+            vpid: if vpid { L1_VPID } else { 0 },
+            maxphyaddr: cpu.maxphyaddr,
+            l0_timer,
+        },
         stats: ExitStats::default(),
         l2_stats: ExitStats::default(),
         last_l0_touch: "",
-        host_caps: *vcaps,
-        eptp01,
-        msr_bitmap01: msr_page,
         nested: Nested {
             shadowing,
             ..Nested::new(ncaps, cpu.maxphyaddr, nested_pages, l0_frames)
         },
-        vmcs_phys: [vmcs, vmcs02, shadow],
-        l0_timer,
         poll_ticks,
         window_requested: false,
     };

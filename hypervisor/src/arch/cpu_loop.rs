@@ -16,7 +16,7 @@ use crate::vmx::{Field as F, Vmcs};
 /// its cost accounted; a stop is fatal with the guest state in the report.
 pub fn run(vcpu: &mut Vcpu, m: &mut Machine, hw: &mut Hardware) -> ! {
     // SAFETY: VMCS01 is current; from here on only HwVmcsSet switches.
-    let mut vs = unsafe { HwVmcsSet::new(vcpu.vmcs_phys) };
+    let mut vs = unsafe { HwVmcsSet::new(vcpu.host.vmcs_phys) };
     let mut last_poll = cpu::rdtsc();
     loop {
         let in_l2 = vcpu.nested.in_l2;

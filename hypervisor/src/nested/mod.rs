@@ -1,18 +1,32 @@
 //! Nested VMX: L0 emulates VMX for L1 so that a guest hypervisor in the
 //! cloud VM runs its own VMs (L2). One file per concern, after KVM's
-//! families: capability MSRs, the software VMCS12, instruction operands,
-//! the VMX instructions, VM-entry checks, VMCS02 preparation, exit routing
-//! and reflection, EPT12 walking and the EPT02 cache. This file ties them
-//! to the vCPU: VMLAUNCH/VMRESUME, exits from L2, INVEPT/INVVPID effects.
+//! families: capability MSRs (`caps.rs`), the software VMCS12
+//! (`vmcs12.rs`), L1's state and instruction operands (`l1_state.rs`,
+//! `operand.rs`), the VMX instructions (`instr.rs`), VM entry (`entry.rs`:
+//! the checks of `checks.rs`, VMCS02 by `prepare.rs` over the field list
+//! of `guest_state.rs`, the bitmaps of `bitmaps.rs`), the MSR load/store
+//! lists (`msr_lists.rs`), exit routing and reflection (`reflect.rs`, and
+//! `vmexit.rs` for the whole exit to L1), EPT12 walking and the EPT02 cache
+//! (`ept12.rs`, `ept02.rs`), the shadow VMCS (`shadow_vmcs.rs`) and L2's
+//! APIC virtualization (`apicv.rs`, `posted.rs`).
+//!
+//! Nothing here sees the vCPU: code that runs on an exit gets a
+//! [`NestedCtx`] (`context.rs`), which borrows this CPU's [`Nested`], L1's
+//! registers, L0's [`HostVmx`] setup, the VMCS set and a [`NestedHw`].
 
 use boot::memmap::RangeSet;
 
+pub mod apicv;
+pub mod bitmaps;
 pub mod caps;
 pub mod checks;
+pub mod context;
+pub mod entry;
 pub mod ept02;
 pub mod ept12;
 pub mod guest_state;
 pub mod instr;
+pub mod l1_state;
 pub mod msr_lists;
 pub mod operand;
 pub mod posted;
@@ -20,10 +34,12 @@ pub mod prepare;
 pub mod reflect;
 pub mod shadow_vmcs;
 pub mod vmcs12;
+pub mod vmexit;
 
 #[cfg(test)]
 pub mod testutil;
 
+pub use context::{Flow, HostVmx, NestedCtx, NestedHw};
 use ept02::Ept02Cache;
 use instr::VmxState;
 
@@ -187,5 +203,19 @@ impl Nested {
             shadow_cache: shadow_vmcs::ShadowCache::default(),
             l2_vm: None,
         }
+    }
+}
+
+impl Nested {
+    /// The current VMCS12 (L1's VMPTRLD), if any.
+    pub fn current_vmcs12(&self) -> Option<u64> {
+        self.vmx.current
+    }
+
+    /// The current VMCS12's EPTP, if it enables EPT.
+    pub fn eptp12(&self) -> Option<u64> {
+        let v12 = &self.vmx.vmcs12;
+        (v12.secondary_controls() & crate::vmx::caps::secondary::ENABLE_EPT != 0)
+            .then(|| v12.get(crate::vmx::Field::EPT_POINTER))
     }
 }

@@ -3,11 +3,16 @@
 //! into VMCS12, then L1's state loaded from VMCS12's host-state area (SDM
 //! Vol. 3C 28.2-28.5).
 
+use super::context::{NestedCtx, NestedHw};
 use super::guest_state::GUEST_STATE;
 use super::vmcs12::{slots, Slot, Vmcs12};
+use super::VmcsSet;
+use crate::arch::run::GuestRegs;
 use crate::guest_mem::GuestMemory;
 use crate::vmx::caps::{entry, exit, pin, primary, secondary};
-use crate::vmx::exit::{event_type, reason, CrAccess, ExitInfo, InterruptionInfo, IoAccess};
+use crate::vmx::exit::{
+    event_type, reason, CrAccess, ExitInfo, InterruptionInfo, IoAccess, VmExit,
+};
 use crate::vmx::guest_cr::{write_cr_state, CrPolicy, CrState};
 use crate::vmx::{Field as F, Vmcs};
 
@@ -132,6 +137,41 @@ pub fn l1_wants_by_controls(v12: &Vmcs12, basic: u16) -> bool {
         // Exits that are unconditional in VMX non-root operation, or that
         // L1's APIC virtualization, XSS bitmap or events caused.
         _ => true,
+    }
+}
+
+impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
+    /// Whether L1's controls, bitmaps and masks claim this exit of L2
+    /// (KVM's nested_vmx_l1_wants_exit).
+    pub fn l1_wants(&mut self, exit: VmExit, e: &ExitInfo) -> bool {
+        let v12 = &self.nested.vmx.vmcs12;
+        match exit {
+            VmExit::Io(io) => l1_wants_io(v12, self.hw.mem(), &io),
+            VmExit::Msr { index, write } => l1_wants_msr(v12, self.hw.mem(), index, write),
+            VmExit::VirtualizedEoi { vector } => {
+                // VMCS02 makes every EOI exit (prepare.rs); L1 gets those
+                // its EOI-exit bitmap names.
+                let bitmap = [
+                    F::EOI_EXIT_BITMAP0,
+                    F::EOI_EXIT_BITMAP1,
+                    F::EOI_EXIT_BITMAP2,
+                    F::EOI_EXIT_BITMAP3,
+                ][vector as usize / 64];
+                v12.get(bitmap) & 1 << (vector % 64) != 0
+            }
+            VmExit::Cr(access) => {
+                let value = match access {
+                    CrAccess::MovToCr { gpr, .. } if gpr as usize == GuestRegs::RSP => {
+                        self.vs.current().read(F::GUEST_RSP)
+                    }
+                    CrAccess::MovToCr { gpr, .. } => self.regs.gpr[gpr as usize],
+                    _ => 0,
+                };
+                l1_wants_cr(v12, access, value)
+            }
+            VmExit::Exception { info, error_code } => l1_wants_exception(v12, info, error_code),
+            _ => l1_wants_by_controls(v12, e.basic()),
+        }
     }
 }
 

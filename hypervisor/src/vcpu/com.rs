@@ -13,6 +13,7 @@ use crate::nested::VmcsSet;
 use crate::regs::{EFER_LMA, RFLAGS_DF};
 use crate::shadow::is_com_port;
 use crate::vmx::exit::{ExitInfo, IoAccess};
+use crate::vmx::fields::GUEST_SEGMENTS;
 use crate::vmx::guest_cr::paging_regs;
 use crate::vmx::inject::{inject_exception, skip_instruction};
 use crate::vmx::{Field as F, Vmcs};
@@ -43,16 +44,10 @@ impl Vcpu {
             return Some(vm);
         }
         let vmcs12 = self.nested.vmx.current?;
-        let eptp = self.eptp12();
+        let eptp = self.nested.eptp12();
         let vm = m.shadow.identify(vmcs12, eptp);
         self.nested.l2_vm = vm;
         vm
-    }
-
-    pub(super) fn eptp12(&self) -> Option<u64> {
-        use crate::vmx::caps::secondary;
-        let v12 = &self.nested.vmx.vmcs12;
-        (v12.secondary_controls() & secondary::ENABLE_EPT != 0).then(|| v12.get(F::EPT_POINTER))
     }
 
     /// One byte of a COM access; bytes of a wide access outside COM ports
@@ -209,14 +204,7 @@ impl Vcpu {
                 if long { 0 } else { v.read(F::GUEST_ES_BASE) },
             )
         } else {
-            let seg = [
-                F::GUEST_ES_BASE,
-                F::GUEST_CS_BASE,
-                F::GUEST_SS_BASE,
-                F::GUEST_DS_BASE,
-                F::GUEST_FS_BASE,
-                F::GUEST_GS_BASE,
-            ][info.segment().min(5)];
+            let seg = GUEST_SEGMENTS[info.segment().min(5)].base;
             let base = if long && !matches!(info.segment(), 4 | 5) {
                 0
             } else {
@@ -224,7 +212,7 @@ impl Vcpu {
             };
             (GuestRegs::RSI, base)
         };
-        let paging = paging_regs(v, self.maxphyaddr);
+        let paging = paging_regs(v, self.host.maxphyaddr);
         let access = Access {
             write: io.is_in,
             fetch: false,
@@ -237,7 +225,7 @@ impl Vcpu {
             1
         };
         let step = io.size as u64;
-        let eptp12 = self.eptp12();
+        let eptp12 = self.nested.eptp12();
         let caps = self.nested.vmx.caps;
         let mut n = 0;
         while n < count_total.min(REP_BATCH) {
@@ -250,7 +238,7 @@ impl Vcpu {
                     l1: p.mem(),
                     eptp12,
                     caps: &caps,
-                    maxphyaddr: self.maxphyaddr,
+                    maxphyaddr: self.host.maxphyaddr,
                 };
                 walk::write_virt(&mut mem, &paging, la, &bytes[..size], access)
             } else {
@@ -259,7 +247,7 @@ impl Vcpu {
                     l1: p.mem(),
                     eptp12,
                     caps: &caps,
-                    maxphyaddr: self.maxphyaddr,
+                    maxphyaddr: self.host.maxphyaddr,
                 };
                 let r = walk::read_virt(&mem, &paging, la, &mut bytes[..size], access);
                 if r.is_ok() {

@@ -10,18 +10,17 @@ use core::fmt;
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::GuestMemory;
 use crate::mm::paging::TableMemory;
-use crate::nested::{Nested, VmcsSet};
-use crate::vmx::caps::VmxCaps;
+use crate::nested::{HostVmx, Nested, VmcsSet};
 use crate::vmx::exit::{
     event_type, reason, reason_name, CrAccess, EptViolation, ExitReason, InterruptionInfo,
     IoAccess, VmExit,
 };
 use crate::vmx::{caps, Field as F, Vmcs};
 
-mod apicv;
 mod com;
 pub mod cpuid;
 pub mod decode;
+mod irq_route;
 mod l2;
 pub mod msr;
 pub mod report;
@@ -33,9 +32,7 @@ use crate::machine::ept01::Violation;
 use crate::machine::shutdown::{ShutdownFeed, SHUTDOWN, SHUTDOWN_PORT};
 use crate::machine::Machine;
 use crate::regs::{CR0_TS, CR4_OSXSAVE};
-use crate::vmx::guest_cr::{
-    self as cr, read_cr_state, write_cr_state, CrPolicy, GeneralProtection,
-};
+use crate::vmx::guest_cr::{self as cr, read_cr_state, write_cr_state, GeneralProtection};
 use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
 use msr::MtrrShadow;
 use shadow_devices::mgmt;
@@ -216,30 +213,18 @@ impl fmt::Display for ExitStats {
 pub struct Vcpu {
     pub regs: GuestRegs,
     pub launched: bool,
-    pub policy: CrPolicy,
     pub cpuid: cpuid::CpuidContext,
     pub mtrr: MtrrShadow,
-    /// The guest's VPID, 0 if VPIDs are not used.
-    pub vpid: u16,
-    pub maxphyaddr: u8,
+    /// L0's VMX setup of this CPU (L1's VPID, VMCS regions, CR policy...).
+    pub host: HostVmx,
     /// Exits of L1, and of L2.
     pub stats: ExitStats,
     pub l2_stats: ExitStats,
     /// The kind of L1's last access to L0's memory, for the log.
     pub last_l0_touch: &'static str,
-    /// The CPU's VMX capabilities (for fitting VMCS02's controls).
-    pub host_caps: VmxCaps,
-    pub eptp01: u64,
-    /// L0's MSR bitmap for L1 (a pool page), merged into VMCS02's.
-    pub msr_bitmap01: u64,
     pub nested: Nested,
-    /// VMCS01, VMCS02 and shadow-VMCS regions.
-    pub vmcs_phys: [u64; 3],
-    /// VMX-preemption timer value that brings L0 back to serve the
-    /// management line while a guest runs without exits (None: no timer).
     /// TSC ticks between L0's visits to the management line.
     pub poll_ticks: u64,
-    pub l0_timer: Option<u64>,
     /// L0 asked for an interrupt window in VMCS01 (to deliver the relay).
     pub window_requested: bool,
 }
@@ -440,6 +425,12 @@ impl Vcpu {
         }
     }
 
+    /// What L0 does before each VM entry into L2 (VMCS02 current): the
+    /// virtual-interrupt evaluation Bochs leaves out (`nested/apicv.rs`).
+    pub fn before_l2_entry<V: Vmcs, M: GuestMemory>(&mut self, v: &mut V, mem: &mut M) {
+        self.nested.before_l2_entry(v, mem);
+    }
+
     /// RDMSR of an MSR L0 emulates.
     fn read_l0_msr(&self, m: u32) -> Result<u64, msr::MsrFault> {
         if msr::VMX_MSRS.contains(&m) {
@@ -602,10 +593,10 @@ impl Vcpu {
         let result = match access {
             CrAccess::MovToCr { cr: 0, gpr } => cr::write_cr0(&mut s, self.gpr(v, gpr) & width),
             CrAccess::MovToCr { cr: 3, gpr } => {
-                cr::write_cr3(&mut s, self.gpr(v, gpr) & width, self.maxphyaddr)
+                cr::write_cr3(&mut s, self.gpr(v, gpr) & width, self.host.maxphyaddr)
             }
             CrAccess::MovToCr { cr: 4, gpr } => {
-                cr::write_cr4(&mut s, self.gpr(v, gpr) & width, &self.policy)
+                cr::write_cr4(&mut s, self.gpr(v, gpr) & width, &self.host.policy)
             }
             CrAccess::MovFromCr { cr: 3, gpr } => {
                 let value = s.cr3;
@@ -644,7 +635,7 @@ impl Vcpu {
             for (i, e) in pdptes.iter_mut().enumerate() {
                 *e = u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap());
             }
-            if cr::check_pdptes(&pdptes, self.maxphyaddr).is_err() {
+            if cr::check_pdptes(&pdptes, self.host.maxphyaddr).is_err() {
                 inject_exception(v, GP, Some(0));
                 return Outcome::Resume;
             }
@@ -660,9 +651,9 @@ impl Vcpu {
                 v.write(f, e);
             }
         }
-        write_cr_state(v, &s, &self.policy);
-        if effects.flush_tlb && self.vpid != 0 {
-            p.flush_vpid(self.vpid);
+        write_cr_state(v, &s, &self.host.policy);
+        if effects.flush_tlb && self.host.vpid != 0 {
+            p.flush_vpid(self.host.vpid);
         }
         skip_instruction(v);
         Outcome::Resume

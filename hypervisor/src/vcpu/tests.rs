@@ -7,6 +7,7 @@ use crate::machine::shutdown::{ShutdownFeed, ShutdownWatch};
 use crate::mm::paging::tests::FakeTables;
 use crate::mm::paging::{translate, PageSize};
 use crate::nested::{Level, Nested, Vmcs02Pages};
+use crate::vmx::guest_cr::CrPolicy;
 use crate::vmx::ept::Ept;
 use crate::vmx::fake::FakeVmcs;
 use boot::memmap::{Range, RangeSet};
@@ -217,20 +218,22 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
     let vcpu = Vcpu {
         regs: GuestRegs::default(),
         launched: true,
-        policy,
         cpuid: cpuid::CpuidContext::default(),
         mtrr: MtrrShadow::capture(0x508, 39, |_| 0),
-        vpid: 1,
-        maxphyaddr: 39,
+        host: HostVmx {
+            caps: crate::vmx::caps::tests::bochs_skylake(),
+            policy,
+            eptp01: crate::vmx::ept::eptp(0, false),
+            msr_bitmap01: 0x7000_8000,
+            vmcs_phys: [0x7100_0000, 0x7100_1000, 0x7100_2000],
+            vpid: 1,
+            maxphyaddr: 39,
+            l0_timer: None,
+        },
         stats: ExitStats::default(),
         l2_stats: ExitStats::default(),
         last_l0_touch: "",
-        host_caps: crate::vmx::caps::tests::bochs_skylake(),
-        eptp01: crate::vmx::ept::eptp(0, false),
-        msr_bitmap01: 0x7000_8000,
         nested: Nested::new(crate::nested::testutil::caps(), 39, PAGES, RangeSet::new()),
-        vmcs_phys: [0x7100_0000, 0x7100_1000, 0x7100_2000],
-        l0_timer: None,
         poll_ticks: 1 << 20,
         window_requested: false,
     };
@@ -620,7 +623,7 @@ mod nested {
         let (mut c, mut v, mut p) = setup();
         p.mem = VecMemory::new(0, 0x100_0000);
         c.cpuid.vmx = true;
-        c.policy.cr4_allowed |= crate::regs::CR4_VMXE;
+        c.host.policy.cr4_allowed |= crate::regs::CR4_VMXE;
         c.nested.vmx.vmxon = Some(0x10_0000);
         c.nested.vmx.current = Some(0x10_1000);
         *c.nested.vmx.vmcs12 = valid_vmcs12();
