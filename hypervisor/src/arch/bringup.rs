@@ -24,7 +24,7 @@ use crate::mm::frames::FRAME;
 use crate::mm::layout::FirmwareMemory;
 use crate::nested::{self, HostVmx, Nested, Vmcs02Pages};
 use crate::regs::IA32_EFER;
-use crate::vcpu::{cpuid::CpuidContext, msr, setup, ExitStats, Vcpu};
+use crate::vcpu::{cpuid::CpuidContext, msr, setup, Vcpu};
 use crate::vmx::caps::{self, VmxCaps};
 use crate::vmx::requirements::{self, CpuFeatures};
 use crate::vmx::{ept, Field as F, Vmcs};
@@ -198,7 +198,6 @@ pub fn cloud_vm(
         msr::MtrrShadow::capture(0, cpu.maxphyaddr, |_| 0)
     };
     let eptp01 = pages_eptp(&ept01);
-    let l0_frames = ept01.l0.clone();
     let ncaps = nested::caps::NestedCaps::new(vcaps);
     info!(
         "starting the cloud VM: {started}, {} MiB of RAM, nested VMX {}",
@@ -210,38 +209,26 @@ pub fn cloud_vm(
         }
     );
     use caps::secondary as s;
-    let vcpu = Vcpu {
-        regs,
-        launched: false,
-        cpuid: CpuidContext {
-            guest_cr4: 0,
-            vmx: offer_vmx,
-            rdtscp: controls.has_secondary(s::ENABLE_RDTSCP),
-            invpcid: controls.has_secondary(s::ENABLE_INVPCID),
-            xsaves: controls.has_secondary(s::ENABLE_XSAVES),
-            tsc_hz: tsc_hz.unwrap_or(0),
-        },
-        mtrr,
-        host: HostVmx {
-            caps: *vcaps,
-            policy,
-            eptp01,
-            msr_bitmap01: msr_page,
-            vmcs_phys: [vmcs, vmcs02, shadow],
-            vpid: if vpid { L1_VPID } else { 0 },
-            maxphyaddr: cpu.maxphyaddr,
-            l0_timer,
-        },
-        stats: ExitStats::default(),
-        l2_stats: ExitStats::default(),
-        last_l0_touch: "",
-        nested: Nested {
-            shadowing,
-            ..Nested::new(ncaps, cpu.maxphyaddr, nested_pages, l0_frames)
-        },
-        poll_ticks,
-        window_requested: false,
+    let cpuid = CpuidContext {
+        guest_cr4: 0,
+        vmx: offer_vmx,
+        rdtscp: controls.has_secondary(s::ENABLE_RDTSCP),
+        invpcid: controls.has_secondary(s::ENABLE_INVPCID),
+        xsaves: controls.has_secondary(s::ENABLE_XSAVES),
+        tsc_hz: tsc_hz.unwrap_or(0),
     };
+    let host = HostVmx {
+        caps: *vcaps,
+        policy,
+        eptp01,
+        msr_bitmap01: msr_page,
+        vmcs_phys: [vmcs, vmcs02, shadow],
+        vpid: if vpid { L1_VPID } else { 0 },
+        maxphyaddr: cpu.maxphyaddr,
+        l0_timer,
+    };
+    let nested = Nested::new(ncaps, cpu.maxphyaddr, nested_pages, shadowing);
+    let vcpu = Vcpu::new(regs, cpuid, mtrr, host, nested, poll_ticks);
     let machine = Machine {
         ept: ept01,
         shadow: crate::shadow::Shadow::new(key.map(sealing_key), hw_random),

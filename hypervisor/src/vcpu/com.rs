@@ -40,13 +40,13 @@ impl Vcpu {
     pub(super) fn current_l2_vm(&mut self, m: &mut Machine) -> Option<u64> {
         // Fixed from one entry into L2 to the next exit to L1 (identities
         // change only by what L1 does): looked up once per entry.
-        if let Some(vm) = self.nested.l2_vm.filter(|_| self.nested.in_l2) {
+        if let Some(vm) = self.nested.cached_l2_vm() {
             return Some(vm);
         }
         let vmcs12 = self.nested.vmx.current?;
         let eptp = self.nested.eptp12();
         let vm = m.shadow.identify(vmcs12, eptp);
-        self.nested.l2_vm = vm;
+        self.nested.cache_l2_vm(vm);
         vm
     }
 

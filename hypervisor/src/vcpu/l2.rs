@@ -9,13 +9,12 @@
 use super::msr::MtrrShadow;
 use super::{Outcome, Platform, Stop, Vcpu, SHUTDOWN_PORT};
 use crate::arch::run::GuestRegs;
-use crate::guest_mem::GuestMemory;
 use crate::machine::Machine;
 use crate::nested::apicv::{X2APIC_ICR, X2APIC_SELF_IPI, X2APIC_TPR};
 use crate::nested::entry::Entry;
-use crate::nested::ept12::{self, Ept12Fault, EptAccess};
+use crate::nested::ept02::Fill;
 use crate::nested::msr_lists::{self, Home};
-use crate::nested::{ept02, Flow, Level, NestedCtx, NestedHw, VmcsSet};
+use crate::nested::{Flow, Level, NestedCtx, NestedHw, VmcsSet};
 use crate::vmx::caps::secondary;
 use crate::vmx::exit::{reason, EptViolation, ExitInfo, InterruptionInfo, VmExit};
 use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
@@ -322,12 +321,12 @@ impl Vcpu {
         o: Outcome,
     ) -> Outcome {
         use crate::vmx::caps::{exit, pin};
-        self.nested.handled_in_l0 += 1;
-        if self.nested.in_l2 {
+        self.nested.note_handled_in_l0();
+        if self.nested.in_l2() {
             // An event whose delivery the exit interrupted is delivered now.
             reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
         }
-        if o != Outcome::Resume || !self.nested.in_l2 || !m.shadow.irqs.irq_pending() {
+        if o != Outcome::Resume || !self.nested.in_l2() || !m.shadow.irqs.irq_pending() {
             return o;
         }
         let v12 = &self.nested.vmx.vmcs12;
@@ -427,56 +426,14 @@ impl Vcpu {
             // EPT02 is EPT01: L2 touched what L1 itself cannot.
             return L2Route::Handled(self.ept_violation(m, vs.current(), p, violation, gpa));
         }
-        let eptp12 = self.nested.vmx.vmcs12.get(F::EPT_POINTER);
-        let access = EptAccess(e.qualification & 7);
-        let walk = ept12::walk(
-            p.mem(),
-            eptp12,
-            e.guest_physical,
-            access,
-            &self.nested.vmx.caps,
-            self.host.maxphyaddr,
-        );
-        match walk {
-            Ok(leaf) => {
-                let page1 = leaf.gpa & !0xfff;
-                if m.ept.l0.contains(page1) {
-                    // Never map L0's frames, whatever EPT12 says.
-                    log::warn!("EPT12 maps L2 {:#x} to {page1:#x}, which is not L1's: reflected as a misconfiguration", e.guest_physical);
-                    let m = ExitInfo {
-                        reason: reason::EPT_MISCONFIG as u32,
-                        qualification: 0,
-                        ..*e
-                    };
-                    return L2Route::Reflect(m);
+        match self.nested_ctx(vs, p).fill_ept02(e, &m.ept.l0) {
+            Fill::Filled(f) => L2Route::Handled(f.into()),
+            Fill::Reflect { exit, unmapped } => {
+                if unmapped {
+                    // MMIO of L2's, perhaps its IOAPIC: L0 watches it.
+                    self.watch_ioapic(m, vs, p, e);
                 }
-                let uncached = !p.mem().is_ram(page1, 4096);
-                let root02 = vs.current().read(F::EPT_POINTER) & crate::mm::paging::ADDR_MASK;
-                let entry =
-                    ept02::leaf(page1, leaf.perms, leaf.mem_type, leaf.ignore_pat, uncached);
-                L2Route::Handled(
-                    match ept02::set_leaf(p.tables(), root02, e.guest_physical & !0xfff, entry) {
-                        Ok(()) => Outcome::Resume,
-                        Err(_) => Outcome::Stop(Stop::Internal("out of memory for EPT02 tables")),
-                    },
-                )
-            }
-            Err(Ept12Fault::Violation { allowed }) => {
-                self.watch_ioapic(m, vs, p, e);
-                let q = (e.qualification & !0x38) | allowed << 3;
-                L2Route::Reflect(ExitInfo {
-                    qualification: q,
-                    ..*e
-                })
-            }
-            Err(Ept12Fault::Misconfig | Ept12Fault::TableNotRam) => {
-                // KVM marks MMIO pages with misconfigured entries.
-                self.watch_ioapic(m, vs, p, e);
-                L2Route::Reflect(ExitInfo {
-                    reason: reason::EPT_MISCONFIG as u32,
-                    qualification: 0,
-                    ..*e
-                })
+                L2Route::Reflect(exit)
             }
         }
     }

@@ -211,22 +211,22 @@ impl fmt::Display for ExitStats {
 
 /// The cloud VM's CPU.
 pub struct Vcpu {
-    pub regs: GuestRegs,
-    pub launched: bool,
-    pub cpuid: cpuid::CpuidContext,
-    pub mtrr: MtrrShadow,
+    regs: GuestRegs,
+    launched: bool,
+    cpuid: cpuid::CpuidContext,
+    mtrr: MtrrShadow,
     /// L0's VMX setup of this CPU (L1's VPID, VMCS regions, CR policy...).
-    pub host: HostVmx,
+    host: HostVmx,
     /// Exits of L1, and of L2.
-    pub stats: ExitStats,
-    pub l2_stats: ExitStats,
+    stats: ExitStats,
+    l2_stats: ExitStats,
     /// The kind of L1's last access to L0's memory, for the log.
-    pub last_l0_touch: &'static str,
-    pub nested: Nested,
+    last_l0_touch: &'static str,
+    nested: Nested,
     /// TSC ticks between L0's visits to the management line.
-    pub poll_ticks: u64,
+    poll_ticks: u64,
     /// L0 asked for an interrupt window in VMCS01 (to deliver the relay).
-    pub window_requested: bool,
+    window_requested: bool,
 }
 
 const ACTIVITY_HLT: u64 = 1;
@@ -235,6 +235,91 @@ const UD: u8 = 6;
 const GP: u8 = 13;
 
 impl Vcpu {
+    /// The vCPU as bring-up leaves it: L1 about to be launched.
+    pub fn new(
+        regs: GuestRegs,
+        cpuid: cpuid::CpuidContext,
+        mtrr: MtrrShadow,
+        host: HostVmx,
+        nested: Nested,
+        poll_ticks: u64,
+    ) -> Self {
+        Vcpu {
+            regs,
+            launched: false,
+            cpuid,
+            mtrr,
+            host,
+            stats: ExitStats::default(),
+            l2_stats: ExitStats::default(),
+            last_l0_touch: "",
+            nested,
+            poll_ticks,
+            window_requested: false,
+        }
+    }
+
+    /// L1's general-purpose registers (L2's while L2 runs).
+    pub fn regs(&self) -> &GuestRegs {
+        &self.regs
+    }
+
+    pub fn regs_mut(&mut self) -> &mut GuestRegs {
+        &mut self.regs
+    }
+
+    /// VMCS01, VMCS02 and shadow-VMCS regions.
+    pub fn vmcs_phys(&self) -> [u64; 3] {
+        self.host.vmcs_phys
+    }
+
+    /// Whether L2 runs (VMCS02 is entered next).
+    pub fn in_l2(&self) -> bool {
+        self.nested.in_l2()
+    }
+
+    /// Whether VMCS02 (`l2`) or VMCS01 has been launched (VMRESUME enters it).
+    pub fn launched(&self, l2: bool) -> bool {
+        if l2 {
+            self.nested.vmcs02_launched()
+        } else {
+            self.launched
+        }
+    }
+
+    /// VMCS02 (`l2`) or VMCS01 was entered.
+    pub fn note_launched(&mut self, l2: bool) {
+        if l2 {
+            self.nested.note_vmcs02_launched();
+        } else {
+            self.launched = true;
+        }
+    }
+
+    /// An exit of L2 (`l2`) or L1 with its reason, the guest's RIP and the
+    /// TSC ticks its handling took.
+    pub fn account_exit(&mut self, l2: bool, basic: usize, rip: u64, ticks: u64) {
+        let stats = if l2 {
+            &mut self.l2_stats
+        } else {
+            &mut self.stats
+        };
+        stats.record(basic as u16, rip);
+        if let Some(t) = stats.ticks_by_reason.get_mut(basic) {
+            *t += ticks;
+        }
+    }
+
+    /// The exit statistics of L1 and of L2.
+    pub fn exit_stats(&self) -> (&ExitStats, &ExitStats) {
+        (&self.stats, &self.l2_stats)
+    }
+
+    /// TSC ticks between L0's visits to the management line.
+    pub fn poll_ticks(&self) -> u64 {
+        self.poll_ticks
+    }
+
     fn gpr(&self, v: &impl Vmcs, n: u8) -> u64 {
         if n as usize == GuestRegs::RSP {
             v.read(F::GUEST_RSP)
@@ -269,7 +354,7 @@ impl Vcpu {
         p: &mut P,
     ) -> Outcome {
         let r = ExitReason(vs.current().read(F::VM_EXIT_REASON) as u32);
-        let stats = if self.nested.in_l2 {
+        let stats = if self.nested.in_l2() {
             &mut self.l2_stats
         } else {
             &mut self.stats
@@ -277,7 +362,7 @@ impl Vcpu {
         if let Some(n) = stats.by_reason.get_mut(r.basic() as usize) {
             *n += 1;
         }
-        if self.nested.in_l2 {
+        if self.nested.in_l2() {
             return self.l2_exit(m, vs, p);
         }
         let v = vs.current();
@@ -533,8 +618,8 @@ impl Vcpu {
                     log::info!(
                         "L2: {}; {} handled in L0, {} reflected to L1",
                         self.l2_stats,
-                        self.nested.handled_in_l0,
-                        self.nested.reflected
+                        self.nested.exit_counts().0,
+                        self.nested.exit_counts().1
                     );
                 }
                 log::info!("L1 touched L0 memory {} times", m.ept.l0_touches);

@@ -75,24 +75,7 @@ impl Vcpu {
                 }
             }
         }
-        match inv {
-            Invalidate::None => {}
-            Invalidate::Ept(which) => {
-                if self.nested.ept02.invalidate(p.tables(), which) {
-                    p.invept_all();
-                }
-            }
-            Invalidate::Vpid(Some(v12)) => {
-                if let Some(v02) = self.nested.vpids.lookup(v12) {
-                    p.flush_vpid(v02);
-                }
-            }
-            Invalidate::Vpid(None) => {
-                for v02 in self.nested.vpids.all() {
-                    p.flush_vpid(v02);
-                }
-            }
-        }
+        self.nested_ctx(vs, p).invalidate(inv);
         if let Outcome::FailValid(e) = o {
             log::debug!(
                 "L1 {}: VMfailValid({e})",
@@ -101,9 +84,8 @@ impl Vcpu {
         }
         debug_assert_eq!(vs.selected(), Level::L1);
         if matches!(basic, reason::VMXON | reason::VMXOFF) && o == Outcome::Succeed {
-            // Outside VMX operation L1's VMREAD/VMWRITE must #UD, which only
-            // an exit to L0 can give: shadowing is on from VMXON to VMXOFF.
-            let on = self.nested.shadowing && self.nested.vmx.vmxon.is_some();
+            // Shadowing is on from VMXON to VMXOFF.
+            let on = self.nested.shadowing_wanted();
             let bit = crate::vmx::caps::secondary::VMCS_SHADOWING as u64;
             if on {
                 vs.current().set_bits(F::SECONDARY_VM_EXEC_CONTROL, bit);
