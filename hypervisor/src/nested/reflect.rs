@@ -13,6 +13,7 @@ use crate::vmx::caps::{entry, exit, pin, primary, secondary};
 use crate::vmx::exit::{
     event_type, reason, CrAccess, ExitInfo, InterruptionInfo, IoAccess, VmExit,
 };
+use crate::vmx::fields::{seg, GUEST_SEGMENTS};
 use crate::vmx::guest_cr::{write_cr_state, CrPolicy, CrState};
 use crate::vmx::{Field as F, Vmcs};
 
@@ -289,56 +290,22 @@ pub fn load_host_state(v12: &Vmcs12, v01: &mut impl Vmcs, cr_policy: &CrPolicy) 
     v01.write(F::GUEST_CS_BASE, 0);
     v01.write(F::GUEST_CS_LIMIT, 0xffff_ffff);
     v01.write(F::GUEST_CS_AR_BYTES, cs_ar);
-    for (sel, base, limit, ar, hsel, hbase) in [
-        (
-            F::GUEST_SS_SELECTOR,
-            F::GUEST_SS_BASE,
-            F::GUEST_SS_LIMIT,
-            F::GUEST_SS_AR_BYTES,
-            F::HOST_SS_SELECTOR,
-            None,
-        ),
-        (
-            F::GUEST_DS_SELECTOR,
-            F::GUEST_DS_BASE,
-            F::GUEST_DS_LIMIT,
-            F::GUEST_DS_AR_BYTES,
-            F::HOST_DS_SELECTOR,
-            None,
-        ),
-        (
-            F::GUEST_ES_SELECTOR,
-            F::GUEST_ES_BASE,
-            F::GUEST_ES_LIMIT,
-            F::GUEST_ES_AR_BYTES,
-            F::HOST_ES_SELECTOR,
-            None,
-        ),
-        (
-            F::GUEST_FS_SELECTOR,
-            F::GUEST_FS_BASE,
-            F::GUEST_FS_LIMIT,
-            F::GUEST_FS_AR_BYTES,
-            F::HOST_FS_SELECTOR,
-            Some(F::HOST_FS_BASE),
-        ),
-        (
-            F::GUEST_GS_SELECTOR,
-            F::GUEST_GS_BASE,
-            F::GUEST_GS_LIMIT,
-            F::GUEST_GS_AR_BYTES,
-            F::HOST_GS_SELECTOR,
-            Some(F::HOST_GS_BASE),
-        ),
+    for (i, hsel, hbase) in [
+        (seg::SS, F::HOST_SS_SELECTOR, None),
+        (seg::DS, F::HOST_DS_SELECTOR, None),
+        (seg::ES, F::HOST_ES_SELECTOR, None),
+        (seg::FS, F::HOST_FS_SELECTOR, Some(F::HOST_FS_BASE)),
+        (seg::GS, F::HOST_GS_SELECTOR, Some(F::HOST_GS_BASE)),
     ] {
+        let g = &GUEST_SEGMENTS[i];
         let s = v12.get(hsel);
-        v01.write(sel, s);
-        v01.write(base, hbase.map_or(0, |b| v12.get(b)));
-        v01.write(limit, 0xffff_ffff);
+        v01.write(g.selector, s);
+        v01.write(g.base, hbase.map_or(0, |b| v12.get(b)));
+        v01.write(g.limit, 0xffff_ffff);
         // A null selector leaves the register unusable (SS stays usable in
         // 64-bit mode for the CPL, as hardware does).
-        let unusable = s == 0 && !(sel == F::GUEST_SS_SELECTOR && long);
-        v01.write(ar, if unusable { 0x1_c093 } else { 0xc093 });
+        let unusable = s == 0 && !(i == seg::SS && long);
+        v01.write(g.ar, if unusable { 0x1_c093 } else { 0xc093 });
     }
     v01.write(F::GUEST_TR_SELECTOR, v12.get(F::HOST_TR_SELECTOR));
     v01.write(F::GUEST_TR_BASE, v12.get(F::HOST_TR_BASE));

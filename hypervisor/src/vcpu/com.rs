@@ -10,7 +10,7 @@ use crate::machine::Machine;
 use crate::nested::ept12::L2Memory;
 use crate::nested::operand::InstrInfo;
 use crate::nested::VmcsSet;
-use crate::regs::{EFER_LMA, RFLAGS_DF};
+use crate::regs::{AR_L, EFER_LMA, RFLAGS_DF};
 use crate::shadow::is_com_port;
 use crate::vmx::exit::{ExitInfo, IoAccess};
 use crate::vmx::fields::GUEST_SEGMENTS;
@@ -184,19 +184,10 @@ impl Vcpu {
     ) -> bool {
         let v = vs.current();
         let info = InstrInfo(e.instr_info);
-        let cs_l = v.read(F::GUEST_CS_AR_BYTES) & (1 << 13) != 0;
+        let cs_l = v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0;
         let efer = v.read(F::GUEST_IA32_EFER);
         let long = efer & EFER_LMA != 0 && cs_l;
-        let asize = if long {
-            info.address_bytes()
-        } else {
-            info.address_bytes().min(4)
-        };
-        let amask = if asize == 8 {
-            u64::MAX
-        } else {
-            (1u64 << (8 * asize)) - 1
-        };
+        let amask = info.address_mask(long);
         let down = v.read(F::GUEST_RFLAGS) & RFLAGS_DF != 0;
         let (reg, seg_base) = if io.is_in {
             (

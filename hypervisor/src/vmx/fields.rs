@@ -313,6 +313,18 @@ const fn seg(selector: Field, base: Field, limit: Field, ar: Field) -> SegmentFi
     }
 }
 
+/// Indices into [`GUEST_SEGMENTS`].
+pub mod seg {
+    pub const ES: usize = 0;
+    pub const CS: usize = 1;
+    pub const SS: usize = 2;
+    pub const DS: usize = 3;
+    pub const FS: usize = 4;
+    pub const GS: usize = 5;
+    pub const LDTR: usize = 6;
+    pub const TR: usize = 7;
+}
+
 /// The guest segment registers in the SDM's numbering (ES, CS, SS, DS, FS,
 /// GS: the segment-register field of the VM-exit instruction information,
 /// SDM Vol. 3C 28.2.5), then LDTR and TR.
