@@ -5,6 +5,7 @@
 
 use core::mem::size_of;
 use core::ptr::{addr_of, addr_of_mut};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::cpu;
 
@@ -44,12 +45,17 @@ fn stack_top(s: *mut Stack) -> u64 {
     s as u64 + size_of::<Stack>() as u64
 }
 
-/// Builds and loads the GDT (with TSS) and the IDT.
-///
-/// # Safety
-/// Call once, on the boot CPU, before anything relies on the tables.
-pub unsafe fn init() {
-    // SAFETY: single-threaded boot; nothing else references these statics yet.
+static LOADED: AtomicBool = AtomicBool::new(false);
+
+/// Builds and loads the GDT (with TSS) and the IDT, once: L0 calls it first
+/// thing on the boot CPU; a second call is an L0 bug and panics.
+pub fn init() {
+    assert!(
+        !LOADED.swap(true, Ordering::SeqCst),
+        "descriptor tables loaded twice"
+    );
+    // SAFETY: the first and only call (above), on the boot CPU before
+    // anything else runs: nothing else references these statics yet.
     let (tss, gdt, idt) = unsafe {
         (
             &mut *addr_of_mut!(TSS),
