@@ -2,7 +2,8 @@
 //! cloud VM runs its own VMs (L2). One file per concern, after KVM's
 //! families: capability MSRs (`caps.rs`), the software VMCS12
 //! (`vmcs12.rs`), L1's state and instruction operands (`l1_state.rs`,
-//! `operand.rs`), the VMX instructions (`instr.rs`), VM entry (`entry.rs`:
+//! `operand.rs`), the VMX instructions (`instr.rs`, carried out on their
+//! exit by `instr_exit.rs`), VM entry (`entry.rs`:
 //! the checks of `checks.rs`, VMCS02 by `prepare.rs` over the field list
 //! of `guest_state.rs`, the bitmaps of `bitmaps.rs`), the MSR load/store
 //! lists (`msr_lists.rs`), exit routing and reflection (`reflect.rs`, and
@@ -24,6 +25,7 @@ pub mod ept02;
 pub mod ept12;
 pub mod guest_state;
 pub mod instr;
+pub mod instr_exit;
 pub mod l1_state;
 pub mod msr_lists;
 pub mod operand;

@@ -9,8 +9,8 @@ use super::reflect;
 use super::{Level, VmcsSet};
 use crate::guest_mem::GuestMemory;
 use crate::regs::{CR0_PG, CR4_PAE, EFER_LMA};
-use crate::vmx::caps::secondary;
-use crate::vmx::exit::ExitInfo;
+use crate::vmx::caps::{exit, pin, secondary};
+use crate::vmx::exit::{event_type, reason, ExitInfo, InterruptionInfo};
 use crate::vmx::{Field as F, Vmcs};
 
 impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
@@ -36,6 +36,37 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         }
         self.vs.select(Level::L1);
         self.load_l1_host()
+    }
+
+    /// An external interrupt for L1 arrived while L2 runs (L0's relay of
+    /// the shadow devices): if L1 takes external interrupts while L2 runs,
+    /// L1 gets that exit now, as a device interrupt for L1 would cause (SDM
+    /// 26.2, 28.2.2); None if L1 takes it when it runs next. `ack` is called
+    /// for the vector when L1 acknowledges interrupts on exit.
+    pub fn external_interrupt_exit(&mut self, ack: impl FnOnce() -> u8) -> Option<Flow> {
+        let v12 = &self.nested.vmx.vmcs12;
+        if v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::EXTERNAL_INTERRUPT_EXITING == 0 {
+            return None;
+        }
+        // A pending event injection must not be lost: it is still in
+        // VMCS02's entry field; the exit reports it as IDT-vectoring info.
+        let v = self.vs.current();
+        let pending_event = v.read(F::VM_ENTRY_INTR_INFO_FIELD) as u32;
+        let mut e = ExitInfo {
+            reason: reason::EXTERNAL_INTERRUPT as u32,
+            ..Default::default()
+        };
+        if pending_event & InterruptionInfo::VALID != 0 {
+            e.idt_info = pending_event;
+            e.idt_error = v.read(F::VM_ENTRY_EXCEPTION_ERROR_CODE) as u32;
+            e.instr_len = v.read(F::VM_ENTRY_INSTRUCTION_LEN) as u32;
+            v.write(F::VM_ENTRY_INTR_INFO_FIELD, 0);
+        }
+        if v12.get(F::VM_EXIT_CONTROLS) as u32 & exit::ACK_INTERRUPT_ON_EXIT != 0 {
+            // Acknowledged on exit: the vector travels in the exit information.
+            e.intr_info = InterruptionInfo::new(ack(), event_type::EXTERNAL_INTERRUPT, false).0;
+        }
+        Some(self.reflect(&e))
     }
 
     /// A VM-entry failure exit to L1 (SDM 27.8): exit reason with bit 31,

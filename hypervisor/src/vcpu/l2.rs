@@ -16,9 +16,9 @@ use crate::nested::ept02::Fill;
 use crate::nested::msr_lists::{self, Home};
 use crate::nested::{Flow, Level, NestedCtx, NestedHw, VmcsSet};
 use crate::vmx::caps::secondary;
-use crate::vmx::exit::{reason, EptViolation, ExitInfo, InterruptionInfo, VmExit};
+use crate::vmx::exit::{EptViolation, ExitInfo, VmExit};
 use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
-use crate::vmx::{Field as F, Vmcs};
+use crate::vmx::Vmcs;
 
 const GP: u8 = 13;
 
@@ -320,7 +320,6 @@ impl Vcpu {
         e: &ExitInfo,
         o: Outcome,
     ) -> Outcome {
-        use crate::vmx::caps::{exit, pin};
         self.nested.note_handled_in_l0();
         if self.nested.in_l2() {
             // An event whose delivery the exit interrupted is delivered now.
@@ -329,36 +328,16 @@ impl Vcpu {
         if o != Outcome::Resume || !self.nested.in_l2() || !m.shadow.irqs.irq_pending() {
             return o;
         }
-        let v12 = &self.nested.vmx.vmcs12;
-        if v12.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::EXTERNAL_INTERRUPT_EXITING == 0 {
-            return o; // delivered when L1 runs next
-        }
-        // A pending event injection must not be lost: it is still in
-        // VMCS02's entry field; the exit reports it as IDT-vectoring info.
-        let v = vs.current();
-        let pending_event = v.read(F::VM_ENTRY_INTR_INFO_FIELD) as u32;
-        let mut e = ExitInfo {
-            reason: reason::EXTERNAL_INTERRUPT as u32,
-            ..Default::default()
+        let irqs = &mut m.shadow.irqs;
+        let ack = || {
+            let vector = irqs.relay_vector.unwrap_or(0);
+            irqs.relay_delivered();
+            vector
         };
-        if pending_event & (1 << 31) != 0 {
-            e.idt_info = pending_event;
-            e.idt_error = v.read(F::VM_ENTRY_EXCEPTION_ERROR_CODE) as u32;
-            e.instr_len = v.read(F::VM_ENTRY_INSTRUCTION_LEN) as u32;
-            v.write(F::VM_ENTRY_INTR_INFO_FIELD, 0);
+        match self.nested_ctx(vs, p).external_interrupt_exit(ack) {
+            Some(f) => f.into(),
+            None => o, // delivered when L1 runs next
         }
-        if v12.get(F::VM_EXIT_CONTROLS) as u32 & exit::ACK_INTERRUPT_ON_EXIT != 0 {
-            // Acknowledged on exit: the vector travels in the exit information.
-            let vector = m.shadow.irqs.relay_vector.unwrap_or(0);
-            e.intr_info = InterruptionInfo::new(
-                vector,
-                crate::vmx::exit::event_type::EXTERNAL_INTERRUPT,
-                false,
-            )
-            .0;
-            m.shadow.irqs.relay_delivered();
-        }
-        self.nested_ctx(vs, p).reflect(&e).into()
     }
 
     /// RDMSR/WRMSR of L2 that L1 let through: L0's emulated MSRs as L1
