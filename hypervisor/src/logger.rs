@@ -87,9 +87,11 @@ impl Write for Line {
 
 /// Takes the UART at `base` for the management line.
 pub fn init_serial(base: u16) {
-    // SAFETY: the operator chose this port for L0 on the command line; L1
-    // is not running yet and never gets it (the I/O bitmaps trap it).
-    let (port, fifo) = unsafe { Uart::init(base) };
+    // The operator chose this port for L0 on the command line; L1 is not
+    // running yet and never gets it (the I/O bitmaps trap it).
+    let Some((port, fifo)) = Uart::claim(base) else {
+        return; // taken already
+    };
     let mut l = LINE.lock();
     l.port = Some(port);
     l.fifo = fifo;

@@ -14,7 +14,7 @@ use crate::arch::fault::fatal;
 use crate::arch::l1_ram::L1Ram;
 use crate::arch::loader_memory;
 use crate::arch::platform::Hardware;
-use crate::arch::pool::{self, alloc_frames, PoolTables};
+use crate::arch::pool::{self, PoolTables};
 use crate::arch::{ap_boot, bringup, cpu, cpu_loop, image, tables, tsc, vmx as vmxi};
 use crate::config::{self, SerialChoice};
 use crate::cpus;
@@ -29,8 +29,7 @@ use crate::vmx::requirements;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub fn start(magic: u32, info_addr: u64) -> ! {
-    // SAFETY: first thing on the boot CPU.
-    unsafe { tables::init() };
+    tables::init();
     let (bi, info_range) = loader_memory::boot_info(magic, info_addr);
     let cfg = config::parse(bi.cmdline(), |_| {});
     if let SerialChoice::Port(p) = cfg.serial {
@@ -46,8 +45,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
 
     // The CPU: what L0 cannot run without.
     let cpu = requirements::cpu_features(cpu::cpuid).unwrap_or_else(|e| fatal(format_args!("{e}")));
-    // SAFETY: CPUID reports VMX.
-    let vcaps = unsafe { vmxi::read_caps() };
+    let vcaps = vmxi::read_caps().unwrap_or_else(|| fatal(format_args!("CPUID reports no VMX")));
     requirements::check(&vcaps).unwrap_or_else(|e| fatal(format_args!("{e}")));
 
     // Memory: L0's pool at the top of RAM, clear of everything the loader placed.
@@ -109,9 +107,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     );
 
     // VMX root operation.
-    // SAFETY: once, at boot; the region is a fresh pool frame.
-    unsafe { vmxi::enable(&vcaps, cpu.xsave, alloc_frames(1, "VMXON region")) }
-        .unwrap_or_else(|e| fatal(format_args!("{e}")));
+    vmxi::enable(cpu.xsave).unwrap_or_else(|e| fatal(format_args!("{e}")));
     info!(
         "VMX on: VMCS revision {:#x}, EPT {}, VPID {}, VMCS shadowing {}",
         vcaps.revision(),

@@ -399,16 +399,13 @@ extern "C" fn ap_main(h: &'static Handoff) -> ! {
             "its APIC ID differs from the firmware's",
         ));
     }
-    // SAFETY: CPUID reports VMX (cpu_features checked).
-    let kind = CpuKind {
-        features,
-        vmx: unsafe { vmxi::read_caps() },
+    let Some(vmx) = vmxi::read_caps() else {
+        fail(ApFailure::Requirement("CPUID reports no VMX"))
     };
+    let kind = CpuKind { features, vmx };
     let compatible = cpus::compatible(&h.bsp, &kind);
-    // SAFETY: once on this CPU; the region is a fresh pool frame. A CPU
-    // unfit to run the cloud VM still enters VMX root to be held there.
-    unsafe { vmxi::enable(&kind.vmx, features.xsave, alloc_frames(1, "VMXON region")) }
-        .unwrap_or_else(|e| fail(ApFailure::Vmxon(e)));
+    // A CPU unfit to run the cloud VM still enters VMX root to be held there.
+    vmxi::enable(features.xsave).unwrap_or_else(|e| fail(ApFailure::Vmxon(e)));
     if let Err(m) = compatible {
         fail(ApFailure::Mismatch(m));
     }

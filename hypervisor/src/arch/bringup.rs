@@ -22,9 +22,9 @@ use crate::machine::shutdown::ShutdownWatch;
 use crate::machine::Machine;
 use crate::mm::frames::FRAME;
 use crate::mm::layout::FirmwareMemory;
-use crate::nested::{self, Nested, Vmcs02Pages};
+use crate::nested::{self, HostVmx, Nested, Vmcs02Pages};
 use crate::regs::IA32_EFER;
-use crate::vcpu::{cpuid::CpuidContext, msr, setup, ExitStats, Vcpu};
+use crate::vcpu::{cpuid::CpuidContext, msr, setup, Vcpu};
 use crate::vmx::caps::{self, VmxCaps};
 use crate::vmx::guest_cr::CrPolicy;
 use crate::vmx::requirements::{self, CpuFeatures};
@@ -154,7 +154,6 @@ pub fn cloud_vm(
         cpu: *cpu,
         vcaps: *vcaps,
         vmcs02_io: (io_l0, io_all),
-        l0_frames: ept01.l0.clone(),
     };
     info!(
         "starting the cloud VM: {started}, {} MiB of RAM, nested VMX {}",
@@ -196,7 +195,6 @@ pub struct VcpuTemplate {
     vcaps: VmxCaps,
     /// VMCS02's I/O bitmaps: L0's ports only, and all ones.
     vmcs02_io: (u64, u64),
-    l0_frames: RangeSet,
 }
 
 /// How a vCPU starts.
@@ -292,29 +290,23 @@ pub fn vcpu(t: &VcpuTemplate, first: FirstState) -> Vcpu {
         msr02,
     };
     let ncaps = nested::caps::NestedCaps::new(&t.vcaps);
-    Vcpu {
-        regs,
-        launched: false,
+    let host = HostVmx {
+        caps: t.vcaps,
         policy: t.policy,
-        cpuid: t.cpuid,
-        mtrr,
-        vpid: if t.vpid { L1_VPID } else { 0 },
-        maxphyaddr: t.cpu.maxphyaddr,
-        stats: ExitStats::default(),
-        l2_stats: ExitStats::default(),
-        last_l0_touch: "",
-        host_caps: t.vcaps,
         eptp01: t.pages.eptp,
         msr_bitmap01: t.pages.msr_bitmap,
-        nested: Nested {
-            shadowing: t.shadow_bitmaps.is_some(),
-            ..Nested::new(ncaps, t.cpu.maxphyaddr, nested_pages, t.l0_frames.clone())
-        },
         vmcs_phys: [vmcs, vmcs02, shadow],
+        vpid: if t.vpid { L1_VPID } else { 0 },
+        maxphyaddr: t.cpu.maxphyaddr,
         l0_timer,
-        poll_ticks: t.poll_ticks,
-        window_requested: false,
-    }
+    };
+    let nested = Nested::new(
+        ncaps,
+        t.cpu.maxphyaddr,
+        nested_pages,
+        t.shadow_bitmaps.is_some(),
+    );
+    Vcpu::new(regs, t.cpuid, mtrr, host, nested, t.poll_ticks)
 }
 
 /// The sealing key, on the CPU's AES and carry-less multiply when it has

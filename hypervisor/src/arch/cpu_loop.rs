@@ -24,48 +24,32 @@ pub fn run(
     serves_console: bool,
 ) -> ! {
     // SAFETY: VMCS01 is current; from here on only HwVmcsSet switches.
-    let mut vs = unsafe { HwVmcsSet::new(vcpu.vmcs_phys) };
+    let mut vs = unsafe { HwVmcsSet::new(vcpu.vmcs_phys()) };
     let mut last_poll = cpu::rdtsc();
     loop {
-        let in_l2 = vcpu.nested.in_l2;
+        let in_l2 = vcpu.in_l2();
         if !in_l2 && serves_console {
             deliver_pending_nmi(vs.current());
             vcpu.before_l1_entry(&mut machine.lock(), vs.current());
         } else if in_l2 {
             vcpu.before_l2_entry(vs.current(), &mut hw.mem);
         }
-        let launched = if in_l2 {
-            vcpu.nested.vmcs02_launched
-        } else {
-            vcpu.launched
-        };
+        let launched = vcpu.launched(in_l2);
         // SAFETY: the current VMCS is complete: host state brings us back to l0_vmx_exit.
-        let outcome = match unsafe { super::run::run(&mut vcpu.regs, launched) } {
+        let outcome = match unsafe { super::run::run(vcpu.regs_mut(), launched) } {
             Ok(()) => {
-                if in_l2 {
-                    vcpu.nested.vmcs02_launched = true;
-                } else {
-                    vcpu.launched = true;
-                }
+                vcpu.note_launched(in_l2);
                 // Cost accounting per exit reason (the shutdown report shows it).
                 let basic = vs.current().read(F::VM_EXIT_REASON) as usize & 0xffff;
                 let rip = vs.current().read(F::GUEST_RIP);
                 let t0 = cpu::rdtsc();
                 let o = vcpu.handle_exit(&mut machine.lock(), &mut vs, hw);
-                let stats = if in_l2 {
-                    &mut vcpu.l2_stats
-                } else {
-                    &mut vcpu.stats
-                };
-                stats.record(basic as u16, rip);
-                if let Some(t) = stats.ticks_by_reason.get_mut(basic) {
-                    *t += cpu::rdtsc().wrapping_sub(t0);
-                }
+                vcpu.account_exit(in_l2, basic, rip, cpu::rdtsc().wrapping_sub(t0));
                 logger::pump();
                 // Exits too frequent for the preemption timer to fire still
                 // let L0 serve the management line.
                 let now = cpu::rdtsc();
-                if serves_console && now.wrapping_sub(last_poll) > vcpu.poll_ticks {
+                if serves_console && now.wrapping_sub(last_poll) > vcpu.poll_ticks() {
                     last_poll = now;
                     vcpu.poll_console(&mut machine.lock(), &mut vs, hw);
                 }
@@ -74,7 +58,7 @@ pub fn run(
             Err(e) if in_l2 => vcpu.vmcs02_entry_failed(&mut vs, hw, e),
             Err(e) => {
                 let mut s = String::new();
-                let _ = report::guest_state(&mut s, vs.current(), &vcpu.regs);
+                let _ = report::guest_state(&mut s, vs.current(), vcpu.regs());
                 fatal(format_args!(
                     "VM entry to the cloud VM failed on CPU APIC ID {:#x}: {e}\n{s}",
                     crate::cpus::apic_id(cpu::cpuid)
@@ -83,13 +67,12 @@ pub fn run(
         };
         if let Outcome::Stop(stop) = outcome {
             let mut s = String::new();
-            let _ = report::guest_state(&mut s, vs.current(), &vcpu.regs);
+            let _ = report::guest_state(&mut s, vs.current(), vcpu.regs());
+            let (l1, l2) = vcpu.exit_stats();
             fatal(format_args!(
-                "{stop} ({} on CPU APIC ID {:#x})\n{s}  L1: {}\n  L2: {}",
-                if vcpu.nested.in_l2 { "in L2" } else { "in L1" },
+                "{stop} ({} on CPU APIC ID {:#x})\n{s}  L1: {l1}\n  L2: {l2}",
+                if vcpu.in_l2() { "in L2" } else { "in L1" },
                 crate::cpus::apic_id(cpu::cpuid),
-                vcpu.stats,
-                vcpu.l2_stats
             ));
         }
     }

@@ -8,6 +8,7 @@
 
 use core::mem::size_of;
 use core::ptr::{addr_of, addr_of_mut};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::cpu;
 
@@ -86,12 +87,17 @@ unsafe fn load(gdt: &'static [u64; 5]) {
     }
 }
 
-/// Builds and loads the GDT (with TSS) and the IDT.
-///
-/// # Safety
-/// Call once, on the boot CPU, before anything relies on the tables.
-pub unsafe fn init() {
-    // SAFETY: single-threaded boot; nothing else references these statics yet.
+static LOADED: AtomicBool = AtomicBool::new(false);
+
+/// Builds and loads the GDT (with TSS) and the IDT, once: L0 calls it first
+/// thing on the boot CPU; a second call is an L0 bug and panics.
+pub fn init() {
+    assert!(
+        !LOADED.swap(true, Ordering::SeqCst),
+        "descriptor tables loaded twice"
+    );
+    // SAFETY: the first and only call (above), on the boot CPU before
+    // anything else runs: nothing else references these statics yet.
     let (tss, gdt, idt) = unsafe {
         (
             &mut *addr_of_mut!(TSS),
@@ -116,6 +122,10 @@ pub unsafe fn init() {
 /// of `ist_size` bytes, L0-owned and identity-mapped), built on the heap
 /// for good; loads them with the shared IDT.
 pub fn init_ap(ist_stacks: u64, ist_size: u64) {
+    assert!(
+        LOADED.load(Ordering::SeqCst),
+        "an AP before the boot CPU's tables"
+    );
     let mut tss = EMPTY_TSS;
     tss.ist[0] = ist_stacks + ist_size;
     tss.ist[1] = ist_stacks + 2 * ist_size;

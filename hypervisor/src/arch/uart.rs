@@ -2,6 +2,7 @@
 //! log queue needs. A [`Uart`] exists only for a port L0 owns, so its
 //! methods are safe.
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use uart_16550::SerialPort;
 
 use super::cpu;
@@ -18,16 +19,18 @@ pub struct Uart {
 }
 
 impl Uart {
-    /// Sets the UART at `base` up for L0: 115200 8N1, interrupt output off
-    /// (the IRQ line belongs to L1's interrupt controller: L0 polls), FIFOs
-    /// on; returns it and how many bytes it takes at once (16 with the
-    /// 16550A's FIFO, else 1).
-    ///
-    /// # Safety
-    /// `base` is a 16550's, L0's alone: chosen by the operator for L0, and
-    /// trapped in every guest's I/O bitmap.
-    pub unsafe fn init(base: u16) -> (Uart, usize) {
-        // SAFETY: the caller's.
+    /// Takes the UART at `base` for L0's management line, once (None
+    /// after): sets it up for 115200 8N1, interrupt output off (the IRQ line
+    /// belongs to L1's interrupt controller: L0 polls), FIFOs on; returns it
+    /// and how many bytes it takes at once (16 with the 16550A's FIFO, else
+    /// 1). The port is then L0's alone: the operator chose it for L0 on the
+    /// command line, and every guest's I/O bitmap traps it (`mgmt_port`).
+    pub fn claim(base: u16) -> Option<(Uart, usize)> {
+        static CLAIMED: AtomicBool = AtomicBool::new(false);
+        if CLAIMED.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        // SAFETY: the management UART, claimed once (above), L0's alone.
         let mut port = unsafe { SerialPort::new(base) };
         port.init();
         // SAFETY: same port. Divisor 1 = 115200 baud; IER=0 and MCR without
@@ -47,7 +50,7 @@ impl Uart {
                 1
             }
         };
-        (Uart { base }, fifo)
+        Some((Uart { base }, fifo))
     }
 
     pub fn base(&self) -> u16 {

@@ -2,11 +2,12 @@
 //! decoded in the same asm block: CF=1 is VMfailInvalid, ZF=1 is
 //! VMfailValid, whose error number is then read from the current VMCS.
 
-use core::arch::asm;
-
+#[cfg(target_os = "none")]
+#[cfg(target_os = "none")]
 use crate::regs::{CR0_EM, CR0_MP, CR0_TS, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_VMXE};
 use crate::vmx::caps::{self, VmxCaps};
 use crate::vmx::{Vmcs, VmxError};
+use core::arch::asm;
 
 /// Decodes RFLAGS.CF/ZF after a VMX instruction.
 fn result(cf: u8, zf: u8) -> Result<(), VmxError> {
@@ -156,14 +157,17 @@ impl Vmcs for CurrentVmcs {
     }
 }
 
-/// Enters VMX root operation: IA32_FEATURE_CONTROL as firmware should have
-/// left it, CR0/CR4 fixed for VMX (with SSE, and XSAVE when the CPU has
-/// it), then VMXON on `region`.
-///
-/// # Safety
-/// Once per CPU, at boot; `region` is a zeroed 4 KiB frame of L0's pool
-/// that nothing else uses from now on.
-pub unsafe fn enable(c: &VmxCaps, xsave: bool, region: u64) -> Result<(), &'static str> {
+/// Enters VMX root operation on this CPU, once (CR4.VMXE says whether it
+/// already is: a second call is refused): IA32_FEATURE_CONTROL as firmware should have left it, CR0/CR4
+/// fixed for VMX as the CPU's capability MSRs say (with SSE, and XSAVE when
+/// the CPU has it), then VMXON on a fresh frame of L0's pool.
+#[cfg(target_os = "none")]
+pub fn enable(xsave: bool) -> Result<(), &'static str> {
+    let c = &read_caps().ok_or("VMX: not offered by this CPU")?;
+    if super::cpu::read_cr4() & CR4_VMXE != 0 {
+        return Err("VMX: already on on this CPU");
+    }
+    let region = super::pool::alloc_frames(1, "VMXON region");
     // SAFETY: CPUID reported VMX, so IA32_FEATURE_CONTROL exists.
     let fc = unsafe { super::cpu::rdmsr(caps::IA32_FEATURE_CONTROL) };
     if fc & caps::FEATURE_CONTROL_LOCKED != 0 {
@@ -192,19 +196,20 @@ pub unsafe fn enable(c: &VmxCaps, xsave: bool, region: u64) -> Result<(), &'stat
         super::cpu::write_cr0(c.fix_cr0(super::cpu::read_cr0() & !(CR0_EM | CR0_TS) | CR0_MP));
         super::cpu::write_cr4(c.fix_cr4(cr4));
     }
-    // SAFETY: a fresh, zeroed pool frame.
+    // SAFETY: a fresh, zeroed pool frame (identity-mapped), L0's alone.
     unsafe { (region as *mut u32).write(c.revision()) };
     // SAFETY: CR0/CR4 fixed, feature control on, region aligned with the revision.
     unsafe { vmxon(region) }.map_err(|_| "VMXON failed")
 }
 
 /// The VMX capability MSRs, the TRUE_* variants where IA32_VMX_BASIC[55]
-/// says they exist.
-///
-/// # Safety
-/// CPUID must report VMX (the MSRs #GP otherwise).
-pub unsafe fn read_caps() -> VmxCaps {
-    // SAFETY: VMX present (caller); the secondary and EPT MSRs are only
+/// says they exist; None if CPUID does not report VMX (the MSRs would #GP).
+pub fn read_caps() -> Option<VmxCaps> {
+    const CPUID1_ECX_VMX: u32 = 1 << 5;
+    if super::cpu::cpuid(1, 0)[2] & CPUID1_ECX_VMX == 0 {
+        return None;
+    }
+    // SAFETY: VMX present (above); the secondary and EPT MSRs are only
     // read when the primary controls allow them.
     unsafe {
         let basic = super::cpu::rdmsr(caps::IA32_VMX_BASIC);
@@ -223,7 +228,7 @@ pub unsafe fn read_caps() -> VmxCaps {
         let has_ept_vpid = (secondary >> 32) as u32
             & (caps::secondary::ENABLE_EPT | caps::secondary::ENABLE_VPID)
             != 0;
-        VmxCaps {
+        Some(VmxCaps {
             basic,
             pin: super::cpu::rdmsr(if t {
                 caps::IA32_VMX_TRUE_PINBASED_CTLS
@@ -252,6 +257,6 @@ pub unsafe fn read_caps() -> VmxCaps {
             } else {
                 0
             },
-        }
+        })
     }
 }

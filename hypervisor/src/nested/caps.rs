@@ -96,6 +96,9 @@ const EPT_VPID: u64 = ept_vpid::EXECUTE_ONLY
 /// CR4 bits L1 may not set in L2 either: SMX is hidden from L1.
 const CR4_HIDDEN: u64 = CR4_SMXE;
 
+/// The VMX capability MSRs (IA32_VMX_BASIC .. IA32_VMX_VMFUNC, SDM A.1).
+pub const VMX_MSRS: core::ops::RangeInclusive<u32> = 0x480..=0x492;
+
 /// The capability values L1 sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NestedCaps {

@@ -13,6 +13,7 @@ use crate::regs::{
 };
 use crate::vmx::caps::{entry, exit, misc, pin, primary, secondary, Control};
 use crate::vmx::exit::event_type;
+use crate::vmx::fields::{seg, GUEST_SEGMENTS};
 use crate::vmx::Field as F;
 
 /// Why the entry failed, and which check said so.
@@ -417,50 +418,14 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         guest
     );
     cc!(!v86 && !unrestricted && ss_sel & 3 != cs_sel & 3, guest);
-    let data_segs = [
-        (
-            F::GUEST_SS_SELECTOR,
-            F::GUEST_SS_BASE,
-            F::GUEST_SS_LIMIT,
-            F::GUEST_SS_AR_BYTES,
-        ),
-        (
-            F::GUEST_DS_SELECTOR,
-            F::GUEST_DS_BASE,
-            F::GUEST_DS_LIMIT,
-            F::GUEST_DS_AR_BYTES,
-        ),
-        (
-            F::GUEST_ES_SELECTOR,
-            F::GUEST_ES_BASE,
-            F::GUEST_ES_LIMIT,
-            F::GUEST_ES_AR_BYTES,
-        ),
-        (
-            F::GUEST_FS_SELECTOR,
-            F::GUEST_FS_BASE,
-            F::GUEST_FS_LIMIT,
-            F::GUEST_FS_AR_BYTES,
-        ),
-        (
-            F::GUEST_GS_SELECTOR,
-            F::GUEST_GS_BASE,
-            F::GUEST_GS_LIMIT,
-            F::GUEST_GS_AR_BYTES,
-        ),
-    ];
+    let data_segs = [seg::SS, seg::DS, seg::ES, seg::FS, seg::GS].map(|i| GUEST_SEGMENTS[i]);
     if v86 {
-        let all = [(
-            F::GUEST_CS_SELECTOR,
-            F::GUEST_CS_BASE,
-            F::GUEST_CS_LIMIT,
-            F::GUEST_CS_AR_BYTES,
-        )]
-        .into_iter()
-        .chain(data_segs);
-        for (s, b, l, a) in all {
+        let all = [GUEST_SEGMENTS[seg::CS]].into_iter().chain(data_segs);
+        for g in all {
             cc!(
-                v.get(b) != v.get(s) << 4 || v.get(l) != 0xffff || v.get(a) != 0xf3,
+                v.get(g.base) != v.get(g.selector) << 4
+                    || v.get(g.limit) != 0xffff
+                    || v.get(g.ar) != 0xf3,
                 guest
             );
         }
@@ -487,8 +452,9 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         }
         cc!((cs_type == 3 || cr0 & 1 == 0) && dpl(ss_ar) != 0, guest);
         // DS, ES, FS, GS (and SS) when usable.
-        for (s, _, l, a) in data_segs {
-            let ar = v.get(a);
+        for g in data_segs {
+            let (s, l) = (g.selector, g.limit);
+            let ar = v.get(g.ar);
             if ar & AR_UNUSABLE != 0 {
                 continue;
             }

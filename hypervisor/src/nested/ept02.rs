@@ -5,8 +5,16 @@
 
 use alloc::vec::Vec;
 
+use boot::memmap::RangeSet;
+
+use super::context::{Flow, NestedCtx, NestedHw};
+use super::ept12::{self, Ept12Fault, EptAccess};
+use super::VmcsSet;
+use crate::guest_mem::GuestMemory;
 use crate::mm::paging::{MapError, TableMemory, ADDR_MASK};
 use crate::vmx::ept::{LARGE, RWX};
+use crate::vmx::exit::{reason, ExitInfo};
+use crate::vmx::{Field as F, Vmcs};
 
 /// How many EPT12 roots keep a shadow at once (Xen keeps 10, XMHF a few).
 pub const CAPACITY: usize = 8;
@@ -128,6 +136,77 @@ pub fn set_leaf<M: TableMemory>(
 pub fn leaf(hpa: u64, perms12: u64, mem_type12: u8, ignore_pat: bool, uncached01: bool) -> u64 {
     let mt = if uncached01 { 0 } else { mem_type12 as u64 };
     (hpa & ADDR_MASK) | (perms12 & RWX) | mt << 3 | if ignore_pat { 1 << 6 } else { 0 }
+}
+
+/// What an EPT violation of L2 (with EPT12) comes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// EPT02 has the leaf now (or L0 cannot go on); L2 goes on.
+    Filled(Flow),
+    /// L1 gets this exit: EPT12 does not map the access (`unmapped`: a
+    /// violation or a misconfiguration of EPT12), or maps it onto L0's
+    /// frames (a misconfiguration L0 reports).
+    Reflect { exit: ExitInfo, unmapped: bool },
+}
+
+impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
+    /// An EPT violation while L2 runs with EPT12 (VMCS02 current): the
+    /// leaf EPT12 gives, checked against L0's frames (EPT01 leaves them
+    /// out: an EPT12 leaf there is L1's misconfiguration), into EPT02.
+    pub fn fill_ept02(&mut self, e: &ExitInfo, l0_frames: &RangeSet) -> Fill {
+        let eptp12 = self.nested.vmx.vmcs12.get(F::EPT_POINTER);
+        let access = EptAccess(e.qualification & 7);
+        let walk = ept12::walk(
+            self.hw.mem(),
+            eptp12,
+            e.guest_physical,
+            access,
+            &self.nested.vmx.caps,
+            self.host.maxphyaddr,
+        );
+        let misconfig = ExitInfo {
+            reason: reason::EPT_MISCONFIG as u32,
+            qualification: 0,
+            ..*e
+        };
+        match walk {
+            Ok(l12) => {
+                let page1 = l12.gpa & !0xfff;
+                if l0_frames.contains(page1) {
+                    // Never map L0's frames, whatever EPT12 says.
+                    log::warn!("EPT12 maps L2 {:#x} to {page1:#x}, which is not L1's: reflected as a misconfiguration", e.guest_physical);
+                    return Fill::Reflect {
+                        exit: misconfig,
+                        unmapped: false,
+                    };
+                }
+                let uncached = !self.hw.mem().is_ram(page1, 4096);
+                let root02 = self.vs.current().read(F::EPT_POINTER) & ADDR_MASK;
+                let entry = leaf(page1, l12.perms, l12.mem_type, l12.ignore_pat, uncached);
+                Fill::Filled(
+                    match set_leaf(self.hw.tables(), root02, e.guest_physical & !0xfff, entry) {
+                        Ok(()) => Flow::Resume,
+                        Err(_) => Flow::Stop("out of memory for EPT02 tables"),
+                    },
+                )
+            }
+            Err(Ept12Fault::Violation { allowed }) => {
+                let q = (e.qualification & !0x38) | allowed << 3;
+                Fill::Reflect {
+                    exit: ExitInfo {
+                        qualification: q,
+                        ..*e
+                    },
+                    unmapped: true,
+                }
+            }
+            // KVM marks MMIO pages with misconfigured entries.
+            Err(Ept12Fault::Misconfig | Ept12Fault::TableNotRam) => Fill::Reflect {
+                exit: misconfig,
+                unmapped: true,
+            },
+        }
+    }
 }
 
 #[cfg(test)]

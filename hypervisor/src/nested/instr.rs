@@ -112,6 +112,31 @@ pub enum Invalidate {
     Vpid(Option<u16>),
 }
 
+impl<S: super::VmcsSet, H: super::NestedHw> super::NestedCtx<'_, S, H> {
+    /// Carries out what an INVEPT or INVVPID asked: EPT02s dropped, L2's
+    /// translations flushed.
+    pub fn invalidate(&mut self, inv: Invalidate) {
+        match inv {
+            Invalidate::None => {}
+            Invalidate::Ept(which) => {
+                if self.nested.ept02.invalidate(self.hw.tables(), which) {
+                    self.hw.invept_all();
+                }
+            }
+            Invalidate::Vpid(Some(v12)) => {
+                if let Some(v02) = self.nested.vpids.lookup(v12) {
+                    self.hw.flush_vpid(v02);
+                }
+            }
+            Invalidate::Vpid(None) => {
+                for v02 in self.nested.vpids.all() {
+                    self.hw.flush_vpid(v02);
+                }
+            }
+        }
+    }
+}
+
 fn walk_fault(f: walk::VirtFault) -> Outcome {
     let address = f.address;
     match f.error {

@@ -1,18 +1,32 @@
 //! Nested VMX: L0 emulates VMX for L1 so that a guest hypervisor in the
 //! cloud VM runs its own VMs (L2). One file per concern, after KVM's
-//! families: capability MSRs, the software VMCS12, instruction operands,
-//! the VMX instructions, VM-entry checks, VMCS02 preparation, exit routing
-//! and reflection, EPT12 walking and the EPT02 cache. This file ties them
-//! to the vCPU: VMLAUNCH/VMRESUME, exits from L2, INVEPT/INVVPID effects.
+//! families: capability MSRs (`caps.rs`), the software VMCS12
+//! (`vmcs12.rs`), L1's state and instruction operands (`l1_state.rs`,
+//! `operand.rs`), the VMX instructions (`instr.rs`, carried out on their
+//! exit by `instr_exit.rs`), VM entry (`entry.rs`:
+//! the checks of `checks.rs`, VMCS02 by `prepare.rs` over the field list
+//! of `guest_state.rs`, the bitmaps of `bitmaps.rs`), the MSR load/store
+//! lists (`msr_lists.rs`), exit routing and reflection (`reflect.rs`, and
+//! `vmexit.rs` for the whole exit to L1), EPT12 walking and the EPT02 cache
+//! (`ept12.rs`, `ept02.rs`), the shadow VMCS (`shadow_vmcs.rs`) and L2's
+//! APIC virtualization (`apicv.rs`, `posted.rs`).
+//!
+//! Nothing here sees the vCPU: code that runs on an exit gets a
+//! [`NestedCtx`] (`context.rs`), which borrows this CPU's [`Nested`], L1's
+//! registers, L0's [`HostVmx`] setup, the VMCS set and a [`NestedHw`].
 
-use boot::memmap::RangeSet;
-
+pub mod apicv;
+pub mod bitmaps;
 pub mod caps;
 pub mod checks;
+pub mod context;
+pub mod entry;
 pub mod ept02;
 pub mod ept12;
 pub mod guest_state;
 pub mod instr;
+pub mod instr_exit;
+pub mod l1_state;
 pub mod msr_lists;
 pub mod operand;
 pub mod posted;
@@ -20,10 +34,12 @@ pub mod prepare;
 pub mod reflect;
 pub mod shadow_vmcs;
 pub mod vmcs12;
+pub mod vmexit;
 
 #[cfg(test)]
 pub mod testutil;
 
+pub use context::{Flow, HostVmx, NestedCtx, NestedHw};
 use ept02::Ept02Cache;
 use instr::VmxState;
 
@@ -124,38 +140,37 @@ pub struct Vmcs02Pages {
 
 /// L1's nested-VMX state beyond the VMX instructions.
 pub struct Nested {
-    pub vmx: VmxState,
-    pub ept02: Ept02Cache,
-    pub vpids: VpidMap,
-    pub in_l2: bool,
-    pub vmcs02_launched: bool,
-    pub pages: Vmcs02Pages,
-    /// L0's own frames: an EPT12 leaf pointing there is L1's misconfiguration.
-    pub l0_frames: RangeSet,
+    /// L1's VMX operation as its instructions see it (VMXON, VMCS12).
+    pub(crate) vmx: VmxState,
+    ept02: Ept02Cache,
+    vpids: VpidMap,
+    in_l2: bool,
+    vmcs02_launched: bool,
+    pages: Vmcs02Pages,
     /// Exits from L2 that L0 handled itself / reflected to L1.
-    pub handled_in_l0: u64,
-    pub reflected: u64,
+    handled_in_l0: u64,
+    reflected: u64,
     /// L1's CR3 when it entered L2, to see whether its host state changes it.
-    pub l1_cr3_at_entry: u64,
+    l1_cr3_at_entry: u64,
     /// VMCS12's launch state before the entry in progress.
-    pub entry_was_launched: bool,
+    entry_was_launched: bool,
     /// The VMCS12 whose guest state VMCS02 holds.
-    pub vmcs02_holds: Option<u64>,
+    vmcs02_holds: Option<u64>,
     /// What VMCS02 holds of the fields L0 derives.
-    pub derived: prepare::Derived,
-    /// L0 asked VMCS02 for L2's interrupt window (vcpu/apicv.rs).
-    pub window02: bool,
+    derived: prepare::Derived,
+    /// L0 asked VMCS02 for L2's interrupt window (apicv.rs).
+    window02: bool,
     /// L1's mode (IA-32e) when a VMCS12 last passed the full checks.
-    pub checked_l1_long: Option<bool>,
+    checked_l1_long: Option<bool>,
     /// Whether VMCS01 uses VMCS shadowing for L1's VMREAD/VMWRITE, and
     /// whether its link pointer currently names the shadow VMCS.
-    pub shadowing: bool,
-    pub shadow_linked: bool,
+    shadowing: bool,
+    shadow_linked: bool,
     /// The VMCS12 the shadow VMCS mirrors, and what it holds.
-    pub shadow_holds: Option<u64>,
-    pub shadow_cache: shadow_vmcs::ShadowCache,
+    shadow_holds: Option<u64>,
+    shadow_cache: shadow_vmcs::ShadowCache,
     /// The user VM L2 is, once looked up in this stay in L2.
-    pub l2_vm: Option<u64>,
+    l2_vm: Option<u64>,
 }
 
 impl Nested {
@@ -163,7 +178,7 @@ impl Nested {
         caps: caps::NestedCaps,
         maxphyaddr: u8,
         pages: Vmcs02Pages,
-        l0_frames: RangeSet,
+        shadowing: bool,
     ) -> Self {
         Nested {
             vmx: VmxState::new(caps, maxphyaddr),
@@ -172,7 +187,6 @@ impl Nested {
             in_l2: false,
             vmcs02_launched: false,
             pages,
-            l0_frames,
             handled_in_l0: 0,
             reflected: 0,
             l1_cr3_at_entry: 0,
@@ -181,11 +195,72 @@ impl Nested {
             derived: prepare::Derived::default(),
             window02: false,
             checked_l1_long: None,
-            shadowing: false,
+            shadowing,
             shadow_linked: false,
             shadow_holds: None,
             shadow_cache: shadow_vmcs::ShadowCache::default(),
             l2_vm: None,
         }
+    }
+}
+
+impl Nested {
+    /// Whether L2 runs (VMCS02 is the VMCS to enter next).
+    pub fn in_l2(&self) -> bool {
+        self.in_l2
+    }
+
+    /// Whether VMCS02 has been launched (VMRESUME enters it).
+    pub fn vmcs02_launched(&self) -> bool {
+        self.vmcs02_launched
+    }
+
+    /// VMCS02 was entered.
+    pub fn note_vmcs02_launched(&mut self) {
+        self.vmcs02_launched = true;
+    }
+
+    /// An exit of L2 that L0 handled itself.
+    pub fn note_handled_in_l0(&mut self) {
+        self.handled_in_l0 += 1;
+    }
+
+    /// Exits of L2 that L0 handled itself, and that it reflected to L1.
+    pub fn exit_counts(&self) -> (u64, u64) {
+        (self.handled_in_l0, self.reflected)
+    }
+
+    /// The user VM L2 is, if looked up since the entry into L2.
+    pub fn cached_l2_vm(&self) -> Option<u64> {
+        self.l2_vm.filter(|_| self.in_l2)
+    }
+
+    /// Remembers which user VM L2 is until the next exit to L1.
+    pub fn cache_l2_vm(&mut self, vm: Option<u64>) {
+        self.l2_vm = vm;
+    }
+
+    /// Whether VMCS01 should shadow L1's VMREAD/VMWRITE now: L0 uses VMCS
+    /// shadowing and L1 is in VMX operation (outside it they must #UD,
+    /// which only an exit to L0 gives).
+    pub fn shadowing_wanted(&self) -> bool {
+        self.shadowing && self.vmx.vmxon.is_some()
+    }
+
+    #[cfg(test)]
+    pub fn set_shadowing(&mut self, on: bool) {
+        self.shadowing = on;
+    }
+
+    /// The current VMCS12 (L1's VMPTRLD), if any.
+    pub fn current_vmcs12(&self) -> Option<u64> {
+        self.vmx.current
+    }
+
+    /// The current VMCS12's EPTP, if it enables EPT.
+    pub fn eptp12(&self) -> Option<u64> {
+        let v12 = &self.vmx.vmcs12;
+        (v12.secondary_controls() & crate::vmx::caps::secondary::ENABLE_EPT != 0)
+            .then(|| v12.get(crate::vmx::Field::EPT_POINTER))
     }
 }

@@ -1,12 +1,15 @@
 //! The VM-entry MSR-load list and the VM-exit MSR-store and MSR-load lists
 //! of VMCS12 (SDM Vol. 3C 25.7.2, 25.8.2, 27.4, 28.4, 28.6), carried out by
-//! L0 in software: entries are read from L1's memory and validated here;
-//! the caller applies them.
+//! L0 in software: entries are read from L1's memory and validated, then
+//! loaded into the current VMCS or the CPU, or stored from them.
 
 use alloc::vec::Vec;
 
+use super::caps::VMX_MSRS;
+use super::context::{NestedCtx, NestedHw};
+use super::VmcsSet;
 use crate::guest_mem::GuestMemory;
-use crate::vmx::Field;
+use crate::vmx::{Field, Vmcs};
 
 /// One 16-byte list entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +76,70 @@ pub fn loadable(e: &MsrEntry) -> Option<Home> {
         return None;
     }
     home(e.index, true)
+}
+
+impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
+    /// Applies a VM-entry (or VM-exit) MSR-load list to the current VMCS
+    /// and the CPU; Err(1-based index) names the entry that failed.
+    pub fn load_msr_list(&mut self, addr: u64, count: u64) -> Result<(), u64> {
+        let list = read_list(self.hw.mem(), addr, count).ok_or(1u64)?;
+        for (i, e) in list.iter().enumerate() {
+            let bad = (i + 1) as u64;
+            match loadable(e) {
+                Some(Home::Vmcs(f)) => self.vs.current().write(f, e.data),
+                Some(Home::Msr) => {
+                    if !self.hw.write_l1_msr(e.index, e.data) {
+                        return Err(bad);
+                    }
+                }
+                None => return Err(bad),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores L2's values (VMCS02 current) into the VM-exit MSR-store list
+    /// (SDM 28.4); Err(why) is a VMX abort.
+    pub fn store_msr_list(&mut self, addr: u64, count: u64) -> Result<(), &'static str> {
+        let Some(list) = read_list(self.hw.mem(), addr, count) else {
+            return Err("the VM-exit MSR-store list is not L1 RAM");
+        };
+        let mut values = Vec::with_capacity(list.len());
+        for e in &list {
+            let value = match home(e.index, false) {
+                Some(_) if e.reserved != 0 => None,
+                Some(Home::Vmcs(f)) => Some(self.vs.current().read(f)),
+                Some(Home::Msr) => self.read_l1_msr(e.index),
+                None => None,
+            };
+            match value {
+                Some(v) => values.push(v),
+                None => {
+                    return Err("the VM-exit MSR-store list names an MSR that cannot be stored")
+                }
+            }
+        }
+        for (i, v) in values.into_iter().enumerate() {
+            if self
+                .hw
+                .mem()
+                .write(addr + 16 * i as u64 + 8, &v.to_le_bytes())
+                .is_err()
+            {
+                return Err("the VM-exit MSR-store list is not L1 RAM");
+            }
+        }
+        Ok(())
+    }
+
+    /// RDMSR as L1 would: the VMX capability MSRs as L0 offers them, the
+    /// rest as the vCPU does it.
+    fn read_l1_msr(&mut self, msr: u32) -> Option<u64> {
+        if VMX_MSRS.contains(&msr) {
+            return self.nested.vmx.caps.msr(msr);
+        }
+        self.hw.read_l1_msr(msr)
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,20 @@ impl InstrInfo {
             _ => 8,
         }
     }
+    /// The mask of an address of the instruction's address size; outside
+    /// 64-bit mode at most 32 bits.
+    pub fn address_mask(self, long_mode: bool) -> u64 {
+        let asize = if long_mode {
+            self.address_bytes()
+        } else {
+            self.address_bytes().min(4)
+        };
+        if asize == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * asize)) - 1
+        }
+    }
     pub fn is_register(self) -> bool {
         self.0 & (1 << 10) != 0
     }
@@ -103,16 +117,7 @@ impl GuestCtx {
         size: u64,
         write: bool,
     ) -> Result<u64, Fault> {
-        let asize = if self.long_mode {
-            info.address_bytes()
-        } else {
-            info.address_bytes().min(4)
-        };
-        let amask = if asize == 8 {
-            u64::MAX
-        } else {
-            (1u64 << (8 * asize)) - 1
-        };
+        let amask = info.address_mask(self.long_mode);
         let mut ea = displacement;
         if let Some(b) = info.base() {
             ea = ea.wrapping_add(self.gpr[b as usize]);

@@ -244,7 +244,7 @@ pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part, d: &mut Deri
         d.put(v02, F::VIRTUAL_PROCESSOR_ID, l0.vpid as u64);
     }
     // Every virtualized EOI exits to L0, which evaluates pending virtual
-    // interrupts itself (vcpu/apicv.rs `before_l2_entry`): Bochs 2.7
+    // interrupts itself (apicv.rs `before_l2_entry`): Bochs 2.7
     // delivers a virtual interrupt it found pending at an EOI even while
     // L2 has IF = 0, as soon as any interrupt for L1 arrives (its
     // InterruptAcknowledge tests the event pending, not unmasked). The

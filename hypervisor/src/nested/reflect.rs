@@ -3,11 +3,17 @@
 //! into VMCS12, then L1's state loaded from VMCS12's host-state area (SDM
 //! Vol. 3C 28.2-28.5).
 
+use super::context::{NestedCtx, NestedHw};
 use super::guest_state::GUEST_STATE;
 use super::vmcs12::{slots, Slot, Vmcs12};
+use super::VmcsSet;
+use crate::arch::run::GuestRegs;
 use crate::guest_mem::GuestMemory;
 use crate::vmx::caps::{entry, exit, pin, primary, secondary};
-use crate::vmx::exit::{event_type, reason, CrAccess, ExitInfo, InterruptionInfo, IoAccess};
+use crate::vmx::exit::{
+    event_type, reason, CrAccess, ExitInfo, InterruptionInfo, IoAccess, VmExit,
+};
+use crate::vmx::fields::{seg, GUEST_SEGMENTS};
 use crate::vmx::guest_cr::{write_cr_state, CrPolicy, CrState};
 use crate::vmx::{Field as F, Vmcs};
 
@@ -135,6 +141,41 @@ pub fn l1_wants_by_controls(v12: &Vmcs12, basic: u16) -> bool {
     }
 }
 
+impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
+    /// Whether L1's controls, bitmaps and masks claim this exit of L2
+    /// (KVM's nested_vmx_l1_wants_exit).
+    pub fn l1_wants(&mut self, exit: VmExit, e: &ExitInfo) -> bool {
+        let v12 = &self.nested.vmx.vmcs12;
+        match exit {
+            VmExit::Io(io) => l1_wants_io(v12, self.hw.mem(), &io),
+            VmExit::Msr { index, write } => l1_wants_msr(v12, self.hw.mem(), index, write),
+            VmExit::VirtualizedEoi { vector } => {
+                // VMCS02 makes every EOI exit (prepare.rs); L1 gets those
+                // its EOI-exit bitmap names.
+                let bitmap = [
+                    F::EOI_EXIT_BITMAP0,
+                    F::EOI_EXIT_BITMAP1,
+                    F::EOI_EXIT_BITMAP2,
+                    F::EOI_EXIT_BITMAP3,
+                ][vector as usize / 64];
+                v12.get(bitmap) & 1 << (vector % 64) != 0
+            }
+            VmExit::Cr(access) => {
+                let value = match access {
+                    CrAccess::MovToCr { gpr, .. } if gpr as usize == GuestRegs::RSP => {
+                        self.vs.current().read(F::GUEST_RSP)
+                    }
+                    CrAccess::MovToCr { gpr, .. } => self.regs.gpr[gpr as usize],
+                    _ => 0,
+                };
+                l1_wants_cr(v12, access, value)
+            }
+            VmExit::Exception { info, error_code } => l1_wants_exception(v12, info, error_code),
+            _ => l1_wants_by_controls(v12, e.basic()),
+        }
+    }
+}
+
 /// Saves L2's state and the exit information into VMCS12 (SDM 28.2-28.3).
 pub fn sync_vmcs12(v02: &impl Vmcs, v12: &mut Vmcs12, exit_info: &ExitInfo, cr_policy: &CrPolicy) {
     const SAVED: [Slot; GUEST_STATE.len()] = slots(GUEST_STATE);
@@ -249,56 +290,22 @@ pub fn load_host_state(v12: &Vmcs12, v01: &mut impl Vmcs, cr_policy: &CrPolicy) 
     v01.write(F::GUEST_CS_BASE, 0);
     v01.write(F::GUEST_CS_LIMIT, 0xffff_ffff);
     v01.write(F::GUEST_CS_AR_BYTES, cs_ar);
-    for (sel, base, limit, ar, hsel, hbase) in [
-        (
-            F::GUEST_SS_SELECTOR,
-            F::GUEST_SS_BASE,
-            F::GUEST_SS_LIMIT,
-            F::GUEST_SS_AR_BYTES,
-            F::HOST_SS_SELECTOR,
-            None,
-        ),
-        (
-            F::GUEST_DS_SELECTOR,
-            F::GUEST_DS_BASE,
-            F::GUEST_DS_LIMIT,
-            F::GUEST_DS_AR_BYTES,
-            F::HOST_DS_SELECTOR,
-            None,
-        ),
-        (
-            F::GUEST_ES_SELECTOR,
-            F::GUEST_ES_BASE,
-            F::GUEST_ES_LIMIT,
-            F::GUEST_ES_AR_BYTES,
-            F::HOST_ES_SELECTOR,
-            None,
-        ),
-        (
-            F::GUEST_FS_SELECTOR,
-            F::GUEST_FS_BASE,
-            F::GUEST_FS_LIMIT,
-            F::GUEST_FS_AR_BYTES,
-            F::HOST_FS_SELECTOR,
-            Some(F::HOST_FS_BASE),
-        ),
-        (
-            F::GUEST_GS_SELECTOR,
-            F::GUEST_GS_BASE,
-            F::GUEST_GS_LIMIT,
-            F::GUEST_GS_AR_BYTES,
-            F::HOST_GS_SELECTOR,
-            Some(F::HOST_GS_BASE),
-        ),
+    for (i, hsel, hbase) in [
+        (seg::SS, F::HOST_SS_SELECTOR, None),
+        (seg::DS, F::HOST_DS_SELECTOR, None),
+        (seg::ES, F::HOST_ES_SELECTOR, None),
+        (seg::FS, F::HOST_FS_SELECTOR, Some(F::HOST_FS_BASE)),
+        (seg::GS, F::HOST_GS_SELECTOR, Some(F::HOST_GS_BASE)),
     ] {
+        let g = &GUEST_SEGMENTS[i];
         let s = v12.get(hsel);
-        v01.write(sel, s);
-        v01.write(base, hbase.map_or(0, |b| v12.get(b)));
-        v01.write(limit, 0xffff_ffff);
+        v01.write(g.selector, s);
+        v01.write(g.base, hbase.map_or(0, |b| v12.get(b)));
+        v01.write(g.limit, 0xffff_ffff);
         // A null selector leaves the register unusable (SS stays usable in
         // 64-bit mode for the CPL, as hardware does).
-        let unusable = s == 0 && !(sel == F::GUEST_SS_SELECTOR && long);
-        v01.write(ar, if unusable { 0x1_c093 } else { 0xc093 });
+        let unusable = s == 0 && !(i == seg::SS && long);
+        v01.write(g.ar, if unusable { 0x1_c093 } else { 0xc093 });
     }
     v01.write(F::GUEST_TR_SELECTOR, v12.get(F::HOST_TR_SELECTOR));
     v01.write(F::GUEST_TR_BASE, v12.get(F::HOST_TR_BASE));

@@ -5,6 +5,7 @@
 //! where either side needs the other's values.
 
 use super::vmcs12::{Slot, Vmcs12};
+use super::{Level, Nested, VmcsSet};
 use crate::vmx::{Field as F, Vmcs};
 
 /// Fields L1 reads and writes through the shadow (what an exit handler
@@ -145,6 +146,52 @@ pub fn from_shadow(sh: &impl Vmcs, v12: &mut Vmcs12, cache: &mut ShadowCache) {
         *c = Some(v);
         if v != v12.get_at(*s) {
             v12.set_dirty_at(*s, v);
+        }
+    }
+}
+
+impl Nested {
+    /// L1's direct VMWRITEs (through the shadow VMCS) into VMCS12, before
+    /// L0 uses or moves VMCS12. VMCS01 is current before and after.
+    pub fn sync_from_shadow<S: VmcsSet>(&mut self, vs: &mut S) {
+        if self.shadow_linked {
+            vs.select(Level::Shadow);
+            from_shadow(vs.current(), &mut self.vmx.vmcs12, &mut self.shadow_cache);
+            vs.select(Level::L1);
+        }
+    }
+
+    /// VMCS12 into the shadow VMCS at `shadow_vmcs` (or the link cut when
+    /// L1 has no current VMCS), after L0 changed VMCS12. VMCS01 is current
+    /// before and after.
+    pub fn sync_to_shadow<S: VmcsSet>(&mut self, vs: &mut S, shadow_vmcs: u64) {
+        if !self.shadowing {
+            return;
+        }
+        let linked = self.vmx.current.is_some();
+        if linked {
+            if self.shadow_holds != self.vmx.current {
+                // The shadow holds another VMCS12's values.
+                self.shadow_cache = Default::default();
+                self.shadow_holds = self.vmx.current;
+            }
+            vs.select(Level::Shadow);
+            to_shadow(&self.vmx.vmcs12, vs.current(), &mut self.shadow_cache);
+            vs.select(Level::L1);
+        }
+        if linked != self.shadow_linked {
+            let link = if linked { shadow_vmcs } else { u64::MAX };
+            vs.current().write(F::VMCS_LINK_POINTER, link);
+            self.shadow_linked = linked;
+        }
+    }
+
+    /// One field of VMCS12 into the shadow VMCS, if it is linked.
+    pub fn field_to_shadow<S: VmcsSet>(&mut self, vs: &mut S, f: F) {
+        if self.shadow_linked {
+            vs.select(Level::Shadow);
+            field_to_shadow(&self.vmx.vmcs12, vs.current(), f, &mut self.shadow_cache);
+            vs.select(Level::L1);
         }
     }
 }

@@ -10,9 +10,10 @@ use crate::machine::Machine;
 use crate::nested::ept12::L2Memory;
 use crate::nested::operand::InstrInfo;
 use crate::nested::VmcsSet;
-use crate::regs::{EFER_LMA, RFLAGS_DF};
+use crate::regs::{AR_L, EFER_LMA, RFLAGS_DF};
 use crate::shadow::is_com_port;
 use crate::vmx::exit::{ExitInfo, IoAccess};
+use crate::vmx::fields::GUEST_SEGMENTS;
 use crate::vmx::guest_cr::paging_regs;
 use crate::vmx::inject::{inject_exception, skip_instruction};
 use crate::vmx::{Field as F, Vmcs};
@@ -39,20 +40,14 @@ impl Vcpu {
     pub(super) fn current_l2_vm(&mut self, m: &mut Machine) -> Option<u64> {
         // Fixed from one entry into L2 to the next exit to L1 (identities
         // change only by what L1 does): looked up once per entry.
-        if let Some(vm) = self.nested.l2_vm.filter(|_| self.nested.in_l2) {
+        if let Some(vm) = self.nested.cached_l2_vm() {
             return Some(vm);
         }
         let vmcs12 = self.nested.vmx.current?;
-        let eptp = self.eptp12();
+        let eptp = self.nested.eptp12();
         let vm = m.shadow.identify(vmcs12, eptp);
-        self.nested.l2_vm = vm;
+        self.nested.cache_l2_vm(vm);
         vm
-    }
-
-    pub(super) fn eptp12(&self) -> Option<u64> {
-        use crate::vmx::caps::secondary;
-        let v12 = &self.nested.vmx.vmcs12;
-        (v12.secondary_controls() & secondary::ENABLE_EPT != 0).then(|| v12.get(F::EPT_POINTER))
     }
 
     /// One byte of a COM access; bytes of a wide access outside COM ports
@@ -189,19 +184,10 @@ impl Vcpu {
     ) -> bool {
         let v = vs.current();
         let info = InstrInfo(e.instr_info);
-        let cs_l = v.read(F::GUEST_CS_AR_BYTES) & (1 << 13) != 0;
+        let cs_l = v.read(F::GUEST_CS_AR_BYTES) & AR_L != 0;
         let efer = v.read(F::GUEST_IA32_EFER);
         let long = efer & EFER_LMA != 0 && cs_l;
-        let asize = if long {
-            info.address_bytes()
-        } else {
-            info.address_bytes().min(4)
-        };
-        let amask = if asize == 8 {
-            u64::MAX
-        } else {
-            (1u64 << (8 * asize)) - 1
-        };
+        let amask = info.address_mask(long);
         let down = v.read(F::GUEST_RFLAGS) & RFLAGS_DF != 0;
         let (reg, seg_base) = if io.is_in {
             (
@@ -209,14 +195,7 @@ impl Vcpu {
                 if long { 0 } else { v.read(F::GUEST_ES_BASE) },
             )
         } else {
-            let seg = [
-                F::GUEST_ES_BASE,
-                F::GUEST_CS_BASE,
-                F::GUEST_SS_BASE,
-                F::GUEST_DS_BASE,
-                F::GUEST_FS_BASE,
-                F::GUEST_GS_BASE,
-            ][info.segment().min(5)];
+            let seg = GUEST_SEGMENTS[info.segment().min(5)].base;
             let base = if long && !matches!(info.segment(), 4 | 5) {
                 0
             } else {
@@ -224,7 +203,7 @@ impl Vcpu {
             };
             (GuestRegs::RSI, base)
         };
-        let paging = paging_regs(v, self.maxphyaddr);
+        let paging = paging_regs(v, self.host.maxphyaddr);
         let access = Access {
             write: io.is_in,
             fetch: false,
@@ -237,7 +216,7 @@ impl Vcpu {
             1
         };
         let step = io.size as u64;
-        let eptp12 = self.eptp12();
+        let eptp12 = self.nested.eptp12();
         let caps = self.nested.vmx.caps;
         let mut n = 0;
         while n < count_total.min(REP_BATCH) {
@@ -250,7 +229,7 @@ impl Vcpu {
                     l1: p.mem(),
                     eptp12,
                     caps: &caps,
-                    maxphyaddr: self.maxphyaddr,
+                    maxphyaddr: self.host.maxphyaddr,
                 };
                 walk::write_virt(&mut mem, &paging, la, &bytes[..size], access)
             } else {
@@ -259,7 +238,7 @@ impl Vcpu {
                     l1: p.mem(),
                     eptp12,
                     caps: &caps,
-                    maxphyaddr: self.maxphyaddr,
+                    maxphyaddr: self.host.maxphyaddr,
                 };
                 let r = walk::read_virt(&mem, &paging, la, &mut bytes[..size], access);
                 if r.is_ok() {

@@ -10,18 +10,17 @@ use core::fmt;
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::GuestMemory;
 use crate::mm::paging::TableMemory;
-use crate::nested::{Nested, VmcsSet};
-use crate::vmx::caps::VmxCaps;
+use crate::nested::{HostVmx, Nested, VmcsSet};
 use crate::vmx::exit::{
     event_type, reason, reason_name, CrAccess, EptViolation, ExitReason, InterruptionInfo,
     IoAccess, VmExit,
 };
 use crate::vmx::{caps, Field as F, Vmcs};
 
-mod apicv;
 mod com;
 pub mod cpuid;
 pub mod decode;
+mod irq_route;
 mod l2;
 pub mod msr;
 pub mod report;
@@ -34,9 +33,7 @@ use crate::machine::ept01::Violation;
 use crate::machine::shutdown::{ShutdownFeed, SHUTDOWN, SHUTDOWN_PORT};
 use crate::machine::Machine;
 use crate::regs::{CR0_TS, CR4_OSXSAVE};
-use crate::vmx::guest_cr::{
-    self as cr, read_cr_state, write_cr_state, CrPolicy, GeneralProtection,
-};
+use crate::vmx::guest_cr::{self as cr, read_cr_state, write_cr_state, GeneralProtection};
 use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
 use msr::MtrrShadow;
 use shadow_devices::mgmt;
@@ -215,34 +212,22 @@ impl fmt::Display for ExitStats {
 
 /// The cloud VM's CPU.
 pub struct Vcpu {
-    pub regs: GuestRegs,
-    pub launched: bool,
-    pub policy: CrPolicy,
-    pub cpuid: cpuid::CpuidContext,
-    pub mtrr: MtrrShadow,
-    /// The guest's VPID, 0 if VPIDs are not used.
-    pub vpid: u16,
-    pub maxphyaddr: u8,
+    regs: GuestRegs,
+    launched: bool,
+    cpuid: cpuid::CpuidContext,
+    mtrr: MtrrShadow,
+    /// L0's VMX setup of this CPU (L1's VPID, VMCS regions, CR policy...).
+    host: HostVmx,
     /// Exits of L1, and of L2.
-    pub stats: ExitStats,
-    pub l2_stats: ExitStats,
+    stats: ExitStats,
+    l2_stats: ExitStats,
     /// The kind of L1's last access to L0's memory, for the log.
-    pub last_l0_touch: &'static str,
-    /// The CPU's VMX capabilities (for fitting VMCS02's controls).
-    pub host_caps: VmxCaps,
-    pub eptp01: u64,
-    /// L0's MSR bitmap for L1 (a pool page), merged into VMCS02's.
-    pub msr_bitmap01: u64,
-    pub nested: Nested,
-    /// VMCS01, VMCS02 and shadow-VMCS regions.
-    pub vmcs_phys: [u64; 3],
-    /// VMX-preemption timer value that brings L0 back to serve the
-    /// management line while a guest runs without exits (None: no timer).
+    last_l0_touch: &'static str,
+    nested: Nested,
     /// TSC ticks between L0's visits to the management line.
-    pub poll_ticks: u64,
-    pub l0_timer: Option<u64>,
+    poll_ticks: u64,
     /// L0 asked for an interrupt window in VMCS01 (to deliver the relay).
-    pub window_requested: bool,
+    window_requested: bool,
 }
 
 const ACTIVITY_HLT: u64 = 1;
@@ -251,6 +236,91 @@ const UD: u8 = 6;
 const GP: u8 = 13;
 
 impl Vcpu {
+    /// The vCPU as bring-up leaves it: L1 about to be launched.
+    pub fn new(
+        regs: GuestRegs,
+        cpuid: cpuid::CpuidContext,
+        mtrr: MtrrShadow,
+        host: HostVmx,
+        nested: Nested,
+        poll_ticks: u64,
+    ) -> Self {
+        Vcpu {
+            regs,
+            launched: false,
+            cpuid,
+            mtrr,
+            host,
+            stats: ExitStats::default(),
+            l2_stats: ExitStats::default(),
+            last_l0_touch: "",
+            nested,
+            poll_ticks,
+            window_requested: false,
+        }
+    }
+
+    /// L1's general-purpose registers (L2's while L2 runs).
+    pub fn regs(&self) -> &GuestRegs {
+        &self.regs
+    }
+
+    pub fn regs_mut(&mut self) -> &mut GuestRegs {
+        &mut self.regs
+    }
+
+    /// VMCS01, VMCS02 and shadow-VMCS regions.
+    pub fn vmcs_phys(&self) -> [u64; 3] {
+        self.host.vmcs_phys
+    }
+
+    /// Whether L2 runs (VMCS02 is entered next).
+    pub fn in_l2(&self) -> bool {
+        self.nested.in_l2()
+    }
+
+    /// Whether VMCS02 (`l2`) or VMCS01 has been launched (VMRESUME enters it).
+    pub fn launched(&self, l2: bool) -> bool {
+        if l2 {
+            self.nested.vmcs02_launched()
+        } else {
+            self.launched
+        }
+    }
+
+    /// VMCS02 (`l2`) or VMCS01 was entered.
+    pub fn note_launched(&mut self, l2: bool) {
+        if l2 {
+            self.nested.note_vmcs02_launched();
+        } else {
+            self.launched = true;
+        }
+    }
+
+    /// An exit of L2 (`l2`) or L1 with its reason, the guest's RIP and the
+    /// TSC ticks its handling took.
+    pub fn account_exit(&mut self, l2: bool, basic: usize, rip: u64, ticks: u64) {
+        let stats = if l2 {
+            &mut self.l2_stats
+        } else {
+            &mut self.stats
+        };
+        stats.record(basic as u16, rip);
+        if let Some(t) = stats.ticks_by_reason.get_mut(basic) {
+            *t += ticks;
+        }
+    }
+
+    /// The exit statistics of L1 and of L2.
+    pub fn exit_stats(&self) -> (&ExitStats, &ExitStats) {
+        (&self.stats, &self.l2_stats)
+    }
+
+    /// TSC ticks between L0's visits to the management line.
+    pub fn poll_ticks(&self) -> u64 {
+        self.poll_ticks
+    }
+
     fn gpr(&self, v: &impl Vmcs, n: u8) -> u64 {
         if n as usize == GuestRegs::RSP {
             v.read(F::GUEST_RSP)
@@ -285,7 +355,7 @@ impl Vcpu {
         p: &mut P,
     ) -> Outcome {
         let r = ExitReason(vs.current().read(F::VM_EXIT_REASON) as u32);
-        let stats = if self.nested.in_l2 {
+        let stats = if self.nested.in_l2() {
             &mut self.l2_stats
         } else {
             &mut self.stats
@@ -293,7 +363,7 @@ impl Vcpu {
         if let Some(n) = stats.by_reason.get_mut(r.basic() as usize) {
             *n += 1;
         }
-        if self.nested.in_l2 {
+        if self.nested.in_l2() {
             return self.l2_exit(m, vs, p);
         }
         let v = vs.current();
@@ -443,6 +513,12 @@ impl Vcpu {
         }
     }
 
+    /// What L0 does before each VM entry into L2 (VMCS02 current): the
+    /// virtual-interrupt evaluation Bochs leaves out (`nested/apicv.rs`).
+    pub fn before_l2_entry<V: Vmcs, M: GuestMemory>(&mut self, v: &mut V, mem: &mut M) {
+        self.nested.before_l2_entry(v, mem);
+    }
+
     /// RDMSR of an MSR L0 emulates.
     fn read_l0_msr(&self, m: u32) -> Result<u64, msr::MsrFault> {
         if msr::VMX_MSRS.contains(&m) {
@@ -545,8 +621,8 @@ impl Vcpu {
                     log::info!(
                         "L2: {}; {} handled in L0, {} reflected to L1",
                         self.l2_stats,
-                        self.nested.handled_in_l0,
-                        self.nested.reflected
+                        self.nested.exit_counts().0,
+                        self.nested.exit_counts().1
                     );
                 }
                 log::info!("L1 touched L0 memory {} times", m.ept.l0_touches);
@@ -605,10 +681,10 @@ impl Vcpu {
         let result = match access {
             CrAccess::MovToCr { cr: 0, gpr } => cr::write_cr0(&mut s, self.gpr(v, gpr) & width),
             CrAccess::MovToCr { cr: 3, gpr } => {
-                cr::write_cr3(&mut s, self.gpr(v, gpr) & width, self.maxphyaddr)
+                cr::write_cr3(&mut s, self.gpr(v, gpr) & width, self.host.maxphyaddr)
             }
             CrAccess::MovToCr { cr: 4, gpr } => {
-                cr::write_cr4(&mut s, self.gpr(v, gpr) & width, &self.policy)
+                cr::write_cr4(&mut s, self.gpr(v, gpr) & width, &self.host.policy)
             }
             CrAccess::MovFromCr { cr: 3, gpr } => {
                 let value = s.cr3;
@@ -647,7 +723,7 @@ impl Vcpu {
             for (i, e) in pdptes.iter_mut().enumerate() {
                 *e = u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap());
             }
-            if cr::check_pdptes(&pdptes, self.maxphyaddr).is_err() {
+            if cr::check_pdptes(&pdptes, self.host.maxphyaddr).is_err() {
                 inject_exception(v, GP, Some(0));
                 return Outcome::Resume;
             }
@@ -663,9 +739,9 @@ impl Vcpu {
                 v.write(f, e);
             }
         }
-        write_cr_state(v, &s, &self.policy);
-        if effects.flush_tlb && self.vpid != 0 {
-            p.flush_vpid(self.vpid);
+        write_cr_state(v, &s, &self.host.policy);
+        if effects.flush_tlb && self.host.vpid != 0 {
+            p.flush_vpid(self.host.vpid);
         }
         skip_instruction(v);
         Outcome::Resume

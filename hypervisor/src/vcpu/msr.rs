@@ -21,7 +21,7 @@ pub const IA32_MTRR_FIX4K_F8000: u32 = 0x26f;
 pub const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
 pub const IA32_EFER: u32 = 0xc000_0080;
 pub const IA32_PAT: u32 = 0x277;
-pub const VMX_MSRS: core::ops::RangeInclusive<u32> = 0x480..=0x492;
+pub use crate::nested::caps::VMX_MSRS;
 
 /// A 4 KiB VMX MSR bitmap (SDM Vol. 3C 25.6.9): read-low, read-high,
 /// write-low, write-high, 1 KiB each; low = 0..0x1fff, high = 0xc000_0000..0xc000_1fff.

@@ -132,7 +132,11 @@ impl Vcpu {
         v: &impl Vmcs,
         p: &mut P,
     ) -> Vec<String> {
-        let l2 = if self.nested.in_l2 { "in L2" } else { "in L1" };
+        let l2 = if self.nested.in_l2() {
+            "in L2"
+        } else {
+            "in L1"
+        };
         let v12 = &self.nested.vmx.vmcs12;
         let vapic = match self.nested.vmx.current.is_some() {
             true => {
@@ -169,7 +173,7 @@ impl Vcpu {
             v.read(F::GUEST_INTERRUPTIBILITY_INFO),
             v.read(F::GUEST_ACTIVITY_STATE),
             v.read(F::VM_ENTRY_INTR_INFO_FIELD),
-            if self.nested.in_l2 { v.read(F::GUEST_INTR_STATUS) } else { 0 },
+            if self.nested.in_l2() { v.read(F::GUEST_INTR_STATUS) } else { 0 },
             v.read(F::VMX_PREEMPTION_TIMER_VALUE),
             p.apic_state()
         );

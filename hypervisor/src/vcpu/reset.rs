@@ -137,7 +137,7 @@ impl Vcpu {
         if self.nested.vmx.vmxon.is_some() {
             return Outcome::Resume;
         }
-        write_init_state(v, &self.policy);
+        write_init_state(v, &self.host.policy);
         self.regs = GuestRegs::default();
         self.regs.gpr[GuestRegs::RDX] = signature;
         self.cpuid.guest_cr4 = 0;

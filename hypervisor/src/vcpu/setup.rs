@@ -8,6 +8,7 @@ use crate::regs::{
     EFER_NXE,
 };
 use crate::vmx::caps::{self, Control, ControlError, VmxCaps};
+use crate::vmx::fields::{seg, GUEST_SEGMENTS};
 use crate::vmx::guest_cr::{CrPolicy, CrState};
 use crate::vmx::{Field as F, Vmcs};
 
@@ -253,77 +254,25 @@ fn write_linux_state(v: &mut impl Vmcs, e: LinuxEntry, policy: &CrPolicy) -> [(u
     v.write(F::CR4_READ_SHADOW, cr.cr4);
     v.write(F::GUEST_IA32_EFER, EFER_LME | EFER_LMA | EFER_NXE);
     set_ia32e_entry(v, true);
-    let segs = [
-        (
-            F::GUEST_CS_SELECTOR,
-            F::GUEST_CS_BASE,
-            F::GUEST_CS_LIMIT,
-            F::GUEST_CS_AR_BYTES,
-            0x10,
-            AR_CODE64,
-        ),
-        (
-            F::GUEST_SS_SELECTOR,
-            F::GUEST_SS_BASE,
-            F::GUEST_SS_LIMIT,
-            F::GUEST_SS_AR_BYTES,
-            0x18,
-            AR_DATA32,
-        ),
-        (
-            F::GUEST_DS_SELECTOR,
-            F::GUEST_DS_BASE,
-            F::GUEST_DS_LIMIT,
-            F::GUEST_DS_AR_BYTES,
-            0x18,
-            AR_DATA32,
-        ),
-        (
-            F::GUEST_ES_SELECTOR,
-            F::GUEST_ES_BASE,
-            F::GUEST_ES_LIMIT,
-            F::GUEST_ES_AR_BYTES,
-            0x18,
-            AR_DATA32,
-        ),
-        (
-            F::GUEST_FS_SELECTOR,
-            F::GUEST_FS_BASE,
-            F::GUEST_FS_LIMIT,
-            F::GUEST_FS_AR_BYTES,
-            0x18,
-            AR_DATA32,
-        ),
-        (
-            F::GUEST_GS_SELECTOR,
-            F::GUEST_GS_BASE,
-            F::GUEST_GS_LIMIT,
-            F::GUEST_GS_AR_BYTES,
-            0x18,
-            AR_DATA32,
-        ),
-    ];
-    write_common(v, &segs, e.gdt_base, e.gdt_limit, e.rip, e.rsp);
+    write_common(v, AR_CODE64, e.gdt_base, e.gdt_limit, e.rip, e.rsp);
     [(6, e.rsi), (0, 0)]
 }
 
-type SegRow = (F, F, F, F, u64, u64);
-
-/// Segments, TR, LDTR, descriptor tables, RIP/RSP/RFLAGS and the MSRs and
-/// state fields both entries set the same way.
-fn write_common(
-    v: &mut impl Vmcs,
-    segs: &[SegRow],
-    gdt_base: u64,
-    gdt_limit: u16,
-    rip: u64,
-    rsp: u64,
-) {
-    for &(sel, base, limit, ar, s, a) in segs {
-        v.write(sel, s);
-        v.write(base, 0);
-        v.write(limit, 0xffff_ffff);
-        v.write(ar, a);
+/// Flat segments (selectors as GRUB and the Linux boot protocol have them:
+/// 0x10 code with access rights `cs_ar`, 0x18 data), TR, LDTR, descriptor
+/// tables, RIP/RSP/RFLAGS and the MSRs and state fields both entries set
+/// the same way.
+fn write_common(v: &mut impl Vmcs, cs_ar: u64, gdt_base: u64, gdt_limit: u16, rip: u64, rsp: u64) {
+    for (i, seg) in GUEST_SEGMENTS[..=seg::GS].iter().enumerate() {
+        let (s, a) = if i == seg::CS {
+            (0x10, cs_ar)
+        } else {
+            (0x18, AR_DATA32)
+        };
+        v.write(seg.selector, s);
+        v.write(seg.base, 0);
+        v.write(seg.limit, 0xffff_ffff);
+        v.write(seg.ar, a);
     }
     v.write(F::GUEST_TR_SELECTOR, 0);
     v.write(F::GUEST_TR_BASE, 0);
@@ -368,58 +317,7 @@ fn write_multiboot_state(
     v.write(F::CR4_READ_SHADOW, cr.cr4);
     v.write(F::GUEST_IA32_EFER, 0);
     set_ia32e_entry(v, false);
-    // GRUB's selectors: 0x10 code, 0x18 data.
-    let segs = [
-        (
-            F::GUEST_CS_SELECTOR,
-            F::GUEST_CS_BASE,
-            F::GUEST_CS_LIMIT,
-            F::GUEST_CS_AR_BYTES,
-            0x10,
-            AR_CODE32,
-        ),
-        (
-            F::GUEST_SS_SELECTOR,
-            F::GUEST_SS_BASE,
-            F::GUEST_SS_LIMIT,
-            F::GUEST_SS_AR_BYTES,
-            0x18,
-            AR_DATA32,
-        ),
-        (
-            F::GUEST_DS_SELECTOR,
-            F::GUEST_DS_BASE,
-            F::GUEST_DS_LIMIT,
-            F::GUEST_DS_AR_BYTES,
-            0x18,
-            AR_DATA32,
-        ),
-        (
-            F::GUEST_ES_SELECTOR,
-            F::GUEST_ES_BASE,
-            F::GUEST_ES_LIMIT,
-            F::GUEST_ES_AR_BYTES,
-            0x18,
-            AR_DATA32,
-        ),
-        (
-            F::GUEST_FS_SELECTOR,
-            F::GUEST_FS_BASE,
-            F::GUEST_FS_LIMIT,
-            F::GUEST_FS_AR_BYTES,
-            0x18,
-            AR_DATA32,
-        ),
-        (
-            F::GUEST_GS_SELECTOR,
-            F::GUEST_GS_BASE,
-            F::GUEST_GS_LIMIT,
-            F::GUEST_GS_AR_BYTES,
-            0x18,
-            AR_DATA32,
-        ),
-    ];
-    write_common(v, &segs, 0, 0, eip as u64, 0);
+    write_common(v, AR_CODE32, 0, 0, eip as u64, 0);
     [
         (0, boot::loader::multiboot::BOOTLOADER_MAGIC as u64),
         (3, ebx as u64),

@@ -9,6 +9,7 @@ use crate::mm::paging::{translate, PageSize};
 use crate::nested::{Level, Nested, Vmcs02Pages};
 use crate::vmx::ept::Ept;
 use crate::vmx::fake::FakeVmcs;
+use crate::vmx::guest_cr::CrPolicy;
 use boot::memmap::{Range, RangeSet};
 use std::collections::BTreeMap;
 
@@ -217,20 +218,22 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
     let vcpu = Vcpu {
         regs: GuestRegs::default(),
         launched: true,
-        policy,
         cpuid: cpuid::CpuidContext::default(),
         mtrr: MtrrShadow::capture(0x508, 39, |_| 0),
-        vpid: 1,
-        maxphyaddr: 39,
+        host: HostVmx {
+            caps: crate::vmx::caps::tests::bochs_skylake(),
+            policy,
+            eptp01: crate::vmx::ept::eptp(0, false),
+            msr_bitmap01: 0x7000_8000,
+            vmcs_phys: [0x7100_0000, 0x7100_1000, 0x7100_2000],
+            vpid: 1,
+            maxphyaddr: 39,
+            l0_timer: None,
+        },
         stats: ExitStats::default(),
         l2_stats: ExitStats::default(),
         last_l0_touch: "",
-        host_caps: crate::vmx::caps::tests::bochs_skylake(),
-        eptp01: crate::vmx::ept::eptp(0, false),
-        msr_bitmap01: 0x7000_8000,
-        nested: Nested::new(crate::nested::testutil::caps(), 39, PAGES, RangeSet::new()),
-        vmcs_phys: [0x7100_0000, 0x7100_1000, 0x7100_2000],
-        l0_timer: None,
+        nested: Nested::new(crate::nested::testutil::caps(), 39, PAGES, false),
         poll_ticks: 1 << 20,
         window_requested: false,
     };
@@ -645,7 +648,7 @@ mod nested {
         let (mut c, mut v, mut p) = setup();
         p.mem = VecMemory::new(0, 0x100_0000);
         c.cpuid.vmx = true;
-        c.policy.cr4_allowed |= crate::regs::CR4_VMXE;
+        c.host.policy.cr4_allowed |= crate::regs::CR4_VMXE;
         c.nested.vmx.vmxon = Some(0x10_0000);
         c.nested.vmx.current = Some(0x10_1000);
         *c.nested.vmx.vmcs12 = valid_vmcs12();
@@ -676,7 +679,7 @@ mod nested {
             launch(&mut c, &mut v, &mut p, reason::VMLAUNCH),
             Outcome::Resume
         );
-        assert!(c.nested.in_l2 && v.cur == Level::L2);
+        assert!(c.nested.in_l2() && v.cur == Level::L2);
         assert!(c.nested.vmx.vmcs12.launched);
         assert_eq!(v.v02.read(F::GUEST_RIP), 0x1000);
         assert_eq!(
@@ -691,7 +694,7 @@ mod nested {
         exit(&mut v, reason::CPUID, 0, 2);
         v.v02.write(F::GUEST_RSP, 0x7000);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-        assert!(!c.nested.in_l2 && v.cur == Level::L1);
+        assert!(!c.nested.in_l2() && v.cur == Level::L1);
         let v12 = &c.nested.vmx.vmcs12;
         assert_eq!(
             (
@@ -721,7 +724,7 @@ mod nested {
             launch(&mut c, &mut v, &mut p, reason::VMRESUME),
             Outcome::Resume
         );
-        assert!(c.nested.in_l2);
+        assert!(c.nested.in_l2());
         assert_eq!(
             v.v02.read(F::EPT_POINTER),
             eptp02,
@@ -738,14 +741,14 @@ mod nested {
         exit(&mut v, reason::EPT_VIOLATION, 0x181, 0);
         v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x1010);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-        assert!(c.nested.in_l2);
+        assert!(c.nested.in_l2());
         let l = translate(&mut p.tables, &Ept, root02, 0x1010).unwrap();
         assert_eq!((l.pa, l.entry & RWX), (L2_PAGE + 0x10, RWX));
         // Not mapped by EPT12: L1 gets the violation with EPT12's rights.
         exit(&mut v, reason::EPT_VIOLATION, 0x182, 0);
         v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x9000);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-        assert!(!c.nested.in_l2);
+        assert!(!c.nested.in_l2());
         let v12 = &c.nested.vmx.vmcs12;
         assert_eq!(
             (
@@ -769,7 +772,7 @@ mod nested {
         v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x1000);
         c.handle_exit(&mut v, &mut p);
         assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 49);
-        assert!(!c.nested.in_l2);
+        assert!(!c.nested.in_l2());
     }
 
     #[test]
@@ -780,7 +783,7 @@ mod nested {
             launch(&mut c, &mut v, &mut p, reason::VMLAUNCH),
             Outcome::Resume
         );
-        assert!(!c.nested.in_l2);
+        assert!(!c.nested.in_l2());
         assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 0x8000_0021);
         assert!(
             !c.nested.vmx.vmcs12.launched,
@@ -806,7 +809,7 @@ mod nested {
         exit(&mut v, reason::IO_INSTRUCTION, 0x03f8_0000, 1); // out dx, al
         v.v02.write(F::GUEST_RIP, 0x1000);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-        assert!(c.nested.in_l2, "L1 never sees it");
+        assert!(c.nested.in_l2(), "L1 never sees it");
         assert_eq!(v.v02.read(F::GUEST_RIP), 0x1001);
         c.regs.gpr[GuestRegs::RAX] = 0x1234_5600;
         exit(&mut v, reason::IO_INSTRUCTION, 0x03fd_0008, 1); // in al, dx: LSR
@@ -822,11 +825,11 @@ mod nested {
         exit(&mut v, reason::IO_INSTRUCTION, 0x02fb_0000, 1);
         c.regs.gpr[GuestRegs::RAX] = 0x03;
         c.handle_exit(&mut v, &mut p);
-        assert!(c.nested.in_l2);
+        assert!(c.nested.in_l2());
         // A port in L1's bitmap: reflected.
         exit(&mut v, reason::IO_INSTRUCTION, 0x0080_0000, 1);
         c.handle_exit(&mut v, &mut p);
-        assert!(!c.nested.in_l2);
+        assert!(!c.nested.in_l2());
         assert_eq!(c.nested.vmx.vmcs12.get(F::EXIT_QUALIFICATION), 0x0080_0000);
         // With L1's bitmaps in use, VMCS02 traps every port; a port L1
         // lets through is carried out by L0 for L2.
@@ -835,7 +838,7 @@ mod nested {
         exit(&mut v, reason::IO_INSTRUCTION, 0x0070_0000, 1); // out 0x70, al
         c.regs.gpr[GuestRegs::RAX] = 0x8f;
         c.handle_exit(&mut v, &mut p);
-        assert!(c.nested.in_l2);
+        assert!(c.nested.in_l2());
         assert_eq!(p.out.last(), Some(&(0x70, 0x8f)));
     }
 
@@ -848,7 +851,7 @@ mod nested {
         c.regs.gpr[GuestRegs::RAX] = L0_LEAF as u64;
         exit(&mut v, reason::CPUID, 0, 2);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-        assert!(c.nested.in_l2, "L0 answers, L1 never sees the exit");
+        assert!(c.nested.in_l2(), "L0 answers, L1 never sees the exit");
         assert_eq!(v.v02.read(F::GUEST_RIP), 0x1002);
         let [eax, ebx, ecx, edx] = [
             GuestRegs::RAX,
@@ -865,7 +868,7 @@ mod nested {
         c.regs.gpr[GuestRegs::RAX] = 0x4000_0000;
         exit(&mut v, reason::CPUID, 0, 2);
         c.handle_exit(&mut v, &mut p);
-        assert!(!c.nested.in_l2);
+        assert!(!c.nested.in_l2());
         assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 10);
     }
 
@@ -903,7 +906,7 @@ mod nested {
             launch(&mut c, &mut v, &mut p, reason::VMLAUNCH),
             Outcome::Resume
         );
-        assert!(c.nested.in_l2);
+        assert!(c.nested.in_l2());
         (c, v, p)
     }
 
@@ -922,7 +925,7 @@ mod nested {
             v.v02.write(F::GUEST_PHYSICAL_ADDRESS, gpa);
             v.v02.write(F::GUEST_RIP, 0x1000);
             c.handle_exit(&mut v, &mut p);
-            assert!(!c.nested.in_l2, "KVM emulates the IOAPIC");
+            assert!(!c.nested.in_l2(), "KVM emulates the IOAPIC");
             launch(&mut c, &mut v, &mut p, reason::VMRESUME);
         }
         // L2's 8250 driver: THR-empty interrupt on, OUT2. The edge is
@@ -933,7 +936,7 @@ mod nested {
             exit(&mut v, reason::IO_INSTRUCTION, (port as u64) << 16, 1);
             c.handle_exit(&mut v, &mut p);
         }
-        assert!(c.nested.in_l2);
+        assert!(c.nested.in_l2());
         assert_eq!(v.v02.read(F::GUEST_INTR_STATUS) & 0xff, 0x24, "RVI");
         let mut irr = [0u8; 4];
         p.mem.read(VAPIC + 0x210, &mut irr).unwrap();
@@ -943,7 +946,7 @@ mod nested {
         // the descriptor gets the vector and L1's APIC the notification.
         exit(&mut v, reason::CPUID, 0, 2);
         c.handle_exit(&mut v, &mut p);
-        assert!(!c.nested.in_l2);
+        assert!(!c.nested.in_l2());
         c.m.shadow.io(1, 0x3f9, Some(0x01)); // received-data interrupt on
         c.m.shadow.irqs.take_edges(1, u16::MAX);
         for cmd in ["attach 1", "in 41"] {
@@ -982,7 +985,7 @@ mod nested {
         exit(&mut v, reason::INTERRUPT_WINDOW, 0, 0);
         v.v02.write(F::GUEST_RFLAGS, 0x202);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-        assert!(c.nested.in_l2);
+        assert!(c.nested.in_l2());
         assert_eq!(
             v.v02.read(F::CPU_BASED_VM_EXEC_CONTROL) & pr::INTERRUPT_WINDOW_EXITING as u64,
             0
@@ -1030,11 +1033,11 @@ mod nested {
         );
         exit(&mut v, reason::VIRTUALIZED_EOI, 0x41, 0);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-        assert!(c.nested.in_l2, "L1 did not ask for EOI exits of 0x41");
+        assert!(c.nested.in_l2(), "L1 did not ask for EOI exits of 0x41");
         c.nested.vmx.vmcs12.set(F::EOI_EXIT_BITMAP1, 1 << 1);
         exit(&mut v, reason::VIRTUALIZED_EOI, 0x41, 0);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-        assert!(!c.nested.in_l2, "0x41 is in L1's EOI-exit bitmap");
+        assert!(!c.nested.in_l2(), "0x41 is in L1's EOI-exit bitmap");
         assert_eq!(
             c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON),
             reason::VIRTUALIZED_EOI as u64
@@ -1059,7 +1062,7 @@ mod nested {
         v.v02.write(F::GUEST_RIP, 0x1000);
         exit(&mut v, reason::WRMSR, 0, 2);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-        assert!(c.nested.in_l2);
+        assert!(c.nested.in_l2());
         assert_eq!(v.v02.read(F::GUEST_RIP), 0x1002);
         let mut b = [0u8; 4];
         p.mem.read(VAPIC + 0x230, &mut b).unwrap();
@@ -1103,7 +1106,7 @@ mod nested {
         p.mem.write(VAPIC + 0x300, &0x41u32.to_le_bytes()).unwrap();
         exit(&mut v, reason::APIC_WRITE, 0x300, 0);
         assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-        assert!(c.nested.in_l2, "virtualized: L1 sees nothing");
+        assert!(c.nested.in_l2(), "virtualized: L1 sees nothing");
         // APIC 1 is this very L2's descriptor: posted and processed at once.
         let mut irr = [0u8; 4];
         p.mem.read(VAPIC + 0x220, &mut irr).unwrap();
@@ -1115,7 +1118,7 @@ mod nested {
             .unwrap();
         exit(&mut v, reason::APIC_WRITE, 0x300, 0);
         c.handle_exit(&mut v, &mut p);
-        assert!(!c.nested.in_l2);
+        assert!(!c.nested.in_l2());
         let v12 = &c.nested.vmx.vmcs12;
         assert_eq!(
             (v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION)),
@@ -1172,7 +1175,7 @@ mod nested {
         c.regs.gpr[GuestRegs::RCX] = 0xc000_0102;
         exit(&mut v, reason::RDMSR, 0, 2);
         c.handle_exit(&mut v, &mut p);
-        assert_eq!((c.regs.gpr[GuestRegs::RAX], c.nested.in_l2), (7, true));
+        assert_eq!((c.regs.gpr[GuestRegs::RAX], c.nested.in_l2()), (7, true));
         // ...or in VMCS02 for one the VMCS switches...
         c.regs.gpr[GuestRegs::RCX] = 0x175;
         c.regs.gpr[GuestRegs::RAX] = 0x1234;
@@ -1214,7 +1217,7 @@ mod shadowing {
         let (mut c, mut v, mut p) = setup();
         p.mem = VecMemory::new(0, 0x100_0000);
         c.cpuid.vmx = true;
-        c.nested.shadowing = true;
+        c.nested.set_shadowing(true);
         c.nested.vmx.vmxon = Some(0x10_0000);
         c.nested.vmx.current = Some(0x10_1000);
         *c.nested.vmx.vmcs12 = crate::nested::testutil::valid_vmcs12();
@@ -1233,10 +1236,10 @@ mod shadowing {
         // report is not needed; a VMLAUNCH then an exit).
         exit(&mut v, reason::VMLAUNCH, 0, 3);
         c.handle_exit(&mut v, &mut p);
-        assert!(c.nested.in_l2);
+        assert!(c.nested.in_l2());
         exit(&mut v, reason::CPUID, 0, 2);
         c.handle_exit(&mut v, &mut p);
-        assert!(!c.nested.in_l2);
+        assert!(!c.nested.in_l2());
         assert_eq!(
             v.v01.read(F::VMCS_LINK_POINTER),
             0x7100_2000,
@@ -1252,7 +1255,7 @@ mod shadowing {
         v.sh.write(F::GUEST_RIP, 0x1002);
         exit(&mut v, reason::VMRESUME, 0, 3);
         c.handle_exit(&mut v, &mut p);
-        assert!(c.nested.in_l2);
+        assert!(c.nested.in_l2());
         assert_eq!(v.v02.read(F::GUEST_RIP), 0x1002);
         // VMCLEAR of the current VMCS: the link is cut.
         exit(&mut v, reason::CPUID, 0, 2);

@@ -8,11 +8,11 @@ use alloc::vec;
 
 use ultracall_abi::{CallerLevel, InRegs, Op, Request, Response, Status};
 
-use super::vmx_instr::l1_state;
 use super::{Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::{self, pfec, Access, WalkError};
 use crate::machine::Machine;
+use crate::nested::l1_state::l1_state;
 use crate::nested::VmcsSet;
 use crate::vmx::inject::skip_instruction;
 
@@ -94,7 +94,7 @@ impl Vcpu {
         raw_rsi: u64,
         rdi: &mut Option<u64>,
     ) -> Response {
-        let s = l1_state(vs.current(), &self.regs, self.maxphyaddr);
+        let s = l1_state(vs.current(), &self.regs, self.host.maxphyaddr);
         let access = Access {
             write: false,
             fetch: false,

@@ -295,6 +295,93 @@ impl Field {
     }
 }
 
+/// A guest segment register's four VMCS fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentFields {
+    pub selector: Field,
+    pub base: Field,
+    pub limit: Field,
+    pub ar: Field,
+}
+
+const fn seg(selector: Field, base: Field, limit: Field, ar: Field) -> SegmentFields {
+    SegmentFields {
+        selector,
+        base,
+        limit,
+        ar,
+    }
+}
+
+/// Indices into [`GUEST_SEGMENTS`].
+pub mod seg {
+    pub const ES: usize = 0;
+    pub const CS: usize = 1;
+    pub const SS: usize = 2;
+    pub const DS: usize = 3;
+    pub const FS: usize = 4;
+    pub const GS: usize = 5;
+    pub const LDTR: usize = 6;
+    pub const TR: usize = 7;
+}
+
+/// The guest segment registers in the SDM's numbering (ES, CS, SS, DS, FS,
+/// GS: the segment-register field of the VM-exit instruction information,
+/// SDM Vol. 3C 28.2.5), then LDTR and TR.
+pub const GUEST_SEGMENTS: [SegmentFields; 8] = {
+    use Field as F;
+    [
+        seg(
+            F::GUEST_ES_SELECTOR,
+            F::GUEST_ES_BASE,
+            F::GUEST_ES_LIMIT,
+            F::GUEST_ES_AR_BYTES,
+        ),
+        seg(
+            F::GUEST_CS_SELECTOR,
+            F::GUEST_CS_BASE,
+            F::GUEST_CS_LIMIT,
+            F::GUEST_CS_AR_BYTES,
+        ),
+        seg(
+            F::GUEST_SS_SELECTOR,
+            F::GUEST_SS_BASE,
+            F::GUEST_SS_LIMIT,
+            F::GUEST_SS_AR_BYTES,
+        ),
+        seg(
+            F::GUEST_DS_SELECTOR,
+            F::GUEST_DS_BASE,
+            F::GUEST_DS_LIMIT,
+            F::GUEST_DS_AR_BYTES,
+        ),
+        seg(
+            F::GUEST_FS_SELECTOR,
+            F::GUEST_FS_BASE,
+            F::GUEST_FS_LIMIT,
+            F::GUEST_FS_AR_BYTES,
+        ),
+        seg(
+            F::GUEST_GS_SELECTOR,
+            F::GUEST_GS_BASE,
+            F::GUEST_GS_LIMIT,
+            F::GUEST_GS_AR_BYTES,
+        ),
+        seg(
+            F::GUEST_LDTR_SELECTOR,
+            F::GUEST_LDTR_BASE,
+            F::GUEST_LDTR_LIMIT,
+            F::GUEST_LDTR_AR_BYTES,
+        ),
+        seg(
+            F::GUEST_TR_SELECTOR,
+            F::GUEST_TR_BASE,
+            F::GUEST_TR_LIMIT,
+            F::GUEST_TR_AR_BYTES,
+        ),
+    ]
+};
+
 impl fmt::Display for Field {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({:#06x})", self.name(), *self as u32)
