@@ -314,6 +314,8 @@ pub fn vcpu(t: &VcpuTemplate, first: FirstState) -> Vcpu {
         l0_timer,
         poll_ticks: t.poll_ticks,
         window_requested: false,
+        waiting_for_sipi: matches!(first, FirstState::WaitForSipi),
+        saves_smi_blocking: false,
     }
 }
 

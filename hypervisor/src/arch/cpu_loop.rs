@@ -42,6 +42,9 @@ pub fn run(
         // SAFETY: the current VMCS is complete: host state brings us back to l0_vmx_exit.
         let outcome = match unsafe { super::run::run(&mut vcpu.regs, launched) } {
             Ok(()) => {
+                if vcpu.saves_smi_blocking {
+                    crate::vcpu::reset::clear_smi_blocking(vs.current());
+                }
                 if in_l2 {
                     vcpu.nested.vmcs02_launched = true;
                 } else {
