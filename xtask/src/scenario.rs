@@ -168,9 +168,13 @@ macro_rules! l0_only {
 
 /// A guest scenario of the test hypervisor twice: `NAME-native` (booted
 /// directly by GRUB, checked against Bochs's VMX, in CI) and `NAME` (booted
-/// by L0, enabled in CI once L0 offers nested VMX).
+/// by L0, enabled in CI once L0 offers nested VMX), on a host with 1 CPU
+/// or the CPUs given.
 macro_rules! nested {
     ($name:literal, $secs:expr, $l0_in_ci:expr) => {
+        nested!($name, $secs, $l0_in_ci, 1)
+    };
+    ($name:literal, $secs:expr, $l0_in_ci:expr, $cpus:expr) => {
         [
             Scenario {
                 name: concat!($name, "-native"),
@@ -187,7 +191,7 @@ macro_rules! nested {
                 console: NO_CONSOLE,
                 enabled_in_ci: true,
                 disk: Disk::None,
-                cpus: 1,
+                cpus: $cpus,
             },
             Scenario {
                 name: $name,
@@ -205,7 +209,7 @@ macro_rules! nested {
                 console: NO_CONSOLE,
                 enabled_in_ci: $l0_in_ci,
                 disk: Disk::None,
-                cpus: 1,
+                cpus: $cpus,
             },
         ]
     };
@@ -389,6 +393,9 @@ pub fn all() -> Vec<Scenario> {
     v.extend(nested!("nested-basic", 60, L0_NESTED_VMX));
     v.extend(nested!("nested-exits", 60, L0_NESTED_VMX));
     v.extend(nested!("nested-ept", 60, L0_NESTED_VMX));
+    // The test hypervisor on both CPUs of a 2-CPU host, an L2 on each at
+    // once: the guest starts the AP itself (INIT-SIPI-SIPI).
+    v.extend(nested!("smp-nested", 120, true, 2));
     for variant in [
         fallback!("nested-basic", "paged", 60),
         fallback!("nested-exits", "paged", 60),

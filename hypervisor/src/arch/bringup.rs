@@ -306,7 +306,11 @@ pub fn vcpu(t: &VcpuTemplate, first: FirstState) -> Vcpu {
         nested_pages,
         t.shadow_bitmaps.is_some(),
     );
-    Vcpu::new(regs, t.cpuid, mtrr, host, nested, t.poll_ticks)
+    let mut vcpu = Vcpu::new(regs, t.cpuid, mtrr, host, nested, t.poll_ticks);
+    if matches!(first, FirstState::WaitForSipi) {
+        vcpu.wait_for_sipi();
+    }
+    vcpu
 }
 
 /// The sealing key, on the CPU's AES and carry-less multiply when it has

@@ -39,6 +39,7 @@ pub fn run(
         let outcome = match unsafe { super::run::run(vcpu.regs_mut(), launched) } {
             Ok(()) => {
                 vcpu.note_launched(in_l2);
+                vcpu.fix_saved_state(vs.current());
                 // Cost accounting per exit reason (the shutdown report shows it).
                 let basic = vs.current().read(F::VM_EXIT_REASON) as usize & 0xffff;
                 let rip = vs.current().read(F::GUEST_RIP);

@@ -228,6 +228,16 @@ pub struct Vcpu {
     poll_ticks: u64,
     /// L0 asked for an interrupt window in VMCS01 (to deliver the relay).
     window_requested: bool,
+    /// L0 put the vCPU in the wait-for-SIPI state (at creation or on
+    /// INIT) and no SIPI has started it since. L0's own record: not every
+    /// processor saves wait-for-SIPI in the activity-state field at a SIPI
+    /// exit (Bochs 2.7 saves "active").
+    waiting_for_sipi: bool,
+    /// This CPU saved blocking by SMI at its SIPI exit, outside SMM:
+    /// Bochs 2.7 keeps SMI (and NMI) masked after a SIPI exit and saves
+    /// that at every later exit, and an entry with it fails. L0 clears the
+    /// bit after each exit on this CPU (`reset::clear_smi_blocking`).
+    saves_smi_blocking: bool,
 }
 
 const ACTIVITY_HLT: u64 = 1;
@@ -257,6 +267,8 @@ impl Vcpu {
             nested,
             poll_ticks,
             window_requested: false,
+            waiting_for_sipi: false,
+            saves_smi_blocking: false,
         }
     }
 

@@ -120,16 +120,48 @@ pub fn write_init_state(v: &mut impl Vmcs, policy: &CrPolicy) {
     v.write(F::GUEST_ACTIVITY_STATE, WAIT_FOR_SIPI);
 }
 
+/// Blocking by SMI in the interruptibility state (SDM Vol. 3C 25.4.2).
+pub const BLOCKING_BY_SMI: u64 = 1 << 2;
+
+/// Clears blocking by SMI in the guest interruptibility state the last
+/// exit saved. L0 never runs in SMM, and exits that end outside SMM save
+/// that bit as 0 (SDM Vol. 3C 28.3.4); a processor that saves 1 anyway
+/// (Bochs 2.7 after a SIPI exit) would fail the next entry (27.3.1.5).
+pub fn clear_smi_blocking(v: &mut impl Vmcs) {
+    let i = v.read(F::GUEST_INTERRUPTIBILITY_INFO);
+    if i & BLOCKING_BY_SMI != 0 {
+        v.write(F::GUEST_INTERRUPTIBILITY_INFO, i & !BLOCKING_BY_SMI);
+    }
+}
+
 /// A SIPI with `vector`: the waiting vCPU starts at `vector << 12` in
-/// real mode (CS = vector << 8, IP = 0).
+/// real mode (CS = vector << 8, IP = 0), active, with nothing blocked.
+/// The interruptibility the SIPI exit saved is not kept: a processor may
+/// save the blocking it applies while waiting (Bochs 2.7 saves SMI and NMI
+/// blocking), and blocking by SMI outside SMM fails the entry (SDM Vol. 3C
+/// 27.3.1.5).
 pub fn write_sipi_start(v: &mut impl Vmcs, vector: u8) {
     v.write(F::GUEST_CS_SELECTOR, u64::from(vector) << 8);
     v.write(F::GUEST_CS_BASE, u64::from(vector) << 12);
     v.write(F::GUEST_RIP, 0);
+    v.write(F::GUEST_INTERRUPTIBILITY_INFO, 0);
     v.write(F::GUEST_ACTIVITY_STATE, ACTIVE);
 }
 
 impl Vcpu {
+    /// The vCPU waits for a SIPI (an AP's vCPU as bring-up builds it).
+    pub fn wait_for_sipi(&mut self) {
+        self.waiting_for_sipi = true;
+    }
+
+    /// Undoes what this CPU saved at the exit that no entry accepts (see
+    /// [`clear_smi_blocking`]).
+    pub fn fix_saved_state(&self, v: &mut impl Vmcs) {
+        if self.saves_smi_blocking {
+            clear_smi_blocking(v);
+        }
+    }
+
     /// INIT reached this CPU while L1 ran: the vCPU is reset and waits.
     /// In VMX operation (after L1's VMXON) INIT is blocked (SDM Vol. 3C
     /// 24.8): L0 drops it, where hardware would hold it until VMXOFF.
@@ -138,16 +170,24 @@ impl Vcpu {
             return Outcome::Resume;
         }
         write_init_state(v, &self.host.policy);
+        self.waiting_for_sipi = true;
         self.regs = GuestRegs::default();
         self.regs.gpr[GuestRegs::RDX] = signature;
         self.cpuid.guest_cr4 = 0;
         Outcome::Resume
     }
 
-    /// A SIPI while the vCPU waits for one (the only time VMX reports it).
+    /// A SIPI while the vCPU waits for one (the only time VMX reports
+    /// it). Whether it waits is L0's record, not the activity state the
+    /// exit saved (see [`Vcpu::waiting_for_sipi`]); a SIPI to a running
+    /// vCPU changes nothing.
     pub(super) fn sipi(&mut self, v: &mut impl Vmcs, vector: u8) -> Outcome {
-        if v.read(F::GUEST_ACTIVITY_STATE) == WAIT_FOR_SIPI {
+        if self.waiting_for_sipi {
+            if v.read(F::GUEST_INTERRUPTIBILITY_INFO) & BLOCKING_BY_SMI != 0 {
+                self.saves_smi_blocking = true;
+            }
             write_sipi_start(v, vector);
+            self.waiting_for_sipi = false;
         }
         Outcome::Resume
     }
@@ -208,11 +248,20 @@ mod tests {
     fn a_sipi_starts_it_at_the_vector_page_in_a_state_vmx_accepts() {
         let mut v = valid_vmcs12();
         write_init_state(&mut v, &policy());
+        // What a SIPI exit may save (Bochs 2.7): SMI and NMI blocked.
+        v.set(F::GUEST_INTERRUPTIBILITY_INFO, 0xc);
         write_sipi_start(&mut v, 0x9a);
         assert_eq!(v.get(F::GUEST_ACTIVITY_STATE), ACTIVE);
+        assert_eq!(v.get(F::GUEST_INTERRUPTIBILITY_INFO), 0);
         assert_eq!(v.get(F::GUEST_CS_SELECTOR), 0x9a00);
         assert_eq!(v.get(F::GUEST_CS_BASE), 0x9_a000);
         assert_eq!(v.get(F::GUEST_RIP), 0);
+        assert_eq!(entry_checks(&v), Ok(()));
+        // Later exits on that CPU may save it again: L0 clears it alone.
+        v.set(F::GUEST_INTERRUPTIBILITY_INFO, 0xc);
+        assert!(entry_checks(&v).is_err());
+        clear_smi_blocking(&mut v);
+        assert_eq!(v.get(F::GUEST_INTERRUPTIBILITY_INFO), 0x8);
         assert_eq!(entry_checks(&v), Ok(()));
     }
 }

@@ -236,6 +236,8 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         nested: Nested::new(crate::nested::testutil::caps(), 39, PAGES, false),
         poll_ticks: 1 << 20,
         window_requested: false,
+        waiting_for_sipi: false,
+        saves_smi_blocking: false,
     };
     let mut v = FakeVmcs::default();
     setup::write_entry_state(
@@ -612,11 +614,17 @@ fn init_then_sipi_starts_a_vcpu_and_a_vmx_root_vcpu_ignores_init() {
     assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
     assert_eq!(v.read(F::GUEST_ACTIVITY_STATE), super::reset::WAIT_FOR_SIPI);
     assert_eq!(c.vcpu.regs.gpr[GuestRegs::RAX], 0);
-    // A second SIPI once running is not reported by VMX; if one were, it
-    // would change nothing.
+    // The SIPI exit as Bochs 2.7 saves it: activity "active", SMI and
+    // NMI blocked. The vCPU still starts, with nothing blocked.
     exit(&mut v, reason::SIPI, 0x9a, 0);
+    v.write(F::GUEST_ACTIVITY_STATE, super::reset::ACTIVE);
+    v.write(F::GUEST_INTERRUPTIBILITY_INFO, 0xc);
     assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
     assert_eq!(v.read(F::GUEST_CS_BASE) + v.read(F::GUEST_RIP), 0x9_a000);
+    assert_eq!(v.read(F::GUEST_INTERRUPTIBILITY_INFO), 0);
+    assert!(c.vcpu.saves_smi_blocking);
+    // A second SIPI once running is not reported by VMX; if one were, it
+    // would change nothing.
     v.write(F::GUEST_RIP, 0x42);
     exit(&mut v, reason::SIPI, 0x10, 0);
     c.handle_exit(&mut v, &mut p);

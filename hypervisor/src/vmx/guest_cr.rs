@@ -15,8 +15,8 @@ use super::caps::entry;
 use super::{Field as F, Vmcs};
 use crate::guest_mem::walk::PagingRegs;
 use crate::regs::{
-    AR_L, CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PSE,
-    CR4_SMEP, EFER_LMA, EFER_LME,
+    AR_L, AR_TYPE, CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE, CR4_PCIDE, CR4_PGE,
+    CR4_PSE, CR4_SMEP, EFER_LMA, EFER_LME,
 };
 
 /// CR0 bits that exist (SDM 2.5); writes of other low bits are ignored.
@@ -183,7 +183,16 @@ pub fn read_cr_state(v: &impl Vmcs) -> CrState {
     }
 }
 
-/// Writes `s` back: real registers, read shadows, EFER and the IA-32e entry control.
+/// TR's type for an IA-32e mode guest: a busy 64-bit TSS.
+const TSS_BUSY_64: u64 = 11;
+
+/// Writes `s` back: real registers, read shadows, EFER and the IA-32e
+/// entry control. Entering IA-32e mode also makes TR's type a busy 64-bit
+/// TSS when it is not one: VMX requires that type of an IA-32e mode guest
+/// (SDM Vol. 3C 27.3.1.2) while the processor itself only checks TR when
+/// it is used, so a guest that enables long mode with the TR of reset (a
+/// busy 16-bit TSS: an AP just started by a SIPI) runs on, as it would on
+/// bare metal, until its LTR. (KVM makes the same fix-up.)
 pub fn write_cr_state(v: &mut impl Vmcs, s: &CrState, p: &CrPolicy) {
     v.write(F::GUEST_CR0, s.cr0_actual(p));
     v.write(F::CR0_READ_SHADOW, s.cr0);
@@ -193,6 +202,10 @@ pub fn write_cr_state(v: &mut impl Vmcs, s: &CrState, p: &CrPolicy) {
     v.write(F::GUEST_IA32_EFER, s.efer);
     if s.ia32e() {
         v.set_bits(F::VM_ENTRY_CONTROLS, entry::IA32E_MODE_GUEST as u64);
+        let tr = v.read(F::GUEST_TR_AR_BYTES);
+        if tr & AR_TYPE != TSS_BUSY_64 {
+            v.write(F::GUEST_TR_AR_BYTES, tr & !AR_TYPE | TSS_BUSY_64);
+        }
     } else {
         v.clear_bits(F::VM_ENTRY_CONTROLS, entry::IA32E_MODE_GUEST as u64);
     }
@@ -398,5 +411,24 @@ mod tests {
         );
         assert!(check_pdptes(&[0x1001 | 0x2, 0, 0, 0], 39).is_err());
         assert!(check_pdptes(&[(1 << 40) | 1, 0, 0, 0], 39).is_err());
+    }
+
+    #[test]
+    fn entering_long_mode_makes_tr_a_busy_64_bit_tss() {
+        let mut v = crate::nested::testutil::valid_vmcs12();
+        v.set(F::GUEST_TR_AR_BYTES, 0x83); // reset's busy 16-bit TSS
+        let mut s = real_mode();
+        write_cr0(&mut s, 0x11).unwrap();
+        write_cr4(&mut s, CR4_PAE, &P).unwrap();
+        write_cr_state(&mut v, &s, &P);
+        assert_eq!(v.get(F::GUEST_TR_AR_BYTES), 0x83, "not IA-32e yet");
+        s.efer = EFER_LME;
+        write_cr0(&mut s, 0x8000_0011).unwrap();
+        write_cr_state(&mut v, &s, &P);
+        assert_eq!(v.get(F::GUEST_TR_AR_BYTES), 0x8b);
+        assert_ne!(
+            v.get(F::VM_ENTRY_CONTROLS) & entry::IA32E_MODE_GUEST as u64,
+            0
+        );
     }
 }

@@ -7,6 +7,8 @@ pub struct Checks {
     test: &'static str,
     failed: u32,
     run: u32,
+    /// Prefix check names with `cpuN-` (the SMP scenarios).
+    cpu: Option<usize>,
 }
 
 impl Checks {
@@ -16,11 +18,35 @@ impl Checks {
             test,
             failed: 0,
             run: 0,
+            cpu: None,
         }
+    }
+
+    /// One CPU's checks of a test [`Checks::new`] started: names are
+    /// printed as `cpuN-NAME`; [`Checks::merge`] adds them to the test's.
+    pub fn for_cpu(test: &'static str, cpu: usize) -> Self {
+        Checks {
+            test,
+            failed: 0,
+            run: 0,
+            cpu: Some(cpu),
+        }
+    }
+
+    /// (failed, run) so far.
+    pub fn counts(&self) -> (u32, u32) {
+        (self.failed, self.run)
+    }
+
+    /// Adds another CPU's counts (from [`Checks::counts`]).
+    pub fn merge(&mut self, (failed, run): (u32, u32)) {
+        self.failed += failed;
+        self.run += run;
     }
 
     pub fn check(&mut self, name: &str, ok: bool, detail: fmt::Arguments) {
         self.run += 1;
+        let name = Named(self.cpu, name);
         if ok {
             crate::println!("CHECK {name} ok {detail}");
         } else {
@@ -33,6 +59,7 @@ impl Checks {
     /// as passed and says why it did not run.
     pub fn skip(&mut self, name: &str, why: fmt::Arguments) {
         self.run += 1;
+        let name = Named(self.cpu, name);
         crate::println!("CHECK {name} ok skipped: {why}");
     }
 
@@ -47,6 +74,18 @@ impl Checks {
                 self.failed,
                 self.run
             );
+        }
+    }
+}
+
+/// A check's name, with `cpuN-` before it for one CPU's checks.
+struct Named<'a>(Option<usize>, &'a str);
+
+impl fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            Some(cpu) => write!(f, "cpu{cpu}-{}", self.1),
+            None => f.write_str(self.1),
         }
     }
 }

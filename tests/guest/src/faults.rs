@@ -6,10 +6,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use boot::exceptions::ExceptionFrame;
 
-/// 0 = not armed; else the instruction length.
-static ARMED: AtomicU64 = AtomicU64::new(0);
-/// Last vector taken while armed, + 1 (0 = none).
-static TAKEN: AtomicU64 = AtomicU64::new(0);
+use crate::smp::{cpu, MAX_CPUS};
+
+/// Per CPU: 0 = not armed; else the instruction length.
+static ARMED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per CPU: last vector taken while armed, + 1 (0 = none).
+static TAKEN: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 /// 256 gates: the boot stubs for exceptions, the test hypervisor's timer
 /// vector and the APIC spurious vector (VM exits set the IDTR limit to
@@ -80,22 +82,29 @@ pub fn init() {
         idt[TIMER_VECTOR as usize] = gate(l1_timer_stub as *const () as u64);
         idt[0xff] = gate(l1_spurious_stub as *const () as u64);
         idt[RELAY_VECTOR as usize] = gate(l1_relay_stub as *const () as u64);
-        let p = Pointer {
-            limit: 256 * 16 - 1,
-            base: idt.as_ptr() as u64,
-        };
-        core::arch::asm!("lidt [{}]", in(reg) &p, options(readonly, nostack));
     }
+    load();
+}
+
+/// Loads the IDT [`init`] filled (on an AP: the boot CPU's, shared).
+pub fn load() {
+    let p = Pointer {
+        limit: 256 * 16 - 1,
+        base: core::ptr::addr_of!(IDT) as u64,
+    };
+    // SAFETY: the IDT is filled by `init` on the boot CPU before any AP runs.
+    unsafe { core::arch::asm!("lidt [{}]", in(reg) &p, options(readonly, nostack)) };
 }
 
 /// Runs `f`, which executes one instruction of `len` bytes that may fault;
 /// returns the vector if it did.
 pub fn expect_fault(len: u64, f: impl FnOnce()) -> Option<u8> {
-    TAKEN.store(0, Ordering::SeqCst);
-    ARMED.store(len, Ordering::SeqCst);
+    let me = cpu();
+    TAKEN[me].store(0, Ordering::SeqCst);
+    ARMED[me].store(len, Ordering::SeqCst);
     f();
-    ARMED.store(0, Ordering::SeqCst);
-    match TAKEN.load(Ordering::SeqCst) {
+    ARMED[me].store(0, Ordering::SeqCst);
+    match TAKEN[me].load(Ordering::SeqCst) {
         0 => None,
         v => Some((v - 1) as u8),
     }
@@ -103,14 +112,15 @@ pub fn expect_fault(len: u64, f: impl FnOnce()) -> Option<u8> {
 
 #[no_mangle]
 extern "C" fn handle_exception(f: &mut ExceptionFrame) {
-    let len = ARMED.swap(0, Ordering::SeqCst);
+    let me = cpu();
+    let len = ARMED[me].swap(0, Ordering::SeqCst);
     if len != 0 && f.vector < 32 {
-        TAKEN.store(f.vector + 1, Ordering::SeqCst);
+        TAKEN[me].store(f.vector + 1, Ordering::SeqCst);
         f.rip += len;
         return;
     }
     crate::println!(
-        "GUEST exception {} error {:#x} at RIP {:#x}",
+        "GUEST exception {} error {:#x} at RIP {:#x} on CPU {me}",
         f.vector,
         f.error_code,
         f.rip

@@ -13,6 +13,8 @@ pub mod mb1;
 #[cfg(target_os = "none")]
 pub mod scenarios;
 pub mod serial;
+#[cfg(target_os = "none")]
+pub mod smp;
 pub mod spy;
 pub mod ucall_model;
 

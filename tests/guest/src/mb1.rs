@@ -51,6 +51,24 @@ impl<'a, P: Phys> Info<'a, P> {
         let n = b.iter().position(|&c| c == 0).unwrap_or(0);
         core::str::from_utf8(&b[..n]).unwrap_or("")
     }
+    /// Where the loader left its structures: the information itself, the
+    /// command line, the memory map (0 where absent).
+    pub fn loader_addrs(&self) -> [u64; 3] {
+        let f = self.flags();
+        [
+            self.addr,
+            if f & (1 << 2) != 0 {
+                self.field(16) as u64
+            } else {
+                0
+            },
+            if f & (1 << 6) != 0 {
+                self.field(48) as u64
+            } else {
+                0
+            },
+        ]
+    }
     /// mem_upper in KiB (flag bit 0).
     pub fn mem_upper_kib(&self) -> Option<u32> {
         (self.flags() & 1 != 0).then(|| self.field(8))

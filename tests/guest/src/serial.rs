@@ -42,10 +42,43 @@ impl Write for Com1 {
     }
 }
 
+/// The CPU that prints now, + 1 (0: none): lines from two CPUs never
+/// interleave. The owner may print again (a fault handler's line while
+/// its CPU was printing), so a fault mid-line cannot deadlock.
+#[cfg(target_os = "none")]
+static OWNER: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Writes one line to COM1 with no other CPU's bytes in between.
+pub fn line(args: fmt::Arguments) {
+    #[cfg(target_os = "none")]
+    {
+        use core::sync::atomic::Ordering;
+        let me = crate::smp::cpu() + 1;
+        let nested = OWNER.load(Ordering::Acquire) == me;
+        if !nested {
+            while OWNER
+                .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                core::hint::spin_loop();
+            }
+        }
+        let _ = Com1.write_fmt(args);
+        let _ = Com1.write_str("\n");
+        if !nested {
+            OWNER.store(0, Ordering::Release);
+        }
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        let _ = Com1.write_fmt(args);
+        let _ = Com1.write_str("\n");
+    }
+}
+
 #[macro_export]
 macro_rules! println {
     ($($arg:tt)*) => {{
-        use core::fmt::Write as _;
-        let _ = writeln!($crate::serial::Com1, $($arg)*);
+        $crate::serial::line(format_args!($($arg)*));
     }};
 }

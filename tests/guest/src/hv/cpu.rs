@@ -134,27 +134,33 @@ struct Gdt([u64; 6]);
 #[repr(C, align(16))]
 struct Tss([u8; 104]);
 
-static mut GDT: Gdt = Gdt([0; 6]);
-static mut TSS: Tss = Tss([0; 104]);
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+use crate::smp::{cpu, MAX_CPUS};
 
+// One GDT and TSS per CPU: LTR marks its TSS descriptor busy, and each
+// CPU's VM exits load its own TR.
+static mut GDT: [Gdt; MAX_CPUS] = [const { Gdt([0; 6]) }; MAX_CPUS];
+static mut TSS: [Tss; MAX_CPUS] = [const { Tss([0; 104]) }; MAX_CPUS];
+static INSTALLED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// This CPU's TSS.
 pub fn tss_base() -> u64 {
-    addr_of!(TSS) as u64
+    addr_of!(TSS) as u64 + (cpu() * core::mem::size_of::<Tss>()) as u64
 }
 
 /// Replaces the boot GDT with one that also has a 64-bit TSS and loads TR:
 /// VM exits load the host TR, and its selector may not be null (SDM
 /// 26.2.3). The code and data descriptors are the boot ones (0x08, 0x10).
 pub fn install_gdt() {
-    if INSTALLED.swap(true, Ordering::SeqCst) {
+    let me = cpu();
+    if INSTALLED[me].swap(true, Ordering::SeqCst) {
         return;
     }
     let tss = tss_base();
     let lo = 0x67 | (tss & 0xff_ffff) << 16 | 0x89 << 40 | (tss >> 24 & 0xff) << 56;
-    // SAFETY: single CPU; the GDT and TSS are written once, before they
-    // are loaded. The far return reloads CS with the same code descriptor.
+    // SAFETY: this CPU's GDT and TSS, written once, before they are
+    // loaded. The far return reloads CS with the same code descriptor.
     unsafe {
-        let gdt = &mut *addr_of_mut!(GDT);
+        let gdt = &mut (*addr_of_mut!(GDT))[me];
         gdt.0 = [
             0,
             0x00af_9a00_0000_ffff,
@@ -163,7 +169,7 @@ pub fn install_gdt() {
             tss >> 32,
             0,
         ];
-        (*addr_of_mut!(TSS)).0[102] = 104; // I/O map base: no bitmap
+        (*addr_of_mut!(TSS))[me].0[102] = 104; // I/O map base: no bitmap
         let p = DescPtr {
             limit: 6 * 8 - 1,
             base: gdt.0.as_ptr() as u64,

@@ -310,6 +310,38 @@ l2_cpuid_loop:
     jnz l2_cpuid_loop
     vmcall
 
+    // Two L2s on two CPUs meet: ESI = this L2's counter, EDI = the other
+    // L2's, EBX = this L2's "seen" flag, EBP = the other's, ECX = how far
+    // the other counter must advance, EDX = the most iterations. Each
+    // iteration counts; once the other counter moved ECX past its value
+    // at the start, the flag is raised; the loop ends when both flags are
+    // up (so the other L2 keeps counting until it has seen this one) or
+    // EDX runs out (EDX = 0). EAX = the other counter at the start.
+    .global l2_meet
+l2_meet:
+    mov eax, [edi]
+    push eax
+.Lmeet_loop:
+    lock inc dword ptr [esi]
+    mov eax, [edi]
+    sub eax, [esp]
+    cmp eax, ecx
+    jb .Lmeet_check
+    mov dword ptr [ebx], 1
+.Lmeet_check:
+    cmp dword ptr [ebx], 0
+    je .Lmeet_next
+    cmp dword ptr [ebp], 0
+    jne .Lmeet_done
+.Lmeet_next:
+    dec edx
+    jnz .Lmeet_loop
+.Lmeet_done:
+    pop eax
+    .global l2_meet_vmcall
+l2_meet_vmcall:
+    vmcall
+
     // Interrupt handlers: record vector, error code, return EIP and CR2
     // in the mailbox, count, add MB_SKIP to the return EIP, return.
     .global l2_h_ud

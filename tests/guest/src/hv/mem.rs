@@ -3,8 +3,15 @@
 //! address the processor and EPT12 see). Every access goes through the
 //! bounds-checked volatile helpers below: L2 and the processor change this
 //! memory behind the compiler's back.
+//!
+//! Each CPU has its own pool and 2 MiB page (`page` and `big` answer for
+//! the CPU that asks, [`crate::smp::cpu`]), so the test hypervisor runs on
+//! every CPU at once with the same page numbers; one more page is shared
+//! by all CPUs ([`shared`]).
 
 use core::ptr::addr_of;
+
+use crate::smp::{cpu, MAX_CPUS};
 
 pub const PAGE: u64 = 4096;
 pub const BIG: u64 = 2 << 20;
@@ -44,18 +51,31 @@ struct Pool([[u8; PAGE as usize]; pg::COUNT]);
 #[repr(C, align(2097152))]
 struct Big([u8; BIG as usize]);
 
-static mut POOL: Pool = Pool([[0; PAGE as usize]; pg::COUNT]);
-static mut BIG_PAGE: Big = Big([0; BIG as usize]);
+#[repr(C, align(4096))]
+struct Page([u8; PAGE as usize]);
 
-/// The physical address of pool page `i`.
-pub fn page(i: usize) -> u64 {
-    assert!(i < pg::COUNT);
-    addr_of!(POOL) as u64 + i as u64 * PAGE
+static mut POOL: [Pool; MAX_CPUS] = [const { Pool([[0; PAGE as usize]; pg::COUNT]) }; MAX_CPUS];
+static mut BIG_PAGE: [Big; MAX_CPUS] = [const { Big([0; BIG as usize]) }; MAX_CPUS];
+static mut SHARED: Page = Page([0; PAGE as usize]);
+
+fn pool() -> u64 {
+    addr_of!(POOL) as u64 + (cpu() * core::mem::size_of::<Pool>()) as u64
 }
 
-/// The physical address of the 2 MiB page.
+/// The physical address of this CPU's pool page `i`.
+pub fn page(i: usize) -> u64 {
+    assert!(i < pg::COUNT);
+    pool() + i as u64 * PAGE
+}
+
+/// The physical address of this CPU's 2 MiB page.
 pub fn big() -> u64 {
-    addr_of!(BIG_PAGE) as u64
+    addr_of!(BIG_PAGE) as u64 + cpu() as u64 * BIG
+}
+
+/// The page every CPU shares (the SMP scenarios' meeting place).
+pub fn shared() -> u64 {
+    addr_of!(SHARED) as u64
 }
 
 /// Address ranges L2s own (their pages and the 2 MiB page): whatever an
@@ -71,8 +91,10 @@ pub fn l2_ranges() -> [(u64, u64); 3] {
 }
 
 fn owned(pa: u64, len: u64) -> bool {
-    let (p, b) = (addr_of!(POOL) as u64, addr_of!(BIG_PAGE) as u64);
-    (pa >= p && pa + len <= p + pg::COUNT as u64 * PAGE) || (pa >= b && pa + len <= b + BIG)
+    let (p, b, s) = (pool(), big(), shared());
+    (pa >= p && pa + len <= p + pg::COUNT as u64 * PAGE)
+        || (pa >= b && pa + len <= b + BIG)
+        || (pa >= s && pa + len <= s + PAGE)
 }
 
 macro_rules! accessors {
