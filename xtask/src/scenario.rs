@@ -631,6 +631,38 @@ pub fn linux() -> Vec<Scenario> {
             disk: Disk::None,
             cpus: 1,
         },
+        // The Linux cloud VM on a host with two CPUs: L0 runs a vCPU on
+        // each, the second waiting for a start-up IPI; Linux starts it
+        // itself, as on bare metal, and a task runs on each CPU.
+        Scenario {
+            name: "linux-l1-smp",
+            boot: Boot::L0 {
+                cmdline: "serial=com2 loglevel=info",
+                modules: |_| crate::linux::scenario_modules("smp"),
+            },
+            limit: Duration::from_secs(400),
+            com1: &[
+                "L1INIT ok",
+                "KVM ept=Y vpid=Y",
+                "CLOCK ok",
+                "L1 CPUS nproc=2 online=0-1",
+                "L1 CPU0 ran=0",
+                "L1 CPU1 ran=1",
+                "smpboot: Total of 2 processors activated",
+                "L1DONE",
+            ],
+            com2: &[
+                "starting the cloud VM: Linux bzImage",
+                "CPUs: 2 of 2 run the cloud VM",
+                "cloud VM requested shutdown",
+                "L0 integrity OK",
+            ],
+            forbidden: Box::leak([LINUX_HEALTHY, &["failed to boot", "TSC warp", "unstable", "stuck"]].concat().into_boxed_slice()),
+            console: NO_CONSOLE,
+            enabled_in_ci: true,
+            disk: Disk::None,
+            cpus: 2,
+        },
         Scenario {
             // QEMU/KVM in L1 runs two L2 Linux VMs at once; each prints the
             // run's marker on its ttyS0 and powers off; QEMU exits 0. The

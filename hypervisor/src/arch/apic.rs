@@ -39,6 +39,8 @@ pub enum ApicError {
     Moved(u64),
     /// An APIC ID above 254 cannot be named in xAPIC mode.
     NeedsX2apic(u32),
+    /// The register page is not in use: the APIC is in x2APIC mode.
+    NotXapic,
 }
 
 enum Mode {
@@ -123,6 +125,31 @@ fn send_physical(apic_id: u32, low: u32) -> Result<(), ApicError> {
         }
     }
     Ok(())
+}
+
+/// Reads a register of the xAPIC page (this CPU's APIC) at `offset`.
+pub fn xapic_read(offset: u64) -> Result<u32, ApicError> {
+    match mode()? {
+        Mode::X2 => Err(ApicError::NotXapic),
+        // SAFETY: the register page is mapped uncached (set_mapped); the
+        // offset is inside it (masked).
+        Mode::X(pa) => {
+            Ok(unsafe { core::ptr::read_volatile((pa + (offset & 0xff0)) as *const u32) })
+        }
+    }
+}
+
+/// Writes a register of the xAPIC page on L1's behalf (what L1 would have
+/// written itself: machine/ap_wait.rs).
+pub fn xapic_write(offset: u64, value: u32) -> Result<(), ApicError> {
+    match mode()? {
+        Mode::X2 => Err(ApicError::NotXapic),
+        // SAFETY: as xapic_read; the write is L1's own, to its own APIC.
+        Mode::X(pa) => {
+            unsafe { core::ptr::write_volatile((pa + (offset & 0xff0)) as *mut u32, value) };
+            Ok(())
+        }
+    }
 }
 
 /// Signals the end of the interrupt in service.

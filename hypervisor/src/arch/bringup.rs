@@ -74,8 +74,17 @@ pub fn cloud_vm(
     // SAFETY: a fresh pool frame: all ones, like reads of absent memory.
     unsafe { core::ptr::write_bytes(sink as *mut u8, 0xff, FRAME as usize) };
     let max = requirements::ept_page_size(vcaps, cpu.gib_pages);
-    let ept01 = Ept01::build(&mut hw.tables, &regions, l0, fw.ept_limit(), sink, max)
-        .unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
+    let apic_page = Some(super::apic::base());
+    let ept01 = Ept01::build(
+        &mut hw.tables,
+        &regions,
+        l0,
+        fw.ept_limit(),
+        sink,
+        max,
+        apic_page,
+    )
+    .unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
 
     info!(
         "shadow devices: sealing key {}",
@@ -171,6 +180,7 @@ pub fn cloud_vm(
         console: Console::default(),
         mgmt_port,
         shutdown: ShutdownWatch::default(),
+        ap_wait: Default::default(),
     };
     (vcpu, machine, template)
 }
@@ -306,11 +316,7 @@ pub fn vcpu(t: &VcpuTemplate, first: FirstState) -> Vcpu {
         nested_pages,
         t.shadow_bitmaps.is_some(),
     );
-    let mut vcpu = Vcpu::new(regs, t.cpuid, mtrr, host, nested, t.poll_ticks);
-    if matches!(first, FirstState::WaitForSipi) {
-        vcpu.wait_for_sipi();
-    }
-    vcpu
+    Vcpu::new(regs, t.cpuid, mtrr, host, nested, t.poll_ticks)
 }
 
 /// The sealing key, on the CPU's AES and carry-less multiply when it has

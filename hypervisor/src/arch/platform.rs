@@ -105,6 +105,12 @@ impl Platform for Hardware {
     fn apic_eoi(&mut self) -> bool {
         report_apic(super::apic::eoi())
     }
+    fn xapic_read(&mut self, offset: u64) -> Option<u32> {
+        super::apic::xapic_read(offset).ok()
+    }
+    fn xapic_write(&mut self, offset: u64, value: u32) -> bool {
+        super::apic::xapic_write(offset, value).is_ok()
+    }
     fn apic_state(&mut self) -> String {
         match super::apic::state() {
             Ok(s) => s,

@@ -13,7 +13,7 @@ use boot::memmap::{Range, RangeSet};
 
 use crate::mm::layout::MemType;
 use crate::mm::paging::{map, MapError, PageSize, TableMemory};
-use crate::vmx::ept::{Ept, EptAttr, RWX};
+use crate::vmx::ept::{Ept, EptAttr, RWX, WRITE};
 
 pub struct Ept01 {
     pub root: u64,
@@ -25,6 +25,9 @@ pub struct Ept01 {
     pub limit: u64,
     /// Accesses to L0's frames so far.
     pub l0_touches: u64,
+    /// The local APICs' register page, mapped by a 4 KiB leaf of its own
+    /// so that L0 can make it read-only (machine/ap_wait.rs).
+    pub apic_page: Option<u64>,
 }
 
 /// What an EPT violation on L1 led to.
@@ -37,7 +40,8 @@ pub enum Violation {
 }
 
 impl Ept01 {
-    /// Builds the map from `regions` (sorted, disjoint; gaps are L0's).
+    /// Builds the map from `regions` (sorted, disjoint; gaps are L0's),
+    /// with `apic_page` (if in a region) mapped by a 4 KiB leaf alone.
     pub fn build<M: TableMemory>(
         mem: &mut M,
         regions: &[(Range, MemType)],
@@ -45,22 +49,35 @@ impl Ept01 {
         limit: u64,
         sink: u64,
         max_page: PageSize,
+        apic_page: Option<u64>,
     ) -> Result<Self, MapError> {
         let root = mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+        let apic = apic_page.filter(|&a| regions.iter().any(|(r, _)| r.contains(a)));
         for &(r, mem_type) in regions {
-            map(
-                mem,
-                &Ept,
-                root,
-                r.start,
-                r.start,
-                r.len(),
-                EptAttr {
-                    perms: RWX,
-                    mem_type,
-                },
-                max_page,
-            )?;
+            let a = EptAttr {
+                perms: RWX,
+                mem_type,
+            };
+            let parts = match apic.filter(|&p| r.contains(p)) {
+                Some(p) => [
+                    Range::new(r.start, p),
+                    Range::new(p, p + 0x1000),
+                    Range::new(p + 0x1000, r.end),
+                ],
+                None => [r, Range::new(r.end, r.end), Range::new(r.end, r.end)],
+            };
+            for part in parts.iter().filter(|p| !p.is_empty()) {
+                map(
+                    mem,
+                    &Ept,
+                    root,
+                    part.start,
+                    part.start,
+                    part.len(),
+                    a,
+                    max_page,
+                )?;
+            }
         }
         Ok(Ept01 {
             root,
@@ -68,7 +85,22 @@ impl Ept01 {
             l0,
             limit,
             l0_touches: 0,
+            apic_page: apic,
         })
+    }
+
+    /// Lets L1 write the APIC's register page, or makes it read-only (each
+    /// write then exits). The caller invalidates EPT-derived translations.
+    pub fn set_apic_writable<M: TableMemory>(&mut self, mem: &mut M, writable: bool) {
+        if let Some(page) = self.apic_page {
+            crate::mm::paging::update_leaf_4k(mem, &Ept, self.root, page, |e| {
+                if writable {
+                    e | WRITE
+                } else {
+                    e & !WRITE
+                }
+            });
+        }
     }
 
     /// Resolves a violation at `gpa`. The caller knows the entry was not
@@ -150,8 +182,44 @@ mod tests {
         let mut l0 = RangeSet::new();
         l0.insert(pool).unwrap();
         assert_eq!(unmapped(&regions, 1 << 32), vec![pool]);
-        let e = Ept01::build(&mut m, &regions, l0, 1 << 32, 0x1de0_5000, PageSize::Size1G).unwrap();
+        let e = Ept01::build(
+            &mut m,
+            &regions,
+            l0,
+            1 << 32,
+            0x1de0_5000,
+            PageSize::Size1G,
+            Some(0xfee0_0000),
+        )
+        .unwrap();
         (m, e)
+    }
+
+    #[test]
+    fn the_apic_page_alone_can_turn_read_only() {
+        let (mut m, mut e) = setup();
+        let apic = translate(&mut m, &Ept, e.root, 0xfee0_0300).unwrap();
+        assert_eq!(
+            (apic.size, apic.pa, apic.entry & RWX),
+            (PageSize::Size4K, 0xfee0_0300, RWX)
+        );
+        // Its neighbours are still mapped, identity and UC.
+        for gpa in [0xfedf_f000u64, 0xfee0_1000, 0x2000_0000, 0xffff_f000] {
+            let l = translate(&mut m, &Ept, e.root, gpa).unwrap();
+            assert_eq!((l.pa, l.entry & 0x38), (gpa, 0));
+        }
+        e.set_apic_writable(&mut m, false);
+        let l = translate(&mut m, &Ept, e.root, 0xfee0_0000).unwrap();
+        assert_eq!(l.entry & RWX, RWX & !WRITE);
+        assert_eq!(
+            translate(&mut m, &Ept, e.root, 0xfee0_1000).unwrap().entry & RWX,
+            RWX
+        );
+        e.set_apic_writable(&mut m, true);
+        assert_eq!(
+            translate(&mut m, &Ept, e.root, 0xfee0_0000).unwrap().entry & RWX,
+            RWX
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! given for the length of one exit; with several CPUs that borrow comes
 //! from a lock (docs/architecture.md).
 
+pub mod ap_wait;
 pub mod ept01;
 pub mod shutdown;
 
@@ -26,4 +27,6 @@ pub struct Machine {
     /// L0's management UART: 8 ports from here.
     pub mgmt_port: Option<u16>,
     pub shutdown: ShutdownWatch,
+    /// The vCPUs that wait for a SIPI (and the INITs kept from them).
+    pub ap_wait: ap_wait::ApWait,
 }

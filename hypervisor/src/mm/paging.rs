@@ -148,6 +148,31 @@ fn map_one<M: TableMemory, F: Format>(
     Ok(())
 }
 
+/// Rewrites the 4 KiB leaf that maps `va` with `f`; false (and nothing
+/// changed) if `va` is not mapped by a 4 KiB leaf.
+pub fn update_leaf_4k<M: TableMemory, F: Format>(
+    mem: &mut M,
+    fmt: &F,
+    root: u64,
+    va: u64,
+    f: impl FnOnce(u64) -> u64,
+) -> bool {
+    let mut table = root;
+    for level in (2..=4).rev() {
+        let e = mem.table(table)[index(va, level)];
+        if !fmt.is_present(e) || (level <= 3 && fmt.is_large(e)) {
+            return false;
+        }
+        table = e & ADDR_MASK;
+    }
+    let slot = &mut mem.table(table)[index(va, 1)];
+    if !fmt.is_present(*slot) {
+        return false;
+    }
+    *slot = f(*slot);
+    true
+}
+
 /// Walks the tables for `va`.
 pub fn translate<M: TableMemory, F: Format>(
     mem: &mut M,

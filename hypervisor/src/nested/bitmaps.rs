@@ -27,7 +27,7 @@ const PASS_THROUGH_MSRS: &[(u32, bool)] = &[
 ];
 
 /// The bit number of an MSR in a VMX MSR bitmap (SDM 25.6.9).
-const fn msr_bit(msr: u32, write: bool) -> usize {
+pub const fn msr_bit(msr: u32, write: bool) -> usize {
     (if write { 2048 * 8 } else { 0 })
         + if msr <= 0x1fff {
             msr as usize

@@ -4,11 +4,12 @@
 //! IOAPIC programming on its way to L1 (shadow/ioapic.rs); anything else
 //! is "not understood" and L0 simply does not learn from it.
 
-/// The stored value and its width in bytes.
+/// The stored value, its width and the instruction's length in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Store {
     pub value: u64,
     pub size: u8,
+    pub len: u8,
 }
 
 /// Decodes the instruction at the start of `insn` (64-bit mode) and
@@ -67,6 +68,13 @@ pub fn mov_store(insn: &[u8], reg: impl Fn(usize) -> u64) -> Option<Store> {
     } else {
         (1u64 << (8 * size)) - 1
     };
+    let imm_len = match (op, size) {
+        (0x88 | 0x89, _) => 0,
+        (_, 1) => 1,
+        (_, 2) => 2,
+        _ => 4,
+    };
+    let len = u8::try_from(i + imm_len).ok().filter(|&n| n <= 15)?;
     let value = match op {
         0x88 | 0x89 => {
             let n = (r | (rex & 4) << 1) as usize;
@@ -91,6 +99,7 @@ pub fn mov_store(insn: &[u8], reg: impl Fn(usize) -> u64) -> Option<Store> {
     Some(Store {
         value: value & mask,
         size,
+        len,
     })
 }
 
@@ -109,7 +118,8 @@ mod tests {
             mov_store(&[0x89, 0x30], regs),
             Some(Store {
                 value: regs(6) & 0xffff_ffff,
-                size: 4
+                size: 4,
+                len: 2
             })
         );
         // mov %r9d,0x10(%rdx)
@@ -117,7 +127,8 @@ mod tests {
             mov_store(&[0x44, 0x89, 0x4a, 0x10], regs),
             Some(Store {
                 value: regs(9) & 0xffff_ffff,
-                size: 4
+                size: 4,
+                len: 4
             })
         );
         // mov %rax,(%rcx)  (REX.W)
@@ -125,7 +136,8 @@ mod tests {
             mov_store(&[0x48, 0x89, 0x01], regs),
             Some(Store {
                 value: regs(0),
-                size: 8
+                size: 8,
+                len: 3
             })
         );
         // mov %ax,(%rbx)
@@ -135,14 +147,16 @@ mod tests {
             mov_store(&[0x88, 0x27], regs),
             Some(Store {
                 value: (regs(0) >> 8) & 0xff,
-                size: 1
+                size: 1,
+                len: 2
             })
         );
         assert_eq!(
             mov_store(&[0x40, 0x88, 0x27], regs),
             Some(Store {
                 value: regs(4) & 0xff,
-                size: 1
+                size: 1,
+                len: 3
             })
         );
         // mov %edx,0x10(%rax,%rcx,4): SIB with disp8
@@ -159,7 +173,8 @@ mod tests {
             mov_store(&[0xc7, 0x00, 0x24, 0, 0, 0], regs),
             Some(Store {
                 value: 0x24,
-                size: 4
+                size: 4,
+                len: 6
             })
         );
         // movl $0x10018,0x10(%rdx)  disp8 then imm32
@@ -170,25 +185,18 @@ mod tests {
             0x10018
         );
         // movl $1,0x12345678(%rip)
-        assert_eq!(
-            mov_store(&[0xc7, 0x05, 0x78, 0x56, 0x34, 0x12, 1, 0, 0, 0], regs)
-                .unwrap()
-                .value,
-            1
-        );
+        let s = mov_store(&[0xc7, 0x05, 0x78, 0x56, 0x34, 0x12, 1, 0, 0, 0], regs).unwrap();
+        assert_eq!((s.value, s.len), (1, 10));
         // movl $7,(,%rax,1)-style SIB with base 5 and mod 0: disp32
-        assert_eq!(
-            mov_store(&[0xc7, 0x04, 0x05, 0, 0, 0xc0, 0xfe, 7, 0, 0, 0], regs)
-                .unwrap()
-                .value,
-            7
-        );
+        let s = mov_store(&[0xc7, 0x04, 0x05, 0, 0, 0xc0, 0xfe, 7, 0, 0, 0], regs).unwrap();
+        assert_eq!((s.value, s.len), (7, 11));
         // movb $0x5a,(%rcx)
         assert_eq!(
             mov_store(&[0xc6, 0x01, 0x5a], regs),
             Some(Store {
                 value: 0x5a,
-                size: 1
+                size: 1,
+                len: 3
             })
         );
         // movq $-1,(%rax) sign-extends

@@ -17,6 +17,7 @@ use crate::vmx::exit::{
 };
 use crate::vmx::{caps, Field as F, Vmcs};
 
+mod apic_icr;
 mod com;
 pub mod cpuid;
 pub mod decode;
@@ -88,6 +89,10 @@ pub trait Platform {
     fn send_ipi(&mut self, dest: u32, vector: u8) -> bool;
     /// EOI to L1's local APIC for an interrupt L0 consumed.
     fn apic_eoi(&mut self) -> bool;
+    /// A register of this CPU's xAPIC page (None in x2APIC mode), and a
+    /// write of one on L1's behalf (false if not done).
+    fn xapic_read(&mut self, offset: u64) -> Option<u32>;
+    fn xapic_write(&mut self, offset: u64, value: u32) -> bool;
     /// L1's local APIC as the `stats` command shows it (diagnostics).
     fn apic_state(&mut self) -> String {
         String::from("-")
@@ -397,6 +402,10 @@ impl Vcpu {
                 index,
                 write: false,
             } => self.rdmsr(v, index),
+            VmExit::Msr {
+                index: crate::machine::ap_wait::X2APIC_ICR,
+                write: true,
+            } => return self.l1_x2apic_icr(m, v, p),
             VmExit::Msr { index, write: true } => self.wrmsr(v, index),
             VmExit::Cr(access) => return self.cr_access(v, p, access),
             VmExit::Xsetbv => self.xsetbv(v, p),
@@ -420,8 +429,8 @@ impl Vcpu {
                 return o;
             }
             VmExit::TripleFault => return Outcome::Stop(Stop::TripleFault),
-            VmExit::Init => return self.init_signal(v, reset::init_rdx(|l, s| p.cpuid(l, s))),
-            VmExit::Sipi { vector } => return self.sipi(v, vector),
+            VmExit::Init => return self.init_signal(m, v, p),
+            VmExit::Sipi { vector } => return self.sipi(m, v, p, vector),
             VmExit::Vmcall if self.is_ultracall() => {
                 self.ultracall(m, vs, p, ultracall_abi::CallerLevel::L1)
             }
@@ -783,8 +792,12 @@ impl Vcpu {
         q: EptViolation,
         gpa: u64,
     ) -> Outcome {
+        if q.write && Some(gpa & !0xfff) == m.ept.apic_page {
+            return self.l1_xapic_write(m, v, p, gpa & 0xfff);
+        }
         if q.allowed != 0 {
-            // Everything EPT01 maps allows everything: L0 bug.
+            // Everything EPT01 maps allows everything (but the APIC page,
+            // above): L0 bug.
             return Outcome::Stop(Stop::Internal("EPT violation on a present EPT01 entry"));
         }
         match m.ept.resolve(p.tables(), gpa) {

@@ -5,8 +5,9 @@
 //! starts it in real mode at the vector's page. The other vCPUs begin in
 //! that waiting state, so L1 starts its APs as it would on bare metal.
 
-use super::{Outcome, Vcpu};
+use super::{Outcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
+use crate::machine::Machine;
 use crate::regs::{AR_UNUSABLE, CR0_CD, CR0_ET, CR0_NW};
 use crate::vmx::caps::entry::IA32E_MODE_GUEST;
 use crate::vmx::guest_cr::{CrPolicy, CrState};
@@ -19,7 +20,9 @@ pub const WAIT_FOR_SIPI: u64 = 3;
 /// Real-mode data segment, and code (present, S, accessed, writable or readable).
 const AR_REAL_DATA: u64 = 0x93;
 const AR_REAL_CODE: u64 = 0x9b;
-const AR_TSS_BUSY_16: u64 = 0x83;
+/// A busy 32-bit TSS, as KVM resets TR: a 16-bit one would fault the
+/// later switch to long mode (Bochs checks it there).
+const AR_TSS_BUSY_32: u64 = 0x8b;
 
 /// (selector, base, limit, access rights) of the six segment registers.
 const SEGMENTS: [(F, F, F, F); 6] = [
@@ -93,7 +96,7 @@ pub fn write_init_state(v: &mut impl Vmcs, policy: &CrPolicy) {
     v.write(F::GUEST_TR_SELECTOR, 0);
     v.write(F::GUEST_TR_BASE, 0);
     v.write(F::GUEST_TR_LIMIT, 0xffff);
-    v.write(F::GUEST_TR_AR_BYTES, AR_TSS_BUSY_16);
+    v.write(F::GUEST_TR_AR_BYTES, AR_TSS_BUSY_32);
     v.write(F::GUEST_LDTR_SELECTOR, 0);
     v.write(F::GUEST_LDTR_BASE, 0);
     v.write(F::GUEST_LDTR_LIMIT, 0xffff);
@@ -149,11 +152,6 @@ pub fn write_sipi_start(v: &mut impl Vmcs, vector: u8) {
 }
 
 impl Vcpu {
-    /// The vCPU waits for a SIPI (an AP's vCPU as bring-up builds it).
-    pub fn wait_for_sipi(&mut self) {
-        self.waiting_for_sipi = true;
-    }
-
     /// Undoes what this CPU saved at the exit that no entry accepts (see
     /// [`clear_smi_blocking`]).
     pub fn fix_saved_state(&self, v: &mut impl Vmcs) {
@@ -165,12 +163,18 @@ impl Vcpu {
     /// INIT reached this CPU while L1 ran: the vCPU is reset and waits.
     /// In VMX operation (after L1's VMXON) INIT is blocked (SDM Vol. 3C
     /// 24.8): L0 drops it, where hardware would hold it until VMXOFF.
-    pub(super) fn init_signal(&mut self, v: &mut impl Vmcs, signature: u64) -> Outcome {
+    pub(super) fn init_signal<P: Platform>(
+        &mut self,
+        m: &mut Machine,
+        v: &mut impl Vmcs,
+        p: &mut P,
+    ) -> Outcome {
         if self.nested.vmx.vmxon.is_some() {
             return Outcome::Resume;
         }
         write_init_state(v, &self.host.policy);
-        self.waiting_for_sipi = true;
+        self.wait_for_sipi(m, p);
+        let signature = init_rdx(|l, s| p.cpuid(l, s));
         self.regs = GuestRegs::default();
         self.regs.gpr[GuestRegs::RDX] = signature;
         self.cpuid.guest_cr4 = 0;
@@ -181,13 +185,19 @@ impl Vcpu {
     /// it). Whether it waits is L0's record, not the activity state the
     /// exit saved (see [`Vcpu::waiting_for_sipi`]); a SIPI to a running
     /// vCPU changes nothing.
-    pub(super) fn sipi(&mut self, v: &mut impl Vmcs, vector: u8) -> Outcome {
+    pub(super) fn sipi<P: Platform>(
+        &mut self,
+        m: &mut Machine,
+        v: &mut impl Vmcs,
+        p: &mut P,
+        vector: u8,
+    ) -> Outcome {
         if self.waiting_for_sipi {
             if v.read(F::GUEST_INTERRUPTIBILITY_INFO) & BLOCKING_BY_SMI != 0 {
                 self.saves_smi_blocking = true;
             }
             write_sipi_start(v, vector);
-            self.waiting_for_sipi = false;
+            self.no_longer_waits(m, p);
         }
         Outcome::Resume
     }

@@ -31,6 +31,9 @@ pub struct FakePlatform {
     /// IPIs sent (dest, vector) and EOIs written.
     pub ipis: Vec<(u32, u8)>,
     pub eois: u32,
+    /// The xAPIC page's registers, and L0's writes of them.
+    pub xapic: BTreeMap<u64, u32>,
+    pub xapic_writes: Vec<(u64, u32)>,
 }
 
 /// VMCS01 and VMCS02 as two fake VMCSs; derefs to the current one.
@@ -155,6 +158,14 @@ impl Platform for FakePlatform {
         self.eois += 1;
         true
     }
+    fn xapic_read(&mut self, offset: u64) -> Option<u32> {
+        Some(self.xapic.get(&offset).copied().unwrap_or(0))
+    }
+    fn xapic_write(&mut self, offset: u64, value: u32) -> bool {
+        self.xapic_writes.push((offset, value));
+        self.xapic.insert(offset, value);
+        true
+    }
 }
 
 const POOL: Range = Range::new(0x1de0_0000, 0x1fe0_0000);
@@ -208,6 +219,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         POOL.end,
         POOL.start,
         PageSize::Size2M,
+        None,
     )
     .unwrap();
     let policy = CrPolicy {
@@ -266,6 +278,8 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         mgmt_out: Vec::new(),
         ipis: Vec::new(),
         eois: 0,
+        xapic: BTreeMap::new(),
+        xapic_writes: Vec::new(),
     };
     let m = Machine {
         ept,
@@ -276,6 +290,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         console: crate::console::Console::default(),
         mgmt_port: Some(0x2f8),
         shutdown: ShutdownWatch::default(),
+        ap_wait: Default::default(),
     };
     (
         Cpu { vcpu, m },
@@ -566,6 +581,55 @@ fn l0_memory_access_is_backed_by_the_scratch_page() {
         c.handle_exit(&mut v, &mut p),
         Outcome::Stop(Stop::Internal(_))
     ));
+}
+
+#[test]
+fn inits_for_a_waiting_vcpu_are_kept_from_the_apic_the_rest_goes_through() {
+    use crate::machine::ap_wait::X2APIC_ICR;
+    let (mut c, mut v, mut p) = setup();
+    c.m.ept.apic_page = Some(0xfee0_0000);
+    c.m.ap_wait.wait(1);
+    // L1 in protected mode without paging: mov %esi,(%rax) at 0x7000.
+    v.write(F::GUEST_CR0, crate::regs::CR0_PE | crate::regs::CR0_NE);
+    v.write(F::GUEST_RIP, 0x7000);
+    p.mem.write(0x7000, &[0x89, 0x30]).unwrap();
+    p.xapic.insert(0x310, 1 << 24);
+    let icr_write = |c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, low: u64| {
+        c.vcpu.regs.gpr[GuestRegs::RSI] = low;
+        exit(v, reason::EPT_VIOLATION, 0x2 | 1 << 3, 0);
+        v.write(F::GUEST_PHYSICAL_ADDRESS, 0xfee0_0300);
+        v.write(F::GUEST_RIP, 0x7000);
+        assert_eq!(c.handle_exit(v, p), Outcome::Resume);
+        assert_eq!(v.read(F::GUEST_RIP), 0x7002, "past the store");
+    };
+    // INIT assert and de-assert for the waiting APIC ID 1: kept.
+    icr_write(&mut c, &mut v, &mut p, 0xc500);
+    icr_write(&mut c, &mut v, &mut p, 0x8500);
+    assert!(p.xapic_writes.is_empty());
+    // The SIPI goes out; so does an INIT for a running CPU.
+    icr_write(&mut c, &mut v, &mut p, 0x069a);
+    p.xapic.insert(0x310, 2 << 24);
+    icr_write(&mut c, &mut v, &mut p, 0xc500);
+    assert_eq!(p.xapic_writes, [(0x300, 0x069a), (0x300, 0xc500)]);
+    // x2APIC: the ICR's WRMSR, destination in EDX.
+    p.msrs.insert(X2APIC_ICR, 0);
+    c.vcpu.regs.gpr[GuestRegs::RCX] = X2APIC_ICR as u64;
+    c.vcpu.regs.gpr[GuestRegs::RDX] = 1;
+    c.vcpu.regs.gpr[GuestRegs::RAX] = 0xc500;
+    exit(&mut v, reason::WRMSR, 0, 2);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!(p.msrs[&X2APIC_ICR], 0, "kept");
+    c.vcpu.regs.gpr[GuestRegs::RDX] = 2;
+    exit(&mut v, reason::WRMSR, 0, 2);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!(p.msrs[&X2APIC_ICR], 2 << 32 | 0xc500);
+    // A store L0 cannot decode ends the watch: the page turns writable and
+    // the instruction runs again.
+    p.mem.write(0x7000, &[0x0f, 0x0b]).unwrap();
+    exit(&mut v, reason::EPT_VIOLATION, 0x2 | 1 << 3, 0);
+    v.write(F::GUEST_RIP, 0x7000);
+    assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+    assert_eq!(v.read(F::GUEST_RIP), 0x7000);
 }
 
 #[test]
