@@ -640,7 +640,7 @@ pub fn linux() -> Vec<Scenario> {
                 cmdline: "serial=com2 loglevel=info",
                 modules: |_| crate::linux::scenario_modules("smp"),
             },
-            limit: Duration::from_secs(400),
+            limit: Duration::from_secs(900),
             com1: &[
                 "L1INIT ok",
                 "KVM ept=Y vpid=Y",
@@ -649,16 +649,36 @@ pub fn linux() -> Vec<Scenario> {
                 "L1 CPU0 ran=0",
                 "L1 CPU1 ran=1",
                 "smpboot: Total of 2 processors activated",
+                "QEMU duo exit=0 console-bytes=0",
                 "L1DONE",
             ],
             com2: &[
                 "starting the cloud VM: Linux bzImage",
                 "CPUs: 2 of 2 run the cloud VM",
+                "user VM",
                 "cloud VM requested shutdown",
                 "L0 integrity OK",
             ],
-            forbidden: Box::leak([LINUX_HEALTHY, &["failed to boot", "TSC warp", "unstable", "stuck"]].concat().into_boxed_slice()),
-            console: NO_CONSOLE,
+            forbidden: Box::leak(
+                [LINUX_HEALTHY, &["failed to boot", "TSC warp", "unstable", "stuck"]]
+                    .concat()
+                    .into_boxed_slice(),
+            ),
+            // The 2-vCPU user VM's console, written from both vCPUs at
+            // once: every line of each, each vCPU's in order.
+            console: ConsoleCheck {
+                expect: leak(
+                    (0..30)
+                        .flat_map(|i| [format!("duo vcpu0 line {i} on 0"), format!("duo vcpu1 line {i} on 1")])
+                        .chain(["L2 duo nproc=2".to_string(), "L2 duo done".to_string()])
+                        .collect(),
+                ),
+                ordered: leak((0..30).map(|i| format!("duo vcpu1 line {i} on")).collect()),
+                forbidden: &[],
+                typed: &[],
+                follow_all: true,
+                script: None,
+            },
             enabled_in_ci: true,
             disk: Disk::None,
             cpus: 2,
