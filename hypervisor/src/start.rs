@@ -17,7 +17,6 @@ use crate::arch::platform::Hardware;
 use crate::arch::pool::{self, PoolTables};
 use crate::arch::{ap_boot, bringup, cpu, cpu_loop, image, tables, tsc, vmx as vmxi};
 use crate::config::{self, SerialChoice};
-use crate::cpus;
 use crate::l1_plan::{self, BootModule};
 use crate::logger;
 use crate::machine::Machine;
@@ -25,6 +24,7 @@ use crate::mm::layout::{l1_memory_map, FirmwareMemory};
 use crate::mm::paging::PageSize;
 use crate::vmx::caps;
 use crate::vmx::requirements;
+use crate::{acpi, cpus};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -83,15 +83,22 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     let modules = loader_memory::copy_modules(&bi);
     let rsdp: Option<Vec<u8>> = bi.rsdp().map(|r| r.to_vec());
     // The host's CPUs, while the firmware's tables are still mapped.
-    let listed = match rsdp.as_deref().map(loader_memory::firmware_cpus) {
-        Some(Ok(l)) => l,
-        Some(Err(e)) => {
-            warn!("ACPI: {e}; the boot CPU runs alone");
-            Vec::new()
+    // The cloud VM's MADT omits the CPUs `cpus=N` keeps from it.
+    let host = match rsdp.as_deref().map(loader_memory::firmware_cpus) {
+        Some(Ok((mut madt, listed))) => {
+            let host = cpus::plan(&listed, cpus::apic_id(cpu::cpuid), cfg.cpus);
+            if !host.held.is_empty() {
+                acpi::madt::disable(&mut madt.bytes, &host.held);
+                loader_memory::write_madt(&madt);
+            }
+            host
         }
-        None => {
-            info!("no ACPI tables from the loader: the boot CPU runs alone");
-            Vec::new()
+        other => {
+            match other {
+                Some(Err(e)) => warn!("ACPI: {e}; the boot CPU runs alone"),
+                _ => info!("no ACPI tables from the loader: the boot CPU runs alone"),
+            }
+            cpus::plan(&[], cpus::apic_id(cpu::cpuid), cfg.cpus)
         }
     };
     let loader_ranges: Vec<Range> = modules.iter().map(|m| m.loaded_at).collect();
@@ -179,7 +186,6 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
 
     // The other CPUs: each runs a vCPU of the cloud VM, waiting for the
     // start-up IPI of L1's own boot CPU.
-    let host = cpus::plan(&listed, cpus::apic_id(cpu::cpuid), cfg.cpus);
     let kind = cpus::CpuKind {
         features: cpu,
         vmx: vcaps,

@@ -333,6 +333,34 @@ pub fn all() -> Vec<Scenario> {
             disk: Disk::None,
             cpus: 2,
         },
+        // `cpus=1` on that host: L0 still starts the second CPU, to hold
+        // it in VMX root, and the cloud VM runs on the boot CPU alone.
+        Scenario {
+            name: "smp-cap",
+            boot: Boot::L0 {
+                cmdline: "serial=com2 loglevel=info cpus=1",
+                modules: guest!("boot"),
+            },
+            limit: Duration::from_secs(60),
+            com1: &["TEST boot START", "TEST boot PASS"],
+            com2: &[
+                "starting the cloud VM",
+                "CPU APIC ID 0x1: held in VMX root",
+                "CPUs: 1 of 2 run the cloud VM (boot CPU APIC ID 0x0)",
+                "L0 integrity OK",
+            ],
+            forbidden: &[
+                "L0 FATAL",
+                "L0 PANIC",
+                "GUEST panic",
+                "GUEST exception",
+                "L0 WARN",
+            ],
+            console: NO_CONSOLE,
+            enabled_in_ci: true,
+            disk: Disk::None,
+            cpus: 2,
+        },
         Scenario {
             name: "ept-guard",
             boot: Boot::L0 {

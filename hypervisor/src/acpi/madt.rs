@@ -5,7 +5,7 @@
 
 use alloc::vec::Vec;
 
-use super::{u32_at, AcpiError, HEADER};
+use super::{fix_checksum, u32_at, AcpiError, HEADER};
 
 const LOCAL_APIC: u8 = 0;
 const LOCAL_X2APIC: u8 = 9;
@@ -17,6 +17,34 @@ pub struct MadtCpu {
     pub apic_id: u32,
     /// ACPI processor UID (for diagnostics).
     pub uid: u32,
+}
+
+/// Marks the CPUs with these APIC IDs disabled (their entries' enabled
+/// flag cleared) and fixes the checksum: the cloud VM does not wait for
+/// CPUs L0 keeps. Returns how many entries changed.
+pub fn disable(madt: &mut [u8], ids: &[u32]) -> usize {
+    let mut o = HEADER + 8;
+    let mut n = 0;
+    while o + 2 <= madt.len() {
+        let (kind, len) = (madt[o], madt[o + 1] as usize);
+        if len < 2 || o + len > madt.len() {
+            break;
+        }
+        let at = match kind {
+            LOCAL_APIC if len >= 8 => Some((u32::from(madt[o + 3]), o + 4)),
+            LOCAL_X2APIC if len >= 16 => Some((u32_at(madt, o + 4), o + 8)),
+            _ => None,
+        };
+        if let Some((id, flags)) = at {
+            if ids.contains(&id) && madt[flags] & ENABLED as u8 != 0 {
+                madt[flags] &= !(ENABLED as u8);
+                n += 1;
+            }
+        }
+        o += len;
+    }
+    fix_checksum(madt);
+    n
 }
 
 /// The enabled CPUs of a MADT, in its order, each APIC ID once (a CPU

@@ -92,13 +92,23 @@ fn table(
     Ok(t)
 }
 
+/// A table as read, and where it lies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub addr: u64,
+    pub bytes: alloc::vec::Vec<u8>,
+}
+
+/// Sets the checksum byte (offset 9) of a table L0 changed.
+pub fn fix_checksum(table: &mut [u8]) {
+    table[9] = 0;
+    let sum = table.iter().fold(0u8, |s, &b| s.wrapping_add(b));
+    table[9] = 0u8.wrapping_sub(sum);
+}
+
 /// Finds the table with signature `want` through the RSDP: the XSDT's
 /// 64-bit pointers when the RSDP has one (revision 2), the RSDT's otherwise.
-pub fn find(
-    rsdp: &[u8],
-    mem: &mut impl PhysRead,
-    want: [u8; 4],
-) -> Result<alloc::vec::Vec<u8>, AcpiError> {
+pub fn find(rsdp: &[u8], mem: &mut impl PhysRead, want: [u8; 4]) -> Result<Table, AcpiError> {
     if rsdp.len() < 20 || &rsdp[..8] != b"RSD PTR " || !checksum_ok(&rsdp[..20]) {
         return Err(AcpiError::BadRsdp);
     }
@@ -126,7 +136,7 @@ pub fn find(
             .then_some(())
             .ok_or(AcpiError::Unreadable(addr))?;
         if s == want {
-            return table(mem, addr, want);
+            return table(mem, addr, want).map(|bytes| Table { addr, bytes });
         }
     }
     Err(AcpiError::Missing(want))

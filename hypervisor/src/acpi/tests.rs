@@ -92,10 +92,16 @@ fn host(madt: Vec<u8>) -> (Vec<u8>, Mem) {
 fn finds_the_madt_through_the_xsdt_and_the_rsdt() {
     let m = madt_table(&[lapic(0, 0, 1), lapic(1, 2, 1)]);
     let (rsdp, mut mem) = host(m.clone());
-    assert_eq!(find(&rsdp, &mut mem, *b"APIC").unwrap(), m);
+    assert_eq!(
+        find(&rsdp, &mut mem, *b"APIC").unwrap(),
+        Table {
+            addr: 0x3000,
+            bytes: m.clone()
+        }
+    );
     let rsdt = sdt(b"RSDT", &[0x3000u32.to_le_bytes()].concat());
     let mut mem = Mem(vec![(0x5000, rsdt), (0x3000, m.clone())]);
-    assert_eq!(find(&rsdp_v1(0x5000), &mut mem, *b"APIC").unwrap(), m);
+    assert_eq!(find(&rsdp_v1(0x5000), &mut mem, *b"APIC").unwrap().bytes, m);
     assert_eq!(
         find(&rsdp_v1(0x5000), &mut mem, *b"HPET"),
         Err(AcpiError::Missing(*b"HPET"))
@@ -123,6 +129,17 @@ fn enabled_cpus_in_madt_order_each_id_once() {
                 uid: 7
             },
         ]
+    );
+}
+
+#[test]
+fn cpus_l0_keeps_are_disabled_in_the_madt_with_a_valid_checksum() {
+    let mut m = madt_table(&[lapic(0, 0, 1), lapic(1, 2, 1), x2apic(0x300, 1, 2)]);
+    assert_eq!(madt::disable(&mut m, &[2, 0x300, 7]), 2);
+    assert!(checksum_ok(&m));
+    assert_eq!(
+        madt::cpus(&m).unwrap(),
+        vec![MadtCpu { apic_id: 0, uid: 0 }]
     );
 }
 

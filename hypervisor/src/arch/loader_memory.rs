@@ -83,17 +83,15 @@ pub unsafe fn clear(ranges: impl IntoIterator<Item = Range>) {
 }
 
 /// The firmware's CPU list (the MADT's enabled CPUs) through the RSDP the
-/// loader passed. Only while the entry code's identity map of the first
-/// 4 GiB is live (before `image::relocate`): ACPI tables are not RAM L0
-/// maps later. Tables above 4 GiB are refused as unreadable.
+/// loader passed, with the MADT itself. Only while the entry code's
+/// identity map of the first 4 GiB is live (before `image::relocate`):
+/// ACPI tables are not RAM L0 maps later. Tables above 4 GiB are refused
+/// as unreadable.
 pub fn firmware_cpus(
     rsdp: &[u8],
-) -> Result<Vec<crate::acpi::madt::MadtCpu>, crate::acpi::AcpiError> {
+) -> Result<(crate::acpi::Table, Vec<crate::acpi::madt::MadtCpu>), crate::acpi::AcpiError> {
     let mut read = |addr: u64, buf: &mut [u8]| -> bool {
-        if addr
-            .checked_add(buf.len() as u64)
-            .is_none_or(|end| end > 1 << 32)
-        {
+        if below_4g(addr, buf.len()).is_none() {
             return false;
         }
         // SAFETY: below 4 GiB, identity-mapped by the entry code; reads only.
@@ -101,5 +99,27 @@ pub fn firmware_cpus(
         true
     };
     let madt = crate::acpi::find(rsdp, &mut read, *b"APIC")?;
-    crate::acpi::madt::cpus(&madt)
+    let cpus = crate::acpi::madt::cpus(&madt.bytes)?;
+    Ok((madt, cpus))
+}
+
+/// Writes back a MADT L0 changed (`acpi::madt::disable`): the cloud VM
+/// reads the firmware's tables where they lie. Same window as
+/// [`firmware_cpus`].
+pub fn write_madt(madt: &crate::acpi::Table) {
+    if below_4g(madt.addr, madt.bytes.len()).is_some() {
+        // SAFETY: the table was read from there (firmware memory below
+        // 4 GiB, identity-mapped by the entry code); same length.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                madt.bytes.as_ptr(),
+                madt.addr as *mut u8,
+                madt.bytes.len(),
+            )
+        };
+    }
+}
+
+fn below_4g(addr: u64, len: usize) -> Option<u64> {
+    addr.checked_add(len as u64).filter(|&end| end <= 1 << 32)
 }
