@@ -178,6 +178,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     let (mut vcpu, mut machine, template) =
         bringup::cloud_vm(&fw, pool_range, &vm, key, tsc_hz, &vcaps, &cpu, &mut hw);
     machine.shadow.intercept_com = cfg.shadow;
+    vcpu.register(&mut machine, cpus::apic_id(cpu::cpuid));
     if !cfg.shadow {
         warn!("shadow=off: user VMs' COM ports go to the guest hypervisor (a baseline for measurements, not the product)");
     }

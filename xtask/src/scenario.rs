@@ -318,6 +318,7 @@ pub fn all() -> Vec<Scenario> {
                 "starting the cloud VM",
                 "CPU APIC ID 0x1: runs the cloud VM",
                 "CPUs: 2 of 2 run the cloud VM (boot CPU APIC ID 0x0)",
+                "CPU APIC ID 0x1: L1 ",
                 "L0 integrity OK",
                 "L0 data intact",
             ],

@@ -415,7 +415,10 @@ extern "C" fn ap_main(h: &'static Handoff) -> ! {
     };
     let mut vcpu = bringup::vcpu(&share.template, FirstState::WaitForSipi);
     let mut hw = share.hw.clone();
-    vcpu.wait_for_sipi(&mut share.machine.lock(), &mut hw);
+    let mut m = share.machine.lock();
+    vcpu.register(&mut m, h.apic_id);
+    vcpu.wait_for_sipi(&mut m, &mut hw);
+    drop(m);
     h.state.store(IN_VMX_ROOT, Ordering::Release);
     cpu_loop::run(&mut vcpu, share.machine, &mut hw, false)
 }

@@ -9,6 +9,7 @@
 //! from a lock (docs/architecture.md).
 
 pub mod ap_wait;
+pub mod cpu_counts;
 pub mod ept01;
 pub mod shutdown;
 
@@ -29,4 +30,16 @@ pub struct Machine {
     pub shutdown: ShutdownWatch,
     /// The vCPUs that wait for a SIPI (and the INITs kept from them).
     pub ap_wait: ap_wait::ApWait,
+    /// Every CPU's exit counts, in the order the CPUs came up.
+    pub cpus: alloc::vec::Vec<&'static cpu_counts::CpuCounts>,
+}
+
+impl Machine {
+    /// A CPU that runs a vCPU: its counts, for good (L0 never frees them).
+    pub fn register_cpu(&mut self, apic_id: u32) -> &'static cpu_counts::CpuCounts {
+        let c: &'static _ =
+            alloc::boxed::Box::leak(alloc::boxed::Box::new(cpu_counts::CpuCounts::new(apic_id)));
+        self.cpus.push(c);
+        c
+    }
 }

@@ -243,6 +243,8 @@ pub struct Vcpu {
     /// that at every later exit, and an entry with it fails. L0 clears the
     /// bit after each exit on this CPU (`reset::clear_smi_blocking`).
     saves_smi_blocking: bool,
+    /// This CPU's exit counts as the other CPUs see them.
+    counts: Option<&'static crate::machine::cpu_counts::CpuCounts>,
 }
 
 const ACTIVITY_HLT: u64 = 1;
@@ -274,7 +276,13 @@ impl Vcpu {
             window_requested: false,
             waiting_for_sipi: false,
             saves_smi_blocking: false,
+            counts: None,
         }
+    }
+
+    /// Registers this CPU with the machine (its counts in `stats`).
+    pub fn register(&mut self, m: &mut Machine, apic_id: u32) {
+        self.counts = Some(m.register_cpu(apic_id));
     }
 
     /// L1's general-purpose registers (L2's while L2 runs).
@@ -317,6 +325,9 @@ impl Vcpu {
     /// An exit of L2 (`l2`) or L1 with its reason, the guest's RIP and the
     /// TSC ticks its handling took.
     pub fn account_exit(&mut self, l2: bool, basic: usize, rip: u64, ticks: u64) {
+        if let Some(c) = self.counts {
+            c.count(l2);
+        }
         let stats = if l2 {
             &mut self.l2_stats
         } else {
@@ -491,7 +502,7 @@ impl Vcpu {
             core::hint::spin_loop();
         }
         if m.console.take_stats_request() {
-            for f in self.stats_frames(m.shadow.vm_count(), vs.current(), p) {
+            for f in self.stats_frames(m.shadow.vm_count(), &m.cpus, vs.current(), p) {
                 p.mgmt_send(&f);
             }
         }
@@ -632,6 +643,11 @@ impl Vcpu {
             }
             ShutdownFeed::Shutdown => {
                 log::info!("cloud VM requested shutdown: L1 {}", self.stats);
+                if m.cpus.len() > 1 {
+                    for c in &m.cpus {
+                        log::info!("{c}");
+                    }
+                }
                 if !self.stats.vmcs_fields.is_empty() {
                     log::info!(
                         "L1 VMREAD/VMWRITE exits by field: {}",

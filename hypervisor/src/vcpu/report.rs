@@ -129,6 +129,7 @@ impl Vcpu {
     pub(super) fn stats_frames<P: Platform>(
         &self,
         user_vms: usize,
+        cpus: &[&crate::machine::cpu_counts::CpuCounts],
         v: &impl Vmcs,
         p: &mut P,
     ) -> Vec<String> {
@@ -177,7 +178,7 @@ impl Vcpu {
             v.read(F::VMX_PREEMPTION_TIMER_VALUE),
             p.apic_state()
         );
-        alloc::vec![
+        let mut frames = alloc::vec![
             mgmt::frame(format_args!("stats now {l2}, {} user VMs: {now}", user_vms)),
             mgmt::frame(format_args!("stats l1 {}", self.stats)),
             mgmt::frame(format_args!("stats l1-recent {}", self.stats.recent())),
@@ -187,7 +188,12 @@ impl Vcpu {
             )),
             mgmt::frame(format_args!("stats l2 {}", self.l2_stats)),
             mgmt::frame(format_args!("stats l2-recent {}", self.l2_stats.recent())),
-        ]
+        ];
+        frames.extend(
+            cpus.iter()
+                .map(|c| mgmt::frame(format_args!("stats cpu {c}"))),
+        );
+        frames
     }
 }
 

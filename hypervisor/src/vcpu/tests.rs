@@ -250,6 +250,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         window_requested: false,
         waiting_for_sipi: false,
         saves_smi_blocking: false,
+        counts: None,
     };
     let mut v = FakeVmcs::default();
     setup::write_entry_state(
@@ -291,6 +292,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         mgmt_port: Some(0x2f8),
         shutdown: ShutdownWatch::default(),
         ap_wait: Default::default(),
+        cpus: alloc::vec::Vec::new(),
     };
     (
         Cpu { vcpu, m },
@@ -347,9 +349,12 @@ fn cpuid_answers_and_advances() {
 #[test]
 fn stats_are_answered_on_the_management_line() {
     let (mut c, mut v, mut p) = setup();
+    c.vcpu.register(&mut c.m, 0);
+    c.m.register_cpu(1).count(true);
     c.regs.gpr[GuestRegs::RAX] = 0;
     exit(&mut v, reason::CPUID, 0, 2);
     c.handle_exit(&mut v, &mut p);
+    c.vcpu.account_exit(false, reason::CPUID as usize, 0, 1);
     let cmd = shadow_devices::mgmt::frame(format_args!("stats"));
     p.mgmt_in.extend_from_slice(cmd.as_bytes());
     c.poll_console(&mut v, &mut p);
@@ -362,7 +367,30 @@ fn stats_are_answered_on_the_management_line() {
         .collect();
     assert_eq!(
         kinds,
-        ["now", "l1", "l1-recent", "l1-vmcs-exits", "l2", "l2-recent"]
+        [
+            "now",
+            "l1",
+            "l1-recent",
+            "l1-vmcs-exits",
+            "l2",
+            "l2-recent",
+            "cpu",
+            "cpu"
+        ]
+    );
+    // Every CPU, not only the one that serves the line.
+    let cpus: Vec<&String> = p
+        .mgmt_out
+        .iter()
+        .filter(|l| l.contains("stats cpu"))
+        .collect();
+    assert!(
+        cpus[0].contains("CPU APIC ID 0x0: L1 1 exits, L2 0 exits, last in L1"),
+        "{cpus:?}"
+    );
+    assert!(
+        cpus[1].contains("CPU APIC ID 0x1: L1 0 exits, L2 1 exits, last in L2"),
+        "{cpus:?}"
     );
     assert!(
         p.mgmt_out[0].contains("in L1, 0 user VMs"),
