@@ -459,8 +459,13 @@ pub fn all() -> Vec<Scenario> {
     v
 }
 
-/// Builds the ISO that boots `s`.
-pub fn make_iso(s: &Scenario, images: &Images, iso: &std::path::Path) -> Result<(), String> {
+/// Builds the ISO that boots `s` on `emu`.
+pub fn make_iso(
+    s: &Scenario,
+    images: &Images,
+    iso: &std::path::Path,
+    emu: Emulator,
+) -> Result<(), String> {
     match &s.boot {
         Boot::L0 { cmdline, modules } => {
             let mods = modules(images);
@@ -482,8 +487,19 @@ pub fn make_iso(s: &Scenario, images: &Images, iso: &std::path::Path) -> Result<
         ),
         Boot::Peer { test } => {
             let li = crate::linux::images()?;
+            // Under Bochs, the TSC's rate as L0 measures it against the PIT
+            // (Bochs's TSC counts instructions, `ips` a second): left to itself the
+            // peer's Linux takes it from Bochs's CPUID 0x15 (3.5 GHz), so
+            // its clocks, and the cloud VM's and the user VM's with them,
+            // would run 35 times slow per instruction and every timed wait
+            // would cost 35 times the ticks it costs on L0
+            // (`l2-tsc-khz-by-pit` in `cargo xtask bench` shows it).
+            let tsc = match emu {
+                Emulator::Bochs => format!(" tsc_early_khz={}", crate::emulator::BOCHS_IPS / 1000),
+                Emulator::Qemu => String::new(),
+            };
             let cmdline = format!(
-                "console=ttyS0,115200 panic=0 l0test={test} l0marker={}",
+                "console=ttyS0,115200 panic=0{tsc} l0test={test} l0marker={}",
                 crate::linux::run_marker()
             );
             crate::build::iso(
@@ -1030,7 +1046,7 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     prepare_disk(s, images, emu, &dir)?;
     let iso = dir.join("boot.iso");
-    make_iso(s, images, &iso)?;
+    make_iso(s, images, &iso, emu)?;
     // Once everything expected is there, give the guest a moment to shut
     // the emulator down itself, then stop it.
     let mut done_at: Option<std::time::Instant> = None;
