@@ -442,6 +442,17 @@ fn derived_figures(f: &mut Vec<(String, String)>) {
     f.extend(us);
 }
 
+/// The figures of `want` that `got` lacks or holds as no number.
+fn missing_figures(want: &[&str], got: &[(String, String)]) -> Vec<String> {
+    want.iter()
+        .filter_map(|w| match got.iter().find(|(n, _)| n == w) {
+            Some((_, v)) if v.parse::<f64>().is_ok() => None,
+            Some((_, v)) => Some(format!("{w} is not a number: {v:?}")),
+            None => Some(format!("no figure {w}")),
+        })
+        .collect()
+}
+
 /// Runs the bench scenarios one after another (nested VMX natively and
 /// under L0, the shadow path, a Linux user VM's serial output, the peer
 /// comparison, migration) and prints their figures side by side, then
@@ -539,13 +550,11 @@ fn bench() -> Result<(), String> {
             );
             problems.push(format!("the run {label} ({}) failed", run.scenario));
         }
-        for w in run.want {
-            match f.iter().find(|(n, _)| n == w) {
-                Some((_, v)) if v.parse::<f64>().is_ok() => {}
-                Some((_, v)) => problems.push(format!("{label}: {w} is not a number: {v:?}")),
-                None => problems.push(format!("{label}: no figure {w}")),
-            }
-        }
+        problems.extend(
+            missing_figures(run.want, f)
+                .into_iter()
+                .map(|m| format!("{label}: {m}")),
+        );
     }
     let fig = |col: &str, name: &str| -> Option<f64> {
         let (_, _, _, f) = columns.iter().find(|c| c.0 == col)?;
@@ -697,6 +706,21 @@ mod tests {
         let mut g = vec![("l2-serial-ticks-per-byte-1".to_string(), "1".to_string())];
         super::derived_figures(&mut g);
         assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn a_missing_or_empty_figure_is_reported() {
+        // `BENCH linux-save-ticks ` with nothing after it is no figure.
+        let got = super::bench_figures(
+            "BENCH linux-save-ticks \nBENCH qemu-downtime-ms 87\nBENCH l1-tsc-hz x\n",
+        );
+        assert_eq!(
+            super::missing_figures(&["linux-save-ticks", "qemu-downtime-ms", "l1-tsc-hz"], &got),
+            vec![
+                "no figure linux-save-ticks".to_string(),
+                "l1-tsc-hz is not a number: \"x\"".to_string()
+            ]
+        );
     }
 
     #[test]
