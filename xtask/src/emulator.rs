@@ -55,6 +55,10 @@ pub struct HostSize {
     pub cpus: u32,
 }
 
+/// Bochs's fixed instructions per emulated second (`cpu: ips=`); with
+/// `clock: sync=none` its TSC counts emulated instructions.
+pub const BOCHS_IPS: u64 = 100_000_000;
+
 fn bochsrc(iso: &Path, size: HostSize, com2_port: u16, disk: bool) -> String {
     let HostSize { memory_mib, cpus } = size;
     // The migration disk (docs/testing.md) on the secondary channel; the
@@ -73,7 +77,7 @@ fn bochsrc(iso: &Path, size: HostSize, com2_port: u16, disk: bool) -> String {
          romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
          vgaromimage: file=/usr/share/vgabios/vgabios.bin\n\
          memory: guest={memory_mib}, host={memory_mib}\n\
-         cpu: model=corei7_skylake_x, count={cpus}, ips=100000000, reset_on_triple_fault=0, ignore_bad_msrs=1\n\
+         cpu: model=corei7_skylake_x, count={cpus}, ips={BOCHS_IPS}, reset_on_triple_fault=0, ignore_bad_msrs=1\n\
          clock: sync=none, time0=local\n\
          pci: enabled=1, chipset=i440fx\n\
          ata0-master: type=cdrom, path={}, status=inserted\n\

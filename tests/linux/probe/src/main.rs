@@ -19,6 +19,10 @@
 //! the mean guest-TSC ticks of a CPUID or of an OUT to port 0x80 (the
 //! peer benchmark, in a user VM).
 //!
+//! `probe pit-tsc`, `probe serial-bench N [SUFFIX]`, `probe ticks CMD...`:
+//! the TSC's rate by the PIT, serial output's cost per byte, a command's
+//! duration in TSC ticks (bench.rs, for `cargo xtask bench`).
+//!
 //! `probe spy [FILE...]`: the provider's view searched for the operator's
 //! console marker (spy.rs).
 //!
@@ -27,6 +31,7 @@
 //!
 //! Port access from user space needs root and CONFIG_X86_IOPL_IOPERM.
 
+mod bench;
 mod disk;
 mod spy;
 mod stress;
@@ -331,9 +336,15 @@ fn main() -> ExitCode {
             };
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
+        Some("pit-tsc") => bench::pit_tsc(),
+        Some("serial-bench") => {
+            let n = args.next().and_then(|n| n.parse().ok()).unwrap_or(2000usize).max(1);
+            bench::serial_bench(n, &args.next().unwrap_or_default())
+        }
+        Some("ticks") => bench::ticks(&args.collect::<Vec<_>>()),
         Some("kvm-churn") => kvm_churn(args.next().and_then(|n| n.parse().ok()).unwrap_or(50)),
         _ => {
-            eprintln!("usage: probe clock | probe shutdown | probe kvm-churn [N] | probe disk-put FILE... | probe disk-get DIR | probe spy [FILE...] | probe stress [SECS]");
+            eprintln!("usage: probe clock | probe shutdown | probe kvm-churn [N] | probe disk-put FILE... | probe disk-get DIR | probe spy [FILE...] | probe stress [SECS] | probe tsc | probe cpuid-bench|io-bench [N] | probe pit-tsc | probe serial-bench [N [SUFFIX]] | probe ticks CMD...");
             ExitCode::from(2)
         }
     }
