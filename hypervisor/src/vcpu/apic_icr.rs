@@ -61,7 +61,7 @@ impl Vcpu {
             // A stale read-only translation of a page L0 no longer watches.
             p.invept_all();
         }
-        let Some(store) = self.decode_store(v, p).filter(|s| s.size == 4) else {
+        let Some(store) = self.decode_store(v, p, offset).filter(|s| s.size == 4) else {
             log::warn!("L1 wrote its APIC with an instruction L0 does not decode: no longer watching its INITs");
             m.ept.set_apic_writable(p.tables(), true);
             p.invept_all();
@@ -99,8 +99,14 @@ impl Vcpu {
         Outcome::Resume
     }
 
-    /// The MOV store at L1's RIP, read through L1's own page tables.
-    fn decode_store<V: Vmcs, P: Platform>(&self, v: &V, p: &mut P) -> Option<decode::Store> {
+    /// The store at L1's RIP, read through L1's own page tables: a MOV,
+    /// or an OR/AND into the register at `offset` (its value read first).
+    fn decode_store<V: Vmcs, P: Platform>(
+        &self,
+        v: &V,
+        p: &mut P,
+        offset: u64,
+    ) -> Option<decode::Store> {
         let paging = paging_regs(v, self.host.maxphyaddr);
         let rip = v.read(F::GUEST_CS_BASE).wrapping_add(v.read(F::GUEST_RIP));
         let fetch = Access {
@@ -117,5 +123,6 @@ impl Vcpu {
         let regs = self.regs.gpr;
         let reg = |i: usize| if i == GuestRegs::RSP { rsp } else { regs[i] };
         decode::mov_store(&insn[..n], reg)
+            .or_else(|| decode::alu_store(&insn[..n], reg, p.xapic_read(offset)?))
     }
 }

@@ -1,8 +1,10 @@
 //! Just enough of an x86 decoder to read the value of an MMIO store: MOV
 //! to memory from a register or an immediate (opcodes 88, 89, C6, C7), as
-//! compilers emit for `writel()`/`writeb()`. L0 uses it to follow L2's
-//! IOAPIC programming on its way to L1 (shadow/ioapic.rs); anything else
-//! is "not understood" and L0 simply does not learn from it.
+//! compilers emit for `writel()`/`writeb()`, and a 32-bit OR or AND into
+//! memory (`reg |= bit`). L0 uses it to follow L2's IOAPIC programming on
+//! its way to L1 (shadow/ioapic.rs) and to carry out L1's APIC writes
+//! while it watches them (vcpu/apic_icr.rs); anything else is "not
+//! understood".
 
 /// The stored value, its width and the instruction's length in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,14 +14,25 @@ pub struct Store {
     pub len: u8,
 }
 
-/// Decodes the instruction at the start of `insn` (64-bit mode) and
-/// returns what it stores; `reg(n)` gives general register n (0 = RAX ...
-/// 15 = R15).
-pub fn mov_store(insn: &[u8], reg: impl Fn(usize) -> u64) -> Option<Store> {
+/// An instruction with a memory operand, as far as both decoders need it.
+struct MemOp {
+    op: u8,
+    /// ModRM's reg field with REX.R.
+    reg: usize,
+    /// The reg field alone (the opcode extension of 80-83, C6, C7).
+    ext: u8,
+    rex: u8,
+    opsize16: bool,
+    /// Bytes up to the immediate (prefixes, opcode, ModRM, SIB, displacement).
+    len: usize,
+}
+
+/// Prefixes (segment overrides and 0x66, then at most one REX), a
+/// one-byte opcode and a ModRM naming memory, with its addressing bytes.
+fn mem_op(insn: &[u8]) -> Option<MemOp> {
     let mut i = 0;
     let mut opsize16 = false;
     let mut rex = 0u8;
-    // Legacy prefixes (segment overrides and 0x66), then at most one REX.
     while let Some(&b) = insn.get(i) {
         match b {
             0x66 => opsize16 = true,
@@ -42,14 +55,6 @@ pub fn mov_store(insn: &[u8], reg: impl Fn(usize) -> u64) -> Option<Store> {
     if md == 3 {
         return None; // a register destination: not a store
     }
-    let size = match op {
-        0x88 | 0xc6 => 1,
-        0x89 | 0xc7 if rex & 8 != 0 => 8,
-        0x89 | 0xc7 if opsize16 => 2,
-        0x89 | 0xc7 => 4,
-        _ => return None,
-    };
-    // Skip the addressing bytes to reach an immediate.
     if rm == 4 {
         let sib = *insn.get(i)?;
         i += 1;
@@ -62,6 +67,62 @@ pub fn mov_store(insn: &[u8], reg: impl Fn(usize) -> u64) -> Option<Store> {
         (0, _) => 0,
         (1, _) => 1,
         _ => 4,
+    };
+    Some(MemOp {
+        op,
+        reg: (r | (rex & 4) << 1) as usize,
+        ext: r,
+        rex,
+        opsize16,
+        len: i,
+    })
+}
+
+/// A 32-bit OR or AND into memory (09, 21, 81 /1 and /4, 83 /1 and /4),
+/// as compilers emit for `reg |= bit` on a device register: the value it
+/// stores when memory held `current`. None for anything else.
+pub fn alu_store(insn: &[u8], reg: impl Fn(usize) -> u64, current: u32) -> Option<Store> {
+    let m = mem_op(insn)?;
+    if m.opsize16 || m.rex & 8 != 0 {
+        return None;
+    }
+    let imm32 = |at: usize| {
+        insn.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let (or, operand, len) = match (m.op, m.ext) {
+        (0x09, _) => (true, reg(m.reg) as u32, m.len),
+        (0x21, _) => (false, reg(m.reg) as u32, m.len),
+        (0x81, 1) => (true, imm32(m.len)?, m.len + 4),
+        (0x81, 4) => (false, imm32(m.len)?, m.len + 4),
+        (0x83, 1) => (true, *insn.get(m.len)? as i8 as i32 as u32, m.len + 1),
+        (0x83, 4) => (false, *insn.get(m.len)? as i8 as i32 as u32, m.len + 1),
+        _ => return None,
+    };
+    let value = if or {
+        current | operand
+    } else {
+        current & operand
+    };
+    Some(Store {
+        value: u64::from(value),
+        size: 4,
+        len: u8::try_from(len).ok().filter(|&n| n <= 15)?,
+    })
+}
+
+/// Decodes the instruction at the start of `insn` (64-bit mode) and
+/// returns what it stores; `reg(n)` gives general register n (0 = RAX ...
+/// 15 = R15).
+pub fn mov_store(insn: &[u8], reg: impl Fn(usize) -> u64) -> Option<Store> {
+    let m = mem_op(insn)?;
+    let (op, rex, opsize16, i, r) = (m.op, m.rex, m.opsize16, m.len, m.ext);
+    let size = match op {
+        0x88 | 0xc6 => 1,
+        0x89 | 0xc7 if rex & 8 != 0 => 8,
+        0x89 | 0xc7 if opsize16 => 2,
+        0x89 | 0xc7 => 4,
+        _ => return None,
     };
     let mask = if size == 8 {
         u64::MAX
@@ -77,7 +138,7 @@ pub fn mov_store(insn: &[u8], reg: impl Fn(usize) -> u64) -> Option<Store> {
     let len = u8::try_from(i + imm_len).ok().filter(|&n| n <= 15)?;
     let value = match op {
         0x88 | 0x89 => {
-            let n = (r | (rex & 4) << 1) as usize;
+            let n = m.reg;
             if size == 1 && rex == 0 && (4..8).contains(&n) {
                 reg(n - 4) >> 8 // AH, CH, DH, BH
             } else {
@@ -164,6 +225,35 @@ mod tests {
             mov_store(&[0x89, 0x54, 0x88, 0x10], regs).unwrap().value,
             regs(2) & 0xffff_ffff
         );
+    }
+
+    #[test]
+    fn or_and_and_into_memory() {
+        // orl $0x100,0xf0(%r14)
+        let s = alu_store(&[0x41, 0x81, 0x8e, 0xf0, 0, 0, 0, 0, 1, 0, 0], regs, 0xff).unwrap();
+        assert_eq!((s.value, s.size, s.len), (0x1ff, 4, 11));
+        // andl $-2,(%rax): 83 /4 with a sign-extended imm8
+        let s = alu_store(&[0x83, 0x20, 0xfe], regs, 0x1ff).unwrap();
+        assert_eq!((s.value, s.len), (0x1fe, 3));
+        // orl $0x10,0x10(%rdx): 83 /1
+        assert_eq!(
+            alu_store(&[0x83, 0x4a, 0x10, 0x10], regs, 1).unwrap().value,
+            0x11
+        );
+        // or %esi,(%rax) and and %esi,(%rax)
+        assert_eq!(
+            alu_store(&[0x09, 0x30], regs, 0).unwrap().value,
+            regs(6) & 0xffff_ffff
+        );
+        assert_eq!(
+            alu_store(&[0x21, 0x30], regs, 0xffff_ffff).unwrap().value,
+            regs(6) & 0xffff_ffff
+        );
+        // Not understood: ADD, a 64-bit or 16-bit OR, a register destination.
+        assert_eq!(alu_store(&[0x83, 0x00, 0x01], regs, 0), None);
+        assert_eq!(alu_store(&[0x48, 0x83, 0x08, 0x01], regs, 0), None);
+        assert_eq!(alu_store(&[0x66, 0x83, 0x08, 0x01], regs, 0), None);
+        assert_eq!(alu_store(&[0x83, 0xc8, 0x01], regs, 0), None);
     }
 
     #[test]

@@ -651,6 +651,15 @@ fn inits_for_a_waiting_vcpu_are_kept_from_the_apic_the_rest_goes_through() {
     exit(&mut v, reason::WRMSR, 0, 2);
     c.handle_exit(&mut v, &mut p);
     assert_eq!(p.msrs[&X2APIC_ICR], 2 << 32 | 0xc500);
+    // An OR into a register (the spurious-interrupt vector, enabling the
+    // APIC) is carried out on its current value.
+    p.xapic.insert(0xf0, 0xff);
+    p.mem.write(0x7000, &[0x81, 0x08, 0, 1, 0, 0]).unwrap();
+    exit(&mut v, reason::EPT_VIOLATION, 0x2 | 1 << 3, 0);
+    v.write(F::GUEST_PHYSICAL_ADDRESS, 0xfee0_00f0);
+    v.write(F::GUEST_RIP, 0x7000);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!((p.xapic[&0xf0], v.read(F::GUEST_RIP)), (0x1ff, 0x7006));
     // A store L0 cannot decode ends the watch: the page turns writable and
     // the instruction runs again.
     p.mem.write(0x7000, &[0x0f, 0x0b]).unwrap();
