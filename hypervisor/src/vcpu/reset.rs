@@ -10,6 +10,7 @@ use crate::arch::run::GuestRegs;
 use crate::machine::Machine;
 use crate::regs::{AR_UNUSABLE, CR0_CD, CR0_ET, CR0_NW};
 use crate::vmx::caps::entry::IA32E_MODE_GUEST;
+use crate::vmx::fields::{seg, GUEST_SEGMENTS};
 use crate::vmx::guest_cr::{CrPolicy, CrState};
 use crate::vmx::{Field as F, Vmcs};
 
@@ -23,46 +24,6 @@ const AR_REAL_CODE: u64 = 0x9b;
 /// A busy 32-bit TSS, as KVM resets TR: a 16-bit one would fault the
 /// later switch to long mode (Bochs checks it there).
 const AR_TSS_BUSY_32: u64 = 0x8b;
-
-/// (selector, base, limit, access rights) of the six segment registers.
-const SEGMENTS: [(F, F, F, F); 6] = [
-    (
-        F::GUEST_CS_SELECTOR,
-        F::GUEST_CS_BASE,
-        F::GUEST_CS_LIMIT,
-        F::GUEST_CS_AR_BYTES,
-    ),
-    (
-        F::GUEST_SS_SELECTOR,
-        F::GUEST_SS_BASE,
-        F::GUEST_SS_LIMIT,
-        F::GUEST_SS_AR_BYTES,
-    ),
-    (
-        F::GUEST_DS_SELECTOR,
-        F::GUEST_DS_BASE,
-        F::GUEST_DS_LIMIT,
-        F::GUEST_DS_AR_BYTES,
-    ),
-    (
-        F::GUEST_ES_SELECTOR,
-        F::GUEST_ES_BASE,
-        F::GUEST_ES_LIMIT,
-        F::GUEST_ES_AR_BYTES,
-    ),
-    (
-        F::GUEST_FS_SELECTOR,
-        F::GUEST_FS_BASE,
-        F::GUEST_FS_LIMIT,
-        F::GUEST_FS_AR_BYTES,
-    ),
-    (
-        F::GUEST_GS_SELECTOR,
-        F::GUEST_GS_BASE,
-        F::GUEST_GS_LIMIT,
-        F::GUEST_GS_AR_BYTES,
-    ),
-];
 
 /// RDX after INIT: the processor signature (CPUID.1:EAX).
 pub fn init_rdx(cpuid: impl Fn(u32, u32) -> [u32; 4]) -> u64 {
@@ -86,21 +47,20 @@ pub fn write_init_state(v: &mut impl Vmcs, policy: &CrPolicy) {
     v.write(F::CR4_READ_SHADOW, 0);
     v.write(F::GUEST_IA32_EFER, 0);
     v.clear_bits(F::VM_ENTRY_CONTROLS, IA32E_MODE_GUEST as u64);
-    for (i, &(sel, base, limit, ar)) in SEGMENTS.iter().enumerate() {
-        let cs = i == 0;
-        v.write(sel, if cs { 0xf000 } else { 0 });
-        v.write(base, if cs { 0xffff_0000 } else { 0 });
-        v.write(limit, 0xffff);
-        v.write(ar, if cs { AR_REAL_CODE } else { AR_REAL_DATA });
+    // All selectors 0 and limits 64 KiB; CS at F000:FFFF0000; TR a busy
+    // TSS, LDTR unusable.
+    for (i, f) in GUEST_SEGMENTS.iter().enumerate() {
+        let (selector, base, ar) = match i {
+            seg::CS => (0xf000, 0xffff_0000, AR_REAL_CODE),
+            seg::TR => (0, 0, AR_TSS_BUSY_32),
+            seg::LDTR => (0, 0, AR_UNUSABLE),
+            _ => (0, 0, AR_REAL_DATA),
+        };
+        v.write(f.selector, selector);
+        v.write(f.base, base);
+        v.write(f.limit, 0xffff);
+        v.write(f.ar, ar);
     }
-    v.write(F::GUEST_TR_SELECTOR, 0);
-    v.write(F::GUEST_TR_BASE, 0);
-    v.write(F::GUEST_TR_LIMIT, 0xffff);
-    v.write(F::GUEST_TR_AR_BYTES, AR_TSS_BUSY_32);
-    v.write(F::GUEST_LDTR_SELECTOR, 0);
-    v.write(F::GUEST_LDTR_BASE, 0);
-    v.write(F::GUEST_LDTR_LIMIT, 0xffff);
-    v.write(F::GUEST_LDTR_AR_BYTES, AR_UNUSABLE);
     for (base, limit) in [
         (F::GUEST_GDTR_BASE, F::GUEST_GDTR_LIMIT),
         (F::GUEST_IDTR_BASE, F::GUEST_IDTR_LIMIT),
