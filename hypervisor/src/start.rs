@@ -19,7 +19,7 @@ use crate::arch::{ap_boot, bringup, cpu, cpu_loop, image, tables, tsc, vmx as vm
 use crate::config::{self, SerialChoice};
 use crate::l1_plan::{self, BootModule};
 use crate::logger;
-use crate::machine::Machine;
+use crate::machine::shared::SharedMachine;
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
 use crate::mm::paging::PageSize;
 use crate::vmx::caps;
@@ -183,7 +183,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         warn!("shadow=off: user VMs' COM ports go to the guest hypervisor (a baseline for measurements, not the product)");
     }
     // What every CPU shares, behind one lock (docs/architecture.md).
-    let machine: &'static spin::Mutex<Machine> = Box::leak(Box::new(spin::Mutex::new(machine)));
+    let machine: &'static SharedMachine = Box::leak(Box::new(SharedMachine::new(machine)));
 
     // The other CPUs: each runs a vCPU of the cloud VM, waiting for the
     // start-up IPI of L1's own boot CPU.

@@ -31,6 +31,7 @@ mod ultracall;
 mod vmx_instr;
 
 use crate::machine::ept01::Violation;
+use crate::machine::shared::MachineLock;
 use crate::machine::shutdown::{ShutdownFeed, SHUTDOWN, SHUTDOWN_PORT};
 use crate::machine::Machine;
 use crate::regs::{CR0_TS, CR4_OSXSAVE};
@@ -245,6 +246,8 @@ pub struct Vcpu {
     saves_smi_blocking: bool,
     /// This CPU's exit counts as the other CPUs see them.
     counts: Option<&'static crate::machine::cpu_counts::CpuCounts>,
+    /// What this vCPU's last entry into L2 noted in the machine.
+    noted_entry: Option<l2::NotedEntry>,
 }
 
 const ACTIVITY_HLT: u64 = 1;
@@ -277,7 +280,13 @@ impl Vcpu {
             waiting_for_sipi: false,
             saves_smi_blocking: false,
             counts: None,
+            noted_entry: None,
         }
+    }
+
+    /// The APIC ID of the CPU this vCPU runs on (0 until registered).
+    fn apic_id(&self) -> u32 {
+        self.counts.map_or(0, |c| c.apic_id)
     }
 
     /// Registers this CPU with the machine (its counts in `stats`).
@@ -378,7 +387,7 @@ impl Vcpu {
     /// Handles the exit that just happened on the current VMCS.
     pub fn handle_exit<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
     ) -> Outcome {
@@ -515,8 +524,8 @@ impl Vcpu {
     /// What L0 does before each VM entry into L1: raise the relay
     /// interrupt when edges are pending and L1 can take an interrupt, or
     /// ask for the window in which it can.
-    pub fn before_l1_entry(&mut self, m: &mut Machine, v: &mut impl Vmcs) {
-        if !m.shadow.irqs.irq_pending() {
+    pub fn before_l1_entry(&mut self, m: &mut MachineLock<'_>, v: &mut impl Vmcs) {
+        if !m.relay_owed() {
             return;
         }
         let Some(vector) = m.shadow.irqs.relay_vector else {

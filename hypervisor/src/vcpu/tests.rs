@@ -3,6 +3,7 @@
 use super::*;
 use crate::guest_mem::fake::VecMemory;
 use crate::machine::ept01::Ept01;
+use crate::machine::shared::SharedMachine;
 use crate::machine::shutdown::{ShutdownFeed, ShutdownWatch};
 use crate::mm::paging::tests::FakeTables;
 use crate::mm::paging::{translate, PageSize};
@@ -179,7 +180,7 @@ pub const PAGES: Vmcs02Pages = Vmcs02Pages {
 /// A vCPU with the machine it runs on, paired as start.rs pairs them.
 pub struct Cpu {
     pub vcpu: Vcpu,
-    pub m: Machine,
+    pub m: SharedMachine,
 }
 
 impl core::ops::Deref for Cpu {
@@ -197,10 +198,16 @@ impl core::ops::DerefMut for Cpu {
 
 impl Cpu {
     pub fn handle_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Outcome {
-        self.vcpu.handle_exit(&mut self.m, vs, p)
+        self.vcpu.handle_exit(&mut self.m.lock(), vs, p)
+    }
+    /// An exit, and whether its handling took the machine's lock.
+    pub fn exit_locks<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> bool {
+        let mut m = self.m.lock();
+        self.vcpu.handle_exit(&mut m, vs, p);
+        m.taken()
     }
     pub fn poll_console<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
-        self.vcpu.poll_console(&mut self.m, vs, p)
+        self.vcpu.poll_console(&mut self.m.lock(), vs, p)
     }
 }
 
@@ -251,6 +258,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         waiting_for_sipi: false,
         saves_smi_blocking: false,
         counts: None,
+        noted_entry: None,
     };
     let mut v = FakeVmcs::default();
     setup::write_entry_state(
@@ -282,7 +290,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         xapic: BTreeMap::new(),
         xapic_writes: Vec::new(),
     };
-    let m = Machine {
+    let m = SharedMachine::new(Machine {
         ept,
         shadow: crate::shadow::Shadow::new(Some(shadow_devices::SealKey::new(&[1; 32])), |b| {
             b.fill(0x42);
@@ -292,8 +300,9 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         mgmt_port: Some(0x2f8),
         shutdown: ShutdownWatch::default(),
         ap_wait: Default::default(),
+        vmcs12_owners: Default::default(),
         cpus: alloc::vec::Vec::new(),
-    };
+    });
     (
         Cpu { vcpu, m },
         FakeSet {
@@ -311,6 +320,21 @@ fn exit(v: &mut FakeVmcs, reason: u16, qualification: u64, len: u64) {
     v.write(F::EXIT_QUALIFICATION, qualification);
     v.write(F::VM_EXIT_INSTRUCTION_LEN, len);
     v.write(F::VM_ENTRY_INTR_INFO_FIELD, 0);
+}
+
+/// L1's memory operand of a VMPTRLD/VMCLEAR: the pointer at linear
+/// 0x20_0000 ([RAX], identity-mapped by 2 MiB pages).
+pub fn vmcs_pointer_operand(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, ptr: u64) {
+    c.regs.gpr[GuestRegs::RAX] = 0x20_0000;
+    p.mem.write(0x20_0000, &ptr.to_le_bytes()).unwrap();
+    v.v01
+        .write(F::VMX_INSTRUCTION_INFO, (3 << 15 | 2 << 7 | 1 << 22) as u64);
+    p.mem.write(0x1000, &(0x2000u64 | 3).to_le_bytes()).unwrap();
+    p.mem.write(0x2000, &(0x3000u64 | 3).to_le_bytes()).unwrap();
+    p.mem
+        .write(0x3000 + 8, &(0x20_0000u64 | 0x83).to_le_bytes())
+        .unwrap();
+    v.v01.write(F::GUEST_CR3, 0x1000);
 }
 
 fn injected(v: &FakeVmcs) -> Option<(u8, Option<u64>)> {
@@ -349,8 +373,8 @@ fn cpuid_answers_and_advances() {
 #[test]
 fn stats_are_answered_on_the_management_line() {
     let (mut c, mut v, mut p) = setup();
-    c.vcpu.register(&mut c.m, 0);
-    c.m.register_cpu(1).count(true);
+    c.vcpu.register(c.m.get_mut(), 0);
+    c.m.get_mut().register_cpu(1).count(true);
     c.regs.gpr[GuestRegs::RAX] = 0;
     exit(&mut v, reason::CPUID, 0, 2);
     c.handle_exit(&mut v, &mut p);
@@ -600,9 +624,15 @@ fn l0_memory_access_is_backed_by_the_scratch_page() {
     exit(&mut v, reason::EPT_VIOLATION, 0x182, 0);
     v.write(F::GUEST_PHYSICAL_ADDRESS, POOL.start + 0x1234);
     assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-    let l = translate(&mut p.tables, &Ept, c.m.ept.root, POOL.start + 0x1000).unwrap();
-    assert_eq!(l.pa, c.m.ept.sink);
-    assert_eq!(c.m.ept.l0_touches, 1);
+    let l = translate(
+        &mut p.tables,
+        &Ept,
+        c.m.get_mut().ept.root,
+        POOL.start + 0x1000,
+    )
+    .unwrap();
+    assert_eq!(l.pa, c.m.get_mut().ept.sink);
+    assert_eq!(c.m.get_mut().ept.l0_touches, 1);
     // A violation on a present entry is not L1's doing.
     exit(&mut v, reason::EPT_VIOLATION, 0x2 | (1 << 3), 0);
     assert!(matches!(
@@ -615,8 +645,8 @@ fn l0_memory_access_is_backed_by_the_scratch_page() {
 fn inits_for_a_waiting_vcpu_are_kept_from_the_apic_the_rest_goes_through() {
     use crate::machine::ap_wait::X2APIC_ICR;
     let (mut c, mut v, mut p) = setup();
-    c.m.ept.apic_page = Some(0xfee0_0000);
-    c.m.ap_wait.wait(1);
+    c.m.get_mut().ept.apic_page = Some(0xfee0_0000);
+    c.m.get_mut().ap_wait.wait(1);
     // L1 in protected mode without paging: mov %esi,(%rax) at 0x7000.
     v.write(F::GUEST_CR0, crate::regs::CR0_PE | crate::regs::CR0_NE);
     v.write(F::GUEST_RIP, 0x7000);
@@ -753,7 +783,7 @@ mod nested {
 
     /// L1 in 64-bit mode, in VMX operation with a valid current VMCS12
     /// whose EPT12 maps L2 page 0x1000 to L1 page 0x50_0000.
-    fn l1_in_vmx() -> (Cpu, FakeSet, FakePlatform) {
+    pub(super) fn l1_in_vmx() -> (Cpu, FakeSet, FakePlatform) {
         let (mut c, mut v, mut p) = setup();
         p.mem = VecMemory::new(0, 0x100_0000);
         c.cpuid.vmx = true;
@@ -779,6 +809,39 @@ mod nested {
     fn launch(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, reason_: u16) -> Outcome {
         exit(v, reason_, 0, 3);
         c.handle_exit(v, p)
+    }
+
+    /// The hot path of a nested guest takes no machine-wide lock: an exit
+    /// reflected to L1 and a VMRESUME of the VMCS12 this vCPU entered
+    /// before, unless the machine changed since (then once).
+    #[test]
+    fn reflect_and_resume_take_no_lock() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        exit(&mut v, reason::VMLAUNCH, 0, 3);
+        assert!(c.exit_locks(&mut v, &mut p), "the first entry notes the VM");
+        let round_trip = |c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform| {
+            exit(v, reason::CPUID, 0, 2);
+            let reflect = c.exit_locks(v, p);
+            assert!(!c.nested.in_l2());
+            exit(v, reason::VMRESUME, 0, 3);
+            let resume = c.exit_locks(v, p);
+            assert!(c.nested.in_l2());
+            (reflect, resume)
+        };
+        assert_eq!(round_trip(&mut c, &mut v, &mut p), (false, false));
+        assert_eq!(round_trip(&mut c, &mut v, &mut p), (false, false));
+        // Another CPU changed the machine: noted again, once.
+        c.m.lock().shadow.irqs.relay_vector = Some(0x40);
+        assert_eq!(round_trip(&mut c, &mut v, &mut p), (false, true));
+        assert_eq!(round_trip(&mut c, &mut v, &mut p), (false, false));
+        // Another VMCS12: noted.
+        exit(&mut v, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        c.nested.vmx.current = Some(0x10_2000);
+        *c.nested.vmx.vmcs12 = valid_vmcs12();
+        exit(&mut v, reason::VMLAUNCH, 0, 3);
+        assert!(c.exit_locks(&mut v, &mut p));
+        assert!(c.nested.in_l2());
     }
 
     #[test]
@@ -872,7 +935,8 @@ mod nested {
     #[test]
     fn ept12_pointing_at_l0_is_a_misconfiguration() {
         let (mut c, mut v, mut p) = l1_in_vmx();
-        c.m.ept
+        c.m.get_mut()
+            .ept
             .l0
             .insert(Range::new(L2_PAGE, L2_PAGE + 0x1000))
             .unwrap();
@@ -929,7 +993,7 @@ mod nested {
             0x60,
             "THRE and TEMT: the byte left"
         );
-        assert_eq!(c.m.shadow.vm_count(), 1);
+        assert_eq!(c.m.get_mut().shadow.vm_count(), 1);
         // L0's management port (COM2 for L0) is this VM's COM2, not L0's.
         exit(&mut v, reason::IO_INSTRUCTION, 0x02fb_0000, 1);
         c.regs.gpr[GuestRegs::RAX] = 0x03;
@@ -1056,8 +1120,8 @@ mod nested {
         exit(&mut v, reason::CPUID, 0, 2);
         c.handle_exit(&mut v, &mut p);
         assert!(!c.nested.in_l2());
-        c.m.shadow.io(1, 0x3f9, Some(0x01)); // received-data interrupt on
-        c.m.shadow.irqs.take_edges(1, u16::MAX);
+        c.m.get_mut().shadow.io(1, 0x3f9, Some(0x01)); // received-data interrupt on
+        c.m.get_mut().shadow.irqs.take_edges(1, u16::MAX);
         for cmd in ["attach 1", "in 41"] {
             p.mgmt_in
                 .extend_from_slice(shadow_devices::mgmt::frame(format_args!("{cmd}")).as_bytes());
@@ -1369,25 +1433,52 @@ mod shadowing {
         // VMCLEAR of the current VMCS: the link is cut.
         exit(&mut v, reason::CPUID, 0, 2);
         c.handle_exit(&mut v, &mut p);
-        c.regs.gpr[GuestRegs::RAX] = 0x20_0000;
-        p.mem.write(0x20_0000, &0x10_1000u64.to_le_bytes()).unwrap();
-        for (f, x) in [
-            (F::VMX_INSTRUCTION_INFO, (3 << 15 | 2 << 7 | 1 << 22) as u64),
-            (F::EXIT_QUALIFICATION, 0),
-        ] {
-            v.v01.write(f, x);
-        }
-        // L1 paging for the operand: identity 2 MiB pages at 0x1000.
-        p.mem.write(0x1000, &(0x2000u64 | 3).to_le_bytes()).unwrap();
-        p.mem.write(0x2000, &(0x3000u64 | 3).to_le_bytes()).unwrap();
-        p.mem
-            .write(0x3000 + 8, &(0x20_0000u64 | 0x83).to_le_bytes())
-            .unwrap();
-        v.v01.write(F::GUEST_CR3, 0x1000);
+        vmcs_pointer_operand(&mut c, &mut v, &mut p, 0x10_1000);
         exit(&mut v, reason::VMCLEAR, 0, 3);
         c.handle_exit(&mut v, &mut p);
         assert_eq!(injected(&v), None);
         assert_eq!(c.nested.vmx.current, None);
         assert_eq!(v.v01.read(F::VMCS_LINK_POINTER), u64::MAX);
+    }
+}
+
+mod across_cpus {
+    //! What one vCPU does that another CPU's vCPU could see.
+    use super::nested::l1_in_vmx;
+    use super::*;
+    use crate::nested::testutil::valid_vmcs12;
+
+    /// A VMCS12 current on another CPU can be neither loaded nor cleared
+    /// here (the SDM leaves it undefined; two caches of it would overwrite
+    /// each other): VMfailValid, nothing else changes. Once that CPU lets
+    /// it go, it moves.
+    #[test]
+    fn a_vmcs12_current_elsewhere_is_refused() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        let theirs = 0x10_3000;
+        p.mem.write(theirs, &valid_vmcs12().to_region()).unwrap();
+        c.m.get_mut().vmcs12_owners.change(7, None, Some(theirs));
+        let rip = v.v01.read(F::GUEST_RIP);
+        for (instr, error) in [(reason::VMPTRLD, 9), (reason::VMCLEAR, 2)] {
+            vmcs_pointer_operand(&mut c, &mut v, &mut p, theirs);
+            exit(&mut v.v01, instr, 0, 3);
+            c.handle_exit(&mut v, &mut p);
+            assert_eq!(v.v01.read(F::GUEST_RFLAGS) & 0x41, 0x40, "VMfailValid");
+            assert_eq!(c.nested.vmx.vmcs12.get(F::VM_INSTRUCTION_ERROR), error);
+            assert_eq!(c.nested.vmx.current, Some(0x10_1000));
+        }
+        assert_eq!(v.v01.read(F::GUEST_RIP), rip + 6);
+        // CPU 7 loads another: this CPU may load it.
+        c.m.get_mut()
+            .vmcs12_owners
+            .change(7, Some(theirs), Some(0x10_4000));
+        vmcs_pointer_operand(&mut c, &mut v, &mut p, theirs);
+        exit(&mut v.v01, reason::VMPTRLD, 0, 3);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(v.v01.read(F::GUEST_RFLAGS) & 0x41, 0);
+        assert_eq!(c.nested.vmx.current, Some(theirs));
+        let owners = &c.m.get_mut().vmcs12_owners;
+        assert_eq!(owners.elsewhere(theirs, 7), Some(0));
+        assert_eq!(owners.elsewhere(0x10_1000, 7), None, "released");
     }
 }
