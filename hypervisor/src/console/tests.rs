@@ -34,8 +34,10 @@ impl Host {
     fn pump(&mut self) -> Frames {
         self.con.pump(&mut self.sh)
     }
+    /// A VMCLEAR that ends the VM (its deadline passed).
     fn vmclear(&mut self, vmcs12: u64) -> Frames {
-        self.sh.vmclear(vmcs12);
+        self.sh.vmclear(vmcs12, 0);
+        self.sh.expire(0);
         self.con.notices(&mut self.sh)
     }
 }
@@ -177,6 +179,40 @@ fn vm_end_drops_devices_and_detaches() {
     );
     assert_eq!(s.vm_count(), 0);
     assert!(s.con.sessions.is_empty());
+}
+
+/// KVM moves a vCPU to another CPU with a VMCLEAR there and an entry
+/// here: its VM, devices and session stay. A VMCLEAR not followed by an
+/// entry ends the VM at its deadline; an entry with another VM's EPT12
+/// root (the page reused) ends it at once.
+#[test]
+fn a_moving_vcpu_keeps_its_vm() {
+    let mut s = shadow();
+    let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
+    send(&mut s, "attach 1");
+    s.con.notices(&mut s.sh);
+    s.sh.vmclear(0x1000, 100);
+    s.sh.expire(99);
+    s.sh.note_entry(0x1000, Some(0x10_0000 | 0x5e));
+    s.sh.expire(1000);
+    assert_eq!(s.vm_count(), 1);
+    assert!(events(s.con.notices(&mut s.sh)).is_empty());
+    assert!(!s.con.sessions.is_empty(), "still attached");
+    assert_eq!(s.sh.identify(0x1000, Some(0x10_0000)), Some(a));
+    // Freed: the VM ends at the deadline.
+    s.sh.vmclear(0x1000, 2000);
+    s.sh.expire(1999);
+    assert_eq!(s.vm_count(), 1);
+    s.sh.expire(2000);
+    assert_eq!(s.vm_count(), 0);
+    assert!(events(s.con.notices(&mut s.sh)).contains(&Event::Gone { id: a }));
+    // Reused by another VM before the deadline: the old one ends now.
+    let b = s.identify(0x3000, Some(0x30_0000)).unwrap();
+    s.sh.vmclear(0x3000, 5000);
+    s.sh.note_entry(0x3000, Some(0x40_0000));
+    assert_eq!(s.vm_count(), 0, "VM {b} ended");
+    let c = s.sh.identify(0x3000, Some(0x40_0000)).unwrap();
+    assert_ne!(c, b);
 }
 
 #[test]

@@ -90,6 +90,24 @@ impl MachineLock<'_> {
     }
 }
 
+impl MachineLock<'_> {
+    /// Unlocks until the next use, publishing as at the exit's end: for an
+    /// exit that waits (the management line's poll).
+    pub fn release(&mut self) {
+        self.publish();
+        self.guard.take();
+    }
+
+    fn publish(&self) {
+        if let Some(m) = self.guard.get() {
+            let s = self.shared;
+            s.relay_owed
+                .store(m.shadow.irqs.irq_pending(), Ordering::Release);
+            s.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
 impl Deref for MachineLock<'_> {
     type Target = Machine;
     fn deref(&self) -> &Machine {
@@ -107,11 +125,6 @@ impl DerefMut for MachineLock<'_> {
 impl Drop for MachineLock<'_> {
     fn drop(&mut self) {
         // Published while still held: the guard is dropped after this body.
-        if let Some(m) = self.guard.get() {
-            let s = self.shared;
-            s.relay_owed
-                .store(m.shadow.irqs.irq_pending(), Ordering::Release);
-            s.epoch.fetch_add(1, Ordering::AcqRel);
-        }
+        self.publish();
     }
 }

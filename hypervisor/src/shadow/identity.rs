@@ -9,8 +9,9 @@
 //!    the same VM whose EPT root was replaced (KVM does that on memslot
 //!    changes); if another VM uses that root, the VMCS12 now serves that VM.
 //! 3. A VM ends when L1 VMCLEARs the last VMCS12 L0 has seen it run with
-//!    (KVM clears a vCPU's VMCS when it frees the vCPU), or when L1 leaves
-//!    VMX operation. Its devices go with it, so the tables cannot grow
+//!    (KVM clears a vCPU's VMCS when it frees the vCPU; a VMCLEAR that
+//!    only moves the vCPU to another CPU is voided first, ending.rs), or
+//!    when L1 leaves VMX operation. Its devices go with it, so the tables cannot grow
 //!    without bound as VMs come and go.
 //! 4. Without EPT12 (L1 shadows paging itself), the VMCS12 alone names the VM.
 
@@ -39,7 +40,7 @@ pub struct Identities {
 }
 
 /// Only the root address names a guest-physical space.
-fn root(eptp: u64) -> u64 {
+pub fn root(eptp: u64) -> u64 {
     eptp & 0x000f_ffff_ffff_f000
 }
 
@@ -167,6 +168,21 @@ impl Identities {
                 self.by_vmcs.remove(&v);
             }
         }
+    }
+
+    /// The EPT12 root of the VM `vmcs` belongs to (`Some(None)`: a VM
+    /// without EPT12); None when no VM has it.
+    pub fn root_of_vmcs(&self, vmcs: u64) -> Option<Option<u64>> {
+        let id = self.by_vmcs.get(&vmcs)?;
+        Some(self.vms.get(id)?.eptp)
+    }
+
+    /// Every VMCS12 of the VM, the last one attached first.
+    pub fn vmcs_of_vm(&self, id: VmId) -> impl Iterator<Item = u64> + '_ {
+        self.vms
+            .get(&id)
+            .into_iter()
+            .flat_map(|vm| vm.vmcs.iter().rev().copied())
     }
 
     /// A VMCS pointer L1 uses for this VM (the most recent), for L1's relay.

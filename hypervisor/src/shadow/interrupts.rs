@@ -7,7 +7,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use super::identity::VmId;
-use super::ioapic::IoApic;
+use super::ioapic::{Destination, IoApic};
 
 /// Where L0 posts a user VM's interrupts when its guest hypervisor runs it
 /// with posted interrupts (KVM with APICv): VMCS12's descriptor and
@@ -111,9 +111,10 @@ impl Interrupts {
         };
     }
 
-    /// The vector the VM's IOAPIC gives `pin`, if it routes.
-    pub fn ioapic_vector(&self, vm: VmId, pin: u8) -> Option<u8> {
-        self.ioapics.get(&vm)?.vector(pin)
+    /// The vector and destination the VM's IOAPIC gives `pin`, if it routes.
+    pub fn ioapic_route(&self, vm: VmId, pin: u8) -> Option<(u8, Destination)> {
+        let io = self.ioapics.get(&vm)?;
+        Some((io.vector(pin)?, io.destination(pin)?))
     }
 
     /// A VMCS12 was cleared: its route goes.

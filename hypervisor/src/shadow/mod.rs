@@ -13,6 +13,7 @@ use shadow_devices::seal::{CounterNonce, SealKey};
 use shadow_devices::Error;
 use ultracall_abi::VmTag;
 
+pub mod ending;
 pub mod identity;
 pub mod interrupts;
 pub mod ioapic;
@@ -57,6 +58,8 @@ pub struct Shadow {
     nonces: CounterNonce<RandomFn>,
     /// Edges not yet delivered, the relay, routes and IOAPICs.
     pub irqs: Interrupts,
+    /// VMCLEARs not yet carried out for the identities.
+    endings: ending::Endings,
     /// For the console, oldest first.
     notices: Vec<Notice>,
     /// User VMs' COM accesses are L0's (off: `shadow=off`, a baseline).
@@ -72,6 +75,7 @@ impl Shadow {
             ledger: EpochLedger::new(),
             nonces: CounterNonce::new(random),
             irqs: Interrupts::default(),
+            endings: ending::Endings::default(),
             notices: Vec::new(),
             intercept_com: true,
         }
@@ -126,10 +130,13 @@ impl Shadow {
         None
     }
 
-    /// The posted-interrupt route of VM `vm` (through the VMCS12 it ran
-    /// with last).
-    pub fn pi_route_of(&self, vm: VmId) -> Option<interrupts::PiRoute> {
-        self.irqs.pi_route(self.ids.vmcs_of(vm)?)
+    /// The posted-interrupt routes of VM `vm`'s vCPUs (one per VMCS12 it
+    /// entered with posted interrupts), the last one L0 learnt of first.
+    pub fn pi_routes_of(&self, vm: VmId) -> Vec<interrupts::PiRoute> {
+        self.ids
+            .vmcs_of_vm(vm)
+            .filter_map(|v| self.irqs.pi_route(v))
+            .collect()
     }
 
     /// L2 wrote its IOAPIC (`offset` in the page).
@@ -154,9 +161,35 @@ impl Shadow {
         Some(vm)
     }
 
-    /// L1 VMCLEARed a VMCS12: if that ended a VM, its devices go too.
-    pub fn vmclear(&mut self, vmcs12: u64) {
+    /// An entry into L2 with `vmcs12` and `eptp12`: the identities kept
+    /// current, and a pending VMCLEAR of it void (the vCPU moved) or
+    /// carried out now (the page serves another VM; ending.rs).
+    pub fn note_entry(&mut self, vmcs12: u64, eptp12: Option<u64>) {
+        let root = eptp12.map(identity::root);
+        if self.endings.reentry(vmcs12, root) == ending::Reentry::Reused {
+            self.vmclear_now(vmcs12);
+        }
+        self.ids.note_entry(vmcs12, eptp12);
+    }
+
+    /// L1 VMCLEARed a VMCS12: carried out at `deadline` (TSC) unless it is
+    /// entered again first (ending.rs); its posted-interrupt route goes now.
+    pub fn vmclear(&mut self, vmcs12: u64, deadline: u64) {
         self.irqs.forget_vmcs(vmcs12);
+        if let Some(root) = self.ids.root_of_vmcs(vmcs12) {
+            self.endings.defer(vmcs12, root, deadline);
+        }
+    }
+
+    /// Carries out the VMCLEARs whose deadline has passed at `now`.
+    pub fn expire(&mut self, now: u64) {
+        for vmcs12 in self.endings.due(now) {
+            self.vmclear_now(vmcs12);
+        }
+    }
+
+    /// A VMCLEAR for the identities: if that ended a VM, its devices go too.
+    fn vmclear_now(&mut self, vmcs12: u64) {
         if let Some(vm) = self.ids.vmclear(vmcs12) {
             self.drop_vm(vm);
         }
@@ -164,6 +197,7 @@ impl Shadow {
 
     /// L1 left VMX operation.
     pub fn vmxoff(&mut self) {
+        self.endings.clear();
         self.irqs.forget_all_routes();
         for vm in self.ids.clear_all() {
             self.drop_vm(vm);

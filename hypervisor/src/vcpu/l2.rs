@@ -163,7 +163,7 @@ impl Vcpu {
         if self.noted_entry == Some(entry) {
             return;
         }
-        m.shadow.ids.note_entry(vmcs12, entry.eptp12);
+        m.shadow.note_entry(vmcs12, entry.eptp12);
         m.shadow.irqs.set_pi_route(vmcs12, route);
         self.noted_entry = Some(NotedEntry {
             epoch: m.epoch_after(),

@@ -478,7 +478,7 @@ impl Vcpu {
     /// Serves the management line: operator commands in, console output out.
     pub fn poll_console<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
     ) {
@@ -486,30 +486,36 @@ impl Vcpu {
         // 115200 baud, and a UART holds only 16: once a command has begun,
         // L0 stays until its line is complete or the line falls quiet for
         // a few byte times, rather than taking what the FIFO holds per
-        // visit (and losing the rest).
+        // visit (and losing the rest). The other CPUs have the machine
+        // while this one waits for bytes.
         let byte = mgmt_byte_ticks(self.cpuid.tsc_hz);
         let mut buf = [0u8; 64];
         let mut last = crate::arch::cpu::rdtsc();
         let start = last;
+        m.shadow.expire(start);
+        let mut midline = m.console.mid_line();
         loop {
             let n = p.mgmt_rx(&mut buf);
             let now = crate::arch::cpu::rdtsc();
             if n > 0 {
                 last = now;
-                for f in m.console.feed(&mut m.shadow, &buf[..n]) {
+                let mm = &mut **m;
+                for f in mm.console.feed(&mut mm.shadow, &buf[..n]) {
                     p.mgmt_send(&f);
                 }
+                midline = mm.console.mid_line();
                 continue;
             }
-            let midline = m.console.mid_line();
             if !midline
                 || now.wrapping_sub(last) > 8 * byte
                 || now.wrapping_sub(start) > 2 * mgmt::MAX_LINE as u64 * byte
             {
                 break;
             }
+            m.release();
             core::hint::spin_loop();
         }
+        let m = &mut **m;
         if m.console.take_stats_request() {
             for f in self.stats_frames(m.shadow.vm_count(), &m.cpus, vs.current(), p) {
                 p.mgmt_send(&f);
@@ -849,6 +855,7 @@ impl Vcpu {
                 log::info!("L1 touched {gpa:#x} beyond the memory map: mapped as MMIO");
                 Outcome::Resume
             }
+            Ok(Violation::Resolved) => Outcome::Resume,
             Err(_) => Outcome::Stop(Stop::Internal("out of memory for EPT01 tables")),
         }
     }

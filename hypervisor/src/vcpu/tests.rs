@@ -1089,18 +1089,9 @@ mod nested {
     #[test]
     fn posted_shadow_interrupt() {
         let (mut c, mut v, mut p) = l2_with_posted_interrupts();
-        // L2 programs IOAPIC pin 4 with `mov %esi,(%rax)` (paging off: the
-        // instruction is at L2 0x1000, L1 0x50_0000); each write goes to L1.
-        p.mem.write(L2_PAGE, &[0x89, 0x30]).unwrap();
-        for (gpa, value) in [(0xfec0_0000u64, 0x18u64), (0xfec0_0010, 0x24)] {
-            c.regs.gpr[GuestRegs::RSI] = value;
-            exit(&mut v, reason::EPT_VIOLATION, 0x182, 0);
-            v.v02.write(F::GUEST_PHYSICAL_ADDRESS, gpa);
-            v.v02.write(F::GUEST_RIP, 0x1000);
-            c.handle_exit(&mut v, &mut p);
-            assert!(!c.nested.in_l2(), "KVM emulates the IOAPIC");
-            launch(&mut c, &mut v, &mut p, reason::VMRESUME);
-        }
+        // L2 programs IOAPIC pin 4 (paging off: the instruction is at L2
+        // 0x1000, L1 0x50_0000).
+        l2_ioapic_writes(&mut c, &mut v, &mut p, &[(0, 0x18), (0x10, 0x24)]);
         // L2's 8250 driver: THR-empty interrupt on, OUT2. The edge is
         // posted and, L2 being the one running, processed at once.
         v.v02.write(F::GUEST_INTR_STATUS, 0);
@@ -1134,6 +1125,85 @@ mod nested {
         let mut d = [0u8; 33];
         p.mem.read(DESC, &mut d).unwrap();
         assert!(d.iter().all(|&b| b == 0), "PIR and ON cleared");
+    }
+
+    /// L2 writes `(offset, value)` pairs to its IOAPIC with `mov
+    /// %esi,(%rax)` at L2 0x1000; each write goes on to L1 (KVM's IOAPIC).
+    fn l2_ioapic_writes(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, w: &[(u64, u64)]) {
+        p.mem.write(L2_PAGE, &[0x89, 0x30]).unwrap();
+        for &(offset, value) in w {
+            c.regs.gpr[GuestRegs::RSI] = value;
+            exit(v, reason::EPT_VIOLATION, 0x182, 0);
+            v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0xfec0_0000 + offset);
+            v.v02.write(F::GUEST_RIP, 0x1000);
+            c.handle_exit(v, p);
+            assert!(!c.nested.in_l2(), "KVM emulates the IOAPIC");
+            launch(c, v, p, reason::VMRESUME);
+        }
+    }
+
+    /// The operator's `commands` (typing a byte into VM 1's COM1, its
+    /// receive interrupt enabled) while L1 runs.
+    fn typed_while_l1_runs(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, commands: &[&str]) {
+        exit(v, reason::CPUID, 0, 2);
+        c.handle_exit(v, p);
+        assert!(!c.nested.in_l2());
+        let sh = &mut c.m.get_mut().shadow;
+        sh.io(1, 0x3fc, Some(0x08)); // OUT2: the UART's interrupt reaches its pin
+        sh.io(1, 0x3f9, Some(0x01));
+        sh.io(1, 0x3f8, None); // L2 read what came before
+        sh.irqs.take_edges(1, u16::MAX);
+        for cmd in commands {
+            p.mgmt_in
+                .extend_from_slice(shadow_devices::mgmt::frame(format_args!("{cmd}")).as_bytes());
+        }
+        c.poll_console(v, p);
+    }
+
+    /// A VM with two vCPUs (two VMCS12s, each with its descriptor and
+    /// virtual-APIC page): the shadow UART's interrupt is posted to the
+    /// vCPU whose APIC ID the IOAPIC entry names, and its notification
+    /// goes to the physical CPU in that descriptor's NDST.
+    #[test]
+    fn shadow_interrupt_goes_to_the_vcpu_the_ioapic_names() {
+        const DESC1: u64 = 0x62_0000;
+        const VAPIC1: u64 = 0x63_0000;
+        let (mut c, mut v, mut p) = l2_with_posted_interrupts();
+        // vCPU 0 (xAPIC ID 0) is notified on CPU 1, vCPU 1 (ID 1) on CPU 2.
+        p.mem.write(VAPIC + 0x20, &0u32.to_le_bytes()).unwrap();
+        p.mem
+            .write(VAPIC1 + 0x20, &(1u32 << 24).to_le_bytes())
+            .unwrap();
+        p.mem.write(DESC1 + 34, &[0xf2]).unwrap();
+        p.mem.write(DESC1 + 36, &0x0200u32.to_le_bytes()).unwrap();
+        // Pin 4: vector 0x24, physical destination APIC ID 1.
+        let to = |id: u64| [(0, 0x18), (0x10, 0x24), (0, 0x19), (0x10, id << 24)];
+        l2_ioapic_writes(&mut c, &mut v, &mut p, &to(1));
+        // L1 runs vCPU 1 on its own VMCS12.
+        exit(&mut v, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        let mut v12 = (*c.nested.vmx.vmcs12).clone();
+        v12.launched = false;
+        v12.set(F::VIRTUAL_APIC_PAGE_ADDR, VAPIC1);
+        v12.set(F::POSTED_INTR_DESC_ADDR, DESC1);
+        c.nested.vmx.current = Some(0x10_2000);
+        *c.nested.vmx.vmcs12 = v12;
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        assert_eq!(c.m.get_mut().shadow.pi_routes_of(1).len(), 2);
+
+        typed_while_l1_runs(&mut c, &mut v, &mut p, &["attach 1", "in 41"]);
+        assert_eq!(p.ipis, vec![(0x200, 0xf2)], "vCPU 1's CPU notified");
+        assert_eq!(p.mem.read_u64(DESC1).unwrap(), 1 << 0x24, "in vCPU 1's PIR");
+        assert_eq!(p.mem.read_u64(DESC).unwrap(), 0, "not in vCPU 0's");
+
+        // L2 moves the interrupt to vCPU 0.
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        l2_ioapic_writes(&mut c, &mut v, &mut p, &to(0));
+        p.ipis.clear();
+        typed_while_l1_runs(&mut c, &mut v, &mut p, &["in 42"]);
+        assert_eq!(p.ipis, vec![(0x100, 0xf2)], "vCPU 0's CPU notified");
+        assert_eq!(p.mem.read_u64(DESC).unwrap(), 1 << 0x24);
     }
 
     /// L0 delivers the virtual interrupt RVI names at entry into L2 (the

@@ -9,6 +9,12 @@ use crate::nested::instr::{err, Outcome};
 use crate::nested::VmcsSet;
 use crate::vmx::exit::{reason, reason_name};
 
+/// A VMCLEARed VMCS12 entered again within 1/20 s (50 ms) on any CPU
+/// keeps its VM: KVM's VMCLEAR and VMPTRLD of a moving vCPU are
+/// microseconds apart, unless another CPU holds the machine's lock
+/// meanwhile (the management line's poll holds it up to a few ms).
+const VMCLEAR_GRACE_DIVISOR: u64 = 20;
+
 impl Vcpu {
     /// A VMX instruction executed by L1.
     pub(super) fn l1_vmx_instruction<S: VmcsSet, P: Platform>(
@@ -35,12 +41,17 @@ impl Vcpu {
         }
         if done.outcome == Outcome::Succeed && matches!(basic, reason::VMCLEAR | reason::VMXOFF) {
             let m = &mut **m;
-            // The end of a user VM (shadow/identity.rs, rule 3).
+            // The end of a user VM (shadow/identity.rs, rule 3), unless
+            // the vCPU only moves to another CPU (shadow/ending.rs).
+            let now = crate::arch::cpu::rdtsc();
             match (basic, done.cleared) {
-                (reason::VMCLEAR, Some(ptr)) => m.shadow.vmclear(ptr),
+                (reason::VMCLEAR, Some(ptr)) => m
+                    .shadow
+                    .vmclear(ptr, now + self.cpuid.tsc_hz / VMCLEAR_GRACE_DIVISOR),
                 (reason::VMXOFF, _) => m.shadow.vmxoff(),
                 _ => {}
             }
+            m.shadow.expire(now);
             for f in m.console.notices(&mut m.shadow) {
                 p.mgmt_send(&f);
             }
