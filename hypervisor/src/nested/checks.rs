@@ -72,6 +72,9 @@ pub struct CheckCtx<'a> {
     pub is_l1_ram: &'a dyn Fn(u64, u64) -> bool,
     /// The revision of L1's VMCS regions, to check a VMCS link pointer.
     pub read_revision: &'a dyn Fn(u64) -> Option<u32>,
+    /// Eight bytes at an L1-physical address as the processor reads them:
+    /// all ones where no L1 RAM backs them (never L0's memory).
+    pub read_u64: &'a dyn Fn(u64) -> u64,
 }
 
 impl CheckCtx<'_> {
@@ -134,6 +137,7 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
                 && v.get(F::TPR_THRESHOLD) & !0xf != 0,
             control
         );
+        check_tpr_threshold(v, c)?;
     } else {
         cc!(
             proc2
@@ -230,7 +234,22 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     check_entry_event(v, c)
 }
 
-/// SDM 27.2.1.3: the event to inject on VM entry.
+/// SDM 27.2.1.1: with "use TPR shadow" and neither "virtualize APIC
+/// accesses" nor "virtual-interrupt delivery", TPR threshold[3:0] may not
+/// exceed VTPR[7:4]. VTPR is in the virtual-APIC page, which L2 (CR8
+/// writes) and L1 change without a VMWRITE, so every entry checks it.
+pub fn check_tpr_threshold(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
+    let proc1 = v.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    let proc2 = v.secondary_controls();
+    let apic_virt = secondary::VIRTUALIZE_APIC_ACCESSES | secondary::VIRTUAL_INTERRUPT_DELIVERY;
+    if proc1 & primary::USE_TPR_SHADOW != 0 && proc2 & apic_virt == 0 {
+        let vtpr = (c.read_u64)(v.get(F::VIRTUAL_APIC_PAGE_ADDR) + 0x80) as u8;
+        cc!(v.get(F::TPR_THRESHOLD) & 0xf > (vtpr >> 4) as u64, control);
+    }
+    Ok(())
+}
+
+/// SDM 27.3.1.3: the event to inject on VM entry.
 pub fn check_entry_event(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     let caps = c.caps;
     let info = v.get(F::VM_ENTRY_INTR_INFO_FIELD) as u32;
@@ -641,9 +660,11 @@ pub const VOLATILE: &[F] = &[
     F::VM_INSTRUCTION_ERROR,
 ];
 
-/// The checks for a VMRESUME whose VMCS12 only changed in [`VOLATILE`].
+/// The checks for a VMRESUME whose VMCS12 only changed in [`VOLATILE`]
+/// (memory may have changed: the TPR threshold is checked again).
 pub fn check_light(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     check_entry_event(v, c)?;
+    check_tpr_threshold(v, c)?;
     check_volatile_guest_state(v, c)
 }
 

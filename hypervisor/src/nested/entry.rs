@@ -70,12 +70,14 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
                 let mut b = [0u8; 4];
                 mem.read(a, &mut b).ok().map(|_| u32::from_le_bytes(b))
             };
+            let read_u64 = |a: u64| mem.read_u64(a).unwrap_or(u64::MAX);
             let ctx = CheckCtx {
                 caps: &x.caps,
                 maxphyaddr: self.host.maxphyaddr,
                 l1_long_mode: l1_long,
                 is_l1_ram: &is_ram,
                 read_revision: &rev,
+                read_u64: &read_u64,
             };
             // A VMRESUME of the VMCS12 VMCS02 holds, which passed every
             // check at its last entry and since changed only in what an

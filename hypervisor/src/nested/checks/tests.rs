@@ -3,7 +3,21 @@
 use super::*;
 use crate::nested::testutil::{caps, valid_vmcs12};
 
+/// L1 RAM below 256 MiB, zero; all ones above, as unbacked memory reads.
+fn zero_ram(a: u64) -> u64 {
+    if a < 0x1000_0000 {
+        0
+    } else {
+        u64::MAX
+    }
+}
+
 fn run(v: &Vmcs12) -> Result<(), EntryFailure> {
+    run_with(v, &zero_ram)
+}
+
+/// Every check of a VMLAUNCH, with L1's memory read through `mem`.
+fn run_with(v: &Vmcs12, mem: &dyn Fn(u64) -> u64) -> Result<(), EntryFailure> {
     let c = caps();
     let ram = |a: u64, len: u64| a + len <= 0x1000_0000;
     let rev = |a: u64| (a == 0x40_0000).then_some(crate::nested::caps::VMCS12_REVISION);
@@ -13,10 +27,27 @@ fn run(v: &Vmcs12) -> Result<(), EntryFailure> {
         l1_long_mode: true,
         is_l1_ram: &ram,
         read_revision: &rev,
+        read_u64: mem,
     };
     check_controls(v, &ctx)?;
     check_host_state(v, &ctx)?;
     check_guest_state(v, &ctx)
+}
+
+/// The light checks of a VMRESUME, memory read through `mem`.
+fn run_light(v: &Vmcs12, mem: &dyn Fn(u64) -> u64) -> Result<(), EntryFailure> {
+    let c = caps();
+    let ram = |_: u64, _: u64| true;
+    let rev = |_: u64| None;
+    let ctx = CheckCtx {
+        caps: &c,
+        maxphyaddr: 39,
+        l1_long_mode: true,
+        is_l1_ram: &ram,
+        read_revision: &rev,
+        read_u64: mem,
+    };
+    check_light(v, &ctx)
 }
 
 fn with(f: F, value: u64) -> Vmcs12 {
@@ -225,4 +256,67 @@ fn long_mode_guest() {
     v.set(F::GUEST_RIP, 0x1000);
     v.set(F::GUEST_CR4, 0x2000);
     assert_eq!(error_of(run(&v)), Some((33, 0)), "IA-32e without PAE");
+}
+
+/// A VMCS12 with "use TPR shadow", its virtual-APIC page at 0x30_3000
+/// and TPR threshold `threshold`; `apic_virt` secondary controls on.
+fn tpr_shadow(threshold: u64, secondary_on: u32) -> Vmcs12 {
+    let mut v = valid_vmcs12();
+    v.set_bits_for_test(F::CPU_BASED_VM_EXEC_CONTROL, primary::USE_TPR_SHADOW as u64);
+    v.set_bits_for_test(F::SECONDARY_VM_EXEC_CONTROL, secondary_on as u64);
+    v.set(F::VIRTUAL_APIC_PAGE_ADDR, 0x30_3000);
+    v.set(F::TPR_THRESHOLD, threshold);
+    v
+}
+
+/// Memory whose VTPR (at 0x30_3080) is `vtpr`.
+fn vtpr_is(vtpr: u8) -> impl Fn(u64) -> u64 {
+    move |a| {
+        if a == 0x30_3080 {
+            vtpr as u64
+        } else {
+            zero_ram(a)
+        }
+    }
+}
+
+#[test]
+fn tpr_threshold_against_vtpr() {
+    // SDM 27.2.1.1: threshold[3:0] <= VTPR[7:4], boundary values.
+    assert_eq!(run_with(&tpr_shadow(0xe, 0), &vtpr_is(0xe0)), Ok(()));
+    assert_eq!(run_with(&tpr_shadow(0xe, 0), &vtpr_is(0xef)), Ok(()));
+    assert_eq!(
+        error_of(run_with(&tpr_shadow(0xf, 0), &vtpr_is(0xe0))),
+        Some((7, 0)),
+        "threshold 0xf over VTPR class 0xe"
+    );
+    assert_eq!(
+        error_of(run_with(&tpr_shadow(0x1, 0), &vtpr_is(0x0f))),
+        Some((7, 0)),
+        "VTPR[3:0] does not count"
+    );
+    assert_eq!(run_with(&tpr_shadow(0, 0), &vtpr_is(0)), Ok(()));
+    // Secondary controls off: the checked case even with the bits set.
+    let mut v = tpr_shadow(0xf, secondary::VIRTUALIZE_APIC_ACCESSES);
+    v.set(F::APIC_ACCESS_ADDR, 0x30_4000);
+    assert_eq!(
+        run_with(&v, &vtpr_is(0)),
+        Ok(()),
+        "virtualize APIC accesses"
+    );
+    v.set(
+        F::CPU_BASED_VM_EXEC_CONTROL,
+        v.get(F::CPU_BASED_VM_EXEC_CONTROL) & !(primary::ACTIVATE_SECONDARY as u64),
+    );
+    v.set(F::GUEST_CR0, 0x8000_0031);
+    v.set(F::GUEST_CR3, 0x1000);
+    assert_eq!(
+        error_of(run_with(&v, &vtpr_is(0))),
+        Some((7, 0)),
+        "secondary controls off: as if all 0"
+    );
+    // L2 lowers VTPR between exits: the light VMRESUME checks catch it.
+    let v = tpr_shadow(0x8, 0);
+    assert_eq!(run_light(&v, &vtpr_is(0x80)), Ok(()));
+    assert_eq!(error_of(run_light(&v, &vtpr_is(0x70))), Some((7, 0)));
 }

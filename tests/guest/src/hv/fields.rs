@@ -30,6 +30,7 @@ pub const EXIT_MSR_STORE_ADDR: u32 = 0x2006;
 pub const EXIT_MSR_LOAD_ADDR: u32 = 0x2008;
 pub const ENTRY_MSR_LOAD_ADDR: u32 = 0x200a;
 pub const TSC_OFFSET: u32 = 0x2010;
+pub const VIRTUAL_APIC_ADDR: u32 = 0x2012;
 pub const EPT_POINTER: u32 = 0x201a;
 // 64-bit read-only data (B.2.2).
 pub const GUEST_PHYSICAL_ADDRESS: u32 = 0x2400;
@@ -62,6 +63,7 @@ pub const ENTRY_MSR_LOAD_COUNT: u32 = 0x4014;
 pub const ENTRY_INTR_INFO: u32 = 0x4016;
 pub const ENTRY_EXCEPTION_ERROR: u32 = 0x4018;
 pub const ENTRY_INSTR_LEN: u32 = 0x401a;
+pub const TPR_THRESHOLD: u32 = 0x401c;
 pub const PROC2_CONTROLS: u32 = 0x401e;
 // 32-bit read-only data (B.3.2).
 pub const VM_INSTRUCTION_ERROR: u32 = 0x4400;
@@ -156,6 +158,7 @@ pub mod proc {
     pub const RDTSC_EXITING: u32 = 1 << 12;
     pub const CR3_LOAD_EXITING: u32 = 1 << 15;
     pub const CR3_STORE_EXITING: u32 = 1 << 16;
+    pub const USE_TPR_SHADOW: u32 = 1 << 21;
     pub const UNCOND_IO_EXITING: u32 = 1 << 24;
     pub const USE_IO_BITMAPS: u32 = 1 << 25;
     pub const USE_MSR_BITMAPS: u32 = 1 << 28;

@@ -24,6 +24,8 @@ const CHECKS: &[&str] = &[
     "ctl-cr3-target-count",
     "ctl-entry-intr-reserved-type",
     "ctl-save-timer-without-timer",
+    "ctl-tpr-threshold-over-vtpr",
+    "ctl-tpr-threshold-at-vtpr",
     "host-cr0-fixed0",
     "host-cr4-vmxe",
     "host-rip-noncanonical",
@@ -226,6 +228,8 @@ fn checks(c: &mut Checks, hv: &Hv) {
         );
     }
 
+    tpr_threshold(c, hv);
+
     // --- Host-state area (SDM 27.2.2, 27.2.3): VMfailValid 8 ---
     if caps.cr0_fixed0 & (1 << 5) != 0 {
         vmfail(c, "host-cr0-fixed0", hv, err::ENTRY_INVALID_HOST, |_| {
@@ -329,6 +333,40 @@ fn checks(c: &mut Checks, hv: &Hv) {
 
     entry_failure_state(c, hv);
     msr_load(c, hv);
+}
+
+/// "Use TPR shadow" without "virtualize APIC accesses" and "virtual-
+/// interrupt delivery": TPR threshold[3:0] may not exceed VTPR[7:4], read
+/// from the virtual-APIC page at entry (SDM 27.2.1.1).
+fn tpr_threshold(c: &mut Checks, hv: &Hv) {
+    let names = ["ctl-tpr-threshold-over-vtpr", "ctl-tpr-threshold-at-vtpr"];
+    if !hv.caps.proc.can_set(proc::USE_TPR_SHADOW) {
+        for n in names {
+            c.skip(n, format_args!("TPR shadow not offered"));
+        }
+        return;
+    }
+    let vapic = mem::page(pg::VMCS_X);
+    let tpr_shadow = |threshold: u64| {
+        move |hv: &Hv| {
+            mem::zero_page(vapic);
+            mem::wr32(vapic + 0x80, 0xe0); // VTPR class 0xe
+            hv.ctl(PROC_CONTROLS, proc::USE_TPR_SHADOW, 0);
+            w(VIRTUAL_APIC_ADDR, vapic);
+            w(TPR_THRESHOLD, threshold);
+        }
+    };
+    vmfail(
+        c,
+        names[0],
+        hv,
+        err::ENTRY_INVALID_CONTROLS,
+        tpr_shadow(0xf),
+    );
+    match attempt(hv, tpr_shadow(0xe)) {
+        Ok(e) => c.check(names[1], e.is(reason::VMCALL), format_args!("{e}")),
+        Err(m) => c.check(names[1], false, format_args!("{}", m.as_str())),
+    }
 }
 
 /// A guest-state failure is a VM exit as far as L1 is concerned: host
