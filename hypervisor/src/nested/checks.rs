@@ -14,6 +14,7 @@ use crate::regs::{
 use crate::vmx::caps::{entry, exit, misc, pin, primary, secondary, Control};
 use crate::vmx::exit::event_type;
 use crate::vmx::fields::{seg, GUEST_SEGMENTS};
+use crate::vmx::guest_cr::check_pdptes;
 use crate::vmx::Field as F;
 
 /// Why the entry failed, and which check said so.
@@ -247,6 +248,25 @@ pub fn check_tpr_threshold(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure>
         cc!(v.get(F::TPR_THRESHOLD) & 0xf > (vtpr >> 4) as u64, control);
     }
     Ok(())
+}
+
+/// SDM 27.3.1.6: an entry into PAE paging without EPT loads the PDPTEs
+/// from CR3 (the processor's reads: all ones where no L1 RAM backs them),
+/// and fails with qualification 2 if a present one has reserved bits.
+/// Memory, not VMCS12, holds them: every entry reads and checks them.
+/// Returns what VMCS02 (always with EPT) must hold, or None when the
+/// entry loads no PDPTEs from memory.
+pub fn check_cr3_pdptes(v: &Vmcs12, c: &CheckCtx) -> Result<Option<[u64; 4]>, EntryFailure> {
+    let (cr0, cr4) = (v.get(F::GUEST_CR0), v.get(F::GUEST_CR4));
+    let ia32e = v.get(F::VM_ENTRY_CONTROLS) as u32 & entry::IA32E_MODE_GUEST != 0;
+    let pae = cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && !ia32e;
+    if !pae || v.secondary_controls() & secondary::ENABLE_EPT != 0 {
+        return Ok(None);
+    }
+    let base = v.get(F::GUEST_CR3) & 0xffff_ffe0;
+    let pdptes = [0, 1, 2, 3].map(|i| (c.read_u64)(base + 8 * i));
+    cc!(check_pdptes(&pdptes, c.maxphyaddr).is_err(), pdpte);
+    Ok(Some(pdptes))
 }
 
 /// SDM 27.3.1.3: the event to inject on VM entry.
@@ -563,10 +583,7 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
             F::GUEST_PDPTE3,
         ] {
             let e = v.get(f);
-            cc!(
-                e & 1 != 0 && (e & 0x1e6 != 0 || e >> c.maxphyaddr != 0),
-                pdpte
-            );
+            cc!(check_pdptes(&[e, 0, 0, 0], c.maxphyaddr).is_err(), pdpte);
         }
     }
     Ok(())

@@ -18,6 +18,12 @@ use crate::vmx::exit::reason;
 use crate::vmx::{ept, Field as F, Vmcs, VmxError};
 
 const VOLATILE_MASK: [u64; WORDS] = slot_mask(checks::VOLATILE);
+const PDPTES: [F; 4] = [
+    F::GUEST_PDPTE0,
+    F::GUEST_PDPTE1,
+    F::GUEST_PDPTE2,
+    F::GUEST_PDPTE3,
+];
 
 /// How an entry into L2 ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,9 +99,10 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
                     .and_then(|_| checks::check_host_state(&x.vmcs12, &ctx))
                     .and_then(|_| checks::check_guest_state(&x.vmcs12, &ctx))
             }
+            .and_then(|_| checks::check_cr3_pdptes(&x.vmcs12, &ctx))
         };
         match result {
-            Ok(()) => {}
+            Ok(pdptes) => self.nested.cr3_pdptes = pdptes,
             Err(EntryFailure::Fail { error, check }) => {
                 log::info!("L1 VM entry fails with error {error}: {check}");
                 let o = x.fail_with(error);
@@ -192,6 +199,19 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         }
         prepare::write_vmcs02(self.vs.current(), &n.vmx.vmcs12, &l0, &mut n.derived);
         n.vmx.vmcs12.clean();
+        // VMCS02 has EPT, so the CPU takes the PDPTEs from it: those the
+        // checks read from CR3, or VMCS12's own again once they are not.
+        let pdptes = match n.cr3_pdptes {
+            Some(p) => Some(p),
+            None if n.pdptes02_from_cr3 => Some(PDPTES.map(|f| n.vmx.vmcs12.get(f))),
+            None => None,
+        };
+        if let Some(p) = pdptes {
+            for (f, e) in PDPTES.into_iter().zip(p) {
+                self.vs.current().write(f, e);
+            }
+        }
+        n.pdptes02_from_cr3 = n.cr3_pdptes.is_some();
         n.vmcs02_holds = vmcs12_ptr;
 
         // The VM-entry MSR-load list (SDM 27.4).
@@ -216,10 +236,23 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         Entry::Entered
     }
 
+    /// The hardware refused VMCS02's guest state (an entry-failure exit)
+    /// although L0's checks passed: L1 gets the failure its VMCS12 earned,
+    /// with the launch state as it was before the entry (SDM 27.8: only a
+    /// successful VMLAUNCH changes it).
+    pub fn vmcs02_guest_state_rejected(&mut self, raw: u32, qualification: u64) -> Flow {
+        log::warn!(
+            "hardware rejected VMCS02 (exit reason {raw:#x}, qualification {qualification:#x}) although it passed L0's checks"
+        );
+        self.nested.vmx.vmcs12.launched = self.nested.entry_was_launched;
+        self.vs.select(Level::L1);
+        self.entry_failure_exit(raw & 0xffff, qualification)
+    }
+
     /// The hardware refused to enter VMCS02 (VMfailValid/Invalid) although
     /// L0's checks passed: L1's VMLAUNCH/VMRESUME fails the same way.
     pub fn vmcs02_entry_failed(&mut self, e: VmxError) -> Flow {
-        log::warn!("hardware VM entry into VMCS02 failed ({e}) after L0's checks passed");
+        log::warn!("hardware VM entry into VMCS02 failed ({e}) although it passed L0's checks");
         self.nested.in_l2 = false;
         self.nested.vmx.vmcs12.launched = self.nested.entry_was_launched;
         self.vs.select(Level::L1);

@@ -154,6 +154,11 @@ pub struct Nested {
     l1_cr3_at_entry: u64,
     /// VMCS12's launch state before the entry in progress.
     entry_was_launched: bool,
+    /// The PDPTEs the entry in progress loads from L2's CR3 (PAE without
+    /// EPT12), as the checks read them.
+    cr3_pdptes: Option<[u64; 4]>,
+    /// VMCS02's PDPTE fields hold PDPTEs read from CR3, not VMCS12's.
+    pdptes02_from_cr3: bool,
     /// The VMCS12 whose guest state VMCS02 holds.
     vmcs02_holds: Option<u64>,
     /// What VMCS02 holds of the fields L0 derives.
@@ -191,6 +196,8 @@ impl Nested {
             reflected: 0,
             l1_cr3_at_entry: 0,
             entry_was_launched: false,
+            cr3_pdptes: None,
+            pdptes02_from_cr3: false,
             vmcs02_holds: None,
             derived: prepare::Derived::default(),
             window02: false,

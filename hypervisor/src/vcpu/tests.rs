@@ -907,6 +907,72 @@ mod nested {
     }
 
     #[test]
+    fn hardware_rejection_keeps_the_launch_state() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        exit(&mut v.v02, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(c.nested.in_l2());
+        // The CPU refuses VMCS02's guest state at that VMRESUME.
+        v.v02.write(
+            F::VM_EXIT_REASON,
+            0x8000_0000 | reason::INVALID_GUEST_STATE as u64,
+        );
+        v.v02.write(F::EXIT_QUALIFICATION, 0);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(!c.nested.in_l2() && v.cur == Level::L1);
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 0x8000_0021);
+        assert!(
+            c.nested.vmx.vmcs12.launched,
+            "a failed VMRESUME leaves the VMCS launched (SDM 27.8)"
+        );
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(c.nested.in_l2(), "L1's next VMRESUME enters");
+    }
+
+    #[test]
+    fn pae_l2_without_ept_takes_its_pdptes_from_cr3() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        let v12 = &mut *c.nested.vmx.vmcs12;
+        let s = v12.get(F::SECONDARY_VM_EXEC_CONTROL);
+        use crate::vmx::caps::secondary::{ENABLE_EPT, UNRESTRICTED_GUEST};
+        v12.set(
+            F::SECONDARY_VM_EXEC_CONTROL,
+            s & !((ENABLE_EPT | UNRESTRICTED_GUEST) as u64),
+        );
+        v12.set(F::GUEST_CR0, 0x8000_0031);
+        v12.set(F::GUEST_CR4, 0x2020);
+        v12.set(F::GUEST_CR3, 0x5020);
+        v12.set(F::GUEST_PDPTE0, 0xdead_0001);
+        put(&mut p.mem, 0x5020, 0x6001);
+        put(&mut p.mem, 0x5030, 0x7001);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        assert_eq!(
+            (v.v02.read(F::GUEST_PDPTE0), v.v02.read(F::GUEST_PDPTE2)),
+            (0x6001, 0x7001),
+            "VMCS02 (with EPT) holds what CR3 points at, not VMCS12's fields"
+        );
+        exit(&mut v.v02, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        // L1 puts a reserved bit into a PDPTE in memory, then VMRESUMEs.
+        put(&mut p.mem, 0x5030, 0x7001 | 1 << 5);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(!c.nested.in_l2());
+        let v12 = &c.nested.vmx.vmcs12;
+        assert_eq!(
+            (v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION)),
+            (0x8000_0021, 2)
+        );
+        assert!(v12.launched);
+        put(&mut p.mem, 0x5030, 0x8001);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(c.nested.in_l2());
+        assert_eq!(v.v02.read(F::GUEST_PDPTE2), 0x8001);
+    }
+
+    #[test]
     fn l2_io_routing() {
         let (mut c, mut v, mut p) = l1_in_vmx();
         // L1 traps port 0x80 and (uselessly) COM1 for its L2.

@@ -31,7 +31,8 @@ fn run_with(v: &Vmcs12, mem: &dyn Fn(u64) -> u64) -> Result<(), EntryFailure> {
     };
     check_controls(v, &ctx)?;
     check_host_state(v, &ctx)?;
-    check_guest_state(v, &ctx)
+    check_guest_state(v, &ctx)?;
+    check_cr3_pdptes(v, &ctx).map(|_| ())
 }
 
 /// The light checks of a VMRESUME, memory read through `mem`.
@@ -319,4 +320,75 @@ fn tpr_threshold_against_vtpr() {
     let v = tpr_shadow(0x8, 0);
     assert_eq!(run_light(&v, &vtpr_is(0x80)), Ok(()));
     assert_eq!(error_of(run_light(&v, &vtpr_is(0x70))), Some((7, 0)));
+}
+
+/// A PAE-paging L2 without EPT, CR3 = 0x5020 (32-byte aligned).
+fn pae_without_ept() -> Vmcs12 {
+    let mut v = valid_vmcs12();
+    let s = v.get(F::SECONDARY_VM_EXEC_CONTROL);
+    let off = (secondary::ENABLE_EPT | secondary::UNRESTRICTED_GUEST) as u64;
+    v.set(F::SECONDARY_VM_EXEC_CONTROL, s & !off);
+    v.set(F::GUEST_CR0, 0x8000_0031);
+    v.set(F::GUEST_CR4, 0x2020);
+    v.set(F::GUEST_CR3, 0x5020);
+    // The VMCS12 fields are not used without EPT.
+    v.set(F::GUEST_PDPTE0, 1 << 5 | 1);
+    v
+}
+
+#[test]
+fn pae_pdptes_come_from_cr3_without_ept() {
+    let c = caps();
+    let ram = |_: u64, _: u64| true;
+    let rev = |_: u64| None;
+    let table = |bad: u64| {
+        move |a: u64| match a {
+            0x5020 => 0x6001,
+            0x5028 => 0,
+            0x5030 => 0x7001 | bad,
+            0x5038 => 0x8000, // not present: anything goes
+            _ => u64::MAX,
+        }
+    };
+    let good = table(0);
+    let ctx = |mem: &'_ dyn Fn(u64) -> u64| -> Result<Option<[u64; 4]>, EntryFailure> {
+        let x = CheckCtx {
+            caps: &c,
+            maxphyaddr: 39,
+            l1_long_mode: true,
+            is_l1_ram: &ram,
+            read_revision: &rev,
+            read_u64: mem,
+        };
+        check_cr3_pdptes(&pae_without_ept(), &x)
+    };
+    assert_eq!(ctx(&good), Ok(Some([0x6001, 0, 0x7001, 0x8000])));
+    assert_eq!(run_with(&pae_without_ept(), &good), Ok(()));
+    // Reserved bits 2:1, 8:5 and MAXPHYADDR..63 of a present PDPTE.
+    for bad in [1 << 1, 1 << 2, 1 << 5, 1 << 8, 1 << 39, 1 << 62] {
+        assert_eq!(
+            error_of(run_with(&pae_without_ept(), &table(bad))),
+            Some((33, 2)),
+            "bit {:#x}",
+            bad
+        );
+    }
+    assert_eq!(
+        run_with(&pae_without_ept(), &table(1 << 9 | 1 << 38)),
+        Ok(()),
+        "bits 11:9 and below MAXPHYADDR are not reserved"
+    );
+    // CR3 where no RAM is: all ones, present with reserved bits.
+    let mut v = pae_without_ept();
+    v.set(F::GUEST_CR3, 0x2000_0000);
+    assert_eq!(error_of(run_with(&v, &zero_ram)), Some((33, 2)));
+    // With EPT the VMCS fields count, not memory.
+    let mut v = pae_without_ept();
+    v.set_bits_for_test(F::SECONDARY_VM_EXEC_CONTROL, secondary::ENABLE_EPT as u64);
+    v.set(F::GUEST_PDPTE0, 0x6001);
+    assert_eq!(run_with(&v, &table(1 << 5)), Ok(()));
+    // IA-32e mode and 32-bit paging load no PDPTEs.
+    let mut v = pae_without_ept();
+    v.set(F::GUEST_CR4, 0x2000);
+    assert_eq!(run_with(&v, &table(1 << 5)), Ok(()));
 }

@@ -36,6 +36,8 @@ const CHECKS: &[&str] = &[
     "guest-link-pointer-revision",
     "guest-activity-state",
     "guest-pdpte-reserved",
+    "guest-pae-cr3-pdpte-reserved",
+    "guest-pae-resume-pdpte-reserved",
     "entry-failure-host-state",
     "entry-msr-load-x2apic",
     "entry-msr-load-reserved",
@@ -331,6 +333,7 @@ fn checks(c: &mut Checks, hv: &Hv) {
         );
     }
 
+    pae_without_ept(c, hv);
     entry_failure_state(c, hv);
     msr_load(c, hv);
 }
@@ -367,6 +370,74 @@ fn tpr_threshold(c: &mut Checks, hv: &Hv) {
         Ok(e) => c.check(names[1], e.is(reason::VMCALL), format_args!("{e}")),
         Err(m) => c.check(names[1], false, format_args!("{}", m.as_str())),
     }
+}
+
+/// Turns the current VMCS's L2 into a PAE-paging guest without EPT whose
+/// tables (in the spare slot pages) map L2's layout to its L1 pages; the
+/// PDPT's address, for CR3.
+fn pae_tables(hv: &Hv) -> u64 {
+    let (pdpt, pd, pt) = (
+        mem::page(pg::X_FIRST),
+        mem::page(pg::X_FIRST + 1),
+        mem::page(pg::X_FIRST + 2),
+    );
+    for p in [pdpt, pd, pt] {
+        mem::zero_page(p);
+    }
+    mem::wr64(pdpt, pd | 1);
+    mem::wr64(pd, pt | 3);
+    for a in crate::hv::l2::LAYOUT {
+        mem::wr64(pt + 8 * (a >> 12), crate::hv::l2::backing(a) | 3);
+    }
+    hv.ctl(PROC2_CONTROLS, 0, proc2::EPT | proc2::UNRESTRICTED_GUEST);
+    w(GUEST_CR0, rd(GUEST_CR0) | 1 | 1 << 31);
+    w(GUEST_CR4, rd(GUEST_CR4) | 1 << 5);
+    w(GUEST_CR3, pdpt);
+    pdpt
+}
+
+/// PAE paging without EPT: the PDPTEs come from CR3 at every entry, and
+/// a present one with reserved bits fails it with reason 33, qualification
+/// 2 (SDM 27.3.1.6, 27.8) -- also at a VMRESUME after L1 changed only the
+/// memory; a failed VMRESUME leaves the VMCS launched, so the next works.
+fn pae_without_ept(c: &mut Checks, hv: &Hv) {
+    let bad = 1u64 << 5; // PDPTE bit 5 is reserved
+    entry_failure(
+        c,
+        "guest-pae-cr3-pdpte-reserved",
+        hv,
+        reason::INVALID_GUEST_STATE,
+        2,
+        |hv| {
+            let pdpt = pae_tables(hv);
+            mem::wr64(pdpt + 16, mem::page(pg::X_FIRST + 1) | 1 | bad);
+        },
+    );
+    let name = "guest-pae-resume-pdpte-reserved";
+    let mut vm = match hv.vm(pg::VMCS_A, l2!(l2_vmcall)) {
+        Ok(vm) => vm,
+        Err(m) => return c.check(name, false, format_args!("{}", m.as_str())),
+    };
+    let pdpt = pae_tables(hv);
+    let first = vm.enter();
+    mem::wr64(pdpt, mem::rd64(pdpt) | bad);
+    let resume = vm.enter();
+    let still_launched = vm.launched;
+    mem::wr64(pdpt, mem::rd64(pdpt) & !bad);
+    let again = vm.enter();
+    let want = reason::INVALID_GUEST_STATE | reason::ENTRY_FAILURE;
+    c.check(
+        name,
+        first.is(reason::VMCALL)
+            && resume
+                .exit()
+                .is_some_and(|x| x.reason == want && x.qual == 2)
+            && still_launched
+            && again.is(reason::VMCALL),
+        format_args!(
+            "VMLAUNCH {first}; VMRESUME with bit 5 in PDPTE0 {resume}; fixed VMRESUME {again}"
+        ),
+    );
 }
 
 /// A guest-state failure is a VM exit as far as L1 is concerned: host
