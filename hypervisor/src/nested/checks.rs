@@ -68,8 +68,8 @@ pub struct CheckCtx<'a> {
     pub maxphyaddr: u8,
     /// Whether L1 runs in IA-32e mode now (IA32_EFER.LMA).
     pub l1_long_mode: bool,
-    /// Whether a page is L1's RAM: L0 never lets hardware use an address
-    /// L1 does not own (its pool, MMIO) for a VMCS structure.
+    /// Whether a page is L1's RAM: the APIC-access page must be (see
+    /// `apic_access_ok`).
     pub is_l1_ram: &'a dyn Fn(u64, u64) -> bool,
     /// The revision of L1's VMCS regions, to check a VMCS link pointer.
     pub read_revision: &'a dyn Fn(u64) -> Option<u32>,
@@ -79,8 +79,20 @@ pub struct CheckCtx<'a> {
 }
 
 impl CheckCtx<'_> {
+    /// SDM 27.2.1.1-27.2.1.3: a structure's address must be aligned and
+    /// it must end below MAXPHYADDR; any such address is accepted, backed
+    /// or not (L0 then does what the hardware does with it).
     fn addr_ok(&self, a: u64, align: u64, len: u64) -> bool {
-        a.is_multiple_of(align) && (a + len - 1) >> self.maxphyaddr == 0 && (self.is_l1_ram)(a, len)
+        a.is_multiple_of(align)
+            && a.checked_add(len - 1)
+                .is_some_and(|end| end >> self.maxphyaddr == 0)
+    }
+    /// The APIC-access page goes into VMCS02 as it is, and the processor
+    /// recognizes it by the address EPT02 translates to, which is always
+    /// L1's RAM: elsewhere it would never be recognized, so L0 asks for
+    /// L1's RAM, stricter than the SDM.
+    fn apic_access_ok(&self, a: u64) -> bool {
+        self.addr_ok(a, 4096, 4096) && (self.is_l1_ram)(a, 4096)
     }
     fn canonical(&self, a: u64) -> bool {
         let top = a as i64 >> 47;
@@ -192,7 +204,7 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         control
     );
     if proc2 & secondary::VIRTUALIZE_APIC_ACCESSES != 0 {
-        cc!(!c.addr_ok(v.get(F::APIC_ACCESS_ADDR), 4096, 4096), control);
+        cc!(!c.apic_access_ok(v.get(F::APIC_ACCESS_ADDR)), control);
     }
     cc!(
         proc2 & secondary::ENABLE_VPID != 0 && v.get(F::VIRTUAL_PROCESSOR_ID) == 0,

@@ -13,7 +13,7 @@ use super::vmcs12::{slot_mask, WORDS};
 use super::{Level, VmcsSet, VPID_UNTAGGED_L2};
 use crate::guest_mem::GuestMemory;
 use crate::regs::EFER_LMA;
-use crate::vmx::caps::secondary;
+use crate::vmx::caps::{primary, secondary};
 use crate::vmx::exit::reason;
 use crate::vmx::{ept, Field as F, Vmcs, VmxError};
 
@@ -163,6 +163,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
             VPID_UNTAGGED_L2
         };
         let (io_a, msr_bitmap) = self.prepare_bitmaps();
+        let virtual_apic = self.virtual_apic02();
         let v01 = self.vs.current();
         let l1_efer = v01.read(F::GUEST_IA32_EFER);
         let l1_pat = v01.read(F::GUEST_IA32_PAT);
@@ -178,6 +179,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
             io_bitmap_a: io_a,
             io_bitmap_b: io_a + 4096,
             msr_bitmap,
+            virtual_apic,
             l1_efer,
             l1_pat,
             l1_debugctl,
@@ -234,6 +236,23 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         n.vmx.vmcs12.launched = true;
         n.in_l2 = true;
         Entry::Entered
+    }
+
+    /// VMCS02's virtual-APIC page: VMCS12's if it is L1's RAM; otherwise
+    /// L0's stand-in, all ones again, as the processor reads memory that
+    /// nothing backs (its writes there last until the next entry, where
+    /// the hardware would drop them). Never an address of L0's own.
+    fn virtual_apic02(&mut self) -> u64 {
+        let v12 = &self.nested.vmx.vmcs12;
+        let vapic = v12.get(F::VIRTUAL_APIC_PAGE_ADDR);
+        if self.hw.mem().is_ram(vapic, 4096) {
+            return vapic;
+        }
+        let stand_in = self.nested.pages.vapic_unbacked;
+        if v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & primary::USE_TPR_SHADOW != 0 {
+            self.hw.page(stand_in).fill(u64::MAX);
+        }
+        stand_in
     }
 
     /// The hardware refused VMCS02's guest state (an entry-failure exit)

@@ -121,7 +121,7 @@ impl VpidMap {
     }
 }
 
-/// Pool pages behind VMCS02's bitmaps.
+/// Pool pages behind VMCS02's bitmaps, and its stand-in virtual-APIC page.
 ///
 /// VMCS02 never merges L1's bitmaps wholesale (12 KiB at every entry):
 /// when L1 uses I/O bitmaps or unconditional I/O exiting, every L2 port
@@ -136,6 +136,9 @@ pub struct Vmcs02Pages {
     pub io_l0: u64,
     /// All ones, but for the pass-through MSRs L1 allows.
     pub msr02: u64,
+    /// VMCS02's virtual-APIC page when VMCS12's is not L1's RAM: all
+    /// ones again at every entry, as unbacked memory reads.
+    pub vapic_unbacked: u64,
 }
 
 /// L1's nested-VMX state beyond the VMX instructions.

@@ -174,6 +174,7 @@ pub const PAGES: Vmcs02Pages = Vmcs02Pages {
     io_all: 0x7000_2000,
     io_l0: 0x7000_4000,
     msr02: 0x7000_6000,
+    vapic_unbacked: 0x7000_7000,
 };
 
 /// A vCPU with the machine it runs on, paired as start.rs pairs them.
@@ -929,6 +930,56 @@ mod nested {
         );
         launch(&mut c, &mut v, &mut p, reason::VMRESUME);
         assert!(c.nested.in_l2(), "L1's next VMRESUME enters");
+    }
+
+    /// Structures beyond L1's RAM (16 MiB here): the entry goes on as on
+    /// the hardware, and L0 uses only its own stand-in or L1's RAM.
+    #[test]
+    fn structures_beyond_l1_ram() {
+        use crate::vmx::caps::primary::USE_TPR_SHADOW;
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        let beyond = 0x2000_0000;
+        let v12 = &mut *c.nested.vmx.vmcs12;
+        v12.set_bits_for_test(F::CPU_BASED_VM_EXEC_CONTROL, USE_TPR_SHADOW as u64);
+        v12.set(F::VIRTUAL_APIC_PAGE_ADDR, beyond);
+        v12.set(F::TPR_THRESHOLD, 0xf);
+        v12.set(F::IO_BITMAP_A, beyond + 0x1000);
+        // Entry 1 in RAM (a valid load of SYSENTER_CS), entry 2 beyond it.
+        let list = 0x100_0000 - 16;
+        put(&mut p.mem, list, 0x174);
+        put(&mut p.mem, list + 8, 7);
+        v12.set(F::VM_ENTRY_MSR_LOAD_ADDR, list);
+        v12.set(F::VM_ENTRY_MSR_LOAD_COUNT, 2);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(!c.nested.in_l2());
+        let v12 = &mut *c.nested.vmx.vmcs12;
+        assert_eq!(
+            (v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION)),
+            (0x8000_0022, 2),
+            "the unbacked entry reads as all ones and fails, by its index"
+        );
+        v12.set(F::VM_ENTRY_MSR_LOAD_COUNT, 1);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        assert_eq!(v.v02.read(F::VIRTUAL_APIC_PAGE_ADDR), PAGES.vapic_unbacked);
+        assert!(p.page(PAGES.vapic_unbacked).iter().all(|&w| w == u64::MAX));
+        // L2 reads port 0x10 through L1's I/O bitmap A: all ones, so L1's.
+        let io_in_0x10 = 0x10 << 16 | 1 << 3;
+        exit(&mut v.v02, reason::IO_INSTRUCTION, io_in_0x10, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 30);
+        // Back in L1's RAM, VMCS02 takes L1's page again.
+        c.nested
+            .vmx
+            .vmcs12
+            .set(F::VIRTUAL_APIC_PAGE_ADDR, 0x60_0000);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(!c.nested.in_l2(), "VTPR 0 there: under TPR threshold 0xf");
+        c.nested.vmx.vmcs12.set(F::TPR_THRESHOLD, 0);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(c.nested.in_l2());
+        assert_eq!(v.v02.read(F::VIRTUAL_APIC_PAGE_ADDR), 0x60_0000);
     }
 
     #[test]

@@ -81,7 +81,6 @@ fn control_failures() {
         ),
         ("default1 pin bit cleared", F::PIN_BASED_VM_EXEC_CONTROL, 0),
         ("I/O bitmap misaligned", F::IO_BITMAP_A, 0x30_0800),
-        ("I/O bitmap not L1 RAM", F::IO_BITMAP_B, 0x2000_0000),
         ("MSR bitmap beyond MAXPHYADDR", F::MSR_BITMAP, 1 << 40),
         ("VPID 0", F::VIRTUAL_PROCESSOR_ID, 0),
         ("bad EPTP", F::EPT_POINTER, 0x31_0000 | 6 | 2 << 3),
@@ -391,4 +390,55 @@ fn pae_pdptes_come_from_cr3_without_ept() {
     let mut v = pae_without_ept();
     v.set(F::GUEST_CR4, 0x2000);
     assert_eq!(run_with(&v, &table(1 << 5)), Ok(()));
+}
+
+#[test]
+fn structure_addresses_need_only_alignment_and_maxphyaddr() {
+    // SDM 27.2.1.1-27.2.1.3: RAM or not; the last byte below 2^39 here.
+    let top = 1u64 << 39;
+    let accepted = [
+        ("I/O bitmap A beyond RAM", F::IO_BITMAP_A, 0x2000_0000),
+        ("I/O bitmap B at the top", F::IO_BITMAP_B, top - 4096),
+        ("MSR bitmap at the top", F::MSR_BITMAP, top - 4096),
+    ];
+    for (what, f, value) in accepted {
+        assert_eq!(run(&with(f, value)), Ok(()), "{what}");
+    }
+    let refused = [
+        ("I/O bitmap B past the top", F::IO_BITMAP_B, top),
+        ("MSR bitmap past the top", F::MSR_BITMAP, top),
+    ];
+    for (what, f, value) in refused {
+        assert_eq!(error_of(run(&with(f, value))), Some((7, 0)), "{what}");
+    }
+    // MSR lists: 16-byte aligned, the list's last byte below MAXPHYADDR.
+    for (count_f, addr_f) in [
+        (F::VM_EXIT_MSR_STORE_COUNT, F::VM_EXIT_MSR_STORE_ADDR),
+        (F::VM_EXIT_MSR_LOAD_COUNT, F::VM_EXIT_MSR_LOAD_ADDR),
+        (F::VM_ENTRY_MSR_LOAD_COUNT, F::VM_ENTRY_MSR_LOAD_ADDR),
+    ] {
+        let list = |addr: u64, n: u64| {
+            let mut v = with(addr_f, addr);
+            v.set(count_f, n);
+            error_of(run(&v))
+        };
+        assert_eq!(list(top - 48, 2), None, "the issue's example");
+        assert_eq!(list(top - 48, 3), None, "ends on the last byte");
+        assert_eq!(list(top - 48, 4), Some((7, 0)), "one entry too many");
+        assert_eq!(list(0x2000_0008, 1), Some((7, 0)), "misaligned");
+        assert_eq!(list(u64::MAX - 15, 2), Some((7, 0)), "wraps around");
+        assert_eq!(list(top - 48, 0), None, "no list, no check");
+    }
+    // The virtual-APIC page beyond RAM reads as all ones: VTPR class 0xf.
+    let mut v = tpr_shadow(0xf, 0);
+    v.set(F::VIRTUAL_APIC_PAGE_ADDR, 0x2000_0000);
+    assert_eq!(run(&v), Ok(()));
+    v.set(F::VIRTUAL_APIC_PAGE_ADDR, top);
+    assert_eq!(error_of(run(&v)), Some((7, 0)));
+    // The APIC-access page must be L1's RAM (L0 is stricter here).
+    let mut v = tpr_shadow(0, secondary::VIRTUALIZE_APIC_ACCESSES);
+    v.set(F::APIC_ACCESS_ADDR, 0x30_4000);
+    assert_eq!(run(&v), Ok(()));
+    v.set(F::APIC_ACCESS_ADDR, 0x2000_0000);
+    assert_eq!(error_of(run(&v)), Some((7, 0)));
 }

@@ -3,7 +3,8 @@
 //! fields give VMfailValid 7, host state VMfailValid 8 (SDM Vol. 3C 27.1,
 //! 27.2), guest state an exit with reason 33 | bit 31 and the SDM's
 //! qualification (27.3, 27.8), the entry MSR-load list reason 34 | bit 31
-//! with the failing entry's 1-based index (27.4).
+//! with the failing entry's 1-based index (27.4). Structures at addresses
+//! no memory backs enter as on the hardware, which reads them as all ones.
 
 use crate::check::Checks;
 use crate::hv::fields::*;
@@ -41,6 +42,11 @@ const CHECKS: &[&str] = &[
     "entry-failure-host-state",
     "entry-msr-load-x2apic",
     "entry-msr-load-reserved",
+    "addr-io-bitmap-unbacked",
+    "addr-msr-bitmap-unbacked",
+    "addr-virtual-apic-unbacked",
+    "addr-entry-msr-load-unbacked",
+    "addr-entry-msr-load-past-maxphyaddr",
 ];
 
 pub fn run() {
@@ -57,7 +63,13 @@ pub fn run() {
 /// A fresh, valid VMCS A for L2 at its VMCALL, changed by `tweak`, entered.
 #[allow(clippy::result_large_err)] // see Hv::vm
 fn attempt(hv: &Hv, tweak: impl FnOnce(&Hv)) -> Result<Entry, crate::hv::Msg> {
-    let mut vm = hv.vm(pg::VMCS_A, l2!(l2_vmcall))?;
+    attempt_at(hv, l2!(l2_vmcall), tweak)
+}
+
+/// The same with L2 at `rip`.
+#[allow(clippy::result_large_err)] // see Hv::vm
+fn attempt_at(hv: &Hv, rip: u64, tweak: impl FnOnce(&Hv)) -> Result<Entry, crate::hv::Msg> {
+    let mut vm = hv.vm(pg::VMCS_A, rip)?;
     tweak(hv);
     Ok(vm.enter())
 }
@@ -336,6 +348,7 @@ fn checks(c: &mut Checks, hv: &Hv) {
     pae_without_ept(c, hv);
     entry_failure_state(c, hv);
     msr_load(c, hv);
+    unbacked(c, hv);
 }
 
 /// "Use TPR shadow" without "virtualize APIC accesses" and "virtual-
@@ -506,4 +519,83 @@ fn msr_load(c: &mut Checks, hv: &Hv) {
     }
     // SAFETY: as above.
     unsafe { cpu::wrmsr(cpu::IA32_KERNEL_GS_BASE, saved) };
+}
+
+/// Structures at addresses no memory backs, just below MAXPHYADDR: the
+/// SDM asks only for alignment and the end below MAXPHYADDR (27.2.1), and
+/// the processor reads such memory as all ones: every port and MSR
+/// exits, VTPR is class 0xf, a list entry has its reserved bits set.
+fn unbacked(c: &mut Checks, hv: &Hv) {
+    let top = 1u64 << hv.caps.maxphyaddr;
+    let nowhere = |i: u64| top - (i + 1) * 0x10_0000;
+    let exits =
+        |c: &mut Checks, name: &str, rip: u64, want: u32, tweak: &dyn Fn(&Hv)| match attempt_at(
+            hv, rip, tweak,
+        ) {
+            Ok(e) => c.check(name, e.is(want), format_args!("{e} (want reason {want})")),
+            Err(m) => c.check(name, false, format_args!("{}", m.as_str())),
+        };
+    // L2 reads port 0xe0, bit 0xe0 of I/O bitmap A.
+    exits(
+        c,
+        "addr-io-bitmap-unbacked",
+        l2!(l2_in_imm),
+        reason::IO,
+        &|hv| {
+            hv.ctl(PROC_CONTROLS, proc::USE_IO_BITMAPS, 0);
+            w(IO_BITMAP_A, nowhere(0));
+            w(IO_BITMAP_B, mem::page(pg::IO_B));
+        },
+    );
+    // L2 reads MSR 0 (ECX = 0).
+    exits(
+        c,
+        "addr-msr-bitmap-unbacked",
+        l2!(l2_rdmsr),
+        reason::RDMSR,
+        &|hv| {
+            hv.ctl(PROC_CONTROLS, proc::USE_MSR_BITMAPS, 0);
+            w(MSR_BITMAP, nowhere(1));
+        },
+    );
+    if hv.caps.proc.can_set(proc::USE_TPR_SHADOW) {
+        exits(
+            c,
+            "addr-virtual-apic-unbacked",
+            l2!(l2_vmcall),
+            reason::VMCALL,
+            &|hv| {
+                hv.ctl(PROC_CONTROLS, proc::USE_TPR_SHADOW, 0);
+                w(VIRTUAL_APIC_ADDR, nowhere(2));
+                w(TPR_THRESHOLD, 0xf);
+            },
+        );
+    } else {
+        c.skip(
+            "addr-virtual-apic-unbacked",
+            format_args!("TPR shadow not offered"),
+        );
+    }
+    entry_failure(
+        c,
+        "addr-entry-msr-load-unbacked",
+        hv,
+        reason::MSR_LOADING,
+        1,
+        |_| {
+            w(ENTRY_MSR_LOAD_ADDR, nowhere(3));
+            w(ENTRY_MSR_LOAD_COUNT, 1);
+        },
+    );
+    // Its first entry below MAXPHYADDR, its second not.
+    vmfail(
+        c,
+        "addr-entry-msr-load-past-maxphyaddr",
+        hv,
+        err::ENTRY_INVALID_CONTROLS,
+        |_| {
+            w(ENTRY_MSR_LOAD_ADDR, top - 16);
+            w(ENTRY_MSR_LOAD_COUNT, 2);
+        },
+    );
 }
