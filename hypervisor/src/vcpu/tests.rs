@@ -870,6 +870,39 @@ mod nested {
         );
     }
 
+    /// EPT A/D flags off: the processor's setting of an accessed flag in
+    /// L2's page table is a write (SDM 29.3.3.2). EPT02 copies EPT12's
+    /// read-only permission, so the CPU exits to L0 with a write to the
+    /// paging structure (qualification bit 8 clear), and L1 gets it.
+    #[test]
+    fn accessed_flag_write_to_a_read_only_page_table_reaches_l1() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        // L2-physical 0x2000 (its page table) read-only onto L1's L2_PAGE.
+        put(&mut p.mem, EPT12_ROOT + 0x3000 + 16, L2_PAGE | 1 | 6 << 3);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        let root02 = v.v02.read(F::EPT_POINTER) & !0xfff;
+        // The page walk's read: EPT02 gets EPT12's read-only leaf.
+        exit(&mut v.v02, reason::EPT_VIOLATION, 0x81, 0);
+        v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x2010);
+        c.handle_exit(&mut v, &mut p);
+        assert!(c.nested.in_l2());
+        let l = translate(&mut p.tables, &Ept, root02, 0x2010).unwrap();
+        assert_eq!(l.entry & RWX, 1, "read-only, as EPT12");
+        // The accessed-flag update: a write to the PTE.
+        exit(&mut v.v02, reason::EPT_VIOLATION, 0x8a, 0);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        let v12 = &c.nested.vmx.vmcs12;
+        assert_eq!(
+            (
+                v12.get(F::VM_EXIT_REASON),
+                v12.get(F::EXIT_QUALIFICATION),
+                v12.get(F::GUEST_PHYSICAL_ADDRESS)
+            ),
+            (48, 0x8a, 0x2010)
+        );
+    }
+
     #[test]
     fn ept12_pointing_at_l0_is_a_misconfiguration() {
         let (mut c, mut v, mut p) = l1_in_vmx();
