@@ -233,6 +233,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         let n = &mut *self.nested;
         n.l2_vm = None;
         n.entry_was_launched = n.vmx.vmcs12.launched;
+        n.l1_entry_pending = true;
         n.vmx.vmcs12.launched = true;
         n.in_l2 = true;
         Entry::Entered
@@ -256,14 +257,19 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
     }
 
     /// The hardware refused VMCS02's guest state (an entry-failure exit)
-    /// although L0's checks passed: L1 gets the failure its VMCS12 earned,
-    /// with the launch state as it was before the entry (SDM 27.8: only a
-    /// successful VMLAUNCH changes it).
+    /// although L0's checks passed: L1 gets the failure its VMCS12 earned.
+    /// Launch states stay as they were before the failed entry (SDM 27.8:
+    /// only a successful VMLAUNCH changes one): VMCS02's, and VMCS12's if
+    /// the entry was L1's (not L0's resume of a running L2).
     pub fn vmcs02_guest_state_rejected(&mut self, raw: u32, qualification: u64) -> Flow {
         log::warn!(
             "hardware rejected VMCS02 (exit reason {raw:#x}, qualification {qualification:#x}) although it passed L0's checks"
         );
-        self.nested.vmx.vmcs12.launched = self.nested.entry_was_launched;
+        let n = &mut *self.nested;
+        n.vmcs02_launched = n.before_run.vmcs02_launched;
+        if n.before_run.l1_entry {
+            n.vmx.vmcs12.launched = n.entry_was_launched;
+        }
         self.vs.select(Level::L1);
         self.entry_failure_exit(raw & 0xffff, qualification)
     }
@@ -272,8 +278,11 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
     /// L0's checks passed: L1's VMLAUNCH/VMRESUME fails the same way.
     pub fn vmcs02_entry_failed(&mut self, e: VmxError) -> Flow {
         log::warn!("hardware VM entry into VMCS02 failed ({e}) although it passed L0's checks");
-        self.nested.in_l2 = false;
-        self.nested.vmx.vmcs12.launched = self.nested.entry_was_launched;
+        let n = &mut *self.nested;
+        n.in_l2 = false;
+        if core::mem::take(&mut n.l1_entry_pending) {
+            n.vmx.vmcs12.launched = n.entry_was_launched;
+        }
         self.vs.select(Level::L1);
         let error = match e {
             VmxError::FailValid(n) => n,

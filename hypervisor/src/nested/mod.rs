@@ -141,6 +141,13 @@ pub struct Vmcs02Pages {
     pub vapic_unbacked: u64,
 }
 
+/// See `Nested::before_run`.
+#[derive(Clone, Copy, Debug, Default)]
+struct BeforeRun {
+    vmcs02_launched: bool,
+    l1_entry: bool,
+}
+
 /// L1's nested-VMX state beyond the VMX instructions.
 pub struct Nested {
     /// L1's VMX operation as its instructions see it (VMXON, VMCS12).
@@ -155,8 +162,14 @@ pub struct Nested {
     reflected: u64,
     /// L1's CR3 when it entered L2, to see whether its host state changes it.
     l1_cr3_at_entry: u64,
-    /// VMCS12's launch state before the entry in progress.
+    /// VMCS12's launch state before L1's last VMLAUNCH/VMRESUME.
     entry_was_launched: bool,
+    /// L1's entry has not reached the hardware yet.
+    l1_entry_pending: bool,
+    /// Before the last hardware entry into VMCS02: its launch state, and
+    /// whether that entry was L1's (an entry that fails leaves both as
+    /// they were, SDM 27.8).
+    before_run: BeforeRun,
     /// The PDPTEs the entry in progress loads from L2's CR3 (PAE without
     /// EPT12), as the checks read them.
     cr3_pdptes: Option<[u64; 4]>,
@@ -199,6 +212,8 @@ impl Nested {
             reflected: 0,
             l1_cr3_at_entry: 0,
             entry_was_launched: false,
+            l1_entry_pending: false,
+            before_run: BeforeRun::default(),
             cr3_pdptes: None,
             pdptes02_from_cr3: false,
             vmcs02_holds: None,
@@ -225,9 +240,15 @@ impl Nested {
         self.vmcs02_launched
     }
 
-    /// VMCS02 was entered.
+    /// VMCS02 was entered (also when the entry failed on its guest state:
+    /// the exit handler then undoes this with `before_run`).
     pub fn note_vmcs02_launched(&mut self) {
+        self.before_run = BeforeRun {
+            vmcs02_launched: self.vmcs02_launched,
+            l1_entry: self.l1_entry_pending,
+        };
         self.vmcs02_launched = true;
+        self.l1_entry_pending = false;
     }
 
     /// An exit of L2 that L0 handled itself.

@@ -940,29 +940,64 @@ mod nested {
         assert_eq!(c.nested.vmx.vmcs12.get(F::VM_INSTRUCTION_ERROR), 7);
     }
 
-    #[test]
-    fn hardware_rejection_keeps_the_launch_state() {
-        let (mut c, mut v, mut p) = l1_in_vmx();
-        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
-        exit(&mut v.v02, reason::CPUID, 0, 2);
-        c.handle_exit(&mut v, &mut p);
-        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
-        assert!(c.nested.in_l2());
-        // The CPU refuses VMCS02's guest state at that VMRESUME.
-        v.v02.write(
-            F::VM_EXIT_REASON,
-            0x8000_0000 | reason::INVALID_GUEST_STATE as u64,
-        );
+    /// The CPU refuses VMCS02's guest state at the entry that follows
+    /// (as the CPU loop sees it: a run that ends in an entry-failure exit).
+    fn rejected(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform) -> Outcome {
+        c.nested.note_vmcs02_launched();
+        let failed = 0x8000_0000 | reason::INVALID_GUEST_STATE as u64;
+        v.v02.write(F::VM_EXIT_REASON, failed);
         v.v02.write(F::EXIT_QUALIFICATION, 0);
-        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        c.handle_exit(v, p)
+    }
+
+    /// L2 ran until an exit with reason `r`.
+    fn l2_ran_to(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, r: u16) -> Outcome {
+        c.nested.note_vmcs02_launched();
+        exit(&mut v.v02, r, 0, 2);
+        c.handle_exit(v, p)
+    }
+
+    #[test]
+    fn hardware_rejection_keeps_the_launch_states() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        // L1's first VMLAUNCH, refused: VMCS12 and VMCS02 stay clear.
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert_eq!(rejected(&mut c, &mut v, &mut p), Outcome::Resume);
         assert!(!c.nested.in_l2() && v.cur == Level::L1);
         assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 0x8000_0021);
+        assert!(!c.nested.vmx.vmcs12.launched);
+        assert!(
+            !c.vcpu.launched(true),
+            "VMCS02 is entered with VMLAUNCH again"
+        );
+        // Launched, then a VMRESUME refused: VMCS12 stays launched.
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        l2_ran_to(&mut c, &mut v, &mut p, reason::CPUID);
+        assert!(c.vcpu.launched(true));
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        rejected(&mut c, &mut v, &mut p);
+        assert!(!c.nested.in_l2());
         assert!(
             c.nested.vmx.vmcs12.launched,
             "a failed VMRESUME leaves the VMCS launched (SDM 27.8)"
         );
+        assert!(c.vcpu.launched(true));
         launch(&mut c, &mut v, &mut p, reason::VMRESUME);
         assert!(c.nested.in_l2(), "L1's next VMRESUME enters");
+        // L0's own resume of a running L2, refused: L1's VMLAUNCH of a
+        // clear VMCS12 had succeeded, so it stays launched.
+        l2_ran_to(&mut c, &mut v, &mut p, reason::CPUID);
+        c.nested.vmx.vmcs12.launched = false; // as after VMCLEAR
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x1010);
+        c.nested.note_vmcs02_launched();
+        exit(&mut v.v02, reason::EPT_VIOLATION, 0x181, 0);
+        c.handle_exit(&mut v, &mut p);
+        assert!(c.nested.in_l2(), "an EPT02 fill: L0 resumes L2 itself");
+        rejected(&mut c, &mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        assert!(c.nested.vmx.vmcs12.launched);
     }
 
     /// Structures beyond L1's RAM (16 MiB here): the entry goes on as on
