@@ -31,6 +31,7 @@ pub const EXIT_MSR_LOAD_ADDR: u32 = 0x2008;
 pub const ENTRY_MSR_LOAD_ADDR: u32 = 0x200a;
 pub const TSC_OFFSET: u32 = 0x2010;
 pub const VIRTUAL_APIC_ADDR: u32 = 0x2012;
+pub const APIC_ACCESS_ADDR: u32 = 0x2014;
 pub const EPT_POINTER: u32 = 0x201a;
 // 64-bit read-only data (B.2.2).
 pub const GUEST_PHYSICAL_ADDRESS: u32 = 0x2400;
@@ -167,6 +168,7 @@ pub mod proc {
 
 /// Secondary processor-based VM-execution controls (SDM 25.6.2).
 pub mod proc2 {
+    pub const VIRTUALIZE_APIC_ACCESSES: u32 = 1 << 0;
     pub const EPT: u32 = 1 << 1;
     pub const VPID: u32 = 1 << 5;
     pub const UNRESTRICTED_GUEST: u32 = 1 << 7;
@@ -209,6 +211,7 @@ pub mod reason {
     pub const WRMSR: u32 = 32;
     pub const INVALID_GUEST_STATE: u32 = 33;
     pub const MSR_LOADING: u32 = 34;
+    pub const TPR_BELOW_THRESHOLD: u32 = 43;
     pub const EPT_VIOLATION: u32 = 48;
     pub const EPT_MISCONFIG: u32 = 49;
     pub const PREEMPTION_TIMER: u32 = 52;

@@ -27,6 +27,7 @@ const CHECKS: &[&str] = &[
     "ctl-save-timer-without-timer",
     "ctl-tpr-threshold-over-vtpr",
     "ctl-tpr-threshold-at-vtpr",
+    "ctl-tpr-threshold-apic-accesses",
     "host-cr0-fixed0",
     "host-cr4-vmxe",
     "host-rip-noncanonical",
@@ -355,7 +356,11 @@ fn checks(c: &mut Checks, hv: &Hv) {
 /// interrupt delivery": TPR threshold[3:0] may not exceed VTPR[7:4], read
 /// from the virtual-APIC page at entry (SDM 27.2.1.1).
 fn tpr_threshold(c: &mut Checks, hv: &Hv) {
-    let names = ["ctl-tpr-threshold-over-vtpr", "ctl-tpr-threshold-at-vtpr"];
+    let names = [
+        "ctl-tpr-threshold-over-vtpr",
+        "ctl-tpr-threshold-at-vtpr",
+        "ctl-tpr-threshold-apic-accesses",
+    ];
     if !hv.caps.proc.can_set(proc::USE_TPR_SHADOW) {
         for n in names {
             c.skip(n, format_args!("TPR shadow not offered"));
@@ -379,9 +384,26 @@ fn tpr_threshold(c: &mut Checks, hv: &Hv) {
         err::ENTRY_INVALID_CONTROLS,
         tpr_shadow(0xf),
     );
-    match attempt(hv, tpr_shadow(0xe)) {
-        Ok(e) => c.check(names[1], e.is(reason::VMCALL), format_args!("{e}")),
-        Err(m) => c.check(names[1], false, format_args!("{}", m.as_str())),
+    let enters =
+        |c: &mut Checks, name: &str, want: u32, tweak: &dyn Fn(&Hv)| match attempt(hv, tweak) {
+            Ok(e) => c.check(name, e.is(want), format_args!("{e} (want reason {want})")),
+            Err(m) => c.check(name, false, format_args!("{}", m.as_str())),
+        };
+    enters(c, names[1], reason::VMCALL, &tpr_shadow(0xe));
+    // With "virtualize APIC accesses" the rule does not apply: the entry
+    // succeeds and, VTPR being below the threshold, a TPR-below-threshold
+    // exit follows at once (27.7.7).
+    if hv.can(PROC2_CONTROLS, proc2::VIRTUALIZE_APIC_ACCESSES) {
+        enters(c, names[2], reason::TPR_BELOW_THRESHOLD, &|hv| {
+            tpr_shadow(0xf)(hv);
+            hv.ctl(PROC2_CONTROLS, proc2::VIRTUALIZE_APIC_ACCESSES, 0);
+            w(APIC_ACCESS_ADDR, mem::page(pg::X_FIRST + 3));
+        });
+    } else {
+        c.skip(
+            names[2],
+            format_args!("virtualize APIC accesses not offered"),
+        );
     }
 }
 
