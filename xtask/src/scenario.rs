@@ -105,6 +105,8 @@ const HEALTHY: &[&str] = &[
     "GUEST panic",
     "GUEST exception",
     "L0 WARN  command line",
+    // L0's entry checks missed a rule the hardware applies to VMCS02.
+    "although it passed L0's checks",
 ];
 /// The same for a guest that runs without L0.
 const NATIVE_HEALTHY: &[&str] = &["GUEST panic", "GUEST exception"];

@@ -15,7 +15,7 @@ use crate::nested::apicv::{X2APIC_ICR, X2APIC_SELF_IPI, X2APIC_TPR};
 use crate::nested::entry::Entry;
 use crate::nested::ept02::Fill;
 use crate::nested::msr_lists::{self, Home};
-use crate::nested::{Flow, Level, NestedCtx, NestedHw, VmcsSet};
+use crate::nested::{Flow, NestedCtx, NestedHw, VmcsSet};
 use crate::shadow::interrupts::PiRoute;
 use crate::vmx::caps::secondary;
 use crate::vmx::exit::{EptViolation, ExitInfo, VmExit};
@@ -195,21 +195,11 @@ impl Vcpu {
         let e = ExitInfo::read(vs.current());
         let gpr = &self.regs.gpr;
         let exit = VmExit::decode(&e, gpr[GuestRegs::RAX], gpr[GuestRegs::RCX]);
-        if let VmExit::EntryFailed {
-            reason,
-            qualification,
-        } = exit
-        {
-            // The hardware refused VMCS02's guest state although L0's checks
-            // passed: L1 sees the failure its VMCS12 earned.
-            log::warn!(
-                "hardware rejected VMCS02 (exit reason {:#x}, qualification {qualification:#x}) that passed L0's checks",
-                e.reason
-            );
-            self.nested.vmx.vmcs12.launched = false;
-            vs.select(Level::L1);
+        if let VmExit::EntryFailed { qualification, .. } = exit {
             let mut cx = self.nested_ctx(vs, p);
-            return cx.entry_failure_exit(reason as u32, qualification).into();
+            return cx
+                .vmcs02_guest_state_rejected(e.reason, qualification)
+                .into();
         }
         let route = match self.l0_wants_l2_exit(m, vs, p, exit, &e) {
             Some(route) => route,

@@ -175,6 +175,7 @@ pub const PAGES: Vmcs02Pages = Vmcs02Pages {
     io_all: 0x7000_2000,
     io_l0: 0x7000_4000,
     msr02: 0x7000_6000,
+    vapic_unbacked: 0x7000_7000,
 };
 
 /// A vCPU with the machine it runs on, paired as start.rs pairs them.
@@ -932,6 +933,39 @@ mod nested {
         );
     }
 
+    /// EPT A/D flags off: the processor's setting of an accessed flag in
+    /// L2's page table is a write (SDM 29.3.3.2). EPT02 copies EPT12's
+    /// read-only permission, so the CPU exits to L0 with a write to the
+    /// paging structure (qualification bit 8 clear), and L1 gets it.
+    #[test]
+    fn accessed_flag_write_to_a_read_only_page_table_reaches_l1() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        // L2-physical 0x2000 (its page table) read-only onto L1's L2_PAGE.
+        put(&mut p.mem, EPT12_ROOT + 0x3000 + 16, L2_PAGE | 1 | 6 << 3);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        let root02 = v.v02.read(F::EPT_POINTER) & !0xfff;
+        // The page walk's read: EPT02 gets EPT12's read-only leaf.
+        exit(&mut v.v02, reason::EPT_VIOLATION, 0x81, 0);
+        v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x2010);
+        c.handle_exit(&mut v, &mut p);
+        assert!(c.nested.in_l2());
+        let l = translate(&mut p.tables, &Ept, root02, 0x2010).unwrap();
+        assert_eq!(l.entry & RWX, 1, "read-only, as EPT12");
+        // The accessed-flag update: a write to the PTE.
+        exit(&mut v.v02, reason::EPT_VIOLATION, 0x8a, 0);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        let v12 = &c.nested.vmx.vmcs12;
+        assert_eq!(
+            (
+                v12.get(F::VM_EXIT_REASON),
+                v12.get(F::EXIT_QUALIFICATION),
+                v12.get(F::GUEST_PHYSICAL_ADDRESS)
+            ),
+            (48, 0x8a, 0x2010)
+        );
+    }
+
     #[test]
     fn ept12_pointing_at_l0_is_a_misconfiguration() {
         let (mut c, mut v, mut p) = l1_in_vmx();
@@ -968,6 +1002,157 @@ mod nested {
         c.nested.vmx.vmcs12.set(F::VIRTUAL_PROCESSOR_ID, 0);
         launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
         assert_eq!(c.nested.vmx.vmcs12.get(F::VM_INSTRUCTION_ERROR), 7);
+    }
+
+    /// The CPU refuses VMCS02's guest state at the entry that follows
+    /// (as the CPU loop sees it: a run that ends in an entry-failure exit).
+    fn rejected(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform) -> Outcome {
+        c.nested.note_vmcs02_launched();
+        let failed = 0x8000_0000 | reason::INVALID_GUEST_STATE as u64;
+        v.v02.write(F::VM_EXIT_REASON, failed);
+        v.v02.write(F::EXIT_QUALIFICATION, 0);
+        c.handle_exit(v, p)
+    }
+
+    /// L2 ran until an exit with reason `r`.
+    fn l2_ran_to(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, r: u16) -> Outcome {
+        c.nested.note_vmcs02_launched();
+        exit(&mut v.v02, r, 0, 2);
+        c.handle_exit(v, p)
+    }
+
+    #[test]
+    fn hardware_rejection_keeps_the_launch_states() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        // L1's first VMLAUNCH, refused: VMCS12 and VMCS02 stay clear.
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert_eq!(rejected(&mut c, &mut v, &mut p), Outcome::Resume);
+        assert!(!c.nested.in_l2() && v.cur == Level::L1);
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 0x8000_0021);
+        assert!(!c.nested.vmx.vmcs12.launched);
+        assert!(
+            !c.vcpu.launched(true),
+            "VMCS02 is entered with VMLAUNCH again"
+        );
+        // Launched, then a VMRESUME refused: VMCS12 stays launched.
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        l2_ran_to(&mut c, &mut v, &mut p, reason::CPUID);
+        assert!(c.vcpu.launched(true));
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        rejected(&mut c, &mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        assert!(
+            c.nested.vmx.vmcs12.launched,
+            "a failed VMRESUME leaves the VMCS launched (SDM 27.8)"
+        );
+        assert!(c.vcpu.launched(true));
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(c.nested.in_l2(), "L1's next VMRESUME enters");
+        // L0's own resume of a running L2, refused: L1's VMLAUNCH of a
+        // clear VMCS12 had succeeded, so it stays launched.
+        l2_ran_to(&mut c, &mut v, &mut p, reason::CPUID);
+        c.nested.vmx.vmcs12.launched = false; // as after VMCLEAR
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x1010);
+        c.nested.note_vmcs02_launched();
+        exit(&mut v.v02, reason::EPT_VIOLATION, 0x181, 0);
+        c.handle_exit(&mut v, &mut p);
+        assert!(c.nested.in_l2(), "an EPT02 fill: L0 resumes L2 itself");
+        rejected(&mut c, &mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        assert!(c.nested.vmx.vmcs12.launched);
+    }
+
+    /// Structures beyond L1's RAM (16 MiB here): the entry goes on as on
+    /// the hardware, and L0 uses only its own stand-in or L1's RAM.
+    #[test]
+    fn structures_beyond_l1_ram() {
+        use crate::vmx::caps::primary::USE_TPR_SHADOW;
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        let beyond = 0x2000_0000;
+        let v12 = &mut *c.nested.vmx.vmcs12;
+        v12.set_bits_for_test(F::CPU_BASED_VM_EXEC_CONTROL, USE_TPR_SHADOW as u64);
+        v12.set(F::VIRTUAL_APIC_PAGE_ADDR, beyond);
+        v12.set(F::TPR_THRESHOLD, 0xf);
+        v12.set(F::IO_BITMAP_A, beyond + 0x1000);
+        // Entry 1 in RAM (a valid load of SYSENTER_CS), entry 2 beyond it.
+        let list = 0x100_0000 - 16;
+        put(&mut p.mem, list, 0x174);
+        put(&mut p.mem, list + 8, 7);
+        v12.set(F::VM_ENTRY_MSR_LOAD_ADDR, list);
+        v12.set(F::VM_ENTRY_MSR_LOAD_COUNT, 2);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(!c.nested.in_l2());
+        let v12 = &mut *c.nested.vmx.vmcs12;
+        assert_eq!(
+            (v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION)),
+            (0x8000_0022, 2),
+            "the unbacked entry reads as all ones and fails, by its index"
+        );
+        v12.set(F::VM_ENTRY_MSR_LOAD_COUNT, 1);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        assert_eq!(v.v02.read(F::VIRTUAL_APIC_PAGE_ADDR), PAGES.vapic_unbacked);
+        assert!(p.page(PAGES.vapic_unbacked).iter().all(|&w| w == u64::MAX));
+        // L2 reads port 0x10 through L1's I/O bitmap A: all ones, so L1's.
+        let io_in_0x10 = 0x10 << 16 | 1 << 3;
+        exit(&mut v.v02, reason::IO_INSTRUCTION, io_in_0x10, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 30);
+        // Back in L1's RAM, VMCS02 takes L1's page again.
+        c.nested
+            .vmx
+            .vmcs12
+            .set(F::VIRTUAL_APIC_PAGE_ADDR, 0x60_0000);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(!c.nested.in_l2(), "VTPR 0 there: under TPR threshold 0xf");
+        c.nested.vmx.vmcs12.set(F::TPR_THRESHOLD, 0);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(c.nested.in_l2());
+        assert_eq!(v.v02.read(F::VIRTUAL_APIC_PAGE_ADDR), 0x60_0000);
+    }
+
+    #[test]
+    fn pae_l2_without_ept_takes_its_pdptes_from_cr3() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        let v12 = &mut *c.nested.vmx.vmcs12;
+        let s = v12.get(F::SECONDARY_VM_EXEC_CONTROL);
+        use crate::vmx::caps::secondary::{ENABLE_EPT, UNRESTRICTED_GUEST};
+        v12.set(
+            F::SECONDARY_VM_EXEC_CONTROL,
+            s & !((ENABLE_EPT | UNRESTRICTED_GUEST) as u64),
+        );
+        v12.set(F::GUEST_CR0, 0x8000_0031);
+        v12.set(F::GUEST_CR4, 0x2020);
+        v12.set(F::GUEST_CR3, 0x5020);
+        v12.set(F::GUEST_PDPTE0, 0xdead_0001);
+        put(&mut p.mem, 0x5020, 0x6001);
+        put(&mut p.mem, 0x5030, 0x7001);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        assert_eq!(
+            (v.v02.read(F::GUEST_PDPTE0), v.v02.read(F::GUEST_PDPTE2)),
+            (0x6001, 0x7001),
+            "VMCS02 (with EPT) holds what CR3 points at, not VMCS12's fields"
+        );
+        exit(&mut v.v02, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        // L1 puts a reserved bit into a PDPTE in memory, then VMRESUMEs.
+        put(&mut p.mem, 0x5030, 0x7001 | 1 << 5);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(!c.nested.in_l2());
+        let v12 = &c.nested.vmx.vmcs12;
+        assert_eq!(
+            (v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION)),
+            (0x8000_0021, 2)
+        );
+        assert!(v12.launched);
+        put(&mut p.mem, 0x5030, 0x8001);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(c.nested.in_l2());
+        assert_eq!(v.v02.read(F::GUEST_PDPTE2), 0x8001);
     }
 
     #[test]
