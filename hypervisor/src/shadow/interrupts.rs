@@ -29,6 +29,10 @@ pub struct Interrupts {
     announced: bool,
     /// Posted-interrupt routes by VMCS12 (recorded at each VM entry).
     pi_routes: BTreeMap<u64, PiRoute>,
+    /// The most routes kept (L0's VMCS12 bound; None: no bound). An L1
+    /// that enters ever new VMCS12s without VMCLEARing them gets no route
+    /// for those beyond it: their edges wait for the relay.
+    route_cap: Option<usize>,
     /// What each VM programmed into its IOAPIC.
     ioapics: BTreeMap<VmId, IoApic>,
 }
@@ -82,12 +86,24 @@ impl Interrupts {
         }
     }
 
+    /// Bounds the routes kept.
+    pub fn set_route_cap(&mut self, cap: usize) {
+        self.route_cap = Some(cap);
+    }
+
     /// Records (or forgets) the posted-interrupt route of a VMCS12.
     pub fn set_pi_route(&mut self, vmcs12: u64, route: Option<PiRoute>) {
         match route {
-            Some(r) => self.pi_routes.insert(vmcs12, r),
-            None => self.pi_routes.remove(&vmcs12),
-        };
+            Some(r) => {
+                let full = self.route_cap.is_some_and(|c| self.pi_routes.len() >= c);
+                if !full || self.pi_routes.contains_key(&vmcs12) {
+                    self.pi_routes.insert(vmcs12, r);
+                }
+            }
+            None => {
+                self.pi_routes.remove(&vmcs12);
+            }
+        }
     }
 
     /// The route recorded for a VMCS12.
