@@ -430,6 +430,11 @@ impl<K: Ord + Copy> Registry<K> {
         self.vms.iter()
     }
 
+    /// VMs in key order from `key` on (a listing resumed where it stopped).
+    pub fn iter_from(&self, key: K) -> impl Iterator<Item = (&K, &VmDevices)> {
+        self.vms.range(key..)
+    }
+
     /// VMs in key order, mutable.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut VmDevices)> {
         self.vms.iter_mut()
