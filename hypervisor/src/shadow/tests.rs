@@ -221,3 +221,46 @@ fn routing_passes_try_only_new_edges() {
     assert!(sh.irqs.irq_pending());
     assert_eq!(sh.irqs.take_next(), Some((1, 1 << 4)));
 }
+
+/// An L1 that makes VMs and vCPUs without end (never VMCLEARing) meets
+/// the bounds: 1024 VMs, one of them with 256 VMCS12s, the total bound,
+/// and no VM or route beyond; every known VM still answers its exits.
+#[test]
+fn an_endless_l1_meets_the_bounds() {
+    let mut sh = shadow();
+    let max = Limits::MAX;
+    let eptp = |vm: u64| 0x4000_0000 + vm * 0x1000;
+    for i in 0..2 * MAX_VMS as u64 {
+        vm_at(&mut sh, i);
+    }
+    assert_eq!(sh.vm_count(), MAX_VMS);
+    // VM 1 runs 256 vCPUs, and more: it keeps its newest 256.
+    for cpu in 0..300u64 {
+        let vmcs = 0x10_0000_0000 + cpu * 0x1000;
+        sh.ids.note_entry(vmcs, Some(eptp(0)));
+        sh.irqs.set_pi_route(vmcs, Some(ROUTE));
+    }
+    assert_eq!(sh.ids.vmcs_count(), MAX_VMS - 1 + limits::MAX_VMCS_PER_VM);
+    // Every VM adds vCPUs until the total bound holds them all.
+    for cpu in 0..40u64 {
+        for vm in 0..MAX_VMS as u64 {
+            let vmcs = 0x20_0000_0000 + (vm * 64 + cpu) * 0x1000;
+            sh.ids.note_entry(vmcs, Some(eptp(vm)));
+            sh.irqs.set_pi_route(vmcs, Some(ROUTE));
+        }
+    }
+    assert_eq!(sh.ids.vmcs_count(), max.vmcs);
+    assert_eq!(sh.vm_count(), MAX_VMS);
+    assert_eq!(vm_at(&mut sh, 5000), None);
+    for vm in [0, 511, 1023] {
+        assert_eq!(vm_at(&mut sh, vm), Some(vm + 1), "by its EPT root");
+        assert!(sh.ids.vmcs_of(vm + 1).is_some());
+    }
+    assert_eq!(sh.irqs.pi_route(0x30_0000_0000), None);
+    sh.irqs.set_pi_route(0x30_0000_0000, Some(ROUTE));
+    assert_eq!(
+        sh.irqs.pi_route(0x30_0000_0000),
+        None,
+        "no route beyond the bound"
+    );
+}
