@@ -22,6 +22,7 @@ use crate::logger;
 use crate::machine::shared::SharedMachine;
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
 use crate::mm::paging::PageSize;
+use crate::shadow::limits::Limits;
 use crate::vmx::caps;
 use crate::vmx::requirements;
 use crate::{acpi, cpus};
@@ -66,6 +67,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     let pool_range = fw
         .choose_pool(pool_size, &occupied)
         .unwrap_or_else(|e| fatal(format_args!("{e}")));
+    // The heap: a quarter of l0_mem (shadow/limits.rs counts on it).
     pool::init(pool_range, cfg.l0_mem / 4);
     info!(
         "memory: {} MiB of RAM; L0 pool {pool_range} ({} MiB)",
@@ -178,6 +180,14 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     let (mut vcpu, mut machine, template) =
         bringup::cloud_vm(&fw, pool_range, &vm, key, tsc_hz, &vcaps, &cpu, &mut hw);
     machine.shadow.intercept_com = cfg.shadow;
+    let limits = Limits::for_heap((cfg.l0_mem / 4) as usize);
+    machine.shadow.set_limits(limits, pool::heap_free);
+    info!(
+        "shadow devices: up to {} user VMs and {} VMCS12s at once (l0_mem={} MiB)",
+        limits.vms,
+        limits.vmcs,
+        cfg.l0_mem >> 20
+    );
     vcpu.register(&mut machine, cpus::apic_id(cpu::cpuid));
     if !cfg.shadow {
         warn!("shadow=off: user VMs' COM ports go to the guest hypervisor (a baseline for measurements, not the product)");

@@ -466,6 +466,13 @@ pub fn all() -> Vec<Scenario> {
             script: None,
         }
     ));
+    // Eight user VMs at once, each with its own console.
+    v.push(l0_only!(
+        "shadow-many",
+        120,
+        guest!("shadow-many"),
+        many_consoles()
+    ));
     v.push(l0_only!(
         "shadow-input",
         120,
@@ -535,6 +542,42 @@ pub fn all() -> Vec<Scenario> {
         NO_CONSOLE
     ));
     v
+}
+
+/// `shadow-many`'s consoles: VM n (L0 numbers them in the order they first
+/// touch a COM port: A to H) shows its tag, its letter's three lines and
+/// its random line, and no line of another letter.
+fn many_consoles() -> ConsoleCheck {
+    let leak = |v: Vec<String>| -> &'static [&'static str] {
+        Box::leak(
+            v.into_iter()
+                .map(leak_str)
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        )
+    };
+    let letters = 'A'..='H';
+    let mut expect = Vec::new();
+    let mut forbidden = Vec::new();
+    for (n, x) in (1..).zip(letters.clone()) {
+        expect.push(format!("vm {n} tag=many-{}", x.to_ascii_lowercase()));
+        for line in 1..=3 {
+            expect.push(format!("vm{n}| shadow-console {x} line {line}"));
+        }
+        expect.push(format!("vm{n}| shadow-{x}-"));
+        for y in letters.clone().filter(|&y| y != x) {
+            forbidden.push(format!("vm{n}| shadow-console {y} "));
+            forbidden.push(format!("vm{n}| shadow-{y}-"));
+        }
+    }
+    ConsoleCheck {
+        expect: leak(expect),
+        ordered: &[],
+        forbidden: leak(forbidden),
+        typed: &[],
+        follow_all: true,
+        script: None,
+    }
 }
 
 /// Builds the ISO that boots `s` on `emu`.

@@ -381,3 +381,37 @@ fn save_restore_through_the_registry() {
         Error::NoKey
     );
 }
+
+/// `list` of 1024 VMs goes out a batch per visit to the line, every VM
+/// once and in order, then `end-list 1024`; VMs that end meanwhile are
+/// skipped, not listed as gone.
+#[test]
+fn a_list_of_1024_vms_is_paced() {
+    let mut s = shadow();
+    for i in 0..1024u64 {
+        s.identify(0x1_0000_0000 + i * 0x1000, Some(0x4000_0000 + i * 0x1000))
+            .unwrap();
+    }
+    let _ = s.take_notices();
+    let mut got = send(&mut s, "list");
+    assert_eq!(got.len(), LIST_BATCH, "the first batch with the answer");
+    let mut visits = 1;
+    s.vmclear(0x1_0000_0000 + 1000 * 0x1000); // VM 1001 ends
+    while !matches!(got.last(), Some(Event::EndList { .. })) {
+        got.extend(events(s.pump()));
+        visits += 1;
+        assert!(visits < 1000, "the list never ends");
+    }
+    let ids: Vec<u64> = got
+        .iter()
+        .filter_map(|e| match e {
+            Event::Vm { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<u64> = (1..=1024).filter(|&id| id != 1001).collect();
+    assert_eq!(ids, want);
+    assert!(matches!(got.last(), Some(Event::EndList { count: 1023 })));
+    assert!(visits >= 1024 / LIST_BATCH, "{visits} visits");
+    assert!(s.pump().is_empty(), "nothing more once it ended");
+}
