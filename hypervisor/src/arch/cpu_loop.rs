@@ -8,7 +8,7 @@ use super::platform::{Hardware, HwVmcsSet};
 use crate::logger;
 use crate::machine::shared::SharedMachine;
 use crate::nested::VmcsSet;
-use crate::vcpu::{report, Outcome, Vcpu};
+use crate::vcpu::{report, Outcome, Platform, Vcpu};
 use crate::vmx::{Field as F, Vmcs};
 
 /// Runs a vCPU of the cloud VM on this CPU for good: before each entry the
@@ -23,7 +23,15 @@ pub fn run(vcpu: &mut Vcpu, machine: &SharedMachine, hw: &mut Hardware, serves_c
     let mut vs = unsafe { HwVmcsSet::new(vcpu.vmcs_phys()) };
     let mut last_poll = cpu::rdtsc();
     let nmi_pending = &super::tables::this_cpu().nmi_pending;
+    let mut ept01_seen = machine.ept01_generation();
     loop {
+        // Another CPU took a permission away in EPT01 (the request is the
+        // generation; the preemption timer bounds how long it waits).
+        let g = machine.ept01_generation();
+        if g != ept01_seen {
+            ept01_seen = g;
+            hw.invept_all();
+        }
         let in_l2 = vcpu.in_l2();
         if !in_l2 {
             deliver_pending_nmi(nmi_pending, vs.current());

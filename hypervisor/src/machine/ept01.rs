@@ -28,6 +28,10 @@ pub struct Ept01 {
     /// The local APICs' register page, mapped by a 4 KiB leaf of its own
     /// so that L0 can make it read-only (machine/ap_wait.rs).
     pub apic_page: Option<u64>,
+    /// Counts the changes that take a permission away (the APIC page
+    /// turning read-only): each CPU drops its EPT-derived translations
+    /// when it sees a new count (`machine/shared.rs`, `arch/cpu_loop.rs`).
+    pub generation: u64,
 }
 
 /// What an EPT violation on L1 led to.
@@ -89,13 +93,16 @@ impl Ept01 {
             limit,
             l0_touches: 0,
             apic_page: apic,
+            generation: 0,
         })
     }
 
     /// Lets L1 write the APIC's register page, or makes it read-only (each
-    /// write then exits). The caller invalidates EPT-derived translations.
+    /// write then exits). The caller invalidates this CPU's EPT-derived
+    /// translations; the other CPUs see the new generation.
     pub fn set_apic_writable<M: TableMemory>(&mut self, mem: &mut M, writable: bool) {
         if let Some(page) = self.apic_page {
+            self.generation += 1;
             crate::mm::paging::update_leaf_4k(mem, &Ept, self.root, page, |e| {
                 if writable {
                     e | WRITE

@@ -1,5 +1,5 @@
 //! The one handle through which CPUs reach the machine: the `Machine`
-//! behind its lock, taken only by an exit that needs it, and two facts
+//! behind its lock, taken only by an exit that needs it, and three facts
 //! published at each unlock so that the exits that only ask need no lock
 //! (docs/architecture.md, "What the CPUs share").
 //!
@@ -18,6 +18,8 @@ pub struct SharedMachine {
     machine: spin::Mutex<Machine>,
     /// Whether L1 is owed a relay interrupt (`Interrupts::irq_pending`).
     relay_owed: AtomicBool,
+    /// EPT01's generation (`Ept01::generation`).
+    ept01_generation: AtomicU64,
     /// Counts the releases of the lock after which the machine may differ:
     /// a vCPU that noted something at epoch `e` need not note it again
     /// while the epoch is still `e`.
@@ -27,9 +29,11 @@ pub struct SharedMachine {
 impl SharedMachine {
     pub fn new(machine: Machine) -> Self {
         let owed = machine.shadow.irqs.irq_pending();
+        let generation = machine.ept.generation;
         SharedMachine {
             machine: spin::Mutex::new(machine),
             relay_owed: AtomicBool::new(owed),
+            ept01_generation: AtomicU64::new(generation),
             epoch: AtomicU64::new(0),
         }
     }
@@ -53,6 +57,12 @@ impl SharedMachine {
 
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// EPT01's generation: a CPU that saw an older one drops its
+    /// EPT-derived translations before its next entry.
+    pub fn ept01_generation(&self) -> u64 {
+        self.ept01_generation.load(Ordering::Acquire)
     }
 }
 
@@ -103,6 +113,8 @@ impl MachineLock<'_> {
             let s = self.shared;
             s.relay_owed
                 .store(m.shadow.irqs.irq_pending(), Ordering::Release);
+            s.ept01_generation
+                .store(m.ept.generation, Ordering::Release);
             s.epoch.fetch_add(1, Ordering::AcqRel);
         }
     }

@@ -1703,6 +1703,21 @@ mod across_cpus {
     use super::*;
     use crate::nested::testutil::valid_vmcs12;
 
+    /// A permission L0 takes away in EPT01 (the APIC page turning
+    /// read-only) is published with the unlock: every CPU compares the
+    /// generation before its next entry and drops its translations.
+    #[test]
+    fn an_ept01_permission_taken_away_reaches_every_cpu() {
+        let (mut c, _v, mut p) = setup();
+        c.m.get_mut().ept.apic_page = Some(0xfee0_0000);
+        let before = c.m.ept01_generation();
+        c.m.lock().ept.set_apic_writable(&mut p.tables, false);
+        assert_eq!(c.m.ept01_generation(), before + 1);
+        // Reading the machine publishes nothing new.
+        let _ = c.m.lock().ept.root;
+        assert_eq!(c.m.ept01_generation(), before + 1);
+    }
+
     /// A VMCS12 current on another CPU can be neither loaded nor cleared
     /// here (the SDM leaves it undefined; two caches of it would overwrite
     /// each other): VMfailValid, nothing else changes. Once that CPU lets
