@@ -24,6 +24,7 @@ pub mod decode;
 mod irq_route;
 mod l2;
 pub mod msr;
+mod perfmon;
 pub mod report;
 pub mod reset;
 pub mod setup;
@@ -458,6 +459,9 @@ impl Vcpu {
             VmExit::Vmcall
             | VmExit::VmxInstruction(_)
             | VmExit::Other(reason::VMFUNC | reason::GETSEC) => inject_exception(v, UD, None),
+            // No performance counters are offered (vcpu/perfmon.rs): as on
+            // a CPU with none, RDPMC of any counter is #GP.
+            VmExit::Other(reason::RDPMC) => inject_exception(v, GP, Some(0)),
             VmExit::EptMisconfig { .. } => {
                 return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT01 (an L0 bug)"))
             }
