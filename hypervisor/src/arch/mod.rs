@@ -16,6 +16,8 @@ pub mod fault;
 #[cfg(target_os = "none")]
 pub mod image;
 #[cfg(target_os = "none")]
+pub mod iommu;
+#[cfg(target_os = "none")]
 pub mod l1_ram;
 #[cfg(target_os = "none")]
 pub mod loader_memory;
