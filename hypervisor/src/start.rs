@@ -105,7 +105,10 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     // The VT-d units, while the firmware's tables are still mapped: L0
     // takes them, and the cloud VM's ACPI no longer lists them.
     let dmar = match (cfg.iommu, rsdp.as_deref().map(loader_memory::take_dmar)) {
-        (true, Some(Ok(Some(d)))) => Some(d),
+        (true, Some(Ok(Some(d)))) => match iommu::check_units(&d.units, &fw.ram) {
+            Ok(()) => Some(d),
+            Err(e) => dma_isolation_absent(e),
+        },
         (false, _) => dma_isolation_absent("iommu=off"),
         (true, None) => dma_isolation_absent("no ACPI tables from the loader"),
         (true, Some(Ok(None))) => dma_isolation_absent("no VT-d (no DMAR table)"),

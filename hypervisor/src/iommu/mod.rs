@@ -16,6 +16,7 @@ use core::fmt;
 
 use boot::memmap::{CapacityExceeded, Range, RangeSet};
 
+use crate::acpi::dmar::RemapUnit;
 use crate::mm::paging::{map, MapError, PageSize, TableMemory};
 use registers::{enable, Caps, UnitError, UnitRegisters};
 use tables::{root_table, walk_root, AddressWidth, SecondLevel};
@@ -23,6 +24,10 @@ use tables::{root_table, walk_root, AddressWidth, SecondLevel};
 /// Why DMA isolation could not be set up (unit numbers follow the DMAR).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IommuError {
+    /// The DMAR puts a unit's registers in RAM: a corrupt table.
+    RegistersInRam {
+        unit: usize,
+    },
     /// The unit supports neither 3- nor 4-level second-level tables.
     NoTableFormat {
         unit: usize,
@@ -42,6 +47,9 @@ pub enum IommuError {
 impl fmt::Display for IommuError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::RegistersInRam { unit } => {
+                write!(f, "the DMAR puts VT-d unit {unit}'s registers in RAM")
+            }
             Self::NoTableFormat { unit } => write!(
                 f,
                 "VT-d unit {unit} supports neither 39- nor 48-bit second-level tables"
@@ -60,6 +68,15 @@ impl fmt::Display for IommuError {
 impl From<CapacityExceeded> for IommuError {
     fn from(_: CapacityExceeded) -> Self {
         IommuError::TooFragmented
+    }
+}
+
+/// Refuses units whose registers the firmware's memory map calls RAM:
+/// taking them would take RAM from the cloud VM and map it as registers.
+pub fn check_units(units: &[RemapUnit], ram: &RangeSet) -> Result<(), IommuError> {
+    match units.iter().position(|u| ram.overlaps(u.registers)) {
+        Some(unit) => Err(IommuError::RegistersInRam { unit }),
+        None => Ok(()),
     }
 }
 
@@ -153,6 +170,22 @@ mod tests {
         s.insert(POOL).unwrap();
         s.insert(UNIT_REGS).unwrap();
         s
+    }
+
+    #[test]
+    fn units_with_registers_in_ram_are_refused() {
+        let unit = |base| RemapUnit {
+            registers: Range::new(base, base + 0x1000),
+            segment: 0,
+            include_pci_all: true,
+        };
+        let mut ram = RangeSet::new();
+        ram.insert(Range::new(0, 0x8000_0000)).unwrap();
+        assert_eq!(check_units(&[unit(0xfed9_0000)], &ram), Ok(()));
+        assert_eq!(
+            check_units(&[unit(0xfed9_0000), unit(0x7fff_f000)], &ram),
+            Err(IommuError::RegistersInRam { unit: 1 })
+        );
     }
 
     #[test]

@@ -67,14 +67,15 @@ pub const WITHHELD: &[Facility] = &[
         // 0xA version 0 = no architectural PMU (SDM Vol. 3B 20.2.1).
         leaf: Some(0xa),
         msrs: &[
-            0xc1..=0xc8,   // IA32_PMC0-7
-            0x186..=0x18d, // IA32_PERFEVTSEL0-7
-            0x1a6..=0x1a7, // MSR_OFFCORE_RSP_0/1
-            0x309..=0x30c, // IA32_FIXED_CTR0-3
-            0x329..=0x329, // IA32_PERF_METRICS
-            0x345..=0x345, // IA32_PERF_CAPABILITIES
-            0x38d..=0x392, // FIXED_CTR_CTRL, PERF_GLOBAL_STATUS/CTRL/OVF_CTRL/STATUS_SET/INUSE
-            0x4c1..=0x4c8, // IA32_A_PMC0-7
+            0xc1..=0xc8,     // IA32_PMC0-7
+            0x186..=0x18d,   // IA32_PERFEVTSEL0-7
+            0x1a6..=0x1a7,   // MSR_OFFCORE_RSP_0/1
+            0x309..=0x30c,   // IA32_FIXED_CTR0-3
+            0x329..=0x329,   // IA32_PERF_METRICS
+            0x345..=0x345,   // IA32_PERF_CAPABILITIES
+            0x38d..=0x392,   // FIXED_CTR_CTRL, PERF_GLOBAL_STATUS/CTRL/OVF_CTRL/STATUS_SET/INUSE
+            0x4c1..=0x4c8,   // IA32_A_PMC0-7
+            0x1900..=0x19ff, // IA32_PMC_GPn_* / FXn_* (architectural PMU v6 layout)
         ],
     },
     // Debug store: BTS and PEBS.
