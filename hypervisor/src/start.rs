@@ -107,12 +107,13 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     let dmar = match (cfg.iommu, rsdp.as_deref().map(loader_memory::take_dmar)) {
         (true, Some(Ok(Some(d)))) => match iommu::check_units(&d.units, &fw.ram) {
             Ok(()) => Some(d),
-            Err(e) => dma_isolation_absent(e),
+            Err(e) => dma_isolation_failed(e),
         },
+        // The host's or the operator's choice: said, not warned about.
         (false, _) => dma_isolation_absent("iommu=off"),
         (true, None) => dma_isolation_absent("no ACPI tables from the loader"),
         (true, Some(Ok(None))) => dma_isolation_absent("no VT-d (no DMAR table)"),
-        (true, Some(Err(e))) => dma_isolation_absent(e),
+        (true, Some(Err(e))) => dma_isolation_failed(e),
     };
     // L0's frames, which neither L1 nor its devices reach: the pool and
     // the VT-d units' registers.
@@ -234,8 +235,15 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     cpu_loop::run(&mut vcpu, machine, &mut hw, true)
 }
 
-/// Says on the management line why devices can reach L0's memory.
-fn dma_isolation_absent<T>(why: impl core::fmt::Display) -> Option<T> {
+/// Says on the management line that devices can reach L0's memory, on a
+/// host without VT-d or with `iommu=off`.
+fn dma_isolation_absent<T>(why: &str) -> Option<T> {
+    info!("DMA isolation absent: {why}; devices of the cloud VM can reach L0's memory");
+    None
+}
+
+/// The same when VT-d is there but could not be used: a warning.
+fn dma_isolation_failed<T>(why: impl core::fmt::Display) -> Option<T> {
     warn!("DMA isolation absent: {why}; devices of the cloud VM can reach L0's memory");
     None
 }
@@ -244,7 +252,7 @@ fn dma_isolation_absent<T>(why: impl core::fmt::Display) -> Option<T> {
 /// VM (the same map from the same ownership), before it first runs.
 fn isolate_dma(fw: &FirmwareMemory, dmar: &acpi::dmar::Dmar, l0: &RangeSet) {
     let Ok(regions) = fw.ept_regions(l0) else {
-        dma_isolation_absent::<()>("the memory map has too many pieces");
+        dma_isolation_failed::<()>("the memory map has too many pieces");
         return;
     };
     let l1_regions = regions.iter().map(|(r, _)| *r);
@@ -261,7 +269,7 @@ fn isolate_dma(fw: &FirmwareMemory, dmar: &acpi::dmar::Dmar, l0: &RangeSet) {
             i.page.bytes() >> 10
         ),
         Err(e) => {
-            dma_isolation_absent::<()>(e);
+            dma_isolation_failed::<()>(e);
         }
     }
 }
