@@ -291,6 +291,11 @@ impl Vcpu {
                 inject_exception(vs.current(), GP, Some(0));
                 Outcome::Resume
             }
+            VmExit::Other(crate::vmx::exit::reason::RDPMC) => {
+                // No counters for L2 either (vcpu/perfmon.rs).
+                inject_exception(vs.current(), GP, Some(0));
+                Outcome::Resume
+            }
             VmExit::Exception { .. } => {
                 // Exception bitmap02 is L1's: L1 always wants these.
                 Outcome::Stop(Stop::Internal("an L2 exception exit L1 did not ask for"))

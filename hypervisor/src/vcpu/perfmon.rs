@@ -4,18 +4,18 @@
 //! Why withhold rather than share: their state survives VM exits. A PEBS
 //! record (adaptive PEBS can hold XMM registers, which hold AES round keys
 //! while L0 seals), a BTS record or Intel PT output is written through the
-//! linear or physical address L1 put in IA32_DS_AREA / IA32_RTIT_OUTPUT_BASE
-//! while L0 runs, and counters and architectural LBRs keep counting and
-//! recording in VMX root. So CPUID says the facilities are absent and every
-//! MSR in the table exits and gets #GP, as on a CPU without them (SDM Vol. 3B
-//! ch. 20 and 33 name the MSRs; Vol. 4 Table 2-2 the addresses).
+//! address L1 put in IA32_DS_AREA / IA32_RTIT_OUTPUT_BASE while L0 runs;
+//! counters and architectural LBRs count and record in VMX root; energy
+//! counters measure L0's work as it runs. So CPUID says the facilities are
+//! absent and every MSR in the table exits and gets #GP, as on a CPU
+//! without them (SDM Vol. 3B ch. 20 and 33; addresses from Vol. 4 ch. 2).
 //!
 //! IA32_DEBUGCTL stays L1's: a VM exit clears it (SDM Vol. 3C 28.5.1), so
 //! legacy LBR, BTF and BTS never run in L0; the LBR stack they fill is only
 //! readable through MSRs below, and BTS needs IA32_DS_AREA, below too.
-//! IA32_MISC_ENABLE is not trapped: its bits 7, 11 and 12 only describe the
-//! facilities CPUID already withdraws (SDM Vol. 4 2.1: software checks
-//! CPUID.1:EDX.DS first), and nothing here rests on them.
+//! IA32_MISC_ENABLE is not trapped: its bits 7, 11 and 12 only describe
+//! facilities CPUID already withdraws (BTS and PEBS availability presume
+//! CPUID.1:EDX.DS), and nothing here rests on them.
 
 use core::ops::RangeInclusive;
 
@@ -130,6 +130,20 @@ pub const WITHHELD: &[Facility] = &[
             0x1600..=0x161f, // IA32_LBR_0-31_TO_IP
         ],
     },
+    // Energy counters (RAPL status): fine-grained enough to read
+    // data-dependent power, AES rounds included (the Platypus attack,
+    // CVE-2020-8694/8695). Power limits stay L1's.
+    Facility {
+        flags: &[],
+        leaf: None,
+        msrs: &[
+            0x611..=0x611, // MSR_PKG_ENERGY_STATUS
+            0x619..=0x619, // MSR_DRAM_ENERGY_STATUS
+            0x639..=0x639, // MSR_PP0_ENERGY_STATUS
+            0x641..=0x641, // MSR_PP1_ENERGY_STATUS
+            0x64d..=0x64d, // MSR_PLATFORM_ENERGY_STATUS
+        ],
+    },
 ];
 
 /// Whether `msr` belongs to a withheld facility.
@@ -183,6 +197,7 @@ mod tests {
             (0x1c8, "MSR_LBR_SELECT"),
             (0x680, "MSR_LASTBRANCH_0_FROM_IP"),
             (0x14ce, "IA32_LBR_CTL"),
+            (0x611, "MSR_PKG_ENERGY_STATUS"),
         ] {
             assert!(is_withheld_msr(msr), "{name}");
         }
@@ -192,7 +207,10 @@ mod tests {
     fn neighbours_stay_passed_through() {
         // SPEC_CTRL and PRED_CMD sit right after the old LBR range;
         // DEBUGCTL, MISC_ENABLE and the SYSENTER MSRs near the others.
-        for msr in [0x48, 0x49, 0x1d9, 0x1a0, 0x174, 0x3a, 0x10, 0x277, 0x6e0] {
+        // The RAPL power limits beside the energy counters.
+        for msr in [
+            0x48, 0x49, 0x1d9, 0x1a0, 0x174, 0x3a, 0x10, 0x277, 0x6e0, 0x606, 0x610,
+        ] {
             assert!(!is_withheld_msr(msr), "{msr:#x}");
         }
     }
