@@ -91,6 +91,6 @@ fn map_registers(units: &[RemapUnit]) -> Result<Vec<MmioUnit>, MapError> {
 
 /// Makes every unit keep DMA to what `dma` lists.
 pub fn protect(units: &[RemapUnit], dma: &RangeSet) -> Result<Isolation, IommuError> {
-    let mut mmio = map_registers(units).map_err(IommuError::Map)?;
+    let mut mmio = map_registers(units).map_err(IommuError::MapRegisters)?;
     iommu::protect(&mut PoolTables, &mut mmio, dma, cpu::wbinvd)
 }

@@ -37,6 +37,8 @@ pub enum IommuError {
         unit: usize,
     },
     Map(MapError),
+    /// The units' registers could not be mapped for L0.
+    MapRegisters(MapError),
     TooFragmented,
     Unit {
         unit: usize,
@@ -59,6 +61,7 @@ impl fmt::Display for IommuError {
                 "VT-d unit {unit} translates 39 bits, and memory lies above 512 GiB"
             ),
             Self::Map(e) => write!(f, "DMA tables: {e}"),
+            Self::MapRegisters(e) => write!(f, "VT-d registers: {e}"),
             Self::TooFragmented => write!(f, "the DMA map has too many pieces"),
             Self::Unit { unit, error } => write!(f, "VT-d unit {unit}: {error}"),
         }
