@@ -84,7 +84,7 @@ impl<P: Platform> NestedHw for L1Hw<'_, P> {
         if super::msr::emulated_by_l0(msr) {
             return super::msr::write(msr, value, self.mtrr).is_ok();
         }
-        self.p.write_msr(msr, value)
+        super::perfmon::cpu_write_allowed(msr, value) && self.p.write_msr(msr, value)
     }
 }
 
@@ -375,7 +375,9 @@ impl Vcpu {
                 self.regs.gpr[GuestRegs::RDX] = v >> 32;
                 true
             }
-            (Some(Home::Msr), true) => p.write_msr(msr, value),
+            (Some(Home::Msr), true) => {
+                super::perfmon::cpu_write_allowed(msr, value) && p.write_msr(msr, value)
+            }
             (Some(Home::Msr), false) => match p.read_msr(msr) {
                 Some(v) => {
                     self.regs.gpr[GuestRegs::RAX] = v & 0xffff_ffff;

@@ -418,6 +418,10 @@ impl Vcpu {
                 index: crate::machine::ap_wait::X2APIC_ICR,
                 write: true,
             } => return self.l1_x2apic_icr(m, v, p),
+            VmExit::Msr {
+                index: perfmon::IA32_XSS,
+                write: true,
+            } => self.wrmsr_checked(v, p, perfmon::IA32_XSS),
             VmExit::Msr { index, write: true } => self.wrmsr(v, index),
             VmExit::Cr(access) => return self.cr_access(v, p, access),
             VmExit::Xsetbv => self.xsetbv(v, p),
@@ -703,6 +707,16 @@ impl Vcpu {
                 skip_instruction(v);
             }
             Err(_) => inject_exception(v, GP, Some(0)),
+        }
+    }
+
+    /// WRMSR of an MSR L0 traps only to check the value: to the CPU.
+    fn wrmsr_checked<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P, m: u32) {
+        let value = self.edx_eax();
+        if perfmon::cpu_write_allowed(m, value) && p.write_msr(m, value) {
+            skip_instruction(v);
+        } else {
+            inject_exception(v, GP, Some(0));
         }
     }
 

@@ -127,6 +127,8 @@ pub fn l1_msr_bitmap() -> MsrBitmap {
     for m in super::perfmon::withheld_msrs() {
         b.intercept(m, true, true);
     }
+    // Written to the CPU once checked (vcpu/perfmon.rs).
+    b.intercept(super::perfmon::IA32_XSS, false, true);
     b
 }
 
@@ -384,6 +386,11 @@ mod tests {
             assert_eq!(write(msr, 0, &mut m), Err(MsrFault), "{msr:#x}");
         }
         assert!(!b.intercepts(0x1d9, true), "DEBUGCTL is L1's");
+        assert!(
+            b.intercepts(0xda0, true) && !b.intercepts(0xda0, false),
+            "IA32_XSS writes"
+        );
+        assert!(!emulated_by_l0(0xda0), "the CPU's, once checked");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! counters and architectural LBRs count and record in VMX root; energy
 //! counters measure L0's work as it runs. So CPUID says the facilities are
 //! absent and every MSR in the table exits and gets #GP, as on a CPU
-//! without them (SDM Vol. 3B ch. 20 and 33; addresses from Vol. 4 ch. 2).
+//! without them (SDM Vol. 3B ch. 20 and 33; addresses from Vol. 4 ch. 2),
+//! and IA32_XSS may not name their XSAVE components (XRSTORS would load
+//! the MSRs without a WRMSR: SDM Vol. 1 ch. 13).
 //!
 //! IA32_DEBUGCTL stays L1's: a VM exit clears it (SDM Vol. 3C 28.5.1), so
 //! legacy LBR, BTF and BTS never run in L0; the LBR stack they fill is only
@@ -42,12 +44,20 @@ pub struct FeatureBit {
 pub struct Facility {
     /// Feature flags cleared in the guest's CPUID.
     pub flags: &'static [FeatureBit],
-    /// A leaf that describes only this facility: all zero for the guest.
-    pub leaf: Option<u32>,
+    /// Leaves (one subleaf, or None: every subleaf) that describe only
+    /// this facility: all zero for the guest.
+    pub leaves: &'static [(u32, Option<u32>)],
+    /// Its XSAVE supervisor state component: an IA32_XSS bit, through
+    /// which XRSTORS would load its MSRs without WRMSR.
+    pub xss_component: Option<u32>,
     /// Its MSRs: each read and write exits and gets #GP.
     pub msrs: &'static [RangeInclusive<u32>],
 }
 
+/// IA32_XSS: which supervisor state components XSAVES/XRSTORS handle.
+pub const IA32_XSS: u32 = 0xda0;
+
+/// A flag of leaf 1 (which ignores ECX), or of subleaf 0 of leaf 7.
 const fn flag(leaf: u32, reg: Reg, bit: u32) -> FeatureBit {
     let subleaf = if leaf == 7 { Some(0) } else { None };
     FeatureBit {
@@ -58,6 +68,16 @@ const fn flag(leaf: u32, reg: Reg, bit: u32) -> FeatureBit {
     }
 }
 
+/// CPUID(0xD, 1).ECX: the IA32_XSS bits the CPU supports.
+const fn xss_flag(component: u32) -> FeatureBit {
+    FeatureBit {
+        leaf: 0xd,
+        subleaf: Some(1),
+        reg: Reg::Ecx,
+        bit: component,
+    }
+}
+
 /// The one table.
 pub const WITHHELD: &[Facility] = &[
     // Architectural performance monitoring.
@@ -65,7 +85,8 @@ pub const WITHHELD: &[Facility] = &[
         // PDCM: IA32_PERF_CAPABILITIES exists.
         flags: &[flag(1, Reg::Ecx, 15)],
         // 0xA version 0 = no architectural PMU (SDM Vol. 3B 20.2.1).
-        leaf: Some(0xa),
+        leaves: &[(0xa, None)],
+        xss_component: None,
         msrs: &[
             0xc1..=0xc8,     // IA32_PMC0-7
             0x186..=0x18d,   // IA32_PERFEVTSEL0-7
@@ -86,7 +107,8 @@ pub const WITHHELD: &[Facility] = &[
             flag(1, Reg::Ecx, 2),
             flag(1, Reg::Ecx, 4),
         ],
-        leaf: None,
+        leaves: &[],
+        xss_component: None,
         msrs: &[
             0x3f1..=0x3f2, // IA32_PEBS_ENABLE, MSR_PEBS_DATA_CFG
             0x3f6..=0x3f7, // MSR_PEBS_LD_LAT, MSR_PEBS_FRONTEND
@@ -95,8 +117,9 @@ pub const WITHHELD: &[Facility] = &[
     },
     // Intel Processor Trace.
     Facility {
-        flags: &[flag(7, Reg::Ebx, 25)],
-        leaf: Some(0x14),
+        flags: &[flag(7, Reg::Ebx, 25), xss_flag(8)],
+        leaves: &[(0x14, None), (0xd, Some(8))],
+        xss_component: Some(8),
         msrs: &[
             0x560..=0x561, // IA32_RTIT_OUTPUT_BASE, _OUTPUT_MASK_PTRS
             0x570..=0x572, // IA32_RTIT_CTL, _STATUS, _CR3_MATCH
@@ -106,7 +129,8 @@ pub const WITHHELD: &[Facility] = &[
     // Last branch records (model-specific MSRs; DEBUGCTL.LBR stays L1's).
     Facility {
         flags: &[],
-        leaf: None,
+        leaves: &[],
+        xss_component: None,
         msrs: &[
             0x40..=0x47,   // MSR_LASTBRANCH_0-7_FROM_IP (older cores)
             0x60..=0x67,   // MSR_LASTBRANCH_0-7_TO_IP (older cores)
@@ -121,8 +145,9 @@ pub const WITHHELD: &[Facility] = &[
     Facility {
         // Unlike DEBUGCTL.LBR, IA32_LBR_CTL is not cleared by a VM exit
         // without a control L0 would have to depend on.
-        flags: &[flag(7, Reg::Edx, 19)],
-        leaf: Some(0x1c),
+        flags: &[flag(7, Reg::Edx, 19), xss_flag(15)],
+        leaves: &[(0x1c, None), (0xd, Some(15))],
+        xss_component: Some(15),
         msrs: &[
             0x1200..=0x121f, // IA32_LBR_0-31_INFO
             0x14ce..=0x14cf, // IA32_LBR_CTL, IA32_LBR_DEPTH
@@ -135,7 +160,8 @@ pub const WITHHELD: &[Facility] = &[
     // CVE-2020-8694/8695). Power limits stay L1's.
     Facility {
         flags: &[],
-        leaf: None,
+        leaves: &[],
+        xss_component: None,
         msrs: &[
             0x611..=0x611, // MSR_PKG_ENERGY_STATUS
             0x619..=0x619, // MSR_DRAM_ENERGY_STATUS
@@ -160,10 +186,28 @@ pub fn withheld_msrs() -> impl Iterator<Item = u32> {
         .flat_map(|f| f.msrs.iter().cloned().flatten())
 }
 
+/// Whether a value for IA32_XSS names no withheld component (else the
+/// write gets #GP, as on a CPU without them).
+pub fn xss_allowed(value: u64) -> bool {
+    WITHHELD
+        .iter()
+        .filter_map(|f| f.xss_component)
+        .all(|c| value & 1 << c == 0)
+}
+
+/// Whether a guest's WRMSR that L0 carries out on the CPU may go ahead:
+/// only IA32_XSS is checked here (the withheld MSRs never get this far).
+pub fn cpu_write_allowed(msr: u32, value: u64) -> bool {
+    msr != IA32_XSS || xss_allowed(value)
+}
+
 /// Removes the withheld facilities from CPUID(`leaf`, `subleaf`).
 pub fn hide_in_cpuid(leaf: u32, subleaf: u32, regs: &mut [u32; 4]) {
     for f in WITHHELD {
-        if f.leaf == Some(leaf) {
+        if f.leaves
+            .iter()
+            .any(|&(l, s)| l == leaf && s.is_none_or(|s| s == subleaf))
+        {
             *regs = [0; 4];
         }
         for b in f.flags {
@@ -216,6 +260,16 @@ mod tests {
     }
 
     #[test]
+    fn xrstors_cannot_load_pt_or_lbr_state() {
+        assert!(
+            xss_allowed(0) && xss_allowed(1 << 11 | 1 << 12),
+            "CET state"
+        );
+        assert!(!xss_allowed(1 << 8), "PT");
+        assert!(!xss_allowed(1 << 15 | 1 << 11), "arch LBR");
+    }
+
+    #[test]
     fn cpuid_shows_no_pmu_ds_or_pt() {
         let mut l1 = [0x50654, 0, u32::MAX, u32::MAX];
         hide_in_cpuid(1, 0x1234, &mut l1);
@@ -243,6 +297,14 @@ mod tests {
         hide_in_cpuid(7, 0, &mut l7);
         assert_eq!(l7[1] & (1 << 25), 0, "PT");
         assert_eq!(l7[3] & (1 << 19), 0, "arch LBR");
+        let mut xsave = [u32::MAX; 4];
+        hide_in_cpuid(0xd, 1, &mut xsave);
+        assert_eq!(xsave[2], !(1 << 8 | 1 << 15), "no PT or LBR state in XSS");
+        for (sub, zero) in [(8, true), (15, true), (2, false)] {
+            let mut r = [1; 4];
+            hide_in_cpuid(0xd, sub, &mut r);
+            assert_eq!(r == [0; 4], zero, "0xD subleaf {sub}");
+        }
         let mut l7_1 = [u32::MAX; 4];
         hide_in_cpuid(7, 1, &mut l7_1);
         assert_eq!(l7_1, [u32::MAX; 4], "other subleaves keep their bits");

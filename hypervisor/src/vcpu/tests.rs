@@ -469,6 +469,23 @@ fn shutdown_watch_sequences() {
     assert_eq!(w.feed(b'n'), ShutdownFeed::Shutdown);
 }
 
+#[test]
+fn xss_cannot_name_pt_or_lbr_state() {
+    let (mut c, mut v, mut p) = setup();
+    p.msrs.insert(0xda0, 0);
+    c.regs.gpr[GuestRegs::RCX] = 0xda0;
+    c.regs.gpr[GuestRegs::RAX] = 1 << 8; // PT
+    exit(&mut v, reason::WRMSR, 0, 2);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!(injected(&v), Some((13, Some(0))));
+    assert_eq!(p.msrs[&0xda0], 0, "XRSTORS cannot load PT state");
+    c.regs.gpr[GuestRegs::RAX] = 1 << 11 | 1 << 12; // CET
+    exit(&mut v, reason::WRMSR, 0, 2);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!(injected(&v), None);
+    assert_eq!(p.msrs[&0xda0], 0x1800, "other components reach the CPU");
+}
+
 /// (That L1's performance-monitoring MSRs exit at all is the bitmap's
 /// business: `msr::tests::perfmon_and_trace_msrs_exit_and_fault`.)
 #[test]
@@ -1323,6 +1340,15 @@ mod nested {
         c.handle_exit(&mut v, &mut p);
         assert_eq!(injected(&v), Some((13, Some(0))));
         assert!(c.nested.in_l2());
+        // L2's IA32_XSS, which L1 lets through, cannot name PT state either.
+        p.msrs.insert(0xda0, 0);
+        c.regs.gpr[GuestRegs::RCX] = 0xda0;
+        c.regs.gpr[GuestRegs::RAX] = 1 << 8;
+        c.regs.gpr[GuestRegs::RDX] = 0;
+        exit(&mut v, reason::WRMSR, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(injected(&v), Some((13, Some(0))));
+        assert_eq!((p.msrs[&0xda0], c.nested.in_l2()), (0, true));
         // RDPMC exits from L2 whatever L1 chose; not asked for by L1, #GP.
         assert_ne!(
             v.v02.read(F::CPU_BASED_VM_EXEC_CONTROL) & RDPMC_EXITING as u64,
