@@ -105,6 +105,11 @@ pub fn pump() {
     }
 }
 
+/// Bytes the send queue takes now without waiting for the line.
+pub fn tx_room() -> usize {
+    TX_QUEUE - LINE.lock().len
+}
+
 /// The management port's base, if one is in use.
 pub fn serial_base() -> Option<u16> {
     LINE.lock().port.map(|p| p.base())

@@ -20,9 +20,10 @@ use crate::arch::{ap_boot, bringup, cpu, cpu_loop, image, tables, tsc, vmx as vm
 use crate::config::{self, SerialChoice};
 use crate::l1_plan::{self, BootModule};
 use crate::logger;
-use crate::machine::Machine;
+use crate::machine::shared::SharedMachine;
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
 use crate::mm::paging::PageSize;
+use crate::shadow::limits::Limits;
 use crate::vmx::caps;
 use crate::vmx::requirements;
 use crate::{acpi, cpus, iommu};
@@ -67,6 +68,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     let pool_range = fw
         .choose_pool(pool_size, &occupied)
         .unwrap_or_else(|e| fatal(format_args!("{e}")));
+    // The heap: a quarter of l0_mem (shadow/limits.rs counts on it).
     pool::init(pool_range, cfg.l0_mem / 4);
     info!(
         "memory: {} MiB of RAM; L0 pool {pool_range} ({} MiB)",
@@ -206,12 +208,20 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         isolate_dma(&fw, d, &l0_frames);
     }
     machine.shadow.intercept_com = cfg.shadow;
+    let limits = Limits::for_heap((cfg.l0_mem / 4) as usize);
+    machine.shadow.set_limits(limits, pool::heap_free);
+    info!(
+        "shadow devices: up to {} user VMs and {} VMCS12s at once (l0_mem={} MiB)",
+        limits.vms,
+        limits.vmcs,
+        cfg.l0_mem >> 20
+    );
     vcpu.register(&mut machine, cpus::apic_id(cpu::cpuid));
     if !cfg.shadow {
         warn!("shadow=off: user VMs' COM ports go to the guest hypervisor (a baseline for measurements, not the product)");
     }
     // What every CPU shares, behind one lock (docs/architecture.md).
-    let machine: &'static spin::Mutex<Machine> = Box::leak(Box::new(spin::Mutex::new(machine)));
+    let machine: &'static SharedMachine = Box::leak(Box::new(SharedMachine::new(machine)));
 
     // The other CPUs: each runs a vCPU of the cloud VM, waiting for the
     // start-up IPI of L1's own boot CPU.

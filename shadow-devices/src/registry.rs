@@ -376,6 +376,9 @@ pub struct Restored<K> {
 /// Shadow devices of every VM, keyed by `K`.
 pub struct Registry<K> {
     vms: BTreeMap<K, VmDevices>,
+    /// Who holds each tag: the ultracalls and the console find VMs by tag,
+    /// and a scan of every VM would cost each call O(VMs).
+    by_tag: BTreeMap<VmTag, K>,
     factory: DeviceFactory,
 }
 
@@ -390,6 +393,7 @@ impl<K: Ord + Copy> Registry<K> {
     pub fn new(factory: DeviceFactory) -> Registry<K> {
         Registry {
             vms: BTreeMap::new(),
+            by_tag: BTreeMap::new(),
             factory,
         }
     }
@@ -414,12 +418,21 @@ impl<K: Ord + Copy> Registry<K> {
 
     /// Forgets a VM (it was destroyed); its tag becomes free.
     pub fn remove(&mut self, key: &K) -> Option<VmDevices> {
-        self.vms.remove(key)
+        let vm = self.vms.remove(key)?;
+        if let Some(t) = &vm.tag {
+            self.by_tag.remove(t);
+        }
+        Some(vm)
     }
 
     /// VMs in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &VmDevices)> {
         self.vms.iter()
+    }
+
+    /// VMs in key order from `key` on (a listing resumed where it stopped).
+    pub fn iter_from(&self, key: K) -> impl Iterator<Item = (&K, &VmDevices)> {
+        self.vms.range(key..)
     }
 
     /// VMs in key order, mutable.
@@ -439,10 +452,7 @@ impl<K: Ord + Copy> Registry<K> {
 
     /// The VM holding `tag`.
     pub fn find_by_tag(&self, tag: &VmTag) -> Option<K> {
-        self.vms
-            .iter()
-            .find(|(_, v)| v.tag.as_ref() == Some(tag))
-            .map(|(k, _)| *k)
+        self.by_tag.get(tag).copied()
     }
 
     /// Binds `tag` to the VM (created if new). Idempotent for the same
@@ -458,6 +468,7 @@ impl<K: Ord + Copy> Registry<K> {
             return Err(Error::TagAlreadySet);
         }
         vm.tag = Some(tag);
+        self.by_tag.insert(tag, key);
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use super::platform::Hardware;
 use super::pool::{alloc_frames, PoolTables};
 use super::{apic, cpu, cpu_loop, tables, vmx as vmxi};
 use crate::cpus::{self, CpuKind, HostCpus, Mismatch, TRAMPOLINE_SIZE};
-use crate::machine::Machine;
+use crate::machine::shared::SharedMachine;
 use crate::mm::frames::FRAME;
 use crate::mm::paging::{self, Ia32e, PageAttr, PageSize};
 use crate::vmx::requirements;
@@ -146,7 +146,7 @@ const FAILED: u32 = 3;
 /// What the APs that run the cloud VM share: the machine-wide part behind
 /// its lock, how to build a vCPU, the hardware handle each CPU copies.
 pub struct ApShare {
-    pub machine: &'static spin::Mutex<Machine>,
+    pub machine: &'static SharedMachine,
     pub template: VcpuTemplate,
     pub hw: Hardware,
 }

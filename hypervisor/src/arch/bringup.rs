@@ -180,6 +180,7 @@ pub fn cloud_vm(
         mgmt_port,
         shutdown: ShutdownWatch::default(),
         ap_wait: Default::default(),
+        vmcs12_owners: Default::default(),
         cpus: alloc::vec::Vec::new(),
     };
     (vcpu, machine, template)
@@ -226,6 +227,8 @@ pub fn vcpu(t: &VcpuTemplate, first: FirstState) -> Vcpu {
     let msr02 = alloc_frames(1, "MSR bitmap");
     // SAFETY: a fresh pool frame.
     unsafe { core::ptr::write_bytes(msr02 as *mut u8, 0xff, 4096) };
+    // Filled with all ones at each entry that uses it (nested/entry.rs).
+    let vapic_unbacked = alloc_frames(1, "virtual-APIC page");
     // SAFETY: fresh frames; revision id first (bit 31 marks the shadow
     // VMCS); VMCLEAR puts them in the clear state; VMCS01 ends up current.
     unsafe {
@@ -298,6 +301,7 @@ pub fn vcpu(t: &VcpuTemplate, first: FirstState) -> Vcpu {
         io_l0: t.vmcs02_io.0,
         io_all: t.vmcs02_io.1,
         msr02,
+        vapic_unbacked,
     };
     let ncaps = nested::caps::NestedCaps::new(&t.vcaps);
     let host = HostVmx {

@@ -6,7 +6,7 @@ use super::cpu;
 use super::fault::{deliver_pending_nmi, fatal};
 use super::platform::{Hardware, HwVmcsSet};
 use crate::logger;
-use crate::machine::Machine;
+use crate::machine::shared::SharedMachine;
 use crate::nested::VmcsSet;
 use crate::vcpu::{report, Outcome, Vcpu};
 use crate::vmx::{Field as F, Vmcs};
@@ -14,24 +14,23 @@ use crate::vmx::{Field as F, Vmcs};
 /// Runs a vCPU of the cloud VM on this CPU for good: before each entry the
 /// pending events, then VMLAUNCH/VMRESUME of L1 or L2, then the exit's
 /// handler with its cost accounted; a stop is fatal with the guest state
-/// in the report. The machine-wide part is locked for each exit's
-/// handling. One CPU, `serves_console`, owns the management line, the
-/// relay interrupt into L1 and NMIs that arrive while L0 runs.
-pub fn run(
-    vcpu: &mut Vcpu,
-    machine: &spin::Mutex<Machine>,
-    hw: &mut Hardware,
-    serves_console: bool,
-) -> ! {
+/// in the report. The machine-wide part is locked by the exits that need
+/// it, for the rest of that exit. One CPU, `serves_console`, owns the
+/// management line and the relay interrupt into L1; an NMI that arrives
+/// while L0 runs goes to this CPU's L1.
+pub fn run(vcpu: &mut Vcpu, machine: &SharedMachine, hw: &mut Hardware, serves_console: bool) -> ! {
     // SAFETY: VMCS01 is current; from here on only HwVmcsSet switches.
     let mut vs = unsafe { HwVmcsSet::new(vcpu.vmcs_phys()) };
     let mut last_poll = cpu::rdtsc();
+    let nmi_pending = &super::tables::this_cpu().nmi_pending;
     loop {
         let in_l2 = vcpu.in_l2();
-        if !in_l2 && serves_console {
-            deliver_pending_nmi(vs.current());
-            vcpu.before_l1_entry(&mut machine.lock(), vs.current());
-        } else if in_l2 {
+        if !in_l2 {
+            deliver_pending_nmi(nmi_pending, vs.current());
+            if serves_console {
+                vcpu.before_l1_entry(&mut machine.lock(), vs.current());
+            }
+        } else {
             vcpu.before_l2_entry(vs.current(), &mut hw.mem);
         }
         let launched = vcpu.launched(in_l2);

@@ -14,9 +14,6 @@ use crate::mm::frames::FRAME;
 use crate::vmx::exit::{event_type, InterruptionInfo};
 use crate::vmx::{Field as F, Vmcs};
 
-/// Set by the NMI handler when an NMI arrives while L0 runs; delivered to L1.
-static NMI_PENDING: AtomicBool = AtomicBool::new(false);
-
 /// Stops L0 with a message on the management line.
 pub fn fatal(args: core::fmt::Arguments) -> ! {
     error!("L0 FATAL: {args}");
@@ -79,7 +76,9 @@ const EXCEPTION_NAMES: [&str; 32] = [
 #[no_mangle]
 extern "C" fn handle_exception(f: &mut ExceptionFrame) {
     if f.vector == 2 {
-        NMI_PENDING.store(true, Ordering::Relaxed);
+        super::tables::this_cpu()
+            .nmi_pending
+            .store(true, Ordering::Relaxed);
         return;
     }
     if f.vector == 13 {
@@ -147,14 +146,15 @@ mod heapless_line {
     }
 }
 
-/// Delivers an NMI that arrived while L0 ran, when L1 can take it.
-pub fn deliver_pending_nmi(v: &mut impl Vmcs) {
+/// Delivers an NMI that arrived while L0 ran on this CPU (`pending`, its
+/// `PerCpu::nmi_pending`) to this CPU's L1, when L1 can take it.
+pub fn deliver_pending_nmi(pending: &AtomicBool, v: &mut impl Vmcs) {
     const BLOCKING_BY_NMI: u64 = 1 << 3;
-    if NMI_PENDING.load(Ordering::Relaxed)
+    if pending.load(Ordering::Relaxed)
         && v.read(F::GUEST_INTERRUPTIBILITY_INFO) & BLOCKING_BY_NMI == 0
         && v.read(F::VM_ENTRY_INTR_INFO_FIELD) & InterruptionInfo::VALID as u64 == 0
     {
-        NMI_PENDING.store(false, Ordering::Relaxed);
+        pending.store(false, Ordering::Relaxed);
         v.write(
             F::VM_ENTRY_INTR_INFO_FIELD,
             InterruptionInfo::new(2, event_type::NMI, false).0 as u64,

@@ -3,6 +3,8 @@
 
 use boot::memmap::{Range, RangeSet};
 
+use core::sync::atomic::Ordering;
+
 use crate::guest_mem::{GuestMemory, MemError};
 
 /// The cloud VM's RAM.
@@ -38,8 +40,10 @@ impl GuestMemory for L1Ram {
     }
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.check(gpa, buf.len() as u64)?;
-        // SAFETY: checked to lie in identity-mapped L1 RAM; a guest may change
-        // it concurrently only on other CPUs, and L1 runs on this one.
+        // SAFETY: checked to lie in identity-mapped L1 RAM. L1 on other CPUs
+        // may change it meanwhile: L0 copies bytes, forms no reference into
+        // guest memory, and takes what it reads as untrusted; words it
+        // shares with L1 go through compare_exchange_u64.
         unsafe { core::ptr::copy_nonoverlapping(gpa as *const u8, buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
@@ -54,5 +58,18 @@ impl GuestMemory for L1Ram {
         // SAFETY: as in write().
         unsafe { core::ptr::write_bytes(gpa as *mut u8, 0, len as usize) };
         Ok(())
+    }
+    fn compare_exchange_u64(
+        &mut self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        crate::guest_mem::aligned_word(gpa)?;
+        self.check(gpa, 8)?;
+        // SAFETY: an aligned word of identity-mapped L1 RAM (checked), only
+        // ever accessed atomically here and by L1's locked instructions.
+        let word = unsafe { core::sync::atomic::AtomicU64::from_ptr(gpa as *mut u64) };
+        Ok(word.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst))
     }
 }

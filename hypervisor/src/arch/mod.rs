@@ -13,6 +13,8 @@ pub mod cpu;
 pub mod cpu_loop;
 #[cfg(target_os = "none")]
 pub mod fault;
+#[cfg(test)]
+pub mod heap_meter;
 #[cfg(target_os = "none")]
 pub mod image;
 #[cfg(target_os = "none")]

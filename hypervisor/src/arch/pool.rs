@@ -49,6 +49,11 @@ pub fn alloc_frames(n: usize, what: &str) -> u64 {
     }
 }
 
+/// Heap bytes not allocated now (free space, not the largest free block).
+pub fn heap_free() -> usize {
+    HEAP.lock().free()
+}
+
 /// Frame allocator and heap over the pool.
 pub fn init(pool: Range, heap_size: u64) {
     let frames = (pool.len() / FRAME) as usize;

@@ -4,7 +4,8 @@
 //! their own stacks so a stack overflow is reported instead of
 //! triple-faulting. Every CPU has its own GDT and TSS (a TSS descriptor is
 //! marked busy by the CPU that loads it, and each has its own IST stacks);
-//! all share the one IDT.
+//! all share the one IDT. Beside its TSS each CPU keeps its own data
+//! (`PerCpu`), found from TR.
 
 use core::mem::size_of;
 use core::ptr::{addr_of, addr_of_mut};
@@ -28,6 +29,16 @@ struct Tss {
     iomap_base: u16,
 }
 
+/// What a CPU keeps for itself, beside its TSS: the TSS is the one
+/// structure each CPU locates on its own (TR), so an exception handler
+/// finds its CPU's data without a lock or a table (`this_cpu`).
+#[repr(C)]
+pub struct PerCpu {
+    tss: Tss,
+    /// An NMI arrived while L0 ran on this CPU; it goes to this CPU's L1.
+    pub nmi_pending: AtomicBool,
+}
+
 #[repr(C, align(16))]
 struct Stack([u8; 16 * 1024]);
 
@@ -42,7 +53,10 @@ const EMPTY_TSS: Tss = Tss {
     _reserved3: 0,
     iomap_base: size_of::<Tss>() as u16, // no I/O permission bitmap
 };
-static mut TSS: Tss = EMPTY_TSS;
+static mut BOOT_CPU: PerCpu = PerCpu {
+    tss: EMPTY_TSS,
+    nmi_pending: AtomicBool::new(false),
+};
 static mut GDT: [u64; 5] = [0; 5];
 static mut IDT: [[u64; 2]; 32] = [[0; 2]; 32];
 
@@ -98,16 +112,16 @@ pub fn init() {
     );
     // SAFETY: the first and only call (above), on the boot CPU before
     // anything else runs: nothing else references these statics yet.
-    let (tss, gdt, idt) = unsafe {
+    let (boot, gdt, idt) = unsafe {
         (
-            &mut *addr_of_mut!(TSS),
+            &mut *addr_of_mut!(BOOT_CPU),
             &mut *addr_of_mut!(GDT),
             &mut *addr_of_mut!(IDT),
         )
     };
-    tss.ist[0] = stack_top(addr_of_mut!(DOUBLE_FAULT_STACK));
-    tss.ist[1] = stack_top(addr_of_mut!(NMI_STACK));
-    *gdt = gdt_with(addr_of!(TSS) as u64);
+    boot.tss.ist[0] = stack_top(addr_of_mut!(DOUBLE_FAULT_STACK));
+    boot.tss.ist[1] = stack_top(addr_of_mut!(NMI_STACK));
+    *gdt = gdt_with(addr_of!(BOOT_CPU) as u64);
     // NMI and double fault on their own stacks.
     *idt = boot::exceptions::idt(CODE_SELECTOR, |v| match v {
         2 => 2,
@@ -129,8 +143,13 @@ pub fn init_ap(ist_stacks: u64, ist_size: u64) {
     let mut tss = EMPTY_TSS;
     tss.ist[0] = ist_stacks + ist_size;
     tss.ist[1] = ist_stacks + 2 * ist_size;
-    let tss: &'static Tss = alloc::boxed::Box::leak(alloc::boxed::Box::new(tss));
-    let gdt = alloc::boxed::Box::leak(alloc::boxed::Box::new(gdt_with(tss as *const Tss as u64)));
+    let this: &'static PerCpu = alloc::boxed::Box::leak(alloc::boxed::Box::new(PerCpu {
+        tss,
+        nmi_pending: AtomicBool::new(false),
+    }));
+    let gdt = alloc::boxed::Box::leak(alloc::boxed::Box::new(gdt_with(
+        this as *const PerCpu as u64,
+    )));
     // SAFETY: the boot CPU built the IDT before starting any AP; the GDT
     // and TSS were just built and are never freed.
     unsafe { load(gdt) };
@@ -146,6 +165,13 @@ pub fn tss_base() -> u64 {
         (gdt.add(i).read(), gdt.add(i + 1).read())
     };
     (lo >> 16 & 0xff_ffff) | (lo >> 56 & 0xff) << 24 | hi << 32
+}
+
+/// This CPU's own data (after `init` or `init_ap` ran on it).
+pub fn this_cpu() -> &'static PerCpu {
+    // SAFETY: every TSS L0 loads is the first field of a 'static PerCpu
+    // (init, init_ap); repr(C) puts it at the PerCpu's address.
+    unsafe { &*(tss_base() as *const PerCpu) }
 }
 
 pub use boot::exceptions::ExceptionFrame;

@@ -27,6 +27,13 @@ pub struct Session {
 /// few busy consoles fill it.
 pub const MAX_SESSIONS: usize = 8;
 
+/// A `list` answer goes out at most this many VMs per visit to the line,
+/// and only while the line's send queue has [`LIST_ROOM`] bytes free: the
+/// list of 1024 VMs (~90 KB) then follows the line's pace (~11 KB/s)
+/// instead of stopping L0 until the queue drains.
+const LIST_BATCH: usize = 16;
+const LIST_ROOM: usize = 4096;
+
 #[derive(Default)]
 pub struct Console {
     /// The ports the console follows; the last one attached takes input.
@@ -36,6 +43,8 @@ pub struct Console {
     input_backlog: Vec<u8>,
     /// The operator asked for `stats` (the vCPU answers: it holds them).
     stats_wanted: bool,
+    /// A `list` answer under way: the next VM to list, how many so far.
+    listing: Option<(VmId, usize)>,
 }
 
 impl Console {
@@ -83,8 +92,9 @@ impl Console {
             Command::Ping => out.push(mgmt::frame(format_args!("pong"))),
             Command::Stats => self.stats_wanted = true,
             Command::List => {
-                out.extend(sh.devices.iter().map(|(&id, _)| vm_frame(sh, id)));
-                out.push(mgmt::frame(format_args!("end-list {}", sh.devices.len())));
+                // (A list asked for again starts over.)
+                self.listing = Some((0, 0));
+                out.extend(self.list_more(sh));
             }
             Command::Attach { target, port } => {
                 let port = port.unwrap_or(COM_PORTS[0]);
@@ -216,12 +226,35 @@ impl Console {
         out
     }
 
+    /// The next part of a `list` answer under way, as the line has room.
+    fn list_more(&mut self, sh: &Shadow) -> Frames {
+        let mut out = Vec::new();
+        let Some((from, listed)) = self.listing else {
+            return out;
+        };
+        if crate::logger::tx_room() < LIST_ROOM {
+            return out;
+        }
+        let mut vms = sh.devices.iter_from(from).map(|(&id, _)| id);
+        out.extend(vms.by_ref().take(LIST_BATCH).map(|id| vm_frame(sh, id)));
+        let listed = listed + out.len();
+        self.listing = match vms.next() {
+            Some(next) => Some((next, listed)),
+            None => {
+                out.push(mgmt::frame(format_args!("end-list {listed}")));
+                None
+            }
+        };
+        out
+    }
+
     /// Moves console bytes both ways for the followed ports: the guests'
     /// output to the operator (at most `mgmt::OUT_CHUNK` per frame, a few
     /// frames per call), the operator's input into the device as it takes
-    /// it; the notices go first.
+    /// it; the notices go first, then the next part of a `list` answer.
     pub fn pump(&mut self, sh: &mut Shadow) -> Frames {
         let mut out = self.notices(sh);
+        out.extend(self.list_more(sh));
         let input = self.sessions.last().copied();
         // Sessions of VMs that ended without a VMCLEAR/VMXOFF notice.
         self.sessions.retain(|s| sh.devices.get(&s.vm).is_some());

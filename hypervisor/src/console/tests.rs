@@ -34,8 +34,10 @@ impl Host {
     fn pump(&mut self) -> Frames {
         self.con.pump(&mut self.sh)
     }
+    /// A VMCLEAR that ends the VM (its deadline passed).
     fn vmclear(&mut self, vmcs12: u64) -> Frames {
-        self.sh.vmclear(vmcs12);
+        self.sh.vmclear(vmcs12, 0);
+        self.sh.expire(0);
         self.con.notices(&mut self.sh)
     }
 }
@@ -177,6 +179,40 @@ fn vm_end_drops_devices_and_detaches() {
     );
     assert_eq!(s.vm_count(), 0);
     assert!(s.con.sessions.is_empty());
+}
+
+/// KVM moves a vCPU to another CPU with a VMCLEAR there and an entry
+/// here: its VM, devices and session stay. A VMCLEAR not followed by an
+/// entry ends the VM at its deadline; an entry with another VM's EPT12
+/// root (the page reused) ends it at once.
+#[test]
+fn a_moving_vcpu_keeps_its_vm() {
+    let mut s = shadow();
+    let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
+    send(&mut s, "attach 1");
+    s.con.notices(&mut s.sh);
+    s.sh.vmclear(0x1000, 100);
+    s.sh.expire(99);
+    s.sh.note_entry(0x1000, Some(0x10_0000 | 0x5e));
+    s.sh.expire(1000);
+    assert_eq!(s.vm_count(), 1);
+    assert!(events(s.con.notices(&mut s.sh)).is_empty());
+    assert!(!s.con.sessions.is_empty(), "still attached");
+    assert_eq!(s.sh.identify(0x1000, Some(0x10_0000)), Some(a));
+    // Freed: the VM ends at the deadline.
+    s.sh.vmclear(0x1000, 2000);
+    s.sh.expire(1999);
+    assert_eq!(s.vm_count(), 1);
+    s.sh.expire(2000);
+    assert_eq!(s.vm_count(), 0);
+    assert!(events(s.con.notices(&mut s.sh)).contains(&Event::Gone { id: a }));
+    // Reused by another VM before the deadline: the old one ends now.
+    let b = s.identify(0x3000, Some(0x30_0000)).unwrap();
+    s.sh.vmclear(0x3000, 5000);
+    s.sh.note_entry(0x3000, Some(0x40_0000));
+    assert_eq!(s.vm_count(), 0, "VM {b} ended");
+    let c = s.sh.identify(0x3000, Some(0x40_0000)).unwrap();
+    assert_ne!(c, b);
 }
 
 #[test]
@@ -344,4 +380,38 @@ fn save_restore_through_the_registry() {
         nokey.save_with(&tag, |_| Ok::<(), ()>(())).unwrap_err(),
         Error::NoKey
     );
+}
+
+/// `list` of 1024 VMs goes out a batch per visit to the line, every VM
+/// once and in order, then `end-list 1024`; VMs that end meanwhile are
+/// skipped, not listed as gone.
+#[test]
+fn a_list_of_1024_vms_is_paced() {
+    let mut s = shadow();
+    for i in 0..1024u64 {
+        s.identify(0x1_0000_0000 + i * 0x1000, Some(0x4000_0000 + i * 0x1000))
+            .unwrap();
+    }
+    let _ = s.take_notices();
+    let mut got = send(&mut s, "list");
+    assert_eq!(got.len(), LIST_BATCH, "the first batch with the answer");
+    let mut visits = 1;
+    s.vmclear(0x1_0000_0000 + 1000 * 0x1000); // VM 1001 ends
+    while !matches!(got.last(), Some(Event::EndList { .. })) {
+        got.extend(events(s.pump()));
+        visits += 1;
+        assert!(visits < 1000, "the list never ends");
+    }
+    let ids: Vec<u64> = got
+        .iter()
+        .filter_map(|e| match e {
+            Event::Vm { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<u64> = (1..=1024).filter(|&id| id != 1001).collect();
+    assert_eq!(ids, want);
+    assert!(matches!(got.last(), Some(Event::EndList { count: 1023 })));
+    assert!(visits >= 1024 / LIST_BATCH, "{visits} visits");
+    assert!(s.pump().is_empty(), "nothing more once it ended");
 }

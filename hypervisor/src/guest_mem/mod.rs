@@ -13,12 +13,15 @@ pub mod walk;
 pub enum MemError {
     /// The range is not (entirely) RAM of this guest.
     NotRam { gpa: u64, len: u64 },
+    /// An atomic access to a word that is not 8-byte aligned.
+    Misaligned { gpa: u64 },
 }
 
 impl fmt::Display for MemError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::NotRam { gpa, len } => write!(f, "[{gpa:#x}, +{len:#x}) is not guest RAM"),
+            Self::Misaligned { gpa } => write!(f, "{gpa:#x} is not 8-byte aligned"),
         }
     }
 }
@@ -30,10 +33,41 @@ pub trait GuestMemory {
     /// Whether `[gpa, gpa + len)` is all RAM of this guest.
     fn is_ram(&self, gpa: u64, len: u64) -> bool;
 
+    /// Atomically replaces the aligned 64-bit word at `gpa` with `new` if it
+    /// holds `current` (a `lock cmpxchg`): the guest's own locked
+    /// instructions on other CPUs see a word that L0 shares with them
+    /// change in one step. Ok(Err(value)) when it held another value.
+    fn compare_exchange_u64(
+        &mut self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError>;
+
     fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
         let mut b = [0; 8];
         self.read(gpa, &mut b)?;
         Ok(u64::from_le_bytes(b))
+    }
+
+    /// Atomically applies `f` to the aligned 64-bit word at `gpa`; returns
+    /// the value it had.
+    fn update_u64(&mut self, gpa: u64, f: impl Fn(u64) -> u64) -> Result<u64, MemError> {
+        let mut old = self.read_u64(gpa)?;
+        loop {
+            match self.compare_exchange_u64(gpa, old, f(old))? {
+                Ok(v) => return Ok(v),
+                Err(now) => old = now,
+            }
+        }
+    }
+}
+
+/// The word an atomic access may use: 8-byte aligned.
+pub fn aligned_word(gpa: u64) -> Result<(), MemError> {
+    match gpa % 8 {
+        0 => Ok(()),
+        _ => Err(MemError::Misaligned { gpa }),
     }
 }
 
@@ -85,6 +119,20 @@ pub mod fake {
             let o = self.slot(gpa, len as usize)?;
             self.bytes[o..o + len as usize].fill(0);
             Ok(())
+        }
+        fn compare_exchange_u64(
+            &mut self,
+            gpa: u64,
+            current: u64,
+            new: u64,
+        ) -> Result<Result<u64, u64>, MemError> {
+            aligned_word(gpa)?;
+            let v = self.read_u64(gpa)?;
+            if v == current {
+                self.write(gpa, &new.to_le_bytes())?;
+                return Ok(Ok(v));
+            }
+            Ok(Err(v))
         }
     }
 }

@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 use boot::memmap::{Range, RangeSet};
 
 use crate::mm::layout::MemType;
-use crate::mm::paging::{map, MapError, PageSize, TableMemory};
+use crate::mm::paging::{map, translate, MapError, PageSize, TableMemory};
 use crate::vmx::ept::{Ept, EptAttr, RWX, WRITE};
 
 pub struct Ept01 {
@@ -37,6 +37,9 @@ pub enum Violation {
     L0Frame,
     /// MMIO beyond the initial map: now mapped uncacheable.
     Mmio,
+    /// Mapped already: another CPU resolved the same page since this
+    /// CPU's exit.
+    Resolved,
 }
 
 impl Ept01 {
@@ -111,6 +114,9 @@ impl Ept01 {
         gpa: u64,
     ) -> Result<Violation, MapError> {
         let page = gpa & !0xfff;
+        if translate(mem, &Ept, self.root, page).is_some() {
+            return Ok(Violation::Resolved);
+        }
         if self.l0.contains(page) || page < self.limit {
             // Below the limit only L0's frames are unmapped.
             self.l0_touches += 1;
@@ -169,7 +175,7 @@ pub fn unmapped(regions: &[(Range, MemType)], limit: u64) -> Vec<Range> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mm::paging::{tests::FakeTables, translate};
+    use crate::mm::paging::tests::FakeTables;
 
     fn setup() -> (FakeTables, Ept01) {
         let mut m = FakeTables::default();
@@ -248,6 +254,9 @@ mod tests {
             let l = translate(&mut m, &Ept, e.root, gpa).unwrap();
             assert_eq!(l.pa, 0x1de0_5000);
         }
+        assert_eq!(e.l0_touches, 2);
+        // Two CPUs' exits for one page: the second finds it resolved.
+        assert_eq!(e.resolve(&mut m, 0x1f00_0008), Ok(Violation::Resolved));
         assert_eq!(e.l0_touches, 2);
         // Still unmapped elsewhere in the pool.
         assert!(translate(&mut m, &Ept, e.root, 0x1e00_0000).is_none());

@@ -4,14 +4,15 @@
 //! key and epoch ledger, the operator's console on the management line,
 //! and the shutdown watch.
 //!
-//! A CPU reaches it only through the `&mut Machine` its exit handler is
-//! given for the length of one exit; with several CPUs that borrow comes
-//! from a lock (docs/architecture.md).
+//! A CPU reaches it only through `shared::SharedMachine`: an exit that
+//! needs it locks it for the rest of that exit (docs/architecture.md).
 
 pub mod ap_wait;
 pub mod cpu_counts;
 pub mod ept01;
+pub mod shared;
 pub mod shutdown;
+pub mod vmcs12_owners;
 
 use crate::console::Console;
 use crate::shadow::Shadow;
@@ -30,6 +31,8 @@ pub struct Machine {
     pub shutdown: ShutdownWatch,
     /// The vCPUs that wait for a SIPI (and the INITs kept from them).
     pub ap_wait: ap_wait::ApWait,
+    /// Which CPU has each VMCS12 current.
+    pub vmcs12_owners: vmcs12_owners::Vmcs12Owners,
     /// Every CPU's exit counts, in the order the CPUs came up.
     pub cpus: alloc::vec::Vec<&'static cpu_counts::CpuCounts>,
 }

@@ -14,6 +14,7 @@ use crate::regs::{
 use crate::vmx::caps::{entry, exit, misc, pin, primary, secondary, Control};
 use crate::vmx::exit::event_type;
 use crate::vmx::fields::{seg, GUEST_SEGMENTS};
+use crate::vmx::guest_cr::check_pdptes;
 use crate::vmx::Field as F;
 
 /// Why the entry failed, and which check said so.
@@ -67,16 +68,31 @@ pub struct CheckCtx<'a> {
     pub maxphyaddr: u8,
     /// Whether L1 runs in IA-32e mode now (IA32_EFER.LMA).
     pub l1_long_mode: bool,
-    /// Whether a page is L1's RAM: L0 never lets hardware use an address
-    /// L1 does not own (its pool, MMIO) for a VMCS structure.
+    /// Whether a page is L1's RAM: the APIC-access page must be (see
+    /// `apic_access_ok`).
     pub is_l1_ram: &'a dyn Fn(u64, u64) -> bool,
     /// The revision of L1's VMCS regions, to check a VMCS link pointer.
     pub read_revision: &'a dyn Fn(u64) -> Option<u32>,
+    /// Eight bytes at an L1-physical address as the processor reads them:
+    /// all ones where no L1 RAM backs them (never L0's memory).
+    pub read_u64: &'a dyn Fn(u64) -> u64,
 }
 
 impl CheckCtx<'_> {
+    /// SDM 27.2.1.1-27.2.1.3: a structure's address must be aligned and
+    /// it must end below MAXPHYADDR; any such address is accepted, backed
+    /// or not (L0 then does what the hardware does with it).
     fn addr_ok(&self, a: u64, align: u64, len: u64) -> bool {
-        a.is_multiple_of(align) && (a + len - 1) >> self.maxphyaddr == 0 && (self.is_l1_ram)(a, len)
+        a.is_multiple_of(align)
+            && a.checked_add(len - 1)
+                .is_some_and(|end| end >> self.maxphyaddr == 0)
+    }
+    /// The APIC-access page goes into VMCS02 as it is, and the processor
+    /// recognizes it by the address EPT02 translates to, which is always
+    /// L1's RAM: elsewhere it would never be recognized, so L0 asks for
+    /// L1's RAM, stricter than the SDM.
+    fn apic_access_ok(&self, a: u64) -> bool {
+        self.addr_ok(a, 4096, 4096) && (self.is_l1_ram)(a, 4096)
     }
     fn canonical(&self, a: u64) -> bool {
         let top = a as i64 >> 47;
@@ -134,6 +150,7 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
                 && v.get(F::TPR_THRESHOLD) & !0xf != 0,
             control
         );
+        check_tpr_threshold(v, c)?;
     } else {
         cc!(
             proc2
@@ -187,7 +204,7 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         control
     );
     if proc2 & secondary::VIRTUALIZE_APIC_ACCESSES != 0 {
-        cc!(!c.addr_ok(v.get(F::APIC_ACCESS_ADDR), 4096, 4096), control);
+        cc!(!c.apic_access_ok(v.get(F::APIC_ACCESS_ADDR)), control);
     }
     cc!(
         proc2 & secondary::ENABLE_VPID != 0 && v.get(F::VIRTUAL_PROCESSOR_ID) == 0,
@@ -230,7 +247,41 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     check_entry_event(v, c)
 }
 
-/// SDM 27.2.1.3: the event to inject on VM entry.
+/// SDM 27.2.1.1: with "use TPR shadow" and neither "virtualize APIC
+/// accesses" nor "virtual-interrupt delivery", TPR threshold[3:0] may not
+/// exceed VTPR[7:4]. VTPR is in the virtual-APIC page, which L2 (CR8
+/// writes) and L1 change without a VMWRITE, so every entry checks it.
+pub fn check_tpr_threshold(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
+    let proc1 = v.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    let proc2 = v.secondary_controls();
+    let apic_virt = secondary::VIRTUALIZE_APIC_ACCESSES | secondary::VIRTUAL_INTERRUPT_DELIVERY;
+    if proc1 & primary::USE_TPR_SHADOW != 0 && proc2 & apic_virt == 0 {
+        let vtpr = (c.read_u64)(v.get(F::VIRTUAL_APIC_PAGE_ADDR) + 0x80) as u8;
+        cc!(v.get(F::TPR_THRESHOLD) & 0xf > (vtpr >> 4) as u64, control);
+    }
+    Ok(())
+}
+
+/// SDM 27.3.1.6: an entry into PAE paging without EPT loads the PDPTEs
+/// from CR3 (the processor's reads: all ones where no L1 RAM backs them),
+/// and fails with qualification 2 if a present one has reserved bits.
+/// Memory, not VMCS12, holds them: every entry reads and checks them.
+/// Returns what VMCS02 (always with EPT) must hold, or None when the
+/// entry loads no PDPTEs from memory.
+pub fn check_cr3_pdptes(v: &Vmcs12, c: &CheckCtx) -> Result<Option<[u64; 4]>, EntryFailure> {
+    let (cr0, cr4) = (v.get(F::GUEST_CR0), v.get(F::GUEST_CR4));
+    let ia32e = v.get(F::VM_ENTRY_CONTROLS) as u32 & entry::IA32E_MODE_GUEST != 0;
+    let pae = cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && !ia32e;
+    if !pae || v.secondary_controls() & secondary::ENABLE_EPT != 0 {
+        return Ok(None);
+    }
+    let base = v.get(F::GUEST_CR3) & 0xffff_ffe0;
+    let pdptes = [0, 1, 2, 3].map(|i| (c.read_u64)(base + 8 * i));
+    cc!(check_pdptes(&pdptes, c.maxphyaddr).is_err(), pdpte);
+    Ok(Some(pdptes))
+}
+
+/// SDM 27.3.1.3: the event to inject on VM entry.
 pub fn check_entry_event(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     let caps = c.caps;
     let info = v.get(F::VM_ENTRY_INTR_INFO_FIELD) as u32;
@@ -544,10 +595,7 @@ pub fn check_guest_state(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
             F::GUEST_PDPTE3,
         ] {
             let e = v.get(f);
-            cc!(
-                e & 1 != 0 && (e & 0x1e6 != 0 || e >> c.maxphyaddr != 0),
-                pdpte
-            );
+            cc!(check_pdptes(&[e, 0, 0, 0], c.maxphyaddr).is_err(), pdpte);
         }
     }
     Ok(())
@@ -641,9 +689,11 @@ pub const VOLATILE: &[F] = &[
     F::VM_INSTRUCTION_ERROR,
 ];
 
-/// The checks for a VMRESUME whose VMCS12 only changed in [`VOLATILE`].
+/// The checks for a VMRESUME whose VMCS12 only changed in [`VOLATILE`]
+/// (memory may have changed: the TPR threshold is checked again).
 pub fn check_light(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
     check_entry_event(v, c)?;
+    check_tpr_threshold(v, c)?;
     check_volatile_guest_state(v, c)
 }
 

@@ -13,11 +13,17 @@ use super::vmcs12::{slot_mask, WORDS};
 use super::{Level, VmcsSet, VPID_UNTAGGED_L2};
 use crate::guest_mem::GuestMemory;
 use crate::regs::EFER_LMA;
-use crate::vmx::caps::secondary;
+use crate::vmx::caps::{primary, secondary};
 use crate::vmx::exit::reason;
 use crate::vmx::{ept, Field as F, Vmcs, VmxError};
 
 const VOLATILE_MASK: [u64; WORDS] = slot_mask(checks::VOLATILE);
+const PDPTES: [F; 4] = [
+    F::GUEST_PDPTE0,
+    F::GUEST_PDPTE1,
+    F::GUEST_PDPTE2,
+    F::GUEST_PDPTE3,
+];
 
 /// How an entry into L2 ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,12 +76,14 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
                 let mut b = [0u8; 4];
                 mem.read(a, &mut b).ok().map(|_| u32::from_le_bytes(b))
             };
+            let read_u64 = |a: u64| mem.read_u64(a).unwrap_or(u64::MAX);
             let ctx = CheckCtx {
                 caps: &x.caps,
                 maxphyaddr: self.host.maxphyaddr,
                 l1_long_mode: l1_long,
                 is_l1_ram: &is_ram,
                 read_revision: &rev,
+                read_u64: &read_u64,
             };
             // A VMRESUME of the VMCS12 VMCS02 holds, which passed every
             // check at its last entry and since changed only in what an
@@ -91,9 +99,10 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
                     .and_then(|_| checks::check_host_state(&x.vmcs12, &ctx))
                     .and_then(|_| checks::check_guest_state(&x.vmcs12, &ctx))
             }
+            .and_then(|_| checks::check_cr3_pdptes(&x.vmcs12, &ctx))
         };
         match result {
-            Ok(()) => {}
+            Ok(pdptes) => self.nested.cr3_pdptes = pdptes,
             Err(EntryFailure::Fail { error, check }) => {
                 log::info!("L1 VM entry fails with error {error}: {check}");
                 let o = x.fail_with(error);
@@ -154,6 +163,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
             VPID_UNTAGGED_L2
         };
         let (io_a, msr_bitmap) = self.prepare_bitmaps();
+        let virtual_apic = self.virtual_apic02();
         let v01 = self.vs.current();
         let l1_efer = v01.read(F::GUEST_IA32_EFER);
         let l1_pat = v01.read(F::GUEST_IA32_PAT);
@@ -169,6 +179,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
             io_bitmap_a: io_a,
             io_bitmap_b: io_a + 4096,
             msr_bitmap,
+            virtual_apic,
             l1_efer,
             l1_pat,
             l1_debugctl,
@@ -190,6 +201,19 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         }
         prepare::write_vmcs02(self.vs.current(), &n.vmx.vmcs12, &l0, &mut n.derived);
         n.vmx.vmcs12.clean();
+        // VMCS02 has EPT, so the CPU takes the PDPTEs from it: those the
+        // checks read from CR3, or VMCS12's own again once they are not.
+        let pdptes = match n.cr3_pdptes {
+            Some(p) => Some(p),
+            None if n.pdptes02_from_cr3 => Some(PDPTES.map(|f| n.vmx.vmcs12.get(f))),
+            None => None,
+        };
+        if let Some(p) = pdptes {
+            for (f, e) in PDPTES.into_iter().zip(p) {
+                self.vs.current().write(f, e);
+            }
+        }
+        n.pdptes02_from_cr3 = n.cr3_pdptes.is_some();
         n.vmcs02_holds = vmcs12_ptr;
 
         // The VM-entry MSR-load list (SDM 27.4).
@@ -209,17 +233,56 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         let n = &mut *self.nested;
         n.l2_vm = None;
         n.entry_was_launched = n.vmx.vmcs12.launched;
+        n.l1_entry_pending = true;
         n.vmx.vmcs12.launched = true;
         n.in_l2 = true;
         Entry::Entered
     }
 
+    /// VMCS02's virtual-APIC page: VMCS12's if it is L1's RAM; otherwise
+    /// L0's stand-in, all ones again, as the processor reads memory that
+    /// nothing backs (its writes there last until the next entry, where
+    /// the hardware would drop them). Never an address of L0's own.
+    fn virtual_apic02(&mut self) -> u64 {
+        let v12 = &self.nested.vmx.vmcs12;
+        let vapic = v12.get(F::VIRTUAL_APIC_PAGE_ADDR);
+        if self.hw.mem().is_ram(vapic, 4096) {
+            return vapic;
+        }
+        let stand_in = self.nested.pages.vapic_unbacked;
+        if v12.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & primary::USE_TPR_SHADOW != 0 {
+            self.hw.page(stand_in).fill(u64::MAX);
+        }
+        stand_in
+    }
+
+    /// The hardware refused VMCS02's guest state (an entry-failure exit)
+    /// although L0's checks passed: L1 gets the failure its VMCS12 earned.
+    /// Launch states stay as they were before the failed entry (SDM 27.8:
+    /// only a successful VMLAUNCH changes one): VMCS02's, and VMCS12's if
+    /// the entry was L1's (not L0's resume of a running L2).
+    pub fn vmcs02_guest_state_rejected(&mut self, raw: u32, qualification: u64) -> Flow {
+        log::warn!(
+            "hardware rejected VMCS02 (exit reason {raw:#x}, qualification {qualification:#x}) although it passed L0's checks"
+        );
+        let n = &mut *self.nested;
+        n.vmcs02_launched = n.before_run.vmcs02_launched;
+        if n.before_run.l1_entry {
+            n.vmx.vmcs12.launched = n.entry_was_launched;
+        }
+        self.vs.select(Level::L1);
+        self.entry_failure_exit(raw & 0xffff, qualification)
+    }
+
     /// The hardware refused to enter VMCS02 (VMfailValid/Invalid) although
     /// L0's checks passed: L1's VMLAUNCH/VMRESUME fails the same way.
     pub fn vmcs02_entry_failed(&mut self, e: VmxError) -> Flow {
-        log::warn!("hardware VM entry into VMCS02 failed ({e}) after L0's checks passed");
-        self.nested.in_l2 = false;
-        self.nested.vmx.vmcs12.launched = self.nested.entry_was_launched;
+        log::warn!("hardware VM entry into VMCS02 failed ({e}) although it passed L0's checks");
+        let n = &mut *self.nested;
+        n.in_l2 = false;
+        if core::mem::take(&mut n.l1_entry_pending) {
+            n.vmx.vmcs12.launched = n.entry_was_launched;
+        }
         self.vs.select(Level::L1);
         let error = match e {
             VmxError::FailValid(n) => n,

@@ -209,6 +209,17 @@ impl<M: GuestMemory> GuestMemory for L2Memory<'_, M> {
     fn zero(&mut self, gpa: u64, len: u64) -> Result<(), MemError> {
         self.write(gpa, &alloc::vec![0; len as usize])
     }
+    fn compare_exchange_u64(
+        &mut self,
+        gpa: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        crate::guest_mem::aligned_word(gpa)?;
+        self.check_all(gpa, 8, true)?;
+        let g1 = self.translate(gpa, true)?;
+        self.l1.compare_exchange_u64(g1, current, new)
+    }
     fn is_ram(&self, gpa: u64, len: u64) -> bool {
         len > 0
             && page_pieces(gpa, len as usize).all(|(a, _, n)| {

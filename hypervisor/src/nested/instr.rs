@@ -226,7 +226,11 @@ impl VmxState {
     }
 
     /// The 64-bit physical-address operand of VMXON/VMPTRLD/VMCLEAR.
-    fn pointer_operand<M: GuestMemory>(&self, s: &L1State, mem: &M) -> Result<u64, Outcome> {
+    pub(super) fn pointer_operand<M: GuestMemory>(
+        &self,
+        s: &L1State,
+        mem: &M,
+    ) -> Result<u64, Outcome> {
         let mut b = [0u8; 8];
         self.read_mem(s, mem, &mut b)?;
         Ok(u64::from_le_bytes(b))

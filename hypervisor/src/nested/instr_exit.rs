@@ -108,4 +108,23 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
             vmcs_field,
         }
     }
+
+    /// The VMCS pointer a VMPTRLD or VMCLEAR names, read without carrying
+    /// the instruction out (None when reading it would fault: the
+    /// instruction then faults as it runs).
+    pub fn vmx_pointer_operand(&mut self) -> Option<u64> {
+        let s = l1_state(self.vs.current(), self.regs, self.host.maxphyaddr);
+        self.nested.vmx.pointer_operand(&s, self.hw.mem()).ok()
+    }
+
+    /// L1's VMX instruction fails with VMfailValid(`error`) (VMfailInvalid
+    /// without a current VMCS) and nothing else happens.
+    pub fn vmx_instruction_refused(&mut self, error: u32) {
+        let o = self.nested.vmx.fail_with(error);
+        if let Outcome::FailValid(_) = o {
+            self.nested
+                .field_to_shadow(self.vs, F::VM_INSTRUCTION_ERROR);
+        }
+        apply(self.vs.current(), o, |a| self.hw.set_cr2(a));
+    }
 }

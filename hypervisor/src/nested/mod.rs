@@ -121,7 +121,7 @@ impl VpidMap {
     }
 }
 
-/// Pool pages behind VMCS02's bitmaps.
+/// Pool pages behind VMCS02's bitmaps, and its stand-in virtual-APIC page.
 ///
 /// VMCS02 never merges L1's bitmaps wholesale (12 KiB at every entry):
 /// when L1 uses I/O bitmaps or unconditional I/O exiting, every L2 port
@@ -136,6 +136,16 @@ pub struct Vmcs02Pages {
     pub io_l0: u64,
     /// All ones, but for the pass-through MSRs L1 allows.
     pub msr02: u64,
+    /// VMCS02's virtual-APIC page when VMCS12's is not L1's RAM: all
+    /// ones again at every entry, as unbacked memory reads.
+    pub vapic_unbacked: u64,
+}
+
+/// See `Nested::before_run`.
+#[derive(Clone, Copy, Debug, Default)]
+struct BeforeRun {
+    vmcs02_launched: bool,
+    l1_entry: bool,
 }
 
 /// L1's nested-VMX state beyond the VMX instructions.
@@ -152,8 +162,19 @@ pub struct Nested {
     reflected: u64,
     /// L1's CR3 when it entered L2, to see whether its host state changes it.
     l1_cr3_at_entry: u64,
-    /// VMCS12's launch state before the entry in progress.
+    /// VMCS12's launch state before L1's last VMLAUNCH/VMRESUME.
     entry_was_launched: bool,
+    /// L1's entry has not reached the hardware yet.
+    l1_entry_pending: bool,
+    /// Before the last hardware entry into VMCS02: its launch state, and
+    /// whether that entry was L1's (an entry that fails leaves both as
+    /// they were, SDM 27.8).
+    before_run: BeforeRun,
+    /// The PDPTEs the entry in progress loads from L2's CR3 (PAE without
+    /// EPT12), as the checks read them.
+    cr3_pdptes: Option<[u64; 4]>,
+    /// VMCS02's PDPTE fields hold PDPTEs read from CR3, not VMCS12's.
+    pdptes02_from_cr3: bool,
     /// The VMCS12 whose guest state VMCS02 holds.
     vmcs02_holds: Option<u64>,
     /// What VMCS02 holds of the fields L0 derives.
@@ -191,6 +212,10 @@ impl Nested {
             reflected: 0,
             l1_cr3_at_entry: 0,
             entry_was_launched: false,
+            l1_entry_pending: false,
+            before_run: BeforeRun::default(),
+            cr3_pdptes: None,
+            pdptes02_from_cr3: false,
             vmcs02_holds: None,
             derived: prepare::Derived::default(),
             window02: false,
@@ -215,9 +240,15 @@ impl Nested {
         self.vmcs02_launched
     }
 
-    /// VMCS02 was entered.
+    /// VMCS02 was entered (also when the entry failed on its guest state:
+    /// the exit handler then undoes this with `before_run`).
     pub fn note_vmcs02_launched(&mut self) {
+        self.before_run = BeforeRun {
+            vmcs02_launched: self.vmcs02_launched,
+            l1_entry: self.l1_entry_pending,
+        };
         self.vmcs02_launched = true;
+        self.l1_entry_pending = false;
     }
 
     /// An exit of L2 that L0 handled itself.

@@ -55,17 +55,22 @@ pub fn home(msr: u32, for_load: bool) -> Option<Home> {
     }
 }
 
-/// Reads `count` entries at `addr` in L1's memory.
-pub fn read_list<M: GuestMemory>(mem: &M, addr: u64, count: u64) -> Option<Vec<MsrEntry>> {
+/// Reads `count` entries at `addr` in L1's memory as the processor does:
+/// an entry no L1 RAM backs reads as all ones (and so fails as a load or
+/// store entry, its reserved bits set). Entries are 16-byte aligned and
+/// never cross a page.
+pub fn read_list<M: GuestMemory>(mem: &M, addr: u64, count: u64) -> Vec<MsrEntry> {
     (0..count)
         .map(|i| {
             let mut b = [0u8; 16];
-            mem.read(addr + 16 * i, &mut b).ok()?;
-            Some(MsrEntry {
+            if mem.read(addr + 16 * i, &mut b).is_err() {
+                b = [0xff; 16];
+            }
+            MsrEntry {
                 index: u32::from_le_bytes(b[0..4].try_into().unwrap()),
                 reserved: u32::from_le_bytes(b[4..8].try_into().unwrap()),
                 data: u64::from_le_bytes(b[8..16].try_into().unwrap()),
-            })
+            }
         })
         .collect()
 }
@@ -82,7 +87,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
     /// Applies a VM-entry (or VM-exit) MSR-load list to the current VMCS
     /// and the CPU; Err(1-based index) names the entry that failed.
     pub fn load_msr_list(&mut self, addr: u64, count: u64) -> Result<(), u64> {
-        let list = read_list(self.hw.mem(), addr, count).ok_or(1u64)?;
+        let list = read_list(self.hw.mem(), addr, count);
         for (i, e) in list.iter().enumerate() {
             let bad = (i + 1) as u64;
             match loadable(e) {
@@ -101,9 +106,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
     /// Stores L2's values (VMCS02 current) into the VM-exit MSR-store list
     /// (SDM 28.4); Err(why) is a VMX abort.
     pub fn store_msr_list(&mut self, addr: u64, count: u64) -> Result<(), &'static str> {
-        let Some(list) = read_list(self.hw.mem(), addr, count) else {
-            return Err("the VM-exit MSR-store list is not L1 RAM");
-        };
+        let list = read_list(self.hw.mem(), addr, count);
         let mut values = Vec::with_capacity(list.len());
         for e in &list {
             let value = match home(e.index, false) {
@@ -120,14 +123,11 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
             }
         }
         for (i, v) in values.into_iter().enumerate() {
-            if self
+            // A write no L1 RAM backs is dropped, as the processor's.
+            let _ = self
                 .hw
                 .mem()
-                .write(addr + 16 * i as u64 + 8, &v.to_le_bytes())
-                .is_err()
-            {
-                return Err("the VM-exit MSR-store list is not L1 RAM");
-            }
+                .write(addr + 16 * i as u64 + 8, &v.to_le_bytes());
         }
         Ok(())
     }
@@ -171,7 +171,7 @@ mod tests {
         m.write(0x1008, &7u64.to_le_bytes()).unwrap();
         m.write(0x1010, &0x174u32.to_le_bytes()).unwrap();
         m.write(0x1014, &1u32.to_le_bytes()).unwrap();
-        let l = read_list(&m, 0x1000, 2).unwrap();
+        let l = read_list(&m, 0x1000, 2);
         assert_eq!(
             l[0],
             MsrEntry {
@@ -182,6 +182,15 @@ mod tests {
         );
         assert_eq!(loadable(&l[0]), Some(Home::Msr));
         assert_eq!(loadable(&l[1]), None, "reserved bits");
-        assert_eq!(read_list(&m, 0x1ff0, 2), None, "runs off L1's RAM");
+        // A list that runs off L1's RAM: the entries beyond read as all ones.
+        let l = read_list(&m, 0x1ff0, 2);
+        assert_eq!(l[0].index, 0);
+        let ones = MsrEntry {
+            index: u32::MAX,
+            reserved: u32::MAX,
+            data: u64::MAX,
+        };
+        assert_eq!(l[1], ones);
+        assert_eq!(loadable(&l[1]), None, "fails as the processor's load");
     }
 }

@@ -11,14 +11,16 @@
 //!
 //! The descriptor (64 bytes, 64-byte aligned): PIR, one bit per vector, in
 //! bytes 0..32; ON (bit 256) and SN (bit 257); NV in byte 34; NDST in bytes
-//! 36..40. L0 and L1 share one CPU and L1 never runs while L0 does, so the
-//! read-modify-writes below cannot race with L1's `lock` operations.
+//! 36..40. L1 on other CPUs changes a descriptor with locked instructions
+//! while L0 posts into it (KVM's `pi_test_and_set_on`, its PIR `xchg`), so
+//! every change L0 makes to a descriptor or to VIRR is an atomic update of
+//! an aligned 64-bit word, as the CPU's and a VT-d unit's are.
 
 use crate::guest_mem::{GuestMemory, MemError};
 
 const CONTROL: u64 = 32;
-const ON: u8 = 1 << 0;
-const SN: u8 = 1 << 1;
+const ON: u64 = 1 << 0;
+const SN: u64 = 1 << 1;
 const NV: u64 = 34;
 const NDST: u64 = 36;
 /// VIRR in the virtual-APIC page: eight 32-bit words, 16 bytes apart.
@@ -40,23 +42,19 @@ pub enum Posted {
 /// PIR bit set; unless a notification is outstanding (ON) or suppressed
 /// (SN), ON is set and the caller must notify.
 pub fn post(mem: &mut impl GuestMemory, desc: u64, vector: u8) -> Result<Posted, MemError> {
-    let at = desc + (vector / 8) as u64;
-    let mut b = [0u8];
-    mem.read(at, &mut b)?;
-    mem.write(at, &[b[0] | 1 << (vector % 8)])?;
-    let mut c = [0u8];
-    mem.read(desc + CONTROL, &mut c)?;
-    if c[0] & (ON | SN) != 0 {
+    let bit = 1u64 << (vector % 64);
+    mem.update_u64(desc + 8 * (vector / 64) as u64, |w| w | bit)?;
+    // ON, SN, NV and NDST are one word: ON set only if both were clear.
+    let control = mem.update_u64(desc + CONTROL, |c| match c & (ON | SN) {
+        0 => c | ON,
+        _ => c,
+    })?;
+    if control & (ON | SN) != 0 {
         return Ok(Posted::Queued);
     }
-    mem.write(desc + CONTROL, &[c[0] | ON])?;
-    let mut nv = [0u8];
-    mem.read(desc + NV, &mut nv)?;
-    let mut ndst = [0u8; 4];
-    mem.read(desc + NDST, &mut ndst)?;
     Ok(Posted::Notify {
-        nv: nv[0],
-        ndst: u32::from_le_bytes(ndst),
+        nv: (control >> (8 * (NV - CONTROL))) as u8,
+        ndst: (control >> (8 * (NDST - CONTROL))) as u32,
     })
 }
 
@@ -65,28 +63,22 @@ pub fn post(mem: &mut impl GuestMemory, desc: u64, vector: u8) -> Result<Posted,
 /// VIRR of the virtual-APIC page at `vapic`. Returns the highest vector
 /// moved (RVI must become at least that), None if PIR was empty.
 pub fn process(mem: &mut impl GuestMemory, desc: u64, vapic: u64) -> Result<Option<u8>, MemError> {
-    let mut c = [0u8];
-    mem.read(desc + CONTROL, &mut c)?;
-    mem.write(desc + CONTROL, &[c[0] & !ON])?;
-    let mut pir = [0u8; 32];
-    mem.read(desc, &mut pir)?;
-    if pir.iter().all(|&b| b == 0) {
-        return Ok(None);
-    }
-    mem.write(desc, &[0u8; 32])?;
-    let mut highest = 0;
-    for i in 0..8 {
-        let word = u32::from_le_bytes(pir[4 * i..4 * i + 4].try_into().unwrap());
-        if word == 0 {
-            continue;
+    mem.update_u64(desc + CONTROL, |c| c & !ON)?;
+    let mut highest = None;
+    for i in 0..4u64 {
+        let pir = mem.update_u64(desc + 8 * i, |_| 0)?;
+        for half in 0..2u64 {
+            let word = (pir >> (32 * half)) as u32;
+            if word == 0 {
+                continue;
+            }
+            // VIRR word 2i + half; the 12 bytes after each are reserved.
+            let at = vapic + VIRR + 16 * (2 * i + half);
+            mem.update_u64(at, |w| w | word as u64)?;
+            highest = Some((64 * i + 32 * half) as u8 + (31 - word.leading_zeros()) as u8);
         }
-        let mut irr = [0u8; 4];
-        let at = vapic + VIRR + 16 * i as u64;
-        mem.read(at, &mut irr)?;
-        mem.write(at, &(u32::from_le_bytes(irr) | word).to_le_bytes())?;
-        highest = (32 * i as u32 + 31 - word.leading_zeros()) as u8;
     }
-    Ok(Some(highest))
+    Ok(highest)
 }
 
 /// The highest vector set in a 256-bit APIC register (ISR, IRR, TMR, or
@@ -108,7 +100,7 @@ pub fn raise_rvi(intr_status: u64, vector: u8) -> u64 {
 pub fn outstanding(mem: &impl GuestMemory, desc: u64) -> bool {
     let mut c = [0u8];
     mem.read(desc + CONTROL, &mut c)
-        .is_ok_and(|_| c[0] & ON != 0)
+        .is_ok_and(|_| c[0] as u64 & ON != 0)
 }
 
 /// Whether a descriptor has anything for L2: ON, or PIR bits L1 has not
@@ -227,15 +219,42 @@ mod tests {
         );
     }
 
+    /// Each PIR word holds two VIRR words: vectors in the upper half of the
+    /// last one land in VIRR word 7, and the highest is found.
+    #[test]
+    fn every_pir_word_reaches_its_virr_words() {
+        let mut m = mem();
+        for v in [0x20, 0x5f, 0x60, 0x9a, 0xc1, 0xfe] {
+            post(&mut m, DESC, v).unwrap();
+        }
+        assert_eq!(process(&mut m, DESC, VAPIC).unwrap(), Some(0xfe));
+        let words: Vec<u32> = (0..8).map(|i| irr_word(&m, i)).collect();
+        assert_eq!(
+            words,
+            [0, 1, 1 << 31, 1, 1 << 26, 0, 1 << 1, 1 << 30],
+            "vectors 0x20, 0x5f, 0x60, 0x9a, 0xc1, 0xfe"
+        );
+        assert!(!pending(&m, DESC));
+    }
+
+    #[test]
+    fn a_misaligned_descriptor_is_refused() {
+        let mut m = mem();
+        assert_eq!(
+            post(&mut m, DESC + 4, 0x24),
+            Err(MemError::Misaligned { gpa: DESC + 4 })
+        );
+    }
+
     #[test]
     fn suppressed_notification_still_records() {
         let mut m = mem();
-        m.write(DESC + CONTROL, &[SN]).unwrap();
+        m.write(DESC + CONTROL, &[SN as u8]).unwrap();
         assert_eq!(post(&mut m, DESC, 0xec).unwrap(), Posted::Queued);
         assert!(pending(&m, DESC), "the PIR bit waits for L1 to move it");
         let mut c = [0u8];
         m.read(DESC + CONTROL, &mut c).unwrap();
-        assert_eq!(c[0], SN, "ON stays clear while SN is set");
+        assert_eq!(c[0] as u64, SN, "ON stays clear while SN is set");
     }
 
     #[test]

@@ -43,7 +43,6 @@ const CONTROL_COPY: &[F] = &[
     F::VM_ENTRY_EXCEPTION_ERROR_CODE,
     F::VM_ENTRY_INSTRUCTION_LEN,
     F::TPR_THRESHOLD,
-    F::VIRTUAL_APIC_PAGE_ADDR,
     F::APIC_ACCESS_ADDR,
     F::PLE_GAP,
     F::PLE_WINDOW,
@@ -65,7 +64,7 @@ const COPY_MASK: [u64; vmcs12::WORDS] = {
 
 /// VMCS02 fields that L0 derives and the hardware never changes: written
 /// only when their value changes (`Derived` remembers them).
-const DERIVED: [F; 22] = [
+const DERIVED: [F; 23] = [
     F::PIN_BASED_VM_EXEC_CONTROL,
     F::CPU_BASED_VM_EXEC_CONTROL,
     F::SECONDARY_VM_EXEC_CONTROL,
@@ -88,11 +87,12 @@ const DERIVED: [F; 22] = [
     F::EOI_EXIT_BITMAP1,
     F::EOI_EXIT_BITMAP2,
     F::EOI_EXIT_BITMAP3,
+    F::VIRTUAL_APIC_PAGE_ADDR,
 ];
 
 /// What VMCS02 holds of [`DERIVED`] (None: unknown).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Derived([Option<u64>; 22]);
+pub struct Derived([Option<u64>; DERIVED.len()]);
 
 impl Derived {
     pub fn put(&mut self, v02: &mut impl Vmcs, f: F, value: u64) {
@@ -118,6 +118,9 @@ pub struct L0Part<'a> {
     pub io_bitmap_a: u64,
     pub io_bitmap_b: u64,
     pub msr_bitmap: u64,
+    /// VMCS12's virtual-APIC page if L1's RAM, else L0's stand-in for
+    /// unbacked memory (never another address).
+    pub virtual_apic: u64,
     /// L1's state where L2 inherits it (no load control in VMCS12).
     pub l1_efer: u64,
     pub l1_pat: u64,
@@ -241,6 +244,7 @@ pub fn write_vmcs02(v02: &mut impl Vmcs, v12: &Vmcs12, l0: &L0Part, d: &mut Deri
     d.put(v02, F::IO_BITMAP_A, l0.io_bitmap_a);
     d.put(v02, F::IO_BITMAP_B, l0.io_bitmap_b);
     d.put(v02, F::MSR_BITMAP, l0.msr_bitmap);
+    d.put(v02, F::VIRTUAL_APIC_PAGE_ADDR, l0.virtual_apic);
     d.put(v02, F::EPT_POINTER, l0.eptp);
     if l0.vpid != 0 {
         d.put(v02, F::VIRTUAL_PROCESSOR_ID, l0.vpid as u64);
@@ -352,6 +356,7 @@ mod tests {
             io_bitmap_a: 0x7800_0000,
             io_bitmap_b: 0x7800_1000,
             msr_bitmap: 0x7800_2000,
+            virtual_apic: 0x7800_3000,
             l1_efer: 0xd01,
             l1_pat: 0x0606_0606_0606_0606,
             l1_debugctl: 0,

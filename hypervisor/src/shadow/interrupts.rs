@@ -3,11 +3,11 @@
 //! to post them by (a VMCS12's posted-interrupt descriptor), and what each
 //! VM programmed into its IOAPIC (which vector a pin raises).
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use super::identity::VmId;
-use super::ioapic::IoApic;
+use super::ioapic::{Destination, IoApic};
 
 /// Where L0 posts a user VM's interrupts when its guest hypervisor runs it
 /// with posted interrupts (KVM with APICv): VMCS12's descriptor and
@@ -25,10 +25,21 @@ pub struct Interrupts {
     pub relay_vector: Option<u8>,
     /// Interrupt edges not yet delivered, per VM.
     pending: BTreeMap<VmId, u16>,
+    /// VMs with edges since the last routing pass ([`Interrupts::edges`]):
+    /// a pass tries only these, so edges that wait for L1's relay cost
+    /// later exits nothing.
+    fresh: BTreeSet<VmId>,
+    /// A route was recorded or changed since the last routing pass: then
+    /// every waiting edge is tried again.
+    retry_all: bool,
     /// A relay interrupt for the pending edges reached L1.
     announced: bool,
     /// Posted-interrupt routes by VMCS12 (recorded at each VM entry).
     pi_routes: BTreeMap<u64, PiRoute>,
+    /// The most routes kept (L0's VMCS12 bound; None: no bound). An L1
+    /// that enters ever new VMCS12s without VMCLEARing them gets no route
+    /// for those beyond it: their edges wait for the relay.
+    route_cap: Option<usize>,
     /// What each VM programmed into its IOAPIC.
     ioapics: BTreeMap<VmId, IoApic>,
 }
@@ -38,6 +49,7 @@ impl Interrupts {
     pub fn note_edges(&mut self, vm: VmId, edges: u16) {
         if edges != 0 {
             *self.pending.entry(vm).or_insert(0) |= edges;
+            self.fresh.insert(vm);
         }
     }
 
@@ -62,14 +74,24 @@ impl Interrupts {
         Some((vm, edges))
     }
 
-    /// Whether any VM has interrupt edges not yet delivered.
+    /// Whether a routing pass has edges to try (see [`Interrupts::edges`]).
     pub fn has_edges(&self) -> bool {
-        !self.pending.is_empty()
+        !self.fresh.is_empty() || (self.retry_all && !self.pending.is_empty())
     }
 
-    /// Every VM with interrupt edges not yet delivered, and the edges.
-    pub fn edges(&self) -> Vec<(VmId, u16)> {
-        self.pending.iter().map(|(&vm, &e)| (vm, e)).collect()
+    /// The undelivered edges a routing pass tries to post, by VM: those of
+    /// VMs with new edges since the last pass, or every VM's after a route
+    /// changed. The rest wait for L1's relay (TakeIrqs).
+    pub fn edges(&mut self) -> Vec<(VmId, u16)> {
+        let all = core::mem::take(&mut self.retry_all);
+        let fresh = core::mem::take(&mut self.fresh);
+        match all {
+            true => self.pending.iter().map(|(&vm, &e)| (vm, e)).collect(),
+            false => fresh
+                .into_iter()
+                .filter_map(|vm| Some((vm, *self.pending.get(&vm)?)))
+                .collect(),
+        }
     }
 
     /// Edges delivered by other means than L1's relay.
@@ -82,12 +104,26 @@ impl Interrupts {
         }
     }
 
+    /// Bounds the routes kept.
+    pub fn set_route_cap(&mut self, cap: usize) {
+        self.route_cap = Some(cap);
+    }
+
     /// Records (or forgets) the posted-interrupt route of a VMCS12.
     pub fn set_pi_route(&mut self, vmcs12: u64, route: Option<PiRoute>) {
         match route {
-            Some(r) => self.pi_routes.insert(vmcs12, r),
-            None => self.pi_routes.remove(&vmcs12),
-        };
+            Some(r) => {
+                let full = self.route_cap.is_some_and(|c| self.pi_routes.len() >= c);
+                if (!full || self.pi_routes.contains_key(&vmcs12))
+                    && self.pi_routes.insert(vmcs12, r) != Some(r)
+                {
+                    self.retry_all = true;
+                }
+            }
+            None => {
+                self.pi_routes.remove(&vmcs12);
+            }
+        }
     }
 
     /// The route recorded for a VMCS12.
@@ -111,9 +147,10 @@ impl Interrupts {
         };
     }
 
-    /// The vector the VM's IOAPIC gives `pin`, if it routes.
-    pub fn ioapic_vector(&self, vm: VmId, pin: u8) -> Option<u8> {
-        self.ioapics.get(&vm)?.vector(pin)
+    /// The vector and destination the VM's IOAPIC gives `pin`, if it routes.
+    pub fn ioapic_route(&self, vm: VmId, pin: u8) -> Option<(u8, Destination)> {
+        let io = self.ioapics.get(&vm)?;
+        Some((io.vector(pin)?, io.destination(pin)?))
     }
 
     /// A VMCS12 was cleared: its route goes.
@@ -129,6 +166,7 @@ impl Interrupts {
     /// A VM ended: its edges and IOAPIC go.
     pub fn forget_vm(&mut self, vm: VmId) {
         self.pending.remove(&vm);
+        self.fresh.remove(&vm);
         self.ioapics.remove(&vm);
     }
 }

@@ -87,6 +87,17 @@ impl IoApic {
         Some(a)
     }
 
+    /// Where `pin`'s interrupt goes, if its entry routes an edge at all.
+    pub fn destination(&self, pin: u8) -> Option<Destination> {
+        self.vector(pin)?;
+        let e = self.redir[pin as usize];
+        let id = (e >> 56) as u8;
+        Some(match e & (1 << 11) {
+            0 => Destination::Physical(id),
+            _ => Destination::Logical(id),
+        })
+    }
+
     /// The vector `pin` raises, if its entry routes an edge at all.
     pub fn vector(&self, pin: u8) -> Option<u8> {
         let pin = pin as usize;
@@ -99,6 +110,52 @@ impl IoApic {
         let masked = e & (1 << 16) != 0;
         let remappable = e & (1 << 48) != 0;
         (!masked && !remappable && delivery <= 1 && vector >= 16).then_some(vector)
+    }
+}
+
+/// A compatibility-format entry's destination field (bits 63:56) by its
+/// destination mode (bit 11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Physical(u8),
+    Logical(u8),
+}
+
+/// What a local APIC's registers say about which messages it accepts:
+/// ID (offset 0x20), LDR (0xd0) and DFR (0xe0), as a virtual-APIC page
+/// holds them. In xAPIC mode the ID is in bits 31:24; in x2APIC mode the
+/// register holds the 32-bit x2APIC ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalApic {
+    pub id: u32,
+    pub ldr: u32,
+    pub dfr: u32,
+}
+
+impl Destination {
+    /// Whether the local APIC accepts an interrupt sent here (SDM Vol. 3A
+    /// 11.6.2): physical by APIC ID, logical by the flat or cluster model
+    /// of DFR. An x2APIC's logical ID (cluster in LDR bits 31:16) takes
+    /// no 8-bit logical destination: an IOAPIC reaches x2APIC logical IDs
+    /// only through interrupt remapping.
+    pub fn accepts(self, apic: LocalApic) -> bool {
+        match self {
+            Destination::Physical(d) => {
+                let xapic = apic.id & 0x00ff_ffff == 0 && apic.id >> 24 == d as u32;
+                xapic || apic.id == d as u32
+            }
+            Destination::Logical(d) => {
+                if apic.ldr & 0x00ff_ffff != 0 {
+                    return false; // x2APIC format
+                }
+                let logical = (apic.ldr >> 24) as u8;
+                match apic.dfr >> 28 {
+                    0xf => logical & d != 0,
+                    0x0 => logical >> 4 == d >> 4 && logical & d & 0xf != 0,
+                    _ => false,
+                }
+            }
+        }
     }
 }
 
@@ -146,6 +203,50 @@ mod tests {
         assert_eq!(a.vector(3), None);
         program(&mut a, 4, 0x24, 1 << 16); // remappable format
         assert_eq!(a.vector(4), None);
+    }
+
+    #[test]
+    fn destinations_as_the_apics_accept_them() {
+        let mut a = IoApic::default();
+        program(&mut a, 4, 0x24, 0x0100_0000);
+        program(&mut a, 3, 0x823, 0x0300_0000); // logical
+        assert_eq!(a.destination(4), Some(Destination::Physical(1)));
+        assert_eq!(a.destination(3), Some(Destination::Logical(3)));
+        assert_eq!(a.destination(5), None, "not programmed");
+        let xapic = |id: u32, ldr: u32, dfr: u32| LocalApic {
+            id: id << 24,
+            ldr: ldr << 24,
+            dfr,
+        };
+        let p1 = Destination::Physical(1);
+        assert!(p1.accepts(xapic(1, 0, !0)));
+        assert!(!p1.accepts(xapic(0, 0, !0)));
+        assert!(
+            p1.accepts(LocalApic {
+                id: 1,
+                ldr: 0x1_0002,
+                dfr: 0
+            }),
+            "x2APIC ID 1"
+        );
+        assert!(!p1.accepts(LocalApic {
+            id: 0x101,
+            ldr: 0,
+            dfr: 0
+        }));
+        // Flat model: any common bit; cluster model: same cluster, a bit.
+        let flat = Destination::Logical(0b0110);
+        assert!(flat.accepts(xapic(5, 0b0100, !0)));
+        assert!(!flat.accepts(xapic(5, 0b1001, !0)));
+        let cluster = Destination::Logical(0x23);
+        assert!(cluster.accepts(xapic(5, 0x21, 0x0fff_ffff)));
+        assert!(!cluster.accepts(xapic(5, 0x31, 0x0fff_ffff)));
+        assert!(!cluster.accepts(xapic(5, 0x24, 0x0fff_ffff)));
+        assert!(!flat.accepts(LocalApic {
+            id: 1,
+            ldr: 0x1_0002,
+            dfr: 0
+        }));
     }
 
     #[test]

@@ -13,16 +13,22 @@ use shadow_devices::seal::{CounterNonce, SealKey};
 use shadow_devices::Error;
 use ultracall_abi::VmTag;
 
+pub mod ending;
 pub mod identity;
 pub mod interrupts;
 pub mod ioapic;
+pub mod limits;
 
 use identity::{Identities, VmId};
 use interrupts::Interrupts;
 use ioapic::IoApic;
+use limits::Limits;
 
 /// Random bytes for nonces (RDSEED/RDRAND on hardware).
 pub type RandomFn = fn(&mut [u8]) -> bool;
+
+/// Bytes free in L0's heap now.
+pub type HeapFreeFn = fn() -> usize;
 
 /// The COM port bases every user VM has.
 pub const COM_PORTS: [u16; 4] = [0x3f8, 0x2f8, 0x3e8, 0x2e8];
@@ -57,24 +63,42 @@ pub struct Shadow {
     nonces: CounterNonce<RandomFn>,
     /// Edges not yet delivered, the relay, routes and IOAPICs.
     pub irqs: Interrupts,
+    /// VMCLEARs not yet carried out for the identities.
+    endings: ending::Endings,
     /// For the console, oldest first.
     notices: Vec<Notice>,
     /// User VMs' COM accesses are L0's (off: `shadow=off`, a baseline).
     pub intercept_com: bool,
+    heap_free: HeapFreeFn,
+    /// A VM was refused since the last one admitted (logged once).
+    refusing: bool,
 }
 
 impl Shadow {
     pub fn new(key: Option<SealKey>, random: RandomFn) -> Self {
-        Shadow {
-            ids: Identities::new(),
+        let mut s = Shadow {
+            ids: Identities::default(),
             devices: Registry::default(),
             key,
             ledger: EpochLedger::new(),
             nonces: CounterNonce::new(random),
             irqs: Interrupts::default(),
+            endings: ending::Endings::default(),
             notices: Vec::new(),
             intercept_com: true,
-        }
+            heap_free: || usize::MAX,
+            refusing: false,
+        };
+        s.set_limits(Limits::MAX, || usize::MAX);
+        s
+    }
+
+    /// The bounds L0's heap sets (`limits::Limits::for_heap`), and how to
+    /// learn what of it is free when a VM is created.
+    pub fn set_limits(&mut self, limits: Limits, heap_free: HeapFreeFn) {
+        self.ids.set_limits(limits);
+        self.irqs.set_route_cap(limits.vmcs);
+        self.heap_free = heap_free;
     }
 
     pub fn has_key(&self) -> bool {
@@ -126,10 +150,13 @@ impl Shadow {
         None
     }
 
-    /// The posted-interrupt route of VM `vm` (through the VMCS12 it ran
-    /// with last).
-    pub fn pi_route_of(&self, vm: VmId) -> Option<interrupts::PiRoute> {
-        self.irqs.pi_route(self.ids.vmcs_of(vm)?)
+    /// The posted-interrupt routes of VM `vm`'s vCPUs (one per VMCS12 it
+    /// entered with posted interrupts), the last one L0 learnt of first.
+    pub fn pi_routes_of(&self, vm: VmId) -> Vec<interrupts::PiRoute> {
+        self.ids
+            .vmcs_of_vm(vm)
+            .filter_map(|v| self.irqs.pi_route(v))
+            .collect()
     }
 
     /// L2 wrote its IOAPIC (`offset` in the page).
@@ -144,9 +171,15 @@ impl Shadow {
         let _ = self.devices.vm(vm).set_platform(&[]);
     }
 
-    /// The VM of an L2 exit, creating its identity on first use.
+    /// The VM of an L2 exit, creating its identity and devices on first
+    /// use. None when a new VM is beyond the bounds or the heap cannot
+    /// hold its worst case: it has no devices (its COM ports read as
+    /// absent), nothing changed, and L0 says so once.
     pub fn identify(&mut self, vmcs12: u64, eptp12: Option<u64>) -> Option<VmId> {
-        let vm = self.ids.identify(vmcs12, eptp12)?;
+        let vm = match self.ids.lookup(vmcs12, eptp12) {
+            Some(vm) => vm,
+            None => self.admit(vmcs12, eptp12)?,
+        };
         if self.devices.get(&vm).is_none() {
             self.devices.vm(vm);
             self.notices.push(Notice::Vm(vm));
@@ -154,9 +187,58 @@ impl Shadow {
         Some(vm)
     }
 
-    /// L1 VMCLEARed a VMCS12: if that ended a VM, its devices go too.
-    pub fn vmclear(&mut self, vmcs12: u64) {
+    /// A new VM, if the bounds and the heap hold its worst case.
+    fn admit(&mut self, vmcs12: u64, eptp12: Option<u64>) -> Option<VmId> {
+        let heap = (self.heap_free)();
+        let vm = match heap >= Limits::vm_reserve() {
+            true => self.ids.create(vmcs12, eptp12),
+            false => None,
+        };
+        if vm.is_some() {
+            self.refusing = false;
+        } else if !core::mem::replace(&mut self.refusing, true) {
+            let l = self.ids.limits();
+            log::warn!(
+                "user VM refused: {} of {} VMs, {} of {} VMCS12s, {} KiB of heap free; its COM ports stay absent",
+                self.ids.len(),
+                l.vms,
+                self.ids.vmcs_count(),
+                l.vmcs,
+                heap >> 10
+            );
+        }
+        vm
+    }
+
+    /// An entry into L2 with `vmcs12` and `eptp12`: the identities kept
+    /// current, and a pending VMCLEAR of it void (the vCPU moved) or
+    /// carried out now (the page serves another VM; ending.rs).
+    pub fn note_entry(&mut self, vmcs12: u64, eptp12: Option<u64>) {
+        let root = eptp12.map(identity::root_address);
+        if self.endings.reentry(vmcs12, root) == ending::Reentry::Reused {
+            self.vmclear_now(vmcs12);
+        }
+        self.ids.note_entry(vmcs12, eptp12);
+    }
+
+    /// L1 VMCLEARed a VMCS12: carried out at `deadline` (TSC) unless it is
+    /// entered again first (ending.rs); its posted-interrupt route goes now.
+    pub fn vmclear(&mut self, vmcs12: u64, deadline: u64) {
         self.irqs.forget_vmcs(vmcs12);
+        if let Some(root) = self.ids.root_of_vmcs(vmcs12) {
+            self.endings.defer(vmcs12, root, deadline);
+        }
+    }
+
+    /// Carries out the VMCLEARs whose deadline has passed at `now`.
+    pub fn expire(&mut self, now: u64) {
+        for vmcs12 in self.endings.due(now) {
+            self.vmclear_now(vmcs12);
+        }
+    }
+
+    /// A VMCLEAR for the identities: if that ended a VM, its devices go too.
+    fn vmclear_now(&mut self, vmcs12: u64) {
         if let Some(vm) = self.ids.vmclear(vmcs12) {
             self.drop_vm(vm);
         }
@@ -164,6 +246,7 @@ impl Shadow {
 
     /// L1 left VMX operation.
     pub fn vmxoff(&mut self) {
+        self.endings.clear();
         self.irqs.forget_all_routes();
         for vm in self.ids.clear_all() {
             self.drop_vm(vm);
@@ -238,3 +321,6 @@ impl Shadow {
         r
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -108,10 +108,8 @@ impl Vcpu {
         e: &ExitInfo,
         io: IoAccess,
     ) -> Outcome {
+        // None: a VM L0 refused (shadow::Shadow::identify logs it once).
         let vm = self.current_l2_vm(m);
-        if vm.is_none() {
-            log::warn!("too many user VMs: a new VM's COM ports stay absent");
-        }
         if vm.is_some_and(|vm| m.shadow.frozen(vm)) {
             // Saved away: the access is held (re-executed) until a restore
             // thaws the devices or the VM ends.

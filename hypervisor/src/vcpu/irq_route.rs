@@ -7,10 +7,11 @@ use super::decode;
 use super::{Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::{self, Access};
+use crate::guest_mem::GuestMemory;
 use crate::machine::Machine;
 use crate::nested::ept12::L2Memory;
 use crate::nested::VmcsSet;
-use crate::shadow::ioapic::{IOAPIC_BASE, IOWIN};
+use crate::shadow::ioapic::{LocalApic, IOAPIC_BASE, IOWIN};
 use crate::vmx::exit::ExitInfo;
 use crate::vmx::guest_cr::paging_regs;
 use crate::vmx::{Field as F, Vmcs};
@@ -20,8 +21,10 @@ const COM_PINS: [u8; 2] = [3, 4];
 
 impl Vcpu {
     /// Delivers the shadow devices' interrupt edges of VMs whose guest
-    /// hypervisor runs them with posted interrupts; the other VMs' edges
-    /// stay for L1's relay (ultracall SetIrqRelay).
+    /// hypervisor runs them with posted interrupts, each into the
+    /// descriptor of the vCPU the VM's IOAPIC entry names, wherever it
+    /// runs (`nested/apicv.rs` notifies the CPU in the descriptor's NDST);
+    /// the other VMs' edges stay for L1's relay (ultracall SetIrqRelay).
     pub(super) fn route_shadow_irqs<S: VmcsSet, P: Platform>(
         &mut self,
         m: &mut Machine,
@@ -32,9 +35,10 @@ impl Vcpu {
             return; // the common case, at every COM access
         }
         for (vm, edges) in m.shadow.irqs.edges() {
-            let Some(route) = m.shadow.pi_route_of(vm) else {
+            let routes = m.shadow.pi_routes_of(vm);
+            if routes.is_empty() {
                 continue;
-            };
+            }
             let mut taken = 0;
             for pin in COM_PINS {
                 if edges & 1 << pin == 0 {
@@ -43,9 +47,17 @@ impl Vcpu {
                 // A masked or unprogrammed edge-triggered pin drops the
                 // edge, as the IOAPIC does.
                 taken |= 1 << pin;
-                if let Some(vector) = m.shadow.irqs.ioapic_vector(vm, pin) {
-                    self.nested_ctx(vs, p).post(route.desc, vector);
-                }
+                let Some((vector, dest)) = m.shadow.irqs.ioapic_route(vm, pin) else {
+                    continue;
+                };
+                // A destination no vCPU accepts (or whose APIC page L0
+                // cannot read) goes to the vCPU L0 learnt of last rather
+                // than nowhere: a lost UART interrupt stalls the console.
+                let route = routes
+                    .iter()
+                    .find(|r| local_apic(p.mem(), r.vapic).is_some_and(|a| dest.accepts(a)))
+                    .unwrap_or(&routes[0]);
+                self.nested_ctx(vs, p).post(route.desc, vector);
             }
             m.shadow.irqs.take_edges(vm, taken);
         }
@@ -112,4 +124,20 @@ impl Vcpu {
             }
         }
     }
+}
+
+/// The APIC registers a virtual-APIC page holds that decide which
+/// interrupts its vCPU accepts.
+fn local_apic(mem: &impl GuestMemory, vapic: u64) -> Option<LocalApic> {
+    let reg = |offset: u64| {
+        let mut b = [0u8; 4];
+        mem.read(vapic + offset, &mut b)
+            .ok()
+            .map(|_| u32::from_le_bytes(b))
+    };
+    Some(LocalApic {
+        id: reg(0x20)?,
+        ldr: reg(0xd0)?,
+        dfr: reg(0xe0)?,
+    })
 }

@@ -9,12 +9,14 @@
 use super::msr::MtrrShadow;
 use super::{Outcome, Platform, Stop, Vcpu, SHUTDOWN_PORT};
 use crate::arch::run::GuestRegs;
+use crate::machine::shared::MachineLock;
 use crate::machine::Machine;
 use crate::nested::apicv::{X2APIC_ICR, X2APIC_SELF_IPI, X2APIC_TPR};
 use crate::nested::entry::Entry;
 use crate::nested::ept02::Fill;
 use crate::nested::msr_lists::{self, Home};
-use crate::nested::{Flow, Level, NestedCtx, NestedHw, VmcsSet};
+use crate::nested::{Flow, NestedCtx, NestedHw, VmcsSet};
+use crate::shadow::interrupts::PiRoute;
 use crate::vmx::caps::secondary;
 use crate::vmx::exit::{EptViolation, ExitInfo, VmExit};
 use crate::vmx::inject::{inject_exception, reinject_interrupted_event, skip_instruction};
@@ -88,6 +90,16 @@ impl<P: Platform> NestedHw for L1Hw<'_, P> {
     }
 }
 
+/// What a vCPU's last entry into L2 told the machine, and the machine's
+/// epoch after it did (`machine/shared.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct NotedEntry {
+    vmcs12: u64,
+    eptp12: Option<u64>,
+    route: Option<PiRoute>,
+    epoch: u64,
+}
+
 impl Vcpu {
     /// What nested VMX may touch of this vCPU, for one exit.
     pub(super) fn nested_ctx<'a, S: VmcsSet, P: Platform>(
@@ -111,7 +123,7 @@ impl Vcpu {
     /// VMLAUNCH or VMRESUME by L1 (SDM 27.1-27.3).
     pub(super) fn nested_entry<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
         launch: bool,
@@ -119,24 +131,44 @@ impl Vcpu {
         if let Err(f) = self.nested_ctx(vs, p).check_entry(launch) {
             return f.into();
         }
-        if let Some(vmcs12) = self.nested.current_vmcs12() {
-            m.shadow.ids.note_entry(vmcs12, self.nested.eptp12());
-        }
         let mut cx = self.nested_ctx(vs, p);
         match cx.enter_l2() {
             Entry::Entered => {}
             Entry::NotEntered(f) => return f.into(),
         }
-        // Where this VMCS12's interrupts are posted (the shadow devices'
-        // route), and a notification that is outstanding processed.
-        if let Some(vmcs12) = cx.nested.current_vmcs12() {
-            let route = cx.nested.pi12();
-            m.shadow.irqs.set_pi_route(vmcs12, route);
-            if let Some(r) = route {
-                cx.process_outstanding(r);
-            }
+        let Some(vmcs12) = cx.nested.current_vmcs12() else {
+            return Outcome::Resume;
+        };
+        // A notification that is outstanding, processed.
+        let route = cx.nested.pi12();
+        if let Some(r) = route {
+            cx.process_outstanding(r);
         }
+        self.note_entry(m, vmcs12, route);
         Outcome::Resume
+    }
+
+    /// What the machine learns from an entry into L2: the VMCS12's user VM
+    /// (so it is known before L1 VMCLEARs it) and where its interrupts are
+    /// posted. Noted again only when it differs from this vCPU's last
+    /// entry or the machine changed since: a VMRESUME of the same VMCS12
+    /// takes no lock.
+    fn note_entry(&mut self, m: &mut MachineLock<'_>, vmcs12: u64, route: Option<PiRoute>) {
+        let entry = NotedEntry {
+            vmcs12,
+            eptp12: self.nested.eptp12(),
+            route,
+            epoch: m.epoch(),
+        };
+        if self.noted_entry == Some(entry) {
+            return;
+        }
+        m.shadow.note_entry(vmcs12, entry.eptp12);
+        m.shadow.irqs.set_pi_route(vmcs12, route);
+        self.noted_entry = Some(NotedEntry {
+            epoch: m.epoch_after(),
+            ..entry
+        });
     }
 
     /// The hardware refused to enter VMCS02 (VMfailValid/Invalid) although
@@ -156,28 +188,18 @@ impl Vcpu {
     /// would have without L1's intercept. One epilogue for what L0 handled.
     pub(super) fn l2_exit<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
     ) -> Outcome {
         let e = ExitInfo::read(vs.current());
         let gpr = &self.regs.gpr;
         let exit = VmExit::decode(&e, gpr[GuestRegs::RAX], gpr[GuestRegs::RCX]);
-        if let VmExit::EntryFailed {
-            reason,
-            qualification,
-        } = exit
-        {
-            // The hardware refused VMCS02's guest state although L0's checks
-            // passed: L1 sees the failure its VMCS12 earned.
-            log::warn!(
-                "hardware rejected VMCS02 (exit reason {:#x}, qualification {qualification:#x}) that passed L0's checks",
-                e.reason
-            );
-            self.nested.vmx.vmcs12.launched = false;
-            vs.select(Level::L1);
+        if let VmExit::EntryFailed { qualification, .. } = exit {
             let mut cx = self.nested_ctx(vs, p);
-            return cx.entry_failure_exit(reason as u32, qualification).into();
+            return cx
+                .vmcs02_guest_state_rejected(e.reason, qualification)
+                .into();
         }
         let route = match self.l0_wants_l2_exit(m, vs, p, exit, &e) {
             Some(route) => route,
@@ -196,7 +218,7 @@ impl Vcpu {
     /// and the IPIs L0 virtualizes.
     fn l0_wants_l2_exit<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
         exit: VmExit,
@@ -210,7 +232,7 @@ impl Vcpu {
                 Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT02 (an L0 bug)"))
             }
             VmExit::Io(io)
-                if m.shadow.intercept_com && super::com::touches_com(io.port, io.size) =>
+                if super::com::touches_com(io.port, io.size) && m.shadow.intercept_com =>
             {
                 self.l2_com_io(m, vs, p, e, io)
             }
@@ -243,7 +265,7 @@ impl Vcpu {
     /// would not have, and L0 does what the CPU would have done for L2.
     fn l2_exit_unclaimed<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
         exit: VmExit,
@@ -319,7 +341,7 @@ impl Vcpu {
     /// as a device interrupt for L1 would cause (SDM 26.2, 28.2.2).
     fn after_l0_handled_l2_exit<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
@@ -330,7 +352,7 @@ impl Vcpu {
             // An event whose delivery the exit interrupted is delivered now.
             reinject_interrupted_event(vs.current(), e.idt_info, e.idt_error, e.instr_len);
         }
-        if o != Outcome::Resume || !self.nested.in_l2() || !m.shadow.irqs.irq_pending() {
+        if o != Outcome::Resume || !self.nested.in_l2() || !m.relay_owed() {
             return o;
         }
         let irqs = &mut m.shadow.irqs;

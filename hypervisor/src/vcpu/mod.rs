@@ -32,6 +32,7 @@ mod ultracall;
 mod vmx_instr;
 
 use crate::machine::ept01::Violation;
+use crate::machine::shared::MachineLock;
 use crate::machine::shutdown::{ShutdownFeed, SHUTDOWN, SHUTDOWN_PORT};
 use crate::machine::Machine;
 use crate::regs::{CR0_TS, CR4_OSXSAVE};
@@ -246,6 +247,8 @@ pub struct Vcpu {
     saves_smi_blocking: bool,
     /// This CPU's exit counts as the other CPUs see them.
     counts: Option<&'static crate::machine::cpu_counts::CpuCounts>,
+    /// What this vCPU's last entry into L2 noted in the machine.
+    noted_entry: Option<l2::NotedEntry>,
 }
 
 const ACTIVITY_HLT: u64 = 1;
@@ -278,7 +281,13 @@ impl Vcpu {
             waiting_for_sipi: false,
             saves_smi_blocking: false,
             counts: None,
+            noted_entry: None,
         }
+    }
+
+    /// The APIC ID of the CPU this vCPU runs on (0 until registered).
+    fn apic_id(&self) -> u32 {
+        self.counts.map_or(0, |c| c.apic_id)
     }
 
     /// Registers this CPU with the machine (its counts in `stats`).
@@ -379,7 +388,7 @@ impl Vcpu {
     /// Handles the exit that just happened on the current VMCS.
     pub fn handle_exit<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
     ) -> Outcome {
@@ -477,7 +486,7 @@ impl Vcpu {
     /// Serves the management line: operator commands in, console output out.
     pub fn poll_console<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
     ) {
@@ -485,30 +494,36 @@ impl Vcpu {
         // 115200 baud, and a UART holds only 16: once a command has begun,
         // L0 stays until its line is complete or the line falls quiet for
         // a few byte times, rather than taking what the FIFO holds per
-        // visit (and losing the rest).
+        // visit (and losing the rest). The other CPUs have the machine
+        // while this one waits for bytes.
         let byte = mgmt_byte_ticks(self.cpuid.tsc_hz);
         let mut buf = [0u8; 64];
         let mut last = crate::arch::cpu::rdtsc();
         let start = last;
+        m.shadow.expire(start);
+        let mut midline = m.console.mid_line();
         loop {
             let n = p.mgmt_rx(&mut buf);
             let now = crate::arch::cpu::rdtsc();
             if n > 0 {
                 last = now;
-                for f in m.console.feed(&mut m.shadow, &buf[..n]) {
+                let mm = &mut **m;
+                for f in mm.console.feed(&mut mm.shadow, &buf[..n]) {
                     p.mgmt_send(&f);
                 }
+                midline = mm.console.mid_line();
                 continue;
             }
-            let midline = m.console.mid_line();
             if !midline
                 || now.wrapping_sub(last) > 8 * byte
                 || now.wrapping_sub(start) > 2 * mgmt::MAX_LINE as u64 * byte
             {
                 break;
             }
+            m.release();
             core::hint::spin_loop();
         }
+        let m = &mut **m;
         if m.console.take_stats_request() {
             for f in self.stats_frames(m.shadow.vm_count(), &m.cpus, vs.current(), p) {
                 p.mgmt_send(&f);
@@ -523,8 +538,8 @@ impl Vcpu {
     /// What L0 does before each VM entry into L1: raise the relay
     /// interrupt when edges are pending and L1 can take an interrupt, or
     /// ask for the window in which it can.
-    pub fn before_l1_entry(&mut self, m: &mut Machine, v: &mut impl Vmcs) {
-        if !m.shadow.irqs.irq_pending() {
+    pub fn before_l1_entry(&mut self, m: &mut MachineLock<'_>, v: &mut impl Vmcs) {
+        if !m.relay_owed() {
             return;
         }
         let Some(vector) = m.shadow.irqs.relay_vector else {
@@ -858,6 +873,7 @@ impl Vcpu {
                 log::info!("L1 touched {gpa:#x} beyond the memory map: mapped as MMIO");
                 Outcome::Resume
             }
+            Ok(Violation::Resolved) => Outcome::Resume,
             Err(_) => Outcome::Stop(Stop::Internal("out of memory for EPT01 tables")),
         }
     }

@@ -191,6 +191,7 @@ mod tests {
             l1_long_mode: true,
             is_l1_ram: &ram,
             read_revision: &rev,
+            read_u64: &|_| u64::MAX,
         };
         checks::check_guest_state(v, &ctx)?;
         checks::check_volatile_guest_state(v, &ctx)

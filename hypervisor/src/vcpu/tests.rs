@@ -3,6 +3,7 @@
 use super::*;
 use crate::guest_mem::fake::VecMemory;
 use crate::machine::ept01::Ept01;
+use crate::machine::shared::SharedMachine;
 use crate::machine::shutdown::{ShutdownFeed, ShutdownWatch};
 use crate::mm::paging::tests::FakeTables;
 use crate::mm::paging::{translate, PageSize};
@@ -174,12 +175,13 @@ pub const PAGES: Vmcs02Pages = Vmcs02Pages {
     io_all: 0x7000_2000,
     io_l0: 0x7000_4000,
     msr02: 0x7000_6000,
+    vapic_unbacked: 0x7000_7000,
 };
 
 /// A vCPU with the machine it runs on, paired as start.rs pairs them.
 pub struct Cpu {
     pub vcpu: Vcpu,
-    pub m: Machine,
+    pub m: SharedMachine,
 }
 
 impl core::ops::Deref for Cpu {
@@ -197,10 +199,16 @@ impl core::ops::DerefMut for Cpu {
 
 impl Cpu {
     pub fn handle_exit<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> Outcome {
-        self.vcpu.handle_exit(&mut self.m, vs, p)
+        self.vcpu.handle_exit(&mut self.m.lock(), vs, p)
+    }
+    /// An exit, and whether its handling took the machine's lock.
+    pub fn exit_locks<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) -> bool {
+        let mut m = self.m.lock();
+        self.vcpu.handle_exit(&mut m, vs, p);
+        m.taken()
     }
     pub fn poll_console<S: VmcsSet, P: Platform>(&mut self, vs: &mut S, p: &mut P) {
-        self.vcpu.poll_console(&mut self.m, vs, p)
+        self.vcpu.poll_console(&mut self.m.lock(), vs, p)
     }
 }
 
@@ -251,6 +259,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         waiting_for_sipi: false,
         saves_smi_blocking: false,
         counts: None,
+        noted_entry: None,
     };
     let mut v = FakeVmcs::default();
     setup::write_entry_state(
@@ -282,7 +291,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         xapic: BTreeMap::new(),
         xapic_writes: Vec::new(),
     };
-    let m = Machine {
+    let m = SharedMachine::new(Machine {
         ept,
         shadow: crate::shadow::Shadow::new(Some(shadow_devices::SealKey::new(&[1; 32])), |b| {
             b.fill(0x42);
@@ -292,8 +301,9 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         mgmt_port: Some(0x2f8),
         shutdown: ShutdownWatch::default(),
         ap_wait: Default::default(),
+        vmcs12_owners: Default::default(),
         cpus: alloc::vec::Vec::new(),
-    };
+    });
     (
         Cpu { vcpu, m },
         FakeSet {
@@ -311,6 +321,21 @@ fn exit(v: &mut FakeVmcs, reason: u16, qualification: u64, len: u64) {
     v.write(F::EXIT_QUALIFICATION, qualification);
     v.write(F::VM_EXIT_INSTRUCTION_LEN, len);
     v.write(F::VM_ENTRY_INTR_INFO_FIELD, 0);
+}
+
+/// L1's memory operand of a VMPTRLD/VMCLEAR: the pointer at linear
+/// 0x20_0000 ([RAX], identity-mapped by 2 MiB pages).
+pub fn vmcs_pointer_operand(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, ptr: u64) {
+    c.regs.gpr[GuestRegs::RAX] = 0x20_0000;
+    p.mem.write(0x20_0000, &ptr.to_le_bytes()).unwrap();
+    v.v01
+        .write(F::VMX_INSTRUCTION_INFO, (3 << 15 | 2 << 7 | 1 << 22) as u64);
+    p.mem.write(0x1000, &(0x2000u64 | 3).to_le_bytes()).unwrap();
+    p.mem.write(0x2000, &(0x3000u64 | 3).to_le_bytes()).unwrap();
+    p.mem
+        .write(0x3000 + 8, &(0x20_0000u64 | 0x83).to_le_bytes())
+        .unwrap();
+    v.v01.write(F::GUEST_CR3, 0x1000);
 }
 
 fn injected(v: &FakeVmcs) -> Option<(u8, Option<u64>)> {
@@ -349,8 +374,8 @@ fn cpuid_answers_and_advances() {
 #[test]
 fn stats_are_answered_on_the_management_line() {
     let (mut c, mut v, mut p) = setup();
-    c.vcpu.register(&mut c.m, 0);
-    c.m.register_cpu(1).count(true);
+    c.vcpu.register(c.m.get_mut(), 0);
+    c.m.get_mut().register_cpu(1).count(true);
     c.regs.gpr[GuestRegs::RAX] = 0;
     exit(&mut v, reason::CPUID, 0, 2);
     c.handle_exit(&mut v, &mut p);
@@ -629,9 +654,15 @@ fn l0_memory_access_is_backed_by_the_scratch_page() {
     exit(&mut v, reason::EPT_VIOLATION, 0x182, 0);
     v.write(F::GUEST_PHYSICAL_ADDRESS, POOL.start + 0x1234);
     assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
-    let l = translate(&mut p.tables, &Ept, c.m.ept.root, POOL.start + 0x1000).unwrap();
-    assert_eq!(l.pa, c.m.ept.sink);
-    assert_eq!(c.m.ept.l0_touches, 1);
+    let l = translate(
+        &mut p.tables,
+        &Ept,
+        c.m.get_mut().ept.root,
+        POOL.start + 0x1000,
+    )
+    .unwrap();
+    assert_eq!(l.pa, c.m.get_mut().ept.sink);
+    assert_eq!(c.m.get_mut().ept.l0_touches, 1);
     // A violation on a present entry is not L1's doing.
     exit(&mut v, reason::EPT_VIOLATION, 0x2 | (1 << 3), 0);
     assert!(matches!(
@@ -644,8 +675,8 @@ fn l0_memory_access_is_backed_by_the_scratch_page() {
 fn inits_for_a_waiting_vcpu_are_kept_from_the_apic_the_rest_goes_through() {
     use crate::machine::ap_wait::X2APIC_ICR;
     let (mut c, mut v, mut p) = setup();
-    c.m.ept.apic_page = Some(0xfee0_0000);
-    c.m.ap_wait.wait(1);
+    c.m.get_mut().ept.apic_page = Some(0xfee0_0000);
+    c.m.get_mut().ap_wait.wait(1);
     // L1 in protected mode without paging: mov %esi,(%rax) at 0x7000.
     v.write(F::GUEST_CR0, crate::regs::CR0_PE | crate::regs::CR0_NE);
     v.write(F::GUEST_RIP, 0x7000);
@@ -782,7 +813,7 @@ mod nested {
 
     /// L1 in 64-bit mode, in VMX operation with a valid current VMCS12
     /// whose EPT12 maps L2 page 0x1000 to L1 page 0x50_0000.
-    fn l1_in_vmx() -> (Cpu, FakeSet, FakePlatform) {
+    pub(super) fn l1_in_vmx() -> (Cpu, FakeSet, FakePlatform) {
         let (mut c, mut v, mut p) = setup();
         p.mem = VecMemory::new(0, 0x100_0000);
         c.cpuid.vmx = true;
@@ -808,6 +839,39 @@ mod nested {
     fn launch(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, reason_: u16) -> Outcome {
         exit(v, reason_, 0, 3);
         c.handle_exit(v, p)
+    }
+
+    /// The hot path of a nested guest takes no machine-wide lock: an exit
+    /// reflected to L1 and a VMRESUME of the VMCS12 this vCPU entered
+    /// before, unless the machine changed since (then once).
+    #[test]
+    fn reflect_and_resume_take_no_lock() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        exit(&mut v, reason::VMLAUNCH, 0, 3);
+        assert!(c.exit_locks(&mut v, &mut p), "the first entry notes the VM");
+        let round_trip = |c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform| {
+            exit(v, reason::CPUID, 0, 2);
+            let reflect = c.exit_locks(v, p);
+            assert!(!c.nested.in_l2());
+            exit(v, reason::VMRESUME, 0, 3);
+            let resume = c.exit_locks(v, p);
+            assert!(c.nested.in_l2());
+            (reflect, resume)
+        };
+        assert_eq!(round_trip(&mut c, &mut v, &mut p), (false, false));
+        assert_eq!(round_trip(&mut c, &mut v, &mut p), (false, false));
+        // Another CPU changed the machine: noted again, once.
+        c.m.lock().shadow.irqs.relay_vector = Some(0x40);
+        assert_eq!(round_trip(&mut c, &mut v, &mut p), (false, true));
+        assert_eq!(round_trip(&mut c, &mut v, &mut p), (false, false));
+        // Another VMCS12: noted.
+        exit(&mut v, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        c.nested.vmx.current = Some(0x10_2000);
+        *c.nested.vmx.vmcs12 = valid_vmcs12();
+        exit(&mut v, reason::VMLAUNCH, 0, 3);
+        assert!(c.exit_locks(&mut v, &mut p));
+        assert!(c.nested.in_l2());
     }
 
     #[test]
@@ -898,10 +962,44 @@ mod nested {
         );
     }
 
+    /// EPT A/D flags off: the processor's setting of an accessed flag in
+    /// L2's page table is a write (SDM 29.3.3.2). EPT02 copies EPT12's
+    /// read-only permission, so the CPU exits to L0 with a write to the
+    /// paging structure (qualification bit 8 clear), and L1 gets it.
+    #[test]
+    fn accessed_flag_write_to_a_read_only_page_table_reaches_l1() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        // L2-physical 0x2000 (its page table) read-only onto L1's L2_PAGE.
+        put(&mut p.mem, EPT12_ROOT + 0x3000 + 16, L2_PAGE | 1 | 6 << 3);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        let root02 = v.v02.read(F::EPT_POINTER) & !0xfff;
+        // The page walk's read: EPT02 gets EPT12's read-only leaf.
+        exit(&mut v.v02, reason::EPT_VIOLATION, 0x81, 0);
+        v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x2010);
+        c.handle_exit(&mut v, &mut p);
+        assert!(c.nested.in_l2());
+        let l = translate(&mut p.tables, &Ept, root02, 0x2010).unwrap();
+        assert_eq!(l.entry & RWX, 1, "read-only, as EPT12");
+        // The accessed-flag update: a write to the PTE.
+        exit(&mut v.v02, reason::EPT_VIOLATION, 0x8a, 0);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        let v12 = &c.nested.vmx.vmcs12;
+        assert_eq!(
+            (
+                v12.get(F::VM_EXIT_REASON),
+                v12.get(F::EXIT_QUALIFICATION),
+                v12.get(F::GUEST_PHYSICAL_ADDRESS)
+            ),
+            (48, 0x8a, 0x2010)
+        );
+    }
+
     #[test]
     fn ept12_pointing_at_l0_is_a_misconfiguration() {
         let (mut c, mut v, mut p) = l1_in_vmx();
-        c.m.ept
+        c.m.get_mut()
+            .ept
             .l0
             .insert(Range::new(L2_PAGE, L2_PAGE + 0x1000))
             .unwrap();
@@ -935,6 +1033,157 @@ mod nested {
         assert_eq!(c.nested.vmx.vmcs12.get(F::VM_INSTRUCTION_ERROR), 7);
     }
 
+    /// The CPU refuses VMCS02's guest state at the entry that follows
+    /// (as the CPU loop sees it: a run that ends in an entry-failure exit).
+    fn rejected(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform) -> Outcome {
+        c.nested.note_vmcs02_launched();
+        let failed = 0x8000_0000 | reason::INVALID_GUEST_STATE as u64;
+        v.v02.write(F::VM_EXIT_REASON, failed);
+        v.v02.write(F::EXIT_QUALIFICATION, 0);
+        c.handle_exit(v, p)
+    }
+
+    /// L2 ran until an exit with reason `r`.
+    fn l2_ran_to(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, r: u16) -> Outcome {
+        c.nested.note_vmcs02_launched();
+        exit(&mut v.v02, r, 0, 2);
+        c.handle_exit(v, p)
+    }
+
+    #[test]
+    fn hardware_rejection_keeps_the_launch_states() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        // L1's first VMLAUNCH, refused: VMCS12 and VMCS02 stay clear.
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert_eq!(rejected(&mut c, &mut v, &mut p), Outcome::Resume);
+        assert!(!c.nested.in_l2() && v.cur == Level::L1);
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 0x8000_0021);
+        assert!(!c.nested.vmx.vmcs12.launched);
+        assert!(
+            !c.vcpu.launched(true),
+            "VMCS02 is entered with VMLAUNCH again"
+        );
+        // Launched, then a VMRESUME refused: VMCS12 stays launched.
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        l2_ran_to(&mut c, &mut v, &mut p, reason::CPUID);
+        assert!(c.vcpu.launched(true));
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        rejected(&mut c, &mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        assert!(
+            c.nested.vmx.vmcs12.launched,
+            "a failed VMRESUME leaves the VMCS launched (SDM 27.8)"
+        );
+        assert!(c.vcpu.launched(true));
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(c.nested.in_l2(), "L1's next VMRESUME enters");
+        // L0's own resume of a running L2, refused: L1's VMLAUNCH of a
+        // clear VMCS12 had succeeded, so it stays launched.
+        l2_ran_to(&mut c, &mut v, &mut p, reason::CPUID);
+        c.nested.vmx.vmcs12.launched = false; // as after VMCLEAR
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0x1010);
+        c.nested.note_vmcs02_launched();
+        exit(&mut v.v02, reason::EPT_VIOLATION, 0x181, 0);
+        c.handle_exit(&mut v, &mut p);
+        assert!(c.nested.in_l2(), "an EPT02 fill: L0 resumes L2 itself");
+        rejected(&mut c, &mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        assert!(c.nested.vmx.vmcs12.launched);
+    }
+
+    /// Structures beyond L1's RAM (16 MiB here): the entry goes on as on
+    /// the hardware, and L0 uses only its own stand-in or L1's RAM.
+    #[test]
+    fn structures_beyond_l1_ram() {
+        use crate::vmx::caps::primary::USE_TPR_SHADOW;
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        let beyond = 0x2000_0000;
+        let v12 = &mut *c.nested.vmx.vmcs12;
+        v12.set_bits_for_test(F::CPU_BASED_VM_EXEC_CONTROL, USE_TPR_SHADOW as u64);
+        v12.set(F::VIRTUAL_APIC_PAGE_ADDR, beyond);
+        v12.set(F::TPR_THRESHOLD, 0xf);
+        v12.set(F::IO_BITMAP_A, beyond + 0x1000);
+        // Entry 1 in RAM (a valid load of SYSENTER_CS), entry 2 beyond it.
+        let list = 0x100_0000 - 16;
+        put(&mut p.mem, list, 0x174);
+        put(&mut p.mem, list + 8, 7);
+        v12.set(F::VM_ENTRY_MSR_LOAD_ADDR, list);
+        v12.set(F::VM_ENTRY_MSR_LOAD_COUNT, 2);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(!c.nested.in_l2());
+        let v12 = &mut *c.nested.vmx.vmcs12;
+        assert_eq!(
+            (v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION)),
+            (0x8000_0022, 2),
+            "the unbacked entry reads as all ones and fails, by its index"
+        );
+        v12.set(F::VM_ENTRY_MSR_LOAD_COUNT, 1);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        assert_eq!(v.v02.read(F::VIRTUAL_APIC_PAGE_ADDR), PAGES.vapic_unbacked);
+        assert!(p.page(PAGES.vapic_unbacked).iter().all(|&w| w == u64::MAX));
+        // L2 reads port 0x10 through L1's I/O bitmap A: all ones, so L1's.
+        let io_in_0x10 = 0x10 << 16 | 1 << 3;
+        exit(&mut v.v02, reason::IO_INSTRUCTION, io_in_0x10, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        assert_eq!(c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON), 30);
+        // Back in L1's RAM, VMCS02 takes L1's page again.
+        c.nested
+            .vmx
+            .vmcs12
+            .set(F::VIRTUAL_APIC_PAGE_ADDR, 0x60_0000);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(!c.nested.in_l2(), "VTPR 0 there: under TPR threshold 0xf");
+        c.nested.vmx.vmcs12.set(F::TPR_THRESHOLD, 0);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(c.nested.in_l2());
+        assert_eq!(v.v02.read(F::VIRTUAL_APIC_PAGE_ADDR), 0x60_0000);
+    }
+
+    #[test]
+    fn pae_l2_without_ept_takes_its_pdptes_from_cr3() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        let v12 = &mut *c.nested.vmx.vmcs12;
+        let s = v12.get(F::SECONDARY_VM_EXEC_CONTROL);
+        use crate::vmx::caps::secondary::{ENABLE_EPT, UNRESTRICTED_GUEST};
+        v12.set(
+            F::SECONDARY_VM_EXEC_CONTROL,
+            s & !((ENABLE_EPT | UNRESTRICTED_GUEST) as u64),
+        );
+        v12.set(F::GUEST_CR0, 0x8000_0031);
+        v12.set(F::GUEST_CR4, 0x2020);
+        v12.set(F::GUEST_CR3, 0x5020);
+        v12.set(F::GUEST_PDPTE0, 0xdead_0001);
+        put(&mut p.mem, 0x5020, 0x6001);
+        put(&mut p.mem, 0x5030, 0x7001);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        assert_eq!(
+            (v.v02.read(F::GUEST_PDPTE0), v.v02.read(F::GUEST_PDPTE2)),
+            (0x6001, 0x7001),
+            "VMCS02 (with EPT) holds what CR3 points at, not VMCS12's fields"
+        );
+        exit(&mut v.v02, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        // L1 puts a reserved bit into a PDPTE in memory, then VMRESUMEs.
+        put(&mut p.mem, 0x5030, 0x7001 | 1 << 5);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(!c.nested.in_l2());
+        let v12 = &c.nested.vmx.vmcs12;
+        assert_eq!(
+            (v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION)),
+            (0x8000_0021, 2)
+        );
+        assert!(v12.launched);
+        put(&mut p.mem, 0x5030, 0x8001);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(c.nested.in_l2());
+        assert_eq!(v.v02.read(F::GUEST_PDPTE2), 0x8001);
+    }
+
     #[test]
     fn l2_io_routing() {
         let (mut c, mut v, mut p) = l1_in_vmx();
@@ -958,7 +1207,7 @@ mod nested {
             0x60,
             "THRE and TEMT: the byte left"
         );
-        assert_eq!(c.m.shadow.vm_count(), 1);
+        assert_eq!(c.m.get_mut().shadow.vm_count(), 1);
         // L0's management port (COM2 for L0) is this VM's COM2, not L0's.
         exit(&mut v, reason::IO_INSTRUCTION, 0x02fb_0000, 1);
         c.regs.gpr[GuestRegs::RAX] = 0x03;
@@ -1054,18 +1303,9 @@ mod nested {
     #[test]
     fn posted_shadow_interrupt() {
         let (mut c, mut v, mut p) = l2_with_posted_interrupts();
-        // L2 programs IOAPIC pin 4 with `mov %esi,(%rax)` (paging off: the
-        // instruction is at L2 0x1000, L1 0x50_0000); each write goes to L1.
-        p.mem.write(L2_PAGE, &[0x89, 0x30]).unwrap();
-        for (gpa, value) in [(0xfec0_0000u64, 0x18u64), (0xfec0_0010, 0x24)] {
-            c.regs.gpr[GuestRegs::RSI] = value;
-            exit(&mut v, reason::EPT_VIOLATION, 0x182, 0);
-            v.v02.write(F::GUEST_PHYSICAL_ADDRESS, gpa);
-            v.v02.write(F::GUEST_RIP, 0x1000);
-            c.handle_exit(&mut v, &mut p);
-            assert!(!c.nested.in_l2(), "KVM emulates the IOAPIC");
-            launch(&mut c, &mut v, &mut p, reason::VMRESUME);
-        }
+        // L2 programs IOAPIC pin 4 (paging off: the instruction is at L2
+        // 0x1000, L1 0x50_0000).
+        l2_ioapic_writes(&mut c, &mut v, &mut p, &[(0, 0x18), (0x10, 0x24)]);
         // L2's 8250 driver: THR-empty interrupt on, OUT2. The edge is
         // posted and, L2 being the one running, processed at once.
         v.v02.write(F::GUEST_INTR_STATUS, 0);
@@ -1085,8 +1325,8 @@ mod nested {
         exit(&mut v, reason::CPUID, 0, 2);
         c.handle_exit(&mut v, &mut p);
         assert!(!c.nested.in_l2());
-        c.m.shadow.io(1, 0x3f9, Some(0x01)); // received-data interrupt on
-        c.m.shadow.irqs.take_edges(1, u16::MAX);
+        c.m.get_mut().shadow.io(1, 0x3f9, Some(0x01)); // received-data interrupt on
+        c.m.get_mut().shadow.irqs.take_edges(1, u16::MAX);
         for cmd in ["attach 1", "in 41"] {
             p.mgmt_in
                 .extend_from_slice(shadow_devices::mgmt::frame(format_args!("{cmd}")).as_bytes());
@@ -1099,6 +1339,85 @@ mod nested {
         let mut d = [0u8; 33];
         p.mem.read(DESC, &mut d).unwrap();
         assert!(d.iter().all(|&b| b == 0), "PIR and ON cleared");
+    }
+
+    /// L2 writes `(offset, value)` pairs to its IOAPIC with `mov
+    /// %esi,(%rax)` at L2 0x1000; each write goes on to L1 (KVM's IOAPIC).
+    fn l2_ioapic_writes(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, w: &[(u64, u64)]) {
+        p.mem.write(L2_PAGE, &[0x89, 0x30]).unwrap();
+        for &(offset, value) in w {
+            c.regs.gpr[GuestRegs::RSI] = value;
+            exit(v, reason::EPT_VIOLATION, 0x182, 0);
+            v.v02.write(F::GUEST_PHYSICAL_ADDRESS, 0xfec0_0000 + offset);
+            v.v02.write(F::GUEST_RIP, 0x1000);
+            c.handle_exit(v, p);
+            assert!(!c.nested.in_l2(), "KVM emulates the IOAPIC");
+            launch(c, v, p, reason::VMRESUME);
+        }
+    }
+
+    /// The operator's `commands` (typing a byte into VM 1's COM1, its
+    /// receive interrupt enabled) while L1 runs.
+    fn typed_while_l1_runs(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, commands: &[&str]) {
+        exit(v, reason::CPUID, 0, 2);
+        c.handle_exit(v, p);
+        assert!(!c.nested.in_l2());
+        let sh = &mut c.m.get_mut().shadow;
+        sh.io(1, 0x3fc, Some(0x08)); // OUT2: the UART's interrupt reaches its pin
+        sh.io(1, 0x3f9, Some(0x01));
+        sh.io(1, 0x3f8, None); // L2 read what came before
+        sh.irqs.take_edges(1, u16::MAX);
+        for cmd in commands {
+            p.mgmt_in
+                .extend_from_slice(shadow_devices::mgmt::frame(format_args!("{cmd}")).as_bytes());
+        }
+        c.poll_console(v, p);
+    }
+
+    /// A VM with two vCPUs (two VMCS12s, each with its descriptor and
+    /// virtual-APIC page): the shadow UART's interrupt is posted to the
+    /// vCPU whose APIC ID the IOAPIC entry names, and its notification
+    /// goes to the physical CPU in that descriptor's NDST.
+    #[test]
+    fn shadow_interrupt_goes_to_the_vcpu_the_ioapic_names() {
+        const DESC1: u64 = 0x62_0000;
+        const VAPIC1: u64 = 0x63_0000;
+        let (mut c, mut v, mut p) = l2_with_posted_interrupts();
+        // vCPU 0 (xAPIC ID 0) is notified on CPU 1, vCPU 1 (ID 1) on CPU 2.
+        p.mem.write(VAPIC + 0x20, &0u32.to_le_bytes()).unwrap();
+        p.mem
+            .write(VAPIC1 + 0x20, &(1u32 << 24).to_le_bytes())
+            .unwrap();
+        p.mem.write(DESC1 + 34, &[0xf2]).unwrap();
+        p.mem.write(DESC1 + 36, &0x0200u32.to_le_bytes()).unwrap();
+        // Pin 4: vector 0x24, physical destination APIC ID 1.
+        let to = |id: u64| [(0, 0x18), (0x10, 0x24), (0, 0x19), (0x10, id << 24)];
+        l2_ioapic_writes(&mut c, &mut v, &mut p, &to(1));
+        // L1 runs vCPU 1 on its own VMCS12.
+        exit(&mut v, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        let mut v12 = (*c.nested.vmx.vmcs12).clone();
+        v12.launched = false;
+        v12.set(F::VIRTUAL_APIC_PAGE_ADDR, VAPIC1);
+        v12.set(F::POSTED_INTR_DESC_ADDR, DESC1);
+        c.nested.vmx.current = Some(0x10_2000);
+        *c.nested.vmx.vmcs12 = v12;
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        assert_eq!(c.m.get_mut().shadow.pi_routes_of(1).len(), 2);
+
+        typed_while_l1_runs(&mut c, &mut v, &mut p, &["attach 1", "in 41"]);
+        assert_eq!(p.ipis, vec![(0x200, 0xf2)], "vCPU 1's CPU notified");
+        assert_eq!(p.mem.read_u64(DESC1).unwrap(), 1 << 0x24, "in vCPU 1's PIR");
+        assert_eq!(p.mem.read_u64(DESC).unwrap(), 0, "not in vCPU 0's");
+
+        // L2 moves the interrupt to vCPU 0.
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        l2_ioapic_writes(&mut c, &mut v, &mut p, &to(0));
+        p.ipis.clear();
+        typed_while_l1_runs(&mut c, &mut v, &mut p, &["in 42"]);
+        assert_eq!(p.ipis, vec![(0x100, 0xf2)], "vCPU 0's CPU notified");
+        assert_eq!(p.mem.read_u64(DESC).unwrap(), 1 << 0x24);
     }
 
     /// L0 delivers the virtual interrupt RVI names at entry into L2 (the
@@ -1443,25 +1762,52 @@ mod shadowing {
         // VMCLEAR of the current VMCS: the link is cut.
         exit(&mut v, reason::CPUID, 0, 2);
         c.handle_exit(&mut v, &mut p);
-        c.regs.gpr[GuestRegs::RAX] = 0x20_0000;
-        p.mem.write(0x20_0000, &0x10_1000u64.to_le_bytes()).unwrap();
-        for (f, x) in [
-            (F::VMX_INSTRUCTION_INFO, (3 << 15 | 2 << 7 | 1 << 22) as u64),
-            (F::EXIT_QUALIFICATION, 0),
-        ] {
-            v.v01.write(f, x);
-        }
-        // L1 paging for the operand: identity 2 MiB pages at 0x1000.
-        p.mem.write(0x1000, &(0x2000u64 | 3).to_le_bytes()).unwrap();
-        p.mem.write(0x2000, &(0x3000u64 | 3).to_le_bytes()).unwrap();
-        p.mem
-            .write(0x3000 + 8, &(0x20_0000u64 | 0x83).to_le_bytes())
-            .unwrap();
-        v.v01.write(F::GUEST_CR3, 0x1000);
+        vmcs_pointer_operand(&mut c, &mut v, &mut p, 0x10_1000);
         exit(&mut v, reason::VMCLEAR, 0, 3);
         c.handle_exit(&mut v, &mut p);
         assert_eq!(injected(&v), None);
         assert_eq!(c.nested.vmx.current, None);
         assert_eq!(v.v01.read(F::VMCS_LINK_POINTER), u64::MAX);
+    }
+}
+
+mod across_cpus {
+    //! What one vCPU does that another CPU's vCPU could see.
+    use super::nested::l1_in_vmx;
+    use super::*;
+    use crate::nested::testutil::valid_vmcs12;
+
+    /// A VMCS12 current on another CPU can be neither loaded nor cleared
+    /// here (the SDM leaves it undefined; two caches of it would overwrite
+    /// each other): VMfailValid, nothing else changes. Once that CPU lets
+    /// it go, it moves.
+    #[test]
+    fn a_vmcs12_current_elsewhere_is_refused() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        let theirs = 0x10_3000;
+        p.mem.write(theirs, &valid_vmcs12().to_region()).unwrap();
+        c.m.get_mut().vmcs12_owners.change(7, None, Some(theirs));
+        let rip = v.v01.read(F::GUEST_RIP);
+        for (instr, error) in [(reason::VMPTRLD, 9), (reason::VMCLEAR, 2)] {
+            vmcs_pointer_operand(&mut c, &mut v, &mut p, theirs);
+            exit(&mut v.v01, instr, 0, 3);
+            c.handle_exit(&mut v, &mut p);
+            assert_eq!(v.v01.read(F::GUEST_RFLAGS) & 0x41, 0x40, "VMfailValid");
+            assert_eq!(c.nested.vmx.vmcs12.get(F::VM_INSTRUCTION_ERROR), error);
+            assert_eq!(c.nested.vmx.current, Some(0x10_1000));
+        }
+        assert_eq!(v.v01.read(F::GUEST_RIP), rip + 6);
+        // CPU 7 loads another: this CPU may load it.
+        c.m.get_mut()
+            .vmcs12_owners
+            .change(7, Some(theirs), Some(0x10_4000));
+        vmcs_pointer_operand(&mut c, &mut v, &mut p, theirs);
+        exit(&mut v.v01, reason::VMPTRLD, 0, 3);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(v.v01.read(F::GUEST_RFLAGS) & 0x41, 0);
+        assert_eq!(c.nested.vmx.current, Some(theirs));
+        let owners = &c.m.get_mut().vmcs12_owners;
+        assert_eq!(owners.elsewhere(theirs, 7), Some(0));
+        assert_eq!(owners.elsewhere(0x10_1000, 7), None, "released");
     }
 }

@@ -125,6 +125,7 @@ impl Vcpu {
                 }
             }
             Op::ListVms => {
+                m.shadow.expire(crate::arch::cpu::rdtsc());
                 let mut out = vec![0u8; buf.len as usize];
                 match m.shadow.list(&mut out) {
                     Ok(n) => {

@@ -1,19 +1,25 @@
 //! L1's VMX instructions, on the vCPU: carried out by nested VMX
 //! (`nested/entry.rs`, `nested/instr_exit.rs`), then what they mean for
-//! the machine (a VMCLEAR or VMXOFF can end a user VM) and the `stats`
-//! counts.
+//! the machine (which CPU has which VMCS12 current; a VMCLEAR or VMXOFF
+//! can end a user VM) and the `stats` counts.
 
 use super::{Outcome as ExitOutcome, Platform, Vcpu};
-use crate::machine::Machine;
-use crate::nested::instr::Outcome;
+use crate::machine::shared::MachineLock;
+use crate::nested::instr::{err, Outcome};
 use crate::nested::VmcsSet;
-use crate::vmx::exit::reason;
+use crate::vmx::exit::{reason, reason_name};
+
+/// A VMCLEARed VMCS12 entered again within 1/20 s (50 ms) on any CPU
+/// keeps its VM: KVM's VMCLEAR and VMPTRLD of a moving vCPU are
+/// microseconds apart, unless another CPU holds the machine's lock
+/// meanwhile (the management line's poll holds it up to a few ms).
+const VMCLEAR_GRACE_DIVISOR: u64 = 20;
 
 impl Vcpu {
     /// A VMX instruction executed by L1.
     pub(super) fn l1_vmx_instruction<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
         basic: u16,
@@ -21,21 +27,69 @@ impl Vcpu {
         if basic == reason::VMLAUNCH || basic == reason::VMRESUME {
             return self.nested_entry(m, vs, p, basic == reason::VMLAUNCH);
         }
+        if self.current_elsewhere(m, vs, p, basic) {
+            return ExitOutcome::Resume;
+        }
+        let before = self.nested.current_vmcs12();
         let done = self.nested_ctx(vs, p).vmx_instruction(basic);
+        let after = self.nested.current_vmcs12();
+        if before != after {
+            m.vmcs12_owners.change(self.apic_id(), before, after);
+        }
         if let Some(enc) = done.vmcs_field {
             *self.stats.vmcs_fields.entry(enc).or_insert(0) += 1;
         }
-        if done.outcome == Outcome::Succeed {
-            // The end of a user VM (shadow/identity.rs, rule 3).
+        if done.outcome == Outcome::Succeed && matches!(basic, reason::VMCLEAR | reason::VMXOFF) {
+            let m = &mut **m;
+            // The end of a user VM (shadow/identity.rs, rule 3), unless
+            // the vCPU only moves to another CPU (shadow/ending.rs).
+            let now = crate::arch::cpu::rdtsc();
             match (basic, done.cleared) {
-                (reason::VMCLEAR, Some(ptr)) => m.shadow.vmclear(ptr),
+                (reason::VMCLEAR, Some(ptr)) => m
+                    .shadow
+                    .vmclear(ptr, now + self.cpuid.tsc_hz / VMCLEAR_GRACE_DIVISOR),
                 (reason::VMXOFF, _) => m.shadow.vmxoff(),
                 _ => {}
             }
+            m.shadow.expire(now);
             for f in m.console.notices(&mut m.shadow) {
                 p.mgmt_send(&f);
             }
         }
         ExitOutcome::Resume
+    }
+
+    /// A VMPTRLD or VMCLEAR of a VMCS12 that is current on another CPU is
+    /// refused (`machine/vmcs12_owners.rs`): VMfailValid with the error of
+    /// an address the instruction cannot use. Whether it was.
+    fn current_elsewhere<S: VmcsSet, P: Platform>(
+        &mut self,
+        m: &mut MachineLock<'_>,
+        vs: &mut S,
+        p: &mut P,
+        basic: u16,
+    ) -> bool {
+        let error = match basic {
+            reason::VMPTRLD => err::VMPTRLD_INVALID_ADDRESS,
+            reason::VMCLEAR => err::VMCLEAR_INVALID_ADDRESS,
+            _ => return false,
+        };
+        let Some(ptr) = self.nested_ctx(vs, p).vmx_pointer_operand() else {
+            return false;
+        };
+        // A VMPTRLD of this CPU's current VMCS12 is the hot case: no lock.
+        if Some(ptr) == self.nested.current_vmcs12() {
+            return false;
+        }
+        let Some(cpu) = m.vmcs12_owners.elsewhere(ptr, self.apic_id()) else {
+            return false;
+        };
+        log::warn!(
+            "L1 {} of VMCS12 {ptr:#x} on CPU APIC ID {:#x}: it is current on CPU APIC ID {cpu:#x}; refused",
+            reason_name(basic),
+            self.apic_id()
+        );
+        self.nested_ctx(vs, p).vmx_instruction_refused(error);
+        true
     }
 }

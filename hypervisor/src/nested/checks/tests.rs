@@ -3,7 +3,21 @@
 use super::*;
 use crate::nested::testutil::{caps, valid_vmcs12};
 
+/// L1 RAM below 256 MiB, zero; all ones above, as unbacked memory reads.
+fn zero_ram(a: u64) -> u64 {
+    if a < 0x1000_0000 {
+        0
+    } else {
+        u64::MAX
+    }
+}
+
 fn run(v: &Vmcs12) -> Result<(), EntryFailure> {
+    run_with(v, &zero_ram)
+}
+
+/// Every check of a VMLAUNCH, with L1's memory read through `mem`.
+fn run_with(v: &Vmcs12, mem: &dyn Fn(u64) -> u64) -> Result<(), EntryFailure> {
     let c = caps();
     let ram = |a: u64, len: u64| a + len <= 0x1000_0000;
     let rev = |a: u64| (a == 0x40_0000).then_some(crate::nested::caps::VMCS12_REVISION);
@@ -13,10 +27,28 @@ fn run(v: &Vmcs12) -> Result<(), EntryFailure> {
         l1_long_mode: true,
         is_l1_ram: &ram,
         read_revision: &rev,
+        read_u64: mem,
     };
     check_controls(v, &ctx)?;
     check_host_state(v, &ctx)?;
-    check_guest_state(v, &ctx)
+    check_guest_state(v, &ctx)?;
+    check_cr3_pdptes(v, &ctx).map(|_| ())
+}
+
+/// The light checks of a VMRESUME, memory read through `mem`.
+fn run_light(v: &Vmcs12, mem: &dyn Fn(u64) -> u64) -> Result<(), EntryFailure> {
+    let c = caps();
+    let ram = |_: u64, _: u64| true;
+    let rev = |_: u64| None;
+    let ctx = CheckCtx {
+        caps: &c,
+        maxphyaddr: 39,
+        l1_long_mode: true,
+        is_l1_ram: &ram,
+        read_revision: &rev,
+        read_u64: mem,
+    };
+    check_light(v, &ctx)
 }
 
 fn with(f: F, value: u64) -> Vmcs12 {
@@ -49,7 +81,6 @@ fn control_failures() {
         ),
         ("default1 pin bit cleared", F::PIN_BASED_VM_EXEC_CONTROL, 0),
         ("I/O bitmap misaligned", F::IO_BITMAP_A, 0x30_0800),
-        ("I/O bitmap not L1 RAM", F::IO_BITMAP_B, 0x2000_0000),
         ("MSR bitmap beyond MAXPHYADDR", F::MSR_BITMAP, 1 << 40),
         ("VPID 0", F::VIRTUAL_PROCESSOR_ID, 0),
         ("bad EPTP", F::EPT_POINTER, 0x31_0000 | 6 | 2 << 3),
@@ -225,4 +256,189 @@ fn long_mode_guest() {
     v.set(F::GUEST_RIP, 0x1000);
     v.set(F::GUEST_CR4, 0x2000);
     assert_eq!(error_of(run(&v)), Some((33, 0)), "IA-32e without PAE");
+}
+
+/// A VMCS12 with "use TPR shadow", its virtual-APIC page at 0x30_3000
+/// and TPR threshold `threshold`; `apic_virt` secondary controls on.
+fn tpr_shadow(threshold: u64, secondary_on: u32) -> Vmcs12 {
+    let mut v = valid_vmcs12();
+    v.set_bits_for_test(F::CPU_BASED_VM_EXEC_CONTROL, primary::USE_TPR_SHADOW as u64);
+    v.set_bits_for_test(F::SECONDARY_VM_EXEC_CONTROL, secondary_on as u64);
+    v.set(F::VIRTUAL_APIC_PAGE_ADDR, 0x30_3000);
+    v.set(F::TPR_THRESHOLD, threshold);
+    v
+}
+
+/// Memory whose VTPR (at 0x30_3080) is `vtpr`.
+fn vtpr_is(vtpr: u8) -> impl Fn(u64) -> u64 {
+    move |a| {
+        if a == 0x30_3080 {
+            vtpr as u64
+        } else {
+            zero_ram(a)
+        }
+    }
+}
+
+#[test]
+fn tpr_threshold_against_vtpr() {
+    // SDM 27.2.1.1: threshold[3:0] <= VTPR[7:4], boundary values.
+    assert_eq!(run_with(&tpr_shadow(0xe, 0), &vtpr_is(0xe0)), Ok(()));
+    assert_eq!(run_with(&tpr_shadow(0xe, 0), &vtpr_is(0xef)), Ok(()));
+    assert_eq!(
+        error_of(run_with(&tpr_shadow(0xf, 0), &vtpr_is(0xe0))),
+        Some((7, 0)),
+        "threshold 0xf over VTPR class 0xe"
+    );
+    assert_eq!(
+        error_of(run_with(&tpr_shadow(0x1, 0), &vtpr_is(0x0f))),
+        Some((7, 0)),
+        "VTPR[3:0] does not count"
+    );
+    assert_eq!(run_with(&tpr_shadow(0, 0), &vtpr_is(0)), Ok(()));
+    // Secondary controls off: the checked case even with the bits set.
+    let mut v = tpr_shadow(0xf, secondary::VIRTUALIZE_APIC_ACCESSES);
+    v.set(F::APIC_ACCESS_ADDR, 0x30_4000);
+    assert_eq!(
+        run_with(&v, &vtpr_is(0)),
+        Ok(()),
+        "virtualize APIC accesses"
+    );
+    v.set(
+        F::CPU_BASED_VM_EXEC_CONTROL,
+        v.get(F::CPU_BASED_VM_EXEC_CONTROL) & !(primary::ACTIVATE_SECONDARY as u64),
+    );
+    v.set(F::GUEST_CR0, 0x8000_0031);
+    v.set(F::GUEST_CR3, 0x1000);
+    assert_eq!(
+        error_of(run_with(&v, &vtpr_is(0))),
+        Some((7, 0)),
+        "secondary controls off: as if all 0"
+    );
+    // L2 lowers VTPR between exits: the light VMRESUME checks catch it.
+    let v = tpr_shadow(0x8, 0);
+    assert_eq!(run_light(&v, &vtpr_is(0x80)), Ok(()));
+    assert_eq!(error_of(run_light(&v, &vtpr_is(0x70))), Some((7, 0)));
+}
+
+/// A PAE-paging L2 without EPT, CR3 = 0x5020 (32-byte aligned).
+fn pae_without_ept() -> Vmcs12 {
+    let mut v = valid_vmcs12();
+    let s = v.get(F::SECONDARY_VM_EXEC_CONTROL);
+    let off = (secondary::ENABLE_EPT | secondary::UNRESTRICTED_GUEST) as u64;
+    v.set(F::SECONDARY_VM_EXEC_CONTROL, s & !off);
+    v.set(F::GUEST_CR0, 0x8000_0031);
+    v.set(F::GUEST_CR4, 0x2020);
+    v.set(F::GUEST_CR3, 0x5020);
+    // The VMCS12 fields are not used without EPT.
+    v.set(F::GUEST_PDPTE0, 1 << 5 | 1);
+    v
+}
+
+#[test]
+fn pae_pdptes_come_from_cr3_without_ept() {
+    let c = caps();
+    let ram = |_: u64, _: u64| true;
+    let rev = |_: u64| None;
+    let table = |bad: u64| {
+        move |a: u64| match a {
+            0x5020 => 0x6001,
+            0x5028 => 0,
+            0x5030 => 0x7001 | bad,
+            0x5038 => 0x8000, // not present: anything goes
+            _ => u64::MAX,
+        }
+    };
+    let good = table(0);
+    let ctx = |mem: &'_ dyn Fn(u64) -> u64| -> Result<Option<[u64; 4]>, EntryFailure> {
+        let x = CheckCtx {
+            caps: &c,
+            maxphyaddr: 39,
+            l1_long_mode: true,
+            is_l1_ram: &ram,
+            read_revision: &rev,
+            read_u64: mem,
+        };
+        check_cr3_pdptes(&pae_without_ept(), &x)
+    };
+    assert_eq!(ctx(&good), Ok(Some([0x6001, 0, 0x7001, 0x8000])));
+    assert_eq!(run_with(&pae_without_ept(), &good), Ok(()));
+    // Reserved bits 2:1, 8:5 and MAXPHYADDR..63 of a present PDPTE.
+    for bad in [1 << 1, 1 << 2, 1 << 5, 1 << 8, 1 << 39, 1 << 62] {
+        assert_eq!(
+            error_of(run_with(&pae_without_ept(), &table(bad))),
+            Some((33, 2)),
+            "bit {:#x}",
+            bad
+        );
+    }
+    assert_eq!(
+        run_with(&pae_without_ept(), &table(1 << 9 | 1 << 38)),
+        Ok(()),
+        "bits 11:9 and below MAXPHYADDR are not reserved"
+    );
+    // CR3 where no RAM is: all ones, present with reserved bits.
+    let mut v = pae_without_ept();
+    v.set(F::GUEST_CR3, 0x2000_0000);
+    assert_eq!(error_of(run_with(&v, &zero_ram)), Some((33, 2)));
+    // With EPT the VMCS fields count, not memory.
+    let mut v = pae_without_ept();
+    v.set_bits_for_test(F::SECONDARY_VM_EXEC_CONTROL, secondary::ENABLE_EPT as u64);
+    v.set(F::GUEST_PDPTE0, 0x6001);
+    assert_eq!(run_with(&v, &table(1 << 5)), Ok(()));
+    // IA-32e mode and 32-bit paging load no PDPTEs.
+    let mut v = pae_without_ept();
+    v.set(F::GUEST_CR4, 0x2000);
+    assert_eq!(run_with(&v, &table(1 << 5)), Ok(()));
+}
+
+#[test]
+fn structure_addresses_need_only_alignment_and_maxphyaddr() {
+    // SDM 27.2.1.1-27.2.1.3: RAM or not; the last byte below 2^39 here.
+    let top = 1u64 << 39;
+    let accepted = [
+        ("I/O bitmap A beyond RAM", F::IO_BITMAP_A, 0x2000_0000),
+        ("I/O bitmap B at the top", F::IO_BITMAP_B, top - 4096),
+        ("MSR bitmap at the top", F::MSR_BITMAP, top - 4096),
+    ];
+    for (what, f, value) in accepted {
+        assert_eq!(run(&with(f, value)), Ok(()), "{what}");
+    }
+    let refused = [
+        ("I/O bitmap B past the top", F::IO_BITMAP_B, top),
+        ("MSR bitmap past the top", F::MSR_BITMAP, top),
+    ];
+    for (what, f, value) in refused {
+        assert_eq!(error_of(run(&with(f, value))), Some((7, 0)), "{what}");
+    }
+    // MSR lists: 16-byte aligned, the list's last byte below MAXPHYADDR.
+    for (count_f, addr_f) in [
+        (F::VM_EXIT_MSR_STORE_COUNT, F::VM_EXIT_MSR_STORE_ADDR),
+        (F::VM_EXIT_MSR_LOAD_COUNT, F::VM_EXIT_MSR_LOAD_ADDR),
+        (F::VM_ENTRY_MSR_LOAD_COUNT, F::VM_ENTRY_MSR_LOAD_ADDR),
+    ] {
+        let list = |addr: u64, n: u64| {
+            let mut v = with(addr_f, addr);
+            v.set(count_f, n);
+            error_of(run(&v))
+        };
+        assert_eq!(list(top - 48, 2), None, "the issue's example");
+        assert_eq!(list(top - 48, 3), None, "ends on the last byte");
+        assert_eq!(list(top - 48, 4), Some((7, 0)), "one entry too many");
+        assert_eq!(list(0x2000_0008, 1), Some((7, 0)), "misaligned");
+        assert_eq!(list(u64::MAX - 15, 2), Some((7, 0)), "wraps around");
+        assert_eq!(list(top - 48, 0), None, "no list, no check");
+    }
+    // The virtual-APIC page beyond RAM reads as all ones: VTPR class 0xf.
+    let mut v = tpr_shadow(0xf, 0);
+    v.set(F::VIRTUAL_APIC_PAGE_ADDR, 0x2000_0000);
+    assert_eq!(run(&v), Ok(()));
+    v.set(F::VIRTUAL_APIC_PAGE_ADDR, top);
+    assert_eq!(error_of(run(&v)), Some((7, 0)));
+    // The APIC-access page must be L1's RAM (L0 is stricter here).
+    let mut v = tpr_shadow(0, secondary::VIRTUALIZE_APIC_ACCESSES);
+    v.set(F::APIC_ACCESS_ADDR, 0x30_4000);
+    assert_eq!(run(&v), Ok(()));
+    v.set(F::APIC_ACCESS_ADDR, 0x2000_0000);
+    assert_eq!(error_of(run(&v)), Some((7, 0)));
 }

@@ -30,6 +30,8 @@ pub const EXIT_MSR_STORE_ADDR: u32 = 0x2006;
 pub const EXIT_MSR_LOAD_ADDR: u32 = 0x2008;
 pub const ENTRY_MSR_LOAD_ADDR: u32 = 0x200a;
 pub const TSC_OFFSET: u32 = 0x2010;
+pub const VIRTUAL_APIC_ADDR: u32 = 0x2012;
+pub const APIC_ACCESS_ADDR: u32 = 0x2014;
 pub const EPT_POINTER: u32 = 0x201a;
 // 64-bit read-only data (B.2.2).
 pub const GUEST_PHYSICAL_ADDRESS: u32 = 0x2400;
@@ -62,6 +64,7 @@ pub const ENTRY_MSR_LOAD_COUNT: u32 = 0x4014;
 pub const ENTRY_INTR_INFO: u32 = 0x4016;
 pub const ENTRY_EXCEPTION_ERROR: u32 = 0x4018;
 pub const ENTRY_INSTR_LEN: u32 = 0x401a;
+pub const TPR_THRESHOLD: u32 = 0x401c;
 pub const PROC2_CONTROLS: u32 = 0x401e;
 // 32-bit read-only data (B.3.2).
 pub const VM_INSTRUCTION_ERROR: u32 = 0x4400;
@@ -156,6 +159,7 @@ pub mod proc {
     pub const RDTSC_EXITING: u32 = 1 << 12;
     pub const CR3_LOAD_EXITING: u32 = 1 << 15;
     pub const CR3_STORE_EXITING: u32 = 1 << 16;
+    pub const USE_TPR_SHADOW: u32 = 1 << 21;
     pub const UNCOND_IO_EXITING: u32 = 1 << 24;
     pub const USE_IO_BITMAPS: u32 = 1 << 25;
     pub const USE_MSR_BITMAPS: u32 = 1 << 28;
@@ -164,6 +168,7 @@ pub mod proc {
 
 /// Secondary processor-based VM-execution controls (SDM 25.6.2).
 pub mod proc2 {
+    pub const VIRTUALIZE_APIC_ACCESSES: u32 = 1 << 0;
     pub const EPT: u32 = 1 << 1;
     pub const VPID: u32 = 1 << 5;
     pub const UNRESTRICTED_GUEST: u32 = 1 << 7;
@@ -206,6 +211,7 @@ pub mod reason {
     pub const WRMSR: u32 = 32;
     pub const INVALID_GUEST_STATE: u32 = 33;
     pub const MSR_LOADING: u32 = 34;
+    pub const TPR_BELOW_THRESHOLD: u32 = 43;
     pub const EPT_VIOLATION: u32 = 48;
     pub const EPT_MISCONFIG: u32 = 49;
     pub const PREEMPTION_TIMER: u32 = 52;

@@ -37,11 +37,15 @@ pub mod pg {
     pub const EPT_POOL: usize = L2_FIRST + L2_PAGES;
     pub const EPT_POOL_PAGES: usize = 112;
     /// The 64-bit L2s' memory (`l2x`): `X_SLOTS` slots of `X_SLOT_PAGES`
-    /// pages each, one slot per user VM, so no two VMs share a page.
+    /// pages each, one slot per user VM, so no two VMs share a page
+    /// (eight: `shadow-many` runs eight VMs at once).
     pub const X_FIRST: usize = EPT_POOL + EPT_POOL_PAGES;
     pub const X_SLOT_PAGES: usize = 10;
-    pub const X_SLOTS: usize = 3;
-    pub const COUNT: usize = X_FIRST + X_SLOTS * X_SLOT_PAGES;
+    pub const X_SLOTS: usize = 8;
+    /// One more VMCS region per slot, for scenarios with more VMs than
+    /// the four VMCS pages above.
+    pub const VMCS_SLOT: usize = X_FIRST + X_SLOTS * X_SLOT_PAGES;
+    pub const COUNT: usize = VMCS_SLOT + X_SLOTS;
 }
 
 #[repr(C, align(4096))]

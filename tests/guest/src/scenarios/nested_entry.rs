@@ -3,7 +3,8 @@
 //! fields give VMfailValid 7, host state VMfailValid 8 (SDM Vol. 3C 27.1,
 //! 27.2), guest state an exit with reason 33 | bit 31 and the SDM's
 //! qualification (27.3, 27.8), the entry MSR-load list reason 34 | bit 31
-//! with the failing entry's 1-based index (27.4).
+//! with the failing entry's 1-based index (27.4). Structures at addresses
+//! no memory backs enter as on the hardware, which reads them as all ones.
 
 use crate::check::Checks;
 use crate::hv::fields::*;
@@ -24,6 +25,9 @@ const CHECKS: &[&str] = &[
     "ctl-cr3-target-count",
     "ctl-entry-intr-reserved-type",
     "ctl-save-timer-without-timer",
+    "ctl-tpr-threshold-over-vtpr",
+    "ctl-tpr-threshold-at-vtpr",
+    "ctl-tpr-threshold-apic-accesses",
     "host-cr0-fixed0",
     "host-cr4-vmxe",
     "host-rip-noncanonical",
@@ -34,9 +38,16 @@ const CHECKS: &[&str] = &[
     "guest-link-pointer-revision",
     "guest-activity-state",
     "guest-pdpte-reserved",
+    "guest-pae-cr3-pdpte-reserved",
+    "guest-pae-resume-pdpte-reserved",
     "entry-failure-host-state",
     "entry-msr-load-x2apic",
     "entry-msr-load-reserved",
+    "addr-io-bitmap-unbacked",
+    "addr-msr-bitmap-unbacked",
+    "addr-virtual-apic-unbacked",
+    "addr-entry-msr-load-unbacked",
+    "addr-entry-msr-load-past-maxphyaddr",
 ];
 
 pub fn run() {
@@ -53,7 +64,13 @@ pub fn run() {
 /// A fresh, valid VMCS A for L2 at its VMCALL, changed by `tweak`, entered.
 #[allow(clippy::result_large_err)] // see Hv::vm
 fn attempt(hv: &Hv, tweak: impl FnOnce(&Hv)) -> Result<Entry, crate::hv::Msg> {
-    let mut vm = hv.vm(pg::VMCS_A, l2!(l2_vmcall))?;
+    attempt_at(hv, l2!(l2_vmcall), tweak)
+}
+
+/// The same with L2 at `rip`.
+#[allow(clippy::result_large_err)] // see Hv::vm
+fn attempt_at(hv: &Hv, rip: u64, tweak: impl FnOnce(&Hv)) -> Result<Entry, crate::hv::Msg> {
+    let mut vm = hv.vm(pg::VMCS_A, rip)?;
     tweak(hv);
     Ok(vm.enter())
 }
@@ -226,6 +243,8 @@ fn checks(c: &mut Checks, hv: &Hv) {
         );
     }
 
+    tpr_threshold(c, hv);
+
     // --- Host-state area (SDM 27.2.2, 27.2.3): VMfailValid 8 ---
     if caps.cr0_fixed0 & (1 << 5) != 0 {
         vmfail(c, "host-cr0-fixed0", hv, err::ENTRY_INVALID_HOST, |_| {
@@ -327,8 +346,133 @@ fn checks(c: &mut Checks, hv: &Hv) {
         );
     }
 
+    pae_without_ept(c, hv);
     entry_failure_state(c, hv);
     msr_load(c, hv);
+    unbacked(c, hv);
+}
+
+/// "Use TPR shadow" without "virtualize APIC accesses" and "virtual-
+/// interrupt delivery": TPR threshold[3:0] may not exceed VTPR[7:4], read
+/// from the virtual-APIC page at entry (SDM 27.2.1.1).
+fn tpr_threshold(c: &mut Checks, hv: &Hv) {
+    let names = [
+        "ctl-tpr-threshold-over-vtpr",
+        "ctl-tpr-threshold-at-vtpr",
+        "ctl-tpr-threshold-apic-accesses",
+    ];
+    if !hv.caps.proc.can_set(proc::USE_TPR_SHADOW) {
+        for n in names {
+            c.skip(n, format_args!("TPR shadow not offered"));
+        }
+        return;
+    }
+    let vapic = mem::page(pg::VMCS_X);
+    let tpr_shadow = |threshold: u64| {
+        move |hv: &Hv| {
+            mem::zero_page(vapic);
+            mem::wr32(vapic + 0x80, 0xe0); // VTPR class 0xe
+            hv.ctl(PROC_CONTROLS, proc::USE_TPR_SHADOW, 0);
+            w(VIRTUAL_APIC_ADDR, vapic);
+            w(TPR_THRESHOLD, threshold);
+        }
+    };
+    vmfail(
+        c,
+        names[0],
+        hv,
+        err::ENTRY_INVALID_CONTROLS,
+        tpr_shadow(0xf),
+    );
+    let enters =
+        |c: &mut Checks, name: &str, want: u32, tweak: &dyn Fn(&Hv)| match attempt(hv, tweak) {
+            Ok(e) => c.check(name, e.is(want), format_args!("{e} (want reason {want})")),
+            Err(m) => c.check(name, false, format_args!("{}", m.as_str())),
+        };
+    enters(c, names[1], reason::VMCALL, &tpr_shadow(0xe));
+    // With "virtualize APIC accesses" the rule does not apply: the entry
+    // succeeds and, VTPR being below the threshold, a TPR-below-threshold
+    // exit follows at once (27.7.7).
+    if hv.can(PROC2_CONTROLS, proc2::VIRTUALIZE_APIC_ACCESSES) {
+        enters(c, names[2], reason::TPR_BELOW_THRESHOLD, &|hv| {
+            tpr_shadow(0xf)(hv);
+            hv.ctl(PROC2_CONTROLS, proc2::VIRTUALIZE_APIC_ACCESSES, 0);
+            w(APIC_ACCESS_ADDR, mem::page(pg::X_FIRST + 3));
+        });
+    } else {
+        c.skip(
+            names[2],
+            format_args!("virtualize APIC accesses not offered"),
+        );
+    }
+}
+
+/// Turns the current VMCS's L2 into a PAE-paging guest without EPT whose
+/// tables (in the spare slot pages) map L2's layout to its L1 pages; the
+/// PDPT's address, for CR3.
+fn pae_tables(hv: &Hv) -> u64 {
+    let (pdpt, pd, pt) = (
+        mem::page(pg::X_FIRST),
+        mem::page(pg::X_FIRST + 1),
+        mem::page(pg::X_FIRST + 2),
+    );
+    for p in [pdpt, pd, pt] {
+        mem::zero_page(p);
+    }
+    mem::wr64(pdpt, pd | 1);
+    mem::wr64(pd, pt | 3);
+    for a in crate::hv::l2::LAYOUT {
+        mem::wr64(pt + 8 * (a >> 12), crate::hv::l2::backing(a) | 3);
+    }
+    hv.ctl(PROC2_CONTROLS, 0, proc2::EPT | proc2::UNRESTRICTED_GUEST);
+    w(GUEST_CR0, rd(GUEST_CR0) | 1 | 1 << 31);
+    w(GUEST_CR4, rd(GUEST_CR4) | 1 << 5);
+    w(GUEST_CR3, pdpt);
+    pdpt
+}
+
+/// PAE paging without EPT: the PDPTEs come from CR3 at every entry, and
+/// a present one with reserved bits fails it with reason 33, qualification
+/// 2 (SDM 27.3.1.6, 27.8) -- also at a VMRESUME after L1 changed only the
+/// memory; a failed VMRESUME leaves the VMCS launched, so the next works.
+fn pae_without_ept(c: &mut Checks, hv: &Hv) {
+    let bad = 1u64 << 5; // PDPTE bit 5 is reserved
+    entry_failure(
+        c,
+        "guest-pae-cr3-pdpte-reserved",
+        hv,
+        reason::INVALID_GUEST_STATE,
+        2,
+        |hv| {
+            let pdpt = pae_tables(hv);
+            mem::wr64(pdpt + 16, mem::page(pg::X_FIRST + 1) | 1 | bad);
+        },
+    );
+    let name = "guest-pae-resume-pdpte-reserved";
+    let mut vm = match hv.vm(pg::VMCS_A, l2!(l2_vmcall)) {
+        Ok(vm) => vm,
+        Err(m) => return c.check(name, false, format_args!("{}", m.as_str())),
+    };
+    let pdpt = pae_tables(hv);
+    let first = vm.enter();
+    mem::wr64(pdpt, mem::rd64(pdpt) | bad);
+    let resume = vm.enter();
+    let still_launched = vm.launched;
+    mem::wr64(pdpt, mem::rd64(pdpt) & !bad);
+    let again = vm.enter();
+    let want = reason::INVALID_GUEST_STATE | reason::ENTRY_FAILURE;
+    c.check(
+        name,
+        first.is(reason::VMCALL)
+            && resume
+                .exit()
+                .is_some_and(|x| x.reason == want && x.qual == 2)
+            && still_launched
+            && again.is(reason::VMCALL),
+        format_args!(
+            "VMLAUNCH {first}; VMRESUME with bit 5 in PDPTE0 {resume}; fixed VMRESUME {again}"
+        ),
+    );
 }
 
 /// A guest-state failure is a VM exit as far as L1 is concerned: host
@@ -397,4 +541,83 @@ fn msr_load(c: &mut Checks, hv: &Hv) {
     }
     // SAFETY: as above.
     unsafe { cpu::wrmsr(cpu::IA32_KERNEL_GS_BASE, saved) };
+}
+
+/// Structures at addresses no memory backs, just below MAXPHYADDR: the
+/// SDM asks only for alignment and the end below MAXPHYADDR (27.2.1), and
+/// the processor reads such memory as all ones: every port and MSR
+/// exits, VTPR is class 0xf, a list entry has its reserved bits set.
+fn unbacked(c: &mut Checks, hv: &Hv) {
+    let top = 1u64 << hv.caps.maxphyaddr;
+    let nowhere = |i: u64| top - (i + 1) * 0x10_0000;
+    let exits =
+        |c: &mut Checks, name: &str, rip: u64, want: u32, tweak: &dyn Fn(&Hv)| match attempt_at(
+            hv, rip, tweak,
+        ) {
+            Ok(e) => c.check(name, e.is(want), format_args!("{e} (want reason {want})")),
+            Err(m) => c.check(name, false, format_args!("{}", m.as_str())),
+        };
+    // L2 reads port 0xe0, bit 0xe0 of I/O bitmap A.
+    exits(
+        c,
+        "addr-io-bitmap-unbacked",
+        l2!(l2_in_imm),
+        reason::IO,
+        &|hv| {
+            hv.ctl(PROC_CONTROLS, proc::USE_IO_BITMAPS, 0);
+            w(IO_BITMAP_A, nowhere(0));
+            w(IO_BITMAP_B, mem::page(pg::IO_B));
+        },
+    );
+    // L2 reads MSR 0 (ECX = 0).
+    exits(
+        c,
+        "addr-msr-bitmap-unbacked",
+        l2!(l2_rdmsr),
+        reason::RDMSR,
+        &|hv| {
+            hv.ctl(PROC_CONTROLS, proc::USE_MSR_BITMAPS, 0);
+            w(MSR_BITMAP, nowhere(1));
+        },
+    );
+    if hv.caps.proc.can_set(proc::USE_TPR_SHADOW) {
+        exits(
+            c,
+            "addr-virtual-apic-unbacked",
+            l2!(l2_vmcall),
+            reason::VMCALL,
+            &|hv| {
+                hv.ctl(PROC_CONTROLS, proc::USE_TPR_SHADOW, 0);
+                w(VIRTUAL_APIC_ADDR, nowhere(2));
+                w(TPR_THRESHOLD, 0xf);
+            },
+        );
+    } else {
+        c.skip(
+            "addr-virtual-apic-unbacked",
+            format_args!("TPR shadow not offered"),
+        );
+    }
+    entry_failure(
+        c,
+        "addr-entry-msr-load-unbacked",
+        hv,
+        reason::MSR_LOADING,
+        1,
+        |_| {
+            w(ENTRY_MSR_LOAD_ADDR, nowhere(3));
+            w(ENTRY_MSR_LOAD_COUNT, 1);
+        },
+    );
+    // Its first entry below MAXPHYADDR, its second not.
+    vmfail(
+        c,
+        "addr-entry-msr-load-past-maxphyaddr",
+        hv,
+        err::ENTRY_INVALID_CONTROLS,
+        |_| {
+            w(ENTRY_MSR_LOAD_ADDR, top - 16);
+            w(ENTRY_MSR_LOAD_COUNT, 2);
+        },
+    );
 }

@@ -228,7 +228,7 @@ pub struct Row {
 }
 
 /// The VM list, or the status L0 answered.
-pub fn list_vms(rows: &mut [Row; 8]) -> Result<usize, u64> {
+pub fn list_vms(rows: &mut [Row]) -> Result<usize, u64> {
     let b = list_buf();
     let o = ucall::list(va(b), b.len() as u64);
     if !o.is(Status::Ok) {
