@@ -1,6 +1,6 @@
 //! L0's command line and the roles of its boot modules.
 //!
-//! L0: `serial=com2 loglevel=info l0_mem=32M shadow=on cpus=N`.
+//! L0: `serial=com2 loglevel=info l0_mem=32M shadow=on cpus=N iommu=on`.
 //! Modules say what they are with their first word:
 //! - `l1=multiboot [ARGS]`: the cloud VM's kernel, a multiboot (v1) image,
 //!   started with ARGS as its command line;
@@ -33,6 +33,13 @@ pub struct Config {
     /// At most this many CPUs, the boot CPU included (`cpus=N`; None: all
     /// the firmware lists).
     pub cpus: Option<u32>,
+    /// Whether L0 takes the host's VT-d units to keep devices' DMA out of
+    /// its pool (`iommu=on`, the default: L0's memory and key are what it
+    /// exists to protect, and a host without VT-d only loses the line
+    /// that says isolation is on). `iommu=off` leaves the units and the
+    /// DMAR table to the cloud VM, for a host whose firmware's DMAR breaks
+    /// its devices; L0 then says that DMA isolation is absent.
+    pub iommu: bool,
 }
 
 impl Default for Config {
@@ -43,6 +50,7 @@ impl Default for Config {
             l0_mem: 32 << 20,
             shadow: true,
             cpus: None,
+            iommu: true,
         }
     }
 }
@@ -75,7 +83,7 @@ impl fmt::Display for ConfigError<'_> {
             Self::MissingValue(k) => write!(f, "`{k}` needs a value (`{k}=...`)"),
             Self::UnknownKey(k) => write!(
                 f,
-                "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow, cpus)"
+                "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow, cpus, iommu)"
             ),
         }
     }
@@ -114,6 +122,11 @@ pub fn parse<'a>(cmdline: &'a str, mut problem: impl FnMut(ConfigError<'a>)) -> 
             "shadow" => match value {
                 "on" => c.shadow = true,
                 "off" => c.shadow = false,
+                _ => problem(bad("on or off")),
+            },
+            "iommu" => match value {
+                "on" => c.iommu = true,
+                "off" => c.iommu = false,
                 _ => problem(bad("on or off")),
             },
             "cpus" => match parse_number(value) {
@@ -207,8 +220,17 @@ mod tests {
                 l0_mem: 64 << 20,
                 shadow: true,
                 cpus: Some(4),
+                iommu: true,
             }
         );
+        assert!(!parse_all("iommu=off").0.iommu);
+        assert!(parse_all("iommu=on").0.iommu);
+        let (c, e) = parse_all("iommu=no");
+        assert!(c.iommu, "a bad value keeps the default");
+        assert!(matches!(
+            e[..],
+            [ConfigError::BadValue { key: "iommu", .. }]
+        ));
         assert!(!parse_all("shadow=off").0.shadow);
         assert_eq!(parse_all("shadow=maybe").1.len(), 1);
         assert_eq!(

@@ -14,6 +14,7 @@ pub mod config;
 pub mod console;
 pub mod cpus;
 pub mod guest_mem;
+pub mod iommu;
 pub mod l1_plan;
 pub mod logger;
 pub mod machine;

@@ -11,6 +11,7 @@ use boot::multiboot2::MemoryRegion;
 use log::{info, warn};
 
 use crate::arch::fault::fatal;
+use crate::arch::iommu as arch_iommu;
 use crate::arch::l1_ram::L1Ram;
 use crate::arch::loader_memory;
 use crate::arch::platform::Hardware;
@@ -25,7 +26,7 @@ use crate::mm::paging::PageSize;
 use crate::shadow::limits::Limits;
 use crate::vmx::caps;
 use crate::vmx::requirements;
-use crate::{acpi, cpus};
+use crate::{acpi, cpus, iommu};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -91,7 +92,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             let host = cpus::plan(&listed, cpus::apic_id(cpu::cpuid), cfg.cpus);
             if !host.held.is_empty() {
                 acpi::madt::disable(&mut madt.bytes, &host.held);
-                loader_memory::write_madt(&madt);
+                loader_memory::write_table(&madt);
             }
             host
         }
@@ -103,6 +104,30 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             cpus::plan(&[], cpus::apic_id(cpu::cpuid), cfg.cpus)
         }
     };
+    // The VT-d units, while the firmware's tables are still mapped: L0
+    // takes them, and the cloud VM's ACPI no longer lists them.
+    let dmar = match (cfg.iommu, rsdp.as_deref().map(loader_memory::take_dmar)) {
+        (true, Some(Ok(Some(d)))) => match iommu::check_units(&d.units, &fw.ram) {
+            Ok(()) => Some(d),
+            Err(e) => dma_isolation_failed(e),
+        },
+        // The host's or the operator's choice: said, not warned about.
+        (false, _) => dma_isolation_absent("iommu=off"),
+        (true, None) => dma_isolation_absent("no ACPI tables from the loader"),
+        (true, Some(Ok(None))) => dma_isolation_absent("no VT-d (no DMAR table)"),
+        (true, Some(Err(e))) => dma_isolation_failed(e),
+    };
+    // L0's frames, which neither L1 nor its devices reach: the pool and
+    // the VT-d units' registers.
+    let mut l0_frames = RangeSet::new();
+    for r in core::iter::once(pool_range).chain(
+        dmar.iter()
+            .flat_map(|d| d.units.iter().map(|u| u.registers)),
+    ) {
+        l0_frames
+            .insert(r)
+            .unwrap_or_else(|e| fatal(format_args!("L0's frames: {e}")));
+    }
     let loader_ranges: Vec<Range> = modules.iter().map(|m| m.loaded_at).collect();
     let named = !bi.loader_name().is_empty();
     image::relocate(&fw, image, cpu.gib_pages);
@@ -178,7 +203,10 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         },
     };
     let (mut vcpu, mut machine, template) =
-        bringup::cloud_vm(&fw, pool_range, &vm, key, tsc_hz, &vcaps, &cpu, &mut hw);
+        bringup::cloud_vm(&fw, &l0_frames, &vm, key, tsc_hz, &vcaps, &cpu, &mut hw);
+    if let Some(d) = &dmar {
+        isolate_dma(&fw, d, &l0_frames);
+    }
     machine.shadow.intercept_com = cfg.shadow;
     let limits = Limits::for_heap((cfg.l0_mem / 4) as usize);
     machine.shadow.set_limits(limits, pool::heap_free);
@@ -215,4 +243,43 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     }
     ap_boot::start_all(&host, kind, &fw.ram, tsc_hz, share);
     cpu_loop::run(&mut vcpu, machine, &mut hw, true)
+}
+
+/// Says on the management line that devices can reach L0's memory, on a
+/// host without VT-d or with `iommu=off`.
+fn dma_isolation_absent<T>(why: &str) -> Option<T> {
+    info!("DMA isolation absent: {why}; devices of the cloud VM can reach L0's memory");
+    None
+}
+
+/// The same when VT-d is there but could not be used: a warning.
+fn dma_isolation_failed<T>(why: impl core::fmt::Display) -> Option<T> {
+    warn!("DMA isolation absent: {why}; devices of the cloud VM can reach L0's memory");
+    None
+}
+
+/// Makes the VT-d units keep devices' DMA to what EPT01 gives the cloud
+/// VM (the same map from the same ownership), before it first runs.
+fn isolate_dma(fw: &FirmwareMemory, dmar: &acpi::dmar::Dmar, l0: &RangeSet) {
+    let Ok(regions) = fw.ept_regions(l0) else {
+        dma_isolation_failed::<()>("the memory map has too many pieces");
+        return;
+    };
+    let l1_regions = regions.iter().map(|(r, _)| *r);
+    let done = iommu::dma_map(l1_regions, &dmar.reserved, l0).and_then(|(map, cut)| {
+        if cut > 0 {
+            warn!("VT-d: {cut} RMRR region(s) overlap L0's memory; DMA there faults");
+        }
+        arch_iommu::protect(&dmar.units, &map)
+    });
+    match done {
+        Ok(i) => info!(
+            "DMA isolation: VT-d translating on {} unit(s), {} KiB pages at most",
+            i.units,
+            i.page.bytes() >> 10
+        ),
+        Err(e) => {
+            dma_isolation_failed::<()>(e);
+        }
+    }
 }

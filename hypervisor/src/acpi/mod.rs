@@ -1,8 +1,10 @@
 //! The ACPI tables L0 reads at boot (ACPI 6.5 chapter 5): from the RSDP the
 //! loader handed over, through the XSDT (or RSDT), to the MADT, whose
-//! processor entries name the host's CPUs. Pure parsing over a reader of
+//! processor entries name the host's CPUs, and the DMAR, which names its
+//! DMA-remapping units. Pure parsing over a reader of
 //! physical memory, so every malformed table is tried on the host.
 
+pub mod dmar;
 pub mod madt;
 
 use alloc::vec;

@@ -210,3 +210,24 @@ fn malformed_entries_never_loop_or_overrun() {
         Err(AcpiError::BadEntry { offset: 44 })
     );
 }
+
+#[test]
+fn a_hidden_dmar_is_no_longer_found() {
+    use super::dmar::{build, hide, parse};
+    let d = build::table(38, &[build::drhd(1, 0, 0, 0xfed9_0000)]);
+    // The DMAR in the MADT's place (0x3000), as the firmware lists it.
+    let (rsdp, mut mem) = host(d);
+    let mut t = find(&rsdp, &mut mem, *b"DMAR").unwrap();
+    assert_eq!(parse(&t.bytes).unwrap().units.len(), 1);
+    hide(&mut t.bytes);
+    mem.0[2].1 = t.bytes; // written back where it lies
+    assert_eq!(
+        find(&rsdp, &mut mem, *b"DMAR"),
+        Err(AcpiError::Missing(*b"DMAR")),
+        "the cloud VM's ACPI code finds no remapping units"
+    );
+    assert!(
+        find(&rsdp, &mut mem, *b"XMAR").is_ok(),
+        "a valid table still"
+    );
+}

@@ -47,7 +47,7 @@ pub fn l1_ram(fw: &FirmwareMemory, pool: Range) -> RangeSet {
 #[allow(clippy::too_many_arguments)]
 pub fn cloud_vm(
     fw: &FirmwareMemory,
-    pool: Range,
+    l0: &RangeSet,
     vm: &CloudVm,
     key: Option<[u8; 32]>,
     tsc_hz: Option<u64>,
@@ -64,11 +64,10 @@ pub fn cloud_vm(
         r.unwrap_or_else(|e| fatal(format_args!("loading the cloud VM: {e}")));
     }
 
-    // EPT01: identity except the pool; L0's frames resolve to a scratch page.
-    let mut l0 = RangeSet::new();
-    let _ = l0.insert(pool);
+    // EPT01: identity except L0's frames (its pool and the VT-d units'
+    // registers), which resolve to a scratch page.
     let regions = fw
-        .ept_regions(&l0)
+        .ept_regions(l0)
         .unwrap_or_else(|e| fatal(format_args!("EPT01: {e}")));
     let sink = alloc_frames(1, "scratch page");
     // SAFETY: a fresh pool frame: all ones, like reads of absent memory.
@@ -78,7 +77,7 @@ pub fn cloud_vm(
     let ept01 = Ept01::build(
         &mut hw.tables,
         &regions,
-        l0,
+        l0.clone(),
         fw.ept_limit(),
         sink,
         max,

@@ -90,34 +90,56 @@ pub unsafe fn clear(ranges: impl IntoIterator<Item = Range>) {
 pub fn firmware_cpus(
     rsdp: &[u8],
 ) -> Result<(crate::acpi::Table, Vec<crate::acpi::madt::MadtCpu>), crate::acpi::AcpiError> {
-    let mut read = |addr: u64, buf: &mut [u8]| -> bool {
-        if below_4g(addr, buf.len()).is_none() {
-            return false;
-        }
-        // SAFETY: below 4 GiB, identity-mapped by the entry code; reads only.
-        unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len()) };
-        true
-    };
-    let madt = crate::acpi::find(rsdp, &mut read, *b"APIC")?;
+    let madt = crate::acpi::find(rsdp, &mut read_low, *b"APIC")?;
     let cpus = crate::acpi::madt::cpus(&madt.bytes)?;
     Ok((madt, cpus))
 }
 
-/// Writes back a MADT L0 changed (`acpi::madt::disable`): the cloud VM
-/// reads the firmware's tables where they lie. Same window as
+/// The firmware's VT-d units (the DMAR table), which L0 takes: the table
+/// is renamed where it lies, so the cloud VM finds none. None without a
+/// DMAR (no VT-d, or it is off in the firmware). Same window as
 /// [`firmware_cpus`].
-pub fn write_madt(madt: &crate::acpi::Table) {
-    if below_4g(madt.addr, madt.bytes.len()).is_some() {
+pub fn take_dmar(
+    rsdp: &[u8],
+) -> Result<Option<crate::acpi::dmar::Dmar>, crate::acpi::dmar::DmarError> {
+    use crate::acpi::{dmar, AcpiError};
+    let mut table = match crate::acpi::find(rsdp, &mut read_low, *b"DMAR") {
+        Ok(t) => t,
+        Err(AcpiError::Missing(_)) => return Ok(None),
+        Err(e) => return Err(dmar::DmarError::Table(e)),
+    };
+    let parsed = dmar::parse(&table.bytes)?;
+    dmar::hide(&mut table.bytes);
+    write_table(&table);
+    Ok(Some(parsed))
+}
+
+/// Writes back a table L0 changed (`acpi::madt::disable`,
+/// `acpi::dmar::hide`): the cloud VM reads the firmware's tables where
+/// they lie. Same window as [`firmware_cpus`].
+pub fn write_table(table: &crate::acpi::Table) {
+    if below_4g(table.addr, table.bytes.len()).is_some() {
         // SAFETY: the table was read from there (firmware memory below
         // 4 GiB, identity-mapped by the entry code); same length.
         unsafe {
             core::ptr::copy_nonoverlapping(
-                madt.bytes.as_ptr(),
-                madt.addr as *mut u8,
-                madt.bytes.len(),
+                table.bytes.as_ptr(),
+                table.addr as *mut u8,
+                table.bytes.len(),
             )
         };
     }
+}
+
+/// Reads firmware memory below 4 GiB (false above), while the entry
+/// code's identity map is live.
+fn read_low(addr: u64, buf: &mut [u8]) -> bool {
+    if below_4g(addr, buf.len()).is_none() {
+        return false;
+    }
+    // SAFETY: below 4 GiB, identity-mapped by the entry code; reads only.
+    unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len()) };
+    true
 }
 
 fn below_4g(addr: u64, len: usize) -> Option<u64> {

@@ -18,6 +18,8 @@ pub mod heap_meter;
 #[cfg(target_os = "none")]
 pub mod image;
 #[cfg(target_os = "none")]
+pub mod iommu;
+#[cfg(target_os = "none")]
 pub mod l1_ram;
 #[cfg(target_os = "none")]
 pub mod loader_memory;

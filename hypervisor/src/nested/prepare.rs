@@ -164,6 +164,8 @@ pub fn controls02(v12: &Vmcs12, l0: &L0Part) -> (u32, u32, u32, u32, u32) {
         | window
         | primary::USE_IO_BITMAPS
         | primary::USE_MSR_BITMAPS
+        // L2 gets no counters either (vcpu/perfmon.rs): L1's if it asks.
+        | primary::RDPMC_EXITING
         | primary::ACTIVATE_SECONDARY;
     let mut s02 = s12 | secondary::ENABLE_EPT;
     if l0.vpid != 0 {
@@ -410,6 +412,7 @@ mod tests {
         );
         assert_ne!(p02 & primary::USE_IO_BITMAPS, 0);
         assert_ne!(p02 & primary::HLT_EXITING, 0, "L1's HLT exiting kept");
+        assert_ne!(p02 & primary::RDPMC_EXITING, 0, "L0 withholds the counters");
         assert_ne!(s02 & secondary::ENABLE_EPT, 0);
         assert_ne!(s02 & secondary::UNRESTRICTED_GUEST, 0);
         assert_ne!(x02 & exit::HOST_ADDRESS_SPACE_SIZE, 0);

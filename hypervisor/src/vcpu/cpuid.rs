@@ -2,6 +2,8 @@
 //! emulate or let L1 use, plus the hypervisor leaves that name L0
 //! (`ultracall_abi::cpuid::l0_leaf`: the standard vendor and version
 //! leaves, and the announcement leaf L0 also answers for user VMs).
+//! The performance-monitoring and trace facilities L0 withholds are
+//! removed as `perfmon::WITHHELD` lists them.
 
 use crate::regs::{CR4_OSXSAVE, CR4_PKE};
 use ultracall_abi::cpuid::{l0_leaf, HV_VENDOR_LEAF};
@@ -54,7 +56,6 @@ pub fn guest_view(leaf: u32, subleaf: u32, raw: [u32; 4], ctx: &CpuidContext) ->
             set(&mut b, 2, false); // SGX
             let invpcid = b & (1 << 10) != 0 && ctx.invpcid;
             set(&mut b, 10, invpcid);
-            set(&mut b, 25, false); // Intel PT
             set(&mut c, 4, ctx.guest_cr4 & CR4_PKE != 0); // OSPKE
             set(&mut c, 5, false); // WAITPKG: needs a VMX control L0 does not set
             let rdpid = c & (1 << 22) != 0 && ctx.rdtscp;
@@ -64,7 +65,7 @@ pub fn guest_view(leaf: u32, subleaf: u32, raw: [u32; 4], ctx: &CpuidContext) ->
             let xsaves = a & (1 << 3) != 0 && ctx.xsaves;
             set(&mut a, 3, xsaves);
         }
-        0x12 | 0x14 => [a, b, c, d] = [0; 4], // SGX and PT leaves
+        0x12 => [a, b, c, d] = [0; 4], // SGX leaf
         0x15 if ctx.tsc_hz != 0 && !tsc_leaf_agrees(raw, ctx.tsc_hz) => {
             [a, b, c, d] = tsc_leaf(ctx.tsc_hz)
         }
@@ -84,7 +85,9 @@ pub fn guest_view(leaf: u32, subleaf: u32, raw: [u32; 4], ctx: &CpuidContext) ->
         }
         _ => {}
     }
-    [a, b, c, d]
+    let mut r = [a, b, c, d];
+    super::perfmon::hide_in_cpuid(leaf, subleaf, &mut r);
+    r
 }
 
 /// Whether the CPU's leaf 0x15 (EAX = denominator, EBX = numerator,

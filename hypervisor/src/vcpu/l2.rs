@@ -86,7 +86,7 @@ impl<P: Platform> NestedHw for L1Hw<'_, P> {
         if super::msr::emulated_by_l0(msr) {
             return super::msr::write(msr, value, self.mtrr).is_ok();
         }
-        self.p.write_msr(msr, value)
+        super::perfmon::cpu_write_allowed(msr, value) && self.p.write_msr(msr, value)
     }
 }
 
@@ -313,6 +313,11 @@ impl Vcpu {
                 inject_exception(vs.current(), GP, Some(0));
                 Outcome::Resume
             }
+            VmExit::Other(crate::vmx::exit::reason::RDPMC) => {
+                // No counters for L2 either (vcpu/perfmon.rs).
+                inject_exception(vs.current(), GP, Some(0));
+                Outcome::Resume
+            }
             VmExit::Exception { .. } => {
                 // Exception bitmap02 is L1's: L1 always wants these.
                 Outcome::Stop(Stop::Internal("an L2 exception exit L1 did not ask for"))
@@ -392,7 +397,9 @@ impl Vcpu {
                 self.regs.gpr[GuestRegs::RDX] = v >> 32;
                 true
             }
-            (Some(Home::Msr), true) => p.write_msr(msr, value),
+            (Some(Home::Msr), true) => {
+                super::perfmon::cpu_write_allowed(msr, value) && p.write_msr(msr, value)
+            }
             (Some(Home::Msr), false) => match p.read_msr(msr) {
                 Some(v) => {
                     self.regs.gpr[GuestRegs::RAX] = v & 0xffff_ffff;

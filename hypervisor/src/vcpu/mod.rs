@@ -24,6 +24,7 @@ pub mod decode;
 mod irq_route;
 mod l2;
 pub mod msr;
+mod perfmon;
 pub mod report;
 pub mod reset;
 pub mod setup;
@@ -426,6 +427,10 @@ impl Vcpu {
                 index: crate::machine::ap_wait::X2APIC_ICR,
                 write: true,
             } => return self.l1_x2apic_icr(m, v, p),
+            VmExit::Msr {
+                index: perfmon::IA32_XSS,
+                write: true,
+            } => self.wrmsr_checked(v, p, perfmon::IA32_XSS),
             VmExit::Msr { index, write: true } => self.wrmsr(v, index),
             VmExit::Cr(access) => return self.cr_access(v, p, access),
             VmExit::Xsetbv => self.xsetbv(v, p),
@@ -467,6 +472,9 @@ impl Vcpu {
             VmExit::Vmcall
             | VmExit::VmxInstruction(_)
             | VmExit::Other(reason::VMFUNC | reason::GETSEC) => inject_exception(v, UD, None),
+            // No performance counters are offered (vcpu/perfmon.rs): as on
+            // a CPU with none, RDPMC of any counter is #GP.
+            VmExit::Other(reason::RDPMC) => inject_exception(v, GP, Some(0)),
             VmExit::EptMisconfig { .. } => {
                 return Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT01 (an L0 bug)"))
             }
@@ -714,6 +722,16 @@ impl Vcpu {
                 skip_instruction(v);
             }
             Err(_) => inject_exception(v, GP, Some(0)),
+        }
+    }
+
+    /// WRMSR of an MSR L0 traps only to check the value: to the CPU.
+    fn wrmsr_checked<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P, m: u32) {
+        let value = self.edx_eax();
+        if perfmon::cpu_write_allowed(m, value) && p.write_msr(m, value) {
+            skip_instruction(v);
+        } else {
+            inject_exception(v, GP, Some(0));
         }
     }
 

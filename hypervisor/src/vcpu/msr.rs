@@ -4,7 +4,8 @@
 //! IA32_FEATURE_CONTROL and the VMX capability MSRs (VMX is L0's to give),
 //! the MTRRs (with EPT the guest's MTRRs have no effect on its own memory
 //! types, SDM Vol. 3C 29.3.7.2, but the real ones govern L0's accesses,
-//! so L1 gets a shadow copy), and the microcode-update trigger.
+//! so L1 gets a shadow copy), the microcode-update trigger, and the
+//! performance-monitoring and trace MSRs (`perfmon::WITHHELD`: #GP).
 
 use crate::vmx::caps::{
     FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_VMX_OUTSIDE_SMX, IA32_FEATURE_CONTROL,
@@ -96,6 +97,7 @@ pub fn emulated_by_l0(msr: u32) -> bool {
         || msr == IA32_BIOS_UPDT_TRIG
         || VMX_MSRS.contains(&msr)
         || is_mtrr(msr)
+        || super::perfmon::is_withheld_msr(msr)
 }
 
 fn is_mtrr(msr: u32) -> bool {
@@ -122,6 +124,11 @@ pub fn l1_msr_bitmap() -> MsrBitmap {
         b.intercept(m, true, true);
     }
     b.intercept(IA32_BIOS_UPDT_TRIG, false, true);
+    for m in super::perfmon::withheld_msrs() {
+        b.intercept(m, true, true);
+    }
+    // Written to the CPU once checked (vcpu/perfmon.rs).
+    b.intercept(super::perfmon::IA32_XSS, false, true);
     b
 }
 
@@ -239,7 +246,8 @@ pub fn read(msr: u32, vmx_offered: bool, mtrr: &MtrrShadow) -> Result<u64, MsrFa
                 0
             }),
         m if is_mtrr(m) => mtrr.read(m),
-        // Capability MSRs of a VMX L0 does not offer do not exist.
+        // Capability MSRs of a VMX L0 does not offer do not exist, nor
+        // do the withheld performance-monitoring and trace MSRs.
         _ => Err(MsrFault),
     }
 }
@@ -256,7 +264,8 @@ pub fn write(msr: u32, value: u64, mtrr: &mut MtrrShadow) -> Result<WriteOutcome
     match msr {
         IA32_BIOS_UPDT_TRIG => Ok(WriteOutcome::Ignored),
         m if is_mtrr(m) => mtrr.write(m, value).map(|_| WriteOutcome::Done),
-        // IA32_FEATURE_CONTROL is locked; VMX capability MSRs are read-only.
+        // IA32_FEATURE_CONTROL is locked; VMX capability MSRs are read-only;
+        // performance-monitoring and trace MSRs are withheld.
         _ => Err(MsrFault),
     }
 }
@@ -361,6 +370,27 @@ mod tests {
         assert_eq!(write(0x3a, 5, &mut m), Err(MsrFault));
         assert_eq!(write(0x481, 0, &mut m), Err(MsrFault));
         assert_eq!(write(0x79, 0x1234, &mut m), Ok(WriteOutcome::Ignored));
+    }
+
+    #[test]
+    fn perfmon_and_trace_msrs_exit_and_fault() {
+        let b = l1_msr_bitmap();
+        let mut m = shadow();
+        for msr in [0x600, 0x570, 0x3f1, 0x38f, 0xc1, 0x1c8, 0x14ce, 0x161f] {
+            assert!(
+                b.intercepts(msr, false) && b.intercepts(msr, true),
+                "{msr:#x}"
+            );
+            assert!(emulated_by_l0(msr), "{msr:#x}: an L2's access is L0's too");
+            assert_eq!(read(msr, true, &m), Err(MsrFault), "{msr:#x}");
+            assert_eq!(write(msr, 0, &mut m), Err(MsrFault), "{msr:#x}");
+        }
+        assert!(!b.intercepts(0x1d9, true), "DEBUGCTL is L1's");
+        assert!(
+            b.intercepts(0xda0, true) && !b.intercepts(0xda0, false),
+            "IA32_XSS writes"
+        );
+        assert!(!emulated_by_l0(0xda0), "the CPU's, once checked");
     }
 
     #[test]

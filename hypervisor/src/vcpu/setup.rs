@@ -96,7 +96,8 @@ pub fn l1_controls(c: &VmxCaps, vpid: bool, timer: bool) -> Result<L1Controls, C
         )?,
         primary: c.adjust(
             Control::Primary,
-            p::USE_IO_BITMAPS | p::USE_MSR_BITMAPS | p::ACTIVATE_SECONDARY,
+            // RDPMC exits: L1 gets no counters (vcpu/perfmon.rs).
+            p::USE_IO_BITMAPS | p::USE_MSR_BITMAPS | p::ACTIVATE_SECONDARY | p::RDPMC_EXITING,
             0,
         )?,
         // RDTSCP, INVPCID and XSAVES #UD in the guest unless enabled.

@@ -495,6 +495,35 @@ fn shutdown_watch_sequences() {
 }
 
 #[test]
+fn xss_cannot_name_pt_or_lbr_state() {
+    let (mut c, mut v, mut p) = setup();
+    p.msrs.insert(0xda0, 0);
+    c.regs.gpr[GuestRegs::RCX] = 0xda0;
+    c.regs.gpr[GuestRegs::RAX] = 1 << 8; // PT
+    exit(&mut v, reason::WRMSR, 0, 2);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!(injected(&v), Some((13, Some(0))));
+    assert_eq!(p.msrs[&0xda0], 0, "XRSTORS cannot load PT state");
+    c.regs.gpr[GuestRegs::RAX] = 1 << 11 | 1 << 12; // CET
+    exit(&mut v, reason::WRMSR, 0, 2);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!(injected(&v), None);
+    assert_eq!(p.msrs[&0xda0], 0x1800, "other components reach the CPU");
+}
+
+/// (That L1's performance-monitoring MSRs exit at all is the bitmap's
+/// business: `msr::tests::perfmon_and_trace_msrs_exit_and_fault`.)
+#[test]
+fn rdpmc_faults_for_l1() {
+    let (mut c, mut v, mut p) = setup();
+    exit(&mut v, reason::RDPMC, 0, 2);
+    let rip = v.read(F::GUEST_RIP);
+    assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+    assert_eq!(injected(&v), Some((13, Some(0))));
+    assert_eq!(v.read(F::GUEST_RIP), rip);
+}
+
+#[test]
 fn msrs() {
     let (mut c, mut v, mut p) = setup();
     c.regs.gpr[GuestRegs::RCX] = 0x3a;
@@ -1616,6 +1645,51 @@ mod nested {
         exit(&mut v, reason::RDMSR, 0, 2);
         c.handle_exit(&mut v, &mut p);
         assert_eq!(injected(&v), Some((13, Some(0))));
+    }
+
+    #[test]
+    fn l2_gets_no_counters_or_trace() {
+        use crate::vmx::caps::primary::RDPMC_EXITING;
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        p.msrs.insert(0x600, 0x1234); // a CPU that has IA32_DS_AREA
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        // L1's bitmap lets DS_AREA through; L0 does not.
+        c.regs.gpr[GuestRegs::RCX] = 0x600;
+        exit(&mut v, reason::RDMSR, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(injected(&v), Some((13, Some(0))));
+        assert!(c.nested.in_l2());
+        // L2's IA32_XSS, which L1 lets through, cannot name PT state either.
+        p.msrs.insert(0xda0, 0);
+        c.regs.gpr[GuestRegs::RCX] = 0xda0;
+        c.regs.gpr[GuestRegs::RAX] = 1 << 8;
+        c.regs.gpr[GuestRegs::RDX] = 0;
+        exit(&mut v, reason::WRMSR, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(injected(&v), Some((13, Some(0))));
+        assert_eq!((p.msrs[&0xda0], c.nested.in_l2()), (0, true));
+        // RDPMC exits from L2 whatever L1 chose; not asked for by L1, #GP.
+        assert_ne!(
+            v.v02.read(F::CPU_BASED_VM_EXEC_CONTROL) & RDPMC_EXITING as u64,
+            0
+        );
+        exit(&mut v, reason::RDPMC, 0, 2);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert_eq!(injected(&v), Some((13, Some(0))));
+        assert!(c.nested.in_l2());
+        // Asked for by L1: L1's exit.
+        let p12 = c.nested.vmx.vmcs12.get(F::CPU_BASED_VM_EXEC_CONTROL);
+        c.nested
+            .vmx
+            .vmcs12
+            .set(F::CPU_BASED_VM_EXEC_CONTROL, p12 | RDPMC_EXITING as u64);
+        exit(&mut v, reason::RDPMC, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2());
+        assert_eq!(
+            c.nested.vmx.vmcs12.get(F::VM_EXIT_REASON),
+            reason::RDPMC as u64
+        );
     }
 
     #[test]

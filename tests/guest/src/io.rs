@@ -49,6 +49,17 @@ pub unsafe fn wrmsr(msr: u32, v: u64) {
     };
 }
 
+/// RDPMC of counter `ecx`; 2 bytes long.
+///
+/// # Safety
+/// As [`rdmsr`].
+pub unsafe fn rdpmc(ecx: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("rdpmc", in("ecx") ecx, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (hi as u64) << 32 | lo as u64
+}
+
 pub fn read_cr4() -> u64 {
     let v: u64;
     // SAFETY: reading CR4 at CPL 0 has no side effect.

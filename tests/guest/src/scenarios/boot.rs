@@ -107,6 +107,43 @@ pub fn run(magic: u32, mbi: &Info<Identity>) {
         format_args!("MTRR_DEF_TYPE {def:#x}"),
     );
 
+    // No performance monitoring or trace (L0 withholds them): CPUID says
+    // so, and their MSRs fault, the ones that aim stores at memory first.
+    let [_, _, ecx1, edx1] = cpuid(1, 0);
+    let [_, ebx7, _, edx7] = cpuid(7, 0);
+    let [pmu_version, ..] = cpuid(0xa, 0);
+    c.check(
+        "cpuid-no-perfmon-or-trace",
+        edx1 & (1 << 21) == 0
+            && ecx1 & (1 << 2 | 1 << 4 | 1 << 15) == 0
+            && ebx7 & (1 << 25) == 0
+            && edx7 & (1 << 19) == 0
+            && pmu_version & 0xff == 0,
+        format_args!(
+            "1:ECX={ecx1:#x} EDX={edx1:#x} 7:EBX={ebx7:#x} EDX={edx7:#x} 0xA:EAX={pmu_version:#x}"
+        ),
+    );
+    let ds_area = expect_fault(2, || {
+        unsafe { rdmsr(0x600) };
+    });
+    let rtit_ctl = expect_fault(2, || unsafe { wrmsr(0x570, 1) });
+    let pebs = expect_fault(2, || unsafe { wrmsr(0x3f1, 1) });
+    let global_ctrl = expect_fault(2, || {
+        unsafe { rdmsr(0x38f) };
+    });
+    c.check(
+        "perfmon-msrs-fault",
+        [ds_area, rtit_ctl, pebs, global_ctrl] == [Some(GP); 4],
+        format_args!(
+            "DS_AREA read {ds_area:?}, RTIT_CTL write {rtit_ctl:?}, \
+             PEBS_ENABLE write {pebs:?}, PERF_GLOBAL_CTRL read {global_ctrl:?}"
+        ),
+    );
+    let rdpmc = expect_fault(2, || {
+        unsafe { crate::io::rdpmc(0) };
+    });
+    c.check("rdpmc-faults", rdpmc == Some(GP), format_args!("{rdpmc:?}"));
+
     // Low memory is the cloud VM's: RAM from 1 MiB on, L0 only at the top.
     let upper = mbi.mem_upper_kib().unwrap_or(0);
     let at_1m = mbi
