@@ -242,7 +242,8 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         );
     }
     ap_boot::start_all(&host, kind, &fw.ram, tsc_hz, share);
-    cpu_loop::run(&mut vcpu, machine, &mut hw, true)
+    vcpu.serve_console();
+    cpu_loop::run(&mut vcpu, machine, &mut hw)
 }
 
 /// Says on the management line that devices can reach L0's memory, on a

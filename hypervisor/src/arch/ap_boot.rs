@@ -420,5 +420,5 @@ extern "C" fn ap_main(h: &'static Handoff) -> ! {
     vcpu.wait_for_sipi(&mut m, &mut hw);
     drop(m);
     h.state.store(IN_VMX_ROOT, Ordering::Release);
-    cpu_loop::run(&mut vcpu, share.machine, &mut hw, false)
+    cpu_loop::run(&mut vcpu, share.machine, &mut hw)
 }

@@ -15,10 +15,11 @@ use crate::vmx::{Field as F, Vmcs};
 /// pending events, then VMLAUNCH/VMRESUME of L1 or L2, then the exit's
 /// handler with its cost accounted; a stop is fatal with the guest state
 /// in the report. The machine-wide part is locked by the exits that need
-/// it, for the rest of that exit. One CPU, `serves_console`, owns the
-/// management line and the relay interrupt into L1; an NMI that arrives
+/// it, for the rest of that exit. One CPU (`Vcpu::serves_console`) owns
+/// the management line and the relay interrupt into L1; an NMI that arrives
 /// while L0 runs goes to this CPU's L1.
-pub fn run(vcpu: &mut Vcpu, machine: &SharedMachine, hw: &mut Hardware, serves_console: bool) -> ! {
+pub fn run(vcpu: &mut Vcpu, machine: &SharedMachine, hw: &mut Hardware) -> ! {
+    let serves_console = vcpu.serves_console();
     // SAFETY: VMCS01 is current; from here on only HwVmcsSet switches.
     let mut vs = unsafe { HwVmcsSet::new(vcpu.vmcs_phys()) };
     let mut last_poll = cpu::rdtsc();

@@ -249,6 +249,9 @@ pub struct Vcpu {
     counts: Option<&'static crate::machine::cpu_counts::CpuCounts>,
     /// What this vCPU's last entry into L2 noted in the machine.
     noted_entry: Option<l2::NotedEntry>,
+    /// This CPU owns the management line (one CPU does: two would split
+    /// the operator's bytes between them) and the relay interrupt.
+    serves_console: bool,
 }
 
 const ACTIVITY_HLT: u64 = 1;
@@ -282,7 +285,17 @@ impl Vcpu {
             saves_smi_blocking: false,
             counts: None,
             noted_entry: None,
+            serves_console: false,
         }
+    }
+
+    /// Makes this vCPU's CPU the one that serves the management line.
+    pub fn serve_console(&mut self) {
+        self.serves_console = true;
+    }
+
+    pub fn serves_console(&self) -> bool {
+        self.serves_console
     }
 
     /// The APIC ID of the CPU this vCPU runs on (0 until registered).
@@ -483,13 +496,17 @@ impl Vcpu {
         Outcome::Resume
     }
 
-    /// Serves the management line: operator commands in, console output out.
+    /// Serves the management line: operator commands in, console output
+    /// out (on the CPU that serves it; elsewhere nothing).
     pub fn poll_console<S: VmcsSet, P: Platform>(
         &mut self,
         m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
     ) {
+        if !self.serves_console {
+            return;
+        }
         // A command arrives at the line's pace, a byte every ~87 µs at
         // 115200 baud, and a UART holds only 16: once a command has begun,
         // L0 stays until its line is complete or the line falls quiet for

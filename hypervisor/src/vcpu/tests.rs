@@ -260,6 +260,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         saves_smi_blocking: false,
         counts: None,
         noted_entry: None,
+        serves_console: true,
     };
     let mut v = FakeVmcs::default();
     setup::write_entry_state(
