@@ -9,6 +9,9 @@
 //! time: each counts in a page both EPT12s map and waits until it has seen
 //! the other L2's counter advance (`l2_meet`). The VMCS fields are checked
 //! again after that, and the current-VMCS pointer of each CPU is its own.
+//! Across CPUs (issue 15): both L2s run on one EPT12 of CPU 0's, which CPU 0
+//! then changes; after each CPU's INVEPT neither L2 sees the old page
+//! (`shared-ept-*`).
 //! Check names carry the CPU (`cpu0-...`, `cpu1-...`); the boot CPU prints
 //! the verdict once both CPUs are done.
 
@@ -34,6 +37,8 @@ const CHECKS: &[&str] = &[
     "hlt-exit",
     "ept-violation-resolved",
     "l2-write-seen",
+    "shared-ept-first-read",
+    "shared-ept-after-invept",
     "l2s-concurrent",
     "l2-counter-seen",
     "vmcs-kept",
@@ -62,6 +67,22 @@ static ARRIVED: AtomicU32 = AtomicU32::new(0);
 static ABORT: AtomicBool = AtomicBool::new(false);
 /// The AP's (failed, run) counts, published before it is done.
 static AP_COUNTS: AtomicU64 = AtomicU64::new(0);
+/// CPU 0's EPTP both CPUs' L2s run on (`shared_ept`).
+static SHARED_EPTP: AtomicU64 = AtomicU64::new(0);
+
+/// The meeting points, in the order both CPUs pass them.
+mod round {
+    /// CPU 0 published the shared EPT12.
+    pub const EPT_BUILT: u32 = 1;
+    /// Both L2s read X through the first mapping.
+    pub const EPT_READ: u32 = 2;
+    /// CPU 0 remapped X and ran its INVEPT.
+    pub const EPT_CHANGED: u32 = 3;
+    /// Both meeting L2s start.
+    pub const L2S_RUN: u32 = 4;
+    /// Both are done with VMX.
+    pub const END: u32 = 5;
+}
 
 pub fn run(mbi: &Info<Identity>) {
     crate::set_current_test(&NAME);
@@ -202,6 +223,7 @@ fn work(cpu: usize, c: &mut Checks) {
 
     basics(cpu, c, &hv);
     ept(cpu, c, &mut hv);
+    shared_ept(cpu, c, &mut hv);
 
     // Both L2s at once.
     let _ = meet_vm.load();
@@ -212,7 +234,7 @@ fn work(cpu: usize, c: &mut Checks) {
     r.rbp = MEET + 8 + 4 * other as u64;
     r.rcx = MEET_STEPS;
     r.rdx = MEET_BOUND;
-    if !meet(1) {
+    if !meet(round::L2S_RUN) {
         for n in ["l2s-concurrent", "l2-counter-seen"] {
             c.check(n, false, format_args!("the other CPU never came"));
         }
@@ -259,7 +281,7 @@ fn work(cpu: usize, c: &mut Checks) {
         format_args!("VMPTRST {cur:#x}, this CPU's VMCS B {:#x}", meet_vm.vmcs),
     );
     // Both CPUs leave VMX operation only after the other's L2 is done.
-    let _ = meet(2);
+    let _ = meet(round::END);
 }
 
 /// The VMCALL, CPUID and HLT exits of an L2 on this CPU (VMCS A).
@@ -382,4 +404,82 @@ fn ept(cpu: usize, c: &mut Checks, hv: &mut Hv) {
             ),
         );
     }
+}
+
+/// The L2 page both CPUs' L2s read in `shared_ept`: inside the low 4 MiB
+/// that L2's own page tables map one to one, so the same L2 address works
+/// whether L2 pages or not.
+const X: u64 = TEST + 5 * PAGE;
+
+/// Runs `l2_read` of X on `eptp` in a fresh VMCS A: what L2 read (if it
+/// reached its VMCALL) and how the run went.
+fn read_x(c: &mut Checks, hv: &Hv, check: &str, eptp: u64) -> (Option<u32>, crate::hv::Msg) {
+    let Some(mut vm) = hv.fresh(c, check, l2!(l2_read)) else {
+        return (None, crate::msg!("no VMCS"));
+    };
+    let _ = vmwrite(EPT_POINTER, eptp);
+    vm.regs.rsi = X;
+    let e = vm.enter();
+    let read = e.is(reason::VMCALL).then_some(vm.regs.rax as u32);
+    (read, crate::msg!("{e}, L2 read {:#x}", vm.regs.rax as u32))
+}
+
+/// One EPT12 on both CPUs (issue 15 item 3): CPU 0 maps X onto its page
+/// A, both L2s read A's value there (so each CPU may cache the
+/// translation), CPU 0 remaps X onto page B and runs INVEPT, then CPU 1
+/// runs INVEPT as KVM's remote TLB flush would; both L2s must now read
+/// B's value. Both CPUs pass every meeting point, whatever failed.
+fn shared_ept(cpu: usize, c: &mut Checks, hv: &mut Hv) {
+    const IN_A: u32 = 0xa0a0_0a0a;
+    const IN_B: u32 = 0xb0b0_0b0b;
+    // CPU 0's pages (only CPU 0 writes them).
+    let (a, b) = (backing(TEST + 6 * PAGE), backing(TEST + 7 * PAGE));
+    let mut built = None;
+    if cpu == 0 {
+        mem::wr32(a, IN_A);
+        mem::wr32(b, IN_B);
+        let e = hv.new_ept(&[(X, a)]);
+        SHARED_EPTP.store(e.eptp(false), Ordering::SeqCst);
+        built = Some(e);
+    }
+    let met = meet(round::EPT_BUILT);
+    let eptp = SHARED_EPTP.load(Ordering::SeqCst);
+    let first = if met {
+        read_x(c, hv, "shared-ept-first-read", eptp)
+    } else {
+        (None, crate::msg!("the other CPU never came"))
+    };
+    c.check(
+        "shared-ept-first-read",
+        first.0 == Some(IN_A),
+        format_args!(
+            "EPTP {eptp:#x} (CPU 0's), X {X:#x}: {} (want A's {IN_A:#x})",
+            first.1
+        ),
+    );
+    let mut inv = Ok(());
+    if meet(round::EPT_READ) {
+        if let Some(e) = built.as_mut() {
+            e.map(&mut hv.tables, X, b, Size::K4, RWX);
+            inv = hv.invept(eptp);
+        }
+    }
+    // Each CPU invalidates its own cached translations (SDM 30.3).
+    let met = meet(round::EPT_CHANGED);
+    if met && cpu != 0 {
+        inv = hv.invept(eptp);
+    }
+    let second = if met {
+        read_x(c, hv, "shared-ept-after-invept", eptp)
+    } else {
+        (None, crate::msg!("the other CPU never came"))
+    };
+    c.check(
+        "shared-ept-after-invept",
+        inv.is_ok() && second.0 == Some(IN_B),
+        format_args!(
+            "after CPU 0 remapped X onto B and this CPU's INVEPT ({inv:?}): {} (want B's {IN_B:#x}, never A's {IN_A:#x})",
+            second.1
+        ),
+    );
 }
