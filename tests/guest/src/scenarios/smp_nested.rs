@@ -11,7 +11,9 @@
 //! again after that, and the current-VMCS pointer of each CPU is its own.
 //! Across CPUs (issue 15): both L2s run on one EPT12 of CPU 0's, which CPU 0
 //! then changes; after each CPU's INVEPT neither L2 sees the old page
-//! (`shared-ept-*`).
+//! (`shared-ept-*`). CPU 1 tries to load and clear a VMCS current on CPU 0
+//! (refused under L0; undefined natively, so skipped there), then takes it
+//! over once CPU 0 cleared it, as KVM moves a vCPU (`vmcs-*`).
 //! Check names carry the CPU (`cpu0-...`, `cpu1-...`); the boot CPU prints
 //! the verdict once both CPUs are done.
 
@@ -22,8 +24,9 @@ use crate::hv::ept::{violation_qual, Size, R, RWX};
 use crate::hv::fields::*;
 use crate::hv::l2::{self as layout, backing, Mode, TEST, UNMAPPED, WINDOW};
 use crate::hv::mem::{self, pg, PAGE};
+use crate::hv::vmx::VmFail;
 use crate::hv::vmx::{self, rd, vmwrite};
-use crate::hv::{apic, l0_alive, start, Hv};
+use crate::hv::{apic, below, l0_alive, start, Below, Hv};
 use crate::mb1::{Identity, Info};
 use crate::{l2, smp};
 
@@ -39,6 +42,10 @@ const CHECKS: &[&str] = &[
     "l2-write-seen",
     "shared-ept-first-read",
     "shared-ept-after-invept",
+    "vmptrld-current-elsewhere",
+    "vmclear-current-elsewhere",
+    "vmclear-to-move",
+    "vmcs-moved",
     "l2s-concurrent",
     "l2-counter-seen",
     "vmcs-kept",
@@ -69,6 +76,8 @@ static ABORT: AtomicBool = AtomicBool::new(false);
 static AP_COUNTS: AtomicU64 = AtomicU64::new(0);
 /// CPU 0's EPTP both CPUs' L2s run on (`shared_ept`).
 static SHARED_EPTP: AtomicU64 = AtomicU64::new(0);
+/// CPU 0's VMCS that CPU 1 tries to take, then takes (`vmcs_move`).
+static MOVED_VMCS: AtomicU64 = AtomicU64::new(0);
 
 /// The meeting points, in the order both CPUs pass them.
 mod round {
@@ -78,10 +87,16 @@ mod round {
     pub const EPT_READ: u32 = 2;
     /// CPU 0 remapped X and ran its INVEPT.
     pub const EPT_CHANGED: u32 = 3;
+    /// CPU 0 has its VMCS X current.
+    pub const VMCS_HELD: u32 = 4;
+    /// CPU 1 is done trying to take it.
+    pub const VMCS_TRIED: u32 = 5;
+    /// CPU 0 cleared it.
+    pub const VMCS_CLEARED: u32 = 6;
     /// Both meeting L2s start.
-    pub const L2S_RUN: u32 = 4;
+    pub const L2S_RUN: u32 = 7;
     /// Both are done with VMX.
-    pub const END: u32 = 5;
+    pub const END: u32 = 8;
 }
 
 pub fn run(mbi: &Info<Identity>) {
@@ -224,6 +239,7 @@ fn work(cpu: usize, c: &mut Checks) {
     basics(cpu, c, &hv);
     ept(cpu, c, &mut hv);
     shared_ept(cpu, c, &mut hv);
+    vmcs_move(cpu, c, &hv);
 
     // Both L2s at once.
     let _ = meet_vm.load();
@@ -482,4 +498,102 @@ fn shared_ept(cpu: usize, c: &mut Checks, hv: &mut Hv) {
             second.1
         ),
     );
+}
+
+/// One VMCS on two CPUs: CPU 0 makes its VMCS X current and writes a
+/// field; CPU 1's VMPTRLD and VMCLEAR of X are refused under L0 (error 9
+/// and 2; CPU 1's current VMCS stays its own); natively the SDM leaves
+/// them undefined, so they are skipped. Then CPU 0 clears X and CPU 1
+/// loads it and reads the field, as KVM moves a vCPU; CPU 1 clears X
+/// again, so no CPU is left holding it.
+fn vmcs_move(cpu: usize, c: &mut Checks, hv: &Hv) {
+    const FIELD: u32 = GUEST_SYSENTER_ESP;
+    const VALUE: u64 = 0xffff_8000_0c0f_fee0;
+    if cpu == 0 {
+        let x = mem::page(pg::VMCS_X);
+        let r = crate::hv::vmcs::init_region(&hv.caps, x)
+            // SAFETY: this CPU's spare VMCS page, just initialized.
+            .and_then(|_| unsafe { vmx::vmptrld(x) })
+            .and_then(|_| vmwrite(FIELD, VALUE));
+        // X published only once it is current here.
+        if r.is_ok() {
+            MOVED_VMCS.store(x, Ordering::SeqCst);
+        }
+    }
+    let met = meet(round::VMCS_HELD);
+    let x = MOVED_VMCS.load(Ordering::SeqCst);
+    if cpu != 0 {
+        let own = vmx::vmptrst();
+        let ready = met && x != 0;
+        if !ready {
+            for n in ["vmptrld-current-elsewhere", "vmclear-current-elsewhere"] {
+                c.check(
+                    n,
+                    false,
+                    format_args!("CPU 0 has no VMCS current for us ({x:#x})"),
+                );
+            }
+        } else if below() != Below::L0 {
+            for n in ["vmptrld-current-elsewhere", "vmclear-current-elsewhere"] {
+                c.skip(
+                    n,
+                    format_args!(
+                        "running natively: the SDM leaves a VMCS current on two CPUs undefined"
+                    ),
+                );
+            }
+        } else {
+            // SAFETY: X is CPU 0's VMCS page; L0 must refuse to use it here.
+            let r = unsafe { vmx::vmptrld(x) };
+            let now = vmx::vmptrst();
+            c.check(
+                "vmptrld-current-elsewhere",
+                r == Err(VmFail::Valid(9)) && now == own,
+                format_args!("VMPTRLD {x:#x} (current on CPU 0): {r:?} (want VMfailValid 9); VMPTRST {now:#x} (was {own:#x})"),
+            );
+            // SAFETY: as above.
+            let r = unsafe { vmx::vmclear(x) };
+            let now = vmx::vmptrst();
+            c.check(
+                "vmclear-current-elsewhere",
+                r == Err(VmFail::Valid(2)) && now == own,
+                format_args!("VMCLEAR {x:#x} (current on CPU 0): {r:?} (want VMfailValid 2); VMPTRST {now:#x} (was {own:#x})"),
+            );
+        }
+    }
+    let met = meet(round::VMCS_TRIED);
+    if cpu == 0 {
+        // SAFETY: this CPU's own VMCS page.
+        let r = if x != 0 {
+            unsafe { vmx::vmclear(x) }
+        } else {
+            Err(VmFail::Invalid)
+        };
+        c.check(
+            "vmclear-to-move",
+            met && r.is_ok(),
+            format_args!("VMCLEAR of its VMCS X {x:#x}: {r:?}"),
+        );
+    }
+    let met = meet(round::VMCS_CLEARED);
+    if cpu != 0 {
+        let (loaded, got, cleared) = if met && x != 0 {
+            // SAFETY: CPU 0 cleared X and no longer uses it.
+            let l = unsafe { vmx::vmptrld(x) };
+            let g = vmx::vmread(FIELD);
+            // SAFETY: as above; leaves X clear and current nowhere.
+            (l, g, unsafe { vmx::vmclear(x) })
+        } else {
+            (
+                Err(VmFail::Invalid),
+                Err(VmFail::Invalid),
+                Err(VmFail::Invalid),
+            )
+        };
+        c.check(
+            "vmcs-moved",
+            loaded.is_ok() && got == Ok(VALUE) && cleared.is_ok(),
+            format_args!("VMPTRLD {x:#x} after CPU 0's VMCLEAR: {loaded:?}; VMREAD {FIELD:#x} {got:x?} (CPU 0 wrote {VALUE:#x}); VMCLEAR {cleared:?}"),
+        );
+    }
 }
