@@ -445,6 +445,10 @@ pub fn all() -> Vec<Scenario> {
     // Measurements (`cargo xtask bench`); the native run also smoke-tests
     // the bench code in CI, asserting only that its loops complete.
     v.extend(nested!("nested-bench", 120, L0_NESTED_VMX));
+    // The L2 CPUID round trip on one CPU of a 2-CPU host alone, then on
+    // both at once: in CI natively as a smoke test (~28 s), under L0
+    // (~60 s) in `cargo xtask bench` only.
+    v.extend(nested!("smp-bench", 120, false, 2));
     // Shadow devices and ultracalls, with 64-bit L2s (docs/testing.md).
     v.push(l0_only!(
         "shadow-console",

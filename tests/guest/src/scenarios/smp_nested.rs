@@ -17,7 +17,7 @@
 //! Check names carry the CPU (`cpu0-...`, `cpu1-...`); the boot CPU prints
 //! the verdict once both CPUs are done.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use crate::check::Checks;
 use crate::hv::ept::{violation_qual, Size, R, RWX};
@@ -30,7 +30,19 @@ use crate::hv::{apic, below, l0_alive, start, Below, Hv};
 use crate::mb1::{Identity, Info};
 use crate::{l2, smp};
 
-static NAME: &str = "smp-nested";
+/// A test both CPUs run (`smp-nested`, `smp-bench`): its name and each
+/// CPU's part of it, called with the CPU's index.
+pub(super) struct OnBoth {
+    pub name: &'static str,
+    pub part: fn(usize, &mut Checks),
+}
+
+static SMP_NESTED: OnBoth = OnBoth {
+    name: "smp-nested",
+    part: work,
+};
+/// The test the AP joins, set before it starts.
+static JOB: AtomicPtr<OnBoth> = AtomicPtr::new(core::ptr::null_mut());
 
 const CHECKS: &[&str] = &[
     "vmxon",
@@ -100,15 +112,22 @@ mod round {
 }
 
 pub fn run(mbi: &Info<Identity>) {
-    crate::set_current_test(&NAME);
-    let mut c = Checks::new(NAME);
-    let mut mine = Checks::for_cpu(NAME, 0);
+    run_on_both(&SMP_NESTED, mbi);
+}
+
+/// Starts the AP on its part of `t`, runs the boot CPU's, and prints the
+/// verdict once both are done.
+pub(super) fn run_on_both(t: &'static OnBoth, mbi: &Info<Identity>) {
+    crate::set_current_test(&t.name);
+    let mut c = Checks::new(t.name);
+    let mut mine = Checks::for_cpu(t.name, 0);
     mem::fill(mem::shared(), PAGE, 0);
+    JOB.store(t as *const OnBoth as *mut OnBoth, Ordering::SeqCst);
     let started = start_ap(&mut c, mbi);
     if !started {
-        ABORT.store(true, Ordering::SeqCst);
+        give_up();
     }
-    work(0, &mut mine);
+    (t.part)(0, &mut mine);
     c.merge(mine.counts());
     if started {
         let done = smp::wait_ap_done(WAIT);
@@ -156,7 +175,9 @@ fn start_ap(c: &mut Checks, mbi: &Info<Identity>) -> bool {
 }
 
 fn ap_job(cpu: usize) {
-    let mut c = Checks::for_cpu(NAME, cpu);
+    // SAFETY: `run_on_both` stored a `&'static OnBoth` before the AP started.
+    let t = unsafe { &*JOB.load(Ordering::SeqCst) };
+    let mut c = Checks::for_cpu(t.name, cpu);
     let want = AP_APIC_ID.load(Ordering::SeqCst);
     let id = smp::apic_id();
     c.check(
@@ -164,14 +185,19 @@ fn ap_job(cpu: usize) {
         id == want,
         format_args!("CPUID.1:EBX[31:24] {id:#x}, start-up IPIs sent to {want:#x}"),
     );
-    work(cpu, &mut c);
+    (t.part)(cpu, &mut c);
     let (failed, run) = c.counts();
     AP_COUNTS.store((failed as u64) << 32 | run as u64, Ordering::SeqCst);
 }
 
+/// Tells the other CPU not to wait for this one at meeting points.
+pub(super) fn give_up() {
+    ABORT.store(true, Ordering::SeqCst);
+}
+
 /// Waits until both CPUs arrived at meeting point `round` (1, 2, ...);
 /// false if the other CPU gave up or did not come in time.
-fn meet(round: u32) -> bool {
+pub(super) fn meet(round: u32) -> bool {
     ARRIVED.fetch_add(1, Ordering::SeqCst);
     let ok = smp::spin_ticks(WAIT, || {
         ARRIVED.load(Ordering::SeqCst) >= 2 * round || ABORT.load(Ordering::SeqCst)
@@ -205,14 +231,14 @@ fn fields_hold(cpu: usize) -> (bool, crate::hv::Msg) {
 fn work(cpu: usize, c: &mut Checks) {
     let other = 1 - cpu;
     let Some(mut hv) = start(c, CHECKS) else {
-        ABORT.store(true, Ordering::SeqCst);
+        give_up();
         return;
     };
     if !hv.mode.ept() {
         for n in &CHECKS[1..] {
             c.check(n, false, format_args!("needs EPT (mode {:?})", hv.mode));
         }
-        ABORT.store(true, Ordering::SeqCst);
+        give_up();
         return;
     }
     // The meeting L2 on VMCS B: its EPT12 maps MEET onto the shared page.
@@ -223,7 +249,7 @@ fn work(cpu: usize, c: &mut Checks) {
             for n in &CHECKS[1..] {
                 c.check(n, false, format_args!("setting up VMCS B: {m}"));
             }
-            ABORT.store(true, Ordering::SeqCst);
+            give_up();
             return;
         }
     };
