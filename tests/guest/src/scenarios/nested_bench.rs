@@ -71,6 +71,8 @@ fn l2_roundtrip(c: &mut Checks, hv: &crate::hv::Hv) {
 /// is current, each exiting to L1, which emulates it minimally and
 /// resumes: the CPUID exits seen, the reason of the exit that ended the
 /// loop (VMCALL when L2 finished) and ticks per round trip.
+// The error is a line for one CHECK per loop: its size does not matter.
+#[allow(clippy::result_large_err)]
 pub(super) fn cpuid_roundtrips(vm: &mut Vm, n: u64) -> Result<(u64, u32, u64), Msg> {
     vm.at(l2!(l2_cpuid_loop));
     vm.regs.rdi = n;

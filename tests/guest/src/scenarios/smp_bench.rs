@@ -76,14 +76,12 @@ fn part(cpu: usize, c: &mut Checks) {
     if !meet(round::READY) {
         return c.check("both-loop", false, format_args!("the other CPU never came"));
     }
-    // One CPU lists the VMs (the ultracall buffer is not per CPU).
     if cpu == 0 {
+        // One CPU lists the VMs (the ultracall buffer is not per CPU).
         match serial {
             Some(_) => wait_attached(c),
             None => c.skip("operator-attached", format_args!("no shadow UART")),
         }
-    }
-    if cpu == 0 {
         measure(c, &mut vm, "alone-loop", "alone");
         measure_serial(c, serial.as_mut(), "serial-alone-loop", "alone");
     }
