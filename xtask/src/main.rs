@@ -340,6 +340,20 @@ struct BenchRun {
 }
 
 const NESTED_FIGURES: &[&str] = &["l1-cpuid", "l2-cpuid-roundtrip", "l1-vmread", "l1-vmwrite"];
+const SMP_FIGURES: &[&str] = &[
+    "smp-l2-cpuid-roundtrip-alone",
+    "smp-l2-cpuid-roundtrip-cpu0-both",
+    "smp-l2-cpuid-roundtrip-cpu1-both",
+];
+/// Under L0 also the shadow serial byte (natively there is no shadow UART).
+const SMP_L0_FIGURES: &[&str] = &[
+    "smp-l2-cpuid-roundtrip-alone",
+    "smp-l2-cpuid-roundtrip-cpu0-both",
+    "smp-l2-cpuid-roundtrip-cpu1-both",
+    "smp-l2-serial-byte-alone",
+    "smp-l2-serial-byte-cpu0-both",
+    "smp-l2-serial-byte-cpu1-both",
+];
 const PEER_FIGURES: &[&str] = &[
     "l2-qemu-start-to-exit-ticks",
     "l2-cpuid-ticks",
@@ -357,6 +371,16 @@ const BENCH_RUNS: &[BenchRun] = &[
         label: "under L0",
         scenario: "nested-bench",
         want: NESTED_FIGURES,
+    },
+    BenchRun {
+        label: "2 CPUs, native",
+        scenario: "smp-bench-native",
+        want: SMP_FIGURES,
+    },
+    BenchRun {
+        label: "2 CPUs, under L0",
+        scenario: "smp-bench",
+        want: SMP_L0_FIGURES,
     },
     BenchRun {
         label: "shadow path (L0)",
@@ -565,6 +589,25 @@ fn bench() -> Result<(), String> {
         f.iter().find(|(n, _)| n == name)?.1.parse().ok()
     };
     println!();
+    // SMP (issue 15 item 9, goal <= 1.1): a CPU's round trip while the
+    // other CPU runs the same loop, against CPU 0's alone.
+    for (what, name) in [
+        ("L2 CPUID round trip", "smp-l2-cpuid-roundtrip"),
+        ("shadow serial byte", "smp-l2-serial-byte"),
+    ] {
+        for col in ["2 CPUs, native", "2 CPUs, under L0"] {
+            let alone = fig(col, &format!("{name}-alone"));
+            for cpu in ["cpu0", "cpu1"] {
+                let both = fig(col, &format!("{name}-{cpu}-both"));
+                if let (Some(alone), Some(both)) = (alone, both) {
+                    println!(
+                        "{what}, {col}: {cpu} with both CPUs busy {both} ticks, CPU 0 alone {alone}: {:.3}x (goal <= 1.1x)",
+                        both / alone.max(1.0)
+                    );
+                }
+            }
+        }
+    }
     // Serial output (issue goal: the shadow path >= 10x cheaper per byte
     // than QEMU's UART). Like for like: QEMU writes every byte to a file,
     // the shadow UART sends every byte to the operator on the management

@@ -15,6 +15,7 @@ mod shadow_bench;
 mod shadow_console;
 mod shadow_input;
 mod shadow_many;
+mod smp_bench;
 mod smp_nested;
 mod ucall_fuzz;
 mod ucall_save_restore;
@@ -34,6 +35,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "shadow-console" => shadow_console::run_scenario(),
         "shadow-input" => shadow_input::run_scenario(),
         "shadow-many" => shadow_many::run_scenario(),
+        "smp-bench" => smp_bench::run(mbi),
         "smp-nested" => smp_nested::run(mbi),
         "ultracall-save-restore" => ucall_save_restore::run_scenario(),
         "ultracall-fuzz" => ucall_fuzz::run_scenario(),

@@ -12,8 +12,9 @@
 
 use crate::check::Checks;
 use crate::hv::fields::*;
+use crate::hv::vm::Vm;
 use crate::hv::vmx::{rd, vmread, vmwrite};
-use crate::hv::{cpu, l0_alive, start};
+use crate::hv::{cpu, l0_alive, start, Msg};
 use crate::io::cpuid;
 use crate::l2;
 
@@ -54,20 +55,36 @@ fn l2_roundtrip(c: &mut Checks, hv: &crate::hv::Hv) {
     let Some(mut vm) = hv.fresh(c, "l2-cpuid-loop", l2!(l2_cpuid_loop)) else {
         return;
     };
-    vm.regs.rdi = N;
+    let (exits, last, ticks) = match cpuid_roundtrips(&mut vm, N) {
+        Ok(r) => r,
+        Err(m) => return c.check("l2-cpuid-loop", false, format_args!("{m}")),
+    };
+    crate::println!("BENCH l2-cpuid-roundtrip {ticks}");
+    c.check(
+        "l2-cpuid-loop",
+        exits == N && last == reason::VMCALL,
+        format_args!("{exits} CPUID exits then reason {last}, {ticks} ticks per round trip"),
+    );
+}
+
+/// `n` CPUIDs of L2 (`l2_cpuid_loop`, from its start) on `vm`, whose VMCS
+/// is current, each exiting to L1, which emulates it minimally and
+/// resumes: the CPUID exits seen, the reason of the exit that ended the
+/// loop (VMCALL when L2 finished) and ticks per round trip.
+// The error is a line for one CHECK per loop: its size does not matter.
+#[allow(clippy::result_large_err)]
+pub(super) fn cpuid_roundtrips(vm: &mut Vm, n: u64) -> Result<(u64, u32, u64), Msg> {
+    vm.at(l2!(l2_cpuid_loop));
+    vm.regs.rdi = n;
     let mut exits = 0u64;
     let mut last;
     let t0 = cpu::rdtsc();
     loop {
         if let Err(e) = vm.enter_raw() {
-            return c.check(
-                "l2-cpuid-loop",
-                false,
-                format_args!("entry failed after {exits} exits: {e:?}"),
-            );
+            return Err(crate::msg!("entry failed after {exits} exits: {e:?}"));
         }
         last = rd(EXIT_REASON) as u32;
-        if last != reason::CPUID || exits > N {
+        if last != reason::CPUID || exits > n {
             break;
         }
         exits += 1;
@@ -79,13 +96,7 @@ fn l2_roundtrip(c: &mut Checks, hv: &crate::hv::Hv) {
         let rip = rd(GUEST_RIP) + rd(EXIT_INSTR_LEN);
         let _ = vmwrite(GUEST_RIP, rip);
     }
-    let ticks = (cpu::rdtsc() - t0) / N;
-    crate::println!("BENCH l2-cpuid-roundtrip {ticks}");
-    c.check(
-        "l2-cpuid-loop",
-        exits == N && last == reason::VMCALL,
-        format_args!("{exits} CPUID exits then reason {last}, {ticks} ticks per round trip"),
-    );
+    Ok((exits, last, (cpu::rdtsc() - t0) / n))
 }
 
 fn vmcs_access(c: &mut Checks, _hv: &crate::hv::Hv) {

@@ -9,22 +9,40 @@
 //! time: each counts in a page both EPT12s map and waits until it has seen
 //! the other L2's counter advance (`l2_meet`). The VMCS fields are checked
 //! again after that, and the current-VMCS pointer of each CPU is its own.
+//! Across CPUs (issue 15): both L2s run on one EPT12 of CPU 0's, which CPU 0
+//! then changes; after each CPU's INVEPT neither L2 sees the old page
+//! (`shared-ept-*`). CPU 1 tries to load and clear a VMCS current on CPU 0
+//! (refused under L0; undefined natively, so skipped there), then takes it
+//! over once CPU 0 cleared it, as KVM moves a vCPU (`vmcs-*`).
 //! Check names carry the CPU (`cpu0-...`, `cpu1-...`); the boot CPU prints
 //! the verdict once both CPUs are done.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use crate::check::Checks;
 use crate::hv::ept::{violation_qual, Size, R, RWX};
 use crate::hv::fields::*;
 use crate::hv::l2::{self as layout, backing, Mode, TEST, UNMAPPED, WINDOW};
 use crate::hv::mem::{self, pg, PAGE};
+use crate::hv::vmx::VmFail;
 use crate::hv::vmx::{self, rd, vmwrite};
-use crate::hv::{apic, l0_alive, start, Hv};
+use crate::hv::{apic, below, l0_alive, start, Below, Hv};
 use crate::mb1::{Identity, Info};
 use crate::{l2, smp};
 
-static NAME: &str = "smp-nested";
+/// A test both CPUs run (`smp-nested`, `smp-bench`): its name and each
+/// CPU's part of it, called with the CPU's index.
+pub(super) struct OnBoth {
+    pub name: &'static str,
+    pub part: fn(usize, &mut Checks),
+}
+
+static SMP_NESTED: OnBoth = OnBoth {
+    name: "smp-nested",
+    part: work,
+};
+/// The test the AP joins, set before it starts.
+static JOB: AtomicPtr<OnBoth> = AtomicPtr::new(core::ptr::null_mut());
 
 const CHECKS: &[&str] = &[
     "vmxon",
@@ -34,6 +52,12 @@ const CHECKS: &[&str] = &[
     "hlt-exit",
     "ept-violation-resolved",
     "l2-write-seen",
+    "shared-ept-first-read",
+    "shared-ept-after-invept",
+    "vmptrld-current-elsewhere",
+    "vmclear-current-elsewhere",
+    "vmclear-to-move",
+    "vmcs-moved",
     "l2s-concurrent",
     "l2-counter-seen",
     "vmcs-kept",
@@ -62,17 +86,48 @@ static ARRIVED: AtomicU32 = AtomicU32::new(0);
 static ABORT: AtomicBool = AtomicBool::new(false);
 /// The AP's (failed, run) counts, published before it is done.
 static AP_COUNTS: AtomicU64 = AtomicU64::new(0);
+/// CPU 0's EPTP both CPUs' L2s run on (`shared_ept`).
+static SHARED_EPTP: AtomicU64 = AtomicU64::new(0);
+/// CPU 0's VMCS that CPU 1 tries to take, then takes (`vmcs_move`).
+static MOVED_VMCS: AtomicU64 = AtomicU64::new(0);
+
+/// The meeting points, in the order both CPUs pass them.
+mod round {
+    /// CPU 0 published the shared EPT12.
+    pub const EPT_BUILT: u32 = 1;
+    /// Both L2s read X through the first mapping.
+    pub const EPT_READ: u32 = 2;
+    /// CPU 0 remapped X and ran its INVEPT.
+    pub const EPT_CHANGED: u32 = 3;
+    /// CPU 0 has its VMCS X current.
+    pub const VMCS_HELD: u32 = 4;
+    /// CPU 1 is done trying to take it.
+    pub const VMCS_TRIED: u32 = 5;
+    /// CPU 0 cleared it.
+    pub const VMCS_CLEARED: u32 = 6;
+    /// Both meeting L2s start.
+    pub const L2S_RUN: u32 = 7;
+    /// Both are done with VMX.
+    pub const END: u32 = 8;
+}
 
 pub fn run(mbi: &Info<Identity>) {
-    crate::set_current_test(&NAME);
-    let mut c = Checks::new(NAME);
-    let mut mine = Checks::for_cpu(NAME, 0);
+    run_on_both(&SMP_NESTED, mbi);
+}
+
+/// Starts the AP on its part of `t`, runs the boot CPU's, and prints the
+/// verdict once both are done.
+pub(super) fn run_on_both(t: &'static OnBoth, mbi: &Info<Identity>) {
+    crate::set_current_test(&t.name);
+    let mut c = Checks::new(t.name);
+    let mut mine = Checks::for_cpu(t.name, 0);
     mem::fill(mem::shared(), PAGE, 0);
+    JOB.store(t as *const OnBoth as *mut OnBoth, Ordering::SeqCst);
     let started = start_ap(&mut c, mbi);
     if !started {
-        ABORT.store(true, Ordering::SeqCst);
+        give_up();
     }
-    work(0, &mut mine);
+    (t.part)(0, &mut mine);
     c.merge(mine.counts());
     if started {
         let done = smp::wait_ap_done(WAIT);
@@ -120,7 +175,9 @@ fn start_ap(c: &mut Checks, mbi: &Info<Identity>) -> bool {
 }
 
 fn ap_job(cpu: usize) {
-    let mut c = Checks::for_cpu(NAME, cpu);
+    // SAFETY: `run_on_both` stored a `&'static OnBoth` before the AP started.
+    let t = unsafe { &*JOB.load(Ordering::SeqCst) };
+    let mut c = Checks::for_cpu(t.name, cpu);
     let want = AP_APIC_ID.load(Ordering::SeqCst);
     let id = smp::apic_id();
     c.check(
@@ -128,14 +185,19 @@ fn ap_job(cpu: usize) {
         id == want,
         format_args!("CPUID.1:EBX[31:24] {id:#x}, start-up IPIs sent to {want:#x}"),
     );
-    work(cpu, &mut c);
+    (t.part)(cpu, &mut c);
     let (failed, run) = c.counts();
     AP_COUNTS.store((failed as u64) << 32 | run as u64, Ordering::SeqCst);
 }
 
+/// Tells the other CPU not to wait for this one at meeting points.
+pub(super) fn give_up() {
+    ABORT.store(true, Ordering::SeqCst);
+}
+
 /// Waits until both CPUs arrived at meeting point `round` (1, 2, ...);
 /// false if the other CPU gave up or did not come in time.
-fn meet(round: u32) -> bool {
+pub(super) fn meet(round: u32) -> bool {
     ARRIVED.fetch_add(1, Ordering::SeqCst);
     let ok = smp::spin_ticks(WAIT, || {
         ARRIVED.load(Ordering::SeqCst) >= 2 * round || ABORT.load(Ordering::SeqCst)
@@ -169,14 +231,14 @@ fn fields_hold(cpu: usize) -> (bool, crate::hv::Msg) {
 fn work(cpu: usize, c: &mut Checks) {
     let other = 1 - cpu;
     let Some(mut hv) = start(c, CHECKS) else {
-        ABORT.store(true, Ordering::SeqCst);
+        give_up();
         return;
     };
     if !hv.mode.ept() {
         for n in &CHECKS[1..] {
             c.check(n, false, format_args!("needs EPT (mode {:?})", hv.mode));
         }
-        ABORT.store(true, Ordering::SeqCst);
+        give_up();
         return;
     }
     // The meeting L2 on VMCS B: its EPT12 maps MEET onto the shared page.
@@ -187,7 +249,7 @@ fn work(cpu: usize, c: &mut Checks) {
             for n in &CHECKS[1..] {
                 c.check(n, false, format_args!("setting up VMCS B: {m}"));
             }
-            ABORT.store(true, Ordering::SeqCst);
+            give_up();
             return;
         }
     };
@@ -202,6 +264,8 @@ fn work(cpu: usize, c: &mut Checks) {
 
     basics(cpu, c, &hv);
     ept(cpu, c, &mut hv);
+    shared_ept(cpu, c, &mut hv);
+    vmcs_move(cpu, c, &hv);
 
     // Both L2s at once.
     let _ = meet_vm.load();
@@ -212,7 +276,7 @@ fn work(cpu: usize, c: &mut Checks) {
     r.rbp = MEET + 8 + 4 * other as u64;
     r.rcx = MEET_STEPS;
     r.rdx = MEET_BOUND;
-    if !meet(1) {
+    if !meet(round::L2S_RUN) {
         for n in ["l2s-concurrent", "l2-counter-seen"] {
             c.check(n, false, format_args!("the other CPU never came"));
         }
@@ -259,7 +323,7 @@ fn work(cpu: usize, c: &mut Checks) {
         format_args!("VMPTRST {cur:#x}, this CPU's VMCS B {:#x}", meet_vm.vmcs),
     );
     // Both CPUs leave VMX operation only after the other's L2 is done.
-    let _ = meet(2);
+    let _ = meet(round::END);
 }
 
 /// The VMCALL, CPUID and HLT exits of an L2 on this CPU (VMCS A).
@@ -380,6 +444,182 @@ fn ept(cpu: usize, c: &mut Checks, hv: &mut Hv) {
                 "{x}; L1 reads {got:#x} at L1 {:#x} (want {v:#x})",
                 backing(a)
             ),
+        );
+    }
+}
+
+/// The L2 page both CPUs' L2s read in `shared_ept`: inside the low 4 MiB
+/// that L2's own page tables map one to one, so the same L2 address works
+/// whether L2 pages or not.
+const X: u64 = TEST + 5 * PAGE;
+
+/// Runs `l2_read` of X on `eptp` in a fresh VMCS A: what L2 read (if it
+/// reached its VMCALL) and how the run went.
+fn read_x(c: &mut Checks, hv: &Hv, check: &str, eptp: u64) -> (Option<u32>, crate::hv::Msg) {
+    let Some(mut vm) = hv.fresh(c, check, l2!(l2_read)) else {
+        return (None, crate::msg!("no VMCS"));
+    };
+    let _ = vmwrite(EPT_POINTER, eptp);
+    vm.regs.rsi = X;
+    let e = vm.enter();
+    let read = e.is(reason::VMCALL).then_some(vm.regs.rax as u32);
+    (read, crate::msg!("{e}, L2 read {:#x}", vm.regs.rax as u32))
+}
+
+/// One EPT12 on both CPUs (issue 15 item 3): CPU 0 maps X onto its page
+/// A, both L2s read A's value there (so each CPU may cache the
+/// translation), CPU 0 remaps X onto page B and runs INVEPT, then CPU 1
+/// runs INVEPT as KVM's remote TLB flush would; both L2s must now read
+/// B's value. Both CPUs pass every meeting point, whatever failed.
+fn shared_ept(cpu: usize, c: &mut Checks, hv: &mut Hv) {
+    const IN_A: u32 = 0xa0a0_0a0a;
+    const IN_B: u32 = 0xb0b0_0b0b;
+    // CPU 0's pages (only CPU 0 writes them).
+    let (a, b) = (backing(TEST + 6 * PAGE), backing(TEST + 7 * PAGE));
+    let mut built = None;
+    if cpu == 0 {
+        mem::wr32(a, IN_A);
+        mem::wr32(b, IN_B);
+        let e = hv.new_ept(&[(X, a)]);
+        SHARED_EPTP.store(e.eptp(false), Ordering::SeqCst);
+        built = Some(e);
+    }
+    let met = meet(round::EPT_BUILT);
+    let eptp = SHARED_EPTP.load(Ordering::SeqCst);
+    let first = if met {
+        read_x(c, hv, "shared-ept-first-read", eptp)
+    } else {
+        (None, crate::msg!("the other CPU never came"))
+    };
+    c.check(
+        "shared-ept-first-read",
+        first.0 == Some(IN_A),
+        format_args!(
+            "EPTP {eptp:#x} (CPU 0's), X {X:#x}: {} (want A's {IN_A:#x})",
+            first.1
+        ),
+    );
+    let mut inv = Ok(());
+    if meet(round::EPT_READ) {
+        if let Some(e) = built.as_mut() {
+            e.map(&mut hv.tables, X, b, Size::K4, RWX);
+            inv = hv.invept(eptp);
+        }
+    }
+    // Each CPU invalidates its own cached translations (SDM 30.3).
+    let met = meet(round::EPT_CHANGED);
+    if met && cpu != 0 {
+        inv = hv.invept(eptp);
+    }
+    let second = if met {
+        read_x(c, hv, "shared-ept-after-invept", eptp)
+    } else {
+        (None, crate::msg!("the other CPU never came"))
+    };
+    c.check(
+        "shared-ept-after-invept",
+        inv.is_ok() && second.0 == Some(IN_B),
+        format_args!(
+            "after CPU 0 remapped X onto B and this CPU's INVEPT ({inv:?}): {} (want B's {IN_B:#x}, never A's {IN_A:#x})",
+            second.1
+        ),
+    );
+}
+
+/// One VMCS on two CPUs: CPU 0 makes its VMCS X current and writes a
+/// field; CPU 1's VMPTRLD and VMCLEAR of X are refused under L0 (error 9
+/// and 2; CPU 1's current VMCS stays its own); natively the SDM leaves
+/// them undefined, so they are skipped. Then CPU 0 clears X and CPU 1
+/// loads it and reads the field, as KVM moves a vCPU; CPU 1 clears X
+/// again, so no CPU is left holding it.
+fn vmcs_move(cpu: usize, c: &mut Checks, hv: &Hv) {
+    const FIELD: u32 = GUEST_SYSENTER_ESP;
+    const VALUE: u64 = 0xffff_8000_0c0f_fee0;
+    if cpu == 0 {
+        let x = mem::page(pg::VMCS_X);
+        let r = crate::hv::vmcs::init_region(&hv.caps, x)
+            // SAFETY: this CPU's spare VMCS page, just initialized.
+            .and_then(|_| unsafe { vmx::vmptrld(x) })
+            .and_then(|_| vmwrite(FIELD, VALUE));
+        // X published only once it is current here.
+        if r.is_ok() {
+            MOVED_VMCS.store(x, Ordering::SeqCst);
+        }
+    }
+    let met = meet(round::VMCS_HELD);
+    let x = MOVED_VMCS.load(Ordering::SeqCst);
+    if cpu != 0 {
+        let own = vmx::vmptrst();
+        let ready = met && x != 0;
+        if !ready {
+            for n in ["vmptrld-current-elsewhere", "vmclear-current-elsewhere"] {
+                c.check(
+                    n,
+                    false,
+                    format_args!("CPU 0 has no VMCS current for us ({x:#x})"),
+                );
+            }
+        } else if below() != Below::L0 {
+            for n in ["vmptrld-current-elsewhere", "vmclear-current-elsewhere"] {
+                c.skip(
+                    n,
+                    format_args!(
+                        "running natively: the SDM leaves a VMCS current on two CPUs undefined"
+                    ),
+                );
+            }
+        } else {
+            // SAFETY: X is CPU 0's VMCS page; L0 must refuse to use it here.
+            let r = unsafe { vmx::vmptrld(x) };
+            let now = vmx::vmptrst();
+            c.check(
+                "vmptrld-current-elsewhere",
+                r == Err(VmFail::Valid(9)) && now == own,
+                format_args!("VMPTRLD {x:#x} (current on CPU 0): {r:?} (want VMfailValid 9); VMPTRST {now:#x} (was {own:#x})"),
+            );
+            // SAFETY: as above.
+            let r = unsafe { vmx::vmclear(x) };
+            let now = vmx::vmptrst();
+            c.check(
+                "vmclear-current-elsewhere",
+                r == Err(VmFail::Valid(2)) && now == own,
+                format_args!("VMCLEAR {x:#x} (current on CPU 0): {r:?} (want VMfailValid 2); VMPTRST {now:#x} (was {own:#x})"),
+            );
+        }
+    }
+    let met = meet(round::VMCS_TRIED);
+    if cpu == 0 {
+        // SAFETY: this CPU's own VMCS page.
+        let r = if x != 0 {
+            unsafe { vmx::vmclear(x) }
+        } else {
+            Err(VmFail::Invalid)
+        };
+        c.check(
+            "vmclear-to-move",
+            met && r.is_ok(),
+            format_args!("VMCLEAR of its VMCS X {x:#x}: {r:?}"),
+        );
+    }
+    let met = meet(round::VMCS_CLEARED);
+    if cpu != 0 {
+        let (loaded, got, cleared) = if met && x != 0 {
+            // SAFETY: CPU 0 cleared X and no longer uses it.
+            let l = unsafe { vmx::vmptrld(x) };
+            let g = vmx::vmread(FIELD);
+            // SAFETY: as above; leaves X clear and current nowhere.
+            (l, g, unsafe { vmx::vmclear(x) })
+        } else {
+            (
+                Err(VmFail::Invalid),
+                Err(VmFail::Invalid),
+                Err(VmFail::Invalid),
+            )
+        };
+        c.check(
+            "vmcs-moved",
+            loaded.is_ok() && got == Ok(VALUE) && cleared.is_ok(),
+            format_args!("VMPTRLD {x:#x} after CPU 0's VMCLEAR: {loaded:?}; VMREAD {FIELD:#x} {got:x?} (CPU 0 wrote {VALUE:#x}); VMCLEAR {cleared:?}"),
         );
     }
 }
