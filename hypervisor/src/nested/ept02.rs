@@ -30,7 +30,13 @@ struct Entry {
 pub struct Ept02Cache {
     entries: Vec<Entry>,
     clock: u64,
+    /// The L2 address of the last violation reflected to L1, and how many
+    /// times in a row: L1 resuming without changing EPT12 livelocks L2.
+    reflected: (u64, u64),
 }
+
+/// Reflections of one violation in a row after which L0 says so.
+const LIVELOCK: u64 = 10_000;
 
 /// Frees a table and everything below it.
 fn free_tree<M: TableMemory>(mem: &mut M, table: u64, level: usize) {
@@ -97,6 +103,17 @@ impl Ept02Cache {
         self.entries.len() != before
     }
 
+    /// A violation at `gpa2` goes to L1; true the time it has gone
+    /// [`LIVELOCK`] times in a row.
+    fn note_reflected(&mut self, gpa2: u64) -> bool {
+        let page = gpa2 & !0xfff;
+        self.reflected = match self.reflected {
+            (p, n) if p == page => (p, n + 1),
+            _ => (page, 1),
+        };
+        self.reflected.1 == LIVELOCK
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -154,6 +171,24 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
     /// leaf EPT12 gives, checked against L0's frames (EPT01 leaves them
     /// out: an EPT12 leaf there is L1's misconfiguration), into EPT02.
     pub fn fill_ept02(&mut self, e: &ExitInfo, l0_frames: &RangeSet) -> Fill {
+        let fill = self.fill_from_ept12(e, l0_frames);
+        if let Fill::Reflect { exit, .. } = &fill {
+            if self.nested.ept02.note_reflected(e.guest_physical) {
+                log::warn!(
+                    "L2's EPT violation at {:#x} (RIP {:#x}, qualification {:#x}) reflected to L1 {LIVELOCK} times in a row as exit {} (qualification {:#x}); EPTP12 {:#x}",
+                    e.guest_physical,
+                    self.vs.current().read(F::GUEST_RIP),
+                    e.qualification,
+                    exit.reason,
+                    exit.qualification,
+                    self.nested.vmx.vmcs12.get(F::EPT_POINTER)
+                );
+            }
+        }
+        fill
+    }
+
+    fn fill_from_ept12(&mut self, e: &ExitInfo, l0_frames: &RangeSet) -> Fill {
         let eptp12 = self.nested.vmx.vmcs12.get(F::EPT_POINTER);
         let access = EptAccess(e.qualification & 7);
         let walk = ept12::walk(
