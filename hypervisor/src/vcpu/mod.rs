@@ -349,7 +349,7 @@ impl Vcpu {
     /// TSC ticks its handling took.
     pub fn account_exit(&mut self, l2: bool, basic: usize, rip: u64, ticks: u64) {
         if let Some(c) = self.counts {
-            c.count(l2);
+            c.count(l2, basic as u16, rip);
         }
         let stats = if l2 {
             &mut self.l2_stats

@@ -376,7 +376,7 @@ fn cpuid_answers_and_advances() {
 fn stats_are_answered_on_the_management_line() {
     let (mut c, mut v, mut p) = setup();
     c.vcpu.register(c.m.get_mut(), 0);
-    c.m.get_mut().register_cpu(1).count(true);
+    c.m.get_mut().register_cpu(1).count(true, 48, 0x1000);
     c.regs.gpr[GuestRegs::RAX] = 0;
     exit(&mut v, reason::CPUID, 0, 2);
     c.handle_exit(&mut v, &mut p);
