@@ -71,17 +71,41 @@ pub fn send_ipi(dest: u32, vector: u8) -> Result<(), ApicError> {
         // SAFETY: a write of ICR in x2APIC mode: fixed delivery, physical
         // destination; it only raises an interrupt.
         Mode::X2 => unsafe { cpu::wrmsr(X2APIC_ICR, (dest as u64) << 32 | vector as u64) },
-        Mode::X(pa) => {
-            let id = (dest >> 8) & 0xff;
-            // SAFETY: the register page is mapped uncached at its identity
-            // address (set_mapped); ICR high first, the low write sends.
-            unsafe {
-                core::ptr::write_volatile((pa + XAPIC_ICR_HI) as *mut u32, id << 24);
-                core::ptr::write_volatile((pa + XAPIC_ICR_LO) as *mut u32, vector as u32);
-            }
-        }
+        Mode::X(pa) => xapic_send(pa, (dest >> 8) & 0xff, vector as u32),
     }
     Ok(())
+}
+
+/// An IPI through the xAPIC's ICR, as L0's own: L1 shares this ICR, and
+/// an exit can come between its write of the high word (the destination)
+/// and of the low word (which sends), so L0 puts L1's high word back
+/// after sending. Waits (boundedly) for the APIC to take the IPI before
+/// and after.
+fn xapic_send(pa: u64, apic_id: u32, low: u32) {
+    let (hi, lo) = (
+        (pa + XAPIC_ICR_HI) as *mut u32,
+        (pa + XAPIC_ICR_LO) as *mut u32,
+    );
+    let idle = || {
+        for _ in 0..1_000_000 {
+            // SAFETY: a read of the ICR on the mapped register page.
+            if unsafe { core::ptr::read_volatile(lo) } & ICR_DELIVERY_PENDING == 0 {
+                return;
+            }
+            core::hint::spin_loop();
+        }
+    };
+    // SAFETY: the register page is mapped uncached at its identity address
+    // (set_mapped); ICR high first, the low write sends, then L1's high
+    // word is restored: the IPI goes only where L0 means it to.
+    unsafe {
+        let l1_hi = core::ptr::read_volatile(hi);
+        idle();
+        core::ptr::write_volatile(hi, apic_id << 24);
+        core::ptr::write_volatile(lo, low);
+        idle();
+        core::ptr::write_volatile(hi, l1_hi);
+    }
 }
 
 /// INIT (level assert) to the CPU with APIC ID `apic_id`: it stops and
@@ -107,22 +131,7 @@ fn send_physical(apic_id: u32, low: u32) -> Result<(), ApicError> {
         // SAFETY: an ICR write in x2APIC mode; it only signals another CPU.
         Mode::X2 => unsafe { cpu::wrmsr(X2APIC_ICR, (apic_id as u64) << 32 | low as u64) },
         Mode::X(_) if apic_id > 0xfe => return Err(ApicError::NeedsX2apic(apic_id)),
-        Mode::X(pa) => {
-            // SAFETY: the register page is mapped uncached at its identity
-            // address (set_mapped); ICR high first, the low write sends;
-            // polling the delivery status only reads.
-            unsafe {
-                core::ptr::write_volatile((pa + XAPIC_ICR_HI) as *mut u32, apic_id << 24);
-                core::ptr::write_volatile((pa + XAPIC_ICR_LO) as *mut u32, low);
-                for _ in 0..1_000_000 {
-                    let icr = core::ptr::read_volatile((pa + XAPIC_ICR_LO) as *const u32);
-                    if icr & ICR_DELIVERY_PENDING == 0 {
-                        break;
-                    }
-                    core::hint::spin_loop();
-                }
-            }
-        }
+        Mode::X(pa) => xapic_send(pa, apic_id, low),
     }
     Ok(())
 }
