@@ -241,14 +241,24 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     );
     held_io(c, hv, &mut a, &mut spy);
 
-    // ---- A ends
+    // ---- A ends: 50 ms after the VMCLEAR that is not followed by an entry
+    // (a VMCLEAR may only move a vCPU to another CPU; docs/shadow-devices.md).
     // SAFETY: A's VMCS page, which L1 no longer runs.
     let r = unsafe { vmx::vmclear(a.vmcs) };
-    let gone = listed(&alpha);
+    let cleared = cpu::rdtsc();
+    let mut gone = listed(&alpha);
+    // At most 2^29 ticks (over 50 ms at any TSC rate up to 10 GHz).
+    while matches!(gone, Ok(Some(_))) && cpu::rdtsc() - cleared < 1 << 29 {
+        gone = listed(&alpha);
+    }
+    let waited = cpu::rdtsc() - cleared;
     c.check(
         "vmclear-ends-vm",
         r.is_ok() && matches!(gone, Ok(None)),
-        format_args!("VMCLEAR {r:?}; alpha {}", show(gone)),
+        format_args!(
+            "VMCLEAR {r:?}; alpha {} after {waited} TSC ticks",
+            show(gone)
+        ),
     );
     let o = stage_and_restore(&alpha, None);
     c.check(
