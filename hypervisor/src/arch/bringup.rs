@@ -181,6 +181,7 @@ pub fn cloud_vm(
         shutdown: ShutdownWatch::default(),
         ap_wait: Default::default(),
         vmcs12_owners: Default::default(),
+        vmx_operation: Default::default(),
         cpus: alloc::vec::Vec::new(),
     };
     (vcpu, machine, template)

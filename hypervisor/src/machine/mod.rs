@@ -33,6 +33,9 @@ pub struct Machine {
     pub ap_wait: ap_wait::ApWait,
     /// Which CPU has each VMCS12 current.
     pub vmcs12_owners: vmcs12_owners::Vmcs12Owners,
+    /// The CPUs (APIC IDs) where L1 is in VMX operation: its user VMs end
+    /// when the last of them leaves it, not when one CPU does.
+    pub vmx_operation: alloc::collections::BTreeSet<u32>,
     /// Every CPU's exit counts, in the order the CPUs came up.
     pub cpus: alloc::vec::Vec<&'static cpu_counts::CpuCounts>,
 }

@@ -11,7 +11,7 @@
 //! 3. A VM ends when L1 VMCLEARs the last VMCS12 L0 has seen it run with
 //!    (KVM clears a vCPU's VMCS when it frees the vCPU; a VMCLEAR that
 //!    only moves the vCPU to another CPU is voided first, ending.rs), or
-//!    when L1 leaves VMX operation. Its devices go with it, so the tables
+//!    when L1 leaves VMX operation on its last CPU. Its devices go with it, so the tables
 //!    cannot grow without bound as VMs come and go.
 //! 4. Without EPT12 (L1 shadows paging itself), the VMCS12 alone names the VM.
 //!

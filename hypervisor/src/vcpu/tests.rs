@@ -303,6 +303,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         shutdown: ShutdownWatch::default(),
         ap_wait: Default::default(),
         vmcs12_owners: Default::default(),
+        vmx_operation: Default::default(),
         cpus: alloc::vec::Vec::new(),
     });
     (
@@ -1776,7 +1777,7 @@ mod across_cpus {
     //! What one vCPU does that another CPU's vCPU could see.
     use super::nested::l1_in_vmx;
     use super::*;
-    use crate::nested::testutil::valid_vmcs12;
+    use crate::nested::testutil::{valid_vmcs12, EPT12_ROOT};
 
     /// A permission L0 takes away in EPT01 (the APIC page turning
     /// read-only) is published with the unlock: every CPU compares the
@@ -1791,6 +1792,29 @@ mod across_cpus {
         // Reading the machine publishes nothing new.
         let _ = c.m.lock().ept.root;
         assert_eq!(c.m.ept01_generation(), before + 1);
+    }
+
+    /// L1 leaving VMX operation on one CPU (KVM offlines it) ends no user
+    /// VM while another CPU is still in VMX operation; the last one does.
+    #[test]
+    fn user_vms_end_with_the_last_vmxoff() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        let m = c.m.get_mut();
+        m.vmx_operation.extend([0, 7]);
+        let vm = m.shadow.identify(0x10_1000, Some(EPT12_ROOT | 0x1e));
+        assert!(vm.is_some());
+        exit(&mut v.v01, reason::VMXOFF, 0, 3);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(c.nested.vmx.vmxon, None, "this CPU left VMX operation");
+        assert_eq!(c.m.get_mut().shadow.vm_count(), 1, "CPU 7 has not");
+        // CPU 7 leaves, then this one enters and leaves again.
+        c.m.get_mut().vmx_operation.remove(&7);
+        c.nested.vmx.vmxon = Some(0x10_0000);
+        c.m.get_mut().vmx_operation.insert(0);
+        exit(&mut v.v01, reason::VMXOFF, 0, 3);
+        c.handle_exit(&mut v, &mut p);
+        assert_eq!(c.m.get_mut().shadow.vm_count(), 0);
+        assert!(c.m.get_mut().vmx_operation.is_empty());
     }
 
     /// A VMCS12 current on another CPU can be neither loaded nor cleared

@@ -39,16 +39,28 @@ impl Vcpu {
         if let Some(enc) = done.vmcs_field {
             *self.stats.vmcs_fields.entry(enc).or_insert(0) += 1;
         }
-        if done.outcome == Outcome::Succeed && matches!(basic, reason::VMCLEAR | reason::VMXOFF) {
+        if done.outcome == Outcome::Succeed
+            && matches!(basic, reason::VMCLEAR | reason::VMXON | reason::VMXOFF)
+        {
+            let cpu = self.apic_id();
             let m = &mut **m;
             // The end of a user VM (shadow/identity.rs, rule 3), unless
-            // the vCPU only moves to another CPU (shadow/ending.rs).
+            // the vCPU only moves to another CPU (shadow/ending.rs); all of
+            // them when the last CPU leaves VMX operation.
             let now = crate::arch::cpu::rdtsc();
             match (basic, done.cleared) {
                 (reason::VMCLEAR, Some(ptr)) => m
                     .shadow
                     .vmclear(ptr, now + self.cpuid.tsc_hz / VMCLEAR_GRACE_DIVISOR),
-                (reason::VMXOFF, _) => m.shadow.vmxoff(),
+                (reason::VMXON, _) => {
+                    m.vmx_operation.insert(cpu);
+                }
+                (reason::VMXOFF, _) => {
+                    m.vmx_operation.remove(&cpu);
+                    if m.vmx_operation.is_empty() {
+                        m.shadow.vmxoff();
+                    }
+                }
                 _ => {}
             }
             m.shadow.expire(now);
