@@ -775,7 +775,7 @@ pub fn linux() -> Vec<Scenario> {
             // The 2-vCPU user VM's console, written from both vCPUs at
             // once: every line of each, each vCPU's in order; then the
             // operator's line read on the interrupt L0 posted to vCPU 1,
-            // where L2's IOAPIC entry sends it. A 1-vCPU VM beside it.
+            // where L2's IOAPIC entry sends it. Then a 1-vCPU VM.
             console: ConsoleCheck {
                 expect: leak(
                     (0..30)
