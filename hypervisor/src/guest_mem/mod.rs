@@ -44,6 +44,12 @@ pub trait GuestMemory {
         new: u64,
     ) -> Result<Result<u64, u64>, MemError>;
 
+    fn read_u32(&self, gpa: u64) -> Result<u32, MemError> {
+        let mut b = [0; 4];
+        self.read(gpa, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
     fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
         let mut b = [0; 8];
         self.read(gpa, &mut b)?;

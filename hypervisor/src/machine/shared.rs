@@ -98,9 +98,7 @@ impl MachineLock<'_> {
         let _ = &mut **self;
         self.shared.epoch() + 1
     }
-}
 
-impl MachineLock<'_> {
     /// Unlocks until the next use, publishing as at the exit's end: for an
     /// exit that waits (the management line's poll).
     pub fn release(&mut self) {

@@ -80,13 +80,9 @@ impl Nested {
         let status = v.read(F::GUEST_INTR_STATUS);
         let rvi = status as u8;
         let vapic = v.read(F::VIRTUAL_APIC_PAGE_ADDR);
-        let read32 = |mem: &M, a: u64| {
-            let mut b = [0u8; 4];
-            mem.read(a, &mut b).map(|_| u32::from_le_bytes(b))
-        };
         // PPR virtualization (SDM 30.1.3), as the CPU does at VM entry:
         // VPPR from VTPR and SVI.
-        let (Ok(vtpr), svi) = (read32(mem, vapic + 0x80), (status >> 8) as u8) else {
+        let (Ok(vtpr), svi) = (mem.read_u32(vapic + 0x80), (status >> 8) as u8) else {
             return;
         };
         let ppr = if (vtpr as u8) >> 4 >= svi >> 4 {
@@ -116,17 +112,15 @@ impl Nested {
         }
         self.set_window02(v, false);
         let (word, bit) = (16 * (rvi / 32) as u64, 1u32 << (rvi % 32));
-        let (Ok(isr), Ok(irr)) = (
-            read32(mem, vapic + VISR + word),
-            read32(mem, vapic + VIRR + word),
-        ) else {
+        let Ok(isr) = mem.read_u32(vapic + VISR + word) else {
             return;
         };
+        // VIRR atomically, as L0 on other CPUs posts into it (posted.rs).
         let ok = mem
             .write(vapic + VISR + word, &(isr | bit).to_le_bytes())
             .is_ok()
             && mem
-                .write(vapic + VIRR + word, &(irr & !bit).to_le_bytes())
+                .update_u64(vapic + VIRR + word, |w| w & !(bit as u64))
                 .is_ok()
             && mem
                 .write(vapic + PPR, &((rvi & 0xf0) as u32).to_le_bytes())
@@ -135,7 +129,7 @@ impl Nested {
             return;
         }
         let next =
-            posted::highest_vector(|i| read32(mem, vapic + VIRR + 16 * i as u64).unwrap_or(0))
+            posted::highest_vector(|i| mem.read_u32(vapic + VIRR + 16 * i as u64).unwrap_or(0))
                 .unwrap_or(0) as u64;
         v.write(F::GUEST_INTR_STATUS, (rvi as u64) << 8 | next);
         v.write(
@@ -267,11 +261,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
                 .ok()?,
             _ => {
                 let vector = value as u8;
-                let word = vapic + 0x200 + 16 * (vector / 32) as u64;
-                let mut b = [0u8; 4];
-                mem.read(word, &mut b).ok()?;
-                let irr = u32::from_le_bytes(b) | 1 << (vector % 32);
-                mem.write(word, &irr.to_le_bytes()).ok()?;
+                posted::set_virr(mem, vapic, vector).ok()?;
                 let v02 = self.vs.current();
                 let status = v02.read(F::GUEST_INTR_STATUS);
                 v02.write(F::GUEST_INTR_STATUS, posted::raise_rvi(status, vector));

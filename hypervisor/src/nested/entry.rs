@@ -72,10 +72,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         let result = {
             let mem = self.hw.mem();
             let is_ram = |a: u64, len: u64| mem.is_ram(a, len);
-            let rev = |a: u64| {
-                let mut b = [0u8; 4];
-                mem.read(a, &mut b).ok().map(|_| u32::from_le_bytes(b))
-            };
+            let rev = |a: u64| mem.read_u32(a).ok();
             let read_u64 = |a: u64| mem.read_u64(a).unwrap_or(u64::MAX);
             let ctx = CheckCtx {
                 caps: &x.caps,

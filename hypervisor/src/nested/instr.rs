@@ -243,10 +243,7 @@ impl VmxState {
     }
 
     fn read_revision<M: GuestMemory>(mem: &M, p: u64) -> u32 {
-        let mut b = [0u8; 4];
-        mem.read(p, &mut b)
-            .map(|_| u32::from_le_bytes(b))
-            .unwrap_or(u32::MAX)
+        mem.read_u32(p).unwrap_or(u32::MAX)
     }
 
     /// Writes the cached VMCS12 back into L1's region.

@@ -72,9 +72,7 @@ pub fn process(mem: &mut impl GuestMemory, desc: u64, vapic: u64) -> Result<Opti
             if word == 0 {
                 continue;
             }
-            // VIRR word 2i + half; the 12 bytes after each are reserved.
-            let at = vapic + VIRR + 16 * (2 * i + half);
-            mem.update_u64(at, |w| w | word as u64)?;
+            or_virr(mem, vapic, 2 * i + half, word)?;
             highest = Some((64 * i + 32 * half) as u8 + (31 - word.leading_zeros()) as u8);
         }
     }
@@ -154,13 +152,15 @@ pub fn ipi(mem: &impl GuestMemory, icr: u64, x2apic: bool, table: u64, last_inde
 
 /// Sets `vector` in VIRR (self-IPI virtualization, SDM 30.1.5).
 pub fn set_virr(mem: &mut impl GuestMemory, vapic: u64, vector: u8) -> Result<(), MemError> {
-    let at = vapic + VIRR + 16 * (vector / 32) as u64;
-    let mut irr = [0u8; 4];
-    mem.read(at, &mut irr)?;
-    mem.write(
-        at,
-        &(u32::from_le_bytes(irr) | 1 << (vector % 32)).to_le_bytes(),
-    )
+    or_virr(mem, vapic, (vector / 32) as u64, 1 << (vector % 32))
+}
+
+/// ORs `bits` into VIRR word `k` of the virtual-APIC page at `vapic`,
+/// atomically: the 64-bit word holds it and 4 of the 12 reserved bytes
+/// after it.
+fn or_virr(mem: &mut impl GuestMemory, vapic: u64, k: u64, bits: u32) -> Result<(), MemError> {
+    mem.update_u64(vapic + VIRR + 16 * k, |w| w | bits as u64)
+        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -129,12 +129,7 @@ impl Vcpu {
 /// The APIC registers a virtual-APIC page holds that decide which
 /// interrupts its vCPU accepts.
 fn local_apic(mem: &impl GuestMemory, vapic: u64) -> Option<LocalApic> {
-    let reg = |offset: u64| {
-        let mut b = [0u8; 4];
-        mem.read(vapic + offset, &mut b)
-            .ok()
-            .map(|_| u32::from_le_bytes(b))
-    };
+    let reg = |offset: u64| mem.read_u32(vapic + offset).ok();
     Some(LocalApic {
         id: reg(0x20)?,
         ldr: reg(0xd0)?,

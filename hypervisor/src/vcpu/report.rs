@@ -142,13 +142,7 @@ impl Vcpu {
         let vapic = match self.nested.vmx.current.is_some() {
             true => {
                 let a = v12.get(F::VIRTUAL_APIC_PAGE_ADDR);
-                let mut b = [0u8; 4];
-                let mut reg = |off: u64| {
-                    p.mem()
-                        .read(a + off, &mut b)
-                        .map(|_| u32::from_le_bytes(b))
-                        .unwrap_or(u32::MAX)
-                };
+                let mut reg = |off: u64| p.mem().read_u32(a + off).unwrap_or(u32::MAX);
                 let mut top = |base: u64| {
                     crate::nested::posted::highest_vector(|i| reg(base + 16 * i as u64))
                 };
