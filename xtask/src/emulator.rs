@@ -301,7 +301,8 @@ pub fn run(
             (progress, seen) = (Instant::now(), (c1.len(), line.text.len()));
         } else if progress.elapsed() > STALL && !stream_com1 {
             eprintln!(
-                "xtask: no output for {} s; asking L0 for its stats (com2.log)",
+                "xtask: {}: no output for {} s; asking L0 for its stats (com2.log)",
+                dir.file_name().unwrap_or_default().to_string_lossy(),
                 STALL.as_secs()
             );
             let _ = line.send("stats");

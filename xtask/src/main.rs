@@ -22,6 +22,7 @@ mod judge;
 mod linux;
 mod operator;
 mod scenario;
+mod schedule;
 mod skips;
 mod verdict;
 
@@ -123,28 +124,43 @@ fn test_scenarios(only: Option<&[&str]>) -> Result<(), String> {
         // problem is reported as such (and its log is not mid-line).
         linux::images()?;
     }
-    let mut failed = Vec::new();
-    // The guest's results of each run so far, for the native/L0 pairs.
-    let mut ran: Vec<(&str, bool, verdict::Tests)> = Vec::new();
-    for s in &list {
-        print!("== scenario {} ... ", s.name);
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        let o = scenario::run(s, &images, Emulator::Bochs)?;
+    let jobs = schedule::jobs();
+    if jobs > 1 {
+        println!("== {} scenarios, {jobs} at a time", list.len());
+    }
+    let count = list.len();
+    // What went wrong, and the guest's results of each run so far (for the
+    // native/L0 pairs), as the runs end.
+    let failed = std::sync::Mutex::new(Vec::new());
+    let ran: std::sync::Mutex<Vec<(&str, bool, verdict::Tests)>> = Default::default();
+    schedule::run(schedule::chains(list), jobs, |s| {
+        let o = match scenario::run(s, &images, Emulator::Bochs) {
+            Ok(o) => o,
+            Err(e) => {
+                println!("== scenario {} ... could not run: {e}", s.name);
+                failed.lock().unwrap().push(format!("{}: {e}", s.name));
+                return;
+            }
+        };
         println!(
-            "{} ({:.1} s)",
+            "== scenario {} ... {} ({:.1} s)",
+            s.name,
             if o.passed { "ok" } else { "FAILED" },
             o.elapsed.as_secs_f64()
         );
+        let mut failed = failed.lock().unwrap();
         if !o.passed {
             failed.push(format!("{}: {}", s.name, o.reason));
         }
         if !verdict::expected(s.com1).is_empty() {
+            let mut ran = ran.lock().unwrap();
             ran.push((s.name, o.passed, verdict::parse(&o.com1)));
             if let Some(problem) = compare_skips(&ran) {
                 failed.push(problem);
             }
         }
-    }
+    });
+    let (failed, ran) = (failed.into_inner().unwrap(), ran.into_inner().unwrap());
     // Pairs of which only one side ran: nothing to compare.
     for (name, ..) in &ran {
         let other = skips::partner(name);
@@ -155,7 +171,7 @@ fn test_scenarios(only: Option<&[&str]>) -> Result<(), String> {
         }
     }
     if failed.is_empty() {
-        println!("all {} scenario(s) passed", list.len());
+        println!("all {count} scenario(s) passed");
         Ok(())
     } else {
         Err(format!(

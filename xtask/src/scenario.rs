@@ -1323,8 +1323,9 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         PASSED.lock().unwrap().push(s.name);
     }
     if !passed {
-        eprintln!(
-            "---- {} failed: {reason}{}",
+        // One write, so that a report is not cut by another run's lines.
+        let mut report = format!(
+            "---- {} failed: {reason}{}\n",
             s.name,
             if run.timed_out {
                 " (wall-clock limit reached)"
@@ -1332,19 +1333,23 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
                 ""
             }
         );
-        eprintln!("---- COM1 (cloud VM), last lines:\n{}", tail(&run.com1, 40));
-        eprintln!("---- COM2 (L0), last lines:\n{}", tail(&run.com2, 60));
+        report += &format!(
+            "---- COM1 (cloud VM), last lines:\n{}\n",
+            tail(&run.com1, 40)
+        );
+        report += &format!("---- COM2 (L0), last lines:\n{}\n", tail(&run.com2, 60));
         if !user.transcript().is_empty() {
-            eprintln!(
-                "---- user VM consoles (console.log), last lines:\n{}",
+            report += &format!(
+                "---- user VM consoles (console.log), last lines:\n{}\n",
                 tail(user.transcript(), 30)
             );
         }
-        eprintln!(
-            "---- {}/bochs.log, last lines:\n{}",
+        report += &format!(
+            "---- {}/bochs.log, last lines:\n{}\n",
             dir.display(),
             tail(&run.emulator_log(), 30)
         );
+        eprint!("{report}");
     }
     Ok(Outcome {
         passed,
@@ -1377,8 +1382,7 @@ fn prepare_disk(
             if !PASSED.lock().unwrap().contains(&source) {
                 let src = find(source)
                     .ok_or_else(|| format!("{}: no scenario named {source}", s.name))?;
-                print!("(first {source}: ");
-                let _ = std::io::Write::flush(&mut std::io::stdout());
+                println!("== scenario {} runs {source} first for its disk", s.name);
                 let o = run(&src, images, emu)?;
                 if !o.passed {
                     return Err(format!(
@@ -1386,7 +1390,10 @@ fn prepare_disk(
                         s.name, o.reason
                     ));
                 }
-                print!("ok, {:.1} s) ", o.elapsed.as_secs_f64());
+                println!(
+                    "== scenario {source} ... ok ({:.1} s)",
+                    o.elapsed.as_secs_f64()
+                );
             }
             std::fs::copy(scenario_dir(source).join("disk.img"), &img)
                 .map(|_| ())
