@@ -947,6 +947,27 @@ pub fn linux() -> Vec<Scenario> {
             disk: Disk::None,
             cpus: 1,
         },
+        // linux-l2-stress on a host with two CPUs: a 2-vCPU user VM runs
+        // the stress on both vCPUs at once, each pinned to one.
+        Scenario {
+            name: "linux-smp-stress",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| crate::linux::scenario_modules("smp-stress") },
+            limit: Duration::from_secs(900),
+            com1: &["L1INIT ok", "L1 starting stress on 2 CPUs", "QEMU stress exit=0 console-bytes=0", "L1DONE"],
+            com2: &["starting the cloud VM: Linux bzImage", "CPUs: 2 of 2 run the cloud VM", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: Box::leak([LINUX_HEALTHY, &["STRESS vcpu0 FAIL", "STRESS vcpu1 FAIL", "TSC warp", "stuck"]].concat().into_boxed_slice()),
+            enabled_in_ci: true,
+            console: ConsoleCheck {
+                expect: &["STRESS vcpu0 cpuid=", "STRESS vcpu1 cpuid="],
+                typed: &[],
+                follow_all: true,
+                ordered: &[],
+                forbidden: &[],
+                script: None,
+            },
+            disk: Disk::None,
+            cpus: 2,
+        },
         Scenario {
             // 50 KVM VMs created and destroyed one after another: each
             // writes COM1 (L0's shadow UART: KVM never sees the port) and
@@ -985,9 +1006,10 @@ pub fn linux() -> Vec<Scenario> {
         // "alpha" with the operator's shell in it and migrates it to a
         // disk; host B resumes it from there and restores its console
         // after refusing a tampered blob, alpha's blob for "beta" and a
-        // replay; host C holds another key and refuses the blob. The
-        // console marker is typed by the operator only: L1's console
-        // never shows it.
+        // replay; host C holds another key and refuses the blob. Hosts A
+        // and B have two CPUs and alpha two vCPUs (host C: one CPU, the
+        // same alpha). The console marker is typed by the operator only:
+        // L1's console never shows it.
         Scenario {
             name: "migrate-source",
             boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| migrate_modules("migrate-src", TEST_KEY) },
@@ -1011,7 +1033,7 @@ pub fn linux() -> Vec<Scenario> {
             console: ConsoleCheck {
                 // (Unordered: the detach is noted as soon as the trigger's
                 // bytes arrive, before the rest of its line.)
-                expect: leak(vec![format!("A-said-42-{cm}"), "detached from alpha".into()]),
+                expect: leak(vec![format!("A-said-42-n2-{cm}"), "detached from alpha".into()]),
                 ordered: &[],
                 // The late line comes once nobody follows the console, so
                 // host A never shows it (the typed command holds
@@ -1022,14 +1044,14 @@ pub fn linux() -> Vec<Scenario> {
                     // A shell variable and $$: on host B the same shell
                     // knows them. The late line is written while nobody
                     // follows the console: it travels as backlog.
-                    ("alpha# ", format!("p=$$ m={cm}; echo A-said-$((6*7))-$m; (sleep 2; echo A-late-$((6*7))-$m) &\r")),
-                    (leak_str(format!("A-said-42-{cm}")), DETACH.into()),
+                    ("alpha# ", format!("p=$$ m={cm}; echo A-said-$((6*7))-n$(nproc)-$m; (sleep 2; echo A-late-$((6*7))-$m) &\r")),
+                    (leak_str(format!("A-said-42-n2-{cm}")), DETACH.into()),
                 ]),
                 follow_all: false,
             script: None,
 },
             disk: Disk::Blank,
-            cpus: 1,
+            cpus: 2,
         },
         Scenario {
             name: "migrate-two-hosts",
@@ -1081,7 +1103,7 @@ pub fn linux() -> Vec<Scenario> {
             script: None,
 },
             disk: Disk::From("migrate-source"),
-            cpus: 1,
+            cpus: 2,
         },
         Scenario {
             name: "migrate-other-key",
