@@ -1,6 +1,6 @@
 //! L0's command line and the roles of its boot modules.
 //!
-//! L0: `serial=com2 loglevel=info l0_mem=32M shadow=on cpus=N iommu=on`.
+//! L0: `serial=com2 loglevel=info l0_mem=32M shadow=on cpus=N iommu=on aps=on`.
 //! Modules say what they are with their first word:
 //! - `l1=multiboot [ARGS]`: the cloud VM's kernel, a multiboot (v1) image,
 //!   started with ARGS as its command line;
@@ -40,6 +40,12 @@ pub struct Config {
     /// DMAR table to the cloud VM, for a host whose firmware's DMAR breaks
     /// its devices; L0 then says that DMA isolation is absent.
     pub iommu: bool,
+    /// Whether L0 starts the other CPUs (`aps=on`, the default). `aps=off`
+    /// leaves them as the firmware left them, for a host whose CPUs L0
+    /// cannot start: the cloud VM runs on the boot CPU alone, and L0
+    /// refuses the INIT and start-up IPIs that could start them
+    /// (machine/ap_wait.rs).
+    pub aps: bool,
 }
 
 impl Default for Config {
@@ -51,6 +57,7 @@ impl Default for Config {
             shadow: true,
             cpus: None,
             iommu: true,
+            aps: true,
         }
     }
 }
@@ -83,7 +90,7 @@ impl fmt::Display for ConfigError<'_> {
             Self::MissingValue(k) => write!(f, "`{k}` needs a value (`{k}=...`)"),
             Self::UnknownKey(k) => write!(
                 f,
-                "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow, cpus, iommu)"
+                "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow, cpus, iommu, aps)"
             ),
         }
     }
@@ -127,6 +134,11 @@ pub fn parse<'a>(cmdline: &'a str, mut problem: impl FnMut(ConfigError<'a>)) -> 
             "iommu" => match value {
                 "on" => c.iommu = true,
                 "off" => c.iommu = false,
+                _ => problem(bad("on or off")),
+            },
+            "aps" => match value {
+                "on" => c.aps = true,
+                "off" => c.aps = false,
                 _ => problem(bad("on or off")),
             },
             "cpus" => match parse_number(value) {
@@ -221,9 +233,12 @@ mod tests {
                 shadow: true,
                 cpus: Some(4),
                 iommu: true,
+                aps: true,
             }
         );
         assert!(!parse_all("iommu=off").0.iommu);
+        assert!(!parse_all("aps=off").0.aps);
+        assert!(parse_all("aps=on").0.aps && parse_all("").0.aps);
         assert!(parse_all("iommu=on").0.iommu);
         let (c, e) = parse_all("iommu=no");
         assert!(c.iommu, "a bad value keeps the default");

@@ -87,21 +87,25 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     let rsdp: Option<Vec<u8>> = bi.rsdp().map(|r| r.to_vec());
     // The host's CPUs, while the firmware's tables are still mapped.
     // The cloud VM's MADT omits the CPUs `cpus=N` keeps from it.
-    let host = match rsdp.as_deref().map(loader_memory::firmware_cpus) {
+    // (`cpus_known`: whether the firmware listed them; if not, CPUs L0
+    // never heard of may wait for a start-up IPI.)
+    let (host, cpus_known) = match rsdp.as_deref().map(loader_memory::firmware_cpus) {
         Some(Ok((mut madt, listed))) => {
-            let host = cpus::plan(&listed, cpus::apic_id(cpu::cpuid), cfg.cpus);
+            // aps=off: the cloud VM's MADT lists the boot CPU alone.
+            let cap = if cfg.aps { cfg.cpus } else { Some(1) };
+            let host = cpus::plan(&listed, cpus::apic_id(cpu::cpuid), cap);
             if !host.held.is_empty() {
                 acpi::madt::disable(&mut madt.bytes, &host.held);
                 loader_memory::write_table(&madt);
             }
-            host
+            (host, true)
         }
         other => {
             match other {
                 Some(Err(e)) => warn!("ACPI: {e}; the boot CPU runs alone"),
                 _ => info!("no ACPI tables from the loader: the boot CPU runs alone"),
             }
-            cpus::plan(&[], cpus::apic_id(cpu::cpuid), cfg.cpus)
+            (cpus::plan(&[], cpus::apic_id(cpu::cpuid), cfg.cpus), false)
         }
     };
     // The VT-d units, while the firmware's tables are still mapped: L0
@@ -241,7 +245,24 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             "VMX lacks the wait-for-SIPI activity state: the cloud VM runs on the boot CPU alone"
         );
     }
-    ap_boot::start_all(&host, kind, &fw.ram, tsc_hz, share);
+    let started = if cfg.aps {
+        ap_boot::start_all(&host, kind, &fw.ram, tsc_hz, share)
+    } else {
+        info!("aps=off: the other CPUs stay as the firmware left them; the cloud VM runs on the boot CPU alone");
+        ap_boot::Started {
+            up: Vec::new(),
+            left_out: host.aps.len() + host.held.len(),
+        }
+    };
+    if !cpus_known || started.left_out > 0 {
+        // Before L1's first instruction: no INIT or start-up IPI of L1 may
+        // reach a CPU that is not in VMX operation (machine/ap_wait.rs).
+        let vcpus = core::iter::once(host.bsp)
+            .chain(started.up.iter().filter(|a| a.runs).map(|a| a.apic_id))
+            .collect();
+        vcpu.guard_cpus(&mut machine.lock(), &mut hw, vcpus);
+        info!("INIT and start-up IPIs of the cloud VM go to its own CPUs only: L0 does not hold every CPU of this host");
+    }
     vcpu.serve_console();
     cpu_loop::run(&mut vcpu, machine, &mut hw)
 }

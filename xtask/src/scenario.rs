@@ -342,15 +342,16 @@ pub fn all() -> Vec<Scenario> {
             cpus: 2,
         },
         // `cpus=1` on that host: L0 still starts the second CPU, to hold
-        // it in VMX root, and the cloud VM runs on the boot CPU alone.
+        // it in VMX root, and the cloud VM runs on the boot CPU alone; its
+        // INIT and start-up IPIs at the held CPU start nothing.
         Scenario {
             name: "smp-cap",
             boot: Boot::L0 {
                 cmdline: "serial=com2 loglevel=info cpus=1",
-                modules: guest!("boot"),
+                modules: guest!("held-cpu"),
             },
-            limit: Duration::from_secs(60),
-            com1: &["TEST boot START", "TEST boot PASS"],
+            limit: Duration::from_secs(120),
+            com1: &["TEST held-cpu START", "TEST held-cpu PASS"],
             com2: &[
                 "starting the cloud VM",
                 "CPU APIC ID 0x1: held in VMX root",
@@ -362,8 +363,33 @@ pub fn all() -> Vec<Scenario> {
                 "L0 PANIC",
                 "GUEST panic",
                 "GUEST exception",
+                "GUEST the held CPU ran",
                 "L0 WARN",
             ],
+            console: NO_CONSOLE,
+            enabled_in_ci: true,
+            disk: Disk::None,
+            cpus: 2,
+        },
+        // `aps=off`: L0 leaves the second CPU as the firmware left it
+        // (waiting for a start-up IPI), so it refuses the cloud VM's INIT
+        // and start-up IPIs at it: the CPU never runs the VM's code.
+        Scenario {
+            name: "smp-aps-off",
+            boot: Boot::L0 {
+                cmdline: "serial=com2 loglevel=info aps=off",
+                modules: guest!("held-cpu"),
+            },
+            limit: Duration::from_secs(120),
+            com1: &["TEST held-cpu START", "TEST held-cpu PASS"],
+            com2: &[
+                "starting the cloud VM",
+                "aps=off: the other CPUs stay as the firmware left them",
+                "go to its own CPUs only",
+                "refused an INIT or start-up IPI of the cloud VM (ICR 0x46",
+                "L0 integrity OK",
+            ],
+            forbidden: &["L0 FATAL", "L0 PANIC", "GUEST panic", "GUEST exception", "GUEST the held CPU ran"],
             console: NO_CONSOLE,
             enabled_in_ci: true,
             disk: Disk::None,

@@ -199,6 +199,14 @@ pub struct StartedAp {
     pub runs: bool,
 }
 
+/// What starting the APs gave.
+pub struct Started {
+    /// The APs in VMX root.
+    pub up: Vec<StartedAp>,
+    /// The APs left out: not in VMX operation.
+    pub left_out: usize,
+}
+
 /// A TSC rate for the start-up delays when the PIT gave none: high, so
 /// that the delays are at least what the SDM asks.
 const ASSUMED_TSC_HZ: u64 = 5_000_000_000;
@@ -213,7 +221,7 @@ pub fn start_all(
     ram: &RangeSet,
     tsc_hz: Option<u64>,
     share: Option<&'static ApShare>,
-) -> Vec<StartedAp> {
+) -> Started {
     if !cpus.bsp_listed && !cpus.aps.is_empty() {
         warn!(
             "the firmware's CPU list lacks the boot CPU (APIC ID {:#x})",
@@ -249,7 +257,10 @@ pub fn start_all(
         1 + jobs.len(),
         cpus.bsp
     );
-    up
+    Started {
+        left_out: jobs.len() - up.len(),
+        up,
+    }
 }
 
 /// Starts the APs of `jobs` one after the other with the trampoline at `at`

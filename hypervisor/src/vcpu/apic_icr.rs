@@ -1,7 +1,8 @@
-//! L1's interrupt-command writes while one of its vCPUs waits for a SIPI
-//! (machine/ap_wait.rs says why L0 looks at them then, and which INITs it
-//! keeps). xAPIC: the register page is read-only in EPT01, so each write
-//! of it exits; L0 decodes the store, keeps or forwards it, and steps
+//! L1's interrupt-command writes while one of its vCPUs waits for a SIPI,
+//! or for good where L0 guards CPUs it does not hold (machine/ap_wait.rs
+//! says why L0 looks at them, which INITs it keeps and which it refuses).
+//! xAPIC: the register page is read-only in EPT01, so each write of it
+//! exits; L0 decodes the store, keeps, refuses or forwards it, and steps
 //! past it. x2APIC: the ICR's WRMSR exits through the MSR bitmap.
 
 use super::{decode, GuestRegs, Outcome, Platform, Vcpu, GP};
@@ -20,6 +21,20 @@ impl Vcpu {
     pub fn wait_for_sipi<P: Platform>(&mut self, m: &mut Machine, p: &mut P) {
         self.waiting_for_sipi = true;
         if m.ap_wait.wait(cpus::apic_id(|l, s| p.cpuid(l, s))) {
+            self.watch_icr(m, p, true);
+        }
+    }
+
+    /// Some CPU of the host is outside L0's hold (left out, or unknown
+    /// without ACPI): from now on only INIT and start-up IPIs to the
+    /// cloud VM's vCPUs (`vcpus`, APIC IDs) go out.
+    pub fn guard_cpus<P: Platform>(
+        &mut self,
+        m: &mut Machine,
+        p: &mut P,
+        vcpus: alloc::collections::BTreeSet<u32>,
+    ) {
+        if m.ap_wait.guard(vcpus) {
             self.watch_icr(m, p, true);
         }
     }
@@ -57,26 +72,36 @@ impl Vcpu {
         p: &mut P,
         offset: u64,
     ) -> Outcome {
-        if !m.ap_wait.any() {
+        if !m.ap_wait.watching() {
             // A stale read-only translation of a page L0 no longer watches.
             p.invept_all();
         }
         let Some(store) = self.decode_store(v, p, offset).filter(|s| s.size == 4) else {
+            if m.ap_wait.guarding() {
+                // It could be an INIT to a CPU L0 does not hold.
+                log::warn!("L1 wrote its APIC with an instruction L0 does not decode: #GP");
+                inject_exception(v, GP, Some(0));
+                return Outcome::Resume;
+            }
             log::warn!("L1 wrote its APIC with an instruction L0 does not decode: no longer watching its INITs");
             m.ept.set_apic_writable(p.tables(), true);
             p.invept_all();
             return Outcome::Resume;
         };
         let value = store.value as u32;
-        let send = match offset & 0xff0 {
+        let write = match offset & 0xff0 {
             XAPIC_ICR_LO => {
                 let dest = p.xapic_read(XAPIC_ICR_HI).unwrap_or(0) >> 24;
-                m.ap_wait.icr_write(value, dest) == IcrWrite::Send
+                m.ap_wait.icr_write(value, dest)
             }
-            _ => true,
+            _ => IcrWrite::Send,
         };
-        if send {
-            p.xapic_write(offset, value);
+        match write {
+            IcrWrite::Send => {
+                p.xapic_write(offset, value);
+            }
+            IcrWrite::KeepInit(_) => {}
+            IcrWrite::Refuse => m.ap_wait.note_refused(value, p.xapic_read(XAPIC_ICR_HI).unwrap_or(0) >> 24),
         }
         let rip = v.read(F::GUEST_RIP);
         v.write(F::GUEST_RIP, rip.wrapping_add(u64::from(store.len)));
@@ -91,8 +116,13 @@ impl Vcpu {
         p: &mut P,
     ) -> Outcome {
         let value = self.edx_eax();
-        match m.ap_wait.icr_write(value as u32, (value >> 32) as u32) {
+        let (low, dest) = (value as u32, (value >> 32) as u32);
+        match m.ap_wait.icr_write(low, dest) {
             IcrWrite::KeepInit(_) => skip_instruction(v),
+            IcrWrite::Refuse => {
+                m.ap_wait.note_refused(low, dest);
+                skip_instruction(v)
+            }
             IcrWrite::Send if p.write_msr(X2APIC_ICR, value) => skip_instruction(v),
             IcrWrite::Send => inject_exception(v, GP, Some(0)),
         }

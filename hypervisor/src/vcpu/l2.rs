@@ -86,7 +86,8 @@ impl<P: Platform> NestedHw for L1Hw<'_, P> {
         if super::msr::emulated_by_l0(msr) {
             return super::msr::write(msr, value, self.mtrr).is_ok();
         }
-        super::perfmon::cpu_write_allowed(msr, value) && self.p.write_msr(msr, value)
+        super::msr::cpu_write_allowed(msr, value, || self.p.read_msr(msr))
+            && self.p.write_msr(msr, value)
     }
 }
 
@@ -398,7 +399,8 @@ impl Vcpu {
                 true
             }
             (Some(Home::Msr), true) => {
-                super::perfmon::cpu_write_allowed(msr, value) && p.write_msr(msr, value)
+                super::msr::cpu_write_allowed(msr, value, || p.read_msr(msr))
+                    && p.write_msr(msr, value)
             }
             (Some(Home::Msr), false) => match p.read_msr(msr) {
                 Some(v) => {

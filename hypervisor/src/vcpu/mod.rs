@@ -444,9 +444,9 @@ impl Vcpu {
                 write: true,
             } => return self.l1_x2apic_icr(m, v, p),
             VmExit::Msr {
-                index: perfmon::IA32_XSS,
+                index: index @ (perfmon::IA32_XSS | msr::IA32_APIC_BASE),
                 write: true,
-            } => self.wrmsr_checked(v, p, perfmon::IA32_XSS),
+            } => self.wrmsr_checked(v, p, index),
             VmExit::Msr { index, write: true } => self.wrmsr(v, index),
             VmExit::Cr(access) => return self.cr_access(v, p, access),
             VmExit::Xsetbv => self.xsetbv(v, p),
@@ -754,7 +754,7 @@ impl Vcpu {
     /// WRMSR of an MSR L0 traps only to check the value: to the CPU.
     fn wrmsr_checked<V: Vmcs, P: Platform>(&mut self, v: &mut V, p: &mut P, m: u32) {
         let value = self.edx_eax();
-        if perfmon::cpu_write_allowed(m, value) && p.write_msr(m, value) {
+        if msr::cpu_write_allowed(m, value, || p.read_msr(m)) && p.write_msr(m, value) {
             skip_instruction(v);
         } else {
             inject_exception(v, GP, Some(0));

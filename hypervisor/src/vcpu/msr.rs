@@ -4,8 +4,10 @@
 //! IA32_FEATURE_CONTROL and the VMX capability MSRs (VMX is L0's to give),
 //! the MTRRs (with EPT the guest's MTRRs have no effect on its own memory
 //! types, SDM Vol. 3C 29.3.7.2, but the real ones govern L0's accesses,
-//! so L1 gets a shadow copy), the microcode-update trigger, and the
-//! performance-monitoring and trace MSRs (`perfmon::WITHHELD`: #GP).
+//! so L1 gets a shadow copy), the microcode-update trigger, the
+//! performance-monitoring and trace MSRs (`perfmon::WITHHELD`: #GP), and
+//! the writes of IA32_XSS and IA32_APIC_BASE, checked before they go to
+//! the CPU (`cpu_write_allowed`).
 
 use crate::vmx::caps::{
     FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_VMX_OUTSIDE_SMX, IA32_FEATURE_CONTROL,
@@ -22,6 +24,9 @@ pub const IA32_MTRR_FIX4K_F8000: u32 = 0x26f;
 pub const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
 pub const IA32_EFER: u32 = 0xc000_0080;
 pub const IA32_PAT: u32 = 0x277;
+pub const IA32_APIC_BASE: u32 = 0x1b;
+/// IA32_APIC_BASE[51:12]: where the xAPIC's register page is.
+const APIC_BASE_ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 pub use crate::nested::caps::VMX_MSRS;
 
 /// A 4 KiB VMX MSR bitmap (SDM Vol. 3C 25.6.9): read-low, read-high,
@@ -127,9 +132,25 @@ pub fn l1_msr_bitmap() -> MsrBitmap {
     for m in super::perfmon::withheld_msrs() {
         b.intercept(m, true, true);
     }
-    // Written to the CPU once checked (vcpu/perfmon.rs).
+    // Written to the CPU once checked (cpu_write_allowed).
     b.intercept(super::perfmon::IA32_XSS, false, true);
+    b.intercept(IA32_APIC_BASE, false, true);
     b
+}
+
+/// Whether a guest's WRMSR that L0 carries out on the CPU may go ahead
+/// (the withheld MSRs never get this far); `current` reads the MSR.
+/// IA32_XSS may not name withheld components (vcpu/perfmon.rs).
+/// IA32_APIC_BASE may switch the APIC's mode but not move its register
+/// page: L0 watches the INIT and start-up IPIs L1 sends through that page
+/// (machine/ap_wait.rs), and a page moved elsewhere would escape it. No
+/// OS moves it; the SDM allows it, so this is where L0 differs.
+pub fn cpu_write_allowed(msr: u32, value: u64, current: impl FnOnce() -> Option<u64>) -> bool {
+    match msr {
+        super::perfmon::IA32_XSS => super::perfmon::xss_allowed(value),
+        IA32_APIC_BASE => current().is_some_and(|c| (c ^ value) & APIC_BASE_ADDRESS == 0),
+        _ => true,
+    }
 }
 
 /// Valid MTRR memory types (SDM Vol. 3A 12.11.4).
@@ -391,6 +412,8 @@ mod tests {
             "IA32_XSS writes"
         );
         assert!(!emulated_by_l0(0xda0), "the CPU's, once checked");
+        assert!(b.intercepts(IA32_APIC_BASE, true) && !b.intercepts(IA32_APIC_BASE, false));
+        assert!(!emulated_by_l0(IA32_APIC_BASE));
     }
 
     #[test]
@@ -416,5 +439,16 @@ mod tests {
         assert_eq!(read(0x250, false, &m), Ok(0x0606_0606_0606_0606));
         assert_eq!(write(0x2ff, 0x1006, &mut m), Err(MsrFault));
         assert_eq!(m.def_type, 0xc06, "unchanged after a fault");
+    }
+
+    #[test]
+    fn the_apic_may_change_mode_but_not_move() {
+        let now = || Some(0xfee0_0900); // enabled, xAPIC, boot CPU
+        assert!(cpu_write_allowed(IA32_APIC_BASE, 0xfee0_0d00, now), "x2APIC on");
+        assert!(cpu_write_allowed(IA32_APIC_BASE, 0xfee0_0100, now), "disabled");
+        assert!(!cpu_write_allowed(IA32_APIC_BASE, 0xfed0_0900, now), "moved");
+        assert!(!cpu_write_allowed(IA32_APIC_BASE, 0x1_fee0_0900, now), "moved up");
+        assert!(!cpu_write_allowed(IA32_APIC_BASE, 0xfee0_0900, || None), "unreadable");
+        assert!(cpu_write_allowed(0x10, 5, || None), "others are not checked here");
     }
 }

@@ -195,12 +195,6 @@ pub fn xss_allowed(value: u64) -> bool {
         .all(|c| value & 1 << c == 0)
 }
 
-/// Whether a guest's WRMSR that L0 carries out on the CPU may go ahead:
-/// only IA32_XSS is checked here (the withheld MSRs never get this far).
-pub fn cpu_write_allowed(msr: u32, value: u64) -> bool {
-    msr != IA32_XSS || xss_allowed(value)
-}
-
 /// Removes the withheld facilities from CPUID(`leaf`, `subleaf`).
 pub fn hide_in_cpuid(leaf: u32, subleaf: u32, regs: &mut [u32; 4]) {
     for f in WITHHELD {

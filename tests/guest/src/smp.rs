@@ -216,6 +216,17 @@ pub fn trampoline_page(mbi: &crate::mb1::Info<crate::mb1::Identity>) -> Option<u
 /// (the job then goes on in parallel); says which IPIs started it. The
 /// local APIC must be usable.
 pub fn start_ap(apic_id: u32, page: u64, job: fn(usize)) -> Result<&'static str, &'static str> {
+    start_ap_within(apic_id, page, job, 2_000_000_000)
+}
+
+/// `start_ap`, waiting at most `patience` TSC ticks for the AP after the
+/// last start-up IPI.
+pub fn start_ap_within(
+    apic_id: u32,
+    page: u64,
+    job: fn(usize),
+    patience: u64,
+) -> Result<&'static str, &'static str> {
     assert!(page < 0x10_0000 && page & 0xfff == 0);
     // SAFETY: linker symbols around the trampoline's bytes in the image.
     let code = unsafe {
@@ -258,7 +269,7 @@ pub fn start_ap(apic_id: u32, page: u64, job: fn(usize)) -> Result<&'static str,
     if !spin_ticks(50_000_000, running) {
         send_ipi(apic_id, 0x4600 | vector)?;
     }
-    if spin_ticks(2_000_000_000, running) {
+    if spin_ticks(patience, running) {
         Ok("started by INIT and start-up IPIs")
     } else {
         Err("no answer to INIT and start-up IPIs")
