@@ -170,7 +170,11 @@ mod tests {
             (0xc500 | 1 << 11, 1),
             (0x0600 | 1 << 11, 1),
         ] {
-            assert_eq!(w.icr_write(low, dest), IcrWrite::Refuse, "{low:#x} to {dest:#x}");
+            assert_eq!(
+                w.icr_write(low, dest),
+                IcrWrite::Refuse,
+                "{low:#x} to {dest:#x}"
+            );
         }
         // Every other IPI goes out, whatever its destination.
         assert_eq!(w.icr_write(0x00fd | 3 << 18, 0), IcrWrite::Send);

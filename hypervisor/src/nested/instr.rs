@@ -433,6 +433,39 @@ impl VmxState {
         }
     }
 
+    /// INVEPT and INVVPID's common part (SDM 31.3): #UD unless the
+    /// instruction is offered (the secondary control `enable` allowed and
+    /// `offered` in IA32_VMX_EPT_VPID_CAP), the common checks, then the
+    /// type from the register operand and the 16-byte descriptor.
+    fn invalidation_operands<M: GuestMemory>(
+        &mut self,
+        s: &L1State,
+        mem: &M,
+        gpr: &[u64; 16],
+        enable: u32,
+        offered: u64,
+    ) -> Result<(u64, [u8; 16]), Outcome> {
+        let c = &self.caps;
+        if !c.allows(Control::Primary, primary::ACTIVATE_SECONDARY)
+            || !c.allows(Control::Secondary, enable)
+            || c.ept_vpid & offered == 0
+        {
+            return Err(Outcome::Fault(Fault {
+                vector: UD,
+                error_code: 0,
+            }));
+        }
+        self.common_checks(s)?;
+        let kind = if s.ctx.long_mode {
+            gpr[s.info.reg2() as usize]
+        } else {
+            gpr[s.info.reg2() as usize] & 0xffff_ffff
+        };
+        let mut d = [0u8; 16];
+        self.read_mem(s, mem, &mut d)?;
+        Ok((kind, d))
+    }
+
     /// INVEPT (SDM 31.3): returns the outcome and what to invalidate.
     pub fn invept<M: GuestMemory>(
         &mut self,
@@ -440,31 +473,16 @@ impl VmxState {
         mem: &M,
         gpr: &[u64; 16],
     ) -> (Outcome, Invalidate) {
-        let c = &self.caps;
-        if !c.allows(Control::Primary, primary::ACTIVATE_SECONDARY)
-            || !c.allows(Control::Secondary, secondary::ENABLE_EPT)
-            || c.ept_vpid & ept_vpid::INVEPT == 0
-        {
-            return (
-                Outcome::Fault(Fault {
-                    vector: UD,
-                    error_code: 0,
-                }),
-                Invalidate::None,
-            );
-        }
-        if let Err(o) = self.common_checks(s) {
-            return (o, Invalidate::None);
-        }
-        let kind = if s.ctx.long_mode {
-            gpr[s.info.reg2() as usize]
-        } else {
-            gpr[s.info.reg2() as usize] & 0xffff_ffff
+        let (kind, d) = match self.invalidation_operands(
+            s,
+            mem,
+            gpr,
+            secondary::ENABLE_EPT,
+            ept_vpid::INVEPT,
+        ) {
+            Ok(operands) => operands,
+            Err(o) => return (o, Invalidate::None),
         };
-        let mut d = [0u8; 16];
-        if let Err(o) = self.read_mem(s, mem, &mut d) {
-            return (o, Invalidate::None);
-        }
         let eptp = u64::from_le_bytes(d[..8].try_into().unwrap());
         match kind {
             1 if self.caps.ept_vpid & ept_vpid::INVEPT_SINGLE_CONTEXT != 0 => {
@@ -493,31 +511,16 @@ impl VmxState {
         mem: &M,
         gpr: &[u64; 16],
     ) -> (Outcome, Invalidate) {
-        let c = &self.caps;
-        if !c.allows(Control::Primary, primary::ACTIVATE_SECONDARY)
-            || !c.allows(Control::Secondary, secondary::ENABLE_VPID)
-            || c.ept_vpid & ept_vpid::INVVPID == 0
-        {
-            return (
-                Outcome::Fault(Fault {
-                    vector: UD,
-                    error_code: 0,
-                }),
-                Invalidate::None,
-            );
-        }
-        if let Err(o) = self.common_checks(s) {
-            return (o, Invalidate::None);
-        }
-        let kind = if s.ctx.long_mode {
-            gpr[s.info.reg2() as usize]
-        } else {
-            gpr[s.info.reg2() as usize] & 0xffff_ffff
+        let (kind, d) = match self.invalidation_operands(
+            s,
+            mem,
+            gpr,
+            secondary::ENABLE_VPID,
+            ept_vpid::INVVPID,
+        ) {
+            Ok(operands) => operands,
+            Err(o) => return (o, Invalidate::None),
         };
-        let mut d = [0u8; 16];
-        if let Err(o) = self.read_mem(s, mem, &mut d) {
-            return (o, Invalidate::None);
-        }
         let low = u64::from_le_bytes(d[..8].try_into().unwrap());
         let addr = u64::from_le_bytes(d[8..].try_into().unwrap());
         let vpid = low as u16;

@@ -101,7 +101,9 @@ impl Vcpu {
                 p.xapic_write(offset, value);
             }
             IcrWrite::KeepInit(_) => {}
-            IcrWrite::Refuse => m.ap_wait.note_refused(value, p.xapic_read(XAPIC_ICR_HI).unwrap_or(0) >> 24),
+            IcrWrite::Refuse => m
+                .ap_wait
+                .note_refused(value, p.xapic_read(XAPIC_ICR_HI).unwrap_or(0) >> 24),
         }
         let rip = v.read(F::GUEST_RIP);
         v.write(F::GUEST_RIP, rip.wrapping_add(u64::from(store.len)));

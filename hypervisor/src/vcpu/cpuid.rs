@@ -46,13 +46,15 @@ pub const XSAVES: u32 = 1 << 3;
 /// from 2 up in order, at a 64-byte boundary where CPUID(0xD, i).ECX[1]
 /// asks for one. `component(i)` is CPUID(0xD, i).
 pub fn compacted_xsave_size(mask: u64, component: impl Fn(u32) -> [u32; 4]) -> u32 {
-    (2..63)
-        .filter(|i| mask & (1 << i) != 0)
-        .fold(576, |at, i| {
-            let [size, _, flags, _] = component(i);
-            let at = if flags & 2 != 0 { at.next_multiple_of(64) } else { at };
-            at + size
-        })
+    (2..63).filter(|i| mask & (1 << i) != 0).fold(576, |at, i| {
+        let [size, _, flags, _] = component(i);
+        let at = if flags & 2 != 0 {
+            at.next_multiple_of(64)
+        } else {
+            at
+        };
+        at + size
+    })
 }
 
 /// Whether L0 answers this leaf itself, without asking the CPU.

@@ -444,11 +444,29 @@ mod tests {
     #[test]
     fn the_apic_may_change_mode_but_not_move() {
         let now = || Some(0xfee0_0900); // enabled, xAPIC, boot CPU
-        assert!(cpu_write_allowed(IA32_APIC_BASE, 0xfee0_0d00, now), "x2APIC on");
-        assert!(cpu_write_allowed(IA32_APIC_BASE, 0xfee0_0100, now), "disabled");
-        assert!(!cpu_write_allowed(IA32_APIC_BASE, 0xfed0_0900, now), "moved");
-        assert!(!cpu_write_allowed(IA32_APIC_BASE, 0x1_fee0_0900, now), "moved up");
-        assert!(!cpu_write_allowed(IA32_APIC_BASE, 0xfee0_0900, || None), "unreadable");
-        assert!(cpu_write_allowed(0x10, 5, || None), "others are not checked here");
+        assert!(
+            cpu_write_allowed(IA32_APIC_BASE, 0xfee0_0d00, now),
+            "x2APIC on"
+        );
+        assert!(
+            cpu_write_allowed(IA32_APIC_BASE, 0xfee0_0100, now),
+            "disabled"
+        );
+        assert!(
+            !cpu_write_allowed(IA32_APIC_BASE, 0xfed0_0900, now),
+            "moved"
+        );
+        assert!(
+            !cpu_write_allowed(IA32_APIC_BASE, 0x1_fee0_0900, now),
+            "moved up"
+        );
+        assert!(
+            !cpu_write_allowed(IA32_APIC_BASE, 0xfee0_0900, || None),
+            "unreadable"
+        );
+        assert!(
+            cpu_write_allowed(0x10, 5, || None),
+            "others are not checked here"
+        );
     }
 }

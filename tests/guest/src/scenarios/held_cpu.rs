@@ -23,7 +23,11 @@ pub fn run(mbi: &Info<Identity>) {
     apic::enable();
     let target = if smp::apic_id() == 0 { 1 } else { 0 };
     let Some(page) = smp::trampoline_page(mbi) else {
-        c.check("trampoline", false, format_args!("no free page below 1 MiB"));
+        c.check(
+            "trampoline",
+            false,
+            format_args!("no free page below 1 MiB"),
+        );
         return c.finish();
     };
     let r = smp::start_ap_within(target, page, never_runs, PATIENCE);
