@@ -133,14 +133,18 @@ fn test_scenarios(only: Option<&[&str]>) -> Result<(), String> {
     // native/L0 pairs), as the runs end.
     let failed = std::sync::Mutex::new(Vec::new());
     let ran: std::sync::Mutex<Vec<(&str, bool, verdict::Tests)>> = Default::default();
-    schedule::run(schedule::chains(list), jobs, |s| {
+    schedule::run(schedule::chains(list), jobs, |s, source_failed| {
+        let not_run = |why: String| {
+            println!("== scenario {} ... not run: {why}", s.name);
+            failed.lock().unwrap().push(format!("{}: {why}", s.name));
+            false
+        };
+        if let Some(source) = source_failed {
+            return not_run(format!("{source}, whose disk it takes, failed"));
+        }
         let o = match scenario::run(s, &images, Emulator::Bochs) {
             Ok(o) => o,
-            Err(e) => {
-                println!("== scenario {} ... could not run: {e}", s.name);
-                failed.lock().unwrap().push(format!("{}: {e}", s.name));
-                return;
-            }
+            Err(e) => return not_run(e),
         };
         println!(
             "== scenario {} ... {} ({:.1} s)",
@@ -159,6 +163,7 @@ fn test_scenarios(only: Option<&[&str]>) -> Result<(), String> {
                 failed.push(problem);
             }
         }
+        o.passed
     });
     let (failed, ran) = (failed.into_inner().unwrap(), ran.into_inner().unwrap());
     // Pairs of which only one side ran: nothing to compare.

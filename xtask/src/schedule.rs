@@ -57,10 +57,13 @@ pub fn chains(list: Vec<Scenario>) -> Vec<Vec<Scenario>> {
 }
 
 /// Runs `each` on every scenario of `chains` with `jobs` workers, a chain
-/// at a time per worker; `each` sees the scenarios of one chain in order.
+/// at a time per worker; `each` sees the scenarios of one chain in order,
+/// with the name of the chain's scenario that failed before it, if one
+/// did (then its disk is not there: `each` should not run it), and says
+/// whether it passed.
 pub fn run<F>(chains: Vec<Vec<Scenario>>, jobs: usize, each: F)
 where
-    F: Fn(&Scenario) + Sync,
+    F: Fn(&Scenario, Option<&'static str>) -> bool + Sync,
 {
     let queue = Mutex::new(chains.into_iter());
     std::thread::scope(|scope| {
@@ -69,8 +72,11 @@ where
                 let Some(chain) = queue.lock().unwrap().next() else {
                     break;
                 };
+                let mut failed = None;
                 for s in &chain {
-                    each(s);
+                    if !each(s, failed) {
+                        failed = failed.or(Some(s.name));
+                    }
                 }
             });
         }
@@ -115,6 +121,28 @@ mod tests {
     }
 
     #[test]
+    fn after_a_failure_the_rest_of_its_chain_hears_of_it() {
+        let list = vec![
+            scenario::find("migrate-source").unwrap(),
+            scenario::find("migrate-two-hosts").unwrap(),
+            scenario::find("migrate-other-key").unwrap(),
+        ];
+        let told = Mutex::new(Vec::new());
+        run(chains(list), 2, |s, failed| {
+            told.lock().unwrap().push((s.name, failed));
+            s.name != "migrate-source"
+        });
+        assert_eq!(
+            told.into_inner().unwrap(),
+            vec![
+                ("migrate-source", None),
+                ("migrate-two-hosts", Some("migrate-source")),
+                ("migrate-other-key", Some("migrate-source")),
+            ]
+        );
+    }
+
+    #[test]
     fn longest_chains_first() {
         let list = vec![
             scenario::find("boot").unwrap(),
@@ -135,7 +163,10 @@ mod tests {
             run(
                 chains(scenario::all().into_iter().take(9).collect()),
                 jobs,
-                |s| seen.lock().unwrap().push(s.name),
+                |s, _| {
+                    seen.lock().unwrap().push(s.name);
+                    true
+                },
             );
             let mut seen = seen.into_inner().unwrap();
             seen.sort();
