@@ -984,7 +984,7 @@ pub fn linux() -> Vec<Scenario> {
         Scenario {
             name: "linux-smp-stress",
             boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| crate::linux::scenario_modules("smp-stress") },
-            limit: Duration::from_secs(900),
+            limit: Duration::from_secs(1200),
             com1: &["L1INIT ok", "L1 starting stress on 2 CPUs", "QEMU stress exit=0 console-bytes=0", "L1DONE"],
             com2: &["starting the cloud VM: Linux bzImage", "CPUs: 2 of 2 run the cloud VM", "cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: Box::leak([LINUX_HEALTHY, &["STRESS vcpu0 FAIL", "STRESS vcpu1 FAIL", "TSC warp", "stuck"]].concat().into_boxed_slice()),
