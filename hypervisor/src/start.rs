@@ -202,8 +202,25 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             0
         },
     };
-    let (mut vcpu, mut machine, template) =
-        bringup::cloud_vm(&fw, &l0_frames, &vm, key, tsc_hz, &vcaps, &cpu, &mut hw);
+    let cpus_running = 1 + host.aps.len();
+    let ept02_tables = cfg
+        .ept02_tables
+        .unwrap_or_else(|| crate::nested::ept02::default_cap(cfg.l0_mem, cpus_running));
+    info!(
+        "EPT02: at most {ept02_tables} tables per CPU ({} KiB)",
+        ept02_tables * 4
+    );
+    let (mut vcpu, mut machine, template) = bringup::cloud_vm(
+        &fw,
+        &l0_frames,
+        &vm,
+        key,
+        tsc_hz,
+        &vcaps,
+        &cpu,
+        ept02_tables,
+        &mut hw,
+    );
     if let Some(d) = &dmar {
         isolate_dma(&fw, d, &l0_frames);
     }

@@ -227,6 +227,19 @@ impl Nested {
             l2_vm: None,
         }
     }
+
+    /// Caps the EPT02 tables this CPU keeps (`ept02.rs`); before L1's
+    /// first nested entry, while the cache is empty.
+    pub fn cap_ept02(&mut self, tables: usize) {
+        assert!(self.ept02.is_empty(), "EPT02 capped after use");
+        self.ept02 = Ept02Cache::new(tables);
+    }
+
+    /// EPT02 tables held on this CPU, the cap, and the reclaims so far.
+    pub fn ept02_tables(&self) -> (usize, usize, u64) {
+        let (held, cap) = self.ept02.tables();
+        (held, cap, self.ept02.reclaims())
+    }
 }
 
 impl Nested {

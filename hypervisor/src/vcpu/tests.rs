@@ -964,6 +964,49 @@ mod nested {
         );
     }
 
+    /// An L2 touching far more memory than the EPT02 cap: every violation
+    /// is filled and L2 goes on; the tables stay under the cap, and each
+    /// reclaim flushes this CPU's EPT translations before L2 runs again.
+    #[test]
+    fn l2_beyond_the_ept02_cap_keeps_running() {
+        use crate::nested::ept02::MIN_TABLES;
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        // 2 MiB leaves of EPT12 for L2's 2nd to 200th 2 MiB, all onto one L1 region.
+        for i in 1..200u64 {
+            put(
+                &mut p.mem,
+                EPT12_ROOT + 0x2000 + 8 * i,
+                0x20_0000 | 1 << 7 | 7 | 6 << 3,
+            );
+        }
+        c.nested.cap_ept02(MIN_TABLES);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        let root02 = v.v02.read(F::EPT_POINTER) & !0xfff;
+        let mut flushes_due = 0;
+        for i in 1..200u64 {
+            let before = (p.inept_all, c.nested.ept02_tables().2);
+            exit(&mut v, reason::EPT_VIOLATION, 0x182, 0);
+            v.v02
+                .write(F::GUEST_PHYSICAL_ADDRESS, i * 0x20_0000 + 0x1008);
+            assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+            assert!(c.nested.in_l2(), "L2 goes on at {i}");
+            let (held, cap, reclaims) = c.nested.ept02_tables();
+            assert!(held <= cap && cap == MIN_TABLES);
+            let l = translate(&mut p.tables, &Ept, root02, i * 0x20_0000 + 0x1008).unwrap();
+            assert_eq!(l.pa, 0x20_1008);
+            if reclaims > before.1 {
+                flushes_due += 1;
+                assert!(p.inept_all > before.0, "a reclaim at {i} flushes");
+            }
+        }
+        assert!(flushes_due > 30, "{flushes_due} reclaims");
+        assert_eq!(
+            v.v02.read(F::EPT_POINTER) & !0xfff,
+            root02,
+            "the same shadow"
+        );
+    }
+
     /// EPT A/D flags off: the processor's setting of an accessed flag in
     /// L2's page table is a write (SDM 29.3.3.2). EPT02 copies EPT12's
     /// read-only permission, so the CPU exits to L0 with a write to the
