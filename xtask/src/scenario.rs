@@ -382,6 +382,7 @@ pub fn all() -> Vec<Scenario> {
                 "CHECK read-all-ones ok",
                 "CHECK one-scratch-page ok",
                 "CHECK read-back-last-write ok",
+                "CHECK beyond-the-map-read ok",
                 "CHECK l0-alive ok",
                 "TEST ept-guard PASS",
             ],
@@ -390,6 +391,9 @@ pub fn all() -> Vec<Scenario> {
                 // Every page is read first: L1's reads fault them all in,
                 // its writes then land in the scratch page without a fault.
                 "L1 read L0 memory",
+                // One word in every GiB up to 1 TiB beyond the map: 1 GiB
+                // pages, a table per 512 GiB at most.
+                "mapped as MMIO (1048576 KiB page, 512 so far)",
                 "L1 touched L0 memory",
                 "L0 integrity OK",
                 "L0 data intact",

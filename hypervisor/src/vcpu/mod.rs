@@ -886,8 +886,21 @@ impl Vcpu {
                 self.last_l0_touch = kind;
                 Outcome::Resume
             }
-            Ok(Violation::Mmio) => {
-                log::info!("L1 touched {gpa:#x} beyond the memory map: mapped as MMIO");
+            Ok(Violation::Mmio { size, reset }) => {
+                // Rate-limited: the first few, then powers of two.
+                let n = m.ept.mmio_maps;
+                if n <= 8 || n.is_power_of_two() {
+                    log::info!(
+                        "L1 touched {gpa:#x} beyond the memory map: mapped as MMIO ({} KiB page, {n} so far)",
+                        size.bytes() >> 10
+                    );
+                }
+                if reset {
+                    let r = m.ept.mmio.resets;
+                    if r <= 4 || r.is_power_of_two() {
+                        log::info!("EPT01 mappings beyond the memory map dropped to reuse their tables ({r} times so far)");
+                    }
+                }
                 Outcome::Resume
             }
             Ok(Violation::Resolved) => Outcome::Resume,
