@@ -157,9 +157,17 @@ impl Ept01 {
             )?;
             Ok(Violation::L0Frame)
         } else {
-            let m = self
-                .mmio
-                .map(mem, self.root, self.limit, page, self.max_page)?;
+            // The largest page that holds none of L0's frames (a VT-d
+            // unit's registers may lie beyond the map).
+            let size = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K]
+                .into_iter()
+                .filter(|&s| s <= self.max_page)
+                .find(|s| {
+                    let block = page & !(s.bytes() - 1);
+                    !self.l0.overlaps(Range::new(block, block + s.bytes()))
+                })
+                .unwrap_or(PageSize::Size4K);
+            let m = self.mmio.map(mem, self.root, self.limit, page, size)?;
             self.mmio_maps += 1;
             if m.reset {
                 self.generation += 1;
@@ -304,6 +312,36 @@ mod tests {
             e.resolve(&mut m, 0xfd_3fff_f000),
             Ok(Violation::Resolved),
             "the same GiB"
+        );
+    }
+
+    /// L0's frames beyond the map (a VT-d unit's registers) stay out of
+    /// the large pages around them.
+    #[test]
+    fn large_mmio_pages_leave_l0_frames_out() {
+        let (mut m, mut e) = setup();
+        let unit = (5 << 30) + 0x30_1000;
+        e.l0.insert(Range::new(unit, unit + 0x1000)).unwrap();
+        assert_eq!(e.resolve(&mut m, unit + 8), Ok(Violation::L0Frame));
+        assert_eq!(
+            translate(&mut m, &Ept, e.root, unit).unwrap().pa,
+            0x1de0_5000
+        );
+        for (gpa, size) in [
+            (unit - 0x1000, PageSize::Size4K),
+            (5 << 30, PageSize::Size2M),
+            (6 << 30, PageSize::Size1G),
+        ] {
+            assert_eq!(
+                e.resolve(&mut m, gpa),
+                Ok(Violation::Mmio { size, reset: false }),
+                "{gpa:#x}"
+            );
+            assert_eq!(translate(&mut m, &Ept, e.root, gpa).unwrap().pa, gpa);
+        }
+        assert_eq!(
+            translate(&mut m, &Ept, e.root, unit).unwrap().pa,
+            0x1de0_5000
         );
     }
 

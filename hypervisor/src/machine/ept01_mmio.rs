@@ -54,19 +54,17 @@ pub struct Mapped {
 }
 
 impl MmioTables {
-    /// Maps the largest page up to `max` around `gpa` (which is at or
-    /// beyond `limit`, a multiple of 1 GiB, and unmapped) to itself,
-    /// uncacheable.
+    /// Maps the page of `size` around `gpa` (which is at or beyond
+    /// `limit`, a multiple of 1 GiB, and unmapped) to itself, uncacheable.
     pub fn map<M: TableMemory>(
         &mut self,
         mem: &mut M,
         root: u64,
         limit: u64,
         gpa: u64,
-        max: PageSize,
+        size: PageSize,
     ) -> Result<Mapped, MapError> {
         debug_assert!(gpa >= limit && limit.is_multiple_of(span(3)));
-        let size = max.min(PageSize::Size1G);
         let block = gpa & !(size.bytes() - 1);
         let reset = match self.try_map(mem, root, block, size) {
             Ok(()) => false,
