@@ -291,6 +291,7 @@ pub fn all() -> Vec<Scenario> {
                 "CHECK perfmon-msrs-fault ok",
                 "CHECK rdpmc-faults ok",
                 "CHECK low-memory-is-l1s ok",
+                "CHECK ram-zeroed-for-l1 ok",
                 "TEST boot PASS",
             ],
             com2: &[
