@@ -454,6 +454,36 @@ pub fn all() -> Vec<Scenario> {
         "L0 integrity OK",
     ];
     v.extend([native, l0]);
+    // A VMX abort caused by VMCS12 (an exit MSR-store list naming an MSR
+    // that cannot be stored) shuts down the AP's vCPU alone, as the SDM
+    // says; L0 and the boot CPU go on. Under L0 only: natively Bochs's own
+    // abort would end its CPU.
+    v.push(Scenario {
+        name: "vmx-abort",
+        boot: Boot::L0 {
+            cmdline: "serial=com2 loglevel=info",
+            modules: guest!("vmx-abort"),
+        },
+        limit: Duration::from_secs(120),
+        com1: &[
+            "TEST vmx-abort START",
+            "CHECK ap-started ok",
+            "CHECK abort-indicator ok",
+            "CHECK vcpu-shut-down ok",
+            "CHECK l0-alive ok",
+            "TEST vmx-abort PASS",
+        ],
+        com2: &[
+            "starting the cloud VM",
+            "VMX abort 1 of the cloud VM's vCPU: the VM-exit MSR-store list names an MSR",
+            "L0 integrity OK",
+        ],
+        forbidden: HEALTHY,
+        console: NO_CONSOLE,
+        enabled_in_ci: true,
+        disk: Disk::None,
+        cpus: 2,
+    });
     for variant in [
         fallback!("nested-basic", "paged", 60),
         fallback!("nested-exits", "paged", 60),
