@@ -1,6 +1,7 @@
 //! L0's command line and the roles of its boot modules.
 //!
-//! L0: `serial=com2 loglevel=info l0_mem=32M shadow=on cpus=N iommu=on aps=on`.
+//! L0: `serial=com2 loglevel=info l0_mem=32M shadow=on cpus=N iommu=on
+//! ept02_tables=N aps=on`.
 //! Modules say what they are with their first word:
 //! - `l1=multiboot [ARGS]`: the cloud VM's kernel, a multiboot (v1) image,
 //!   started with ARGS as its command line;
@@ -46,6 +47,9 @@ pub struct Config {
     /// refuses the INIT and start-up IPIs that could start them
     /// (machine/ap_wait.rs).
     pub aps: bool,
+    /// EPT02 tables each CPU keeps at most (`ept02_tables=N`; None: an
+    /// eighth of `l0_mem` shared by the CPUs, `nested::ept02::default_cap`).
+    pub ept02_tables: Option<usize>,
 }
 
 impl Default for Config {
@@ -58,6 +62,7 @@ impl Default for Config {
             cpus: None,
             iommu: true,
             aps: true,
+            ept02_tables: None,
         }
     }
 }
@@ -90,11 +95,13 @@ impl fmt::Display for ConfigError<'_> {
             Self::MissingValue(k) => write!(f, "`{k}` needs a value (`{k}=...`)"),
             Self::UnknownKey(k) => write!(
                 f,
-                "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow, cpus, iommu, aps)"
+                "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow, cpus, iommu, ept02_tables, aps)"
             ),
         }
     }
 }
+
+const MIN_EPT02_TABLES: usize = crate::nested::ept02::MIN_TABLES;
 
 /// Minimum pool for L0's own use: heap, VMCS, EPT tables.
 const MIN_L0_MEM: u64 = 8 << 20;
@@ -144,6 +151,12 @@ pub fn parse<'a>(cmdline: &'a str, mut problem: impl FnMut(ConfigError<'a>)) -> 
             "cpus" => match parse_number(value) {
                 Ok(n) if (1..=u32::MAX as u64).contains(&n) => c.cpus = Some(n as u32),
                 _ => problem(bad("a number of CPUs, at least 1")),
+            },
+            "ept02_tables" => match parse_number(value) {
+                Ok(n) if (MIN_EPT02_TABLES as u64..=1 << 20).contains(&n) => {
+                    c.ept02_tables = Some(n as usize)
+                }
+                _ => problem(bad("a number of tables per CPU, 8 to 1048576")),
             },
             _ => problem(ConfigError::UnknownKey(w.key)),
         }
@@ -222,7 +235,7 @@ mod tests {
 
     #[test]
     fn parses_every_option() {
-        let (c, e) = parse_all("serial=com1 loglevel=debug l0_mem=64M cpus=4");
+        let (c, e) = parse_all("serial=com1 loglevel=debug l0_mem=64M cpus=4 ept02_tables=16");
         assert!(e.is_empty());
         assert_eq!(
             c,
@@ -234,8 +247,27 @@ mod tests {
                 cpus: Some(4),
                 iommu: true,
                 aps: true,
+                ept02_tables: Some(16),
             }
         );
+        for bad in [
+            "ept02_tables=7",
+            "ept02_tables=lots",
+            "ept02_tables=2000000",
+        ] {
+            let (c, e) = parse_all(bad);
+            assert_eq!(c.ept02_tables, None, "{bad}");
+            assert!(
+                matches!(
+                    e[..],
+                    [ConfigError::BadValue {
+                        key: "ept02_tables",
+                        ..
+                    }]
+                ),
+                "{bad}"
+            );
+        }
         assert!(!parse_all("iommu=off").0.iommu);
         assert!(!parse_all("aps=off").0.aps);
         assert!(parse_all("aps=on").0.aps && parse_all("").0.aps);

@@ -132,15 +132,13 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             .insert(r)
             .unwrap_or_else(|e| fatal(format_args!("L0's frames: {e}")));
     }
-    let loader_ranges: Vec<Range> = modules.iter().map(|m| m.loaded_at).collect();
     let named = !bi.loader_name().is_empty();
     image::relocate(&fw, image, cpu.gib_pages);
-    // SAFETY: the image was relocated, the boot information and the modules
-    // read or copied: nothing of L0 remains there.
-    unsafe { loader_memory::clear([old_image, info_range].into_iter().chain(loader_ranges)) };
     let checksum = image::checksum();
+    // The old image, the boot information and the modules GRUB loaded are
+    // zeroed with the rest of the cloud VM's RAM (zero_l1_ram).
     info!(
-        "L0 relocated to the pool; low memory cleared for the cloud VM{}",
+        "L0 relocated to the pool{}",
         if named { "" } else { " (loader gave no name)" }
     );
 
@@ -194,6 +192,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         loader_memory::wipe(&modules[i]);
         k
     });
+    zero_l1_ram(&bringup::l1_ram(&fw, pool_range));
     let mut hw = Hardware {
         tables: PoolTables,
         // SAFETY: L1's RAM is everything usable but the pool; identity-mapped.
@@ -206,8 +205,25 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             0
         },
     };
-    let (mut vcpu, mut machine, template) =
-        bringup::cloud_vm(&fw, &l0_frames, &vm, key, tsc_hz, &vcaps, &cpu, &mut hw);
+    let cpus_running = 1 + host.aps.len();
+    let ept02_tables = cfg
+        .ept02_tables
+        .unwrap_or_else(|| crate::nested::ept02::default_cap(cfg.l0_mem, cpus_running));
+    info!(
+        "EPT02: at most {ept02_tables} tables per CPU ({} KiB)",
+        ept02_tables * 4
+    );
+    let (mut vcpu, mut machine, template) = bringup::cloud_vm(
+        &fw,
+        &l0_frames,
+        &vm,
+        key,
+        tsc_hz,
+        &vcaps,
+        &cpu,
+        ept02_tables,
+        &mut hw,
+    );
     if let Some(d) = &dmar {
         isolate_dma(&fw, d, &l0_frames);
     }
@@ -265,6 +281,25 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     }
     vcpu.serve_console();
     cpu_loop::run(&mut vcpu, machine, &mut hw)
+}
+
+/// Zeroes every byte the cloud VM will own before anything of it is
+/// loaded: GRUB's heap and disk cache (which read `l0.key`), the firmware's
+/// and the loader's leftovers. Large stores (`rep stosq`) on the boot CPU;
+/// the cost goes on the management line (docs/operations.md).
+fn zero_l1_ram(ram: &RangeSet) {
+    let t0 = cpu::rdtsc();
+    // SAFETY: L1's RAM is all usable RAM but the pool; L0 keeps nothing
+    // there any more (its image relocated, the boot information read and
+    // the modules copied into the pool), and nothing of L1 is loaded yet.
+    unsafe { loader_memory::clear(ram.iter()) };
+    let ticks = cpu::rdtsc().wrapping_sub(t0);
+    let mib = (ram.total() >> 20).max(1);
+    info!(
+        "the cloud VM's RAM zeroed before it starts: {mib} MiB in {ticks} TSC ticks ({} per MiB)",
+        ticks / mib
+    );
+    info!("BENCH l1-ram-zero-ticks-per-mib {}", ticks / mib);
 }
 
 /// Says on the management line that devices can reach L0's memory, on a

@@ -291,6 +291,7 @@ pub fn all() -> Vec<Scenario> {
                 "CHECK perfmon-msrs-fault ok",
                 "CHECK rdpmc-faults ok",
                 "CHECK low-memory-is-l1s ok",
+                "CHECK ram-zeroed-for-l1 ok",
                 "TEST boot PASS",
             ],
             com2: &[
@@ -414,6 +415,7 @@ pub fn all() -> Vec<Scenario> {
                 "CHECK read-all-ones ok",
                 "CHECK one-scratch-page ok",
                 "CHECK read-back-last-write ok",
+                "CHECK beyond-the-map-read ok",
                 "CHECK l0-alive ok",
                 "TEST ept-guard PASS",
             ],
@@ -422,6 +424,9 @@ pub fn all() -> Vec<Scenario> {
                 // Every page is read first: L1's reads fault them all in,
                 // its writes then land in the scratch page without a fault.
                 "L1 read L0 memory",
+                // One word in every GiB up to 1 TiB beyond the map: 1 GiB
+                // pages, a table per 512 GiB at most.
+                "mapped as MMIO (1048576 KiB page, 512 so far)",
                 "L1 touched L0 memory",
                 "L0 integrity OK",
                 "L0 data intact",
@@ -460,7 +465,16 @@ pub fn all() -> Vec<Scenario> {
     v.extend(nested!("nested-entry-checks", 60, L0_NESTED_VMX));
     v.extend(nested!("nested-basic", 60, L0_NESTED_VMX));
     v.extend(nested!("nested-exits", 60, L0_NESTED_VMX));
-    v.extend(nested!("nested-ept", 60, L0_NESTED_VMX));
+    // Its L2 touches more memory than L0 keeps EPT02 tables for (the
+    // default cap at l0_mem=32M): L0 reclaims and L2 runs on.
+    let [native, mut l0] = nested!("nested-ept", 60, L0_NESTED_VMX);
+    l0.com2 = &[
+        "EPT02: at most 1024 tables per CPU",
+        "starting the cloud VM",
+        "EPT02 tables reclaimed (1 times so far",
+        "L0 integrity OK",
+    ];
+    v.extend([native, l0]);
     // The test hypervisor on both CPUs of a 2-CPU host, an L2 on each at
     // once: the guest starts the AP itself (INIT-SIPI-SIPI).
     let [native, mut l0] = nested!("smp-nested", 120, true, 2);
@@ -472,6 +486,36 @@ pub fn all() -> Vec<Scenario> {
         "L0 integrity OK",
     ];
     v.extend([native, l0]);
+    // A VMX abort caused by VMCS12 (an exit MSR-store list naming an MSR
+    // that cannot be stored) shuts down the AP's vCPU alone, as the SDM
+    // says; L0 and the boot CPU go on. Under L0 only: natively Bochs's own
+    // abort would end its CPU.
+    v.push(Scenario {
+        name: "vmx-abort",
+        boot: Boot::L0 {
+            cmdline: "serial=com2 loglevel=info",
+            modules: guest!("vmx-abort"),
+        },
+        limit: Duration::from_secs(120),
+        com1: &[
+            "TEST vmx-abort START",
+            "CHECK ap-started ok",
+            "CHECK abort-indicator ok",
+            "CHECK vcpu-shut-down ok",
+            "CHECK l0-alive ok",
+            "TEST vmx-abort PASS",
+        ],
+        com2: &[
+            "starting the cloud VM",
+            "VMX abort 1 of the cloud VM's vCPU: the VM-exit MSR-store list names an MSR",
+            "L0 integrity OK",
+        ],
+        forbidden: HEALTHY,
+        console: NO_CONSOLE,
+        enabled_in_ci: true,
+        disk: Disk::None,
+        cpus: 2,
+    });
     for variant in [
         fallback!("nested-basic", "paged", 60),
         fallback!("nested-exits", "paged", 60),

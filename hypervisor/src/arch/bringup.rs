@@ -53,6 +53,7 @@ pub fn cloud_vm(
     tsc_hz: Option<u64>,
     vcaps: &VmxCaps,
     cpu: &CpuFeatures,
+    ept02_tables: usize,
     hw: &mut Hardware,
 ) -> (Vcpu, Machine, VcpuTemplate) {
     let (plan, started) = (&vm.load, &vm.started);
@@ -162,6 +163,7 @@ pub fn cloud_vm(
         cpu: *cpu,
         vcaps: *vcaps,
         vmcs02_io: (io_l0, io_all),
+        ept02_tables,
     };
     info!(
         "starting the cloud VM: {started}, {} MiB of RAM, nested VMX {}",
@@ -207,6 +209,8 @@ pub struct VcpuTemplate {
     vcaps: VmxCaps,
     /// VMCS02's I/O bitmaps: L0's ports only, and all ones.
     vmcs02_io: (u64, u64),
+    /// The EPT02 tables each CPU keeps at most (nested/ept02.rs).
+    ept02_tables: usize,
 }
 
 /// How a vCPU starts.
@@ -315,12 +319,13 @@ pub fn vcpu(t: &VcpuTemplate, first: FirstState) -> Vcpu {
         maxphyaddr: t.cpu.maxphyaddr,
         l0_timer,
     };
-    let nested = Nested::new(
+    let mut nested = Nested::new(
         ncaps,
         t.cpu.maxphyaddr,
         nested_pages,
         t.shadow_bitmaps.is_some(),
     );
+    nested.cap_ept02(t.ept02_tables);
     Vcpu::new(regs, t.cpuid, mtrr, host, nested, t.poll_ticks)
 }
 

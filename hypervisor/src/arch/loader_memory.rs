@@ -69,7 +69,8 @@ pub fn wipe(m: &PoolModule) {
     unsafe { core::ptr::write_bytes(m.data.as_ptr() as *mut u8, 0, m.data.len()) };
 }
 
-/// Zeroes RAM that L0 used to boot and gives up: it becomes L1's.
+/// Zeroes RAM that becomes L1's (all of it, before L1 is loaded: what L0
+/// used to boot and what the loader and firmware left there).
 ///
 /// # Safety
 /// Nothing of L0 may be in `ranges` any more (the image was relocated, the

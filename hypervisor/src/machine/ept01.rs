@@ -5,12 +5,14 @@
 //! crash: L0's frames are backed by one scratch page that starts out as all
 //! ones (what reads of absent memory return) and holds only what L1 itself
 //! writes there, so L1 never sees a byte of L0; other unmapped addresses
-//! beyond the firmware map are MMIO space and mapped uncacheable.
+//! beyond the firmware map are MMIO space and mapped uncacheable, with
+//! large pages from a bounded set of tables (`ept01_mmio.rs`).
 
 use alloc::vec::Vec;
 
 use boot::memmap::{Range, RangeSet};
 
+use super::ept01_mmio::MmioTables;
 use crate::mm::layout::MemType;
 use crate::mm::paging::{map, translate, MapError, PageSize, TableMemory};
 use crate::vmx::ept::{Ept, EptAttr, RWX, WRITE};
@@ -29,9 +31,16 @@ pub struct Ept01 {
     /// so that L0 can make it read-only (machine/ap_wait.rs).
     pub apic_page: Option<u64>,
     /// Counts the changes that take a permission away (the APIC page
-    /// turning read-only): each CPU drops its EPT-derived translations
-    /// when it sees a new count (`machine/shared.rs`, `arch/cpu_loop.rs`).
+    /// turning read-only, the mappings beyond the limit dropped): each CPU
+    /// drops its EPT-derived translations when it sees a new count
+    /// (`machine/shared.rs`, `arch/cpu_loop.rs`).
     pub generation: u64,
+    /// The largest page EPT01 uses.
+    max_page: PageSize,
+    /// The tables of the mappings beyond the limit.
+    pub mmio: MmioTables,
+    /// Mappings made beyond the limit so far.
+    pub mmio_maps: u64,
 }
 
 /// What an EPT violation on L1 led to.
@@ -39,8 +48,10 @@ pub struct Ept01 {
 pub enum Violation {
     /// L1 touched L0's memory: now backed by the scratch page.
     L0Frame,
-    /// MMIO beyond the initial map: now mapped uncacheable.
-    Mmio,
+    /// MMIO beyond the initial map: now mapped uncacheable, by a page of
+    /// `size` (`reset`: after dropping every such mapping, a new
+    /// generation).
+    Mmio { size: PageSize, reset: bool },
     /// Mapped already: another CPU resolved the same page since this
     /// CPU's exit.
     Resolved,
@@ -94,6 +105,9 @@ impl Ept01 {
             l0_touches: 0,
             apic_page: apic,
             generation: 0,
+            max_page,
+            mmio: MmioTables::default(),
+            mmio_maps: 0,
         })
     }
 
@@ -143,21 +157,25 @@ impl Ept01 {
             )?;
             Ok(Violation::L0Frame)
         } else {
-            let a = EptAttr {
-                perms: RWX,
-                mem_type: MemType::Uncacheable,
-            };
-            map(
-                mem,
-                &Ept,
-                self.root,
-                page,
-                page,
-                0x1000,
-                a,
-                PageSize::Size4K,
-            )?;
-            Ok(Violation::Mmio)
+            // The largest page that holds none of L0's frames (a VT-d
+            // unit's registers may lie beyond the map).
+            let size = [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K]
+                .into_iter()
+                .filter(|&s| s <= self.max_page)
+                .find(|s| {
+                    let block = page & !(s.bytes() - 1);
+                    !self.l0.overlaps(Range::new(block, block + s.bytes()))
+                })
+                .unwrap_or(PageSize::Size4K);
+            let m = self.mmio.map(mem, self.root, self.limit, page, size)?;
+            self.mmio_maps += 1;
+            if m.reset {
+                self.generation += 1;
+            }
+            Ok(Violation::Mmio {
+                size: m.size,
+                reset: m.reset,
+            })
         }
     }
 }
@@ -270,10 +288,104 @@ mod tests {
     }
 
     #[test]
-    fn high_mmio_resolves_identity_uncached() {
+    fn high_mmio_resolves_identity_uncached_with_the_largest_page() {
         let (mut m, mut e) = setup();
-        assert_eq!(e.resolve(&mut m, 0xfd_0000_0010), Ok(Violation::Mmio));
+        let tables = m.tables.len();
+        assert_eq!(
+            e.resolve(&mut m, 0xfd_0000_0010),
+            Ok(Violation::Mmio {
+                size: PageSize::Size1G,
+                reset: false
+            })
+        );
         let l = translate(&mut m, &Ept, e.root, 0xfd_0000_0010).unwrap();
-        assert_eq!((l.pa, l.entry & 0x38), (0xfd_0000_0010, 0));
+        assert_eq!(
+            (l.pa, l.entry & 0x38, l.size),
+            (0xfd_0000_0010, 0, PageSize::Size1G)
+        );
+        assert_eq!(
+            m.tables.len(),
+            tables + 1,
+            "a PDPT for the second 512 GiB, nothing below"
+        );
+        assert_eq!(
+            e.resolve(&mut m, 0xfd_3fff_f000),
+            Ok(Violation::Resolved),
+            "the same GiB"
+        );
+    }
+
+    /// L0's frames beyond the map (a VT-d unit's registers) stay out of
+    /// the large pages around them.
+    #[test]
+    fn large_mmio_pages_leave_l0_frames_out() {
+        let (mut m, mut e) = setup();
+        let unit = (5 << 30) + 0x30_1000;
+        e.l0.insert(Range::new(unit, unit + 0x1000)).unwrap();
+        assert_eq!(e.resolve(&mut m, unit + 8), Ok(Violation::L0Frame));
+        assert_eq!(
+            translate(&mut m, &Ept, e.root, unit).unwrap().pa,
+            0x1de0_5000
+        );
+        for (gpa, size) in [
+            (unit - 0x1000, PageSize::Size4K),
+            (5 << 30, PageSize::Size2M),
+            (6 << 30, PageSize::Size1G),
+        ] {
+            assert_eq!(
+                e.resolve(&mut m, gpa),
+                Ok(Violation::Mmio { size, reset: false }),
+                "{gpa:#x}"
+            );
+            assert_eq!(translate(&mut m, &Ept, e.root, gpa).unwrap().pa, gpa);
+        }
+        assert_eq!(
+            translate(&mut m, &Ept, e.root, unit).unwrap().pa,
+            0x1de0_5000
+        );
+    }
+
+    /// L1 touching one page in each 512 GiB up to 128 TiB, with 1 GiB pages
+    /// and with 2 MiB or 4 KiB ones: EPT01 never holds more than
+    /// 3 × PER_LEVEL tables beyond its boot tables, every touch is mapped
+    /// identity and uncacheable, and RAM and L0's frames stay as they were.
+    #[test]
+    fn high_touches_cannot_exhaust_ept01_tables() {
+        use super::super::ept01_mmio::PER_LEVEL;
+        for max in [PageSize::Size1G, PageSize::Size2M, PageSize::Size4K] {
+            let (mut m, mut e) = setup();
+            e.max_page = max;
+            let boot = m.tables.len();
+            let mut resets = 0;
+            let mut gpa = 1u64 << 32;
+            while gpa < 1 << 47 {
+                let v = e.resolve(&mut m, gpa + 0x1234).unwrap();
+                let Violation::Mmio { size, reset } = v else {
+                    panic!("{v:?} at {gpa:#x}");
+                };
+                assert_eq!(size, max);
+                let g = e.generation;
+                if reset {
+                    resets += 1;
+                    assert_eq!(g, resets, "a reset is a new generation");
+                }
+                let l = translate(&mut m, &Ept, e.root, gpa + 0x1234).unwrap();
+                assert_eq!((l.pa, l.entry & 0x38), (gpa + 0x1234, 0));
+                assert!(m.tables.len() <= boot + 3 * PER_LEVEL, "{max:?}");
+                gpa += 513 << 30;
+            }
+            assert!(resets > 0, "{max:?}");
+            assert_eq!(e.mmio.resets, resets);
+            assert_eq!(
+                translate(&mut m, &Ept, e.root, 0x1234_5678).unwrap().pa,
+                0x1234_5678
+            );
+            assert!(translate(&mut m, &Ept, e.root, 0x1de0_0000).is_none());
+            assert_eq!(e.resolve(&mut m, 0x1f00_0000), Ok(Violation::L0Frame));
+            assert_eq!(
+                translate(&mut m, &Ept, e.root, 0x1f00_0000).unwrap().pa,
+                0x1de0_5000
+            );
+        }
     }
 }

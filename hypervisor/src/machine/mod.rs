@@ -10,6 +10,7 @@
 pub mod ap_wait;
 pub mod cpu_counts;
 pub mod ept01;
+pub mod ept01_mmio;
 pub mod shared;
 pub mod shutdown;
 pub mod vmcs12_owners;

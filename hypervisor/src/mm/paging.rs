@@ -57,6 +57,8 @@ pub enum MapError {
     OutOfMemory,
     /// Address or length not 4 KiB aligned.
     Misaligned(u64),
+    /// A table given as a shadow's root is none (an L0 bug).
+    NotAShadowRoot(u64),
 }
 
 impl fmt::Display for MapError {
@@ -65,6 +67,7 @@ impl fmt::Display for MapError {
             Self::AlreadyMapped(a) => write!(f, "{a:#x} is already mapped"),
             Self::OutOfMemory => write!(f, "out of memory for page tables"),
             Self::Misaligned(a) => write!(f, "{a:#x} is not page aligned"),
+            Self::NotAShadowRoot(a) => write!(f, "{a:#x} is not the root of a shadow table"),
         }
     }
 }

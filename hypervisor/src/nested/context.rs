@@ -69,7 +69,11 @@ pub trait NestedHw {
 pub enum Flow {
     /// The guest (L1 or L2, whichever is current now) goes on.
     Resume,
-    /// L0 cannot carry out what the CPU would (a VMX abort, no memory).
+    /// A VMX abort of L1's logical processor (SDM 28.7), with its
+    /// indicator (`vmexit::abort`) already in VMCS12 and VMCS01 current:
+    /// the vCPU shuts down for good; L0 and the other vCPUs go on.
+    VmxAbort(u32),
+    /// L0 cannot carry out what the CPU would (no memory).
     Stop(&'static str),
 }
 

@@ -192,6 +192,9 @@ pub struct Nested {
     shadow_cache: shadow_vmcs::ShadowCache,
     /// The user VM L2 is, once looked up in this stay in L2.
     l2_vm: Option<u64>,
+    /// L1's state comes from VMCS12's host area and has not been entered
+    /// yet: the CPU refusing it is a VMX abort for L1 (vmexit.rs).
+    l1_from_host_area: bool,
 }
 
 impl Nested {
@@ -225,7 +228,27 @@ impl Nested {
             shadow_holds: None,
             shadow_cache: shadow_vmcs::ShadowCache::default(),
             l2_vm: None,
+            l1_from_host_area: false,
         }
+    }
+
+    /// Whether the entry into L1 that just exited (or failed) was the
+    /// first with the state VMCS12's host area gave; asking clears it.
+    pub fn take_l1_from_host_area(&mut self) -> bool {
+        core::mem::take(&mut self.l1_from_host_area)
+    }
+
+    /// Caps the EPT02 tables this CPU keeps (`ept02.rs`); before L1's
+    /// first nested entry, while the cache is empty.
+    pub fn cap_ept02(&mut self, tables: usize) {
+        assert!(self.ept02.is_empty(), "EPT02 capped after use");
+        self.ept02 = Ept02Cache::new(tables);
+    }
+
+    /// EPT02 tables held on this CPU, the cap, and the reclaims so far.
+    pub fn ept02_tables(&self) -> (usize, usize, u64) {
+        let (held, cap) = self.ept02.tables();
+        (held, cap, self.ept02.reclaims())
     }
 }
 

@@ -2,7 +2,8 @@
 //! L2's state into VMCS12 with the exit information (`reflect.rs`), the
 //! VM-exit MSR-store list, then L1's host state from VMCS12 with the
 //! VM-exit MSR-load list; a VM-entry failure exit takes the second half
-//! only. What L1 cannot get is a VMX abort (SDM 28.7).
+//! only. What L1 cannot get is a VMX abort (SDM 28.7): L1's logical
+//! processor shuts down with the reason in VMCS12, and L0 goes on.
 
 use super::context::{Flow, NestedCtx, NestedHw};
 use super::reflect;
@@ -11,6 +12,7 @@ use crate::guest_mem::GuestMemory;
 use crate::regs::{CR0_PG, CR4_PAE, EFER_LMA};
 use crate::vmx::caps::{exit, pin, secondary};
 use crate::vmx::exit::{event_type, reason, ExitInfo, InterruptionInfo};
+use crate::vmx::guest_cr::check_pdptes;
 use crate::vmx::{Field as F, Vmcs};
 
 impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
@@ -31,7 +33,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         );
         if count > 0 {
             if let Err(why) = self.store_msr_list(addr, count) {
-                return vmx_abort(why);
+                return self.vmx_abort(abort::SAVING_GUEST_MSRS, why);
             }
         }
         self.vs.select(Level::L1);
@@ -82,6 +84,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
     fn load_l1_host(&mut self) -> Flow {
         debug_assert_eq!(self.vs.selected(), Level::L1);
         self.nested.in_l2 = false;
+        self.nested.l1_from_host_area = true;
         let cr = reflect::load_host_state(
             &self.nested.vmx.vmcs12,
             self.vs.current(),
@@ -90,21 +93,27 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         if cr.cr0 & CR0_PG != 0 && cr.cr4 & CR4_PAE != 0 && cr.efer & EFER_LMA == 0 {
             let mut raw = [0u8; 32];
             if self.hw.mem().read(cr.cr3 & 0xffff_ffe0, &mut raw).is_err() {
-                return vmx_abort("PDPTEs of the host CR3 are not L1 RAM");
+                return self.vmx_abort(abort::HOST_PDPTES, "PDPTEs of the host CR3 are not L1 RAM");
             }
-            for (i, f) in [
+            let pdptes: [u64; 4] = core::array::from_fn(|i| {
+                u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap())
+            });
+            if check_pdptes(&pdptes, self.host.maxphyaddr).is_err() {
+                return self.vmx_abort(
+                    abort::HOST_PDPTES,
+                    "a PDPTE of the host CR3 sets reserved bits",
+                );
+            }
+            for (f, e) in [
                 F::GUEST_PDPTE0,
                 F::GUEST_PDPTE1,
                 F::GUEST_PDPTE2,
                 F::GUEST_PDPTE3,
             ]
             .into_iter()
-            .enumerate()
+            .zip(pdptes)
             {
-                self.vs.current().write(
-                    f,
-                    u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap()),
-                );
+                self.vs.current().write(f, e);
             }
         }
         let v12 = &self.nested.vmx.vmcs12;
@@ -113,7 +122,7 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
             v12.get(F::VM_EXIT_MSR_LOAD_ADDR),
         );
         if count > 0 && self.load_msr_list(addr, count).is_err() {
-            return vmx_abort("the VM-exit MSR-load list failed");
+            return self.vmx_abort(abort::LOADING_HOST_MSRS, "the VM-exit MSR-load list failed");
         }
         // L1 reads the exit through the shadow VMCS.
         self.nested.sync_to_shadow(self.vs, self.host.vmcs_phys[2]);
@@ -130,8 +139,36 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
     }
 }
 
-/// SDM 28.7: a VMX abort shuts the logical processor (L1) down.
-fn vmx_abort(why: &'static str) -> Flow {
-    log::error!("VMX abort of the cloud VM: {why}");
-    Flow::Stop("VMX abort: the cloud VM's VM exit could not load its host state")
+/// VMX-abort indicators (SDM 28.7).
+pub mod abort {
+    /// Saving guest MSRs (the VM-exit MSR-store list) failed.
+    pub const SAVING_GUEST_MSRS: u32 = 1;
+    /// The host PDPTEs failed their checks.
+    pub const HOST_PDPTES: u32 = 2;
+    /// The VMCS was corrupted so that the exit cannot complete (L0: the
+    /// state VMCS12's host area gave L1 was refused by the CPU).
+    pub const VMCS_CORRUPTED: u32 = 3;
+    /// Loading host MSRs (the VM-exit MSR-load list) failed.
+    pub const LOADING_HOST_MSRS: u32 = 4;
+}
+
+impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
+    /// SDM 28.7: a VMX abort of L1's logical processor. The indicator goes
+    /// into VMCS12's abort field (the cache and L1's memory) and VMCS01 is
+    /// made current; the vCPU (`Flow::VmxAbort`) then shuts down. Only that
+    /// vCPU stops: L0, the machine and the other vCPUs go on.
+    pub fn vmx_abort(&mut self, indicator: u32, why: &'static str) -> Flow {
+        log::error!("VMX abort {indicator} of the cloud VM's vCPU: {why}; that vCPU is shut down (SDM 28.7)");
+        let vmx = &mut self.nested.vmx;
+        vmx.vmcs12.abort = indicator;
+        if let Some(p) = vmx.current {
+            // The pointer was checked to be L1 RAM when it was loaded.
+            let _ = self.hw.mem().write(p + 4, &indicator.to_le_bytes());
+        }
+        self.nested.in_l2 = false;
+        // What L1 runs now is L0's shutdown state, not VMCS12's host area.
+        self.nested.l1_from_host_area = false;
+        self.vs.select(Level::L1);
+        Flow::VmxAbort(indicator)
+    }
 }

@@ -36,6 +36,7 @@ impl From<Flow> for Outcome {
     fn from(f: Flow) -> Self {
         match f {
             Flow::Resume => Outcome::Resume,
+            Flow::VmxAbort(indicator) => Outcome::VmxAbort(indicator),
             Flow::Stop(why) => Outcome::Stop(Stop::Internal(why)),
         }
     }
@@ -180,7 +181,8 @@ impl Vcpu {
         p: &mut P,
         e: crate::vmx::VmxError,
     ) -> Outcome {
-        self.nested_ctx(vs, p).vmcs02_entry_failed(e).into()
+        let o = self.nested_ctx(vs, p).vmcs02_entry_failed(e).into();
+        self.settle(vs, o)
     }
 
     /// Every exit while L2 runs, routed in KVM's order (nested.c): L0's own
@@ -319,10 +321,9 @@ impl Vcpu {
                 inject_exception(vs.current(), GP, Some(0));
                 Outcome::Resume
             }
-            VmExit::Exception { .. } => {
-                // Exception bitmap02 is L1's: L1 always wants these.
-                Outcome::Stop(Stop::Internal("an L2 exception exit L1 did not ask for"))
-            }
+            // Exception bitmap02 and the page-fault filter are L1's, so the
+            // CPU exits for exceptions exactly when L1's controls ask: L1
+            // gets it whatever L0's reading of them says.
             _ => {
                 let basic = e.basic();
                 log::warn!(

@@ -136,6 +136,9 @@ impl fmt::Display for Stop {
 pub enum Outcome {
     Resume,
     Stop(Stop),
+    /// L1's vCPU took a VMX abort with this indicator (VMCS01 current):
+    /// `Vcpu::settle` shuts it down, and L0 goes on.
+    VmxAbort(u32),
 }
 
 /// Exit counts by basic reason, the TSC ticks L0 spent handling them, and
@@ -408,6 +411,34 @@ impl Vcpu {
         vs: &mut S,
         p: &mut P,
     ) -> Outcome {
+        let o = self.dispatch_exit(m, vs, p);
+        self.settle(vs, o)
+    }
+
+    /// What the run loop gets of an outcome: a VMX abort of L1's vCPU
+    /// (SDM 28.7) shuts that vCPU down and L0 goes on; never L0's stop.
+    fn settle<S: VmcsSet>(&mut self, vs: &mut S, o: Outcome) -> Outcome {
+        match o {
+            Outcome::VmxAbort(_) => {
+                let v = vs.current();
+                reset::write_shutdown_state(v, &self.host.policy, self.host.caps.misc);
+                v.clear_bits(
+                    F::CPU_BASED_VM_EXEC_CONTROL,
+                    caps::primary::INTERRUPT_WINDOW_EXITING as u64,
+                );
+                self.window_requested = false;
+                Outcome::Resume
+            }
+            o => o,
+        }
+    }
+
+    fn dispatch_exit<S: VmcsSet, P: Platform>(
+        &mut self,
+        m: &mut MachineLock<'_>,
+        vs: &mut S,
+        p: &mut P,
+    ) -> Outcome {
         let r = ExitReason(vs.current().read(F::VM_EXIT_REASON) as u32);
         let stats = if self.nested.in_l2() {
             &mut self.l2_stats
@@ -419,6 +450,22 @@ impl Vcpu {
         }
         if self.nested.in_l2() {
             return self.l2_exit(m, vs, p);
+        }
+        // The CPU refusing the state VMCS12's host area gave L1 is the
+        // SDM's "VMCS corrupted" abort for L1, not a failure of L0's.
+        let from_host_area = self.nested.take_l1_from_host_area();
+        if from_host_area && r.0 & (1 << 31) != 0 {
+            log::warn!(
+                "the cloud VM's state from VMCS12's host area was refused (exit reason {:#x})",
+                r.0
+            );
+            return self
+                .nested_ctx(vs, p)
+                .vmx_abort(
+                    crate::nested::vmexit::abort::VMCS_CORRUPTED,
+                    "the CPU refused the state VMCS12's host area gave",
+                )
+                .into();
         }
         let v = vs.current();
         let exit = VmExit::read(
@@ -895,8 +942,21 @@ impl Vcpu {
                 self.last_l0_touch = kind;
                 Outcome::Resume
             }
-            Ok(Violation::Mmio) => {
-                log::info!("L1 touched {gpa:#x} beyond the memory map: mapped as MMIO");
+            Ok(Violation::Mmio { size, reset }) => {
+                // Rate-limited: the first few, then powers of two.
+                let n = m.ept.mmio_maps;
+                if n <= 8 || n.is_power_of_two() {
+                    log::info!(
+                        "L1 touched {gpa:#x} beyond the memory map: mapped as MMIO ({} KiB page, {n} so far)",
+                        size.bytes() >> 10
+                    );
+                }
+                if reset {
+                    let r = m.ept.mmio.resets;
+                    if r <= 4 || r.is_power_of_two() {
+                        log::info!("EPT01 mappings beyond the memory map dropped to reuse their tables ({r} times so far)");
+                    }
+                }
                 Outcome::Resume
             }
             Ok(Violation::Resolved) => Outcome::Resume,

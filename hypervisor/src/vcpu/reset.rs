@@ -4,6 +4,7 @@
 //! state after INIT (SDM Vol. 3A Table 10-1) waiting for a SIPI, which
 //! starts it in real mode at the vector's page. The other vCPUs begin in
 //! that waiting state, so L1 starts its APs as it would on bare metal.
+//! A VMX abort (SDM 28.7) leaves a vCPU shut down for good.
 
 use super::{Outcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
@@ -16,6 +17,8 @@ use crate::vmx::{Field as F, Vmcs};
 
 /// GUEST_ACTIVITY_STATE values (SDM Vol. 3C 25.4.2).
 pub const ACTIVE: u64 = 0;
+pub const HLT: u64 = 1;
+pub const SHUTDOWN: u64 = 2;
 pub const WAIT_FOR_SIPI: u64 = 3;
 
 /// Real-mode data segment, and code (present, S, accessed, writable or readable).
@@ -81,6 +84,22 @@ pub fn write_init_state(v: &mut impl Vmcs, policy: &CrPolicy) {
     v.write(F::GUEST_PENDING_DBG_EXCEPTIONS, 0);
     v.write(F::VM_ENTRY_INTR_INFO_FIELD, 0);
     v.write(F::GUEST_ACTIVITY_STATE, WAIT_FOR_SIPI);
+}
+
+/// After a VMX abort of L1's vCPU (SDM 28.7: the processor enters the
+/// shutdown state, which only a reset leaves): the state after INIT,
+/// which the CPU accepts whatever VMCS12 held, in the shutdown activity
+/// state (HLT where VMX lacks it) with no event to deliver and interrupts
+/// off. L1 is still in VMX operation, where INIT is blocked (L0 drops
+/// it), so the vCPU never runs again; L0's preemption timer still brings
+/// the CPU back to L0 to serve the management line.
+pub fn write_shutdown_state(v: &mut impl Vmcs, policy: &CrPolicy, vmx_misc: u64) {
+    write_init_state(v, policy);
+    let shutdown_supported = vmx_misc & crate::vmx::caps::misc::ACTIVITY_SHUTDOWN != 0;
+    v.write(
+        F::GUEST_ACTIVITY_STATE,
+        if shutdown_supported { SHUTDOWN } else { HLT },
+    );
 }
 
 /// Blocking by SMI in the interruptibility state (SDM Vol. 3C 25.4.2).

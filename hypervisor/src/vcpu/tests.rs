@@ -967,6 +967,121 @@ mod nested {
         );
     }
 
+    /// An L2 exit whose VMCS12 exit MSR lists name an MSR that cannot be
+    /// stored or loaded (an x2APIC register, SDM 28.4 and 28.6): the SDM's
+    /// VMX abort for L1, with its indicator in VMCS12 (the cache and L1's
+    /// memory), and L1's vCPU shut down; never L0's stop. The CPU still
+    /// comes back to L0 (a preemption-timer exit) and L1 stays down.
+    #[test]
+    fn exit_msr_lists_that_abort_shut_down_l1s_vcpu_not_l0() {
+        use crate::vcpu::reset::SHUTDOWN;
+        for (count, addr, indicator) in [
+            (F::VM_EXIT_MSR_STORE_COUNT, F::VM_EXIT_MSR_STORE_ADDR, 1),
+            (F::VM_EXIT_MSR_LOAD_COUNT, F::VM_EXIT_MSR_LOAD_ADDR, 4),
+        ] {
+            let (mut c, mut v, mut p) = l1_in_vmx();
+            put(&mut p.mem, 0x30_0000, 0x808);
+            c.nested.vmx.vmcs12.set(count, 1);
+            c.nested.vmx.vmcs12.set(addr, 0x30_0000);
+            assert_eq!(
+                launch(&mut c, &mut v, &mut p, reason::VMLAUNCH),
+                Outcome::Resume
+            );
+            assert!(c.nested.in_l2());
+            exit(&mut v, reason::CPUID, 0, 2);
+            assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+            assert!(!c.nested.in_l2() && v.cur == Level::L1);
+            assert_eq!(c.nested.vmx.vmcs12.abort, indicator);
+            assert_eq!(
+                p.mem.read_u32(0x10_1004),
+                Ok(indicator),
+                "in L1's VMCS12 region"
+            );
+            assert_eq!(v.v01.read(F::GUEST_ACTIVITY_STATE), SHUTDOWN);
+            assert_eq!(v.v01.read(F::GUEST_RFLAGS), 2, "interrupts off");
+            assert_eq!(v.v01.read(F::VM_ENTRY_INTR_INFO_FIELD), 0);
+            exit(&mut v, reason::PREEMPTION_TIMER, 0, 0);
+            assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+            assert_eq!(v.v01.read(F::GUEST_ACTIVITY_STATE), SHUTDOWN);
+        }
+    }
+
+    /// The CPU refusing the state VMCS12's host area gave L1 (checks L0
+    /// missed) is the SDM's "VMCS corrupted" abort for L1, once: a second
+    /// refusal, of L0's own shutdown state, would be L0's bug.
+    #[test]
+    fn l1_state_from_the_host_area_refused_is_a_vmx_abort() {
+        use crate::vcpu::reset::SHUTDOWN;
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        exit(&mut v, reason::CPUID, 0, 2);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert!(v.cur == Level::L1);
+        v.v01.write(F::VM_EXIT_REASON, 0x8000_0021);
+        assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+        assert_eq!(c.nested.vmx.vmcs12.abort, 3);
+        assert_eq!(v.v01.read(F::GUEST_ACTIVITY_STATE), SHUTDOWN);
+        v.v01.write(F::VM_EXIT_REASON, 0x8000_0021);
+        assert!(matches!(
+            c.handle_exit(&mut v, &mut p),
+            Outcome::Stop(Stop::EntryFailure(_))
+        ));
+        // An L1 that entered its host state fine and fails later is not
+        // an abort either.
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        exit(&mut v, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        exit(&mut v, reason::PREEMPTION_TIMER, 0, 0);
+        c.handle_exit(&mut v, &mut p);
+        v.v01.write(F::VM_EXIT_REASON, 0x8000_0021);
+        assert!(matches!(c.handle_exit(&mut v, &mut p), Outcome::Stop(_)));
+        assert_eq!(c.nested.vmx.vmcs12.abort, 0);
+    }
+
+    /// An L2 touching far more memory than the EPT02 cap: every violation
+    /// is filled and L2 goes on; the tables stay under the cap, and each
+    /// reclaim flushes this CPU's EPT translations before L2 runs again.
+    #[test]
+    fn l2_beyond_the_ept02_cap_keeps_running() {
+        use crate::nested::ept02::MIN_TABLES;
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        // 2 MiB leaves of EPT12 for L2's 2nd to 200th 2 MiB, all onto one L1 region.
+        for i in 1..200u64 {
+            put(
+                &mut p.mem,
+                EPT12_ROOT + 0x2000 + 8 * i,
+                0x20_0000 | 1 << 7 | 7 | 6 << 3,
+            );
+        }
+        c.nested.cap_ept02(MIN_TABLES);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        let root02 = v.v02.read(F::EPT_POINTER) & !0xfff;
+        let mut flushes_due = 0;
+        for i in 1..200u64 {
+            let before = (p.inept_all, c.nested.ept02_tables().2);
+            exit(&mut v, reason::EPT_VIOLATION, 0x182, 0);
+            v.v02
+                .write(F::GUEST_PHYSICAL_ADDRESS, i * 0x20_0000 + 0x1008);
+            assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+            assert!(c.nested.in_l2(), "L2 goes on at {i}");
+            let (held, cap, reclaims) = c.nested.ept02_tables();
+            assert!(held <= cap && cap == MIN_TABLES);
+            let l = translate(&mut p.tables, &Ept, root02, i * 0x20_0000 + 0x1008).unwrap();
+            assert_eq!(l.pa, 0x20_1008);
+            if reclaims > before.1 {
+                flushes_due += 1;
+                assert!(p.inept_all > before.0, "a reclaim at {i} flushes");
+            }
+        }
+        assert!(flushes_due > 30, "{flushes_due} reclaims");
+        assert_eq!(
+            v.v02.read(F::EPT_POINTER) & !0xfff,
+            root02,
+            "the same shadow"
+        );
+    }
+
     /// EPT A/D flags off: the processor's setting of an accessed flag in
     /// L2's page table is a write (SDM 29.3.3.2). EPT02 copies EPT12's
     /// read-only permission, so the CPU exits to L0 with a write to the

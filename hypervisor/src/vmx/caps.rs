@@ -222,6 +222,7 @@ pub mod misc {
     pub const STORE_LMA: u64 = 1 << 5;
     /// Activity states: HLT (bit 6), shutdown (7), wait-for-SIPI (8).
     pub const ACTIVITY_HLT: u64 = 1 << 6;
+    pub const ACTIVITY_SHUTDOWN: u64 = 1 << 7;
     pub const ACTIVITY_WAIT_FOR_SIPI: u64 = 1 << 8;
     pub const ACTIVITY_MASK: u64 = 7 << 6;
     /// Bits 24:16: how many CR3-target values.

@@ -290,6 +290,35 @@ l2_counter:
     vmcall
     jmp l2_counter
 
+    // Touches one page in each of ECX strides of EDX bytes from ESI:
+    // writes i at ESI + i*EDX + i*4, then reads them all back; EBX = how
+    // many read back wrong.
+    .global l2_touch_strided
+l2_touch_strided:
+    xor eax, eax
+    mov edi, esi
+.Ltouch_write:
+    mov [edi + eax*4], eax
+    add edi, edx
+    inc eax
+    cmp eax, ecx
+    jb .Ltouch_write
+    xor eax, eax
+    xor ebx, ebx
+    mov edi, esi
+.Ltouch_read:
+    cmp [edi + eax*4], eax
+    je .Ltouch_same
+    inc ebx
+.Ltouch_same:
+    add edi, edx
+    inc eax
+    cmp eax, ecx
+    jb .Ltouch_read
+    .global l2_touch_done
+l2_touch_done:
+    vmcall
+
     .global l2_cli_spin
 l2_cli_spin:
     cli

@@ -154,5 +154,70 @@ pub fn run(magic: u32, mbi: &Info<Identity>) {
         at_1m.is_some_and(|e| e.kind == 1) && upper >= 64 * 1024,
         format_args!("mem_upper {upper} KiB, entry at 1 MiB {at_1m:?}"),
     );
+    ram_zeroed(&mut c, mbi);
     c.finish();
+}
+
+extern "C" {
+    static __guest_start: u8;
+    static __guest_end: u8;
+}
+
+/// Every byte of the RAM this guest owns (the map's usable entries below
+/// 4 GiB) is zero but what L0's loader put there (this kernel from its
+/// image to the end of its .bss and stack, its multiboot information) and
+/// what the guest wrote since (only in its .bss and stack): nothing GRUB
+/// or the firmware left, GRUB's copy of `l0.key` included. Every word is
+/// read.
+fn ram_zeroed(c: &mut Checks, mbi: &Info<Identity>) {
+    let image = (
+        core::ptr::addr_of!(__guest_start) as u64,
+        core::ptr::addr_of!(__guest_end) as u64,
+    );
+    // The information, its command line and memory map: a page or two each.
+    let loader = mbi
+        .loader_addrs()
+        .map(|a| (a & !0xfff, (a & !0xfff) + 0x2000));
+    let skipped = |a: u64| {
+        (image.0..image.1).contains(&a)
+            || loader.iter().any(|&(s, e)| a != 0 && (s..e).contains(&a))
+    };
+    let (mut words, mut nonzero) = (0u64, 0u64);
+    let mut first = None;
+    for e in mbi.memory_map().filter(|e| e.kind == 1) {
+        let end = (e.base + e.len).min(1 << 32) & !0xfff;
+        let mut page = e.base.next_multiple_of(0x1000);
+        while page < end {
+            if !skipped(page) && !page_is_zero(page) {
+                // SAFETY: usable RAM below 4 GiB, identity-mapped, read only.
+                let p = unsafe { core::slice::from_raw_parts(page as *const u64, 512) };
+                for (i, &w) in p.iter().enumerate() {
+                    if w != 0 {
+                        nonzero += 1;
+                        first.get_or_insert((page + 8 * i as u64, w));
+                    }
+                }
+            }
+            if !skipped(page) {
+                words += 512;
+            }
+            page += 0x1000;
+        }
+    }
+    c.check(
+        "ram-zeroed-for-l1",
+        nonzero == 0 && words > 1 << 20,
+        format_args!(
+            "{} MiB read outside this kernel and its multiboot information: {nonzero} words not zero (first {first:x?})",
+            words >> 17,
+        ),
+    );
+}
+
+/// Whether the 4 KiB page at `page` holds only zeros (one OR over its
+/// words: the fewest instructions per word an emulator runs).
+fn page_is_zero(page: u64) -> bool {
+    // SAFETY: usable RAM below 4 GiB, identity-mapped, read only.
+    let p = unsafe { core::slice::from_raw_parts(page as *const u64, 512) };
+    p.iter().fold(0, |a, &w| a | w) == 0
 }

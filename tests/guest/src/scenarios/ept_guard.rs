@@ -4,6 +4,9 @@
 //! all ones until it writes, then one scratch page shared by every pool
 //! address, holding what it last wrote anywhere there. L0 checks its code,
 //! read-only data and a canary page of its data when the guest shuts down.
+//! Then the cloud VM reads a word in every GiB of physical address space
+//! beyond its memory map (MMIO space as far as L0 knows): L0 maps each
+//! with a large page from a bounded set of tables and the guest goes on.
 
 use crate::check::Checks;
 use crate::io::cpuid;
@@ -133,6 +136,8 @@ pub fn run(mbi: &Info<Identity>) {
         ),
     );
 
+    beyond_the_map(&mut c);
+
     // L0 still answers.
     let [_, b, _, _] = cpuid(0x4000_0000, 0);
     c.check(
@@ -153,4 +158,73 @@ impl core::fmt::Display for First {
             None => Ok(()),
         }
     }
+}
+
+/// Page tables for guest-physical addresses from 512 GiB up (PML4[1..]).
+#[repr(C, align(4096))]
+struct HighPdpts([[u64; 512]; HIGH_PDPTS]);
+const HIGH_PDPTS: usize = 3;
+static mut HIGH: HighPdpts = HighPdpts([[0; 512]; HIGH_PDPTS]);
+
+/// Reads one word in every GiB from 4 GiB to the top of the physical
+/// address space (at most 2 TiB: Bochs has 40 address bits), each through
+/// a 1 GiB page of this guest's own (uncacheable), each in a GiB L0 has
+/// never mapped.
+fn beyond_the_map(c: &mut Checks) {
+    const NAME: &str = "beyond-the-map-read";
+    let bits = cpuid(0x8000_0008, 0)[0] & 0xff;
+    let gib_pages = cpuid(0x8000_0001, 0)[3] & 1 << 26 != 0;
+    if !gib_pages {
+        c.skip(
+            NAME,
+            format_args!("no 1 GiB pages for this guest's own paging"),
+        );
+        return;
+    }
+    let top = (1u64 << bits).min((HIGH_PDPTS as u64 + 1) << 39);
+    // PML4[0]'s PDPT (the boot code's, identity for the first 4 GiB) gets
+    // 1 GiB pages above; PML4[1..] get this guest's own PDPTs.
+    let pml4: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr3", out(reg) pml4) };
+    let pml4 = (pml4 & !0xfff) as *mut u64;
+    const LEAF: u64 = 1 | 2 | 1 << 3 | 1 << 4 | 1 << 7; // P RW PWT PCD PS
+    let mut gibs = 0u64;
+    for gib in 4..top >> 30 {
+        let (i4, i3) = ((gib >> 9) as usize, (gib & 511) as usize);
+        // SAFETY: the boot code's PML4 and PDPT are identity-mapped and
+        // this guest's alone; HIGH is a static only this function uses,
+        // and the entries written map addresses nothing else uses.
+        unsafe {
+            let pdpt = if i4 == 0 {
+                (*pml4 & 0x000f_ffff_ffff_f000) as *mut u64
+            } else {
+                let t = core::ptr::addr_of_mut!(HIGH.0[i4 - 1]) as *mut u64;
+                *pml4.add(i4) = t as u64 | 3;
+                t
+            };
+            *pdpt.add(i3) = gib << 30 | LEAF;
+        }
+        gibs += 1;
+    }
+    // SAFETY: reloading CR3 flushes this guest's TLB; the mappings it uses
+    // for its own code and data are unchanged.
+    unsafe { core::arch::asm!("mov rax, cr3", "mov cr3, rax", out("rax") _) };
+    let mut read = 0u64;
+    let mut last = 0u64;
+    for gib in 4..top >> 30 {
+        // A different page in each GiB.
+        let a = gib << 30 | (gib % 256) << 12;
+        // SAFETY: mapped just above; beyond the memory map, so no RAM.
+        last = unsafe { core::ptr::read_volatile(a as *const u64) };
+        read += 1;
+    }
+    c.check(
+        NAME,
+        read == gibs && gibs > 0,
+        format_args!(
+            "{read} GiB read from 4 GiB to {} GiB ({bits} address bits; the last read {last:#x})",
+            top >> 30
+        ),
+    );
 }

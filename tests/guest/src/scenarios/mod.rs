@@ -20,6 +20,7 @@ mod smp_bench;
 mod smp_nested;
 mod ucall_fuzz;
 mod ucall_save_restore;
+mod vmx_abort;
 
 pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
     crate::hv::force_l2_mode(crate::mb1::arg(mbi.cmdline(), "l2"));
@@ -41,6 +42,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "smp-nested" => smp_nested::run(mbi),
         "ultracall-save-restore" => ucall_save_restore::run_scenario(),
         "ultracall-fuzz" => ucall_fuzz::run_scenario(),
+        "vmx-abort" => vmx_abort::run(mbi),
         _ => crate::println!("TEST {name} FAIL no such scenario in this guest"),
     }
 }

@@ -3,7 +3,8 @@
 //! qualification and addresses (28.2.1), permission changes
 //! after INVEPT, misconfigurations (29.3.3.1), accessed/dirty flags
 //! (29.3.5); VPID with each INVVPID type (29.4); two L2s with their own
-//! EPT12 and registers, alternating.
+//! EPT12 and registers, alternating; an L2 touching more memory than L0
+//! keeps EPT02 tables for.
 
 use crate::check::Checks;
 use crate::hv::ept::{self, violation_qual, Ept, Size, R, RWX, W, X};
@@ -34,6 +35,7 @@ const CHECKS: &[&str] = &[
     "vpid-invvpid-all-context",
     "vpid-invvpid-single-context-retaining-globals",
     "two-vms-alternate",
+    "ept02-beyond-cap",
 ];
 
 const T: [u64; 8] = [
@@ -65,6 +67,7 @@ pub fn run() {
         }
         vpid(&mut c, &hv);
         two_vms(&mut c, &mut hv);
+        beyond_cap(&mut c, &mut hv);
     }
     l0_alive(&mut c);
     c.finish();
@@ -525,6 +528,55 @@ fn two_vms(c: &mut Checks, hv: &mut Hv) {
             mem::rd32(pages[0]),
             mem::rd32(pages[1]),
             bad.as_str()
+        ),
+    );
+}
+
+/// L2 touches one page in each 2 MiB of L2-physical 1 GiB to 4 GiB: 1536
+/// pages, each needing an EPT02 table of its own in L0 (4 KiB leaves),
+/// more than L0 keeps per CPU at the default `l0_mem=32M` (1024), so L0
+/// reclaims while L2 runs. EPT12 maps them all onto L1's big page; L2
+/// writes each page's number at its own offset there and reads them all
+/// back, across the reclaims.
+fn beyond_cap(c: &mut Checks, hv: &mut Hv) {
+    const FIRST: u64 = 1 << 30;
+    const STRIDE: u64 = 2 << 20;
+    const COUNT: u64 = 1536;
+    const NAME: &str = "ept02-beyond-cap";
+    if hv.mode != Mode::Unpaged || !hv.caps.ept_2m() {
+        c.skip(NAME, format_args!("needs L2 unpaged and 2 MiB EPT pages"));
+        return;
+    }
+    for i in 0..COUNT {
+        mem::wr32(mem::big() + 4 * i, 0xffff_ffff);
+    }
+    let Some((mut vm, mut e)) = ept_vm(c, hv, NAME, l2!(l2_touch_strided), &[]) else {
+        return;
+    };
+    for i in 0..COUNT {
+        e.map(
+            &mut hv.tables,
+            FIRST + i * STRIDE,
+            mem::big(),
+            Size::M2,
+            RWX,
+        );
+    }
+    vm.regs.rsi = FIRST;
+    vm.regs.rdx = STRIDE;
+    vm.regs.rcx = COUNT;
+    vm.regs.rbx = u64::MAX;
+    let (ok, m) = no_exit(&mut vm, l2!(l2_touch_done));
+    let wrong_in_l2 = vm.regs.rbx;
+    let wrong_in_l1 = (0..COUNT)
+        .filter(|&i| mem::rd32(mem::big() + 4 * i) != i as u32)
+        .count();
+    c.check(
+        NAME,
+        ok && wrong_in_l2 == 0 && wrong_in_l1 == 0,
+        format_args!(
+            "{}; {COUNT} pages 2 MiB apart: {wrong_in_l2} read back wrong in L2, {wrong_in_l1} wrong in L1's page",
+            m.as_str()
         ),
     );
 }
