@@ -36,12 +36,6 @@ impl Platform for Hardware {
     fn xcr0_supported(&self) -> u64 {
         self.xcr0_supported
     }
-    fn xcr0(&self) -> u64 {
-        match self.xcr0_supported {
-            0 => 1,
-            _ => cpu::xgetbv0(),
-        }
-    }
     fn set_xcr0(&mut self, value: u64) {
         // SAFETY: validated against CPUID by the caller; L0 itself keeps no
         // extended state.

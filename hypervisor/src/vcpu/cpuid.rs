@@ -37,26 +37,6 @@ fn set(reg: &mut u32, bit: u32, on: bool) {
     }
 }
 
-/// CPUID(0xD, 1).EAX: XSAVES/XRSTORS and IA32_XSS.
-pub const XSAVES: u32 = 1 << 3;
-
-/// CPUID(0xD, 1).EBX: the size of an XSAVES area holding the components
-/// in `mask` (XCR0 | IA32_XSS), in the compacted format (SDM Vol. 1
-/// 13.4.3): the legacy area and header (576 bytes), then each component
-/// from 2 up in order, at a 64-byte boundary where CPUID(0xD, i).ECX[1]
-/// asks for one. `component(i)` is CPUID(0xD, i).
-pub fn compacted_xsave_size(mask: u64, component: impl Fn(u32) -> [u32; 4]) -> u32 {
-    (2..63).filter(|i| mask & (1 << i) != 0).fold(576, |at, i| {
-        let [size, _, flags, _] = component(i);
-        let at = if flags & 2 != 0 {
-            at.next_multiple_of(64)
-        } else {
-            at
-        };
-        at + size
-    })
-}
-
 /// Whether L0 answers this leaf itself, without asking the CPU.
 pub fn is_synthetic(leaf: u32) -> bool {
     HYPERVISOR_RANGE.contains(&leaf)
@@ -82,7 +62,7 @@ pub fn guest_view(leaf: u32, subleaf: u32, raw: [u32; 4], ctx: &CpuidContext) ->
             set(&mut c, 22, rdpid);
         }
         0xd if subleaf == 1 => {
-            let xsaves = a & XSAVES != 0 && ctx.xsaves;
+            let xsaves = a & (1 << 3) != 0 && ctx.xsaves;
             set(&mut a, 3, xsaves);
         }
         0x12 => [a, b, c, d] = [0; 4], // SGX leaf
@@ -146,31 +126,6 @@ mod tests {
             xsaves: false,
             tsc_hz: 0,
         }
-    }
-
-    #[test]
-    fn compacted_xsave_size_as_the_sdm_lays_it_out() {
-        // Bochs's skylake-x components: AVX (256), MPX (64, 64), AVX-512
-        // (64, 512, 1024), PKRU (8); none asks for alignment.
-        let bochs = |i: u32| match i {
-            2 => [256, 576, 0, 0],
-            3 | 4 | 5 => [64, 0, 0, 0],
-            6 => [512, 0, 0, 0],
-            7 => [1024, 0, 0, 0],
-            9 => [8, 0, 0, 0],
-            _ => [0; 4],
-        };
-        assert_eq!(compacted_xsave_size(0x3, bochs), 576, "x87 and SSE only");
-        // What Linux 6.1 enables there (no MPX): 2432, where Bochs says 2688.
-        assert_eq!(compacted_xsave_size(0xe7, bochs), 2432);
-        assert_eq!(compacted_xsave_size(0x2ff, bochs), 2440 + 128);
-        // A component that asks for a 64-byte boundary starts on one.
-        let aligned = |i: u32| match i {
-            9 => [8, 0, 0, 0],
-            10 => [16, 0, 2, 0],
-            _ => [0; 4],
-        };
-        assert_eq!(compacted_xsave_size(1 << 9 | 1 << 10, aligned), 640 + 16);
     }
 
     /// Linux 6.1's native_calibrate_tsc, for an Intel CPU with max leaf >= 0x16.

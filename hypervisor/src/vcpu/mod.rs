@@ -59,9 +59,6 @@ pub trait Platform {
     /// XCR0 bits the CPU supports (CPUID.(EAX=0xD,ECX=0):EDX:EAX).
     fn xcr0_supported(&self) -> u64;
     fn set_xcr0(&mut self, value: u64);
-    /// XCR0 as the guest left it (L0 keeps no extended state of its own,
-    /// so the CPU's XCR0 is the running guest's).
-    fn xcr0(&self) -> u64;
     fn wbinvd(&mut self);
     /// Drops the TLB entries tagged with `vpid`.
     fn flush_vpid(&mut self, vpid: u16);
@@ -661,13 +658,7 @@ impl Vcpu {
             p.cpuid(leaf, sub)
         };
         self.cpuid.guest_cr4 = read_cr_state(v).cr4;
-        let mut out = cpuid::guest_view(leaf, sub, raw, &self.cpuid);
-        if (leaf, sub) == (0xd, 1) && out[0] & cpuid::XSAVES != 0 {
-            // The compacted size for XCR0 | IA32_XSS as they are now (the
-            // CPU's figure is wrong on some, Bochs among them).
-            let xss = p.read_msr(perfmon::IA32_XSS).unwrap_or(0);
-            out[1] = cpuid::compacted_xsave_size(p.xcr0() | xss, |i| p.cpuid(0xd, i));
-        }
+        let out = cpuid::guest_view(leaf, sub, raw, &self.cpuid);
         for (reg, val) in [
             GuestRegs::RAX,
             GuestRegs::RBX,

@@ -95,9 +95,6 @@ impl Platform for FakePlatform {
     fn set_xcr0(&mut self, value: u64) {
         self.xcr0 = value;
     }
-    fn xcr0(&self) -> u64 {
-        self.xcr0
-    }
     fn wbinvd(&mut self) {
         self.wbinvd += 1;
     }
