@@ -1089,7 +1089,7 @@ pub fn linux() -> Vec<Scenario> {
         Scenario {
             name: "migrate-source",
             boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| migrate_modules("migrate-src", TEST_KEY) },
-            limit: Duration::from_secs(900),
+            limit: Duration::from_secs(1500),
             com1: &[
                 "L1INIT ok",
                 "L1 starting alpha (host A)",
@@ -1132,7 +1132,7 @@ pub fn linux() -> Vec<Scenario> {
         Scenario {
             name: "migrate-two-hosts",
             boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| migrate_modules("migrate-dst", TEST_KEY) },
-            limit: Duration::from_secs(900),
+            limit: Duration::from_secs(1500),
             com1: &[
                 "L1INIT ok",
                 "DISK got 2 files",
