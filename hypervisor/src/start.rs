@@ -190,6 +190,9 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         loader_memory::wipe(&modules[i]);
         k
     });
+    for &i in &vm.identity_modules {
+        loader_memory::wipe(&modules[i]);
+    }
     let mut hw = Hardware {
         tables: PoolTables,
         // SAFETY: L1's RAM is everything usable but the pool; identity-mapped.
@@ -208,6 +211,9 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         isolate_dma(&fw, d, &l0_frames);
     }
     machine.shadow.intercept_com = cfg.shadow;
+    machine.console.owners =
+        crate::owner::Owners::new(vm.identity, crate::arch::platform::hw_random, cfg.console);
+    info!("{}", machine.console.owners.boot_line());
     let limits = Limits::for_heap((cfg.l0_mem / 4) as usize);
     machine.shadow.set_limits(limits, pool::heap_free);
     info!(

@@ -1,0 +1,189 @@
+//! Owner sessions in L0 (docs/console-protocol.md, "Owner sessions"): the
+//! session logic of `owner_session::server` over the shadow registry, and
+//! the management line as its first transport. A relay in the cloud VM
+//! will carry the same frames as another transport.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use owner_session::line::{self, LineFrame};
+use owner_session::noise::{Entropy, Identity};
+use owner_session::server::{Channel, Consoles, Outcome, OwnerSessions};
+use shadow_devices::mgmt;
+use shadow_devices::VmDevices;
+use ultracall_abi::{KeyAccess, OwnerKey, VmTag};
+
+use crate::config::ConsoleMode;
+use crate::shadow::identity::VmId;
+use crate::shadow::Shadow;
+
+/// The management line's transport number.
+pub const LINE: u8 = 0;
+
+fn no_entropy(_: &mut [u8]) -> bool {
+    false
+}
+
+/// The owner sessions of this L0 and who may use the line.
+pub struct Owners {
+    sessions: OwnerSessions<VmId>,
+    /// Whether the plain operator protocol is still taken.
+    pub mode: ConsoleMode,
+    /// Why sessions are off, when they are.
+    off_reason: &'static str,
+}
+
+impl Default for Owners {
+    fn default() -> Self {
+        Owners {
+            sessions: OwnerSessions::new(None, no_entropy),
+            mode: ConsoleMode::Operator,
+            off_reason: "no l0.identity module",
+        }
+    }
+}
+
+impl Owners {
+    /// With L0's identity key from its boot module: None without the
+    /// module, `Some(None)` when it was malformed.
+    pub fn new(identity: Option<Option<[u8; 32]>>, entropy: Entropy, mode: ConsoleMode) -> Self {
+        let (id, off_reason) = match identity {
+            Some(Some(k)) => (Some(Identity::new(k)), ""),
+            Some(None) => (
+                None,
+                "the l0.identity module is malformed (expected 64 hex digits or 32 bytes, once)",
+            ),
+            None => (None, "no l0.identity module"),
+        };
+        Owners {
+            sessions: OwnerSessions::new(id, entropy),
+            mode,
+            off_reason,
+        }
+    }
+
+    /// The line at boot: what owners pin, or why sessions are off.
+    pub fn boot_line(&self) -> String {
+        match self.sessions.identity() {
+            Some(id) => alloc::format!(
+                "owner sessions: on; L0 identity (owners pin this) {}",
+                id.fingerprint()
+            ),
+            None => alloc::format!("owner sessions: off ({})", self.off_reason),
+        }
+    }
+
+    /// Handles a frame body from the line if it is an owner frame; the
+    /// frames to send back (None: not an owner frame).
+    pub fn line_frame(&mut self, sh: &mut Shadow, body: &str) -> Option<Vec<String>> {
+        if !line::is_owner_body(body) {
+            return None;
+        }
+        let out = match line::parse(body) {
+            Some(LineFrame::IdQuery) => match self.sessions.identity() {
+                Some(id) => mgmt::frame(format_args!("owner-id {}", id.fingerprint())),
+                None => mgmt::frame(format_args!("owner-id off {}", self.off_reason)),
+            },
+            Some(LineFrame::Message { channel, bytes }) => {
+                let ch = Channel {
+                    transport: LINE,
+                    id: channel,
+                };
+                match self.sessions.receive(ch, &bytes, &mut ShadowConsoles(sh)) {
+                    Outcome::Reply(m) => {
+                        mgmt::frame(format_args!("{}", line::message_body(channel, &m)))
+                    }
+                    Outcome::End(r) => {
+                        log::info!("owner session {channel} on the line ended: {}", r.text());
+                        mgmt::frame(format_args!("{}", line::end_body(channel, r)))
+                    }
+                }
+            }
+            // L0's own frames coming back, or damage: nothing to do.
+            Some(_) | None => mgmt::frame(format_args!("err owner frame: malformed")),
+        };
+        Some(alloc::vec![out])
+    }
+}
+
+/// From its first owner key on, a VM's ports keep their output by
+/// offset, so its owner can read what was printed before attaching.
+pub fn keep_history(vm: &mut VmDevices) {
+    for d in vm.devices_mut() {
+        if let Some(c) = d.console() {
+            c.enable_history();
+        }
+    }
+}
+
+/// The session logic's view of the shadow registry.
+struct ShadowConsoles<'a>(&'a mut Shadow);
+
+impl ShadowConsoles<'_> {
+    /// The port's console, its history kept from now on.
+    fn console_of(&mut self, vm: VmId, port: u16) -> Option<&mut dyn shadow_devices::Console> {
+        let c = self.0.devices.get_mut(&vm)?.device_at(port)?.console()?;
+        c.enable_history();
+        Some(c)
+    }
+
+    /// Input and BREAK can raise the UART's interrupt: relay the edge.
+    fn note_edges(&mut self, vm: VmId) {
+        if let Some(v) = self.0.devices.get_mut(&vm) {
+            let edges = v.take_irq_edges();
+            self.0.irqs.note_edges(vm, edges);
+        }
+    }
+}
+
+impl Consoles for ShadowConsoles<'_> {
+    type Vm = VmId;
+
+    fn find(&self, tag: &VmTag) -> Option<VmId> {
+        self.0.devices.find_by_tag(tag)
+    }
+
+    fn key_access(&self, vm: VmId, key: &OwnerKey) -> Option<KeyAccess> {
+        self.0.devices.get(&vm)?.owner_keys().access_of(key)
+    }
+
+    fn has_port(&self, vm: VmId, port: u16) -> bool {
+        self.0.devices.get(&vm).is_some_and(|v| {
+            v.devices()
+                .iter()
+                .any(|d| d.ports().base == port && d.console_ref().is_some())
+        })
+    }
+
+    fn frozen(&self, vm: VmId) -> bool {
+        self.0.devices.get(&vm).is_none_or(|v| v.is_frozen())
+    }
+
+    fn offsets(&mut self, vm: VmId, port: u16) -> (u64, u64) {
+        self.console_of(vm, port)
+            .and_then(|c| c.history_offsets())
+            .unwrap_or((0, 0))
+    }
+
+    fn read(&mut self, vm: VmId, port: u16, from: u64, out: &mut [u8]) -> (u64, usize, u64) {
+        self.console_of(vm, port)
+            .and_then(|c| c.history_read(from, out))
+            .unwrap_or((0, 0, 0))
+    }
+
+    fn input(&mut self, vm: VmId, port: u16, bytes: &[u8]) -> usize {
+        let n = self.console_of(vm, port).map_or(0, |c| c.push_input(bytes));
+        self.note_edges(vm);
+        n
+    }
+
+    fn send_break(&mut self, vm: VmId, port: u16) {
+        if let Some(c) = self.console_of(vm, port) {
+            c.send_break();
+        }
+        self.note_edges(vm);
+    }
+}
+
+#[cfg(test)]
+mod tests;
