@@ -5,7 +5,7 @@
 
 use alloc::vec::Vec;
 
-use ultracall_abi::{KeyAccess, VmTag, MAX_TAG_LEN};
+use ultracall_abi::{KeyAccess, OwnerKey, VmTag, MAX_TAG_LEN};
 
 /// Largest Noise message on any transport (the line's 1200-byte frames
 /// carry it in hex).
@@ -44,6 +44,15 @@ pub enum Request {
     Detach,
     /// End the session.
     Close,
+    /// Give the VM another owner key, or a known key another access
+    /// (rw key only). The VM's own first registration cannot be changed
+    /// from inside the VM: this is how keys are added and rotated.
+    AddKey {
+        /// The key.
+        key: OwnerKey,
+        /// What it may do.
+        access: KeyAccess,
+    },
 }
 
 /// Why L0 refused a request. The code travels; the text is the client's.
@@ -67,6 +76,8 @@ pub enum Refusal {
     VmGone = 7,
     /// The VM's devices are frozen for a migration.
     Frozen = 8,
+    /// The VM holds the most keys it may.
+    KeysFull = 9,
 }
 
 impl Refusal {
@@ -82,6 +93,7 @@ impl Refusal {
             Malformed,
             VmGone,
             Frozen,
+            KeysFull,
         ]
         .into_iter()
         .find(|r| *r as u8 == c)
@@ -100,6 +112,7 @@ impl Refusal {
             Refusal::Malformed => "L0 could not read the request",
             Refusal::VmGone => "the VM is no longer on this host",
             Refusal::Frozen => "the VM's console is frozen for a migration",
+            Refusal::KeysFull => "the VM holds the most owner keys it may (8)",
         }
     }
 }
@@ -136,6 +149,8 @@ pub enum Answer {
     Detached,
     /// Closed: L0 forgot the session.
     Closed,
+    /// The key was added (or its access changed): the VM now holds this many.
+    KeyAdded(u8),
     /// Refused; nothing changed.
     Refused(Refusal),
 }
@@ -170,6 +185,10 @@ impl Request {
             Request::Break => v.push(4),
             Request::Detach => v.push(5),
             Request::Close => v.push(6),
+            Request::AddKey { key, access } => {
+                v.extend_from_slice(&[7, access.raw()]);
+                v.extend_from_slice(&key.0);
+            }
         }
         v
     }
@@ -193,6 +212,10 @@ impl Request {
             4 if rest.is_empty() => Request::Break,
             5 if rest.is_empty() => Request::Detach,
             6 if rest.is_empty() => Request::Close,
+            7 if rest.len() == 33 => Request::AddKey {
+                access: KeyAccess::from_raw(u64::from(rest[0]))?,
+                key: OwnerKey::from_bytes(rest[1..].try_into().ok()?).ok()?,
+            },
             _ => return None,
         };
         Some(r)
@@ -226,6 +249,7 @@ impl Answer {
             }
             Answer::Detached => v.push(0x84),
             Answer::Closed => v.push(0x85),
+            Answer::KeyAdded(n) => v.extend_from_slice(&[0x87, *n]),
             Answer::Refused(r) => v.extend_from_slice(&[0x86, *r as u8]),
         }
         v
@@ -253,6 +277,7 @@ impl Answer {
             0x83 if rest.len() == 2 => Answer::Taken(u16_at(rest, 0)?),
             0x84 if rest.is_empty() => Answer::Detached,
             0x85 if rest.is_empty() => Answer::Closed,
+            0x87 if rest.len() == 1 => Answer::KeyAdded(rest[0]),
             0x86 if rest.len() == 1 => Answer::Refused(Refusal::from_code(rest[0])?),
             _ => return None,
         };
@@ -283,6 +308,10 @@ mod tests {
             Request::Break,
             Request::Detach,
             Request::Close,
+            Request::AddKey {
+                key: OwnerKey([4; 32]),
+                access: KeyAccess::ReadOnly,
+            },
         ] {
             assert_eq!(Request::decode(&r.encode()), Some(r.clone()), "{r:?}");
         }
@@ -305,11 +334,12 @@ mod tests {
             Answer::Taken(12),
             Answer::Detached,
             Answer::Closed,
+            Answer::KeyAdded(2),
             Answer::Refused(Refusal::WriterBusy),
         ] {
             assert_eq!(Answer::decode(&a.encode()), Some(a.clone()), "{a:?}");
         }
-        for code in 1..=8 {
+        for code in 1..=9 {
             assert_eq!(Refusal::from_code(code).map(|r| r as u8), Some(code));
         }
         assert_eq!(Refusal::from_code(0), None);
@@ -334,6 +364,8 @@ mod tests {
             &[3],
             &[4, 0],
             &[6, 6],
+            &[[7u8, 3].as_slice(), &[1; 32]].concat(),
+            &[[7u8, 1].as_slice(), &[0; 32]].concat(),
         ] {
             assert_eq!(Request::decode(b), None, "{b:?}");
         }

@@ -48,6 +48,9 @@ pub trait Consoles {
     fn input(&mut self, vm: Self::Vm, port: u16, bytes: &[u8]) -> usize;
     /// A serial BREAK on the port.
     fn send_break(&mut self, vm: Self::Vm, port: u16);
+    /// Adds an owner key to the VM (or gives a known key `access`);
+    /// returns how many it holds, None when it holds the most it may.
+    fn add_key(&mut self, vm: Self::Vm, key: OwnerKey, access: KeyAccess) -> Option<usize>;
 }
 
 /// A session's address: which transport, which of its channels.
@@ -307,6 +310,15 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
         };
         match r {
             Request::Attach { .. } | Request::Close => Answer::Refused(Refusal::Malformed),
+            Request::AddKey { .. } if access != KeyAccess::ReadWrite => {
+                Answer::Refused(Refusal::ReadOnly)
+            }
+            // A frozen VM's keys have left in its blob: one added now would not travel.
+            Request::AddKey { .. } if c.frozen(a.vm) => Answer::Refused(Refusal::Frozen),
+            Request::AddKey { key, access } => match c.add_key(a.vm, key, access) {
+                Some(n) => Answer::KeyAdded(n as u8),
+                None => Answer::Refused(Refusal::KeysFull),
+            },
             Request::Detach => {
                 self.sessions[i].attached = None;
                 Answer::Detached

@@ -78,6 +78,17 @@ impl Consoles for Fake {
     fn send_break(&mut self, vm: usize, _port: u16) {
         self.vms[vm].breaks += 1;
     }
+    fn add_key(&mut self, vm: usize, key: OwnerKey, access: KeyAccess) -> Option<usize> {
+        let keys = &mut self.vms[vm].keys;
+        if let Some(slot) = keys.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = access;
+        } else if keys.len() == 8 {
+            return None;
+        } else {
+            keys.push((key, access));
+        }
+        Some(keys.len())
+    }
 }
 
 struct Owner {
@@ -324,6 +335,43 @@ fn a_read_only_key_cannot_type_or_break() {
             }
         ),
         Answer::Output { .. }
+    ));
+}
+
+#[test]
+fn an_rw_session_adds_keys_and_an_ro_one_cannot() {
+    let (mut s, mut f, rw, ro) = setup();
+    let newcomer = owner(7);
+    let mut r = open(&mut s, &mut f, &ro, 2);
+    assert!(matches!(
+        ask(&mut s, &mut f, &mut r, 2, attach()),
+        Answer::Attached { .. }
+    ));
+    let add = Request::AddKey {
+        key: newcomer.public,
+        access: KeyAccess::ReadOnly,
+    };
+    assert_eq!(
+        ask(&mut s, &mut f, &mut r, 2, add.clone()),
+        Answer::Refused(Refusal::ReadOnly)
+    );
+    let mut w = open(&mut s, &mut f, &rw, 1);
+    assert_eq!(
+        ask(&mut s, &mut f, &mut w, 1, add.clone()),
+        Answer::Refused(Refusal::NotAttached)
+    );
+    assert!(matches!(
+        ask(&mut s, &mut f, &mut w, 1, attach()),
+        Answer::Attached { .. }
+    ));
+    assert_eq!(ask(&mut s, &mut f, &mut w, 1, add), Answer::KeyAdded(3));
+    let mut n = open(&mut s, &mut f, &newcomer, 3);
+    assert!(matches!(
+        ask(&mut s, &mut f, &mut n, 3, attach()),
+        Answer::Attached {
+            access: KeyAccess::ReadOnly,
+            ..
+        }
     ));
 }
 

@@ -177,6 +177,16 @@ impl Consoles for ShadowConsoles<'_> {
         n
     }
 
+    fn add_key(&mut self, vm: VmId, key: OwnerKey, access: KeyAccess) -> Option<usize> {
+        let v = self.0.devices.get_mut(&vm)?;
+        let n = v.owner_keys_mut().add_more(key, access).ok()?;
+        log::info!(
+            "user VM {vm}: owner key {key} ({}) added by an owner",
+            access.name()
+        );
+        Some(n)
+    }
+
     fn send_break(&mut self, vm: VmId, port: u16) {
         if let Some(c) = self.console_of(vm, port) {
             c.send_break();
