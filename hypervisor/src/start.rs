@@ -213,6 +213,8 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     machine.shadow.intercept_com = cfg.shadow;
     machine.console.owners =
         crate::owner::Owners::new(vm.identity, crate::arch::platform::hw_random, cfg.console);
+    machine.console.owners.max_histories =
+        crate::owner::histories_for_heap((cfg.l0_mem / 4) as usize);
     info!("{}", machine.console.owners.boot_line());
     let limits = Limits::for_heap((cfg.l0_mem / 4) as usize);
     machine.shadow.set_limits(limits, pool::heap_free);

@@ -10,7 +10,7 @@ use owner_session::line::{self, LineFrame};
 use owner_session::noise::{Entropy, Identity};
 use owner_session::server::{Channel, Consoles, Outcome, OwnerSessions};
 use shadow_devices::mgmt;
-use shadow_devices::VmDevices;
+use shadow_devices::uart16550::history::HISTORY_CAPACITY;
 use ultracall_abi::{KeyAccess, OwnerKey, VmTag};
 
 use crate::config::ConsoleMode;
@@ -19,6 +19,17 @@ use crate::shadow::Shadow;
 
 /// The management line's transport number.
 pub const LINE: u8 = 0;
+
+/// The share of L0's heap the ports' output histories may take, each
+/// charged its full [`HISTORY_CAPACITY`] when it begins: an eighth (the
+/// shadow tables take half, shadow/limits.rs). With the default
+/// `l0_mem=32M` (an 8 MiB heap) that is 16 ports; more need more l0_mem.
+const HISTORY_SHARE_DIV: usize = 8;
+
+/// How many ports may keep a history in a heap of `heap` bytes.
+pub fn histories_for_heap(heap: usize) -> usize {
+    heap / HISTORY_SHARE_DIV / HISTORY_CAPACITY
+}
 
 fn no_entropy(_: &mut [u8]) -> bool {
     false
@@ -31,6 +42,8 @@ pub struct Owners {
     pub mode: ConsoleMode,
     /// Why sessions are off, when they are.
     off_reason: &'static str,
+    /// How many ports may keep an output history at once.
+    pub max_histories: usize,
 }
 
 impl Default for Owners {
@@ -39,6 +52,7 @@ impl Default for Owners {
             sessions: OwnerSessions::new(None, no_entropy),
             mode: ConsoleMode::Operator,
             off_reason: "no l0.identity module",
+            max_histories: 0,
         }
     }
 }
@@ -59,6 +73,7 @@ impl Owners {
             sessions: OwnerSessions::new(id, entropy),
             mode,
             off_reason,
+            max_histories: 0,
         }
     }
 
@@ -89,7 +104,11 @@ impl Owners {
                     transport: LINE,
                     id: channel,
                 };
-                match self.sessions.receive(ch, &bytes, &mut ShadowConsoles(sh)) {
+                let mut c = ShadowConsoles {
+                    sh,
+                    max_histories: self.max_histories,
+                };
+                match self.sessions.receive(ch, &bytes, &mut c) {
                     Outcome::Reply(m) => {
                         mgmt::frame(format_args!("{}", line::message_body(channel, &m)))
                     }
@@ -106,32 +125,72 @@ impl Owners {
     }
 }
 
+/// How many ports keep a history now.
+fn histories(sh: &Shadow) -> usize {
+    sh.devices
+        .iter()
+        .flat_map(|(_, v)| v.devices())
+        .filter(|d| {
+            d.console_ref()
+                .is_some_and(|c| c.history_offsets().is_some())
+        })
+        .count()
+}
+
+/// Starts the history of one port if the budget has room (else the
+/// owner reads only what follows in the operator's backlog: nothing by
+/// offset), and says so once.
+fn start_history(sh: &mut Shadow, vm: VmId, port: u16, max: usize) {
+    let running = histories(sh);
+    let Some(c) = sh
+        .devices
+        .get_mut(&vm)
+        .and_then(|v| v.device_at(port))
+        .and_then(|d| d.console())
+    else {
+        return;
+    };
+    if c.history_offsets().is_some() {
+        return;
+    }
+    if running < max {
+        c.enable_history();
+    } else {
+        log::warn!(
+            "user VM {vm} port {port:#x}: no room for another console history ({max} in use; raise l0_mem)"
+        );
+    }
+}
+
 /// From its first owner key on, a VM's ports keep their output by
 /// offset, so its owner can read what was printed before attaching.
-pub fn keep_history(vm: &mut VmDevices) {
-    for d in vm.devices_mut() {
-        if let Some(c) = d.console() {
-            c.enable_history();
-        }
+pub fn keep_history(sh: &mut Shadow, vm: VmId, max: usize) {
+    let ports: Vec<u16> = sh.devices.get(&vm).map_or(Vec::new(), |v| {
+        v.devices().iter().map(|d| d.ports().base).collect()
+    });
+    for port in ports {
+        start_history(sh, vm, port, max);
     }
 }
 
 /// The session logic's view of the shadow registry.
-struct ShadowConsoles<'a>(&'a mut Shadow);
+struct ShadowConsoles<'a> {
+    sh: &'a mut Shadow,
+    max_histories: usize,
+}
 
 impl ShadowConsoles<'_> {
-    /// The port's console, its history kept from now on.
+    /// The port's console, its history kept from now on (budget allowing).
     fn console_of(&mut self, vm: VmId, port: u16) -> Option<&mut dyn shadow_devices::Console> {
-        let c = self.0.devices.get_mut(&vm)?.device_at(port)?.console()?;
-        c.enable_history();
-        Some(c)
+        start_history(self.sh, vm, port, self.max_histories);
+        self.sh.devices.get_mut(&vm)?.device_at(port)?.console()
     }
 
     /// Input and BREAK can raise the UART's interrupt: relay the edge.
     fn note_edges(&mut self, vm: VmId) {
-        if let Some(v) = self.0.devices.get_mut(&vm) {
+        if let Some(v) = self.sh.devices.get_mut(&vm) {
             let edges = v.take_irq_edges();
-            self.0.irqs.note_edges(vm, edges);
+            self.sh.irqs.note_edges(vm, edges);
         }
     }
 }
@@ -140,15 +199,15 @@ impl Consoles for ShadowConsoles<'_> {
     type Vm = VmId;
 
     fn find(&self, tag: &VmTag) -> Option<VmId> {
-        self.0.devices.find_by_tag(tag)
+        self.sh.devices.find_by_tag(tag)
     }
 
     fn key_access(&self, vm: VmId, key: &OwnerKey) -> Option<KeyAccess> {
-        self.0.devices.get(&vm)?.owner_keys().access_of(key)
+        self.sh.devices.get(&vm)?.owner_keys().access_of(key)
     }
 
     fn has_port(&self, vm: VmId, port: u16) -> bool {
-        self.0.devices.get(&vm).is_some_and(|v| {
+        self.sh.devices.get(&vm).is_some_and(|v| {
             v.devices()
                 .iter()
                 .any(|d| d.ports().base == port && d.console_ref().is_some())
@@ -156,7 +215,7 @@ impl Consoles for ShadowConsoles<'_> {
     }
 
     fn frozen(&self, vm: VmId) -> bool {
-        self.0.devices.get(&vm).is_none_or(|v| v.is_frozen())
+        self.sh.devices.get(&vm).is_none_or(|v| v.is_frozen())
     }
 
     fn offsets(&mut self, vm: VmId, port: u16) -> (u64, u64) {
@@ -178,7 +237,7 @@ impl Consoles for ShadowConsoles<'_> {
     }
 
     fn add_key(&mut self, vm: VmId, key: OwnerKey, access: KeyAccess) -> Option<usize> {
-        let v = self.0.devices.get_mut(&vm)?;
+        let v = self.sh.devices.get_mut(&vm)?;
         let n = v.owner_keys_mut().add_more(key, access).ok()?;
         log::info!(
             "user VM {vm}: owner key {key} ({}) added by an owner",

@@ -38,6 +38,7 @@ struct Host {
 fn host(mode: ConsoleMode, identity: Option<Option<[u8; 32]>>) -> Host {
     let mut con = Console::default();
     con.owners = Owners::new(identity, entropy, mode);
+    con.owners.max_histories = 4;
     Host {
         sh: Shadow::new(None, entropy),
         con,
@@ -89,7 +90,7 @@ fn alpha(h: &mut Host, rw: &[u8; 32]) {
     let vm = h.sh.devices.vm(ALPHA);
     let key = OwnerKey(noise::public_key(rw));
     shadow_devices::owner_keys::register_first_key(vm, key, KeyAccess::ReadWrite).unwrap();
-    super::keep_history(vm);
+    super::keep_history(&mut h.sh, ALPHA, h.con.owners.max_histories);
     for &b in b"alpha$ " {
         h.sh.io(ALPHA, 0x3f8, Some(b));
     }
@@ -199,4 +200,37 @@ fn a_damaged_frame_ends_the_session_and_nothing_reaches_the_vm() {
     assert!(send(&mut h, "ping")[0] == "pong");
     // A malformed owner frame is answered, never acted on.
     assert_eq!(send(&mut h, "owner 1 zz"), ["err owner frame: malformed"]);
+}
+
+#[test]
+fn histories_stay_within_their_share_of_the_heap() {
+    // An 8 MiB heap (l0_mem=32M) holds 16 histories of 64 KiB.
+    assert_eq!(super::histories_for_heap(8 << 20), 16);
+    let mut h = host(ConsoleMode::Operator, Some(Some(L0_PRIVATE)));
+    let rw = [1u8; 32];
+    alpha(&mut h, &rw); // its four ports take the budget of 4
+    assert_eq!(super::histories(&h.sh), 4);
+    const BETA: u64 = 4;
+    h.sh.register_tag(BETA, VmTag::new(b"beta").unwrap())
+        .unwrap();
+    let key = OwnerKey(noise::public_key(&rw));
+    let vm = h.sh.devices.vm(BETA);
+    shadow_devices::owner_keys::register_first_key(vm, key, KeyAccess::ReadWrite).unwrap();
+    super::keep_history(&mut h.sh, BETA, h.con.owners.max_histories);
+    assert_eq!(super::histories(&h.sh), 4, "no history past the budget");
+    // Beta's owner still attaches; there is nothing to read by offset.
+    let mut c = open(&mut h, &rw, 9);
+    let beta = Request::Attach {
+        tag: VmTag::new(b"beta").unwrap(),
+        port: 0x3f8,
+    };
+    assert_eq!(
+        ask(&mut h, &mut c, 9, beta),
+        Answer::Attached {
+            access: KeyAccess::ReadWrite,
+            writer: true,
+            start: 0,
+            end: 0
+        }
+    );
 }

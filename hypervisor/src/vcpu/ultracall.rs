@@ -135,7 +135,8 @@ impl Vcpu {
                 let first = devices.owner_keys().is_empty();
                 match shadow_devices::owner_keys::register_first_key(devices, key, access) {
                     Ok(n) => {
-                        crate::owner::keep_history(devices);
+                        let max = m.console.owners.max_histories;
+                        crate::owner::keep_history(&mut m.shadow, vm, max);
                         // (An agent may repeat the call: logged once.)
                         if first {
                             log::info!("user VM {vm} set owner key {key} ({})", access.name());
