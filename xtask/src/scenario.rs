@@ -914,7 +914,9 @@ pub fn linux() -> Vec<Scenario> {
             disk: Disk::None,
             cpus: 1,
             console: ConsoleCheck {
-                expect: &["alpha-42-ok", "irq4-count-ok", "beta-42-ok", "flood-irqs-ok", "flood-irq-warnings=0"],
+                // Alpha registers its owner's key with the ultracall CLI
+                // (the owner-console scenario's rw key).
+                expect: &["alpha-42-ok", "irq4-count-ok", "beta-42-ok", "flood-irqs-ok", "flood-irq-warnings=0", "owner key e06Qm75//kTEZaIgA31gjuNYl9Me+XLwf3SJLLD3PxM= (rw) set; the VM holds 1"],
                 typed: &[
                     Input { after: "tag=alpha", target: "alpha", text: "" },
                     Input { after: "alpha# ", target: "alpha", text: "echo alpha-$((6*7))-ok\r" },
