@@ -704,6 +704,8 @@ pub fn scenario_client() -> OwnerClient {
             expect: Expect::Ok,
         },
         Step::WaitFor("echo: second-L2".into()),
+        // alpha's L1 reads LSR from L2 until BI shows.
+        Step::Break { expect: Expect::Ok },
         // Everything from offset 0: the prompt printed before attaching.
         Step::Backlog {
             from: 0,

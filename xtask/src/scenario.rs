@@ -562,6 +562,7 @@ pub fn all() -> Vec<Scenario> {
                 "owner| echo: hello-L2",
                 "owner: typed \"second-L2\"",
                 "owner| echo: second-L2",
+                "owner: sent BREAK",
                 "owner: backlog to offset ",
                 "owner: added key D6poTtKIZ7l/Smot7l34zpdOdrcBjj8iocTPJnhXDyA= (ro); the VM holds 2",
                 "owner: attached to alpha port 0x3f8 (ro)",

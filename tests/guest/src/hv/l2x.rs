@@ -316,6 +316,15 @@ l2x_sr_check:
     mov qword ptr [{d} + {d_done}], 1
     jmp x_done
 
+    // LSR into D_READ + 4 (reading it clears BI and OE), then done.
+    .global l2x_lsr
+l2x_lsr:
+    mov dx, 0x3fd
+    in al, dx
+    mov byte ptr [{d} + {d_read} + 4], al
+    mov qword ptr [{d} + {d_done}], 1
+    jmp x_done
+
     // D_N calls from the table at TABLE, each with the sentinels loaded;
     // every register after the call is stored back into the entry.
     .global l2x_fuzz

@@ -35,7 +35,7 @@ use crate::hv::{apic, cpu, Hv};
 use crate::l2x;
 use crate::spy::{mask, masked_at};
 
-use super::shadow::{run, scan_l1, scan_l2_data, skip, st, Spy, Stop};
+use super::shadow::{run, run_to_end, scan_l1, scan_l2_data, skip, st, Spy, Stop};
 
 const CHECKS: &[&str] = &[
     "vmxon",
@@ -87,7 +87,11 @@ const OWNER_CHECKS: &[&str] = &[
     "spy-finds-typed-text-in-l2-memory",
     "relay-off",
     "owner-key-set",
+    "break-reached-the-uart",
 ];
+
+/// Guest-TSC ticks L1 gives the owner's BREAK to arrive.
+const BREAK_WAIT: u64 = 20_000_000_000;
 
 /// The owner key of `owner-console`, from the command line.
 static OWNER_KEY: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
@@ -244,6 +248,23 @@ fn run_vm(c: &mut Checks, hv: &mut Hv, tag: &'static [u8], owner: Option<[u64; 4
             }
         }
     }
+    // The owner sends BREAK once it saw the second echo: L1 reads the
+    // UART's LSR from L2 until BI shows (reading clears it).
+    let mut brk = (0u8, 0u32);
+    if owner.is_some() && trouble.is_none() {
+        let deadline = cpu::rdtsc() + BREAK_WAIT;
+        loop {
+            let s = run_to_end(vm.at(l2x!(l2x_lsr)), 0, &mut spy);
+            brk = (l2x::rd8(0, l2x::D_READ + 4), brk.1 + 1);
+            if !matches!(s, Stop::Done) || brk.0 & 0x10 != 0 || cpu::rdtsc() > deadline {
+                break;
+            }
+            let pause = cpu::rdtsc() + 20_000_000;
+            while cpu::rdtsc() < pause {
+                core::hint::spin_loop();
+            }
+        }
+    }
     let idt = RELAY_TAKEN.load(Ordering::SeqCst);
     let why = trouble.as_ref().map_or("", |m| m.as_str());
     c.check(
@@ -343,6 +364,14 @@ fn run_vm(c: &mut Checks, hv: &mut Hv, tag: &'static [u8], owner: Option<[u64; 4
             "owner-key-set",
             status == Status::Ok.raw() && count >= 1,
             format_args!("OWNER_KEY_ADD from L2: {}, {count} key(s)", st(status)),
+        );
+        c.check(
+            "break-reached-the-uart",
+            brk.0 & 0x10 != 0,
+            format_args!(
+                "LSR {:#x} after {} read(s) from L2 (BI is 0x10)",
+                brk.0, brk.1
+            ),
         );
     }
 }
