@@ -53,6 +53,8 @@ pub enum Request {
         /// What it may do.
         access: KeyAccess,
     },
+    /// Remove one of the VM's keys (rw key only; never its last rw key).
+    RemoveKey(OwnerKey),
 }
 
 /// Why L0 refused a request. The code travels; the text is the client's.
@@ -78,6 +80,10 @@ pub enum Refusal {
     Frozen = 8,
     /// The VM holds the most keys it may.
     KeysFull = 9,
+    /// The VM does not know the key to remove.
+    NoSuchKey = 10,
+    /// The key is the VM's last rw key.
+    LastRwKey = 11,
 }
 
 impl Refusal {
@@ -94,6 +100,8 @@ impl Refusal {
             VmGone,
             Frozen,
             KeysFull,
+            NoSuchKey,
+            LastRwKey,
         ]
         .into_iter()
         .find(|r| *r as u8 == c)
@@ -110,9 +118,13 @@ impl Refusal {
             Refusal::NotAttached => "not attached to a port",
             Refusal::NoPort => "the VM has no such COM port",
             Refusal::Malformed => "L0 could not read the request",
-            Refusal::VmGone => "the VM is no longer on this host",
+            Refusal::VmGone => "the VM is gone from this host, or no longer knows this key",
             Refusal::Frozen => "the VM's console is frozen for a migration",
             Refusal::KeysFull => "the VM holds the most owner keys it may (8)",
+            Refusal::NoSuchKey => "the VM does not know that key",
+            Refusal::LastRwKey => {
+                "that is the VM's last read-write key: add another before removing it"
+            }
         }
     }
 }
@@ -151,6 +163,8 @@ pub enum Answer {
     Closed,
     /// The key was added (or its access changed): the VM now holds this many.
     KeyAdded(u8),
+    /// The key was removed: the VM now holds this many.
+    KeyRemoved(u8),
     /// Refused; nothing changed.
     Refused(Refusal),
 }
@@ -189,6 +203,10 @@ impl Request {
                 v.extend_from_slice(&[7, access.raw()]);
                 v.extend_from_slice(&key.0);
             }
+            Request::RemoveKey(key) => {
+                v.push(8);
+                v.extend_from_slice(&key.0);
+            }
         }
         v
     }
@@ -216,6 +234,9 @@ impl Request {
                 access: KeyAccess::from_raw(u64::from(rest[0]))?,
                 key: OwnerKey::from_bytes(rest[1..].try_into().ok()?).ok()?,
             },
+            8 if rest.len() == 32 => {
+                Request::RemoveKey(OwnerKey::from_bytes(rest.try_into().ok()?).ok()?)
+            }
             _ => return None,
         };
         Some(r)
@@ -250,6 +271,7 @@ impl Answer {
             Answer::Detached => v.push(0x84),
             Answer::Closed => v.push(0x85),
             Answer::KeyAdded(n) => v.extend_from_slice(&[0x87, *n]),
+            Answer::KeyRemoved(n) => v.extend_from_slice(&[0x88, *n]),
             Answer::Refused(r) => v.extend_from_slice(&[0x86, *r as u8]),
         }
         v
@@ -278,6 +300,7 @@ impl Answer {
             0x84 if rest.is_empty() => Answer::Detached,
             0x85 if rest.is_empty() => Answer::Closed,
             0x87 if rest.len() == 1 => Answer::KeyAdded(rest[0]),
+            0x88 if rest.len() == 1 => Answer::KeyRemoved(rest[0]),
             0x86 if rest.len() == 1 => Answer::Refused(Refusal::from_code(rest[0])?),
             _ => return None,
         };
@@ -312,6 +335,7 @@ mod tests {
                 key: OwnerKey([4; 32]),
                 access: KeyAccess::ReadOnly,
             },
+            Request::RemoveKey(OwnerKey([5; 32])),
         ] {
             assert_eq!(Request::decode(&r.encode()), Some(r.clone()), "{r:?}");
         }
@@ -335,11 +359,12 @@ mod tests {
             Answer::Detached,
             Answer::Closed,
             Answer::KeyAdded(2),
+            Answer::KeyRemoved(1),
             Answer::Refused(Refusal::WriterBusy),
         ] {
             assert_eq!(Answer::decode(&a.encode()), Some(a.clone()), "{a:?}");
         }
-        for code in 1..=9 {
+        for code in 1..=11 {
             assert_eq!(Refusal::from_code(code).map(|r| r as u8), Some(code));
         }
         assert_eq!(Refusal::from_code(0), None);

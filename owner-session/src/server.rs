@@ -51,6 +51,8 @@ pub trait Consoles {
     /// Adds an owner key to the VM (or gives a known key `access`);
     /// returns how many it holds, None when it holds the most it may.
     fn add_key(&mut self, vm: Self::Vm, key: OwnerKey, access: KeyAccess) -> Option<usize>;
+    /// Removes a key; how many are left, or why not.
+    fn remove_key(&mut self, vm: Self::Vm, key: &OwnerKey) -> Result<usize, Refusal>;
 }
 
 /// A session's address: which transport, which of its channels.
@@ -310,11 +312,17 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
         };
         match r {
             Request::Attach { .. } | Request::Close => Answer::Refused(Refusal::Malformed),
-            Request::AddKey { .. } if access != KeyAccess::ReadWrite => {
+            Request::AddKey { .. } | Request::RemoveKey(_) if access != KeyAccess::ReadWrite => {
                 Answer::Refused(Refusal::ReadOnly)
             }
-            // A frozen VM's keys have left in its blob: one added now would not travel.
-            Request::AddKey { .. } if c.frozen(a.vm) => Answer::Refused(Refusal::Frozen),
+            // A frozen VM's keys have left in its blob: a change now would not travel.
+            Request::AddKey { .. } | Request::RemoveKey(_) if c.frozen(a.vm) => {
+                Answer::Refused(Refusal::Frozen)
+            }
+            Request::RemoveKey(key) => match c.remove_key(a.vm, &key) {
+                Ok(n) => Answer::KeyRemoved(n as u8),
+                Err(r) => Answer::Refused(r),
+            },
             Request::AddKey { key, access } => match c.add_key(a.vm, key, access) {
                 Some(n) => Answer::KeyAdded(n as u8),
                 None => Answer::Refused(Refusal::KeysFull),

@@ -78,6 +78,22 @@ impl Consoles for Fake {
     fn send_break(&mut self, vm: usize, _port: u16) {
         self.vms[vm].breaks += 1;
     }
+    fn remove_key(&mut self, vm: usize, key: &OwnerKey) -> Result<usize, Refusal> {
+        let keys = &mut self.vms[vm].keys;
+        let i = keys
+            .iter()
+            .position(|(k, _)| k == key)
+            .ok_or(Refusal::NoSuchKey)?;
+        if !keys
+            .iter()
+            .enumerate()
+            .any(|(j, &(_, a))| j != i && a == KeyAccess::ReadWrite)
+        {
+            return Err(Refusal::LastRwKey);
+        }
+        keys.remove(i);
+        Ok(keys.len())
+    }
     fn add_key(&mut self, vm: usize, key: OwnerKey, access: KeyAccess) -> Option<usize> {
         let keys = &mut self.vms[vm].keys;
         if let Some(slot) = keys.iter_mut().find(|(k, _)| *k == key) {
@@ -370,6 +386,63 @@ fn an_rw_session_adds_keys_and_an_ro_one_cannot() {
         ask(&mut s, &mut f, &mut n, 3, attach()),
         Answer::Attached {
             access: KeyAccess::ReadOnly,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn keys_rotate_through_an_rw_session() {
+    let (mut s, mut f, rw, ro) = setup();
+    let next = owner(8);
+    let mut w = open(&mut s, &mut f, &rw, 1);
+    assert!(matches!(
+        ask(&mut s, &mut f, &mut w, 1, attach()),
+        Answer::Attached { .. }
+    ));
+    assert_eq!(
+        ask(&mut s, &mut f, &mut w, 1, Request::RemoveKey(rw.public)),
+        Answer::Refused(Refusal::LastRwKey)
+    );
+    assert_eq!(
+        ask(
+            &mut s,
+            &mut f,
+            &mut w,
+            1,
+            Request::RemoveKey(owner(9).public)
+        ),
+        Answer::Refused(Refusal::NoSuchKey)
+    );
+    let add = Request::AddKey {
+        key: next.public,
+        access: KeyAccess::ReadWrite,
+    };
+    assert_eq!(ask(&mut s, &mut f, &mut w, 1, add), Answer::KeyAdded(3));
+    assert_eq!(
+        ask(&mut s, &mut f, &mut w, 1, Request::RemoveKey(rw.public)),
+        Answer::KeyRemoved(2)
+    );
+    // The old key's session can do nothing more.
+    assert_eq!(
+        ask(&mut s, &mut f, &mut w, 1, Request::Read { from: 0, max: 1 }),
+        Answer::Refused(Refusal::VmGone)
+    );
+    // An ro key removes nothing.
+    let mut r = open(&mut s, &mut f, &ro, 2);
+    assert!(matches!(
+        ask(&mut s, &mut f, &mut r, 2, attach()),
+        Answer::Attached { .. }
+    ));
+    assert_eq!(
+        ask(&mut s, &mut f, &mut r, 2, Request::RemoveKey(next.public)),
+        Answer::Refused(Refusal::ReadOnly)
+    );
+    let mut n = open(&mut s, &mut f, &next, 3);
+    assert!(matches!(
+        ask(&mut s, &mut f, &mut n, 3, attach()),
+        Answer::Attached {
+            access: KeyAccess::ReadWrite,
             ..
         }
     ));

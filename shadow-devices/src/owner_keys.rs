@@ -25,13 +25,20 @@ pub enum OwnerKeyError {
     KeysSet,
     /// The VM holds [`MAX_OWNER_KEYS`] keys.
     Full,
+    /// The VM does not know the key.
+    Unknown,
+    /// It is the VM's last `rw` key: nobody could manage its keys after.
+    LastReadWrite,
 }
 
 impl OwnerKeyError {
     /// The ultracall status.
     pub fn status(self) -> Status {
         match self {
-            OwnerKeyError::KeysSet | OwnerKeyError::Full => Status::OwnerKeysSet,
+            OwnerKeyError::KeysSet
+            | OwnerKeyError::Full
+            | OwnerKeyError::Unknown
+            | OwnerKeyError::LastReadWrite => Status::OwnerKeysSet,
         }
     }
 }
@@ -103,6 +110,27 @@ impl OwnerKeys {
             return Err(OwnerKeyError::Full);
         }
         self.keys.push((key, access));
+        Ok(self.keys.len())
+    }
+
+    /// Removes a key (through a session opened with an `rw` key), never
+    /// the last `rw` one. Returns the number of keys left.
+    pub fn remove(&mut self, key: &OwnerKey) -> Result<usize, OwnerKeyError> {
+        let i = self
+            .keys
+            .iter()
+            .position(|(k, _)| k == key)
+            .ok_or(OwnerKeyError::Unknown)?;
+        let rw_left = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|&(j, &(_, a))| j != i && a == KeyAccess::ReadWrite)
+            .count();
+        if rw_left == 0 {
+            return Err(OwnerKeyError::LastReadWrite);
+        }
+        self.keys.remove(i);
         Ok(self.keys.len())
     }
 
@@ -208,6 +236,21 @@ mod tests {
         let mut w = Writer::with_capacity(0);
         ks.encode(&mut w);
         w.buf
+    }
+
+    #[test]
+    fn keys_are_removed_but_never_the_last_rw_one() {
+        let mut ks = OwnerKeys::default();
+        ks.add_first(key(1), KeyAccess::ReadWrite).unwrap();
+        ks.add_more(key(2), KeyAccess::ReadOnly).unwrap();
+        assert_eq!(ks.remove(&key(1)), Err(OwnerKeyError::LastReadWrite));
+        assert_eq!(ks.remove(&key(9)), Err(OwnerKeyError::Unknown));
+        ks.add_more(key(3), KeyAccess::ReadWrite).unwrap();
+        // Rotation: the new rw key in, the old one out.
+        assert_eq!(ks.remove(&key(1)), Ok(2));
+        assert_eq!(ks.access_of(&key(1)), None);
+        assert_eq!(ks.remove(&key(2)), Ok(1));
+        assert_eq!(ks.remove(&key(3)), Err(OwnerKeyError::LastReadWrite));
     }
 
     #[test]

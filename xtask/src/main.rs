@@ -34,7 +34,7 @@ use std::time::Duration;
 use emulator::{Emulator, Verdict};
 
 const USAGE: &str =
-    "usage: cargo xtask <build | run [--qemu] [--linux | --scenario NAME] [--timeout SECS] | test [host | list | scenario NAME...] | bench | console (--tcp HOST:PORT | --serial DEVICE) [--owner --key FILE --pin FINGERPRINT --tag T [--port N] [--from OFFSET] [--follow] [--break]] | console --owner --gen-key FILE | deps | linux>";
+    "usage: cargo xtask <build | run [--qemu] [--linux | --scenario NAME] [--timeout SECS] | test [host | list | scenario NAME...] | bench | console (--tcp HOST:PORT | --serial DEVICE) [--owner --key FILE --pin FINGERPRINT --tag T [--port N] [--from OFFSET] [--follow] [--break] [--add-key|--add-ro-key|--remove-key KEY]] | console --owner --gen-key FILE | deps | linux>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -291,6 +291,7 @@ fn owner_console(args: &[&str]) -> Result<(), String> {
     let mut it = args.iter().copied();
     let (mut tcp, mut serial, mut key, mut pin, mut tag) = (None, None, None, None, None);
     let (mut port, mut from, mut follow, mut brk, mut gen) = (0x3f8u16, None, false, false, None);
+    let mut changes = Vec::new();
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or(format!("{a} needs a value"));
         match a {
@@ -313,6 +314,30 @@ fn owner_console(args: &[&str]) -> Result<(), String> {
                     v.parse::<u64>()
                         .map_err(|_| format!("--from {v}: a byte offset"))?,
                 );
+            }
+            "--add-key" => {
+                let v = value()?;
+                let k = ultracall_abi::OwnerKey::from_base64(v)
+                    .map_err(|e| format!("--add-key: {e}"))?;
+                changes.push(Step::AddKey {
+                    key: k,
+                    access: ultracall_abi::KeyAccess::ReadWrite,
+                });
+            }
+            "--add-ro-key" => {
+                let v = value()?;
+                let k = ultracall_abi::OwnerKey::from_base64(v)
+                    .map_err(|e| format!("--add-ro-key: {e}"))?;
+                changes.push(Step::AddKey {
+                    key: k,
+                    access: ultracall_abi::KeyAccess::ReadOnly,
+                });
+            }
+            "--remove-key" => {
+                let v = value()?;
+                let k = ultracall_abi::OwnerKey::from_base64(v)
+                    .map_err(|e| format!("--remove-key: {e}"))?;
+                changes.push(Step::RemoveKey(k));
             }
             "--follow" => follow = true,
             "--break" => brk = true,
@@ -347,13 +372,15 @@ fn owner_console(args: &[&str]) -> Result<(), String> {
             patient: false,
         },
     ];
+    let changing = !changes.is_empty();
+    steps.extend(changes);
     if let Some(from) = from {
         steps.push(Step::Backlog { from, holds: None });
     }
     if brk {
         steps.push(Step::Break { expect: Expect::Ok });
     }
-    if follow || (from.is_none() && !brk) {
+    if follow || (from.is_none() && !brk && !changing) {
         steps.push(Step::Follow);
     } else {
         steps.push(Step::Close);

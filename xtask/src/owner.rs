@@ -104,6 +104,7 @@ pub enum Step {
         key: OwnerKey,
         access: KeyAccess,
     },
+    RemoveKey(OwnerKey),
     /// Reads on from the current offset until the output holds `text`.
     WaitFor(String),
     /// Reads on from this offset (attaching starts at the end).
@@ -300,6 +301,7 @@ impl OwnerClient {
                 self.send_request(&Request::Attach { tag, port })
             }
             Step::AddKey { key, access } => self.send_request(&Request::AddKey { key, access }),
+            Step::RemoveKey(key) => self.send_request(&Request::RemoveKey(key)),
             Step::WaitFor(_) | Step::Follow => {
                 self.seen.clear();
                 self.read_request()
@@ -434,6 +436,12 @@ impl OwnerClient {
                     ));
                 }
                 self.check(Expect::Ok, &a, "add key");
+            }
+            (Some(Step::RemoveKey(key)), a) => {
+                if let Answer::KeyRemoved(n) = a {
+                    self.say(&format!("removed key {key}; the VM holds {n}"));
+                }
+                self.check(Expect::Ok, &a, "remove key");
             }
             (Some(Step::Type { bytes, expect }), a) => {
                 if let Answer::Taken(n) = a {

@@ -7,6 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use owner_session::line::{self, LineFrame};
+use owner_session::message::Refusal;
 use owner_session::noise::{Entropy, Identity};
 use owner_session::server::{Channel, Consoles, Outcome, OwnerSessions};
 use shadow_devices::mgmt;
@@ -244,6 +245,19 @@ impl Consoles for ShadowConsoles<'_> {
             access.name()
         );
         Some(n)
+    }
+
+    fn remove_key(&mut self, vm: VmId, key: &OwnerKey) -> Result<usize, Refusal> {
+        use shadow_devices::owner_keys::OwnerKeyError;
+        let v = self.sh.devices.get_mut(&vm).ok_or(Refusal::VmGone)?;
+        match v.owner_keys_mut().remove(key) {
+            Ok(n) => {
+                log::info!("user VM {vm}: owner key {key} removed by an owner");
+                Ok(n)
+            }
+            Err(OwnerKeyError::LastReadWrite) => Err(Refusal::LastRwKey),
+            Err(_) => Err(Refusal::NoSuchKey),
+        }
     }
 
     fn send_break(&mut self, vm: VmId, port: u16) {
