@@ -10,7 +10,9 @@
 //! - many readers per port, one writer: the first `rw` session to attach
 //!   types; others read until it detaches or its session ends;
 //! - at most [`MAX_SESSIONS`] sessions at once (a documented bound: the
-//!   readers of a port are among them);
+//!   readers of a port are among them); only a key some VM registered
+//!   opens one, and when all are taken the one idle longest makes room,
+//!   so sessions left behind by vanished clients never lock owners out;
 //! - a message that fails authentication (altered, replayed, reordered,
 //!   injected) ends its session, and nothing of it reaches a VM;
 //! - a refused request changes nothing.
@@ -33,6 +35,8 @@ pub trait Consoles {
     type Vm: Copy + Eq + core::fmt::Debug;
     /// The VM holding `tag`.
     fn find(&self, tag: &VmTag) -> Option<Self::Vm>;
+    /// Whether any VM registered `key`.
+    fn knows_key(&self, key: &OwnerKey) -> bool;
     /// The access `key` has on `vm` (None: unknown key, or the VM is gone).
     fn key_access(&self, vm: Self::Vm, key: &OwnerKey) -> Option<KeyAccess>;
     /// Whether the VM has a COM port at `port`.
@@ -74,21 +78,30 @@ pub enum EndReason {
     /// The first message was no handshake L0 could open: not encrypted to
     /// L0's identity (the client pinned another key) or damaged.
     HandshakeFailed = 2,
-    /// L0 holds [`MAX_SESSIONS`] sessions.
-    Busy = 3,
+    /// A newer session needed the room and this one was idle longest.
+    Evicted = 3,
     /// L0 has no identity key: owner sessions are off.
     Off = 4,
     /// L0 could not draw randomness for the handshake.
     NoEntropy = 5,
+    /// No VM on this L0 registered the client's key.
+    UnknownKey = 6,
 }
 
 impl EndReason {
     /// From its code.
     pub fn from_code(c: u8) -> Option<EndReason> {
         use EndReason::*;
-        [AuthFailed, HandshakeFailed, Busy, Off, NoEntropy]
-            .into_iter()
-            .find(|r| *r as u8 == c)
+        [
+            AuthFailed,
+            HandshakeFailed,
+            Evicted,
+            Off,
+            NoEntropy,
+            UnknownKey,
+        ]
+        .into_iter()
+        .find(|r| *r as u8 == c)
     }
 
     /// What the client tells its user.
@@ -100,9 +113,14 @@ impl EndReason {
             EndReason::HandshakeFailed => {
                 "L0 could not open the handshake: it was not encrypted to L0's identity (wrong pinned fingerprint?) or was damaged"
             }
-            EndReason::Busy => "L0 has no room for another session; try again later",
             EndReason::Off => "owner sessions are off on this L0 (no identity key)",
             EndReason::NoEntropy => "L0 could not draw randomness for the handshake",
+            EndReason::UnknownKey => {
+                "no VM on this L0 knows this key (the VM must register it: ultracall owner-key add)"
+            }
+            EndReason::Evicted => {
+                "the session was idle longest when L0 needed room for another; open a new one"
+            }
         }
     }
 }
@@ -128,6 +146,8 @@ struct Session<V> {
     transport: TransportState,
     key: OwnerKey,
     attached: Option<Attachment<V>>,
+    /// When it last sent a message (L0's message count).
+    last_used: u64,
 }
 
 /// Every owner session of this L0.
@@ -135,6 +155,10 @@ pub struct OwnerSessions<V> {
     identity: Option<Identity>,
     entropy: Entropy,
     sessions: Vec<Session<V>>,
+    /// Messages received: the clock of `last_used`.
+    clock: u64,
+    /// The channel the last new session pushed out.
+    evicted: Option<Channel>,
 }
 
 impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
@@ -145,6 +169,8 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
             identity,
             entropy,
             sessions: Vec::new(),
+            clock: 0,
+            evicted: None,
         }
     }
 
@@ -183,19 +209,39 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
         msg: &[u8],
         consoles: &mut C,
     ) -> Outcome {
+        self.clock += 1;
         match self.sessions.iter().position(|s| s.channel == channel) {
-            None => self.open(channel, msg),
-            Some(i) => self.request(i, msg, consoles),
+            None => self.open(channel, msg, consoles),
+            Some(i) => {
+                self.sessions[i].last_used = self.clock;
+                self.request(i, msg, consoles)
+            }
         }
     }
 
-    fn open(&mut self, channel: Channel, msg: &[u8]) -> Outcome {
+    /// The session idle longest, when all are taken.
+    fn evict(&mut self) -> Option<Channel> {
+        if self.sessions.len() < MAX_SESSIONS {
+            return None;
+        }
+        let (i, _) = self
+            .sessions
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, s)| s.last_used)?;
+        Some(self.sessions.remove(i).channel)
+    }
+
+    /// The channel a new session pushed out, to tell its client
+    /// ([`EndReason::Evicted`]); taken once.
+    pub fn take_evicted(&mut self) -> Option<Channel> {
+        self.evicted.take()
+    }
+
+    fn open<C: Consoles<Vm = V>>(&mut self, channel: Channel, msg: &[u8], c: &mut C) -> Outcome {
         let Some(identity) = &self.identity else {
             return Outcome::End(EndReason::Off);
         };
-        if self.sessions.len() == MAX_SESSIONS {
-            return Outcome::End(EndReason::Busy);
-        }
         let hs = noise::builder(self.entropy)
             .local_private_key(identity.private())
             .and_then(|b| b.prologue(noise::PROLOGUE))
@@ -214,6 +260,10 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
         let Some(key) = key else {
             return Outcome::End(EndReason::HandshakeFailed);
         };
+        // Only a key some VM registered holds a session (and its room).
+        if !c.knows_key(&key) {
+            return Outcome::End(EndReason::UnknownKey);
+        }
         let mut reply = vec![0u8; MAX_NOISE_MESSAGE];
         let n = match hs.write_message(&[], &mut reply) {
             Ok(n) => n,
@@ -224,11 +274,13 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
         let Ok(transport) = hs.into_transport_mode() else {
             return Outcome::End(EndReason::HandshakeFailed);
         };
+        self.evicted = self.evict();
         self.sessions.push(Session {
             channel,
             transport,
             key,
             attached: None,
+            last_used: self.clock,
         });
         Outcome::Reply(reply)
     }

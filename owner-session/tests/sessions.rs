@@ -45,6 +45,11 @@ struct Fake {
 
 impl Consoles for Fake {
     type Vm = usize;
+    fn knows_key(&self, key: &OwnerKey) -> bool {
+        self.vms
+            .iter()
+            .any(|v| v.keys.iter().any(|(k, _)| k == key))
+    }
     fn find(&self, tag: &VmTag) -> Option<usize> {
         self.vms.iter().position(|v| v.tag == *tag && !v.gone)
     }
@@ -287,14 +292,35 @@ fn a_plain_snow_peer_with_std_opens_a_session() {
 
 #[test]
 fn an_unknown_key_or_tag_is_refused_alike() {
+    // A key no VM registered holds no session at all.
     let (mut s, mut f, _, _) = setup();
     let stranger = owner(9);
-    let mut c = open(&mut s, &mut f, &stranger, 1);
+    let (_, hello) =
+        ClientSession::start(&stranger.private, identity().public(), test_entropy).unwrap();
     assert_eq!(
-        ask(&mut s, &mut f, &mut c, 1, attach()),
+        s.receive(ch(1), &hello, &mut f),
+        Outcome::End(EndReason::UnknownKey)
+    );
+    assert!(s.is_empty());
+    // A key another VM registered: alpha does not know it, and a tag
+    // nobody holds gets the same answer.
+    let (mut s, mut f, rw, _) = setup();
+    let other = owner(10);
+    f.vms.push(Vm {
+        tag: VmTag::new(b"gamma").unwrap(),
+        keys: vec![(other.public, KeyAccess::ReadWrite)],
+        start: 0,
+        history: Vec::new(),
+        typed: Vec::new(),
+        breaks: 0,
+        frozen: false,
+        gone: false,
+    });
+    let mut g = open(&mut s, &mut f, &other, 7);
+    assert_eq!(
+        ask(&mut s, &mut f, &mut g, 7, attach()),
         Answer::Refused(Refusal::UnknownKey)
     );
-    let (mut s, mut f, rw, _) = setup();
     let mut c = open(&mut s, &mut f, &rw, 1);
     let other = Request::Attach {
         tag: VmTag::new(b"beta").unwrap(),
@@ -580,15 +606,33 @@ fn without_identity_or_entropy_or_room_no_session_opens() {
         Outcome::End(EndReason::NoEntropy)
     );
     assert!(dry.is_empty());
+    assert_eq!(dry.take_evicted(), None);
+}
+
+#[test]
+fn a_full_l0_makes_room_by_ending_the_session_idle_longest() {
     let (mut s, mut f, rw, _) = setup();
-    for i in 0..MAX_SESSIONS as u32 {
-        open(&mut s, &mut f, &rw, i);
-    }
-    let (_, hello) = ClientSession::start(&rw.private, identity().public(), test_entropy).unwrap();
+    let mut clients: Vec<ClientSession> = (0..MAX_SESSIONS as u32)
+        .map(|i| open(&mut s, &mut f, &rw, i))
+        .collect();
+    // Channel 0 was opened first but has just been used: 1 is idle longest.
+    assert!(matches!(
+        ask(&mut s, &mut f, &mut clients[0], 0, attach()),
+        Answer::Attached { .. }
+    ));
+    let newest = open(&mut s, &mut f, &rw, 999);
+    assert_eq!(s.len(), MAX_SESSIONS);
+    assert_eq!(s.take_evicted(), Some(ch(1)));
+    assert_eq!(s.take_evicted(), None);
+    let m = clients[1]
+        .request(&Request::Read { from: 0, max: 1 })
+        .unwrap();
     assert_eq!(
-        s.receive(ch(999), &hello, &mut f),
-        Outcome::End(EndReason::Busy)
+        s.receive(ch(1), &m, &mut f),
+        Outcome::End(EndReason::HandshakeFailed),
+        "the evicted session is gone"
     );
+    drop(newest);
     s.drop_transport(0);
     assert!(s.is_empty());
 }

@@ -162,6 +162,12 @@ pub struct OwnerClient {
     done: bool,
     /// Begin only once L0's log shows this (a run's emulator boots first).
     start_after: Option<&'static str>,
+    /// A session refused for a key no VM knows yet is opened again (for
+    /// [`WAIT_LIMIT`]): the VM may not have registered it yet.
+    patient: bool,
+    /// A retried step waits until then, and keeps its first start time.
+    resume_at: Option<Instant>,
+    retry_began: Option<Instant>,
 }
 
 impl OwnerClient {
@@ -187,7 +193,16 @@ impl OwnerClient {
             failed: None,
             done: false,
             start_after: None,
+            patient: false,
+            resume_at: None,
+            retry_began: None,
         }
+    }
+
+    /// Waits for the VM to register the key (see `patient`).
+    pub fn patient(mut self) -> Self {
+        self.patient = true;
+        self
     }
 
     /// Waits for a line of L0's log before the first step.
@@ -273,7 +288,7 @@ impl OwnerClient {
             self.done = true;
             return Vec::new();
         };
-        self.step_began = Instant::now();
+        self.step_began = self.retry_began.take().unwrap_or_else(Instant::now);
         self.current = Some(step.clone());
         match step {
             Step::CheckPin { .. } => {
@@ -518,6 +533,19 @@ impl OwnerClient {
     fn ended(&mut self, reason: Option<EndReason>) {
         let text = reason.map_or("L0 ended the session", |r| r.text());
         match self.current.clone() {
+            Some(step @ Step::Open { refused: None, .. })
+                if self.patient
+                    && reason == Some(EndReason::UnknownKey)
+                    && self.step_began.elapsed() < WAIT_LIMIT =>
+            {
+                // Not registered yet: open again in a second.
+                let began = self.step_began;
+                self.steps.push_front(step);
+                self.next();
+                self.start_after = None;
+                self.resume_at = Some(Instant::now() + POLL * 10);
+                self.retry_began = Some(began);
+            }
             Some(Step::Open {
                 refused: Some(want),
                 ..
@@ -562,6 +590,10 @@ impl LineUser for OwnerClient {
         if self.done || self.start_after.is_some() {
             return Vec::new();
         }
+        if self.resume_at.is_some_and(|t| Instant::now() < t) {
+            return Vec::new();
+        }
+        self.resume_at = None;
         if let Some(keys) = &self.keys {
             while let Ok(k) = keys.try_recv() {
                 self.typed.extend(k);
@@ -743,16 +775,16 @@ pub fn scenario_client() -> OwnerClient {
             expect: Expect::Refused(Refusal::ReadOnly),
         },
         Step::Close,
-        // A key alpha does not know.
+        // A key no VM registered: no session at all.
         Step::Open {
             key: STRANGER,
             pin: l0,
-            refused: None,
+            refused: Some(EndReason::UnknownKey),
         },
-        attach(Expect::Refused(Refusal::UnknownKey), false),
-        Step::Close,
     ];
-    OwnerClient::new(steps, false).after_log("starting the cloud VM")
+    OwnerClient::new(steps, false)
+        .after_log("starting the cloud VM")
+        .patient()
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use owner_session::line::{self, LineFrame};
 use owner_session::message::Refusal;
 use owner_session::noise::{Entropy, Identity};
-use owner_session::server::{Channel, Consoles, Outcome, OwnerSessions};
+use owner_session::server::{Channel, Consoles, EndReason, Outcome, OwnerSessions};
 use shadow_devices::mgmt;
 use shadow_devices::uart16550::history::HISTORY_CAPACITY;
 use ultracall_abi::{KeyAccess, OwnerKey, VmTag};
@@ -109,7 +109,7 @@ impl Owners {
                     sh,
                     max_histories: self.max_histories,
                 };
-                match self.sessions.receive(ch, &bytes, &mut c) {
+                let answer = match self.sessions.receive(ch, &bytes, &mut c) {
                     Outcome::Reply(m) => {
                         mgmt::frame(format_args!("{}", line::message_body(channel, &m)))
                     }
@@ -117,7 +117,16 @@ impl Owners {
                         log::info!("owner session {channel} on the line ended: {}", r.text());
                         mgmt::frame(format_args!("{}", line::end_body(channel, r)))
                     }
+                };
+                // A session pushed out for this one hears why.
+                let mut out = alloc::vec![answer];
+                if let Some(old) = self.sessions.take_evicted().filter(|c| c.transport == LINE) {
+                    out.push(mgmt::frame(format_args!(
+                        "{}",
+                        line::end_body(old.id, EndReason::Evicted)
+                    )));
                 }
+                return Some(out);
             }
             // L0's own frames coming back, or damage: nothing to do.
             Some(_) | None => mgmt::frame(format_args!("err owner frame: malformed")),
@@ -201,6 +210,13 @@ impl Consoles for ShadowConsoles<'_> {
 
     fn find(&self, tag: &VmTag) -> Option<VmId> {
         self.sh.devices.find_by_tag(tag)
+    }
+
+    fn knows_key(&self, key: &OwnerKey) -> bool {
+        self.sh
+            .devices
+            .iter()
+            .any(|(_, v)| v.owner_keys().access_of(key).is_some())
     }
 
     fn key_access(&self, vm: VmId, key: &OwnerKey) -> Option<KeyAccess> {

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 use owner_session::client::ClientSession;
 use owner_session::line::{self, LineFrame};
-use owner_session::message::{Answer, Refusal, Request};
+use owner_session::message::{Answer, Request};
 use owner_session::noise;
 use owner_session::server::EndReason;
 use shadow_devices::mgmt;
@@ -190,11 +190,15 @@ fn a_damaged_frame_ends_the_session_and_nothing_reaches_the_vm() {
         0,
         "no input reached the UART"
     );
-    // An unknown key opens a session but no VM.
-    let mut stranger = open(&mut h, &[9u8; 32], 3);
+    // A key no VM registered opens no session.
+    let (_, hello) =
+        ClientSession::start(&[9u8; 32], &noise::public_key(&L0_PRIVATE), entropy).unwrap();
     assert_eq!(
-        ask(&mut h, &mut stranger, 3, attach()),
-        Answer::Refused(Refusal::UnknownKey)
+        exchange(&mut h, 3, &hello),
+        LineFrame::End {
+            channel: 3,
+            reason: Some(EndReason::UnknownKey)
+        }
     );
     // In console=operator the plain protocol still works beside it.
     assert!(send(&mut h, "ping")[0] == "pong");
