@@ -51,9 +51,11 @@ pub fn generate_key_file(path: &str) -> Result<OwnerKey, String> {
     let (private, public) =
         noise::generate_keypair(os_entropy).ok_or("no randomness from /dev/urandom")?;
     let hex: String = private.iter().map(|b| format!("{b:02x}")).collect();
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600) // a private key: the owner's alone
         .open(path)
         .map_err(|e| format!("creating {path}: {e}"))?;
     writeln!(f, "{hex}").map_err(|e| format!("writing {path}: {e}"))?;
