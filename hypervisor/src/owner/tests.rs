@@ -238,3 +238,44 @@ fn histories_stay_within_their_share_of_the_heap() {
         }
     );
 }
+
+#[test]
+fn random_owner_frames_change_nothing_and_never_panic() {
+    let mut h = host(ConsoleMode::Owners, Some(Some(L0_PRIVATE)));
+    let rw = [1u8; 32];
+    alpha(&mut h, &rw);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // An open session whose channel the junk also hits.
+    let mut c = open(&mut h, &rw, 5);
+    assert!(matches!(
+        ask(&mut h, &mut c, 5, attach()),
+        Answer::Attached { .. }
+    ));
+    for _ in 0..500 {
+        let len = (next() % 600) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let channel = (next() % 8) as u32;
+        let body = match next() % 4 {
+            0 => line::message_body(channel, &bytes),
+            1 => alloc::format!("owner {channel} {}", String::from_utf8_lossy(&bytes)),
+            2 => alloc::format!("owner-end {channel} {}", next() % 9),
+            _ => String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        let _ = h
+            .con
+            .feed(&mut h.sh, mgmt::frame(format_args!("{body}")).as_bytes());
+        let _ = h.con.feed(&mut h.sh, &bytes);
+    }
+    assert_eq!(
+        h.sh.io(ALPHA, 0x3fd, None) & LSR_DR,
+        0,
+        "nothing typed reached alpha"
+    );
+    assert_eq!(h.sh.devices.get(&ALPHA).unwrap().owner_keys().len(), 1);
+}
