@@ -114,7 +114,12 @@ impl Owners {
                         mgmt::frame(format_args!("{}", line::message_body(channel, &m)))
                     }
                     Outcome::End(r) => {
-                        log::info!("owner session {channel} on the line ended: {}", r.text());
+                        // Handshakes anyone can send are not worth a log line each.
+                        if r == EndReason::AuthFailed {
+                            log::info!("owner session {channel} on the line ended: {}", r.text());
+                        } else {
+                            log::debug!("owner session {channel} on the line: {}", r.text());
+                        }
                         mgmt::frame(format_args!("{}", line::end_body(channel, r)))
                     }
                 };
