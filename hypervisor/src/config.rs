@@ -1,7 +1,7 @@
 //! L0's command line and the roles of its boot modules.
 //!
 //! L0: `serial=com2 loglevel=info l0_mem=32M shadow=on cpus=N iommu=on
-//! ept02_tables=N aps=on`.
+//! ept02_tables=N aps=on console=operator`.
 //! Modules say what they are with their first word:
 //! - `l1=multiboot [ARGS]`: the cloud VM's kernel, a multiboot (v1) image,
 //!   started with ARGS as its command line;
@@ -9,6 +9,7 @@
 //! - `l1=linux [ARGS]`: the cloud VM's kernel, a Linux bzImage started by
 //!   the 64-bit boot protocol with ARGS as its command line;
 //! - `l1.initrd`: that kernel's initrd (at most one).
+//! - `l0.key`: the sealing key; `l0.identity`: L0's owner-session key.
 
 use core::fmt;
 
@@ -50,6 +51,27 @@ pub struct Config {
     /// EPT02 tables each CPU keeps at most (`ept02_tables=N`; None: an
     /// eighth of `l0_mem` shared by the CPUs, `nested::ept02::default_cap`).
     pub ept02_tables: Option<usize>,
+    /// Whether the management line still takes the plain operator
+    /// protocol (`console=operator`, the default) or only owner sessions
+    /// (`console=owners`); see [`ConsoleMode`].
+    pub console: ConsoleMode,
+}
+
+/// Who may use the management line's consoles.
+///
+/// `operator` (the default): the operator's plain protocol and owner
+/// sessions. The line is L0's physical port, and physical access to it
+/// is already the operator's credential (threat-model.md); hosts cabled
+/// straight to their operator lose nothing by it, and every tool that
+/// reads the line keeps working. `owners`: only owner sessions (Noise,
+/// end to end); plain operator commands are refused. For a host whose
+/// line runs through equipment the provider runs (a serial concentrator,
+/// a BMC's serial-over-LAN): there the bytes on the line are the
+/// provider's to read, so they must be ciphertext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleMode {
+    Operator,
+    Owners,
 }
 
 impl Default for Config {
@@ -63,6 +85,7 @@ impl Default for Config {
             iommu: true,
             aps: true,
             ept02_tables: None,
+            console: ConsoleMode::Operator,
         }
     }
 }
@@ -95,7 +118,7 @@ impl fmt::Display for ConfigError<'_> {
             Self::MissingValue(k) => write!(f, "`{k}` needs a value (`{k}=...`)"),
             Self::UnknownKey(k) => write!(
                 f,
-                "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow, cpus, iommu, ept02_tables, aps)"
+                "unknown option `{k}` (known: serial, loglevel, l0_mem, shadow, cpus, iommu, ept02_tables, aps, console)"
             ),
         }
     }
@@ -148,6 +171,11 @@ pub fn parse<'a>(cmdline: &'a str, mut problem: impl FnMut(ConfigError<'a>)) -> 
                 "off" => c.aps = false,
                 _ => problem(bad("on or off")),
             },
+            "console" => match value {
+                "operator" => c.console = ConsoleMode::Operator,
+                "owners" => c.console = ConsoleMode::Owners,
+                _ => problem(bad("operator or owners")),
+            },
             "cpus" => match parse_number(value) {
                 Ok(n) if (1..=u32::MAX as u64).contains(&n) => c.cpus = Some(n as u32),
                 _ => problem(bad("a number of CPUs, at least 1")),
@@ -189,6 +217,9 @@ pub enum ModuleRole<'a> {
     /// The 32-byte sealing key for shadow-device state (raw, or 64 hex
     /// digits); L0 reads it and wipes the module.
     L0Key,
+    /// L0's identity for owner sessions: the X25519 private key (raw, or
+    /// 64 hex digits); L0 reads it and wipes the module.
+    L0Identity,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,7 +229,7 @@ impl fmt::Display for UnknownModule<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "module command line starts with `{}`; expected `l1=multiboot`, `l1=linux`, `l1.module`, `l1.initrd` or `l0.key`",
+            "module command line starts with `{}`; expected `l1=multiboot`, `l1=linux`, `l1.module`, `l1.initrd`, `l0.key` or `l0.identity`",
             self.0
         )
     }
@@ -213,6 +244,7 @@ pub fn module_role(cmdline: &str) -> Result<ModuleRole<'_>, UnknownModule<'_>> {
         // An initrd has no arguments; anything after the word is ignored.
         "l1.initrd" => Ok(ModuleRole::L1Initrd),
         "l0.key" => Ok(ModuleRole::L0Key),
+        "l0.identity" => Ok(ModuleRole::L0Identity),
         _ => Err(UnknownModule(first)),
     }
 }
@@ -248,8 +280,24 @@ mod tests {
                 iommu: true,
                 aps: true,
                 ept02_tables: Some(16),
+                console: ConsoleMode::Operator,
             }
         );
+        assert_eq!(parse_all("console=owners").0.console, ConsoleMode::Owners);
+        assert_eq!(
+            parse_all("console=operator").0.console,
+            ConsoleMode::Operator
+        );
+        let (c, e) = parse_all("console=nobody");
+        assert_eq!(
+            c.console,
+            ConsoleMode::Operator,
+            "a bad value keeps the default"
+        );
+        assert!(matches!(
+            e[..],
+            [ConfigError::BadValue { key: "console", .. }]
+        ));
         for bad in [
             "ept02_tables=7",
             "ept02_tables=lots",
@@ -335,6 +383,7 @@ mod tests {
             Ok(ModuleRole::L1Module("env"))
         );
         assert_eq!(module_role("l0.key"), Ok(ModuleRole::L0Key));
+        assert_eq!(module_role("l0.identity"), Ok(ModuleRole::L0Identity));
         assert_eq!(module_role(""), Err(UnknownModule("")));
         assert_eq!(module_role("initrd"), Err(UnknownModule("initrd")));
         assert_eq!(

@@ -27,6 +27,12 @@ pub struct CloudVm<'a> {
     pub started: String,
     /// The sealing key, if a module gave one, and which module (L0 wipes it).
     pub key: Option<([u8; 32], usize)>,
+    /// L0's owner-session identity: None without an `l0.identity` module,
+    /// `Some(None)` when it is malformed or given twice (owner sessions
+    /// are then off, which L0 says). Never fatal: the VMs still run.
+    pub identity: Option<Option<[u8; 32]>>,
+    /// The identity modules (L0 wipes them).
+    pub identity_modules: Vec<usize>,
 }
 
 /// Why the boot information does not make a cloud VM.
@@ -87,8 +93,19 @@ pub fn plan<'a>(
     let mut initrd: Option<&'a [u8]> = None;
     let mut l1_modules = Vec::new();
     let mut key = None;
+    let mut identity = None;
+    let mut identity_modules = Vec::new();
     for (i, m) in modules.iter().enumerate() {
         let (args, kind) = match config::module_role(m.cmdline) {
+            Ok(ModuleRole::L0Identity) => {
+                // A second one: neither is trusted.
+                identity = match identity {
+                    None => Some(owner_session::noise::parse_private_key(m.data)),
+                    Some(_) => Some(None),
+                };
+                identity_modules.push(i);
+                continue;
+            }
             Ok(ModuleRole::L0Key) if key.is_none() => {
                 let k = config::parse_key(m.data).map_err(|e| PlanError::BadKey(i, e))?;
                 key = Some((k, i));
@@ -150,7 +167,13 @@ pub fn plan<'a>(
             plan
         }
     };
-    Ok(CloudVm { load, started, key })
+    Ok(CloudVm {
+        load,
+        started,
+        key,
+        identity,
+        identity_modules,
+    })
 }
 
 #[cfg(test)]
@@ -216,6 +239,31 @@ mod tests {
         let vm = plan(&mods, None, &map()).unwrap();
         assert_eq!(vm.started, "multiboot kernel at 0x100000, 1 module(s)");
         assert_eq!(vm.key, Some(([0xaa; 32], 2)));
+    }
+
+    #[test]
+    fn an_identity_module_is_read_and_never_fatal() {
+        let k = multiboot_kernel();
+        let kernel = BootModule {
+            data: &k,
+            cmdline: "l1=multiboot",
+        };
+        let id = |data| BootModule {
+            data,
+            cmdline: "l0.identity",
+        };
+        let hex = [b'b'; 64];
+        let vm = plan(&[kernel, id(&hex)], None, &map()).unwrap();
+        assert_eq!(vm.identity, Some(Some([0xbb; 32])));
+        assert_eq!(vm.identity_modules, [1]);
+        let vm = plan(&[kernel], None, &map()).unwrap();
+        assert_eq!(vm.identity, None);
+        // Malformed, or two of them: sessions off, the VM still starts.
+        let vm = plan(&[id(b"not a key"), kernel], None, &map()).unwrap();
+        assert_eq!(vm.identity, Some(None));
+        let vm = plan(&[id(&hex), kernel, id(&hex)], None, &map()).unwrap();
+        assert_eq!(vm.identity, Some(None));
+        assert_eq!(vm.identity_modules, [0, 2]);
     }
 
     #[test]

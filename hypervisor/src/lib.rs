@@ -20,6 +20,7 @@ pub mod logger;
 pub mod machine;
 pub mod mm;
 pub mod nested;
+pub mod owner;
 pub mod regs;
 pub mod shadow;
 #[cfg(target_os = "none")]

@@ -192,6 +192,9 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         loader_memory::wipe(&modules[i]);
         k
     });
+    for &i in &vm.identity_modules {
+        loader_memory::wipe(&modules[i]);
+    }
     zero_l1_ram(&bringup::l1_ram(&fw, pool_range));
     let mut hw = Hardware {
         tables: PoolTables,
@@ -228,6 +231,11 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         isolate_dma(&fw, d, &l0_frames);
     }
     machine.shadow.intercept_com = cfg.shadow;
+    machine.console.owners =
+        crate::owner::Owners::new(vm.identity, crate::arch::platform::hw_random, cfg.console);
+    machine.console.owners.max_histories =
+        crate::owner::histories_for_heap((cfg.l0_mem / 4) as usize);
+    info!("{}", machine.console.owners.boot_line());
     let limits = Limits::for_heap((cfg.l0_mem / 4) as usize);
     machine.shadow.set_limits(limits, pool::heap_free);
     info!(

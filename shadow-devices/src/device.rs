@@ -75,6 +75,21 @@ pub trait Console {
     fn input_space(&self) -> usize;
     /// Bytes dropped because the backlog was full with no operator attached.
     fn output_dropped(&self) -> u64;
+    /// Starts keeping the output by offset for owner sessions (a device
+    /// without such a history ignores it).
+    fn enable_history(&mut self) {}
+    /// The history's (oldest offset kept, end), once enabled.
+    fn history_offsets(&self) -> Option<(u64, u64)> {
+        None
+    }
+    /// Output from offset `from` (or the oldest kept): (offset of
+    /// `out[0]`, count, end); None without a history.
+    fn history_read(&self, _from: u64, _out: &mut [u8]) -> Option<(u64, usize, u64)> {
+        None
+    }
+    /// A serial BREAK from the other end of the line (devices without a
+    /// line ignore it).
+    fn send_break(&mut self) {}
 }
 
 /// A device L0 runs in place of hardware the guest believes it has.

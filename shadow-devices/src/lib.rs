@@ -26,6 +26,7 @@ pub mod error;
 #[cfg(target_arch = "x86_64")]
 pub mod gcm_ni;
 pub mod mgmt;
+pub mod owner_keys;
 pub mod registry;
 pub mod seal;
 pub mod uart16550;

@@ -27,8 +27,10 @@
 //! order of the VM's devices, then the platform bytes: what the hypervisor
 //! keeps about the VM's wiring of the devices (L0: the interrupt routes
 //! the VM programmed into its IOAPIC), opaque here, at most
-//! [`MAX_PLATFORM_STATE`] bytes. Version 1 (no platform bytes, that field
-//! reserved 0) is still read.
+//! [`MAX_PLATFORM_STATE`] bytes. Version 3 appends the VM's owner keys
+//! (`u8 count`, then per key `u8 access, 32 bytes`; crate::owner_keys).
+//! Versions 2 (no keys) and 1 (no platform bytes either, that field
+//! reserved 0) are still read; a set read from them restores no key.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -40,12 +42,13 @@ use ultracall_abi::{VmTag, DEVICE_CLASS_DEVICE_SET};
 use crate::device::ShadowDevice;
 use crate::epoch::EpochLedger;
 use crate::error::Error;
+use crate::owner_keys::OwnerKeys;
 use crate::seal::{self, NonceSource, SealKey};
 use crate::uart16550::ComPort;
 use crate::wire::{Reader, Writer};
 
 /// The device-set state format version.
-pub const DEVICE_SET_VERSION: u16 = 2;
+pub const DEVICE_SET_VERSION: u16 = 3;
 
 /// The largest platform state a device set carries.
 pub const MAX_PLATFORM_STATE: usize = 512;
@@ -77,6 +80,8 @@ pub struct VmDevices {
     /// the restored state, so output written meanwhile is kept and the
     /// driver's register writes (IER above all) still hold.
     journal: Option<Vec<(u16, u8)>>,
+    /// Who may open the VM's consoles through an owner session.
+    owner_keys: OwnerKeys,
 }
 
 impl core::fmt::Debug for VmDevices {
@@ -98,7 +103,23 @@ impl VmDevices {
             frozen: false,
             platform: Vec::new(),
             journal: Some(Vec::new()),
+            owner_keys: OwnerKeys::default(),
         }
+    }
+
+    /// The VM's owner keys.
+    pub fn owner_keys(&self) -> &OwnerKeys {
+        &self.owner_keys
+    }
+
+    /// The VM's owner keys, to add one.
+    pub fn owner_keys_mut(&mut self) -> &mut OwnerKeys {
+        &mut self.owner_keys
+    }
+
+    #[cfg(test)]
+    pub(crate) fn freeze_for_test(&mut self) {
+        self.frozen = true;
     }
 
     /// The VM's tag, once registered.
@@ -228,16 +249,21 @@ impl VmDevices {
             w.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
         }
         w.bytes(&self.platform);
+        self.owner_keys.encode(&mut w);
         w.buf
     }
 
     /// Splits a device-set state into per-device states and the platform
     /// state after checking the framing and that it describes exactly
     /// these devices.
-    fn split_set<'a>(&self, bytes: &'a [u8]) -> Result<(Vec<&'a [u8]>, &'a [u8]), Error> {
+    #[allow(clippy::type_complexity)]
+    fn split_set<'a>(
+        &self,
+        bytes: &'a [u8],
+    ) -> Result<(Vec<&'a [u8]>, &'a [u8], OwnerKeys), Error> {
         let mut r = Reader::new(bytes);
         let version = r.u16()?;
-        if version != DEVICE_SET_VERSION && version != 1 {
+        if !(1..=DEVICE_SET_VERSION).contains(&version) {
             return Err(Error::StateVersion { found: version });
         }
         let count = usize::from(r.u16()?);
@@ -262,13 +288,18 @@ impl VmDevices {
             states.push(r.take(len)?);
         }
         let platform = r.take(platform_len)?;
+        let keys = if version >= 3 {
+            OwnerKeys::decode(&mut r)?
+        } else {
+            OwnerKeys::default()
+        };
         r.finish()?;
-        Ok((states, platform))
+        Ok((states, platform, keys))
     }
 
     /// Checks a device-set state without applying it.
     pub fn validate_set(&self, bytes: &[u8]) -> Result<(), Error> {
-        let (states, _) = self.split_set(bytes)?;
+        let (states, _, _) = self.split_set(bytes)?;
         for (d, s) in self.devices.iter().zip(&states) {
             d.validate_state(s)?;
         }
@@ -279,7 +310,7 @@ impl VmDevices {
     /// writes since the set was made (its first restore only; see
     /// [`JOURNAL_MAX`]).
     pub fn restore_set(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        let (states, platform) = self.split_set(bytes)?;
+        let (states, platform, keys) = self.split_set(bytes)?;
         let platform = platform.to_vec();
         for (d, s) in self.devices.iter().zip(&states) {
             d.validate_state(s)?;
@@ -299,6 +330,7 @@ impl VmDevices {
             }
         }
         self.platform = platform;
+        self.owner_keys = keys;
         // What the guest wrote to the devices it had until now, on top.
         for (port, value) in self.journal.take().unwrap_or_default() {
             if let Some(d) = self.device_at(port) {
@@ -903,8 +935,48 @@ mod tests {
         // A version-1 set (no platform field) still restores, platform empty.
         let mut v1 = Registry::<u32>::default().vm(3).save_set();
         v1[0] = 1;
+        v1.pop(); // the owner-key count of version 3
         b.vm(2).restore_set(&v1).unwrap();
         assert_eq!(b.vm(2).platform(), b"");
+    }
+
+    #[test]
+    fn owner_keys_travel_with_the_devices() {
+        use ultracall_abi::{KeyAccess, OwnerKey};
+        let mut a: Registry<u32> = Registry::default();
+        let mut b: Registry<u32> = Registry::default();
+        let key = OwnerKey([7; 32]);
+        a.vm(1)
+            .owner_keys_mut()
+            .add_first(key, KeyAccess::ReadWrite)
+            .unwrap();
+        let set = a.vm(1).save_set();
+        // The destination's own registration in the window is replaced.
+        b.vm(2)
+            .owner_keys_mut()
+            .add_first(OwnerKey([8; 32]), KeyAccess::ReadWrite)
+            .unwrap();
+        b.vm(2).restore_set(&set).unwrap();
+        assert_eq!(
+            b.vm(2).owner_keys().access_of(&key),
+            Some(KeyAccess::ReadWrite)
+        );
+        assert_eq!(b.vm(2).owner_keys().len(), 1);
+        // A refused set leaves the keys alone.
+        let mut bad = set.clone();
+        let at = bad.len() - 33;
+        bad[at] = 9; // the key's access
+        assert_eq!(
+            b.vm(2).restore_set(&bad),
+            Err(Error::StateField("owner key access"))
+        );
+        assert_eq!(b.vm(2).owner_keys().len(), 1);
+        // A version-2 set (no keys) restores with none.
+        let mut v2 = Registry::<u32>::default().vm(3).save_set();
+        v2[0] = 2;
+        v2.pop();
+        b.vm(2).restore_set(&v2).unwrap();
+        assert!(b.vm(2).owner_keys().is_empty());
     }
 
     #[test]
@@ -913,8 +985,10 @@ mod tests {
         let vm = r.vm(1);
         let good = vm.save_set();
         let mut b = good.clone();
-        b[0] = 3;
-        assert_eq!(vm.restore_set(&b), Err(Error::StateVersion { found: 3 }));
+        b[0] = 4;
+        assert_eq!(vm.restore_set(&b), Err(Error::StateVersion { found: 4 }));
+        b[0] = 0;
+        assert_eq!(vm.restore_set(&b), Err(Error::StateVersion { found: 0 }));
         let mut b = good.clone();
         b[0] = 1;
         b[4] = 1;

@@ -31,6 +31,7 @@
 //! not recognised (the upper register halves are not the caller's to set).
 
 use crate::error::Error;
+use crate::owner_key::{KeyAccess, OwnerKey};
 use crate::status::Status;
 use crate::tag::VmTag;
 use crate::version::{AbiVersion, ABI_VERSION};
@@ -114,6 +115,13 @@ pub enum Op {
     /// ISA IRQ lines with a new edge (bit n = IRQ n), RDI = the lines'
     /// current levels. `NO_DEVICE` when nothing is pending.
     TakeIrqs = 7,
+    /// L2 only (since 1.3). In: R8..R11 = an owner's X25519 public key
+    /// (bytes 0..32 as a tag would be), RSI = its access ([`KeyAccess`]:
+    /// 1 read-only, 2 read-write). Sets the VM's first owner key; the same
+    /// key again answers `OK` (an agent may repeat it), another key
+    /// `OWNER_KEYS_SET`: further keys come only through an owner session.
+    /// Out: RSI = the number of keys the VM holds.
+    OwnerKeyAdd = 8,
 }
 
 impl Op {
@@ -126,6 +134,7 @@ impl Op {
         Op::ListVms,
         Op::SetIrqRelay,
         Op::TakeIrqs,
+        Op::OwnerKeyAdd,
     ];
 
     /// Decodes RCX.
@@ -138,6 +147,7 @@ impl Op {
             5 => Some(Op::ListVms),
             6 => Some(Op::SetIrqRelay),
             7 => Some(Op::TakeIrqs),
+            8 => Some(Op::OwnerKeyAdd),
             _ => None,
         }
     }
@@ -157,6 +167,7 @@ impl Op {
             Op::ListVms => "list",
             Op::SetIrqRelay => "irq-relay",
             Op::TakeIrqs => "take-irqs",
+            Op::OwnerKeyAdd => "owner-key",
         }
     }
 
@@ -164,6 +175,7 @@ impl Op {
     pub const fn since_minor(self) -> u16 {
         match self {
             Op::SetIrqRelay | Op::TakeIrqs => 1,
+            Op::OwnerKeyAdd => 3,
             _ => 0,
         }
     }
@@ -172,7 +184,7 @@ impl Op {
     pub const fn allowed_from(self, level: CallerLevel) -> bool {
         match self {
             Op::Ping => true,
-            Op::RegisterTag => matches!(level, CallerLevel::L2),
+            Op::RegisterTag | Op::OwnerKeyAdd => matches!(level, CallerLevel::L2),
             Op::SaveDevices | Op::RestoreDevices | Op::ListVms | Op::SetIrqRelay | Op::TakeIrqs => {
                 matches!(level, CallerLevel::L1)
             }
@@ -187,7 +199,9 @@ impl Op {
     /// How the buffer is used.
     pub const fn buffer_use(self) -> BufferUse {
         match self {
-            Op::Ping | Op::RegisterTag | Op::SetIrqRelay | Op::TakeIrqs => BufferUse::None,
+            Op::Ping | Op::RegisterTag | Op::SetIrqRelay | Op::TakeIrqs | Op::OwnerKeyAdd => {
+                BufferUse::None
+            }
             Op::RestoreDevices => BufferUse::L0Reads,
             Op::SaveDevices | Op::ListVms => BufferUse::L0Writes,
         }
@@ -239,6 +253,8 @@ pub struct Request {
     pub buffer: GuestBuffer,
     /// The tag, when [`Op::takes_tag`].
     pub tag: Option<VmTag>,
+    /// The key and its access, for [`Op::OwnerKeyAdd`].
+    pub owner_key: Option<(OwnerKey, KeyAccess)>,
 }
 
 impl Request {
@@ -249,17 +265,34 @@ impl Request {
             version: ABI_VERSION,
             buffer,
             tag,
+            owner_key: None,
+        }
+    }
+
+    /// `OWNER_KEY_ADD` of `key` with `access`.
+    pub fn owner_key_add(key: OwnerKey, access: KeyAccess) -> Request {
+        Request {
+            owner_key: Some((key, access)),
+            ..Request::new(Op::OwnerKeyAdd, GuestBuffer::default(), None)
         }
     }
 
     /// The registers a caller loads before `vmcall`.
     pub fn to_regs(&self) -> InRegs {
-        let tag = self.tag.map(|t| t.to_regs()).unwrap_or([0; 4]);
+        let tag = match (self.tag, self.owner_key) {
+            (Some(t), _) => t.to_regs(),
+            (None, Some((k, _))) => k.to_regs(),
+            (None, None) => [0; 4],
+        };
+        let rsi = match self.owner_key {
+            Some((_, access)) => u64::from(access.raw()),
+            None => self.buffer.va,
+        };
         InRegs {
             rax: ULTRACALL_MAGIC,
             rcx: self.op.raw(),
             rdx: u64::from(self.version.to_raw()),
-            rsi: self.buffer.va,
+            rsi,
             rdi: self.buffer.len,
             r8: tag[0],
             r9: tag[1],
@@ -322,11 +355,20 @@ impl InRegs {
         } else {
             None
         };
+        let owner_key = if op == Op::OwnerKeyAdd {
+            let access = KeyAccess::from_raw(self.rsi).ok_or(Status::InvalidArgument)?;
+            let key = OwnerKey::from_regs([self.r8, self.r9, self.r10, self.r11])
+                .map_err(|_| Status::OwnerKeyInvalid)?;
+            Some((key, access))
+        } else {
+            None
+        };
         Ok(Request {
             op,
             version,
             buffer,
             tag,
+            owner_key,
         })
     }
 }
@@ -430,7 +472,7 @@ mod tests {
             assert_eq!(Op::from_raw(op.raw()), Some(op));
         }
         assert_eq!(Op::from_raw(0), None);
-        assert_eq!(Op::from_raw(8), None);
+        assert_eq!(Op::from_raw(9), None);
     }
 
     #[test]
@@ -438,6 +480,7 @@ mod tests {
         use CallerLevel::*;
         assert!(Op::Ping.allowed_from(L1) && Op::Ping.allowed_from(L2));
         assert!(!Op::RegisterTag.allowed_from(L1) && Op::RegisterTag.allowed_from(L2));
+        assert!(!Op::OwnerKeyAdd.allowed_from(L1) && Op::OwnerKeyAdd.allowed_from(L2));
         for op in [
             Op::SaveDevices,
             Op::RestoreDevices,
@@ -447,6 +490,28 @@ mod tests {
         ] {
             assert!(op.allowed_from(L1) && !op.allowed_from(L2), "{op:?}");
         }
+    }
+
+    #[test]
+    fn owner_key_add_round_trips_and_is_checked() {
+        let key = OwnerKey([9; 32]);
+        let req = Request::owner_key_add(key, KeyAccess::ReadWrite);
+        let regs = req.to_regs();
+        assert_eq!(regs.rcx, 8);
+        assert_eq!(regs.rsi, 2);
+        assert_eq!(regs.decode(CallerLevel::L2), Ok(req));
+        assert_eq!(regs.decode(CallerLevel::L1), Err(Status::NotPermitted));
+        let old_l0 = AbiVersion { major: 1, minor: 2 };
+        assert_eq!(
+            regs.decode_for(CallerLevel::L2, old_l0),
+            Err(Status::UnknownOp)
+        );
+        let mut bad = regs;
+        bad.rsi = 3;
+        assert_eq!(bad.decode(CallerLevel::L2), Err(Status::InvalidArgument));
+        let mut zero = regs;
+        (zero.r8, zero.r9, zero.r10, zero.r11) = (0, 0, 0, 0);
+        assert_eq!(zero.decode(CallerLevel::L2), Err(Status::OwnerKeyInvalid));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::call::{CallerLevel, MAX_BUFFER_LEN};
 use crate::client::Client;
 use crate::error::Error;
 use crate::list::ListView;
+use crate::owner_key::{KeyAccess, OwnerKey};
 use crate::status::Status;
 use crate::tag::VmTag;
 use crate::version::ABI_VERSION;
@@ -47,6 +48,8 @@ pub const EXIT_BLOB_WRONG_TAG: u8 = 11;
 pub const EXIT_BLOB_REPLAYED: u8 = 12;
 /// Any other refusal or malfunction of L0 (internal, buffer errors, unknown status).
 pub const EXIT_L0_ERROR: u8 = 13;
+/// The owner key was refused: this VM already has other owner keys.
+pub const EXIT_OWNER_KEYS_SET: u8 = 14;
 
 /// The exit code for an error.
 pub fn exit_code(err: &Error) -> u8 {
@@ -56,7 +59,7 @@ pub fn exit_code(err: &Error) -> u8 {
         }
         Error::VersionMismatch { .. } => EXIT_VERSION,
         Error::Os { .. } => EXIT_LOCAL,
-        Error::TagInvalid => EXIT_USAGE,
+        Error::TagInvalid | Error::OwnerKeyInvalid => EXIT_USAGE,
         Error::Status(s) => match s {
             Status::NotPermitted => EXIT_NOT_PERMITTED,
             Status::UnknownTag => EXIT_UNKNOWN_TAG,
@@ -67,6 +70,8 @@ pub fn exit_code(err: &Error) -> u8 {
             Status::BlobWrongTag => EXIT_BLOB_WRONG_TAG,
             Status::BlobReplayed => EXIT_BLOB_REPLAYED,
             Status::BadVersion => EXIT_VERSION,
+            Status::OwnerKeysSet => EXIT_OWNER_KEYS_SET,
+            Status::OwnerKeyInvalid => EXIT_USAGE,
             Status::Ok
             | Status::UnknownOp
             | Status::BufferFault
@@ -96,10 +101,15 @@ USAGE:
     ultracall restore --tag NAME --in FILE      (in the cloud VM) restore NAME's devices from FILE
               [--force]                         (send a blob whose header names another tag: L0 decides)
     ultracall list                              (in the cloud VM) list the VMs L0 knows
+    ultracall owner-key add KEY [rw|ro]         (in a user VM) the owner key that may open this
+                                                VM's consoles in L0 (default rw)
     ultracall --help | --version
 
 FILE may be '-' for stdout/stdin. NAME: 1-32 bytes of [A-Za-z0-9._-], first a
 letter or digit. `save` freezes the VM's devices; a blob restores once.
+KEY: base64 of a 32-byte X25519 public key (44 characters). The first key is
+final (the same key again is fine); more keys come only through an owner
+session opened with an rw key.
 
 list prints one tab-separated line per device (a VM without devices gets one
 line with '-' in the device columns), after a header line starting with '#':
@@ -120,6 +130,7 @@ EXIT CODES:
     11  blob belongs to another VM tag
     12  blob replayed: its epoch was already used
     13  other L0 error (internal, buffer fault, unknown status)
+    14  owner key refused: this VM already has other owner keys
 Errors are one line on stderr: 'ultracall: error: ...'.
 ";
 
@@ -161,6 +172,8 @@ pub enum Command {
     },
     /// `list`.
     List,
+    /// `owner-key add KEY [rw|ro]`.
+    OwnerKeyAdd(OwnerKey, KeyAccess),
 }
 
 fn parse_tag(s: &OsString) -> Result<VmTag, String> {
@@ -249,6 +262,21 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
                     force,
                 }
             })
+        }
+        "owner-key" => {
+            let usage = || "usage: ultracall owner-key add KEY [rw|ro]".to_owned();
+            let words: Vec<&str> = rest
+                .iter()
+                .map(|a| a.to_str())
+                .collect::<Option<_>>()
+                .ok_or_else(usage)?;
+            let (key, access) = match words.as_slice() {
+                ["add", key] => (key, KeyAccess::ReadWrite),
+                ["add", key, access] => (key, KeyAccess::parse(access).ok_or_else(usage)?),
+                _ => return Err(usage()),
+            };
+            let key = OwnerKey::from_base64(key).map_err(|e| format!("{e}: {key:?}"))?;
+            Ok(Command::OwnerKeyAdd(key, access))
         }
         other => Err(format!("unknown command '{other}' (try --help)")),
     }
@@ -481,6 +509,16 @@ fn run_inner(cmd: Command, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
                 ),
             )
         }
+        Command::OwnerKeyAdd(key, access) => {
+            let count = client.owner_key_add(key, access)?;
+            say(
+                out,
+                format!(
+                    "owner key {key} ({}) set; the VM holds {count}",
+                    access.name()
+                ),
+            )
+        }
         Command::List => {
             let bytes = client.list()?;
             let view = ListView::parse(&bytes)?;
@@ -572,6 +610,32 @@ mod tests {
     }
 
     #[test]
+    fn parses_owner_key_add() {
+        let key = OwnerKey([3; 32]);
+        let b64 = key.to_string();
+        assert_eq!(
+            parse_args(args(&["owner-key", "add", &b64])),
+            Ok(Command::OwnerKeyAdd(key, KeyAccess::ReadWrite))
+        );
+        assert_eq!(
+            parse_args(args(&["owner-key", "add", &b64, "ro"])),
+            Ok(Command::OwnerKeyAdd(key, KeyAccess::ReadOnly))
+        );
+        for bad in [
+            &["owner-key", "add"][..],
+            &["owner-key", "add", &b64, "rx"],
+            &["owner-key", "del", &b64],
+            &["owner-key", "add", "not-base64"],
+        ] {
+            assert!(parse_args(args(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            exit_code(&Error::Status(Status::OwnerKeysSet)),
+            EXIT_OWNER_KEYS_SET
+        );
+    }
+
+    #[test]
     fn rejects_bad_command_lines() {
         for bad in [
             &[][..],
@@ -625,7 +689,7 @@ mod tests {
 
     #[test]
     fn help_documents_every_exit_code() {
-        for code in 0..=EXIT_L0_ERROR {
+        for code in 0..=EXIT_OWNER_KEYS_SET {
             assert!(
                 HELP.lines()
                     .any(|l| l.trim_start().starts_with(&format!("{code} "))),

@@ -24,6 +24,7 @@ use crate::call::{
 };
 use crate::cpuid::{self, CpuidRegs};
 use crate::error::Error;
+use crate::owner_key::{KeyAccess, OwnerKey};
 use crate::status::Status;
 use crate::tag::VmTag;
 use crate::version::{AbiVersion, ABI_VERSION};
@@ -299,6 +300,13 @@ impl Client {
     /// `tag`: registers the calling VM (L2) under `tag`; returns L0's VM id.
     pub fn register_tag(&self, tag: &VmTag) -> Result<u64, Error> {
         let req = Request::new(Op::RegisterTag, GuestBuffer::default(), Some(*tag));
+        Ok(self.call(&req)?.into_result()?.value)
+    }
+
+    /// `owner-key add`: the VM's first owner key (L2 only); returns how
+    /// many keys the VM holds.
+    pub fn owner_key_add(&self, key: OwnerKey, access: KeyAccess) -> Result<u64, Error> {
+        let req = Request::owner_key_add(key, access);
         Ok(self.call(&req)?.into_result()?.value)
     }
 

@@ -16,6 +16,8 @@ pub enum Error {
     /// with a non-alphanumeric byte, held a byte outside `[A-Za-z0-9._-]`, or
     /// (in padded form) had non-NUL bytes after the first NUL.
     TagInvalid,
+    /// An owner key was not base64 of 32 bytes, or was all zeros.
+    OwnerKeyInvalid,
     /// The output buffer is too small; `needed` bytes would fit.
     BufferTooSmall {
         /// Bytes the complete encoding needs.
@@ -70,6 +72,9 @@ impl fmt::Display for Error {
         match *self {
             Error::TagInvalid => f.write_str(
                 "invalid VM tag: 1 to 32 bytes of [A-Za-z0-9._-], starting with a letter or digit",
+            ),
+            Error::OwnerKeyInvalid => f.write_str(
+                "invalid owner key: base64 of a 32-byte X25519 public key (44 characters)",
             ),
             Error::BufferTooSmall { needed } => {
                 write!(f, "buffer too small: {needed} bytes needed")

@@ -9,6 +9,7 @@
 //! - [`call`]: operation numbers, the register convention, limits, who may call what;
 //! - [`status`]: the status codes L0 returns in RAX;
 //! - [`tag`]: the VM tag (name) and its charset;
+//! - [`owner_key`]: the owners' console keys a VM registers;
 //! - [`blob`]: the sealed-blob header layout (shadow-devices seals, this crate defines);
 //! - [`list`]: the versioned little-endian format of the `list` answer.
 //!
@@ -24,6 +25,7 @@ pub mod call;
 pub mod cpuid;
 pub mod error;
 pub mod list;
+pub mod owner_key;
 pub mod status;
 pub mod tag;
 pub mod version;
@@ -38,6 +40,7 @@ pub use call::{
     CallerLevel, InRegs, Op, OutRegs, Request, Response, MAX_BUFFER_LEN, ULTRACALL_MAGIC,
 };
 pub use error::Error;
+pub use owner_key::{KeyAccess, OwnerKey, MAX_OWNER_KEYS};
 pub use status::Status;
 pub use tag::{VmTag, MAX_TAG_LEN};
 pub use version::{AbiVersion, ABI_VERSION};

@@ -87,6 +87,10 @@ statuses! {
     NoKey = 21, "NO_KEY", "L0 has no sealing key";
     /// A register argument is out of range, e.g. a relay vector below 32 (since 1.1).
     InvalidArgument = 22, "INVALID_ARGUMENT", "argument out of range";
+    /// The VM's owner keys are set: more only through an owner session (since 1.3).
+    OwnerKeysSet = 23, "OWNER_KEYS_SET", "this VM already has owner keys";
+    /// The owner key is all zeros (since 1.3).
+    OwnerKeyInvalid = 24, "OWNER_KEY_INVALID", "owner key is not a usable X25519 public key";
 }
 
 impl Status {

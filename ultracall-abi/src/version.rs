@@ -23,7 +23,7 @@ pub struct AbiVersion {
 }
 
 /// The version this crate implements (both sides compile it in).
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 1, minor: 2 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 1, minor: 3 };
 
 impl AbiVersion {
     /// Packs as `major << 16 | minor`.
@@ -94,6 +94,6 @@ mod tests {
 
     #[test]
     fn display() {
-        assert_eq!(ABI_VERSION.to_string(), "1.2");
+        assert_eq!(ABI_VERSION.to_string(), "1.3");
     }
 }

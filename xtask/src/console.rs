@@ -17,6 +17,8 @@ pub enum Received {
     Event(Event),
     /// A frame damaged on the line, or one this tool does not know.
     Bad(String),
+    /// An owner-session frame's body (crate::owner).
+    Owner(String),
 }
 
 /// The management line over any non-blocking byte stream (a TCP
@@ -105,6 +107,7 @@ fn classify(line: &str) -> Received {
     // The log and frames share the line; a frame may follow log text that
     // had no newline yet (a boot message cut short), so look for `@`.
     match mgmt::parse_frame(line) {
+        Ok(body) if owner_session::line::is_owner_body(body) => Received::Owner(body.to_string()),
         Ok(body) => match mgmt::parse_event(body) {
             Some(e) => Received::Event(e),
             None => Received::Bad(format!("unknown frame: {line}")),
@@ -385,7 +388,7 @@ impl LineUser for Follower {
                 self.note(format_args!("harness: {m}"));
                 Vec::new()
             }
-            Received::Log(_) => Vec::new(),
+            Received::Log(_) | Received::Owner(_) => Vec::new(),
         }
     }
     fn transcript(&self) -> &str {

@@ -12,6 +12,8 @@
 //! - `cargo xtask deps`: install what the above need (as root)
 //! - `cargo xtask console --tcp HOST:PORT | --serial DEVICE`: the operator's
 //!   console on L0's management line (docs/console-protocol.md)
+//! - `cargo xtask console --owner ...`: a VM owner's encrypted session over
+//!   that line (`--gen-key FILE` makes an owner key; docs/operations.md)
 //! - `cargo xtask linux`: build (or find cached) the Linux cloud VM's kernel and initramfs
 
 mod build;
@@ -21,6 +23,8 @@ mod emulator;
 mod judge;
 mod linux;
 mod operator;
+mod owner;
+mod owner_cli;
 mod scenario;
 mod schedule;
 mod skips;
@@ -31,8 +35,8 @@ use std::time::Duration;
 
 use emulator::{Emulator, Verdict};
 
-const USAGE: &str =
-    "usage: cargo xtask <build | run [--qemu] [--linux | --scenario NAME] [--timeout SECS] | test [host | list | scenario NAME...] | bench | console (--tcp HOST:PORT | --serial DEVICE) | deps | linux>";
+pub(crate) const USAGE: &str =
+    "usage: cargo xtask <build | run [--qemu] [--linux | --scenario NAME] [--timeout SECS] | test [host | list | scenario NAME...] | bench | console (--tcp HOST:PORT | --serial DEVICE) [--owner --key FILE --pin FINGERPRINT --tag T [--port N] [--from OFFSET] [--follow] [--break] [--add-key|--add-ro-key|--remove-key KEY]] | console --owner --gen-key FILE | deps | linux>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -282,11 +286,35 @@ fn run(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// A host's management port: 115200 8N1, raw (what L0 programs), non-blocking.
+pub(crate) fn serial_line(dev: &str) -> Result<std::fs::File, String> {
+    let ok = Command::new("stty")
+        .args([
+            "-F", dev, "115200", "raw", "-echo", "cs8", "-cstopb", "-parenb", "clocal",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        return Err(format!("cannot set up {dev} (stty failed)"));
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    const O_NONBLOCK: i32 = 0o4000;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(O_NONBLOCK)
+        .open(dev)
+        .map_err(|e| format!("opening {dev}: {e}"))
+}
+
 /// `cargo xtask console`: the operator's console on a management line
 /// that is already there — QEMU's `-serial tcp::PORT,server`, or a host's
 /// serial port cabled to L0's management port.
 fn console(args: &[&str]) -> Result<(), String> {
     use std::time::Duration;
+    if args.contains(&"--owner") {
+        return owner_cli::owner_console(args);
+    }
     let mut operator = operator::Operator::new(false);
     let result = match args {
         ["--tcp", addr] => {
@@ -295,27 +323,10 @@ fn console(args: &[&str]) -> Result<(), String> {
             s.set_nonblocking(true).map_err(|e| e.to_string())?;
             console_loop(console::MgmtLine::new(s, None), &mut operator)
         }
-        ["--serial", dev] => {
-            // 115200 8N1, raw: what L0 programs on its management port.
-            let ok = Command::new("stty")
-                .args([
-                    "-F", dev, "115200", "raw", "-echo", "cs8", "-cstopb", "-parenb", "clocal",
-                ])
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                return Err(format!("cannot set up {dev} (stty failed)"));
-            }
-            use std::os::unix::fs::OpenOptionsExt;
-            const O_NONBLOCK: i32 = 0o4000;
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(O_NONBLOCK)
-                .open(dev)
-                .map_err(|e| format!("opening {dev}: {e}"))?;
-            console_loop(console::MgmtLine::new(f, None), &mut operator)
-        }
+        ["--serial", dev] => console_loop(
+            console::MgmtLine::new(serial_line(dev)?, None),
+            &mut operator,
+        ),
         _ => Err(USAGE.into()),
     };
     fn console_loop<S: std::io::Read + std::io::Write>(

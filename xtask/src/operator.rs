@@ -389,7 +389,7 @@ impl LineUser for Operator {
         let mut cmds = Vec::new();
         match r {
             Received::Log(l) if self.show_log => self.print(&format!("{l}{}", newline())),
-            Received::Log(_) => {}
+            Received::Log(_) | Received::Owner(_) => {}
             Received::Bad(m) => self.say(&format!("console: {m}")),
             Received::Event(e) => {
                 match e {

@@ -594,6 +594,66 @@ pub fn all() -> Vec<Scenario> {
             script: None,
         }
     ));
+    // A VM's owner on the line: L0 booted `console=owners` with its
+    // identity module; alpha (the shadow-input VM) registers the owner's
+    // key itself; the owner's client (crate::owner) pins L0, types both
+    // lines through its session, reads the backlog by offset, adds an ro
+    // key that then cannot type, and a stranger and a wrong pin are
+    // refused, each with its message in the transcript.
+    v.push(Scenario {
+        boot: Boot::L0 {
+            cmdline: "serial=com2 loglevel=info console=owners",
+            modules: |i: &Images| {
+                vec![
+                    IsoModule::file(
+                        &i.guest,
+                        &format!(
+                            "l1=multiboot test=owner-console owner-key={}",
+                            crate::owner::test_keys::RW_PUBLIC_B64
+                        ),
+                    ),
+                    IsoModule::inline(
+                        "l0.identity",
+                        crate::owner::test_keys::L0_IDENTITY_HEX.as_bytes(),
+                        "l0.identity",
+                    ),
+                ]
+            },
+        },
+        com2: &[
+            "starting the cloud VM",
+            "owner sessions: on; L0 identity (owners pin this) 17XoHTNuV4sTuNcG6C0GHjA4yWvOZs3PUNVmuW3buhA=",
+            "user VM 1 set owner key e06Qm75//kTEZaIgA31gjuNYl9Me+XLwf3SJLLD3PxM= (rw)",
+            "owner key D6poTtKIZ7l/Smot7l34zpdOdrcBjj8iocTPJnhXDyA= (ro) added by an owner",
+            "L0 integrity OK",
+        ],
+        console: ConsoleCheck {
+            expect: &[],
+            ordered: &[
+                "owner: refused to connect: L0's identity is ",
+                "owner: session refused as expected: L0 could not open the handshake",
+                "owner: L0's identity is the pinned ",
+                "owner: attached to alpha port 0x3f8 (rw, writer)",
+                "owner: typed \"hello-L2\"",
+                "owner| echo: hello-L2",
+                "owner: typed \"second-L2\"",
+                "owner| echo: second-L2",
+                "owner: sent BREAK",
+                "owner: backlog to offset ",
+                "owner: added key D6poTtKIZ7l/Smot7l34zpdOdrcBjj8iocTPJnhXDyA= (ro); the VM holds 2",
+                "owner: attached to alpha port 0x3f8 (ro)",
+                "owner: type: refused as expected: this key is read-only",
+                "owner: BREAK: refused as expected: this key is read-only",
+                "owner: session closed",
+                "owner: session refused as expected: no VM on this L0 knows this key",
+            ],
+            forbidden: &["owner: FAILED"],
+            typed: &[],
+            follow_all: false,
+            script: None,
+        },
+        ..l0_only!("owner-console", 180, guest!("owner-console"), NO_CONSOLE)
+    });
     v.push(l0_only!(
         "ultracall-save-restore",
         120,
@@ -931,7 +991,9 @@ pub fn linux() -> Vec<Scenario> {
             disk: Disk::None,
             cpus: 1,
             console: ConsoleCheck {
-                expect: &["alpha-42-ok", "irq4-count-ok", "beta-42-ok", "flood-irqs-ok", "flood-irq-warnings=0"],
+                // Alpha registers its owner's key with the ultracall CLI
+                // (the owner-console scenario's rw key).
+                expect: &["alpha-42-ok", "irq4-count-ok", "beta-42-ok", "flood-irqs-ok", "flood-irq-warnings=0", "owner key e06Qm75//kTEZaIgA31gjuNYl9Me+XLwf3SJLLD3PxM= (rw) set; the VM holds 1"],
                 typed: &[
                     Input { after: "tag=alpha", target: "alpha", text: "" },
                     Input { after: "alpha# ", target: "alpha", text: "echo alpha-$((6*7))-ok\r" },
@@ -1369,6 +1431,7 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
     let mut done_at: Option<std::time::Instant> = None;
     let mut bad_at: Option<std::time::Instant> = None;
     let mut user: Box<dyn LineUser> = match s.console.script {
+        _ if s.name == "owner-console" => Box::new(crate::owner::scenario_client()),
         Some(script) => Box::new(Operator::scripted(script)),
         None => Box::new(Follower::new(s.console.typed, s.console.follow_all)),
     };

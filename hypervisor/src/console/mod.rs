@@ -45,6 +45,8 @@ pub struct Console {
     stats_wanted: bool,
     /// A `list` answer under way: the next VM to list, how many so far.
     listing: Option<(VmId, usize)>,
+    /// Owner sessions on this line, and whether plain commands are taken.
+    pub owners: crate::owner::Owners,
 }
 
 impl Console {
@@ -80,6 +82,14 @@ impl Console {
             Err(mgmt::FrameError::NotAFrame) => return Vec::new(),
             Err(e) => return alloc::vec![mgmt::frame(format_args!("err frame: {e:?}"))],
         };
+        if let Some(out) = self.owners.line_frame(sh, body) {
+            return out;
+        }
+        if self.owners.mode == crate::config::ConsoleMode::Owners {
+            return alloc::vec![mgmt::frame(format_args!(
+                "err the operator protocol is off on this line (console=owners)"
+            ))];
+        }
         match mgmt::parse_command(body) {
             Ok(c) => self.command(sh, c),
             Err(e) => alloc::vec![mgmt::frame(format_args!("err {e}"))],

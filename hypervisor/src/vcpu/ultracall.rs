@@ -124,6 +124,28 @@ impl Vcpu {
                     Err(e) => Response::error(e.status()),
                 }
             }
+            Op::OwnerKeyAdd => {
+                let Some(vm) = self.current_l2_vm(m) else {
+                    return Response::error(Status::Internal);
+                };
+                let Some((key, access)) = req.owner_key else {
+                    return Response::error(Status::Internal);
+                };
+                let devices = m.shadow.devices.vm(vm);
+                let first = devices.owner_keys().is_empty();
+                match shadow_devices::owner_keys::register_first_key(devices, key, access) {
+                    Ok(n) => {
+                        let max = m.console.owners.max_histories;
+                        crate::owner::keep_history(&mut m.shadow, vm, max);
+                        // (An agent may repeat the call: logged once.)
+                        if first {
+                            log::info!("user VM {vm} set owner key {key} ({})", access.name());
+                        }
+                        Response::ok(0, n as u64)
+                    }
+                    Err(s) => Response::error(s),
+                }
+            }
             Op::ListVms => {
                 m.shadow.expire(crate::arch::cpu::rdtsc());
                 let mut out = vec![0u8; buf.len as usize];

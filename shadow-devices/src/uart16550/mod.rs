@@ -7,6 +7,7 @@
 //! [`ComPort`] names the four PC serial ports L0 claims.
 
 pub mod fifo;
+pub mod history;
 pub mod model;
 pub mod registers;
 pub mod state;

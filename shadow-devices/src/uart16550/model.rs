@@ -96,6 +96,10 @@ pub struct Uart16550 {
     pub(super) output_dropped: u64,
     pub(super) tx_overflow: u64,
 
+    /// Every byte sent, by offset, for owner sessions (not state; see
+    /// `history.rs`); None until an owner may read the port.
+    pub(super) history: Option<alloc::boxed::Box<super::history::OutputHistory>>,
+
     /// Interrupt level at the end of the last public call (not state).
     pub(super) irq_level: bool,
     /// A rising edge not yet taken by L0 (not state).
@@ -131,6 +135,7 @@ impl Uart16550 {
             bytes_out: 0,
             output_dropped: 0,
             tx_overflow: 0,
+            history: None,
             irq_level: false,
             edge: false,
         }
@@ -295,6 +300,10 @@ impl Uart16550 {
     fn drain_tx(&mut self) {
         let was_busy = !self.tx.is_empty();
         while let Some(b) = self.tx.peek() {
+            let sent = !self.loopback() && (!self.output.is_full() || !self.operator_attached);
+            if let (true, Some(h)) = (sent, &mut self.history) {
+                h.push(b);
+            }
             if self.loopback() {
                 self.receive(b);
             } else if !self.output.is_full() {
@@ -324,6 +333,27 @@ impl Uart16550 {
             self.edge = true;
         }
         self.irq_level = level;
+    }
+
+    /// A serial BREAK on the line: LSR.BI is set until the guest reads
+    /// LSR, and the receiver-line-status interrupt rises if enabled
+    /// (Linux's 8250 driver then counts a break and, with magic SysRq,
+    /// takes the next key as a SysRq command).
+    pub fn send_break(&mut self) {
+        self.lsr_sticky |= LSR_BI;
+        self.update_irq();
+    }
+
+    /// Starts keeping every byte sent by offset (owner sessions); the
+    /// backlog not yet pulled seeds it. Once on, it stays on.
+    pub fn enable_history(&mut self) {
+        if self.history.is_none() {
+            let mut h = super::history::OutputHistory::default();
+            for b in self.output.to_vec() {
+                h.push(b);
+            }
+            self.history = Some(alloc::boxed::Box::new(h));
+        }
     }
 
     // ---- register access ----
@@ -569,6 +599,18 @@ impl Console for Uart16550 {
     }
     fn output_dropped(&self) -> u64 {
         self.output_dropped
+    }
+    fn enable_history(&mut self) {
+        Uart16550::enable_history(self)
+    }
+    fn history_offsets(&self) -> Option<(u64, u64)> {
+        self.history.as_ref().map(|h| h.offsets())
+    }
+    fn history_read(&self, from: u64, out: &mut [u8]) -> Option<(u64, usize, u64)> {
+        self.history.as_ref().map(|h| h.read(from, out))
+    }
+    fn send_break(&mut self) {
+        Uart16550::send_break(self)
     }
 }
 

@@ -219,7 +219,10 @@ impl UartState {
             fcr & FCR_ENABLE != 0 || fcr == 0,
             "FCR bits without FIFO enable",
         )?;
-        check(lsr_sticky & !LSR_OE == 0, "LSR bits other than OE")?;
+        check(
+            lsr_sticky & !(LSR_OE | LSR_BI) == 0,
+            "LSR bits other than OE and BI",
+        )?;
         check(msr_deltas & !MSR_DELTA_MASK == 0, "MSR delta reserved bits")?;
         check(
             modem_inputs & !MSR_LINES_MASK == 0,
@@ -463,7 +466,7 @@ mod tests {
         );
         rejects(
             |b| b[6] = LSR_FE,
-            Error::StateField("LSR bits other than OE"),
+            Error::StateField("LSR bits other than OE and BI"),
         );
         rejects(
             |b| b[7] = 0x10,

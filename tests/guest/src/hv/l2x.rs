@@ -108,6 +108,11 @@ pub const D_CR: u64 = 0xc0;
 pub const D_N2: u64 = 0xc8;
 pub const D_P: u64 = 0xd0;
 pub const D_SINCE: u64 = 0xd8;
+/// An owner key `x_register_tag` registers after the tag (OWNER_KEY_ADD,
+/// read-write) when it is not all zeros; the status and key count after.
+pub const D_OWNER_KEY: u64 = 0xe0;
+pub const D_OWNER_STATUS: u64 = 0x1f0;
+pub const D_OWNER_COUNT: u64 = 0x1f8;
 /// The line `l2x_console` builds from its own randomness.
 pub const D_LINE: u64 = 0x100;
 pub const LINE_LEN: u64 = 27;
@@ -311,6 +316,15 @@ l2x_sr_check:
     mov qword ptr [{d} + {d_done}], 1
     jmp x_done
 
+    // LSR into D_READ + 4 (reading it clears BI and OE), then done.
+    .global l2x_lsr
+l2x_lsr:
+    mov dx, 0x3fd
+    in al, dx
+    mov byte ptr [{d} + {d_read} + 4], al
+    mov qword ptr [{d} + {d_done}], 1
+    jmp x_done
+
     // D_N calls from the table at TABLE, each with the sentinels loaded;
     // every register after the call is stored back into the entry.
     .global l2x_fuzz
@@ -488,7 +502,24 @@ x_register_tag:
     vmcall
     mov [{d} + {d_tag_status}], rax
     mov [{d} + {d_tag_id}], rsi
-    ret
+    mov rax, [{d} + {d_owner_key}]
+    or rax, [{d} + {d_owner_key} + 8]
+    or rax, [{d} + {d_owner_key} + 16]
+    or rax, [{d} + {d_owner_key} + 24]
+    jz 1f
+    mov rax, {magic}
+    mov ecx, 8
+    mov edx, {version}
+    mov esi, 2
+    xor edi, edi
+    mov r8, [{d} + {d_owner_key}]
+    mov r9, [{d} + {d_owner_key} + 8]
+    mov r10, [{d} + {d_owner_key} + 16]
+    mov r11, [{d} + {d_owner_key} + 24]
+    vmcall
+    mov [{d} + {d_owner_status}], rax
+    mov [{d} + {d_owner_count}], rsi
+1:  ret
 
     // COM1 as D_UART says: divisor, LCR, FCR, MCR, SCR, then IER.
 x_uart_init:
@@ -726,6 +757,9 @@ l2x_blob_end:
     d_tag = const D_TAG,
     d_tag_status = const D_TAG_STATUS,
     d_tag_id = const D_TAG_ID,
+    d_owner_key = const D_OWNER_KEY,
+    d_owner_status = const D_OWNER_STATUS,
+    d_owner_count = const D_OWNER_COUNT,
     d_uart = const D_UART,
     d_done = const D_DONE,
     d_isr = const D_ISR,

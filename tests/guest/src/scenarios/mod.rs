@@ -37,6 +37,9 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "shadow-bench" => shadow_bench::run_scenario(),
         "shadow-console" => shadow_console::run_scenario(),
         "shadow-input" => shadow_input::run_scenario(),
+        "owner-console" => {
+            shadow_input::run_owner_scenario(crate::mb1::arg(mbi.cmdline(), "owner-key"))
+        }
         "shadow-many" => shadow_many::run_scenario(),
         "smp-bench" => smp_bench::run(mbi),
         "smp-nested" => smp_nested::run(mbi),

@@ -11,11 +11,17 @@
 //! prompt and `second-L2` after the second and checks the echoes; L1
 //! gets no COM exit and its memory holds none of the typed text.
 //!
+//! `owner-console` is the same VM as `alpha` with an owner key (given on
+//! the guest's command line, `owner-key=BASE64`) that its L2 registers
+//! after its tag: there the owner's client types both lines through an
+//! encrypted session that ends in L0 (xtask/src/owner.rs), and the same
+//! checks hold, L1 seeing neither line.
+//!
 //! Natively (no L0) nobody relays anything: no -native variant.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use ultracall_abi::Status;
+use ultracall_abi::{OwnerKey, Status};
 
 use crate::check::Checks;
 use crate::faults::{RELAY_TAKEN, RELAY_VECTOR, TIMER_VECTOR};
@@ -29,7 +35,7 @@ use crate::hv::{apic, cpu, Hv};
 use crate::l2x;
 use crate::spy::{mask, masked_at};
 
-use super::shadow::{run, scan_l1, scan_l2_data, skip, st, Spy, Stop};
+use super::shadow::{run, run_to_end, scan_l1, scan_l2_data, skip, st, Spy, Stop};
 
 const CHECKS: &[&str] = &[
     "vmxon",
@@ -65,6 +71,61 @@ pub fn run_scenario() {
     super::shadow::scenario(&NAME, CHECKS, body);
 }
 
+const OWNER_CHECKS: &[&str] = &[
+    "vmxon",
+    "relay-bad-vector",
+    "relay-set",
+    "input-vm",
+    "relay-through-idt",
+    "relay-as-acked-exit",
+    "relay-not-from-apic",
+    "take-irqs",
+    "l2-isr",
+    "l2-echoed-both-lines",
+    "l1-got-no-com-exit",
+    "l1-memory-holds-no-typed-text",
+    "spy-finds-typed-text-in-l2-memory",
+    "relay-off",
+    "owner-key-set",
+    "break-reached-the-uart",
+];
+
+/// Guest-TSC ticks L1 gives the owner's BREAK to arrive.
+const BREAK_WAIT: u64 = 20_000_000_000;
+
+/// The owner key of `owner-console`, from the command line.
+static OWNER_KEY: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// `owner-console`: `owner-key=BASE64` names the key alpha registers.
+pub fn run_owner_scenario(key: Option<&str>) {
+    static NAME: &str = "owner-console";
+    if let Some(k) = key.and_then(|k| OwnerKey::from_base64(k).ok()) {
+        for (slot, w) in OWNER_KEY.iter().zip(k.to_regs()) {
+            slot.store(w, Ordering::SeqCst);
+        }
+    }
+    super::shadow::scenario(&NAME, OWNER_CHECKS, owner_body);
+}
+
+fn body(c: &mut Checks, hv: &mut Hv) {
+    run_vm(c, hv, b"input-1", None)
+}
+
+fn owner_body(c: &mut Checks, hv: &mut Hv) {
+    let key: [u64; 4] = core::array::from_fn(|i| OWNER_KEY[i].load(Ordering::SeqCst));
+    if key == [0; 4] {
+        for n in &OWNER_CHECKS[1..] {
+            c.check(
+                n,
+                false,
+                format_args!("no owner-key=BASE64 on the command line"),
+            );
+        }
+        return;
+    }
+    run_vm(c, hv, b"alpha", Some(key))
+}
+
 /// What L1's relay service saw.
 #[derive(Default)]
 struct Relay {
@@ -85,7 +146,12 @@ struct Relay {
     owed: bool,
 }
 
-fn body(c: &mut Checks, hv: &mut Hv) {
+fn run_vm(c: &mut Checks, hv: &mut Hv, tag: &'static [u8], owner: Option<[u64; 4]>) {
+    let checks = if owner.is_some() {
+        OWNER_CHECKS
+    } else {
+        CHECKS
+    };
     let o = ucall::set_irq_relay(5);
     c.check(
         "relay-bad-vector",
@@ -106,20 +172,24 @@ fn body(c: &mut Checks, hv: &mut Hv) {
     // Receive interrupts on (IER.ERBFI), OUT2 gates them onto IRQ 4.
     let p = Params {
         letter: b'I',
-        tag: b"input-1",
+        tag,
         uart: [0x01, 0x03, 0x0b, 0x07, 0x00, 0x01, 0x00],
         chunk: 0,
     };
     let mut vm = match hv.vm64(0, pg::VMCS_A, l2x!(l2x_input), &p) {
         Ok((vm, _)) => vm,
         Err(m) => {
-            for n in &CHECKS[3..] {
+            for n in &checks[3..] {
                 c.check(n, false, format_args!("setting up the VM: {}", m.as_str()));
             }
             return;
         }
     };
-    l2x::wr(0, l2x::D_N, SPIN);
+    // The owner's client polls over the line: give it longer to type.
+    l2x::wr(0, l2x::D_N, if owner.is_some() { SPIN << 2 } else { SPIN });
+    for (i, w) in owner.unwrap_or([0; 4]).into_iter().enumerate() {
+        l2x::wr(0, l2x::D_OWNER_KEY + 8 * i as u64, w);
+    }
     let acked_exits = hv.ctl(EXIT_CONTROLS, exit::ACK_INTR_ON_EXIT, 0);
     let apic_ok = apic::usable().is_ok();
     if apic_ok {
@@ -175,6 +245,23 @@ fn body(c: &mut Checks, hv: &mut Hv) {
             s => {
                 trouble = Some(crate::msg!("{s}"));
                 break;
+            }
+        }
+    }
+    // The owner sends BREAK once it saw the second echo: L1 reads the
+    // UART's LSR from L2 until BI shows (reading clears it).
+    let mut brk = (0u8, 0u32);
+    if owner.is_some() && trouble.is_none() {
+        let deadline = cpu::rdtsc() + BREAK_WAIT;
+        loop {
+            let s = run_to_end(vm.at(l2x!(l2x_lsr)), 0, &mut spy);
+            brk = (l2x::rd8(0, l2x::D_READ + 4), brk.1 + 1);
+            if !matches!(s, Stop::Done) || brk.0 & 0x10 != 0 || cpu::rdtsc() > deadline {
+                break;
+            }
+            let pause = cpu::rdtsc() + 20_000_000;
+            while cpu::rdtsc() < pause {
+                core::hint::spin_loop();
             }
         }
     }
@@ -268,6 +355,25 @@ fn body(c: &mut Checks, hv: &mut Hv) {
         o.is(Status::Ok),
         format_args!("SetIrqRelay(0): {}", st(o.rax)),
     );
+    if owner.is_some() {
+        let (status, count) = (
+            l2x::rd(0, l2x::D_OWNER_STATUS),
+            l2x::rd(0, l2x::D_OWNER_COUNT),
+        );
+        c.check(
+            "owner-key-set",
+            status == Status::Ok.raw() && count >= 1,
+            format_args!("OWNER_KEY_ADD from L2: {}, {count} key(s)", st(status)),
+        );
+        c.check(
+            "break-reached-the-uart",
+            brk.0 & 0x10 != 0,
+            format_args!(
+                "LSR {:#x} after {} read(s) from L2 (BI is 0x10)",
+                brk.0, brk.1
+            ),
+        );
+    }
 }
 
 /// Whether the relay vector is pending or in service in L1's local APIC:

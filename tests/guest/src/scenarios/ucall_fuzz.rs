@@ -316,7 +316,7 @@ fn forbidden(level: Level, r: &[u64; 9]) -> bool {
     let version_ok = r[RDX] >> 32 == 0 && r[RDX] >> 16 == ABI_VERSION.major as u64;
     version_ok
         && match level {
-            Level::L1 => r[RCX] == Op::RegisterTag.raw(),
+            Level::L1 => r[RCX] == Op::RegisterTag.raw() || r[RCX] == Op::OwnerKeyAdd.raw(),
             Level::L2 => (3..=7).contains(&r[RCX]),
         }
 }

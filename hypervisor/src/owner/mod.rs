@@ -1,0 +1,293 @@
+//! Owner sessions in L0 (docs/console-protocol.md, "Owner sessions"): the
+//! session logic of `owner_session::server` over the shadow registry, and
+//! the management line as its first transport. A relay in the cloud VM
+//! will carry the same frames as another transport.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use owner_session::line::{self, LineFrame};
+use owner_session::message::Refusal;
+use owner_session::noise::{Entropy, Identity};
+use owner_session::server::{Channel, Consoles, EndReason, Outcome, OwnerSessions};
+use shadow_devices::mgmt;
+use shadow_devices::uart16550::history::HISTORY_CAPACITY;
+use ultracall_abi::{KeyAccess, OwnerKey, VmTag};
+
+use crate::config::ConsoleMode;
+use crate::shadow::identity::VmId;
+use crate::shadow::Shadow;
+
+/// The management line's transport number.
+pub const LINE: u8 = 0;
+
+/// The share of L0's heap the ports' output histories may take, each
+/// charged its full [`HISTORY_CAPACITY`] when it begins: an eighth (the
+/// shadow tables take half, shadow/limits.rs). With the default
+/// `l0_mem=32M` (an 8 MiB heap) that is 16 ports; more need more l0_mem.
+const HISTORY_SHARE_DIV: usize = 8;
+
+/// How many ports may keep a history in a heap of `heap` bytes.
+pub fn histories_for_heap(heap: usize) -> usize {
+    heap / HISTORY_SHARE_DIV / HISTORY_CAPACITY
+}
+
+fn no_entropy(_: &mut [u8]) -> bool {
+    false
+}
+
+/// The owner sessions of this L0 and who may use the line.
+pub struct Owners {
+    sessions: OwnerSessions<VmId>,
+    /// Whether the plain operator protocol is still taken.
+    pub mode: ConsoleMode,
+    /// Why sessions are off, when they are.
+    off_reason: &'static str,
+    /// How many ports may keep an output history at once.
+    pub max_histories: usize,
+}
+
+impl Default for Owners {
+    fn default() -> Self {
+        Owners {
+            sessions: OwnerSessions::new(None, no_entropy),
+            mode: ConsoleMode::Operator,
+            off_reason: "no l0.identity module",
+            max_histories: 0,
+        }
+    }
+}
+
+impl Owners {
+    /// With L0's identity key from its boot module: None without the
+    /// module, `Some(None)` when it was malformed.
+    pub fn new(identity: Option<Option<[u8; 32]>>, entropy: Entropy, mode: ConsoleMode) -> Self {
+        let (id, off_reason) = match identity {
+            Some(Some(k)) => (Some(Identity::new(k)), ""),
+            Some(None) => (
+                None,
+                "the l0.identity module is malformed (expected 64 hex digits or 32 bytes, once)",
+            ),
+            None => (None, "no l0.identity module"),
+        };
+        Owners {
+            sessions: OwnerSessions::new(id, entropy),
+            mode,
+            off_reason,
+            max_histories: 0,
+        }
+    }
+
+    /// The line at boot: what owners pin, or why sessions are off.
+    pub fn boot_line(&self) -> String {
+        match self.sessions.identity() {
+            Some(id) => alloc::format!(
+                "owner sessions: on; L0 identity (owners pin this) {}",
+                id.fingerprint()
+            ),
+            None => alloc::format!("owner sessions: off ({})", self.off_reason),
+        }
+    }
+
+    /// Handles a frame body from the line if it is an owner frame; the
+    /// frames to send back (None: not an owner frame).
+    pub fn line_frame(&mut self, sh: &mut Shadow, body: &str) -> Option<Vec<String>> {
+        if !line::is_owner_body(body) {
+            return None;
+        }
+        let out = match line::parse(body) {
+            Some(LineFrame::IdQuery) => match self.sessions.identity() {
+                Some(id) => mgmt::frame(format_args!("owner-id {}", id.fingerprint())),
+                None => mgmt::frame(format_args!("owner-id off {}", self.off_reason)),
+            },
+            Some(LineFrame::Message { channel, bytes }) => {
+                let ch = Channel {
+                    transport: LINE,
+                    id: channel,
+                };
+                let mut c = ShadowConsoles {
+                    sh,
+                    max_histories: self.max_histories,
+                };
+                let answer = match self.sessions.receive(ch, &bytes, &mut c) {
+                    Outcome::Reply(m) => {
+                        mgmt::frame(format_args!("{}", line::message_body(channel, &m)))
+                    }
+                    Outcome::End(r) => {
+                        // Handshakes anyone can send are not worth a log line each.
+                        if r == EndReason::AuthFailed {
+                            log::info!("owner session {channel} on the line ended: {}", r.text());
+                        } else {
+                            log::debug!("owner session {channel} on the line: {}", r.text());
+                        }
+                        mgmt::frame(format_args!("{}", line::end_body(channel, r)))
+                    }
+                };
+                // A session pushed out for this one hears why.
+                let mut out = alloc::vec![answer];
+                if let Some(old) = self.sessions.take_evicted().filter(|c| c.transport == LINE) {
+                    out.push(mgmt::frame(format_args!(
+                        "{}",
+                        line::end_body(old.id, EndReason::Evicted)
+                    )));
+                }
+                return Some(out);
+            }
+            // L0's own frames coming back, or damage: nothing to do.
+            Some(_) | None => mgmt::frame(format_args!("err owner frame: malformed")),
+        };
+        Some(alloc::vec![out])
+    }
+}
+
+/// How many ports keep a history now.
+fn histories(sh: &Shadow) -> usize {
+    sh.devices
+        .iter()
+        .flat_map(|(_, v)| v.devices())
+        .filter(|d| {
+            d.console_ref()
+                .is_some_and(|c| c.history_offsets().is_some())
+        })
+        .count()
+}
+
+/// Starts the history of one port if the budget has room (else the
+/// owner reads only what follows in the operator's backlog: nothing by
+/// offset), and says so once.
+fn start_history(sh: &mut Shadow, vm: VmId, port: u16, max: usize) {
+    let running = histories(sh);
+    let Some(c) = sh
+        .devices
+        .get_mut(&vm)
+        .and_then(|v| v.device_at(port))
+        .and_then(|d| d.console())
+    else {
+        return;
+    };
+    if c.history_offsets().is_some() {
+        return;
+    }
+    if running < max {
+        c.enable_history();
+    } else {
+        log::warn!(
+            "user VM {vm} port {port:#x}: no room for another console history ({max} in use; raise l0_mem)"
+        );
+    }
+}
+
+/// From its first owner key on, a VM's ports keep their output by
+/// offset, so its owner can read what was printed before attaching.
+pub fn keep_history(sh: &mut Shadow, vm: VmId, max: usize) {
+    let ports: Vec<u16> = sh.devices.get(&vm).map_or(Vec::new(), |v| {
+        v.devices().iter().map(|d| d.ports().base).collect()
+    });
+    for port in ports {
+        start_history(sh, vm, port, max);
+    }
+}
+
+/// The session logic's view of the shadow registry.
+struct ShadowConsoles<'a> {
+    sh: &'a mut Shadow,
+    max_histories: usize,
+}
+
+impl ShadowConsoles<'_> {
+    /// The port's console, its history kept from now on (budget allowing).
+    fn console_of(&mut self, vm: VmId, port: u16) -> Option<&mut dyn shadow_devices::Console> {
+        start_history(self.sh, vm, port, self.max_histories);
+        self.sh.devices.get_mut(&vm)?.device_at(port)?.console()
+    }
+
+    /// Input and BREAK can raise the UART's interrupt: relay the edge.
+    fn note_edges(&mut self, vm: VmId) {
+        if let Some(v) = self.sh.devices.get_mut(&vm) {
+            let edges = v.take_irq_edges();
+            self.sh.irqs.note_edges(vm, edges);
+        }
+    }
+}
+
+impl Consoles for ShadowConsoles<'_> {
+    type Vm = VmId;
+
+    fn find(&self, tag: &VmTag) -> Option<VmId> {
+        self.sh.devices.find_by_tag(tag)
+    }
+
+    fn knows_key(&self, key: &OwnerKey) -> bool {
+        self.sh
+            .devices
+            .iter()
+            .any(|(_, v)| v.owner_keys().access_of(key).is_some())
+    }
+
+    fn key_access(&self, vm: VmId, key: &OwnerKey) -> Option<KeyAccess> {
+        self.sh.devices.get(&vm)?.owner_keys().access_of(key)
+    }
+
+    fn has_port(&self, vm: VmId, port: u16) -> bool {
+        self.sh.devices.get(&vm).is_some_and(|v| {
+            v.devices()
+                .iter()
+                .any(|d| d.ports().base == port && d.console_ref().is_some())
+        })
+    }
+
+    fn frozen(&self, vm: VmId) -> bool {
+        self.sh.devices.get(&vm).is_none_or(|v| v.is_frozen())
+    }
+
+    fn offsets(&mut self, vm: VmId, port: u16) -> (u64, u64) {
+        self.console_of(vm, port)
+            .and_then(|c| c.history_offsets())
+            .unwrap_or((0, 0))
+    }
+
+    fn read(&mut self, vm: VmId, port: u16, from: u64, out: &mut [u8]) -> (u64, usize, u64) {
+        self.console_of(vm, port)
+            .and_then(|c| c.history_read(from, out))
+            .unwrap_or((0, 0, 0))
+    }
+
+    fn input(&mut self, vm: VmId, port: u16, bytes: &[u8]) -> usize {
+        let n = self.console_of(vm, port).map_or(0, |c| c.push_input(bytes));
+        self.note_edges(vm);
+        n
+    }
+
+    fn add_key(&mut self, vm: VmId, key: OwnerKey, access: KeyAccess) -> Option<usize> {
+        let v = self.sh.devices.get_mut(&vm)?;
+        let n = v.owner_keys_mut().add_more(key, access).ok()?;
+        log::info!(
+            "user VM {vm}: owner key {key} ({}) added by an owner",
+            access.name()
+        );
+        Some(n)
+    }
+
+    fn remove_key(&mut self, vm: VmId, key: &OwnerKey) -> Result<usize, Refusal> {
+        use shadow_devices::owner_keys::OwnerKeyError;
+        let v = self.sh.devices.get_mut(&vm).ok_or(Refusal::VmGone)?;
+        match v.owner_keys_mut().remove(key) {
+            Ok(n) => {
+                log::info!("user VM {vm}: owner key {key} removed by an owner");
+                Ok(n)
+            }
+            Err(OwnerKeyError::LastReadWrite) => Err(Refusal::LastRwKey),
+            Err(_) => Err(Refusal::NoSuchKey),
+        }
+    }
+
+    fn send_break(&mut self, vm: VmId, port: u16) {
+        if let Some(c) = self.console_of(vm, port) {
+            c.send_break();
+        }
+        self.note_edges(vm);
+    }
+}
+
+#[cfg(test)]
+mod tests;

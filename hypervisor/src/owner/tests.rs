@@ -1,0 +1,281 @@
+//! Owner sessions through L0's line handling over real shadow devices:
+//! the client's frames go in as management-line bytes, L0's answers come
+//! back as frames, and the VM's UART sees what the session did.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use owner_session::client::ClientSession;
+use owner_session::line::{self, LineFrame};
+use owner_session::message::{Answer, Request};
+use owner_session::noise;
+use owner_session::server::EndReason;
+use shadow_devices::mgmt;
+use shadow_devices::uart16550::registers::{LSR, LSR_BI, LSR_DR, RBR};
+use ultracall_abi::{KeyAccess, OwnerKey, VmTag};
+
+use super::Owners;
+use crate::config::ConsoleMode;
+use crate::console::Console;
+use crate::shadow::Shadow;
+
+const L0_PRIVATE: [u8; 32] = [0x42; 32];
+
+fn entropy(buf: &mut [u8]) -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    static N: AtomicU8 = AtomicU8::new(1);
+    for b in buf.iter_mut() {
+        *b = N.fetch_add(37, Ordering::Relaxed);
+    }
+    true
+}
+
+struct Host {
+    sh: Shadow,
+    con: Console,
+}
+
+fn host(mode: ConsoleMode, identity: Option<Option<[u8; 32]>>) -> Host {
+    let mut con = Console::default();
+    con.owners = Owners::new(identity, entropy, mode);
+    con.owners.max_histories = 4;
+    Host {
+        sh: Shadow::new(None, entropy),
+        con,
+    }
+}
+
+/// Sends one frame body; the bodies L0 answered.
+fn send(h: &mut Host, body: &str) -> Vec<String> {
+    let f = mgmt::frame(format_args!("{body}"));
+    h.con
+        .feed(&mut h.sh, f.as_bytes())
+        .iter()
+        .map(|l| String::from(mgmt::parse_frame(l).unwrap()))
+        .collect()
+}
+
+/// Sends a Noise message on `channel`; L0's answer frame.
+fn exchange(h: &mut Host, channel: u32, msg: &[u8]) -> LineFrame<'static> {
+    let mut out = send(h, &line::message_body(channel, msg));
+    assert_eq!(out.len(), 1, "{out:?}");
+    let body: &'static str = alloc::boxed::Box::leak(out.remove(0).into_boxed_str());
+    line::parse(body).unwrap()
+}
+
+fn open(h: &mut Host, private: &[u8; 32], channel: u32) -> ClientSession {
+    let l0_public = noise::public_key(&L0_PRIVATE);
+    let (mut c, hello) = ClientSession::start(private, &l0_public, entropy).unwrap();
+    match exchange(h, channel, &hello) {
+        LineFrame::Message { bytes, .. } => c.finish(&bytes).unwrap(),
+        other => panic!("{other:?}"),
+    }
+    c
+}
+
+fn ask(h: &mut Host, c: &mut ClientSession, channel: u32, r: Request) -> Answer {
+    let m = c.request(&r).unwrap();
+    match exchange(h, channel, &m) {
+        LineFrame::Message { bytes, .. } => c.answer(&bytes).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+const ALPHA: u64 = 3;
+
+/// A VM `alpha` whose owner registered `rw`'s key, and printed a prompt.
+fn alpha(h: &mut Host, rw: &[u8; 32]) {
+    h.sh.register_tag(ALPHA, VmTag::new(b"alpha").unwrap())
+        .unwrap();
+    let vm = h.sh.devices.vm(ALPHA);
+    let key = OwnerKey(noise::public_key(rw));
+    shadow_devices::owner_keys::register_first_key(vm, key, KeyAccess::ReadWrite).unwrap();
+    super::keep_history(&mut h.sh, ALPHA, h.con.owners.max_histories);
+    for &b in b"alpha$ " {
+        h.sh.io(ALPHA, 0x3f8, Some(b));
+    }
+}
+
+fn attach() -> Request {
+    Request::Attach {
+        tag: VmTag::new(b"alpha").unwrap(),
+        port: 0x3f8,
+    }
+}
+
+#[test]
+fn an_owner_session_over_the_line_reads_types_and_breaks() {
+    let mut h = host(ConsoleMode::Owners, Some(Some(L0_PRIVATE)));
+    let rw = [1u8; 32];
+    alpha(&mut h, &rw);
+    let mut c = open(&mut h, &rw, 7);
+    assert!(matches!(
+        ask(&mut h, &mut c, 7, attach()),
+        Answer::Attached {
+            access: KeyAccess::ReadWrite,
+            writer: true,
+            start: 0,
+            end: 7
+        }
+    ));
+    assert_eq!(
+        ask(&mut h, &mut c, 7, Request::Read { from: 0, max: 100 }),
+        Answer::Output {
+            start: 0,
+            end: 7,
+            bytes: b"alpha$ ".to_vec()
+        }
+    );
+    assert_eq!(
+        ask(&mut h, &mut c, 7, Request::Input(b"l".to_vec())),
+        Answer::Taken(1)
+    );
+    assert_ne!(h.sh.io(ALPHA, 0x3fd, None) & LSR_DR, 0);
+    assert_eq!(h.sh.io(ALPHA, 0x3f8 + RBR as u16, None), b'l');
+    assert_eq!(ask(&mut h, &mut c, 7, Request::Break), Answer::Taken(0));
+    assert_ne!(h.sh.io(ALPHA, 0x3f8 + LSR as u16, None) & LSR_BI, 0);
+    // In console=owners the plain protocol is refused.
+    let out = send(&mut h, "list");
+    assert!(out[0].contains("operator protocol is off"), "{out:?}");
+}
+
+#[test]
+fn the_line_says_who_l0_is_or_why_sessions_are_off() {
+    let mut h = host(ConsoleMode::Operator, Some(Some(L0_PRIVATE)));
+    let fp = alloc::format!("{}", OwnerKey(noise::public_key(&L0_PRIVATE)));
+    assert_eq!(send(&mut h, "owner-id"), [alloc::format!("owner-id {fp}")]);
+    assert!(h.con.owners.boot_line().ends_with(&fp));
+    let mut off = host(ConsoleMode::Operator, Some(None));
+    assert!(off.con.owners.boot_line().contains("malformed"));
+    let out = send(&mut off, "owner-id");
+    assert!(out[0].starts_with("owner-id off "), "{out:?}");
+    let rw = [1u8; 32];
+    let (_, hello) = ClientSession::start(&rw, &noise::public_key(&L0_PRIVATE), entropy).unwrap();
+    assert_eq!(
+        exchange(&mut off, 1, &hello),
+        LineFrame::End {
+            channel: 1,
+            reason: Some(EndReason::Off)
+        }
+    );
+    let none = host(ConsoleMode::Operator, None);
+    assert!(none
+        .con
+        .owners
+        .boot_line()
+        .contains("no l0.identity module"));
+}
+
+#[test]
+fn a_damaged_frame_ends_the_session_and_nothing_reaches_the_vm() {
+    let mut h = host(ConsoleMode::Operator, Some(Some(L0_PRIVATE)));
+    let rw = [1u8; 32];
+    alpha(&mut h, &rw);
+    let mut c = open(&mut h, &rw, 2);
+    assert!(matches!(
+        ask(&mut h, &mut c, 2, attach()),
+        Answer::Attached { .. }
+    ));
+    let mut m = c.request(&Request::Input(b"reboot\r".to_vec())).unwrap();
+    m[5] ^= 0x80;
+    assert_eq!(
+        exchange(&mut h, 2, &m),
+        LineFrame::End {
+            channel: 2,
+            reason: Some(EndReason::AuthFailed)
+        }
+    );
+    assert_eq!(
+        h.sh.io(ALPHA, 0x3fd, None) & LSR_DR,
+        0,
+        "no input reached the UART"
+    );
+    // A key no VM registered opens no session.
+    let (_, hello) =
+        ClientSession::start(&[9u8; 32], &noise::public_key(&L0_PRIVATE), entropy).unwrap();
+    assert_eq!(
+        exchange(&mut h, 3, &hello),
+        LineFrame::End {
+            channel: 3,
+            reason: Some(EndReason::UnknownKey)
+        }
+    );
+    // In console=operator the plain protocol still works beside it.
+    assert!(send(&mut h, "ping")[0] == "pong");
+    // A malformed owner frame is answered, never acted on.
+    assert_eq!(send(&mut h, "owner 1 zz"), ["err owner frame: malformed"]);
+}
+
+#[test]
+fn histories_stay_within_their_share_of_the_heap() {
+    // An 8 MiB heap (l0_mem=32M) holds 16 histories of 64 KiB.
+    assert_eq!(super::histories_for_heap(8 << 20), 16);
+    let mut h = host(ConsoleMode::Operator, Some(Some(L0_PRIVATE)));
+    let rw = [1u8; 32];
+    alpha(&mut h, &rw); // its four ports take the budget of 4
+    assert_eq!(super::histories(&h.sh), 4);
+    const BETA: u64 = 4;
+    h.sh.register_tag(BETA, VmTag::new(b"beta").unwrap())
+        .unwrap();
+    let key = OwnerKey(noise::public_key(&rw));
+    let vm = h.sh.devices.vm(BETA);
+    shadow_devices::owner_keys::register_first_key(vm, key, KeyAccess::ReadWrite).unwrap();
+    super::keep_history(&mut h.sh, BETA, h.con.owners.max_histories);
+    assert_eq!(super::histories(&h.sh), 4, "no history past the budget");
+    // Beta's owner still attaches; there is nothing to read by offset.
+    let mut c = open(&mut h, &rw, 9);
+    let beta = Request::Attach {
+        tag: VmTag::new(b"beta").unwrap(),
+        port: 0x3f8,
+    };
+    assert_eq!(
+        ask(&mut h, &mut c, 9, beta),
+        Answer::Attached {
+            access: KeyAccess::ReadWrite,
+            writer: true,
+            start: 0,
+            end: 0
+        }
+    );
+}
+
+#[test]
+fn random_owner_frames_change_nothing_and_never_panic() {
+    let mut h = host(ConsoleMode::Owners, Some(Some(L0_PRIVATE)));
+    let rw = [1u8; 32];
+    alpha(&mut h, &rw);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // An open session whose channel the junk also hits.
+    let mut c = open(&mut h, &rw, 5);
+    assert!(matches!(
+        ask(&mut h, &mut c, 5, attach()),
+        Answer::Attached { .. }
+    ));
+    for _ in 0..500 {
+        let len = (next() % 600) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let channel = (next() % 8) as u32;
+        let body = match next() % 4 {
+            0 => line::message_body(channel, &bytes),
+            1 => alloc::format!("owner {channel} {}", String::from_utf8_lossy(&bytes)),
+            2 => alloc::format!("owner-end {channel} {}", next() % 9),
+            _ => String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        let _ = h
+            .con
+            .feed(&mut h.sh, mgmt::frame(format_args!("{body}")).as_bytes());
+        let _ = h.con.feed(&mut h.sh, &bytes);
+    }
+    assert_eq!(
+        h.sh.io(ALPHA, 0x3fd, None) & LSR_DR,
+        0,
+        "nothing typed reached alpha"
+    );
+    assert_eq!(h.sh.devices.get(&ALPHA).unwrap().owner_keys().len(), 1);
+}
