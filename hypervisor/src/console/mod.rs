@@ -251,7 +251,8 @@ impl Console {
     /// Moves console bytes both ways for the followed ports: the guests'
     /// output to the operator (at most `mgmt::OUT_CHUNK` per frame, a few
     /// frames per call), the operator's input into the device as it takes
-    /// it; the notices go first, then the next part of a `list` answer.
+    /// it, neither for a frozen (saved) VM; the notices go first, then the
+    /// next part of a `list` answer.
     pub fn pump(&mut self, sh: &mut Shadow) -> Frames {
         let mut out = self.notices(sh);
         out.extend(self.list_more(sh));
@@ -264,6 +265,12 @@ impl Console {
             let Some(vm) = sh.devices.get_mut(&s.vm) else {
                 continue;
             };
+            if vm.is_frozen() {
+                // Saved away: its console stands still until a restore, so
+                // a rollback brings back exactly what was sealed (no output
+                // shown twice, no typed byte lost); input waits here.
+                continue;
+            }
             if let Some(c) = vm.device_at(s.port).and_then(|d| d.console()) {
                 if Some(s) == input && !self.input_backlog.is_empty() {
                     let n = c.push_input(&self.input_backlog);
