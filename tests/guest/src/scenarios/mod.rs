@@ -4,6 +4,7 @@ use crate::mb1::{Identity, Info};
 
 mod boot;
 mod ept_guard;
+mod l2_probe;
 mod nested_basic;
 mod nested_bench;
 mod nested_entry;
@@ -25,6 +26,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
     match name {
         "boot" => boot::run(magic, mbi),
         "ept-guard" => ept_guard::run(mbi),
+        "l2-probes-l0-port" => l2_probe::run(mbi),
         "nested-basic" => nested_basic::run(),
         "nested-bench" => nested_bench::run(),
         "nested-entry-checks" => nested_entry::run(),
