@@ -174,6 +174,9 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             warn!("TSC: the PIT did not answer; the cloud VM gets the CPU's own CPUID 0x15/0x16")
         }
     }
+    // From here on guests may run: their log lines are limited (per call
+    // site, by this rate or else by a 1 GHz guess).
+    crate::logger::limit_rate(tsc_hz.unwrap_or(1_000_000_000));
 
     // The cloud VM: planned from the boot modules, then built.
     let booted: Vec<BootModule> = modules

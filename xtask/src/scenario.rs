@@ -533,6 +533,54 @@ pub fn all() -> Vec<Scenario> {
             cpus: 1,
         });
     }
+    // A log flood from a user VM (L0's debug line for each ultracall it
+    // refuses) while the operator follows the VM's console: every console
+    // line arrives, in order; L0 suppresses log lines instead of waiting.
+    v.push(Scenario {
+        name: "shadow-flood",
+        boot: Boot::L0 {
+            cmdline: "serial=com2 loglevel=debug",
+            modules: guest!("shadow-flood"),
+        },
+        limit: Duration::from_secs(180),
+        com1: &["TEST shadow-flood START", "TEST shadow-flood PASS"],
+        com2: &[
+            "starting the cloud VM",
+            "from L2 -> ",
+            "log lines not sent: 0 dropped (the line was full), ",
+            "L0 integrity OK",
+        ],
+        // (None suppressed would mean the flood never reached the limit.)
+        forbidden: &[
+            "L0 FATAL",
+            "L0 PANIC",
+            "GUEST panic",
+            "GUEST exception",
+            " 0 over their call site's limit",
+        ],
+        console: ConsoleCheck {
+            expect: &["vm 1 tag=flood"],
+            ordered: &[
+                "vm1| shadow-console F line 0",
+                "vm1| shadow-console F line 1",
+                "vm1| shadow-console F line 2",
+                "vm1| shadow-console F line 3",
+                "vm1| shadow-console F line 4",
+                "vm1| shadow-console F line 5",
+                "vm1| shadow-console F line 6",
+                "vm1| shadow-console F line 7",
+                "vm1| shadow-console F line 8",
+                "vm1| shadow-console F line 9",
+            ],
+            forbidden: &[],
+            typed: &[],
+            follow_all: true,
+            script: None,
+        },
+        enabled_in_ci: true,
+        disk: Disk::None,
+        cpus: 1,
+    });
     // Eight user VMs at once, each with its own console.
     v.push(l0_only!(
         "shadow-many",

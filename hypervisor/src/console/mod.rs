@@ -34,6 +34,12 @@ pub const MAX_SESSIONS: usize = 8;
 const LIST_BATCH: usize = 16;
 const LIST_ROOM: usize = 4096;
 
+/// Send-queue room an output frame needs: `@out <vm> <port> <hex>` of a
+/// full chunk. Output is pulled from a device only while the line has it,
+/// so a frame never waits for the line (the guest's UART holds the bytes
+/// and, with an operator attached, pushes back on the guest).
+const OUT_FRAME_ROOM: usize = 2 * mgmt::OUT_CHUNK + 64;
+
 #[derive(Default)]
 pub struct Console {
     /// The ports the console follows; the last one attached takes input.
@@ -278,6 +284,9 @@ impl Console {
                 }
                 let mut buf = [0u8; mgmt::OUT_CHUNK];
                 for _ in 0..4 {
+                    if crate::logger::tx_room() < OUT_FRAME_ROOM {
+                        break;
+                    }
                     let n = c.pull_output(&mut buf);
                     if n == 0 {
                         break;

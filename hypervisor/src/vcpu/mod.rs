@@ -681,6 +681,9 @@ impl Vcpu {
                 }
             }
             ShutdownFeed::Shutdown => {
+                // The report waits for room (log lines do not): the run
+                // ends here anyway.
+                crate::logger::drain();
                 log::info!("cloud VM requested shutdown: L1 {}", self.stats);
                 if m.cpus.len() > 1 {
                     for c in &m.cpus {
@@ -702,6 +705,10 @@ impl Vcpu {
                     );
                 }
                 log::info!("L1 touched L0 memory {} times", m.ept.l0_touches);
+                let (dropped, suppressed) = crate::logger::lines_not_sent();
+                log::info!(
+                    "log lines not sent: {dropped} dropped (the line was full), {suppressed} over their call site's limit"
+                );
                 if p.l0_intact() {
                     log::info!("L0 integrity OK");
                 } else {

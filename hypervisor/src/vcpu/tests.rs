@@ -401,6 +401,7 @@ fn stats_are_answered_on_the_management_line() {
             "l1-vmcs-exits",
             "l2",
             "l2-recent",
+            "log",
             "cpu",
             "cpu"
         ]

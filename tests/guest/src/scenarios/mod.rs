@@ -14,6 +14,7 @@ mod nested_vmx_instr;
 mod shadow;
 mod shadow_bench;
 mod shadow_console;
+mod shadow_flood;
 mod shadow_input;
 mod shadow_many;
 mod smp_bench;
@@ -35,6 +36,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "nested-vmx-instr" => nested_vmx_instr::run(),
         "shadow-bench" => shadow_bench::run_scenario(),
         "shadow-console" => shadow_console::run_scenario(),
+        "shadow-flood" => shadow_flood::run_scenario(),
         "shadow-input" => shadow_input::run_scenario(),
         "shadow-many" => shadow_many::run_scenario(),
         "smp-bench" => smp_bench::run(mbi),
