@@ -174,9 +174,6 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             warn!("TSC: the PIT did not answer; the cloud VM gets the CPU's own CPUID 0x15/0x16")
         }
     }
-    // From here on guests may run: their log lines are limited (per call
-    // site, by this rate or else by a 1 GHz guess).
-    crate::logger::limit_rate(tsc_hz.unwrap_or(1_000_000_000));
 
     // The cloud VM: planned from the boot modules, then built.
     let booted: Vec<BootModule> = modules
@@ -246,6 +243,9 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     }
     ap_boot::start_all(&host, kind, &fw.ram, tsc_hz, share);
     vcpu.serve_console();
+    // From here on guests run: their log lines are limited (per call site,
+    // by the TSC's measured rate or else by a 1 GHz guess).
+    crate::logger::limit_rate(tsc_hz.unwrap_or(1_000_000_000));
     cpu_loop::run(&mut vcpu, machine, &mut hw)
 }
 
