@@ -158,7 +158,9 @@ mod tests {
         assert_eq!(l.admit((0x2000, 7), later), Verdict::Send { suppressed: 0 });
         // A quiet site earns back its burst, no more.
         let much_later = later + 100 * HZ;
-        let n = (0..1000).filter(|_| sent(l.admit(flood, much_later))).count();
+        let n = (0..1000)
+            .filter(|_| sent(l.admit(flood, much_later)))
+            .count();
         assert_eq!(n, BURST as usize);
     }
 

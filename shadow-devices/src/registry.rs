@@ -961,9 +961,15 @@ mod tests {
     fn a_rollback_after_a_save_shows_no_output_twice() {
         let key = SealKey::new(&[1; 32]);
         let (mut r, mut ledger, blob) = saved_vm(1, b"hello", b"");
-        let restored = r.restore_sealed(&tag("vm"), &key, &mut ledger, &blob).unwrap();
+        let restored = r
+            .restore_sealed(&tag("vm"), &key, &mut ledger, &blob)
+            .unwrap();
         assert_eq!(restored.epoch, 1);
-        assert_eq!(pending_output(&mut r, 1), b"", "the journal went with the save");
+        assert_eq!(
+            pending_output(&mut r, 1),
+            b"",
+            "the journal went with the save"
+        );
         // After the rollback the VM writes on as usual.
         r.io_write(1, 0x3f8, b'!');
         assert_eq!(pending_output(&mut r, 1), b"!");
@@ -974,14 +980,18 @@ mod tests {
         let key = SealKey::new(&[1; 32]);
         // A rollback into the frozen VM that saved: its input is back.
         let (mut r, mut ledger, blob) = saved_vm(1, b"", b"secret");
-        let restored = r.restore_sealed(&tag("vm"), &key, &mut ledger, &blob).unwrap();
+        let restored = r
+            .restore_sealed(&tag("vm"), &key, &mut ledger, &blob)
+            .unwrap();
         assert_eq!(restored.input_dropped, 0);
         assert_eq!(unread_input(&mut r, 1), b"secret");
         // The same host after the VM ended: a new VM with the same tag.
         let (mut r, mut ledger, blob) = saved_vm(1, b"", b"secret");
         r.remove(&1);
         r.register_tag(2, tag("vm")).unwrap();
-        let restored = r.restore_sealed(&tag("vm"), &key, &mut ledger, &blob).unwrap();
+        let restored = r
+            .restore_sealed(&tag("vm"), &key, &mut ledger, &blob)
+            .unwrap();
         assert_eq!((restored.vm, restored.input_dropped), (2, 6));
         assert_eq!(unread_input(&mut r, 2), b"");
         assert_eq!(r.io_read(2, 0x3f8), Some(0), "not even RBR's last byte");

@@ -400,7 +400,10 @@ fn a_frozen_console_stands_still_until_the_rollback() {
     .unwrap();
     // Frozen: the sealed backlog is not pulled, typed input waits in L0.
     assert_eq!(events(s.pump()), vec![]);
-    assert_eq!(send(&mut s, &alloc::format!("in {}", mgmt::hex(b"ls\r"))), vec![]);
+    assert_eq!(
+        send(&mut s, &alloc::format!("in {}", mgmt::hex(b"ls\r"))),
+        vec![]
+    );
     let sealed = s.devices.get(&a).unwrap().save_set();
     assert_eq!(events(s.pump()), vec![]);
     // (The device set unchanged: the rollback restores exactly it.)

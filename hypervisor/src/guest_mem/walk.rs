@@ -347,7 +347,11 @@ mod tests {
         assert_eq!(pte, [0; 8], "the first page's bytes: the PTE");
         let mut after = [0u8; 8];
         m.read(0x22_0000, &mut after).unwrap();
-        assert_eq!(after, data[8..], "the second page's bytes: where it was mapped");
+        assert_eq!(
+            after,
+            data[8..],
+            "the second page's bytes: where it was mapped"
+        );
         // A fault on the second page still writes nothing.
         put(&mut m, 0x4000 + 0x1ff * 8, 0);
         data[..8].fill(0x55);

@@ -27,7 +27,9 @@ pub fn touches(mgmt: Option<u16>, port: u16, size: u8) -> bool {
 
 /// Every port L0 keeps, for the I/O bitmaps.
 pub fn all(mgmt: Option<u16>) -> impl Iterator<Item = u16> {
-    let uart = mgmt.into_iter().flat_map(|base| base..base.saturating_add(8));
+    let uart = mgmt
+        .into_iter()
+        .flat_map(|base| base..base.saturating_add(8));
     let bmc = BMC_PORTS.iter().flat_map(|&(base, n, _)| base..base + n);
     uart.chain(bmc)
 }

@@ -304,7 +304,10 @@ mod tests {
     fn io_bitmaps_take_l0s_ports_only() {
         let l1 = l1_io_bitmap(Some(0x2f8));
         assert!(l1.intercepts(0x2f8, 1) && l1.intercepts(0x2ff, 1));
-        assert!(l1.intercepts(0xca2, 1) && l1.intercepts(0xca3, 1), "IPMI KCS");
+        assert!(
+            l1.intercepts(0xca2, 1) && l1.intercepts(0xca3, 1),
+            "IPMI KCS"
+        );
         assert!(l1.intercepts(0x8900, 2));
         assert!(!l1.intercepts(0x3f8, 1), "L1's own COM1 is L1's");
         assert!(!l1.intercepts(0x2f7, 1) && !l1.intercepts(0x300, 1));

@@ -58,7 +58,12 @@ fn probe(c: &mut Checks, hv: &Hv, base: u16) {
     let probes = [
         ("base-reads-absent", l2!(l2_in_al_dx), base, None),
         ("lsr-reads-absent", l2!(l2_in_al_dx), base + 5, None),
-        ("scratch-keeps-nothing", l2!(l2_out_in_dx), base + 7, Some(0x5a)),
+        (
+            "scratch-keeps-nothing",
+            l2!(l2_out_in_dx),
+            base + 7,
+            Some(0x5a),
+        ),
     ];
     for (name, rip, port, write) in probes {
         let Some(mut vm) = hv.fresh(c, name, rip) else {

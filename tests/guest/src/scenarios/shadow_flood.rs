@@ -48,11 +48,18 @@ fn body(c: &mut Checks, hv: &mut crate::hv::Hv) {
     c.check(
         "flood-ran-to-the-end",
         matches!(s, Stop::Done) && done == 1,
-        format_args!("{s}; {} refused ultracalls; {}", 10 * CALLS_PER_LINE, spy.summary().as_str()),
+        format_args!(
+            "{s}; {} refused ultracalls; {}",
+            10 * CALLS_PER_LINE,
+            spy.summary().as_str()
+        ),
     );
     c.check(
         "l1-got-no-com-exit",
         spy.com_io == 0 && spy.ucall_exits == 0,
-        format_args!("{} COM exits, {} ultracall exits", spy.com_io, spy.ucall_exits),
+        format_args!(
+            "{} COM exits, {} ultracall exits",
+            spy.com_io, spy.ucall_exits
+        ),
     );
 }
