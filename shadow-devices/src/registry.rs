@@ -289,13 +289,21 @@ impl VmDevices {
 
     /// Restores every device, all or nothing; then replays the guest's
     /// writes since the set was made (its first restore only; see
-    /// [`JOURNAL_MAX`]).
+    /// [`JOURNAL_MAX`]). Whether an operator follows each console stays as
+    /// it is here: that is this host's fact, not the VM's (a console the
+    /// sealed state called followed, with nobody following it here, would
+    /// push back on the guest once its backlog filled, for good).
     pub fn restore_set(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let (states, platform) = self.split_set(bytes)?;
         let platform = platform.to_vec();
         for (d, s) in self.devices.iter().zip(&states) {
             d.validate_state(s)?;
         }
+        let followed: Vec<bool> = self
+            .devices
+            .iter()
+            .map(|d| d.console_ref().is_some_and(|c| c.operator_attached()))
+            .collect();
         let backups: Vec<Vec<u8>> = self.devices.iter().map(|d| d.save_state()).collect();
         for (i, state) in states.iter().enumerate() {
             let Some(dev) = self.devices.get_mut(i) else {
@@ -311,6 +319,11 @@ impl VmDevices {
             }
         }
         self.platform = platform;
+        for (d, followed) in self.devices.iter_mut().zip(followed) {
+            if let Some(c) = d.console() {
+                c.set_operator_attached(followed);
+            }
+        }
         // What the guest wrote to the devices it had until now, on top.
         for (port, value) in self.journal.take().unwrap_or_default() {
             if let Some(d) = self.device_at(port) {
@@ -1004,6 +1017,38 @@ mod tests {
             .unwrap();
         assert_eq!(restored.input_dropped, 6);
         assert_eq!(unread_input(&mut dst, 9), b"");
+    }
+
+    #[test]
+    fn whether_an_operator_follows_is_this_hosts_fact() {
+        let attached = |r: &mut Registry<u32>, k: u32| {
+            let c = r.vm(k).device_at(0x3f8).and_then(|d| d.console()).unwrap();
+            c.operator_attached()
+        };
+        let mut a: Registry<u32> = Registry::default();
+        a.vm(1)
+            .device_at(0x3f8)
+            .and_then(|d| d.console())
+            .unwrap()
+            .set_operator_attached(true);
+        let set = a.vm(1).save_set();
+        // Nobody follows the VM on host B: its console does not push back.
+        let mut b: Registry<u32> = Registry::default();
+        b.vm(2).restore_set(&set).unwrap();
+        assert!(!attached(&mut b, 2));
+        for _ in 0..100_000 {
+            b.io_write(2, 0x3f8, b'x');
+        }
+        assert_ne!(b.io_read(2, 0x3fd).unwrap() & LSR_THRE, 0, "output flows");
+        // Someone follows it on host C before the restore: still followed.
+        let mut c: Registry<u32> = Registry::default();
+        c.vm(3)
+            .device_at(0x3f8)
+            .and_then(|d| d.console())
+            .unwrap()
+            .set_operator_attached(true);
+        c.vm(3).restore_set(&set).unwrap();
+        assert!(attached(&mut c, 3));
     }
 
     #[test]
