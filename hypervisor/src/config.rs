@@ -416,15 +416,16 @@ pub fn parse_key(data: &[u8]) -> Result<[u8; 32], BadKey> {
     if data.len() == 32 {
         return Ok(data.try_into().unwrap());
     }
-    let text = core::str::from_utf8(data)
-        .map_err(|_| BadKey(data.len()))?
-        .trim();
+    // Digit by digit on the bytes: slicing the text two bytes at a time
+    // would split a multi-byte character (a panic, not an error).
+    let text = data.trim_ascii();
+    let digit = |b: u8| (b as char).to_digit(16).ok_or(BadKey(data.len()));
     if text.len() != 64 {
         return Err(BadKey(data.len()));
     }
     let mut key = [0u8; 32];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| BadKey(data.len()))?;
+    for (k, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
+        *k = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
     }
     Ok(key)
 }
@@ -441,5 +442,11 @@ mod key_tests {
         assert_eq!((k[0], k[1], k[31]), (0x00, 0x11, 0xff));
         assert_eq!(parse_key(b"short"), Err(BadKey(5)));
         assert_eq!(parse_key(&[b'z'; 64]), Err(BadKey(64)));
+        // 64 bytes of two-byte characters: refused, not a panic.
+        assert_eq!(parse_key("é".repeat(32).as_bytes()), Err(BadKey(64)));
+        // A character across the first pair of digits.
+        let mixed = alloc::format!("aé{}", &hex[..61]);
+        assert_eq!(parse_key(mixed.as_bytes()), Err(BadKey(64)));
+        assert_eq!(parse_key(&[0xff; 64]), Err(BadKey(64)), "not UTF-8");
     }
 }

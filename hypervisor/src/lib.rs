@@ -16,6 +16,7 @@ pub mod cpus;
 pub mod guest_mem;
 pub mod iommu;
 pub mod l1_plan;
+pub mod log_limit;
 pub mod logger;
 pub mod machine;
 pub mod mm;

@@ -1,13 +1,20 @@
 //! L0's log on its management serial line, through `log` and `uart_16550`.
 //!
 //! The UART is set to 115200 8N1 with its interrupt output disabled: L0
-//! polls, and the IRQ line belongs to L1's interrupt controller.
+//! polls, and the IRQ line belongs to L1's interrupt controller. Log lines
+//! are limited per call site and dropped, not waited for, when the send
+//! queue is full (`log_limit`); console frames and L0's fatal report
+//! ([`FATAL`]) wait for room.
 
 use core::fmt::{self, Write};
 
 use spin::Mutex;
 
 use crate::arch::uart::{self, Uart};
+use crate::log_limit::{self, SiteLimits, Verdict};
+
+/// The target of L0's fatal report: never limited or dropped.
+pub const FATAL: &str = "l0::fatal";
 
 /// What L0 sends waits here while the UART is busy: L0 never stalls its
 /// guests for the line's 115200 baud (~87 µs a byte) unless this is full.
@@ -23,6 +30,11 @@ struct Line {
     queue: [u8; TX_QUEUE],
     head: usize,
     len: usize,
+    limits: SiteLimits,
+    /// Log lines dropped because the queue had no room for them.
+    dropped: u64,
+    /// Log lines over their call site's budget.
+    suppressed: u64,
 }
 
 static LINE: Mutex<Line> = Mutex::new(Line {
@@ -31,6 +43,9 @@ static LINE: Mutex<Line> = Mutex::new(Line {
     queue: [0; TX_QUEUE],
     head: 0,
     len: 0,
+    limits: SiteLimits::new(),
+    dropped: 0,
+    suppressed: 0,
 });
 
 impl Line {
@@ -110,6 +125,19 @@ pub fn tx_room() -> usize {
     TX_QUEUE - LINE.lock().len
 }
 
+/// Limits log lines per call site from now on (once guests may run), the
+/// TSC ticking `tsc_hz` a second.
+pub fn limit_rate(tsc_hz: u64) {
+    LINE.lock().limits.start(tsc_hz);
+}
+
+/// Log lines not sent so far: (dropped for want of room, suppressed by
+/// their call site's limit).
+pub fn lines_not_sent() -> (u64, u64) {
+    let l = LINE.lock();
+    (l.dropped, l.suppressed)
+}
+
 /// The management port's base, if one is in use.
 pub fn serial_base() -> Option<u16> {
     LINE.lock().port.map(|p| p.base())
@@ -169,12 +197,50 @@ impl log::Log for Logger {
                 log::Level::Trace => "L0 TRACE ",
             };
             let mut l = LINE.lock();
+            if l.port.is_none() {
+                return;
+            }
+            let mut suppressed = 0;
+            if r.target() != FATAL {
+                let file = r.file_static().map_or(0, |f| f.as_ptr() as usize);
+                let site = (file, r.line().unwrap_or(0));
+                match l.limits.admit(site, crate::arch::cpu::rdtsc()) {
+                    Verdict::Suppress => {
+                        l.suppressed += 1;
+                        return;
+                    }
+                    Verdict::Send { suppressed: n } => suppressed = n,
+                }
+                // The whole line or nothing, and never a wait.
+                let mut len = Count(level.len() + 1);
+                let _ = len.write_fmt(*r.args());
+                if suppressed > 0 {
+                    let _ = len.write_fmt(format_args!(" (+{suppressed} suppressed)"));
+                }
+                if !log_limit::log_fits(TX_QUEUE, l.len, len.0) {
+                    l.dropped += 1;
+                    return;
+                }
+            }
             let _ = l.write_str(level);
             let _ = l.write_fmt(*r.args());
+            if suppressed > 0 {
+                let _ = l.write_fmt(format_args!(" (+{suppressed} suppressed)"));
+            }
             let _ = l.write_str("\n");
         }
     }
     fn flush(&self) {}
+}
+
+/// Counts what is formatted.
+struct Count(usize);
+
+impl Write for Count {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
 }
 
 static LOGGER: Logger = Logger;

@@ -288,6 +288,9 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         info!("INIT and start-up IPIs of the cloud VM go to its own CPUs only: L0 does not hold every CPU of this host");
     }
     vcpu.serve_console();
+    // From here on guests run: their log lines are limited (per call site,
+    // by the TSC's measured rate or else by a 1 GHz guess).
+    crate::logger::limit_rate(tsc_hz.unwrap_or(1_000_000_000));
     cpu_loop::run(&mut vcpu, machine, &mut hw)
 }
 

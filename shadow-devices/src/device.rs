@@ -90,6 +90,11 @@ pub trait Console {
     /// A serial BREAK from the other end of the line (devices without a
     /// line ignore it).
     fn send_break(&mut self) {}
+    /// Drops the operator's input the guest has not read (the input queue,
+    /// the receiver's FIFO, and the last byte an empty RBR would show
+    /// again); returns how many bytes were unread. For a restore into a VM
+    /// that is not the one that saved: typed input is for its reader.
+    fn drop_input(&mut self) -> usize;
 }
 
 /// A device L0 runs in place of hardware the guest believes it has.

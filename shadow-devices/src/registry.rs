@@ -18,7 +18,12 @@
 //!   registry lock from prepare to commit.
 //! - [`Registry::restore_sealed`] opens, validates every device state,
 //!   applies them all, then consumes the epoch and thaws the VM; on any
-//!   error nothing changed.
+//!   error nothing changed. Typed input the saved VM had not read goes
+//!   back only to that VM (a rollback of its own save, still frozen here):
+//!   a restore into any other VM, a new one with the same tag here or on
+//!   another host, drops it ([`Restored::input_dropped`]).
+//! - a committed save ends the journal (see [`VmDevices`]): a rollback
+//!   restores the sealed state alone and shows no output twice.
 //!
 //! Device-set state (the sealed payload, class
 //! [`ultracall_abi::DEVICE_CLASS_DEVICE_SET`]), format version 2, LE:
@@ -74,14 +79,20 @@ pub struct VmDevices {
     frozen: bool,
     platform: Vec<u8>,
     /// The guest's port writes (port, value) from the set's creation until
-    /// its first restore, while there are at most [`JOURNAL_MAX`]: a VM
+    /// its first restore or save, while there are at most [`JOURNAL_MAX`]: a VM
     /// resumed on another host writes to fresh devices until its manager
     /// restores the sealed ones, and the restore replays these writes on
     /// the restored state, so output written meanwhile is kept and the
-    /// driver's register writes (IER above all) still hold.
+    /// driver's register writes (IER above all) still hold. A committed
+    /// save ends it: the sealed state already holds those writes, and a
+    /// rollback replaying them would send their output twice.
     journal: Option<Vec<(u16, u8)>>,
     /// Who may open the VM's consoles through an owner session.
     owner_keys: OwnerKeys,
+    /// The epoch of this set's committed save, until a restore: a restore
+    /// of that epoch is this VM's rollback, the only restore that keeps
+    /// the saved VM's unread input.
+    saved_epoch: Option<u64>,
 }
 
 impl core::fmt::Debug for VmDevices {
@@ -104,6 +115,7 @@ impl VmDevices {
             platform: Vec::new(),
             journal: Some(Vec::new()),
             owner_keys: OwnerKeys::default(),
+            saved_epoch: None,
         }
     }
 
@@ -308,13 +320,21 @@ impl VmDevices {
 
     /// Restores every device, all or nothing; then replays the guest's
     /// writes since the set was made (its first restore only; see
-    /// [`JOURNAL_MAX`]).
+    /// [`JOURNAL_MAX`]). Whether an operator follows each console stays as
+    /// it is here: that is this host's fact, not the VM's (a console the
+    /// sealed state called followed, with nobody following it here, would
+    /// push back on the guest once its backlog filled, for good).
     pub fn restore_set(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let (states, platform, keys) = self.split_set(bytes)?;
         let platform = platform.to_vec();
         for (d, s) in self.devices.iter().zip(&states) {
             d.validate_state(s)?;
         }
+        let followed: Vec<bool> = self
+            .devices
+            .iter()
+            .map(|d| d.console_ref().is_some_and(|c| c.operator_attached()))
+            .collect();
         let backups: Vec<Vec<u8>> = self.devices.iter().map(|d| d.save_state()).collect();
         for (i, state) in states.iter().enumerate() {
             let Some(dev) = self.devices.get_mut(i) else {
@@ -331,6 +351,11 @@ impl VmDevices {
         }
         self.platform = platform;
         self.owner_keys = keys;
+        for (d, followed) in self.devices.iter_mut().zip(followed) {
+            if let Some(c) = d.console() {
+                c.set_operator_attached(followed);
+            }
+        }
         // What the guest wrote to the devices it had until now, on top.
         for (port, value) in self.journal.take().unwrap_or_default() {
             if let Some(d) = self.device_at(port) {
@@ -338,6 +363,22 @@ impl VmDevices {
             }
         }
         Ok(())
+    }
+
+    /// A committed save: the devices stop changing and the journal ends.
+    fn freeze(&mut self, epoch: u64) {
+        self.frozen = true;
+        self.journal = None;
+        self.saved_epoch = Some(epoch);
+    }
+
+    /// Drops the unread operator input of every device; returns the count.
+    fn drop_input(&mut self) -> usize {
+        self.devices
+            .iter_mut()
+            .filter_map(|d| d.console())
+            .map(|c| c.drop_input())
+            .sum()
     }
 
     /// The devices as listed.
@@ -403,6 +444,8 @@ pub struct Restored<K> {
     pub vm: K,
     /// The blob's epoch (now consumed).
     pub epoch: u64,
+    /// Unread operator input dropped: the VM is not the one that saved.
+    pub input_dropped: usize,
 }
 
 /// Shadow devices of every VM, keyed by `K`.
@@ -555,7 +598,7 @@ impl<K: Ord + Copy> Registry<K> {
         if vm.tag != Some(prepared.tag) || vm.frozen || vm.save_set() != prepared.plaintext {
             return Err(Error::StaleSave);
         }
-        vm.frozen = true;
+        vm.freeze(prepared.epoch);
         ledger.record_save(&prepared.tag, prepared.epoch);
         Ok(())
     }
@@ -592,7 +635,7 @@ impl<K: Ord + Copy> Registry<K> {
         if let Err(e) = deliver(&blob) {
             return Ok(Err(e));
         }
-        vm.frozen = true;
+        vm.freeze(epoch);
         ledger.record_save(tag, epoch);
         Ok(Ok(Saved {
             vm: vm_key,
@@ -613,12 +656,17 @@ impl<K: Ord + Copy> Registry<K> {
         let vm_key = self.find_by_tag(tag).ok_or(Error::UnknownTag)?;
         let opened = seal::open(key, DEVICE_CLASS_DEVICE_SET, tag, ledger, blob)?;
         let vm = self.vms.get_mut(&vm_key).ok_or(Error::UnknownTag)?;
+        let epoch = opened.header.epoch;
+        let own_rollback = vm.frozen && vm.saved_epoch == Some(epoch);
         vm.restore_set(&opened.plaintext)?;
+        let input_dropped = if own_rollback { 0 } else { vm.drop_input() };
         vm.frozen = false;
-        ledger.record_restore(tag, opened.header.epoch);
+        vm.saved_epoch = None;
+        ledger.record_restore(tag, epoch);
         Ok(Restored {
             vm: vm_key,
-            epoch: opened.header.epoch,
+            epoch,
+            input_dropped,
         })
     }
 
@@ -768,7 +816,14 @@ mod tests {
         let restored = dst
             .restore_sealed(&tag("web"), &key, &mut dst_ledger, &blob)
             .unwrap();
-        assert_eq!(restored, Restored { vm: 100, epoch: 1 });
+        assert_eq!(
+            restored,
+            Restored {
+                vm: 100,
+                epoch: 1,
+                input_dropped: 0
+            }
+        );
         assert_eq!(dst.io_read(100, 0x3f8 + SCR as u16), Some(0xAB));
         assert_eq!(
             dst.restore_sealed(&tag("web"), &key, &mut dst_ledger, &blob)
@@ -904,6 +959,128 @@ mod tests {
         c.io_write(3, thr, b'y');
         c.vm(3).restore_set(&set).unwrap();
         assert_eq!(out(&mut c, 3), b"before ");
+    }
+
+    /// Registry with VM `k` tagged "vm" that printed `out` (already pulled
+    /// by the operator) and has `typed` unread input; then saved.
+    fn saved_vm(k: u32, out: &[u8], typed: &[u8]) -> (Registry<u32>, EpochLedger, Vec<u8>) {
+        let key = SealKey::new(&[1; 32]);
+        let mut nonces = CounterNonce::new(rng());
+        let mut ledger = EpochLedger::new();
+        let mut r: Registry<u32> = Registry::default();
+        r.register_tag(k, tag("vm")).unwrap();
+        for &b in out {
+            r.io_write(k, 0x3f8, b);
+        }
+        let c = r.vm(k).device_at(0x3f8).and_then(|d| d.console()).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(c.pull_output(&mut buf), out.len());
+        assert_eq!(c.push_input(typed), typed.len());
+        let mut blob = Vec::new();
+        r.save_with(&tag("vm"), &key, &mut ledger, &mut nonces, |b| {
+            blob = b.to_vec();
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        (r, ledger, blob)
+    }
+
+    fn pending_output(r: &mut Registry<u32>, k: u32) -> Vec<u8> {
+        let mut buf = [0u8; 64];
+        let c = r.vm(k).device_at(0x3f8).and_then(|d| d.console()).unwrap();
+        let n = c.pull_output(&mut buf);
+        buf[..n].to_vec()
+    }
+
+    /// What the guest reads from COM1's receiver (LSR.DR, then RBR).
+    fn unread_input(r: &mut Registry<u32>, k: u32) -> Vec<u8> {
+        let mut got = Vec::new();
+        while r.io_read(k, 0x3f8 + LSR as u16).unwrap() & LSR_DR != 0 {
+            got.push(r.io_read(k, 0x3f8).unwrap());
+        }
+        got
+    }
+
+    #[test]
+    fn a_rollback_after_a_save_shows_no_output_twice() {
+        let key = SealKey::new(&[1; 32]);
+        let (mut r, mut ledger, blob) = saved_vm(1, b"hello", b"");
+        let restored = r
+            .restore_sealed(&tag("vm"), &key, &mut ledger, &blob)
+            .unwrap();
+        assert_eq!(restored.epoch, 1);
+        assert_eq!(
+            pending_output(&mut r, 1),
+            b"",
+            "the journal went with the save"
+        );
+        // After the rollback the VM writes on as usual.
+        r.io_write(1, 0x3f8, b'!');
+        assert_eq!(pending_output(&mut r, 1), b"!");
+    }
+
+    #[test]
+    fn unread_input_returns_only_to_the_vm_that_saved() {
+        let key = SealKey::new(&[1; 32]);
+        // A rollback into the frozen VM that saved: its input is back.
+        let (mut r, mut ledger, blob) = saved_vm(1, b"", b"secret");
+        let restored = r
+            .restore_sealed(&tag("vm"), &key, &mut ledger, &blob)
+            .unwrap();
+        assert_eq!(restored.input_dropped, 0);
+        assert_eq!(unread_input(&mut r, 1), b"secret");
+        // The same host after the VM ended: a new VM with the same tag.
+        let (mut r, mut ledger, blob) = saved_vm(1, b"", b"secret");
+        r.remove(&1);
+        r.register_tag(2, tag("vm")).unwrap();
+        let restored = r
+            .restore_sealed(&tag("vm"), &key, &mut ledger, &blob)
+            .unwrap();
+        assert_eq!((restored.vm, restored.input_dropped), (2, 6));
+        assert_eq!(unread_input(&mut r, 2), b"");
+        assert_eq!(r.io_read(2, 0x3f8), Some(0), "not even RBR's last byte");
+        // Another host.
+        let (_, _, blob) = saved_vm(1, b"", b"secret");
+        let mut dst: Registry<u32> = Registry::default();
+        dst.register_tag(9, tag("vm")).unwrap();
+        let restored = dst
+            .restore_sealed(&tag("vm"), &key, &mut EpochLedger::new(), &blob)
+            .unwrap();
+        assert_eq!(restored.input_dropped, 6);
+        assert_eq!(unread_input(&mut dst, 9), b"");
+    }
+
+    #[test]
+    fn whether_an_operator_follows_is_this_hosts_fact() {
+        let attached = |r: &mut Registry<u32>, k: u32| {
+            let c = r.vm(k).device_at(0x3f8).and_then(|d| d.console()).unwrap();
+            c.operator_attached()
+        };
+        let mut a: Registry<u32> = Registry::default();
+        a.vm(1)
+            .device_at(0x3f8)
+            .and_then(|d| d.console())
+            .unwrap()
+            .set_operator_attached(true);
+        let set = a.vm(1).save_set();
+        // Nobody follows the VM on host B: its console does not push back.
+        let mut b: Registry<u32> = Registry::default();
+        b.vm(2).restore_set(&set).unwrap();
+        assert!(!attached(&mut b, 2));
+        for _ in 0..100_000 {
+            b.io_write(2, 0x3f8, b'x');
+        }
+        assert_ne!(b.io_read(2, 0x3fd).unwrap() & LSR_THRE, 0, "output flows");
+        // Someone follows it on host C before the restore: still followed.
+        let mut c: Registry<u32> = Registry::default();
+        c.vm(3)
+            .device_at(0x3f8)
+            .and_then(|d| d.console())
+            .unwrap()
+            .set_operator_attached(true);
+        c.vm(3).restore_set(&set).unwrap();
+        assert!(attached(&mut c, 3));
     }
 
     #[test]

@@ -63,6 +63,8 @@ fn bochsrc(iso: &Path, size: HostSize, com2_port: u16, disk: bool) -> String {
     let HostSize { memory_mib, cpus } = size;
     // The migration disk (docs/testing.md) on the secondary channel; the
     // cloud VM drives it by polled PIO, so its IRQ is never raised.
+    // Port 0xE9 answers (reads 0xE9; writes go to emulator.out): a device
+    // outside COM1-COM4 for L0's management line (`l2-probes-l0-port-e9`).
     let disk = match disk {
         true => format!(
             "ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\n\
@@ -88,6 +90,7 @@ fn bochsrc(iso: &Path, size: HostSize, com2_port: u16, disk: bool) -> String {
          debug: action=ignore\n\
          com1: enabled=1, mode=file, dev=com1.log\n\
          com2: enabled=1, mode=socket-client, dev=127.0.0.1:{com2_port}\n\
+         port_e9_hack: enabled=1\n\
          {disk}\
          log: bochs.log\n\
          sound: driver=dummy\n",

@@ -108,7 +108,11 @@ pub fn cloud_vm(
     // SAFETY: fresh pool frames of the right sizes.
     unsafe {
         core::ptr::copy_nonoverlapping(io.0.as_ptr(), io_pages as *mut u8, 8192);
-        core::ptr::copy_nonoverlapping(msr::l2_io_bitmap().0.as_ptr(), io_l0 as *mut u8, 8192);
+        core::ptr::copy_nonoverlapping(
+            msr::l2_io_bitmap(mgmt_port).0.as_ptr(),
+            io_l0 as *mut u8,
+            8192,
+        );
         core::ptr::write_bytes(io_all as *mut u8, 0xff, 8192);
         core::ptr::copy_nonoverlapping(msr::l1_msr_bitmap().0.as_ptr(), msr_page as *mut u8, 4096);
     }

@@ -16,7 +16,7 @@ use crate::vmx::{Field as F, Vmcs};
 
 /// Stops L0 with a message on the management line.
 pub fn fatal(args: core::fmt::Arguments) -> ! {
-    error!("L0 FATAL: {args}");
+    error!(target: logger::FATAL, "L0 FATAL: {args}");
     logger::drain();
     cpu::halt_forever()
 }

@@ -74,10 +74,13 @@ impl Uart {
         unsafe { cpu::outb(self.base, b) }
     }
 
-    /// A received byte, if one is there.
+    /// A received byte, if one is there. An LSR of all ones is no UART (a
+    /// port nothing decodes floats; a 16550 never shows every error at
+    /// once): it has no data, or L0 would read the same byte forever.
     pub fn recv(&self) -> Option<u8> {
+        let lsr = self.lsr();
         // SAFETY: RBR of L0's own port, read only when data is ready.
-        (self.lsr() & LSR_DR != 0).then(|| unsafe { cpu::inb(self.base) })
+        (lsr != 0xff && lsr & LSR_DR != 0).then(|| unsafe { cpu::inb(self.base) })
     }
 
     /// Everything sent has left the transmitter.

@@ -34,6 +34,12 @@ pub const MAX_SESSIONS: usize = 8;
 const LIST_BATCH: usize = 16;
 const LIST_ROOM: usize = 4096;
 
+/// Send-queue room an output frame needs: `@out <vm> <port> <hex>` of a
+/// full chunk. Output is pulled from a device only while the line has it,
+/// so a frame never waits for the line (the guest's UART holds the bytes
+/// and, with an operator attached, pushes back on the guest).
+const OUT_FRAME_ROOM: usize = 2 * mgmt::OUT_CHUNK + 64;
+
 #[derive(Default)]
 pub struct Console {
     /// The ports the console follows; the last one attached takes input.
@@ -261,7 +267,8 @@ impl Console {
     /// Moves console bytes both ways for the followed ports: the guests'
     /// output to the operator (at most `mgmt::OUT_CHUNK` per frame, a few
     /// frames per call), the operator's input into the device as it takes
-    /// it; the notices go first, then the next part of a `list` answer.
+    /// it, neither for a frozen (saved) VM; the notices go first, then the
+    /// next part of a `list` answer.
     pub fn pump(&mut self, sh: &mut Shadow) -> Frames {
         let mut out = self.notices(sh);
         out.extend(self.list_more(sh));
@@ -274,6 +281,12 @@ impl Console {
             let Some(vm) = sh.devices.get_mut(&s.vm) else {
                 continue;
             };
+            if vm.is_frozen() {
+                // Saved away: its console stands still until a restore, so
+                // a rollback brings back exactly what was sealed (no output
+                // shown twice, no typed byte lost); input waits here.
+                continue;
+            }
             if let Some(c) = vm.device_at(s.port).and_then(|d| d.console()) {
                 if Some(s) == input && !self.input_backlog.is_empty() {
                     let n = c.push_input(&self.input_backlog);
@@ -281,6 +294,9 @@ impl Console {
                 }
                 let mut buf = [0u8; mgmt::OUT_CHUNK];
                 for _ in 0..4 {
+                    if crate::logger::tx_room() < OUT_FRAME_ROOM {
+                        break;
+                    }
                     let n = c.pull_output(&mut buf);
                     if n == 0 {
                         break;

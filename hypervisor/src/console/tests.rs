@@ -382,6 +382,50 @@ fn save_restore_through_the_registry() {
     );
 }
 
+#[test]
+fn a_frozen_console_stands_still_until_the_rollback() {
+    let mut s = shadow();
+    let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
+    let tag = VmTag::new(b"web-1").unwrap();
+    s.register_tag(a, tag).unwrap();
+    s.pump();
+    send(&mut s, "attach web-1");
+    print(&mut s, a, b"shown once");
+    let mut blob = Vec::new();
+    s.save_with(&tag, |b| {
+        blob = b.to_vec();
+        Ok::<(), ()>(())
+    })
+    .unwrap()
+    .unwrap();
+    // Frozen: the sealed backlog is not pulled, typed input waits in L0.
+    assert_eq!(events(s.pump()), vec![]);
+    assert_eq!(
+        send(&mut s, &alloc::format!("in {}", mgmt::hex(b"ls\r"))),
+        vec![]
+    );
+    let sealed = s.devices.get(&a).unwrap().save_set();
+    assert_eq!(events(s.pump()), vec![]);
+    // (The device set unchanged: the rollback restores exactly it.)
+    let mut still = s.devices.vm(a).save_set();
+    assert_eq!(still, sealed);
+    // The migration fails: the manager restores on the source.
+    s.restore(&tag, &blob).unwrap();
+    s.con.notices(&mut s.sh);
+    assert_eq!(
+        events(s.pump()),
+        vec![Event::Out {
+            id: a,
+            port: 0x3f8,
+            bytes: b"shown once".to_vec()
+        }]
+    );
+    still = s.devices.vm(a).save_set();
+    assert_ne!(still, sealed, "the typed input went in after the thaw");
+    let got: Vec<u8> = (0..3).map(|_| s.io(a, 0x3f8, None)).collect();
+    assert_eq!(got, b"ls\r");
+}
+
 /// `list` of 1024 VMs goes out a batch per visit to the line, every VM
 /// once and in order, then `end-list 1024`; VMs that end meanwhile are
 /// skipped, not listed as gone.

@@ -252,7 +252,10 @@ pub fn read_virt(
 }
 
 /// Writes `data` at `gva`, page by page. Every page is translated and
-/// checked before the first byte is written: a fault leaves memory unchanged.
+/// checked before the first byte is written, and the bytes go to the
+/// addresses that check found: a fault leaves memory unchanged, even when
+/// the buffer overlaps the page tables that map it (translating again after
+/// a first write could find other tables, or none).
 pub fn write_virt(
     mem: &mut impl GuestMemory,
     r: &PagingRegs,
@@ -261,24 +264,27 @@ pub fn write_virt(
     a: Access,
 ) -> Result<(), VirtFault> {
     let a = Access { write: true, ..a };
-    for write in [false, true] {
-        let mut done = 0;
-        while done < data.len() {
-            let at = gva.wrapping_add(done as u64);
-            let t = translate(mem, r, at, a).map_err(|error| VirtFault { error, address: at })?;
-            let n = (t.page_remaining as usize).min(data.len() - done);
-            let not_ram = VirtFault {
+    // (guest-physical address, guest-virtual address, bytes) per page.
+    let mut pieces = alloc::vec::Vec::new();
+    let mut done = 0;
+    while done < data.len() {
+        let at = gva.wrapping_add(done as u64);
+        let t = translate(mem, r, at, a).map_err(|error| VirtFault { error, address: at })?;
+        let n = (t.page_remaining as usize).min(data.len() - done);
+        if !mem.is_ram(t.gpa, n as u64) {
+            return Err(VirtFault {
                 error: WalkError::TableNotRam { gpa: t.gpa },
                 address: at,
-            };
-            if write {
-                mem.write(t.gpa, &data[done..done + n])
-                    .map_err(|_| not_ram)?;
-            } else if !mem.is_ram(t.gpa, n as u64) {
-                return Err(not_ram);
-            }
-            done += n;
+            });
         }
+        pieces.push((t.gpa, at, done..done + n));
+        done += n;
+    }
+    for (gpa, at, range) in pieces {
+        mem.write(gpa, &data[range]).map_err(|_| VirtFault {
+            error: WalkError::TableNotRam { gpa },
+            address: at,
+        })?;
     }
     Ok(())
 }
@@ -319,6 +325,39 @@ mod tests {
             maxphyaddr: 39,
         };
         (m, r)
+    }
+
+    #[test]
+    fn write_over_its_own_page_table_lands_where_checked() {
+        // 0x5f_e000 maps the page table itself (0x4000); 0x5f_f000 maps
+        // 0x22_0000 through PT[0x1ff] at 0x4ff8, which the buffer's first
+        // eight bytes (at 0x5f_eff8) overwrite with zeros.
+        let (mut m, r) = four_level();
+        put(&mut m, 0x4000 + 0x1fe * 8, 0x4000 | P | RW);
+        put(&mut m, 0x4000 + 0x1ff * 8, 0x22_0000 | P | RW);
+        let sup_write = Access {
+            write: true,
+            ..SUP_READ
+        };
+        let mut data = [0u8; 16];
+        data[8..].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(write_virt(&mut m, &r, 0x5f_eff8, &data, sup_write), Ok(()));
+        let mut pte = [0xffu8; 8];
+        m.read(0x4ff8, &mut pte).unwrap();
+        assert_eq!(pte, [0; 8], "the first page's bytes: the PTE");
+        let mut after = [0u8; 8];
+        m.read(0x22_0000, &mut after).unwrap();
+        assert_eq!(
+            after,
+            data[8..],
+            "the second page's bytes: where it was mapped"
+        );
+        // A fault on the second page still writes nothing.
+        put(&mut m, 0x4000 + 0x1ff * 8, 0);
+        data[..8].fill(0x55);
+        assert!(write_virt(&mut m, &r, 0x5f_eff8, &data, sup_write).is_err());
+        m.read(0x4ff8, &mut pte).unwrap();
+        assert_eq!(pte, [0; 8]);
     }
 
     #[test]

@@ -256,7 +256,12 @@ pub fn check_tpr_threshold(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure>
     let proc2 = v.secondary_controls();
     let apic_virt = secondary::VIRTUALIZE_APIC_ACCESSES | secondary::VIRTUAL_INTERRUPT_DELIVERY;
     if proc1 & primary::USE_TPR_SHADOW != 0 && proc2 & apic_virt == 0 {
-        let vtpr = (c.read_u64)(v.get(F::VIRTUAL_APIC_PAGE_ADDR) + 0x80) as u8;
+        // (A VMRESUME's light checks come here without the address check:
+        // an address past 2^64 reads as unbacked memory, all ones.)
+        let vtpr = v
+            .get(F::VIRTUAL_APIC_PAGE_ADDR)
+            .checked_add(0x80)
+            .map_or(u8::MAX, |a| (c.read_u64)(a) as u8);
         cc!(v.get(F::TPR_THRESHOLD) & 0xf > (vtpr >> 4) as u64, control);
     }
     Ok(())

@@ -63,7 +63,8 @@ pub fn read_list<M: GuestMemory>(mem: &M, addr: u64, count: u64) -> Vec<MsrEntry
     (0..count)
         .map(|i| {
             let mut b = [0u8; 16];
-            if mem.read(addr + 16 * i, &mut b).is_err() {
+            let at = (16 * i).checked_add(addr);
+            if at.is_none_or(|at| mem.read(at, &mut b).is_err()) {
                 b = [0xff; 16];
             }
             MsrEntry {
@@ -124,10 +125,9 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         }
         for (i, v) in values.into_iter().enumerate() {
             // A write no L1 RAM backs is dropped, as the processor's.
-            let _ = self
-                .hw
-                .mem()
-                .write(addr + 16 * i as u64 + 8, &v.to_le_bytes());
+            if let Some(at) = (16 * i as u64 + 8).checked_add(addr) {
+                let _ = self.hw.mem().write(at, &v.to_le_bytes());
+            }
         }
         Ok(())
     }
@@ -192,5 +192,8 @@ mod tests {
         };
         assert_eq!(l[1], ones);
         assert_eq!(loadable(&l[1]), None, "fails as the processor's load");
+        // A list past 2^64 (refused by the entry checks; read as unbacked
+        // memory if it ever came here), never an overflow.
+        assert_eq!(read_list(&m, u64::MAX - 15, 2), [ones, ones]);
     }
 }

@@ -25,6 +25,8 @@ pub enum Ports {
     Shadow(Option<u64>),
     /// The machine's ports, as L2 would reach them natively.
     Hardware,
+    /// L0's own ports (`vcpu::l0_ports`): an absent device, as for L1.
+    Absent,
 }
 
 /// Iterations of a REP string instruction done per exit; the rest re-executes.
@@ -69,6 +71,7 @@ impl Vcpu {
     ) -> u32 {
         match to {
             Ports::Hardware => p.io_in(port, size),
+            Ports::Absent => ((1u64 << (8 * size as u32)) - 1) as u32,
             Ports::Shadow(vm) => (0..size as u32).fold(0, |v, i| {
                 v | (self.com_byte(m, vm, port.wrapping_add(i as u16), None) as u32) << (8 * i)
             }),
@@ -86,6 +89,7 @@ impl Vcpu {
     ) {
         match to {
             Ports::Hardware => p.io_out(port, size, value),
+            Ports::Absent => {}
             Ports::Shadow(vm) => {
                 for i in 0..size as u32 {
                     self.com_byte(
@@ -125,6 +129,8 @@ impl Vcpu {
 
     /// L2's access to a port neither L0 nor L1 wants: carried out as L2
     /// would have done natively (L0 had to trap it to ask L1's bitmaps).
+    /// L0's own ports stay L0's: where L2 would reach them, it finds the
+    /// absent device L1 finds.
     pub(super) fn l2_passthrough_io<S: VmcsSet, P: Platform>(
         &mut self,
         m: &mut Machine,
@@ -133,7 +139,12 @@ impl Vcpu {
         e: &ExitInfo,
         io: IoAccess,
     ) -> Outcome {
-        self.l2_port_io(m, vs, p, e, io, Ports::Hardware)
+        let to = if super::l0_ports::touches(m.mgmt_port, io.port, io.size) {
+            Ports::Absent
+        } else {
+            Ports::Hardware
+        };
+        self.l2_port_io(m, vs, p, e, io, to)
     }
 
     fn l2_port_io<S: VmcsSet, P: Platform>(

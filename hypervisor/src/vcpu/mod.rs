@@ -22,6 +22,7 @@ mod com;
 pub mod cpuid;
 pub mod decode;
 mod irq_route;
+pub mod l0_ports;
 mod l2;
 pub mod msr;
 mod perfmon;
@@ -673,12 +674,9 @@ impl Vcpu {
         skip_instruction(v);
     }
 
+    /// Whether the access touches a port L0 keeps from every guest.
     fn owns_port(&self, m: &Machine, io: &IoAccess) -> bool {
-        m.mgmt_port.is_some_and(|base| {
-            let (a, b) = (io.port as u32, io.port as u32 + io.size as u32);
-            let base = base as u32;
-            a < base + 8 && base < b
-        })
+        l0_ports::touches(m.mgmt_port, io.port, io.size)
     }
 
     fn io<V: Vmcs, P: Platform>(
@@ -696,7 +694,8 @@ impl Vcpu {
                 self.regs.gpr[GuestRegs::RCX] = 0;
             }
         } else if self.owns_port(m, &io) {
-            // The management line is L0's: to L1 it is an absent device.
+            // The management line and the BMC interfaces are L0's: to L1
+            // they are absent devices.
             if io.is_in {
                 let rax = &mut self.regs.gpr[GuestRegs::RAX];
                 *rax = (*rax & !mask) | mask;
@@ -729,6 +728,9 @@ impl Vcpu {
                 }
             }
             ShutdownFeed::Shutdown => {
+                // The report waits for room (log lines do not): the run
+                // ends here anyway.
+                crate::logger::drain();
                 log::info!("cloud VM requested shutdown: L1 {}", self.stats);
                 if m.cpus.len() > 1 {
                     for c in &m.cpus {
@@ -750,6 +752,10 @@ impl Vcpu {
                     );
                 }
                 log::info!("L1 touched L0 memory {} times", m.ept.l0_touches);
+                let (dropped, suppressed) = crate::logger::lines_not_sent();
+                log::info!(
+                    "log lines not sent: {dropped} dropped (the line was full), {suppressed} over their call site's limit"
+                );
                 if p.l0_intact() {
                     log::info!("L0 integrity OK");
                 } else {

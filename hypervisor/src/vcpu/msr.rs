@@ -291,29 +291,29 @@ pub fn write(msr: u32, value: u64, mtrr: &mut MtrrShadow) -> Result<WriteOutcome
     }
 }
 
-/// The ports L0 takes from L1: its management UART (8 ports from
-/// `mgmt_port`) and the emulator's shutdown port.
+/// The ports L0 takes from L1: its own (`vcpu::l0_ports`: the management
+/// UART at `mgmt_port`, the BMC interfaces) and the emulator's shutdown
+/// port.
 pub fn l1_io_bitmap(mgmt_port: Option<u16>) -> IoBitmaps {
     let mut io = IoBitmaps::new();
-    if let Some(base) = mgmt_port {
-        for p in base..base + 8 {
-            io.intercept(p);
-        }
+    for p in super::l0_ports::all(mgmt_port) {
+        io.intercept(p);
     }
     io.intercept(crate::machine::shutdown::SHUTDOWN_PORT);
     io
 }
 
 /// The ports L0 takes from every L2, whatever L1's bitmaps say: the user
-/// VMs' COM1-COM4 (their shadow UARTs) and the emulator's shutdown port.
-pub fn l2_io_bitmap() -> IoBitmaps {
-    let mut io = IoBitmaps::new();
+/// VMs' COM1-COM4 (their shadow UARTs), L0's own as for L1 (wherever the
+/// management UART is, and with shadow devices off) and the emulator's
+/// shutdown port.
+pub fn l2_io_bitmap(mgmt_port: Option<u16>) -> IoBitmaps {
+    let mut io = l1_io_bitmap(mgmt_port);
     for base in crate::shadow::COM_PORTS {
         for p in base..base + 8 {
             io.intercept(p);
         }
     }
-    io.intercept(crate::machine::shutdown::SHUTDOWN_PORT);
     io
 }
 
@@ -325,15 +325,20 @@ mod tests {
     fn io_bitmaps_take_l0s_ports_only() {
         let l1 = l1_io_bitmap(Some(0x2f8));
         assert!(l1.intercepts(0x2f8, 1) && l1.intercepts(0x2ff, 1));
+        assert!(
+            l1.intercepts(0xca2, 1) && l1.intercepts(0xca3, 1),
+            "IPMI KCS"
+        );
         assert!(l1.intercepts(0x8900, 2));
         assert!(!l1.intercepts(0x3f8, 1), "L1's own COM1 is L1's");
         assert!(!l1.intercepts(0x2f7, 1) && !l1.intercepts(0x300, 1));
         assert!(!l1_io_bitmap(None).intercepts(0x2f8, 1));
-        let l2 = l2_io_bitmap();
-        for base in [0x3f8u16, 0x2f8, 0x3e8, 0x2e8] {
+        let l2 = l2_io_bitmap(Some(0x2f0));
+        for base in [0x3f8u16, 0x2f8, 0x3e8, 0x2e8, 0x2f0] {
             assert!((base..base + 8).all(|p| l2.intercepts(p, 1)), "{base:#x}");
         }
         assert!(l2.intercepts(0x8900, 1) && !l2.intercepts(0x80, 1));
+        assert!(l2.intercepts(0xca2, 1) && l2.intercepts(0xe4, 1), "IPMI");
     }
 
     fn shadow() -> MtrrShadow {

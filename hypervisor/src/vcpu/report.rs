@@ -182,6 +182,12 @@ impl Vcpu {
             )),
             mgmt::frame(format_args!("stats l2 {}", self.l2_stats)),
             mgmt::frame(format_args!("stats l2-recent {}", self.l2_stats.recent())),
+            {
+                let (dropped, suppressed) = crate::logger::lines_not_sent();
+                mgmt::frame(format_args!(
+                    "stats log dropped={dropped} suppressed={suppressed}"
+                ))
+            },
         ];
         frames.extend(
             cpus.iter()

@@ -401,6 +401,7 @@ fn stats_are_answered_on_the_management_line() {
             "l1-vmcs-exits",
             "l2",
             "l2-recent",
+            "log",
             "cpu",
             "cpu"
         ]
@@ -437,6 +438,13 @@ fn management_port_is_an_absent_device() {
     exit(&mut v, reason::IO_INSTRUCTION, 0x02f8_0000, 1); // out dx, al
     assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
     assert!(p.out.is_empty(), "nothing reaches L0's UART");
+    // The in-band BMC interface (IPMI KCS) is absent too.
+    exit(&mut v, reason::IO_INSTRUCTION, 0x0ca3_0008, 1); // in al, dx (0xca3)
+    assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+    assert_eq!(c.regs.gpr[GuestRegs::RAX], 0x1234_56ff);
+    exit(&mut v, reason::IO_INSTRUCTION, 0x0ca2_0000, 1);
+    assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+    assert!(p.out.is_empty(), "nothing reaches the BMC");
     // An untrapped port exiting is L0's mistake, not resumed blindly.
     exit(&mut v, reason::IO_INSTRUCTION, 0x0060_0000, 1);
     assert!(matches!(
@@ -1344,6 +1352,44 @@ mod nested {
         c.handle_exit(&mut v, &mut p);
         assert!(c.nested.in_l2());
         assert_eq!(p.out.last(), Some(&(0x70, 0x8f)));
+    }
+
+    #[test]
+    fn l0s_ports_are_absent_to_l2_in_every_configuration() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        // L1 lets every port through (its bitmaps are all zero) but 0x2f5.
+        p.mem.write(IO_A + 0x2f5 / 8, &[1 << (0x2f5 % 8)]).unwrap();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        let probe = |c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, port: u64, write| {
+            c.regs.gpr[GuestRegs::RAX] = 0x1234_5600;
+            let dir = if write { 0 } else { 8 };
+            exit(v, reason::IO_INSTRUCTION, port << 16 | dir, 1);
+            v.v02.write(F::GUEST_RIP, 0x1000);
+            assert_eq!(c.handle_exit(v, p), Outcome::Resume);
+            assert!(c.nested.in_l2(), "{port:#x}: L0's, not reflected");
+            assert_eq!(v.v02.read(F::GUEST_RIP), 0x1001);
+            c.regs.gpr[GuestRegs::RAX]
+        };
+        // The management UART outside COM1-COM4.
+        c.m.get_mut().mgmt_port = Some(0x2f0);
+        assert_eq!(probe(&mut c, &mut v, &mut p, 0x2f7, false), 0x1234_56ff);
+        c.regs.gpr[GuestRegs::RAX] = 0x41;
+        probe(&mut c, &mut v, &mut p, 0x2f0, true);
+        // Shadow devices off, the management UART at COM2.
+        c.m.get_mut().mgmt_port = Some(0x2f8);
+        c.m.get_mut().shadow.intercept_com = false;
+        assert_eq!(probe(&mut c, &mut v, &mut p, 0x2fd, false), 0x1234_56ff);
+        probe(&mut c, &mut v, &mut p, 0x2f8, true);
+        // The in-band BMC interface.
+        assert_eq!(probe(&mut c, &mut v, &mut p, 0xca3, false), 0x1234_56ff);
+        probe(&mut c, &mut v, &mut p, 0xca3, true);
+        assert!(p.out.is_empty(), "nothing reached a port: {:?}", p.out);
+        // Other ports L1 lets through still reach the machine.
+        assert_eq!(probe(&mut c, &mut v, &mut p, 0x3fd, false), 0x1234_565a);
+        // A port of L0's that L1 asked for is L1's to emulate for its L2.
+        exit(&mut v, reason::IO_INSTRUCTION, 0x02f5_0008, 1);
+        c.handle_exit(&mut v, &mut p);
+        assert!(!c.nested.in_l2());
     }
 
     #[test]

@@ -191,7 +191,12 @@ impl Vcpu {
                 let tag = req.tag.unwrap();
                 match m.shadow.restore(&tag, &blob) {
                     Ok(r) => {
-                        log::info!("devices of {} restored (epoch {})", tag.as_str(), r.epoch);
+                        log::info!(
+                            "devices of {} restored (epoch {}; {} bytes of the saved VM's unread input dropped)",
+                            tag.as_str(),
+                            r.epoch,
+                            r.input_dropped
+                        );
                         Response::ok(buf.len, r.epoch)
                     }
                     Err(e) => {

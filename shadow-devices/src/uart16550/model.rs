@@ -521,6 +521,20 @@ impl Uart16550 {
         n
     }
 
+    /// See [`Console::drop_input`]. In loopback the receiver holds the
+    /// guest's own bytes, not the operator's: it is left alone.
+    pub fn drop_input(&mut self) -> usize {
+        let mut n = self.input.len();
+        while self.input.pop().is_some() {}
+        if !self.loopback() {
+            n += self.rx.len();
+            self.rx.clear();
+            self.rbr = 0;
+        }
+        self.update_irq();
+        n
+    }
+
     /// Sets the external modem inputs (MSR7..4 layout: CTS, DSR, RI, DCD).
     /// Default: CTS, DSR and DCD asserted — a connected virtual line.
     /// Outside loopback, changes latch the MSR delta bits.
@@ -611,6 +625,9 @@ impl Console for Uart16550 {
     }
     fn send_break(&mut self) {
         Uart16550::send_break(self)
+    }
+    fn drop_input(&mut self) -> usize {
+        Uart16550::drop_input(self)
     }
 }
 

@@ -442,3 +442,23 @@ fn structure_addresses_need_only_alignment_and_maxphyaddr() {
     v.set(F::APIC_ACCESS_ADDR, 0x2000_0000);
     assert_eq!(error_of(run(&v)), Some((7, 0)));
 }
+
+#[test]
+fn addresses_near_2_pow_64_fail_checks_not_l0() {
+    // A VMRESUME's light checks read VTPR without the address check: the
+    // page's VTPR past 2^64 reads as all ones (class 0xf), no overflow.
+    let mut v = tpr_shadow(0xf, 0);
+    v.set(F::VIRTUAL_APIC_PAGE_ADDR, u64::MAX - 0x3f);
+    assert_eq!(run_light(&v, &zero_ram), Ok(()));
+    // The full checks refuse such an address, and MSR lists ending past
+    // 2^64, as VMfail 7.
+    assert_eq!(error_of(run(&v)), Some((7, 0)));
+    for (count_f, addr_f) in [
+        (F::VM_EXIT_MSR_STORE_COUNT, F::VM_EXIT_MSR_STORE_ADDR),
+        (F::VM_ENTRY_MSR_LOAD_COUNT, F::VM_ENTRY_MSR_LOAD_ADDR),
+    ] {
+        let mut v = with(addr_f, u64::MAX - 15);
+        v.set(count_f, 512);
+        assert_eq!(error_of(run(&v)), Some((7, 0)));
+    }
+}

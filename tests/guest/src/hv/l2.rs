@@ -203,6 +203,11 @@ l2_in_dx:
     in eax, dx
     vmcall
 
+    .global l2_in_al_dx
+l2_in_al_dx:
+    in al, dx
+    vmcall
+
     .global l2_out_dx
 l2_out_dx:
     out dx, ax

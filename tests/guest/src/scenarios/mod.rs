@@ -5,6 +5,7 @@ use crate::mb1::{Identity, Info};
 mod boot;
 mod ept_guard;
 mod held_cpu;
+mod l2_probe;
 mod nested_basic;
 mod nested_bench;
 mod nested_entry;
@@ -14,6 +15,7 @@ mod nested_vmx_instr;
 mod shadow;
 mod shadow_bench;
 mod shadow_console;
+mod shadow_flood;
 mod shadow_input;
 mod shadow_many;
 mod smp_bench;
@@ -28,6 +30,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "boot" => boot::run(magic, mbi),
         "ept-guard" => ept_guard::run(mbi),
         "held-cpu" => held_cpu::run(mbi),
+        "l2-probes-l0-port" => l2_probe::run(mbi),
         "nested-basic" => nested_basic::run(),
         "nested-bench" => nested_bench::run(),
         "nested-entry-checks" => nested_entry::run(),
@@ -36,6 +39,7 @@ pub fn run(name: &str, magic: u32, mbi: &Info<Identity>) {
         "nested-vmx-instr" => nested_vmx_instr::run(),
         "shadow-bench" => shadow_bench::run_scenario(),
         "shadow-console" => shadow_console::run_scenario(),
+        "shadow-flood" => shadow_flood::run_scenario(),
         "shadow-input" => shadow_input::run_scenario(),
         "owner-console" => {
             shadow_input::run_owner_scenario(crate::mb1::arg(mbi.cmdline(), "owner-key"))
