@@ -266,6 +266,18 @@ pub fn listed(tag: &VmTag) -> Result<Option<Row>, u64> {
         .copied())
 }
 
+/// Lists `tag` until an operator follows its COM1 or `ticks` TSC ticks
+/// passed; the last row seen (attached or not).
+pub fn until_attached(tag: &VmTag, ticks: u64) -> Option<Row> {
+    let deadline = crate::hv::cpu::rdtsc() + ticks;
+    loop {
+        let row = listed(tag).ok().flatten();
+        if row.is_none_or(|r| r.com1_attached) || crate::hv::cpu::rdtsc() >= deadline {
+            return row;
+        }
+    }
+}
+
 pub struct ShowRow(pub Option<Row>);
 
 impl core::fmt::Display for ShowRow {

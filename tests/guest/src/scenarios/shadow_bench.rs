@@ -26,7 +26,7 @@ use crate::hv::ucall;
 use crate::hv::{cpu, Hv};
 use crate::l2x;
 
-use super::shadow::{blob_buf, io_buf, listed, run_to_end, st, va, ShowRow, Spy, Stop};
+use super::shadow::{blob_buf, io_buf, run_to_end, st, until_attached, va, ShowRow, Spy, Stop};
 
 const CHECKS: &[&str] = &[
     "vmxon",
@@ -76,15 +76,11 @@ fn body(c: &mut Checks, hv: &mut Hv) {
 
     // Measure with the output flowing to an operator, as it does in use:
     // wait until the harness's console follows the VM.
-    let deadline = cpu::rdtsc() + ATTACH_WAIT;
-    let mut row = listed(&tag);
-    while matches!(row, Ok(Some(r)) if !r.com1_attached) && cpu::rdtsc() < deadline {
-        row = listed(&tag);
-    }
+    let row = until_attached(&tag, ATTACH_WAIT);
     c.check(
         "operator-attached",
-        matches!(row, Ok(Some(r)) if r.com1_attached),
-        format_args!("{}", ShowRow(row.ok().flatten())),
+        row.is_some_and(|r| r.com1_attached),
+        format_args!("{}", ShowRow(row)),
     );
 
     l2x::wr(0, l2x::D_N, TX_BYTES);

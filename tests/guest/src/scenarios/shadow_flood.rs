@@ -12,9 +12,18 @@ use crate::hv::l2x::{self, Params, UART_POLLED};
 use crate::hv::mem::pg;
 use crate::l2x;
 
-use super::shadow::{run_to_end, Spy, Stop};
+use super::shadow::{run_to_end, until_attached, ShowRow, Spy, Stop};
 
-const CHECKS: &[&str] = &["vmxon", "vm", "flood-ran-to-the-end", "l1-got-no-com-exit"];
+const CHECKS: &[&str] = &[
+    "vmxon",
+    "vm",
+    "operator-attached",
+    "flood-ran-to-the-end",
+    "l1-got-no-com-exit",
+];
+
+/// TSC ticks to wait for the harness to follow the VM's console.
+const ATTACH_WAIT: u64 = 3_000_000_000;
 
 /// Refused ultracalls before each console line.
 const CALLS_PER_LINE: u64 = 400;
@@ -31,7 +40,9 @@ fn body(c: &mut Checks, hv: &mut crate::hv::Hv) {
         uart: UART_POLLED,
         chunk: u64::MAX,
     };
-    let mut vm = match hv.vm64(0, pg::VMCS_A, l2x!(l2x_flood), &p) {
+    // The VM registers its tag first; the flood starts once the operator
+    // follows its console (else its lines would only wait as backlog).
+    let mut vm = match hv.vm64(0, pg::VMCS_A, l2x!(l2x_tag_only), &p) {
         Ok((vm, _)) => vm,
         Err(m) => {
             for n in &CHECKS[1..] {
@@ -41,9 +52,16 @@ fn body(c: &mut Checks, hv: &mut crate::hv::Hv) {
         }
     };
     c.check("vm", true, format_args!("VMCS {:#x}", vm.vmcs));
-    l2x::wr(0, l2x::D_N, CALLS_PER_LINE);
     let mut spy = Spy::new();
     let s = run_to_end(&mut vm, 0, &mut spy);
+    let row = until_attached(&crate::hv::ucall::tag("flood"), ATTACH_WAIT);
+    c.check(
+        "operator-attached",
+        matches!(s, Stop::Done) && row.is_some_and(|r| r.com1_attached),
+        format_args!("{s}; {}", ShowRow(row)),
+    );
+    l2x::wr(0, l2x::D_N, CALLS_PER_LINE);
+    let s = run_to_end(vm.at(l2x!(l2x_flood)), 0, &mut spy);
     let done = l2x::rd(0, l2x::D_DONE);
     c.check(
         "flood-ran-to-the-end",
