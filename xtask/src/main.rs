@@ -24,6 +24,7 @@ mod operator;
 mod scenario;
 mod skips;
 mod verdict;
+mod xen;
 
 use std::process::{Command, ExitCode};
 use std::time::Duration;
