@@ -702,7 +702,13 @@ const XEN_DOM0_MEM: &str = "320M";
 /// keeps every word only when the loader calls itself GRUB 2; L0 keeps
 /// the name so Xen's own rule holds under both). Xen's console is COM1,
 /// where a provider would put it; dom0's is Xen's (hvc0), so it shows on
-/// COM1 too. iommu=0: Bochs has no IOMMU.
+/// COM1 too. iommu=0: Bochs has no IOMMU. no-real-mode: Xen's boot code
+/// otherwise drops to real mode and asks the BIOS for the memory map
+/// (INT 15h E820), which it prefers to the multiboot map; under L0 the
+/// BIOS describes the host, L0's memory included, and Xen took L0's pool
+/// for its own (L0 backed those writes with its scratch page; Xen then
+/// faulted). With it Xen uses the map L0 gives (and skips EDD and VGA
+/// mode probing, which a serial-console host does not need).
 fn xen_modules() -> Vec<IsoModule> {
     let x = crate::xen::images().unwrap_or_else(|e| {
         eprintln!("xtask: building Xen and its dom0 failed: {e}");
@@ -713,7 +719,7 @@ fn xen_modules() -> Vec<IsoModule> {
             &x.xen,
             &format!(
                 "xen console=com1 com1=115200,8n1 dom0_mem={XEN_DOM0_MEM},max:{XEN_DOM0_MEM} \
-                 dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot iommu=0"
+                 dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot iommu=0 no-real-mode"
             ),
         ),
         IsoModule::file(
@@ -744,6 +750,7 @@ const XEN_HEALTHY: &[&str] = &[
     "Panic on CPU",
     "Kernel panic",
     "DOM0 FAIL",
+    "L1 wrote L0 memory",
 ];
 
 /// Xen as the cloud VM (docs/xen-l1.md), natively and under L0.
