@@ -776,7 +776,7 @@ fn xen() -> Vec<Scenario> {
             com2: &["starting the cloud VM: multiboot kernel"],
             forbidden: XEN_HEALTHY,
             console: NO_CONSOLE,
-            enabled_in_ci: false,
+            enabled_in_ci: true,
             disk: Disk::None,
             cpus: 1,
         },
