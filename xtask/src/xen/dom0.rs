@@ -2,6 +2,8 @@
 //! and the toolstack from the pinned packages (xenstored, xen-init-dom0,
 //! xenconsoled, xl) with every library `ldd` names, the packages' own
 //! first. Built in memory and cached by its bytes like the cloud VM's.
+//! The variant with a guest also holds what `xl create` starts: dom0's
+//! own kernel and a busybox initramfs with tests/xen/init-guest.
 
 use std::fs;
 use std::path::Path;
@@ -40,9 +42,24 @@ fn read(p: &Path) -> Result<Vec<u8>, String> {
     fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
-/// `unpacked` is the cache directory of `super::unpacked`: modules/ and
-/// the packages' files under build root (kept: see below).
-pub fn initramfs(unpacked: &Path) -> Result<std::path::PathBuf, String> {
+/// The user VM's initramfs: busybox and tests/xen/init-guest.
+fn guest_initramfs() -> Result<std::path::PathBuf, String> {
+    let mut a = Archive::default();
+    add_busybox(&mut a)?;
+    a.add(
+        "init",
+        Node::File {
+            data: read(&root().join("tests/xen/init-guest"))?,
+            exec: true,
+        },
+    );
+    cached_lz4("xen-guest", &a.to_bytes())
+}
+
+/// `unpacked` is the cache directory of `super::unpacked`: modules/,
+/// vmlinux, and the packages' files under root/. With `guest`, the
+/// archive also holds /guest/vmlinux and /guest/initrd.
+pub fn initramfs(unpacked: &Path, guest: bool) -> Result<std::path::PathBuf, String> {
     let pkg_root = unpacked.join("root");
     let mut a = Archive::default();
     add_busybox(&mut a)?;
@@ -96,5 +113,14 @@ pub fn initramfs(unpacked: &Path) -> Result<std::path::PathBuf, String> {
             exec: true,
         },
     );
-    cached_lz4("dom0", &a.to_bytes())
+    if !guest {
+        return cached_lz4("dom0", &a.to_bytes());
+    }
+    for (path, data) in [
+        ("guest/vmlinux", read(&unpacked.join("vmlinux"))?),
+        ("guest/initrd", read(&guest_initramfs()?)?),
+    ] {
+        a.add(path, Node::File { data, exec: false });
+    }
+    cached_lz4("dom0-guest", &a.to_bytes())
 }

@@ -33,6 +33,16 @@ pub struct XenImages {
     pub vmlinux: PathBuf,
     /// dom0's initramfs (`dom0::initramfs`).
     pub dom0_initrd: PathBuf,
+    /// The cache directory they came from.
+    dir: PathBuf,
+}
+
+impl XenImages {
+    /// dom0's initramfs with a user VM for `xl create` (built on demand:
+    /// it holds a second copy of the kernel).
+    pub fn dom0_initrd_with_guest(&self) -> Result<PathBuf, String> {
+        dom0::initramfs(&self.dir, true)
+    }
 }
 
 /// The compressed kernel inside a bzImage: `payload_offset` (0x248) and
@@ -140,11 +150,12 @@ pub fn images() -> Result<&'static XenImages, String> {
     IMAGES
         .get_or_init(|| {
             let dir = unpacked()?;
-            let dom0_initrd = dom0::initramfs(&dir)?;
+            let dom0_initrd = dom0::initramfs(&dir, false)?;
             Ok(XenImages {
                 xen: dir.join("xen"),
                 vmlinux: dir.join("vmlinux"),
                 dom0_initrd,
+                dir,
             })
         })
         .as_ref()
