@@ -29,6 +29,7 @@ mod scenario;
 mod schedule;
 mod skips;
 mod verdict;
+mod xen;
 
 use std::process::{Command, ExitCode};
 use std::time::Duration;

@@ -14,6 +14,7 @@ use super::pool::PoolTables;
 use super::vmx::{self as vmxi, CurrentVmcs};
 use crate::logger;
 use crate::nested::{Level, VmcsSet};
+use crate::regs::{CR0_CD, CR0_NW};
 use crate::vcpu::Platform;
 
 /// The machine as the exit handlers see it (`vcpu::Platform`); each CPU
@@ -43,6 +44,13 @@ impl Platform for Hardware {
     }
     fn wbinvd(&mut self) {
         cpu::wbinvd()
+    }
+    fn set_cache_mode(&mut self, bits: u64) {
+        let cache_bits = CR0_CD | CR0_NW;
+        // SAFETY: CD and NW select how the CPU caches memory, not what
+        // L0 reads or writes; NW without CD never comes (the guest's write
+        // faulted first).
+        unsafe { cpu::write_cr0(cpu::read_cr0() & !cache_bits | bits & cache_bits) }
     }
     fn flush_vpid(&mut self, vpid: u16) {
         // SAFETY: VMX root; single-context INVVPID is supported (checked at boot).

@@ -4,7 +4,9 @@
 
 #[cfg(target_os = "none")]
 #[cfg(target_os = "none")]
-use crate::regs::{CR0_EM, CR0_MP, CR0_TS, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_VMXE};
+use crate::regs::{
+    CR0_CD, CR0_EM, CR0_MP, CR0_NW, CR0_TS, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_VMXE,
+};
 use crate::vmx::caps::{self, VmxCaps};
 use crate::vmx::{Vmcs, VmxError};
 use core::arch::asm;
@@ -190,10 +192,18 @@ pub fn enable(xsave: bool) -> Result<(), &'static str> {
         // L0 executes the guest's XSETBV for it.
         cr4 |= CR4_OSXSAVE;
     }
+    // Caching on (CD, NW clear): the firmware may leave them set (Bochs's
+    // BIOS and GRUB keep the reset value's), and VM entry does not load
+    // them (SDM Vol. 3C 27.3.2.1), so L1 would start with caching off
+    // although the CR0 L0 gives it says on; Xen read NW back, set
+    // without its asking, and faulted clearing CD.
     // SAFETY: the fixed bits are what VMX operation requires; NE, PE, PG
-    // and VMXE are compatible with how L0 runs.
+    // and VMXE are compatible with how L0 runs; CD and NW only select how
+    // the CPU caches memory.
     unsafe {
-        super::cpu::write_cr0(c.fix_cr0(super::cpu::read_cr0() & !(CR0_EM | CR0_TS) | CR0_MP));
+        super::cpu::write_cr0(
+            c.fix_cr0(super::cpu::read_cr0() & !(CR0_EM | CR0_TS | CR0_CD | CR0_NW) | CR0_MP),
+        );
         super::cpu::write_cr4(c.fix_cr4(cr4));
     }
     // SAFETY: a fresh, zeroed pool frame (identity-mapped), L0's alone.

@@ -61,6 +61,10 @@ pub trait Platform {
     fn xcr0_supported(&self) -> u64;
     fn set_xcr0(&mut self, value: u64);
     fn wbinvd(&mut self);
+    /// Loads CR0.CD and CR0.NW (`bits`, only those two; never NW without
+    /// CD) into this CPU's CR0: the guest's cache mode, which VM entry
+    /// does not load (`guest_cr::Effects::cache_mode`).
+    fn set_cache_mode(&mut self, bits: u64);
     /// Drops the TLB entries tagged with `vpid`.
     fn flush_vpid(&mut self, vpid: u16);
     /// Port I/O on a guest's behalf (1, 2 or 4 bytes).
@@ -853,6 +857,9 @@ impl Vcpu {
                 return Outcome::Resume;
             }
         };
+        if let Some(bits) = effects.cache_mode {
+            p.set_cache_mode(bits);
+        }
         if effects.load_pdptes {
             let mut raw = [0u8; 32];
             let mut pdptes = [0u64; 4];

@@ -21,6 +21,8 @@ pub struct FakePlatform {
     pub out: Vec<(u16, u8)>,
     pub flushed: Vec<u16>,
     pub wbinvd: u32,
+    /// CR0.CD | CR0.NW as L0 last loaded them into the CPU.
+    pub cache_mode: Option<u64>,
     pub intact: bool,
     pub pages: BTreeMap<u64, Box<[u64; 512]>>,
     pub msrs: BTreeMap<u32, u64>,
@@ -97,6 +99,9 @@ impl Platform for FakePlatform {
     }
     fn wbinvd(&mut self) {
         self.wbinvd += 1;
+    }
+    fn set_cache_mode(&mut self, bits: u64) {
+        self.cache_mode = Some(bits);
     }
     fn flush_vpid(&mut self, vpid: u16) {
         self.flushed.push(vpid);
@@ -291,6 +296,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         eois: 0,
         xapic: BTreeMap::new(),
         xapic_writes: Vec::new(),
+        cache_mode: None,
     };
     let m = SharedMachine::new(Machine {
         ept,
@@ -594,6 +600,29 @@ fn cr_writes() {
     assert_eq!(v.read(F::GUEST_CR0), 0x8000_0031);
     assert_eq!(v.read(F::VM_ENTRY_CONTROLS) & (1 << 9), 0);
     assert!(p.flushed.contains(&1));
+}
+
+#[test]
+fn emulated_cr0_writes_carry_the_cache_mode_to_the_cpu() {
+    let (mut c, mut v, mut p) = setup();
+    v.write(F::GUEST_CR0, 0x11);
+    // mov cr0, rax: CD with NE (NE differs from the shadow, so it exits).
+    c.regs.gpr[GuestRegs::RAX] = 0x4000_0031;
+    exit(&mut v, reason::CR_ACCESS, 0x00, 3);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!(injected(&v), None);
+    assert_eq!(p.cache_mode, Some(crate::regs::CR0_CD));
+    // NW without CD: #GP, and the CPU's cache mode stays.
+    c.regs.gpr[GuestRegs::RAX] = 0x2000_0031;
+    exit(&mut v, reason::CR_ACCESS, 0x00, 3);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!(injected(&v), Some((13, Some(0))));
+    assert_eq!(p.cache_mode, Some(crate::regs::CR0_CD));
+    // Caches back on.
+    c.regs.gpr[GuestRegs::RAX] = 0x11;
+    exit(&mut v, reason::CR_ACCESS, 0x00, 3);
+    c.handle_exit(&mut v, &mut p);
+    assert_eq!(p.cache_mode, Some(0));
 }
 
 #[test]

@@ -51,6 +51,12 @@ pub struct Effects {
     pub load_pdptes: bool,
     /// Translations changed: flush the guest's TLB entries (its VPID).
     pub flush_tlb: bool,
+    /// CR0.CD or CR0.NW changed: load these (CD | NW as the guest now has
+    /// them) into the CPU's CR0. VM entry leaves both bits as they are and
+    /// so does VM exit (SDM Vol. 3C 27.3.2.1, 28.5.1): they are the
+    /// physical register's, shared by L0 and its guest, and a write L0
+    /// emulates reaches the CPU only if L0 makes it.
+    pub cache_mode: Option<u64>,
 }
 
 /// The write faults with #GP(0).
@@ -104,9 +110,11 @@ pub fn write_cr0(s: &mut CrState, value: u64) -> Result<Effects, GeneralProtecti
         s.efer &= !EFER_LMA;
     }
     let paging_changed = (old.cr0 ^ new) & (CR0_PG | CR0_PE | 1 << 16) != 0; // PG, PE, WP
+    let cache_bits = CR0_CD | CR0_NW;
     Ok(Effects {
         load_pdptes: pae_paging(s) && paging_changed,
         flush_tlb: paging_changed,
+        cache_mode: ((old.cr0 ^ new) & cache_bits != 0).then_some(new & cache_bits),
     })
 }
 
@@ -132,6 +140,7 @@ pub fn write_cr4(s: &mut CrState, value: u64, p: &CrPolicy) -> Result<Effects, G
     Ok(Effects {
         load_pdptes: pae_paging(s) && changed & (CR4_PAE | CR4_PGE | CR4_PSE | CR4_SMEP) != 0,
         flush_tlb: changed & paging_bits != 0,
+        cache_mode: None,
     })
 }
 
@@ -156,6 +165,7 @@ pub fn write_cr3(
     Ok(Effects {
         load_pdptes: pae_paging(s),
         flush_tlb: !no_flush,
+        cache_mode: None,
     })
 }
 
@@ -256,7 +266,8 @@ mod tests {
             write_cr0(&mut s, 0x11),
             Ok(Effects {
                 load_pdptes: false,
-                flush_tlb: true
+                flush_tlb: true,
+                cache_mode: None,
             })
         );
         write_cr4(&mut s, CR4_PAE, &P).unwrap();
@@ -318,6 +329,29 @@ mod tests {
     }
 
     #[test]
+    fn cache_mode_changes_are_for_the_cpu() {
+        let mut s = CrState {
+            cr0: 0x8005_0033,
+            ..Default::default()
+        };
+        let e = write_cr0(&mut s, 0x8005_0033 | CR0_CD).unwrap();
+        assert_eq!(e.cache_mode, Some(CR0_CD), "no-fill mode");
+        let e = write_cr0(&mut s, 0x8005_0033 | CR0_CD | 1 << 3).unwrap();
+        assert_eq!(e.cache_mode, None, "TS alone leaves the cache mode");
+        let e = write_cr0(&mut s, 0x8005_0033).unwrap();
+        assert_eq!(e.cache_mode, Some(0), "caches back on");
+        // The reset state's CD | NW, cleared at once.
+        s.cr0 = 0x6000_0011;
+        let e = write_cr0(&mut s, 0x11).unwrap();
+        assert_eq!(e.cache_mode, Some(0));
+        assert_eq!(
+            write_cr0(&mut s, CR0_NW | 0x11),
+            Err(GeneralProtection),
+            "NW without CD never reaches the CPU"
+        );
+    }
+
+    #[test]
     fn reserved_low_cr0_bits_are_ignored_and_et_sticks() {
         let mut s = real_mode();
         write_cr0(&mut s, 0x11 | 1 << 7).unwrap();
@@ -364,7 +398,8 @@ mod tests {
             write_cr4(&mut l, CR4_PAE | CR4_PCIDE, &P),
             Ok(Effects {
                 load_pdptes: false,
-                flush_tlb: true
+                flush_tlb: true,
+                cache_mode: None,
             })
         );
         l.cr4 = CR4_PAE;
@@ -389,7 +424,8 @@ mod tests {
             write_cr3(&mut s, 1 << 63 | 0x5000, 39),
             Ok(Effects {
                 load_pdptes: false,
-                flush_tlb: false
+                flush_tlb: false,
+                cache_mode: None,
             })
         );
         assert_eq!(s.cr3, 0x5000);

@@ -66,7 +66,7 @@ fn file(data: Vec<u8>, exec: bool) -> Node {
 }
 
 /// busybox at /bin/busybox with a symlink for each applet it lists.
-fn add_busybox(a: &mut Archive) -> Result<(), String> {
+pub(crate) fn add_busybox(a: &mut Archive) -> Result<(), String> {
     a.add("bin/busybox", file(read(Path::new("/bin/busybox"))?, true));
     let o = Command::new("/bin/busybox")
         .arg("--list-full")
@@ -121,12 +121,15 @@ fn static_tool(args: &[&str], bin: &str) -> Result<PathBuf, String> {
     Ok(dir.join("x86_64-unknown-linux-gnu/release").join(bin))
 }
 
-/// Shared objects `ldd` lists for `binary`, the dynamic loader included.
-fn ldd(binary: &str) -> Result<Vec<String>, String> {
-    let o = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .map_err(|e| format!("ldd: {e}"))?;
+/// Shared objects `ldd` lists for `binary`, the dynamic loader included;
+/// `lib_path` is searched first (LD_LIBRARY_PATH) when given.
+pub(crate) fn ldd(binary: &str, lib_path: Option<&str>) -> Result<Vec<String>, String> {
+    let mut cmd = Command::new("ldd");
+    cmd.arg(binary);
+    if let Some(p) = lib_path {
+        cmd.env("LD_LIBRARY_PATH", p);
+    }
+    let o = cmd.output().map_err(|e| format!("ldd: {e}"))?;
     if !o.status.success() {
         return Err(format!("ldd {binary} failed"));
     }
@@ -255,7 +258,7 @@ fn qemu_firmware(kernel: &Path, initrd: &Path) -> Result<Vec<(String, Vec<u8>)>,
 
 /// Compresses `archive` into the cache under a name derived from its
 /// bytes; returns the cached file.
-fn cached_lz4(what: &str, archive: &[u8]) -> Result<PathBuf, String> {
+pub(crate) fn cached_lz4(what: &str, archive: &[u8]) -> Result<PathBuf, String> {
     let hash = &sha256_hex(archive)?[..16];
     let dir = cache_dir();
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -325,7 +328,7 @@ pub fn ensure(kernel: &Path) -> Result<Initramfs, String> {
     l1.add("bin/probe", file(read(&probe)?, true));
     l1.add("bin/ultracall", file(read(&ultracall)?, true));
     l1.add(QEMU, file(read(Path::new(QEMU))?, true));
-    let libs = ldd(QEMU)?;
+    let libs = ldd(QEMU, None)?;
     for lib in &libs {
         // Stored under the name ldd gives, symlinks resolved.
         l1.add(lib, file(read(Path::new(lib))?, true));
