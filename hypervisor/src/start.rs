@@ -296,10 +296,13 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
 
 /// Zeroes every byte the cloud VM will own before anything of it is
 /// loaded: GRUB's heap and disk cache (which read `l0.key`), the firmware's
-/// and the loader's leftovers. Large stores (`rep stosq`) on the boot CPU;
+/// and the loader's leftovers; not the BIOS data area (`BIOS_DATA`), which
+/// L1 reads as on bare metal. Large stores (`rep stosq`) on the boot CPU;
 /// the cost goes on the management line (docs/operations.md).
 fn zero_l1_ram(ram: &RangeSet) {
     let t0 = cpu::rdtsc();
+    let mut ram = ram.clone();
+    let _ = ram.remove(loader_memory::BIOS_DATA);
     // SAFETY: L1's RAM is all usable RAM but the pool; L0 keeps nothing
     // there any more (its image relocated, the boot information read and
     // the modules copied into the pool), and nothing of L1 is loaded yet.

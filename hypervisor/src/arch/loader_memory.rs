@@ -69,15 +69,26 @@ pub fn wipe(m: &PoolModule) {
     unsafe { core::ptr::write_bytes(m.data.as_ptr() as *mut u8, 0, m.data.len()) };
 }
 
+/// The real-mode interrupt vectors and the BIOS data area: the firmware's
+/// data in usable RAM, which L1's kernel may read as on bare metal (Xen
+/// places its trampoline below the extended BIOS data area the BDA names,
+/// or below the base memory size it records). Never the loader's.
+pub const BIOS_DATA: Range = Range {
+    start: 0,
+    end: 0x500,
+};
+
 /// Zeroes RAM that becomes L1's (all of it, before L1 is loaded: what L0
-/// used to boot and what the loader and firmware left there).
+/// used to boot and what the loader and firmware left there), byte for
+/// byte as the ranges say: a page that is partly the firmware's (the
+/// extended BIOS data area after the last usable byte below 640 KiB)
+/// keeps its firmware part.
 ///
 /// # Safety
 /// Nothing of L0 may be in `ranges` any more (the image was relocated, the
 /// boot information and modules read or copied).
 pub unsafe fn clear(ranges: impl IntoIterator<Item = Range>) {
     for r in ranges {
-        let r = r.grow_to_pages();
         // SAFETY: identity-mapped RAM L0 no longer uses (the caller).
         unsafe { core::ptr::write_bytes(r.start as *mut u8, 0, r.len() as usize) };
     }

@@ -178,8 +178,11 @@ fn ram_zeroed(c: &mut Checks, mbi: &Info<Identity>) {
     let loader = mbi
         .loader_addrs()
         .map(|a| (a & !0xfff, (a & !0xfff) + 0x2000));
+    // Page 0: the real-mode vectors and the BIOS data area, which L0
+    // leaves as the firmware wrote them (L1's kernel may read them).
     let skipped = |a: u64| {
-        (image.0..image.1).contains(&a)
+        a == 0
+            || (image.0..image.1).contains(&a)
             || loader.iter().any(|&(s, e)| a != 0 && (s..e).contains(&a))
     };
     let (mut words, mut nonzero) = (0u64, 0u64);
