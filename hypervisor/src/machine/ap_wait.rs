@@ -81,7 +81,7 @@ impl ApWait {
 
     /// Logs a refused IPI: the first, then at each power of two (L1
     /// decides how often this happens).
-    pub fn note_refused(&mut self, low: u32, dest: u32) {
+    fn note_refused(&mut self, low: u32, dest: u32) {
         self.refused += 1;
         if self.refused.is_power_of_two() {
             log::warn!(
@@ -105,8 +105,9 @@ impl ApWait {
     /// shorthand is kept, and only for a waiting vCPU; a broadcast or
     /// logical INIT goes out (it reaches running CPUs too) unless L0
     /// guards: then an INIT or start-up IPI goes out only to one vCPU by
-    /// its APIC ID (a broadcast ID, 0xff or 0xffffffff, is none).
-    pub fn icr_write(&self, low: u32, dest: u32) -> IcrWrite {
+    /// its APIC ID (a broadcast ID, 0xff or 0xffffffff, is none); a
+    /// refusal is counted and logged here.
+    pub fn icr_write(&mut self, low: u32, dest: u32) -> IcrWrite {
         let mode = low & DELIVERY_MODE;
         let init = mode == DELIVERY_INIT;
         let physical = low & (DESTINATION_LOGICAL | SHORTHAND) == 0;
@@ -115,7 +116,10 @@ impl ApWait {
         }
         let starts = init || mode == DELIVERY_STARTUP;
         match &self.guarded {
-            Some(vcpus) if starts && !(physical && vcpus.contains(&dest)) => IcrWrite::Refuse,
+            Some(vcpus) if starts && !(physical && vcpus.contains(&dest)) => {
+                self.note_refused(low, dest);
+                IcrWrite::Refuse
+            }
             _ => IcrWrite::Send,
         }
     }

@@ -96,14 +96,8 @@ impl Vcpu {
             }
             _ => IcrWrite::Send,
         };
-        match write {
-            IcrWrite::Send => {
-                p.xapic_write(offset, value);
-            }
-            IcrWrite::KeepInit(_) => {}
-            IcrWrite::Refuse => m
-                .ap_wait
-                .note_refused(value, p.xapic_read(XAPIC_ICR_HI).unwrap_or(0) >> 24),
+        if write == IcrWrite::Send {
+            p.xapic_write(offset, value);
         }
         let rip = v.read(F::GUEST_RIP);
         v.write(F::GUEST_RIP, rip.wrapping_add(u64::from(store.len)));
@@ -118,13 +112,8 @@ impl Vcpu {
         p: &mut P,
     ) -> Outcome {
         let value = self.edx_eax();
-        let (low, dest) = (value as u32, (value >> 32) as u32);
-        match m.ap_wait.icr_write(low, dest) {
-            IcrWrite::KeepInit(_) => skip_instruction(v),
-            IcrWrite::Refuse => {
-                m.ap_wait.note_refused(low, dest);
-                skip_instruction(v)
-            }
+        match m.ap_wait.icr_write(value as u32, (value >> 32) as u32) {
+            IcrWrite::KeepInit(_) | IcrWrite::Refuse => skip_instruction(v),
             IcrWrite::Send if p.write_msr(X2APIC_ICR, value) => skip_instruction(v),
             IcrWrite::Send => inject_exception(v, GP, Some(0)),
         }
