@@ -204,8 +204,10 @@ pub struct VcpuTemplate {
     vpid: bool,
     /// The VMREAD and VMWRITE bitmaps, when VMCS shadowing is used.
     shadow_bitmaps: Option<(u64, u64)>,
-    /// The preemption timer that brings the boot CPU back to the
-    /// management line (the other CPUs run without it).
+    /// The preemption timer that brings every CPU back to L0 every 2 ms:
+    /// the console CPU serves the management line, every CPU picks up
+    /// EPT01 changes, and an L1 that waits in MWAIT for a store it missed
+    /// goes on (Bochs's MONITOR does not see every CPU's stores).
     l0_timer: Option<u64>,
     poll_ticks: u64,
     cpuid: CpuidContext,
@@ -229,7 +231,6 @@ pub enum FirstState<'a> {
 /// Builds a vCPU of the cloud VM on this CPU: its VMCS01 (current on
 /// return), VMCS02 and shadow VMCS, with this CPU's host state.
 pub fn vcpu(t: &VcpuTemplate, first: FirstState) -> Vcpu {
-    let boot = matches!(first, FirstState::Boot(_));
     let vmcs = alloc_frames(1, "VMCS01");
     let vmcs02 = alloc_frames(1, "VMCS02");
     let shadow = alloc_frames(1, "shadow VMCS");
@@ -270,12 +271,8 @@ pub fn vcpu(t: &VcpuTemplate, first: FirstState) -> Vcpu {
     // SAFETY: VMCS01 is current.
     let mut v = unsafe { CurrentVmcs::new() };
     setup::write_host_state(&mut v, &host);
-    let l0_timer = t.l0_timer.filter(|_| boot);
-    let mut controls = t.controls;
-    if !boot {
-        controls.pin &= !caps::pin::PREEMPTION_TIMER;
-    }
-    setup::write_controls(&mut v, &controls, &t.pages, &t.policy);
+    let l0_timer = t.l0_timer;
+    setup::write_controls(&mut v, &t.controls, &t.pages, &t.policy);
     if let Some((rp, wp)) = t.shadow_bitmaps {
         v.write(F::VMREAD_BITMAP, rp);
         v.write(F::VMWRITE_BITMAP, wp);
