@@ -22,6 +22,7 @@ use crate::l1_plan::{self, BootModule};
 use crate::logger;
 use crate::machine::shared::SharedMachine;
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
+use crate::vcpu::bios_memory;
 use crate::mm::paging::PageSize;
 use crate::shadow::limits::Limits;
 use crate::vmx::caps;
@@ -185,17 +186,6 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             cmdline: &m.cmdline,
         })
         .collect();
-    let l1_map = l1_memory_map(firmware_map.iter().copied(), pool_range);
-    let vm = l1_plan::plan(&booted, rsdp.as_deref(), &l1_map)
-        .unwrap_or_else(|e| fatal(format_args!("{e}")));
-    let key = vm.key.map(|(k, i)| {
-        loader_memory::wipe(&modules[i]);
-        k
-    });
-    for &i in &vm.identity_modules {
-        loader_memory::wipe(&modules[i]);
-    }
-    zero_l1_ram(&bringup::l1_ram(&fw, pool_range));
     let mut hw = Hardware {
         tables: PoolTables,
         // SAFETY: L1's RAM is everything usable but the pool; identity-mapped.
@@ -208,6 +198,35 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
             0
         },
     };
+    let l1_map = l1_memory_map(firmware_map.iter().copied(), pool_range);
+    // Before anything of L1 is written: where the BIOS memory services
+    // go; L1's map then reserves their KiB.
+    let bios = match bios_memory::probe(&hw.mem, &l1_map) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            info!("INT 15h memory services not offered to the cloud VM: {e}");
+            None
+        }
+    };
+    let l1_map = bios.as_ref().map_or(l1_map, |b| b.map.clone());
+    let vm = l1_plan::plan(&booted, rsdp.as_deref(), &l1_map)
+        .unwrap_or_else(|e| fatal(format_args!("{e}")));
+    let key = vm.key.map(|(k, i)| {
+        loader_memory::wipe(&modules[i]);
+        k
+    });
+    for &i in &vm.identity_modules {
+        loader_memory::wipe(&modules[i]);
+    }
+    zero_l1_ram(&bringup::l1_ram(&fw, pool_range));
+    if let Some(b) = &bios {
+        b.install(&mut hw.mem)
+            .unwrap_or_else(|e| fatal(format_args!("INT 15h memory services: {e}")));
+        info!(
+            "INT 15h memory services (E820h, E801h, 88h) answered with the cloud VM's map: stub at {:#x}, firmware handler {:04x}:{:04x}",
+            b.stub, b.firmware.0, b.firmware.1
+        );
+    }
     let cpus_running = 1 + host.aps.len();
     let ept02_tables = cfg
         .ept02_tables
@@ -230,6 +249,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     if let Some(d) = &dmar {
         isolate_dma(&fw, d, &l0_frames);
     }
+    machine.bios = bios;
     machine.shadow.intercept_com = cfg.shadow;
     machine.console.owners =
         crate::owner::Owners::new(vm.identity, crate::arch::platform::hw_random, cfg.console);

@@ -941,13 +941,10 @@ const XEN_DOM0_MEM: &str = "320M";
 /// keeps every word only when the loader calls itself GRUB 2; L0 keeps
 /// the name so Xen's own rule holds under both). Xen's console is COM1,
 /// where a provider would put it; dom0's is Xen's (hvc0), so it shows on
-/// COM1 too. iommu=0: Bochs has no IOMMU. no-real-mode: Xen's boot code
-/// otherwise drops to real mode and asks the BIOS for the memory map
-/// (INT 15h E820), which it prefers to the multiboot map; under L0 the
-/// BIOS describes the host, L0's memory included, and Xen took L0's pool
-/// for its own (L0 backed those writes with its scratch page; Xen then
-/// faulted). With it Xen uses the map L0 gives (and skips EDD and VGA
-/// mode probing, which a serial-console host does not need).
+/// COM1 too. iommu=0: Bochs has no IOMMU. Xen's boot code drops to real
+/// mode and asks the BIOS for the memory map (INT 15h E820h), which it
+/// prefers to the multiboot map: under L0 the answer is L0's
+/// (vcpu/bios_memory.rs), the cloud VM's map with L0's pool reserved.
 fn xen_modules(xentest: &str) -> Result<Vec<IsoModule>, String> {
     let x = crate::xen::images()?;
     let initrd = match xentest {
@@ -959,7 +956,7 @@ fn xen_modules(xentest: &str) -> Result<Vec<IsoModule>, String> {
             &x.xen,
             &format!(
                 "xen console=com1 com1=115200,8n1 dom0_mem={XEN_DOM0_MEM},max:{XEN_DOM0_MEM} \
-                 dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot iommu=0 no-real-mode"
+                 dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot iommu=0"
             ),
         ),
         IsoModule::file(
@@ -975,6 +972,7 @@ fn xen_modules(xentest: &str) -> Result<Vec<IsoModule>, String> {
 /// listing HVM among what Xen can run.
 const XEN_BOOT_COM1: &[&str] = &[
     "Xen version 4.17",
+    "Xen-e820 RAM map:",
     "HVM: VMX enabled",
     "HVM: Hardware Assisted Paging (HAP) detected",
     "DOM0INIT ok",
@@ -1031,7 +1029,11 @@ fn xen() -> Vec<Scenario> {
             },
             limit: Duration::from_secs(900),
             com1: XEN_BOOT_COM1,
-            com2: &["starting the cloud VM: multiboot kernel"],
+            com2: &[
+                "INT 15h memory services (E820h, E801h, 88h) answered",
+                "starting the cloud VM: multiboot kernel",
+                "the cloud VM reads its memory map through INT 15h E820h",
+            ],
             forbidden: XEN_HEALTHY,
             console: NO_CONSOLE,
             enabled_in_ci: true,

@@ -189,6 +189,7 @@ pub fn cloud_vm(
         vmcs12_owners: Default::default(),
         vmx_operation: Default::default(),
         cpus: alloc::vec::Vec::new(),
+        bios: None,
     };
     (vcpu, machine, template)
 }

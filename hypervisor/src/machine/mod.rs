@@ -39,6 +39,8 @@ pub struct Machine {
     pub vmx_operation: alloc::collections::BTreeSet<u32>,
     /// Every CPU's exit counts, in the order the CPUs came up.
     pub cpus: alloc::vec::Vec<&'static cpu_counts::CpuCounts>,
+    /// The BIOS memory services L0 answers for L1, where the host has a BIOS.
+    pub bios: Option<crate::vcpu::bios_memory::BiosMemory>,
 }
 
 impl Machine {

@@ -140,12 +140,18 @@ impl FirmwareMemory {
 /// The memory map L1 is told: the firmware's, with L0's pool cut out of
 /// whatever it was and listed as reserved (type 2).
 pub fn l1_memory_map(map: impl Iterator<Item = MemoryRegion>, pool: Range) -> Vec<MemoryRegion> {
+    reserve(&map.collect::<Vec<_>>(), pool)
+}
+
+/// `map` with `cut` taken out of whatever covered it and listed as
+/// reserved (type 2), sorted by base.
+pub fn reserve(map: &[MemoryRegion], cut: Range) -> Vec<MemoryRegion> {
     let mut out = Vec::new();
     for r in map {
         let whole = Range::new(r.base, r.base.saturating_add(r.len));
         for piece in [
-            Range::new(whole.start, whole.end.min(pool.start)),
-            Range::new(whole.start.max(pool.end), whole.end),
+            Range::new(whole.start, whole.end.min(cut.start)),
+            Range::new(whole.start.max(cut.end), whole.end),
         ] {
             if !piece.is_empty() {
                 out.push(MemoryRegion {
@@ -157,8 +163,8 @@ pub fn l1_memory_map(map: impl Iterator<Item = MemoryRegion>, pool: Range) -> Ve
         }
     }
     out.push(MemoryRegion {
-        base: pool.start,
-        len: pool.len(),
+        base: cut.start,
+        len: cut.len(),
         kind: 2,
     });
     out.sort_by_key(|r| r.base);

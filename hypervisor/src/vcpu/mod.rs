@@ -18,6 +18,7 @@ use crate::vmx::exit::{
 use crate::vmx::{caps, Field as F, Vmcs};
 
 mod apic_icr;
+pub mod bios_memory;
 mod com;
 pub mod cpuid;
 pub mod decode;
@@ -524,6 +525,7 @@ impl Vcpu {
             VmExit::Vmcall if self.is_ultracall() => {
                 self.ultracall(m, vs, p, ultracall_abi::CallerLevel::L1)
             }
+            VmExit::Vmcall if self.at_bios_stub(m, v) => self.bios_memory(m, v, p),
             VmExit::InterruptWindow => {
                 // Opened for the relay interrupt, delivered before the entry.
                 v.clear_bits(
@@ -550,6 +552,40 @@ impl Vcpu {
 
     /// Serves the management line: operator commands in, console output
     /// out (on the CPU that serves it; elsewhere nothing).
+    /// Whether L1 is in real mode at the stub of the BIOS memory services.
+    fn at_bios_stub(&self, m: &Machine, v: &impl Vmcs) -> bool {
+        let real = v.read(F::GUEST_CR0) & crate::regs::CR0_PE == 0;
+        let rip = v.read(F::GUEST_CS_BASE).wrapping_add(v.read(F::GUEST_RIP));
+        m.bios.as_ref().is_some_and(|b| b.is_stub(real, rip))
+    }
+
+    /// INT 15h through the stub (`bios_memory`): answered, then the stub's
+    /// IRET; or on to the firmware's handler, as a far jump there.
+    fn bios_memory<P: Platform>(&mut self, m: &Machine, v: &mut impl Vmcs, p: &mut P) {
+        let Some(b) = m.bios.as_ref() else { return };
+        let r = &self.regs.gpr;
+        if r[GuestRegs::RAX] as u32 == 0xe820 && r[GuestRegs::RBX] as u32 == 0 {
+            log::info!(
+                "the cloud VM reads its memory map through INT 15h E820h ({} entries, L0's pool reserved)",
+                b.map.len()
+            );
+        }
+        let mut call = bios_memory::Call {
+            regs: &mut self.regs,
+            es_base: v.read(F::GUEST_ES_BASE),
+            ss_base: v.read(F::GUEST_SS_BASE),
+            sp: v.read(F::GUEST_RSP),
+        };
+        match b.call(&mut call, p.mem()) {
+            bios_memory::Answer::Done => skip_instruction(v),
+            bios_memory::Answer::Firmware(seg, off) => {
+                v.write(F::GUEST_CS_SELECTOR, u64::from(seg));
+                v.write(F::GUEST_CS_BASE, u64::from(seg) << 4);
+                v.write(F::GUEST_RIP, u64::from(off));
+            }
+        }
+    }
+
     pub fn poll_console<S: VmcsSet, P: Platform>(
         &mut self,
         m: &mut MachineLock<'_>,

@@ -311,6 +311,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         vmcs12_owners: Default::default(),
         vmx_operation: Default::default(),
         cpus: alloc::vec::Vec::new(),
+        bios: None,
     });
     (
         Cpu { vcpu, m },
