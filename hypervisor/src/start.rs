@@ -22,9 +22,11 @@ use crate::l1_plan::{self, BootModule};
 use crate::logger;
 use crate::machine::shared::SharedMachine;
 use crate::mm::layout::{l1_memory_map, FirmwareMemory};
-use crate::vcpu::bios_memory;
 use crate::mm::paging::PageSize;
 use crate::shadow::limits::Limits;
+use crate::acpi::spmi::{BmcInterface, BmcSpace};
+use crate::vcpu::bios_memory;
+use crate::vcpu::l0_ports::L0Ports;
 use crate::vmx::caps;
 use crate::vmx::requirements;
 use crate::{acpi, cpus, iommu};
@@ -122,12 +124,36 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         (true, Some(Ok(None))) => dma_isolation_absent("no VT-d (no DMAR table)"),
         (true, Some(Err(e))) => dma_isolation_failed(e),
     };
-    // L0's frames, which neither L1 nor its devices reach: the pool and
-    // the VT-d units' registers.
+    // L0's ports: its management UART and the in-band BMC interfaces, at
+    // their default addresses and wherever the SPMI tables say.
+    let mut l0_ports = L0Ports::new(logger::serial_base());
+    let mut bmc_frames = Vec::new();
+    match rsdp.as_deref().map(loader_memory::firmware_bmcs) {
+        Some(Ok(found)) => {
+            for bmc in found {
+                match bmc {
+                    Ok(BmcInterface { kind, space: BmcSpace::Io { base, count } }) => {
+                        info!("{kind} at ports {base:#x}+{count} (SPMI): kept from the cloud VM");
+                        l0_ports.add_bmc(base, count, kind);
+                    }
+                    Ok(BmcInterface { kind, space: BmcSpace::Memory { base, len } }) => {
+                        info!("{kind} at {base:#x}+{len} (SPMI): kept from the cloud VM");
+                        bmc_frames.push(Range::new(base, base + len).grow_to_pages());
+                    }
+                    Err(e) => warn!("ACPI: {e}; that BMC interface is not kept from the cloud VM"),
+                }
+            }
+        }
+        Some(Err(e)) => warn!("ACPI: {e}; BMC interfaces only at the IPMI default ports"),
+        None => {}
+    }
+    // L0's frames, which neither L1 nor its devices reach: the pool, the
+    // VT-d units' registers and memory-mapped BMC interfaces.
     let mut l0_frames = RangeSet::new();
     for r in core::iter::once(pool_range).chain(
         dmar.iter()
-            .flat_map(|d| d.units.iter().map(|u| u.registers)),
+            .flat_map(|d| d.units.iter().map(|u| u.registers))
+            .chain(bmc_frames),
     ) {
         l0_frames
             .insert(r)
@@ -244,6 +270,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         &vcaps,
         &cpu,
         ept02_tables,
+        l0_ports,
         &mut hw,
     );
     if let Some(d) = &dmar {

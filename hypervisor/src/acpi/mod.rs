@@ -6,6 +6,7 @@
 
 pub mod dmar;
 pub mod madt;
+pub mod spmi;
 
 use alloc::vec;
 use core::fmt;
@@ -111,6 +112,30 @@ pub fn fix_checksum(table: &mut [u8]) {
 /// Finds the table with signature `want` through the RSDP: the XSDT's
 /// 64-bit pointers when the RSDP has one (revision 2), the RSDT's otherwise.
 pub fn find(rsdp: &[u8], mem: &mut impl PhysRead, want: [u8; 4]) -> Result<Table, AcpiError> {
+    scan(rsdp, mem, want, true)?
+        .into_iter()
+        .next()
+        .ok_or(AcpiError::Missing(want))
+}
+
+/// Every table with signature `want` (SPMI has one per interface), in
+/// the root table's order; empty when there is none.
+pub fn find_all(
+    rsdp: &[u8],
+    mem: &mut impl PhysRead,
+    want: [u8; 4],
+) -> Result<alloc::vec::Vec<Table>, AcpiError> {
+    scan(rsdp, mem, want, false)
+}
+
+/// The root table's entries with signature `want`, up to the first when
+/// `first_only` (the entries after it are not read).
+fn scan(
+    rsdp: &[u8],
+    mem: &mut impl PhysRead,
+    want: [u8; 4],
+    first_only: bool,
+) -> Result<alloc::vec::Vec<Table>, AcpiError> {
     if rsdp.len() < 20 || &rsdp[..8] != b"RSD PTR " || !checksum_ok(&rsdp[..20]) {
         return Err(AcpiError::BadRsdp);
     }
@@ -127,6 +152,7 @@ pub fn find(rsdp: &[u8], mem: &mut impl PhysRead, want: [u8; 4]) -> Result<Table
         Some(a) => (table(mem, a, *b"XSDT")?, 8),
         None => (table(mem, u64::from(u32_at(rsdp, 16)), *b"RSDT")?, 4),
     };
+    let mut found = alloc::vec::Vec::new();
     for o in (HEADER..root.len() - (root.len() - HEADER) % width).step_by(width) {
         let addr = if width == 8 {
             u64_at(&root, o)
@@ -138,10 +164,13 @@ pub fn find(rsdp: &[u8], mem: &mut impl PhysRead, want: [u8; 4]) -> Result<Table
             .then_some(())
             .ok_or(AcpiError::Unreadable(addr))?;
         if s == want {
-            return table(mem, addr, want).map(|bytes| Table { addr, bytes });
+            found.push(table(mem, addr, want).map(|bytes| Table { addr, bytes })?);
+            if first_only {
+                break;
+            }
         }
     }
-    Err(AcpiError::Missing(want))
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@ use super::vmx::{self as vmxi, CurrentVmcs};
 use crate::console::Console;
 use crate::guest_mem::GuestMemory;
 use crate::l1_plan::CloudVm;
-use crate::logger;
 use crate::machine::ept01::Ept01;
 use crate::machine::shutdown::ShutdownWatch;
 use crate::machine::Machine;
@@ -24,6 +23,7 @@ use crate::mm::frames::FRAME;
 use crate::mm::layout::FirmwareMemory;
 use crate::nested::{self, HostVmx, Nested, Vmcs02Pages};
 use crate::regs::IA32_EFER;
+use crate::vcpu::l0_ports::L0Ports;
 use crate::vcpu::{cpuid::CpuidContext, msr, setup, Vcpu};
 use crate::vmx::caps::{self, VmxCaps};
 use crate::vmx::guest_cr::CrPolicy;
@@ -54,6 +54,7 @@ pub fn cloud_vm(
     vcaps: &VmxCaps,
     cpu: &CpuFeatures,
     ept02_tables: usize,
+    ports: L0Ports,
     hw: &mut Hardware,
 ) -> (Vcpu, Machine, VcpuTemplate) {
     let (plan, started) = (&vm.load, &vm.started);
@@ -97,8 +98,7 @@ pub fn cloud_vm(
     // Bitmaps, one set for every vCPU: L0's UART and the emulator's
     // shutdown port; the MSRs L0 keeps; for VMCS02, L0's ports for L2 (the
     // same as for L1) and all ones.
-    let mgmt_port = logger::serial_base();
-    let io = msr::l1_io_bitmap(mgmt_port);
+    let io = msr::l1_io_bitmap(&ports);
     let io_pages = alloc_frames(2, "I/O bitmaps");
     let msr_page = alloc_frames(1, "MSR bitmap");
     let (io_l0, io_all) = (
@@ -109,7 +109,7 @@ pub fn cloud_vm(
     unsafe {
         core::ptr::copy_nonoverlapping(io.0.as_ptr(), io_pages as *mut u8, 8192);
         core::ptr::copy_nonoverlapping(
-            msr::l2_io_bitmap(mgmt_port).0.as_ptr(),
+            msr::l2_io_bitmap(&ports).0.as_ptr(),
             io_l0 as *mut u8,
             8192,
         );
@@ -183,7 +183,7 @@ pub fn cloud_vm(
         ept: ept01,
         shadow: crate::shadow::Shadow::new(key.map(sealing_key), hw_random),
         console: Console::default(),
-        mgmt_port,
+        l0_ports: ports,
         shutdown: ShutdownWatch::default(),
         ap_wait: Default::default(),
         vmcs12_owners: Default::default(),

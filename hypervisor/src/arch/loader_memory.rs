@@ -126,6 +126,21 @@ pub fn take_dmar(
     Ok(Some(parsed))
 }
 
+/// The BMC interfaces the firmware's SPMI tables name (one per table),
+/// each parsed or refused. Same window as [`firmware_cpus`].
+pub fn firmware_bmcs(
+    rsdp: &[u8],
+) -> Result<
+    Vec<Result<crate::acpi::spmi::BmcInterface, crate::acpi::spmi::SpmiError>>,
+    crate::acpi::AcpiError,
+> {
+    let tables = crate::acpi::find_all(rsdp, &mut read_low, *b"SPMI")?;
+    Ok(tables
+        .iter()
+        .map(|t| crate::acpi::spmi::parse(&t.bytes))
+        .collect())
+}
+
 /// Writes back a table L0 changed (`acpi::madt::disable`,
 /// `acpi::dmar::hide`): the cloud VM reads the firmware's tables where
 /// they lie. Same window as [`firmware_cpus`].

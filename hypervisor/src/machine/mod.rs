@@ -27,8 +27,8 @@ pub struct Machine {
     pub shadow: Shadow,
     /// The operator's sessions and command line.
     pub console: Console,
-    /// L0's management UART: 8 ports from here.
-    pub mgmt_port: Option<u16>,
+    /// The ports L0 keeps from every guest: its management UART, the BMCs.
+    pub l0_ports: crate::vcpu::l0_ports::L0Ports,
     pub shutdown: ShutdownWatch,
     /// The vCPUs that wait for a SIPI (and the INITs kept from them).
     pub ap_wait: ap_wait::ApWait,

@@ -139,7 +139,7 @@ impl Vcpu {
         e: &ExitInfo,
         io: IoAccess,
     ) -> Outcome {
-        let to = if super::l0_ports::touches(m.mgmt_port, io.port, io.size) {
+        let to = if m.l0_ports.touches(io.port, io.size) {
             Ports::Absent
         } else {
             Ports::Hardware

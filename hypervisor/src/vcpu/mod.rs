@@ -716,7 +716,7 @@ impl Vcpu {
 
     /// Whether the access touches a port L0 keeps from every guest.
     fn owns_port(&self, m: &Machine, io: &IoAccess) -> bool {
-        l0_ports::touches(m.mgmt_port, io.port, io.size)
+        m.l0_ports.touches(io.port, io.size)
     }
 
     fn io<V: Vmcs, P: Platform>(

@@ -292,11 +292,10 @@ pub fn write(msr: u32, value: u64, mtrr: &mut MtrrShadow) -> Result<WriteOutcome
 }
 
 /// The ports L0 takes from L1: its own (`vcpu::l0_ports`: the management
-/// UART at `mgmt_port`, the BMC interfaces) and the emulator's shutdown
-/// port.
-pub fn l1_io_bitmap(mgmt_port: Option<u16>) -> IoBitmaps {
+/// UART, the BMC interfaces) and the emulator's shutdown port.
+pub fn l1_io_bitmap(ports: &super::l0_ports::L0Ports) -> IoBitmaps {
     let mut io = IoBitmaps::new();
-    for p in super::l0_ports::all(mgmt_port) {
+    for p in ports.all() {
         io.intercept(p);
     }
     io.intercept(crate::machine::shutdown::SHUTDOWN_PORT);
@@ -307,8 +306,8 @@ pub fn l1_io_bitmap(mgmt_port: Option<u16>) -> IoBitmaps {
 /// VMs' COM1-COM4 (their shadow UARTs), L0's own as for L1 (wherever the
 /// management UART is, and with shadow devices off) and the emulator's
 /// shutdown port.
-pub fn l2_io_bitmap(mgmt_port: Option<u16>) -> IoBitmaps {
-    let mut io = l1_io_bitmap(mgmt_port);
+pub fn l2_io_bitmap(ports: &super::l0_ports::L0Ports) -> IoBitmaps {
+    let mut io = l1_io_bitmap(ports);
     for base in crate::shadow::COM_PORTS {
         for p in base..base + 8 {
             io.intercept(p);
@@ -320,10 +319,11 @@ pub fn l2_io_bitmap(mgmt_port: Option<u16>) -> IoBitmaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vcpu::l0_ports::L0Ports;
 
     #[test]
     fn io_bitmaps_take_l0s_ports_only() {
-        let l1 = l1_io_bitmap(Some(0x2f8));
+        let l1 = l1_io_bitmap(&L0Ports::new(Some(0x2f8)));
         assert!(l1.intercepts(0x2f8, 1) && l1.intercepts(0x2ff, 1));
         assert!(
             l1.intercepts(0xca2, 1) && l1.intercepts(0xca3, 1),
@@ -332,8 +332,8 @@ mod tests {
         assert!(l1.intercepts(0x8900, 2));
         assert!(!l1.intercepts(0x3f8, 1), "L1's own COM1 is L1's");
         assert!(!l1.intercepts(0x2f7, 1) && !l1.intercepts(0x300, 1));
-        assert!(!l1_io_bitmap(None).intercepts(0x2f8, 1));
-        let l2 = l2_io_bitmap(Some(0x2f0));
+        assert!(!l1_io_bitmap(&L0Ports::new(None)).intercepts(0x2f8, 1));
+        let l2 = l2_io_bitmap(&L0Ports::new(Some(0x2f0)));
         for base in [0x3f8u16, 0x2f8, 0x3e8, 0x2e8, 0x2f0] {
             assert!((base..base + 8).all(|p| l2.intercepts(p, 1)), "{base:#x}");
         }

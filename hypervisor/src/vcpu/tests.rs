@@ -305,7 +305,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
             true
         }),
         console: crate::console::Console::default(),
-        mgmt_port: Some(0x2f8),
+        l0_ports: crate::vcpu::l0_ports::L0Ports::new(Some(0x2f8)),
         shutdown: ShutdownWatch::default(),
         ap_wait: Default::default(),
         vmcs12_owners: Default::default(),
@@ -452,6 +452,15 @@ fn management_port_is_an_absent_device() {
     exit(&mut v, reason::IO_INSTRUCTION, 0x0ca2_0000, 1);
     assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
     assert!(p.out.is_empty(), "nothing reaches the BMC");
+    // A BMC the firmware's SPMI table puts elsewhere (KCS, 32-bit
+    // registers at 0xca8: 8 ports) is absent in the same way.
+    c.m.get_mut().l0_ports.add_bmc(0xca8, 8, "IPMI KCS");
+    exit(&mut v, reason::IO_INSTRUCTION, 0x0cac_000b, 4); // in eax, dx (0xcac)
+    assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+    assert_eq!(c.regs.gpr[GuestRegs::RAX], 0xffff_ffff);
+    exit(&mut v, reason::IO_INSTRUCTION, 0x0caf_0000, 1);
+    assert_eq!(c.handle_exit(&mut v, &mut p), Outcome::Resume);
+    assert!(p.out.is_empty(), "nothing reaches that BMC either");
     // An untrapped port exiting is L0's mistake, not resumed blindly.
     exit(&mut v, reason::IO_INSTRUCTION, 0x0060_0000, 1);
     assert!(matches!(
@@ -1401,12 +1410,12 @@ mod nested {
             c.regs.gpr[GuestRegs::RAX]
         };
         // The management UART outside COM1-COM4.
-        c.m.get_mut().mgmt_port = Some(0x2f0);
+        c.m.get_mut().l0_ports.mgmt = Some(0x2f0);
         assert_eq!(probe(&mut c, &mut v, &mut p, 0x2f7, false), 0x1234_56ff);
         c.regs.gpr[GuestRegs::RAX] = 0x41;
         probe(&mut c, &mut v, &mut p, 0x2f0, true);
         // Shadow devices off, the management UART at COM2.
-        c.m.get_mut().mgmt_port = Some(0x2f8);
+        c.m.get_mut().l0_ports.mgmt = Some(0x2f8);
         c.m.get_mut().shadow.intercept_com = false;
         assert_eq!(probe(&mut c, &mut v, &mut p, 0x2fd, false), 0x1234_56ff);
         probe(&mut c, &mut v, &mut p, 0x2f8, true);
