@@ -303,7 +303,16 @@ impl VmxState {
         Outcome::Succeed
     }
 
-    pub fn vmptrld<M: GuestMemory>(&mut self, s: &L1State, mem: &mut M) -> Outcome {
+    /// `elsewhere`: whether the VMCS at this address is current on another
+    /// CPU (asked once the operand is read and checked, and only for an
+    /// address that is not this CPU's current VMCS): then VMfailValid with
+    /// the error of an address the instruction cannot use.
+    pub fn vmptrld<M: GuestMemory>(
+        &mut self,
+        s: &L1State,
+        mem: &mut M,
+        elsewhere: &mut dyn FnMut(u64) -> bool,
+    ) -> Outcome {
         if let Err(o) = self.common_checks(s) {
             return o;
         }
@@ -316,6 +325,9 @@ impl VmxState {
         }
         if Some(p) == self.vmxon {
             return self.fail(err::VMPTRLD_VMXON_POINTER);
+        }
+        if self.current != Some(p) && elsewhere(p) {
+            return self.fail(err::VMPTRLD_INVALID_ADDRESS);
         }
         // Bit 31 (shadow VMCS) must be 0: VMCS shadowing is not offered.
         if Self::read_revision(mem, p) != self.caps.basic as u32 & 0x7fff_ffff {
@@ -344,7 +356,13 @@ impl VmxState {
         }
     }
 
-    pub fn vmclear<M: GuestMemory>(&mut self, s: &L1State, mem: &mut M) -> Outcome {
+    /// `elsewhere` as for [`Vmx::vmptrld`].
+    pub fn vmclear<M: GuestMemory>(
+        &mut self,
+        s: &L1State,
+        mem: &mut M,
+        elsewhere: &mut dyn FnMut(u64) -> bool,
+    ) -> Outcome {
         if let Err(o) = self.common_checks(s) {
             return o;
         }
@@ -357,6 +375,9 @@ impl VmxState {
         }
         if Some(p) == self.vmxon {
             return self.fail(err::VMCLEAR_VMXON_POINTER);
+        }
+        if self.current != Some(p) && elsewhere(p) {
+            return self.fail(err::VMCLEAR_INVALID_ADDRESS);
         }
         self.cleared = Some(p);
         if self.current == Some(p) {

@@ -29,7 +29,13 @@ pub struct InstrExit {
 impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
     /// L1 executed the VMX instruction of exit reason `basic` (not
     /// VMLAUNCH/VMRESUME: `entry.rs`).
-    pub fn vmx_instruction(&mut self, basic: u16) -> InstrExit {
+    /// `elsewhere` answers for VMPTRLD and VMCLEAR whether a VMCS12 is
+    /// current on another CPU ([`crate::nested::instr::Vmx::vmptrld`]).
+    pub fn vmx_instruction(
+        &mut self,
+        basic: u16,
+        elsewhere: &mut dyn FnMut(u64) -> bool,
+    ) -> InstrExit {
         // VMCS12 is about to be flushed or replaced: take L1's shadow writes
         // first. (VMREAD/VMWRITE that exit name fields the shadow does not
         // hold, so they need no sync.)
@@ -50,9 +56,9 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         let (o, inv) = match basic {
             reason::VMXON => (x.vmxon(&s, mem), Invalidate::None),
             reason::VMXOFF => (x.vmxoff(&s, mem), Invalidate::None),
-            reason::VMPTRLD => (x.vmptrld(&s, mem), Invalidate::None),
+            reason::VMPTRLD => (x.vmptrld(&s, mem, elsewhere), Invalidate::None),
             reason::VMPTRST => (x.vmptrst(&s, mem), Invalidate::None),
-            reason::VMCLEAR => (x.vmclear(&s, mem), Invalidate::None),
+            reason::VMCLEAR => (x.vmclear(&s, mem, elsewhere), Invalidate::None),
             reason::VMREAD => (x.vmread(&s, mem, &mut gpr), Invalidate::None),
             reason::VMWRITE => (x.vmwrite(&s, mem, &gpr), Invalidate::None),
             reason::INVEPT => x.invept(&s, mem, &gpr),
@@ -107,24 +113,5 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
             cleared,
             vmcs_field,
         }
-    }
-
-    /// The VMCS pointer a VMPTRLD or VMCLEAR names, read without carrying
-    /// the instruction out (None when reading it would fault: the
-    /// instruction then faults as it runs).
-    pub fn vmx_pointer_operand(&mut self) -> Option<u64> {
-        let s = l1_state(self.vs.current(), self.regs, self.host.maxphyaddr);
-        self.nested.vmx.pointer_operand(&s, self.hw.mem()).ok()
-    }
-
-    /// L1's VMX instruction fails with VMfailValid(`error`) (VMfailInvalid
-    /// without a current VMCS) and nothing else happens.
-    pub fn vmx_instruction_refused(&mut self, error: u32) {
-        let o = self.nested.vmx.fail_with(error);
-        if let Outcome::FailValid(_) = o {
-            self.nested
-                .field_to_shadow(self.vs, F::VM_INSTRUCTION_ERROR);
-        }
-        apply(self.vs.current(), o, |a| self.hw.set_cr2(a));
     }
 }

@@ -5,7 +5,7 @@
 
 use super::{Outcome as ExitOutcome, Platform, Vcpu};
 use crate::machine::shared::MachineLock;
-use crate::nested::instr::{err, Outcome};
+use crate::nested::instr::Outcome;
 use crate::nested::VmcsSet;
 use crate::vmx::exit::{reason, reason_name};
 
@@ -27,11 +27,22 @@ impl Vcpu {
         if basic == reason::VMLAUNCH || basic == reason::VMRESUME {
             return self.nested_entry(m, vs, p, basic == reason::VMLAUNCH);
         }
-        if self.current_elsewhere(m, vs, p, basic) {
-            return ExitOutcome::Resume;
-        }
         let before = self.nested.current_vmcs12();
-        let done = self.nested_ctx(vs, p).vmx_instruction(basic);
+        let cpu = self.apic_id();
+        // A VMPTRLD or VMCLEAR of a VMCS12 that is current on another CPU
+        // is refused (`machine/vmcs12_owners.rs`); asked only for one that
+        // is not this CPU's current VMCS12, the hot case, which takes no lock.
+        let mut elsewhere = |ptr: u64| match m.vmcs12_owners.elsewhere(ptr, cpu) {
+            Some(other) => {
+                log::warn!(
+                    "L1 {} of VMCS12 {ptr:#x} on CPU APIC ID {cpu:#x}: it is current on CPU APIC ID {other:#x}; refused",
+                    reason_name(basic),
+                );
+                true
+            }
+            None => false,
+        };
+        let done = self.nested_ctx(vs, p).vmx_instruction(basic, &mut elsewhere);
         let after = self.nested.current_vmcs12();
         if before != after {
             m.vmcs12_owners.change(self.apic_id(), before, after);
@@ -69,39 +80,5 @@ impl Vcpu {
             }
         }
         ExitOutcome::Resume
-    }
-
-    /// A VMPTRLD or VMCLEAR of a VMCS12 that is current on another CPU is
-    /// refused (`machine/vmcs12_owners.rs`): VMfailValid with the error of
-    /// an address the instruction cannot use. Whether it was.
-    fn current_elsewhere<S: VmcsSet, P: Platform>(
-        &mut self,
-        m: &mut MachineLock<'_>,
-        vs: &mut S,
-        p: &mut P,
-        basic: u16,
-    ) -> bool {
-        let error = match basic {
-            reason::VMPTRLD => err::VMPTRLD_INVALID_ADDRESS,
-            reason::VMCLEAR => err::VMCLEAR_INVALID_ADDRESS,
-            _ => return false,
-        };
-        let Some(ptr) = self.nested_ctx(vs, p).vmx_pointer_operand() else {
-            return false;
-        };
-        // A VMPTRLD of this CPU's current VMCS12 is the hot case: no lock.
-        if Some(ptr) == self.nested.current_vmcs12() {
-            return false;
-        }
-        let Some(cpu) = m.vmcs12_owners.elsewhere(ptr, self.apic_id()) else {
-            return false;
-        };
-        log::warn!(
-            "L1 {} of VMCS12 {ptr:#x} on CPU APIC ID {:#x}: it is current on CPU APIC ID {cpu:#x}; refused",
-            reason_name(basic),
-            self.apic_id()
-        );
-        self.nested_ctx(vs, p).vmx_instruction_refused(error);
-        true
     }
 }

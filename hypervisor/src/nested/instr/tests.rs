@@ -68,7 +68,7 @@ fn on(x: &mut VmxState, m: &mut VecMemory, s: &mut L1State) {
 
 fn load(x: &mut VmxState, m: &mut VecMemory, s: &mut L1State, p: u64) -> Outcome {
     operand(m, s, p);
-    x.vmptrld(s, m)
+    x.vmptrld(s, m, &mut |_| false)
 }
 
 fn ud() -> Outcome {
@@ -127,7 +127,7 @@ fn vmxon_checks() {
 fn instructions_outside_vmx_operation_ud() {
     let (mut x, mut m, mut s) = l1();
     operand(&mut m, &mut s, VMCS_A);
-    assert_eq!(x.vmptrld(&s, &mut m), ud());
+    assert_eq!(x.vmptrld(&s, &mut m, &mut |_| false), ud());
     assert_eq!(x.vmxoff(&s, &mut m), ud());
     let mut g = [0u64; 16];
     assert_eq!(x.vmread(&s, &mut m, &mut g), ud());
@@ -234,7 +234,7 @@ fn vmcs12_survives_switching() {
     );
     // VMCLEAR of the current one: launch state clear, no current VMCS.
     operand(&mut m, &mut s, VMCS_A);
-    assert_eq!(x.vmclear(&s, &mut m), Outcome::Succeed);
+    assert_eq!(x.vmclear(&s, &mut m, &mut |_| false), Outcome::Succeed);
     assert_eq!(x.current, None);
     load(&mut x, &mut m, &mut s, VMCS_A);
     assert_eq!(
@@ -249,15 +249,15 @@ fn vmclear_errors_and_vmptrst() {
     on(&mut x, &mut m, &mut s);
     operand(&mut m, &mut s, VMXON_REGION);
     assert_eq!(
-        x.vmclear(&s, &mut m),
+        x.vmclear(&s, &mut m, &mut |_| false),
         Outcome::FailInvalid,
         "no current VMCS to hold error 3"
     );
     load(&mut x, &mut m, &mut s, VMCS_A);
     operand(&mut m, &mut s, VMXON_REGION);
-    assert_eq!(x.vmclear(&s, &mut m), Outcome::FailValid(3));
+    assert_eq!(x.vmclear(&s, &mut m, &mut |_| false), Outcome::FailValid(3));
     operand(&mut m, &mut s, 0x123);
-    assert_eq!(x.vmclear(&s, &mut m), Outcome::FailValid(2));
+    assert_eq!(x.vmclear(&s, &mut m, &mut |_| false), Outcome::FailValid(2));
     s.ctx.gpr[0] = OPERAND + 0x100;
     assert_eq!(x.vmptrst(&s, &mut m), Outcome::Succeed);
     assert_eq!(m.read_u64(OPERAND + 0x100).unwrap(), VMCS_A);
@@ -378,4 +378,43 @@ fn rflags_conventions() {
     assert_eq!(rflags_after(all, Outcome::FailInvalid), 0x3);
     assert_eq!(rflags_after(all, Outcome::FailValid(7)), 0x42);
     assert_eq!(rflags_after(0x202, Outcome::Succeed), 0x202, "IF untouched");
+}
+
+#[test]
+fn a_vmcs_current_elsewhere_is_refused_after_the_architectural_checks() {
+    let (mut x, mut m, mut s) = l1();
+    on(&mut x, &mut m, &mut s);
+    let mut asked = Vec::new();
+    // CPL 3: #GP, and no CPU is asked.
+    operand(&mut m, &mut s, VMCS_A);
+    s.cpl = 3;
+    let mut ask = |p: u64| {
+        asked.push(p);
+        true
+    };
+    assert_eq!(x.vmptrld(&s, &mut m, &mut ask), gp());
+    assert_eq!(x.vmclear(&s, &mut m, &mut ask), gp());
+    s.cpl = 0;
+    // An address the instruction refuses anyway: its own error.
+    operand(&mut m, &mut s, 0x123);
+    assert_eq!(x.vmptrld(&s, &mut m, &mut ask), Outcome::FailInvalid);
+    assert!(asked.is_empty());
+    // Current elsewhere: refused with the invalid-address error, nothing loaded.
+    load(&mut x, &mut m, &mut s, VMCS_B);
+    operand(&mut m, &mut s, VMCS_A);
+    let mut ask = |p: u64| {
+        asked.push(p);
+        true
+    };
+    assert_eq!(x.vmptrld(&s, &mut m, &mut ask), Outcome::FailValid(9));
+    assert_eq!(x.current, Some(VMCS_B));
+    let region = m.bytes[VMCS_A as usize..VMCS_A as usize + 4096].to_vec();
+    assert_eq!(x.vmclear(&s, &mut m, &mut ask), Outcome::FailValid(2));
+    assert_eq!(m.bytes[VMCS_A as usize..VMCS_A as usize + 4096], region[..]);
+    assert_eq!(asked, [VMCS_A, VMCS_A]);
+    // This CPU's current VMCS is never asked about (the hot case).
+    operand(&mut m, &mut s, VMCS_B);
+    let mut never = |_: u64| -> bool { panic!("asked about the current VMCS") };
+    assert_eq!(x.vmptrld(&s, &mut m, &mut never), Outcome::Succeed);
+    assert_eq!(x.vmclear(&s, &mut m, &mut never), Outcome::Succeed);
 }
