@@ -16,12 +16,12 @@ use crate::arch::l1_ram::L1Ram;
 use crate::arch::loader_memory;
 use crate::arch::platform::Hardware;
 use crate::arch::pool::{self, PoolTables};
-use crate::arch::{ap_boot, bringup, cpu, cpu_loop, image, tables, tsc, vmx as vmxi};
+use crate::arch::{ap_boot, bringup, cpu, cpu_loop, image, tables, tsc, vmx as vmxi, zero_ram};
 use crate::config::{self, SerialChoice};
 use crate::l1_plan::{self, BootModule};
 use crate::logger;
 use crate::machine::shared::SharedMachine;
-use crate::mm::layout::{l1_memory_map, FirmwareMemory};
+use crate::mm::layout::{chunks, l1_memory_map, FirmwareMemory};
 use crate::mm::paging::PageSize;
 use crate::shadow::limits::Limits;
 use crate::acpi::spmi::{BmcInterface, BmcSpace};
@@ -204,6 +204,28 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         }
     }
 
+    // The other CPUs into VMX root now: they help zero the cloud VM's RAM
+    // and take their vCPUs once it is built (`ap_boot::run_cloud_vm`).
+    let kind = cpus::CpuKind {
+        features: cpu,
+        vmx: vcaps,
+    };
+    let runs_aps = cpus::l1_aps_possible(&vcaps);
+    if !runs_aps && !host.aps.is_empty() {
+        warn!(
+            "VMX lacks the wait-for-SIPI activity state: the cloud VM runs on the boot CPU alone"
+        );
+    }
+    let started = if cfg.aps {
+        ap_boot::start_all(&host, kind, &fw.ram, tsc_hz, runs_aps)
+    } else {
+        ap_boot::Started {
+            up: Vec::new(),
+            left_out: host.aps.len() + host.held.len(),
+            bsp: host.bsp,
+        }
+    };
+
     // The cloud VM: planned from the boot modules, then built.
     let booted: Vec<BootModule> = modules
         .iter()
@@ -244,7 +266,7 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     for &i in &vm.identity_modules {
         loader_memory::wipe(&modules[i]);
     }
-    zero_l1_ram(&bringup::l1_ram(&fw, pool_range));
+    zero_l1_ram(&bringup::l1_ram(&fw, pool_range), 1 + started.up.len());
     if let Some(b) = &bios {
         b.install(&mut hw.mem)
             .unwrap_or_else(|e| fatal(format_args!("INT 15h memory services: {e}")));
@@ -300,31 +322,18 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
 
     // The other CPUs: each runs a vCPU of the cloud VM, waiting for the
     // start-up IPI of L1's own boot CPU.
-    let kind = cpus::CpuKind {
-        features: cpu,
-        vmx: vcaps,
-    };
-    let share = cpus::l1_aps_possible(&vcaps).then(|| {
+    let share = runs_aps.then(|| {
         &*Box::leak(Box::new(ap_boot::ApShare {
             machine,
             template,
             hw: hw.clone(),
         }))
     });
-    if share.is_none() && !host.aps.is_empty() {
-        warn!(
-            "VMX lacks the wait-for-SIPI activity state: the cloud VM runs on the boot CPU alone"
-        );
-    }
-    let started = if cfg.aps {
-        ap_boot::start_all(&host, kind, &fw.ram, tsc_hz, share)
+    if cfg.aps {
+        ap_boot::run_cloud_vm(&started, share, tsc_hz);
     } else {
         info!("aps=off: the other CPUs stay as the firmware left them; the cloud VM runs on the boot CPU alone");
-        ap_boot::Started {
-            up: Vec::new(),
-            left_out: host.aps.len() + host.held.len(),
-        }
-    };
+    }
     if !cpus_known || started.left_out > 0 {
         // Before L1's first instruction: no INIT or start-up IPI of L1 may
         // reach a CPU that is not in VMX operation (machine/ap_wait.rs).
@@ -341,23 +350,27 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     cpu_loop::run(&mut vcpu, machine, &mut hw)
 }
 
+/// The piece of L1's RAM one CPU zeroes at a time.
+const ZERO_CHUNK: u64 = 64 << 20;
+
 /// Zeroes every byte the cloud VM will own before anything of it is
 /// loaded: GRUB's heap and disk cache (which read `l0.key`), the firmware's
 /// and the loader's leftovers; not the BIOS data area (`BIOS_DATA`), which
-/// L1 reads as on bare metal. Large stores (`rep stosq`) on the boot CPU;
-/// the cost goes on the management line (docs/operations.md).
-fn zero_l1_ram(ram: &RangeSet) {
+/// L1 reads as on bare metal. Large stores (`rep stosq`) on every CPU L0
+/// started, a chunk at a time; the cost goes on the management line
+/// (docs/operations.md).
+fn zero_l1_ram(ram: &RangeSet, cpus: usize) {
     let t0 = cpu::rdtsc();
     let mut ram = ram.clone();
     let _ = ram.remove(loader_memory::BIOS_DATA);
     // SAFETY: L1's RAM is all usable RAM but the pool; L0 keeps nothing
     // there any more (its image relocated, the boot information read and
     // the modules copied into the pool), and nothing of L1 is loaded yet.
-    unsafe { loader_memory::clear(ram.iter()) };
+    unsafe { zero_ram::zero_all(chunks(ram.iter(), ZERO_CHUNK)) };
     let ticks = cpu::rdtsc().wrapping_sub(t0);
     let mib = (ram.total() >> 20).max(1);
     info!(
-        "the cloud VM's RAM zeroed before it starts: {mib} MiB in {ticks} TSC ticks ({} per MiB)",
+        "the cloud VM's RAM zeroed before it starts: {mib} MiB by {cpus} CPU(s) in {ticks} TSC ticks ({} per MiB)",
         ticks / mib
     );
     info!("BENCH l1-ram-zero-ticks-per-mib {}", ticks / mib);

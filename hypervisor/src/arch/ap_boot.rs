@@ -3,14 +3,15 @@
 //! below takes it from real mode to long mode on its own stack, into
 //! [`ap_main`]: its own GDT and TSS, the check that it is the boot CPU's
 //! kind (`cpus::compatible`), VMX root operation with its own VMXON
-//! region, then its vCPU of the cloud VM (waiting for the cloud VM's own
-//! start-up IPI) and the run loop. An AP L0 does not use is held in VMX
+//! region. Then it helps zero the cloud VM's RAM (`zero_ram`) and takes
+//! its job once the boot CPU has built the cloud VM: its vCPU (waiting for
+//! the cloud VM's own start-up IPI) and the run loop, or being held in VMX
 //! root, where INIT is blocked. APs start one at a time; an AP that does
 //! not answer in time is sent INIT again (which stops it) and left out.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use boot::memmap::RangeSet;
 use log::{info, warn};
@@ -19,7 +20,7 @@ use super::bringup::{self, FirstState, VcpuTemplate};
 use super::fault::fatal;
 use super::platform::Hardware;
 use super::pool::{alloc_frames, PoolTables};
-use super::{apic, cpu, cpu_loop, tables, vmx as vmxi};
+use super::{apic, cpu, cpu_loop, tables, vmx as vmxi, zero_ram};
 use crate::cpus::{self, CpuKind, HostCpus, Mismatch, TRAMPOLINE_SIZE};
 use crate::machine::shared::SharedMachine;
 use crate::mm::frames::FRAME;
@@ -142,6 +143,8 @@ const WAITING: u32 = 0;
 const RUNNING: u32 = 1;
 const IN_VMX_ROOT: u32 = 2;
 const FAILED: u32 = 3;
+/// Its vCPU is built and registered, waiting for the cloud VM's SIPI.
+const VCPU_READY: u32 = 4;
 
 /// What the APs that run the cloud VM share: the machine-wide part behind
 /// its lock, how to build a vCPU, the hardware handle each CPU copies.
@@ -152,9 +155,10 @@ pub struct ApShare {
 }
 
 /// What an AP is started for.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Job {
-    Run(&'static ApShare),
+    /// A vCPU of the cloud VM, once the boot CPU hands over the share.
+    Run,
     Hold,
 }
 
@@ -190,6 +194,8 @@ struct Handoff {
     bsp: CpuKind,
     state: AtomicU32,
     failure: spin::Mutex<Option<ApFailure>>,
+    /// What a `Job::Run` AP builds its vCPU from, once the boot CPU set it.
+    share: AtomicPtr<ApShare>,
 }
 
 /// One started AP.
@@ -197,6 +203,7 @@ pub struct StartedAp {
     pub apic_id: u32,
     /// Whether it runs the cloud VM (else it is held).
     pub runs: bool,
+    handoff: &'static Handoff,
 }
 
 /// What starting the APs gave.
@@ -205,22 +212,23 @@ pub struct Started {
     pub up: Vec<StartedAp>,
     /// The APs left out: not in VMX operation.
     pub left_out: usize,
+    pub bsp: u32,
 }
 
 /// A TSC rate for the start-up delays when the PIT gave none: high, so
 /// that the delays are at least what the SDM asks.
 const ASSUMED_TSC_HZ: u64 = 5_000_000_000;
 
-/// Starts every AP of `cpus`: those in `cpus.aps` run the cloud VM (when
-/// `share` is given), the others are held in VMX root; says on the
-/// management line which CPUs run, which are held, which were left out
-/// and why.
+/// Starts every AP of `cpus` into VMX root, where each helps zero the
+/// cloud VM's RAM; those in `cpus.aps` will run the cloud VM (when `runs`:
+/// [`run_cloud_vm`]), the others are held there. Says on the management
+/// line which were left out and why.
 pub fn start_all(
     cpus: &HostCpus,
     bsp: CpuKind,
     ram: &RangeSet,
     tsc_hz: Option<u64>,
-    share: Option<&'static ApShare>,
+    runs: bool,
 ) -> Started {
     if !cpus.bsp_listed && !cpus.aps.is_empty() {
         warn!(
@@ -231,7 +239,7 @@ pub fn start_all(
     let jobs: Vec<(u32, Job)> = cpus
         .aps
         .iter()
-        .map(|&id| (id, share.map_or(Job::Hold, Job::Run)))
+        .map(|&id| (id, if runs { Job::Run } else { Job::Hold }))
         .chain(cpus.held.iter().map(|&id| (id, Job::Hold)))
         .collect();
     let (up, out) = match cpus::trampoline(ram) {
@@ -242,25 +250,51 @@ pub fn start_all(
             (Vec::new(), Vec::new())
         }
     };
-    for a in &up {
-        match a.runs {
-            true => info!("CPU APIC ID {:#x}: runs the cloud VM", a.apic_id),
-            false => info!("CPU APIC ID {:#x}: held in VMX root", a.apic_id),
-        }
-    }
     for (id, why) in &out {
         warn!("CPU APIC ID {id:#x} left out: {why}");
     }
-    info!(
-        "CPUs: {} of {} run the cloud VM (boot CPU APIC ID {:#x})",
-        1 + up.iter().filter(|a| a.runs).count(),
-        1 + jobs.len(),
-        cpus.bsp
-    );
     Started {
         left_out: jobs.len() - up.len(),
         up,
+        bsp: cpus.bsp,
     }
+}
+
+/// Hands the built cloud VM to the APs that run it and waits until each
+/// has its vCPU waiting for a SIPI (before L1's first instruction, so that
+/// L1's start-up IPIs find them); says which CPUs run and which are held.
+pub fn run_cloud_vm(started: &Started, share: Option<&'static ApShare>, tsc_hz: Option<u64>) {
+    for a in &started.up {
+        if let (true, Some(s)) = (a.runs, share) {
+            a.handoff
+                .share
+                .store(s as *const ApShare as *mut ApShare, Ordering::Release);
+        }
+    }
+    let second = tsc_hz.unwrap_or(ASSUMED_TSC_HZ);
+    let mut running = 0;
+    for a in &started.up {
+        let ready = a.runs
+            && share.is_some()
+            && spin(second, || a.handoff.state.load(Ordering::Acquire) == VCPU_READY);
+        match (a.runs, ready) {
+            (true, true) => {
+                running += 1;
+                info!("CPU APIC ID {:#x}: runs the cloud VM", a.apic_id)
+            }
+            (true, false) => warn!(
+                "CPU APIC ID {:#x}: its vCPU was not ready within a second; the cloud VM may not start it",
+                a.apic_id
+            ),
+            (false, _) => info!("CPU APIC ID {:#x}: held in VMX root", a.apic_id),
+        }
+    }
+    info!(
+        "CPUs: {} of {} run the cloud VM (boot CPU APIC ID {:#x})",
+        1 + running,
+        1 + started.up.len() + started.left_out,
+        started.bsp
+    );
 }
 
 /// Starts the APs of `jobs` one after the other with the trampoline at `at`
@@ -288,6 +322,7 @@ fn start_aps(
             bsp,
             state: AtomicU32::new(WAITING),
             failure: spin::Mutex::new(None),
+            share: AtomicPtr::new(core::ptr::null_mut()),
         }));
         let put =
             |area: &mut [u8], o: usize, v: u64| area[o..o + 8].copy_from_slice(&v.to_le_bytes());
@@ -314,7 +349,8 @@ fn start_aps(
         match h.state.load(Ordering::Acquire) {
             IN_VMX_ROOT => up.push(StartedAp {
                 apic_id: id,
-                runs: matches!(job, Job::Run(_)),
+                runs: job == Job::Run,
+                handoff: h,
             }),
             FAILED => out.push((id, (*h.failure.lock()).unwrap_or(ApFailure::NoAnswer))),
             _ => {
@@ -420,9 +456,18 @@ extern "C" fn ap_main(h: &'static Handoff) -> ! {
     if let Err(m) = compatible {
         fail(ApFailure::Mismatch(m));
     }
-    let Job::Run(share) = h.job else {
-        h.state.store(IN_VMX_ROOT, Ordering::Release);
+    h.state.store(IN_VMX_ROOT, Ordering::Release);
+    zero_ram::help_until_closed();
+    if h.job == Job::Hold {
         cpu::halt_forever()
+    }
+    let share = loop {
+        let p = h.share.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: set once by `run_cloud_vm` from a leaked ApShare.
+            break unsafe { &*p };
+        }
+        core::hint::spin_loop();
     };
     let mut vcpu = bringup::vcpu(&share.template, FirstState::WaitForSipi);
     let mut hw = share.hw.clone();
@@ -430,6 +475,6 @@ extern "C" fn ap_main(h: &'static Handoff) -> ! {
     vcpu.register(&mut m, h.apic_id);
     vcpu.wait_for_sipi(&mut m, &mut hw);
     drop(m);
-    h.state.store(IN_VMX_ROOT, Ordering::Release);
+    h.state.store(VCPU_READY, Ordering::Release);
     cpu_loop::run(&mut vcpu, share.machine, &mut hw)
 }

@@ -33,3 +33,5 @@ pub mod tables;
 pub mod tsc;
 pub mod uart;
 pub mod vmx;
+#[cfg(target_os = "none")]
+pub mod zero_ram;

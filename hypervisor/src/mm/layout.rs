@@ -137,6 +137,21 @@ impl FirmwareMemory {
     }
 }
 
+/// `ranges` cut into pieces of at most `size` bytes, in order (work that
+/// several CPUs share a piece at a time).
+pub fn chunks(ranges: impl Iterator<Item = Range>, size: u64) -> Vec<Range> {
+    let mut out = Vec::new();
+    for r in ranges {
+        let mut start = r.start;
+        while start < r.end {
+            let end = start.saturating_add(size).min(r.end);
+            out.push(Range::new(start, end));
+            start = end;
+        }
+    }
+    out
+}
+
 /// The memory map L1 is told: the firmware's, with L0's pool cut out of
 /// whatever it was and listed as reserved (type 2).
 pub fn l1_memory_map(map: impl Iterator<Item = MemoryRegion>, pool: Range) -> Vec<MemoryRegion> {
@@ -174,6 +189,24 @@ pub fn reserve(map: &[MemoryRegion], cut: Range) -> Vec<MemoryRegion> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_cover_each_range_exactly_in_order() {
+        let rs = [Range::new(0x500, 0x9ec00), Range::new(0x10_0000, 0x10_0000 + (5 << 20) + 7)];
+        let c = chunks(rs.into_iter(), 2 << 20);
+        assert_eq!(c[0], Range::new(0x500, 0x9ec00));
+        assert_eq!(c[1], Range::new(0x10_0000, 0x30_0000));
+        assert_eq!(c.last(), Some(&Range::new(0x50_0000, 0x60_0007)));
+        assert_eq!(c.len(), 1 + 3);
+        assert_eq!(c.iter().map(|r| r.len()).sum::<u64>(), rs.iter().map(|r| r.len()).sum());
+        assert!(chunks(core::iter::empty(), 1 << 20).is_empty());
+        let top = Range::new(u64::MAX - 10, u64::MAX);
+        assert_eq!(chunks([top].into_iter(), 4), [
+            Range::new(u64::MAX - 10, u64::MAX - 6),
+            Range::new(u64::MAX - 6, u64::MAX - 2),
+            Range::new(u64::MAX - 2, u64::MAX)
+        ]);
+    }
 
     fn bochs() -> Vec<MemoryRegion> {
         vec![
