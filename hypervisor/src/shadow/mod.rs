@@ -107,7 +107,7 @@ impl Shadow {
 
     /// A one-byte access by VM `vm` to a COM port; `None` for a write.
     pub fn io(&mut self, vm: VmId, port: u16, write: Option<u8>) -> u8 {
-        let v = self.devices.vm(vm);
+        let mut v = self.devices.vm(vm);
         let r = match write {
             Some(b) => {
                 v.io_write(port, b);
