@@ -331,6 +331,40 @@ mod tests {
         assert_ne!(c, a);
     }
 
+    /// The count a CPU keeps a VM's cell by moves on with every change of
+    /// what a VMCS12 or EPT root names, and only then: a known VM's lookups
+    /// (every exit's) leave it.
+    #[test]
+    fn changes_count_what_may_name_another_vm() {
+        let mut ids = Identities::default();
+        let mut last = ids.changes();
+        let mut moved = |ids: &Identities| {
+            let m = ids.changes() != last;
+            last = ids.changes();
+            m
+        };
+        let a = ids.identify(A, Some(EA)).unwrap();
+        assert!(moved(&ids), "a VM created");
+        assert_eq!(ids.identify(A, Some(EA)), Some(a));
+        ids.note_entry(A, Some(EA));
+        assert_eq!(ids.root_of_vmcs(A), Some(Some(EA & !0xfff)));
+        assert!(!moved(&ids), "lookups of a known VM");
+        ids.identify(0x30_0000, Some(EA)).unwrap();
+        assert!(moved(&ids), "a VMCS12 attached");
+        ids.identify(A, Some(0x70_001e)).unwrap();
+        assert!(moved(&ids), "an EPT root replaced");
+        let b = ids.identify(B, Some(EB)).unwrap();
+        assert!(moved(&ids));
+        assert_eq!(ids.identify(A, Some(EB)), Some(b));
+        assert!(moved(&ids), "a VMCS12 moved to another VM");
+        assert_eq!(ids.vmclear(0x30_0000), Some(a));
+        assert!(moved(&ids), "a VM ended");
+        assert_eq!(ids.vmclear(0x99_0000), None);
+        assert!(!moved(&ids), "an unknown VMCLEAR");
+        ids.clear_all();
+        assert!(moved(&ids), "VMXOFF");
+    }
+
     #[test]
     fn a_vmcs_reused_for_another_vm_follows_the_eptp() {
         let mut ids = Identities::default();
