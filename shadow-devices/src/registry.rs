@@ -544,11 +544,6 @@ impl<K: Ord + Copy> Registry<K> {
         self.vms.range(key..).map(|(k, c)| (k, c.lock()))
     }
 
-    /// VMs in key order, mutable.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, VmGuard<'_>)> {
-        self.iter()
-    }
-
     /// Number of VMs.
     pub fn len(&self) -> usize {
         self.vms.len()
