@@ -497,15 +497,10 @@ impl<K: Ord + Copy> Registry<K> {
             .lock()
     }
 
-    /// The VM's devices, locked, if it exists.
+    /// The VM's devices, locked (the guard gives mutable access), if it
+    /// exists.
     pub fn get(&self, key: &K) -> Option<VmGuard<'_>> {
         self.vms.get(key).map(|c| c.lock())
-    }
-
-    /// The VM's devices, locked, if it exists (as [`Registry::get`]: the
-    /// guard gives mutable access).
-    pub fn get_mut(&mut self, key: &K) -> Option<VmGuard<'_>> {
-        self.get(key)
     }
 
     /// The VM's cell: its devices for a CPU that serves the VM's I/O
@@ -769,7 +764,7 @@ mod tests {
     #[test]
     fn unknown_keys_never_panic_and_remove_forgets() {
         let mut r: Registry<u32> = Registry::default();
-        assert!(r.get_mut(&9).is_none());
+        assert!(r.get(&9).is_none());
         assert!(r.remove(&9).is_none());
         r.vm(9);
         assert_eq!(r.len(), 1);
