@@ -37,6 +37,10 @@ struct Line {
     suppressed: u64,
 }
 
+/// The management UART, for the fatal reports that cannot wait for
+/// [`LINE`] ([`emergency`]).
+static PORT: spin::Once<Uart> = spin::Once::new();
+
 static LINE: Mutex<Line> = Mutex::new(Line {
     port: None,
     fifo: 1,
@@ -107,6 +111,7 @@ pub fn init_serial(base: u16) {
     let Some((port, fifo)) = Uart::claim(base) else {
         return; // taken already
     };
+    PORT.call_once(|| port);
     let mut l = LINE.lock();
     l.port = Some(port);
     l.fifo = fifo;
@@ -250,17 +255,89 @@ pub fn init_log(level: log::LevelFilter) {
     log::set_max_level(level);
 }
 
-/// Writes without waiting for the lock: for panics and exceptions, which
-/// may strike while the lock is held.
+/// Sends a report of a panic or an exception and waits until it is out,
+/// whoever holds the line. These strike at any moment: the lock's holder
+/// may be the code interrupted on this CPU, which never resumes, or
+/// another CPU, which lets go within a line. So the lock is tried for a
+/// bounded while (after what is queued); failing that, the report goes to
+/// the UART directly: never two writers in the queue, at worst another
+/// CPU's bytes interleaved with the report.
 pub fn emergency(args: fmt::Arguments) {
-    // SAFETY: one CPU, and the holder (if any) is the code we interrupted,
-    // which will never resume; interleaved output is the worst outcome.
-    unsafe { LINE.force_unlock() };
-    let _ = LINE.lock().write_fmt(args);
+    const TRIES: u32 = 1 << 20;
+    for _ in 0..TRIES {
+        if let Some(mut l) = LINE.try_lock() {
+            let _ = l.write_fmt(args);
+            while !l.pump() {
+                core::hint::spin_loop();
+            }
+            drop(l);
+            wait_idle();
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    if let Some(&port) = PORT.get() {
+        let _ = Direct(port).write_fmt(args);
+        wait_idle();
+    }
+}
+
+/// Until the UART's transmitter is empty.
+fn wait_idle() {
+    if let Some(port) = PORT.get() {
+        while !port.idle() {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// The UART without the queue, each byte when it has room.
+struct Direct(Uart);
+
+impl Write for Direct {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            while !self.0.can_send() {
+                core::hint::spin_loop();
+            }
+            self.0.send(b);
+        }
+        Ok(())
+    }
 }
 
 /// Raw bytes on the management line before logging is set up (bad boot
 /// information): to COM2, where the default management line is.
 pub fn early_print(s: &str) {
     uart::early_print(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::time::{Duration, Instant};
+
+    /// A fault on one CPU while another holds the line (or the faulting
+    /// code itself, which never resumes): the report does not wait for
+    /// the holder, and never takes the line from it.
+    #[test]
+    fn an_emergency_report_does_not_wait_for_the_lines_holder() {
+        let done = AtomicBool::new(false);
+        let held = super::LINE.lock();
+        let finished = std::thread::scope(|s| {
+            s.spawn(|| {
+                super::emergency(format_args!("L0 PANIC: test\n"));
+                done.store(true, SeqCst);
+            });
+            let start = Instant::now();
+            while !done.load(SeqCst) && start.elapsed() < Duration::from_secs(10) {
+                std::hint::spin_loop();
+            }
+            let finished = done.load(SeqCst);
+            assert!(super::LINE.is_locked(), "still the holder's");
+            drop(held);
+            finished
+        });
+        assert!(finished, "the report waited for the holder");
+    }
 }

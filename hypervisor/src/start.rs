@@ -299,7 +299,6 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         isolate_dma(&fw, d, &l0_frames);
     }
     machine.bios = bios;
-    machine.shadow.intercept_com = cfg.shadow;
     machine.console.owners =
         crate::owner::Owners::new(vm.identity, crate::arch::platform::hw_random, cfg.console);
     machine.console.owners.max_histories =
@@ -318,7 +317,9 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         warn!("shadow=off: user VMs' COM ports go to the guest hypervisor (a baseline for measurements, not the product)");
     }
     // What every CPU shares, behind one lock (docs/architecture.md).
-    let machine: &'static SharedMachine = Box::leak(Box::new(SharedMachine::new(machine)));
+    let mut machine = SharedMachine::new(machine);
+    machine.set_intercept_com(cfg.shadow);
+    let machine: &'static SharedMachine = Box::leak(Box::new(machine));
 
     // The other CPUs: each runs a vCPU of the cloud VM, waiting for the
     // start-up IPI of L1's own boot CPU.

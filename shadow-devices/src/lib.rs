@@ -35,7 +35,9 @@ mod wire;
 pub use device::{Console, PortRange, ShadowDevice, Traffic};
 pub use epoch::EpochLedger;
 pub use error::Error;
-pub use registry::{pc_uarts, DeviceFactory, PreparedSave, Registry, Restored, Saved, VmDevices};
+pub use registry::{
+    pc_uarts, DeviceFactory, PreparedSave, Registry, Restored, Saved, VmCell, VmDevices, VmGuard,
+};
 pub use seal::{open, seal, CounterNonce, NonceSource, Opened, RandomSource, SealKey, KEY_LEN};
 pub use uart16550::{ComPort, Uart16550, UartState, INPUT_CAPACITY, OUTPUT_CAPACITY};
 

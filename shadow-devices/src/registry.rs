@@ -25,6 +25,13 @@
 //! - a committed save ends the journal (see [`VmDevices`]): a rollback
 //!   restores the sealed state alone and shows no output twice.
 //!
+//! Each VM's devices sit behind their own lock ([`VmCell`]): the holder
+//! of the registry (L0's machine lock) reaches every VM through it, and a
+//! CPU that holds a VM's cell serves that VM's port I/O without the
+//! registry. Order: the registry's holder may lock a VM, never the
+//! reverse; one VM at a time. A save seals and freezes under the VM's lock,
+//! so no I/O on another CPU lands between the seal and the freeze.
+//!
 //! Device-set state (the sealed payload, class
 //! [`ultracall_abi::DEVICE_CLASS_DEVICE_SET`]), format version 2, LE:
 //! `u16 version, u16 device count, u32 platform length`, then per device
@@ -39,6 +46,7 @@
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use ultracall_abi::list::{DeviceInfo, ListEncoder, VmInfo};
@@ -448,9 +456,16 @@ pub struct Restored<K> {
     pub input_dropped: usize,
 }
 
+/// One VM's devices behind their own lock, shared by the registry and the
+/// CPUs that serve the VM's I/O.
+pub type VmCell = Arc<spin::Mutex<VmDevices>>;
+
+/// A VM's devices, locked.
+pub type VmGuard<'a> = spin::MutexGuard<'a, VmDevices>;
+
 /// Shadow devices of every VM, keyed by `K`.
 pub struct Registry<K> {
-    vms: BTreeMap<K, VmDevices>,
+    vms: BTreeMap<K, VmCell>,
     /// Who holds each tag: the ultracalls and the console find VMs by tag,
     /// and a scan of every VM would cost each call O(VMs).
     by_tag: BTreeMap<VmTag, K>,
@@ -473,46 +488,55 @@ impl<K: Ord + Copy> Registry<K> {
         }
     }
 
-    /// The VM's devices, created on first access.
-    pub fn vm(&mut self, key: K) -> &mut VmDevices {
+    /// The VM's devices, created on first access, locked.
+    pub fn vm(&mut self, key: K) -> VmGuard<'_> {
         let factory = self.factory;
         self.vms
             .entry(key)
-            .or_insert_with(|| VmDevices::new(factory()))
+            .or_insert_with(|| Arc::new(spin::Mutex::new(VmDevices::new(factory()))))
+            .lock()
     }
 
-    /// The VM's devices, if it exists.
-    pub fn get(&self, key: &K) -> Option<&VmDevices> {
-        self.vms.get(key)
+    /// The VM's devices, locked (the guard gives mutable access), if it
+    /// exists.
+    pub fn get(&self, key: &K) -> Option<VmGuard<'_>> {
+        self.vms.get(key).map(|c| c.lock())
     }
 
-    /// The VM's devices, mutable, if it exists.
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut VmDevices> {
-        self.vms.get_mut(key)
+    /// The VM's cell: its devices for a CPU that serves the VM's I/O
+    /// without holding the registry.
+    pub fn cell(&self, key: &K) -> Option<VmCell> {
+        self.vms.get(key).cloned()
     }
 
-    /// Forgets a VM (it was destroyed); its tag becomes free.
-    pub fn remove(&mut self, key: &K) -> Option<VmDevices> {
+    /// Whether the VM exists.
+    pub fn contains(&self, key: &K) -> bool {
+        self.vms.contains_key(key)
+    }
+
+    /// Forgets a VM (it was destroyed); its tag becomes free. A CPU that
+    /// still holds its cell changes only the forgotten devices.
+    pub fn remove(&mut self, key: &K) -> Option<VmCell> {
         let vm = self.vms.remove(key)?;
-        if let Some(t) = &vm.tag {
+        if let Some(t) = &vm.lock().tag {
             self.by_tag.remove(t);
         }
         Some(vm)
     }
 
-    /// VMs in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&K, &VmDevices)> {
-        self.vms.iter()
+    /// VM keys in order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.vms.keys()
+    }
+
+    /// VMs in key order, each locked while the caller holds it.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, VmGuard<'_>)> {
+        self.vms.iter().map(|(k, c)| (k, c.lock()))
     }
 
     /// VMs in key order from `key` on (a listing resumed where it stopped).
-    pub fn iter_from(&self, key: K) -> impl Iterator<Item = (&K, &VmDevices)> {
-        self.vms.range(key..)
-    }
-
-    /// VMs in key order, mutable.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut VmDevices)> {
-        self.vms.iter_mut()
+    pub fn iter_from(&self, key: K) -> impl Iterator<Item = (&K, VmGuard<'_>)> {
+        self.vms.range(key..).map(|(k, c)| (k, c.lock()))
     }
 
     /// Number of VMs.
@@ -538,11 +562,12 @@ impl<K: Ord + Copy> Registry<K> {
             Some(_) => return Err(Error::TagInUse),
             None => {}
         }
-        let vm = self.vm(key);
+        let mut vm = self.vm(key);
         if vm.tag.is_some() {
             return Err(Error::TagAlreadySet);
         }
         vm.tag = Some(tag);
+        drop(vm);
         self.by_tag.insert(tag, key);
         Ok(())
     }
@@ -567,7 +592,7 @@ impl<K: Ord + Copy> Registry<K> {
         nonces: &mut dyn NonceSource,
     ) -> Result<PreparedSave<K>, Error> {
         let vm_key = self.find_by_tag(tag).ok_or(Error::UnknownTag)?;
-        let vm = self.vms.get(&vm_key).ok_or(Error::UnknownTag)?;
+        let vm = self.get(&vm_key).ok_or(Error::UnknownTag)?;
         if vm.frozen {
             return Err(Error::Frozen);
         }
@@ -594,7 +619,7 @@ impl<K: Ord + Copy> Registry<K> {
         if ledger.next_save_epoch(&prepared.tag) != Ok(prepared.epoch) {
             return Err(Error::StaleSave);
         }
-        let vm = self.vms.get_mut(&prepared.vm).ok_or(Error::StaleSave)?;
+        let mut vm = self.get(&prepared.vm).ok_or(Error::StaleSave)?;
         if vm.tag != Some(prepared.tag) || vm.frozen || vm.save_set() != prepared.plaintext {
             return Err(Error::StaleSave);
         }
@@ -606,7 +631,8 @@ impl<K: Ord + Copy> Registry<K> {
     /// Both phases of save for a caller that holds the registry from the
     /// seal to the freeze (L0, within one exit): seals, hands the blob to
     /// `deliver`, and only if that takes it freezes the devices and
-    /// records the epoch. Nothing can change in between, so unlike
+    /// records the epoch, all under the VM's lock (`deliver` must not
+    /// lock it). Nothing can change in between, so unlike
     /// [`Registry::commit_save`] this need not serialize the devices a
     /// second time to prove it. On `Err` from `deliver` nothing changed but
     /// the nonce source.
@@ -619,7 +645,7 @@ impl<K: Ord + Copy> Registry<K> {
         deliver: impl FnOnce(&[u8]) -> Result<(), E>,
     ) -> Result<Result<Saved<K>, E>, Error> {
         let vm_key = self.find_by_tag(tag).ok_or(Error::UnknownTag)?;
-        let vm = self.vms.get_mut(&vm_key).ok_or(Error::UnknownTag)?;
+        let mut vm = self.get(&vm_key).ok_or(Error::UnknownTag)?;
         if vm.frozen {
             return Err(Error::Frozen);
         }
@@ -655,7 +681,7 @@ impl<K: Ord + Copy> Registry<K> {
     ) -> Result<Restored<K>, Error> {
         let vm_key = self.find_by_tag(tag).ok_or(Error::UnknownTag)?;
         let opened = seal::open(key, DEVICE_CLASS_DEVICE_SET, tag, ledger, blob)?;
-        let vm = self.vms.get_mut(&vm_key).ok_or(Error::UnknownTag)?;
+        let mut vm = self.get(&vm_key).ok_or(Error::UnknownTag)?;
         let epoch = opened.header.epoch;
         let own_rollback = vm.frozen && vm.saved_epoch == Some(epoch);
         vm.restore_set(&opened.plaintext)?;
@@ -675,7 +701,7 @@ impl<K: Ord + Copy> Registry<K> {
     /// [`Error::BufferTooSmall`] with the length needed.
     pub fn encode_list(&self, vm_id: impl Fn(&K) -> u64, out: &mut [u8]) -> Result<usize, Error> {
         let mut enc = ListEncoder::new(out);
-        for (k, vm) in &self.vms {
+        for (k, vm) in self.iter() {
             let info = VmInfo {
                 vm_id: vm_id(k),
                 tag: vm.tag,
@@ -738,7 +764,7 @@ mod tests {
     #[test]
     fn unknown_keys_never_panic_and_remove_forgets() {
         let mut r: Registry<u32> = Registry::default();
-        assert!(r.get_mut(&9).is_none());
+        assert!(r.get(&9).is_none());
         assert!(r.remove(&9).is_none());
         r.vm(9);
         assert_eq!(r.len(), 1);
@@ -770,7 +796,7 @@ mod tests {
     #[test]
     fn edges_are_reported_per_isa_irq() {
         let mut r: Registry<u32> = Registry::default();
-        let vm = r.vm(1);
+        let mut vm = r.vm(1);
         vm.io_write(0x2f8 + MCR as u16, MCR_OUT2);
         vm.io_write(0x2f8 + IER as u16, IER_THRE);
         assert_eq!(vm.irq_levels(), 1 << 3);
@@ -928,7 +954,8 @@ mod tests {
         let (thr, ier) = (0x3f8, 0x3f9);
         let out = |r: &mut Registry<u32>, k: u32| {
             let mut buf = [0u8; 64];
-            let c = r.vm(k).device_at(thr).and_then(|d| d.console()).unwrap();
+            let mut vm = r.vm(k);
+            let c = vm.device_at(thr).and_then(|d| d.console()).unwrap();
             let n = c.pull_output(&mut buf);
             buf[..n].to_vec()
         };
@@ -972,10 +999,12 @@ mod tests {
         for &b in out {
             r.io_write(k, 0x3f8, b);
         }
-        let c = r.vm(k).device_at(0x3f8).and_then(|d| d.console()).unwrap();
+        let mut vm = r.vm(k);
+        let c = vm.device_at(0x3f8).and_then(|d| d.console()).unwrap();
         let mut buf = [0u8; 64];
         assert_eq!(c.pull_output(&mut buf), out.len());
         assert_eq!(c.push_input(typed), typed.len());
+        drop(vm);
         let mut blob = Vec::new();
         r.save_with(&tag("vm"), &key, &mut ledger, &mut nonces, |b| {
             blob = b.to_vec();
@@ -988,7 +1017,8 @@ mod tests {
 
     fn pending_output(r: &mut Registry<u32>, k: u32) -> Vec<u8> {
         let mut buf = [0u8; 64];
-        let c = r.vm(k).device_at(0x3f8).and_then(|d| d.console()).unwrap();
+        let mut vm = r.vm(k);
+        let c = vm.device_at(0x3f8).and_then(|d| d.console()).unwrap();
         let n = c.pull_output(&mut buf);
         buf[..n].to_vec()
     }
@@ -1054,7 +1084,8 @@ mod tests {
     #[test]
     fn whether_an_operator_follows_is_this_hosts_fact() {
         let attached = |r: &mut Registry<u32>, k: u32| {
-            let c = r.vm(k).device_at(0x3f8).and_then(|d| d.console()).unwrap();
+            let mut vm = r.vm(k);
+            let c = vm.device_at(0x3f8).and_then(|d| d.console()).unwrap();
             c.operator_attached()
         };
         let mut a: Registry<u32> = Registry::default();
@@ -1159,7 +1190,7 @@ mod tests {
     #[test]
     fn set_framing_errors() {
         let mut r: Registry<u32> = Registry::default();
-        let vm = r.vm(1);
+        let mut vm = r.vm(1);
         let good = vm.save_set();
         let mut b = good.clone();
         b[0] = 4;

@@ -244,7 +244,7 @@ proptest! {
         for (p, v) in &writes {
             r.io_write(1, 0x3e8 + p, *v);
         }
-        let vm = r.vm(1);
+        let mut vm = r.vm(1);
         let before = vm.save_set();
         if vm.restore_set(&junk).is_err() {
             prop_assert_eq!(vm.save_set(), before);

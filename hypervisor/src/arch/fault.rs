@@ -32,7 +32,8 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
         )),
         None => logger::emergency(format_args!("\nL0 PANIC: {}\n", info.message())),
     }
-    logger::drain();
+    // (emergency waited until the report was out: a drain would wait for
+    // a lock the interrupted code may hold.)
     cpu::halt_forever()
 }
 
@@ -107,7 +108,6 @@ extern "C" fn handle_exception(f: &mut ExceptionFrame) {
         f.rdi,
         f.rbp
     ));
-    logger::drain();
     cpu::halt_forever()
 }
 

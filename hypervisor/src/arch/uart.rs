@@ -24,7 +24,7 @@ impl Uart {
     /// belongs to L1's interrupt controller: L0 polls), FIFOs on; returns it
     /// and how many bytes it takes at once (16 with the 16550A's FIFO, else
     /// 1). The port is then L0's alone: the operator chose it for L0 on the
-    /// command line, and every guest's I/O bitmap traps it (`mgmt_port`).
+    /// command line, and every guest's I/O bitmap traps it (`L0Ports::mgmt`).
     pub fn claim(base: u16) -> Option<(Uart, usize)> {
         static CLAIMED: AtomicBool = AtomicBool::new(false);
         if CLAIMED.swap(true, Ordering::SeqCst) {

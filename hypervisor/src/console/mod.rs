@@ -127,9 +127,8 @@ impl Console {
                                 )));
                                 return out;
                             }
-                            if let Some(c) =
-                                sh.devices.vm(vm).device_at(port).and_then(|d| d.console())
-                            {
+                            let mut v = sh.devices.vm(vm);
+                            if let Some(c) = v.device_at(port).and_then(|d| d.console()) {
                                 c.set_operator_attached(true);
                             }
                         }
@@ -183,13 +182,10 @@ impl Console {
                 continue;
             }
             self.sessions.remove(i);
-            if let Some(c) = sh
-                .devices
-                .get_mut(&s.vm)
-                .and_then(|v| v.device_at(s.port))
-                .and_then(|d| d.console())
-            {
-                c.set_operator_attached(false);
+            if let Some(mut v) = sh.devices.get(&s.vm) {
+                if let Some(c) = v.device_at(s.port).and_then(|d| d.console()) {
+                    c.set_operator_attached(false);
+                }
             }
             out.push(mgmt::frame(format_args!(
                 "detached {} {:x} {why}",
@@ -278,7 +274,7 @@ impl Console {
         // (By index: this runs at every COM access, and allocating costs.)
         for i in 0..self.sessions.len() {
             let s = self.sessions[i];
-            let Some(vm) = sh.devices.get_mut(&s.vm) else {
+            let Some(mut vm) = sh.devices.get(&s.vm) else {
                 continue;
             };
             if vm.is_frozen() {

@@ -5,7 +5,10 @@
 //! and the shutdown watch.
 //!
 //! A CPU reaches it only through `shared::SharedMachine`: an exit that
-//! needs it locks it for the rest of that exit (docs/architecture.md).
+//! needs it locks it for the rest of that exit (docs/architecture.md). A
+//! user VM's devices have a lock of their own inside it, which a COM
+//! access takes without the machine's (`vcpu/com.rs`); the order is the
+//! machine, then one VM.
 
 pub mod ap_wait;
 pub mod cpu_counts;

@@ -1,12 +1,19 @@
 //! The one handle through which CPUs reach the machine: the `Machine`
-//! behind its lock, taken only by an exit that needs it, and three facts
+//! behind its lock, taken only by an exit that needs it, and the facts
 //! published at each unlock so that the exits that only ask need no lock
-//! (docs/architecture.md, "What the CPUs share").
+//! (docs/architecture.md, "Who owns what").
 //!
 //! Most exits never touch machine-wide state: an L2's CPUID round trip
 //! through L1 is an exit reflected to L1 and a VMRESUME of an unchanged
-//! VMCS12. They read the published facts instead; everything that changes
-//! the machine happens under the lock, and the lock's release publishes.
+//! VMCS12; a user VM's COM access goes to that VM's own lock (its
+//! `shadow_devices::VmCell`, which the vCPU keeps while the user VMs'
+//! identities stay as they were: `vm_generation`). They read the published
+//! facts instead; everything that changes the machine happens under the
+//! lock, and the lock's release publishes.
+//!
+//! Lock order: the machine, then one user VM's devices; never a VM's
+//! devices and then the machine (a CPU that holds a VM's lock lets it go
+//! before it takes the machine's).
 
 use core::cell::OnceCell;
 use core::ops::{Deref, DerefMut};
@@ -20,6 +27,11 @@ pub struct SharedMachine {
     relay_owed: AtomicBool,
     /// EPT01's generation (`Ept01::generation`).
     ept01_generation: AtomicU64,
+    /// The user VMs' identities' generation (`Shadow::generation`): a
+    /// vCPU's VM cell found at generation `g` is that VM's while it is `g`.
+    vm_generation: AtomicU64,
+    /// User VMs' COM accesses are L0's (`shadow=off`: L1's), for good.
+    intercept_com: bool,
     /// Counts the releases of the lock after which the machine may differ:
     /// a vCPU that noted something at epoch `e` need not note it again
     /// while the epoch is still `e`.
@@ -30,10 +42,13 @@ impl SharedMachine {
     pub fn new(machine: Machine) -> Self {
         let owed = machine.shadow.irqs.irq_pending();
         let generation = machine.ept.generation;
+        let vms = machine.shadow.generation();
         SharedMachine {
             machine: spin::Mutex::new(machine),
             relay_owed: AtomicBool::new(owed),
             ept01_generation: AtomicU64::new(generation),
+            vm_generation: AtomicU64::new(vms),
+            intercept_com: true,
             epoch: AtomicU64::new(0),
         }
     }
@@ -49,6 +64,12 @@ impl SharedMachine {
     /// The machine without a lock, where nothing else can hold it.
     pub fn get_mut(&mut self) -> &mut Machine {
         self.machine.get_mut()
+    }
+
+    /// Whether L0 serves the user VMs' COM ports (`shadow=`), set before
+    /// any CPU runs a guest.
+    pub fn set_intercept_com(&mut self, on: bool) {
+        self.intercept_com = on;
     }
 
     pub fn relay_owed(&self) -> bool {
@@ -92,6 +113,33 @@ impl MachineLock<'_> {
         self.shared.epoch()
     }
 
+    /// The user VMs' identities' generation, without taking the lock
+    /// (under it, the machine's own count).
+    pub fn vm_generation(&self) -> u64 {
+        match self.guard.get() {
+            Some(m) => m.shadow.generation(),
+            None => self.shared.vm_generation.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether L0 serves the user VMs' COM ports.
+    pub fn intercept_com(&self) -> bool {
+        self.shared.intercept_com
+    }
+
+    /// Takes the lock if no other CPU holds it (or this exit already
+    /// does), without waiting: for work any later visit can do as well
+    /// (pulling a console's output onto the management line).
+    pub fn try_take(&mut self) -> bool {
+        if self.taken() {
+            return true;
+        }
+        match self.shared.machine.try_lock() {
+            Some(g) => self.guard.set(g).is_ok(),
+            None => false,
+        }
+    }
+
     /// The epoch at which what this exit does under the lock is published:
     /// only releases bump the epoch, and only the holder releases.
     pub fn epoch_after(&mut self) -> u64 {
@@ -113,6 +161,8 @@ impl MachineLock<'_> {
                 .store(m.shadow.irqs.irq_pending(), Ordering::Release);
             s.ept01_generation
                 .store(m.ept.generation, Ordering::Release);
+            s.vm_generation
+                .store(m.shadow.generation(), Ordering::Release);
             s.epoch.fetch_add(1, Ordering::AcqRel);
         }
     }

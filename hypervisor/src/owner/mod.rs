@@ -144,12 +144,16 @@ impl Owners {
 fn histories(sh: &Shadow) -> usize {
     sh.devices
         .iter()
-        .flat_map(|(_, v)| v.devices())
-        .filter(|d| {
-            d.console_ref()
-                .is_some_and(|c| c.history_offsets().is_some())
+        .map(|(_, v)| {
+            v.devices()
+                .iter()
+                .filter(|d| {
+                    d.console_ref()
+                        .is_some_and(|c| c.history_offsets().is_some())
+                })
+                .count()
         })
-        .count()
+        .sum()
 }
 
 /// Starts the history of one port if the budget has room (else the
@@ -157,12 +161,10 @@ fn histories(sh: &Shadow) -> usize {
 /// offset), and says so once.
 fn start_history(sh: &mut Shadow, vm: VmId, port: u16, max: usize) {
     let running = histories(sh);
-    let Some(c) = sh
-        .devices
-        .get_mut(&vm)
-        .and_then(|v| v.device_at(port))
-        .and_then(|d| d.console())
-    else {
+    let Some(mut v) = sh.devices.get(&vm) else {
+        return;
+    };
+    let Some(c) = v.device_at(port).and_then(|d| d.console()) else {
         return;
     };
     if c.history_offsets().is_some() {
@@ -195,16 +197,23 @@ struct ShadowConsoles<'a> {
 }
 
 impl ShadowConsoles<'_> {
-    /// The port's console, its history kept from now on (budget allowing).
-    fn console_of(&mut self, vm: VmId, port: u16) -> Option<&mut dyn shadow_devices::Console> {
+    /// `f` on the port's console (locked meanwhile), its history kept
+    /// from now on (budget allowing).
+    fn with_console<R>(
+        &mut self,
+        vm: VmId,
+        port: u16,
+        f: impl FnOnce(&mut dyn shadow_devices::Console) -> R,
+    ) -> Option<R> {
         start_history(self.sh, vm, port, self.max_histories);
-        self.sh.devices.get_mut(&vm)?.device_at(port)?.console()
+        let mut v = self.sh.devices.get(&vm)?;
+        Some(f(v.device_at(port)?.console()?))
     }
 
     /// Input and BREAK can raise the UART's interrupt: relay the edge.
     fn note_edges(&mut self, vm: VmId) {
-        if let Some(v) = self.sh.devices.get_mut(&vm) {
-            let edges = v.take_irq_edges();
+        let edges = self.sh.devices.get(&vm).map(|mut v| v.take_irq_edges());
+        if let Some(edges) = edges {
             self.sh.irqs.note_edges(vm, edges);
         }
     }
@@ -241,26 +250,30 @@ impl Consoles for ShadowConsoles<'_> {
     }
 
     fn offsets(&mut self, vm: VmId, port: u16) -> (u64, u64) {
-        self.console_of(vm, port)
-            .and_then(|c| c.history_offsets())
+        self.with_console(vm, port, |c| c.history_offsets())
+            .flatten()
             .unwrap_or((0, 0))
     }
 
     fn read(&mut self, vm: VmId, port: u16, from: u64, out: &mut [u8]) -> (u64, usize, u64) {
-        self.console_of(vm, port)
-            .and_then(|c| c.history_read(from, out))
+        self.with_console(vm, port, |c| c.history_read(from, out))
+            .flatten()
             .unwrap_or((0, 0, 0))
     }
 
     fn input(&mut self, vm: VmId, port: u16, bytes: &[u8]) -> usize {
-        let n = self.console_of(vm, port).map_or(0, |c| c.push_input(bytes));
+        let n = self
+            .with_console(vm, port, |c| c.push_input(bytes))
+            .unwrap_or(0);
         self.note_edges(vm);
         n
     }
 
     fn add_key(&mut self, vm: VmId, key: OwnerKey, access: KeyAccess) -> Option<usize> {
-        let v = self.sh.devices.get_mut(&vm)?;
-        let n = v.owner_keys_mut().add_more(key, access).ok()?;
+        let n = {
+            let mut v = self.sh.devices.get(&vm)?;
+            v.owner_keys_mut().add_more(key, access).ok()?
+        };
         log::info!(
             "user VM {vm}: owner key {key} ({}) added by an owner",
             access.name()
@@ -270,8 +283,14 @@ impl Consoles for ShadowConsoles<'_> {
 
     fn remove_key(&mut self, vm: VmId, key: &OwnerKey) -> Result<usize, Refusal> {
         use shadow_devices::owner_keys::OwnerKeyError;
-        let v = self.sh.devices.get_mut(&vm).ok_or(Refusal::VmGone)?;
-        match v.owner_keys_mut().remove(key) {
+        let removed = self
+            .sh
+            .devices
+            .get(&vm)
+            .ok_or(Refusal::VmGone)?
+            .owner_keys_mut()
+            .remove(key);
+        match removed {
             Ok(n) => {
                 log::info!("user VM {vm}: owner key {key} removed by an owner");
                 Ok(n)
@@ -282,9 +301,7 @@ impl Consoles for ShadowConsoles<'_> {
     }
 
     fn send_break(&mut self, vm: VmId, port: u16) {
-        if let Some(c) = self.console_of(vm, port) {
-            c.send_break();
-        }
+        self.with_console(vm, port, |c| c.send_break());
         self.note_edges(vm);
     }
 }

@@ -87,9 +87,10 @@ const ALPHA: u64 = 3;
 fn alpha(h: &mut Host, rw: &[u8; 32]) {
     h.sh.register_tag(ALPHA, VmTag::new(b"alpha").unwrap())
         .unwrap();
-    let vm = h.sh.devices.vm(ALPHA);
+    let mut vm = h.sh.devices.vm(ALPHA);
     let key = OwnerKey(noise::public_key(rw));
-    shadow_devices::owner_keys::register_first_key(vm, key, KeyAccess::ReadWrite).unwrap();
+    shadow_devices::owner_keys::register_first_key(&mut vm, key, KeyAccess::ReadWrite).unwrap();
+    drop(vm);
     super::keep_history(&mut h.sh, ALPHA, h.con.owners.max_histories);
     for &b in b"alpha$ " {
         h.sh.io(ALPHA, 0x3f8, Some(b));
@@ -218,8 +219,9 @@ fn histories_stay_within_their_share_of_the_heap() {
     h.sh.register_tag(BETA, VmTag::new(b"beta").unwrap())
         .unwrap();
     let key = OwnerKey(noise::public_key(&rw));
-    let vm = h.sh.devices.vm(BETA);
-    shadow_devices::owner_keys::register_first_key(vm, key, KeyAccess::ReadWrite).unwrap();
+    let mut vm = h.sh.devices.vm(BETA);
+    shadow_devices::owner_keys::register_first_key(&mut vm, key, KeyAccess::ReadWrite).unwrap();
+    drop(vm);
     super::keep_history(&mut h.sh, BETA, h.con.owners.max_histories);
     assert_eq!(super::histories(&h.sh), 4, "no history past the budget");
     // Beta's owner still attaches; there is nothing to read by offset.

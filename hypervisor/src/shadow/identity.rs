@@ -64,6 +64,8 @@ pub struct Identities {
     by_eptp: BTreeMap<Addr, VmId>,
     /// Each known VMCS12's VM and attachment number.
     by_vmcs: BTreeMap<Addr, (VmId, u64)>,
+    /// Counts the changes to which VMCS12 or EPT root names which VM.
+    changes: u64,
 }
 
 impl Default for Identities {
@@ -90,7 +92,15 @@ impl Identities {
             vms: BTreeMap::new(),
             by_eptp: BTreeMap::new(),
             by_vmcs: BTreeMap::new(),
+            changes: 0,
         }
+    }
+
+    /// Moves on whenever a VMCS12 or an EPT root comes to name another VM
+    /// or none (a VM created, ended, a VMCS12 attached or detached, a root
+    /// replaced): what was found by them at one count holds while it stays.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// New bounds; what is tracked beyond them stays until it ends.
@@ -135,6 +145,7 @@ impl Identities {
         }
         let id = self.next;
         self.next += 1;
+        self.changes += 1;
         self.vms.insert(
             id,
             Vm {
@@ -175,6 +186,7 @@ impl Identities {
                         self.by_eptp.remove(&Addr(old));
                     }
                     self.by_eptp.insert(root(e), v);
+                    self.changes += 1;
                 }
                 Some(v)
             }
@@ -204,10 +216,12 @@ impl Identities {
         self.next_seq += 1;
         vm.vmcs.insert(seq, vmcs);
         self.by_vmcs.insert(Addr(vmcs), (id, seq));
+        self.changes += 1;
     }
 
     fn detach_vmcs(&mut self, vmcs: u64) -> Option<VmId> {
         let (id, seq) = self.by_vmcs.remove(&Addr(vmcs))?;
+        self.changes += 1;
         self.vms.get_mut(&id)?.vmcs.remove(&seq);
         Some(id)
     }
@@ -225,6 +239,7 @@ impl Identities {
     /// L1 left VMX operation: every VM ends.
     pub fn clear_all(&mut self) -> Vec<VmId> {
         let ids = self.vms.keys().copied().collect();
+        self.changes += 1;
         self.vms.clear();
         self.by_eptp.clear();
         self.by_vmcs.clear();
@@ -233,6 +248,7 @@ impl Identities {
 
     fn drop_vm(&mut self, id: VmId) {
         if let Some(vm) = self.vms.remove(&id) {
+            self.changes += 1;
             if let Some(e) = vm.eptp {
                 self.by_eptp.remove(&Addr(e));
             }
@@ -313,6 +329,40 @@ mod tests {
         // The old root no longer names it: a new VM could get that page.
         let c = ids.identify(0x40_0000, Some(EA)).unwrap();
         assert_ne!(c, a);
+    }
+
+    /// The count a CPU keeps a VM's cell by moves on with every change of
+    /// what a VMCS12 or EPT root names, and only then: a known VM's lookups
+    /// (every exit's) leave it.
+    #[test]
+    fn changes_count_what_may_name_another_vm() {
+        let mut ids = Identities::default();
+        let mut last = ids.changes();
+        let mut moved = |ids: &Identities| {
+            let m = ids.changes() != last;
+            last = ids.changes();
+            m
+        };
+        let a = ids.identify(A, Some(EA)).unwrap();
+        assert!(moved(&ids), "a VM created");
+        assert_eq!(ids.identify(A, Some(EA)), Some(a));
+        ids.note_entry(A, Some(EA));
+        assert_eq!(ids.root_of_vmcs(A), Some(Some(EA & !0xfff)));
+        assert!(!moved(&ids), "lookups of a known VM");
+        ids.identify(0x30_0000, Some(EA)).unwrap();
+        assert!(moved(&ids), "a VMCS12 attached");
+        ids.identify(A, Some(0x70_001e)).unwrap();
+        assert!(moved(&ids), "an EPT root replaced");
+        let b = ids.identify(B, Some(EB)).unwrap();
+        assert!(moved(&ids));
+        assert_eq!(ids.identify(A, Some(EB)), Some(b));
+        assert!(moved(&ids), "a VMCS12 moved to another VM");
+        assert_eq!(ids.vmclear(0x30_0000), Some(a));
+        assert!(moved(&ids), "a VM ended");
+        assert_eq!(ids.vmclear(0x99_0000), None);
+        assert!(!moved(&ids), "an unknown VMCLEAR");
+        ids.clear_all();
+        assert!(moved(&ids), "VMXOFF");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use shadow_devices::epoch::EpochLedger;
 use shadow_devices::registry::{Registry, Restored, Saved};
 use shadow_devices::seal::{CounterNonce, SealKey};
-use shadow_devices::Error;
+use shadow_devices::{Error, VmCell};
 use ultracall_abi::VmTag;
 
 pub mod ending;
@@ -67,8 +67,6 @@ pub struct Shadow {
     endings: ending::Endings,
     /// For the console, oldest first.
     notices: Vec<Notice>,
-    /// User VMs' COM accesses are L0's (off: `shadow=off`, a baseline).
-    pub intercept_com: bool,
     heap_free: HeapFreeFn,
     /// A VM was refused since the last one admitted (logged once).
     refusing: bool,
@@ -85,7 +83,6 @@ impl Shadow {
             irqs: Interrupts::default(),
             endings: ending::Endings::default(),
             notices: Vec::new(),
-            intercept_com: true,
             heap_free: || usize::MAX,
             refusing: false,
         };
@@ -105,9 +102,31 @@ impl Shadow {
         self.key.is_some()
     }
 
+    /// Moves on when a VMCS12 or EPT root may name another VM than before
+    /// (`Identities::changes`): a VM's cell found at one generation is
+    /// still that VM's, and still in the registry, while it stays.
+    pub fn generation(&self) -> u64 {
+        self.ids.changes()
+    }
+
+    /// The VM of an L2 exit and its devices' cell, for a CPU to serve the
+    /// VM's ports without the machine (as [`Shadow::identify`]).
+    pub fn identify_cell(&mut self, vmcs12: u64, eptp12: Option<u64>) -> Option<(VmId, VmCell)> {
+        let vm = self.identify(vmcs12, eptp12)?;
+        Some((vm, self.devices.cell(&vm)?))
+    }
+
+    /// Edges VM `vm`'s devices raised while a CPU served its ports without
+    /// the machine: kept for delivery unless the VM ended meanwhile.
+    pub fn note_edges(&mut self, vm: VmId, edges: u16) {
+        if self.devices.contains(&vm) {
+            self.irqs.note_edges(vm, edges);
+        }
+    }
+
     /// A one-byte access by VM `vm` to a COM port; `None` for a write.
     pub fn io(&mut self, vm: VmId, port: u16, write: Option<u8>) -> u8 {
-        let v = self.devices.vm(vm);
+        let mut v = self.devices.vm(vm);
         let r = match write {
             Some(b) => {
                 v.io_write(port, b);
@@ -180,8 +199,8 @@ impl Shadow {
             Some(vm) => vm,
             None => self.admit(vmcs12, eptp12)?,
         };
-        if self.devices.get(&vm).is_none() {
-            self.devices.vm(vm);
+        if !self.devices.contains(&vm) {
+            drop(self.devices.vm(vm));
             self.notices.push(Notice::Vm(vm));
         }
         Some(vm)
@@ -322,5 +341,7 @@ impl Shadow {
     }
 }
 
+#[cfg(test)]
+mod concurrency_tests;
 #[cfg(test)]
 mod tests;

@@ -43,13 +43,8 @@ fn fill_vm(sh: &mut Shadow, vm: VmId, vmcs: u64) {
         sh.io(vm, COM_PORTS[i % 4], Some(b'x'));
     }
     for base in COM_PORTS {
-        let c = sh
-            .devices
-            .vm(vm)
-            .device_at(base)
-            .unwrap()
-            .console()
-            .unwrap();
+        let mut v = sh.devices.vm(vm);
+        let c = v.device_at(base).unwrap().console().unwrap();
         c.push_input(&[b'i'; shadow_devices::uart16550::INPUT_CAPACITY]);
     }
     for pin in 0..24u32 {

@@ -2,27 +2,37 @@
 //! always exit to L0 whatever L1's I/O bitmaps say and are served by that
 //! VM's shadow UARTs (L1 never sees the exit, the data or the port), and
 //! accesses L1 lets through. IN/OUT of every size and INS/OUTS with REP.
+//!
+//! A COM access takes the VM's own lock, not the machine's: the vCPU
+//! keeps the VM's cell while the identities' generation stays
+//! (`machine/shared.rs`), so two VMs' bytes on two CPUs never wait for
+//! each other. The machine's lock is taken after the VM's is let go, and
+//! only to find the VM, to deliver interrupt edges, or (if no other CPU
+//! holds it) to pull an attached console's output onto the line.
 
 use super::{Outcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::{self, Access};
+use crate::machine::shared::MachineLock;
 use crate::machine::Machine;
 use crate::nested::ept12::L2Memory;
 use crate::nested::operand::InstrInfo;
 use crate::nested::VmcsSet;
 use crate::regs::{AR_L, EFER_LMA, RFLAGS_DF};
+use crate::shadow::identity::VmId;
 use crate::shadow::is_com_port;
 use crate::vmx::exit::{ExitInfo, IoAccess};
 use crate::vmx::fields::GUEST_SEGMENTS;
 use crate::vmx::guest_cr::paging_regs;
 use crate::vmx::inject::{inject_exception, skip_instruction};
 use crate::vmx::{Field as F, Vmcs};
+use shadow_devices::{VmCell, VmDevices};
 
 /// Where an L2 port access goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ports {
-    /// The user VM's shadow COM ports (None: a VM L0 could not track).
-    Shadow(Option<u64>),
+pub enum Ports<'a> {
+    /// The user VM's shadow COM ports, locked (None: a VM L0 could not
+    /// track).
+    Shadow(Option<&'a mut VmDevices>),
     /// The machine's ports, as L2 would reach them natively.
     Hardware,
     /// L0's own ports (`vcpu::l0_ports`): an absent device, as for L1.
@@ -35,6 +45,26 @@ const REP_BATCH: u64 = 512;
 /// Whether an access of `size` bytes at `port` touches a COM port.
 pub fn touches_com(port: u16, size: u8) -> bool {
     (0..size as u16).any(|i| is_com_port(port.wrapping_add(i)))
+}
+
+/// The user VM whose COM ports this vCPU served last and its devices'
+/// cell, found by the VMCS12 and EPTP12 it ran on at the identities'
+/// `generation`: still that VM's while the generation stays.
+pub(super) struct ComVm {
+    vmcs12: u64,
+    eptp12: Option<u64>,
+    generation: u64,
+    vm: VmId,
+    cell: VmCell,
+}
+
+/// Whether the operator follows one of the VM's ports that has output
+/// waiting for the management line.
+fn operator_output_waits(devices: &VmDevices) -> bool {
+    devices.devices().iter().any(|d| {
+        d.console_ref()
+            .is_some_and(|c| c.operator_attached() && c.output_pending() > 0)
+    })
 }
 
 impl Vcpu {
@@ -52,78 +82,113 @@ impl Vcpu {
         vm
     }
 
+    /// The current L2's VM with its devices' cell in `self.com_vm`: the
+    /// one kept if the VMCS12, EPTP12 and identities' generation are as
+    /// when it was found, else found again under the machine's lock.
+    /// None: a VM L0 refused (shadow::Shadow::identify logs it once).
+    fn find_com_vm(&mut self, m: &mut MachineLock<'_>) {
+        let Some(vmcs12) = self.nested.vmx.current else {
+            self.com_vm = None;
+            return;
+        };
+        let eptp12 = self.nested.eptp12();
+        let generation = m.vm_generation();
+        let kept = self.com_vm.as_ref().is_some_and(|c| {
+            c.vmcs12 == vmcs12 && c.eptp12 == eptp12 && c.generation == generation
+        });
+        if kept {
+            return;
+        }
+        self.com_vm = None;
+        let found = m.shadow.identify_cell(vmcs12, eptp12);
+        let generation = m.vm_generation();
+        self.com_vm = found.map(|(vm, cell)| ComVm {
+            vmcs12,
+            eptp12,
+            generation,
+            vm,
+            cell,
+        });
+    }
+
     /// One byte of a COM access; bytes of a wide access outside COM ports
     /// read as an undecoded bus (all ones) and writes to them are dropped.
-    fn com_byte(&mut self, m: &mut Machine, vm: Option<u64>, port: u16, write: Option<u8>) -> u8 {
-        match vm {
-            Some(vm) if is_com_port(port) => m.shadow.io(vm, port, write),
+    fn com_byte(devices: &mut Option<&mut VmDevices>, port: u16, write: Option<u8>) -> u8 {
+        match devices {
+            Some(d) if is_com_port(port) => match write {
+                Some(b) => {
+                    d.io_write(port, b);
+                    0
+                }
+                None => d.io_read(port).unwrap_or(0xff),
+            },
             _ => 0xff,
         }
     }
 
-    fn port_read<P: Platform>(
-        &mut self,
-        m: &mut Machine,
-        p: &mut P,
-        to: Ports,
-        port: u16,
-        size: u8,
-    ) -> u32 {
+    fn port_read<P: Platform>(p: &mut P, to: &mut Ports<'_>, port: u16, size: u8) -> u32 {
         match to {
             Ports::Hardware => p.io_in(port, size),
             Ports::Absent => ((1u64 << (8 * size as u32)) - 1) as u32,
-            Ports::Shadow(vm) => (0..size as u32).fold(0, |v, i| {
-                v | (self.com_byte(m, vm, port.wrapping_add(i as u16), None) as u32) << (8 * i)
+            Ports::Shadow(devices) => (0..size as u32).fold(0, |v, i| {
+                v | (Self::com_byte(devices, port.wrapping_add(i as u16), None) as u32) << (8 * i)
             }),
         }
     }
 
-    fn port_write<P: Platform>(
-        &mut self,
-        m: &mut Machine,
-        p: &mut P,
-        to: Ports,
-        port: u16,
-        size: u8,
-        value: u32,
-    ) {
+    fn port_write<P: Platform>(p: &mut P, to: &mut Ports<'_>, port: u16, size: u8, value: u32) {
         match to {
             Ports::Hardware => p.io_out(port, size, value),
             Ports::Absent => {}
-            Ports::Shadow(vm) => {
+            Ports::Shadow(devices) => {
                 for i in 0..size as u32 {
-                    self.com_byte(
-                        m,
-                        vm,
-                        port.wrapping_add(i as u16),
-                        Some((value >> (8 * i)) as u8),
-                    );
+                    let byte = Some((value >> (8 * i)) as u8);
+                    Self::com_byte(devices, port.wrapping_add(i as u16), byte);
                 }
             }
         }
     }
 
-    /// L2 accessed a COM port (VMCS02 current).
+    /// L2 accessed a COM port (VMCS02 current): served under the VM's own
+    /// lock; the machine's only after it (module comment).
     pub(super) fn l2_com_io<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
         io: IoAccess,
     ) -> Outcome {
-        // None: a VM L0 refused (shadow::Shadow::identify logs it once).
-        let vm = self.current_l2_vm(m);
-        if vm.is_some_and(|vm| m.shadow.frozen(vm)) {
-            // Saved away: the access is held (re-executed) until a restore
-            // thaws the devices or the VM ends.
-            return Outcome::Resume;
+        self.find_com_vm(m);
+        let Some(com) = self.com_vm.take() else {
+            return self.l2_port_io(vs, p, e, io, Ports::Shadow(None));
+        };
+        let mut devices = com.cell.lock();
+        // Frozen: saved away, the access is held (re-executed) until a
+        // restore thaws the devices or the VM ends. The save froze them
+        // under this lock, so no byte lands after the seal.
+        let (o, edges, output) = match devices.is_frozen() {
+            true => (Outcome::Resume, 0, false),
+            false => {
+                let o = self.l2_port_io(vs, p, e, io, Ports::Shadow(Some(&mut devices)));
+                (o, devices.take_irq_edges(), operator_output_waits(&devices))
+            }
+        };
+        drop(devices);
+        let vm = com.vm;
+        self.com_vm = Some(com);
+        if edges != 0 {
+            m.shadow.note_edges(vm, edges);
         }
-        let o = self.l2_port_io(m, vs, p, e, io, Ports::Shadow(vm));
-        for f in m.console.pump(&mut m.shadow) {
-            p.mgmt_send(&f);
+        // Output waits at most until the console CPU's next visit when
+        // another CPU has the machine now.
+        if m.taken() || (output && m.try_take()) {
+            let mm = &mut **m;
+            for f in mm.console.pump(&mut mm.shadow) {
+                p.mgmt_send(&f);
+            }
+            self.route_shadow_irqs(mm, vs, p);
         }
-        self.route_shadow_irqs(m, vs, p);
         o
     }
 
@@ -144,24 +209,23 @@ impl Vcpu {
         } else {
             Ports::Hardware
         };
-        self.l2_port_io(m, vs, p, e, io, to)
+        self.l2_port_io(vs, p, e, io, to)
     }
 
     fn l2_port_io<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
         io: IoAccess,
-        to: Ports,
+        mut to: Ports<'_>,
     ) -> Outcome {
         let done = if io.string {
-            self.string_io(m, vs, p, e, io, to)
+            self.string_io(vs, p, e, io, &mut to)
         } else {
             let rax = self.regs.gpr[GuestRegs::RAX];
             if io.is_in {
-                let value = self.port_read(m, p, to, io.port, io.size) as u64;
+                let value = Self::port_read(p, &mut to, io.port, io.size) as u64;
                 // IN AL/AX keep the rest of RAX; IN EAX zero-extends.
                 let mask = (1u64 << (8 * io.size as u32)) - 1;
                 self.regs.gpr[GuestRegs::RAX] = if io.size == 4 {
@@ -170,7 +234,7 @@ impl Vcpu {
                     (rax & !mask) | value
                 };
             } else {
-                self.port_write(m, p, to, io.port, io.size, rax as u32);
+                Self::port_write(p, &mut to, io.port, io.size, rax as u32);
             }
             true
         };
@@ -184,12 +248,11 @@ impl Vcpu {
     /// iterations left re-executes).
     fn string_io<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
         vs: &mut S,
         p: &mut P,
         e: &ExitInfo,
         io: IoAccess,
-        to: Ports,
+        to: &mut Ports<'_>,
     ) -> bool {
         let v = vs.current();
         let info = InstrInfo(e.instr_info);
@@ -233,7 +296,7 @@ impl Vcpu {
             let la = seg_base.wrapping_add(offset) & if long { u64::MAX } else { 0xffff_ffff };
             let size = io.size as usize;
             let r = if io.is_in {
-                let bytes = self.port_read(m, p, to, io.port, io.size).to_le_bytes();
+                let bytes = Self::port_read(p, to, io.port, io.size).to_le_bytes();
                 let mut mem = L2Memory {
                     l1: p.mem(),
                     eptp12,
@@ -251,7 +314,7 @@ impl Vcpu {
                 };
                 let r = walk::read_virt(&mem, &paging, la, &mut bytes[..size], access);
                 if r.is_ok() {
-                    self.port_write(m, p, to, io.port, io.size, u32::from_le_bytes(bytes));
+                    Self::port_write(p, to, io.port, io.size, u32::from_le_bytes(bytes));
                 }
                 r
             };

@@ -234,9 +234,7 @@ impl Vcpu {
             VmExit::EptMisconfig { .. } => {
                 Outcome::Stop(Stop::Internal("EPT misconfiguration in EPT02 (an L0 bug)"))
             }
-            VmExit::Io(io)
-                if super::com::touches_com(io.port, io.size) && m.shadow.intercept_com =>
-            {
+            VmExit::Io(io) if super::com::touches_com(io.port, io.size) && m.intercept_com() => {
                 self.l2_com_io(m, vs, p, e, io)
             }
             VmExit::Cpuid { leaf } if ultracall_abi::cpuid::l0_answers_for_user_vms(leaf) => {

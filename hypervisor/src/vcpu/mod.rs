@@ -258,6 +258,8 @@ pub struct Vcpu {
     counts: Option<&'static crate::machine::cpu_counts::CpuCounts>,
     /// What this vCPU's last entry into L2 noted in the machine.
     noted_entry: Option<l2::NotedEntry>,
+    /// The user VM whose COM ports this vCPU served last, with its cell.
+    com_vm: Option<com::ComVm>,
     /// This CPU owns the management line (one CPU does: two would split
     /// the operator's bytes between them) and the relay interrupt.
     serves_console: bool,
@@ -294,6 +296,7 @@ impl Vcpu {
             saves_smi_blocking: false,
             counts: None,
             noted_entry: None,
+            com_vm: None,
             serves_console: false,
         }
     }

@@ -265,6 +265,7 @@ pub fn setup() -> (Cpu, FakeSet, FakePlatform) {
         saves_smi_blocking: false,
         counts: None,
         noted_entry: None,
+        com_vm: None,
         serves_console: true,
     };
     let mut v = FakeVmcs::default();
@@ -923,6 +924,90 @@ mod nested {
         assert!(c.nested.in_l2());
     }
 
+    /// A user VM's COM byte takes its VM's lock alone once the vCPU knows
+    /// the VM: the machine's only to find the VM (again after the
+    /// identities changed), or to pull output the operator follows.
+    #[test]
+    fn com_bytes_take_the_vms_lock_not_the_machines() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        let byte = |c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, b: u8| {
+            c.regs.gpr[GuestRegs::RAX] = b as u64;
+            exit(v, reason::IO_INSTRUCTION, 0x3f8 << 16, 1); // out %al,(%dx)
+            let locked = c.exit_locks(v, p);
+            assert!(c.nested.in_l2());
+            locked
+        };
+        assert!(byte(&mut c, &mut v, &mut p, b'a'), "the VM found");
+        assert!(!byte(&mut c, &mut v, &mut p, b'b'));
+        // Through an exit to L1 and back: the same VM, still no lock.
+        exit(&mut v, reason::CPUID, 0, 2);
+        c.handle_exit(&mut v, &mut p);
+        launch(&mut c, &mut v, &mut p, reason::VMRESUME);
+        assert!(!byte(&mut c, &mut v, &mut p, b'c'));
+        // Another VM appeared (on another CPU): found again, once.
+        c.m.lock().shadow.identify(0x77_0000, Some(0x66_601e));
+        assert!(byte(&mut c, &mut v, &mut p, b'd'));
+        assert!(!byte(&mut c, &mut v, &mut p, b'e'));
+        // The operator follows COM1: its output goes out at each byte.
+        p.mgmt_in
+            .extend_from_slice(shadow_devices::mgmt::frame(format_args!("attach 1")).as_bytes());
+        c.poll_console(&mut v, &mut p);
+        assert!(byte(&mut c, &mut v, &mut p, b'f'));
+        let out = p.mgmt_out.concat();
+        assert!(out.contains("out 1 3f8 6162636465"), "{out}");
+        assert!(out.contains("out 1 3f8 66"), "{out}");
+    }
+
+    /// While another CPU holds the machine, a COM byte of a known VM
+    /// completes; the operator's output waits for a later visit.
+    #[test]
+    fn com_bytes_go_on_while_another_cpu_holds_the_machine() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        use std::time::{Duration, Instant};
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        p.mgmt_in
+            .extend_from_slice(shadow_devices::mgmt::frame(format_args!("attach 1")).as_bytes());
+        c.regs.gpr[GuestRegs::RAX] = b'a' as u64;
+        exit(&mut v, reason::IO_INSTRUCTION, 0x3f8 << 16, 1);
+        c.handle_exit(&mut v, &mut p);
+        c.poll_console(&mut v, &mut p);
+        let sent = p.mgmt_out.len();
+        let (held, done) = (AtomicBool::new(false), AtomicBool::new(false));
+        let Cpu { vcpu, m } = &mut c;
+        let m: &SharedMachine = m;
+        let done_while_held = std::thread::scope(|s| {
+            let holder = s.spawn(|| {
+                let mut g = m.lock();
+                let _ = &mut *g;
+                held.store(true, SeqCst);
+                let start = Instant::now();
+                while !done.load(SeqCst) && start.elapsed() < Duration::from_secs(5) {
+                    std::hint::spin_loop();
+                }
+                done.load(SeqCst)
+            });
+            while !held.load(SeqCst) {
+                std::hint::spin_loop();
+            }
+            vcpu.regs.gpr[GuestRegs::RAX] = b'b' as u64;
+            exit(&mut v, reason::IO_INSTRUCTION, 0x3f8 << 16, 1);
+            vcpu.handle_exit(&mut m.lock(), &mut v, &mut p);
+            done.store(true, SeqCst);
+            holder.join().unwrap()
+        });
+        assert!(done_while_held, "the byte waited for the machine");
+        assert_eq!(
+            p.mgmt_out.len(),
+            sent,
+            "output waits: the line is the holder's"
+        );
+        c.poll_console(&mut v, &mut p);
+        let out = p.mgmt_out[sent..].concat();
+        assert!(out.contains("out 1 3f8 62"), "{out}");
+    }
+
     #[test]
     fn launch_reflect_resume() {
         let (mut c, mut v, mut p) = l1_in_vmx();
@@ -1416,7 +1501,7 @@ mod nested {
         probe(&mut c, &mut v, &mut p, 0x2f0, true);
         // Shadow devices off, the management UART at COM2.
         c.m.get_mut().l0_ports.mgmt = Some(0x2f8);
-        c.m.get_mut().shadow.intercept_com = false;
+        c.m.set_intercept_com(false);
         assert_eq!(probe(&mut c, &mut v, &mut p, 0x2fd, false), 0x1234_56ff);
         probe(&mut c, &mut v, &mut p, 0x2f8, true);
         // The in-band BMC interface.

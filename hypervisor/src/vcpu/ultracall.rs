@@ -131,10 +131,14 @@ impl Vcpu {
                 let Some((key, access)) = req.owner_key else {
                     return Response::error(Status::Internal);
                 };
-                let devices = m.shadow.devices.vm(vm);
-                let first = devices.owner_keys().is_empty();
-                match shadow_devices::owner_keys::register_first_key(devices, key, access) {
-                    Ok(n) => {
+                let registered = {
+                    let mut devices = m.shadow.devices.vm(vm);
+                    let first = devices.owner_keys().is_empty();
+                    shadow_devices::owner_keys::register_first_key(&mut devices, key, access)
+                        .map(|n| (n, first))
+                };
+                match registered {
+                    Ok((n, first)) => {
                         let max = m.console.owners.max_histories;
                         crate::owner::keep_history(&mut m.shadow, vm, max);
                         // (An agent may repeat the call: logged once.)
