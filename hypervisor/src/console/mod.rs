@@ -33,6 +33,9 @@ pub const MAX_SESSIONS: usize = 8;
 /// instead of stopping L0 until the queue drains.
 const LIST_BATCH: usize = 16;
 const LIST_ROOM: usize = 4096;
+/// Room on the line a notice waits for (its frame, and the detach frames
+/// of a VM's end): notices never make L0 wait for the line.
+const NOTICE_ROOM: usize = 512;
 
 /// Send-queue room an output frame needs: `@out <vm> <port> <hex>` of a
 /// full chunk. Output is pulled from a device only while the line has it,
@@ -136,6 +139,7 @@ impl Console {
                         // for the previous one are not redirected.
                         self.sessions.retain(|&o| o != s);
                         self.sessions.push(s);
+                        sh.told(vm);
                         self.input_backlog.clear();
                         out.push(mgmt::frame(format_args!("attached {vm} {port:x}")));
                         // The backlog follows at the next pump.
@@ -199,13 +203,21 @@ impl Console {
     }
 
     /// The shadow devices' notices as frames (a VM that ended also ends
-    /// its sessions); a save is logged, not framed.
+    /// its sessions); a save is logged, not framed. As many as the line
+    /// has room for: the rest wait, coalesced (`shadow/notices.rs`).
     pub fn notices(&mut self, sh: &mut Shadow) -> Frames {
-        let mut out = Vec::new();
         if !sh.has_notices() {
-            return out; // the usual case, at every COM access
+            return Vec::new(); // the usual case, at every COM access
         }
-        for n in sh.take_notices() {
+        self.notices_within(sh, crate::logger::tx_room())
+    }
+
+    /// [`Console::notices`] with `room` bytes free on the line.
+    pub fn notices_within(&mut self, sh: &mut Shadow, mut room: usize) -> Frames {
+        let mut out: Frames = Vec::new();
+        while room >= NOTICE_ROOM {
+            let Some(n) = sh.pop_notice() else { break };
+            let before = out.len();
             match n {
                 // (A VM that already ended has its Gone notice next.)
                 Notice::Vm(vm) if sh.devices.get(&vm).is_some() => out.push(vm_frame(sh, vm)),
@@ -234,12 +246,13 @@ impl Console {
                     tag.as_str()
                 ),
             }
+            room = room.saturating_sub(out[before..].iter().map(|f| f.len()).sum());
         }
         out
     }
 
     /// The next part of a `list` answer under way, as the line has room.
-    fn list_more(&mut self, sh: &Shadow) -> Frames {
+    fn list_more(&mut self, sh: &mut Shadow) -> Frames {
         let mut out = Vec::new();
         let Some((from, listed)) = self.listing else {
             return out;
@@ -247,10 +260,17 @@ impl Console {
         if crate::logger::tx_room() < LIST_ROOM {
             return out;
         }
-        let mut vms = sh.devices.iter_from(from).map(|(&id, _)| id);
-        out.extend(vms.by_ref().take(LIST_BATCH).map(|id| vm_frame(sh, id)));
+        let (batch, next) = {
+            let mut vms = sh.devices.iter_from(from).map(|(&id, _)| id);
+            let batch: Vec<VmId> = vms.by_ref().take(LIST_BATCH).collect();
+            (batch, vms.next())
+        };
+        for &id in &batch {
+            out.push(vm_frame(sh, id));
+            sh.told(id);
+        }
         let listed = listed + out.len();
-        self.listing = match vms.next() {
+        self.listing = match next {
             Some(next) => Some((next, listed)),
             None => {
                 out.push(mgmt::frame(format_args!("end-list {listed}")));

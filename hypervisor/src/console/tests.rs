@@ -459,3 +459,38 @@ fn a_list_of_1024_vms_is_paced() {
     assert!(visits >= 1024 / LIST_BATCH, "{visits} visits");
     assert!(s.pump().is_empty(), "nothing more once it ended");
 }
+
+/// A cloud VM that makes and ends user VMs while the line is full never
+/// makes L0 wait: notices go out only with room, one per VM, and VMs that
+/// came and went unseen cost nothing; what is left comes out later, in order.
+#[test]
+fn notices_wait_for_room_coalesced() {
+    let mut s = shadow();
+    let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
+    assert!(s.con.notices_within(&mut s.sh, 100).is_empty(), "no room, nothing sent");
+    // Churn: 2000 VMs appear and end while the line has no room.
+    for i in 1..=2000u64 {
+        s.identify(0x100_0000 + i * 0x1000, Some(0x4000_0000 + i * 0x1000))
+            .unwrap();
+        s.sh.vmclear(0x100_0000 + i * 0x1000, 0);
+        s.sh.expire(0);
+        assert!(s.con.notices_within(&mut s.sh, 0).is_empty());
+    }
+    let b = s.identify(0x2000, Some(0x20_0000)).unwrap();
+    let got = events(s.con.notices_within(&mut s.sh, 1 << 20));
+    let ids: Vec<u64> = got
+        .iter()
+        .map(|e| match e {
+            Event::Vm { id, .. } => *id,
+            other => panic!("only the two live VMs are told: {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [a, b]);
+    // Room for one notice at a time: each goes out whole, in order.
+    s.sh.vmclear(0x1000, 0);
+    s.sh.vmclear(0x2000, 0);
+    s.sh.expire(0);
+    assert_eq!(events(s.con.notices_within(&mut s.sh, 520)), [Event::Gone { id: a }]);
+    assert_eq!(events(s.con.notices_within(&mut s.sh, 520)), [Event::Gone { id: b }]);
+    assert!(!s.sh.has_notices());
+}

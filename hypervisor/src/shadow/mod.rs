@@ -18,6 +18,7 @@ pub mod identity;
 pub mod interrupts;
 pub mod ioapic;
 pub mod limits;
+pub mod notices;
 
 use identity::{Identities, VmId};
 use interrupts::Interrupts;
@@ -65,8 +66,8 @@ pub struct Shadow {
     pub irqs: Interrupts,
     /// VMCLEARs not yet carried out for the identities.
     endings: ending::Endings,
-    /// For the console, oldest first.
-    notices: Vec<Notice>,
+    /// For the console, oldest first, coalesced while the line is full.
+    notices: notices::Notices,
     heap_free: HeapFreeFn,
     /// A VM was refused since the last one admitted (logged once).
     refusing: bool,
@@ -82,7 +83,7 @@ impl Shadow {
             nonces: CounterNonce::new(random),
             irqs: Interrupts::default(),
             endings: ending::Endings::default(),
-            notices: Vec::new(),
+            notices: notices::Notices::default(),
             heap_free: || usize::MAX,
             refusing: false,
         };
@@ -143,14 +144,25 @@ impl Shadow {
         !self.notices.is_empty()
     }
 
-    /// The notices since the last call, oldest first.
+    /// The operator learnt of `vm` from a `list` or an attach.
+    pub fn told(&mut self, vm: VmId) {
+        self.notices.told(vm);
+    }
+
+    /// The oldest notice not yet told, as it goes out.
+    pub fn pop_notice(&mut self) -> Option<Notice> {
+        self.notices.pop()
+    }
+
+    /// Every pending notice, as if the line had room for all.
+    #[cfg(test)]
     pub fn take_notices(&mut self) -> Vec<Notice> {
-        core::mem::take(&mut self.notices)
+        core::iter::from_fn(|| self.pop_notice()).collect()
     }
 
     /// A save to log at L0's next visit to the line (not in the call's time).
     pub fn note_saved(&mut self, tag: VmTag, epoch: u64, len: usize) {
-        self.notices.push(Notice::Saved { tag, epoch, len });
+        self.notices.event(Notice::Saved { tag, epoch, len });
     }
 
     /// Whether the VM's devices were saved away (their I/O is held).
@@ -201,7 +213,7 @@ impl Shadow {
         };
         if !self.devices.contains(&vm) {
             drop(self.devices.vm(vm));
-            self.notices.push(Notice::Vm(vm));
+            self.notices.vm(vm);
         }
         Some(vm)
     }
@@ -276,7 +288,7 @@ impl Shadow {
         self.devices.remove(&vm);
         self.irqs.forget_vm(vm);
         log::info!("user VM {vm} ended");
-        self.notices.push(Notice::Gone(vm));
+        self.notices.gone(vm);
     }
 
     /// Binds `tag` to `vm`. Ok(true) when it is new; the same tag again is
@@ -287,7 +299,7 @@ impl Shadow {
             return Ok(false);
         }
         self.devices.register_tag(vm, tag)?;
-        self.notices.push(Notice::Vm(vm));
+        self.notices.vm(vm);
         Ok(true)
     }
 
@@ -329,7 +341,7 @@ impl Shadow {
                 .and_then(|d| IoApic::decode(d.platform()));
             self.irqs.set_ioapic(ok.vm, io);
         }
-        self.notices.push(Notice::Restore {
+        self.notices.event(Notice::Restore {
             vm: match &r {
                 Ok(ok) => Some(ok.vm),
                 Err(_) => self.devices.find_by_tag(tag),
