@@ -144,6 +144,11 @@ impl Shadow {
         !self.notices.is_empty()
     }
 
+    /// Restore and save notices dropped while the line was full.
+    pub fn notices_dropped(&self) -> u64 {
+        self.notices.dropped()
+    }
+
     /// The operator learnt of `vm` from a `list` or an attach.
     pub fn told(&mut self, vm: VmId) {
         self.notices.told(vm);

@@ -797,7 +797,8 @@ impl Vcpu {
                 log::info!("L1 touched L0 memory {} times", m.ept.l0_touches);
                 let (dropped, suppressed) = crate::logger::lines_not_sent();
                 log::info!(
-                    "log lines not sent: {dropped} dropped (the line was full), {suppressed} over their call site's limit"
+                    "log lines not sent: {dropped} dropped (the line was full), {suppressed} over their call site's limit; {} restore/save notices dropped",
+                    m.shadow.notices_dropped()
                 );
                 if p.l0_intact() {
                     log::info!("L0 integrity OK");
