@@ -22,6 +22,8 @@ pub const MAX_INPUT: usize = 256;
 /// every read has it, so whoever carries the messages can tell reading
 /// from typing by size (docs/threat-model.md, "The owner path").
 pub const READ_MESSAGE_LEN: usize = 1 + 8 + 2 + TAG_LEN;
+/// An `Attach` request's size on the wire, as fixed as a read's.
+pub const ATTACH_MESSAGE_LEN: usize = 1 + 2 + MAX_TAG_LEN + TAG_LEN;
 
 /// Client → L0.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -412,5 +414,10 @@ mod tests {
         assert_eq!(a.encode().len() + TAG_LEN, MAX_NOISE_MESSAGE);
         let read = Request::Read { from: 9, max: 1 };
         assert_eq!(read.encode().len() + TAG_LEN, READ_MESSAGE_LEN);
+        let attach = Request::Attach {
+            tag: VmTag::new(b"a").unwrap(),
+            port: 0x3f8,
+        };
+        assert_eq!(attach.encode().len() + TAG_LEN, ATTACH_MESSAGE_LEN);
     }
 }

@@ -16,7 +16,7 @@
 //! attempt ends the session without reaching the VM.
 
 use owner_session::line::{self, LineFrame};
-use owner_session::message::READ_MESSAGE_LEN;
+use owner_session::message::{ATTACH_MESSAGE_LEN, READ_MESSAGE_LEN};
 use owner_session::server::EndReason;
 use shadow_devices::mgmt;
 
@@ -43,8 +43,8 @@ pub trait L0Link {
 }
 
 /// What a hostile relay does to the first message of a session that is
-/// neither the handshake, the attach nor a read (typing or BREAK: a
-/// read's size gives it away).
+/// neither the handshake, an attach nor a read (typing, BREAK, a key
+/// change, detach or close: reads and attaches have sizes of their own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tamper {
     /// Flips one bit of the message.
@@ -160,7 +160,9 @@ impl Connection {
         match line::parse(body) {
             Some(LineFrame::IdQuery) => match link.identity() {
                 Ok(id) => vec![frame(&format!("owner-id {id}"))],
-                Err(e) => vec![frame(&format!("owner-id off the relay cannot reach L0: {e}"))],
+                Err(e) => vec![frame(&format!(
+                    "owner-id off the relay cannot reach L0: {e}"
+                ))],
             },
             Some(LineFrame::Message { channel, bytes }) => {
                 self.message(channel, bytes, link, new_channel)
@@ -196,9 +198,9 @@ impl Connection {
         };
         let s = &mut self.sessions[i];
         s.sent += 1;
-        // The handshake and the attach pass; then the first message that
-        // is not a read (typing or BREAK) meets the hostile mode, once.
-        let target = s.sent > 2 && msg.len() != READ_MESSAGE_LEN;
+        // The handshake, attaches and reads pass; the first other message
+        // (typing, mostly) meets the hostile mode, once per connection.
+        let target = s.sent > 1 && msg.len() != READ_MESSAGE_LEN && msg.len() != ATTACH_MESSAGE_LEN;
         let mode = if target { self.tamper.take() } else { None };
         let relay = s.relay;
         let result = match mode {
@@ -224,8 +226,9 @@ impl Connection {
                     }
                     Tamper::Drop => return Vec::new(),
                     Tamper::Inject => {
-                        let forged: Vec<u8> =
-                            (0..msg.len()).map(|i| (i as u8).wrapping_mul(151) ^ 0x5a).collect();
+                        let forged: Vec<u8> = (0..msg.len())
+                            .map(|i| (i as u8).wrapping_mul(151) ^ 0x5a)
+                            .collect();
                         link.message(relay, &forged)
                     }
                 }

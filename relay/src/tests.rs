@@ -63,7 +63,7 @@ fn answer(n: u8, ch: u32) -> String {
 fn story() -> Vec<Vec<u8>> {
     vec![
         msg(0, 48),
-        msg(1, 51),
+        msg(1, ATTACH_MESSAGE_LEN),
         msg(2, READ_MESSAGE_LEN),
         msg(3, READ_MESSAGE_LEN),
         msg(4, 30),
@@ -126,16 +126,30 @@ fn each_hostile_mode_ends_only_its_session_and_the_typing_never_reaches_l0() {
         let mut outs = Vec::new();
         for (n, m) in s.iter().enumerate().take(5) {
             outs.push(send(&mut bad, &mut l0, &mut next, 3, m));
-            assert_eq!(send(&mut good, &mut l0, &mut next, 3, m), answer(n as u8, 3));
+            assert_eq!(
+                send(&mut good, &mut l0, &mut next, 3, m),
+                answer(n as u8, 3)
+            );
         }
         // Reads and the attach passed untouched.
-        assert_eq!(outs[..4], [answer(0, 3), answer(1, 3), answer(2, 3), answer(3, 3)]);
+        assert_eq!(
+            outs[..4],
+            [answer(0, 3), answer(1, 3), answer(2, 3), answer(3, 3)]
+        );
         let typed = &outs[4];
-        let typing_reached_l0 = l0.taken.iter().filter(|(ch, m)| *ch == 1 && m[0] == 4).count();
+        let typing_reached_l0 = l0
+            .taken
+            .iter()
+            .filter(|(ch, m)| *ch == 1 && m[0] == 4)
+            .count();
         assert_eq!(typing_reached_l0, 0, "{t:?}");
         match t {
             Tamper::Flip | Tamper::Replay | Tamper::Inject => {
-                assert_eq!(*typed, frame(&line::end_body(3, EndReason::AuthFailed)), "{t:?}")
+                assert_eq!(
+                    *typed,
+                    frame(&line::end_body(3, EndReason::AuthFailed)),
+                    "{t:?}"
+                )
             }
             Tamper::Reorder => assert_eq!(*typed, answer(3, 3)),
             Tamper::Drop => assert!(typed.is_empty()),
@@ -145,7 +159,11 @@ fn each_hostile_mode_ends_only_its_session_and_the_typing_never_reaches_l0() {
         assert_eq!(send(&mut good, &mut l0, &mut next, 3, &s[5]), answer(5, 3));
         // Once per connection: its next session is carried honestly.
         for (n, m) in s.iter().enumerate() {
-            assert_eq!(send(&mut bad, &mut l0, &mut next, 4, m), answer(n as u8, 4), "{t:?}");
+            assert_eq!(
+                send(&mut bad, &mut l0, &mut next, 4, m),
+                answer(n as u8, 4),
+                "{t:?}"
+            );
         }
     }
 }
@@ -157,7 +175,9 @@ fn tamper_lists_parse_or_say_what_they_take() {
         Tamper::parse_list("drop,flip"),
         Ok(vec![Tamper::Drop, Tamper::Flip])
     );
-    assert!(Tamper::parse_list("flip,melt").unwrap_err().contains("melt"));
+    assert!(Tamper::parse_list("flip,melt")
+        .unwrap_err()
+        .contains("melt"));
 }
 
 #[test]
@@ -165,7 +185,10 @@ fn a_connection_holds_a_bounded_number_of_sessions() {
     let (mut l0, mut next) = (FakeL0::default(), 0);
     let mut c = Connection::new(1, None);
     for ch in 0..SESSIONS_PER_CONNECTION as u32 {
-        assert_eq!(send(&mut c, &mut l0, &mut next, ch, &msg(0, 48)), answer(0, ch));
+        assert_eq!(
+            send(&mut c, &mut l0, &mut next, ch, &msg(0, 48)),
+            answer(0, ch)
+        );
     }
     let out = send(&mut c, &mut l0, &mut next, 999, &msg(0, 48));
     assert!(out.contains("sessions on this connection already"), "{out}");

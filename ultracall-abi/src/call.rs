@@ -588,7 +588,13 @@ mod tests {
             va: 0x7000_0000,
             len: MAX_RELAY_MESSAGE as u64,
         };
-        let req = Request::owner_relay(buf, RelayMessage { channel: 7, len: 48 });
+        let req = Request::owner_relay(
+            buf,
+            RelayMessage {
+                channel: 7,
+                len: 48,
+            },
+        );
         let regs = req.to_regs();
         assert_eq!((regs.rcx, regs.r8, regs.r9), (9, 7, 48));
         assert_eq!(regs.decode(CallerLevel::L1), Ok(req));

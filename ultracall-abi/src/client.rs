@@ -385,10 +385,9 @@ impl Client {
             return Ok(RelayAnswer::Ended(resp.value as u8));
         }
         let n = usize::try_from(resp.len).unwrap_or(usize::MAX);
-        let bytes = buf
-            .as_slice()
-            .get(..n)
-            .ok_or(Error::Malformed("L0 reported more bytes than the buffer holds"))?;
+        let bytes = buf.as_slice().get(..n).ok_or(Error::Malformed(
+            "L0 reported more bytes than the buffer holds",
+        ))?;
         Ok(RelayAnswer::Message(bytes.to_vec()))
     }
 

@@ -139,7 +139,11 @@ impl Owners {
                 log::debug!("owner session {channel} on the relay: {}", r.text());
             }
         }
-        if let Some(old) = self.sessions.take_evicted().filter(|c| c.transport == RELAY) {
+        if let Some(old) = self
+            .sessions
+            .take_evicted()
+            .filter(|c| c.transport == RELAY)
+        {
             if self.relay_evicted.len() == EVICTED_REMEMBERED {
                 self.relay_evicted.remove(0);
             }

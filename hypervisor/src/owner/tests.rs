@@ -344,7 +344,10 @@ fn the_relay_carries_sessions_apart_from_the_lines() {
     let mut again = open_on_relay(&mut h, &rw, 5);
     h.con.owners.relay_forget(5);
     let m = again.request(&Request::Read { from: 0, max: 10 }).unwrap();
-    assert_eq!(relay(&mut h, 5, &m), Outcome::End(EndReason::HandshakeFailed));
+    assert_eq!(
+        relay(&mut h, 5, &m),
+        Outcome::End(EndReason::HandshakeFailed)
+    );
 }
 
 #[test]
