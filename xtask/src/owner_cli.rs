@@ -197,3 +197,18 @@ fn run_owner(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_or_line_is_asked_plainly() {
+        let both = owner_console(&["--owner", "--relay", "127.0.0.1:1", "--tcp", "127.0.0.1:2"]);
+        assert!(both.unwrap_err().contains("--relay or --tcp, not both"));
+        let no_key = owner_console(&["--owner", "--relay", "127.0.0.1:1"]);
+        assert!(no_key.unwrap_err().contains("--key FILE"));
+        let no_value = owner_console(&["--owner", "--relay"]);
+        assert!(no_value.unwrap_err().contains("--relay needs a value"));
+    }
+}
