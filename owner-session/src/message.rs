@@ -9,7 +9,7 @@ use ultracall_abi::{KeyAccess, OwnerKey, VmTag, MAX_TAG_LEN};
 
 /// Largest Noise message on any transport (the line's 1200-byte frames
 /// carry it in hex).
-pub const MAX_NOISE_MESSAGE: usize = 560;
+pub const MAX_NOISE_MESSAGE: usize = ultracall_abi::MAX_RELAY_MESSAGE;
 /// Noise's authentication tag.
 pub const TAG_LEN: usize = 16;
 /// Largest plaintext of a transport message.
@@ -18,6 +18,12 @@ pub const MAX_PLAINTEXT: usize = MAX_NOISE_MESSAGE - TAG_LEN;
 pub const MAX_OUTPUT: usize = MAX_PLAINTEXT - 1 - 8 - 8;
 /// Most bytes one `Input` request carries.
 pub const MAX_INPUT: usize = 256;
+/// A `Read` request's size on the wire (its plaintext and Noise's tag):
+/// every read has it, so whoever carries the messages can tell reading
+/// from typing by size (docs/threat-model.md, "The owner path").
+pub const READ_MESSAGE_LEN: usize = 1 + 8 + 2 + TAG_LEN;
+/// An `Attach` request's size on the wire, as fixed as a read's.
+pub const ATTACH_MESSAGE_LEN: usize = 1 + 2 + MAX_TAG_LEN + TAG_LEN;
 
 /// Client → L0.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -406,5 +412,12 @@ mod tests {
             bytes: alloc::vec![0; MAX_OUTPUT],
         };
         assert_eq!(a.encode().len() + TAG_LEN, MAX_NOISE_MESSAGE);
+        let read = Request::Read { from: 9, max: 1 };
+        assert_eq!(read.encode().len() + TAG_LEN, READ_MESSAGE_LEN);
+        let attach = Request::Attach {
+            tag: VmTag::new(b"a").unwrap(),
+            port: 0x3f8,
+        };
+        assert_eq!(attach.encode().len() + TAG_LEN, ATTACH_MESSAGE_LEN);
     }
 }

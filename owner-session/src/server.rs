@@ -197,6 +197,16 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
             .count()
     }
 
+    /// Whether `channel` has a session.
+    pub fn has(&self, channel: Channel) -> bool {
+        self.sessions.iter().any(|s| s.channel == channel)
+    }
+
+    /// Forgets one channel's session (its connection went away).
+    pub fn forget(&mut self, channel: Channel) {
+        self.sessions.retain(|s| s.channel != channel);
+    }
+
     /// Forgets every session of a transport (its connection went away).
     pub fn drop_transport(&mut self, transport: u8) {
         self.sessions.retain(|s| s.channel.transport != transport);

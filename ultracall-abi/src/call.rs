@@ -9,7 +9,7 @@
 //! | RDX  | caller's ABI version, `major << 16 \| minor` (upper 32 bits zero) |
 //! | RSI  | buffer guest-virtual address (0 when the op takes no buffer)     |
 //! | RDI  | buffer length in bytes (0 when the op takes no buffer)           |
-//! | R8..R11 | VM tag, bytes 0..8, 8..16, 16..24, 24..32, little-endian, NUL-padded (0 when the op takes no tag) |
+//! | R8..R11 | VM tag, bytes 0..8, 8..16, 16..24, 24..32, little-endian, NUL-padded (0 when the op takes no tag); `OWNER_RELAY`: R8 = channel, R9 = message length |
 //!
 //! | out  | meaning                                                          |
 //! |------|------------------------------------------------------------------|
@@ -42,6 +42,11 @@ pub const ULTRACALL_MAGIC: u64 = u64::from_le_bytes(*b"L0UCALL1");
 // Hypercall numbers of other hypervisors are small; a non-zero upper half
 // keeps the magic clear of all of them.
 const _: () = assert!(ULTRACALL_MAGIC >> 32 != 0);
+
+/// Largest Noise message of an owner session (`OWNER_RELAY`): the
+/// buffer of a relayed message holds at least this many bytes, so L0 has
+/// room for any answer.
+pub const MAX_RELAY_MESSAGE: usize = 560;
 
 /// Largest buffer an ultracall may pass (1 MiB). L0 copies page by page, so
 /// this bounds the time one call spends in L0.
@@ -77,6 +82,9 @@ pub enum BufferUse {
     L0Reads,
     /// L0 writes the buffer (needs present, writable pages).
     L0Writes,
+    /// L0 reads the buffer, then writes its answer over it (needs
+    /// present, writable pages).
+    L0ReadsThenWrites,
 }
 
 /// The operations (RCX).
@@ -122,6 +130,20 @@ pub enum Op {
     /// `OWNER_KEYS_SET`: further keys come only through an owner session.
     /// Out: RSI = the number of keys the VM holds.
     OwnerKeyAdd = 8,
+    /// L1 only (since 1.4). One message of an owner session, carried by
+    /// the cloud VM's relay (`l0-relay`). In: R8 = the relay's channel
+    /// (< 2^32, one per session), R9 = the message's length (1..=
+    /// [`MAX_RELAY_MESSAGE`]; 0: the relay's connection closed, L0
+    /// forgets the channel's session), buffer of at least
+    /// [`MAX_RELAY_MESSAGE`] bytes holding the message (L0 reads it, then
+    /// writes its answer over it). Out: RSI = 0 and RCX = the answer's
+    /// length, or RSI = why L0 ended the session (an `owner-end` code,
+    /// docs/console-protocol.md) and RCX = 0.
+    OwnerRelay = 9,
+    /// L1 only (since 1.4). In: buffer (L0 writes). Writes what owners
+    /// pin as text: L0's identity in base64, or `off <why>` when owner
+    /// sessions are off. Out: RCX = bytes written.
+    OwnerIdentity = 10,
 }
 
 impl Op {
@@ -135,6 +157,8 @@ impl Op {
         Op::SetIrqRelay,
         Op::TakeIrqs,
         Op::OwnerKeyAdd,
+        Op::OwnerRelay,
+        Op::OwnerIdentity,
     ];
 
     /// Decodes RCX.
@@ -148,6 +172,8 @@ impl Op {
             6 => Some(Op::SetIrqRelay),
             7 => Some(Op::TakeIrqs),
             8 => Some(Op::OwnerKeyAdd),
+            9 => Some(Op::OwnerRelay),
+            10 => Some(Op::OwnerIdentity),
             _ => None,
         }
     }
@@ -168,6 +194,8 @@ impl Op {
             Op::SetIrqRelay => "irq-relay",
             Op::TakeIrqs => "take-irqs",
             Op::OwnerKeyAdd => "owner-key",
+            Op::OwnerRelay => "owner-relay",
+            Op::OwnerIdentity => "owner-identity",
         }
     }
 
@@ -176,6 +204,7 @@ impl Op {
         match self {
             Op::SetIrqRelay | Op::TakeIrqs => 1,
             Op::OwnerKeyAdd => 3,
+            Op::OwnerRelay | Op::OwnerIdentity => 4,
             _ => 0,
         }
     }
@@ -185,9 +214,13 @@ impl Op {
         match self {
             Op::Ping => true,
             Op::RegisterTag | Op::OwnerKeyAdd => matches!(level, CallerLevel::L2),
-            Op::SaveDevices | Op::RestoreDevices | Op::ListVms | Op::SetIrqRelay | Op::TakeIrqs => {
-                matches!(level, CallerLevel::L1)
-            }
+            Op::SaveDevices
+            | Op::RestoreDevices
+            | Op::ListVms
+            | Op::SetIrqRelay
+            | Op::TakeIrqs
+            | Op::OwnerRelay
+            | Op::OwnerIdentity => matches!(level, CallerLevel::L1),
         }
     }
 
@@ -203,7 +236,8 @@ impl Op {
                 BufferUse::None
             }
             Op::RestoreDevices => BufferUse::L0Reads,
-            Op::SaveDevices | Op::ListVms => BufferUse::L0Writes,
+            Op::SaveDevices | Op::ListVms | Op::OwnerIdentity => BufferUse::L0Writes,
+            Op::OwnerRelay => BufferUse::L0ReadsThenWrites,
         }
     }
 }
@@ -255,6 +289,17 @@ pub struct Request {
     pub tag: Option<VmTag>,
     /// The key and its access, for [`Op::OwnerKeyAdd`].
     pub owner_key: Option<(OwnerKey, KeyAccess)>,
+    /// The channel and the message's length, for [`Op::OwnerRelay`].
+    pub relay: Option<RelayMessage>,
+}
+
+/// Where a relayed owner message goes ([`Op::OwnerRelay`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayMessage {
+    /// The relay's channel: one per session.
+    pub channel: u32,
+    /// Bytes of the message at the buffer's start; 0: forget the channel.
+    pub len: usize,
 }
 
 impl Request {
@@ -266,6 +311,15 @@ impl Request {
             buffer,
             tag,
             owner_key: None,
+            relay: None,
+        }
+    }
+
+    /// `OWNER_RELAY` of the message in the first `msg.len` bytes of `buffer`.
+    pub fn owner_relay(buffer: GuestBuffer, msg: RelayMessage) -> Request {
+        Request {
+            relay: Some(msg),
+            ..Request::new(Op::OwnerRelay, buffer, None)
         }
     }
 
@@ -279,10 +333,11 @@ impl Request {
 
     /// The registers a caller loads before `vmcall`.
     pub fn to_regs(&self) -> InRegs {
-        let tag = match (self.tag, self.owner_key) {
-            (Some(t), _) => t.to_regs(),
-            (None, Some((k, _))) => k.to_regs(),
-            (None, None) => [0; 4],
+        let tag = match (self.tag, self.owner_key, self.relay) {
+            (Some(t), _, _) => t.to_regs(),
+            (None, Some((k, _)), _) => k.to_regs(),
+            (None, None, Some(r)) => [u64::from(r.channel), r.len as u64, 0, 0],
+            (None, None, None) => [0; 4],
         };
         let rsi = match self.owner_key {
             Some((_, access)) => u64::from(access.raw()),
@@ -337,7 +392,7 @@ impl InRegs {
         }
         let buffer = match op.buffer_use() {
             BufferUse::None => GuestBuffer::default(),
-            BufferUse::L0Reads | BufferUse::L0Writes => {
+            BufferUse::L0Reads | BufferUse::L0Writes | BufferUse::L0ReadsThenWrites => {
                 if self.rdi > MAX_BUFFER_LEN as u64 {
                     return Err(Status::BufferTooLarge);
                 }
@@ -363,12 +418,25 @@ impl InRegs {
         } else {
             None
         };
+        let relay = if op == Op::OwnerRelay {
+            let channel = u32::try_from(self.r8).map_err(|_| Status::InvalidArgument)?;
+            if self.r9 > MAX_RELAY_MESSAGE as u64 {
+                return Err(Status::InvalidArgument);
+            }
+            Some(RelayMessage {
+                channel,
+                len: self.r9 as usize,
+            })
+        } else {
+            None
+        };
         Ok(Request {
             op,
             version,
             buffer,
             tag,
             owner_key,
+            relay,
         })
     }
 }
@@ -472,7 +540,7 @@ mod tests {
             assert_eq!(Op::from_raw(op.raw()), Some(op));
         }
         assert_eq!(Op::from_raw(0), None);
-        assert_eq!(Op::from_raw(9), None);
+        assert_eq!(Op::from_raw(11), None);
     }
 
     #[test]
@@ -512,6 +580,43 @@ mod tests {
         let mut zero = regs;
         (zero.r8, zero.r9, zero.r10, zero.r11) = (0, 0, 0, 0);
         assert_eq!(zero.decode(CallerLevel::L2), Err(Status::OwnerKeyInvalid));
+    }
+
+    #[test]
+    fn owner_relay_round_trips_and_is_checked() {
+        let buf = GuestBuffer {
+            va: 0x7000_0000,
+            len: MAX_RELAY_MESSAGE as u64,
+        };
+        let req = Request::owner_relay(
+            buf,
+            RelayMessage {
+                channel: 7,
+                len: 48,
+            },
+        );
+        let regs = req.to_regs();
+        assert_eq!((regs.rcx, regs.r8, regs.r9), (9, 7, 48));
+        assert_eq!(regs.decode(CallerLevel::L1), Ok(req));
+        // Only the cloud VM's relay carries sessions.
+        assert_eq!(regs.decode(CallerLevel::L2), Err(Status::NotPermitted));
+        let old_l0 = AbiVersion { major: 1, minor: 3 };
+        assert_eq!(
+            regs.decode_for(CallerLevel::L1, old_l0),
+            Err(Status::UnknownOp)
+        );
+        let mut long = regs;
+        long.r9 = MAX_RELAY_MESSAGE as u64 + 1;
+        assert_eq!(long.decode(CallerLevel::L1), Err(Status::InvalidArgument));
+        let mut wide = regs;
+        wide.r8 = 1 << 32;
+        assert_eq!(wide.decode(CallerLevel::L1), Err(Status::InvalidArgument));
+        let id = Request::new(Op::OwnerIdentity, buf, None).to_regs();
+        assert_eq!(id.decode(CallerLevel::L2), Err(Status::NotPermitted));
+        assert_eq!(
+            id.decode(CallerLevel::L1).map(|r| r.op.buffer_use()),
+            Ok(BufferUse::L0Writes)
+        );
     }
 
     #[test]

@@ -227,6 +227,15 @@ const SAVE_INITIAL_LEN: usize = 64 * 1024;
 /// First buffer size tried by `list`.
 const LIST_INITIAL_LEN: usize = 16 * 1024;
 
+/// L0's answer to a relayed owner message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayAnswer {
+    /// A Noise message for the client (empty after a forget).
+    Message(Vec<u8>),
+    /// L0 ended the channel's session: the `owner-end` code.
+    Ended(u8),
+}
+
 /// A connection to L0; exists only once L0 has been detected.
 #[derive(Debug)]
 pub struct Client {
@@ -341,6 +350,45 @@ impl Client {
     /// `list`: the raw list bytes; decode with [`crate::list::ListView`].
     pub fn list(&self) -> Result<Vec<u8>, Error> {
         Ok(self.call_out(Op::ListVms, None, LIST_INITIAL_LEN)?.0)
+    }
+
+    /// `owner-identity`: what owners pin (L0's identity in base64) or
+    /// `off <why>` (L1 only).
+    pub fn owner_identity(&self) -> Result<String, Error> {
+        let (text, _) = self.call_out(Op::OwnerIdentity, None, 512)?;
+        String::from_utf8(text).map_err(|_| Error::Malformed("L0's identity is not text"))
+    }
+
+    /// `owner-relay`: one owner-session message on `channel` (an empty
+    /// one: forget the channel), with `buf` (at least
+    /// [`crate::MAX_RELAY_MESSAGE`] bytes) as the exchange buffer
+    /// (L1 only).
+    pub fn owner_relay(
+        &self,
+        buf: &mut LockedBuffer,
+        channel: u32,
+        msg: &[u8],
+    ) -> Result<RelayAnswer, Error> {
+        if msg.len() > crate::MAX_RELAY_MESSAGE || buf.len() < crate::MAX_RELAY_MESSAGE {
+            return Err(Error::Malformed("relay message or buffer length"));
+        }
+        buf.as_mut_slice()[..msg.len()].copy_from_slice(msg);
+        let req = Request::owner_relay(
+            buf.guest_buffer(),
+            crate::RelayMessage {
+                channel,
+                len: msg.len(),
+            },
+        );
+        let resp = self.call(&req)?.into_result()?;
+        if resp.value != 0 {
+            return Ok(RelayAnswer::Ended(resp.value as u8));
+        }
+        let n = usize::try_from(resp.len).unwrap_or(usize::MAX);
+        let bytes = buf.as_slice().get(..n).ok_or(Error::Malformed(
+            "L0 reported more bytes than the buffer holds",
+        ))?;
+        Ok(RelayAnswer::Message(bytes.to_vec()))
     }
 
     /// A call where L0 writes the buffer: retries once with the size L0

@@ -37,7 +37,8 @@ pub mod client;
 
 pub use blob::{BlobHeader, DEVICE_CLASS_DEVICE_SET, DEVICE_CLASS_UART16550A};
 pub use call::{
-    CallerLevel, InRegs, Op, OutRegs, Request, Response, MAX_BUFFER_LEN, ULTRACALL_MAGIC,
+    CallerLevel, InRegs, Op, OutRegs, RelayMessage, Request, Response, MAX_BUFFER_LEN,
+    MAX_RELAY_MESSAGE, ULTRACALL_MAGIC,
 };
 pub use error::Error;
 pub use owner_key::{KeyAccess, OwnerKey, MAX_OWNER_KEYS};

@@ -23,7 +23,7 @@ pub struct AbiVersion {
 }
 
 /// The version this crate implements (both sides compile it in).
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 1, minor: 3 };
+pub const ABI_VERSION: AbiVersion = AbiVersion { major: 1, minor: 4 };
 
 impl AbiVersion {
     /// Packs as `major << 16 | minor`.
@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn compatibility_is_same_major() {
-        let l0 = AbiVersion { major: 1, minor: 3 };
+        let l0 = AbiVersion { major: 1, minor: 4 };
         assert!(AbiVersion { major: 1, minor: 0 }.compatible_with(l0));
         assert!(AbiVersion { major: 1, minor: 9 }.compatible_with(l0));
         assert!(!AbiVersion { major: 2, minor: 0 }.compatible_with(l0));
@@ -94,6 +94,6 @@ mod tests {
 
     #[test]
     fn display() {
-        assert_eq!(ABI_VERSION.to_string(), "1.3");
+        assert_eq!(ABI_VERSION.to_string(), "1.4");
     }
 }

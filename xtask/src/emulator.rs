@@ -53,6 +53,28 @@ pub struct Logs<'a> {
 pub struct HostSize {
     pub memory_mib: u32,
     pub cpus: u32,
+    /// A NIC (e1000, slirp) whose host port this is forwarded to the
+    /// cloud VM's relay (10.0.2.15, crate::owner_relay::RELAY_PORT).
+    pub nic: Option<u16>,
+}
+
+/// The cloud VM's address on slirp's network (its first DHCP address).
+pub const GUEST_IP: &str = "10.0.2.15";
+
+/// slirp's configuration (docs/testing.md): the guest's network and one
+/// forwarding rule from the build host's `port` to the relay.
+fn slirp_conf(port: u16) -> String {
+    format!(
+        "# slirp config\n\
+         restricted = 0\n\
+         net = 10.0.2.0\n\
+         mask = 255.255.255.0\n\
+         host = 10.0.2.2\n\
+         dhcpstart = {GUEST_IP}\n\
+         dns = 10.0.2.3\n\
+         hostfwd = tcp:127.0.0.1:{port}-{GUEST_IP}:{}\n",
+        crate::owner_relay::RELAY_PORT
+    )
 }
 
 /// Bochs's fixed instructions per emulated second (`cpu: ips=`); with
@@ -60,7 +82,19 @@ pub struct HostSize {
 pub const BOCHS_IPS: u64 = 100_000_000;
 
 fn bochsrc(iso: &Path, size: HostSize, com2_port: u16, disk: bool) -> String {
-    let HostSize { memory_mib, cpus } = size;
+    let HostSize {
+        memory_mib,
+        cpus,
+        nic,
+    } = size;
+    // The NIC in slot 1; slirp forwards the host's port to the relay.
+    let (slot, nic) = match nic {
+        Some(_) => (
+            ", slot1=e1000",
+            "e1000: enabled=1, mac=52:54:00:12:34:56, ethmod=slirp, script=slirp.conf\n",
+        ),
+        None => ("", ""),
+    };
     // The migration disk (docs/testing.md) on the secondary channel; the
     // cloud VM drives it by polled PIO, so its IRQ is never raised.
     // Port 0xE9 answers (reads 0xE9; writes go to emulator.out): a device
@@ -81,7 +115,8 @@ fn bochsrc(iso: &Path, size: HostSize, com2_port: u16, disk: bool) -> String {
          memory: guest={memory_mib}, host={memory_mib}\n\
          cpu: model=corei7_skylake_x, count={cpus}, ips={BOCHS_IPS}, reset_on_triple_fault=0, ignore_bad_msrs=1\n\
          clock: sync=none, time0=local\n\
-         pci: enabled=1, chipset=i440fx\n\
+         pci: enabled=1, chipset=i440fx{slot}\n\
+         {nic}\
          ata0-master: type=cdrom, path={}, status=inserted\n\
          boot: cdrom\n\
          panic: action=fatal\n\
@@ -96,6 +131,31 @@ fn bochsrc(iso: &Path, size: HostSize, com2_port: u16, disk: bool) -> String {
          sound: driver=dummy\n",
         iso.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nic_is_an_e1000_on_slirp_forwarding_the_port_to_the_relay() {
+        let size = |nic| HostSize {
+            memory_mib: 512,
+            cpus: 1,
+            nic,
+        };
+        let plain = bochsrc(Path::new("b.iso"), size(None), 1, false);
+        assert!(!plain.contains("e1000"));
+        let rc = bochsrc(Path::new("b.iso"), size(Some(4321)), 1, false);
+        assert!(rc.contains("pci: enabled=1, chipset=i440fx, slot1=e1000\n"));
+        assert!(rc.contains("ethmod=slirp, script=slirp.conf"));
+        let conf = slirp_conf(4321);
+        assert!(
+            conf.starts_with("# slirp config\n"),
+            "Bochs wants this first line"
+        );
+        assert!(conf.contains("hostfwd = tcp:127.0.0.1:4321-10.0.2.15:7000\n"));
+    }
 }
 
 /// Whether this host can run a VMX hypervisor under KVM.
@@ -139,6 +199,9 @@ fn spawn(
         Emulator::Bochs => {
             let rc = bochsrc(iso, size, com2_port, disk);
             fs::write(dir.join("bochsrc"), rc).map_err(|e| e.to_string())?;
+            if let Some(port) = size.nic {
+                fs::write(dir.join("slirp.conf"), slirp_conf(port)).map_err(|e| e.to_string())?;
+            }
             // Debian's Bochs has the internal debugger: tell it to run and quit.
             fs::write(dir.join("dbg.rc"), "continue\nquit\n").map_err(|e| e.to_string())?;
             let mut c = Command::new("bochs-bin");
@@ -168,6 +231,13 @@ fn spawn(
                 .args(["-device", "isa-debug-exit,iobase=0x8900,iosize=1"]);
             if disk {
                 c.args(["-drive", "file=disk.img,format=raw,if=ide,index=2"]);
+            }
+            if let Some(port) = size.nic {
+                c.args(["-device", "e1000,netdev=n0", "-netdev"])
+                    .arg(format!(
+                        "user,id=n0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:{port}-{GUEST_IP}:{}",
+                        crate::owner_relay::RELAY_PORT
+                    ));
             }
             c
         }

@@ -25,6 +25,7 @@ mod linux;
 mod operator;
 mod owner;
 mod owner_cli;
+mod owner_relay;
 mod scenario;
 mod schedule;
 mod skips;
@@ -37,7 +38,7 @@ use std::time::Duration;
 use emulator::{Emulator, Verdict};
 
 pub(crate) const USAGE: &str =
-    "usage: cargo xtask <build | run [--qemu] [--linux | --scenario NAME] [--timeout SECS] | test [host | list | scenario NAME...] | bench | console (--tcp HOST:PORT | --serial DEVICE) [--owner --key FILE --pin FINGERPRINT --tag T [--port N] [--from OFFSET] [--follow] [--break] [--add-key|--add-ro-key|--remove-key KEY]] | console --owner --gen-key FILE | deps | linux>";
+    "usage: cargo xtask <build | run [--qemu] [--linux | --scenario NAME] [--timeout SECS] | test [host | list | scenario NAME...] | bench | console (--tcp HOST:PORT | --serial DEVICE) [--owner [--relay HOST:PORT] --key FILE --pin FINGERPRINT --tag T [--port N] [--from OFFSET] [--follow] [--break] [--add-key|--add-ro-key|--remove-key KEY]] | console --owner --gen-key FILE | deps | linux>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -262,6 +263,7 @@ fn run(args: &[&str]) -> Result<(), String> {
     let size = emulator::HostSize {
         memory_mib: 512,
         cpus: 1,
+        nic: None,
     };
     let r = emulator::run(emu, &dir, &iso, size, limit, true, &mut operator, |_| {
         Verdict::Continue
@@ -464,6 +466,15 @@ const BENCH_RUNS: &[BenchRun] = &[
         want: &[
             "l2-serial-ticks-per-byte-1",
             "l2-serial-ticks-per-byte-bulk",
+            "l1-tsc-hz",
+        ],
+    },
+    BenchRun {
+        label: "owner relay",
+        scenario: "owner-relay",
+        want: &[
+            "relay-message-ticks",
+            "relay-idle-wakeups-per-10s",
             "l1-tsc-hz",
         ],
     },

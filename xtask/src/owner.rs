@@ -31,6 +31,8 @@ const ANSWER_LIMIT: Duration = Duration::from_secs(30);
 const WAIT_LIMIT: Duration = Duration::from_secs(120);
 /// Between two reads while waiting or following.
 const POLL: Duration = Duration::from_millis(100);
+/// How long a client waits before it takes silence for a dropped message.
+const DROPPED_LIMIT: Duration = Duration::from_secs(15);
 
 /// The client's randomness: the operating system's.
 pub fn os_entropy(buf: &mut [u8]) -> bool {
@@ -78,6 +80,17 @@ pub enum Expect {
     Refused(Refusal),
 }
 
+/// How a client notices what a hostile relay did to its message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detection {
+    /// L0 ends the session: the message failed authentication.
+    L0Ended,
+    /// The answer fails authentication at the client.
+    ForgedAnswer,
+    /// No answer comes ([`DROPPED_LIMIT`]).
+    NoAnswer,
+}
+
 /// One thing the client does.
 #[derive(Clone, Debug)]
 pub enum Step {
@@ -118,6 +131,17 @@ pub enum Step {
     Break {
         expect: Expect,
     },
+    /// Types through a relay that tampers with the message: the step
+    /// passes when the client notices as `detect` says, and the session
+    /// is over.
+    TypeTampered {
+        bytes: Vec<u8>,
+        detect: Detection,
+    },
+    /// A new connection to the relay (after a session a relay spoiled).
+    Reconnect,
+    /// Waits until L0's log shows this (the harness passes L0's log on).
+    WaitLog(String),
     /// Reads everything from `from` to the end L0 reports; the dump must
     /// hold `holds`, when given.
     Backlog {
@@ -170,6 +194,8 @@ pub struct OwnerClient {
     /// A retried step waits until then, and keeps its first start time.
     resume_at: Option<Instant>,
     retry_began: Option<Instant>,
+    /// The transport should connect again (a relay's [`Step::Reconnect`]).
+    reconnect: bool,
 }
 
 impl OwnerClient {
@@ -198,7 +224,13 @@ impl OwnerClient {
             patient: false,
             resume_at: None,
             retry_began: None,
+            reconnect: false,
         }
+    }
+
+    /// Whether the transport should connect again now (taken once).
+    pub fn take_reconnect(&mut self) -> bool {
+        std::mem::take(&mut self.reconnect)
     }
 
     /// Waits for the VM to register the key (see `patient`).
@@ -329,6 +361,19 @@ impl OwnerClient {
                 Vec::new()
             }
             Step::Type { bytes, .. } => self.send_request(&Request::Input(bytes)),
+            Step::TypeTampered { bytes, .. } => {
+                let shown = String::from_utf8_lossy(&bytes).trim_end().to_string();
+                self.say(&format!("typing {shown:?} through a hostile relay"));
+                self.send_request(&Request::Input(bytes))
+            }
+            Step::WaitLog(_) => Vec::new(),
+            Step::Reconnect => {
+                self.say("connecting to the relay again");
+                self.session = None;
+                self.reconnect = true;
+                self.next();
+                Vec::new()
+            }
             Step::Break { .. } => self.send_request(&Request::Break),
             Step::Backlog { from, .. } => {
                 self.dump.clear();
@@ -412,8 +457,22 @@ impl OwnerClient {
         let Some(s) = &mut self.session else { return };
         let answer = match s.answer(bytes) {
             Ok(a) => a,
-            Err(e) => return self.fail(e.to_string()),
+            Err(e) => {
+                if let Some(Step::TypeTampered {
+                    detect: Detection::ForgedAnswer,
+                    ..
+                }) = step
+                {
+                    return self.detected(&format!("{e}; the session is over"));
+                }
+                return self.fail(e.to_string());
+            }
         };
+        if let Some(Step::TypeTampered { .. }) = step {
+            return self.fail(format!(
+                "the relay tampered with the message and it was answered: {answer:?}"
+            ));
+        }
         self.pending = Pending::None;
         match (step, answer) {
             (Some(Step::Attach { patient: true, .. }), Answer::Refused(Refusal::UnknownKey))
@@ -532,9 +591,22 @@ impl OwnerClient {
         };
     }
 
+    /// The tampering was noticed as the step expected: the session is over.
+    fn detected(&mut self, what: &str) {
+        self.say(&format!("tampering detected: {what}"));
+        self.session = None;
+        self.next();
+    }
+
     fn ended(&mut self, reason: Option<EndReason>) {
         let text = reason.map_or("L0 ended the session", |r| r.text());
         match self.current.clone() {
+            Some(Step::TypeTampered {
+                detect: Detection::L0Ended,
+                ..
+            }) if reason == Some(EndReason::AuthFailed) => {
+                self.detected(&format!("L0 ended the session: {text}"))
+            }
             Some(step @ Step::Open { refused: None, .. })
                 if self.patient
                     && reason == Some(EndReason::UnknownKey)
@@ -567,6 +639,16 @@ impl LineUser for OwnerClient {
             Received::Owner(body) => body,
             Received::Log(l) if self.start_after.is_some_and(|t| l.contains(t)) => {
                 self.start_after = None;
+                return Vec::new();
+            }
+            Received::Log(l) => {
+                if let Some(Step::WaitLog(t)) = &self.current {
+                    if l.contains(t.as_str()) {
+                        let t = t.clone();
+                        self.say(&format!("L0 logged {t:?}"));
+                        self.next();
+                    }
+                }
                 return Vec::new();
             }
             _ => return Vec::new(),
@@ -602,7 +684,19 @@ impl LineUser for OwnerClient {
             }
         }
         if !matches!(self.pending, Pending::None) {
-            if self.asked_at.elapsed() > ANSWER_LIMIT {
+            let dropped = matches!(
+                self.current,
+                Some(Step::TypeTampered {
+                    detect: Detection::NoAnswer,
+                    ..
+                })
+            );
+            if dropped && self.asked_at.elapsed() > DROPPED_LIMIT {
+                self.detected(&format!(
+                    "no answer within {} s: the message was lost on the way (dropped by the relay?); the session is over",
+                    DROPPED_LIMIT.as_secs()
+                ));
+            } else if self.asked_at.elapsed() > ANSWER_LIMIT {
                 self.fail(format!(
                     "no answer from L0 within {} s",
                     ANSWER_LIMIT.as_secs()
@@ -625,6 +719,16 @@ impl LineUser for OwnerClient {
                     return Vec::new();
                 }
                 self.read_request()
+            }
+            Some(Step::WaitLog(text)) => {
+                if self.step_began.elapsed() > WAIT_LIMIT {
+                    let t = text.clone();
+                    self.fail(format!(
+                        "L0 never logged {t:?} (waited {} s)",
+                        WAIT_LIMIT.as_secs()
+                    ));
+                }
+                Vec::new()
             }
             Some(Step::Attach { tag, port, .. }) => {
                 if Instant::now() < self.next_poll {
@@ -660,6 +764,15 @@ impl LineUser for OwnerClient {
 
     fn transcript(&self) -> &str {
         &self.transcript
+    }
+
+    /// A last line the VM printed without its newline yet.
+    fn finish(&mut self) {
+        let l = std::mem::take(&mut self.partial_line);
+        if !l.is_empty() {
+            self.transcript
+                .push_str(&format!("owner| {}\n", l.trim_end_matches('\r')));
+        }
     }
 
     fn unfinished(&self) -> Option<String> {

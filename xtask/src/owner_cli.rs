@@ -1,5 +1,6 @@
 //! `cargo xtask console --owner`: a VM owner's session over a management
-//! line, from the command line (docs/console-protocol.md, "Owner
+//! line or through the cloud VM's relay (`--relay HOST:PORT`), from the
+//! command line (docs/console-protocol.md, "Owner
 //! sessions"; the client itself is crate::owner).
 
 use std::process::Command;
@@ -11,6 +12,7 @@ pub fn owner_console(args: &[&str]) -> Result<(), String> {
     use owner::{Expect, Step};
     let mut it = args.iter().copied();
     let (mut tcp, mut serial, mut key, mut pin, mut tag) = (None, None, None, None, None);
+    let mut relay = None;
     let (mut port, mut from, mut follow, mut brk, mut gen) = (0x3f8u16, None, false, false, None);
     let mut changes = Vec::new();
     while let Some(a) = it.next() {
@@ -18,6 +20,8 @@ pub fn owner_console(args: &[&str]) -> Result<(), String> {
         match a {
             "--owner" => {}
             "--tcp" => tcp = Some(value()?),
+            // A relay speaks the line's owner frames on TCP: the same client.
+            "--relay" => relay = Some(value()?),
             "--serial" => serial = Some(value()?),
             "--key" => key = Some(value()?),
             "--pin" => pin = Some(value()?),
@@ -74,6 +78,10 @@ pub fn owner_console(args: &[&str]) -> Result<(), String> {
     fn need<'a>(v: Option<&'a str>, what: &str) -> Result<&'a str, String> {
         v.ok_or(format!("--owner needs {what}\n{USAGE}"))
     }
+    if relay.is_some() && tcp.is_some() {
+        return Err(format!("give --relay or --tcp, not both\n{USAGE}"));
+    }
+    let tcp = tcp.or(relay);
     let key = owner::read_key_file(need(key, "--key FILE")?)?;
     let pin = owner::parse_pin(need(pin, "--pin FINGERPRINT")?)?;
     let tag_s = need(tag, "--tag T")?;
@@ -183,9 +191,24 @@ fn run_owner(
         (None, Some(dev)) => pump(console::MgmtLine::new(serial_line(dev)?, None), client),
         _ => {
             return Err(format!(
-                "give the line: --tcp HOST:PORT or --serial DEVICE\n{USAGE}"
+                "give the way to L0: --relay HOST:PORT, --tcp HOST:PORT or --serial DEVICE\n{USAGE}"
             ))
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_or_line_is_asked_plainly() {
+        let both = owner_console(&["--owner", "--relay", "127.0.0.1:1", "--tcp", "127.0.0.1:2"]);
+        assert!(both.unwrap_err().contains("--relay or --tcp, not both"));
+        let no_key = owner_console(&["--owner", "--relay", "127.0.0.1:1"]);
+        assert!(no_key.unwrap_err().contains("--key FILE"));
+        let no_value = owner_console(&["--owner", "--relay"]);
+        assert!(no_value.unwrap_err().contains("--relay needs a value"));
+    }
 }

@@ -1360,6 +1360,100 @@ pub fn linux() -> Vec<Scenario> {
             },
         },
         Scenario {
+            // An owner reaches alpha through the provider's network: the
+            // cloud VM has a NIC, l0-relay listens in it, and the owner's
+            // client on the build host connects through slirp's forwarded
+            // port (crate::owner_relay). Through the relay: a wrong pin is
+            // refused, the rw key attaches by tag and types a command
+            // alpha's shell answers, an ro key added through that session
+            // reads the backlog by offset and cannot type, a stranger's key
+            // is refused; then the owner ends alpha's shell. An impostor
+            // that takes alpha's tag without the owner's key is not opened
+            // by it. The relay's idle cost is measured at the end.
+            name: "owner-relay",
+            boot: Boot::L0 {
+                cmdline: "serial=com2 loglevel=info",
+                modules: |_| relay_modules("relay"),
+            },
+            limit: Duration::from_secs(600),
+            com1: &["L1INIT ok", "L1 network inet addr:10.0.2.15", "L1 starting alpha", "QEMU alpha exit=0 console-bytes=0", "L1 starting an impostor tagged alpha", "RELAY| l0-relay: listening on 0.0.0.0:7000; L0 identity 17XoHTNuV4sTuNcG6C0GHjA4yWvOZs3PUNVmuW3buhA=", "RELAY| l0-relay: connection 1 closed; ", "RELAY idle 10 s: 0 wakeups", "L1DONE"],
+            com2: &["starting the cloud VM: Linux bzImage", "owner sessions: on", "owner relay: the cloud VM's l0-relay carries owner sessions", "owner key D6poTtKIZ7l/Smot7l34zpdOdrcBjj8iocTPJnhXDyA= (ro) added by an owner", "user VM 2 registered tag alpha", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: leak([LINUX_HEALTHY.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["exit=1 ".into(), "RELAY FAIL".into()]].concat()),
+            enabled_in_ci: true,
+            disk: Disk::None,
+            cpus: 1,
+            console: ConsoleCheck {
+                expect: &[],
+                ordered: &[
+                    "owner: refused to connect: L0's identity is ",
+                    "owner: session refused as expected: L0 could not open the handshake",
+                    "owner: L0's identity is the pinned ",
+                    "owner: attached to alpha port 0x3f8 (rw, writer)",
+                    "owner: typed \"echo relay-$((6*7))-ok\"",
+                    "owner| relay-42-ok",
+                    "owner: added key D6poTtKIZ7l/Smot7l34zpdOdrcBjj8iocTPJnhXDyA= (ro); the VM holds 2",
+                    "owner: session closed",
+                    "owner: attached to alpha port 0x3f8 (ro)",
+                    "owner: backlog to offset ",
+                    "owner: type: refused as expected: this key is read-only",
+                    "owner: session refused as expected: no VM on this L0 knows this key",
+                    "owner: typed \"exit\"",
+                    "owner: L0 logged \"registered tag alpha\"",
+                    "owner: session refused as expected: no VM on this L0 knows this key",
+                ],
+                // The ro key's command never ran.
+                forbidden: &["owner: FAILED", "ro-42-typed"],
+                typed: &[],
+                follow_all: true,
+                script: None,
+            },
+        },
+        Scenario {
+            // A hostile relay: l0-relay --tamper all spoils the first typed
+            // message of its first five connections — a flipped bit, a
+            // replay, a reordered answer, a drop, an injected message. The
+            // client notices each (L0 ends the session, or the answer does
+            // not authenticate, or none comes), says so and connects again;
+            // none of the five commands reaches alpha; the sixth connection
+            // is honest and its command runs.
+            name: "relay-tamper",
+            boot: Boot::L0 {
+                cmdline: "serial=com2 loglevel=info",
+                modules: |_| relay_modules("relay-tamper"),
+            },
+            limit: Duration::from_secs(600),
+            com1: &["L1INIT ok", "L1 network inet addr:10.0.2.15", "L1 starting alpha", "QEMU alpha exit=0 console-bytes=0", "RELAY| l0-relay: tampering (flip)", "RELAY| l0-relay: tampering (replay)", "RELAY| l0-relay: tampering (reorder)", "RELAY| l0-relay: tampering (drop)", "RELAY| l0-relay: tampering (inject)", "RELAY| l0-relay: connection 5 closed", "L1DONE"],
+            com2: &["starting the cloud VM: Linux bzImage", "owner relay: the cloud VM's l0-relay carries owner sessions", "owner session", "on the relay ended: a message failed authentication", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: leak([LINUX_HEALTHY.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["exit=1 ".into(), "RELAY FAIL".into()]].concat()),
+            enabled_in_ci: true,
+            disk: Disk::None,
+            cpus: 1,
+            console: ConsoleCheck {
+                expect: &[],
+                ordered: &[
+                    "owner: typing \"echo tamper-$((1+1))-flip\" through a hostile relay",
+                    "owner: tampering detected: L0 ended the session: a message failed authentication",
+                    "owner: connecting to the relay again",
+                    "owner: typing \"echo tamper-$((1+1))-replay\" through a hostile relay",
+                    "owner: tampering detected: L0 ended the session: a message failed authentication",
+                    "owner: typing \"echo tamper-$((1+1))-reorder\" through a hostile relay",
+                    "owner: tampering detected: an answer failed authentication",
+                    "owner: typing \"echo tamper-$((1+1))-drop\" through a hostile relay",
+                    "owner: tampering detected: no answer within 15 s",
+                    "owner: typing \"echo tamper-$((1+1))-inject\" through a hostile relay",
+                    "owner: tampering detected: L0 ended the session: a message failed authentication",
+                    "owner: attached to alpha port 0x3f8 (rw, writer)",
+                    "owner| relay-42-ok",
+                    "owner: typed \"exit\"",
+                ],
+                // Nothing of a spoiled session reached alpha's shell.
+                forbidden: &["owner: FAILED", "tamper-2-"],
+                typed: &[],
+                follow_all: true,
+                script: None,
+            },
+        },
+        Scenario {
             // A static program in a Linux L2 loops over CPUID, port I/O to
             // port 0x80, MMIO to its IOAPIC and page faults for 30 s of its
             // time while the timer interrupts; its counts must check out.
@@ -1712,6 +1806,24 @@ fn tail(s: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// A Linux scenario's modules with L0's identity (the owner-console
+/// scenario's test key), for owners who pin it.
+fn relay_modules(test: &str) -> Vec<IsoModule> {
+    let mut m = crate::linux::scenario_modules(test);
+    m.push(IsoModule::inline(
+        "l0.identity",
+        crate::owner::test_keys::L0_IDENTITY_HEX.as_bytes(),
+        "l0.identity",
+    ));
+    m
+}
+
+/// A TCP port on 127.0.0.1 nobody listens on now.
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("a free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
 pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, String> {
     let dir = crate::build::target_dir().join("scenarios").join(s.name);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -1722,8 +1834,19 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
     // the emulator down itself, then stop it.
     let mut done_at: Option<std::time::Instant> = None;
     let mut bad_at: Option<std::time::Instant> = None;
+    // A networked run's forwarded port: free now (bound and let go), so
+    // two runs at once each get their own.
+    let nic = match crate::owner_relay::story(s.name) {
+        Some(_) => Some(free_port()?),
+        None => None,
+    };
     let mut user: Box<dyn LineUser> = match s.console.script {
         _ if s.name == "owner-console" => Box::new(crate::owner::scenario_client()),
+        _ if nic.is_some() => Box::new(crate::owner_relay::RelayUser::new(
+            Follower::new(s.console.typed, s.console.follow_all),
+            crate::owner_relay::story(s.name).unwrap_or_default(),
+            nic.unwrap_or_default(),
+        )),
         Some(script) => Box::new(Operator::scripted(script)),
         None => Box::new(Follower::new(s.console.typed, s.console.follow_all)),
     };
@@ -1735,6 +1858,7 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         emulator::HostSize {
             memory_mib,
             cpus: s.cpus,
+            nic,
         },
         s.limit,
         false,

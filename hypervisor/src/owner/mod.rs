@@ -1,7 +1,7 @@
 //! Owner sessions in L0 (docs/console-protocol.md, "Owner sessions"): the
 //! session logic of `owner_session::server` over the shadow registry, and
-//! the management line as its first transport. A relay in the cloud VM
-//! will carry the same frames as another transport.
+//! its two transports: the management line and the relay in the cloud VM
+//! (`l0-relay`, through the `OWNER_RELAY` ultracall).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -20,6 +20,13 @@ use crate::shadow::Shadow;
 
 /// The management line's transport number.
 pub const LINE: u8 = 0;
+/// The cloud VM's relay's transport number.
+pub const RELAY: u8 = 1;
+
+/// Sessions pushed out for a newer one whose clients have not heard it
+/// yet (their next message is answered [`EndReason::Evicted`]): at most
+/// one per session L0 can hold.
+const EVICTED_REMEMBERED: usize = owner_session::server::MAX_SESSIONS;
 
 /// The share of L0's heap the ports' output histories may take, each
 /// charged its full [`HISTORY_CAPACITY`] when it begins: an eighth (the
@@ -45,6 +52,10 @@ pub struct Owners {
     off_reason: &'static str,
     /// How many ports may keep an output history at once.
     pub max_histories: usize,
+    /// Relay sessions pushed out, not told yet (oldest first).
+    relay_evicted: Vec<u32>,
+    /// Whether the relay has been heard from (logged once).
+    relay_seen: bool,
 }
 
 impl Default for Owners {
@@ -54,6 +65,8 @@ impl Default for Owners {
             mode: ConsoleMode::Operator,
             off_reason: "no l0.identity module",
             max_histories: 0,
+            relay_evicted: Vec::new(),
+            relay_seen: false,
         }
     }
 }
@@ -75,6 +88,8 @@ impl Owners {
             mode,
             off_reason,
             max_histories: 0,
+            relay_evicted: Vec::new(),
+            relay_seen: false,
         }
     }
 
@@ -86,6 +101,70 @@ impl Owners {
                 id.fingerprint()
             ),
             None => alloc::format!("owner sessions: off ({})", self.off_reason),
+        }
+    }
+
+    /// What owners pin, as the relay passes it on: the identity in
+    /// base64, or `off <why>`.
+    pub fn relay_identity(&mut self) -> String {
+        self.note_relay();
+        match self.sessions.identity() {
+            Some(id) => id.fingerprint(),
+            None => alloc::format!("off {}", self.off_reason),
+        }
+    }
+
+    /// One message the relay carried on its `channel`: L0's answer.
+    pub fn relay_message(&mut self, sh: &mut Shadow, channel: u32, bytes: &[u8]) -> Outcome {
+        self.note_relay();
+        let ch = Channel {
+            transport: RELAY,
+            id: channel,
+        };
+        if let Some(i) = self.relay_evicted.iter().position(|&c| c == channel) {
+            self.relay_evicted.remove(i);
+            if !self.sessions.has(ch) {
+                return Outcome::End(EndReason::Evicted);
+            }
+        }
+        let mut c = ShadowConsoles {
+            sh,
+            max_histories: self.max_histories,
+        };
+        let out = self.sessions.receive(ch, bytes, &mut c);
+        if let Outcome::End(r) = out {
+            if r == EndReason::AuthFailed {
+                log::info!("owner session {channel} on the relay ended: {}", r.text());
+            } else {
+                log::debug!("owner session {channel} on the relay: {}", r.text());
+            }
+        }
+        if let Some(old) = self
+            .sessions
+            .take_evicted()
+            .filter(|c| c.transport == RELAY)
+        {
+            if self.relay_evicted.len() == EVICTED_REMEMBERED {
+                self.relay_evicted.remove(0);
+            }
+            self.relay_evicted.push(old.id);
+        }
+        out
+    }
+
+    /// The relay's connection for `channel` closed: its session ends.
+    pub fn relay_forget(&mut self, channel: u32) {
+        self.sessions.forget(Channel {
+            transport: RELAY,
+            id: channel,
+        });
+        self.relay_evicted.retain(|&c| c != channel);
+    }
+
+    fn note_relay(&mut self) {
+        if !self.relay_seen {
+            self.relay_seen = true;
+            log::info!("owner relay: the cloud VM's l0-relay carries owner sessions");
         }
     }
 

@@ -281,3 +281,99 @@ fn random_owner_frames_change_nothing_and_never_panic() {
     );
     assert_eq!(h.sh.devices.get(&ALPHA).unwrap().owner_keys().len(), 1);
 }
+
+/// A Noise message through the relay's path; L0's outcome.
+fn relay(h: &mut Host, channel: u32, msg: &[u8]) -> owner_session::server::Outcome {
+    h.con.owners.relay_message(&mut h.sh, channel, msg)
+}
+
+fn open_on_relay(h: &mut Host, private: &[u8; 32], channel: u32) -> ClientSession {
+    use owner_session::server::Outcome;
+    let l0_public = noise::public_key(&L0_PRIVATE);
+    let (mut c, hello) = ClientSession::start(private, &l0_public, entropy).unwrap();
+    match relay(h, channel, &hello) {
+        Outcome::Reply(bytes) => c.finish(&bytes).unwrap(),
+        other => panic!("{other:?}"),
+    }
+    c
+}
+
+fn ask_on_relay(h: &mut Host, c: &mut ClientSession, channel: u32, r: Request) -> Answer {
+    use owner_session::server::Outcome;
+    let m = c.request(&r).unwrap();
+    match relay(h, channel, &m) {
+        Outcome::Reply(bytes) => c.answer(&bytes).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_relay_carries_sessions_apart_from_the_lines() {
+    use owner_session::server::Outcome;
+    let mut h = host(ConsoleMode::Owners, Some(Some(L0_PRIVATE)));
+    let fp = alloc::format!("{}", OwnerKey(noise::public_key(&L0_PRIVATE)));
+    assert_eq!(h.con.owners.relay_identity(), fp);
+    let rw = [1u8; 32];
+    alpha(&mut h, &rw);
+    // Channel 4 on the line and channel 4 on the relay are two sessions.
+    let mut on_line = open(&mut h, &rw, 4);
+    let mut on_relay = open_on_relay(&mut h, &rw, 4);
+    assert!(matches!(
+        ask_on_relay(&mut h, &mut on_relay, 4, attach()),
+        Answer::Attached { writer: true, .. }
+    ));
+    assert!(matches!(
+        ask(&mut h, &mut on_line, 4, attach()),
+        Answer::Attached { writer: false, .. }
+    ));
+    assert_eq!(
+        ask_on_relay(&mut h, &mut on_relay, 4, Request::Input(b"x".to_vec())),
+        Answer::Taken(1)
+    );
+    assert_eq!(h.sh.io(ALPHA, 0x3f8 + RBR as u16, None), b'x');
+    // A flipped bit on the relay ends the relay's session alone, and
+    // nothing of it reaches the VM.
+    let mut m = on_relay.request(&Request::Input(b"y".to_vec())).unwrap();
+    m[3] ^= 1;
+    assert_eq!(relay(&mut h, 4, &m), Outcome::End(EndReason::AuthFailed));
+    assert_eq!(h.sh.io(ALPHA, 0x3fd, None) & LSR_DR, 0);
+    assert!(matches!(
+        ask(&mut h, &mut on_line, 4, Request::Read { from: 0, max: 10 }),
+        Answer::Output { .. }
+    ));
+    // The relay's connection closes: L0 forgets its session; the
+    // channel's next message is a handshake again.
+    let mut again = open_on_relay(&mut h, &rw, 5);
+    h.con.owners.relay_forget(5);
+    let m = again.request(&Request::Read { from: 0, max: 10 }).unwrap();
+    assert_eq!(
+        relay(&mut h, 5, &m),
+        Outcome::End(EndReason::HandshakeFailed)
+    );
+}
+
+#[test]
+fn a_relay_session_pushed_out_hears_why_at_its_next_message() {
+    use owner_session::server::{Outcome, MAX_SESSIONS};
+    let mut h = host(ConsoleMode::Owners, Some(Some(L0_PRIVATE)));
+    let off = h.con.owners.relay_identity();
+    assert!(!off.starts_with("off "), "{off}");
+    let rw = [1u8; 32];
+    alpha(&mut h, &rw);
+    let mut first = open_on_relay(&mut h, &rw, 100);
+    for ch in 0..MAX_SESSIONS as u32 {
+        let _ = open_on_relay(&mut h, &rw, ch);
+    }
+    let m = first.request(&Request::Read { from: 0, max: 10 }).unwrap();
+    assert_eq!(relay(&mut h, 100, &m), Outcome::End(EndReason::Evicted));
+    // Told once; after that the channel is a new handshake.
+    assert_eq!(
+        relay(&mut h, 100, &m),
+        Outcome::End(EndReason::HandshakeFailed)
+    );
+    let mut no_identity = host(ConsoleMode::Owners, None);
+    assert_eq!(
+        no_identity.con.owners.relay_identity(),
+        "off no l0.identity module"
+    );
+}

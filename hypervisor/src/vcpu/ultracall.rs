@@ -6,7 +6,8 @@
 
 use alloc::vec;
 
-use ultracall_abi::{CallerLevel, InRegs, Op, Request, Response, Status};
+use owner_session::server::Outcome;
+use ultracall_abi::{CallerLevel, InRegs, Op, Request, Response, Status, MAX_RELAY_MESSAGE};
 
 use super::{Platform, Vcpu};
 use crate::arch::run::GuestRegs;
@@ -221,6 +222,53 @@ impl Vcpu {
                 }
                 _ => Response::error(Status::InvalidArgument),
             },
+            Op::OwnerIdentity => {
+                let text = m.console.owners.relay_identity();
+                if text.len() as u64 > buf.len {
+                    return Response::too_small(text.len() as u64);
+                }
+                match walk::write_virt(p.mem(), &s.paging, buf.va, text.as_bytes(), access) {
+                    Ok(()) => Response::ok(text.len() as u64, 0),
+                    Err(f) => Response::error(buffer_status(f)),
+                }
+            }
+            Op::OwnerRelay => {
+                let Some(relayed) = req.relay else {
+                    return Response::error(Status::Internal);
+                };
+                if relayed.len == 0 {
+                    m.console.owners.relay_forget(relayed.channel);
+                    return Response::ok(0, 0);
+                }
+                // Room for any answer, checked before L0 acts on the message.
+                if buf.len < MAX_RELAY_MESSAGE as u64 {
+                    return Response::too_small(MAX_RELAY_MESSAGE as u64);
+                }
+                // The whole answer's room is read and written back as it
+                // was before the session moves on: a buffer L0 could not
+                // answer into fails here, with nothing acted on.
+                let mut room = vec![0u8; MAX_RELAY_MESSAGE];
+                if let Err(f) = walk::read_virt(p.mem(), &s.paging, buf.va, &mut room, access) {
+                    return Response::error(buffer_status(f));
+                }
+                if let Err(f) = walk::write_virt(p.mem(), &s.paging, buf.va, &room, access) {
+                    return Response::error(buffer_status(f));
+                }
+                let msg = &room[..relayed.len];
+                match m
+                    .console
+                    .owners
+                    .relay_message(&mut m.shadow, relayed.channel, msg)
+                {
+                    Outcome::Reply(answer) => {
+                        match walk::write_virt(p.mem(), &s.paging, buf.va, &answer, access) {
+                            Ok(()) => Response::ok(answer.len() as u64, 0),
+                            Err(f) => Response::error(buffer_status(f)),
+                        }
+                    }
+                    Outcome::End(r) => Response::ok(0, r as u64),
+                }
+            }
             Op::TakeIrqs => match m.shadow.take_irqs() {
                 Some((vmcs, edges, levels)) => {
                     *rdi = Some(levels as u64);

@@ -131,6 +131,8 @@ pub fn prefix(level: Level, r: &[u64; 9]) -> Result<Op, Status> {
         6 => Op::SetIrqRelay,
         7 => Op::TakeIrqs,
         8 => Op::OwnerKeyAdd,
+        9 => Op::OwnerRelay,
+        10 => Op::OwnerIdentity,
         _ => return Err(Status::UnknownOp),
     };
     let major_ok = r[RDX] >> 32 == 0 && r[RDX] >> 16 == 1;
@@ -139,14 +141,23 @@ pub fn prefix(level: Level, r: &[u64; 9]) -> Result<Op, Status> {
     }
     let l1_only = matches!(
         op,
-        Op::SaveDevices | Op::RestoreDevices | Op::ListVms | Op::SetIrqRelay | Op::TakeIrqs
+        Op::SaveDevices
+            | Op::RestoreDevices
+            | Op::ListVms
+            | Op::SetIrqRelay
+            | Op::TakeIrqs
+            | Op::OwnerRelay
+            | Op::OwnerIdentity
     );
     match (op, level) {
         (Op::RegisterTag | Op::OwnerKeyAdd, Level::L1) => return Err(Status::NotPermitted),
         (_, Level::L2) if l1_only => return Err(Status::NotPermitted),
         _ => {}
     }
-    let buffered = matches!(op, Op::SaveDevices | Op::RestoreDevices | Op::ListVms);
+    let buffered = matches!(
+        op,
+        Op::SaveDevices | Op::RestoreDevices | Op::ListVms | Op::OwnerRelay | Op::OwnerIdentity
+    );
     if buffered && r[RDI] > MAX_BUFFER_LEN as u64 {
         return Err(Status::BufferTooLarge);
     }
@@ -161,12 +172,19 @@ pub fn prefix(level: Level, r: &[u64; 9]) -> Result<Op, Status> {
             return Err(Status::OwnerKeyInvalid);
         }
     }
+    // The relay's channel is a u32, its message at most 560 bytes.
+    if op == Op::OwnerRelay && (r[R8] > u64::from(u32::MAX) || r[R8 + 1] > 560) {
+        return Err(Status::InvalidArgument);
+    }
     if buffered && r[RDI] > 0 && (!canonical(r[RSI]) || !canonical(r[RSI].wrapping_add(r[RDI] - 1)))
     {
         return Err(Status::BufferFault);
     }
     Ok(op)
 }
+
+/// What `OWNER_IDENTITY` writes on an L0 without an identity module.
+pub const OWNER_SESSIONS_OFF: &str = "off no l0.identity module";
 
 /// The VM-list size for `vms` VMs with four UARTs each (list format 1).
 pub fn list_len(vms: u64) -> u64 {
@@ -300,6 +318,29 @@ impl Model {
             // buffer address, see `gen`), so no key is ever added and the
             // sealed size stays the one learned at the start.
             Op::OwnerKeyAdd => is(Status::Internal),
+            // The fuzzed L0 has no identity module: it says why sessions
+            // are off, and ends every relayed session with `off` (4).
+            Op::OwnerIdentity => {
+                let n = OWNER_SESSIONS_OFF.len() as u64;
+                if len < n {
+                    too_small(n)
+                } else if unmapped {
+                    is(Status::BufferFault)
+                } else {
+                    ok(n, 0)
+                }
+            }
+            Op::OwnerRelay => {
+                if r[R8 + 1] == 0 {
+                    ok(0, 0) // the relay's connection closed: nothing to read
+                } else if len < 560 {
+                    too_small(560)
+                } else if unmapped {
+                    is(Status::BufferFault)
+                } else {
+                    ok(0, 4)
+                }
+            }
             Op::ListVms => {
                 let n = list_len(n_vms);
                 if len < n {
@@ -398,7 +439,8 @@ impl Model {
 fn pick_op(rng: &mut Rng) -> u64 {
     match rng.below(12) {
         0 => 0,
-        1 => 9 + rng.below(4),
+        // The relay's two operations, then the next unassigned numbers.
+        1 => 9 + rng.below(6),
         2 => rng.next(),
         3 => 1 << 32 | (1 + rng.below(8)),
         n => 1 + (n - 4) % 8,

@@ -1,8 +1,8 @@
 //! The initramfs of the cloud VM (L1) and of the user VMs (L2).
 //!
 //! L2: busybox-static and tests/linux/init-l2.
-//! L1: busybox-static, tests/linux/init, the `ultracall` CLI and the clock
-//! probe (both static Rust), Debian's unmodified `qemu-system-x86_64` with
+//! L1: busybox-static, tests/linux/init, the `ultracall` CLI, `l0-relay`
+//! and the clock probe (static Rust), Debian's unmodified `qemu-system-x86_64` with
 //! every library `ldd` names plus the dynamic loader, the firmware QEMU
 //! loads for the L2 command line (found by running QEMU itself, below),
 //! and the L2 kernel and initramfs under /l2.
@@ -322,11 +322,14 @@ pub fn ensure(kernel: &Path) -> Result<Initramfs, String> {
     l2.add("bin/probe", file(read(&probe)?, true));
     let l2_path = cached_lz4("l2", &l2.to_bytes())?;
 
+    // The owner-session relay the provider runs in the cloud VM.
+    let relay = static_tool(&["-p", "l0-relay", "--bin", "l0-relay"], "l0-relay")?;
     let mut l1 = Archive::default();
     add_busybox(&mut l1)?;
     l1.add("init", file(read(&tests.join("init"))?, true));
     l1.add("bin/probe", file(read(&probe)?, true));
     l1.add("bin/ultracall", file(read(&ultracall)?, true));
+    l1.add("bin/l0-relay", file(read(&relay)?, true));
     l1.add(QEMU, file(read(Path::new(QEMU))?, true));
     let libs = ldd(QEMU, None)?;
     for lib in &libs {

@@ -1,0 +1,310 @@
+//! Owners through the cloud VM's relay in the scenarios: the cloud VM
+//! has a NIC (Bochs's e1000 with slirp), `l0-relay` listens in it, and
+//! the owner's client (crate::owner) connects from the build host through
+//! the forwarded port, as an owner would over the internet. L0's line is
+//! followed by the harness as in every scenario, beside it.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use owner_session::message::Refusal;
+use owner_session::noise;
+use owner_session::server::EndReason;
+use ultracall_abi::{KeyAccess, OwnerKey, VmTag};
+
+use crate::console::{Follower, LineUser, MgmtLine, Received};
+use crate::owner::test_keys::*;
+use crate::owner::{Detection, Expect, OwnerClient, Step};
+
+/// The relay's port in the cloud VM (the slirp rule forwards to it).
+pub const RELAY_PORT: u16 = 7000;
+
+/// L0's log line when the relay first calls: it is listening by then.
+pub const RELAY_UP: &str = "owner relay: the cloud VM's l0-relay carries owner sessions";
+/// L0's log line when alpha has registered its owner's key (the client
+/// begins then: a Linux user VM under Bochs takes a while to boot).
+const KEY_SET: &str = " set owner key ";
+
+/// The scenarios whose cloud VM has a NIC, and their owner's story.
+pub fn story(name: &str) -> Option<Vec<Step>> {
+    match name {
+        "owner-relay" => Some(owner_relay()),
+        "relay-tamper" => Some(relay_tamper()),
+        _ => None,
+    }
+}
+
+fn alpha() -> VmTag {
+    VmTag::new(b"alpha").unwrap()
+}
+
+fn attach(expect: Expect, patient: bool) -> Step {
+    Step::Attach {
+        tag: alpha(),
+        port: 0x3f8,
+        expect,
+        patient,
+    }
+}
+
+fn pk(k: &[u8; 32]) -> [u8; 32] {
+    noise::public_key(k)
+}
+
+fn open(key: [u8; 32], refused: Option<EndReason>) -> Step {
+    Step::Open {
+        key,
+        pin: pk(&L0_IDENTITY),
+        refused,
+    }
+}
+
+fn check_pin() -> Step {
+    Step::CheckPin {
+        pin: pk(&L0_IDENTITY),
+        matches: true,
+    }
+}
+
+fn typed(text: &str) -> Step {
+    Step::Type {
+        bytes: text.as_bytes().to_vec(),
+        expect: Expect::Ok,
+    }
+}
+
+/// `owner-relay`: what owner-console does on the line, through the relay.
+fn owner_relay() -> Vec<Step> {
+    vec![
+        // A wrong pin: refused before and by the handshake.
+        Step::CheckPin {
+            pin: pk(&OTHER_L0),
+            matches: false,
+        },
+        Step::Open {
+            key: RW,
+            pin: pk(&OTHER_L0),
+            refused: Some(EndReason::HandshakeFailed),
+        },
+        check_pin(),
+        open(RW, None),
+        attach(Expect::Ok, true),
+        Step::Seek(0),
+        Step::WaitFor("alpha# ".into()),
+        typed("echo relay-$((6*7))-ok\r"),
+        // The whole line, so the transcript holds it.
+        Step::WaitFor("relay-42-ok\r\n".into()),
+        Step::AddKey {
+            key: OwnerKey(pk(&RO)),
+            access: KeyAccess::ReadOnly,
+        },
+        Step::Close,
+        // The ro owner follows the same port and cannot type.
+        open(RO, None),
+        attach(Expect::Ok, false),
+        Step::Backlog {
+            from: 0,
+            holds: Some("relay-42-ok".into()),
+        },
+        Step::Type {
+            bytes: b"echo ro-$((6*7))-typed\r".to_vec(),
+            expect: Expect::Refused(Refusal::ReadOnly),
+        },
+        Step::Close,
+        // A key no VM registered.
+        open(STRANGER, Some(EndReason::UnknownKey)),
+        // The owner ends alpha's shell.
+        open(RW, None),
+        attach(Expect::Ok, false),
+        typed("exit\r"),
+        Step::Close,
+        // The connection closes: the relay reports what it cost L0.
+        Step::Reconnect,
+        // An impostor: L1 starts another user VM that takes alpha's tag
+        // but never registered the owner's key; the owner's key does not
+        // open it.
+        Step::WaitLog("registered tag alpha".into()),
+        check_pin(),
+        open(RW, Some(EndReason::UnknownKey)),
+    ]
+}
+
+/// `relay-tamper`: the relay (`--tamper all`) spoils the first typed
+/// message of each of its first five connections, one way each; the
+/// client notices every time and connects again; the sixth is honest.
+fn relay_tamper() -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (mode, detect) in [
+        ("flip", Detection::L0Ended),
+        ("replay", Detection::L0Ended),
+        ("reorder", Detection::ForgedAnswer),
+        ("drop", Detection::NoAnswer),
+        ("inject", Detection::L0Ended),
+    ] {
+        steps.extend([
+            check_pin(),
+            open(RW, None),
+            attach(Expect::Ok, true),
+            // A read first, so the relay has an answer to misplace.
+            Step::Seek(0),
+            Step::WaitFor("alpha# ".into()),
+            Step::TypeTampered {
+                bytes: format!("echo tamper-$((1+1))-{mode}\r").into_bytes(),
+                detect,
+            },
+            Step::Reconnect,
+        ]);
+    }
+    steps.extend([
+        check_pin(),
+        open(RW, None),
+        attach(Expect::Ok, false),
+        typed("echo relay-$((6*7))-ok\r"),
+        // The whole line, so the transcript holds it.
+        Step::WaitFor("relay-42-ok\r\n".into()),
+        typed("exit\r"),
+        Step::Close,
+    ]);
+    steps
+}
+
+/// The harness's side of a networked run: the line's follower, and the
+/// owner's client on a TCP connection to the forwarded port, opened once
+/// L0 says the relay is up and alpha has its owner's key (slirp accepts
+/// on the host side at once, so a connection alone proves nothing).
+pub struct RelayUser {
+    line: Follower,
+    client: OwnerClient,
+    port: u16,
+    tcp: Option<MgmtLine<TcpStream>>,
+    relay_up: bool,
+    key_set: bool,
+    transcript: String,
+    connect_failed_at: Option<Instant>,
+}
+
+impl RelayUser {
+    pub fn new(line: Follower, steps: Vec<Step>, port: u16) -> Self {
+        RelayUser {
+            line,
+            client: OwnerClient::new(steps, false).patient(),
+            port,
+            tcp: None,
+            relay_up: false,
+            key_set: false,
+            transcript: String::new(),
+            connect_failed_at: None,
+        }
+    }
+
+    fn connect(&mut self) {
+        if self
+            .connect_failed_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        match TcpStream::connect(("127.0.0.1", self.port)) {
+            Ok(s) if s.set_nonblocking(true).is_ok() => {
+                let _ = s.set_nodelay(true);
+                self.tcp = Some(MgmtLine::new(s, None));
+            }
+            _ => self.connect_failed_at = Some(Instant::now()),
+        }
+    }
+
+    fn update_transcript(&mut self) {
+        self.transcript = format!("{}{}", self.line.transcript(), self.client.transcript());
+    }
+}
+
+impl LineUser for RelayUser {
+    fn received(&mut self, r: Received) -> Vec<String> {
+        if let Received::Log(l) = &r {
+            self.relay_up |= l.contains(RELAY_UP);
+            self.key_set |= l.contains(KEY_SET);
+            // The client waits for some of L0's log lines.
+            self.client.received(Received::Log(l.clone()));
+        }
+        self.line.received(r)
+    }
+
+    fn tick(&mut self) -> Vec<String> {
+        if self.client.take_reconnect() {
+            self.tcp = None;
+        }
+        if self.relay_up && self.key_set && self.tcp.is_none() {
+            self.connect();
+        }
+        if let Some(tcp) = &mut self.tcp {
+            for r in tcp.poll() {
+                if let Received::Owner(_) | Received::Bad(_) = r {
+                    self.client.received(r);
+                }
+            }
+            let out = self.client.tick();
+            for body in out {
+                if tcp.send(&body).is_err() {
+                    break;
+                }
+            }
+            if tcp.closed() {
+                self.tcp = None;
+            }
+        }
+        self.update_transcript();
+        self.line.tick()
+    }
+
+    fn transcript(&self) -> &str {
+        &self.transcript
+    }
+
+    fn finish(&mut self) {
+        self.line.finish();
+        self.client.finish();
+        self.update_transcript();
+    }
+
+    fn unfinished(&self) -> Option<String> {
+        self.client.unfinished().or_else(|| self.line.unfinished())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readiness_line_is_the_one_l0_logs() {
+        let src = std::fs::read_to_string(crate::build::root().join("hypervisor/src/owner/mod.rs"))
+            .unwrap();
+        assert!(src.contains(RELAY_UP), "L0 no longer logs {RELAY_UP:?}");
+        let ultracalls =
+            std::fs::read_to_string(crate::build::root().join("hypervisor/src/vcpu/ultracall.rs"))
+                .unwrap();
+        assert!(ultracalls.contains("user VM {vm} set owner key {key}"));
+    }
+
+    #[test]
+    fn networked_scenarios_have_a_story_and_the_tamper_one_detects_five_ways() {
+        for s in crate::scenario::all() {
+            let networked = story(s.name).is_some();
+            assert_eq!(
+                networked,
+                matches!(s.name, "owner-relay" | "relay-tamper"),
+                "{}",
+                s.name
+            );
+        }
+        let tampered = relay_tamper()
+            .iter()
+            .filter(|s| matches!(s, Step::TypeTampered { .. }))
+            .count();
+        let reconnects = relay_tamper()
+            .iter()
+            .filter(|s| matches!(s, Step::Reconnect))
+            .count();
+        assert_eq!((tampered, reconnects), (5, 5));
+    }
+}
