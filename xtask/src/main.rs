@@ -416,6 +416,16 @@ const PEER_FIGURES: &[&str] = &[
     "l2-tsc-khz-by-pit",
 ];
 
+/// A busy user VM's live migration in L1, KVM's dirty logging with PML
+/// or without: its exits to KVM meanwhile, and how long it took.
+const DIRTY_FIGURES: &[&str] = &[
+    "dirty-log-l2-exits",
+    "dirty-log-l2-exits-per-sync",
+    "dirty-log-migration-ticks",
+    "dirty-log-migration-ms",
+    "dirty-log-sync-rounds",
+];
+
 const BENCH_RUNS: &[BenchRun] = &[
     BenchRun {
         label: "native (Bochs VMX)",
@@ -487,6 +497,16 @@ const BENCH_RUNS: &[BenchRun] = &[
         label: "peer: L0 bottom",
         scenario: "linux-peer-bench-l0",
         want: PEER_FIGURES,
+    },
+    BenchRun {
+        label: "dirty log, KVM PML",
+        scenario: "linux-dirty-bench",
+        want: DIRTY_FIGURES,
+    },
+    BenchRun {
+        label: "dirty log, no PML",
+        scenario: "linux-dirty-bench-nopml",
+        want: DIRTY_FIGURES,
     },
     BenchRun {
         label: "migration, host A",
@@ -703,6 +723,30 @@ fn bench() -> Result<(), String> {
                 );
             }
         }
+    }
+    // Dirty logging (issue 18): what a busy user VM's migration costs
+    // the cloud VM with KVM's PML (L0 emulates it) and without.
+    if let (Some(pml), Some(wp)) = (
+        fig("dirty log, KVM PML", "dirty-log-l2-exits"),
+        fig("dirty log, no PML", "dirty-log-l2-exits"),
+    ) {
+        let f = |c: &str, n: &str| fig(c, n).unwrap_or(0.0);
+        let (on, off) = ("dirty log, KVM PML", "dirty log, no PML");
+        println!(
+            "Migrating a user VM that writes 16 MiB round after round for 10 s: its exits to KVM in L1 during the migration {pml} with PML, {wp} without (write protection)"
+        );
+        let (s_on, s_off) = (
+            f(on, "dirty-log-l2-exits-per-sync"),
+            f(off, "dirty-log-l2-exits-per-sync"),
+        );
+        println!(
+            "  per pass of the dirty log: {s_on} with PML, {s_off} without: {:.2}x; {} and {} passes, the migration {} ms and {} ms",
+            s_off / s_on.max(1.0),
+            f(on, "dirty-log-sync-rounds"),
+            f(off, "dirty-log-sync-rounds"),
+            f(on, "dirty-log-migration-ms"),
+            f(off, "dirty-log-migration-ms")
+        );
     }
     // Migration: L0's share of QEMU's downtime is the save VMCALL alone;
     // the manager waits for the whole `ultracall save` command.

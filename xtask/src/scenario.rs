@@ -1653,6 +1653,35 @@ pub fn linux() -> Vec<Scenario> {
             disk: Disk::From("migrate-source"),
             cpus: 1,
         },
+        // What dirty logging for a live migration costs the cloud VM
+        // (`cargo xtask bench`, issue 18): a user VM writing memory
+        // without pause is migrated by QEMU/KVM in L1, whose KVM logs
+        // the writes with PML (L0's emulation over EPT A/D flags) or,
+        // with `kvm_intel.pml=0`, by write-protecting the VM's pages.
+        Scenario {
+            name: "linux-dirty-bench",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| crate::linux::scenario_modules("dirty-bench") },
+            limit: Duration::from_secs(1200),
+            com1: &["L1INIT ok", "KVM ept=Y", "eptad=Y pml=Y", "BENCH dirty-log-l2-exits ", "QEMU busy exit=", "L1DONE"],
+            com2: &["registered tag busy", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: leak([LINUX_HEALTHY.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["BENCH FAIL".into()]].concat()),
+            enabled_in_ci: false,
+            console: NO_CONSOLE,
+            disk: Disk::None,
+            cpus: 1,
+        },
+        Scenario {
+            name: "linux-dirty-bench-nopml",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| crate::linux::scenario_modules_with("dirty-bench", "kvm_intel.pml=0") },
+            limit: Duration::from_secs(1200),
+            com1: &["L1INIT ok", "KVM ept=Y", "eptad=Y pml=N", "BENCH dirty-log-l2-exits ", "QEMU busy exit=", "L1DONE"],
+            com2: &["registered tag busy", "cloud VM requested shutdown", "L0 integrity OK"],
+            forbidden: leak([LINUX_HEALTHY.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["BENCH FAIL".into()]].concat()),
+            enabled_in_ci: false,
+            console: NO_CONSOLE,
+            disk: Disk::None,
+            cpus: 1,
+        },
         // The peer benchmark (`cargo xtask bench`, issue 7): the same cloud
         // VM and user-VM workload on L0 and on the peer bottom, Linux/KVM
         // booted directly by the emulator; figures from the cloud VM's and

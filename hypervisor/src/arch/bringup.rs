@@ -129,7 +129,9 @@ pub fn cloud_vm(
     let shadow_bitmaps = (offer_vmx
         && vcaps.allows(caps::Control::Secondary, caps::secondary::VMCS_SHADOWING))
     .then(|| {
-        let (read, write) = nested::shadow_vmcs::bitmaps();
+        let pml_index =
+            nested::shadow_vmcs::pml_index_shadowed(&nested::caps::NestedCaps::new(vcaps));
+        let (read, write) = nested::shadow_vmcs::bitmaps(pml_index);
         let (rp, wp) = (
             alloc_frames(1, "VMREAD bitmap"),
             alloc_frames(1, "VMWRITE bitmap"),

@@ -78,10 +78,12 @@ const ENTRY: u32 =
     entry::LOAD_DEBUG_CONTROLS | entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
 
 /// EPT/VPID capabilities L0 emulates (SDM A.10): execute-only, 4-level
-/// walks, UC and WB, 2 MiB and 1 GiB pages, INVEPT single/all-context,
-/// INVVPID of all four types. Not A/D flags (EPT02 would have to set them
-/// in EPT12).
+/// walks, UC and WB, 2 MiB and 1 GiB pages, accessed and dirty flags (L0
+/// sets them in EPT12, nested/ept_ad.rs, with the CPU's own flags in EPT02
+/// making its page walks count as writes), INVEPT single/all-context,
+/// INVVPID of all four types.
 const EPT_VPID: u64 = ept_vpid::EXECUTE_ONLY
+    | ept_vpid::ACCESSED_DIRTY
     | ept_vpid::WALK_4_LEVELS
     | ept_vpid::MEMORY_TYPE_UC
     | ept_vpid::MEMORY_TYPE_WB
@@ -148,6 +150,15 @@ impl NestedCaps {
         let vid = host_may2
             & (secondary::VIRTUAL_INTERRUPT_DELIVERY | secondary::APIC_REGISTER_VIRT)
             == secondary::VIRTUAL_INTERRUPT_DELIVERY | secondary::APIC_REGISTER_VIRT;
+        // Page-modification logging is L0's, in software (it logs the
+        // dirty flags L0 sets in EPT12), offered with EPT A/D flags and
+        // where the CPU has PML too: the shadow VMCS holds the PML index
+        // for L1 (shadow_vmcs.rs), which needs the field to exist.
+        let pml = if host.ept_vpid & ept_vpid::ACCESSED_DIRTY != 0 {
+            secondary::ENABLE_PML
+        } else {
+            0
+        };
         let soft = |word: u64, bits: u32| {
             if vid {
                 word | (bits as u64) << 32
@@ -163,7 +174,7 @@ impl NestedCaps {
                 | basic::TRUE_CONTROLS,
             pin: soft(ctl(host.pin, PIN), PIN_SOFT),
             primary: soft(ctl(host.primary, PRIMARY), PRIMARY_SOFT),
-            secondary: ctl(host.secondary, SECONDARY),
+            secondary: ctl(host.secondary, SECONDARY | pml),
             exit: ctl(host.exit, EXIT),
             entry: ctl(host.entry, ENTRY),
             // Activity state HLT only; VMWRITE to any field.
@@ -266,10 +277,9 @@ mod tests {
         assert!(!m.allows(Control::Pin, pin::POSTED_INTERRUPTS));
         assert_eq!(m.msr(IA32_VMX_PROCBASED_CTLS3), None);
         assert!(n.allows(Control::Pin, pin::PREEMPTION_TIMER));
-        // VMCS shadowing, PML, EPT-violation #VE, TSC scaling, VMFUNC: hidden.
+        // VMCS shadowing, EPT-violation #VE, TSC scaling, VMFUNC: hidden.
         for bit in [
             secondary::VMCS_SHADOWING,
-            secondary::ENABLE_PML,
             secondary::EPT_VIOLATION_VE,
             secondary::TSC_SCALING,
             secondary::ENABLE_VMFUNC,
@@ -280,7 +290,19 @@ mod tests {
             Control::Secondary,
             secondary::ENABLE_EPT | secondary::UNRESTRICTED_GUEST | secondary::ENABLE_VPID
         ));
-        assert_eq!(n.ept_vpid & ept_vpid::ACCESSED_DIRTY, 0, "no EPT A/D");
+        // EPT A/D flags and PML (software) where the CPU has EPT A/D.
+        assert_ne!(n.ept_vpid & ept_vpid::ACCESSED_DIRTY, 0, "EPT A/D");
+        assert!(n.allows(Control::Secondary, secondary::ENABLE_PML));
+        let mut no_ad = bochs();
+        no_ad.ept_vpid &= !ept_vpid::ACCESSED_DIRTY;
+        let m = NestedCaps::new(&no_ad);
+        assert_eq!(m.ept_vpid & ept_vpid::ACCESSED_DIRTY, 0);
+        assert!(!m.allows(Control::Secondary, secondary::ENABLE_PML));
+        let mut no_pml = bochs();
+        no_pml.secondary &= !((secondary::ENABLE_PML as u64) << 32);
+        let m = NestedCaps::new(&no_pml);
+        assert_ne!(m.ept_vpid & ept_vpid::ACCESSED_DIRTY, 0);
+        assert!(!m.allows(Control::Secondary, secondary::ENABLE_PML));
         assert_ne!(
             n.ept_vpid & (ept_vpid::INVEPT_SINGLE_CONTEXT | ept_vpid::INVEPT_ALL_CONTEXT),
             0

@@ -219,6 +219,12 @@ pub fn check_controls(v: &Vmcs12, c: &CheckCtx) -> Result<(), EntryFailure> {
         proc2 & secondary::UNRESTRICTED_GUEST != 0 && proc2 & secondary::ENABLE_EPT == 0,
         control
     );
+    // "Enable PML" needs EPT and a 4 KiB-aligned PML address below
+    // MAXPHYADDR (SDM 27.2.1.1).
+    if proc2 & secondary::ENABLE_PML != 0 {
+        cc!(proc2 & secondary::ENABLE_EPT == 0, control);
+        cc!(!c.addr_ok(v.get(F::PML_ADDRESS), 4096, 4096), control);
+    }
 
     // VM-exit controls (SDM 27.2.1.2).
     cc!(!caps.control_ok(Control::Exit, exitc), control);

@@ -6,6 +6,7 @@
 
 use super::checks::{self, CheckCtx, EntryFailure};
 use super::context::{Flow, NestedCtx, NestedHw};
+use super::ept12::EPTP_ACCESSED_DIRTY;
 use super::instr::{err, Outcome as Instr};
 use super::l1_state::{apply, l1_mode};
 use super::prepare::{self, L0Part};
@@ -137,7 +138,9 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
                     if evicted {
                         self.hw.invept_all();
                     }
-                    ept::eptp(root, false)
+                    // With EPT12's A/D flags, the CPU's walks of L2's
+                    // page tables reach L0 as writes (ept_ad.rs).
+                    ept::eptp(root, v12.get(F::EPT_POINTER) & EPTP_ACCESSED_DIRTY != 0)
                 }
                 Err(_) => return Entry::NotEntered(Flow::Stop("out of memory for EPT02 tables")),
             }

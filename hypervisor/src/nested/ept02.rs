@@ -18,11 +18,13 @@ use alloc::vec::Vec;
 use boot::memmap::RangeSet;
 
 use super::context::{Flow, NestedCtx, NestedHw};
-use super::ept12::{self, Ept12Fault, EptAccess};
+use super::ept12::{self, Ept12Fault, EptAccess, Leaf12, EPTP_ACCESSED_DIRTY};
+use super::ept_ad::{self, Marked, Pml};
 use super::VmcsSet;
 use crate::guest_mem::GuestMemory;
 use crate::mm::paging::{MapError, TableMemory, ADDR_MASK};
-use crate::vmx::ept::{LARGE, RWX};
+use crate::vmx::caps::secondary;
+use crate::vmx::ept::{LARGE, RWX, WRITE as W};
 use crate::vmx::exit::{reason, ExitInfo};
 use crate::vmx::{Field as F, Vmcs};
 
@@ -45,7 +47,9 @@ pub fn default_cap(l0_mem: u64, cpus: usize) -> usize {
 const DEFAULT_CAP: usize = 1024;
 
 struct Entry {
-    /// EPT12 root address (EPTP12 bits 51:12).
+    /// EPT12 root address (EPTP12 bits 51:12) and A/D enable (bit 6): a
+    /// shadow built without A/D flags grants writes EPT12's dirty flags
+    /// would withhold, so the two never share one.
     root12: u64,
     root02: u64,
     last_use: u64,
@@ -72,6 +76,10 @@ impl Default for Ept02Cache {
         Self::new(DEFAULT_CAP)
     }
 }
+
+/// Exit qualification bit 12: NMI unblocking due to IRET (kept by a
+/// page-modification-log-full exit, SDM 28.2.1).
+const NMI_UNBLOCKING: u64 = 1 << 12;
 
 /// Reflections of one violation in a row after which L0 says so.
 const LIVELOCK: u64 = 10_000;
@@ -133,7 +141,7 @@ impl Ept02Cache {
         eptp12: u64,
     ) -> Result<(u64, bool), MapError> {
         self.clock += 1;
-        let root12 = eptp12 & ADDR_MASK;
+        let root12 = eptp12 & (ADDR_MASK | EPTP_ACCESSED_DIRTY);
         if let Some(e) = self.entries.iter_mut().find(|e| e.root12 == root12) {
             e.last_use = self.clock;
             return Ok((e.root02, false));
@@ -259,7 +267,7 @@ impl Ept02Cache {
         let before = self.entries.len();
         let mut kept = Vec::new();
         for e in self.entries.drain(..) {
-            if eptp12.is_none_or(|p| p & ADDR_MASK == e.root12) {
+            if eptp12.is_none_or(|p| p & ADDR_MASK == e.root12 & ADDR_MASK) {
                 self.in_use -= free_tree(mem, e.root02, 4);
             } else {
                 kept.push(e);
@@ -393,9 +401,28 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
                         unmapped: false,
                     };
                 }
+                let mut perms = l12.perms;
+                if eptp12 & EPTP_ACCESSED_DIRTY != 0 {
+                    match self.mark_accessed_dirty(e, &l12) {
+                        Marked::Done { dirty: true } => {}
+                        // Writes come back to L0 until the leaf is dirty.
+                        Marked::Done { dirty: false } => perms &= !W,
+                        Marked::LogFull => {
+                            return Fill::Reflect {
+                                exit: ExitInfo {
+                                    reason: reason::PML_FULL as u32,
+                                    qualification: e.qualification & NMI_UNBLOCKING,
+                                    ..*e
+                                },
+                                unmapped: false,
+                            }
+                        }
+                        Marked::Changed => return Fill::Filled(Flow::Resume),
+                    }
+                }
                 let uncached = !self.hw.mem().is_ram(page1, 4096);
                 let root02 = self.vs.current().read(F::EPT_POINTER) & ADDR_MASK;
-                let entry = leaf(page1, l12.perms, l12.mem_type, l12.ignore_pat, uncached);
+                let entry = leaf(page1, perms, l12.mem_type, l12.ignore_pat, uncached);
                 let gpa2 = e.guest_physical & !0xfff;
                 let ept02 = &mut self.nested.ept02;
                 Fill::Filled(
@@ -430,6 +457,24 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
                 unmapped: true,
             },
         }
+    }
+
+    /// EPT12's accessed and dirty flags for the access `e` describes (a
+    /// write when its qualification says so: the CPU's walks of L2's page
+    /// tables come as writes, EPTP02 having A/D flags too), logged in
+    /// L1's page-modification log when VMCS12 enables it.
+    fn mark_accessed_dirty(&mut self, e: &ExitInfo, l12: &Leaf12) -> Marked {
+        let v12 = &mut self.nested.vmx.vmcs12;
+        let mut pml = (v12.secondary_controls() & secondary::ENABLE_PML != 0).then(|| Pml {
+            address: v12.get(F::PML_ADDRESS),
+            index: v12.get(F::GUEST_PML_INDEX) as u16,
+        });
+        let write = e.qualification & W != 0;
+        let marked = ept_ad::mark(self.hw.mem(), l12, e.guest_physical, write, pml.as_mut());
+        if let Some(p) = pml {
+            v12.set(F::GUEST_PML_INDEX, u64::from(p.index));
+        }
+        marked
     }
 }
 

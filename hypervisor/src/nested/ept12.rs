@@ -12,15 +12,20 @@ const W: u64 = 2;
 const X: u64 = 4;
 const LARGE: u64 = 1 << 7;
 
+/// EPTP bit 6: accessed and dirty flags for EPT (SDM 29.3.5).
+pub const EPTP_ACCESSED_DIRTY: u64 = 1 << 6;
+
 /// Whether L1 may use this EPTP (SDM 27.2.1.1): a memory type the caps
-/// allow, a 4-level walk, no A/D flags (not offered), no reserved bits.
+/// allow, a 4-level walk, A/D flags only where the caps offer them, no
+/// reserved bits.
 pub fn eptp_valid(eptp: u64, caps: &NestedCaps, maxphyaddr: u8) -> bool {
     let mt = eptp & 7;
     let mt_ok = (mt == 0 && caps.ept_vpid & ept_vpid::MEMORY_TYPE_UC != 0)
         || (mt == 6 && caps.ept_vpid & ept_vpid::MEMORY_TYPE_WB != 0);
     let walk_ok = (eptp >> 3) & 7 == 3;
-    let reserved = eptp & 0xfc0 != 0 || eptp >> maxphyaddr != 0;
-    mt_ok && walk_ok && !reserved
+    let ad_ok = eptp & EPTP_ACCESSED_DIRTY == 0 || caps.ept_vpid & ept_vpid::ACCESSED_DIRTY != 0;
+    let reserved = eptp & 0xf80 != 0 || eptp >> maxphyaddr != 0;
+    mt_ok && walk_ok && ad_ok && !reserved
 }
 
 /// A successful EPT12 translation.
@@ -34,6 +39,11 @@ pub struct Leaf12 {
     /// Memory type and ignore-PAT of the leaf.
     pub mem_type: u8,
     pub ignore_pat: bool,
+    /// The entries the walk used, root first, as (address in L1's
+    /// memory, value read): `used[..depth]`, the leaf last. The A/D
+    /// flags go there (ept_ad.rs).
+    pub used: [(u64, u64); 4],
+    pub depth: usize,
 }
 
 /// Why the translation did not give the access.
@@ -103,11 +113,12 @@ pub fn walk<M: GuestMemory>(
 ) -> Result<Leaf12, Ept12Fault> {
     let mut table = eptp & 0x000f_ffff_ffff_f000;
     let mut allowed = R | W | X;
+    let mut used = [(0, 0); 4];
     for level in (1..=4).rev() {
         let idx = (gpa2 >> (12 + 9 * (level - 1))) & 0x1ff;
-        let e = mem
-            .read_u64(table + 8 * idx)
-            .map_err(|_| Ept12Fault::TableNotRam)?;
+        let at = table + 8 * idx;
+        let e = mem.read_u64(at).map_err(|_| Ept12Fault::TableNotRam)?;
+        used[4 - level] = (at, e);
         let rwx = e & 7;
         allowed &= rwx;
         if rwx == 0 {
@@ -132,6 +143,8 @@ pub fn walk<M: GuestMemory>(
                 perms: allowed,
                 mem_type: ((e >> 3) & 7) as u8,
                 ignore_pat: e & (1 << 6) != 0,
+                used,
+                depth: 5 - level,
             });
         }
         table = e & 0x000f_ffff_ffff_f000;
@@ -383,7 +396,13 @@ pub mod tests {
             !eptp_valid(0x1000 | 6 | 4 << 3, &c, 39),
             "5-level walk not offered"
         );
-        assert!(!eptp_valid(EPTP | 1 << 6, &c, 39), "A/D not offered");
+        assert!(eptp_valid(EPTP | 1 << 6, &c, 39), "A/D offered");
+        let mut no_ad = c;
+        no_ad.ept_vpid &= !ept_vpid::ACCESSED_DIRTY;
+        assert!(!eptp_valid(EPTP | 1 << 6, &no_ad, 39), "A/D not offered");
+        assert!(!eptp_valid(EPTP | 1 << 7, &c, 39), "bit 7 reserved");
+        assert!(!eptp_valid(EPTP | 1 << 11, &c, 39), "bit 11 reserved");
+        assert!(!eptp_valid(EPTP | 1 << 39, &c, 39), "beyond MAXPHYADDR");
         assert!(!eptp_valid(EPTP | 1 << 40, &c, 39));
     }
 }

@@ -102,7 +102,10 @@ impl<S: VmcsSet, H: NestedHw> NestedCtx<'_, S, H> {
         } else if basic == reason::VMWRITE && o == Outcome::Succeed {
             // An exit-information field L1 wrote (IA32_VMX_MISC[29]).
             if let Some(f) = F::from_encoding(gpr[s.info.reg2() as usize] as u32 & !1) {
-                if shadow_vmcs::is_shadowed(f) {
+                if shadow_vmcs::is_shadowed(
+                    f,
+                    shadow_vmcs::pml_index_shadowed(&self.nested.vmx.caps),
+                ) {
                     self.nested.field_to_shadow(self.vs, f);
                 }
             }

@@ -23,6 +23,7 @@ pub mod context;
 pub mod entry;
 pub mod ept02;
 pub mod ept12;
+pub mod ept_ad;
 pub mod guest_state;
 pub mod instr;
 pub mod instr_exit;

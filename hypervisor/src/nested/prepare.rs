@@ -167,7 +167,9 @@ pub fn controls02(v12: &Vmcs12, l0: &L0Part) -> (u32, u32, u32, u32, u32) {
         // L2 gets no counters either (vcpu/perfmon.rs): L1's if it asks.
         | primary::RDPMC_EXITING
         | primary::ACTIVATE_SECONDARY;
-    let mut s02 = s12 | secondary::ENABLE_EPT;
+    // L1's page-modification log is kept by L0 (ept_ad.rs): the CPU
+    // would log the dirty flags it sets in EPT02, not EPT12's.
+    let mut s02 = (s12 | secondary::ENABLE_EPT) & !secondary::ENABLE_PML;
     if l0.vpid != 0 {
         s02 |= secondary::ENABLE_VPID;
     } else {

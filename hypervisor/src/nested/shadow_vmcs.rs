@@ -4,8 +4,10 @@
 //! VMCS12 stays the master copy; L0 copies between the two at the points
 //! where either side needs the other's values.
 
+use super::caps::NestedCaps;
 use super::vmcs12::{Slot, Vmcs12};
 use super::{Level, Nested, VmcsSet};
+use crate::vmx::caps::{secondary, Control};
 use crate::vmx::{Field as F, Vmcs};
 
 /// Fields L1 reads and writes through the shadow (what an exit handler
@@ -39,6 +41,10 @@ pub const READ_WRITE: &[F] = &[
     // timer before every entry (its hrtimer for L2's deadline).
     F::GUEST_INTR_STATUS,
     F::VMX_PREEMPTION_TIMER_VALUE,
+    // KVM reads the PML index after every exit of its L2 and resets it
+    // when it emptied the log; shadowed only where the CPU has the field
+    // ([`pml_index_shadowed`]).
+    F::GUEST_PML_INDEX,
     // A guest hypervisor's entry code writes its stack pointer before
     // every entry (KVM does when it changed, the test hypervisor always).
     F::HOST_RSP,
@@ -60,9 +66,22 @@ pub const READ_ONLY: &[F] = &[
     F::VM_INSTRUCTION_ERROR,
 ];
 
+/// Whether the PML index is in the shadow: where L1 is offered PML,
+/// which L0 does only on a CPU with PML (a VMWRITE of a field the CPU
+/// lacks would fail, SDM 31.3).
+pub fn pml_index_shadowed(caps: &NestedCaps) -> bool {
+    caps.allows(Control::Secondary, secondary::ENABLE_PML)
+}
+
+/// Whether `f` is in the shadow on this CPU (`pml_index`: see
+/// [`pml_index_shadowed`]).
+fn present(f: F, pml_index: bool) -> bool {
+    pml_index || f != F::GUEST_PML_INDEX
+}
+
 /// The VMREAD and VMWRITE bitmaps: bit n (n = encoding bits 14:0) set
 /// means "exit" (SDM 25.6.15). Both halves of a 64-bit field are shadowed.
-pub fn bitmaps() -> ([u8; 4096], [u8; 4096]) {
+pub fn bitmaps(pml_index: bool) -> ([u8; 4096], [u8; 4096]) {
     let mut read = [0xffu8; 4096];
     let mut write = [0xffu8; 4096];
     let clear = |m: &mut [u8; 4096], f: F| {
@@ -73,7 +92,7 @@ pub fn bitmaps() -> ([u8; 4096], [u8; 4096]) {
             }
         }
     };
-    for &f in READ_WRITE {
+    for &f in READ_WRITE.iter().filter(|&&f| present(f, pml_index)) {
         clear(&mut read, f);
         clear(&mut write, f);
     }
@@ -85,8 +104,8 @@ pub fn bitmaps() -> ([u8; 4096], [u8; 4096]) {
 
 /// Whether L1 can VMREAD `f` without exiting (so L0 keeps the shadow's
 /// copy of it current when L0 changes it).
-pub fn is_shadowed(f: F) -> bool {
-    READ_WRITE.contains(&f) || READ_ONLY.contains(&f)
+pub fn is_shadowed(f: F, pml_index: bool) -> bool {
+    present(f, pml_index) && (READ_WRITE.contains(&f) || READ_ONLY.contains(&f))
 }
 
 const SHADOWED_N: usize = READ_WRITE.len() + READ_ONLY.len();
@@ -108,7 +127,16 @@ const SHADOWED: [Slot; SHADOWED_N] = {
 };
 
 /// Writes one field of VMCS12 into the shadow.
-pub fn field_to_shadow(v12: &Vmcs12, sh: &mut impl Vmcs, f: F, cache: &mut ShadowCache) {
+pub fn field_to_shadow(
+    v12: &Vmcs12,
+    sh: &mut impl Vmcs,
+    f: F,
+    cache: &mut ShadowCache,
+    pml_index: bool,
+) {
+    if !present(f, pml_index) {
+        return;
+    }
     let v = v12.get(f);
     sh.write(f, v);
     if let Some(i) = SHADOWED.iter().position(|s| s.field == f) {
@@ -128,8 +156,11 @@ impl Default for ShadowCache {
 
 /// VMCS12 → shadow: everything L1 may read directly that changed since
 /// the last copy (`cache` forgets everything when another VMCS12 is linked).
-pub fn to_shadow(v12: &Vmcs12, sh: &mut impl Vmcs, cache: &mut ShadowCache) {
+pub fn to_shadow(v12: &Vmcs12, sh: &mut impl Vmcs, cache: &mut ShadowCache, pml_index: bool) {
     for (s, c) in SHADOWED.iter().zip(cache.0.iter_mut()) {
+        if !present(s.field, pml_index) {
+            continue;
+        }
         let v = v12.get_at(*s);
         if *c != Some(v) {
             sh.write(s.field, v);
@@ -140,8 +171,11 @@ pub fn to_shadow(v12: &Vmcs12, sh: &mut impl Vmcs, cache: &mut ShadowCache) {
 
 /// Shadow → VMCS12: what L1 may have written directly; changed fields
 /// become dirty for VMCS02 (and the cache learns the shadow's values).
-pub fn from_shadow(sh: &impl Vmcs, v12: &mut Vmcs12, cache: &mut ShadowCache) {
+pub fn from_shadow(sh: &impl Vmcs, v12: &mut Vmcs12, cache: &mut ShadowCache, pml_index: bool) {
     for (s, c) in SHADOWED[..READ_WRITE.len()].iter().zip(cache.0.iter_mut()) {
+        if !present(s.field, pml_index) {
+            continue;
+        }
         let v = sh.read(s.field);
         *c = Some(v);
         if v != v12.get_at(*s) {
@@ -156,7 +190,13 @@ impl Nested {
     pub fn sync_from_shadow<S: VmcsSet>(&mut self, vs: &mut S) {
         if self.shadow_linked {
             vs.select(Level::Shadow);
-            from_shadow(vs.current(), &mut self.vmx.vmcs12, &mut self.shadow_cache);
+            let pml = pml_index_shadowed(&self.vmx.caps);
+            from_shadow(
+                vs.current(),
+                &mut self.vmx.vmcs12,
+                &mut self.shadow_cache,
+                pml,
+            );
             vs.select(Level::L1);
         }
     }
@@ -176,7 +216,8 @@ impl Nested {
                 self.shadow_holds = self.vmx.current;
             }
             vs.select(Level::Shadow);
-            to_shadow(&self.vmx.vmcs12, vs.current(), &mut self.shadow_cache);
+            let pml = pml_index_shadowed(&self.vmx.caps);
+            to_shadow(&self.vmx.vmcs12, vs.current(), &mut self.shadow_cache, pml);
             vs.select(Level::L1);
         }
         if linked != self.shadow_linked {
@@ -190,7 +231,14 @@ impl Nested {
     pub fn field_to_shadow<S: VmcsSet>(&mut self, vs: &mut S, f: F) {
         if self.shadow_linked {
             vs.select(Level::Shadow);
-            field_to_shadow(&self.vmx.vmcs12, vs.current(), f, &mut self.shadow_cache);
+            let pml = pml_index_shadowed(&self.vmx.caps);
+            field_to_shadow(
+                &self.vmx.vmcs12,
+                vs.current(),
+                f,
+                &mut self.shadow_cache,
+                pml,
+            );
             vs.select(Level::L1);
         }
     }
@@ -203,7 +251,7 @@ mod tests {
 
     #[test]
     fn bitmaps_let_through_exactly_the_shadowed_fields() {
-        let (r, w) = bitmaps();
+        let (r, w) = bitmaps(true);
         let bit = |m: &[u8; 4096], e: u32| m[(e as usize & 0x7fff) / 8] & (1 << (e % 8)) != 0;
         assert!(!bit(&r, F::GUEST_RIP as u32) && !bit(&w, F::GUEST_RIP as u32));
         assert!(!bit(&r, F::VM_EXIT_REASON as u32) && bit(&w, F::VM_EXIT_REASON as u32));
@@ -226,25 +274,52 @@ mod tests {
         v12.clean();
         let mut sh = FakeVmcs::default();
         let mut cache = ShadowCache::default();
-        to_shadow(&v12, &mut sh, &mut cache);
+        to_shadow(&v12, &mut sh, &mut cache, true);
         assert_eq!(
             (sh.read(F::GUEST_RIP), sh.read(F::VM_EXIT_REASON)),
             (0x1000, 10)
         );
         sh.write(F::GUEST_RIP, 0x1002);
-        from_shadow(&sh, &mut v12, &mut cache);
+        from_shadow(&sh, &mut v12, &mut cache, true);
         assert_eq!(v12.get(F::GUEST_RIP), 0x1002);
         assert!(v12.is_dirty(F::GUEST_RIP) && !v12.is_dirty(F::GUEST_RSP));
         // Only changes are written back.
         sh.write(F::VM_EXIT_REASON, 77);
-        to_shadow(&v12, &mut sh, &mut cache);
+        to_shadow(&v12, &mut sh, &mut cache, true);
         assert_eq!(
             sh.read(F::VM_EXIT_REASON),
             77,
             "unchanged in VMCS12: not rewritten"
         );
         v12.set(F::VM_EXIT_REASON, 12);
-        to_shadow(&v12, &mut sh, &mut cache);
+        to_shadow(&v12, &mut sh, &mut cache, true);
         assert_eq!(sh.read(F::VM_EXIT_REASON), 12);
+    }
+
+    /// A CPU without PML has no PML index field: it is neither in the
+    /// bitmaps' holes nor written to the shadow.
+    #[test]
+    fn the_pml_index_is_shadowed_only_where_the_cpu_has_it() {
+        let bit = |m: &[u8; 4096], e: u32| m[(e as usize & 0x7fff) / 8] & (1 << (e % 8)) != 0;
+        let e = F::GUEST_PML_INDEX as u32;
+        let (r, w) = bitmaps(true);
+        assert!(!bit(&r, e) && !bit(&w, e));
+        let (r, w) = bitmaps(false);
+        assert!(bit(&r, e) && bit(&w, e));
+        assert!(is_shadowed(F::GUEST_PML_INDEX, true) && !is_shadowed(F::GUEST_PML_INDEX, false));
+        let mut v12 = Vmcs12::default();
+        v12.set(F::GUEST_PML_INDEX, 511);
+        let mut sh = FakeVmcs::default();
+        let mut cache = ShadowCache::default();
+        to_shadow(&v12, &mut sh, &mut cache, false);
+        field_to_shadow(&v12, &mut sh, F::GUEST_PML_INDEX, &mut cache, false);
+        assert_eq!(sh.read(F::GUEST_PML_INDEX), 0, "never written");
+        to_shadow(&v12, &mut sh, &mut cache, true);
+        assert_eq!(sh.read(F::GUEST_PML_INDEX), 511);
+        use crate::vmx::caps::tests::bochs_skylake as bochs;
+        assert!(pml_index_shadowed(&NestedCaps::new(&bochs())));
+        let mut no_pml = bochs();
+        no_pml.secondary &= !((secondary::ENABLE_PML as u64) << 32);
+        assert!(!pml_index_shadowed(&NestedCaps::new(&no_pml)));
     }
 }

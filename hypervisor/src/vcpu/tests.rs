@@ -1244,6 +1244,104 @@ mod nested {
         );
     }
 
+    /// EPT A/D flags and PML through the whole dispatch (SDM 29.3.5,
+    /// 29.3.6). EPTP02 has A/D flags on and VMCS02 no PML; an L2 read sets
+    /// EPT12's accessed flags and maps the page without write; the write
+    /// that follows sets the dirty flag, logs the page at index 0 (which
+    /// wraps to 0xffff) and gets write; the next page to dirty is then a
+    /// log-full exit to L1 with nothing set. L1 clearing the dirty flag and
+    /// running INVEPT takes write away again.
+    #[test]
+    fn ept_accessed_dirty_flags_and_pml_through_ept02() {
+        use crate::nested::ept_ad::{ACCESSED as A, DIRTY as D};
+        use crate::nested::instr::Invalidate;
+        use crate::vmx::caps::secondary::ENABLE_PML;
+        const LOG: u64 = 0x60_0000;
+        const EPTP12: u64 = EPT12_ROOT | 6 | 3 << 3 | 1 << 6;
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        // L2 page 0x2000 onto L1's page after L2_PAGE.
+        let pte2 = EPT12_ROOT + 0x3000 + 16;
+        put(&mut p.mem, pte2, (L2_PAGE + 0x1000) | 7 | 6 << 3);
+        let v12 = &mut c.nested.vmx.vmcs12;
+        v12.set(F::EPT_POINTER, EPTP12);
+        v12.set_bits_for_test(F::SECONDARY_VM_EXEC_CONTROL, ENABLE_PML as u64);
+        v12.set(F::PML_ADDRESS, LOG);
+        v12.set(F::GUEST_PML_INDEX, 0);
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        assert!(c.nested.in_l2());
+        let eptp02 = v.v02.read(F::EPT_POINTER);
+        assert_ne!(eptp02 & 1 << 6, 0, "EPTP02 with A/D flags");
+        assert_eq!(
+            v.v02.read(F::SECONDARY_VM_EXEC_CONTROL) & ENABLE_PML as u64,
+            0
+        );
+        let root02 = eptp02 & !0xfff;
+        let walk1 = [
+            EPT12_ROOT,
+            EPT12_ROOT + 0x1000,
+            EPT12_ROOT + 0x2000,
+            EPT12_ROOT + 0x3000 + 8,
+        ];
+        let flags = |p: &FakePlatform, at: &[u64]| -> Vec<u64> {
+            at.iter()
+                .map(|&a| p.mem.read_u64(a).unwrap() & (A | D))
+                .collect()
+        };
+        let fault = |c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform, q: u64, gpa: u64| {
+            exit(&mut v.v02, reason::EPT_VIOLATION, q, 0);
+            v.v02.write(F::GUEST_PHYSICAL_ADDRESS, gpa);
+            c.handle_exit(v, p)
+        };
+        // A read: accessed flags on all four levels, no write in EPT02.
+        fault(&mut c, &mut v, &mut p, 0x181, 0x1008);
+        assert!(c.nested.in_l2());
+        assert_eq!(flags(&p, &walk1), [A; 4]);
+        let l = translate(&mut p.tables, &Ept, root02, 0x1008).unwrap();
+        assert_eq!(l.entry & RWX, 5, "read and execute until dirty");
+        assert_eq!(c.nested.vmx.vmcs12.get(F::GUEST_PML_INDEX), 0);
+        // The write (EPT02 allowed R+X): dirty, logged, writable.
+        fault(&mut c, &mut v, &mut p, 0x182 | 5 << 3, 0x1008);
+        assert!(c.nested.in_l2());
+        assert_eq!(flags(&p, &walk1[3..]), [A | D]);
+        assert_eq!(p.mem.read_u64(LOG).unwrap(), 0x1000, "4 KiB-aligned");
+        assert_eq!(c.nested.vmx.vmcs12.get(F::GUEST_PML_INDEX), 0xffff);
+        let l = translate(&mut p.tables, &Ept, root02, 0x1008).unwrap();
+        assert_eq!(l.entry & RWX, 7);
+        // The next page to dirty: the log is full. L1 gets exit 62 (with
+        // NMI unblocking kept), no flag is set, EPT02 has no leaf.
+        fault(&mut c, &mut v, &mut p, 0x1182, 0x2010);
+        assert!(!c.nested.in_l2());
+        let v12 = &c.nested.vmx.vmcs12;
+        assert_eq!(
+            (v12.get(F::VM_EXIT_REASON), v12.get(F::EXIT_QUALIFICATION)),
+            (62, 0x1000)
+        );
+        assert_eq!(flags(&p, &[pte2]), [0]);
+        assert!(translate(&mut p.tables, &Ept, root02, 0x2010).is_none());
+        assert_eq!(v12.get(F::GUEST_PML_INDEX), 0xffff);
+        // L1 empties its log, clears the dirty flag, runs INVEPT.
+        c.nested.vmx.vmcs12.set(F::GUEST_PML_INDEX, 511);
+        let pte1 = p.mem.read_u64(walk1[3]).unwrap();
+        put(&mut p.mem, walk1[3], pte1 & !D);
+        c.nested_ctx(&mut v, &mut p)
+            .invalidate(Invalidate::Ept(Some(EPTP12)));
+        exit(&mut v, reason::VMRESUME, 0, 3);
+        c.handle_exit(&mut v, &mut p);
+        assert!(c.nested.in_l2());
+        let root02 = v.v02.read(F::EPT_POINTER) & !0xfff;
+        fault(&mut c, &mut v, &mut p, 0x181, 0x1008);
+        let l = translate(&mut p.tables, &Ept, root02, 0x1008).unwrap();
+        assert_eq!(l.entry & RWX, 5, "write-protected again");
+        fault(&mut c, &mut v, &mut p, 0x182 | 5 << 3, 0x1008);
+        assert_eq!(p.mem.read_u64(LOG + 8 * 511).unwrap(), 0x1000);
+        assert_eq!(c.nested.vmx.vmcs12.get(F::GUEST_PML_INDEX), 510);
+        // A walk of L2's page tables through page 0x2000 comes as a write
+        // (EPTP02 has A/D flags): that page gets dirty too.
+        fault(&mut c, &mut v, &mut p, 0x8a, 0x2010);
+        assert_eq!(flags(&p, &[pte2]), [A | D]);
+        assert_eq!(p.mem.read_u64(LOG + 8 * 510).unwrap(), 0x2000);
+    }
+
     #[test]
     fn ept12_pointing_at_l0_is_a_misconfiguration() {
         let (mut c, mut v, mut p) = l1_in_vmx();

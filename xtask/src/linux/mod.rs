@@ -117,13 +117,20 @@ pub fn run_marker() -> &'static str {
 /// and the run's marker on its command line, and its initramfs. A failed
 /// build ends xtask here (scenario tables hold plain function pointers).
 pub fn scenario_modules(test: &str) -> Vec<crate::build::IsoModule> {
+    scenario_modules_with(test, "")
+}
+
+/// As [`scenario_modules`], with `extra` added to the cloud VM kernel's
+/// command line (parameters of built-in modules, as `kvm_intel.pml=0`).
+pub fn scenario_modules_with(test: &str, extra: &str) -> Vec<crate::build::IsoModule> {
     let li = images().unwrap_or_else(|e| {
         eprintln!("xtask: building the Linux cloud VM failed: {e}");
         std::process::exit(1)
     });
     let cmdline = format!(
-        "l1=linux console=ttyS0,115200 panic=0 l0test={test} l0marker={}",
-        run_marker()
+        "l1=linux console=ttyS0,115200 panic=0 l0test={test} l0marker={}{}{extra}",
+        run_marker(),
+        if extra.is_empty() { "" } else { " " }
     );
     vec![
         crate::build::IsoModule::file(&li.kernel, &cmdline),

@@ -462,3 +462,33 @@ fn addresses_near_2_pow_64_fail_checks_not_l0() {
         assert_eq!(error_of(run(&v)), Some((7, 0)));
     }
 }
+
+/// "Enable PML" (SDM 27.2.1.1): EPT on, and the PML address 4 KiB-aligned
+/// with its page below MAXPHYADDR (39 here); any such address passes,
+/// L1 RAM or not. EPTP bit 6 (A/D flags) is offered.
+#[test]
+fn pml_needs_ept_and_an_aligned_address_below_maxphyaddr() {
+    let pml = |addr: u64, ept: bool| {
+        let mut v = valid_vmcs12();
+        v.set_bits_for_test(F::SECONDARY_VM_EXEC_CONTROL, secondary::ENABLE_PML as u64);
+        if !ept {
+            v.clear_bits_for_test(F::SECONDARY_VM_EXEC_CONTROL, secondary::ENABLE_EPT as u64);
+        }
+        v.set(F::PML_ADDRESS, addr);
+        error_of(run(&v))
+    };
+    let cases = [
+        (0x30_0000, true, None),
+        ((1 << 39) - 0x1000, true, None),
+        (0x2000_0000, true, None),
+        (0x30_0000, false, Some((7, 0))),
+        (0x30_0800, true, Some((7, 0))),
+        (0x30_0008, true, Some((7, 0))),
+        (1 << 39, true, Some((7, 0))),
+    ];
+    for (addr, ept, want) in cases {
+        assert_eq!(pml(addr, ept), want, "PML address {addr:#x}, EPT {ept}");
+    }
+    let eptp = valid_vmcs12().get(F::EPT_POINTER);
+    assert_eq!(run(&with(F::EPT_POINTER, eptp | 1 << 6)), Ok(()));
+}

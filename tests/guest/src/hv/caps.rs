@@ -168,6 +168,10 @@ impl Caps {
     pub fn ept_ad(&self) -> bool {
         self.ept_vpid & (1 << 21) != 0
     }
+    /// Secondary control 17: page-modification logging (SDM 29.3.6).
+    pub fn pml(&self) -> bool {
+        self.proc2.can_set(proc2::ENABLE_PML)
+    }
     /// A.10 bit 22: EPT violations report bits 9-11 of the qualification.
     pub fn ept_advanced_info(&self) -> bool {
         self.ept_vpid & (1 << 22) != 0

@@ -5,6 +5,7 @@
 // 16-bit control fields (B.1.1).
 pub const VPID: u32 = 0x0000;
 // 16-bit guest-state fields (B.1.2).
+pub const GUEST_PML_INDEX: u32 = 0x0812;
 pub const GUEST_ES_SEL: u32 = 0x0800;
 pub const GUEST_CS_SEL: u32 = 0x0802;
 pub const GUEST_SS_SEL: u32 = 0x0804;
@@ -29,6 +30,7 @@ pub const MSR_BITMAP: u32 = 0x2004;
 pub const EXIT_MSR_STORE_ADDR: u32 = 0x2006;
 pub const EXIT_MSR_LOAD_ADDR: u32 = 0x2008;
 pub const ENTRY_MSR_LOAD_ADDR: u32 = 0x200a;
+pub const PML_ADDRESS: u32 = 0x200e;
 pub const TSC_OFFSET: u32 = 0x2010;
 pub const VIRTUAL_APIC_ADDR: u32 = 0x2012;
 pub const APIC_ACCESS_ADDR: u32 = 0x2014;
@@ -172,6 +174,7 @@ pub mod proc2 {
     pub const EPT: u32 = 1 << 1;
     pub const VPID: u32 = 1 << 5;
     pub const UNRESTRICTED_GUEST: u32 = 1 << 7;
+    pub const ENABLE_PML: u32 = 1 << 17;
 }
 
 /// VM-exit controls (SDM 25.7.1).
@@ -215,6 +218,7 @@ pub mod reason {
     pub const EPT_VIOLATION: u32 = 48;
     pub const EPT_MISCONFIG: u32 = 49;
     pub const PREEMPTION_TIMER: u32 = 52;
+    pub const PML_FULL: u32 = 62;
     /// Bit 31: VM-entry failure (SDM 25.9.1).
     pub const ENTRY_FAILURE: u32 = 1 << 31;
 }

@@ -30,6 +30,8 @@ const CHECKS: &[&str] = &[
     "ept-misconfig",
     "ept-ad-bits",
     "ept-paging-structure-violation",
+    "ept-pml-log",
+    "ept-pml-full",
     "vpid-invvpid-individual-address",
     "vpid-invvpid-single-context",
     "vpid-invvpid-all-context",
@@ -60,8 +62,9 @@ pub fn run() {
             permissions(&mut c, &mut hv);
             ad_bits(&mut c, &mut hv);
             paging_structure(&mut c, &mut hv);
+            pml(&mut c, &mut hv);
         } else {
-            for n in &CHECKS[1..13] {
+            for n in &CHECKS[1..15] {
                 c.skip(n, format_args!("EPT not offered"));
             }
         }
@@ -375,6 +378,135 @@ fn ad_bits(c: &mut Checks, hv: &mut Hv) {
         format_args!(
             "{r} / {w}; read leaf {:#x} -> {after_read:#x}, written leaf {:#x} -> {after_write:#x}",
             before.0, before.1
+        ),
+    );
+}
+
+/// What L1's page-modification log holds: the log page, filled with
+/// [`UNUSED`] before L2 runs.
+struct Log(u64);
+
+/// A log entry never written.
+const UNUSED: u64 = u64::MAX;
+
+impl Log {
+    fn index() -> u64 {
+        rd(GUEST_PML_INDEX)
+    }
+    /// Entries `from` down to above the current index, as pages (Bochs
+    /// 2.7 logs the address with its page offset; the SDM clears bits
+    /// 11:0); None if one of them was never written.
+    fn pages_since(&self, from: u64) -> Option<([u64; 16], usize)> {
+        let now = Self::index();
+        let mut pages = [0; 16];
+        let mut n = 0;
+        let mut i = from;
+        while i != now && n < pages.len() {
+            let e = mem::rd64(self.0 + 8 * (i & 0x1ff));
+            if e == UNUSED {
+                return None;
+            }
+            pages[n] = e & !(PAGE - 1);
+            n += 1;
+            i = i.wrapping_sub(1) & 0xffff;
+        }
+        (i == now).then_some((pages, n))
+    }
+}
+
+/// Page-modification logging (SDM 29.3.6) with EPT A/D flags: each page
+/// whose EPT12 dirty flag L2's write sets from 0 to 1 goes into L1's log
+/// at the PML index, which counts down; a read or a second write to a
+/// dirty page logs nothing. With the index outside 0..=511 a page to
+/// dirty is a page-modification-log-full exit (reason 62) instead, the
+/// write not done and the flag not set; L1 empties the log and resumes,
+/// and the write happens. (L2's page-table pages are logged too when L2
+/// pages: the processor's walks count as writes.)
+fn pml(c: &mut Checks, hv: &mut Hv) {
+    if !hv.caps.ept_ad() || !hv.caps.pml() {
+        c.skip(
+            "ept-pml-log",
+            format_args!("EPT A/D flags or PML not offered"),
+        );
+        return c.skip(
+            "ept-pml-full",
+            format_args!("EPT A/D flags or PML not offered"),
+        );
+    }
+    let Some((mut vm, e)) = ept_vm(c, hv, "ept-pml-log", l2!(l2_read), &[]) else {
+        return;
+    };
+    let log = Log(mem::page(pg::VMCS_X));
+    mem::fill(log.0, PAGE, 0xff);
+    let _ = vmwrite(EPT_POINTER, e.eptp(true));
+    let _ = vmwrite(
+        PROC2_CONTROLS,
+        rd(PROC2_CONTROLS) | proc2::ENABLE_PML as u64,
+    );
+    let _ = vmwrite(PML_ADDRESS, log.0);
+    let _ = vmwrite(GUEST_PML_INDEX, 511);
+    let write = |vm: &mut Vm, hv: &Hv, gpa: u64| {
+        vm.regs.rsi = linear_for(hv, gpa + 0x18);
+        vm.regs.rdi = 0x5eed;
+        vm.enter_at(l2!(l2_write))
+    };
+    let leaf = |hv: &Hv, a: u64| e.leaf(&hv.tables, a).map_or(0, mem::rd64);
+    // Two pages written, one read, one written twice.
+    let w1 = write(&mut vm, hv, T[2]);
+    let w2 = write(&mut vm, hv, T[3]);
+    vm.regs.rsi = linear_for(hv, T[4]);
+    let r = vm.enter_at(l2!(l2_read));
+    let w3 = write(&mut vm, hv, T[2]);
+    let logged = log.pages_since(511);
+    let has = |p: u64| logged.is_some_and(|(l, n)| l[..n].contains(&p));
+    let once =
+        |p: u64| logged.is_some_and(|(l, n)| l[..n].iter().filter(|&&x| x == p).count() == 1);
+    let ok = [&w1, &w2, &r, &w3].iter().all(|x| x.is(reason::VMCALL))
+        && once(T[2])
+        && once(T[3])
+        && !has(T[4])
+        && leaf(hv, T[4]) & ept::DIRTY == 0;
+    let (pages, n) = logged.unwrap_or(([0; 16], 0));
+    c.check(
+        "ept-pml-log",
+        ok,
+        format_args!(
+            "{w1} / {w2} / {r} / {w3}; index 511 -> {:#x}, pages {:x?}",
+            Log::index(),
+            &pages[..n]
+        ),
+    );
+    // The last entry: index 0, then 0xffff; the next page to dirty is a
+    // log-full exit.
+    let _ = vmwrite(GUEST_PML_INDEX, 0);
+    mem::wr32(backing(T[6]) + 0x18, 0);
+    let w0 = write(&mut vm, hv, T[5]);
+    let at0 = mem::rd64(log.0) & !(PAGE - 1);
+    let after0 = Log::index();
+    let full = write(&mut vm, hv, T[6]);
+    let flags = leaf(hv, T[6]) & (ept::ACCESSED | ept::DIRTY);
+    let written = mem::rd32(backing(T[6]) + 0x18);
+    // L1 empties its log and resumes L2 at the write.
+    mem::fill(log.0, PAGE, 0xff);
+    let _ = vmwrite(GUEST_PML_INDEX, 511);
+    let resumed = vm.enter();
+    let ok = w0.is(reason::VMCALL)
+        && at0 == T[5]
+        && after0 == 0xffff
+        && full.is(reason::PML_FULL)
+        && flags & ept::DIRTY == 0
+        && written != 0x5eed
+        && resumed.is(reason::VMCALL)
+        && mem::rd32(backing(T[6]) + 0x18) == 0x5eed
+        && log
+            .pages_since(511)
+            .is_some_and(|(l, n)| l[..n].contains(&T[6]));
+    c.check(
+        "ept-pml-full",
+        ok,
+        format_args!(
+            "{w0}, logged {at0:#x} at 0, index {after0:#x}; {full}, leaf flags {flags:#x}; resumed: {resumed}, index {:#x}",
+            Log::index()
         ),
     );
 }

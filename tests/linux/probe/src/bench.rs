@@ -15,6 +15,11 @@
 //! `probe ticks CMD [ARG...]`: runs CMD and prints `command-ticks=N`, the
 //! TSC ticks from before its fork to after its exit (what the caller
 //! waits for), after CMD's own output; exits with CMD's status.
+//!
+//! `probe dirty MIB SECS`: a busy user VM for the dirty-logging bench:
+//! writes one word in every page of MIB MiB, round after round, for SECS
+//! seconds (its hypervisor, migrating it meanwhile, logs each page again
+//! after every pass of its dirty log).
 
 use std::arch::x86_64::_rdtsc;
 use std::io::Write;
@@ -176,4 +181,20 @@ pub fn ticks(cmd: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `probe dirty MIB SECS`: writes one word per 4 KiB page of an MIB MiB
+/// buffer, round after round, for SECS seconds of this VM's time.
+pub fn dirty(mib: usize, secs: u64) -> ExitCode {
+    let mut buf = vec![0u64; mib.max(1) << 17];
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut round = 0u64;
+    while std::time::Instant::now() < end {
+        round += 1;
+        for page in buf.chunks_mut(512) {
+            page[0] = round;
+        }
+        std::hint::black_box(&buf);
+    }
+    ExitCode::SUCCESS
 }

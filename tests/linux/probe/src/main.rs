@@ -342,9 +342,13 @@ fn main() -> ExitCode {
             bench::serial_bench(n, &args.next().unwrap_or_default())
         }
         Some("ticks") => bench::ticks(&args.collect::<Vec<_>>()),
+        Some("dirty") => {
+            let mib = args.next().and_then(|n| n.parse().ok()).unwrap_or(16);
+            bench::dirty(mib, args.next().and_then(|n| n.parse().ok()).unwrap_or(10))
+        }
         Some("kvm-churn") => kvm_churn(args.next().and_then(|n| n.parse().ok()).unwrap_or(50)),
         _ => {
-            eprintln!("usage: probe clock | probe shutdown | probe kvm-churn [N] | probe disk-put FILE... | probe disk-get DIR | probe spy [FILE...] | probe stress [SECS] | probe tsc | probe cpuid-bench|io-bench [N] | probe pit-tsc | probe serial-bench [N [SUFFIX]] | probe ticks CMD...");
+            eprintln!("usage: probe clock | probe shutdown | probe kvm-churn [N] | probe disk-put FILE... | probe disk-get DIR | probe spy [FILE...] | probe stress [SECS] | probe tsc | probe cpuid-bench|io-bench [N] | probe pit-tsc | probe serial-bench [N [SUFFIX]] | probe ticks CMD... | probe dirty [MIB [SECS]]");
             ExitCode::from(2)
         }
     }
