@@ -106,6 +106,14 @@ pub enum IsoBoot<'a> {
         initrd: &'a Path,
         cmdline: &'a str,
     },
+    /// A user VM's boot CD: a Linux bzImage and initrd, GRUB silent (its
+    /// terminal the BIOS console, so no UART sees GRUB and the VM's COM
+    /// ports carry only what the VM's kernel writes).
+    UserVm {
+        kernel: &'a Path,
+        initrd: &'a Path,
+        cmdline: &'a str,
+    },
 }
 
 /// Puts `m` under the stage's /boot as PREFIX-NAME; returns that name.
@@ -130,9 +138,10 @@ pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
     let stage = out.with_extension("d");
     let _ = fs::remove_dir_all(&stage);
     fs::create_dir_all(stage.join("boot/grub")).map_err(|e| e.to_string())?;
-    let mut cfg = String::from(
-        "set timeout=0\nserial --unit=1 --speed=115200\nterminal_input serial\nterminal_output serial\n",
-    );
+    let mut cfg = String::from(match boot {
+        IsoBoot::UserVm { .. } => "set timeout=0\n",
+        _ => "set timeout=0\nserial --unit=1 --speed=115200\nterminal_input serial\nterminal_output serial\n",
+    });
     match boot {
         IsoBoot::L0 {
             l0,
@@ -171,6 +180,11 @@ pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
             cfg += &format!("  multiboot /boot/{name} {cmdline}\n");
         }
         IsoBoot::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        }
+        | IsoBoot::UserVm {
             kernel,
             initrd,
             cmdline,

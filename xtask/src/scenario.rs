@@ -952,7 +952,16 @@ fn xen_modules(xentest: &str) -> Result<Vec<IsoModule>, String> {
     let x = crate::xen::images()?;
     let initrd = match xentest {
         "boot" => x.dom0_initrd.clone(),
-        _ => x.dom0_initrd_with_guest()?,
+        "pvh" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Pvh)?,
+        // The HVM guest's shell for the operator under L0; natively (no
+        // shadow UARTs, nobody to type) its marker line.
+        "hvm" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Hvm {
+            args: "l2mode=shell l2tag=hvm1",
+        })?,
+        "hvm-boot" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Hvm {
+            args: "l2marker=hvm1",
+        })?,
+        other => return Err(format!("no dom0 initramfs for xentest={other}")),
     };
     Ok(vec![
         IsoModule::file(
