@@ -55,7 +55,9 @@ pub enum UserVm {
     Pvh,
     /// The device model and firmware, and a boot CD (/guest/l2.iso) of
     /// the lean kernel with tests/linux/init-l2 and these arguments.
-    Hvm { args: &'static str },
+    Hvm {
+        args: &'static str,
+    },
 }
 
 /// The HVM user VM's boot CD: GRUB booting the KVM scenarios' L2 kernel
