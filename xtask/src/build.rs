@@ -106,6 +106,14 @@ pub enum IsoBoot<'a> {
         initrd: &'a Path,
         cmdline: &'a str,
     },
+    /// A user VM's boot CD: a Linux bzImage and initrd, GRUB silent (its
+    /// terminal the BIOS console, so no UART sees GRUB and the VM's COM
+    /// ports carry only what the VM's kernel writes).
+    UserVm {
+        kernel: &'a Path,
+        initrd: &'a Path,
+        cmdline: &'a str,
+    },
 }
 
 /// Puts `m` under the stage's /boot as PREFIX-NAME; returns that name.
@@ -125,14 +133,23 @@ fn stage_module(stage: &Path, prefix: &str, m: &IsoModule) -> Result<String, Str
     }
 }
 
+/// The start of grub.cfg: no menu delay, and GRUB's terminal on COM2
+/// (L0's management line, or the native guest's second port), except on
+/// a user VM's CD, where GRUB keeps to the BIOS console so that the VM's
+/// COM ports carry only what its kernel writes.
+fn grub_terminal(boot: &IsoBoot) -> &'static str {
+    match boot {
+        IsoBoot::UserVm { .. } => "set timeout=0\n",
+        _ => "set timeout=0\nserial --unit=1 --speed=115200\nterminal_input serial\nterminal_output serial\n",
+    }
+}
+
 /// Makes a GRUB ISO that boots `boot`.
 pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
     let stage = out.with_extension("d");
     let _ = fs::remove_dir_all(&stage);
     fs::create_dir_all(stage.join("boot/grub")).map_err(|e| e.to_string())?;
-    let mut cfg = String::from(
-        "set timeout=0\nserial --unit=1 --speed=115200\nterminal_input serial\nterminal_output serial\n",
-    );
+    let mut cfg = String::from(grub_terminal(&boot));
     match boot {
         IsoBoot::L0 {
             l0,
@@ -174,6 +191,11 @@ pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
             kernel,
             initrd,
             cmdline,
+        }
+        | IsoBoot::UserVm {
+            kernel,
+            initrd,
+            cmdline,
         } => {
             fs::copy(kernel, stage.join("boot/bzImage"))
                 .map_err(|e| format!("{}: {e}", kernel.display()))?;
@@ -201,4 +223,26 @@ pub fn iso(out: &Path, boot: IsoBoot) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_vms_cd_keeps_grub_off_the_uarts() {
+        let (k, i) = (Path::new("k"), Path::new("i"));
+        let vm = IsoBoot::UserVm {
+            kernel: k,
+            initrd: i,
+            cmdline: "",
+        };
+        assert!(!grub_terminal(&vm).contains("serial"));
+        let peer = IsoBoot::Linux {
+            kernel: k,
+            initrd: i,
+            cmdline: "",
+        };
+        assert!(grub_terminal(&peer).contains("terminal_output serial"));
+    }
 }

@@ -949,7 +949,16 @@ fn xen_modules(xentest: &str) -> Result<Vec<IsoModule>, String> {
     let x = crate::xen::images()?;
     let initrd = match xentest {
         "boot" => x.dom0_initrd.clone(),
-        _ => x.dom0_initrd_with_guest()?,
+        "pvh" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Pvh)?,
+        // The HVM guest's shell for the operator under L0; natively (no
+        // shadow UARTs, nobody to type) its marker line.
+        "hvm" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Hvm {
+            args: "l2mode=shell l2tag=hvm1",
+        })?,
+        "hvm-boot" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Hvm {
+            args: "l2marker=hvm1",
+        })?,
+        other => return Err(format!("no dom0 initramfs for xentest={other}")),
     };
     Ok(vec![
         IsoModule::file(
@@ -991,6 +1000,56 @@ const XEN_PVH_COM1: &[&str] = &[
     "XL PVH guest ran",
     "DOM0DONE",
 ];
+
+/// An HVM user VM under L0 (`xentest=hvm`): dom0 creates it with QEMU as
+/// its device model and its COM1 on a pty, it registers its tag and runs
+/// a shell on ttyS0 (the KVM scenarios' L2 kernel and initramfs), the
+/// operator uses that shell through L0's console (XEN_HVM_CONSOLE), and
+/// nothing came out of the pty QEMU gave its COM1.
+const XEN_HVM_COM1: &[&str] = &[
+    "HVM: VMX enabled",
+    "DOM0INIT ok",
+    "XL virt_caps=pv hvm hap",
+    "XL hvm1 COM1 on /dev/pts/",
+    "XL created hvm1",
+    "XL hvm1 gone",
+    "pty-bytes=0 console-log-bytes=0",
+    "DOM0DONE",
+];
+
+/// The same natively (`xentest=hvm-boot`): no shadow UARTs, so the guest
+/// prints its marker through QEMU's UART into the pty, where dom0 reads it.
+const XEN_HVM_NATIVE_COM1: &[&str] = &[
+    "HVM: VMX enabled",
+    "DOM0INIT ok",
+    "XL virt_caps=pv hvm hap",
+    "XL hvm1 COM1 on /dev/pts/",
+    "XL created hvm1",
+    "XL hvm1 gone",
+    "HVMPTY| L2 hvm1 ok",
+    "DOM0DONE",
+];
+
+/// The operator's side of `xen-hvm`: the VM appears with its tag, a
+/// command typed into its shell runs (its ttyS0 reads input on its
+/// interrupt: the count in /proc/interrupts rises), and `exit` ends it.
+const XEN_HVM_CONSOLE: ConsoleCheck = ConsoleCheck {
+    expect: &["hvm1-42-ok", "irq4-count-ok"],
+    ordered: &[],
+    forbidden: &[],
+    typed: &[
+        Input { after: "tag=hvm1", target: "hvm1", text: "" },
+        Input { after: "hvm1# ", target: "hvm1", text: "echo hvm1-$((6*7))-ok\r" },
+        Input {
+            after: "hvm1-42-ok",
+            target: "hvm1",
+            text: "awk '/ttyS0/ { print \"ttyS0 irqs\", $2; if ($2 > 5) print \"irq4\" \"-count-ok\" }' /proc/interrupts\r",
+        },
+        Input { after: "irq4-count-ok", target: "hvm1", text: "exit\r" },
+    ],
+    follow_all: false,
+    script: None,
+};
 
 /// Failure markers of the Xen scenarios.
 const XEN_HEALTHY: &[&str] = &[
@@ -1070,6 +1129,40 @@ fn xen() -> Vec<Scenario> {
             com2: &["starting the cloud VM: multiboot kernel"],
             forbidden: XEN_HEALTHY,
             console: NO_CONSOLE,
+            enabled_in_ci: true,
+            disk: Disk::None,
+            cpus: 1,
+        },
+        // Xen starts an HVM user VM (QEMU in dom0, hvmloader, SeaBIOS,
+        // the L2 kernel booted by kernel=): under L0 its COM ports are
+        // L0's shadow UARTs, which the operator uses. The native twin only
+        // boots it (no shadow UARTs there), by name.
+        Scenario {
+            name: "xen-hvm-native",
+            boot: Boot::Xen {
+                native: true,
+                xentest: "hvm-boot",
+            },
+            limit: Duration::from_secs(1500),
+            com1: XEN_HVM_NATIVE_COM1,
+            com2: &[],
+            forbidden: XEN_HEALTHY,
+            console: NO_CONSOLE,
+            enabled_in_ci: false,
+            disk: Disk::None,
+            cpus: 1,
+        },
+        Scenario {
+            name: "xen-hvm",
+            boot: Boot::Xen {
+                native: false,
+                xentest: "hvm",
+            },
+            limit: Duration::from_secs(2400),
+            com1: XEN_HVM_COM1,
+            com2: &["starting the cloud VM: multiboot kernel", "user VM 1 registered tag hvm1"],
+            forbidden: XEN_HEALTHY,
+            console: XEN_HVM_CONSOLE,
             enabled_in_ci: true,
             disk: Disk::None,
             cpus: 1,

@@ -72,6 +72,9 @@ pub struct LinuxImages {
     pub initramfs: PathBuf,
     /// The peer host's initramfs (see `initramfs::Initramfs::peer`).
     pub peer: PathBuf,
+    /// The user VMs' initramfs (tests/linux/init-l2), which boots with
+    /// `kernel` as well.
+    pub l2: PathBuf,
 }
 
 static IMAGES: std::sync::OnceLock<Result<LinuxImages, String>> = std::sync::OnceLock::new();
@@ -86,6 +89,7 @@ pub fn images() -> Result<&'static LinuxImages, String> {
                 kernel: k.bz_image,
                 initramfs: i.l1,
                 peer: i.peer,
+                l2: i.l2,
             })
         })
         .as_ref()

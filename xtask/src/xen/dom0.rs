@@ -2,8 +2,12 @@
 //! and the toolstack from the pinned packages (xenstored, xen-init-dom0,
 //! xenconsoled, xl) with every library `ldd` names, the packages' own
 //! first. Built in memory and cached by its bytes like the cloud VM's.
-//! The variant with a guest also holds what `xl create` starts: dom0's
-//! own kernel and a busybox initramfs with tests/xen/init-guest.
+//! The variants with a user VM also hold what `xl create` starts: for a
+//! PVH guest dom0's own kernel and a busybox initramfs with
+//! tests/xen/init-guest; for an HVM guest the device model (QEMU, with its
+//! libraries), hvmloader, SeaBIOS, and a GRUB boot CD of the KVM
+//! scenarios' user VM kernel and initramfs (the lean bzImage and
+//! tests/linux/init-l2).
 
 use std::fs;
 use std::path::Path;
@@ -29,6 +33,63 @@ const TOOLS: &[&str] = &[
     "usr/lib/xen-4.17/bin/xenconsoled",
     "usr/lib/xen-4.17/bin/xl",
 ];
+
+/// An HVM guest's device model, where libxl starts it.
+const DEVICE_MODEL: &str = "usr/libexec/xen-qemu-system-i386";
+
+/// An HVM guest's firmware and QEMU's data, where libxl and QEMU look:
+/// hvmloader (libxl's firmware directory), SeaBIOS (libxl hands it to
+/// hvmloader as a module) and the keymap QEMU reads for `-vnc none`
+/// (libxl passes it with vnc = 0; QEMU stops without the file).
+const HVM_FIRMWARE: &[&str] = &[
+    "usr/lib/xen-4.17/boot/hvmloader",
+    "usr/share/seabios/bios-256k.bin",
+    "usr/share/qemu/keymaps/en-us",
+];
+
+/// Which user VM dom0's initramfs carries for `xl create`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum UserVm {
+    None,
+    /// dom0's own kernel and tests/xen/init-guest, under /guest.
+    Pvh,
+    /// The device model and firmware, and a boot CD (/guest/l2.iso) of
+    /// the lean kernel with tests/linux/init-l2 and these arguments.
+    Hvm {
+        args: &'static str,
+    },
+}
+
+/// The HVM user VM's boot CD: GRUB booting the KVM scenarios' L2 kernel
+/// and initramfs with `args`, cached by what goes in. (A CD rather than
+/// xl's `kernel=`/`ramdisk=`: with those QEMU boots the kernel through
+/// its linuxboot.bin option ROM, which loads the initrd with `rep insb`
+/// in protected mode with CS still holding real mode's cached
+/// descriptor; Xen emulates that instruction and, on Bochs, the guest
+/// triple-faults there, natively as under L0 — docs/xen-l1.md.)
+fn hvm_boot_cd(args: &str) -> Result<std::path::PathBuf, String> {
+    let l2 = crate::linux::images()?;
+    let cmdline = format!("console=ttyS0,115200 panic=-1 quiet {args}");
+    let mut key = read(&l2.kernel)?;
+    key.extend(read(&l2.l2)?);
+    key.extend(cmdline.as_bytes());
+    let hash = crate::linux::sha256_hex(&key)?;
+    let out = crate::linux::cache_dir().join(format!("xen-hvm-cd-{}.iso", &hash[..16]));
+    if !out.exists() {
+        let tmp = out.with_extension("tmp.iso");
+        crate::build::iso(
+            &tmp,
+            crate::build::IsoBoot::UserVm {
+                kernel: &l2.kernel,
+                initrd: &l2.l2,
+                cmdline: &cmdline,
+            },
+        )?;
+        let _ = fs::remove_dir_all(tmp.with_extension("d"));
+        fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
 
 /// Where the packages put their libraries.
 const LIB_DIR: &str = "usr/lib/x86_64-linux-gnu";
@@ -56,10 +117,40 @@ fn guest_initramfs() -> Result<std::path::PathBuf, String> {
     cached_lz4("xen-guest", &a.to_bytes())
 }
 
+/// Adds `bin` (a path inside the packages' root) and every library `ldd`
+/// names: the packages' own under their installed path, the rest (glibc,
+/// zlib, ...) from this Debian host.
+fn add_program(a: &mut Archive, pkg_root: &Path, bin: &str) -> Result<(), String> {
+    let lib_path = pkg_root.join(LIB_DIR);
+    let lib_path = lib_path.to_string_lossy();
+    let prefix = pkg_root.to_string_lossy().into_owned();
+    let path = pkg_root.join(bin);
+    a.add(
+        bin,
+        Node::File {
+            data: read(&path)?,
+            exec: true,
+        },
+    );
+    for lib in ldd(&path.to_string_lossy(), Some(&lib_path))? {
+        let inside = lib.strip_prefix(&prefix).unwrap_or(&lib).to_string();
+        if !a.contains(&inside) {
+            a.add(
+                &inside,
+                Node::File {
+                    data: read(Path::new(&lib))?,
+                    exec: true,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `unpacked` is the cache directory of `super::unpacked`: modules/,
-/// vmlinux, and the packages' files under root/. With `guest`, the
-/// archive also holds /guest/vmlinux and /guest/initrd.
-pub fn initramfs(unpacked: &Path, guest: bool) -> Result<std::path::PathBuf, String> {
+/// vmlinux, and the packages' files under root/; `vm` says which user
+/// VM's files go in as well.
+pub fn initramfs(unpacked: &Path, vm: UserVm) -> Result<std::path::PathBuf, String> {
     let pkg_root = unpacked.join("root");
     let mut a = Archive::default();
     add_busybox(&mut a)?;
@@ -79,32 +170,8 @@ pub fn initramfs(unpacked: &Path, guest: bool) -> Result<std::path::PathBuf, Str
             },
         );
     }
-    let lib_path = pkg_root.join(LIB_DIR);
-    let lib_path = lib_path.to_string_lossy();
-    let prefix = pkg_root.to_string_lossy().into_owned();
     for tool in TOOLS {
-        let bin = pkg_root.join(tool);
-        a.add(
-            tool,
-            Node::File {
-                data: read(&bin)?,
-                exec: true,
-            },
-        );
-        for lib in ldd(&bin.to_string_lossy(), Some(&lib_path))? {
-            // The packages' libraries under their installed path; the
-            // rest (glibc, zlib, ...) from this Debian host.
-            let inside = lib.strip_prefix(&prefix).unwrap_or(&lib).to_string();
-            if !a.contains(&inside) {
-                a.add(
-                    &inside,
-                    Node::File {
-                        data: read(Path::new(&lib))?,
-                        exec: true,
-                    },
-                );
-            }
-        }
+        add_program(&mut a, &pkg_root, tool)?;
     }
     a.add(
         LIBGCC_S,
@@ -113,14 +180,31 @@ pub fn initramfs(unpacked: &Path, guest: bool) -> Result<std::path::PathBuf, Str
             exec: true,
         },
     );
-    if !guest {
-        return cached_lz4("dom0", &a.to_bytes());
+    match vm {
+        UserVm::None => cached_lz4("dom0", &a.to_bytes()),
+        UserVm::Pvh => {
+            for (path, data) in [
+                ("guest/vmlinux", read(&unpacked.join("vmlinux"))?),
+                ("guest/initrd", read(&guest_initramfs()?)?),
+            ] {
+                a.add(path, Node::File { data, exec: false });
+            }
+            cached_lz4("dom0-guest", &a.to_bytes())
+        }
+        UserVm::Hvm { args } => {
+            add_program(&mut a, &pkg_root, DEVICE_MODEL)?;
+            for f in HVM_FIRMWARE {
+                let data = read(&pkg_root.join(f))?;
+                a.add(f, Node::File { data, exec: false });
+            }
+            a.add(
+                "guest/l2.iso",
+                Node::File {
+                    data: read(&hvm_boot_cd(args)?)?,
+                    exec: false,
+                },
+            );
+            cached_lz4("dom0-hvm", &a.to_bytes())
+        }
     }
-    for (path, data) in [
-        ("guest/vmlinux", read(&unpacked.join("vmlinux"))?),
-        ("guest/initrd", read(&guest_initramfs()?)?),
-    ] {
-        a.add(path, Node::File { data, exec: false });
-    }
-    cached_lz4("dom0-guest", &a.to_bytes())
 }

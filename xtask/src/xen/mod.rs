@@ -38,10 +38,10 @@ pub struct XenImages {
 }
 
 impl XenImages {
-    /// dom0's initramfs with a user VM for `xl create` (built on demand:
-    /// it holds a second copy of the kernel).
-    pub fn dom0_initrd_with_guest(&self) -> Result<PathBuf, String> {
-        dom0::initramfs(&self.dir, true)
+    /// dom0's initramfs with what `xl create` of `vm` needs (built on
+    /// demand: it holds a second kernel and, for HVM, the device model).
+    pub fn dom0_initrd_for(&self, vm: dom0::UserVm) -> Result<PathBuf, String> {
+        dom0::initramfs(&self.dir, vm)
     }
 }
 
@@ -150,7 +150,7 @@ pub fn images() -> Result<&'static XenImages, String> {
     IMAGES
         .get_or_init(|| {
             let dir = unpacked()?;
-            let dom0_initrd = dom0::initramfs(&dir, false)?;
+            let dom0_initrd = dom0::initramfs(&dir, dom0::UserVm::None)?;
             Ok(XenImages {
                 xen: dir.join("xen"),
                 vmlinux: dir.join("vmlinux"),

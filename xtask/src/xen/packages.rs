@@ -1,4 +1,5 @@
-//! Debian bookworm's Xen 4.17 and the stock kernel its dom0 runs, pinned.
+//! Debian bookworm's Xen 4.17, the stock kernel its dom0 runs and an HVM
+//! guest's device model and firmware, pinned.
 //!
 //! Each package is fetched once with `apt-get download NAME=VERSION`, its
 //! SHA-256 checked against the table (as the archive's Packages file lists
@@ -78,6 +79,25 @@ pub const PINNED: &[(&str, &str, &str)] = &[
         "libyajl2",
         "2.1.0-3+deb12u2",
         "b512a6efbe735e7c731185a1b3ea477ff306f0c3f6aa2970e85b12f01fe8063b",
+    ),
+    // An HVM guest's device model (/usr/libexec/xen-qemu-system-i386,
+    // the path libxl starts), its data files (a keymap) and SeaBIOS
+    // (bios-256k.bin, which libxl hands hvmloader). hvmloader itself is
+    // in xen-utils-4.17.
+    (
+        "qemu-system-xen",
+        "1:7.2+dfsg-7+deb12u18+b3",
+        "550fe1c829699fa6cdc581f570118aadd7d79c63b7e01cc86edcaf9dd828a802",
+    ),
+    (
+        "qemu-system-data",
+        "1:7.2+dfsg-7+deb12u18",
+        "8d7647370573fe9871949acf60d0c000546c2c089008a70accb3d015781e6bf1",
+    ),
+    (
+        "seabios",
+        "1.16.2-1",
+        "08e5b3f761379f17a6051731cafa03e97686049e2cc1b8bdccc5a910646e2d8e",
     ),
     (
         "linux-image-6.1.0-57-amd64",
