@@ -55,6 +55,14 @@ impl Checks {
         }
     }
 
+    /// Fails each of `names` for one reason (what they needed failed
+    /// before they could run).
+    pub fn fail_all(&mut self, names: &[&str], why: fmt::Arguments) {
+        for n in names {
+            self.check(n, false, why);
+        }
+    }
+
     /// A check the capabilities (or the environment) rule out: it counts
     /// as passed and says why it did not run.
     pub fn skip(&mut self, name: &str, why: fmt::Arguments) {

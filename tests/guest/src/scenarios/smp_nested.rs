@@ -235,9 +235,7 @@ fn work(cpu: usize, c: &mut Checks) {
         return;
     };
     if !hv.mode.ept() {
-        for n in &CHECKS[1..] {
-            c.check(n, false, format_args!("needs EPT (mode {:?})", hv.mode));
-        }
+        c.fail_all(&CHECKS[1..], format_args!("needs EPT (mode {:?})", hv.mode));
         give_up();
         return;
     }
@@ -246,9 +244,7 @@ fn work(cpu: usize, c: &mut Checks) {
     let mut meet_vm = match hv.vm(pg::VMCS_B, l2!(l2_meet)) {
         Ok(vm) => vm,
         Err(m) => {
-            for n in &CHECKS[1..] {
-                c.check(n, false, format_args!("setting up VMCS B: {m}"));
-            }
+            c.fail_all(&CHECKS[1..], format_args!("setting up VMCS B: {m}"));
             give_up();
             return;
         }

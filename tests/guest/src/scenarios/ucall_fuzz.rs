@@ -126,9 +126,7 @@ fn body(c: &mut Checks, hv: &mut Hv) {
                 vms[i] = Some((vm, s));
             }
             Err(m) => {
-                for n in &CHECKS[1..] {
-                    c.check(n, false, format_args!("setting up {name}: {}", m.as_str()));
-                }
+                c.fail_all(&CHECKS[1..], format_args!("setting up {name}: {}", m.as_str()));
                 return;
             }
         }

@@ -89,9 +89,7 @@ fn fail_rest(c: &mut Checks, from: &str, why: core::fmt::Arguments) {
         .iter()
         .position(|n| *n == from)
         .unwrap_or(CHECKS.len());
-    for n in &CHECKS[i..] {
-        c.check(n, false, why);
-    }
+    c.fail_all(&CHECKS[i..], why);
 }
 
 fn body(c: &mut Checks, hv: &mut Hv) {
