@@ -811,6 +811,24 @@ pub mod test_keys {
     pub const L0_PUBLIC_B64: &str = "17XoHTNuV4sTuNcG6C0GHjA4yWvOZs3PUNVmuW3buhA=";
 }
 
+/// How every owner story begins: with a wrong pin the client refuses to
+/// connect, and a session encrypted to the wrong key does not open either.
+pub fn wrong_pin_refused() -> [Step; 2] {
+    use test_keys::*;
+    let other = noise::public_key(&OTHER_L0);
+    [
+        Step::CheckPin {
+            pin: other,
+            matches: false,
+        },
+        Step::Open {
+            key: RW,
+            pin: other,
+            refused: Some(EndReason::HandshakeFailed),
+        },
+    ]
+}
+
 /// The `owner-console` scenario's client: its story, step by step.
 pub fn scenario_client() -> OwnerClient {
     use test_keys::*;
@@ -823,18 +841,8 @@ pub fn scenario_client() -> OwnerClient {
         expect,
         patient,
     };
-    let steps = vec![
-        // A wrong pin: the client refuses to connect, and a session
-        // encrypted to the wrong key does not open either.
-        Step::CheckPin {
-            pin: pk(&OTHER_L0),
-            matches: false,
-        },
-        Step::Open {
-            key: RW,
-            pin: pk(&OTHER_L0),
-            refused: Some(EndReason::HandshakeFailed),
-        },
+    let mut steps = wrong_pin_refused().to_vec();
+    steps.extend([
         // The owner with alpha's rw key.
         Step::CheckPin {
             pin: l0,
@@ -896,7 +904,7 @@ pub fn scenario_client() -> OwnerClient {
             pin: l0,
             refused: Some(EndReason::UnknownKey),
         },
-    ];
+    ]);
     OwnerClient::new(steps, false)
         .after_log("starting the cloud VM")
         .patient()

@@ -75,17 +75,8 @@ fn typed(text: &str) -> Step {
 
 /// `owner-relay`: what owner-console does on the line, through the relay.
 fn owner_relay() -> Vec<Step> {
-    vec![
-        // A wrong pin: refused before and by the handshake.
-        Step::CheckPin {
-            pin: pk(&OTHER_L0),
-            matches: false,
-        },
-        Step::Open {
-            key: RW,
-            pin: pk(&OTHER_L0),
-            refused: Some(EndReason::HandshakeFailed),
-        },
+    let mut steps = crate::owner::wrong_pin_refused().to_vec();
+    steps.extend([
         check_pin(),
         open(RW, None),
         attach(Expect::Ok, true),
@@ -126,7 +117,8 @@ fn owner_relay() -> Vec<Step> {
         Step::WaitLog("registered tag alpha".into()),
         check_pin(),
         open(RW, Some(EndReason::UnknownKey)),
-    ]
+    ]);
+    steps
 }
 
 /// `relay-tamper`: the relay (`--tamper all`) spoils the first typed

@@ -1064,108 +1064,54 @@ const XEN_HEALTHY: &[&str] = &[
 
 /// Xen as the cloud VM (docs/xen-l1.md), natively and under L0.
 fn xen() -> Vec<Scenario> {
+    // What every Xen scenario shares: one CPU, no disk, Xen's failure
+    // markers, no console session, in CI unless said otherwise.
+    let xen = |name, native, xentest, limit, com1| Scenario {
+        name,
+        boot: Boot::Xen { native, xentest },
+        limit: Duration::from_secs(limit),
+        com1,
+        com2: &[],
+        forbidden: XEN_HEALTHY,
+        console: NO_CONSOLE,
+        enabled_in_ci: true,
+        disk: Disk::None,
+        cpus: 1,
+    };
     vec![
+        xen("xen-boot-native", true, "boot", 600, XEN_BOOT_COM1),
         Scenario {
-            name: "xen-boot-native",
-            boot: Boot::Xen {
-                native: true,
-                xentest: "boot",
-            },
-            limit: Duration::from_secs(600),
-            com1: XEN_BOOT_COM1,
-            com2: &[],
-            forbidden: XEN_HEALTHY,
-            console: NO_CONSOLE,
-            enabled_in_ci: true,
-            disk: Disk::None,
-            cpus: 1,
-        },
-        Scenario {
-            name: "xen-boot",
-            boot: Boot::Xen {
-                native: false,
-                xentest: "boot",
-            },
-            limit: Duration::from_secs(900),
-            com1: XEN_BOOT_COM1,
             com2: &[
                 "INT 15h memory services (E820h, E801h, 88h) answered",
                 "starting the cloud VM: multiboot kernel",
                 "the cloud VM reads its memory map through INT 15h E820h",
             ],
-            forbidden: XEN_HEALTHY,
-            console: NO_CONSOLE,
-            enabled_in_ci: true,
-            disk: Disk::None,
-            cpus: 1,
+            ..xen("xen-boot", false, "boot", 900, XEN_BOOT_COM1)
         },
         // Xen starts a PVH user VM (`xl create`, dom0's kernel): under L0
         // it is an L2 on L0's nested VMX. The native twin is the reference
         // (`cargo xtask test scenario xen-pvh-native`), left out of CI for
         // its ~6 minutes: xen-boot-native already checks Xen on Bochs.
         Scenario {
-            name: "xen-pvh-native",
-            boot: Boot::Xen {
-                native: true,
-                xentest: "pvh",
-            },
-            limit: Duration::from_secs(1200),
-            com1: XEN_PVH_COM1,
-            com2: &[],
-            forbidden: XEN_HEALTHY,
-            console: NO_CONSOLE,
             enabled_in_ci: false,
-            disk: Disk::None,
-            cpus: 1,
+            ..xen("xen-pvh-native", true, "pvh", 1200, XEN_PVH_COM1)
         },
         Scenario {
-            name: "xen-pvh",
-            boot: Boot::Xen {
-                native: false,
-                xentest: "pvh",
-            },
-            limit: Duration::from_secs(1800),
-            com1: XEN_PVH_COM1,
             com2: &["starting the cloud VM: multiboot kernel"],
-            forbidden: XEN_HEALTHY,
-            console: NO_CONSOLE,
-            enabled_in_ci: true,
-            disk: Disk::None,
-            cpus: 1,
+            ..xen("xen-pvh", false, "pvh", 1800, XEN_PVH_COM1)
         },
         // Xen starts an HVM user VM (QEMU in dom0, hvmloader, SeaBIOS,
-        // the L2 kernel booted by kernel=): under L0 its COM ports are
-        // L0's shadow UARTs, which the operator uses. The native twin only
-        // boots it (no shadow UARTs there), by name.
+        // the L2 kernel and initramfs from a GRUB CD): under L0 its COM
+        // ports are L0's shadow UARTs, which the operator uses. The native
+        // twin only boots it (no shadow UARTs there), by name.
         Scenario {
-            name: "xen-hvm-native",
-            boot: Boot::Xen {
-                native: true,
-                xentest: "hvm-boot",
-            },
-            limit: Duration::from_secs(1500),
-            com1: XEN_HVM_NATIVE_COM1,
-            com2: &[],
-            forbidden: XEN_HEALTHY,
-            console: NO_CONSOLE,
             enabled_in_ci: false,
-            disk: Disk::None,
-            cpus: 1,
+            ..xen("xen-hvm-native", true, "hvm-boot", 1500, XEN_HVM_NATIVE_COM1)
         },
         Scenario {
-            name: "xen-hvm",
-            boot: Boot::Xen {
-                native: false,
-                xentest: "hvm",
-            },
-            limit: Duration::from_secs(2400),
-            com1: XEN_HVM_COM1,
             com2: &["starting the cloud VM: multiboot kernel", "user VM 1 registered tag hvm1"],
-            forbidden: XEN_HEALTHY,
             console: XEN_HVM_CONSOLE,
-            enabled_in_ci: true,
-            disk: Disk::None,
-            cpus: 1,
+            ..xen("xen-hvm", false, "hvm", 2400, XEN_HVM_COM1)
         },
     ]
 }
