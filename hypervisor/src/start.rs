@@ -10,6 +10,7 @@ use boot::memmap::{Range, RangeSet};
 use boot::multiboot2::MemoryRegion;
 use log::{info, warn};
 
+use crate::acpi::spmi::{BmcInterface, BmcSpace};
 use crate::arch::fault::fatal;
 use crate::arch::iommu as arch_iommu;
 use crate::arch::l1_ram::L1Ram;
@@ -24,7 +25,6 @@ use crate::machine::shared::SharedMachine;
 use crate::mm::layout::{chunks, l1_memory_map, FirmwareMemory};
 use crate::mm::paging::PageSize;
 use crate::shadow::limits::Limits;
-use crate::acpi::spmi::{BmcInterface, BmcSpace};
 use crate::vcpu::bios_memory;
 use crate::vcpu::l0_ports::L0Ports;
 use crate::vmx::caps;
@@ -132,11 +132,17 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
         Some(Ok(found)) => {
             for bmc in found {
                 match bmc {
-                    Ok(BmcInterface { kind, space: BmcSpace::Io { base, count } }) => {
+                    Ok(BmcInterface {
+                        kind,
+                        space: BmcSpace::Io { base, count },
+                    }) => {
                         info!("{kind} at ports {base:#x}+{count} (SPMI): kept from the cloud VM");
                         l0_ports.add_bmc(base, count, kind);
                     }
-                    Ok(BmcInterface { kind, space: BmcSpace::Memory { base, len } }) => {
+                    Ok(BmcInterface {
+                        kind,
+                        space: BmcSpace::Memory { base, len },
+                    }) => {
                         info!("{kind} at {base:#x}+{len} (SPMI): kept from the cloud VM");
                         bmc_frames.push(Range::new(base, base + len).grow_to_pages());
                     }

@@ -1106,10 +1106,19 @@ fn xen() -> Vec<Scenario> {
         // twin only boots it (no shadow UARTs there), by name.
         Scenario {
             enabled_in_ci: false,
-            ..xen("xen-hvm-native", true, "hvm-boot", 1500, XEN_HVM_NATIVE_COM1)
+            ..xen(
+                "xen-hvm-native",
+                true,
+                "hvm-boot",
+                1500,
+                XEN_HVM_NATIVE_COM1,
+            )
         },
         Scenario {
-            com2: &["starting the cloud VM: multiboot kernel", "user VM 1 registered tag hvm1"],
+            com2: &[
+                "starting the cloud VM: multiboot kernel",
+                "user VM 1 registered tag hvm1",
+            ],
             console: XEN_HVM_CONSOLE,
             ..xen("xen-hvm", false, "hvm", 2400, XEN_HVM_COM1)
         },

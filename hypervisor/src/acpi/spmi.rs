@@ -143,11 +143,23 @@ mod tests {
 
     #[test]
     fn what_names_no_interface_is_refused() {
-        assert_eq!(parse(&spmi(1, SPACE_IO, 8, 0xca2)[..64]), Err(SpmiError::Short(64)));
-        assert_eq!(parse(&spmi(0, SPACE_IO, 8, 0xca2)), Err(SpmiError::UnknownInterface(0)));
-        assert_eq!(parse(&spmi(5, SPACE_IO, 8, 0xca2)), Err(SpmiError::UnknownInterface(5)));
+        assert_eq!(
+            parse(&spmi(1, SPACE_IO, 8, 0xca2)[..64]),
+            Err(SpmiError::Short(64))
+        );
+        assert_eq!(
+            parse(&spmi(0, SPACE_IO, 8, 0xca2)),
+            Err(SpmiError::UnknownInterface(0))
+        );
+        assert_eq!(
+            parse(&spmi(5, SPACE_IO, 8, 0xca2)),
+            Err(SpmiError::UnknownInterface(5))
+        );
         assert_eq!(parse(&spmi(4, 4, 8, 0x20)), Err(SpmiError::SmBus));
-        assert_eq!(parse(&spmi(1, SPACE_IO, 12, 0xca2)), Err(SpmiError::BadWidth(12)));
+        assert_eq!(
+            parse(&spmi(1, SPACE_IO, 12, 0xca2)),
+            Err(SpmiError::BadWidth(12))
+        );
         for (space, address) in [
             (SPACE_IO, 0),
             (SPACE_IO, 0xffff),

@@ -238,9 +238,7 @@ fn find_all_gives_every_table_of_a_signature_in_order() {
     let b = sdt(b"SPMI", &[3; 29]);
     let xsdt = sdt(
         b"XSDT",
-        &[0x2000u64, 0x3000, 0x4000]
-            .map(u64::to_le_bytes)
-            .concat(),
+        &[0x2000u64, 0x3000, 0x4000].map(u64::to_le_bytes).concat(),
     );
     let mut mem = Mem(vec![
         (0x1000, xsdt),
@@ -250,10 +248,10 @@ fn find_all_gives_every_table_of_a_signature_in_order() {
     ]);
     let rsdp = rsdp_v2(0x1000);
     let all = find_all(&rsdp, &mut mem, *b"SPMI").unwrap();
-    assert_eq!(all.iter().map(|t| (t.addr, &t.bytes)).collect::<Vec<_>>(), [
-        (0x2000, &a),
-        (0x4000, &b)
-    ]);
+    assert_eq!(
+        all.iter().map(|t| (t.addr, &t.bytes)).collect::<Vec<_>>(),
+        [(0x2000, &a), (0x4000, &b)]
+    );
     assert_eq!(find_all(&rsdp, &mut mem, *b"HPET"), Ok(Vec::new()));
     // `find` stops at the first: an unreadable entry after it is not read.
     mem.0.retain(|(addr, _)| *addr != 0x4000);

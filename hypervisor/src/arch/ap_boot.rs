@@ -276,7 +276,9 @@ pub fn run_cloud_vm(started: &Started, share: Option<&'static ApShare>, tsc_hz: 
     for a in &started.up {
         let ready = a.runs
             && share.is_some()
-            && spin(second, || a.handoff.state.load(Ordering::Acquire) == VCPU_READY);
+            && spin(second, || {
+                a.handoff.state.load(Ordering::Acquire) == VCPU_READY
+            });
         match (a.runs, ready) {
             (true, true) => {
                 running += 1;

@@ -467,7 +467,10 @@ fn a_list_of_1024_vms_is_paced() {
 fn notices_wait_for_room_coalesced() {
     let mut s = shadow();
     let a = s.identify(0x1000, Some(0x10_0000)).unwrap();
-    assert!(s.con.notices_within(&mut s.sh, 100).is_empty(), "no room, nothing sent");
+    assert!(
+        s.con.notices_within(&mut s.sh, 100).is_empty(),
+        "no room, nothing sent"
+    );
     // Churn: 2000 VMs appear and end while the line has no room.
     for i in 1..=2000u64 {
         s.identify(0x100_0000 + i * 0x1000, Some(0x4000_0000 + i * 0x1000))
@@ -490,7 +493,13 @@ fn notices_wait_for_room_coalesced() {
     s.sh.vmclear(0x1000, 0);
     s.sh.vmclear(0x2000, 0);
     s.sh.expire(0);
-    assert_eq!(events(s.con.notices_within(&mut s.sh, 520)), [Event::Gone { id: a }]);
-    assert_eq!(events(s.con.notices_within(&mut s.sh, 520)), [Event::Gone { id: b }]);
+    assert_eq!(
+        events(s.con.notices_within(&mut s.sh, 520)),
+        [Event::Gone { id: a }]
+    );
+    assert_eq!(
+        events(s.con.notices_within(&mut s.sh, 520)),
+        [Event::Gone { id: b }]
+    );
     assert!(!s.sh.has_notices());
 }

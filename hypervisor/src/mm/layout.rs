@@ -192,20 +192,29 @@ mod tests {
 
     #[test]
     fn chunks_cover_each_range_exactly_in_order() {
-        let rs = [Range::new(0x500, 0x9ec00), Range::new(0x10_0000, 0x10_0000 + (5 << 20) + 7)];
+        let rs = [
+            Range::new(0x500, 0x9ec00),
+            Range::new(0x10_0000, 0x10_0000 + (5 << 20) + 7),
+        ];
         let c = chunks(rs.into_iter(), 2 << 20);
         assert_eq!(c[0], Range::new(0x500, 0x9ec00));
         assert_eq!(c[1], Range::new(0x10_0000, 0x30_0000));
         assert_eq!(c.last(), Some(&Range::new(0x50_0000, 0x60_0007)));
         assert_eq!(c.len(), 1 + 3);
-        assert_eq!(c.iter().map(|r| r.len()).sum::<u64>(), rs.iter().map(|r| r.len()).sum());
+        assert_eq!(
+            c.iter().map(|r| r.len()).sum::<u64>(),
+            rs.iter().map(|r| r.len()).sum()
+        );
         assert!(chunks(core::iter::empty(), 1 << 20).is_empty());
         let top = Range::new(u64::MAX - 10, u64::MAX);
-        assert_eq!(chunks([top].into_iter(), 4), [
-            Range::new(u64::MAX - 10, u64::MAX - 6),
-            Range::new(u64::MAX - 6, u64::MAX - 2),
-            Range::new(u64::MAX - 2, u64::MAX)
-        ]);
+        assert_eq!(
+            chunks([top].into_iter(), 4),
+            [
+                Range::new(u64::MAX - 10, u64::MAX - 6),
+                Range::new(u64::MAX - 6, u64::MAX - 2),
+                Range::new(u64::MAX - 2, u64::MAX)
+            ]
+        );
     }
 
     fn bochs() -> Vec<MemoryRegion> {

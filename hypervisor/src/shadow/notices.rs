@@ -140,7 +140,11 @@ mod tests {
             q.vm(vm);
             q.gone(vm);
         }
-        assert!(q.is_empty(), "VMs that came and went unannounced: {}", q.len());
+        assert!(
+            q.is_empty(),
+            "VMs that came and went unannounced: {}",
+            q.len()
+        );
         q.gone(0);
         for i in 0..1000 {
             q.event(saved(i));

@@ -38,7 +38,10 @@ impl L0Ports {
 
     /// Adds a BMC interface the firmware names (once, however often named).
     pub fn add_bmc(&mut self, base: u16, count: u16, name: &'static str) {
-        let known = BMC_PORTS.iter().chain(&self.bmc).any(|&(b, n, _)| (b, n) == (base, count));
+        let known = BMC_PORTS
+            .iter()
+            .chain(&self.bmc)
+            .any(|&(b, n, _)| (b, n) == (base, count));
         if !known {
             self.bmc.push((base, count, name));
         }
@@ -90,7 +93,11 @@ mod tests {
         p.add_bmc(0xca8, 8, "IPMI KCS");
         p.add_bmc(0xca8, 8, "IPMI KCS");
         p.add_bmc(0xca2, 2, "IPMI KCS");
-        assert_eq!(p.bmc, [(0xca8, 8, "IPMI KCS")], "each once, defaults not again");
+        assert_eq!(
+            p.bmc,
+            [(0xca8, 8, "IPMI KCS")],
+            "each once, defaults not again"
+        );
         assert!(p.touches(0xca8, 1) && p.touches(0xcaf, 1) && p.touches(0xcae, 4));
         assert!(!p.touches(0xcb0, 1));
         assert_eq!(p.all().count(), 2 + 3 + 3 + 8);

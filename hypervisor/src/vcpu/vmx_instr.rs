@@ -42,7 +42,9 @@ impl Vcpu {
             }
             None => false,
         };
-        let done = self.nested_ctx(vs, p).vmx_instruction(basic, &mut elsewhere);
+        let done = self
+            .nested_ctx(vs, p)
+            .vmx_instruction(basic, &mut elsewhere);
         let after = self.nested.current_vmcs12();
         if before != after {
             m.vmcs12_owners.change(self.apic_id(), before, after);

@@ -95,7 +95,8 @@ const ES: u64 = 0x8000;
 /// INT 15h from real mode with ES = 0x800, SS = 0x700 (SP = FFF0h, the
 /// INT's frame there with the carry flag set), then the stub's answer.
 fn int15(b: &BiosMemory, m: &mut VecMemory, regs: &mut GuestRegs) -> (Answer, u16) {
-    m.bytes[(SS + SP + 4) as usize..(SS + SP + 6) as usize].copy_from_slice(&0x0203u16.to_le_bytes());
+    m.bytes[(SS + SP + 4) as usize..(SS + SP + 6) as usize]
+        .copy_from_slice(&0x0203u16.to_le_bytes());
     let mut c = Call {
         regs,
         es_base: ES,
@@ -103,7 +104,10 @@ fn int15(b: &BiosMemory, m: &mut VecMemory, regs: &mut GuestRegs) -> (Answer, u1
         sp: SP,
     };
     let a = b.call(&mut c, m);
-    let f = u16::from_le_bytes([m.bytes[(SS + SP + 4) as usize], m.bytes[(SS + SP + 5) as usize]]);
+    let f = u16::from_le_bytes([
+        m.bytes[(SS + SP + 4) as usize],
+        m.bytes[(SS + SP + 5) as usize],
+    ]);
     (a, f)
 }
 
@@ -132,7 +136,11 @@ fn e820_walks_l1s_map_with_the_stub_reserved() {
         let at = (ES + 0x100) as usize;
         let e = &m.bytes[at..at + 24];
         let q = |o: usize| u64::from_le_bytes(e[o..o + 8].try_into().unwrap());
-        got.push(region(q(0), q(8), u32::from_le_bytes(e[16..20].try_into().unwrap())));
+        got.push(region(
+            q(0),
+            q(8),
+            u32::from_le_bytes(e[16..20].try_into().unwrap()),
+        ));
         assert_eq!(u32::from_le_bytes(e[20..24].try_into().unwrap()), 1);
         index = r.gpr[GuestRegs::RBX];
         if index == 0 {
@@ -219,7 +227,11 @@ fn other_functions_go_to_the_firmware_untouched() {
             ss_base: SS,
             sp: SP,
         };
-        assert_eq!(b.call(&mut c, &mut m), Answer::Firmware(0xf000, 0xf859), "{ax:#x}");
+        assert_eq!(
+            b.call(&mut c, &mut m),
+            Answer::Firmware(0xf000, 0xf859),
+            "{ax:#x}"
+        );
         assert_eq!(r.gpr[GuestRegs::RAX], ax);
         assert!(m.bytes == before);
     }

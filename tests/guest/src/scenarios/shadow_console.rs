@@ -60,7 +60,10 @@ fn body(c: &mut Checks, hv: &mut crate::hv::Hv) {
         match hv.vm64(i, page, l2x!(l2x_console), &p) {
             Ok((vm, e)) => vms[i] = Some((vm, e.root)),
             Err(m) => {
-                c.fail_all(&CHECKS[1..], format_args!("setting up VM {}: {}", letter as char, m.as_str()));
+                c.fail_all(
+                    &CHECKS[1..],
+                    format_args!("setting up VM {}: {}", letter as char, m.as_str()),
+                );
                 return;
             }
         }

@@ -45,7 +45,10 @@ fn body(c: &mut Checks, hv: &mut crate::hv::Hv) {
     let mut vm = match hv.vm64(0, pg::VMCS_A, l2x!(l2x_tag_only), &p) {
         Ok((vm, _)) => vm,
         Err(m) => {
-            c.fail_all(&CHECKS[1..], format_args!("setting up the VM: {}", m.as_str()));
+            c.fail_all(
+                &CHECKS[1..],
+                format_args!("setting up the VM: {}", m.as_str()),
+            );
             return;
         }
     };

@@ -176,7 +176,10 @@ fn run_vm(c: &mut Checks, hv: &mut Hv, tag: &'static [u8], owner: Option<[u64; 4
     let mut vm = match hv.vm64(0, pg::VMCS_A, l2x!(l2x_input), &p) {
         Ok((vm, _)) => vm,
         Err(m) => {
-            c.fail_all(&checks[3..], format_args!("setting up the VM: {}", m.as_str()));
+            c.fail_all(
+                &checks[3..],
+                format_args!("setting up the VM: {}", m.as_str()),
+            );
             return;
         }
     };

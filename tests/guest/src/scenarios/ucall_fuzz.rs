@@ -126,7 +126,10 @@ fn body(c: &mut Checks, hv: &mut Hv) {
                 vms[i] = Some((vm, s));
             }
             Err(m) => {
-                c.fail_all(&CHECKS[1..], format_args!("setting up {name}: {}", m.as_str()));
+                c.fail_all(
+                    &CHECKS[1..],
+                    format_args!("setting up {name}: {}", m.as_str()),
+                );
                 return;
             }
         }
