@@ -22,8 +22,10 @@ fn shadow() -> Shadow {
 
 /// VM `i`: a VMCS12 and an EPT root of its own, with its cell.
 fn vm_at(sh: &mut Shadow, i: u64) -> (VmId, VmCell) {
-    sh.identify_cell(0x1_0000_0000 + i * 0x1000, Some(0x4000_0000 + i * 0x1000))
-        .unwrap()
+    let (vm, cell, _) = sh
+        .identify_cell(0x1_0000_0000 + i * 0x1000, Some(0x4000_0000 + i * 0x1000))
+        .unwrap();
+    (vm, cell)
 }
 
 /// What COM1 of the VM in `cell` sent, pulled as the console does.

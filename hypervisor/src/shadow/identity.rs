@@ -265,6 +265,11 @@ impl Identities {
         Some(self.vms.get(&id)?.eptp)
     }
 
+    /// The VM `vmcs` serves, if L0 knows it.
+    pub fn vm_of_vmcs(&self, vmcs: u64) -> Option<VmId> {
+        self.by_vmcs.get(&Addr(vmcs)).map(|&(id, _)| id)
+    }
+
     /// Every VMCS12 of the VM, the last one attached first.
     pub fn vmcs_of_vm(&self, id: VmId) -> impl Iterator<Item = u64> + '_ {
         self.vms

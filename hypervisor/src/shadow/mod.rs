@@ -19,11 +19,13 @@ pub mod interrupts;
 pub mod ioapic;
 pub mod limits;
 pub mod notices;
+pub mod vm_irqs;
 
 use identity::{Identities, VmId};
 use interrupts::Interrupts;
 use ioapic::IoApic;
 use limits::Limits;
+use vm_irqs::VmIrqCell;
 
 /// Random bytes for nonces (RDSEED/RDRAND on hardware).
 pub type RandomFn = fn(&mut [u8]) -> bool;
@@ -110,11 +112,17 @@ impl Shadow {
         self.ids.changes()
     }
 
-    /// The VM of an L2 exit and its devices' cell, for a CPU to serve the
-    /// VM's ports without the machine (as [`Shadow::identify`]).
-    pub fn identify_cell(&mut self, vmcs12: u64, eptp12: Option<u64>) -> Option<(VmId, VmCell)> {
+    /// The VM of an L2 exit with its devices' cell and its interrupt
+    /// routes' cell, for a CPU to serve the VM's ports and post their
+    /// edges without the machine (as [`Shadow::identify`]).
+    pub fn identify_cell(
+        &mut self,
+        vmcs12: u64,
+        eptp12: Option<u64>,
+    ) -> Option<(VmId, VmCell, VmIrqCell)> {
         let vm = self.identify(vmcs12, eptp12)?;
-        Some((vm, self.devices.cell(&vm)?))
+        let devices = self.devices.cell(&vm)?;
+        Some((vm, devices, self.irqs.cell(vm)))
     }
 
     /// Edges VM `vm`'s devices raised while a CPU served its ports without
@@ -189,10 +197,28 @@ impl Shadow {
     /// The posted-interrupt routes of VM `vm`'s vCPUs (one per VMCS12 it
     /// entered with posted interrupts), the last one L0 learnt of first.
     pub fn pi_routes_of(&self, vm: VmId) -> Vec<interrupts::PiRoute> {
-        self.ids
-            .vmcs_of_vm(vm)
-            .filter_map(|v| self.irqs.pi_route(v))
-            .collect()
+        match self.irqs.cell_of(vm) {
+            Some(c) => c.lock().routes().copied().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Records (or forgets) a VMCS12's posted-interrupt route, in the
+    /// cell of the VM it serves.
+    pub fn set_pi_route(&mut self, vmcs12: u64, route: Option<interrupts::PiRoute>) {
+        self.irqs.set_pi_route(vmcs12, route);
+        self.irqs.place(vmcs12, self.ids.vm_of_vmcs(vmcs12));
+    }
+
+    /// Runs `f`, which may make `vmcs12` serve another VM; its route
+    /// follows it to that VM's cell.
+    fn keeping_route<T>(&mut self, vmcs12: u64, f: impl FnOnce(&mut Self) -> T) -> T {
+        let changes = self.ids.changes();
+        let r = f(self);
+        if self.ids.changes() != changes {
+            self.irqs.place(vmcs12, self.ids.vm_of_vmcs(vmcs12));
+        }
+        r
     }
 
     /// L2 wrote its IOAPIC (`offset` in the page).
@@ -212,10 +238,10 @@ impl Shadow {
     /// hold its worst case: it has no devices (its COM ports read as
     /// absent), nothing changed, and L0 says so once.
     pub fn identify(&mut self, vmcs12: u64, eptp12: Option<u64>) -> Option<VmId> {
-        let vm = match self.ids.lookup(vmcs12, eptp12) {
-            Some(vm) => vm,
-            None => self.admit(vmcs12, eptp12)?,
-        };
+        let vm = self.keeping_route(vmcs12, |s| match s.ids.lookup(vmcs12, eptp12) {
+            Some(vm) => Some(vm),
+            None => s.admit(vmcs12, eptp12),
+        })?;
         if !self.devices.contains(&vm) {
             drop(self.devices.vm(vm));
             self.notices.vm(vm);
@@ -254,7 +280,7 @@ impl Shadow {
         if self.endings.reentry(vmcs12, root) == ending::Reentry::Reused {
             self.vmclear_now(vmcs12);
         }
-        self.ids.note_entry(vmcs12, eptp12);
+        self.keeping_route(vmcs12, |s| s.ids.note_entry(vmcs12, eptp12));
     }
 
     /// L1 VMCLEARed a VMCS12: carried out at `deadline` (TSC) unless it is
@@ -275,7 +301,7 @@ impl Shadow {
 
     /// A VMCLEAR for the identities: if that ended a VM, its devices go too.
     fn vmclear_now(&mut self, vmcs12: u64) {
-        if let Some(vm) = self.ids.vmclear(vmcs12) {
+        if let Some(vm) = self.keeping_route(vmcs12, |s| s.ids.vmclear(vmcs12)) {
             self.drop_vm(vm);
         }
     }

@@ -57,7 +57,7 @@ fn fill_vm(sh: &mut Shadow, vm: VmId, vmcs: u64) {
     sh.register_tag(vm, VmTag::new(tag.as_bytes()).unwrap())
         .unwrap();
     sh.irqs.note_edges(vm, 0x18);
-    sh.irqs.set_pi_route(vmcs, Some(ROUTE));
+    sh.set_pi_route(vmcs, Some(ROUTE));
 }
 
 /// A VM's devices, identity, interrupts and IOAPIC copy at their fullest
@@ -83,7 +83,7 @@ fn worst_case_vm_fits() {
     for i in 1..per {
         let vmcs = 0x8_0000_0000 + i * 0x1000;
         sh.ids.note_entry(vmcs, Some(0x4000_0000 + 100 * 0x1000));
-        sh.irqs.set_pi_route(vmcs, Some(ROUTE));
+        sh.set_pi_route(vmcs, Some(ROUTE));
     }
     let vmcs_bytes = (held() - before) / (per as isize - 1);
     eprintln!("one VM at its worst: {vm_bytes} bytes; each further VMCS12: {vmcs_bytes} bytes");
@@ -179,15 +179,15 @@ fn routes_stay_within_the_vmcs12_bound() {
     let mut sh = shadow();
     sh.set_limits(Limits { vms: 2, vmcs: 2 }, || usize::MAX);
     let other = PiRoute { nv: 0xf1, ..ROUTE };
-    sh.irqs.set_pi_route(0x1000, Some(ROUTE));
-    sh.irqs.set_pi_route(0x2000, Some(ROUTE));
-    sh.irqs.set_pi_route(0x3000, Some(ROUTE));
+    sh.set_pi_route(0x1000, Some(ROUTE));
+    sh.set_pi_route(0x2000, Some(ROUTE));
+    sh.set_pi_route(0x3000, Some(ROUTE));
     assert_eq!(sh.irqs.pi_route(0x3000), None, "beyond the bound");
-    sh.irqs.set_pi_route(0x2000, Some(other));
+    sh.set_pi_route(0x2000, Some(other));
     assert_eq!(sh.irqs.pi_route(0x2000), Some(other), "known ones update");
     sh.vmclear(0x1000, 0);
     sh.expire(0);
-    sh.irqs.set_pi_route(0x3000, Some(ROUTE));
+    sh.set_pi_route(0x3000, Some(ROUTE));
     assert_eq!(
         sh.irqs.pi_route(0x3000),
         Some(ROUTE),
@@ -209,9 +209,9 @@ fn routing_passes_try_only_new_edges() {
     sh.irqs.note_edges(5, 1 << 3);
     assert_eq!(sh.irqs.edges(), [(5, 1 << 3 | 1 << 4)]);
     // The same route again is no change; a new one retries every VM.
-    sh.irqs.set_pi_route(0x1000, Some(ROUTE));
+    sh.set_pi_route(0x1000, Some(ROUTE));
     assert_eq!(sh.irqs.edges().len(), 1024);
-    sh.irqs.set_pi_route(0x1000, Some(ROUTE));
+    sh.set_pi_route(0x1000, Some(ROUTE));
     assert!(!sh.irqs.has_edges());
     // Waiting edges are still L1's relay's to take.
     sh.irqs.relay_vector = Some(0x40);
@@ -235,7 +235,7 @@ fn an_endless_l1_meets_the_bounds() {
     for cpu in 0..300u64 {
         let vmcs = 0x10_0000_0000 + cpu * 0x1000;
         sh.ids.note_entry(vmcs, Some(eptp(0)));
-        sh.irqs.set_pi_route(vmcs, Some(ROUTE));
+        sh.set_pi_route(vmcs, Some(ROUTE));
     }
     assert_eq!(sh.ids.vmcs_count(), MAX_VMS - 1 + limits::MAX_VMCS_PER_VM);
     // Every VM adds vCPUs until the total bound holds them all.
@@ -243,7 +243,7 @@ fn an_endless_l1_meets_the_bounds() {
         for vm in 0..MAX_VMS as u64 {
             let vmcs = 0x20_0000_0000 + (vm * 64 + cpu) * 0x1000;
             sh.ids.note_entry(vmcs, Some(eptp(vm)));
-            sh.irqs.set_pi_route(vmcs, Some(ROUTE));
+            sh.set_pi_route(vmcs, Some(ROUTE));
         }
     }
     assert_eq!(sh.ids.vmcs_count(), max.vmcs);
@@ -254,7 +254,7 @@ fn an_endless_l1_meets_the_bounds() {
         assert!(sh.ids.vmcs_of(vm + 1).is_some());
     }
     assert_eq!(sh.irqs.pi_route(0x30_0000_0000), None);
-    sh.irqs.set_pi_route(0x30_0000_0000, Some(ROUTE));
+    sh.set_pi_route(0x30_0000_0000, Some(ROUTE));
     assert_eq!(
         sh.irqs.pi_route(0x30_0000_0000),
         None,

@@ -6,9 +6,12 @@
 //! A COM access takes the VM's own lock, not the machine's: the vCPU
 //! keeps the VM's cell while the identities' generation stays
 //! (`machine/shared.rs`), so two VMs' bytes on two CPUs never wait for
-//! each other. The machine's lock is taken after the VM's is let go, and
-//! only to find the VM, to deliver interrupt edges, or (if no other CPU
-//! holds it) to pull an attached console's output onto the line.
+//! each other. The interrupt edges the access raised are posted with the
+//! VM's routes (`shadow/vm_irqs.rs`, a lock of the VM's own). The
+//! machine's lock is taken after the VM's are let go, and only to find the
+//! VM, to leave edges for L1's relay (a VM without posted-interrupt
+//! routes), or (if no other CPU holds it) to pull an attached console's
+//! output onto the line.
 
 use super::{Outcome, Platform, Vcpu};
 use crate::arch::run::GuestRegs;
@@ -21,6 +24,7 @@ use crate::nested::VmcsSet;
 use crate::regs::{AR_L, EFER_LMA, RFLAGS_DF};
 use crate::shadow::identity::VmId;
 use crate::shadow::is_com_port;
+use crate::shadow::vm_irqs::VmIrqCell;
 use crate::vmx::exit::{ExitInfo, IoAccess};
 use crate::vmx::fields::GUEST_SEGMENTS;
 use crate::vmx::guest_cr::paging_regs;
@@ -56,6 +60,8 @@ pub(super) struct ComVm {
     generation: u64,
     vm: VmId,
     cell: VmCell,
+    /// The VM's IOAPIC copy and routes: its edges are posted with these.
+    irqs: VmIrqCell,
 }
 
 /// Whether the operator follows one of the VM's ports that has output
@@ -82,6 +88,35 @@ impl Vcpu {
         vm
     }
 
+    /// The VM this vCPU keeps the cells of, if it is still the current
+    /// L2's: the same VMCS12 and EPTP12 at the same identities' generation.
+    fn kept_com_vm(&self, generation: u64) -> Option<&ComVm> {
+        let vmcs12 = self.nested.vmx.current?;
+        let eptp12 = self.nested.eptp12();
+        self.com_vm
+            .as_ref()
+            .filter(|c| c.vmcs12 == vmcs12 && c.eptp12 == eptp12 && c.generation == generation)
+    }
+
+    /// The id of the VM whose cells this vCPU keeps.
+    pub(super) fn com_vm_id(&self) -> Option<VmId> {
+        self.com_vm.as_ref().map(|c| c.vm)
+    }
+
+    /// RegisterTag of the tag the current L2's VM holds already (an agent
+    /// repeating it), answered under the VM's lock alone when this vCPU
+    /// keeps that VM's cells; anything else needs the machine.
+    pub(super) fn tag_held_already(
+        &self,
+        m: &MachineLock<'_>,
+        req: &ultracall_abi::Request,
+    ) -> bool {
+        let Some(com) = self.kept_com_vm(m.vm_generation()) else {
+            return false;
+        };
+        req.tag.is_some() && com.cell.lock().tag() == req.tag
+    }
+
     /// The current L2's VM with its devices' cell in `self.com_vm`: the
     /// one kept if the VMCS12, EPTP12 and identities' generation are as
     /// when it was found, else found again under the machine's lock.
@@ -92,23 +127,36 @@ impl Vcpu {
             return;
         };
         let eptp12 = self.nested.eptp12();
-        let generation = m.vm_generation();
-        let kept = self.com_vm.as_ref().is_some_and(|c| {
-            c.vmcs12 == vmcs12 && c.eptp12 == eptp12 && c.generation == generation
-        });
-        if kept {
+        if self.kept_com_vm(m.vm_generation()).is_some() {
             return;
         }
         self.com_vm = None;
         let found = m.shadow.identify_cell(vmcs12, eptp12);
         let generation = m.vm_generation();
-        self.com_vm = found.map(|(vm, cell)| ComVm {
+        self.com_vm = found.map(|(vm, cell, irqs)| ComVm {
             vmcs12,
             eptp12,
             generation,
             vm,
             cell,
+            irqs,
         });
+    }
+
+    /// Lets go of the cells of the VM this vCPU served last once the
+    /// identities moved on (that VM may have ended): checked at every
+    /// exit (an atomic load), so an ended VM's devices leave L0's heap
+    /// with each CPU's next exit (the preemption timer bounds it to 2 ms),
+    /// not at that CPU's next COM access, if ever. A VM that lives on is
+    /// found again at its next COM access, as it would have been anyway.
+    pub(super) fn drop_stale_com_vm(&mut self, generation: u64) {
+        if self
+            .com_vm
+            .as_ref()
+            .is_some_and(|c| c.generation != generation)
+        {
+            self.com_vm = None;
+        }
     }
 
     /// One byte of a COM access; bytes of a wide access outside COM ports
@@ -175,10 +223,16 @@ impl Vcpu {
             }
         };
         drop(devices);
+        // Posted under the VM's routes' lock alone; only edges of a VM
+        // without routes go to the machine, for L1's relay.
+        let left = match edges {
+            0 => 0,
+            _ => self.post_vm_edges(&com.irqs.lock(), vs, p, edges),
+        };
         let vm = com.vm;
         self.com_vm = Some(com);
-        if edges != 0 {
-            m.shadow.note_edges(vm, edges);
+        if left != 0 {
+            m.shadow.note_edges(vm, left);
         }
         // Output waits at most until the console CPU's next visit when
         // another CPU has the machine now.

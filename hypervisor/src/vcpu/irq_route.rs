@@ -1,7 +1,9 @@
 //! Where a shadow UART's interrupt goes when L2's guest hypervisor uses
 //! posted interrupts (KVM with APICv): L0 learns the vector from L2's
 //! IOAPIC programming and posts it (`nested/apicv.rs`), as a VT-d device
-//! would. docs/shadow-devices.md tells the whole story.
+//! would. docs/shadow-devices.md tells the whole story. Posting needs only
+//! the VM's own routes (`shadow/vm_irqs.rs`), so a COM access posts its
+//! edges without the machine's lock.
 
 use super::decode;
 use super::{Platform, Vcpu};
@@ -12,6 +14,7 @@ use crate::machine::Machine;
 use crate::nested::ept12::L2Memory;
 use crate::nested::VmcsSet;
 use crate::shadow::ioapic::{LocalApic, IOAPIC_BASE, IOWIN};
+use crate::shadow::vm_irqs::VmIrqs;
 use crate::vmx::exit::ExitInfo;
 use crate::vmx::guest_cr::paging_regs;
 use crate::vmx::{Field as F, Vmcs};
@@ -20,11 +23,11 @@ use crate::vmx::{Field as F, Vmcs};
 const COM_PINS: [u8; 2] = [3, 4];
 
 impl Vcpu {
-    /// Delivers the shadow devices' interrupt edges of VMs whose guest
-    /// hypervisor runs them with posted interrupts, each into the
-    /// descriptor of the vCPU the VM's IOAPIC entry names, wherever it
-    /// runs (`nested/apicv.rs` notifies the CPU in the descriptor's NDST);
-    /// the other VMs' edges stay for L1's relay (ultracall SetIrqRelay).
+    /// Delivers the shadow devices' interrupt edges the machine holds
+    /// (those of VMs that had no route when they came, tried again once a
+    /// route was recorded) for VMs whose guest hypervisor runs them with
+    /// posted interrupts; the other VMs' edges stay for L1's relay
+    /// (ultracall SetIrqRelay).
     pub(super) fn route_shadow_irqs<S: VmcsSet, P: Platform>(
         &mut self,
         m: &mut Machine,
@@ -35,32 +38,57 @@ impl Vcpu {
             return; // the common case, at every COM access
         }
         for (vm, edges) in m.shadow.irqs.edges() {
-            let routes = m.shadow.pi_routes_of(vm);
-            if routes.is_empty() {
+            let Some(cell) = m.shadow.irqs.cell_of(vm).cloned() else {
+                continue;
+            };
+            let left = self.post_vm_edges(&cell.lock(), vs, p, edges);
+            m.shadow.irqs.take_edges(vm, edges & !left);
+        }
+    }
+
+    /// Posts a VM's interrupt `edges` by its IOAPIC copy and its vCPUs'
+    /// routes (`irqs`, under the VM's own lock: no machine lock needed),
+    /// each into the descriptor of the vCPU the VM's IOAPIC entry names,
+    /// wherever it runs (`nested/apicv.rs` notifies the CPU in the
+    /// descriptor's NDST, or processes it at once if that vCPU is the L2
+    /// running here). Returns the edges left for L1's relay: all of them
+    /// when the VM has no route.
+    pub(super) fn post_vm_edges<S: VmcsSet, P: Platform>(
+        &mut self,
+        irqs: &VmIrqs,
+        vs: &mut S,
+        p: &mut P,
+        edges: u16,
+    ) -> u16 {
+        if !irqs.has_routes() {
+            return edges;
+        }
+        let mut taken = 0;
+        for pin in COM_PINS {
+            if edges & 1 << pin == 0 {
                 continue;
             }
-            let mut taken = 0;
-            for pin in COM_PINS {
-                if edges & 1 << pin == 0 {
-                    continue;
-                }
-                // A masked or unprogrammed edge-triggered pin drops the
-                // edge, as the IOAPIC does.
-                taken |= 1 << pin;
-                let Some((vector, dest)) = m.shadow.irqs.ioapic_route(vm, pin) else {
-                    continue;
-                };
-                // A destination no vCPU accepts (or whose APIC page L0
-                // cannot read) goes to the vCPU L0 learnt of last rather
-                // than nowhere: a lost UART interrupt stalls the console.
-                let route = routes
-                    .iter()
-                    .find(|r| local_apic(p.mem(), r.vapic).is_some_and(|a| dest.accepts(a)))
-                    .unwrap_or(&routes[0]);
+            // A masked or unprogrammed edge-triggered pin drops the
+            // edge, as the IOAPIC does.
+            taken |= 1 << pin;
+            let Some((vector, dest)) = irqs.pin_route(pin) else {
+                continue;
+            };
+            // A destination no vCPU accepts (or whose APIC page L0
+            // cannot read) goes to the vCPU L0 learnt of last rather
+            // than nowhere: a lost UART interrupt stalls the console.
+            let mut routes = irqs.routes();
+            let first = routes.next().copied();
+            let chosen = first
+                .into_iter()
+                .chain(routes.copied())
+                .find(|r| local_apic(p.mem(), r.vapic).is_some_and(|a| dest.accepts(a)))
+                .or(first);
+            if let Some(route) = chosen {
                 self.nested_ctx(vs, p).post(route.desc, vector);
             }
-            m.shadow.irqs.take_edges(vm, taken);
         }
+        edges & !taken
     }
 
     /// An L2 write to an address EPT12 does not map, on its way to L1:

@@ -166,7 +166,7 @@ impl Vcpu {
             return;
         }
         m.shadow.note_entry(vmcs12, entry.eptp12);
-        m.shadow.irqs.set_pi_route(vmcs12, route);
+        m.shadow.set_pi_route(vmcs12, route);
         self.noted_entry = Some(NotedEntry {
             epoch: m.epoch_after(),
             ..entry

@@ -418,6 +418,7 @@ impl Vcpu {
         p: &mut P,
     ) -> Outcome {
         let o = self.dispatch_exit(m, vs, p);
+        self.drop_stale_com_vm(m.vm_generation());
         self.settle(vs, o)
     }
 

@@ -853,6 +853,8 @@ mod nested {
     //! L0-handled exits, EPT02 fills, entry failures.
     use super::*;
     use crate::nested::testutil::{valid_vmcs12, EPT12_ROOT, IO_A};
+    use crate::shadow::interrupts::PiRoute;
+    use crate::vcpu::ultracall::needs_machine;
     use crate::vmx::ept::{Ept, RWX};
 
     const L2_PAGE: u64 = 0x50_0000;
@@ -1759,25 +1761,25 @@ mod nested {
         c.poll_console(v, p);
     }
 
+    const DESC1: u64 = 0x62_0000;
+    const VAPIC1: u64 = 0x63_0000;
+    /// vCPU 0's VMCS12 (`l1_in_vmx`'s) and vCPU 1's.
+    const VMCS0: u64 = 0x10_1000;
+    const VMCS1: u64 = 0x10_2000;
+
     /// A VM with two vCPUs (two VMCS12s, each with its descriptor and
-    /// virtual-APIC page): the shadow UART's interrupt is posted to the
-    /// vCPU whose APIC ID the IOAPIC entry names, and its notification
-    /// goes to the physical CPU in that descriptor's NDST.
-    #[test]
-    fn shadow_interrupt_goes_to_the_vcpu_the_ioapic_names() {
-        const DESC1: u64 = 0x62_0000;
-        const VAPIC1: u64 = 0x63_0000;
+    /// virtual-APIC page): vCPU 0 (xAPIC ID 0) is notified on CPU 1,
+    /// vCPU 1 (ID 1) on CPU 2. L2 sends its IOAPIC pin 4 (vector 0x24) to
+    /// APIC ID `dest`; then L1 runs vCPU 1 here.
+    fn vm_of_two_vcpus(dest: u64) -> (Cpu, FakeSet, FakePlatform) {
         let (mut c, mut v, mut p) = l2_with_posted_interrupts();
-        // vCPU 0 (xAPIC ID 0) is notified on CPU 1, vCPU 1 (ID 1) on CPU 2.
         p.mem.write(VAPIC + 0x20, &0u32.to_le_bytes()).unwrap();
         p.mem
             .write(VAPIC1 + 0x20, &(1u32 << 24).to_le_bytes())
             .unwrap();
         p.mem.write(DESC1 + 34, &[0xf2]).unwrap();
         p.mem.write(DESC1 + 36, &0x0200u32.to_le_bytes()).unwrap();
-        // Pin 4: vector 0x24, physical destination APIC ID 1.
-        let to = |id: u64| [(0, 0x18), (0x10, 0x24), (0, 0x19), (0x10, id << 24)];
-        l2_ioapic_writes(&mut c, &mut v, &mut p, &to(1));
+        l2_ioapic_writes(&mut c, &mut v, &mut p, &pin4_to(dest));
         // L1 runs vCPU 1 on its own VMCS12.
         exit(&mut v, reason::CPUID, 0, 2);
         c.handle_exit(&mut v, &mut p);
@@ -1785,12 +1787,49 @@ mod nested {
         v12.launched = false;
         v12.set(F::VIRTUAL_APIC_PAGE_ADDR, VAPIC1);
         v12.set(F::POSTED_INTR_DESC_ADDR, DESC1);
-        c.nested.vmx.current = Some(0x10_2000);
+        c.nested.vmx.current = Some(VMCS1);
         *c.nested.vmx.vmcs12 = v12;
         launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
         assert!(c.nested.in_l2());
         assert_eq!(c.m.get_mut().shadow.pi_routes_of(1).len(), 2);
+        (c, v, p)
+    }
 
+    /// IOAPIC writes that send pin 4 (vector 0x24) to physical APIC ID `id`.
+    fn pin4_to(id: u64) -> [(u64, u64); 4] {
+        [(0, 0x18), (0x10, 0x24), (0, 0x19), (0x10, id << 24)]
+    }
+
+    /// L2 writes `value` to COM port `port`; whether that took the
+    /// machine's lock.
+    fn l2_com_out(
+        c: &mut Cpu,
+        v: &mut FakeSet,
+        p: &mut FakePlatform,
+        port: u16,
+        value: u8,
+    ) -> bool {
+        c.regs.gpr[GuestRegs::RAX] = value as u64;
+        exit(v, reason::IO_INSTRUCTION, (port as u64) << 16, 1);
+        let locked = c.exit_locks(v, p);
+        assert!(c.nested.in_l2());
+        locked
+    }
+
+    /// The shadow UART of COM1 raises a THR-empty edge (IER's THRI off,
+    /// then on, OUT2 on); whether any of it took the machine's lock.
+    fn thre_edge(c: &mut Cpu, v: &mut FakeSet, p: &mut FakePlatform) -> bool {
+        let mcr = l2_com_out(c, v, p, 0x3fc, 0x08);
+        let off = l2_com_out(c, v, p, 0x3f9, 0x00);
+        mcr | off | l2_com_out(c, v, p, 0x3f9, 0x02)
+    }
+
+    /// The shadow UART's interrupt is posted to the vCPU whose APIC ID the
+    /// IOAPIC entry names, and its notification goes to the physical CPU
+    /// in that descriptor's NDST.
+    #[test]
+    fn shadow_interrupt_goes_to_the_vcpu_the_ioapic_names() {
+        let (mut c, mut v, mut p) = vm_of_two_vcpus(1);
         typed_while_l1_runs(&mut c, &mut v, &mut p, &["attach 1", "in 41"]);
         assert_eq!(p.ipis, vec![(0x200, 0xf2)], "vCPU 1's CPU notified");
         assert_eq!(p.mem.read_u64(DESC1).unwrap(), 1 << 0x24, "in vCPU 1's PIR");
@@ -1798,11 +1837,175 @@ mod nested {
 
         // L2 moves the interrupt to vCPU 0.
         launch(&mut c, &mut v, &mut p, reason::VMRESUME);
-        l2_ioapic_writes(&mut c, &mut v, &mut p, &to(0));
+        l2_ioapic_writes(&mut c, &mut v, &mut p, &pin4_to(0));
         p.ipis.clear();
         typed_while_l1_runs(&mut c, &mut v, &mut p, &["in 42"]);
         assert_eq!(p.ipis, vec![(0x100, 0xf2)], "vCPU 0's CPU notified");
         assert_eq!(p.mem.read_u64(DESC).unwrap(), 1 << 0x24);
+    }
+
+    /// An edge a COM access raises is posted with the VM's own routes: no
+    /// machine lock, the notification to the CPU where the vCPU the
+    /// IOAPIC names runs (vCPU 0, on CPU 1, while vCPU 1 writes here).
+    #[test]
+    fn an_edge_is_posted_without_the_machine_lock() {
+        let (mut c, mut v, mut p) = vm_of_two_vcpus(0);
+        assert!(
+            l2_com_out(&mut c, &mut v, &mut p, 0x3fc, 0x08),
+            "the VM found"
+        );
+        assert!(!thre_edge(&mut c, &mut v, &mut p), "no machine lock");
+        assert_eq!(p.ipis, vec![(0x100, 0xf2)], "vCPU 0's CPU notified");
+        assert_eq!(p.mem.read_u64(DESC).unwrap(), 1 << 0x24, "in vCPU 0's PIR");
+        let m = c.m.get_mut();
+        assert!(!m.shadow.irqs.has_edges() && !m.shadow.irqs.irq_pending());
+    }
+
+    /// While another CPU holds the machine, an edge is posted all the same.
+    #[test]
+    fn an_edge_is_posted_while_another_cpu_holds_the_machine() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        use std::time::{Duration, Instant};
+        let (mut c, mut v, mut p) = vm_of_two_vcpus(0);
+        assert!(l2_com_out(&mut c, &mut v, &mut p, 0x3fc, 0x08));
+        let (held, done) = (AtomicBool::new(false), AtomicBool::new(false));
+        let Cpu { vcpu, m } = &mut c;
+        let m: &SharedMachine = m;
+        let done_while_held = std::thread::scope(|s| {
+            let holder = s.spawn(|| {
+                let mut g = m.lock();
+                let _ = &mut *g;
+                held.store(true, SeqCst);
+                let start = Instant::now();
+                while !done.load(SeqCst) && start.elapsed() < Duration::from_secs(5) {
+                    std::hint::spin_loop();
+                }
+                done.load(SeqCst)
+            });
+            while !held.load(SeqCst) {
+                std::hint::spin_loop();
+            }
+            for ier in [0x00, 0x02] {
+                vcpu.regs.gpr[GuestRegs::RAX] = ier;
+                exit(&mut v, reason::IO_INSTRUCTION, 0x3f9 << 16, 1);
+                vcpu.handle_exit(&mut m.lock(), &mut v, &mut p);
+            }
+            done.store(true, SeqCst);
+            holder.join().unwrap()
+        });
+        assert!(done_while_held, "the edge waited for the machine");
+        assert_eq!(p.ipis, vec![(0x100, 0xf2)]);
+        assert_eq!(p.mem.read_u64(DESC).unwrap(), 1 << 0x24);
+    }
+
+    /// KVM moves vCPU 0 to another CPU (VMCLEAR on the old one, NDST
+    /// rewritten, VMPTRLD and VMLAUNCH on the new one: what those CPUs'
+    /// exits tell the machine): this CPU's next edge, still without the
+    /// machine lock, notifies the new CPU.
+    #[test]
+    fn routes_follow_a_vcpu_that_moves_between_cpus() {
+        let (mut c, mut v, mut p) = vm_of_two_vcpus(0);
+        assert!(thre_edge(&mut c, &mut v, &mut p));
+        assert_eq!(p.ipis, vec![(0x100, 0xf2)]);
+        // vCPU 0 took the interrupt (KVM cleared ON and PIR).
+        p.mem.write(DESC, &[0u8; 33]).unwrap();
+        let eptp = c.nested.eptp12();
+        let route = PiRoute {
+            desc: DESC,
+            nv: 0xf2,
+            vapic: VAPIC,
+        };
+        c.m.lock().shadow.vmclear(VMCS0, u64::MAX);
+        p.mem.write(DESC + 36, &0x0300u32.to_le_bytes()).unwrap();
+        {
+            let mut m = c.m.lock();
+            m.shadow.note_entry(VMCS0, eptp);
+            m.shadow.set_pi_route(VMCS0, Some(route));
+        }
+        p.ipis.clear();
+        assert!(!thre_edge(&mut c, &mut v, &mut p), "no machine lock");
+        assert_eq!(p.ipis, vec![(0x300, 0xf2)], "vCPU 0's new CPU notified");
+        assert_eq!(p.mem.read_u64(DESC1).unwrap(), 0, "not vCPU 1's");
+    }
+
+    /// An L2 ultracall `req`; its status, and whether it took the
+    /// machine's lock.
+    fn l2_ultracall(
+        c: &mut Cpu,
+        v: &mut FakeSet,
+        p: &mut FakePlatform,
+        req: &ultracall_abi::Request,
+    ) -> (u64, bool) {
+        let r = req.to_regs();
+        let g = &mut c.regs.gpr;
+        (g[GuestRegs::RAX], g[GuestRegs::RCX], g[GuestRegs::RDX]) = (r.rax, r.rcx, r.rdx);
+        (g[GuestRegs::RSI], g[GuestRegs::RDI]) = (r.rsi, r.rdi);
+        (g[8], g[9], g[10], g[11]) = (r.r8, r.r9, r.r10, r.r11);
+        exit(v, reason::VMCALL, 0, 3);
+        let locked = c.exit_locks(v, p);
+        assert!(c.nested.in_l2());
+        (c.regs.gpr[GuestRegs::RAX], locked)
+    }
+
+    /// Ultracalls take the machine's lock only where `needs_machine` says:
+    /// a Ping, a refused request and a RegisterTag the VM holds already
+    /// take none; the first RegisterTag does.
+    #[test]
+    fn ultracalls_take_the_machine_lock_only_where_needed() {
+        use ultracall_abi::call::GuestBuffer;
+        use ultracall_abi::{Op, Request, VmTag};
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        l2_com_out(&mut c, &mut v, &mut p, 0x3f8, b'a');
+        let tag = VmTag::new(b"alpha").unwrap();
+        let none = GuestBuffer::default();
+        let ping = Request::new(Op::Ping, none, None);
+        assert_eq!(l2_ultracall(&mut c, &mut v, &mut p, &ping), (0, false));
+        let mut bad = ping.to_regs();
+        bad.rcx = 0xffff; // no such op
+        let g = &mut c.regs.gpr;
+        (g[GuestRegs::RAX], g[GuestRegs::RCX]) = (bad.rax, bad.rcx);
+        exit(&mut v, reason::VMCALL, 0, 3);
+        assert!(!c.exit_locks(&mut v, &mut p), "refused without the machine");
+        assert_ne!(c.regs.gpr[GuestRegs::RAX], 0);
+        let register = Request::new(Op::RegisterTag, none, Some(tag));
+        assert_eq!(l2_ultracall(&mut c, &mut v, &mut p, &register), (0, true));
+        assert_eq!(
+            c.m.get_mut().shadow.devices.get(&1).unwrap().tag(),
+            Some(tag)
+        );
+        let again = l2_ultracall(&mut c, &mut v, &mut p, &register);
+        assert_eq!(again, (0, false), "the VM's own tag: its lock alone");
+        assert_eq!(c.regs.gpr[GuestRegs::RSI], 1, "the VM's id");
+        let other = Request::new(Op::RegisterTag, none, VmTag::new(b"beta").ok());
+        let (status, locked) = l2_ultracall(&mut c, &mut v, &mut p, &other);
+        assert!(status != 0 && locked, "another tag: refused by the machine");
+        assert!(!needs_machine(Op::Ping) && needs_machine(Op::SaveDevices));
+    }
+
+    /// A vCPU lets go of the cells of the VM it served last at its next
+    /// exit after that VM ended (on another CPU), whatever the exit.
+    #[test]
+    fn an_ended_vms_cells_go_with_each_cpus_next_exit() {
+        let (mut c, mut v, mut p) = l2_with_posted_interrupts();
+        l2_com_out(&mut c, &mut v, &mut p, 0x3f8, b'a');
+        let (devices, irqs) = {
+            let m = c.m.get_mut();
+            let d = std::sync::Arc::downgrade(&m.shadow.devices.cell(&1).unwrap());
+            let i = std::sync::Arc::downgrade(m.shadow.irqs.cell_of(1).unwrap());
+            (d, i)
+        };
+        // L1 VMCLEARs the VM's only VMCS12 on another CPU; 50 ms pass.
+        {
+            let mut m = c.m.lock();
+            m.shadow.vmclear(VMCS0, 0);
+            m.shadow.expire(1);
+            assert_eq!(m.shadow.vm_count(), 0);
+        }
+        assert!(devices.upgrade().is_some(), "this vCPU still holds them");
+        exit(&mut v, reason::CPUID, 0, 2);
+        assert!(!c.exit_locks(&mut v, &mut p), "a reflected exit: no lock");
+        assert!(devices.upgrade().is_none() && irqs.upgrade().is_none());
     }
 
     /// L0 delivers the virtual interrupt RVI names at entry into L2 (the

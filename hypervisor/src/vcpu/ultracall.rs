@@ -3,6 +3,10 @@
 //! walks the caller's page tables (L1's; buffers are L1-only), then EPT01
 //! (identity for L1's RAM), page by page; anything that is not L1 RAM,
 //! non-canonical or unmapped is refused and nothing changes.
+//!
+//! Which ultracalls take the machine's lock is decided per op by
+//! [`needs_machine`]: only those that read or change machine-wide state.
+//! A refused request (bad magic, level, version or tag) takes none.
 
 use alloc::vec;
 
@@ -12,7 +16,7 @@ use ultracall_abi::{CallerLevel, InRegs, Op, Request, Response, Status, MAX_RELA
 use super::{Platform, Vcpu};
 use crate::arch::run::GuestRegs;
 use crate::guest_mem::walk::{self, pfec, Access, WalkError};
-use crate::machine::Machine;
+use crate::machine::shared::MachineLock;
 use crate::nested::l1_state::l1_state;
 use crate::nested::VmcsSet;
 use crate::vmx::inject::skip_instruction;
@@ -45,6 +49,29 @@ fn buffer_status(f: walk::VirtFault) -> Status {
     }
 }
 
+/// Whether an ultracall op takes the machine's lock: one row per op, so a
+/// new op must be decided here (docs/architecture.md, "Who owns what").
+pub fn needs_machine(op: Op) -> bool {
+    match op {
+        // Answers with the caller's level alone.
+        Op::Ping => false,
+        // Tags are unique across VMs (the registry's tag index); a tag the
+        // VM holds already is answered under the VM's lock alone
+        // (`Vcpu::tag_held_already`), before this table is asked.
+        Op::RegisterTag => true,
+        // The VM's keys and the heap's budget of console histories,
+        // shared by all VMs.
+        Op::OwnerKeyAdd => true,
+        // Every VM, their endings due, the sealing key, the epoch ledger,
+        // the nonce source: machine-wide by nature.
+        Op::ListVms | Op::SaveDevices | Op::RestoreDevices => true,
+        // L1's one relay vector and the edges of every VM.
+        Op::SetIrqRelay | Op::TakeIrqs => true,
+        // Owner sessions live in the machine's console.
+        Op::OwnerIdentity | Op::OwnerRelay => true,
+    }
+}
+
 impl Vcpu {
     /// Whether RAX holds the ultracall magic.
     pub fn is_ultracall(&self) -> bool {
@@ -55,7 +82,7 @@ impl Vcpu {
     /// for L2) and moves past the `vmcall`.
     pub(super) fn ultracall<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
         level: CallerLevel,
@@ -64,7 +91,16 @@ impl Vcpu {
         let mut rdi = None;
         let resp = match regs.decode(level) {
             Err(status) => Response::error(status),
-            Ok(req) => self.ultracall_op(m, vs, p, level, &req, regs.rsi, &mut rdi),
+            Ok(req) => match req.op {
+                Op::Ping => Response::ok(0, level as u64),
+                Op::RegisterTag if self.tag_held_already(m, &req) => {
+                    Response::ok(0, self.com_vm_id().unwrap_or(0))
+                }
+                _ => {
+                    debug_assert!(needs_machine(req.op));
+                    self.ultracall_op(m, vs, p, level, &req, regs.rsi, &mut rdi)
+                }
+            },
         };
         if resp.status != Status::Ok {
             log::debug!(
@@ -87,7 +123,7 @@ impl Vcpu {
 
     fn ultracall_op<S: VmcsSet, P: Platform>(
         &mut self,
-        m: &mut Machine,
+        m: &mut MachineLock<'_>,
         vs: &mut S,
         p: &mut P,
         level: CallerLevel,
@@ -109,6 +145,7 @@ impl Vcpu {
         {
             return Response::error(Status::BufferFault);
         }
+        let m = &mut **m;
         match req.op {
             Op::Ping => Response::ok(0, level as u64),
             Op::RegisterTag => {
