@@ -9,6 +9,7 @@
 #[cfg(any(test, feature = "loader"))]
 extern crate alloc;
 
+pub mod ap_trampoline;
 pub mod cmdline;
 pub mod elf;
 #[cfg(target_os = "none")]

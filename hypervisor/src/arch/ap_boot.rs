@@ -1,6 +1,7 @@
 //! Starting the application processors (SDM Vol. 3A 9.4.4): each AP gets
 //! INIT, then start-up IPIs naming a page below 1 MiB where the trampoline
-//! below takes it from real mode to long mode on its own stack, into
+//! (`boot::ap_trampoline`, shared with the scenario guests) takes it from
+//! real mode to long mode, and `ap_entry64` onto its own stack, into
 //! [`ap_main`]: its own GDT and TSS, the check that it is the boot CPU's
 //! kind (`cpus::compatible`), VMX root operation with its own VMXON
 //! region. Then it helps zero the cloud VM's RAM (`zero_ram`) and takes
@@ -13,6 +14,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
+use boot::ap_trampoline::{self, param};
 use boot::memmap::RangeSet;
 use log::{info, warn};
 
@@ -35,92 +37,21 @@ const STACK_SLOT: u64 = 2 * STACK_SIZE;
 /// The double-fault and NMI stacks (no guard: they are used once).
 const IST_SIZE: u64 = 8 * 1024;
 
-/// Offsets in the trampoline's first page where the boot CPU leaves what
-/// one AP needs (`ap_tramp_params` in the asm below).
-const PARAM_CR3: usize = 0xf00;
-const PARAM_STACK: usize = 0xf08;
-const PARAM_ARG: usize = 0xf10;
-const PARAM_ENTRY: usize = 0xf18;
+/// Where the trampoline's page holds L0's own tables, which `ap_entry64`
+/// switches to (the trampoline runs under temporary ones, pages 1-3 of
+/// the trampoline: the first 2 MiB identity-mapped, L0's image through a
+/// copy of L0's top PML4 entry).
+const PARAM_L0_CR3: usize = param::FREE;
 
-// Real mode at `vector << 12` (CS = vector << 8, IP = 0) to protected
-// mode with a flat GDT, to long mode under temporary tables (pages 1-3 of
-// the trampoline: the first 2 MiB identity-mapped, L0's image through a
-// copy of L0's top PML4 entry), then to `ap_entry64` in L0's image, which
-// switches to L0's own tables and the AP's stack. EBX holds the
-// trampoline's base throughout: the code runs wherever it is copied.
+// The shared trampoline (`boot::ap_trampoline`) jumps here in long mode
+// under the temporary tables with RBX = its page: L0's tables, then the
+// AP's stack, before anything touches a stack.
 core::arch::global_asm!(
     r#"
-    .pushsection .text.ap_trampoline, "ax"
-    .global ap_tramp_start
-    .global ap_tramp_end
-    .code16
-ap_tramp_start:
-    cli
-    cld
-    mov %cs, %ax
-    mov %ax, %ds
-    movzwl %ax, %ebx
-    shll $4, %ebx
-    leal (ap_tramp_gdt - ap_tramp_start)(%ebx), %eax
-    movl %eax, (ap_tramp_gdtr - ap_tramp_start + 2)
-    leal (ap_tramp_pm32 - ap_tramp_start)(%ebx), %eax
-    movl %eax, (ap_tramp_far32 - ap_tramp_start)
-    lgdtl (ap_tramp_gdtr - ap_tramp_start)
-    movl %cr0, %eax
-    orl $1, %eax
-    movl %eax, %cr0
-    ljmpl *(ap_tramp_far32 - ap_tramp_start)
-
-    .code32
-ap_tramp_pm32:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movl %cr4, %eax
-    orl $0x20, %eax                 # PAE
-    movl %eax, %cr4
-    leal 0x1000(%ebx), %eax
-    movl %eax, %cr3
-    movl $0xc0000080, %ecx          # IA32_EFER: LME and NXE (L0's tables use XD)
-    rdmsr
-    orl $0x900, %eax
-    wrmsr
-    movl %cr0, %eax
-    orl $0x80010001, %eax           # PG, WP, PE
-    movl %eax, %cr0
-    leal (ap_tramp_lm64 - ap_tramp_start)(%ebx), %eax
-    movl %eax, (ap_tramp_far64 - ap_tramp_start)(%ebx)
-    ljmpl *(ap_tramp_far64 - ap_tramp_start)(%ebx)
-
-    .code64
-ap_tramp_lm64:
-    movl %ebx, %ebx
-    movq 0xf18(%rbx), %rax
-    jmp *%rax
-
-    .balign 8
-ap_tramp_gdt:
-    .quad 0
-    .quad 0x00cf9a000000ffff        # 0x08: 32-bit code
-    .quad 0x00cf92000000ffff        # 0x10: data
-    .quad 0x00af9a000000ffff        # 0x18: 64-bit code
-ap_tramp_gdtr:
-    .word 4 * 8 - 1
-    .long 0
-ap_tramp_far32:
-    .long 0
-    .word 0x08
-ap_tramp_far64:
-    .long 0
-    .word 0x18
-ap_tramp_end:
-    .popsection
-
     .text
     .global ap_entry64
 ap_entry64:
-    movq 0xf00(%rbx), %rax
+    movq 0xf30(%rbx), %rax
     movq %rax, %cr3
     movq 0xf08(%rbx), %rsp
     movq 0xf10(%rbx), %rdi
@@ -133,8 +64,8 @@ ap_entry64:
 );
 
 extern "C" {
-    static ap_tramp_start: u8;
-    static ap_tramp_end: u8;
+    static ap_trampoline_start: u8;
+    static ap_trampoline_end: u8;
     fn ap_entry64();
 }
 
@@ -328,8 +259,8 @@ fn start_aps(
         }));
         let put =
             |area: &mut [u8], o: usize, v: u64| area[o..o + 8].copy_from_slice(&v.to_le_bytes());
-        put(area, PARAM_STACK, stack(i));
-        put(area, PARAM_ARG, h as *const Handoff as u64);
+        put(area, param::STACK, stack(i));
+        put(area, param::ARG, h as *const Handoff as u64);
         let answered = |h: &Handoff| h.state.load(Ordering::Acquire) != WAITING;
         let sent = apic::send_init(id).and_then(|_| {
             spin(us(10_000), || false);
@@ -370,11 +301,14 @@ fn start_aps(
 fn install(area: &mut [u8], at: u64) {
     // SAFETY: linker symbols around the trampoline's bytes in L0's image.
     let code = unsafe {
-        let start = &ap_tramp_start as *const u8;
-        let end = &ap_tramp_end as *const u8;
+        let start = &ap_trampoline_start as *const u8;
+        let end = &ap_trampoline_end as *const u8;
         core::slice::from_raw_parts(start, end as usize - start as usize)
     };
-    assert!(code.len() < PARAM_CR3, "the AP trampoline outgrew its page");
+    assert!(
+        code.len() < param::CR3,
+        "the AP trampoline outgrew its page"
+    );
     area.fill(0);
     area[..code.len()].copy_from_slice(code);
     let root = cpu::read_cr3() & !0xfff;
@@ -385,12 +319,15 @@ fn install(area: &mut [u8], at: u64) {
     put(area, page(1, 511), top); // L0's image
     put(area, page(2, 0), (at + 0x3000) | 3); // PDPT[0] -> PD
     put(area, page(3, 0), 0x83); // 2 MiB at 0: present, writable, large
-    put(area, PARAM_CR3, root);
-    put(area, PARAM_ENTRY, ap_entry64 as *const () as u64);
+    put(area, param::CR3, at + 0x1000);
+    put(area, PARAM_L0_CR3, root);
+    put(area, param::EFER, 1 << 11); // NXE: L0's tables use XD
+    put(area, param::CR0, 1 << 16); // WP
+    put(area, param::ENTRY, ap_entry64 as *const () as u64);
 }
 
 fn put(area: &mut [u8], offset: usize, v: u64) {
-    area[offset..offset + 8].copy_from_slice(&v.to_le_bytes());
+    ap_trampoline::put(area, offset, v);
 }
 
 /// Maps AP `i`'s stack (pool frames) in its slot and returns its top.

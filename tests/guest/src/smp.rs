@@ -2,10 +2,12 @@
 //! and starting the AP the way a bare-metal kernel does (SDM Vol. 3A
 //! 9.4.4; a lone start-up IPI first, see [`start_ap`]): INIT, then
 //! start-up IPIs through the xAPIC ICR naming a page
-//! below 1 MiB where a trampoline takes the AP from real mode to long mode
-//! on the boot CPU's page tables (they identity-map 4 GiB) and its own
-//! stack, into [`ap_main`], which runs the job the boot CPU left.
+//! below 1 MiB where the trampoline L0 uses too (`boot::ap_trampoline`)
+//! takes the AP from real mode to long mode on the boot CPU's page tables
+//! (they identity-map 4 GiB), and `guest_ap_entry64` onto its own stack,
+//! into [`ap_main`], which runs the job the boot CPU left.
 
+use boot::ap_trampoline::param;
 use core::arch::asm;
 use core::ptr::addr_of;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -41,99 +43,31 @@ pub fn apic_id() -> u32 {
     crate::io::cpuid(1, 0)[1] >> 24
 }
 
-// Real mode at `vector << 12` (CS = vector << 8, IP = 0) to 32-bit
-// protected mode with the trampoline's flat GDT, to long mode under the
-// boot CPU's CR3, then to the address in the parameters with the stack and
-// argument there. EBX holds the trampoline's base throughout: the code
-// runs wherever it is copied. CR0.CD/NW (set by INIT) are cleared, NE set.
+// The shared trampoline (`boot::ap_trampoline`) jumps here in long mode
+// under the boot CPU's tables with RBX = its page: the AP's stack and
+// argument, then `ap_main`.
 core::arch::global_asm!(
     r#"
-    .pushsection .rodata.guest_ap_trampoline, "a"
-    .global guest_ap_start
-    .global guest_ap_end
-    .code16
-guest_ap_start:
-    cli
-    cld
-    mov %cs, %ax
-    mov %ax, %ds
-    movzwl %ax, %ebx
-    shll $4, %ebx
-    leal (guest_ap_gdt - guest_ap_start)(%ebx), %eax
-    movl %eax, (guest_ap_gdtr - guest_ap_start + 2)
-    leal (guest_ap_pm32 - guest_ap_start)(%ebx), %eax
-    movl %eax, (guest_ap_far32 - guest_ap_start)
-    lgdtl (guest_ap_gdtr - guest_ap_start)
-    movl %cr0, %eax
-    orl $1, %eax
-    movl %eax, %cr0
-    ljmpl *(guest_ap_far32 - guest_ap_start)
-
-    .code32
-guest_ap_pm32:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movl %cr4, %eax
-    orl $0x20, %eax                 # PAE
-    movl %eax, %cr4
-    movl 0xf00(%ebx), %eax          # the boot CPU's PML4
-    movl %eax, %cr3
-    movl $0xc0000080, %ecx          # IA32_EFER.LME
-    rdmsr
-    orl $0x100, %eax
-    wrmsr
-    movl %cr0, %eax
-    andl $0x9fffffff, %eax          # caches on (CD, NW clear)
-    orl $0x80000021, %eax           # PG, NE, PE
-    movl %eax, %cr0
-    leal (guest_ap_lm64 - guest_ap_start)(%ebx), %eax
-    movl %eax, (guest_ap_far64 - guest_ap_start)(%ebx)
-    ljmpl *(guest_ap_far64 - guest_ap_start)(%ebx)
-
-    .code64
-guest_ap_lm64:
-    movl %ebx, %ebx
+    .text
+    .global guest_ap_entry64
+guest_ap_entry64:
     movq 0xf08(%rbx), %rsp
     movq 0xf10(%rbx), %rdi
-    movq 0xf18(%rbx), %rax
     xorl %ebp, %ebp
-    call *%rax
+    call {main}
 1:  cli
     hlt
     jmp 1b
-
-    .balign 8
-guest_ap_gdt:
-    .quad 0
-    .quad 0x00cf9a000000ffff        # 0x08: 32-bit code
-    .quad 0x00cf92000000ffff        # 0x10: data
-    .quad 0x00af9a000000ffff        # 0x18: 64-bit code
-guest_ap_gdtr:
-    .word 4 * 8 - 1
-    .long 0
-guest_ap_far32:
-    .long 0
-    .word 0x08
-guest_ap_far64:
-    .long 0
-    .word 0x18
-guest_ap_end:
-    .popsection
 "#,
+    main = sym ap_main,
     options(att_syntax)
 );
 
 extern "C" {
-    static guest_ap_start: u8;
-    static guest_ap_end: u8;
+    static ap_trampoline_start: u8;
+    static ap_trampoline_end: u8;
+    fn guest_ap_entry64();
 }
-
-const PARAM_CR3: u64 = 0xf00;
-const PARAM_STACK: u64 = 0xf08;
-const PARAM_ARG: u64 = 0xf10;
-const PARAM_ENTRY: u64 = 0xf18;
 
 /// Where the AP is.
 pub const AP_WAITING: u32 = 0;
@@ -230,11 +164,11 @@ pub fn start_ap_within(
     assert!(page < 0x10_0000 && page & 0xfff == 0);
     // SAFETY: linker symbols around the trampoline's bytes in the image.
     let code = unsafe {
-        let s = addr_of!(guest_ap_start);
-        let e = addr_of!(guest_ap_end);
+        let s = addr_of!(ap_trampoline_start);
+        let e = addr_of!(ap_trampoline_end);
         core::slice::from_raw_parts(s, e as usize - s as usize)
     };
-    assert!((code.len() as u64) < PARAM_CR3);
+    assert!(code.len() < param::CR3);
     let stack_top = addr_of!(AP_STACKS) as u64 + AP_STACK;
     // SAFETY: `page` is usable RAM below 1 MiB that nothing else uses
     // (`trampoline_page`), identity-mapped.
@@ -242,11 +176,13 @@ pub fn start_ap_within(
         let p = page as *mut u8;
         core::ptr::write_bytes(p, 0, 0x1000);
         core::ptr::copy_nonoverlapping(code.as_ptr(), p, code.len());
-        let put = |o: u64, v: u64| core::ptr::write_volatile((page + o) as *mut u64, v);
-        put(PARAM_CR3, crate::hv::cpu::cr3());
-        put(PARAM_STACK, stack_top);
-        put(PARAM_ARG, 1);
-        put(PARAM_ENTRY, ap_main as *const () as u64);
+        let put = |o: usize, v: u64| core::ptr::write_volatile((page + o as u64) as *mut u64, v);
+        put(param::CR3, crate::hv::cpu::cr3());
+        put(param::STACK, stack_top);
+        put(param::ARG, 1);
+        put(param::EFER, 0);
+        put(param::CR0, 1 << 5); // NE
+        put(param::ENTRY, guest_ap_entry64 as *const () as u64);
     }
     AP_JOB.store(job as usize, Ordering::Release);
     AP_STATE.store(AP_WAITING, Ordering::Release);
