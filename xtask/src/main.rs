@@ -408,6 +408,7 @@ const SMP_L0_FIGURES: &[&str] = &[
     "smp-l2-serial-byte-alone",
     "smp-l2-serial-byte-cpu0-both",
     "smp-l2-serial-byte-cpu1-both",
+    "smp-l2-posted-interrupt-cross-cpu",
 ];
 const PEER_FIGURES: &[&str] = &[
     "l2-qemu-start-to-exit-ticks",

@@ -4,6 +4,8 @@
 
 // 16-bit control fields (B.1.1).
 pub const VPID: u32 = 0x0000;
+pub const POSTED_INTR_NV: u32 = 0x0002;
+pub const GUEST_INTR_STATUS: u32 = 0x0810;
 // 16-bit guest-state fields (B.1.2).
 pub const GUEST_PML_INDEX: u32 = 0x0812;
 pub const GUEST_ES_SEL: u32 = 0x0800;
@@ -34,7 +36,10 @@ pub const PML_ADDRESS: u32 = 0x200e;
 pub const TSC_OFFSET: u32 = 0x2010;
 pub const VIRTUAL_APIC_ADDR: u32 = 0x2012;
 pub const APIC_ACCESS_ADDR: u32 = 0x2014;
+pub const POSTED_INTR_DESC: u32 = 0x2016;
 pub const EPT_POINTER: u32 = 0x201a;
+/// EOI-exit bitmaps 0-3 (0x201c, 0x201e, 0x2020, 0x2022).
+pub const EOI_EXIT_BITMAP0: u32 = 0x201c;
 // 64-bit read-only data (B.2.2).
 pub const GUEST_PHYSICAL_ADDRESS: u32 = 0x2400;
 // 64-bit guest-state fields (B.2.3).
@@ -151,6 +156,7 @@ pub mod pin {
     pub const EXT_INTR_EXITING: u32 = 1 << 0;
     pub const NMI_EXITING: u32 = 1 << 3;
     pub const PREEMPTION_TIMER: u32 = 1 << 6;
+    pub const POSTED_INTERRUPTS: u32 = 1 << 7;
 }
 
 /// Primary processor-based VM-execution controls (SDM 25.6.2).
@@ -174,6 +180,7 @@ pub mod proc2 {
     pub const EPT: u32 = 1 << 1;
     pub const VPID: u32 = 1 << 5;
     pub const UNRESTRICTED_GUEST: u32 = 1 << 7;
+    pub const VIRTUAL_INTR_DELIVERY: u32 = 1 << 9;
     pub const ENABLE_PML: u32 = 1 << 17;
 }
 

@@ -14,7 +14,8 @@
 //! data page absolutely (the layout is fixed) and its strings relative to
 //! RIP. L1 passes parameters in the data page (`D_*`) and reads results
 //! there; the programs end in VMCALL with a non-magic RAX ([`EXIT_DONE`],
-//! [`EXIT_YIELD`], [`EXIT_EXC`]) so L0 reflects them to L1.
+//! [`EXIT_YIELD`], [`EXIT_EXC`]; the cross-CPU bench's handler also
+//! [`EXIT_EOI`]) so L0 reflects them to L1.
 //!
 //! Before every VMCALL to L1 the programs clear their general registers
 //! (their state is on their own stack): whatever an L2 computed, L1 only
@@ -56,6 +57,13 @@ pub const UART_VECTOR: u8 = 0x24;
 pub const EXIT_DONE: u64 = 0x44;
 pub const EXIT_YIELD: u64 = 0x59;
 pub const EXIT_EXC: u64 = 0x45;
+/// RAX of `l2x_isr_pi`'s VMCALL: L1 ends the interrupt in the virtual
+/// APIC for it (clears its ISR bit and SVI), as KVM's EOI emulation would.
+pub const EXIT_EOI: u64 = 0x4f;
+/// The vector the cross-CPU bench's IOAPIC entry gives COM1's pin.
+pub const PI_VECTOR: u8 = 0x28;
+/// The waiting vCPU's stack (the sending one's is below `STACK_TOP`).
+pub const PI_WAIT_STACK: u64 = 0x6000;
 /// The registers `l2x_fuzz` loads before each call and must find again.
 pub const SENTINELS: [(usize, u64); 6] = [
     (1, 0x0b0b_b0b0_0b0b_b0b0), // rbx
@@ -114,6 +122,14 @@ pub const D_OWNER_KEY: u64 = 0xe0;
 pub const D_OWNER_STATUS: u64 = 0x1f0;
 pub const D_OWNER_COUNT: u64 = 0x1f8;
 /// The line `l2x_console` builds from its own randomness.
+/// The cross-CPU posted interrupt (`l2x_pi_send`, `l2x_pi_wait`,
+/// `l2x_isr_pi`): the waiting vCPU is ready for the next round; the TSC
+/// its handler read; the sending vCPU is done; the sum of the rounds'
+/// ticks.
+pub const D_PI_READY: u64 = 0x300;
+pub const D_PI_T1: u64 = 0x308;
+pub const D_PI_STOP: u64 = 0x310;
+pub const D_T_PI: u64 = 0x318;
 pub const D_LINE: u64 = 0x100;
 pub const LINE_LEN: u64 = 27;
 pub const D_RX: u64 = 0x200;
@@ -446,6 +462,103 @@ l2x_bench:
     mov [{d} + {d_t_ping}], rax
     mov qword ptr [{d} + {d_done}], 1
     jmp x_done
+
+    // The cross-CPU posted interrupt, sending side: L2 programs its
+    // IOAPIC pin 4 (vector PI_VECTOR, fixed, edge, physical APIC ID 1;
+    // each write exits to L1, which steps past the 2-byte MOV), then D_N
+    // rounds: wait for the other vCPU, read the TSC, raise COM1's
+    // THR-empty edge (IER's THRI off, then on), wait for the TSC the
+    // other vCPU's handler read. D_T_PI: the sum of the differences.
+    .global l2x_pi_send
+l2x_pi_send:
+    mov eax, 0xfec00000
+    mov esi, 0x18
+    mov dword ptr [rax], esi
+    mov eax, 0xfec00010
+    mov esi, {pi_vector}
+    mov dword ptr [rax], esi
+    mov eax, 0xfec00000
+    mov esi, 0x19
+    mov dword ptr [rax], esi
+    mov eax, 0xfec00010
+    mov esi, 0x01000000
+    mov dword ptr [rax], esi
+    mov dx, 0x3f9
+    xor eax, eax
+    out dx, al
+    mov dx, 0x3fc
+    mov al, 0x08
+    out dx, al
+    xor r8d, r8d
+    mov rcx, [{d} + {d_n}]
+1:  mov r10d, 200000000
+2:  cmp qword ptr [{d} + {d_pi_ready}], 0
+    jne 3f
+    pause
+    dec r10
+    jnz 2b
+    jmp 6f
+3:  mov qword ptr [{d} + {d_pi_ready}], 0
+    mov qword ptr [{d} + {d_pi_t1}], 0
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov r9, rax
+    mov dx, 0x3f9
+    mov al, 0x02
+    out dx, al
+    mov r10d, 200000000
+4:  mov rax, [{d} + {d_pi_t1}]
+    test rax, rax
+    jnz 5f
+    pause
+    dec r10
+    jnz 4b
+    jmp 6f
+5:  sub rax, r9
+    add r8, rax
+    mov dx, 0x3f9
+    xor eax, eax
+    out dx, al
+    dec rcx
+    jnz 1b
+    mov [{d} + {d_t_pi}], r8
+    mov qword ptr [{d} + {d_done}], 1
+    mov qword ptr [{d} + {d_pi_stop}], 1
+    jmp x_done
+6:  mov qword ptr [{d} + {d_timeout}], 1
+    mov qword ptr [{d} + {d_pi_stop}], 1
+    jmp x_done
+
+    // The cross-CPU posted interrupt, receiving side: interrupts on until
+    // the sending vCPU is done.
+    .global l2x_pi_wait
+l2x_pi_wait:
+    mov qword ptr [{d} + {d_pi_ready}], 1
+    sti
+1:  pause
+    cmp qword ptr [{d} + {d_pi_stop}], 0
+    je 1b
+    cli
+    jmp x_done
+
+    // Its handler: the TSC, then L1 ends the interrupt (EXIT_EOI). The
+    // waiting program keeps nothing in registers: L1 sees what it gave
+    // and the TSC.
+    .global l2x_isr_pi
+l2x_isr_pi:
+    push rax
+    push rdx
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov [{d} + {d_pi_t1}], rax
+    mov eax, {exit_eoi}
+    vmcall
+    mov qword ptr [{d} + {d_pi_ready}], 1
+    pop rdx
+    pop rax
+    iretq
 
 // ---- subroutines ----
 
@@ -810,6 +923,12 @@ l2x_blob_end:
     exit_done = const EXIT_DONE,
     exit_yield = const EXIT_YIELD,
     exit_exc = const EXIT_EXC,
+    exit_eoi = const EXIT_EOI,
+    pi_vector = const PI_VECTOR,
+    d_pi_ready = const D_PI_READY,
+    d_pi_t1 = const D_PI_T1,
+    d_pi_stop = const D_PI_STOP,
+    d_t_pi = const D_T_PI,
     s_rbx = const SENTINELS[0].1,
     s_rbp = const SENTINELS[1].1,
     s_r12 = const SENTINELS[2].1,
@@ -928,6 +1047,7 @@ pub fn setup(slot: usize, p: &Params) {
         (13, l2x!(l2x_exc_gp)),
         (14, l2x!(l2x_exc_pf)),
         (UART_VECTOR as u64, l2x!(l2x_isr_uart)),
+        (PI_VECTOR as u64, l2x!(l2x_isr_pi)),
     ];
     for (v, h) in gates {
         let [lo, hi] = gate(h);
@@ -939,6 +1059,9 @@ pub fn setup(slot: usize, p: &Params) {
     mem::wr64(backing(slot, PML4), PDPT | 3);
     mem::wr64(backing(slot, PDPT), PD | 3);
     mem::wr64(backing(slot, PD), 0x83);
+    // 3-4 GiB in one 1 GiB page, for the IOAPIC's page at 0xfec00000
+    // (EPT12 does not map it: L2's writes there exit to L1).
+    mem::wr64(backing(slot, PDPT + 3 * 8), 0xc000_0000 | 0x83);
 
     let d = |off| data(slot, off);
     mem::wr8(d(D_LETTER), p.letter);
