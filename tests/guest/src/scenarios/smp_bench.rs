@@ -249,12 +249,14 @@ fn pi_receiver(c: &mut Checks, hv: &Hv) {
         Ok(())
     };
     let mut vm = Vm::new(vmcs);
-    let set_up = vmcs::init_region(caps, vmcs)
-        .map_err(|e| msg!("VMCLEAR: {e:?}"))
-        .and_then(|_| vm.load().map_err(|e| msg!("VMPTRLD: {e:?}")))
-        .and_then(|_| fill().map_err(|(f, e)| msg!("VMWRITE {f:#x}: {e:?}")));
-    if let Err(m) = set_up {
-        return c.check("pi-vcpu", false, format_args!("{m}"));
+    if let Err(e) = vmcs::init_region(caps, vmcs) {
+        return c.check("pi-vcpu", false, format_args!("VMCLEAR: {e:?}"));
+    }
+    if let Err(e) = vm.load() {
+        return c.check("pi-vcpu", false, format_args!("VMPTRLD: {e:?}"));
+    }
+    if let Err((f, e)) = fill() {
+        return c.check("pi-vcpu", false, format_args!("VMWRITE {f:#x}: {e:?}"));
     }
     let (mut eois, mut last) = (0u64, None);
     for _ in 0..100_000 {
