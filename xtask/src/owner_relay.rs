@@ -76,8 +76,9 @@ fn typed(text: &str) -> Step {
 }
 
 /// The owner's first line: the run's console marker as a no-op command,
-/// 16 bytes (L1's spy waits for that many typed bytes, then looks for
-/// the marker in everything the provider can see).
+/// 16 bytes. L1's spy waits for 40 typed bytes (this line, the echo
+/// after it, the SysRq key sent once the echo came back), then looks for
+/// the marker in everything the provider can see.
 fn marker_line() -> String {
     format!(": {}\r", crate::linux::console_marker())
 }
@@ -312,9 +313,20 @@ mod tests {
     }
 
     #[test]
-    fn the_marker_line_is_the_16_bytes_l1_waits_for() {
+    fn l1_waits_for_the_typed_bytes_up_to_the_sysrq_key() {
         let init = std::fs::read_to_string(crate::build::root().join("tests/linux/init")).unwrap();
-        assert!(init.contains("\"$(vm_col alpha 8)\" -ge 16"));
+        assert!(init.contains("\"$(vm_col alpha 8)\" -ge 40"));
+        let story = owner_relay();
+        let typed: Vec<usize> = story
+            .iter()
+            .filter_map(|s| match s {
+                Step::Type { bytes, .. } => Some(bytes.len()),
+                Step::Break { then, .. } if !then.is_empty() => Some(then.len()),
+                _ => None,
+            })
+            .take(3)
+            .collect();
+        assert_eq!(typed, [16, 23, 1]);
         assert_eq!(marker_line().len(), 16);
     }
 
