@@ -29,6 +29,9 @@ use crate::console::{LineUser, Received};
 const ANSWER_LIMIT: Duration = Duration::from_secs(30);
 /// How long a wait for text may take.
 const WAIT_LIMIT: Duration = Duration::from_secs(120);
+/// How long L0's log may take to show a line: it may wait for a user VM
+/// to end and another to boot (minutes under a loaded Bochs).
+const LOG_WAIT_LIMIT: Duration = Duration::from_secs(300);
 /// Between two reads while waiting or following.
 const POLL: Duration = Duration::from_millis(100);
 /// How long a client waits before it takes silence for a dropped message.
@@ -749,11 +752,11 @@ impl LineUser for OwnerClient {
                 self.read_request()
             }
             Some(Step::WaitLog(text)) => {
-                if self.step_began.elapsed() > WAIT_LIMIT {
+                if self.step_began.elapsed() > LOG_WAIT_LIMIT {
                     let t = text.clone();
                     self.fail(format!(
                         "L0 never logged {t:?} (waited {} s)",
-                        WAIT_LIMIT.as_secs()
+                        LOG_WAIT_LIMIT.as_secs()
                     ));
                 }
                 Vec::new()
