@@ -350,6 +350,29 @@ fn an_unknown_key_naming_a_keyless_vms_tag_hears_the_vm_does_not_know_it() {
 }
 
 #[test]
+fn a_handshake_payload_neither_empty_nor_a_tag_does_not_open() {
+    let (mut s, mut f, rw, _) = setup();
+    let padded_bad_tag = [b' '; 32];
+    for payload in [&b"alpha"[..], &padded_bad_tag] {
+        let l0 = identity();
+        let mut hs = noise::builder(test_entropy)
+            .local_private_key(&rw.private)
+            .and_then(|b| b.remote_public_key(l0.public()))
+            .and_then(|b| b.prologue(noise::PROLOGUE))
+            .and_then(|b| b.build_initiator())
+            .unwrap();
+        let mut hello = vec![0u8; 600];
+        let n = hs.write_message(payload, &mut hello).unwrap();
+        assert_eq!(
+            s.receive(ch(1), &hello[..n], &mut f),
+            Outcome::End(EndReason::HandshakeFailed),
+            "{payload:?}"
+        );
+    }
+    assert!(s.is_empty());
+}
+
+#[test]
 fn an_unknown_key_or_tag_is_refused_alike() {
     // A key no VM registered holds no session at all.
     let (mut s, mut f, _, _) = setup();
