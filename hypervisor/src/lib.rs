@@ -21,6 +21,7 @@ pub mod logger;
 pub mod machine;
 pub mod mm;
 pub mod nested;
+pub mod output_cost;
 pub mod owner;
 pub mod regs;
 pub mod shadow;

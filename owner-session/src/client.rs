@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use snow::{HandshakeState, TransportState};
+use ultracall_abi::VmTag;
 
 use crate::message::{Answer, Request, MAX_NOISE_MESSAGE};
 use crate::noise::{self, Entropy};
@@ -62,6 +63,19 @@ impl ClientSession {
         l0_public: &[u8; 32],
         entropy: Entropy,
     ) -> Result<(ClientSession, Vec<u8>), ClientError> {
+        Self::start_for(own_private, l0_public, entropy, None)
+    }
+
+    /// [`ClientSession::start`], naming (encrypted to L0, inside the
+    /// handshake) the tag of the VM the owner means to open: when no VM
+    /// on L0 knows the key, L0 then says whether a VM with that tag runs
+    /// there ([`crate::server::EndReason::TagWithoutKey`]).
+    pub fn start_for(
+        own_private: &[u8; 32],
+        l0_public: &[u8; 32],
+        entropy: Entropy,
+        tag: Option<&VmTag>,
+    ) -> Result<(ClientSession, Vec<u8>), ClientError> {
         let mut hs = noise::builder(entropy)
             .local_private_key(own_private)
             .and_then(|b| b.remote_public_key(l0_public))
@@ -69,8 +83,9 @@ impl ClientSession {
             .and_then(|b| b.build_initiator())
             .map_err(|_| ClientError::Setup)?;
         let mut msg = vec![0u8; MAX_NOISE_MESSAGE];
+        let payload = tag.map_or(&[][..], |t| &t.padded()[..]);
         let n = hs
-            .write_message(&[], &mut msg)
+            .write_message(payload, &mut msg)
             .map_err(|_| ClientError::Setup)?;
         msg.truncate(n);
         Ok((

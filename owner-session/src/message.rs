@@ -44,8 +44,11 @@ pub enum Request {
     },
     /// Bytes typed into the port (rw key, the port's writer).
     Input(Vec<u8>),
-    /// A serial BREAK on the port (rw key, the port's writer).
-    Break,
+    /// A serial BREAK on the port (rw key, the port's writer), then
+    /// these bytes (at most [`MAX_INPUT`]; often none) typed right behind
+    /// it: a magic SysRq key arrives with its break, so Linux's 5 s
+    /// SysRq window holds whatever the carrier's delay.
+    Break(Vec<u8>),
     /// Leave the port; the session stays open.
     Detach,
     /// End the session.
@@ -161,7 +164,9 @@ pub enum Answer {
         bytes: Vec<u8>,
     },
     /// Input or BREAK taken: how many bytes the port took (the rest did
-    /// not fit its queue; send them again).
+    /// not fit its queue; send them again). For a BREAK 1 plus the bytes
+    /// taken behind it, or 0 (nothing done) while input typed before it
+    /// is unread: send it again.
     Taken(u16),
     /// Detached.
     Detached,
@@ -202,7 +207,10 @@ impl Request {
                 v.push(3);
                 v.extend_from_slice(bytes);
             }
-            Request::Break => v.push(4),
+            Request::Break(then) => {
+                v.push(4);
+                v.extend_from_slice(then);
+            }
             Request::Detach => v.push(5),
             Request::Close => v.push(6),
             Request::AddKey { key, access } => {
@@ -233,7 +241,7 @@ impl Request {
                 max: u16_at(rest, 8)?,
             },
             3 if !rest.is_empty() && rest.len() <= MAX_INPUT => Request::Input(rest.to_vec()),
-            4 if rest.is_empty() => Request::Break,
+            4 if rest.len() <= MAX_INPUT => Request::Break(rest.to_vec()),
             5 if rest.is_empty() => Request::Detach,
             6 if rest.is_empty() => Request::Close,
             7 if rest.len() == 33 => Request::AddKey {
@@ -334,7 +342,8 @@ mod tests {
                 max: 300,
             },
             Request::Input(b"ls\r".to_vec()),
-            Request::Break,
+            Request::Break(Vec::new()),
+            Request::Break(b"h".to_vec()),
             Request::Detach,
             Request::Close,
             Request::AddKey {
@@ -393,15 +402,16 @@ mod tests {
             &bad_tag,
             &[2, 0, 0],
             &[3],
-            &[4, 0],
             &[6, 6],
             &[[7u8, 3].as_slice(), &[1; 32]].concat(),
             &[[7u8, 1].as_slice(), &[0; 32]].concat(),
         ] {
             assert_eq!(Request::decode(b), None, "{b:?}");
         }
-        let long = [&[3u8][..], &[b'x'; MAX_INPUT + 1]].concat();
-        assert_eq!(Request::decode(&long), None);
+        for kind in [3u8, 4] {
+            let long = [&[kind][..], &[b'x'; MAX_INPUT + 1]].concat();
+            assert_eq!(Request::decode(&long), None, "{kind}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use snow::TransportState;
-use ultracall_abi::{KeyAccess, OwnerKey, VmTag};
+use ultracall_abi::{KeyAccess, OwnerKey, VmTag, MAX_TAG_LEN};
 
 use crate::message::{Answer, Refusal, Request, MAX_NOISE_MESSAGE, MAX_OUTPUT, MAX_PLAINTEXT};
 use crate::noise::{self, Entropy, Identity};
@@ -37,6 +37,8 @@ pub trait Consoles {
     fn find(&self, tag: &VmTag) -> Option<Self::Vm>;
     /// Whether any VM registered `key`.
     fn knows_key(&self, key: &OwnerKey) -> bool;
+    /// Whether the VM registered any owner key.
+    fn has_owner_keys(&self, vm: Self::Vm) -> bool;
     /// The access `key` has on `vm` (None: unknown key, or the VM is gone).
     fn key_access(&self, vm: Self::Vm, key: &OwnerKey) -> Option<KeyAccess>;
     /// Whether the VM has a COM port at `port`.
@@ -50,8 +52,10 @@ pub trait Consoles {
     fn read(&mut self, vm: Self::Vm, port: u16, from: u64, out: &mut [u8]) -> (u64, usize, u64);
     /// Queues typed bytes; returns how many the port took.
     fn input(&mut self, vm: Self::Vm, port: u16, bytes: &[u8]) -> usize;
-    /// A serial BREAK on the port.
-    fn send_break(&mut self, vm: Self::Vm, port: u16);
+    /// A serial BREAK on the port, then `then` typed behind it: how many
+    /// of those bytes the port took, or None (nothing done) when input
+    /// typed before the break is still unread (the client sends it again).
+    fn send_break(&mut self, vm: Self::Vm, port: u16, then: &[u8]) -> Option<usize>;
     /// Adds an owner key to the VM (or gives a known key `access`);
     /// returns how many it holds, None when it holds the most it may.
     fn add_key(&mut self, vm: Self::Vm, key: OwnerKey, access: KeyAccess) -> Option<usize>;
@@ -84,8 +88,15 @@ pub enum EndReason {
     Off = 4,
     /// L0 could not draw randomness for the handshake.
     NoEntropy = 5,
-    /// No VM on this L0 registered the client's key.
+    /// No VM on this L0 registered the client's key (and the handshake
+    /// named no tag, or one no VM holds).
     UnknownKey = 6,
+    /// No VM on this L0 registered the client's key, and the VM holding
+    /// the tag the handshake named registered no owner key at all: an
+    /// impostor, or not the VM the owner registered the key in. (A VM
+    /// with owner keys is answered [`EndReason::UnknownKey`]: whoever
+    /// names its tag learns nothing of it; docs/threat-model.md.)
+    TagWithoutKey = 7,
 }
 
 impl EndReason {
@@ -99,6 +110,7 @@ impl EndReason {
             Off,
             NoEntropy,
             UnknownKey,
+            TagWithoutKey,
         ]
         .into_iter()
         .find(|r| *r as u8 == c)
@@ -117,6 +129,9 @@ impl EndReason {
             EndReason::NoEntropy => "L0 could not draw randomness for the handshake",
             EndReason::UnknownKey => {
                 "no VM on this L0 knows this key (the VM must register it: ultracall owner-key add)"
+            }
+            EndReason::TagWithoutKey => {
+                "the VM does not know this key: a VM with the tag you named runs on this L0 but never registered your key (not the VM you registered it in: an impostor, or a VM that lost its keys)"
             }
             EndReason::Evicted => {
                 "the session was idle longest when L0 needed room for another; open a new one"
@@ -260,9 +275,22 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
             return Outcome::End(EndReason::HandshakeFailed);
         };
         let mut payload = [0u8; MAX_NOISE_MESSAGE];
-        if hs.read_message(msg, &mut payload).is_err() {
+        let Ok(n) = hs.read_message(msg, &mut payload) else {
             return Outcome::End(EndReason::HandshakeFailed);
-        }
+        };
+        // The tag the owner means to open, if named: empty, or padded.
+        let named = match n {
+            0 => None,
+            MAX_TAG_LEN => {
+                let mut padded = [0u8; MAX_TAG_LEN];
+                padded.copy_from_slice(&payload[..n]);
+                match VmTag::from_padded(&padded) {
+                    Ok(t) => Some(t),
+                    Err(_) => return Outcome::End(EndReason::HandshakeFailed),
+                }
+            }
+            _ => return Outcome::End(EndReason::HandshakeFailed),
+        };
         let key = hs
             .get_remote_static()
             .and_then(|k| <[u8; 32]>::try_from(k).ok())
@@ -272,7 +300,14 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
         };
         // Only a key some VM registered holds a session (and its room).
         if !c.knows_key(&key) {
-            return Outcome::End(EndReason::UnknownKey);
+            let keyless_vm = named
+                .and_then(|t| c.find(&t))
+                .is_some_and(|vm| !c.has_owner_keys(vm));
+            return Outcome::End(if keyless_vm {
+                EndReason::TagWithoutKey
+            } else {
+                EndReason::UnknownKey
+            });
         }
         let mut reply = vec![0u8; MAX_NOISE_MESSAGE];
         let n = match hs.write_message(&[], &mut reply) {
@@ -403,10 +438,10 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
                     bytes: buf[..n].to_vec(),
                 }
             }
-            Request::Input(_) | Request::Break if access != KeyAccess::ReadWrite => {
+            Request::Input(_) | Request::Break(_) if access != KeyAccess::ReadWrite => {
                 Answer::Refused(Refusal::ReadOnly)
             }
-            Request::Input(_) | Request::Break if !a.writer => {
+            Request::Input(_) | Request::Break(_) if !a.writer => {
                 // The writer left: the first rw reader to type takes over.
                 if self.writer_elsewhere(i, a.vm, a.port) {
                     return Answer::Refused(Refusal::WriterBusy);
@@ -416,7 +451,7 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
                 }
                 self.write(r, a, c)
             }
-            Request::Input(_) | Request::Break => self.write(r, a, c),
+            Request::Input(_) | Request::Break(_) => self.write(r, a, c),
         }
     }
 
@@ -426,10 +461,11 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
         }
         match r {
             Request::Input(bytes) => Answer::Taken(c.input(a.vm, a.port, &bytes) as u16),
-            _ => {
-                c.send_break(a.vm, a.port);
-                Answer::Taken(0)
-            }
+            Request::Break(then) => Answer::Taken(
+                c.send_break(a.vm, a.port, &then)
+                    .map_or(0, |n| 1 + n as u16),
+            ),
+            _ => Answer::Refused(Refusal::Malformed),
         }
     }
 }

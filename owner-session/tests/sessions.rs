@@ -80,8 +80,13 @@ impl Consoles for Fake {
         self.vms[vm].typed.extend_from_slice(bytes);
         bytes.len()
     }
-    fn send_break(&mut self, vm: usize, _port: u16) {
+    fn has_owner_keys(&self, vm: usize) -> bool {
+        !self.vms[vm].keys.is_empty()
+    }
+    fn send_break(&mut self, vm: usize, _port: u16, then: &[u8]) -> Option<usize> {
         self.vms[vm].breaks += 1;
+        self.vms[vm].typed.extend_from_slice(then);
+        Some(then.len())
     }
     fn remove_key(&mut self, vm: usize, key: &OwnerKey) -> Result<usize, Refusal> {
         let keys = &mut self.vms[vm].keys;
@@ -239,8 +244,8 @@ fn rw_owner_attaches_reads_types_and_breaks() {
         Answer::Taken(6)
     );
     assert_eq!(
-        ask(&mut s, &mut f, &mut c, 1, Request::Break),
-        Answer::Taken(0)
+        ask(&mut s, &mut f, &mut c, 1, Request::Break(Vec::new())),
+        Answer::Taken(1)
     );
     assert_eq!(f.vms[0].typed, b"uname\r");
     assert_eq!(f.vms[0].breaks, 1);
@@ -288,6 +293,83 @@ fn a_plain_snow_peer_with_std_opens_a_session() {
             ..
         })
     ));
+}
+
+fn hello_naming(who: &Owner, tag: &[u8]) -> Vec<u8> {
+    let tag = VmTag::new(tag).unwrap();
+    ClientSession::start_for(&who.private, identity().public(), test_entropy, Some(&tag))
+        .unwrap()
+        .1
+}
+
+#[test]
+fn an_unknown_key_naming_a_keyless_vms_tag_hears_the_vm_does_not_know_it() {
+    let (mut s, mut f, _, _) = setup();
+    f.vms.push(Vm {
+        tag: VmTag::new(b"impostor").unwrap(),
+        keys: Vec::new(),
+        start: 0,
+        history: Vec::new(),
+        typed: Vec::new(),
+        breaks: 0,
+        frozen: false,
+        gone: false,
+    });
+    let stranger = owner(9);
+    let end = |s: &mut OwnerSessions<usize>, f: &mut Fake, hello: &[u8]| s.receive(ch(1), hello, f);
+    // The VM holding the tag registered no owner key: say so.
+    assert_eq!(
+        end(&mut s, &mut f, &hello_naming(&stranger, b"impostor")),
+        Outcome::End(EndReason::TagWithoutKey)
+    );
+    // alpha has owner keys: naming its tag tells nothing more than a tag
+    // nobody holds, or none.
+    for tag in [&b"alpha"[..], b"nobody"] {
+        assert_eq!(
+            end(&mut s, &mut f, &hello_naming(&stranger, tag)),
+            Outcome::End(EndReason::UnknownKey),
+            "{tag:?}"
+        );
+    }
+    assert!(s.is_empty());
+    // A known key naming a tag opens as without one.
+    let (mut s, mut f, rw, _) = setup();
+    let (mut c, hello) = ClientSession::start_for(
+        &rw.private,
+        identity().public(),
+        test_entropy,
+        Some(&VmTag::new(b"alpha").unwrap()),
+    )
+    .unwrap();
+    c.finish(&reply(s.receive(ch(2), &hello, &mut f))).unwrap();
+    assert!(matches!(
+        ask(&mut s, &mut f, &mut c, 2, attach()),
+        Answer::Attached { .. }
+    ));
+    assert_eq!(EndReason::from_code(7), Some(EndReason::TagWithoutKey));
+}
+
+#[test]
+fn a_handshake_payload_neither_empty_nor_a_tag_does_not_open() {
+    let (mut s, mut f, rw, _) = setup();
+    let padded_bad_tag = [b' '; 32];
+    for payload in [&b"alpha"[..], &padded_bad_tag] {
+        let l0 = identity();
+        let mut hs = noise::builder(test_entropy)
+            .local_private_key(&rw.private)
+            .and_then(|b| b.remote_public_key(l0.public()))
+            .and_then(|b| b.prologue(noise::PROLOGUE))
+            .and_then(|b| b.build_initiator())
+            .unwrap();
+        let mut hello = vec![0u8; 600];
+        let n = hs.write_message(payload, &mut hello).unwrap();
+        assert_eq!(
+            s.receive(ch(1), &hello[..n], &mut f),
+            Outcome::End(EndReason::HandshakeFailed),
+            "{payload:?}"
+        );
+    }
+    assert!(s.is_empty());
 }
 
 #[test]
@@ -357,7 +439,10 @@ fn a_read_only_key_cannot_type_or_break() {
             ..
         }
     ));
-    for r in [Request::Input(b"rm -rf /\r".to_vec()), Request::Break] {
+    for r in [
+        Request::Input(b"rm -rf /\r".to_vec()),
+        Request::Break(b"b".to_vec()),
+    ] {
         assert_eq!(
             ask(&mut s, &mut f, &mut c, 1, r),
             Answer::Refused(Refusal::ReadOnly)

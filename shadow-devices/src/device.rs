@@ -87,9 +87,12 @@ pub trait Console {
     fn history_read(&self, _from: u64, _out: &mut [u8]) -> Option<(u64, usize, u64)> {
         None
     }
-    /// A serial BREAK from the other end of the line (devices without a
-    /// line ignore it).
-    fn send_break(&mut self) {}
+    /// A serial BREAK from the other end of the line; false when it was
+    /// not taken and should be sent again later (input typed before it is
+    /// still unread). Devices without a line ignore it (and say taken).
+    fn send_break(&mut self) -> bool {
+        true
+    }
     /// Drops the operator's input the guest has not read (the input queue,
     /// the receiver's FIFO, and the last byte an empty RBR would show
     /// again); returns how many bytes were unread. For a restore into a VM

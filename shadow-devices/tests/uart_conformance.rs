@@ -586,3 +586,78 @@ fn linux_autoconfig_identifies_a_16550a() {
     u.write(FCR, FCR_ENABLE | 0x20);
     assert_eq!(u.read(IIR) & 0x20, 0);
 }
+
+// ---------------------------------------------------------------- break
+
+/// What Linux's 8250 driver does on an interrupt (8250_port.c,
+/// serial8250_handle_irq → serial8250_rx_chars → serial8250_read_char):
+/// read LSR; while it shows DR or BI, read RBR when DR is set (else take
+/// a NUL) and pair the character with its LSR; read LSR again.
+fn linux_rx_chars(u: &mut Uart16550) -> Vec<(u8, bool)> {
+    let mut got = Vec::new();
+    let mut lsr = u.read(LSR);
+    while lsr & (LSR_DR | LSR_BI) != 0 {
+        let ch = if lsr & LSR_DR != 0 { u.read(RBR) } else { 0 };
+        got.push((ch, lsr & LSR_BI != 0));
+        lsr = u.read(LSR);
+    }
+    got
+}
+
+#[test]
+fn a_break_is_a_nul_in_rbr_with_bi_and_a_line_status_interrupt() {
+    let mut u = fifo_uart(0x80);
+    u.write(IER, IER_RDA | IER_RLS);
+    assert!(u.send_break());
+    assert!(u.irq_line());
+    assert_eq!(u.read(IIR) & 0x0f, IIR_RLS, "line status outranks data");
+    assert_eq!(
+        u.read(LSR),
+        LSR_DR | LSR_BI | LSR_FIFO_ERR | LSR_THRE | LSR_TEMT
+    );
+    assert_eq!(u.read(RBR), 0, "the break character is a NUL");
+    assert_eq!(u.read(LSR), LSR_THRE | LSR_TEMT, "read once, then gone");
+    assert!(!u.irq_line());
+}
+
+#[test]
+fn in_16450_mode_a_break_sets_bi_but_not_the_fifo_error_bit() {
+    let mut u = uart();
+    u.write(MCR, MCR_OUT2);
+    u.write(IER, IER_RLS);
+    assert!(u.send_break());
+    assert_eq!(u.read(IIR) & 0x0f, IIR_RLS);
+    assert_eq!(u.read(LSR), LSR_DR | LSR_BI | LSR_THRE | LSR_TEMT);
+}
+
+#[test]
+fn linux_sees_the_break_and_then_the_sysrq_key_as_a_plain_character() {
+    let mut u = fifo_uart(0x80);
+    u.write(IER, IER_RDA | IER_RLS);
+    assert!(u.send_break());
+    assert!(u.take_irq_edge());
+    assert_eq!(linux_rx_chars(&mut u), [(0, true)]);
+    assert_eq!(u.read(IIR) & 0x0f, IIR_NO_INT);
+    assert_eq!(u.push_input(b"h"), 1);
+    assert!(u.take_irq_edge(), "the key raises its own interrupt");
+    assert_eq!(linux_rx_chars(&mut u), [(b'h', false)]);
+}
+
+#[test]
+fn a_break_waits_until_input_typed_before_it_is_read() {
+    let mut u = fifo_uart(0x80);
+    u.write(IER, IER_RDA | IER_RLS);
+    u.push_input(b"ab");
+    assert!(!u.send_break(), "it would be pinned to 'a'");
+    assert_eq!(linux_rx_chars(&mut u), [(b'a', false), (b'b', false)]);
+    assert!(u.send_break());
+    assert_eq!(linux_rx_chars(&mut u), [(0, true)]);
+}
+
+#[test]
+fn a_receiver_in_loopback_does_not_hear_a_break() {
+    let mut u = fifo_uart(0x80);
+    u.write(MCR, MCR_LOOP);
+    assert!(!u.send_break());
+    assert_eq!(u.read(LSR) & (LSR_BI | LSR_DR), 0);
+}

@@ -38,7 +38,7 @@ use std::time::Duration;
 use emulator::{Emulator, Verdict};
 
 pub(crate) const USAGE: &str =
-    "usage: cargo xtask <build | run [--qemu] [--linux | --scenario NAME] [--timeout SECS] | test [host | list | scenario NAME...] | bench | console (--tcp HOST:PORT | --serial DEVICE) [--owner [--relay HOST:PORT] --key FILE --pin FINGERPRINT --tag T [--port N] [--from OFFSET] [--follow] [--break] [--add-key|--add-ro-key|--remove-key KEY]] | console --owner --gen-key FILE | deps | linux>";
+    "usage: cargo xtask <build | run [--qemu] [--linux | --scenario NAME] [--timeout SECS] | test [host | list | scenario NAME...] | bench | console (--tcp HOST:PORT | --serial DEVICE) [--owner [--relay HOST:PORT] --key FILE --pin FINGERPRINT --tag T [--port N] [--from OFFSET] [--follow] [--break | --sysrq KEY] [--add-key|--add-ro-key|--remove-key KEY]] | console --owner --gen-key FILE | deps | linux>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -486,6 +486,12 @@ const BENCH_RUNS: &[BenchRun] = &[
         want: &[
             "relay-message-ticks",
             "relay-idle-wakeups-per-10s",
+            "relay-idle-ultracalls-per-10s",
+            "relay-idle-l1-exits-per-s",
+            "operator-output-ticks-per-kib",
+            "owner-output-ticks-per-kib",
+            "owner-vs-operator-output-cost",
+            "owner-keystroke-round-trip-ticks",
             "l1-tsc-hz",
         ],
     },
@@ -534,6 +540,7 @@ const BENCH_RUNS: &[BenchRun] = &[
 /// also in microseconds, at the TSC rate L0 announces to that run's L1
 /// (a user VM's TSC ticks at L1's rate: KVM does not scale it here).
 fn derived_figures(f: &mut Vec<(String, String)>) {
+    owner_figures(f);
     let hz = f
         .iter()
         .find(|(n, _)| n == "l1-tsc-hz")
@@ -553,6 +560,37 @@ fn derived_figures(f: &mut Vec<(String, String)>) {
         })
         .collect();
     f.extend(us);
+}
+
+/// The owner path's figures derived within one run (`owner-relay`): what
+/// an owner session costs L0 per KiB of output against the operator's
+/// frames, and the relay's idle L1 exits per second — its ultracalls
+/// (each one exit), when it never woke (else it may have caused others,
+/// and the figure is not given).
+fn owner_figures(f: &mut Vec<(String, String)>) {
+    let get = |f: &[(String, String)], name: &str| {
+        f.iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+    };
+    if let (Some(owner), Some(op)) = (
+        get(f, "owner-output-ticks-per-kib"),
+        get(f, "operator-output-ticks-per-kib"),
+    ) {
+        f.push((
+            "owner-vs-operator-output-cost".into(),
+            format!("{:.2}", owner / op.max(1.0)),
+        ));
+    }
+    if let (Some(calls), Some(0.0)) = (
+        get(f, "relay-idle-ultracalls-per-10s"),
+        get(f, "relay-idle-wakeups-per-10s"),
+    ) {
+        f.push((
+            "relay-idle-l1-exits-per-s".into(),
+            format!("{}", calls / 10.0),
+        ));
+    }
 }
 
 /// The figures of `want` that `got` lacks or holds as no number.
@@ -865,6 +903,30 @@ mod tests {
         let mut g = vec![("l2-serial-ticks-per-byte-1".to_string(), "1".to_string())];
         super::derived_figures(&mut g);
         assert_eq!(g.len(), 1);
+    }
+
+    #[test]
+    fn owner_figures_compare_with_the_operator_and_need_an_idle_relay() {
+        let base = [
+            ("owner-output-ticks-per-kib", "300000"),
+            ("operator-output-ticks-per-kib", "100000"),
+            ("relay-idle-ultracalls-per-10s", "0"),
+        ];
+        let run = |wakeups: &str| {
+            let mut f: Vec<(String, String)> = base
+                .iter()
+                .chain([&("relay-idle-wakeups-per-10s", wakeups)])
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            super::derived_figures(&mut f);
+            f
+        };
+        let f = run("0");
+        assert!(f.contains(&("owner-vs-operator-output-cost".into(), "3.00".into())));
+        assert!(f.contains(&("relay-idle-l1-exits-per-s".into(), "0".into())));
+        // A relay that woke may have caused exits its ultracalls miss.
+        let g = run("3");
+        assert!(!g.iter().any(|(n, _)| n == "relay-idle-l1-exits-per-s"));
     }
 
     #[test]

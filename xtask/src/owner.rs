@@ -29,6 +29,9 @@ use crate::console::{LineUser, Received};
 const ANSWER_LIMIT: Duration = Duration::from_secs(30);
 /// How long a wait for text may take.
 const WAIT_LIMIT: Duration = Duration::from_secs(120);
+/// How long L0's log may take to show a line: it may wait for a user VM
+/// to end and another to boot (minutes under a loaded Bochs).
+const LOG_WAIT_LIMIT: Duration = Duration::from_secs(300);
 /// Between two reads while waiting or following.
 const POLL: Duration = Duration::from_millis(100);
 /// How long a client waits before it takes silence for a dropped message.
@@ -102,9 +105,12 @@ pub enum Step {
     },
     /// Opens a session with `key` to the pinned L0; `refused`: L0 must
     /// end it with that reason instead.
+    /// `tag`: named to L0 inside the handshake (what L0 says when no VM
+    /// knows the key depends on it).
     Open {
         key: [u8; 32],
         pin: [u8; 32],
+        tag: Option<VmTag>,
         refused: Option<EndReason>,
     },
     /// Attaches; `patient`: a VM not there yet (or not yet knowing the
@@ -128,7 +134,9 @@ pub enum Step {
         bytes: Vec<u8>,
         expect: Expect,
     },
+    /// A BREAK, with `then` typed right behind it (a SysRq key).
     Break {
+        then: Vec<u8>,
         expect: Expect,
     },
     /// Types through a relay that tampers with the message: the step
@@ -330,9 +338,9 @@ impl OwnerClient {
                 self.asked_at = Instant::now();
                 vec!["owner-id".into()]
             }
-            Step::Open { key, pin, .. } => {
+            Step::Open { key, pin, tag, .. } => {
                 self.channel = self.channel.wrapping_add(1);
-                match ClientSession::start(&key, &pin, os_entropy) {
+                match ClientSession::start_for(&key, &pin, os_entropy, tag.as_ref()) {
                     Ok((s, hello)) => {
                         self.session = Some(s);
                         self.pending = Pending::Handshake;
@@ -374,7 +382,7 @@ impl OwnerClient {
                 self.next();
                 Vec::new()
             }
-            Step::Break { .. } => self.send_request(&Request::Break),
+            Step::Break { then, .. } => self.send_request(&Request::Break(then)),
             Step::Backlog { from, .. } => {
                 self.dump.clear();
                 self.offset = from;
@@ -526,9 +534,28 @@ impl OwnerClient {
                 }
                 self.check(expect, &a, "type");
             }
-            (Some(Step::Break { expect }), a) => {
-                if let Answer::Taken(_) = a {
-                    self.say("sent BREAK");
+            (Some(step @ Step::Break { .. }), Answer::Taken(0))
+                if self.step_began.elapsed() < WAIT_LIMIT =>
+            {
+                // Input typed before it is still unread: send it again soon.
+                let began = self.step_began;
+                self.steps.push_front(step);
+                self.next();
+                self.resume_at = Some(Instant::now() + POLL);
+                self.retry_began = Some(began);
+            }
+            (Some(Step::Break { then, expect }), a) => {
+                if let Answer::Taken(n) = a {
+                    if then.is_empty() {
+                        self.say("sent BREAK");
+                    } else {
+                        let shown = String::from_utf8_lossy(&then).to_string();
+                        self.say(&format!(
+                            "sent BREAK then {shown:?} ({} of {} bytes taken)",
+                            n.saturating_sub(1),
+                            then.len()
+                        ));
+                    }
                 }
                 self.check(expect, &a, "BREAK");
             }
@@ -609,10 +636,14 @@ impl OwnerClient {
             }
             Some(step @ Step::Open { refused: None, .. })
                 if self.patient
-                    && reason == Some(EndReason::UnknownKey)
+                    && matches!(
+                        reason,
+                        Some(EndReason::UnknownKey | EndReason::TagWithoutKey)
+                    )
                     && self.step_began.elapsed() < WAIT_LIMIT =>
             {
-                // Not registered yet: open again in a second.
+                // Not registered yet (the VM may hold its tag already):
+                // open again in a second.
                 let began = self.step_began;
                 self.steps.push_front(step);
                 self.next();
@@ -721,11 +752,11 @@ impl LineUser for OwnerClient {
                 self.read_request()
             }
             Some(Step::WaitLog(text)) => {
-                if self.step_began.elapsed() > WAIT_LIMIT {
+                if self.step_began.elapsed() > LOG_WAIT_LIMIT {
                     let t = text.clone();
                     self.fail(format!(
                         "L0 never logged {t:?} (waited {} s)",
-                        WAIT_LIMIT.as_secs()
+                        LOG_WAIT_LIMIT.as_secs()
                     ));
                 }
                 Vec::new()
@@ -824,6 +855,7 @@ pub fn wrong_pin_refused() -> [Step; 2] {
         Step::Open {
             key: RW,
             pin: other,
+            tag: None,
             refused: Some(EndReason::HandshakeFailed),
         },
     ]
@@ -851,6 +883,7 @@ pub fn scenario_client() -> OwnerClient {
         Step::Open {
             key: RW,
             pin: l0,
+            tag: None,
             refused: None,
         },
         attach(Expect::Ok, true),
@@ -868,7 +901,10 @@ pub fn scenario_client() -> OwnerClient {
         },
         Step::WaitFor("echo: second-L2".into()),
         // alpha's L1 reads LSR from L2 until BI shows.
-        Step::Break { expect: Expect::Ok },
+        Step::Break {
+            then: Vec::new(),
+            expect: Expect::Ok,
+        },
         // Everything from offset 0: the prompt printed before attaching.
         Step::Backlog {
             from: 0,
@@ -883,6 +919,7 @@ pub fn scenario_client() -> OwnerClient {
         Step::Open {
             key: RO,
             pin: l0,
+            tag: None,
             refused: None,
         },
         attach(Expect::Ok, false),
@@ -895,6 +932,7 @@ pub fn scenario_client() -> OwnerClient {
             expect: Expect::Refused(Refusal::ReadOnly),
         },
         Step::Break {
+            then: Vec::new(),
             expect: Expect::Refused(Refusal::ReadOnly),
         },
         Step::Close,
@@ -902,6 +940,7 @@ pub fn scenario_client() -> OwnerClient {
         Step::Open {
             key: STRANGER,
             pin: l0,
+            tag: None,
             refused: Some(EndReason::UnknownKey),
         },
     ]);

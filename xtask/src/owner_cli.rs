@@ -14,6 +14,8 @@ pub fn owner_console(args: &[&str]) -> Result<(), String> {
     let (mut tcp, mut serial, mut key, mut pin, mut tag) = (None, None, None, None, None);
     let mut relay = None;
     let (mut port, mut from, mut follow, mut brk, mut gen) = (0x3f8u16, None, false, false, None);
+    // Typed right behind the BREAK, in the same message (--sysrq KEY).
+    let mut sysrq = Vec::new();
     let mut changes = Vec::new();
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or(format!("{a} needs a value"));
@@ -66,6 +68,14 @@ pub fn owner_console(args: &[&str]) -> Result<(), String> {
             }
             "--follow" => follow = true,
             "--break" => brk = true,
+            "--sysrq" => {
+                let v = value()?;
+                let &[k] = v.as_bytes() else {
+                    return Err(format!("--sysrq {v}: one key, like h (help) or m (memory)"));
+                };
+                brk = true;
+                sysrq = vec![k];
+            }
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
@@ -92,6 +102,7 @@ pub fn owner_console(args: &[&str]) -> Result<(), String> {
         Step::Open {
             key,
             pin,
+            tag: Some(tag),
             refused: None,
         },
         Step::Attach {
@@ -107,7 +118,10 @@ pub fn owner_console(args: &[&str]) -> Result<(), String> {
         steps.push(Step::Backlog { from, holds: None });
     }
     if brk {
-        steps.push(Step::Break { expect: Expect::Ok });
+        steps.push(Step::Break {
+            then: sysrq,
+            expect: Expect::Ok,
+        });
     }
     if follow || (from.is_none() && !brk && !changing) {
         steps.push(Step::Follow);

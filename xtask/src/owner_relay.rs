@@ -51,10 +51,12 @@ fn pk(k: &[u8; 32]) -> [u8; 32] {
     noise::public_key(k)
 }
 
+/// Opens a session naming alpha in the handshake.
 fn open(key: [u8; 32], refused: Option<EndReason>) -> Step {
     Step::Open {
         key,
         pin: pk(&L0_IDENTITY),
+        tag: Some(alpha()),
         refused,
     }
 }
@@ -73,7 +75,17 @@ fn typed(text: &str) -> Step {
     }
 }
 
-/// `owner-relay`: what owner-console does on the line, through the relay.
+/// The owner's first line: the run's console marker as a no-op command,
+/// 16 bytes. L1's spy waits for 40 typed bytes (this line, the echo
+/// after it, the SysRq key sent once the echo came back), then looks for
+/// the marker in everything the provider can see.
+fn marker_line() -> String {
+    format!(": {}\r", crate::linux::console_marker())
+}
+
+/// `owner-relay`: what owner-console does on the line, through the relay;
+/// and the BREAK: with a SysRq key behind it, alpha's kernel runs its
+/// SysRq handler (which an ro key may not).
 fn owner_relay() -> Vec<Step> {
     let mut steps = crate::owner::wrong_pin_refused().to_vec();
     steps.extend([
@@ -82,9 +94,27 @@ fn owner_relay() -> Vec<Step> {
         attach(Expect::Ok, true),
         Step::Seek(0),
         Step::WaitFor("alpha# ".into()),
+        typed(&marker_line()),
         typed("echo relay-$((6*7))-ok\r"),
         // The whole line, so the transcript holds it.
         Step::WaitFor("relay-42-ok\r\n".into()),
+        // BREAK, then `h` in the same message (Linux's SysRq window is
+        // 5 s of the VM's time): the kernel prints its SysRq help on the
+        // console, and its log holds it.
+        Step::Break {
+            then: b"h".to_vec(),
+            expect: Expect::Ok,
+        },
+        Step::WaitFor("sysrq: HELP".into()),
+        typed("dmesg | grep -q 'sysrq: HELP' && echo sysrq-$((6*7))-in-dmesg\r"),
+        Step::WaitFor("sysrq-42-in-dmesg\r\n".into()),
+        // For `cargo xtask bench`, in alpha's time (its TSC): from printing
+        // a prompt to reading the key its owner types on seeing it — the
+        // output's way out through the relay and a keystroke's way in.
+        typed("s=$(probe tsc); echo key-$((6*7))-please; read -r k; e=$(probe tsc); echo BENCH owner-keystroke-round-trip-ticks $((e - s)); echo rtt-$((6*7))-done\r"),
+        Step::WaitFor("key-42-please\r\n".into()),
+        typed("k\r"),
+        Step::WaitFor("rtt-42-done".into()),
         Step::AddKey {
             key: OwnerKey(pk(&RO)),
             access: KeyAccess::ReadOnly,
@@ -101,6 +131,10 @@ fn owner_relay() -> Vec<Step> {
             bytes: b"echo ro-$((6*7))-typed\r".to_vec(),
             expect: Expect::Refused(Refusal::ReadOnly),
         },
+        Step::Break {
+            then: b"h".to_vec(),
+            expect: Expect::Refused(Refusal::ReadOnly),
+        },
         Step::Close,
         // A key no VM registered.
         open(STRANGER, Some(EndReason::UnknownKey)),
@@ -113,10 +147,10 @@ fn owner_relay() -> Vec<Step> {
         Step::Reconnect,
         // An impostor: L1 starts another user VM that takes alpha's tag
         // but never registered the owner's key; the owner's key does not
-        // open it.
+        // open it, and L0 says that VM does not know it.
         Step::WaitLog("registered tag alpha".into()),
         check_pin(),
-        open(RW, Some(EndReason::UnknownKey)),
+        open(RW, Some(EndReason::TagWithoutKey)),
     ]);
     steps
 }
@@ -276,6 +310,24 @@ mod tests {
             std::fs::read_to_string(crate::build::root().join("hypervisor/src/vcpu/ultracall.rs"))
                 .unwrap();
         assert!(ultracalls.contains("user VM {vm} set owner key {key}"));
+    }
+
+    #[test]
+    fn l1_waits_for_the_typed_bytes_up_to_the_sysrq_key() {
+        let init = std::fs::read_to_string(crate::build::root().join("tests/linux/init")).unwrap();
+        assert!(init.contains("\"$(vm_col alpha 8)\" -ge 40"));
+        let story = owner_relay();
+        let typed: Vec<usize> = story
+            .iter()
+            .filter_map(|s| match s {
+                Step::Type { bytes, .. } => Some(bytes.len()),
+                Step::Break { then, .. } if !then.is_empty() => Some(then.len()),
+                _ => None,
+            })
+            .take(3)
+            .collect();
+        assert_eq!(typed, [16, 23, 1]);
+        assert_eq!(marker_line().len(), 16);
     }
 
     #[test]

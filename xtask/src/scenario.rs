@@ -1172,7 +1172,7 @@ fn migrate_forbidden() -> Vec<String> {
 pub fn linux() -> Vec<Scenario> {
     let m = crate::linux::run_marker();
     // What the operator types: not on L1's command line, unlike `m`.
-    let cm: String = format!("c{}", m.chars().rev().collect::<String>());
+    let cm = crate::linux::console_marker();
     let leak = |v: Vec<String>| -> &'static [&'static str] {
         Box::leak(
             v.into_iter()
@@ -1415,18 +1415,33 @@ pub fn linux() -> Vec<Scenario> {
             // refused, the rw key attaches by tag and types a command
             // alpha's shell answers, an ro key added through that session
             // reads the backlog by offset and cannot type, a stranger's key
-            // is refused; then the owner ends alpha's shell. An impostor
-            // that takes alpha's tag without the owner's key is not opened
-            // by it. The relay's idle cost is measured at the end.
+            // is refused; then the owner ends alpha's shell. BREAK (issue
+            // 17's owner-break, folded in here: the same boot and shell)
+            // with a SysRq key behind it runs alpha's SysRq handler — its
+            // dmesg shows it —, and the ro key's BREAK is refused. The
+            // owner's first line is the run's console marker: once typed,
+            // L1 checks a packet capture taken since boot (it must hold
+            // the relay's owner frames), the relay's memory and the rest
+            // of L1 for it: nowhere. An impostor that takes alpha's tag
+            // without the owner's key is not opened by it, and the client
+            // says that VM does not know the key (a stranger naming alpha,
+            // which has owner keys, hears only that no VM knows its key).
+            // The relay's idle cost is measured at the end.
             name: "owner-relay",
             boot: Boot::L0 {
                 cmdline: "serial=com2 loglevel=info",
                 modules: |_| relay_modules("relay"),
             },
             limit: Duration::from_secs(600),
-            com1: &["L1INIT ok", "L1 network inet addr:10.0.2.15", "L1 starting alpha", "QEMU alpha exit=0 console-bytes=0", "L1 starting an impostor tagged alpha", "RELAY| l0-relay: listening on 0.0.0.0:7000; L0 identity 17XoHTNuV4sTuNcG6C0GHjA4yWvOZs3PUNVmuW3buhA=", "RELAY| l0-relay: connection 1 closed; ", "RELAY idle 10 s: 0 wakeups", "L1DONE"],
+            com1: &["L1INIT ok", "L1 network inet addr:10.0.2.15", "L1 starting alpha", "CAPTURE ok", "SPY clean", "SPY control: the marker is in a user VM's RAM", "QEMU alpha exit=0 console-bytes=0", "L1 starting an impostor tagged alpha", "RELAY| l0-relay: listening on 0.0.0.0:7000; L0 identity 17XoHTNuV4sTuNcG6C0GHjA4yWvOZs3PUNVmuW3buhA=", "RELAY| l0-relay: connection 1 closed; ", "RELAY idle 10 s: 0 wakeups", "L1DONE"],
             com2: &["starting the cloud VM: Linux bzImage", "owner sessions: on", "owner relay: the cloud VM's l0-relay carries owner sessions", "owner key D6poTtKIZ7l/Smot7l34zpdOdrcBjj8iocTPJnhXDyA= (ro) added by an owner", "user VM 2 registered tag alpha", "cloud VM requested shutdown", "L0 integrity OK"],
-            forbidden: leak([LINUX_HEALTHY.iter().map(|s| s.to_string()).collect::<Vec<_>>(), vec!["exit=1 ".into(), "RELAY FAIL".into()]].concat()),
+            forbidden: leak(
+                [
+                    LINUX_HEALTHY.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    vec!["exit=1 ".into(), "RELAY FAIL".into(), "CAPTURE FAIL".into(), "SPY FAIL".into(), "SPY LEAK".into(), cm.clone()],
+                ]
+                .concat(),
+            ),
             enabled_in_ci: true,
             disk: Disk::None,
             cpus: 1,
@@ -1439,15 +1454,19 @@ pub fn linux() -> Vec<Scenario> {
                     "owner: attached to alpha port 0x3f8 (rw, writer)",
                     "owner: typed \"echo relay-$((6*7))-ok\"",
                     "owner| relay-42-ok",
+                    "owner: sent BREAK then \"h\" (1 of 1 bytes taken)",
+                    "] sysrq: HELP",
+                    "owner| sysrq-42-in-dmesg",
                     "owner: added key D6poTtKIZ7l/Smot7l34zpdOdrcBjj8iocTPJnhXDyA= (ro); the VM holds 2",
                     "owner: session closed",
                     "owner: attached to alpha port 0x3f8 (ro)",
                     "owner: backlog to offset ",
                     "owner: type: refused as expected: this key is read-only",
+                    "owner: BREAK: refused as expected: this key is read-only",
                     "owner: session refused as expected: no VM on this L0 knows this key",
                     "owner: typed \"exit\"",
                     "owner: L0 logged \"registered tag alpha\"",
-                    "owner: session refused as expected: no VM on this L0 knows this key",
+                    "owner: session refused as expected: the VM does not know this key",
                 ],
                 // The ro key's command never ran.
                 forbidden: &["owner: FAILED", "ro-42-typed"],

@@ -56,6 +56,8 @@ pub struct Console {
     listing: Option<(VmId, usize)>,
     /// Owner sessions on this line, and whether plain commands are taken.
     pub owners: crate::owner::Owners,
+    /// What the `out` frames cost L0 (the bench's comparison with owners).
+    pub output_cost: crate::output_cost::OutputCost,
 }
 
 impl Console {
@@ -313,6 +315,7 @@ impl Console {
                     if crate::logger::tx_room() < OUT_FRAME_ROOM {
                         break;
                     }
+                    let t0 = crate::arch::cpu::rdtsc();
                     let n = c.pull_output(&mut buf);
                     if n == 0 {
                         break;
@@ -323,6 +326,8 @@ impl Console {
                         s.port,
                         mgmt::hex(&buf[..n])
                     )));
+                    let ticks = crate::arch::cpu::rdtsc().wrapping_sub(t0);
+                    self.output_cost.add(ticks, n);
                 }
             }
             // Pulling output frees the transmitter and input fills the

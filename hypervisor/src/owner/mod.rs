@@ -56,6 +56,9 @@ pub struct Owners {
     relay_evicted: Vec<u32>,
     /// Whether the relay has been heard from (logged once).
     relay_seen: bool,
+    /// What answering owners' reads costs L0 (the bench's comparison
+    /// with the operator's frames).
+    pub output_cost: crate::output_cost::OutputCost,
 }
 
 impl Default for Owners {
@@ -67,6 +70,7 @@ impl Default for Owners {
             max_histories: 0,
             relay_evicted: Vec::new(),
             relay_seen: false,
+            output_cost: Default::default(),
         }
     }
 }
@@ -90,6 +94,7 @@ impl Owners {
             max_histories: 0,
             relay_evicted: Vec::new(),
             relay_seen: false,
+            output_cost: Default::default(),
         }
     }
 
@@ -130,8 +135,14 @@ impl Owners {
         let mut c = ShadowConsoles {
             sh,
             max_histories: self.max_histories,
+            read_bytes: 0,
         };
+        let t0 = crate::arch::cpu::rdtsc();
         let out = self.sessions.receive(ch, bytes, &mut c);
+        if c.read_bytes > 0 {
+            let ticks = crate::arch::cpu::rdtsc().wrapping_sub(t0);
+            self.output_cost.add(ticks, c.read_bytes);
+        }
         if let Outcome::End(r) = out {
             if r == EndReason::AuthFailed {
                 log::info!("owner session {channel} on the relay ended: {}", r.text());
@@ -187,7 +198,9 @@ impl Owners {
                 let mut c = ShadowConsoles {
                     sh,
                     max_histories: self.max_histories,
+                    read_bytes: 0,
                 };
+                let t0 = crate::arch::cpu::rdtsc();
                 let answer = match self.sessions.receive(ch, &bytes, &mut c) {
                     Outcome::Reply(m) => {
                         mgmt::frame(format_args!("{}", line::message_body(channel, &m)))
@@ -202,6 +215,10 @@ impl Owners {
                         mgmt::frame(format_args!("{}", line::end_body(channel, r)))
                     }
                 };
+                if c.read_bytes > 0 {
+                    let ticks = crate::arch::cpu::rdtsc().wrapping_sub(t0);
+                    self.output_cost.add(ticks, c.read_bytes);
+                }
                 // A session pushed out for this one hears why.
                 let mut out = alloc::vec![answer];
                 if let Some(old) = self.sessions.take_evicted().filter(|c| c.transport == LINE) {
@@ -273,6 +290,8 @@ pub fn keep_history(sh: &mut Shadow, vm: VmId, max: usize) {
 struct ShadowConsoles<'a> {
     sh: &'a mut Shadow,
     max_histories: usize,
+    /// Output bytes read for the message being answered.
+    read_bytes: usize,
 }
 
 impl ShadowConsoles<'_> {
@@ -312,6 +331,13 @@ impl Consoles for ShadowConsoles<'_> {
             .any(|(_, v)| v.owner_keys().access_of(key).is_some())
     }
 
+    fn has_owner_keys(&self, vm: VmId) -> bool {
+        self.sh
+            .devices
+            .get(&vm)
+            .is_some_and(|v| !v.owner_keys().is_empty())
+    }
+
     fn key_access(&self, vm: VmId, key: &OwnerKey) -> Option<KeyAccess> {
         self.sh.devices.get(&vm)?.owner_keys().access_of(key)
     }
@@ -335,9 +361,12 @@ impl Consoles for ShadowConsoles<'_> {
     }
 
     fn read(&mut self, vm: VmId, port: u16, from: u64, out: &mut [u8]) -> (u64, usize, u64) {
-        self.with_console(vm, port, |c| c.history_read(from, out))
+        let r = self
+            .with_console(vm, port, |c| c.history_read(from, out))
             .flatten()
-            .unwrap_or((0, 0, 0))
+            .unwrap_or((0, 0, 0));
+        self.read_bytes += r.1;
+        r
     }
 
     fn input(&mut self, vm: VmId, port: u16, bytes: &[u8]) -> usize {
@@ -379,9 +408,10 @@ impl Consoles for ShadowConsoles<'_> {
         }
     }
 
-    fn send_break(&mut self, vm: VmId, port: u16) {
-        self.with_console(vm, port, |c| c.send_break());
+    fn send_break(&mut self, vm: VmId, port: u16, then: &[u8]) -> Option<usize> {
+        let taken = self.with_console(vm, port, |c| c.send_break().then(|| c.push_input(then)));
         self.note_edges(vm);
+        taken.flatten()
     }
 }
 

@@ -133,8 +133,37 @@ fn an_owner_session_over_the_line_reads_types_and_breaks() {
     );
     assert_ne!(h.sh.io(ALPHA, 0x3fd, None) & LSR_DR, 0);
     assert_eq!(h.sh.io(ALPHA, 0x3f8 + RBR as u16, None), b'l');
-    assert_eq!(ask(&mut h, &mut c, 7, Request::Break), Answer::Taken(0));
+    // The break: a NUL in RBR with LSR.BI set for it.
+    assert_eq!(
+        ask(&mut h, &mut c, 7, Request::Break(Vec::new())),
+        Answer::Taken(1)
+    );
+    assert_eq!(
+        h.sh.io(ALPHA, 0x3f8 + LSR as u16, None) & (LSR_BI | LSR_DR),
+        LSR_BI | LSR_DR
+    );
+    assert_eq!(h.sh.io(ALPHA, 0x3f8 + RBR as u16, None), 0);
+    // Behind a typed byte the guest has not read, a break is not taken
+    // (it would be pinned to that byte): the client sends it again.
+    assert_eq!(
+        ask(&mut h, &mut c, 7, Request::Input(b"x".to_vec())),
+        Answer::Taken(1)
+    );
+    assert_eq!(
+        ask(&mut h, &mut c, 7, Request::Break(Vec::new())),
+        Answer::Taken(0)
+    );
+    assert_eq!(h.sh.io(ALPHA, 0x3f8 + LSR as u16, None) & LSR_BI, 0);
+    // Once read, a break with a SysRq key behind it: the NUL with BI,
+    // then the key (1 for the break, 1 for the key).
+    assert_eq!(h.sh.io(ALPHA, 0x3f8 + RBR as u16, None), b'x');
+    assert_eq!(
+        ask(&mut h, &mut c, 7, Request::Break(b"h".to_vec())),
+        Answer::Taken(2)
+    );
     assert_ne!(h.sh.io(ALPHA, 0x3f8 + LSR as u16, None) & LSR_BI, 0);
+    assert_eq!(h.sh.io(ALPHA, 0x3f8 + RBR as u16, None), 0);
+    assert_eq!(h.sh.io(ALPHA, 0x3f8 + RBR as u16, None), b'h');
     // In console=owners the plain protocol is refused.
     let out = send(&mut h, "list");
     assert!(out[0].contains("operator protocol is off"), "{out:?}");

@@ -776,6 +776,15 @@ impl Vcpu {
                 // ends here anyway.
                 crate::logger::drain();
                 log::info!("cloud VM requested shutdown: L1 {}", self.stats);
+                // What console output cost L0, both ways (`cargo xtask bench`).
+                for (who, cost) in [
+                    ("operator", m.console.output_cost),
+                    ("owner", m.console.owners.output_cost),
+                ] {
+                    if let Some(t) = cost.ticks_per_kib() {
+                        log::info!("BENCH {who}-output-ticks-per-kib {t}");
+                    }
+                }
                 if m.cpus.len() > 1 {
                     for c in &m.cpus {
                         log::info!("{c}");

@@ -4,9 +4,18 @@
 //!
 //! - **Nothing the guest reads is invented.** Bytes come only from the
 //!   operator's input queue or from loopback; overrun (OE) happens only
-//!   where real hardware would (loopback into a full receiver); PE/FE/BI
-//!   are never raised because there is no physical line. An empty RBR
-//!   reads the last byte received, as on hardware.
+//!   where real hardware would (loopback into a full receiver); PE/FE
+//!   are never raised because there is no physical line. A BREAK comes
+//!   only from an owner's session, and as the datasheet has it: a NUL
+//!   character at the top of the RX FIFO with LSR.BI (and LSR7 in FIFO
+//!   mode) set for it. An empty RBR reads the last byte received, as on
+//!   hardware.
+//! - **A BREAK keeps its place in the input**: it is taken only while the
+//!   input queue and the RX FIFO are empty, so it can never be pinned to
+//!   a byte typed before it (Linux's 8250 driver drops the character it
+//!   reads with BI as the break, and with magic SysRq takes the next one
+//!   as a SysRq command). Otherwise the sender is told to send it again
+//!   once the guest has read what came first.
 //! - **Transmission is instantaneous while the output backlog has room**:
 //!   a THR write moves the byte straight into the backlog, so THRE/TEMT
 //!   read set again at the next access. When the backlog is full and an
@@ -72,7 +81,7 @@ pub struct Uart16550 {
     pub(super) scr: u8,
     pub(super) dll: u8,
     pub(super) dlm: u8,
-    /// Sticky LSR bits: only OE can be set.
+    /// Sticky LSR bits: OE, and BI while the break's NUL is unread.
     pub(super) lsr_sticky: u8,
     /// MSR delta bits (MSR3..0).
     pub(super) msr_deltas: u8,
@@ -262,6 +271,10 @@ impl Uart16550 {
         if !self.rx.is_empty() {
             lsr |= LSR_DR;
         }
+        if self.fifo_enabled() && lsr & LSR_BI != 0 {
+            // LSR7: a character with an error (the break's NUL) is in the FIFO.
+            lsr |= LSR_FIFO_ERR;
+        }
         if self.tx.is_empty() {
             // No shift register is modelled: an empty FIFO means the
             // byte has been accepted by the operator side.
@@ -335,13 +348,24 @@ impl Uart16550 {
         self.irq_level = level;
     }
 
-    /// A serial BREAK on the line: LSR.BI is set until the guest reads
-    /// LSR, and the receiver-line-status interrupt rises if enabled
-    /// (Linux's 8250 driver then counts a break and, with magic SysRq,
-    /// takes the next key as a SysRq command).
-    pub fn send_break(&mut self) {
+    /// A serial BREAK on the line, as a 16550A receives one: a NUL
+    /// character enters the RX FIFO with LSR.BI set for it (until the
+    /// guest reads LSR), and the receiver-line-status interrupt rises if
+    /// IER enables it. Linux's 8250 driver counts a break and, with magic
+    /// SysRq, takes the next key as a SysRq command.
+    ///
+    /// Returns false, changing nothing, while bytes typed earlier wait in
+    /// the input queue or the RX FIFO (the break would be pinned to them)
+    /// or the receiver is in loopback (it does not hear the line): the
+    /// sender tries again once the guest has read them.
+    pub fn send_break(&mut self) -> bool {
+        if self.loopback() || !self.input.is_empty() || !self.rx.is_empty() {
+            return false;
+        }
+        self.receive(0);
         self.lsr_sticky |= LSR_BI;
         self.update_irq();
+        true
     }
 
     /// Starts keeping every byte sent by offset (owner sessions); the
@@ -623,7 +647,7 @@ impl Console for Uart16550 {
     fn history_read(&self, from: u64, out: &mut [u8]) -> Option<(u64, usize, u64)> {
         self.history.as_ref().map(|h| h.read(from, out))
     }
-    fn send_break(&mut self) {
+    fn send_break(&mut self) -> bool {
         Uart16550::send_break(self)
     }
     fn drop_input(&mut self) -> usize {

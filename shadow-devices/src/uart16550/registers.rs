@@ -108,13 +108,13 @@ pub const LSR_OE: u8 = 0x02;
 pub const LSR_PE: u8 = 0x04;
 /// LSR3 FE: framing error (never raised: there is no physical line).
 pub const LSR_FE: u8 = 0x08;
-/// LSR4 BI: break interrupt (never raised: there is no physical line).
+/// LSR4 BI: break interrupt (an owner's BREAK; the break's NUL is in RBR).
 pub const LSR_BI: u8 = 0x10;
 /// LSR5 THRE: THR / TX FIFO empty.
 pub const LSR_THRE: u8 = 0x20;
 /// LSR6 TEMT: THR / TX FIFO and transmitter shift register both empty.
 pub const LSR_TEMT: u8 = 0x40;
-/// LSR7: error in RX FIFO (a PE/FE/BI character is in it; never here).
+/// LSR7: error in RX FIFO (a PE/FE/BI character is in it: here a break).
 pub const LSR_FIFO_ERR: u8 = 0x80;
 /// LSR bits that raise a receiver-line-status interrupt.
 pub const LSR_ERRORS: u8 = LSR_OE | LSR_PE | LSR_FE | LSR_BI;

@@ -117,6 +117,13 @@ pub fn run_marker() -> &'static str {
     })
 }
 
+/// What an operator or owner types into a user VM as the run's console
+/// marker: derived from [`run_marker`] but not on L1's command line, so
+/// L1 may hold it only if the console leaked (tests/linux/probe spy.rs).
+pub fn console_marker() -> String {
+    format!("c{}", run_marker().chars().rev().collect::<String>())
+}
+
 /// The GRUB modules of a Linux scenario: L1's kernel with `l0test=TEST`
 /// and the run's marker on its command line, and its initramfs. A failed
 /// build ends xtask here (scenario tables hold plain function pointers).

@@ -355,9 +355,14 @@ l2x_sr_check:
     mov qword ptr [{d} + {d_done}], 1
     jmp x_done
 
-    // LSR into D_READ + 4 (reading it clears BI and OE), then done.
+    // LSR into D_READ + 4 (reading it clears BI and OE), then done; the
+    // UART's interrupts off first (IER = 0): the break's NUL in RBR would
+    // keep its receive interrupt up, and L1 only looks.
     .global l2x_lsr
 l2x_lsr:
+    mov dx, 0x3f9
+    xor eax, eax
+    out dx, al
     mov dx, 0x3fd
     in al, dx
     mov byte ptr [{d} + {d_read} + 4], al

@@ -23,8 +23,13 @@
 //! the TSC's rate by the PIT, serial output's cost per byte, a command's
 //! duration in TSC ticks (bench.rs, for `cargo xtask bench`).
 //!
-//! `probe spy [FILE...]`: the provider's view searched for the operator's
-//! console marker (spy.rs).
+//! `probe spy [--relay] [FILE...]`: the provider's view searched for the
+//! operator's console marker (spy.rs); `--relay`: l0-relay must be among
+//! the processes searched.
+//!
+//! `probe capture FILE`, `probe capture-check FILE PORT`: a packet
+//! capture in L1, and what it holds of the relay's connections
+//! (capture.rs).
 //!
 //! `probe disk-put FILE...` / `probe disk-get DIR`: files to and from the
 //! raw disk that carries a migration between two hosts (disk.rs).
@@ -32,6 +37,7 @@
 //! Port access from user space needs root and CONFIG_X86_IOPL_IOPERM.
 
 mod bench;
+mod capture;
 mod disk;
 mod spy;
 mod stress;
@@ -332,9 +338,21 @@ fn main() -> ExitCode {
             let files: Vec<String> = args.collect();
             let ok = match files.as_slice() {
                 [c] if c == "--control" => spy::control(),
-                _ => spy::spy(&files),
+                [r, rest @ ..] if r == "--relay" => spy::spy(rest, true),
+                _ => spy::spy(&files, false),
             };
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Some("capture") => match args.next() {
+            Some(f) if capture::capture(&f) => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        },
+        Some("capture-check") => {
+            let (f, port) = (args.next().unwrap_or_default(), args.next().and_then(|p| p.parse().ok()));
+            match port {
+                Some(port) if capture::check(&f, port) => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
+            }
         }
         Some("pit-tsc") => bench::pit_tsc(),
         Some("serial-bench") => {
@@ -348,7 +366,7 @@ fn main() -> ExitCode {
         }
         Some("kvm-churn") => kvm_churn(args.next().and_then(|n| n.parse().ok()).unwrap_or(50)),
         _ => {
-            eprintln!("usage: probe clock | probe shutdown | probe kvm-churn [N] | probe disk-put FILE... | probe disk-get DIR | probe spy [FILE...] | probe stress [SECS] | probe tsc | probe cpuid-bench|io-bench [N] | probe pit-tsc | probe serial-bench [N [SUFFIX]] | probe ticks CMD... | probe dirty [MIB [SECS]]");
+            eprintln!("usage: probe clock | probe shutdown | probe kvm-churn [N] | probe disk-put FILE... | probe disk-get DIR | probe spy [--relay] [FILE...] | probe capture FILE | probe capture-check FILE PORT | probe stress [SECS] | probe tsc | probe cpuid-bench|io-bench [N] | probe pit-tsc | probe serial-bench [N [SUFFIX]] | probe ticks CMD... | probe dirty [MIB [SECS]]");
             ExitCode::from(2)
         }
     }

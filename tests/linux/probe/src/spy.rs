@@ -15,7 +15,9 @@
 //! A search that could not look is no proof: a readable mapping it failed
 //! to read is `SPY FAIL`, naming it, and so is a search that covered less
 //! than [`MIN_SEARCHED`] or no QEMU process. A process that ended while
-//! the spy ran is counted and said, not searched.
+//! the spy ran is counted and said, not searched. With `--relay` the
+//! search must also have covered l0-relay, the owners' relay (its memory
+//! holds every frame of the owner sessions it carries).
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -109,7 +111,7 @@ pub fn control() -> bool {
     found
 }
 
-pub fn spy(files: &[String]) -> bool {
+pub fn spy(files: &[String], need_relay: bool) -> bool {
     let Some(needle) = marker() else {
         println!("SPY FAIL: no l0marker= on the command line");
         return false;
@@ -124,6 +126,7 @@ pub fn spy(files: &[String]) -> bool {
     }
     let me = std::process::id();
     let (mut procs, mut gone, mut maps, mut bytes, mut qemu) = (0, 0, 0, 0u64, false);
+    let mut relay_bytes = 0u64;
     let mut unreadable = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
@@ -136,6 +139,9 @@ pub fn spy(files: &[String]) -> bool {
                 maps += s.mappings;
                 bytes += s.bytes;
                 qemu |= s.comm.starts_with("qemu") && s.bytes > 0;
+                if s.comm == "l0-relay" {
+                    relay_bytes += s.bytes;
+                }
                 unreadable.extend(s.unreadable);
             }
             Ok(None) => gone += 1,
@@ -148,7 +154,10 @@ pub fn spy(files: &[String]) -> bool {
     if !unreadable.is_empty() {
         println!("SPY FAIL: {} readable mappings could not be read: {}", unreadable.len(), unreadable.join("; "));
     }
-    let enough = bytes >= MIN_SEARCHED && qemu;
+    if need_relay && relay_bytes == 0 {
+        println!("SPY FAIL: l0-relay was not among the processes searched");
+    }
+    let enough = bytes >= MIN_SEARCHED && qemu && (!need_relay || relay_bytes > 0);
     if !enough {
         println!(
             "SPY FAIL: searched {} KiB in {procs} processes{}: under the {} KiB floor, or no QEMU among them",
@@ -158,8 +167,9 @@ pub fn spy(files: &[String]) -> bool {
         );
     }
     if leaks.is_empty() && unreadable.is_empty() && enough {
+        let relay = if need_relay { format!(", l0-relay's {} KiB among them", relay_bytes >> 10) } else { String::new() };
         println!(
-            "SPY clean: {} files, {procs} processes ({maps} mappings, {} KiB, QEMU among them) searched, {gone} ended meanwhile",
+            "SPY clean: {} files, {procs} processes ({maps} mappings, {} KiB, QEMU among them{relay}) searched, {gone} ended meanwhile",
             files.len(),
             bytes >> 10
         );
