@@ -93,6 +93,10 @@ pub enum Boot {
     /// directly by GRUB with no L0 (`native`); dom0's /init runs `xentest`
     /// (tests/xen/init-dom0: "boot", or "pvh" to `xl create` a PVH guest).
     Xen { native: bool, xentest: &'static str },
+    /// The Xen peer bottom (`cargo xtask bench`): Linux/KVM booted
+    /// directly, running Xen and its dom0 (`xentest`) under QEMU with
+    /// nested VMX (crate::xen::peer).
+    XenPeer { xentest: &'static str },
 }
 
 impl Scenario {
@@ -108,6 +112,8 @@ impl Scenario {
     pub fn memory_mib(&self) -> u32 {
         match self.boot {
             Boot::Peer { .. } | Boot::Xen { .. } => 1024,
+            // Xen's guest RAM beside the peer's initramfs (QEMU, Xen, dom0).
+            Boot::XenPeer { .. } => 1536,
             _ => 512,
         }
     }
@@ -848,6 +854,20 @@ fn many_consoles() -> ConsoleCheck {
     }
 }
 
+/// The peer bottom's TSC: under Bochs, the rate as L0 measures it against
+/// the PIT (Bochs's TSC counts instructions, `ips` a second). Left to
+/// itself the peer's Linux takes it from Bochs's CPUID 0x15 (3.5 GHz), so
+/// its clocks, and the cloud VM's and the user VM's with them, would run
+/// 35 times slow per instruction and every timed wait would cost 35 times
+/// the ticks it costs on L0 (`l2-tsc-khz-by-pit` in `cargo xtask bench`
+/// shows it).
+fn peer_tsc(emu: Emulator) -> String {
+    match emu {
+        Emulator::Bochs => format!(" tsc_early_khz={}", crate::emulator::BOCHS_IPS / 1000),
+        Emulator::Qemu => String::new(),
+    }
+}
+
 /// Builds the ISO that boots `s` on `emu`.
 pub fn make_iso(
     s: &Scenario,
@@ -894,6 +914,9 @@ pub fn make_iso(
                     payload: m.payload,
                     cmdline: format!("l1.module {}", m.cmdline),
                 }));
+                // The fleet's sealing key, as every host of a provider
+                // has it: save/restore between two Xen hosts.
+                l1.push(IsoModule::inline("l0.key", TEST_KEY, "l0.key"));
                 crate::build::iso(
                     iso,
                     IsoBoot::L0 {
@@ -904,21 +927,23 @@ pub fn make_iso(
                 )
             }
         }
+        Boot::XenPeer { xentest } => {
+            let li = crate::linux::images()?;
+            let initrd = crate::xen::peer::initramfs(&xen_modules(xentest)?)?;
+            crate::build::iso(
+                iso,
+                IsoBoot::Linux {
+                    kernel: &li.kernel,
+                    initrd: &initrd,
+                    cmdline: &format!("console=ttyS0,115200 panic=0{}", peer_tsc(emu)),
+                },
+            )
+        }
         Boot::Peer { test } => {
             let li = crate::linux::images()?;
-            // Under Bochs, the TSC's rate as L0 measures it against the PIT
-            // (Bochs's TSC counts instructions, `ips` a second): left to itself the
-            // peer's Linux takes it from Bochs's CPUID 0x15 (3.5 GHz), so
-            // its clocks, and the cloud VM's and the user VM's with them,
-            // would run 35 times slow per instruction and every timed wait
-            // would cost 35 times the ticks it costs on L0
-            // (`l2-tsc-khz-by-pit` in `cargo xtask bench` shows it).
-            let tsc = match emu {
-                Emulator::Bochs => format!(" tsc_early_khz={}", crate::emulator::BOCHS_IPS / 1000),
-                Emulator::Qemu => String::new(),
-            };
             let cmdline = format!(
-                "console=ttyS0,115200 panic=0{tsc} l0test={test} l0marker={}",
+                "console=ttyS0,115200 panic=0{} l0test={test} l0marker={}",
+                peer_tsc(emu),
                 crate::linux::run_marker()
             );
             crate::build::iso(
@@ -952,8 +977,14 @@ fn xen_modules(xentest: &str) -> Result<Vec<IsoModule>, String> {
         "pvh" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Pvh)?,
         // The HVM guest's shell for the operator under L0; natively (no
         // shadow UARTs, nobody to type) its marker line.
-        "hvm" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Hvm {
+        "hvm" | "hvm-save" | "hvm-restore" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Hvm {
             args: "l2mode=shell l2tag=hvm1",
+        })?,
+        // CPUID, port I/O and 200 serial writes (+1600 in bulk) measured
+        // in the guest: each write is a round trip to QEMU in dom0 under
+        // the peer bottom.
+        "hvm-bench" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Hvm {
+            args: "l2mode=peer-bench l2serial=200",
         })?,
         "hvm-boot" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Hvm {
             args: "l2marker=hvm1",
@@ -970,7 +1001,10 @@ fn xen_modules(xentest: &str) -> Result<Vec<IsoModule>, String> {
         ),
         IsoModule::file(
             &x.vmlinux,
-            &format!("vmlinux console=hvc0 earlyprintk=xen rdinit=/init panic=0 xentest={xentest}"),
+            &format!(
+                "vmlinux console=hvc0 earlyprintk=xen rdinit=/init panic=0 xentest={xentest} l0marker={}",
+                crate::linux::run_marker()
+            ),
         ),
         IsoModule::file(&initrd, "dom0.initrd"),
     ])
@@ -1123,6 +1157,167 @@ fn xen() -> Vec<Scenario> {
             ..xen("xen-hvm", false, "hvm", 2400, XEN_HVM_COM1)
         },
     ]
+    .into_iter()
+    .chain(xen_migration(&xen))
+    .chain(xen_bench(&xen))
+    .collect()
+}
+
+/// What an HVM guest of Xen measures for `cargo xtask bench`: CPUID, port
+/// I/O, the TSC's rate by the PIT and serial writes, with Xen on L0 and
+/// with Xen on the Linux/KVM peer bottom. Under L0 the figures reach the
+/// operator's console from the shadow UART; under the peer, dom0 passes
+/// them on from the pty of QEMU's UART.
+fn xen_bench(
+    xen: &impl Fn(&'static str, bool, &'static str, u64, &'static [&'static str]) -> Scenario,
+) -> Vec<Scenario> {
+    const FIGURES: &[&str] = &[
+        "BENCH l2-cpuid-ticks ",
+        "BENCH l2-port-io-ticks ",
+        "BENCH l2-tsc-khz-by-pit ",
+        "BENCH l2-serial-ticks-per-byte-1 ",
+        "BENCH l2-serial-ticks-per-byte-bulk ",
+    ];
+    let forbidden = leak_strs(
+        XEN_HEALTHY
+            .iter()
+            .chain(&["BENCH FAIL"])
+            .map(|s| s.to_string())
+            .collect(),
+    );
+    vec![
+        Scenario {
+            com2: &["starting the cloud VM: multiboot kernel"],
+            forbidden,
+            console: ConsoleCheck {
+                expect: FIGURES,
+                ordered: &[],
+                forbidden: &["BENCH FAIL"],
+                typed: &[],
+                follow_all: true,
+                script: None,
+            },
+            enabled_in_ci: false,
+            ..xen(
+                "xen-hvm-bench",
+                false,
+                "hvm-bench",
+                2400,
+                &["XL created hvm1", "XL hvm1 gone", "DOM0DONE"],
+            )
+        },
+        Scenario {
+            boot: Boot::XenPeer {
+                xentest: "hvm-bench",
+            },
+            forbidden,
+            enabled_in_ci: false,
+            com1: leak_strs(
+                ["PEER host up", "DOM0INIT ok", "XL created hvm1"]
+                    .iter()
+                    .chain(FIGURES)
+                    .chain(&["DOM0DONE", "PEER cloud VM ended"])
+                    .map(|s| s.to_string())
+                    .collect(),
+            ),
+            ..xen("xen-peer-bench", false, "hvm-bench", 3600, &[])
+        },
+    ]
+}
+
+/// An HVM guest of Xen carried to a second L0 host (docs/operations.md):
+/// on host A the operator uses hvm1's shell and detaches, dom0 `xl save`s
+/// it, seals its shadow devices with `ultracall save` and puts both on
+/// the disk; on host B dom0 `xl restore`s it, and once it has registered
+/// its tag again restores its devices from the blob (a tampered copy and
+/// a replay refused): A's late line arrives as backlog and the same shell
+/// answers. The marker is typed by the operator only: dom0 never sees it.
+fn xen_migration(
+    xen: &impl Fn(&'static str, bool, &'static str, u64, &'static [&'static str]) -> Scenario,
+) -> Vec<Scenario> {
+    let cm = crate::linux::console_marker();
+    let forbidden = leak_strs(
+        [XEN_HEALTHY, &["DISK FAIL", "SPY LEAK", "SPY FAIL"]]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .chain([cm.clone()])
+            .collect(),
+    );
+    let said = leak_str(format!("XA-said-42-{cm}"));
+    vec![
+        Scenario {
+            com1: &[
+                "XL created hvm1",
+                "MIGRATE saved hvm1",
+                "XL hvm1 gone",
+                "pty-bytes=0 console-log-bytes=0",
+                "MIGRATE image",
+                "DISK put 2 files",
+                "DOM0DONE",
+            ],
+            com2: &["registered tag hvm1", "devices of hvm1 saved"],
+            forbidden,
+            console: ConsoleCheck {
+                expect: leak_strs(vec![said.into(), "detached from hvm1".into()]),
+                ordered: &[],
+                // Written while nobody follows the console: backlog for B.
+                forbidden: &["XA-late-42"],
+                typed: inputs_for(
+                    "hvm1",
+                    vec![
+                        ("tag=hvm1", String::new()),
+                        ("hvm1# ", format!("p=$$ m={cm}; echo XA-said-$((6*7))-$m; (sleep 2; echo XA-late-$((6*7))-$m) &\r")),
+                        (said, DETACH.into()),
+                    ],
+                ),
+                follow_all: false,
+                script: None,
+            },
+            disk: Disk::Blank,
+            // By name until a full pair has run in CI's time (each host
+            // boots its guest from a CD for ~10 min).
+            enabled_in_ci: false,
+            ..xen("xen-migrate-source", false, "hvm-save", 2400, &[])
+        },
+        Scenario {
+            com1: &[
+                "DISK got 2 files",
+                "XL restored hvm1",
+                "MIGRATE tampered: ultracall: error: L0 refused: BLOB_AUTH_FAILED",
+                "MIGRATE restore: restored hvm1",
+                "MIGRATE again: ultracall: error: L0 refused: BLOB_REPLAYED",
+                "XL hvm1 gone",
+                "pty-bytes=0 console-log-bytes=0",
+                "DOM0DONE",
+            ],
+            com2: &["restore for hvm1 refused", "devices of hvm1 restored"],
+            forbidden,
+            console: ConsoleCheck {
+                expect: &[],
+                ordered: leak_strs(vec![
+                    "hvm1 restore-refused".into(),
+                    "hvm1 restored epoch=1".into(),
+                    format!("XA-late-42-{cm}"),
+                    format!("same-shell-{cm}-42"),
+                ]),
+                forbidden: &[],
+                typed: inputs_for(
+                    "hvm1",
+                    vec![
+                        ("tag=hvm1", String::new()),
+                        ("restored", "[ \"$p\" = \"$$\" ] && echo same-shell-$m-$((6*7))\r".into()),
+                        (leak_str(format!("same-shell-{cm}-42")), "exit\r".into()),
+                    ],
+                ),
+                follow_all: false,
+                script: None,
+            },
+            disk: Disk::From("xen-migrate-source"),
+            enabled_in_ci: false,
+            ..xen("xen-migrate-two-hosts", false, "hvm-restore", 1800, &[])
+        },
+    ]
 }
 
 /// Failure markers of the Linux scenarios: L0 stopping, L1's kernel
@@ -1135,6 +1330,29 @@ const LINUX_HEALTHY: &[&str] = &[
     "CLOCK FAIL",
     "L1INIT FAIL",
 ];
+
+fn leak_strs(v: Vec<String>) -> &'static [&'static str] {
+    Box::leak(
+        v.into_iter()
+            .map(leak_str)
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    )
+}
+
+/// What the operator types into `target`: each text once `after` shows.
+fn inputs_for(target: &'static str, v: Vec<(&'static str, String)>) -> &'static [Input] {
+    Box::leak(
+        v.into_iter()
+            .map(|(after, text)| Input {
+                after,
+                target,
+                text: leak_str(text),
+            })
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    )
+}
 
 fn leak_str(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
@@ -1173,26 +1391,8 @@ pub fn linux() -> Vec<Scenario> {
     let m = crate::linux::run_marker();
     // What the operator types: not on L1's command line, unlike `m`.
     let cm = crate::linux::console_marker();
-    let leak = |v: Vec<String>| -> &'static [&'static str] {
-        Box::leak(
-            v.into_iter()
-                .map(leak_str)
-                .collect::<Vec<_>>()
-                .into_boxed_slice(),
-        )
-    };
-    let leak_inputs = |v: Vec<(&'static str, String)>| -> &'static [Input] {
-        Box::leak(
-            v.into_iter()
-                .map(|(after, text)| Input {
-                    after,
-                    target: "alpha",
-                    text: leak_str(text),
-                })
-                .collect::<Vec<_>>()
-                .into_boxed_slice(),
-        )
-    };
+    let leak = leak_strs;
+    let leak_inputs = |v| inputs_for("alpha", v);
     vec![
         Scenario {
             // L1 Linux reaches init with KVM (EPT, VPID) and a clock that
@@ -2155,7 +2355,7 @@ mod tests {
                     .map(|m| m.cmdline.clone())
                     .find(|c| c.starts_with("l1=multiboot "))
                     .unwrap_or_default(),
-                Boot::Peer { .. } | Boot::Xen { .. } => continue,
+                Boot::Peer { .. } | Boot::Xen { .. } | Boot::XenPeer { .. } => continue,
             };
             let test = args.split(' ').find_map(|a| a.strip_prefix("test="));
             let expected = crate::verdict::expected(s.com1);

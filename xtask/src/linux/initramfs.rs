@@ -93,6 +93,36 @@ pub(crate) fn add_busybox(a: &mut Archive) -> Result<(), String> {
     Ok(())
 }
 
+/// The static guest tools every cloud VM carries (KVM's L1 and Xen's
+/// dom0) and the user VMs too.
+pub struct GuestTools {
+    /// `ultracall`: tags from a user VM, save/restore from the cloud VM.
+    pub ultracall: PathBuf,
+    /// `probe`: the stress and bench loops in a user VM; the spy, the
+    /// migration disk and the clock checks in the cloud VM.
+    pub probe: PathBuf,
+}
+
+pub fn guest_tools() -> Result<GuestTools, String> {
+    Ok(GuestTools {
+        ultracall: static_tool(
+            &[
+                "-p",
+                "ultracall-abi",
+                "--features",
+                "std",
+                "--bin",
+                "ultracall",
+            ],
+            "ultracall",
+        )?,
+        probe: static_tool(
+            &["--manifest-path", "tests/linux/probe/Cargo.toml"],
+            "l1-probe",
+        )?,
+    })
+}
+
 /// Builds a static Rust tool for the guest (x86_64 Linux, static C runtime).
 fn static_tool(args: &[&str], bin: &str) -> Result<PathBuf, String> {
     let dir = target_dir().join("linux-tools");
@@ -111,7 +141,10 @@ fn static_tool(args: &[&str], bin: &str) -> Result<PathBuf, String> {
         .env_remove("RUSTFLAGS")
         .env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
+            // Without the workspace's release debuginfo: a user VM booted
+            // from a CD under Xen reads every byte of its initramfs by
+            // ATAPI PIO through two hypervisors.
+            "-C target-feature=+crt-static -C strip=debuginfo",
         )
         .status()
         .map_err(|e| format!("cargo: {e}"))?;
@@ -170,11 +203,20 @@ pub fn missing_files(stderr: &str) -> Vec<String> {
     out
 }
 
+/// Where this host's Debian packages keep the firmware file `name`.
+fn firmware_file(name: &str) -> Result<PathBuf, String> {
+    FIRMWARE_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("QEMU wants {name}, which no Debian package here provides"))
+}
+
 /// The firmware QEMU loads for an L2, found by running QEMU from a copy of
 /// its binary whose data directory holds only what was found so far: it
 /// names each file it misses, until it starts (paused, `-S`) and keeps
 /// running. Runs under TCG (modules from the host) so no KVM is needed here.
-fn qemu_firmware(kernel: &Path, initrd: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+fn qemu_firmware(machine: &[std::ffi::OsString]) -> Result<Vec<(String, Vec<u8>)>, String> {
     let dir = target_dir().join("linux-tools/qemu-probe");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("usr/bin")).map_err(|e| e.to_string())?;
@@ -200,12 +242,7 @@ fn qemu_firmware(kernel: &Path, initrd: &Path) -> Result<Vec<(String, Vec<u8>)>,
                 "null",
                 "-no-reboot",
             ])
-            .args(L2_MACHINE)
-            .arg("-kernel")
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(initrd)
-            .args(["-append", "console=ttyS0"])
+            .args(machine)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -237,23 +274,51 @@ fn qemu_firmware(kernel: &Path, initrd: &Path) -> Result<Vec<(String, Vec<u8>)>,
             .collect();
         if new.is_empty() {
             return Err(format!(
-                "QEMU does not start with the L2 options and names no missing file:\n{err}"
+                "QEMU does not start with {machine:?} and names no missing file:\n{err}"
             ));
         }
         for name in new {
-            let src = FIRMWARE_DIRS
-                .iter()
-                .map(|d| Path::new(d).join(&name))
-                .find(|p| p.exists())
-                .ok_or_else(|| {
-                    format!("QEMU wants {name}, which no Debian package here provides")
-                })?;
-            let data = read(&src)?;
+            let data = read(&firmware_file(&name)?)?;
             fs::write(dir.join(QEMU_DATA).join(&name), &data).map_err(|e| e.to_string())?;
             found.push((name, data));
         }
     }
     Err("QEMU kept asking for firmware".into())
+}
+
+/// Adds Debian's QEMU, every library `ldd` names for it and the firmware
+/// it loads when started with `machine` (the options that choose the
+/// machine and what it boots), and `also`: firmware QEMU asks for only
+/// once it runs under KVM or leaves reset, which the paused TCG probe
+/// never sees.
+pub fn add_qemu(
+    a: &mut Archive,
+    who: &str,
+    machine: &[std::ffi::OsString],
+    also: &[&str],
+) -> Result<(), String> {
+    a.add(QEMU, file(read(Path::new(QEMU))?, true));
+    let libs = ldd(QEMU, None)?;
+    for lib in &libs {
+        // Stored under the name ldd gives, symlinks resolved.
+        a.add(lib, file(read(Path::new(lib))?, true));
+    }
+    let mut firmware = qemu_firmware(machine)?;
+    for name in also {
+        if !firmware.iter().any(|(n, _)| n == name) {
+            firmware.push((name.to_string(), read(&firmware_file(name)?)?));
+        }
+    }
+    let names: Vec<&str> = firmware.iter().map(|(n, _)| n.as_str()).collect();
+    log(&format!(
+        "{who} initramfs: QEMU with {} libraries, firmware {}",
+        libs.len(),
+        names.join(", ")
+    ));
+    for (name, data) in firmware {
+        a.add(&format!("{QEMU_DATA}/{name}"), file(data, false));
+    }
+    Ok(())
 }
 
 /// Compresses `archive` into the cache under a name derived from its
@@ -298,27 +363,11 @@ pub fn ensure(kernel: &Path) -> Result<Initramfs, String> {
     let t0 = Instant::now();
     let tests = root().join("tests/linux");
 
-    // The guest tool both levels use: tags from L2, save/restore from L1.
-    let ultracall = static_tool(
-        &[
-            "-p",
-            "ultracall-abi",
-            "--features",
-            "std",
-            "--bin",
-            "ultracall",
-        ],
-        "ultracall",
-    )?;
+    let GuestTools { ultracall, probe } = guest_tools()?;
     let mut l2 = Archive::default();
     add_busybox(&mut l2)?;
     l2.add("init", file(read(&tests.join("init-l2"))?, true));
     l2.add("bin/ultracall", file(read(&ultracall)?, true));
-    // The probes (`probe stress` runs in L2; the rest in L1).
-    let probe = static_tool(
-        &["--manifest-path", "tests/linux/probe/Cargo.toml"],
-        "l1-probe",
-    )?;
     l2.add("bin/probe", file(read(&probe)?, true));
     let l2_path = cached_lz4("l2", &l2.to_bytes())?;
 
@@ -330,24 +379,17 @@ pub fn ensure(kernel: &Path) -> Result<Initramfs, String> {
     l1.add("bin/probe", file(read(&probe)?, true));
     l1.add("bin/ultracall", file(read(&ultracall)?, true));
     l1.add("bin/l0-relay", file(read(&relay)?, true));
-    l1.add(QEMU, file(read(Path::new(QEMU))?, true));
-    let libs = ldd(QEMU, None)?;
-    for lib in &libs {
-        // Stored under the name ldd gives, symlinks resolved.
-        l1.add(lib, file(read(Path::new(lib))?, true));
-    }
-    let firmware = qemu_firmware(kernel, &l2_path)?;
-    let names: Vec<&str> = firmware.iter().map(|(n, _)| n.as_str()).collect();
-    for (name, data) in firmware.iter() {
-        l1.add(&format!("{QEMU_DATA}/{name}"), file(data.clone(), false));
-    }
+    let mut machine: Vec<std::ffi::OsString> = L2_MACHINE.iter().map(Into::into).collect();
+    machine.extend([
+        "-kernel".into(),
+        kernel.into(),
+        "-initrd".into(),
+        l2_path.clone().into(),
+    ]);
+    machine.extend(["-append".into(), "console=ttyS0".into()]);
+    add_qemu(&mut l1, "L1", &machine, &[])?;
     l1.add("l2/bzImage", file(read(kernel)?, false));
     l1.add("l2/initrd", file(read(&l2_path)?, false));
-    log(&format!(
-        "L1 initramfs: QEMU with {} libraries, firmware {}",
-        libs.len(),
-        names.join(", ")
-    ));
     let l1_path = cached_lz4("l1", &l1.to_bytes())?;
     let mut peer = l1.clone();
     peer.add("init", file(read(&tests.join("init-peer"))?, true));

@@ -7,7 +7,8 @@
 //! tests/xen/init-guest; for an HVM guest the device model (QEMU, with its
 //! libraries), hvmloader, SeaBIOS, and a GRUB boot CD of the KVM
 //! scenarios' user VM kernel and initramfs (the lean bzImage and
-//! tests/linux/init-l2).
+//! tests/linux/init-l2), and the migration manager's tools (`ultracall`,
+//! `probe`).
 
 use std::fs;
 use std::path::Path;
@@ -32,6 +33,8 @@ const TOOLS: &[&str] = &[
     "usr/lib/xen-4.17/bin/xen-init-dom0",
     "usr/lib/xen-4.17/bin/xenconsoled",
     "usr/lib/xen-4.17/bin/xl",
+    // What `xl save`/`xl restore` run to write and read a guest's image.
+    "usr/lib/xen-4.17/bin/libxl-save-helper",
 ];
 
 /// An HVM guest's device model, where libxl starts it.
@@ -193,6 +196,21 @@ pub fn initramfs(unpacked: &Path, vm: UserVm) -> Result<std::path::PathBuf, Stri
         }
         UserVm::Hvm { args } => {
             add_program(&mut a, &pkg_root, DEVICE_MODEL)?;
+            // The migration manager's side: `ultracall save`/`restore`
+            // and the disk between the hosts (`probe disk-put`/`-get`).
+            let tools = crate::linux::initramfs::guest_tools()?;
+            for (path, tool) in [
+                ("bin/ultracall", tools.ultracall),
+                ("bin/probe", tools.probe),
+            ] {
+                a.add(
+                    path,
+                    Node::File {
+                        data: read(&tool)?,
+                        exec: true,
+                    },
+                );
+            }
             for f in HVM_FIRMWARE {
                 let data = read(&pkg_root.join(f))?;
                 a.add(f, Node::File { data, exec: false });

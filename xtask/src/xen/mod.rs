@@ -12,6 +12,7 @@
 
 pub mod dom0;
 pub mod packages;
+pub mod peer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
