@@ -961,25 +961,13 @@ mod nested {
         assert!(out.contains("out 1 3f8 66"), "{out}");
     }
 
-    /// While another CPU holds the machine, a COM byte of a known VM
-    /// completes; the operator's output waits for a later visit.
-    #[test]
-    fn com_bytes_go_on_while_another_cpu_holds_the_machine() {
+    /// Runs `f` while another thread holds the machine (for up to 5 s);
+    /// whether `f` was done before that thread let go.
+    fn while_another_cpu_holds(m: &SharedMachine, f: impl FnOnce(&SharedMachine)) -> bool {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         use std::time::{Duration, Instant};
-        let (mut c, mut v, mut p) = l1_in_vmx();
-        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
-        p.mgmt_in
-            .extend_from_slice(shadow_devices::mgmt::frame(format_args!("attach 1")).as_bytes());
-        c.regs.gpr[GuestRegs::RAX] = b'a' as u64;
-        exit(&mut v, reason::IO_INSTRUCTION, 0x3f8 << 16, 1);
-        c.handle_exit(&mut v, &mut p);
-        c.poll_console(&mut v, &mut p);
-        let sent = p.mgmt_out.len();
         let (held, done) = (AtomicBool::new(false), AtomicBool::new(false));
-        let Cpu { vcpu, m } = &mut c;
-        let m: &SharedMachine = m;
-        let done_while_held = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let holder = s.spawn(|| {
                 let mut g = m.lock();
                 let _ = &mut *g;
@@ -993,11 +981,30 @@ mod nested {
             while !held.load(SeqCst) {
                 std::hint::spin_loop();
             }
+            f(m);
+            done.store(true, SeqCst);
+            holder.join().unwrap()
+        })
+    }
+
+    /// While another CPU holds the machine, a COM byte of a known VM
+    /// completes; the operator's output waits for a later visit.
+    #[test]
+    fn com_bytes_go_on_while_another_cpu_holds_the_machine() {
+        let (mut c, mut v, mut p) = l1_in_vmx();
+        launch(&mut c, &mut v, &mut p, reason::VMLAUNCH);
+        p.mgmt_in
+            .extend_from_slice(shadow_devices::mgmt::frame(format_args!("attach 1")).as_bytes());
+        c.regs.gpr[GuestRegs::RAX] = b'a' as u64;
+        exit(&mut v, reason::IO_INSTRUCTION, 0x3f8 << 16, 1);
+        c.handle_exit(&mut v, &mut p);
+        c.poll_console(&mut v, &mut p);
+        let sent = p.mgmt_out.len();
+        let Cpu { vcpu, m } = &mut c;
+        let done_while_held = while_another_cpu_holds(m, |m| {
             vcpu.regs.gpr[GuestRegs::RAX] = b'b' as u64;
             exit(&mut v, reason::IO_INSTRUCTION, 0x3f8 << 16, 1);
             vcpu.handle_exit(&mut m.lock(), &mut v, &mut p);
-            done.store(true, SeqCst);
-            holder.join().unwrap()
         });
         assert!(done_while_held, "the byte waited for the machine");
         assert_eq!(
@@ -1864,34 +1871,15 @@ mod nested {
     /// While another CPU holds the machine, an edge is posted all the same.
     #[test]
     fn an_edge_is_posted_while_another_cpu_holds_the_machine() {
-        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-        use std::time::{Duration, Instant};
         let (mut c, mut v, mut p) = vm_of_two_vcpus(0);
         assert!(l2_com_out(&mut c, &mut v, &mut p, 0x3fc, 0x08));
-        let (held, done) = (AtomicBool::new(false), AtomicBool::new(false));
         let Cpu { vcpu, m } = &mut c;
-        let m: &SharedMachine = m;
-        let done_while_held = std::thread::scope(|s| {
-            let holder = s.spawn(|| {
-                let mut g = m.lock();
-                let _ = &mut *g;
-                held.store(true, SeqCst);
-                let start = Instant::now();
-                while !done.load(SeqCst) && start.elapsed() < Duration::from_secs(5) {
-                    std::hint::spin_loop();
-                }
-                done.load(SeqCst)
-            });
-            while !held.load(SeqCst) {
-                std::hint::spin_loop();
-            }
+        let done_while_held = while_another_cpu_holds(m, |m| {
             for ier in [0x00, 0x02] {
                 vcpu.regs.gpr[GuestRegs::RAX] = ier;
                 exit(&mut v, reason::IO_INSTRUCTION, 0x3f9 << 16, 1);
                 vcpu.handle_exit(&mut m.lock(), &mut v, &mut p);
             }
-            done.store(true, SeqCst);
-            holder.join().unwrap()
         });
         assert!(done_while_held, "the edge waited for the machine");
         assert_eq!(p.ipis, vec![(0x100, 0xf2)]);
