@@ -958,8 +958,12 @@ pub fn make_iso(
     }
 }
 
-/// dom0's memory: room for Xen, L0 and (later) user VMs in the 1 GiB host.
+/// dom0's memory: room for Xen, L0 and user VMs in the 1 GiB host.
 const XEN_DOM0_MEM: &str = "320M";
+/// A migration host's dom0 holds the guest's whole image (~105 MiB for
+/// its 96) in a tmpfs, and `probe disk-put`/`disk-get` read it into
+/// memory once more.
+const XEN_DOM0_MEM_MIGRATING: &str = "512M";
 
 /// Xen, dom0's kernel and its initramfs with their command lines, as GRUB
 /// gives them: each begins with the file's name, which Xen skips (it
@@ -991,11 +995,15 @@ fn xen_modules(xentest: &str) -> Result<Vec<IsoModule>, String> {
         })?,
         other => return Err(format!("no dom0 initramfs for xentest={other}")),
     };
+    let mem = match xentest {
+        "hvm-save" | "hvm-restore" => XEN_DOM0_MEM_MIGRATING,
+        _ => XEN_DOM0_MEM,
+    };
     Ok(vec![
         IsoModule::file(
             &x.xen,
             &format!(
-                "xen console=com1 com1=115200,8n1 dom0_mem={XEN_DOM0_MEM},max:{XEN_DOM0_MEM} \
+                "xen console=com1 com1=115200,8n1 dom0_mem={mem},max:{mem} \
                  dom0_max_vcpus=1 loglvl=all guest_loglvl=all noreboot iommu=0"
             ),
         ),
