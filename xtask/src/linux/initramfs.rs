@@ -212,7 +212,7 @@ fn firmware_file(name: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("QEMU wants {name}, which no Debian package here provides"))
 }
 
-/// The firmware QEMU loads for an L2, found by running QEMU from a copy of
+/// The firmware QEMU loads with `machine`, found by running QEMU from a copy of
 /// its binary whose data directory holds only what was found so far: it
 /// names each file it misses, until it starts (paused, `-S`) and keeps
 /// running. Runs under TCG (modules from the host) so no KVM is needed here.
