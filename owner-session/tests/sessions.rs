@@ -38,6 +38,22 @@ struct Vm {
     gone: bool,
 }
 
+impl Vm {
+    /// A running VM tagged `tag` holding `keys`, with no output yet.
+    fn new(tag: &[u8], keys: Vec<(OwnerKey, KeyAccess)>) -> Self {
+        Vm {
+            tag: VmTag::new(tag).unwrap(),
+            keys,
+            start: 0,
+            history: Vec::new(),
+            typed: Vec::new(),
+            breaks: 0,
+            frozen: false,
+            gone: false,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Fake {
     vms: Vec<Vm>,
@@ -139,17 +155,15 @@ fn setup() -> (OwnerSessions<usize>, Fake, Owner, Owner) {
     let ro = owner(2);
     let mut f = Fake::default();
     f.vms.push(Vm {
-        tag: VmTag::new(b"alpha").unwrap(),
-        keys: vec![
-            (rw.public, KeyAccess::ReadWrite),
-            (ro.public, KeyAccess::ReadOnly),
-        ],
         start: 100,
         history: b"login: root\r\n$ ".to_vec(),
-        typed: Vec::new(),
-        breaks: 0,
-        frozen: false,
-        gone: false,
+        ..Vm::new(
+            b"alpha",
+            vec![
+                (rw.public, KeyAccess::ReadWrite),
+                (ro.public, KeyAccess::ReadOnly),
+            ],
+        )
     });
     (
         OwnerSessions::new(Some(identity()), test_entropy),
@@ -305,16 +319,7 @@ fn hello_naming(who: &Owner, tag: &[u8]) -> Vec<u8> {
 #[test]
 fn an_unknown_key_naming_a_keyless_vms_tag_hears_the_vm_does_not_know_it() {
     let (mut s, mut f, _, _) = setup();
-    f.vms.push(Vm {
-        tag: VmTag::new(b"impostor").unwrap(),
-        keys: Vec::new(),
-        start: 0,
-        history: Vec::new(),
-        typed: Vec::new(),
-        breaks: 0,
-        frozen: false,
-        gone: false,
-    });
+    f.vms.push(Vm::new(b"impostor", Vec::new()));
     let stranger = owner(9);
     let end = |s: &mut OwnerSessions<usize>, f: &mut Fake, hello: &[u8]| s.receive(ch(1), hello, f);
     // The VM holding the tag registered no owner key: say so.
@@ -388,16 +393,10 @@ fn an_unknown_key_or_tag_is_refused_alike() {
     // nobody holds gets the same answer.
     let (mut s, mut f, rw, _) = setup();
     let other = owner(10);
-    f.vms.push(Vm {
-        tag: VmTag::new(b"gamma").unwrap(),
-        keys: vec![(other.public, KeyAccess::ReadWrite)],
-        start: 0,
-        history: Vec::new(),
-        typed: Vec::new(),
-        breaks: 0,
-        frozen: false,
-        gone: false,
-    });
+    f.vms.push(Vm::new(
+        b"gamma",
+        vec![(other.public, KeyAccess::ReadWrite)],
+    ));
     let mut g = open(&mut s, &mut f, &other, 7);
     assert_eq!(
         ask(&mut s, &mut f, &mut g, 7, attach()),
