@@ -57,11 +57,12 @@ pub struct Initramfs {
     pub peer: PathBuf,
 }
 
-fn read(p: &Path) -> Result<Vec<u8>, String> {
+/// A file's bytes, or an error naming it.
+pub(crate) fn read(p: &Path) -> Result<Vec<u8>, String> {
     fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
-fn file(data: Vec<u8>, exec: bool) -> Node {
+pub(crate) fn file(data: Vec<u8>, exec: bool) -> Node {
     Node::File { data, exec }
 }
 

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use crate::build::root;
 use crate::linux::cpio::{Archive, Node};
-use crate::linux::initramfs::{add_busybox, cached_lz4, ldd};
+use crate::linux::initramfs::{add_busybox, cached_lz4, ldd, read};
 
 /// (module, its file under drivers/xen), in the order init loads them:
 /// xenfs needs xen-privcmd.
@@ -101,10 +101,6 @@ const LIB_DIR: &str = "usr/lib/x86_64-linux-gnu";
 /// aborts without it ("libgcc_s.so.1 must be installed for
 /// pthread_cancel"), and no ldd lists it.
 const LIBGCC_S: &str = "/lib/x86_64-linux-gnu/libgcc_s.so.1";
-
-fn read(p: &Path) -> Result<Vec<u8>, String> {
-    fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
-}
 
 /// The user VM's initramfs: busybox and tests/xen/init-guest.
 fn guest_initramfs() -> Result<std::path::PathBuf, String> {

@@ -6,16 +6,11 @@
 //! be compared (tests/linux/init-peer).
 
 use std::ffi::OsString;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::build::{root, IsoModule, Payload};
-use crate::linux::cpio::{Archive, Node};
-use crate::linux::initramfs::{add_busybox, add_qemu, cached_lz4, guest_tools};
-
-fn read(p: &Path) -> Result<Vec<u8>, String> {
-    fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
-}
+use crate::linux::cpio::Archive;
+use crate::linux::initramfs::{add_busybox, add_qemu, cached_lz4, file, guest_tools, read};
 
 /// The peer host's initramfs: busybox, tests/linux/init-peer, `probe`
 /// (which ends the emulator), QEMU with the PC firmware a multiboot boot
@@ -46,7 +41,6 @@ pub fn initramfs(mods: &[IsoModule]) -> Result<PathBuf, String> {
     }
     let mut a = Archive::default();
     add_busybox(&mut a)?;
-    let file = |data, exec| Node::File { data, exec };
     a.add(
         "init",
         file(read(&root().join("tests/linux/init-peer"))?, true),
