@@ -104,9 +104,16 @@ fn owner_relay() -> Vec<Step> {
         Step::Close,
         // A key no VM registered.
         open(STRANGER, Some(EndReason::UnknownKey)),
-        // The owner ends alpha's shell.
+        // More than a mebibyte of output, read on by offset as alpha
+        // prints it and read back at known offsets; then the owner ends
+        // alpha's shell.
         open(RW, None),
         attach(Expect::Ok, false),
+        typed(&pattern_command()),
+        Step::Pattern {
+            lines: PATTERN_LINES,
+            end: "pattern-42-end".into(),
+        },
         typed("exit\r"),
         Step::Close,
         // The connection closes: the relay reports what it cost L0.
@@ -119,6 +126,21 @@ fn owner_relay() -> Vec<Step> {
         open(RW, Some(EndReason::UnknownKey)),
     ]);
     steps
+}
+
+/// Lines of the pattern alpha prints: 16 500 x 64 bytes = 1 056 000,
+/// more than a mebibyte, within L0's history with alpha's boot log.
+const PATTERN_LINES: u64 = 16_500;
+
+/// What the owner types into alpha's shell: the lines of
+/// [`crate::owner::pattern_line`] (the filler is the same on every line),
+/// then a marker.
+fn pattern_command() -> String {
+    let line = crate::owner::pattern_line(0);
+    let filler = String::from_utf8_lossy(&line[9..line.len() - 2]).into_owned();
+    format!(
+        "awk 'BEGIN{{for(i=0;i<{PATTERN_LINES};i++)printf \"P%07d-{filler}\\n\",i}}'; echo pattern-$((6*7))-end\r"
+    )
 }
 
 /// `relay-tamper`: the relay (`--tamper all`) spoils the first typed
@@ -266,6 +288,27 @@ impl LineUser for RelayUser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pattern_is_more_than_a_mebibyte_of_lines_the_client_knows() {
+        use crate::owner::{pattern_line, PATTERN_LINE};
+        assert!(PATTERN_LINES * PATTERN_LINE > 1 << 20);
+        assert!(
+            PATTERN_LINES * PATTERN_LINE + (48 << 10)
+                <= shadow_devices::uart16550::history::HISTORY_CAPACITY as u64
+        );
+        let l = pattern_line(16_499);
+        assert_eq!(l.len() as u64, PATTERN_LINE);
+        assert!(l.starts_with(b"P0016499-jklm") && l.ends_with(b"ghij\r\n"));
+        let cmd = pattern_command();
+        assert!(
+            cmd.len() <= owner_session::message::MAX_INPUT,
+            "typed in one message"
+        );
+        assert!(cmd.contains(
+            "printf \"P%07d-jklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghij\\n\",i"
+        ));
+    }
 
     #[test]
     fn the_readiness_line_is_the_one_l0_logs() {
