@@ -405,3 +405,58 @@ fn a_relay_session_pushed_out_hears_why_at_its_next_message() {
         "off no l0.identity module"
     );
 }
+
+#[test]
+fn an_owners_history_continues_at_its_offsets_on_the_host_a_vm_migrates_to() {
+    use shadow_devices::SealKey;
+    let keyed = |h: &mut Host| h.sh = Shadow::new(Some(SealKey::new(&[9; 32])), entropy);
+    let rw = [1u8; 32];
+    let mut a = host(ConsoleMode::Operator, Some(Some(L0_PRIVATE)));
+    keyed(&mut a);
+    alpha(&mut a, &rw); // "alpha$ " at offsets 0..7
+    let tag = VmTag::new(b"alpha").unwrap();
+    let mut blob = Vec::new();
+    a.sh.save_with(&tag, |b| {
+        blob = b.to_vec();
+        Ok::<(), ()>(())
+    })
+    .unwrap()
+    .unwrap();
+    // Host B: the resumed VM registers its tag and prints before its
+    // devices are restored; then the restore brings the key and history.
+    let mut b = host(ConsoleMode::Operator, Some(Some(L0_PRIVATE)));
+    keyed(&mut b);
+    const RESUMED: u64 = 7;
+    b.sh.register_tag(RESUMED, tag).unwrap();
+    b.sh.io(RESUMED, 0x3f8, Some(b'!'));
+    let r = b.sh.restore(&tag, &blob).unwrap();
+    super::restored(&mut b.sh, r.vm, b.con.owners.histories);
+    let mut c = open(&mut b, &rw, 4);
+    assert!(matches!(
+        ask(&mut b, &mut c, 4, attach()),
+        Answer::Attached {
+            start: 0,
+            end: 8,
+            ..
+        }
+    ));
+    // A's bytes at their old offsets, the window's byte right after.
+    assert_eq!(
+        ask(&mut b, &mut c, 4, Request::Read { from: 0, max: 64 }),
+        Answer::Output {
+            start: 0,
+            end: 8,
+            bytes: b"alpha$ !".to_vec()
+        }
+    );
+    // New output follows.
+    b.sh.io(RESUMED, 0x3f8, Some(b'x'));
+    assert_eq!(
+        ask(&mut b, &mut c, 4, Request::Read { from: 8, max: 64 }),
+        Answer::Output {
+            start: 8,
+            end: 9,
+            bytes: b"x".to_vec()
+        }
+    );
+}
