@@ -76,9 +76,13 @@ pub struct OutputHistory {
     budget: &'static HistoryBudget,
     /// The ring's size once allocated ([`HISTORY_CAPACITY`]).
     capacity: usize,
-    /// The ring: empty until the first byte, then `capacity` bytes; the
-    /// byte at offset `o` is at `o % capacity`.
+    /// The ring: no buffer until the first byte, then room for
+    /// `capacity` bytes, filled by pushing (never zeroed: a megabyte of
+    /// stores under an emulator is a restore's whole cost), then reused;
+    /// the byte at offset `o` is at `(o - base) % capacity`.
     ring: Vec<u8>,
+    /// The offset of the ring's first byte.
+    base: u64,
     /// Offset of the oldest byte kept.
     start: u64,
     /// Offset after the newest byte (bytes sent since the history began).
@@ -98,6 +102,7 @@ impl OutputHistory {
             budget,
             capacity,
             ring: Vec::new(),
+            base: 0,
             start: 0,
             end: 0,
             unavailable: None,
@@ -120,15 +125,14 @@ impl OutputHistory {
     pub fn reset_to(&mut self, end: u64, tail: &[u8]) {
         self.start = end;
         self.end = end;
+        self.base = end;
+        self.ring.clear();
         if self.unavailable.is_some() || (!tail.is_empty() && !self.allocate()) {
             return;
         }
-        let first = end - tail.len() as u64;
-        for (i, &b) in tail.iter().enumerate() {
-            let at = self.slot(first + i as u64);
-            self.ring[at] = b;
-        }
-        self.start = first;
+        self.base = end - tail.len() as u64;
+        self.ring.extend_from_slice(tail);
+        self.start = self.base;
     }
 
     /// Whether the buffer could not be had.
@@ -138,11 +142,11 @@ impl OutputHistory {
 
     /// Whether the buffer is held (the port has been used).
     pub fn allocated(&self) -> bool {
-        !self.ring.is_empty()
+        self.ring.capacity() != 0
     }
 
     fn slot(&self, offset: u64) -> usize {
-        (offset % self.capacity as u64) as usize
+        ((offset - self.base) % self.capacity as u64) as usize
     }
 
     /// Takes the buffer (charged to the budget); false, and unavailable
@@ -161,16 +165,20 @@ impl OutputHistory {
             self.unavailable = Some(HistoryUnavailable::Memory);
             return false;
         }
-        ring.resize(self.capacity, 0);
         self.ring = ring;
+        self.base = self.end;
         true
     }
 
     /// One byte the guest sent.
     pub fn push(&mut self, b: u8) {
         if self.unavailable.is_none() && self.allocate() {
-            let at = self.slot(self.end);
-            self.ring[at] = b;
+            if self.ring.len() < self.capacity {
+                self.ring.push(b); // filling: the slot of `end`
+            } else {
+                let at = self.slot(self.end);
+                self.ring[at] = b;
+            }
             if self.end - self.start == self.capacity as u64 {
                 self.start += 1;
             }
@@ -221,7 +229,8 @@ impl Clone for OutputHistory {
         h.start = self.start;
         h.end = self.end;
         if self.allocated() && h.allocate() {
-            h.ring.copy_from_slice(&self.ring);
+            h.ring.extend_from_slice(&self.ring);
+            h.base = self.base;
         } else if self.allocated() {
             h.start = h.end;
         }
@@ -350,6 +359,30 @@ mod tests {
             b.read(0, &mut out).unwrap().0,
             100_000 - HISTORY_SEALED_TAIL as u64
         );
+    }
+
+    #[test]
+    fn a_history_reset_or_cloned_reads_the_same_and_wraps_right() {
+        let b = budget(3);
+        let mut h = OutputHistory::with_capacity(b, 8);
+        for &x in b"0123456789ab" {
+            h.push(x);
+        }
+        let mut out = [0u8; 8];
+        assert_eq!(h.read(0, &mut out), Some((4, 8, 12)));
+        assert_eq!(&out, b"456789ab");
+        let c = h.clone();
+        assert_eq!(c.read(6, &mut out), Some((6, 6, 12)));
+        assert_eq!(&out[..6], b"6789ab");
+        // Replaced by a sealed tail (its buffer kept), then wrapping again.
+        h.reset_to(100, b"xyz");
+        assert_eq!(h.offsets(), (97, 100));
+        for &x in b"ABCDEFG" {
+            h.push(x);
+        }
+        assert_eq!(h.read(0, &mut out), Some((99, 8, 107)));
+        assert_eq!(&out, b"zABCDEFG");
+        assert_eq!(b.left(), 1, "two buffers: the original and its clone");
     }
 
     use crate::uart16550::registers::*;
