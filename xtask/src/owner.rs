@@ -194,6 +194,22 @@ pub enum Step {
         lines: u64,
         end: String,
     },
+    /// Reads on from the current offset until the output holds `text`,
+    /// and says at which offset it begins (`mark "TEXT" at offset N`).
+    Mark(String),
+    /// Reads at offset `at`: the bytes there must be `text` (read from
+    /// `at` exactly: nothing there is gone).
+    ExpectAt {
+        at: u64,
+        text: String,
+    },
+    /// Reads everything from `from` to the end L0 reports; every byte
+    /// must be there (no gap), and the dump must hold `texts` in this
+    /// order, each once (no overlap).
+    Continuous {
+        from: u64,
+        texts: Vec<String>,
+    },
     /// Reads on for ever, typing what the keyboard gives (the CLI).
     Follow,
     Close,
@@ -225,6 +241,8 @@ pub struct OwnerClient {
     dump: Vec<u8>,
     /// A pattern step under way.
     pattern: PatternScan,
+    /// Offset of `dump[0]` in a mark step.
+    mark_from: u64,
     /// Keys typed on the terminal, waiting to be sent.
     keys: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
     typed: Vec<u8>,
@@ -262,6 +280,7 @@ impl OwnerClient {
             seen: String::new(),
             dump: Vec::new(),
             pattern: PatternScan::default(),
+            mark_from: 0,
             keys: None,
             typed: Vec::new(),
             transcript: String::new(),
@@ -425,6 +444,20 @@ impl OwnerClient {
             }
             Step::Break { .. } => self.send_request(&Request::Break),
             Step::Backlog { from, .. } => {
+                self.dump.clear();
+                self.offset = from;
+                self.read_request()
+            }
+            Step::Mark(_) => {
+                self.dump.clear();
+                self.mark_from = self.offset;
+                self.read_request()
+            }
+            Step::ExpectAt { at, ref text } => self.send_request(&Request::Read {
+                from: at,
+                max: text.len() as u16,
+            }),
+            Step::Continuous { from, .. } => {
                 self.dump.clear();
                 self.offset = from;
                 self.read_request()
@@ -617,6 +650,61 @@ impl OwnerClient {
                         }
                         _ => self.next(),
                     }
+                }
+            }
+            (Some(Step::Mark(text)), Answer::Output { start, end, bytes }) => {
+                if self.dump.is_empty() {
+                    self.mark_from = start;
+                } else if start != self.mark_from + self.dump.len() as u64 {
+                    return self.fail(format!("output before offset {start} is gone"));
+                }
+                self.dump.extend_from_slice(&bytes);
+                self.took(start, end, &bytes);
+                if let Some(i) = find(&self.dump, text.as_bytes()) {
+                    let at = self.mark_from + i as u64;
+                    self.say(&format!("mark {text:?} at offset {at}"));
+                    self.dump.clear();
+                    self.next();
+                }
+            }
+            (Some(Step::ExpectAt { at, text }), Answer::Output { start, end, bytes }) => {
+                if start != at || bytes != text.as_bytes() {
+                    return self.fail(format!(
+                        "offset {at}: read {:?} from offset {start} (end {end}), expected {text:?}",
+                        String::from_utf8_lossy(&bytes)
+                    ));
+                }
+                self.say(&format!("offset {at} holds {text:?} (end {end})"));
+                self.next();
+            }
+            (Some(Step::Continuous { from, texts }), Answer::Output { start, end, bytes }) => {
+                if start != self.offset {
+                    return self.fail(format!(
+                        "a gap: bytes {}..{start} are not there",
+                        self.offset
+                    ));
+                }
+                self.dump.extend_from_slice(&bytes);
+                self.offset = start + bytes.len() as u64;
+                if self.offset >= end || bytes.is_empty() {
+                    let dump = std::mem::take(&mut self.dump);
+                    let mut at = 0;
+                    for t in &texts {
+                        let n = dump.windows(t.len()).filter(|w| *w == t.as_bytes()).count();
+                        match find(&dump[at..], t.as_bytes()) {
+                            Some(i) if n == 1 => at += i + t.len(),
+                            _ => {
+                                return self.fail(format!(
+                                "offsets {from}..{end}: {t:?} appears {n} times, or out of order"
+                            ))
+                            }
+                        }
+                    }
+                    self.say(&format!(
+                        "continuous from offset {from} to {end}: {} bytes, {texts:?} in order, each once",
+                        dump.len()
+                    ));
+                    self.next();
                 }
             }
             (Some(Step::Pattern { lines, end: marker }), Answer::Output { start, end, bytes }) => {
@@ -838,7 +926,7 @@ impl LineUser for OwnerClient {
         }
         match &self.current {
             None => self.begin(),
-            Some(Step::WaitFor(text)) => {
+            Some(Step::WaitFor(text)) | Some(Step::Mark(text)) => {
                 if self.step_began.elapsed() > WAIT_LIMIT {
                     let t = text.clone();
                     self.fail(format!(
@@ -877,7 +965,7 @@ impl LineUser for OwnerClient {
                 let bytes: Vec<u8> = self.typed.drain(..n).collect();
                 self.send_request(&Request::Input(bytes))
             }
-            Some(Step::Follow) | Some(Step::Backlog { .. }) => {
+            Some(Step::Follow) | Some(Step::Backlog { .. }) | Some(Step::Continuous { .. }) => {
                 if Instant::now() < self.next_poll {
                     return Vec::new();
                 }

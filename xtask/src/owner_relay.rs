@@ -25,13 +25,95 @@ pub const RELAY_UP: &str = "owner relay: the cloud VM's l0-relay carries owner s
 /// begins then: a Linux user VM under Bochs takes a while to boot).
 const KEY_SET: &str = " set owner key ";
 
+/// L0's log line on host B when alpha's devices (and keys) are back.
+const RESTORED: &str = "devices of alpha restored";
+
 /// The scenarios whose cloud VM has a NIC, and their owner's story.
 pub fn story(name: &str) -> Option<Vec<Step>> {
     match name {
         "owner-relay" => Some(owner_relay()),
         "relay-tamper" => Some(relay_tamper()),
+        "migrate-source" => Some(migrate_source()),
+        "owner-migrate" => Some(owner_migrate()),
         _ => None,
     }
+}
+
+/// What L0 logs when the owner's client may begin: alpha has its
+/// owner's key (registered by alpha, or brought by a restore).
+fn ready_line(name: &str) -> &'static str {
+    match name {
+        "owner-migrate" => RESTORED,
+        _ => KEY_SET,
+    }
+}
+
+/// The line host A's owner marks: where it sits in alpha's history is
+/// where host B must still have it.
+const HOST_A_LINE: &str = "owner-A-42-ok";
+
+/// `migrate-source` (host A): the owner types through A's relay and
+/// notes the offset of the answer; then the operator's story goes on.
+fn migrate_source() -> Vec<Step> {
+    vec![
+        check_pin(),
+        open(RW, None),
+        attach(Expect::Ok, true),
+        Step::Seek(0),
+        Step::WaitFor("alpha# ".into()),
+        typed("echo owner-A-$((6*7))-ok\r"),
+        Step::Mark(HOST_A_LINE.into()),
+        Step::Close,
+    ]
+}
+
+/// Where host A's owner saw [`HOST_A_LINE`], from its transcript
+/// (`owner: mark "…" at offset N`).
+pub fn host_a_offset(transcript: &str) -> Option<u64> {
+    let prefix = format!("owner: mark {HOST_A_LINE:?} at offset ");
+    transcript
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+/// `owner-migrate` (host B, alpha resumed from migrate-source's disk):
+/// the owner reconnects through B's relay with the same key (it came in
+/// the blob), finds host A's line at its offset, the same shell answers,
+/// and the output from that line on is continuous: A's bytes, the line
+/// written while nobody followed, B's answer, each once, no gap.
+fn owner_migrate() -> Vec<Step> {
+    let a = crate::scenario::scenario_dir("migrate-source").join("console.log");
+    let Some(at) = std::fs::read_to_string(&a)
+        .ok()
+        .and_then(|t| host_a_offset(&t))
+    else {
+        // Not a step that can pass: the run says why.
+        return vec![Step::WaitLog(format!(
+            "(host A's offset of {HOST_A_LINE}: not in {})",
+            a.display()
+        ))];
+    };
+    vec![
+        check_pin(),
+        open(RW, None),
+        attach(Expect::Ok, true),
+        Step::ExpectAt {
+            at,
+            text: HOST_A_LINE.into(),
+        },
+        typed("[ \"$p\" = \"$$\" ] && echo owner-same-shell-$((6*7))\r"),
+        Step::WaitFor("owner-same-shell-42\r\n".into()),
+        Step::Continuous {
+            from: at,
+            texts: vec![
+                HOST_A_LINE.into(),
+                "A-late-42".into(),
+                "owner-same-shell-42".into(),
+            ],
+        },
+        typed("exit\r"),
+        Step::Close,
+    ]
 }
 
 fn alpha() -> VmTag {
@@ -192,19 +274,22 @@ pub struct RelayUser {
     port: u16,
     tcp: Option<MgmtLine<TcpStream>>,
     relay_up: bool,
+    /// The log line after which the client may begin.
+    ready: &'static str,
     key_set: bool,
     transcript: String,
     connect_failed_at: Option<Instant>,
 }
 
 impl RelayUser {
-    pub fn new(line: Follower, steps: Vec<Step>, port: u16) -> Self {
+    pub fn new(line: Follower, scenario: &str, port: u16) -> Self {
         RelayUser {
             line,
-            client: OwnerClient::new(steps, false).patient(),
+            client: OwnerClient::new(story(scenario).unwrap_or_default(), false).patient(),
             port,
             tcp: None,
             relay_up: false,
+            ready: ready_line(scenario),
             key_set: false,
             transcript: String::new(),
             connect_failed_at: None,
@@ -236,7 +321,7 @@ impl LineUser for RelayUser {
     fn received(&mut self, r: Received) -> Vec<String> {
         if let Received::Log(l) = &r {
             self.relay_up |= l.contains(RELAY_UP);
-            self.key_set |= l.contains(KEY_SET);
+            self.key_set |= l.contains(self.ready);
             // The client waits for some of L0's log lines.
             self.client.received(Received::Log(l.clone()));
         }
@@ -311,6 +396,13 @@ mod tests {
     }
 
     #[test]
+    fn host_b_finds_the_offset_host_a_noted() {
+        let t = "owner| x\nowner: mark \"owner-A-42-ok\" at offset 31337\nowner: session closed\n";
+        assert_eq!(host_a_offset(t), Some(31337));
+        assert_eq!(host_a_offset("owner: session closed\n"), None);
+    }
+
+    #[test]
     fn the_readiness_line_is_the_one_l0_logs() {
         let src = std::fs::read_to_string(crate::build::root().join("hypervisor/src/owner/mod.rs"))
             .unwrap();
@@ -319,6 +411,7 @@ mod tests {
             std::fs::read_to_string(crate::build::root().join("hypervisor/src/vcpu/ultracall.rs"))
                 .unwrap();
         assert!(ultracalls.contains("user VM {vm} set owner key {key}"));
+        assert!(ultracalls.contains("\"devices of {} restored"));
     }
 
     #[test]
@@ -327,7 +420,10 @@ mod tests {
             let networked = story(s.name).is_some();
             assert_eq!(
                 networked,
-                matches!(s.name, "owner-relay" | "relay-tamper"),
+                matches!(
+                    s.name,
+                    "owner-relay" | "relay-tamper" | "migrate-source" | "owner-migrate"
+                ),
                 "{}",
                 s.name
             );
