@@ -71,8 +71,9 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     let pool_range = fw
         .choose_pool(pool_size, &occupied)
         .unwrap_or_else(|e| fatal(format_args!("{e}")));
-    // The heap: a quarter of l0_mem (shadow/limits.rs counts on it).
-    pool::init(pool_range, cfg.l0_mem / 4);
+    // The heap: a quarter of l0_mem (shadow/limits.rs counts on it) and
+    // the ports' histories' quarter (owner/mod.rs).
+    pool::init(pool_range, crate::owner::heap_for_l0_mem(cfg.l0_mem));
     info!(
         "memory: {} MiB of RAM; L0 pool {pool_range} ({} MiB)",
         fw.ram.total() >> 20,
@@ -307,9 +308,17 @@ pub fn start(magic: u32, info_addr: u64) -> ! {
     machine.bios = bios;
     machine.console.owners =
         crate::owner::Owners::new(vm.identity, crate::arch::platform::hw_random, cfg.console);
-    machine.console.owners.max_histories =
-        crate::owner::histories_for_heap((cfg.l0_mem / 4) as usize);
+    let histories = crate::owner::histories_for_l0_mem(cfg.l0_mem);
+    crate::owner::HISTORIES.set(histories);
+    machine
+        .shadow
+        .devices
+        .set_history_budget(&crate::owner::HISTORIES);
     info!("{}", machine.console.owners.boot_line());
+    info!(
+        "owner consoles: output histories of {} KiB for up to {histories} used ports (a quarter of l0_mem)",
+        shadow_devices::uart16550::history::HISTORY_CAPACITY >> 10
+    );
     let limits = Limits::for_heap((cfg.l0_mem / 4) as usize);
     machine.shadow.set_limits(limits, pool::heap_free);
     info!(

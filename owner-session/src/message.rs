@@ -93,6 +93,9 @@ pub enum Refusal {
     NoSuchKey = 10,
     /// The key is the VM's last rw key.
     LastRwKey = 11,
+    /// The port's output history is unavailable: L0 had no memory for it
+    /// (the port itself works; input still goes through).
+    NoHistory = 12,
 }
 
 impl Refusal {
@@ -111,6 +114,7 @@ impl Refusal {
             KeysFull,
             NoSuchKey,
             LastRwKey,
+            NoHistory,
         ]
         .into_iter()
         .find(|r| *r as u8 == c)
@@ -133,6 +137,9 @@ impl Refusal {
             Refusal::NoSuchKey => "the VM does not know that key",
             Refusal::LastRwKey => {
                 "that is the VM's last read-write key: add another before removing it"
+            }
+            Refusal::NoHistory => {
+                "the port's output history is unavailable (L0 had no memory for it; the port still works)"
             }
         }
     }
@@ -379,7 +386,7 @@ mod tests {
         ] {
             assert_eq!(Answer::decode(&a.encode()), Some(a.clone()), "{a:?}");
         }
-        for code in 1..=11 {
+        for code in 1..=12 {
             assert_eq!(Refusal::from_code(code).map(|r| r as u8), Some(code));
         }
         assert_eq!(Refusal::from_code(0), None);

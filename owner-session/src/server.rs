@@ -48,8 +48,15 @@ pub trait Consoles {
     /// The port's output offsets: (oldest byte held, end).
     fn offsets(&mut self, vm: Self::Vm, port: u16) -> (u64, u64);
     /// Output from `from` (or the oldest byte held, if later) into `out`:
-    /// (offset of `out[0]`, bytes written, end).
-    fn read(&mut self, vm: Self::Vm, port: u16, from: u64, out: &mut [u8]) -> (u64, usize, u64);
+    /// (offset of `out[0]`, bytes written, end); None when the port's
+    /// history is unavailable.
+    fn read(
+        &mut self,
+        vm: Self::Vm,
+        port: u16,
+        from: u64,
+        out: &mut [u8],
+    ) -> Option<(u64, usize, u64)>;
     /// Queues typed bytes; returns how many the port took.
     fn input(&mut self, vm: Self::Vm, port: u16, bytes: &[u8]) -> usize;
     /// A serial BREAK on the port, then `then` typed behind it: how many
@@ -431,7 +438,9 @@ impl<V: Copy + Eq + core::fmt::Debug> OwnerSessions<V> {
             Request::Read { from, max } => {
                 let mut buf = [0u8; MAX_OUTPUT];
                 let want = usize::from(max).min(MAX_OUTPUT);
-                let (start, n, end) = c.read(a.vm, a.port, from, &mut buf[..want]);
+                let Some((start, n, end)) = c.read(a.vm, a.port, from, &mut buf[..want]) else {
+                    return Answer::Refused(Refusal::NoHistory);
+                };
                 Answer::Output {
                     start,
                     end,

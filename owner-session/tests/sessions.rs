@@ -36,6 +36,8 @@ struct Vm {
     breaks: u32,
     frozen: bool,
     gone: bool,
+    /// L0 had no memory for the port's history.
+    no_history: bool,
 }
 
 impl Vm {
@@ -50,6 +52,7 @@ impl Vm {
             breaks: 0,
             frozen: false,
             gone: false,
+            no_history: false,
         }
     }
 }
@@ -83,14 +86,23 @@ impl Consoles for Fake {
         let v = &self.vms[vm];
         (v.start, v.start + v.history.len() as u64)
     }
-    fn read(&mut self, vm: usize, _port: u16, from: u64, out: &mut [u8]) -> (u64, usize, u64) {
+    fn read(
+        &mut self,
+        vm: usize,
+        _port: u16,
+        from: u64,
+        out: &mut [u8],
+    ) -> Option<(u64, usize, u64)> {
         let v = &self.vms[vm];
+        if v.no_history {
+            return None;
+        }
         let end = v.start + v.history.len() as u64;
         let from = from.clamp(v.start, end);
         let at = (from - v.start) as usize;
         let n = out.len().min(v.history.len() - at);
         out[..n].copy_from_slice(&v.history[at..at + n]);
-        (from, n, end)
+        Some((from, n, end))
     }
     fn input(&mut self, vm: usize, _port: u16, bytes: &[u8]) -> usize {
         self.vms[vm].typed.extend_from_slice(bytes);
@@ -462,6 +474,27 @@ fn a_read_only_key_cannot_type_or_break() {
         ),
         Answer::Output { .. }
     ));
+}
+
+#[test]
+fn a_port_without_its_history_is_refused_by_name_and_still_takes_input() {
+    let (mut s, mut f, rw, _) = setup();
+    f.vms[0].no_history = true;
+    let mut c = open(&mut s, &mut f, &rw, 1);
+    assert!(matches!(
+        ask(&mut s, &mut f, &mut c, 1, attach()),
+        Answer::Attached { .. }
+    ));
+    let read = Request::Read { from: 0, max: 100 };
+    assert_eq!(
+        ask(&mut s, &mut f, &mut c, 1, read),
+        Answer::Refused(Refusal::NoHistory)
+    );
+    assert!(Refusal::NoHistory.text().contains("history is unavailable"));
+    assert_eq!(
+        ask(&mut s, &mut f, &mut c, 1, Request::Input(b"ls\r".to_vec())),
+        Answer::Taken(3)
+    );
 }
 
 #[test]

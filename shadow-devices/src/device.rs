@@ -13,6 +13,7 @@
 use alloc::vec::Vec;
 
 use crate::error::Error;
+use crate::uart16550::history::HistoryBudget;
 
 /// A contiguous range of I/O ports claimed by a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,18 +76,28 @@ pub trait Console {
     fn input_space(&self) -> usize;
     /// Bytes dropped because the backlog was full with no operator attached.
     fn output_dropped(&self) -> u64;
-    /// Starts keeping the output by offset for owner sessions (a device
-    /// without such a history ignores it).
-    fn enable_history(&mut self) {}
-    /// The history's (oldest offset kept, end), once enabled.
+    /// Starts keeping the output by offset for owner sessions, its buffer
+    /// charged to `budget` once the port is used (a device without such
+    /// a history ignores it).
+    fn enable_history(&mut self, _budget: &'static HistoryBudget) {}
+    /// The history's (oldest offset kept, end), once enabled; None also
+    /// when its buffer could not be had.
     fn history_offsets(&self) -> Option<(u64, u64)> {
         None
     }
     /// Output from offset `from` (or the oldest kept): (offset of
-    /// `out[0]`, count, end); None without a history.
+    /// `out[0]`, count, end); None without a history or when its buffer
+    /// could not be had.
     fn history_read(&self, _from: u64, _out: &mut [u8]) -> Option<(u64, usize, u64)> {
         None
     }
+    /// What a sealed save carries of the history: (end offset, its
+    /// newest bytes); None without a history.
+    fn history_tail(&self) -> Option<(u64, Vec<u8>)> {
+        None
+    }
+    /// Continues a sealed history whose `tail` ends at offset `end`.
+    fn continue_history(&mut self, _budget: &'static HistoryBudget, _end: u64, _tail: &[u8]) {}
     /// A serial BREAK from the other end of the line; false when it was
     /// not taken and should be sent again later (input typed before it is
     /// still unread). Devices without a line ignore it (and say taken).

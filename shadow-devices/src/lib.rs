@@ -25,6 +25,7 @@ pub mod epoch;
 pub mod error;
 #[cfg(target_arch = "x86_64")]
 pub mod gcm_ni;
+pub mod histories;
 pub mod mgmt;
 pub mod owner_keys;
 pub mod registry;

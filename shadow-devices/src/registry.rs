@@ -41,8 +41,11 @@
 //! the VM programmed into its IOAPIC), opaque here, at most
 //! [`MAX_PLATFORM_STATE`] bytes. Version 3 appends the VM's owner keys
 //! (`u8 count`, then per key `u8 access, 32 bytes`; crate::owner_keys).
-//! Versions 2 (no keys) and 1 (no platform bytes either, that field
-//! reserved 0) are still read; a set read from them restores no key.
+//! Version 4 appends the ports' output histories (the newest bytes of
+//! each with its end offset; crate::histories). Versions 3 (no
+//! histories), 2 (no keys either) and 1 (no platform bytes either, that
+//! field reserved 0) are still read; a set read from them restores no
+//! key, and no history.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -55,13 +58,15 @@ use ultracall_abi::{VmTag, DEVICE_CLASS_DEVICE_SET};
 use crate::device::ShadowDevice;
 use crate::epoch::EpochLedger;
 use crate::error::Error;
+use crate::histories::{self, SealedHistory};
 use crate::owner_keys::OwnerKeys;
 use crate::seal::{self, NonceSource, SealKey};
+use crate::uart16550::history::HistoryBudget;
 use crate::uart16550::ComPort;
 use crate::wire::{Reader, Writer};
 
 /// The device-set state format version.
-pub const DEVICE_SET_VERSION: u16 = 3;
+pub const DEVICE_SET_VERSION: u16 = 4;
 
 /// The largest platform state a device set carries.
 pub const MAX_PLATFORM_STATE: usize = 512;
@@ -270,17 +275,14 @@ impl VmDevices {
         }
         w.bytes(&self.platform);
         self.owner_keys.encode(&mut w);
+        histories::encode(&self.devices, &mut w);
         w.buf
     }
 
     /// Splits a device-set state into per-device states and the platform
     /// state after checking the framing and that it describes exactly
     /// these devices.
-    #[allow(clippy::type_complexity)]
-    fn split_set<'a>(
-        &self,
-        bytes: &'a [u8],
-    ) -> Result<(Vec<&'a [u8]>, &'a [u8], OwnerKeys), Error> {
+    fn split_set<'a>(&self, bytes: &'a [u8]) -> Result<SplitSet<'a>, Error> {
         let mut r = Reader::new(bytes);
         let version = r.u16()?;
         if !(1..=DEVICE_SET_VERSION).contains(&version) {
@@ -313,13 +315,23 @@ impl VmDevices {
         } else {
             OwnerKeys::default()
         };
+        let histories = if version >= 4 {
+            histories::decode(&mut r, &self.devices)?
+        } else {
+            Vec::new()
+        };
         r.finish()?;
-        Ok((states, platform, keys))
+        Ok(SplitSet {
+            states,
+            platform,
+            keys,
+            histories,
+        })
     }
 
     /// Checks a device-set state without applying it.
     pub fn validate_set(&self, bytes: &[u8]) -> Result<(), Error> {
-        let (states, _, _) = self.split_set(bytes)?;
+        let states = self.split_set(bytes)?.states;
         for (d, s) in self.devices.iter().zip(&states) {
             d.validate_state(s)?;
         }
@@ -331,9 +343,21 @@ impl VmDevices {
     /// [`JOURNAL_MAX`]). Whether an operator follows each console stays as
     /// it is here: that is this host's fact, not the VM's (a console the
     /// sealed state called followed, with nobody following it here, would
-    /// push back on the guest once its backlog filled, for good).
-    pub fn restore_set(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        let (states, platform, keys) = self.split_set(bytes)?;
+    /// push back on the guest once its backlog filled, for good). The
+    /// ports' histories continue at their sealed offsets, their buffers
+    /// charged to `budget` (a history it has no room for is unavailable;
+    /// the restore still succeeds).
+    pub fn restore_set(
+        &mut self,
+        bytes: &[u8],
+        budget: &'static HistoryBudget,
+    ) -> Result<(), Error> {
+        let SplitSet {
+            states,
+            platform,
+            keys,
+            histories,
+        } = self.split_set(bytes)?;
         let platform = platform.to_vec();
         for (d, s) in self.devices.iter().zip(&states) {
             d.validate_state(s)?;
@@ -359,6 +383,11 @@ impl VmDevices {
         }
         self.platform = platform;
         self.owner_keys = keys;
+        for h in &histories {
+            if let Some(c) = self.device_at(h.port).and_then(|d| d.console()) {
+                c.continue_history(budget, h.end, h.tail);
+            }
+        }
         for (d, followed) in self.devices.iter_mut().zip(followed) {
             if let Some(c) = d.console() {
                 c.set_operator_attached(followed);
@@ -408,6 +437,18 @@ impl VmDevices {
             .collect()
     }
 }
+
+/// A device-set state taken apart and checked (`VmDevices::split_set`).
+struct SplitSet<'a> {
+    states: Vec<&'a [u8]>,
+    platform: &'a [u8],
+    keys: OwnerKeys,
+    histories: Vec<SealedHistory<'a>>,
+}
+
+/// What a registry charges restored histories to until its holder says
+/// otherwise (hosts tests and tools: no bound).
+pub static UNBOUNDED_HISTORIES: HistoryBudget = HistoryBudget::new(usize::MAX);
 
 /// A sealed save waiting for L0 to deliver it (see the module docs).
 #[derive(Debug)]
@@ -470,6 +511,8 @@ pub struct Registry<K> {
     /// and a scan of every VM would cost each call O(VMs).
     by_tag: BTreeMap<VmTag, K>,
     factory: DeviceFactory,
+    /// What restored histories are charged to.
+    histories: &'static HistoryBudget,
 }
 
 impl<K: Ord + Copy> Default for Registry<K> {
@@ -485,7 +528,14 @@ impl<K: Ord + Copy> Registry<K> {
             vms: BTreeMap::new(),
             by_tag: BTreeMap::new(),
             factory,
+            histories: &UNBOUNDED_HISTORIES,
         }
+    }
+
+    /// Charges the histories a restore brings to `budget` (the one the
+    /// holder enables histories with).
+    pub fn set_history_budget(&mut self, budget: &'static HistoryBudget) {
+        self.histories = budget;
     }
 
     /// The VM's devices, created on first access, locked.
@@ -681,10 +731,11 @@ impl<K: Ord + Copy> Registry<K> {
     ) -> Result<Restored<K>, Error> {
         let vm_key = self.find_by_tag(tag).ok_or(Error::UnknownTag)?;
         let opened = seal::open(key, DEVICE_CLASS_DEVICE_SET, tag, ledger, blob)?;
+        let budget = self.histories;
         let mut vm = self.get(&vm_key).ok_or(Error::UnknownTag)?;
         let epoch = opened.header.epoch;
         let own_rollback = vm.frozen && vm.saved_epoch == Some(epoch);
-        vm.restore_set(&opened.plaintext)?;
+        vm.restore_set(&opened.plaintext, budget)?;
         let input_dropped = if own_rollback { 0 } else { vm.drop_input() };
         vm.frozen = false;
         vm.saved_epoch = None;
@@ -971,20 +1022,20 @@ mod tests {
             b.io_write(2, thr, v);
         }
         b.io_write(2, ier, 0x02);
-        b.vm(2).restore_set(&set).unwrap();
+        b.vm(2).restore_set(&set, &UNBOUNDED_HISTORIES).unwrap();
         assert_eq!(out(&mut b, 2), b"before after");
         assert_eq!(b.io_read(2, ier), Some(0x02), "the driver's IER stands");
         // Only the first restore replays; a VM that wrote too much before
         // it gets plain restores.
         b.io_write(2, thr, b'x');
-        b.vm(2).restore_set(&set).unwrap();
+        b.vm(2).restore_set(&set, &UNBOUNDED_HISTORIES).unwrap();
         assert_eq!(out(&mut b, 2), b"before ");
         let mut c: Registry<u32> = Registry::default();
         for _ in 0..=JOURNAL_MAX {
             c.io_write(3, 0x3ff, 0); // the scratch register
         }
         c.io_write(3, thr, b'y');
-        c.vm(3).restore_set(&set).unwrap();
+        c.vm(3).restore_set(&set, &UNBOUNDED_HISTORIES).unwrap();
         assert_eq!(out(&mut c, 3), b"before ");
     }
 
@@ -1097,7 +1148,7 @@ mod tests {
         let set = a.vm(1).save_set();
         // Nobody follows the VM on host B: its console does not push back.
         let mut b: Registry<u32> = Registry::default();
-        b.vm(2).restore_set(&set).unwrap();
+        b.vm(2).restore_set(&set, &UNBOUNDED_HISTORIES).unwrap();
         assert!(!attached(&mut b, 2));
         for _ in 0..100_000 {
             b.io_write(2, 0x3f8, b'x');
@@ -1110,7 +1161,7 @@ mod tests {
             .and_then(|d| d.console())
             .unwrap()
             .set_operator_attached(true);
-        c.vm(3).restore_set(&set).unwrap();
+        c.vm(3).restore_set(&set, &UNBOUNDED_HISTORIES).unwrap();
         assert!(attached(&mut c, 3));
     }
 
@@ -1123,7 +1174,10 @@ mod tests {
         let mut r4 = four;
         let set = r4.vm(1).save_set();
         let mut r1: Registry<u32> = Registry::new(one_uart);
-        assert_eq!(r1.vm(1).restore_set(&set), Err(Error::DeviceMismatch));
+        assert_eq!(
+            r1.vm(1).restore_set(&set, &UNBOUNDED_HISTORIES),
+            Err(Error::DeviceMismatch)
+        );
     }
 
     #[test]
@@ -1138,13 +1192,14 @@ mod tests {
             "a refused platform state changes nothing"
         );
         let set = a.vm(1).save_set();
-        b.vm(2).restore_set(&set).unwrap();
+        b.vm(2).restore_set(&set, &UNBOUNDED_HISTORIES).unwrap();
         assert_eq!(b.vm(2).platform(), b"routes");
         // A version-1 set (no platform field) still restores, platform empty.
         let mut v1 = Registry::<u32>::default().vm(3).save_set();
         v1[0] = 1;
+        v1.pop(); // the history count of version 4
         v1.pop(); // the owner-key count of version 3
-        b.vm(2).restore_set(&v1).unwrap();
+        b.vm(2).restore_set(&v1, &UNBOUNDED_HISTORIES).unwrap();
         assert_eq!(b.vm(2).platform(), b"");
     }
 
@@ -1164,7 +1219,7 @@ mod tests {
             .owner_keys_mut()
             .add_first(OwnerKey([8; 32]), KeyAccess::ReadWrite)
             .unwrap();
-        b.vm(2).restore_set(&set).unwrap();
+        b.vm(2).restore_set(&set, &UNBOUNDED_HISTORIES).unwrap();
         assert_eq!(
             b.vm(2).owner_keys().access_of(&key),
             Some(KeyAccess::ReadWrite)
@@ -1172,10 +1227,10 @@ mod tests {
         assert_eq!(b.vm(2).owner_keys().len(), 1);
         // A refused set leaves the keys alone.
         let mut bad = set.clone();
-        let at = bad.len() - 33;
+        let at = bad.len() - 34; // before the key and the history count
         bad[at] = 9; // the key's access
         assert_eq!(
-            b.vm(2).restore_set(&bad),
+            b.vm(2).restore_set(&bad, &UNBOUNDED_HISTORIES),
             Err(Error::StateField("owner key access"))
         );
         assert_eq!(b.vm(2).owner_keys().len(), 1);
@@ -1183,7 +1238,8 @@ mod tests {
         let mut v2 = Registry::<u32>::default().vm(3).save_set();
         v2[0] = 2;
         v2.pop();
-        b.vm(2).restore_set(&v2).unwrap();
+        v2.pop();
+        b.vm(2).restore_set(&v2, &UNBOUNDED_HISTORIES).unwrap();
         assert!(b.vm(2).owner_keys().is_empty());
     }
 
@@ -1193,36 +1249,51 @@ mod tests {
         let mut vm = r.vm(1);
         let good = vm.save_set();
         let mut b = good.clone();
-        b[0] = 4;
-        assert_eq!(vm.restore_set(&b), Err(Error::StateVersion { found: 4 }));
+        b[0] = 5;
+        assert_eq!(
+            vm.restore_set(&b, &UNBOUNDED_HISTORIES),
+            Err(Error::StateVersion { found: 5 })
+        );
         b[0] = 0;
-        assert_eq!(vm.restore_set(&b), Err(Error::StateVersion { found: 0 }));
+        assert_eq!(
+            vm.restore_set(&b, &UNBOUNDED_HISTORIES),
+            Err(Error::StateVersion { found: 0 })
+        );
         let mut b = good.clone();
         b[0] = 1;
         b[4] = 1;
         assert_eq!(
-            vm.restore_set(&b),
+            vm.restore_set(&b, &UNBOUNDED_HISTORIES),
             Err(Error::StateField("device set reserved field"))
         );
         let mut b = good.clone();
         b[4..8].copy_from_slice(&(MAX_PLATFORM_STATE as u32 + 1).to_le_bytes());
         assert_eq!(
-            vm.restore_set(&b),
+            vm.restore_set(&b, &UNBOUNDED_HISTORIES),
             Err(Error::StateField("platform state length"))
         );
         let mut b = good.clone();
         b[4] = 1; // one platform byte announced, none there
-        assert_eq!(vm.restore_set(&b), Err(Error::StateTruncated));
+        assert_eq!(
+            vm.restore_set(&b, &UNBOUNDED_HISTORIES),
+            Err(Error::StateTruncated)
+        );
         let mut b = good.clone();
         b.push(0);
-        assert_eq!(vm.restore_set(&b), Err(Error::StateTrailingBytes));
         assert_eq!(
-            vm.restore_set(&good[..good.len() - 1]),
+            vm.restore_set(&b, &UNBOUNDED_HISTORIES),
+            Err(Error::StateTrailingBytes)
+        );
+        assert_eq!(
+            vm.restore_set(&good[..good.len() - 1], &UNBOUNDED_HISTORIES),
             Err(Error::StateTruncated)
         );
         let mut b = good;
         b[10] = 0xf9; // first device's port base
-        assert_eq!(vm.restore_set(&b), Err(Error::DeviceMismatch));
+        assert_eq!(
+            vm.restore_set(&b, &UNBOUNDED_HISTORIES),
+            Err(Error::DeviceMismatch)
+        );
     }
 
     #[test]

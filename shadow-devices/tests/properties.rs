@@ -246,7 +246,7 @@ proptest! {
         }
         let mut vm = r.vm(1);
         let before = vm.save_set();
-        if vm.restore_set(&junk).is_err() {
+        if vm.restore_set(&junk, &shadow_devices::registry::UNBOUNDED_HISTORIES).is_err() {
             prop_assert_eq!(vm.save_set(), before);
         }
     }

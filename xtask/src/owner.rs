@@ -32,6 +32,45 @@ const WAIT_LIMIT: Duration = Duration::from_secs(120);
 /// How long L0's log may take to show a line: it may wait for a user VM
 /// to end and another to boot (minutes under a loaded Bochs).
 const LOG_WAIT_LIMIT: Duration = Duration::from_secs(300);
+
+/// How long a pattern step may take (a megabyte through a Linux user
+/// VM's UART under the emulator, then read through the relay).
+const PATTERN_LIMIT: Duration = Duration::from_secs(900);
+
+/// Bytes of one pattern line on the wire.
+pub const PATTERN_LINE: u64 = 64;
+
+/// Line `k` of the pattern a user VM prints (`awk` in the scenario), as
+/// its tty sends it: `P`, seven digits, filler, CR LF — 64 bytes.
+pub fn pattern_line(k: u64) -> Vec<u8> {
+    let mut l = format!("P{k:07}-").into_bytes();
+    while l.len() < PATTERN_LINE as usize - 2 {
+        l.push(b'a' + (l.len() % 26) as u8);
+    }
+    l.extend_from_slice(b"\r\n");
+    l
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// What a pattern step has seen.
+#[derive(Default)]
+struct PatternScan {
+    /// The offset it began reading at.
+    began: u64,
+    /// Bytes read on.
+    bytes: u64,
+    /// Offset of line 0.
+    first: Option<u64>,
+    /// The last bytes read (a marker may straddle two reads).
+    carry: Vec<u8>,
+    /// Lines still to read back: (offset, bytes).
+    checks: VecDeque<(u64, Vec<u8>)>,
+    read_back: Vec<u64>,
+}
 /// Between two reads while waiting or following.
 const POLL: Duration = Duration::from_millis(100);
 /// How long a client waits before it takes silence for a dropped message.
@@ -156,6 +195,30 @@ pub enum Step {
         from: u64,
         holds: Option<String>,
     },
+    /// Reads on, every byte by offset, until the output holds `end`,
+    /// noting where a pattern of `lines` lines began (see
+    /// [`pattern_line`]); then reads back its first, second, middle and
+    /// last lines at their offsets: L0's history must hold it all.
+    Pattern {
+        lines: u64,
+        end: String,
+    },
+    /// Reads on from the current offset until the output holds `text`,
+    /// and says at which offset it begins (`mark "TEXT" at offset N`).
+    Mark(String),
+    /// Reads at offset `at`: the bytes there must be `text` (read from
+    /// `at` exactly: nothing there is gone).
+    ExpectAt {
+        at: u64,
+        text: String,
+    },
+    /// Reads everything from `from` to the end L0 reports; every byte
+    /// must be there (no gap), and the dump must hold `texts` in this
+    /// order, each once (no overlap).
+    Continuous {
+        from: u64,
+        texts: Vec<String>,
+    },
     /// Reads on for ever, typing what the keyboard gives (the CLI).
     Follow,
     Close,
@@ -185,6 +248,10 @@ pub struct OwnerClient {
     seen: String,
     /// Backlog dump under way: what was read.
     dump: Vec<u8>,
+    /// A pattern step under way.
+    pattern: PatternScan,
+    /// Offset of `dump[0]` in a mark step.
+    mark_from: u64,
     /// Keys typed on the terminal, waiting to be sent.
     keys: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
     typed: Vec<u8>,
@@ -221,6 +288,8 @@ impl OwnerClient {
             offset: 0,
             seen: String::new(),
             dump: Vec::new(),
+            pattern: PatternScan::default(),
+            mark_from: 0,
             keys: None,
             typed: Vec::new(),
             transcript: String::new(),
@@ -386,6 +455,27 @@ impl OwnerClient {
             Step::Backlog { from, .. } => {
                 self.dump.clear();
                 self.offset = from;
+                self.read_request()
+            }
+            Step::Mark(_) => {
+                self.dump.clear();
+                self.mark_from = self.offset;
+                self.read_request()
+            }
+            Step::ExpectAt { at, ref text } => self.send_request(&Request::Read {
+                from: at,
+                max: text.len() as u16,
+            }),
+            Step::Continuous { from, .. } => {
+                self.dump.clear();
+                self.offset = from;
+                self.read_request()
+            }
+            Step::Pattern { .. } => {
+                self.pattern = PatternScan {
+                    began: self.offset,
+                    ..PatternScan::default()
+                };
                 self.read_request()
             }
             Step::Close => self.send_request(&Request::Close),
@@ -590,6 +680,64 @@ impl OwnerClient {
                     }
                 }
             }
+            (Some(Step::Mark(text)), Answer::Output { start, end, bytes }) => {
+                if self.dump.is_empty() {
+                    self.mark_from = start;
+                } else if start != self.mark_from + self.dump.len() as u64 {
+                    return self.fail(format!("output before offset {start} is gone"));
+                }
+                self.dump.extend_from_slice(&bytes);
+                self.took(start, end, &bytes);
+                if let Some(i) = find(&self.dump, text.as_bytes()) {
+                    let at = self.mark_from + i as u64;
+                    self.say(&format!("mark {text:?} at offset {at}"));
+                    self.dump.clear();
+                    self.next();
+                }
+            }
+            (Some(Step::ExpectAt { at, text }), Answer::Output { start, end, bytes }) => {
+                if start != at || bytes != text.as_bytes() {
+                    return self.fail(format!(
+                        "offset {at}: read {:?} from offset {start} (end {end}), expected {text:?}",
+                        String::from_utf8_lossy(&bytes)
+                    ));
+                }
+                self.say(&format!("offset {at} holds {text:?} (end {end})"));
+                self.next();
+            }
+            (Some(Step::Continuous { from, texts }), Answer::Output { start, end, bytes }) => {
+                if start != self.offset {
+                    return self.fail(format!(
+                        "a gap: bytes {}..{start} are not there",
+                        self.offset
+                    ));
+                }
+                self.dump.extend_from_slice(&bytes);
+                self.offset = start + bytes.len() as u64;
+                if self.offset >= end || bytes.is_empty() {
+                    let dump = std::mem::take(&mut self.dump);
+                    let mut at = 0;
+                    for t in &texts {
+                        let n = dump.windows(t.len()).filter(|w| *w == t.as_bytes()).count();
+                        match find(&dump[at..], t.as_bytes()) {
+                            Some(i) if n == 1 => at += i + t.len(),
+                            _ => {
+                                return self.fail(format!(
+                                "offsets {from}..{end}: {t:?} appears {n} times, or out of order"
+                            ))
+                            }
+                        }
+                    }
+                    self.say(&format!(
+                        "continuous from offset {from} to {end}: {} bytes, {texts:?} in order, each once",
+                        dump.len()
+                    ));
+                    self.next();
+                }
+            }
+            (Some(Step::Pattern { lines, end: marker }), Answer::Output { start, end, bytes }) => {
+                self.pattern_answer(lines, &marker, start, end, &bytes)
+            }
             (Some(Step::Close), Answer::Closed) => {
                 self.say("session closed");
                 self.session = None;
@@ -616,6 +764,79 @@ impl OwnerClient {
         } else {
             Instant::now() + POLL
         };
+    }
+
+    /// The next read of a pattern step: on from the offset while
+    /// scanning, then the next line to read back.
+    fn pattern_request(&mut self) -> Vec<String> {
+        match self.pattern.checks.front() {
+            Some(&(at, _)) => self.send_request(&Request::Read {
+                from: at,
+                max: PATTERN_LINE as u16,
+            }),
+            None => self.read_request(),
+        }
+    }
+
+    fn pattern_answer(&mut self, lines: u64, marker: &str, start: u64, end: u64, bytes: &[u8]) {
+        if let Some((at, want)) = self.pattern.checks.pop_front() {
+            if start != at || bytes != want.as_slice() {
+                return self.fail(format!(
+                    "pattern byte offset {at}: read {:?} from {start}, expected {:?}",
+                    String::from_utf8_lossy(bytes),
+                    String::from_utf8_lossy(&want)
+                ));
+            }
+            self.pattern.read_back.push(at);
+            if self.pattern.checks.is_empty() {
+                let first = self.pattern.first.unwrap_or(0);
+                self.say(&format!(
+                    "pattern: {lines} lines, {} bytes from offset {first} read by offset; lines read back at offsets {:?} (end {end})",
+                    lines * PATTERN_LINE,
+                    self.pattern.read_back
+                ));
+                self.next();
+            }
+            return;
+        }
+        if start != self.offset {
+            return self.fail(format!(
+                "pattern: bytes {}..{start} are gone from L0's history",
+                self.offset
+            ));
+        }
+        self.pattern.bytes += bytes.len() as u64;
+        // Where line 0 and the end marker are (either may straddle reads).
+        let carry = self.pattern.carry.len() as u64;
+        self.pattern.carry.extend_from_slice(bytes);
+        let hay = std::mem::take(&mut self.pattern.carry);
+        let hay_at = start - carry;
+        if self.pattern.first.is_none() {
+            if let Some(i) = find(&hay, &pattern_line(0)[..8]) {
+                self.pattern.first = Some(hay_at + i as u64);
+            }
+        }
+        let ended = self.pattern.first.is_some() && find(&hay, marker.as_bytes()).is_some();
+        let keep = hay.len().min(64);
+        self.pattern.carry = hay[hay.len() - keep..].to_vec();
+        self.offset = start + bytes.len() as u64;
+        self.next_poll = if self.offset < end {
+            Instant::now()
+        } else {
+            Instant::now() + POLL
+        };
+        if ended {
+            let first = self.pattern.first.unwrap_or(0);
+            self.say(&format!(
+                "pattern: printed from offset {first}, {} bytes read on from offset {}",
+                self.pattern.bytes, self.pattern.began
+            ));
+            self.pattern.checks = [0, 1, lines / 2, lines - 1]
+                .into_iter()
+                .map(|k| (first + k * PATTERN_LINE, pattern_line(k)))
+                .collect();
+            self.next_poll = Instant::now();
+        }
     }
 
     /// The tampering was noticed as the step expected: the session is over.
@@ -737,7 +958,7 @@ impl LineUser for OwnerClient {
         }
         match &self.current {
             None => self.begin(),
-            Some(Step::WaitFor(text)) => {
+            Some(Step::WaitFor(text)) | Some(Step::Mark(text)) => {
                 if self.step_began.elapsed() > WAIT_LIMIT {
                     let t = text.clone();
                     self.fail(format!(
@@ -776,11 +997,24 @@ impl LineUser for OwnerClient {
                 let bytes: Vec<u8> = self.typed.drain(..n).collect();
                 self.send_request(&Request::Input(bytes))
             }
-            Some(Step::Follow) | Some(Step::Backlog { .. }) => {
+            Some(Step::Follow) | Some(Step::Backlog { .. }) | Some(Step::Continuous { .. }) => {
                 if Instant::now() < self.next_poll {
                     return Vec::new();
                 }
                 self.read_request()
+            }
+            Some(Step::Pattern { .. }) => {
+                if self.step_began.elapsed() > PATTERN_LIMIT {
+                    self.fail(format!(
+                        "the pattern did not end within {} s",
+                        PATTERN_LIMIT.as_secs()
+                    ));
+                    return Vec::new();
+                }
+                if Instant::now() < self.next_poll {
+                    return Vec::new();
+                }
+                self.pattern_request()
             }
             // A step whose answer was taken without moving on cannot
             // happen: answers either call next() or fail.

@@ -25,13 +25,95 @@ pub const RELAY_UP: &str = "owner relay: the cloud VM's l0-relay carries owner s
 /// begins then: a Linux user VM under Bochs takes a while to boot).
 const KEY_SET: &str = " set owner key ";
 
+/// L0's log line on host B when alpha's devices (and keys) are back.
+const RESTORED: &str = "devices of alpha restored";
+
 /// The scenarios whose cloud VM has a NIC, and their owner's story.
 pub fn story(name: &str) -> Option<Vec<Step>> {
     match name {
         "owner-relay" => Some(owner_relay()),
         "relay-tamper" => Some(relay_tamper()),
+        "migrate-source" => Some(migrate_source()),
+        "owner-migrate" => Some(owner_migrate()),
         _ => None,
     }
+}
+
+/// What L0 logs when the owner's client may begin: alpha has its
+/// owner's key (registered by alpha, or brought by a restore).
+fn ready_line(name: &str) -> &'static str {
+    match name {
+        "owner-migrate" => RESTORED,
+        _ => KEY_SET,
+    }
+}
+
+/// The line host A's owner marks: where it sits in alpha's history is
+/// where host B must still have it.
+const HOST_A_LINE: &str = "owner-A-42-ok";
+
+/// `migrate-source` (host A): the owner types through A's relay and
+/// notes the offset of the answer; then the operator's story goes on.
+fn migrate_source() -> Vec<Step> {
+    vec![
+        check_pin(),
+        open(RW, None),
+        attach(Expect::Ok, true),
+        Step::Seek(0),
+        Step::WaitFor("alpha# ".into()),
+        typed("echo owner-A-$((6*7))-ok\r"),
+        Step::Mark(HOST_A_LINE.into()),
+        Step::Close,
+    ]
+}
+
+/// Where host A's owner saw [`HOST_A_LINE`], from its transcript
+/// (`owner: mark "…" at offset N`).
+pub fn host_a_offset(transcript: &str) -> Option<u64> {
+    let prefix = format!("owner: mark {HOST_A_LINE:?} at offset ");
+    transcript
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+/// `owner-migrate` (host B, alpha resumed from migrate-source's disk):
+/// the owner reconnects through B's relay with the same key (it came in
+/// the blob), finds host A's line at its offset, the same shell answers,
+/// and the output from that line on is continuous: A's bytes, the line
+/// written while nobody followed, B's answer, each once, no gap.
+fn owner_migrate() -> Vec<Step> {
+    let a = crate::scenario::scenario_dir("migrate-source").join("console.log");
+    let Some(at) = std::fs::read_to_string(&a)
+        .ok()
+        .and_then(|t| host_a_offset(&t))
+    else {
+        // Not a step that can pass: the run says why.
+        return vec![Step::WaitLog(format!(
+            "(host A's offset of {HOST_A_LINE}: not in {})",
+            a.display()
+        ))];
+    };
+    vec![
+        check_pin(),
+        open(RW, None),
+        attach(Expect::Ok, true),
+        Step::ExpectAt {
+            at,
+            text: HOST_A_LINE.into(),
+        },
+        typed("[ \"$p\" = \"$$\" ] && echo owner-same-shell-$((6*7))\r"),
+        Step::WaitFor("owner-same-shell-42\r\n".into()),
+        Step::Continuous {
+            from: at,
+            texts: vec![
+                HOST_A_LINE.into(),
+                "A-late-42".into(),
+                "owner-same-shell-42".into(),
+            ],
+        },
+        typed("exit\r"),
+        Step::Close,
+    ]
 }
 
 fn alpha() -> VmTag {
@@ -138,9 +220,16 @@ fn owner_relay() -> Vec<Step> {
         Step::Close,
         // A key no VM registered.
         open(STRANGER, Some(EndReason::UnknownKey)),
-        // The owner ends alpha's shell.
+        // More than a mebibyte of output, read on by offset as alpha
+        // prints it and read back at known offsets; then the owner ends
+        // alpha's shell.
         open(RW, None),
         attach(Expect::Ok, false),
+        typed(&pattern_command()),
+        Step::Pattern {
+            lines: PATTERN_LINES,
+            end: "pattern-42-end".into(),
+        },
         typed("exit\r"),
         Step::Close,
         // The connection closes: the relay reports what it cost L0.
@@ -153,6 +242,21 @@ fn owner_relay() -> Vec<Step> {
         open(RW, Some(EndReason::TagWithoutKey)),
     ]);
     steps
+}
+
+/// Lines of the pattern alpha prints: 16 500 x 64 bytes = 1 056 000,
+/// more than a mebibyte, within L0's history with alpha's boot log.
+const PATTERN_LINES: u64 = 16_500;
+
+/// What the owner types into alpha's shell: the lines of
+/// [`crate::owner::pattern_line`] (the filler is the same on every line),
+/// then a marker.
+fn pattern_command() -> String {
+    let line = crate::owner::pattern_line(0);
+    let filler = String::from_utf8_lossy(&line[9..line.len() - 2]).into_owned();
+    format!(
+        "awk 'BEGIN{{for(i=0;i<{PATTERN_LINES};i++)printf \"P%07d-{filler}\\n\",i}}'; echo pattern-$((6*7))-end\r"
+    )
 }
 
 /// `relay-tamper`: the relay (`--tamper all`) spoils the first typed
@@ -204,19 +308,22 @@ pub struct RelayUser {
     port: u16,
     tcp: Option<MgmtLine<TcpStream>>,
     relay_up: bool,
+    /// The log line after which the client may begin.
+    ready: &'static str,
     key_set: bool,
     transcript: String,
     connect_failed_at: Option<Instant>,
 }
 
 impl RelayUser {
-    pub fn new(line: Follower, steps: Vec<Step>, port: u16) -> Self {
+    pub fn new(line: Follower, scenario: &str, port: u16) -> Self {
         RelayUser {
             line,
-            client: OwnerClient::new(steps, false).patient(),
+            client: OwnerClient::new(story(scenario).unwrap_or_default(), false).patient(),
             port,
             tcp: None,
             relay_up: false,
+            ready: ready_line(scenario),
             key_set: false,
             transcript: String::new(),
             connect_failed_at: None,
@@ -248,7 +355,7 @@ impl LineUser for RelayUser {
     fn received(&mut self, r: Received) -> Vec<String> {
         if let Received::Log(l) = &r {
             self.relay_up |= l.contains(RELAY_UP);
-            self.key_set |= l.contains(KEY_SET);
+            self.key_set |= l.contains(self.ready);
             // The client waits for some of L0's log lines.
             self.client.received(Received::Log(l.clone()));
         }
@@ -302,6 +409,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_pattern_is_more_than_a_mebibyte_of_lines_the_client_knows() {
+        use crate::owner::{pattern_line, PATTERN_LINE};
+        assert!(PATTERN_LINES * PATTERN_LINE > 1 << 20);
+        assert!(
+            PATTERN_LINES * PATTERN_LINE + (48 << 10)
+                <= shadow_devices::uart16550::history::HISTORY_CAPACITY as u64
+        );
+        let l = pattern_line(16_499);
+        assert_eq!(l.len() as u64, PATTERN_LINE);
+        assert!(l.starts_with(b"P0016499-jklm") && l.ends_with(b"ghij\r\n"));
+        let cmd = pattern_command();
+        assert!(
+            cmd.len() <= owner_session::message::MAX_INPUT,
+            "typed in one message"
+        );
+        assert!(cmd.contains(
+            "printf \"P%07d-jklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghij\\n\",i"
+        ));
+    }
+
+    #[test]
+    fn host_b_finds_the_offset_host_a_noted() {
+        let t = "owner| x\nowner: mark \"owner-A-42-ok\" at offset 31337\nowner: session closed\n";
+        assert_eq!(host_a_offset(t), Some(31337));
+        assert_eq!(host_a_offset("owner: session closed\n"), None);
+    }
+
+    #[test]
     fn the_readiness_line_is_the_one_l0_logs() {
         let src = std::fs::read_to_string(crate::build::root().join("hypervisor/src/owner/mod.rs"))
             .unwrap();
@@ -310,6 +445,7 @@ mod tests {
             std::fs::read_to_string(crate::build::root().join("hypervisor/src/vcpu/ultracall.rs"))
                 .unwrap();
         assert!(ultracalls.contains("user VM {vm} set owner key {key}"));
+        assert!(ultracalls.contains("\"devices of {} restored"));
     }
 
     #[test]
@@ -336,7 +472,10 @@ mod tests {
             let networked = story(s.name).is_some();
             assert_eq!(
                 networked,
-                matches!(s.name, "owner-relay" | "relay-tamper"),
+                matches!(
+                    s.name,
+                    "owner-relay" | "relay-tamper" | "migrate-source" | "owner-migrate"
+                ),
                 "{}",
                 s.name
             );

@@ -1369,6 +1369,14 @@ fn leak_str(s: String) -> &'static str {
 /// Another host's key (`migrate-other-key`).
 const OTHER_KEY: &[u8] = b"f0e1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff\n";
 
+/// A migration host whose cloud VM runs the relay for owners: the
+/// scenarios' sealing key and L0 identity.
+fn owner_migrate_modules(test: &str) -> Vec<IsoModule> {
+    let mut v = relay_modules(test);
+    v.push(IsoModule::inline("l0.key", TEST_KEY, "l0.key"));
+    v
+}
+
 /// The Linux cloud VM for a migration host, provisioned with `key`.
 fn migrate_modules(test: &str, key: &'static [u8]) -> Vec<IsoModule> {
     let mut v = crate::linux::scenario_modules(test);
@@ -1623,7 +1631,9 @@ pub fn linux() -> Vec<Scenario> {
             // refused, the rw key attaches by tag and types a command
             // alpha's shell answers, an ro key added through that session
             // reads the backlog by offset and cannot type, a stranger's key
-            // is refused; then the owner ends alpha's shell. BREAK (issue
+            // is refused; the owner has alpha print more than a mebibyte,
+            // reads it on by offset and reads lines of it back at their
+            // offsets, and ends alpha's shell. BREAK (issue
             // 17's owner-break, folded in here: the same boot and shell)
             // with a SysRq key behind it runs alpha's SysRq handler — its
             // dmesg shows it —, and the ro key's BREAK is refused. The
@@ -1640,7 +1650,7 @@ pub fn linux() -> Vec<Scenario> {
                 cmdline: "serial=com2 loglevel=info",
                 modules: |_| relay_modules("relay"),
             },
-            limit: Duration::from_secs(600),
+            limit: Duration::from_secs(1500),
             com1: &["L1INIT ok", "L1 network inet addr:10.0.2.15", "L1 starting alpha", "CAPTURE ok", "SPY clean", "SPY control: the marker is in a user VM's RAM", "QEMU alpha exit=0 console-bytes=0", "L1 starting an impostor tagged alpha", "RELAY| l0-relay: listening on 0.0.0.0:7000; L0 identity 17XoHTNuV4sTuNcG6C0GHjA4yWvOZs3PUNVmuW3buhA=", "RELAY| l0-relay: connection 1 closed; ", "RELAY idle 10 s: 0 wakeups", "L1DONE"],
             com2: &["starting the cloud VM: Linux bzImage", "owner sessions: on", "owner relay: the cloud VM's l0-relay carries owner sessions", "owner key D6poTtKIZ7l/Smot7l34zpdOdrcBjj8iocTPJnhXDyA= (ro) added by an owner", "user VM 2 registered tag alpha", "cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: leak(
@@ -1672,14 +1682,23 @@ pub fn linux() -> Vec<Scenario> {
                     "owner: type: refused as expected: this key is read-only",
                     "owner: BREAK: refused as expected: this key is read-only",
                     "owner: session refused as expected: no VM on this L0 knows this key",
+                    "owner: pattern: printed from offset ",
+                    "owner: pattern: 16500 lines, 1056000 bytes from offset ",
                     "owner: typed \"exit\"",
                     "owner: L0 logged \"registered tag alpha\"",
                     "owner: session refused as expected: the VM does not know this key",
                 ],
                 // The ro key's command never ran.
                 forbidden: &["owner: FAILED", "ro-42-typed"],
-                typed: &[],
-                follow_all: true,
+                // The operator follows alpha on the line while the owner
+                // reads it through the relay (L0's two output costs from
+                // the same bytes), and leaves before the megabyte, which
+                // the line would hold to its pace.
+                typed: inputs_for(
+                    "alpha",
+                    vec![("tag=alpha", String::new()), ("rtt-42-done", DETACH.into())],
+                ),
+                follow_all: false,
                 script: None,
             },
         },
@@ -1799,19 +1818,23 @@ pub fn linux() -> Vec<Scenario> {
             },
         },
         // Migration between two hosts (docs/operations.md): host A runs
-        // "alpha" with the operator's shell in it and migrates it to a
-        // disk; host B resumes it from there and restores its console
-        // after refusing a tampered blob, alpha's blob for "beta" and a
-        // replay; host C holds another key and refuses the blob. Hosts A
-        // and B have two CPUs and alpha two vCPUs (host C: one CPU, the
+        // "alpha" with its owner's key and the operator's shell in it;
+        // the owner types through A's relay (crate::owner_relay), then
+        // the operator on the line; A migrates alpha to a disk; host B
+        // resumes it from there and restores its console after refusing
+        // a tampered blob, alpha's blob for "beta" and a replay; host C
+        // holds another key and refuses the blob; on host D (owner-
+        // migrate) the owner reconnects through D's relay. Hosts A and B
+        // have two CPUs and alpha two vCPUs (hosts C and D: one CPU, the
         // same alpha). The console marker is typed by the operator only:
         // L1's console never shows it.
         Scenario {
             name: "migrate-source",
-            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| migrate_modules("migrate-src", TEST_KEY) },
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| owner_migrate_modules("migrate-src") },
             limit: Duration::from_secs(1500),
             com1: &[
                 "L1INIT ok",
+                "L1 network inet addr:10.0.2.15",
                 "L1 starting alpha (host A)",
                 "SPY clean",
                 "SPY control: the marker is in a user VM's RAM",
@@ -1823,24 +1846,32 @@ pub fn linux() -> Vec<Scenario> {
                 "DISK put 2 files",
                 "L1DONE",
             ],
-            com2: &["starting the cloud VM: Linux bzImage", "registered tag alpha", "devices of alpha saved", "cloud VM requested shutdown", "L0 integrity OK"],
+            com2: &["starting the cloud VM: Linux bzImage", "registered tag alpha", "set owner key", "devices of alpha saved", "cloud VM requested shutdown", "L0 integrity OK"],
             forbidden: leak([migrate_forbidden(), vec![cm.clone()]].concat()),
             enabled_in_ci: true,
             console: ConsoleCheck {
                 // (Unordered: the detach is noted as soon as the trigger's
                 // bytes arrive, before the rest of its line.)
                 expect: leak(vec![format!("A-said-42-n2-{cm}"), "detached from alpha".into()]),
-                ordered: &[],
+                // The owner's part, through the relay (the client's
+                // transcript follows the line's).
+                ordered: &[
+                    "owner: attached to alpha port 0x3f8 (rw, writer)",
+                    "owner: typed \"echo owner-A-$((6*7))-ok\"",
+                    "owner: mark \"owner-A-42-ok\" at offset ",
+                    "owner: session closed",
+                ],
                 // The late line comes once nobody follows the console, so
                 // host A never shows it (the typed command holds
                 // `A-late-$((6*7))`, not this).
                 forbidden: &["A-late-42"],
                 typed: leak_inputs(vec![
                     ("tag=alpha", String::new()),
-                    // A shell variable and $$: on host B the same shell
-                    // knows them. The late line is written while nobody
-                    // follows the console: it travels as backlog.
-                    ("alpha# ", format!("p=$$ m={cm}; echo A-said-$((6*7))-n$(nproc)-$m; (sleep 2; echo A-late-$((6*7))-$m) &\r")),
+                    // After the owner's line: a shell variable and $$: on
+                    // host B the same shell knows them. The late line is
+                    // written while nobody follows the console: it
+                    // travels as backlog.
+                    ("owner-A-42-ok", format!("p=$$ m={cm}; echo A-said-$((6*7))-n$(nproc)-$m; (sleep 2; echo A-late-$((6*7))-$m) &\r")),
                     (leak_str(format!("A-said-42-n2-{cm}")), DETACH.into()),
                 ]),
                 follow_all: false,
@@ -1933,6 +1964,50 @@ pub fn linux() -> Vec<Scenario> {
         // without pause is migrated by QEMU/KVM in L1, whose KVM logs
         // the writes with PML (L0's emulation over EPT A/D flags) or,
         // with `kvm_intel.pml=0`, by write-protecting the VM's pages.
+        Scenario {
+            // Host D: alpha resumed from migrate-source's disk, its owner
+            // back through this host's relay with the same key (it came in
+            // the blob): host A's line at its old offset, the same shell,
+            // the output continuous by offset from there.
+            name: "owner-migrate",
+            boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| owner_migrate_modules("owner-migrate-dst") },
+            limit: Duration::from_secs(900),
+            com1: &[
+                "L1INIT ok",
+                "L1 network inet addr:10.0.2.15",
+                "DISK got 2 files",
+                "MIGRATE restore: restored alpha",
+                "QEMU alpha exit=0 console-bytes=0",
+                "SPY clean",
+                "L1DONE",
+            ],
+            com2: &[
+                "starting the cloud VM: Linux bzImage",
+                "owner relay: the cloud VM's l0-relay carries owner sessions",
+                "devices of alpha restored",
+                "output history continues at offset",
+                "cloud VM requested shutdown",
+                "L0 integrity OK",
+            ],
+            forbidden: leak([migrate_forbidden(), vec![cm.clone(), "RELAY FAIL".into()]].concat()),
+            enabled_in_ci: true,
+            console: ConsoleCheck {
+                expect: &[],
+                ordered: &[
+                    "owner: attached to alpha port 0x3f8 (rw, writer)",
+                    "owner: offset ",
+                    "owner| owner-same-shell-42",
+                    "owner: continuous from offset ",
+                    "owner: typed \"exit\"",
+                ],
+                forbidden: &["owner: FAILED"],
+                typed: &[],
+                follow_all: false,
+                script: None,
+            },
+            disk: Disk::From("migrate-source"),
+            cpus: 1,
+        },
         Scenario {
             name: "linux-dirty-bench",
             boot: Boot::L0 { cmdline: "serial=com2 loglevel=info", modules: |_| crate::linux::scenario_modules("dirty-bench") },
@@ -2148,7 +2223,7 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
         _ if s.name == "owner-console" => Box::new(crate::owner::scenario_client()),
         _ if nic.is_some() => Box::new(crate::owner_relay::RelayUser::new(
             Follower::new(s.console.typed, s.console.follow_all),
-            crate::owner_relay::story(s.name).unwrap_or_default(),
+            s.name,
             nic.unwrap_or_default(),
         )),
         Some(script) => Box::new(Operator::scripted(script)),

@@ -11,7 +11,7 @@ use owner_session::message::Refusal;
 use owner_session::noise::{Entropy, Identity};
 use owner_session::server::{Channel, Consoles, EndReason, Outcome, OwnerSessions};
 use shadow_devices::mgmt;
-use shadow_devices::uart16550::history::HISTORY_CAPACITY;
+use shadow_devices::uart16550::history::{HistoryBudget, HISTORY_CAPACITY};
 use ultracall_abi::{KeyAccess, OwnerKey, VmTag};
 
 use crate::config::ConsoleMode;
@@ -28,16 +28,29 @@ pub const RELAY: u8 = 1;
 /// one per session L0 can hold.
 const EVICTED_REMEMBERED: usize = owner_session::server::MAX_SESSIONS;
 
-/// The share of L0's heap the ports' output histories may take, each
-/// charged its full [`HISTORY_CAPACITY`] when it begins: an eighth (the
-/// shadow tables take half, shadow/limits.rs). With the default
-/// `l0_mem=32M` (an 8 MiB heap) that is 16 ports; more need more l0_mem.
-const HISTORY_SHARE_DIV: usize = 8;
+/// The share of `l0_mem` the ports' output histories may take: a
+/// quarter, which L0's heap holds on top of its own quarter (start.rs;
+/// the shadow tables count on that one, shadow/limits.rs). Each used
+/// port is charged its full [`HISTORY_CAPACITY`] when its first byte
+/// comes: with the default `l0_mem=32M`, 7 used ports; more need more
+/// `l0_mem` (docs/operations.md).
+const HISTORY_SHARE_DIV: u64 = 4;
 
-/// How many ports may keep a history in a heap of `heap` bytes.
-pub fn histories_for_heap(heap: usize) -> usize {
-    heap / HISTORY_SHARE_DIV / HISTORY_CAPACITY
+/// How many used ports may keep a history with `l0_mem`.
+pub fn histories_for_l0_mem(l0_mem: u64) -> usize {
+    (l0_mem / HISTORY_SHARE_DIV) as usize / HISTORY_CAPACITY
 }
+
+/// L0's heap for `l0_mem`: a quarter for L0 and its shadow tables, and
+/// the histories' share.
+pub fn heap_for_l0_mem(l0_mem: u64) -> u64 {
+    l0_mem / 4 + l0_mem / HISTORY_SHARE_DIV
+}
+
+/// The histories' buffers this L0 may hold at once (set at boot from
+/// `l0_mem`); every VM's histories, and the ones a restore brings, are
+/// charged to it.
+pub static HISTORIES: HistoryBudget = HistoryBudget::new(0);
 
 fn no_entropy(_: &mut [u8]) -> bool {
     false
@@ -50,8 +63,8 @@ pub struct Owners {
     pub mode: ConsoleMode,
     /// Why sessions are off, when they are.
     off_reason: &'static str,
-    /// How many ports may keep an output history at once.
-    pub max_histories: usize,
+    /// What the ports' output histories are charged to.
+    pub histories: &'static HistoryBudget,
     /// Relay sessions pushed out, not told yet (oldest first).
     relay_evicted: Vec<u32>,
     /// Whether the relay has been heard from (logged once).
@@ -67,7 +80,7 @@ impl Default for Owners {
             sessions: OwnerSessions::new(None, no_entropy),
             mode: ConsoleMode::Operator,
             off_reason: "no l0.identity module",
-            max_histories: 0,
+            histories: &HISTORIES,
             relay_evicted: Vec::new(),
             relay_seen: false,
             output_cost: Default::default(),
@@ -91,7 +104,7 @@ impl Owners {
             sessions: OwnerSessions::new(id, entropy),
             mode,
             off_reason,
-            max_histories: 0,
+            histories: &HISTORIES,
             relay_evicted: Vec::new(),
             relay_seen: false,
             output_cost: Default::default(),
@@ -134,7 +147,7 @@ impl Owners {
         }
         let mut c = ShadowConsoles {
             sh,
-            max_histories: self.max_histories,
+            histories: self.histories,
             read_bytes: 0,
         };
         let t0 = crate::arch::cpu::rdtsc();
@@ -197,7 +210,7 @@ impl Owners {
                 };
                 let mut c = ShadowConsoles {
                     sh,
-                    max_histories: self.max_histories,
+                    histories: self.histories,
                     read_bytes: 0,
                 };
                 let t0 = crate::arch::cpu::rdtsc();
@@ -236,74 +249,73 @@ impl Owners {
     }
 }
 
-/// How many ports keep a history now.
-fn histories(sh: &Shadow) -> usize {
-    sh.devices
-        .iter()
-        .map(|(_, v)| {
-            v.devices()
-                .iter()
-                .filter(|d| {
-                    d.console_ref()
-                        .is_some_and(|c| c.history_offsets().is_some())
-                })
-                .count()
-        })
-        .sum()
-}
-
-/// Starts the history of one port if the budget has room (else the
-/// owner reads only what follows in the operator's backlog: nothing by
-/// offset), and says so once.
-fn start_history(sh: &mut Shadow, vm: VmId, port: u16, max: usize) {
-    let running = histories(sh);
+/// Starts the history of one port: wanted from now on, its buffer
+/// charged to `budget` when the port is first used (else the owner's
+/// reads are refused as unavailable, and the port works on).
+fn start_history(sh: &mut Shadow, vm: VmId, port: u16, budget: &'static HistoryBudget) {
     let Some(mut v) = sh.devices.get(&vm) else {
         return;
     };
-    let Some(c) = v.device_at(port).and_then(|d| d.console()) else {
-        return;
-    };
-    if c.history_offsets().is_some() {
-        return;
-    }
-    if running < max {
-        c.enable_history();
-    } else {
-        log::warn!(
-            "user VM {vm} port {port:#x}: no room for another console history ({max} in use; raise l0_mem)"
-        );
+    if let Some(c) = v.device_at(port).and_then(|d| d.console()) {
+        c.enable_history(budget);
     }
 }
 
-/// From its first owner key on, a VM's ports keep their output by
-/// offset, so its owner can read what was printed before attaching.
-pub fn keep_history(sh: &mut Shadow, vm: VmId, max: usize) {
+/// From its first owner key on (or its keys' arrival in a restore), a
+/// VM's ports keep their output by offset, so its owner can read what
+/// was printed before attaching.
+pub fn keep_history(sh: &mut Shadow, vm: VmId, budget: &'static HistoryBudget) {
     let ports: Vec<u16> = sh.devices.get(&vm).map_or(Vec::new(), |v| {
         v.devices().iter().map(|d| d.ports().base).collect()
     });
     for port in ports {
-        start_history(sh, vm, port, max);
+        start_history(sh, vm, port, budget);
+    }
+}
+
+/// A restore brought the VM's owner keys and the histories its ports
+/// had: with keys, every port keeps its history from now on; the
+/// operator hears where each carried history continues.
+pub fn restored(sh: &mut Shadow, vm: VmId, budget: &'static HistoryBudget) {
+    let has_keys = sh
+        .devices
+        .get(&vm)
+        .is_some_and(|v| !v.owner_keys().is_empty());
+    if has_keys {
+        keep_history(sh, vm, budget);
+    }
+    let Some(v) = sh.devices.get(&vm) else {
+        return;
+    };
+    for d in v.devices() {
+        let offsets = d.console_ref().and_then(|c| c.history_offsets());
+        if let Some((start, end)) = offsets.filter(|&(_, end)| end > 0) {
+            log::info!(
+                "user VM {vm} port {:#x}: output history continues at offset {end} (kept from {start})",
+                d.ports().base
+            );
+        }
     }
 }
 
 /// The session logic's view of the shadow registry.
 struct ShadowConsoles<'a> {
     sh: &'a mut Shadow,
-    max_histories: usize,
     /// Output bytes read for the message being answered.
     read_bytes: usize,
+    histories: &'static HistoryBudget,
 }
 
 impl ShadowConsoles<'_> {
     /// `f` on the port's console (locked meanwhile), its history kept
-    /// from now on (budget allowing).
+    /// from now on.
     fn with_console<R>(
         &mut self,
         vm: VmId,
         port: u16,
         f: impl FnOnce(&mut dyn shadow_devices::Console) -> R,
     ) -> Option<R> {
-        start_history(self.sh, vm, port, self.max_histories);
+        start_history(self.sh, vm, port, self.histories);
         let mut v = self.sh.devices.get(&vm)?;
         Some(f(v.device_at(port)?.console()?))
     }
@@ -360,12 +372,17 @@ impl Consoles for ShadowConsoles<'_> {
             .unwrap_or((0, 0))
     }
 
-    fn read(&mut self, vm: VmId, port: u16, from: u64, out: &mut [u8]) -> (u64, usize, u64) {
+    fn read(
+        &mut self,
+        vm: VmId,
+        port: u16,
+        from: u64,
+        out: &mut [u8],
+    ) -> Option<(u64, usize, u64)> {
         let r = self
             .with_console(vm, port, |c| c.history_read(from, out))
-            .flatten()
-            .unwrap_or((0, 0, 0));
-        self.read_bytes += r.1;
+            .flatten();
+        self.read_bytes += r.map_or(0, |r| r.1);
         r
     }
 

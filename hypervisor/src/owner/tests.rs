@@ -38,7 +38,10 @@ struct Host {
 fn host(mode: ConsoleMode, identity: Option<Option<[u8; 32]>>) -> Host {
     let mut con = Console::default();
     con.owners = Owners::new(identity, entropy, mode);
-    con.owners.max_histories = 4;
+    // Room for one used port's history (each test its own budget).
+    con.owners.histories = alloc::boxed::Box::leak(alloc::boxed::Box::new(
+        shadow_devices::uart16550::history::HistoryBudget::new(1),
+    ));
     Host {
         sh: Shadow::new(None, entropy),
         con,
@@ -91,7 +94,7 @@ fn alpha(h: &mut Host, rw: &[u8; 32]) {
     let key = OwnerKey(noise::public_key(rw));
     shadow_devices::owner_keys::register_first_key(&mut vm, key, KeyAccess::ReadWrite).unwrap();
     drop(vm);
-    super::keep_history(&mut h.sh, ALPHA, h.con.owners.max_histories);
+    super::keep_history(&mut h.sh, ALPHA, h.con.owners.histories);
     for &b in b"alpha$ " {
         h.sh.io(ALPHA, 0x3f8, Some(b));
     }
@@ -237,13 +240,14 @@ fn a_damaged_frame_ends_the_session_and_nothing_reaches_the_vm() {
 }
 
 #[test]
-fn histories_stay_within_their_share_of_the_heap() {
-    // An 8 MiB heap (l0_mem=32M) holds 16 histories of 64 KiB.
-    assert_eq!(super::histories_for_heap(8 << 20), 16);
+fn histories_stay_within_their_share_of_l0_mem() {
+    // l0_mem=32M: a 16 MiB heap, 8 MiB of it for 7 used ports' histories.
+    assert_eq!(super::histories_for_l0_mem(32 << 20), 7);
+    assert_eq!(super::heap_for_l0_mem(32 << 20), 16 << 20);
     let mut h = host(ConsoleMode::Operator, Some(Some(L0_PRIVATE)));
     let rw = [1u8; 32];
-    alpha(&mut h, &rw); // its four ports take the budget of 4
-    assert_eq!(super::histories(&h.sh), 4);
+    alpha(&mut h, &rw); // its prompt on COM1 takes the budget of 1
+    assert_eq!(h.con.owners.histories.left(), 0);
     const BETA: u64 = 4;
     h.sh.register_tag(BETA, VmTag::new(b"beta").unwrap())
         .unwrap();
@@ -251,21 +255,45 @@ fn histories_stay_within_their_share_of_the_heap() {
     let mut vm = h.sh.devices.vm(BETA);
     shadow_devices::owner_keys::register_first_key(&mut vm, key, KeyAccess::ReadWrite).unwrap();
     drop(vm);
-    super::keep_history(&mut h.sh, BETA, h.con.owners.max_histories);
-    assert_eq!(super::histories(&h.sh), 4, "no history past the budget");
-    // Beta's owner still attaches; there is nothing to read by offset.
+    super::keep_history(&mut h.sh, BETA, h.con.owners.histories);
+    for &b in b"beta$ " {
+        h.sh.io(BETA, 0x3f8, Some(b));
+    }
+    // Beta's owner still attaches and types; its reads are refused by name.
     let mut c = open(&mut h, &rw, 9);
     let beta = Request::Attach {
         tag: VmTag::new(b"beta").unwrap(),
         port: 0x3f8,
     };
-    assert_eq!(
+    assert!(matches!(
         ask(&mut h, &mut c, 9, beta),
         Answer::Attached {
             access: KeyAccess::ReadWrite,
             writer: true,
+            ..
+        }
+    ));
+    assert_eq!(
+        ask(&mut h, &mut c, 9, Request::Read { from: 0, max: 64 }),
+        Answer::Refused(owner_session::message::Refusal::NoHistory)
+    );
+    assert_eq!(
+        ask(&mut h, &mut c, 9, Request::Input(b"x".to_vec())),
+        Answer::Taken(1)
+    );
+    assert_ne!(h.sh.io(BETA, 0x3fd, None) & LSR_DR, 0, "beta got it");
+    // Alpha's history is whole.
+    let mut a = open(&mut h, &rw, 10);
+    assert!(matches!(
+        ask(&mut h, &mut a, 10, attach()),
+        Answer::Attached { .. }
+    ));
+    assert_eq!(
+        ask(&mut h, &mut a, 10, Request::Read { from: 0, max: 64 }),
+        Answer::Output {
             start: 0,
-            end: 0
+            end: 7,
+            bytes: b"alpha$ ".to_vec()
         }
     );
 }
@@ -404,5 +432,60 @@ fn a_relay_session_pushed_out_hears_why_at_its_next_message() {
     assert_eq!(
         no_identity.con.owners.relay_identity(),
         "off no l0.identity module"
+    );
+}
+
+#[test]
+fn an_owners_history_continues_at_its_offsets_on_the_host_a_vm_migrates_to() {
+    use shadow_devices::SealKey;
+    let keyed = |h: &mut Host| h.sh = Shadow::new(Some(SealKey::new(&[9; 32])), entropy);
+    let rw = [1u8; 32];
+    let mut a = host(ConsoleMode::Operator, Some(Some(L0_PRIVATE)));
+    keyed(&mut a);
+    alpha(&mut a, &rw); // "alpha$ " at offsets 0..7
+    let tag = VmTag::new(b"alpha").unwrap();
+    let mut blob = Vec::new();
+    a.sh.save_with(&tag, |b| {
+        blob = b.to_vec();
+        Ok::<(), ()>(())
+    })
+    .unwrap()
+    .unwrap();
+    // Host B: the resumed VM registers its tag and prints before its
+    // devices are restored; then the restore brings the key and history.
+    let mut b = host(ConsoleMode::Operator, Some(Some(L0_PRIVATE)));
+    keyed(&mut b);
+    const RESUMED: u64 = 7;
+    b.sh.register_tag(RESUMED, tag).unwrap();
+    b.sh.io(RESUMED, 0x3f8, Some(b'!'));
+    let r = b.sh.restore(&tag, &blob).unwrap();
+    super::restored(&mut b.sh, r.vm, b.con.owners.histories);
+    let mut c = open(&mut b, &rw, 4);
+    assert!(matches!(
+        ask(&mut b, &mut c, 4, attach()),
+        Answer::Attached {
+            start: 0,
+            end: 8,
+            ..
+        }
+    ));
+    // A's bytes at their old offsets, the window's byte right after.
+    assert_eq!(
+        ask(&mut b, &mut c, 4, Request::Read { from: 0, max: 64 }),
+        Answer::Output {
+            start: 0,
+            end: 8,
+            bytes: b"alpha$ !".to_vec()
+        }
+    );
+    // New output follows.
+    b.sh.io(RESUMED, 0x3f8, Some(b'x'));
+    assert_eq!(
+        ask(&mut b, &mut c, 4, Request::Read { from: 8, max: 64 }),
+        Answer::Output {
+            start: 8,
+            end: 9,
+            bytes: b"x".to_vec()
+        }
     );
 }

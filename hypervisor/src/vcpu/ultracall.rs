@@ -177,8 +177,8 @@ impl Vcpu {
                 };
                 match registered {
                     Ok((n, first)) => {
-                        let max = m.console.owners.max_histories;
-                        crate::owner::keep_history(&mut m.shadow, vm, max);
+                        let budget = m.console.owners.histories;
+                        crate::owner::keep_history(&mut m.shadow, vm, budget);
                         // (An agent may repeat the call: logged once.)
                         if first {
                             log::info!("user VM {vm} set owner key {key} ({})", access.name());
@@ -239,6 +239,8 @@ impl Vcpu {
                             r.epoch,
                             r.input_dropped
                         );
+                        let budget = m.console.owners.histories;
+                        crate::owner::restored(&mut m.shadow, r.vm, budget);
                         Response::ok(buf.len, r.epoch)
                     }
                     Err(e) => {

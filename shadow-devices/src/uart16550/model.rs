@@ -52,9 +52,11 @@
 //! received data at trigger level or character timeout, THR empty, modem
 //! status. Reading IIR clears a THRE interrupt only when IIR reported it.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use super::fifo::{ByteRing, Fifo};
+use super::history::{HistoryBudget, OutputHistory, HISTORY_SEALED_TAIL};
 use super::registers::*;
 use crate::device::{Console, PortRange, ShadowDevice, Traffic};
 use crate::error::Error;
@@ -107,7 +109,7 @@ pub struct Uart16550 {
 
     /// Every byte sent, by offset, for owner sessions (not state; see
     /// `history.rs`); None until an owner may read the port.
-    pub(super) history: Option<alloc::boxed::Box<super::history::OutputHistory>>,
+    pub(super) history: Option<Box<OutputHistory>>,
 
     /// Interrupt level at the end of the last public call (not state).
     pub(super) irq_level: bool,
@@ -368,15 +370,34 @@ impl Uart16550 {
         true
     }
 
-    /// Starts keeping every byte sent by offset (owner sessions); the
-    /// backlog not yet pulled seeds it. Once on, it stays on.
-    pub fn enable_history(&mut self) {
+    /// Starts keeping every byte sent by offset (owner sessions), its
+    /// buffer charged to `budget` when the first byte comes; the backlog
+    /// not yet pulled seeds it. Once on, it stays on.
+    pub fn enable_history(&mut self, budget: &'static HistoryBudget) {
         if self.history.is_none() {
-            let mut h = super::history::OutputHistory::default();
+            let mut h = OutputHistory::new(budget);
             for b in self.output.to_vec() {
                 h.push(b);
             }
-            self.history = Some(alloc::boxed::Box::new(h));
+            self.history = Some(Box::new(h));
+        }
+    }
+
+    /// The history a sealed save carries: (end offset, the newest
+    /// [`HISTORY_SEALED_TAIL`] bytes); None without a history.
+    pub fn history_tail(&self) -> Option<(u64, Vec<u8>)> {
+        let h = self.history.as_ref()?;
+        Some((h.offsets().1, h.tail(HISTORY_SEALED_TAIL)))
+    }
+
+    /// Continues a sealed history: `tail` ends at offset `end`. A history
+    /// here that already ends there with those bytes (this host's own, on
+    /// a rollback) is kept whole.
+    pub fn continue_history(&mut self, budget: &'static HistoryBudget, end: u64, tail: &[u8]) {
+        match &mut self.history {
+            Some(h) if h.offsets().1 == end && h.tail(tail.len()) == tail => {}
+            Some(h) => h.reset_to(end, tail),
+            None => self.history = Some(Box::new(OutputHistory::continuing(budget, end, tail))),
         }
     }
 
@@ -638,14 +659,21 @@ impl Console for Uart16550 {
     fn output_dropped(&self) -> u64 {
         self.output_dropped
     }
-    fn enable_history(&mut self) {
-        Uart16550::enable_history(self)
+    fn enable_history(&mut self, budget: &'static HistoryBudget) {
+        Uart16550::enable_history(self, budget)
     }
     fn history_offsets(&self) -> Option<(u64, u64)> {
-        self.history.as_ref().map(|h| h.offsets())
+        let h = self.history.as_ref()?;
+        h.unavailable().is_none().then(|| h.offsets())
     }
     fn history_read(&self, from: u64, out: &mut [u8]) -> Option<(u64, usize, u64)> {
-        self.history.as_ref().map(|h| h.read(from, out))
+        self.history.as_ref()?.read(from, out)
+    }
+    fn history_tail(&self) -> Option<(u64, Vec<u8>)> {
+        Uart16550::history_tail(self)
+    }
+    fn continue_history(&mut self, budget: &'static HistoryBudget, end: u64, tail: &[u8]) {
+        Uart16550::continue_history(self, budget, end, tail)
     }
     fn send_break(&mut self) -> bool {
         Uart16550::send_break(self)
