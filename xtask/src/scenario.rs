@@ -2313,6 +2313,9 @@ pub fn run(s: &Scenario, images: &Images, emu: Emulator) -> Result<Outcome, Stri
 /// The scenarios that passed in this process (whose disks are fresh).
 static PASSED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
 
+/// Taken by a scenario that may have to run another first for its disk.
+static SOURCE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `disk.img` in `dir` as `s` wants it (none, blank, or another's copy).
 fn prepare_disk(
     s: &Scenario,
@@ -2330,6 +2333,9 @@ fn prepare_disk(
             .and_then(|f| f.set_len(DISK_BYTES))
             .map_err(|e| format!("{}: {e}", img.display())),
         Disk::From(source) => {
+            // Held while the source runs: scenarios that run at once and
+            // need the same source wait for its one run.
+            let _one_source_run = SOURCE_RUN.lock().unwrap_or_else(|e| e.into_inner());
             if !PASSED.lock().unwrap().contains(&source) {
                 let src = find(source)
                     .ok_or_else(|| format!("{}: no scenario named {source}", s.name))?;
