@@ -77,11 +77,19 @@ impl Fifo {
         *self = Fifo::default();
     }
 
+    /// Contents, oldest first, as the two runs of the ring (the second
+    /// may be empty).
+    pub fn as_slices(&self) -> [&[u8]; 2] {
+        let first = (FIFO_DEPTH - self.head).min(self.len);
+        [
+            &self.buf[self.head..self.head + first],
+            &self.buf[..self.len - first],
+        ]
+    }
+
     /// Contents, oldest first.
     pub fn to_vec(&self) -> Vec<u8> {
-        (0..self.len)
-            .map(|i| self.buf[(self.head + i) % FIFO_DEPTH])
-            .collect()
+        self.as_slices().concat()
     }
 
     /// Builds a FIFO from contents, oldest first (at most 16 bytes are kept;
@@ -182,26 +190,29 @@ impl ByteRing {
         n
     }
 
+    /// Contents, oldest first, as the two runs of the ring (the second
+    /// may be empty): copies of a slice each, not a byte at a time (saves
+    /// run under emulators too).
+    pub fn as_slices(&self) -> [&[u8]; 2] {
+        let first = (self.buf.len() - self.head).min(self.len);
+        [
+            &self.buf[self.head..self.head + first],
+            &self.buf[..self.len - first],
+        ]
+    }
+
     /// Contents, oldest first.
     pub fn to_vec(&self) -> Vec<u8> {
-        // Two slice copies, not a byte at a time (saves run under an emulator).
-        let first = (self.buf.len() - self.head).min(self.len);
-        let mut v = Vec::with_capacity(self.len);
-        v.extend_from_slice(&self.buf[self.head..self.head + first]);
-        v.extend_from_slice(&self.buf[..self.len - first]);
-        v
+        self.as_slices().concat()
     }
 
     /// Empties the ring and refills it with `bytes` (truncated to capacity;
     /// the state layer checks lengths before calling).
     pub fn refill(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(self.buf.len());
+        self.buf[..n].copy_from_slice(&bytes[..n]);
         self.head = 0;
-        self.len = 0;
-        for &b in bytes {
-            if !self.push(b) {
-                break;
-            }
-        }
+        self.len = n;
     }
 }
 

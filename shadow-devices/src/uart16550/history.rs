@@ -202,10 +202,19 @@ impl OutputHistory {
         }
         let from = from.clamp(self.start, self.end);
         let n = out.len().min((self.end - from) as usize);
-        for (i, o) in out[..n].iter_mut().enumerate() {
-            *o = self.ring[self.slot(from + i as u64)];
+        // At most two runs: to the ring's end, then from its start (a
+        // copy each; saves and owners' reads run under emulators too).
+        let mut done = 0;
+        while done < n {
+            let at = self.slot(from + done as u64);
+            let run = (n - done).min(self.ring.len().saturating_sub(at));
+            if run == 0 {
+                break; // (offsets past the ring: none by construction)
+            }
+            out[done..done + run].copy_from_slice(&self.ring[at..at + run]);
+            done += run;
         }
-        Some((from, n, self.end))
+        Some((from, done, self.end))
     }
 
     /// The newest bytes kept, at most `max`, oldest first (what a sealed

@@ -717,7 +717,7 @@ impl ShadowDevice for Uart16550 {
         Uart16550::save_state(self)
     }
     fn save_state_into(&self, out: &mut Vec<u8>) {
-        self.state().encode_into(out)
+        Uart16550::save_state_into(self, out)
     }
     fn validate_state(&self, state: &[u8]) -> Result<(), Error> {
         super::state::UartState::decode(state).map(|_| ())

@@ -46,7 +46,7 @@
 
 use alloc::vec::Vec;
 
-use super::fifo::{ByteRing, Fifo};
+use super::fifo::Fifo;
 use super::model::{Uart16550, INPUT_CAPACITY, OUTPUT_CAPACITY};
 use super::registers::*;
 use crate::error::Error;
@@ -107,6 +107,16 @@ pub struct UartState {
     pub input: Vec<u8>,
 }
 
+/// A state's FIFOs and rings as the encoder reads them, each oldest first
+/// in up to two runs: a device's own rings (a save allocates nothing), or
+/// a state's vectors.
+pub(super) struct Contents<'a> {
+    pub rx: [&'a [u8]; 2],
+    pub tx: [&'a [u8]; 2],
+    pub output: [&'a [u8]; 2],
+    pub input: [&'a [u8]; 2],
+}
+
 fn check(ok: bool, field: &'static str) -> Result<(), Error> {
     if ok {
         Ok(())
@@ -129,9 +139,22 @@ impl UartState {
         v
     }
 
-    /// Appends the encoding to `out`: the fixed part laid out in place,
-    /// then the rings (one copy each: saves run under emulators too).
+    /// Appends the encoding to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let contents = Contents {
+            rx: [&self.rx, &[]],
+            tx: [&self.tx, &[]],
+            output: [&self.output, &[]],
+            input: [&self.input, &[]],
+        };
+        self.encode_with(&contents, out);
+    }
+
+    /// Appends the encoding of this state's registers and counters with
+    /// `c` as its FIFOs and rings (this state's own are not read): the
+    /// fixed part laid out in place, then the rings, a copy per run.
+    pub(super) fn encode_with(&self, c: &Contents<'_>, out: &mut Vec<u8>) {
+        let len = |runs: &[&[u8]; 2]| runs[0].len() + runs[1].len();
         let mut h = [0u8; UART_STATE_FIXED_LEN];
         h[0..2].copy_from_slice(&UART_STATE_VERSION.to_le_bytes());
         h[2..13].copy_from_slice(&[
@@ -156,11 +179,17 @@ impl UartState {
         }
         h[13] = flags;
         // FIFO contents come from 16-byte FIFOs; saturate rather than panic.
-        h[14] = u8::try_from(self.rx.len()).unwrap_or(u8::MAX);
-        h[15] = u8::try_from(self.tx.len()).unwrap_or(u8::MAX);
-        for (at, fifo) in [(16, &self.rx), (16 + FIFO_DEPTH, &self.tx)] {
-            let n = fifo.len().min(FIFO_DEPTH);
-            h[at..at + n].copy_from_slice(&fifo[..n]);
+        h[14] = u8::try_from(len(&c.rx)).unwrap_or(u8::MAX);
+        h[15] = u8::try_from(len(&c.tx)).unwrap_or(u8::MAX);
+        for (at, fifo) in [(16, &c.rx), (16 + FIFO_DEPTH, &c.tx)] {
+            let mut at = at;
+            let mut room = FIFO_DEPTH;
+            for run in fifo {
+                let n = run.len().min(room);
+                h[at..at + n].copy_from_slice(&run[..n]);
+                at += n;
+                room -= n;
+            }
         }
         let counters = [
             self.bytes_in,
@@ -172,19 +201,20 @@ impl UartState {
             h[48 + 8 * i..56 + 8 * i].copy_from_slice(&c.to_le_bytes());
         }
         h[80..84].copy_from_slice(
-            &u32::try_from(self.output.len())
+            &u32::try_from(len(&c.output))
                 .unwrap_or(u32::MAX)
                 .to_le_bytes(),
         );
         h[84..88].copy_from_slice(
-            &u32::try_from(self.input.len())
+            &u32::try_from(len(&c.input))
                 .unwrap_or(u32::MAX)
                 .to_le_bytes(),
         );
-        out.reserve(h.len() + self.output.len() + self.input.len());
+        out.reserve(h.len() + len(&c.output) + len(&c.input));
         out.extend_from_slice(&h);
-        out.extend_from_slice(&self.output);
-        out.extend_from_slice(&self.input);
+        for run in c.output.iter().chain(&c.input) {
+            out.extend_from_slice(run);
+        }
     }
 
     /// Decodes and validates every field and invariant.
@@ -292,8 +322,9 @@ impl UartState {
 }
 
 impl Uart16550 {
-    /// A snapshot of every register, FIFO, ring and counter.
-    pub fn state(&self) -> UartState {
+    /// Every register and counter, with empty FIFOs and rings (their
+    /// contents come from [`Uart16550::contents`]).
+    fn registers(&self) -> UartState {
         UartState {
             ier: self.ier,
             lcr: self.lcr,
@@ -308,20 +339,48 @@ impl Uart16550 {
             rbr: self.rbr,
             thre_pending: self.thre_pending,
             operator_attached: self.operator_attached,
-            rx: self.rx.to_vec(),
-            tx: self.tx.to_vec(),
+            rx: Vec::new(),
+            tx: Vec::new(),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             output_dropped: self.output_dropped,
             tx_overflow: self.tx_overflow,
+            output: Vec::new(),
+            input: Vec::new(),
+        }
+    }
+
+    /// The FIFOs and rings, in place.
+    fn contents(&self) -> Contents<'_> {
+        Contents {
+            rx: self.rx.as_slices(),
+            tx: self.tx.as_slices(),
+            output: self.output.as_slices(),
+            input: self.input.as_slices(),
+        }
+    }
+
+    /// A snapshot of every register, FIFO, ring and counter.
+    pub fn state(&self) -> UartState {
+        UartState {
+            rx: self.rx.to_vec(),
+            tx: self.tx.to_vec(),
             output: self.output.to_vec(),
             input: self.input.to_vec(),
+            ..self.registers()
         }
+    }
+
+    /// Appends the encoded state to `out`, reading the rings in place.
+    pub fn save_state_into(&self, out: &mut Vec<u8>) {
+        self.registers().encode_with(&self.contents(), out);
     }
 
     /// The encoded state.
     pub fn save_state(&self) -> Vec<u8> {
-        self.state().encode()
+        let mut v = Vec::new();
+        self.save_state_into(&mut v);
+        v
     }
 
     /// Decodes, validates and applies a state; on error nothing changes.
@@ -351,12 +410,10 @@ impl Uart16550 {
         self.bytes_out = s.bytes_out;
         self.output_dropped = s.output_dropped;
         self.tx_overflow = s.tx_overflow;
-        let mut output = ByteRing::new(OUTPUT_CAPACITY);
-        output.refill(&s.output);
-        self.output = output;
-        let mut input = ByteRing::new(INPUT_CAPACITY);
-        input.refill(&s.input);
-        self.input = input;
+        // Refilled in place: a restore allocates no rings (it runs in the
+        // migration's downtime, and allocations cost most under emulators).
+        self.output.refill(&s.output);
+        self.input.refill(&s.input);
         // Re-raise: a pending cause after restore is a fresh edge for L0.
         self.irq_level = false;
         self.edge = false;
