@@ -445,7 +445,10 @@ mod tests {
             std::fs::read_to_string(crate::build::root().join("hypervisor/src/vcpu/ultracall.rs"))
                 .unwrap();
         assert!(ultracalls.contains("user VM {vm} set owner key {key}"));
-        assert!(ultracalls.contains("\"devices of {} restored"));
+        let console =
+            std::fs::read_to_string(crate::build::root().join("hypervisor/src/console/mod.rs"))
+                .unwrap();
+        assert!(console.contains("\"devices of {tag} restored"));
     }
 
     #[test]

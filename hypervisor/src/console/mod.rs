@@ -11,7 +11,7 @@ use shadow_devices::mgmt::{self, Command, Target};
 use ultracall_abi::VmTag;
 
 use crate::shadow::identity::VmId;
-use crate::shadow::{Notice, Shadow, COM_PORTS};
+use crate::shadow::{Notice, RestoreDone, Shadow, COM_PORTS};
 
 /// Frames to send to the operator.
 pub type Frames = Vec<String>;
@@ -230,7 +230,8 @@ impl Console {
                 }
                 Notice::Restore { vm, tag, result } => {
                     let t = tag.as_str();
-                    out.push(match (result, vm) {
+                    log_restore(vm, t, &result);
+                    out.push(match (result.map(|done| done.epoch), vm) {
                         (Ok(epoch), Some(vm)) => {
                             mgmt::frame(format_args!("restore {vm} {t} ok epoch={epoch}"))
                         }
@@ -336,6 +337,27 @@ impl Console {
             sh.irqs.note_edges(s.vm, edges);
         }
         out
+    }
+}
+
+/// A restore's outcome in L0's log, and where each history it brought
+/// continues.
+fn log_restore(vm: Option<VmId>, tag: &str, result: &Result<RestoreDone, shadow_devices::Error>) {
+    match result {
+        Ok(done) => {
+            log::info!(
+                "devices of {tag} restored (epoch {}; {} bytes of the saved VM's unread input dropped)",
+                done.epoch,
+                done.input_dropped
+            );
+            for &(port, start, end) in &done.histories {
+                let vm = vm.unwrap_or(0);
+                log::info!(
+                    "user VM {vm} port {port:#x}: output history continues at offset {end} (kept from {start})"
+                );
+            }
+        }
+        Err(e) => log::warn!("restore for {tag} refused: {e}"),
     }
 }
 

@@ -274,8 +274,7 @@ pub fn keep_history(sh: &mut Shadow, vm: VmId, budget: &'static HistoryBudget) {
 }
 
 /// A restore brought the VM's owner keys and the histories its ports
-/// had: with keys, every port keeps its history from now on; the
-/// operator hears where each carried history continues.
+/// had: with keys, every port keeps its history from now on.
 pub fn restored(sh: &mut Shadow, vm: VmId, budget: &'static HistoryBudget) {
     let has_keys = sh
         .devices
@@ -283,18 +282,6 @@ pub fn restored(sh: &mut Shadow, vm: VmId, budget: &'static HistoryBudget) {
         .is_some_and(|v| !v.owner_keys().is_empty());
     if has_keys {
         keep_history(sh, vm, budget);
-    }
-    let Some(v) = sh.devices.get(&vm) else {
-        return;
-    };
-    for d in v.devices() {
-        let offsets = d.console_ref().and_then(|c| c.history_offsets());
-        if let Some((start, end)) = offsets.filter(|&(_, end)| end > 0) {
-            log::info!(
-                "user VM {vm} port {:#x}: output history continues at offset {end} (kept from {start})",
-                d.ports().base
-            );
-        }
     }
 }
 

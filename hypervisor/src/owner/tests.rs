@@ -460,6 +460,17 @@ fn an_owners_history_continues_at_its_offsets_on_the_host_a_vm_migrates_to() {
     b.sh.io(RESUMED, 0x3f8, Some(b'!'));
     let r = b.sh.restore(&tag, &blob).unwrap();
     super::restored(&mut b.sh, r.vm, b.con.owners.histories);
+    // The operator hears, at the line's next visit, where it continues.
+    let told = b.sh.take_notices();
+    let restore = told
+        .iter()
+        .find_map(|n| match n {
+            crate::shadow::Notice::Restore { vm, result, .. } => Some((*vm, result.clone())),
+            _ => None,
+        })
+        .expect("a restore notice");
+    assert_eq!(restore.0, Some(RESUMED));
+    assert_eq!(restore.1.unwrap().histories, vec![(0x3f8, 0, 8)]);
     let mut c = open(&mut b, &rw, 4);
     assert!(matches!(
         ask(&mut b, &mut c, 4, attach()),

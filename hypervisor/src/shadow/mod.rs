@@ -41,6 +41,17 @@ pub fn is_com_port(port: u16) -> bool {
     COM_PORTS.iter().any(|&b| (b..b + 8).contains(&port))
 }
 
+/// What a restore that succeeded brought, told at the line's next visit
+/// (logging costs more than the restore, and the migration waits for it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreDone {
+    pub epoch: u64,
+    /// Unread operator input dropped (the VM is not the one that saved).
+    pub input_dropped: usize,
+    /// Each carried history: its port, first kept offset and end offset.
+    pub histories: Vec<(u16, u64, u64)>,
+}
+
 /// What happened to the user VMs that the operator is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
@@ -52,7 +63,7 @@ pub enum Notice {
     Restore {
         vm: Option<VmId>,
         tag: VmTag,
-        result: Result<u64, Error>,
+        result: Result<RestoreDone, Error>,
     },
     /// A VM's devices were sealed and frozen.
     Saved { tag: VmTag, epoch: u64, len: usize },
@@ -364,13 +375,24 @@ impl Shadow {
                 .restore_sealed(tag, key, &mut self.ledger, blob),
             None => Err(Error::NoKey),
         };
-        if let Ok(ok) = &r {
-            // The routes the VM programmed on the source host.
-            let io = self
-                .devices
-                .get(&ok.vm)
-                .and_then(|d| IoApic::decode(d.platform()));
-            self.irqs.set_ioapic(ok.vm, io);
+        let mut result = r.as_ref().map_err(|e| *e).map(|ok| RestoreDone {
+            epoch: ok.epoch,
+            input_dropped: ok.input_dropped,
+            histories: Vec::new(),
+        });
+        if let (Ok(ok), Ok(done)) = (&r, &mut result) {
+            if let Some(d) = self.devices.get(&ok.vm) {
+                // The routes the VM programmed on the source host.
+                self.irqs.set_ioapic(ok.vm, IoApic::decode(d.platform()));
+                done.histories = d
+                    .devices()
+                    .iter()
+                    .filter_map(|dev| {
+                        let (start, end) = dev.console_ref()?.history_offsets()?;
+                        (end > 0).then_some((dev.ports().base, start, end))
+                    })
+                    .collect();
+            }
         }
         self.notices.event(Notice::Restore {
             vm: match &r {
@@ -378,7 +400,7 @@ impl Shadow {
                 Err(_) => self.devices.find_by_tag(tag),
             },
             tag: *tag,
-            result: r.as_ref().map(|ok| ok.epoch).map_err(|e| *e),
+            result,
         });
         r
     }
