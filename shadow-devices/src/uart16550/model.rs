@@ -720,7 +720,7 @@ impl ShadowDevice for Uart16550 {
         Uart16550::save_state_into(self, out)
     }
     fn validate_state(&self, state: &[u8]) -> Result<(), Error> {
-        super::state::UartState::decode(state).map(|_| ())
+        super::state::UartState::decode_parts(state).map(|_| ())
     }
     fn restore_state(&mut self, state: &[u8]) -> Result<(), Error> {
         Uart16550::restore_state(self, state)

@@ -125,10 +125,10 @@ fn check(ok: bool, field: &'static str) -> Result<(), Error> {
     }
 }
 
-fn fifo_field(r: &mut Reader<'_>, len: usize, field: &'static str) -> Result<Vec<u8>, Error> {
+fn fifo_field<'a>(r: &mut Reader<'a>, len: usize, field: &'static str) -> Result<&'a [u8], Error> {
     let raw = r.take(FIFO_DEPTH)?;
     check(raw[len..].iter().all(|&b| b == 0), field)?;
-    Ok(raw[..len].to_vec())
+    Ok(&raw[..len])
 }
 
 impl UartState {
@@ -219,6 +219,20 @@ impl UartState {
 
     /// Decodes and validates every field and invariant.
     pub fn decode(bytes: &[u8]) -> Result<UartState, Error> {
+        let (registers, c) = UartState::decode_parts(bytes)?;
+        Ok(UartState {
+            rx: c.rx[0].to_vec(),
+            tx: c.tx[0].to_vec(),
+            output: c.output[0].to_vec(),
+            input: c.input[0].to_vec(),
+            ..registers
+        })
+    }
+
+    /// Decodes and validates every field and invariant, allocating
+    /// nothing: the registers and counters (with empty FIFOs and rings)
+    /// and the contents, borrowed from `bytes`.
+    pub(super) fn decode_parts(bytes: &[u8]) -> Result<(UartState, Contents<'_>), Error> {
         let mut r = Reader::new(bytes);
         let version = r.u16()?;
         if version != UART_STATE_VERSION {
@@ -275,8 +289,8 @@ impl UartState {
         let input_len = r.u32()? as usize;
         check(output_len <= OUTPUT_CAPACITY, "output backlog length")?;
         check(input_len <= INPUT_CAPACITY, "input queue length")?;
-        let output = r.take(output_len)?.to_vec();
-        let input = r.take(input_len)?.to_vec();
+        let output = r.take(output_len)?;
+        let input = r.take(input_len)?;
         r.finish()?;
 
         let thre_pending = flags & FLAG_THRE_PENDING != 0;
@@ -295,7 +309,7 @@ impl UartState {
             "input queued while RX FIFO has room",
         )?;
 
-        Ok(UartState {
+        let registers = UartState {
             ier,
             lcr,
             mcr,
@@ -309,15 +323,22 @@ impl UartState {
             rbr,
             thre_pending,
             operator_attached,
-            rx,
-            tx,
+            rx: Vec::new(),
+            tx: Vec::new(),
             bytes_in,
             bytes_out,
             output_dropped,
             tx_overflow,
-            output,
-            input,
-        })
+            output: Vec::new(),
+            input: Vec::new(),
+        };
+        let contents = Contents {
+            rx: [rx, &[]],
+            tx: [tx, &[]],
+            output: [output, &[]],
+            input: [input, &[]],
+        };
+        Ok((registers, contents))
     }
 }
 
@@ -385,12 +406,14 @@ impl Uart16550 {
 
     /// Decodes, validates and applies a state; on error nothing changes.
     pub fn restore_state(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        let s = UartState::decode(bytes)?;
-        self.apply(&s);
+        let (s, c) = UartState::decode_parts(bytes)?;
+        self.apply(&s, &c);
         Ok(())
     }
 
-    fn apply(&mut self, s: &UartState) {
+    /// Takes the registers and counters of `s` and the contents `c`
+    /// (decoded: one run each).
+    fn apply(&mut self, s: &UartState, c: &Contents<'_>) {
         self.ier = s.ier;
         self.lcr = s.lcr;
         self.mcr = s.mcr;
@@ -404,16 +427,16 @@ impl Uart16550 {
         self.rbr = s.rbr;
         self.thre_pending = s.thre_pending;
         self.operator_attached = s.operator_attached;
-        self.rx = Fifo::from_slice(&s.rx);
-        self.tx = Fifo::from_slice(&s.tx);
+        self.rx = Fifo::from_slice(c.rx[0]);
+        self.tx = Fifo::from_slice(c.tx[0]);
         self.bytes_in = s.bytes_in;
         self.bytes_out = s.bytes_out;
         self.output_dropped = s.output_dropped;
         self.tx_overflow = s.tx_overflow;
         // Refilled in place: a restore allocates no rings (it runs in the
         // migration's downtime, and allocations cost most under emulators).
-        self.output.refill(&s.output);
-        self.input.refill(&s.input);
+        self.output.refill(c.output[0]);
+        self.input.refill(c.input[0]);
         // Re-raise: a pending cause after restore is a fresh edge for L0.
         self.irq_level = false;
         self.edge = false;
