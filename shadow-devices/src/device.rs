@@ -91,9 +91,10 @@ pub trait Console {
     fn history_read(&self, _from: u64, _out: &mut [u8]) -> Option<(u64, usize, u64)> {
         None
     }
-    /// What a sealed save carries of the history: (end offset, its
-    /// newest bytes); None without a history.
-    fn history_tail(&self) -> Option<(u64, Vec<u8>)> {
+    /// What a sealed save carries of the history: appends its newest
+    /// bytes to `out` and returns its end offset; None (nothing appended)
+    /// without a history.
+    fn history_tail_into(&self, _out: &mut Vec<u8>) -> Option<u64> {
         None
     }
     /// Continues a sealed history whose `tail` ends at offset `end`.

@@ -36,22 +36,26 @@ pub struct SealedHistory<'a> {
     pub tail: &'a [u8],
 }
 
-/// Writes the section for `devices`.
+/// Writes the section for `devices`, each tail straight from its ring.
 pub(crate) fn encode(devices: &[Box<dyn ShadowDevice>], w: &mut Writer) {
-    let tails: Vec<(u16, u64, Vec<u8>)> = devices
-        .iter()
-        .filter_map(|d| {
-            let (end, tail) = d.console_ref()?.history_tail()?;
-            Some((d.ports().base, end, tail))
-        })
-        .collect();
-    w.bytes(&[tails.len() as u8]);
-    for (port, end, tail) in &tails {
-        w.u16(*port);
-        w.bytes(&end.to_le_bytes());
-        w.u32(tail.len() as u32);
-        w.bytes(tail);
+    let count_at = w.buf.len();
+    w.bytes(&[0]);
+    let mut count = 0u8;
+    for d in devices {
+        let Some(c) = d.console_ref() else { continue };
+        let at = w.buf.len();
+        w.u16(d.ports().base);
+        w.bytes(&[0; 12]); // end offset and tail length, once known
+        let Some(end) = c.history_tail_into(&mut w.buf) else {
+            w.buf.truncate(at);
+            continue;
+        };
+        let len = (w.buf.len() - at - 14) as u32;
+        w.buf[at + 2..at + 10].copy_from_slice(&end.to_le_bytes());
+        w.buf[at + 10..at + 14].copy_from_slice(&len.to_le_bytes());
+        count += 1;
     }
+    w.buf[count_at] = count;
 }
 
 /// Reads and checks the section against `devices`.

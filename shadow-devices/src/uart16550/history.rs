@@ -202,30 +202,42 @@ impl OutputHistory {
         }
         let from = from.clamp(self.start, self.end);
         let n = out.len().min((self.end - from) as usize);
-        // At most two runs: to the ring's end, then from its start (a
-        // copy each; saves and owners' reads run under emulators too).
-        let mut done = 0;
-        while done < n {
-            let at = self.slot(from + done as u64);
-            let run = (n - done).min(self.ring.len().saturating_sub(at));
-            if run == 0 {
-                break; // (offsets past the ring: none by construction)
-            }
-            out[done..done + run].copy_from_slice(&self.ring[at..at + run]);
-            done += run;
-        }
-        Some((from, done, self.end))
+        let [a, b] = self.runs(from, n);
+        out[..a.len()].copy_from_slice(a);
+        out[a.len()..a.len() + b.len()].copy_from_slice(b);
+        Some((from, a.len() + b.len(), self.end))
     }
 
-    /// The newest bytes kept, at most `max`, oldest first (what a sealed
-    /// save carries; none when unavailable).
-    pub fn tail(&self, max: usize) -> Vec<u8> {
+    /// The `n` bytes kept from offset `from` (`start ≤ from`, `from + n ≤
+    /// end`) as at most two runs of the ring: to its end, then from its
+    /// start (a copy each where they go; saves and owners' reads run
+    /// under emulators too).
+    fn runs(&self, from: u64, n: usize) -> [&[u8]; 2] {
+        if n == 0 {
+            return [&[], &[]];
+        }
+        let at = self.slot(from);
+        let first = n.min(self.ring.len().saturating_sub(at));
+        let second = (n - first).min(at);
+        [&self.ring[at..at + first], &self.ring[..second]]
+    }
+
+    /// Appends the newest bytes kept, at most `max`, oldest first, to
+    /// `out` (what a sealed save carries; none when unavailable).
+    pub fn tail_into(&self, max: usize, out: &mut Vec<u8>) {
         if self.unavailable.is_some() {
-            return Vec::new();
+            return;
         }
         let n = ((self.end - self.start) as usize).min(max);
-        let mut out = alloc::vec![0u8; n];
-        let _ = self.read(self.end - n as u64, &mut out);
+        for run in self.runs(self.end - n as u64, n) {
+            out.extend_from_slice(run);
+        }
+    }
+
+    /// The newest bytes kept, at most `max`, oldest first.
+    pub fn tail(&self, max: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.tail_into(max, &mut out);
         out
     }
 }
@@ -383,6 +395,7 @@ mod tests {
         let c = h.clone();
         assert_eq!(c.read(6, &mut out), Some((6, 6, 12)));
         assert_eq!(&out[..6], b"6789ab");
+        assert_eq!(c.tail(5), b"789ab", "across the ring's end");
         // Replaced by a sealed tail (its buffer kept), then wrapping again.
         h.reset_to(100, b"xyz");
         assert_eq!(h.offsets(), (97, 100));

@@ -383,11 +383,13 @@ impl Uart16550 {
         }
     }
 
-    /// The history a sealed save carries: (end offset, the newest
-    /// [`HISTORY_SEALED_TAIL`] bytes); None without a history.
-    pub fn history_tail(&self) -> Option<(u64, Vec<u8>)> {
+    /// The history a sealed save carries: appends the newest
+    /// [`HISTORY_SEALED_TAIL`] bytes to `out`, returns the end offset;
+    /// None without a history.
+    pub fn history_tail_into(&self, out: &mut Vec<u8>) -> Option<u64> {
         let h = self.history.as_ref()?;
-        Some((h.offsets().1, h.tail(HISTORY_SEALED_TAIL)))
+        h.tail_into(HISTORY_SEALED_TAIL, out);
+        Some(h.offsets().1)
     }
 
     /// Continues a sealed history: `tail` ends at offset `end`. A history
@@ -669,8 +671,8 @@ impl Console for Uart16550 {
     fn history_read(&self, from: u64, out: &mut [u8]) -> Option<(u64, usize, u64)> {
         self.history.as_ref()?.read(from, out)
     }
-    fn history_tail(&self) -> Option<(u64, Vec<u8>)> {
-        Uart16550::history_tail(self)
+    fn history_tail_into(&self, out: &mut Vec<u8>) -> Option<u64> {
+        Uart16550::history_tail_into(self, out)
     }
     fn continue_history(&mut self, budget: &'static HistoryBudget, end: u64, tail: &[u8]) {
         Uart16550::continue_history(self, budget, end, tail)
