@@ -259,8 +259,10 @@ impl VmDevices {
 
     /// The device-set state (every device's state, then the platform's).
     pub fn save_set(&self) -> Vec<u8> {
-        // One buffer for everything (saves run under emulators too).
-        let mut w = Writer::with_capacity(1024 + self.platform.len());
+        // One buffer for everything, large enough for the usual set with
+        // its backlogs and a short history tail (a save that grows it
+        // copies it; saves run under emulators too).
+        let mut w = Writer::with_capacity(4096 + self.platform.len());
         w.u16(DEVICE_SET_VERSION);
         w.u16(u16::try_from(self.devices.len()).unwrap_or(u16::MAX));
         w.u32(self.platform.len() as u32);
