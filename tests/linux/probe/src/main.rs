@@ -24,7 +24,8 @@
 //! duration in TSC ticks (bench.rs, for `cargo xtask bench`).
 //!
 //! `probe spy [FILE...]`: the provider's view searched for the operator's
-//! console marker (spy.rs).
+//! console marker (spy.rs); `--control` and `--control-file DUMP` check
+//! that the search would find it where it must be.
 //!
 //! `probe disk-put FILE...` / `probe disk-get DIR`: files to and from the
 //! raw disk that carries a migration between two hosts (disk.rs).
@@ -332,6 +333,7 @@ fn main() -> ExitCode {
             let files: Vec<String> = args.collect();
             let ok = match files.as_slice() {
                 [c] if c == "--control" => spy::control(),
+                [c, f] if c == "--control-file" => spy::control_file(f),
                 _ => spy::spy(&files),
             };
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }

@@ -6,11 +6,15 @@
 //! form is not) and never prints it.
 //!
 //! Searched: the FILEs (QEMU's serial chardev files, the sealed blob,
-//! L1's dmesg saved to a file) and the memory of every other process in
-//! L1 (QEMU, the shells, the manager) except mappings of 64 MiB or more:
-//! a user VM's RAM lies in L1 by construction and is out of scope
-//! (docs/threat-model.md). Kernel memory is not searched (the lean L1
-//! kernel has no /dev/mem or /proc/kcore).
+//! L1's dmesg saved to a file; under Xen also xenconsoled's logs and the
+//! device model's) and the memory of every other process in L1 (QEMU, the
+//! shells, the manager, Xen's daemons) except a user VM's RAM: mappings of
+//! 64 MiB or more (KVM's QEMU maps all of it), and under Xen the pages of
+//! a guest that dom0 maps through Xen's privcmd or gntdev devices (the
+//! device model's map cache; the kernel refuses /proc/PID/mem reads of
+//! them anyway). A user VM's RAM lies in L1 by construction and is out of
+//! scope (docs/threat-model.md). Kernel memory is not searched (the lean
+//! L1 kernel has no /dev/mem or /proc/kcore).
 //!
 //! A search that could not look is no proof: a readable mapping it failed
 //! to read is `SPY FAIL`, naming it, and so is a search that covered less
@@ -24,6 +28,21 @@ const GUEST_RAM_MIN: u64 = 64 << 20;
 /// more (QEMU alone maps tens of MiB of libraries and heap): a search of
 /// less missed it.
 const MIN_SEARCHED: u64 = 4 << 20;
+
+/// Xen's devices through which dom0 maps another domain's pages.
+const FOREIGN_MAPPINGS: &[&str] = &["/dev/xen/privcmd", "/dev/xen/gntdev"];
+
+/// Whether a mapping holds a user VM's RAM: KVM's QEMU maps all of it in
+/// one large mapping, Xen's device model maps it piecewise from Xen.
+fn is_guest_ram(size: u64, name: &str) -> bool {
+    size >= GUEST_RAM_MIN || FOREIGN_MAPPINGS.iter().any(|d| name.starts_with(d))
+}
+
+/// A device model's process: KVM's `qemu-system-x86_64`, Xen's
+/// `xen-qemu-system-i386` (its name cut to 15 bytes).
+fn is_qemu(comm: &str) -> bool {
+    comm.contains("qemu")
+}
 
 /// What one process's search covered.
 struct Scan {
@@ -64,7 +83,7 @@ fn scan_process(pid: u32, needle: &[u8], guest_ram: bool) -> Result<Option<Scan>
         let name = line.split_whitespace().nth(5).unwrap_or("");
         let Some((a, b)) = range.split_once('-') else { continue };
         let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { continue };
-        if !perms.starts_with('r') || (b - a >= GUEST_RAM_MIN) != guest_ram || name == "[vvar]" || name == "[vsyscall]" {
+        if !perms.starts_with('r') || is_guest_ram(b - a, name) != guest_ram || name == "[vvar]" || name == "[vsyscall]" {
             continue;
         }
         let mut buf = vec![0u8; (b - a) as usize];
@@ -109,6 +128,52 @@ pub fn control() -> bool {
     found
 }
 
+/// The control where L1 does not map a user VM's RAM (Xen's dom0): a dump
+/// of a guest's memory (`xl dump-core`) must hold the marker. Read in
+/// pieces: the dump is as large as the guest, in a dom0 of little RAM.
+pub fn control_file(path: &str) -> bool {
+    let Some(needle) = marker() else {
+        println!("SPY FAIL: no l0marker= on the command line");
+        return false;
+    };
+    match file_contains(path, &needle) {
+        Ok(true) => {
+            println!("SPY control: the marker is in {path}, a user VM's memory, so the search works");
+            true
+        }
+        Ok(false) => {
+            println!("SPY FAIL: the marker is not even in {path}, a user VM's memory: the search proves nothing");
+            false
+        }
+        Err(e) => {
+            println!("SPY FAIL: {path}: {e}");
+            false
+        }
+    }
+}
+
+/// Whether `needle` is in the file, read 1 MiB at a time (a match across
+/// two pieces is found: each piece starts with the previous one's tail).
+fn file_contains(path: &str, needle: &[u8]) -> std::io::Result<bool> {
+    let mut f = std::fs::File::open(path)?;
+    let keep = needle.len() - 1;
+    let mut buf = vec![0u8; (1 << 20) + keep];
+    let mut have = 0;
+    loop {
+        let n = f.read(&mut buf[have..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        have += n;
+        if contains(&buf[..have], needle) {
+            return Ok(true);
+        }
+        let tail = have.saturating_sub(keep);
+        buf.copy_within(tail..have, 0);
+        have -= tail;
+    }
+}
+
 pub fn spy(files: &[String]) -> bool {
     let Some(needle) = marker() else {
         println!("SPY FAIL: no l0marker= on the command line");
@@ -135,7 +200,7 @@ pub fn spy(files: &[String]) -> bool {
                 procs += 1;
                 maps += s.mappings;
                 bytes += s.bytes;
-                qemu |= s.comm.starts_with("qemu") && s.bytes > 0;
+                qemu |= is_qemu(&s.comm) && s.bytes > 0;
                 unreadable.extend(s.unreadable);
             }
             Ok(None) => gone += 1,
@@ -166,5 +231,38 @@ pub fn spy(files: &[String]) -> bool {
         true
     } else {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xen_foreign_mappings_are_guest_ram() {
+        assert!(is_guest_ram(4096, "/dev/xen/privcmd"));
+        assert!(is_guest_ram(1 << 20, "/dev/xen/gntdev"));
+        assert!(is_guest_ram(GUEST_RAM_MIN, ""));
+        assert!(!is_guest_ram(1 << 20, "[heap]"));
+        assert!(!is_guest_ram(1 << 20, "/usr/libexec/xen-qemu-system-i386"));
+    }
+
+    #[test]
+    fn both_device_models_count_as_qemu() {
+        assert!(is_qemu("qemu-system-x86"));
+        assert!(is_qemu("xen-qemu-system"));
+        assert!(!is_qemu("xenconsoled"));
+    }
+
+    #[test]
+    fn a_file_is_searched_across_its_pieces() {
+        let path = std::env::temp_dir().join(format!("spy-test-{}", std::process::id()));
+        let mut data = vec![b'x'; (1 << 20) + 100];
+        // Across the first piece's end.
+        data[(1 << 20) - 3..(1 << 20) + 3].copy_from_slice(b"needle");
+        std::fs::write(&path, &data).unwrap();
+        assert!(file_contains(path.to_str().unwrap(), b"needle").unwrap());
+        assert!(!file_contains(path.to_str().unwrap(), b"needles").unwrap());
+        let _ = std::fs::remove_file(&path);
     }
 }
