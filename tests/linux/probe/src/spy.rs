@@ -38,6 +38,13 @@ fn is_guest_ram(size: u64, name: &str) -> bool {
     size >= GUEST_RAM_MIN || FOREIGN_MAPPINGS.iter().any(|d| name.starts_with(d))
 }
 
+/// dom0's own pages its kernel maps into a process as VM_IO, which
+/// /proc/PID/mem therefore cannot read: Xen's hypercall buffers
+/// (libxencall; they hold a hypercall's arguments while it runs) and
+/// xenstored's ring with dom0's kernel. The spy names and counts them as
+/// not searched rather than failing on them.
+const XEN_UNREADABLE: &[&str] = &["/dev/xen/hypercall", "/dev/xen/xsd_kva", "/proc/xen/xsd_kva"];
+
 /// A device model's process: KVM's `qemu-system-x86_64`, Xen's
 /// `xen-qemu-system-i386` (its name cut to 15 bytes).
 fn is_qemu(comm: &str) -> bool {
@@ -51,6 +58,8 @@ struct Scan {
     comm: String,
     /// Readable mappings the read of /proc/PID/mem refused.
     unreadable: Vec<String>,
+    /// XEN_UNREADABLE mappings, not searched: (mappings, bytes).
+    hypercall: (usize, u64),
 }
 
 fn marker() -> Option<Vec<u8>> {
@@ -76,7 +85,7 @@ fn scan_process(pid: u32, needle: &[u8], guest_ram: bool) -> Result<Option<Scan>
     };
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let comm = comm.trim().to_string();
-    let (mut n, mut bytes, mut unreadable) = (0, 0u64, Vec::new());
+    let (mut n, mut bytes, mut unreadable, mut hypercall) = (0, 0u64, Vec::new(), (0, 0u64));
     for line in maps.lines() {
         let mut w = line.split_whitespace();
         let (Some(range), Some(perms)) = (w.next(), w.next()) else { continue };
@@ -84,6 +93,10 @@ fn scan_process(pid: u32, needle: &[u8], guest_ram: bool) -> Result<Option<Scan>
         let Some((a, b)) = range.split_once('-') else { continue };
         let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { continue };
         if !perms.starts_with('r') || is_guest_ram(b - a, name) != guest_ram || name == "[vvar]" || name == "[vsyscall]" {
+            continue;
+        }
+        if XEN_UNREADABLE.contains(&name) {
+            hypercall = (hypercall.0 + 1, hypercall.1 + (b - a));
             continue;
         }
         let mut buf = vec![0u8; (b - a) as usize];
@@ -105,6 +118,7 @@ fn scan_process(pid: u32, needle: &[u8], guest_ram: bool) -> Result<Option<Scan>
         bytes,
         comm,
         unreadable,
+        hypercall,
     }))
 }
 
@@ -190,6 +204,7 @@ pub fn spy(files: &[String]) -> bool {
     let me = std::process::id();
     let (mut procs, mut gone, mut maps, mut bytes, mut qemu) = (0, 0, 0, 0u64, false);
     let mut unreadable = Vec::new();
+    let mut hypercall = (0, 0u64);
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         if pid == me {
@@ -202,6 +217,7 @@ pub fn spy(files: &[String]) -> bool {
                 bytes += s.bytes;
                 qemu |= is_qemu(&s.comm) && s.bytes > 0;
                 unreadable.extend(s.unreadable);
+                hypercall = (hypercall.0 + s.hypercall.0, hypercall.1 + s.hypercall.1);
             }
             Ok(None) => gone += 1,
             Err(w) => leaks.push(w),
@@ -224,9 +240,13 @@ pub fn spy(files: &[String]) -> bool {
     }
     if leaks.is_empty() && unreadable.is_empty() && enough {
         println!(
-            "SPY clean: {} files, {procs} processes ({maps} mappings, {} KiB, QEMU among them) searched, {gone} ended meanwhile",
+            "SPY clean: {} files, {procs} processes ({maps} mappings, {} KiB, QEMU among them) searched, {gone} ended meanwhile{}",
             files.len(),
-            bytes >> 10
+            bytes >> 10,
+            match hypercall {
+                (0, _) => String::new(),
+                (n, b) => format!("; {n} mappings of Xen hypercall buffers or xenstored's ring ({} KiB) not searched: /proc/PID/mem cannot read them", b >> 10),
+            }
         );
         true
     } else {
