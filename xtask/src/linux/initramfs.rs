@@ -121,6 +121,31 @@ fn static_tool(args: &[&str], bin: &str) -> Result<PathBuf, String> {
     Ok(dir.join("x86_64-unknown-linux-gnu/release").join(bin))
 }
 
+/// The `ultracall` CLI, static: tags from a user VM, the list and
+/// save/restore from the cloud VM.
+pub(crate) fn ultracall_tool() -> Result<PathBuf, String> {
+    static_tool(
+        &[
+            "-p",
+            "ultracall-abi",
+            "--features",
+            "std",
+            "--bin",
+            "ultracall",
+        ],
+        "ultracall",
+    )
+}
+
+/// The checks run in the cloud VM and its user VMs (tests/linux/probe),
+/// static.
+pub(crate) fn probe_tool() -> Result<PathBuf, String> {
+    static_tool(
+        &["--manifest-path", "tests/linux/probe/Cargo.toml"],
+        "l1-probe",
+    )
+}
+
 /// Shared objects `ldd` lists for `binary`, the dynamic loader included;
 /// `lib_path` is searched first (LD_LIBRARY_PATH) when given.
 pub(crate) fn ldd(binary: &str, lib_path: Option<&str>) -> Result<Vec<String>, String> {
@@ -299,26 +324,13 @@ pub fn ensure(kernel: &Path) -> Result<Initramfs, String> {
     let tests = root().join("tests/linux");
 
     // The guest tool both levels use: tags from L2, save/restore from L1.
-    let ultracall = static_tool(
-        &[
-            "-p",
-            "ultracall-abi",
-            "--features",
-            "std",
-            "--bin",
-            "ultracall",
-        ],
-        "ultracall",
-    )?;
+    let ultracall = ultracall_tool()?;
     let mut l2 = Archive::default();
     add_busybox(&mut l2)?;
     l2.add("init", file(read(&tests.join("init-l2"))?, true));
     l2.add("bin/ultracall", file(read(&ultracall)?, true));
     // The probes (`probe stress` runs in L2; the rest in L1).
-    let probe = static_tool(
-        &["--manifest-path", "tests/linux/probe/Cargo.toml"],
-        "l1-probe",
-    )?;
+    let probe = probe_tool()?;
     l2.add("bin/probe", file(read(&probe)?, true));
     let l2_path = cached_lz4("l2", &l2.to_bytes())?;
 
