@@ -6,11 +6,15 @@
 //! form is not) and never prints it.
 //!
 //! Searched: the FILEs (QEMU's serial chardev files, the sealed blob,
-//! L1's dmesg saved to a file) and the memory of every other process in
-//! L1 (QEMU, the shells, the manager) except mappings of 64 MiB or more:
-//! a user VM's RAM lies in L1 by construction and is out of scope
-//! (docs/threat-model.md). Kernel memory is not searched (the lean L1
-//! kernel has no /dev/mem or /proc/kcore).
+//! L1's dmesg saved to a file; under Xen also xenconsoled's logs and the
+//! device model's) and the memory of every other process in L1 (QEMU, the
+//! shells, the manager, Xen's daemons) except a user VM's RAM: mappings of
+//! 64 MiB or more (KVM's QEMU maps all of it), and under Xen the pages of
+//! a guest that dom0 maps through Xen's privcmd or gntdev devices (the
+//! device model's map cache; the kernel refuses /proc/PID/mem reads of
+//! them anyway). A user VM's RAM lies in L1 by construction and is out of
+//! scope (docs/threat-model.md). Kernel memory is not searched (the lean
+//! L1 kernel has no /dev/mem or /proc/kcore).
 //!
 //! A search that could not look is no proof: a readable mapping it failed
 //! to read is `SPY FAIL`, naming it, and so is a search that covered less
@@ -27,6 +31,28 @@ const GUEST_RAM_MIN: u64 = 64 << 20;
 /// less missed it.
 const MIN_SEARCHED: u64 = 4 << 20;
 
+/// Xen's devices through which dom0 maps another domain's pages.
+const FOREIGN_MAPPINGS: &[&str] = &["/dev/xen/privcmd", "/dev/xen/gntdev"];
+
+/// Whether a mapping holds a user VM's RAM: KVM's QEMU maps all of it in
+/// one large mapping, Xen's device model maps it piecewise from Xen.
+fn is_guest_ram(size: u64, name: &str) -> bool {
+    size >= GUEST_RAM_MIN || FOREIGN_MAPPINGS.iter().any(|d| name.starts_with(d))
+}
+
+/// dom0's own pages its kernel maps into a process as VM_IO, which
+/// /proc/PID/mem therefore cannot read: Xen's hypercall buffers
+/// (libxencall; they hold a hypercall's arguments while it runs) and
+/// xenstored's ring with dom0's kernel. The spy names and counts them as
+/// not searched rather than failing on them.
+const XEN_UNREADABLE: &[&str] = &["/dev/xen/hypercall", "/dev/xen/xsd_kva", "/proc/xen/xsd_kva"];
+
+/// A device model's process: KVM's `qemu-system-x86_64`, Xen's
+/// `xen-qemu-system-i386` (its name cut to 15 bytes).
+fn is_qemu(comm: &str) -> bool {
+    comm.contains("qemu")
+}
+
 /// What one process's search covered.
 struct Scan {
     mappings: usize,
@@ -34,6 +60,8 @@ struct Scan {
     comm: String,
     /// Readable mappings the read of /proc/PID/mem refused.
     unreadable: Vec<String>,
+    /// XEN_UNREADABLE mappings, not searched: (mappings, bytes).
+    hypercall: (usize, u64),
 }
 
 fn marker() -> Option<Vec<u8>> {
@@ -59,14 +87,18 @@ fn scan_process(pid: u32, needle: &[u8], guest_ram: bool) -> Result<Option<Scan>
     };
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let comm = comm.trim().to_string();
-    let (mut n, mut bytes, mut unreadable) = (0, 0u64, Vec::new());
+    let (mut n, mut bytes, mut unreadable, mut hypercall) = (0, 0u64, Vec::new(), (0, 0u64));
     for line in maps.lines() {
         let mut w = line.split_whitespace();
         let (Some(range), Some(perms)) = (w.next(), w.next()) else { continue };
         let name = line.split_whitespace().nth(5).unwrap_or("");
         let Some((a, b)) = range.split_once('-') else { continue };
         let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { continue };
-        if !perms.starts_with('r') || (b - a >= GUEST_RAM_MIN) != guest_ram || name == "[vvar]" || name == "[vsyscall]" {
+        if !perms.starts_with('r') || is_guest_ram(b - a, name) != guest_ram || name == "[vvar]" || name == "[vsyscall]" {
+            continue;
+        }
+        if XEN_UNREADABLE.contains(&name) {
+            hypercall = (hypercall.0 + 1, hypercall.1 + (b - a));
             continue;
         }
         let mut buf = vec![0u8; (b - a) as usize];
@@ -88,6 +120,7 @@ fn scan_process(pid: u32, needle: &[u8], guest_ram: bool) -> Result<Option<Scan>
         bytes,
         comm,
         unreadable,
+        hypercall,
     }))
 }
 
@@ -111,6 +144,52 @@ pub fn control() -> bool {
     found
 }
 
+/// The control where L1 does not map a user VM's RAM (Xen's dom0): a dump
+/// of a guest's memory (`xl dump-core`) must hold the marker. Read in
+/// pieces: the dump is as large as the guest, in a dom0 of little RAM.
+pub fn control_file(path: &str) -> bool {
+    let Some(needle) = marker() else {
+        println!("SPY FAIL: no l0marker= on the command line");
+        return false;
+    };
+    match file_contains(path, &needle) {
+        Ok(true) => {
+            println!("SPY control: the marker is in {path}, a user VM's memory, so the search works");
+            true
+        }
+        Ok(false) => {
+            println!("SPY FAIL: the marker is not even in {path}, a user VM's memory: the search proves nothing");
+            false
+        }
+        Err(e) => {
+            println!("SPY FAIL: {path}: {e}");
+            false
+        }
+    }
+}
+
+/// Whether `needle` is in the file, read 1 MiB at a time (a match across
+/// two pieces is found: each piece starts with the previous one's tail).
+fn file_contains(path: &str, needle: &[u8]) -> std::io::Result<bool> {
+    let mut f = std::fs::File::open(path)?;
+    let keep = needle.len() - 1;
+    let mut buf = vec![0u8; (1 << 20) + keep];
+    let mut have = 0;
+    loop {
+        let n = f.read(&mut buf[have..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        have += n;
+        if contains(&buf[..have], needle) {
+            return Ok(true);
+        }
+        let tail = have.saturating_sub(keep);
+        buf.copy_within(tail..have, 0);
+        have -= tail;
+    }
+}
+
 pub fn spy(files: &[String], need_relay: bool) -> bool {
     let Some(needle) = marker() else {
         println!("SPY FAIL: no l0marker= on the command line");
@@ -128,6 +207,7 @@ pub fn spy(files: &[String], need_relay: bool) -> bool {
     let (mut procs, mut gone, mut maps, mut bytes, mut qemu) = (0, 0, 0, 0u64, false);
     let mut relay_bytes = 0u64;
     let mut unreadable = Vec::new();
+    let mut hypercall = (0, 0u64);
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         if pid == me {
@@ -138,11 +218,12 @@ pub fn spy(files: &[String], need_relay: bool) -> bool {
                 procs += 1;
                 maps += s.mappings;
                 bytes += s.bytes;
-                qemu |= s.comm.starts_with("qemu") && s.bytes > 0;
+                qemu |= is_qemu(&s.comm) && s.bytes > 0;
                 if s.comm == "l0-relay" {
                     relay_bytes += s.bytes;
                 }
                 unreadable.extend(s.unreadable);
+                hypercall = (hypercall.0 + s.hypercall.0, hypercall.1 + s.hypercall.1);
             }
             Ok(None) => gone += 1,
             Err(w) => leaks.push(w),
@@ -169,12 +250,49 @@ pub fn spy(files: &[String], need_relay: bool) -> bool {
     if leaks.is_empty() && unreadable.is_empty() && enough {
         let relay = if need_relay { format!(", l0-relay's {} KiB among them", relay_bytes >> 10) } else { String::new() };
         println!(
-            "SPY clean: {} files, {procs} processes ({maps} mappings, {} KiB, QEMU among them{relay}) searched, {gone} ended meanwhile",
+            "SPY clean: {} files, {procs} processes ({maps} mappings, {} KiB, QEMU among them{relay}) searched, {gone} ended meanwhile{}",
             files.len(),
-            bytes >> 10
+            bytes >> 10,
+            match hypercall {
+                (0, _) => String::new(),
+                (n, b) => format!("; {n} mappings of Xen hypercall buffers or xenstored's ring ({} KiB) not searched: /proc/PID/mem cannot read them", b >> 10),
+            }
         );
         true
     } else {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xen_foreign_mappings_are_guest_ram() {
+        assert!(is_guest_ram(4096, "/dev/xen/privcmd"));
+        assert!(is_guest_ram(1 << 20, "/dev/xen/gntdev"));
+        assert!(is_guest_ram(GUEST_RAM_MIN, ""));
+        assert!(!is_guest_ram(1 << 20, "[heap]"));
+        assert!(!is_guest_ram(1 << 20, "/usr/libexec/xen-qemu-system-i386"));
+    }
+
+    #[test]
+    fn both_device_models_count_as_qemu() {
+        assert!(is_qemu("qemu-system-x86"));
+        assert!(is_qemu("xen-qemu-system"));
+        assert!(!is_qemu("xenconsoled"));
+    }
+
+    #[test]
+    fn a_file_is_searched_across_its_pieces() {
+        let path = std::env::temp_dir().join(format!("spy-test-{}", std::process::id()));
+        let mut data = vec![b'x'; (1 << 20) + 100];
+        // Across the first piece's end.
+        data[(1 << 20) - 3..(1 << 20) + 3].copy_from_slice(b"needle");
+        std::fs::write(&path, &data).unwrap();
+        assert!(file_contains(path.to_str().unwrap(), b"needle").unwrap());
+        assert!(!file_contains(path.to_str().unwrap(), b"needles").unwrap());
+        let _ = std::fs::remove_file(&path);
     }
 }
