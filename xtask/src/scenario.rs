@@ -1091,7 +1091,7 @@ const XEN_HVM_COM1: &[&str] = &[
     "SPY dom0 searches: /tmp/dom0.dmesg /tmp/xen.dmesg /var/log/xen/",
     "SPY clean: ",
     "QEMU among them) searched",
-    "SPY control: the marker is in /var/spy/hvm1.core",
+    "SPY control: the marker is in domain ",
     "XL hvm1 gone",
     "pty-bytes=0 console-log-bytes=0",
     "XL hvm2 gone",
@@ -1138,7 +1138,7 @@ fn xen_hvm_typed_bytes() -> usize {
 /// lines of XEN_HVM_TYPED, each after the previous answer.
 fn xen_hvm_console() -> ConsoleCheck {
     let cm = crate::linux::console_marker();
-    let mut script = String::from("/wait-vm hvm1 2400\n/wait-vm hvm2 2400\n/list\n");
+    let mut script = String::from("/wait-vm hvm1 1200\n/wait-vm hvm2 1200\n/list\n");
     let mut ordered = vec!["2 VM(s)".to_string()];
     for vm in ["hvm1", "hvm2"] {
         let answers = [
@@ -1246,7 +1246,7 @@ fn xen() -> Vec<Scenario> {
                     ])
                     .collect(),
             ),
-            ..xen("xen-hvm", false, "hvm", 3600, XEN_HVM_COM1)
+            ..xen("xen-hvm", false, "hvm", 1800, XEN_HVM_COM1)
         },
     ]
     .into_iter()
