@@ -59,16 +59,19 @@ pub struct Operator {
 enum Wait {
     /// Text in the attached VM's output.
     Text(String),
-    /// A VM with this tag.
-    Tag(String),
+    /// A VM with this tag, within this many seconds.
+    Tag(String, u64),
 }
+
+/// How long `/wait-vm` waits unless told: user VMs boot in minutes under
+/// an emulator.
+const TAG_WAIT_SECS: u64 = 600;
 
 impl Wait {
     fn limit(&self) -> Duration {
         match self {
             Wait::Text(_) => Duration::from_secs(120),
-            // User VMs boot in minutes under an emulator.
-            Wait::Tag(_) => Duration::from_secs(600),
+            Wait::Tag(_, secs) => Duration::from_secs(*secs),
         }
     }
 }
@@ -252,9 +255,19 @@ impl Operator {
             }
             ["ctrl-c"] => vec![format!("in {}", mgmt::hex(&[3]))],
             ["wait-vm", tag] => {
-                self.waiting = Some((Wait::Tag(tag.to_string()), Instant::now()));
+                self.waiting = Some((Wait::Tag(tag.to_string(), TAG_WAIT_SECS), Instant::now()));
                 Vec::new()
             }
+            ["wait-vm", tag, secs] => match secs.parse() {
+                Ok(secs) => {
+                    self.waiting = Some((Wait::Tag(tag.to_string(), secs), Instant::now()));
+                    Vec::new()
+                }
+                Err(_) => {
+                    self.say(&format!("`{line}`: the wait is a number of seconds"));
+                    Vec::new()
+                }
+            },
             ["wait", ..] => {
                 let text = line
                     .trim_start()
@@ -333,7 +346,7 @@ impl Operator {
             if let Some((wait, since)) = &self.waiting {
                 let there = match wait {
                     Wait::Text(text) => self.seen.contains(text.as_str()),
-                    Wait::Tag(tag) => self
+                    Wait::Tag(tag, _) => self
                         .vms
                         .values()
                         .any(|t| t.as_deref() == Some(tag.as_str())),
@@ -349,7 +362,7 @@ impl Operator {
                             "waited {} s for {t:?} in the attached VM's output",
                             wait.limit().as_secs()
                         ),
-                        Wait::Tag(t) => {
+                        Wait::Tag(t, _) => {
                             format!("waited {} s for a VM tagged {t:?}", wait.limit().as_secs())
                         }
                     });
@@ -524,7 +537,7 @@ impl LineUser for Operator {
             (Some((Wait::Text(t), _)), _) => {
                 Some(format!("console script still waiting for {t:?}"))
             }
-            (Some((Wait::Tag(t), _)), _) => Some(format!(
+            (Some((Wait::Tag(t, _), _)), _) => Some(format!(
                 "console script still waiting for a VM tagged {t:?}"
             )),
             (None, Some(l)) => Some(format!("console script never ran {l:?}")),
@@ -628,5 +641,51 @@ mod tests {
             .unfinished()
             .unwrap()
             .contains("waited 120 s for \"never\""));
+    }
+
+    #[test]
+    fn a_tag_wait_takes_its_own_limit() {
+        let mut o = Operator::scripted("/wait-vm slow 2400\n");
+        ev(
+            &mut o,
+            Event::Hello {
+                version: "1".into(),
+            },
+        );
+        o.tick();
+        let since = &mut o.waiting.as_mut().unwrap().1;
+        let Some(earlier) = since.checked_sub(Duration::from_secs(601)) else {
+            return;
+        }; // a machine just booted
+        *since = earlier;
+        o.tick();
+        assert!(!o.quit(), "600 s is within its 2400");
+        let since = &mut o.waiting.as_mut().unwrap().1;
+        *since = since
+            .checked_sub(Duration::from_secs(1800))
+            .unwrap_or(*since);
+        o.tick();
+        assert!(o.quit());
+        assert!(o
+            .unfinished()
+            .unwrap()
+            .contains("waited 2400 s for a VM tagged \"slow\""));
+    }
+
+    #[test]
+    fn a_tag_wait_without_a_number_is_refused() {
+        let mut o = Operator::scripted(
+            "/wait-vm bad x
+",
+        );
+        ev(
+            &mut o,
+            Event::Hello {
+                version: "1".into(),
+            },
+        );
+        o.tick();
+        assert!(o.waiting.is_none());
+        assert!(o.transcript().contains("the wait is a number of seconds"));
     }
 }

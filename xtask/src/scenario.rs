@@ -975,29 +975,59 @@ const XEN_DOM0_MEM_MIGRATING: &str = "512M";
 /// prefers to the multiboot map: under L0 the answer is L0's
 /// (vcpu/bios_memory.rs), the cloud VM's map with L0's pool reserved.
 fn xen_modules(xentest: &str) -> Result<Vec<IsoModule>, String> {
+    use crate::xen::dom0::{HvmGuest, UserVm};
     let x = crate::xen::images()?;
     let initrd = match xentest {
         "boot" => x.dom0_initrd.clone(),
-        "pvh" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Pvh)?,
-        // The HVM guest's shell for the operator under L0; natively (no
-        // shadow UARTs, nobody to type) its marker line.
-        "hvm" | "hvm-save" | "hvm-restore" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Hvm {
-            args: "l2mode=shell l2tag=hvm1",
+        "pvh" => x.dom0_initrd_for(UserVm::Pvh)?,
+        // The HVM guests' shells for the operator under L0; natively (no
+        // shadow UARTs, nobody to type) one guest's marker line.
+        "hvm" => x.dom0_initrd_for(UserVm::Hvm {
+            guests: &[
+                HvmGuest {
+                    name: "hvm1",
+                    args: "l2mode=shell l2tag=hvm1",
+                },
+                HvmGuest {
+                    name: "hvm2",
+                    args: "l2mode=shell l2tag=hvm2",
+                },
+            ],
+        })?,
+        // The migrating guest's shell.
+        "hvm-save" | "hvm-restore" => x.dom0_initrd_for(UserVm::Hvm {
+            guests: &[HvmGuest {
+                name: "hvm1",
+                args: "l2mode=shell l2tag=hvm1",
+            }],
         })?,
         // CPUID, port I/O and 200 serial writes (+1600 in bulk) measured
         // in the guest: each write is a round trip to QEMU in dom0 under
         // the peer bottom.
-        "hvm-bench" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Hvm {
-            args: "l2mode=peer-bench l2serial=200",
+        "hvm-bench" => x.dom0_initrd_for(UserVm::Hvm {
+            guests: &[HvmGuest {
+                name: "hvm1",
+                args: "l2mode=peer-bench l2serial=200",
+            }],
         })?,
-        "hvm-boot" => x.dom0_initrd_for(crate::xen::dom0::UserVm::Hvm {
-            args: "l2marker=hvm1",
+        "hvm-boot" => x.dom0_initrd_for(UserVm::Hvm {
+            guests: &[HvmGuest {
+                name: "hvm1",
+                args: "l2marker=hvm1",
+            }],
         })?,
         other => return Err(format!("no dom0 initramfs for xentest={other}")),
     };
     let mem = match xentest {
         "hvm-save" | "hvm-restore" => XEN_DOM0_MEM_MIGRATING,
         _ => XEN_DOM0_MEM,
+    };
+    // The spy in dom0 waits until the operator has typed all of
+    // XEN_HVM_TYPED into each guest (it derives the console marker from
+    // l0marker=, as in the Linux cloud VM).
+    let spy = match xentest {
+        "hvm" => format!(" xenspyin={}", xen_hvm_typed_bytes()),
+        _ => String::new(),
     };
     Ok(vec![
         IsoModule::file(
@@ -1010,7 +1040,7 @@ fn xen_modules(xentest: &str) -> Result<Vec<IsoModule>, String> {
         IsoModule::file(
             &x.vmlinux,
             &format!(
-                "vmlinux console=hvc0 earlyprintk=xen rdinit=/init panic=0 xentest={xentest} l0marker={}",
+                "vmlinux console=hvc0 earlyprintk=xen rdinit=/init panic=0 xentest={xentest} l0marker={}{spy}",
                 crate::linux::run_marker()
             ),
         ),
@@ -1043,18 +1073,28 @@ const XEN_PVH_COM1: &[&str] = &[
     "DOM0DONE",
 ];
 
-/// An HVM user VM under L0 (`xentest=hvm`): dom0 creates it with QEMU as
-/// its device model and its COM1 on a pty, it registers its tag and runs
-/// a shell on ttyS0 (the KVM scenarios' L2 kernel and initramfs), the
-/// operator uses that shell through L0's console (XEN_HVM_CONSOLE), and
-/// nothing came out of the pty QEMU gave its COM1.
+/// Two HVM user VMs under L0 (`xentest=hvm`): dom0 creates hvm1 and
+/// hvm2 with QEMU as their device model and COM1 on a pty each; each
+/// registers its tag and runs a shell on ttyS0 (the KVM scenarios' L2
+/// kernel and initramfs), the operator uses both shells through L0's
+/// console (xen_hvm_console), the spy in dom0 finds no console marker in
+/// the provider's view (and does find it in a dump of a guest's RAM),
+/// the provider stops both, and nothing came out of either pty.
 const XEN_HVM_COM1: &[&str] = &[
     "HVM: VMX enabled",
     "DOM0INIT ok",
     "XL virt_caps=pv hvm hap",
     "XL hvm1 COM1 on /dev/pts/",
     "XL created hvm1",
+    "XL hvm2 COM1 on /dev/pts/",
+    "XL created hvm2",
+    "SPY dom0 searches: /tmp/dom0.dmesg /tmp/xen.dmesg /var/log/xen/",
+    "SPY clean: ",
+    "QEMU among them) searched",
+    "SPY control: the marker is in domain ",
     "XL hvm1 gone",
+    "pty-bytes=0 console-log-bytes=0",
+    "XL hvm2 gone",
     "pty-bytes=0 console-log-bytes=0",
     "DOM0DONE",
 ];
@@ -1072,26 +1112,55 @@ const XEN_HVM_NATIVE_COM1: &[&str] = &[
     "DOM0DONE",
 ];
 
-/// The operator's side of `xen-hvm`: the VM appears with its tag, a
-/// command typed into its shell runs (its ttyS0 reads input on its
-/// interrupt: the count in /proc/interrupts rises), and `exit` ends it.
-const XEN_HVM_CONSOLE: ConsoleCheck = ConsoleCheck {
-    expect: &["hvm1-42-ok", "irq4-count-ok"],
-    ordered: &[],
-    forbidden: &[],
-    typed: &[
-        Input { after: "tag=hvm1", target: "hvm1", text: "" },
-        Input { after: "hvm1# ", target: "hvm1", text: "echo hvm1-$((6*7))-ok\r" },
-        Input {
-            after: "hvm1-42-ok",
-            target: "hvm1",
-            text: "awk '/ttyS0/ { print \"ttyS0 irqs\", $2; if ($2 > 5) print \"irq4\" \"-count-ok\" }' /proc/interrupts\r",
-        },
-        Input { after: "irq4-count-ok", target: "hvm1", text: "exit\r" },
-    ],
-    follow_all: false,
-    script: None,
-};
+/// What the operator types into each of xen-hvm's shells, in order (the
+/// same lines in both: the answers differ by the guest's own command
+/// line): the shell names its guest, ttyS0's interrupt count has risen
+/// (it reads input on its interrupt), and the console marker (`{cm}`)
+/// comes back from the shell. None of their answers is in what is typed.
+const XEN_HVM_TYPED: &[&str] = &[
+    "echo answer-$(sed -n 's/.*l2tag=\\([a-z0-9]*\\).*/\\1/p' /proc/cmdline)-$((6*7))",
+    "awk '/ttyS0/ { print \"ttyS0 irqs\", $2; if ($2 > 5) print \"irq4\" \"-count-ok\" }' /proc/interrupts",
+    "echo mark-{cm}-$((6*7))",
+];
+
+/// The bytes the operator types into each shell (each line and its
+/// carriage return), which dom0's spy waits for in L0's list.
+fn xen_hvm_typed_bytes() -> usize {
+    XEN_HVM_TYPED
+        .iter()
+        .map(|l| l.replace("{cm}", &crate::linux::console_marker()).len() + 1)
+        .sum()
+}
+
+/// The operator's side of `xen-hvm` (`cargo xtask console`'s script):
+/// wait for both tags (the guests boot from CDs through Xen's emulation
+/// and QEMU in dom0: many minutes), list the VMs, then in each shell the
+/// lines of XEN_HVM_TYPED, each after the previous answer.
+fn xen_hvm_console() -> ConsoleCheck {
+    let cm = crate::linux::console_marker();
+    let mut script = String::from("/wait-vm hvm1 1200\n/wait-vm hvm2 1200\n/list\n");
+    let mut ordered = vec!["2 VM(s)".to_string()];
+    for vm in ["hvm1", "hvm2"] {
+        let answers = [
+            format!("answer-{vm}-42"),
+            "irq4-count-ok".to_string(),
+            format!("mark-{cm}-42"),
+        ];
+        script += &format!("/attach {vm}\n/wait {vm}#\n");
+        for (line, answer) in XEN_HVM_TYPED.iter().zip(&answers) {
+            script += &format!("{}\n/wait {answer}\n", line.replace("{cm}", &cm));
+        }
+        ordered.extend(answers);
+    }
+    ConsoleCheck {
+        expect: &["tag=hvm1", "tag=hvm2"],
+        ordered: leak_strs(ordered),
+        forbidden: &[],
+        typed: &[],
+        follow_all: false,
+        script: Some(leak_str(script)),
+    }
+}
 
 /// Failure markers of the Xen scenarios.
 const XEN_HEALTHY: &[&str] = &[
@@ -1156,13 +1225,28 @@ fn xen() -> Vec<Scenario> {
                 XEN_HVM_NATIVE_COM1,
             )
         },
+        // Two at once: each its own shadow console, which the operator
+        // uses; the spy in dom0.
         Scenario {
             com2: &[
                 "starting the cloud VM: multiboot kernel",
-                "user VM 1 registered tag hvm1",
+                "registered tag hvm",
+                "registered tag hvm",
             ],
-            console: XEN_HVM_CONSOLE,
-            ..xen("xen-hvm", false, "hvm", 2400, XEN_HVM_COM1)
+            console: xen_hvm_console(),
+            // The console marker never in Xen's console or L0's log.
+            forbidden: leak_strs(
+                XEN_HEALTHY
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([
+                        "SPY LEAK".into(),
+                        "SPY FAIL".into(),
+                        crate::linux::console_marker(),
+                    ])
+                    .collect(),
+            ),
+            ..xen("xen-hvm", false, "hvm", 1800, XEN_HVM_COM1)
         },
     ]
     .into_iter()
@@ -2459,5 +2543,40 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n);
+    }
+}
+
+#[cfg(test)]
+mod xen_hvm_tests {
+    use super::*;
+
+    #[test]
+    fn xen_hvm_types_the_same_lines_into_both_shells_and_counts_them() {
+        let c = xen_hvm_console();
+        let script = c.script.unwrap();
+        let cm = crate::linux::console_marker();
+        println!("{script}");
+        for vm in ["hvm1", "hvm2"] {
+            assert!(script.contains(&format!("/attach {vm}\n")));
+        }
+        // What dom0 waits for: every typed line and its carriage return.
+        let typed: usize = script
+            .lines()
+            .filter(|l| !l.starts_with('/'))
+            .map(|l| l.len() + 1)
+            .sum();
+        assert_eq!(typed, 2 * xen_hvm_typed_bytes());
+        assert!(script.contains(&format!("echo mark-{cm}-$((6*7))\n")));
+        // The marker the spy searches for is not the run's marker itself
+        // (which is on dom0's command line), and no answer is typed.
+        assert!(!cm.contains(crate::linux::run_marker()));
+        for answer in c.ordered {
+            assert!(
+                !script
+                    .lines()
+                    .any(|l| !l.starts_with('/') && l.contains(answer)),
+                "{answer} is typed"
+            );
+        }
     }
 }

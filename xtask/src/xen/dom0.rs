@@ -5,10 +5,11 @@
 //! The variants with a user VM also hold what `xl create` starts: for a
 //! PVH guest dom0's own kernel and a busybox initramfs with
 //! tests/xen/init-guest; for an HVM guest the device model (QEMU, with its
-//! libraries), hvmloader, SeaBIOS, and a GRUB boot CD of the KVM
+//! libraries), hvmloader, SeaBIOS, a GRUB boot CD per guest of the KVM
 //! scenarios' user VM kernel and initramfs (the lean bzImage and
-//! tests/linux/init-l2), and the migration manager's tools (`ultracall`,
-//! `probe`).
+//! tests/linux/init-l2), and the tools dom0 runs as the migration manager
+//! and the spy (`ultracall`: L0's list of VMs, save/restore; `probe`: the
+//! disk between hosts, the search of dom0).
 
 use std::fs;
 use std::path::Path;
@@ -56,11 +57,20 @@ pub enum UserVm {
     None,
     /// dom0's own kernel and tests/xen/init-guest, under /guest.
     Pvh,
-    /// The device model and firmware, and a boot CD (/guest/l2.iso) of
-    /// the lean kernel with tests/linux/init-l2 and these arguments.
+    /// The device model and firmware, and for each guest a boot CD
+    /// (/guest/NAME.iso) of the lean kernel with tests/linux/init-l2 and
+    /// its arguments.
     Hvm {
-        args: &'static str,
+        guests: &'static [HvmGuest],
     },
+}
+
+/// An HVM user VM dom0 starts: its name in `xl` and the arguments on its
+/// CD's kernel command line.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct HvmGuest {
+    pub name: &'static str,
+    pub args: &'static str,
 }
 
 /// The HVM user VM's boot CD: GRUB booting the KVM scenarios' L2 kernel
@@ -70,28 +80,57 @@ pub enum UserVm {
 /// in protected mode with CS still holding real mode's cached
 /// descriptor; Xen emulates that instruction and, on Bochs, the guest
 /// triple-faults there, natively as under L0 — docs/xen-l1.md.)
+/// The initramfs goes on the CD as gzip rather than LZ4 (the same files,
+/// 3.4 MB instead of 4.9): SeaBIOS reads the CD by ATAPI PIO through
+/// Xen's emulation and QEMU in dom0, the slowest part of the guest's boot.
 fn hvm_boot_cd(args: &str) -> Result<std::path::PathBuf, String> {
     let l2 = crate::linux::images()?;
     let cmdline = format!("console=ttyS0,115200 panic=-1 quiet {args}");
     let mut key = read(&l2.kernel)?;
     key.extend(read(&l2.l2)?);
     key.extend(cmdline.as_bytes());
+    key.extend(b"initrd as gzip -9n");
     let hash = crate::linux::sha256_hex(&key)?;
     let out = crate::linux::cache_dir().join(format!("xen-hvm-cd-{}.iso", &hash[..16]));
     if !out.exists() {
         let tmp = out.with_extension("tmp.iso");
+        let initrd = out.with_extension("initrd.gz");
+        lz4_to_gzip(&l2.l2, &initrd)?;
         crate::build::iso(
             &tmp,
             crate::build::IsoBoot::UserVm {
                 kernel: &l2.kernel,
-                initrd: &l2.l2,
+                initrd: &initrd,
                 cmdline: &cmdline,
             },
         )?;
+        let _ = fs::remove_file(&initrd);
         let _ = fs::remove_dir_all(tmp.with_extension("d"));
         fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+/// `lz4 -dc FROM | gzip -9n > TO`.
+fn lz4_to_gzip(from: &Path, to: &Path) -> Result<(), String> {
+    let out = fs::File::create(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let mut lz4 = std::process::Command::new("lz4")
+        .arg("-dc")
+        .arg(from)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("lz4: {e}"))?;
+    let gz = std::process::Command::new("gzip")
+        .arg("-9n")
+        .stdin(lz4.stdout.take().ok_or("lz4: no stdout")?)
+        .stdout(out)
+        .status()
+        .map_err(|e| format!("gzip: {e}"))?;
+    let unpacked = lz4.wait().map_err(|e| format!("lz4: {e}"))?;
+    if !gz.success() || !unpacked.success() {
+        return Err(format!("recompressing {} as gzip failed", from.display()));
+    }
+    Ok(())
 }
 
 /// Where the packages put their libraries.
@@ -190,10 +229,11 @@ pub fn initramfs(unpacked: &Path, vm: UserVm) -> Result<std::path::PathBuf, Stri
             }
             cached_lz4("dom0-guest", &a.to_bytes())
         }
-        UserVm::Hvm { args } => {
+        UserVm::Hvm { guests } => {
             add_program(&mut a, &pkg_root, DEVICE_MODEL)?;
-            // The migration manager's side: `ultracall save`/`restore`
-            // and the disk between the hosts (`probe disk-put`/`-get`).
+            // The migration manager's `ultracall save`/`restore` and the
+            // disk between the hosts (`probe disk-put`/`-get`); the spy's
+            // `ultracall list` (what was typed, in bytes) and `probe spy`.
             let tools = crate::linux::initramfs::guest_tools()?;
             for (path, tool) in [
                 ("bin/ultracall", tools.ultracall),
@@ -211,13 +251,15 @@ pub fn initramfs(unpacked: &Path, vm: UserVm) -> Result<std::path::PathBuf, Stri
                 let data = read(&pkg_root.join(f))?;
                 a.add(f, Node::File { data, exec: false });
             }
-            a.add(
-                "guest/l2.iso",
-                Node::File {
-                    data: read(&hvm_boot_cd(args)?)?,
-                    exec: false,
-                },
-            );
+            for g in guests {
+                a.add(
+                    &format!("guest/{}.iso", g.name),
+                    Node::File {
+                        data: read(&hvm_boot_cd(g.args)?)?,
+                        exec: false,
+                    },
+                );
+            }
             cached_lz4("dom0-hvm", &a.to_bytes())
         }
     }

@@ -25,7 +25,8 @@
 //!
 //! `probe spy [--relay] [FILE...]`: the provider's view searched for the
 //! operator's console marker (spy.rs); `--relay`: l0-relay must be among
-//! the processes searched.
+//! the processes searched; `--control` and `--control-domain DOMID MIB` check
+//! that the search would find it where it must be.
 //!
 //! `probe capture FILE`, `probe capture-check FILE PORT`: a packet
 //! capture in L1, and what it holds of the relay's connections
@@ -338,6 +339,13 @@ fn main() -> ExitCode {
             let files: Vec<String> = args.collect();
             let ok = match files.as_slice() {
                 [c] if c == "--control" => spy::control(),
+                [c, d, m] if c == "--control-domain" => match (d.parse(), m.parse()) {
+                    (Ok(d), Ok(m)) => spy::control_domain(d, m),
+                    _ => {
+                        println!("SPY FAIL: --control-domain DOMID MIB, not {d} {m}");
+                        false
+                    }
+                },
                 [r, rest @ ..] if r == "--relay" => spy::spy(rest, true),
                 _ => spy::spy(&files, false),
             };
