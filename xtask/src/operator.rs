@@ -554,6 +554,33 @@ mod tests {
         o.received(Received::Event(e))
     }
 
+    /// A scripted operator that heard L0's hello and ran its script up to
+    /// the first wait.
+    fn greeted(script: &str) -> Operator {
+        let mut o = Operator::scripted(script);
+        ev(
+            &mut o,
+            Event::Hello {
+                version: "1".into(),
+            },
+        );
+        o.tick();
+        o
+    }
+
+    /// Moves the wait under way `secs` into the past; false on a machine
+    /// up for less than that (the test cannot say anything there).
+    fn age_wait(o: &mut Operator, secs: u64) -> bool {
+        let since = &mut o.waiting.as_mut().unwrap().1;
+        match since.checked_sub(Duration::from_secs(secs)) {
+            Some(earlier) => {
+                *since = earlier;
+                true
+            }
+            None => false,
+        }
+    }
+
     #[test]
     fn script_waits_for_l0_a_tag_and_text() {
         let mut o =
@@ -622,19 +649,10 @@ mod tests {
 
     #[test]
     fn a_failed_wait_says_what_it_waited_for() {
-        let mut o = Operator::scripted("/wait never\nls\n");
-        ev(
-            &mut o,
-            Event::Hello {
-                version: "1".into(),
-            },
-        );
-        o.tick();
-        let since = &mut o.waiting.as_mut().unwrap().1;
-        let Some(earlier) = since.checked_sub(Duration::from_secs(121)) else {
+        let mut o = greeted("/wait never\nls\n");
+        if !age_wait(&mut o, 121) {
             return;
-        }; // a machine just booted
-        *since = earlier;
+        }
         o.tick();
         assert!(o.quit());
         assert!(o
@@ -645,25 +663,15 @@ mod tests {
 
     #[test]
     fn a_tag_wait_takes_its_own_limit() {
-        let mut o = Operator::scripted("/wait-vm slow 2400\n");
-        ev(
-            &mut o,
-            Event::Hello {
-                version: "1".into(),
-            },
-        );
-        o.tick();
-        let since = &mut o.waiting.as_mut().unwrap().1;
-        let Some(earlier) = since.checked_sub(Duration::from_secs(601)) else {
+        let mut o = greeted("/wait-vm slow 2400\n");
+        if !age_wait(&mut o, 601) {
             return;
-        }; // a machine just booted
-        *since = earlier;
+        }
         o.tick();
         assert!(!o.quit(), "600 s is within its 2400");
-        let since = &mut o.waiting.as_mut().unwrap().1;
-        *since = since
-            .checked_sub(Duration::from_secs(1800))
-            .unwrap_or(*since);
+        if !age_wait(&mut o, 1800) {
+            return;
+        }
         o.tick();
         assert!(o.quit());
         assert!(o
@@ -674,17 +682,7 @@ mod tests {
 
     #[test]
     fn a_tag_wait_without_a_number_is_refused() {
-        let mut o = Operator::scripted(
-            "/wait-vm bad x
-",
-        );
-        ev(
-            &mut o,
-            Event::Hello {
-                version: "1".into(),
-            },
-        );
-        o.tick();
+        let o = greeted("/wait-vm bad x\n");
         assert!(o.waiting.is_none());
         assert!(o.transcript().contains("the wait is a number of seconds"));
     }
