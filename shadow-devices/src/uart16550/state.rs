@@ -197,8 +197,8 @@ impl UartState {
             self.output_dropped,
             self.tx_overflow,
         ];
-        for (i, c) in counters.iter().enumerate() {
-            h[48 + 8 * i..56 + 8 * i].copy_from_slice(&c.to_le_bytes());
+        for (i, count) in counters.iter().enumerate() {
+            h[48 + 8 * i..56 + 8 * i].copy_from_slice(&count.to_le_bytes());
         }
         h[80..84].copy_from_slice(
             &u32::try_from(len(&c.output))
