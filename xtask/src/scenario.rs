@@ -1344,6 +1344,8 @@ fn xen_migration(
                 "MIGRATE saved hvm1",
                 "XL hvm1 gone",
                 "pty-bytes=0 console-log-bytes=0",
+                "SPY clean: /tmp/m/hvm1.save outside the guest's RAM",
+                "SPY control: its ",
                 "MIGRATE image",
                 "DISK put 2 files",
                 "MIGRATE on the disk",

@@ -26,7 +26,8 @@
 //! `probe spy [--relay] [FILE...]`: the provider's view searched for the
 //! operator's console marker (spy.rs); `--relay`: l0-relay must be among
 //! the processes searched; `--control` and `--control-domain DOMID MIB` check
-//! that the search would find it where it must be.
+//! that the search would find it where it must be; `--xl-save IMAGE`
+//! searches an `xl save` image outside the guest's RAM (xl_save.rs).
 //!
 //! `probe capture FILE`, `probe capture-check FILE PORT`: a packet
 //! capture in L1, and what it holds of the relay's connections
@@ -42,6 +43,7 @@ mod capture;
 mod disk;
 mod spy;
 mod stress;
+mod xl_save;
 
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, _rdtsc};
@@ -339,6 +341,7 @@ fn main() -> ExitCode {
             let files: Vec<String> = args.collect();
             let ok = match files.as_slice() {
                 [c] if c == "--control" => spy::control(),
+                [c, f] if c == "--xl-save" => spy::xl_save(f),
                 [c, d, m] if c == "--control-domain" => match (d.parse(), m.parse()) {
                     (Ok(d), Ok(m)) => spy::control_domain(d, m),
                     _ => {

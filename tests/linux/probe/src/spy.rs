@@ -179,6 +179,45 @@ pub fn control_domain(domid: u16, mib: u64) -> bool {
     }
 }
 
+/// An `xl save` image on the provider's side: outside the guest's RAM
+/// (xl's header and the guest's configuration, QEMU's device state, Xen's
+/// HVM context) it must not hold the marker, and as the control its pages
+/// of RAM must (the shell there holds what was typed).
+pub fn xl_save(path: &str) -> bool {
+    let Some(needle) = marker() else {
+        println!("SPY FAIL: no l0marker= on the command line");
+        return false;
+    };
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SPY FAIL: {path}: {e}");
+            return false;
+        }
+    };
+    let parts = match crate::xl_save::parts(&data) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("SPY FAIL: {path}: {e}");
+            return false;
+        }
+    };
+    let rest: usize = parts.rest.iter().map(|r| r.len()).sum();
+    if let Some(r) = parts.rest.iter().find(|r| contains(&data[(*r).clone()], &needle)) {
+        println!("SPY LEAK: the console marker is in {path} outside the guest's RAM, bytes {r:?}");
+        return false;
+    }
+    if !parts.ram.iter().any(|r| contains(&data[r.clone()], &needle)) {
+        println!("SPY FAIL: the marker is not even in the {} pages of guest RAM in {path}: the search proves nothing", parts.pages);
+        return false;
+    }
+    println!(
+        "SPY clean: {path} outside the guest's RAM ({rest} bytes: xl's header, the libxl and libxc records, QEMU's state) holds no console marker; SPY control: its {} pages of the guest's RAM do",
+        parts.pages
+    );
+    true
+}
+
 /// Frames mapped per privcmd call: 4 MiB.
 const BATCH: usize = 1024;
 
