@@ -73,7 +73,9 @@ fn tsc_per_pit_ms(ms: f64) -> Result<f64, String> {
     }
     let t = tsc() - t0;
     if reads < 10 {
-        return Err(format!("only {reads} reads of the PIT: it jumps, the figure would mean nothing"));
+        return Err(format!(
+            "only {reads} reads of the PIT: it jumps, the figure would mean nothing"
+        ));
     }
     Ok(t as f64 / (pit as f64 / PIT_HZ * 1e3))
 }
@@ -92,7 +94,9 @@ pub fn pit_tsc() -> ExitCode {
         }
     }
     let mean = v.iter().sum::<f64>() / v.len() as f64;
-    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
     println!("BENCH l2-tsc-khz-by-pit {mean:.1}");
     println!("PIT-TSC 5 x 100 ms of PIT channel 2: {lo:.1} .. {hi:.1} TSC ticks per PIT ms");
     ExitCode::SUCCESS
@@ -115,7 +119,17 @@ fn drain(fd: i32) -> Result<(), String> {
     }
     for _ in 0..100_000 {
         let mut lsr = 0u32;
-        let r = syscall6(SYS_IOCTL, [fd as usize, TIOCSERGETLSR, &mut lsr as *mut u32 as usize, 0, 0, 0]);
+        let r = syscall6(
+            SYS_IOCTL,
+            [
+                fd as usize,
+                TIOCSERGETLSR,
+                &mut lsr as *mut u32 as usize,
+                0,
+                0,
+                0,
+            ],
+        );
         if r < 0 {
             return Err(format!("TIOCSERGETLSR on ttyS0: errno {}", -r));
         }
@@ -144,10 +158,14 @@ pub fn serial_bench(n: usize, suffix: &str) -> ExitCode {
         }
         drain(fd)?;
         let t1 = tsc();
-        f.write_all(&vec![0u8; 8 * n]).map_err(|e| format!("write: {e}"))?;
+        f.write_all(&vec![0u8; 8 * n])
+            .map_err(|e| format!("write: {e}"))?;
         drain(fd)?;
         let t2 = tsc();
-        Ok(((t1 - t0) as f64 / n as f64, (t2 - t1) as f64 / (8 * n) as f64))
+        Ok((
+            (t1 - t0) as f64 / n as f64,
+            (t2 - t1) as f64 / (8 * n) as f64,
+        ))
     })();
     match r {
         Ok((one, bulk)) => {

@@ -61,7 +61,10 @@ fn tcp_payload(frame: &[u8], port: u16) -> Option<&[u8]> {
     }
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
     let tcp = ip.get(ihl..total).filter(|t| t.len() >= 20)?;
-    let (src, dst) = (u16::from_be_bytes([tcp[0], tcp[1]]), u16::from_be_bytes([tcp[2], tcp[3]]));
+    let (src, dst) = (
+        u16::from_be_bytes([tcp[0], tcp[1]]),
+        u16::from_be_bytes([tcp[2], tcp[3]]),
+    );
     let doff = usize::from(tcp[12] >> 4) * 4;
     (src == port || dst == port).then(|| tcp.get(doff..).unwrap_or(&[]))
 }
@@ -75,7 +78,9 @@ pub fn check(path: &str, port: u16) -> bool {
     let mut rest = &bytes[..];
     while rest.len() >= 4 {
         let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let Some(frame) = rest.get(4..4 + n) else { break };
+        let Some(frame) = rest.get(4..4 + n) else {
+            break;
+        };
         rest = &rest[4 + n..];
         frames += 1;
         if let Some(p) = tcp_payload(frame, port) {

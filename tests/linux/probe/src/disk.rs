@@ -22,12 +22,16 @@ const MAX_FILES: usize = 8;
 
 fn outb(port: u16, v: u8) {
     // SAFETY: ports granted by ioperm in `grant`.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    };
 }
 fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: as outb.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 /// One sector to the data port with one `rep outsw`: where the port
@@ -52,7 +56,9 @@ fn in_sector(buf: &mut [u8; SECTOR]) {
 }
 
 fn grant() -> Result<(), String> {
-    if super::syscall3(super::SYS_IOPERM, BASE as usize, 8, 1) != 0 || super::syscall3(super::SYS_IOPERM, CTRL as usize, 1, 1) != 0 {
+    if super::syscall3(super::SYS_IOPERM, BASE as usize, 8, 1) != 0
+        || super::syscall3(super::SYS_IOPERM, CTRL as usize, 1, 1) != 0
+    {
         return Err("ioperm refused (run as root, kernel needs X86_IOPL_IOPERM)".into());
     }
     outb(CTRL, 0x02); // nIEN: we poll
@@ -68,7 +74,10 @@ fn wait(drq: bool) -> Result<(), String> {
         }
         if s & 0x80 == 0 {
             if s & 0x21 != 0 {
-                return Err(format!("disk error: status {s:#x}, error {:#x}", inb(BASE + 1)));
+                return Err(format!(
+                    "disk error: status {s:#x}, error {:#x}",
+                    inb(BASE + 1)
+                ));
             }
             if !drq || s & 0x08 != 0 {
                 return Ok(());
@@ -140,7 +149,10 @@ pub fn put(files: &[String]) -> Result<(), String> {
     let mut total = 0usize;
     for f in files {
         let data = std::fs::read(f).map_err(|e| format!("{f}: {e}"))?;
-        let name = Path::new(f).file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let name = Path::new(f)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
         if name.is_empty() || name.len() > NAME {
             return Err(format!("{f}: a file name of 1 to {NAME} bytes"));
         }
@@ -171,15 +183,24 @@ pub fn get(dir: &str) -> Result<(), String> {
     let mut total = 0;
     for i in 0..count {
         let e = &index[12 + i * (NAME + 16)..12 + (i + 1) * (NAME + 16)];
-        let name = std::str::from_utf8(&e[..NAME]).map_err(|_| "bad index: a name is not UTF-8")?.trim_end_matches('\0');
+        let name = std::str::from_utf8(&e[..NAME])
+            .map_err(|_| "bad index: a name is not UTF-8")?
+            .trim_end_matches('\0');
         let off = u64::from_le_bytes(e[NAME..NAME + 8].try_into().unwrap());
         let len = u64::from_le_bytes(e[NAME + 8..].try_into().unwrap()) as usize;
-        if name.is_empty() || name.contains('/') || name.starts_with('.') || off % SECTOR as u64 != 0 || len > 1 << 30 {
+        if name.is_empty()
+            || name.contains('/')
+            || name.starts_with('.')
+            || off % SECTOR as u64 != 0
+            || len > 1 << 30
+        {
             return Err(format!("bad index entry {i}"));
         }
         let data = read_sectors((off / SECTOR as u64) as u32, len)?;
         let path = Path::new(dir).join(name);
-        std::fs::File::create(&path).and_then(|mut f| f.write_all(&data)).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::File::create(&path)
+            .and_then(|mut f| f.write_all(&data))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         total += len;
     }
     println!("DISK got {count} files, {total} bytes");

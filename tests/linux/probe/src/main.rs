@@ -81,13 +81,17 @@ fn syscall6(nr: usize, a: [usize; 6]) -> isize {
 
 fn outb(port: u16, v: u8) {
     // SAFETY: the port was granted by ioperm/iopl; see the callers.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    };
 }
 
 fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: as outb.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
 
@@ -139,15 +143,26 @@ fn clock() -> ExitCode {
     let off = |a: f64, b: f64| (a / b - 1.0).abs();
     match l0_ms {
         Some(l0) if off(l1_ms, pit_ms) <= TOLERANCE && off(l1_ms, l0) <= TOLERANCE => {
-            println!("CLOCK ok: L1 {:.3}x the PIT, {:.3}x L0", l1_ms / pit_ms, l1_ms / l0);
+            println!(
+                "CLOCK ok: L1 {:.3}x the PIT, {:.3}x L0",
+                l1_ms / pit_ms,
+                l1_ms / l0
+            );
             ExitCode::SUCCESS
         }
         Some(l0) => {
-            println!("CLOCK FAIL: L1's clock runs {:.3}x the PIT and {:.3}x L0's (limit 5 %)", l1_ms / pit_ms, l1_ms / l0);
+            println!(
+                "CLOCK FAIL: L1's clock runs {:.3}x the PIT and {:.3}x L0's (limit 5 %)",
+                l1_ms / pit_ms,
+                l1_ms / l0
+            );
             ExitCode::FAILURE
         }
         None => {
-            println!("CLOCK FAIL: CPUID 0x15 announces no TSC frequency; L1's clock runs {:.3}x the PIT", l1_ms / pit_ms);
+            println!(
+                "CLOCK FAIL: CPUID 0x15 announces no TSC frequency; L1's clock runs {:.3}x the PIT",
+                l1_ms / pit_ms
+            );
             ExitCode::FAILURE
         }
     }
@@ -188,7 +203,11 @@ mod kvm {
 
     pub fn ioctl(fd: &impl AsRawFd, req: usize, arg: usize) -> Result<usize, String> {
         let r = syscall6(SYS_IOCTL, [fd.as_raw_fd() as usize, req, arg, 0, 0, 0]);
-        if r < 0 { Err(format!("ioctl {req:#x}: errno {}", -r)) } else { Ok(r as usize) }
+        if r < 0 {
+            Err(format!("ioctl {req:#x}: errno {}", -r))
+        } else {
+            Ok(r as usize)
+        }
     }
 
     pub fn fd(raw: usize) -> OwnedFd {
@@ -210,7 +229,14 @@ mod kvm {
                 None => (0x02 | 0x20, usize::MAX),         // MAP_PRIVATE | MAP_ANONYMOUS
             };
             let r = syscall6(SYS_MMAP, [0, len, PROT_RW, flags, f, 0]);
-            if r < 0 { Err(format!("mmap: errno {}", -r)) } else { Ok(Map { ptr: r as *mut u8, len }) }
+            if r < 0 {
+                Err(format!("mmap: errno {}", -r))
+            } else {
+                Ok(Map {
+                    ptr: r as *mut u8,
+                    len,
+                })
+            }
         }
     }
 
@@ -255,7 +281,11 @@ fn one_vm(dev: &std::fs::File, i: u32) -> Result<u32, String> {
 }
 
 fn kvm_churn(n: u32) -> ExitCode {
-    let dev = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    let dev = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(f) => f,
         Err(e) => {
             println!("CHURN FAIL /dev/kvm: {e}");
@@ -300,16 +330,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             })
         }
-        Some("stress") => match stress::stress(args.next().and_then(|n| n.parse().ok()).unwrap_or(30)) {
-            Ok(counts) => {
-                println!("STRESS {counts} ok");
-                ExitCode::SUCCESS
+        Some("stress") => {
+            match stress::stress(args.next().and_then(|n| n.parse().ok()).unwrap_or(30)) {
+                Ok(counts) => {
+                    println!("STRESS {counts} ok");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("STRESS FAIL: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                println!("STRESS FAIL: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Some("tsc") => {
             // SAFETY: RDTSC has no side effects.
             println!("{}", unsafe { _rdtsc() });
@@ -318,7 +350,11 @@ fn main() -> ExitCode {
         Some(b @ ("cpuid-bench" | "io-bench")) => {
             // Guest-TSC ticks per exit to the guest hypervisor (CPUID) or
             // to its device model (OUT to port 0x80), mean over N.
-            let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(2000).max(1);
+            let n: u64 = args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2000)
+                .max(1);
             if b == "io-bench" && syscall3(SYS_IOPERM, 0x80, 1, 1) != 0 {
                 println!("BENCH FAIL: ioperm refused");
                 return ExitCode::FAILURE;
@@ -334,7 +370,11 @@ fn main() -> ExitCode {
             }
             // SAFETY: as above.
             let t = unsafe { _rdtsc() } - t0;
-            println!("BENCH l2-{}-ticks {}", if b == "io-bench" { "port-io" } else { "cpuid" }, t / n);
+            println!(
+                "BENCH l2-{}-ticks {}",
+                if b == "io-bench" { "port-io" } else { "cpuid" },
+                t / n
+            );
             ExitCode::SUCCESS
         }
         Some("spy") => {
@@ -352,14 +392,21 @@ fn main() -> ExitCode {
                 [r, rest @ ..] if r == "--relay" => spy::spy(rest, true),
                 _ => spy::spy(&files, false),
             };
-            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Some("capture") => match args.next() {
             Some(f) if capture::capture(&f) => ExitCode::SUCCESS,
             _ => ExitCode::FAILURE,
         },
         Some("capture-check") => {
-            let (f, port) = (args.next().unwrap_or_default(), args.next().and_then(|p| p.parse().ok()));
+            let (f, port) = (
+                args.next().unwrap_or_default(),
+                args.next().and_then(|p| p.parse().ok()),
+            );
             match port {
                 Some(port) if capture::check(&f, port) => ExitCode::SUCCESS,
                 _ => ExitCode::FAILURE,
@@ -367,7 +414,11 @@ fn main() -> ExitCode {
         }
         Some("pit-tsc") => bench::pit_tsc(),
         Some("serial-bench") => {
-            let n = args.next().and_then(|n| n.parse().ok()).unwrap_or(2000usize).max(1);
+            let n = args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2000usize)
+                .max(1);
             bench::serial_bench(n, &args.next().unwrap_or_default())
         }
         Some("ticks") => bench::ticks(&args.collect::<Vec<_>>()),

@@ -45,7 +45,11 @@ fn is_guest_ram(size: u64, name: &str) -> bool {
 /// (libxencall; they hold a hypercall's arguments while it runs) and
 /// xenstored's ring with dom0's kernel. The spy names and counts them as
 /// not searched rather than failing on them.
-const XEN_UNREADABLE: &[&str] = &["/dev/xen/hypercall", "/dev/xen/xsd_kva", "/proc/xen/xsd_kva"];
+const XEN_UNREADABLE: &[&str] = &[
+    "/dev/xen/hypercall",
+    "/dev/xen/xsd_kva",
+    "/proc/xen/xsd_kva",
+];
 
 /// A device model's process: KVM's `qemu-system-x86_64`, Xen's
 /// `xen-qemu-system-i386` (its name cut to 15 bytes).
@@ -66,8 +70,15 @@ struct Scan {
 
 fn marker() -> Option<Vec<u8>> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
-    let m = cmdline.split_whitespace().find_map(|w| w.strip_prefix("l0marker="))?;
-    Some(core::iter::once('c').chain(m.chars().rev()).collect::<String>().into_bytes())
+    let m = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("l0marker="))?;
+    Some(
+        core::iter::once('c')
+            .chain(m.chars().rev())
+            .collect::<String>()
+            .into_bytes(),
+    )
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -90,11 +101,21 @@ fn scan_process(pid: u32, needle: &[u8], guest_ram: bool) -> Result<Option<Scan>
     let (mut n, mut bytes, mut unreadable, mut hypercall) = (0, 0u64, Vec::new(), (0, 0u64));
     for line in maps.lines() {
         let mut w = line.split_whitespace();
-        let (Some(range), Some(perms)) = (w.next(), w.next()) else { continue };
+        let (Some(range), Some(perms)) = (w.next(), w.next()) else {
+            continue;
+        };
         let name = line.split_whitespace().nth(5).unwrap_or("");
-        let Some((a, b)) = range.split_once('-') else { continue };
-        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { continue };
-        if !perms.starts_with('r') || is_guest_ram(b - a, name) != guest_ram || name == "[vvar]" || name == "[vsyscall]" {
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        if !perms.starts_with('r')
+            || is_guest_ram(b - a, name) != guest_ram
+            || name == "[vvar]"
+            || name == "[vsyscall]"
+        {
             continue;
         }
         if XEN_UNREADABLE.contains(&name) {
@@ -133,10 +154,14 @@ pub fn control() -> bool {
         return false;
     };
     let me = std::process::id();
-    let found = std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
-        let pid = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok());
-        pid.is_some_and(|p| p != me && scan_process(p, &needle, true).is_err())
-    });
+    let found = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let pid = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok());
+            pid.is_some_and(|p| p != me && scan_process(p, &needle, true).is_err())
+        });
     match found {
         true => println!("SPY control: the marker is in a user VM's RAM (in L1 by construction), so the search works"),
         false => println!("SPY FAIL: the marker is not even in a user VM's RAM: the search proves nothing"),
@@ -203,11 +228,19 @@ pub fn xl_save(path: &str) -> bool {
         }
     };
     let rest: usize = parts.rest.iter().map(|r| r.len()).sum();
-    if let Some(r) = parts.rest.iter().find(|r| contains(&data[(*r).clone()], &needle)) {
+    if let Some(r) = parts
+        .rest
+        .iter()
+        .find(|r| contains(&data[(*r).clone()], &needle))
+    {
         println!("SPY LEAK: the console marker is in {path} outside the guest's RAM, bytes {r:?}");
         return false;
     }
-    if !parts.ram.iter().any(|r| contains(&data[r.clone()], &needle)) {
+    if !parts
+        .ram
+        .iter()
+        .any(|r| contains(&data[r.clone()], &needle))
+    {
         println!("SPY FAIL: the marker is not even in the {} pages of guest RAM in {path}: the search proves nothing", parts.pages);
         return false;
     }
@@ -223,7 +256,10 @@ const BATCH: usize = 1024;
 
 /// Whether `needle` is in the concatenation of `pieces` (a match across
 /// two pieces is found: each is searched behind the previous one's tail).
-fn pieces_contain(pieces: impl Iterator<Item = Result<Vec<u8>, String>>, needle: &[u8]) -> Result<bool, String> {
+fn pieces_contain(
+    pieces: impl Iterator<Item = Result<Vec<u8>, String>>,
+    needle: &[u8],
+) -> Result<bool, String> {
     let mut window = Vec::new();
     for p in pieces {
         window.extend_from_slice(&p?);
@@ -277,7 +313,17 @@ mod xen {
             arr: frames.as_ptr(),
             err: err.as_mut_ptr(),
         };
-        let r = crate::syscall6(SYS_IOCTL, [dev.as_raw_fd() as usize, MMAPBATCH_V2, &batch as *const MmapBatchV2 as usize, 0, 0, 0]);
+        let r = crate::syscall6(
+            SYS_IOCTL,
+            [
+                dev.as_raw_fd() as usize,
+                MMAPBATCH_V2,
+                &batch as *const MmapBatchV2 as usize,
+                0,
+                0,
+                0,
+            ],
+        );
         // -ENOENT: some frames are paged out; each frame has its own error.
         if r < 0 && r != -2 {
             return Err(format!("privcmd mmapbatch: errno {}", -r));
@@ -314,7 +360,9 @@ pub fn spy(files: &[String], need_relay: bool) -> bool {
     let mut unreadable = Vec::new();
     let mut hypercall = (0, 0u64);
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid == me {
             continue;
         }
@@ -338,7 +386,11 @@ pub fn spy(files: &[String], need_relay: bool) -> bool {
         println!("SPY LEAK: the console marker is in {l}");
     }
     if !unreadable.is_empty() {
-        println!("SPY FAIL: {} readable mappings could not be read: {}", unreadable.len(), unreadable.join("; "));
+        println!(
+            "SPY FAIL: {} readable mappings could not be read: {}",
+            unreadable.len(),
+            unreadable.join("; ")
+        );
     }
     if need_relay && relay_bytes == 0 {
         println!("SPY FAIL: l0-relay was not among the processes searched");
@@ -353,7 +405,11 @@ pub fn spy(files: &[String], need_relay: bool) -> bool {
         );
     }
     if leaks.is_empty() && unreadable.is_empty() && enough {
-        let relay = if need_relay { format!(", l0-relay's {} KiB among them", relay_bytes >> 10) } else { String::new() };
+        let relay = if need_relay {
+            format!(", l0-relay's {} KiB among them", relay_bytes >> 10)
+        } else {
+            String::new()
+        };
         println!(
             "SPY clean: {} files, {procs} processes ({maps} mappings, {} KiB, QEMU among them{relay}) searched, {gone} ended meanwhile{}",
             files.len(),
@@ -391,7 +447,12 @@ mod tests {
 
     #[test]
     fn a_match_across_two_pieces_is_found() {
-        let pieces = |v: &[&[u8]]| v.iter().map(|p| Ok(p.to_vec())).collect::<Vec<Result<Vec<u8>, String>>>().into_iter();
+        let pieces = |v: &[&[u8]]| {
+            v.iter()
+                .map(|p| Ok(p.to_vec()))
+                .collect::<Vec<Result<Vec<u8>, String>>>()
+                .into_iter()
+        };
         assert!(pieces_contain(pieces(&[b"xxxnee", b"dlexx"]), b"needle").unwrap());
         assert!(pieces_contain(pieces(&[b"xxxn", b"e", b"edle"]), b"needle").unwrap());
         assert!(!pieces_contain(pieces(&[b"xxxnee", b"dlexx"]), b"needles").unwrap());

@@ -47,7 +47,10 @@ fn minor_faults() -> u64 {
     let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may hold spaces): state is 3rd.
     let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    rest.split_whitespace().nth(7).and_then(|v| v.parse().ok()).unwrap_or(0)
+    rest.split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn vendor() -> [u32; 3] {
@@ -59,9 +62,14 @@ pub fn stress(secs: u64) -> Result<String, String> {
     if super::syscall3(super::SYS_IOPERM, 0x80, 1, 1) != 0 {
         return Err("ioperm refused".into());
     }
-    let mem = std::fs::OpenOptions::new().read(true).write(true).open("/dev/mem").map_err(|e| format!("/dev/mem: {e}"))?;
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mem")
+        .map_err(|e| format!("/dev/mem: {e}"))?;
     // PROT_READ|PROT_WRITE, MAP_SHARED.
-    let ioapic = mmap(4096, 3, 1, mem.as_raw_fd() as usize, IOAPIC).map_err(|e| format!("mapping the IOAPIC: errno {e}"))?;
+    let ioapic = mmap(4096, 3, 1, mem.as_raw_fd() as usize, IOAPIC)
+        .map_err(|e| format!("mapping the IOAPIC: errno {e}"))?;
     let mmio_read = || {
         // SAFETY: the IOAPIC page is mapped shared and uncached by the
         // kernel's /dev/mem; IOREGSEL at 0, IOWIN at 0x10; register 1 is
@@ -89,7 +97,8 @@ pub fn stress(secs: u64) -> Result<String, String> {
         }
         mmio += 2;
         // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS.
-        let p = mmap(PAGES * 4096, 3, 0x22, usize::MAX, 0).map_err(|e| format!("mmap: errno {e}"))?;
+        let p =
+            mmap(PAGES * 4096, 3, 0x22, usize::MAX, 0).map_err(|e| format!("mmap: errno {e}"))?;
         for i in 0..PAGES {
             // SAFETY: p maps PAGES fresh pages of our own.
             unsafe { core::ptr::write_volatile(p.add(i * 4096), i as u8) };
@@ -100,7 +109,9 @@ pub fn stress(secs: u64) -> Result<String, String> {
     let elapsed = start.elapsed().as_secs_f64();
     let (ticks, kernel_faults) = (local_timer_irqs() - t0, minor_faults() - f0);
     if kernel_faults < faults {
-        return Err(format!("the kernel counted {kernel_faults} page faults, we caused {faults}"));
+        return Err(format!(
+            "the kernel counted {kernel_faults} page faults, we caused {faults}"
+        ));
     }
     if (ticks as f64) < elapsed * MIN_TIMER_HZ {
         return Err(format!(

@@ -41,7 +41,11 @@ impl Reader<'_> {
         Ok(r)
     }
     fn u32_le(&self, r: &Range<usize>, off: usize) -> u32 {
-        u32::from_le_bytes(self.data[r.start + off..r.start + off + 4].try_into().unwrap())
+        u32::from_le_bytes(
+            self.data[r.start + off..r.start + off + 4]
+                .try_into()
+                .unwrap(),
+        )
     }
 }
 
@@ -56,7 +60,8 @@ pub fn parts(data: &[u8]) -> Result<Parts, String> {
         return Err("no xl save header".into());
     }
     let optional = r.u32_le(&head, 44) as usize;
-    p.rest.push(head.start..r.take(optional, "xl's optional data")?.end);
+    p.rest
+        .push(head.start..r.take(optional, "xl's optional data")?.end);
     let libxl = r.take(16, "libxl's header")?;
     if &data[libxl.start..libxl.start + 8] != LIBXL_IDENT || data[libxl.end - 1] & 1 != 0 {
         return Err("no little-endian libxl stream after xl's header".into());
@@ -108,10 +113,14 @@ fn libxc(r: &mut Reader, p: &mut Parts) -> Result<(), String> {
                 return Ok(());
             }
             LIBXC_PAGE_DATA => {
-                let count = u32::from_le_bytes(d[rec.start + 8..rec.start + 12].try_into().unwrap()) as usize;
+                let count = u32::from_le_bytes(d[rec.start + 8..rec.start + 12].try_into().unwrap())
+                    as usize;
                 let frames_end = rec.start + 16 + 8 * count;
                 if frames_end > rec.end {
-                    return Err(format!("a PAGE_DATA record at byte {} lists more frames than it holds", rec.start));
+                    return Err(format!(
+                        "a PAGE_DATA record at byte {} lists more frames than it holds",
+                        rec.start
+                    ));
                 }
                 p.pages += (rec.end - frames_end) / 4096;
                 p.rest.push(rec.start..frames_end);
@@ -192,7 +201,10 @@ mod tests {
         assert!(parts(&img[1..]).is_err(), "no magic");
         let mut extra = img.clone();
         extra.extend(b"trailing");
-        assert_eq!(parts(&extra).unwrap().rest.last(), Some(&(img.len()..extra.len())));
+        assert_eq!(
+            parts(&extra).unwrap().rest.last(),
+            Some(&(img.len()..extra.len()))
+        );
         let mut big_endian = img.clone();
         big_endian[48 + 13 + 15] = 1;
         assert!(parts(&big_endian).is_err(), "a big-endian libxl stream");
