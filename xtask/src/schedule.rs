@@ -58,9 +58,9 @@ pub fn chains(list: Vec<Scenario>) -> Vec<Vec<Scenario>> {
 
 /// Runs `each` on every scenario of `chains` with `jobs` workers, a chain
 /// at a time per worker; `each` sees the scenarios of one chain in order,
-/// with the name of the chain's scenario that failed before it, if one
-/// did (then its disk is not there: `each` should not run it), and says
-/// whether it passed.
+/// with the name of its disk's source if that failed before it (then its
+/// disk is not there: `each` should not run it), and says whether it
+/// passed.
 pub fn run<F>(chains: Vec<Vec<Scenario>>, jobs: usize, each: F)
 where
     F: Fn(&Scenario, Option<&'static str>) -> bool + Sync,
@@ -72,10 +72,17 @@ where
                 let Some(chain) = queue.lock().unwrap().next() else {
                     break;
                 };
-                let mut failed = None;
+                // Only a scenario whose disk's source failed is told: a
+                // failed sibling from the same source leaves that disk as
+                // it was.
+                let mut failed: Vec<&'static str> = Vec::new();
                 for s in &chain {
-                    if !each(s, failed) {
-                        failed = failed.or(Some(s.name));
+                    let source_failed = match s.disk {
+                        Disk::From(source) => failed.iter().copied().find(|&f| f == source),
+                        _ => None,
+                    };
+                    if !each(s, source_failed) {
+                        failed.push(s.name);
                     }
                 }
             });
@@ -138,6 +145,28 @@ mod tests {
                 ("migrate-source", None),
                 ("migrate-two-hosts", Some("migrate-source")),
                 ("migrate-other-key", Some("migrate-source")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_sibling_does_not_stop_the_others_from_the_same_source() {
+        let list = vec![
+            scenario::find("migrate-source").unwrap(),
+            scenario::find("migrate-two-hosts").unwrap(),
+            scenario::find("migrate-other-key").unwrap(),
+        ];
+        let told = Mutex::new(Vec::new());
+        run(chains(list), 1, |s, failed| {
+            told.lock().unwrap().push((s.name, failed));
+            s.name != "migrate-two-hosts"
+        });
+        assert_eq!(
+            told.into_inner().unwrap(),
+            vec![
+                ("migrate-source", None),
+                ("migrate-two-hosts", None),
+                ("migrate-other-key", None),
             ]
         );
     }
