@@ -350,8 +350,8 @@ fn log_restore(vm: Option<VmId>, tag: &str, result: &Result<RestoreDone, shadow_
                 done.epoch,
                 done.input_dropped
             );
+            let vm = vm.unwrap_or(0);
             for &(port, start, end) in &done.histories {
-                let vm = vm.unwrap_or(0);
                 log::info!(
                     "user VM {vm} port {port:#x}: output history continues at offset {end} (kept from {start})"
                 );

@@ -234,6 +234,19 @@ impl OutputHistory {
         }
     }
 
+    /// Whether the newest bytes kept are exactly `tail`, compared in
+    /// place (a restore's rollback check).
+    pub fn ends_with(&self, tail: &[u8]) -> bool {
+        if self.unavailable.is_some() {
+            return tail.is_empty();
+        }
+        if tail.len() as u64 > self.end - self.start {
+            return false;
+        }
+        let [a, b] = self.runs(self.end - tail.len() as u64, tail.len());
+        tail[..a.len()] == *a && tail[a.len()..] == *b
+    }
+
     /// The newest bytes kept, at most `max`, oldest first.
     pub fn tail(&self, max: usize) -> Vec<u8> {
         let mut out = Vec::new();
@@ -396,6 +409,8 @@ mod tests {
         assert_eq!(c.read(6, &mut out), Some((6, 6, 12)));
         assert_eq!(&out[..6], b"6789ab");
         assert_eq!(c.tail(5), b"789ab", "across the ring's end");
+        assert!(c.ends_with(b"789ab") && !c.ends_with(b"689ab"));
+        assert!(!c.ends_with(b"0123456789ab"), "longer than what is kept");
         // Replaced by a sealed tail (its buffer kept), then wrapping again.
         h.reset_to(100, b"xyz");
         assert_eq!(h.offsets(), (97, 100));

@@ -397,7 +397,7 @@ impl Uart16550 {
     /// a rollback) is kept whole.
     pub fn continue_history(&mut self, budget: &'static HistoryBudget, end: u64, tail: &[u8]) {
         match &mut self.history {
-            Some(h) if h.offsets().1 == end && h.tail(tail.len()) == tail => {}
+            Some(h) if h.offsets().1 == end && h.ends_with(tail) => {}
             Some(h) => h.reset_to(end, tail),
             None => self.history = Some(Box::new(OutputHistory::continuing(budget, end, tail))),
         }
