@@ -127,8 +127,9 @@ mod tests {
         assert_eq!(names(&chains(only)), vec![vec!["migrate-two-hosts"]]);
     }
 
-    #[test]
-    fn after_a_failure_the_rest_of_its_chain_hears_of_it() {
+    /// What each of migrate-source, -two-hosts and -other-key is told
+    /// when the one named `failing` fails.
+    fn told_when_failing(failing: &str) -> Vec<(&'static str, Option<&'static str>)> {
         let list = vec![
             scenario::find("migrate-source").unwrap(),
             scenario::find("migrate-two-hosts").unwrap(),
@@ -137,10 +138,15 @@ mod tests {
         let told = Mutex::new(Vec::new());
         run(chains(list), 2, |s, failed| {
             told.lock().unwrap().push((s.name, failed));
-            s.name != "migrate-source"
+            s.name != failing
         });
+        told.into_inner().unwrap()
+    }
+
+    #[test]
+    fn after_a_failure_the_rest_of_its_chain_hears_of_it() {
         assert_eq!(
-            told.into_inner().unwrap(),
+            told_when_failing("migrate-source"),
             vec![
                 ("migrate-source", None),
                 ("migrate-two-hosts", Some("migrate-source")),
@@ -151,18 +157,8 @@ mod tests {
 
     #[test]
     fn a_failed_sibling_does_not_stop_the_others_from_the_same_source() {
-        let list = vec![
-            scenario::find("migrate-source").unwrap(),
-            scenario::find("migrate-two-hosts").unwrap(),
-            scenario::find("migrate-other-key").unwrap(),
-        ];
-        let told = Mutex::new(Vec::new());
-        run(chains(list), 1, |s, failed| {
-            told.lock().unwrap().push((s.name, failed));
-            s.name != "migrate-two-hosts"
-        });
         assert_eq!(
-            told.into_inner().unwrap(),
+            told_when_failing("migrate-two-hosts"),
             vec![
                 ("migrate-source", None),
                 ("migrate-two-hosts", None),
